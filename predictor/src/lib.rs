@@ -1,0 +1,1 @@
+//! predictor: see docs/ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+//! runtime-hooks: see docs/ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+//! End-to-end test harness: a private containerd driven through ctr.
