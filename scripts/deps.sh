@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install the Debian packages the build and the tests need, only what is missing.
+# Idempotent: runs `apt-get update` at most once, and only when something must be installed.
+set -euo pipefail
+
+PKGS=(containerd runc busybox-static stress-ng libseccomp-dev pkg-config iproute2 procps
+      util-linux ca-certificates gnupg debian-archive-keyring xz-utils zstd)
+
+missing=()
+for p in "${PKGS[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$p")
+    fi
+done
+
+if ((${#missing[@]})); then
+    if [ "$(id -u)" != 0 ]; then
+        echo "deps: missing ${missing[*]} and not root; install them first" >&2
+        exit 1
+    fi
+    echo "deps: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=900 update -qq
+    apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian's containerd package enables and starts a host containerd on some setups; the tests
+# never use it (each starts a private one), so leave it as it is.
+if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
+    echo "deps: cargo-nextest missing; installing it with cargo" >&2
+    cargo install --locked cargo-nextest
+fi
+echo "deps: ok"
