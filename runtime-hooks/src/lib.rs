@@ -1,1 +1,45 @@
-//! runtime-hooks: see docs/ARCHITECTURE.md.
+//! runtime-hooks: per-container telemetry and live limit rewriting on cgroup v1, v2 and hybrid hosts,
+//! a network egress limit, and the `predictive-hook` OCI hook.
+//!
+//! The shim and the broker hold one [`ContainerCgroup`] per container:
+//! - find it with [`ContainerCgroup::discover`] (from the OCI `linux.cgroupsPath`) or
+//!   [`ContainerCgroup::from_pid`] (from `/proc/<pid>/cgroup`), with [`HostRoots::default`] on a real host;
+//! - read it with [`ContainerCgroup::sample`], which never fails: absent or malformed data is `None`;
+//! - rewrite it with `set_cpu_limit`, `set_cpu_shares`, `set_memory_limit`, `set_memory_high`,
+//!   `set_oom_kill_disabled`, `set_io_weight`, `set_pids_limit`, `freeze`, `thaw`: each write is read back
+//!   and every kernel refusal is an [`ActuateError`] naming the file and the value;
+//! - watch OOMs with [`ContainerCgroup::oom_watcher`].
+//!
+//! Network egress is limited per network namespace with [`net::set_egress_limit`].
+//!
+//! Why not youki's `libcgroups` for this: its managers apply a whole `LinuxResources` and neither read
+//! back nor refuse a memory limit below usage; its layout detection (`get_cgroup_setup_with_root`) needs
+//! `statfs` on a real cgroupfs, so it cannot run on a fake tree; and its `psi_stats` drops `total` and
+//! slices lines without a length check. The shim still creates cgroups through libcontainer (which uses
+//! libcgroups); this crate only reads and rewrites files in them, in the same v1/v2, one-file-per-controller
+//! shape.
+
+pub mod actuate;
+pub mod cgroup;
+pub mod discovery;
+pub mod hook;
+pub mod net;
+pub mod oom;
+mod parse;
+pub mod v1;
+pub mod v2;
+
+#[cfg(test)]
+mod fake_tests;
+#[cfg(test)]
+mod root_tests;
+#[cfg(test)]
+pub(crate) mod testutil;
+
+pub use actuate::{ActuateError, CpuLimit, MemoryLimitPolicy};
+pub use cgroup::{
+    CgroupDirs, CgroupVersion, ContainerCgroup, CpuSample, IoSample, MemorySample, NetDevTotals, PidsSample,
+    Pressure, PressureSample, PsiLine, Sample,
+};
+pub use discovery::{DiscoveryError, HostRoots};
+pub use oom::{OomError, OomWatcher};

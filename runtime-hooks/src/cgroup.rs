@@ -1,0 +1,326 @@
+//! One container's cgroup: the backend enum, the [`Sample`] it yields and the limits it takes.
+//!
+//! [`ContainerCgroup`] is what the shim and the broker hold per container. It dispatches on
+//! [`CgroupDirs`] (v1/hybrid or v2) to the per-controller files in [`crate::v1`] and [`crate::v2`].
+//! Sampling never fails: a missing or malformed file leaves its field `None`. Actuation returns
+//! [`ActuateError`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::actuate::{ActuateError, CpuLimit, MemoryLimitPolicy};
+use crate::oom::{OomError, OomWatcher};
+pub use crate::parse::{NetDevTotals, Pressure, PsiLine};
+use crate::{parse, v1, v2};
+
+/// How long [`ContainerCgroup::freeze`] and [`ContainerCgroup::thaw`] wait for the kernel.
+pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The files of one controller in one cgroup directory.
+pub(crate) trait Controller {
+    /// Fills the fields of `sample` that this controller's files in `dir` carry.
+    fn sample(dir: &Path, sample: &mut Sample);
+}
+
+/// The backend: where the container's controllers live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupDirs {
+    /// cgroup v1, with the hybrid host's cgroup2 directory when there is one.
+    V1(v1::Dirs),
+    /// cgroup v2.
+    V2(v2::Dirs),
+}
+
+/// The cgroup version of a container's cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupVersion {
+    /// v1 controllers only.
+    V1,
+    /// v1 controllers plus a cgroup2 directory (pressure files).
+    Hybrid,
+    /// cgroup v2.
+    V2,
+}
+
+/// CPU figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CpuSample {
+    /// Total CPU time used, nanoseconds.
+    pub usage_ns: Option<u64>,
+    /// Enforcement periods elapsed while the cgroup had runnable tasks.
+    pub nr_periods: Option<u64>,
+    /// Periods in which the quota ran out.
+    pub nr_throttled: Option<u64>,
+    /// Total time throttled, nanoseconds.
+    pub throttled_ns: Option<u64>,
+}
+
+/// Memory figures, bytes unless said otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemorySample {
+    /// Charged memory (`memory.usage_in_bytes` / `memory.current`).
+    pub usage_bytes: Option<u64>,
+    /// Usage minus inactive file pages (what kubelet calls the working set).
+    pub working_set_bytes: Option<u64>,
+    /// Anonymous memory (`rss` / `anon`).
+    pub rss_bytes: Option<u64>,
+    /// Page cache (`cache` / `file`).
+    pub cache_bytes: Option<u64>,
+    /// Highest usage seen (`memory.max_usage_in_bytes` / `memory.peak`, Linux >= 5.19 on v2).
+    pub peak_bytes: Option<u64>,
+    /// The hard limit; `None` when unlimited or unknown.
+    pub limit_bytes: Option<u64>,
+    /// Times usage hit the limit (`memory.failcnt` / `max` in `memory.events`).
+    pub limit_hits: Option<u64>,
+    /// OOM situations (`oom` in v2 `memory.events`; v1 keeps no counter: use an [`OomWatcher`]).
+    pub oom_events: Option<u64>,
+    /// Tasks are waiting on an OOM with the OOM killer disabled (v1 `under_oom`).
+    pub under_oom: Option<bool>,
+    /// Processes killed by the OOM killer (`oom_kill`).
+    pub oom_kills: Option<u64>,
+}
+
+/// Pressure-stall information, from the cgroup2 directory (v2 or hybrid hosts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PressureSample {
+    /// `cpu.pressure`.
+    pub cpu: Option<Pressure>,
+    /// `memory.pressure`.
+    pub memory: Option<Pressure>,
+    /// `io.pressure`.
+    pub io: Option<Pressure>,
+}
+
+/// Block IO totals over all devices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IoSample {
+    /// Bytes read.
+    pub read_bytes: Option<u64>,
+    /// Bytes written.
+    pub write_bytes: Option<u64>,
+    /// Read operations.
+    pub read_ops: Option<u64>,
+    /// Write operations.
+    pub write_ops: Option<u64>,
+}
+
+/// Process counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PidsSample {
+    /// Tasks in the cgroup (`pids.current`).
+    pub current: Option<u64>,
+    /// `pids.max`; `None` when unlimited or unknown.
+    pub limit: Option<u64>,
+}
+
+/// One timestamped reading of a container's cgroup.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Sample {
+    /// Wall clock, nanoseconds since the Unix epoch.
+    pub unix_ns: u64,
+    /// CLOCK_MONOTONIC nanoseconds: use this for rates.
+    pub monotonic_ns: u64,
+    /// CPU.
+    pub cpu: CpuSample,
+    /// Memory.
+    pub memory: MemorySample,
+    /// Pressure stall information.
+    pub pressure: PressureSample,
+    /// Block IO.
+    pub io: IoSample,
+    /// Network counters of the container's network namespace (non-loopback interfaces).
+    pub net: Option<NetDevTotals>,
+    /// Processes.
+    pub pids: PidsSample,
+    /// Whether the cgroup is frozen.
+    pub frozen: Option<bool>,
+}
+
+fn now_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec to write into; the clock ids used are always available on Linux.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    u64::try_from(ts.tv_sec).unwrap_or(0).saturating_mul(1_000_000_000) + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// A container's cgroup on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerCgroup {
+    dirs: CgroupDirs,
+    proc_root: PathBuf,
+    net_pid: Option<i32>,
+}
+
+impl ContainerCgroup {
+    /// Wraps known directories; `proc_root` is normally `/proc`.
+    pub fn new(dirs: CgroupDirs, proc_root: PathBuf) -> Self {
+        Self { dirs, proc_root, net_pid: None }
+    }
+
+    /// The directories.
+    pub fn dirs(&self) -> &CgroupDirs {
+        &self.dirs
+    }
+
+    /// v1, hybrid or v2.
+    pub fn version(&self) -> CgroupVersion {
+        match &self.dirs {
+            CgroupDirs::V1(d) if d.unified.is_some() => CgroupVersion::Hybrid,
+            CgroupDirs::V1(_) => CgroupVersion::V1,
+            CgroupDirs::V2(_) => CgroupVersion::V2,
+        }
+    }
+
+    /// The process whose `/proc/<pid>/net/dev` gives the network counters; by default the first process
+    /// listed in the cgroup.
+    pub fn set_net_pid(&mut self, pid: Option<i32>) {
+        self.net_pid = pid;
+    }
+
+    /// The processes in the cgroup (`cgroup.procs` of the memory, pids or cpu directory).
+    pub fn procs(&self) -> Vec<i32> {
+        self.procs_file()
+            .and_then(|f| parse::read(&f))
+            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    fn procs_file(&self) -> Option<PathBuf> {
+        let dir = match &self.dirs {
+            CgroupDirs::V2(d) => Some(&d.dir),
+            CgroupDirs::V1(d) => d.memory.as_ref().or(d.pids.as_ref()).or(d.cpu.as_ref()).or(d.freezer.as_ref()),
+        };
+        dir.map(|d| d.join("cgroup.procs"))
+    }
+
+    /// Reads every figure the host has for this cgroup.
+    pub fn sample(&self) -> Sample {
+        let mut sample = Sample {
+            unix_ns: now_ns(libc::CLOCK_REALTIME),
+            monotonic_ns: now_ns(libc::CLOCK_MONOTONIC),
+            ..Sample::default()
+        };
+        match &self.dirs {
+            CgroupDirs::V1(d) => v1::sample(d, &mut sample),
+            CgroupDirs::V2(d) => v2::sample(d, &mut sample),
+        }
+        let pid = self.net_pid.or_else(|| {
+            let text = parse::read(&self.procs_file()?)?;
+            text.lines().next()?.trim().parse().ok()
+        });
+        if let Some(pid) = pid {
+            sample.net = parse::read(&self.proc_root.join(pid.to_string()).join("net/dev"))
+                .and_then(|t| parse::net_dev(&t));
+        }
+        sample
+    }
+
+    /// Sets CPU bandwidth (quota, period, burst).
+    pub fn set_cpu_limit(&self, limit: &CpuLimit) -> Result<(), ActuateError> {
+        if !(1000..=1_000_000).contains(&limit.period_us) {
+            return Err(ActuateError::OutOfRange {
+                what: "cpu period (us)",
+                value: limit.period_us,
+                range: "1000..=1000000",
+            });
+        }
+        match &self.dirs {
+            CgroupDirs::V1(d) => v1::cpu::Cpu::set_limit(need(&d.cpu, "cpu")?, limit),
+            CgroupDirs::V2(d) => v2::cpu::Cpu::set_limit(&d.dir, limit),
+        }
+    }
+
+    /// Sets the CPU weight, in OCI shares (2..=262144); converted to `cpu.weight` on v2.
+    pub fn set_cpu_shares(&self, shares: u64) -> Result<(), ActuateError> {
+        if !(2..=262_144).contains(&shares) {
+            return Err(ActuateError::OutOfRange { what: "cpu shares", value: shares, range: "2..=262144" });
+        }
+        match &self.dirs {
+            CgroupDirs::V1(d) => v1::cpu::Cpu::set_shares(need(&d.cpu, "cpu")?, shares),
+            CgroupDirs::V2(d) => v2::cpu::Cpu::set_weight(&d.dir, crate::actuate::shares_to_weight(shares)),
+        }
+    }
+
+    /// Sets the hard memory limit (`None` = unlimited). Refuses a limit below current usage unless
+    /// `policy` is [`MemoryLimitPolicy::AllowBelowUsage`].
+    pub fn set_memory_limit(&self, limit: Option<u64>, policy: MemoryLimitPolicy) -> Result<(), ActuateError> {
+        match &self.dirs {
+            CgroupDirs::V1(d) => v1::memory::Memory::set_limit(need(&d.memory, "memory")?, limit, policy),
+            CgroupDirs::V2(d) => v2::memory::Memory::set_limit(&d.dir, limit, policy),
+        }
+    }
+
+    /// Sets the reclaim threshold: `memory.high` on v2, `memory.soft_limit_in_bytes` on v1 (`None` = none).
+    pub fn set_memory_high(&self, high: Option<u64>) -> Result<(), ActuateError> {
+        match &self.dirs {
+            CgroupDirs::V1(d) => v1::memory::Memory::set_soft_limit(need(&d.memory, "memory")?, high),
+            CgroupDirs::V2(d) => v2::memory::Memory::set_high(&d.dir, high),
+        }
+    }
+
+    /// Disables (or re-enables) the OOM killer: v1 `memory.oom_control`. With it disabled, tasks over the
+    /// limit wait instead of dying, and an [`OomWatcher`] fires so the broker can lend memory. cgroup v2 has
+    /// no such knob ([`ActuateError::Unsupported`]).
+    pub fn set_oom_kill_disabled(&self, disabled: bool) -> Result<(), ActuateError> {
+        match &self.dirs {
+            CgroupDirs::V1(d) => v1::memory::Memory::set_oom_kill_disabled(need(&d.memory, "memory")?, disabled),
+            CgroupDirs::V2(_) => Err(ActuateError::Unsupported { what: "disabling the OOM killer", version: "v2" }),
+        }
+    }
+
+    /// Sets the IO weight in OCI units (10..=1000); converted to `io.weight` on v2.
+    pub fn set_io_weight(&self, weight: u16) -> Result<(), ActuateError> {
+        if !(10..=1000).contains(&weight) {
+            return Err(ActuateError::OutOfRange { what: "io weight", value: weight.into(), range: "10..=1000" });
+        }
+        match &self.dirs {
+            CgroupDirs::V1(d) => v1::blkio::Blkio::set_weight(need(&d.blkio, "blkio")?, weight),
+            CgroupDirs::V2(d) => v2::io::Io::set_weight(&d.dir, crate::actuate::blkio_weight_to_io_weight(weight)),
+        }
+    }
+
+    /// Sets the maximum number of tasks (`None` = unlimited).
+    pub fn set_pids_limit(&self, limit: Option<u64>) -> Result<(), ActuateError> {
+        let dir = match &self.dirs {
+            CgroupDirs::V1(d) => need(&d.pids, "pids")?,
+            CgroupDirs::V2(d) => &d.dir,
+        };
+        v1::pids::Pids::set_limit(dir, limit)
+    }
+
+    /// Freezes every task and waits (up to [`FREEZE_TIMEOUT`]) until the kernel reports it frozen.
+    pub fn freeze(&self) -> Result<(), ActuateError> {
+        self.set_frozen(true)
+    }
+
+    /// Thaws the cgroup and waits until the kernel reports it running.
+    pub fn thaw(&self) -> Result<(), ActuateError> {
+        self.set_frozen(false)
+    }
+
+    fn set_frozen(&self, frozen: bool) -> Result<(), ActuateError> {
+        match &self.dirs {
+            CgroupDirs::V1(d) => v1::freezer::Freezer::set(need(&d.freezer, "freezer")?, frozen, FREEZE_TIMEOUT),
+            CgroupDirs::V2(d) => v2::freezer::Freezer::set(&d.dir, frozen, FREEZE_TIMEOUT),
+        }
+    }
+
+    /// Starts watching for OOM events (v1 eventfd on `memory.oom_control`, v2 `memory.events`).
+    pub fn oom_watcher(&self) -> Result<OomWatcher, OomError> {
+        match &self.dirs {
+            CgroupDirs::V1(d) => {
+                let dir = d.memory.as_deref().ok_or(OomError::NoMemoryController)?;
+                OomWatcher::v1(dir)
+            }
+            CgroupDirs::V2(d) => OomWatcher::v2(&d.dir),
+        }
+    }
+}
+
+fn need<'a>(dir: &'a Option<PathBuf>, controller: &'static str) -> Result<&'a Path, ActuateError> {
+    dir.as_deref().ok_or(ActuateError::NoController { controller })
+}

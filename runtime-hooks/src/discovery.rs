@@ -1,0 +1,587 @@
+//! Finding a container's cgroup directories on this host.
+//!
+//! Three layouts exist: cgroup v2 (one `cgroup2` mount), cgroup v1 (one mount per controller or per
+//! group of controllers, e.g. `cpu,cpuacct`) and hybrid (v1 controllers plus a controller-less `cgroup2`
+//! tree, usually at `/sys/fs/cgroup/unified`, which still carries `cpu.pressure`, `memory.pressure` and
+//! `io.pressure` per cgroup). The layout comes from mountinfo; when mountinfo names no cgroup mount (a
+//! fake tree in a test, a chroot) the cgroup root itself is scanned.
+//!
+//! Every root is a parameter ([`HostRoots`]); mount points under `/sys/fs/cgroup` in mountinfo are
+//! rebased onto [`HostRoots::cgroup`], so a test can feed a copy of a real mountinfo and a temp dir.
+//!
+//! Limits: a relative `cgroupsPath` is taken relative to the hierarchy root (runc resolves it against
+//! its own cgroup; prefer [`ContainerCgroup::from_pid`], which is exact). systemd paths
+//! (`slice:prefix:name`) are expanded the way runc and youki do for the cgroupfs layout.
+
+use std::path::{Path, PathBuf};
+
+use crate::cgroup::ContainerCgroup;
+use crate::{v1, v2};
+
+/// The real cgroup root.
+pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The real procfs root.
+pub const DEFAULT_PROC_ROOT: &str = "/proc";
+/// The real mountinfo.
+pub const DEFAULT_MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// Errors from discovery.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// `/proc/<pid>/cgroup` could not be read (the process is gone, or no permission).
+    #[error("reading {path}")]
+    ReadProcCgroup {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Neither mountinfo nor the cgroup root show any cgroup hierarchy.
+    #[error("no cgroup hierarchy found in {mountinfo} or under {root}")]
+    NoHierarchy {
+        /// The mountinfo that was read.
+        mountinfo: PathBuf,
+        /// The cgroup root that was scanned.
+        root: PathBuf,
+    },
+    /// The `cgroupsPath` cannot name a cgroup.
+    #[error("invalid cgroupsPath {path:?}: {reason}")]
+    InvalidPath {
+        /// The path as given.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// No directory for the cgroup exists in any hierarchy.
+    #[error("cgroup {path:?} exists in no hierarchy under {root}")]
+    NotFound {
+        /// The cgroup path looked for.
+        path: String,
+        /// The cgroup root searched.
+        root: PathBuf,
+    },
+}
+
+/// Where the host's cgroup, proc and mountinfo files are; [`Default`] gives the real ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRoots {
+    /// Normally `/sys/fs/cgroup`.
+    pub cgroup: PathBuf,
+    /// Normally `/proc`.
+    pub proc: PathBuf,
+    /// Normally `/proc/self/mountinfo`.
+    pub mountinfo: PathBuf,
+}
+
+impl Default for HostRoots {
+    fn default() -> Self {
+        Self {
+            cgroup: PathBuf::from(DEFAULT_CGROUP_ROOT),
+            proc: PathBuf::from(DEFAULT_PROC_ROOT),
+            mountinfo: PathBuf::from(DEFAULT_MOUNTINFO),
+        }
+    }
+}
+
+/// One cgroup mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupMount {
+    /// Where it is mounted (rebased onto [`HostRoots::cgroup`]).
+    pub mount_point: PathBuf,
+    /// The cgroup seen at the mount point (`/` unless this process is in a cgroup namespace or bind mount).
+    pub root: String,
+    /// v1 controllers on this mount (`cpu`, `cpuacct`, `name=systemd`, ...); empty for cgroup2.
+    pub controllers: Vec<String>,
+}
+
+/// The cgroup layout of a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// cgroup v2 only.
+    Unified(CgroupMount),
+    /// cgroup v1 only.
+    Legacy(Vec<CgroupMount>),
+    /// cgroup v1 controllers plus a controller-less cgroup2 tree.
+    Hybrid {
+        /// The v1 mounts.
+        v1: Vec<CgroupMount>,
+        /// The cgroup2 mount.
+        unified: CgroupMount,
+    },
+}
+
+fn unescape_mount_field(field: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as \ooo.
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            let oct = &bytes[i + 1..i + 4];
+            if oct.iter().all(|b| (b'0'..=b'7').contains(b)) {
+                let value = oct.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+                if let Ok(v) = u8::try_from(value) {
+                    out.push(v);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Hierarchy {
+    /// Detects the layout from mountinfo, falling back to scanning the cgroup root.
+    pub fn detect(roots: &HostRoots) -> Result<Self, DiscoveryError> {
+        let from_mountinfo = std::fs::read_to_string(&roots.mountinfo)
+            .ok()
+            .and_then(|text| Self::from_mountinfo(&text, &roots.cgroup));
+        from_mountinfo
+            .or_else(|| Self::scan(&roots.cgroup))
+            .ok_or_else(|| DiscoveryError::NoHierarchy {
+                mountinfo: roots.mountinfo.clone(),
+                root: roots.cgroup.clone(),
+            })
+    }
+
+    /// Parses mountinfo content; `None` when it has no cgroup mount.
+    pub fn from_mountinfo(text: &str, cgroup_root: &Path) -> Option<Self> {
+        let mut v1 = Vec::new();
+        let mut unified = None;
+        for line in text.lines() {
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let left: Vec<&str> = left.split(' ').collect();
+            let right: Vec<&str> = right.split(' ').collect();
+            if left.len() < 5 || right.len() < 3 {
+                continue;
+            }
+            let mount_point = rebase(Path::new(&unescape_mount_field(left[4])), cgroup_root);
+            let root = unescape_mount_field(left[3]);
+            match right[0] {
+                "cgroup2" => {
+                    unified = Some(CgroupMount { mount_point, root, controllers: Vec::new() });
+                }
+                "cgroup" => {
+                    let known = [
+                        "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "blkio",
+                        "perf_event", "net_prio", "hugetlb", "pids", "rdma", "misc",
+                    ];
+                    let controllers = right[2]
+                        .split(',')
+                        .filter(|opt| known.contains(opt) || opt.starts_with("name="))
+                        .map(str::to_owned)
+                        .collect();
+                    v1.push(CgroupMount { mount_point, root, controllers });
+                }
+                _ => {}
+            }
+        }
+        match (v1.is_empty(), unified) {
+            (true, Some(u)) => Some(Self::Unified(u)),
+            (true, None) => None,
+            (false, Some(u)) => Some(Self::Hybrid { v1, unified: u }),
+            (false, None) => Some(Self::Legacy(v1)),
+        }
+    }
+
+    /// Recognises a layout from the files under `root` alone.
+    pub fn scan(root: &Path) -> Option<Self> {
+        let mount = |mount_point: PathBuf, controllers: Vec<String>| CgroupMount {
+            mount_point,
+            root: "/".to_owned(),
+            controllers,
+        };
+        if root.join("cgroup.controllers").is_file() {
+            return Some(Self::Unified(mount(root.to_owned(), Vec::new())));
+        }
+        let mut v1 = Vec::new();
+        for name in v1::CONTROLLERS {
+            let dir = root.join(name);
+            if dir.join("cgroup.procs").is_file() {
+                v1.push(mount(dir, vec![(*name).to_owned()]));
+            }
+        }
+        let unified_dir = root.join("unified");
+        let unified = unified_dir
+            .join("cgroup.controllers")
+            .is_file()
+            .then(|| mount(unified_dir, Vec::new()));
+        match (v1.is_empty(), unified) {
+            (true, Some(u)) => Some(Self::Unified(u)),
+            (true, None) => None,
+            (false, Some(u)) => Some(Self::Hybrid { v1, unified: u }),
+            (false, None) => Some(Self::Legacy(v1)),
+        }
+    }
+
+    fn v1_mounts(&self) -> &[CgroupMount] {
+        match self {
+            Self::Unified(_) => &[],
+            Self::Legacy(v1) | Self::Hybrid { v1, .. } => v1,
+        }
+    }
+
+    fn unified(&self) -> Option<&CgroupMount> {
+        match self {
+            Self::Unified(u) | Self::Hybrid { unified: u, .. } => Some(u),
+            Self::Legacy(_) => None,
+        }
+    }
+
+    /// The directory of `cgroup` (a path from the hierarchy root) under the mount holding `controller`.
+    fn v1_dir(&self, controller: &str, cgroup: &str) -> Option<PathBuf> {
+        let mount = self
+            .v1_mounts()
+            .iter()
+            .find(|m| m.controllers.iter().any(|c| c == controller))?;
+        join_existing(mount, cgroup)
+    }
+
+    /// Resolves the container's directories given the cgroup path of each controller.
+    fn resolve(
+        &self,
+        v1_path: impl Fn(&str) -> Option<String>,
+        unified_path: Option<&str>,
+    ) -> Option<crate::cgroup::CgroupDirs> {
+        if let Self::Unified(mount) = self {
+            let dir = join_existing(mount, unified_path?)?;
+            return Some(crate::cgroup::CgroupDirs::V2(v2::Dirs { dir }));
+        }
+        let dir = |c: &str| v1_path(c).and_then(|p| self.v1_dir(c, &p));
+        let dirs = v1::Dirs {
+            cpu: dir("cpu"),
+            cpuacct: dir("cpuacct"),
+            memory: dir("memory"),
+            blkio: dir("blkio"),
+            pids: dir("pids"),
+            freezer: dir("freezer"),
+            unified: self
+                .unified()
+                .zip(unified_path)
+                .and_then(|(m, p)| join_existing(m, p)),
+        };
+        let any = [&dirs.cpu, &dirs.cpuacct, &dirs.memory, &dirs.blkio, &dirs.pids, &dirs.freezer]
+            .iter()
+            .any(|d| d.is_some());
+        any.then_some(crate::cgroup::CgroupDirs::V1(dirs))
+    }
+}
+
+fn rebase(mount_point: &Path, cgroup_root: &Path) -> PathBuf {
+    if cgroup_root == Path::new(DEFAULT_CGROUP_ROOT) {
+        return mount_point.to_owned();
+    }
+    match mount_point.strip_prefix(DEFAULT_CGROUP_ROOT) {
+        Ok(rest) if rest.as_os_str().is_empty() => cgroup_root.to_owned(),
+        Ok(rest) => cgroup_root.join(rest),
+        Err(_) => mount_point.to_owned(),
+    }
+}
+
+/// `mount_point` + (`cgroup` relative to the mount's root), if that directory exists.
+fn join_existing(mount: &CgroupMount, cgroup: &str) -> Option<PathBuf> {
+    let relative = if mount.root == "/" {
+        cgroup
+    } else {
+        let rest = cgroup.strip_prefix(mount.root.as_str())?;
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            return None;
+        }
+        rest
+    };
+    let relative = relative.trim_start_matches('/');
+    // A cgroup path never climbs out of its hierarchy.
+    if relative.split('/').any(|c| c == "..") {
+        return None;
+    }
+    let dir = if relative.is_empty() {
+        mount.mount_point.clone()
+    } else {
+        mount.mount_point.join(relative)
+    };
+    dir.is_dir().then_some(dir)
+}
+
+/// Turns an OCI `linux.cgroupsPath` into a path from the hierarchy root (`/a/b`).
+///
+/// systemd form `slice:prefix:name` becomes `/<expanded slice>/<prefix>-<name>.scope` (or the slice itself when
+/// `name` ends in `.slice`), as runc and youki lay it out.
+pub fn normalize_cgroups_path(path: &str) -> Result<String, DiscoveryError> {
+    let invalid = |reason| DiscoveryError::InvalidPath { path: path.to_owned(), reason };
+    if path.is_empty() {
+        return Err(invalid("empty"));
+    }
+    let parts: Vec<&str> = path.split(':').collect();
+    let joined = match parts.as_slice() {
+        [plain] => {
+            if plain.starts_with('/') {
+                (*plain).to_owned()
+            } else {
+                format!("/{plain}")
+            }
+        }
+        [slice, prefix, name] => {
+            let slice = if slice.is_empty() { "system.slice" } else { slice };
+            let mut out = expand_slice(slice).ok_or_else(|| invalid("malformed systemd slice"))?;
+            if name.ends_with(".slice") {
+                out = expand_slice(name).ok_or_else(|| invalid("malformed systemd slice"))?;
+            } else if prefix.is_empty() {
+                out.push('/');
+                out.push_str(name);
+                out.push_str(".scope");
+            } else {
+                out.push_str(&format!("/{prefix}-{name}.scope"));
+            }
+            out
+        }
+        _ => return Err(invalid("neither a path nor slice:prefix:name")),
+    };
+    if joined.split('/').any(|c| c == "..") {
+        return Err(invalid("contains .."));
+    }
+    Ok(joined)
+}
+
+/// `a-b-c.slice` -> `/a.slice/a-b.slice/a-b-c.slice`; `-.slice` is the root.
+fn expand_slice(slice: &str) -> Option<String> {
+    let base = slice.strip_suffix(".slice")?;
+    if base == "-" {
+        return Some(String::new());
+    }
+    if base.is_empty() || base.contains('/') || base.starts_with('-') || base.ends_with('-') {
+        return None;
+    }
+    let mut out = String::new();
+    let mut prefix = String::new();
+    for component in base.split('-') {
+        if component.is_empty() {
+            return None;
+        }
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(component);
+        out.push('/');
+        out.push_str(&prefix);
+        out.push_str(".slice");
+    }
+    Some(out)
+}
+
+impl ContainerCgroup {
+    /// Finds the cgroup named by an OCI `linux.cgroupsPath` on this host.
+    pub fn discover(roots: &HostRoots, cgroups_path: &str) -> Result<Self, DiscoveryError> {
+        let path = normalize_cgroups_path(cgroups_path)?;
+        let hierarchy = Hierarchy::detect(roots)?;
+        let dirs = hierarchy
+            .resolve(|_| Some(path.clone()), Some(&path))
+            .ok_or_else(|| DiscoveryError::NotFound { path: path.clone(), root: roots.cgroup.clone() })?;
+        Ok(Self::new(dirs, roots.proc.clone()))
+    }
+
+    /// Finds the cgroups of a running process from `/proc/<pid>/cgroup` (exact, whatever driver made them).
+    pub fn from_pid(roots: &HostRoots, pid: i32) -> Result<Self, DiscoveryError> {
+        let file = roots.proc.join(pid.to_string()).join("cgroup");
+        let text = std::fs::read_to_string(&file)
+            .map_err(|source| DiscoveryError::ReadProcCgroup { path: file.clone(), source })?;
+        let hierarchy = Hierarchy::detect(roots)?;
+        let mut unified = None;
+        let mut v1: Vec<(Vec<&str>, &str)> = Vec::new();
+        for line in text.lines() {
+            let mut fields = line.splitn(3, ':');
+            let (Some(_id), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            if controllers.is_empty() {
+                unified = Some(path);
+            } else {
+                v1.push((controllers.split(',').collect(), path));
+            }
+        }
+        let v1_path = |controller: &str| {
+            v1.iter()
+                .find(|(cs, _)| cs.contains(&controller))
+                .map(|(_, p)| (*p).to_owned())
+        };
+        let dirs = hierarchy.resolve(v1_path, unified).ok_or_else(|| DiscoveryError::NotFound {
+            path: file.display().to_string(),
+            root: roots.cgroup.clone(),
+        })?;
+        let mut cgroup = Self::new(dirs, roots.proc.clone());
+        cgroup.set_net_pid(Some(pid));
+        Ok(cgroup)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::CgroupDirs;
+    use crate::testutil::FakeHost;
+
+    const HYBRID_MOUNTINFO: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+38 31 0:35 / /sys/fs/cgroup/blkio rw,relatime - cgroup cgroup rw,blkio
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn mountinfo_layouts() {
+        let root = Path::new("/tmp/x");
+        match Hierarchy::from_mountinfo(HYBRID_MOUNTINFO, root) {
+            Some(Hierarchy::Hybrid { v1, unified }) => {
+                assert_eq!(unified.mount_point, Path::new("/tmp/x/unified"));
+                assert_eq!(v1.len(), 7);
+                assert_eq!(v1[0].controllers, vec!["cpu".to_owned()]);
+                assert_eq!(v1[6].controllers, vec!["name=systemd".to_owned()]);
+            }
+            other => panic!("expected hybrid, got {other:?}"),
+        }
+        let v2 = "25 20 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert!(matches!(
+            Hierarchy::from_mountinfo(v2, Path::new(DEFAULT_CGROUP_ROOT)),
+            Some(Hierarchy::Unified(m)) if m.mount_point == Path::new("/sys/fs/cgroup")
+        ));
+        let combined = "30 25 0:26 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n";
+        match Hierarchy::from_mountinfo(combined, Path::new(DEFAULT_CGROUP_ROOT)) {
+            Some(Hierarchy::Legacy(v1)) => {
+                assert_eq!(v1[0].controllers, vec!["cpu".to_owned(), "cpuacct".to_owned()]);
+            }
+            other => panic!("expected legacy, got {other:?}"),
+        }
+        assert_eq!(Hierarchy::from_mountinfo("", root), None);
+        assert_eq!(Hierarchy::from_mountinfo("garbage\n1 2 3\n", root), None);
+        let spaced = "41 31 0:38 /a\\040b /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
+        match Hierarchy::from_mountinfo(spaced, root) {
+            Some(Hierarchy::Unified(m)) => assert_eq!(m.root, "/a b"),
+            other => panic!("expected unified, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn systemd_and_plain_paths() {
+        assert_eq!(normalize_cgroups_path("/default/abc").ok(), Some("/default/abc".to_owned()));
+        assert_eq!(normalize_cgroups_path("default/abc").ok(), Some("/default/abc".to_owned()));
+        assert_eq!(
+            normalize_cgroups_path("system.slice:docker:abc").ok(),
+            Some("/system.slice/docker-abc.scope".to_owned())
+        );
+        assert_eq!(
+            normalize_cgroups_path("kubepods-besteffort-pod1.slice:cri-containerd:c1").ok(),
+            Some(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-c1.scope"
+                    .to_owned()
+            )
+        );
+        assert_eq!(normalize_cgroups_path(":runc:x").ok(), Some("/system.slice/runc-x.scope".to_owned()));
+        assert!(normalize_cgroups_path("").is_err());
+        assert!(normalize_cgroups_path("/a/../b").is_err());
+        assert!(normalize_cgroups_path("a:b").is_err());
+        assert!(normalize_cgroups_path("bad-.slice:p:n").is_err());
+    }
+
+    #[test]
+    fn discover_on_each_layout() {
+        for layout in [crate::testutil::Layout::V1, crate::testutil::Layout::V2, crate::testutil::Layout::Hybrid] {
+            let host = FakeHost::new(layout);
+            host.container("/default/c1");
+            let cg = ContainerCgroup::discover(&host.roots(), "/default/c1").expect("discovered");
+            match (layout, cg.dirs()) {
+                (crate::testutil::Layout::V2, CgroupDirs::V2(d)) => {
+                    assert_eq!(d.dir, host.root().join("default/c1"));
+                }
+                (crate::testutil::Layout::V1, CgroupDirs::V1(d)) => {
+                    assert_eq!(d.memory.as_deref(), Some(host.root().join("memory/default/c1").as_path()));
+                    assert_eq!(d.unified, None);
+                }
+                (crate::testutil::Layout::Hybrid, CgroupDirs::V1(d)) => {
+                    assert_eq!(d.cpu.as_deref(), Some(host.root().join("cpu/default/c1").as_path()));
+                    assert_eq!(d.unified.as_deref(), Some(host.root().join("unified/default/c1").as_path()));
+                }
+                (l, d) => panic!("layout {l:?} gave {d:?}"),
+            }
+            assert!(matches!(
+                ContainerCgroup::discover(&host.roots(), "/default/missing"),
+                Err(DiscoveryError::NotFound { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn discover_without_mountinfo_scans_root() {
+        for layout in [crate::testutil::Layout::V1, crate::testutil::Layout::V2, crate::testutil::Layout::Hybrid] {
+            let host = FakeHost::new(layout);
+            host.container("/c");
+            let mut roots = host.roots();
+            roots.mountinfo = host.root().join("no-such-mountinfo");
+            let cg = ContainerCgroup::discover(&roots, "/c").expect("discovered by scan");
+            assert_eq!(matches!(cg.dirs(), CgroupDirs::V2(_)), layout == crate::testutil::Layout::V2);
+        }
+        let empty = tempfile::tempdir().expect("tempdir");
+        let roots = HostRoots {
+            cgroup: empty.path().to_owned(),
+            proc: empty.path().to_owned(),
+            mountinfo: empty.path().join("none"),
+        };
+        assert!(matches!(
+            ContainerCgroup::discover(&roots, "/c"),
+            Err(DiscoveryError::NoHierarchy { .. })
+        ));
+    }
+
+    #[test]
+    fn from_pid_reads_proc_cgroup() {
+        let host = FakeHost::new(crate::testutil::Layout::Hybrid);
+        host.container("/default/c9");
+        host.proc_file(
+            "77/cgroup",
+            "9:name=systemd:/\n8:pids:/default/c9\n4:memory:/default/c9\n2:cpuacct:/default/c9\n1:cpu:/default/c9\n0::/default/c9\n",
+        );
+        let cg = ContainerCgroup::from_pid(&host.roots(), 77).expect("from pid");
+        match cg.dirs() {
+            CgroupDirs::V1(d) => {
+                assert!(d.memory.is_some() && d.cpu.is_some() && d.pids.is_some() && d.unified.is_some());
+                assert_eq!(d.freezer, None, "freezer not listed for the pid");
+            }
+            other => panic!("expected v1 dirs, got {other:?}"),
+        }
+        assert!(matches!(
+            ContainerCgroup::from_pid(&host.roots(), 78),
+            Err(DiscoveryError::ReadProcCgroup { .. })
+        ));
+        host.proc_file("79/cgroup", "");
+        assert!(matches!(
+            ContainerCgroup::from_pid(&host.roots(), 79),
+            Err(DiscoveryError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn nested_mount_root() {
+        let mount = CgroupMount {
+            mount_point: PathBuf::from("/nonexistent-mount"),
+            root: "/outer".to_owned(),
+            controllers: vec![],
+        };
+        assert_eq!(join_existing(&mount, "/elsewhere/x"), None);
+        assert_eq!(join_existing(&mount, "/outerx"), None);
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("c")).expect("mkdir");
+        let mount = CgroupMount { mount_point: dir.path().to_owned(), root: "/outer".to_owned(), controllers: vec![] };
+        assert_eq!(join_existing(&mount, "/outer/c"), Some(dir.path().join("c")));
+        assert_eq!(join_existing(&mount, "/outer/../c"), None);
+    }
+}

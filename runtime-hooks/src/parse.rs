@@ -1,0 +1,201 @@
+//! Tolerant parsers for the formats cgroupfs and procfs use.
+//!
+//! Sampling treats every file as optional and every malformed value as absent: a parser here returns
+//! `None` rather than an error, and never panics on empty files, `max`, truncated lines or numbers that
+//! overflow `u64`. Callers that must report a malformed value (actuation read-back) do their own check.
+
+use std::io::Read;
+use std::path::Path;
+
+/// Reads a whole (small) file; `None` when it is missing or unreadable.
+pub(crate) fn read(path: &Path) -> Option<String> {
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut text = String::with_capacity(512);
+    file.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// A single unsigned number; `max` and out-of-range values are `None`.
+pub(crate) fn u64_value(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
+}
+
+/// A single-value file holding a number.
+pub(crate) fn u64_file(path: &Path) -> Option<u64> {
+    u64_value(&read(path)?)
+}
+
+/// A limit: `Some(None)` for `max` (unlimited), `Some(Some(n))` for a number, `None` when malformed.
+pub(crate) fn limit_value(text: &str) -> Option<Option<u64>> {
+    let text = text.trim();
+    if text == "max" {
+        return Some(None);
+    }
+    text.parse().ok().map(Some)
+}
+
+/// Looks up `key` in flat keyed content (`key value` per line).
+pub(crate) fn keyed<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|line| {
+        let mut parts = line.split_ascii_whitespace();
+        (parts.next()? == key).then(|| parts.next()).flatten()
+    })
+}
+
+/// Looks up `key` in flat keyed content and parses it as a number.
+pub(crate) fn keyed_u64(text: &str, key: &str) -> Option<u64> {
+    keyed(text, key)?.parse().ok()
+}
+
+/// One line of a pressure-stall file (`some avg10=.. avg60=.. avg300=.. total=..`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PsiLine {
+    /// Share of wall time stalled over the last 10 s, in percent.
+    pub avg10: f64,
+    /// Same over 60 s.
+    pub avg60: f64,
+    /// Same over 300 s.
+    pub avg300: f64,
+    /// Total stall time since the cgroup was created, in microseconds.
+    pub total_us: u64,
+}
+
+/// A pressure-stall file: `some` is always there when the file is, `full` is absent for cpu on old kernels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Pressure {
+    /// At least one task stalled.
+    pub some: PsiLine,
+    /// All non-idle tasks stalled at once.
+    pub full: Option<PsiLine>,
+}
+
+fn psi_line(rest: &str) -> Option<PsiLine> {
+    let mut line = PsiLine::default();
+    let mut seen = 0;
+    for kv in rest.split_ascii_whitespace() {
+        let (key, value) = kv.split_once('=')?;
+        match key {
+            "avg10" => line.avg10 = value.parse().ok().filter(|v: &f64| v.is_finite())?,
+            "avg60" => line.avg60 = value.parse().ok().filter(|v: &f64| v.is_finite())?,
+            "avg300" => line.avg300 = value.parse().ok().filter(|v: &f64| v.is_finite())?,
+            "total" => line.total_us = value.parse().ok()?,
+            _ => continue,
+        }
+        seen += 1;
+    }
+    (seen == 4).then_some(line)
+}
+
+/// Parses `cpu.pressure` / `memory.pressure` / `io.pressure`; `None` unless a well-formed `some` line exists.
+pub(crate) fn pressure(text: &str) -> Option<Pressure> {
+    let mut some = None;
+    let mut full = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("some ") {
+            some = psi_line(rest);
+        } else if let Some(rest) = line.strip_prefix("full ") {
+            full = psi_line(rest);
+        }
+    }
+    Some(Pressure { some: some?, full })
+}
+
+/// Totals over the non-loopback interfaces of `/proc/<pid>/net/dev`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetDevTotals {
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+}
+
+/// Parses `/proc/<pid>/net/dev`, skipping `lo` and malformed lines; `None` if no interface line parsed.
+pub(crate) fn net_dev(text: &str) -> Option<NetDevTotals> {
+    let mut totals = NetDevTotals::default();
+    let mut any = false;
+    for line in text.lines().skip(2) {
+        let Some((name, counters)) = line.split_once(':') else {
+            continue;
+        };
+        if name.trim() == "lo" {
+            continue;
+        }
+        let fields: Vec<u64> = counters
+            .split_ascii_whitespace()
+            .map_while(|f| f.parse().ok())
+            .collect();
+        if fields.len() < 10 {
+            continue;
+        }
+        any = true;
+        totals.rx_bytes = totals.rx_bytes.saturating_add(fields[0]);
+        totals.rx_packets = totals.rx_packets.saturating_add(fields[1]);
+        totals.tx_bytes = totals.tx_bytes.saturating_add(fields[8]);
+        totals.tx_packets = totals.tx_packets.saturating_add(fields[9]);
+    }
+    any.then_some(totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_limits() {
+        assert_eq!(u64_value("42\n"), Some(42));
+        assert_eq!(u64_value(""), None);
+        assert_eq!(u64_value("max"), None);
+        assert_eq!(u64_value("99999999999999999999999"), None);
+        assert_eq!(u64_value("-1"), None);
+        assert_eq!(limit_value("max\n"), Some(None));
+        assert_eq!(limit_value("7"), Some(Some(7)));
+        assert_eq!(limit_value(""), None);
+        assert_eq!(limit_value("184467440737095516150"), None);
+    }
+
+    #[test]
+    fn keyed_lookup() {
+        let text = "nr_periods 5\nnr_throttled\nthrottled_time 18446744073709551615\nbad x\n";
+        assert_eq!(keyed_u64(text, "nr_periods"), Some(5));
+        assert_eq!(keyed_u64(text, "nr_throttled"), None);
+        assert_eq!(keyed_u64(text, "throttled_time"), Some(u64::MAX));
+        assert_eq!(keyed_u64(text, "bad"), None);
+        assert_eq!(keyed_u64(text, "missing"), None);
+        assert_eq!(keyed_u64("", "x"), None);
+    }
+
+    #[test]
+    fn pressure_files() {
+        let p = pressure(
+            "some avg10=1.50 avg60=0.20 avg300=0.00 total=1234\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=99\n",
+        )
+        .expect("well formed");
+        assert_eq!(p.some.avg10, 1.5);
+        assert_eq!(p.some.total_us, 1234);
+        assert_eq!(p.full.map(|f| f.total_us), Some(99));
+        let p = pressure("some avg10=0.00 avg60=0.00 avg300=0.00 total=1\n").expect("some only");
+        assert_eq!(p.full, None);
+        assert_eq!(pressure(""), None);
+        assert_eq!(pressure("some"), None);
+        assert_eq!(pressure("so"), None);
+        assert_eq!(pressure("some avg10=x avg60=0 avg300=0 total=1"), None);
+        assert_eq!(pressure("some avg10=NaN avg60=0 avg300=0 total=1"), None);
+        assert_eq!(pressure("some avg10=0 avg60=0 avg300=0 total=99999999999999999999999"), None);
+    }
+
+    #[test]
+    fn net_dev_totals() {
+        let text = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo: 100 2 0 0 0 0 0 0 100 2 0 0 0 0 0 0\n  eth0: 1000 10 0 0 0 0 0 0 500 5 0 0 0 0 0 0\n  eth1: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n  bad: 1 2\n";
+        let t = net_dev(text).expect("two interfaces");
+        assert_eq!(
+            t,
+            NetDevTotals { rx_bytes: 1001, rx_packets: 11, tx_bytes: 501, tx_packets: 6 }
+        );
+        assert_eq!(net_dev(""), None);
+        assert_eq!(net_dev("a\nb\n  lo: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n"), None);
+    }
+}

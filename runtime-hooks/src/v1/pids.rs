@@ -1,0 +1,23 @@
+//! `pids` (same files on v1 and v2): `pids.current`, `pids.max`.
+
+use std::path::Path;
+
+use crate::actuate::{self, ActuateError};
+use crate::cgroup::{Controller, Sample};
+use crate::parse;
+
+pub(crate) struct Pids;
+
+impl Controller for Pids {
+    fn sample(dir: &Path, sample: &mut Sample) {
+        sample.pids.current = parse::u64_file(&dir.join("pids.current"));
+        sample.pids.limit = parse::read(&dir.join("pids.max")).and_then(|t| parse::limit_value(&t)).flatten();
+    }
+}
+
+impl Pids {
+    pub(crate) fn set_limit(dir: &Path, limit: Option<u64>) -> Result<(), ActuateError> {
+        let value = limit.map_or_else(|| "max".to_owned(), |n| n.to_string());
+        actuate::write_verified(&dir.join("pids.max"), &value, |back| parse::limit_value(back) == Some(limit))
+    }
+}

@@ -1,0 +1,67 @@
+//! v2 `memory`: `memory.current`, `memory.peak`, `memory.max`, `memory.stat`, `memory.events`;
+//! writes `memory.max` and `memory.high`.
+//!
+//! Limit: cgroup v2 cannot disable the OOM killer; a `memory.max` below usage makes the kernel reclaim
+//! and then OOM-kill, which is why the library refuses it by default.
+
+use std::path::Path;
+
+use crate::actuate::{self, ActuateError, MemoryLimitPolicy};
+use crate::cgroup::{Controller, Sample};
+use crate::parse;
+
+pub(crate) struct Memory;
+
+impl Controller for Memory {
+    fn sample(dir: &Path, sample: &mut Sample) {
+        let m = &mut sample.memory;
+        m.usage_bytes = parse::u64_file(&dir.join("memory.current"));
+        m.peak_bytes = parse::u64_file(&dir.join("memory.peak"));
+        m.limit_bytes = parse::read(&dir.join("memory.max")).and_then(|t| parse::limit_value(&t)).flatten();
+        if let Some(stat) = parse::read(&dir.join("memory.stat")) {
+            m.rss_bytes = parse::keyed_u64(&stat, "anon");
+            m.cache_bytes = parse::keyed_u64(&stat, "file");
+            m.working_set_bytes = m
+                .usage_bytes
+                .zip(parse::keyed_u64(&stat, "inactive_file"))
+                .map(|(u, i)| u.saturating_sub(i));
+        }
+        if let Some(events) = parse::read(&dir.join("memory.events")) {
+            m.limit_hits = parse::keyed_u64(&events, "max");
+            m.oom_events = parse::keyed_u64(&events, "oom");
+            m.oom_kills = parse::keyed_u64(&events, "oom_kill");
+        }
+    }
+}
+
+fn write_limit(file: &Path, value: Option<u64>) -> Result<(), ActuateError> {
+    match value {
+        Some(bytes) => actuate::write_verified(file, &bytes.to_string(), |back| {
+            back.parse::<u64>().is_ok_and(|b| actuate::memory_matches(bytes, b))
+        }),
+        None => actuate::write_str_exact(file, "max"),
+    }
+}
+
+impl Memory {
+    pub(crate) fn set_limit(dir: &Path, value: Option<u64>, policy: MemoryLimitPolicy) -> Result<(), ActuateError> {
+        let file = dir.join("memory.max");
+        if let (Some(bytes), MemoryLimitPolicy::RefuseBelowUsage) = (value, policy) {
+            let usage_file = dir.join("memory.current");
+            let usage = actuate::read(&usage_file)?;
+            let usage = usage.trim().parse::<u64>().map_err(|_| ActuateError::Mismatch {
+                path: usage_file.clone(),
+                value: "a byte count".to_owned(),
+                read: usage.trim().to_owned(),
+            })?;
+            if bytes < usage {
+                return Err(ActuateError::BelowUsage { path: file, limit: bytes, usage });
+            }
+        }
+        write_limit(&file, value)
+    }
+
+    pub(crate) fn set_high(dir: &Path, value: Option<u64>) -> Result<(), ActuateError> {
+        write_limit(&dir.join("memory.high"), value)
+    }
+}
