@@ -1,0 +1,341 @@
+//! A private containerd for one test, and `ctr` helpers against it.
+
+use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::clean;
+use crate::cmd::{Bg, Output, run_cmd, wait_until};
+use crate::settings::{IMAGE, PREDICTIVE_SHIM_BINARY, Settings};
+
+/// Default bound for one ctr call.
+pub const CTR_TIMEOUT: Duration = Duration::from_secs(60);
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+pub struct Containerd {
+    pub settings: Settings,
+    pub test: String,
+    /// Holds root/, state/, the sockets, config.toml and containerd.log.
+    pub dir: PathBuf,
+    pub sock: PathBuf,
+    pub ctr_bin: PathBuf,
+    pub pid: i32,
+    /// A namespace of our own: ctr puts containers at cgroupsPath /<ns>/<id>.
+    pub ns: String,
+    ids: Mutex<Vec<String>>,
+    finished: bool,
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+impl Containerd {
+    /// Start a private containerd for `test`, or return None (after `SKIPPED:`) when not root.
+    pub fn start(test: &str) -> Option<Containerd> {
+        if !crate::require_root(test) {
+            return None;
+        }
+        let settings = Settings::from_env();
+        if settings.is_predictive() {
+            let bin = settings.shim_dir.join(PREDICTIVE_SHIM_BINARY);
+            assert!(
+                bin.is_file(),
+                "{test}: {} not found: build it first (`make build`, or `cargo build --release -p predictive-shim`), \
+                 or set PREDICTIVE_E2E_RUNTIME=io.containerd.runc.v2 / PREDICTIVE_E2E_SHIM_DIR",
+                bin.display()
+            );
+        }
+        let image_tar = ensure_image(&settings);
+        let me = std::process::id();
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let dir = PathBuf::from(format!("/tmp/pe2e-{me}-{n}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut up = Command::new(settings.script("containerd-up.sh"));
+        up.arg(&dir).arg(&settings.containerd);
+        if settings.shim_dir.is_dir() {
+            up.arg(&settings.shim_dir);
+        }
+        let out = run_cmd(up, Duration::from_secs(600));
+        assert!(out.ok(), "{test}: starting containerd {}: {out}", settings.containerd);
+        let env = std::fs::read_to_string(dir.join("env")).expect("containerd-up.sh writes env");
+        let get = |k: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::to_string))
+                .unwrap_or_else(|| panic!("{k} missing from {}/env", dir.display()))
+        };
+        let pid: i32 = std::fs::read_to_string(dir.join("containerd.pid"))
+            .expect("containerd-up.sh writes containerd.pid")
+            .trim()
+            .parse()
+            .expect("containerd.pid holds a pid");
+        let c = Containerd {
+            test: test.to_string(),
+            sock: PathBuf::from(get("CONTAINERD_SOCK")),
+            ctr_bin: PathBuf::from(get("CTR")),
+            dir,
+            pid,
+            ns: format!("pe2e{me}n{n}"),
+            settings,
+            ids: Mutex::new(Vec::new()),
+            finished: false,
+        };
+        c.ctr_with(&["images", "import", &image_tar.to_string_lossy()], Duration::from_secs(120))
+            .expect_ok("importing the busybox image");
+        Some(c)
+    }
+
+    /// A fresh container id, unique on this host (private containerds share /run/containerd/{runc,s,fifo}).
+    pub fn id(&self, name: &str) -> String {
+        let id = format!("pe2e-{name}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
+        self.ids.lock().expect("ids poisoned").push(id.clone());
+        id
+    }
+
+    pub fn runtime(&self) -> &str {
+        &self.settings.runtime
+    }
+
+    pub fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.ctr_bin);
+        cmd.arg("-a").arg(&self.sock).arg("-n").arg(&self.ns).args(args);
+        cmd
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_with(args, CTR_TIMEOUT)
+    }
+
+    pub fn ctr_with(&self, args: &[&str], timeout: Duration) -> Output {
+        run_cmd(self.ctr_cmd(args), timeout)
+    }
+
+    fn run_args<'a>(&'a self, mode: &[&'a str], id: &'a str, flags: &[&'a str], cmd: &[&'a str]) -> Vec<&'a str> {
+        let mut a = vec!["run"];
+        a.extend_from_slice(mode);
+        a.extend_from_slice(&["--runtime", self.runtime()]);
+        a.extend_from_slice(flags);
+        a.extend_from_slice(&[IMAGE, id]);
+        a.extend_from_slice(cmd);
+        a
+    }
+
+    /// `ctr run --rm --runtime R FLAGS IMAGE ID CMD...` in the foreground.
+    pub fn run(&self, id: &str, flags: &[&str], cmd: &[&str]) -> Output {
+        self.ctr(&self.run_args(&["--rm"], id, flags, cmd))
+    }
+
+    /// Same, without --rm (the container stays; remove it with [`Self::remove`]).
+    pub fn run_keep(&self, id: &str, flags: &[&str], cmd: &[&str]) -> Output {
+        self.ctr(&self.run_args(&[], id, flags, cmd))
+    }
+
+    /// Same, in the background: for tests that act on a running foreground `ctr run`.
+    pub fn run_bg(&self, id: &str, flags: &[&str], cmd: &[&str]) -> Bg {
+        Bg::spawn(self.ctr_cmd(&self.run_args(&["--rm"], id, flags, cmd)))
+    }
+
+    /// `ctr run -d --null-io ...`, then wait until the task is RUNNING.
+    pub fn run_detached(&self, id: &str, flags: &[&str], cmd: &[&str]) {
+        self.run_detached_try(id, flags, cmd).expect_ok(&format!("starting {id} detached"));
+        self.wait_status(id, "RUNNING", Duration::from_secs(20));
+    }
+
+    pub fn run_detached_try(&self, id: &str, flags: &[&str], cmd: &[&str]) -> Output {
+        self.ctr(&self.run_args(&["-d", "--null-io"], id, flags, cmd))
+    }
+
+    /// The `ctr t ls` rows: (id, pid, status).
+    pub fn tasks(&self) -> Vec<(String, i32, String)> {
+        let out = self.ctr(&["t", "ls"]).expect_ok("ctr t ls");
+        out.stdout
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 3).then(|| (f[0].to_string(), f[1].parse().unwrap_or(0), f[2].to_string()))
+            })
+            .collect()
+    }
+
+    pub fn status(&self, id: &str) -> Option<String> {
+        self.tasks().into_iter().find(|t| t.0 == id).map(|t| t.2)
+    }
+
+    pub fn task_pid(&self, id: &str) -> i32 {
+        self.tasks()
+            .into_iter()
+            .find(|t| t.0 == id)
+            .map(|t| t.1)
+            .unwrap_or_else(|| panic!("task {id} not in `ctr t ls`"))
+    }
+
+    pub fn wait_status(&self, id: &str, want: &str, timeout: Duration) {
+        let mut last = None;
+        let ok = wait_until(timeout, || {
+            last = self.status(id);
+            (last.as_deref() == Some(want)).then_some(())
+        });
+        assert!(ok.is_some(), "task {id}: status {last:?}, expected {want} within {timeout:?}");
+    }
+
+    pub fn containers(&self) -> Vec<String> {
+        let out = self.ctr(&["c", "ls", "-q"]).expect_ok("ctr c ls");
+        out.stdout.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
+    }
+
+    /// Kill and delete the task, then the container; panics if the container is still listed.
+    pub fn remove(&self, id: &str) {
+        if self.status(id).is_some() {
+            let out = self.ctr(&["t", "rm", "-f", id]);
+            if !out.ok() && self.status(id).is_some() {
+                panic!("removing task {id}: {out}");
+            }
+        }
+        if self.containers().iter().any(|c| c == id) {
+            self.ctr(&["c", "rm", id]).expect_ok(&format!("removing container {id}"));
+        }
+        assert!(!self.containers().iter().any(|c| c == id), "container {id} still listed after removal");
+    }
+
+    /// Shim processes serving this containerd (they carry `-address <our socket>`).
+    pub fn shim_pids(&self) -> Vec<i32> {
+        clean::processes_matching(|cmdline, _| {
+            cmdline.contains(&format!("-address {}", self.sock.display()))
+                && cmdline.split_whitespace().next().is_some_and(|a| a.contains("containerd-shim"))
+        })
+    }
+
+    /// The bundle dir containerd made for a container.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.dir.join("state/io.containerd.runtime.v2.task").join(&self.ns).join(id)
+    }
+
+    /// A container's cgroup directory for a v1 controller (`/sys/fs/cgroup/<ctrl>/<ns>/<id>`),
+    /// or its unified directory on a cgroup v2 host.
+    pub fn cgroup_dir(&self, controller: &str, id: &str) -> PathBuf {
+        let root = Path::new("/sys/fs/cgroup");
+        if root.join("cgroup.controllers").is_file() {
+            root.join(&self.ns).join(id)
+        } else {
+            root.join(controller).join(&self.ns).join(id)
+        }
+    }
+
+    pub fn cgroup_v2_host() -> bool {
+        Path::new("/sys/fs/cgroup/cgroup.controllers").is_file()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Remove what is left, stop containerd, and check the host is clean for every id this test used.
+    /// Panics listing the leaks (after cleaning them up, so later tests start clean).
+    pub fn finish(mut self) {
+        self.finished = true;
+        let mut problems = Vec::new();
+        // Containers a test left behind are removed quietly: the leak checks are about what
+        // the runtime leaves after a removal.
+        for c in self.containers() {
+            let _ = self.ctr(&["t", "rm", "-f", &c]);
+            let _ = self.ctr(&["c", "rm", &c]);
+        }
+        let ids = self.ids.lock().expect("ids poisoned").clone();
+        // Shims exit after their last task is deleted.
+        let shims = wait_until(Duration::from_secs(15), || self.shim_pids().is_empty().then_some(()));
+        if shims.is_none() {
+            problems.push(format!("shim processes still running after all containers were removed: {:?}", self.shim_pids()));
+        }
+        if let Some(leaks) = wait_clean(Duration::from_secs(10), || clean::state_leaks(&self, &ids)) {
+            problems.extend(leaks);
+        }
+        self.stop_containerd();
+        if let Some(leaks) = wait_clean(Duration::from_secs(10), || clean::host_leaks(&self, &ids)) {
+            problems.extend(leaks);
+        }
+        let keep = self.settings.keep && !problems.is_empty();
+        clean::scrub(&self, &ids, keep);
+        if !problems.is_empty() {
+            panic!(
+                "{}: host not clean after the test (runtime {}, containerd {}):\n  {}",
+                self.test,
+                self.settings.runtime,
+                self.settings.containerd,
+                problems.join("\n  ")
+            );
+        }
+    }
+
+    fn stop_containerd(&self) {
+        if pid_alive(self.pid) {
+            // SAFETY: signalling the containerd we started.
+            unsafe { libc::kill(self.pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while pid_alive(self.pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // SAFETY: as above; it did not stop in time.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn wait_clean(timeout: Duration, mut f: impl FnMut() -> Vec<String>) -> Option<Vec<String>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let leaks = f();
+        if leaks.is_empty() {
+            return None;
+        }
+        if Instant::now() >= deadline {
+            return Some(leaks);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // The test panicked: clean up as well as we can so later tests start clean.
+        if self.settings.keep {
+            eprintln!("{}: keeping {} (containerd.log there)", self.test, self.dir.display());
+        }
+        let log = self.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        eprintln!("--- containerd.log (last lines) ---");
+        for l in tail.iter().rev() {
+            eprintln!("{l}");
+        }
+        let mut down = Command::new(self.settings.script("containerd-down.sh"));
+        down.arg(&self.dir).arg("--keep");
+        let _ = run_cmd(down, Duration::from_secs(120));
+        self.stop_containerd();
+        let ids = self.ids.lock().expect("ids poisoned").clone();
+        clean::scrub(self, &ids, self.settings.keep);
+    }
+}
+
+/// Build the busybox image tar once per cache (under a lock: tests run in parallel).
+fn ensure_image(settings: &Settings) -> PathBuf {
+    let tar = settings.cache.join("busybox-image.tar");
+    if tar.is_file() {
+        return tar;
+    }
+    std::fs::create_dir_all(&settings.cache).expect("creating the cache dir");
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(r#"exec 9>"$1.lock"; flock -w 300 9; [ -s "$1" ] || "$2" "$1""#)
+        .arg("ensure-image")
+        .arg(&tar)
+        .arg(settings.script("make-image.sh"));
+    run_cmd(cmd, Duration::from_secs(320)).expect_ok("building the busybox image");
+    tar
+}

@@ -1,0 +1,103 @@
+//! Run a command on a fresh pseudo-terminal (for `ctr run -t`), type into it, read the screen.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct PtyChild {
+    child: Child,
+    master: File,
+    screen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl PtyChild {
+    pub fn spawn(mut cmd: Command) -> PtyChild {
+        let mut master: libc::c_int = -1;
+        let mut slave: libc::c_int = -1;
+        let mut ws = libc::winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: openpty writes two fds into the out-pointers; name and termios may be null.
+        let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &mut ws) };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: openpty succeeded, so both fds are open and owned by nobody else.
+        let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let s = slave.as_raw_fd();
+        cmd.stdin(Stdio::from(slave.try_clone().expect("dup pty slave")))
+            .stdout(Stdio::from(slave.try_clone().expect("dup pty slave")))
+            .stderr(Stdio::from(slave));
+        // SAFETY: setsid and ioctl are async-signal-safe; the child makes the pty its controlling tty.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // fd 0 is the slave by now
+                libc::ioctl(0, libc::TIOCSCTTY as _, 0);
+                let _ = s;
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawning a command on a pty");
+        drop(cmd); // closes our copies of the slave, so reads on the master end with EIO at exit
+        let master = File::from(master);
+        let screen = Arc::new(Mutex::new(Vec::new()));
+        let mut rd = master.try_clone().expect("dup pty master");
+        let sc = screen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = rd.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sc.lock().expect("screen poisoned").extend_from_slice(&buf[..n]);
+            }
+        });
+        PtyChild { child, master, screen }
+    }
+
+    pub fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.screen.lock().expect("screen poisoned")).into_owned()
+    }
+
+    pub fn type_text(&mut self, text: &str) {
+        self.master.write_all(text.as_bytes()).expect("writing to the pty");
+    }
+
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.screen().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.screen().contains(needle)
+    }
+
+    /// Exit code (128+signal if killed), or None if it did not exit in time (it is then killed).
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for PtyChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

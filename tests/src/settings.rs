@@ -1,0 +1,66 @@
+//! Test settings from the environment.
+//!
+//! | variable | default | meaning |
+//! | --- | --- | --- |
+//! | `PREDICTIVE_E2E_RUNTIME` | `io.containerd.predictive.v2` | runtime passed to `ctr run --runtime` |
+//! | `PREDICTIVE_E2E_CONTAINERD` | `1.6` | containerd version: 1.6 (Debian 12), 1.7 (Debian 13), 2.1 (Debian sid) |
+//! | `PREDICTIVE_E2E_SHIM_DIR` | `<workspace>/target/release` | put first on containerd's PATH |
+//! | `PREDICTIVE_E2E_CACHE` | `/var/cache/predictive-e2e` | unpacked containerd packages, the image tar |
+//! | `PREDICTIVE_E2E_KEEP` | unset | `1`: keep a failed test's containerd dir (log, state) |
+
+use std::path::PathBuf;
+
+pub const PREDICTIVE_RUNTIME: &str = "io.containerd.predictive.v2";
+pub const PREDICTIVE_SHIM_BINARY: &str = "containerd-shim-predictive-v2";
+pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+pub const IMAGE: &str = "docker.io/predictive/busybox:latest";
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub runtime: String,
+    pub containerd: String,
+    pub shim_dir: PathBuf,
+    pub cache: PathBuf,
+    pub workspace: PathBuf,
+    pub keep: bool,
+}
+
+impl Settings {
+    pub fn from_env() -> Self {
+        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ lives inside the workspace")
+            .to_path_buf();
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let containerd = match var("PREDICTIVE_E2E_CONTAINERD").as_deref() {
+            None => "1.6".to_string(),
+            Some("2") | Some("2.x") => "2.1".to_string(),
+            Some(v) => v.to_string(),
+        };
+        Settings {
+            runtime: var("PREDICTIVE_E2E_RUNTIME").unwrap_or_else(|| PREDICTIVE_RUNTIME.to_string()),
+            containerd,
+            shim_dir: var("PREDICTIVE_E2E_SHIM_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace.join("target/release")),
+            cache: var("PREDICTIVE_E2E_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/cache/predictive-e2e")),
+            keep: var("PREDICTIVE_E2E_KEEP").is_some_and(|v| v == "1"),
+            workspace,
+        }
+    }
+
+    pub fn is_predictive(&self) -> bool {
+        self.runtime == PREDICTIVE_RUNTIME
+    }
+
+    pub fn script(&self, name: &str) -> PathBuf {
+        self.workspace.join("scripts").join(name)
+    }
+
+    /// containerd >= 2.0 (task API v3, different ctr output in places).
+    pub fn is_v2(&self) -> bool {
+        self.containerd.starts_with('2')
+    }
+}
