@@ -1,1 +1,545 @@
-//! Network egress limit (stub).
+//! Egress rate limit for a container: a token-bucket (TBF) root qdisc on each interface of the
+//! container's network namespace, set over rtnetlink.
+//!
+//! The netlink messages are built by hand (about 150 lines) instead of using `netlink-packet-route` /
+//! `rtnetlink`: those crates have no typed TBF options (TBF would go through their untyped `Other`
+//! attribute anyway), `rtnetlink` needs a tokio runtime, and the three messages used here
+//! (`RTM_NEWQDISC`, `RTM_DELQDISC`, `RTM_GETQDISC`) are short, fixed-layout structs from
+//! `linux/pkt_sched.h`. The rate is given in bytes per second with the link layer set to Ethernet, so
+//! the kernel needs no rate table (Linux >= 3.13, like `TCA_TBF_BURST` and `TCA_TBF_RATE64`).
+//!
+//! The work happens on a short-lived thread that joins the namespace with setns(2) (`/proc/<pid>/ns/net`
+//! or a bind-mounted path such as `/run/netns/NAME`); the calling thread never changes namespace. Each
+//! write is read back with a dump and the rate compared.
+//!
+//! Limits: egress only (ingress would need an IFB device); the root qdisc is replaced, so any qdisc the
+//! container set up itself is lost; needs CAP_SYS_ADMIN (setns) and CAP_NET_ADMIN in that namespace.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Errors from the egress limit.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The namespace file could not be opened.
+    #[error("opening network namespace {path}")]
+    OpenNetns {
+        /// The namespace file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// setns(2) into the namespace failed.
+    #[error("entering network namespace {path}")]
+    Setns {
+        /// The namespace file.
+        path: PathBuf,
+        /// The error from setns.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The netlink socket could not be created or used.
+    #[error("netlink socket")]
+    Socket(#[source] std::io::Error),
+    /// The named interface does not exist in the namespace.
+    #[error("no interface {name:?} in the namespace")]
+    NoInterface {
+        /// The interface name.
+        name: String,
+    },
+    /// The kernel refused a request (the errno says why: EINVAL for bad parameters, EPERM without
+    /// CAP_NET_ADMIN, ...).
+    #[error("{op} on {iface}")]
+    Kernel {
+        /// The request.
+        op: &'static str,
+        /// The interface.
+        iface: String,
+        /// The kernel's errno.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The qdisc read back does not carry the rate asked for.
+    #[error("{iface} reads back {found:?} after setting tbf rate {wanted} B/s")]
+    Mismatch {
+        /// The interface.
+        iface: String,
+        /// The rate asked for.
+        wanted: u64,
+        /// The root qdisc found: kind and rate.
+        found: Option<(String, Option<u64>)>,
+    },
+    /// A parameter is outside what TBF accepts.
+    #[error("{what} {value} is outside {range}")]
+    OutOfRange {
+        /// The parameter.
+        what: &'static str,
+        /// The value.
+        value: u64,
+        /// The accepted range.
+        range: &'static str,
+    },
+    /// The helper thread panicked.
+    #[error("network namespace helper thread panicked")]
+    Thread,
+}
+
+/// A network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Netns {
+    /// The namespace of a process (`/proc/<pid>/ns/net`).
+    Pid(i32),
+    /// A namespace file, e.g. `/run/netns/NAME` or an OCI `linux.namespaces[].path`.
+    Path(PathBuf),
+}
+
+impl Netns {
+    fn path(&self) -> PathBuf {
+        match self {
+            Self::Pid(pid) => PathBuf::from(format!("/proc/{pid}/ns/net")),
+            Self::Path(p) => p.clone(),
+        }
+    }
+}
+
+/// A token-bucket egress limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EgressLimit {
+    /// Sustained rate, bytes per second.
+    pub rate_bytes_per_sec: u64,
+    /// Bucket size in bytes: how much may leave at line rate after an idle spell.
+    pub burst_bytes: u32,
+    /// How long a packet may wait in the queue before being dropped (sets the queue length).
+    pub latency: Duration,
+}
+
+impl EgressLimit {
+    /// `rate_bytes_per_sec` with a burst of 10 ms worth of traffic (at least 16 KiB) and 50 ms latency.
+    pub fn new(rate_bytes_per_sec: u64) -> Self {
+        let burst = (rate_bytes_per_sec / 100).clamp(16 * 1024, u64::from(u32::MAX));
+        Self {
+            rate_bytes_per_sec,
+            burst_bytes: u32::try_from(burst).unwrap_or(u32::MAX),
+            latency: Duration::from_millis(50),
+        }
+    }
+}
+
+/// The root qdisc of an interface as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootQdisc {
+    /// Its kind (`tbf`, `noqueue`, `fq_codel`, ...).
+    pub kind: String,
+    /// The TBF rate in bytes per second, when it is a TBF.
+    pub rate_bytes_per_sec: Option<u64>,
+}
+
+/// Sets `limit` as the root qdisc of `iface` (or of every non-loopback interface when `None`) in `netns`;
+/// returns the interfaces changed.
+pub fn set_egress_limit(netns: &Netns, iface: Option<&str>, limit: &EgressLimit) -> Result<Vec<String>, NetError> {
+    if limit.rate_bytes_per_sec == 0 {
+        return Err(NetError::OutOfRange { what: "rate (B/s)", value: 0, range: "1..=u64::MAX" });
+    }
+    if limit.burst_bytes < 1600 {
+        return Err(NetError::OutOfRange {
+            what: "burst (bytes)",
+            value: limit.burst_bytes.into(),
+            range: "1600..=u32::MAX (at least one full-size packet)",
+        });
+    }
+    let limit = *limit;
+    in_netns(netns, move || {
+        let mut nl = Netlink::open()?;
+        let names = interfaces(iface)?;
+        for name in &names {
+            let index = ifindex(name)?;
+            nl.set_tbf(index, &limit)
+                .map_err(|source| NetError::Kernel { op: "RTM_NEWQDISC tbf", iface: name.clone(), source })?;
+            let found = nl.root_qdisc(index).map_err(|source| NetError::Kernel {
+                op: "RTM_GETQDISC",
+                iface: name.clone(),
+                source,
+            })?;
+            match &found {
+                Some(q) if q.kind == "tbf" && q.rate_bytes_per_sec == Some(limit.rate_bytes_per_sec) => {}
+                other => {
+                    return Err(NetError::Mismatch {
+                        iface: name.clone(),
+                        wanted: limit.rate_bytes_per_sec,
+                        found: other.clone().map(|q| (q.kind, q.rate_bytes_per_sec)),
+                    });
+                }
+            }
+        }
+        Ok(names)
+    })
+}
+
+/// Removes a TBF root qdisc set by [`set_egress_limit`] (other root qdiscs are left alone); returns the
+/// interfaces changed.
+pub fn clear_egress_limit(netns: &Netns, iface: Option<&str>) -> Result<Vec<String>, NetError> {
+    in_netns(netns, move || {
+        let mut nl = Netlink::open()?;
+        let mut changed = Vec::new();
+        for name in interfaces(iface)? {
+            let index = ifindex(&name)?;
+            let current = nl
+                .root_qdisc(index)
+                .map_err(|source| NetError::Kernel { op: "RTM_GETQDISC", iface: name.clone(), source })?;
+            if current.is_some_and(|q| q.kind == "tbf") {
+                nl.delete_root(index)
+                    .map_err(|source| NetError::Kernel { op: "RTM_DELQDISC", iface: name.clone(), source })?;
+                changed.push(name);
+            }
+        }
+        Ok(changed)
+    })
+}
+
+/// Reads the root qdisc of `iface` in `netns` (`None` when the interface has none, e.g. `noqueue` veth).
+pub fn root_qdisc(netns: &Netns, iface: &str) -> Result<Option<RootQdisc>, NetError> {
+    let iface = iface.to_owned();
+    in_netns(netns, move || {
+        let mut nl = Netlink::open()?;
+        let index = ifindex(&iface)?;
+        nl.root_qdisc(index).map_err(|source| NetError::Kernel { op: "RTM_GETQDISC", iface, source })
+    })
+}
+
+/// Runs `f` on a thread that has joined `netns`.
+fn in_netns<T: Send>(netns: &Netns, f: impl FnOnce() -> Result<T, NetError> + Send) -> Result<T, NetError> {
+    let path = netns.path();
+    let file = File::open(&path).map_err(|source| NetError::OpenNetns { path: path.clone(), source })?;
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(move || {
+            // SAFETY: file is an open namespace descriptor; setns only affects this (helper) thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                return Err(NetError::Setns { path, source: std::io::Error::last_os_error() });
+            }
+            f()
+        });
+        handle.join().map_err(|_| NetError::Thread)?
+    })
+}
+
+/// Non-loopback interface names of the current thread's namespace, or just `only`.
+fn interfaces(only: Option<&str>) -> Result<Vec<String>, NetError> {
+    if let Some(name) = only {
+        return Ok(vec![name.to_owned()]);
+    }
+    // thread-self: /proc/self/net would show the namespace of the main thread.
+    let text = std::fs::read_to_string("/proc/thread-self/net/dev").map_err(NetError::Socket)?;
+    Ok(text
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n.trim().to_owned()))
+        .filter(|n| n != "lo" && !n.is_empty())
+        .collect())
+}
+
+fn ifindex(name: &str) -> Result<i32, NetError> {
+    let missing = || NetError::NoInterface { name: name.to_owned() };
+    let c_name = std::ffi::CString::new(name).map_err(|_| missing())?;
+    // SAFETY: c_name is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    i32::try_from(index).ok().filter(|i| *i > 0).ok_or_else(missing)
+}
+
+const TC_H_ROOT: u32 = 0xFFFF_FFFF;
+const TCA_KIND: u16 = 1;
+const TCA_OPTIONS: u16 = 2;
+const TCA_TBF_PARMS: u16 = 1;
+const TCA_TBF_RATE64: u16 = 4;
+const TCA_TBF_BURST: u16 = 6;
+const TC_LINKLAYER_ETHERNET: u8 = 1;
+const NLMSG_HDR: usize = 16;
+const TCMSG_LEN: usize = 20;
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+fn put_attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
+    let len = 4 + data.len();
+    buf.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(data);
+    buf.resize(align4(buf.len()), 0);
+}
+
+fn tcmsg(ifindex: i32, parent: u32) -> Vec<u8> {
+    let mut m = Vec::with_capacity(TCMSG_LEN);
+    m.extend_from_slice(&[0u8; 4]); // family (AF_UNSPEC), padding
+    m.extend_from_slice(&ifindex.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes()); // handle: let the kernel pick
+    m.extend_from_slice(&parent.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes()); // info
+    m
+}
+
+/// The TBF options: `struct tc_tbf_qopt` plus 64-bit rate and burst.
+fn tbf_options(limit: &EgressLimit) -> Vec<u8> {
+    let rate = limit.rate_bytes_per_sec;
+    let rate32 = u32::try_from(rate).unwrap_or(u32::MAX);
+    let burst = u64::from(limit.burst_bytes);
+    // Bucket size as transmission time in psched ticks (64 ns); the kernel recomputes it from TCA_TBF_BURST.
+    let buffer_ns = burst.saturating_mul(1_000_000_000) / rate.max(1);
+    let buffer_ticks = u32::try_from(buffer_ns >> 6).unwrap_or(u32::MAX);
+    let queue = rate.saturating_mul(u64::try_from(limit.latency.as_micros()).unwrap_or(u64::MAX)) / 1_000_000;
+    let queue_limit = u32::try_from(queue.saturating_add(burst)).unwrap_or(u32::MAX);
+
+    let mut qopt = Vec::with_capacity(36);
+    // rate: struct tc_ratespec { cell_log, linklayer, overhead, cell_align, mpu, rate }
+    qopt.push(0);
+    qopt.push(TC_LINKLAYER_ETHERNET);
+    qopt.extend_from_slice(&0u16.to_ne_bytes());
+    qopt.extend_from_slice(&0i16.to_ne_bytes());
+    qopt.extend_from_slice(&0u16.to_ne_bytes());
+    qopt.extend_from_slice(&rate32.to_ne_bytes());
+    qopt.extend_from_slice(&[0u8; 12]); // peakrate: none
+    qopt.extend_from_slice(&queue_limit.to_ne_bytes());
+    qopt.extend_from_slice(&buffer_ticks.to_ne_bytes());
+    qopt.extend_from_slice(&0u32.to_ne_bytes()); // mtu: only used with a peak rate
+
+    let mut opts = Vec::with_capacity(64);
+    put_attr(&mut opts, TCA_TBF_PARMS, &qopt);
+    if rate > u64::from(u32::MAX) {
+        put_attr(&mut opts, TCA_TBF_RATE64, &rate.to_ne_bytes());
+    }
+    put_attr(&mut opts, TCA_TBF_BURST, &limit.burst_bytes.to_ne_bytes());
+    opts
+}
+
+/// Walks the rtattrs in `buf`.
+fn attrs(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut off = 0;
+    std::iter::from_fn(move || {
+        if off + 4 > buf.len() {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([buf[off], buf[off + 1]]));
+        let ty = u16::from_ne_bytes([buf[off + 2], buf[off + 3]]) & 0x3FFF;
+        if len < 4 || off + len > buf.len() {
+            return None;
+        }
+        let data = &buf[off + 4..off + len];
+        off += align4(len);
+        Some((ty, data))
+    })
+}
+
+/// Parses an RTM_NEWQDISC payload into (ifindex, parent, qdisc).
+fn parse_qdisc(payload: &[u8]) -> Option<(i32, u32, RootQdisc)> {
+    if payload.len() < TCMSG_LEN {
+        return None;
+    }
+    let ifindex = i32::from_ne_bytes(payload[4..8].try_into().ok()?);
+    let parent = u32::from_ne_bytes(payload[12..16].try_into().ok()?);
+    let mut kind = String::new();
+    let mut rate = None;
+    let mut rate64 = None;
+    for (ty, data) in attrs(&payload[TCMSG_LEN..]) {
+        match ty {
+            TCA_KIND => kind = String::from_utf8_lossy(data).trim_end_matches('\0').to_owned(),
+            TCA_OPTIONS => {
+                for (ty, data) in attrs(data) {
+                    match ty {
+                        TCA_TBF_PARMS if data.len() >= 12 => {
+                            rate = Some(u64::from(u32::from_ne_bytes(data[8..12].try_into().ok()?)));
+                        }
+                        TCA_TBF_RATE64 if data.len() >= 8 => {
+                            rate64 = Some(u64::from_ne_bytes(data[..8].try_into().ok()?));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let rate_bytes_per_sec = if kind == "tbf" { rate64.or(rate) } else { None };
+    Some((ifindex, parent, RootQdisc { kind, rate_bytes_per_sec }))
+}
+
+struct Netlink {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+impl Netlink {
+    fn open() -> Result<Self, NetError> {
+        // SAFETY: plain socket(2) call; the result is checked.
+        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        if raw < 0 {
+            return Err(NetError::Socket(std::io::Error::last_os_error()));
+        }
+        // SAFETY: raw is a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_nl is plain old data; all-zero is a valid value (pid 0 = the kernel).
+        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        kernel.nl_family = u16::try_from(libc::AF_NETLINK).unwrap_or(16);
+        let len = u32::try_from(std::mem::size_of::<libc::sockaddr_nl>()).unwrap_or(12);
+        // SAFETY: kernel is a valid sockaddr_nl of `len` bytes.
+        let rc = unsafe { libc::connect(fd.as_raw_fd(), (&raw const kernel).cast(), len) };
+        if rc != 0 {
+            return Err(NetError::Socket(std::io::Error::last_os_error()));
+        }
+        Ok(Self { fd, seq: 1 })
+    }
+
+    /// Sends one request and collects reply payloads until the ack or the end of the dump.
+    fn request(&mut self, msg_type: u16, flags: u16, payload: &[u8]) -> std::io::Result<Vec<Vec<u8>>> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let len = NLMSG_HDR + payload.len();
+        let mut msg = Vec::with_capacity(len);
+        msg.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_ne_bytes());
+        msg.extend_from_slice(&msg_type.to_ne_bytes());
+        msg.extend_from_slice(&flags.to_ne_bytes());
+        msg.extend_from_slice(&seq.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(payload);
+        // SAFETY: msg is a valid buffer of msg.len() bytes.
+        let sent = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
+        if sent < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let dump = flags & (libc::NLM_F_DUMP as u16) == libc::NLM_F_DUMP as u16;
+        let mut replies = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            // SAFETY: buf is writable for its whole length.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            let data = &buf[..usize::try_from(n).unwrap_or(0)];
+            let mut off = 0;
+            while off + NLMSG_HDR <= data.len() {
+                let word = |at: usize| u32::from_ne_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
+                let mlen = usize::try_from(word(off)).unwrap_or(0);
+                let mtype = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
+                let mseq = word(off + 8);
+                if mlen < NLMSG_HDR || off + mlen > data.len() {
+                    return Err(std::io::Error::from(std::io::ErrorKind::InvalidData));
+                }
+                let body = &data[off + NLMSG_HDR..off + mlen];
+                off += align4(mlen);
+                if mseq != seq {
+                    continue;
+                }
+                match i32::from(mtype) {
+                    libc::NLMSG_ERROR => {
+                        let code = body.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                        if code != 0 {
+                            return Err(std::io::Error::from_raw_os_error(-code));
+                        }
+                        return Ok(replies);
+                    }
+                    libc::NLMSG_DONE => return Ok(replies),
+                    _ => {
+                        replies.push(body.to_vec());
+                        if !dump {
+                            return Ok(replies);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_tbf(&mut self, ifindex: i32, limit: &EgressLimit) -> std::io::Result<()> {
+        let mut payload = tcmsg(ifindex, TC_H_ROOT);
+        put_attr(&mut payload, TCA_KIND, b"tbf\0");
+        put_attr(&mut payload, TCA_OPTIONS, &tbf_options(limit));
+        let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_REPLACE;
+        self.request(libc::RTM_NEWQDISC, flags as u16, &payload).map(drop)
+    }
+
+    fn delete_root(&mut self, ifindex: i32) -> std::io::Result<()> {
+        let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK;
+        self.request(libc::RTM_DELQDISC, flags as u16, &tcmsg(ifindex, TC_H_ROOT)).map(drop)
+    }
+
+    fn root_qdisc(&mut self, ifindex: i32) -> std::io::Result<Option<RootQdisc>> {
+        let flags = libc::NLM_F_REQUEST | libc::NLM_F_DUMP;
+        let replies = self.request(libc::RTM_GETQDISC, flags as u16, &tcmsg(0, 0))?;
+        Ok(replies
+            .iter()
+            .filter_map(|r| parse_qdisc(r))
+            .find(|(idx, parent, _)| *idx == ifindex && *parent == TC_H_ROOT)
+            .map(|(_, _, q)| q))
+    }
+}
+
+/// Where a process's network namespace file is under a given procfs root (for callers with a fake /proc).
+pub fn netns_path(proc_root: &Path, pid: i32) -> PathBuf {
+    proc_root.join(pid.to_string()).join("ns/net")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tbf_message_layout() {
+        let limit = EgressLimit { rate_bytes_per_sec: 125_000, burst_bytes: 16_384, latency: Duration::from_millis(50) };
+        let opts = tbf_options(&limit);
+        let parsed: Vec<(u16, Vec<u8>)> = attrs(&opts).map(|(t, d)| (t, d.to_vec())).collect();
+        assert_eq!(parsed.len(), 2, "parms and burst, no rate64 below 4 GB/s");
+        let (ty, qopt) = &parsed[0];
+        assert_eq!((*ty, qopt.len()), (TCA_TBF_PARMS, 36));
+        assert_eq!(qopt[1], TC_LINKLAYER_ETHERNET);
+        assert_eq!(u32::from_ne_bytes(qopt[8..12].try_into().expect("4 bytes")), 125_000);
+        let queue = u32::from_ne_bytes(qopt[24..28].try_into().expect("4 bytes"));
+        assert_eq!(queue, 6250 + 16_384);
+        let buffer = u32::from_ne_bytes(qopt[28..32].try_into().expect("4 bytes"));
+        assert_eq!(u64::from(buffer), (16_384u64 * 1_000_000_000 / 125_000) >> 6);
+        assert_eq!(parsed[1], (TCA_TBF_BURST, 16_384u32.to_ne_bytes().to_vec()));
+
+        let fast = EgressLimit::new(10_000_000_000);
+        let parsed: Vec<u16> = attrs(&tbf_options(&fast)).map(|(t, _)| t).collect();
+        assert_eq!(parsed, vec![TCA_TBF_PARMS, TCA_TBF_RATE64, TCA_TBF_BURST]);
+    }
+
+    #[test]
+    fn parses_qdisc_dump_entries() {
+        let limit = EgressLimit::new(5_000_000_000);
+        let mut payload = tcmsg(3, TC_H_ROOT);
+        put_attr(&mut payload, TCA_KIND, b"tbf\0");
+        put_attr(&mut payload, TCA_OPTIONS, &tbf_options(&limit));
+        let (idx, parent, q) = parse_qdisc(&payload).expect("parsed");
+        assert_eq!((idx, parent), (3, TC_H_ROOT));
+        assert_eq!(q, RootQdisc { kind: "tbf".into(), rate_bytes_per_sec: Some(5_000_000_000) });
+
+        let mut other = tcmsg(2, TC_H_ROOT);
+        put_attr(&mut other, TCA_KIND, b"fq_codel\0");
+        assert_eq!(parse_qdisc(&other).map(|(_, _, q)| q.rate_bytes_per_sec), Some(None));
+        // Truncated or garbage input never panics.
+        assert_eq!(parse_qdisc(&payload[..10]), None);
+        let mut bad = tcmsg(1, 0);
+        bad.extend_from_slice(&[200, 0, 1, 0, 1]);
+        assert!(parse_qdisc(&bad).is_some());
+    }
+
+    #[test]
+    fn defaults_and_ranges() {
+        assert_eq!(EgressLimit::new(125_000).burst_bytes, 16_384);
+        assert_eq!(EgressLimit::new(1_000_000_000).burst_bytes, 10_000_000);
+        let ns = Netns::Path(PathBuf::from("/nonexistent/netns"));
+        assert!(matches!(
+            set_egress_limit(&ns, None, &EgressLimit { rate_bytes_per_sec: 0, ..EgressLimit::new(1) }),
+            Err(NetError::OutOfRange { .. })
+        ));
+        assert!(matches!(set_egress_limit(&ns, None, &EgressLimit::new(1000)), Err(NetError::OpenNetns { .. })));
+        assert_eq!(netns_path(Path::new("/proc"), 7), PathBuf::from("/proc/7/ns/net"));
+    }
+}

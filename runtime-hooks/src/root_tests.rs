@@ -1,0 +1,505 @@
+//! Root tests on this host's real cgroups and network namespaces.
+//!
+//! Each test makes its own cgroups (`predictive-test-<pid>-<n>` under every hierarchy) or namespaces and
+//! a guard removes them on drop, also when an assertion fails; nothing else on the host is touched.
+//! Without root a test prints `SKIPPED: <reason>`; with CI=true it fails instead. Assertions compare
+//! before/after with wide margins, never absolute timings.
+
+use std::ffi::CString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::discovery::{Hierarchy, HostRoots};
+use crate::{ActuateError, CgroupDirs, CgroupVersion, ContainerCgroup, CpuLimit, MemoryLimitPolicy, Sample};
+
+fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let reason = format!("{test} needs root (real cgroups, setns, tc)");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{reason}, and CI=true forbids skipping");
+    }
+    println!("SKIPPED: {reason}");
+    eprintln!("SKIPPED: {reason}");
+    false
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Our own cgroup in every hierarchy, removed on drop with every process in it.
+struct TestCgroup {
+    path: String,
+    dirs: Vec<PathBuf>,
+    children: Vec<Child>,
+}
+
+impl TestCgroup {
+    fn new() -> Self {
+        let path = format!(
+            "/predictive-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let hierarchy = Hierarchy::detect(&HostRoots::default()).expect("cgroup hierarchy");
+        let mut mounts = Vec::new();
+        match &hierarchy {
+            Hierarchy::Unified(u) => mounts.push(u.mount_point.clone()),
+            Hierarchy::Legacy(v1) | Hierarchy::Hybrid { v1, .. } => {
+                for m in v1 {
+                    if m.root == "/" && m.controllers.iter().any(|c| crate::v1::CONTROLLERS.contains(&c.as_str())) {
+                        mounts.push(m.mount_point.clone());
+                    }
+                }
+                if let Hierarchy::Hybrid { unified, .. } = &hierarchy {
+                    mounts.push(unified.mount_point.clone());
+                }
+            }
+        }
+        let mut guard = Self { path: path.clone(), dirs: Vec::new(), children: Vec::new() };
+        for m in mounts {
+            let dir = m.join(path.trim_start_matches('/'));
+            std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+            guard.dirs.push(dir);
+        }
+        guard
+    }
+
+    fn cgroup(&self) -> ContainerCgroup {
+        ContainerCgroup::discover(&HostRoots::default(), &self.path).expect("discover our test cgroup")
+    }
+
+    /// Starts `sh -c script` inside the cgroup (it moves itself in before exec).
+    fn spawn_sh(&mut self, script: &str) -> u32 {
+        let procs: Vec<CString> = self
+            .dirs
+            .iter()
+            .map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_encoded_bytes()).expect("no NUL in path"))
+            .collect();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script).stdin(Stdio::null()).stdout(Stdio::null());
+        // SAFETY: the closure only calls async-signal-safe open/write/close on pre-built C strings.
+        unsafe {
+            cmd.pre_exec(move || {
+                for p in &procs {
+                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if n != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn sh in test cgroup");
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    fn spawn_cpu_hog(&mut self) {
+        if Path::new("/usr/bin/stress-ng").exists() {
+            self.spawn_sh("exec stress-ng --cpu 1 --timeout 60s --quiet");
+        } else {
+            self.spawn_sh("while :; do :; done");
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for dir in &self.dirs {
+            let state = dir.join("freezer.state");
+            if state.exists() {
+                let _ = std::fs::write(&state, "THAWED");
+            }
+            if dir.join("cgroup.freeze").exists() {
+                let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
+            }
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+        // Grandchildren (stress-ng workers, pipeline members) are in our cgroup too: only ours are there.
+        for _ in 0..50 {
+            let mut any = false;
+            for dir in &self.dirs {
+                for pid in std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
+                    if let Ok(pid) = pid.trim().parse::<i32>() {
+                        any = true;
+                        // SAFETY: kill has no memory preconditions; the pid is in our own test cgroup.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
+            if !any {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        self.kill_all();
+        for dir in &self.dirs {
+            for _ in 0..100 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if dir.exists() {
+                eprintln!("warning: could not remove test cgroup {}", dir.display());
+            }
+        }
+    }
+}
+
+fn cpu_ns(s: &Sample) -> u64 {
+    s.cpu.usage_ns.expect("cpu usage available")
+}
+
+fn cores(before: &Sample, after: &Sample) -> f64 {
+    let used = cpu_ns(after).saturating_sub(cpu_ns(before)) as f64;
+    let wall = after.monotonic_ns.saturating_sub(before.monotonic_ns).max(1) as f64;
+    used / wall
+}
+
+#[test]
+fn cpu_usage_rises_then_throttles_after_quota_cut() {
+    if !require_root("cpu_usage_rises_then_throttles_after_quota_cut") {
+        return;
+    }
+    let mut tc = TestCgroup::new();
+    let cg = tc.cgroup();
+    tc.spawn_cpu_hog();
+    let s0 = cg.sample();
+    std::thread::sleep(Duration::from_millis(800));
+    let s1 = cg.sample();
+    assert!(cpu_ns(&s1) > cpu_ns(&s0) + 50_000_000, "hog uses CPU: {:?} -> {:?}", s0.cpu, s1.cpu);
+
+    // Below the kernel's 1 ms floor: a typed EINVAL naming the file and the value.
+    let err = cg
+        .set_cpu_limit(&CpuLimit { quota_us: Some(500), period_us: 100_000, burst_us: None })
+        .expect_err("quota below 1ms");
+    match &err {
+        ActuateError::Invalid { path, value, .. } => {
+            assert!(path.ends_with("cpu.cfs_quota_us") || path.ends_with("cpu.max"), "{err}");
+            assert!(value.contains("500"), "{err}");
+        }
+        other => panic!("expected EINVAL, got {other}"),
+    }
+
+    cg.set_cpu_limit(&CpuLimit { quota_us: Some(5_000), period_us: 100_000, burst_us: None })
+        .expect("cut quota to 5% of a core");
+    let s2 = cg.sample();
+    std::thread::sleep(Duration::from_millis(1500));
+    let s3 = cg.sample();
+    let throttled = |s: &Sample| s.cpu.nr_throttled.expect("nr_throttled");
+    assert!(throttled(&s3) > throttled(&s2), "throttling rises: {:?} -> {:?}", s2.cpu, s3.cpu);
+    assert!(s3.cpu.throttled_ns > s2.cpu.throttled_ns, "throttled time rises");
+    assert!(s3.cpu.nr_periods > s2.cpu.nr_periods);
+    let after = cores(&s2, &s3);
+    assert!(after < 0.25, "quota of 0.05 cores caps usage, measured {after:.3} cores");
+    if matches!(cg.version(), CgroupVersion::Hybrid | CgroupVersion::V2) {
+        assert!(s3.pressure.cpu.is_some(), "cgroup2 pressure files are read");
+    }
+    cg.set_cpu_limit(&CpuLimit::unlimited()).expect("lift quota");
+}
+
+#[test]
+fn memory_usage_and_working_set_track_an_allocating_process() {
+    if !require_root("memory_usage_and_working_set_track_an_allocating_process") {
+        return;
+    }
+    let mut tc = TestCgroup::new();
+    let cg = tc.cgroup();
+    let base = cg.sample();
+    let base_usage = base.memory.usage_bytes.expect("usage");
+    let base_ws = base.memory.working_set_bytes.expect("working set");
+    const MB: u64 = 1 << 20;
+    // dash keeps the 64 MiB string in anonymous memory, then sleeps.
+    tc.spawn_sh("x=$(head -c 67108864 /dev/zero | tr '\\000' a); sleep 120");
+    let start = Instant::now();
+    let grown = loop {
+        let s = cg.sample();
+        if s.memory.usage_bytes.unwrap_or(0) >= base_usage + 60 * MB {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "usage never grew: {:?}", s.memory);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Let the pipeline finish so only the shell's string remains.
+    std::thread::sleep(Duration::from_millis(300));
+    let grown = {
+        let s = cg.sample();
+        if s.memory.usage_bytes >= Some(base_usage + 60 * MB) { s } else { grown }
+    };
+    let m = grown.memory;
+    assert!(m.working_set_bytes.expect("ws") >= base_ws + 50 * MB, "working set tracks: {m:?}");
+    assert!(m.rss_bytes.expect("rss") >= 50 * MB, "anonymous memory counted: {m:?}");
+    assert!(m.peak_bytes.expect("peak") >= m.usage_bytes.expect("usage"), "{m:?}");
+    let usage = m.usage_bytes.expect("usage");
+
+    // Refused by default below usage, with the reason; the limit is untouched.
+    let err = cg.set_memory_limit(Some(usage / 2), MemoryLimitPolicy::default()).expect_err("below usage");
+    assert!(matches!(err, ActuateError::BelowUsage { .. }), "{err}");
+    assert_eq!(cg.sample().memory.limit_bytes, None);
+    if cg.version() != CgroupVersion::V2 && !has_swap() {
+        // v1 without swap cannot reclaim anonymous memory: the kernel answers EBUSY, typed.
+        let err = cg
+            .set_memory_limit(Some(8 * MB), MemoryLimitPolicy::AllowBelowUsage)
+            .expect_err("unreclaimable");
+        assert!(matches!(err, ActuateError::Busy { .. }), "{err}");
+    }
+    cg.set_memory_limit(Some(usage + 256 * MB + 123), MemoryLimitPolicy::default()).expect("limit above usage");
+    let limit = cg.sample().memory.limit_bytes.expect("limit set");
+    assert!(limit <= usage + 256 * MB + 123 && limit + 4096 > usage + 256 * MB, "rounded to a page: {limit}");
+    cg.set_memory_high(Some(usage + 128 * MB)).expect("soft limit / memory.high");
+    cg.set_memory_limit(None, MemoryLimitPolicy::default()).expect("unlimited again");
+    assert_eq!(cg.sample().memory.limit_bytes, None);
+
+    tc.kill_all();
+    let start = Instant::now();
+    loop {
+        let s = cg.sample();
+        if s.memory.usage_bytes.unwrap_or(u64::MAX) + 40 * MB <= usage {
+            assert!(s.memory.working_set_bytes.expect("ws") + 40 * MB <= m.working_set_bytes.expect("ws"));
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "usage never fell: {:?}", s.memory);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn has_swap() -> bool {
+    std::fs::read_to_string("/proc/swaps").map(|s| s.lines().count() > 1).unwrap_or(true)
+}
+
+#[test]
+fn freeze_stops_the_cpu_clock_and_thaw_restarts_it() {
+    if !require_root("freeze_stops_the_cpu_clock_and_thaw_restarts_it") {
+        return;
+    }
+    let mut tc = TestCgroup::new();
+    let cg = tc.cgroup();
+    tc.spawn_sh("while :; do :; done");
+    std::thread::sleep(Duration::from_millis(300));
+    cg.freeze().expect("freeze");
+    let f1 = cg.sample();
+    assert_eq!(f1.frozen, Some(true));
+    std::thread::sleep(Duration::from_millis(600));
+    let f2 = cg.sample();
+    assert!(cpu_ns(&f2) - cpu_ns(&f1) < 5_000_000, "frozen cgroup used {} ns", cpu_ns(&f2) - cpu_ns(&f1));
+    cg.thaw().expect("thaw");
+    let t1 = cg.sample();
+    assert_eq!(t1.frozen, Some(false));
+    std::thread::sleep(Duration::from_millis(600));
+    let t2 = cg.sample();
+    assert!(cpu_ns(&t2) > cpu_ns(&t1) + 20_000_000, "thawed cgroup runs again: {:?} -> {:?}", t1.cpu, t2.cpu);
+}
+
+#[test]
+fn pids_weights_and_burst_apply_with_readback() {
+    if !require_root("pids_weights_and_burst_apply_with_readback") {
+        return;
+    }
+    let mut tc = TestCgroup::new();
+    let cg = tc.cgroup();
+    let pid = tc.spawn_sh("sleep 120");
+    cg.set_pids_limit(Some(50)).expect("pids limit");
+    let s = cg.sample();
+    assert_eq!(s.pids.limit, Some(50));
+    assert!(s.pids.current >= Some(1), "{:?}", s.pids);
+    cg.set_pids_limit(None).expect("pids max");
+    assert_eq!(cg.sample().pids.limit, None);
+    cg.set_cpu_shares(512).expect("shares");
+    match cg.set_io_weight(500) {
+        Ok(()) | Err(ActuateError::Unsupported { .. }) => {}
+        Err(e) => panic!("io weight: {e}"),
+    }
+    match cg.set_cpu_limit(&CpuLimit { quota_us: Some(50_000), period_us: 100_000, burst_us: Some(20_000) }) {
+        Ok(()) | Err(ActuateError::Unsupported { .. }) => {}
+        Err(e) => panic!("cpu burst: {e}"),
+    }
+    // A lower quota than the current burst: the burst is cleared first, so this is accepted.
+    match cg.set_cpu_limit(&CpuLimit { quota_us: Some(10_000), period_us: 100_000, burst_us: Some(5_000) }) {
+        Ok(()) | Err(ActuateError::Unsupported { .. }) => {}
+        Err(e) => panic!("cpu burst lowered: {e}"),
+    }
+    // Discovery from the pid finds the same directories as from the path.
+    let by_pid = ContainerCgroup::from_pid(&HostRoots::default(), i32::try_from(pid).expect("pid fits"))
+        .expect("from pid");
+    assert_eq!(by_pid.dirs(), cg.dirs());
+    assert!(by_pid.sample().net.is_some(), "net counters from /proc/<pid>/net/dev");
+}
+
+#[test]
+fn oom_watcher_fires_with_the_oom_killer_disabled() {
+    if !require_root("oom_watcher_fires_with_the_oom_killer_disabled") {
+        return;
+    }
+    let mut tc = TestCgroup::new();
+    let cg = tc.cgroup();
+    if let CgroupDirs::V2(_) = cg.dirs() {
+        // v2 cannot disable the OOM killer; the watcher counts oom events instead.
+        assert!(matches!(cg.set_oom_kill_disabled(true), Err(ActuateError::Unsupported { .. })));
+        return;
+    }
+    const MB: u64 = 1 << 20;
+    cg.set_memory_limit(Some(32 * MB), MemoryLimitPolicy::default()).expect("limit");
+    cg.set_oom_kill_disabled(true).expect("disable OOM killer");
+    let mut watcher = cg.oom_watcher().expect("watcher");
+    assert_eq!(watcher.wait(Some(Duration::ZERO)).expect("poll"), 0);
+    tc.spawn_sh("x=$(head -c 67108864 /dev/zero | tr '\\000' a); sleep 120");
+    let events = watcher.wait(Some(Duration::from_secs(20))).expect("wait");
+    assert!(events >= 1, "an OOM event arrives");
+    let s = cg.sample();
+    assert_eq!(s.memory.under_oom, Some(true), "tasks wait instead of dying: {:?}", s.memory);
+    assert_eq!(s.memory.oom_kills, Some(0));
+    // Lending memory lets the tasks go on: raise the limit and the OOM clears.
+    cg.set_memory_limit(Some(512 * MB), MemoryLimitPolicy::default()).expect("lend memory");
+    let start = Instant::now();
+    while cg.sample().memory.under_oom == Some(true) {
+        assert!(start.elapsed() < Duration::from_secs(10), "OOM never cleared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cg.set_oom_kill_disabled(false).expect("re-enable OOM killer");
+}
+
+/// Two network namespaces joined by a veth pair, deleted on drop.
+struct NetnsPair {
+    a: String,
+    b: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl NetnsPair {
+    fn new() -> Self {
+        let id = format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let pair = Self { a: format!("predictive-test-{id}-a"), b: format!("predictive-test-{id}-b") };
+        ip(&["netns", "add", &pair.a]);
+        ip(&["netns", "add", &pair.b]);
+        ip(&["-n", &pair.a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", &pair.b]);
+        ip(&["-n", &pair.a, "addr", "add", "10.213.77.1/30", "dev", "veth0"]);
+        ip(&["-n", &pair.b, "addr", "add", "10.213.77.2/30", "dev", "veth1"]);
+        for (ns, dev) in [(&pair.a, "veth0"), (&pair.b, "veth1")] {
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    fn path(name: &str) -> PathBuf {
+        PathBuf::from("/run/netns").join(name)
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn enter(ns: &Path) {
+    let file = std::fs::File::open(ns).expect("open netns");
+    // SAFETY: valid namespace fd; only this helper thread changes namespace.
+    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+/// Bytes per second from a client in `from` to a server in `to`, measured at the server over `window`.
+fn throughput(from: &Path, to: &Path, window: Duration) -> f64 {
+    use std::io::{Read, Write};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let to = to.to_owned();
+    let server = std::thread::spawn(move || {
+        enter(&to);
+        let listener = std::net::TcpListener::bind("10.213.77.2:0").expect("bind");
+        tx.send(listener.local_addr().expect("addr")).expect("send addr");
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        let start = Instant::now();
+        while start.elapsed() < window {
+            match conn.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => total += n as u64,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        total as f64 / start.elapsed().as_secs_f64()
+    });
+    let from = from.to_owned();
+    let client = std::thread::spawn(move || {
+        enter(&from);
+        let addr = rx.recv_timeout(Duration::from_secs(10)).expect("server address");
+        let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        conn.set_write_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        let chunk = vec![7u8; 64 * 1024];
+        let start = Instant::now();
+        // The server stops reading after the window and closes; stop at the first error or a bound.
+        while start.elapsed() < window + Duration::from_secs(3) {
+            match conn.write(&chunk) {
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    let rate = server.join().expect("server thread");
+    client.join().expect("client thread");
+    rate
+}
+
+#[test]
+fn tc_egress_limit_caps_throughput_between_namespaces() {
+    if !require_root("tc_egress_limit_caps_throughput_between_namespaces") {
+        return;
+    }
+    use crate::net::{self, EgressLimit, Netns};
+    let pair = NetnsPair::new();
+    let (a, b) = (NetnsPair::path(&pair.a), NetnsPair::path(&pair.b));
+    let window = Duration::from_millis(1500);
+    let free = throughput(&a, &b, window);
+
+    let rate = 125_000; // 1 Mbit/s
+    let ns = Netns::Path(a.clone());
+    let changed = net::set_egress_limit(&ns, None, &EgressLimit::new(rate)).expect("set tbf");
+    assert_eq!(changed, vec!["veth0".to_owned()]);
+    let q = net::root_qdisc(&ns, "veth0").expect("read back").expect("a root qdisc");
+    assert_eq!((q.kind.as_str(), q.rate_bytes_per_sec), ("tbf", Some(rate)));
+    let capped = throughput(&a, &b, window);
+    assert!(capped < 3.0 * rate as f64, "capped at {capped:.0} B/s for a {rate} B/s limit");
+    assert!(free > 10.0 * capped, "unlimited {free:.0} B/s vs capped {capped:.0} B/s");
+    println!("egress: unlimited {free:.0} B/s, limited to {rate} B/s -> {capped:.0} B/s");
+
+    // Changing the rate replaces the qdisc in place.
+    net::set_egress_limit(&ns, Some("veth0"), &EgressLimit::new(4 * rate)).expect("raise");
+    assert_eq!(net::root_qdisc(&ns, "veth0").expect("read").and_then(|q| q.rate_bytes_per_sec), Some(4 * rate));
+    assert_eq!(net::clear_egress_limit(&ns, None).expect("clear"), vec!["veth0".to_owned()]);
+    assert!(net::root_qdisc(&ns, "veth0").expect("read").is_none_or(|q| q.kind != "tbf"));
+    assert!(net::clear_egress_limit(&ns, None).expect("clear again").is_empty());
+    assert!(matches!(
+        net::set_egress_limit(&ns, Some("nope0"), &EgressLimit::new(rate)),
+        Err(net::NetError::NoInterface { .. })
+    ));
+}
