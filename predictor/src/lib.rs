@@ -1,1 +1,39 @@
-//! predictor: see docs/ARCHITECTURE.md.
+//! predictor: the telemetry and model store that predicts a container's resource profile from the history of its
+//! task type. The broker daemon owns one [`Predictor`] (one redb file); the shim never opens the file.
+//!
+//! Flow: the broker derives a [`TaskKey`] from the container's annotations, image and command
+//! ([`TaskKey::derive`]), asks [`Predictor::predict`] before start (a cold start says so and the broker uses the
+//! spec's limits), streams [`Sample`]s with [`Predictor::append_samples`] while it runs, records a [`RunSummary`]
+//! when it exits, logs every limit change with [`Predictor::record_decision`], and calls
+//! [`Predictor::maybe_retrain`] and [`Predictor::apply_retention`] from a background thread.
+//!
+//! Modules: [`key`] (task identity), [`store`] (redb tables, schema, retention), [`histogram`] (decaying
+//! quantile baseline), [`regression`] (smartcore ridge), [`model`] (training, selection, conformal calibration,
+//! [`Prediction`]), [`engine`] (the [`Predictor`] facade, atomic model swap), [`eval`] (trace format and offline
+//! replay), [`synth`] (synthetic traces).
+//!
+//! Limits: one process owns the file (redb takes an exclusive lock); the model set is held in memory; the models
+//! are per task type, so a task type needs [`TrainConfig::min_runs`] runs before it gets predictions.
+
+pub mod engine;
+pub mod eval;
+pub mod histogram;
+pub mod key;
+pub mod model;
+pub mod regression;
+pub mod store;
+pub mod synth;
+pub mod types;
+
+pub use engine::{
+    ModelSet, Predictor, PredictorConfig, PredictorError, RetrainPolicy, RetrainReport, TargetSummary,
+    TaskTypeSummary,
+};
+pub use key::{CRI_CONTAINER_NAME_ANNOTATION, TASK_TYPE_ANNOTATION, TaskKey};
+pub use model::{
+    Band, Confidence, Estimate, ModelKind, Prediction, ProfilePoint, Resource, TaskModel, TrainConfig,
+};
+pub use store::{DecisionQuery, RetentionPolicy, RetentionReport, Store, StoreError, TaskTypeRecord};
+pub use types::{
+    BUCKETS, Decision, Directive, Profile, RunFeatures, RunId, RunMetadata, RunOutcome, RunSummary, Sample,
+};

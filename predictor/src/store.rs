@@ -1,0 +1,746 @@
+//! The on-disk store: one redb file holding task types, run summaries, telemetry samples, trained models and the
+//! broker's decision log.
+//!
+//! Crash safety comes from redb: every public write is one transaction committed with `Durability::Immediate`
+//! (the commit returns after fsync), so a `kill -9` or power loss keeps every committed write and the file reopens
+//! (redb repairs its allocator state on the first open after an unclean shutdown; that open is slower).
+//!
+//! Tables (all values JSON unless noted, so new `#[serde(default)]` fields need no migration):
+//!
+//! | table        | key                     | value                                              |
+//! |--------------|-------------------------|----------------------------------------------------|
+//! | `meta`       | name                    | u64 (`schema_version`, `next_run_id`, `next_decision_seq`, `model_version`) |
+//! | `task_types` | task key                | [`TaskTypeRecord`]                                 |
+//! | `runs`       | (task key, run id)      | [`RunSummary`]                                     |
+//! | `samples`    | (run id, ts ms)         | fixed (cpu cores f64, memory u64, io u64, count u32) |
+//! | `models`     | (version, task key)     | [`TaskModel`]                                      |
+//! | `decisions`  | sequence number         | [`Decision`]                                       |
+//!
+//! Schema versions: a new file is version 0 and is brought to [`SCHEMA_VERSION`] by running [`MIGRATIONS`] in order,
+//! all in one write transaction, so a crash mid-migration leaves the old version. A file stamped with a newer version
+//! than this build knows is refused rather than misread.
+//!
+//! Limits: the file does not shrink — redb reuses freed pages, so [`Store::apply_retention`] keeps it bounded rather
+//! than small. Reads that scan all runs (training) are O(runs); prediction never reads the store.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::key::TaskKey;
+use crate::model::TaskModel;
+use crate::types::{Decision, Profile, RunId, RunSummary, Sample};
+
+/// Schema version written by this build.
+pub const SCHEMA_VERSION: u64 = 1;
+
+type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
+
+/// Migration `i` brings a file from version `i` to `i + 1`.
+pub const MIGRATIONS: &[Migration] = &[migrate_0_to_1];
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const TASK_TYPES: TableDefinition<&str, &[u8]> = TableDefinition::new("task_types");
+const RUNS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("runs");
+const SAMPLES: TableDefinition<(u64, u64), (f64, u64, u64, u32)> = TableDefinition::new("samples");
+const MODELS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("models");
+const DECISIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("decisions");
+
+const K_SCHEMA: &str = "schema_version";
+const K_NEXT_RUN: &str = "next_run_id";
+const K_NEXT_DECISION: &str = "next_decision_seq";
+const K_MODEL_VERSION: &str = "model_version";
+
+/// Errors of the store; each names the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be opened or created.
+    #[error("opening predictor database {path}")]
+    Open {
+        /// File path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: redb::DatabaseError,
+    },
+    /// The parent directory could not be created.
+    #[error("creating directory {path} for the predictor database")]
+    CreateDir {
+        /// Directory path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A redb transaction, table or commit failed.
+    #[error("predictor store: {op}")]
+    Db {
+        /// What was being done.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: redb::Error,
+    },
+    /// A value could not be serialised.
+    #[error("encoding {what}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A stored value could not be parsed.
+    #[error("decoding {what} {key}")]
+    Decode {
+        /// What was being decoded.
+        what: &'static str,
+        /// Its key.
+        key: String,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The file was written by a newer build.
+    #[error("database {path} has schema version {found}; this build supports up to {supported}")]
+    SchemaTooNew {
+        /// File path.
+        path: PathBuf,
+        /// Version in the file.
+        found: u64,
+        /// Newest version this build knows.
+        supported: u64,
+    },
+    /// A run summary was rejected before writing.
+    #[error("run {run_id} rejected: {reason}")]
+    InvalidRun {
+        /// The run.
+        run_id: RunId,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+fn db<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError::Db {
+        op,
+        source: e.into(),
+    }
+}
+
+fn encode<T: Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|source| StoreError::Encode { what, source })
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(
+    what: &'static str,
+    key: impl FnOnce() -> String,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode {
+        what,
+        key: key(),
+        source,
+    })
+}
+
+/// What the store knows about a task type.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskTypeRecord {
+    /// Distinct runs recorded (including runs later dropped by retention).
+    pub runs_seen: u64,
+    /// Start of the first run, ms.
+    pub first_seen_ms: u64,
+    /// Start of the latest run, ms.
+    pub last_seen_ms: u64,
+    /// Image of the latest run (for display).
+    #[serde(default)]
+    pub image: String,
+    /// Command of the latest run (for display).
+    #[serde(default)]
+    pub command: Vec<String>,
+}
+
+/// How long telemetry is kept and at what resolution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetentionPolicy {
+    /// Samples younger than this keep full resolution.
+    pub full_resolution_ms: u64,
+    /// Older samples are merged into windows of this length (mean CPU, max memory, summed IO).
+    pub downsample_window_ms: u64,
+    /// Samples older than this are deleted.
+    pub max_sample_age_ms: u64,
+    /// At most this many run summaries are kept per task type; the oldest go first.
+    pub max_runs_per_task: usize,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        const HOUR: u64 = 3_600_000;
+        Self {
+            full_resolution_ms: 24 * HOUR,
+            downsample_window_ms: 60_000,
+            max_sample_age_ms: 14 * 24 * HOUR,
+            max_runs_per_task: 5_000,
+        }
+    }
+}
+
+/// What one retention pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Samples deleted for age.
+    pub samples_expired: u64,
+    /// Raw samples merged away by downsampling.
+    pub samples_merged: u64,
+    /// Run summaries dropped by the per-task cap.
+    pub runs_dropped: u64,
+}
+
+/// Filter for [`Store::decisions`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DecisionQuery {
+    /// Only this container.
+    pub container_id: Option<String>,
+    /// Only this task type.
+    pub task_key: Option<TaskKey>,
+    /// Only decisions at or after this time.
+    pub since_ms: Option<u64>,
+    /// At most this many, newest last (0 = no limit).
+    pub limit: usize,
+}
+
+/// The predictor's database. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`, creating its directory and migrating the schema.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let db = Database::create(path).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let store = Self {
+            db,
+            path: path.to_path_buf(),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The file path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db("beginning migration"))?;
+        let found = {
+            let meta = txn.open_table(META).map_err(db("opening meta"))?;
+            let v = meta.get(K_SCHEMA).map_err(db("reading schema version"))?;
+            v.map(|g| g.value()).unwrap_or(0)
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                path: self.path.clone(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found == SCHEMA_VERSION {
+            // Nothing to write; dropping the transaction aborts it.
+            return Ok(());
+        }
+        for (from, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            tracing::info!(from, to = from + 1, path = %self.path.display(), "migrating predictor schema");
+            step(&txn)?;
+        }
+        {
+            let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
+            meta.insert(K_SCHEMA, SCHEMA_VERSION)
+                .map_err(db("writing schema version"))?;
+        }
+        txn.commit().map_err(db("committing migration"))
+    }
+
+    /// The schema version stored in the file.
+    pub fn schema_version(&self) -> Result<u64, StoreError> {
+        self.meta(K_SCHEMA)
+    }
+
+    fn meta(&self, name: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let t = txn.open_table(META).map_err(db("opening meta"))?;
+        let v = t.get(name).map_err(db("reading meta"))?;
+        Ok(v.map(|g| g.value()).unwrap_or(0))
+    }
+
+    /// Allocates a fresh run id (monotonic, never reused, also after a crash).
+    pub fn allocate_run_id(&self) -> Result<RunId, StoreError> {
+        let txn = self.db.begin_write().map_err(db("beginning run id allocation"))?;
+        let id = {
+            let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
+            let next = meta
+                .get(K_NEXT_RUN)
+                .map_err(db("reading next run id"))?
+                .map(|g| g.value())
+                .unwrap_or(1);
+            meta.insert(K_NEXT_RUN, next + 1)
+                .map_err(db("writing next run id"))?;
+            next
+        };
+        txn.commit().map_err(db("committing run id allocation"))?;
+        Ok(id)
+    }
+
+    /// Records one finished run (one transaction). A run recorded twice under the same id is overwritten and
+    /// counted once. When `run.profile` is `None` the profile is derived from the run's stored samples.
+    pub fn record_run(&self, run: &RunSummary) -> Result<(), StoreError> {
+        self.record_runs(std::slice::from_ref(run))
+    }
+
+    /// Records many runs in one transaction (bulk import, benchmarks).
+    pub fn record_runs(&self, runs: &[RunSummary]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db("beginning run write"))?;
+        {
+            let mut runs_t = txn.open_table(RUNS).map_err(db("opening runs"))?;
+            let mut types_t = txn.open_table(TASK_TYPES).map_err(db("opening task types"))?;
+            let samples_t = txn.open_table(SAMPLES).map_err(db("opening samples"))?;
+            let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
+            let mut max_id = 0;
+            for run in runs {
+                validate(run)?;
+                let mut run = run.clone();
+                if run.profile.is_none() {
+                    let samples = read_samples(&samples_t, run.run_id)?;
+                    let duration_ms = (run.outcome.duration_s * 1000.0).max(1.0) as u64;
+                    run.profile = Profile::from_samples(&samples, run.started_at_ms, duration_ms);
+                }
+                let key = run.task_key.as_str();
+                let fresh = runs_t
+                    .insert((key, run.run_id), encode("run summary", &run)?.as_slice())
+                    .map_err(db("writing run summary"))?
+                    .is_none();
+                let mut rec: TaskTypeRecord = match types_t.get(key).map_err(db("reading task type"))? {
+                    Some(g) => decode("task type", || key.to_owned(), g.value())?,
+                    None => TaskTypeRecord {
+                        first_seen_ms: run.started_at_ms,
+                        ..TaskTypeRecord::default()
+                    },
+                };
+                if fresh {
+                    rec.runs_seen += 1;
+                }
+                rec.first_seen_ms = rec.first_seen_ms.min(run.started_at_ms);
+                if run.started_at_ms >= rec.last_seen_ms {
+                    rec.last_seen_ms = run.started_at_ms;
+                    rec.image.clone_from(&run.meta.image);
+                    rec.command.clone_from(&run.meta.command);
+                }
+                types_t
+                    .insert(key, encode("task type", &rec)?.as_slice())
+                    .map_err(db("writing task type"))?;
+                max_id = max_id.max(run.run_id);
+            }
+            // Keep allocate_run_id ahead of ids the caller chose itself.
+            let next = meta
+                .get(K_NEXT_RUN)
+                .map_err(db("reading next run id"))?
+                .map(|g| g.value())
+                .unwrap_or(1);
+            if max_id >= next {
+                meta.insert(K_NEXT_RUN, max_id + 1)
+                    .map_err(db("writing next run id"))?;
+            }
+        }
+        txn.commit().map_err(db("committing runs"))
+    }
+
+    /// One run summary.
+    pub fn run(&self, key: &TaskKey, run_id: RunId) -> Result<Option<RunSummary>, StoreError> {
+        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let t = txn.open_table(RUNS).map_err(db("opening runs"))?;
+        let v = t.get((key.as_str(), run_id)).map_err(db("reading run"))?;
+        v.map(|g| decode("run summary", || format!("{key}/{run_id}"), g.value()))
+            .transpose()
+    }
+
+    /// All stored runs of a task type, in run id order.
+    pub fn runs_of(&self, key: &TaskKey) -> Result<Vec<RunSummary>, StoreError> {
+        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let t = txn.open_table(RUNS).map_err(db("opening runs"))?;
+        let range = t
+            .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
+            .map_err(db("scanning runs"))?;
+        let mut out = Vec::new();
+        for item in range {
+            let (k, v) = item.map_err(db("scanning runs"))?;
+            out.push(decode("run summary", || format!("{key}/{}", k.value().1), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Calls `f` once per task type with all its stored runs (run id order), reading one consistent snapshot.
+    /// Memory use is bounded by the largest task type, not the whole table.
+    pub fn for_each_task_runs(
+        &self,
+        mut f: impl FnMut(&TaskKey, Vec<RunSummary>),
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let t = txn.open_table(RUNS).map_err(db("opening runs"))?;
+        let mut current: Option<TaskKey> = None;
+        let mut batch = Vec::new();
+        for item in t.iter().map_err(db("scanning runs"))? {
+            let (k, v) = item.map_err(db("scanning runs"))?;
+            let (key, id) = k.value();
+            if current.as_ref().map(TaskKey::as_str) != Some(key) {
+                if let Some(prev) = current.take() {
+                    f(&prev, std::mem::take(&mut batch));
+                }
+                current = Some(TaskKey::new(key));
+            }
+            batch.push(decode("run summary", || format!("{key}/{id}"), v.value())?);
+        }
+        if let Some(prev) = current {
+            f(&prev, batch);
+        }
+        Ok(())
+    }
+
+    /// Number of stored run summaries.
+    pub fn run_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let t = txn.open_table(RUNS).map_err(db("opening runs"))?;
+        t.len().map_err(db("counting runs"))
+    }
+
+    /// Appends telemetry samples of a (usually running) run, in one transaction.
+    pub fn append_samples(&self, run_id: RunId, samples: &[Sample]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db("beginning sample write"))?;
+        {
+            let mut t = txn.open_table(SAMPLES).map_err(db("opening samples"))?;
+            for s in samples {
+                t.insert(
+                    (run_id, s.ts_ms),
+                    (s.cpu_cores, s.memory_bytes, s.io_bytes, s.count.max(1)),
+                )
+                .map_err(db("writing sample"))?;
+            }
+        }
+        txn.commit().map_err(db("committing samples"))
+    }
+
+    /// The stored samples of a run, by time.
+    pub fn samples(&self, run_id: RunId) -> Result<Vec<Sample>, StoreError> {
+        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let t = txn.open_table(SAMPLES).map_err(db("opening samples"))?;
+        read_samples(&t, run_id)
+    }
+
+    /// Number of stored samples (all runs).
+    pub fn sample_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let t = txn.open_table(SAMPLES).map_err(db("opening samples"))?;
+        t.len().map_err(db("counting samples"))
+    }
+
+    /// Expires and downsamples old samples and caps runs per task type, in one transaction.
+    pub fn apply_retention(
+        &self,
+        now_ms: u64,
+        policy: &RetentionPolicy,
+    ) -> Result<RetentionReport, StoreError> {
+        let mut report = RetentionReport::default();
+        let expire_before = now_ms.saturating_sub(policy.max_sample_age_ms);
+        let full_after = now_ms.saturating_sub(policy.full_resolution_ms);
+        let window = policy.downsample_window_ms.max(1);
+        let txn = self.db.begin_write().map_err(db("beginning retention"))?;
+        {
+            let mut t = txn.open_table(SAMPLES).map_err(db("opening samples"))?;
+            // Pass 1 (read): decide, per run, which keys go and which merged samples replace them.
+            let mut doomed: Vec<(u64, u64)> = Vec::new();
+            let mut merged: Vec<(u64, u64, (f64, u64, u64, u32))> = Vec::new();
+            let mut group: Option<(u64, u64)> = None; // (run, window start)
+            let mut acc: Vec<(u64, (f64, u64, u64, u32))> = Vec::new();
+            let flush = |group: Option<(u64, u64)>,
+                             acc: &mut Vec<(u64, (f64, u64, u64, u32))>,
+                             doomed: &mut Vec<(u64, u64)>,
+                             merged: &mut Vec<(u64, u64, (f64, u64, u64, u32))>,
+                             report: &mut RetentionReport| {
+                if let Some((run, start)) = group {
+                    if acc.len() > 1 {
+                        let count: u64 = acc.iter().map(|(_, v)| u64::from(v.3)).sum();
+                        let cpu = acc.iter().map(|(_, v)| v.0 * f64::from(v.3)).sum::<f64>()
+                            / count.max(1) as f64;
+                        let mem = acc.iter().map(|(_, v)| v.1).max().unwrap_or(0);
+                        let io = acc.iter().map(|(_, v)| v.2).sum();
+                        for (ts, _) in acc.iter() {
+                            doomed.push((run, *ts));
+                        }
+                        report.samples_merged += acc.len() as u64 - 1;
+                        merged.push((run, start, (cpu, mem, io, count.min(u64::from(u32::MAX)) as u32)));
+                    }
+                }
+                acc.clear();
+            };
+            for item in t.iter().map_err(db("scanning samples"))? {
+                let (k, v) = item.map_err(db("scanning samples"))?;
+                let (run, ts) = k.value();
+                if ts < expire_before {
+                    doomed.push((run, ts));
+                    report.samples_expired += 1;
+                    continue;
+                }
+                if ts >= full_after {
+                    continue;
+                }
+                let g = (run, ts - ts % window);
+                if group != Some(g) {
+                    flush(group, &mut acc, &mut doomed, &mut merged, &mut report);
+                    group = Some(g);
+                }
+                acc.push((ts, v.value()));
+            }
+            flush(group, &mut acc, &mut doomed, &mut merged, &mut report);
+            // Pass 2 (write).
+            for k in doomed {
+                t.remove(k).map_err(db("deleting sample"))?;
+            }
+            for (run, start, v) in merged {
+                t.insert((run, start), v).map_err(db("writing merged sample"))?;
+            }
+
+            let mut runs = txn.open_table(RUNS).map_err(db("opening runs"))?;
+            let mut per_task: HashMap<String, Vec<u64>> = HashMap::new();
+            for item in runs.iter().map_err(db("scanning runs"))? {
+                let (k, _) = item.map_err(db("scanning runs"))?;
+                let (key, id) = k.value();
+                per_task.entry(key.to_owned()).or_default().push(id);
+            }
+            for (key, ids) in per_task {
+                if ids.len() > policy.max_runs_per_task {
+                    // Keys iterate in run id order, and ids are allocated in time order: drop the front.
+                    for id in &ids[..ids.len() - policy.max_runs_per_task] {
+                        runs.remove((key.as_str(), *id)).map_err(db("deleting run"))?;
+                        report.runs_dropped += 1;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(db("committing retention"))?;
+        Ok(report)
+    }
+
+    /// One task type's record.
+    pub fn task_type(&self, key: &TaskKey) -> Result<Option<TaskTypeRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let t = txn.open_table(TASK_TYPES).map_err(db("opening task types"))?;
+        let v = t.get(key.as_str()).map_err(db("reading task type"))?;
+        v.map(|g| decode("task type", || key.to_string(), g.value()))
+            .transpose()
+    }
+
+    /// All task types, by key.
+    pub fn task_types(&self) -> Result<Vec<(TaskKey, TaskTypeRecord)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let t = txn.open_table(TASK_TYPES).map_err(db("opening task types"))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(db("scanning task types"))? {
+            let (k, v) = item.map_err(db("scanning task types"))?;
+            let key = k.value();
+            out.push((TaskKey::new(key), decode("task type", || key.to_owned(), v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The model version currently in force (0 = never trained).
+    pub fn current_model_version(&self) -> Result<u64, StoreError> {
+        self.meta(K_MODEL_VERSION)
+    }
+
+    /// Writes a complete model set as `version` and makes it current in the same transaction, deleting versions
+    /// older than `version - keep_previous`. Readers see either the old set or the new one, never a mix.
+    pub fn save_models<'a>(
+        &self,
+        version: u64,
+        models: impl IntoIterator<Item = (&'a TaskKey, &'a TaskModel)>,
+        keep_previous: u64,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db("beginning model write"))?;
+        {
+            let mut t = txn.open_table(MODELS).map_err(db("opening models"))?;
+            for (key, model) in models {
+                t.insert((version, key.as_str()), encode("model", model)?.as_slice())
+                    .map_err(db("writing model"))?;
+            }
+            let oldest_kept = version.saturating_sub(keep_previous);
+            let stale: Vec<(u64, String)> = {
+                let range = t
+                    .range::<(u64, &str)>((Bound::Unbounded, Bound::Excluded((oldest_kept, ""))))
+                    .map_err(db("scanning old models"))?;
+                let mut stale = Vec::new();
+                for item in range {
+                    let (k, _) = item.map_err(db("scanning old models"))?;
+                    let (v, key) = k.value();
+                    stale.push((v, key.to_owned()));
+                }
+                stale
+            };
+            for (v, key) in stale {
+                t.remove((v, key.as_str())).map_err(db("deleting old model"))?;
+            }
+            let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
+            meta.insert(K_MODEL_VERSION, version)
+                .map_err(db("writing model version"))?;
+        }
+        txn.commit().map_err(db("committing models"))
+    }
+
+    /// All models of one version.
+    pub fn load_models(&self, version: u64) -> Result<HashMap<TaskKey, TaskModel>, StoreError> {
+        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let t = txn.open_table(MODELS).map_err(db("opening models"))?;
+        let mut out = HashMap::new();
+        let range = t
+            .range::<(u64, &str)>((Bound::Included((version, "")), Bound::Excluded((version + 1, ""))))
+            .map_err(db("scanning models"))?;
+        for item in range {
+            let (k, v) = item.map_err(db("scanning models"))?;
+            let (_, key) = k.value();
+            out.insert(TaskKey::new(key), decode("model", || format!("{version}/{key}"), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Versions that have at least one stored model, ascending.
+    pub fn model_versions(&self) -> Result<Vec<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let t = txn.open_table(MODELS).map_err(db("opening models"))?;
+        let mut out: Vec<u64> = Vec::new();
+        for item in t.iter().map_err(db("scanning models"))? {
+            let (k, _) = item.map_err(db("scanning models"))?;
+            let v = k.value().0;
+            if out.last() != Some(&v) {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends a decision to the log and returns its sequence number.
+    pub fn record_decision(&self, decision: &Decision) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write().map_err(db("beginning decision write"))?;
+        let seq = {
+            let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
+            let seq = meta
+                .get(K_NEXT_DECISION)
+                .map_err(db("reading decision sequence"))?
+                .map(|g| g.value())
+                .unwrap_or(1);
+            meta.insert(K_NEXT_DECISION, seq + 1)
+                .map_err(db("writing decision sequence"))?;
+            let mut d = decision.clone();
+            d.seq = seq;
+            let mut t = txn.open_table(DECISIONS).map_err(db("opening decisions"))?;
+            t.insert(seq, encode("decision", &d)?.as_slice())
+                .map_err(db("writing decision"))?;
+            seq
+        };
+        txn.commit().map_err(db("committing decision"))?;
+        Ok(seq)
+    }
+
+    /// Decisions matching `q`, oldest first (the newest `q.limit` when a limit is set).
+    pub fn decisions(&self, q: &DecisionQuery) -> Result<Vec<Decision>, StoreError> {
+        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let t = txn.open_table(DECISIONS).map_err(db("opening decisions"))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(db("scanning decisions"))?.rev() {
+            let (k, v) = item.map_err(db("scanning decisions"))?;
+            let seq = k.value();
+            let d: Decision = decode("decision", || seq.to_string(), v.value())?;
+            if q.container_id.as_ref().is_some_and(|c| *c != d.container_id)
+                || q.task_key.as_ref().is_some_and(|k| *k != d.task_key)
+                || q.since_ms.is_some_and(|s| d.at_ms < s)
+            {
+                continue;
+            }
+            out.push(d);
+            if q.limit > 0 && out.len() >= q.limit {
+                break;
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+}
+
+fn validate(run: &RunSummary) -> Result<(), StoreError> {
+    let bad = |reason| {
+        Err(StoreError::InvalidRun {
+            run_id: run.run_id,
+            reason,
+        })
+    };
+    if run.task_key.as_str().is_empty() {
+        return bad("empty task key");
+    }
+    if !run.outcome.duration_s.is_finite() || run.outcome.duration_s < 0.0 {
+        return bad("duration is negative or not finite");
+    }
+    if run.profile.as_ref().is_some_and(|p| !p.is_well_formed()) {
+        return bad("profile does not have 20 buckets per resource");
+    }
+    Ok(())
+}
+
+fn read_samples(
+    t: &impl ReadableTable<(u64, u64), (f64, u64, u64, u32)>,
+    run_id: RunId,
+) -> Result<Vec<Sample>, StoreError> {
+    let mut out = Vec::new();
+    for item in t
+        .range((run_id, 0)..=(run_id, u64::MAX))
+        .map_err(db("scanning samples"))?
+    {
+        let (k, v) = item.map_err(db("scanning samples"))?;
+        let (cpu_cores, memory_bytes, io_bytes, count) = v.value();
+        out.push(Sample {
+            ts_ms: k.value().1,
+            cpu_cores,
+            memory_bytes,
+            io_bytes,
+            count,
+        });
+    }
+    Ok(out)
+}
+
+fn migrate_0_to_1(txn: &WriteTransaction) -> Result<(), StoreError> {
+    // Version 1 is the first layout: opening a table in a write transaction creates it.
+    txn.open_table(META).map_err(db("creating meta"))?;
+    txn.open_table(TASK_TYPES).map_err(db("creating task types"))?;
+    txn.open_table(RUNS).map_err(db("creating runs"))?;
+    txn.open_table(SAMPLES).map_err(db("creating samples"))?;
+    txn.open_table(MODELS).map_err(db("creating models"))?;
+    txn.open_table(DECISIONS).map_err(db("creating decisions"))?;
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! Plain data shared by the store, the models and the broker: what a run looked like before it started
+//! ([`RunMetadata`]), how it ended ([`RunOutcome`]), the telemetry it produced ([`Sample`]) and the limit changes the
+//! broker made ([`Decision`]).
+//!
+//! Everything here is `serde`-serialisable; the store keeps these as JSON values so that adding a field with
+//! `#[serde(default)]` needs no migration. Times are milliseconds since the Unix epoch (`*_ms`), durations seconds.
+
+use serde::{Deserialize, Serialize};
+
+use crate::key::TaskKey;
+
+/// Number of normalised lifetime buckets in a profile: bucket `i` covers `[i/20, (i+1)/20)` of the run's duration.
+pub const BUCKETS: usize = 20;
+
+/// Identifier of one run (one container start), allocated by [`crate::Store::allocate_run_id`].
+pub type RunId = u64;
+
+/// What is known about a run before it starts: the inputs of the regression models.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunMetadata {
+    /// Image reference the container was created from.
+    #[serde(default)]
+    pub image: String,
+    /// The process args.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Size of the task's input data in bytes (annotation `io.predictive.input-bytes` or 0 when unknown).
+    #[serde(default)]
+    pub input_bytes: u64,
+    /// Number of declared dependencies (upstream tasks, mounted datasets).
+    #[serde(default)]
+    pub dependencies: u32,
+    /// CPU limit requested in the spec, in cores.
+    #[serde(default)]
+    pub requested_cpu_cores: Option<f64>,
+    /// Memory limit requested in the spec, in bytes.
+    #[serde(default)]
+    pub requested_memory_bytes: Option<u64>,
+    /// Host load at start (1-minute load average divided by the number of CPUs).
+    #[serde(default)]
+    pub host_load: f64,
+}
+
+/// How a run ended: the targets the models learn.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunOutcome {
+    /// Wall-clock lifetime in seconds.
+    pub duration_s: f64,
+    /// Peak memory (cgroup `memory.peak` or the maximum sample), bytes.
+    pub peak_memory_bytes: u64,
+    /// Total CPU time consumed, seconds.
+    #[serde(default)]
+    pub cpu_seconds: f64,
+    /// Median CPU usage over the samples, cores.
+    #[serde(default)]
+    pub cpu_p50_cores: f64,
+    /// 95th percentile CPU usage over the samples, cores. This is what the CPU model predicts.
+    #[serde(default)]
+    pub cpu_p95_cores: f64,
+    /// Bytes read plus written.
+    #[serde(default)]
+    pub io_bytes: u64,
+    /// Exit code of the init process.
+    #[serde(default)]
+    pub exit_code: i32,
+    /// Whether the kernel OOM killer fired in the cgroup. Such a run's peak is a lower bound of its need.
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// Time throttled by the CPU controller, seconds.
+    #[serde(default)]
+    pub throttled_s: f64,
+}
+
+/// The shape of a run over its normalised lifetime: per bucket, usage as a fraction of the run's peak (0..=1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    /// CPU cores per bucket over the run's CPU peak.
+    pub cpu: Vec<f32>,
+    /// Memory per bucket over the run's memory peak.
+    pub memory: Vec<f32>,
+    /// IO rate per bucket over the run's IO-rate peak.
+    pub io: Vec<f32>,
+}
+
+impl Profile {
+    /// A flat profile (every bucket at the peak): the conservative shape used when nothing better is known.
+    pub fn flat() -> Self {
+        Self {
+            cpu: vec![1.0; BUCKETS],
+            memory: vec![1.0; BUCKETS],
+            io: vec![1.0; BUCKETS],
+        }
+    }
+
+    /// Builds the profile from a run's samples, which must be sorted by time. Returns `None` when there are no
+    /// samples inside `[start_ms, start_ms + duration_ms]`.
+    pub fn from_samples(samples: &[Sample], start_ms: u64, duration_ms: u64) -> Option<Self> {
+        let duration_ms = duration_ms.max(1);
+        let mut cpu = [0.0f64; BUCKETS];
+        let mut mem = [0.0f64; BUCKETS];
+        let mut io = [0.0f64; BUCKETS];
+        let mut seen = [false; BUCKETS];
+        let mut prev_ts = start_ms;
+        for s in samples {
+            if s.ts_ms < start_ms || s.ts_ms > start_ms + duration_ms {
+                continue;
+            }
+            let pos = (s.ts_ms - start_ms) as f64 / duration_ms as f64;
+            let b = ((pos * BUCKETS as f64) as usize).min(BUCKETS - 1);
+            let dt = (s.ts_ms.saturating_sub(prev_ts)).max(1) as f64 / 1000.0;
+            prev_ts = s.ts_ms;
+            cpu[b] = cpu[b].max(s.cpu_cores);
+            mem[b] = mem[b].max(s.memory_bytes as f64);
+            io[b] = io[b].max(s.io_bytes as f64 / dt);
+            seen[b] = true;
+        }
+        if !seen.iter().any(|&x| x) {
+            return None;
+        }
+        // Buckets without a sample inherit the previous one's value: sampling is coarser than the bucket.
+        for b in 1..BUCKETS {
+            if !seen[b] {
+                cpu[b] = cpu[b - 1];
+                mem[b] = mem[b - 1];
+                io[b] = io[b - 1];
+            }
+        }
+        Some(Self {
+            cpu: normalise(&cpu),
+            memory: normalise(&mem),
+            io: normalise(&io),
+        })
+    }
+
+    /// Whether every series has [`BUCKETS`] entries.
+    pub fn is_well_formed(&self) -> bool {
+        self.cpu.len() == BUCKETS && self.memory.len() == BUCKETS && self.io.len() == BUCKETS
+    }
+}
+
+fn normalise(v: &[f64; BUCKETS]) -> Vec<f32> {
+    let peak = v.iter().copied().fold(0.0, f64::max);
+    if peak <= 0.0 {
+        return vec![0.0; BUCKETS];
+    }
+    v.iter().map(|x| (x / peak) as f32).collect()
+}
+
+/// One finished run, as the broker records it when the container exits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Unique id of the run; samples appended under the same id belong to it.
+    pub run_id: RunId,
+    /// Task type of the run.
+    pub task_key: TaskKey,
+    /// Start time, ms since the epoch.
+    pub started_at_ms: u64,
+    /// Inputs known at start.
+    pub meta: RunMetadata,
+    /// Measured outcome.
+    pub outcome: RunOutcome,
+    /// Lifetime profile; when `None`, [`crate::Store::record_run`] derives it from the run's stored samples.
+    #[serde(default)]
+    pub profile: Option<Profile>,
+}
+
+/// One telemetry sample of a running container.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Sample time, ms since the epoch.
+    pub ts_ms: u64,
+    /// CPU usage over the interval since the previous sample, cores.
+    pub cpu_cores: f64,
+    /// Memory usage at the sample time, bytes.
+    pub memory_bytes: u64,
+    /// Bytes read plus written since the previous sample.
+    pub io_bytes: u64,
+    /// How many raw samples this one stands for (1 unless downsampled).
+    pub count: u32,
+}
+
+/// The features the regression models use, taken from a run's [`RunMetadata`] at prediction time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunFeatures {
+    /// Input data size in bytes.
+    pub input_bytes: u64,
+    /// Number of dependencies.
+    pub dependencies: u32,
+    /// Requested CPU limit, cores (0 when none).
+    pub requested_cpu_cores: f64,
+    /// Requested memory limit, bytes (0 when none).
+    pub requested_memory_bytes: f64,
+    /// Host load at start.
+    pub host_load: f64,
+    /// Prediction or start time, ms since the epoch (lets a regression follow drift).
+    pub at_ms: u64,
+}
+
+impl RunFeatures {
+    /// Features of a run about to start at `at_ms`.
+    pub fn from_metadata(meta: &RunMetadata, at_ms: u64) -> Self {
+        Self {
+            input_bytes: meta.input_bytes,
+            dependencies: meta.dependencies,
+            requested_cpu_cores: meta.requested_cpu_cores.unwrap_or(0.0),
+            requested_memory_bytes: meta.requested_memory_bytes.unwrap_or(0) as f64,
+            host_load: meta.host_load,
+            at_ms,
+        }
+    }
+}
+
+/// What the broker did to a container's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Directive {
+    /// Initial limits set at create time.
+    Initial,
+    /// A limit was raised.
+    Raise,
+    /// A limit was lowered.
+    Lower,
+    /// The container was left as it was despite a signal (for the record).
+    Hold,
+    /// Fell back to the spec's limits (cold start or predictor unavailable).
+    Fallback,
+}
+
+/// One entry of the decision log: every limit change the broker makes, with the reason and the values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Sequence number assigned by the store (ignored on write).
+    #[serde(default)]
+    pub seq: u64,
+    /// When the decision was made, ms since the epoch.
+    pub at_ms: u64,
+    /// Container id.
+    pub container_id: String,
+    /// Task type of the container.
+    pub task_key: TaskKey,
+    /// What was done.
+    pub directive: Directive,
+    /// Which resource (`"memory"`, `"cpu"`, `"io"`).
+    pub resource: String,
+    /// Why, in words (`"predicted p99.5 peak"`, `"memory pressure at 92%"`).
+    pub reason: String,
+    /// The limit before, if any.
+    #[serde(default)]
+    pub old_value: Option<f64>,
+    /// The limit after.
+    #[serde(default)]
+    pub new_value: Option<f64>,
+    /// Model version behind the decision, when a prediction was used.
+    #[serde(default)]
+    pub model_version: Option<u64>,
+}
