@@ -48,6 +48,41 @@ fn find_named(root: &Path, ids: &[String], depth: u32, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// The shim socket containerd-shim (Go and Rust) derives for a container or group id:
+/// `/run/containerd/s/<sha256(<containerd address>/<ns>/<id>)>`.
+pub fn shim_socket(c: &Containerd, id: &str) -> PathBuf {
+    use std::io::Write;
+    let key = format!("{}/{}/{}", c.sock.display(), c.ns, id);
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum (coreutils)");
+    child.stdin.take().expect("piped").write_all(key.as_bytes()).expect("writing to sha256sum");
+    let out = child.wait_with_output().expect("sha256sum");
+    let hex = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string();
+    Path::new("/run/containerd/s").join(hex)
+}
+
+fn leaked_sockets(c: &Containerd, ids: &[String]) -> Vec<PathBuf> {
+    ids.iter().map(|id| shim_socket(c, id)).filter(|p| p.exists()).collect()
+}
+
+/// Socket leaks that count as failures. The runc v2 shims of containerd 1.7 and 2.1 leave the
+/// socket of a group (sandbox-id != container id) behind after the group's shim exits: a known
+/// runc-shim behaviour, noted and scrubbed but not failed, so the suite can be checked against
+/// runc. For any other runtime (ours) a leaked socket fails the test.
+fn failing_socket_leaks(c: &Containerd, ids: &[String]) -> Vec<PathBuf> {
+    let leaked = leaked_sockets(c, ids);
+    if c.settings.runtime == crate::settings::RUNC_RUNTIME {
+        for p in &leaked {
+            eprintln!("NOTE: {} left {} (known runc v2 shim behaviour for groups; not failed)", c.settings.runtime, p.display());
+        }
+        return Vec::new();
+    }
+    leaked
+}
+
 /// While containerd still runs, after every container was removed: state directories, fifos
 /// and runtime state named after a container.
 pub fn state_leaks(c: &Containerd, ids: &[String]) -> Vec<String> {
@@ -115,6 +150,7 @@ pub fn host_leaks(c: &Containerd, ids: &[String]) -> Vec<String> {
     }
     let mut found = Vec::new();
     find_named(Path::new("/run/containerd"), ids, 4, &mut found);
+    found.extend(failing_socket_leaks(c, ids));
     leaks.extend(found.into_iter().map(|p| format!("left on disk: {}", p.display())));
     leaks
 }
@@ -146,6 +182,9 @@ pub fn scrub(c: &Containerd, ids: &[String], keep_dir: bool) {
         }
     }
     let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&c.ns));
+    for p in leaked_sockets(c, ids) {
+        let _ = std::fs::remove_file(p);
+    }
     let mut found = Vec::new();
     find_named(Path::new("/run/containerd"), ids, 4, &mut found);
     for p in found {

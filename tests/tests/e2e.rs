@@ -226,7 +226,8 @@ fn sandbox_annotation_groups_shims() {
 fn parallel_creates_in_one_group() {
     let Some(c) = start("parallel_creates_in_one_group") else { return };
     let started = Instant::now();
-    for round in 0..20 {
+    let rounds: usize = std::env::var("PREDICTIVE_E2E_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(20);
+    for round in 0..rounds {
         let group = c.id(&format!("pod{round}"));
         let ann = format!("io.kubernetes.cri.sandbox-id={group}");
         let ids: Vec<String> = (0..8).map(|i| c.id(&format!("p{round}x{i}"))).collect();
@@ -257,7 +258,7 @@ fn parallel_creates_in_one_group() {
         wait_until(Duration::from_secs(15), || c.shim_pids().is_empty().then_some(()))
             .unwrap_or_else(|| panic!("round {round}: shim still running after its group was removed"));
     }
-    eprintln!("20 rounds of 8 parallel creates in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!("{rounds} rounds of 8 parallel creates in {:.1}s", started.elapsed().as_secs_f64());
     c.finish();
 }
 
@@ -308,4 +309,29 @@ fn unknown_exec_id_and_task() {
     c.ctr(&["t", "exec", "--exec-id", &e, &id, "true"]).expect_ok("exec after the failures");
     c.remove(&id);
     c.finish();
+}
+
+/// The harness itself: a leaked cgroup, mount and process must fail `finish` (and be scrubbed).
+#[test]
+fn harness_detects_leaks() {
+    let Some(c) = start("harness_detects_leaks") else { return };
+    let id = c.id("leak");
+    let cg = c.cgroup_dir("memory", &id);
+    std::fs::create_dir_all(&cg).expect("creating a cgroup");
+    let mnt = c.dir.join(format!("mnt-{id}"));
+    std::fs::create_dir_all(&mnt).expect("mkdir");
+    let st = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&mnt).status().expect("mount");
+    assert!(st.success());
+    let mut proc_ = std::process::Command::new("sh").args(["-c", "while sleep 0.2; do :; done", &id]).spawn().expect("sh");
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || c.finish()));
+    let _ = proc_.wait();
+    let msg = match r {
+        Ok(()) => panic!("finish() passed a host with leaks"),
+        Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
+    };
+    assert!(msg.contains("cgroup left"), "{msg}");
+    assert!(msg.contains("still mounted"), "{msg}");
+    assert!(msg.contains("still running"), "{msg}");
+    assert!(!cg.exists(), "scrub removes the leaked cgroup");
+    assert!(!mnt.exists(), "scrub unmounts and removes the dir");
 }
