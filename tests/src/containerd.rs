@@ -37,10 +37,14 @@ fn pid_alive(pid: i32) -> bool {
 impl Containerd {
     /// Start a private containerd for `test`, or return None (after `SKIPPED:`) when not root.
     pub fn start(test: &str) -> Option<Containerd> {
+        Self::start_with(test, Settings::from_env())
+    }
+
+    /// [`Self::start`] with explicit settings (the benchmark runs two runtimes on one containerd).
+    pub fn start_with(test: &str, settings: Settings) -> Option<Containerd> {
         if !crate::require_root(test) {
             return None;
         }
-        let settings = Settings::from_env();
         if settings.is_predictive() {
             let bin = settings.shim_dir.join(PREDICTIVE_SHIM_BINARY);
             assert!(

@@ -1,0 +1,57 @@
+# predictive: a containerd shim v2 in Rust. The two commands for a fresh machine (root, Debian 12):
+#   make demo    install what is missing, build, run a few containers through our shim
+#   make test    install what is missing, build, run every test (unit + e2e on containerd 1.6, 1.7, 2.1)
+#
+# Variables (environment or make VAR=...):
+#   PREDICTIVE_E2E_RUNTIME    runtime the e2e suite drives (default io.containerd.predictive.v2;
+#                             io.containerd.runc.v2 checks the suite itself against Debian's runc shim)
+#   PREDICTIVE_E2E_VERSIONS   containerd versions for the e2e suite (default "1.6 1.7 2.1")
+#   PREDICTIVE_E2E_CONTAINERD version for `make demo` / `make bench` / a single nextest run (default 1.6)
+#   PREDICTIVE_E2E_CACHE      unpacked containerd 1.7/2.1 packages and the test image (default /var/cache/predictive-e2e)
+#   PREFIX, DESTDIR           for `make install`
+
+SHELL := /bin/bash
+CARGO ?= cargo
+PREFIX ?= /usr/local
+SHIM := containerd-shim-predictive-v2
+RELEASE := target/release
+
+# Our cargo runs use the normal target/ dir, whatever a developer's shell exports.
+unexport CARGO_TARGET_DIR
+
+.PHONY: all deps build test test-runc e2e unit demo bench install clean-e2e
+
+all: build
+
+deps:
+	scripts/deps.sh
+
+build: deps
+	$(CARGO) build --release --workspace
+
+# Unit/root tests of every crate, then the e2e suite once per containerd version; prints "N passed, N failed".
+test: deps build
+	scripts/test.sh
+
+# The e2e suite against Debian's runc v2 shim (checks the suite itself; no build of our shim needed).
+test-runc: deps
+	$(CARGO) build --release -p predictive-e2e
+	PREDICTIVE_E2E_RUNTIME=io.containerd.runc.v2 scripts/test.sh
+
+demo: deps build
+	scripts/demo.sh
+
+# End-to-end benchmark (ours vs runc v2 in the same run), then criterion benches if any crate has some.
+bench: deps build
+	$(RELEASE)/predictive-bench
+	@if ls */benches/*.rs >/dev/null 2>&1; then $(CARGO) bench --workspace; \
+	 else echo "bench: no criterion benches yet (crates add them under <crate>/benches/; this target runs them)"; fi
+
+# Placeholder until packaging/ exists: the shim binary on containerd's PATH.
+install:
+	@test -x $(RELEASE)/$(SHIM) || { echo "run 'make build' first"; exit 1; }
+	install -D -m 0755 $(RELEASE)/$(SHIM) $(DESTDIR)$(PREFIX)/bin/$(SHIM)
+
+# Remove cached containerd packages and the test image (they are fetched again when needed).
+clean-e2e:
+	rm -rf $${PREDICTIVE_E2E_CACHE:-/var/cache/predictive-e2e}

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Everything `make test` runs after deps and build:
+#   1. unit and root tests of every crate:   cargo nextest run --workspace --release (less the e2e suite)
+#   2. the end-to-end suite once per containerd version (PREDICTIVE_E2E_VERSIONS, default "1.6 1.7 2.1"),
+#      against PREDICTIVE_E2E_RUNTIME (default io.containerd.predictive.v2)
+# and prints one aggregated line: "N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+versions=${PREDICTIVE_E2E_VERSIONS:-1.6 1.7 2.1}
+runtime=${PREDICTIVE_E2E_RUNTIME:-io.containerd.predictive.v2}
+export PREDICTIVE_E2E_RUNTIME=$runtime
+logdir=${PREDICTIVE_TEST_LOGS:-target/test-logs}
+mkdir -p "$logdir"
+passed=0 failed=0
+summary=()
+
+# Adds the counts from a nextest run's summary line; a run with no summary (a build or setup
+# error) counts as one failure.
+count() { # name log rc
+    local name=$1 log=$2 rc=$3 line p f t
+    line=$(grep -E '^\s*Summary \[' "$log" | tail -n1)
+    if [ -z "$line" ]; then
+        if [ "$rc" = 0 ] && grep -qE 'no tests to run|0 tests run' "$log"; then
+            summary+=("$name: no tests"); return
+        fi
+        failed=$((failed + 1)); summary+=("$name: did not run (exit $rc), see $log"); return
+    fi
+    p=$(grep -oE '[0-9]+ passed' <<<"$line" | grep -oE '[0-9]+' || echo 0)
+    f=$(grep -oE '[0-9]+ failed' <<<"$line" | grep -oE '[0-9]+' || echo 0)
+    t=$(grep -oE '[0-9]+ timed out' <<<"$line" | grep -oE '[0-9]+' || echo 0)
+    f=$((f + t))
+    if [ "$rc" != 0 ] && [ "$f" = 0 ]; then f=1; fi
+    passed=$((passed + p)); failed=$((failed + f))
+    summary+=("$name: $p passed, $f failed ($(grep -oE '\[ *[0-9.]+s\]' <<<"$line" | tr -d '[] '))")
+}
+
+echo "=== unit and root tests (all crates) ==="
+log=$logdir/unit.log
+cargo nextest run --workspace --release --no-tests=pass \
+    -E 'not (package(predictive-e2e) and kind(test))' 2>&1 | tee "$log"
+count "unit" "$log" "${PIPESTATUS[0]}"
+
+for v in $versions; do
+    echo "=== containerd $v: preparing ==="
+    if ! scripts/fetch-containerd.sh "$v" >/dev/null; then
+        failed=$((failed + 1)); summary+=("e2e containerd $v: could not fetch containerd $v"); continue
+    fi
+done
+
+e2e_start=$(date +%s)
+for v in $versions; do
+    echo "=== e2e: containerd $v, runtime $runtime ==="
+    log=$logdir/e2e-$v.log
+    PREDICTIVE_E2E_CONTAINERD=$v cargo nextest run --release -p predictive-e2e -E 'kind(test)' \
+        --config-file tests/nextest.toml 2>&1 | tee "$log"
+    count "e2e containerd $v ($runtime)" "$log" "${PIPESTATUS[0]}"
+done
+e2e_secs=$(( $(date +%s) - e2e_start ))
+
+echo
+echo "=== summary ==="
+for s in "${summary[@]}"; do echo "  $s"; done
+echo "  e2e wall time: ${e2e_secs}s"
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ] && [ "$passed" -gt 0 ]
