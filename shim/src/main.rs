@@ -1,1 +1,3 @@
-fn main() {}
+fn main() {
+    predictive_shim::service::main();
+}

@@ -1,0 +1,17 @@
+//! `containerd-shim-predictive-v2`: a containerd shim v2 (runtime `io.containerd.predictive.v2`)
+//! that runs containers through youki's libcontainer. See docs/ARCHITECTURE.md.
+
+pub mod container;
+pub mod error;
+pub mod io;
+pub mod logging;
+pub mod oom;
+pub mod process;
+pub mod reaper;
+pub mod runtime;
+pub mod service;
+pub mod task;
+pub mod zygote;
+
+/// The runtime name containerd knows this shim by.
+pub const RUNTIME_NAME: &str = "io.containerd.predictive.v2";

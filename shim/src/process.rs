@@ -1,0 +1,140 @@
+//! One process the shim runs: a container's init or an exec, with its status, its stdio and the
+//! channel that carries its exit to every `Wait`.
+
+use std::sync::Mutex;
+
+use containerd_shim_protos::api::Status;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use tokio::sync::watch;
+
+use crate::io::{ProcessIo, StdioPaths};
+
+/// A finished process's exit as containerd reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExitInfo {
+    pub status: u32,
+    pub at: Timestamp,
+}
+
+#[derive(Debug)]
+struct State {
+    status: Status,
+    pid: i32,
+    exit: Option<ExitInfo>,
+}
+
+/// An init or exec process.
+pub struct Process {
+    /// The exec id; empty for a container's init.
+    pub exec_id: String,
+    pub stdio: StdioPaths,
+    pub io: tokio::sync::Mutex<Option<ProcessIo>>,
+    state: Mutex<State>,
+    exited: watch::Sender<Option<ExitInfo>>,
+}
+
+impl Process {
+    pub fn new(exec_id: &str, stdio: StdioPaths) -> Process {
+        let (exited, _) = watch::channel(None);
+        Process {
+            exec_id: exec_id.to_string(),
+            stdio,
+            io: tokio::sync::Mutex::new(None),
+            state: Mutex::new(State {
+                status: Status::CREATED,
+                pid: 0,
+                exit: None,
+            }),
+            exited,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.state().pid
+    }
+
+    pub fn set_pid(&self, pid: i32) {
+        self.state().pid = pid;
+    }
+
+    pub fn status(&self) -> Status {
+        self.state().status
+    }
+
+    /// Moves to `status` unless the process has already stopped.
+    pub fn set_status(&self, status: Status) {
+        let mut state = self.state();
+        if state.status != Status::STOPPED {
+            state.status = status;
+        }
+    }
+
+    pub fn exit(&self) -> Option<ExitInfo> {
+        self.state().exit.clone()
+    }
+
+    /// Records the exit and wakes every waiter.
+    pub fn set_exited(&self, status: u32) -> ExitInfo {
+        let info = ExitInfo { status, at: now() };
+        {
+            let mut state = self.state();
+            state.status = Status::STOPPED;
+            state.exit = Some(info.clone());
+        }
+        self.exited.send_replace(Some(info.clone()));
+        info
+    }
+
+    /// Waits until the process has exited.
+    pub async fn wait(&self) -> ExitInfo {
+        let mut rx = self.exited.subscribe();
+        loop {
+            if let Some(info) = rx.borrow_and_update().clone() {
+                return info;
+            }
+            if rx.changed().await.is_err() {
+                // The sender lives as long as the process; this only happens at shutdown.
+                return ExitInfo {
+                    status: 255,
+                    at: now(),
+                };
+            }
+        }
+    }
+}
+
+pub fn now() -> Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut ts = Timestamp::new();
+    ts.seconds = d.as_secs() as i64;
+    ts.nanos = d.subsec_nanos() as i32;
+    ts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waiters_see_the_exit_whenever_they_come() {
+        let p = std::sync::Arc::new(Process::new("", StdioPaths::default()));
+        assert_eq!(p.status(), Status::CREATED);
+        let early = {
+            let p = p.clone();
+            tokio::spawn(async move { p.wait().await.status })
+        };
+        p.set_status(Status::RUNNING);
+        p.set_exited(137);
+        assert_eq!(early.await.expect("join"), 137);
+        assert_eq!(p.wait().await.status, 137);
+        // A stopped process stays stopped.
+        p.set_status(Status::RUNNING);
+        assert_eq!(p.status(), Status::STOPPED);
+    }
+}

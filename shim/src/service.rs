@@ -1,0 +1,372 @@
+//! The shim's lifecycle, as containerd drives it: the `start` action (find or spawn the server for
+//! this container's group and print its address), the `delete` action (clean up after a shim that
+//! died), `-info`, and serving the Task API.
+//!
+//! The reply to `start` is a bare socket address: containerd 1.6 and 1.7 read nothing else, and
+//! containerd 2.x takes a bare address for task API v2. The server registers the same handlers
+//! under both `containerd.task.v2.Task` and `containerd.task.v3.Task` (the messages are the same on
+//! the wire), so every version finds the service it asks for.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use containerd_shim::Flags;
+use containerd_shim_protos::api::DeleteResponse;
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::shim_async::create_task;
+use containerd_shim_protos::ttrpc::r#async::Server;
+use containerd_shim_protos::ttrpc::r#async::transport::Listener;
+use tokio::sync::Notify;
+
+use crate::error::{Result, ShimError};
+use crate::reaper::{self, Reaper};
+use crate::task::TaskService;
+use crate::zygote::{Request, Zygote};
+use crate::{RUNTIME_NAME, runtime};
+
+/// Where libcontainer keeps container state, one directory per containerd namespace.
+pub const STATE_ROOT: &str = "/run/predictive";
+/// The annotation that groups a pod's containers into one shim.
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+/// How long the exit path holds the start lock to see whether anybody still comes.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Entry point of `containerd-shim-predictive-v2`.
+pub fn main() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let flags = match containerd_shim::parse(&args[1..]) {
+        Ok(flags) => flags,
+        Err(e) => {
+            eprintln!("{RUNTIME_NAME}: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = if flags.version {
+        println!(
+            "containerd-shim-predictive-v2:\n  Runtime: {RUNTIME_NAME}\n  Version: {}",
+            env!("CARGO_PKG_VERSION")
+        );
+        Ok(())
+    } else if flags.info {
+        info()
+    } else {
+        match flags.action.as_str() {
+            "start" => start(&flags),
+            "delete" => delete(&flags),
+            _ => serve(&flags),
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("{RUNTIME_NAME}: {}", e.chain());
+        std::process::exit(1);
+    }
+}
+
+fn info() -> Result<()> {
+    // containerd may pipe runtime options; they change nothing here.
+    let mut ignored = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut ignored);
+    let info = containerd_shim_protos::types::introspection::RuntimeInfo {
+        name: RUNTIME_NAME.to_string(),
+        ..Default::default()
+    };
+    let bytes = info
+        .write_to_bytes()
+        .map_err(|e| ShimError::InvalidArgument(format!("encoding runtime info: {e}")))?;
+    std::io::stdout()
+        .write_all(&bytes)
+        .map_err(ShimError::io("writing runtime info"))
+}
+
+fn bundle_dir(flags: &Flags) -> Result<PathBuf> {
+    if flags.bundle.is_empty() {
+        std::env::current_dir().map_err(ShimError::io("reading the working directory"))
+    } else {
+        Ok(PathBuf::from(&flags.bundle))
+    }
+}
+
+/// The group a container's shim is shared by: its pod's sandbox id, else its own id.
+pub fn grouping(bundle: &Path, id: &str) -> String {
+    let Ok(text) = std::fs::read_to_string(bundle.join("config.json")) else {
+        return id.to_string();
+    };
+    let Ok(spec) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return id.to_string();
+    };
+    spec.get("annotations")
+        .and_then(|a| a.get(SANDBOX_ID_ANNOTATION))
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+        .unwrap_or(id)
+        .to_string()
+}
+
+fn socket_path(address: &str) -> &str {
+    address.strip_prefix("unix://").unwrap_or(address)
+}
+
+fn serving(path: &str) -> bool {
+    UnixStream::connect(path).is_ok()
+}
+
+/// An exclusive lock on the socket directory: serialises starts and the exit of idle servers.
+struct StartLock {
+    _held: File,
+}
+
+impl StartLock {
+    fn take(socket: &str) -> Result<StartLock> {
+        let dir = Path::new(socket).parent().ok_or_else(|| {
+            ShimError::InvalidArgument(format!("socket {socket} has no directory"))
+        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(ShimError::io(format!("creating {}", dir.display())))?;
+        let file = File::open(dir).map_err(ShimError::io(format!("opening {}", dir.display())))?;
+        // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(ShimError::Io {
+                context: format!("locking {}", dir.display()),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(StartLock { _held: file })
+    }
+}
+
+fn start(flags: &Flags) -> Result<()> {
+    let bundle = bundle_dir(flags)?;
+    let group = grouping(&bundle, &flags.id);
+    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &group);
+    let path = socket_path(&address).to_string();
+    let lock = StartLock::take(&path)?;
+    if serving(&path) {
+        println!("{address}");
+        drop(lock);
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(&path);
+
+    let exe = std::env::current_exe().map_err(ShimError::io("finding the shim binary"))?;
+    let mut command = Command::new(exe);
+    command
+        .current_dir(&bundle)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .args(["-namespace", &flags.namespace, "-id", &flags.id])
+        .args(["-address", &flags.address, "-socket", &address]);
+    if flags.debug {
+        command.arg("-debug");
+    }
+    if !flags.publish_binary.is_empty() {
+        command.args(["-publish-binary", &flags.publish_binary]);
+    }
+    let mut child = command
+        .spawn()
+        .map_err(ShimError::io("spawning the shim server"))?;
+    // The server closes its stdout once it serves, or exits.
+    let mut ready = Vec::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_end(&mut ready);
+    }
+    if let Ok(Some(status)) = child.try_wait()
+        && !status.success()
+    {
+        return Err(ShimError::FailedPrecondition(format!(
+            "shim server exited with {status} before serving {address}"
+        )));
+    }
+    let _ = containerd_shim::cgroup::adjust_oom_score(child.id());
+    drop(lock);
+    println!("{address}");
+    Ok(())
+}
+
+/// Cleans up after a shim that is gone: kills what is left of the container, removes its state and
+/// cgroups, unmounts its rootfs. Never touches a container whose shim still serves.
+fn delete(flags: &Flags) -> Result<()> {
+    let bundle = bundle_dir(flags)?;
+    let group = grouping(&bundle, &flags.id);
+    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &group);
+    if !serving(socket_path(&address)) {
+        let reply = runtime::work(
+            Request::Delete {
+                id: flags.id.clone(),
+                root: state_root(&flags.namespace),
+            },
+            crate::zygote::Stdio::default(),
+        );
+        if let crate::zygote::Reply::Err { message, .. } = reply {
+            eprintln!("{RUNTIME_NAME}: delete {}: {message}", flags.id);
+        }
+        crate::container::unmount_rootfs(&bundle.join("rootfs"));
+    }
+    let response = DeleteResponse {
+        exit_status: 137,
+        exited_at: Some(crate::process::now()).into(),
+        ..Default::default()
+    };
+    let bytes = response
+        .write_to_bytes()
+        .map_err(|e| ShimError::InvalidArgument(format!("encoding delete response: {e}")))?;
+    std::io::stdout()
+        .write_all(&bytes)
+        .map_err(ShimError::io("writing the delete response"))
+}
+
+pub fn state_root(namespace: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(namespace)
+}
+
+fn bind(socket: &str) -> Result<Option<UnixListener>> {
+    match UnixListener::bind(socket) {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            if serving(socket) {
+                return Ok(None);
+            }
+            let _ = std::fs::remove_file(socket);
+            UnixListener::bind(socket)
+                .map(Some)
+                .map_err(ShimError::io(format!("binding {socket}")))
+        }
+        Err(e) => Err(ShimError::io(format!("binding {socket}"))(e)),
+    }
+}
+
+/// Tells the `start` action we serve: our stdout was its pipe.
+fn signal_ready() {
+    // SAFETY: dup2 on the process's own standard descriptors.
+    unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) };
+}
+
+fn serve(flags: &Flags) -> Result<()> {
+    if flags.socket.is_empty() {
+        return Err(ShimError::InvalidArgument(
+            "-socket is required to serve".into(),
+        ));
+    }
+    crate::logging::init(flags.debug);
+    // containerd deletes the first bundle, which is our working directory.
+    std::env::set_current_dir("/").map_err(ShimError::io("changing directory to /"))?;
+    let socket = socket_path(&flags.socket).to_string();
+    let Some(listener) = bind(&socket)? else {
+        // Another server of this group won the race; it serves.
+        signal_ready();
+        return Ok(());
+    };
+    reaper::set_subreaper().map_err(ShimError::io("becoming a child subreaper"))?;
+    // The socket is bound, so connections queue from here on. Ready before the zygote forks: it
+    // must not inherit the start action's pipe, or that action would wait for it forever.
+    signal_ready();
+    // Still single-threaded: the only safe moment to fork the zygote.
+    let zygote = Zygote::spawn(runtime::work)?;
+    tracing::info!(
+        socket = %socket,
+        namespace = %flags.namespace,
+        zygote = zygote.pid(),
+        "serving"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ShimError::io("building the tokio runtime"))?;
+    let result = runtime.block_on(serve_async(flags, listener, &socket, zygote));
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("shim exits");
+    result
+}
+
+async fn serve_async(
+    flags: &Flags,
+    listener: UnixListener,
+    socket: &str,
+    zygote: Zygote,
+) -> Result<()> {
+    let reaper = Arc::new(Reaper::default());
+    let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+        .map_err(ShimError::io("watching SIGCHLD"))?;
+    {
+        let reaper = reaper.clone();
+        tokio::spawn(async move {
+            // Children that exited before the handler was installed are reaped on the first pass.
+            reaper.reap();
+            while sigchld.recv().await.is_some() {
+                reaper.reap();
+            }
+        });
+    }
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(ShimError::io("watching SIGTERM"))?;
+    tokio::spawn(async move {
+        while sigterm.recv().await.is_some() {
+            tracing::info!("SIGTERM ignored: the shim exits when containerd shuts it down");
+        }
+    });
+
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS").map_err(|_| {
+        ShimError::InvalidArgument(
+            "TTRPC_ADDRESS is not set: containerd starts shims with it".into(),
+        )
+    })?;
+    let publisher = containerd_shim::asynchronous::publisher::RemotePublisher::new(&ttrpc_address)
+        .await
+        .map_err(ShimError::shim(format!(
+            "connecting to containerd at {ttrpc_address}"
+        )))?;
+    let exit = Arc::new(Notify::new());
+    let task = TaskService::new(
+        &flags.namespace,
+        state_root(&flags.namespace),
+        zygote,
+        reaper,
+        publisher,
+        exit.clone(),
+    );
+    let shared = task.shared();
+    let service: Arc<dyn containerd_shim_protos::shim_async::Task + Send + Sync> =
+        Arc::new(task.clone());
+    let v3 = create_task(service.clone());
+    let v2 = create_task(service)
+        .into_iter()
+        .map(|(name, svc)| (name.replace(".v3.", ".v2."), svc))
+        .collect();
+    let listener =
+        Listener::try_from(listener).map_err(ShimError::io("registering the ttrpc listener"))?;
+    let mut server = Server::new()
+        .add_listener(listener)
+        .register_service(v3)
+        .register_service(v2);
+    server
+        .start()
+        .await
+        .map_err(|e| ShimError::Zygote(format!("starting the ttrpc server: {e}")))?;
+
+    loop {
+        exit.notified().await;
+        let socket_owned = socket.to_string();
+        let lock = tokio::task::spawn_blocking(move || StartLock::take(&socket_owned))
+            .await
+            .map_err(|e| ShimError::Zygote(format!("taking the start lock: {e}")))??;
+        let seen = shared.activity();
+        tokio::time::sleep(EXIT_GRACE).await;
+        if shared.idle() && shared.activity() == seen + 0 {
+            let _ = std::fs::remove_file(socket);
+            drop(lock);
+            break;
+        }
+        drop(lock);
+    }
+    let _ = server.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,936 @@
+//! The ttrpc Task service containerd talks to, over the map of containers this shim holds.
+//!
+//! Everything that touches libcontainer goes to the zygote (see `zygote.rs`); everything else —
+//! stdio copies, signals to a known pid, cgroup reads and writes, events — happens here.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::event::Event;
+use containerd_shim_protos::api::{
+    CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
+    DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest, PauseRequest,
+    PidsRequest, PidsResponse, ProcessInfo, ResizePtyRequest, ResumeRequest, ShutdownRequest,
+    StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, Status,
+    UpdateTaskRequest, WaitRequest, WaitResponse,
+};
+use containerd_shim_protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use containerd_shim_protos::protobuf::MessageDyn;
+use containerd_shim_protos::shim_async::Task;
+use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
+use tokio::sync::Notify;
+
+use crate::container::{self, Container};
+use crate::error::{Result, ShimError};
+use crate::io::{self, ProcessIo, StdioPaths};
+use crate::oom;
+use crate::process::{ExitInfo, Process};
+use crate::reaper::Reaper;
+use crate::zygote::{self, Failure, Reply, Request, Zygote};
+
+/// Everything the task service shares with its background tasks.
+pub struct Shared {
+    pub namespace: String,
+    /// libcontainer's state root for this namespace.
+    pub state_root: PathBuf,
+    pub zygote: Zygote,
+    pub reaper: Arc<Reaper>,
+    pub publisher: RemotePublisher,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Notified when the shim should exit (Shutdown with no containers left).
+    pub exit: Arc<Notify>,
+    /// Creates in flight: a Shutdown must not end the shim under a sibling's Create.
+    pending: AtomicUsize,
+    /// Counts every request, so the exit path can tell whether anyone came while it waited.
+    activity: AtomicU64,
+}
+
+impl Shared {
+    /// True when the shim holds no containers and no create is under way.
+    pub fn idle(&self) -> bool {
+        self.pending.load(Ordering::SeqCst) == 0
+            && self
+                .containers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+    }
+
+    pub fn activity(&self) -> u64 {
+        self.activity.load(Ordering::SeqCst)
+    }
+
+    fn touch(&self) {
+        self.activity.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Clone)]
+pub struct TaskService {
+    shared: Arc<Shared>,
+}
+
+impl TaskService {
+    pub fn new(
+        namespace: &str,
+        state_root: PathBuf,
+        zygote: Zygote,
+        reaper: Arc<Reaper>,
+        publisher: RemotePublisher,
+        exit: Arc<Notify>,
+    ) -> TaskService {
+        TaskService {
+            shared: Arc::new(Shared {
+                namespace: namespace.to_string(),
+                state_root,
+                zygote,
+                reaper,
+                publisher,
+                containers: Mutex::new(HashMap::new()),
+                exit,
+                pending: AtomicUsize::new(0),
+                activity: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    fn containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
+        self.shared
+            .containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>> {
+        self.containers()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ShimError::NotFound {
+                kind: "container",
+                id: id.to_string(),
+            })
+    }
+
+    /// Sends `request` to a zygote worker and turns a failure into a `ShimError`.
+    async fn call(&self, request: Request, stdio: zygote::Stdio) -> Result<Option<i32>> {
+        let reply = self.shared.zygote.call(&request, stdio).await?;
+        match reply {
+            Reply::Ok { pid } => Ok(pid),
+            Reply::Err { failure, message } => Err(match failure {
+                Failure::Invalid => ShimError::InvalidArgument(format!(
+                    "{} {}: {message}",
+                    request.op(),
+                    request.id()
+                )),
+                Failure::NotFound => ShimError::NotFound {
+                    kind: "container",
+                    id: request.id().to_string(),
+                },
+                Failure::State => ShimError::FailedPrecondition(format!(
+                    "{} {}: {message}",
+                    request.op(),
+                    request.id()
+                )),
+                Failure::Other => ShimError::Runtime {
+                    op: request.op(),
+                    id: request.id().to_string(),
+                    message,
+                },
+            }),
+        }
+    }
+
+    async fn publish<E: Event + MessageDyn>(&self, event: E) {
+        publish(&self.shared, event).await
+    }
+
+    /// Waits for `pid` to exit in the background, then records and announces the exit.
+    fn watch_exit(&self, container_id: &str, process: Arc<Process>, pid: i32) {
+        let rx = self.shared.reaper.subscribe(pid);
+        let shared = self.shared.clone();
+        let container_id = container_id.to_string();
+        tokio::spawn(async move {
+            let status = rx.await.map(|e| e.status).unwrap_or(255);
+            let info = process.set_exited(status);
+            let id = if process.exec_id.is_empty() {
+                container_id.clone()
+            } else {
+                process.exec_id.clone()
+            };
+            tracing::info!(container = %container_id, id = %id, pid, status, "process exited");
+            publish(
+                &shared,
+                TaskExit {
+                    container_id,
+                    id,
+                    pid: pid as u32,
+                    exit_status: info.status,
+                    exited_at: Some(info.at).into(),
+                    ..Default::default()
+                },
+            )
+            .await;
+        });
+    }
+
+    fn watch_oom(&self, container: &Container, pid: i32) {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            return;
+        };
+        let Some(cgroup) = oom::memory_cgroup(&text, Path::new("/sys/fs/cgroup")) else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let id = container.id.clone();
+        let handle = tokio::spawn(async move {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let watcher = oom::watch(cgroup, move || {
+                let _ = tx.send(());
+            });
+            let forward = async {
+                while rx.recv().await.is_some() {
+                    tracing::warn!(container = %id, "OOM killer acted in the container's cgroup");
+                    publish(
+                        &shared,
+                        TaskOOM {
+                            container_id: id.clone(),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                }
+            };
+            tokio::join!(watcher, forward);
+        });
+        *container
+            .oom_watch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(handle);
+    }
+
+    async fn do_create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
+        if req.id.is_empty() {
+            return Err(ShimError::InvalidArgument("container id is empty".into()));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(ShimError::InvalidArgument(
+                "checkpoint/restore is not supported by io.containerd.predictive.v2".into(),
+            ));
+        }
+        if self.containers().contains_key(&req.id) {
+            return Err(ShimError::AlreadyExists {
+                kind: "container",
+                id: req.id.clone(),
+            });
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = container::read_spec(&bundle)?;
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        if terminal != req.terminal {
+            tracing::debug!(
+                "request terminal={} but spec terminal={terminal}; the spec wins",
+                req.terminal
+            );
+        }
+        let paths = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal,
+        };
+
+        let rootfs = bundle.join("rootfs");
+        let mounted = !req.rootfs.is_empty();
+        if mounted {
+            container::mount_rootfs(&req.rootfs, &rootfs).await?;
+        }
+        match self.create_init(&req, &bundle, paths).await {
+            Ok((process, pid)) => {
+                let container = Arc::new(Container::new(&req.id, &bundle, process, mounted));
+                self.watch_exit(&req.id, container.init.clone(), pid);
+                self.watch_oom(&container, pid);
+                self.containers().insert(req.id.clone(), container);
+                self.publish(TaskCreate {
+                    container_id: req.id.clone(),
+                    bundle: req.bundle.clone(),
+                    rootfs: req.rootfs.clone(),
+                    io: Some(TaskIO {
+                        stdin: req.stdin.clone(),
+                        stdout: req.stdout.clone(),
+                        stderr: req.stderr.clone(),
+                        terminal,
+                        ..Default::default()
+                    })
+                    .into(),
+                    checkpoint: req.checkpoint.clone(),
+                    pid: pid as u32,
+                    ..Default::default()
+                })
+                .await;
+                Ok(CreateTaskResponse {
+                    pid: pid as u32,
+                    ..Default::default()
+                })
+            }
+            Err(err) => {
+                if mounted {
+                    container::unmount_rootfs(&rootfs);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn create_init(
+        &self,
+        req: &CreateTaskRequest,
+        bundle: &Path,
+        paths: StdioPaths,
+    ) -> Result<(Process, i32)> {
+        std::fs::create_dir_all(&self.shared.state_root).map_err(ShimError::io(format!(
+            "creating state root {}",
+            self.shared.state_root.display()
+        )))?;
+        let (mut pio, stdio, console) = ProcessIo::prepare(&paths, &self.shared.state_root)?;
+        let request = Request::Create {
+            id: req.id.clone(),
+            bundle: bundle.to_path_buf(),
+            root: self.shared.state_root.clone(),
+            console_socket: console,
+            stdio: stdio.fds(),
+        };
+        let result = async {
+            let pid = self
+                .call(request, stdio)
+                .await?
+                .ok_or_else(|| ShimError::Zygote("create returned no pid".into()))?;
+            if let Err(e) = pio.connect_console(&paths).await {
+                let _ = self
+                    .call(
+                        Request::Delete {
+                            id: req.id.clone(),
+                            root: self.shared.state_root.clone(),
+                        },
+                        zygote::Stdio::default(),
+                    )
+                    .await;
+                return Err(e);
+            }
+            Ok(pid)
+        }
+        .await;
+        match result {
+            Ok(pid) => {
+                let process = Process::new("", paths);
+                process.set_pid(pid);
+                *process.io.lock().await = Some(pio);
+                Ok((process, pid))
+            }
+            Err(e) => {
+                pio.tasks.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn do_start(&self, req: StartRequest) -> Result<StartResponse> {
+        let container = self.container(&req.id)?;
+        let process = container.process(&req.exec_id)?;
+        if process.status() != Status::CREATED {
+            return Err(ShimError::FailedPrecondition(format!(
+                "process {} in container {} is {:?}, not created",
+                if req.exec_id.is_empty() {
+                    "init"
+                } else {
+                    &req.exec_id
+                },
+                req.id,
+                process.status()
+            )));
+        }
+        if req.exec_id.is_empty() {
+            self.call(
+                Request::Start {
+                    id: req.id.clone(),
+                    root: self.shared.state_root.clone(),
+                },
+                zygote::Stdio::default(),
+            )
+            .await?;
+            process.set_status(Status::RUNNING);
+            let pid = process.pid();
+            self.publish(TaskStart {
+                container_id: req.id.clone(),
+                pid: pid as u32,
+                ..Default::default()
+            })
+            .await;
+            return Ok(StartResponse {
+                pid: pid as u32,
+                ..Default::default()
+            });
+        }
+        let pid = self.start_exec(&container, &process).await?;
+        self.publish(TaskExecStarted {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            pid: pid as u32,
+            ..Default::default()
+        })
+        .await;
+        Ok(StartResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
+    }
+
+    async fn start_exec(&self, container: &Container, process: &Arc<Process>) -> Result<i32> {
+        if container.init.status() != Status::RUNNING {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {} is not running",
+                container.id
+            )));
+        }
+        let spec_path = exec_spec_path(&self.shared.state_root, &container.id, &process.exec_id);
+        let (mut pio, stdio, console) =
+            ProcessIo::prepare(&process.stdio, &self.shared.state_root)?;
+        let result = async {
+            let pid = self
+                .call(
+                    Request::Exec {
+                        id: container.id.clone(),
+                        root: self.shared.state_root.clone(),
+                        process: spec_path.clone(),
+                        console_socket: console,
+                        stdio: stdio.fds(),
+                    },
+                    stdio,
+                )
+                .await?
+                .ok_or_else(|| ShimError::Zygote("exec returned no pid".into()))?;
+            pio.connect_console(&process.stdio).await?;
+            Ok(pid)
+        }
+        .await;
+        let _ = std::fs::remove_file(&spec_path);
+        match result {
+            Ok(pid) => {
+                process.set_pid(pid);
+                process.set_status(Status::RUNNING);
+                *process.io.lock().await = Some(pio);
+                self.watch_exit(&container.id, process.clone(), pid);
+                Ok(pid)
+            }
+            Err(e) => {
+                pio.tasks.abort().await;
+                process.set_exited(127);
+                Err(e)
+            }
+        }
+    }
+
+    async fn do_delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
+        let container = self.container(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let process = container.process(&req.exec_id)?;
+            if matches!(process.status(), Status::RUNNING | Status::PAUSED) {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "exec {} in container {} is still running",
+                    req.exec_id, req.id
+                )));
+            }
+            container.remove_exec(&req.exec_id);
+            shutdown_io(&process).await;
+            let exit = process.exit().unwrap_or_else(|| ExitInfo {
+                status: 0,
+                at: crate::process::now(),
+            });
+            return Ok(DeleteResponse {
+                pid: process.pid() as u32,
+                exit_status: exit.status,
+                exited_at: Some(exit.at).into(),
+                ..Default::default()
+            });
+        }
+        let init = container.init.clone();
+        if matches!(init.status(), Status::RUNNING | Status::PAUSED) {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {} is still running",
+                req.id
+            )));
+        }
+        // Force-delete: kills a created-but-never-started init, removes cgroups and state.
+        self.call(
+            Request::Delete {
+                id: req.id.clone(),
+                root: self.shared.state_root.clone(),
+            },
+            zygote::Stdio::default(),
+        )
+        .await?;
+        let exit = tokio::time::timeout(std::time::Duration::from_secs(10), init.wait())
+            .await
+            .unwrap_or_else(|_| ExitInfo {
+                status: 137,
+                at: crate::process::now(),
+            });
+        for exec in container.exec_processes() {
+            shutdown_io(&exec).await;
+        }
+        shutdown_io(&init).await;
+        if let Some(h) = container
+            .oom_watch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            h.abort();
+        }
+        if container.rootfs_mounted {
+            container::unmount_rootfs(&container.rootfs());
+        }
+        self.containers().remove(&req.id);
+        let pid = init.pid() as u32;
+        self.publish(TaskDelete {
+            container_id: req.id.clone(),
+            pid,
+            exit_status: exit.status,
+            exited_at: Some(exit.at.clone()).into(),
+            id: req.id.clone(),
+            ..Default::default()
+        })
+        .await;
+        Ok(DeleteResponse {
+            pid,
+            exit_status: exit.status,
+            exited_at: Some(exit.at).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn do_exec(&self, req: ExecProcessRequest) -> Result<()> {
+        let container = self.container(&req.id)?;
+        if req.exec_id.is_empty() {
+            return Err(ShimError::InvalidArgument("exec id is empty".into()));
+        }
+        let spec = req.spec.as_ref().ok_or_else(|| {
+            ShimError::InvalidArgument(format!("exec {}: no process spec", req.exec_id))
+        })?;
+        let process_spec: oci_spec::runtime::Process = serde_json::from_slice(&spec.value)
+            .map_err(|e| {
+                ShimError::InvalidArgument(format!(
+                    "exec {}: invalid process spec: {e}",
+                    req.exec_id
+                ))
+            })?;
+        let terminal = process_spec.terminal().unwrap_or(false);
+        let path = exec_spec_path(&self.shared.state_root, &req.id, &req.exec_id);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(ShimError::io(format!("creating {}", dir.display())))?;
+        }
+        std::fs::write(&path, &spec.value)
+            .map_err(ShimError::io(format!("writing {}", path.display())))?;
+        let process = Process::new(
+            &req.exec_id,
+            StdioPaths {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal,
+            },
+        );
+        if let Err(e) = container.add_exec(process) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        self.publish(TaskExecAdded {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        })
+        .await;
+        Ok(())
+    }
+
+    async fn do_kill(&self, req: KillRequest) -> Result<()> {
+        let container = self.container(&req.id)?;
+        let process = container.process(&req.exec_id)?;
+        let signal = i32::try_from(req.signal).map_err(|_| {
+            ShimError::InvalidArgument(format!("signal {} out of range", req.signal))
+        })?;
+        if req.exec_id.is_empty() && req.all {
+            self.call(
+                Request::Kill {
+                    id: req.id.clone(),
+                    root: self.shared.state_root.clone(),
+                    signal,
+                    all: true,
+                },
+                zygote::Stdio::default(),
+            )
+            .await?;
+        } else {
+            let pid = process.pid();
+            if pid <= 0 || process.status() == Status::STOPPED {
+                return Err(ShimError::NotFound {
+                    kind: "process",
+                    id: format!("{} (already finished)", req.id),
+                });
+            }
+            let sig = nix::sys::signal::Signal::try_from(signal)
+                .map_err(|_| ShimError::InvalidArgument(format!("invalid signal {signal}")))?;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(
+                ShimError::sys(format!("sending signal {signal} to pid {pid}")),
+            )?;
+        }
+        // A frozen process cannot act on SIGKILL: thaw a paused container so the kill lands.
+        if signal == libc::SIGKILL && container.init.status() == Status::PAUSED {
+            self.call(
+                Request::Resume {
+                    id: req.id.clone(),
+                    root: self.shared.state_root.clone(),
+                },
+                zygote::Stdio::default(),
+            )
+            .await?;
+            container.init.set_status(Status::RUNNING);
+        }
+        Ok(())
+    }
+
+    async fn do_pause_resume(&self, id: &str, pause: bool) -> Result<()> {
+        let container = self.container(id)?;
+        let root = self.shared.state_root.clone();
+        let request = if pause {
+            Request::Pause {
+                id: id.to_string(),
+                root,
+            }
+        } else {
+            Request::Resume {
+                id: id.to_string(),
+                root,
+            }
+        };
+        self.call(request, zygote::Stdio::default()).await?;
+        if pause {
+            container.init.set_status(Status::PAUSED);
+            self.publish(TaskPaused {
+                container_id: id.to_string(),
+                ..Default::default()
+            })
+            .await;
+        } else {
+            container.init.set_status(Status::RUNNING);
+            self.publish(TaskResumed {
+                container_id: id.to_string(),
+                ..Default::default()
+            })
+            .await;
+        }
+        Ok(())
+    }
+
+    fn running_pid(&self, container: &Container) -> Result<u32> {
+        let pid = container.init.pid();
+        if pid <= 0 || container.init.status() == Status::STOPPED {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {} is not running",
+                container.id
+            )));
+        }
+        Ok(pid as u32)
+    }
+
+    async fn do_update(&self, req: UpdateTaskRequest) -> Result<()> {
+        let container = self.container(&req.id)?;
+        let pid = self.running_pid(&container)?;
+        let any = req
+            .resources
+            .as_ref()
+            .ok_or_else(|| ShimError::InvalidArgument("update carries no resources".into()))?;
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
+            .map_err(|e| ShimError::InvalidArgument(format!("invalid linux resources: {e}")))?;
+        tokio::task::spawn_blocking(move || {
+            let cgroup = containerd_shim::cgroup::get_cgroup(pid)
+                .map_err(ShimError::shim(format!("finding the cgroup of pid {pid}")))?;
+            containerd_shim::cgroup::update_resources(&cgroup, &resources)
+                .map_err(ShimError::shim("applying the new resources"))
+        })
+        .await
+        .map_err(|e| ShimError::Zygote(format!("update task: {e}")))?
+    }
+
+    async fn do_stats(&self, req: StatsRequest) -> Result<StatsResponse> {
+        let container = self.container(&req.id)?;
+        let pid = self.running_pid(&container)?;
+        let stats = tokio::task::spawn_blocking(move || {
+            let cgroup = containerd_shim::cgroup::get_cgroup(pid)
+                .map_err(ShimError::shim(format!("finding the cgroup of pid {pid}")))?;
+            let any = if cgroup.v2() {
+                let metrics = containerd_shim::cgroup::collect_metrics_v2(&cgroup)
+                    .map_err(ShimError::shim("collecting cgroup v2 metrics"))?;
+                containerd_shim::util::convert_to_any(Box::new(metrics))
+            } else {
+                let metrics = containerd_shim::cgroup::collect_metrics(&cgroup)
+                    .map_err(ShimError::shim("collecting cgroup v1 metrics"))?;
+                containerd_shim::util::convert_to_any(Box::new(metrics))
+            };
+            any.map_err(ShimError::shim("encoding metrics"))
+        })
+        .await
+        .map_err(|e| ShimError::Zygote(format!("stats: {e}")))??;
+        Ok(StatsResponse {
+            stats: Some(stats).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn do_pids(&self, req: PidsRequest) -> Result<PidsResponse> {
+        let container = self.container(&req.id)?;
+        let pid = self.running_pid(&container)?;
+        let pids = tokio::task::spawn_blocking(move || {
+            let cgroup = containerd_shim::cgroup::get_cgroup(pid)
+                .map_err(ShimError::shim(format!("finding the cgroup of pid {pid}")))?;
+            Ok::<_, ShimError>(
+                cgroup
+                    .procs()
+                    .into_iter()
+                    .map(|p| p.pid as u32)
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await
+        .map_err(|e| ShimError::Zygote(format!("pids: {e}")))??;
+        Ok(PidsResponse {
+            processes: pids
+                .into_iter()
+                .map(|pid| ProcessInfo {
+                    pid,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn do_state(&self, req: &StateRequest) -> Result<StateResponse> {
+        let container = self.container(&req.id)?;
+        let process = container.process(&req.exec_id)?;
+        let exit = process.exit();
+        Ok(StateResponse {
+            id: if req.exec_id.is_empty() {
+                req.id.clone()
+            } else {
+                req.exec_id.clone()
+            },
+            bundle: container.bundle.to_string_lossy().into_owned(),
+            pid: process.pid().max(0) as u32,
+            status: process.status().into(),
+            stdin: process.stdio.stdin.clone(),
+            stdout: process.stdio.stdout.clone(),
+            stderr: process.stdio.stderr.clone(),
+            terminal: process.stdio.terminal,
+            exit_status: exit.as_ref().map(|e| e.status).unwrap_or(0),
+            exited_at: exit.map(|e| e.at).into(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        })
+    }
+}
+
+fn exec_spec_path(state_root: &Path, id: &str, exec_id: &str) -> PathBuf {
+    state_root
+        .join(".exec")
+        .join(format!("{id}-{exec_id}.json"))
+}
+
+async fn shutdown_io(process: &Process) {
+    if let Some(pio) = process.io.lock().await.take() {
+        pio.tasks.shutdown().await;
+    }
+}
+
+async fn publish<E: Event + MessageDyn>(shared: &Shared, event: E) {
+    let topic = event.topic();
+    if let Err(e) = shared
+        .publisher
+        .publish(
+            containerd_shim_protos::ttrpc::context::Context::default(),
+            &topic,
+            &shared.namespace,
+            Box::new(event),
+        )
+        .await
+    {
+        tracing::warn!("publishing {topic}: {e}");
+    }
+}
+
+fn log_result<T>(op: &str, id: &str, result: Result<T>) -> ttrpc::Result<T> {
+    result.map_err(|e| {
+        tracing::warn!(op, id, "{}", e.chain());
+        e.into()
+    })
+}
+
+#[async_trait]
+impl Task for TaskService {
+    async fn state(&self, _: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
+        self.shared.touch();
+        self.do_state(&req).map_err(Into::into)
+    }
+
+    async fn create(
+        &self,
+        _: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> ttrpc::Result<CreateTaskResponse> {
+        let id = req.id.clone();
+        tracing::info!(id = %id, bundle = %req.bundle, "create");
+        self.shared.touch();
+        self.shared.pending.fetch_add(1, Ordering::SeqCst);
+        let result = self.do_create(req).await;
+        self.shared.pending.fetch_sub(1, Ordering::SeqCst);
+        log_result("create", &id, result)
+    }
+
+    async fn start(&self, _: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
+        let id = req.id.clone();
+        log_result("start", &id, self.do_start(req).await)
+    }
+
+    async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
+        let id = req.id.clone();
+        log_result("delete", &id, self.do_delete(req).await)
+    }
+
+    async fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
+        let id = req.id.clone();
+        log_result("pids", &id, self.do_pids(req).await)
+    }
+
+    async fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
+        log_result("pause", &req.id, self.do_pause_resume(&req.id, true).await)?;
+        Ok(Empty::new())
+    }
+
+    async fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> ttrpc::Result<Empty> {
+        log_result(
+            "resume",
+            &req.id,
+            self.do_pause_resume(&req.id, false).await,
+        )?;
+        Ok(Empty::new())
+    }
+
+    async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
+        let id = req.id.clone();
+        log_result("kill", &id, self.do_kill(req).await)?;
+        Ok(Empty::new())
+    }
+
+    async fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        let id = req.id.clone();
+        log_result("exec", &id, self.do_exec(req).await)?;
+        Ok(Empty::new())
+    }
+
+    async fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> ttrpc::Result<Empty> {
+        let result = async {
+            let process = self.container(&req.id)?.process(&req.exec_id)?;
+            let guard = process.io.lock().await;
+            match guard.as_ref().and_then(|pio| pio.pty.as_ref()) {
+                Some(pty) => io::resize(pty, req.width, req.height),
+                None => Err(ShimError::FailedPrecondition(format!(
+                    "process {} has no terminal",
+                    req.id
+                ))),
+            }
+        }
+        .await;
+        log_result("resize_pty", &req.id, result)?;
+        Ok(Empty::new())
+    }
+
+    async fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> ttrpc::Result<Empty> {
+        let result = async {
+            let process = self.container(&req.id)?.process(&req.exec_id)?;
+            if let Some(pio) = process.io.lock().await.as_ref() {
+                pio.tasks.close_input();
+            }
+            Ok(())
+        }
+        .await;
+        log_result("close_io", &req.id, result)?;
+        Ok(Empty::new())
+    }
+
+    async fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
+        let id = req.id.clone();
+        log_result("update", &id, self.do_update(req).await)?;
+        Ok(Empty::new())
+    }
+
+    async fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
+        let process = log_result(
+            "wait",
+            &req.id,
+            self.container(&req.id)
+                .and_then(|c| c.process(&req.exec_id)),
+        )?;
+        let exit = process.wait().await;
+        Ok(WaitResponse {
+            exit_status: exit.status,
+            exited_at: Some(exit.at).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
+        let id = req.id.clone();
+        log_result("stats", &id, self.do_stats(req).await)
+    }
+
+    async fn connect(
+        &self,
+        _: &TtrpcContext,
+        req: ConnectRequest,
+    ) -> ttrpc::Result<ConnectResponse> {
+        self.shared.touch();
+        let task_pid = self
+            .container(&req.id)
+            .map(|c| c.init.pid().max(0) as u32)
+            .unwrap_or(0);
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(&self, _: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<Empty> {
+        self.shared.touch();
+        if self.shared.idle() {
+            tracing::info!("shutdown: no containers left");
+            self.shared.exit.notify_one();
+        }
+        Ok(Empty::new())
+    }
+}

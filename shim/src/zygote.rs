@@ -1,0 +1,443 @@
+//! The zygote: a single-threaded helper process that drives libcontainer.
+//!
+//! libcontainer clones, changes the working directory and waits for its own children: none of that
+//! is safe inside the multi-threaded tokio process that serves containerd (runwasi#357, youki#2772).
+//! So the shim forks this helper before the runtime starts, while it is still single-threaded. The
+//! zygote does nothing but wait for requests; for each one it forks a *worker* (a fork of a
+//! single-threaded process is safe), which performs the libcontainer operation, writes one JSON
+//! reply line and exits. Requests therefore run in parallel, each in its own process, and a worker
+//! that crashes takes nothing else with it.
+//!
+//! Wire format, on a `SOCK_SEQPACKET` pair: one datagram per request, holding the request as JSON
+//! and, as `SCM_RIGHTS`, first a stream socket for the reply, then the stdio descriptors the
+//! request names. The worker answers with one JSON line on the reply socket.
+//!
+//! Container processes end up as children of the shim proper: the worker exits right after
+//! creating them, and the shim is the nearest child subreaper. The zygote reaps only its workers.
+
+use std::io::{IoSlice, IoSliceMut, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use nix::sys::socket::{
+    self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncBufReadExt;
+
+use crate::error::{Result, ShimError};
+
+/// Largest request datagram the zygote accepts.
+const MAX_REQUEST: usize = 64 * 1024;
+/// Most descriptors one request carries: the reply socket and three stdio descriptors.
+const MAX_FDS: usize = 4;
+
+/// Which stdio descriptors follow the reply socket in a request, in this order.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StdioFds {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+/// An operation for a worker to perform with libcontainer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Request {
+    Create {
+        id: String,
+        bundle: PathBuf,
+        root: PathBuf,
+        console_socket: Option<PathBuf>,
+        stdio: StdioFds,
+    },
+    Start {
+        id: String,
+        root: PathBuf,
+    },
+    Exec {
+        id: String,
+        root: PathBuf,
+        process: PathBuf,
+        console_socket: Option<PathBuf>,
+        stdio: StdioFds,
+    },
+    Kill {
+        id: String,
+        root: PathBuf,
+        signal: i32,
+        all: bool,
+    },
+    Pause {
+        id: String,
+        root: PathBuf,
+    },
+    Resume {
+        id: String,
+        root: PathBuf,
+    },
+    /// Force-delete the container: kill what is left, remove its cgroups and state.
+    Delete {
+        id: String,
+        root: PathBuf,
+    },
+}
+
+impl Request {
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Create { .. } => "create",
+            Request::Start { .. } => "start",
+            Request::Exec { .. } => "exec",
+            Request::Kill { .. } => "kill",
+            Request::Pause { .. } => "pause",
+            Request::Resume { .. } => "resume",
+            Request::Delete { .. } => "delete",
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            Request::Create { id, .. }
+            | Request::Start { id, .. }
+            | Request::Exec { id, .. }
+            | Request::Kill { id, .. }
+            | Request::Pause { id, .. }
+            | Request::Resume { id, .. }
+            | Request::Delete { id, .. } => id,
+        }
+    }
+
+    fn stdio(&self) -> StdioFds {
+        match self {
+            Request::Create { stdio, .. } | Request::Exec { stdio, .. } => *stdio,
+            _ => StdioFds::default(),
+        }
+    }
+}
+
+/// How a worker failed: the distinction decides the gRPC code containerd sees.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Failure {
+    /// The request or the spec was refused as invalid.
+    Invalid,
+    /// The container is not there.
+    NotFound,
+    /// The operation is not allowed in the container's state.
+    State,
+    /// Anything else.
+    Other,
+}
+
+/// A worker's answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Reply {
+    Ok { pid: Option<i32> },
+    Err { failure: Failure, message: String },
+}
+
+/// The stdio descriptors that travel with a request, each for the container's side.
+#[derive(Default)]
+pub struct Stdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+impl Stdio {
+    pub fn fds(&self) -> StdioFds {
+        StdioFds {
+            stdin: self.stdin.is_some(),
+            stdout: self.stdout.is_some(),
+            stderr: self.stderr.is_some(),
+        }
+    }
+}
+
+/// The shim's handle on its zygote.
+pub struct Zygote {
+    sock: Mutex<OwnedFd>,
+    pid: Pid,
+}
+
+impl Zygote {
+    /// Forks the zygote. Must run while the process is single-threaded: before the tokio runtime
+    /// or any other thread is started.
+    pub fn spawn(work: fn(Request, Stdio) -> Reply) -> Result<Zygote> {
+        let (parent, child) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(ShimError::sys("creating the zygote socket pair"))?;
+        // SAFETY: the caller guarantees the process is single-threaded, so the child may run any
+        // code; it never returns from `serve`.
+        match unsafe { fork() }.map_err(ShimError::sys("forking the zygote"))? {
+            ForkResult::Child => {
+                drop(parent);
+                serve(child, work)
+            }
+            ForkResult::Parent { child: pid } => {
+                drop(child);
+                Ok(Zygote {
+                    sock: Mutex::new(parent),
+                    pid,
+                })
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid.as_raw()
+    }
+
+    /// Sends `request` with `stdio` to a new worker and waits for its reply.
+    pub async fn call(&self, request: &Request, stdio: Stdio) -> Result<Reply> {
+        let body = serde_json::to_vec(request)
+            .map_err(|e| ShimError::Zygote(format!("encoding {} request: {e}", request.op())))?;
+        let (mine, theirs) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(ShimError::sys("creating a reply socket pair"))?;
+        let mut fds: Vec<RawFd> = vec![theirs.as_raw_fd()];
+        for fd in [&stdio.stdin, &stdio.stdout, &stdio.stderr]
+            .into_iter()
+            .flatten()
+        {
+            fds.push(fd.as_raw_fd());
+        }
+        {
+            let sock = self
+                .sock
+                .lock()
+                .map_err(|_| ShimError::Zygote("socket lock poisoned".into()))?;
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            socket::sendmsg::<()>(
+                sock.as_raw_fd(),
+                &[IoSlice::new(&body)],
+                &cmsg,
+                MsgFlags::empty(),
+                None,
+            )
+            .map_err(|e| ShimError::Zygote(format!("sending {} request: {e}", request.op())))?;
+        }
+        // The worker holds its own copies now; ours must go, or pipes would never see EOF.
+        drop(theirs);
+        drop(stdio);
+
+        let std_stream = std::os::unix::net::UnixStream::from(mine);
+        std_stream
+            .set_nonblocking(true)
+            .map_err(ShimError::io("setting the reply socket non-blocking"))?;
+        let stream = tokio::net::UnixStream::from_std(std_stream)
+            .map_err(ShimError::io("registering the reply socket"))?;
+        let mut line = String::new();
+        let n = tokio::io::BufReader::new(stream)
+            .read_line(&mut line)
+            .await
+            .map_err(ShimError::io("reading a worker reply"))?;
+        if n == 0 {
+            return Err(ShimError::Zygote(format!(
+                "worker for {} {} exited without a reply",
+                request.op(),
+                request.id()
+            )));
+        }
+        serde_json::from_str(&line)
+            .map_err(|e| ShimError::Zygote(format!("decoding a worker reply {line:?}: {e}")))
+    }
+}
+
+/// The zygote's loop. Never returns.
+fn serve(sock: OwnedFd, work: fn(Request, Stdio) -> Reply) -> ! {
+    // The zygote must not outlive the shim.
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a plain integer argument.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let mut workers: Vec<Pid> = Vec::new();
+    let mut buf = vec![0u8; MAX_REQUEST];
+    loop {
+        workers.retain(|pid| {
+            matches!(
+                waitpid(*pid, Some(WaitPidFlag::WNOHANG)),
+                Ok(WaitStatus::StillAlive)
+            )
+        });
+        let mut fds = [nix::poll::PollFd::new(
+            sock.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, 1000u16) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(_) => exit_now(1),
+        }
+        let (len, received) = match receive(&sock, &mut buf) {
+            Ok(Some(r)) => r,
+            Ok(None) => exit_now(0),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => exit_now(1),
+        };
+        let mut received = received.into_iter();
+        let Some(reply_fd) = received.next() else {
+            continue;
+        };
+        let request: Request = match serde_json::from_slice(&buf[..len]) {
+            Ok(r) => r,
+            Err(e) => {
+                answer(
+                    reply_fd,
+                    &Reply::Err {
+                        failure: Failure::Other,
+                        message: format!("zygote could not decode the request: {e}"),
+                    },
+                );
+                continue;
+            }
+        };
+        let wanted = request.stdio();
+        let mut stdio = Stdio::default();
+        if wanted.stdin {
+            stdio.stdin = received.next();
+        }
+        if wanted.stdout {
+            stdio.stdout = received.next();
+        }
+        if wanted.stderr {
+            stdio.stderr = received.next();
+        }
+        // SAFETY: the zygote is single-threaded, so the worker may run any code.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => {
+                drop(sock);
+                let reply = work(request, stdio);
+                answer(reply_fd, &reply);
+                exit_now(0)
+            }
+            Ok(ForkResult::Parent { child }) => workers.push(child),
+            Err(e) => answer(
+                reply_fd,
+                &Reply::Err {
+                    failure: Failure::Other,
+                    message: format!("zygote could not fork a worker: {e}"),
+                },
+            ),
+        }
+    }
+}
+
+/// Receives one request datagram with its descriptors; `None` when the shim has gone.
+fn receive(sock: &OwnedFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Vec<OwnedFd>)>> {
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for fd in raw {
+                // SAFETY: the kernel just installed these descriptors for us; nothing else owns them.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    if msg.bytes == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((msg.bytes, fds)))
+}
+
+fn answer(fd: OwnedFd, reply: &Reply) {
+    let mut stream = std::os::unix::net::UnixStream::from(fd);
+    let mut line = serde_json::to_vec(reply).unwrap_or_else(|_| b"{}".to_vec());
+    line.push(b'\n');
+    // A shim that stopped listening has nobody left to tell.
+    let _ = stream.write_all(&line);
+}
+
+fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit skips atexit handlers and destructors, which belong to the parent's state.
+    unsafe { libc::_exit(code) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn echo(request: Request, stdio: Stdio) -> Reply {
+        match request {
+            Request::Kill { signal, .. } if signal == 0 => Reply::Err {
+                failure: Failure::Invalid,
+                message: "signal 0".into(),
+            },
+            Request::Kill { signal, .. } => Reply::Ok { pid: Some(signal) },
+            Request::Create { .. } => Reply::Ok {
+                pid: Some(100 * i32::from(stdio.stdout.is_some())),
+            },
+            _ => Reply::Ok { pid: None },
+        }
+    }
+
+    #[test]
+    fn requests_round_trip_through_a_forked_worker() {
+        // The test harness may be multi-threaded; the echo worker only writes to a socket, which is
+        // async-signal-safe enough for this test.
+        let zygote = Zygote::spawn(echo).expect("spawn zygote");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let kill = |signal| Request::Kill {
+                id: "c1".into(),
+                root: "/nonexistent".into(),
+                signal,
+                all: false,
+            };
+            let reply = zygote.call(&kill(9), Stdio::default()).await.expect("call");
+            assert_eq!(reply, Reply::Ok { pid: Some(9) });
+
+            let (r, w) = nix::unistd::pipe().expect("pipe");
+            let stdio = Stdio {
+                stdout: Some(w),
+                ..Default::default()
+            };
+            let create = Request::Create {
+                id: "c1".into(),
+                bundle: "/nonexistent".into(),
+                root: "/nonexistent".into(),
+                console_socket: None,
+                stdio: stdio.fds(),
+            };
+            let reply = zygote.call(&create, stdio).await.expect("call");
+            assert_eq!(reply, Reply::Ok { pid: Some(100) });
+            // Every copy of the write end is closed once the worker is gone: the read end sees EOF.
+            let mut buf = [0u8; 1];
+            let n = nix::unistd::read(r.as_raw_fd(), &mut buf).expect("read");
+            assert_eq!(n, 0);
+
+            let reply = zygote.call(&kill(0), Stdio::default()).await.expect("call");
+            assert!(matches!(
+                reply,
+                Reply::Err {
+                    failure: Failure::Invalid,
+                    ..
+                }
+            ));
+        });
+        let pid = zygote.pid;
+        drop(zygote);
+        // Closing our end makes the zygote exit.
+        let status = waitpid(pid, None).expect("wait zygote");
+        assert_eq!(status, WaitStatus::Exited(pid, 0));
+    }
+}
