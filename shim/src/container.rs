@@ -19,6 +19,7 @@ pub struct Container {
     /// Whether the shim mounted `bundle/rootfs` from the request's mounts (and so unmounts it).
     pub rootfs_mounted: bool,
     pub oom_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub oom: Mutex<Option<Arc<crate::oom::OomTracker>>>,
 }
 
 impl Container {
@@ -30,6 +31,7 @@ impl Container {
             execs: Mutex::new(HashMap::new()),
             rootfs_mounted,
             oom_watch: Mutex::new(None),
+            oom: Mutex::new(None),
         }
     }
 

@@ -5,6 +5,7 @@ pub mod container;
 pub mod error;
 pub mod io;
 pub mod logging;
+pub mod metrics;
 pub mod oom;
 pub mod process;
 pub mod reaper;

@@ -11,6 +11,9 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::error::LibcontainerError;
 use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::get_executor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use oci_spec::runtime::{LinuxSeccomp, Spec};
 
 use crate::zygote::{Failure, Reply, Request, Stdio};
 
@@ -123,7 +126,13 @@ fn exec(
     console_socket: Option<&Path>,
     stdio: Stdio,
 ) -> Result<i32, LibcontainerError> {
+    // libcontainer 0.7 rebuilds an exec's `linux` section without the container's seccomp profile;
+    // the executor installs it again, so `ctr t exec` / `docker exec` cannot escape the filter.
+    let container = load(root, id)?;
+    let spec = Spec::load(container.bundle().join("config.json"))?;
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     let pid = builder(id, root, console_socket, stdio)?
+        .with_executor(ExecExecutor { seccomp })
         .as_tenant()
         .with_process(Some(process))
         .with_detach(true)
@@ -143,6 +152,37 @@ fn delete(id: &str, root: &Path) -> Result<(), LibcontainerError> {
             let _ = std::fs::remove_dir_all(&dir);
             Err(err)
         }
+    }
+}
+
+/// Runs an exec process like libcontainer's default executor, under the container's seccomp
+/// profile. Capabilities are dropped by then, so the filter needs no_new_privs (as runc sets when
+/// it installs a filter late): an exec in a container with a seccomp profile cannot gain
+/// privileges through setuid binaries.
+#[derive(Clone)]
+struct ExecExecutor {
+    seccomp: Option<LinuxSeccomp>,
+}
+
+impl Executor for ExecExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        if let Some(profile) = &self.seccomp {
+            // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes plain integer arguments.
+            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+                return Err(ExecutorError::Other(format!(
+                    "setting no_new_privs: {}",
+                    std::io::Error::last_os_error()
+                )));
+            }
+            libcontainer::seccomp::initialize_seccomp(profile).map_err(|e| {
+                ExecutorError::Other(format!("installing the seccomp profile: {e}"))
+            })?;
+        }
+        get_executor().exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        get_executor().validate(spec)
     }
 }
 

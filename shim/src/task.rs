@@ -30,6 +30,7 @@ use tokio::sync::Notify;
 use crate::container::{self, Container};
 use crate::error::{Result, ShimError};
 use crate::io::{self, ProcessIo, StdioPaths};
+use crate::metrics::{self, CgroupDirs};
 use crate::oom;
 use crate::process::{ExitInfo, Process};
 use crate::reaper::Reaper;
@@ -156,12 +157,24 @@ impl TaskService {
     }
 
     /// Waits for `pid` to exit in the background, then records and announces the exit.
-    fn watch_exit(&self, container_id: &str, process: Arc<Process>, pid: i32) {
+    fn watch_exit(
+        &self,
+        container_id: &str,
+        process: Arc<Process>,
+        pid: i32,
+        oom: Option<Arc<oom::OomTracker>>,
+    ) {
         let rx = self.shared.reaper.subscribe(pid);
         let shared = self.shared.clone();
         let container_id = container_id.to_string();
         tokio::spawn(async move {
             let status = rx.await.map(|e| e.status).unwrap_or(255);
+            // An OOM kill the watcher has not reported yet is announced before the exit.
+            if let Some(oom) = oom
+                && oom.check()
+            {
+                publish_oom(&shared, &container_id).await;
+            }
             let info = process.set_exited(status);
             let id = if process.exec_id.is_empty() {
                 container_id.clone()
@@ -185,34 +198,29 @@ impl TaskService {
     }
 
     fn watch_oom(&self, container: &Container, pid: i32) {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        let Some(cgroup) = CgroupDirs::of_pid(pid as u32)
+            .ok()
+            .and_then(|dirs| oom::MemoryCgroup::from_dirs(&dirs))
+        else {
             return;
         };
-        let Some(cgroup) = oom::memory_cgroup(&text, Path::new("/sys/fs/cgroup")) else {
-            return;
-        };
+        let tracker = Arc::new(oom::OomTracker::new(cgroup));
         let shared = self.shared.clone();
         let id = container.id.clone();
+        let t = tracker.clone();
         let handle = tokio::spawn(async move {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            let watcher = oom::watch(cgroup, move || {
+            let watcher = t.watch(move || {
                 let _ = tx.send(());
             });
             let forward = async {
                 while rx.recv().await.is_some() {
-                    tracing::warn!(container = %id, "OOM killer acted in the container's cgroup");
-                    publish(
-                        &shared,
-                        TaskOOM {
-                            container_id: id.clone(),
-                            ..Default::default()
-                        },
-                    )
-                    .await;
+                    publish_oom(&shared, &id).await;
                 }
             };
             tokio::join!(watcher, forward);
         });
+        *container.oom.lock().unwrap_or_else(|e| e.into_inner()) = Some(tracker);
         *container
             .oom_watch
             .lock()
@@ -262,8 +270,13 @@ impl TaskService {
         match self.create_init(&req, &bundle, paths).await {
             Ok((process, pid)) => {
                 let container = Arc::new(Container::new(&req.id, &bundle, process, mounted));
-                self.watch_exit(&req.id, container.init.clone(), pid);
                 self.watch_oom(&container, pid);
+                let oom = container
+                    .oom
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                self.watch_exit(&req.id, container.init.clone(), pid, oom);
                 self.containers().insert(req.id.clone(), container);
                 self.publish(TaskCreate {
                     container_id: req.id.clone(),
@@ -433,7 +446,7 @@ impl TaskService {
                 process.set_pid(pid);
                 process.set_status(Status::RUNNING);
                 *process.io.lock().await = Some(pio);
-                self.watch_exit(&container.id, process.clone(), pid);
+                self.watch_exit(&container.id, process.clone(), pid, None);
                 Ok(pid)
             }
             Err(e) => {
@@ -681,16 +694,16 @@ impl TaskService {
         let container = self.container(&req.id)?;
         let pid = self.running_pid(&container)?;
         let stats = tokio::task::spawn_blocking(move || {
-            let cgroup = containerd_shim::cgroup::get_cgroup(pid)
-                .map_err(ShimError::shim(format!("finding the cgroup of pid {pid}")))?;
-            let any = if cgroup.v2() {
+            let dirs = CgroupDirs::of_pid(pid)
+                .map_err(ShimError::io(format!("reading /proc/{pid}/cgroup")))?;
+            let any = if dirs.pure_v2 {
+                let cgroup = containerd_shim::cgroup::get_cgroup(pid)
+                    .map_err(ShimError::shim(format!("finding the cgroup of pid {pid}")))?;
                 let metrics = containerd_shim::cgroup::collect_metrics_v2(&cgroup)
                     .map_err(ShimError::shim("collecting cgroup v2 metrics"))?;
                 containerd_shim::util::convert_to_any(Box::new(metrics))
             } else {
-                let metrics = containerd_shim::cgroup::collect_metrics(&cgroup)
-                    .map_err(ShimError::shim("collecting cgroup v1 metrics"))?;
-                containerd_shim::util::convert_to_any(Box::new(metrics))
+                containerd_shim::util::convert_to_any(Box::new(metrics::collect_v1(&dirs)))
             };
             any.map_err(ShimError::shim("encoding metrics"))
         })
@@ -705,19 +718,11 @@ impl TaskService {
     async fn do_pids(&self, req: PidsRequest) -> Result<PidsResponse> {
         let container = self.container(&req.id)?;
         let pid = self.running_pid(&container)?;
-        let pids = tokio::task::spawn_blocking(move || {
-            let cgroup = containerd_shim::cgroup::get_cgroup(pid)
-                .map_err(ShimError::shim(format!("finding the cgroup of pid {pid}")))?;
-            Ok::<_, ShimError>(
-                cgroup
-                    .procs()
-                    .into_iter()
-                    .map(|p| p.pid as u32)
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .await
-        .map_err(|e| ShimError::Zygote(format!("pids: {e}")))??;
+        let pids = CgroupDirs::of_pid(pid)
+            .and_then(|dirs| dirs.procs())
+            .map_err(ShimError::io(format!(
+                "listing the processes in the cgroup of pid {pid}"
+            )))?;
         Ok(PidsResponse {
             processes: pids
                 .into_iter()
@@ -781,6 +786,18 @@ async fn publish<E: Event + MessageDyn>(shared: &Shared, event: E) {
     {
         tracing::warn!("publishing {topic}: {e}");
     }
+}
+
+async fn publish_oom(shared: &Shared, id: &str) {
+    tracing::warn!(container = %id, "the OOM killer acted in the container's cgroup");
+    publish(
+        shared,
+        TaskOOM {
+            container_id: id.to_string(),
+            ..Default::default()
+        },
+    )
+    .await;
 }
 
 fn log_result<T>(op: &str, id: &str, result: Result<T>) -> ttrpc::Result<T> {
