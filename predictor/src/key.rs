@@ -184,7 +184,7 @@ mod tests {
         assert_eq!(k.as_str(), GOLDEN);
     }
 
-    const GOLDEN: &str = "auto-GOLDEN";
+    const GOLDEN: &str = "auto-b9c12dec417abe2a";
 
     #[test]
     fn arg_boundaries_image_and_container_name_matter() {

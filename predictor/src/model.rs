@@ -537,11 +537,11 @@ pub fn calibrate(ratios: &[f64], level: f64, limit_q: f64) -> Calibration {
     let n = r.len();
     let alpha = (1.0 - level).clamp(0.0, 1.0);
     // Finite-sample conformal ranks: the ceil((n+1)(1-a/2))-th smallest for the upper bound.
-    let hi_rank = ((n as f64 + 1.0) * (1.0 - alpha / 2.0)).ceil() as usize;
-    let lo_rank = ((n as f64 + 1.0) * (alpha / 2.0)).floor() as usize;
+    let hi_rank = ((n as f64 + 1.0) * (1.0 - alpha / 2.0) - 1e-9).ceil() as usize;
+    let lo_rank = ((n as f64 + 1.0) * (alpha / 2.0) + 1e-9).floor() as usize;
     let upper = r[hi_rank.clamp(1, n) - 1];
     let lower = if lo_rank == 0 { r[0] * 0.9 } else { r[lo_rank.min(n) - 1] };
-    let lim_rank = ((n as f64 + 1.0) * limit_q).ceil() as usize;
+    let lim_rank = ((n as f64 + 1.0) * limit_q - 1e-9).ceil() as usize;
     let empirical = r[lim_rank.clamp(1, n) - 1];
     let limit = if lim_rank > n {
         // The quantile does not exist at this sample size: take the larger of the maximum and a log-normal tail.
@@ -645,5 +645,178 @@ fn mean_shape(runs: &[&RunSummary], w: &[f64]) -> Profile {
         cpu: norm(&acc[0]),
         memory: norm(&acc[1]),
         io: norm(&acc[2]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::{SynthConfig, generate};
+    use crate::types::{RunMetadata, RunOutcome};
+
+    fn run(i: u64, input: u64, mem: f64, profile: Option<Profile>) -> RunSummary {
+        RunSummary {
+            run_id: i,
+            task_key: TaskKey::new("t"),
+            started_at_ms: 1_000_000 + i * 60_000,
+            meta: RunMetadata {
+                input_bytes: input,
+                host_load: 0.5,
+                ..RunMetadata::default()
+            },
+            outcome: RunOutcome {
+                duration_s: 100.0,
+                peak_memory_bytes: mem as u64,
+                cpu_p95_cores: 1.0,
+                ..RunOutcome::default()
+            },
+            profile,
+        }
+    }
+
+    /// Pseudo-noise in [-1, 1] without an RNG dependency.
+    fn wobble(i: u64) -> f64 {
+        let mut r = crate::synth::Rng::new(i);
+        r.range(-1.0, 1.0)
+    }
+
+    #[test]
+    fn too_few_runs_is_cold() {
+        let runs: Vec<_> = (0..4).map(|i| run(i, 0, 1e9, None)).collect();
+        assert!(train_task(&runs, 0, &TrainConfig::default()).is_none());
+        assert!(train_task(&runs[..0], 0, &TrainConfig::default()).is_none());
+    }
+
+    #[test]
+    fn baseline_wins_when_features_carry_no_information() {
+        let runs: Vec<_> = (0..60)
+            .map(|i| run(i, 1000 + (i % 7) * 10, 1e9 * (1.0 + 0.02 * wobble(i)), None))
+            .collect();
+        let m = train_task(&runs, 0, &TrainConfig::default()).expect("enough runs");
+        assert_eq!(m.memory.kind, ModelKind::Baseline);
+        assert!((m.memory.baseline / 1e9 - 1.0).abs() < 0.02, "{}", m.memory.baseline);
+        let p = m.predict(&TaskKey::new("t"), &RunFeatures::default(), 3);
+        assert_eq!(p.model_version, 3);
+        assert_eq!(p.confidence, Confidence::High);
+        assert!(p.memory_bytes.limit >= 1.015e9, "limit covers the noise: {}", p.memory_bytes.limit);
+        assert!(p.memory_bytes.limit < 1.1e9, "but not wastefully: {}", p.memory_bytes.limit);
+        assert!(p.memory_bytes.lower <= p.memory_bytes.point && p.memory_bytes.point <= p.memory_bytes.upper);
+    }
+
+    #[test]
+    fn regression_wins_when_memory_follows_input_size() {
+        let runs: Vec<_> = (0..80)
+            .map(|i| {
+                let input = 1_000_000 * (1 + (i * 37) % 100);
+                let mem = (2e8 + 10.0 * input as f64) * (1.0 + 0.01 * wobble(i));
+                run(i, input, mem, None)
+            })
+            .collect();
+        let m = train_task(&runs, 0, &TrainConfig::default()).expect("enough runs");
+        assert_eq!(m.memory.kind, ModelKind::Regression);
+        assert!(m.memory.error < m.memory.baseline_error / 3.0);
+        let f = RunFeatures {
+            input_bytes: 50_000_000,
+            host_load: 0.5,
+            at_ms: 1_000_000 + 80 * 60_000,
+            ..RunFeatures::default()
+        };
+        let p = m.predict(&TaskKey::new("t"), &f, 1);
+        let want = 2e8 + 10.0 * 50e6;
+        assert!((p.memory_bytes.point / want - 1.0).abs() < 0.03, "{} vs {want}", p.memory_bytes.point);
+        assert!(p.memory_bytes.limit > want && p.memory_bytes.limit < want * 1.1);
+    }
+
+    #[test]
+    fn oom_killed_runs_are_inflated() {
+        let mut runs: Vec<_> = (0..10).map(|i| run(i, 0, 1e9, None)).collect();
+        for r in &mut runs {
+            r.outcome.oom_killed = true;
+        }
+        let m = train_task(&runs, 0, &TrainConfig::default()).expect("enough runs");
+        assert!(m.memory.baseline >= 1.25e9 * 0.999, "{}", m.memory.baseline);
+    }
+
+    #[test]
+    fn profile_keeps_a_late_peak_late() {
+        let late: Vec<f32> = (0..BUCKETS).map(|b| (b + 1) as f32 / BUCKETS as f32).collect();
+        let profile = Profile {
+            cpu: vec![1.0; BUCKETS],
+            memory: late,
+            io: vec![0.5; BUCKETS],
+        };
+        let runs: Vec<_> = (0..20)
+            .map(|i| run(i, 0, 4e9 * (1.0 + 0.01 * wobble(i)), Some(profile.clone())))
+            .collect();
+        let m = train_task(&runs, 0, &TrainConfig::default()).expect("enough runs");
+        let p = m.predict(&TaskKey::new("t"), &RunFeatures::default(), 1);
+        assert_eq!(p.profile.len(), BUCKETS);
+        let mem: Vec<f64> = p.profile.iter().map(|b| b.memory_bytes.point).collect();
+        assert!(mem.windows(2).all(|w| w[0] <= w[1]), "monotone ramp: {mem:?}");
+        assert!((mem[BUCKETS - 1] / p.memory_bytes.point - 1.0).abs() < 1e-6);
+        assert!(mem[0] < 0.1 * p.memory_bytes.point);
+        let b = p.profile[BUCKETS - 1].memory_bytes;
+        assert!(b.lower <= b.point && b.point <= b.upper);
+    }
+
+    #[test]
+    fn calibrate_uses_conformal_ranks_and_a_tail_for_small_samples() {
+        let ratios: Vec<f64> = (1..=199).map(|i| 0.9 + 0.2 * f64::from(i) / 200.0).collect();
+        let c = calibrate(&ratios, 0.9, 0.95);
+        // ceil(200 * 0.95) = 190th smallest; floor(200 * 0.05) = 10th smallest.
+        assert!((c.upper - ratios[189]).abs() < 1e-12);
+        assert!((c.lower - ratios[9]).abs() < 1e-12);
+        assert!((c.limit - ratios[189]).abs() < 1e-12);
+        // 0.995 of 10 ratios does not exist: the limit goes beyond the largest ratio.
+        let few: Vec<f64> = (0..10).map(|i| 1.0 + 0.01 * f64::from(i)).collect();
+        let c = calibrate(&few, 0.9, 0.995);
+        assert!(c.limit > 1.09, "{}", c.limit);
+        assert_eq!(calibrate(&[], 0.9, 0.9).limit, 1.0);
+    }
+
+    #[test]
+    fn quantile_functions_match_tables() {
+        assert!((normal_quantile(0.975) - 1.959964).abs() < 1e-5);
+        assert!((normal_quantile(0.995) - 2.575829).abs() < 1e-5);
+        assert!((normal_quantile(0.01) + 2.326348).abs() < 1e-5);
+        assert!((student_t_quantile(0.995, 4.0) - 4.604).abs() < 0.1);
+        assert!((student_t_quantile(0.975, 10.0) - 2.228).abs() < 0.01);
+        assert!((student_t_quantile(0.995, 1000.0) - 2.5808).abs() < 0.001);
+    }
+
+    /// Acceptance: a 90% interval covers 85-95% of held-out runs of a synthetic trace.
+    #[test]
+    fn ninety_percent_interval_covers_85_to_95_percent_of_held_out_runs() {
+        let cfg = SynthConfig {
+            seed: 11,
+            task_types: 4,
+            runs_per_task: 700,
+            drift_scale: 0.0,
+            outlier_rate: 0.0,
+            ..SynthConfig::default()
+        };
+        let trace = generate(&cfg);
+        let train_cfg = TrainConfig::default();
+        let mut covered = [0u64; 4];
+        let mut total = 0u64;
+        for t in 0..cfg.task_types {
+            let key = TaskKey::new(format!("synth-{t:04}"));
+            let runs: Vec<RunSummary> = trace.iter().filter(|r| r.task_key == key).cloned().collect();
+            let (train, held_out) = runs.split_at(200);
+            let m = train_task(train, 0, &train_cfg).expect("enough runs");
+            for r in held_out {
+                let p = m.predict(&key, &RunFeatures::from_metadata(&r.meta, r.started_at_ms), 1);
+                for (i, res) in Resource::ALL.iter().enumerate() {
+                    let e = p.estimate(*res);
+                    let v = res.of(r, 1.0);
+                    covered[i] += u64::from(v >= e.lower && v <= e.upper);
+                }
+                total += 1;
+            }
+        }
+        for (i, res) in Resource::ALL.iter().enumerate() {
+            let cov = covered[i] as f64 / total as f64;
+            assert!((0.85..=0.95).contains(&cov), "{}: coverage {cov:.3} over {total} runs", res.name());
+        }
     }
 }

@@ -744,3 +744,287 @@ fn migrate_0_to_1(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(DECISIONS).map_err(db("creating decisions"))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{BUCKETS, Directive, RunMetadata, RunOutcome};
+
+    fn open_tmp() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("sub/predictor.redb")).expect("open");
+        (dir, store)
+    }
+
+    fn run(key: &str, id: u64, start: u64) -> RunSummary {
+        RunSummary {
+            run_id: id,
+            task_key: TaskKey::new(key),
+            started_at_ms: start,
+            meta: RunMetadata {
+                image: format!("img-{key}"),
+                command: vec!["run".to_owned()],
+                input_bytes: 10 * id,
+                ..RunMetadata::default()
+            },
+            outcome: RunOutcome {
+                duration_s: 10.0,
+                peak_memory_bytes: 1000 + id,
+                ..RunOutcome::default()
+            },
+            profile: Some(Profile::flat()),
+        }
+    }
+
+    fn sample(ts: u64, cpu: f64, mem: u64, io: u64) -> Sample {
+        Sample {
+            ts_ms: ts,
+            cpu_cores: cpu,
+            memory_bytes: mem,
+            io_bytes: io,
+            count: 1,
+        }
+    }
+
+    #[test]
+    fn fresh_file_is_migrated_to_current_version() {
+        let (_d, s) = open_tmp();
+        assert_eq!(s.schema_version().expect("version"), SCHEMA_VERSION);
+        assert_eq!(s.run_count().expect("count"), 0);
+        assert_eq!(s.sample_count().expect("count"), 0);
+        assert_eq!(s.current_model_version().expect("version"), 0);
+        assert!(s.task_types().expect("types").is_empty());
+        assert!(s.decisions(&DecisionQuery::default()).expect("decisions").is_empty());
+    }
+
+    #[test]
+    fn newer_schema_is_refused_and_version_zero_is_migrated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.redb");
+        drop(Store::open(&path).expect("open"));
+        let stamp = |v: u64| {
+            let raw = Database::create(&path).expect("raw open");
+            let txn = raw.begin_write().expect("txn");
+            txn.open_table(META)
+                .expect("meta")
+                .insert(K_SCHEMA, v)
+                .expect("stamp");
+            txn.commit().expect("commit");
+        };
+        stamp(SCHEMA_VERSION + 1);
+        match Store::open(&path) {
+            Err(StoreError::SchemaTooNew { found, supported, .. }) => {
+                assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+            }
+            other => panic!("expected SchemaTooNew, got {other:?}"),
+        }
+        stamp(0);
+        let s = Store::open(&path).expect("migrates from 0");
+        assert_eq!(s.schema_version().expect("version"), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn runs_and_task_types_tables() {
+        let (_d, s) = open_tmp();
+        s.record_run(&run("b", 7, 700)).expect("record");
+        s.record_runs(&[run("a", 2, 200), run("a", 1, 100), run("b", 3, 300)])
+            .expect("record batch");
+        // Re-recording the same run overwrites it and is not counted twice.
+        let mut again = run("a", 1, 100);
+        again.outcome.exit_code = 3;
+        s.record_run(&again).expect("re-record");
+        assert_eq!(s.run_count().expect("count"), 4);
+        assert_eq!(
+            s.run(&TaskKey::new("a"), 1).expect("read").map(|r| r.outcome.exit_code),
+            Some(3)
+        );
+        assert!(s.run(&TaskKey::new("a"), 99).expect("read").is_none());
+        let ids: Vec<u64> = s
+            .runs_of(&TaskKey::new("a"))
+            .expect("runs")
+            .iter()
+            .map(|r| r.run_id)
+            .collect();
+        assert_eq!(ids, vec![1, 2]);
+        let mut groups = Vec::new();
+        s.for_each_task_runs(|k, runs| groups.push((k.to_string(), runs.len())))
+            .expect("scan");
+        assert_eq!(groups, vec![("a".to_owned(), 2), ("b".to_owned(), 2)]);
+        let a = s.task_type(&TaskKey::new("a")).expect("read").expect("exists");
+        assert_eq!((a.runs_seen, a.first_seen_ms, a.last_seen_ms), (2, 100, 200));
+        assert_eq!(a.image, "img-a");
+        assert_eq!(s.task_types().expect("types").len(), 2);
+        // Run ids allocated after caller-chosen ids do not collide with them.
+        assert_eq!(s.allocate_run_id().expect("id"), 8);
+        assert_eq!(s.allocate_run_id().expect("id"), 9);
+    }
+
+    #[test]
+    fn invalid_runs_are_rejected_without_writing() {
+        let (_d, s) = open_tmp();
+        let mut bad = run("a", 1, 1);
+        bad.outcome.duration_s = f64::NAN;
+        assert!(matches!(
+            s.record_runs(&[run("a", 2, 2), bad]),
+            Err(StoreError::InvalidRun { run_id: 1, .. })
+        ));
+        let mut bad = run("a", 3, 1);
+        bad.profile = Some(Profile {
+            cpu: vec![1.0],
+            memory: vec![],
+            io: vec![],
+        });
+        assert!(s.record_run(&bad).is_err());
+        assert!(s.record_run(&run("", 4, 1)).is_err());
+        assert_eq!(s.run_count().expect("count"), 0, "the batch was all or nothing");
+    }
+
+    #[test]
+    fn samples_table_and_profile_from_samples() {
+        let (_d, s) = open_tmp();
+        let id = s.allocate_run_id().expect("id");
+        // A 10 s run whose memory ramps up to its peak at the end.
+        let samples: Vec<Sample> = (0..=10)
+            .map(|i| sample(1_000 + i * 1_000, 1.0, 100 * (i + 1), 500))
+            .collect();
+        s.append_samples(id, &samples[..5]).expect("append");
+        s.append_samples(id, &samples[5..]).expect("append");
+        s.append_samples(id + 1, &[sample(5, 1.0, 1, 1)]).expect("other run");
+        assert_eq!(s.samples(id).expect("read"), samples);
+        assert_eq!(s.sample_count().expect("count"), 12);
+        let mut r = run("ramp", id, 1_000);
+        r.profile = None;
+        s.record_run(&r).expect("record");
+        let p = s
+            .run(&TaskKey::new("ramp"), id)
+            .expect("read")
+            .and_then(|r| r.profile)
+            .expect("profile derived from samples");
+        assert!(p.is_well_formed());
+        assert!((p.memory[BUCKETS - 1] - 1.0).abs() < 1e-6);
+        assert!(p.memory[0] < 0.3, "{:?}", p.memory);
+        assert!(p.memory.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn retention_downsamples_expires_and_caps_runs() {
+        let (_d, s) = open_tmp();
+        let policy = RetentionPolicy {
+            full_resolution_ms: 10_000,
+            downsample_window_ms: 1_000,
+            max_sample_age_ms: 100_000,
+            max_runs_per_task: 2,
+        };
+        let now = 200_000;
+        let mut samples = Vec::new();
+        // Too old: 50 samples at [50_000, 99_000) (all before now - max age).
+        samples.extend((0..50).map(|i| sample(50_000 + i * 980, 1.0, 10, 1)));
+        // Old: 4 samples per second for 10 s at [150_000, 160_000): merged to 10.
+        samples.extend((0..40).map(|i| sample(150_000 + i * 250, (i % 4) as f64, 100 + i, 2)));
+        // Recent: 20 samples at full resolution.
+        samples.extend((0..20).map(|i| sample(195_000 + i * 100, 1.0, 5, 3)));
+        s.append_samples(1, &samples).expect("append");
+        let rep = s.apply_retention(now, &policy).expect("retention");
+        assert_eq!(rep.samples_expired, 50);
+        assert_eq!(rep.samples_merged, 30);
+        let kept = s.samples(1).expect("read");
+        assert_eq!(kept.len(), 30);
+        let merged = &kept[0];
+        assert_eq!(merged.ts_ms, 150_000);
+        assert_eq!(merged.count, 4);
+        assert!((merged.cpu_cores - 1.5).abs() < 1e-9, "mean of 0,1,2,3");
+        assert_eq!(merged.memory_bytes, 103, "max");
+        assert_eq!(merged.io_bytes, 8, "sum");
+        assert!(kept[10..].iter().all(|s| s.count == 1 && s.ts_ms >= 195_000));
+        // Idempotent: a second pass changes nothing.
+        let rep = s.apply_retention(now, &policy).expect("retention");
+        assert_eq!(rep, RetentionReport::default());
+        // Runs: the oldest beyond the cap go.
+        s.record_runs(&[run("a", 1, 1), run("a", 2, 2), run("a", 3, 3), run("b", 4, 4)])
+            .expect("record");
+        let rep = s.apply_retention(now, &policy).expect("retention");
+        assert_eq!(rep.runs_dropped, 1);
+        let ids: Vec<u64> = s.runs_of(&TaskKey::new("a")).expect("runs").iter().map(|r| r.run_id).collect();
+        assert_eq!(ids, vec![2, 3]);
+        assert_eq!(
+            s.task_type(&TaskKey::new("a")).expect("read").map(|t| t.runs_seen),
+            Some(3),
+            "runs seen keeps counting dropped runs"
+        );
+    }
+
+    #[test]
+    fn models_table_is_versioned_and_pruned() {
+        let (_d, s) = open_tmp();
+        let runs: Vec<RunSummary> = (0..10).map(|i| run("a", i, i * 1000)).collect();
+        let model = crate::model::train_task(&runs, 5, &crate::model::TrainConfig::default())
+            .expect("trains");
+        let a = TaskKey::new("a");
+        let b = TaskKey::new("b");
+        s.save_models(1, [(&a, &model)], 1).expect("v1");
+        s.save_models(2, [(&a, &model), (&b, &model)], 1).expect("v2");
+        assert_eq!(s.model_versions().expect("versions"), vec![1, 2]);
+        assert_eq!(s.current_model_version().expect("current"), 2);
+        assert_eq!(s.load_models(1).expect("load").len(), 1);
+        let v2 = s.load_models(2).expect("load");
+        assert_eq!(v2.len(), 2);
+        assert_eq!(v2.get(&a), Some(&model));
+        s.save_models(3, [(&b, &model)], 1).expect("v3");
+        assert_eq!(s.model_versions().expect("versions"), vec![2, 3]);
+        assert!(s.load_models(1).expect("load").is_empty());
+    }
+
+    #[test]
+    fn decision_log_filters_and_orders() {
+        let (_d, s) = open_tmp();
+        let d = |c: &str, at: u64| Decision {
+            seq: 0,
+            at_ms: at,
+            container_id: c.to_owned(),
+            task_key: TaskKey::new("t"),
+            directive: Directive::Raise,
+            resource: "memory".to_owned(),
+            reason: "pressure".to_owned(),
+            old_value: Some(1.0),
+            new_value: Some(2.0),
+            model_version: Some(4),
+        };
+        for (i, c) in ["x", "y", "x", "x"].iter().enumerate() {
+            assert_eq!(s.record_decision(&d(c, 100 * i as u64)).expect("record"), i as u64 + 1);
+        }
+        let all = s.decisions(&DecisionQuery::default()).expect("read");
+        assert_eq!(all.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert_eq!(all[1], Decision { seq: 2, ..d("y", 100) });
+        let x = s
+            .decisions(&DecisionQuery {
+                container_id: Some("x".to_owned()),
+                limit: 2,
+                ..DecisionQuery::default()
+            })
+            .expect("read");
+        assert_eq!(x.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![3, 4], "newest two, oldest first");
+        let since = s
+            .decisions(&DecisionQuery {
+                since_ms: Some(150),
+                task_key: Some(TaskKey::new("t")),
+                ..DecisionQuery::default()
+            })
+            .expect("read");
+        assert_eq!(since.len(), 2);
+    }
+
+    #[test]
+    fn everything_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.redb");
+        {
+            let s = Store::open(&path).expect("open");
+            s.record_run(&run("a", 1, 1)).expect("run");
+            s.append_samples(1, &[sample(1, 1.0, 1, 1)]).expect("samples");
+        }
+        let s = Store::open(&path).expect("reopen");
+        assert_eq!(s.run_count().expect("count"), 1);
+        assert_eq!(s.sample_count().expect("count"), 1);
+        assert_eq!(s.allocate_run_id().expect("id"), 2);
+    }
+}
