@@ -23,6 +23,10 @@ fn samples_every_field_on_each_layout() {
         );
         cg.set_net_pid(Some(4242));
         let s = cg.sample();
+        let mut cached = cg.sampler().sample();
+        cached.unix_ns = s.unix_ns;
+        cached.monotonic_ns = s.monotonic_ns;
+        assert_eq!(cached, s, "{layout:?}: the caching sampler reads the same");
         assert!(s.unix_ns > 1_600_000_000_000_000_000, "{layout:?}: wall clock");
         assert!(s.monotonic_ns > 0);
         let (usage, throttled) = match layout {

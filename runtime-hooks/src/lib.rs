@@ -4,7 +4,8 @@
 //! The shim and the broker hold one [`ContainerCgroup`] per container:
 //! - find it with [`ContainerCgroup::discover`] (from the OCI `linux.cgroupsPath`) or
 //!   [`ContainerCgroup::from_pid`] (from `/proc/<pid>/cgroup`), with [`HostRoots::default`] on a real host;
-//! - read it with [`ContainerCgroup::sample`], which never fails: absent or malformed data is `None`;
+//! - read it with [`ContainerCgroup::sampler`] then [`Sampler::sample`] (files kept open; or one-off
+//!   [`ContainerCgroup::sample`]), which never fails: absent or malformed data is `None`;
 //! - rewrite it with `set_cpu_limit`, `set_cpu_shares`, `set_memory_limit`, `set_memory_high`,
 //!   `set_oom_kill_disabled`, `set_io_weight`, `set_pids_limit`, `freeze`, `thaw`: each write is read back
 //!   and every kernel refusal is an [`ActuateError`] naming the file and the value;
@@ -39,7 +40,7 @@ pub(crate) mod testutil;
 pub use actuate::{ActuateError, CpuLimit, MemoryLimitPolicy};
 pub use cgroup::{
     CgroupDirs, CgroupVersion, ContainerCgroup, CpuSample, IoSample, MemorySample, NetDevTotals, PidsSample,
-    Pressure, PressureSample, PsiLine, Sample,
+    Pressure, PressureSample, PsiLine, Sample, Sampler,
 };
 pub use discovery::{DiscoveryError, HostRoots};
 pub use oom::{OomError, OomWatcher};

@@ -4,8 +4,11 @@
 //! `None` rather than an error, and never panics on empty files, `max`, truncated lines or numbers that
 //! overflow `u64`. Callers that must report a malformed value (actuation read-back) do their own check.
 
+use std::collections::HashMap;
+use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 /// Reads a whole (small) file; `None` when it is missing or unreadable.
 pub(crate) fn read(path: &Path) -> Option<String> {
@@ -13,6 +16,78 @@ pub(crate) fn read(path: &Path) -> Option<String> {
     let mut text = String::with_capacity(512);
     file.read_to_string(&mut text).ok()?;
     Some(text)
+}
+
+/// How sampling reads files: open-read-close each time, or keep descriptors open and `pread` from 0.
+///
+/// Opening a cgroup file costs several times more than reading it (kernfs allocates per open), so a
+/// long-lived [`crate::cgroup::Sampler`] caches descriptors; seq_file regenerates the content on every
+/// read at offset 0. A failed read drops the descriptor so the next call reopens (the cgroup may have
+/// been recreated); a file that does not exist is remembered as absent.
+#[derive(Debug, Default)]
+pub(crate) struct Files {
+    cache: Option<HashMap<PathBuf, Option<File>>>,
+    buf: Vec<u8>,
+}
+
+impl Files {
+    /// No caching: each read opens the file.
+    pub(crate) fn uncached() -> Self {
+        Self { cache: None, buf: Vec::new() }
+    }
+
+    /// Keep descriptors open between reads.
+    pub(crate) fn cached() -> Self {
+        Self { cache: Some(HashMap::new()), buf: vec![0; 8192] }
+    }
+
+    /// The file's content, `None` when missing, unreadable or not UTF-8.
+    pub(crate) fn read(&mut self, path: &Path) -> Option<String> {
+        let Some(cache) = &mut self.cache else {
+            return read(path);
+        };
+        let entry = match cache.get_mut(path) {
+            Some(entry) => entry,
+            None => {
+                let opened = match File::open(path) {
+                    Ok(f) => Some(f),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    // Transient (EMFILE, EACCES...): do not remember, try again next time.
+                    Err(_) => return None,
+                };
+                cache.entry(path.to_owned()).or_insert(opened)
+            }
+        };
+        let file = entry.as_ref()?;
+        let mut len = 0;
+        loop {
+            if len == self.buf.len() {
+                self.buf.resize((self.buf.len() * 2).max(8192), 0);
+            }
+            match file.read_at(&mut self.buf[len..], len as u64) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    cache.remove(path);
+                    return None;
+                }
+            }
+        }
+        std::str::from_utf8(&self.buf[..len]).ok().map(str::to_owned)
+    }
+
+    /// A single-number file.
+    pub(crate) fn u64(&mut self, path: &Path) -> Option<u64> {
+        u64_value(&self.read(path)?)
+    }
+
+    /// Forgets a cached descriptor (after the file's owner went away).
+    pub(crate) fn forget(&mut self, path: &Path) {
+        if let Some(cache) = &mut self.cache {
+            cache.remove(path);
+        }
+    }
 }
 
 /// A single unsigned number; `max` and out-of-range values are `None`.
@@ -143,6 +218,29 @@ pub(crate) fn net_dev(text: &str) -> Option<NetDevTotals> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_reads_see_new_content() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("f");
+        std::fs::write(&file, "1\n").expect("write");
+        let mut files = Files::cached();
+        assert_eq!(files.u64(&file), Some(1));
+        std::fs::write(&file, "22\n").expect("rewrite in place");
+        assert_eq!(files.u64(&file), Some(22));
+        let big = "x".repeat(20_000);
+        std::fs::write(&file, &big).expect("big");
+        assert_eq!(files.read(&file).map(|s| s.len()), Some(20_000));
+        let missing = dir.path().join("missing");
+        assert_eq!(files.read(&missing), None);
+        std::fs::write(&missing, "3").expect("appears later");
+        assert_eq!(files.u64(&missing), None, "remembered as absent");
+        files.forget(&missing);
+        assert_eq!(files.u64(&missing), Some(3));
+        std::fs::write(&file, [0xffu8, 0xfe]).expect("binary");
+        assert_eq!(files.read(&file), None);
+        assert_eq!(Files::uncached().u64(&missing), Some(3));
+    }
 
     #[test]
     fn numbers_and_limits() {

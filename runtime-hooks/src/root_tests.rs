@@ -182,10 +182,12 @@ fn cpu_usage_rises_then_throttles_after_quota_cut() {
     }
     let mut tc = TestCgroup::new();
     let cg = tc.cgroup();
+    // The cached sampler must see fresh values on every pread of the same descriptors.
+    let mut sm = cg.sampler();
     tc.spawn_cpu_hog();
-    let s0 = cg.sample();
+    let s0 = sm.sample();
     std::thread::sleep(Duration::from_millis(800));
-    let s1 = cg.sample();
+    let s1 = sm.sample();
     assert!(cpu_ns(&s1) > cpu_ns(&s0) + 50_000_000, "hog uses CPU: {:?} -> {:?}", s0.cpu, s1.cpu);
 
     // Below the kernel's 1 ms floor: a typed EINVAL naming the file and the value.
@@ -202,9 +204,9 @@ fn cpu_usage_rises_then_throttles_after_quota_cut() {
 
     cg.set_cpu_limit(&CpuLimit { quota_us: Some(5_000), period_us: 100_000, burst_us: None })
         .expect("cut quota to 5% of a core");
-    let s2 = cg.sample();
+    let s2 = sm.sample();
     std::thread::sleep(Duration::from_millis(1500));
-    let s3 = cg.sample();
+    let s3 = sm.sample();
     let throttled = |s: &Sample| s.cpu.nr_throttled.expect("nr_throttled");
     assert!(throttled(&s3) > throttled(&s2), "throttling rises: {:?} -> {:?}", s2.cpu, s3.cpu);
     assert!(s3.cpu.throttled_ns > s2.cpu.throttled_ns, "throttled time rises");
@@ -224,7 +226,9 @@ fn memory_usage_and_working_set_track_an_allocating_process() {
     }
     let mut tc = TestCgroup::new();
     let cg = tc.cgroup();
-    let base = cg.sample();
+    // The cached sampler must see fresh values on every pread of the same descriptors.
+    let mut sm = cg.sampler();
+    let base = sm.sample();
     let base_usage = base.memory.usage_bytes.expect("usage");
     let base_ws = base.memory.working_set_bytes.expect("working set");
     const MB: u64 = 1 << 20;
@@ -232,7 +236,7 @@ fn memory_usage_and_working_set_track_an_allocating_process() {
     tc.spawn_sh("x=$(head -c 67108864 /dev/zero | tr '\\000' a); sleep 120");
     let start = Instant::now();
     let grown = loop {
-        let s = cg.sample();
+        let s = sm.sample();
         if s.memory.usage_bytes.unwrap_or(0) >= base_usage + 60 * MB {
             break s;
         }
@@ -242,7 +246,7 @@ fn memory_usage_and_working_set_track_an_allocating_process() {
     // Let the pipeline finish so only the shell's string remains.
     std::thread::sleep(Duration::from_millis(300));
     let grown = {
-        let s = cg.sample();
+        let s = sm.sample();
         if s.memory.usage_bytes >= Some(base_usage + 60 * MB) { s } else { grown }
     };
     let m = grown.memory;
@@ -254,7 +258,7 @@ fn memory_usage_and_working_set_track_an_allocating_process() {
     // Refused by default below usage, with the reason; the limit is untouched.
     let err = cg.set_memory_limit(Some(usage / 2), MemoryLimitPolicy::default()).expect_err("below usage");
     assert!(matches!(err, ActuateError::BelowUsage { .. }), "{err}");
-    assert_eq!(cg.sample().memory.limit_bytes, None);
+    assert_eq!(sm.sample().memory.limit_bytes, None);
     if cg.version() != CgroupVersion::V2 && !has_swap() {
         // v1 without swap cannot reclaim anonymous memory: the kernel answers EBUSY, typed.
         let err = cg
@@ -263,16 +267,16 @@ fn memory_usage_and_working_set_track_an_allocating_process() {
         assert!(matches!(err, ActuateError::Busy { .. }), "{err}");
     }
     cg.set_memory_limit(Some(usage + 256 * MB + 123), MemoryLimitPolicy::default()).expect("limit above usage");
-    let limit = cg.sample().memory.limit_bytes.expect("limit set");
+    let limit = sm.sample().memory.limit_bytes.expect("limit set");
     assert!(limit <= usage + 256 * MB + 123 && limit + 4096 > usage + 256 * MB, "rounded to a page: {limit}");
     cg.set_memory_high(Some(usage + 128 * MB)).expect("soft limit / memory.high");
     cg.set_memory_limit(None, MemoryLimitPolicy::default()).expect("unlimited again");
-    assert_eq!(cg.sample().memory.limit_bytes, None);
+    assert_eq!(sm.sample().memory.limit_bytes, None);
 
     tc.kill_all();
     let start = Instant::now();
     loop {
-        let s = cg.sample();
+        let s = sm.sample();
         if s.memory.usage_bytes.unwrap_or(u64::MAX) + 40 * MB <= usage {
             assert!(s.memory.working_set_bytes.expect("ws") + 40 * MB <= m.working_set_bytes.expect("ws"));
             break;
@@ -293,19 +297,21 @@ fn freeze_stops_the_cpu_clock_and_thaw_restarts_it() {
     }
     let mut tc = TestCgroup::new();
     let cg = tc.cgroup();
+    // The cached sampler must see fresh values on every pread of the same descriptors.
+    let mut sm = cg.sampler();
     tc.spawn_sh("while :; do :; done");
     std::thread::sleep(Duration::from_millis(300));
     cg.freeze().expect("freeze");
-    let f1 = cg.sample();
+    let f1 = sm.sample();
     assert_eq!(f1.frozen, Some(true));
     std::thread::sleep(Duration::from_millis(600));
-    let f2 = cg.sample();
+    let f2 = sm.sample();
     assert!(cpu_ns(&f2) - cpu_ns(&f1) < 5_000_000, "frozen cgroup used {} ns", cpu_ns(&f2) - cpu_ns(&f1));
     cg.thaw().expect("thaw");
-    let t1 = cg.sample();
+    let t1 = sm.sample();
     assert_eq!(t1.frozen, Some(false));
     std::thread::sleep(Duration::from_millis(600));
-    let t2 = cg.sample();
+    let t2 = sm.sample();
     assert!(cpu_ns(&t2) > cpu_ns(&t1) + 20_000_000, "thawed cgroup runs again: {:?} -> {:?}", t1.cpu, t2.cpu);
 }
 

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use crate::actuate::{self, ActuateError};
 use crate::cgroup::{Controller, Sample};
+use crate::parse::Files;
 use crate::parse;
 
 pub(crate) struct Blkio;
@@ -34,15 +35,16 @@ pub(crate) fn read_write_totals(text: &str) -> Option<(u64, u64)> {
     (any || text.lines().any(|l| l.starts_with("Total"))).then_some((read, write))
 }
 
-fn first_present(dir: &Path, names: &[&str]) -> Option<(u64, u64)> {
+fn first_present(files: &mut Files, dir: &Path, names: &[&str]) -> Option<(u64, u64)> {
     names
         .iter()
-        .find_map(|name| parse::read(&dir.join(name)).and_then(|t| read_write_totals(&t)))
+        .find_map(|name| files.read(&dir.join(name)).and_then(|t| read_write_totals(&t)))
 }
 
 impl Controller for Blkio {
-    fn sample(dir: &Path, sample: &mut Sample) {
+    fn sample(dir: &Path, files: &mut Files, sample: &mut Sample) {
         if let Some((r, w)) = first_present(
+            files,
             dir,
             &[
                 "blkio.throttle.io_service_bytes_recursive",
@@ -55,6 +57,7 @@ impl Controller for Blkio {
             sample.io.write_bytes = Some(w);
         }
         if let Some((r, w)) = first_present(
+            files,
             dir,
             &[
                 "blkio.throttle.io_serviced_recursive",

@@ -5,13 +5,14 @@ use std::path::Path;
 
 use crate::actuate::{self, ActuateError, CpuLimit};
 use crate::cgroup::{Controller, Sample};
+use crate::parse::Files;
 use crate::parse;
 
 pub(crate) struct Cpu;
 
 impl Controller for Cpu {
-    fn sample(dir: &Path, sample: &mut Sample) {
-        let Some(stat) = parse::read(&dir.join("cpu.stat")) else {
+    fn sample(dir: &Path, files: &mut Files, sample: &mut Sample) {
+        let Some(stat) = files.read(&dir.join("cpu.stat")) else {
             return;
         };
         sample.cpu.nr_periods = parse::keyed_u64(&stat, "nr_periods");

@@ -3,12 +3,12 @@
 use std::path::Path;
 
 use crate::cgroup::{Controller, Sample};
-use crate::parse;
+use crate::parse::Files;
 
 pub(crate) struct CpuAcct;
 
 impl Controller for CpuAcct {
-    fn sample(dir: &Path, sample: &mut Sample) {
-        sample.cpu.usage_ns = parse::u64_file(&dir.join("cpuacct.usage"));
+    fn sample(dir: &Path, files: &mut Files, sample: &mut Sample) {
+        sample.cpu.usage_ns = files.u64(&dir.join("cpuacct.usage"));
     }
 }

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use crate::actuate::{self, ActuateError};
 use crate::cgroup::{Controller, Sample};
-use crate::parse;
+use crate::parse::Files;
 
 pub(crate) struct Freezer;
 
 impl Controller for Freezer {
-    fn sample(dir: &Path, sample: &mut Sample) {
-        sample.frozen = parse::read(&dir.join("freezer.state")).and_then(|s| match s.trim() {
+    fn sample(dir: &Path, files: &mut Files, sample: &mut Sample) {
+        sample.frozen = files.read(&dir.join("freezer.state")).and_then(|s| match s.trim() {
             "FROZEN" => Some(true),
             "THAWED" | "FREEZING" => Some(false),
             _ => None,

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use crate::actuate::{self, ActuateError, MemoryLimitPolicy};
 use crate::cgroup::{Controller, Sample};
+use crate::parse::Files;
 use crate::parse;
 
 pub(crate) struct Memory;
@@ -17,13 +18,13 @@ fn limit(value: Option<u64>) -> Option<u64> {
 }
 
 impl Controller for Memory {
-    fn sample(dir: &Path, sample: &mut Sample) {
+    fn sample(dir: &Path, files: &mut Files, sample: &mut Sample) {
         let m = &mut sample.memory;
-        m.usage_bytes = parse::u64_file(&dir.join("memory.usage_in_bytes"));
-        m.peak_bytes = parse::u64_file(&dir.join("memory.max_usage_in_bytes"));
-        m.limit_bytes = limit(parse::u64_file(&dir.join("memory.limit_in_bytes")));
-        m.limit_hits = parse::u64_file(&dir.join("memory.failcnt"));
-        if let Some(stat) = parse::read(&dir.join("memory.stat")) {
+        m.usage_bytes = files.u64(&dir.join("memory.usage_in_bytes"));
+        m.peak_bytes = files.u64(&dir.join("memory.max_usage_in_bytes"));
+        m.limit_bytes = limit(files.u64(&dir.join("memory.limit_in_bytes")));
+        m.limit_hits = files.u64(&dir.join("memory.failcnt"));
+        if let Some(stat) = files.read(&dir.join("memory.stat")) {
             // total_* are hierarchical (include child cgroups); older kernels only have the local ones.
             let get = |key: &str| {
                 parse::keyed_u64(&stat, &format!("total_{key}")).or_else(|| parse::keyed_u64(&stat, key))
@@ -32,7 +33,7 @@ impl Controller for Memory {
             m.cache_bytes = get("cache");
             m.working_set_bytes = m.usage_bytes.zip(get("inactive_file")).map(|(u, i)| u.saturating_sub(i));
         }
-        if let Some(oom) = parse::read(&dir.join("memory.oom_control")) {
+        if let Some(oom) = files.read(&dir.join("memory.oom_control")) {
             m.oom_kills = parse::keyed_u64(&oom, "oom_kill");
             m.under_oom = parse::keyed_u64(&oom, "under_oom").map(|v| v != 0);
         }

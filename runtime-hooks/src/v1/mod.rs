@@ -13,6 +13,7 @@ pub(crate) mod pids;
 use std::path::PathBuf;
 
 use crate::cgroup::{Controller, Sample};
+use crate::parse::Files;
 
 /// The v1 controllers this crate reads or writes (names of their mount directories).
 pub(crate) const CONTROLLERS: &[&str] = &["cpu", "cpuacct", "memory", "blkio", "pids", "freezer"];
@@ -37,29 +38,29 @@ pub struct Dirs {
     pub unified: Option<PathBuf>,
 }
 
-pub(crate) fn sample(dirs: &Dirs, sample: &mut Sample) {
+pub(crate) fn sample(dirs: &Dirs, files: &mut Files, sample: &mut Sample) {
     if let Some(d) = &dirs.cpu {
-        cpu::Cpu::sample(d, sample);
+        cpu::Cpu::sample(d, files, sample);
     }
     if let Some(d) = &dirs.cpuacct {
-        cpuacct::CpuAcct::sample(d, sample);
+        cpuacct::CpuAcct::sample(d, files, sample);
     }
     if let Some(d) = &dirs.memory {
-        memory::Memory::sample(d, sample);
+        memory::Memory::sample(d, files, sample);
     }
     if let Some(d) = &dirs.blkio {
-        blkio::Blkio::sample(d, sample);
+        blkio::Blkio::sample(d, files, sample);
     }
     if let Some(d) = &dirs.pids {
-        pids::Pids::sample(d, sample);
+        pids::Pids::sample(d, files, sample);
     }
     if let Some(d) = &dirs.freezer {
-        freezer::Freezer::sample(d, sample);
+        freezer::Freezer::sample(d, files, sample);
     }
     if let Some(d) = &dirs.unified {
-        crate::v2::psi::Psi::sample(d, sample);
+        crate::v2::psi::Psi::sample(d, files, sample);
         if sample.cpu.usage_ns.is_none() {
-            sample.cpu.usage_ns = crate::v2::cpu::usage_ns(d);
+            sample.cpu.usage_ns = crate::v2::cpu::usage_ns(files, d);
         }
     }
 }

@@ -4,14 +4,15 @@ use std::path::Path;
 
 use crate::actuate::{self, ActuateError};
 use crate::cgroup::{Controller, Sample};
+use crate::parse::Files;
 use crate::parse;
 
 pub(crate) struct Pids;
 
 impl Controller for Pids {
-    fn sample(dir: &Path, sample: &mut Sample) {
-        sample.pids.current = parse::u64_file(&dir.join("pids.current"));
-        sample.pids.limit = parse::read(&dir.join("pids.max")).and_then(|t| parse::limit_value(&t)).flatten();
+    fn sample(dir: &Path, files: &mut Files, sample: &mut Sample) {
+        sample.pids.current = files.u64(&dir.join("pids.current"));
+        sample.pids.limit = files.read(&dir.join("pids.max")).and_then(|t| parse::limit_value(&t)).flatten();
     }
 }
 

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use crate::actuate::{self, ActuateError, CpuLimit};
 use crate::cgroup::{Controller, Sample};
+use crate::parse::Files;
 use crate::parse;
 
 pub(crate) struct Cpu;
@@ -13,13 +14,13 @@ fn usec_to_ns(v: u64) -> u64 {
 }
 
 /// `usage_usec` of `cpu.stat` in nanoseconds (present even without the cpu controller).
-pub(crate) fn usage_ns(dir: &Path) -> Option<u64> {
-    parse::keyed_u64(&parse::read(&dir.join("cpu.stat"))?, "usage_usec").map(usec_to_ns)
+pub(crate) fn usage_ns(files: &mut Files, dir: &Path) -> Option<u64> {
+    parse::keyed_u64(&files.read(&dir.join("cpu.stat"))?, "usage_usec").map(usec_to_ns)
 }
 
 impl Controller for Cpu {
-    fn sample(dir: &Path, sample: &mut Sample) {
-        let Some(stat) = parse::read(&dir.join("cpu.stat")) else {
+    fn sample(dir: &Path, files: &mut Files, sample: &mut Sample) {
+        let Some(stat) = files.read(&dir.join("cpu.stat")) else {
             return;
         };
         sample.cpu.usage_ns = parse::keyed_u64(&stat, "usage_usec").map(usec_to_ns);

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use crate::actuate::{self, ActuateError};
 use crate::cgroup::{Controller, Sample};
+use crate::parse::Files;
 use crate::parse;
 
 pub(crate) struct Io;
@@ -32,9 +33,9 @@ pub(crate) fn totals(text: &str) -> [u64; 4] {
 }
 
 impl Controller for Io {
-    fn sample(dir: &Path, sample: &mut Sample) {
+    fn sample(dir: &Path, files: &mut Files, sample: &mut Sample) {
         // An empty io.stat is a cgroup that has done no IO yet: zeros.
-        let Some(text) = parse::read(&dir.join("io.stat")) else {
+        let Some(text) = files.read(&dir.join("io.stat")) else {
             return;
         };
         let [rb, wb, ri, wi] = totals(&text);

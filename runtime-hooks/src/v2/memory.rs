@@ -8,17 +8,18 @@ use std::path::Path;
 
 use crate::actuate::{self, ActuateError, MemoryLimitPolicy};
 use crate::cgroup::{Controller, Sample};
+use crate::parse::Files;
 use crate::parse;
 
 pub(crate) struct Memory;
 
 impl Controller for Memory {
-    fn sample(dir: &Path, sample: &mut Sample) {
+    fn sample(dir: &Path, files: &mut Files, sample: &mut Sample) {
         let m = &mut sample.memory;
-        m.usage_bytes = parse::u64_file(&dir.join("memory.current"));
-        m.peak_bytes = parse::u64_file(&dir.join("memory.peak"));
-        m.limit_bytes = parse::read(&dir.join("memory.max")).and_then(|t| parse::limit_value(&t)).flatten();
-        if let Some(stat) = parse::read(&dir.join("memory.stat")) {
+        m.usage_bytes = files.u64(&dir.join("memory.current"));
+        m.peak_bytes = files.u64(&dir.join("memory.peak"));
+        m.limit_bytes = files.read(&dir.join("memory.max")).and_then(|t| parse::limit_value(&t)).flatten();
+        if let Some(stat) = files.read(&dir.join("memory.stat")) {
             m.rss_bytes = parse::keyed_u64(&stat, "anon");
             m.cache_bytes = parse::keyed_u64(&stat, "file");
             m.working_set_bytes = m
@@ -26,7 +27,7 @@ impl Controller for Memory {
                 .zip(parse::keyed_u64(&stat, "inactive_file"))
                 .map(|(u, i)| u.saturating_sub(i));
         }
-        if let Some(events) = parse::read(&dir.join("memory.events")) {
+        if let Some(events) = files.read(&dir.join("memory.events")) {
             m.limit_hits = parse::keyed_u64(&events, "max");
             m.oom_events = parse::keyed_u64(&events, "oom");
             m.oom_kills = parse::keyed_u64(&events, "oom_kill");

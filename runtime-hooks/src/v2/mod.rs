@@ -10,6 +10,7 @@ pub(crate) mod psi;
 use std::path::PathBuf;
 
 use crate::cgroup::{Controller, Sample};
+use crate::parse::Files;
 
 /// A container's cgroup2 directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,12 +19,12 @@ pub struct Dirs {
     pub dir: PathBuf,
 }
 
-pub(crate) fn sample(dirs: &Dirs, sample: &mut Sample) {
+pub(crate) fn sample(dirs: &Dirs, files: &mut Files, sample: &mut Sample) {
     let d = &dirs.dir;
-    cpu::Cpu::sample(d, sample);
-    memory::Memory::sample(d, sample);
-    io::Io::sample(d, sample);
-    crate::v1::pids::Pids::sample(d, sample);
-    freezer::Freezer::sample(d, sample);
-    psi::Psi::sample(d, sample);
+    cpu::Cpu::sample(d, files, sample);
+    memory::Memory::sample(d, files, sample);
+    io::Io::sample(d, files, sample);
+    crate::v1::pids::Pids::sample(d, files, sample);
+    freezer::Freezer::sample(d, files, sample);
+    psi::Psi::sample(d, files, sample);
 }
