@@ -318,3 +318,157 @@ impl Predictor {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Confidence;
+    use crate::synth::{SynthConfig, generate};
+
+    fn trace() -> Vec<RunSummary> {
+        generate(&SynthConfig {
+            task_types: 3,
+            runs_per_task: 30,
+            ..SynthConfig::default()
+        })
+    }
+
+    fn open(dir: &tempfile::TempDir, cfg: PredictorConfig) -> Predictor {
+        Predictor::open(&dir.path().join("p.redb"), cfg).expect("open")
+    }
+
+    #[test]
+    fn cold_start_then_prediction_after_retrain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open(&dir, PredictorConfig::default());
+        let runs = trace();
+        let key = runs[0].task_key.clone();
+        let features = RunFeatures::from_metadata(&runs[0].meta, runs[0].started_at_ms);
+        let cold = p.predict(&key, &features);
+        assert!(cold.is_cold_start());
+        assert_eq!(cold.model_version, 0);
+        p.record_runs(&runs).expect("record");
+        let rep = p.retrain(1).expect("retrain");
+        assert_eq!((rep.version, rep.task_types, rep.cold, rep.runs), (1, 3, 0, 90));
+        let pred = p.predict(&key, &features);
+        assert!(!pred.is_cold_start());
+        assert_eq!(pred.confidence, Confidence::Medium);
+        assert_eq!(pred.model_version, 1);
+        assert_eq!(pred.profile.len(), crate::types::BUCKETS);
+        let actual = runs[0].outcome.peak_memory_bytes as f64;
+        assert!((pred.memory_bytes.point / actual - 1.0).abs() < 0.5, "{} vs {actual}", pred.memory_bytes.point);
+        assert!(p.predict(&TaskKey::new("unknown"), &features).is_cold_start());
+    }
+
+    #[test]
+    fn retrain_swaps_atomically_and_old_version_stays_readable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Arc::new(open(&dir, PredictorConfig::default()));
+        let runs = trace();
+        let key = runs[0].task_key.clone();
+        p.record_runs(&runs[..45]).expect("record");
+        p.retrain(1).expect("retrain v1");
+        let old = p.models();
+        assert_eq!(old.version, 1);
+        p.record_runs(&runs[45..]).expect("record");
+        // Predictions during a retrain are answered by v1 or v2, never cold, never going backwards.
+        let reader = {
+            let p = Arc::clone(&p);
+            let key = key.clone();
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                for _ in 0..2_000 {
+                    let pr = p.predict(&key, &RunFeatures::default());
+                    seen.push(pr.model_version);
+                }
+                seen
+            })
+        };
+        let rep = p.retrain(2).expect("retrain v2");
+        let seen = reader.join().expect("reader thread");
+        assert_eq!(rep.version, 2);
+        assert!(seen.iter().all(|v| *v == 1 || *v == 2), "{seen:?}");
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]));
+        // The old set is intact for whoever still holds it, and still stored until the next swap.
+        assert_eq!(old.version, 1);
+        assert!(old.models.contains_key(&key));
+        assert_eq!(p.store().model_versions().expect("versions"), vec![1, 2]);
+        assert_eq!(p.model_version(), 2);
+        assert_eq!(p.models().models.get(&key).map(|m| m.runs), Some(30));
+        // A reopened predictor comes back with the current version.
+        drop(old);
+        let p = Arc::into_inner(p).expect("sole owner");
+        drop(p);
+        let p = open(&dir, PredictorConfig::default());
+        assert_eq!(p.model_version(), 2);
+        assert_eq!(p.predict(&key, &RunFeatures::default()).model_version, 2);
+    }
+
+    #[test]
+    fn retrain_policy_by_run_count_and_interval() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = PredictorConfig {
+            retrain: RetrainPolicy {
+                interval_ms: 1_000,
+                new_runs: 10,
+            },
+            ..PredictorConfig::default()
+        };
+        let p = open(&dir, cfg);
+        let runs = trace();
+        assert!(!p.retrain_due(0));
+        assert_eq!(p.maybe_retrain(0).expect("maybe"), None);
+        p.record_runs(&runs[..10]).expect("record");
+        assert!(p.retrain_due(0), "10 new runs");
+        assert!(p.maybe_retrain(0).expect("maybe").is_some());
+        assert!(!p.retrain_due(500));
+        p.record_run(&runs[10]).expect("record");
+        assert!(!p.retrain_due(500), "one run, interval not elapsed");
+        assert!(p.retrain_due(1_000), "interval elapsed with a new run");
+        assert_eq!(p.maybe_retrain(1_000).expect("maybe").map(|r| r.version), Some(2));
+        assert!(!p.retrain_due(10_000), "no new run since");
+    }
+
+    #[test]
+    fn task_types_list_models_and_decisions_pass_through() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open(&dir, PredictorConfig::default());
+        let runs = trace();
+        p.record_runs(&runs).expect("record");
+        p.record_run(&RunSummary {
+            run_id: 10_000,
+            task_key: TaskKey::new("lonely"),
+            ..runs[0].clone()
+        })
+        .expect("record");
+        p.retrain(5).expect("retrain");
+        let list = p.task_types().expect("list");
+        assert_eq!(list.len(), 4);
+        let lonely = list.iter().find(|t| t.task_key.as_str() == "lonely").expect("listed");
+        assert_eq!((lonely.runs_seen, lonely.model_version), (1, None));
+        assert!(lonely.targets.is_empty());
+        let trained = list.iter().find(|t| t.task_key.as_str() == "synth-0000").expect("listed");
+        assert_eq!((trained.runs_seen, trained.model_version), (30, Some(1)));
+        assert_eq!(trained.targets.len(), 4);
+        assert!(trained.targets.iter().all(|t| t.error.is_finite() && t.error >= 0.0));
+        let seq = p
+            .record_decision(&Decision {
+                seq: 0,
+                at_ms: 1,
+                container_id: "c1".to_owned(),
+                task_key: TaskKey::new("lonely"),
+                directive: crate::types::Directive::Fallback,
+                resource: "memory".to_owned(),
+                reason: "cold start".to_owned(),
+                old_value: None,
+                new_value: Some(1e9),
+                model_version: None,
+            })
+            .expect("decision");
+        assert_eq!(seq, 1);
+        assert_eq!(p.decisions(&DecisionQuery::default()).expect("read").len(), 1);
+        let id = p.allocate_run_id().expect("id");
+        p.append_samples(id, &[]).expect("no samples is fine");
+        assert_eq!(p.apply_retention(0).expect("retention"), RetentionReport::default());
+    }
+}
