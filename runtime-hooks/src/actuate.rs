@@ -166,21 +166,30 @@ pub fn blkio_weight_to_io_weight(weight: u16) -> u64 {
     1 + (weight - 10) * 9999 / 990
 }
 
-/// Writes `value` to `path` in a single write(2), mapping EINVAL and EBUSY to their own variants.
-pub(crate) fn write(path: &Path, value: &str) -> Result<(), ActuateError> {
-    let result = std::fs::OpenOptions::new()
+fn write_error(path: &Path, value: &str, source: std::io::Error) -> ActuateError {
+    let (path, value) = (path.to_owned(), value.to_owned());
+    match source.raw_os_error() {
+        Some(libc::EINVAL) => ActuateError::Invalid { path, value, source },
+        Some(libc::EBUSY) => ActuateError::Busy { path, value, source },
+        _ => ActuateError::Write { path, value, source },
+    }
+}
+
+/// Opens `path` (read-write when `readable`) and writes `value` in a single write(2).
+fn open_and_write(path: &Path, value: &str, readable: bool) -> Result<std::fs::File, ActuateError> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(readable)
         .write(true)
         .truncate(true)
         .open(path)
-        .and_then(|mut f| f.write_all(value.as_bytes()));
-    result.map_err(|source| {
-        let (path, value) = (path.to_owned(), value.to_owned());
-        match source.raw_os_error() {
-            Some(libc::EINVAL) => ActuateError::Invalid { path, value, source },
-            Some(libc::EBUSY) => ActuateError::Busy { path, value, source },
-            _ => ActuateError::Write { path, value, source },
-        }
-    })
+        .map_err(|e| write_error(path, value, e))?;
+    file.write_all(value.as_bytes()).map_err(|e| write_error(path, value, e))?;
+    Ok(file)
+}
+
+/// Writes `value` to `path` in a single write(2), mapping EINVAL and EBUSY to their own variants.
+pub(crate) fn write(path: &Path, value: &str) -> Result<(), ActuateError> {
+    open_and_write(path, value, false).map(drop)
 }
 
 /// Reads a file for a read-back or a check.
@@ -189,13 +198,35 @@ pub(crate) fn read(path: &Path) -> Result<String, ActuateError> {
 }
 
 /// Writes, reads back and checks with `ok(read_back_trimmed)`.
+///
+/// The read-back goes through the same descriptor (`pread` from offset 0; cgroupfs regenerates the
+/// content), which saves a second open: opening is most of the cost of a cgroup file access.
 pub(crate) fn write_verified(
     path: &Path,
     value: &str,
     ok: impl FnOnce(&str) -> bool,
 ) -> Result<(), ActuateError> {
-    write(path, value)?;
-    let back = read(path)?;
+    use std::os::unix::fs::FileExt;
+    let file = match open_and_write(path, value, true) {
+        Ok(file) => file,
+        // A write-only file: write it, then read back through a fresh open (which will say why).
+        Err(ActuateError::Write { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            write(path, value)?;
+            std::fs::File::open(path).map_err(|source| ActuateError::Read { path: path.to_owned(), source })?
+        }
+        Err(e) => return Err(e),
+    };
+    let mut buf = [0u8; 512];
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(ActuateError::Read { path: path.to_owned(), source }),
+        }
+    }
+    let back = String::from_utf8_lossy(&buf[..len]);
     let back = back.trim();
     if ok(back) {
         Ok(())

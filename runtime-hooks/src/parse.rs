@@ -6,17 +6,61 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Reads a whole (small) file; `None` when it is missing or unreadable.
 pub(crate) fn read(path: &Path) -> Option<String> {
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut text = String::with_capacity(512);
-    file.read_to_string(&mut text).ok()?;
-    Some(text)
+    let file = File::open(path).ok()?;
+    let mut buf = vec![0; 4096];
+    let len = read_whole(&file, &mut buf).ok()?;
+    buf.truncate(len);
+    String::from_utf8(buf).ok()
 }
+
+/// Reads from offset 0 into `buf`, growing it as needed; returns the length.
+///
+/// A short read ends it: seq_file (cgroupfs, procfs) fills the buffer unless the content ends, and so
+/// do regular files. This saves the extra `read` that would only return 0, a syscall per file.
+fn read_whole(file: &File, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    if buf.is_empty() {
+        buf.resize(4096, 0);
+    }
+    let mut len = 0;
+    loop {
+        match file.read_at(&mut buf[len..], len as u64) {
+            Ok(n) => {
+                len += n;
+                if len < buf.len() {
+                    return Ok(len);
+                }
+                buf.resize(buf.len() * 2, 0);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// FNV-1a: the cache keys are a few dozen short paths, SipHash's DoS resistance buys nothing here.
+#[derive(Default)]
+pub(crate) struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
 
 /// How sampling reads files: open-read-close each time, or keep descriptors open and `pread` from 0.
 ///
@@ -26,7 +70,7 @@ pub(crate) fn read(path: &Path) -> Option<String> {
 /// been recreated); a file that does not exist is remembered as absent.
 #[derive(Debug, Default)]
 pub(crate) struct Files {
-    cache: Option<HashMap<PathBuf, Option<File>>>,
+    cache: Option<FnvMap<PathBuf, Option<File>>>,
     buf: Vec<u8>,
 }
 
@@ -38,7 +82,7 @@ impl Files {
 
     /// Keep descriptors open between reads.
     pub(crate) fn cached() -> Self {
-        Self { cache: Some(HashMap::new()), buf: vec![0; 8192] }
+        Self { cache: Some(FnvMap::default()), buf: vec![0; 8192] }
     }
 
     /// The file's content, `None` when missing, unreadable or not UTF-8.
@@ -59,21 +103,10 @@ impl Files {
             }
         };
         let file = entry.as_ref()?;
-        let mut len = 0;
-        loop {
-            if len == self.buf.len() {
-                self.buf.resize((self.buf.len() * 2).max(8192), 0);
-            }
-            match file.read_at(&mut self.buf[len..], len as u64) {
-                Ok(0) => break,
-                Ok(n) => len += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    cache.remove(path);
-                    return None;
-                }
-            }
-        }
+        let Ok(len) = read_whole(file, &mut self.buf) else {
+            cache.remove(path);
+            return None;
+        };
         std::str::from_utf8(&self.buf[..len]).ok().map(str::to_owned)
     }
 
@@ -115,6 +148,21 @@ pub(crate) fn keyed<'a>(text: &'a str, key: &str) -> Option<&'a str> {
         let mut parts = line.split_ascii_whitespace();
         (parts.next()? == key).then(|| parts.next()).flatten()
     })
+}
+
+/// Looks up several keys of flat keyed content in one pass (`memory.stat` has dozens of lines).
+pub(crate) fn keyed_many<const N: usize>(text: &str, keys: [&str; N]) -> [Option<u64>; N] {
+    let mut out = [None; N];
+    for line in text.lines() {
+        let mut parts = line.split_ascii_whitespace();
+        let (Some(key), Some(value)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if let Some(i) = keys.iter().position(|k| *k == key) {
+            out[i] = value.parse().ok();
+        }
+    }
+    out
 }
 
 /// Looks up `key` in flat keyed content and parses it as a number.
@@ -264,6 +312,7 @@ mod tests {
         assert_eq!(keyed_u64(text, "bad"), None);
         assert_eq!(keyed_u64(text, "missing"), None);
         assert_eq!(keyed_u64("", "x"), None);
+        assert_eq!(keyed_many(text, ["throttled_time", "nr_periods", "x", "bad"]), [Some(u64::MAX), Some(5), None, None]);
     }
 
     #[test]

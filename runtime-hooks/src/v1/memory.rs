@@ -26,12 +26,13 @@ impl Controller for Memory {
         m.limit_hits = files.u64(&dir.join("memory.failcnt"));
         if let Some(stat) = files.read(&dir.join("memory.stat")) {
             // total_* are hierarchical (include child cgroups); older kernels only have the local ones.
-            let get = |key: &str| {
-                parse::keyed_u64(&stat, &format!("total_{key}")).or_else(|| parse::keyed_u64(&stat, key))
-            };
-            m.rss_bytes = get("rss");
-            m.cache_bytes = get("cache");
-            m.working_set_bytes = m.usage_bytes.zip(get("inactive_file")).map(|(u, i)| u.saturating_sub(i));
+            let [total_rss, rss, total_cache, cache, total_inactive, inactive] = parse::keyed_many(
+                &stat,
+                ["total_rss", "rss", "total_cache", "cache", "total_inactive_file", "inactive_file"],
+            );
+            m.rss_bytes = total_rss.or(rss);
+            m.cache_bytes = total_cache.or(cache);
+            m.working_set_bytes = m.usage_bytes.zip(total_inactive.or(inactive)).map(|(u, i)| u.saturating_sub(i));
         }
         if let Some(oom) = files.read(&dir.join("memory.oom_control")) {
             m.oom_kills = parse::keyed_u64(&oom, "oom_kill");

@@ -20,12 +20,10 @@ impl Controller for Memory {
         m.peak_bytes = files.u64(&dir.join("memory.peak"));
         m.limit_bytes = files.read(&dir.join("memory.max")).and_then(|t| parse::limit_value(&t)).flatten();
         if let Some(stat) = files.read(&dir.join("memory.stat")) {
-            m.rss_bytes = parse::keyed_u64(&stat, "anon");
-            m.cache_bytes = parse::keyed_u64(&stat, "file");
-            m.working_set_bytes = m
-                .usage_bytes
-                .zip(parse::keyed_u64(&stat, "inactive_file"))
-                .map(|(u, i)| u.saturating_sub(i));
+            let [anon, file, inactive_file] = parse::keyed_many(&stat, ["anon", "file", "inactive_file"]);
+            m.rss_bytes = anon;
+            m.cache_bytes = file;
+            m.working_set_bytes = m.usage_bytes.zip(inactive_file).map(|(u, i)| u.saturating_sub(i));
         }
         if let Some(events) = files.read(&dir.join("memory.events")) {
             m.limit_hits = parse::keyed_u64(&events, "max");
