@@ -35,7 +35,11 @@ impl BenchCgroup {
         let roots = HostRoots::default();
         let mounts: Vec<PathBuf> = match Hierarchy::detect(&roots).ok()? {
             Hierarchy::Unified(u) => vec![u.mount_point],
-            Hierarchy::Legacy(v1) => v1.into_iter().filter(|m| m.root == "/").map(|m| m.mount_point).collect(),
+            Hierarchy::Legacy(v1) => v1
+                .into_iter()
+                .filter(|m| m.root == "/")
+                .map(|m| m.mount_point)
+                .collect(),
             Hierarchy::Hybrid { v1, unified } => v1
                 .into_iter()
                 .filter(|m| m.root == "/")
@@ -66,7 +70,13 @@ impl BenchCgroup {
                 return None;
             }
         };
-        Some(Self { dirs, child: Some(child), _fake: None, cgroup, real: true })
+        Some(Self {
+            dirs,
+            child: Some(child),
+            _fake: None,
+            cgroup,
+            real: true,
+        })
     }
 
     fn fake() -> Self {
@@ -78,7 +88,10 @@ impl BenchCgroup {
         let psi = "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
         for (f, c) in [
             ("cgroup.procs", ""),
-            ("cpu.stat", "usage_usec 1\nnr_periods 0\nnr_throttled 0\nthrottled_usec 0\n"),
+            (
+                "cpu.stat",
+                "usage_usec 1\nnr_periods 0\nnr_throttled 0\nthrottled_usec 0\n",
+            ),
             ("cpu.max", "max 100000\n"),
             ("memory.current", "1000\n"),
             ("memory.peak", "1000\n"),
@@ -95,9 +108,19 @@ impl BenchCgroup {
         ] {
             std::fs::write(dir.join(f), c).expect("write");
         }
-        let roots = HostRoots { cgroup: root, proc: tmp.path().join("proc"), mountinfo: tmp.path().join("none") };
+        let roots = HostRoots {
+            cgroup: root,
+            proc: tmp.path().join("proc"),
+            mountinfo: tmp.path().join("none"),
+        };
         let cgroup = ContainerCgroup::discover(&roots, "/c").expect("fake discover");
-        Self { dirs: Vec::new(), child: None, _fake: Some(tmp), cgroup, real: false }
+        Self {
+            dirs: Vec::new(),
+            child: None,
+            _fake: Some(tmp),
+            cgroup,
+            real: false,
+        }
     }
 
     fn baseline_file(&self) -> PathBuf {
@@ -126,7 +149,10 @@ impl Drop for BenchCgroup {
 }
 
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid timespec to write into.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
@@ -167,10 +193,19 @@ fn sampled_files(cg: &ContainerCgroup) -> Vec<PathBuf> {
                     "memory.oom_control",
                 ],
             );
-            add(&d.blkio, &["blkio.throttle.io_service_bytes_recursive", "blkio.throttle.io_serviced_recursive"]);
+            add(
+                &d.blkio,
+                &[
+                    "blkio.throttle.io_service_bytes_recursive",
+                    "blkio.throttle.io_serviced_recursive",
+                ],
+            );
             add(&d.pids, &["pids.current", "pids.max"]);
             add(&d.freezer, &["freezer.state"]);
-            add(&d.unified, &["cpu.pressure", "memory.pressure", "io.pressure"]);
+            add(
+                &d.unified,
+                &["cpu.pressure", "memory.pressure", "io.pressure"],
+            );
         }
         runtime_hooks::CgroupDirs::V2(d) => {
             let dir = Some(d.dir.clone());
@@ -211,27 +246,42 @@ fn bench(c: &mut Criterion) {
         BenchCgroup::fake()
     });
     let cg = &bc.cgroup;
-    let where_ = if bc.real { format!("real {:?} cgroup", cg.version()) } else { "fake v2 tree".to_owned() };
+    let where_ = if bc.real {
+        format!("real {:?} cgroup", cg.version())
+    } else {
+        "fake v2 tree".to_owned()
+    };
     let baseline = bc.baseline_file();
 
     let mut group = c.benchmark_group(format!("runtime-hooks ({where_})"));
-    group.bench_function("baseline: read one cgroup file", |b| b.iter(|| read_file(&baseline)));
-    group.bench_function("ContainerCgroup::sample (opens every file)", |b| b.iter(|| std::hint::black_box(cg.sample())));
+    group.bench_function("baseline: read one cgroup file", |b| {
+        b.iter(|| read_file(&baseline))
+    });
+    group.bench_function("ContainerCgroup::sample (opens every file)", |b| {
+        b.iter(|| std::hint::black_box(cg.sample()))
+    });
     let mut sampler = cg.sampler();
-    group.bench_function("Sampler::sample (files kept open)", |b| b.iter(|| std::hint::black_box(sampler.sample())));
+    group.bench_function("Sampler::sample (files kept open)", |b| {
+        b.iter(|| std::hint::black_box(sampler.sample()))
+    });
     let mut flip = false;
     group.bench_function("set_pids_limit", |b| {
         b.iter(|| {
             flip = !flip;
-            cg.set_pids_limit(Some(if flip { 100 } else { 101 })).expect("pids limit");
+            cg.set_pids_limit(Some(if flip { 100 } else { 101 }))
+                .expect("pids limit");
         })
     });
     group.bench_function("set_cpu_limit", |b| {
         b.iter(|| {
             flip = !flip;
             let quota = if flip { 50_000 } else { 60_000 };
-            cg.set_cpu_limit(&CpuLimit { quota_us: Some(quota), period_us: 100_000, burst_us: None })
-                .expect("cpu limit");
+            cg.set_cpu_limit(&CpuLimit {
+                quota_us: Some(quota),
+                period_us: 100_000,
+                burst_us: None,
+            })
+            .expect("cpu limit");
         })
     });
     group.finish();
@@ -244,8 +294,10 @@ fn bench(c: &mut Criterion) {
     let sample = cpu_us_per_op(n, || {
         std::hint::black_box(sampler.sample());
     });
-    let open: Vec<std::fs::File> =
-        sampled_files(cg).iter().filter_map(|p| std::fs::File::open(p).ok()).collect();
+    let open: Vec<std::fs::File> = sampled_files(cg)
+        .iter()
+        .filter_map(|p| std::fs::File::open(p).ok())
+        .collect();
     let mut buf = vec![0u8; 16384];
     let floor = cpu_us_per_op(n, || {
         for f in &open {
@@ -254,24 +306,42 @@ fn bench(c: &mut Criterion) {
     });
     let pids = cpu_us_per_op(n, || {
         flip = !flip;
-        cg.set_pids_limit(Some(if flip { 100 } else { 101 })).expect("pids limit");
+        cg.set_pids_limit(Some(if flip { 100 } else { 101 }))
+            .expect("pids limit");
     });
     let cpu = cpu_us_per_op(n, || {
         flip = !flip;
         let quota = if flip { 50_000 } else { 60_000 };
-        cg.set_cpu_limit(&CpuLimit { quota_us: Some(quota), period_us: 100_000, burst_us: None }).expect("cpu");
+        cg.set_cpu_limit(&CpuLimit {
+            quota_us: Some(quota),
+            period_us: 100_000,
+            burst_us: None,
+        })
+        .expect("cpu");
     });
     println!("\nCPU time per operation on a {where_} ({n} iterations, CLOCK_THREAD_CPUTIME_ID):");
     println!("  baseline read of one file  {base:8.2} us");
-    println!("  ContainerCgroup::sample()  {oneoff:8.2} us  ({:.1}x baseline; opens every file)", oneoff / base);
-    println!("  Sampler::sample()          {sample:8.2} us  ({:.1}x baseline; target < 50 us)", sample / base);
+    println!(
+        "  ContainerCgroup::sample()  {oneoff:8.2} us  ({:.1}x baseline; opens every file)",
+        oneoff / base
+    );
+    println!(
+        "  Sampler::sample()          {sample:8.2} us  ({:.1}x baseline; target < 50 us)",
+        sample / base
+    );
     println!(
         "  kernel floor: one pread of each of the {} files a sample reads {floor:6.2} us ({:.0}% of Sampler::sample)",
         open.len(),
         100.0 * floor / sample
     );
-    println!("  set_pids_limit() + readback {pids:7.2} us  ({:.1}x baseline; target < 20 us)", pids / base);
-    println!("  set_cpu_limit() + readback {cpu:8.2} us  ({:.1}x baseline; period+quota, 2 writes + 2 reads)", cpu / base);
+    println!(
+        "  set_pids_limit() + readback {pids:7.2} us  ({:.1}x baseline; target < 20 us)",
+        pids / base
+    );
+    println!(
+        "  set_cpu_limit() + readback {cpu:8.2} us  ({:.1}x baseline; period+quota, 2 writes + 2 reads)",
+        cpu / base
+    );
 }
 
 criterion_group! {

@@ -135,12 +135,20 @@ impl CpuLimit {
         let period_us = 100_000;
         // Quota has a floor of 1 ms in the kernel.
         let quota = (cores.max(0.0) * period_us as f64).round().max(1000.0) as u64;
-        Self { quota_us: Some(quota), period_us, burst_us: None }
+        Self {
+            quota_us: Some(quota),
+            period_us,
+            burst_us: None,
+        }
     }
 
     /// No CPU bandwidth limit.
     pub fn unlimited() -> Self {
-        Self { quota_us: None, period_us: 100_000, burst_us: None }
+        Self {
+            quota_us: None,
+            period_us: 100_000,
+            burst_us: None,
+        }
     }
 }
 
@@ -169,9 +177,21 @@ pub fn blkio_weight_to_io_weight(weight: u16) -> u64 {
 fn write_error(path: &Path, value: &str, source: std::io::Error) -> ActuateError {
     let (path, value) = (path.to_owned(), value.to_owned());
     match source.raw_os_error() {
-        Some(libc::EINVAL) => ActuateError::Invalid { path, value, source },
-        Some(libc::EBUSY) => ActuateError::Busy { path, value, source },
-        _ => ActuateError::Write { path, value, source },
+        Some(libc::EINVAL) => ActuateError::Invalid {
+            path,
+            value,
+            source,
+        },
+        Some(libc::EBUSY) => ActuateError::Busy {
+            path,
+            value,
+            source,
+        },
+        _ => ActuateError::Write {
+            path,
+            value,
+            source,
+        },
     }
 }
 
@@ -183,7 +203,8 @@ fn open_and_write(path: &Path, value: &str, readable: bool) -> Result<std::fs::F
         .truncate(true)
         .open(path)
         .map_err(|e| write_error(path, value, e))?;
-    file.write_all(value.as_bytes()).map_err(|e| write_error(path, value, e))?;
+    file.write_all(value.as_bytes())
+        .map_err(|e| write_error(path, value, e))?;
     Ok(file)
 }
 
@@ -194,7 +215,10 @@ pub(crate) fn write(path: &Path, value: &str) -> Result<(), ActuateError> {
 
 /// Reads a file for a read-back or a check.
 pub(crate) fn read(path: &Path) -> Result<String, ActuateError> {
-    std::fs::read_to_string(path).map_err(|source| ActuateError::Read { path: path.to_owned(), source })
+    std::fs::read_to_string(path).map_err(|source| ActuateError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Writes, reads back and checks with `ok(read_back_trimmed)`.
@@ -210,9 +234,14 @@ pub(crate) fn write_verified(
     let file = match open_and_write(path, value, true) {
         Ok(file) => file,
         // A write-only file: write it, then read back through a fresh open (which will say why).
-        Err(ActuateError::Write { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+        Err(ActuateError::Write { source, .. })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
             write(path, value)?;
-            std::fs::File::open(path).map_err(|source| ActuateError::Read { path: path.to_owned(), source })?
+            std::fs::File::open(path).map_err(|source| ActuateError::Read {
+                path: path.to_owned(),
+                source,
+            })?
         }
         Err(e) => return Err(e),
     };
@@ -223,7 +252,12 @@ pub(crate) fn write_verified(
             Ok(0) => break,
             Ok(n) => len += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(source) => return Err(ActuateError::Read { path: path.to_owned(), source }),
+            Err(source) => {
+                return Err(ActuateError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
         }
     }
     let back = String::from_utf8_lossy(&buf[..len]);
@@ -231,13 +265,19 @@ pub(crate) fn write_verified(
     if ok(back) {
         Ok(())
     } else {
-        Err(ActuateError::Mismatch { path: path.to_owned(), value: value.to_owned(), read: back.to_owned() })
+        Err(ActuateError::Mismatch {
+            path: path.to_owned(),
+            value: value.to_owned(),
+            read: back.to_owned(),
+        })
     }
 }
 
 /// Writes a number and expects the same number back.
 pub(crate) fn write_u64_exact(path: &Path, value: u64) -> Result<(), ActuateError> {
-    write_verified(path, &value.to_string(), |back| back.parse::<u64>().ok() == Some(value))
+    write_verified(path, &value.to_string(), |back| {
+        back.parse::<u64>().ok() == Some(value)
+    })
 }
 
 /// Writes a value and expects the same text back.
@@ -271,7 +311,11 @@ pub(crate) fn wait_for(
             return Ok(());
         }
         if start.elapsed() >= timeout {
-            return Err(ActuateError::Timeout { path: path.to_owned(), state, waited: start.elapsed() });
+            return Err(ActuateError::Timeout {
+                path: path.to_owned(),
+                state,
+                waited: start.elapsed(),
+            });
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(10));
@@ -316,9 +360,13 @@ mod tests {
         let err = write_verified(&file, "7", |_| false).expect_err("mismatch");
         assert!(matches!(err, ActuateError::Mismatch { ref read, .. } if read == "7"));
         let missing = dir.path().join("missing-dir/knob");
-        assert!(matches!(write(&missing, "1"), Err(ActuateError::Write { .. })));
+        assert!(matches!(
+            write(&missing, "1"),
+            Err(ActuateError::Write { .. })
+        ));
         assert!(matches!(read(&missing), Err(ActuateError::Read { .. })));
-        let err = wait_for(&file, "never", Duration::from_millis(20), |_| false).expect_err("timeout");
+        let err =
+            wait_for(&file, "never", Duration::from_millis(20), |_| false).expect_err("timeout");
         assert!(matches!(err, ActuateError::Timeout { .. }));
     }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use crate::actuate::{ActuateError, CpuLimit, MemoryLimitPolicy};
 use crate::oom::{OomError, OomWatcher};
-pub use crate::parse::{NetDevTotals, Pressure, PsiLine};
 use crate::parse::Files;
+pub use crate::parse::{NetDevTotals, Pressure, PsiLine};
 use crate::{parse, v1, v2};
 
 /// How long [`ContainerCgroup::freeze`] and [`ContainerCgroup::thaw`] wait for the kernel.
@@ -139,13 +139,19 @@ pub struct Sample {
 }
 
 fn now_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid timespec to write into; the clock ids used are always available on Linux.
     let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
     if rc != 0 {
         return 0;
     }
-    u64::try_from(ts.tv_sec).unwrap_or(0).saturating_mul(1_000_000_000) + u64::try_from(ts.tv_nsec).unwrap_or(0)
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 /// A container's cgroup on this host.
@@ -159,7 +165,11 @@ pub struct ContainerCgroup {
 impl ContainerCgroup {
     /// Wraps known directories; `proc_root` is normally `/proc`.
     pub fn new(dirs: CgroupDirs, proc_root: PathBuf) -> Self {
-        Self { dirs, proc_root, net_pid: None }
+        Self {
+            dirs,
+            proc_root,
+            net_pid: None,
+        }
     }
 
     /// The directories.
@@ -193,7 +203,12 @@ impl ContainerCgroup {
     fn procs_file(&self) -> Option<PathBuf> {
         let dir = match &self.dirs {
             CgroupDirs::V2(d) => Some(&d.dir),
-            CgroupDirs::V1(d) => d.memory.as_ref().or(d.pids.as_ref()).or(d.cpu.as_ref()).or(d.freezer.as_ref()),
+            CgroupDirs::V1(d) => d
+                .memory
+                .as_ref()
+                .or(d.pids.as_ref())
+                .or(d.cpu.as_ref())
+                .or(d.freezer.as_ref()),
         };
         dir.map(|d| d.join("cgroup.procs"))
     }
@@ -206,7 +221,11 @@ impl ContainerCgroup {
 
     /// A sampler that keeps this cgroup's files open between samples.
     pub fn sampler(&self) -> Sampler {
-        Sampler { cgroup: self.clone(), files: Files::cached(), net_pid: None }
+        Sampler {
+            cgroup: self.clone(),
+            files: Files::cached(),
+            net_pid: None,
+        }
     }
 
     fn sample_with(&self, files: &mut Files, net_pid: &mut Option<i32>) -> Sample {
@@ -255,19 +274,31 @@ impl ContainerCgroup {
     /// Sets the CPU weight, in OCI shares (2..=262144); converted to `cpu.weight` on v2.
     pub fn set_cpu_shares(&self, shares: u64) -> Result<(), ActuateError> {
         if !(2..=262_144).contains(&shares) {
-            return Err(ActuateError::OutOfRange { what: "cpu shares", value: shares, range: "2..=262144" });
+            return Err(ActuateError::OutOfRange {
+                what: "cpu shares",
+                value: shares,
+                range: "2..=262144",
+            });
         }
         match &self.dirs {
             CgroupDirs::V1(d) => v1::cpu::Cpu::set_shares(need(&d.cpu, "cpu")?, shares),
-            CgroupDirs::V2(d) => v2::cpu::Cpu::set_weight(&d.dir, crate::actuate::shares_to_weight(shares)),
+            CgroupDirs::V2(d) => {
+                v2::cpu::Cpu::set_weight(&d.dir, crate::actuate::shares_to_weight(shares))
+            }
         }
     }
 
     /// Sets the hard memory limit (`None` = unlimited). Refuses a limit below current usage unless
     /// `policy` is [`MemoryLimitPolicy::AllowBelowUsage`].
-    pub fn set_memory_limit(&self, limit: Option<u64>, policy: MemoryLimitPolicy) -> Result<(), ActuateError> {
+    pub fn set_memory_limit(
+        &self,
+        limit: Option<u64>,
+        policy: MemoryLimitPolicy,
+    ) -> Result<(), ActuateError> {
         match &self.dirs {
-            CgroupDirs::V1(d) => v1::memory::Memory::set_limit(need(&d.memory, "memory")?, limit, policy),
+            CgroupDirs::V1(d) => {
+                v1::memory::Memory::set_limit(need(&d.memory, "memory")?, limit, policy)
+            }
             CgroupDirs::V2(d) => v2::memory::Memory::set_limit(&d.dir, limit, policy),
         }
     }
@@ -275,7 +306,9 @@ impl ContainerCgroup {
     /// Sets the reclaim threshold: `memory.high` on v2, `memory.soft_limit_in_bytes` on v1 (`None` = none).
     pub fn set_memory_high(&self, high: Option<u64>) -> Result<(), ActuateError> {
         match &self.dirs {
-            CgroupDirs::V1(d) => v1::memory::Memory::set_soft_limit(need(&d.memory, "memory")?, high),
+            CgroupDirs::V1(d) => {
+                v1::memory::Memory::set_soft_limit(need(&d.memory, "memory")?, high)
+            }
             CgroupDirs::V2(d) => v2::memory::Memory::set_high(&d.dir, high),
         }
     }
@@ -285,19 +318,30 @@ impl ContainerCgroup {
     /// no such knob ([`ActuateError::Unsupported`]).
     pub fn set_oom_kill_disabled(&self, disabled: bool) -> Result<(), ActuateError> {
         match &self.dirs {
-            CgroupDirs::V1(d) => v1::memory::Memory::set_oom_kill_disabled(need(&d.memory, "memory")?, disabled),
-            CgroupDirs::V2(_) => Err(ActuateError::Unsupported { what: "disabling the OOM killer", version: "v2" }),
+            CgroupDirs::V1(d) => {
+                v1::memory::Memory::set_oom_kill_disabled(need(&d.memory, "memory")?, disabled)
+            }
+            CgroupDirs::V2(_) => Err(ActuateError::Unsupported {
+                what: "disabling the OOM killer",
+                version: "v2",
+            }),
         }
     }
 
     /// Sets the IO weight in OCI units (10..=1000); converted to `io.weight` on v2.
     pub fn set_io_weight(&self, weight: u16) -> Result<(), ActuateError> {
         if !(10..=1000).contains(&weight) {
-            return Err(ActuateError::OutOfRange { what: "io weight", value: weight.into(), range: "10..=1000" });
+            return Err(ActuateError::OutOfRange {
+                what: "io weight",
+                value: weight.into(),
+                range: "10..=1000",
+            });
         }
         match &self.dirs {
             CgroupDirs::V1(d) => v1::blkio::Blkio::set_weight(need(&d.blkio, "blkio")?, weight),
-            CgroupDirs::V2(d) => v2::io::Io::set_weight(&d.dir, crate::actuate::blkio_weight_to_io_weight(weight)),
+            CgroupDirs::V2(d) => {
+                v2::io::Io::set_weight(&d.dir, crate::actuate::blkio_weight_to_io_weight(weight))
+            }
         }
     }
 
@@ -322,7 +366,9 @@ impl ContainerCgroup {
 
     fn set_frozen(&self, frozen: bool) -> Result<(), ActuateError> {
         match &self.dirs {
-            CgroupDirs::V1(d) => v1::freezer::Freezer::set(need(&d.freezer, "freezer")?, frozen, FREEZE_TIMEOUT),
+            CgroupDirs::V1(d) => {
+                v1::freezer::Freezer::set(need(&d.freezer, "freezer")?, frozen, FREEZE_TIMEOUT)
+            }
             CgroupDirs::V2(d) => v2::freezer::Freezer::set(&d.dir, frozen, FREEZE_TIMEOUT),
         }
     }
@@ -361,5 +407,6 @@ impl Sampler {
 }
 
 fn need<'a>(dir: &'a Option<PathBuf>, controller: &'static str) -> Result<&'a Path, ActuateError> {
-    dir.as_deref().ok_or(ActuateError::NoController { controller })
+    dir.as_deref()
+        .ok_or(ActuateError::NoController { controller })
 }

@@ -120,7 +120,9 @@ fn unescape_mount_field(field: &str) -> String {
         if bytes[i] == b'\\' && i + 4 <= bytes.len() {
             let oct = &bytes[i + 1..i + 4];
             if oct.iter().all(|b| (b'0'..=b'7').contains(b)) {
-                let value = oct.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+                let value = oct
+                    .iter()
+                    .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
                 if let Ok(v) = u8::try_from(value) {
                     out.push(v);
                     i += 4;
@@ -165,19 +167,39 @@ impl Hierarchy {
             let root = unescape_mount_field(left[3]);
             match right[0] {
                 "cgroup2" => {
-                    unified = Some(CgroupMount { mount_point, root, controllers: Vec::new() });
+                    unified = Some(CgroupMount {
+                        mount_point,
+                        root,
+                        controllers: Vec::new(),
+                    });
                 }
                 "cgroup" => {
                     let known = [
-                        "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "blkio",
-                        "perf_event", "net_prio", "hugetlb", "pids", "rdma", "misc",
+                        "cpu",
+                        "cpuacct",
+                        "cpuset",
+                        "memory",
+                        "devices",
+                        "freezer",
+                        "net_cls",
+                        "blkio",
+                        "perf_event",
+                        "net_prio",
+                        "hugetlb",
+                        "pids",
+                        "rdma",
+                        "misc",
                     ];
                     let controllers = right[2]
                         .split(',')
                         .filter(|opt| known.contains(opt) || opt.starts_with("name="))
                         .map(str::to_owned)
                         .collect();
-                    v1.push(CgroupMount { mount_point, root, controllers });
+                    v1.push(CgroupMount {
+                        mount_point,
+                        root,
+                        controllers,
+                    });
                 }
                 _ => {}
             }
@@ -266,9 +288,16 @@ impl Hierarchy {
                 .zip(unified_path)
                 .and_then(|(m, p)| join_existing(m, p)),
         };
-        let any = [&dirs.cpu, &dirs.cpuacct, &dirs.memory, &dirs.blkio, &dirs.pids, &dirs.freezer]
-            .iter()
-            .any(|d| d.is_some());
+        let any = [
+            &dirs.cpu,
+            &dirs.cpuacct,
+            &dirs.memory,
+            &dirs.blkio,
+            &dirs.pids,
+            &dirs.freezer,
+        ]
+        .iter()
+        .any(|d| d.is_some());
         any.then_some(crate::cgroup::CgroupDirs::V1(dirs))
     }
 }
@@ -313,7 +342,10 @@ fn join_existing(mount: &CgroupMount, cgroup: &str) -> Option<PathBuf> {
 /// systemd form `slice:prefix:name` becomes `/<expanded slice>/<prefix>-<name>.scope` (or the slice itself when
 /// `name` ends in `.slice`), as runc and youki lay it out.
 pub fn normalize_cgroups_path(path: &str) -> Result<String, DiscoveryError> {
-    let invalid = |reason| DiscoveryError::InvalidPath { path: path.to_owned(), reason };
+    let invalid = |reason| DiscoveryError::InvalidPath {
+        path: path.to_owned(),
+        reason,
+    };
     if path.is_empty() {
         return Err(invalid("empty"));
     }
@@ -327,7 +359,11 @@ pub fn normalize_cgroups_path(path: &str) -> Result<String, DiscoveryError> {
             }
         }
         [slice, prefix, name] => {
-            let slice = if slice.is_empty() { "system.slice" } else { slice };
+            let slice = if slice.is_empty() {
+                "system.slice"
+            } else {
+                slice
+            };
             let mut out = expand_slice(slice).ok_or_else(|| invalid("malformed systemd slice"))?;
             if name.ends_with(".slice") {
                 out = expand_slice(name).ok_or_else(|| invalid("malformed systemd slice"))?;
@@ -381,21 +417,28 @@ impl ContainerCgroup {
         let hierarchy = Hierarchy::detect(roots)?;
         let dirs = hierarchy
             .resolve(|_| Some(path.clone()), Some(&path))
-            .ok_or_else(|| DiscoveryError::NotFound { path: path.clone(), root: roots.cgroup.clone() })?;
+            .ok_or_else(|| DiscoveryError::NotFound {
+                path: path.clone(),
+                root: roots.cgroup.clone(),
+            })?;
         Ok(Self::new(dirs, roots.proc.clone()))
     }
 
     /// Finds the cgroups of a running process from `/proc/<pid>/cgroup` (exact, whatever driver made them).
     pub fn from_pid(roots: &HostRoots, pid: i32) -> Result<Self, DiscoveryError> {
         let file = roots.proc.join(pid.to_string()).join("cgroup");
-        let text = std::fs::read_to_string(&file)
-            .map_err(|source| DiscoveryError::ReadProcCgroup { path: file.clone(), source })?;
+        let text =
+            std::fs::read_to_string(&file).map_err(|source| DiscoveryError::ReadProcCgroup {
+                path: file.clone(),
+                source,
+            })?;
         let hierarchy = Hierarchy::detect(roots)?;
         let mut unified = None;
         let mut v1: Vec<(Vec<&str>, &str)> = Vec::new();
         for line in text.lines() {
             let mut fields = line.splitn(3, ':');
-            let (Some(_id), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next())
+            let (Some(_id), Some(controllers), Some(path)) =
+                (fields.next(), fields.next(), fields.next())
             else {
                 continue;
             };
@@ -410,10 +453,12 @@ impl ContainerCgroup {
                 .find(|(cs, _)| cs.contains(&controller))
                 .map(|(_, p)| (*p).to_owned())
         };
-        let dirs = hierarchy.resolve(v1_path, unified).ok_or_else(|| DiscoveryError::NotFound {
-            path: file.display().to_string(),
-            root: roots.cgroup.clone(),
-        })?;
+        let dirs = hierarchy
+            .resolve(v1_path, unified)
+            .ok_or_else(|| DiscoveryError::NotFound {
+                path: file.display().to_string(),
+                root: roots.cgroup.clone(),
+            })?;
         let mut cgroup = Self::new(dirs, roots.proc.clone());
         cgroup.set_net_pid(Some(pid));
         Ok(cgroup)
@@ -455,10 +500,14 @@ mod tests {
             Hierarchy::from_mountinfo(v2, Path::new(DEFAULT_CGROUP_ROOT)),
             Some(Hierarchy::Unified(m)) if m.mount_point == Path::new("/sys/fs/cgroup")
         ));
-        let combined = "30 25 0:26 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n";
+        let combined =
+            "30 25 0:26 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n";
         match Hierarchy::from_mountinfo(combined, Path::new(DEFAULT_CGROUP_ROOT)) {
             Some(Hierarchy::Legacy(v1)) => {
-                assert_eq!(v1[0].controllers, vec!["cpu".to_owned(), "cpuacct".to_owned()]);
+                assert_eq!(
+                    v1[0].controllers,
+                    vec!["cpu".to_owned(), "cpuacct".to_owned()]
+                );
             }
             other => panic!("expected legacy, got {other:?}"),
         }
@@ -473,8 +522,14 @@ mod tests {
 
     #[test]
     fn systemd_and_plain_paths() {
-        assert_eq!(normalize_cgroups_path("/default/abc").ok(), Some("/default/abc".to_owned()));
-        assert_eq!(normalize_cgroups_path("default/abc").ok(), Some("/default/abc".to_owned()));
+        assert_eq!(
+            normalize_cgroups_path("/default/abc").ok(),
+            Some("/default/abc".to_owned())
+        );
+        assert_eq!(
+            normalize_cgroups_path("default/abc").ok(),
+            Some("/default/abc".to_owned())
+        );
         assert_eq!(
             normalize_cgroups_path("system.slice:docker:abc").ok(),
             Some("/system.slice/docker-abc.scope".to_owned())
@@ -486,7 +541,10 @@ mod tests {
                     .to_owned()
             )
         );
-        assert_eq!(normalize_cgroups_path(":runc:x").ok(), Some("/system.slice/runc-x.scope".to_owned()));
+        assert_eq!(
+            normalize_cgroups_path(":runc:x").ok(),
+            Some("/system.slice/runc-x.scope".to_owned())
+        );
         assert!(normalize_cgroups_path("").is_err());
         assert!(normalize_cgroups_path("/a/../b").is_err());
         assert!(normalize_cgroups_path("a:b").is_err());
@@ -495,7 +553,11 @@ mod tests {
 
     #[test]
     fn discover_on_each_layout() {
-        for layout in [crate::testutil::Layout::V1, crate::testutil::Layout::V2, crate::testutil::Layout::Hybrid] {
+        for layout in [
+            crate::testutil::Layout::V1,
+            crate::testutil::Layout::V2,
+            crate::testutil::Layout::Hybrid,
+        ] {
             let host = FakeHost::new(layout);
             host.container("/default/c1");
             let cg = ContainerCgroup::discover(&host.roots(), "/default/c1").expect("discovered");
@@ -504,12 +566,21 @@ mod tests {
                     assert_eq!(d.dir, host.root().join("default/c1"));
                 }
                 (crate::testutil::Layout::V1, CgroupDirs::V1(d)) => {
-                    assert_eq!(d.memory.as_deref(), Some(host.root().join("memory/default/c1").as_path()));
+                    assert_eq!(
+                        d.memory.as_deref(),
+                        Some(host.root().join("memory/default/c1").as_path())
+                    );
                     assert_eq!(d.unified, None);
                 }
                 (crate::testutil::Layout::Hybrid, CgroupDirs::V1(d)) => {
-                    assert_eq!(d.cpu.as_deref(), Some(host.root().join("cpu/default/c1").as_path()));
-                    assert_eq!(d.unified.as_deref(), Some(host.root().join("unified/default/c1").as_path()));
+                    assert_eq!(
+                        d.cpu.as_deref(),
+                        Some(host.root().join("cpu/default/c1").as_path())
+                    );
+                    assert_eq!(
+                        d.unified.as_deref(),
+                        Some(host.root().join("unified/default/c1").as_path())
+                    );
                 }
                 (l, d) => panic!("layout {l:?} gave {d:?}"),
             }
@@ -522,13 +593,20 @@ mod tests {
 
     #[test]
     fn discover_without_mountinfo_scans_root() {
-        for layout in [crate::testutil::Layout::V1, crate::testutil::Layout::V2, crate::testutil::Layout::Hybrid] {
+        for layout in [
+            crate::testutil::Layout::V1,
+            crate::testutil::Layout::V2,
+            crate::testutil::Layout::Hybrid,
+        ] {
             let host = FakeHost::new(layout);
             host.container("/c");
             let mut roots = host.roots();
             roots.mountinfo = host.root().join("no-such-mountinfo");
             let cg = ContainerCgroup::discover(&roots, "/c").expect("discovered by scan");
-            assert_eq!(matches!(cg.dirs(), CgroupDirs::V2(_)), layout == crate::testutil::Layout::V2);
+            assert_eq!(
+                matches!(cg.dirs(), CgroupDirs::V2(_)),
+                layout == crate::testutil::Layout::V2
+            );
         }
         let empty = tempfile::tempdir().expect("tempdir");
         let roots = HostRoots {
@@ -553,7 +631,12 @@ mod tests {
         let cg = ContainerCgroup::from_pid(&host.roots(), 77).expect("from pid");
         match cg.dirs() {
             CgroupDirs::V1(d) => {
-                assert!(d.memory.is_some() && d.cpu.is_some() && d.pids.is_some() && d.unified.is_some());
+                assert!(
+                    d.memory.is_some()
+                        && d.cpu.is_some()
+                        && d.pids.is_some()
+                        && d.unified.is_some()
+                );
                 assert_eq!(d.freezer, None, "freezer not listed for the pid");
             }
             other => panic!("expected v1 dirs, got {other:?}"),
@@ -580,8 +663,15 @@ mod tests {
         assert_eq!(join_existing(&mount, "/outerx"), None);
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("c")).expect("mkdir");
-        let mount = CgroupMount { mount_point: dir.path().to_owned(), root: "/outer".to_owned(), controllers: vec![] };
-        assert_eq!(join_existing(&mount, "/outer/c"), Some(dir.path().join("c")));
+        let mount = CgroupMount {
+            mount_point: dir.path().to_owned(),
+            root: "/outer".to_owned(),
+            controllers: vec![],
+        };
+        assert_eq!(
+            join_existing(&mount, "/outer/c"),
+            Some(dir.path().join("c"))
+        );
         assert_eq!(join_existing(&mount, "/outer/../c"), None);
     }
 }

@@ -27,7 +27,10 @@ fn samples_every_field_on_each_layout() {
         cached.unix_ns = s.unix_ns;
         cached.monotonic_ns = s.monotonic_ns;
         assert_eq!(cached, s, "{layout:?}: the caching sampler reads the same");
-        assert!(s.unix_ns > 1_600_000_000_000_000_000, "{layout:?}: wall clock");
+        assert!(
+            s.unix_ns > 1_600_000_000_000_000_000,
+            "{layout:?}: wall clock"
+        );
         assert!(s.monotonic_ns > 0);
         let (usage, throttled) = match layout {
             Layout::V2 => (2_000_000, 300_000),
@@ -53,7 +56,10 @@ fn samples_every_field_on_each_layout() {
         assert_eq!(s.pids.limit, None);
         assert_eq!(s.frozen, Some(false));
         let net = s.net.expect("net from /proc/<pid>/net/dev");
-        assert_eq!((net.rx_bytes, net.tx_bytes, net.rx_packets, net.tx_packets), (1000, 500, 10, 5));
+        assert_eq!(
+            (net.rx_bytes, net.tx_bytes, net.rx_packets, net.tx_packets),
+            (1000, 500, 10, 5)
+        );
         match layout {
             Layout::V1 => {
                 assert_eq!(cg.version(), CgroupVersion::V1);
@@ -113,7 +119,12 @@ fn sampled_files(layout: Layout) -> Vec<(&'static str, &'static str)> {
                 ("freezer", "freezer.state"),
             ];
             if layout == Layout::Hybrid {
-                v.extend([("", "cpu.pressure"), ("", "memory.pressure"), ("", "io.pressure"), ("", "cpu.stat")]);
+                v.extend([
+                    ("", "cpu.pressure"),
+                    ("", "memory.pressure"),
+                    ("", "io.pressure"),
+                    ("", "cpu.stat"),
+                ]);
             }
             v
         }
@@ -167,9 +178,18 @@ fn missing_psi_and_huge_numbers() {
     for f in ["cpu.pressure", "memory.pressure", "io.pressure"] {
         std::fs::remove_file(host.root().join(host.rel("", C, f))).expect("rm psi");
     }
-    host.file(&host.rel("memory", C, "memory.usage_in_bytes"), "18446744073709551615\n");
-    host.file(&host.rel("memory", C, "memory.stat"), "total_inactive_file 18446744073709551615\n");
-    host.file(&host.rel("memory", C, "memory.limit_in_bytes"), "1073741824\n");
+    host.file(
+        &host.rel("memory", C, "memory.usage_in_bytes"),
+        "18446744073709551615\n",
+    );
+    host.file(
+        &host.rel("memory", C, "memory.stat"),
+        "total_inactive_file 18446744073709551615\n",
+    );
+    host.file(
+        &host.rel("memory", C, "memory.limit_in_bytes"),
+        "1073741824\n",
+    );
     host.file(&host.rel("pids", C, "pids.max"), "100\n");
     let s = cg.sample();
     assert_eq!(s.pressure.cpu, None);
@@ -183,12 +203,18 @@ fn missing_psi_and_huge_numbers() {
     std::fs::remove_file(host.root().join(host.rel("cpuacct", C, "cpuacct.usage"))).expect("rm");
     assert_eq!(cg.sample().cpu.usage_ns, Some(9000));
     // An idle blkio cgroup shows only "Total 0": zeros, not absence.
-    host.file(&host.rel("blkio", C, "blkio.throttle.io_service_bytes_recursive"), "Total 0\n");
+    host.file(
+        &host.rel("blkio", C, "blkio.throttle.io_service_bytes_recursive"),
+        "Total 0\n",
+    );
     assert_eq!(cg.sample().io.read_bytes, Some(0));
 
     let (host, cg) = setup(Layout::V2);
     host.file(&host.rel("", C, "memory.max"), "max\n");
-    host.file(&host.rel("", C, "cpu.pressure"), "some avg10=0.00 avg60=0.00 avg300=0.00 total=5\n");
+    host.file(
+        &host.rel("", C, "cpu.pressure"),
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total=5\n",
+    );
     host.file(&host.rel("", C, "io.stat"), "");
     let s = cg.sample();
     assert_eq!(s.memory.limit_bytes, None);
@@ -200,14 +226,21 @@ fn missing_psi_and_huge_numbers() {
 fn cpu_limit_writes_each_layout() {
     for layout in ALL {
         let (host, cg) = setup(layout);
-        cg.set_cpu_limit(&CpuLimit { quota_us: Some(50_000), period_us: 100_000, burst_us: Some(10_000) })
-            .expect("set cpu limit");
+        cg.set_cpu_limit(&CpuLimit {
+            quota_us: Some(50_000),
+            period_us: 100_000,
+            burst_us: Some(10_000),
+        })
+        .expect("set cpu limit");
         if layout == Layout::V2 {
             assert_eq!(host.read(&host.rel("", C, "cpu.max")), "50000 100000");
             assert_eq!(host.read(&host.rel("", C, "cpu.max.burst")), "10000");
         } else {
             assert_eq!(host.read(&host.rel("cpu", C, "cpu.cfs_quota_us")), "50000");
-            assert_eq!(host.read(&host.rel("cpu", C, "cpu.cfs_period_us")), "100000");
+            assert_eq!(
+                host.read(&host.rel("cpu", C, "cpu.cfs_period_us")),
+                "100000"
+            );
             assert_eq!(host.read(&host.rel("cpu", C, "cpu.cfs_burst_us")), "10000");
         }
         cg.set_cpu_limit(&CpuLimit::unlimited()).expect("unlimit");
@@ -216,13 +249,22 @@ fn cpu_limit_writes_each_layout() {
             std::fs::remove_file(host.root().join(host.rel("", C, "cpu.max.burst"))).expect("rm");
         } else {
             assert_eq!(host.read(&host.rel("cpu", C, "cpu.cfs_quota_us")), "-1");
-            std::fs::remove_file(host.root().join(host.rel("cpu", C, "cpu.cfs_burst_us"))).expect("rm");
+            std::fs::remove_file(host.root().join(host.rel("cpu", C, "cpu.cfs_burst_us")))
+                .expect("rm");
         }
         let err = cg
-            .set_cpu_limit(&CpuLimit { quota_us: Some(1000), period_us: 100_000, burst_us: Some(1) })
+            .set_cpu_limit(&CpuLimit {
+                quota_us: Some(1000),
+                period_us: 100_000,
+                burst_us: Some(1),
+            })
             .expect_err("no burst file");
         assert!(matches!(err, ActuateError::Unsupported { .. }), "{err}");
-        let err = cg.set_cpu_limit(&CpuLimit { quota_us: Some(1000), period_us: 10, burst_us: None });
+        let err = cg.set_cpu_limit(&CpuLimit {
+            quota_us: Some(1000),
+            period_us: 10,
+            burst_us: None,
+        });
         assert!(matches!(err, Err(ActuateError::OutOfRange { .. })));
 
         cg.set_cpu_shares(512).expect("shares");
@@ -231,7 +273,10 @@ fn cpu_limit_writes_each_layout() {
         } else {
             assert_eq!(host.read(&host.rel("cpu", C, "cpu.shares")), "512");
         }
-        assert!(matches!(cg.set_cpu_shares(1), Err(ActuateError::OutOfRange { .. })));
+        assert!(matches!(
+            cg.set_cpu_shares(1),
+            Err(ActuateError::OutOfRange { .. })
+        ));
     }
 }
 
@@ -240,35 +285,62 @@ fn memory_limits_refuse_below_usage() {
     for layout in ALL {
         let (host, cg) = setup(layout);
         let (limit_file, high_file) = if layout == Layout::V2 {
-            (host.rel("", C, "memory.max"), host.rel("", C, "memory.high"))
+            (
+                host.rel("", C, "memory.max"),
+                host.rel("", C, "memory.high"),
+            )
         } else {
-            (host.rel("memory", C, "memory.limit_in_bytes"), host.rel("memory", C, "memory.soft_limit_in_bytes"))
+            (
+                host.rel("memory", C, "memory.limit_in_bytes"),
+                host.rel("memory", C, "memory.soft_limit_in_bytes"),
+            )
         };
         // Usage is 100 MiB.
-        let err = cg.set_memory_limit(Some(50 << 20), MemoryLimitPolicy::default()).expect_err("refused");
+        let err = cg
+            .set_memory_limit(Some(50 << 20), MemoryLimitPolicy::default())
+            .expect_err("refused");
         match &err {
-            ActuateError::BelowUsage { limit, usage, .. } => assert_eq!((*limit, *usage), (50 << 20, 100 << 20)),
+            ActuateError::BelowUsage { limit, usage, .. } => {
+                assert_eq!((*limit, *usage), (50 << 20, 100 << 20))
+            }
             other => panic!("{layout:?}: {other}"),
         }
-        assert!(err.to_string().contains("AllowBelowUsage"), "message says how to opt in: {err}");
+        assert!(
+            err.to_string().contains("AllowBelowUsage"),
+            "message says how to opt in: {err}"
+        );
         let untouched = host.read(&limit_file);
-        assert!(untouched.starts_with("max") || untouched.starts_with(V1_UNLIMITED), "{untouched}");
-        cg.set_memory_limit(Some(50 << 20), MemoryLimitPolicy::AllowBelowUsage).expect("opted in");
+        assert!(
+            untouched.starts_with("max") || untouched.starts_with(V1_UNLIMITED),
+            "{untouched}"
+        );
+        cg.set_memory_limit(Some(50 << 20), MemoryLimitPolicy::AllowBelowUsage)
+            .expect("opted in");
         assert_eq!(host.read(&limit_file), (50u64 << 20).to_string());
-        cg.set_memory_limit(Some(200 << 20), MemoryLimitPolicy::default()).expect("above usage");
+        cg.set_memory_limit(Some(200 << 20), MemoryLimitPolicy::default())
+            .expect("above usage");
         assert_eq!(host.read(&limit_file), (200u64 << 20).to_string());
         cg.set_memory_high(Some(150 << 20)).expect("high");
         assert_eq!(host.read(&high_file), (150u64 << 20).to_string());
         if layout == Layout::V2 {
-            cg.set_memory_limit(None, MemoryLimitPolicy::default()).expect("unlimited");
+            cg.set_memory_limit(None, MemoryLimitPolicy::default())
+                .expect("unlimited");
             assert_eq!(host.read(&limit_file), "max");
             cg.set_memory_high(None).expect("no high");
             assert_eq!(host.read(&high_file), "max");
-            assert!(matches!(cg.set_oom_kill_disabled(true), Err(ActuateError::Unsupported { .. })));
+            assert!(matches!(
+                cg.set_oom_kill_disabled(true),
+                Err(ActuateError::Unsupported { .. })
+            ));
         } else {
             // A fake file cannot play the kernel's "-1 reads back as PAGE_COUNTER_MAX": a typed mismatch.
-            let err = cg.set_memory_limit(None, MemoryLimitPolicy::default()).expect_err("fake readback");
-            assert!(matches!(err, ActuateError::Mismatch { ref read, .. } if read == "-1"), "{err}");
+            let err = cg
+                .set_memory_limit(None, MemoryLimitPolicy::default())
+                .expect_err("fake readback");
+            assert!(
+                matches!(err, ActuateError::Mismatch { ref read, .. } if read == "-1"),
+                "{err}"
+            );
             host.file(&host.rel("memory", C, "memory.usage_in_bytes"), "garbage");
             assert!(matches!(
                 cg.set_memory_limit(Some(1 << 30), MemoryLimitPolicy::default()),
@@ -281,11 +353,22 @@ fn memory_limits_refuse_below_usage() {
 #[test]
 fn v1_memsw_is_raised_first() {
     let (host, cg) = setup(Layout::V1);
-    host.file(&host.rel("memory", C, "memory.memsw.limit_in_bytes"), "209715200\n");
-    cg.set_memory_limit(Some(400 << 20), MemoryLimitPolicy::default()).expect("raise");
-    assert_eq!(host.read(&host.rel("memory", C, "memory.memsw.limit_in_bytes")), (400u64 << 20).to_string());
-    cg.set_memory_limit(Some(300 << 20), MemoryLimitPolicy::default()).expect("lower");
-    assert_eq!(host.read(&host.rel("memory", C, "memory.memsw.limit_in_bytes")), (400u64 << 20).to_string());
+    host.file(
+        &host.rel("memory", C, "memory.memsw.limit_in_bytes"),
+        "209715200\n",
+    );
+    cg.set_memory_limit(Some(400 << 20), MemoryLimitPolicy::default())
+        .expect("raise");
+    assert_eq!(
+        host.read(&host.rel("memory", C, "memory.memsw.limit_in_bytes")),
+        (400u64 << 20).to_string()
+    );
+    cg.set_memory_limit(Some(300 << 20), MemoryLimitPolicy::default())
+        .expect("lower");
+    assert_eq!(
+        host.read(&host.rel("memory", C, "memory.memsw.limit_in_bytes")),
+        (400u64 << 20).to_string()
+    );
 }
 
 #[test]
@@ -294,7 +377,9 @@ fn oom_control_and_io_and_pids_and_freezer() {
         let (host, cg) = setup(layout);
         if layout != Layout::V2 {
             // The kernel would answer "oom_kill_disable 1\n..." on read; a fake file echoes "1": typed mismatch.
-            let err = cg.set_oom_kill_disabled(true).expect_err("fake readback differs");
+            let err = cg
+                .set_oom_kill_disabled(true)
+                .expect_err("fake readback differs");
             assert!(matches!(err, ActuateError::Mismatch { .. }));
             assert_eq!(host.read(&host.rel("memory", C, "memory.oom_control")), "1");
         }
@@ -304,12 +389,23 @@ fn oom_control_and_io_and_pids_and_freezer() {
             std::fs::remove_file(host.root().join(host.rel("", C, "io.weight"))).expect("rm");
         } else {
             assert_eq!(host.read(&host.rel("blkio", C, "blkio.bfq.weight")), "500");
-            std::fs::remove_file(host.root().join(host.rel("blkio", C, "blkio.bfq.weight"))).expect("rm");
+            std::fs::remove_file(host.root().join(host.rel("blkio", C, "blkio.bfq.weight")))
+                .expect("rm");
         }
-        assert!(matches!(cg.set_io_weight(500), Err(ActuateError::Unsupported { .. })));
-        assert!(matches!(cg.set_io_weight(5), Err(ActuateError::OutOfRange { .. })));
+        assert!(matches!(
+            cg.set_io_weight(500),
+            Err(ActuateError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            cg.set_io_weight(5),
+            Err(ActuateError::OutOfRange { .. })
+        ));
 
-        let pids_file = if layout == Layout::V2 { host.rel("", C, "pids.max") } else { host.rel("pids", C, "pids.max") };
+        let pids_file = if layout == Layout::V2 {
+            host.rel("", C, "pids.max")
+        } else {
+            host.rel("pids", C, "pids.max")
+        };
         cg.set_pids_limit(Some(64)).expect("pids");
         assert_eq!(host.read(&pids_file), "64");
         assert_eq!(cg.sample().pids.limit, Some(64));
@@ -326,10 +422,16 @@ fn oom_control_and_io_and_pids_and_freezer() {
             assert_eq!(host.read(&host.rel("", C, "cgroup.freeze")), "0");
         } else {
             cg.freeze().expect("freeze");
-            assert_eq!(host.read(&host.rel("freezer", C, "freezer.state")), "FROZEN");
+            assert_eq!(
+                host.read(&host.rel("freezer", C, "freezer.state")),
+                "FROZEN"
+            );
             assert_eq!(cg.sample().frozen, Some(true));
             cg.thaw().expect("thaw");
-            assert_eq!(host.read(&host.rel("freezer", C, "freezer.state")), "THAWED");
+            assert_eq!(
+                host.read(&host.rel("freezer", C, "freezer.state")),
+                "THAWED"
+            );
         }
     }
 }
@@ -340,8 +442,16 @@ fn missing_controller_is_typed() {
     std::fs::remove_dir_all(host.root().join("freezer/default")).expect("rm freezer");
     std::fs::remove_dir_all(host.root().join("pids/default")).expect("rm pids");
     let cg = ContainerCgroup::discover(&host.roots(), C).expect("still found");
-    assert!(matches!(cg.freeze(), Err(ActuateError::NoController { controller: "freezer" })));
-    assert!(matches!(cg.set_pids_limit(Some(1)), Err(ActuateError::NoController { controller: "pids" })));
+    assert!(matches!(
+        cg.freeze(),
+        Err(ActuateError::NoController {
+            controller: "freezer"
+        })
+    ));
+    assert!(matches!(
+        cg.set_pids_limit(Some(1)),
+        Err(ActuateError::NoController { controller: "pids" })
+    ));
     assert_eq!(cg.sample().frozen, None);
     // A vanished cgroup (container gone) samples as all-absent, and writes fail with the path.
     std::fs::remove_dir_all(host.root().join("cpu/default")).expect("rm cpu");
@@ -354,6 +464,9 @@ fn procs_lists_pids() {
     let (host, cg) = setup(Layout::V2);
     host.file(&host.rel("", C, "cgroup.procs"), "10\n11\nbad\n");
     assert_eq!(cg.procs(), vec![10, 11]);
-    host.proc_file("10/net/dev", "a\nb\n  eth0: 7 1 0 0 0 0 0 0 9 2 0 0 0 0 0 0\n");
+    host.proc_file(
+        "10/net/dev",
+        "a\nb\n  eth0: 7 1 0 0 0 0 0 0 9 2 0 0 0 0 0 0\n",
+    );
     assert_eq!(cg.sample().net.map(|n| n.rx_bytes), Some(7));
 }

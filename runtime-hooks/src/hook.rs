@@ -160,14 +160,21 @@ pub fn parse_args(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<HookConfig, HookError> {
     let mut config = HookConfig {
-        record: env("PREDICTIVE_HOOK_RECORD").filter(|s| !s.is_empty()).map_or_else(|| DEFAULT_RECORD.into(), PathBuf::from),
+        record: env("PREDICTIVE_HOOK_RECORD")
+            .filter(|s| !s.is_empty())
+            .map_or_else(|| DEFAULT_RECORD.into(), PathBuf::from),
         strict: env("PREDICTIVE_HOOK_STRICT").is_some_and(|v| v == "1" || v == "true"),
         event: None,
         roots: HostRoots::default(),
     };
     let mut args = args.into_iter().map(|a| a.to_string_lossy().into_owned());
     while let Some(arg) = args.next() {
-        let mut value = |reason| args.next().ok_or(HookError::Usage { arg: arg.clone(), reason });
+        let mut value = |reason| {
+            args.next().ok_or(HookError::Usage {
+                arg: arg.clone(),
+                reason,
+            })
+        };
         match arg.as_str() {
             "--record" => config.record = value("needs a file")?.into(),
             "--cgroup-root" => config.roots.cgroup = value("needs a directory")?.into(),
@@ -176,8 +183,18 @@ pub fn parse_args(
             "--strict" => config.strict = true,
             other => match parse_event(other) {
                 Some(e) if config.event.is_none() => config.event = Some(e),
-                Some(_) => return Err(HookError::Usage { arg, reason: "only one event" }),
-                None => return Err(HookError::Usage { arg, reason: "unknown argument" }),
+                Some(_) => {
+                    return Err(HookError::Usage {
+                        arg,
+                        reason: "only one event",
+                    });
+                }
+                None => {
+                    return Err(HookError::Usage {
+                        arg,
+                        reason: "unknown argument",
+                    });
+                }
             },
         }
     }
@@ -206,18 +223,33 @@ fn cgroup_record(cg: &ContainerCgroup) -> CgroupRecord {
             dirs.insert("dir".to_owned(), d.dir.clone());
         }
     }
-    CgroupRecord { version: cg.version(), dirs }
+    CgroupRecord {
+        version: cg.version(),
+        dirs,
+    }
 }
 
 fn cgroups_path(bundle: &Path) -> Option<String> {
     let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).ok()?;
-    spec.linux().as_ref()?.cgroups_path().as_ref().map(|p| p.to_string_lossy().into_owned())
+    spec.linux()
+        .as_ref()?
+        .cgroups_path()
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
 }
 
 /// Builds the record for a state document.
-pub fn build_record(state: &oci_spec::runtime::State, event: Option<HookEvent>, roots: &HostRoots) -> HookRecord {
+pub fn build_record(
+    state: &oci_spec::runtime::State,
+    event: Option<HookEvent>,
+    roots: &HostRoots,
+) -> HookRecord {
     let status = state.status().to_string();
-    let event = event.unwrap_or(if status == "stopped" { HookEvent::Deregister } else { HookEvent::Register });
+    let event = event.unwrap_or(if status == "stopped" {
+        HookEvent::Deregister
+    } else {
+        HookEvent::Register
+    });
     let pid = state.pid().filter(|p| *p > 0);
     let cgroups_path = cgroups_path(state.bundle());
     let by_pid = pid.map(|p| ContainerCgroup::from_pid(roots, p));
@@ -228,7 +260,9 @@ pub fn build_record(state: &oci_spec::runtime::State, event: Option<HookEvent>, 
             _ => error_chain(&e),
         }),
         (Some(Err(e)), None) => Err(error_chain(&e)),
-        (None, None) => Err("no pid in the state and no linux.cgroupsPath in the bundle".to_owned()),
+        (None, None) => {
+            Err("no pid in the state and no linux.cgroupsPath in the bundle".to_owned())
+        }
     };
     let (cgroup, cgroup_error) = match found {
         Ok(cg) => (Some(cgroup_record(&cg)), None),
@@ -247,20 +281,34 @@ pub fn build_record(state: &oci_spec::runtime::State, event: Option<HookEvent>, 
         cgroups_path,
         cgroup,
         cgroup_error,
-        annotations: state.annotations().clone().unwrap_or_default().into_iter().collect(),
+        annotations: state
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
     }
 }
 
 /// Appends `record` as one JSON line (creating the file and its directory if needed).
 pub fn append_record(path: &Path, record: &HookRecord) -> Result<(), HookError> {
-    let mut line = serde_json::to_vec(record)
-        .map_err(|source| HookError::Serialize { id: record.id.clone(), source })?;
+    let mut line = serde_json::to_vec(record).map_err(|source| HookError::Serialize {
+        id: record.id.clone(),
+        source,
+    })?;
     line.push(b'\n');
-    let write_err = |source| HookError::WriteRecord { path: path.to_owned(), source };
+    let write_err = |source| HookError::WriteRecord {
+        path: path.to_owned(),
+        source,
+    };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(write_err)?;
     }
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(write_err)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(write_err)?;
     // One write: O_APPEND keeps concurrent hooks' lines whole.
     file.write_all(&line).map_err(write_err)
 }
@@ -268,8 +316,11 @@ pub fn append_record(path: &Path, record: &HookRecord) -> Result<(), HookError> 
 /// Reads the state from `stdin`, builds and appends the record.
 pub fn run(config: &HookConfig, mut stdin: impl Read) -> Result<HookRecord, HookError> {
     let mut text = String::new();
-    stdin.read_to_string(&mut text).map_err(HookError::ReadState)?;
-    let state: oci_spec::runtime::State = serde_json::from_str(&text).map_err(HookError::ParseState)?;
+    stdin
+        .read_to_string(&mut text)
+        .map_err(HookError::ReadState)?;
+    let state: oci_spec::runtime::State =
+        serde_json::from_str(&text).map_err(HookError::ParseState)?;
     let record = build_record(&state, config.event, &config.roots);
     append_record(&config.record, &record)?;
     Ok(record)
@@ -297,7 +348,11 @@ pub fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("predictive-hook: {}", error_chain(&e));
             let strict = strict_env || std::env::args().any(|a| a == "--strict");
-            if strict { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS }
+            if strict {
+                std::process::ExitCode::FAILURE
+            } else {
+                std::process::ExitCode::SUCCESS
+            }
         }
     }
 }
@@ -324,13 +379,32 @@ mod tests {
             _ => None,
         };
         let c = parse_args(args(&["poststop"]), env).expect("env");
-        assert_eq!((c.record.as_path(), c.strict, c.event), (Path::new("/tmp/r.jsonl"), true, Some(HookEvent::Deregister)));
-        let c = parse_args(args(&["--record", "/x", "createRuntime", "--cgroup-root", "/c"]), env).expect("flag wins");
-        assert_eq!((c.record.as_path(), c.event), (Path::new("/x"), Some(HookEvent::Register)));
+        assert_eq!(
+            (c.record.as_path(), c.strict, c.event),
+            (Path::new("/tmp/r.jsonl"), true, Some(HookEvent::Deregister))
+        );
+        let c = parse_args(
+            args(&["--record", "/x", "createRuntime", "--cgroup-root", "/c"]),
+            env,
+        )
+        .expect("flag wins");
+        assert_eq!(
+            (c.record.as_path(), c.event),
+            (Path::new("/x"), Some(HookEvent::Register))
+        );
         assert_eq!(c.roots.cgroup, PathBuf::from("/c"));
-        assert!(matches!(parse_args(args(&["--record"]), |_| None), Err(HookError::Usage { .. })));
-        assert!(matches!(parse_args(args(&["--bogus"]), |_| None), Err(HookError::Usage { .. })));
-        assert!(matches!(parse_args(args(&["register", "poststop"]), |_| None), Err(HookError::Usage { .. })));
+        assert!(matches!(
+            parse_args(args(&["--record"]), |_| None),
+            Err(HookError::Usage { .. })
+        ));
+        assert!(matches!(
+            parse_args(args(&["--bogus"]), |_| None),
+            Err(HookError::Usage { .. })
+        ));
+        assert!(matches!(
+            parse_args(args(&["register", "poststop"]), |_| None),
+            Err(HookError::Usage { .. })
+        ));
     }
 
     fn state(id: &str, status: &str, pid: Option<i32>, bundle: &Path) -> String {
@@ -348,7 +422,10 @@ mod tests {
     fn register_and_deregister_records() {
         let host = FakeHost::new(Layout::Hybrid);
         host.container("/default/c1");
-        host.proc_file("77/cgroup", "4:memory:/default/c1\n1:cpu:/default/c1\n0::/default/c1\n");
+        host.proc_file(
+            "77/cgroup",
+            "4:memory:/default/c1\n1:cpu:/default/c1\n0::/default/c1\n",
+        );
         let bundle = tempfile::tempdir().expect("bundle");
         std::fs::write(
             bundle.path().join("config.json"),
@@ -356,37 +433,80 @@ mod tests {
         )
         .expect("config");
         let record_file = bundle.path().join("out/records.jsonl");
-        let config = HookConfig { record: record_file.clone(), strict: false, event: None, roots: host.roots() };
+        let config = HookConfig {
+            record: record_file.clone(),
+            strict: false,
+            event: None,
+            roots: host.roots(),
+        };
 
-        let r = run(&config, state("c1", "created", Some(77), bundle.path()).as_bytes()).expect("register");
+        let r = run(
+            &config,
+            state("c1", "created", Some(77), bundle.path()).as_bytes(),
+        )
+        .expect("register");
         assert_eq!(r.event, HookEvent::Register);
         assert_eq!(r.pid, Some(77));
         assert_eq!(r.cgroups_path.as_deref(), Some("/default/c1"));
         let cg = r.cgroup.as_ref().expect("cgroup found via pid");
         assert_eq!(cg.version, CgroupVersion::Hybrid);
-        assert_eq!(cg.dirs.get("memory"), Some(&host.root().join("memory/default/c1")));
-        assert!(!cg.dirs.contains_key("pids"), "pid's cgroup file lists no pids controller");
-        assert_eq!(r.annotations.get("io.kubernetes.cri.sandbox-id").map(String::as_str), Some("sb1"));
+        assert_eq!(
+            cg.dirs.get("memory"),
+            Some(&host.root().join("memory/default/c1"))
+        );
+        assert!(
+            !cg.dirs.contains_key("pids"),
+            "pid's cgroup file lists no pids controller"
+        );
+        assert_eq!(
+            r.annotations
+                .get("io.kubernetes.cri.sandbox-id")
+                .map(String::as_str),
+            Some("sb1")
+        );
 
         // Dead pid: falls back to cgroupsPath, which finds every controller.
-        let r2 = run(&config, state("c1", "running", Some(99), bundle.path()).as_bytes()).expect("fallback");
-        assert!(r2.cgroup.as_ref().expect("via cgroupsPath").dirs.contains_key("pids"));
+        let r2 = run(
+            &config,
+            state("c1", "running", Some(99), bundle.path()).as_bytes(),
+        )
+        .expect("fallback");
+        assert!(
+            r2.cgroup
+                .as_ref()
+                .expect("via cgroupsPath")
+                .dirs
+                .contains_key("pids")
+        );
 
         // poststop: no pid, cgroup gone.
         std::fs::remove_dir_all(host.root().join("memory/default")).expect("rm");
         for c in ["cpu", "cpuacct", "blkio", "pids", "freezer", "unified"] {
             std::fs::remove_dir_all(host.root().join(c).join("default")).expect("rm");
         }
-        let r3 = run(&config, state("c1", "stopped", None, bundle.path()).as_bytes()).expect("deregister");
+        let r3 = run(
+            &config,
+            state("c1", "stopped", None, bundle.path()).as_bytes(),
+        )
+        .expect("deregister");
         assert_eq!(r3.event, HookEvent::Deregister);
         assert_eq!(r3.cgroup, None);
-        assert!(r3.cgroup_error.as_deref().is_some_and(|e| e.contains("/default/c1")), "{:?}", r3.cgroup_error);
+        assert!(
+            r3.cgroup_error
+                .as_deref()
+                .is_some_and(|e| e.contains("/default/c1")),
+            "{:?}",
+            r3.cgroup_error
+        );
 
         let text = std::fs::read_to_string(&record_file).expect("records");
-        let lines: Vec<HookRecord> =
-            text.lines().map(|l| serde_json::from_str(l).expect("each line is a record")).collect();
+        let lines: Vec<HookRecord> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is a record"))
+            .collect();
         assert_eq!(lines, vec![r, r2, r3]);
-        let raw: serde_json::Value = serde_json::from_str(text.lines().next().expect("line")).expect("json");
+        let raw: serde_json::Value =
+            serde_json::from_str(text.lines().next().expect("line")).expect("json");
         assert_eq!(raw["v"], 1);
         assert_eq!(raw["event"], "register");
         assert_eq!(raw["cgroup"]["version"], "hybrid");
@@ -401,11 +521,20 @@ mod tests {
             event: Some(HookEvent::Register),
             roots: HostRoots::default(),
         };
-        assert!(matches!(run(&config, &b"not json"[..]), Err(HookError::ParseState(_))));
-        assert!(matches!(run(&config, &b""[..]), Err(HookError::ParseState(_))));
+        assert!(matches!(
+            run(&config, &b"not json"[..]),
+            Err(HookError::ParseState(_))
+        ));
+        assert!(matches!(
+            run(&config, &b""[..]),
+            Err(HookError::ParseState(_))
+        ));
         // A record path under a regular file cannot be created.
         std::fs::write(dir.path().join("file"), "").expect("file");
-        let config = HookConfig { record: dir.path().join("file/r.jsonl"), ..config };
+        let config = HookConfig {
+            record: dir.path().join("file/r.jsonl"),
+            ..config
+        };
         let state = state("x", "creating", None, dir.path());
         let err = run(&config, state.as_bytes()).expect_err("unwritable");
         assert!(matches!(err, HookError::WriteRecord { .. }));

@@ -39,8 +39,8 @@ pub(crate) mod testutil;
 
 pub use actuate::{ActuateError, CpuLimit, MemoryLimitPolicy};
 pub use cgroup::{
-    CgroupDirs, CgroupVersion, ContainerCgroup, CpuSample, IoSample, MemorySample, NetDevTotals, PidsSample,
-    Pressure, PressureSample, PsiLine, Sample, Sampler,
+    CgroupDirs, CgroupVersion, ContainerCgroup, CpuSample, IoSample, MemorySample, NetDevTotals,
+    PidsSample, Pressure, PressureSample, PsiLine, Sample, Sampler,
 };
 pub use discovery::{DiscoveryError, HostRoots};
 pub use oom::{OomError, OomWatcher};

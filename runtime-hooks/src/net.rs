@@ -139,9 +139,17 @@ pub struct RootQdisc {
 
 /// Sets `limit` as the root qdisc of `iface` (or of every non-loopback interface when `None`) in `netns`;
 /// returns the interfaces changed.
-pub fn set_egress_limit(netns: &Netns, iface: Option<&str>, limit: &EgressLimit) -> Result<Vec<String>, NetError> {
+pub fn set_egress_limit(
+    netns: &Netns,
+    iface: Option<&str>,
+    limit: &EgressLimit,
+) -> Result<Vec<String>, NetError> {
     if limit.rate_bytes_per_sec == 0 {
-        return Err(NetError::OutOfRange { what: "rate (B/s)", value: 0, range: "1..=u64::MAX" });
+        return Err(NetError::OutOfRange {
+            what: "rate (B/s)",
+            value: 0,
+            range: "1..=u64::MAX",
+        });
     }
     if limit.burst_bytes < 1600 {
         return Err(NetError::OutOfRange {
@@ -157,14 +165,20 @@ pub fn set_egress_limit(netns: &Netns, iface: Option<&str>, limit: &EgressLimit)
         for name in &names {
             let index = ifindex(name)?;
             nl.set_tbf(index, &limit)
-                .map_err(|source| NetError::Kernel { op: "RTM_NEWQDISC tbf", iface: name.clone(), source })?;
+                .map_err(|source| NetError::Kernel {
+                    op: "RTM_NEWQDISC tbf",
+                    iface: name.clone(),
+                    source,
+                })?;
             let found = nl.root_qdisc(index).map_err(|source| NetError::Kernel {
                 op: "RTM_GETQDISC",
                 iface: name.clone(),
                 source,
             })?;
             match &found {
-                Some(q) if q.kind == "tbf" && q.rate_bytes_per_sec == Some(limit.rate_bytes_per_sec) => {}
+                Some(q)
+                    if q.kind == "tbf"
+                        && q.rate_bytes_per_sec == Some(limit.rate_bytes_per_sec) => {}
                 other => {
                     return Err(NetError::Mismatch {
                         iface: name.clone(),
@@ -186,12 +200,17 @@ pub fn clear_egress_limit(netns: &Netns, iface: Option<&str>) -> Result<Vec<Stri
         let mut changed = Vec::new();
         for name in interfaces(iface)? {
             let index = ifindex(&name)?;
-            let current = nl
-                .root_qdisc(index)
-                .map_err(|source| NetError::Kernel { op: "RTM_GETQDISC", iface: name.clone(), source })?;
+            let current = nl.root_qdisc(index).map_err(|source| NetError::Kernel {
+                op: "RTM_GETQDISC",
+                iface: name.clone(),
+                source,
+            })?;
             if current.is_some_and(|q| q.kind == "tbf") {
-                nl.delete_root(index)
-                    .map_err(|source| NetError::Kernel { op: "RTM_DELQDISC", iface: name.clone(), source })?;
+                nl.delete_root(index).map_err(|source| NetError::Kernel {
+                    op: "RTM_DELQDISC",
+                    iface: name.clone(),
+                    source,
+                })?;
                 changed.push(name);
             }
         }
@@ -205,20 +224,33 @@ pub fn root_qdisc(netns: &Netns, iface: &str) -> Result<Option<RootQdisc>, NetEr
     in_netns(netns, move || {
         let mut nl = Netlink::open()?;
         let index = ifindex(&iface)?;
-        nl.root_qdisc(index).map_err(|source| NetError::Kernel { op: "RTM_GETQDISC", iface, source })
+        nl.root_qdisc(index).map_err(|source| NetError::Kernel {
+            op: "RTM_GETQDISC",
+            iface,
+            source,
+        })
     })
 }
 
 /// Runs `f` on a thread that has joined `netns`.
-fn in_netns<T: Send>(netns: &Netns, f: impl FnOnce() -> Result<T, NetError> + Send) -> Result<T, NetError> {
+fn in_netns<T: Send>(
+    netns: &Netns,
+    f: impl FnOnce() -> Result<T, NetError> + Send,
+) -> Result<T, NetError> {
     let path = netns.path();
-    let file = File::open(&path).map_err(|source| NetError::OpenNetns { path: path.clone(), source })?;
+    let file = File::open(&path).map_err(|source| NetError::OpenNetns {
+        path: path.clone(),
+        source,
+    })?;
     std::thread::scope(|scope| {
         let handle = scope.spawn(move || {
             // SAFETY: file is an open namespace descriptor; setns only affects this (helper) thread.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
             if rc != 0 {
-                return Err(NetError::Setns { path, source: std::io::Error::last_os_error() });
+                return Err(NetError::Setns {
+                    path,
+                    source: std::io::Error::last_os_error(),
+                });
             }
             f()
         });
@@ -242,11 +274,16 @@ fn interfaces(only: Option<&str>) -> Result<Vec<String>, NetError> {
 }
 
 fn ifindex(name: &str) -> Result<i32, NetError> {
-    let missing = || NetError::NoInterface { name: name.to_owned() };
+    let missing = || NetError::NoInterface {
+        name: name.to_owned(),
+    };
     let c_name = std::ffi::CString::new(name).map_err(|_| missing())?;
     // SAFETY: c_name is a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    i32::try_from(index).ok().filter(|i| *i > 0).ok_or_else(missing)
+    i32::try_from(index)
+        .ok()
+        .filter(|i| *i > 0)
+        .ok_or_else(missing)
 }
 
 const TC_H_ROOT: u32 = 0xFFFF_FFFF;
@@ -289,7 +326,8 @@ fn tbf_options(limit: &EgressLimit) -> Vec<u8> {
     // Bucket size as transmission time in psched ticks (64 ns); the kernel recomputes it from TCA_TBF_BURST.
     let buffer_ns = burst.saturating_mul(1_000_000_000) / rate.max(1);
     let buffer_ticks = u32::try_from(buffer_ns >> 6).unwrap_or(u32::MAX);
-    let queue = rate.saturating_mul(u64::try_from(limit.latency.as_micros()).unwrap_or(u64::MAX)) / 1_000_000;
+    let queue = rate.saturating_mul(u64::try_from(limit.latency.as_micros()).unwrap_or(u64::MAX))
+        / 1_000_000;
     let queue_limit = u32::try_from(queue.saturating_add(burst)).unwrap_or(u32::MAX);
 
     let mut qopt = Vec::with_capacity(36);
@@ -344,12 +382,17 @@ fn parse_qdisc(payload: &[u8]) -> Option<(i32, u32, RootQdisc)> {
     let mut rate64 = None;
     for (ty, data) in attrs(&payload[TCMSG_LEN..]) {
         match ty {
-            TCA_KIND => kind = String::from_utf8_lossy(data).trim_end_matches('\0').to_owned(),
+            TCA_KIND => {
+                kind = String::from_utf8_lossy(data)
+                    .trim_end_matches('\0')
+                    .to_owned()
+            }
             TCA_OPTIONS => {
                 for (ty, data) in attrs(data) {
                     match ty {
                         TCA_TBF_PARMS if data.len() >= 12 => {
-                            rate = Some(u64::from(u32::from_ne_bytes(data[8..12].try_into().ok()?)));
+                            rate =
+                                Some(u64::from(u32::from_ne_bytes(data[8..12].try_into().ok()?)));
                         }
                         TCA_TBF_RATE64 if data.len() >= 8 => {
                             rate64 = Some(u64::from_ne_bytes(data[..8].try_into().ok()?));
@@ -362,7 +405,14 @@ fn parse_qdisc(payload: &[u8]) -> Option<(i32, u32, RootQdisc)> {
         }
     }
     let rate_bytes_per_sec = if kind == "tbf" { rate64.or(rate) } else { None };
-    Some((ifindex, parent, RootQdisc { kind, rate_bytes_per_sec }))
+    Some((
+        ifindex,
+        parent,
+        RootQdisc {
+            kind,
+            rate_bytes_per_sec,
+        },
+    ))
 }
 
 struct Netlink {
@@ -373,7 +423,13 @@ struct Netlink {
 impl Netlink {
     fn open() -> Result<Self, NetError> {
         // SAFETY: plain socket(2) call; the result is checked.
-        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
         if raw < 0 {
             return Err(NetError::Socket(std::io::Error::last_os_error()));
         }
@@ -392,7 +448,12 @@ impl Netlink {
     }
 
     /// Sends one request and collects reply payloads until the ack or the end of the dump.
-    fn request(&mut self, msg_type: u16, flags: u16, payload: &[u8]) -> std::io::Result<Vec<Vec<u8>>> {
+    fn request(
+        &mut self,
+        msg_type: u16,
+        flags: u16,
+        payload: &[u8],
+    ) -> std::io::Result<Vec<Vec<u8>>> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let len = NLMSG_HDR + payload.len();
@@ -413,7 +474,8 @@ impl Netlink {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             // SAFETY: buf is writable for its whole length.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 let err = std::io::Error::last_os_error();
                 if err.kind() == std::io::ErrorKind::Interrupted {
@@ -424,7 +486,9 @@ impl Netlink {
             let data = &buf[..usize::try_from(n).unwrap_or(0)];
             let mut off = 0;
             while off + NLMSG_HDR <= data.len() {
-                let word = |at: usize| u32::from_ne_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
+                let word = |at: usize| {
+                    u32::from_ne_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
+                };
                 let mlen = usize::try_from(word(off)).unwrap_or(0);
                 let mtype = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
                 let mseq = word(off + 8);
@@ -438,7 +502,9 @@ impl Netlink {
                 }
                 match i32::from(mtype) {
                     libc::NLMSG_ERROR => {
-                        let code = body.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                        let code = body
+                            .get(..4)
+                            .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
                         if code != 0 {
                             return Err(std::io::Error::from_raw_os_error(-code));
                         }
@@ -460,13 +526,16 @@ impl Netlink {
         let mut payload = tcmsg(ifindex, TC_H_ROOT);
         put_attr(&mut payload, TCA_KIND, b"tbf\0");
         put_attr(&mut payload, TCA_OPTIONS, &tbf_options(limit));
-        let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_REPLACE;
-        self.request(libc::RTM_NEWQDISC, flags as u16, &payload).map(drop)
+        let flags =
+            libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_REPLACE;
+        self.request(libc::RTM_NEWQDISC, flags as u16, &payload)
+            .map(drop)
     }
 
     fn delete_root(&mut self, ifindex: i32) -> std::io::Result<()> {
         let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK;
-        self.request(libc::RTM_DELQDISC, flags as u16, &tcmsg(ifindex, TC_H_ROOT)).map(drop)
+        self.request(libc::RTM_DELQDISC, flags as u16, &tcmsg(ifindex, TC_H_ROOT))
+            .map(drop)
     }
 
     fn root_qdisc(&mut self, ifindex: i32) -> std::io::Result<Option<RootQdisc>> {
@@ -491,18 +560,28 @@ mod tests {
 
     #[test]
     fn tbf_message_layout() {
-        let limit = EgressLimit { rate_bytes_per_sec: 125_000, burst_bytes: 16_384, latency: Duration::from_millis(50) };
+        let limit = EgressLimit {
+            rate_bytes_per_sec: 125_000,
+            burst_bytes: 16_384,
+            latency: Duration::from_millis(50),
+        };
         let opts = tbf_options(&limit);
         let parsed: Vec<(u16, Vec<u8>)> = attrs(&opts).map(|(t, d)| (t, d.to_vec())).collect();
         assert_eq!(parsed.len(), 2, "parms and burst, no rate64 below 4 GB/s");
         let (ty, qopt) = &parsed[0];
         assert_eq!((*ty, qopt.len()), (TCA_TBF_PARMS, 36));
         assert_eq!(qopt[1], TC_LINKLAYER_ETHERNET);
-        assert_eq!(u32::from_ne_bytes(qopt[8..12].try_into().expect("4 bytes")), 125_000);
+        assert_eq!(
+            u32::from_ne_bytes(qopt[8..12].try_into().expect("4 bytes")),
+            125_000
+        );
         let queue = u32::from_ne_bytes(qopt[24..28].try_into().expect("4 bytes"));
         assert_eq!(queue, 6250 + 16_384);
         let buffer = u32::from_ne_bytes(qopt[28..32].try_into().expect("4 bytes"));
-        assert_eq!(u64::from(buffer), (16_384u64 * 1_000_000_000 / 125_000) >> 6);
+        assert_eq!(
+            u64::from(buffer),
+            (16_384u64 * 1_000_000_000 / 125_000) >> 6
+        );
         assert_eq!(parsed[1], (TCA_TBF_BURST, 16_384u32.to_ne_bytes().to_vec()));
 
         let fast = EgressLimit::new(10_000_000_000);
@@ -518,11 +597,20 @@ mod tests {
         put_attr(&mut payload, TCA_OPTIONS, &tbf_options(&limit));
         let (idx, parent, q) = parse_qdisc(&payload).expect("parsed");
         assert_eq!((idx, parent), (3, TC_H_ROOT));
-        assert_eq!(q, RootQdisc { kind: "tbf".into(), rate_bytes_per_sec: Some(5_000_000_000) });
+        assert_eq!(
+            q,
+            RootQdisc {
+                kind: "tbf".into(),
+                rate_bytes_per_sec: Some(5_000_000_000)
+            }
+        );
 
         let mut other = tcmsg(2, TC_H_ROOT);
         put_attr(&mut other, TCA_KIND, b"fq_codel\0");
-        assert_eq!(parse_qdisc(&other).map(|(_, _, q)| q.rate_bytes_per_sec), Some(None));
+        assert_eq!(
+            parse_qdisc(&other).map(|(_, _, q)| q.rate_bytes_per_sec),
+            Some(None)
+        );
         // Truncated or garbage input never panics.
         assert_eq!(parse_qdisc(&payload[..10]), None);
         let mut bad = tcmsg(1, 0);
@@ -536,10 +624,23 @@ mod tests {
         assert_eq!(EgressLimit::new(1_000_000_000).burst_bytes, 10_000_000);
         let ns = Netns::Path(PathBuf::from("/nonexistent/netns"));
         assert!(matches!(
-            set_egress_limit(&ns, None, &EgressLimit { rate_bytes_per_sec: 0, ..EgressLimit::new(1) }),
+            set_egress_limit(
+                &ns,
+                None,
+                &EgressLimit {
+                    rate_bytes_per_sec: 0,
+                    ..EgressLimit::new(1)
+                }
+            ),
             Err(NetError::OutOfRange { .. })
         ));
-        assert!(matches!(set_egress_limit(&ns, None, &EgressLimit::new(1000)), Err(NetError::OpenNetns { .. })));
-        assert_eq!(netns_path(Path::new("/proc"), 7), PathBuf::from("/proc/7/ns/net"));
+        assert!(matches!(
+            set_egress_limit(&ns, None, &EgressLimit::new(1000)),
+            Err(NetError::OpenNetns { .. })
+        ));
+        assert_eq!(
+            netns_path(Path::new("/proc"), 7),
+            PathBuf::from("/proc/7/ns/net")
+        );
     }
 }

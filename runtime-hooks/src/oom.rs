@@ -89,8 +89,10 @@ impl OomWatcher {
     /// Registers an eventfd on `<dir>/memory.oom_control`.
     pub(crate) fn v1(dir: &Path) -> Result<Self, OomError> {
         let control_path = dir.join("memory.oom_control");
-        let oom_control =
-            File::open(&control_path).map_err(|source| OomError::Open { path: control_path.clone(), source })?;
+        let oom_control = File::open(&control_path).map_err(|source| OomError::Open {
+            path: control_path.clone(),
+            source,
+        })?;
         // SAFETY: eventfd has no memory preconditions; the result is checked before use.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if raw < 0 {
@@ -109,7 +111,12 @@ impl OomWatcher {
                 other => std::io::Error::other(other.to_string()),
             },
         })?;
-        Ok(Self { inner: Inner::V1 { eventfd, _oom_control: oom_control } })
+        Ok(Self {
+            inner: Inner::V1 {
+                eventfd,
+                _oom_control: oom_control,
+            },
+        })
     }
 
     /// Watches `<dir>/memory.events` with inotify.
@@ -128,16 +135,31 @@ impl OomWatcher {
         }
         // SAFETY: raw is a fresh descriptor that nothing else owns.
         let inotify = unsafe { OwnedFd::from_raw_fd(raw) };
-        let c_path = std::ffi::CString::new(events.as_os_str().as_encoded_bytes()).map_err(|_| {
-            OomError::Register { path: events.clone(), source: std::io::Error::from(std::io::ErrorKind::InvalidInput) }
-        })?;
+        let c_path =
+            std::ffi::CString::new(events.as_os_str().as_encoded_bytes()).map_err(|_| {
+                OomError::Register {
+                    path: events.clone(),
+                    source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                }
+            })?;
         // SAFETY: c_path is a valid NUL-terminated string that outlives the call.
-        let wd = unsafe { libc::inotify_add_watch(inotify.as_raw_fd(), c_path.as_ptr(), libc::IN_MODIFY) };
+        let wd = unsafe {
+            libc::inotify_add_watch(inotify.as_raw_fd(), c_path.as_ptr(), libc::IN_MODIFY)
+        };
         if wd < 0 {
-            return Err(OomError::Register { path: events, source: last_os_error() });
+            return Err(OomError::Register {
+                path: events,
+                source: last_os_error(),
+            });
         }
         let last = oom_count(&events);
-        Ok(Self { inner: Inner::V2 { inotify, events, last } })
+        Ok(Self {
+            inner: Inner::V2 {
+                inotify,
+                events,
+                last,
+            },
+        })
     }
 
     /// Waits up to `timeout` (`None`: forever) and returns the number of OOM events since the last call
@@ -161,7 +183,9 @@ impl OomWatcher {
                 Inner::V1 { eventfd, .. } => {
                     let mut buf = [0u8; 8];
                     // SAFETY: buf is 8 writable bytes, the size an eventfd read needs.
-                    let n = unsafe { libc::read(eventfd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                    let n = unsafe {
+                        libc::read(eventfd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+                    };
                     if n == 8 {
                         return Ok(u64::from_ne_bytes(buf));
                     }
@@ -197,7 +221,11 @@ fn drain(fd: RawFd) -> Result<(), OomError> {
 /// poll(2) for readability; `Ok(false)` on timeout.
 fn poll_readable(fd: RawFd, timeout: Option<Duration>) -> Result<bool, OomError> {
     let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
-    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     loop {
         // SAFETY: pfd is one valid pollfd.
         let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -230,33 +258,52 @@ mod tests {
         let events = dir.path().join("memory.events");
         std::fs::write(&events, "low 0\nhigh 0\nmax 0\noom 1\noom_kill 1\n").expect("seed");
         let mut watcher = OomWatcher::v2(dir.path()).expect("watch");
-        assert_eq!(watcher.wait(Some(Duration::from_millis(20))).expect("wait"), 0);
+        assert_eq!(
+            watcher.wait(Some(Duration::from_millis(20))).expect("wait"),
+            0
+        );
         std::fs::write(&events, "low 0\nhigh 0\nmax 3\noom 3\noom_kill 2\n").expect("bump");
         assert_eq!(watcher.wait(Some(Duration::from_secs(5))).expect("wait"), 2);
         assert_eq!(watcher.wait(Some(Duration::ZERO)).expect("wait"), 0);
         // Malformed content reads as zero events, never a panic.
         std::fs::write(&events, "oom x\n").expect("garble");
-        assert_eq!(watcher.wait(Some(Duration::from_millis(20))).expect("wait"), 0);
+        assert_eq!(
+            watcher.wait(Some(Duration::from_millis(20))).expect("wait"),
+            0
+        );
     }
 
     #[test]
     fn v2_missing_file_is_typed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert!(matches!(OomWatcher::v2(dir.path()), Err(OomError::Open { .. })));
-        assert!(matches!(OomWatcher::v1(dir.path()), Err(OomError::Open { .. })));
+        assert!(matches!(
+            OomWatcher::v2(dir.path()),
+            Err(OomError::Open { .. })
+        ));
+        assert!(matches!(
+            OomWatcher::v1(dir.path()),
+            Err(OomError::Open { .. })
+        ));
     }
 
     #[test]
     fn v1_registration_line_names_both_fds() {
         // On a fake tree cgroup.event_control is a plain file: the registration line lands in it.
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\n").expect("seed");
+        std::fs::write(
+            dir.path().join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\n",
+        )
+        .expect("seed");
         std::fs::write(dir.path().join("cgroup.event_control"), "").expect("seed");
         let mut watcher = OomWatcher::v1(dir.path()).expect("registered");
         let line = std::fs::read_to_string(dir.path().join("cgroup.event_control")).expect("read");
         let fds: Vec<i32> = line.split(' ').filter_map(|f| f.parse().ok()).collect();
         assert_eq!(fds.len(), 2);
         assert_eq!(fds[0], watcher.as_raw_fd());
-        assert_eq!(watcher.wait(Some(Duration::from_millis(10))).expect("wait"), 0);
+        assert_eq!(
+            watcher.wait(Some(Duration::from_millis(10))).expect("wait"),
+            0
+        );
     }
 }

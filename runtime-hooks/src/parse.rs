@@ -51,7 +51,11 @@ impl std::hash::Hasher for Fnv {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
         for b in bytes {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x0100_0000_01b3);
@@ -77,12 +81,18 @@ pub(crate) struct Files {
 impl Files {
     /// No caching: each read opens the file.
     pub(crate) fn uncached() -> Self {
-        Self { cache: None, buf: Vec::new() }
+        Self {
+            cache: None,
+            buf: Vec::new(),
+        }
     }
 
     /// Keep descriptors open between reads.
     pub(crate) fn cached() -> Self {
-        Self { cache: Some(FnvMap::default()), buf: vec![0; 8192] }
+        Self {
+            cache: Some(FnvMap::default()),
+            buf: vec![0; 8192],
+        }
     }
 
     /// The file's content, `None` when missing, unreadable or not UTF-8.
@@ -107,7 +117,9 @@ impl Files {
             cache.remove(path);
             return None;
         };
-        std::str::from_utf8(&self.buf[..len]).ok().map(str::to_owned)
+        std::str::from_utf8(&self.buf[..len])
+            .ok()
+            .map(str::to_owned)
     }
 
     /// A single-number file.
@@ -312,7 +324,10 @@ mod tests {
         assert_eq!(keyed_u64(text, "bad"), None);
         assert_eq!(keyed_u64(text, "missing"), None);
         assert_eq!(keyed_u64("", "x"), None);
-        assert_eq!(keyed_many(text, ["throttled_time", "nr_periods", "x", "bad"]), [Some(u64::MAX), Some(5), None, None]);
+        assert_eq!(
+            keyed_many(text, ["throttled_time", "nr_periods", "x", "bad"]),
+            [Some(u64::MAX), Some(5), None, None]
+        );
     }
 
     #[test]
@@ -331,7 +346,10 @@ mod tests {
         assert_eq!(pressure("so"), None);
         assert_eq!(pressure("some avg10=x avg60=0 avg300=0 total=1"), None);
         assert_eq!(pressure("some avg10=NaN avg60=0 avg300=0 total=1"), None);
-        assert_eq!(pressure("some avg10=0 avg60=0 avg300=0 total=99999999999999999999999"), None);
+        assert_eq!(
+            pressure("some avg10=0 avg60=0 avg300=0 total=99999999999999999999999"),
+            None
+        );
     }
 
     #[test]
@@ -340,9 +358,17 @@ mod tests {
         let t = net_dev(text).expect("two interfaces");
         assert_eq!(
             t,
-            NetDevTotals { rx_bytes: 1001, rx_packets: 11, tx_bytes: 501, tx_packets: 6 }
+            NetDevTotals {
+                rx_bytes: 1001,
+                rx_packets: 11,
+                tx_bytes: 501,
+                tx_packets: 6
+            }
         );
         assert_eq!(net_dev(""), None);
-        assert_eq!(net_dev("a\nb\n  lo: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n"), None);
+        assert_eq!(
+            net_dev("a\nb\n  lo: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n"),
+            None
+        );
     }
 }

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::discovery::{Hierarchy, HostRoots};
-use crate::{ActuateError, CgroupDirs, CgroupVersion, ContainerCgroup, CpuLimit, MemoryLimitPolicy, Sample};
+use crate::{
+    ActuateError, CgroupDirs, CgroupVersion, ContainerCgroup, CpuLimit, MemoryLimitPolicy, Sample,
+};
 
 fn require_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -51,7 +53,11 @@ impl TestCgroup {
             Hierarchy::Unified(u) => mounts.push(u.mount_point.clone()),
             Hierarchy::Legacy(v1) | Hierarchy::Hybrid { v1, .. } => {
                 for m in v1 {
-                    if m.root == "/" && m.controllers.iter().any(|c| crate::v1::CONTROLLERS.contains(&c.as_str())) {
+                    if m.root == "/"
+                        && m.controllers
+                            .iter()
+                            .any(|c| crate::v1::CONTROLLERS.contains(&c.as_str()))
+                    {
                         mounts.push(m.mount_point.clone());
                     }
                 }
@@ -60,7 +66,11 @@ impl TestCgroup {
                 }
             }
         }
-        let mut guard = Self { path: path.clone(), dirs: Vec::new(), children: Vec::new() };
+        let mut guard = Self {
+            path: path.clone(),
+            dirs: Vec::new(),
+            children: Vec::new(),
+        };
         for m in mounts {
             let dir = m.join(path.trim_start_matches('/'));
             std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
@@ -70,7 +80,8 @@ impl TestCgroup {
     }
 
     fn cgroup(&self) -> ContainerCgroup {
-        ContainerCgroup::discover(&HostRoots::default(), &self.path).expect("discover our test cgroup")
+        ContainerCgroup::discover(&HostRoots::default(), &self.path)
+            .expect("discover our test cgroup")
     }
 
     /// Starts `sh -c script` inside the cgroup (it moves itself in before exec).
@@ -78,10 +89,16 @@ impl TestCgroup {
         let procs: Vec<CString> = self
             .dirs
             .iter()
-            .map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_encoded_bytes()).expect("no NUL in path"))
+            .map(|d| {
+                CString::new(d.join("cgroup.procs").as_os_str().as_encoded_bytes())
+                    .expect("no NUL in path")
+            })
             .collect();
         let mut cmd = Command::new("sh");
-        cmd.arg("-c").arg(script).stdin(Stdio::null()).stdout(Stdio::null());
+        cmd.arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
         // SAFETY: the closure only calls async-signal-safe open/write/close on pre-built C strings.
         unsafe {
             cmd.pre_exec(move || {
@@ -132,7 +149,10 @@ impl TestCgroup {
         for _ in 0..50 {
             let mut any = false;
             for dir in &self.dirs {
-                for pid in std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
+                for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                {
                     if let Ok(pid) = pid.trim().parse::<i32>() {
                         any = true;
                         // SAFETY: kill has no memory preconditions; the pid is in our own test cgroup.
@@ -171,7 +191,10 @@ fn cpu_ns(s: &Sample) -> u64 {
 
 fn cores(before: &Sample, after: &Sample) -> f64 {
     let used = cpu_ns(after).saturating_sub(cpu_ns(before)) as f64;
-    let wall = after.monotonic_ns.saturating_sub(before.monotonic_ns).max(1) as f64;
+    let wall = after
+        .monotonic_ns
+        .saturating_sub(before.monotonic_ns)
+        .max(1) as f64;
     used / wall
 }
 
@@ -188,35 +211,63 @@ fn cpu_usage_rises_then_throttles_after_quota_cut() {
     let s0 = sm.sample();
     std::thread::sleep(Duration::from_millis(800));
     let s1 = sm.sample();
-    assert!(cpu_ns(&s1) > cpu_ns(&s0) + 50_000_000, "hog uses CPU: {:?} -> {:?}", s0.cpu, s1.cpu);
+    assert!(
+        cpu_ns(&s1) > cpu_ns(&s0) + 50_000_000,
+        "hog uses CPU: {:?} -> {:?}",
+        s0.cpu,
+        s1.cpu
+    );
 
     // Below the kernel's 1 ms floor: a typed EINVAL naming the file and the value.
     let err = cg
-        .set_cpu_limit(&CpuLimit { quota_us: Some(500), period_us: 100_000, burst_us: None })
+        .set_cpu_limit(&CpuLimit {
+            quota_us: Some(500),
+            period_us: 100_000,
+            burst_us: None,
+        })
         .expect_err("quota below 1ms");
     match &err {
         ActuateError::Invalid { path, value, .. } => {
-            assert!(path.ends_with("cpu.cfs_quota_us") || path.ends_with("cpu.max"), "{err}");
+            assert!(
+                path.ends_with("cpu.cfs_quota_us") || path.ends_with("cpu.max"),
+                "{err}"
+            );
             assert!(value.contains("500"), "{err}");
         }
         other => panic!("expected EINVAL, got {other}"),
     }
 
-    cg.set_cpu_limit(&CpuLimit { quota_us: Some(5_000), period_us: 100_000, burst_us: None })
-        .expect("cut quota to 5% of a core");
+    cg.set_cpu_limit(&CpuLimit {
+        quota_us: Some(5_000),
+        period_us: 100_000,
+        burst_us: None,
+    })
+    .expect("cut quota to 5% of a core");
     let s2 = sm.sample();
     std::thread::sleep(Duration::from_millis(1500));
     let s3 = sm.sample();
     let throttled = |s: &Sample| s.cpu.nr_throttled.expect("nr_throttled");
-    assert!(throttled(&s3) > throttled(&s2), "throttling rises: {:?} -> {:?}", s2.cpu, s3.cpu);
-    assert!(s3.cpu.throttled_ns > s2.cpu.throttled_ns, "throttled time rises");
+    assert!(
+        throttled(&s3) > throttled(&s2),
+        "throttling rises: {:?} -> {:?}",
+        s2.cpu,
+        s3.cpu
+    );
+    assert!(
+        s3.cpu.throttled_ns > s2.cpu.throttled_ns,
+        "throttled time rises"
+    );
     assert!(s3.cpu.nr_periods > s2.cpu.nr_periods);
     let after = cores(&s2, &s3);
-    assert!(after < 0.25, "quota of 0.05 cores caps usage, measured {after:.3} cores");
+    assert!(
+        after < 0.25,
+        "quota of 0.05 cores caps usage, measured {after:.3} cores"
+    );
     if matches!(cg.version(), CgroupVersion::Hybrid | CgroupVersion::V2) {
         assert!(s3.pressure.cpu.is_some(), "cgroup2 pressure files are read");
     }
-    cg.set_cpu_limit(&CpuLimit::unlimited()).expect("lift quota");
+    cg.set_cpu_limit(&CpuLimit::unlimited())
+        .expect("lift quota");
 }
 
 #[test]
@@ -240,23 +291,42 @@ fn memory_usage_and_working_set_track_an_allocating_process() {
         if s.memory.usage_bytes.unwrap_or(0) >= base_usage + 60 * MB {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "usage never grew: {:?}", s.memory);
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "usage never grew: {:?}",
+            s.memory
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     // Let the pipeline finish so only the shell's string remains.
     std::thread::sleep(Duration::from_millis(300));
     let grown = {
         let s = sm.sample();
-        if s.memory.usage_bytes >= Some(base_usage + 60 * MB) { s } else { grown }
+        if s.memory.usage_bytes >= Some(base_usage + 60 * MB) {
+            s
+        } else {
+            grown
+        }
     };
     let m = grown.memory;
-    assert!(m.working_set_bytes.expect("ws") >= base_ws + 50 * MB, "working set tracks: {m:?}");
-    assert!(m.rss_bytes.expect("rss") >= 50 * MB, "anonymous memory counted: {m:?}");
-    assert!(m.peak_bytes.expect("peak") >= m.usage_bytes.expect("usage"), "{m:?}");
+    assert!(
+        m.working_set_bytes.expect("ws") >= base_ws + 50 * MB,
+        "working set tracks: {m:?}"
+    );
+    assert!(
+        m.rss_bytes.expect("rss") >= 50 * MB,
+        "anonymous memory counted: {m:?}"
+    );
+    assert!(
+        m.peak_bytes.expect("peak") >= m.usage_bytes.expect("usage"),
+        "{m:?}"
+    );
     let usage = m.usage_bytes.expect("usage");
 
     // Refused by default below usage, with the reason; the limit is untouched.
-    let err = cg.set_memory_limit(Some(usage / 2), MemoryLimitPolicy::default()).expect_err("below usage");
+    let err = cg
+        .set_memory_limit(Some(usage / 2), MemoryLimitPolicy::default())
+        .expect_err("below usage");
     assert!(matches!(err, ActuateError::BelowUsage { .. }), "{err}");
     assert_eq!(sm.sample().memory.limit_bytes, None);
     if cg.version() != CgroupVersion::V2 && !has_swap() {
@@ -266,11 +336,17 @@ fn memory_usage_and_working_set_track_an_allocating_process() {
             .expect_err("unreclaimable");
         assert!(matches!(err, ActuateError::Busy { .. }), "{err}");
     }
-    cg.set_memory_limit(Some(usage + 256 * MB + 123), MemoryLimitPolicy::default()).expect("limit above usage");
+    cg.set_memory_limit(Some(usage + 256 * MB + 123), MemoryLimitPolicy::default())
+        .expect("limit above usage");
     let limit = sm.sample().memory.limit_bytes.expect("limit set");
-    assert!(limit <= usage + 256 * MB + 123 && limit + 4096 > usage + 256 * MB, "rounded to a page: {limit}");
-    cg.set_memory_high(Some(usage + 128 * MB)).expect("soft limit / memory.high");
-    cg.set_memory_limit(None, MemoryLimitPolicy::default()).expect("unlimited again");
+    assert!(
+        limit <= usage + 256 * MB + 123 && limit + 4096 > usage + 256 * MB,
+        "rounded to a page: {limit}"
+    );
+    cg.set_memory_high(Some(usage + 128 * MB))
+        .expect("soft limit / memory.high");
+    cg.set_memory_limit(None, MemoryLimitPolicy::default())
+        .expect("unlimited again");
     assert_eq!(sm.sample().memory.limit_bytes, None);
 
     tc.kill_all();
@@ -278,16 +354,25 @@ fn memory_usage_and_working_set_track_an_allocating_process() {
     loop {
         let s = sm.sample();
         if s.memory.usage_bytes.unwrap_or(u64::MAX) + 40 * MB <= usage {
-            assert!(s.memory.working_set_bytes.expect("ws") + 40 * MB <= m.working_set_bytes.expect("ws"));
+            assert!(
+                s.memory.working_set_bytes.expect("ws") + 40 * MB
+                    <= m.working_set_bytes.expect("ws")
+            );
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(15), "usage never fell: {:?}", s.memory);
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "usage never fell: {:?}",
+            s.memory
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 fn has_swap() -> bool {
-    std::fs::read_to_string("/proc/swaps").map(|s| s.lines().count() > 1).unwrap_or(true)
+    std::fs::read_to_string("/proc/swaps")
+        .map(|s| s.lines().count() > 1)
+        .unwrap_or(true)
 }
 
 #[test]
@@ -306,13 +391,22 @@ fn freeze_stops_the_cpu_clock_and_thaw_restarts_it() {
     assert_eq!(f1.frozen, Some(true));
     std::thread::sleep(Duration::from_millis(600));
     let f2 = sm.sample();
-    assert!(cpu_ns(&f2) - cpu_ns(&f1) < 5_000_000, "frozen cgroup used {} ns", cpu_ns(&f2) - cpu_ns(&f1));
+    assert!(
+        cpu_ns(&f2) - cpu_ns(&f1) < 5_000_000,
+        "frozen cgroup used {} ns",
+        cpu_ns(&f2) - cpu_ns(&f1)
+    );
     cg.thaw().expect("thaw");
     let t1 = sm.sample();
     assert_eq!(t1.frozen, Some(false));
     std::thread::sleep(Duration::from_millis(600));
     let t2 = sm.sample();
-    assert!(cpu_ns(&t2) > cpu_ns(&t1) + 20_000_000, "thawed cgroup runs again: {:?} -> {:?}", t1.cpu, t2.cpu);
+    assert!(
+        cpu_ns(&t2) > cpu_ns(&t1) + 20_000_000,
+        "thawed cgroup runs again: {:?} -> {:?}",
+        t1.cpu,
+        t2.cpu
+    );
 }
 
 #[test]
@@ -334,20 +428,32 @@ fn pids_weights_and_burst_apply_with_readback() {
         Ok(()) | Err(ActuateError::Unsupported { .. }) => {}
         Err(e) => panic!("io weight: {e}"),
     }
-    match cg.set_cpu_limit(&CpuLimit { quota_us: Some(50_000), period_us: 100_000, burst_us: Some(20_000) }) {
+    match cg.set_cpu_limit(&CpuLimit {
+        quota_us: Some(50_000),
+        period_us: 100_000,
+        burst_us: Some(20_000),
+    }) {
         Ok(()) | Err(ActuateError::Unsupported { .. }) => {}
         Err(e) => panic!("cpu burst: {e}"),
     }
     // A lower quota than the current burst: the burst is cleared first, so this is accepted.
-    match cg.set_cpu_limit(&CpuLimit { quota_us: Some(10_000), period_us: 100_000, burst_us: Some(5_000) }) {
+    match cg.set_cpu_limit(&CpuLimit {
+        quota_us: Some(10_000),
+        period_us: 100_000,
+        burst_us: Some(5_000),
+    }) {
         Ok(()) | Err(ActuateError::Unsupported { .. }) => {}
         Err(e) => panic!("cpu burst lowered: {e}"),
     }
     // Discovery from the pid finds the same directories as from the path.
-    let by_pid = ContainerCgroup::from_pid(&HostRoots::default(), i32::try_from(pid).expect("pid fits"))
-        .expect("from pid");
+    let by_pid =
+        ContainerCgroup::from_pid(&HostRoots::default(), i32::try_from(pid).expect("pid fits"))
+            .expect("from pid");
     assert_eq!(by_pid.dirs(), cg.dirs());
-    assert!(by_pid.sample().net.is_some(), "net counters from /proc/<pid>/net/dev");
+    assert!(
+        by_pid.sample().net.is_some(),
+        "net counters from /proc/<pid>/net/dev"
+    );
 }
 
 #[test]
@@ -359,11 +465,15 @@ fn oom_watcher_fires_with_the_oom_killer_disabled() {
     let cg = tc.cgroup();
     if let CgroupDirs::V2(_) = cg.dirs() {
         // v2 cannot disable the OOM killer; the watcher counts oom events instead.
-        assert!(matches!(cg.set_oom_kill_disabled(true), Err(ActuateError::Unsupported { .. })));
+        assert!(matches!(
+            cg.set_oom_kill_disabled(true),
+            Err(ActuateError::Unsupported { .. })
+        ));
         return;
     }
     const MB: u64 = 1 << 20;
-    cg.set_memory_limit(Some(32 * MB), MemoryLimitPolicy::default()).expect("limit");
+    cg.set_memory_limit(Some(32 * MB), MemoryLimitPolicy::default())
+        .expect("limit");
     cg.set_oom_kill_disabled(true).expect("disable OOM killer");
     let mut watcher = cg.oom_watcher().expect("watcher");
     assert_eq!(watcher.wait(Some(Duration::ZERO)).expect("poll"), 0);
@@ -371,16 +481,26 @@ fn oom_watcher_fires_with_the_oom_killer_disabled() {
     let events = watcher.wait(Some(Duration::from_secs(20))).expect("wait");
     assert!(events >= 1, "an OOM event arrives");
     let s = cg.sample();
-    assert_eq!(s.memory.under_oom, Some(true), "tasks wait instead of dying: {:?}", s.memory);
+    assert_eq!(
+        s.memory.under_oom,
+        Some(true),
+        "tasks wait instead of dying: {:?}",
+        s.memory
+    );
     assert_eq!(s.memory.oom_kills, Some(0));
     // Lending memory lets the tasks go on: raise the limit and the OOM clears.
-    cg.set_memory_limit(Some(512 * MB), MemoryLimitPolicy::default()).expect("lend memory");
+    cg.set_memory_limit(Some(512 * MB), MemoryLimitPolicy::default())
+        .expect("lend memory");
     let start = Instant::now();
     while cg.sample().memory.under_oom == Some(true) {
-        assert!(start.elapsed() < Duration::from_secs(10), "OOM never cleared");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "OOM never cleared"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    cg.set_oom_kill_disabled(false).expect("re-enable OOM killer");
+    cg.set_oom_kill_disabled(false)
+        .expect("re-enable OOM killer");
 }
 
 /// Two network namespaces joined by a veth pair, deleted on drop.
@@ -391,18 +511,48 @@ struct NetnsPair {
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl NetnsPair {
     fn new() -> Self {
-        let id = format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let pair = Self { a: format!("predictive-test-{id}-a"), b: format!("predictive-test-{id}-b") };
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let pair = Self {
+            a: format!("predictive-test-{id}-a"),
+            b: format!("predictive-test-{id}-b"),
+        };
         ip(&["netns", "add", &pair.a]);
         ip(&["netns", "add", &pair.b]);
-        ip(&["-n", &pair.a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", &pair.b]);
-        ip(&["-n", &pair.a, "addr", "add", "10.213.77.1/30", "dev", "veth0"]);
-        ip(&["-n", &pair.b, "addr", "add", "10.213.77.2/30", "dev", "veth1"]);
+        ip(&[
+            "-n", &pair.a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+            "netns", &pair.b,
+        ]);
+        ip(&[
+            "-n",
+            &pair.a,
+            "addr",
+            "add",
+            "10.213.77.1/30",
+            "dev",
+            "veth0",
+        ]);
+        ip(&[
+            "-n",
+            &pair.b,
+            "addr",
+            "add",
+            "10.213.77.2/30",
+            "dev",
+            "veth1",
+        ]);
         for (ns, dev) in [(&pair.a, "veth0"), (&pair.b, "veth1")] {
             ip(&["-n", ns, "link", "set", dev, "up"]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
@@ -438,9 +588,11 @@ fn throughput(from: &Path, to: &Path, window: Duration) -> f64 {
     let server = std::thread::spawn(move || {
         enter(&to);
         let listener = std::net::TcpListener::bind("10.213.77.2:0").expect("bind");
-        tx.send(listener.local_addr().expect("addr")).expect("send addr");
+        tx.send(listener.local_addr().expect("addr"))
+            .expect("send addr");
         let (mut conn, _) = listener.accept().expect("accept");
-        conn.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        conn.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
         let mut buf = vec![0u8; 256 * 1024];
         let mut total = 0u64;
         let start = Instant::now();
@@ -448,7 +600,11 @@ fn throughput(from: &Path, to: &Path, window: Duration) -> f64 {
             match conn.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => total += n as u64,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => panic!("read: {e}"),
             }
         }
@@ -457,16 +613,24 @@ fn throughput(from: &Path, to: &Path, window: Duration) -> f64 {
     let from = from.to_owned();
     let client = std::thread::spawn(move || {
         enter(&from);
-        let addr = rx.recv_timeout(Duration::from_secs(10)).expect("server address");
-        let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-        conn.set_write_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        let addr = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("server address");
+        let mut conn =
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        conn.set_write_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
         let chunk = vec![7u8; 64 * 1024];
         let start = Instant::now();
         // The server stops reading after the window and closes; stop at the first error or a bound.
         while start.elapsed() < window + Duration::from_secs(3) {
             match conn.write(&chunk) {
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(_) => break,
             }
         }
@@ -491,19 +655,43 @@ fn tc_egress_limit_caps_throughput_between_namespaces() {
     let ns = Netns::Path(a.clone());
     let changed = net::set_egress_limit(&ns, None, &EgressLimit::new(rate)).expect("set tbf");
     assert_eq!(changed, vec!["veth0".to_owned()]);
-    let q = net::root_qdisc(&ns, "veth0").expect("read back").expect("a root qdisc");
+    let q = net::root_qdisc(&ns, "veth0")
+        .expect("read back")
+        .expect("a root qdisc");
     assert_eq!((q.kind.as_str(), q.rate_bytes_per_sec), ("tbf", Some(rate)));
     let capped = throughput(&a, &b, window);
-    assert!(capped < 3.0 * rate as f64, "capped at {capped:.0} B/s for a {rate} B/s limit");
-    assert!(free > 10.0 * capped, "unlimited {free:.0} B/s vs capped {capped:.0} B/s");
+    assert!(
+        capped < 3.0 * rate as f64,
+        "capped at {capped:.0} B/s for a {rate} B/s limit"
+    );
+    assert!(
+        free > 10.0 * capped,
+        "unlimited {free:.0} B/s vs capped {capped:.0} B/s"
+    );
     println!("egress: unlimited {free:.0} B/s, limited to {rate} B/s -> {capped:.0} B/s");
 
     // Changing the rate replaces the qdisc in place.
     net::set_egress_limit(&ns, Some("veth0"), &EgressLimit::new(4 * rate)).expect("raise");
-    assert_eq!(net::root_qdisc(&ns, "veth0").expect("read").and_then(|q| q.rate_bytes_per_sec), Some(4 * rate));
-    assert_eq!(net::clear_egress_limit(&ns, None).expect("clear"), vec!["veth0".to_owned()]);
-    assert!(net::root_qdisc(&ns, "veth0").expect("read").is_none_or(|q| q.kind != "tbf"));
-    assert!(net::clear_egress_limit(&ns, None).expect("clear again").is_empty());
+    assert_eq!(
+        net::root_qdisc(&ns, "veth0")
+            .expect("read")
+            .and_then(|q| q.rate_bytes_per_sec),
+        Some(4 * rate)
+    );
+    assert_eq!(
+        net::clear_egress_limit(&ns, None).expect("clear"),
+        vec!["veth0".to_owned()]
+    );
+    assert!(
+        net::root_qdisc(&ns, "veth0")
+            .expect("read")
+            .is_none_or(|q| q.kind != "tbf")
+    );
+    assert!(
+        net::clear_egress_limit(&ns, None)
+            .expect("clear again")
+            .is_empty()
+    );
     assert!(matches!(
         net::set_egress_limit(&ns, Some("nope0"), &EgressLimit::new(rate)),
         Err(net::NetError::NoInterface { .. })

@@ -30,21 +30,34 @@ impl FakeHost {
     pub(crate) fn new(layout: Layout) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = dir.path().to_owned();
-        let host = Self { _dir: dir, base, layout };
+        let host = Self {
+            _dir: dir,
+            base,
+            layout,
+        };
         let mut mountinfo = String::new();
         match layout {
             Layout::V2 => {
-                mountinfo.push_str("25 20 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n");
-                write(&host.root().join("cgroup.controllers"), "cpu io memory pids\n");
+                mountinfo
+                    .push_str("25 20 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n");
+                write(
+                    &host.root().join("cgroup.controllers"),
+                    "cpu io memory pids\n",
+                );
             }
             Layout::V1 | Layout::Hybrid => {
                 mountinfo.push_str("31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755\n");
                 for (i, c) in crate::v1::CONTROLLERS.iter().enumerate() {
-                    mountinfo.push_str(&format!("{} 31 0:{} / /sys/fs/cgroup/{c} rw - cgroup cgroup rw,{c}\n", 32 + i, 29 + i));
+                    mountinfo.push_str(&format!(
+                        "{} 31 0:{} / /sys/fs/cgroup/{c} rw - cgroup cgroup rw,{c}\n",
+                        32 + i,
+                        29 + i
+                    ));
                     write(&host.root().join(c).join("cgroup.procs"), "");
                 }
                 if layout == Layout::Hybrid {
-                    mountinfo.push_str("41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n");
+                    mountinfo
+                        .push_str("41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n");
                     write(&host.root().join("unified/cgroup.controllers"), "");
                 }
             }
@@ -60,7 +73,11 @@ impl FakeHost {
     }
 
     pub(crate) fn roots(&self) -> HostRoots {
-        HostRoots { cgroup: self.root(), proc: self.base.join("proc"), mountinfo: self.base.join("mountinfo") }
+        HostRoots {
+            cgroup: self.root(),
+            proc: self.base.join("proc"),
+            mountinfo: self.base.join("mountinfo"),
+        }
     }
 
     pub(crate) fn proc_file(&self, rel: &str, content: &str) {
@@ -93,7 +110,11 @@ impl FakeHost {
         match self.layout {
             Layout::V2 => {
                 f("", "cgroup.procs", "");
-                f("", "cpu.stat", "usage_usec 2000\nuser_usec 1500\nsystem_usec 500\nnr_periods 10\nnr_throttled 4\nthrottled_usec 300\nnr_bursts 0\nburst_usec 0\n");
+                f(
+                    "",
+                    "cpu.stat",
+                    "usage_usec 2000\nuser_usec 1500\nsystem_usec 500\nnr_periods 10\nnr_throttled 4\nthrottled_usec 300\nnr_bursts 0\nburst_usec 0\n",
+                );
                 f("", "cpu.max", "max 100000\n");
                 f("", "cpu.max.burst", "0\n");
                 f("", "cpu.weight", "100\n");
@@ -101,9 +122,21 @@ impl FakeHost {
                 f("", "memory.peak", "209715200\n");
                 f("", "memory.max", "max\n");
                 f("", "memory.high", "max\n");
-                f("", "memory.stat", "anon 62914560\nfile 41943040\nkernel 1000\nactive_file 20971520\ninactive_file 10485760\n");
-                f("", "memory.events", "low 0\nhigh 2\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n");
-                f("", "io.stat", "8:0 rbytes=1000 wbytes=2000 rios=10 wios=20 dbytes=0 dios=0\n8:16 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0\n");
+                f(
+                    "",
+                    "memory.stat",
+                    "anon 62914560\nfile 41943040\nkernel 1000\nactive_file 20971520\ninactive_file 10485760\n",
+                );
+                f(
+                    "",
+                    "memory.events",
+                    "low 0\nhigh 2\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n",
+                );
+                f(
+                    "",
+                    "io.stat",
+                    "8:0 rbytes=1000 wbytes=2000 rios=10 wios=20 dbytes=0 dios=0\n8:16 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0\n",
+                );
                 f("", "io.weight", "default 100\n");
                 f("", "pids.current", "3\n");
                 f("", "pids.max", "max\n");
@@ -117,7 +150,11 @@ impl FakeHost {
                 for c in crate::v1::CONTROLLERS {
                     f(c, "cgroup.procs", "");
                 }
-                f("cpu", "cpu.stat", "nr_periods 10\nnr_throttled 4\nthrottled_time 300000\nnr_bursts 0\nburst_time 0\n");
+                f(
+                    "cpu",
+                    "cpu.stat",
+                    "nr_periods 10\nnr_throttled 4\nthrottled_time 300000\nnr_bursts 0\nburst_time 0\n",
+                );
                 f("cpu", "cpu.cfs_period_us", "100000\n");
                 f("cpu", "cpu.cfs_quota_us", "-1\n");
                 f("cpu", "cpu.cfs_burst_us", "0\n");
@@ -125,15 +162,43 @@ impl FakeHost {
                 f("cpuacct", "cpuacct.usage", "2000000\n");
                 f("memory", "memory.usage_in_bytes", "104857600\n");
                 f("memory", "memory.max_usage_in_bytes", "209715200\n");
-                f("memory", "memory.limit_in_bytes", &format!("{V1_UNLIMITED}\n"));
-                f("memory", "memory.memsw.limit_in_bytes", &format!("{V1_UNLIMITED}\n"));
-                f("memory", "memory.soft_limit_in_bytes", &format!("{V1_UNLIMITED}\n"));
+                f(
+                    "memory",
+                    "memory.limit_in_bytes",
+                    &format!("{V1_UNLIMITED}\n"),
+                );
+                f(
+                    "memory",
+                    "memory.memsw.limit_in_bytes",
+                    &format!("{V1_UNLIMITED}\n"),
+                );
+                f(
+                    "memory",
+                    "memory.soft_limit_in_bytes",
+                    &format!("{V1_UNLIMITED}\n"),
+                );
                 f("memory", "memory.failcnt", "5\n");
-                f("memory", "memory.stat", "cache 1\nrss 2\ninactive_file 3\ntotal_cache 41943040\ntotal_rss 62914560\ntotal_inactive_file 10485760\n");
-                f("memory", "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n");
+                f(
+                    "memory",
+                    "memory.stat",
+                    "cache 1\nrss 2\ninactive_file 3\ntotal_cache 41943040\ntotal_rss 62914560\ntotal_inactive_file 10485760\n",
+                );
+                f(
+                    "memory",
+                    "memory.oom_control",
+                    "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+                );
                 f("memory", "cgroup.event_control", "");
-                f("blkio", "blkio.throttle.io_service_bytes_recursive", "8:0 Read 1000\n8:0 Write 2000\n8:0 Sync 3000\n8:0 Async 0\n8:0 Discard 0\n8:0 Total 3000\n8:16 Read 1\n8:16 Write 2\nTotal 3003\n");
-                f("blkio", "blkio.throttle.io_serviced_recursive", "8:0 Read 10\n8:0 Write 20\n8:16 Read 3\n8:16 Write 4\nTotal 37\n");
+                f(
+                    "blkio",
+                    "blkio.throttle.io_service_bytes_recursive",
+                    "8:0 Read 1000\n8:0 Write 2000\n8:0 Sync 3000\n8:0 Async 0\n8:0 Discard 0\n8:0 Total 3000\n8:16 Read 1\n8:16 Write 2\nTotal 3003\n",
+                );
+                f(
+                    "blkio",
+                    "blkio.throttle.io_serviced_recursive",
+                    "8:0 Read 10\n8:0 Write 20\n8:16 Read 3\n8:16 Write 4\nTotal 37\n",
+                );
                 f("blkio", "blkio.bfq.weight", "100\n");
                 f("pids", "pids.current", "3\n");
                 f("pids", "pids.max", "max\n");

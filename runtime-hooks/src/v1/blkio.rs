@@ -8,8 +8,8 @@ use std::path::Path;
 
 use crate::actuate::{self, ActuateError};
 use crate::cgroup::{Controller, Sample};
-use crate::parse::Files;
 use crate::parse;
+use crate::parse::Files;
 
 pub(crate) struct Blkio;
 
@@ -36,9 +36,11 @@ pub(crate) fn read_write_totals(text: &str) -> Option<(u64, u64)> {
 }
 
 fn first_present(files: &mut Files, dir: &Path, names: &[&str]) -> Option<(u64, u64)> {
-    names
-        .iter()
-        .find_map(|name| files.read(&dir.join(name)).and_then(|t| read_write_totals(&t)))
+    names.iter().find_map(|name| {
+        files
+            .read(&dir.join(name))
+            .and_then(|t| read_write_totals(&t))
+    })
 }
 
 impl Controller for Blkio {
@@ -78,7 +80,10 @@ impl Blkio {
             .iter()
             .map(|n| dir.join(n))
             .find(|f| f.is_file())
-            .ok_or(ActuateError::Unsupported { what: "io weight without CFQ or BFQ", version: "v1" })?;
+            .ok_or(ActuateError::Unsupported {
+                what: "io weight without CFQ or BFQ",
+                version: "v1",
+            })?;
         let want = u64::from(weight);
         // BFQ may print "default N" (and per-device lines); CFQ prints N.
         actuate::write_verified(&file, &weight.to_string(), |back| {

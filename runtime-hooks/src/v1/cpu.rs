@@ -5,8 +5,8 @@ use std::path::Path;
 
 use crate::actuate::{self, ActuateError, CpuLimit};
 use crate::cgroup::{Controller, Sample};
-use crate::parse::Files;
 use crate::parse;
+use crate::parse::Files;
 
 pub(crate) struct Cpu;
 
@@ -26,7 +26,10 @@ impl Cpu {
         let burst_file = dir.join("cpu.cfs_burst_us");
         if let Some(burst) = limit.burst_us {
             if !burst_file.is_file() {
-                return Err(ActuateError::Unsupported { what: "cpu burst (cpu.cfs_burst_us)", version: "v1" });
+                return Err(ActuateError::Unsupported {
+                    what: "cpu burst (cpu.cfs_burst_us)",
+                    version: "v1",
+                });
             }
             // The kernel refuses a quota below the current burst: clear the burst first.
             let current = parse::u64_file(&burst_file).unwrap_or(0);

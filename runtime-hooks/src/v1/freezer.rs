@@ -14,11 +14,13 @@ pub(crate) struct Freezer;
 
 impl Controller for Freezer {
     fn sample(dir: &Path, files: &mut Files, sample: &mut Sample) {
-        sample.frozen = files.read(&dir.join("freezer.state")).and_then(|s| match s.trim() {
-            "FROZEN" => Some(true),
-            "THAWED" | "FREEZING" => Some(false),
-            _ => None,
-        });
+        sample.frozen = files
+            .read(&dir.join("freezer.state"))
+            .and_then(|s| match s.trim() {
+                "FROZEN" => Some(true),
+                "THAWED" | "FREEZING" => Some(false),
+                _ => None,
+            });
     }
 }
 

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use crate::actuate::{self, ActuateError, MemoryLimitPolicy};
 use crate::cgroup::{Controller, Sample};
-use crate::parse::Files;
 use crate::parse;
+use crate::parse::Files;
 
 pub(crate) struct Memory;
 
@@ -28,11 +28,21 @@ impl Controller for Memory {
             // total_* are hierarchical (include child cgroups); older kernels only have the local ones.
             let [total_rss, rss, total_cache, cache, total_inactive, inactive] = parse::keyed_many(
                 &stat,
-                ["total_rss", "rss", "total_cache", "cache", "total_inactive_file", "inactive_file"],
+                [
+                    "total_rss",
+                    "rss",
+                    "total_cache",
+                    "cache",
+                    "total_inactive_file",
+                    "inactive_file",
+                ],
             );
             m.rss_bytes = total_rss.or(rss);
             m.cache_bytes = total_cache.or(cache);
-            m.working_set_bytes = m.usage_bytes.zip(total_inactive.or(inactive)).map(|(u, i)| u.saturating_sub(i));
+            m.working_set_bytes = m
+                .usage_bytes
+                .zip(total_inactive.or(inactive))
+                .map(|(u, i)| u.saturating_sub(i));
         }
         if let Some(oom) = files.read(&dir.join("memory.oom_control")) {
             m.oom_kills = parse::keyed_u64(&oom, "oom_kill");
@@ -44,25 +54,39 @@ impl Controller for Memory {
 fn write_limit(file: &Path, value: Option<u64>) -> Result<(), ActuateError> {
     match value {
         Some(bytes) => actuate::write_verified(file, &bytes.to_string(), |back| {
-            back.parse::<u64>().is_ok_and(|b| actuate::memory_matches(bytes, b))
+            back.parse::<u64>()
+                .is_ok_and(|b| actuate::memory_matches(bytes, b))
         }),
-        None => actuate::write_verified(file, "-1", |back| back.parse::<u64>().is_ok_and(|b| b >= UNLIMITED_FLOOR)),
+        None => actuate::write_verified(file, "-1", |back| {
+            back.parse::<u64>().is_ok_and(|b| b >= UNLIMITED_FLOOR)
+        }),
     }
 }
 
 impl Memory {
-    pub(crate) fn set_limit(dir: &Path, value: Option<u64>, policy: MemoryLimitPolicy) -> Result<(), ActuateError> {
+    pub(crate) fn set_limit(
+        dir: &Path,
+        value: Option<u64>,
+        policy: MemoryLimitPolicy,
+    ) -> Result<(), ActuateError> {
         let file = dir.join("memory.limit_in_bytes");
         if let (Some(bytes), MemoryLimitPolicy::RefuseBelowUsage) = (value, policy) {
             let usage_file = dir.join("memory.usage_in_bytes");
             let usage = actuate::read(&usage_file)?;
-            let usage = usage.trim().parse::<u64>().map_err(|_| ActuateError::Mismatch {
-                path: usage_file.clone(),
-                value: "a byte count".to_owned(),
-                read: usage.trim().to_owned(),
-            })?;
+            let usage = usage
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| ActuateError::Mismatch {
+                    path: usage_file.clone(),
+                    value: "a byte count".to_owned(),
+                    read: usage.trim().to_owned(),
+                })?;
             if bytes < usage {
-                return Err(ActuateError::BelowUsage { path: file, limit: bytes, usage });
+                return Err(ActuateError::BelowUsage {
+                    path: file,
+                    limit: bytes,
+                    usage,
+                });
             }
         }
         // memory+swap must stay >= memory: raise it first when the new limit would exceed it.

@@ -1,4 +1,4 @@
-//! cgroup v1: one file per controller, each a unit struct implementing [`Controller`] over its directory.
+//! cgroup v1: one file per controller, each a unit struct implementing the crate-private `Controller` trait over its directory.
 //!
 //! On a hybrid host the container's cgroup2 directory (no controllers, but pressure files and a `cpu.stat`
 //! with `usage_usec`) is read too; its CPU usage is used only when `cpuacct` is absent.

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use crate::actuate::{self, ActuateError, CpuLimit};
 use crate::cgroup::{Controller, Sample};
-use crate::parse::Files;
 use crate::parse;
+use crate::parse::Files;
 
 pub(crate) struct Cpu;
 
@@ -35,7 +35,10 @@ impl Cpu {
         let burst_file = dir.join("cpu.max.burst");
         if let Some(burst) = limit.burst_us {
             if !burst_file.is_file() {
-                return Err(ActuateError::Unsupported { what: "cpu burst (cpu.max.burst)", version: "v2" });
+                return Err(ActuateError::Unsupported {
+                    what: "cpu burst (cpu.max.burst)",
+                    version: "v2",
+                });
             }
             // The kernel refuses a quota below the current burst: clear the burst first.
             let current = parse::u64_file(&burst_file).unwrap_or(0);
@@ -43,7 +46,9 @@ impl Cpu {
                 actuate::write_u64_exact(&burst_file, 0)?;
             }
         }
-        let quota = limit.quota_us.map_or_else(|| "max".to_owned(), |q| q.to_string());
+        let quota = limit
+            .quota_us
+            .map_or_else(|| "max".to_owned(), |q| q.to_string());
         let value = format!("{quota} {}", limit.period_us);
         actuate::write_str_exact(&dir.join("cpu.max"), &value)?;
         if let Some(burst) = limit.burst_us {

@@ -5,14 +5,15 @@ use std::time::Duration;
 
 use crate::actuate::{self, ActuateError};
 use crate::cgroup::{Controller, Sample};
-use crate::parse::Files;
 use crate::parse;
+use crate::parse::Files;
 
 pub(crate) struct Freezer;
 
 impl Controller for Freezer {
     fn sample(dir: &Path, files: &mut Files, sample: &mut Sample) {
-        sample.frozen = files.read(&dir.join("cgroup.events"))
+        sample.frozen = files
+            .read(&dir.join("cgroup.events"))
             .and_then(|t| parse::keyed_u64(&t, "frozen"))
             .map(|v| v != 0);
     }

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use crate::actuate::{self, ActuateError};
 use crate::cgroup::{Controller, Sample};
-use crate::parse::Files;
 use crate::parse;
+use crate::parse::Files;
 
 pub(crate) struct Io;
 
@@ -52,7 +52,10 @@ impl Io {
             .iter()
             .map(|n| dir.join(n))
             .find(|f| f.is_file())
-            .ok_or(ActuateError::Unsupported { what: "io weight (io controller not enabled)", version: "v2" })?;
+            .ok_or(ActuateError::Unsupported {
+                what: "io weight (io controller not enabled)",
+                version: "v2",
+            })?;
         actuate::write_verified(&file, &format!("default {weight}"), |back| {
             parse::keyed_u64(back, "default") == Some(weight)
         })

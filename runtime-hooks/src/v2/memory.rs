@@ -8,8 +8,8 @@ use std::path::Path;
 
 use crate::actuate::{self, ActuateError, MemoryLimitPolicy};
 use crate::cgroup::{Controller, Sample};
-use crate::parse::Files;
 use crate::parse;
+use crate::parse::Files;
 
 pub(crate) struct Memory;
 
@@ -18,12 +18,19 @@ impl Controller for Memory {
         let m = &mut sample.memory;
         m.usage_bytes = files.u64(&dir.join("memory.current"));
         m.peak_bytes = files.u64(&dir.join("memory.peak"));
-        m.limit_bytes = files.read(&dir.join("memory.max")).and_then(|t| parse::limit_value(&t)).flatten();
+        m.limit_bytes = files
+            .read(&dir.join("memory.max"))
+            .and_then(|t| parse::limit_value(&t))
+            .flatten();
         if let Some(stat) = files.read(&dir.join("memory.stat")) {
-            let [anon, file, inactive_file] = parse::keyed_many(&stat, ["anon", "file", "inactive_file"]);
+            let [anon, file, inactive_file] =
+                parse::keyed_many(&stat, ["anon", "file", "inactive_file"]);
             m.rss_bytes = anon;
             m.cache_bytes = file;
-            m.working_set_bytes = m.usage_bytes.zip(inactive_file).map(|(u, i)| u.saturating_sub(i));
+            m.working_set_bytes = m
+                .usage_bytes
+                .zip(inactive_file)
+                .map(|(u, i)| u.saturating_sub(i));
         }
         if let Some(events) = files.read(&dir.join("memory.events")) {
             m.limit_hits = parse::keyed_u64(&events, "max");
@@ -36,25 +43,37 @@ impl Controller for Memory {
 fn write_limit(file: &Path, value: Option<u64>) -> Result<(), ActuateError> {
     match value {
         Some(bytes) => actuate::write_verified(file, &bytes.to_string(), |back| {
-            back.parse::<u64>().is_ok_and(|b| actuate::memory_matches(bytes, b))
+            back.parse::<u64>()
+                .is_ok_and(|b| actuate::memory_matches(bytes, b))
         }),
         None => actuate::write_str_exact(file, "max"),
     }
 }
 
 impl Memory {
-    pub(crate) fn set_limit(dir: &Path, value: Option<u64>, policy: MemoryLimitPolicy) -> Result<(), ActuateError> {
+    pub(crate) fn set_limit(
+        dir: &Path,
+        value: Option<u64>,
+        policy: MemoryLimitPolicy,
+    ) -> Result<(), ActuateError> {
         let file = dir.join("memory.max");
         if let (Some(bytes), MemoryLimitPolicy::RefuseBelowUsage) = (value, policy) {
             let usage_file = dir.join("memory.current");
             let usage = actuate::read(&usage_file)?;
-            let usage = usage.trim().parse::<u64>().map_err(|_| ActuateError::Mismatch {
-                path: usage_file.clone(),
-                value: "a byte count".to_owned(),
-                read: usage.trim().to_owned(),
-            })?;
+            let usage = usage
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| ActuateError::Mismatch {
+                    path: usage_file.clone(),
+                    value: "a byte count".to_owned(),
+                    read: usage.trim().to_owned(),
+                })?;
             if bytes < usage {
-                return Err(ActuateError::BelowUsage { path: file, limit: bytes, usage });
+                return Err(ActuateError::BelowUsage {
+                    path: file,
+                    limit: bytes,
+                    usage,
+                });
             }
         }
         write_limit(&file, value)

@@ -1,5 +1,5 @@
-//! cgroup v2: one file per controller, each a unit struct implementing [`Controller`] over the
-//! container's single directory. `pids` uses the same files as v1 ([`crate::v1::pids`]).
+//! cgroup v2: one file per controller, each a unit struct implementing the crate-private `Controller` trait over the
+//! container's single directory. `pids` uses the same files as v1 (`v1::pids`).
 
 pub(crate) mod cpu;
 pub(crate) mod freezer;

@@ -6,14 +6,18 @@
 use std::path::Path;
 
 use crate::cgroup::{Controller, Sample};
-use crate::parse::Files;
 use crate::parse;
+use crate::parse::Files;
 
 pub(crate) struct Psi;
 
 impl Controller for Psi {
     fn sample(dir: &Path, files: &mut Files, sample: &mut Sample) {
-        let mut read = |name: &str| files.read(&dir.join(name)).and_then(|t| parse::pressure(&t));
+        let mut read = |name: &str| {
+            files
+                .read(&dir.join(name))
+                .and_then(|t| parse::pressure(&t))
+        };
         sample.pressure.cpu = read("cpu.pressure");
         sample.pressure.memory = read("memory.pressure");
         sample.pressure.io = read("io.pressure");
