@@ -212,7 +212,7 @@ fn cpu_usage_rises_then_throttles_after_quota_cut() {
     std::thread::sleep(Duration::from_millis(800));
     let s1 = sm.sample();
     assert!(
-        cpu_ns(&s1) > cpu_ns(&s0) + 50_000_000,
+        cpu_ns(&s1) > cpu_ns(&s0) + 20_000_000,
         "hog uses CPU: {:?} -> {:?}",
         s0.cpu,
         s1.cpu
@@ -238,21 +238,28 @@ fn cpu_usage_rises_then_throttles_after_quota_cut() {
     }
 
     cg.set_cpu_limit(&CpuLimit {
-        quota_us: Some(5_000),
+        quota_us: Some(1_000),
         period_us: 100_000,
         burst_us: None,
     })
-    .expect("cut quota to 5% of a core");
+    .expect("cut quota to 1% of a core");
     let s2 = sm.sample();
-    std::thread::sleep(Duration::from_millis(1500));
-    let s3 = sm.sample();
     let throttled = |s: &Sample| s.cpu.nr_throttled.expect("nr_throttled");
-    assert!(
-        throttled(&s3) > throttled(&s2),
-        "throttling rises: {:?} -> {:?}",
-        s2.cpu,
-        s3.cpu
-    );
+    // Wait (bounded) until the kernel has throttled a few periods, however busy the machine is.
+    let start = Instant::now();
+    let s3 = loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let s = sm.sample();
+        if throttled(&s) >= throttled(&s2) + 3 && start.elapsed() >= Duration::from_millis(900) {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never throttled: {:?} -> {:?}",
+            s2.cpu,
+            s.cpu
+        );
+    };
     assert!(
         s3.cpu.throttled_ns > s2.cpu.throttled_ns,
         "throttled time rises"
@@ -261,7 +268,7 @@ fn cpu_usage_rises_then_throttles_after_quota_cut() {
     let after = cores(&s2, &s3);
     assert!(
         after < 0.25,
-        "quota of 0.05 cores caps usage, measured {after:.3} cores"
+        "quota of 0.01 cores caps usage, measured {after:.3} cores"
     );
     if matches!(cg.version(), CgroupVersion::Hybrid | CgroupVersion::V2) {
         assert!(s3.pressure.cpu.is_some(), "cgroup2 pressure files are read");
@@ -399,14 +406,20 @@ fn freeze_stops_the_cpu_clock_and_thaw_restarts_it() {
     cg.thaw().expect("thaw");
     let t1 = sm.sample();
     assert_eq!(t1.frozen, Some(false));
-    std::thread::sleep(Duration::from_millis(600));
-    let t2 = sm.sample();
-    assert!(
-        cpu_ns(&t2) > cpu_ns(&t1) + 20_000_000,
-        "thawed cgroup runs again: {:?} -> {:?}",
-        t1.cpu,
-        t2.cpu
-    );
+    let start = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let t2 = sm.sample();
+        if cpu_ns(&t2) > cpu_ns(&t1) + 20_000_000 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "thawed cgroup never ran: {:?} -> {:?}",
+            t1.cpu,
+            t2.cpu
+        );
+    }
 }
 
 #[test]
