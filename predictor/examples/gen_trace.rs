@@ -39,7 +39,9 @@ fn main() -> ExitCode {
     let result = match &out {
         Some(path) => std::fs::File::create(path)
             .map_err(|e| format!("creating {path}: {e}"))
-            .and_then(|f| write_trace(std::io::BufWriter::new(f), &runs).map_err(|e| e.to_string())),
+            .and_then(|f| {
+                write_trace(std::io::BufWriter::new(f), &runs).map_err(|e| e.to_string())
+            }),
         None => write_trace(std::io::stdout().lock(), &runs).map_err(|e| e.to_string()),
     };
     if let Err(e) = result {
@@ -47,6 +49,10 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let _ = std::io::stderr().flush();
-    eprintln!("gen_trace: {} runs of {} task types", runs.len(), cfg.task_types);
+    eprintln!(
+        "gen_trace: {} runs of {} task types",
+        runs.len(),
+        cfg.task_types
+    );
     ExitCode::SUCCESS
 }

@@ -259,7 +259,11 @@ impl Predictor {
                 None => cold += 1,
             }
         })?;
-        let version = self.store.current_model_version()?.max(self.model_version()) + 1;
+        let version = self
+            .store
+            .current_model_version()?
+            .max(self.model_version())
+            + 1;
         self.store.save_models(version, models.iter(), 1)?;
         let report = RetrainReport {
             version,
@@ -349,15 +353,25 @@ mod tests {
         assert_eq!(cold.model_version, 0);
         p.record_runs(&runs).expect("record");
         let rep = p.retrain(1).expect("retrain");
-        assert_eq!((rep.version, rep.task_types, rep.cold, rep.runs), (1, 3, 0, 90));
+        assert_eq!(
+            (rep.version, rep.task_types, rep.cold, rep.runs),
+            (1, 3, 0, 90)
+        );
         let pred = p.predict(&key, &features);
         assert!(!pred.is_cold_start());
         assert_eq!(pred.confidence, Confidence::Medium);
         assert_eq!(pred.model_version, 1);
         assert_eq!(pred.profile.len(), crate::types::BUCKETS);
         let actual = runs[0].outcome.peak_memory_bytes as f64;
-        assert!((pred.memory_bytes.point / actual - 1.0).abs() < 0.5, "{} vs {actual}", pred.memory_bytes.point);
-        assert!(p.predict(&TaskKey::new("unknown"), &features).is_cold_start());
+        assert!(
+            (pred.memory_bytes.point / actual - 1.0).abs() < 0.5,
+            "{} vs {actual}",
+            pred.memory_bytes.point
+        );
+        assert!(
+            p.predict(&TaskKey::new("unknown"), &features)
+                .is_cold_start()
+        );
     }
 
     #[test]
@@ -425,7 +439,10 @@ mod tests {
         p.record_run(&runs[10]).expect("record");
         assert!(!p.retrain_due(500), "one run, interval not elapsed");
         assert!(p.retrain_due(1_000), "interval elapsed with a new run");
-        assert_eq!(p.maybe_retrain(1_000).expect("maybe").map(|r| r.version), Some(2));
+        assert_eq!(
+            p.maybe_retrain(1_000).expect("maybe").map(|r| r.version),
+            Some(2)
+        );
         assert!(!p.retrain_due(10_000), "no new run since");
     }
 
@@ -444,13 +461,24 @@ mod tests {
         p.retrain(5).expect("retrain");
         let list = p.task_types().expect("list");
         assert_eq!(list.len(), 4);
-        let lonely = list.iter().find(|t| t.task_key.as_str() == "lonely").expect("listed");
+        let lonely = list
+            .iter()
+            .find(|t| t.task_key.as_str() == "lonely")
+            .expect("listed");
         assert_eq!((lonely.runs_seen, lonely.model_version), (1, None));
         assert!(lonely.targets.is_empty());
-        let trained = list.iter().find(|t| t.task_key.as_str() == "synth-0000").expect("listed");
+        let trained = list
+            .iter()
+            .find(|t| t.task_key.as_str() == "synth-0000")
+            .expect("listed");
         assert_eq!((trained.runs_seen, trained.model_version), (30, Some(1)));
         assert_eq!(trained.targets.len(), 4);
-        assert!(trained.targets.iter().all(|t| t.error.is_finite() && t.error >= 0.0));
+        assert!(
+            trained
+                .targets
+                .iter()
+                .all(|t| t.error.is_finite() && t.error >= 0.0)
+        );
         let seq = p
             .record_decision(&Decision {
                 seq: 0,
@@ -466,9 +494,15 @@ mod tests {
             })
             .expect("decision");
         assert_eq!(seq, 1);
-        assert_eq!(p.decisions(&DecisionQuery::default()).expect("read").len(), 1);
+        assert_eq!(
+            p.decisions(&DecisionQuery::default()).expect("read").len(),
+            1
+        );
         let id = p.allocate_run_id().expect("id");
         p.append_samples(id, &[]).expect("no samples is fine");
-        assert_eq!(p.apply_retention(0).expect("retention"), RetentionReport::default());
+        assert_eq!(
+            p.apply_retention(0).expect("retention"),
+            RetentionReport::default()
+        );
     }
 }

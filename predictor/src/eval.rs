@@ -201,7 +201,9 @@ impl EvalReport {
             self.cold,
             self.level * 100.0
         );
-        s.push_str("| policy | resource | runs | under-prediction | mean slack | interval coverage |\n");
+        s.push_str(
+            "| policy | resource | runs | under-prediction | mean slack | interval coverage |\n",
+        );
         s.push_str("|---|---|---:|---:|---:|---:|\n");
         for (p, name) in POLICIES.iter().enumerate() {
             for (r, res) in SCORED.iter().enumerate() {
@@ -258,7 +260,10 @@ pub fn evaluate(runs: &[RunSummary], cfg: &EvalConfig) -> EvalReport {
                 st.trained_at = n;
             }
             let features = RunFeatures::from_metadata(&run.meta, run.started_at_ms);
-            let pred = st.model.as_ref().map(|m| m.predict(&run.task_key, &features, 1));
+            let pred = st
+                .model
+                .as_ref()
+                .map(|m| m.predict(&run.task_key, &features, 1));
             for (r, res) in SCORED.iter().enumerate() {
                 let usage = res.of(run, 1.0);
                 let mut sorted = st.values[r].clone();
@@ -300,7 +305,10 @@ mod tests {
         std::fs::write(&path, buf).expect("write file");
         assert_eq!(read_trace(&path).expect("read"), runs);
         std::fs::write(&path, "{\"run_id\":1}\n").expect("write file");
-        assert!(matches!(read_trace(&path), Err(TraceError::Parse { line: 1, .. })));
+        assert!(matches!(
+            read_trace(&path),
+            Err(TraceError::Parse { line: 1, .. })
+        ));
         assert!(matches!(
             read_trace(&dir.path().join("missing")),
             Err(TraceError::Read { .. })

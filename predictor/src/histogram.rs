@@ -38,7 +38,7 @@ impl DecayingHistogram {
 
     /// Adds `value` with `weight` (ignored unless finite and > 0).
     pub fn add(&mut self, value: f64, weight: f64) {
-        if !(weight.is_finite() && weight > 0.0) || !value.is_finite() {
+        if !(weight.is_finite() && weight > 0.0 && value.is_finite()) {
             return;
         }
         let idx = bucket_of(value);

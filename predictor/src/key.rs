@@ -53,7 +53,10 @@ impl TaskKey {
         let container = annotations
             .get(CRI_CONTAINER_NAME_ANNOTATION)
             .map(String::as_str);
-        Self(format!("auto-{:016x}", derived_hash(image, command, container)))
+        Self(format!(
+            "auto-{:016x}",
+            derived_hash(image, command, container)
+        ))
     }
 
     /// The key as a string.
@@ -139,7 +142,10 @@ mod tests {
     #[test]
     fn explicit_annotation_wins_and_is_trimmed() {
         let k = TaskKey::derive(
-            &ann(&[(TASK_TYPE_ANNOTATION, "  nightly-etl \n"), (CRI_CONTAINER_NAME_ANNOTATION, "x")]),
+            &ann(&[
+                (TASK_TYPE_ANNOTATION, "  nightly-etl \n"),
+                (CRI_CONTAINER_NAME_ANNOTATION, "x"),
+            ]),
             "img",
             &cmd(&["run"]),
         );
@@ -151,7 +157,11 @@ mod tests {
         let derived = TaskKey::derive(&ann(&[]), "img", &cmd(&["run"]));
         let empty = TaskKey::derive(&ann(&[(TASK_TYPE_ANNOTATION, "  ")]), "img", &cmd(&["run"]));
         let long = "x".repeat(MAX_EXPLICIT_LEN + 1);
-        let oversized = TaskKey::derive(&ann(&[(TASK_TYPE_ANNOTATION, &long)]), "img", &cmd(&["run"]));
+        let oversized = TaskKey::derive(
+            &ann(&[(TASK_TYPE_ANNOTATION, &long)]),
+            "img",
+            &cmd(&["run"]),
+        );
         assert_eq!(derived, empty);
         assert_eq!(derived, oversized);
         assert!(derived.as_str().starts_with("auto-"));

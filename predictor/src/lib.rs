@@ -26,14 +26,18 @@ pub mod synth;
 pub mod types;
 
 pub use engine::{
-    ModelSet, Predictor, PredictorConfig, PredictorError, RetrainPolicy, RetrainReport, TargetSummary,
-    TaskTypeSummary,
+    ModelSet, Predictor, PredictorConfig, PredictorError, RetrainPolicy, RetrainReport,
+    TargetSummary, TaskTypeSummary,
 };
 pub use key::{CRI_CONTAINER_NAME_ANNOTATION, TASK_TYPE_ANNOTATION, TaskKey};
 pub use model::{
-    Band, Confidence, Estimate, ModelKind, Prediction, ProfilePoint, Resource, TaskModel, TrainConfig,
+    Band, Confidence, Estimate, ModelKind, Prediction, ProfilePoint, Resource, TaskModel,
+    TrainConfig,
 };
-pub use store::{DecisionQuery, RetentionPolicy, RetentionReport, Store, StoreError, TaskTypeRecord};
+pub use store::{
+    DecisionQuery, RetentionPolicy, RetentionReport, Store, StoreError, TaskTypeRecord,
+};
 pub use types::{
-    BUCKETS, Decision, Directive, Profile, RunFeatures, RunId, RunMetadata, RunOutcome, RunSummary, Sample,
+    BUCKETS, Decision, Directive, Profile, RunFeatures, RunId, RunMetadata, RunOutcome, RunSummary,
+    Sample,
 };

@@ -45,7 +45,12 @@ pub enum Resource {
 
 impl Resource {
     /// All targets, in storage order.
-    pub const ALL: [Resource; 4] = [Resource::Duration, Resource::Cpu, Resource::Memory, Resource::Io];
+    pub const ALL: [Resource; 4] = [
+        Resource::Duration,
+        Resource::Cpu,
+        Resource::Memory,
+        Resource::Io,
+    ];
 
     /// The target's value in a finished run.
     pub fn of(self, run: &RunSummary, oom_inflation: f64) -> f64 {
@@ -55,7 +60,11 @@ impl Resource {
             Resource::Cpu => o.cpu_p95_cores,
             Resource::Memory => {
                 let peak = o.peak_memory_bytes as f64;
-                if o.oom_killed { peak * oom_inflation } else { peak }
+                if o.oom_killed {
+                    peak * oom_inflation
+                } else {
+                    peak
+                }
             }
             Resource::Io => {
                 if o.duration_s > 0.0 {
@@ -138,7 +147,7 @@ impl Default for TrainConfig {
         Self {
             half_life_ms: 7 * 24 * 3_600_000,
             level: 0.9,
-            limit_quantile: [0.95, 0.95, 0.995, 0.95],
+            limit_quantile: [0.95, 0.95, 0.998, 0.95],
             min_runs: 5,
             min_regression_runs: 12,
             folds: 5,
@@ -257,7 +266,10 @@ impl TaskModel {
         let profile = (0..BUCKETS)
             .map(|b| ProfilePoint {
                 cpu_cores: Band::scaled(&cpu, self.shape.cpu.get(b).copied().unwrap_or(1.0)),
-                memory_bytes: Band::scaled(&memory, self.shape.memory.get(b).copied().unwrap_or(1.0)),
+                memory_bytes: Band::scaled(
+                    &memory,
+                    self.shape.memory.get(b).copied().unwrap_or(1.0),
+                ),
                 io_bytes_per_s: Band::scaled(&io, self.shape.io.get(b).copied().unwrap_or(1.0)),
             })
             .collect();
@@ -285,7 +297,7 @@ pub struct Estimate {
     pub lower: f64,
     /// Upper bound of the central interval at [`Prediction::level`].
     pub upper: f64,
-    /// One-sided upper bound at the target's limit quantile (memory: 99.5%): what to allocate.
+    /// One-sided upper bound at the target's limit quantile (memory: 99.8%): what to allocate.
     pub limit: f64,
     /// Model behind the estimate (`None` on cold start).
     pub kind: Option<ModelKind>,
@@ -417,7 +429,10 @@ pub fn train_task(runs: &[RunSummary], now_ms: u64, cfg: &TrainConfig) -> Option
         .map(|r| features_of(&RunFeatures::from_metadata(&r.meta, r.started_at_ms)))
         .collect();
     let target = |res: Resource| -> TargetModel {
-        let y: Vec<f64> = sorted.iter().map(|r| res.of(r, cfg.oom_inflation)).collect();
+        let y: Vec<f64> = sorted
+            .iter()
+            .map(|r| res.of(r, cfg.oom_inflation))
+            .collect();
         let q = cfg.limit_quantile[Resource::ALL.iter().position(|&r| r == res).unwrap_or(0)];
         train_target(&x, &y, &weights, cfg, q)
     };
@@ -454,7 +469,11 @@ fn train_target(
 ) -> TargetModel {
     let n = y.len();
     let folds = cfg.folds.clamp(2, n.max(2));
-    let min_y = y.iter().copied().filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
+    let min_y = y
+        .iter()
+        .copied()
+        .filter(|v| *v > 0.0)
+        .fold(f64::INFINITY, f64::min);
     let max_y = y.iter().copied().fold(0.0, f64::max);
     let floor = if min_y.is_finite() { min_y * 0.5 } else { 0.0 };
     let ceiling = (max_y * 2.0).max(floor);
@@ -493,13 +512,25 @@ fn train_target(
         None
     };
     let (kind, oof, error) = match (&linear, reg_oof) {
-        (Some(_), Some(oof)) => (ModelKind::Regression, oof, regression_error.unwrap_or(baseline_error)),
+        (Some(_), Some(oof)) => (
+            ModelKind::Regression,
+            oof,
+            regression_error.unwrap_or(baseline_error),
+        ),
         _ => (ModelKind::Baseline, base_oof, baseline_error),
     };
     let ratios: Vec<f64> = y
         .iter()
         .zip(&oof)
-        .map(|(&a, &p)| if p > 0.0 { a / p } else if a > 0.0 { f64::INFINITY } else { 1.0 })
+        .map(|(&a, &p)| {
+            if p > 0.0 {
+                a / p
+            } else if a > 0.0 {
+                f64::INFINITY
+            } else {
+                1.0
+            }
+        })
         .collect();
     TargetModel {
         kind,
@@ -525,7 +556,11 @@ fn log_error(y: &[f64], p: &[f64]) -> f64 {
 
 /// Conformal multipliers from out-of-fold ratios `actual / predicted`.
 pub fn calibrate(ratios: &[f64], level: f64, limit_q: f64) -> Calibration {
-    let mut r: Vec<f64> = ratios.iter().copied().filter(|v| v.is_finite() && *v >= 0.0).collect();
+    let mut r: Vec<f64> = ratios
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .collect();
     if r.is_empty() {
         return Calibration {
             lower: 1.0,
@@ -540,14 +575,19 @@ pub fn calibrate(ratios: &[f64], level: f64, limit_q: f64) -> Calibration {
     let hi_rank = ((n as f64 + 1.0) * (1.0 - alpha / 2.0) - 1e-9).ceil() as usize;
     let lo_rank = ((n as f64 + 1.0) * (alpha / 2.0) + 1e-9).floor() as usize;
     let upper = r[hi_rank.clamp(1, n) - 1];
-    let lower = if lo_rank == 0 { r[0] * 0.9 } else { r[lo_rank.min(n) - 1] };
+    let lower = if lo_rank == 0 {
+        r[0] * 0.9
+    } else {
+        r[lo_rank.min(n) - 1]
+    };
     let lim_rank = ((n as f64 + 1.0) * limit_q - 1e-9).ceil() as usize;
     let empirical = r[lim_rank.clamp(1, n) - 1];
     let limit = if lim_rank > n {
         // The quantile does not exist at this sample size: take the larger of the maximum and a log-normal tail.
         let logs: Vec<f64> = r.iter().map(|v| v.max(1e-12).ln()).collect();
         let mean = logs.iter().sum::<f64>() / n as f64;
-        let sd = (logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64).sqrt();
+        let sd =
+            (logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64).sqrt();
         // Student-t predictive bound: the sd itself is estimated from few ratios.
         let t = student_t_quantile(limit_q, (n.max(2) - 1) as f64);
         empirical.max((mean + t * sd * (1.0 + 1.0 / n as f64).sqrt()).exp())
@@ -630,10 +670,10 @@ fn mean_shape(runs: &[&RunSummary], w: &[f64]) -> Profile {
         let Some(p) = r.profile.as_ref().filter(|p| p.is_well_formed()) else {
             continue;
         };
-        for b in 0..BUCKETS {
-            acc[0][b] += wi * f64::from(p.cpu[b]);
-            acc[1][b] += wi * f64::from(p.memory[b]);
-            acc[2][b] += wi * f64::from(p.io[b]);
+        for (a, series) in acc.iter_mut().zip([&p.cpu, &p.memory, &p.io]) {
+            for (slot, v) in a.iter_mut().zip(series.iter()) {
+                *slot += wi * f64::from(*v);
+            }
         }
         total += wi;
     }
@@ -694,13 +734,28 @@ mod tests {
             .collect();
         let m = train_task(&runs, 0, &TrainConfig::default()).expect("enough runs");
         assert_eq!(m.memory.kind, ModelKind::Baseline);
-        assert!((m.memory.baseline / 1e9 - 1.0).abs() < 0.02, "{}", m.memory.baseline);
+        assert!(
+            (m.memory.baseline / 1e9 - 1.0).abs() < 0.02,
+            "{}",
+            m.memory.baseline
+        );
         let p = m.predict(&TaskKey::new("t"), &RunFeatures::default(), 3);
         assert_eq!(p.model_version, 3);
         assert_eq!(p.confidence, Confidence::High);
-        assert!(p.memory_bytes.limit >= 1.015e9, "limit covers the noise: {}", p.memory_bytes.limit);
-        assert!(p.memory_bytes.limit < 1.1e9, "but not wastefully: {}", p.memory_bytes.limit);
-        assert!(p.memory_bytes.lower <= p.memory_bytes.point && p.memory_bytes.point <= p.memory_bytes.upper);
+        assert!(
+            p.memory_bytes.limit >= 1.015e9,
+            "limit covers the noise: {}",
+            p.memory_bytes.limit
+        );
+        assert!(
+            p.memory_bytes.limit < 1.1e9,
+            "but not wastefully: {}",
+            p.memory_bytes.limit
+        );
+        assert!(
+            p.memory_bytes.lower <= p.memory_bytes.point
+                && p.memory_bytes.point <= p.memory_bytes.upper
+        );
     }
 
     #[test]
@@ -723,7 +778,11 @@ mod tests {
         };
         let p = m.predict(&TaskKey::new("t"), &f, 1);
         let want = 2e8 + 10.0 * 50e6;
-        assert!((p.memory_bytes.point / want - 1.0).abs() < 0.03, "{} vs {want}", p.memory_bytes.point);
+        assert!(
+            (p.memory_bytes.point / want - 1.0).abs() < 0.03,
+            "{} vs {want}",
+            p.memory_bytes.point
+        );
         assert!(p.memory_bytes.limit > want && p.memory_bytes.limit < want * 1.1);
     }
 
@@ -739,7 +798,9 @@ mod tests {
 
     #[test]
     fn profile_keeps_a_late_peak_late() {
-        let late: Vec<f32> = (0..BUCKETS).map(|b| (b + 1) as f32 / BUCKETS as f32).collect();
+        let late: Vec<f32> = (0..BUCKETS)
+            .map(|b| (b + 1) as f32 / BUCKETS as f32)
+            .collect();
         let profile = Profile {
             cpu: vec![1.0; BUCKETS],
             memory: late,
@@ -752,7 +813,10 @@ mod tests {
         let p = m.predict(&TaskKey::new("t"), &RunFeatures::default(), 1);
         assert_eq!(p.profile.len(), BUCKETS);
         let mem: Vec<f64> = p.profile.iter().map(|b| b.memory_bytes.point).collect();
-        assert!(mem.windows(2).all(|w| w[0] <= w[1]), "monotone ramp: {mem:?}");
+        assert!(
+            mem.windows(2).all(|w| w[0] <= w[1]),
+            "monotone ramp: {mem:?}"
+        );
         assert!((mem[BUCKETS - 1] / p.memory_bytes.point - 1.0).abs() < 1e-6);
         assert!(mem[0] < 0.1 * p.memory_bytes.point);
         let b = p.profile[BUCKETS - 1].memory_bytes;
@@ -761,7 +825,9 @@ mod tests {
 
     #[test]
     fn calibrate_uses_conformal_ranks_and_a_tail_for_small_samples() {
-        let ratios: Vec<f64> = (1..=199).map(|i| 0.9 + 0.2 * f64::from(i) / 200.0).collect();
+        let ratios: Vec<f64> = (1..=199)
+            .map(|i| 0.9 + 0.2 * f64::from(i) / 200.0)
+            .collect();
         let c = calibrate(&ratios, 0.9, 0.95);
         // ceil(200 * 0.95) = 190th smallest; floor(200 * 0.05) = 10th smallest.
         assert!((c.upper - ratios[189]).abs() < 1e-12);
@@ -801,11 +867,19 @@ mod tests {
         let mut total = 0u64;
         for t in 0..cfg.task_types {
             let key = TaskKey::new(format!("synth-{t:04}"));
-            let runs: Vec<RunSummary> = trace.iter().filter(|r| r.task_key == key).cloned().collect();
+            let runs: Vec<RunSummary> = trace
+                .iter()
+                .filter(|r| r.task_key == key)
+                .cloned()
+                .collect();
             let (train, held_out) = runs.split_at(200);
             let m = train_task(train, 0, &train_cfg).expect("enough runs");
             for r in held_out {
-                let p = m.predict(&key, &RunFeatures::from_metadata(&r.meta, r.started_at_ms), 1);
+                let p = m.predict(
+                    &key,
+                    &RunFeatures::from_metadata(&r.meta, r.started_at_ms),
+                    1,
+                );
                 for (i, res) in Resource::ALL.iter().enumerate() {
                     let e = p.estimate(*res);
                     let v = res.of(r, 1.0);
@@ -816,7 +890,11 @@ mod tests {
         }
         for (i, res) in Resource::ALL.iter().enumerate() {
             let cov = covered[i] as f64 / total as f64;
-            assert!((0.85..=0.95).contains(&cov), "{}: coverage {cov:.3} over {total} runs", res.name());
+            assert!(
+                (0.85..=0.95).contains(&cov),
+                "{}: coverage {cov:.3} over {total} runs",
+                res.name()
+            );
         }
     }
 }

@@ -55,7 +55,8 @@ impl LinearModel {
         let columns: Vec<usize> = (0..N_FEATURES)
             .filter(|&c| {
                 let mean = x[..n].iter().map(|r| r[c]).sum::<f64>() / n.max(1) as f64;
-                let var = x[..n].iter().map(|r| (r[c] - mean).powi(2)).sum::<f64>() / n.max(1) as f64;
+                let var =
+                    x[..n].iter().map(|r| (r[c] - mean).powi(2)).sum::<f64>() / n.max(1) as f64;
                 var.sqrt() > 1e-9 * (mean.abs() + 1.0)
             })
             .collect();
@@ -133,7 +134,10 @@ mod tests {
             LinearModel::fit(&x, &y, 1.0),
             Err(RegressionError::NoInformativeColumn)
         ));
-        let x = vec![[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [2.0, 1.0, 0.0, 4.0, 5.0, 7.0]];
+        let x = vec![
+            [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            [2.0, 1.0, 0.0, 4.0, 5.0, 7.0],
+        ];
         assert!(matches!(
             LinearModel::fit(&x, &[1.0, 2.0], 1.0),
             Err(RegressionError::TooFewRows { .. })

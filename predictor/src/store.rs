@@ -45,7 +45,10 @@ pub const MIGRATIONS: &[Migration] = &[migrate_0_to_1];
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const TASK_TYPES: TableDefinition<&str, &[u8]> = TableDefinition::new("task_types");
 const RUNS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("runs");
-const SAMPLES: TableDefinition<(u64, u64), (f64, u64, u64, u32)> = TableDefinition::new("samples");
+/// (cpu cores, memory bytes, io bytes, raw sample count).
+type SampleValue = (f64, u64, u64, u32);
+
+const SAMPLES: TableDefinition<(u64, u64), SampleValue> = TableDefinition::new("samples");
 const MODELS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("models");
 const DECISIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("decisions");
 
@@ -62,9 +65,9 @@ pub enum StoreError {
     Open {
         /// File path.
         path: PathBuf,
-        /// Cause.
+        /// Cause (boxed: redb's errors are large).
         #[source]
-        source: redb::DatabaseError,
+        source: Box<redb::DatabaseError>,
     },
     /// The parent directory could not be created.
     #[error("creating directory {path} for the predictor database")]
@@ -80,9 +83,9 @@ pub enum StoreError {
     Db {
         /// What was being done.
         op: &'static str,
-        /// Cause.
+        /// Cause (boxed: redb's errors are large).
         #[source]
-        source: redb::Error,
+        source: Box<redb::Error>,
     },
     /// A value could not be serialised.
     #[error("encoding {what}")]
@@ -127,7 +130,7 @@ pub enum StoreError {
 fn db<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StoreError {
     move |e| StoreError::Db {
         op,
-        source: e.into(),
+        source: Box::new(e.into()),
     }
 }
 
@@ -236,7 +239,7 @@ impl Store {
         }
         let db = Database::create(path).map_err(|source| StoreError::Open {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
         let store = Self {
             db,
@@ -295,7 +298,10 @@ impl Store {
 
     /// Allocates a fresh run id (monotonic, never reused, also after a crash).
     pub fn allocate_run_id(&self) -> Result<RunId, StoreError> {
-        let txn = self.db.begin_write().map_err(db("beginning run id allocation"))?;
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(db("beginning run id allocation"))?;
         let id = {
             let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
             let next = meta
@@ -322,7 +328,9 @@ impl Store {
         let txn = self.db.begin_write().map_err(db("beginning run write"))?;
         {
             let mut runs_t = txn.open_table(RUNS).map_err(db("opening runs"))?;
-            let mut types_t = txn.open_table(TASK_TYPES).map_err(db("opening task types"))?;
+            let mut types_t = txn
+                .open_table(TASK_TYPES)
+                .map_err(db("opening task types"))?;
             let samples_t = txn.open_table(SAMPLES).map_err(db("opening samples"))?;
             let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
             let mut max_id = 0;
@@ -339,13 +347,14 @@ impl Store {
                     .insert((key, run.run_id), encode("run summary", &run)?.as_slice())
                     .map_err(db("writing run summary"))?
                     .is_none();
-                let mut rec: TaskTypeRecord = match types_t.get(key).map_err(db("reading task type"))? {
-                    Some(g) => decode("task type", || key.to_owned(), g.value())?,
-                    None => TaskTypeRecord {
-                        first_seen_ms: run.started_at_ms,
-                        ..TaskTypeRecord::default()
-                    },
-                };
+                let mut rec: TaskTypeRecord =
+                    match types_t.get(key).map_err(db("reading task type"))? {
+                        Some(g) => decode("task type", || key.to_owned(), g.value())?,
+                        None => TaskTypeRecord {
+                            first_seen_ms: run.started_at_ms,
+                            ..TaskTypeRecord::default()
+                        },
+                    };
                 if fresh {
                     rec.runs_seen += 1;
                 }
@@ -393,7 +402,11 @@ impl Store {
         let mut out = Vec::new();
         for item in range {
             let (k, v) = item.map_err(db("scanning runs"))?;
-            out.push(decode("run summary", || format!("{key}/{}", k.value().1), v.value())?);
+            out.push(decode(
+                "run summary",
+                || format!("{key}/{}", k.value().1),
+                v.value(),
+            )?);
         }
         Ok(out)
     }
@@ -434,7 +447,10 @@ impl Store {
 
     /// Appends telemetry samples of a (usually running) run, in one transaction.
     pub fn append_samples(&self, run_id: RunId, samples: &[Sample]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db("beginning sample write"))?;
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(db("beginning sample write"))?;
         {
             let mut t = txn.open_table(SAMPLES).map_err(db("opening samples"))?;
             for s in samples {
@@ -477,27 +493,31 @@ impl Store {
             let mut t = txn.open_table(SAMPLES).map_err(db("opening samples"))?;
             // Pass 1 (read): decide, per run, which keys go and which merged samples replace them.
             let mut doomed: Vec<(u64, u64)> = Vec::new();
-            let mut merged: Vec<(u64, u64, (f64, u64, u64, u32))> = Vec::new();
+            let mut merged: Vec<(u64, u64, SampleValue)> = Vec::new();
             let mut group: Option<(u64, u64)> = None; // (run, window start)
-            let mut acc: Vec<(u64, (f64, u64, u64, u32))> = Vec::new();
+            let mut acc: Vec<(u64, SampleValue)> = Vec::new();
             let flush = |group: Option<(u64, u64)>,
-                             acc: &mut Vec<(u64, (f64, u64, u64, u32))>,
-                             doomed: &mut Vec<(u64, u64)>,
-                             merged: &mut Vec<(u64, u64, (f64, u64, u64, u32))>,
-                             report: &mut RetentionReport| {
-                if let Some((run, start)) = group {
-                    if acc.len() > 1 {
-                        let count: u64 = acc.iter().map(|(_, v)| u64::from(v.3)).sum();
-                        let cpu = acc.iter().map(|(_, v)| v.0 * f64::from(v.3)).sum::<f64>()
-                            / count.max(1) as f64;
-                        let mem = acc.iter().map(|(_, v)| v.1).max().unwrap_or(0);
-                        let io = acc.iter().map(|(_, v)| v.2).sum();
-                        for (ts, _) in acc.iter() {
-                            doomed.push((run, *ts));
-                        }
-                        report.samples_merged += acc.len() as u64 - 1;
-                        merged.push((run, start, (cpu, mem, io, count.min(u64::from(u32::MAX)) as u32)));
+                         acc: &mut Vec<(u64, SampleValue)>,
+                         doomed: &mut Vec<(u64, u64)>,
+                         merged: &mut Vec<(u64, u64, SampleValue)>,
+                         report: &mut RetentionReport| {
+                if let Some((run, start)) = group
+                    && acc.len() > 1
+                {
+                    let count: u64 = acc.iter().map(|(_, v)| u64::from(v.3)).sum();
+                    let cpu = acc.iter().map(|(_, v)| v.0 * f64::from(v.3)).sum::<f64>()
+                        / count.max(1) as f64;
+                    let mem = acc.iter().map(|(_, v)| v.1).max().unwrap_or(0);
+                    let io = acc.iter().map(|(_, v)| v.2).sum();
+                    for (ts, _) in acc.iter() {
+                        doomed.push((run, *ts));
                     }
+                    report.samples_merged += acc.len() as u64 - 1;
+                    merged.push((
+                        run,
+                        start,
+                        (cpu, mem, io, count.min(u64::from(u32::MAX)) as u32),
+                    ));
                 }
                 acc.clear();
             };
@@ -525,7 +545,8 @@ impl Store {
                 t.remove(k).map_err(db("deleting sample"))?;
             }
             for (run, start, v) in merged {
-                t.insert((run, start), v).map_err(db("writing merged sample"))?;
+                t.insert((run, start), v)
+                    .map_err(db("writing merged sample"))?;
             }
 
             let mut runs = txn.open_table(RUNS).map_err(db("opening runs"))?;
@@ -539,7 +560,8 @@ impl Store {
                 if ids.len() > policy.max_runs_per_task {
                     // Keys iterate in run id order, and ids are allocated in time order: drop the front.
                     for id in &ids[..ids.len() - policy.max_runs_per_task] {
-                        runs.remove((key.as_str(), *id)).map_err(db("deleting run"))?;
+                        runs.remove((key.as_str(), *id))
+                            .map_err(db("deleting run"))?;
                         report.runs_dropped += 1;
                     }
                 }
@@ -552,7 +574,9 @@ impl Store {
     /// One task type's record.
     pub fn task_type(&self, key: &TaskKey) -> Result<Option<TaskTypeRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(db("beginning read"))?;
-        let t = txn.open_table(TASK_TYPES).map_err(db("opening task types"))?;
+        let t = txn
+            .open_table(TASK_TYPES)
+            .map_err(db("opening task types"))?;
         let v = t.get(key.as_str()).map_err(db("reading task type"))?;
         v.map(|g| decode("task type", || key.to_string(), g.value()))
             .transpose()
@@ -561,12 +585,17 @@ impl Store {
     /// All task types, by key.
     pub fn task_types(&self) -> Result<Vec<(TaskKey, TaskTypeRecord)>, StoreError> {
         let txn = self.db.begin_read().map_err(db("beginning read"))?;
-        let t = txn.open_table(TASK_TYPES).map_err(db("opening task types"))?;
+        let t = txn
+            .open_table(TASK_TYPES)
+            .map_err(db("opening task types"))?;
         let mut out = Vec::new();
         for item in t.iter().map_err(db("scanning task types"))? {
             let (k, v) = item.map_err(db("scanning task types"))?;
             let key = k.value();
-            out.push((TaskKey::new(key), decode("task type", || key.to_owned(), v.value())?));
+            out.push((
+                TaskKey::new(key),
+                decode("task type", || key.to_owned(), v.value())?,
+            ));
         }
         Ok(out)
     }
@@ -605,7 +634,8 @@ impl Store {
                 stale
             };
             for (v, key) in stale {
-                t.remove((v, key.as_str())).map_err(db("deleting old model"))?;
+                t.remove((v, key.as_str()))
+                    .map_err(db("deleting old model"))?;
             }
             let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
             meta.insert(K_MODEL_VERSION, version)
@@ -620,12 +650,18 @@ impl Store {
         let t = txn.open_table(MODELS).map_err(db("opening models"))?;
         let mut out = HashMap::new();
         let range = t
-            .range::<(u64, &str)>((Bound::Included((version, "")), Bound::Excluded((version + 1, ""))))
+            .range::<(u64, &str)>((
+                Bound::Included((version, "")),
+                Bound::Excluded((version + 1, "")),
+            ))
             .map_err(db("scanning models"))?;
         for item in range {
             let (k, v) = item.map_err(db("scanning models"))?;
             let (_, key) = k.value();
-            out.insert(TaskKey::new(key), decode("model", || format!("{version}/{key}"), v.value())?);
+            out.insert(
+                TaskKey::new(key),
+                decode("model", || format!("{version}/{key}"), v.value())?,
+            );
         }
         Ok(out)
     }
@@ -647,7 +683,10 @@ impl Store {
 
     /// Appends a decision to the log and returns its sequence number.
     pub fn record_decision(&self, decision: &Decision) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write().map_err(db("beginning decision write"))?;
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(db("beginning decision write"))?;
         let seq = {
             let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
             let seq = meta
@@ -677,7 +716,9 @@ impl Store {
             let (k, v) = item.map_err(db("scanning decisions"))?;
             let seq = k.value();
             let d: Decision = decode("decision", || seq.to_string(), v.value())?;
-            if q.container_id.as_ref().is_some_and(|c| *c != d.container_id)
+            if q.container_id
+                .as_ref()
+                .is_some_and(|c| *c != d.container_id)
                 || q.task_key.as_ref().is_some_and(|k| *k != d.task_key)
                 || q.since_ms.is_some_and(|s| d.at_ms < s)
             {
@@ -713,7 +754,7 @@ fn validate(run: &RunSummary) -> Result<(), StoreError> {
 }
 
 fn read_samples(
-    t: &impl ReadableTable<(u64, u64), (f64, u64, u64, u32)>,
+    t: &impl ReadableTable<(u64, u64), SampleValue>,
     run_id: RunId,
 ) -> Result<Vec<Sample>, StoreError> {
     let mut out = Vec::new();
@@ -737,11 +778,13 @@ fn read_samples(
 fn migrate_0_to_1(txn: &WriteTransaction) -> Result<(), StoreError> {
     // Version 1 is the first layout: opening a table in a write transaction creates it.
     txn.open_table(META).map_err(db("creating meta"))?;
-    txn.open_table(TASK_TYPES).map_err(db("creating task types"))?;
+    txn.open_table(TASK_TYPES)
+        .map_err(db("creating task types"))?;
     txn.open_table(RUNS).map_err(db("creating runs"))?;
     txn.open_table(SAMPLES).map_err(db("creating samples"))?;
     txn.open_table(MODELS).map_err(db("creating models"))?;
-    txn.open_table(DECISIONS).map_err(db("creating decisions"))?;
+    txn.open_table(DECISIONS)
+        .map_err(db("creating decisions"))?;
     Ok(())
 }
 
@@ -794,7 +837,11 @@ mod tests {
         assert_eq!(s.sample_count().expect("count"), 0);
         assert_eq!(s.current_model_version().expect("version"), 0);
         assert!(s.task_types().expect("types").is_empty());
-        assert!(s.decisions(&DecisionQuery::default()).expect("decisions").is_empty());
+        assert!(
+            s.decisions(&DecisionQuery::default())
+                .expect("decisions")
+                .is_empty()
+        );
     }
 
     #[test]
@@ -813,7 +860,9 @@ mod tests {
         };
         stamp(SCHEMA_VERSION + 1);
         match Store::open(&path) {
-            Err(StoreError::SchemaTooNew { found, supported, .. }) => {
+            Err(StoreError::SchemaTooNew {
+                found, supported, ..
+            }) => {
                 assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
             }
             other => panic!("expected SchemaTooNew, got {other:?}"),
@@ -835,7 +884,9 @@ mod tests {
         s.record_run(&again).expect("re-record");
         assert_eq!(s.run_count().expect("count"), 4);
         assert_eq!(
-            s.run(&TaskKey::new("a"), 1).expect("read").map(|r| r.outcome.exit_code),
+            s.run(&TaskKey::new("a"), 1)
+                .expect("read")
+                .map(|r| r.outcome.exit_code),
             Some(3)
         );
         assert!(s.run(&TaskKey::new("a"), 99).expect("read").is_none());
@@ -850,8 +901,14 @@ mod tests {
         s.for_each_task_runs(|k, runs| groups.push((k.to_string(), runs.len())))
             .expect("scan");
         assert_eq!(groups, vec![("a".to_owned(), 2), ("b".to_owned(), 2)]);
-        let a = s.task_type(&TaskKey::new("a")).expect("read").expect("exists");
-        assert_eq!((a.runs_seen, a.first_seen_ms, a.last_seen_ms), (2, 100, 200));
+        let a = s
+            .task_type(&TaskKey::new("a"))
+            .expect("read")
+            .expect("exists");
+        assert_eq!(
+            (a.runs_seen, a.first_seen_ms, a.last_seen_ms),
+            (2, 100, 200)
+        );
         assert_eq!(a.image, "img-a");
         assert_eq!(s.task_types().expect("types").len(), 2);
         // Run ids allocated after caller-chosen ids do not collide with them.
@@ -876,7 +933,11 @@ mod tests {
         });
         assert!(s.record_run(&bad).is_err());
         assert!(s.record_run(&run("", 4, 1)).is_err());
-        assert_eq!(s.run_count().expect("count"), 0, "the batch was all or nothing");
+        assert_eq!(
+            s.run_count().expect("count"),
+            0,
+            "the batch was all or nothing"
+        );
     }
 
     #[test]
@@ -889,7 +950,8 @@ mod tests {
             .collect();
         s.append_samples(id, &samples[..5]).expect("append");
         s.append_samples(id, &samples[5..]).expect("append");
-        s.append_samples(id + 1, &[sample(5, 1.0, 1, 1)]).expect("other run");
+        s.append_samples(id + 1, &[sample(5, 1.0, 1, 1)])
+            .expect("other run");
         assert_eq!(s.samples(id).expect("read"), samples);
         assert_eq!(s.sample_count().expect("count"), 12);
         let mut r = run("ramp", id, 1_000);
@@ -935,19 +997,35 @@ mod tests {
         assert!((merged.cpu_cores - 1.5).abs() < 1e-9, "mean of 0,1,2,3");
         assert_eq!(merged.memory_bytes, 103, "max");
         assert_eq!(merged.io_bytes, 8, "sum");
-        assert!(kept[10..].iter().all(|s| s.count == 1 && s.ts_ms >= 195_000));
+        assert!(
+            kept[10..]
+                .iter()
+                .all(|s| s.count == 1 && s.ts_ms >= 195_000)
+        );
         // Idempotent: a second pass changes nothing.
         let rep = s.apply_retention(now, &policy).expect("retention");
         assert_eq!(rep, RetentionReport::default());
         // Runs: the oldest beyond the cap go.
-        s.record_runs(&[run("a", 1, 1), run("a", 2, 2), run("a", 3, 3), run("b", 4, 4)])
-            .expect("record");
+        s.record_runs(&[
+            run("a", 1, 1),
+            run("a", 2, 2),
+            run("a", 3, 3),
+            run("b", 4, 4),
+        ])
+        .expect("record");
         let rep = s.apply_retention(now, &policy).expect("retention");
         assert_eq!(rep.runs_dropped, 1);
-        let ids: Vec<u64> = s.runs_of(&TaskKey::new("a")).expect("runs").iter().map(|r| r.run_id).collect();
+        let ids: Vec<u64> = s
+            .runs_of(&TaskKey::new("a"))
+            .expect("runs")
+            .iter()
+            .map(|r| r.run_id)
+            .collect();
         assert_eq!(ids, vec![2, 3]);
         assert_eq!(
-            s.task_type(&TaskKey::new("a")).expect("read").map(|t| t.runs_seen),
+            s.task_type(&TaskKey::new("a"))
+                .expect("read")
+                .map(|t| t.runs_seen),
             Some(3),
             "runs seen keeps counting dropped runs"
         );
@@ -962,7 +1040,8 @@ mod tests {
         let a = TaskKey::new("a");
         let b = TaskKey::new("b");
         s.save_models(1, [(&a, &model)], 1).expect("v1");
-        s.save_models(2, [(&a, &model), (&b, &model)], 1).expect("v2");
+        s.save_models(2, [(&a, &model), (&b, &model)], 1)
+            .expect("v2");
         assert_eq!(s.model_versions().expect("versions"), vec![1, 2]);
         assert_eq!(s.current_model_version().expect("current"), 2);
         assert_eq!(s.load_models(1).expect("load").len(), 1);
@@ -990,11 +1069,23 @@ mod tests {
             model_version: Some(4),
         };
         for (i, c) in ["x", "y", "x", "x"].iter().enumerate() {
-            assert_eq!(s.record_decision(&d(c, 100 * i as u64)).expect("record"), i as u64 + 1);
+            assert_eq!(
+                s.record_decision(&d(c, 100 * i as u64)).expect("record"),
+                i as u64 + 1
+            );
         }
         let all = s.decisions(&DecisionQuery::default()).expect("read");
-        assert_eq!(all.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
-        assert_eq!(all[1], Decision { seq: 2, ..d("y", 100) });
+        assert_eq!(
+            all.iter().map(|d| d.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!(
+            all[1],
+            Decision {
+                seq: 2,
+                ..d("y", 100)
+            }
+        );
         let x = s
             .decisions(&DecisionQuery {
                 container_id: Some("x".to_owned()),
@@ -1002,7 +1093,11 @@ mod tests {
                 ..DecisionQuery::default()
             })
             .expect("read");
-        assert_eq!(x.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![3, 4], "newest two, oldest first");
+        assert_eq!(
+            x.iter().map(|d| d.seq).collect::<Vec<_>>(),
+            vec![3, 4],
+            "newest two, oldest first"
+        );
         let since = s
             .decisions(&DecisionQuery {
                 since_ms: Some(150),
@@ -1020,7 +1115,8 @@ mod tests {
         {
             let s = Store::open(&path).expect("open");
             s.record_run(&run("a", 1, 1)).expect("run");
-            s.append_samples(1, &[sample(1, 1.0, 1, 1)]).expect("samples");
+            s.append_samples(1, &[sample(1, 1.0, 1, 1)])
+                .expect("samples");
         }
         let s = Store::open(&path).expect("reopen");
         assert_eq!(s.run_count().expect("count"), 1);

@@ -107,7 +107,7 @@ impl Shape {
     fn memory(self, pos: f64) -> f64 {
         match self {
             Shape::RampToEnd => 0.2 + 0.8 * pos,
-            Shape::Steady => (pos * 10.0).min(1.0).max(0.3),
+            Shape::Steady => (pos * 10.0).clamp(0.3, 1.0),
             Shape::PeakMiddle => 0.3 + 0.7 * (1.0 - (2.0 * pos - 1.0).abs()),
             Shape::EarlyPeak => {
                 if pos < 0.2 {
@@ -177,13 +177,24 @@ impl TaskParams {
         }
     }
 
-    fn run(&self, rng: &mut Rng, run_id: u64, started_at_ms: u64, day: f64, cfg: &SynthConfig) -> RunSummary {
+    fn run(
+        &self,
+        rng: &mut Rng,
+        run_id: u64,
+        started_at_ms: u64,
+        day: f64,
+        cfg: &SynthConfig,
+    ) -> RunSummary {
         let input = if self.uses_input || rng.f64() < 0.5 {
             self.input_median * (self.input_sigma * rng.normal()).exp()
         } else {
             0.0
         };
-        let rel_input = if self.input_median > 0.0 { input / self.input_median } else { 1.0 };
+        let rel_input = if self.input_median > 0.0 {
+            input / self.input_median
+        } else {
+            1.0
+        };
         let deps = self.deps + u32::from(rng.f64() < 0.2);
         let host_load = rng.range(0.05, 1.2);
         let mut mem = (self.base_mem + self.mem_per_input * input + f64::from(deps) * 8.0 * MIB)
@@ -193,7 +204,9 @@ impl TaskParams {
             mem *= 1.3;
         }
         let input_factor = if self.uses_input { rel_input } else { 1.0 };
-        let cpu = self.cpu_base * (0.7 + 0.3 * input_factor.sqrt()) * (self.cpu_noise * rng.normal()).exp();
+        let cpu = self.cpu_base
+            * (0.7 + 0.3 * input_factor.sqrt())
+            * (self.cpu_noise * rng.normal()).exp();
         let duration = self.dur_base
             * input_factor.powf(0.8)
             * (1.0 + 0.5 * host_load)
@@ -208,7 +221,13 @@ impl TaskParams {
         let peak = shape.iter().copied().fold(0.0f32, f32::max).max(1e-6);
         let memory: Vec<f32> = shape.iter().map(|v| v / peak).collect();
         let cpu_profile: Vec<f32> = (0..BUCKETS)
-            .map(|b| if b == 0 { 0.5 } else { 0.8 + 0.2 * ((b % 3) as f32 / 2.0) })
+            .map(|b| {
+                if b == 0 {
+                    0.5
+                } else {
+                    0.8 + 0.2 * ((b % 3) as f32 / 2.0)
+                }
+            })
             .collect();
         RunSummary {
             run_id,
@@ -284,9 +303,18 @@ mod tests {
         let b = generate(&cfg);
         assert_eq!(a, b);
         assert_eq!(a.len(), 60);
-        assert!(a.windows(2).all(|w| w[0].started_at_ms <= w[1].started_at_ms));
-        assert!(a.iter().all(|r| r.profile.as_ref().is_some_and(Profile::is_well_formed)));
-        assert!(a.iter().all(|r| r.outcome.peak_memory_bytes > 0 && r.outcome.duration_s > 0.0));
+        assert!(
+            a.windows(2)
+                .all(|w| w[0].started_at_ms <= w[1].started_at_ms)
+        );
+        assert!(
+            a.iter()
+                .all(|r| r.profile.as_ref().is_some_and(Profile::is_well_formed))
+        );
+        assert!(
+            a.iter()
+                .all(|r| r.outcome.peak_memory_bytes > 0 && r.outcome.duration_s > 0.0)
+        );
     }
 
     #[test]

@@ -242,7 +242,7 @@ pub struct Decision {
     pub directive: Directive,
     /// Which resource (`"memory"`, `"cpu"`, `"io"`).
     pub resource: String,
-    /// Why, in words (`"predicted p99.5 peak"`, `"memory pressure at 92%"`).
+    /// Why, in words (`"predicted p99.8 peak"`, `"memory pressure at 92%"`).
     pub reason: String,
     /// The limit before, if any.
     #[serde(default)]

@@ -73,7 +73,12 @@ fn kill_9_in_a_loop_loses_nothing_committed() {
     // Deterministic kill points: after this many acknowledged runs in each round.
     for (round, kill_after) in [3usize, 17, 1, 40, 9, 26].into_iter().enumerate() {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_writer_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_writer_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(ENV, &db)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -91,7 +96,10 @@ fn kill_9_in_a_loop_loses_nothing_committed() {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "writer too slow in round {round}");
+            assert!(
+                Instant::now() < deadline,
+                "writer too slow in round {round}"
+            );
         }
         // SIGKILL, mid-write: the writer is already busy with the next run.
         child.kill().expect("kill -9 writer");
@@ -105,13 +113,18 @@ fn kill_9_in_a_loop_loses_nothing_committed() {
             .for_each_task_runs(|_, runs| stored.extend(runs.into_iter().map(|r| r.run_id)))
             .expect("runs readable");
         for id in &acked {
-            assert!(stored.contains(id), "round {round}: committed run {id} lost");
+            assert!(
+                stored.contains(id),
+                "round {round}: committed run {id} lost"
+            );
             assert_eq!(store.samples(*id).expect("samples readable").len(), 20);
         }
         // Run ids are never reused after a crash.
         let next = store.allocate_run_id().expect("allocate");
         assert!(acked.iter().all(|id| *id < next));
-        store.decisions(&predictor::DecisionQuery::default()).expect("decisions readable");
+        store
+            .decisions(&predictor::DecisionQuery::default())
+            .expect("decisions readable");
         let _ = p.predict(&TaskKey::new("synth-0000"), &Default::default());
         drop(p);
     }
