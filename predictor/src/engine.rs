@@ -342,6 +342,12 @@ mod tests {
     }
 
     #[test]
+    fn predictor_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Predictor>();
+    }
+
+    #[test]
     fn cold_start_then_prediction_after_retrain() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = open(&dir, PredictorConfig::default());

@@ -254,3 +254,48 @@ pub struct Decision {
     #[serde(default)]
     pub model_version: Option<u64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(ts: u64, cpu: f64, mem: u64) -> Sample {
+        Sample {
+            ts_ms: ts,
+            cpu_cores: cpu,
+            memory_bytes: mem,
+            io_bytes: 0,
+            count: 1,
+        }
+    }
+
+    #[test]
+    fn profile_from_sparse_samples_fills_gaps_and_normalises() {
+        // Two samples over a 20 s run: buckets between them inherit the earlier value.
+        let p = Profile::from_samples(&[s(1_000, 2.0, 50), s(15_000, 1.0, 100)], 0, 20_000)
+            .expect("samples in range");
+        assert!(p.is_well_formed());
+        assert_eq!(p.memory[0], 0.0, "nothing before the first sample");
+        assert_eq!(p.memory[1], 0.5);
+        assert_eq!(p.memory[14], 0.5);
+        assert_eq!(p.memory[15], 1.0);
+        assert_eq!(p.memory[19], 1.0);
+        assert_eq!(p.cpu[1], 1.0);
+        assert!(p.io.iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn profile_needs_a_sample_inside_the_run() {
+        assert!(Profile::from_samples(&[], 0, 1_000).is_none());
+        assert!(Profile::from_samples(&[s(5_000, 1.0, 1)], 0, 1_000).is_none());
+    }
+
+    #[test]
+    fn features_default_missing_limits_to_zero() {
+        let f = RunFeatures::from_metadata(&RunMetadata::default(), 7);
+        assert_eq!(
+            (f.requested_cpu_cores, f.requested_memory_bytes, f.at_ms),
+            (0.0, 0.0, 7)
+        );
+    }
+}
