@@ -761,9 +761,8 @@ impl TaskService {
 }
 
 fn exec_spec_path(state_root: &Path, id: &str, exec_id: &str) -> PathBuf {
-    state_root
-        .join(".exec")
-        .join(format!("{id}-{exec_id}.json"))
+    // Inside libcontainer's directory for the container, so it goes when the container does.
+    state_root.join(id).join(format!("exec-{exec_id}.json"))
 }
 
 async fn shutdown_io(process: &Process) {
