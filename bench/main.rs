@@ -30,6 +30,9 @@ struct Mem {
     rss_kb: u64,
     pss_kb: u64,
     pss_anon_kb: u64,
+    /// Pss summed over the shim and its helper processes (our zygote), and how many there are.
+    total_pss_kb: u64,
+    procs: usize,
 }
 
 fn percentile(v: &[f64], p: f64) -> f64 {
@@ -58,7 +61,7 @@ fn run_once(c: &Containerd, runtime: &str) -> Result<f64, String> {
 }
 
 fn measure_memory(c: &Containerd, runtime: &str) -> Result<Mem, String> {
-    let before = c.shim_pids();
+    let before = c.shim_processes();
     let id = c.id("mem");
     let out = c.ctr(&["run", "-d", "--null-io", "--runtime", runtime, IMAGE, &id, "sleep", "100000"]);
     if !out.ok() {
@@ -68,12 +71,20 @@ fn measure_memory(c: &Containerd, runtime: &str) -> Result<Mem, String> {
         let new: Vec<i32> = c.shim_pids().into_iter().filter(|p| !before.contains(p)).collect();
         (new.len() == 1).then(|| new[0])
     });
+    let all: Vec<i32> = c.shim_processes().into_iter().filter(|p| !before.contains(p)).collect();
     // Let the shim settle (lazy allocations after start) before reading.
     std::thread::sleep(Duration::from_secs(2));
     let mem = shim.ok_or_else(|| "no single new shim process found".to_string()).and_then(|pid| {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
         let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).map_err(|e| e.to_string())?;
+        let total_pss_kb = all
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok())
+            .filter_map(|r| kb_field(&r, "Pss:"))
+            .sum();
         Ok(Mem {
+            total_pss_kb,
+            procs: all.len(),
             rss_kb: kb_field(&status, "VmRSS:").unwrap_or(0),
             pss_kb: kb_field(&rollup, "Pss:").unwrap_or(0),
             pss_anon_kb: kb_field(&rollup, "Pss_Anon:").unwrap_or(0),
@@ -136,26 +147,30 @@ fn main() {
             }
         }
     }
-    c.finish();
+    for leak in c.finish_report() {
+        println!("WARNING: left on the host after the benchmark (scrubbed): {leak}");
+    }
 
     println!();
-    println!("| runtime | start median ms | start p90 ms | shim VmRSS kB | shim Pss kB | shim Pss_Anon kB |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("| runtime | start median ms | start p90 ms | shim VmRSS kB | shim Pss kB | shim Pss_Anon kB | Pss kB, all shim processes |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for side in [&runc, &ours] {
         if let Some(e) = &side.error {
-            println!("| {} | SKIPPED | | | | |", side.runtime);
+            println!("| {} | SKIPPED | | | | | |", side.runtime);
             println!("SKIPPED: {}: {}", side.runtime, e.lines().take(12).collect::<Vec<_>>().join("\n    "));
             continue;
         }
         let m = side.mem.expect("memory measured when no error");
         println!(
-            "| {} | {:.1} | {:.1} | {} | {} | {} |",
+            "| {} | {:.1} | {:.1} | {} | {} | {} | {} ({} processes) |",
             side.runtime,
             percentile(&side.times_ms, 0.5),
             percentile(&side.times_ms, 0.9),
             m.rss_kb,
             m.pss_kb,
-            m.pss_anon_kb
+            m.pss_anon_kb,
+            m.total_pss_kb,
+            m.procs
         );
     }
     println!();
@@ -165,11 +180,12 @@ fn main() {
     }
     if ours.error.is_none() {
         let (o, r) = (ours.mem.expect("measured"), runc.mem.expect("measured"));
-        println!("ratio ours/runc: start median {}  start p90 {}  shim VmRSS {}  shim Pss {}   (target <= 0.6)",
+        println!("ratio ours/runc: start median {}  start p90 {}  shim VmRSS {}  shim Pss {}  all-process Pss {}   (target <= 0.6)",
             ratio(percentile(&ours.times_ms, 0.5), percentile(&runc.times_ms, 0.5)),
             ratio(percentile(&ours.times_ms, 0.9), percentile(&runc.times_ms, 0.9)),
             ratio(o.rss_kb as f64, r.rss_kb as f64),
-            ratio(o.pss_kb as f64, r.pss_kb as f64));
+            ratio(o.pss_kb as f64, r.pss_kb as f64),
+            ratio(o.total_pss_kb as f64, r.total_pss_kb as f64));
     } else {
         println!("ratio ours/runc: not available (our side SKIPPED, see above)");
     }

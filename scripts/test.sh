@@ -52,7 +52,9 @@ e2e_start=$(date +%s)
 for v in $versions; do
     echo "=== e2e: containerd $v, runtime $runtime ==="
     log=$logdir/e2e-$v.log
-    PREDICTIVE_E2E_CONTAINERD=$v cargo nextest run --release -p predictive-e2e -E 'kind(test)' \
+    # Bounded: a broken runtime cannot eat CI's time (each test is also capped by tests/nextest.toml).
+    PREDICTIVE_E2E_CONTAINERD=$v timeout -k 30 "${PREDICTIVE_E2E_VERSION_TIMEOUT:-900}" \
+        cargo nextest run --release -p predictive-e2e -E 'kind(test)' \
         --config-file tests/nextest.toml 2>&1 | tee "$log"
     count "e2e containerd $v ($runtime)" "$log" "${PIPESTATUS[0]}"
 done

@@ -29,6 +29,13 @@ pub fn processes_matching(f: impl Fn(&str, &str) -> bool) -> Vec<i32> {
     pids
 }
 
+/// The parent pid of a process, from /proc/PID/stat.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may hold spaces and parens: the fields after the last ')' are fixed.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn names_id(name: &str, ids: &[String]) -> bool {
     ids.iter().any(|id| name == id || name.starts_with(&format!("{id}-")) || name.starts_with(&format!("{id}.")))
 }
@@ -73,14 +80,10 @@ fn leaked_sockets(c: &Containerd, ids: &[String]) -> Vec<PathBuf> {
 /// runc-shim behaviour, noted and scrubbed but not failed, so the suite can be checked against
 /// runc. For any other runtime (ours) a leaked socket fails the test.
 fn failing_socket_leaks(c: &Containerd, ids: &[String]) -> Vec<PathBuf> {
-    let leaked = leaked_sockets(c, ids);
     if c.settings.runtime == crate::settings::RUNC_RUNTIME {
-        for p in &leaked {
-            eprintln!("NOTE: {} left {} (known runc v2 shim behaviour for groups; not failed)", c.settings.runtime, p.display());
-        }
         return Vec::new();
     }
-    leaked
+    leaked_sockets(c, ids)
 }
 
 /// While containerd still runs, after every container was removed: state directories, fifos
@@ -183,6 +186,7 @@ pub fn scrub(c: &Containerd, ids: &[String], keep_dir: bool) {
     }
     let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&c.ns));
     for p in leaked_sockets(c, ids) {
+        eprintln!("NOTE: shim socket {} was left behind; removed", p.display());
         let _ = std::fs::remove_file(p);
     }
     let mut found = Vec::new();

@@ -11,7 +11,7 @@ use crate::cmd::{Bg, Output, run_cmd, wait_until};
 use crate::settings::{IMAGE, PREDICTIVE_SHIM_BINARY, Settings};
 
 /// Default bound for one ctr call.
-pub const CTR_TIMEOUT: Duration = Duration::from_secs(60);
+pub const CTR_TIMEOUT: Duration = Duration::from_secs(30);
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -206,10 +206,18 @@ impl Containerd {
         assert!(!self.containers().iter().any(|c| c == id), "container {id} still listed after removal");
     }
 
-    /// Shim processes serving this containerd (they carry `-address <our socket>`).
+    /// Shim processes serving this containerd (they carry `-address <our socket>`), counted once
+    /// per shim: a helper child with the same command line (our shim's zygote) is not listed.
     pub fn shim_pids(&self) -> Vec<i32> {
+        let all = self.shim_processes();
+        all.iter().copied().filter(|p| !clean::parent_of(*p).is_some_and(|pp| all.contains(&pp))).collect()
+    }
+
+    /// Every process of this containerd's shims, helpers included.
+    pub fn shim_processes(&self) -> Vec<i32> {
+        let addr = format!("-address {} ", self.sock.display());
         clean::processes_matching(|cmdline, _| {
-            cmdline.contains(&format!("-address {}", self.sock.display()))
+            format!("{cmdline} ").contains(&addr)
                 && cmdline.split_whitespace().next().is_some_and(|a| a.contains("containerd-shim"))
         })
     }
@@ -240,7 +248,19 @@ impl Containerd {
 
     /// Remove what is left, stop containerd, and check the host is clean for every id this test used.
     /// Panics listing the leaks (after cleaning them up, so later tests start clean).
-    pub fn finish(mut self) {
+    pub fn finish(self) {
+        let (test, runtime, version) = (self.test.clone(), self.settings.runtime.clone(), self.settings.containerd.clone());
+        let problems = self.finish_report();
+        if !problems.is_empty() {
+            panic!(
+                "{test}: host not clean after the test (runtime {runtime}, containerd {version}):\n  {}",
+                problems.join("\n  ")
+            );
+        }
+    }
+
+    /// [`Self::finish`] without the panic: returns the leaks found (and scrubbed).
+    pub fn finish_report(mut self) -> Vec<String> {
         self.finished = true;
         let mut problems = Vec::new();
         // Containers a test left behind are removed quietly: the leak checks are about what
@@ -251,9 +271,9 @@ impl Containerd {
         }
         let ids = self.ids.lock().expect("ids poisoned").clone();
         // Shims exit after their last task is deleted.
-        let shims = wait_until(Duration::from_secs(15), || self.shim_pids().is_empty().then_some(()));
+        let shims = wait_until(Duration::from_secs(15), || self.shim_processes().is_empty().then_some(()));
         if shims.is_none() {
-            problems.push(format!("shim processes still running after all containers were removed: {:?}", self.shim_pids()));
+            problems.push(format!("shim processes still running after all containers were removed: {:?}", self.shim_processes()));
         }
         if let Some(leaks) = wait_clean(Duration::from_secs(10), || clean::state_leaks(&self, &ids)) {
             problems.extend(leaks);
@@ -264,15 +284,7 @@ impl Containerd {
         }
         let keep = self.settings.keep && !problems.is_empty();
         clean::scrub(&self, &ids, keep);
-        if !problems.is_empty() {
-            panic!(
-                "{}: host not clean after the test (runtime {}, containerd {}):\n  {}",
-                self.test,
-                self.settings.runtime,
-                self.settings.containerd,
-                problems.join("\n  ")
-            );
-        }
+        problems
     }
 
     fn stop_containerd(&self) {
@@ -313,9 +325,12 @@ impl Drop for Containerd {
             eprintln!("{}: keeping {} (containerd.log there)", self.test, self.dir.display());
         }
         let log = self.log();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        eprintln!("--- containerd.log (last lines) ---");
-        for l in tail.iter().rev() {
+        let interesting: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("loading plugin") && !l.contains("skip plugin") && !l.contains("devmapper"))
+            .collect();
+        eprintln!("--- containerd.log ({}, without plugin loading; last 60 lines) ---", self.dir.join("containerd.log").display());
+        for l in &interesting[interesting.len().saturating_sub(60)..] {
             eprintln!("{l}");
         }
         let mut down = Command::new(self.settings.script("containerd-down.sh"));

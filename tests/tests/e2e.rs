@@ -255,7 +255,7 @@ fn parallel_creates_in_one_group() {
                 s.spawn(move || c.remove(id));
             }
         });
-        wait_until(Duration::from_secs(15), || c.shim_pids().is_empty().then_some(()))
+        wait_until(Duration::from_secs(15), || c.shim_processes().is_empty().then_some(()))
             .unwrap_or_else(|| panic!("round {round}: shim still running after its group was removed"));
     }
     eprintln!("{rounds} rounds of 8 parallel creates in {:.1}s", started.elapsed().as_secs_f64());
