@@ -21,7 +21,12 @@ pub fn init(debug: bool) {
         .write(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path);
-    let level = if debug { "debug" } else { "info" };
+    // libcgroups warns once per missing controller on every create and delete: noise, not news.
+    let level = if debug {
+        "debug"
+    } else {
+        "info,libcgroups=error"
+    };
     let filter =
         EnvFilter::try_from_env("PREDICTIVE_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let _ = tracing_log::LogTracer::init();
