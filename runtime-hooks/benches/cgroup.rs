@@ -158,6 +158,16 @@ fn thread_cpu_ns() -> u64 {
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// (user, system) CPU microseconds of this thread so far.
+fn thread_rusage_us() -> (f64, f64) {
+    // SAFETY: rusage is plain data; getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: ru is a valid rusage to write into.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    (us(ru.ru_utime), us(ru.ru_stime))
+}
+
 /// CPU microseconds per call of `f`, over `n` calls.
 fn cpu_us_per_op(n: u32, mut f: impl FnMut()) -> f64 {
     for _ in 0..n / 10 {
@@ -291,9 +301,13 @@ fn bench(c: &mut Criterion) {
     let oneoff = cpu_us_per_op(n, || {
         std::hint::black_box(cg.sample());
     });
+    let (u0, s0) = thread_rusage_us();
     let sample = cpu_us_per_op(n, || {
         std::hint::black_box(sampler.sample());
     });
+    let (u1, s1) = thread_rusage_us();
+    let runs = f64::from(n + n / 10);
+    let (user, sys) = ((u1 - u0) / runs, (s1 - s0) / runs);
     let open: Vec<std::fs::File> = sampled_files(cg)
         .iter()
         .filter_map(|p| std::fs::File::open(p).ok())
@@ -329,6 +343,7 @@ fn bench(c: &mut Criterion) {
         "  Sampler::sample()          {sample:8.2} us  ({:.1}x baseline; target < 50 us)",
         sample / base
     );
+    println!("    of which user {user:.2} us, system {sys:.2} us (getrusage, tick-sampled)");
     println!(
         "  kernel floor: one pread of each of the {} files a sample reads {floor:6.2} us ({:.0}% of Sampler::sample)",
         open.len(),

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Reads a whole (small) file; `None` when it is missing or unreadable.
 pub(crate) fn read(path: &Path) -> Option<String> {
@@ -74,7 +74,7 @@ type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
 /// been recreated); a file that does not exist is remembered as absent.
 #[derive(Debug, Default)]
 pub(crate) struct Files {
-    cache: Option<FnvMap<PathBuf, Option<File>>>,
+    cache: Option<FnvMap<Vec<u8>, Option<File>>>,
     buf: Vec<u8>,
 }
 
@@ -96,30 +96,38 @@ impl Files {
     }
 
     /// The file's content, `None` when missing, unreadable or not UTF-8.
-    pub(crate) fn read(&mut self, path: &Path) -> Option<String> {
-        let Some(cache) = &mut self.cache else {
-            return read(path);
-        };
-        let entry = match cache.get_mut(path) {
-            Some(entry) => entry,
+    pub(crate) fn read(&mut self, path: &Path) -> Option<&str> {
+        let len = match &mut self.cache {
             None => {
-                let opened = match File::open(path) {
-                    Ok(f) => Some(f),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                    // Transient (EMFILE, EACCES...): do not remember, try again next time.
-                    Err(_) => return None,
+                let file = File::open(path).ok()?;
+                read_whole(&file, &mut self.buf).ok()?
+            }
+            Some(cache) => {
+                // Keyed by bytes: hashing a Path walks its components, which costs more than the read.
+                let key = path.as_os_str().as_encoded_bytes();
+                let entry = match cache.get_mut(key) {
+                    Some(entry) => entry,
+                    None => {
+                        let opened = match File::open(path) {
+                            Ok(f) => Some(f),
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                            // Transient (EMFILE, EACCES...): do not remember, try again next time.
+                            Err(_) => return None,
+                        };
+                        cache.entry(key.to_vec()).or_insert(opened)
+                    }
                 };
-                cache.entry(path.to_owned()).or_insert(opened)
+                let file = entry.as_ref()?;
+                match read_whole(file, &mut self.buf) {
+                    Ok(len) => len,
+                    Err(_) => {
+                        cache.remove(key);
+                        return None;
+                    }
+                }
             }
         };
-        let file = entry.as_ref()?;
-        let Ok(len) = read_whole(file, &mut self.buf) else {
-            cache.remove(path);
-            return None;
-        };
-        std::str::from_utf8(&self.buf[..len])
-            .ok()
-            .map(str::to_owned)
+        std::str::from_utf8(&self.buf[..len]).ok()
     }
 
     /// A single-number file.
@@ -130,7 +138,7 @@ impl Files {
     /// Forgets a cached descriptor (after the file's owner went away).
     pub(crate) fn forget(&mut self, path: &Path) {
         if let Some(cache) = &mut self.cache {
-            cache.remove(path);
+            cache.remove(path.as_os_str().as_encoded_bytes());
         }
     }
 }
