@@ -306,6 +306,9 @@ fn bench(c: &mut Criterion) {
         std::hint::black_box(sampler.sample());
     });
     let (u1, s1) = thread_rusage_us();
+    let core = cpu_us_per_op(n, || {
+        std::hint::black_box(sampler.sample_scope(runtime_hooks::SampleScope::CORE));
+    });
     let runs = f64::from(n + n / 10);
     let (user, sys) = ((u1 - u0) / runs, (s1 - s0) / runs);
     let open: Vec<std::fs::File> = sampled_files(cg)
@@ -344,6 +347,10 @@ fn bench(c: &mut Criterion) {
         sample / base
     );
     println!("    of which user {user:.2} us, system {sys:.2} us (getrusage, tick-sampled)");
+    println!(
+        "  Sampler::sample_scope(CORE) {core:7.2} us  ({:.1}x baseline; no PSI, no net counters)",
+        core / base
+    );
     println!(
         "  kernel floor: one pread of each of the {} files a sample reads {floor:6.2} us ({:.0}% of Sampler::sample)",
         open.len(),

@@ -27,6 +27,16 @@ fn samples_every_field_on_each_layout() {
         cached.unix_ns = s.unix_ns;
         cached.monotonic_ns = s.monotonic_ns;
         assert_eq!(cached, s, "{layout:?}: the caching sampler reads the same");
+        let core = cg.sampler().sample_scope(crate::SampleScope::CORE);
+        assert_eq!(
+            (core.net, core.pressure),
+            (None, Default::default()),
+            "{layout:?}: core scope"
+        );
+        assert_eq!(
+            (core.cpu, core.memory, core.io, core.pids),
+            (s.cpu, s.memory, s.io, s.pids)
+        );
         assert!(
             s.unix_ns > 1_600_000_000_000_000_000,
             "{layout:?}: wall clock"
@@ -145,29 +155,37 @@ fn malformed_files_give_absent_fields_never_panics() {
         "\u{0}\u{1}binary",
     ];
     for layout in ALL {
+        // One tree per layout: each file is garbled, sampled (one-off and cached), then restored.
+        let (host, cg) = setup(layout);
         for (controller, file) in sampled_files(layout) {
+            // Fresh per file: the previous file was deleted and recreated (a new inode).
+            let mut sampler = cg.sampler();
+            let rel = host.rel(controller, C, file);
+            let original = host.read(&rel);
             for content in garbage {
-                let (host, cg) = setup(layout);
-                host.file(&host.rel(controller, C, file), content);
-                let s = cg.sample();
-                // Spot checks: the garbled file's fields are gone, the rest stay.
-                match file {
-                    "memory.usage_in_bytes" | "memory.current" => {
-                        assert_eq!(s.memory.usage_bytes, None);
-                        assert_eq!(s.memory.working_set_bytes, None);
+                host.file(&rel, content);
+                for s in [cg.sample(), sampler.sample()] {
+                    // Spot checks: the garbled file's fields are gone, the rest stay.
+                    match file {
+                        "memory.usage_in_bytes" | "memory.current" => {
+                            assert_eq!(s.memory.usage_bytes, None);
+                            assert_eq!(s.memory.working_set_bytes, None);
+                        }
+                        "cpu.pressure" => {
+                            assert_eq!(s.pressure.cpu, None, "{layout:?} {content:?}")
+                        }
+                        "pids.current" => assert_eq!(s.pids.current, None),
+                        _ => {}
                     }
-                    "cpu.pressure" => assert_eq!(s.pressure.cpu, None, "{layout:?} {content:?}"),
-                    "pids.current" => assert_eq!(s.pids.current, None),
-                    _ => {}
-                }
-                if file != "pids.current" {
-                    assert_eq!(s.pids.current, Some(3), "{layout:?} {file} {content:?}");
+                    if file != "pids.current" {
+                        assert_eq!(s.pids.current, Some(3), "{layout:?} {file} {content:?}");
+                    }
                 }
             }
             // A missing file is absence too.
-            let (host, cg) = setup(layout);
-            std::fs::remove_file(host.root().join(host.rel(controller, C, file))).expect("rm");
+            std::fs::remove_file(host.root().join(&rel)).expect("rm");
             let _ = cg.sample();
+            host.file(&rel, &original);
         }
     }
 }

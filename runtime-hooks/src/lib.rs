@@ -40,7 +40,7 @@ pub(crate) mod testutil;
 pub use actuate::{ActuateError, CpuLimit, MemoryLimitPolicy};
 pub use cgroup::{
     CgroupDirs, CgroupVersion, ContainerCgroup, CpuSample, IoSample, MemorySample, NetDevTotals,
-    PidsSample, Pressure, PressureSample, PsiLine, Sample, Sampler,
+    PidsSample, Pressure, PressureSample, PsiLine, Sample, SampleScope, Sampler,
 };
 pub use discovery::{DiscoveryError, HostRoots};
 pub use oom::{OomError, OomWatcher};

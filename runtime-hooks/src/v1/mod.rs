@@ -12,7 +12,7 @@ pub(crate) mod pids;
 
 use std::path::PathBuf;
 
-use crate::cgroup::{Controller, Sample};
+use crate::cgroup::{Controller, Sample, SampleScope};
 use crate::parse::Files;
 
 /// The v1 controllers this crate reads or writes (names of their mount directories).
@@ -38,7 +38,7 @@ pub struct Dirs {
     pub unified: Option<PathBuf>,
 }
 
-pub(crate) fn sample(dirs: &Dirs, files: &mut Files, sample: &mut Sample) {
+pub(crate) fn sample(dirs: &Dirs, files: &mut Files, scope: SampleScope, sample: &mut Sample) {
     if let Some(d) = &dirs.cpu {
         cpu::Cpu::sample(d, files, sample);
     }
@@ -58,7 +58,9 @@ pub(crate) fn sample(dirs: &Dirs, files: &mut Files, sample: &mut Sample) {
         freezer::Freezer::sample(d, files, sample);
     }
     if let Some(d) = &dirs.unified {
-        crate::v2::psi::Psi::sample(d, files, sample);
+        if scope.pressure {
+            crate::v2::psi::Psi::sample(d, files, sample);
+        }
         if sample.cpu.usage_ns.is_none() {
             sample.cpu.usage_ns = crate::v2::cpu::usage_ns(files, d);
         }

@@ -9,7 +9,7 @@ pub(crate) mod psi;
 
 use std::path::PathBuf;
 
-use crate::cgroup::{Controller, Sample};
+use crate::cgroup::{Controller, Sample, SampleScope};
 use crate::parse::Files;
 
 /// A container's cgroup2 directory.
@@ -19,12 +19,14 @@ pub struct Dirs {
     pub dir: PathBuf,
 }
 
-pub(crate) fn sample(dirs: &Dirs, files: &mut Files, sample: &mut Sample) {
+pub(crate) fn sample(dirs: &Dirs, files: &mut Files, scope: SampleScope, sample: &mut Sample) {
     let d = &dirs.dir;
     cpu::Cpu::sample(d, files, sample);
     memory::Memory::sample(d, files, sample);
     io::Io::sample(d, files, sample);
     crate::v1::pids::Pids::sample(d, files, sample);
     freezer::Freezer::sample(d, files, sample);
-    psi::Psi::sample(d, files, sample);
+    if scope.pressure {
+        psi::Psi::sample(d, files, sample);
+    }
 }
