@@ -277,7 +277,7 @@ impl ContainerCgroup {
         }
         if let Some(pid) = *net_pid {
             let path = self.proc_root.join(pid.to_string()).join("net/dev");
-            sample.net = files.read(&path).and_then(|t| parse::net_dev(&t));
+            sample.net = files.read(&path).and_then(parse::net_dev);
             if sample.net.is_none() {
                 // The process may have exited: pick another next time.
                 files.forget(&path);

@@ -132,7 +132,7 @@ impl Files {
 
     /// A single-number file.
     pub(crate) fn u64(&mut self, path: &Path) -> Option<u64> {
-        u64_value(&self.read(path)?)
+        u64_value(self.read(path)?)
     }
 
     /// Forgets a cached descriptor (after the file's owner went away).

@@ -36,11 +36,9 @@ pub(crate) fn read_write_totals(text: &str) -> Option<(u64, u64)> {
 }
 
 fn first_present(files: &mut Files, dir: &Path, names: &[&str]) -> Option<(u64, u64)> {
-    names.iter().find_map(|name| {
-        files
-            .read(&dir.join(name))
-            .and_then(|t| read_write_totals(&t))
-    })
+    names
+        .iter()
+        .find_map(|name| files.read(&dir.join(name)).and_then(read_write_totals))
 }
 
 impl Controller for Blkio {

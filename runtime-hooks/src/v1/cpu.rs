@@ -15,9 +15,9 @@ impl Controller for Cpu {
         let Some(stat) = files.read(&dir.join("cpu.stat")) else {
             return;
         };
-        sample.cpu.nr_periods = parse::keyed_u64(&stat, "nr_periods");
-        sample.cpu.nr_throttled = parse::keyed_u64(&stat, "nr_throttled");
-        sample.cpu.throttled_ns = parse::keyed_u64(&stat, "throttled_time");
+        sample.cpu.nr_periods = parse::keyed_u64(stat, "nr_periods");
+        sample.cpu.nr_throttled = parse::keyed_u64(stat, "nr_throttled");
+        sample.cpu.throttled_ns = parse::keyed_u64(stat, "throttled_time");
     }
 }
 

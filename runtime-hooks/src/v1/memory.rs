@@ -27,7 +27,7 @@ impl Controller for Memory {
         if let Some(stat) = files.read(&dir.join("memory.stat")) {
             // total_* are hierarchical (include child cgroups); older kernels only have the local ones.
             let [total_rss, rss, total_cache, cache, total_inactive, inactive] = parse::keyed_many(
-                &stat,
+                stat,
                 [
                     "total_rss",
                     "rss",
@@ -45,8 +45,8 @@ impl Controller for Memory {
                 .map(|(u, i)| u.saturating_sub(i));
         }
         if let Some(oom) = files.read(&dir.join("memory.oom_control")) {
-            m.oom_kills = parse::keyed_u64(&oom, "oom_kill");
-            m.under_oom = parse::keyed_u64(&oom, "under_oom").map(|v| v != 0);
+            m.oom_kills = parse::keyed_u64(oom, "oom_kill");
+            m.under_oom = parse::keyed_u64(oom, "under_oom").map(|v| v != 0);
         }
     }
 }

@@ -14,7 +14,7 @@ impl Controller for Pids {
         sample.pids.current = files.u64(&dir.join("pids.current"));
         sample.pids.limit = files
             .read(&dir.join("pids.max"))
-            .and_then(|t| parse::limit_value(&t))
+            .and_then(parse::limit_value)
             .flatten();
     }
 }

@@ -15,7 +15,7 @@ fn usec_to_ns(v: u64) -> u64 {
 
 /// `usage_usec` of `cpu.stat` in nanoseconds (present even without the cpu controller).
 pub(crate) fn usage_ns(files: &mut Files, dir: &Path) -> Option<u64> {
-    parse::keyed_u64(&files.read(&dir.join("cpu.stat"))?, "usage_usec").map(usec_to_ns)
+    parse::keyed_u64(files.read(&dir.join("cpu.stat"))?, "usage_usec").map(usec_to_ns)
 }
 
 impl Controller for Cpu {
@@ -23,10 +23,10 @@ impl Controller for Cpu {
         let Some(stat) = files.read(&dir.join("cpu.stat")) else {
             return;
         };
-        sample.cpu.usage_ns = parse::keyed_u64(&stat, "usage_usec").map(usec_to_ns);
-        sample.cpu.nr_periods = parse::keyed_u64(&stat, "nr_periods");
-        sample.cpu.nr_throttled = parse::keyed_u64(&stat, "nr_throttled");
-        sample.cpu.throttled_ns = parse::keyed_u64(&stat, "throttled_usec").map(usec_to_ns);
+        sample.cpu.usage_ns = parse::keyed_u64(stat, "usage_usec").map(usec_to_ns);
+        sample.cpu.nr_periods = parse::keyed_u64(stat, "nr_periods");
+        sample.cpu.nr_throttled = parse::keyed_u64(stat, "nr_throttled");
+        sample.cpu.throttled_ns = parse::keyed_u64(stat, "throttled_usec").map(usec_to_ns);
     }
 }
 

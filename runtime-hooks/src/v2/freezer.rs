@@ -14,7 +14,7 @@ impl Controller for Freezer {
     fn sample(dir: &Path, files: &mut Files, sample: &mut Sample) {
         sample.frozen = files
             .read(&dir.join("cgroup.events"))
-            .and_then(|t| parse::keyed_u64(&t, "frozen"))
+            .and_then(|t| parse::keyed_u64(t, "frozen"))
             .map(|v| v != 0);
     }
 }

@@ -38,7 +38,7 @@ impl Controller for Io {
         let Some(text) = files.read(&dir.join("io.stat")) else {
             return;
         };
-        let [rb, wb, ri, wi] = totals(&text);
+        let [rb, wb, ri, wi] = totals(text);
         sample.io.read_bytes = Some(rb);
         sample.io.write_bytes = Some(wb);
         sample.io.read_ops = Some(ri);

@@ -20,11 +20,11 @@ impl Controller for Memory {
         m.peak_bytes = files.u64(&dir.join("memory.peak"));
         m.limit_bytes = files
             .read(&dir.join("memory.max"))
-            .and_then(|t| parse::limit_value(&t))
+            .and_then(parse::limit_value)
             .flatten();
         if let Some(stat) = files.read(&dir.join("memory.stat")) {
             let [anon, file, inactive_file] =
-                parse::keyed_many(&stat, ["anon", "file", "inactive_file"]);
+                parse::keyed_many(stat, ["anon", "file", "inactive_file"]);
             m.rss_bytes = anon;
             m.cache_bytes = file;
             m.working_set_bytes = m
@@ -33,9 +33,9 @@ impl Controller for Memory {
                 .map(|(u, i)| u.saturating_sub(i));
         }
         if let Some(events) = files.read(&dir.join("memory.events")) {
-            m.limit_hits = parse::keyed_u64(&events, "max");
-            m.oom_events = parse::keyed_u64(&events, "oom");
-            m.oom_kills = parse::keyed_u64(&events, "oom_kill");
+            m.limit_hits = parse::keyed_u64(events, "max");
+            m.oom_events = parse::keyed_u64(events, "oom");
+            m.oom_kills = parse::keyed_u64(events, "oom_kill");
         }
     }
 }

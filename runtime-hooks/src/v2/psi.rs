@@ -13,11 +13,7 @@ pub(crate) struct Psi;
 
 impl Controller for Psi {
     fn sample(dir: &Path, files: &mut Files, sample: &mut Sample) {
-        let mut read = |name: &str| {
-            files
-                .read(&dir.join(name))
-                .and_then(|t| parse::pressure(&t))
-        };
+        let mut read = |name: &str| files.read(&dir.join(name)).and_then(parse::pressure);
         sample.pressure.cpu = read("cpu.pressure");
         sample.pressure.memory = read("memory.pressure");
         sample.pressure.io = read("io.pressure");
