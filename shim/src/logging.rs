@@ -7,10 +7,17 @@
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
+use std::str::FromStr;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Sets up logging into `./log` (the working directory is the bundle when this runs).
+///
+/// The level is `info` (`debug` with containerd's `-debug`); `PREDICTIVE_LOG` in containerd's
+/// environment overrides it with `level,target=level` directives.
 pub fn init(debug: bool) {
     let path = std::path::Path::new("log");
     if !path.exists() {
@@ -22,20 +29,27 @@ pub fn init(debug: bool) {
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path);
     // libcgroups warns once per missing controller on every create and delete: noise, not news.
-    let level = if debug {
+    let default = if debug {
         "debug"
     } else {
         "info,libcgroups=error"
     };
-    let filter =
-        EnvFilter::try_from_env("PREDICTIVE_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    // `Targets`, not `EnvFilter`: the same directive syntax at a fraction of the memory.
+    let filter = std::env::var("PREDICTIVE_LOG")
+        .ok()
+        .and_then(|v| Targets::from_str(&v).ok())
+        .or_else(|| Targets::from_str(default).ok())
+        .unwrap_or_default();
     let _ = tracing_log::LogTracer::init();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(false)
         .with_target(false);
     let _ = match file {
-        Ok(file) => builder.with_writer(std::sync::Mutex::new(file)).try_init(),
-        Err(_) => builder.with_writer(std::io::sink).try_init(),
+        Ok(file) => tracing_subscriber::registry()
+            .with(fmt.with_writer(std::sync::Mutex::new(file)).with_filter(filter))
+            .try_init(),
+        Err(_) => tracing_subscriber::registry()
+            .with(fmt.with_writer(std::io::sink).with_filter(filter))
+            .try_init(),
     };
 }
