@@ -46,7 +46,10 @@ pub fn init(debug: bool) {
         .with_target(false);
     let _ = match file {
         Ok(file) => tracing_subscriber::registry()
-            .with(fmt.with_writer(std::sync::Mutex::new(file)).with_filter(filter))
+            .with(
+                fmt.with_writer(std::sync::Mutex::new(file))
+                    .with_filter(filter),
+            )
             .try_init(),
         Err(_) => tracing_subscriber::registry()
             .with(fmt.with_writer(std::io::sink).with_filter(filter))

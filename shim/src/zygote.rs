@@ -315,6 +315,7 @@ fn serve(sock: OwnedFd, work: fn(Request, Stdio) -> Reply) -> ! {
         match unsafe { fork() } {
             Ok(ForkResult::Child) => {
                 drop(sock);
+                reset_ignored_signals();
                 let reply = work(request, stdio);
                 answer(reply_fd, &reply);
                 exit_now(0)
@@ -327,6 +328,45 @@ fn serve(sock: OwnedFd, work: fn(Request, Stdio) -> Reply) -> ! {
                     message: format!("zygote could not fork a worker: {e}"),
                 },
             ),
+        }
+    }
+}
+
+/// Ignored signals stay ignored across exec, and the shim inherits some (Rust ignores SIGPIPE at
+/// startup; containerd leaves 32 and 33 ignored): without this, containers would inherit them.
+/// They start with every signal at its default, as under runc. The raw system call is used
+/// because glibc refuses to touch the two signals it reserves.
+fn reset_ignored_signals() {
+    const SIGSET_SIZE: libc::c_long = 8;
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: rt_sigaction with a null new action only reads the current action into `old`;
+        // the second call installs SIG_DFL, no handler. The kernel's struct (handler, flags,
+        // restorer, mask: 32 bytes) is smaller than libc's, whose first field is also the handler,
+        // so the kernel writes within `old` and reads zeros past `new`'s handler. The child is
+        // single-threaded.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            let rc = libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                std::ptr::null::<libc::sigaction>(),
+                &mut old as *mut libc::sigaction,
+                SIGSET_SIZE,
+            );
+            if rc == 0 && old.sa_sigaction == libc::SIG_IGN {
+                let mut new: libc::sigaction = std::mem::zeroed();
+                new.sa_sigaction = libc::SIG_DFL;
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &new as *const libc::sigaction,
+                    std::ptr::null_mut::<libc::sigaction>(),
+                    SIGSET_SIZE,
+                );
+            }
         }
     }
 }
