@@ -1,0 +1,1160 @@
+//! The allocation controller: pure logic, no kernel, no I/O, no clock. The broker feeds it registrations,
+//! usage and ticks and turns its [`Directive`]s into cgroup writes (through the shim) and decision records.
+//!
+//! Rules, in the order a [`Controller::tick`] applies them:
+//! 1. **Expiry**: a lease whose holder has not reported for `stale_after_ms` is ended; the lender gets it back.
+//! 2. **Revocation**: a lender whose usage nears what it kept, or whose predicted profile says the next
+//!    `lookahead_buckets` need more than it kept, gets its leases back in this tick (CPU at once).
+//! 3. **Release**: a holder that no longer needs a lease gives it back.
+//! 4. **CPU borrowing**: a task under CPU pressure (throttled, at its quota, or CPU PSI stall) borrows from the
+//!    host's unallocated CPU and from idle lenders (lowest priority first) as leases, highest priority first, up
+//!    to its per-task maximum and never above its user limit.
+//! 5. **Memory**: a task near its memory allocation (or waiting on an OOM with the killer disabled) is grown
+//!    from the host's free memory; with no room, the lowest-priority running task below it is paused (frozen)
+//!    and its unused allocation returned to the pool. Under host memory pressure one lowest-priority task is
+//!    paused per tick; paused tasks are thawed, highest priority first, once pressure has passed.
+//!
+//! A memory allocation never makes an OOM kill likelier than the user's limit: on cgroup v2 it is
+//! `memory.high` with `memory.max` at the user's limit (or the host ceiling); on v1 it is
+//! `memory.limit_in_bytes` with the OOM killer disabled until the allocation reaches the user's limit.
+//!
+//! Priority is `(user priority, on its pipeline's critical path)`, compared in that order. Tasks in mode
+//! `observe` get directives marked `applied: false` and never lend to, borrow from or get paused for tasks in
+//! mode `enforce` (nothing would actually change on the host).
+//!
+//! Limits: memory is not lent through leases (it grows from the free pool and from paused tasks' unused
+//! allocation); memory allocations are never shrunk while a task runs; IO weight is not set.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use predictor::{BUCKETS, Prediction};
+use serde::{Deserialize, Serialize};
+
+/// Whether the broker may change a task's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Never contact the broker; the spec's limits stand.
+    Off,
+    /// Predict, decide and record, but change nothing.
+    Observe,
+    /// Predict, decide and apply.
+    #[default]
+    Enforce,
+}
+
+/// Which cgroup interface the task's directives target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupKind {
+    /// v1 (or hybrid): `memory.limit_in_bytes` with the OOM killer disabled below the user's limit.
+    V1,
+    /// v2: `memory.high` with `memory.max` at the user's limit.
+    #[default]
+    V2,
+}
+
+/// The limits and requests the user put in the spec. `None` = not set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpecLimits {
+    /// CPU limit (quota / period), cores.
+    #[serde(default)]
+    pub cpu_limit_cores: Option<f64>,
+    /// CPU request (from shares or a CRI annotation), cores.
+    #[serde(default)]
+    pub cpu_request_cores: Option<f64>,
+    /// Memory limit, bytes.
+    #[serde(default)]
+    pub memory_limit_bytes: Option<u64>,
+    /// Memory request (reservation), bytes.
+    #[serde(default)]
+    pub memory_request_bytes: Option<u64>,
+}
+
+/// What the host can give to the tasks the broker manages.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HostCapacity {
+    /// CPUs.
+    pub cpu_cores: f64,
+    /// Memory, bytes.
+    pub memory_bytes: u64,
+}
+
+/// Tuning of the controller; the defaults are documented per field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// CPU never handed out (default 0.5 cores).
+    pub host_reserve_cpu: f64,
+    /// Memory never handed out (default 256 MiB).
+    pub host_reserve_memory_bytes: u64,
+    /// Smallest CPU allocation (default 0.05 cores).
+    pub min_cpu_cores: f64,
+    /// Smallest memory allocation (default 16 MiB).
+    pub min_memory_bytes: u64,
+    /// Lifetime buckets whose CPU p90 sets the initial CPU allocation (default 5 of 20).
+    pub initial_cpu_buckets: usize,
+    /// Buckets ahead a lender's profile is read to revoke before it needs its CPU (default 1).
+    pub lookahead_buckets: usize,
+    /// Usage is multiplied by this to get what a task needs to keep (default 1.25).
+    pub headroom: f64,
+    /// Share of periods throttled above which a task is under CPU pressure (default 0.10).
+    pub throttled_fraction: f64,
+    /// Usage over effective quota at which a task is under CPU pressure (default 0.90).
+    pub busy_fraction: f64,
+    /// CPU PSI `some avg10` (percent) at which a task is under CPU pressure (default 20).
+    pub cpu_psi_avg10: f64,
+    /// A borrower asks for this share of its current quota per tick (default 0.5).
+    pub borrow_step: f64,
+    /// Smallest lease worth granting (default 0.05 cores).
+    pub min_lease_cpu: f64,
+    /// Most a task may borrow unless its annotation says otherwise (default: unlimited).
+    pub max_borrow_cpu: Option<f64>,
+    /// A lease ends when its holder has not reported for this long (default 5 s).
+    pub stale_after_ms: u64,
+    /// How long a lease lasts without renewal; renewed every tick its holder reports (default 10 s).
+    pub lease_ttl_ms: u64,
+    /// Usage over allocation at which memory is grown (default 0.90).
+    pub memory_grow_at: f64,
+    /// Growth factor of a memory allocation (default 1.25).
+    pub memory_grow_factor: f64,
+    /// Host memory usage over grantable memory at which the lowest-priority task is paused (default 0.95).
+    pub pause_at: f64,
+    /// Host memory usage over grantable memory below which paused tasks are thawed (default 0.85).
+    pub thaw_below: f64,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            host_reserve_cpu: 0.5,
+            host_reserve_memory_bytes: 256 << 20,
+            min_cpu_cores: 0.05,
+            min_memory_bytes: 16 << 20,
+            initial_cpu_buckets: 5,
+            lookahead_buckets: 1,
+            headroom: 1.25,
+            throttled_fraction: 0.10,
+            busy_fraction: 0.90,
+            cpu_psi_avg10: 20.0,
+            borrow_step: 0.5,
+            min_lease_cpu: 0.05,
+            max_borrow_cpu: None,
+            stale_after_ms: 5_000,
+            lease_ttl_ms: 10_000,
+            memory_grow_at: 0.90,
+            memory_grow_factor: 1.25,
+            pause_at: 0.95,
+            thaw_below: 0.85,
+        }
+    }
+}
+
+/// One task as the controller sees it at registration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSpec {
+    /// Container id (unique among running tasks).
+    pub container_id: String,
+    /// Mode (a task in mode off is not registered).
+    pub mode: Mode,
+    /// The cgroup interface.
+    pub cgroup: CgroupKind,
+    /// User priority, higher first (annotation `io.predictive.priority`, default 0).
+    pub priority: i32,
+    /// Container ids this task waits on (annotation `io.predictive.depends-on`).
+    pub depends_on: Vec<String>,
+    /// Pipeline id (annotation `io.predictive.pipeline`).
+    pub pipeline: Option<String>,
+    /// Most this task may borrow, cores (annotation `io.predictive.max-borrow`).
+    pub max_borrow_cpu: Option<f64>,
+    /// The user allows allocations below the spec's requests (annotation `io.predictive.allow-below-request`).
+    pub allow_below_request: bool,
+    /// The spec's limits and requests.
+    pub limits: SpecLimits,
+    /// The prediction (`None` or cold: the spec's limits stand).
+    pub prediction: Option<Prediction>,
+    /// Start time, ms.
+    pub started_at_ms: u64,
+}
+
+/// The latest usage of a task, already turned into rates by the caller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// When it was measured, ms.
+    pub at_ms: u64,
+    /// CPU used over the last interval, cores.
+    pub cpu_cores: f64,
+    /// Share of CFS periods throttled over the last interval (0..=1).
+    pub cpu_throttled_fraction: f64,
+    /// CPU PSI `some avg10`, percent.
+    pub cpu_psi_avg10: Option<f64>,
+    /// Memory PSI `some avg10`, percent.
+    pub memory_psi_avg10: Option<f64>,
+    /// Charged memory, bytes.
+    pub memory_bytes: u64,
+    /// Working set, bytes (`None`: use `memory_bytes`).
+    pub working_set_bytes: Option<u64>,
+    /// Tasks wait on an OOM (v1 `under_oom`, or an OOM notification since the last report).
+    pub under_oom: bool,
+}
+
+/// A current allocation. `None` = unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// CPU quota, cores.
+    pub cpu_cores: Option<f64>,
+    /// Memory allocation (v2 `memory.high`, v1 `memory.limit_in_bytes`), bytes.
+    pub memory_bytes: Option<u64>,
+    /// The hard ceiling (v2 `memory.max`): the user's limit or the host's grantable memory.
+    pub memory_max_bytes: Option<u64>,
+}
+
+/// A resource the controller allocates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceKind {
+    /// CPU, cores.
+    Cpu,
+    /// Memory, bytes.
+    Memory,
+}
+
+/// CPU lent by one lender (or the host's unallocated pool) to one holder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Id, unique within one broker run.
+    pub id: u64,
+    /// What is lent.
+    pub resource: ResourceKind,
+    /// The borrower.
+    pub holder: String,
+    /// The lender; `None` = the host's unallocated capacity.
+    pub lender: Option<String>,
+    /// Amount (cores).
+    pub amount: f64,
+    /// Granted at, ms.
+    pub granted_at_ms: u64,
+    /// Ends at, ms, unless renewed (every tick its holder reports).
+    pub expires_at_ms: u64,
+}
+
+/// What to do to a container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Set the CPU quota (`None` = unlimited).
+    SetCpu {
+        /// Cores.
+        cores: Option<f64>,
+    },
+    /// cgroup v2: `memory.high` = `high_bytes`, `memory.max` = `max_bytes` (`None` = max).
+    SetMemoryHigh {
+        /// Reclaim threshold.
+        high_bytes: Option<u64>,
+        /// Hard limit.
+        max_bytes: Option<u64>,
+    },
+    /// cgroup v1: `memory.limit_in_bytes` = `limit_bytes`, and the OOM killer off below the user's limit.
+    SetMemoryLimit {
+        /// Limit.
+        limit_bytes: Option<u64>,
+        /// Whether `memory.oom_control` disables the OOM killer.
+        oom_kill_disabled: bool,
+    },
+    /// Freeze (pause) the container.
+    Freeze,
+    /// Thaw it.
+    Thaw,
+    /// A lease was granted to this container (informational: the matching `set_cpu` comes with it).
+    LeaseGranted {
+        /// The lease.
+        lease: Lease,
+    },
+    /// A lease held by this container ended.
+    LeaseRevoked {
+        /// The lease.
+        lease: Lease,
+    },
+    /// Nothing changes, for the record (e.g. no room to grow).
+    Hold {
+        /// Which resource.
+        resource: ResourceKind,
+    },
+}
+
+/// One decision: an action on one container, why, and whether it is meant to be applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Directive {
+    /// Container id.
+    pub container_id: String,
+    /// What to do.
+    #[serde(flatten)]
+    pub action: Action,
+    /// Why, in words.
+    pub reason: String,
+    /// `false` in mode observe: record only.
+    pub applied: bool,
+    /// The value before (cores or bytes), when a limit changes.
+    #[serde(default)]
+    pub old_value: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+struct Task {
+    spec: TaskSpec,
+    base_cpu: Option<f64>,
+    /// The CPU quota last directed (base - lent + borrowed).
+    cpu: Option<f64>,
+    memory: Option<u64>,
+    memory_max: Option<u64>,
+    /// Allocation to restore at thaw.
+    frozen_memory: Option<Option<u64>>,
+    usage: Option<Usage>,
+    last_report_ms: u64,
+    holding_memory: bool,
+    critical: bool,
+}
+
+impl Task {
+    fn rank(&self) -> (i32, bool) {
+        (self.spec.priority, self.critical)
+    }
+
+    fn frozen(&self) -> bool {
+        self.frozen_memory.is_some()
+    }
+
+    fn enforce(&self) -> bool {
+        self.spec.mode == Mode::Enforce
+    }
+
+    fn mem_used(&self) -> u64 {
+        self.usage
+            .map(|u| u.working_set_bytes.unwrap_or(u.memory_bytes).max(u.memory_bytes))
+            .unwrap_or(0)
+    }
+
+    /// The lifetime bucket the task is in at `now_ms`, when its duration is predicted.
+    fn bucket(&self, now_ms: u64) -> Option<usize> {
+        let p = self.spec.prediction.as_ref().filter(|p| !p.is_cold_start())?;
+        let dur_ms = p.duration_s.point * 1000.0;
+        if !(dur_ms > 0.0) || p.profile.len() != BUCKETS {
+            return None;
+        }
+        let elapsed = now_ms.saturating_sub(self.spec.started_at_ms) as f64;
+        Some(((elapsed / dur_ms * BUCKETS as f64) as usize).min(BUCKETS - 1))
+    }
+
+    /// Predicted CPU (point) over the current and next `ahead` buckets.
+    fn predicted_cpu(&self, now_ms: u64, ahead: usize) -> f64 {
+        let (Some(b), Some(p)) = (self.bucket(now_ms), self.spec.prediction.as_ref()) else {
+            return 0.0;
+        };
+        p.profile[b..(b + ahead + 1).min(BUCKETS)]
+            .iter()
+            .map(|pp| pp.cpu_cores.point)
+            .fold(0.0, f64::max)
+    }
+
+    fn predicted_memory_upper(&self, now_ms: u64) -> u64 {
+        let (Some(b), Some(p)) = (self.bucket(now_ms), self.spec.prediction.as_ref()) else {
+            return 0;
+        };
+        p.profile[b].memory_bytes.upper.max(0.0) as u64
+    }
+}
+
+/// The controller's state: registered tasks and live leases.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    cfg: ControllerConfig,
+    host: HostCapacity,
+    tasks: BTreeMap<String, Task>,
+    leases: BTreeMap<u64, Lease>,
+    next_lease: u64,
+}
+
+/// A snapshot of one task for status queries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    /// Container id.
+    pub container_id: String,
+    /// Mode.
+    pub mode: Mode,
+    /// User priority.
+    pub priority: i32,
+    /// On its pipeline's critical path.
+    pub critical: bool,
+    /// Current allocation.
+    pub allocation: Allocation,
+    /// Own CPU allocation before leases.
+    pub base_cpu_cores: Option<f64>,
+    /// Paused by the controller.
+    pub frozen: bool,
+    /// Latest usage.
+    pub usage: Option<Usage>,
+}
+
+/// p90 (nearest rank) of `v`; 0 when empty.
+fn p90(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((0.9 * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+const EPS: f64 = 1e-6;
+
+/// The initial allocation of a task: the spec on a cold start; otherwise memory at the prediction's upper bound
+/// and CPU at the p90 of the predicted profile over the first `initial_cpu_buckets`, never above a user limit,
+/// never below a user request (unless allowed), within the host's grantable capacity. Returns the allocation and
+/// the reasons per resource.
+pub fn initial_allocation(
+    spec: &TaskSpec,
+    host: &HostCapacity,
+    cfg: &ControllerConfig,
+) -> (Allocation, String, String) {
+    let grant_mem = host.memory_bytes.saturating_sub(cfg.host_reserve_memory_bytes);
+    let grant_cpu = (host.cpu_cores - cfg.host_reserve_cpu).max(cfg.min_cpu_cores);
+    let l = &spec.limits;
+    let memory_max = l.memory_limit_bytes.or(Some(grant_mem));
+    let Some(p) = spec.prediction.as_ref().filter(|p| !p.is_cold_start()) else {
+        return (
+            Allocation {
+                cpu_cores: l.cpu_limit_cores,
+                memory_bytes: l.memory_limit_bytes,
+                memory_max_bytes: memory_max,
+            },
+            "cold start: the spec's CPU limit".to_owned(),
+            "cold start: the spec's memory limit".to_owned(),
+        );
+    };
+    let mut cpu_reason;
+    let mut cpu = if p.profile.len() == BUCKETS {
+        let k = cfg.initial_cpu_buckets.clamp(1, BUCKETS);
+        let mut first: Vec<f64> = p.profile[..k].iter().map(|pp| pp.cpu_cores.point).collect();
+        cpu_reason = format!("predicted p90 over the first {k} lifetime buckets");
+        p90(&mut first)
+    } else {
+        cpu_reason = "predicted p95".to_owned();
+        p.cpu_cores.point
+    };
+    if let Some(req) = l.cpu_request_cores.filter(|r| cpu < *r && !spec.allow_below_request) {
+        cpu = req;
+        cpu_reason = "the spec's CPU request (prediction below it)".to_owned();
+    }
+    if let Some(lim) = l.cpu_limit_cores.filter(|lim| cpu > *lim) {
+        cpu = lim;
+        cpu_reason = "the spec's CPU limit (prediction above it)".to_owned();
+    }
+    let cpu = cpu.clamp(cfg.min_cpu_cores, grant_cpu.max(cfg.min_cpu_cores));
+
+    let mut mem_reason = format!("predicted upper bound at level {}", p.level);
+    let mut mem = p.memory_bytes.upper.max(0.0) as u64;
+    if let Some(req) = l.memory_request_bytes.filter(|r| mem < *r && !spec.allow_below_request) {
+        mem = req;
+        mem_reason = "the spec's memory request (prediction below it)".to_owned();
+    }
+    if let Some(lim) = l.memory_limit_bytes.filter(|lim| mem > *lim) {
+        mem = lim;
+        mem_reason = "the spec's memory limit (prediction above it)".to_owned();
+    }
+    let mem = mem
+        .max(cfg.min_memory_bytes)
+        .min(memory_max.unwrap_or(u64::MAX));
+    (
+        Allocation {
+            cpu_cores: Some(cpu),
+            memory_bytes: Some(mem),
+            memory_max_bytes: memory_max,
+        },
+        cpu_reason,
+        mem_reason,
+    )
+}
+
+impl Controller {
+    /// A controller for a host with `host` capacity.
+    pub fn new(cfg: ControllerConfig, host: HostCapacity) -> Self {
+        Self {
+            cfg,
+            host,
+            tasks: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            next_lease: 1,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ControllerConfig {
+        &self.cfg
+    }
+
+    /// Host capacity.
+    pub fn host(&self) -> HostCapacity {
+        self.host
+    }
+
+    fn grantable_memory(&self) -> u64 {
+        self.host
+            .memory_bytes
+            .saturating_sub(self.cfg.host_reserve_memory_bytes)
+    }
+
+    fn grantable_cpu(&self) -> f64 {
+        (self.host.cpu_cores - self.cfg.host_reserve_cpu).max(0.0)
+    }
+
+    /// Registers a task and returns its initial directives (CPU and memory) and allocation. A task already
+    /// registered under the id is replaced (its leases end).
+    pub fn register(&mut self, spec: TaskSpec, now_ms: u64) -> (Allocation, Vec<Directive>) {
+        let mut out = Vec::new();
+        if self.tasks.contains_key(&spec.container_id) {
+            out.extend(self.unregister(&spec.container_id, now_ms));
+        }
+        let (alloc, cpu_reason, mem_reason) = initial_allocation(&spec, &self.host, &self.cfg);
+        let id = spec.container_id.clone();
+        let task = Task {
+            base_cpu: alloc.cpu_cores,
+            cpu: alloc.cpu_cores,
+            memory: alloc.memory_bytes,
+            memory_max: alloc.memory_max_bytes,
+            frozen_memory: None,
+            usage: None,
+            last_report_ms: now_ms,
+            holding_memory: false,
+            critical: false,
+            spec,
+        };
+        out.push(Directive {
+            container_id: id.clone(),
+            action: Action::SetCpu {
+                cores: alloc.cpu_cores,
+            },
+            reason: cpu_reason,
+            applied: task.enforce(),
+            old_value: task.spec.limits.cpu_limit_cores,
+        });
+        out.push(memory_directive(&task, mem_reason, task.spec.limits.memory_limit_bytes));
+        self.tasks.insert(id, task);
+        self.update_critical_path(now_ms);
+        (alloc, out)
+    }
+
+    /// Records the latest usage of a task; `false` when it is not registered.
+    pub fn observe(&mut self, container_id: &str, usage: Usage) -> bool {
+        match self.tasks.get_mut(container_id) {
+            Some(t) => {
+                t.usage = Some(usage);
+                t.last_report_ms = t.last_report_ms.max(usage.at_ms);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes a task; its leases end and lenders get their CPU back.
+    pub fn unregister(&mut self, container_id: &str, now_ms: u64) -> Vec<Directive> {
+        let mut reasons = HashMap::new();
+        let ids: Vec<u64> = self
+            .leases
+            .values()
+            .filter(|l| l.holder == container_id || l.lender.as_deref() == Some(container_id))
+            .map(|l| l.id)
+            .collect();
+        let mut out = Vec::new();
+        for id in ids {
+            self.end_lease(id, &format!("{container_id} finished"), &mut reasons, &mut out);
+        }
+        self.tasks.remove(container_id);
+        out.extend(self.cpu_directives(&reasons));
+        self.update_critical_path(now_ms);
+        out
+    }
+
+    /// Current allocation of a task.
+    pub fn allocation(&self, container_id: &str) -> Option<Allocation> {
+        self.tasks.get(container_id).map(|t| Allocation {
+            cpu_cores: t.cpu,
+            memory_bytes: t.memory,
+            memory_max_bytes: t.memory_max,
+        })
+    }
+
+    /// Live leases.
+    pub fn leases(&self) -> Vec<Lease> {
+        self.leases.values().cloned().collect()
+    }
+
+    /// Registered tasks.
+    pub fn tasks(&self) -> Vec<TaskView> {
+        self.tasks
+            .values()
+            .map(|t| TaskView {
+                container_id: t.spec.container_id.clone(),
+                mode: t.spec.mode,
+                priority: t.spec.priority,
+                critical: t.critical,
+                allocation: Allocation {
+                    cpu_cores: t.cpu,
+                    memory_bytes: t.memory,
+                    memory_max_bytes: t.memory_max,
+                },
+                base_cpu_cores: t.base_cpu,
+                frozen: t.frozen(),
+                usage: t.usage,
+            })
+            .collect()
+    }
+
+    /// Marks the tasks on the critical path of each pipeline: the dependency chain with the longest predicted
+    /// remaining duration (1 s per task when unknown).
+    fn update_critical_path(&mut self, now_ms: u64) {
+        let mut by_pipeline: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for t in self.tasks.values_mut() {
+            t.critical = false;
+            if let Some(p) = &t.spec.pipeline {
+                by_pipeline.entry(p.clone()).or_default().push(t.spec.container_id.clone());
+            }
+        }
+        for members in by_pipeline.values() {
+            if members.len() < 2 {
+                continue;
+            }
+            let set: BTreeSet<&String> = members.iter().collect();
+            let weight = |id: &String| -> f64 {
+                let t = &self.tasks[id];
+                match t.spec.prediction.as_ref().filter(|p| !p.is_cold_start()) {
+                    Some(p) => {
+                        let elapsed = now_ms.saturating_sub(t.spec.started_at_ms) as f64 / 1000.0;
+                        (p.duration_s.point - elapsed).max(1.0)
+                    }
+                    None => 1.0,
+                }
+            };
+            // Longest path ending at each node (upstream to downstream), memoised; cycles are cut.
+            let mut best: BTreeMap<&String, (f64, Option<&String>)> = BTreeMap::new();
+            fn visit<'a>(
+                id: &'a String,
+                tasks: &'a BTreeMap<String, Task>,
+                set: &BTreeSet<&'a String>,
+                weight: &dyn Fn(&String) -> f64,
+                best: &mut BTreeMap<&'a String, (f64, Option<&'a String>)>,
+                stack: &mut Vec<&'a String>,
+            ) -> f64 {
+                if let Some((w, _)) = best.get(id) {
+                    return *w;
+                }
+                if stack.contains(&id) {
+                    return 0.0;
+                }
+                stack.push(id);
+                let mut up: (f64, Option<&String>) = (0.0, None);
+                for d in &tasks[id].spec.depends_on {
+                    if let Some(d) = set.get(d) {
+                        let w = visit(d, tasks, set, weight, best, stack);
+                        if w > up.0 {
+                            up = (w, Some(*d));
+                        }
+                    }
+                }
+                stack.pop();
+                let total = up.0 + weight(id);
+                best.insert(id, (total, up.1));
+                total
+            }
+            for id in members {
+                visit(id, &self.tasks, &set, &weight, &mut best, &mut Vec::new());
+            }
+            let mut end = best
+                .iter()
+                .max_by(|a, b| a.1.0.total_cmp(&b.1.0).then(b.0.cmp(a.0)))
+                .map(|(k, _)| (*k).clone());
+            let mut path = Vec::new();
+            while let Some(id) = end {
+                end = best.get(&id).and_then(|(_, prev)| prev.cloned());
+                path.push(id);
+            }
+            for id in path {
+                if let Some(t) = self.tasks.get_mut(&id) {
+                    t.critical = true;
+                }
+            }
+        }
+    }
+
+    fn borrowed(&self, id: &str) -> f64 {
+        self.leases
+            .values()
+            .filter(|l| l.holder == id)
+            .map(|l| l.amount)
+            .sum()
+    }
+
+    /// What a task needs to keep at `now_ms`: usage with headroom, or what its profile predicts next.
+    fn cpu_need(&self, t: &Task, now_ms: u64) -> f64 {
+        let used = t.usage.map(|u| u.cpu_cores).unwrap_or(0.0) * self.cfg.headroom;
+        used.max(t.predicted_cpu(now_ms, self.cfg.lookahead_buckets))
+            .max(self.cfg.min_cpu_cores)
+    }
+
+    fn cpu_pressure(&self, t: &Task) -> Option<String> {
+        let u = t.usage?;
+        let quota = t.cpu?;
+        if u.cpu_throttled_fraction >= self.cfg.throttled_fraction {
+            return Some(format!(
+                "throttled in {:.0}% of periods",
+                u.cpu_throttled_fraction * 100.0
+            ));
+        }
+        if u.cpu_cores >= quota * self.cfg.busy_fraction {
+            return Some(format!("using {:.2} of {:.2} cores", u.cpu_cores, quota));
+        }
+        match u.cpu_psi_avg10 {
+            Some(p) if p >= self.cfg.cpu_psi_avg10 => Some(format!("CPU stall {p:.0}%")),
+            _ => None,
+        }
+    }
+
+    fn end_lease(
+        &mut self,
+        id: u64,
+        why: &str,
+        reasons: &mut HashMap<String, String>,
+        out: &mut Vec<Directive>,
+    ) {
+        let Some(lease) = self.leases.remove(&id) else {
+            return;
+        };
+        if let Some(t) = self.tasks.get_mut(&lease.holder) {
+            t.cpu = t.cpu.map(|c| (c - lease.amount).max(self.cfg.min_cpu_cores));
+            reasons.insert(lease.holder.clone(), format!("lease {id} ended: {why}"));
+            out.push(Directive {
+                container_id: lease.holder.clone(),
+                action: Action::LeaseRevoked {
+                    lease: lease.clone(),
+                },
+                reason: why.to_owned(),
+                applied: t.enforce(),
+                old_value: None,
+            });
+        }
+        if let Some(l) = lease.lender.as_ref().and_then(|l| self.tasks.get_mut(l)) {
+            l.cpu = l.cpu.map(|c| c + lease.amount);
+            reasons.insert(
+                l.spec.container_id.clone(),
+                format!("lease {id} returned: {why}"),
+            );
+        }
+    }
+
+    /// Emits `set_cpu` for every task in `reasons` whose quota differs from `before`.
+    fn cpu_directives(&self, reasons: &HashMap<String, String>) -> Vec<Directive> {
+        let mut ids: Vec<&String> = reasons.keys().collect();
+        ids.sort();
+        ids.into_iter()
+            .filter_map(|id| {
+                let t = self.tasks.get(id)?;
+                Some(Directive {
+                    container_id: id.clone(),
+                    action: Action::SetCpu { cores: t.cpu },
+                    reason: reasons[id].clone(),
+                    applied: t.enforce(),
+                    old_value: None,
+                })
+            })
+            .collect()
+    }
+
+    /// One control step at `now_ms` over the usage observed since the last one.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Directive> {
+        self.update_critical_path(now_ms);
+        let before: HashMap<String, Option<f64>> = self
+            .tasks
+            .iter()
+            .map(|(k, t)| (k.clone(), t.cpu))
+            .collect();
+        let mut reasons: HashMap<String, String> = HashMap::new();
+        let mut out = Vec::new();
+        self.expire_and_renew(now_ms, &mut reasons, &mut out);
+        self.revoke(now_ms, &mut reasons, &mut out);
+        self.release(&mut reasons, &mut out);
+        self.borrow_cpu(now_ms, &mut reasons, &mut out);
+        let mut cpu: Vec<Directive> = self
+            .cpu_directives(&reasons)
+            .into_iter()
+            .filter(|d| match (&d.action, before.get(&d.container_id)) {
+                (Action::SetCpu { cores }, Some(old)) => {
+                    (cores.unwrap_or(0.0) - old.unwrap_or(0.0)).abs() > EPS
+                }
+                _ => true,
+            })
+            .map(|mut d| {
+                d.old_value = before.get(&d.container_id).copied().flatten();
+                d
+            })
+            .collect();
+        out.append(&mut cpu);
+        self.memory(now_ms, &mut out);
+        out
+    }
+
+    fn expire_and_renew(
+        &mut self,
+        now_ms: u64,
+        reasons: &mut HashMap<String, String>,
+        out: &mut Vec<Directive>,
+    ) {
+        let stale = self.cfg.stale_after_ms;
+        let ttl = self.cfg.lease_ttl_ms;
+        let mut ended = Vec::new();
+        for l in self.leases.values_mut() {
+            let fresh = self
+                .tasks
+                .get(&l.holder)
+                .is_some_and(|t| now_ms.saturating_sub(t.last_report_ms) < stale);
+            if fresh {
+                l.expires_at_ms = l.expires_at_ms.max(now_ms + ttl);
+            }
+            if !fresh || now_ms >= l.expires_at_ms {
+                ended.push(l.id);
+            }
+        }
+        for id in ended {
+            self.end_lease(id, "expired: its holder stopped reporting", reasons, out);
+        }
+    }
+
+    fn revoke(&mut self, now_ms: u64, reasons: &mut HashMap<String, String>, out: &mut Vec<Directive>) {
+        let lenders: BTreeSet<String> = self.leases.values().filter_map(|l| l.lender.clone()).collect();
+        for lender in lenders {
+            let Some(t) = self.tasks.get(&lender) else { continue };
+            let (Some(base), Some(kept)) = (t.base_cpu, t.cpu) else { continue };
+            let used = t.usage.map(|u| u.cpu_cores).unwrap_or(0.0);
+            let predicted = t.predicted_cpu(now_ms, self.cfg.lookahead_buckets);
+            let busy = self.cpu_pressure(t).is_some();
+            let why = if busy {
+                format!("lender {lender} needs it back (using {used:.2} of the {kept:.2} cores it kept)")
+            } else if predicted > kept + EPS {
+                format!("lender {lender}'s profile predicts {predicted:.2} cores next")
+            } else {
+                continue;
+            };
+            // Busy: its real need is hidden by the reduced quota, so everything comes back.
+            let need = if busy { base } else { self.cpu_need(t, now_ms).min(base) };
+            let mut ids: Vec<u64> = self
+                .leases
+                .values()
+                .filter(|l| l.lender.as_deref() == Some(lender.as_str()))
+                .map(|l| l.id)
+                .collect();
+            ids.reverse();
+            for id in ids {
+                let kept = self.tasks.get(&lender).and_then(|t| t.cpu).unwrap_or(base);
+                if kept + EPS >= need {
+                    break;
+                }
+                self.end_lease(id, &why, reasons, out);
+            }
+        }
+    }
+
+    fn release(&mut self, reasons: &mut HashMap<String, String>, out: &mut Vec<Directive>) {
+        let ids: Vec<u64> = self.leases.keys().rev().copied().collect();
+        for id in ids {
+            let Some(l) = self.leases.get(&id) else { continue };
+            let Some(t) = self.tasks.get(&l.holder) else { continue };
+            let (Some(u), Some(cpu)) = (t.usage, t.cpu) else { continue };
+            if self.cpu_pressure(t).is_none() && u.cpu_cores * self.cfg.headroom <= cpu - l.amount {
+                let why = format!(
+                    "{} no longer needs it (using {:.2} cores)",
+                    l.holder, u.cpu_cores
+                );
+                self.end_lease(id, &why, reasons, out);
+            }
+        }
+    }
+
+    fn borrow_cpu(&mut self, now_ms: u64, reasons: &mut HashMap<String, String>, out: &mut Vec<Directive>) {
+        let mut borrowers: Vec<(String, String)> = self
+            .tasks
+            .values()
+            .filter(|t| !t.frozen() && t.base_cpu.is_some())
+            .filter(|t| now_ms.saturating_sub(t.last_report_ms) < self.cfg.stale_after_ms)
+            .filter_map(|t| self.cpu_pressure(t).map(|why| (t.spec.container_id.clone(), why)))
+            .collect();
+        borrowers.sort_by(|a, b| self.tasks[&b.0].rank().cmp(&self.tasks[&a.0].rank()).then(a.0.cmp(&b.0)));
+        let lent_now: BTreeSet<String> = self.leases.values().filter_map(|l| l.lender.clone()).collect();
+        for (id, why) in borrowers {
+            let t = &self.tasks[&id];
+            if lent_now.contains(&id) {
+                continue; // a lender under pressure gets its own back first (revoke)
+            }
+            let (Some(base), Some(cpu)) = (t.base_cpu, t.cpu) else { continue };
+            let max_borrow = t
+                .spec
+                .max_borrow_cpu
+                .or(self.cfg.max_borrow_cpu)
+                .unwrap_or(f64::INFINITY);
+            let cap = t
+                .spec
+                .limits
+                .cpu_limit_cores
+                .unwrap_or(f64::INFINITY)
+                .min(base + max_borrow)
+                .min(self.grantable_cpu());
+            let mut want = (cpu * self.cfg.borrow_step).max(self.cfg.min_lease_cpu).min(cap - cpu);
+            if want < self.cfg.min_lease_cpu - EPS {
+                continue;
+            }
+            let mode = t.spec.mode;
+            // The host's unallocated CPU first, then lenders, lowest priority and most idle first.
+            let allocated: f64 = self.tasks.values().filter_map(|t| t.cpu).sum();
+            let mut sources: Vec<(Option<String>, f64)> = Vec::new();
+            let pool = self.grantable_cpu() - allocated;
+            if pool >= self.cfg.min_lease_cpu {
+                sources.push((None, pool));
+            }
+            let mut lenders: Vec<(&Task, f64)> = self
+                .tasks
+                .values()
+                .filter(|l| l.spec.container_id != id && l.spec.mode == mode && !l.frozen())
+                .filter(|l| l.usage.is_some() && self.cpu_pressure(l).is_none())
+                .filter(|l| now_ms.saturating_sub(l.last_report_ms) < self.cfg.stale_after_ms)
+                .filter(|l| self.borrowed(&l.spec.container_id) <= EPS)
+                .filter_map(|l| {
+                    let kept = l.cpu?;
+                    let spare = kept - self.cpu_need(l, now_ms);
+                    (spare >= self.cfg.min_lease_cpu).then_some((l, spare))
+                })
+                .collect();
+            lenders.sort_by(|a, b| a.0.rank().cmp(&b.0.rank()).then(b.1.total_cmp(&a.1)));
+            sources.extend(lenders.into_iter().map(|(l, s)| (Some(l.spec.container_id.clone()), s)));
+            for (lender, spare) in sources {
+                if want < self.cfg.min_lease_cpu - EPS {
+                    break;
+                }
+                let amount = spare.min(want);
+                want -= amount;
+                let lease = Lease {
+                    id: self.next_lease,
+                    resource: ResourceKind::Cpu,
+                    holder: id.clone(),
+                    lender: lender.clone(),
+                    amount,
+                    granted_at_ms: now_ms,
+                    expires_at_ms: now_ms + self.cfg.lease_ttl_ms,
+                };
+                self.next_lease += 1;
+                let from = lender.clone().unwrap_or_else(|| "the host's free CPU".to_owned());
+                if let Some(l) = lender.as_ref().and_then(|l| self.tasks.get_mut(l)) {
+                    l.cpu = l.cpu.map(|c| c - amount);
+                    reasons.insert(
+                        l.spec.container_id.clone(),
+                        format!("lent {amount:.2} cores to {id} (lease {})", lease.id),
+                    );
+                }
+                if let Some(h) = self.tasks.get_mut(&id) {
+                    h.cpu = h.cpu.map(|c| c + amount);
+                    reasons.insert(id.clone(), format!("{why}: borrowed {amount:.2} cores from {from} (lease {})", lease.id));
+                    out.push(Directive {
+                        container_id: id.clone(),
+                        action: Action::LeaseGranted { lease: lease.clone() },
+                        reason: why.clone(),
+                        applied: h.enforce(),
+                        old_value: None,
+                    });
+                }
+                self.leases.insert(lease.id, lease);
+            }
+        }
+    }
+
+    fn memory(&mut self, now_ms: u64, out: &mut Vec<Directive>) {
+        let grantable = self.grantable_memory();
+        let mut froze_this_tick = false;
+        let mut order: Vec<String> = self.tasks.keys().cloned().collect();
+        order.sort_by(|a, b| self.tasks[b].rank().cmp(&self.tasks[a].rank()).then(a.cmp(b)));
+        for id in &order {
+            let t = &self.tasks[id];
+            if t.frozen() {
+                continue;
+            }
+            let (Some(alloc), Some(u)) = (t.memory, t.usage) else { continue };
+            let used = t.mem_used();
+            let near = used as f64 >= alloc as f64 * self.cfg.memory_grow_at || u.under_oom;
+            if !near {
+                if t.holding_memory {
+                    if let Some(t) = self.tasks.get_mut(id) {
+                        t.holding_memory = false;
+                    }
+                }
+                continue;
+            }
+            let cap = t.memory_max.unwrap_or(grantable);
+            if alloc >= cap {
+                self.hold(id, "at its memory limit: the kernel's normal OOM policy applies", out);
+                continue;
+            }
+            let target = ((alloc as f64 * self.cfg.memory_grow_factor) as u64)
+                .max((used as f64 * self.cfg.headroom) as u64)
+                .max(t.predicted_memory_upper(now_ms))
+                .min(cap);
+            let mut room = self.memory_room();
+            if room < target - alloc {
+                // No room: pause the lowest-priority running task ranked below this one.
+                let rank = t.rank();
+                let mode = t.spec.mode;
+                let victim = self
+                    .tasks
+                    .values()
+                    .filter(|v| !v.frozen() && v.spec.mode == mode && v.rank() < rank)
+                    .min_by(|a, b| a.rank().cmp(&b.rank()).then(b.spec.container_id.cmp(&a.spec.container_id)))
+                    .map(|v| v.spec.container_id.clone());
+                if let Some(v) = victim {
+                    self.freeze(&v, &format!("no memory for {id} (higher priority) to grow"), out);
+                    froze_this_tick = true;
+                    room = self.memory_room();
+                }
+            }
+            let grow = (target - alloc).min(room);
+            if grow == 0 || room == 0 {
+                self.hold(
+                    id,
+                    "no room to grow: waits at its allocation (reclaim or v1 OOM wait), never OOM-killed below its limit",
+                    out,
+                );
+                continue;
+            }
+            let reason = format!(
+                "using {used} of {alloc} bytes{}: grown while the host has room",
+                if u.under_oom { " (waiting on OOM)" } else { "" }
+            );
+            if let Some(t) = self.tasks.get_mut(id) {
+                t.memory = Some(alloc + grow);
+                t.holding_memory = false;
+                let t = &self.tasks[id];
+                out.push(memory_directive(t, reason, Some(alloc)));
+            }
+        }
+        // Host memory pressure: pause the lowest-priority running task; thaw once it has passed.
+        let total: u64 = self.tasks.values().map(Task::mem_used).sum();
+        let running: Vec<&Task> = self.tasks.values().filter(|t| !t.frozen()).collect();
+        if !froze_this_tick && total as f64 >= grantable as f64 * self.cfg.pause_at && running.len() > 1 {
+            let top = running.iter().map(|t| t.rank()).max();
+            let victim = running
+                .iter()
+                .filter(|t| t.enforce() && Some(t.rank()) < top)
+                .min_by(|a, b| a.rank().cmp(&b.rank()).then(b.spec.container_id.cmp(&a.spec.container_id)))
+                .map(|t| t.spec.container_id.clone());
+            if let Some(v) = victim {
+                let why = format!("host memory pressure: {total} of {grantable} bytes in use");
+                self.freeze(&v, &why, out);
+                froze_this_tick = true;
+            }
+        }
+        if !froze_this_tick && (total as f64) < grantable as f64 * self.cfg.thaw_below {
+            let thaw = self
+                .tasks
+                .values()
+                .filter(|t| t.frozen())
+                .max_by(|a, b| a.rank().cmp(&b.rank()).then(b.spec.container_id.cmp(&a.spec.container_id)))
+                .map(|t| (t.spec.container_id.clone(), t.frozen_memory.flatten(), t.memory));
+            if let Some((id, restore, now)) = thaw {
+                let extra = restore.unwrap_or(0).saturating_sub(now.unwrap_or(0));
+                if self.memory_room() >= extra {
+                    let why = format!("memory pressure passed: {total} of {grantable} bytes in use");
+                    if let Some(t) = self.tasks.get_mut(&id) {
+                        t.frozen_memory = None;
+                        t.memory = restore.or(t.memory);
+                        let t = &self.tasks[&id];
+                        out.push(memory_directive(t, format!("restored at thaw: {why}"), now));
+                        out.push(Directive {
+                            container_id: id.clone(),
+                            action: Action::Thaw,
+                            reason: why,
+                            applied: t.enforce(),
+                            old_value: None,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Grantable memory not allocated (unlimited tasks count with their usage).
+    fn memory_room(&self) -> u64 {
+        let allocated: u64 = self
+            .tasks
+            .values()
+            .map(|t| t.memory.unwrap_or_else(|| t.mem_used()))
+            .sum();
+        self.grantable_memory().saturating_sub(allocated)
+    }
+
+    fn hold(&mut self, id: &str, why: &str, out: &mut Vec<Directive>) {
+        if let Some(t) = self.tasks.get_mut(id) {
+            if !t.holding_memory {
+                t.holding_memory = true;
+                out.push(Directive {
+                    container_id: id.to_owned(),
+                    action: Action::Hold {
+                        resource: ResourceKind::Memory,
+                    },
+                    reason: why.to_owned(),
+                    applied: t.enforce(),
+                    old_value: None,
+                });
+            }
+        }
+    }
+
+    /// Freezes a task and shrinks its allocation to what it uses, returning the rest to the pool.
+    fn freeze(&mut self, id: &str, why: &str, out: &mut Vec<Directive>) {
+        let min = self.cfg.min_memory_bytes;
+        let Some(t) = self.tasks.get_mut(id) else { return };
+        let old = t.memory;
+        t.frozen_memory = Some(old);
+        let used = t.mem_used().max(min);
+        let shrunk = old.map(|a| a.min(used));
+        t.memory = shrunk.or(Some(used));
+        let t = &self.tasks[id];
+        out.push(Directive {
+            container_id: id.to_owned(),
+            action: Action::Freeze,
+            reason: why.to_owned(),
+            applied: t.enforce(),
+            old_value: None,
+        });
+        if shrunk != old {
+            out.push(memory_directive(t, format!("paused: allocation held at usage ({why})"), old));
+        }
+    }
+}
+
+/// The memory directive for a task's current allocation, in its cgroup version's terms.
+fn memory_directive(t: &Task, reason: String, old: Option<u64>) -> Directive {
+    let action = match t.spec.cgroup {
+        CgroupKind::V2 => Action::SetMemoryHigh {
+            high_bytes: t.memory,
+            max_bytes: t.memory_max,
+        },
+        CgroupKind::V1 => Action::SetMemoryLimit {
+            limit_bytes: t.memory,
+            // At the user's own limit (or unlimited) the normal OOM killer applies again.
+            oom_kill_disabled: matches!((t.memory, t.memory_max), (Some(a), Some(m)) if a < m),
+        },
+    };
+    Directive {
+        container_id: t.spec.container_id.clone(),
+        action,
+        reason,
+        applied: t.enforce(),
+        old_value: old.map(|v| v as f64),
+    }
+}
+
+#[cfg(test)]
+mod tests;

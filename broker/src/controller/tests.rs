@@ -1,0 +1,506 @@
+use predictor::{Band, Confidence, Estimate, ProfilePoint, TaskKey};
+
+use super::*;
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+fn est(point: f64, lower: f64, upper: f64) -> Estimate {
+    Estimate {
+        point,
+        lower,
+        upper,
+        limit: upper,
+        kind: None,
+    }
+}
+
+/// A warm prediction: `cpu[i]` cores in bucket i, memory peak `mem` with upper bound `mem_upper`, duration 100 s.
+fn prediction(cpu: [f64; BUCKETS], mem: f64, mem_upper: f64) -> Prediction {
+    Prediction {
+        task_key: TaskKey::new("t"),
+        confidence: Confidence::Medium,
+        level: 0.9,
+        model_version: 1,
+        runs: 20,
+        duration_s: est(100.0, 80.0, 120.0),
+        cpu_cores: est(cpu.iter().copied().fold(0.0, f64::max), 0.0, 4.0),
+        memory_bytes: est(mem, mem * 0.8, mem_upper),
+        io_bytes_per_s: Estimate::default(),
+        profile: cpu
+            .iter()
+            .map(|c| ProfilePoint {
+                cpu_cores: Band {
+                    point: *c,
+                    lower: c * 0.8,
+                    upper: c * 1.2,
+                },
+                memory_bytes: Band {
+                    point: mem,
+                    lower: mem * 0.8,
+                    upper: mem_upper,
+                },
+                io_bytes_per_s: Band::default(),
+            })
+            .collect(),
+    }
+}
+
+fn spec(id: &str, cpu: Option<f64>, mem: Option<u64>) -> TaskSpec {
+    TaskSpec {
+        container_id: id.to_owned(),
+        mode: Mode::Enforce,
+        cgroup: CgroupKind::V2,
+        priority: 0,
+        depends_on: Vec::new(),
+        pipeline: None,
+        max_borrow_cpu: None,
+        allow_below_request: false,
+        limits: SpecLimits {
+            cpu_limit_cores: cpu,
+            memory_limit_bytes: mem,
+            ..SpecLimits::default()
+        },
+        prediction: None,
+        started_at_ms: 0,
+    }
+}
+
+fn host(cpu: f64, mem: u64) -> HostCapacity {
+    HostCapacity {
+        cpu_cores: cpu,
+        memory_bytes: mem,
+    }
+}
+
+fn cfg() -> ControllerConfig {
+    ControllerConfig {
+        host_reserve_cpu: 0.5,
+        host_reserve_memory_bytes: 0,
+        ..ControllerConfig::default()
+    }
+}
+
+fn cpu_use(at_ms: u64, cores: f64, throttled: f64) -> Usage {
+    Usage {
+        at_ms,
+        cpu_cores: cores,
+        cpu_throttled_fraction: throttled,
+        memory_bytes: 10 * MIB,
+        ..Usage::default()
+    }
+}
+
+fn mem_use(at_ms: u64, bytes: u64) -> Usage {
+    Usage {
+        at_ms,
+        memory_bytes: bytes,
+        ..Usage::default()
+    }
+}
+
+fn cpu_of(c: &Controller, id: &str) -> f64 {
+    c.allocation(id).and_then(|a| a.cpu_cores).expect("has a quota")
+}
+
+fn mem_of(c: &Controller, id: &str) -> u64 {
+    c.allocation(id).and_then(|a| a.memory_bytes).expect("has an allocation")
+}
+
+fn actions<'a>(ds: &'a [Directive], id: &str) -> Vec<&'a Action> {
+    ds.iter().filter(|d| d.container_id == id).map(|d| &d.action).collect()
+}
+
+#[test]
+fn cold_start_allocates_the_spec() {
+    let (a, cpu_why, mem_why) = initial_allocation(&spec("a", Some(2.0), Some(GIB)), &host(8.0, 16 * GIB), &cfg());
+    assert_eq!(a.cpu_cores, Some(2.0));
+    assert_eq!(a.memory_bytes, Some(GIB));
+    assert_eq!(a.memory_max_bytes, Some(GIB));
+    assert!(cpu_why.contains("cold start") && mem_why.contains("cold start"));
+    let (a, _, _) = initial_allocation(&spec("a", None, None), &host(8.0, 16 * GIB), &cfg());
+    assert_eq!((a.cpu_cores, a.memory_bytes), (None, None));
+    assert_eq!(a.memory_max_bytes, Some(16 * GIB), "memory.max at the host ceiling");
+}
+
+#[test]
+fn initial_allocation_uses_upper_memory_and_cpu_p90_of_first_buckets() {
+    let mut cpu = [4.0; BUCKETS];
+    cpu[..5].copy_from_slice(&[0.5, 1.0, 1.5, 1.2, 0.8]);
+    let mut s = spec("a", None, None);
+    s.prediction = Some(prediction(cpu, 500.0 * MIB as f64, 600.0 * MIB as f64));
+    let (a, cpu_why, mem_why) = initial_allocation(&s, &host(8.0, 16 * GIB), &cfg());
+    assert_eq!(a.cpu_cores, Some(1.5), "p90 of the first 5 buckets, not the later 4-core phase");
+    assert_eq!(a.memory_bytes, Some(600 * MIB));
+    assert!(cpu_why.contains("p90") && mem_why.contains("upper bound"));
+}
+
+#[test]
+fn initial_allocation_respects_user_limits_and_requests() {
+    let host = host(8.0, 16 * GIB);
+    let mut s = spec("a", Some(1.0), Some(400 * MIB));
+    s.prediction = Some(prediction([2.0; BUCKETS], 500.0 * MIB as f64, 600.0 * MIB as f64));
+    let (a, cpu_why, mem_why) = initial_allocation(&s, &host, &cfg());
+    assert_eq!((a.cpu_cores, a.memory_bytes), (Some(1.0), Some(400 * MIB)), "never above a limit");
+    assert!(cpu_why.contains("limit") && mem_why.contains("limit"));
+
+    let mut s = spec("b", None, None);
+    s.limits.cpu_request_cores = Some(3.0);
+    s.limits.memory_request_bytes = Some(GIB);
+    s.prediction = Some(prediction([2.0; BUCKETS], 500.0 * MIB as f64, 600.0 * MIB as f64));
+    let (a, _, _) = initial_allocation(&s, &host, &cfg());
+    assert_eq!((a.cpu_cores, a.memory_bytes), (Some(3.0), Some(GIB)), "never below a request");
+    s.allow_below_request = true;
+    let (a, _, _) = initial_allocation(&s, &host, &cfg());
+    assert_eq!((a.cpu_cores, a.memory_bytes), (Some(2.0), Some(600 * MIB)), "opted in");
+}
+
+#[test]
+fn register_emits_initial_directives_in_the_cgroup_versions_terms() {
+    let mut c = Controller::new(cfg(), host(4.0, 4 * GIB));
+    let (_, ds) = c.register(spec("v2", Some(1.0), Some(GIB)), 0);
+    assert_eq!(ds[0].action, Action::SetCpu { cores: Some(1.0) });
+    assert_eq!(
+        ds[1].action,
+        Action::SetMemoryHigh {
+            high_bytes: Some(GIB),
+            max_bytes: Some(GIB)
+        }
+    );
+    let mut s = spec("v1", None, Some(2 * GIB));
+    s.cgroup = CgroupKind::V1;
+    s.prediction = Some(prediction([1.0; BUCKETS], 100.0 * MIB as f64, 200.0 * MIB as f64));
+    let (_, ds) = c.register(s, 0);
+    assert_eq!(
+        ds[1].action,
+        Action::SetMemoryLimit {
+            limit_bytes: Some(200 * MIB),
+            oom_kill_disabled: true
+        },
+        "below the user's limit the v1 OOM killer is off"
+    );
+    assert!(ds.iter().all(|d| d.applied));
+}
+
+/// Scenario 2 of issue 7: A idles on a big allocation, B is starved.
+fn scenario_two() -> Controller {
+    let mut c = Controller::new(cfg(), host(4.0, 8 * GIB));
+    c.register(spec("a", Some(3.0), Some(GIB)), 0);
+    c.register(spec("b", Some(3.0), Some(GIB)), 0);
+    // b's own allocation is small: as if predicted.
+    c.tasks.get_mut("b").map(|t| {
+        t.base_cpu = Some(0.5);
+        t.cpu = Some(0.5);
+    });
+    c
+}
+
+#[test]
+fn scenario_2_starved_task_borrows_from_idle_one_and_lender_gets_it_back() {
+    let mut c = scenario_two();
+    let mut now = 0;
+    let mut rose_at = None;
+    for tick in 1..=3 {
+        now += 1000;
+        c.observe("a", cpu_use(now, 0.1, 0.0));
+        let b_quota = cpu_of(&c, "b");
+        c.observe("b", cpu_use(now, b_quota, 0.6));
+        let ds = c.tick(now);
+        if cpu_of(&c, "b") > 0.5 && rose_at.is_none() {
+            rose_at = Some(tick);
+            assert!(actions(&ds, "b").iter().any(|a| matches!(a, Action::LeaseGranted { lease } if lease.lender.as_deref() == Some("a"))));
+            assert!(actions(&ds, "b").iter().any(|a| matches!(a, Action::SetCpu { cores: Some(q) } if *q > 0.5)));
+            assert!(actions(&ds, "a").iter().any(|a| matches!(a, Action::SetCpu { cores: Some(q) } if *q < 3.0)));
+        }
+    }
+    assert!(rose_at.is_some(), "b's quota rose within 3 ticks");
+    assert!(c.leases().iter().all(|l| l.lender.as_deref() == Some("a") && l.holder == "b"));
+    let lent: f64 = c.leases().iter().map(|l| l.amount).sum();
+    assert!((cpu_of(&c, "a") + lent - 3.0).abs() < 1e-9, "zero-sum: a lends what b holds");
+
+    // A becomes busy: it uses all it kept. It has its 3 cores back within 2 ticks.
+    let mut back_at = None;
+    for tick in 1..=2 {
+        now += 1000;
+        let a_quota = cpu_of(&c, "a");
+        c.observe("a", cpu_use(now, a_quota, 0.3));
+        c.observe("b", cpu_use(now, cpu_of(&c, "b"), 0.6));
+        c.tick(now);
+        if (cpu_of(&c, "a") - 3.0).abs() < 1e-9 && back_at.is_none() {
+            back_at = Some(tick);
+        }
+    }
+    assert_eq!(back_at, Some(1), "revoked within one tick");
+    assert!(c.leases().is_empty());
+    assert!((cpu_of(&c, "b") - 0.5).abs() < 1e-9);
+}
+
+#[test]
+fn lender_profile_predicting_a_busy_phase_revokes_before_usage_rises() {
+    let mut c = Controller::new(cfg(), host(4.0, 8 * GIB));
+    let mut cpu = [0.1; BUCKETS];
+    for b in cpu.iter_mut().skip(10) {
+        *b = 2.9;
+    }
+    let mut a = spec("a", None, None);
+    a.prediction = Some(prediction(cpu, 100.0 * MIB as f64, 200.0 * MIB as f64));
+    c.register(a, 0);
+    c.tasks.get_mut("a").map(|t| {
+        t.base_cpu = Some(3.0);
+        t.cpu = Some(3.0);
+    });
+    c.register(spec("b", Some(0.5), None), 0);
+    // Bucket 2 of a 100 s run: a idles and lends.
+    c.observe("a", cpu_use(10_000, 0.1, 0.0));
+    c.observe("b", cpu_use(10_000, 0.5, 0.5));
+    c.tick(10_000);
+    assert_eq!(cpu_of(&c, "b"), 0.5, "b's user limit caps it");
+    c.tasks.get_mut("b").map(|t| t.spec.limits.cpu_limit_cores = None);
+    c.tick(10_000);
+    assert!(!c.leases().is_empty(), "{:#?}", c.tasks());
+    // At 45 s (bucket 9) the profile says bucket 10 needs 2.9 cores (more than the 2.75 it kept): revoked while a still idles.
+    c.observe("a", cpu_use(45_000, 0.1, 0.0));
+    c.observe("b", cpu_use(45_000, 0.6, 0.5));
+    let ds = c.tick(45_000);
+    assert!(c.leases().is_empty(), "{:?}", c.leases());
+    assert!(ds.iter().any(|d| d.reason.contains("profile predicts")));
+    assert_eq!(cpu_of(&c, "a"), 3.0);
+}
+
+#[test]
+fn lease_expires_when_its_holder_stops_reporting() {
+    let mut c = scenario_two();
+    c.observe("a", cpu_use(1000, 0.1, 0.0));
+    c.observe("b", cpu_use(1000, 0.5, 0.6));
+    c.tick(1000);
+    assert_eq!(c.leases().len(), 1);
+    // a keeps reporting, b goes silent.
+    let stale = c.config().stale_after_ms;
+    c.observe("a", cpu_use(1000 + stale, 0.1, 0.0));
+    let ds = c.tick(1000 + stale);
+    assert!(c.leases().is_empty());
+    assert_eq!(cpu_of(&c, "a"), 3.0);
+    assert!(ds.iter().any(|d| d.reason.contains("stopped reporting")));
+}
+
+#[test]
+fn borrowing_is_capped_by_max_borrow_user_limit_and_host_reserve() {
+    let mut c = scenario_two();
+    c.tasks.get_mut("b").map(|t| t.spec.max_borrow_cpu = Some(0.2));
+    for now in (1..10).map(|i| i * 1000) {
+        c.observe("a", cpu_use(now, 0.1, 0.0));
+        c.observe("b", cpu_use(now, cpu_of(&c, "b"), 0.9));
+        c.tick(now);
+    }
+    assert!((cpu_of(&c, "b") - 0.7).abs() < 1e-9, "max-borrow 0.2: {}", cpu_of(&c, "b"));
+
+    // Alone on a 4-core host with a 0.5 reserve: grows from the free pool up to 3.5, never more.
+    let mut c = Controller::new(cfg(), host(4.0, 8 * GIB));
+    c.register(spec("solo", None, None), 0);
+    c.tasks.get_mut("solo").map(|t| {
+        t.base_cpu = Some(1.0);
+        t.cpu = Some(1.0);
+    });
+    for now in (1..20).map(|i| i * 1000) {
+        c.observe("solo", cpu_use(now, cpu_of(&c, "solo"), 0.9));
+        c.tick(now);
+    }
+    assert!((cpu_of(&c, "solo") - 3.5).abs() < 1e-9, "{}", cpu_of(&c, "solo"));
+    assert!(c.leases().iter().all(|l| l.lender.is_none()));
+}
+
+#[test]
+fn higher_priority_borrower_is_served_first() {
+    let mut c = Controller::new(cfg(), host(2.5, 8 * GIB));
+    for id in ["lender", "lo", "hi"] {
+        c.register(spec(id, None, None), 0);
+    }
+    for (id, q) in [("lender", 1.0), ("lo", 0.5), ("hi", 0.5)] {
+        c.tasks.get_mut(id).map(|t| {
+            t.base_cpu = Some(q);
+            t.cpu = Some(q);
+        });
+    }
+    c.tasks.get_mut("hi").map(|t| t.spec.priority = 5);
+    // The lender can spare 0.25 cores only (it uses 0.6 with 1.25 headroom).
+    c.observe("lender", cpu_use(1000, 0.6, 0.0));
+    c.observe("lo", cpu_use(1000, 0.5, 0.9));
+    c.observe("hi", cpu_use(1000, 0.5, 0.9));
+    c.tick(1000);
+    assert!(cpu_of(&c, "hi") > 0.5);
+    assert_eq!(cpu_of(&c, "lo"), 0.5);
+}
+
+#[test]
+fn critical_path_breaks_priority_ties() {
+    let mut c = Controller::new(cfg(), host(8.0, 8 * GIB));
+    // extract -> transform -> load is the long chain; lint is a short side task of the same pipeline.
+    for (id, deps) in [("extract", vec![]), ("transform", vec!["extract"]), ("load", vec!["transform"]), ("lint", vec![])] {
+        let mut s = spec(id, None, None);
+        s.pipeline = Some("etl".to_owned());
+        s.depends_on = deps.into_iter().map(str::to_owned).collect();
+        c.register(s, 0);
+    }
+    let critical: Vec<String> = c.tasks().into_iter().filter(|t| t.critical).map(|t| t.container_id).collect();
+    assert_eq!(critical, vec!["extract", "load", "transform"]);
+    assert!(c.tasks["transform"].rank() > c.tasks["lint"].rank());
+    // A task outside any pipeline is never critical.
+    c.register(spec("alone", None, None), 0);
+    assert!(!c.tasks["alone"].critical);
+    // Dependency cycles do not hang.
+    c.tasks.get_mut("extract").map(|t| t.spec.depends_on = vec!["load".to_owned()]);
+    c.tick(1);
+}
+
+#[test]
+fn memory_outgrowing_its_prediction_is_grown_while_the_host_has_room() {
+    let mut c = Controller::new(cfg(), host(4.0, 4 * GIB));
+    let mut s = spec("m", None, Some(2 * GIB));
+    s.cgroup = CgroupKind::V1;
+    s.prediction = Some(prediction([1.0; BUCKETS], 80.0 * MIB as f64, 100.0 * MIB as f64));
+    c.register(s, 0);
+    assert_eq!(mem_of(&c, "m"), 100 * MIB);
+    // Usage climbs past the prediction: every tick it is given more, never less, up to its user limit.
+    let mut now = 0;
+    let mut last = 100 * MIB;
+    while last < 2 * GIB {
+        now += 1000;
+        let used = last - last / 20; // 95% of the allocation
+        c.observe("m", Usage { under_oom: now % 3000 == 0, ..mem_use(now, used) });
+        let ds = c.tick(now);
+        let grown = mem_of(&c, "m");
+        assert!(grown > last, "grown at {now}: {grown} <= {last}");
+        assert!(ds.iter().any(|d| matches!(d.action, Action::SetMemoryLimit { limit_bytes: Some(l), .. } if l == grown)));
+        last = grown;
+        assert!(now < 100_000, "converges");
+    }
+    assert_eq!(last, 2 * GIB, "stops at the user's limit");
+    let d = c.tick(now + 1000);
+    assert!(d.is_empty() || d.iter().all(|d| !matches!(d.action, Action::SetMemoryLimit { .. })));
+    // At its own limit the v1 OOM killer is back on.
+    let t = &c.tasks["m"];
+    assert_eq!(
+        memory_directive(t, String::new(), None).action,
+        Action::SetMemoryLimit {
+            limit_bytes: Some(2 * GIB),
+            oom_kill_disabled: false
+        }
+    );
+    c.observe("m", mem_use(now + 2000, 2 * GIB));
+    let ds = c.tick(now + 2000);
+    assert!(ds.iter().any(|d| matches!(d.action, Action::Hold { .. }) && d.reason.contains("normal OOM")));
+}
+
+#[test]
+fn memory_without_room_pauses_the_lower_priority_task_not_the_higher() {
+    let mut c = Controller::new(cfg(), host(4.0, GIB));
+    let mut hi = spec("hi", None, None);
+    hi.priority = 10;
+    hi.prediction = Some(prediction([1.0; BUCKETS], 300.0 * MIB as f64, 400.0 * MIB as f64));
+    let mut lo = spec("lo", None, None);
+    lo.prediction = Some(prediction([1.0; BUCKETS], 500.0 * MIB as f64, 600.0 * MIB as f64));
+    c.register(hi, 0);
+    c.register(lo, 0);
+    assert_eq!(c.memory_room(), 24 * MIB);
+    // lo uses 300 MiB of its 600; hi hits its 400 MiB allocation.
+    c.observe("lo", mem_use(1000, 300 * MIB));
+    c.observe("hi", mem_use(1000, 395 * MIB));
+    let ds = c.tick(1000);
+    assert!(actions(&ds, "lo").contains(&&Action::Freeze), "{ds:#?}");
+    assert!(!actions(&ds, "hi").contains(&&Action::Freeze));
+    assert_eq!(mem_of(&c, "lo"), 300 * MIB, "paused at its usage");
+    assert_eq!(mem_of(&c, "hi"), 500 * MIB, "grown into what lo released");
+    // hi's ceiling stays at the host's, so it is never killed below it.
+    assert!(ds.iter().any(|d| d.container_id == "hi"
+        && matches!(d.action, Action::SetMemoryHigh { high_bytes: Some(h), max_bytes: Some(m) } if h == 500 * MIB && m == GIB)));
+
+    // hi keeps growing with no one left to pause: held, not shrunk.
+    c.observe("hi", mem_use(2000, 495 * MIB));
+    c.observe("lo", mem_use(2000, 300 * MIB));
+    let ds = c.tick(2000);
+    assert!(ds.iter().any(|d| d.container_id == "hi" && d.reason.contains("never OOM-killed")) || mem_of(&c, "hi") > 500 * MIB);
+    assert!(mem_of(&c, "hi") >= 500 * MIB);
+
+    // hi finishes: pressure passes, lo is thawed with its allocation back.
+    c.unregister("hi", 3000);
+    c.observe("lo", mem_use(3000, 300 * MIB));
+    let ds = c.tick(3000);
+    assert!(actions(&ds, "lo").contains(&&Action::Thaw));
+    assert_eq!(mem_of(&c, "lo"), 600 * MIB);
+}
+
+#[test]
+fn host_memory_pressure_pauses_lowest_priority_and_thaws_after() {
+    let mut c = Controller::new(cfg(), host(4.0, GIB));
+    for (id, p) in [("a", 3), ("b", 2), ("c", 1)] {
+        let mut s = spec(id, None, None);
+        s.priority = p;
+        c.register(s, 0);
+    }
+    for id in ["a", "b", "c"] {
+        c.observe(id, mem_use(1000, 330 * MIB));
+    }
+    let ds = c.tick(1000);
+    let frozen: Vec<&str> = ds.iter().filter(|d| d.action == Action::Freeze).map(|d| d.container_id.as_str()).collect();
+    assert_eq!(frozen, vec!["c"], "one task per tick, the lowest priority");
+    for id in ["a", "b", "c"] {
+        c.observe(id, mem_use(2000, 330 * MIB));
+    }
+    let ds = c.tick(2000);
+    assert_eq!(ds.iter().filter(|d| d.action == Action::Freeze).map(|d| d.container_id.as_str()).collect::<Vec<_>>(), vec!["b"]);
+    // Still under pressure with only the top task running: it is never paused.
+    let ds = c.tick(3000);
+    assert!(ds.iter().all(|d| d.action != Action::Freeze));
+    // Usage falls: the highest-priority paused task is thawed first, one per tick.
+    for id in ["a", "b", "c"] {
+        c.observe(id, mem_use(4000, 100 * MIB));
+    }
+    let ds = c.tick(4000);
+    assert_eq!(ds.iter().filter(|d| d.action == Action::Thaw).map(|d| d.container_id.as_str()).collect::<Vec<_>>(), vec!["b"]);
+    let ds = c.tick(5000);
+    assert_eq!(ds.iter().filter(|d| d.action == Action::Thaw).map(|d| d.container_id.as_str()).collect::<Vec<_>>(), vec!["c"]);
+}
+
+#[test]
+fn observe_mode_decides_but_marks_nothing_applied_and_never_lends_to_enforce() {
+    let mut c = scenario_two();
+    c.tasks.get_mut("a").map(|t| t.spec.mode = Mode::Observe);
+    c.observe("a", cpu_use(1000, 0.1, 0.0));
+    c.observe("b", cpu_use(1000, 0.5, 0.9));
+    c.tick(1000);
+    assert!(c.leases().iter().all(|l| l.lender.as_deref() != Some("a")));
+    let mut s = spec("o", Some(1.0), Some(GIB));
+    s.mode = Mode::Observe;
+    let (_, ds) = c.register(s, 1000);
+    assert!(!ds.is_empty() && ds.iter().all(|d| !d.applied));
+    c.observe("o", cpu_use(2000, 1.0, 0.9));
+    let ds = c.tick(2000);
+    assert!(ds.iter().filter(|d| d.container_id == "o").all(|d| !d.applied));
+}
+
+#[test]
+fn unregistering_a_borrower_returns_the_lenders_cpu() {
+    let mut c = scenario_two();
+    c.observe("a", cpu_use(1000, 0.1, 0.0));
+    c.observe("b", cpu_use(1000, 0.5, 0.9));
+    c.tick(1000);
+    assert!(cpu_of(&c, "a") < 3.0);
+    let ds = c.unregister("b", 1500);
+    assert_eq!(cpu_of(&c, "a"), 3.0);
+    assert!(ds.iter().any(|d| d.container_id == "a" && d.action == Action::SetCpu { cores: Some(3.0) }));
+    assert!(c.leases().is_empty());
+}
+
+#[test]
+fn holder_that_no_longer_needs_a_lease_releases_it() {
+    let mut c = scenario_two();
+    c.observe("a", cpu_use(1000, 0.1, 0.0));
+    c.observe("b", cpu_use(1000, 0.5, 0.9));
+    c.tick(1000);
+    assert!(!c.leases().is_empty());
+    c.observe("a", cpu_use(2000, 0.1, 0.0));
+    c.observe("b", cpu_use(2000, 0.1, 0.0));
+    let ds = c.tick(2000);
+    assert!(c.leases().is_empty());
+    assert!(ds.iter().any(|d| d.reason.contains("no longer needs")));
+}
