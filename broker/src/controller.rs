@@ -779,9 +779,10 @@ impl Controller {
         let mut reasons: HashMap<String, String> = HashMap::new();
         let mut out = Vec::new();
         self.expire_and_renew(now_ms, &mut reasons, &mut out);
-        self.revoke(now_ms, &mut reasons, &mut out);
+        // A lender that had to take CPU back this tick does not lend again in the same tick.
+        let took_back = self.revoke(now_ms, &mut reasons, &mut out);
         self.release(&mut reasons, &mut out);
-        self.borrow_cpu(now_ms, &mut reasons, &mut out);
+        self.borrow_cpu(now_ms, &took_back, &mut reasons, &mut out);
         let mut cpu: Vec<Directive> = self
             .cpu_directives(&reasons)
             .into_iter()
@@ -827,7 +828,13 @@ impl Controller {
         }
     }
 
-    fn revoke(&mut self, now_ms: u64, reasons: &mut HashMap<String, String>, out: &mut Vec<Directive>) {
+    fn revoke(
+        &mut self,
+        now_ms: u64,
+        reasons: &mut HashMap<String, String>,
+        out: &mut Vec<Directive>,
+    ) -> BTreeSet<String> {
+        let mut took_back = BTreeSet::new();
         let lenders: BTreeSet<String> = self.leases.values().filter_map(|l| l.lender.clone()).collect();
         for lender in lenders {
             let Some(t) = self.tasks.get(&lender) else { continue };
@@ -857,8 +864,10 @@ impl Controller {
                     break;
                 }
                 self.end_lease(id, &why, reasons, out);
+                took_back.insert(lender.clone());
             }
         }
+        took_back
     }
 
     fn release(&mut self, reasons: &mut HashMap<String, String>, out: &mut Vec<Directive>) {
@@ -873,11 +882,17 @@ impl Controller {
                     l.holder, u.cpu_cores
                 );
                 self.end_lease(id, &why, reasons, out);
+                took_back.insert(lender.clone());
             }
         }
+        took_back
     }
 
-    fn borrow_cpu(&mut self, now_ms: u64, reasons: &mut HashMap<String, String>, out: &mut Vec<Directive>) {
+    fn borrow_cpu(
+        &mut self,
+        now_ms: u64,
+        took_back: &BTreeSet<String>,
+        reasons: &mut HashMap<String, String>, out: &mut Vec<Directive>) {
         let mut borrowers: Vec<(String, String)> = self
             .tasks
             .values()
@@ -921,6 +936,7 @@ impl Controller {
                 .tasks
                 .values()
                 .filter(|l| l.spec.container_id != id && l.spec.mode == mode && !l.frozen())
+                .filter(|l| !took_back.contains(&l.spec.container_id))
                 .filter(|l| l.usage.is_some() && self.cpu_pressure(l).is_none())
                 .filter(|l| now_ms.saturating_sub(l.last_report_ms) < self.cfg.stale_after_ms)
                 .filter(|l| self.borrowed(&l.spec.container_id) <= EPS)

@@ -262,7 +262,7 @@ fn lender_profile_predicting_a_busy_phase_revokes_before_usage_rises() {
     c.observe("a", cpu_use(45_000, 0.1, 0.0));
     c.observe("b", cpu_use(45_000, 0.6, 0.5));
     let ds = c.tick(45_000);
-    assert!(c.leases().is_empty(), "{:?}", c.leases());
+    assert!(c.leases().is_empty(), "{:?} {ds:#?}", c.leases());
     assert!(ds.iter().any(|d| d.reason.contains("profile predicts")));
     assert_eq!(cpu_of(&c, "a"), 3.0);
 }
