@@ -882,10 +882,8 @@ impl Controller {
                     l.holder, u.cpu_cores
                 );
                 self.end_lease(id, &why, reasons, out);
-                took_back.insert(lender.clone());
             }
         }
-        took_back
     }
 
     fn borrow_cpu(
