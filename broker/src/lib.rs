@@ -5,3 +5,5 @@
 //! daemon's TOML), [`server`] (the daemon: socket, tick, recorder, retraining).
 
 pub mod controller;
+pub mod annotations;
+pub mod api;

@@ -1,0 +1,181 @@
+//! The `io.predictive.*` annotations a user sets on a container, parsed and validated. The shim can call
+//! [`Annotations::parse`] at Create to fail with a clear error before it contacts the broker; the broker parses
+//! them again at Register.
+//!
+//! | annotation | value | default |
+//! | --- | --- | --- |
+//! | `io.predictive.mode` | `off`, `observe` or `enforce` | `enforce` |
+//! | `io.predictive.task-type` | any string (see [`predictor::TaskKey::derive`]) | derived from image and command |
+//! | `io.predictive.input-bytes` | unsigned integer | 0 |
+//! | `io.predictive.priority` | integer -1000..=1000, higher first | 0 |
+//! | `io.predictive.depends-on` | comma-separated container ids | none |
+//! | `io.predictive.pipeline` | any non-empty string | none |
+//! | `io.predictive.max-borrow` | cores, a non-negative number (`0.5`) | the broker's `max_borrow_cpu` |
+//! | `io.predictive.allow-below-request` | `true` or `false` | `false` |
+
+use std::collections::BTreeMap;
+
+use crate::controller::Mode;
+
+/// `off | observe | enforce`.
+pub const MODE: &str = "io.predictive.mode";
+/// Task type (used by the predictor's key).
+pub const TASK_TYPE: &str = predictor::TASK_TYPE_ANNOTATION;
+/// Input size in bytes.
+pub const INPUT_BYTES: &str = "io.predictive.input-bytes";
+/// Priority, higher first.
+pub const PRIORITY: &str = "io.predictive.priority";
+/// Comma-separated container ids this task depends on.
+pub const DEPENDS_ON: &str = "io.predictive.depends-on";
+/// Pipeline id.
+pub const PIPELINE: &str = "io.predictive.pipeline";
+/// Most CPU the task may borrow, cores.
+pub const MAX_BORROW: &str = "io.predictive.max-borrow";
+/// Allow allocations below the spec's requests.
+pub const ALLOW_BELOW_REQUEST: &str = "io.predictive.allow-below-request";
+
+/// A bad annotation value.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("annotation {key}: {value:?} is not {expected}")]
+pub struct AnnotationError {
+    /// The annotation.
+    pub key: &'static str,
+    /// Its value.
+    pub value: String,
+    /// What was expected.
+    pub expected: &'static str,
+}
+
+/// The parsed annotations.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Annotations {
+    /// Mode.
+    pub mode: Mode,
+    /// Input size.
+    pub input_bytes: u64,
+    /// Priority.
+    pub priority: i32,
+    /// Upstream container ids.
+    pub depends_on: Vec<String>,
+    /// Pipeline.
+    pub pipeline: Option<String>,
+    /// Maximum borrow, cores.
+    pub max_borrow_cpu: Option<f64>,
+    /// Allocations may go below requests.
+    pub allow_below_request: bool,
+}
+
+impl Annotations {
+    /// Parses the `io.predictive.*` annotations in `map`; other keys are ignored.
+    pub fn parse(map: &BTreeMap<String, String>) -> Result<Self, AnnotationError> {
+        let get = |k: &str| map.get(k).map(|v| v.trim());
+        let bad = |key, value: &str, expected| AnnotationError {
+            key,
+            value: value.to_owned(),
+            expected,
+        };
+        let mut a = Annotations::default();
+        if let Some(v) = get(MODE) {
+            a.mode = match v {
+                "off" => Mode::Off,
+                "observe" => Mode::Observe,
+                "enforce" => Mode::Enforce,
+                _ => return Err(bad(MODE, v, "one of off, observe, enforce")),
+            };
+        }
+        if let Some(v) = get(INPUT_BYTES) {
+            a.input_bytes = v
+                .parse()
+                .map_err(|_| bad(INPUT_BYTES, v, "an unsigned integer"))?;
+        }
+        if let Some(v) = get(PRIORITY) {
+            a.priority = v
+                .parse()
+                .ok()
+                .filter(|p: &i32| (-1000..=1000).contains(p))
+                .ok_or_else(|| bad(PRIORITY, v, "an integer in -1000..=1000"))?;
+        }
+        if let Some(v) = get(DEPENDS_ON) {
+            a.depends_on = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        if let Some(v) = get(PIPELINE) {
+            if v.is_empty() {
+                return Err(bad(PIPELINE, v, "a non-empty string"));
+            }
+            a.pipeline = Some(v.to_owned());
+        }
+        if let Some(v) = get(MAX_BORROW) {
+            a.max_borrow_cpu = Some(
+                v.parse()
+                    .ok()
+                    .filter(|c: &f64| c.is_finite() && *c >= 0.0)
+                    .ok_or_else(|| bad(MAX_BORROW, v, "a non-negative number of cores"))?,
+            );
+        }
+        if let Some(v) = get(ALLOW_BELOW_REQUEST) {
+            a.allow_below_request = match v {
+                "true" => true,
+                "false" => false,
+                _ => return Err(bad(ALLOW_BELOW_REQUEST, v, "true or false")),
+            };
+        }
+        Ok(a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_and_full_set() {
+        assert_eq!(Annotations::parse(&map(&[])), Ok(Annotations::default()));
+        let a = Annotations::parse(&map(&[
+            (MODE, "observe"),
+            (INPUT_BYTES, "1024"),
+            (PRIORITY, "-5"),
+            (DEPENDS_ON, "a, b,,"),
+            (PIPELINE, "etl"),
+            (MAX_BORROW, "1.5"),
+            (ALLOW_BELOW_REQUEST, "true"),
+            ("other", "x"),
+        ]))
+        .expect("valid");
+        assert_eq!(a.mode, Mode::Observe);
+        assert_eq!((a.input_bytes, a.priority), (1024, -5));
+        assert_eq!(a.depends_on, vec!["a", "b"]);
+        assert_eq!(a.pipeline.as_deref(), Some("etl"));
+        assert_eq!(a.max_borrow_cpu, Some(1.5));
+        assert!(a.allow_below_request);
+    }
+
+    #[test]
+    fn bad_values_name_the_annotation() {
+        for (k, v) in [
+            (MODE, "sometimes"),
+            (INPUT_BYTES, "-1"),
+            (PRIORITY, "high"),
+            (PRIORITY, "5000"),
+            (PIPELINE, " "),
+            (MAX_BORROW, "-1"),
+            (MAX_BORROW, "NaN"),
+            (ALLOW_BELOW_REQUEST, "yes"),
+        ] {
+            let e = Annotations::parse(&map(&[(k, v)])).expect_err(v);
+            assert_eq!(e.key, k);
+            assert!(e.to_string().contains(k), "{e}");
+        }
+    }
+}

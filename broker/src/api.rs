@@ -1,0 +1,428 @@
+//! The broker's wire protocol, version [`PROTOCOL_VERSION`]: newline-delimited JSON over a Unix stream socket
+//! (default [`DEFAULT_SOCKET`]). The full schema with examples is in docs/BROKER-API.md.
+//!
+//! Each request is one JSON object on one line (at most [`MAX_LINE`] bytes):
+//! `{"version":1,"id":7,"type":"register",...fields}`. `version` is required and must be 1; `id` is optional and
+//! echoed in the reply; `type` picks the message ([`Request`]); the other fields are the message's, flattened.
+//! Each reply is one line: `{"version":1,"id":7,"type":"registered",...}` ([`Response`]). A request that cannot
+//! be served gets `{"type":"error","code":"invalid_request","message":"..."}` naming what was wrong, and the
+//! connection stays open. Unknown fields are ignored, so a newer client can add optional fields without a
+//! version bump; removing or changing a field bumps the version.
+//!
+//! Why JSON lines and not ttrpc: the shim calls Register with a 50 ms budget from a blocking context, which a
+//! `std` Unix socket with timeouts does with no runtime and no code generation; the messages are few and small;
+//! and an operator can talk to the broker with `socat` when something goes wrong.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::controller::{Allocation, CgroupKind, Directive, HostCapacity, Lease, Mode, SpecLimits, TaskView};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Where `predictived` listens by default.
+pub const DEFAULT_SOCKET: &str = "/run/predictive/broker.sock";
+/// Longest accepted line, bytes (including the newline).
+pub const MAX_LINE: usize = 1 << 20;
+
+/// A container starts: what the broker needs to predict and allocate.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Register {
+    /// Container id.
+    pub container_id: String,
+    /// containerd namespace.
+    #[serde(default)]
+    pub namespace: String,
+    /// OCI annotations (the `io.predictive.*` ones are read).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// Image reference.
+    #[serde(default)]
+    pub image: String,
+    /// Process args.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// The spec's limits and requests.
+    #[serde(default)]
+    pub limits: SpecLimits,
+    /// OCI `linux.cgroupsPath`.
+    #[serde(default)]
+    pub cgroup_path: String,
+    /// Init pid, once known.
+    #[serde(default)]
+    pub pid: Option<i32>,
+    /// The cgroup interface (`v1` or `v2`); the broker's host default when absent.
+    #[serde(default)]
+    pub cgroup: Option<CgroupKind>,
+}
+
+/// Telemetry of a running container.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Container id.
+    pub container_id: String,
+    /// Raw samples since the last report, oldest first (`runtime_hooks::Sample`).
+    #[serde(default)]
+    pub samples: Vec<runtime_hooks::Sample>,
+    /// OOM notifications seen since the last report (v1 OOM watcher).
+    #[serde(default)]
+    pub oom_events: u64,
+}
+
+/// A container exited.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Finish {
+    /// Container id.
+    pub container_id: String,
+    /// Exit code of the init process.
+    #[serde(default)]
+    pub exit_code: i32,
+    /// Whether the OOM killer fired.
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// Peak memory if the shim read it (`memory.peak` / `max_usage_in_bytes`), bytes.
+    #[serde(default)]
+    pub peak_memory_bytes: Option<u64>,
+}
+
+/// Which decisions to explain.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Explain {
+    /// Only this container.
+    #[serde(default)]
+    pub container_id: Option<String>,
+    /// At most this many, newest last (default 100).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// A request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// → [`Response::Registered`].
+    Register(Register),
+    /// → [`Response::Directives`].
+    Report(Report),
+    /// → [`Response::Finished`].
+    Finish(Finish),
+    /// → [`Response::Status`].
+    Status,
+    /// → [`Response::Models`].
+    Models,
+    /// → [`Response::Decisions`].
+    Explain(Explain),
+}
+
+/// The answer to Register.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registered {
+    /// Task type key.
+    pub task_key: String,
+    /// Mode from the annotations.
+    pub mode: Mode,
+    /// No usable history: the allocation is the spec's.
+    pub cold_start: bool,
+    /// The allocation to write into the spec before the container is created (mode enforce).
+    pub allocation: Allocation,
+    /// The same allocation as directives, with reasons (marked not applied in mode observe or off).
+    pub directives: Vec<Directive>,
+    /// The prediction behind it (absent on a cold start or in mode off).
+    #[serde(default)]
+    pub prediction: Option<predictor::Prediction>,
+}
+
+/// Directives for one container.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Directives {
+    /// Oldest first; apply those with `applied: true`.
+    pub directives: Vec<Directive>,
+}
+
+/// The answer to Finish.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finished {
+    /// Lifetime the broker saw, seconds.
+    pub duration_s: f64,
+    /// Samples the run summary was built from.
+    pub samples: u64,
+}
+
+/// The answer to Status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Broker version.
+    pub broker_version: String,
+    /// Tick, ms.
+    pub tick_ms: u64,
+    /// Host capacity the controller works with.
+    pub host: HostCapacity,
+    /// Model set in force.
+    pub model_version: u64,
+    /// Registered tasks.
+    pub tasks: Vec<TaskView>,
+    /// Live leases.
+    pub leases: Vec<Lease>,
+}
+
+/// The answer to Models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Models {
+    /// Model set in force.
+    pub model_version: u64,
+    /// Every known task type.
+    pub task_types: Vec<predictor::TaskTypeSummary>,
+}
+
+/// The answer to Explain: the decision log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decisions {
+    /// Oldest first.
+    pub decisions: Vec<predictor::Decision>,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, or not an object.
+    BadJson,
+    /// Line longer than [`MAX_LINE`].
+    TooLong,
+    /// `version` missing or not [`PROTOCOL_VERSION`].
+    UnsupportedVersion,
+    /// Unknown `type`, missing or mistyped field.
+    InvalidRequest,
+    /// An `io.predictive.*` annotation has a bad value.
+    InvalidAnnotation,
+    /// The container is not registered (re-register after a broker restart).
+    NotFound,
+    /// The peer may not talk to the broker.
+    PermissionDenied,
+    /// The broker failed (store error).
+    Internal,
+}
+
+/// An error reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ErrorReply {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// What was wrong, naming the field or value.
+    pub message: String,
+}
+
+impl ErrorReply {
+    /// An error with `code`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    /// To Register.
+    Registered(Registered),
+    /// To Report.
+    Directives(Directives),
+    /// To Finish.
+    Finished(Finished),
+    /// To Status.
+    Status(Status),
+    /// To Models.
+    Models(Models),
+    /// To Explain.
+    Decisions(Decisions),
+    /// To anything that failed.
+    Error(ErrorReply),
+}
+
+/// Encoding a message failed (a non-finite float, which JSON cannot carry).
+#[derive(Debug, thiserror::Error)]
+#[error("encoding a {what} message")]
+pub struct EncodeError {
+    what: &'static str,
+    #[source]
+    source: serde_json::Error,
+}
+
+fn envelope<T: Serialize>(what: &'static str, id: Option<u64>, msg: &T) -> Result<String, EncodeError> {
+    let mut v = serde_json::to_value(msg).map_err(|source| EncodeError { what, source })?;
+    if let Value::Object(m) = &mut v {
+        m.insert("version".to_owned(), Value::from(PROTOCOL_VERSION));
+        if let Some(id) = id {
+            m.insert("id".to_owned(), Value::from(id));
+        }
+    }
+    let mut line = serde_json::to_string(&v).map_err(|source| EncodeError { what, source })?;
+    line.push('\n');
+    Ok(line)
+}
+
+/// One request line (with its newline).
+pub fn encode_request(id: Option<u64>, req: &Request) -> Result<String, EncodeError> {
+    envelope("request", id, req)
+}
+
+/// One reply line (with its newline).
+pub fn encode_response(id: Option<u64>, resp: &Response) -> Result<String, EncodeError> {
+    envelope("response", id, resp)
+}
+
+/// Checks the envelope of a line and returns its `id` (when readable) and the message object.
+fn open_envelope(line: &str) -> (Option<u64>, Result<Value, ErrorReply>) {
+    let v: Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => return (None, Err(ErrorReply::new(ErrorCode::BadJson, format!("not JSON: {e}")))),
+    };
+    let Value::Object(mut m) = v else {
+        return (None, Err(ErrorReply::new(ErrorCode::BadJson, "a message is a JSON object")));
+    };
+    let id = m.remove("id").and_then(|v| v.as_u64());
+    match m.remove("version") {
+        None => (id, Err(ErrorReply::new(ErrorCode::UnsupportedVersion, "field `version` is missing"))),
+        Some(v) if v.as_u64() == Some(u64::from(PROTOCOL_VERSION)) => (id, Ok(Value::Object(m))),
+        Some(v) => (
+            id,
+            Err(ErrorReply::new(
+                ErrorCode::UnsupportedVersion,
+                format!("field `version` is {v}; this broker speaks {PROTOCOL_VERSION}"),
+            )),
+        ),
+    }
+}
+
+/// Parses one request line. On error, the id is still returned when it was readable, so the reply can echo it.
+pub fn parse_request(line: &str) -> (Option<u64>, Result<Request, ErrorReply>) {
+    let (id, v) = open_envelope(line);
+    let req = v.and_then(|v| {
+        serde_json::from_value::<Request>(v)
+            .map_err(|e| ErrorReply::new(ErrorCode::InvalidRequest, e.to_string()))
+    });
+    let req = req.and_then(|r| {
+        let id = match &r {
+            Request::Register(x) => Some(&x.container_id),
+            Request::Report(x) => Some(&x.container_id),
+            Request::Finish(x) => Some(&x.container_id),
+            _ => None,
+        };
+        if id.is_some_and(|c| c.trim().is_empty()) {
+            return Err(ErrorReply::new(ErrorCode::InvalidRequest, "field `container_id` is empty"));
+        }
+        Ok(r)
+    });
+    (id, req)
+}
+
+/// Parses one reply line; an error reply comes back as `Ok(Response::Error(..))`.
+pub fn parse_response(line: &str) -> (Option<u64>, Result<Response, ErrorReply>) {
+    let (id, v) = open_envelope(line);
+    (
+        id,
+        v.and_then(|v| {
+            serde_json::from_value::<Response>(v)
+                .map_err(|e| ErrorReply::new(ErrorCode::InvalidRequest, e.to_string()))
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::Action;
+
+    #[test]
+    fn request_round_trips_with_version_and_id() {
+        let req = Request::Register(Register {
+            container_id: "c1".to_owned(),
+            namespace: "default".to_owned(),
+            image: "busybox".to_owned(),
+            command: vec!["sleep".to_owned(), "1".to_owned()],
+            limits: SpecLimits {
+                memory_limit_bytes: Some(1 << 30),
+                ..SpecLimits::default()
+            },
+            ..Register::default()
+        });
+        let line = encode_request(Some(7), &req).expect("encodes");
+        assert!(line.ends_with('\n') && !line.trim_end().contains('\n'));
+        let v: Value = serde_json::from_str(&line).expect("json");
+        assert_eq!((v["version"].as_u64(), v["id"].as_u64()), (Some(1), Some(7)));
+        assert_eq!(v["type"], "register");
+        assert_eq!(v["container_id"], "c1");
+        let (id, back) = parse_request(&line);
+        assert_eq!((id, back), (Some(7), Ok(req)));
+        for req in [Request::Status, Request::Models, Request::Explain(Explain::default())] {
+            let (_, back) = parse_request(&encode_request(None, &req).expect("encodes"));
+            assert_eq!(back, Ok(req));
+        }
+    }
+
+    #[test]
+    fn minimal_messages_use_defaults() {
+        let (_, r) = parse_request(r#"{"version":1,"type":"report","container_id":"c","future_field":3}"#);
+        assert_eq!(
+            r,
+            Ok(Request::Report(Report {
+                container_id: "c".to_owned(),
+                ..Report::default()
+            }))
+        );
+    }
+
+    #[test]
+    fn malformed_requests_say_what_is_wrong() {
+        let cases: &[(&str, ErrorCode, &str)] = &[
+            ("not json", ErrorCode::BadJson, "not JSON"),
+            ("[1,2]", ErrorCode::BadJson, "object"),
+            (r#"{"type":"status"}"#, ErrorCode::UnsupportedVersion, "`version` is missing"),
+            (r#"{"version":2,"type":"status"}"#, ErrorCode::UnsupportedVersion, "is 2"),
+            (r#"{"version":1}"#, ErrorCode::InvalidRequest, "type"),
+            (r#"{"version":1,"type":"launch"}"#, ErrorCode::InvalidRequest, "launch"),
+            (r#"{"version":1,"type":"register"}"#, ErrorCode::InvalidRequest, "container_id"),
+            (r#"{"version":1,"type":"register","container_id":" "}"#, ErrorCode::InvalidRequest, "container_id"),
+            (r#"{"version":1,"type":"finish","container_id":"c","exit_code":"zero"}"#, ErrorCode::InvalidRequest, "invalid type"),
+            (r#"{"version":1,"type":"report","container_id":"c","samples":[{"unix_ns":"x"}]}"#, ErrorCode::InvalidRequest, "invalid type"),
+        ];
+        for (line, code, needle) in cases {
+            let (_, r) = parse_request(line);
+            let e = r.expect_err(line);
+            assert_eq!(e.code, *code, "{line}: {e}");
+            assert!(e.message.contains(needle), "{line}: {}", e.message);
+        }
+        let (id, _) = parse_request(r#"{"version":9,"id":4,"type":"status"}"#);
+        assert_eq!(id, Some(4), "the id is echoed even on error");
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let d = Directive {
+            container_id: "c".to_owned(),
+            action: Action::SetMemoryLimit {
+                limit_bytes: Some(5),
+                oom_kill_disabled: true,
+            },
+            reason: "r".to_owned(),
+            applied: true,
+            old_value: None,
+        };
+        let resp = Response::Directives(Directives { directives: vec![d] });
+        let line = encode_response(Some(1), &resp).expect("encodes");
+        let v: Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(v["directives"][0]["action"], "set_memory_limit");
+        assert_eq!(v["directives"][0]["limit_bytes"], 5);
+        assert_eq!(parse_response(&line), (Some(1), Ok(resp)));
+        let err = Response::Error(ErrorReply::new(ErrorCode::NotFound, "container c is not registered"));
+        let line = encode_response(None, &err).expect("encodes");
+        assert!(line.contains(r#""code":"not_found""#));
+        assert_eq!(parse_response(&line).1, Ok(err));
+    }
+}
