@@ -7,3 +7,19 @@
 pub mod controller;
 pub mod annotations;
 pub mod api;
+pub mod config;
+pub mod server;
+pub mod client;
+pub mod cli;
+
+/// An error with its sources, `a: b: c`, for the one line a binary prints.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,329 @@
+//! A blocking client of the broker for the shim and `predictivectl`, with a deadline on every call.
+//!
+//! The shim calls [`register_within`] at Create with a 50 ms budget and starts the container with the spec's
+//! limits when it fails (fail open); while the container runs it keeps one [`Client`] and calls
+//! [`Client::report`] every tick. A [`Client`] connects lazily and reconnects after an error, so a restarted
+//! broker is picked up on the next call; a Report answered with [`ErrorCode::NotFound`] means the broker
+//! restarted and the container must be registered again ([`ClientError::is_not_registered`]).
+
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::api::{
+    self, Decisions, EncodeError, ErrorCode, ErrorReply, Explain, Finish, Finished, Models, Register,
+    Registered, Report, Request, Response, Status,
+};
+use crate::controller::Directive;
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting failed (no broker).
+    #[error("connecting to {path}")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Sending or receiving failed.
+    #[error("{what} on {path}")]
+    Io {
+        /// `"sending"` or `"receiving"`.
+        what: &'static str,
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The deadline passed.
+    #[error("no answer from {path} within {budget:?}")]
+    Timeout {
+        /// The socket.
+        path: PathBuf,
+        /// The budget.
+        budget: Duration,
+    },
+    /// The broker closed the connection.
+    #[error("{path} closed the connection")]
+    Closed {
+        /// The socket.
+        path: PathBuf,
+    },
+    /// The reply was not a valid message.
+    #[error("unreadable reply")]
+    BadReply(#[source] ErrorReply),
+    /// The broker answered with an error.
+    #[error("the broker refused the request")]
+    Broker(#[source] ErrorReply),
+    /// The reply was of another type.
+    #[error("expected a {expected} reply")]
+    Unexpected {
+        /// The expected reply type.
+        expected: &'static str,
+    },
+    /// The request could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+}
+
+impl ClientError {
+    /// The broker does not know the container (it restarted): register again.
+    pub fn is_not_registered(&self) -> bool {
+        matches!(self, ClientError::Broker(e) if e.code == ErrorCode::NotFound)
+    }
+}
+
+/// A connection to the broker. Not shared between threads; cheap to keep per container.
+#[derive(Debug)]
+pub struct Client {
+    path: PathBuf,
+    timeout: Duration,
+    conn: Option<BufReader<UnixStream>>,
+    next_id: u64,
+}
+
+fn is_stale(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::BrokenPipe | ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof
+    )
+}
+
+impl Client {
+    /// A client of the broker at `path`; each call must finish within `timeout`. Connects on first use.
+    pub fn new(path: impl Into<PathBuf>, timeout: Duration) -> Self {
+        Self {
+            path: path.into(),
+            timeout,
+            conn: None,
+            next_id: 1,
+        }
+    }
+
+    /// A client of the broker at [`api::DEFAULT_SOCKET`].
+    pub fn default_socket(timeout: Duration) -> Self {
+        Self::new(api::DEFAULT_SOCKET, timeout)
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn remaining(&self, deadline: Instant) -> Result<Duration, ClientError> {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| ClientError::Timeout {
+                path: self.path.clone(),
+                budget: self.timeout,
+            })
+    }
+
+    fn io(&self, what: &'static str, source: std::io::Error) -> ClientError {
+        if matches!(source.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
+            return ClientError::Timeout {
+                path: self.path.clone(),
+                budget: self.timeout,
+            };
+        }
+        ClientError::Io {
+            what,
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Sends one request and waits for its reply; an error reply is [`ClientError::Broker`].
+    pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
+        let deadline = Instant::now() + self.timeout;
+        let reused = self.conn.is_some();
+        match self.call_once(req, deadline) {
+            Err(ClientError::Io { source, .. }) if reused && is_stale(&source) => {
+                self.conn = None;
+                self.call_once(req, deadline)
+            }
+            Err(ClientError::Closed { .. }) if reused => {
+                self.conn = None;
+                self.call_once(req, deadline)
+            }
+            r => r,
+        }
+    }
+
+    fn call_once(&mut self, req: &Request, deadline: Instant) -> Result<Response, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let line = api::encode_request(Some(id), req)?;
+        let r = self.exchange(&line, deadline);
+        if r.is_err() {
+            self.conn = None;
+        }
+        let (_, resp) = api::parse_response(&r?);
+        match resp.map_err(ClientError::BadReply)? {
+            Response::Error(e) => Err(ClientError::Broker(e)),
+            resp => Ok(resp),
+        }
+    }
+
+    fn exchange(&mut self, line: &str, deadline: Instant) -> Result<String, ClientError> {
+        if self.conn.is_none() {
+            let s = UnixStream::connect(&self.path).map_err(|source| ClientError::Connect {
+                path: self.path.clone(),
+                source,
+            })?;
+            self.conn = Some(BufReader::new(s));
+        }
+        let left = self.remaining(deadline)?;
+        let conn = self.conn.as_mut().expect("connected just above");
+        let sent = conn
+            .get_ref()
+            .set_write_timeout(Some(left))
+            .and_then(|()| conn.get_mut().write_all(line.as_bytes()));
+        if let Err(e) = sent {
+            return Err(self.io("sending", e));
+        }
+        let mut buf = Vec::new();
+        loop {
+            let left = self.remaining(deadline)?;
+            let conn = self.conn.as_mut().expect("connected just above");
+            if let Err(e) = conn.get_ref().set_read_timeout(Some(left)) {
+                return Err(self.io("receiving", e));
+            }
+            let chunk = match conn.fill_buf() {
+                Ok(c) => c,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io("receiving", e)),
+            };
+            if chunk.is_empty() {
+                return Err(ClientError::Closed {
+                    path: self.path.clone(),
+                });
+            }
+            let (used, done) = match chunk.iter().position(|b| *b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (chunk.len(), false),
+            };
+            buf.extend_from_slice(&chunk[..used]);
+            conn.consume(used);
+            if done {
+                return Ok(String::from_utf8_lossy(&buf).into_owned());
+            }
+            if buf.len() > api::MAX_LINE {
+                return Err(ClientError::BadReply(ErrorReply::new(
+                    ErrorCode::TooLong,
+                    "reply longer than MAX_LINE",
+                )));
+            }
+        }
+    }
+
+    /// Registers a container; the reply carries its initial allocation.
+    pub fn register(&mut self, r: &Register) -> Result<Registered, ClientError> {
+        match self.call(&Request::Register(r.clone()))? {
+            Response::Registered(x) => Ok(x),
+            _ => Err(ClientError::Unexpected { expected: "registered" }),
+        }
+    }
+
+    /// Sends samples; returns the directives to apply (those with `applied: true`).
+    pub fn report(&mut self, r: &Report) -> Result<Vec<Directive>, ClientError> {
+        match self.call(&Request::Report(r.clone()))? {
+            Response::Directives(x) => Ok(x.directives),
+            _ => Err(ClientError::Unexpected { expected: "directives" }),
+        }
+    }
+
+    /// Reports the exit of a container.
+    pub fn finish(&mut self, f: &Finish) -> Result<Finished, ClientError> {
+        match self.call(&Request::Finish(f.clone()))? {
+            Response::Finished(x) => Ok(x),
+            _ => Err(ClientError::Unexpected { expected: "finished" }),
+        }
+    }
+
+    /// Tasks, allocations and leases.
+    pub fn status(&mut self) -> Result<Status, ClientError> {
+        match self.call(&Request::Status)? {
+            Response::Status(x) => Ok(x),
+            _ => Err(ClientError::Unexpected { expected: "status" }),
+        }
+    }
+
+    /// Task types and their models.
+    pub fn models(&mut self) -> Result<Models, ClientError> {
+        match self.call(&Request::Models)? {
+            Response::Models(x) => Ok(x),
+            _ => Err(ClientError::Unexpected { expected: "models" }),
+        }
+    }
+
+    /// The decision log.
+    pub fn explain(&mut self, e: &Explain) -> Result<Decisions, ClientError> {
+        match self.call(&Request::Explain(e.clone()))? {
+            Response::Decisions(x) => Ok(x),
+            _ => Err(ClientError::Unexpected { expected: "decisions" }),
+        }
+    }
+}
+
+/// Connects, registers and returns within `budget` (the shim's Create path: on error, use the spec).
+pub fn register_within(path: &Path, r: &Register, budget: Duration) -> Result<Registered, ClientError> {
+    Client::new(path, budget).register(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn no_broker_is_a_connect_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = register_within(&dir.path().join("none.sock"), &Register::default(), Duration::from_millis(50))
+            .expect_err("nothing listens");
+        assert!(matches!(e, ClientError::Connect { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn a_silent_broker_times_out_within_the_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("silent.sock");
+        let _l = UnixListener::bind(&path).expect("bind");
+        let started = Instant::now();
+        let e = register_within(&path, &Register::default(), Duration::from_millis(50)).expect_err("silent");
+        assert!(matches!(e, ClientError::Timeout { .. }), "{e:?}");
+        // Generous: only checks the call is bounded, not how tightly.
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn error_replies_and_garbage_are_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fake.sock");
+        let l = UnixListener::bind(&path).expect("bind");
+        let server = std::thread::spawn(move || {
+            let (s, _) = l.accept().expect("accept");
+            let mut r = BufReader::new(s.try_clone().expect("clone"));
+            let mut w = s;
+            let mut line = String::new();
+            r.read_line(&mut line).expect("read");
+            w.write_all(b"{\"version\":1,\"type\":\"error\",\"code\":\"not_found\",\"message\":\"container c is not registered\"}\n")
+                .expect("write");
+            line.clear();
+            r.read_line(&mut line).expect("read");
+            w.write_all(b"garbage\n").expect("write");
+        });
+        let mut c = Client::new(&path, Duration::from_secs(5));
+        let e = c.report(&Report { container_id: "c".to_owned(), ..Report::default() }).expect_err("not found");
+        assert!(e.is_not_registered(), "{e:?}");
+        let e = c.status().expect_err("garbage");
+        assert!(matches!(e, ClientError::BadReply(_)), "{e:?}");
+        server.join().expect("server thread");
+    }
+}

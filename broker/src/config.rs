@@ -1,0 +1,218 @@
+//! `predictived`'s configuration file (TOML, default [`DEFAULT_CONFIG`]). Every key is optional; an unknown key
+//! or a mistyped value is an error that names it.
+//!
+//! ```toml
+//! state_dir = "/var/lib/predictive"        # predictor.redb and predictived.lock live here
+//! socket = "/run/predictive/broker.sock"  # the API socket (mode 0600, or 0660 with allowed_gid)
+//! allowed_gid = 1001                       # peers with this gid may connect (root and our uid always may)
+//! tick_ms = 1000                           # controller period
+//! retrain_check_ms = 30000                 # how often the retrain thread asks the predictor if a retrain is due
+//! sample_flush_ms = 10000                  # how often buffered samples are written to the store
+//! host_cpu_cores = 8.0                     # default: the CPUs online
+//! host_memory_bytes = 17179869184          # default: MemTotal
+//! cgroup = "v2"                            # default for a Register without `cgroup`: detected
+//!
+//! [controller]                             # see broker::controller::ControllerConfig for every key
+//! host_reserve_cpu = 0.5
+//! host_reserve_memory_bytes = 268435456
+//!
+//! [retrain]
+//! interval_ms = 600000                     # retrain when this long passed and a run was recorded
+//! new_runs = 200                           # or when this many runs were recorded
+//! min_runs = 5                             # runs a task type needs before it gets predictions
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::controller::{CgroupKind, ControllerConfig};
+
+/// Default configuration file.
+pub const DEFAULT_CONFIG: &str = "/etc/predictive/predictived.toml";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/predictive";
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is invalid; the message names the key.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, which names the key and the line.
+        message: String,
+    },
+}
+
+/// Retraining cadence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrainConfig {
+    /// See [`predictor::RetrainPolicy::interval_ms`] (default 10 min).
+    pub interval_ms: u64,
+    /// See [`predictor::RetrainPolicy::new_runs`] (default 200).
+    pub new_runs: u64,
+    /// Runs before a task type gets a model (default: the predictor's).
+    pub min_runs: Option<usize>,
+}
+
+impl Default for RetrainConfig {
+    fn default() -> Self {
+        let p = predictor::RetrainPolicy::default();
+        Self {
+            interval_ms: p.interval_ms,
+            new_runs: p.new_runs,
+            min_runs: None,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// State directory (default [`DEFAULT_STATE_DIR`]).
+    pub state_dir: PathBuf,
+    /// API socket (default [`crate::api::DEFAULT_SOCKET`]).
+    pub socket: PathBuf,
+    /// Group allowed to connect besides root and the broker's own uid.
+    pub allowed_gid: Option<u32>,
+    /// Controller period, ms (default 1000).
+    pub tick_ms: u64,
+    /// Retrain check period, ms (default 30000).
+    pub retrain_check_ms: u64,
+    /// Sample flush period, ms (default 10000).
+    pub sample_flush_ms: u64,
+    /// Host CPUs (default: online CPUs).
+    pub host_cpu_cores: Option<f64>,
+    /// Host memory (default: MemTotal).
+    pub host_memory_bytes: Option<u64>,
+    /// Cgroup interface for Registers that do not say (default: detected from /sys/fs/cgroup).
+    pub cgroup: Option<CgroupKind>,
+    /// Controller tuning.
+    pub controller: ControllerConfig,
+    /// Retraining.
+    pub retrain: RetrainConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            socket: PathBuf::from(crate::api::DEFAULT_SOCKET),
+            allowed_gid: None,
+            tick_ms: 1000,
+            retrain_check_ms: 30_000,
+            sample_flush_ms: 10_000,
+            host_cpu_cores: None,
+            host_memory_bytes: None,
+            cgroup: None,
+            controller: ControllerConfig::default(),
+            retrain: RetrainConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        if cfg.tick_ms == 0 {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                message: "key `tick_ms` must be at least 1".to_owned(),
+            });
+        }
+        Ok(cfg)
+    }
+
+    /// Reads `path`; a missing file at the default path means the defaults.
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// The predictor's database file.
+    pub fn database(&self) -> PathBuf {
+        self.state_dir.join("predictor.redb")
+    }
+
+    /// The lock file.
+    pub fn lock_file(&self) -> PathBuf {
+        self.state_dir.join("predictived.lock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = parse("").expect("empty is fine");
+        assert_eq!(c, Config::default());
+        assert_eq!(c.tick_ms, 1000);
+        assert_eq!(c.database(), Path::new("/var/lib/predictive/predictor.redb"));
+        assert_eq!(c.socket, Path::new("/run/predictive/broker.sock"));
+    }
+
+    #[test]
+    fn keys_are_read() {
+        let c = parse(
+            "tick_ms = 250\nallowed_gid = 5\ncgroup = \"v1\"\n[controller]\nhost_reserve_cpu = 1.5\n[retrain]\nmin_runs = 3\n",
+        )
+        .expect("valid");
+        assert_eq!((c.tick_ms, c.allowed_gid, c.cgroup), (250, Some(5), Some(CgroupKind::V1)));
+        assert_eq!(c.controller.host_reserve_cpu, 1.5);
+        assert_eq!(c.controller.min_cpu_cores, ControllerConfig::default().min_cpu_cores);
+        assert_eq!(c.retrain.min_runs, Some(3));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, key) in [
+            ("tick_ms = \"fast\"", "tick_ms"),
+            ("tick_ms = 0", "tick_ms"),
+            ("tick = 5", "tick"),
+            ("[controller]\nheadroom = \"lots\"", "headroom"),
+            ("[controller]\nhedroom = 1.0", "hedroom"),
+            ("cgroup = \"v3\"", "v3"),
+            ("[retrain]\nnew_runs = -1", "new_runs"),
+        ] {
+            let e = parse(text).expect_err(text).to_string();
+            assert!(e.contains(key) && e.contains("test.toml"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn missing_default_file_is_fine_but_a_named_one_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("none.toml");
+        assert_eq!(Config::load(&p, false).expect("defaults"), Config::default());
+        assert!(Config::load(&p, true).expect_err("required").to_string().contains("none.toml"));
+    }
+}

@@ -1,0 +1,999 @@
+//! The daemon: owns the predictor, serves the [`crate::api`] protocol on the Unix socket, runs the controller
+//! every tick, records every decision, and retrains in the background.
+//!
+//! Threads: one accepting connections, one per connection (a shim keeps one open), one ticking the
+//! controller (and flushing buffered samples), one retraining, one recorder. The recorder is the only writer
+//! of the predictor's store besides retraining: Register and Report never wait on a redb commit (an fsync), so
+//! the shim's 50 ms Register budget is spent on the prediction alone. A record is committed shortly after the
+//! reply; a graceful stop (SIGTERM) drains the recorder first.
+//!
+//! Who may connect: root, the broker's own uid, and `allowed_gid` (checked with SO_PEERCRED on every
+//! connection; the socket is mode 0600, or 0660 owned by that group).
+//!
+//! Limits: leases and registrations live in memory, so a restarted broker answers a Report for an unknown
+//! container with `not_found` and the shim registers again (the store keeps every committed record).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use predictor::{
+    DecisionQuery, Predictor, PredictorConfig, RunFeatures, RunMetadata, RunOutcome, RunSummary,
+    TaskKey,
+};
+
+use crate::annotations::Annotations;
+use crate::api::{
+    self, Decisions, Directives, ErrorCode, ErrorReply, Finish, Finished, Models, Register,
+    Registered, Report, Request, Response, Status,
+};
+use crate::config::Config;
+use crate::controller::{
+    Action, Allocation, CgroupKind, Controller, Directive, HostCapacity, Mode, TaskSpec, Usage,
+};
+
+/// A task that has neither reported nor finished for this long is forgotten (its shim is gone).
+const FORGET_AFTER_MS: u64 = 10 * 60_000;
+/// Most directives kept for a container that does not collect them.
+const MAX_PENDING: usize = 1024;
+/// Most decision log lines per tick; the rest are counted.
+const MAX_LOGS_PER_TICK: usize = 64;
+/// Most CPU readings kept per run for its p50/p95.
+const MAX_CPU_READINGS: usize = 100_000;
+
+/// Errors starting the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Creating a directory failed.
+    #[error("creating directory {path}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Opening the lock file failed.
+    #[error("opening lock file {path}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another broker holds the lock.
+    #[error("another predictived holds {path}")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// Binding or securing the socket failed.
+    #[error("binding socket {path}")]
+    Bind {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The predictor's store could not be opened.
+    #[error("opening the predictor store")]
+    Predictor(#[from] predictor::PredictorError),
+    /// A thread could not be started.
+    #[error("starting the {what} thread")]
+    Spawn {
+        /// Which thread.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Host CPUs and memory, read once at start.
+pub fn detect_host() -> HostCapacity {
+    let cpu = std::thread::available_parallelism()
+        .map(|n| n.get() as f64)
+        .unwrap_or(1.0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(1 << 30);
+    HostCapacity {
+        cpu_cores: cpu,
+        memory_bytes: mem,
+    }
+}
+
+fn host_load(cpus: f64) -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|l| l / cpus.max(1.0))
+        .unwrap_or(0.0)
+}
+
+/// What the recorder writes, in order.
+enum Record {
+    Decision(Box<predictor::Decision>),
+    Samples {
+        reg: u64,
+        samples: Vec<predictor::Sample>,
+    },
+    Run {
+        reg: u64,
+        run: Box<RunSummary>,
+    },
+    Flush(mpsc::Sender<()>),
+}
+
+#[derive(Debug, Default)]
+struct RunStats {
+    cpu: Vec<f64>,
+    peak_memory: u64,
+    cpu_seconds: f64,
+    io_bytes: u64,
+    throttled_s: f64,
+    samples: u64,
+}
+
+#[derive(Debug)]
+struct Running {
+    reg: u64,
+    task_key: TaskKey,
+    meta: RunMetadata,
+    started_at_ms: u64,
+    last_seen_ms: u64,
+    model_version: Option<u64>,
+    prev: Option<runtime_hooks::Sample>,
+    buffered: Vec<predictor::Sample>,
+    pending: Vec<Directive>,
+    stats: RunStats,
+}
+
+struct State {
+    controller: Controller,
+    running: HashMap<String, Running>,
+    next_reg: u64,
+}
+
+/// The broker's shared core: everything a connection or the tick thread touches.
+pub struct Broker {
+    cfg: Config,
+    predictor: Arc<Predictor>,
+    state: Mutex<State>,
+    recorder: Mutex<mpsc::Sender<Record>>,
+    default_cgroup: CgroupKind,
+    stop: AtomicBool,
+}
+
+/// Turns a pair of raw samples into the controller's usage and the predictor's sample.
+fn rates(
+    prev: &runtime_hooks::Sample,
+    s: &runtime_hooks::Sample,
+    oom: bool,
+) -> Option<(Usage, predictor::Sample, f64)> {
+    let dt_ns = s.monotonic_ns.checked_sub(prev.monotonic_ns).filter(|d| *d > 0)?;
+    let cpu = match (prev.cpu.usage_ns, s.cpu.usage_ns) {
+        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / dt_ns as f64,
+        _ => 0.0,
+    };
+    let throttled = match (
+        prev.cpu.nr_periods,
+        s.cpu.nr_periods,
+        prev.cpu.nr_throttled,
+        s.cpu.nr_throttled,
+    ) {
+        (Some(p0), Some(p1), Some(t0), Some(t1)) if p1 > p0 => {
+            (t1.saturating_sub(t0) as f64 / (p1 - p0) as f64).min(1.0)
+        }
+        _ => 0.0,
+    };
+    let throttled_s = match (prev.cpu.throttled_ns, s.cpu.throttled_ns) {
+        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e9,
+        _ => 0.0,
+    };
+    let io = |x: &runtime_hooks::Sample| x.io.read_bytes.unwrap_or(0) + x.io.write_bytes.unwrap_or(0);
+    let mem = s.memory.usage_bytes.unwrap_or(0);
+    let usage = Usage {
+        at_ms: s.unix_ns / 1_000_000,
+        cpu_cores: cpu,
+        cpu_throttled_fraction: throttled,
+        cpu_psi_avg10: s.pressure.cpu.map(|p| p.some.avg10),
+        memory_psi_avg10: s.pressure.memory.map(|p| p.some.avg10),
+        memory_bytes: mem,
+        working_set_bytes: s.memory.working_set_bytes,
+        under_oom: oom || s.memory.under_oom == Some(true),
+    };
+    let sample = predictor::Sample {
+        ts_ms: usage.at_ms,
+        cpu_cores: cpu,
+        memory_bytes: mem,
+        io_bytes: io(s).saturating_sub(io(prev)),
+        count: 1,
+    };
+    Some((usage, sample, throttled_s))
+}
+
+/// The decision-log entry of a directive.
+fn decision(d: &Directive, r: &Running, at_ms: u64, initial: Option<bool>) -> predictor::Decision {
+    use predictor::Directive as D;
+    let grew = |new: Option<f64>| match (d.old_value, new) {
+        (Some(o), Some(n)) if n < o => D::Lower,
+        (Some(_), None) | (None, None) => D::Raise,
+        (Some(o), Some(n)) if n > o => D::Raise,
+        (Some(_), Some(_)) => D::Hold,
+        (None, Some(_)) => D::Raise,
+    };
+    let (resource, directive, new_value) = match &d.action {
+        Action::SetCpu { cores } => ("cpu", grew(*cores), *cores),
+        Action::SetMemoryHigh { high_bytes: m, .. } | Action::SetMemoryLimit { limit_bytes: m, .. } => {
+            let v = m.map(|b| b as f64);
+            ("memory", grew(v), v)
+        }
+        Action::Freeze => ("freezer", D::Lower, Some(1.0)),
+        Action::Thaw => ("freezer", D::Raise, Some(0.0)),
+        Action::LeaseGranted { lease } => ("cpu-lease", D::Raise, Some(lease.amount)),
+        Action::LeaseRevoked { lease } => ("cpu-lease", D::Lower, Some(lease.amount)),
+        Action::Hold { resource } => (
+            match resource {
+                crate::controller::ResourceKind::Cpu => "cpu",
+                crate::controller::ResourceKind::Memory => "memory",
+            },
+            D::Hold,
+            None,
+        ),
+    };
+    let directive = match initial {
+        Some(true) => D::Fallback,
+        Some(false) => D::Initial,
+        None => directive,
+    };
+    let what = match &d.action {
+        Action::LeaseGranted { lease } | Action::LeaseRevoked { lease } => format!(
+            "lease {} ({:.2} cores from {}): ",
+            lease.id,
+            lease.amount,
+            lease.lender.as_deref().unwrap_or("host")
+        ),
+        Action::Freeze => "paused: ".to_owned(),
+        Action::Thaw => "thawed: ".to_owned(),
+        _ => String::new(),
+    };
+    predictor::Decision {
+        seq: 0,
+        at_ms,
+        container_id: d.container_id.clone(),
+        task_key: r.task_key.clone(),
+        directive,
+        resource: resource.to_owned(),
+        reason: format!(
+            "{what}{}{}",
+            d.reason,
+            if d.applied { "" } else { " [observe: not applied]" }
+        ),
+        old_value: d.old_value,
+        new_value,
+        model_version: r.model_version,
+    }
+}
+
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((q * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)]
+}
+
+impl Broker {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic under the lock leaves plain data; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self, r: Record) {
+        let tx = self.recorder.lock().unwrap_or_else(|p| p.into_inner());
+        if tx.send(r).is_err() {
+            tracing::error!("the recorder thread is gone; a record was dropped");
+        }
+    }
+
+    fn record_decisions(&self, ds: Vec<predictor::Decision>) {
+        let total = ds.len();
+        for (i, d) in ds.into_iter().enumerate() {
+            if i < MAX_LOGS_PER_TICK {
+                tracing::info!(
+                    container = %d.container_id,
+                    resource = %d.resource,
+                    directive = ?d.directive,
+                    old = ?d.old_value,
+                    new = ?d.new_value,
+                    reason = %d.reason,
+                    "decision"
+                );
+            } else if i == MAX_LOGS_PER_TICK {
+                tracing::info!(suppressed = total - MAX_LOGS_PER_TICK, "more decisions this tick, recorded but not logged");
+            }
+            self.record(Record::Decision(Box::new(d)));
+        }
+    }
+
+    /// Serves one request.
+    pub fn handle(&self, req: Request) -> Response {
+        let r = match req {
+            Request::Register(r) => self.register(r).map(Response::Registered),
+            Request::Report(r) => self.report(r).map(Response::Directives),
+            Request::Finish(f) => self.finish(f).map(Response::Finished),
+            Request::Status => Ok(Response::Status(self.status())),
+            Request::Models => self.models().map(Response::Models),
+            Request::Explain(e) => self
+                .predictor
+                .decisions(&DecisionQuery {
+                    container_id: e.container_id,
+                    limit: e.limit.unwrap_or(100),
+                    ..DecisionQuery::default()
+                })
+                .map(|decisions| Response::Decisions(Decisions { decisions }))
+                .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("reading decisions: {e}"))),
+        };
+        r.unwrap_or_else(Response::Error)
+    }
+
+    fn register(&self, r: Register) -> Result<Registered, ErrorReply> {
+        let ann = Annotations::parse(&r.annotations)
+            .map_err(|e| ErrorReply::new(ErrorCode::InvalidAnnotation, e.to_string()))?;
+        let annotations: HashMap<String, String> =
+            r.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let key = TaskKey::derive(&annotations, &r.image, &r.command);
+        if ann.mode == Mode::Off {
+            return Ok(Registered {
+                task_key: key.to_string(),
+                mode: Mode::Off,
+                cold_start: true,
+                allocation: Allocation {
+                    cpu_cores: r.limits.cpu_limit_cores,
+                    memory_bytes: r.limits.memory_limit_bytes,
+                    memory_max_bytes: r.limits.memory_limit_bytes,
+                },
+                directives: Vec::new(),
+                prediction: None,
+            });
+        }
+        let now = now_ms();
+        let host = self.lock().controller.host();
+        let meta = RunMetadata {
+            image: r.image.clone(),
+            command: r.command.clone(),
+            input_bytes: ann.input_bytes,
+            dependencies: ann.depends_on.len() as u32,
+            requested_cpu_cores: r.limits.cpu_limit_cores,
+            requested_memory_bytes: r.limits.memory_limit_bytes,
+            host_load: host_load(host.cpu_cores),
+        };
+        let prediction = self
+            .predictor
+            .predict(&key, &RunFeatures::from_metadata(&meta, now));
+        let cold = prediction.is_cold_start();
+        let model_version = (!cold).then_some(prediction.model_version);
+        let spec = TaskSpec {
+            container_id: r.container_id.clone(),
+            mode: ann.mode,
+            cgroup: r.cgroup.unwrap_or(self.default_cgroup),
+            priority: ann.priority,
+            depends_on: ann.depends_on,
+            pipeline: ann.pipeline,
+            max_borrow_cpu: ann.max_borrow_cpu,
+            allow_below_request: ann.allow_below_request,
+            limits: r.limits,
+            prediction: (!cold).then(|| prediction.clone()),
+            started_at_ms: now,
+        };
+        let (allocation, directives, records) = {
+            let mut st = self.lock();
+            let (allocation, directives) = st.controller.register(spec, now);
+            let reg = st.next_reg;
+            st.next_reg += 1;
+            let running = Running {
+                reg,
+                task_key: key.clone(),
+                meta,
+                started_at_ms: now,
+                last_seen_ms: now,
+                model_version,
+                prev: None,
+                buffered: Vec::new(),
+                pending: Vec::new(),
+                stats: RunStats::default(),
+            };
+            if let Some(old) = st.running.insert(r.container_id.clone(), running) {
+                tracing::warn!(container = %r.container_id, reg = old.reg, "registered again; the earlier run is dropped");
+            }
+            let mut records = Vec::new();
+            for d in &directives {
+                let ours = d.container_id == r.container_id;
+                if let Some(run) = st.running.get(&d.container_id) {
+                    records.push(decision(d, run, now, ours.then_some(cold)));
+                }
+            }
+            (allocation, directives, records)
+        };
+        self.record_decisions(records);
+        let (own, others): (Vec<Directive>, Vec<Directive>) = directives
+            .into_iter()
+            .partition(|d| d.container_id == r.container_id);
+        self.queue(others);
+        Ok(Registered {
+            task_key: key.to_string(),
+            mode: ann.mode,
+            cold_start: cold,
+            allocation,
+            directives: own,
+            prediction: (!cold).then_some(prediction),
+        })
+    }
+
+    fn queue(&self, ds: Vec<Directive>) {
+        if ds.is_empty() {
+            return;
+        }
+        let mut st = self.lock();
+        for d in ds {
+            if let Some(r) = st.running.get_mut(&d.container_id) {
+                if r.pending.len() >= MAX_PENDING {
+                    r.pending.remove(0);
+                }
+                r.pending.push(d);
+            }
+        }
+    }
+
+    fn report(&self, rep: Report) -> Result<Directives, ErrorReply> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let Some(run) = st.running.get_mut(&rep.container_id) else {
+            return Err(ErrorReply::new(
+                ErrorCode::NotFound,
+                format!("container {} is not registered", rep.container_id),
+            ));
+        };
+        run.last_seen_ms = now_ms();
+        let mut latest = None;
+        let mut oom = rep.oom_events > 0;
+        for s in rep.samples {
+            if let Some(prev) = &run.prev {
+                if let Some((usage, sample, throttled_s)) = rates(prev, &s, oom) {
+                    oom = false;
+                    let st = &mut run.stats;
+                    if st.cpu.len() < MAX_CPU_READINGS {
+                        st.cpu.push(usage.cpu_cores);
+                    }
+                    let dt = s.monotonic_ns.saturating_sub(prev.monotonic_ns) as f64 / 1e9;
+                    st.cpu_seconds += usage.cpu_cores * dt;
+                    st.io_bytes += sample.io_bytes;
+                    st.throttled_s += throttled_s;
+                    st.samples += 1;
+                    run.buffered.push(sample);
+                    latest = Some(usage);
+                }
+            }
+            let peak = s.memory.peak_bytes.unwrap_or(0).max(s.memory.usage_bytes.unwrap_or(0));
+            run.stats.peak_memory = run.stats.peak_memory.max(peak);
+            run.prev = Some(s);
+        }
+        if let Some(u) = latest {
+            st.controller.observe(&rep.container_id, u);
+        }
+        let directives = std::mem::take(&mut run.pending);
+        Ok(Directives { directives })
+    }
+
+    fn finish(&self, f: Finish) -> Result<Finished, ErrorReply> {
+        let now = now_ms();
+        let (run, records, others) = {
+            let mut st = self.lock();
+            let Some(run) = st.running.remove(&f.container_id) else {
+                return Err(ErrorReply::new(
+                    ErrorCode::NotFound,
+                    format!("container {} is not registered", f.container_id),
+                ));
+            };
+            let ds = st.controller.unregister(&f.container_id, now);
+            let records: Vec<_> = ds
+                .iter()
+                .filter_map(|d| st.running.get(&d.container_id).map(|r| decision(d, r, now, None)))
+                .collect();
+            (run, records, ds)
+        };
+        self.record_decisions(records);
+        self.queue(others);
+        let mut stats = run.stats;
+        let duration_s = now.saturating_sub(run.started_at_ms) as f64 / 1000.0;
+        let summary = RunSummary {
+            run_id: 0,
+            task_key: run.task_key,
+            started_at_ms: run.started_at_ms,
+            meta: run.meta,
+            outcome: RunOutcome {
+                duration_s,
+                peak_memory_bytes: f.peak_memory_bytes.unwrap_or(0).max(stats.peak_memory),
+                cpu_seconds: stats.cpu_seconds,
+                cpu_p50_cores: percentile(&mut stats.cpu, 0.5),
+                cpu_p95_cores: percentile(&mut stats.cpu, 0.95),
+                io_bytes: stats.io_bytes,
+                exit_code: f.exit_code,
+                oom_killed: f.oom_killed,
+                throttled_s: stats.throttled_s,
+            },
+            profile: None,
+        };
+        if !run.buffered.is_empty() {
+            self.record(Record::Samples {
+                reg: run.reg,
+                samples: run.buffered,
+            });
+        }
+        self.record(Record::Run {
+            reg: run.reg,
+            run: Box::new(summary),
+        });
+        Ok(Finished {
+            duration_s,
+            samples: stats.samples,
+        })
+    }
+
+    fn status(&self) -> Status {
+        let st = self.lock();
+        Status {
+            broker_version: env!("CARGO_PKG_VERSION").to_owned(),
+            tick_ms: self.cfg.tick_ms,
+            host: st.controller.host(),
+            model_version: self.predictor.model_version(),
+            tasks: st.controller.tasks(),
+            leases: st.controller.leases(),
+        }
+    }
+
+    fn models(&self) -> Result<Models, ErrorReply> {
+        Ok(Models {
+            model_version: self.predictor.model_version(),
+            task_types: self
+                .predictor
+                .task_types()
+                .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("listing task types: {e}")))?,
+        })
+    }
+
+    /// One controller step: decisions are queued for their containers, recorded and logged.
+    pub fn tick(&self) {
+        let now = now_ms();
+        let (records, forgotten) = {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            let forgotten: Vec<String> = st
+                .running
+                .iter()
+                .filter(|(_, r)| now.saturating_sub(r.last_seen_ms) > FORGET_AFTER_MS)
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut ds = Vec::new();
+            for id in &forgotten {
+                st.running.remove(id);
+                ds.extend(st.controller.unregister(id, now));
+            }
+            ds.extend(st.controller.tick(now));
+            let mut records = Vec::new();
+            for d in ds {
+                if let Some(r) = st.running.get_mut(&d.container_id) {
+                    records.push(decision(&d, r, now, None));
+                    if r.pending.len() >= MAX_PENDING {
+                        r.pending.remove(0);
+                    }
+                    r.pending.push(d);
+                }
+            }
+            (records, forgotten)
+        };
+        for id in forgotten {
+            tracing::warn!(container = %id, "no report for 10 minutes: forgotten");
+        }
+        self.record_decisions(records);
+    }
+
+    /// Hands every buffered sample to the recorder.
+    pub fn flush_samples(&self) {
+        let batches: Vec<(u64, Vec<predictor::Sample>)> = self
+            .lock()
+            .running
+            .values_mut()
+            .filter(|r| !r.buffered.is_empty())
+            .map(|r| (r.reg, std::mem::take(&mut r.buffered)))
+            .collect();
+        for (reg, samples) in batches {
+            self.record(Record::Samples { reg, samples });
+        }
+    }
+
+    /// Waits until everything handed to the recorder so far is committed (or the recorder is gone).
+    pub fn sync(&self) {
+        let (tx, rx) = mpsc::channel();
+        self.record(Record::Flush(tx));
+        let _ = rx.recv_timeout(Duration::from_secs(30));
+    }
+}
+
+fn recorder(predictor: Arc<Predictor>, rx: mpsc::Receiver<Record>) {
+    let mut runs: HashMap<u64, u64> = HashMap::new();
+    let run_id = |reg: u64, runs: &mut HashMap<u64, u64>| -> Option<u64> {
+        if let Some(id) = runs.get(&reg) {
+            return Some(*id);
+        }
+        match predictor.allocate_run_id() {
+            Ok(id) => {
+                runs.insert(reg, id);
+                Some(id)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "allocating a run id");
+                None
+            }
+        }
+    };
+    for r in rx {
+        match r {
+            Record::Decision(d) => {
+                if let Err(e) = predictor.record_decision(&d) {
+                    tracing::error!(error = %e, container = %d.container_id, "recording a decision");
+                }
+            }
+            Record::Samples { reg, samples } => {
+                if let Some(id) = run_id(reg, &mut runs) {
+                    if let Err(e) = predictor.append_samples(id, &samples) {
+                        tracing::error!(error = %e, run = id, "recording samples");
+                    }
+                }
+            }
+            Record::Run { reg, mut run } => {
+                if let Some(id) = run_id(reg, &mut runs) {
+                    run.run_id = id;
+                    if let Err(e) = predictor.record_run(&run) {
+                        tracing::error!(error = %e, run = id, "recording a run");
+                    }
+                }
+                runs.remove(&reg);
+            }
+            Record::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Who may talk to the broker.
+fn peer_allowed(stream: &UnixStream, allowed_gid: Option<u32>) -> Result<(u32, u32), String> {
+    let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| format!("reading SO_PEERCRED: {e}"))?;
+    let (uid, gid) = (cred.uid(), cred.gid());
+    if uid == 0 || uid == nix::unistd::geteuid().as_raw() || allowed_gid == Some(gid) {
+        Ok((uid, gid))
+    } else {
+        Err(format!("uid {uid} gid {gid} may not use the broker"))
+    }
+}
+
+fn write_response(w: &mut UnixStream, id: Option<u64>, resp: &Response) -> std::io::Result<()> {
+    let line = api::encode_response(id, resp).unwrap_or_else(|e| {
+        let err = Response::Error(ErrorReply::new(ErrorCode::Internal, e.to_string()));
+        api::encode_response(id, &err).unwrap_or_else(|_| "{}\n".to_owned())
+    });
+    w.write_all(line.as_bytes())
+}
+
+fn serve_connection(broker: Arc<Broker>, stream: UnixStream) {
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cloning a connection");
+            return;
+        }
+    };
+    if let Err(why) = peer_allowed(&stream, broker.cfg.allowed_gid) {
+        tracing::warn!(%why, "connection refused");
+        let _ = write_response(
+            &mut writer,
+            None,
+            &Response::Error(ErrorReply::new(ErrorCode::PermissionDenied, why)),
+        );
+        return;
+    }
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = match (&mut reader).take(api::MAX_LINE as u64).read_until(b'\n', &mut buf) {
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        if n == 0 {
+            return;
+        }
+        if buf.last() != Some(&b'\n') && n >= api::MAX_LINE {
+            let _ = write_response(
+                &mut writer,
+                None,
+                &Response::Error(ErrorReply::new(
+                    ErrorCode::TooLong,
+                    format!("a line is at most {} bytes", api::MAX_LINE),
+                )),
+            );
+            return;
+        }
+        let line = String::from_utf8_lossy(&buf);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (id, req) = api::parse_request(&line);
+        let resp = match req {
+            Ok(req) => broker.handle(req),
+            Err(e) => Response::Error(e),
+        };
+        if write_response(&mut writer, id, &resp).is_err() {
+            return;
+        }
+    }
+}
+
+/// A running daemon; [`Daemon::shutdown`] stops it and drains the recorder.
+pub struct Daemon {
+    broker: Arc<Broker>,
+    threads: Vec<JoinHandle<()>>,
+    recorder: Option<JoinHandle<()>>,
+    socket: PathBuf,
+    _lock: nix::fcntl::Flock<File>,
+}
+
+fn create_dir(path: &Path) -> Result<(), ServerError> {
+    std::fs::create_dir_all(path).map_err(|source| ServerError::CreateDir {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn spawn(what: &'static str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, ServerError> {
+    std::thread::Builder::new()
+        .name(format!("predictived-{what}"))
+        .spawn(f)
+        .map_err(|source| ServerError::Spawn { what, source })
+}
+
+/// Sleeps `total` in short steps; `false` when asked to stop.
+fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) -> bool {
+    let until = Instant::now() + total;
+    while Instant::now() < until {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+    }
+    !stop.load(Ordering::Relaxed)
+}
+
+impl Daemon {
+    /// Takes the lock, opens the store, binds the socket and starts every thread.
+    pub fn start(cfg: Config) -> Result<Self, ServerError> {
+        create_dir(&cfg.state_dir)?;
+        let lock_path = cfg.lock_file();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| ServerError::Lock {
+                path: lock_path.clone(),
+                source,
+            })?;
+        let mut lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| ServerError::Locked {
+                path: lock_path.clone(),
+            })?;
+        let _ = lock.set_len(0);
+        let _ = writeln!(*lock, "{}", std::process::id());
+
+        let mut pcfg = PredictorConfig::default();
+        pcfg.retrain.interval_ms = cfg.retrain.interval_ms;
+        pcfg.retrain.new_runs = cfg.retrain.new_runs;
+        if let Some(m) = cfg.retrain.min_runs {
+            pcfg.train.min_runs = m;
+        }
+        let predictor = Arc::new(Predictor::open(&cfg.database(), pcfg)?);
+
+        if let Some(dir) = cfg.socket.parent() {
+            create_dir(dir)?;
+        }
+        let bind_err = |source| ServerError::Bind {
+            path: cfg.socket.clone(),
+            source,
+        };
+        // We hold the lock, so a socket file left here is a dead broker's.
+        match std::fs::remove_file(&cfg.socket) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(bind_err(e)),
+        }
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let listener = UnixListener::bind(&cfg.socket);
+        nix::sys::stat::umask(old);
+        let listener = listener.map_err(bind_err)?;
+        let mode = if let Some(gid) = cfg.allowed_gid {
+            nix::unistd::chown(&cfg.socket, None, Some(nix::unistd::Gid::from_raw(gid)))
+                .map_err(|e| bind_err(e.into()))?;
+            0o660
+        } else {
+            0o600
+        };
+        std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
+
+        let host = {
+            let d = detect_host();
+            HostCapacity {
+                cpu_cores: cfg.host_cpu_cores.unwrap_or(d.cpu_cores),
+                memory_bytes: cfg.host_memory_bytes.unwrap_or(d.memory_bytes),
+            }
+        };
+        let default_cgroup = cfg.cgroup.unwrap_or_else(|| {
+            if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+                CgroupKind::V2
+            } else {
+                CgroupKind::V1
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        let recorder_thread = {
+            let p = Arc::clone(&predictor);
+            spawn("recorder", move || recorder(p, rx))?
+        };
+        let broker = Arc::new(Broker {
+            state: Mutex::new(State {
+                controller: Controller::new(cfg.controller.clone(), host),
+                running: HashMap::new(),
+                next_reg: 1,
+            }),
+            cfg,
+            predictor,
+            recorder: Mutex::new(tx),
+            default_cgroup,
+            stop: AtomicBool::new(false),
+        });
+        let mut threads = Vec::new();
+        {
+            let b = Arc::clone(&broker);
+            threads.push(spawn("accept", move || {
+                for conn in listener.incoming() {
+                    if b.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match conn {
+                        Ok(s) => {
+                            let b = Arc::clone(&b);
+                            if let Err(e) = spawn("conn", move || serve_connection(b, s)) {
+                                tracing::warn!(error = %e, "serving a connection");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accepting a connection");
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                }
+            })?);
+        }
+        {
+            let b = Arc::clone(&broker);
+            threads.push(spawn("tick", move || {
+                let tick = Duration::from_millis(b.cfg.tick_ms);
+                let flush_every = b.cfg.sample_flush_ms.max(b.cfg.tick_ms);
+                let mut last_flush = now_ms();
+                while sleep_unless_stopped(&b.stop, tick) {
+                    b.tick();
+                    if now_ms().saturating_sub(last_flush) >= flush_every {
+                        b.flush_samples();
+                        last_flush = now_ms();
+                    }
+                }
+            })?);
+        }
+        {
+            let b = Arc::clone(&broker);
+            threads.push(spawn("retrain", move || {
+                let every = Duration::from_millis(b.cfg.retrain_check_ms.max(1));
+                loop {
+                    let now = now_ms();
+                    if let Err(e) = b.predictor.maybe_retrain(now) {
+                        tracing::error!(error = %e, "retraining");
+                    }
+                    if let Err(e) = b.predictor.apply_retention(now) {
+                        tracing::error!(error = %e, "applying retention");
+                    }
+                    if !sleep_unless_stopped(&b.stop, every) {
+                        break;
+                    }
+                }
+            })?);
+        }
+        tracing::info!(
+            socket = %broker.cfg.socket.display(),
+            state_dir = %broker.cfg.state_dir.display(),
+            cpu = host.cpu_cores,
+            memory = host.memory_bytes,
+            cgroup = ?default_cgroup,
+            "predictived serving"
+        );
+        Ok(Self {
+            socket: broker.cfg.socket.clone(),
+            broker,
+            threads,
+            recorder: Some(recorder_thread),
+            _lock: lock,
+        })
+    }
+
+    /// The shared core (for in-process use).
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Stops accepting, flushes samples, drains the recorder and joins the threads.
+    pub fn shutdown(mut self) {
+        self.broker.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop.
+        let _ = UnixStream::connect(&self.socket);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.broker.flush_samples();
+        self.broker.sync();
+        let _ = std::fs::remove_file(&self.socket);
+        // Open connections hold the broker; the recorder ends once every sender is gone, which we do not wait for.
+        drop(self.recorder.take());
+        tracing::info!("predictived stopped");
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(cfg: Config) -> Result<(), ServerError> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    // Blocked before any thread starts, so every thread inherits the mask and only sigwait sees them.
+    if let Err(e) = set.thread_block() {
+        tracing::warn!(error = %e, "blocking SIGTERM; a signal will kill without draining");
+    }
+    let daemon = Daemon::start(cfg)?;
+    let sig = set.wait();
+    tracing::info!(signal = ?sig, "stopping");
+    daemon.shutdown();
+    Ok(())
+}
