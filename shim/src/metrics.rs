@@ -286,7 +286,14 @@ mod tests {
                     ("cgroup.procs", "11\n12\n"),
                 ],
             ),
-            ("pids", vec![("pids.current", "2\n"), ("pids.max", "max\n")]),
+            (
+                "pids",
+                vec![
+                    ("pids.current", "2\n"),
+                    ("pids.max", "max\n"),
+                    ("cgroup.procs", "11\n12\n"),
+                ],
+            ),
             (
                 "blkio",
                 vec![(

@@ -360,7 +360,7 @@ async fn serve_async(
             .map_err(|e| ShimError::Zygote(format!("taking the start lock: {e}")))??;
         let seen = shared.activity();
         tokio::time::sleep(EXIT_GRACE).await;
-        if shared.idle() && shared.activity() == seen + 0 {
+        if shared.idle() && shared.activity() == seen {
             let _ = std::fs::remove_file(socket);
             drop(lock);
             break;

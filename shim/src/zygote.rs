@@ -415,7 +415,7 @@ mod tests {
 
     fn echo(request: Request, stdio: Stdio) -> Reply {
         match request {
-            Request::Kill { signal, .. } if signal == 0 => Reply::Err {
+            Request::Kill { signal: 0, .. } => Reply::Err {
                 failure: Failure::Invalid,
                 message: "signal 0".into(),
             },
