@@ -1,0 +1,375 @@
+//! `predictived` end to end on a temp socket and state dir: register, report, directives, leases, the decision
+//! log, restart durability, bad messages, the lock. Runs as root and as non-root (the broker lets its own uid
+//! in). Every wait is a poll with a generous bound, never a fixed sleep that a slow machine could miss.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use broker::annotations;
+use broker::api::{Explain, Finish, Register, Report};
+use broker::client::{Client, ClientError};
+use broker::controller::{Action, Mode, SpecLimits};
+use runtime_hooks::{CpuSample, MemorySample, Sample};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Broker {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Broker {
+    fn socket(&self) -> PathBuf {
+        self.dir.join("run/broker.sock")
+    }
+
+    fn start(dir: &Path) -> Broker {
+        std::fs::write(
+            dir.join("predictived.toml"),
+            "tick_ms = 50\nretrain_check_ms = 100\nsample_flush_ms = 100\nhost_cpu_cores = 4.0\n\
+             host_memory_bytes = 8589934592\ncgroup = \"v2\"\n[retrain]\nnew_runs = 1\nmin_runs = 3\n",
+        )
+        .expect("config");
+        let child = spawn(dir);
+        let b = Broker {
+            child,
+            dir: dir.to_owned(),
+        };
+        let until = Instant::now() + WAIT;
+        loop {
+            if Client::new(b.socket(), Duration::from_secs(2)).status().is_ok() {
+                return b;
+            }
+            assert!(Instant::now() < until, "predictived did not serve: {}", b.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("stderr.log"))
+        .expect("log");
+    Command::new(env!("CARGO_BIN_EXE_predictived"))
+        .arg("--config")
+        .arg(dir.join("predictived.toml"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(dir.join("run/broker.sock"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn predictived")
+}
+
+fn client(b: &Broker) -> Client {
+    Client::new(b.socket(), Duration::from_secs(5))
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Two raw samples 100 ms apart showing `cores` of CPU, `throttled` of the periods throttled, `mem` bytes.
+fn samples(cores: f64, throttled: f64, mem: u64, base_ns: u64) -> Vec<Sample> {
+    let t = now_ns();
+    let s = |dt: u64, usage: u64, periods: u64, thr: u64| Sample {
+        unix_ns: t + dt,
+        monotonic_ns: base_ns + dt,
+        cpu: CpuSample {
+            usage_ns: Some(usage),
+            nr_periods: Some(periods),
+            nr_throttled: Some(thr),
+            throttled_ns: Some(0),
+        },
+        memory: MemorySample {
+            usage_bytes: Some(mem),
+            ..MemorySample::default()
+        },
+        ..Sample::default()
+    };
+    let used = (cores * 100_000_000.0) as u64;
+    vec![
+        s(0, base_ns, 1000, 0),
+        s(100_000_000, base_ns + used, 1010, (10.0 * throttled) as u64),
+    ]
+}
+
+fn register(id: &str, task_type: &str, cpu_limit: Option<f64>) -> Register {
+    Register {
+        container_id: id.to_owned(),
+        namespace: "test".to_owned(),
+        annotations: BTreeMap::from([(annotations::TASK_TYPE.to_owned(), task_type.to_owned())]),
+        image: "busybox".to_owned(),
+        command: vec!["sleep".to_owned(), "1".to_owned()],
+        limits: SpecLimits {
+            cpu_limit_cores: cpu_limit,
+            memory_limit_bytes: Some(1 << 30),
+            ..SpecLimits::default()
+        },
+        cgroup_path: format!("/test/{id}"),
+        pid: Some(1),
+        cgroup: None,
+    }
+}
+
+fn wait_for<T>(what: &str, b: &Broker, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}: {}", b.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start(dir.path());
+    let mut c = client(&b);
+    let mode = std::fs::metadata(b.socket()).expect("socket").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode");
+
+    // History: three short runs of task type "etl" using 0.2 cores.
+    for i in 0..3 {
+        let id = format!("etl-{i}");
+        let r = c.register(&register(&id, "etl", None)).expect("register");
+        assert!(r.cold_start && r.allocation.cpu_cores.is_none(), "first runs start with the spec: {r:?}");
+        assert_eq!(r.allocation.memory_bytes, Some(1 << 30));
+        c.report(&Report {
+            container_id: id.clone(),
+            samples: samples(0.2, 0.0, 50 << 20, 1_000_000_000),
+            oom_events: 0,
+        })
+        .expect("report");
+        std::thread::sleep(Duration::from_millis(30));
+        let f = c
+            .finish(&Finish {
+                container_id: id,
+                exit_code: 0,
+                ..Finish::default()
+            })
+            .expect("finish");
+        assert_eq!(f.samples, 1);
+    }
+    // The retrain thread picks the runs up.
+    let registered = wait_for("a warm prediction", &b, || {
+        let r = c.register(&register("etl-live", "etl", None)).expect("register");
+        if r.cold_start {
+            c.finish(&Finish {
+                container_id: "etl-live".to_owned(),
+                ..Finish::default()
+            })
+            .expect("finish");
+            None
+        } else {
+            Some(r)
+        }
+    });
+    let quota = registered.allocation.cpu_cores.expect("predicted CPU quota");
+    assert!(quota < 1.0, "predicted from 0.2-core history: {quota}");
+    assert!(registered.prediction.is_some());
+    assert!(registered.directives.iter().all(|d| d.applied));
+
+    // An idle neighbour with a big allocation.
+    let idle = c.register(&register("idle", "idle-type", Some(3.0))).expect("register");
+    assert_eq!(idle.allocation.cpu_cores, Some(3.0));
+
+    // etl-live is starved: it gets a lease and a higher quota, delivered on its Report.
+    let mut base = 2_000_000_000;
+    let mut current = quota;
+    let got = wait_for("a lease for etl-live", &b, || {
+        base += 200_000_000;
+        c.report(&Report {
+            container_id: "idle".to_owned(),
+            samples: samples(0.05, 0.0, 10 << 20, base),
+            oom_events: 0,
+        })
+        .expect("report idle");
+        let ds = c
+            .report(&Report {
+                container_id: "etl-live".to_owned(),
+                samples: samples(current, 0.8, 50 << 20, base),
+                oom_events: 0,
+            })
+            .expect("report etl-live");
+        let mut leased = false;
+        for d in &ds {
+            match &d.action {
+                Action::SetCpu { cores: Some(q) } => current = *q,
+                Action::LeaseGranted { .. } => leased = true,
+                _ => {}
+            }
+        }
+        (leased && current > quota).then_some(ds)
+    });
+    assert!(got.iter().all(|d| d.container_id == "etl-live" && d.applied));
+    let status = c.status().expect("status");
+    assert!(status.leases.iter().any(|l| l.holder == "etl-live"), "{:?}", status.leases);
+    assert_eq!(status.tasks.len(), 2);
+
+    // Every decision is in the log, with its reason.
+    let logged = wait_for("the lease in the decision log", &b, || {
+        let d = c
+            .explain(&Explain {
+                container_id: Some("etl-live".to_owned()),
+                limit: None,
+            })
+            .expect("explain")
+            .decisions;
+        d.iter().any(|d| d.resource == "cpu-lease").then_some(d)
+    });
+    assert!(logged.iter().any(|d| d.resource == "cpu" && d.directive == predictor::Directive::Initial));
+    assert!(logged.iter().all(|d| !d.reason.is_empty()));
+
+    // kill -9: committed records survive; the new broker does not know the old registrations.
+    let runs_before = c
+        .models()
+        .expect("models")
+        .task_types
+        .iter()
+        .find(|t| t.task_key.as_str() == "etl")
+        .map(|t| t.runs_seen)
+        .expect("etl listed");
+    assert!(runs_before >= 3);
+    b.kill9();
+    let b = Broker::start(dir.path());
+    let mut c = client(&b);
+    let after = c
+        .explain(&Explain {
+            container_id: Some("etl-live".to_owned()),
+            limit: None,
+        })
+        .expect("explain")
+        .decisions;
+    assert_eq!(after, logged[..after.len().min(logged.len())].to_vec());
+    assert!(after.len() >= logged.len());
+    let models = c.models().expect("models");
+    assert!(models.model_version >= 1);
+    let etl = models
+        .task_types
+        .iter()
+        .find(|t| t.task_key.as_str() == "etl")
+        .expect("etl listed");
+    assert_eq!(etl.runs_seen, runs_before);
+    let e = c
+        .report(&Report {
+            container_id: "etl-live".to_owned(),
+            ..Report::default()
+        })
+        .expect_err("unknown after restart");
+    assert!(e.is_not_registered(), "{e:?}");
+    // A reused client reconnects to the new broker on its own.
+    drop(b);
+}
+
+fn raw_call(conn: &mut BufReader<UnixStream>, line: &str) -> serde_json::Value {
+    conn.get_mut().write_all(line.as_bytes()).expect("write");
+    conn.get_mut().write_all(b"\n").expect("write");
+    let mut reply = String::new();
+    conn.read_line(&mut reply).expect("read");
+    serde_json::from_str(&reply).expect("reply is JSON")
+}
+
+#[test]
+fn bad_messages_get_named_errors_and_the_connection_survives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start(dir.path());
+    let s = UnixStream::connect(b.socket()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut conn = BufReader::new(s);
+    let r = raw_call(&mut conn, "this is not json");
+    assert_eq!((r["type"].as_str(), r["code"].as_str()), (Some("error"), Some("bad_json")));
+    let r = raw_call(&mut conn, r#"{"type":"status"}"#);
+    assert_eq!(r["code"], "unsupported_version");
+    let r = raw_call(&mut conn, r#"{"version":1,"id":9,"type":"register"}"#);
+    assert_eq!((r["code"].as_str(), r["id"].as_u64()), (Some("invalid_request"), Some(9)));
+    assert!(r["message"].as_str().unwrap_or("").contains("container_id"), "{r}");
+    let r = raw_call(
+        &mut conn,
+        r#"{"version":1,"type":"register","container_id":"x","annotations":{"io.predictive.priority":"high"}}"#,
+    );
+    assert_eq!(r["code"], "invalid_annotation");
+    assert!(r["message"].as_str().unwrap_or("").contains("io.predictive.priority"), "{r}");
+    let r = raw_call(&mut conn, r#"{"version":1,"type":"report","container_id":"nobody"}"#);
+    assert_eq!(r["code"], "not_found");
+    // Still the same connection.
+    let r = raw_call(&mut conn, r#"{"version":1,"id":10,"type":"status"}"#);
+    assert_eq!((r["type"].as_str(), r["id"].as_u64()), (Some("status"), Some(10)));
+    assert_eq!(r["version"], 1);
+
+    // Mode observe: decided, not applied. Mode off: the spec, nothing registered.
+    let mut c = client(&b);
+    let mut reg = register("watched", "w", Some(1.0));
+    reg.annotations.insert(annotations::MODE.to_owned(), "observe".to_owned());
+    let r = c.register(&reg).expect("register");
+    assert_eq!(r.mode, Mode::Observe);
+    assert!(!r.directives.is_empty() && r.directives.iter().all(|d| !d.applied));
+    let mut reg = register("ignored", "w", Some(1.0));
+    reg.annotations.insert(annotations::MODE.to_owned(), "off".to_owned());
+    let r = c.register(&reg).expect("register");
+    assert_eq!((r.mode, r.allocation.cpu_cores), (Mode::Off, Some(1.0)));
+    assert!(r.directives.is_empty());
+    let names: Vec<String> = c.status().expect("status").tasks.into_iter().map(|t| t.container_id).collect();
+    assert_eq!(names, vec!["watched"]);
+    let e = c.register(&register(" ", "w", None)).expect_err("empty id");
+    assert!(matches!(e, ClientError::Broker(ref r) if r.message.contains("container_id")), "{e:?}");
+}
+
+#[test]
+fn a_second_broker_on_the_same_state_dir_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start(dir.path());
+    let second = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_predictived"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--socket")
+        .arg(second.path().join("other.sock"))
+        .arg("--config")
+        .arg(dir.path().join("predictived.toml"))
+        .output()
+        .expect("run second broker");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another predictived holds"), "{err}");
+    // The first one still serves.
+    client(&b).status().expect("first broker still serves");
+    let bad = Command::new(env!("CARGO_BIN_EXE_predictived"))
+        .arg("--config")
+        .arg(second.path().join("missing.toml"))
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("missing.toml"));
+}
