@@ -2,7 +2,8 @@
 //!
 //! Modules: [`controller`] (pure allocation logic), [`api`] (the wire protocol), [`client`] (blocking client
 //! for the shim and `predictivectl`), [`annotations`] (the `io.predictive.*` annotations), [`config`] (the
-//! daemon's TOML), [`server`] (the daemon: socket, tick, recorder, retraining).
+//! daemon's TOML), [`server`] (the daemon: socket, tick, recorder, retraining), [`apply`] (a directive to
+//! cgroup writes, for the shim), [`cli`] (`predictived`'s flags).
 
 pub mod controller;
 pub mod annotations;
@@ -23,3 +24,4 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+pub mod apply;

@@ -1,0 +1,142 @@
+//! Applying a [`Directive`] to a container's cgroup through `runtime-hooks`: what the shim does with the
+//! directives a Report returns. Directives marked `applied: false` (mode observe) and the informational ones
+//! (leases, holds) change nothing.
+//!
+//! Order matters where a kill could slip in between two writes: on cgroup v1 the OOM killer is disabled
+//! before the limit is written, and re-enabled only after the limit has reached the user's own.
+
+use runtime_hooks::{ActuateError, ContainerCgroup, CpuLimit, MemoryLimitPolicy};
+
+use crate::controller::{Action, Directive};
+
+/// Applies one directive; `Ok(false)` when there was nothing to write.
+pub fn apply(d: &Directive, cg: &ContainerCgroup) -> Result<bool, ActuateError> {
+    if !d.applied {
+        return Ok(false);
+    }
+    match &d.action {
+        Action::SetCpu { cores } => {
+            let limit = cores.map_or_else(CpuLimit::unlimited, CpuLimit::cores);
+            cg.set_cpu_limit(&limit)?;
+        }
+        Action::SetMemoryHigh {
+            high_bytes,
+            max_bytes,
+        } => {
+            // memory.max is the user's limit or the host ceiling: at or above the allocation, never below usage
+            // on purpose, so the default refusal only guards against a stale directive.
+            cg.set_memory_limit(*max_bytes, MemoryLimitPolicy::RefuseBelowUsage)?;
+            cg.set_memory_high(*high_bytes)?;
+        }
+        Action::SetMemoryLimit {
+            limit_bytes,
+            oom_kill_disabled,
+        } => {
+            if *oom_kill_disabled {
+                cg.set_oom_kill_disabled(true)?;
+            }
+            cg.set_memory_limit(*limit_bytes, MemoryLimitPolicy::RefuseBelowUsage)?;
+            if !*oom_kill_disabled {
+                cg.set_oom_kill_disabled(false)?;
+            }
+        }
+        Action::Freeze => cg.freeze()?,
+        Action::Thaw => cg.thaw()?,
+        Action::LeaseGranted { .. } | Action::LeaseRevoked { .. } | Action::Hold { .. } => {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runtime_hooks::CgroupDirs;
+
+    fn directive(action: Action, applied: bool) -> Directive {
+        Directive {
+            container_id: "c".to_owned(),
+            action,
+            reason: "test".to_owned(),
+            applied,
+            old_value: None,
+        }
+    }
+
+    /// A fake cgroup2 directory with the files the kernel would have.
+    fn fake_v2() -> (tempfile::TempDir, ContainerCgroup) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (f, v) in [
+            ("cpu.max", "max 100000\n"),
+            ("memory.max", "max\n"),
+            ("memory.high", "max\n"),
+            ("memory.current", "1048576\n"),
+        ] {
+            std::fs::write(dir.path().join(f), v).expect("fixture");
+        }
+        let cg = ContainerCgroup::new(
+            CgroupDirs::V2(runtime_hooks::v2::Dirs {
+                dir: dir.path().to_owned(),
+            }),
+            dir.path().join("proc"),
+        );
+        (dir, cg)
+    }
+
+    fn read(dir: &tempfile::TempDir, f: &str) -> String {
+        std::fs::read_to_string(dir.path().join(f))
+            .expect("read")
+            .trim()
+            .to_owned()
+    }
+
+    #[test]
+    fn cpu_and_memory_directives_write_v2_files() {
+        let (dir, cg) = fake_v2();
+        let wrote = apply(&directive(Action::SetCpu { cores: Some(1.5) }, true), &cg).expect("cpu");
+        assert!(wrote);
+        assert_eq!(read(&dir, "cpu.max"), "150000 100000");
+        apply(
+            &directive(
+                Action::SetMemoryHigh {
+                    high_bytes: Some(64 << 20),
+                    max_bytes: Some(128 << 20),
+                },
+                true,
+            ),
+            &cg,
+        )
+        .expect("memory");
+        assert_eq!(read(&dir, "memory.high"), (64u64 << 20).to_string());
+        assert_eq!(read(&dir, "memory.max"), (128u64 << 20).to_string());
+    }
+
+    #[test]
+    fn observe_and_informational_directives_write_nothing() {
+        let (dir, cg) = fake_v2();
+        assert!(!apply(&directive(Action::SetCpu { cores: Some(1.0) }, false), &cg).expect("observe"));
+        assert_eq!(read(&dir, "cpu.max"), "max 100000");
+        let hold = Action::Hold {
+            resource: crate::controller::ResourceKind::Memory,
+        };
+        assert!(!apply(&directive(hold, true), &cg).expect("hold"));
+    }
+
+    #[test]
+    fn a_memory_max_below_usage_is_refused() {
+        let (_dir, cg) = fake_v2();
+        let e = apply(
+            &directive(
+                Action::SetMemoryHigh {
+                    high_bytes: Some(1024),
+                    max_bytes: Some(1024),
+                },
+                true,
+            ),
+            &cg,
+        )
+        .expect_err("below usage");
+        assert!(matches!(e, ActuateError::BelowUsage { .. }), "{e:?}");
+    }
+}
