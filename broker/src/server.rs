@@ -696,11 +696,16 @@ fn peer_allowed(stream: &UnixStream, allowed_gid: Option<u32>) -> Result<(u32, u
     let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
         .map_err(|e| format!("reading SO_PEERCRED: {e}"))?;
     let (uid, gid) = (cred.uid(), cred.gid());
-    if uid == 0 || uid == nix::unistd::geteuid().as_raw() || allowed_gid == Some(gid) {
+    if may_connect(uid, gid, nix::unistd::geteuid().as_raw(), allowed_gid) {
         Ok((uid, gid))
     } else {
         Err(format!("uid {uid} gid {gid} may not use the broker"))
     }
+}
+
+/// The SO_PEERCRED rule: root, the broker's own uid, or the configured group (the peer's primary gid).
+pub fn may_connect(uid: u32, gid: u32, own_uid: u32, allowed_gid: Option<u32>) -> bool {
+    uid == 0 || uid == own_uid || allowed_gid == Some(gid)
 }
 
 fn write_response(w: &mut UnixStream, id: Option<u64>, resp: &Response) -> std::io::Result<()> {
@@ -996,4 +1001,48 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
     tracing::info!(signal = ?sig, "stopping");
     daemon.shutdown();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_rule_admits_root_own_uid_and_the_group_only() {
+        assert!(may_connect(0, 0, 1000, None));
+        assert!(may_connect(1000, 1000, 1000, None));
+        assert!(!may_connect(1001, 1001, 1000, None));
+        assert!(may_connect(1001, 50, 1000, Some(50)));
+        assert!(!may_connect(1001, 51, 1000, Some(50)));
+    }
+
+    fn raw(t: u64, usage_ns: u64, periods: u64, throttled: u64) -> runtime_hooks::Sample {
+        runtime_hooks::Sample {
+            unix_ns: 1_000_000_000 + t,
+            monotonic_ns: t,
+            cpu: runtime_hooks::CpuSample {
+                usage_ns: Some(usage_ns),
+                nr_periods: Some(periods),
+                nr_throttled: Some(throttled),
+                throttled_ns: Some(0),
+            },
+            ..runtime_hooks::Sample::default()
+        }
+    }
+
+    #[test]
+    fn rates_turn_counters_into_cores_and_throttled_share() {
+        let (u, s, _) = rates(&raw(0, 0, 0, 0), &raw(500_000_000, 750_000_000, 10, 4), true).expect("rate");
+        assert!((u.cpu_cores - 1.5).abs() < 1e-9);
+        assert!((u.cpu_throttled_fraction - 0.4).abs() < 1e-9);
+        assert!(u.under_oom);
+        assert_eq!((s.ts_ms, u.at_ms), (1500, 1500));
+        assert!(rates(&raw(5, 0, 0, 0), &raw(5, 10, 0, 0), false).is_none(), "no time passed");
+    }
+
+    #[test]
+    fn percentile_of_nothing_is_zero() {
+        assert_eq!(percentile(&mut [], 0.95), 0.0);
+        assert_eq!(percentile(&mut [3.0, 1.0, 2.0], 0.5), 2.0);
+    }
 }
