@@ -18,7 +18,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::controller::{Allocation, CgroupKind, Directive, HostCapacity, Lease, Mode, SpecLimits, TaskView};
+use crate::controller::{
+    Allocation, CgroupKind, Directive, HostCapacity, Lease, Mode, SpecLimits, TaskView,
+};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -226,6 +228,8 @@ impl ErrorReply {
 }
 
 /// A reply.
+// One reply per request, moved once: boxing the larger variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Response {
@@ -254,7 +258,11 @@ pub struct EncodeError {
     source: serde_json::Error,
 }
 
-fn envelope<T: Serialize>(what: &'static str, id: Option<u64>, msg: &T) -> Result<String, EncodeError> {
+fn envelope<T: Serialize>(
+    what: &'static str,
+    id: Option<u64>,
+    msg: &T,
+) -> Result<String, EncodeError> {
     let mut v = serde_json::to_value(msg).map_err(|source| EncodeError { what, source })?;
     if let Value::Object(m) = &mut v {
         m.insert("version".to_owned(), Value::from(PROTOCOL_VERSION));
@@ -281,14 +289,34 @@ pub fn encode_response(id: Option<u64>, resp: &Response) -> Result<String, Encod
 fn open_envelope(line: &str) -> (Option<u64>, Result<Value, ErrorReply>) {
     let v: Value = match serde_json::from_str(line) {
         Ok(v) => v,
-        Err(e) => return (None, Err(ErrorReply::new(ErrorCode::BadJson, format!("not JSON: {e}")))),
+        Err(e) => {
+            return (
+                None,
+                Err(ErrorReply::new(
+                    ErrorCode::BadJson,
+                    format!("not JSON: {e}"),
+                )),
+            );
+        }
     };
     let Value::Object(mut m) = v else {
-        return (None, Err(ErrorReply::new(ErrorCode::BadJson, "a message is a JSON object")));
+        return (
+            None,
+            Err(ErrorReply::new(
+                ErrorCode::BadJson,
+                "a message is a JSON object",
+            )),
+        );
     };
     let id = m.remove("id").and_then(|v| v.as_u64());
     match m.remove("version") {
-        None => (id, Err(ErrorReply::new(ErrorCode::UnsupportedVersion, "field `version` is missing"))),
+        None => (
+            id,
+            Err(ErrorReply::new(
+                ErrorCode::UnsupportedVersion,
+                "field `version` is missing",
+            )),
+        ),
         Some(v) if v.as_u64() == Some(u64::from(PROTOCOL_VERSION)) => (id, Ok(Value::Object(m))),
         Some(v) => (
             id,
@@ -315,7 +343,10 @@ pub fn parse_request(line: &str) -> (Option<u64>, Result<Request, ErrorReply>) {
             _ => None,
         };
         if id.is_some_and(|c| c.trim().is_empty()) {
-            return Err(ErrorReply::new(ErrorCode::InvalidRequest, "field `container_id` is empty"));
+            return Err(ErrorReply::new(
+                ErrorCode::InvalidRequest,
+                "field `container_id` is empty",
+            ));
         }
         Ok(r)
     });
@@ -355,12 +386,19 @@ mod tests {
         let line = encode_request(Some(7), &req).expect("encodes");
         assert!(line.ends_with('\n') && !line.trim_end().contains('\n'));
         let v: Value = serde_json::from_str(&line).expect("json");
-        assert_eq!((v["version"].as_u64(), v["id"].as_u64()), (Some(1), Some(7)));
+        assert_eq!(
+            (v["version"].as_u64(), v["id"].as_u64()),
+            (Some(1), Some(7))
+        );
         assert_eq!(v["type"], "register");
         assert_eq!(v["container_id"], "c1");
         let (id, back) = parse_request(&line);
         assert_eq!((id, back), (Some(7), Ok(req)));
-        for req in [Request::Status, Request::Models, Request::Explain(Explain::default())] {
+        for req in [
+            Request::Status,
+            Request::Models,
+            Request::Explain(Explain::default()),
+        ] {
             let (_, back) = parse_request(&encode_request(None, &req).expect("encodes"));
             assert_eq!(back, Ok(req));
         }
@@ -368,7 +406,8 @@ mod tests {
 
     #[test]
     fn minimal_messages_use_defaults() {
-        let (_, r) = parse_request(r#"{"version":1,"type":"report","container_id":"c","future_field":3}"#);
+        let (_, r) =
+            parse_request(r#"{"version":1,"type":"report","container_id":"c","future_field":3}"#);
         assert_eq!(
             r,
             Ok(Request::Report(Report {
@@ -383,14 +422,42 @@ mod tests {
         let cases: &[(&str, ErrorCode, &str)] = &[
             ("not json", ErrorCode::BadJson, "not JSON"),
             ("[1,2]", ErrorCode::BadJson, "object"),
-            (r#"{"type":"status"}"#, ErrorCode::UnsupportedVersion, "`version` is missing"),
-            (r#"{"version":2,"type":"status"}"#, ErrorCode::UnsupportedVersion, "is 2"),
+            (
+                r#"{"type":"status"}"#,
+                ErrorCode::UnsupportedVersion,
+                "`version` is missing",
+            ),
+            (
+                r#"{"version":2,"type":"status"}"#,
+                ErrorCode::UnsupportedVersion,
+                "is 2",
+            ),
             (r#"{"version":1}"#, ErrorCode::InvalidRequest, "type"),
-            (r#"{"version":1,"type":"launch"}"#, ErrorCode::InvalidRequest, "launch"),
-            (r#"{"version":1,"type":"register"}"#, ErrorCode::InvalidRequest, "container_id"),
-            (r#"{"version":1,"type":"register","container_id":" "}"#, ErrorCode::InvalidRequest, "container_id"),
-            (r#"{"version":1,"type":"finish","container_id":"c","exit_code":"zero"}"#, ErrorCode::InvalidRequest, "invalid type"),
-            (r#"{"version":1,"type":"report","container_id":"c","samples":[{"unix_ns":"x"}]}"#, ErrorCode::InvalidRequest, "invalid type"),
+            (
+                r#"{"version":1,"type":"launch"}"#,
+                ErrorCode::InvalidRequest,
+                "launch",
+            ),
+            (
+                r#"{"version":1,"type":"register"}"#,
+                ErrorCode::InvalidRequest,
+                "container_id",
+            ),
+            (
+                r#"{"version":1,"type":"register","container_id":" "}"#,
+                ErrorCode::InvalidRequest,
+                "container_id",
+            ),
+            (
+                r#"{"version":1,"type":"finish","container_id":"c","exit_code":"zero"}"#,
+                ErrorCode::InvalidRequest,
+                "invalid type",
+            ),
+            (
+                r#"{"version":1,"type":"report","container_id":"c","samples":[{"unix_ns":"x"}]}"#,
+                ErrorCode::InvalidRequest,
+                "invalid type",
+            ),
         ];
         for (line, code, needle) in cases {
             let (_, r) = parse_request(line);
@@ -414,13 +481,18 @@ mod tests {
             applied: true,
             old_value: None,
         };
-        let resp = Response::Directives(Directives { directives: vec![d] });
+        let resp = Response::Directives(Directives {
+            directives: vec![d],
+        });
         let line = encode_response(Some(1), &resp).expect("encodes");
         let v: Value = serde_json::from_str(&line).expect("json");
         assert_eq!(v["directives"][0]["action"], "set_memory_limit");
         assert_eq!(v["directives"][0]["limit_bytes"], 5);
         assert_eq!(parse_response(&line), (Some(1), Ok(resp)));
-        let err = Response::Error(ErrorReply::new(ErrorCode::NotFound, "container c is not registered"));
+        let err = Response::Error(ErrorReply::new(
+            ErrorCode::NotFound,
+            "container c is not registered",
+        ));
         let line = encode_response(None, &err).expect("encodes");
         assert!(line.contains(r#""code":"not_found""#));
         assert_eq!(parse_response(&line).1, Ok(err));

@@ -115,7 +115,9 @@ mod tests {
     #[test]
     fn observe_and_informational_directives_write_nothing() {
         let (dir, cg) = fake_v2();
-        assert!(!apply(&directive(Action::SetCpu { cores: Some(1.0) }, false), &cg).expect("observe"));
+        assert!(
+            !apply(&directive(Action::SetCpu { cores: Some(1.0) }, false), &cg).expect("observe")
+        );
         assert_eq!(read(&dir, "cpu.max"), "max 100000");
         let hold = Action::Hold {
             resource: crate::controller::ResourceKind::Memory,

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use crate::config::{Config, DEFAULT_CONFIG};
 
-const USAGE: &str = "usage: predictived [--config FILE] [--state-dir DIR] [--socket PATH] [--tick-ms N]";
+const USAGE: &str =
+    "usage: predictived [--config FILE] [--state-dir DIR] [--socket PATH] [--tick-ms N]";
 
 /// Parsed flags.
 #[derive(Debug, Default, PartialEq)]
@@ -115,12 +116,31 @@ mod tests {
 
     #[test]
     fn flags_parse_both_forms_and_reject_unknown() {
-        let f = parse_flags(args(&["--state-dir", "/tmp/s", "--socket=/tmp/b.sock", "--tick-ms", "50"])).expect("valid");
+        let f = parse_flags(args(&[
+            "--state-dir",
+            "/tmp/s",
+            "--socket=/tmp/b.sock",
+            "--tick-ms",
+            "50",
+        ]))
+        .expect("valid");
         assert_eq!(f.state_dir, Some(PathBuf::from("/tmp/s")));
         assert_eq!(f.socket, Some(PathBuf::from("/tmp/b.sock")));
         assert_eq!(f.tick_ms, Some(50));
-        assert!(parse_flags(args(&["--tick-ms", "0"])).expect_err("zero").contains("--tick-ms"));
-        assert!(parse_flags(args(&["--socket"])).expect_err("no value").contains("--socket"));
-        assert!(parse_flags(args(&["--frobnicate"])).expect_err("unknown").contains("frobnicate"));
+        assert!(
+            parse_flags(args(&["--tick-ms", "0"]))
+                .expect_err("zero")
+                .contains("--tick-ms")
+        );
+        assert!(
+            parse_flags(args(&["--socket"]))
+                .expect_err("no value")
+                .contains("--socket")
+        );
+        assert!(
+            parse_flags(args(&["--frobnicate"]))
+                .expect_err("unknown")
+                .contains("frobnicate")
+        );
     }
 }

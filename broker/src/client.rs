@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::api::{
-    self, Decisions, EncodeError, ErrorCode, ErrorReply, Explain, Finish, Finished, Models, Register,
-    Registered, Report, Request, Response, Status,
+    self, Decisions, EncodeError, ErrorCode, ErrorReply, Explain, Finish, Finished, Models,
+    Register, Registered, Report, Request, Response, Status,
 };
 use crate::controller::Directive;
 
@@ -227,7 +227,9 @@ impl Client {
     pub fn register(&mut self, r: &Register) -> Result<Registered, ClientError> {
         match self.call(&Request::Register(r.clone()))? {
             Response::Registered(x) => Ok(x),
-            _ => Err(ClientError::Unexpected { expected: "registered" }),
+            _ => Err(ClientError::Unexpected {
+                expected: "registered",
+            }),
         }
     }
 
@@ -235,7 +237,9 @@ impl Client {
     pub fn report(&mut self, r: &Report) -> Result<Vec<Directive>, ClientError> {
         match self.call(&Request::Report(r.clone()))? {
             Response::Directives(x) => Ok(x.directives),
-            _ => Err(ClientError::Unexpected { expected: "directives" }),
+            _ => Err(ClientError::Unexpected {
+                expected: "directives",
+            }),
         }
     }
 
@@ -243,7 +247,9 @@ impl Client {
     pub fn finish(&mut self, f: &Finish) -> Result<Finished, ClientError> {
         match self.call(&Request::Finish(f.clone()))? {
             Response::Finished(x) => Ok(x),
-            _ => Err(ClientError::Unexpected { expected: "finished" }),
+            _ => Err(ClientError::Unexpected {
+                expected: "finished",
+            }),
         }
     }
 
@@ -267,13 +273,19 @@ impl Client {
     pub fn explain(&mut self, e: &Explain) -> Result<Decisions, ClientError> {
         match self.call(&Request::Explain(e.clone()))? {
             Response::Decisions(x) => Ok(x),
-            _ => Err(ClientError::Unexpected { expected: "decisions" }),
+            _ => Err(ClientError::Unexpected {
+                expected: "decisions",
+            }),
         }
     }
 }
 
 /// Connects, registers and returns within `budget` (the shim's Create path: on error, use the spec).
-pub fn register_within(path: &Path, r: &Register, budget: Duration) -> Result<Registered, ClientError> {
+pub fn register_within(
+    path: &Path,
+    r: &Register,
+    budget: Duration,
+) -> Result<Registered, ClientError> {
     Client::new(path, budget).register(r)
 }
 
@@ -285,8 +297,12 @@ mod tests {
     #[test]
     fn no_broker_is_a_connect_error() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let e = register_within(&dir.path().join("none.sock"), &Register::default(), Duration::from_millis(50))
-            .expect_err("nothing listens");
+        let e = register_within(
+            &dir.path().join("none.sock"),
+            &Register::default(),
+            Duration::from_millis(50),
+        )
+        .expect_err("nothing listens");
         assert!(matches!(e, ClientError::Connect { .. }), "{e:?}");
     }
 
@@ -296,7 +312,8 @@ mod tests {
         let path = dir.path().join("silent.sock");
         let _l = UnixListener::bind(&path).expect("bind");
         let started = Instant::now();
-        let e = register_within(&path, &Register::default(), Duration::from_millis(50)).expect_err("silent");
+        let e = register_within(&path, &Register::default(), Duration::from_millis(50))
+            .expect_err("silent");
         assert!(matches!(e, ClientError::Timeout { .. }), "{e:?}");
         // Generous: only checks the call is bounded, not how tightly.
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -320,7 +337,12 @@ mod tests {
             w.write_all(b"garbage\n").expect("write");
         });
         let mut c = Client::new(&path, Duration::from_secs(5));
-        let e = c.report(&Report { container_id: "c".to_owned(), ..Report::default() }).expect_err("not found");
+        let e = c
+            .report(&Report {
+                container_id: "c".to_owned(),
+                ..Report::default()
+            })
+            .expect_err("not found");
         assert!(e.is_not_registered(), "{e:?}");
         let e = c.status().expect_err("garbage");
         assert!(matches!(e, ClientError::BadReply(_)), "{e:?}");

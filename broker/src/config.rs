@@ -176,7 +176,10 @@ mod tests {
         let c = parse("").expect("empty is fine");
         assert_eq!(c, Config::default());
         assert_eq!(c.tick_ms, 1000);
-        assert_eq!(c.database(), Path::new("/var/lib/predictive/predictor.redb"));
+        assert_eq!(
+            c.database(),
+            Path::new("/var/lib/predictive/predictor.redb")
+        );
         assert_eq!(c.socket, Path::new("/run/predictive/broker.sock"));
     }
 
@@ -186,9 +189,15 @@ mod tests {
             "tick_ms = 250\nallowed_gid = 5\ncgroup = \"v1\"\n[controller]\nhost_reserve_cpu = 1.5\n[retrain]\nmin_runs = 3\n",
         )
         .expect("valid");
-        assert_eq!((c.tick_ms, c.allowed_gid, c.cgroup), (250, Some(5), Some(CgroupKind::V1)));
+        assert_eq!(
+            (c.tick_ms, c.allowed_gid, c.cgroup),
+            (250, Some(5), Some(CgroupKind::V1))
+        );
         assert_eq!(c.controller.host_reserve_cpu, 1.5);
-        assert_eq!(c.controller.min_cpu_cores, ControllerConfig::default().min_cpu_cores);
+        assert_eq!(
+            c.controller.min_cpu_cores,
+            ControllerConfig::default().min_cpu_cores
+        );
         assert_eq!(c.retrain.min_runs, Some(3));
     }
 
@@ -212,7 +221,15 @@ mod tests {
     fn missing_default_file_is_fine_but_a_named_one_is_not() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("none.toml");
-        assert_eq!(Config::load(&p, false).expect("defaults"), Config::default());
-        assert!(Config::load(&p, true).expect_err("required").to_string().contains("none.toml"));
+        assert_eq!(
+            Config::load(&p, false).expect("defaults"),
+            Config::default()
+        );
+        assert!(
+            Config::load(&p, true)
+                .expect_err("required")
+                .to_string()
+                .contains("none.toml")
+        );
     }
 }

@@ -330,15 +330,23 @@ impl Task {
 
     fn mem_used(&self) -> u64 {
         self.usage
-            .map(|u| u.working_set_bytes.unwrap_or(u.memory_bytes).max(u.memory_bytes))
+            .map(|u| {
+                u.working_set_bytes
+                    .unwrap_or(u.memory_bytes)
+                    .max(u.memory_bytes)
+            })
             .unwrap_or(0)
     }
 
     /// The lifetime bucket the task is in at `now_ms`, when its duration is predicted.
     fn bucket(&self, now_ms: u64) -> Option<usize> {
-        let p = self.spec.prediction.as_ref().filter(|p| !p.is_cold_start())?;
+        let p = self
+            .spec
+            .prediction
+            .as_ref()
+            .filter(|p| !p.is_cold_start())?;
         let dur_ms = p.duration_s.point * 1000.0;
-        if !(dur_ms > 0.0) || p.profile.len() != BUCKETS {
+        if dur_ms.is_nan() || dur_ms <= 0.0 || p.profile.len() != BUCKETS {
             return None;
         }
         let elapsed = now_ms.saturating_sub(self.spec.started_at_ms) as f64;
@@ -416,7 +424,9 @@ pub fn initial_allocation(
     host: &HostCapacity,
     cfg: &ControllerConfig,
 ) -> (Allocation, String, String) {
-    let grant_mem = host.memory_bytes.saturating_sub(cfg.host_reserve_memory_bytes);
+    let grant_mem = host
+        .memory_bytes
+        .saturating_sub(cfg.host_reserve_memory_bytes);
     let grant_cpu = (host.cpu_cores - cfg.host_reserve_cpu).max(cfg.min_cpu_cores);
     let l = &spec.limits;
     let memory_max = l.memory_limit_bytes.or(Some(grant_mem));
@@ -441,7 +451,10 @@ pub fn initial_allocation(
         cpu_reason = "predicted p95".to_owned();
         p.cpu_cores.point
     };
-    if let Some(req) = l.cpu_request_cores.filter(|r| cpu < *r && !spec.allow_below_request) {
+    if let Some(req) = l
+        .cpu_request_cores
+        .filter(|r| cpu < *r && !spec.allow_below_request)
+    {
         cpu = req;
         cpu_reason = "the spec's CPU request (prediction below it)".to_owned();
     }
@@ -453,7 +466,10 @@ pub fn initial_allocation(
 
     let mut mem_reason = format!("predicted upper bound at level {}", p.level);
     let mut mem = p.memory_bytes.upper.max(0.0) as u64;
-    if let Some(req) = l.memory_request_bytes.filter(|r| mem < *r && !spec.allow_below_request) {
+    if let Some(req) = l
+        .memory_request_bytes
+        .filter(|r| mem < *r && !spec.allow_below_request)
+    {
         mem = req;
         mem_reason = "the spec's memory request (prediction below it)".to_owned();
     }
@@ -537,7 +553,11 @@ impl Controller {
             applied: task.enforce(),
             old_value: task.spec.limits.cpu_limit_cores,
         });
-        out.push(memory_directive(&task, mem_reason, task.spec.limits.memory_limit_bytes));
+        out.push(memory_directive(
+            &task,
+            mem_reason,
+            task.spec.limits.memory_limit_bytes,
+        ));
         self.tasks.insert(id, task);
         self.update_critical_path(now_ms);
         (alloc, out)
@@ -566,7 +586,12 @@ impl Controller {
             .collect();
         let mut out = Vec::new();
         for id in ids {
-            self.end_lease(id, &format!("{container_id} finished"), &mut reasons, &mut out);
+            self.end_lease(
+                id,
+                &format!("{container_id} finished"),
+                &mut reasons,
+                &mut out,
+            );
         }
         self.tasks.remove(container_id);
         out.extend(self.cpu_directives(&reasons));
@@ -616,7 +641,10 @@ impl Controller {
         for t in self.tasks.values_mut() {
             t.critical = false;
             if let Some(p) = &t.spec.pipeline {
-                by_pipeline.entry(p.clone()).or_default().push(t.spec.container_id.clone());
+                by_pipeline
+                    .entry(p.clone())
+                    .or_default()
+                    .push(t.spec.container_id.clone());
             }
         }
         for members in by_pipeline.values() {
@@ -729,7 +757,9 @@ impl Controller {
             return;
         };
         if let Some(t) = self.tasks.get_mut(&lease.holder) {
-            t.cpu = t.cpu.map(|c| (c - lease.amount).max(self.cfg.min_cpu_cores));
+            t.cpu = t
+                .cpu
+                .map(|c| (c - lease.amount).max(self.cfg.min_cpu_cores));
             reasons.insert(lease.holder.clone(), format!("lease {id} ended: {why}"));
             out.push(Directive {
                 container_id: lease.holder.clone(),
@@ -771,11 +801,8 @@ impl Controller {
     /// One control step at `now_ms` over the usage observed since the last one.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Directive> {
         self.update_critical_path(now_ms);
-        let before: HashMap<String, Option<f64>> = self
-            .tasks
-            .iter()
-            .map(|(k, t)| (k.clone(), t.cpu))
-            .collect();
+        let before: HashMap<String, Option<f64>> =
+            self.tasks.iter().map(|(k, t)| (k.clone(), t.cpu)).collect();
         let mut reasons: HashMap<String, String> = HashMap::new();
         let mut out = Vec::new();
         self.expire_and_renew(now_ms, &mut reasons, &mut out);
@@ -835,22 +862,36 @@ impl Controller {
         out: &mut Vec<Directive>,
     ) -> BTreeSet<String> {
         let mut took_back = BTreeSet::new();
-        let lenders: BTreeSet<String> = self.leases.values().filter_map(|l| l.lender.clone()).collect();
+        let lenders: BTreeSet<String> = self
+            .leases
+            .values()
+            .filter_map(|l| l.lender.clone())
+            .collect();
         for lender in lenders {
-            let Some(t) = self.tasks.get(&lender) else { continue };
-            let (Some(base), Some(kept)) = (t.base_cpu, t.cpu) else { continue };
+            let Some(t) = self.tasks.get(&lender) else {
+                continue;
+            };
+            let (Some(base), Some(kept)) = (t.base_cpu, t.cpu) else {
+                continue;
+            };
             let used = t.usage.map(|u| u.cpu_cores).unwrap_or(0.0);
             let predicted = t.predicted_cpu(now_ms, self.cfg.lookahead_buckets);
             let busy = self.cpu_pressure(t).is_some();
             let why = if busy {
-                format!("lender {lender} needs it back (using {used:.2} of the {kept:.2} cores it kept)")
+                format!(
+                    "lender {lender} needs it back (using {used:.2} of the {kept:.2} cores it kept)"
+                )
             } else if predicted > kept + EPS {
                 format!("lender {lender}'s profile predicts {predicted:.2} cores next")
             } else {
                 continue;
             };
             // Busy: its real need is hidden by the reduced quota, so everything comes back.
-            let need = if busy { base } else { self.cpu_need(t, now_ms).min(base) };
+            let need = if busy {
+                base
+            } else {
+                self.cpu_need(t, now_ms).min(base)
+            };
             let mut ids: Vec<u64> = self
                 .leases
                 .values()
@@ -873,9 +914,15 @@ impl Controller {
     fn release(&mut self, reasons: &mut HashMap<String, String>, out: &mut Vec<Directive>) {
         let ids: Vec<u64> = self.leases.keys().rev().copied().collect();
         for id in ids {
-            let Some(l) = self.leases.get(&id) else { continue };
-            let Some(t) = self.tasks.get(&l.holder) else { continue };
-            let (Some(u), Some(cpu)) = (t.usage, t.cpu) else { continue };
+            let Some(l) = self.leases.get(&id) else {
+                continue;
+            };
+            let Some(t) = self.tasks.get(&l.holder) else {
+                continue;
+            };
+            let (Some(u), Some(cpu)) = (t.usage, t.cpu) else {
+                continue;
+            };
             if self.cpu_pressure(t).is_none() && u.cpu_cores * self.cfg.headroom <= cpu - l.amount {
                 let why = format!(
                     "{} no longer needs it (using {:.2} cores)",
@@ -890,22 +937,38 @@ impl Controller {
         &mut self,
         now_ms: u64,
         took_back: &BTreeSet<String>,
-        reasons: &mut HashMap<String, String>, out: &mut Vec<Directive>) {
+        reasons: &mut HashMap<String, String>,
+        out: &mut Vec<Directive>,
+    ) {
         let mut borrowers: Vec<(String, String)> = self
             .tasks
             .values()
             .filter(|t| !t.frozen() && t.base_cpu.is_some())
             .filter(|t| now_ms.saturating_sub(t.last_report_ms) < self.cfg.stale_after_ms)
-            .filter_map(|t| self.cpu_pressure(t).map(|why| (t.spec.container_id.clone(), why)))
+            .filter_map(|t| {
+                self.cpu_pressure(t)
+                    .map(|why| (t.spec.container_id.clone(), why))
+            })
             .collect();
-        borrowers.sort_by(|a, b| self.tasks[&b.0].rank().cmp(&self.tasks[&a.0].rank()).then(a.0.cmp(&b.0)));
-        let lent_now: BTreeSet<String> = self.leases.values().filter_map(|l| l.lender.clone()).collect();
+        borrowers.sort_by(|a, b| {
+            self.tasks[&b.0]
+                .rank()
+                .cmp(&self.tasks[&a.0].rank())
+                .then(a.0.cmp(&b.0))
+        });
+        let lent_now: BTreeSet<String> = self
+            .leases
+            .values()
+            .filter_map(|l| l.lender.clone())
+            .collect();
         for (id, why) in borrowers {
             let t = &self.tasks[&id];
             if lent_now.contains(&id) {
                 continue; // a lender under pressure gets its own back first (revoke)
             }
-            let (Some(base), Some(cpu)) = (t.base_cpu, t.cpu) else { continue };
+            let (Some(base), Some(cpu)) = (t.base_cpu, t.cpu) else {
+                continue;
+            };
             let max_borrow = t
                 .spec
                 .max_borrow_cpu
@@ -918,7 +981,9 @@ impl Controller {
                 .unwrap_or(f64::INFINITY)
                 .min(base + max_borrow)
                 .min(self.grantable_cpu());
-            let mut want = (cpu * self.cfg.borrow_step).max(self.cfg.min_lease_cpu).min(cap - cpu);
+            let mut want = (cpu * self.cfg.borrow_step)
+                .max(self.cfg.min_lease_cpu)
+                .min(cap - cpu);
             if want < self.cfg.min_lease_cpu - EPS {
                 continue;
             }
@@ -945,7 +1010,11 @@ impl Controller {
                 })
                 .collect();
             lenders.sort_by(|a, b| a.0.rank().cmp(&b.0.rank()).then(b.1.total_cmp(&a.1)));
-            sources.extend(lenders.into_iter().map(|(l, s)| (Some(l.spec.container_id.clone()), s)));
+            sources.extend(
+                lenders
+                    .into_iter()
+                    .map(|(l, s)| (Some(l.spec.container_id.clone()), s)),
+            );
             for (lender, spare) in sources {
                 if want < self.cfg.min_lease_cpu - EPS {
                     break;
@@ -962,7 +1031,9 @@ impl Controller {
                     expires_at_ms: now_ms + self.cfg.lease_ttl_ms,
                 };
                 self.next_lease += 1;
-                let from = lender.clone().unwrap_or_else(|| "the host's free CPU".to_owned());
+                let from = lender
+                    .clone()
+                    .unwrap_or_else(|| "the host's free CPU".to_owned());
                 if let Some(l) = lender.as_ref().and_then(|l| self.tasks.get_mut(l)) {
                     l.cpu = l.cpu.map(|c| c - amount);
                     reasons.insert(
@@ -972,10 +1043,18 @@ impl Controller {
                 }
                 if let Some(h) = self.tasks.get_mut(&id) {
                     h.cpu = h.cpu.map(|c| c + amount);
-                    reasons.insert(id.clone(), format!("{why}: borrowed {amount:.2} cores from {from} (lease {})", lease.id));
+                    reasons.insert(
+                        id.clone(),
+                        format!(
+                            "{why}: borrowed {amount:.2} cores from {from} (lease {})",
+                            lease.id
+                        ),
+                    );
                     out.push(Directive {
                         container_id: id.clone(),
-                        action: Action::LeaseGranted { lease: lease.clone() },
+                        action: Action::LeaseGranted {
+                            lease: lease.clone(),
+                        },
                         reason: why.clone(),
                         applied: h.enforce(),
                         old_value: None,
@@ -990,26 +1069,37 @@ impl Controller {
         let grantable = self.grantable_memory();
         let mut froze_this_tick = false;
         let mut order: Vec<String> = self.tasks.keys().cloned().collect();
-        order.sort_by(|a, b| self.tasks[b].rank().cmp(&self.tasks[a].rank()).then(a.cmp(b)));
+        order.sort_by(|a, b| {
+            self.tasks[b]
+                .rank()
+                .cmp(&self.tasks[a].rank())
+                .then(a.cmp(b))
+        });
         for id in &order {
             let t = &self.tasks[id];
             if t.frozen() {
                 continue;
             }
-            let (Some(alloc), Some(u)) = (t.memory, t.usage) else { continue };
+            let (Some(alloc), Some(u)) = (t.memory, t.usage) else {
+                continue;
+            };
             let used = t.mem_used();
             let near = used as f64 >= alloc as f64 * self.cfg.memory_grow_at || u.under_oom;
             if !near {
-                if t.holding_memory {
-                    if let Some(t) = self.tasks.get_mut(id) {
-                        t.holding_memory = false;
-                    }
+                if t.holding_memory
+                    && let Some(t) = self.tasks.get_mut(id)
+                {
+                    t.holding_memory = false;
                 }
                 continue;
             }
             let cap = t.memory_max.unwrap_or(grantable);
             if alloc >= cap {
-                self.hold(id, "at its memory limit: the kernel's normal OOM policy applies", out);
+                self.hold(
+                    id,
+                    "at its memory limit: the kernel's normal OOM policy applies",
+                    out,
+                );
                 continue;
             }
             let target = ((alloc as f64 * self.cfg.memory_grow_factor) as u64)
@@ -1025,10 +1115,18 @@ impl Controller {
                     .tasks
                     .values()
                     .filter(|v| !v.frozen() && v.spec.mode == mode && v.rank() < rank)
-                    .min_by(|a, b| a.rank().cmp(&b.rank()).then(b.spec.container_id.cmp(&a.spec.container_id)))
+                    .min_by(|a, b| {
+                        a.rank()
+                            .cmp(&b.rank())
+                            .then(b.spec.container_id.cmp(&a.spec.container_id))
+                    })
                     .map(|v| v.spec.container_id.clone());
                 if let Some(v) = victim {
-                    self.freeze(&v, &format!("no memory for {id} (higher priority) to grow"), out);
+                    self.freeze(
+                        &v,
+                        &format!("no memory for {id} (higher priority) to grow"),
+                        out,
+                    );
                     froze_this_tick = true;
                     room = self.memory_room();
                 }
@@ -1056,12 +1154,19 @@ impl Controller {
         // Host memory pressure: pause the lowest-priority running task; thaw once it has passed.
         let total: u64 = self.tasks.values().map(Task::mem_used).sum();
         let running: Vec<&Task> = self.tasks.values().filter(|t| !t.frozen()).collect();
-        if !froze_this_tick && total as f64 >= grantable as f64 * self.cfg.pause_at && running.len() > 1 {
+        if !froze_this_tick
+            && total as f64 >= grantable as f64 * self.cfg.pause_at
+            && running.len() > 1
+        {
             let top = running.iter().map(|t| t.rank()).max();
             let victim = running
                 .iter()
                 .filter(|t| t.enforce() && Some(t.rank()) < top)
-                .min_by(|a, b| a.rank().cmp(&b.rank()).then(b.spec.container_id.cmp(&a.spec.container_id)))
+                .min_by(|a, b| {
+                    a.rank()
+                        .cmp(&b.rank())
+                        .then(b.spec.container_id.cmp(&a.spec.container_id))
+                })
                 .map(|t| t.spec.container_id.clone());
             if let Some(v) = victim {
                 let why = format!("host memory pressure: {total} of {grantable} bytes in use");
@@ -1074,12 +1179,23 @@ impl Controller {
                 .tasks
                 .values()
                 .filter(|t| t.frozen())
-                .max_by(|a, b| a.rank().cmp(&b.rank()).then(b.spec.container_id.cmp(&a.spec.container_id)))
-                .map(|t| (t.spec.container_id.clone(), t.frozen_memory.flatten(), t.memory));
+                .max_by(|a, b| {
+                    a.rank()
+                        .cmp(&b.rank())
+                        .then(b.spec.container_id.cmp(&a.spec.container_id))
+                })
+                .map(|t| {
+                    (
+                        t.spec.container_id.clone(),
+                        t.frozen_memory.flatten(),
+                        t.memory,
+                    )
+                });
             if let Some((id, restore, now)) = thaw {
                 let extra = restore.unwrap_or(0).saturating_sub(now.unwrap_or(0));
                 if self.memory_room() >= extra {
-                    let why = format!("memory pressure passed: {total} of {grantable} bytes in use");
+                    let why =
+                        format!("memory pressure passed: {total} of {grantable} bytes in use");
                     if let Some(t) = self.tasks.get_mut(&id) {
                         t.frozen_memory = None;
                         t.memory = restore.or(t.memory);
@@ -1109,26 +1225,28 @@ impl Controller {
     }
 
     fn hold(&mut self, id: &str, why: &str, out: &mut Vec<Directive>) {
-        if let Some(t) = self.tasks.get_mut(id) {
-            if !t.holding_memory {
-                t.holding_memory = true;
-                out.push(Directive {
-                    container_id: id.to_owned(),
-                    action: Action::Hold {
-                        resource: ResourceKind::Memory,
-                    },
-                    reason: why.to_owned(),
-                    applied: t.enforce(),
-                    old_value: None,
-                });
-            }
+        if let Some(t) = self.tasks.get_mut(id)
+            && !t.holding_memory
+        {
+            t.holding_memory = true;
+            out.push(Directive {
+                container_id: id.to_owned(),
+                action: Action::Hold {
+                    resource: ResourceKind::Memory,
+                },
+                reason: why.to_owned(),
+                applied: t.enforce(),
+                old_value: None,
+            });
         }
     }
 
     /// Freezes a task and shrinks its allocation to what it uses, returning the rest to the pool.
     fn freeze(&mut self, id: &str, why: &str, out: &mut Vec<Directive>) {
         let min = self.cfg.min_memory_bytes;
-        let Some(t) = self.tasks.get_mut(id) else { return };
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
         let old = t.memory;
         t.frozen_memory = Some(old);
         let used = t.mem_used().max(min);
@@ -1143,7 +1261,11 @@ impl Controller {
             old_value: None,
         });
         if shrunk != old {
-            out.push(memory_directive(t, format!("paused: allocation held at usage ({why})"), old));
+            out.push(memory_directive(
+                t,
+                format!("paused: allocation held at usage ({why})"),
+                old,
+            ));
         }
     }
 }

@@ -5,13 +5,13 @@
 //! daemon's TOML), [`server`] (the daemon: socket, tick, recorder, retraining), [`apply`] (a directive to
 //! cgroup writes, for the shim), [`cli`] (`predictived`'s flags).
 
-pub mod controller;
 pub mod annotations;
 pub mod api;
-pub mod config;
-pub mod server;
-pub mod client;
 pub mod cli;
+pub mod client;
+pub mod config;
+pub mod controller;
+pub mod server;
 
 /// An error with its sources, `a: b: c`, for the one line a binary prints.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

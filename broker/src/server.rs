@@ -194,7 +194,10 @@ fn rates(
     s: &runtime_hooks::Sample,
     oom: bool,
 ) -> Option<(Usage, predictor::Sample, f64)> {
-    let dt_ns = s.monotonic_ns.checked_sub(prev.monotonic_ns).filter(|d| *d > 0)?;
+    let dt_ns = s
+        .monotonic_ns
+        .checked_sub(prev.monotonic_ns)
+        .filter(|d| *d > 0)?;
     let cpu = match (prev.cpu.usage_ns, s.cpu.usage_ns) {
         (Some(a), Some(b)) => b.saturating_sub(a) as f64 / dt_ns as f64,
         _ => 0.0,
@@ -214,7 +217,8 @@ fn rates(
         (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e9,
         _ => 0.0,
     };
-    let io = |x: &runtime_hooks::Sample| x.io.read_bytes.unwrap_or(0) + x.io.write_bytes.unwrap_or(0);
+    let io =
+        |x: &runtime_hooks::Sample| x.io.read_bytes.unwrap_or(0) + x.io.write_bytes.unwrap_or(0);
     let mem = s.memory.usage_bytes.unwrap_or(0);
     let usage = Usage {
         at_ms: s.unix_ns / 1_000_000,
@@ -248,7 +252,8 @@ fn decision(d: &Directive, r: &Running, at_ms: u64, initial: Option<bool>) -> pr
     };
     let (resource, directive, new_value) = match &d.action {
         Action::SetCpu { cores } => ("cpu", grew(*cores), *cores),
-        Action::SetMemoryHigh { high_bytes: m, .. } | Action::SetMemoryLimit { limit_bytes: m, .. } => {
+        Action::SetMemoryHigh { high_bytes: m, .. }
+        | Action::SetMemoryLimit { limit_bytes: m, .. } => {
             let v = m.map(|b| b as f64);
             ("memory", grew(v), v)
         }
@@ -291,7 +296,11 @@ fn decision(d: &Directive, r: &Running, at_ms: u64, initial: Option<bool>) -> pr
         reason: format!(
             "{what}{}{}",
             d.reason,
-            if d.applied { "" } else { " [observe: not applied]" }
+            if d.applied {
+                ""
+            } else {
+                " [observe: not applied]"
+            }
         ),
         old_value: d.old_value,
         new_value,
@@ -334,7 +343,10 @@ impl Broker {
                     "decision"
                 );
             } else if i == MAX_LOGS_PER_TICK {
-                tracing::info!(suppressed = total - MAX_LOGS_PER_TICK, "more decisions this tick, recorded but not logged");
+                tracing::info!(
+                    suppressed = total - MAX_LOGS_PER_TICK,
+                    "more decisions this tick, recorded but not logged"
+                );
             }
             self.record(Record::Decision(Box::new(d)));
         }
@@ -356,7 +368,9 @@ impl Broker {
                     ..DecisionQuery::default()
                 })
                 .map(|decisions| Response::Decisions(Decisions { decisions }))
-                .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("reading decisions: {e}"))),
+                .map_err(|e| {
+                    ErrorReply::new(ErrorCode::Internal, format!("reading decisions: {e}"))
+                }),
         };
         r.unwrap_or_else(Response::Error)
     }
@@ -364,8 +378,11 @@ impl Broker {
     fn register(&self, r: Register) -> Result<Registered, ErrorReply> {
         let ann = Annotations::parse(&r.annotations)
             .map_err(|e| ErrorReply::new(ErrorCode::InvalidAnnotation, e.to_string()))?;
-        let annotations: HashMap<String, String> =
-            r.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let annotations: HashMap<String, String> = r
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let key = TaskKey::derive(&annotations, &r.image, &r.command);
         if ann.mode == Mode::Off {
             return Ok(Registered {
@@ -482,23 +499,27 @@ impl Broker {
         let mut latest = None;
         let mut oom = rep.oom_events > 0;
         for s in rep.samples {
-            if let Some(prev) = &run.prev {
-                if let Some((usage, sample, throttled_s)) = rates(prev, &s, oom) {
-                    oom = false;
-                    let st = &mut run.stats;
-                    if st.cpu.len() < MAX_CPU_READINGS {
-                        st.cpu.push(usage.cpu_cores);
-                    }
-                    let dt = s.monotonic_ns.saturating_sub(prev.monotonic_ns) as f64 / 1e9;
-                    st.cpu_seconds += usage.cpu_cores * dt;
-                    st.io_bytes += sample.io_bytes;
-                    st.throttled_s += throttled_s;
-                    st.samples += 1;
-                    run.buffered.push(sample);
-                    latest = Some(usage);
+            if let Some(prev) = &run.prev
+                && let Some((usage, sample, throttled_s)) = rates(prev, &s, oom)
+            {
+                oom = false;
+                let st = &mut run.stats;
+                if st.cpu.len() < MAX_CPU_READINGS {
+                    st.cpu.push(usage.cpu_cores);
                 }
+                let dt = s.monotonic_ns.saturating_sub(prev.monotonic_ns) as f64 / 1e9;
+                st.cpu_seconds += usage.cpu_cores * dt;
+                st.io_bytes += sample.io_bytes;
+                st.throttled_s += throttled_s;
+                st.samples += 1;
+                run.buffered.push(sample);
+                latest = Some(usage);
             }
-            let peak = s.memory.peak_bytes.unwrap_or(0).max(s.memory.usage_bytes.unwrap_or(0));
+            let peak = s
+                .memory
+                .peak_bytes
+                .unwrap_or(0)
+                .max(s.memory.usage_bytes.unwrap_or(0));
             run.stats.peak_memory = run.stats.peak_memory.max(peak);
             run.prev = Some(s);
         }
@@ -522,7 +543,11 @@ impl Broker {
             let ds = st.controller.unregister(&f.container_id, now);
             let records: Vec<_> = ds
                 .iter()
-                .filter_map(|d| st.running.get(&d.container_id).map(|r| decision(d, r, now, None)))
+                .filter_map(|d| {
+                    st.running
+                        .get(&d.container_id)
+                        .map(|r| decision(d, r, now, None))
+                })
                 .collect();
             (run, records, ds)
         };
@@ -579,10 +604,9 @@ impl Broker {
     fn models(&self) -> Result<Models, ErrorReply> {
         Ok(Models {
             model_version: self.predictor.model_version(),
-            task_types: self
-                .predictor
-                .task_types()
-                .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("listing task types: {e}")))?,
+            task_types: self.predictor.task_types().map_err(|e| {
+                ErrorReply::new(ErrorCode::Internal, format!("listing task types: {e}"))
+            })?,
         })
     }
 
@@ -669,10 +693,10 @@ fn recorder(predictor: Arc<Predictor>, rx: mpsc::Receiver<Record>) {
                 }
             }
             Record::Samples { reg, samples } => {
-                if let Some(id) = run_id(reg, &mut runs) {
-                    if let Err(e) = predictor.append_samples(id, &samples) {
-                        tracing::error!(error = %e, run = id, "recording samples");
-                    }
+                if let Some(id) = run_id(reg, &mut runs)
+                    && let Err(e) = predictor.append_samples(id, &samples)
+                {
+                    tracing::error!(error = %e, run = id, "recording samples");
                 }
             }
             Record::Run { reg, mut run } => {
@@ -737,7 +761,10 @@ fn serve_connection(broker: Arc<Broker>, stream: UnixStream) {
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let n = match (&mut reader).take(api::MAX_LINE as u64).read_until(b'\n', &mut buf) {
+        let n = match (&mut reader)
+            .take(api::MAX_LINE as u64)
+            .read_until(b'\n', &mut buf)
+        {
             Ok(n) => n,
             Err(_) => return,
         };
@@ -786,7 +813,10 @@ fn create_dir(path: &Path) -> Result<(), ServerError> {
     })
 }
 
-fn spawn(what: &'static str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, ServerError> {
+fn spawn(
+    what: &'static str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, ServerError> {
     std::thread::Builder::new()
         .name(format!("predictived-{what}"))
         .spawn(f)
@@ -821,8 +851,8 @@ impl Daemon {
             })?;
         let mut lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
             .map_err(|_| ServerError::Locked {
-                path: lock_path.clone(),
-            })?;
+            path: lock_path.clone(),
+        })?;
         let _ = lock.set_len(0);
         let _ = writeln!(*lock, "{}", std::process::id());
 
@@ -858,7 +888,8 @@ impl Daemon {
         } else {
             0o600
         };
-        std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
+        std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(mode))
+            .map_err(bind_err)?;
 
         let host = {
             let d = detect_host();
@@ -1032,12 +1063,20 @@ mod tests {
 
     #[test]
     fn rates_turn_counters_into_cores_and_throttled_share() {
-        let (u, s, _) = rates(&raw(0, 0, 0, 0), &raw(500_000_000, 750_000_000, 10, 4), true).expect("rate");
+        let (u, s, _) = rates(
+            &raw(0, 0, 0, 0),
+            &raw(500_000_000, 750_000_000, 10, 4),
+            true,
+        )
+        .expect("rate");
         assert!((u.cpu_cores - 1.5).abs() < 1e-9);
         assert!((u.cpu_throttled_fraction - 0.4).abs() < 1e-9);
         assert!(u.under_oom);
         assert_eq!((s.ts_ms, u.at_ms), (1500, 1500));
-        assert!(rates(&raw(5, 0, 0, 0), &raw(5, 10, 0, 0), false).is_none(), "no time passed");
+        assert!(
+            rates(&raw(5, 0, 0, 0), &raw(5, 10, 0, 0), false).is_none(),
+            "no time passed"
+        );
     }
 
     #[test]

@@ -42,10 +42,17 @@ impl Broker {
         };
         let until = Instant::now() + WAIT;
         loop {
-            if Client::new(b.socket(), Duration::from_secs(2)).status().is_ok() {
+            if Client::new(b.socket(), Duration::from_secs(2))
+                .status()
+                .is_ok()
+            {
                 return b;
             }
-            assert!(Instant::now() < until, "predictived did not serve: {}", b.stderr());
+            assert!(
+                Instant::now() < until,
+                "predictived did not serve: {}",
+                b.stderr()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -147,7 +154,11 @@ fn wait_for<T>(what: &str, b: &Broker, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < until, "timed out waiting for {what}: {}", b.stderr());
+        assert!(
+            Instant::now() < until,
+            "timed out waiting for {what}: {}",
+            b.stderr()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -157,14 +168,20 @@ fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
     let b = Broker::start(dir.path());
     let mut c = client(&b);
-    let mode = std::fs::metadata(b.socket()).expect("socket").permissions().mode();
+    let mode = std::fs::metadata(b.socket())
+        .expect("socket")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "socket mode");
 
     // History: three short runs of task type "etl" using 0.2 cores.
     for i in 0..3 {
         let id = format!("etl-{i}");
         let r = c.register(&register(&id, "etl", None)).expect("register");
-        assert!(r.cold_start && r.allocation.cpu_cores.is_none(), "first runs start with the spec: {r:?}");
+        assert!(
+            r.cold_start && r.allocation.cpu_cores.is_none(),
+            "first runs start with the spec: {r:?}"
+        );
         assert_eq!(r.allocation.memory_bytes, Some(1 << 30));
         c.report(&Report {
             container_id: id.clone(),
@@ -184,7 +201,9 @@ fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
     }
     // The retrain thread picks the runs up.
     let registered = wait_for("a warm prediction", &b, || {
-        let r = c.register(&register("etl-live", "etl", None)).expect("register");
+        let r = c
+            .register(&register("etl-live", "etl", None))
+            .expect("register");
         if r.cold_start {
             c.finish(&Finish {
                 container_id: "etl-live".to_owned(),
@@ -196,13 +215,18 @@ fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
             Some(r)
         }
     });
-    let quota = registered.allocation.cpu_cores.expect("predicted CPU quota");
+    let quota = registered
+        .allocation
+        .cpu_cores
+        .expect("predicted CPU quota");
     assert!(quota < 1.0, "predicted from 0.2-core history: {quota}");
     assert!(registered.prediction.is_some());
     assert!(registered.directives.iter().all(|d| d.applied));
 
     // An idle neighbour with a big allocation.
-    let idle = c.register(&register("idle", "idle-type", Some(3.0))).expect("register");
+    let idle = c
+        .register(&register("idle", "idle-type", Some(3.0)))
+        .expect("register");
     assert_eq!(idle.allocation.cpu_cores, Some(3.0));
 
     // etl-live is starved: it gets a lease and a higher quota, delivered on its Report.
@@ -233,9 +257,16 @@ fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
         }
         (leased && current > quota).then_some(ds)
     });
-    assert!(got.iter().all(|d| d.container_id == "etl-live" && d.applied));
+    assert!(
+        got.iter()
+            .all(|d| d.container_id == "etl-live" && d.applied)
+    );
     let status = c.status().expect("status");
-    assert!(status.leases.iter().any(|l| l.holder == "etl-live"), "{:?}", status.leases);
+    assert!(
+        status.leases.iter().any(|l| l.holder == "etl-live"),
+        "{:?}",
+        status.leases
+    );
     assert_eq!(status.tasks.len(), 2);
 
     // Every decision is in the log, with its reason.
@@ -249,7 +280,11 @@ fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
             .decisions;
         d.iter().any(|d| d.resource == "cpu-lease").then_some(d)
     });
-    assert!(logged.iter().any(|d| d.resource == "cpu" && d.directive == predictor::Directive::Initial));
+    assert!(
+        logged
+            .iter()
+            .any(|d| d.resource == "cpu" && d.directive == predictor::Directive::Initial)
+    );
     assert!(logged.iter().all(|d| !d.reason.is_empty()));
 
     // kill -9: committed records survive; the new broker does not know the old registrations.
@@ -306,44 +341,77 @@ fn bad_messages_get_named_errors_and_the_connection_survives() {
     let dir = tempfile::tempdir().expect("tempdir");
     let b = Broker::start(dir.path());
     let s = UnixStream::connect(b.socket()).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let mut conn = BufReader::new(s);
     let r = raw_call(&mut conn, "this is not json");
-    assert_eq!((r["type"].as_str(), r["code"].as_str()), (Some("error"), Some("bad_json")));
+    assert_eq!(
+        (r["type"].as_str(), r["code"].as_str()),
+        (Some("error"), Some("bad_json"))
+    );
     let r = raw_call(&mut conn, r#"{"type":"status"}"#);
     assert_eq!(r["code"], "unsupported_version");
     let r = raw_call(&mut conn, r#"{"version":1,"id":9,"type":"register"}"#);
-    assert_eq!((r["code"].as_str(), r["id"].as_u64()), (Some("invalid_request"), Some(9)));
-    assert!(r["message"].as_str().unwrap_or("").contains("container_id"), "{r}");
+    assert_eq!(
+        (r["code"].as_str(), r["id"].as_u64()),
+        (Some("invalid_request"), Some(9))
+    );
+    assert!(
+        r["message"].as_str().unwrap_or("").contains("container_id"),
+        "{r}"
+    );
     let r = raw_call(
         &mut conn,
         r#"{"version":1,"type":"register","container_id":"x","annotations":{"io.predictive.priority":"high"}}"#,
     );
     assert_eq!(r["code"], "invalid_annotation");
-    assert!(r["message"].as_str().unwrap_or("").contains("io.predictive.priority"), "{r}");
-    let r = raw_call(&mut conn, r#"{"version":1,"type":"report","container_id":"nobody"}"#);
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("io.predictive.priority"),
+        "{r}"
+    );
+    let r = raw_call(
+        &mut conn,
+        r#"{"version":1,"type":"report","container_id":"nobody"}"#,
+    );
     assert_eq!(r["code"], "not_found");
     // Still the same connection.
     let r = raw_call(&mut conn, r#"{"version":1,"id":10,"type":"status"}"#);
-    assert_eq!((r["type"].as_str(), r["id"].as_u64()), (Some("status"), Some(10)));
+    assert_eq!(
+        (r["type"].as_str(), r["id"].as_u64()),
+        (Some("status"), Some(10))
+    );
     assert_eq!(r["version"], 1);
 
     // Mode observe: decided, not applied. Mode off: the spec, nothing registered.
     let mut c = client(&b);
     let mut reg = register("watched", "w", Some(1.0));
-    reg.annotations.insert(annotations::MODE.to_owned(), "observe".to_owned());
+    reg.annotations
+        .insert(annotations::MODE.to_owned(), "observe".to_owned());
     let r = c.register(&reg).expect("register");
     assert_eq!(r.mode, Mode::Observe);
     assert!(!r.directives.is_empty() && r.directives.iter().all(|d| !d.applied));
     let mut reg = register("ignored", "w", Some(1.0));
-    reg.annotations.insert(annotations::MODE.to_owned(), "off".to_owned());
+    reg.annotations
+        .insert(annotations::MODE.to_owned(), "off".to_owned());
     let r = c.register(&reg).expect("register");
     assert_eq!((r.mode, r.allocation.cpu_cores), (Mode::Off, Some(1.0)));
     assert!(r.directives.is_empty());
-    let names: Vec<String> = c.status().expect("status").tasks.into_iter().map(|t| t.container_id).collect();
+    let names: Vec<String> = c
+        .status()
+        .expect("status")
+        .tasks
+        .into_iter()
+        .map(|t| t.container_id)
+        .collect();
     assert_eq!(names, vec!["watched"]);
     let e = c.register(&register(" ", "w", None)).expect_err("empty id");
-    assert!(matches!(e, ClientError::Broker(ref r) if r.message.contains("container_id")), "{e:?}");
+    assert!(
+        matches!(e, ClientError::Broker(ref r) if r.message.contains("container_id")),
+        "{e:?}"
+    );
 }
 
 #[test]

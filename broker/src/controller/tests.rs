@@ -100,27 +100,42 @@ fn mem_use(at_ms: u64, bytes: u64) -> Usage {
 }
 
 fn cpu_of(c: &Controller, id: &str) -> f64 {
-    c.allocation(id).and_then(|a| a.cpu_cores).expect("has a quota")
+    c.allocation(id)
+        .and_then(|a| a.cpu_cores)
+        .expect("has a quota")
 }
 
 fn mem_of(c: &Controller, id: &str) -> u64 {
-    c.allocation(id).and_then(|a| a.memory_bytes).expect("has an allocation")
+    c.allocation(id)
+        .and_then(|a| a.memory_bytes)
+        .expect("has an allocation")
 }
 
 fn actions<'a>(ds: &'a [Directive], id: &str) -> Vec<&'a Action> {
-    ds.iter().filter(|d| d.container_id == id).map(|d| &d.action).collect()
+    ds.iter()
+        .filter(|d| d.container_id == id)
+        .map(|d| &d.action)
+        .collect()
 }
 
 #[test]
 fn cold_start_allocates_the_spec() {
-    let (a, cpu_why, mem_why) = initial_allocation(&spec("a", Some(2.0), Some(GIB)), &host(8.0, 16 * GIB), &cfg());
+    let (a, cpu_why, mem_why) = initial_allocation(
+        &spec("a", Some(2.0), Some(GIB)),
+        &host(8.0, 16 * GIB),
+        &cfg(),
+    );
     assert_eq!(a.cpu_cores, Some(2.0));
     assert_eq!(a.memory_bytes, Some(GIB));
     assert_eq!(a.memory_max_bytes, Some(GIB));
     assert!(cpu_why.contains("cold start") && mem_why.contains("cold start"));
     let (a, _, _) = initial_allocation(&spec("a", None, None), &host(8.0, 16 * GIB), &cfg());
     assert_eq!((a.cpu_cores, a.memory_bytes), (None, None));
-    assert_eq!(a.memory_max_bytes, Some(16 * GIB), "memory.max at the host ceiling");
+    assert_eq!(
+        a.memory_max_bytes,
+        Some(16 * GIB),
+        "memory.max at the host ceiling"
+    );
 }
 
 #[test]
@@ -130,7 +145,11 @@ fn initial_allocation_uses_upper_memory_and_cpu_p90_of_first_buckets() {
     let mut s = spec("a", None, None);
     s.prediction = Some(prediction(cpu, 500.0 * MIB as f64, 600.0 * MIB as f64));
     let (a, cpu_why, mem_why) = initial_allocation(&s, &host(8.0, 16 * GIB), &cfg());
-    assert_eq!(a.cpu_cores, Some(1.5), "p90 of the first 5 buckets, not the later 4-core phase");
+    assert_eq!(
+        a.cpu_cores,
+        Some(1.5),
+        "p90 of the first 5 buckets, not the later 4-core phase"
+    );
     assert_eq!(a.memory_bytes, Some(600 * MIB));
     assert!(cpu_why.contains("p90") && mem_why.contains("upper bound"));
 }
@@ -139,20 +158,40 @@ fn initial_allocation_uses_upper_memory_and_cpu_p90_of_first_buckets() {
 fn initial_allocation_respects_user_limits_and_requests() {
     let host = host(8.0, 16 * GIB);
     let mut s = spec("a", Some(1.0), Some(400 * MIB));
-    s.prediction = Some(prediction([2.0; BUCKETS], 500.0 * MIB as f64, 600.0 * MIB as f64));
+    s.prediction = Some(prediction(
+        [2.0; BUCKETS],
+        500.0 * MIB as f64,
+        600.0 * MIB as f64,
+    ));
     let (a, cpu_why, mem_why) = initial_allocation(&s, &host, &cfg());
-    assert_eq!((a.cpu_cores, a.memory_bytes), (Some(1.0), Some(400 * MIB)), "never above a limit");
+    assert_eq!(
+        (a.cpu_cores, a.memory_bytes),
+        (Some(1.0), Some(400 * MIB)),
+        "never above a limit"
+    );
     assert!(cpu_why.contains("limit") && mem_why.contains("limit"));
 
     let mut s = spec("b", None, None);
     s.limits.cpu_request_cores = Some(3.0);
     s.limits.memory_request_bytes = Some(GIB);
-    s.prediction = Some(prediction([2.0; BUCKETS], 500.0 * MIB as f64, 600.0 * MIB as f64));
+    s.prediction = Some(prediction(
+        [2.0; BUCKETS],
+        500.0 * MIB as f64,
+        600.0 * MIB as f64,
+    ));
     let (a, _, _) = initial_allocation(&s, &host, &cfg());
-    assert_eq!((a.cpu_cores, a.memory_bytes), (Some(3.0), Some(GIB)), "never below a request");
+    assert_eq!(
+        (a.cpu_cores, a.memory_bytes),
+        (Some(3.0), Some(GIB)),
+        "never below a request"
+    );
     s.allow_below_request = true;
     let (a, _, _) = initial_allocation(&s, &host, &cfg());
-    assert_eq!((a.cpu_cores, a.memory_bytes), (Some(2.0), Some(600 * MIB)), "opted in");
+    assert_eq!(
+        (a.cpu_cores, a.memory_bytes),
+        (Some(2.0), Some(600 * MIB)),
+        "opted in"
+    );
 }
 
 #[test]
@@ -169,7 +208,11 @@ fn register_emits_initial_directives_in_the_cgroup_versions_terms() {
     );
     let mut s = spec("v1", None, Some(2 * GIB));
     s.cgroup = CgroupKind::V1;
-    s.prediction = Some(prediction([1.0; BUCKETS], 100.0 * MIB as f64, 200.0 * MIB as f64));
+    s.prediction = Some(prediction(
+        [1.0; BUCKETS],
+        100.0 * MIB as f64,
+        200.0 * MIB as f64,
+    ));
     let (_, ds) = c.register(s, 0);
     assert_eq!(
         ds[1].action,
@@ -188,10 +231,10 @@ fn scenario_two() -> Controller {
     c.register(spec("a", Some(3.0), Some(GIB)), 0);
     c.register(spec("b", Some(3.0), Some(GIB)), 0);
     // b's own allocation is small: as if predicted.
-    c.tasks.get_mut("b").map(|t| {
+    if let Some(t) = c.tasks.get_mut("b") {
         t.base_cpu = Some(0.5);
         t.cpu = Some(0.5);
-    });
+    }
     c
 }
 
@@ -209,14 +252,29 @@ fn scenario_2_starved_task_borrows_from_idle_one_and_lender_gets_it_back() {
         if cpu_of(&c, "b") > 0.5 && rose_at.is_none() {
             rose_at = Some(tick);
             assert!(actions(&ds, "b").iter().any(|a| matches!(a, Action::LeaseGranted { lease } if lease.lender.as_deref() == Some("a"))));
-            assert!(actions(&ds, "b").iter().any(|a| matches!(a, Action::SetCpu { cores: Some(q) } if *q > 0.5)));
-            assert!(actions(&ds, "a").iter().any(|a| matches!(a, Action::SetCpu { cores: Some(q) } if *q < 3.0)));
+            assert!(
+                actions(&ds, "b")
+                    .iter()
+                    .any(|a| matches!(a, Action::SetCpu { cores: Some(q) } if *q > 0.5))
+            );
+            assert!(
+                actions(&ds, "a")
+                    .iter()
+                    .any(|a| matches!(a, Action::SetCpu { cores: Some(q) } if *q < 3.0))
+            );
         }
     }
     assert!(rose_at.is_some(), "b's quota rose within 3 ticks");
-    assert!(c.leases().iter().all(|l| l.lender.as_deref() == Some("a") && l.holder == "b"));
+    assert!(
+        c.leases()
+            .iter()
+            .all(|l| l.lender.as_deref() == Some("a") && l.holder == "b")
+    );
     let lent: f64 = c.leases().iter().map(|l| l.amount).sum();
-    assert!((cpu_of(&c, "a") + lent - 3.0).abs() < 1e-9, "zero-sum: a lends what b holds");
+    assert!(
+        (cpu_of(&c, "a") + lent - 3.0).abs() < 1e-9,
+        "zero-sum: a lends what b holds"
+    );
 
     // A becomes busy: it uses all it kept. It has its 3 cores back within 2 ticks.
     let mut back_at = None;
@@ -245,17 +303,19 @@ fn lender_profile_predicting_a_busy_phase_revokes_before_usage_rises() {
     let mut a = spec("a", None, None);
     a.prediction = Some(prediction(cpu, 100.0 * MIB as f64, 200.0 * MIB as f64));
     c.register(a, 0);
-    c.tasks.get_mut("a").map(|t| {
+    if let Some(t) = c.tasks.get_mut("a") {
         t.base_cpu = Some(3.0);
         t.cpu = Some(3.0);
-    });
+    }
     c.register(spec("b", Some(0.5), None), 0);
     // Bucket 2 of a 100 s run: a idles and lends.
     c.observe("a", cpu_use(10_000, 0.1, 0.0));
     c.observe("b", cpu_use(10_000, 0.5, 0.5));
     c.tick(10_000);
     assert_eq!(cpu_of(&c, "b"), 0.5, "b's user limit caps it");
-    c.tasks.get_mut("b").map(|t| t.spec.limits.cpu_limit_cores = None);
+    if let Some(t) = c.tasks.get_mut("b") {
+        t.spec.limits.cpu_limit_cores = None;
+    }
     c.tick(10_000);
     assert!(!c.leases().is_empty(), "{:#?}", c.tasks());
     // At 45 s (bucket 9) the profile says bucket 10 needs 2.9 cores (more than the 2.75 it kept): revoked while a still idles.
@@ -286,26 +346,36 @@ fn lease_expires_when_its_holder_stops_reporting() {
 #[test]
 fn borrowing_is_capped_by_max_borrow_user_limit_and_host_reserve() {
     let mut c = scenario_two();
-    c.tasks.get_mut("b").map(|t| t.spec.max_borrow_cpu = Some(0.2));
+    if let Some(t) = c.tasks.get_mut("b") {
+        t.spec.max_borrow_cpu = Some(0.2);
+    }
     for now in (1..10).map(|i| i * 1000) {
         c.observe("a", cpu_use(now, 0.1, 0.0));
         c.observe("b", cpu_use(now, cpu_of(&c, "b"), 0.9));
         c.tick(now);
     }
-    assert!((cpu_of(&c, "b") - 0.7).abs() < 1e-9, "max-borrow 0.2: {}", cpu_of(&c, "b"));
+    assert!(
+        (cpu_of(&c, "b") - 0.7).abs() < 1e-9,
+        "max-borrow 0.2: {}",
+        cpu_of(&c, "b")
+    );
 
     // Alone on a 4-core host with a 0.5 reserve: grows from the free pool up to 3.5, never more.
     let mut c = Controller::new(cfg(), host(4.0, 8 * GIB));
     c.register(spec("solo", None, None), 0);
-    c.tasks.get_mut("solo").map(|t| {
+    if let Some(t) = c.tasks.get_mut("solo") {
         t.base_cpu = Some(1.0);
         t.cpu = Some(1.0);
-    });
+    }
     for now in (1..20).map(|i| i * 1000) {
         c.observe("solo", cpu_use(now, cpu_of(&c, "solo"), 0.9));
         c.tick(now);
     }
-    assert!((cpu_of(&c, "solo") - 3.5).abs() < 1e-9, "{}", cpu_of(&c, "solo"));
+    assert!(
+        (cpu_of(&c, "solo") - 3.5).abs() < 1e-9,
+        "{}",
+        cpu_of(&c, "solo")
+    );
     assert!(c.leases().iter().all(|l| l.lender.is_none()));
 }
 
@@ -316,12 +386,14 @@ fn higher_priority_borrower_is_served_first() {
         c.register(spec(id, None, None), 0);
     }
     for (id, q) in [("lender", 1.0), ("lo", 0.5), ("hi", 0.5)] {
-        c.tasks.get_mut(id).map(|t| {
+        if let Some(t) = c.tasks.get_mut(id) {
             t.base_cpu = Some(q);
             t.cpu = Some(q);
-        });
+        }
     }
-    c.tasks.get_mut("hi").map(|t| t.spec.priority = 5);
+    if let Some(t) = c.tasks.get_mut("hi") {
+        t.spec.priority = 5;
+    }
     // The lender can spare 0.25 cores only (it uses 0.6 with 1.25 headroom).
     c.observe("lender", cpu_use(1000, 0.6, 0.0));
     c.observe("lo", cpu_use(1000, 0.5, 0.9));
@@ -335,20 +407,32 @@ fn higher_priority_borrower_is_served_first() {
 fn critical_path_breaks_priority_ties() {
     let mut c = Controller::new(cfg(), host(8.0, 8 * GIB));
     // extract -> transform -> load is the long chain; lint is a short side task of the same pipeline.
-    for (id, deps) in [("extract", vec![]), ("transform", vec!["extract"]), ("load", vec!["transform"]), ("lint", vec![])] {
+    for (id, deps) in [
+        ("extract", vec![]),
+        ("transform", vec!["extract"]),
+        ("load", vec!["transform"]),
+        ("lint", vec![]),
+    ] {
         let mut s = spec(id, None, None);
         s.pipeline = Some("etl".to_owned());
         s.depends_on = deps.into_iter().map(str::to_owned).collect();
         c.register(s, 0);
     }
-    let critical: Vec<String> = c.tasks().into_iter().filter(|t| t.critical).map(|t| t.container_id).collect();
+    let critical: Vec<String> = c
+        .tasks()
+        .into_iter()
+        .filter(|t| t.critical)
+        .map(|t| t.container_id)
+        .collect();
     assert_eq!(critical, vec!["extract", "load", "transform"]);
     assert!(c.tasks["transform"].rank() > c.tasks["lint"].rank());
     // A task outside any pipeline is never critical.
     c.register(spec("alone", None, None), 0);
     assert!(!c.tasks["alone"].critical);
     // Dependency cycles do not hang.
-    c.tasks.get_mut("extract").map(|t| t.spec.depends_on = vec!["load".to_owned()]);
+    if let Some(t) = c.tasks.get_mut("extract") {
+        t.spec.depends_on = vec!["load".to_owned()];
+    }
     c.tick(1);
 }
 
@@ -357,7 +441,11 @@ fn memory_outgrowing_its_prediction_is_grown_while_the_host_has_room() {
     let mut c = Controller::new(cfg(), host(4.0, 4 * GIB));
     let mut s = spec("m", None, Some(2 * GIB));
     s.cgroup = CgroupKind::V1;
-    s.prediction = Some(prediction([1.0; BUCKETS], 80.0 * MIB as f64, 100.0 * MIB as f64));
+    s.prediction = Some(prediction(
+        [1.0; BUCKETS],
+        80.0 * MIB as f64,
+        100.0 * MIB as f64,
+    ));
     c.register(s, 0);
     assert_eq!(mem_of(&c, "m"), 100 * MIB);
     // Usage climbs past the prediction: every tick it is given more, never less, up to its user limit.
@@ -366,7 +454,13 @@ fn memory_outgrowing_its_prediction_is_grown_while_the_host_has_room() {
     while last < 2 * GIB {
         now += 1000;
         let used = last - last / 20; // 95% of the allocation
-        c.observe("m", Usage { under_oom: now % 3000 == 0, ..mem_use(now, used) });
+        c.observe(
+            "m",
+            Usage {
+                under_oom: now % 3000 == 0,
+                ..mem_use(now, used)
+            },
+        );
         let ds = c.tick(now);
         let grown = mem_of(&c, "m");
         assert!(grown > last, "grown at {now}: {grown} <= {last}");
@@ -376,7 +470,11 @@ fn memory_outgrowing_its_prediction_is_grown_while_the_host_has_room() {
     }
     assert_eq!(last, 2 * GIB, "stops at the user's limit");
     let d = c.tick(now + 1000);
-    assert!(d.is_empty() || d.iter().all(|d| !matches!(d.action, Action::SetMemoryLimit { .. })));
+    assert!(
+        d.is_empty()
+            || d.iter()
+                .all(|d| !matches!(d.action, Action::SetMemoryLimit { .. }))
+    );
     // At its own limit the v1 OOM killer is back on.
     let t = &c.tasks["m"];
     assert_eq!(
@@ -388,7 +486,10 @@ fn memory_outgrowing_its_prediction_is_grown_while_the_host_has_room() {
     );
     c.observe("m", mem_use(now + 2000, 2 * GIB));
     let ds = c.tick(now + 2000);
-    assert!(ds.iter().any(|d| matches!(d.action, Action::Hold { .. }) && d.reason.contains("normal OOM")));
+    assert!(
+        ds.iter()
+            .any(|d| matches!(d.action, Action::Hold { .. }) && d.reason.contains("normal OOM"))
+    );
 }
 
 #[test]
@@ -396,9 +497,17 @@ fn memory_without_room_pauses_the_lower_priority_task_not_the_higher() {
     let mut c = Controller::new(cfg(), host(4.0, GIB));
     let mut hi = spec("hi", None, None);
     hi.priority = 10;
-    hi.prediction = Some(prediction([1.0; BUCKETS], 300.0 * MIB as f64, 400.0 * MIB as f64));
+    hi.prediction = Some(prediction(
+        [1.0; BUCKETS],
+        300.0 * MIB as f64,
+        400.0 * MIB as f64,
+    ));
     let mut lo = spec("lo", None, None);
-    lo.prediction = Some(prediction([1.0; BUCKETS], 500.0 * MIB as f64, 600.0 * MIB as f64));
+    lo.prediction = Some(prediction(
+        [1.0; BUCKETS],
+        500.0 * MIB as f64,
+        600.0 * MIB as f64,
+    ));
     c.register(hi, 0);
     c.register(lo, 0);
     assert_eq!(c.memory_room(), 24 * MIB);
@@ -418,7 +527,11 @@ fn memory_without_room_pauses_the_lower_priority_task_not_the_higher() {
     c.observe("hi", mem_use(2000, 495 * MIB));
     c.observe("lo", mem_use(2000, 300 * MIB));
     let ds = c.tick(2000);
-    assert!(ds.iter().any(|d| d.container_id == "hi" && d.reason.contains("never OOM-killed")) || mem_of(&c, "hi") > 500 * MIB);
+    assert!(
+        ds.iter()
+            .any(|d| d.container_id == "hi" && d.reason.contains("never OOM-killed"))
+            || mem_of(&c, "hi") > 500 * MIB
+    );
     assert!(mem_of(&c, "hi") >= 500 * MIB);
 
     // hi finishes: pressure passes, lo is thawed with its allocation back.
@@ -441,13 +554,23 @@ fn host_memory_pressure_pauses_lowest_priority_and_thaws_after() {
         c.observe(id, mem_use(1000, 330 * MIB));
     }
     let ds = c.tick(1000);
-    let frozen: Vec<&str> = ds.iter().filter(|d| d.action == Action::Freeze).map(|d| d.container_id.as_str()).collect();
+    let frozen: Vec<&str> = ds
+        .iter()
+        .filter(|d| d.action == Action::Freeze)
+        .map(|d| d.container_id.as_str())
+        .collect();
     assert_eq!(frozen, vec!["c"], "one task per tick, the lowest priority");
     for id in ["a", "b", "c"] {
         c.observe(id, mem_use(2000, 330 * MIB));
     }
     let ds = c.tick(2000);
-    assert_eq!(ds.iter().filter(|d| d.action == Action::Freeze).map(|d| d.container_id.as_str()).collect::<Vec<_>>(), vec!["b"]);
+    assert_eq!(
+        ds.iter()
+            .filter(|d| d.action == Action::Freeze)
+            .map(|d| d.container_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["b"]
+    );
     // Still under pressure with only the top task running: it is never paused.
     let ds = c.tick(3000);
     assert!(ds.iter().all(|d| d.action != Action::Freeze));
@@ -456,15 +579,29 @@ fn host_memory_pressure_pauses_lowest_priority_and_thaws_after() {
         c.observe(id, mem_use(4000, 100 * MIB));
     }
     let ds = c.tick(4000);
-    assert_eq!(ds.iter().filter(|d| d.action == Action::Thaw).map(|d| d.container_id.as_str()).collect::<Vec<_>>(), vec!["b"]);
+    assert_eq!(
+        ds.iter()
+            .filter(|d| d.action == Action::Thaw)
+            .map(|d| d.container_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["b"]
+    );
     let ds = c.tick(5000);
-    assert_eq!(ds.iter().filter(|d| d.action == Action::Thaw).map(|d| d.container_id.as_str()).collect::<Vec<_>>(), vec!["c"]);
+    assert_eq!(
+        ds.iter()
+            .filter(|d| d.action == Action::Thaw)
+            .map(|d| d.container_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["c"]
+    );
 }
 
 #[test]
 fn observe_mode_decides_but_marks_nothing_applied_and_never_lends_to_enforce() {
     let mut c = scenario_two();
-    c.tasks.get_mut("a").map(|t| t.spec.mode = Mode::Observe);
+    if let Some(t) = c.tasks.get_mut("a") {
+        t.spec.mode = Mode::Observe;
+    }
     c.observe("a", cpu_use(1000, 0.1, 0.0));
     c.observe("b", cpu_use(1000, 0.5, 0.9));
     c.tick(1000);
@@ -475,7 +612,11 @@ fn observe_mode_decides_but_marks_nothing_applied_and_never_lends_to_enforce() {
     assert!(!ds.is_empty() && ds.iter().all(|d| !d.applied));
     c.observe("o", cpu_use(2000, 1.0, 0.9));
     let ds = c.tick(2000);
-    assert!(ds.iter().filter(|d| d.container_id == "o").all(|d| !d.applied));
+    assert!(
+        ds.iter()
+            .filter(|d| d.container_id == "o")
+            .all(|d| !d.applied)
+    );
 }
 
 #[test]
@@ -487,7 +628,10 @@ fn unregistering_a_borrower_returns_the_lenders_cpu() {
     assert!(cpu_of(&c, "a") < 3.0);
     let ds = c.unregister("b", 1500);
     assert_eq!(cpu_of(&c, "a"), 3.0);
-    assert!(ds.iter().any(|d| d.container_id == "a" && d.action == Action::SetCpu { cores: Some(3.0) }));
+    assert!(
+        ds.iter()
+            .any(|d| d.container_id == "a" && d.action == Action::SetCpu { cores: Some(3.0) })
+    );
     assert!(c.leases().is_empty());
 }
 
