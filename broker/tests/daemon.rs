@@ -210,6 +210,7 @@ fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
                 ..Finish::default()
             })
             .expect("finish");
+            std::thread::sleep(Duration::from_millis(50));
             None
         } else {
             Some(r)
@@ -274,7 +275,7 @@ fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
         let d = c
             .explain(&Explain {
                 container_id: Some("etl-live".to_owned()),
-                limit: None,
+                limit: Some(100_000),
             })
             .expect("explain")
             .decisions;
@@ -303,12 +304,13 @@ fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
     let after = c
         .explain(&Explain {
             container_id: Some("etl-live".to_owned()),
-            limit: None,
+            limit: Some(100_000),
         })
         .expect("explain")
         .decisions;
-    assert_eq!(after, logged[..after.len().min(logged.len())].to_vec());
-    assert!(after.len() >= logged.len());
+    // Everything read back before the kill is there, in order; later commits may follow.
+    assert!(after.len() >= logged.len(), "{after:?}");
+    assert_eq!(after[..logged.len()], logged[..]);
     let models = c.models().expect("models");
     assert!(models.model_version >= 1);
     let etl = models
