@@ -73,13 +73,19 @@ fn parse(b: &[u8]) -> Vec<(u32, Result<u64, Vec<u8>>)> {
     out
 }
 
-/// The shim's socket path for a container, from its bundle.
-pub fn shim_address(bundle: &Path) -> Result<String, String> {
+/// The shim's socket path for a container, from its bundle (`address`, written by 1.x shims;
+/// `bootstrap.json`, written by containerd 2.x), else `fallback` (the conventional socket path).
+pub fn shim_address(bundle: &Path, fallback: Option<&Path>) -> Result<String, String> {
     let raw = match std::fs::read_to_string(bundle.join("address")) {
         Ok(a) => a,
         Err(_) => {
-            let j = std::fs::read_to_string(bundle.join("bootstrap.json"))
-                .map_err(|e| format!("no address or bootstrap.json in {}: {e}", bundle.display()))?;
+            let j = match std::fs::read_to_string(bundle.join("bootstrap.json")) {
+                Ok(j) => j,
+                Err(e) => match fallback.filter(|p| p.exists()) {
+                    Some(p) => return Ok(p.to_string_lossy().into_owned()),
+                    None => return Err(format!("no address or bootstrap.json in {}: {e}", bundle.display())),
+                },
+            };
             let v: serde_json::Value = serde_json::from_str(&j).map_err(|e| format!("bootstrap.json: {e}"))?;
             v["address"].as_str().ok_or("bootstrap.json has no address")?.to_string()
         }
@@ -145,8 +151,8 @@ fn call(addr: &str, service: &str, method: &str, payload: &[u8]) -> Result<Vec<u
 
 /// Task.Update on the shim: task API v2 (containerd 1.x shims) or v3 (2.x), whichever it serves.
 /// `resources` is an OCI LinuxResources object as JSON.
-pub fn update_task(bundle: &Path, id: &str, resources: &serde_json::Value) -> Result<(), String> {
-    let addr = shim_address(bundle)?;
+pub fn update_task(bundle: &Path, fallback: Option<&Path>, id: &str, resources: &serde_json::Value) -> Result<(), String> {
+    let addr = shim_address(bundle, fallback)?;
     let mut any = Vec::new();
     bytes_field(1, LINUX_RESOURCES_URL.as_bytes(), &mut any);
     bytes_field(2, resources.to_string().as_bytes(), &mut any);
