@@ -18,9 +18,18 @@ if [ "$runtime" = io.containerd.predictive.v2 ] && [ ! -x "$shimdir/containerd-s
 fi
 [ "$(id -u)" = 0 ] || { echo "demo: needs root (containerd, cgroups, mounts)" >&2; exit 1; }
 
-cleanup() { echo; echo "### stopping containerd and cleaning up"; scripts/containerd-down.sh "$dir"
-            for d in /sys/fs/cgroup/*/$ns-$tag /run/containerd/runc/$ns-$tag; do rmdir "$d" 2>/dev/null || true; done
-            echo "done: no containerd, shim or container left from the demo"; }
+cleanup() {
+    echo; echo "### stopping containerd and cleaning up"
+    scripts/containerd-down.sh "$dir"
+    for d in /sys/fs/cgroup/*/$ns-$tag /sys/fs/cgroup/*/$ns /run/containerd/runc/$ns; do rmdir "$d" 2>/dev/null || true; done
+    left=$(pgrep -f -- "$dir" || true)
+    cg=$(ls -d /sys/fs/cgroup/*/$ns/* 2>/dev/null || true)
+    if [ -z "$left" ] && [ -z "$cg" ] && ! grep -q "$dir" /proc/self/mountinfo; then
+        echo "done: no containerd, shim, container, cgroup or mount left from the demo"
+    else
+        echo "demo: left behind: processes [$left] cgroups [$cg]" >&2
+    fi
+}
 trap cleanup EXIT
 
 mkdir -p "$cache"
