@@ -118,6 +118,9 @@ pub struct ControllerConfig {
     pub memory_grow_at: f64,
     /// Growth factor of a memory allocation (default 1.25).
     pub memory_grow_factor: f64,
+    /// Memory PSI `some avg10` (percent) at which a task using at least 3/4 of its allocation is grown: on v2
+    /// this is the stall `memory.high` reclaim causes (default 20).
+    pub memory_psi_avg10: f64,
     /// Host memory usage over grantable memory at which the lowest-priority task is paused (default 0.95).
     pub pause_at: f64,
     /// Host memory usage over grantable memory below which paused tasks are thawed (default 0.85).
@@ -144,6 +147,7 @@ impl Default for ControllerConfig {
             lease_ttl_ms: 10_000,
             memory_grow_at: 0.90,
             memory_grow_factor: 1.25,
+            memory_psi_avg10: 20.0,
             pause_at: 0.95,
             thaw_below: 0.85,
         }
@@ -1084,7 +1088,12 @@ impl Controller {
                 continue;
             };
             let used = t.mem_used();
-            let near = used as f64 >= alloc as f64 * self.cfg.memory_grow_at || u.under_oom;
+            let stalled = u
+                .memory_psi_avg10
+                .is_some_and(|p| p >= self.cfg.memory_psi_avg10)
+                && used as f64 >= alloc as f64 * 0.75;
+            let near =
+                used as f64 >= alloc as f64 * self.cfg.memory_grow_at || u.under_oom || stalled;
             if !near {
                 if t.holding_memory
                     && let Some(t) = self.tasks.get_mut(id)

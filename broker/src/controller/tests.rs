@@ -648,3 +648,29 @@ fn holder_that_no_longer_needs_a_lease_releases_it() {
     assert!(c.leases().is_empty());
     assert!(ds.iter().any(|d| d.reason.contains("no longer needs")));
 }
+
+#[test]
+fn memory_stall_near_the_allocation_grows_it() {
+    let mut c = Controller::new(cfg(), host(4.0, 4 * GIB));
+    let mut s = spec("m", None, None);
+    s.prediction = Some(prediction(
+        [1.0; BUCKETS],
+        80.0 * MIB as f64,
+        100.0 * MIB as f64,
+    ));
+    c.register(s, 0);
+    // 80% used, no stall: left alone.
+    c.observe("m", mem_use(1000, 80 * MIB));
+    c.tick(1000);
+    assert_eq!(mem_of(&c, "m"), 100 * MIB);
+    // 80% used and stalled in reclaim: grown.
+    c.observe(
+        "m",
+        Usage {
+            memory_psi_avg10: Some(35.0),
+            ..mem_use(2000, 80 * MIB)
+        },
+    );
+    c.tick(2000);
+    assert!(mem_of(&c, "m") > 100 * MIB);
+}
