@@ -148,6 +148,8 @@ fn start(flags: &Flags) -> Result<()> {
     let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &group);
     let path = socket_path(&address).to_string();
     let lock = StartLock::take(&path)?;
+    // As runc v2 does: tools find a task's shim through `<bundle>/address`.
+    let _ = std::fs::write(bundle.join("address"), &address);
     if serving(&path) {
         println!("{address}");
         drop(lock);
