@@ -31,7 +31,7 @@ impl Broker {
     fn start(dir: &Path) -> Broker {
         std::fs::write(
             dir.join("predictived.toml"),
-            "tick_ms = 50\nretrain_check_ms = 100\nsample_flush_ms = 100\nhost_cpu_cores = 4.0\n\
+            "tick_ms = 50\nretrain_check_ms = 100\nsample_flush_ms = 100\nhost_cpu_cores = 3.55\n\
              host_memory_bytes = 8589934592\ncgroup = \"v2\"\n[retrain]\nnew_runs = 1\nmin_runs = 3\n",
         )
         .expect("config");
@@ -233,14 +233,21 @@ fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
     // etl-live is starved: it gets a lease and a higher quota, delivered on its Report.
     let mut base = 2_000_000_000;
     let mut current = quota;
+    let mut idle_quota = 3.0;
     let got = wait_for("a lease for etl-live", &b, || {
         base += 200_000_000;
-        c.report(&Report {
-            container_id: "idle".to_owned(),
-            samples: samples(0.05, 0.0, 10 << 20, base),
-            oom_events: 0,
-        })
-        .expect("report idle");
+        for d in c
+            .report(&Report {
+                container_id: "idle".to_owned(),
+                samples: samples(0.05, 0.0, 10 << 20, base),
+                oom_events: 0,
+            })
+            .expect("report idle")
+        {
+            if let Action::SetCpu { cores: Some(q) } = d.action {
+                idle_quota = q;
+            }
+        }
         let ds = c
             .report(&Report {
                 container_id: "etl-live".to_owned(),
@@ -269,6 +276,48 @@ fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
         status.leases
     );
     assert_eq!(status.tasks.len(), 2);
+    // The host has no free CPU (3.55 cores, 0.5 reserved): the lease is the idle neighbour's.
+    assert!(
+        status
+            .leases
+            .iter()
+            .all(|l| l.lender.as_deref() == Some("idle")),
+        "{:?}",
+        status.leases
+    );
+
+    // The neighbour gets busy: it uses all it kept. Its 3 cores come back, delivered on its Report.
+    wait_for("idle's CPU back", &b, || {
+        base += 200_000_000;
+        for d in c
+            .report(&Report {
+                container_id: "idle".to_owned(),
+                samples: samples(idle_quota, 0.8, 10 << 20, base),
+                oom_events: 0,
+            })
+            .expect("report idle")
+        {
+            if let Action::SetCpu { cores: Some(q) } = d.action {
+                idle_quota = q;
+            }
+        }
+        c.report(&Report {
+            container_id: "etl-live".to_owned(),
+            samples: samples(current, 0.8, 50 << 20, base),
+            oom_events: 0,
+        })
+        .expect("report etl-live");
+        ((idle_quota - 3.0).abs() < 1e-9).then_some(())
+    });
+    let status = c.status().expect("status");
+    assert!(
+        status
+            .leases
+            .iter()
+            .all(|l| l.lender.as_deref() != Some("idle")),
+        "{:?}",
+        status.leases
+    );
 
     // Every decision is in the log, with its reason.
     let logged = wait_for("the lease in the decision log", &b, || {
