@@ -98,11 +98,12 @@ fn tty_shell() {
     cmd.env("TERM", "xterm");
     let mut p = PtyChild::spawn(cmd);
     assert!(p.wait_for("#", Duration::from_secs(20)), "no shell prompt; screen: {:?}", p.screen());
-    p.type_text("tty -s && echo is-a-tty-$((6*7)); stty size; exit 7\r");
+    // ctr sends ResizePty after the start, racing our typing: give the size up to 3 s to arrive.
+    p.type_text("tty -s && echo is-a-tty-$((6*7)); for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do s=$(stty size 2>/dev/null); [ -n \"$s\" ] && [ \"$s\" != '0 0' ] && break; sleep 0.2; done; echo size=$s; exit 7\r");
     let code = p.wait(Duration::from_secs(20));
     let screen = p.screen();
     assert!(screen.contains("is-a-tty-42"), "screen: {screen:?}");
-    assert!(screen.contains("24 80"), "window size must reach the container: {screen:?}");
+    assert!(screen.contains("size=24 80"), "window size must reach the container: {screen:?}");
     assert_eq!(code, Some(7), "screen: {screen:?}");
     c.finish();
 }
