@@ -94,6 +94,14 @@ fn spawn(dir: &Path) -> Child {
         .expect("spawn predictived")
 }
 
+/// A temp dir under /tmp: a socket path must fit in 108 bytes whatever TMPDIR is.
+fn short_tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("pd")
+        .tempdir_in("/tmp")
+        .expect("tempdir in /tmp")
+}
+
 fn client(b: &Broker) -> Client {
     Client::new(b.socket(), Duration::from_secs(5))
 }
@@ -165,7 +173,7 @@ fn wait_for<T>(what: &str, b: &Broker, mut f: impl FnMut() -> Option<T>) -> T {
 
 #[test]
 fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = short_tempdir();
     let b = Broker::start(dir.path());
     let mut c = client(&b);
     let mode = std::fs::metadata(b.socket())
@@ -389,7 +397,7 @@ fn raw_call(conn: &mut BufReader<UnixStream>, line: &str) -> serde_json::Value {
 
 #[test]
 fn bad_messages_get_named_errors_and_the_connection_survives() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = short_tempdir();
     let b = Broker::start(dir.path());
     let s = UnixStream::connect(b.socket()).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
@@ -467,9 +475,9 @@ fn bad_messages_get_named_errors_and_the_connection_survives() {
 
 #[test]
 fn a_second_broker_on_the_same_state_dir_refuses_to_start() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = short_tempdir();
     let b = Broker::start(dir.path());
-    let second = tempfile::tempdir().expect("tempdir");
+    let second = short_tempdir();
     let out = Command::new(env!("CARGO_BIN_EXE_predictived"))
         .arg("--state-dir")
         .arg(dir.path().join("state"))
