@@ -21,7 +21,7 @@ fn controller(n: usize) -> Controller {
                 mode: Mode::Enforce,
                 cgroup: CgroupKind::V2,
                 priority: (i % 5) as i32,
-                depends_on: if i % 10 == 0 || i == 0 {
+                depends_on: if i.is_multiple_of(10) {
                     Vec::new()
                 } else {
                     vec![format!("c{:03}", i - 1)]
@@ -52,7 +52,7 @@ fn bench(cr: &mut Criterion) {
             now += 1000;
             for i in 0..n {
                 // Half idle, half starved: leases are granted, renewed and released.
-                let busy = (i + (now / 1000) as usize) % 2 == 0;
+                let busy = (i + (now / 1000) as usize).is_multiple_of(2);
                 c.observe(
                     &format!("c{i:03}"),
                     Usage {
