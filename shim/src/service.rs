@@ -35,8 +35,9 @@ use crate::{RUNTIME_NAME, runtime};
 pub const STATE_ROOT: &str = "/run/predictive";
 /// The annotation that groups a pod's containers into one shim.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
-/// How long the exit path holds the start lock to see whether anybody still comes.
-const EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long after a `start` action was handed this server's address the server stays, even if idle:
+/// containerd connects and sends Create right after the action returns.
+const CLAIM_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Entry point of `containerd-shim-predictive-v2`.
 pub fn main() {
@@ -113,6 +114,23 @@ fn socket_path(address: &str) -> &str {
     address.strip_prefix("unix://").unwrap_or(address)
 }
 
+/// Sets the socket's mtime to now.
+fn claim(path: &str) {
+    if let Ok(c) = std::ffi::CString::new(path) {
+        // SAFETY: utimensat with a null times pointer sets both times to now on a valid C path.
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0) };
+    }
+}
+
+/// How long ago the socket was last claimed (or bound).
+fn since_claim(path: &str) -> std::time::Duration {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .unwrap_or(CLAIM_WINDOW)
+}
+
 fn serving(path: &str) -> bool {
     UnixStream::connect(path).is_ok()
 }
@@ -151,6 +169,9 @@ fn start(flags: &Flags) -> Result<()> {
     // As runc v2 does: tools find a task's shim through `<bundle>/address`.
     let _ = std::fs::write(bundle.join("address"), &address);
     if serving(&path) {
+        // The claim: an idle server that sees a fresh mtime on its socket (checked under the same
+        // lock) stays for containerd's Create instead of exiting under it.
+        claim(&path);
         println!("{address}");
         drop(lock);
         return Ok(());
@@ -354,20 +375,29 @@ async fn serve_async(
         .await
         .map_err(|e| ShimError::Zygote(format!("starting the ttrpc server: {e}")))?;
 
-    loop {
+    // Exit when idle, deciding under the start lock (held only for the check, so other groups'
+    // starts never wait on us): a `start` that was handed our address in the last CLAIM_WINDOW
+    // means a Create is on its way, so wait that out and look again.
+    'serve: loop {
         exit.notified().await;
-        let socket_owned = socket.to_string();
-        let lock = tokio::task::spawn_blocking(move || StartLock::take(&socket_owned))
-            .await
-            .map_err(|e| ShimError::Zygote(format!("taking the start lock: {e}")))??;
-        let seen = shared.activity();
-        tokio::time::sleep(EXIT_GRACE).await;
-        if shared.idle() && shared.activity() == seen {
-            let _ = std::fs::remove_file(socket);
+        loop {
+            let socket_owned = socket.to_string();
+            let lock = tokio::task::spawn_blocking(move || StartLock::take(&socket_owned))
+                .await
+                .map_err(|e| ShimError::Zygote(format!("taking the start lock: {e}")))??;
+            if !shared.idle() {
+                drop(lock);
+                continue 'serve;
+            }
+            let since = since_claim(socket);
+            if since >= CLAIM_WINDOW {
+                let _ = std::fs::remove_file(socket);
+                drop(lock);
+                break 'serve;
+            }
             drop(lock);
-            break;
+            tokio::time::sleep(CLAIM_WINDOW - since).await;
         }
-        drop(lock);
     }
     let _ = server.shutdown().await;
     Ok(())

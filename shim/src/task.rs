@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -49,8 +49,6 @@ pub struct Shared {
     pub exit: Arc<Notify>,
     /// Creates in flight: a Shutdown must not end the shim under a sibling's Create.
     pending: AtomicUsize,
-    /// Counts every request, so the exit path can tell whether anyone came while it waited.
-    activity: AtomicU64,
 }
 
 impl Shared {
@@ -62,14 +60,6 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .is_empty()
-    }
-
-    pub fn activity(&self) -> u64 {
-        self.activity.load(Ordering::SeqCst)
-    }
-
-    fn touch(&self) {
-        self.activity.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -97,7 +87,6 @@ impl TaskService {
                 containers: Mutex::new(HashMap::new()),
                 exit,
                 pending: AtomicUsize::new(0),
-                activity: AtomicU64::new(0),
             }),
         }
     }
@@ -809,7 +798,6 @@ fn log_result<T>(op: &str, id: &str, result: Result<T>) -> ttrpc::Result<T> {
 #[async_trait]
 impl Task for TaskService {
     async fn state(&self, _: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
-        self.shared.touch();
         self.do_state(&req).map_err(Into::into)
     }
 
@@ -820,7 +808,6 @@ impl Task for TaskService {
     ) -> ttrpc::Result<CreateTaskResponse> {
         let id = req.id.clone();
         tracing::info!(id = %id, bundle = %req.bundle, "create");
-        self.shared.touch();
         self.shared.pending.fetch_add(1, Ordering::SeqCst);
         let result = self.do_create(req).await;
         self.shared.pending.fetch_sub(1, Ordering::SeqCst);
@@ -929,7 +916,6 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: ConnectRequest,
     ) -> ttrpc::Result<ConnectResponse> {
-        self.shared.touch();
         let task_pid = self
             .container(&req.id)
             .map(|c| c.init.pid().max(0) as u32)
@@ -942,7 +928,6 @@ impl Task for TaskService {
     }
 
     async fn shutdown(&self, _: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<Empty> {
-        self.shared.touch();
         if self.shared.idle() {
             tracing::info!("shutdown: no containers left");
             self.shared.exit.notify_one();
