@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use predictive_e2e::Containerd;
 use predictive_e2e::cmd::wait_until;
-use predictive_e2e::settings::{IMAGE, PREDICTIVE_RUNTIME, PREDICTIVE_SHIM_BINARY, RUNC_RUNTIME, Settings};
+use predictive_e2e::settings::{
+    IMAGE, PREDICTIVE_RUNTIME, PREDICTIVE_SHIM_BINARY, RUNC_RUNTIME, Settings,
+};
 
 struct Side {
     runtime: &'static str,
@@ -63,44 +65,73 @@ fn run_once(c: &Containerd, runtime: &str) -> Result<f64, String> {
 fn measure_memory(c: &Containerd, runtime: &str) -> Result<Mem, String> {
     let before = c.shim_processes();
     let id = c.id("mem");
-    let out = c.ctr(&["run", "-d", "--null-io", "--runtime", runtime, IMAGE, &id, "sleep", "100000"]);
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--null-io",
+        "--runtime",
+        runtime,
+        IMAGE,
+        &id,
+        "sleep",
+        "100000",
+    ]);
     if !out.ok() {
         return Err(out.to_string());
     }
     let shim = wait_until(Duration::from_secs(10), || {
-        let new: Vec<i32> = c.shim_pids().into_iter().filter(|p| !before.contains(p)).collect();
+        let new: Vec<i32> = c
+            .shim_pids()
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .collect();
         (new.len() == 1).then(|| new[0])
     });
-    let all: Vec<i32> = c.shim_processes().into_iter().filter(|p| !before.contains(p)).collect();
+    let all: Vec<i32> = c
+        .shim_processes()
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
     // Let the shim settle (lazy allocations after start) before reading.
     std::thread::sleep(Duration::from_secs(2));
-    let mem = shim.ok_or_else(|| "no single new shim process found".to_string()).and_then(|pid| {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
-        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).map_err(|e| e.to_string())?;
-        let total_pss_kb = all
-            .iter()
-            .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok())
-            .filter_map(|r| kb_field(&r, "Pss:"))
-            .sum();
-        Ok(Mem {
-            total_pss_kb,
-            procs: all.len(),
-            rss_kb: kb_field(&status, "VmRSS:").unwrap_or(0),
-            pss_kb: kb_field(&rollup, "Pss:").unwrap_or(0),
-            pss_anon_kb: kb_field(&rollup, "Pss_Anon:").unwrap_or(0),
-        })
-    });
+    let mem = shim
+        .ok_or_else(|| "no single new shim process found".to_string())
+        .and_then(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .map_err(|e| e.to_string())?;
+            let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+                .map_err(|e| e.to_string())?;
+            let total_pss_kb = all
+                .iter()
+                .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok())
+                .filter_map(|r| kb_field(&r, "Pss:"))
+                .sum();
+            Ok(Mem {
+                total_pss_kb,
+                procs: all.len(),
+                rss_kb: kb_field(&status, "VmRSS:").unwrap_or(0),
+                pss_kb: kb_field(&rollup, "Pss:").unwrap_or(0),
+                pss_anon_kb: kb_field(&rollup, "Pss_Anon:").unwrap_or(0),
+            })
+        });
     let _ = c.ctr(&["t", "rm", "-f", &id]);
     let _ = c.ctr(&["c", "rm", &id]);
     mem
 }
 
 fn ratio(ours: f64, runc: f64) -> String {
-    if runc > 0.0 { format!("{:.2}", ours / runc) } else { "n/a".into() }
+    if runc > 0.0 {
+        format!("{:.2}", ours / runc)
+    } else {
+        "n/a".into()
+    }
 }
 
 fn main() {
-    let runs: usize = std::env::var("PREDICTIVE_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let runs: usize = std::env::var("PREDICTIVE_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
     let mut settings = Settings::from_env();
     // The harness checks for our binary only when it is the runtime under test; here we decide ourselves.
     settings.runtime = RUNC_RUNTIME.to_string();
@@ -108,10 +139,25 @@ fn main() {
     let Some(c) = Containerd::start_with("bench", settings.clone()) else {
         std::process::exit(0);
     };
-    println!("bench: containerd {} (private, {}), {} runs per runtime, interleaved", settings.containerd, c.dir.display(), runs);
+    println!(
+        "bench: containerd {} (private, {}), {} runs per runtime, interleaved",
+        settings.containerd,
+        c.dir.display(),
+        runs
+    );
 
-    let mut runc = Side { runtime: RUNC_RUNTIME, times_ms: Vec::new(), error: None, mem: None };
-    let mut ours = Side { runtime: PREDICTIVE_RUNTIME, times_ms: Vec::new(), error: None, mem: None };
+    let mut runc = Side {
+        runtime: RUNC_RUNTIME,
+        times_ms: Vec::new(),
+        error: None,
+        mem: None,
+    };
+    let mut ours = Side {
+        runtime: PREDICTIVE_RUNTIME,
+        times_ms: Vec::new(),
+        error: None,
+        mem: None,
+    };
     if !ours_bin.is_file() {
         ours.error = Some(format!("{} not found (make build)", ours_bin.display()));
     }
@@ -128,7 +174,11 @@ fn main() {
         }
     }
     for i in 0..runs {
-        let order: [&mut Side; 2] = if i % 2 == 0 { [&mut runc, &mut ours] } else { [&mut ours, &mut runc] };
+        let order: [&mut Side; 2] = if i % 2 == 0 {
+            [&mut runc, &mut ours]
+        } else {
+            [&mut ours, &mut runc]
+        };
         for side in order {
             if side.error.is_some() {
                 continue;
@@ -152,12 +202,18 @@ fn main() {
     }
 
     println!();
-    println!("| runtime | start median ms | start p90 ms | shim VmRSS kB | shim Pss kB | shim Pss_Anon kB | Pss kB, all shim processes |");
+    println!(
+        "| runtime | start median ms | start p90 ms | shim VmRSS kB | shim Pss kB | shim Pss_Anon kB | Pss kB, all shim processes |"
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for side in [&runc, &ours] {
         if let Some(e) = &side.error {
             println!("| {} | SKIPPED | | | | | |", side.runtime);
-            println!("SKIPPED: {}: {}", side.runtime, e.lines().take(12).collect::<Vec<_>>().join("\n    "));
+            println!(
+                "SKIPPED: {}: {}",
+                side.runtime,
+                e.lines().take(12).collect::<Vec<_>>().join("\n    ")
+            );
             continue;
         }
         let m = side.mem.expect("memory measured when no error");
@@ -180,14 +236,25 @@ fn main() {
     }
     if ours.error.is_none() {
         let (o, r) = (ours.mem.expect("measured"), runc.mem.expect("measured"));
-        println!("ratio ours/runc: start median {}  start p90 {}  shim VmRSS {}  shim Pss {}  all-process Pss {}   (target <= 0.6)",
-            ratio(percentile(&ours.times_ms, 0.5), percentile(&runc.times_ms, 0.5)),
-            ratio(percentile(&ours.times_ms, 0.9), percentile(&runc.times_ms, 0.9)),
+        println!(
+            "ratio ours/runc: start median {}  start p90 {}  shim VmRSS {}  shim Pss {}  all-process Pss {}   (target <= 0.6)",
+            ratio(
+                percentile(&ours.times_ms, 0.5),
+                percentile(&runc.times_ms, 0.5)
+            ),
+            ratio(
+                percentile(&ours.times_ms, 0.9),
+                percentile(&runc.times_ms, 0.9)
+            ),
             ratio(o.rss_kb as f64, r.rss_kb as f64),
             ratio(o.pss_kb as f64, r.pss_kb as f64),
-            ratio(o.total_pss_kb as f64, r.total_pss_kb as f64));
+            ratio(o.total_pss_kb as f64, r.total_pss_kb as f64)
+        );
     } else {
         println!("ratio ours/runc: not available (our side SKIPPED, see above)");
     }
-    println!("command: make bench   (PREDICTIVE_BENCH_RUNS={runs}, containerd {})", settings.containerd);
+    println!(
+        "command: make bench   (PREDICTIVE_BENCH_RUNS={runs}, containerd {})",
+        settings.containerd
+    );
 }

@@ -10,13 +10,19 @@ use crate::containerd::Containerd;
 pub fn processes_matching(f: impl Fn(&str, &str) -> bool) -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut pids = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else { return pids };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
     for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
         if pid == me {
             continue;
         }
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         if raw.is_empty() {
             continue; // kernel thread or zombie
         }
@@ -33,16 +39,25 @@ pub fn processes_matching(f: impl Fn(&str, &str) -> bool) -> Vec<i32> {
 pub fn parent_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // comm may hold spaces and parens: the fields after the last ')' are fixed.
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn names_id(name: &str, ids: &[String]) -> bool {
-    ids.iter().any(|id| name == id || name.starts_with(&format!("{id}-")) || name.starts_with(&format!("{id}.")))
+    ids.iter().any(|id| {
+        name == id || name.starts_with(&format!("{id}-")) || name.starts_with(&format!("{id}."))
+    })
 }
 
 /// Files and dirs named after one of `ids` under `root`, `depth` levels deep at most.
 fn find_named(root: &Path, ids: &[String], depth: u32, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(root) else { return };
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if names_id(&name, ids) {
@@ -65,14 +80,26 @@ pub fn shim_socket(c: &Containerd, id: &str) -> PathBuf {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("sha256sum (coreutils)");
-    child.stdin.take().expect("piped").write_all(key.as_bytes()).expect("writing to sha256sum");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(key.as_bytes())
+        .expect("writing to sha256sum");
     let out = child.wait_with_output().expect("sha256sum");
-    let hex = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string();
+    let hex = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
     Path::new("/run/containerd/s").join(hex)
 }
 
 fn leaked_sockets(c: &Containerd, ids: &[String]) -> Vec<PathBuf> {
-    ids.iter().map(|id| shim_socket(c, id)).filter(|p| p.exists()).collect()
+    ids.iter()
+        .map(|id| shim_socket(c, id))
+        .filter(|p| p.exists())
+        .collect()
 }
 
 /// Socket leaks that count as failures. The runc v2 shims of containerd 1.7 and 2.1 leave the
@@ -92,7 +119,10 @@ pub fn state_leaks(c: &Containerd, ids: &[String]) -> Vec<String> {
     let mut found = Vec::new();
     find_named(&c.dir.join("state"), ids, 5, &mut found);
     find_named(Path::new("/run/containerd"), ids, 4, &mut found);
-    found.into_iter().map(|p| format!("left on disk: {}", p.display())).collect()
+    found
+        .into_iter()
+        .map(|p| format!("left on disk: {}", p.display()))
+        .collect()
 }
 
 /// Mount points under our dir or naming a container.
@@ -102,7 +132,11 @@ fn leaked_mounts(c: &Containerd, ids: &[String]) -> Vec<String> {
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split(' ').nth(4).map(|mp| (l, mp)))
-        .filter(|(l, mp)| mp.starts_with(&dir) || l.contains(&format!("{dir}/")) || ids.iter().any(|id| mp.contains(id.as_str())))
+        .filter(|(l, mp)| {
+            mp.starts_with(&dir)
+                || l.contains(&format!("{dir}/"))
+                || ids.iter().any(|id| mp.contains(id.as_str()))
+        })
         .map(|(_, mp)| mp.to_string())
         .collect()
 }
@@ -113,7 +147,9 @@ fn leaked_processes(c: &Containerd, ids: &[String]) -> Vec<i32> {
     processes_matching(|cmdline, cgroup| {
         cmdline.contains(&dir)
             || cgroup.contains(&ns)
-            || cmdline.split_whitespace().any(|w| ids.iter().any(|id| w == id))
+            || cmdline
+                .split_whitespace()
+                .any(|w| ids.iter().any(|id| w == id))
     })
 }
 
@@ -123,7 +159,11 @@ fn leaked_cgroups(c: &Containerd, ids: &[String]) -> Vec<PathBuf> {
     let root = Path::new("/sys/fs/cgroup");
     let mut bases = vec![root.to_path_buf()];
     if let Ok(rd) = std::fs::read_dir(root) {
-        bases.extend(rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+        bases.extend(
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path()),
+        );
     }
     for b in bases {
         for id in ids {
@@ -154,7 +194,11 @@ pub fn host_leaks(c: &Containerd, ids: &[String]) -> Vec<String> {
     let mut found = Vec::new();
     find_named(Path::new("/run/containerd"), ids, 4, &mut found);
     found.extend(failing_socket_leaks(c, ids));
-    leaks.extend(found.into_iter().map(|p| format!("left on disk: {}", p.display())));
+    leaks.extend(
+        found
+            .into_iter()
+            .map(|p| format!("left on disk: {}", p.display())),
+    );
     leaks
 }
 
@@ -168,7 +212,10 @@ pub fn scrub(c: &Containerd, ids: &[String], keep_dir: bool) {
     let mut mounts = leaked_mounts(c, ids);
     mounts.sort();
     for m in mounts.iter().rev() {
-        let _ = std::process::Command::new("umount").arg("-l").arg(m).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(m)
+            .status();
     }
     for p in leaked_cgroups(c, ids) {
         for _ in 0..50 {
@@ -194,7 +241,10 @@ pub fn scrub(c: &Containerd, ids: &[String], keep_dir: bool) {
     for p in found {
         let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
         // ctr's fifo dirs have random names and hold <id>-stdin etc.: drop ours once empty.
-        if let Some(parent) = p.parent().filter(|d| d.parent() == Some(Path::new("/run/containerd/fifo"))) {
+        if let Some(parent) = p
+            .parent()
+            .filter(|d| d.parent() == Some(Path::new("/run/containerd/fifo")))
+        {
             let _ = std::fs::remove_dir(parent);
         }
     }

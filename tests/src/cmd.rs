@@ -38,7 +38,11 @@ impl std::fmt::Display for Output {
             "`{}` exited {}{} after {:.1}s\n--- stdout ---\n{}\n--- stderr ---\n{}",
             self.cmdline,
             self.code,
-            if self.timed_out { " (TIMED OUT, killed)" } else { "" },
+            if self.timed_out {
+                " (TIMED OUT, killed)"
+            } else {
+                ""
+            },
             self.elapsed.as_secs_f64(),
             tail(&self.stdout, 4000),
             tail(&self.stderr, 4000)
@@ -67,7 +71,9 @@ pub fn describe(cmd: &Command) -> String {
 }
 
 fn code_of(status: ExitStatus) -> i32 {
-    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 fn reader(mut r: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
@@ -76,7 +82,10 @@ fn reader(mut r: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>) -> JoinHa
         loop {
             match r.read(&mut chunk) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => buf.lock().expect("output buffer poisoned").extend_from_slice(&chunk[..n]),
+                Ok(n) => buf
+                    .lock()
+                    .expect("output buffer poisoned")
+                    .extend_from_slice(&chunk[..n]),
             }
         }
     })
@@ -107,15 +116,28 @@ pub struct Bg {
 impl Bg {
     pub fn spawn(mut cmd: Command) -> Bg {
         let cmdline = describe(&cmd);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning `{cmdline}`: {e}"));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning `{cmdline}`: {e}"));
         let out = Arc::new(Mutex::new(Vec::new()));
         let err = Arc::new(Mutex::new(Vec::new()));
         let readers = vec![
             reader(child.stdout.take().expect("stdout is piped"), out.clone()),
             reader(child.stderr.take().expect("stderr is piped"), err.clone()),
         ];
-        Bg { cmdline, child, out, err, readers, started: Instant::now(), status: None }
+        Bg {
+            cmdline,
+            child,
+            out,
+            err,
+            readers,
+            started: Instant::now(),
+            status: None,
+        }
     }
 
     pub fn pid(&self) -> u32 {

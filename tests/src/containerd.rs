@@ -1,8 +1,8 @@
 //! A private containerd for one test, and `ctr` helpers against it.
 
-use std::sync::Mutex;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -65,7 +65,11 @@ impl Containerd {
             up.arg(&settings.shim_dir);
         }
         let out = run_cmd(up, Duration::from_secs(600));
-        assert!(out.ok(), "{test}: starting containerd {}: {out}", settings.containerd);
+        assert!(
+            out.ok(),
+            "{test}: starting containerd {}: {out}",
+            settings.containerd
+        );
         let env = std::fs::read_to_string(dir.join("env")).expect("containerd-up.sh writes env");
         let get = |k: &str| {
             env.lines()
@@ -88,14 +92,21 @@ impl Containerd {
             ids: Mutex::new(Vec::new()),
             finished: false,
         };
-        c.ctr_with(&["images", "import", &image_tar.to_string_lossy()], Duration::from_secs(120))
-            .expect_ok("importing the busybox image");
+        c.ctr_with(
+            &["images", "import", &image_tar.to_string_lossy()],
+            Duration::from_secs(120),
+        )
+        .expect_ok("importing the busybox image");
         Some(c)
     }
 
     /// A fresh container id, unique on this host (private containerds share /run/containerd/{runc,s,fifo}).
     pub fn id(&self, name: &str) -> String {
-        let id = format!("pe2e-{name}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
+        let id = format!(
+            "pe2e-{name}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
         self.ids.lock().expect("ids poisoned").push(id.clone());
         id
     }
@@ -106,7 +117,11 @@ impl Containerd {
 
     pub fn ctr_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.ctr_bin);
-        cmd.arg("-a").arg(&self.sock).arg("-n").arg(&self.ns).args(args);
+        cmd.arg("-a")
+            .arg(&self.sock)
+            .arg("-n")
+            .arg(&self.ns)
+            .args(args);
         cmd
     }
 
@@ -118,7 +133,13 @@ impl Containerd {
         run_cmd(self.ctr_cmd(args), timeout)
     }
 
-    fn run_args<'a>(&'a self, mode: &[&'a str], id: &'a str, flags: &[&'a str], cmd: &[&'a str]) -> Vec<&'a str> {
+    fn run_args<'a>(
+        &'a self,
+        mode: &[&'a str],
+        id: &'a str,
+        flags: &[&'a str],
+        cmd: &[&'a str],
+    ) -> Vec<&'a str> {
         let mut a = vec!["run"];
         a.extend_from_slice(mode);
         a.extend_from_slice(&["--runtime", self.runtime()]);
@@ -145,7 +166,8 @@ impl Containerd {
 
     /// `ctr run -d --null-io ...`, then wait until the task is RUNNING.
     pub fn run_detached(&self, id: &str, flags: &[&str], cmd: &[&str]) {
-        self.run_detached_try(id, flags, cmd).expect_ok(&format!("starting {id} detached"));
+        self.run_detached_try(id, flags, cmd)
+            .expect_ok(&format!("starting {id} detached"));
         self.wait_status(id, "RUNNING", Duration::from_secs(20));
     }
 
@@ -161,7 +183,13 @@ impl Containerd {
             .skip(1)
             .filter_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() >= 3).then(|| (f[0].to_string(), f[1].parse().unwrap_or(0), f[2].to_string()))
+                (f.len() >= 3).then(|| {
+                    (
+                        f[0].to_string(),
+                        f[1].parse().unwrap_or(0),
+                        f[2].to_string(),
+                    )
+                })
             })
             .collect()
     }
@@ -184,12 +212,20 @@ impl Containerd {
             last = self.status(id);
             (last.as_deref() == Some(want)).then_some(())
         });
-        assert!(ok.is_some(), "task {id}: status {last:?}, expected {want} within {timeout:?}");
+        assert!(
+            ok.is_some(),
+            "task {id}: status {last:?}, expected {want} within {timeout:?}"
+        );
     }
 
     pub fn containers(&self) -> Vec<String> {
         let out = self.ctr(&["c", "ls", "-q"]).expect_ok("ctr c ls");
-        out.stdout.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
+        out.stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
     }
 
     /// Kill and delete the task, then the container; panics if the container is still listed.
@@ -201,16 +237,23 @@ impl Containerd {
             }
         }
         if self.containers().iter().any(|c| c == id) {
-            self.ctr(&["c", "rm", id]).expect_ok(&format!("removing container {id}"));
+            self.ctr(&["c", "rm", id])
+                .expect_ok(&format!("removing container {id}"));
         }
-        assert!(!self.containers().iter().any(|c| c == id), "container {id} still listed after removal");
+        assert!(
+            !self.containers().iter().any(|c| c == id),
+            "container {id} still listed after removal"
+        );
     }
 
     /// Shim processes serving this containerd (they carry `-address <our socket>`), counted once
     /// per shim: a helper child with the same command line (our shim's zygote) is not listed.
     pub fn shim_pids(&self) -> Vec<i32> {
         let all = self.shim_processes();
-        all.iter().copied().filter(|p| !clean::parent_of(*p).is_some_and(|pp| all.contains(&pp))).collect()
+        all.iter()
+            .copied()
+            .filter(|p| !clean::parent_of(*p).is_some_and(|pp| all.contains(&pp)))
+            .collect()
     }
 
     /// Every process of this containerd's shims, helpers included.
@@ -218,13 +261,19 @@ impl Containerd {
         let addr = format!("-address {} ", self.sock.display());
         clean::processes_matching(|cmdline, _| {
             format!("{cmdline} ").contains(&addr)
-                && cmdline.split_whitespace().next().is_some_and(|a| a.contains("containerd-shim"))
+                && cmdline
+                    .split_whitespace()
+                    .next()
+                    .is_some_and(|a| a.contains("containerd-shim"))
         })
     }
 
     /// The bundle dir containerd made for a container.
     pub fn bundle(&self, id: &str) -> PathBuf {
-        self.dir.join("state/io.containerd.runtime.v2.task").join(&self.ns).join(id)
+        self.dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&self.ns)
+            .join(id)
     }
 
     /// A container's cgroup directory for a v1 controller (`/sys/fs/cgroup/<ctrl>/<ns>/<id>`),
@@ -249,7 +298,11 @@ impl Containerd {
     /// Remove what is left, stop containerd, and check the host is clean for every id this test used.
     /// Panics listing the leaks (after cleaning them up, so later tests start clean).
     pub fn finish(self) {
-        let (test, runtime, version) = (self.test.clone(), self.settings.runtime.clone(), self.settings.containerd.clone());
+        let (test, runtime, version) = (
+            self.test.clone(),
+            self.settings.runtime.clone(),
+            self.settings.containerd.clone(),
+        );
         let problems = self.finish_report();
         if !problems.is_empty() {
             panic!(
@@ -271,15 +324,22 @@ impl Containerd {
         }
         let ids = self.ids.lock().expect("ids poisoned").clone();
         // Shims exit after their last task is deleted.
-        let shims = wait_until(Duration::from_secs(15), || self.shim_processes().is_empty().then_some(()));
+        let shims = wait_until(Duration::from_secs(15), || {
+            self.shim_processes().is_empty().then_some(())
+        });
         if shims.is_none() {
-            problems.push(format!("shim processes still running after all containers were removed: {:?}", self.shim_processes()));
+            problems.push(format!(
+                "shim processes still running after all containers were removed: {:?}",
+                self.shim_processes()
+            ));
         }
-        if let Some(leaks) = wait_clean(Duration::from_secs(10), || clean::state_leaks(&self, &ids)) {
+        if let Some(leaks) = wait_clean(Duration::from_secs(10), || clean::state_leaks(&self, &ids))
+        {
             problems.extend(leaks);
         }
         self.stop_containerd();
-        if let Some(leaks) = wait_clean(Duration::from_secs(10), || clean::host_leaks(&self, &ids)) {
+        if let Some(leaks) = wait_clean(Duration::from_secs(10), || clean::host_leaks(&self, &ids))
+        {
             problems.extend(leaks);
         }
         let keep = self.settings.keep && !problems.is_empty();
@@ -322,14 +382,25 @@ impl Drop for Containerd {
         }
         // The test panicked: clean up as well as we can so later tests start clean.
         if self.settings.keep {
-            eprintln!("{}: keeping {} (containerd.log there)", self.test, self.dir.display());
+            eprintln!(
+                "{}: keeping {} (containerd.log there)",
+                self.test,
+                self.dir.display()
+            );
         }
         let log = self.log();
         let interesting: Vec<&str> = log
             .lines()
-            .filter(|l| !l.contains("loading plugin") && !l.contains("skip plugin") && !l.contains("devmapper"))
+            .filter(|l| {
+                !l.contains("loading plugin")
+                    && !l.contains("skip plugin")
+                    && !l.contains("devmapper")
+            })
             .collect();
-        eprintln!("--- containerd.log ({}, without plugin loading; last 60 lines) ---", self.dir.join("containerd.log").display());
+        eprintln!(
+            "--- containerd.log ({}, without plugin loading; last 60 lines) ---",
+            self.dir.join("containerd.log").display()
+        );
         for l in &interesting[interesting.len().saturating_sub(60)..] {
             eprintln!("{l}");
         }

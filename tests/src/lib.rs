@@ -28,7 +28,10 @@ pub fn require_root(test: &str) -> bool {
     if euid == 0 {
         return true;
     }
-    skip(test, "needs root (a private containerd, cgroups and mounts)");
+    skip(
+        test,
+        "needs root (a private containerd, cgroups and mounts)",
+    );
     false
 }
 

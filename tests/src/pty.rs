@@ -18,12 +18,26 @@ impl PtyChild {
     pub fn spawn(mut cmd: Command) -> PtyChild {
         let mut master: libc::c_int = -1;
         let mut slave: libc::c_int = -1;
-        let mut ws = libc::winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 };
+        let mut ws = libc::winsize {
+            ws_row: 24,
+            ws_col: 80,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         // SAFETY: openpty writes two fds into the out-pointers; name and termios may be null.
-        let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &mut ws) };
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &mut ws,
+            )
+        };
         assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
         // SAFETY: openpty succeeded, so both fds are open and owned by nobody else.
-        let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
         let s = slave.as_raw_fd();
         cmd.stdin(Stdio::from(slave.try_clone().expect("dup pty slave")))
             .stdout(Stdio::from(slave.try_clone().expect("dup pty slave")))
@@ -52,10 +66,16 @@ impl PtyChild {
                 if n == 0 {
                     break;
                 }
-                sc.lock().expect("screen poisoned").extend_from_slice(&buf[..n]);
+                sc.lock()
+                    .expect("screen poisoned")
+                    .extend_from_slice(&buf[..n]);
             }
         });
-        PtyChild { child, master, screen }
+        PtyChild {
+            child,
+            master,
+            screen,
+        }
     }
 
     pub fn screen(&self) -> String {
@@ -63,7 +83,9 @@ impl PtyChild {
     }
 
     pub fn type_text(&mut self, text: &str) {
-        self.master.write_all(text.as_bytes()).expect("writing to the pty");
+        self.master
+            .write_all(text.as_bytes())
+            .expect("writing to the pty");
     }
 
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> bool {

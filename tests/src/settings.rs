@@ -38,7 +38,8 @@ impl Settings {
             Some(v) => v.to_string(),
         };
         Settings {
-            runtime: var("PREDICTIVE_E2E_RUNTIME").unwrap_or_else(|| PREDICTIVE_RUNTIME.to_string()),
+            runtime: var("PREDICTIVE_E2E_RUNTIME")
+                .unwrap_or_else(|| PREDICTIVE_RUNTIME.to_string()),
             containerd,
             shim_dir: var("PREDICTIVE_E2E_SHIM_DIR")
                 .map(PathBuf::from)

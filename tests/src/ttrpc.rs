@@ -10,7 +10,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-const LINUX_RESOURCES_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+const LINUX_RESOURCES_URL: &str =
+    "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 
 fn varint(mut v: u64, out: &mut Vec<u8>) {
     while v >= 0x80 {
@@ -49,7 +50,9 @@ fn parse(b: &[u8]) -> Vec<(u32, Result<u64, Vec<u8>>)> {
     let mut i = 0;
     let mut out = Vec::new();
     while i < b.len() {
-        let Some(key) = read_varint(b, &mut i) else { break };
+        let Some(key) = read_varint(b, &mut i) else {
+            break;
+        };
         let (field, wt) = ((key >> 3) as u32, key & 7);
         match wt {
             0 => match read_varint(b, &mut i) {
@@ -57,7 +60,9 @@ fn parse(b: &[u8]) -> Vec<(u32, Result<u64, Vec<u8>>)> {
                 None => break,
             },
             2 => {
-                let Some(len) = read_varint(b, &mut i) else { break };
+                let Some(len) = read_varint(b, &mut i) else {
+                    break;
+                };
                 let end = i + len as usize;
                 if end > b.len() {
                     break;
@@ -83,11 +88,20 @@ pub fn shim_address(bundle: &Path, fallback: Option<&Path>) -> Result<String, St
                 Ok(j) => j,
                 Err(e) => match fallback.filter(|p| p.exists()) {
                     Some(p) => return Ok(p.to_string_lossy().into_owned()),
-                    None => return Err(format!("no address or bootstrap.json in {}: {e}", bundle.display())),
+                    None => {
+                        return Err(format!(
+                            "no address or bootstrap.json in {}: {e}",
+                            bundle.display()
+                        ));
+                    }
                 },
             };
-            let v: serde_json::Value = serde_json::from_str(&j).map_err(|e| format!("bootstrap.json: {e}"))?;
-            v["address"].as_str().ok_or("bootstrap.json has no address")?.to_string()
+            let v: serde_json::Value =
+                serde_json::from_str(&j).map_err(|e| format!("bootstrap.json: {e}"))?;
+            v["address"]
+                .as_str()
+                .ok_or("bootstrap.json has no address")?
+                .to_string()
         }
     };
     Ok(raw.trim().trim_start_matches("unix://").to_string())
@@ -107,7 +121,8 @@ fn connect(addr: &str) -> std::io::Result<UnixStream> {
 fn call(addr: &str, service: &str, method: &str, payload: &[u8]) -> Result<Vec<u8>, (u64, String)> {
     let io = |e: std::io::Error| (14u64, format!("ttrpc to {addr}: {e}"));
     let mut s = connect(addr).map_err(io)?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(io)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(io)?;
     let mut req = Vec::new();
     bytes_field(1, service.as_bytes(), &mut req);
     bytes_field(2, method.as_bytes(), &mut req);
@@ -151,7 +166,12 @@ fn call(addr: &str, service: &str, method: &str, payload: &[u8]) -> Result<Vec<u
 
 /// Task.Update on the shim: task API v2 (containerd 1.x shims) or v3 (2.x), whichever it serves.
 /// `resources` is an OCI LinuxResources object as JSON.
-pub fn update_task(bundle: &Path, fallback: Option<&Path>, id: &str, resources: &serde_json::Value) -> Result<(), String> {
+pub fn update_task(
+    bundle: &Path,
+    fallback: Option<&Path>,
+    id: &str,
+    resources: &serde_json::Value,
+) -> Result<(), String> {
     let addr = shim_address(bundle, fallback)?;
     let mut any = Vec::new();
     bytes_field(1, LINUX_RESOURCES_URL.as_bytes(), &mut any);
@@ -164,9 +184,14 @@ pub fn update_task(bundle: &Path, fallback: Option<&Path>, id: &str, resources: 
         match call(&addr, service, "Update", &req) {
             Ok(_) => return Ok(()),
             // 12 Unimplemented / 5 NotFound: the shim does not serve this API version
-            Err((code @ (5 | 12), msg)) if msg.contains("service") => errors.push(format!("{service}: {code} {msg}")),
+            Err((code @ (5 | 12), msg)) if msg.contains("service") => {
+                errors.push(format!("{service}: {code} {msg}"))
+            }
             Err((code, msg)) => return Err(format!("{service}/Update: code {code}: {msg}")),
         }
     }
-    Err(format!("shim at {addr} serves no Task service: {}", errors.join("; ")))
+    Err(format!(
+        "shim at {addr} serves no Task service: {}",
+        errors.join("; ")
+    ))
 }

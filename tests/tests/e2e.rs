@@ -19,24 +19,43 @@ fn start(test: &str) -> Option<Containerd> {
 fn metric(out: &str, key: &str) -> Option<u64> {
     out.lines().find_map(|l| {
         let mut f = l.split_whitespace();
-        (f.next() == Some(key)).then(|| f.next().and_then(|v| v.parse().ok())).flatten()
+        (f.next() == Some(key))
+            .then(|| f.next().and_then(|v| v.parse().ok()))
+            .flatten()
     })
 }
 
 #[test]
 fn output_and_runtime() {
-    let Some(c) = start("output_and_runtime") else { return };
+    let Some(c) = start("output_and_runtime") else {
+        return;
+    };
     let id = c.id("out");
-    let out = c.run_keep(&id, &[], &["sh", "-c", "echo hello; echo to-stderr >&2; seq 1 20000"]).expect_ok("run");
+    let out = c
+        .run_keep(
+            &id,
+            &[],
+            &["sh", "-c", "echo hello; echo to-stderr >&2; seq 1 20000"],
+        )
+        .expect_ok("run");
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.first(), Some(&"hello"), "{out}");
-    assert_eq!(lines.len(), 20001, "all output must arrive before the exit is reported: {out}");
+    assert_eq!(
+        lines.len(),
+        20001,
+        "all output must arrive before the exit is reported: {out}"
+    );
     assert_eq!(lines.last(), Some(&"20000"), "{out}");
     assert!(out.stderr.contains("to-stderr"), "{out}");
     // `ctr c info` names the runtime that ran it.
     let info = c.ctr(&["c", "info", &id]).expect_ok("c info");
     let v: serde_json::Value = serde_json::from_str(&info.stdout).expect("c info prints JSON");
-    assert_eq!(v["Runtime"]["Name"].as_str(), Some(c.runtime()), "{}", info.stdout);
+    assert_eq!(
+        v["Runtime"]["Name"].as_str(),
+        Some(c.runtime()),
+        "{}",
+        info.stdout
+    );
     c.remove(&id);
     c.finish();
 }
@@ -44,46 +63,78 @@ fn output_and_runtime() {
 #[test]
 fn exit_codes() {
     let Some(c) = start("exit_codes") else { return };
-    for (cmd, want) in [(vec!["true"], 0), (vec!["sh", "-c", "exit 3"], 3), (vec!["false"], 1)] {
+    for (cmd, want) in [
+        (vec!["true"], 0),
+        (vec!["sh", "-c", "exit 3"], 3),
+        (vec!["false"], 1),
+    ] {
         let id = c.id("exit");
         let out = c.run(&id, &[], &cmd);
         assert!(!out.timed_out, "{out}");
         assert_eq!(out.code, want, "{out}");
     }
-    assert!(c.containers().is_empty(), "--rm left containers: {:?}", c.containers());
+    assert!(
+        c.containers().is_empty(),
+        "--rm left containers: {:?}",
+        c.containers()
+    );
     c.finish();
 }
 
 #[test]
 fn sigkill_gives_137() {
-    let Some(c) = start("sigkill_gives_137") else { return };
+    let Some(c) = start("sigkill_gives_137") else {
+        return;
+    };
     let id = c.id("kill");
     let mut bg = c.run_bg(&id, &[], SLEEP);
-    let running = wait_until(Duration::from_secs(20), || (c.status(&id).as_deref() == Some("RUNNING")).then_some(()));
+    let running = wait_until(Duration::from_secs(20), || {
+        (c.status(&id).as_deref() == Some("RUNNING")).then_some(())
+    });
     if running.is_none() {
         panic!("{id} never RUNNING: {}", bg.kill());
     }
     assert!(!bg.exited(), "ctr run ended early");
-    c.ctr(&["t", "kill", "-s", "SIGKILL", &id]).expect_ok("t kill");
+    c.ctr(&["t", "kill", "-s", "SIGKILL", &id])
+        .expect_ok("t kill");
     let out = bg.wait(Duration::from_secs(20));
-    assert!(!out.timed_out, "ctr run did not return after SIGKILL: {out}");
+    assert!(
+        !out.timed_out,
+        "ctr run did not return after SIGKILL: {out}"
+    );
     assert_eq!(out.code, 137, "{out}");
     c.finish();
 }
 
 #[test]
 fn exec_output_and_exit_code() {
-    let Some(c) = start("exec_output_and_exit_code") else { return };
+    let Some(c) = start("exec_output_and_exit_code") else {
+        return;
+    };
     let id = c.id("exec");
     c.run_detached(&id, &[], SLEEP);
     let e1 = c.id("e");
-    let out = c.ctr(&["t", "exec", "--exec-id", &e1, &id, "sh", "-c", "echo exec-out; echo exec-err >&2; exit 5"]);
+    let out = c.ctr(&[
+        "t",
+        "exec",
+        "--exec-id",
+        &e1,
+        &id,
+        "sh",
+        "-c",
+        "echo exec-out; echo exec-err >&2; exit 5",
+    ]);
     assert_eq!(out.code, 5, "{out}");
     assert_eq!(out.stdout.trim(), "exec-out", "{out}");
     assert!(out.stderr.contains("exec-err"), "{out}");
     let e2 = c.id("e");
-    let out = c.ctr(&["t", "exec", "--exec-id", &e2, &id, "cat", "/proc/1/cmdline"]).expect_ok("exec cat");
-    assert!(out.stdout.starts_with("sleep"), "exec must run in the container's pid namespace: {out}");
+    let out = c
+        .ctr(&["t", "exec", "--exec-id", &e2, &id, "cat", "/proc/1/cmdline"])
+        .expect_ok("exec cat");
+    assert!(
+        out.stdout.starts_with("sleep"),
+        "exec must run in the container's pid namespace: {out}"
+    );
     // the exec'd processes are gone, the init is still there
     assert_eq!(c.status(&id).as_deref(), Some("RUNNING"));
     c.remove(&id);
@@ -94,35 +145,68 @@ fn exec_output_and_exit_code() {
 fn tty_shell() {
     let Some(c) = start("tty_shell") else { return };
     let id = c.id("tty");
-    let mut cmd = c.ctr_cmd(&["run", "-t", "--rm", "--runtime", c.runtime(), IMAGE, &id, "sh"]);
+    let mut cmd = c.ctr_cmd(&[
+        "run",
+        "-t",
+        "--rm",
+        "--runtime",
+        c.runtime(),
+        IMAGE,
+        &id,
+        "sh",
+    ]);
     cmd.env("TERM", "xterm");
     let mut p = PtyChild::spawn(cmd);
-    assert!(p.wait_for("#", Duration::from_secs(20)), "no shell prompt; screen: {:?}", p.screen());
+    assert!(
+        p.wait_for("#", Duration::from_secs(20)),
+        "no shell prompt; screen: {:?}",
+        p.screen()
+    );
     // ctr sends ResizePty after the start, racing our typing: give the size up to 3 s to arrive.
     p.type_text("tty -s && echo is-a-tty-$((6*7)); for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do s=$(stty size 2>/dev/null); [ -n \"$s\" ] && [ \"$s\" != '0 0' ] && break; sleep 0.2; done; echo size=$s; exit 7\r");
     let code = p.wait(Duration::from_secs(20));
     let screen = p.screen();
     assert!(screen.contains("is-a-tty-42"), "screen: {screen:?}");
-    assert!(screen.contains("size=24 80"), "window size must reach the container: {screen:?}");
+    assert!(
+        screen.contains("size=24 80"),
+        "window size must reach the container: {screen:?}"
+    );
     assert_eq!(code, Some(7), "screen: {screen:?}");
     c.finish();
 }
 
 #[test]
 fn pause_resume() {
-    let Some(c) = start("pause_resume") else { return };
+    let Some(c) = start("pause_resume") else {
+        return;
+    };
     let id = c.id("pause");
-    c.run_detached(&id, &[], &["sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"]);
+    c.run_detached(
+        &id,
+        &[],
+        &[
+            "sh",
+            "-c",
+            "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done",
+        ],
+    );
     let pid = c.task_pid(&id);
     let count_file = format!("/proc/{pid}/root/tmp/count");
-    let count = || std::fs::read_to_string(&count_file).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let count = || {
+        std::fs::read_to_string(&count_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
     wait_until(Duration::from_secs(10), || count().filter(|n| *n > 2)).expect("the counter runs");
 
     c.ctr(&["t", "pause", &id]).expect_ok("pause");
     c.wait_status(&id, "PAUSED", Duration::from_secs(10));
     let freezer = c.cgroup_dir("freezer", &id).join("freezer.state");
     if freezer.exists() {
-        assert_eq!(std::fs::read_to_string(&freezer).unwrap_or_default().trim(), "FROZEN");
+        assert_eq!(
+            std::fs::read_to_string(&freezer).unwrap_or_default().trim(),
+            "FROZEN"
+        );
     }
     let a = count();
     std::thread::sleep(Duration::from_millis(600));
@@ -132,32 +216,56 @@ fn pause_resume() {
     c.ctr(&["t", "resume", &id]).expect_ok("resume");
     c.wait_status(&id, "RUNNING", Duration::from_secs(10));
     let before = b.unwrap_or(0);
-    wait_until(Duration::from_secs(10), || count().filter(|n| *n > before + 2)).expect("the counter runs again after resume");
+    wait_until(Duration::from_secs(10), || {
+        count().filter(|n| *n > before + 2)
+    })
+    .expect("the counter runs again after resume");
     c.remove(&id);
     c.finish();
 }
 
 #[test]
 fn update_resources() {
-    let Some(c) = start("update_resources") else { return };
+    let Some(c) = start("update_resources") else {
+        return;
+    };
     let id = c.id("upd");
     c.run_detached(&id, &["--memory-limit", "67108864"], SLEEP);
     let (mem_file, cpu_file) = if Containerd::cgroup_v2_host() {
-        (c.cgroup_dir("", &id).join("memory.max"), c.cgroup_dir("", &id).join("cpu.max"))
+        (
+            c.cgroup_dir("", &id).join("memory.max"),
+            c.cgroup_dir("", &id).join("cpu.max"),
+        )
     } else {
-        (c.cgroup_dir("memory", &id).join("memory.limit_in_bytes"), c.cgroup_dir("cpu", &id).join("cpu.cfs_quota_us"))
+        (
+            c.cgroup_dir("memory", &id).join("memory.limit_in_bytes"),
+            c.cgroup_dir("cpu", &id).join("cpu.cfs_quota_us"),
+        )
     };
-    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).trim().to_string();
-    assert_eq!(read(&mem_file), "67108864", "the spec's memory limit at create");
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        read(&mem_file),
+        "67108864",
+        "the spec's memory limit at create"
+    );
 
     let res = serde_json::json!({"memory": {"limit": 134217728}, "cpu": {"quota": 50000, "period": 100000}});
     // containerd 1.x shims write the bundle's `address` file (containerd reads it to reconnect after a
     // restart); fall back to the conventional socket path so this test is about Update alone.
     let sock = predictive_e2e::clean::shim_socket(&c, &id);
-    predictive_e2e::ttrpc::update_task(&c.bundle(&id), Some(&sock), &id, &res).expect("Task.Update");
+    predictive_e2e::ttrpc::update_task(&c.bundle(&id), Some(&sock), &id, &res)
+        .expect("Task.Update");
     assert_eq!(read(&mem_file), "134217728", "memory limit after update");
     let cpu = read(&cpu_file);
-    assert!(cpu == "50000" || cpu.starts_with("50000 "), "cpu quota after update: {cpu}");
+    assert!(
+        cpu == "50000" || cpu.starts_with("50000 "),
+        "cpu quota after update: {cpu}"
+    );
     assert_eq!(c.status(&id).as_deref(), Some("RUNNING"));
     c.remove(&id);
     c.finish();
@@ -169,68 +277,112 @@ fn metrics() {
     let id = c.id("met");
     c.run_detached(&id, &[], &["sh", "-c", "x=$(seq 1 20000); sleep 100000"]);
     let out = c.ctr(&["t", "metrics", &id]).expect_ok("t metrics");
-    let mem = metric(&out.stdout, "memory.usage_in_bytes").or_else(|| metric(&out.stdout, "memory.usage"));
+    let mem = metric(&out.stdout, "memory.usage_in_bytes")
+        .or_else(|| metric(&out.stdout, "memory.usage"));
     assert!(mem.is_some_and(|m| m > 0), "memory usage in metrics: {out}");
-    let cpu = metric(&out.stdout, "cpuacct.usage").or_else(|| metric(&out.stdout, "cpu.usage_usec"));
+    let cpu =
+        metric(&out.stdout, "cpuacct.usage").or_else(|| metric(&out.stdout, "cpu.usage_usec"));
     assert!(cpu.is_some_and(|u| u > 0), "cpu usage in metrics: {out}");
     let pids = metric(&out.stdout, "pids.current");
-    assert!(pids.is_some_and(|p| p >= 1), "pids.current in metrics: {out}");
+    assert!(
+        pids.is_some_and(|p| p >= 1),
+        "pids.current in metrics: {out}"
+    );
     c.remove(&id);
     c.finish();
 }
 
 #[test]
 fn oom_kill_reported() {
-    let Some(c) = start("oom_kill_reported") else { return };
+    let Some(c) = start("oom_kill_reported") else {
+        return;
+    };
     let mut events = predictive_e2e::Bg::spawn(c.ctr_cmd(&["events"]));
     // Make sure the subscription is live before the OOM: wait to see a warm-up container's events.
     let warm = c.id("warm");
     c.run(&warm, &[], &["true"]).expect_ok("warm-up run");
-    assert!(events.wait_for_stdout(&warm, Duration::from_secs(10)), "ctr events saw nothing: {}", events.stderr());
+    assert!(
+        events.wait_for_stdout(&warm, Duration::from_secs(10)),
+        "ctr events saw nothing: {}",
+        events.stderr()
+    );
 
     let id = c.id("oom");
-    let out = c.run(&id, &["--memory-limit", "33554432"], &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"]);
+    let out = c.run(
+        &id,
+        &["--memory-limit", "33554432"],
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
+    );
     assert!(!out.timed_out, "{out}");
     assert_eq!(out.code, 137, "an OOM-killed container exits 137: {out}");
     let seen = wait_until(Duration::from_secs(10), || {
-        events.stdout().lines().any(|l| l.contains("/tasks/oom") && l.contains(&id)).then_some(())
+        events
+            .stdout()
+            .lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains(&id))
+            .then_some(())
     });
     let ev = events.kill();
-    assert!(seen.is_some(), "no /tasks/oom event for {id}:\n{}", ev.stdout);
+    assert!(
+        seen.is_some(),
+        "no /tasks/oom event for {id}:\n{}",
+        ev.stdout
+    );
     c.finish();
 }
 
 #[test]
 fn sandbox_annotation_groups_shims() {
-    let Some(c) = start("sandbox_annotation_groups_shims") else { return };
+    let Some(c) = start("sandbox_annotation_groups_shims") else {
+        return;
+    };
     let group = c.id("sandbox");
     let ann = format!("io.kubernetes.cri.sandbox-id={group}");
     let (a, b, solo) = (c.id("ga"), c.id("gb"), c.id("solo"));
     c.run_detached(&a, &["--annotation", &ann], SLEEP);
     c.run_detached(&b, &["--annotation", &ann], SLEEP);
     let shims = c.shim_pids();
-    assert_eq!(shims.len(), 1, "two containers with one sandbox-id share one shim: {shims:?}");
+    assert_eq!(
+        shims.len(),
+        1,
+        "two containers with one sandbox-id share one shim: {shims:?}"
+    );
     c.run_detached(&solo, &[], SLEEP);
-    assert_eq!(c.shim_pids().len(), 2, "a container without the annotation gets its own shim");
+    assert_eq!(
+        c.shim_pids().len(),
+        2,
+        "a container without the annotation gets its own shim"
+    );
 
     // The shim outlives the first container of its group (its -id) while a sibling lives.
     c.remove(&a);
     assert_eq!(c.status(&b).as_deref(), Some("RUNNING"));
     let e = c.id("e");
-    c.ctr(&["t", "exec", "--exec-id", &e, &b, "true"]).expect_ok("exec into the surviving sibling");
-    assert!(c.shim_pids().contains(&shims[0]), "the group's shim must stay while {b} runs");
+    c.ctr(&["t", "exec", "--exec-id", &e, &b, "true"])
+        .expect_ok("exec into the surviving sibling");
+    assert!(
+        c.shim_pids().contains(&shims[0]),
+        "the group's shim must stay while {b} runs"
+    );
     c.remove(&b);
-    wait_until(Duration::from_secs(10), || (!c.shim_pids().contains(&shims[0])).then_some(()))
-        .expect("the group's shim exits after its last container");
+    wait_until(Duration::from_secs(10), || {
+        (!c.shim_pids().contains(&shims[0])).then_some(())
+    })
+    .expect("the group's shim exits after its last container");
     c.remove(&solo);
     c.finish();
 }
 
 #[test]
 fn parallel_creates_in_one_group() {
-    let Some(c) = start("parallel_creates_in_one_group") else { return };
+    let Some(c) = start("parallel_creates_in_one_group") else {
+        return;
+    };
     let started = Instant::now();
-    let rounds: usize = std::env::var("PREDICTIVE_E2E_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(20);
+    let rounds: usize = std::env::var("PREDICTIVE_E2E_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(20);
     for round in 0..rounds {
         let group = c.id(&format!("pod{round}"));
         let ann = format!("io.kubernetes.cri.sandbox-id={group}");
@@ -243,7 +395,9 @@ fn parallel_creates_in_one_group() {
                     s.spawn(move || c.run_detached_try(id, &["--annotation", ann], SLEEP))
                 })
                 .collect();
-            hs.into_iter().map(|h| h.join().expect("ctr thread")).collect()
+            hs.into_iter()
+                .map(|h| h.join().expect("ctr thread"))
+                .collect()
         });
         for o in &outs {
             assert!(o.ok(), "round {round}: {o}");
@@ -252,65 +406,107 @@ fn parallel_creates_in_one_group() {
             c.wait_status(id, "RUNNING", Duration::from_secs(20));
         }
         let shims = c.shim_pids();
-        assert_eq!(shims.len(), 1, "round {round}: 8 containers of one group, one shim: {shims:?}");
+        assert_eq!(
+            shims.len(),
+            1,
+            "round {round}: 8 containers of one group, one shim: {shims:?}"
+        );
         std::thread::scope(|s| {
             for id in &ids {
                 let c = &c;
                 s.spawn(move || c.remove(id));
             }
         });
-        wait_until(Duration::from_secs(15), || c.shim_processes().is_empty().then_some(()))
-            .unwrap_or_else(|| panic!("round {round}: shim still running after its group was removed"));
+        wait_until(Duration::from_secs(15), || {
+            c.shim_processes().is_empty().then_some(())
+        })
+        .unwrap_or_else(|| panic!("round {round}: shim still running after its group was removed"));
     }
-    eprintln!("{rounds} rounds of 8 parallel creates in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "{rounds} rounds of 8 parallel creates in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     c.finish();
 }
 
 #[test]
 fn seccomp_enforced() {
-    let Some(c) = start("seccomp_enforced") else { return };
+    let Some(c) = start("seccomp_enforced") else {
+        return;
+    };
     let id = c.id("sec");
-    let out = c.run(&id, &["--seccomp"], &["grep", "Seccomp:", "/proc/self/status"]).expect_ok("run --seccomp");
-    assert_eq!(out.stdout.split_whitespace().nth(1), Some("2"), "a spec with a seccomp profile is enforced: {out}");
+    let out = c
+        .run(
+            &id,
+            &["--seccomp"],
+            &["grep", "Seccomp:", "/proc/self/status"],
+        )
+        .expect_ok("run --seccomp");
+    assert_eq!(
+        out.stdout.split_whitespace().nth(1),
+        Some("2"),
+        "a spec with a seccomp profile is enforced: {out}"
+    );
     let id = c.id("nosec");
-    let out = c.run(&id, &[], &["grep", "Seccomp:", "/proc/self/status"]).expect_ok("run");
-    assert_eq!(out.stdout.split_whitespace().nth(1), Some("0"), "no profile in the spec, no filter: {out}");
+    let out = c
+        .run(&id, &[], &["grep", "Seccomp:", "/proc/self/status"])
+        .expect_ok("run");
+    assert_eq!(
+        out.stdout.split_whitespace().nth(1),
+        Some("0"),
+        "no profile in the spec, no filter: {out}"
+    );
     c.finish();
 }
 
 #[test]
 fn missing_command_fails_cleanly() {
-    let Some(c) = start("missing_command_fails_cleanly") else { return };
+    let Some(c) = start("missing_command_fails_cleanly") else {
+        return;
+    };
     let id = c.id("nocmd");
     let out = c.run(&id, &[], &["/no/such/binary"]);
     assert!(!out.timed_out, "{out}");
     assert_ne!(out.code, 0, "{out}");
-    assert!(!out.stderr.trim().is_empty(), "an error must come back: {out}");
+    assert!(
+        !out.stderr.trim().is_empty(),
+        "an error must come back: {out}"
+    );
     assert!(c.containers().is_empty(), "{:?}", c.containers());
     assert!(c.tasks().is_empty(), "{:?}", c.tasks());
     // The runtime still works afterwards.
     let ok = c.id("after");
-    c.run(&ok, &[], &["true"]).expect_ok("run after a failed one");
+    c.run(&ok, &[], &["true"])
+        .expect_ok("run after a failed one");
     c.finish();
 }
 
 #[test]
 fn unknown_exec_id_and_task() {
-    let Some(c) = start("unknown_exec_id_and_task") else { return };
+    let Some(c) = start("unknown_exec_id_and_task") else {
+        return;
+    };
     let id = c.id("ex");
     c.run_detached(&id, &[], SLEEP);
     let out = c.ctr(&["t", "kill", "--exec-id", "no-such-exec", &id]);
-    assert!(!out.timed_out && out.code != 0, "signalling an unknown exec id must fail: {out}");
+    assert!(
+        !out.timed_out && out.code != 0,
+        "signalling an unknown exec id must fail: {out}"
+    );
     assert!(out.stderr.to_lowercase().contains("not found"), "{out}");
     let e = c.id("e");
     let out = c.ctr(&["t", "exec", "--exec-id", &e, &id, "/no/such/binary"]);
-    assert!(!out.timed_out && out.code != 0, "exec of a missing binary must fail: {out}");
+    assert!(
+        !out.timed_out && out.code != 0,
+        "exec of a missing binary must fail: {out}"
+    );
     let out = c.ctr(&["t", "kill", &c.id("nosuchtask")]);
     assert!(!out.timed_out && out.code != 0, "{out}");
     // The container is unharmed.
     assert_eq!(c.status(&id).as_deref(), Some("RUNNING"));
     let e = c.id("e");
-    c.ctr(&["t", "exec", "--exec-id", &e, &id, "true"]).expect_ok("exec after the failures");
+    c.ctr(&["t", "exec", "--exec-id", &e, &id, "true"])
+        .expect_ok("exec after the failures");
     c.remove(&id);
     c.finish();
 }
@@ -318,15 +514,24 @@ fn unknown_exec_id_and_task() {
 /// The harness itself: a leaked cgroup, mount and process must fail `finish` (and be scrubbed).
 #[test]
 fn harness_detects_leaks() {
-    let Some(c) = start("harness_detects_leaks") else { return };
+    let Some(c) = start("harness_detects_leaks") else {
+        return;
+    };
     let id = c.id("leak");
     let cg = c.cgroup_dir("memory", &id);
     std::fs::create_dir_all(&cg).expect("creating a cgroup");
     let mnt = c.dir.join(format!("mnt-{id}"));
     std::fs::create_dir_all(&mnt).expect("mkdir");
-    let st = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&mnt).status().expect("mount");
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .expect("mount");
     assert!(st.success());
-    let mut proc_ = std::process::Command::new("sh").args(["-c", "while sleep 0.2; do :; done", &id]).spawn().expect("sh");
+    let mut proc_ = std::process::Command::new("sh")
+        .args(["-c", "while sleep 0.2; do :; done", &id])
+        .spawn()
+        .expect("sh");
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || c.finish()));
     let _ = proc_.wait();
     let msg = match r {
