@@ -71,23 +71,7 @@ impl Memory {
     ) -> Result<(), ActuateError> {
         let file = dir.join("memory.limit_in_bytes");
         if let (Some(bytes), MemoryLimitPolicy::RefuseBelowUsage) = (value, policy) {
-            let usage_file = dir.join("memory.usage_in_bytes");
-            let usage = actuate::read(&usage_file)?;
-            let usage = usage
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| ActuateError::Mismatch {
-                    path: usage_file.clone(),
-                    value: "a byte count".to_owned(),
-                    read: usage.trim().to_owned(),
-                })?;
-            if bytes < usage {
-                return Err(ActuateError::BelowUsage {
-                    path: file,
-                    limit: bytes,
-                    usage,
-                });
-            }
+            actuate::refuse_below_usage(&file, &dir.join("memory.usage_in_bytes"), bytes)?;
         }
         // memory+swap must stay >= memory: raise it first when the new limit would exceed it.
         let memsw = dir.join("memory.memsw.limit_in_bytes");

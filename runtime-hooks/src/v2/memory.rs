@@ -58,23 +58,7 @@ impl Memory {
     ) -> Result<(), ActuateError> {
         let file = dir.join("memory.max");
         if let (Some(bytes), MemoryLimitPolicy::RefuseBelowUsage) = (value, policy) {
-            let usage_file = dir.join("memory.current");
-            let usage = actuate::read(&usage_file)?;
-            let usage = usage
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| ActuateError::Mismatch {
-                    path: usage_file.clone(),
-                    value: "a byte count".to_owned(),
-                    read: usage.trim().to_owned(),
-                })?;
-            if bytes < usage {
-                return Err(ActuateError::BelowUsage {
-                    path: file,
-                    limit: bytes,
-                    usage,
-                });
-            }
+            actuate::refuse_below_usage(&file, &dir.join("memory.current"), bytes)?;
         }
         write_limit(&file, value)
     }
