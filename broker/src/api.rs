@@ -116,6 +116,8 @@ pub enum Request {
     Models,
     /// → [`Response::Decisions`].
     Explain(Explain),
+    /// → [`Response::History`].
+    History(HistoryQuery),
 }
 
 /// The answer to Register.
@@ -167,6 +169,30 @@ pub struct Status {
     pub tasks: Vec<TaskView>,
     /// Live leases.
     pub leases: Vec<Lease>,
+    /// Per task: its type and what was predicted at Register (absent for tasks registered before the
+    /// broker kept them).
+    #[serde(default)]
+    pub predictions: Vec<TaskPrediction>,
+}
+
+/// What a task was predicted to use, for `predictivectl status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskPrediction {
+    /// Container id.
+    pub container_id: String,
+    /// Task type.
+    pub task_key: String,
+    /// Registered at, ms.
+    pub started_at_ms: u64,
+    /// p95 CPU, cores (absent on a cold start).
+    #[serde(default)]
+    pub cpu_cores: Option<predictor::Estimate>,
+    /// Peak memory, bytes (absent on a cold start).
+    #[serde(default)]
+    pub memory_bytes: Option<predictor::Estimate>,
+    /// Lifetime, seconds (absent on a cold start).
+    #[serde(default)]
+    pub duration_s: Option<predictor::Estimate>,
 }
 
 /// The answer to Models.
@@ -183,6 +209,62 @@ pub struct Models {
 pub struct Decisions {
     /// Oldest first.
     pub decisions: Vec<predictor::Decision>,
+}
+
+/// Whose history to return: exactly one of the two.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistoryQuery {
+    /// A live or recently finished container.
+    #[serde(default)]
+    pub container_id: Option<String>,
+    /// A task type: its latest recorded run and its prediction now.
+    #[serde(default)]
+    pub task_key: Option<String>,
+}
+
+/// One observation of a container: what it used and what it was allowed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPoint {
+    /// When, ms since the epoch.
+    pub at_ms: u64,
+    /// CPU used, cores.
+    pub cpu_cores: f64,
+    /// Memory charged, bytes.
+    pub memory_bytes: u64,
+    /// CPU allocation, cores (`None` = unlimited or unknown).
+    #[serde(default)]
+    pub cpu_alloc_cores: Option<f64>,
+    /// Memory allocation, bytes (`None` = unlimited or unknown).
+    #[serde(default)]
+    pub memory_alloc_bytes: Option<u64>,
+    /// Share of CFS periods throttled (0..=1).
+    #[serde(default)]
+    pub cpu_throttled_fraction: f64,
+    /// Paused by the controller.
+    #[serde(default)]
+    pub frozen: bool,
+}
+
+/// The answer to History: usage and allocation over time, and the prediction they are measured against.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    /// Task type.
+    pub task_key: String,
+    /// The container (for a task type: absent).
+    #[serde(default)]
+    pub container_id: Option<String>,
+    /// The container is registered now.
+    #[serde(default)]
+    pub live: bool,
+    /// Start of the run the points belong to, ms (the predicted profile starts here).
+    #[serde(default)]
+    pub started_at_ms: Option<u64>,
+    /// Oldest first; downsampled (every other point dropped) once a container has many.
+    pub points: Vec<HistoryPoint>,
+    /// The prediction (absent on a cold start): its `profile` spreads over `duration_s.point` from
+    /// `started_at_ms`.
+    #[serde(default)]
+    pub prediction: Option<predictor::Prediction>,
 }
 
 /// Why a request failed.
@@ -245,6 +327,8 @@ pub enum Response {
     Models(Models),
     /// To Explain.
     Decisions(Decisions),
+    /// To History.
+    History(History),
     /// To anything that failed.
     Error(ErrorReply),
 }
@@ -398,6 +482,10 @@ mod tests {
             Request::Status,
             Request::Models,
             Request::Explain(Explain::default()),
+            Request::History(HistoryQuery {
+                container_id: Some("c".to_owned()),
+                task_key: None,
+            }),
         ] {
             let (_, back) = parse_request(&encode_request(None, &req).expect("encodes"));
             assert_eq!(back, Ok(req));

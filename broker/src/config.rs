@@ -20,6 +20,9 @@
 //! interval_ms = 600000                     # retrain when this long passed and a run was recorded
 //! new_runs = 200                           # or when this many runs were recorded
 //! min_runs = 5                             # runs a task type needs before it gets predictions
+//!
+//! [metrics]                                # Prometheus text exposition over HTTP/1.0; off when absent
+//! listen = "127.0.0.1:9464"                # host:port, or an absolute Unix socket path
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -104,6 +107,8 @@ pub struct Config {
     pub controller: ControllerConfig,
     /// Retraining.
     pub retrain: RetrainConfig,
+    /// The Prometheus endpoint (off by default).
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 impl Default for Config {
@@ -120,6 +125,7 @@ impl Default for Config {
             cgroup: None,
             controller: ControllerConfig::default(),
             retrain: RetrainConfig::default(),
+            metrics: crate::metrics::MetricsConfig::default(),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! Modules: [`controller`] (pure allocation logic), [`api`] (the wire protocol), [`client`] (blocking client
 //! for the shim and `predictivectl`), [`annotations`] (the `io.predictive.*` annotations), [`config`] (the
 //! daemon's TOML), [`server`] (the daemon: socket, tick, recorder, retraining), [`apply`] (a directive to
-//! cgroup writes, for the shim), [`cli`] (`predictived`'s flags).
+//! cgroup writes, for the shim), [`cli`] (`predictived`'s flags), [`history`] (per-container usage and
+//! allocation over time, decision counters), [`metrics`] (the Prometheus endpoint), [`ctl`] (`predictivectl`).
 
 pub mod annotations;
 pub mod api;
@@ -11,6 +12,9 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod controller;
+pub mod ctl;
+pub mod history;
+pub mod metrics;
 pub mod server;
 
 /// An error with its sources, `a: b: c`, for the one line a binary prints.

@@ -97,6 +97,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The metrics endpoint could not start.
+    #[error("starting the metrics endpoint")]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 fn now_ms() -> u64 {
@@ -183,6 +186,8 @@ pub struct Broker {
     cfg: Config,
     predictor: Arc<Predictor>,
     state: Mutex<State>,
+    /// Per-container history and counters (`predictivectl`, metrics).
+    tracker: crate::history::Tracker,
     recorder: Mutex<mpsc::Sender<Record>>,
     default_cgroup: CgroupKind,
     stop: AtomicBool,
@@ -330,6 +335,7 @@ impl Broker {
     }
 
     fn record_decisions(&self, ds: Vec<predictor::Decision>) {
+        self.tracker.decided(&ds);
         let total = ds.len();
         for (i, d) in ds.into_iter().enumerate() {
             if i < MAX_LOGS_PER_TICK {
@@ -354,10 +360,25 @@ impl Broker {
 
     /// Serves one request.
     pub fn handle(&self, req: Request) -> Response {
+        self.tracker.request(crate::history::request_kind(&req));
         let r = match req {
-            Request::Register(r) => self.register(r).map(Response::Registered),
+            Request::Register(r) => {
+                let id = r.container_id.clone();
+                self.register(r)
+                    .inspect(|x| self.tracker.registered(&id, x, now_ms()))
+                    .map(Response::Registered)
+            }
             Request::Report(r) => self.report(r).map(Response::Directives),
-            Request::Finish(f) => self.finish(f).map(Response::Finished),
+            Request::Finish(f) => {
+                let id = f.container_id.clone();
+                self.finish(f)
+                    .inspect(|_| self.tracker.finished(&id))
+                    .map(Response::Finished)
+            }
+            Request::History(q) => self
+                .tracker
+                .history(&q, &self.predictor, now_ms())
+                .map(Response::History),
             Request::Status => Ok(Response::Status(self.status())),
             Request::Models => self.models().map(Response::Models),
             Request::Explain(e) => self
@@ -598,6 +619,7 @@ impl Broker {
             model_version: self.predictor.model_version(),
             tasks: st.controller.tasks(),
             leases: st.controller.leases(),
+            predictions: self.tracker.predictions(),
         }
     }
 
@@ -665,6 +687,24 @@ impl Broker {
         let (tx, rx) = mpsc::channel();
         self.record(Record::Flush(tx));
         let _ = rx.recv_timeout(Duration::from_secs(30));
+    }
+}
+
+/// Read access for the metrics endpoint.
+impl Broker {
+    /// Per-container history and counters.
+    pub fn tracker(&self) -> &crate::history::Tracker {
+        &self.tracker
+    }
+
+    /// What `status` answers.
+    pub fn snapshot(&self) -> Status {
+        self.status()
+    }
+
+    /// The daemon is shutting down.
+    pub fn is_stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
     }
 }
 
@@ -921,6 +961,7 @@ impl Daemon {
             recorder: Mutex::new(tx),
             default_cgroup,
             stop: AtomicBool::new(false),
+            tracker: crate::history::Tracker::default(),
         });
         let mut threads = Vec::new();
         {
@@ -953,6 +994,7 @@ impl Daemon {
                 let mut last_flush = now_ms();
                 while sleep_unless_stopped(&b.stop, tick) {
                     b.tick();
+                    b.tracker.observe(&b.status());
                     if now_ms().saturating_sub(last_flush) >= flush_every {
                         b.flush_samples();
                         last_flush = now_ms();
@@ -977,6 +1019,9 @@ impl Daemon {
                     }
                 }
             })?);
+        }
+        if let Some(t) = crate::metrics::start(&broker.cfg, Arc::clone(&broker))? {
+            threads.push(t);
         }
         tracing::info!(
             socket = %broker.cfg.socket.display(),

@@ -1,0 +1,660 @@
+//! Prometheus metrics of the broker, in the text exposition format (version 0.0.4), served over HTTP/1.0 on a
+//! TCP address or a Unix socket. Off by default; `[metrics] listen = "127.0.0.1:9464"` (or an absolute socket
+//! path) turns it on.
+//!
+//! Per task (labels `container`, `task_type`): usage, allocation, prediction bounds, leases, frozen, and counters
+//! of the controller's decisions (throttles, pauses, leases); broker-wide: host capacity, totals, requests and
+//! decisions. Counters live in memory ([`crate::history`]) and restart at 0 with the broker, as Prometheus
+//! counters may.
+//!
+//! Limits: one scrape at a time on one thread (a scrape is a few ms; a slow client is cut off after
+//! [`IO_TIMEOUT`]); only `GET` is answered. No TLS or auth: bind to localhost or a Unix socket (mode 0600, or
+//! 0660 owned by `allowed_gid`, like the API socket).
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::Status;
+use crate::config::Config;
+use crate::history::{BrokerCounters, TaskCounters};
+use crate::server::Broker;
+
+/// How long a scraper may take to send its request or read the answer.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the accept loop looks for a stop.
+const POLL: Duration = Duration::from_millis(100);
+/// The longest request head read.
+const MAX_REQUEST: usize = 8192;
+
+/// `[metrics]` in the broker's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` for HTTP over TCP, or an absolute path for HTTP over a Unix socket. Absent: no metrics.
+    pub listen: Option<String>,
+}
+
+/// Errors starting the endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// `listen` is neither `host:port` nor an absolute path.
+    #[error("[metrics] listen = {0:?} is neither host:port nor an absolute socket path")]
+    BadListen(String),
+    /// Binding failed.
+    #[error("binding the metrics endpoint {listen}")]
+    Bind {
+        /// The configured address.
+        listen: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The thread could not start.
+    #[error("starting the metrics thread")]
+    Spawn(#[source] std::io::Error),
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+/// Binds `cfg.metrics.listen` and starts the responder thread; `Ok(None)` when metrics are off. The thread ends
+/// once the broker is stopping.
+pub fn start(cfg: &Config, broker: Arc<Broker>) -> Result<Option<JoinHandle<()>>, MetricsError> {
+    let Some(listen) = cfg.metrics.listen.clone() else {
+        return Ok(None);
+    };
+    let bind = |source| MetricsError::Bind {
+        listen: listen.clone(),
+        source,
+    };
+    let listener = if listen.starts_with('/') {
+        let path = PathBuf::from(&listen);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(bind(e)),
+        }
+        let l = UnixListener::bind(&path).map_err(bind)?;
+        let mode = match cfg.allowed_gid {
+            Some(gid) => {
+                nix::unistd::chown(&path, None, Some(nix::unistd::Gid::from_raw(gid)))
+                    .map_err(|e| bind(e.into()))?;
+                0o660
+            }
+            None => 0o600,
+        };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(bind)?;
+        l.set_nonblocking(true).map_err(bind)?;
+        Listener::Unix(l, path)
+    } else {
+        let addr: SocketAddr = listen
+            .parse()
+            .map_err(|_| MetricsError::BadListen(listen.clone()))?;
+        let l = TcpListener::bind(addr).map_err(bind)?;
+        l.set_nonblocking(true).map_err(bind)?;
+        Listener::Tcp(l)
+    };
+    tracing::info!(%listen, "metrics endpoint serving");
+    let handle = std::thread::Builder::new()
+        .name("predictived-metrics".to_owned())
+        .spawn(move || serve(listener, &broker))
+        .map_err(MetricsError::Spawn)?;
+    Ok(Some(handle))
+}
+
+fn serve(listener: Listener, broker: &Broker) {
+    while !broker.is_stopping() {
+        let r = match &listener {
+            Listener::Tcp(l) => l.accept().map(|(s, _)| {
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+                let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+                respond(s, broker)
+            }),
+            Listener::Unix(l, _) => l.accept().map(|(s, _)| {
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+                let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+                respond(s, broker)
+            }),
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a metrics connection");
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+    if let Listener::Unix(_, path) = &listener {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Reads the request head and answers it; errors end the connection quietly (a scraper retries).
+fn respond(mut s: impl Read + Write, broker: &Broker) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(_) => return,
+        }
+        if head.len() > MAX_REQUEST {
+            break;
+        }
+    }
+    let line = String::from_utf8_lossy(&head);
+    let mut parts = line.lines().next().unwrap_or("").split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, ctype, body) = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET", "/metrics" | "/") => {
+            let (tasks, counters) = broker.tracker().counters();
+            (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                render(&broker.snapshot(), &tasks, &counters),
+            )
+        }
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "only /metrics is served\n".to_owned(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET is served\n".to_owned(),
+        ),
+    };
+    let reply = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.write_all(reply.as_bytes());
+}
+
+/// Escapes a label value (backslash, double quote, newline).
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Writes one metric family: `# HELP`, `# TYPE`, then one sample per (labels, value); a family without samples
+/// is left out.
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+    if samples.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
+/// The exposition text for one scrape.
+pub fn render(status: &Status, tasks: &[TaskCounters], b: &BrokerCounters) -> String {
+    let mut out = String::new();
+    let one = |v: f64| vec![(String::new(), v)];
+    family(
+        &mut out,
+        "predictive_broker_info",
+        "gauge",
+        "Broker version (always 1).",
+        &[(format!("version=\"{}\"", esc(&status.broker_version)), 1.0)],
+    );
+    family(
+        &mut out,
+        "predictive_host_cpu_cores",
+        "gauge",
+        "CPUs the controller allocates from.",
+        &one(status.host.cpu_cores),
+    );
+    family(
+        &mut out,
+        "predictive_host_memory_bytes",
+        "gauge",
+        "Memory the controller allocates from.",
+        &one(status.host.memory_bytes as f64),
+    );
+    family(
+        &mut out,
+        "predictive_model_version",
+        "gauge",
+        "Model set in force (0: none trained yet).",
+        &one(status.model_version as f64),
+    );
+    family(
+        &mut out,
+        "predictive_tasks",
+        "gauge",
+        "Registered tasks.",
+        &one(status.tasks.len() as f64),
+    );
+    family(
+        &mut out,
+        "predictive_tasks_frozen",
+        "gauge",
+        "Tasks paused by the controller.",
+        &one(status.tasks.iter().filter(|t| t.frozen).count() as f64),
+    );
+    family(
+        &mut out,
+        "predictive_allocated_cpu_cores",
+        "gauge",
+        "Sum of the CPU allocations with a limit.",
+        &one(status
+            .tasks
+            .iter()
+            .filter_map(|t| t.allocation.cpu_cores)
+            .sum()),
+    );
+    family(
+        &mut out,
+        "predictive_allocated_memory_bytes",
+        "gauge",
+        "Sum of the memory allocations with a limit.",
+        &one(status
+            .tasks
+            .iter()
+            .filter_map(|t| t.allocation.memory_bytes)
+            .sum::<u64>() as f64),
+    );
+    family(
+        &mut out,
+        "predictive_leases",
+        "gauge",
+        "Live CPU leases.",
+        &one(status.leases.len() as f64),
+    );
+    family(
+        &mut out,
+        "predictive_leased_cpu_cores",
+        "gauge",
+        "CPU lent under live leases.",
+        &one(status.leases.iter().map(|l| l.amount).sum()),
+    );
+    family(
+        &mut out,
+        "predictive_registrations_total",
+        "counter",
+        "Successful Registers since the broker started.",
+        &one(b.registered as f64),
+    );
+    family(
+        &mut out,
+        "predictive_finishes_total",
+        "counter",
+        "Successful Finishes since the broker started.",
+        &one(b.finished as f64),
+    );
+    let reqs: Vec<(String, f64)> = b
+        .requests
+        .iter()
+        .map(|(k, v)| (format!("type=\"{k}\""), *v as f64))
+        .collect();
+    family(
+        &mut out,
+        "predictive_requests_total",
+        "counter",
+        "Requests served, by type.",
+        &reqs,
+    );
+    let decs: Vec<(String, f64)> = b
+        .decisions
+        .iter()
+        .map(|((r, d), v)| {
+            (
+                format!("resource=\"{}\",directive=\"{d}\"", esc(r)),
+                *v as f64,
+            )
+        })
+        .collect();
+    family(
+        &mut out,
+        "predictive_decisions_total",
+        "counter",
+        "Decisions recorded, by resource and directive.",
+        &decs,
+    );
+
+    // Per task.
+    let key_of = |id: &str| {
+        tasks
+            .iter()
+            .find(|t| t.container_id == id)
+            .map(|t| t.task_key.as_str())
+            .or_else(|| {
+                status
+                    .predictions
+                    .iter()
+                    .find(|p| p.container_id == id)
+                    .map(|p| p.task_key.as_str())
+            })
+            .unwrap_or("")
+    };
+    let labels = |id: &str| {
+        format!(
+            "container=\"{}\",task_type=\"{}\"",
+            esc(id),
+            esc(key_of(id))
+        )
+    };
+    let per_task = |f: &dyn Fn(&crate::controller::TaskView) -> Option<f64>| -> Vec<(String, f64)> {
+        status
+            .tasks
+            .iter()
+            .filter_map(|t| f(t).map(|v| (labels(&t.container_id), v)))
+            .collect()
+    };
+    family(
+        &mut out,
+        "predictive_task_cpu_usage_cores",
+        "gauge",
+        "CPU used over the last reported interval.",
+        &per_task(&|t| t.usage.map(|u| u.cpu_cores)),
+    );
+    family(
+        &mut out,
+        "predictive_task_cpu_throttled_ratio",
+        "gauge",
+        "Share of CFS periods throttled over the last reported interval.",
+        &per_task(&|t| t.usage.map(|u| u.cpu_throttled_fraction)),
+    );
+    family(
+        &mut out,
+        "predictive_task_memory_usage_bytes",
+        "gauge",
+        "Memory charged at the last report.",
+        &per_task(&|t| t.usage.map(|u| u.memory_bytes as f64)),
+    );
+    family(
+        &mut out,
+        "predictive_task_cpu_allocation_cores",
+        "gauge",
+        "CPU quota in force (absent: unlimited).",
+        &per_task(&|t| t.allocation.cpu_cores),
+    );
+    family(
+        &mut out,
+        "predictive_task_memory_allocation_bytes",
+        "gauge",
+        "Memory allocation in force (absent: unlimited).",
+        &per_task(&|t| t.allocation.memory_bytes.map(|b| b as f64)),
+    );
+    family(
+        &mut out,
+        "predictive_task_memory_max_bytes",
+        "gauge",
+        "Hard memory ceiling (absent: unlimited).",
+        &per_task(&|t| t.allocation.memory_max_bytes.map(|b| b as f64)),
+    );
+    family(
+        &mut out,
+        "predictive_task_frozen",
+        "gauge",
+        "1 while the controller keeps the task paused.",
+        &per_task(&|t| Some(if t.frozen { 1.0 } else { 0.0 })),
+    );
+    let live: std::collections::HashSet<&str> = status
+        .tasks
+        .iter()
+        .map(|t| t.container_id.as_str())
+        .collect();
+    let mut lent = Vec::new();
+    let mut borrowed = Vec::new();
+    let mut lent_cores = Vec::new();
+    let mut borrowed_cores = Vec::new();
+    for t in &status.tasks {
+        let id = t.container_id.as_str();
+        let l: Vec<_> = status
+            .leases
+            .iter()
+            .filter(|l| l.lender.as_deref() == Some(id))
+            .collect();
+        let h: Vec<_> = status.leases.iter().filter(|l| l.holder == id).collect();
+        lent.push((labels(id), l.len() as f64));
+        borrowed.push((labels(id), h.len() as f64));
+        lent_cores.push((labels(id), l.iter().map(|l| l.amount).sum()));
+        borrowed_cores.push((labels(id), h.iter().map(|l| l.amount).sum()));
+    }
+    family(
+        &mut out,
+        "predictive_task_leases_lent",
+        "gauge",
+        "Live leases the task lends.",
+        &lent,
+    );
+    family(
+        &mut out,
+        "predictive_task_leases_borrowed",
+        "gauge",
+        "Live leases the task holds.",
+        &borrowed,
+    );
+    family(
+        &mut out,
+        "predictive_task_cpu_lent_cores",
+        "gauge",
+        "CPU the task lends under live leases.",
+        &lent_cores,
+    );
+    family(
+        &mut out,
+        "predictive_task_cpu_borrowed_cores",
+        "gauge",
+        "CPU the task borrows under live leases.",
+        &borrowed_cores,
+    );
+    let mut cpu_pred = Vec::new();
+    let mut mem_pred = Vec::new();
+    for p in &status.predictions {
+        if !live.contains(p.container_id.as_str()) {
+            continue;
+        }
+        let l = labels(&p.container_id);
+        let bounds = |e: Option<predictor::Estimate>| {
+            e.into_iter().flat_map(|e| {
+                [
+                    ("lower", e.lower),
+                    ("point", e.point),
+                    ("upper", e.upper),
+                    ("limit", e.limit),
+                ]
+            })
+        };
+        for (bound, v) in bounds(p.cpu_cores) {
+            cpu_pred.push((format!("{l},bound=\"{bound}\""), v));
+        }
+        for (bound, v) in bounds(p.memory_bytes) {
+            mem_pred.push((format!("{l},bound=\"{bound}\""), v));
+        }
+    }
+    family(
+        &mut out,
+        "predictive_task_cpu_predicted_cores",
+        "gauge",
+        "Predicted p95 CPU at Register: interval bounds, point and the allocation bound (absent on a cold start).",
+        &cpu_pred,
+    );
+    family(
+        &mut out,
+        "predictive_task_memory_predicted_bytes",
+        "gauge",
+        "Predicted peak memory at Register: interval bounds, point and the allocation bound (absent on a cold start).",
+        &mem_pred,
+    );
+    type Pick = fn(&crate::history::Counters) -> u64;
+    let counters: [(&str, &str, Pick); 9] = [
+        (
+            "predictive_task_throttles_total",
+            "CPU allocation lowered by the controller (throttling an over-consumer or ending a lease).",
+            |c| c.cpu_lowered,
+        ),
+        (
+            "predictive_task_cpu_raises_total",
+            "CPU allocation raised by the controller.",
+            |c| c.cpu_raised,
+        ),
+        (
+            "predictive_task_memory_lowers_total",
+            "Memory allocation lowered by the controller.",
+            |c| c.memory_lowered,
+        ),
+        (
+            "predictive_task_memory_raises_total",
+            "Memory allocation raised by the controller.",
+            |c| c.memory_raised,
+        ),
+        (
+            "predictive_task_pauses_total",
+            "Times the controller paused the task.",
+            |c| c.pauses,
+        ),
+        (
+            "predictive_task_resumes_total",
+            "Times the controller resumed the task.",
+            |c| c.thaws,
+        ),
+        (
+            "predictive_task_leases_granted_total",
+            "CPU leases granted to or from the task.",
+            |c| c.leases_granted,
+        ),
+        (
+            "predictive_task_leases_revoked_total",
+            "CPU leases of the task revoked or ended.",
+            |c| c.leases_revoked,
+        ),
+        (
+            "predictive_task_holds_total",
+            "Changes wanted but not possible (no room).",
+            |c| c.holds,
+        ),
+    ];
+    for (name, help, pick) in counters {
+        let samples: Vec<(String, f64)> = tasks
+            .iter()
+            .map(|t| (labels(&t.container_id), pick(&t.counters) as f64))
+            .collect();
+        family(&mut out, name, "counter", help, &samples);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::TaskPrediction;
+    use crate::controller::{Allocation, HostCapacity, Lease, Mode, ResourceKind, TaskView, Usage};
+    use crate::history::Counters;
+
+    #[test]
+    fn exposition_has_help_type_and_escaped_labels() {
+        let task = |id: &str| TaskView {
+            container_id: id.to_owned(),
+            mode: Mode::Enforce,
+            priority: 0,
+            critical: false,
+            allocation: Allocation {
+                cpu_cores: Some(0.5),
+                memory_bytes: Some(1000),
+                memory_max_bytes: None,
+            },
+            base_cpu_cores: Some(0.5),
+            frozen: id == "b",
+            usage: Some(Usage {
+                at_ms: 1,
+                cpu_cores: 0.25,
+                memory_bytes: 400,
+                ..Usage::default()
+            }),
+        };
+        let status = Status {
+            broker_version: "0.1.0".to_owned(),
+            tick_ms: 1000,
+            host: HostCapacity {
+                cpu_cores: 2.0,
+                memory_bytes: 4096,
+            },
+            model_version: 3,
+            tasks: vec![task("a\"x"), task("b")],
+            leases: vec![Lease {
+                id: 1,
+                resource: ResourceKind::Cpu,
+                holder: "a\"x".to_owned(),
+                lender: Some("b".to_owned()),
+                amount: 0.3,
+                granted_at_ms: 0,
+                expires_at_ms: 10,
+            }],
+            predictions: vec![TaskPrediction {
+                container_id: "b".to_owned(),
+                task_key: "etl".to_owned(),
+                started_at_ms: 0,
+                cpu_cores: Some(predictor::Estimate {
+                    point: 0.4,
+                    lower: 0.2,
+                    upper: 0.6,
+                    limit: 0.7,
+                    kind: None,
+                }),
+                memory_bytes: None,
+                duration_s: None,
+            }],
+        };
+        let tasks = vec![TaskCounters {
+            container_id: "b".to_owned(),
+            task_key: "etl".to_owned(),
+            live: true,
+            prediction: None,
+            counters: Counters {
+                pauses: 2,
+                cpu_lowered: 1,
+                ..Counters::default()
+            },
+        }];
+        let text = render(&status, &tasks, &BrokerCounters::default());
+        for needle in [
+            "# TYPE predictive_tasks gauge\npredictive_tasks 2\n",
+            "predictive_tasks_frozen 1\n",
+            "predictive_task_cpu_usage_cores{container=\"a\\\"x\",task_type=\"\"} 0.25\n",
+            "predictive_task_leases_lent{container=\"b\",task_type=\"etl\"} 1\n",
+            "predictive_task_cpu_borrowed_cores{container=\"a\\\"x\",task_type=\"\"} 0.3\n",
+            "predictive_task_cpu_predicted_cores{container=\"b\",task_type=\"etl\",bound=\"upper\"} 0.6\n",
+            "# TYPE predictive_task_pauses_total counter\npredictive_task_pauses_total{container=\"b\",task_type=\"etl\"} 2\n",
+            "predictive_task_throttles_total{container=\"b\",task_type=\"etl\"} 1\n",
+            "predictive_allocated_cpu_cores 1\n",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("predictive_task_memory_predicted_bytes"),
+            "no sample, no family"
+        );
+        // Every sample line is `name{labels} value` or `name value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let v = line.rsplit(' ').next().expect("value");
+            assert!(v.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}
