@@ -458,7 +458,13 @@ pub fn utc(ms: u64) -> String {
 
 /// `predictivectl status`.
 pub fn status_table(s: &Status) -> String {
-    let alloc_cpu: f64 = s.tasks.iter().filter_map(|t| t.allocation.cpu_cores).sum();
+    // `+ 0.0`: an empty f64 sum is -0.0.
+    let alloc_cpu: f64 = s
+        .tasks
+        .iter()
+        .filter_map(|t| t.allocation.cpu_cores)
+        .sum::<f64>()
+        + 0.0;
     let alloc_mem: u64 = s
         .tasks
         .iter()

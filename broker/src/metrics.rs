@@ -203,6 +203,8 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
     for (labels, v) in samples {
+        // An empty f64 sum is -0.0; print it as 0.
+        let v = if *v == 0.0 { 0.0 } else { *v };
         if labels.is_empty() {
             let _ = writeln!(out, "{name} {v}");
         } else {
