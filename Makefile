@@ -8,7 +8,7 @@
 #   PREDICTIVE_E2E_VERSIONS   containerd versions for the e2e suite (default "1.6 1.7 2.1")
 #   PREDICTIVE_E2E_CONTAINERD version for `make demo` / `make bench` / a single nextest run (default 1.6)
 #   PREDICTIVE_E2E_CACHE      unpacked containerd 1.7/2.1 packages and the test image (default /var/cache/predictive-e2e)
-#   PREFIX, DESTDIR           for `make install`
+#   PREFIX, DESTDIR           for `make install` / `make uninstall` (packaging/install.sh)
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -19,7 +19,7 @@ RELEASE := target/release
 # Our cargo runs use the normal target/ dir, whatever a developer's shell exports.
 unexport CARGO_TARGET_DIR
 
-.PHONY: all deps build test test-runc e2e unit demo bench install clean-e2e
+.PHONY: all deps build test test-runc e2e unit demo bench install uninstall deb clean-e2e
 
 all: build
 
@@ -47,10 +47,17 @@ bench: deps build
 	@if ls */benches/*.rs >/dev/null 2>&1; then $(CARGO) bench --workspace; \
 	 else echo "bench: no criterion benches yet (crates add them under <crate>/benches/; this target runs them)"; fi
 
-# Placeholder until packaging/ exists: the shim binary on containerd's PATH.
+# The shim, predictived and predictivectl in $(PREFIX)/bin, the systemd unit, /etc/predictive/predictived.toml and
+# the containerd drop-in (configuration files are never overwritten). From the release binaries: `make build` first.
 install:
-	@test -x $(RELEASE)/$(SHIM) || { echo "run 'make build' first"; exit 1; }
-	install -D -m 0755 $(RELEASE)/$(SHIM) $(DESTDIR)$(PREFIX)/bin/$(SHIM)
+	PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) BINDIR=$(CURDIR)/$(RELEASE) packaging/install.sh
+
+uninstall:
+	PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) packaging/install.sh --uninstall
+
+# target/debian/predictive_<version>_<arch>.deb from the release binaries (cargo-deb, no rebuild).
+deb: deps build
+	$(CARGO) deb -p broker --no-build
 
 # Remove cached containerd packages and the test image (they are fetched again when needed).
 clean-e2e:

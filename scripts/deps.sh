@@ -30,4 +30,9 @@ if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev
     echo "deps: cargo-nextest missing; installing it with cargo" >&2
     cargo install --locked cargo-nextest
 fi
+# `make deb` and the packaging test build the .deb with cargo-deb (about 3 minutes to install on 2 cores).
+if ! cargo deb --version >/dev/null 2>&1; then
+    echo "deps: cargo-deb missing; installing it with cargo" >&2
+    cargo install --locked cargo-deb
+fi
 echo "deps: ok"
