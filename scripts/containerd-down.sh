@@ -35,6 +35,14 @@ done; }
 for _ in $(seq 1 30); do [ -z "$(shims)" ] && break; sleep 0.1; done
 for s in $(shims); do echo "containerd-down: killing leftover shim $s" >&2; kill -KILL "$s" 2>/dev/null; done
 
+# The broker a shim started for this containerd (its pid is in the lock file).
+bpid=$(cat "$dir/broker/predictived.lock" 2>/dev/null || true)
+if [ -n "$bpid" ] && grep -q predictived "/proc/$bpid/cmdline" 2>/dev/null; then
+    kill -TERM "$bpid" 2>/dev/null
+    for _ in $(seq 1 50); do kill -0 "$bpid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$bpid" 2>/dev/null || true
+fi
+
 # Unmount whatever is still mounted under DIR, deepest first.
 awk -v d="$dir/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
     umount -l "$m" 2>/dev/null || true

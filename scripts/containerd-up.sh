@@ -45,14 +45,27 @@ oom_score = 0
     path = "$dir/opt"
 TOML
 
+# The predictive shim and broker read this file (PREDICTIVE_CONFIG in containerd's environment, which its shims
+# inherit): a broker private to this containerd, started by the first shim that finds none. A caller may
+# write DIR/predictive.toml first to tune it.
+if [ ! -f "$dir/predictive.toml" ]; then
+    cat > "$dir/predictive.toml" <<TOML
+state_dir = "$dir/broker"
+socket = "$dir/broker.sock"
+TOML
+fi
+
 cat > "$dir/env" <<ENV
 CONTAINERD_DIR=$dir
 CONTAINERD_VERSION=$ver
 CONTAINERD_SOCK=$sock
 CONTAINERD_BIN_DIR=$bindir
 CTR=$bindir/ctr
+PREDICTIVE_CONFIG=$dir/predictive.toml
+BROKER_SOCK=$dir/broker.sock
 ENV
 
+PREDICTIVE_CONFIG="$dir/predictive.toml" \
 PATH="$shimpath$bindir:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     setsid "$bindir/containerd" --config "$dir/config.toml" </dev/null >"$dir/containerd.log" 2>&1 &
 pid=$!

@@ -58,6 +58,10 @@ pub struct Register {
     /// The cgroup interface (`v1` or `v2`); the broker's host default when absent.
     #[serde(default)]
     pub cgroup: Option<CgroupKind>,
+    /// The container already runs with this allocation (a shim registering again after the broker restarted,
+    /// or late after a fail-open Create): the broker takes it over as is and answers with no directives.
+    #[serde(default)]
+    pub adopt: Option<Allocation>,
 }
 
 /// Telemetry of a running container.
@@ -101,6 +105,7 @@ pub struct Explain {
 }
 
 /// A request.
+#[allow(clippy::large_enum_variant)] // one per line on a socket; boxing buys nothing
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {

@@ -110,6 +110,11 @@ impl Client {
         Self::new(api::DEFAULT_SOCKET, timeout)
     }
 
+    /// Sets the bound on each later call.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
     /// The socket path.
     pub fn path(&self) -> &Path {
         &self.path

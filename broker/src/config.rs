@@ -163,7 +163,12 @@ impl Config {
         self.state_dir.join("predictor.redb")
     }
 
-    /// The lock file.
+    /// Where the live leases are persisted between runs.
+    pub fn leases_file(&self) -> PathBuf {
+        self.state_dir.join("leases.json")
+    }
+
+    /// The lock file that keeps a second broker from starting on the same state directory.
     pub fn lock_file(&self) -> PathBuf {
         self.state_dir.join("predictived.lock")
     }

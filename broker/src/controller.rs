@@ -384,6 +384,8 @@ pub struct Controller {
     tasks: BTreeMap<String, Task>,
     leases: BTreeMap<u64, Lease>,
     next_lease: u64,
+    /// Until then a restored lease whose holder has not registered again is kept (broker restart).
+    restore_grace_until_ms: u64,
 }
 
 /// A snapshot of one task for status queries.
@@ -504,7 +506,60 @@ impl Controller {
             tasks: BTreeMap::new(),
             leases: BTreeMap::new(),
             next_lease: 1,
+            restore_grace_until_ms: 0,
         }
+    }
+
+    /// Restores the leases a previous broker run persisted. They wait for their holders and lenders to register
+    /// again (with [`Controller::adopt`]) until `stale_after_ms` after `now_ms`; a lease whose holder has not
+    /// come back by then ends as usual.
+    pub fn restore_leases(&mut self, leases: Vec<Lease>, now_ms: u64) {
+        for l in leases {
+            self.next_lease = self.next_lease.max(l.id + 1);
+            self.leases.insert(l.id, l);
+        }
+        self.restore_grace_until_ms = now_ms + self.cfg.stale_after_ms;
+    }
+
+    /// Takes over a task that already runs with `current` (its shim registered again after a broker restart, or
+    /// late): no directive changes its limits. Its own CPU before leases is `current` less what it borrows plus
+    /// what it lends under restored leases.
+    pub fn adopt(&mut self, spec: TaskSpec, current: Allocation, now_ms: u64) -> Vec<Directive> {
+        let mut out = Vec::new();
+        if self.tasks.contains_key(&spec.container_id) {
+            out.extend(self.unregister(&spec.container_id, now_ms));
+        }
+        let id = spec.container_id.clone();
+        let lent: f64 = self
+            .leases
+            .values()
+            .filter(|l| l.lender.as_deref() == Some(id.as_str()))
+            .map(|l| l.amount)
+            .sum();
+        let base_cpu = current
+            .cpu_cores
+            .map(|c| (c - self.borrowed(&id) + lent).max(self.cfg.min_cpu_cores));
+        let memory_max = current
+            .memory_max_bytes
+            .or(spec.limits.memory_limit_bytes)
+            .or(Some(self.grantable_memory()));
+        self.tasks.insert(
+            id,
+            Task {
+                base_cpu,
+                cpu: current.cpu_cores,
+                memory: current.memory_bytes,
+                memory_max,
+                frozen_memory: None,
+                usage: None,
+                last_report_ms: now_ms,
+                holding_memory: false,
+                critical: false,
+                spec,
+            },
+        );
+        self.update_critical_path(now_ms);
+        out
     }
 
     /// The configuration.
@@ -843,6 +898,11 @@ impl Controller {
         let ttl = self.cfg.lease_ttl_ms;
         let mut ended = Vec::new();
         for l in self.leases.values_mut() {
+            let waiting =
+                now_ms < self.restore_grace_until_ms && !self.tasks.contains_key(&l.holder);
+            if waiting {
+                continue;
+            }
             let fresh = self
                 .tasks
                 .get(&l.holder)

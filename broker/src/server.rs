@@ -10,8 +10,11 @@
 //! Who may connect: root, the broker's own uid, and `allowed_gid` (checked with SO_PEERCRED on every
 //! connection; the socket is mode 0600, or 0660 owned by that group).
 //!
-//! Limits: leases and registrations live in memory, so a restarted broker answers a Report for an unknown
-//! container with `not_found` and the shim registers again (the store keeps every committed record).
+//! Restarts: registrations live in memory, so a restarted broker answers a Report for an unknown container
+//! with `not_found` and the shim registers again with `adopt` (its allocation in force), which changes no
+//! limit. Leases are written to `leases.json` in the state directory after each tick that changed them and
+//! restored at start; a restored lease waits `stale_after_ms` for its holder to come back. The store keeps
+//! every committed record.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -191,6 +194,8 @@ pub struct Broker {
     recorder: Mutex<mpsc::Sender<Record>>,
     default_cgroup: CgroupKind,
     stop: AtomicBool,
+    /// The lease set last written to disk.
+    persisted: Mutex<Option<Vec<crate::controller::Lease>>>,
 }
 
 /// Turns a pair of raw samples into the controller's usage and the predictor's sample.
@@ -450,7 +455,13 @@ impl Broker {
         };
         let (allocation, directives, records) = {
             let mut st = self.lock();
-            let (allocation, directives) = st.controller.register(spec, now);
+            let (allocation, directives) = match r.adopt {
+                Some(current) => {
+                    tracing::info!(container = %r.container_id, ?current, "registered again while running: allocation adopted");
+                    (current, st.controller.adopt(spec, current, now))
+                }
+                None => st.controller.register(spec, now),
+            };
             let reg = st.next_reg;
             st.next_reg += 1;
             let running = Running {
@@ -666,6 +677,29 @@ impl Broker {
             tracing::warn!(container = %id, "no report for 10 minutes: forgotten");
         }
         self.record_decisions(records);
+        self.persist_leases();
+    }
+
+    /// Writes the live leases to [`Config::leases_file`] when they changed since the last write (write to a
+    /// temporary file, fsync, rename: a reader sees the old or the new set, never half of one).
+    pub fn persist_leases(&self) {
+        let leases = self.lock().controller.leases();
+        let mut last = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_ref() == Some(&leases) {
+            return;
+        }
+        let path = self.cfg.leases_file();
+        let tmp = path.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            serde_json::to_writer(&mut f, &leases).map_err(std::io::Error::other)?;
+            f.sync_data()?;
+            std::fs::rename(&tmp, &path)
+        };
+        match write() {
+            Ok(()) => *last = Some(leases),
+            Err(e) => tracing::error!(error = %e, path = %path.display(), "persisting leases"),
+        }
     }
 
     /// Hands every buffered sample to the recorder.
@@ -837,6 +871,21 @@ fn serve_connection(broker: Arc<Broker>, stream: UnixStream) {
     }
 }
 
+/// The leases a previous run persisted; none when the file is missing or unreadable (said in the log).
+fn read_leases(path: &Path) -> Vec<crate::controller::Lease> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            tracing::error!(error = %e, path = %path.display(), "ignoring an unreadable lease file");
+            Vec::new()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            tracing::error!(error = %e, path = %path.display(), "reading the lease file");
+            Vec::new()
+        }
+    }
+}
+
 /// A running daemon; [`Daemon::shutdown`] stops it and drains the recorder.
 pub struct Daemon {
     broker: Arc<Broker>,
@@ -950,9 +999,19 @@ impl Daemon {
             let p = Arc::clone(&predictor);
             spawn("recorder", move || recorder(p, rx))?
         };
+        let mut controller = Controller::new(cfg.controller.clone(), host);
+        let restored = read_leases(&cfg.leases_file());
+        if !restored.is_empty() {
+            tracing::info!(
+                leases = restored.len(),
+                "restored the leases of the previous run; they wait for their shims to register again"
+            );
+        }
+        controller.restore_leases(restored.clone(), now_ms());
         let broker = Arc::new(Broker {
+            persisted: Mutex::new(Some(restored)),
             state: Mutex::new(State {
-                controller: Controller::new(cfg.controller.clone(), host),
+                controller,
                 running: HashMap::new(),
                 next_reg: 1,
             }),

@@ -153,6 +153,7 @@ fn register(id: &str, task_type: &str, cpu_limit: Option<f64>) -> Register {
         cgroup_path: format!("/test/{id}"),
         pid: Some(1),
         cgroup: None,
+        adopt: None,
     }
 }
 

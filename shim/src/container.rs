@@ -20,6 +20,8 @@ pub struct Container {
     pub rootfs_mounted: bool,
     pub oom_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub oom: Mutex<Option<Arc<crate::oom::OomTracker>>>,
+    /// Prediction, allocation and monitor (none in mode off).
+    pub augment: Option<Arc<crate::predict::Augment>>,
 }
 
 impl Container {
@@ -32,6 +34,7 @@ impl Container {
             rootfs_mounted,
             oom_watch: Mutex::new(None),
             oom: Mutex::new(None),
+            augment: None,
         }
     }
 

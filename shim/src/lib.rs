@@ -7,6 +7,7 @@ pub mod io;
 pub mod logging;
 pub mod metrics;
 pub mod oom;
+pub mod predict;
 pub mod process;
 pub mod reaper;
 pub mod runtime;

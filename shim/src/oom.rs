@@ -51,12 +51,23 @@ pub fn oom_kills(cgroup: &MemoryCgroup) -> Option<u64> {
 pub struct OomTracker {
     cgroup: MemoryCgroup,
     reported: AtomicU64,
+    /// The counter when tracking began.
+    initial: u64,
 }
 
 impl OomTracker {
     pub fn new(cgroup: MemoryCgroup) -> OomTracker {
-        let reported = AtomicU64::new(oom_kills(&cgroup).unwrap_or(0));
-        OomTracker { cgroup, reported }
+        let initial = oom_kills(&cgroup).unwrap_or(0);
+        OomTracker {
+            cgroup,
+            reported: AtomicU64::new(initial),
+            initial,
+        }
+    }
+
+    /// True if the OOM killer acted in the cgroup since tracking began (as far as reported by [`Self::check`]).
+    pub fn killed(&self) -> bool {
+        self.reported.load(Ordering::SeqCst) > self.initial
     }
 
     /// True if the OOM killer acted since the last report (and marks it reported).

@@ -32,6 +32,7 @@ use crate::error::{Result, ShimError};
 use crate::io::{self, ProcessIo, StdioPaths};
 use crate::metrics::{self, CgroupDirs};
 use crate::oom;
+use crate::predict::Augment;
 use crate::process::{ExitInfo, Process};
 use crate::reaper::Reaper;
 use crate::zygote::{self, Failure, Reply, Request, Zygote};
@@ -152,6 +153,7 @@ impl TaskService {
         process: Arc<Process>,
         pid: i32,
         oom: Option<Arc<oom::OomTracker>>,
+        augment: Option<Arc<Augment>>,
     ) {
         let rx = self.shared.reaper.subscribe(pid);
         let shared = self.shared.clone();
@@ -159,10 +161,12 @@ impl TaskService {
         tokio::spawn(async move {
             let status = rx.await.map(|e| e.status).unwrap_or(255);
             // An OOM kill the watcher has not reported yet is announced before the exit.
-            if let Some(oom) = oom
-                && oom.check()
-            {
-                publish_oom(&shared, &container_id).await;
+            let mut oom_killed = false;
+            if let Some(oom) = &oom {
+                if oom.check() {
+                    publish_oom(&shared, &container_id).await;
+                }
+                oom_killed = oom.killed();
             }
             let info = process.set_exited(status);
             let id = if process.exec_id.is_empty() {
@@ -171,6 +175,9 @@ impl TaskService {
                 process.exec_id.clone()
             };
             tracing::info!(container = %container_id, id = %id, pid, status, "process exited");
+            if let Some(a) = &augment {
+                a.exited(info.status, oom_killed);
+            }
             publish(
                 &shared,
                 TaskExit {
@@ -233,6 +240,22 @@ impl TaskService {
         }
         let bundle = PathBuf::from(&req.bundle);
         let spec = container::read_spec(&bundle)?;
+        // Annotations are checked and the broker asked before anything is mounted or created.
+        let augment = {
+            let (id, ns, b) = (
+                req.id.clone(),
+                self.shared.namespace.clone(),
+                bundle.clone(),
+            );
+            let spec = spec.clone();
+            tokio::task::spawn_blocking(move || Augment::prepare(&id, &ns, &b, &spec))
+                .await
+                .map_err(|e| ShimError::Runtime {
+                    op: "create",
+                    id: req.id.clone(),
+                    message: format!("registering with the broker: {e}"),
+                })??
+        };
         let terminal = spec
             .process()
             .as_ref()
@@ -258,14 +281,19 @@ impl TaskService {
         }
         match self.create_init(&req, &bundle, paths).await {
             Ok((process, pid)) => {
-                let container = Arc::new(Container::new(&req.id, &bundle, process, mounted));
+                let mut container = Container::new(&req.id, &bundle, process, mounted);
+                container.augment = augment.clone();
+                let container = Arc::new(container);
+                if let Some(a) = &augment {
+                    a.created(pid);
+                }
                 self.watch_oom(&container, pid);
                 let oom = container
                     .oom
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
-                self.watch_exit(&req.id, container.init.clone(), pid, oom);
+                self.watch_exit(&req.id, container.init.clone(), pid, oom, augment);
                 self.containers().insert(req.id.clone(), container);
                 self.publish(TaskCreate {
                     container_id: req.id.clone(),
@@ -435,7 +463,7 @@ impl TaskService {
                 process.set_pid(pid);
                 process.set_status(Status::RUNNING);
                 *process.io.lock().await = Some(pio);
-                self.watch_exit(&container.id, process.clone(), pid, None);
+                self.watch_exit(&container.id, process.clone(), pid, None, None);
                 Ok(pid)
             }
             Err(e) => {
@@ -495,6 +523,11 @@ impl TaskService {
             shutdown_io(&exec).await;
         }
         shutdown_io(&init).await;
+        if let Some(a) = &container.augment {
+            // The run summary reaches the broker before the shim may exit.
+            a.wait().await;
+            a.cleanup();
+        }
         if let Some(h) = container
             .oom_watch
             .lock()

@@ -42,6 +42,20 @@ impl Containerd {
 
     /// [`Self::start`] with explicit settings (the benchmark runs two runtimes on one containerd).
     pub fn start_with(test: &str, settings: Settings) -> Option<Containerd> {
+        Self::start_configured(test, settings, None)
+    }
+
+    /// [`Self::start`] with `broker_toml` added to the predictive config this containerd's shims and broker
+    /// read (`DIR/predictive.toml`; `state_dir` and `socket` are set to DIR/broker and DIR/broker.sock).
+    pub fn start_with_broker(test: &str, broker_toml: &str) -> Option<Containerd> {
+        Self::start_configured(test, Settings::from_env(), Some(broker_toml))
+    }
+
+    fn start_configured(
+        test: &str,
+        settings: Settings,
+        broker_toml: Option<&str>,
+    ) -> Option<Containerd> {
         if !crate::require_root(test) {
             return None;
         }
@@ -59,6 +73,14 @@ impl Containerd {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let dir = PathBuf::from(format!("/tmp/pe2e-{me}-{n}"));
         let _ = std::fs::remove_dir_all(&dir);
+        if let Some(extra) = broker_toml {
+            std::fs::create_dir_all(&dir).expect("creating the containerd dir");
+            let text = format!(
+                "state_dir = \"{d}/broker\"\nsocket = \"{d}/broker.sock\"\n{extra}\n",
+                d = dir.display()
+            );
+            std::fs::write(dir.join("predictive.toml"), text).expect("writing predictive.toml");
+        }
         let mut up = Command::new(settings.script("containerd-up.sh"));
         up.arg(&dir).arg(&settings.containerd);
         if settings.shim_dir.is_dir() {
@@ -347,7 +369,40 @@ impl Containerd {
         problems
     }
 
+    /// The broker socket this containerd's shims use.
+    pub fn broker_socket(&self) -> PathBuf {
+        self.dir.join("broker.sock")
+    }
+
+    /// The pid of the broker a shim started for this containerd, if one runs.
+    pub fn broker_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.dir.join("broker/predictived.lock"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        String::from_utf8_lossy(&cmd)
+            .contains("predictived")
+            .then_some(pid)
+    }
+
+    /// Stops the broker (SIGTERM, then SIGKILL after 5 s).
+    pub fn stop_broker(&self) {
+        if let Some(pid) = self.broker_pid() {
+            // SAFETY: signalling the broker this test's shims started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while pid_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+
     fn stop_containerd(&self) {
+        self.stop_broker();
         if pid_alive(self.pid) {
             // SAFETY: signalling the containerd we started.
             unsafe { libc::kill(self.pid, libc::SIGTERM) };

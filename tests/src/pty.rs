@@ -18,7 +18,7 @@ impl PtyChild {
     pub fn spawn(mut cmd: Command) -> PtyChild {
         let mut master: libc::c_int = -1;
         let mut slave: libc::c_int = -1;
-        let mut ws = libc::winsize {
+        let ws = libc::winsize {
             ws_row: 24,
             ws_col: 80,
             ws_xpixel: 0,
@@ -31,7 +31,7 @@ impl PtyChild {
                 &mut slave,
                 std::ptr::null_mut(),
                 std::ptr::null(),
-                &mut ws,
+                &ws,
             )
         };
         assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());

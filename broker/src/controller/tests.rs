@@ -674,3 +674,79 @@ fn memory_stall_near_the_allocation_grows_it() {
     c.tick(2000);
     assert!(mem_of(&c, "m") > 100 * MIB);
 }
+
+#[test]
+fn restart_restores_leases_and_adopts_running_tasks_without_changing_limits() {
+    let mut c = scenario_two();
+    c.observe("a", cpu_use(1000, 0.1, 0.0));
+    c.observe("b", cpu_use(1000, 0.5, 0.6));
+    c.tick(1000);
+    let leases = c.leases();
+    assert_eq!(leases.len(), 1);
+    let (a_now, b_now) = (c.allocation("a").expect("a"), c.allocation("b").expect("b"));
+
+    // A new controller (the restarted broker): the leases come back, then the shims register with `adopt`.
+    let mut r = Controller::new(cfg(), host(4.0, 8 * GIB));
+    r.restore_leases(leases.clone(), 10_000);
+    // Before anyone registers again, a tick keeps them (grace of stale_after_ms).
+    assert!(r.tick(10_100).is_empty());
+    assert_eq!(r.leases(), leases);
+    assert!(
+        r.adopt(spec("b", Some(3.0), Some(GIB)), b_now, 10_200)
+            .is_empty()
+    );
+    assert!(
+        r.adopt(spec("a", Some(3.0), Some(GIB)), a_now, 10_300)
+            .is_empty()
+    );
+    assert_eq!(r.allocation("a"), Some(a_now));
+    assert_eq!(r.allocation("b"), Some(b_now));
+    let views = r.tasks();
+    let base = |id: &str| {
+        views
+            .iter()
+            .find(|t| t.container_id == id)
+            .expect("task")
+            .base_cpu_cores
+    };
+    assert_eq!(
+        base("a"),
+        Some(3.0),
+        "a's own allocation: what it keeps plus what it lends"
+    );
+    assert_eq!(
+        base("b"),
+        Some(0.5),
+        "b's own allocation: what it has less what it borrows"
+    );
+    // Nothing changes while the situation holds; a lease id is never reused.
+    r.observe("a", cpu_use(11_000, 0.1, 0.0));
+    r.observe("b", cpu_use(11_000, cpu_of(&r, "b"), 0.6));
+    r.tick(11_000);
+    assert!(r.leases().iter().any(|l| l.id == leases[0].id));
+    assert!(
+        r.leases()
+            .iter()
+            .all(|l| l.id >= leases[0].id)
+    );
+    assert!(cpu_of(&r, "b") >= b_now.cpu_cores.expect("b cpu"));
+}
+
+#[test]
+fn restored_lease_whose_holder_never_returns_ends_after_the_grace() {
+    let mut c = scenario_two();
+    c.observe("a", cpu_use(1000, 0.1, 0.0));
+    c.observe("b", cpu_use(1000, 0.5, 0.6));
+    c.tick(1000);
+    let leases = c.leases();
+    let a_now = c.allocation("a").expect("a");
+    let mut r = Controller::new(cfg(), host(4.0, 8 * GIB));
+    r.restore_leases(leases, 10_000);
+    r.adopt(spec("a", Some(3.0), Some(GIB)), a_now, 10_000);
+    let stale = r.config().stale_after_ms;
+    r.observe("a", cpu_use(10_000 + stale, 0.1, 0.0));
+    let ds = r.tick(10_000 + stale);
+    assert!(r.leases().is_empty());
+    assert_eq!(cpu_of(&r, "a"), 3.0, "the lender has its CPU back");
+    assert!(ds.iter().any(|d| d.container_id == "a"));
+}

@@ -1,0 +1,832 @@
+//! Task object augmentation: each container carries its predicted profile, its current allocation and its
+//! monitor, and this is the shim's side of the broker protocol (docs/BROKER-API.md).
+//!
+//! - Create: the `io.predictive.*` annotations are checked (a bad value fails Create with InvalidArgument
+//!   naming the annotation); mode `off` stops here and the broker is never contacted. Otherwise the shim
+//!   registers the container with a bounded wait ([`Settings::register_budget`], 50 ms) and, in mode `enforce`,
+//!   writes the initial allocation into the bundle's `config.json` before libcontainer reads it. A slow or
+//!   absent broker means the spec's limits stand (fail open, said in the log); when none answers on the
+//!   socket the shim starts `predictived` itself (its lock file keeps a second one from starting) and the
+//!   monitor registers the container once it is up, adopting the limits in force.
+//! - Running: every tick (the broker config's `tick_ms`, default 1 s) the monitor samples the cgroup
+//!   (runtime-hooks), reports the samples and applies the directives the reply carries. A broker that
+//!   restarted answers `not_found`: the monitor registers again with `adopt`, which changes no limit.
+//! - Exit: the run summary goes to the broker (`finish`) before the container can be deleted, so the next
+//!   prediction learns from it.
+//!
+//! Everything blocking (the broker socket, cgroup files) runs on tokio's blocking pool, never on the shim's
+//! single runtime thread.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use broker::annotations::Annotations;
+use broker::api::{Finish, Register, Registered, Report};
+use broker::client::{Client, ClientError};
+use broker::config::{Config, DEFAULT_CONFIG};
+use broker::controller::{Action, Allocation, CgroupKind, Directive, Mode, SpecLimits};
+use oci_spec::runtime::Spec;
+use runtime_hooks::{ContainerCgroup, HostRoots, Sample, Sampler};
+use tokio::sync::Notify;
+
+use crate::error::{Result, ShimError};
+
+/// Environment variable naming the configuration file (default [`DEFAULT_CONFIG`]): the broker's TOML, whose
+/// `socket`, `state_dir` and `tick_ms` the shim uses too. containerd passes its environment to its shims.
+pub const CONFIG_ENV: &str = "PREDICTIVE_CONFIG";
+/// Most samples kept for a broker that does not answer.
+const MAX_BUFFERED: usize = 64;
+/// Least time between two attempts to start a broker.
+const SPAWN_EVERY: Duration = Duration::from_secs(10);
+/// How long a Create waits for a broker it has just started.
+const SPAWN_WAIT: Duration = Duration::from_millis(1000);
+
+/// What the shim reads from the configuration file.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The file, when one exists (passed on to an embedded broker).
+    pub config_file: Option<PathBuf>,
+    /// The broker's socket.
+    pub socket: PathBuf,
+    /// The broker's state directory (its lock file tells whether one runs).
+    pub state_dir: PathBuf,
+    /// Monitor period.
+    pub tick: Duration,
+    /// Bound on Register at Create.
+    pub register_budget: Duration,
+}
+
+impl Settings {
+    fn load() -> Settings {
+        let path = std::env::var_os(CONFIG_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        let (cfg, file) = match Config::load(&path, false) {
+            Ok(cfg) => (cfg, path.exists().then_some(path)),
+            Err(e) => {
+                tracing::error!(
+                    "{}; the shim uses the default broker settings",
+                    broker::error_chain(&e)
+                );
+                (Config::default(), None)
+            }
+        };
+        Settings {
+            config_file: file,
+            socket: cfg.socket,
+            state_dir: cfg.state_dir,
+            tick: Duration::from_millis(cfg.tick_ms.max(50)),
+            register_budget: Duration::from_millis(50),
+        }
+    }
+
+    /// The settings of this shim process, read once.
+    pub fn get() -> &'static Settings {
+        static S: OnceLock<Settings> = OnceLock::new();
+        S.get_or_init(Settings::load)
+    }
+}
+
+/// The annotations of a spec, as the broker reads them.
+fn annotations(spec: &Spec) -> BTreeMap<String, String> {
+    spec.annotations()
+        .as_ref()
+        .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default()
+}
+
+/// The user's limits and requests in a spec.
+pub fn spec_limits(spec: &Spec) -> SpecLimits {
+    let res = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    let cpu = res.and_then(|r| r.cpu().as_ref());
+    let mem = res.and_then(|r| r.memory().as_ref());
+    let cpu_limit_cores = cpu.and_then(|c| match (c.quota(), c.period()) {
+        (Some(q), p) if q > 0 => Some(q as f64 / p.filter(|p| *p > 0).unwrap_or(100_000) as f64),
+        _ => None,
+    });
+    // Shares of 2 are Kubernetes' best effort, 1024 the kernel's default: neither is a request.
+    let cpu_request_cores = cpu
+        .and_then(|c| c.shares())
+        .filter(|s| *s > 2 && *s != 1024)
+        .map(|s| s as f64 / 1024.0);
+    let positive = |v: Option<i64>| v.filter(|v| *v > 0).map(|v| v as u64);
+    SpecLimits {
+        cpu_limit_cores,
+        cpu_request_cores,
+        memory_limit_bytes: positive(mem.and_then(|m| m.limit())),
+        memory_request_bytes: positive(mem.and_then(|m| m.reservation())),
+    }
+}
+
+fn host_cgroup_kind() -> CgroupKind {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        CgroupKind::V2
+    } else {
+        CgroupKind::V1
+    }
+}
+
+/// The allocation the spec itself gives.
+fn spec_allocation(l: &SpecLimits) -> Allocation {
+    Allocation {
+        cpu_cores: l.cpu_limit_cores,
+        memory_bytes: l.memory_limit_bytes,
+        memory_max_bytes: l.memory_limit_bytes,
+    }
+}
+
+/// Checks the annotations of a spec: a bad `io.predictive.*` value is an InvalidArgument naming it.
+pub fn check_annotations(spec: &Spec) -> Result<Annotations> {
+    Annotations::parse(&annotations(spec))
+        .map_err(|e| ShimError::InvalidArgument(format!("invalid annotation: {e}")))
+}
+
+/// Starts `predictived` detached (its own session, output to `predictived.log` in the state directory), unless
+/// one holds the lock. The binary is the one next to the shim, else the one on PATH.
+fn spawn_broker(s: &Settings) {
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("predictived")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("predictived"));
+    if let Err(e) = std::fs::create_dir_all(&s.state_dir) {
+        tracing::warn!(
+            "cannot start a broker: creating {}: {e}",
+            s.state_dir.display()
+        );
+        return;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(s.state_dir.join("predictived.log"));
+    let mut cmd = std::process::Command::new(&exe);
+    if let Some(f) = &s.config_file {
+        cmd.arg("--config").arg(f);
+    }
+    cmd.arg("--socket")
+        .arg(&s.socket)
+        .arg("--state-dir")
+        .arg(&s.state_dir)
+        .stdin(std::process::Stdio::null());
+    match log.and_then(|l| Ok((l.try_clone()?, l))) {
+        Ok((out, err)) => {
+            cmd.stdout(out).stderr(err);
+        }
+        Err(_) => {
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+        }
+    }
+    // SAFETY: setsid is async-signal-safe; the child only calls it before exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    match cmd.spawn() {
+        Ok(child) => tracing::info!(
+            pid = child.id(),
+            socket = %s.socket.display(),
+            "no broker answered: started {}",
+            exe.display()
+        ),
+        Err(e) => tracing::warn!(
+            "no broker answered and {} could not start: {e}",
+            exe.display()
+        ),
+    }
+}
+
+/// One attempt per [`SPAWN_EVERY`] per shim process.
+fn maybe_spawn_broker(s: &Settings) -> bool {
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_some_and(|t| t.elapsed() < SPAWN_EVERY) {
+        return false;
+    }
+    *last = Some(Instant::now());
+    spawn_broker(s);
+    true
+}
+
+fn no_broker(e: &ClientError) -> bool {
+    matches!(e, ClientError::Connect { .. })
+}
+
+/// What a container's monitor owns between ticks.
+struct MonitorState {
+    client: Client,
+    /// The container is known to the broker.
+    registered: bool,
+    cgroup: Option<ContainerCgroup>,
+    sampler: Option<Sampler>,
+    buffered: Vec<Sample>,
+    last: Option<Sample>,
+}
+
+/// The augmentation of one task: prediction, allocation, monitor.
+pub struct Augment {
+    pub id: String,
+    pub mode: Mode,
+    register: Register,
+    /// The broker's answer at registration: the predicted profile (`None`: not registered, or cold start).
+    pub registered: Mutex<Option<Registered>>,
+    /// The allocation in force.
+    pub allocation: Mutex<Allocation>,
+    pid: Mutex<Option<i32>>,
+    state: Mutex<MonitorState>,
+    stop: Notify,
+    monitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    finished: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Directories this shim made in a hybrid host's cgroup2 tree, deepest last.
+    unified: Mutex<Vec<PathBuf>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Augment {
+    /// Create, before libcontainer: checks the annotations, registers (bounded), and in mode enforce writes the
+    /// initial allocation into `bundle/config.json`. `None` in mode off. Blocking: call from the blocking pool.
+    pub fn prepare(
+        id: &str,
+        namespace: &str,
+        bundle: &Path,
+        spec: &Spec,
+    ) -> Result<Option<Arc<Augment>>> {
+        let ann = check_annotations(spec)?;
+        if ann.mode == Mode::Off {
+            tracing::debug!(
+                container = id,
+                "io.predictive.mode=off: the broker is not contacted"
+            );
+            return Ok(None);
+        }
+        let s = Settings::get();
+        let map = annotations(spec);
+        let image = ["io.kubernetes.cri.image-name", "io.containerd.image.name"]
+            .iter()
+            .find_map(|k| map.get(*k).cloned())
+            .unwrap_or_default();
+        let limits = spec_limits(spec);
+        let register = Register {
+            container_id: id.to_owned(),
+            namespace: namespace.to_owned(),
+            annotations: map,
+            image,
+            command: spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.args().clone())
+                .unwrap_or_default(),
+            limits,
+            cgroup_path: spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().as_ref())
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            pid: None,
+            cgroup: Some(host_cgroup_kind()),
+            adopt: None,
+        };
+        let started = Instant::now();
+        let mut client = Client::new(&s.socket, s.register_budget);
+        let mut result = client.register(&register);
+        if let Err(e) = &result
+            && no_broker(e)
+            && maybe_spawn_broker(s)
+        {
+            // A broker we just started: wait for its socket a little longer, once.
+            let deadline = Instant::now() + SPAWN_WAIT;
+            while Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+                result = client.register(&register);
+                if !matches!(&result, Err(e) if no_broker(e)) {
+                    break;
+                }
+            }
+        }
+        let mut allocation = spec_allocation(&limits);
+        let registered = match result {
+            Ok(r) => {
+                tracing::info!(
+                    container = id,
+                    task_key = %r.task_key,
+                    mode = ?r.mode,
+                    cold_start = r.cold_start,
+                    allocation = ?r.allocation,
+                    took_us = started.elapsed().as_micros() as u64,
+                    "registered with the broker"
+                );
+                if r.mode == Mode::Enforce {
+                    write_allocation(bundle, &r.directives)?;
+                    allocation = r.allocation;
+                }
+                Some(r)
+            }
+            Err(ClientError::Broker(e)) if e.code == broker::api::ErrorCode::InvalidAnnotation => {
+                return Err(ShimError::InvalidArgument(e.message));
+            }
+            Err(e) => {
+                tracing::warn!(
+                    container = id,
+                    "broker unavailable ({}): starting with the spec's limits (fail open)",
+                    broker::error_chain(&e)
+                );
+                None
+            }
+        };
+        client.set_timeout(s.tick.min(Duration::from_secs(1)));
+        Ok(Some(Arc::new(Augment {
+            id: id.to_owned(),
+            mode: ann.mode,
+            register,
+            state: Mutex::new(MonitorState {
+                client,
+                registered: registered.is_some(),
+                cgroup: None,
+                sampler: None,
+                buffered: Vec::new(),
+                last: None,
+            }),
+            registered: Mutex::new(registered),
+            allocation: Mutex::new(allocation),
+            pid: Mutex::new(None),
+            stop: Notify::new(),
+            monitor: Mutex::new(None),
+            finished: Mutex::new(None),
+            unified: Mutex::new(Vec::new()),
+        })))
+    }
+
+    /// After libcontainer created the container (before its process runs): applies the registration's
+    /// directives to the live cgroup too (the OOM-killer switch is not in every cgroup driver's spec support),
+    /// then starts the monitor.
+    pub fn created(self: &Arc<Self>, pid: i32) {
+        *lock(&self.pid) = Some(pid);
+        *lock(&self.unified) = join_unified(Path::new(UNIFIED_ROOT), pid);
+        let own: Vec<Directive> = lock(&self.registered)
+            .as_ref()
+            .filter(|r| r.mode == Mode::Enforce)
+            .map(|r| r.directives.clone())
+            .unwrap_or_default();
+        {
+            let mut st = lock(&self.state);
+            match ContainerCgroup::from_pid(&HostRoots::default(), pid) {
+                Ok(cg) => {
+                    for d in &own {
+                        if let Err(e) = broker::apply::apply(d, &cg) {
+                            tracing::warn!(container = %self.id, "applying the initial {:?}: {e}", d.action);
+                        }
+                    }
+                    st.sampler = Some(cg.sampler());
+                    st.cgroup = Some(cg);
+                }
+                Err(e) => tracing::warn!(container = %self.id, "no cgroup to monitor: {e}"),
+            }
+        }
+        let me = self.clone();
+        let tick = Settings::get().tick;
+        *lock(&self.monitor) = Some(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(tick) => {}
+                    _ = me.stop.notified() => break,
+                }
+                let m = me.clone();
+                if tokio::task::spawn_blocking(move || m.step()).await.is_err() {
+                    tracing::error!(container = %me.id, "a monitor step panicked");
+                }
+            }
+        }));
+    }
+
+    /// One tick: sample, register if needed, report, apply.
+    fn step(&self) {
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        let Some(sampler) = st.sampler.as_mut() else {
+            return;
+        };
+        let s = sampler.sample();
+        if st.buffered.len() >= MAX_BUFFERED {
+            st.buffered.remove(0);
+        }
+        st.buffered.push(s.clone());
+        st.last = Some(s);
+        if !st.registered && !self.register_again(st) {
+            return;
+        }
+        let report = Report {
+            container_id: self.id.clone(),
+            samples: std::mem::take(&mut st.buffered),
+            oom_events: 0,
+        };
+        match st.client.report(&report) {
+            Ok(directives) => {
+                for d in &directives {
+                    self.apply(st, d);
+                }
+            }
+            Err(e) if e.is_not_registered() => {
+                tracing::info!(container = %self.id, "the broker does not know this container (it restarted): registering again");
+                st.registered = false;
+                st.buffered = report.samples;
+                if self.register_again(st) {
+                    // The first samples prime the broker's rates; send them now.
+                    let again = Report {
+                        container_id: self.id.clone(),
+                        samples: std::mem::take(&mut st.buffered),
+                        oom_events: 0,
+                    };
+                    if let Err(e) = st.client.report(&again) {
+                        tracing::debug!(container = %self.id, "report after registering again: {e}");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(container = %self.id, "report: {}", broker::error_chain(&e));
+                st.buffered = report.samples;
+                if no_broker(&e) {
+                    st.registered = false;
+                }
+            }
+        }
+    }
+
+    /// Registers a running container with the allocation in force; `true` when the broker took it.
+    fn register_again(&self, st: &mut MonitorState) -> bool {
+        let mut r = self.register.clone();
+        r.pid = *lock(&self.pid);
+        r.adopt = Some(*lock(&self.allocation));
+        match st.client.register(&r) {
+            Ok(reg) => {
+                tracing::info!(container = %self.id, task_key = %reg.task_key, "registered with the broker (limits in force adopted)");
+                let mut cur = lock(&self.registered);
+                if cur.is_none() {
+                    *cur = Some(reg);
+                }
+                st.registered = true;
+                true
+            }
+            Err(e) => {
+                if no_broker(&e) {
+                    maybe_spawn_broker(Settings::get());
+                }
+                tracing::debug!(container = %self.id, "registering: {}", broker::error_chain(&e));
+                false
+            }
+        }
+    }
+
+    fn apply(&self, st: &MonitorState, d: &Directive) {
+        if !d.applied || self.mode != Mode::Enforce {
+            return;
+        }
+        let Some(cg) = st.cgroup.as_ref() else {
+            return;
+        };
+        match broker::apply::apply(d, cg) {
+            Ok(true) => {
+                let mut a = lock(&self.allocation);
+                match &d.action {
+                    Action::SetCpu { cores } => a.cpu_cores = *cores,
+                    Action::SetMemoryHigh {
+                        high_bytes,
+                        max_bytes,
+                    } => {
+                        a.memory_bytes = *high_bytes;
+                        a.memory_max_bytes = *max_bytes;
+                    }
+                    Action::SetMemoryLimit { limit_bytes, .. } => a.memory_bytes = *limit_bytes,
+                    _ => {}
+                }
+                tracing::info!(container = %self.id, action = ?d.action, reason = %d.reason, "directive applied");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(container = %self.id, action = ?d.action, "directive not applied: {e}")
+            }
+        }
+    }
+
+    /// The init process exited: stop the monitor and send the run summary (in the background; [`Self::wait`]
+    /// waits for it).
+    pub fn exited(self: &Arc<Self>, status: u32, oom_killed: bool) {
+        self.stop.notify_one();
+        let me = self.clone();
+        let handle = tokio::spawn(async move {
+            let monitor = lock(&me.monitor).take();
+            if let Some(m) = monitor {
+                let _ = m.await;
+            }
+            let m = me.clone();
+            let _ = tokio::task::spawn_blocking(move || m.finish(status, oom_killed)).await;
+        });
+        *lock(&self.finished) = Some(handle);
+    }
+
+    fn finish(&self, status: u32, oom_killed: bool) {
+        let mut st = lock(&self.state);
+        if !st.registered {
+            // Still unknown to the broker (it was down all along): nothing it could learn from.
+            return;
+        }
+        let peak = st
+            .last
+            .as_ref()
+            .and_then(|s| s.memory.peak_bytes.or(s.memory.usage_bytes));
+        if !st.buffered.is_empty() {
+            let rep = Report {
+                container_id: self.id.clone(),
+                samples: std::mem::take(&mut st.buffered),
+                oom_events: 0,
+            };
+            let _ = st.client.report(&rep);
+        }
+        let f = Finish {
+            container_id: self.id.clone(),
+            exit_code: status as i32,
+            oom_killed,
+            peak_memory_bytes: peak,
+        };
+        match st.client.finish(&f) {
+            Ok(done) => tracing::info!(
+                container = %self.id,
+                duration_s = done.duration_s,
+                samples = done.samples,
+                "run recorded by the broker"
+            ),
+            Err(e) => {
+                tracing::warn!(container = %self.id, "the run was not recorded: {}", broker::error_chain(&e))
+            }
+        }
+    }
+
+    /// After the container's processes are gone: removes the cgroup2 directories [`join_unified`] made.
+    pub fn cleanup(&self) {
+        let made: Vec<PathBuf> = lock(&self.unified).drain(..).collect();
+        for (i, dir) in made.iter().enumerate().rev() {
+            match std::fs::remove_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // A parent another container of the same group still uses.
+                Err(_) if i + 1 < made.len() => {}
+                Err(e) => tracing::warn!(container = %self.id, "removing {}: {e}", dir.display()),
+            }
+        }
+    }
+
+    /// Waits (bounded) until the run summary was sent, so a shim that exits after Delete loses nothing.
+    pub async fn wait(&self) {
+        self.stop.notify_one();
+        let finished = lock(&self.finished).take();
+        if let Some(h) = finished {
+            let _ = tokio::time::timeout(Duration::from_secs(3), h).await;
+        } else if let Some(m) = lock(&self.monitor).take() {
+            m.abort();
+        }
+    }
+}
+
+/// Where a hybrid host mounts its controller-less cgroup2 tree.
+const UNIFIED_ROOT: &str = "/sys/fs/cgroup/unified";
+
+/// On a hybrid host (v1 controllers plus a cgroup2 tree without controllers), puts the container's init into a
+/// cgroup2 directory at its v1 memory cgroup's path, as runc does, so its pressure (PSI) files are the
+/// container's own rather than the shim's. Returns the directories made (outermost first); none on a pure v1
+/// or v2 host, or when the init already has a cgroup2 directory of its own. Done while the init waits to be
+/// started, so everything it starts is inside.
+pub fn join_unified(root: &Path, pid: i32) -> Vec<PathBuf> {
+    if !root.join("cgroup.procs").exists() {
+        return Vec::new();
+    }
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return Vec::new();
+    };
+    let mut v1 = None;
+    let mut current = None;
+    for line in text.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_), Some(ctrls), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if ctrls.is_empty() {
+            current = Some(path);
+        } else if ctrls.split(',').any(|c| c == "memory") {
+            v1 = Some(path);
+        }
+    }
+    let Some(v1) = v1.filter(|p| *p != "/" && Some(*p) != current) else {
+        return Vec::new();
+    };
+    let mut made = Vec::new();
+    let mut dir = root.to_path_buf();
+    for part in Path::new(v1.trim_start_matches('/')).components() {
+        dir.push(part);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => made.push(dir.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                tracing::debug!("no cgroup2 directory for pid {pid}: {}: {e}", dir.display());
+                return made;
+            }
+        }
+    }
+    if let Err(e) = std::fs::write(dir.join("cgroup.procs"), pid.to_string()) {
+        tracing::debug!("moving pid {pid} into {}: {e}", dir.display());
+    }
+    made
+}
+
+/// Writes the CPU and memory directives of a registration into `bundle/config.json` (edited as JSON, so fields
+/// this crate does not model are kept), atomically.
+pub fn write_allocation(bundle: &Path, directives: &[Directive]) -> Result<()> {
+    let path = bundle.join("config.json");
+    let text =
+        std::fs::read(&path).map_err(ShimError::io(format!("reading {}", path.display())))?;
+    let mut spec: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
+        ShimError::InvalidArgument(format!(
+            "bundle {}: invalid config.json: {e}",
+            bundle.display()
+        ))
+    })?;
+    if !edit_spec(&mut spec, directives) {
+        return Ok(());
+    }
+    let tmp = bundle.join(".config.json.predictive");
+    let body = serde_json::to_vec(&spec)
+        .map_err(|e| ShimError::InvalidArgument(format!("encoding config.json: {e}")))?;
+    std::fs::write(&tmp, body).map_err(ShimError::io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, &path).map_err(ShimError::io(format!("replacing {}", path.display())))
+}
+
+/// Applies CPU and memory directives to an OCI spec as JSON; `false` when nothing changed.
+pub fn edit_spec(spec: &mut serde_json::Value, directives: &[Directive]) -> bool {
+    use serde_json::{Value, json};
+    fn obj<'a>(v: &'a mut Value, key: &str) -> &'a mut serde_json::Map<String, Value> {
+        let Some(map) = v.as_object_mut() else {
+            unreachable!("callers pass objects")
+        };
+        let e = map.entry(key).or_insert_with(|| json!({}));
+        if !e.is_object() {
+            *e = json!({});
+        }
+        e.as_object_mut().expect("made an object above")
+    }
+    if !spec.is_object() {
+        return false;
+    }
+    let mut changed = false;
+    for d in directives.iter().filter(|d| d.applied) {
+        let linux = obj(spec, "linux");
+        let res = linux.entry("resources").or_insert_with(|| json!({}));
+        if !res.is_object() {
+            *res = json!({});
+        }
+        match &d.action {
+            Action::SetCpu { cores: Some(c) } => {
+                let cpu = obj(res, "cpu");
+                cpu.insert("period".into(), json!(100_000u64));
+                cpu.insert(
+                    "quota".into(),
+                    json!(((c * 100_000.0).round() as i64).max(1000)),
+                );
+                changed = true;
+            }
+            Action::SetMemoryLimit {
+                limit_bytes: Some(l),
+                oom_kill_disabled,
+            } => {
+                let mem = obj(res, "memory");
+                mem.insert("limit".into(), json!(*l));
+                mem.insert("disableOOMKiller".into(), json!(*oom_kill_disabled));
+                changed = true;
+            }
+            Action::SetMemoryHigh {
+                high_bytes,
+                max_bytes,
+            } => {
+                if let Some(m) = max_bytes {
+                    obj(res, "memory").insert("limit".into(), json!(*m));
+                }
+                if let Some(h) = high_bytes {
+                    obj(res, "unified").insert("memory.high".into(), json!(h.to_string()));
+                }
+                changed = true;
+            }
+            _ => {}
+        }
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(action: Action) -> Directive {
+        Directive {
+            container_id: "c".into(),
+            action,
+            reason: "test".into(),
+            applied: true,
+            old_value: None,
+        }
+    }
+
+    #[test]
+    fn edit_spec_writes_cpu_and_v1_memory_and_keeps_other_fields() {
+        let mut spec = serde_json::json!({
+            "ociVersion": "1.0.2", "x-unknown": {"kept": true},
+            "linux": {"resources": {"memory": {"limit": 1073741824, "swap": 2147483648u64}}}
+        });
+        let changed = edit_spec(
+            &mut spec,
+            &[
+                d(Action::SetCpu { cores: Some(0.25) }),
+                d(Action::SetMemoryLimit {
+                    limit_bytes: Some(64 << 20),
+                    oom_kill_disabled: true,
+                }),
+            ],
+        );
+        assert!(changed);
+        let r = &spec["linux"]["resources"];
+        assert_eq!(r["cpu"]["quota"], 25_000);
+        assert_eq!(r["cpu"]["period"], 100_000);
+        assert_eq!(r["memory"]["limit"], 64u64 << 20);
+        assert_eq!(r["memory"]["disableOOMKiller"], true);
+        assert_eq!(
+            r["memory"]["swap"], 2147483648u64,
+            "other memory fields stay"
+        );
+        assert_eq!(spec["x-unknown"]["kept"], true);
+    }
+
+    #[test]
+    fn edit_spec_v2_uses_unified_memory_high_and_skips_unapplied() {
+        let mut spec = serde_json::json!({"ociVersion": "1.0.2"});
+        let mut observe = d(Action::SetCpu { cores: Some(1.0) });
+        observe.applied = false;
+        assert!(
+            !edit_spec(&mut spec, &[observe]),
+            "observe directives change nothing"
+        );
+        assert!(edit_spec(
+            &mut spec,
+            &[d(Action::SetMemoryHigh {
+                high_bytes: Some(100 << 20),
+                max_bytes: Some(200 << 20)
+            })]
+        ));
+        let r = &spec["linux"]["resources"];
+        assert_eq!(r["unified"]["memory.high"], (100u64 << 20).to_string());
+        assert_eq!(r["memory"]["limit"], 200u64 << 20);
+    }
+
+    #[test]
+    fn spec_limits_reads_quota_shares_and_memory() {
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"resources": {
+                "cpu": {"quota": 50000, "period": 100000, "shares": 512},
+                "memory": {"limit": 268435456, "reservation": 134217728}
+            }}
+        }))
+        .expect("spec");
+        let l = spec_limits(&spec);
+        assert_eq!(l.cpu_limit_cores, Some(0.5));
+        assert_eq!(l.cpu_request_cores, Some(0.5));
+        assert_eq!(l.memory_limit_bytes, Some(256 << 20));
+        assert_eq!(l.memory_request_bytes, Some(128 << 20));
+        let none: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"resources": {"cpu": {"shares": 1024, "quota": -1}, "memory": {"limit": -1}}}
+        }))
+        .expect("spec");
+        assert!(none.linux().is_some());
+        let l = spec_limits(&none);
+        assert_eq!(l, SpecLimits::default());
+    }
+
+    #[test]
+    fn a_bad_annotation_names_itself() {
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {"io.predictive.priority": "urgent"}
+        }))
+        .expect("spec");
+        let e = check_annotations(&spec).expect_err("bad priority");
+        let msg = e.to_string();
+        assert!(msg.contains("io.predictive.priority"), "{msg}");
+        assert!(msg.contains("urgent"), "{msg}");
+    }
+}

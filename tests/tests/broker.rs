@@ -1,0 +1,617 @@
+//! End-to-end tests of the broker through the shim (issue 7's acceptance): a private containerd per test whose
+//! shims start a private `predictived` (DIR/predictive.toml), real containers, real cgroup files, and the
+//! broker's own records read over its socket. Root only; `SKIPPED:` otherwise. With
+//! PREDICTIVE_E2E_RUNTIME=io.containerd.runc.v2 there is no broker: these tests print why and pass.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use broker::api::{Explain, Status};
+use broker::client::Client;
+use predictive_e2e::Containerd;
+use predictive_e2e::cmd::wait_until;
+
+/// Broker settings for these tests: a short tick, retraining after every run once a task type has 3 runs,
+/// and a CPU floor so a predicted-idle task is not starved while the test waits for it.
+const FAST: &str = "tick_ms = 500\nretrain_check_ms = 200\n";
+const RETRAIN: &str = "[retrain]\nnew_runs = 1\nmin_runs = 3\n";
+
+/// Starts a containerd whose broker has [`FAST`] settings plus `top` (top-level keys) and `controller` (keys
+/// of the `[controller]` table).
+fn start(test: &str, top: &str, controller: &str) -> Option<Containerd> {
+    let toml = format!("{FAST}{top}\n[controller]\n{controller}\n{RETRAIN}");
+    let c = Containerd::start_with_broker(test, &toml)?;
+    if !c.settings.is_predictive() {
+        println!(
+            "{test}: runtime {} has no broker; nothing to test",
+            c.runtime()
+        );
+        c.finish();
+        return None;
+    }
+    Some(c)
+}
+
+fn client(c: &Containerd) -> Client {
+    Client::new(c.broker_socket(), Duration::from_secs(5))
+}
+
+fn status(c: &Containerd) -> Option<Status> {
+    client(c).status().ok()
+}
+
+fn cg(c: &Containerd, controller: &str, id: &str, file: &str) -> Option<String> {
+    std::fs::read_to_string(c.cgroup_dir(controller, id).join(file))
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+fn cg_u64(c: &Containerd, controller: &str, id: &str, file: &str) -> Option<u64> {
+    cg(c, controller, id, file)?.parse().ok()
+}
+
+fn cg_i64(c: &Containerd, controller: &str, id: &str, file: &str) -> Option<i64> {
+    cg(c, controller, id, file)?.parse().ok()
+}
+
+/// Runs one container of `task_type` in the foreground and checks it exited 0.
+fn run_ok(c: &Containerd, name: &str, flags: &[&str], cmd: &[&str]) -> String {
+    let id = c.id(name);
+    let out = c.run(&id, flags, cmd);
+    assert!(out.ok(), "{name}: {out}");
+    id
+}
+
+/// Waits until the broker has a model for `task_type` (3 runs recorded and retrained).
+fn wait_model(c: &Containerd, task_type: &str) {
+    let ok = wait_until(Duration::from_secs(20), || {
+        let m = client(c).models().ok()?;
+        m.task_types
+            .iter()
+            .any(|t| {
+                t.task_key.to_string() == task_type && t.runs_seen >= 3 && t.model_version.is_some()
+            })
+            .then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "no model for {task_type} after 3 runs: {:?}",
+        client(c).models()
+    );
+}
+
+/// Three short idle runs of `task_type`, then its model: its next run starts with a small predicted CPU quota
+/// (no user limit, so it may borrow above it).
+fn idle_history(c: &Containerd, task_type: &str) {
+    let ann = format!("io.predictive.task-type={task_type}");
+    for i in 0..3 {
+        run_ok(
+            c,
+            &format!("idle{i}"),
+            &["--annotation", &ann],
+            &["sleep", "1.5"],
+        );
+    }
+    wait_model(c, task_type);
+}
+
+/// A command that allocates `mb` MiB in user space (busybox awk, 1 MiB strings: page faults a v1 OOM wait can
+/// hold, unlike a kernel copy that just comes back short), then runs `then`.
+fn alloc(mb: u32, then: &str) -> Vec<String> {
+    vec![
+        "awk".to_owned(),
+        format!(
+            "BEGIN{{s=sprintf(\"%1048576s\",\"\"); for(n=0;n<{mb};n++) a[n]=s; print \"allocated\"; system(\"{then}\")}}"
+        ),
+    ]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn annotations(v: &[String]) -> Vec<&str> {
+    v.iter()
+        .flat_map(|a| ["--annotation", a.as_str()])
+        .collect()
+}
+
+/// Acceptance 1 and 3 (room): the first run of a task type starts with its spec limits; after three runs the
+/// next starts with the predicted memory (within its real usage's interval); a run that outgrows its
+/// prediction waits at its allocation (v1: OOM killer off) and is grown, never OOM-killed.
+#[test]
+fn predicted_limits_from_history_and_growth_past_prediction() {
+    let Some(c) = start(
+        "predicted_limits_from_history_and_growth_past_prediction",
+        "",
+        "memory_grow_factor = 2.0\nmin_cpu_cores = 1.0",
+    ) else {
+        return;
+    };
+    let limit = 512u64 << 20;
+    let lim = limit.to_string();
+    let ann = vec!["io.predictive.task-type=e2e-mem".to_owned()];
+    let mut flags = annotations(&ann);
+    flags.extend_from_slice(&["--memory-limit", &lim]);
+    let work = alloc(24, "sleep 2");
+    let work = strs(&work);
+
+    // First run: cold start, the spec's limit.
+    let first = c.id("mem-first");
+    c.run_detached(&first, &flags, &work);
+    let at_start = cg_u64(&c, "memory", &first, "memory.limit_in_bytes");
+    assert_eq!(at_start, Some(limit), "a cold start keeps the spec's limit");
+    c.wait_status(&first, "STOPPED", Duration::from_secs(30));
+    c.remove(&first);
+    for i in 0..2 {
+        run_ok(&c, &format!("mem-hist{i}"), &flags, &work);
+    }
+    wait_model(&c, "e2e-mem");
+
+    // Fourth run: the predicted upper bound, well under the spec's limit, and above what it really uses.
+    let id = c.id("mem-pred");
+    c.run_detached(&id, &flags, &work);
+    let predicted = cg_u64(&c, "memory", &id, "memory.limit_in_bytes").expect("memory limit");
+    let oom_disabled = cg(&c, "memory", &id, "memory.oom_control").unwrap_or_default();
+    c.wait_status(&id, "STOPPED", Duration::from_secs(30));
+    let peak = cg_u64(&c, "memory", &id, "memory.max_usage_in_bytes").expect("peak");
+    let code = c.ctr(&["t", "rm", &id]);
+    c.remove(&id);
+    println!("predicted allocation {predicted} bytes, real peak {peak} bytes, spec limit {limit}");
+    assert!(
+        predicted < limit / 2,
+        "predicted {predicted} is not below the spec's {limit}"
+    );
+    assert!(
+        peak <= predicted,
+        "the run used {peak} bytes, over its predicted allocation {predicted}"
+    );
+    assert!(
+        predicted <= (peak * 3).max(peak + (48 << 20)),
+        "predicted {predicted} is far above the real peak {peak}"
+    );
+    assert!(
+        oom_disabled.contains("oom_kill_disable 1"),
+        "below the user's limit the OOM killer waits (v1): {oom_disabled}"
+    );
+    let _ = code;
+
+    // Fifth run outgrows the prediction by 4x: it must be grown, not killed.
+    let grow = c.id("mem-grow");
+    let started = Instant::now();
+    let big = alloc(96, "echo grown-ok");
+    let out = c.run(&grow, &flags, &strs(&big));
+    println!("outgrowing run took {:?}: {out}", started.elapsed());
+    assert!(
+        out.ok(),
+        "the task outgrowing its prediction was not let through: {out}"
+    );
+    assert!(out.stdout.contains("grown-ok"), "{out}");
+    let d = client(&c)
+        .explain(&Explain {
+            container_id: Some(grow.clone()),
+            limit: Some(100),
+        })
+        .expect("explain");
+    let grew: Vec<_> = d
+        .decisions
+        .iter()
+        .filter(|d| d.resource == "memory" && d.reason.contains("grown"))
+        .collect();
+    assert!(
+        !grew.is_empty(),
+        "no memory growth recorded for {grow}: {:#?}",
+        d.decisions
+    );
+    c.finish();
+}
+
+/// Acceptance 2: A holds a large CPU allocation and idles, B is CPU-starved: B's quota rises on a lease from A;
+/// when A turns busy it has its capacity back.
+#[test]
+fn idle_neighbour_lends_cpu_and_gets_it_back() {
+    // 2 cores less 0.5 reserved: A (1.45, its spec) and B (0.05, predicted from idle history) take all, so B
+    // can only borrow from A. B has no CPU limit of its own: a user's limit caps borrowing.
+    let Some(c) = start(
+        "idle_neighbour_lends_cpu_and_gets_it_back",
+        "host_cpu_cores = 2.0",
+        "",
+    ) else {
+        return;
+    };
+    let tick = Duration::from_millis(500);
+    idle_history(&c, "e2e-borrower");
+    let a = c.id("lender");
+    let b = c.id("borrower");
+    // A idles 10 s, then spins.
+    c.run_detached(
+        &a,
+        &[
+            "--cpus",
+            "1.45",
+            "--annotation",
+            "io.predictive.task-type=e2e-lender",
+        ],
+        &["sh", "-c", "sleep 10; while :; do :; done"],
+    );
+    let a_started = Instant::now();
+    c.run_detached(
+        &b,
+        &["--annotation", "io.predictive.task-type=e2e-borrower"],
+        &["sh", "-c", "while :; do :; done"],
+    );
+    let b_quota = cg_i64(&c, "cpu", &b, "cpu.cfs_quota_us").expect("B quota");
+    assert!(
+        (1..=20_000).contains(&b_quota),
+        "B should start with its small predicted quota: {b_quota}"
+    );
+    let b_started = Instant::now();
+    let lease = wait_until(Duration::from_secs(8), || {
+        let st = status(&c)?;
+        let l = st
+            .leases
+            .iter()
+            .find(|l| l.holder == b && l.lender.as_deref() == Some(a.as_str()))?
+            .clone();
+        let quota = cg_i64(&c, "cpu", &b, "cpu.cfs_quota_us")?;
+        (quota > b_quota).then_some((l, quota, b_started.elapsed()))
+    });
+    let (lease, quota, after) = lease.unwrap_or_else(|| {
+        panic!(
+            "no lease from {a} to {b}: status {:?}, B quota {:?}",
+            status(&c),
+            cg(&c, "cpu", &b, "cpu.cfs_quota_us")
+        )
+    });
+    println!(
+        "B borrowed {:.2} cores from A (lease {}) after {after:?} ({:.1} ticks); B quota {quota}",
+        lease.amount,
+        lease.id,
+        after.as_secs_f64() / tick.as_secs_f64()
+    );
+    // Ticks counted from B's first report (one tick after its start): within 3 (+1 for the report cycle).
+    assert!(
+        after <= tick * 5,
+        "B's quota rose only after {after:?} (tick {tick:?})"
+    );
+    // A's own shim applies its side of the lease at its next report.
+    let a_lent = wait_until(Duration::from_secs(3), || {
+        cg_i64(&c, "cpu", &a, "cpu.cfs_quota_us").filter(|q| *q < 145_000)
+    });
+    assert!(
+        a_lent.is_some(),
+        "A's quota did not go down by its loan: {:?}",
+        cg(&c, "cpu", &a, "cpu.cfs_quota_us")
+    );
+
+    // A turns busy at 10 s: it must have its 1.45 cores back within 2 ticks (+1 for the report cycle).
+    let busy_at = Duration::from_secs(10).saturating_sub(a_started.elapsed());
+    std::thread::sleep(busy_at);
+    let since = Instant::now();
+    let back = wait_until(Duration::from_secs(8), || {
+        (cg_i64(&c, "cpu", &a, "cpu.cfs_quota_us")? >= 145_000).then(|| since.elapsed())
+    });
+    let st = status(&c);
+    let back = back.unwrap_or_else(|| {
+        panic!(
+            "A never got its CPU back: quota {:?}, status {st:?}",
+            cg(&c, "cpu", &a, "cpu.cfs_quota_us")
+        )
+    });
+    println!(
+        "A had its quota back {back:?} ({:.1} ticks) after turning busy",
+        back.as_secs_f64() / tick.as_secs_f64()
+    );
+    // A needs one tick of samples to look busy: report + tick + report.
+    assert!(back <= tick * 4, "A's capacity came back after {back:?}");
+    let leases = status(&c).map(|s| s.leases).unwrap_or_default();
+    assert!(
+        !leases
+            .iter()
+            .any(|l| l.lender.as_deref() == Some(a.as_str())),
+        "A still lends: {leases:?}"
+    );
+    c.finish();
+}
+
+/// Acceptance 3 (no room): a higher-priority task outgrowing its prediction on a full host pauses the
+/// lower-priority one instead of being killed.
+#[test]
+fn no_room_pauses_the_lower_priority_task() {
+    // 320 MiB grantable: L holds ~200 MiB, H (predicted ~30 MiB) wants 160 MiB.
+    let Some(c) = start(
+        "no_room_pauses_the_lower_priority_task",
+        "host_memory_bytes = 402653184",
+        "host_reserve_memory_bytes = 67108864\nmemory_grow_factor = 2.0\nmin_cpu_cores = 1.0",
+    ) else {
+        return;
+    };
+    let hi = [
+        "--annotation",
+        "io.predictive.task-type=e2e-hi",
+        "--annotation",
+        "io.predictive.priority=10",
+    ];
+    let small = alloc(16, "sleep 1.5");
+    let small = strs(&small);
+    for i in 0..3 {
+        run_ok(&c, &format!("hi-hist{i}"), &hi, &small);
+    }
+    wait_model(&c, "e2e-hi");
+    // L fills a tmpfs it owns (tmpfs pages stay charged to its cgroup) and sleeps.
+    let low = c.id("low");
+    c.run_detached(
+        &low,
+        &[
+            "--annotation",
+            "io.predictive.priority=0",
+            "--mount",
+            "type=tmpfs,src=tmpfs,dst=/fill,options=size=300m",
+        ],
+        &[
+            "sh",
+            "-c",
+            "head -c 209715200 /dev/zero > /fill/x; sleep 1000",
+        ],
+    );
+    let filled = wait_until(Duration::from_secs(20), || {
+        (cg_u64(&c, "memory", &low, "memory.usage_in_bytes")? > 200 << 20).then_some(())
+    });
+    assert!(filled.is_some(), "L never reached 200 MiB");
+    let high = c.id("high");
+    let big = alloc(160, "sleep 1000");
+    c.run_detached(&high, &hi, &strs(&big));
+    let frozen = wait_until(Duration::from_secs(15), || {
+        (cg(&c, "freezer", &low, "freezer.state")? == "FROZEN").then_some(())
+    });
+    let decisions = client(&c).explain(&Explain::default()).map(|d| d.decisions);
+    assert!(
+        frozen.is_some(),
+        "L was not paused: {:?}; decisions {decisions:#?}",
+        cg(&c, "freezer", &low, "freezer.state")
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        c.status(&high).as_deref(),
+        Some("RUNNING"),
+        "H must not be killed"
+    );
+    assert_eq!(
+        cg(&c, "memory", &high, "memory.oom_control")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("oom_kill "))
+            .map(str::to_owned),
+        Some("oom_kill 0".to_owned()),
+        "H was OOM-killed"
+    );
+    // Thaw so the teardown can kill L.
+    let _ = std::fs::write(
+        c.cgroup_dir("freezer", &low).join("freezer.state"),
+        "THAWED",
+    );
+    c.finish();
+}
+
+/// Acceptance 4: mode observe changes no cgroup file (even with a model that would), mode off never
+/// contacts the broker (none is even started for it).
+#[test]
+fn observe_changes_nothing_and_off_never_contacts_the_broker() {
+    let Some(c) = start(
+        "observe_changes_nothing_and_off_never_contacts_the_broker",
+        "",
+        "",
+    ) else {
+        return;
+    };
+    let off = run_ok(
+        &c,
+        "off",
+        &["--annotation", "io.predictive.mode=off"],
+        &["true"],
+    );
+    assert!(
+        c.broker_pid().is_none() && !c.broker_socket().exists(),
+        "mode off started or reached a broker"
+    );
+    let lim = (512u64 << 20).to_string();
+    let flags = [
+        "--annotation",
+        "io.predictive.task-type=e2e-obs",
+        "--memory-limit",
+        &lim,
+    ];
+    let work = alloc(16, "sleep 1.5");
+    let work = strs(&work);
+    for i in 0..3 {
+        run_ok(&c, &format!("obs-hist{i}"), &flags, &work);
+    }
+    wait_model(&c, "e2e-obs");
+    // Enforce would cut the memory limit now; observe must leave every file as the spec set it.
+    let mut obs_flags = flags.to_vec();
+    obs_flags.extend_from_slice(&["--annotation", "io.predictive.mode=observe"]);
+    let id = c.id("observe");
+    let obs = alloc(16, "sleep 4");
+    c.run_detached(&id, &obs_flags, &strs(&obs));
+    let files = [
+        ("memory", "memory.limit_in_bytes"),
+        ("memory", "memory.oom_control"),
+        ("cpu", "cpu.cfs_quota_us"),
+        ("freezer", "freezer.state"),
+    ];
+    let before: Vec<_> = files.iter().map(|(k, f)| cg(&c, k, &id, f)).collect();
+    assert_eq!(before[0].as_deref(), Some(lim.as_str()));
+    std::thread::sleep(Duration::from_secs(3));
+    let after: Vec<_> = files.iter().map(|(k, f)| cg(&c, k, &id, f)).collect();
+    assert_eq!(before, after, "observe changed a cgroup file");
+    let d = client(&c)
+        .explain(&Explain {
+            container_id: Some(id.clone()),
+            limit: None,
+        })
+        .expect("explain");
+    assert!(
+        d.decisions
+            .iter()
+            .any(|d| d.resource == "memory" && d.reason.contains("[observe: not applied]")),
+        "observe recorded no decision: {:#?}",
+        d.decisions
+    );
+    let off_seen = client(&c)
+        .explain(&Explain {
+            container_id: Some(off.clone()),
+            limit: None,
+        })
+        .expect("explain");
+    assert!(off_seen.decisions.is_empty(), "the broker knows {off}");
+    c.wait_status(&id, "STOPPED", Duration::from_secs(30));
+    c.remove(&id);
+    c.finish();
+}
+
+/// Acceptance 5: kill -9 of the broker mid-run: containers keep running, shims register again when it is
+/// back, and the restarted broker has every committed record and its leases.
+#[test]
+fn broker_kill9_restart_keeps_containers_records_and_leases() {
+    let Some(c) = start(
+        "broker_kill9_restart_keeps_containers_records_and_leases",
+        "host_cpu_cores = 2.0",
+        "",
+    ) else {
+        return;
+    };
+    idle_history(&c, "e2e-k9");
+    let a = c.id("k9-lender");
+    let b = c.id("k9-borrower");
+    c.run_detached(&a, &["--cpus", "1.45"], &["sleep", "1000"]);
+    c.run_detached(
+        &b,
+        &["--annotation", "io.predictive.task-type=e2e-k9"],
+        &["sh", "-c", "while :; do :; done"],
+    );
+    let lease = wait_until(Duration::from_secs(10), || {
+        status(&c)?
+            .leases
+            .into_iter()
+            .find(|l| l.holder == b && l.lender.as_deref() == Some(a.as_str()))
+    })
+    .unwrap_or_else(|| panic!("no lease formed: {:?}", status(&c)));
+    // Let the tick persist it and the recorder commit the decisions.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = client(&c)
+        .explain(&Explain {
+            container_id: None,
+            limit: Some(10_000),
+        })
+        .expect("explain")
+        .decisions;
+    // What the broker committed to disk is what it must have after the restart.
+    let committed: Vec<broker::controller::Lease> = serde_json::from_slice(
+        &std::fs::read(c.dir.join("broker/leases.json")).expect("leases.json written"),
+    )
+    .expect("leases.json parses");
+    assert!(
+        committed.iter().any(|l| l.id == lease.id),
+        "lease {} not committed: {committed:?}",
+        lease.id
+    );
+    let quota_b = cg_i64(&c, "cpu", &b, "cpu.cfs_quota_us").expect("B quota");
+    let pid = c.broker_pid().expect("broker running");
+    // SAFETY: killing the broker this test's shims started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let gone = wait_until(Duration::from_secs(5), || {
+        (!PathBuf::from(format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z")))
+        .then_some(())
+    });
+    assert!(gone.is_some(), "broker {pid} survived SIGKILL");
+    assert_eq!(c.status(&a).as_deref(), Some("RUNNING"));
+    assert_eq!(c.status(&b).as_deref(), Some("RUNNING"));
+    // The shims start a broker again themselves (what systemd's Restart= would do otherwise).
+    let killed_at = Instant::now();
+    let new_pid = wait_until(Duration::from_secs(15), || {
+        c.broker_pid().filter(|p| *p != pid)
+    })
+    .unwrap_or_else(|| panic!("no broker came back after the kill"));
+    let back = wait_until(Duration::from_secs(15), || {
+        let st = status(&c)?;
+        let ids: Vec<_> = st.tasks.iter().map(|t| t.container_id.clone()).collect();
+        (ids.contains(&a) && ids.contains(&b)).then_some(st)
+    });
+    let st = back.unwrap_or_else(|| panic!("the shims did not register again: {:?}", status(&c)));
+    let reregistered = killed_at.elapsed();
+    assert_eq!(c.status(&a).as_deref(), Some("RUNNING"));
+    assert_eq!(c.status(&b).as_deref(), Some("RUNNING"));
+    let after = client(&c)
+        .explain(&Explain {
+            container_id: None,
+            limit: Some(10_000),
+        })
+        .expect("explain")
+        .decisions;
+    for l in &committed {
+        let live = st
+            .leases
+            .iter()
+            .any(|x| x.id == l.id && x.holder == l.holder);
+        let ended = after.iter().any(|d| {
+            d.seq > before.last().map_or(0, |x| x.seq)
+                && d.reason.contains(&format!("lease {}", l.id))
+        });
+        assert!(
+            live || ended,
+            "lease {} lost across the restart: live {:?}",
+            l.id,
+            st.leases
+        );
+    }
+    // B was not cut back to its own allocation: its borrowed CPU survived the restart.
+    let quota_after = cg_i64(&c, "cpu", &b, "cpu.cfs_quota_us").expect("B quota");
+    assert!(
+        quota_after >= quota_b,
+        "B's quota fell from {quota_b} to {quota_after} across the restart"
+    );
+    for d in &before {
+        assert!(
+            after.iter().any(|x| x.seq == d.seq && x.reason == d.reason),
+            "decision {} lost across the restart",
+            d.seq
+        );
+    }
+    println!(
+        "restart: broker {pid} -> {new_pid}; shims registered again {reregistered:?} after the kill; \
+         {} decisions and {} committed leases kept; B quota {quota_b} -> {quota_after}",
+        before.len(),
+        committed.len(),
+    );
+    c.remove(&a);
+    c.remove(&b);
+    c.finish();
+}
+
+/// Acceptance 6: a bad annotation value fails Create with InvalidArgument naming the annotation.
+#[test]
+fn bad_annotation_fails_create_naming_it() {
+    let Some(c) = start("bad_annotation_fails_create_naming_it", "", "") else {
+        return;
+    };
+    for (ann, value) in [
+        ("io.predictive.priority", "urgent"),
+        ("io.predictive.mode", "sometimes"),
+        ("io.predictive.input-bytes", "-5"),
+    ] {
+        let id = c.id("badann");
+        let a = format!("{ann}={value}");
+        let out = c.run(&id, &["--annotation", &a], &["true"]);
+        assert!(!out.ok(), "{a} was accepted: {out}");
+        let msg = format!("{}{}", out.stdout, out.stderr);
+        assert!(msg.contains(ann), "the error does not name {ann}: {msg}");
+        assert!(
+            msg.to_lowercase().contains("invalid"),
+            "not an InvalidArgument: {msg}"
+        );
+        c.remove(&id);
+    }
+    c.finish();
+}
