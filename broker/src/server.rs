@@ -49,6 +49,8 @@ const FORGET_AFTER_MS: u64 = 10 * 60_000;
 const MAX_PENDING: usize = 1024;
 /// Most decision log lines per tick; the rest are counted.
 const MAX_LOGS_PER_TICK: usize = 64;
+/// Most records the recorder writes in one go.
+const RECORDER_BATCH: usize = 4096;
 /// Most CPU readings kept per run for its p50/p95.
 const MAX_CPU_READINGS: usize = 100_000;
 
@@ -680,19 +682,34 @@ impl Broker {
         self.persist_leases();
     }
 
-    /// Writes the live leases to [`Config::leases_file`] when they changed since the last write (write to a
-    /// temporary file, fsync, rename: a reader sees the old or the new set, never half of one).
+    /// Writes the live leases to [`Config::leases_file`] when they changed since the last write — a lease added,
+    /// ended or resized; renewals (a later `expires_at_ms`) alone do not count, a restored lease gets a fresh
+    /// grace anyway. One write of the whole file to a temporary, fsync, rename: a reader sees the old or the
+    /// new set, never half of one.
     pub fn persist_leases(&self) {
         let leases = self.lock().controller.leases();
+        let key = |ls: &[crate::controller::Lease]| -> Vec<(u64, String, Option<String>, u64)> {
+            ls.iter()
+                .map(|l| {
+                    (
+                        l.id,
+                        l.holder.clone(),
+                        l.lender.clone(),
+                        (l.amount * 1e6) as u64,
+                    )
+                })
+                .collect()
+        };
         let mut last = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
-        if last.as_ref() == Some(&leases) {
+        if last.as_deref().map(key) == Some(key(&leases)) {
             return;
         }
         let path = self.cfg.leases_file();
         let tmp = path.with_extension("json.tmp");
         let write = || -> std::io::Result<()> {
+            let body = serde_json::to_vec(&leases).map_err(std::io::Error::other)?;
             let mut f = File::create(&tmp)?;
-            serde_json::to_writer(&mut f, &leases).map_err(std::io::Error::other)?;
+            f.write_all(&body)?;
             f.sync_data()?;
             std::fs::rename(&tmp, &path)
         };
@@ -759,33 +776,58 @@ fn recorder(predictor: Arc<Predictor>, rx: mpsc::Receiver<Record>) {
             }
         }
     };
-    for r in rx {
-        match r {
-            Record::Decision(d) => {
-                if let Err(e) = predictor.record_decision(&d) {
-                    tracing::error!(error = %e, container = %d.container_id, "recording a decision");
-                }
+    // Whatever is queued is written together: one transaction (one fsync) for all queued decisions and one for
+    // all queued samples, in arrival order around runs and flushes.
+    let mut decisions: Vec<predictor::Decision> = Vec::new();
+    let mut samples: Vec<(u64, Vec<predictor::Sample>)> = Vec::new();
+    let write = |decisions: &mut Vec<predictor::Decision>,
+                 samples: &mut Vec<(u64, Vec<predictor::Sample>)>| {
+        if !decisions.is_empty() {
+            if let Err(e) = predictor.record_decisions(decisions) {
+                tracing::error!(error = %e, count = decisions.len(), "recording decisions");
             }
-            Record::Samples { reg, samples } => {
-                if let Some(id) = run_id(reg, &mut runs)
-                    && let Err(e) = predictor.append_samples(id, &samples)
-                {
-                    tracing::error!(error = %e, run = id, "recording samples");
-                }
+            decisions.clear();
+        }
+        if !samples.is_empty() {
+            if let Err(e) = predictor.append_samples_many(samples) {
+                tracing::error!(error = %e, runs = samples.len(), "recording samples");
             }
-            Record::Run { reg, mut run } => {
-                if let Some(id) = run_id(reg, &mut runs) {
-                    run.run_id = id;
-                    if let Err(e) = predictor.record_run(&run) {
-                        tracing::error!(error = %e, run = id, "recording a run");
-                    }
-                }
-                runs.remove(&reg);
-            }
-            Record::Flush(done) => {
-                let _ = done.send(());
+            samples.clear();
+        }
+    };
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < RECORDER_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
             }
         }
+        for r in batch {
+            match r {
+                Record::Decision(d) => decisions.push(*d),
+                Record::Samples { reg, samples: s } => {
+                    if let Some(id) = run_id(reg, &mut runs) {
+                        samples.push((id, s));
+                    }
+                }
+                Record::Run { reg, mut run } => {
+                    write(&mut decisions, &mut samples);
+                    if let Some(id) = run_id(reg, &mut runs) {
+                        run.run_id = id;
+                        if let Err(e) = predictor.record_run(&run) {
+                            tracing::error!(error = %e, run = id, "recording a run");
+                        }
+                    }
+                    runs.remove(&reg);
+                }
+                Record::Flush(done) => {
+                    write(&mut decisions, &mut samples);
+                    let _ = done.send(());
+                }
+            }
+        }
+        write(&mut decisions, &mut samples);
     }
 }
 
@@ -912,16 +954,19 @@ fn spawn(
         .map_err(|source| ServerError::Spawn { what, source })
 }
 
-/// Sleeps `total` in short steps; `false` when asked to stop.
+/// Sleeps `total`; `false` when asked to stop.
 fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) -> bool {
+    // Parked, not polled: an idle broker wakes once per period; `Daemon::shutdown` unparks the threads.
     let until = Instant::now() + total;
-    while Instant::now() < until {
+    loop {
         if stop.load(Ordering::Relaxed) {
             return false;
         }
-        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+        match until.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => std::thread::park_timeout(left),
+            _ => return true,
+        }
     }
-    !stop.load(Ordering::Relaxed)
 }
 
 impl Daemon {
@@ -1109,6 +1154,9 @@ impl Daemon {
         self.broker.stop.store(true, Ordering::Relaxed);
         // Wake the accept loop.
         let _ = UnixStream::connect(&self.socket);
+        for t in &self.threads {
+            t.thread().unpark();
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

@@ -207,6 +207,19 @@ impl Predictor {
         Ok(self.store.record_decision(decision)?)
     }
 
+    /// Logs several limit changes in one transaction; returns their sequence numbers.
+    pub fn record_decisions(&self, decisions: &[Decision]) -> Result<Vec<u64>, PredictorError> {
+        Ok(self.store.record_decisions(decisions)?)
+    }
+
+    /// Appends telemetry samples of several runs in one transaction.
+    pub fn append_samples_many(
+        &self,
+        batches: &[(RunId, Vec<Sample>)],
+    ) -> Result<(), PredictorError> {
+        Ok(self.store.append_samples_many(batches)?)
+    }
+
     /// Reads the decision log.
     pub fn decisions(&self, q: &DecisionQuery) -> Result<Vec<Decision>, PredictorError> {
         Ok(self.store.decisions(q)?)

@@ -681,6 +681,57 @@ impl Store {
         Ok(out)
     }
 
+    /// Appends decisions to the log in one transaction (one fsync) and returns their sequence numbers.
+    pub fn record_decisions(&self, decisions: &[Decision]) -> Result<Vec<u64>, StoreError> {
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(db("beginning decision write"))?;
+        let mut seqs = Vec::with_capacity(decisions.len());
+        {
+            let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
+            let mut seq = meta
+                .get(K_NEXT_DECISION)
+                .map_err(db("reading decision sequence"))?
+                .map(|g| g.value())
+                .unwrap_or(1);
+            let mut t = txn.open_table(DECISIONS).map_err(db("opening decisions"))?;
+            for decision in decisions {
+                let mut d = decision.clone();
+                d.seq = seq;
+                t.insert(seq, encode("decision", &d)?.as_slice())
+                    .map_err(db("writing decision"))?;
+                seqs.push(seq);
+                seq += 1;
+            }
+            meta.insert(K_NEXT_DECISION, seq)
+                .map_err(db("writing decision sequence"))?;
+        }
+        txn.commit().map_err(db("committing decisions"))?;
+        Ok(seqs)
+    }
+
+    /// Appends samples of several runs in one transaction (one fsync).
+    pub fn append_samples_many(&self, batches: &[(RunId, Vec<Sample>)]) -> Result<(), StoreError> {
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(db("beginning sample write"))?;
+        {
+            let mut t = txn.open_table(SAMPLES).map_err(db("opening samples"))?;
+            for (run_id, samples) in batches {
+                for s in samples {
+                    t.insert(
+                        (*run_id, s.ts_ms),
+                        (s.cpu_cores, s.memory_bytes, s.io_bytes, s.count.max(1)),
+                    )
+                    .map_err(db("writing sample"))?;
+                }
+            }
+        }
+        txn.commit().map_err(db("committing samples"))
+    }
+
     /// Appends a decision to the log and returns its sequence number.
     pub fn record_decision(&self, decision: &Decision) -> Result<u64, StoreError> {
         let txn = self
@@ -1106,6 +1157,62 @@ mod tests {
             })
             .expect("read");
         assert_eq!(since.len(), 2);
+    }
+
+    #[test]
+    fn batched_decisions_and_samples_continue_the_log() {
+        let (_d, s) = open_tmp();
+        let d = |c: &str, at: u64| Decision {
+            seq: 0,
+            at_ms: at,
+            container_id: c.to_owned(),
+            task_key: TaskKey::new("t"),
+            directive: Directive::Raise,
+            resource: "cpu".to_owned(),
+            reason: "busy".to_owned(),
+            old_value: None,
+            new_value: Some(1.0),
+            model_version: None,
+        };
+        assert_eq!(s.record_decision(&d("x", 1)).expect("record"), 1);
+        // A batch continues the sequence, in order, and one record after it continues from there.
+        assert_eq!(
+            s.record_decisions(&[d("y", 2), d("x", 3)]).expect("batch"),
+            vec![2, 3]
+        );
+        assert_eq!(s.record_decision(&d("y", 4)).expect("record"), 4);
+        s.append_samples_many(&[
+            (
+                1,
+                vec![Sample {
+                    ts_ms: 1,
+                    cpu_cores: 0.5,
+                    memory_bytes: 10,
+                    io_bytes: 0,
+                    count: 1,
+                }],
+            ),
+            (
+                2,
+                vec![Sample {
+                    ts_ms: 2,
+                    cpu_cores: 0.7,
+                    memory_bytes: 20,
+                    io_bytes: 0,
+                    count: 1,
+                }],
+            ),
+        ])
+        .expect("samples of two runs");
+        assert_eq!(s.samples(2).expect("read")[0].memory_bytes, 20);
+        assert_eq!(s.samples(1).expect("read")[0].memory_bytes, 10);
+        let all = s.decisions(&DecisionQuery::default()).expect("read");
+        assert_eq!(
+            all.iter()
+                .map(|d| (d.seq, d.container_id.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(1, "x"), (2, "y"), (3, "x"), (4, "y")]
+        );
     }
 
     #[test]
