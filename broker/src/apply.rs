@@ -40,6 +40,7 @@ pub fn apply(d: &Directive, cg: &ContainerCgroup) -> Result<bool, ActuateError> 
                 cg.set_oom_kill_disabled(false)?;
             }
         }
+        Action::SetIoWeight { weight } => cg.set_io_weight(*weight)?,
         Action::Freeze => cg.freeze()?,
         Action::Thaw => cg.thaw()?,
         Action::LeaseGranted { .. } | Action::LeaseRevoked { .. } | Action::Hold { .. } => {
@@ -123,6 +124,20 @@ mod tests {
             resource: crate::controller::ResourceKind::Memory,
         };
         assert!(!apply(&directive(hold, true), &cg).expect("hold"));
+    }
+
+    #[test]
+    fn io_weight_is_written_in_the_cgroup_versions_units() {
+        let (dir, cg) = fake_v2();
+        std::fs::write(dir.path().join("io.weight"), "default 100\n").expect("fixture");
+        assert!(apply(&directive(Action::SetIoWeight { weight: 990 }, true), &cg).expect("io"));
+        assert_eq!(
+            read(&dir, "io.weight"),
+            format!(
+                "default {}",
+                runtime_hooks::actuate::blkio_weight_to_io_weight(990)
+            )
+        );
     }
 
     #[test]

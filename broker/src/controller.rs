@@ -279,6 +279,11 @@ pub enum Action {
         /// The lease.
         lease: Lease,
     },
+    /// IO weight by priority, in OCI units (10..=1000; v1 `blkio.weight`, v2 `io.weight` after conversion).
+    SetIoWeight {
+        /// Weight.
+        weight: u16,
+    },
     /// Nothing changes, for the record (e.g. no room to grow).
     Hold {
         /// Which resource.
@@ -617,6 +622,15 @@ impl Controller {
             mem_reason,
             task.spec.limits.memory_limit_bytes,
         ));
+        if let Some(weight) = io_weight(task.spec.priority) {
+            out.push(Directive {
+                container_id: id.clone(),
+                action: Action::SetIoWeight { weight },
+                reason: format!("priority {}", task.spec.priority),
+                applied: task.enforce(),
+                old_value: None,
+            });
+        }
         self.tasks.insert(id, task);
         self.update_critical_path(now_ms);
         (alloc, out)
@@ -1337,6 +1351,12 @@ impl Controller {
             ));
         }
     }
+}
+
+/// The IO weight of a priority: 500 (the kernel's default) at 0, linear to 10 at -1000 and 990 at 1000; `None`
+/// at 0, where nothing needs writing.
+pub fn io_weight(priority: i32) -> Option<u16> {
+    (priority != 0).then(|| (500 + priority.clamp(-1000, 1000) * 49 / 100).clamp(10, 1000) as u16)
 }
 
 /// The memory directive for a task's current allocation, in its cgroup version's terms.

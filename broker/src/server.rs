@@ -269,6 +269,7 @@ fn decision(d: &Directive, r: &Running, at_ms: u64, initial: Option<bool>) -> pr
             let v = m.map(|b| b as f64);
             ("memory", grew(v), v)
         }
+        Action::SetIoWeight { weight } => ("io", D::Raise, Some(f64::from(*weight))),
         Action::Freeze => ("freezer", D::Lower, Some(1.0)),
         Action::Thaw => ("freezer", D::Raise, Some(0.0)),
         Action::LeaseGranted { lease } => ("cpu-lease", D::Raise, Some(lease.amount)),

@@ -724,11 +724,7 @@ fn restart_restores_leases_and_adopts_running_tasks_without_changing_limits() {
     r.observe("b", cpu_use(11_000, cpu_of(&r, "b"), 0.6));
     r.tick(11_000);
     assert!(r.leases().iter().any(|l| l.id == leases[0].id));
-    assert!(
-        r.leases()
-            .iter()
-            .all(|l| l.id >= leases[0].id)
-    );
+    assert!(r.leases().iter().all(|l| l.id >= leases[0].id));
     assert!(cpu_of(&r, "b") >= b_now.cpu_cores.expect("b cpu"));
 }
 
@@ -749,4 +745,30 @@ fn restored_lease_whose_holder_never_returns_ends_after_the_grace() {
     assert!(r.leases().is_empty());
     assert_eq!(cpu_of(&r, "a"), 3.0, "the lender has its CPU back");
     assert!(ds.iter().any(|d| d.container_id == "a"));
+}
+
+#[test]
+fn priority_sets_io_weight_at_register_and_default_priority_writes_none() {
+    let mut c = Controller::new(cfg(), host(4.0, 8 * GIB));
+    let (_, ds) = c.register(spec("plain", None, None), 0);
+    assert!(
+        !ds.iter()
+            .any(|d| matches!(d.action, Action::SetIoWeight { .. }))
+    );
+    let mut hi = spec("hi", None, None);
+    hi.priority = 1000;
+    let (_, ds) = c.register(hi, 0);
+    assert!(
+        ds.iter()
+            .any(|d| d.action == Action::SetIoWeight { weight: 990 })
+    );
+    let mut lo = spec("lo", None, None);
+    lo.priority = -1000;
+    let (_, ds) = c.register(lo, 0);
+    assert!(
+        ds.iter()
+            .any(|d| d.action == Action::SetIoWeight { weight: 10 })
+    );
+    assert_eq!(io_weight(0), None);
+    assert_eq!(io_weight(10), Some(504));
 }
