@@ -419,6 +419,9 @@ fn open_envelope(line: &str) -> (Option<u64>, Result<Value, ErrorReply>) {
 
 /// Parses one request line. On error, the id is still returned when it was readable, so the reply can echo it.
 pub fn parse_request(line: &str) -> (Option<u64>, Result<Request, ErrorReply>) {
+    if let Some(fast) = parse_request_fast(line) {
+        return fast;
+    }
     let (id, v) = open_envelope(line);
     let req = v.and_then(|v| {
         serde_json::from_value::<Request>(v)
@@ -440,6 +443,46 @@ pub fn parse_request(line: &str) -> (Option<u64>, Result<Request, ErrorReply>) {
         Ok(r)
     });
     (id, req)
+}
+
+/// The messages a shim sends all the time (Register, Report, Finish), read straight into their struct: one
+/// scan for the envelope and the type, one for the message, no intermediate tree (an internally tagged enum
+/// buffers the whole object first). `None` for anything else or anything wrong, which
+/// [`parse_request`]'s general path then reports precisely.
+fn parse_request_fast(line: &str) -> Option<(Option<u64>, Result<Request, ErrorReply>)> {
+    #[derive(Deserialize)]
+    struct Envelope<'a> {
+        version: Option<u64>,
+        id: Option<u64>,
+        #[serde(rename = "type", borrow)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+    }
+    let env: Envelope<'_> = serde_json::from_str(line).ok()?;
+    if env.version != Some(u64::from(PROTOCOL_VERSION)) {
+        return None;
+    }
+    let (req, container_id) = match env.kind.as_deref()? {
+        "report" => {
+            let r: Report = serde_json::from_str(line).ok()?;
+            let id = r.container_id.clone();
+            (Request::Report(r), id)
+        }
+        "register" => {
+            let r: Register = serde_json::from_str(line).ok()?;
+            let id = r.container_id.clone();
+            (Request::Register(r), id)
+        }
+        "finish" => {
+            let r: Finish = serde_json::from_str(line).ok()?;
+            let id = r.container_id.clone();
+            (Request::Finish(r), id)
+        }
+        _ => return None,
+    };
+    if container_id.trim().is_empty() {
+        return None;
+    }
+    Some((env.id, Ok(req)))
 }
 
 /// Parses one reply line; an error reply comes back as `Ok(Response::Error(..))`.

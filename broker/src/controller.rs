@@ -1039,6 +1039,13 @@ impl Controller {
             .values()
             .filter_map(|l| l.lender.clone())
             .collect();
+        // Who holds a lease (a borrower does not lend); kept current as leases are granted below.
+        let mut holding: BTreeSet<String> = self
+            .leases
+            .values()
+            .filter(|l| l.amount > EPS)
+            .map(|l| l.holder.clone())
+            .collect();
         for (id, why) in borrowers {
             let t = &self.tasks[&id];
             if lent_now.contains(&id) {
@@ -1080,7 +1087,7 @@ impl Controller {
                 .filter(|l| !took_back.contains(&l.spec.container_id))
                 .filter(|l| l.usage.is_some() && self.cpu_pressure(l).is_none())
                 .filter(|l| now_ms.saturating_sub(l.last_report_ms) < self.cfg.stale_after_ms)
-                .filter(|l| self.borrowed(&l.spec.container_id) <= EPS)
+                .filter(|l| !holding.contains(&l.spec.container_id))
                 .filter_map(|l| {
                     let kept = l.cpu?;
                     let spare = kept - self.cpu_need(l, now_ms);
@@ -1138,6 +1145,7 @@ impl Controller {
                         old_value: None,
                     });
                 }
+                holding.insert(id.clone());
                 self.leases.insert(lease.id, lease);
             }
         }
