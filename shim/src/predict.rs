@@ -56,20 +56,27 @@ pub struct Settings {
     pub tick: Duration,
     /// Bound on Register at Create.
     pub register_budget: Duration,
+    /// `false` when `$PREDICTIVE_CONFIG` names a file that cannot be read: the broker it describes is unknown,
+    /// so the shim neither contacts nor starts one (it never falls back to the host's default broker).
+    pub enabled: bool,
 }
 
 impl Settings {
     fn load() -> Settings {
-        let path = std::env::var_os(CONFIG_ENV)
-            .map(PathBuf::from)
+        let explicit = std::env::var_os(CONFIG_ENV).map(PathBuf::from);
+        let path = explicit
+            .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
-        let (cfg, file) = match Config::load(&path, false) {
+        let mut enabled = true;
+        let (cfg, file) = match Config::load(&path, explicit.is_some()) {
             Ok(cfg) => (cfg, path.exists().then_some(path)),
             Err(e) => {
+                // A broken file is not a reason to manage containers with settings nobody chose.
                 tracing::error!(
-                    "{}; the shim uses the default broker settings",
+                    "{}; containers start with their spec's limits and no broker is contacted",
                     broker::error_chain(&e)
                 );
+                enabled = false;
                 (Config::default(), None)
             }
         };
@@ -79,6 +86,7 @@ impl Settings {
             state_dir: cfg.state_dir,
             tick: Duration::from_millis(cfg.tick_ms.max(50)),
             register_budget: Duration::from_millis(50),
+            enabled,
         }
     }
 
@@ -269,6 +277,9 @@ impl Augment {
             return Ok(None);
         }
         let s = Settings::get();
+        if !s.enabled {
+            return Ok(None);
+        }
         let map = annotations(spec);
         let image = ["io.kubernetes.cri.image-name", "io.containerd.image.name"]
             .iter()

@@ -304,8 +304,12 @@ fn serve(flags: &Flags) -> Result<()> {
         .enable_all()
         .build()
         .map_err(ShimError::io("building the tokio runtime"))?;
+    let root = state_root(&flags.namespace);
     let result = runtime.block_on(serve_async(flags, listener, &socket, zygote));
     let _ = std::fs::remove_file(&socket);
+    // The namespace's state directory goes with its last container (rmdir: only when empty, so a sibling
+    // shim's containers are never touched).
+    let _ = std::fs::remove_dir(&root);
     tracing::info!("shim exits");
     result
 }
