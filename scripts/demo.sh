@@ -34,6 +34,16 @@ trap cleanup EXIT
 
 mkdir -p "$cache"
 [ -s "$cache/busybox-image.tar" ] || scripts/make-image.sh "$cache/busybox-image.tar" >/dev/null
+# The broker the first shim starts: retrain after every run once a task type has 3, so the demo shows a prediction.
+mkdir -p "$dir"
+cat > "$dir/predictive.toml" <<TOML
+state_dir = "$dir/broker"
+socket = "$dir/broker.sock"
+retrain_check_ms = 300
+[retrain]
+new_runs = 1
+min_runs = 3
+TOML
 scripts/containerd-up.sh "$dir" "$version" "$shimdir"
 . "$dir/env"
 ns=$ns-$tag
@@ -68,3 +78,29 @@ ctr c rm web-$tag
 echo
 echo "### 5. seccomp (ctr --seccomp puts containerd's default profile in the spec)"
 show ctr run --rm --seccomp --runtime "$runtime" "$image" sec-$tag grep Seccomp: /proc/self/status
+if [ "$runtime" = io.containerd.predictive.v2 ]; then
+    pctl() { echo "+ predictivectl $*" >&2; "$shimdir/predictivectl" --socket "$dir/broker.sock" "$@"; }
+    job() { # name: a job that allocates 24 MiB in user space and works for 2 s
+        ctr run --rm --runtime "$runtime" --memory-limit 536870912 --annotation io.predictive.task-type=demo-etl \
+            "$image" "$1" awk 'BEGIN{s=sprintf("%1048576s",""); for(n=0;n<24;n++) a[n]=s; system("sleep 2")}'
+    }
+    echo
+    echo "### 6. prediction: three runs of task type demo-etl with a 512 MiB limit, then the fourth starts predicted"
+    for i in 1 2 3; do job etl$i-$tag; done
+    for _ in $(seq 1 50); do
+        "$shimdir/predictivectl" --socket "$dir/broker.sock" models 2>/dev/null | grep '^demo-etl ' | grep -qv 'none' && break
+        sleep 0.2
+    done
+    pctl models
+    ctr run -d --null-io --runtime "$runtime" --memory-limit 536870912 --annotation io.predictive.task-type=demo-etl \
+        "$image" etl4-$tag awk 'BEGIN{s=sprintf("%1048576s",""); for(n=0;n<24;n++) a[n]=s; system("sleep 3")}'
+    sleep 1.5
+    echo "spec memory limit 536870912; memory.limit_in_bytes at start: $(cat /sys/fs/cgroup/memory/$ns/etl4-$tag/memory.limit_in_bytes)"
+    pctl status
+    sleep 2
+    pctl explain etl4-$tag
+    for _ in $(seq 1 50); do [ "$("$CTR" -a "$CONTAINERD_SOCK" -n "$ns" t ls -q | grep -c etl4)" = 0 ] && break
+        ctr t ls | grep -q 'etl4.*STOPPED' && break; sleep 0.2; done
+    ctr t rm -f etl4-$tag >/dev/null 2>&1 || true
+    ctr c rm etl4-$tag
+fi
