@@ -12,8 +12,6 @@
 pub mod clean;
 pub mod cmd;
 pub mod containerd;
-pub mod cri;
-pub mod docker;
 pub mod pty;
 pub mod settings;
 pub mod ttrpc;
