@@ -325,6 +325,22 @@ struct Task {
 }
 
 impl Task {
+    /// A task just registered (or adopted) with `alloc` in force and `base_cpu` its own CPU before leases.
+    fn new(spec: TaskSpec, base_cpu: Option<f64>, alloc: Allocation, now_ms: u64) -> Self {
+        Self {
+            base_cpu,
+            cpu: alloc.cpu_cores,
+            memory: alloc.memory_bytes,
+            memory_max: alloc.memory_max_bytes,
+            frozen_memory: None,
+            usage: None,
+            last_report_ms: now_ms,
+            holding_memory: false,
+            critical: false,
+            spec,
+        }
+    }
+
     fn rank(&self) -> (i32, bool) {
         (self.spec.priority, self.critical)
     }
@@ -548,21 +564,12 @@ impl Controller {
             .memory_max_bytes
             .or(spec.limits.memory_limit_bytes)
             .or(Some(self.grantable_memory()));
-        self.tasks.insert(
-            id,
-            Task {
-                base_cpu,
-                cpu: current.cpu_cores,
-                memory: current.memory_bytes,
-                memory_max,
-                frozen_memory: None,
-                usage: None,
-                last_report_ms: now_ms,
-                holding_memory: false,
-                critical: false,
-                spec,
-            },
-        );
+        let alloc = Allocation {
+            memory_max_bytes: memory_max,
+            ..current
+        };
+        self.tasks
+            .insert(id, Task::new(spec, base_cpu, alloc, now_ms));
         self.update_critical_path(now_ms);
         out
     }
@@ -596,18 +603,7 @@ impl Controller {
         }
         let (alloc, cpu_reason, mem_reason) = initial_allocation(&spec, &self.host, &self.cfg);
         let id = spec.container_id.clone();
-        let task = Task {
-            base_cpu: alloc.cpu_cores,
-            cpu: alloc.cpu_cores,
-            memory: alloc.memory_bytes,
-            memory_max: alloc.memory_max_bytes,
-            frozen_memory: None,
-            usage: None,
-            last_report_ms: now_ms,
-            holding_memory: false,
-            critical: false,
-            spec,
-        };
+        let task = Task::new(spec, alloc.cpu_cores, alloc, now_ms);
         out.push(Directive {
             container_id: id.clone(),
             action: Action::SetCpu {
