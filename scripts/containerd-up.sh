@@ -5,6 +5,7 @@
 #
 # VERSION: 1.6 (Debian 12, default), 1.7 (Debian 13) or 2.1 (Debian unstable); see fetch-containerd.sh.
 # SHIM_DIR: directories put first on containerd's PATH (where it finds containerd-shim-*-v2 binaries).
+# A DIR/config.toml that exists already is used as is (it must put root, state and sockets under DIR).
 # Writes DIR/env (CONTAINERD_SOCK, CTR, CONTAINERD_BIN_DIR, ...) and DIR/containerd.pid; logs to DIR/containerd.log.
 # Stop it with scripts/containerd-down.sh DIR.
 set -euo pipefail
@@ -23,7 +24,8 @@ if [ ${#sock} -gt 100 ]; then echo "containerd-up: $sock is too long for a unix 
 shimpath=""
 for d in "$@"; do shimpath="$shimpath$(cd "$d" && pwd):"; done
 
-cat > "$dir/config.toml" <<TOML
+# A config.toml the caller wrote first (the CRI test's: CRI enabled, runtime handlers) is used as is.
+[ -f "$dir/config.toml" ] || cat > "$dir/config.toml" <<TOML
 version = 2
 root = "$dir/root"
 state = "$dir/state"

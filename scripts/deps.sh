@@ -4,7 +4,9 @@
 set -euo pipefail
 
 PKGS=(containerd runc busybox-static stress-ng libseccomp-dev pkg-config iproute2 procps
-      util-linux ca-certificates gnupg debian-archive-keyring xz-utils zstd)
+      util-linux ca-certificates gnupg debian-archive-keyring xz-utils zstd
+      # the CRI test's client (tests/cri/cri.py) and the manifest test
+      python3-grpcio python3-protobuf protobuf-compiler python3-yaml)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -3,12 +3,15 @@
 # oci-layout + index.json + blobs/sha256/* + a Docker manifest.json, so the same file imports with
 # `ctr images import`, `ctr -n k8s.io images import` and `docker load`.
 #
-#   scripts/make-image.sh OUT.tar [NAME]      NAME default: docker.io/predictive/busybox:latest
+#   scripts/make-image.sh OUT.tar [NAME [CMD]]   NAME default: docker.io/predictive/busybox:latest
+#                                                CMD: the image's Cmd as a JSON array (default ["/bin/sh"]);
+#                                                the CRI test's pause image is ["sleep","2147483647"]
 #
 # Deterministic (fixed mtimes and owners): the same busybox gives the same digest.
 set -euo pipefail
-out=${1:?usage: make-image.sh OUT.tar [NAME]}
+out=${1:?usage: make-image.sh OUT.tar [NAME [CMD]]}
 name=${2:-docker.io/predictive/busybox:latest}
+cmd_json=${3:-'["/bin/sh"]'}
 bb=$(command -v busybox || true)
 [ -n "$bb" ] || { echo "make-image: busybox not found (apt-get install busybox-static)" >&2; exit 1; }
 file -L "$bb" 2>/dev/null | grep -q 'dynamically' && { echo "make-image: $bb is not static" >&2; exit 1; }
@@ -37,7 +40,7 @@ layer_size=$(stat -c %s "$work/layer.tar.gz")
 mv "$work/layer.tar.gz" "$oci/blobs/sha256/$layer"
 
 cat > "$work/config.json" <<JSON
-{"architecture":"amd64","os":"linux","created":"1970-01-01T00:00:00Z","config":{"Env":["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/bin/sh"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]},"history":[{"created":"1970-01-01T00:00:00Z","created_by":"scripts/make-image.sh (busybox-static)"}]}
+{"architecture":"amd64","os":"linux","created":"1970-01-01T00:00:00Z","config":{"Env":["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":$cmd_json,"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]},"history":[{"created":"1970-01-01T00:00:00Z","created_by":"scripts/make-image.sh (busybox-static)"}]}
 JSON
 config=$(sha256sum "$work/config.json" | cut -d' ' -f1)
 config_size=$(stat -c %s "$work/config.json")

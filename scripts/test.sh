@@ -47,6 +47,12 @@ for v in $versions; do
         failed=$((failed + 1)); summary+=("e2e containerd $v: could not fetch containerd $v"); continue
     fi
 done
+# The CRI test's api.proto and the Docker test's Docker 26 (containerd 1.7 only), from Debian 13, cached: fetched
+# here so a cold cache does not eat the tests' time caps (the tests fetch them too when run alone).
+scripts/fetch-debs.sh cri-api trixie golang-github-kubernetes-cri-api-dev >/dev/null || true
+if [[ " $versions " == *" 1.7 "* ]]; then
+    scripts/fetch-debs.sh docker-26 trixie docker.io docker-cli >/dev/null || true
+fi
 
 e2e_start=$(date +%s)
 for v in $versions; do

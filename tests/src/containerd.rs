@@ -42,19 +42,28 @@ impl Containerd {
 
     /// [`Self::start`] with explicit settings (the benchmark runs two runtimes on one containerd).
     pub fn start_with(test: &str, settings: Settings) -> Option<Containerd> {
-        Self::start_configured(test, settings, None)
+        Self::start_configured(test, settings, None, None)
     }
 
     /// [`Self::start`] with `broker_toml` added to the predictive config this containerd's shims and broker
     /// read (`DIR/predictive.toml`; `state_dir` and `socket` are set to DIR/broker and DIR/broker.sock).
     pub fn start_with_broker(test: &str, broker_toml: &str) -> Option<Containerd> {
-        Self::start_configured(test, Settings::from_env(), Some(broker_toml))
+        Self::start_configured(test, Settings::from_env(), Some(broker_toml), None)
+    }
+
+    /// [`Self::start`] with containerd's whole `config.toml` written by `config(dir)` (containerd-up.sh keeps a
+    /// config it finds): for tests that need plugins the default config disables (the CRI test). The config must
+    /// put root, state, sockets and the opt dir under `dir` as containerd-up.sh does (`grpc.address` =
+    /// `dir/containerd.sock`).
+    pub fn start_with_config(test: &str, config: &dyn Fn(&Path) -> String) -> Option<Containerd> {
+        Self::start_configured(test, Settings::from_env(), None, Some(config))
     }
 
     fn start_configured(
         test: &str,
         settings: Settings,
         broker_toml: Option<&str>,
+        config: Option<&dyn Fn(&Path) -> String>,
     ) -> Option<Containerd> {
         if !crate::require_root(test) {
             return None;
@@ -73,6 +82,10 @@ impl Containerd {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let dir = PathBuf::from(format!("/tmp/pe2e-{me}-{n}"));
         let _ = std::fs::remove_dir_all(&dir);
+        if let Some(config) = config {
+            std::fs::create_dir_all(&dir).expect("creating the containerd dir");
+            std::fs::write(dir.join("config.toml"), config(&dir)).expect("writing config.toml");
+        }
         if let Some(extra) = broker_toml {
             std::fs::create_dir_all(&dir).expect("creating the containerd dir");
             let text = format!(
@@ -131,6 +144,12 @@ impl Containerd {
         );
         self.ids.lock().expect("ids poisoned").push(id.clone());
         id
+    }
+
+    /// Adds an id the test did not make with [`Self::id`] (one containerd's CRI plugin or Docker chose) to the
+    /// ids [`Self::finish`] checks the host for.
+    pub fn track(&self, id: &str) {
+        self.ids.lock().expect("ids poisoned").push(id.to_string());
     }
 
     pub fn runtime(&self) -> &str {

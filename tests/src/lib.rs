@@ -12,6 +12,8 @@
 pub mod clean;
 pub mod cmd;
 pub mod containerd;
+pub mod cri;
+pub mod docker;
 pub mod pty;
 pub mod settings;
 pub mod ttrpc;

@@ -1,0 +1,206 @@
+//! Kubernetes through CRI: a private containerd with its CRI plugin on, and a real CRI v1 client.
+//!
+//! No kubelet or crictl exists in Debian's packages, so the client is `tests/cri/cri.py`: Debian's python3-grpcio
+//! and python3-protobuf speaking the Kubernetes CRI v1 protocol generated (Debian's protoc) from Kubernetes' own
+//! `api.proto` (Debian 13's golang-github-kubernetes-cri-api-dev, fetched by `scripts/fetch-debs.sh` into the cache).
+//! One process per call: JSON in (protobuf's JSON mapping of the request), JSON out.
+//!
+//! The containerd config ([`config`]) is the one a node would use (`packaging/containerd/predictive.toml`'s runtime
+//! handler) plus what this machine needs: `restrict_oom_score_adj` (root in this VM cannot set -998), a locally
+//! imported pause image (busybox sleeping forever), empty CNI dirs (pods use the host network).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::cmd::{Output, run_cmd};
+use crate::settings::Settings;
+
+/// The CRI runtime handler name (RuntimeClass `handler`).
+pub const HANDLER: &str = "predictive";
+/// The sandbox ("pause") image: busybox whose command sleeps forever.
+pub const PAUSE_IMAGE: &str = "docker.io/predictive/pause:latest";
+/// The CRI plugin's containerd namespace.
+pub const NAMESPACE: &str = "k8s.io";
+/// The Debian 13 package that ships the CRI v1 `api.proto`.
+const CRI_API_PKG: &str = "golang-github-kubernetes-cri-api-dev";
+/// Debian's interpreter, with Debian's python3-grpcio (not whatever `python3` comes first on PATH).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// The runtime handlers come from the packaged drop-in for the containerd version, as a node gets them: on 2.x
+/// `packaging/containerd/predictive-v3.toml` is imported as is; on 1.6/1.7 the tables of
+/// `packaging/containerd/predictive.toml` are pasted into the CRI section (an import would replace that whole
+/// section there, see the file). Its runtime_type is replaced by `runtime_type` (a no-op for ours;
+/// `make test-runc` checks the test with runc's).
+pub fn dropin(settings: &Settings, runtime_type: &str) -> String {
+    let file = if settings.is_v2() {
+        "predictive-v3.toml"
+    } else {
+        "predictive.toml"
+    };
+    let path = settings.workspace.join("packaging/containerd").join(file);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .replace(
+            "runtime_type = \"io.containerd.predictive.v2\"",
+            &format!("runtime_type = \"{runtime_type}\""),
+        )
+}
+
+/// containerd's config.toml for a CRI test: containerd 1.6/1.7 read config version 2 (one plugin,
+/// `io.containerd.grpc.v1.cri`), 2.x version 3 (the runtime and image settings moved to `io.containerd.cri.v1.runtime`
+/// and `io.containerd.cri.v1.images`), with `dropin` ([`dropin`]) for the runtime handlers. Writes the drop-in to
+/// `dir/conf.d/predictive.toml` for 2.x.
+pub fn config(dir: &Path, containerd_version: &str, dropin: &str) -> String {
+    let d = dir.display();
+    let common = format!(
+        r#"root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp"]
+oom_score = 0
+
+[grpc]
+  address = "{d}/containerd.sock"
+
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+
+[debug]
+  address = "{d}/debug.sock"
+  level = "{level}"
+"#,
+        level = std::env::var("PREDICTIVE_CONTAINERD_LOG_LEVEL").unwrap_or_else(|_| "info".into())
+    );
+    if containerd_version.starts_with('2') {
+        let conf_d = dir.join("conf.d");
+        std::fs::create_dir_all(&conf_d).expect("creating conf.d");
+        std::fs::write(conf_d.join("predictive.toml"), dropin).expect("writing the drop-in");
+        format!(
+            r#"version = 3
+imports = ["{d}/conf.d/*.toml"]
+{common}
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "{d}/opt"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{PAUSE_IMAGE}"
+  [plugins."io.containerd.cri.v1.runtime"]
+    restrict_oom_score_adj = true
+    [plugins."io.containerd.cri.v1.runtime".cni]
+      bin_dirs = ["{d}/cni/bin"]
+      conf_dir = "{d}/cni/conf"
+"#
+        )
+    } else {
+        let tables: String = dropin
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#') && !l.starts_with("version"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        format!(
+            r#"version = 2
+{common}
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "{d}/opt"
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = "{PAUSE_IMAGE}"
+    restrict_oom_score_adj = true
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "{d}/cni/bin"
+      conf_dir = "{d}/cni/conf"
+{tables}"#
+        )
+    }
+}
+
+/// Fetches what the client needs (cached): the CRI api.proto from Debian 13. Err says what is missing.
+pub fn prepare(settings: &Settings) -> Result<(), String> {
+    for (module, pkg) in [
+        ("grpc", "python3-grpcio"),
+        ("google.protobuf", "python3-protobuf"),
+    ] {
+        let mut c = Command::new(PYTHON);
+        c.arg("-c").arg(format!("import {module}"));
+        if !run_cmd(c, Duration::from_secs(30)).ok() {
+            return Err(format!(
+                "{PYTHON} cannot import {module}: run scripts/deps.sh (installs {pkg})"
+            ));
+        }
+    }
+    if !run_cmd(
+        {
+            let mut c = Command::new("protoc");
+            c.arg("--version");
+            c
+        },
+        Duration::from_secs(30),
+    )
+    .ok()
+    {
+        return Err("no protoc: run scripts/deps.sh (installs protobuf-compiler)".into());
+    }
+    let mut f = Command::new(settings.script("fetch-debs.sh"));
+    f.args(["cri-api", "trixie", CRI_API_PKG])
+        .env("PREDICTIVE_E2E_CACHE", &settings.cache);
+    let out = run_cmd(f, Duration::from_secs(150));
+    if !out.ok() {
+        return Err(format!("fetching {CRI_API_PKG} from Debian 13: {out}"));
+    }
+    Ok(())
+}
+
+/// The pause image tar (built once per cache by `scripts/make-image.sh`, under a lock).
+pub fn ensure_pause_image(settings: &Settings) -> PathBuf {
+    let tar = settings.cache.join("pause-image.tar");
+    if tar.is_file() {
+        return tar;
+    }
+    std::fs::create_dir_all(&settings.cache).expect("creating the cache dir");
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(r#"exec 9>"$1.lock"; flock -w 300 9; [ -s "$1" ] || "$2" "$1" "$3" '["sleep","2147483647"]'"#)
+        .arg("ensure-pause")
+        .arg(&tar)
+        .arg(settings.script("make-image.sh"))
+        .arg(PAUSE_IMAGE);
+    run_cmd(cmd, Duration::from_secs(320)).expect_ok("building the pause image");
+    tar
+}
+
+/// A CRI v1 client for one containerd socket.
+pub struct CriClient {
+    sock: PathBuf,
+    script: PathBuf,
+    cache: PathBuf,
+}
+
+impl CriClient {
+    pub fn new(settings: &Settings, sock: &Path) -> CriClient {
+        CriClient {
+            sock: sock.to_path_buf(),
+            script: settings.workspace.join("tests/cri/cri.py"),
+            cache: settings.cache.clone(),
+        }
+    }
+
+    /// One call; the raw output (for calls expected to fail).
+    pub fn try_call(&self, method: &str, request: &serde_json::Value) -> Output {
+        let mut c = Command::new(PYTHON);
+        c.arg(&self.script)
+            .arg(&self.sock)
+            .arg(method)
+            .arg(request.to_string())
+            .env("PREDICTIVE_E2E_CACHE", &self.cache);
+        run_cmd(c, Duration::from_secs(90))
+    }
+
+    /// One call that must succeed; its reply.
+    pub fn call(&self, method: &str, request: serde_json::Value) -> serde_json::Value {
+        let out = self
+            .try_call(method, &request)
+            .expect_ok(&format!("CRI {method} {request}"));
+        serde_json::from_str(out.stdout.trim())
+            .unwrap_or_else(|e| panic!("CRI {method}: reply is not JSON ({e}): {out}"))
+    }
+}

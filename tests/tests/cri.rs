@@ -1,0 +1,244 @@
+//! Kubernetes end to end through CRI: containerd's CRI plugin with a `predictive` runtime handler, driven by a CRI
+//! v1 client the way kubelet drives it for a pod with `runtimeClassName: predictive` (see `predictive_e2e::cri`).
+//! Root only; `SKIPPED:` otherwise. Runs on every containerd version of the suite (config version 2 on 1.6/1.7,
+//! version 3 on 2.x).
+
+use std::path::Path;
+use std::time::Duration;
+
+use predictive_e2e::cmd::wait_until;
+use predictive_e2e::cri::{self, CriClient, HANDLER, NAMESPACE, PAUSE_IMAGE};
+use predictive_e2e::settings::{IMAGE, Settings};
+use predictive_e2e::{Containerd, clean, require_root};
+use serde_json::{Value, json};
+
+/// `io.containerd.predictive.v2` -> `containerd-shim-predictive-v2`.
+fn shim_binary(runtime: &str) -> String {
+    let mut parts: Vec<&str> = runtime.split('.').collect();
+    let version = parts.pop().unwrap_or_default();
+    let name = parts.pop().unwrap_or_default();
+    format!("containerd-shim-{name}-{version}")
+}
+
+/// Entries under `root` (at most `depth` levels) named after one of `ids`.
+fn named(root: &Path, ids: &[&str], depth: u32, out: &mut Vec<String>) {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if ids.iter().any(|id| name.starts_with(id)) {
+            out.push(e.path().display().to_string());
+        } else if depth > 1 && e.file_type().is_ok_and(|t| t.is_dir()) {
+            named(&e.path(), ids, depth - 1, out);
+        }
+    }
+}
+
+fn ctr_runtime(c: &Containerd, id: &str) -> String {
+    let info = c.ctr(&["c", "info", id]).expect_ok("ctr c info");
+    let v: Value = serde_json::from_str(&info.stdout).expect("c info prints JSON");
+    v["Runtime"]["Name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn cri_pod_sandbox_and_container_share_one_shim() {
+    const TEST: &str = "cri_pod_sandbox_and_container_share_one_shim";
+    if !require_root(TEST) {
+        return;
+    }
+    let settings = Settings::from_env();
+    if let Err(e) = cri::prepare(&settings) {
+        panic!("{TEST}: {e}");
+    }
+    let pause = cri::ensure_pause_image(&settings);
+    let dropin = cri::dropin(&settings, &settings.runtime);
+    assert!(
+        dropin.contains(&format!("runtimes.{HANDLER}]")),
+        "the drop-in names no {HANDLER} handler:\n{dropin}"
+    );
+    let version = settings.containerd.clone();
+    let Some(mut c) =
+        Containerd::start_with_config(TEST, &|dir| cri::config(dir, &version, &dropin))
+    else {
+        return;
+    };
+    // The CRI plugin works in its own namespace; the clean-host checks follow it there
+    // (cgroups under /k8s.io/<id>: the pod's cgroup_parent below).
+    c.ns = NAMESPACE.to_string();
+    let busybox = c.settings.cache.join("busybox-image.tar");
+    for tar in [&pause, &busybox] {
+        c.ctr_with(
+            &["images", "import", &tar.to_string_lossy()],
+            Duration::from_secs(120),
+        )
+        .expect_ok("importing an image into k8s.io");
+    }
+    let api = CriClient::new(&c.settings, &c.sock);
+
+    // The CRI plugin answers once initialised, and knows the imported images from containerd's events.
+    let ready = wait_until(Duration::from_secs(30), || {
+        let out = api.try_call("ImageStatus", &json!({"image": {"image": PAUSE_IMAGE}}));
+        (out.ok() && out.stdout.contains("\"image\"")).then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "the CRI plugin never listed {PAUSE_IMAGE}: {}",
+        api.try_call("ImageStatus", &json!({"image": {"image": PAUSE_IMAGE}}))
+    );
+    let v = api.call("Version", json!({}));
+    assert_eq!(v["runtime_api_version"], "v1", "{v}");
+
+    let logs = c.dir.join("pod-logs");
+    std::fs::create_dir_all(&logs).expect("creating the pod log dir");
+    let pod = json!({
+        "metadata": {"name": "pe2e-cri", "uid": format!("pe2e-{}", std::process::id()), "namespace": "default"},
+        "log_directory": logs,
+        "annotations": {"io.predictive.task-type": "cri-hello"},
+        "linux": {
+            "cgroup_parent": format!("/{NAMESPACE}"),
+            "security_context": {"namespace_options": {"network": "NODE"}}
+        }
+    });
+    let sandbox = api.call(
+        "RunPodSandbox",
+        json!({"config": pod, "runtime_handler": HANDLER}),
+    );
+    let sid = sandbox["pod_sandbox_id"]
+        .as_str()
+        .expect("RunPodSandbox returns pod_sandbox_id")
+        .to_string();
+    c.track(&sid);
+    let created = api.call(
+        "CreateContainer",
+        json!({
+            "pod_sandbox_id": sid,
+            "config": {
+                "metadata": {"name": "hello"},
+                "image": {"image": IMAGE},
+                "command": ["sh", "-c", "echo hello from a pod; echo to-stderr >&2; sleep 100000"],
+                "log_path": "hello.log"
+            },
+            "sandbox_config": pod
+        }),
+    );
+    let cid = created["container_id"]
+        .as_str()
+        .expect("CreateContainer returns container_id")
+        .to_string();
+    c.track(&cid);
+    api.call("StartContainer", json!({"container_id": cid}));
+
+    // The container's output, in the CRI log format kubelet reads (`<time> stdout F <line>`).
+    let log_file = logs.join("hello.log");
+    let log = wait_until(Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&log_file).unwrap_or_default();
+        text.contains("to-stderr").then_some(text)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no output in {}: {:?}",
+            log_file.display(),
+            std::fs::read_to_string(&log_file)
+        )
+    });
+    let lines: Vec<(&str, &str)> = log
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.splitn(4, ' ').collect();
+            (f.len() == 4).then(|| (f[1], f[3]))
+        })
+        .collect();
+    assert!(lines.contains(&("stdout", "hello from a pod")), "{log}");
+    assert!(lines.contains(&("stderr", "to-stderr")), "{log}");
+
+    let status = api.call("ContainerStatus", json!({"container_id": cid}));
+    assert_eq!(status["status"]["state"], "CONTAINER_RUNNING", "{status}");
+    let pod_status = api.call("PodSandboxStatus", json!({"pod_sandbox_id": sid}));
+    assert_eq!(
+        pod_status["status"]["state"], "SANDBOX_READY",
+        "{pod_status}"
+    );
+
+    // The drop-in's pod_annotations hand the pod's io.predictive.* annotations to the runtime.
+    let spec: Value = serde_json::from_str(
+        &std::fs::read_to_string(c.bundle(&cid).join("config.json"))
+            .expect("the bundle's config.json"),
+    )
+    .expect("config.json is JSON");
+    assert_eq!(
+        spec["annotations"]["io.predictive.task-type"], "cri-hello",
+        "{}",
+        spec["annotations"]
+    );
+
+    // containerd recorded our runtime for both, and one shim process serves the whole pod.
+    for id in [&sid, &cid] {
+        assert_eq!(ctr_runtime(&c, id), c.runtime(), "runtime of {id}");
+    }
+    let shims = c.shim_pids();
+    assert_eq!(
+        shims.len(),
+        1,
+        "sandbox and container must share one shim: {shims:?}"
+    );
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", shims[0]))
+        .map(|r| String::from_utf8_lossy(&r).replace('\0', " "))
+        .unwrap_or_default();
+    let binary = cmdline.split_whitespace().next().unwrap_or_default();
+    assert!(
+        binary.ends_with(&shim_binary(c.runtime())),
+        "shim {}: {cmdline}",
+        shims[0]
+    );
+    assert!(
+        cmdline.contains(&format!("-id {sid}")),
+        "the pod's shim is the sandbox's: {cmdline}"
+    );
+    // The container's init is a descendant of that shim (directly or through its helper).
+    let init = clean::processes_matching(|cmd, _| cmd.starts_with("sleep 100000"))
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cgroup"))
+                .unwrap_or_default()
+                .contains(&cid)
+        })
+        .expect("the container's sleep is running");
+    let mut p = init;
+    while p != shims[0] && p > 1 {
+        p = clean::parent_of(p).unwrap_or(1);
+    }
+    assert_eq!(
+        p, shims[0],
+        "container init {init} is not under shim {}",
+        shims[0]
+    );
+
+    // Tear down as kubelet does, then nothing is left.
+    api.call("StopContainer", json!({"container_id": cid, "timeout": 10}));
+    let status = api.call("ContainerStatus", json!({"container_id": cid}));
+    assert_eq!(status["status"]["state"], "CONTAINER_EXITED", "{status}");
+    api.call("RemoveContainer", json!({"container_id": cid}));
+    api.call("StopPodSandbox", json!({"pod_sandbox_id": sid}));
+    api.call("RemovePodSandbox", json!({"pod_sandbox_id": sid}));
+    let left = api.call("ListContainers", json!({}));
+    assert_eq!(left["containers"], json!([]), "{left}");
+    let left = api.call("ListPodSandbox", json!({}));
+    assert_eq!(left["items"], json!([]), "{left}");
+    assert!(c.containers().is_empty(), "{:?}", c.containers());
+    let gone = wait_until(Duration::from_secs(15), || {
+        c.shim_processes().is_empty().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the pod's shim did not exit: {:?}",
+        c.shim_processes()
+    );
+    let mut found = Vec::new();
+    named(&c.dir.join("root"), &[&sid, &cid], 4, &mut found);
+    assert!(found.is_empty(), "CRI state left: {found:?}");
+    c.finish();
+}
