@@ -84,13 +84,15 @@ fn install_script_is_idempotent_and_uninstalls() {
     }
     let dest = tmp.path().join("root");
     let script = workspace().join("packaging/install.sh");
-    let install = |args: &[&str]| {
+    let install_for = |args: &[&str], config_version: &str| {
         stdout(&run(Command::new(&script)
             .args(args)
             .env("DESTDIR", &dest)
             .env("PREFIX", "/usr")
-            .env("BINDIR", &bindir)))
+            .env("BINDIR", &bindir)
+            .env("CONTAINERD_CONFIG_VERSION", config_version)))
     };
+    let install = |args: &[&str]| install_for(args, "3");
     let first = install(&[]);
     for f in [
         "usr/bin/containerd-shim-predictive-v2",
@@ -99,9 +101,21 @@ fn install_script_is_idempotent_and_uninstalls() {
         "lib/systemd/system/predictived.service",
         "etc/predictive/predictived.toml",
         "etc/containerd/conf.d/predictive.toml",
+        "usr/share/predictive/containerd/predictive-v2.toml",
+        "usr/share/predictive/containerd/predictive-v3.toml",
     ] {
         assert!(dest.join(f).is_file(), "{f} not installed:\n{first}");
     }
+    // containerd 2.x gets the version-3 drop-in (it ignores a version-2 file's CRI tables).
+    let dropin = dest.join("etc/containerd/conf.d/predictive.toml");
+    let shipped = |name: &str| {
+        std::fs::read_to_string(workspace().join("packaging/containerd").join(name))
+            .expect("drop-in")
+    };
+    assert_eq!(
+        std::fs::read_to_string(&dropin).expect("drop-in"),
+        shipped("predictive-v3.toml")
+    );
     let unit =
         std::fs::read_to_string(dest.join("lib/systemd/system/predictived.service")).expect("unit");
     assert!(unit.contains("ExecStart=/usr/bin/predictived"), "{unit}");
@@ -122,6 +136,24 @@ fn install_script_is_idempotent_and_uninstalls() {
     ] {
         assert!(!dest.join(f).exists(), "{f} left behind:\n{out}");
     }
+    // containerd 1.6/1.7 get the version-2 one; uninstall removes it too.
+    install_for(&[], "2");
+    assert_eq!(
+        std::fs::read_to_string(&dropin).expect("drop-in"),
+        shipped("predictive.toml")
+    );
+    let out = install_for(&["--uninstall"], "2");
+    assert!(!dropin.exists(), "version-2 drop-in left behind:\n{out}");
+    let bad = Command::new(&script)
+        .env("CONTAINERD_CONFIG_VERSION", "4")
+        .env("DESTDIR", &dest)
+        .env("BINDIR", &bindir)
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("CONTAINERD_CONFIG_VERSION must be 2 or 3")
+    );
     let bad = Command::new(&script).arg("--bogus").output().expect("run");
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown argument --bogus"));
@@ -177,6 +209,8 @@ fn deb_lists_its_files_and_installs_into_a_scratch_root() {
         "./lib/systemd/system/predictived.service",
         "./etc/predictive/predictived.toml",
         "./etc/containerd/conf.d/predictive.toml",
+        "./usr/share/predictive/containerd/predictive-v2.toml",
+        "./usr/share/predictive/containerd/predictive-v3.toml",
     ];
     for f in files {
         assert!(contents.contains(f), "--contents lacks {f}:\n{contents}");
@@ -189,6 +223,11 @@ fn deb_lists_its_files_and_installs_into_a_scratch_root() {
         Command::new(x.join("usr/bin/predictivectl")).arg("--help")
     ));
     assert!(help.contains("usage: predictivectl"), "{help}");
+    // conf.d gets the version-3 drop-in: containerd 2.x imports conf.d by default (1.6/1.7 do not, and their users
+    // take the version-2 one from /usr/share/predictive/containerd).
+    let dropin =
+        std::fs::read_to_string(x.join("etc/containerd/conf.d/predictive.toml")).expect("drop-in");
+    assert!(dropin.contains("\nversion = 3\n"), "{dropin}");
 
     // Installed with dpkg into a scratch root with its own database (no maintainer scripts to run), then removed.
     let root = tmp.path().join("root");
