@@ -5,7 +5,7 @@
 #
 #   scripts/fetch-containerd.sh 1.6|1.7|2.1     (1.6 = the system's Debian 12 package)
 #
-# Cache: $PREDICTIVE_E2E_CACHE (default /var/cache/predictive-e2e). A second run is a no-op.
+# Cache: $PREDICTIVE_E2E_CACHE/containerd-VERSION (default /var/cache/predictive-e2e). A second run is a no-op.
 set -euo pipefail
 
 ver=${1:?usage: fetch-containerd.sh 1.6|1.7|2.1}
@@ -17,32 +17,10 @@ case "$ver" in
     *) echo "unknown containerd version $ver (1.6, 1.7, 2.1)" >&2; exit 2 ;;
 esac
 
-cache=${PREDICTIVE_E2E_CACHE:-/var/cache/predictive-e2e}
-dest=$cache/containerd-$ver
-mkdir -p "$cache"
-exec 9>"$cache/.lock-$ver"
-flock -w 900 9
-
-if [ -x "$dest/usr/bin/containerd" ] && [ -x "$dest/usr/bin/ctr" ] && [ -f "$dest/.complete" ]; then
-    echo "$dest/usr/bin"; exit 0
+# The packages come through fetch-debs.sh (private apt configuration, bounded apt calls, cached).
+dir=$("$(dirname "$0")/fetch-debs.sh" "containerd-$ver" "$suite" containerd)
+if [ ! -x "$dir/usr/bin/containerd" ] || [ ! -x "$dir/usr/bin/ctr" ]; then
+    echo "containerd $ver: $dir has no usr/bin/containerd and ctr" >&2; exit 1
 fi
-
-A=$cache/apt-$suite
-mkdir -p "$A/etc" "$A/lists/partial" "$A/cache/archives/partial" "$A/debs"
-uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-[ -n "$uri" ] || uri=$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-[ -n "$uri" ] || uri=http://deb.debian.org/debian
-echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri $suite main" > "$A/etc/sources.list"
-O=(-o Dir::Etc::SourceList="$A/etc/sources.list" -o Dir::Etc::SourceParts=/dev/null
-   -o Dir::State::Lists="$A/lists" -o Dir::Cache="$A/cache" -o Dir::State::status=/var/lib/dpkg/status
-   -o Debug::NoLocking=1 -o APT::Sandbox::User=root -o APT::Get::List-Cleanup=0)
-echo "fetching containerd $ver from Debian $suite ..." >&2
-apt-get "${O[@]}" -qq update >&2
-rm -rf "$A/debs"/*.deb
-(cd "$A/debs" && apt-get "${O[@]}" -qq download containerd >&2)
-rm -rf "$dest.tmp"; mkdir -p "$dest.tmp"
-for f in "$A/debs"/*.deb; do dpkg-deb -x "$f" "$dest.tmp"; done
-"$dest.tmp/usr/bin/containerd" --version >&2
-rm -rf "$dest"; mv "$dest.tmp" "$dest"
-touch "$dest/.complete"
-echo "$dest/usr/bin"
+"$dir/usr/bin/containerd" --version >&2
+echo "$dir/usr/bin"

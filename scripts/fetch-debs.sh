@@ -7,7 +7,8 @@
 #     scripts/fetch-debs.sh cri-api trixie golang-github-kubernetes-cri-api-dev   (CRI v1 api.proto)
 #
 # Cache: $PREDICTIVE_E2E_CACHE/NAME (default /var/cache/predictive-e2e); a second run is a no-op.
-# Shares the apt lists in $PREDICTIVE_E2E_CACHE/apt-SUITE with fetch-containerd.sh. Every apt call is bounded.
+# fetch-containerd.sh uses it for containerd 1.7/2.1. Apt lists are cached per suite in $PREDICTIVE_E2E_CACHE/apt-SUITE.
+# Every apt call is bounded.
 set -euo pipefail
 
 name=${1:?usage: fetch-debs.sh NAME SUITE PKG...}
