@@ -43,7 +43,7 @@ demo: deps build
 
 # End-to-end benchmark (ours vs runc v2 in the same run), then criterion benches if any crate has some.
 bench: deps build
-	$(RELEASE)/predictive-bench
+	$(RELEASE)/predictive-bench && $(RELEASE)/predictive-suite
 	@if ls */benches/*.rs >/dev/null 2>&1; then $(CARGO) bench --workspace; \
 	 else echo "bench: no criterion benches yet (crates add them under <crate>/benches/; this target runs them)"; fi
 
