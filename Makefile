@@ -41,7 +41,9 @@ test-runc: deps
 demo: deps build
 	scripts/demo.sh
 
-# End-to-end benchmark (ours vs runc v2 in the same run), then criterion benches if any crate has some.
+# End-to-end benchmarks: predictive-bench (start time, shim memory, idle CPU: ours vs runc v2 in the same run) and
+# predictive-suite (a pipeline of real workloads under static, VPA-like and our limits; ~7 min, PREDICTIVE_SUITE_QUICK=1
+# for ~3), then the crates' criterion benches.
 bench: deps build
 	$(RELEASE)/predictive-bench && $(RELEASE)/predictive-suite
 	@if ls */benches/*.rs >/dev/null 2>&1; then $(CARGO) bench --workspace; \
