@@ -134,6 +134,10 @@ pub struct TrainConfig {
     pub min_runs: usize,
     /// The regression is tried from this many runs on.
     pub min_regression_runs: usize,
+    /// Below `min_regression_runs`, a regression on the input size alone is tried from this many runs on, when
+    /// the runs' input sizes differ (a data job's memory follows its input from its first few runs).
+    #[serde(default = "default_min_input_regression_runs")]
+    pub min_input_regression_runs: usize,
     /// Cross-validation folds.
     pub folds: usize,
     /// Ridge penalty (standardised units).
@@ -150,11 +154,16 @@ impl Default for TrainConfig {
             limit_quantile: [0.95, 0.95, 0.998, 0.95],
             min_runs: 5,
             min_regression_runs: 12,
+            min_input_regression_runs: default_min_input_regression_runs(),
             folds: 5,
             ridge_alpha: 0.01,
             oom_inflation: 1.25,
         }
     }
+}
+
+fn default_min_input_regression_runs() -> usize {
+    4
 }
 
 /// Conformal multipliers applied to a point estimate.
@@ -400,6 +409,9 @@ pub fn features(f: &RunFeatures) -> [f64; N_FEATURES] {
     features_of(f)
 }
 
+/// Column of the input size in [`features`].
+const INPUT_BYTES: usize = 0;
+
 fn features_of(f: &RunFeatures) -> [f64; N_FEATURES] {
     [
         f.input_bytes as f64,
@@ -480,7 +492,14 @@ fn train_target(
 
     // Out-of-fold predictions of both candidates.
     let mut base_oof = vec![0.0; n];
-    let mut reg_oof: Option<Vec<f64>> = (n >= cfg.min_regression_runs).then(|| vec![0.0; n]);
+    // The candidate regression: on every feature with enough runs, on the input size alone with a few.
+    let columns: &[usize] = if n >= cfg.min_regression_runs {
+        &[0, 1, 2, 3, 4, 5]
+    } else {
+        &[INPUT_BYTES]
+    };
+    let mut reg_oof: Option<Vec<f64>> =
+        (n >= cfg.min_regression_runs.min(cfg.min_input_regression_runs)).then(|| vec![0.0; n]);
     for k in 0..folds {
         let b = baseline_median(y, w, Some((k, folds)));
         for i in (k..n).step_by(folds) {
@@ -491,7 +510,7 @@ fn train_target(
                 .filter(|i| i % folds != k)
                 .map(|i| (x[i], y[i]))
                 .unzip();
-            match LinearModel::fit(&tx, &ty, cfg.ridge_alpha) {
+            match LinearModel::fit_on(&tx, &ty, cfg.ridge_alpha, columns) {
                 Ok(m) => {
                     for i in (k..n).step_by(folds) {
                         oof[i] = m.predict(&x[i]).clamp(floor, ceiling);
@@ -507,7 +526,7 @@ fn train_target(
     let regression_error = reg_oof.as_ref().map(|p| log_error(y, p));
     let use_regression = regression_error.is_some_and(|e| e < baseline_error * 0.97);
     let linear = if use_regression {
-        LinearModel::fit(x, y, cfg.ridge_alpha).ok()
+        LinearModel::fit_on(x, y, cfg.ridge_alpha, columns).ok()
     } else {
         None
     };
@@ -784,6 +803,47 @@ mod tests {
             p.memory_bytes.point
         );
         assert!(p.memory_bytes.limit > want && p.memory_bytes.limit < want * 1.1);
+    }
+
+    #[test]
+    fn a_few_runs_with_different_inputs_scale_memory_with_the_input() {
+        // Six runs of a data job (two inputs a round over three rounds, as a pipeline feeds them): fewer than
+        // min_regression_runs, so only the input size is regressed on; the bigger input gets more memory.
+        let inputs = [8, 6, 11, 9, 14, 12];
+        let runs: Vec<_> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, &mb)| {
+                let input = mb * 1_000_000;
+                let mem = (3e7 + 12.0 * input as f64) * (1.0 + 0.02 * wobble(i as u64));
+                run(i as u64, input, mem, None)
+            })
+            .collect();
+        let cfg = TrainConfig {
+            min_runs: 3,
+            ..TrainConfig::default()
+        };
+        let m = train_task(&runs, 0, &cfg).expect("enough runs");
+        assert_eq!(m.memory.kind, ModelKind::Regression);
+        assert_eq!(
+            m.memory.linear.as_ref().map(|l| l.columns.clone()),
+            Some(vec![0])
+        );
+        let predict = |mb: u64| {
+            let f = RunFeatures {
+                input_bytes: mb * 1_000_000,
+                ..RunFeatures::default()
+            };
+            m.predict(&TaskKey::new("t"), &f, 1).memory_bytes.point
+        };
+        let (small, big) = (predict(9), predict(15));
+        assert!(big > small * 1.4, "15 MB input {big} vs 9 MB {small}");
+        let want = 3e7 + 12.0 * 15e6;
+        assert!((big / want - 1.0).abs() < 0.05, "{big} vs {want}");
+        // The same runs with one input size: nothing to regress on, the baseline stands.
+        let same: Vec<_> = (0..6).map(|i| run(i, 5_000_000, 9e7, None)).collect();
+        let m = train_task(&same, 0, &cfg).expect("enough runs");
+        assert_eq!(m.memory.kind, ModelKind::Baseline);
     }
 
     #[test]

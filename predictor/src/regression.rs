@@ -51,8 +51,19 @@ pub struct LinearModel {
 impl LinearModel {
     /// Fits `y ~ x` with ridge penalty `alpha` (in standardised units).
     pub fn fit(x: &[[f64; N_FEATURES]], y: &[f64], alpha: f64) -> Result<Self, RegressionError> {
+        Self::fit_on(x, y, alpha, &[0, 1, 2, 3, 4, 5])
+    }
+
+    /// [`LinearModel::fit`] on the feature columns `allowed` only (those that vary).
+    pub fn fit_on(
+        x: &[[f64; N_FEATURES]],
+        y: &[f64],
+        alpha: f64,
+        allowed: &[usize],
+    ) -> Result<Self, RegressionError> {
         let n = x.len().min(y.len());
         let columns: Vec<usize> = (0..N_FEATURES)
+            .filter(|c| allowed.contains(c))
             .filter(|&c| {
                 let mean = x[..n].iter().map(|r| r[c]).sum::<f64>() / n.max(1) as f64;
                 let var =

@@ -105,11 +105,18 @@ impl Profile {
             if s.ts_ms < start_ms || s.ts_ms > start_ms + duration_ms {
                 continue;
             }
-            let pos = (s.ts_ms - start_ms) as f64 / duration_ms as f64;
-            let b = ((pos * BUCKETS as f64) as usize).min(BUCKETS - 1);
+            let bucket = |ts: u64| {
+                let pos = (ts - start_ms) as f64 / duration_ms as f64;
+                ((pos * BUCKETS as f64) as usize).min(BUCKETS - 1)
+            };
+            let b = bucket(s.ts_ms);
             let dt = (s.ts_ms.saturating_sub(prev_ts)).max(1) as f64 / 1000.0;
+            // A CPU sample is the mean over the interval since the previous one (the first: since the start),
+            // so it stands for every bucket of that interval, not only the one it was taken in.
+            for c in &mut cpu[bucket(prev_ts)..=b] {
+                *c = c.max(s.cpu_cores);
+            }
             prev_ts = s.ts_ms;
-            cpu[b] = cpu[b].max(s.cpu_cores);
             mem[b] = mem[b].max(s.memory_bytes as f64);
             io[b] = io[b].max(s.io_bytes as f64 / dt);
             seen[b] = true;
@@ -117,7 +124,16 @@ impl Profile {
         if !seen.iter().any(|&x| x) {
             return None;
         }
-        // Buckets without a sample inherit the previous one's value: sampling is coarser than the bucket.
+        // Buckets before the first sample take its value (a short run's first sample may come several buckets
+        // in; zeros there would predict no CPU at all for the run's start), and buckets without a sample inherit
+        // the previous one's value: sampling is coarser than the bucket.
+        if let Some(first) = seen.iter().position(|&x| x) {
+            for b in 0..first {
+                cpu[b] = cpu[b].max(cpu[first]);
+                mem[b] = mem[first];
+                io[b] = io[first];
+            }
+        }
         for b in 1..BUCKETS {
             if !seen[b] {
                 cpu[b] = cpu[b - 1];
@@ -271,17 +287,35 @@ mod tests {
 
     #[test]
     fn profile_from_sparse_samples_fills_gaps_and_normalises() {
-        // Two samples over a 20 s run: buckets between them inherit the earlier value.
+        // Two samples over a 20 s run: buckets between them inherit the earlier value, the bucket before the
+        // first takes the first's.
         let p = Profile::from_samples(&[s(1_000, 2.0, 50), s(15_000, 1.0, 100)], 0, 20_000)
             .expect("samples in range");
         assert!(p.is_well_formed());
-        assert_eq!(p.memory[0], 0.0, "nothing before the first sample");
+        assert_eq!(
+            p.memory[0], 0.5,
+            "before the first sample: the first's value"
+        );
         assert_eq!(p.memory[1], 0.5);
         assert_eq!(p.memory[14], 0.5);
         assert_eq!(p.memory[15], 1.0);
         assert_eq!(p.memory[19], 1.0);
+        assert_eq!(p.cpu[0], 1.0);
         assert_eq!(p.cpu[1], 1.0);
+        // The second CPU sample is the mean over 1..15 s: it does not lower the first's buckets.
+        assert_eq!(p.cpu[14], 1.0);
+        assert_eq!(p.cpu[15], 0.5);
         assert!(p.io.iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn short_run_profile_has_cpu_from_its_start() {
+        // A 2 s run sampled every 500 ms from 600 ms on (the first report has no previous sample to rate from):
+        // one busy core all along. Every bucket says one core, the first ones included.
+        let samples: Vec<Sample> = (0..3).map(|i| s(600 + 500 * i, 1.0, 10)).collect();
+        let p = Profile::from_samples(&samples, 0, 2_000).expect("samples in range");
+        assert!(p.cpu.iter().all(|c| *c == 1.0), "{:?}", p.cpu);
+        assert!(p.memory.iter().all(|m| *m == 1.0), "{:?}", p.memory);
     }
 
     #[test]
