@@ -205,7 +205,7 @@ fn measure_idle_cpu(c: &Containerd, n: usize, window: Duration) -> Result<IdleCp
             }
         }
     }
-    let measured = result.and_then(|()| {
+    let measured = result.map(|()| {
         // Let the last starts settle (workers exit, first ticks pass).
         std::thread::sleep(Duration::from_secs(3));
         let hz = {
@@ -223,7 +223,7 @@ fn measure_idle_cpu(c: &Containerd, n: usize, window: Duration) -> Result<IdleCp
         let after = (sum(&runc), sum(&ours), broker.and_then(cpu_ticks));
         let secs = t0.elapsed().as_secs_f64();
         let pct = |a: u64, b: u64| a.saturating_sub(b) as f64 / hz / secs * 100.0;
-        Ok(IdleCpu {
+        IdleCpu {
             containers: n,
             secs,
             runc_shims: (runc.len(), pct(after.0, before.0)),
@@ -232,7 +232,7 @@ fn measure_idle_cpu(c: &Containerd, n: usize, window: Duration) -> Result<IdleCp
                 (Some(b), Some(a)) => Some(pct(a, b)),
                 _ => None,
             },
-        })
+        }
     });
     for id in &ids {
         let _ = c.ctr(&["t", "rm", "-f", id]);
