@@ -5,12 +5,18 @@
 //! - memory: VmRSS (/proc/PID/status) and Pss, Pss_Anon (/proc/PID/smaps_rollup) of one shim process
 //!   holding one sleeping container.
 //!
+//! - idle CPU: N containers (default 100) running `sleep` through each runtime at the same time, then the
+//!   CPU time (utime + stime from /proc/PID/stat) of every shim process of each runtime over one window
+//!   (default 30 s), plus our broker (`predictived`, started by our first shim, mode enforce, 1 s tick), as %
+//!   of one core. Both runtimes are measured over the same window.
+//!
 //! Prints each figure and the ratio ours / runc. If our shim is missing or fails, its side is
 //! reported as SKIPPED with the reason and runc's figures are still printed. Never fails on a slow
 //! machine: exit code 1 only when runc itself cannot be measured.
 //!
-//! Env: PREDICTIVE_BENCH_RUNS (default 30), PREDICTIVE_E2E_CONTAINERD (default 1.6),
-//! PREDICTIVE_E2E_SHIM_DIR (default target/release).
+//! Env: PREDICTIVE_BENCH_RUNS (default 30), PREDICTIVE_BENCH_IDLE (containers per runtime for the CPU
+//! figure, default 100; 0 skips it), PREDICTIVE_BENCH_IDLE_SECS (window, default 30),
+//! PREDICTIVE_E2E_CONTAINERD (default 1.6), PREDICTIVE_E2E_SHIM_DIR (default target/release).
 
 use std::time::Duration;
 
@@ -32,8 +38,10 @@ struct Mem {
     rss_kb: u64,
     pss_kb: u64,
     pss_anon_kb: u64,
-    /// Pss summed over the shim and its helper processes (our zygote), and how many there are.
+    /// Summed over the shim and its long-lived helper processes (our zygote), and how many there are:
+    /// Pss (shared pages split fairly) and Uss (Private_Clean + Private_Dirty, what only they hold).
     total_pss_kb: u64,
+    total_uss_kb: u64,
     procs: usize,
 }
 
@@ -101,13 +109,31 @@ fn measure_memory(c: &Containerd, runtime: &str) -> Result<Mem, String> {
                 .map_err(|e| e.to_string())?;
             let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
                 .map_err(|e| e.to_string())?;
-            let total_pss_kb = all
+            let rollups: Vec<String> = all
                 .iter()
                 .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok())
-                .filter_map(|r| kb_field(&r, "Pss:"))
+                .collect();
+            for (p, r) in all.iter().zip(&rollups) {
+                println!(
+                    "bench: {runtime} shim process {p}: Rss {} kB, Pss {} kB, Pss_Anon {} kB, Private {} kB",
+                    kb_field(r, "Rss:").unwrap_or(0),
+                    kb_field(r, "Pss:").unwrap_or(0),
+                    kb_field(r, "Pss_Anon:").unwrap_or(0),
+                    kb_field(r, "Private_Clean:").unwrap_or(0)
+                        + kb_field(r, "Private_Dirty:").unwrap_or(0)
+                );
+            }
+            let total_pss_kb = rollups.iter().filter_map(|r| kb_field(r, "Pss:")).sum();
+            let total_uss_kb = rollups
+                .iter()
+                .map(|r| {
+                    kb_field(r, "Private_Clean:").unwrap_or(0)
+                        + kb_field(r, "Private_Dirty:").unwrap_or(0)
+                })
                 .sum();
             Ok(Mem {
                 total_pss_kb,
+                total_uss_kb,
                 procs: all.len(),
                 rss_kb: kb_field(&status, "VmRSS:").unwrap_or(0),
                 pss_kb: kb_field(&rollup, "Pss:").unwrap_or(0),
@@ -117,6 +143,102 @@ fn measure_memory(c: &Containerd, runtime: &str) -> Result<Mem, String> {
     let _ = c.ctr(&["t", "rm", "-f", &id]);
     let _ = c.ctr(&["c", "rm", &id]);
     mem
+}
+
+/// utime + stime of a process, in clock ticks (`None` once it is gone).
+fn cpu_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the last ')' start at field 3 (state): utime and stime are fields 14 and 15.
+    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The shim processes of `c` whose binary name contains `binary`.
+fn shims_of(c: &Containerd, binary: &str) -> Vec<i32> {
+    c.shim_processes()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .ok()
+                .and_then(|raw| {
+                    raw.split(|b| *b == 0)
+                        .next()
+                        .map(|a| String::from_utf8_lossy(a).contains(binary))
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// CPU of the long-lived processes behind idle containers, per runtime, as % of one core.
+struct IdleCpu {
+    containers: usize,
+    secs: f64,
+    runc_shims: (usize, f64),
+    our_shims: (usize, f64),
+    broker: Option<f64>,
+}
+
+/// Starts `n` sleeping containers per runtime (both runtimes at once), measures the CPU time of every shim
+/// process (and our broker) over `window`, and removes the containers.
+fn measure_idle_cpu(c: &Containerd, n: usize, window: Duration) -> Result<IdleCpu, String> {
+    let mut ids = Vec::new();
+    let mut result = Ok(());
+    'start: for _ in 0..n {
+        for runtime in [RUNC_RUNTIME, PREDICTIVE_RUNTIME] {
+            let id = c.id("idle");
+            let out = c.ctr(&[
+                "run",
+                "-d",
+                "--null-io",
+                "--runtime",
+                runtime,
+                IMAGE,
+                &id,
+                "sleep",
+                "100000",
+            ]);
+            ids.push(id);
+            if !out.ok() {
+                result = Err(format!("starting idle container {}: {out}", ids.len()));
+                break 'start;
+            }
+        }
+    }
+    let measured = result.map(|()| {
+        // Let the last starts settle (workers exit, first ticks pass).
+        std::thread::sleep(Duration::from_secs(3));
+        let hz = {
+            // SAFETY: sysconf reads a constant.
+            let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+            if v > 0 { v as f64 } else { 100.0 }
+        };
+        let runc = shims_of(c, "containerd-shim-runc-v2");
+        let ours = shims_of(c, "containerd-shim-predictive-v2");
+        let broker = c.broker_pid();
+        let sum = |pids: &[i32]| pids.iter().filter_map(|p| cpu_ticks(*p)).sum::<u64>();
+        let before = (sum(&runc), sum(&ours), broker.and_then(cpu_ticks));
+        let t0 = std::time::Instant::now();
+        std::thread::sleep(window);
+        let after = (sum(&runc), sum(&ours), broker.and_then(cpu_ticks));
+        let secs = t0.elapsed().as_secs_f64();
+        let pct = |a: u64, b: u64| a.saturating_sub(b) as f64 / hz / secs * 100.0;
+        IdleCpu {
+            containers: n,
+            secs,
+            runc_shims: (runc.len(), pct(after.0, before.0)),
+            our_shims: (ours.len(), pct(after.1, before.1)),
+            broker: match (before.2, after.2) {
+                (Some(b), Some(a)) => Some(pct(a, b)),
+                _ => None,
+            },
+        }
+    });
+    for id in &ids {
+        let _ = c.ctr(&["t", "rm", "-f", id]);
+        let _ = c.ctr(&["c", "rm", id]);
+    }
+    measured
 }
 
 fn ratio(ours: f64, runc: f64) -> String {
@@ -197,18 +319,31 @@ fn main() {
             }
         }
     }
+    let idle: usize = std::env::var("PREDICTIVE_BENCH_IDLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let idle_secs: u64 = std::env::var("PREDICTIVE_BENCH_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let idle_cpu = if idle > 0 && runc.error.is_none() && ours.error.is_none() {
+        Some(measure_idle_cpu(&c, idle, Duration::from_secs(idle_secs)))
+    } else {
+        None
+    };
     for leak in c.finish_report() {
         println!("WARNING: left on the host after the benchmark (scrubbed): {leak}");
     }
 
     println!();
     println!(
-        "| runtime | start median ms | start p90 ms | shim VmRSS kB | shim Pss kB | shim Pss_Anon kB | Pss kB, all shim processes |"
+        "| runtime | start median ms | start p90 ms | shim VmRSS kB | shim Pss kB | shim Pss_Anon kB | Pss kB, all shim processes | Private kB, all shim processes |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for side in [&runc, &ours] {
         if let Some(e) = &side.error {
-            println!("| {} | SKIPPED | | | | | |", side.runtime);
+            println!("| {} | SKIPPED | | | | | | |", side.runtime);
             println!(
                 "SKIPPED: {}: {}",
                 side.runtime,
@@ -218,7 +353,7 @@ fn main() {
         }
         let m = side.mem.expect("memory measured when no error");
         println!(
-            "| {} | {:.1} | {:.1} | {} | {} | {} | {} ({} processes) |",
+            "| {} | {:.1} | {:.1} | {} | {} | {} | {} ({} processes) | {} |",
             side.runtime,
             percentile(&side.times_ms, 0.5),
             percentile(&side.times_ms, 0.9),
@@ -226,7 +361,8 @@ fn main() {
             m.pss_kb,
             m.pss_anon_kb,
             m.total_pss_kb,
-            m.procs
+            m.procs,
+            m.total_uss_kb
         );
     }
     println!();
@@ -237,7 +373,7 @@ fn main() {
     if ours.error.is_none() {
         let (o, r) = (ours.mem.expect("measured"), runc.mem.expect("measured"));
         println!(
-            "ratio ours/runc: start median {}  start p90 {}  shim VmRSS {}  shim Pss {}  all-process Pss {}   (target <= 0.6)",
+            "ratio ours/runc: start median {}  start p90 {}  shim VmRSS {}  shim Pss {}  all-process Pss {}  all-process Private {}   (target <= 0.6)",
             ratio(
                 percentile(&ours.times_ms, 0.5),
                 percentile(&runc.times_ms, 0.5)
@@ -248,13 +384,49 @@ fn main() {
             ),
             ratio(o.rss_kb as f64, r.rss_kb as f64),
             ratio(o.pss_kb as f64, r.pss_kb as f64),
-            ratio(o.total_pss_kb as f64, r.total_pss_kb as f64)
+            ratio(o.total_pss_kb as f64, r.total_pss_kb as f64),
+            ratio(o.total_uss_kb as f64, r.total_uss_kb as f64)
         );
     } else {
         println!("ratio ours/runc: not available (our side SKIPPED, see above)");
     }
+    match idle_cpu {
+        Some(Ok(cpu)) => {
+            let ours_total = cpu.our_shims.1 + cpu.broker.unwrap_or(0.0);
+            println!();
+            println!(
+                "idle CPU, {} sleeping containers per runtime (running at the same time), {:.0} s window, % of one core:",
+                cpu.containers, cpu.secs
+            );
+            println!(
+                "| runtime | shim processes | shims % | broker % | total % |\n| --- | --- | --- | --- | --- |"
+            );
+            println!(
+                "| {RUNC_RUNTIME} | {} | {:.2} | - | {:.2} |",
+                cpu.runc_shims.0, cpu.runc_shims.1, cpu.runc_shims.1
+            );
+            println!(
+                "| {PREDICTIVE_RUNTIME} | {} | {:.2} | {} | {:.2} |",
+                cpu.our_shims.0,
+                cpu.our_shims.1,
+                cpu.broker
+                    .map(|b| format!("{b:.2}"))
+                    .unwrap_or_else(|| "no broker found".into()),
+                ours_total
+            );
+            println!(
+                "ratio ours/runc: idle CPU (shims + broker) {}",
+                ratio(ours_total, cpu.runc_shims.1)
+            );
+        }
+        Some(Err(e)) => println!(
+            "SKIPPED: idle CPU: {}",
+            e.lines().take(12).collect::<Vec<_>>().join("\n    ")
+        ),
+        None => {}
+    }
     println!(
-        "command: make bench   (PREDICTIVE_BENCH_RUNS={runs}, containerd {})",
+        "command: make bench   (PREDICTIVE_BENCH_RUNS={runs}, PREDICTIVE_BENCH_IDLE={idle}, PREDICTIVE_BENCH_IDLE_SECS={idle_secs}, containerd {})",
         settings.containerd
     );
 }

@@ -272,7 +272,14 @@ fn serve(sock: OwnedFd, work: fn(Request, Stdio) -> Reply) -> ! {
             sock.as_fd(),
             nix::poll::PollFlags::POLLIN,
         )];
-        match nix::poll::poll(&mut fds, 1000u16) {
+        // Wake up once a second only while workers may need reaping; an idle zygote sleeps until the
+        // next request (100 idle containers would otherwise cost 100 wake-ups a second).
+        let timeout = if workers.is_empty() {
+            nix::poll::PollTimeout::NONE
+        } else {
+            nix::poll::PollTimeout::from(1000u16)
+        };
+        match nix::poll::poll(&mut fds, timeout) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => {}
             Err(_) => exit_now(1),
