@@ -231,7 +231,7 @@ fn scenario_two() -> Controller {
     c.register(spec("a", Some(3.0), Some(GIB)), 0);
     c.register(spec("b", Some(3.0), Some(GIB)), 0);
     // b's own allocation is small: as if predicted.
-    if let Some(t) = c.tasks.get_mut("b") {
+    if let Some(t) = c.by_id_mut("b") {
         t.base_cpu = Some(0.5);
         t.cpu = Some(0.5);
     }
@@ -303,7 +303,7 @@ fn lender_profile_predicting_a_busy_phase_revokes_before_usage_rises() {
     let mut a = spec("a", None, None);
     a.prediction = Some(prediction(cpu, 100.0 * MIB as f64, 200.0 * MIB as f64));
     c.register(a, 0);
-    if let Some(t) = c.tasks.get_mut("a") {
+    if let Some(t) = c.by_id_mut("a") {
         t.base_cpu = Some(3.0);
         t.cpu = Some(3.0);
     }
@@ -313,7 +313,7 @@ fn lender_profile_predicting_a_busy_phase_revokes_before_usage_rises() {
     c.observe("b", cpu_use(10_000, 0.5, 0.5));
     c.tick(10_000);
     assert_eq!(cpu_of(&c, "b"), 0.5, "b's user limit caps it");
-    if let Some(t) = c.tasks.get_mut("b") {
+    if let Some(t) = c.by_id_mut("b") {
         t.spec.limits.cpu_limit_cores = None;
     }
     c.tick(10_000);
@@ -346,7 +346,7 @@ fn lease_expires_when_its_holder_stops_reporting() {
 #[test]
 fn borrowing_is_capped_by_max_borrow_user_limit_and_host_reserve() {
     let mut c = scenario_two();
-    if let Some(t) = c.tasks.get_mut("b") {
+    if let Some(t) = c.by_id_mut("b") {
         t.spec.max_borrow_cpu = Some(0.2);
     }
     for now in (1..10).map(|i| i * 1000) {
@@ -363,7 +363,7 @@ fn borrowing_is_capped_by_max_borrow_user_limit_and_host_reserve() {
     // Alone on a 4-core host with a 0.5 reserve: grows from the free pool up to 3.5, never more.
     let mut c = Controller::new(cfg(), host(4.0, 8 * GIB));
     c.register(spec("solo", None, None), 0);
-    if let Some(t) = c.tasks.get_mut("solo") {
+    if let Some(t) = c.by_id_mut("solo") {
         t.base_cpu = Some(1.0);
         t.cpu = Some(1.0);
     }
@@ -386,12 +386,12 @@ fn higher_priority_borrower_is_served_first() {
         c.register(spec(id, None, None), 0);
     }
     for (id, q) in [("lender", 1.0), ("lo", 0.5), ("hi", 0.5)] {
-        if let Some(t) = c.tasks.get_mut(id) {
+        if let Some(t) = c.by_id_mut(id) {
             t.base_cpu = Some(q);
             t.cpu = Some(q);
         }
     }
-    if let Some(t) = c.tasks.get_mut("hi") {
+    if let Some(t) = c.by_id_mut("hi") {
         t.spec.priority = 5;
     }
     // The lender can spare 0.25 cores only (it uses 0.6 with 1.25 headroom).
@@ -425,12 +425,12 @@ fn critical_path_breaks_priority_ties() {
         .map(|t| t.container_id)
         .collect();
     assert_eq!(critical, vec!["extract", "load", "transform"]);
-    assert!(c.tasks["transform"].rank() > c.tasks["lint"].rank());
+    assert!(c.by_id("transform").rank() > c.by_id("lint").rank());
     // A task outside any pipeline is never critical.
     c.register(spec("alone", None, None), 0);
-    assert!(!c.tasks["alone"].critical);
+    assert!(!c.by_id("alone").critical);
     // Dependency cycles do not hang.
-    if let Some(t) = c.tasks.get_mut("extract") {
+    if let Some(t) = c.by_id_mut("extract") {
         t.spec.depends_on = vec!["load".to_owned()];
     }
     c.tick(1);
@@ -476,7 +476,7 @@ fn memory_outgrowing_its_prediction_is_grown_while_the_host_has_room() {
                 .all(|d| !matches!(d.action, Action::SetMemoryLimit { .. }))
     );
     // At its own limit the v1 OOM killer is back on.
-    let t = &c.tasks["m"];
+    let t = &c.by_id("m");
     assert_eq!(
         memory_directive(t, String::new(), None).action,
         Action::SetMemoryLimit {
@@ -599,7 +599,7 @@ fn host_memory_pressure_pauses_lowest_priority_and_thaws_after() {
 #[test]
 fn observe_mode_decides_but_marks_nothing_applied_and_never_lends_to_enforce() {
     let mut c = scenario_two();
-    if let Some(t) = c.tasks.get_mut("a") {
+    if let Some(t) = c.by_id_mut("a") {
         t.spec.mode = Mode::Observe;
     }
     c.observe("a", cpu_use(1000, 0.1, 0.0));
