@@ -12,7 +12,9 @@
 //! 5. **Memory**: a task near its memory allocation (or waiting on an OOM with the killer disabled) is grown
 //!    from the host's free memory; with no room, the lowest-priority running task below it is paused (frozen)
 //!    and its unused allocation returned to the pool. Under host memory pressure one lowest-priority task is
-//!    paused per tick; paused tasks are thawed, highest priority first, once pressure has passed.
+//!    paused per tick; paused tasks are thawed, highest priority first, once pressure has passed. A task not
+//!    near its allocation whose prediction is confident (medium or high) is right-sized: shrunk to what its
+//!    predicted profile says it needs around now (never below its usage over `memory_grow_at` + 5%).
 //!
 //! A memory allocation never makes an OOM kill likelier than the user's limit: on cgroup v2 it is
 //! `memory.high` with `memory.max` at the user's limit (or the host ceiling); on v1 it is
@@ -23,11 +25,12 @@
 //! mode `enforce` (nothing would actually change on the host).
 //!
 //! Limits: memory is not lent through leases (it grows from the free pool and from paused tasks' unused
-//! allocation); memory allocations are never shrunk while a task runs; IO weight is not set.
+//! allocation); a running task's memory allocation shrinks only by right-sizing (confident prediction) or
+//! at a pause; IO weight is not set.
 
 use std::collections::{BTreeMap, HashMap};
 
-use predictor::{BUCKETS, Prediction};
+use predictor::{BUCKETS, Confidence, Prediction};
 use serde::{Deserialize, Serialize};
 
 /// Whether the broker may change a task's limits.
@@ -121,6 +124,11 @@ pub struct ControllerConfig {
     /// Memory PSI `some avg10` (percent) at which a task using at least 3/4 of its allocation is grown: on v2
     /// this is the stall `memory.high` reclaim causes (default 20).
     pub memory_psi_avg10: f64,
+    /// A running task whose prediction has at least medium confidence is right-sized to its predicted profile
+    /// when what it needs (the profile's upper bound one bucket back to `lookahead_buckets` ahead, and never
+    /// less than its usage over `memory_grow_at` plus 5%) is below this share of its allocation; 0 = never
+    /// shrink (default 0.95).
+    pub memory_shrink_at: f64,
     /// Host memory usage over grantable memory at which the lowest-priority task is paused (default 0.95).
     pub pause_at: f64,
     /// Host memory usage over grantable memory below which paused tasks are thawed (default 0.85).
@@ -148,6 +156,7 @@ impl Default for ControllerConfig {
             memory_grow_at: 0.90,
             memory_grow_factor: 1.25,
             memory_psi_avg10: 20.0,
+            memory_shrink_at: 0.95,
             pause_at: 0.95,
             thaw_below: 0.85,
         }
@@ -387,6 +396,23 @@ impl Task {
             .iter()
             .map(|pp| pp.cpu_cores.point)
             .fold(0.0, f64::max)
+    }
+
+    /// The predicted memory upper bound over the buckets from one before the current one (a task that was
+    /// throttled or waited is behind the clock) to `ahead` after it, when the prediction is confident enough
+    /// (medium or high) to size a running task by its profile.
+    fn predicted_memory_window(&self, now_ms: u64, ahead: usize) -> Option<u64> {
+        let p = self
+            .spec
+            .prediction
+            .as_ref()
+            .filter(|p| p.confidence >= Confidence::Medium)?;
+        let b = self.bucket(now_ms)?;
+        let hi = p.profile[b.saturating_sub(1)..=(b + ahead).min(BUCKETS - 1)]
+            .iter()
+            .map(|pp| pp.memory_bytes.upper)
+            .fold(0.0, f64::max);
+        Some(hi.max(0.0) as u64)
     }
 
     fn predicted_memory_upper(&self, now_ms: u64) -> u64 {
@@ -1320,8 +1346,19 @@ impl Controller {
             let near =
                 used as f64 >= alloc as f64 * self.cfg.memory_grow_at || u.under_oom || stalled;
             if !near {
+                let need = self.right_size(t, now_ms);
                 if t.holding_memory {
                     self.task_mut(k).holding_memory = false;
+                }
+                if let Some(need) = need
+                    && (need as f64) < alloc as f64 * self.cfg.memory_shrink_at
+                {
+                    let reason = format!(
+                        "using {used} of {alloc} bytes, {need} needed by its predicted profile: right-sized"
+                    );
+                    self.task_mut(k).memory = Some(need);
+                    allocated -= alloc - need;
+                    out.push(memory_directive(self.task(k), reason, Some(alloc)));
                 }
                 continue;
             }
@@ -1334,10 +1371,18 @@ impl Controller {
                 );
                 continue;
             }
-            let target = ((alloc as f64 * self.cfg.memory_grow_factor) as u64)
-                .max((used as f64 * self.cfg.headroom) as u64)
-                .max(t.predicted_memory_upper(now_ms))
-                .min(cap);
+            // A task sized by its profile grows to what the profile and its usage say (it would be shrunk back
+            // from more); any other by the growth factor.
+            let by_usage = (used as f64 * self.cfg.headroom) as u64;
+            let target = match t.predicted_memory_window(now_ms, self.cfg.lookahead_buckets) {
+                Some(window) if self.cfg.memory_shrink_at > 0.0 && by_usage.max(window) > alloc => {
+                    by_usage.max(window)
+                }
+                _ => ((alloc as f64 * self.cfg.memory_grow_factor) as u64)
+                    .max(by_usage)
+                    .max(t.predicted_memory_upper(now_ms)),
+            }
+            .min(cap);
             let mut room = grantable.saturating_sub(allocated);
             if room < target - alloc {
                 // No room: pause the lowest-priority running task ranked below this one.
@@ -1427,6 +1472,32 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// What a running task sized by its profile needs now: the profile's window, never below its usage over
+    /// `memory_grow_at` (+5%, so that it is not grown again at once), the spec's request (unless allowed) or
+    /// the smallest allocation, never above its ceiling. `None`: not sized by its profile.
+    fn right_size(&self, t: &Task, now_ms: u64) -> Option<u64> {
+        if self.cfg.memory_shrink_at <= 0.0 {
+            return None;
+        }
+        let u = t.usage?;
+        if u.under_oom {
+            return None;
+        }
+        let window = t.predicted_memory_window(now_ms, self.cfg.lookahead_buckets)?;
+        let floor = (t.mem_used() as f64 / self.cfg.memory_grow_at.max(0.5) * 1.05) as u64;
+        let request = t
+            .spec
+            .limits
+            .memory_request_bytes
+            .filter(|_| !t.spec.allow_below_request)
+            .unwrap_or(0);
+        let need = window
+            .max(floor)
+            .max(request)
+            .max(self.cfg.min_memory_bytes);
+        Some(need.min(t.memory_max.unwrap_or(u64::MAX)))
     }
 
     /// Grantable memory not allocated (unlimited tasks count with their usage).
