@@ -12,7 +12,9 @@
 //! 5. **Memory**: a task near its memory allocation (or waiting on an OOM with the killer disabled) is grown
 //!    from the host's free memory; with no room, the lowest-priority running task below it is paused (frozen)
 //!    and its unused allocation returned to the pool. Under host memory pressure one lowest-priority task is
-//!    paused per tick; paused tasks are thawed, highest priority first, once pressure has passed.
+//!    paused per tick; paused tasks are thawed, highest priority first, once pressure has passed. A task not
+//!    near its allocation whose prediction is confident (medium or high) is right-sized: shrunk to what its
+//!    predicted profile says it needs around now (never below its usage over `memory_grow_at` + 5%).
 //!
 //! A memory allocation never makes an OOM kill likelier than the user's limit: on cgroup v2 it is
 //! `memory.high` with `memory.max` at the user's limit (or the host ceiling); on v1 it is
@@ -23,11 +25,12 @@
 //! mode `enforce` (nothing would actually change on the host).
 //!
 //! Limits: memory is not lent through leases (it grows from the free pool and from paused tasks' unused
-//! allocation); memory allocations are never shrunk while a task runs; IO weight is not set.
+//! allocation); a running task's memory allocation shrinks only by right-sizing (confident prediction) or
+//! at a pause; IO weight is not set.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
-use predictor::{BUCKETS, Prediction};
+use predictor::{BUCKETS, Confidence, Prediction};
 use serde::{Deserialize, Serialize};
 
 /// Whether the broker may change a task's limits.
@@ -121,6 +124,11 @@ pub struct ControllerConfig {
     /// Memory PSI `some avg10` (percent) at which a task using at least 3/4 of its allocation is grown: on v2
     /// this is the stall `memory.high` reclaim causes (default 20).
     pub memory_psi_avg10: f64,
+    /// A running task whose prediction has at least medium confidence is right-sized to its predicted profile
+    /// when what it needs (the profile's upper bound one bucket back to `lookahead_buckets` ahead, and never
+    /// less than its usage over `memory_grow_at` plus 5%) is below this share of its allocation; 0 = never
+    /// shrink (default 0.95).
+    pub memory_shrink_at: f64,
     /// Host memory usage over grantable memory at which the lowest-priority task is paused (default 0.95).
     pub pause_at: f64,
     /// Host memory usage over grantable memory below which paused tasks are thawed (default 0.85).
@@ -148,6 +156,7 @@ impl Default for ControllerConfig {
             memory_grow_at: 0.90,
             memory_grow_factor: 1.25,
             memory_psi_avg10: 20.0,
+            memory_shrink_at: 0.95,
             pause_at: 0.95,
             thaw_below: 0.85,
         }
@@ -389,6 +398,23 @@ impl Task {
             .fold(0.0, f64::max)
     }
 
+    /// The predicted memory upper bound over the buckets from one before the current one (a task that was
+    /// throttled or waited is behind the clock) to `ahead` after it, when the prediction is confident enough
+    /// (medium or high) to size a running task by its profile.
+    fn predicted_memory_window(&self, now_ms: u64, ahead: usize) -> Option<u64> {
+        let p = self
+            .spec
+            .prediction
+            .as_ref()
+            .filter(|p| p.confidence >= Confidence::Medium)?;
+        let b = self.bucket(now_ms)?;
+        let hi = p.profile[b.saturating_sub(1)..=(b + ahead).min(BUCKETS - 1)]
+            .iter()
+            .map(|pp| pp.memory_bytes.upper)
+            .fold(0.0, f64::max);
+        Some(hi.max(0.0) as u64)
+    }
+
     fn predicted_memory_upper(&self, now_ms: u64) -> u64 {
         let (Some(b), Some(p)) = (self.bucket(now_ms), self.spec.prediction.as_ref()) else {
             return 0;
@@ -397,13 +423,67 @@ impl Task {
     }
 }
 
+/// A task's slot in the controller: stable while the task is registered, reused after it leaves.
+type Key = usize;
+
+/// A lease with its holder and lender resolved to task keys (`None`: not registered, or the host's pool).
+#[derive(Debug, Clone)]
+struct Held {
+    lease: Lease,
+    holder: Option<Key>,
+    lender: Option<Key>,
+}
+
+/// The live members of one pipeline and, once resolved, their dependencies among each other.
+#[derive(Debug, Clone, Default)]
+struct Group {
+    members: Vec<Key>,
+    /// Per member (in container id order), the members it depends on; `None` after the membership changed.
+    ups: Option<Vec<Vec<usize>>>,
+}
+
+/// The `set_cpu` reasons collected during one step, by task key.
+type Reasons = Vec<Option<String>>;
+
+/// Why a task is under CPU pressure; put into words only for a directive that is emitted.
+#[derive(Debug, Clone, Copy)]
+enum Pressure {
+    Throttled(f64),
+    Busy { used: f64, quota: f64 },
+    Stall(f64),
+}
+
+impl std::fmt::Display for Pressure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Pressure::Throttled(share) => {
+                write!(f, "throttled in {:.0}% of periods", share * 100.0)
+            }
+            Pressure::Busy { used, quota } => write!(f, "using {used:.2} of {quota:.2} cores"),
+            Pressure::Stall(p) => write!(f, "CPU stall {p:.0}%"),
+        }
+    }
+}
+
 /// The controller's state: registered tasks and live leases.
+///
+/// Tasks live in slots addressed by an integer key; the container id is looked up once at the API boundary
+/// (`observe`, `unregister`, ...) and every per-tick pass works on keys, with the position in container id
+/// order as the tie-break wherever an order needs one.
 #[derive(Debug, Clone)]
 pub struct Controller {
     cfg: ControllerConfig,
     host: HostCapacity,
-    tasks: BTreeMap<String, Task>,
-    leases: BTreeMap<u64, Lease>,
+    /// Tasks by key; `None` = a free slot.
+    slots: Vec<Option<Task>>,
+    free: Vec<Key>,
+    /// Container id -> key, in container id order.
+    index: BTreeMap<String, Key>,
+    /// Position of each live key in container id order.
+    ord: Vec<u32>,
+    /// Live tasks by pipeline, for the critical path.
+    pipelines: HashMap<String, Group>,
+    leases: BTreeMap<u64, Held>,
     next_lease: u64,
     /// Until then a restored lease whose holder has not registered again is kept (broker restart).
     restore_grace_until_ms: u64,
@@ -524,10 +604,110 @@ impl Controller {
         Self {
             cfg,
             host,
-            tasks: BTreeMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: BTreeMap::new(),
+            ord: Vec::new(),
+            pipelines: HashMap::new(),
             leases: BTreeMap::new(),
             next_lease: 1,
             restore_grace_until_ms: 0,
+        }
+    }
+
+    fn key(&self, id: &str) -> Option<Key> {
+        self.index.get(id).copied()
+    }
+
+    fn task(&self, k: Key) -> &Task {
+        self.slots[k]
+            .as_ref()
+            .expect("a key from the index or a lease names a live slot")
+    }
+
+    fn task_mut(&mut self, k: Key) -> &mut Task {
+        self.slots[k]
+            .as_mut()
+            .expect("a key from the index or a lease names a live slot")
+    }
+
+    #[cfg(test)]
+    fn by_id(&self, id: &str) -> &Task {
+        self.task(self.key(id).expect("registered"))
+    }
+
+    #[cfg(test)]
+    fn by_id_mut(&mut self, id: &str) -> Option<&mut Task> {
+        self.key(id).map(|k| self.task_mut(k))
+    }
+
+    /// Live tasks in container id order.
+    fn live(&self) -> impl Iterator<Item = (Key, &Task)> + '_ {
+        self.index.values().map(|&k| (k, self.task(k)))
+    }
+
+    /// Puts a task in a slot and resolves the leases that name it.
+    fn insert(&mut self, task: Task) -> Key {
+        let id = task.spec.container_id.clone();
+        let k = match self.free.pop() {
+            Some(k) => {
+                self.slots[k] = Some(task);
+                k
+            }
+            None => {
+                self.slots.push(Some(task));
+                self.slots.len() - 1
+            }
+        };
+        for h in self.leases.values_mut() {
+            if h.lease.holder == id {
+                h.holder = Some(k);
+            }
+            if h.lease.lender.as_deref() == Some(id.as_str()) {
+                h.lender = Some(k);
+            }
+        }
+        if let Some(p) = &self.task(k).spec.pipeline {
+            let g = self.pipelines.entry(p.clone()).or_default();
+            g.members.push(k);
+            g.ups = None;
+        }
+        self.index.insert(id, k);
+        self.reindex();
+        k
+    }
+
+    /// Frees a task's slot (its leases have ended).
+    fn remove(&mut self, k: Key) {
+        if let Some(t) = self.slots[k].take() {
+            self.index.remove(&t.spec.container_id);
+            self.free.push(k);
+            if let Some(p) = &t.spec.pipeline
+                && let Some(g) = self.pipelines.get_mut(p)
+            {
+                g.members.retain(|&m| m != k);
+                g.ups = None;
+                if g.members.is_empty() {
+                    self.pipelines.remove(p);
+                }
+            }
+        }
+        for h in self.leases.values_mut() {
+            if h.holder == Some(k) {
+                h.holder = None;
+            }
+            if h.lender == Some(k) {
+                h.lender = None;
+            }
+        }
+        self.reindex();
+    }
+
+    fn reindex(&mut self) {
+        self.ord.clear();
+        self.ord.resize(self.slots.len(), u32::MAX);
+        for (i, &k) in self.index.values().enumerate() {
+            self.ord[k] = i as u32;
         }
     }
 
@@ -537,7 +717,16 @@ impl Controller {
     pub fn restore_leases(&mut self, leases: Vec<Lease>, now_ms: u64) {
         for l in leases {
             self.next_lease = self.next_lease.max(l.id + 1);
-            self.leases.insert(l.id, l);
+            let holder = self.key(&l.holder);
+            let lender = l.lender.as_deref().and_then(|id| self.key(id));
+            self.leases.insert(
+                l.id,
+                Held {
+                    lease: l,
+                    holder,
+                    lender,
+                },
+            );
         }
         self.restore_grace_until_ms = now_ms + self.cfg.stale_after_ms;
     }
@@ -547,19 +736,25 @@ impl Controller {
     /// what it lends under restored leases.
     pub fn adopt(&mut self, spec: TaskSpec, current: Allocation, now_ms: u64) -> Vec<Directive> {
         let mut out = Vec::new();
-        if self.tasks.contains_key(&spec.container_id) {
+        if self.index.contains_key(&spec.container_id) {
             out.extend(self.unregister(&spec.container_id, now_ms));
         }
-        let id = spec.container_id.clone();
+        let id = spec.container_id.as_str();
         let lent: f64 = self
             .leases
             .values()
-            .filter(|l| l.lender.as_deref() == Some(id.as_str()))
-            .map(|l| l.amount)
+            .filter(|h| h.lease.lender.as_deref() == Some(id))
+            .map(|h| h.lease.amount)
+            .sum();
+        let borrowed: f64 = self
+            .leases
+            .values()
+            .filter(|h| h.lease.holder == id)
+            .map(|h| h.lease.amount)
             .sum();
         let base_cpu = current
             .cpu_cores
-            .map(|c| (c - self.borrowed(&id) + lent).max(self.cfg.min_cpu_cores));
+            .map(|c| (c - borrowed + lent).max(self.cfg.min_cpu_cores));
         let memory_max = current
             .memory_max_bytes
             .or(spec.limits.memory_limit_bytes)
@@ -568,9 +763,9 @@ impl Controller {
             memory_max_bytes: memory_max,
             ..current
         };
-        self.tasks
-            .insert(id, Task::new(spec, base_cpu, alloc, now_ms));
-        self.update_critical_path(now_ms);
+        let k = self.insert(Task::new(spec, base_cpu, alloc, now_ms));
+        let pipeline = self.task(k).spec.pipeline.clone();
+        self.update_critical_path(now_ms, pipeline.as_deref());
         out
     }
 
@@ -598,7 +793,7 @@ impl Controller {
     /// registered under the id is replaced (its leases end).
     pub fn register(&mut self, spec: TaskSpec, now_ms: u64) -> (Allocation, Vec<Directive>) {
         let mut out = Vec::new();
-        if self.tasks.contains_key(&spec.container_id) {
+        if self.index.contains_key(&spec.container_id) {
             out.extend(self.unregister(&spec.container_id, now_ms));
         }
         let (alloc, cpu_reason, mem_reason) = initial_allocation(&spec, &self.host, &self.cfg);
@@ -620,22 +815,24 @@ impl Controller {
         ));
         if let Some(weight) = io_weight(task.spec.priority) {
             out.push(Directive {
-                container_id: id.clone(),
+                container_id: id,
                 action: Action::SetIoWeight { weight },
                 reason: format!("priority {}", task.spec.priority),
                 applied: task.enforce(),
                 old_value: None,
             });
         }
-        self.tasks.insert(id, task);
-        self.update_critical_path(now_ms);
+        let pipeline = task.spec.pipeline.clone();
+        self.insert(task);
+        self.update_critical_path(now_ms, pipeline.as_deref());
         (alloc, out)
     }
 
     /// Records the latest usage of a task; `false` when it is not registered.
     pub fn observe(&mut self, container_id: &str, usage: Usage) -> bool {
-        match self.tasks.get_mut(container_id) {
-            Some(t) => {
+        match self.key(container_id) {
+            Some(k) => {
+                let t = self.task_mut(k);
                 t.usage = Some(usage);
                 t.last_report_ms = t.last_report_ms.max(usage.at_ms);
                 true
@@ -646,47 +843,51 @@ impl Controller {
 
     /// Removes a task; its leases end and lenders get their CPU back.
     pub fn unregister(&mut self, container_id: &str, now_ms: u64) -> Vec<Directive> {
-        let mut reasons = HashMap::new();
+        let mut reasons: Reasons = vec![None; self.slots.len()];
         let ids: Vec<u64> = self
             .leases
             .values()
-            .filter(|l| l.holder == container_id || l.lender.as_deref() == Some(container_id))
-            .map(|l| l.id)
+            .filter(|h| {
+                h.lease.holder == container_id || h.lease.lender.as_deref() == Some(container_id)
+            })
+            .map(|h| h.lease.id)
             .collect();
         let mut out = Vec::new();
+        let why = format!("{container_id} finished");
         for id in ids {
-            self.end_lease(
-                id,
-                &format!("{container_id} finished"),
-                &mut reasons,
-                &mut out,
-            );
+            self.end_lease(id, &why, &mut reasons, &mut out);
         }
-        self.tasks.remove(container_id);
-        out.extend(self.cpu_directives(&reasons));
-        self.update_critical_path(now_ms);
+        let mut pipeline = None;
+        if let Some(k) = self.key(container_id) {
+            pipeline = self.task(k).spec.pipeline.clone();
+            self.remove(k);
+        }
+        out.extend(self.cpu_directives(reasons, None));
+        self.update_critical_path(now_ms, pipeline.as_deref());
         out
     }
 
     /// Current allocation of a task.
     pub fn allocation(&self, container_id: &str) -> Option<Allocation> {
-        self.tasks.get(container_id).map(|t| Allocation {
-            cpu_cores: t.cpu,
-            memory_bytes: t.memory,
-            memory_max_bytes: t.memory_max,
+        self.key(container_id).map(|k| {
+            let t = self.task(k);
+            Allocation {
+                cpu_cores: t.cpu,
+                memory_bytes: t.memory,
+                memory_max_bytes: t.memory_max,
+            }
         })
     }
 
     /// Live leases.
     pub fn leases(&self) -> Vec<Lease> {
-        self.leases.values().cloned().collect()
+        self.leases.values().map(|h| h.lease.clone()).collect()
     }
 
-    /// Registered tasks.
+    /// Registered tasks, in container id order.
     pub fn tasks(&self) -> Vec<TaskView> {
-        self.tasks
-            .values()
-            .map(|t| TaskView {
+        self.live()
+            .map(|(_, t)| TaskView {
                 container_id: t.spec.container_id.clone(),
                 mode: t.spec.mode,
                 priority: t.spec.priority,
@@ -703,91 +904,37 @@ impl Controller {
             .collect()
     }
 
-    /// Marks the tasks on the critical path of each pipeline: the dependency chain with the longest predicted
-    /// remaining duration (1 s per task when unknown).
-    fn update_critical_path(&mut self, now_ms: u64) {
-        let mut by_pipeline: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for t in self.tasks.values_mut() {
-            t.critical = false;
-            if let Some(p) = &t.spec.pipeline {
-                by_pipeline
-                    .entry(p.clone())
-                    .or_default()
-                    .push(t.spec.container_id.clone());
+    /// Marks the tasks on the critical path of every pipeline, or only of pipeline `only` (after a task of it
+    /// came or went): the dependency chain with the longest predicted remaining duration (1 s per task when
+    /// unknown).
+    fn update_critical_path(&mut self, now_ms: u64, only: Option<&str>) {
+        let mut path = Vec::new();
+        match only {
+            None => {
+                for t in self.slots.iter_mut().flatten() {
+                    t.critical = false;
+                }
+                for g in self.pipelines.values_mut() {
+                    critical_path(g, &self.slots, &self.index, &self.ord, now_ms, &mut path);
+                }
             }
-        }
-        for members in by_pipeline.values() {
-            if members.len() < 2 {
-                continue;
-            }
-            let set: BTreeSet<&String> = members.iter().collect();
-            let weight = |id: &String| -> f64 {
-                let t = &self.tasks[id];
-                match t.spec.prediction.as_ref().filter(|p| !p.is_cold_start()) {
-                    Some(p) => {
-                        let elapsed = now_ms.saturating_sub(t.spec.started_at_ms) as f64 / 1000.0;
-                        (p.duration_s.point - elapsed).max(1.0)
-                    }
-                    None => 1.0,
-                }
-            };
-            // Longest path ending at each node (upstream to downstream), memoised; cycles are cut.
-            let mut best: BTreeMap<&String, (f64, Option<&String>)> = BTreeMap::new();
-            fn visit<'a>(
-                id: &'a String,
-                tasks: &'a BTreeMap<String, Task>,
-                set: &BTreeSet<&'a String>,
-                weight: &dyn Fn(&String) -> f64,
-                best: &mut BTreeMap<&'a String, (f64, Option<&'a String>)>,
-                stack: &mut Vec<&'a String>,
-            ) -> f64 {
-                if let Some((w, _)) = best.get(id) {
-                    return *w;
-                }
-                if stack.contains(&id) {
-                    return 0.0;
-                }
-                stack.push(id);
-                let mut up: (f64, Option<&String>) = (0.0, None);
-                for d in &tasks[id].spec.depends_on {
-                    if let Some(d) = set.get(d) {
-                        let w = visit(d, tasks, set, weight, best, stack);
-                        if w > up.0 {
-                            up = (w, Some(*d));
-                        }
+            Some(p) => {
+                let Some(g) = self.pipelines.get_mut(p) else {
+                    return;
+                };
+                for &k in &g.members {
+                    if let Some(t) = self.slots[k].as_mut() {
+                        t.critical = false;
                     }
                 }
-                stack.pop();
-                let total = up.0 + weight(id);
-                best.insert(id, (total, up.1));
-                total
-            }
-            for id in members {
-                visit(id, &self.tasks, &set, &weight, &mut best, &mut Vec::new());
-            }
-            let mut end = best
-                .iter()
-                .max_by(|a, b| a.1.0.total_cmp(&b.1.0).then(b.0.cmp(a.0)))
-                .map(|(k, _)| (*k).clone());
-            let mut path = Vec::new();
-            while let Some(id) = end {
-                end = best.get(&id).and_then(|(_, prev)| prev.cloned());
-                path.push(id);
-            }
-            for id in path {
-                if let Some(t) = self.tasks.get_mut(&id) {
-                    t.critical = true;
-                }
+                critical_path(g, &self.slots, &self.index, &self.ord, now_ms, &mut path);
             }
         }
-    }
-
-    fn borrowed(&self, id: &str) -> f64 {
-        self.leases
-            .values()
-            .filter(|l| l.holder == id)
-            .map(|l| l.amount)
-            .sum()
+        for k in path {
+            if let Some(t) = self.slots[k].as_mut() {
+                t.critical = true;
+            }
+        }
     }
 
     /// What a task needs to keep at `now_ms`: usage with headroom, or what its profile predicts next.
@@ -797,126 +944,115 @@ impl Controller {
             .max(self.cfg.min_cpu_cores)
     }
 
-    fn cpu_pressure(&self, t: &Task) -> Option<String> {
+    fn cpu_pressure(&self, t: &Task) -> Option<Pressure> {
         let u = t.usage?;
         let quota = t.cpu?;
         if u.cpu_throttled_fraction >= self.cfg.throttled_fraction {
-            return Some(format!(
-                "throttled in {:.0}% of periods",
-                u.cpu_throttled_fraction * 100.0
-            ));
+            return Some(Pressure::Throttled(u.cpu_throttled_fraction));
         }
         if u.cpu_cores >= quota * self.cfg.busy_fraction {
-            return Some(format!("using {:.2} of {:.2} cores", u.cpu_cores, quota));
+            return Some(Pressure::Busy {
+                used: u.cpu_cores,
+                quota,
+            });
         }
         match u.cpu_psi_avg10 {
-            Some(p) if p >= self.cfg.cpu_psi_avg10 => Some(format!("CPU stall {p:.0}%")),
+            Some(p) if p >= self.cfg.cpu_psi_avg10 => Some(Pressure::Stall(p)),
             _ => None,
         }
     }
 
-    fn end_lease(
-        &mut self,
-        id: u64,
-        why: &str,
-        reasons: &mut HashMap<String, String>,
-        out: &mut Vec<Directive>,
-    ) {
-        let Some(lease) = self.leases.remove(&id) else {
+    fn end_lease(&mut self, id: u64, why: &str, reasons: &mut Reasons, out: &mut Vec<Directive>) {
+        let Some(h) = self.leases.remove(&id) else {
             return;
         };
-        if let Some(t) = self.tasks.get_mut(&lease.holder) {
-            t.cpu = t
-                .cpu
-                .map(|c| (c - lease.amount).max(self.cfg.min_cpu_cores));
-            reasons.insert(lease.holder.clone(), format!("lease {id} ended: {why}"));
+        let min_cpu = self.cfg.min_cpu_cores;
+        if let Some(k) = h.holder
+            && let Some(t) = self.slots[k].as_mut()
+        {
+            t.cpu = t.cpu.map(|c| (c - h.lease.amount).max(min_cpu));
+            reasons[k] = Some(format!("lease {id} ended: {why}"));
             out.push(Directive {
-                container_id: lease.holder.clone(),
+                container_id: h.lease.holder.clone(),
                 action: Action::LeaseRevoked {
-                    lease: lease.clone(),
+                    lease: h.lease.clone(),
                 },
                 reason: why.to_owned(),
                 applied: t.enforce(),
                 old_value: None,
             });
         }
-        if let Some(l) = lease.lender.as_ref().and_then(|l| self.tasks.get_mut(l)) {
-            l.cpu = l.cpu.map(|c| c + lease.amount);
-            reasons.insert(
-                l.spec.container_id.clone(),
-                format!("lease {id} returned: {why}"),
-            );
+        if let Some(k) = h.lender
+            && let Some(l) = self.slots[k].as_mut()
+        {
+            l.cpu = l.cpu.map(|c| c + h.lease.amount);
+            reasons[k] = Some(format!("lease {id} returned: {why}"));
         }
     }
 
-    /// Emits `set_cpu` for every task in `reasons` whose quota differs from `before`.
-    fn cpu_directives(&self, reasons: &HashMap<String, String>) -> Vec<Directive> {
-        let mut ids: Vec<&String> = reasons.keys().collect();
-        ids.sort();
-        ids.into_iter()
-            .filter_map(|id| {
-                let t = self.tasks.get(id)?;
-                Some(Directive {
-                    container_id: id.clone(),
-                    action: Action::SetCpu { cores: t.cpu },
-                    reason: reasons[id].clone(),
-                    applied: t.enforce(),
-                    old_value: None,
-                })
-            })
-            .collect()
+    /// Emits `set_cpu`, in container id order, for every task with a reason; with `before`, only where the
+    /// quota differs from it (and with it as the old value).
+    fn cpu_directives(
+        &self,
+        mut reasons: Reasons,
+        before: Option<&[Option<f64>]>,
+    ) -> Vec<Directive> {
+        let mut out = Vec::new();
+        for (k, t) in self.live() {
+            let Some(reason) = reasons.get_mut(k).and_then(Option::take) else {
+                continue;
+            };
+            let old_value = match before.and_then(|b| b.get(k)) {
+                Some(old) => {
+                    if (t.cpu.unwrap_or(0.0) - old.unwrap_or(0.0)).abs() <= EPS {
+                        continue;
+                    }
+                    *old
+                }
+                None => None,
+            };
+            out.push(Directive {
+                container_id: t.spec.container_id.clone(),
+                action: Action::SetCpu { cores: t.cpu },
+                reason,
+                applied: t.enforce(),
+                old_value,
+            });
+        }
+        out
     }
 
     /// One control step at `now_ms` over the usage observed since the last one.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Directive> {
-        self.update_critical_path(now_ms);
-        let before: HashMap<String, Option<f64>> =
-            self.tasks.iter().map(|(k, t)| (k.clone(), t.cpu)).collect();
-        let mut reasons: HashMap<String, String> = HashMap::new();
+        self.update_critical_path(now_ms, None);
+        let before: Vec<Option<f64>> = self
+            .slots
+            .iter()
+            .map(|s| s.as_ref().and_then(|t| t.cpu))
+            .collect();
+        let mut reasons: Reasons = vec![None; self.slots.len()];
         let mut out = Vec::new();
         self.expire_and_renew(now_ms, &mut reasons, &mut out);
         // A lender that had to take CPU back this tick does not lend again in the same tick.
         let took_back = self.revoke(now_ms, &mut reasons, &mut out);
         self.release(&mut reasons, &mut out);
         self.borrow_cpu(now_ms, &took_back, &mut reasons, &mut out);
-        let mut cpu: Vec<Directive> = self
-            .cpu_directives(&reasons)
-            .into_iter()
-            .filter(|d| match (&d.action, before.get(&d.container_id)) {
-                (Action::SetCpu { cores }, Some(old)) => {
-                    (cores.unwrap_or(0.0) - old.unwrap_or(0.0)).abs() > EPS
-                }
-                _ => true,
-            })
-            .map(|mut d| {
-                d.old_value = before.get(&d.container_id).copied().flatten();
-                d
-            })
-            .collect();
-        out.append(&mut cpu);
+        out.extend(self.cpu_directives(reasons, Some(&before)));
         self.memory(now_ms, &mut out);
         out
     }
 
-    fn expire_and_renew(
-        &mut self,
-        now_ms: u64,
-        reasons: &mut HashMap<String, String>,
-        out: &mut Vec<Directive>,
-    ) {
+    fn expire_and_renew(&mut self, now_ms: u64, reasons: &mut Reasons, out: &mut Vec<Directive>) {
         let stale = self.cfg.stale_after_ms;
         let ttl = self.cfg.lease_ttl_ms;
         let mut ended = Vec::new();
-        for l in self.leases.values_mut() {
-            let waiting =
-                now_ms < self.restore_grace_until_ms && !self.tasks.contains_key(&l.holder);
-            if waiting {
+        for h in self.leases.values_mut() {
+            let holder = h.holder.and_then(|k| self.slots[k].as_ref());
+            if now_ms < self.restore_grace_until_ms && holder.is_none() {
                 continue;
             }
-            let fresh = self
-                .tasks
-                .get(&l.holder)
-                .is_some_and(|t| now_ms.saturating_sub(t.last_report_ms) < stale);
+            let fresh = holder.is_some_and(|t| now_ms.saturating_sub(t.last_report_ms) < stale);
+            let l = &mut h.lease;
             if fresh {
                 l.expires_at_ms = l.expires_at_ms.max(now_ms + ttl);
             }
@@ -929,124 +1065,148 @@ impl Controller {
         }
     }
 
+    /// Ends the leases of lenders that need their CPU back; returns, by key, who took some back.
     fn revoke(
         &mut self,
         now_ms: u64,
-        reasons: &mut HashMap<String, String>,
+        reasons: &mut Reasons,
         out: &mut Vec<Directive>,
-    ) -> BTreeSet<String> {
-        let mut took_back = BTreeSet::new();
-        let lenders: BTreeSet<String> = self
-            .leases
-            .values()
-            .filter_map(|l| l.lender.clone())
-            .collect();
-        for lender in lenders {
-            let Some(t) = self.tasks.get(&lender) else {
-                continue;
-            };
+    ) -> Vec<bool> {
+        let mut took_back = vec![false; self.slots.len()];
+        let mut by_lender: HashMap<Key, Vec<u64>> = HashMap::new();
+        for h in self.leases.values() {
+            if let Some(k) = h.lender {
+                by_lender.entry(k).or_default().push(h.lease.id);
+            }
+        }
+        let mut lenders: Vec<(Key, Vec<u64>)> = by_lender.into_iter().collect();
+        lenders.sort_by_key(|(k, _)| self.ord[*k]);
+        for (k, mut ids) in lenders {
+            let t = self.task(k);
             let (Some(base), Some(kept)) = (t.base_cpu, t.cpu) else {
                 continue;
             };
-            let used = t.usage.map(|u| u.cpu_cores).unwrap_or(0.0);
             let predicted = t.predicted_cpu(now_ms, self.cfg.lookahead_buckets);
             let busy = self.cpu_pressure(t).is_some();
-            let why = if busy {
-                format!(
-                    "lender {lender} needs it back (using {used:.2} of the {kept:.2} cores it kept)"
-                )
-            } else if predicted > kept + EPS {
-                format!("lender {lender}'s profile predicts {predicted:.2} cores next")
-            } else {
+            if !busy && predicted <= kept + EPS {
                 continue;
-            };
+            }
             // Busy: its real need is hidden by the reduced quota, so everything comes back.
             let need = if busy {
                 base
             } else {
                 self.cpu_need(t, now_ms).min(base)
             };
-            let mut ids: Vec<u64> = self
-                .leases
-                .values()
-                .filter(|l| l.lender.as_deref() == Some(lender.as_str()))
-                .map(|l| l.id)
-                .collect();
+            let mut why: Option<String> = None;
             ids.reverse();
             for id in ids {
-                let kept = self.tasks.get(&lender).and_then(|t| t.cpu).unwrap_or(base);
-                if kept + EPS >= need {
+                let t = self.task(k);
+                if t.cpu.unwrap_or(base) + EPS >= need {
                     break;
                 }
-                self.end_lease(id, &why, reasons, out);
-                took_back.insert(lender.clone());
+                let why = why.get_or_insert_with(|| {
+                    let lender = &t.spec.container_id;
+                    if busy {
+                        let used = t.usage.map(|u| u.cpu_cores).unwrap_or(0.0);
+                        format!(
+                            "lender {lender} needs it back (using {used:.2} of the {kept:.2} cores it kept)"
+                        )
+                    } else {
+                        format!("lender {lender}'s profile predicts {predicted:.2} cores next")
+                    }
+                });
+                self.end_lease(id, why, reasons, out);
+                took_back[k] = true;
             }
         }
         took_back
     }
 
-    fn release(&mut self, reasons: &mut HashMap<String, String>, out: &mut Vec<Directive>) {
+    fn release(&mut self, reasons: &mut Reasons, out: &mut Vec<Directive>) {
         let ids: Vec<u64> = self.leases.keys().rev().copied().collect();
         for id in ids {
-            let Some(l) = self.leases.get(&id) else {
+            let Some(h) = self.leases.get(&id) else {
                 continue;
             };
-            let Some(t) = self.tasks.get(&l.holder) else {
+            let Some(t) = h.holder.and_then(|k| self.slots[k].as_ref()) else {
                 continue;
             };
             let (Some(u), Some(cpu)) = (t.usage, t.cpu) else {
                 continue;
             };
-            if self.cpu_pressure(t).is_none() && u.cpu_cores * self.cfg.headroom <= cpu - l.amount {
+            if self.cpu_pressure(t).is_none()
+                && u.cpu_cores * self.cfg.headroom <= cpu - h.lease.amount
+            {
                 let why = format!(
                     "{} no longer needs it (using {:.2} cores)",
-                    l.holder, u.cpu_cores
+                    h.lease.holder, u.cpu_cores
                 );
                 self.end_lease(id, &why, reasons, out);
             }
         }
     }
 
+    /// Grants leases to tasks under CPU pressure, highest priority first, from the host's unallocated CPU and
+    /// then from idle lenders. The lenders are found once per tick (lowest priority, then most spare, first)
+    /// and drawn down in that order.
     fn borrow_cpu(
         &mut self,
         now_ms: u64,
-        took_back: &BTreeSet<String>,
-        reasons: &mut HashMap<String, String>,
+        took_back: &[bool],
+        reasons: &mut Reasons,
         out: &mut Vec<Directive>,
     ) {
-        let mut borrowers: Vec<(String, String)> = self
-            .tasks
-            .values()
-            .filter(|t| !t.frozen() && t.base_cpu.is_some())
-            .filter(|t| now_ms.saturating_sub(t.last_report_ms) < self.cfg.stale_after_ms)
-            .filter_map(|t| {
-                self.cpu_pressure(t)
-                    .map(|why| (t.spec.container_id.clone(), why))
+        let stale = self.cfg.stale_after_ms;
+        let fresh = |t: &Task| now_ms.saturating_sub(t.last_report_ms) < stale;
+        let mut borrowers: Vec<(Key, Pressure)> = self
+            .live()
+            .filter(|(_, t)| !t.frozen() && t.base_cpu.is_some() && fresh(t))
+            .filter_map(|(k, t)| self.cpu_pressure(t).map(|why| (k, why)))
+            .collect();
+        if borrowers.is_empty() {
+            return;
+        }
+        borrowers.sort_by(|a, b| {
+            self.task(b.0)
+                .rank()
+                .cmp(&self.task(a.0).rank())
+                .then(self.ord[a.0].cmp(&self.ord[b.0]))
+        });
+        let n = self.slots.len();
+        let mut lending = vec![false; n];
+        // Who holds a lease (a borrower does not lend).
+        let mut holding = vec![false; n];
+        for h in self.leases.values() {
+            if let Some(k) = h.lender {
+                lending[k] = true;
+            }
+            if let Some(k) = h.holder.filter(|_| h.lease.amount > EPS) {
+                holding[k] = true;
+            }
+        }
+        let mut lenders: Vec<(Key, f64)> = self
+            .live()
+            .filter(|(k, t)| !t.frozen() && !took_back[*k] && !holding[*k] && fresh(t))
+            .filter(|(_, t)| t.usage.is_some() && self.cpu_pressure(t).is_none())
+            .filter_map(|(k, t)| {
+                let spare = t.cpu? - self.cpu_need(t, now_ms);
+                (spare >= self.cfg.min_lease_cpu).then_some((k, spare))
             })
             .collect();
-        borrowers.sort_by(|a, b| {
-            self.tasks[&b.0]
+        lenders.sort_by(|a, b| {
+            self.task(a.0)
                 .rank()
-                .cmp(&self.tasks[&a.0].rank())
-                .then(a.0.cmp(&b.0))
+                .cmp(&self.task(b.0).rank())
+                .then(b.1.total_cmp(&a.1))
         });
-        let lent_now: BTreeSet<String> = self
-            .leases
-            .values()
-            .filter_map(|l| l.lender.clone())
-            .collect();
-        // Who holds a lease (a borrower does not lend); kept current as leases are granted below.
-        let mut holding: BTreeSet<String> = self
-            .leases
-            .values()
-            .filter(|l| l.amount > EPS)
-            .map(|l| l.holder.clone())
-            .collect();
-        for (id, why) in borrowers {
-            let t = &self.tasks[&id];
-            if lent_now.contains(&id) {
+        let grantable = self.grantable_cpu();
+        let mut allocated: f64 = self.live().filter_map(|(_, t)| t.cpu).sum();
+        let mut first_lender = 0;
+        for (k, why) in borrowers {
+            if lending[k] {
                 continue; // a lender under pressure gets its own back first (revoke)
             }
+            let t = self.task(k);
             let (Some(base), Some(cpu)) = (t.base_cpu, t.cpu) else {
                 continue;
             };
@@ -1061,7 +1221,7 @@ impl Controller {
                 .cpu_limit_cores
                 .unwrap_or(f64::INFINITY)
                 .min(base + max_borrow)
-                .min(self.grantable_cpu());
+                .min(grantable);
             let mut want = (cpu * self.cfg.borrow_step)
                 .max(self.cfg.min_lease_cpu)
                 .min(cap - cpu);
@@ -1069,96 +1229,109 @@ impl Controller {
                 continue;
             }
             let mode = t.spec.mode;
-            // The host's unallocated CPU first, then lenders, lowest priority and most idle first.
-            let allocated: f64 = self.tasks.values().filter_map(|t| t.cpu).sum();
-            let mut sources: Vec<(Option<String>, f64)> = Vec::new();
-            let pool = self.grantable_cpu() - allocated;
+            // The host's unallocated CPU first, then lenders in their order.
+            let mut sources: Vec<(Option<usize>, f64)> = Vec::new();
+            let pool = grantable - allocated;
             if pool >= self.cfg.min_lease_cpu {
                 sources.push((None, pool));
             }
-            let mut lenders: Vec<(&Task, f64)> = self
-                .tasks
-                .values()
-                .filter(|l| l.spec.container_id != id && l.spec.mode == mode && !l.frozen())
-                .filter(|l| !took_back.contains(&l.spec.container_id))
-                .filter(|l| l.usage.is_some() && self.cpu_pressure(l).is_none())
-                .filter(|l| now_ms.saturating_sub(l.last_report_ms) < self.cfg.stale_after_ms)
-                .filter(|l| !holding.contains(&l.spec.container_id))
-                .filter_map(|l| {
-                    let kept = l.cpu?;
-                    let spare = kept - self.cpu_need(l, now_ms);
-                    (spare >= self.cfg.min_lease_cpu).then_some((l, spare))
-                })
-                .collect();
-            lenders.sort_by(|a, b| a.0.rank().cmp(&b.0.rank()).then(b.1.total_cmp(&a.1)));
-            sources.extend(
-                lenders
-                    .into_iter()
-                    .map(|(l, s)| (Some(l.spec.container_id.clone()), s)),
-            );
+            // Lenders are drawn down from the front: skip the ones already exhausted.
+            while lenders
+                .get(first_lender)
+                .is_some_and(|(_, spare)| *spare < self.cfg.min_lease_cpu)
+            {
+                first_lender += 1;
+            }
+            let mut taken = 0.0;
+            for (i, (l, spare)) in lenders.iter().enumerate().skip(first_lender) {
+                if taken >= want - EPS {
+                    break;
+                }
+                if *l != k && *spare >= self.cfg.min_lease_cpu && self.task(*l).spec.mode == mode {
+                    sources.push((Some(i), *spare));
+                    taken += spare;
+                }
+            }
             for (lender, spare) in sources {
                 if want < self.cfg.min_lease_cpu - EPS {
                     break;
                 }
                 let amount = spare.min(want);
                 want -= amount;
+                let lender_key = lender.map(|i| {
+                    lenders[i].1 -= amount;
+                    lenders[i].0
+                });
                 let lease = Lease {
                     id: self.next_lease,
                     resource: ResourceKind::Cpu,
-                    holder: id.clone(),
-                    lender: lender.clone(),
+                    holder: self.task(k).spec.container_id.clone(),
+                    lender: lender_key.map(|l| self.task(l).spec.container_id.clone()),
                     amount,
                     granted_at_ms: now_ms,
                     expires_at_ms: now_ms + self.cfg.lease_ttl_ms,
                 };
                 self.next_lease += 1;
-                let from = lender
-                    .clone()
-                    .unwrap_or_else(|| "the host's free CPU".to_owned());
-                if let Some(l) = lender.as_ref().and_then(|l| self.tasks.get_mut(l)) {
-                    l.cpu = l.cpu.map(|c| c - amount);
-                    reasons.insert(
-                        l.spec.container_id.clone(),
-                        format!("lent {amount:.2} cores to {id} (lease {})", lease.id),
-                    );
+                match lender_key {
+                    Some(l) => {
+                        let lt = self.task_mut(l);
+                        lt.cpu = lt.cpu.map(|c| c - amount);
+                        reasons[l] = Some(format!(
+                            "lent {amount:.2} cores to {} (lease {})",
+                            lease.holder, lease.id
+                        ));
+                    }
+                    None => allocated += amount,
                 }
-                if let Some(h) = self.tasks.get_mut(&id) {
-                    h.cpu = h.cpu.map(|c| c + amount);
-                    reasons.insert(
-                        id.clone(),
-                        format!(
-                            "{why}: borrowed {amount:.2} cores from {from} (lease {})",
-                            lease.id
-                        ),
-                    );
-                    out.push(Directive {
-                        container_id: id.clone(),
-                        action: Action::LeaseGranted {
-                            lease: lease.clone(),
-                        },
-                        reason: why.clone(),
-                        applied: h.enforce(),
-                        old_value: None,
-                    });
-                }
-                holding.insert(id.clone());
-                self.leases.insert(lease.id, lease);
+                let from = lease.lender.as_deref().unwrap_or("the host's free CPU");
+                reasons[k] = Some(format!(
+                    "{why}: borrowed {amount:.2} cores from {from} (lease {})",
+                    lease.id
+                ));
+                let h = self.task_mut(k);
+                h.cpu = h.cpu.map(|c| c + amount);
+                out.push(Directive {
+                    container_id: lease.holder.clone(),
+                    action: Action::LeaseGranted {
+                        lease: lease.clone(),
+                    },
+                    reason: why.to_string(),
+                    applied: h.enforce(),
+                    old_value: None,
+                });
+                self.leases.insert(
+                    lease.id,
+                    Held {
+                        lease,
+                        holder: Some(k),
+                        lender: lender_key,
+                    },
+                );
             }
         }
+    }
+
+    /// What a task counts for in the memory pool: its allocation, or its usage when unlimited.
+    fn pool_share(t: &Task) -> u64 {
+        t.memory.unwrap_or_else(|| t.mem_used())
     }
 
     fn memory(&mut self, now_ms: u64, out: &mut Vec<Directive>) {
         let grantable = self.grantable_memory();
         let mut froze_this_tick = false;
-        let mut order: Vec<String> = self.tasks.keys().cloned().collect();
-        order.sort_by(|a, b| {
-            self.tasks[b]
+        let mut order: Vec<Key> = self.index.values().copied().collect();
+        order.sort_by(|&a, &b| {
+            self.task(b)
                 .rank()
-                .cmp(&self.tasks[a].rank())
-                .then(a.cmp(b))
+                .cmp(&self.task(a).rank())
+                .then(self.ord[a].cmp(&self.ord[b]))
         });
-        for id in &order {
-            let t = &self.tasks[id];
+        // Pause candidates: lowest rank first, then the last in container id order.
+        let mut victims = order.clone();
+        victims.reverse();
+        let mut allocated: u64 = self.live().map(|(_, t)| Self::pool_share(t)).sum();
+        for &k in &order {
+            let t = self.task(k);
             if t.frozen() {
                 continue;
             }
@@ -1173,55 +1346,68 @@ impl Controller {
             let near =
                 used as f64 >= alloc as f64 * self.cfg.memory_grow_at || u.under_oom || stalled;
             if !near {
-                if t.holding_memory
-                    && let Some(t) = self.tasks.get_mut(id)
+                let need = self.right_size(t, now_ms);
+                if t.holding_memory {
+                    self.task_mut(k).holding_memory = false;
+                }
+                if let Some(need) = need
+                    && (need as f64) < alloc as f64 * self.cfg.memory_shrink_at
                 {
-                    t.holding_memory = false;
+                    let reason = format!(
+                        "using {used} of {alloc} bytes, {need} needed by its predicted profile: right-sized"
+                    );
+                    self.task_mut(k).memory = Some(need);
+                    allocated -= alloc - need;
+                    out.push(memory_directive(self.task(k), reason, Some(alloc)));
                 }
                 continue;
             }
             let cap = t.memory_max.unwrap_or(grantable);
             if alloc >= cap {
                 self.hold(
-                    id,
+                    k,
                     "at its memory limit: the kernel's normal OOM policy applies",
                     out,
                 );
                 continue;
             }
-            let target = ((alloc as f64 * self.cfg.memory_grow_factor) as u64)
-                .max((used as f64 * self.cfg.headroom) as u64)
-                .max(t.predicted_memory_upper(now_ms))
-                .min(cap);
-            let mut room = self.memory_room();
+            // A task sized by its profile grows to what the profile and its usage say (it would be shrunk back
+            // from more); any other by the growth factor.
+            let by_usage = (used as f64 * self.cfg.headroom) as u64;
+            let target = match t.predicted_memory_window(now_ms, self.cfg.lookahead_buckets) {
+                Some(window) if self.cfg.memory_shrink_at > 0.0 && by_usage.max(window) > alloc => {
+                    by_usage.max(window)
+                }
+                _ => ((alloc as f64 * self.cfg.memory_grow_factor) as u64)
+                    .max(by_usage)
+                    .max(t.predicted_memory_upper(now_ms)),
+            }
+            .min(cap);
+            let mut room = grantable.saturating_sub(allocated);
             if room < target - alloc {
                 // No room: pause the lowest-priority running task ranked below this one.
-                let rank = t.rank();
-                let mode = t.spec.mode;
-                let victim = self
-                    .tasks
-                    .values()
-                    .filter(|v| !v.frozen() && v.spec.mode == mode && v.rank() < rank)
-                    .min_by(|a, b| {
-                        a.rank()
-                            .cmp(&b.rank())
-                            .then(b.spec.container_id.cmp(&a.spec.container_id))
-                    })
-                    .map(|v| v.spec.container_id.clone());
+                let (rank, mode) = (t.rank(), t.spec.mode);
+                let victim = victims
+                    .iter()
+                    .copied()
+                    .take_while(|&v| self.task(v).rank() < rank)
+                    .find(|&v| !self.task(v).frozen() && self.task(v).spec.mode == mode);
                 if let Some(v) = victim {
-                    self.freeze(
-                        &v,
-                        &format!("no memory for {id} (higher priority) to grow"),
-                        out,
+                    let why = format!(
+                        "no memory for {} (higher priority) to grow",
+                        t.spec.container_id
                     );
+                    let share = Self::pool_share(self.task(v));
+                    self.freeze(v, &why, out);
+                    allocated = allocated - share + Self::pool_share(self.task(v));
                     froze_this_tick = true;
-                    room = self.memory_room();
+                    room = grantable.saturating_sub(allocated);
                 }
             }
             let grow = (target - alloc).min(room);
             if grow == 0 || room == 0 {
                 self.hold(
-                    id,
+                    k,
                     "no room to grow: waits at its allocation (reclaim or v1 OOM wait), never OOM-killed below its limit",
                     out,
                 );
@@ -1231,93 +1417,101 @@ impl Controller {
                 "using {used} of {alloc} bytes{}: grown while the host has room",
                 if u.under_oom { " (waiting on OOM)" } else { "" }
             );
-            if let Some(t) = self.tasks.get_mut(id) {
-                t.memory = Some(alloc + grow);
-                t.holding_memory = false;
-                let t = &self.tasks[id];
-                out.push(memory_directive(t, reason, Some(alloc)));
-            }
+            let t = self.task_mut(k);
+            t.memory = Some(alloc + grow);
+            t.holding_memory = false;
+            allocated += grow;
+            out.push(memory_directive(self.task(k), reason, Some(alloc)));
         }
         // Host memory pressure: pause the lowest-priority running task; thaw once it has passed.
-        let total: u64 = self.tasks.values().map(Task::mem_used).sum();
-        let running: Vec<&Task> = self.tasks.values().filter(|t| !t.frozen()).collect();
-        if !froze_this_tick
-            && total as f64 >= grantable as f64 * self.cfg.pause_at
-            && running.len() > 1
-        {
-            let top = running.iter().map(|t| t.rank()).max();
-            let victim = running
-                .iter()
-                .filter(|t| t.enforce() && Some(t.rank()) < top)
-                .min_by(|a, b| {
-                    a.rank()
-                        .cmp(&b.rank())
-                        .then(b.spec.container_id.cmp(&a.spec.container_id))
-                })
-                .map(|t| t.spec.container_id.clone());
+        let total: u64 = self.live().map(|(_, t)| t.mem_used()).sum();
+        let running = self.live().filter(|(_, t)| !t.frozen()).count();
+        if !froze_this_tick && total as f64 >= grantable as f64 * self.cfg.pause_at && running > 1 {
+            let top = self
+                .live()
+                .filter(|(_, t)| !t.frozen())
+                .map(|(_, t)| t.rank())
+                .max();
+            let victim = victims.iter().copied().find(|&v| {
+                let t = self.task(v);
+                !t.frozen() && t.enforce() && Some(t.rank()) < top
+            });
             if let Some(v) = victim {
                 let why = format!("host memory pressure: {total} of {grantable} bytes in use");
-                self.freeze(&v, &why, out);
+                self.freeze(v, &why, out);
                 froze_this_tick = true;
             }
         }
         if !froze_this_tick && (total as f64) < grantable as f64 * self.cfg.thaw_below {
-            let thaw = self
-                .tasks
-                .values()
-                .filter(|t| t.frozen())
-                .max_by(|a, b| {
-                    a.rank()
-                        .cmp(&b.rank())
-                        .then(b.spec.container_id.cmp(&a.spec.container_id))
-                })
-                .map(|t| {
-                    (
-                        t.spec.container_id.clone(),
-                        t.frozen_memory.flatten(),
-                        t.memory,
-                    )
+            // The highest rank first, then the first in container id order.
+            let thaw = order
+                .iter()
+                .copied()
+                .find(|&k| self.task(k).frozen())
+                .map(|k| {
+                    let t = self.task(k);
+                    (k, t.frozen_memory.flatten(), t.memory)
                 });
-            if let Some((id, restore, now)) = thaw {
+            if let Some((k, restore, now)) = thaw {
                 let extra = restore.unwrap_or(0).saturating_sub(now.unwrap_or(0));
                 if self.memory_room() >= extra {
                     let why =
                         format!("memory pressure passed: {total} of {grantable} bytes in use");
-                    if let Some(t) = self.tasks.get_mut(&id) {
-                        t.frozen_memory = None;
-                        t.memory = restore.or(t.memory);
-                        let t = &self.tasks[&id];
-                        out.push(memory_directive(t, format!("restored at thaw: {why}"), now));
-                        out.push(Directive {
-                            container_id: id.clone(),
-                            action: Action::Thaw,
-                            reason: why,
-                            applied: t.enforce(),
-                            old_value: None,
-                        });
-                    }
+                    let t = self.task_mut(k);
+                    t.frozen_memory = None;
+                    t.memory = restore.or(t.memory);
+                    let t = self.task(k);
+                    out.push(memory_directive(t, format!("restored at thaw: {why}"), now));
+                    out.push(Directive {
+                        container_id: t.spec.container_id.clone(),
+                        action: Action::Thaw,
+                        reason: why,
+                        applied: t.enforce(),
+                        old_value: None,
+                    });
                 }
             }
         }
     }
 
+    /// What a running task sized by its profile needs now: the profile's window, never below its usage over
+    /// `memory_grow_at` (+5%, so that it is not grown again at once), the spec's request (unless allowed) or
+    /// the smallest allocation, never above its ceiling. `None`: not sized by its profile.
+    fn right_size(&self, t: &Task, now_ms: u64) -> Option<u64> {
+        if self.cfg.memory_shrink_at <= 0.0 {
+            return None;
+        }
+        let u = t.usage?;
+        if u.under_oom {
+            return None;
+        }
+        let window = t.predicted_memory_window(now_ms, self.cfg.lookahead_buckets)?;
+        let floor = (t.mem_used() as f64 / self.cfg.memory_grow_at.max(0.5) * 1.05) as u64;
+        let request = t
+            .spec
+            .limits
+            .memory_request_bytes
+            .filter(|_| !t.spec.allow_below_request)
+            .unwrap_or(0);
+        let need = window
+            .max(floor)
+            .max(request)
+            .max(self.cfg.min_memory_bytes);
+        Some(need.min(t.memory_max.unwrap_or(u64::MAX)))
+    }
+
     /// Grantable memory not allocated (unlimited tasks count with their usage).
     fn memory_room(&self) -> u64 {
-        let allocated: u64 = self
-            .tasks
-            .values()
-            .map(|t| t.memory.unwrap_or_else(|| t.mem_used()))
-            .sum();
+        let allocated: u64 = self.live().map(|(_, t)| Self::pool_share(t)).sum();
         self.grantable_memory().saturating_sub(allocated)
     }
 
-    fn hold(&mut self, id: &str, why: &str, out: &mut Vec<Directive>) {
-        if let Some(t) = self.tasks.get_mut(id)
-            && !t.holding_memory
-        {
+    fn hold(&mut self, k: Key, why: &str, out: &mut Vec<Directive>) {
+        let t = self.task_mut(k);
+        if !t.holding_memory {
             t.holding_memory = true;
             out.push(Directive {
-                container_id: id.to_owned(),
+                container_id: t.spec.container_id.clone(),
                 action: Action::Hold {
                     resource: ResourceKind::Memory,
                 },
@@ -1329,19 +1523,17 @@ impl Controller {
     }
 
     /// Freezes a task and shrinks its allocation to what it uses, returning the rest to the pool.
-    fn freeze(&mut self, id: &str, why: &str, out: &mut Vec<Directive>) {
+    fn freeze(&mut self, k: Key, why: &str, out: &mut Vec<Directive>) {
         let min = self.cfg.min_memory_bytes;
-        let Some(t) = self.tasks.get_mut(id) else {
-            return;
-        };
+        let t = self.task_mut(k);
         let old = t.memory;
         t.frozen_memory = Some(old);
         let used = t.mem_used().max(min);
         let shrunk = old.map(|a| a.min(used));
         t.memory = shrunk.or(Some(used));
-        let t = &self.tasks[id];
+        let t = self.task(k);
         out.push(Directive {
-            container_id: id.to_owned(),
+            container_id: t.spec.container_id.clone(),
             action: Action::Freeze,
             reason: why.to_owned(),
             applied: t.enforce(),
@@ -1354,6 +1546,98 @@ impl Controller {
                 old,
             ));
         }
+    }
+}
+
+/// Appends to `path` the critical path of one pipeline's live members (none when it has fewer than two).
+fn critical_path(
+    g: &mut Group,
+    slots: &[Option<Task>],
+    index: &BTreeMap<String, Key>,
+    ord: &[u32],
+    now_ms: u64,
+    path: &mut Vec<Key>,
+) {
+    if g.members.len() < 2 {
+        return;
+    }
+    let task = |k: Key| slots[k].as_ref().expect("a pipeline member is live");
+    let ups = match &mut g.ups {
+        Some(ups) => ups,
+        ups @ None => {
+            g.members.sort_by_key(|&k| ord[k]);
+            let pos: HashMap<Key, usize> =
+                g.members.iter().enumerate().map(|(i, &k)| (k, i)).collect();
+            ups.insert(
+                g.members
+                    .iter()
+                    .map(|&k| {
+                        task(k)
+                            .spec
+                            .depends_on
+                            .iter()
+                            .filter_map(|d| {
+                                index.get(d.as_str()).and_then(|dk| pos.get(dk).copied())
+                            })
+                            .collect()
+                    })
+                    .collect(),
+            )
+        }
+    };
+    let weights: Vec<f64> = g
+        .members
+        .iter()
+        .map(|&k| {
+            let t = task(k);
+            match t.spec.prediction.as_ref().filter(|p| !p.is_cold_start()) {
+                Some(p) => {
+                    let elapsed = now_ms.saturating_sub(t.spec.started_at_ms) as f64 / 1000.0;
+                    (p.duration_s.point - elapsed).max(1.0)
+                }
+                None => 1.0,
+            }
+        })
+        .collect();
+    // Longest path ending at each member (upstream to downstream), memoised; cycles are cut.
+    fn visit(
+        i: usize,
+        ups: &[Vec<usize>],
+        weights: &[f64],
+        best: &mut [Option<(f64, Option<usize>)>],
+        on_stack: &mut [bool],
+    ) -> f64 {
+        if let Some((w, _)) = best[i] {
+            return w;
+        }
+        if on_stack[i] {
+            return 0.0;
+        }
+        on_stack[i] = true;
+        let mut up: (f64, Option<usize>) = (0.0, None);
+        for &d in &ups[i] {
+            let w = visit(d, ups, weights, best, on_stack);
+            if w > up.0 {
+                up = (w, Some(d));
+            }
+        }
+        on_stack[i] = false;
+        let total = up.0 + weights[i];
+        best[i] = Some((total, up.1));
+        total
+    }
+    let n = g.members.len();
+    let mut best = vec![None; n];
+    let mut on_stack = vec![false; n];
+    for i in 0..n {
+        visit(i, ups, &weights, &mut best, &mut on_stack);
+    }
+    let total = |i: usize| best[i].map_or(0.0, |b| b.0);
+    // The longest; on a tie the first in container id order.
+    let mut end = (0..n).max_by(|&a, &b| total(a).total_cmp(&total(b)).then(b.cmp(&a)));
+    while let Some(i) = end {
+        path.push(g.members[i]);
+        end = best[i].and_then(|b| b.1);
     }
 }
 

@@ -231,7 +231,7 @@ fn scenario_two() -> Controller {
     c.register(spec("a", Some(3.0), Some(GIB)), 0);
     c.register(spec("b", Some(3.0), Some(GIB)), 0);
     // b's own allocation is small: as if predicted.
-    if let Some(t) = c.tasks.get_mut("b") {
+    if let Some(t) = c.by_id_mut("b") {
         t.base_cpu = Some(0.5);
         t.cpu = Some(0.5);
     }
@@ -303,7 +303,7 @@ fn lender_profile_predicting_a_busy_phase_revokes_before_usage_rises() {
     let mut a = spec("a", None, None);
     a.prediction = Some(prediction(cpu, 100.0 * MIB as f64, 200.0 * MIB as f64));
     c.register(a, 0);
-    if let Some(t) = c.tasks.get_mut("a") {
+    if let Some(t) = c.by_id_mut("a") {
         t.base_cpu = Some(3.0);
         t.cpu = Some(3.0);
     }
@@ -313,7 +313,7 @@ fn lender_profile_predicting_a_busy_phase_revokes_before_usage_rises() {
     c.observe("b", cpu_use(10_000, 0.5, 0.5));
     c.tick(10_000);
     assert_eq!(cpu_of(&c, "b"), 0.5, "b's user limit caps it");
-    if let Some(t) = c.tasks.get_mut("b") {
+    if let Some(t) = c.by_id_mut("b") {
         t.spec.limits.cpu_limit_cores = None;
     }
     c.tick(10_000);
@@ -346,7 +346,7 @@ fn lease_expires_when_its_holder_stops_reporting() {
 #[test]
 fn borrowing_is_capped_by_max_borrow_user_limit_and_host_reserve() {
     let mut c = scenario_two();
-    if let Some(t) = c.tasks.get_mut("b") {
+    if let Some(t) = c.by_id_mut("b") {
         t.spec.max_borrow_cpu = Some(0.2);
     }
     for now in (1..10).map(|i| i * 1000) {
@@ -363,7 +363,7 @@ fn borrowing_is_capped_by_max_borrow_user_limit_and_host_reserve() {
     // Alone on a 4-core host with a 0.5 reserve: grows from the free pool up to 3.5, never more.
     let mut c = Controller::new(cfg(), host(4.0, 8 * GIB));
     c.register(spec("solo", None, None), 0);
-    if let Some(t) = c.tasks.get_mut("solo") {
+    if let Some(t) = c.by_id_mut("solo") {
         t.base_cpu = Some(1.0);
         t.cpu = Some(1.0);
     }
@@ -386,12 +386,12 @@ fn higher_priority_borrower_is_served_first() {
         c.register(spec(id, None, None), 0);
     }
     for (id, q) in [("lender", 1.0), ("lo", 0.5), ("hi", 0.5)] {
-        if let Some(t) = c.tasks.get_mut(id) {
+        if let Some(t) = c.by_id_mut(id) {
             t.base_cpu = Some(q);
             t.cpu = Some(q);
         }
     }
-    if let Some(t) = c.tasks.get_mut("hi") {
+    if let Some(t) = c.by_id_mut("hi") {
         t.spec.priority = 5;
     }
     // The lender can spare 0.25 cores only (it uses 0.6 with 1.25 headroom).
@@ -425,12 +425,12 @@ fn critical_path_breaks_priority_ties() {
         .map(|t| t.container_id)
         .collect();
     assert_eq!(critical, vec!["extract", "load", "transform"]);
-    assert!(c.tasks["transform"].rank() > c.tasks["lint"].rank());
+    assert!(c.by_id("transform").rank() > c.by_id("lint").rank());
     // A task outside any pipeline is never critical.
     c.register(spec("alone", None, None), 0);
-    assert!(!c.tasks["alone"].critical);
+    assert!(!c.by_id("alone").critical);
     // Dependency cycles do not hang.
-    if let Some(t) = c.tasks.get_mut("extract") {
+    if let Some(t) = c.by_id_mut("extract") {
         t.spec.depends_on = vec!["load".to_owned()];
     }
     c.tick(1);
@@ -438,7 +438,12 @@ fn critical_path_breaks_priority_ties() {
 
 #[test]
 fn memory_outgrowing_its_prediction_is_grown_while_the_host_has_room() {
-    let mut c = Controller::new(cfg(), host(4.0, 4 * GIB));
+    // Growth only: right-sizing (its own tests) would shrink the allocation between the steps.
+    let cfg = ControllerConfig {
+        memory_shrink_at: 0.0,
+        ..cfg()
+    };
+    let mut c = Controller::new(cfg, host(4.0, 4 * GIB));
     let mut s = spec("m", None, Some(2 * GIB));
     s.cgroup = CgroupKind::V1;
     s.prediction = Some(prediction(
@@ -476,7 +481,7 @@ fn memory_outgrowing_its_prediction_is_grown_while_the_host_has_room() {
                 .all(|d| !matches!(d.action, Action::SetMemoryLimit { .. }))
     );
     // At its own limit the v1 OOM killer is back on.
-    let t = &c.tasks["m"];
+    let t = &c.by_id("m");
     assert_eq!(
         memory_directive(t, String::new(), None).action,
         Action::SetMemoryLimit {
@@ -518,10 +523,12 @@ fn memory_without_room_pauses_the_lower_priority_task_not_the_higher() {
     assert!(actions(&ds, "lo").contains(&&Action::Freeze), "{ds:#?}");
     assert!(!actions(&ds, "hi").contains(&&Action::Freeze));
     assert_eq!(mem_of(&c, "lo"), 300 * MIB, "paused at its usage");
-    assert_eq!(mem_of(&c, "hi"), 500 * MIB, "grown into what lo released");
+    // Sized by its (confident) profile, hi grows to its usage with headroom.
+    let grown = (395.0 * MIB as f64 * 1.25) as u64;
+    assert_eq!(mem_of(&c, "hi"), grown, "grown into what lo released");
     // hi's ceiling stays at the host's, so it is never killed below it.
     assert!(ds.iter().any(|d| d.container_id == "hi"
-        && matches!(d.action, Action::SetMemoryHigh { high_bytes: Some(h), max_bytes: Some(m) } if h == 500 * MIB && m == GIB)));
+        && matches!(d.action, Action::SetMemoryHigh { high_bytes: Some(h), max_bytes: Some(m) } if h == grown && m == GIB)));
 
     // hi keeps growing with no one left to pause: held, not shrunk.
     c.observe("hi", mem_use(2000, 495 * MIB));
@@ -530,9 +537,9 @@ fn memory_without_room_pauses_the_lower_priority_task_not_the_higher() {
     assert!(
         ds.iter()
             .any(|d| d.container_id == "hi" && d.reason.contains("never OOM-killed"))
-            || mem_of(&c, "hi") > 500 * MIB
+            || mem_of(&c, "hi") > grown
     );
-    assert!(mem_of(&c, "hi") >= 500 * MIB);
+    assert!(mem_of(&c, "hi") >= grown);
 
     // hi finishes: pressure passes, lo is thawed with its allocation back.
     c.unregister("hi", 3000);
@@ -599,7 +606,7 @@ fn host_memory_pressure_pauses_lowest_priority_and_thaws_after() {
 #[test]
 fn observe_mode_decides_but_marks_nothing_applied_and_never_lends_to_enforce() {
     let mut c = scenario_two();
-    if let Some(t) = c.tasks.get_mut("a") {
+    if let Some(t) = c.by_id_mut("a") {
         t.spec.mode = Mode::Observe;
     }
     c.observe("a", cpu_use(1000, 0.1, 0.0));
@@ -771,4 +778,70 @@ fn priority_sets_io_weight_at_register_and_default_priority_writes_none() {
     );
     assert_eq!(io_weight(0), None);
     assert_eq!(io_weight(10), Some(504));
+}
+
+/// A confident prediction whose memory profile is `low` for the first half of a 100 s life and `high` after.
+fn two_phase(low: f64, high: f64, confidence: Confidence) -> Prediction {
+    let mut p = prediction([1.0; BUCKETS], high * 0.9, high);
+    p.confidence = confidence;
+    for (b, pp) in p.profile.iter_mut().enumerate() {
+        let upper = if b < BUCKETS / 2 { low } else { high };
+        pp.memory_bytes = Band {
+            point: upper * 0.9,
+            lower: upper * 0.8,
+            upper,
+        };
+    }
+    p
+}
+
+#[test]
+fn running_task_is_right_sized_to_its_profile_and_grown_back_to_it_at_once() {
+    let mut c = Controller::new(cfg(), host(4.0, 8 * GIB));
+    let mut s = spec("r", None, Some(2 * GIB));
+    s.cgroup = CgroupKind::V1;
+    s.prediction = Some(two_phase(
+        100.0 * MIB as f64,
+        GIB as f64,
+        Confidence::Medium,
+    ));
+    c.register(s, 0);
+    assert_eq!(mem_of(&c, "r"), GIB, "starts at the predicted peak");
+    // Early, using 80 MiB where the profile predicts at most 100 MiB: shrunk to the profile, OOM killer still off.
+    c.observe("r", mem_use(10_000, 80 * MIB));
+    let ds = c.tick(10_000);
+    assert_eq!(mem_of(&c, "r"), 100 * MIB, "{ds:#?}");
+    assert!(ds.iter().any(|d| d.reason.contains("right-sized")
+        && matches!(d.action, Action::SetMemoryLimit { limit_bytes: Some(l), oom_kill_disabled: true } if l == 100 * MIB)));
+    // Never below what it uses: at 95 MiB it needs more than the profile's 100 MiB and is grown, not shrunk.
+    c.observe("r", mem_use(20_000, 95 * MIB));
+    c.tick(20_000);
+    assert!(mem_of(&c, "r") as f64 >= 95.0 * MIB as f64 / 0.9);
+    // In the high phase, near its allocation: grown to the profile's window at once, not by steps.
+    c.observe("r", mem_use(50_000, 110 * MIB));
+    c.tick(50_000);
+    assert_eq!(mem_of(&c, "r"), GIB);
+    // A task that uses less than it is given but whose window says more is left alone.
+    c.observe("r", mem_use(60_000, 500 * MIB));
+    let ds = c.tick(60_000);
+    assert_eq!(mem_of(&c, "r"), GIB, "{ds:#?}");
+}
+
+#[test]
+fn low_confidence_or_disabled_right_sizing_never_shrinks_a_running_task() {
+    for (confidence, shrink_at) in [(Confidence::Low, 0.95), (Confidence::High, 0.0)] {
+        let mut c = Controller::new(
+            ControllerConfig {
+                memory_shrink_at: shrink_at,
+                ..cfg()
+            },
+            host(4.0, 8 * GIB),
+        );
+        let mut s = spec("r", None, Some(2 * GIB));
+        s.prediction = Some(two_phase(100.0 * MIB as f64, GIB as f64, confidence));
+        c.register(s, 0);
+        c.observe("r", mem_use(10_000, 80 * MIB));
+        c.tick(10_000);
+        assert_eq!(mem_of(&c, "r"), GIB, "{confidence:?} shrink_at {shrink_at}");
+    }
 }
