@@ -70,20 +70,25 @@ fn run_once(c: &Containerd, runtime: &str) -> Result<f64, String> {
     Ok(out.elapsed.as_secs_f64() * 1000.0)
 }
 
-fn measure_memory(c: &Containerd, runtime: &str) -> Result<Mem, String> {
-    let before = c.shim_processes();
-    let id = c.id("mem");
-    let out = c.ctr(&[
+/// `ctr run -d` of a container that sleeps until it is killed.
+fn run_sleeper(c: &Containerd, runtime: &str, id: &str) -> predictive_e2e::cmd::Output {
+    c.ctr(&[
         "run",
         "-d",
         "--null-io",
         "--runtime",
         runtime,
         IMAGE,
-        &id,
+        id,
         "sleep",
         "100000",
-    ]);
+    ])
+}
+
+fn measure_memory(c: &Containerd, runtime: &str) -> Result<Mem, String> {
+    let before = c.shim_processes();
+    let id = c.id("mem");
+    let out = run_sleeper(c, runtime, &id);
     if !out.ok() {
         return Err(out.to_string());
     }
@@ -187,17 +192,7 @@ fn measure_idle_cpu(c: &Containerd, n: usize, window: Duration) -> Result<IdleCp
     'start: for _ in 0..n {
         for runtime in [RUNC_RUNTIME, PREDICTIVE_RUNTIME] {
             let id = c.id("idle");
-            let out = c.ctr(&[
-                "run",
-                "-d",
-                "--null-io",
-                "--runtime",
-                runtime,
-                IMAGE,
-                &id,
-                "sleep",
-                "100000",
-            ]);
+            let out = run_sleeper(c, runtime, &id);
             ids.push(id);
             if !out.ok() {
                 result = Err(format!("starting idle container {}: {out}", ids.len()));
