@@ -489,17 +489,24 @@ impl Drop for Containerd {
 
 /// Build the busybox image tar once per cache (under a lock: tests run in parallel).
 fn ensure_image(settings: &Settings) -> PathBuf {
-    let tar = settings.cache.join("busybox-image.tar");
+    ensure_image_tar(settings, "busybox-image.tar", &[])
+}
+
+/// `$cache/<file>`, built once per cache by `scripts/make-image.sh <tar> <args>...` under a lock (tests run in
+/// parallel); `args` are make-image.sh's optional image name and command.
+pub fn ensure_image_tar(settings: &Settings, file: &str, args: &[&str]) -> PathBuf {
+    let tar = settings.cache.join(file);
     if tar.is_file() {
         return tar;
     }
     std::fs::create_dir_all(&settings.cache).expect("creating the cache dir");
     let mut cmd = Command::new("bash");
     cmd.arg("-c")
-        .arg(r#"exec 9>"$1.lock"; flock -w 300 9; [ -s "$1" ] || "$2" "$1""#)
+        .arg(r#"exec 9>"$1.lock"; flock -w 300 9; t=$1 m=$2; shift 2; [ -s "$t" ] || "$m" "$t" "$@""#)
         .arg("ensure-image")
         .arg(&tar)
-        .arg(settings.script("make-image.sh"));
-    run_cmd(cmd, Duration::from_secs(320)).expect_ok("building the busybox image");
+        .arg(settings.script("make-image.sh"))
+        .args(args);
+    run_cmd(cmd, Duration::from_secs(320)).expect_ok(&format!("building {file}"));
     tar
 }

@@ -152,20 +152,11 @@ pub fn prepare(settings: &Settings) -> Result<(), String> {
 
 /// The pause image tar (built once per cache by `scripts/make-image.sh`, under a lock).
 pub fn ensure_pause_image(settings: &Settings) -> PathBuf {
-    let tar = settings.cache.join("pause-image.tar");
-    if tar.is_file() {
-        return tar;
-    }
-    std::fs::create_dir_all(&settings.cache).expect("creating the cache dir");
-    let mut cmd = Command::new("bash");
-    cmd.arg("-c")
-        .arg(r#"exec 9>"$1.lock"; flock -w 300 9; [ -s "$1" ] || "$2" "$1" "$3" '["sleep","2147483647"]'"#)
-        .arg("ensure-pause")
-        .arg(&tar)
-        .arg(settings.script("make-image.sh"))
-        .arg(PAUSE_IMAGE);
-    run_cmd(cmd, Duration::from_secs(320)).expect_ok("building the pause image");
-    tar
+    crate::containerd::ensure_image_tar(
+        settings,
+        "pause-image.tar",
+        &[PAUSE_IMAGE, r#"["sleep","2147483647"]"#],
+    )
 }
 
 /// A CRI v1 client for one containerd socket.
