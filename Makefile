@@ -8,6 +8,7 @@
 #   PREDICTIVE_E2E_VERSIONS   containerd versions for the e2e suite (default "1.6 1.7 2.1")
 #   PREDICTIVE_E2E_CONTAINERD version for `make demo` / `make bench` / a single nextest run (default 1.6)
 #   PREDICTIVE_E2E_CACHE      unpacked containerd 1.7/2.1 packages and the test image (default /var/cache/predictive-e2e)
+#   PREDICTIVE_STATIC_SHIM    0 keeps cargo's dynamically linked shim instead of the static one (scripts/build-shim.sh)
 #   PREFIX, DESTDIR           for `make install` / `make uninstall` (packaging/install.sh)
 
 SHELL := /bin/bash
@@ -26,8 +27,11 @@ all: build
 deps:
 	scripts/deps.sh
 
+# Every crate, then the shim again as a static non-PIE binary over cargo's (scripts/build-shim.sh says why;
+# PREDICTIVE_STATIC_SHIM=0 keeps the dynamically linked one).
 build: deps
 	$(CARGO) build --release --workspace
+	CARGO=$(CARGO) scripts/build-shim.sh
 
 # Unit/root tests of every crate, then the e2e suite once per containerd version; prints "N passed, N failed".
 test: deps build

@@ -322,6 +322,32 @@ pub(crate) fn wait_for(
     }
 }
 
+/// Refuses a memory limit of `bytes` for `file` when it is below the usage in `usage_file`:
+/// lowering a limit under usage makes the kernel reclaim or OOM-kill, which the caller must opt into.
+pub(crate) fn refuse_below_usage(
+    file: &Path,
+    usage_file: &Path,
+    bytes: u64,
+) -> Result<(), ActuateError> {
+    let text = read(usage_file)?;
+    let usage = text
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| ActuateError::Mismatch {
+            path: usage_file.to_path_buf(),
+            value: "a byte count".to_owned(),
+            read: text.trim().to_owned(),
+        })?;
+    if bytes < usage {
+        return Err(ActuateError::BelowUsage {
+            path: file.to_path_buf(),
+            limit: bytes,
+            usage,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,30 +395,4 @@ mod tests {
             wait_for(&file, "never", Duration::from_millis(20), |_| false).expect_err("timeout");
         assert!(matches!(err, ActuateError::Timeout { .. }));
     }
-}
-
-/// Refuses a memory limit of `bytes` for `file` when it is below the usage in `usage_file`:
-/// lowering a limit under usage makes the kernel reclaim or OOM-kill, which the caller must opt into.
-pub(crate) fn refuse_below_usage(
-    file: &Path,
-    usage_file: &Path,
-    bytes: u64,
-) -> Result<(), ActuateError> {
-    let text = read(usage_file)?;
-    let usage = text
-        .trim()
-        .parse::<u64>()
-        .map_err(|_| ActuateError::Mismatch {
-            path: usage_file.to_path_buf(),
-            value: "a byte count".to_owned(),
-            read: text.trim().to_owned(),
-        })?;
-    if bytes < usage {
-        return Err(ActuateError::BelowUsage {
-            path: file.to_path_buf(),
-            limit: bytes,
-            usage,
-        });
-    }
-    Ok(())
 }

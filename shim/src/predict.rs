@@ -154,11 +154,22 @@ pub fn check_annotations(spec: &Spec) -> Result<Annotations> {
 /// Starts `predictived` detached (its own session, output to `predictived.log` in the state directory), unless
 /// one holds the lock. The binary is the one next to the shim, else the one on PATH.
 fn spawn_broker(s: &Settings) {
-    let exe = std::env::current_exe()
+    let beside = std::env::current_exe()
         .ok()
-        .and_then(|e| e.parent().map(|d| d.join("predictived")))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from("predictived"));
+        .and_then(|e| e.parent().map(|d| d.join("predictived")));
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("predictived"))
+            .find(|p| p.is_file())
+    });
+    // Looked up here, not left to exec: a failed exec makes std's spawn wait for the child, which the shim's
+    // reaper may have reaped already (std then panics).
+    let Some(exe) = beside.filter(|p| p.is_file()).or(on_path) else {
+        tracing::warn!(
+            "no broker answered and no predictived was found beside the shim or on PATH"
+        );
+        return;
+    };
     if let Err(e) = std::fs::create_dir_all(&s.state_dir) {
         tracing::warn!(
             "cannot start a broker: creating {}: {e}",
@@ -196,7 +207,13 @@ fn spawn_broker(s: &Settings) {
             Ok(())
         });
     }
-    match cmd.spawn() {
+    let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cmd.spawn()))
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::other(
+                "exec failed (the reaper took the child)",
+            ))
+        });
+    match spawned {
         Ok(child) => tracing::info!(
             pid = child.id(),
             socket = %s.socket.display(),
@@ -382,7 +399,8 @@ impl Augment {
     /// then starts the monitor.
     pub fn created(self: &Arc<Self>, pid: i32) {
         *lock(&self.pid) = Some(pid);
-        *lock(&self.unified) = join_unified(Path::new(UNIFIED_ROOT), pid);
+        let made = join_unified(Path::new(UNIFIED_ROOT), pid);
+        lock(&self.unified).extend(made);
         let own: Vec<Directive> = lock(&self.registered)
             .as_ref()
             .filter(|r| r.mode == Mode::Enforce)
@@ -581,6 +599,12 @@ impl Augment {
         }
     }
 
+    /// Takes over cgroup2 directories made for this container before it was created (outermost first):
+    /// [`Augment::cleanup`] removes them with the ones [`join_unified`] makes.
+    pub fn adopt_unified(&self, made: Vec<PathBuf>) {
+        lock(&self.unified).splice(0..0, made);
+    }
+
     /// After the container's processes are gone: removes the cgroup2 directories [`join_unified`] made.
     pub fn cleanup(&self) {
         let made: Vec<PathBuf> = lock(&self.unified).drain(..).collect();
@@ -608,7 +632,66 @@ impl Augment {
 }
 
 /// Where a hybrid host mounts its controller-less cgroup2 tree.
-const UNIFIED_ROOT: &str = "/sys/fs/cgroup/unified";
+pub const UNIFIED_ROOT: &str = "/sys/fs/cgroup/unified";
+/// The v1 memory hierarchy of a hybrid host.
+pub const V1_MEMORY_ROOT: &str = "/sys/fs/cgroup/memory";
+
+/// The cgroup2 directory [`join_unified`] will put the container of `spec` in on a hybrid host, known before the
+/// container exists: `root` joined with the spec's `linux.cgroupsPath` when that is an absolute cgroupfs path
+/// (libcontainer's v1 manager uses it as is). None on a host without a hybrid cgroup2 tree at `root`, or for a
+/// systemd-style or relative path.
+pub fn unified_dir(root: &Path, v1_memory: &Path, spec: &Spec) -> Option<PathBuf> {
+    if !root.join("cgroup.procs").exists() || !v1_memory.join("cgroup.procs").exists() {
+        return None;
+    }
+    let path = spec.linux().as_ref()?.cgroups_path().as_ref()?;
+    let text = path.to_str()?;
+    if !text.starts_with('/') || text.contains(':') || text.trim_matches('/').is_empty() {
+        return None;
+    }
+    let mut dir = root.to_path_buf();
+    for part in path.components() {
+        match part {
+            std::path::Component::Normal(p) => dir.push(p),
+            std::path::Component::RootDir | std::path::Component::CurDir => {}
+            // `..` would leave the container's own subtree.
+            _ => return None,
+        }
+    }
+    Some(dir)
+}
+
+/// Makes `dir` under `root` and the directories above it that are missing; returns the ones made, outermost
+/// first. On an error, removes what it made and returns it.
+pub fn make_dirs(root: &Path, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let rel = dir.strip_prefix(root).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not under {}", dir.display(), root.display()),
+        )
+    })?;
+    let mut made = Vec::new();
+    let mut at = root.to_path_buf();
+    for part in rel.components() {
+        at.push(part);
+        match std::fs::create_dir(&at) {
+            Ok(()) => made.push(at.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                remove_dirs(&made);
+                return Err(e);
+            }
+        }
+    }
+    Ok(made)
+}
+
+/// Removes directories listed outermost first, innermost first; a parent another container still uses stays.
+pub fn remove_dirs(made: &[PathBuf]) {
+    for dir in made.iter().rev() {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
 
 /// On a hybrid host (v1 controllers plus a cgroup2 tree without controllers), puts the container's init into a
 /// cgroup2 directory at its v1 memory cgroup's path, as runc does, so its pressure (PSI) files are the
@@ -839,5 +922,74 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("io.predictive.priority"), "{msg}");
         assert!(msg.contains("urgent"), "{msg}");
+    }
+
+    fn spec_with_path(path: Option<&str>) -> Spec {
+        let mut v = serde_json::json!({"ociVersion": "1.0.2", "linux": {}});
+        if let Some(p) = path {
+            v["linux"]["cgroupsPath"] = serde_json::json!(p);
+        }
+        serde_json::from_value(v).expect("spec")
+    }
+
+    /// A fake hybrid host: a cgroup2 root and a v1 memory root, each with its `cgroup.procs`.
+    fn fake_hybrid() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let unified = tmp.path().join("unified");
+        let memory = tmp.path().join("memory");
+        for d in [&unified, &memory] {
+            std::fs::create_dir_all(d).expect("mkdir");
+            std::fs::write(d.join("cgroup.procs"), "").expect("procs");
+        }
+        (tmp, unified, memory)
+    }
+
+    #[test]
+    fn unified_dir_follows_an_absolute_cgroups_path_on_a_hybrid_host_only() {
+        let (tmp, unified, memory) = fake_hybrid();
+        assert_eq!(
+            unified_dir(&unified, &memory, &spec_with_path(Some("/default/web-1"))),
+            Some(unified.join("default/web-1"))
+        );
+        // systemd-style, relative, escaping or empty paths, and no path at all: nothing to warm.
+        for p in [
+            Some("system.slice:cri-containerd:abc"),
+            Some("default/web-1"),
+            Some("/default/../../etc"),
+            Some("/"),
+            None,
+        ] {
+            assert_eq!(
+                unified_dir(&unified, &memory, &spec_with_path(p)),
+                None,
+                "{p:?}"
+            );
+        }
+        // A pure v2 or pure v1 host (one of the two roots missing) is not hybrid.
+        let missing = tmp.path().join("absent");
+        let spec = spec_with_path(Some("/default/web-1"));
+        assert_eq!(unified_dir(&unified, &missing, &spec), None);
+        assert_eq!(unified_dir(&missing, &memory, &spec), None);
+    }
+
+    #[test]
+    fn make_dirs_reports_what_it_made_and_remove_dirs_keeps_shared_parents() {
+        let (_tmp, unified, _memory) = fake_hybrid();
+        let a = unified.join("ns/pod/a");
+        let made = make_dirs(&unified, &a).expect("make a");
+        assert_eq!(
+            made,
+            vec![unified.join("ns"), unified.join("ns/pod"), a.clone()]
+        );
+        // A sibling made afterwards owns only its own leaf.
+        let b = unified.join("ns/pod/b");
+        assert_eq!(make_dirs(&unified, &b).expect("make b"), vec![b.clone()]);
+        // Removing a's directories leaves the parents b still needs.
+        remove_dirs(&made);
+        assert!(!a.exists() && b.exists());
+        assert!(make_dirs(&unified, Path::new("/elsewhere")).is_err());
+        // A file in the way is an error, not a directory made.
+        std::fs::write(unified.join("file"), "").expect("file");
+        assert!(make_dirs(&unified, &unified.join("file/y")).is_err());
     }
 }

@@ -51,6 +51,16 @@ pub fn work(request: Request, stdio: Stdio) -> Reply {
         Request::Pause { id, root } => load(&root, &id).and_then(|mut c| c.pause()).map(|_| None),
         Request::Resume { id, root } => load(&root, &id).and_then(|mut c| c.resume()).map(|_| None),
         Request::Delete { id, root } => delete(&id, &root).map(|_| None),
+        Request::JoinCgroup { dir, .. } => {
+            // "0" is the writing process: this worker, which exits right after.
+            return match std::fs::write(dir.join("cgroup.procs"), "0") {
+                Ok(()) => Reply::Ok { pid: None },
+                Err(e) => Reply::Err {
+                    failure: Failure::Other,
+                    message: format!("joining {}: {e}", dir.display()),
+                },
+            };
+        }
     };
     match result {
         Ok(pid) => Reply::Ok { pid },

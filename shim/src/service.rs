@@ -408,5 +408,7 @@ async fn serve_async(
         }
     }
     let _ = server.shutdown().await;
+    // Events still queued (TaskDelete of the last container) reach containerd before we exit.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), shared.events.flush()).await;
     Ok(())
 }

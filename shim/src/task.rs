@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -29,10 +29,11 @@ use tokio::sync::Notify;
 
 use crate::container::{self, Container};
 use crate::error::{Result, ShimError};
+use crate::events::Events;
 use crate::io::{self, ProcessIo, StdioPaths};
 use crate::metrics::{self, CgroupDirs};
 use crate::oom;
-use crate::predict::Augment;
+use crate::predict::{self, Augment};
 use crate::process::{ExitInfo, Process};
 use crate::reaper::Reaper;
 use crate::zygote::{self, Failure, Reply, Request, Zygote};
@@ -44,15 +45,28 @@ pub struct Shared {
     pub state_root: PathBuf,
     pub zygote: Zygote,
     pub reaper: Arc<Reaper>,
-    pub publisher: RemotePublisher,
+    /// Task events for containerd, sent in order in the background.
+    pub events: Events,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Notified when the shim should exit (Shutdown with no containers left).
     pub exit: Arc<Notify>,
-    /// Creates in flight: a Shutdown must not end the shim under a sibling's Create.
+    /// Creates in flight and deletes finishing after their reply: a Shutdown must not end the shim under them.
     pending: AtomicUsize,
+    /// Deletes finishing after their reply, by container id: done when the value turns true.
+    deleting: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
+    /// containerd asked the shim to shut down: it exits as soon as it is idle.
+    shut_down: AtomicBool,
 }
 
 impl Shared {
+    /// After a Shutdown: lets the shim exit once it is idle.
+    fn exit_if_shut_down(&self) {
+        if self.shut_down.load(Ordering::SeqCst) && self.idle() {
+            tracing::info!("shutdown: no containers left");
+            self.exit.notify_one();
+        }
+    }
+
     /// True when the shim holds no containers and no create is under way.
     pub fn idle(&self) -> bool {
         self.pending.load(Ordering::SeqCst) == 0
@@ -84,10 +98,12 @@ impl TaskService {
                 state_root,
                 zygote,
                 reaper,
-                publisher,
+                events: Events::start(publisher, namespace.to_string()),
                 containers: Mutex::new(HashMap::new()),
                 exit,
                 pending: AtomicUsize::new(0),
+                deleting: Mutex::new(HashMap::new()),
+                shut_down: AtomicBool::new(false),
             }),
         }
     }
@@ -142,8 +158,8 @@ impl TaskService {
         }
     }
 
-    async fn publish<E: Event + MessageDyn>(&self, event: E) {
-        publish(&self.shared, event).await
+    fn publish<E: Event + MessageDyn>(&self, event: E) {
+        self.shared.events.send(event)
     }
 
     /// Waits for `pid` to exit in the background, then records and announces the exit.
@@ -164,7 +180,7 @@ impl TaskService {
             let mut oom_killed = false;
             if let Some(oom) = &oom {
                 if oom.check() {
-                    publish_oom(&shared, &container_id).await;
+                    publish_oom(&shared, &container_id);
                 }
                 oom_killed = oom.killed();
             }
@@ -178,18 +194,14 @@ impl TaskService {
             if let Some(a) = &augment {
                 a.exited(info.status, oom_killed);
             }
-            publish(
-                &shared,
-                TaskExit {
-                    container_id,
-                    id,
-                    pid: pid as u32,
-                    exit_status: info.status,
-                    exited_at: Some(info.at).into(),
-                    ..Default::default()
-                },
-            )
-            .await;
+            shared.events.send(TaskExit {
+                container_id,
+                id,
+                pid: pid as u32,
+                exit_status: info.status,
+                exited_at: Some(info.at).into(),
+                ..Default::default()
+            });
         });
     }
 
@@ -211,7 +223,7 @@ impl TaskService {
             });
             let forward = async {
                 while rx.recv().await.is_some() {
-                    publish_oom(&shared, &id).await;
+                    publish_oom(&shared, &id);
                 }
             };
             tokio::join!(watcher, forward);
@@ -238,10 +250,29 @@ impl TaskService {
                 id: req.id.clone(),
             });
         }
+        self.deleted(&req.id).await;
         let bundle = PathBuf::from(&req.bundle);
         let spec = container::read_spec(&bundle)?;
-        // Annotations are checked and the broker asked before anything is mounted or created.
-        let augment = {
+        let warmup = Warmup::start(&self.shared, &req.id, &spec);
+        // Lets the warm-up's request reach the zygote now, not at the create's first wait.
+        tokio::task::yield_now().await;
+        let result = self.create_container(&req, bundle, spec).await;
+        if let Some(w) = warmup {
+            w.finish(result.as_ref().ok().and_then(|(_, a)| a.as_deref()))
+                .await;
+        }
+        result.map(|(response, _)| response)
+    }
+
+    async fn create_container(
+        &self,
+        req: &CreateTaskRequest,
+        bundle: PathBuf,
+        spec: oci_spec::runtime::Spec,
+    ) -> Result<(CreateTaskResponse, Option<Arc<Augment>>)> {
+        // The broker is asked while the rootfs is mounted; a refusal (bad annotations) unmounts it again, so
+        // nothing is left behind.
+        let prepare = {
             let (id, ns, b) = (
                 req.id.clone(),
                 self.shared.namespace.clone(),
@@ -249,12 +280,31 @@ impl TaskService {
             );
             let spec = spec.clone();
             tokio::task::spawn_blocking(move || Augment::prepare(&id, &ns, &b, &spec))
-                .await
-                .map_err(|e| ShimError::Runtime {
+        };
+        let rootfs = bundle.join("rootfs");
+        let mounted = !req.rootfs.is_empty();
+        if mounted && let Err(e) = container::mount_rootfs(&req.rootfs, &rootfs).await {
+            let _ = prepare.await;
+            return Err(e);
+        }
+        let augment = match prepare.await {
+            Ok(Ok(augment)) => augment,
+            Ok(Err(e)) => {
+                if mounted {
+                    container::unmount_rootfs(&rootfs);
+                }
+                return Err(e);
+            }
+            Err(e) => {
+                if mounted {
+                    container::unmount_rootfs(&rootfs);
+                }
+                return Err(ShimError::Runtime {
                     op: "create",
                     id: req.id.clone(),
                     message: format!("registering with the broker: {e}"),
-                })??
+                });
+            }
         };
         let terminal = spec
             .process()
@@ -274,12 +324,7 @@ impl TaskService {
             terminal,
         };
 
-        let rootfs = bundle.join("rootfs");
-        let mounted = !req.rootfs.is_empty();
-        if mounted {
-            container::mount_rootfs(&req.rootfs, &rootfs).await?;
-        }
-        match self.create_init(&req, &bundle, paths).await {
+        match self.create_init(req, &bundle, paths).await {
             Ok((process, pid)) => {
                 let mut container = Container::new(&req.id, &bundle, process, mounted);
                 container.augment = augment.clone();
@@ -293,7 +338,7 @@ impl TaskService {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
-                self.watch_exit(&req.id, container.init.clone(), pid, oom, augment);
+                self.watch_exit(&req.id, container.init.clone(), pid, oom, augment.clone());
                 self.containers().insert(req.id.clone(), container);
                 self.publish(TaskCreate {
                     container_id: req.id.clone(),
@@ -310,12 +355,14 @@ impl TaskService {
                     checkpoint: req.checkpoint.clone(),
                     pid: pid as u32,
                     ..Default::default()
-                })
-                .await;
-                Ok(CreateTaskResponse {
-                    pid: pid as u32,
-                    ..Default::default()
-                })
+                });
+                Ok((
+                    CreateTaskResponse {
+                        pid: pid as u32,
+                        ..Default::default()
+                    },
+                    augment,
+                ))
             }
             Err(err) => {
                 if mounted {
@@ -408,8 +455,7 @@ impl TaskService {
                 container_id: req.id.clone(),
                 pid: pid as u32,
                 ..Default::default()
-            })
-            .await;
+            });
             return Ok(StartResponse {
                 pid: pid as u32,
                 ..Default::default()
@@ -421,8 +467,7 @@ impl TaskService {
             exec_id: req.exec_id.clone(),
             pid: pid as u32,
             ..Default::default()
-        })
-        .await;
+        });
         Ok(StartResponse {
             pid: pid as u32,
             ..Default::default()
@@ -504,30 +549,54 @@ impl TaskService {
                 req.id
             )));
         }
-        // Force-delete: kills a created-but-never-started init, removes cgroups and state.
-        self.call(
-            Request::Delete {
-                id: req.id.clone(),
-                root: self.shared.state_root.clone(),
-            },
-            zygote::Stdio::default(),
-        )
-        .await?;
-        let exit = tokio::time::timeout(std::time::Duration::from_secs(10), init.wait())
-            .await
-            .unwrap_or_else(|_| ExitInfo {
-                status: 137,
-                at: crate::process::now(),
-            });
-        for exec in container.exec_processes() {
-            shutdown_io(&exec).await;
-        }
-        shutdown_io(&init).await;
-        if let Some(a) = &container.augment {
-            // The run summary reaches the broker before the shim may exit.
-            a.wait().await;
-            a.cleanup();
-        }
+        // The stdio copies drain and the run summary reaches the broker (before the shim may exit).
+        let drain = async {
+            for exec in container.exec_processes() {
+                shutdown_io(&exec).await;
+            }
+            shutdown_io(&init).await;
+            if let Some(a) = &container.augment {
+                a.wait().await;
+            }
+        };
+        let exited = async {
+            tokio::time::timeout(std::time::Duration::from_secs(10), init.wait())
+                .await
+                .unwrap_or_else(|_| ExitInfo {
+                    status: 137,
+                    at: crate::process::now(),
+                })
+        };
+        let settled = init.status() == Status::STOPPED
+            && container
+                .exec_processes()
+                .iter()
+                .all(|p| !matches!(p.status(), Status::RUNNING | Status::PAUSED));
+        let exit = if settled {
+            // Every process has exited, so libcontainer's delete (cgroups and state, ~6 ms in a worker) has
+            // nothing to kill: it runs after the reply. A Create of the same id, and the shim's exit, wait for it.
+            drain.await;
+            let exit = exited.await;
+            self.delete_after_reply(&req.id, container.augment.clone());
+            exit
+        } else {
+            // Force-delete: kills a created-but-never-started init (or execs left running), then removes
+            // cgroups and state, before the reply.
+            self.call(
+                Request::Delete {
+                    id: req.id.clone(),
+                    root: self.shared.state_root.clone(),
+                },
+                zygote::Stdio::default(),
+            )
+            .await?;
+            let exit = exited.await;
+            drain.await;
+            if let Some(a) = &container.augment {
+                a.cleanup();
+            }
+            exit
+        };
         if let Some(h) = container
             .oom_watch
             .lock()
@@ -548,14 +617,61 @@ impl TaskService {
             exited_at: Some(exit.at.clone()).into(),
             id: req.id.clone(),
             ..Default::default()
-        })
-        .await;
+        });
         Ok(DeleteResponse {
             pid,
             exit_status: exit.status,
             exited_at: Some(exit.at).into(),
             ..Default::default()
         })
+    }
+
+    /// libcontainer's delete of a container whose processes have all exited, in the background. Until it is
+    /// done, the shim is not idle (it does not exit) and a Create of the same id waits.
+    fn delete_after_reply(&self, id: &str, augment: Option<Arc<Augment>>) {
+        let (done, wait) = tokio::sync::watch::channel(false);
+        self.shared.pending.fetch_add(1, Ordering::SeqCst);
+        self.shared
+            .deleting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), wait);
+        let me = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let request = Request::Delete {
+                id: id.clone(),
+                root: me.shared.state_root.clone(),
+            };
+            if let Err(e) = me.call(request, zygote::Stdio::default()).await {
+                tracing::warn!(container = %id, "removing the container's cgroups and state: {}", e.chain());
+            }
+            if let Some(a) = &augment {
+                a.cleanup();
+            }
+            me.shared
+                .deleting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            let _ = done.send(true);
+            me.shared.pending.fetch_sub(1, Ordering::SeqCst);
+            me.shared.exit_if_shut_down();
+        });
+    }
+
+    /// Waits until a delete of `id` still running after its reply is done.
+    async fn deleted(&self, id: &str) {
+        let wait = self
+            .shared
+            .deleting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        if let Some(mut wait) = wait {
+            let _ = wait.wait_for(|done| *done).await;
+        }
     }
 
     async fn do_exec(&self, req: ExecProcessRequest) -> Result<()> {
@@ -598,8 +714,7 @@ impl TaskService {
             container_id: req.id.clone(),
             exec_id: req.exec_id.clone(),
             ..Default::default()
-        })
-        .await;
+        });
         Ok(())
     }
 
@@ -669,15 +784,13 @@ impl TaskService {
             self.publish(TaskPaused {
                 container_id: id.to_string(),
                 ..Default::default()
-            })
-            .await;
+            });
         } else {
             container.init.set_status(Status::RUNNING);
             self.publish(TaskResumed {
                 container_id: id.to_string(),
                 ..Default::default()
-            })
-            .await;
+            });
         }
         Ok(())
     }
@@ -793,32 +906,79 @@ async fn shutdown_io(process: &Process) {
     }
 }
 
-async fn publish<E: Event + MessageDyn>(shared: &Shared, event: E) {
-    let topic = event.topic();
-    if let Err(e) = shared
-        .publisher
-        .publish(
-            containerd_shim_protos::ttrpc::context::Context::default(),
-            &topic,
-            &shared.namespace,
-            Box::new(event),
-        )
-        .await
-    {
-        tracing::warn!("publishing {topic}: {e}");
+/// Moving a process into a cgroup waits for an RCU grace period in the kernel (the writer side of the
+/// cgroup threadgroup rwsem: 5-25 ms on the 2-core test VM, HZ=250), unless another move happened within about
+/// one grace period. A create's first move is libcontainer's intermediate process joining the container's
+/// cgroups, ~8 ms into the create (broker registration, rootfs mount, worker fork, libcontainer's set-up), and
+/// the create waits the whole grace period there. So a create begins by having a zygote worker move itself into
+/// the container's cgroup2 directory (the one [`predict::join_unified`] puts the container in for its PSI files
+/// on a hybrid host) and exit: the grace period runs while that work happens, and libcontainer's moves find it
+/// passed. Nothing else changes: the directory is the container's own, made here instead of after the create.
+struct Warmup {
+    made: Vec<PathBuf>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Warmup {
+    fn start(shared: &Arc<Shared>, id: &str, spec: &oci_spec::runtime::Spec) -> Option<Warmup> {
+        let root = Path::new(predict::UNIFIED_ROOT);
+        let dir = predict::unified_dir(root, Path::new(predict::V1_MEMORY_ROOT), spec)?;
+        let made = match predict::make_dirs(root, &dir) {
+            Ok(made) => made,
+            Err(e) => {
+                tracing::debug!(
+                    container = id,
+                    "no cgroup2 directory {}: {e}",
+                    dir.display()
+                );
+                return None;
+            }
+        };
+        let shared = shared.clone();
+        let request = Request::JoinCgroup {
+            id: id.to_string(),
+            dir,
+        };
+        let task = tokio::spawn(async move {
+            match shared.zygote.call(&request, zygote::Stdio::default()).await {
+                Ok(Reply::Ok { .. }) => {}
+                Ok(Reply::Err { message, .. }) => tracing::debug!("{message}"),
+                Err(e) => tracing::debug!("{}", e.chain()),
+            }
+        });
+        Some(Warmup { made, task })
+    }
+
+    /// After the create: the container's monitor takes the directories (and removes them with the container),
+    /// or, without one or after a failed create, they are removed now.
+    async fn finish(self, monitor: Option<&Augment>) {
+        let _ = self.task.await;
+        match monitor {
+            Some(a) => a.adopt_unified(self.made),
+            None => {
+                // The worker replies before it exits: until it has, its directory is busy.
+                if let Some(inner) = self.made.last() {
+                    for _ in 0..100 {
+                        match std::fs::remove_dir(inner) {
+                            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                                tokio::time::sleep(std::time::Duration::from_millis(2)).await
+                            }
+                            _ => break,
+                        }
+                    }
+                }
+                predict::remove_dirs(&self.made);
+            }
+        }
     }
 }
 
-async fn publish_oom(shared: &Shared, id: &str) {
+fn publish_oom(shared: &Shared, id: &str) {
     tracing::warn!(container = %id, "the OOM killer acted in the container's cgroup");
-    publish(
-        shared,
-        TaskOOM {
-            container_id: id.to_string(),
-            ..Default::default()
-        },
-    )
-    .await;
+    shared.events.send(TaskOOM {
+        container_id: id.to_string(),
+        ..Default::default()
+    });
 }
 
 fn log_result<T>(op: &str, id: &str, result: Result<T>) -> ttrpc::Result<T> {
@@ -961,10 +1121,8 @@ impl Task for TaskService {
     }
 
     async fn shutdown(&self, _: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<Empty> {
-        if self.shared.idle() {
-            tracing::info!("shutdown: no containers left");
-            self.shared.exit.notify_one();
-        }
+        self.shared.shut_down.store(true, Ordering::SeqCst);
+        self.shared.exit_if_shut_down();
         Ok(Empty::new())
     }
 }

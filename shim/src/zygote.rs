@@ -83,6 +83,12 @@ pub enum Request {
         id: String,
         root: PathBuf,
     },
+    /// Move the worker itself into the cgroup `dir` (one the shim made for container `id`), then exit.
+    /// Sent as a create begins: see `task.rs`, `Warmup`.
+    JoinCgroup {
+        id: String,
+        dir: PathBuf,
+    },
 }
 
 impl Request {
@@ -95,6 +101,7 @@ impl Request {
             Request::Pause { .. } => "pause",
             Request::Resume { .. } => "resume",
             Request::Delete { .. } => "delete",
+            Request::JoinCgroup { .. } => "join-cgroup",
         }
     }
 
@@ -106,7 +113,8 @@ impl Request {
             | Request::Kill { id, .. }
             | Request::Pause { id, .. }
             | Request::Resume { id, .. }
-            | Request::Delete { id, .. } => id,
+            | Request::Delete { id, .. }
+            | Request::JoinCgroup { id, .. } => id,
         }
     }
 

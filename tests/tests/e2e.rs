@@ -81,6 +81,28 @@ fn exit_codes() {
     c.finish();
 }
 
+/// The shim removes a finished container's cgroups and state just after it answers Delete; a `ctr run` of the
+/// same id right away reaches the same shim (still finishing) and must wait for that, not collide with it.
+#[test]
+fn same_id_runs_back_to_back() {
+    let Some(c) = start("same_id_runs_back_to_back") else {
+        return;
+    };
+    let id = c.id("again");
+    for i in 0..6 {
+        let out = c.run(&id, &[], &["sh", "-c", &format!("echo run {i}; exit {i}")]);
+        assert!(!out.timed_out, "{out}");
+        assert_eq!(out.code, i, "{out}");
+        assert_eq!(out.stdout.trim(), format!("run {i}"), "{out}");
+    }
+    assert!(
+        c.containers().is_empty(),
+        "--rm left containers: {:?}",
+        c.containers()
+    );
+    c.finish();
+}
+
 #[test]
 fn sigkill_gives_137() {
     let Some(c) = start("sigkill_gives_137") else {
