@@ -914,6 +914,7 @@ async fn shutdown_io(process: &Process) {
 /// the container's cgroup2 directory (the one [`predict::join_unified`] puts the container in for its PSI files
 /// on a hybrid host) and exit: the grace period runs while that work happens, and libcontainer's moves find it
 /// passed. Nothing else changes: the directory is the container's own, made here instead of after the create.
+/// Measured (docs/BENCHMARKS.md): `ctr run --rm ... /bin/true` median 110 ms without, 101 ms with.
 struct Warmup {
     made: Vec<PathBuf>,
     task: tokio::task::JoinHandle<()>,
