@@ -721,19 +721,14 @@ pub fn join_unified(root: &Path, pid: i32) -> Vec<PathBuf> {
     let Some(v1) = v1.filter(|p| *p != "/" && Some(*p) != current) else {
         return Vec::new();
     };
-    let mut made = Vec::new();
-    let mut dir = root.to_path_buf();
-    for part in Path::new(v1.trim_start_matches('/')).components() {
-        dir.push(part);
-        match std::fs::create_dir(&dir) {
-            Ok(()) => made.push(dir.clone()),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                tracing::debug!("no cgroup2 directory for pid {pid}: {}: {e}", dir.display());
-                return made;
-            }
+    let dir = root.join(v1.trim_start_matches('/'));
+    let made = match make_dirs(root, &dir) {
+        Ok(made) => made,
+        Err(e) => {
+            tracing::debug!("no cgroup2 directory for pid {pid}: {}: {e}", dir.display());
+            return Vec::new();
         }
-    }
+    };
     if let Err(e) = std::fs::write(dir.join("cgroup.procs"), pid.to_string()) {
         tracing::debug!("moving pid {pid} into {}: {e}", dir.display());
     }

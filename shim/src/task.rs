@@ -398,13 +398,7 @@ impl TaskService {
                 .ok_or_else(|| ShimError::Zygote("create returned no pid".into()))?;
             if let Err(e) = pio.connect_console(&paths).await {
                 let _ = self
-                    .call(
-                        Request::Delete {
-                            id: req.id.clone(),
-                            root: self.shared.state_root.clone(),
-                        },
-                        zygote::Stdio::default(),
-                    )
+                    .call(self.delete_request(&req.id), zygote::Stdio::default())
                     .await;
                 return Err(e);
             }
@@ -582,14 +576,8 @@ impl TaskService {
         } else {
             // Force-delete: kills a created-but-never-started init (or execs left running), then removes
             // cgroups and state, before the reply.
-            self.call(
-                Request::Delete {
-                    id: req.id.clone(),
-                    root: self.shared.state_root.clone(),
-                },
-                zygote::Stdio::default(),
-            )
-            .await?;
+            self.call(self.delete_request(&req.id), zygote::Stdio::default())
+                .await?;
             let exit = exited.await;
             drain.await;
             if let Some(a) = &container.augment {
@@ -626,6 +614,14 @@ impl TaskService {
         })
     }
 
+    /// A force-delete through libcontainer: kills what is left, removes the container's cgroups and state.
+    fn delete_request(&self, id: &str) -> Request {
+        Request::Delete {
+            id: id.to_string(),
+            root: self.shared.state_root.clone(),
+        }
+    }
+
     /// libcontainer's delete of a container whose processes have all exited, in the background. Until it is
     /// done, the shim is not idle (it does not exit) and a Create of the same id waits.
     fn delete_after_reply(&self, id: &str, augment: Option<Arc<Augment>>) {
@@ -639,11 +635,10 @@ impl TaskService {
         let me = self.clone();
         let id = id.to_string();
         tokio::spawn(async move {
-            let request = Request::Delete {
-                id: id.clone(),
-                root: me.shared.state_root.clone(),
-            };
-            if let Err(e) = me.call(request, zygote::Stdio::default()).await {
+            if let Err(e) = me
+                .call(me.delete_request(&id), zygote::Stdio::default())
+                .await
+            {
                 tracing::warn!(container = %id, "removing the container's cgroups and state: {}", e.chain());
             }
             if let Some(a) = &augment {
