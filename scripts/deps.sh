@@ -6,7 +6,11 @@ set -euo pipefail
 PKGS=(containerd runc busybox-static stress-ng libseccomp-dev pkg-config iproute2 procps
       util-linux ca-certificates gnupg debian-archive-keyring xz-utils zstd
       # the CRI test's client (tests/cri/cri.py) and the manifest test
-      python3-grpcio python3-protobuf protobuf-compiler python3-yaml)
+      python3-grpcio python3-protobuf protobuf-compiler python3-yaml
+      # the cgroup v2 lane: a Debian 13 guest under qemu (scripts/guest-image.sh, scripts/guest-lane.sh)
+      qemu-system-x86 debootstrap
+      # libcontainer's cgroup v2 device filter (BPF): libbpf-sys builds libbpf, which needs libelf and zlib
+      libelf-dev zlib1g-dev)
 
 missing=()
 for p in "${PKGS[@]}"; do

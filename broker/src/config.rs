@@ -6,6 +6,7 @@
 //! socket = "/run/predictive/broker.sock"  # the API socket (mode 0600, or 0660 with allowed_gid)
 //! allowed_gid = 1001                       # peers with this gid may connect (root and our uid always may)
 //! tick_ms = 1000                           # controller period
+//! register_budget_ms = 50                  # how long a shim's Create waits for Register (then: the spec's limits)
 //! retrain_check_ms = 30000                 # how often the retrain thread asks the predictor if a retrain is due
 //! sample_flush_ms = 10000                  # how often buffered samples are written to the store
 //! host_cpu_cores = 8.0                     # default: the CPUs online
@@ -93,6 +94,9 @@ pub struct Config {
     pub allowed_gid: Option<u32>,
     /// Controller period, ms (default 1000).
     pub tick_ms: u64,
+    /// How long a shim's Create waits for the broker's answer to Register before it starts the container with
+    /// its spec's limits, ms (default 50; the shims read this key).
+    pub register_budget_ms: u64,
     /// Retrain check period, ms (default 30000).
     pub retrain_check_ms: u64,
     /// Sample flush period, ms (default 10000).
@@ -118,6 +122,7 @@ impl Default for Config {
             socket: PathBuf::from(crate::api::DEFAULT_SOCKET),
             allowed_gid: None,
             tick_ms: 1000,
+            register_budget_ms: 50,
             retrain_check_ms: 30_000,
             sample_flush_ms: 10_000,
             host_cpu_cores: None,

@@ -26,6 +26,7 @@ pub mod discovery;
 pub mod hook;
 pub mod net;
 pub mod oom;
+pub mod placement;
 mod parse;
 pub mod v1;
 pub mod v2;

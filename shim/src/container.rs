@@ -22,6 +22,8 @@ pub struct Container {
     pub oom: Mutex<Option<Arc<crate::oom::OomTracker>>>,
     /// Prediction, allocation and monitor (none in mode off).
     pub augment: Option<Arc<crate::predict::Augment>>,
+    /// The systemd unit that owns the container's cgroup (systemd cgroup driver only).
+    pub scope: Option<crate::systemd::Scope>,
 }
 
 impl Container {
@@ -35,6 +37,7 @@ impl Container {
             oom_watch: Mutex::new(None),
             oom: Mutex::new(None),
             augment: None,
+            scope: None,
         }
     }
 
@@ -136,4 +139,71 @@ pub fn unmount_rootfs(rootfs: &Path) {
     {
         tracing::warn!("unmounting {}: {e}", rootfs.display());
     }
+}
+
+/// Decides where the container's cgroup goes for the cgroupsPath in `spec` and the runtime options
+/// (`runtime_hooks::placement`) and, when the path must change (a systemd `slice:prefix:name` path on a host
+/// without systemd), rewrites `linux.cgroupsPath` in `bundle/config.json` and in `spec`. `None` when the spec
+/// names no cgroup (libcontainer's default applies).
+pub fn place_cgroup(
+    id: &str,
+    bundle: &Path,
+    spec: &mut Spec,
+    options: &crate::options::RuntimeOptions,
+) -> Result<Option<runtime_hooks::placement::Placement>> {
+    use runtime_hooks::placement::{self, PlacementError, SystemdHost};
+    let Some(given) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.to_string_lossy().into_owned())
+    else {
+        if options.systemd_cgroup {
+            tracing::warn!(container = id, "SystemdCgroup = true but the spec names no cgroupsPath");
+        }
+        return Ok(None);
+    };
+    let placed = placement::place(&given, options.systemd_cgroup, SystemdHost::current()).map_err(|e| match e {
+        PlacementError::SystemdUnavailable { .. } => {
+            ShimError::FailedPrecondition(format!("container {id}: {e}"))
+        }
+        e => ShimError::InvalidArgument(format!("container {id}: {e}")),
+    })?;
+    if placed.rewrites(&given) {
+        tracing::info!(
+            container = id,
+            given = %given.escape_debug(),
+            path = %placed.cgroups_path,
+            "a systemd cgroupsPath on a host without the systemd driver: the cgroup goes where systemd would put it"
+        );
+        edit_config(bundle, |v| {
+            let Some(linux) = v.get_mut("linux").and_then(|l| l.as_object_mut()) else {
+                return false;
+            };
+            linux.insert("cgroupsPath".into(), serde_json::json!(placed.cgroups_path));
+            true
+        })?;
+        if let Some(linux) = spec.linux_mut() {
+            linux.set_cgroups_path(Some(PathBuf::from(&placed.cgroups_path)));
+        }
+    }
+    Ok(Some(placed))
+}
+
+/// Edits `bundle/config.json` as JSON (fields oci-spec does not model are kept) and replaces it atomically;
+/// `edit` returns whether it changed anything.
+pub fn edit_config(bundle: &Path, edit: impl FnOnce(&mut serde_json::Value) -> bool) -> Result<()> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read(&path).map_err(ShimError::io(format!("reading {}", path.display())))?;
+    let mut spec: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
+        ShimError::InvalidArgument(format!("bundle {}: invalid config.json: {e}", bundle.display()))
+    })?;
+    if !spec.is_object() || !edit(&mut spec) {
+        return Ok(());
+    }
+    let tmp = bundle.join(".config.json.predictive");
+    let body = serde_json::to_vec(&spec)
+        .map_err(|e| ShimError::InvalidArgument(format!("encoding config.json: {e}")))?;
+    std::fs::write(&tmp, body).map_err(ShimError::io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, &path).map_err(ShimError::io(format!("replacing {}", path.display())))
 }

@@ -8,11 +8,13 @@ pub mod io;
 pub mod logging;
 pub mod metrics;
 pub mod oom;
+pub mod options;
 pub mod predict;
 pub mod process;
 pub mod reaper;
 pub mod runtime;
 pub mod service;
+pub mod systemd;
 pub mod task;
 pub mod zygote;
 

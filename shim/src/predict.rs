@@ -54,7 +54,7 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// Monitor period.
     pub tick: Duration,
-    /// Bound on Register at Create.
+    /// Bound on Register at Create (the config's `register_budget_ms`, default 50 ms).
     pub register_budget: Duration,
     /// `false` when `$PREDICTIVE_CONFIG` names a file that cannot be read: the broker it describes is unknown,
     /// so the shim neither contacts nor starts one (it never falls back to the host's default broker).
@@ -85,7 +85,7 @@ impl Settings {
             socket: cfg.socket,
             state_dir: cfg.state_dir,
             tick: Duration::from_millis(cfg.tick_ms.max(50)),
-            register_budget: Duration::from_millis(50),
+            register_budget: Duration::from_millis(cfg.register_budget_ms.clamp(1, 10_000)),
             enabled,
         }
     }
@@ -270,6 +270,8 @@ pub struct Augment {
     finished: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Directories this shim made in a hybrid host's cgroup2 tree, deepest last.
     unified: Mutex<Vec<PathBuf>>,
+    /// The systemd unit owning the cgroup (systemd driver): directives are set on it too.
+    scope: Mutex<Option<crate::systemd::Scope>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -391,7 +393,14 @@ impl Augment {
             monitor: Mutex::new(None),
             finished: Mutex::new(None),
             unified: Mutex::new(Vec::new()),
+            scope: Mutex::new(None),
         })))
+    }
+
+    /// The container's cgroup is a systemd unit's (systemd driver): every directive applied is set on the unit
+    /// too, so that systemd's next daemon-reload keeps it.
+    pub fn set_scope(&self, scope: crate::systemd::Scope) {
+        *lock(&self.scope) = Some(scope);
     }
 
     /// After libcontainer created the container (before its process runs): applies the registration's
@@ -524,6 +533,12 @@ impl Augment {
         };
         match broker::apply::apply(d, cg) {
             Ok(true) => {
+                if let Some(scope) = lock(&self.scope).as_ref()
+                    && let Some(resources) = unit_resources(&d.action)
+                    && let Err(e) = scope.sync(&resources)
+                {
+                    tracing::warn!(container = %self.id, action = ?d.action, "directive applied to the cgroup but not to its systemd unit (a daemon-reload would undo it): {}", broker::error_chain(&e));
+                }
                 let mut a = lock(&self.allocation);
                 match &d.action {
                     Action::SetCpu { cores } => a.cpu_cores = *cores,
@@ -629,6 +644,48 @@ impl Augment {
             m.abort();
         }
     }
+}
+
+/// The OCI resources a CPU or memory directive amounts to, for a systemd unit's properties; `None` for the
+/// rest (freezing is not a unit property systemd rewrites).
+fn unit_resources(action: &Action) -> Option<oci_spec::runtime::LinuxResources> {
+    use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxResources};
+    let mut r = LinuxResources::default();
+    match action {
+        Action::SetCpu { cores } => {
+            let mut cpu = LinuxCpu::default();
+            cpu.set_period(Some(100_000));
+            cpu.set_quota(Some(match cores {
+                Some(c) => ((c * 100_000.0).round() as i64).max(1000),
+                None => -1,
+            }));
+            r.set_cpu(Some(cpu));
+        }
+        Action::SetMemoryHigh {
+            high_bytes,
+            max_bytes,
+        } => {
+            let mut unified = std::collections::HashMap::new();
+            unified.insert(
+                "memory.high".to_owned(),
+                high_bytes.unwrap_or(u64::MAX).to_string(),
+            );
+            if let Some(m) = max_bytes {
+                unified.insert("memory.max".to_owned(), m.to_string());
+            }
+            r.set_unified(Some(unified));
+        }
+        Action::SetMemoryLimit {
+            limit_bytes: Some(l),
+            ..
+        } => {
+            let mut mem = LinuxMemory::default();
+            mem.set_limit(Some(i64::try_from(*l).unwrap_or(i64::MAX)));
+            r.set_memory(Some(mem));
+        }
+        _ => return None,
+    }
+    Some(r)
 }
 
 /// Where a hybrid host mounts its controller-less cgroup2 tree.

@@ -25,8 +25,9 @@ pub fn work(request: Request, stdio: Stdio) -> Reply {
             bundle,
             root,
             console_socket,
+            systemd,
             ..
-        } => create(&id, &bundle, &root, console_socket.as_deref(), stdio).map(Some),
+        } => create(&id, &bundle, &root, console_socket.as_deref(), systemd, stdio).map(Some),
         Request::Start { id, root } => load(&root, &id).and_then(|mut c| c.start()).map(|_| None),
         Request::Exec {
             id,
@@ -105,12 +106,13 @@ fn create(
     bundle: &Path,
     root: &Path,
     console_socket: Option<&Path>,
+    systemd: bool,
     stdio: Stdio,
 ) -> Result<i32, LibcontainerError> {
     let result = builder(id, root, console_socket, stdio)?
         .validate_id()?
         .as_init(bundle)
-        .with_systemd(false)
+        .with_systemd(systemd)
         .with_detach(true)
         .as_sibling(false)
         .build();

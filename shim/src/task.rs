@@ -25,6 +25,7 @@ use containerd_shim_protos::events::task::{
 use containerd_shim_protos::protobuf::MessageDyn;
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
+use runtime_hooks::placement::Driver;
 use tokio::sync::Notify;
 
 use crate::container::{self, Container};
@@ -33,9 +34,11 @@ use crate::events::Events;
 use crate::io::{self, ProcessIo, StdioPaths};
 use crate::metrics::{self, CgroupDirs};
 use crate::oom;
+use crate::options::RuntimeOptions;
 use crate::predict::{self, Augment};
 use crate::process::{ExitInfo, Process};
 use crate::reaper::Reaper;
+use crate::systemd::Scope;
 use crate::zygote::{self, Failure, Reply, Request, Zygote};
 
 /// Everything the task service shares with its background tasks.
@@ -252,11 +255,20 @@ impl TaskService {
         }
         self.deleted(&req.id).await;
         let bundle = PathBuf::from(&req.bundle);
-        let spec = container::read_spec(&bundle)?;
+        let mut spec = container::read_spec(&bundle)?;
+        let options = match req.options.as_ref() {
+            Some(any) => RuntimeOptions::decode(&any.type_url, &any.value)?,
+            None => RuntimeOptions::default(),
+        };
+        let placement = container::place_cgroup(&req.id, &bundle, &mut spec, &options)?;
+        let scope = placement
+            .as_ref()
+            .filter(|p| p.driver == Driver::Systemd)
+            .map(|p| Scope::new(&p.cgroups_path, &req.id));
         let warmup = Warmup::start(&self.shared, &req.id, &spec);
         // Lets the warm-up's request reach the zygote now, not at the create's first wait.
         tokio::task::yield_now().await;
-        let result = self.create_container(&req, bundle, spec).await;
+        let result = self.create_container(&req, bundle, spec, scope).await;
         if let Some(w) = warmup {
             w.finish(result.as_ref().ok().and_then(|(_, a)| a.as_deref()))
                 .await;
@@ -269,6 +281,7 @@ impl TaskService {
         req: &CreateTaskRequest,
         bundle: PathBuf,
         spec: oci_spec::runtime::Spec,
+        scope: Option<Scope>,
     ) -> Result<(CreateTaskResponse, Option<Arc<Augment>>)> {
         // The broker is asked while the rootfs is mounted; a refusal (bad annotations) unmounts it again, so
         // nothing is left behind.
@@ -324,10 +337,14 @@ impl TaskService {
             terminal,
         };
 
-        match self.create_init(req, &bundle, paths).await {
+        match self.create_init(req, &bundle, paths, scope.is_some()).await {
             Ok((process, pid)) => {
                 let mut container = Container::new(&req.id, &bundle, process, mounted);
                 container.augment = augment.clone();
+                if let (Some(a), Some(s)) = (&augment, &scope) {
+                    a.set_scope(s.clone());
+                }
+                container.scope = scope;
                 let container = Arc::new(container);
                 if let Some(a) = &augment {
                     a.created(pid);
@@ -378,6 +395,7 @@ impl TaskService {
         req: &CreateTaskRequest,
         bundle: &Path,
         paths: StdioPaths,
+        systemd: bool,
     ) -> Result<(Process, i32)> {
         std::fs::create_dir_all(&self.shared.state_root).map_err(ShimError::io(format!(
             "creating state root {}",
@@ -390,6 +408,7 @@ impl TaskService {
             root: self.shared.state_root.clone(),
             console_socket: console,
             stdio: stdio.fds(),
+            systemd,
         };
         let result = async {
             let pid = self
@@ -810,7 +829,16 @@ impl TaskService {
             .ok_or_else(|| ShimError::InvalidArgument("update carries no resources".into()))?;
         let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
             .map_err(|e| ShimError::InvalidArgument(format!("invalid linux resources: {e}")))?;
+        let scope = container.scope.clone();
         tokio::task::spawn_blocking(move || {
+            // systemd's unit first, as runc does: a refusal there changes nothing, and the cgroup files written
+            // next are not put back by systemd's next daemon-reload.
+            if let Some(scope) = &scope {
+                scope.sync(&resources).map_err(|e| ShimError::FailedPrecondition(format!(
+                    "update: {}",
+                    broker::error_chain(&e)
+                )))?;
+            }
             let cgroup = containerd_shim::cgroup::get_cgroup(pid)
                 .map_err(ShimError::shim(format!("finding the cgroup of pid {pid}")))?;
             containerd_shim::cgroup::update_resources(&cgroup, &resources)

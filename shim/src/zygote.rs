@@ -52,6 +52,9 @@ pub enum Request {
         root: PathBuf,
         console_socket: Option<PathBuf>,
         stdio: StdioFds,
+        /// libcontainer's systemd cgroup driver (runtime_hooks::placement decided).
+        #[serde(default)]
+        systemd: bool,
     },
     Start {
         id: String,
@@ -472,6 +475,7 @@ mod tests {
                 root: "/nonexistent".into(),
                 console_socket: None,
                 stdio: stdio.fds(),
+                systemd: false,
             };
             let reply = zygote.call(&create, stdio).await.expect("call");
             assert_eq!(reply, Reply::Ok { pid: Some(100) });

@@ -167,7 +167,7 @@ impl Containerd {
     }
 
     pub fn ctr(&self, args: &[&str]) -> Output {
-        self.ctr_with(args, CTR_TIMEOUT)
+        self.ctr_with(args, CTR_TIMEOUT * self.settings.slow())
     }
 
     pub fn ctr_with(&self, args: &[&str], timeout: Duration) -> Output {
@@ -330,6 +330,88 @@ impl Containerd {
 
     pub fn cgroup_v2_host() -> bool {
         Path::new("/sys/fs/cgroup/cgroup.controllers").is_file()
+    }
+
+    /// A file of the container's cgroup, trimmed: `v1` is (controller, file) on a v1 host, `v2` the file on a v2
+    /// host.
+    pub fn cg_file(&self, id: &str, v1: (&str, &str), v2: &str) -> Option<String> {
+        let path = if Self::cgroup_v2_host() {
+            self.cgroup_dir("", id).join(v2)
+        } else {
+            self.cgroup_dir(v1.0, id).join(v1.1)
+        };
+        std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
+    }
+
+    /// The CPU bandwidth limit in force: quota per 100 ms period in microseconds, -1 for none
+    /// (`cpu.cfs_quota_us` on v1, `cpu.max` on v2).
+    pub fn cpu_quota_us(&self, id: &str) -> Option<i64> {
+        let text = self.cg_file(id, ("cpu", "cpu.cfs_quota_us"), "cpu.max")?;
+        match text.split_whitespace().next()? {
+            "max" => Some(-1),
+            q => q.parse().ok(),
+        }
+    }
+
+    /// The memory the container may use before the kernel throttles or stops it: `memory.limit_in_bytes` on
+    /// v1; on v2 `memory.high` (the broker's allocation), or `memory.max` where that is unlimited. `u64::MAX` for
+    /// no limit.
+    pub fn memory_allocation(&self, id: &str) -> Option<u64> {
+        if Self::cgroup_v2_host() {
+            let high = parse_limit(&self.cg_file(id, ("", ""), "memory.high")?)?;
+            if high != u64::MAX {
+                return Some(high);
+            }
+        }
+        self.memory_max(id)
+    }
+
+    /// The hard memory limit: `memory.limit_in_bytes` on v1, `memory.max` on v2 (`u64::MAX` for none).
+    pub fn memory_max(&self, id: &str) -> Option<u64> {
+        parse_limit(&self.cg_file(id, ("memory", "memory.limit_in_bytes"), "memory.max")?)
+    }
+
+    /// Memory in use now (`memory.usage_in_bytes` / `memory.current`).
+    pub fn memory_usage(&self, id: &str) -> Option<u64> {
+        self.cg_file(id, ("memory", "memory.usage_in_bytes"), "memory.current")?
+            .parse()
+            .ok()
+    }
+
+    /// The most memory used (`memory.max_usage_in_bytes` / `memory.peak`).
+    pub fn memory_peak(&self, id: &str) -> Option<u64> {
+        self.cg_file(id, ("memory", "memory.max_usage_in_bytes"), "memory.peak")?
+            .parse()
+            .ok()
+    }
+
+    /// OOM kills in the cgroup (`oom_kill` of `memory.oom_control` / `memory.events`).
+    pub fn oom_kills(&self, id: &str) -> Option<u64> {
+        let text = self.cg_file(id, ("memory", "memory.oom_control"), "memory.events")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Whether the cgroup is frozen (`freezer.state` FROZEN / `cgroup.events` frozen 1).
+    pub fn frozen(&self, id: &str) -> Option<bool> {
+        if Self::cgroup_v2_host() {
+            let events = self.cg_file(id, ("", ""), "cgroup.events")?;
+            return Some(events.lines().any(|l| l.trim() == "frozen 1"));
+        }
+        Some(self.cg_file(id, ("freezer", "freezer.state"), "")? == "FROZEN")
+    }
+
+    /// Thaws the cgroup behind the runtime's back (a test's teardown).
+    pub fn thaw(&self, id: &str) {
+        let _ = if Self::cgroup_v2_host() {
+            std::fs::write(self.cgroup_dir("", id).join("cgroup.freeze"), "0")
+        } else {
+            std::fs::write(
+                self.cgroup_dir("freezer", id).join("freezer.state"),
+                "THAWED",
+            )
+        };
     }
 
     pub fn log(&self) -> String {
@@ -509,4 +591,13 @@ pub fn ensure_image_tar(settings: &Settings, file: &str, args: &[&str]) -> PathB
         .args(args);
     run_cmd(cmd, Duration::from_secs(320)).expect_ok(&format!("building {file}"));
     tar
+}
+
+/// A memory limit file's value: bytes, or `u64::MAX` for `max` (v2) and v1's page-rounded "unlimited".
+fn parse_limit(text: &str) -> Option<u64> {
+    if text == "max" {
+        return Some(u64::MAX);
+    }
+    let v: u64 = text.parse().ok()?;
+    Some(if v >= (1 << 62) { u64::MAX } else { v })
 }

@@ -14,6 +14,7 @@ pub mod cmd;
 pub mod containerd;
 pub mod cri;
 pub mod docker;
+pub mod kubelet;
 pub mod pty;
 pub mod settings;
 pub mod ttrpc;

@@ -7,6 +7,7 @@
 //! | `PREDICTIVE_E2E_SHIM_DIR` | `<workspace>/target/release` | put first on containerd's PATH |
 //! | `PREDICTIVE_E2E_CACHE` | `/var/cache/predictive-e2e` | unpacked containerd packages, the image tar |
 //! | `PREDICTIVE_E2E_KEEP` | unset | `1`: keep a failed test's containerd dir (log, state) |
+//! | `PREDICTIVE_E2E_GUEST` | unset | `1`: running in the emulated cgroup v2 guest (scripts/guest-lane.sh): [`Settings::slow`] is 3 |
 
 use std::path::PathBuf;
 
@@ -23,6 +24,8 @@ pub struct Settings {
     pub cache: PathBuf,
     pub workspace: PathBuf,
     pub keep: bool,
+    /// Running in the emulated cgroup v2 guest (scripts/guest-lane.sh).
+    pub guest: bool,
 }
 
 impl Settings {
@@ -48,8 +51,16 @@ impl Settings {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/var/cache/predictive-e2e")),
             keep: var("PREDICTIVE_E2E_KEEP").is_some_and(|v| v == "1"),
+            guest: var("PREDICTIVE_E2E_GUEST").is_some_and(|v| v == "1"),
             workspace,
         }
+    }
+
+    /// How much slower than this host the machine under test is: 3 in the emulated guest (software CPU emulation,
+    /// measured 3-8x), else 1. Bounds on external commands and broker ticks are multiplied by it; what a test
+    /// asserts in ticks stays the same.
+    pub fn slow(&self) -> u32 {
+        if self.guest { 3 } else { 1 }
     }
 
     pub fn is_predictive(&self) -> bool {

@@ -10,16 +10,36 @@ use broker::api::{Explain, Status};
 use broker::client::Client;
 use predictive_e2e::Containerd;
 use predictive_e2e::cmd::wait_until;
+use predictive_e2e::settings::Settings;
 
-/// Broker settings for these tests: a short tick, retraining after every run once a task type has 3 runs,
-/// and a CPU floor so a predicted-idle task is not starved while the test waits for it.
-const FAST: &str = "tick_ms = 500\nretrain_check_ms = 200\n";
+/// Broker settings for these tests: a short tick (500 ms, times [`Settings::slow`] in the emulated guest: what
+/// the tests assert is counted in ticks), retraining after every run once a task type has 3 runs.
+fn fast() -> String {
+    let slow = Settings::from_env().slow();
+    // Register answers in 1-10 ms here, 10-90 ms under emulation: the shims' budget for it (default 50 ms) too.
+    let budget = if slow > 1 { 1000 } else { 50 };
+    format!(
+        "tick_ms = {}\nretrain_check_ms = {}\nregister_budget_ms = {budget}\n",
+        500 * slow,
+        200 * slow
+    )
+}
 const RETRAIN: &str = "[retrain]\nnew_runs = 1\nmin_runs = 3\n";
 
-/// Starts a containerd whose broker has [`FAST`] settings plus `top` (top-level keys) and `controller` (keys
+/// `n` seconds on this host, `n` x [`Settings::slow`] in the emulated guest.
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n * u64::from(Settings::from_env().slow()))
+}
+
+/// The broker's tick in these tests.
+fn tick() -> Duration {
+    Duration::from_millis(500 * u64::from(Settings::from_env().slow()))
+}
+
+/// Starts a containerd whose broker has [`fast`] settings plus `top` (top-level keys) and `controller` (keys
 /// of the `[controller]` table).
 fn start(test: &str, top: &str, controller: &str) -> Option<Containerd> {
-    let toml = format!("{FAST}{top}\n[controller]\n{controller}\n{RETRAIN}");
+    let toml = format!("{}{top}\n[controller]\n{controller}\n{RETRAIN}", fast());
     let c = Containerd::start_with_broker(test, &toml)?;
     if !c.settings.is_predictive() {
         println!(
@@ -33,26 +53,13 @@ fn start(test: &str, top: &str, controller: &str) -> Option<Containerd> {
 }
 
 fn client(c: &Containerd) -> Client {
-    Client::new(c.broker_socket(), Duration::from_secs(5))
+    Client::new(c.broker_socket(), secs(5))
 }
 
 fn status(c: &Containerd) -> Option<Status> {
     client(c).status().ok()
 }
 
-fn cg(c: &Containerd, controller: &str, id: &str, file: &str) -> Option<String> {
-    std::fs::read_to_string(c.cgroup_dir(controller, id).join(file))
-        .ok()
-        .map(|s| s.trim().to_owned())
-}
-
-fn cg_u64(c: &Containerd, controller: &str, id: &str, file: &str) -> Option<u64> {
-    cg(c, controller, id, file)?.parse().ok()
-}
-
-fn cg_i64(c: &Containerd, controller: &str, id: &str, file: &str) -> Option<i64> {
-    cg(c, controller, id, file)?.parse().ok()
-}
 
 /// Runs one container of `task_type` in the foreground and checks it exited 0.
 fn run_ok(c: &Containerd, name: &str, flags: &[&str], cmd: &[&str]) -> String {
@@ -64,7 +71,7 @@ fn run_ok(c: &Containerd, name: &str, flags: &[&str], cmd: &[&str]) -> String {
 
 /// Waits until the broker has a model for `task_type` (3 runs recorded and retrained).
 fn wait_model(c: &Containerd, task_type: &str) {
-    let ok = wait_until(Duration::from_secs(20), || {
+    let ok = wait_until(secs(20), || {
         let m = client(c).models().ok()?;
         m.task_types
             .iter()
@@ -118,7 +125,8 @@ fn annotations(v: &[String]) -> Vec<&str> {
 
 /// Acceptance 1 and 3 (room): the first run of a task type starts with its spec limits; after three runs the
 /// next starts with the predicted memory (within its real usage's interval); a run that outgrows its
-/// prediction waits at its allocation (v1: OOM killer off) and is grown, never OOM-killed.
+/// prediction waits at its allocation (v1: OOM killer off; v2: `memory.high` under `memory.max` at the user's
+/// limit) and is grown, never OOM-killed.
 #[test]
 fn predicted_limits_from_history_and_growth_past_prediction() {
     let Some(c) = start(
@@ -139,9 +147,9 @@ fn predicted_limits_from_history_and_growth_past_prediction() {
     // First run: cold start, the spec's limit.
     let first = c.id("mem-first");
     c.run_detached(&first, &flags, &work);
-    let at_start = cg_u64(&c, "memory", &first, "memory.limit_in_bytes");
+    let at_start = c.memory_allocation(&first);
     assert_eq!(at_start, Some(limit), "a cold start keeps the spec's limit");
-    c.wait_status(&first, "STOPPED", Duration::from_secs(30));
+    c.wait_status(&first, "STOPPED", secs(30));
     c.remove(&first);
     for i in 0..2 {
         run_ok(&c, &format!("mem-hist{i}"), &flags, &work);
@@ -151,10 +159,12 @@ fn predicted_limits_from_history_and_growth_past_prediction() {
     // Fourth run: the predicted upper bound, well under the spec's limit, and above what it really uses.
     let id = c.id("mem-pred");
     c.run_detached(&id, &flags, &work);
-    let predicted = cg_u64(&c, "memory", &id, "memory.limit_in_bytes").expect("memory limit");
-    let oom_disabled = cg(&c, "memory", &id, "memory.oom_control").unwrap_or_default();
-    c.wait_status(&id, "STOPPED", Duration::from_secs(30));
-    let peak = cg_u64(&c, "memory", &id, "memory.max_usage_in_bytes").expect("peak");
+    let predicted = c.memory_allocation(&id).expect("memory allocation");
+    let oom_disabled = c
+        .cg_file(&id, ("memory", "memory.oom_control"), "memory.max")
+        .unwrap_or_default();
+    c.wait_status(&id, "STOPPED", secs(30));
+    let peak = c.memory_peak(&id).expect("peak");
     let code = c.ctr(&["t", "rm", &id]);
     c.remove(&id);
     println!("predicted allocation {predicted} bytes, real peak {peak} bytes, spec limit {limit}");
@@ -170,10 +180,17 @@ fn predicted_limits_from_history_and_growth_past_prediction() {
         predicted <= (peak * 3).max(peak + (48 << 20)),
         "predicted {predicted} is far above the real peak {peak}"
     );
-    assert!(
-        oom_disabled.contains("oom_kill_disable 1"),
-        "below the user's limit the OOM killer waits (v1): {oom_disabled}"
-    );
+    if Containerd::cgroup_v2_host() {
+        assert_eq!(
+            oom_disabled, lim,
+            "v2: memory.max stays at the user's limit (memory.high holds the prediction)"
+        );
+    } else {
+        assert!(
+            oom_disabled.contains("oom_kill_disable 1"),
+            "below the user's limit the OOM killer waits (v1): {oom_disabled}"
+        );
+    }
     let _ = code;
 
     // Fifth run outgrows the prediction by 4x: it must be grown, not killed.
@@ -219,11 +236,13 @@ fn idle_neighbour_lends_cpu_and_gets_it_back() {
     ) else {
         return;
     };
-    let tick = Duration::from_millis(500);
+    let tick = tick();
     idle_history(&c, "e2e-borrower");
     let a = c.id("lender");
     let b = c.id("borrower");
-    // A idles 10 s, then spins.
+    // A idles 10 s (x slow in the guest), then spins.
+    let idle = secs(10);
+    let a_cmd = format!("sleep {}; while :; do :; done", idle.as_secs());
     c.run_detached(
         &a,
         &[
@@ -232,7 +251,7 @@ fn idle_neighbour_lends_cpu_and_gets_it_back() {
             "--annotation",
             "io.predictive.task-type=e2e-lender",
         ],
-        &["sh", "-c", "sleep 10; while :; do :; done"],
+        &["sh", "-c", &a_cmd],
     );
     let a_started = Instant::now();
     c.run_detached(
@@ -240,27 +259,27 @@ fn idle_neighbour_lends_cpu_and_gets_it_back() {
         &["--annotation", "io.predictive.task-type=e2e-borrower"],
         &["sh", "-c", "while :; do :; done"],
     );
-    let b_quota = cg_i64(&c, "cpu", &b, "cpu.cfs_quota_us").expect("B quota");
+    let b_quota = c.cpu_quota_us(&b).expect("B quota");
     assert!(
         (1..=20_000).contains(&b_quota),
         "B should start with its small predicted quota: {b_quota}"
     );
     let b_started = Instant::now();
-    let lease = wait_until(Duration::from_secs(8), || {
+    let lease = wait_until(secs(8), || {
         let st = status(&c)?;
         let l = st
             .leases
             .iter()
             .find(|l| l.holder == b && l.lender.as_deref() == Some(a.as_str()))?
             .clone();
-        let quota = cg_i64(&c, "cpu", &b, "cpu.cfs_quota_us")?;
+        let quota = c.cpu_quota_us(&b)?;
         (quota > b_quota).then_some((l, quota, b_started.elapsed()))
     });
     let (lease, quota, after) = lease.unwrap_or_else(|| {
         panic!(
             "no lease from {a} to {b}: status {:?}, B quota {:?}",
             status(&c),
-            cg(&c, "cpu", &b, "cpu.cfs_quota_us")
+            c.cpu_quota_us(&b)
         )
     });
     println!(
@@ -275,27 +294,27 @@ fn idle_neighbour_lends_cpu_and_gets_it_back() {
         "B's quota rose only after {after:?} (tick {tick:?})"
     );
     // A's own shim applies its side of the lease at its next report.
-    let a_lent = wait_until(Duration::from_secs(3), || {
-        cg_i64(&c, "cpu", &a, "cpu.cfs_quota_us").filter(|q| *q < 145_000)
+    let a_lent = wait_until(secs(3), || {
+        c.cpu_quota_us(&a).filter(|q| *q < 145_000)
     });
     assert!(
         a_lent.is_some(),
         "A's quota did not go down by its loan: {:?}",
-        cg(&c, "cpu", &a, "cpu.cfs_quota_us")
+        c.cpu_quota_us(&a)
     );
 
     // A turns busy at 10 s: it must have its 1.45 cores back within 2 ticks (+1 for the report cycle).
-    let busy_at = Duration::from_secs(10).saturating_sub(a_started.elapsed());
+    let busy_at = idle.saturating_sub(a_started.elapsed());
     std::thread::sleep(busy_at);
     let since = Instant::now();
-    let back = wait_until(Duration::from_secs(8), || {
-        (cg_i64(&c, "cpu", &a, "cpu.cfs_quota_us")? >= 145_000).then(|| since.elapsed())
+    let back = wait_until(secs(8), || {
+        (c.cpu_quota_us(&a)? >= 145_000).then(|| since.elapsed())
     });
     let st = status(&c);
     let back = back.unwrap_or_else(|| {
         panic!(
             "A never got its CPU back: quota {:?}, status {st:?}",
-            cg(&c, "cpu", &a, "cpu.cfs_quota_us")
+            c.cpu_quota_us(&a)
         )
     });
     println!(
@@ -354,42 +373,29 @@ fn no_room_pauses_the_lower_priority_task() {
             "head -c 209715200 /dev/zero > /fill/x; sleep 1000",
         ],
     );
-    let filled = wait_until(Duration::from_secs(20), || {
-        (cg_u64(&c, "memory", &low, "memory.usage_in_bytes")? > 200 << 20).then_some(())
+    let filled = wait_until(secs(20), || {
+        (c.memory_usage(&low)? > 200 << 20).then_some(())
     });
     assert!(filled.is_some(), "L never reached 200 MiB");
     let high = c.id("high");
     let big = alloc(160, "sleep 1000");
     c.run_detached(&high, &hi, &strs(&big));
-    let frozen = wait_until(Duration::from_secs(15), || {
-        (cg(&c, "freezer", &low, "freezer.state")? == "FROZEN").then_some(())
-    });
+    let frozen = wait_until(secs(15), || c.frozen(&low)?.then_some(()));
     let decisions = client(&c).explain(&Explain::default()).map(|d| d.decisions);
     assert!(
         frozen.is_some(),
-        "L was not paused: {:?}; decisions {decisions:#?}",
-        cg(&c, "freezer", &low, "freezer.state")
+        "L was not paused: frozen {:?}; decisions {decisions:#?}",
+        c.frozen(&low)
     );
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(secs(2));
     assert_eq!(
         c.status(&high).as_deref(),
         Some("RUNNING"),
         "H must not be killed"
     );
-    assert_eq!(
-        cg(&c, "memory", &high, "memory.oom_control")
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.starts_with("oom_kill "))
-            .map(str::to_owned),
-        Some("oom_kill 0".to_owned()),
-        "H was OOM-killed"
-    );
+    assert_eq!(c.oom_kills(&high), Some(0), "H was OOM-killed");
     // Thaw so the teardown can kill L.
-    let _ = std::fs::write(
-        c.cgroup_dir("freezer", &low).join("freezer.state"),
-        "THAWED",
-    );
+    c.thaw(&low);
     c.finish();
 }
 
@@ -433,16 +439,18 @@ fn observe_changes_nothing_and_off_never_contacts_the_broker() {
     let id = c.id("observe");
     let obs = alloc(16, "sleep 4");
     c.run_detached(&id, &obs_flags, &strs(&obs));
+    // (v1 controller, v1 file, v2 file)
     let files = [
-        ("memory", "memory.limit_in_bytes"),
-        ("memory", "memory.oom_control"),
-        ("cpu", "cpu.cfs_quota_us"),
-        ("freezer", "freezer.state"),
+        ("memory", "memory.limit_in_bytes", "memory.max"),
+        ("memory", "memory.oom_control", "memory.high"),
+        ("cpu", "cpu.cfs_quota_us", "cpu.max"),
+        ("freezer", "freezer.state", "cgroup.freeze"),
     ];
-    let before: Vec<_> = files.iter().map(|(k, f)| cg(&c, k, &id, f)).collect();
+    let read = || -> Vec<_> { files.iter().map(|(k, f, v2)| c.cg_file(&id, (k, f), v2)).collect() };
+    let before = read();
     assert_eq!(before[0].as_deref(), Some(lim.as_str()));
-    std::thread::sleep(Duration::from_secs(3));
-    let after: Vec<_> = files.iter().map(|(k, f)| cg(&c, k, &id, f)).collect();
+    std::thread::sleep(tick() * 6);
+    let after = read();
     assert_eq!(before, after, "observe changed a cgroup file");
     let d = client(&c)
         .explain(&Explain {
@@ -464,7 +472,7 @@ fn observe_changes_nothing_and_off_never_contacts_the_broker() {
         })
         .expect("explain");
     assert!(off_seen.decisions.is_empty(), "the broker knows {off}");
-    c.wait_status(&id, "STOPPED", Duration::from_secs(30));
+    c.wait_status(&id, "STOPPED", secs(30));
     c.remove(&id);
     c.finish();
 }
@@ -489,7 +497,7 @@ fn broker_kill9_restart_keeps_containers_records_and_leases() {
         &["--annotation", "io.predictive.task-type=e2e-k9"],
         &["sh", "-c", "while :; do :; done"],
     );
-    let lease = wait_until(Duration::from_secs(10), || {
+    let lease = wait_until(secs(10), || {
         status(&c)?
             .leases
             .into_iter()
@@ -497,7 +505,7 @@ fn broker_kill9_restart_keeps_containers_records_and_leases() {
     })
     .unwrap_or_else(|| panic!("no lease formed: {:?}", status(&c)));
     // Let the tick persist it and the recorder commit the decisions.
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(secs(1));
     let before = client(&c)
         .explain(&Explain {
             container_id: None,
@@ -515,11 +523,11 @@ fn broker_kill9_restart_keeps_containers_records_and_leases() {
         "lease {} not committed: {committed:?}",
         lease.id
     );
-    let quota_b = cg_i64(&c, "cpu", &b, "cpu.cfs_quota_us").expect("B quota");
+    let quota_b = c.cpu_quota_us(&b).expect("B quota");
     let pid = c.broker_pid().expect("broker running");
     // SAFETY: killing the broker this test's shims started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    let gone = wait_until(Duration::from_secs(5), || {
+    let gone = wait_until(secs(5), || {
         (!PathBuf::from(format!("/proc/{pid}")).exists()
             || std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .is_ok_and(|s| s.contains(") Z")))
@@ -530,11 +538,11 @@ fn broker_kill9_restart_keeps_containers_records_and_leases() {
     assert_eq!(c.status(&b).as_deref(), Some("RUNNING"));
     // The shims start a broker again themselves (what systemd's Restart= would do otherwise).
     let killed_at = Instant::now();
-    let new_pid = wait_until(Duration::from_secs(15), || {
+    let new_pid = wait_until(secs(15), || {
         c.broker_pid().filter(|p| *p != pid)
     })
     .unwrap_or_else(|| panic!("no broker came back after the kill"));
-    let back = wait_until(Duration::from_secs(15), || {
+    let back = wait_until(secs(15), || {
         let st = status(&c)?;
         let ids: Vec<_> = st.tasks.iter().map(|t| t.container_id.clone()).collect();
         (ids.contains(&a) && ids.contains(&b)).then_some(st)
@@ -567,7 +575,7 @@ fn broker_kill9_restart_keeps_containers_records_and_leases() {
         );
     }
     // B was not cut back to its own allocation: its borrowed CPU survived the restart.
-    let quota_after = cg_i64(&c, "cpu", &b, "cpu.cfs_quota_us").expect("B quota");
+    let quota_after = c.cpu_quota_us(&b).expect("B quota");
     assert!(
         quota_after >= quota_b,
         "B's quota fell from {quota_b} to {quota_after} across the restart"

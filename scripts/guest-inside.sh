@@ -1,0 +1,48 @@
+#!/bin/sh
+# Runs inside the cgroup v2 guest (scripts/guest-lane.sh boots it; scripts/guest-image.sh's unit calls this):
+# the e2e tests named in tests/guest-tests.txt, once per containerd version, with the host's test archive.
+# Writes /predictive-out/e2e-<version>.log (nextest's output) for scripts/test.sh to count.
+set -u
+out=/predictive-out
+. "$out/env"
+ws=$PREDICTIVE_GUEST_WS
+
+echo "guest: kernel $(uname -r), PID 1 $(ps -p 1 -o comm=), systemd $(systemctl is-system-running 2>&1)," \
+     "cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers), up $(cut -d' ' -f1 /proc/uptime)s"
+# The tests' containers may use what a Kubernetes node delegates: every controller in the root's subtree.
+for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
+    echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
+done
+mkdir -p /tmp/nextest
+# Binaries executed from a 9p share page-fault through it (ctr --version: 5-10 s under emulation): the guest runs
+# local copies of the containerd packages, the images and our binaries.
+cache=/var/cache/pe2e-local
+mkdir -p "$cache" /opt/predictive/bin
+for f in busybox-image.tar pause-image.tar cri-api cri-py; do
+    [ -e "$PREDICTIVE_E2E_CACHE/$f" ] && cp -a "$PREDICTIVE_E2E_CACHE/$f" "$cache/"
+done
+for v in $PREDICTIVE_GUEST_VERSIONS; do
+    mkdir -p "$cache/containerd-$v/usr/bin"
+    for b in containerd ctr containerd-shim-runc-v2; do
+        cp "$PREDICTIVE_E2E_CACHE/containerd-$v/usr/bin/$b" "$cache/containerd-$v/usr/bin/"
+    done
+    touch "$cache/containerd-$v/.complete"
+done
+for b in containerd-shim-predictive-v2 predictived predictivectl predictive-hook; do
+    [ -f "$ws/target/release/$b" ] && cp "$ws/target/release/$b" /opt/predictive/bin/
+done
+# A developer's own script instead of the tests (PREDICTIVE_GUEST_SCRIPT=FILE scripts/guest-lane.sh).
+if [ -f "$out/debug.sh" ]; then sh "$out/debug.sh"; exit; fi
+for v in $PREDICTIVE_GUEST_VERSIONS; do
+    echo "=== guest: e2e on containerd $v (cgroup v2, systemd) ==="
+    start=$(cut -d' ' -f1 /proc/uptime)
+    CI=$CI PREDICTIVE_E2E_CONTAINERD=$v PREDICTIVE_E2E_CACHE=$cache PREDICTIVE_E2E_SHIM_DIR=/opt/predictive/bin PREDICTIVE_E2E_GUEST=1 PREDICTIVE_E2E_ROUNDS=5 \
+        "$out/cargo-nextest" nextest run --archive-file "$out/e2e.tar.zst" --workspace-remap "$ws" \
+        --extract-to /tmp/nextest --extract-overwrite --config-file "$ws/tests/nextest.toml" --profile guest \
+        -E "$PREDICTIVE_GUEST_FILTER" >"$out/e2e-$v.log" 2>&1
+    echo "exit $?" >> "$out/e2e-$v.log"
+    grep -E '^\s*(PASS|FAIL|SIGSEGV|TIMEOUT|SKIP)|Summary \[' "$out/e2e-$v.log"
+    journalctl -b --no-pager -q > "$out/journal-$v.log" 2>/dev/null
+    echo "guest: containerd $v took $(awk -v s="$start" '{printf "%d", $1 - s}' /proc/uptime)s"
+done
+echo "guest: done, up $(cut -d' ' -f1 /proc/uptime)s"

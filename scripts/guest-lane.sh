@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The cgroup v2 lane of `make test`: the end-to-end tests that do not depend on this host's cgroup v1 layout,
+# run for real on a pure cgroup v2 host under systemd (a Debian 13 guest under qemu, scripts/guest-image.sh),
+# once per containerd version, against the binaries just built here.
+#
+#   scripts/guest-lane.sh            (PREDICTIVE_GUEST_VERSIONS, default "1.7 2.1")
+#
+# What crosses into the guest (9p shares, no copies): the workspace, read-only, at its own path (the built
+# binaries and the test archive are under target/); the e2e cache (containerd 1.7/2.1 packages, the busybox image,
+# the CRI client), at its own path; and an output directory, $PREDICTIVE_TEST_LOGS/guest (default
+# target/test-logs/guest), where the guest writes one nextest log per containerd version (e2e-<version>.log)
+# and guest.log (everything it printed). scripts/test.sh counts those logs into its one total.
+#
+# The guest runs `cargo-nextest` (this host's binary, copied into the output dir) on a nextest archive of the
+# predictive-e2e tests with the `guest` profile of tests/nextest.toml (longer timeouts: the guest is emulated,
+# about 4-8x slower than this host) and the filter in tests/guest-tests.txt. Bounded: the whole boot is killed
+# after PREDICTIVE_GUEST_TIMEOUT seconds (default 2400).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ws=$(pwd)
+versions=${PREDICTIVE_GUEST_VERSIONS:-1.7 2.1}
+logs=${PREDICTIVE_TEST_LOGS:-target/test-logs}
+mkdir -p "$logs"
+out=$(cd "$logs" && pwd)/guest
+cache=${PREDICTIVE_E2E_CACHE:-/var/cache/predictive-e2e}
+timeout_s=${PREDICTIVE_GUEST_TIMEOUT:-2400}
+
+fail() { echo "guest-lane: $*" >&2; mkdir -p "$out"; echo "guest-lane: $*" > "$out/setup-failed"; exit 1; }
+
+rm -rf "$out"; mkdir -p "$out"
+for tool in qemu-system-x86_64 cargo-nextest; do
+    command -v "$tool" >/dev/null || fail "$tool is missing (scripts/deps.sh installs it)"
+done
+img=$(scripts/guest-image.sh) || fail "could not build the guest image"
+for v in $versions; do
+    scripts/fetch-containerd.sh "$v" >/dev/null || fail "could not fetch containerd $v"
+done
+scripts/fetch-debs.sh cri-api trixie golang-github-kubernetes-cri-api-dev >/dev/null || fail "could not fetch the CRI api"
+# The CRI client's protobuf module, generated here: the guest has no protoc.
+PREDICTIVE_E2E_CACHE=$cache /usr/bin/python3 -c 'import sys; sys.path.insert(0, "tests/cri"); import cri; cri.generate()' ||
+    fail "could not generate the CRI client's module"
+# The images the tests import, built here (the guest's 9p cache may not take the tests' flock).
+[ -s "$cache/busybox-image.tar" ] || scripts/make-image.sh "$cache/busybox-image.tar" >/dev/null ||
+    fail "could not build the busybox image"
+[ -s "$cache/pause-image.tar" ] ||
+    scripts/make-image.sh "$cache/pause-image.tar" docker.io/predictive/pause:latest '["sleep","2147483647"]' >/dev/null ||
+    fail "could not build the pause image"
+
+# The test binaries, built here (they run on the guest's newer glibc), and the runner.
+# PREDICTIVE_GUEST_TESTS="a b" runs those instead of the list (a developer's loop).
+names=${PREDICTIVE_GUEST_TESTS:-$(grep -v '^\s*#' tests/guest-tests.txt)}
+filter=$(tr ' ' '\n' <<<"$names" | grep -v '^\s*$' | sed 's/.*/test(=&)/' | paste -sd'|' | sed 's/|/ | /g')
+[ -n "$filter" ] || fail "tests/guest-tests.txt names no test"
+cargo nextest archive --release -p predictive-e2e --archive-file "$out/e2e.tar.zst" >"$out/archive.log" 2>&1 ||
+    { tail -n 20 "$out/archive.log" >&2; fail "cargo nextest archive failed"; }
+cp "$(command -v cargo-nextest)" "$out/cargo-nextest"
+# A developer's script run in the guest instead of the tests (it finds the workspace and this dir in "$out/env").
+[ -n "${PREDICTIVE_GUEST_SCRIPT:-}" ] && cp "$PREDICTIVE_GUEST_SCRIPT" "$out/debug.sh"
+cat > "$out/env" <<ENV
+PREDICTIVE_GUEST_WS=$ws
+PREDICTIVE_GUEST_VERSIONS="$versions"
+PREDICTIVE_GUEST_FILTER="$filter"
+PREDICTIVE_E2E_CACHE=$cache
+CI=${CI:-}
+ENV
+
+echo "guest-lane: booting $img (containerd $versions) ..."
+start=$(date +%s)
+# TCG: nested KVM fails on this kind of VM (../shared/PLATFORM.md). snapshot=on: the image is never written.
+timeout -k 10 "$timeout_s" qemu-system-x86_64 -accel tcg,thread=multi -cpu "${PREDICTIVE_GUEST_CPU:-max}" -m 3072 -smp 2 \
+    -kernel "$img/vmlinuz" -initrd "$img/initrd.img" \
+    -append "root=/dev/vda rw console=ttyS0 quiet predictive.ws=$ws" \
+    -drive "file=$img/disk.img,if=virtio,format=raw,snapshot=on" \
+    -virtfs "local,path=$ws,mount_tag=ws,security_model=none,readonly=on" \
+    -virtfs "local,path=$cache,mount_tag=cache,security_model=none" \
+    -virtfs "local,path=$out,mount_tag=out,security_model=none" \
+    -nographic -no-reboot -serial "file:$out/console.log" -monitor none </dev/null >"$out/qemu.log" 2>&1
+rc=$?
+secs=$(( $(date +%s) - start ))
+echo "guest-lane: guest ran ${secs}s (qemu exit $rc)"
+[ "$rc" = 124 ] && echo "guest-lane: killed after ${timeout_s}s" > "$out/timed-out"
+echo "$secs" > "$out/seconds"
+exit 0

@@ -1,0 +1,280 @@
+//! Pods land in their pod cgroups, for both of kubelet's cgroup drivers (issue 13 acceptance 1; issue 18's CRI
+//! pod with a systemd `.slice` parent and `SystemdCgroup = true`). A CRI v1 client drives containerd's CRI plugin
+//! as kubelet does; the test stands in for kubelet's own part (the pod cgroups and their limits,
+//! `predictive_e2e::kubelet`).
+//!
+//! On a host booted with systemd on cgroup v2 (the guest lane) the `.slice` pod runs with `SystemdCgroup = true`:
+//! its containers must be transient `cri-containerd-<id>.scope` units in the pod's slice that systemd knows,
+//! delegated, whose limits survive `systemctl daemon-reload` after an Update, and that are gone after removal.
+//! Elsewhere (this repository's v1 host, no systemd) the same `slice:prefix:name` path must land where systemd
+//! would have put it, never as a literal directory at a hierarchy root. Root only; `SKIPPED:` otherwise.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use predictive_e2e::cmd::{run_cmd, wait_until};
+use predictive_e2e::cri::{self, CriClient, HANDLER, NAMESPACE, PAUSE_IMAGE};
+use predictive_e2e::kubelet::{self, Driver, PodCgroup};
+use predictive_e2e::settings::{IMAGE, Settings};
+use predictive_e2e::{Containerd, require_root};
+use serde_json::json;
+
+/// A second handler, without `SystemdCgroup`, for the cgroupfs pod on a systemd host (a node runs one driver;
+/// this test runs both on one containerd).
+const FS_HANDLER: &str = "predictive-fs";
+
+/// containerd's CRI runtime tables: the packaged drop-in, `SystemdCgroup = true` for the `predictive` handler on
+/// a systemd v2 host, and [`FS_HANDLER`].
+fn dropin(settings: &Settings, systemd: bool) -> String {
+    let mut text = cri::dropin(settings, &settings.runtime);
+    let runtimes = if settings.is_v2() {
+        r#"plugins."io.containerd.cri.v1.runtime".containerd.runtimes"#
+    } else {
+        r#"plugins."io.containerd.grpc.v1.cri".containerd.runtimes"#
+    };
+    text.push_str(&format!(
+        "\n[{runtimes}.{FS_HANDLER}]\n  runtime_type = \"{}\"\n",
+        settings.runtime
+    ));
+    if systemd {
+        text.push_str(&format!("\n[{runtimes}.{HANDLER}.options]\n  SystemdCgroup = true\n"));
+    }
+    text
+}
+
+/// `/proc/<pid>/cgroup`'s paths, per hierarchy (`name=systemd` left out: a named hierarchy without a
+/// controller, which libcontainer does not join).
+fn cgroups_of(pid: i32) -> Vec<(String, String)> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+            (!ctrl.starts_with("name=")).then(|| (ctrl.to_owned(), path.to_owned()))
+        })
+        .collect()
+}
+
+/// Entries at the root of every hierarchy that name `id` (a literal `slice:prefix:id` directory, say).
+fn at_roots(id: &str) -> Vec<PathBuf> {
+    kubelet::hierarchies()
+        .into_iter()
+        .flat_map(|(mount, _)| {
+            std::fs::read_dir(&mount)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(id)))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn systemctl_show(unit: &str, property: &str) -> String {
+    let mut c = std::process::Command::new("systemctl");
+    c.args(["show", "--value", "-p", property, unit]);
+    run_cmd(c, Duration::from_secs(60)).stdout.trim().to_owned()
+}
+
+struct Pod {
+    sandbox: String,
+    container: String,
+}
+
+fn run_pod(c: &Containerd, api: &CriClient, pod: &PodCgroup, name: &str, handler: &str) -> Pod {
+    let uid = format!("{name}-{}", std::process::id());
+    let config = json!({
+        "metadata": {"name": name, "uid": uid, "namespace": "default"},
+        "log_directory": c.dir.join("pod-logs"),
+        "linux": {
+            "cgroup_parent": pod.cgroup_parent,
+            "security_context": {"namespace_options": {"network": "NODE"}}
+        }
+    });
+    let sandbox = api.call(
+        "RunPodSandbox",
+        json!({"config": config, "runtime_handler": handler}),
+    )["pod_sandbox_id"]
+        .as_str()
+        .expect("RunPodSandbox returns pod_sandbox_id")
+        .to_owned();
+    c.track(&sandbox);
+    let container = api.call(
+        "CreateContainer",
+        json!({
+            "pod_sandbox_id": sandbox,
+            "config": {
+                "metadata": {"name": "app"},
+                "image": {"image": IMAGE},
+                "command": ["sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 100000"],
+                "log_path": format!("{name}-app.log"),
+                "linux": {"resources": {"cpu_period": 100000, "cpu_quota": 100000, "memory_limit_in_bytes": 268435456}}
+            },
+            "sandbox_config": config
+        }),
+    )["container_id"]
+        .as_str()
+        .expect("CreateContainer returns container_id")
+        .to_owned();
+    c.track(&container);
+    api.call("StartContainer", json!({"container_id": container}));
+    Pod { sandbox, container }
+}
+
+/// Sandbox and container processes are in their own cgroups inside the pod's, in every hierarchy (the leaf
+/// `leaf(id)`: `cri-containerd-<id>.scope` for a slice pod, `<id>` for a cgroupfs one), and nothing named after
+/// them sits at a hierarchy root.
+fn assert_inside(c: &Containerd, pod: &PodCgroup, p: &Pod, leaf: &dyn Fn(&str) -> String) {
+    for id in [&p.sandbox, &p.container] {
+        let pid = c.task_pid(id);
+        let cgroups = cgroups_of(pid);
+        assert!(!cgroups.is_empty(), "no cgroups for {id} (pid {pid})");
+        let want = format!("{}/{}", pod.path, leaf(id));
+        for (ctrl, path) in &cgroups {
+            assert_eq!(
+                path, &want,
+                "{id} (pid {pid}) is at {path} in hierarchy {ctrl:?}, not in its pod: {cgroups:?}"
+            );
+        }
+        let stray = at_roots(id);
+        assert!(stray.is_empty(), "{id} made cgroups at a hierarchy root: {stray:?}");
+    }
+}
+
+/// Directories left inside the pods' cgroups, in every hierarchy.
+fn left_in(pods: &[&PodCgroup]) -> Vec<PathBuf> {
+    kubelet::hierarchies()
+        .into_iter()
+        .flat_map(|(mount, _)| pods.iter().map(move |p| p.dir(&mount)).collect::<Vec<_>>())
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+/// ContainerStats and ListContainerStats report the container's usage.
+fn assert_stats(api: &CriClient, id: &str) {
+    let usage = wait_until(Duration::from_secs(30), || {
+        let s = api.call("ContainerStats", json!({"container_id": id}));
+        let cpu = s["stats"]["cpu"]["usage_core_nano_seconds"]["value"]
+            .as_str()
+            .and_then(|v| v.parse::<u64>().ok())
+            .or_else(|| s["stats"]["cpu"]["usage_core_nano_seconds"]["value"].as_u64())?;
+        let mem = s["stats"]["memory"]["working_set_bytes"]["value"]
+            .as_str()
+            .and_then(|v| v.parse::<u64>().ok())
+            .or_else(|| s["stats"]["memory"]["working_set_bytes"]["value"].as_u64())?;
+        (cpu > 0 && mem > 0).then_some((cpu, mem))
+    });
+    let (cpu, mem) = usage.unwrap_or_else(|| {
+        panic!(
+            "ContainerStats of {id} report no usage: {}",
+            api.call("ContainerStats", json!({"container_id": id}))
+        )
+    });
+    println!("{id}: cpu {cpu} ns, working set {mem} bytes");
+    let all = api.call("ListContainerStats", json!({}));
+    assert!(
+        all["stats"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|s| s["attributes"]["id"] == id)),
+        "ListContainerStats misses {id}: {all}"
+    );
+}
+
+fn remove_pod(api: &CriClient, p: &Pod) {
+    api.call("StopContainer", json!({"container_id": p.container, "timeout": 10}));
+    api.call("RemoveContainer", json!({"container_id": p.container}));
+    api.call("StopPodSandbox", json!({"pod_sandbox_id": p.sandbox}));
+    api.call("RemovePodSandbox", json!({"pod_sandbox_id": p.sandbox}));
+}
+
+#[test]
+fn cri_pods_land_in_their_pod_cgroups() {
+    const TEST: &str = "cri_pods_land_in_their_pod_cgroups";
+    if !require_root(TEST) {
+        return;
+    }
+    let settings = Settings::from_env();
+    if let Err(e) = cri::prepare(&settings) {
+        panic!("{TEST}: {e}");
+    }
+    let systemd = kubelet::systemd_v2_host();
+    let pause = cri::ensure_pause_image(&settings);
+    let dropin = dropin(&settings, systemd);
+    let version = settings.containerd.clone();
+    let Some(mut c) =
+        Containerd::start_with_config(TEST, &|dir| cri::config(dir, &version, &dropin))
+    else {
+        return;
+    };
+    c.ns = NAMESPACE.to_string();
+    for tar in [&pause, &c.settings.cache.join("busybox-image.tar")] {
+        c.ctr_with(
+            &["images", "import", &tar.to_string_lossy()],
+            Duration::from_secs(120 * u64::from(c.settings.slow())),
+        )
+        .expect_ok("importing an image into k8s.io");
+    }
+    std::fs::create_dir_all(c.dir.join("pod-logs")).expect("pod log dir");
+    let api = CriClient::new(&c.settings, &c.sock);
+    let ready = wait_until(Duration::from_secs(60), || {
+        let out = api.try_call("ImageStatus", &json!({"image": {"image": PAUSE_IMAGE}}));
+        (out.ok() && out.stdout.contains("\"image\"")).then_some(())
+    });
+    assert!(ready.is_some(), "the CRI plugin never listed {PAUSE_IMAGE}");
+
+    let me = std::process::id();
+    let slice_pod = PodCgroup::create(Driver::Systemd, &format!("s{me}"), 1 << 30, 2.0);
+    let fs_pod = PodCgroup::create(Driver::Cgroupfs, &format!("f{me}"), 1 << 30, 2.0);
+    let slice = run_pod(&c, &api, &slice_pod, "pe2e-slice", HANDLER);
+    let fs = run_pod(&c, &api, &fs_pod, "pe2e-fs", FS_HANDLER);
+    assert_inside(&c, &slice_pod, &slice, &|id| format!("cri-containerd-{id}.scope"));
+    assert_inside(&c, &fs_pod, &fs, &|id| id.to_owned());
+    for p in [&slice, &fs] {
+        assert_stats(&api, &p.container);
+    }
+    let scope = format!("cri-containerd-{}.scope", slice.container);
+    let scope_dir = PathBuf::from("/sys/fs/cgroup")
+        .join(slice_pod.path.trim_start_matches('/'))
+        .join(&scope);
+    if systemd {
+        // systemd knows the container: a running, delegated scope in the pod's slice.
+        assert_eq!(systemctl_show(&scope, "ActiveState"), "active", "{scope}");
+        assert_eq!(systemctl_show(&scope, "Delegate"), "yes", "{scope}");
+        let parent = slice_pod.path.rsplit('/').next().unwrap_or_default().to_owned();
+        assert_eq!(systemctl_show(&scope, "Slice"), parent, "{scope}");
+        // A rewrite of its limits (here a user's Update, like a broker directive through the same path) sticks
+        // across systemd's daemon-reload, which puts back the unit properties it knows.
+        api.call(
+            "UpdateContainerResources",
+            json!({"container_id": slice.container, "linux": {
+                "cpu_period": 100000, "cpu_quota": 50000, "memory_limit_in_bytes": 201326592}}),
+        );
+        let read = |f: &str| std::fs::read_to_string(scope_dir.join(f)).unwrap_or_default().trim().to_owned();
+        assert_eq!(read("cpu.max"), "50000 100000", "Update did not reach {scope}");
+        assert_eq!(read("memory.max"), "201326592");
+        let mut reload = std::process::Command::new("systemctl");
+        reload.arg("daemon-reload");
+        run_cmd(reload, Duration::from_secs(120)).expect_ok("systemctl daemon-reload");
+        assert_eq!(read("cpu.max"), "50000 100000", "daemon-reload undid the CPU update of {scope}");
+        assert_eq!(read("memory.max"), "201326592", "daemon-reload undid the memory update of {scope}");
+    }
+
+    remove_pod(&api, &slice);
+    remove_pod(&api, &fs);
+    let gone = wait_until(Duration::from_secs(30), || left_in(&[&slice_pod, &fs_pod]).is_empty().then_some(()));
+    assert!(
+        gone.is_some(),
+        "container cgroups left in the pods after removal: {:?}",
+        left_in(&[&slice_pod, &fs_pod])
+    );
+    if systemd {
+        let state = systemctl_show(&scope, "ActiveState");
+        assert_ne!(state, "active", "{scope} still active after RemoveContainer");
+    }
+    c.finish();
+    drop(slice_pod);
+    drop(fs_pod);
+}
