@@ -739,16 +739,29 @@ impl TaskService {
             ShimError::InvalidArgument(format!("signal {} out of range", req.signal))
         })?;
         if req.exec_id.is_empty() && req.all {
-            self.call(
-                Request::Kill {
-                    id: req.id.clone(),
-                    root: self.shared.state_root.clone(),
-                    signal,
-                    all: true,
-                },
-                zygote::Stdio::default(),
-            )
-            .await?;
+            let killed = self
+                .call(
+                    Request::Kill {
+                        id: req.id.clone(),
+                        root: self.shared.state_root.clone(),
+                        signal,
+                        all: true,
+                    },
+                    zygote::Stdio::default(),
+                )
+                .await;
+            if let Err(e) = killed {
+                // After the init exited there may be nothing left to signal, or no cgroup at all (systemd
+                // removes a transient scope with its last process): as runc says then, the process is gone.
+                if container.init.status() == Status::STOPPED {
+                    tracing::debug!(container = %req.id, "kill --all after the init exited: {}", e.chain());
+                    return Err(ShimError::NotFound {
+                        kind: "process",
+                        id: format!("{} (already finished)", req.id),
+                    });
+                }
+                return Err(e);
+            }
         } else {
             let pid = process.pid();
             if pid <= 0 || process.status() == Status::STOPPED {
