@@ -127,11 +127,11 @@ impl fmt::Display for TaskKey {
 const GENERATED: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 /// `-<suffix>` at the end of `name` when the suffix is `len` characters of `alphabet`: `name` without it.
-fn strip_suffix<'a>(
-    name: &'a str,
+fn strip_suffix(
+    name: &str,
     lens: std::ops::RangeInclusive<usize>,
     ok: impl Fn(u8) -> bool,
-) -> Option<&'a str> {
+) -> Option<&str> {
     let (base, suffix) = name.rsplit_once('-')?;
     (!base.is_empty() && lens.contains(&suffix.len()) && suffix.bytes().all(ok)).then_some(base)
 }
