@@ -5,7 +5,7 @@
 //! | annotation | value | default |
 //! | --- | --- | --- |
 //! | `io.predictive.mode` | `off`, `observe` or `enforce` | `enforce` |
-//! | `io.predictive.task-type` | any string (see [`predictor::TaskKey::derive`]) | derived from image and command |
+//! | `io.predictive.task-type` | 1 to 253 printable characters, no `/` (see [`predictor::TaskKey::derive`]) | derived from image and command (on Kubernetes: namespace, workload, container, image) |
 //! | `io.predictive.input-bytes` | unsigned integer | 0 |
 //! | `io.predictive.priority` | integer -1000..=1000, higher first | 0 |
 //! | `io.predictive.depends-on` | comma-separated container ids | none |
@@ -69,12 +69,30 @@ impl Annotations {
     /// Parses the `io.predictive.*` annotations in `map`; other keys are ignored.
     pub fn parse(map: &BTreeMap<String, String>) -> Result<Self, AnnotationError> {
         let get = |k: &str| map.get(k).map(|v| v.trim());
+        // The value goes into an error a shim logs: bounded (a pod controls it; Debug escapes the rest).
         let bad = |key, value: &str, expected| AnnotationError {
             key,
-            value: value.to_owned(),
+            value: match value.char_indices().nth(64) {
+                Some((i, _)) => format!("{}...", &value[..i]),
+                None => value.to_owned(),
+            },
             expected,
         };
         let mut a = Annotations::default();
+        if let Some(v) = get(TASK_TYPE) {
+            // A pod sets this: it becomes part of a key that is logged, stored and shown, so it is bounded and
+            // printable, and it cannot pose as another namespace's key (`<ns>/<type>/<container>`).
+            if v.len() > predictor::key::MAX_EXPLICIT_LEN
+                || v.contains('/')
+                || v.chars().any(char::is_control)
+            {
+                return Err(bad(
+                    TASK_TYPE,
+                    v,
+                    "at most 253 bytes of printable characters without '/'",
+                ));
+            }
+        }
         if let Some(v) = get(MODE) {
             a.mode = match v {
                 "off" => Mode::Off,
@@ -172,6 +190,8 @@ mod tests {
             (MAX_BORROW, "-1"),
             (MAX_BORROW, "NaN"),
             (ALLOW_BELOW_REQUEST, "yes"),
+            (TASK_TYPE, "a/b"),
+            (TASK_TYPE, "line\nbreak"),
         ] {
             let e = Annotations::parse(&map(&[(k, v)])).expect_err(v);
             assert_eq!(e.key, k);
