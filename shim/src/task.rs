@@ -810,11 +810,10 @@ impl TaskService {
             .ok_or_else(|| ShimError::InvalidArgument("update carries no resources".into()))?;
         let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
             .map_err(|e| ShimError::InvalidArgument(format!("invalid linux resources: {e}")))?;
+        let augment = container.augment.clone();
+        let id = req.id.clone();
         tokio::task::spawn_blocking(move || {
-            let cgroup = containerd_shim::cgroup::get_cgroup(pid)
-                .map_err(ShimError::shim(format!("finding the cgroup of pid {pid}")))?;
-            containerd_shim::cgroup::update_resources(&cgroup, &resources)
-                .map_err(ShimError::shim("applying the new resources"))
+            predict::apply_update(&id, pid as i32, &resources, augment.as_deref())
         })
         .await
         .map_err(|e| ShimError::Zygote(format!("update task: {e}")))?
