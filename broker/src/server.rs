@@ -662,6 +662,17 @@ impl Broker {
             let (own, others): (Vec<Directive>, Vec<Directive>) = ds
                 .into_iter()
                 .partition(|d| d.container_id == u.container_id);
+            // Limits decided before the resize and not collected yet are stale: the reply supersedes them.
+            if let Some(run) = st.running.get_mut(&u.container_id) {
+                run.pending.retain(|d| {
+                    !matches!(
+                        d.action,
+                        Action::SetCpu { .. }
+                            | Action::SetMemoryHigh { .. }
+                            | Action::SetMemoryLimit { .. }
+                    )
+                });
+            }
             (own, others, records)
         };
         tracing::info!(container = %u.container_id, limits = ?u.limits, "resized by the user");

@@ -605,15 +605,24 @@ impl Augment {
     /// applied here, so the allocation in force is current. A broker that does not answer, or does not know the
     /// container: the new limits stand as written whole (fail open, as at Create), and the monitor registers the
     /// container again with them. Blocking: call from the blocking pool.
-    pub fn resized(&self, limits: SpecLimits) {
+    ///
+    /// `write` writes the user's resources to the cgroup; it runs under the monitor's lock, so no tick applies a
+    /// directive decided before the resize between the user's values and the broker's answer.
+    pub fn resized(&self, limits: SpecLimits, write: impl FnOnce() -> Result<()>) -> Result<()> {
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        write()?;
         let parents = {
             let mut r = lock(&self.register);
             r.limits = limits;
             r.parents = parent_limits(&self.id, &r.cgroup_path);
             r.parents.clone()
         };
-        let mut guard = lock(&self.state);
-        let st = &mut *guard;
+        self.tell_resize(st, limits, parents);
+        Ok(())
+    }
+
+    fn tell_resize(&self, st: &mut MonitorState, limits: SpecLimits, parents: Vec<ParentLimit>) {
         if !st.registered {
             self.fail_open(st, &limits, "the broker does not know the container yet");
             return;
@@ -780,12 +789,14 @@ pub fn apply_update(
             broker::error_chain(&e)
         ))
     })?;
-    cg.update_resources(resources)
-        .map_err(|e| update_error(id, e))?;
-    if let Some(a) = augment {
-        a.resized(resource_limits(Some(resources)));
+    let write = || {
+        cg.update_resources(resources)
+            .map_err(|e| update_error(id, e))
+    };
+    match augment {
+        Some(a) => a.resized(resource_limits(Some(resources)), write),
+        None => write(),
     }
-    Ok(())
 }
 
 /// The ttrpc error of a refused Update: a value the kernel or the shim refuses is the request's fault
