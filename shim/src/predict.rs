@@ -107,13 +107,23 @@ fn annotations(spec: &Spec) -> BTreeMap<String, String> {
 
 /// The user's limits and requests in a spec.
 pub fn spec_limits(spec: &Spec) -> SpecLimits {
-    resource_limits(spec.linux().as_ref().and_then(|l| l.resources().as_ref()))
+    resource_limits(
+        spec.linux().as_ref().and_then(|l| l.resources().as_ref()),
+        is_kubernetes(&annotations(spec)),
+    )
 }
 
-/// The user's limits and requests in a spec's (or an Update's) resources, with Kubernetes' meaning: CPU shares
-/// are the request (kubelet writes `cpu_shares` = request x 1024, so 1024 is a 1-CPU request); shares of 2 are
-/// a BestEffort pod's, and absent or 0 shares are no request; a quota is the limit.
-pub fn resource_limits(res: Option<&LinuxResources>) -> SpecLimits {
+/// Whether containerd's CRI plugin made the spec (it always sets the container type): Kubernetes' resource
+/// meaning applies.
+fn is_kubernetes(annotations: &BTreeMap<String, String>) -> bool {
+    annotations.contains_key(predictor_annotations::CONTAINER_TYPE)
+}
+
+/// The user's limits and requests in a spec's (or an Update's) resources. A quota is the limit. For a Kubernetes
+/// container (`kubernetes`) CPU shares are the request, as kubelet writes them (`cpu_shares` = request x 1024, so
+/// 1024 is a 1-CPU request); shares of 2 are a BestEffort pod's, and absent or 0 shares are no request. Elsewhere
+/// 1024 is no request either: `ctr run` writes it whenever `--cpu-shares` is not given (its flag's default).
+pub fn resource_limits(res: Option<&LinuxResources>, kubernetes: bool) -> SpecLimits {
     let cpu = res.and_then(|r| r.cpu().as_ref());
     let mem = res.and_then(|r| r.memory().as_ref());
     let cpu_limit_cores = cpu.and_then(|c| match (c.quota(), c.period()) {
@@ -122,7 +132,7 @@ pub fn resource_limits(res: Option<&LinuxResources>) -> SpecLimits {
     });
     let cpu_request_cores = cpu
         .and_then(|c| c.shares())
-        .filter(|s| *s > 2)
+        .filter(|s| *s > 2 && (kubernetes || *s != 1024))
         .map(|s| s as f64 / 1024.0);
     let positive = |v: Option<i64>| v.filter(|v| *v > 0).map(|v| v as u64);
     SpecLimits {
@@ -608,15 +618,20 @@ impl Augment {
     ///
     /// `write` writes the user's resources to the cgroup; it runs under the monitor's lock, so no tick applies a
     /// directive decided before the resize between the user's values and the broker's answer.
-    pub fn resized(&self, limits: SpecLimits, write: impl FnOnce() -> Result<()>) -> Result<()> {
+    pub fn resized(
+        &self,
+        resources: &LinuxResources,
+        write: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
         let mut guard = lock(&self.state);
         let st = &mut *guard;
         write()?;
-        let parents = {
+        let (limits, parents) = {
             let mut r = lock(&self.register);
+            let limits = resource_limits(Some(resources), is_kubernetes(&r.annotations));
             r.limits = limits;
             r.parents = parent_limits(&self.id, &r.cgroup_path);
-            r.parents.clone()
+            (limits, r.parents.clone())
         };
         self.tell_resize(st, limits, parents);
         Ok(())
@@ -794,7 +809,7 @@ pub fn apply_update(
             .map_err(|e| update_error(id, e))
     };
     match augment {
-        Some(a) => a.resized(resource_limits(Some(resources)), write),
+        Some(a) => a.resized(resources, write),
         None => write(),
     }
 }
@@ -1094,9 +1109,16 @@ mod tests {
         }))
         .expect("spec");
         assert!(none.linux().is_some());
-        let l = spec_limits(&none);
         assert_eq!(
-            l,
+            spec_limits(&none),
+            SpecLimits::default(),
+            "ctr's default 1024 shares are no request"
+        );
+        let mut pod: serde_json::Value = serde_json::to_value(&none).expect("json");
+        pod["annotations"] = serde_json::json!({"io.kubernetes.cri.container-type": "container"});
+        let pod: Spec = serde_json::from_value(pod).expect("spec");
+        assert_eq!(
+            spec_limits(&pod),
             SpecLimits {
                 cpu_request_cores: Some(1.0),
                 ..SpecLimits::default()
@@ -1110,7 +1132,7 @@ mod tests {
         let limits = |cpu: serde_json::Value| {
             let r: LinuxResources =
                 serde_json::from_value(serde_json::json!({ "cpu": cpu })).expect("resources");
-            resource_limits(Some(&r))
+            resource_limits(Some(&r), true)
         };
         assert_eq!(
             limits(serde_json::json!({"shares": 1024})).cpu_request_cores,
@@ -1132,7 +1154,11 @@ mod tests {
         ] {
             assert_eq!(limits(cpu.clone()).cpu_request_cores, None, "{cpu}");
         }
-        assert_eq!(resource_limits(None), SpecLimits::default());
+        assert_eq!(resource_limits(None, true), SpecLimits::default());
+        let ctr: LinuxResources =
+            serde_json::from_value(serde_json::json!({"cpu": {"shares": 1024}}))
+                .expect("resources");
+        assert_eq!(resource_limits(Some(&ctr), false).cpu_request_cores, None);
         let l = limits(serde_json::json!({"quota": 150000, "period": 100000, "shares": 1536}));
         assert_eq!(
             (l.cpu_limit_cores, l.cpu_request_cores),
