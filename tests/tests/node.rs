@@ -11,7 +11,7 @@ use broker::api::{Explain, Status};
 use broker::client::Client;
 use broker::controller::TaskView;
 use predictive_e2e::cmd::wait_until;
-use predictive_e2e::cri::{self, CriClient, HANDLER, NAMESPACE, PAUSE_IMAGE};
+use predictive_e2e::cri::{self, CriClient, HANDLER, NAMESPACE};
 use predictive_e2e::settings::{IMAGE, Settings};
 use predictive_e2e::{Containerd, require_root};
 use serde_json::{Value, json};
@@ -59,8 +59,10 @@ fn node(test: &str, top: &str, tables: &str) -> Option<Node> {
         &|dir| cri::config(dir, &version, &dropin),
         &toml,
     )?;
-    // The CRI plugin's namespace: the clean-host checks follow it (pods below use cgroup parent /k8s.io).
-    c.ns = NAMESPACE.to_string();
+    // The images go into the CRI plugin's namespace. The pods' cgroups go under this test's own namespace name
+    // (`Node::parent`), where the clean-host checks look: tests that run at the same time never see (or scrub)
+    // each other's containers, as they would under a shared /k8s.io.
+    let own = std::mem::replace(&mut c.ns, NAMESPACE.to_string());
     let busybox = c.settings.cache.join("busybox-image.tar");
     for tar in [&pause, &busybox] {
         c.ctr_with(
@@ -69,6 +71,7 @@ fn node(test: &str, top: &str, tables: &str) -> Option<Node> {
         )
         .expect_ok("importing an image into k8s.io");
     }
+    c.ns = own;
     let api = CriClient::new(&c.settings, &c.sock);
     let ready = wait_until(Duration::from_secs(30), || {
         let out = api.try_call("ImageStatus", &json!({"image": {"image": IMAGE}}));
@@ -95,6 +98,11 @@ struct Pod {
 }
 
 impl Node {
+    /// The cgroup parent of this test's pods (kubelet's would be a QoS class's).
+    fn parent(&self) -> String {
+        format!("/{}", self.c.ns)
+    }
+
     fn client(&self) -> Client {
         Client::new(self.c.broker_socket(), Duration::from_secs(5))
     }
@@ -308,7 +316,7 @@ fn update_container_resources_down_is_the_ceiling_at_once() {
         "resize",
         "default",
         json!({"io.predictive.task-type": "e2e-resize"}),
-        &format!("/{NAMESPACE}"),
+        &n.parent(),
     );
     // Burstable: a 0.25-CPU request (256 shares), a 2-CPU / 512 MiB limit.
     let big = json!({"cpu_period": 100000, "cpu_quota": 200000, "cpu_shares": 256,
@@ -326,7 +334,7 @@ fn update_container_resources_down_is_the_ceiling_at_once() {
         json!({"cpu_period": 100000, "cpu_quota": 145000, "memory_limit_in_bytes": 256 * MIB}),
     );
     let work = n.start(&pod, "work", 3, &busy(), big.clone());
-    let work_cg = format!("/{NAMESPACE}/{work}");
+    let work_cg = format!("{}/{work}", n.parent());
     // It starts at its (idle) prediction and borrows from the lender well above 0.5 cores.
     let borrowed = wait_until(Duration::from_secs(20), || {
         quota(&work_cg).flatten().filter(|q| *q > 0.6)
@@ -439,7 +447,7 @@ fn burstable_request_gets_no_quota_by_default() {
         return;
     };
     let id = burstable_after_history(&mut n, "e2e-burst-default");
-    let cg = format!("/{NAMESPACE}/{id}");
+    let cg = format!("{}/{id}", n.parent());
     let task = n.task(&id).expect("registered");
     assert_eq!(
         task.limits.cpu_request_cores,
@@ -479,7 +487,7 @@ fn burstable_request_is_a_quota_floor_when_opted_in() {
         return;
     };
     let id = burstable_after_history(&mut n, "e2e-burst-floor");
-    let cg = format!("/{NAMESPACE}/{id}");
+    let cg = format!("{}/{id}", n.parent());
     let until = Instant::now() + Duration::from_secs(6);
     let mut low: f64 = f64::INFINITY;
     while Instant::now() < until {
@@ -503,7 +511,7 @@ fn burstable_after_history(n: &mut Node, task_type: &str) -> String {
         task_type,
         "default",
         json!({"io.predictive.task-type": task_type}),
-        &format!("/{NAMESPACE}"),
+        &n.parent(),
     );
     let burstable = json!({"cpu_shares": 1024, "memory_limit_in_bytes": 0});
     for attempt in 0..3 {
@@ -537,8 +545,8 @@ fn pod_annotation_gives_each_container_a_history_and_never_the_sandbox() {
         return;
     };
     let ann = json!({"io.predictive.task-type": "e2e-pod", "io.predictive.priority": "1000"});
-    let a = n.run_pod("tenant-a", "team-a", ann.clone(), &format!("/{NAMESPACE}"));
-    let b = n.run_pod("tenant-b", "team-b", ann, &format!("/{NAMESPACE}"));
+    let a = n.run_pod("tenant-a", "team-a", ann.clone(), &n.parent());
+    let b = n.run_pod("tenant-b", "team-b", ann, &n.parent());
     let small = json!({"cpu_shares": 256, "memory_limit_in_bytes": 128 * MIB});
     let alpha = n.start(&a, "alpha", 0, &["sleep", "100000"], small.clone());
     let beta = n.start(&a, "beta", 0, &["sleep", "100000"], small.clone());
@@ -771,7 +779,7 @@ fn a_pods_cgroup_limit_caps_its_containers_allocation() {
     let pod_cpu = 0.5;
     let pod_mem = 256 * MIB;
     let pod_cg = PodCgroup::new(&uid, pod_cpu, pod_mem);
-    let lender_pod = n.run_pod("lender", "default", json!({}), &format!("/{NAMESPACE}"));
+    let lender_pod = n.run_pod("lender", "default", json!({}), &n.parent());
     let lender = n.start(
         &lender_pod,
         "lender",
