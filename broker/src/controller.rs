@@ -3,6 +3,7 @@
 //!
 //! Rules, in the order a [`Controller::tick`] applies them:
 //! 1. **Expiry**: a lease whose holder has not reported for `stale_after_ms` is ended; the lender gets it back.
+//!    **Ancestors**: leases held under a limited ancestor cgroup whose tasks hold more than its limit end.
 //! 2. **Revocation**: a lender whose usage nears what it kept, or whose predicted profile says the next
 //!    `lookahead_buckets` need more than it kept, gets its leases back in this tick (CPU at once).
 //! 3. **Release**: a holder that no longer needs a lease gives it back.
@@ -14,7 +15,13 @@
 //!    and its unused allocation returned to the pool. Under host memory pressure one lowest-priority task is
 //!    paused per tick; paused tasks are thawed, highest priority first, once pressure has passed. A task not
 //!    near its allocation whose prediction is confident (medium or high) is right-sized: shrunk to what its
-//!    predicted profile says it needs around now (never below its usage over `memory_grow_at` + 5%).
+//!    predicted profile says it needs around now (never below its usage over `memory_grow_at` + 5%). A task that
+//!    waits on memory with no room to grow for `memory_stall_ms` is lifted to its ceiling (its limit, or none).
+//!
+//! Outside the tick: [`Controller::register`] allocates (a request is a floor on any host; no quota without a CPU
+//! limit unless `quota_unlimited_cpu`; within every limited ancestor's room), and [`Controller::update`] makes a
+//! user's resize the task's limits at once. The tasks under one limited ancestor (a pod's containers) share its
+//! limit in every rule that hands out CPU or memory; a lender never lends below its request.
 //!
 //! A memory allocation never makes an OOM kill likelier than the user's limit: on cgroup v2 it is
 //! `memory.high` with `memory.max` at the user's limit (or the host ceiling); on v1 it is
