@@ -34,6 +34,11 @@ pub const MAX_BORROW: &str = "io.predictive.max-borrow";
 /// Allow allocations below the spec's requests.
 pub const ALLOW_BELOW_REQUEST: &str = "io.predictive.allow-below-request";
 
+/// Longest pipeline name or dependency id accepted, bytes.
+const MAX_NAME: usize = 253;
+/// Most dependencies one container may name.
+const MAX_DEPENDS_ON: usize = 64;
+
 /// A bad annotation value.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("annotation {key}: {value:?} is not {expected}")]
@@ -113,6 +118,8 @@ impl Annotations {
                 .filter(|p: &i32| (-1000..=1000).contains(p))
                 .ok_or_else(|| bad(PRIORITY, v, "an integer in -1000..=1000"))?;
         }
+        // Both are names a pod sets: bounded and printable, like the task type.
+        let printable = |v: &str| v.len() <= MAX_NAME && !v.chars().any(char::is_control);
         if let Some(v) = get(DEPENDS_ON) {
             a.depends_on = v
                 .split(',')
@@ -120,10 +127,21 @@ impl Annotations {
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
                 .collect();
+            if a.depends_on.len() > MAX_DEPENDS_ON || !a.depends_on.iter().all(|d| printable(d)) {
+                return Err(bad(
+                    DEPENDS_ON,
+                    v,
+                    "at most 64 comma-separated container ids of at most 253 printable bytes",
+                ));
+            }
         }
         if let Some(v) = get(PIPELINE) {
-            if v.is_empty() {
-                return Err(bad(PIPELINE, v, "a non-empty string"));
+            if v.is_empty() || !printable(v) {
+                return Err(bad(
+                    PIPELINE,
+                    v,
+                    "a non-empty string of at most 253 printable bytes",
+                ));
             }
             a.pipeline = Some(v.to_owned());
         }
@@ -187,6 +205,8 @@ mod tests {
             (PRIORITY, "high"),
             (PRIORITY, "5000"),
             (PIPELINE, " "),
+            (PIPELINE, "a\u{7}b"),
+            (DEPENDS_ON, "a,b\nc"),
             (MAX_BORROW, "-1"),
             (MAX_BORROW, "NaN"),
             (ALLOW_BELOW_REQUEST, "yes"),

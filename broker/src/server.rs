@@ -185,6 +185,63 @@ fn ancestors(parents: &[ParentLimit]) -> Result<Vec<Ancestor>, ErrorReply> {
     Ok(out)
 }
 
+/// Applies the operator's `[policy]` to the annotations of a Kubernetes pod's container: its priority and
+/// its borrowing maximum are capped, and its pipeline is its namespace's (a pod cannot join another tenant's
+/// pipeline to move its critical path). Returns, per capped value, the decision-log entry (resource, asked,
+/// granted, reason).
+fn apply_policy(
+    cfg: &Config,
+    annotations: &std::collections::BTreeMap<String, String>,
+    ann: &mut Annotations,
+) -> Vec<(&'static str, f64, f64, String)> {
+    let pod = annotations.contains_key(predictor::CRI_CONTAINER_TYPE_ANNOTATION)
+        || annotations.contains_key(predictor::CRI_SANDBOX_NAMESPACE_ANNOTATION);
+    if !pod {
+        return Vec::new();
+    }
+    if let (Some(ns), Some(p)) = (
+        annotations.get(predictor::CRI_SANDBOX_NAMESPACE_ANNOTATION),
+        ann.pipeline.as_mut(),
+    ) {
+        *p = format!("{ns}/{p}");
+    }
+    let policy = &cfg.policy;
+    let mut out = Vec::new();
+    if ann.priority > policy.max_priority {
+        out.push((
+            "priority",
+            f64::from(ann.priority),
+            f64::from(policy.max_priority),
+            format!(
+                "policy: {} {} capped at {} ([policy] max_priority)",
+                crate::annotations::PRIORITY,
+                ann.priority,
+                policy.max_priority
+            ),
+        ));
+        ann.priority = policy.max_priority;
+    }
+    if let Some(cap) = policy.max_borrow_cpu.or(cfg.controller.max_borrow_cpu) {
+        match ann.max_borrow_cpu {
+            Some(asked) if asked > cap => {
+                out.push((
+                    "cpu-borrow",
+                    asked,
+                    cap,
+                    format!(
+                        "policy: {} {asked} capped at {cap} cores ([policy] max_borrow_cpu)",
+                        crate::annotations::MAX_BORROW
+                    ),
+                ));
+                ann.max_borrow_cpu = Some(cap);
+            }
+            Some(_) => {}
+            None => ann.max_borrow_cpu = Some(cap),
+        }
+    }
+    out
+}
+
 /// What the recorder writes, in order.
 enum Record {
     Decision(Box<predictor::Decision>),
@@ -499,7 +556,7 @@ impl Broker {
         let prediction = self
             .predictor
             .predict(&key, &RunFeatures::from_metadata(&meta, now));
-        let capped = self.cap_by_policy(&r.annotations, &mut ann);
+        let capped = apply_policy(&self.cfg, &r.annotations, &mut ann);
         let cold = prediction.is_cold_start();
         let model_version = (!cold).then_some(prediction.model_version);
         let spec = TaskSpec {
@@ -578,56 +635,6 @@ impl Broker {
             directives: own,
             prediction: (!cold).then_some(prediction),
         })
-    }
-
-    /// Applies the operator's `[policy]` to the annotations of a Kubernetes pod's container: its priority and
-    /// its borrowing maximum are capped. Returns, per capped value, the decision-log entry (resource, asked,
-    /// granted, reason).
-    fn cap_by_policy(
-        &self,
-        annotations: &std::collections::BTreeMap<String, String>,
-        ann: &mut Annotations,
-    ) -> Vec<(&'static str, f64, f64, String)> {
-        let pod = annotations.contains_key(predictor::CRI_CONTAINER_TYPE_ANNOTATION)
-            || annotations.contains_key(predictor::CRI_SANDBOX_NAMESPACE_ANNOTATION);
-        if !pod {
-            return Vec::new();
-        }
-        let policy = &self.cfg.policy;
-        let mut out = Vec::new();
-        if ann.priority > policy.max_priority {
-            out.push((
-                "priority",
-                f64::from(ann.priority),
-                f64::from(policy.max_priority),
-                format!(
-                    "policy: {} {} capped at {} ([policy] max_priority)",
-                    crate::annotations::PRIORITY,
-                    ann.priority,
-                    policy.max_priority
-                ),
-            ));
-            ann.priority = policy.max_priority;
-        }
-        if let Some(cap) = policy.max_borrow_cpu.or(self.cfg.controller.max_borrow_cpu) {
-            match ann.max_borrow_cpu {
-                Some(asked) if asked > cap => {
-                    out.push((
-                        "cpu-borrow",
-                        asked,
-                        cap,
-                        format!(
-                            "policy: {} {asked} capped at {cap} cores ([policy] max_borrow_cpu)",
-                            crate::annotations::MAX_BORROW
-                        ),
-                    ));
-                    ann.max_borrow_cpu = Some(cap);
-                }
-                Some(_) => {}
-                None => ann.max_borrow_cpu = Some(cap),
-            }
-        }
-        out
     }
 
     fn update(&self, u: Update) -> Result<Directives, ErrorReply> {
@@ -1409,6 +1416,51 @@ mod tests {
             rates(&raw(5, 0, 0, 0), &raw(5, 10, 0, 0), false).is_none(),
             "no time passed"
         );
+    }
+
+    #[test]
+    fn policy_caps_a_pods_annotations_and_leaves_other_containers_alone() {
+        let mut cfg = Config::default();
+        cfg.policy.max_priority = 5;
+        cfg.policy.max_borrow_cpu = Some(1.0);
+        let pod: std::collections::BTreeMap<String, String> = [
+            (predictor::CRI_CONTAINER_TYPE_ANNOTATION, "container"),
+            (predictor::CRI_SANDBOX_NAMESPACE_ANNOTATION, "team-a"),
+            ("io.predictive.priority", "1000"),
+            ("io.predictive.max-borrow", "3"),
+            ("io.predictive.pipeline", "etl"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let mut ann = Annotations::parse(&pod).expect("valid");
+        let capped = apply_policy(&cfg, &pod, &mut ann);
+        assert_eq!((ann.priority, ann.max_borrow_cpu), (5, Some(1.0)));
+        assert_eq!(
+            ann.pipeline.as_deref(),
+            Some("team-a/etl"),
+            "a pod's pipeline is its namespace's"
+        );
+        let what: Vec<(&str, f64, f64)> = capped.iter().map(|(w, a, g, _)| (*w, *a, *g)).collect();
+        assert_eq!(
+            what,
+            vec![("priority", 1000.0, 5.0), ("cpu-borrow", 3.0, 1.0)]
+        );
+        assert!(capped[0].3.contains("max_priority"), "{}", capped[0].3);
+        // No annotation: the operator's maximum is the pod's.
+        let mut quiet = pod.clone();
+        quiet.remove("io.predictive.max-borrow");
+        let mut ann = Annotations::parse(&quiet).expect("valid");
+        apply_policy(&cfg, &quiet, &mut ann);
+        assert_eq!(ann.max_borrow_cpu, Some(1.0));
+        // Not a pod (ctr, Docker): nothing changes.
+        let ctr: std::collections::BTreeMap<String, String> = pod
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("io.kubernetes."))
+            .collect();
+        let mut ann = Annotations::parse(&ctr).expect("valid");
+        assert!(apply_policy(&cfg, &ctr, &mut ann).is_empty());
+        assert_eq!((ann.priority, ann.pipeline.as_deref()), (1000, Some("etl")));
     }
 
     #[test]
