@@ -41,6 +41,7 @@ fn controller(n: usize) -> Controller {
                     memory_limit_bytes: Some(2 << 30),
                     ..SpecLimits::default()
                 },
+                parents: Vec::new(),
                 prediction: None,
                 started_at_ms: 0,
             },

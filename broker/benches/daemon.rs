@@ -159,6 +159,7 @@ fn register(id: &str, t: usize) -> Register {
         pid: Some(1),
         cgroup: None,
         adopt: None,
+        parents: Vec::new(),
     }
 }
 

@@ -493,6 +493,7 @@ impl<'a> Sim<'a> {
                 memory_limit_bytes: Some((user.mem as f64 * self.bump(i)) as u64),
                 ..SpecLimits::default()
             },
+            parents: Vec::new(),
             prediction: self.predictions[i].clone(),
             started_at_ms: now_ms,
         }

@@ -5,7 +5,7 @@
 //! | annotation | value | default |
 //! | --- | --- | --- |
 //! | `io.predictive.mode` | `off`, `observe` or `enforce` | `enforce` |
-//! | `io.predictive.task-type` | any string (see [`predictor::TaskKey::derive`]) | derived from image and command |
+//! | `io.predictive.task-type` | 1 to 253 printable characters, no `/` (see [`predictor::TaskKey::derive`]) | derived from image and command (on Kubernetes: namespace, workload, container, image) |
 //! | `io.predictive.input-bytes` | unsigned integer | 0 |
 //! | `io.predictive.priority` | integer -1000..=1000, higher first | 0 |
 //! | `io.predictive.depends-on` | comma-separated container ids | none |
@@ -33,6 +33,11 @@ pub const PIPELINE: &str = "io.predictive.pipeline";
 pub const MAX_BORROW: &str = "io.predictive.max-borrow";
 /// Allow allocations below the spec's requests.
 pub const ALLOW_BELOW_REQUEST: &str = "io.predictive.allow-below-request";
+
+/// Longest pipeline name or dependency id accepted, bytes.
+const MAX_NAME: usize = 253;
+/// Most dependencies one container may name.
+const MAX_DEPENDS_ON: usize = 64;
 
 /// A bad annotation value.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -69,12 +74,30 @@ impl Annotations {
     /// Parses the `io.predictive.*` annotations in `map`; other keys are ignored.
     pub fn parse(map: &BTreeMap<String, String>) -> Result<Self, AnnotationError> {
         let get = |k: &str| map.get(k).map(|v| v.trim());
+        // The value goes into an error a shim logs: bounded (a pod controls it; Debug escapes the rest).
         let bad = |key, value: &str, expected| AnnotationError {
             key,
-            value: value.to_owned(),
+            value: match value.char_indices().nth(64) {
+                Some((i, _)) => format!("{}...", &value[..i]),
+                None => value.to_owned(),
+            },
             expected,
         };
         let mut a = Annotations::default();
+        if let Some(v) = get(TASK_TYPE) {
+            // A pod sets this: it becomes part of a key that is logged, stored and shown, so it is bounded and
+            // printable, and it cannot pose as another namespace's key (`<ns>/<type>/<container>`).
+            if v.len() > predictor::key::MAX_EXPLICIT_LEN
+                || v.contains('/')
+                || v.chars().any(char::is_control)
+            {
+                return Err(bad(
+                    TASK_TYPE,
+                    v,
+                    "at most 253 bytes of printable characters without '/'",
+                ));
+            }
+        }
         if let Some(v) = get(MODE) {
             a.mode = match v {
                 "off" => Mode::Off,
@@ -95,6 +118,8 @@ impl Annotations {
                 .filter(|p: &i32| (-1000..=1000).contains(p))
                 .ok_or_else(|| bad(PRIORITY, v, "an integer in -1000..=1000"))?;
         }
+        // Both are names a pod sets: bounded and printable, like the task type.
+        let printable = |v: &str| v.len() <= MAX_NAME && !v.chars().any(char::is_control);
         if let Some(v) = get(DEPENDS_ON) {
             a.depends_on = v
                 .split(',')
@@ -102,10 +127,21 @@ impl Annotations {
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
                 .collect();
+            if a.depends_on.len() > MAX_DEPENDS_ON || !a.depends_on.iter().all(|d| printable(d)) {
+                return Err(bad(
+                    DEPENDS_ON,
+                    v,
+                    "at most 64 comma-separated container ids of at most 253 printable bytes",
+                ));
+            }
         }
         if let Some(v) = get(PIPELINE) {
-            if v.is_empty() {
-                return Err(bad(PIPELINE, v, "a non-empty string"));
+            if v.is_empty() || !printable(v) {
+                return Err(bad(
+                    PIPELINE,
+                    v,
+                    "a non-empty string of at most 253 printable bytes",
+                ));
             }
             a.pipeline = Some(v.to_owned());
         }
@@ -169,9 +205,13 @@ mod tests {
             (PRIORITY, "high"),
             (PRIORITY, "5000"),
             (PIPELINE, " "),
+            (PIPELINE, "a\u{7}b"),
+            (DEPENDS_ON, "a,b\nc"),
             (MAX_BORROW, "-1"),
             (MAX_BORROW, "NaN"),
             (ALLOW_BELOW_REQUEST, "yes"),
+            (TASK_TYPE, "a/b"),
+            (TASK_TYPE, "line\nbreak"),
         ] {
             let e = Annotations::parse(&map(&[(k, v)])).expect_err(v);
             assert_eq!(e.key, k);

@@ -62,6 +62,40 @@ pub struct Register {
     /// or late after a fail-open Create): the broker takes it over as is and answers with no directives.
     #[serde(default)]
     pub adopt: Option<Allocation>,
+    /// The cgroups above the container that have a hard limit (its pod's, `kubepods`'), nearest first: the
+    /// containers under one share its limit. Absent from older shims.
+    #[serde(default)]
+    pub parents: Vec<ParentLimit>,
+}
+
+/// Most ancestors a Register or Update may name.
+pub const MAX_PARENTS: usize = 32;
+
+/// A cgroup above a container with a hard limit, as the shim read it (`runtime_hooks::ancestor_limits`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ParentLimit {
+    /// The cgroup, a path from the hierarchy root (`/kubepods/burstable/pod<uid>`).
+    pub path: String,
+    /// CPU quota over period, cores (`null`: no quota).
+    #[serde(default)]
+    pub cpu_limit_cores: Option<f64>,
+    /// Memory limit, bytes (`null`: no limit).
+    #[serde(default)]
+    pub memory_limit_bytes: Option<u64>,
+}
+
+/// The user resized a running container (CRI `UpdateContainerResources`, `docker update`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Update {
+    /// Container id.
+    pub container_id: String,
+    /// The new limits and requests, complete (a field left `null` has no limit), as in Register.
+    #[serde(default)]
+    pub limits: SpecLimits,
+    /// The limited ancestors read again at the Update (a pod resize changes the pod's cgroup too); absent: as
+    /// registered.
+    #[serde(default)]
+    pub parents: Option<Vec<ParentLimit>>,
 }
 
 /// Telemetry of a running container.
@@ -115,6 +149,8 @@ pub enum Request {
     Report(Report),
     /// → [`Response::Finished`].
     Finish(Finish),
+    /// → [`Response::Directives`].
+    Update(Update),
     /// → [`Response::Status`].
     Status,
     /// → [`Response::Models`].
@@ -178,6 +214,9 @@ pub struct Status {
     /// broker kept them).
     #[serde(default)]
     pub predictions: Vec<TaskPrediction>,
+    /// Where `host` comes from: `host` (detected or configured) or `kubepods` (node allocatable).
+    #[serde(default)]
+    pub pool: String,
 }
 
 /// What a task was predicted to use, for `predictivectl status`.
@@ -432,6 +471,7 @@ pub fn parse_request(line: &str) -> (Option<u64>, Result<Request, ErrorReply>) {
             Request::Register(x) => Some(&x.container_id),
             Request::Report(x) => Some(&x.container_id),
             Request::Finish(x) => Some(&x.container_id),
+            Request::Update(x) => Some(&x.container_id),
             _ => None,
         };
         if id.is_some_and(|c| c.trim().is_empty()) {
@@ -534,10 +574,38 @@ mod tests {
                 container_id: Some("c".to_owned()),
                 task_key: None,
             }),
+            Request::Update(Update {
+                container_id: "c".to_owned(),
+                limits: SpecLimits {
+                    cpu_limit_cores: Some(0.5),
+                    ..SpecLimits::default()
+                },
+                parents: Some(vec![ParentLimit {
+                    path: "/kubepods/pod1".to_owned(),
+                    cpu_limit_cores: Some(1.0),
+                    memory_limit_bytes: None,
+                }]),
+            }),
         ] {
             let (_, back) = parse_request(&encode_request(None, &req).expect("encodes"));
             assert_eq!(back, Ok(req));
         }
+    }
+
+    #[test]
+    fn register_without_parents_and_update_without_limits_parse() {
+        let (_, r) = parse_request(r#"{"version":1,"type":"register","container_id":"c"}"#);
+        assert!(matches!(r, Ok(Request::Register(ref x)) if x.parents.is_empty()));
+        let (_, r) = parse_request(r#"{"version":1,"type":"update","container_id":"c"}"#);
+        assert_eq!(
+            r,
+            Ok(Request::Update(Update {
+                container_id: "c".to_owned(),
+                ..Update::default()
+            }))
+        );
+        let (_, r) = parse_request(r#"{"version":1,"type":"update","container_id":""}"#);
+        assert_eq!(r.expect_err("empty id").code, ErrorCode::InvalidRequest);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::api::{
     self, Decisions, EncodeError, ErrorCode, ErrorReply, Explain, Finish, Finished, Models,
-    Register, Registered, Report, Request, Response, Status,
+    Register, Registered, Report, Request, Response, Status, Update,
 };
 use crate::controller::Directive;
 
@@ -241,6 +241,17 @@ impl Client {
     /// Sends samples; returns the directives to apply (those with `applied: true`).
     pub fn report(&mut self, r: &Report) -> Result<Vec<Directive>, ClientError> {
         match self.call(&Request::Report(r.clone()))? {
+            Response::Directives(x) => Ok(x.directives),
+            _ => Err(ClientError::Unexpected {
+                expected: "directives",
+            }),
+        }
+    }
+
+    /// The user resized the container: its new limits; returns the directives that re-derive its allocation
+    /// (apply those with `applied: true`). [`ClientError::is_not_registered`] when the broker does not know it.
+    pub fn update(&mut self, u: &Update) -> Result<Vec<Directive>, ClientError> {
+        match self.call(&Request::Update(u.clone()))? {
             Response::Directives(x) => Ok(x.directives),
             _ => Err(ClientError::Unexpected {
                 expected: "directives",

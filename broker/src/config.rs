@@ -22,6 +22,10 @@
 //! new_runs = 200                           # or when this many runs were recorded
 //! min_runs = 5                             # runs a task type needs before it gets predictions
 //!
+//! [policy]                                 # what a Kubernetes pod may ask for through its annotations
+//! max_priority = 0                         # highest io.predictive.priority a pod may give itself
+//! max_borrow_cpu = 1.0                     # most CPU a pod may borrow (default: controller.max_borrow_cpu)
+//!
 //! [metrics]                                # Prometheus text exposition over HTTP/1.0; off when absent
 //! listen = "127.0.0.1:9464"                # host:port, or an absolute Unix socket path
 //! ```
@@ -82,6 +86,20 @@ impl Default for RetrainConfig {
     }
 }
 
+/// What a Kubernetes pod (a container the CRI plugin created) may ask for through its `io.predictive.*`
+/// annotations: anyone who may create a pod controls them, so the operator bounds them. Other containers (ctr,
+/// Docker: created by someone with the containerd socket, i.e. root) are not capped.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Highest `io.predictive.priority` a pod may give itself, -1000..=1000 (default 0: a pod may lower its
+    /// priority, not raise it above an unannotated one's, so it cannot make itself the last one paused).
+    pub max_priority: i32,
+    /// Most CPU a pod may borrow, cores, whatever its `io.predictive.max-borrow` says (default:
+    /// `controller.max_borrow_cpu`, unlimited when that is unset).
+    pub max_borrow_cpu: Option<f64>,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -109,6 +127,8 @@ pub struct Config {
     pub cgroup: Option<CgroupKind>,
     /// Controller tuning.
     pub controller: ControllerConfig,
+    /// Caps on what pods ask for.
+    pub policy: PolicyConfig,
     /// Retraining.
     pub retrain: RetrainConfig,
     /// The Prometheus endpoint (off by default).
@@ -129,6 +149,7 @@ impl Default for Config {
             host_memory_bytes: None,
             cgroup: None,
             controller: ControllerConfig::default(),
+            policy: PolicyConfig::default(),
             retrain: RetrainConfig::default(),
             metrics: crate::metrics::MetricsConfig::default(),
         }
@@ -142,11 +163,24 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+        let bad = |message: &str| ConfigError::Parse {
+            path: path.to_owned(),
+            message: message.to_owned(),
+        };
         if cfg.tick_ms == 0 {
-            return Err(ConfigError::Parse {
-                path: path.to_owned(),
-                message: "key `tick_ms` must be at least 1".to_owned(),
-            });
+            return Err(bad("key `tick_ms` must be at least 1"));
+        }
+        if !(-1000..=1000).contains(&cfg.policy.max_priority) {
+            return Err(bad("key `policy.max_priority` must be in -1000..=1000"));
+        }
+        if cfg
+            .policy
+            .max_borrow_cpu
+            .is_some_and(|c| !c.is_finite() || c < 0.0)
+        {
+            return Err(bad(
+                "key `policy.max_borrow_cpu` must be a non-negative number of cores",
+            ));
         }
         Ok(cfg)
     }
@@ -215,6 +249,18 @@ mod tests {
             ControllerConfig::default().min_cpu_cores
         );
         assert_eq!(c.retrain.min_runs, Some(3));
+        assert_eq!(c.policy, PolicyConfig::default());
+        assert!(!c.controller.quota_unlimited_cpu);
+        let c = parse(
+            "[policy]\nmax_priority = 10\nmax_borrow_cpu = 0.5\n[controller]\nquota_unlimited_cpu = true\nmemory_stall_ms = 2000\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            (c.policy.max_priority, c.policy.max_borrow_cpu),
+            (10, Some(0.5))
+        );
+        assert!(c.controller.quota_unlimited_cpu);
+        assert_eq!(c.controller.memory_stall_ms, 2000);
     }
 
     #[test]
@@ -227,6 +273,13 @@ mod tests {
             ("[controller]\nhedroom = 1.0", "hedroom"),
             ("cgroup = \"v3\"", "v3"),
             ("[retrain]\nnew_runs = -1", "new_runs"),
+            ("[policy]\nmax_priority = 5000", "max_priority"),
+            ("[policy]\nmax_borrow_cpu = -1.0", "max_borrow_cpu"),
+            ("[policy]\nmax_prio = 1", "max_prio"),
+            (
+                "[controller]\nquota_unlimited_cpu = \"yes\"",
+                "quota_unlimited_cpu",
+            ),
         ] {
             let e = parse(text).expect_err(text).to_string();
             assert!(e.contains(key) && e.contains("test.toml"), "{text}: {e}");

@@ -3,6 +3,7 @@
 //!
 //! Rules, in the order a [`Controller::tick`] applies them:
 //! 1. **Expiry**: a lease whose holder has not reported for `stale_after_ms` is ended; the lender gets it back.
+//!    **Ancestors**: leases held under a limited ancestor cgroup whose tasks hold more than its limit end.
 //! 2. **Revocation**: a lender whose usage nears what it kept, or whose predicted profile says the next
 //!    `lookahead_buckets` need more than it kept, gets its leases back in this tick (CPU at once).
 //! 3. **Release**: a holder that no longer needs a lease gives it back.
@@ -14,7 +15,13 @@
 //!    and its unused allocation returned to the pool. Under host memory pressure one lowest-priority task is
 //!    paused per tick; paused tasks are thawed, highest priority first, once pressure has passed. A task not
 //!    near its allocation whose prediction is confident (medium or high) is right-sized: shrunk to what its
-//!    predicted profile says it needs around now (never below its usage over `memory_grow_at` + 5%).
+//!    predicted profile says it needs around now (never below its usage over `memory_grow_at` + 5%). A task that
+//!    waits on memory with no room to grow for `memory_stall_ms` is lifted to its ceiling (its limit, or none).
+//!
+//! Outside the tick: [`Controller::register`] allocates (a request is a floor on any host; no quota without a CPU
+//! limit unless `quota_unlimited_cpu`; within every limited ancestor's room), and [`Controller::update`] makes a
+//! user's resize the task's limits at once. The tasks under one limited ancestor (a pod's containers) share its
+//! limit in every rule that hands out CPU or memory; a lender never lends below its request.
 //!
 //! A memory allocation never makes an OOM kill likelier than the user's limit: on cgroup v2 it is
 //! `memory.high` with `memory.max` at the user's limit (or the host ceiling); on v1 it is
@@ -133,6 +140,13 @@ pub struct ControllerConfig {
     pub pause_at: f64,
     /// Host memory usage over grantable memory below which paused tasks are thawed (default 0.85).
     pub thaw_below: f64,
+    /// Give a container whose spec has no CPU limit a CFS quota (its predicted CPU, and leases) (default false:
+    /// it keeps no quota, as runc would run it; it neither lends nor borrows).
+    pub quota_unlimited_cpu: bool,
+    /// A task that waits on memory (v1 OOM wait with the killer off, or a v2 `memory.high` stall) and cannot be
+    /// grown for this long gets its allocation lifted to its ceiling (the user's limit, or none) with the kernel's
+    /// OOM policy back on: it never waits on the broker indefinitely (default 10 s).
+    pub memory_stall_ms: u64,
 }
 
 impl Default for ControllerConfig {
@@ -159,7 +173,29 @@ impl Default for ControllerConfig {
             memory_shrink_at: 0.95,
             pause_at: 0.95,
             thaw_below: 0.85,
+            quota_unlimited_cpu: false,
+            memory_stall_ms: 10_000,
         }
+    }
+}
+
+/// A cgroup above a task with a hard limit (its pod's, `kubepods`'): the tasks under it share the limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ancestor {
+    /// The cgroup path, from the hierarchy root.
+    pub path: String,
+    /// CPU quota, cores.
+    #[serde(default)]
+    pub cpu_cores: Option<f64>,
+    /// Memory limit, bytes.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+}
+
+impl Ancestor {
+    /// `kubepods` itself (cgroupfs `/kubepods`, systemd `/kubepods.slice`): node allocatable.
+    pub fn is_kubepods(&self) -> bool {
+        matches!(self.path.as_str(), "/kubepods" | "/kubepods.slice")
     }
 }
 
@@ -184,6 +220,8 @@ pub struct TaskSpec {
     pub allow_below_request: bool,
     /// The spec's limits and requests.
     pub limits: SpecLimits,
+    /// Limited cgroups above the task, nearest first.
+    pub parents: Vec<Ancestor>,
     /// The prediction (`None` or cold: the spec's limits stand).
     pub prediction: Option<Prediction>,
     /// Start time, ms.
@@ -330,6 +368,8 @@ struct Task {
     usage: Option<Usage>,
     last_report_ms: u64,
     holding_memory: bool,
+    /// Since when the task has waited on memory with no room to grow.
+    stalled_since_ms: Option<u64>,
     critical: bool,
 }
 
@@ -345,6 +385,7 @@ impl Task {
             usage: None,
             last_report_ms: now_ms,
             holding_memory: false,
+            stalled_since_ms: None,
             critical: false,
             spec,
         }
@@ -423,6 +464,9 @@ impl Task {
     }
 }
 
+/// Per resource, the room left under the tightest limited ancestor, with that ancestor's index.
+type AncestorRoom = (Option<(usize, f64)>, Option<(usize, u64)>);
+
 /// A task's slot in the controller: stable while the task is registered, reused after it leaves.
 type Key = usize;
 
@@ -487,6 +531,10 @@ pub struct Controller {
     next_lease: u64,
     /// Until then a restored lease whose holder has not registered again is kept (broker restart).
     restore_grace_until_ms: u64,
+    /// Take the pool from a `kubepods` ancestor's limits when a task reports one.
+    kube_pool: bool,
+    /// The pool is `kubepods`' (node allocatable) rather than the host's.
+    pool_from_kubepods: bool,
 }
 
 /// A snapshot of one task for status queries.
@@ -508,6 +556,12 @@ pub struct TaskView {
     pub frozen: bool,
     /// Latest usage.
     pub usage: Option<Usage>,
+    /// The user's limits and requests in force (from Register, or the latest Update).
+    #[serde(default)]
+    pub limits: SpecLimits,
+    /// Most CPU the task may borrow, cores, after the operator's policy (`None`: unlimited).
+    #[serde(default)]
+    pub max_borrow_cpu: Option<f64>,
 }
 
 /// p90 (nearest rank) of `v`; 0 when empty.
@@ -522,10 +576,28 @@ fn p90(v: &mut [f64]) -> f64 {
 
 const EPS: f64 = 1e-6;
 
+/// The tightest CPU and memory limits among a task's ancestors, with the cgroup that sets each.
+type Tightest<'a> = (Option<(&'a str, f64)>, Option<(&'a str, u64)>);
+
+fn tightest(parents: &[Ancestor]) -> Tightest<'_> {
+    let mut cpu: Option<(&str, f64)> = None;
+    let mut mem: Option<(&str, u64)> = None;
+    for a in parents {
+        if let Some(c) = a.cpu_cores.filter(|c| cpu.is_none_or(|(_, x)| *c < x)) {
+            cpu = Some((a.path.as_str(), c));
+        }
+        if let Some(m) = a.memory_bytes.filter(|m| mem.is_none_or(|(_, x)| *m < x)) {
+            mem = Some((a.path.as_str(), m));
+        }
+    }
+    (cpu, mem)
+}
+
 /// The initial allocation of a task: the spec on a cold start; otherwise memory at the prediction's upper bound
 /// and CPU at the p90 of the predicted profile over the first `initial_cpu_buckets`, never above a user limit,
-/// never below a user request (unless allowed), within the host's grantable capacity. Returns the allocation and
-/// the reasons per resource.
+/// never below a user request (unless allowed; not even on a host smaller than the request), within the host's
+/// grantable capacity and every limited ancestor's limit. A spec with no CPU limit keeps no quota unless
+/// `quota_unlimited_cpu` is on. Returns the allocation and the reasons per resource.
 pub fn initial_allocation(
     spec: &TaskSpec,
     host: &HostCapacity,
@@ -536,40 +608,79 @@ pub fn initial_allocation(
         .saturating_sub(cfg.host_reserve_memory_bytes);
     let grant_cpu = (host.cpu_cores - cfg.host_reserve_cpu).max(cfg.min_cpu_cores);
     let l = &spec.limits;
-    let memory_max = l.memory_limit_bytes.or(Some(grant_mem));
+    let (anc_cpu, anc_mem) = tightest(&spec.parents);
+    let memory_max = match (l.memory_limit_bytes, anc_mem) {
+        (Some(lim), Some((_, a))) => Some(lim.min(a)),
+        (Some(lim), None) => Some(lim),
+        (None, Some((_, a))) => Some(a.min(grant_mem)),
+        (None, None) => Some(grant_mem),
+    };
+    let cap_cpu = |c: f64, reason: &mut String| match anc_cpu {
+        Some((path, a)) if c > a => {
+            *reason = format!("{reason}, capped at the {a:.2}-core limit of {path}");
+            a.max(cfg.min_cpu_cores)
+        }
+        _ => c,
+    };
+    let cap_mem = |m: u64, reason: &mut String| match anc_mem {
+        Some((path, a)) if m > a => {
+            *reason = format!("{reason}, capped at the {a}-byte limit of {path}");
+            a.max(cfg.min_memory_bytes)
+        }
+        _ => m,
+    };
     let Some(p) = spec.prediction.as_ref().filter(|p| !p.is_cold_start()) else {
+        let mut cpu_reason = "cold start: the spec's CPU limit".to_owned();
+        let mut mem_reason = "cold start: the spec's memory limit".to_owned();
+        let cpu = l.cpu_limit_cores.map(|c| cap_cpu(c, &mut cpu_reason));
+        let mem = l.memory_limit_bytes.map(|m| cap_mem(m, &mut mem_reason));
         return (
             Allocation {
-                cpu_cores: l.cpu_limit_cores,
-                memory_bytes: l.memory_limit_bytes,
+                cpu_cores: cpu,
+                memory_bytes: mem,
                 memory_max_bytes: memory_max,
             },
-            "cold start: the spec's CPU limit".to_owned(),
-            "cold start: the spec's memory limit".to_owned(),
+            cpu_reason,
+            mem_reason,
         );
     };
-    let mut cpu_reason;
-    let mut cpu = if p.profile.len() == BUCKETS {
-        let k = cfg.initial_cpu_buckets.clamp(1, BUCKETS);
-        let mut first: Vec<f64> = p.profile[..k].iter().map(|pp| pp.cpu_cores.point).collect();
-        cpu_reason = format!("predicted p90 over the first {k} lifetime buckets");
-        p90(&mut first)
-    } else {
-        cpu_reason = "predicted p95".to_owned();
-        p.cpu_cores.point
-    };
-    if let Some(req) = l
+    let request = l
         .cpu_request_cores
-        .filter(|r| cpu < *r && !spec.allow_below_request)
-    {
-        cpu = req;
-        cpu_reason = "the spec's CPU request (prediction below it)".to_owned();
-    }
-    if let Some(lim) = l.cpu_limit_cores.filter(|lim| cpu > *lim) {
-        cpu = lim;
-        cpu_reason = "the spec's CPU limit (prediction above it)".to_owned();
-    }
-    let cpu = cpu.clamp(cfg.min_cpu_cores, grant_cpu.max(cfg.min_cpu_cores));
+        .filter(|_| !spec.allow_below_request)
+        .unwrap_or(0.0);
+    let cpu = if l.cpu_limit_cores.is_none() && !cfg.quota_unlimited_cpu {
+        (
+            None,
+            "no CPU limit in the spec: no quota (controller.quota_unlimited_cpu is off)".to_owned(),
+        )
+    } else {
+        let mut cpu_reason;
+        let mut cpu = if p.profile.len() == BUCKETS {
+            let k = cfg.initial_cpu_buckets.clamp(1, BUCKETS);
+            let mut first: Vec<f64> = p.profile[..k].iter().map(|pp| pp.cpu_cores.point).collect();
+            cpu_reason = format!("predicted p90 over the first {k} lifetime buckets");
+            p90(&mut first)
+        } else {
+            cpu_reason = "predicted p95".to_owned();
+            p.cpu_cores.point
+        };
+        if cpu < request {
+            cpu = request;
+            cpu_reason =
+                format!("the spec's CPU request of {request:.2} cores (prediction below it)");
+        }
+        if let Some(lim) = l.cpu_limit_cores.filter(|lim| cpu > *lim) {
+            cpu = lim;
+            cpu_reason = "the spec's CPU limit (prediction above it)".to_owned();
+        }
+        // A small host cuts a prediction, never a request.
+        let cpu = cpu.clamp(
+            cfg.min_cpu_cores,
+            grant_cpu.max(request).max(cfg.min_cpu_cores),
+        );
+        (Some(cap_cpu(cpu, &mut cpu_reason)), cpu_reason)
+    };
+    let (cpu, cpu_reason) = cpu;
 
     let mut mem_reason = format!("predicted upper bound at level {}", p.level);
     let mut mem = p.memory_bytes.upper.max(0.0) as u64;
@@ -584,12 +695,11 @@ pub fn initial_allocation(
         mem = lim;
         mem_reason = "the spec's memory limit (prediction above it)".to_owned();
     }
-    let mem = mem
-        .max(cfg.min_memory_bytes)
-        .min(memory_max.unwrap_or(u64::MAX));
+    let mem =
+        cap_mem(mem.max(cfg.min_memory_bytes), &mut mem_reason).min(memory_max.unwrap_or(u64::MAX));
     (
         Allocation {
-            cpu_cores: Some(cpu),
+            cpu_cores: cpu,
             memory_bytes: Some(mem),
             memory_max_bytes: memory_max,
         },
@@ -612,6 +722,8 @@ impl Controller {
             leases: BTreeMap::new(),
             next_lease: 1,
             restore_grace_until_ms: 0,
+            kube_pool: false,
+            pool_from_kubepods: false,
         }
     }
 
@@ -739,6 +851,7 @@ impl Controller {
         if self.index.contains_key(&spec.container_id) {
             out.extend(self.unregister(&spec.container_id, now_ms));
         }
+        self.learn_pool(&spec.parents);
         let id = spec.container_id.as_str();
         let lent: f64 = self
             .leases
@@ -775,6 +888,77 @@ impl Controller {
     }
 
     /// Host capacity.
+    /// On a Kubernetes node the pool is `kubepods`' own limits (node allocatable) once a task under it reports
+    /// them (CPU and memory each, when set), with no host reserve (kubelet has subtracted kube- and
+    /// system-reserved already). Off when the operator sized the host in the config.
+    pub fn use_kubepods_pool(&mut self, on: bool) {
+        self.kube_pool = on;
+    }
+
+    /// Where the pool comes from: `"kubepods"` or `"host"`.
+    pub fn pool_source(&self) -> &'static str {
+        if self.pool_from_kubepods {
+            "kubepods"
+        } else {
+            "host"
+        }
+    }
+
+    fn learn_pool(&mut self, parents: &[Ancestor]) {
+        if !self.kube_pool {
+            return;
+        }
+        for a in parents.iter().filter(|a| a.is_kubepods()) {
+            if let Some(c) = a.cpu_cores {
+                self.host.cpu_cores = c;
+                self.cfg.host_reserve_cpu = 0.0;
+                self.pool_from_kubepods = true;
+            }
+            if let Some(m) = a.memory_bytes {
+                self.host.memory_bytes = m;
+                self.cfg.host_reserve_memory_bytes = 0;
+                self.pool_from_kubepods = true;
+            }
+        }
+    }
+
+    /// The CPU a task counts for under an ancestor: its quota, or its request when it has none.
+    fn cpu_share(t: &Task) -> f64 {
+        t.cpu.or(t.spec.limits.cpu_request_cores).unwrap_or(0.0)
+    }
+
+    /// The tightest room under the limited ancestors in `parents`: per ancestor its limit less what the live
+    /// tasks under it (all but `except`) hold. With the index of the ancestor that sets it.
+    fn ancestor_room(&self, parents: &[Ancestor], except: Option<Key>) -> AncestorRoom {
+        let mut cpu: Option<(usize, f64)> = None;
+        let mut mem: Option<(usize, u64)> = None;
+        for (i, a) in parents.iter().enumerate() {
+            if a.cpu_cores.is_none() && a.memory_bytes.is_none() {
+                continue;
+            }
+            let (mut c, mut m) = (0.0, 0u64);
+            for (k, t) in self.live() {
+                if Some(k) != except && t.spec.parents.iter().any(|p| p.path == a.path) {
+                    c += Self::cpu_share(t);
+                    m = m.saturating_add(Self::pool_share(t));
+                }
+            }
+            if let Some(l) = a.cpu_cores {
+                let room = (l - c).max(0.0);
+                if cpu.is_none_or(|(_, r)| room < r) {
+                    cpu = Some((i, room));
+                }
+            }
+            if let Some(l) = a.memory_bytes {
+                let room = l.saturating_sub(m);
+                if mem.is_none_or(|(_, r)| room < r) {
+                    mem = Some((i, room));
+                }
+            }
+        }
+        (cpu, mem)
+    }
+
     pub fn host(&self) -> HostCapacity {
         self.host
     }
@@ -796,7 +980,29 @@ impl Controller {
         if self.index.contains_key(&spec.container_id) {
             out.extend(self.unregister(&spec.container_id, now_ms));
         }
-        let (alloc, cpu_reason, mem_reason) = initial_allocation(&spec, &self.host, &self.cfg);
+        self.learn_pool(&spec.parents);
+        let (mut alloc, mut cpu_reason, mut mem_reason) =
+            initial_allocation(&spec, &self.host, &self.cfg);
+        // Siblings under a limited ancestor (the containers of one pod) share its limit.
+        let (cpu_room, mem_room) = self.ancestor_room(&spec.parents, None);
+        if let (Some(c), Some((i, room))) = (alloc.cpu_cores, cpu_room)
+            && c > room + EPS
+        {
+            alloc.cpu_cores = Some(room.max(self.cfg.min_cpu_cores));
+            cpu_reason = format!(
+                "{cpu_reason}, capped at the {room:.2} cores {} has left",
+                spec.parents[i].path
+            );
+        }
+        if let (Some(m), Some((i, room))) = (alloc.memory_bytes, mem_room)
+            && m > room
+        {
+            alloc.memory_bytes = Some(room.max(self.cfg.min_memory_bytes));
+            mem_reason = format!(
+                "{mem_reason}, capped at the {room} bytes {} has left",
+                spec.parents[i].path
+            );
+        }
         let id = spec.container_id.clone();
         let task = Task::new(spec, alloc.cpu_cores, alloc, now_ms);
         out.push(Directive {
@@ -839,6 +1045,153 @@ impl Controller {
             }
             None => false,
         }
+    }
+
+    /// The user resized a running task (CRI `UpdateContainerResources`, `docker update`): `limits` become its
+    /// limits and requests at once — the ceiling of its allocation, growth and borrowing, and the floor of its
+    /// allocation and of what it may lend — and, when given, `parents` its limited ancestors. The allocation is
+    /// derived again (a cold start follows the new limits; a predicted one keeps its allocation within them),
+    /// leases it holds above the new ceiling and leases it lends below the new floor end, newest first. Returns
+    /// the directives, its own CPU and memory ones always (the shim wrote the user's values over the cgroup);
+    /// `None` when the task is not registered.
+    pub fn update(
+        &mut self,
+        container_id: &str,
+        limits: SpecLimits,
+        parents: Option<Vec<Ancestor>>,
+        now_ms: u64,
+    ) -> Option<Vec<Directive>> {
+        let k = self.key(container_id)?;
+        if let Some(p) = &parents {
+            self.learn_pool(p);
+        }
+        let before: Vec<Option<f64>> = self
+            .slots
+            .iter()
+            .map(|s| s.as_ref().and_then(|t| t.cpu))
+            .collect();
+        let (old_limits, old_cpu, old_memory) = {
+            let t = self.task_mut(k);
+            let old = t.spec.limits;
+            t.spec.limits = limits;
+            if let Some(p) = parents {
+                t.spec.parents = p;
+            }
+            (old, t.cpu, t.memory)
+        };
+        let why = format!(
+            "resized by the user: {}",
+            describe_resize(&old_limits, &limits)
+        );
+        let grant_mem = self.grantable_memory();
+        let grant_cpu = self.grantable_cpu();
+        let (cfg, min_cpu) = (&self.cfg, self.cfg.min_cpu_cores);
+        let t = self.task(k);
+        let cold = t.spec.prediction.as_ref().is_none_or(|p| p.is_cold_start());
+        let (anc_cpu, anc_mem) = tightest(&t.spec.parents);
+        let anc_cpu = anc_cpu.map_or(f64::INFINITY, |(_, c)| c);
+        let cpu_request = limits
+            .cpu_request_cores
+            .filter(|_| !t.spec.allow_below_request)
+            .unwrap_or(0.0);
+        let cpu_cap = limits.cpu_limit_cores.unwrap_or(f64::INFINITY).min(anc_cpu);
+        let base: Option<f64> = if limits.cpu_limit_cores.is_none() && !cfg.quota_unlimited_cpu {
+            None
+        } else if cold {
+            limits.cpu_limit_cores.map(|c| c.min(anc_cpu).max(min_cpu))
+        } else {
+            let start = t.base_cpu.unwrap_or_else(|| {
+                initial_allocation(&t.spec, &self.host, cfg)
+                    .0
+                    .cpu_cores
+                    .unwrap_or(cpu_request)
+            });
+            Some(
+                start
+                    .max(cpu_request)
+                    .min(cpu_cap)
+                    .min(grant_cpu.max(cpu_request))
+                    .max(min_cpu),
+            )
+        };
+        let ceiling = limits
+            .memory_limit_bytes
+            .unwrap_or(grant_mem)
+            .min(anc_mem.map_or(u64::MAX, |(_, m)| m));
+        let memory_max = Some(ceiling);
+        let mem_request = limits
+            .memory_request_bytes
+            .filter(|_| !t.spec.allow_below_request)
+            .unwrap_or(0);
+        let memory = if cold {
+            limits.memory_limit_bytes.map(|m| m.min(ceiling))
+        } else {
+            let cur = old_memory.unwrap_or(ceiling);
+            Some(
+                cur.max(mem_request)
+                    .max(self.cfg.min_memory_bytes)
+                    .min(ceiling),
+            )
+        };
+
+        // Leases re-checked against the new ceiling (held) and floor (lent).
+        let mut reasons: Reasons = vec![None; self.slots.len()];
+        let mut out = Vec::new();
+        let mut held: Vec<(u64, f64)> = Vec::new();
+        let mut lent: Vec<(u64, f64)> = Vec::new();
+        for h in self.leases.values() {
+            if h.holder == Some(k) {
+                held.push((h.lease.id, h.lease.amount));
+            }
+            if h.lender == Some(k) {
+                lent.push((h.lease.id, h.lease.amount));
+            }
+        }
+        let mut held_sum: f64 = held.iter().map(|(_, a)| a).sum();
+        let mut lent_sum: f64 = lent.iter().map(|(_, a)| a).sum();
+        let floor = cpu_request.max(min_cpu);
+        for (id, amount) in held.iter().rev() {
+            if base.is_some_and(|b| b + held_sum <= cpu_cap + EPS) {
+                break;
+            }
+            self.end_lease(*id, &why, &mut reasons, &mut out);
+            held_sum -= amount;
+        }
+        for (id, amount) in lent.iter().rev() {
+            if base.is_some_and(|b| b - lent_sum + EPS >= floor) {
+                break;
+            }
+            self.end_lease(*id, &why, &mut reasons, &mut out);
+            lent_sum -= amount;
+        }
+        let t = self.task_mut(k);
+        t.base_cpu = base;
+        t.cpu = base.map(|b| (b + held_sum.max(0.0) - lent_sum.max(0.0)).max(min_cpu));
+        t.memory = memory;
+        t.memory_max = memory_max;
+        if let Some(restore) = &mut t.frozen_memory {
+            *restore = restore.map(|m| m.min(ceiling));
+        }
+        t.stalled_since_ms = None;
+        t.holding_memory = false;
+        reasons[k] = None;
+        out.extend(
+            self.cpu_directives(reasons, Some(&before))
+                .into_iter()
+                .filter(|d| d.container_id != container_id),
+        );
+        let t = self.task(k);
+        out.push(Directive {
+            container_id: container_id.to_owned(),
+            action: Action::SetCpu { cores: t.cpu },
+            reason: why.clone(),
+            applied: t.enforce(),
+            old_value: old_cpu,
+        });
+        out.push(memory_directive(t, why, old_memory));
+        let pipeline = t.spec.pipeline.clone();
+        self.update_critical_path(now_ms, pipeline.as_deref());
+        Some(out)
     }
 
     /// Removes a task; its leases end and lenders get their CPU back.
@@ -900,6 +1253,8 @@ impl Controller {
                 base_cpu_cores: t.base_cpu,
                 frozen: t.frozen(),
                 usage: t.usage,
+                limits: t.spec.limits,
+                max_borrow_cpu: t.spec.max_borrow_cpu.or(self.cfg.max_borrow_cpu),
             })
             .collect()
     }
@@ -942,6 +1297,15 @@ impl Controller {
         let used = t.usage.map(|u| u.cpu_cores).unwrap_or(0.0) * self.cfg.headroom;
         used.max(t.predicted_cpu(now_ms, self.cfg.lookahead_buckets))
             .max(self.cfg.min_cpu_cores)
+    }
+
+    /// The least CPU a task keeps: its request (unless it allows less), and the smallest allocation.
+    fn cpu_floor(t: &Task) -> f64 {
+        t.spec
+            .limits
+            .cpu_request_cores
+            .filter(|_| !t.spec.allow_below_request)
+            .unwrap_or(0.0)
     }
 
     fn cpu_pressure(&self, t: &Task) -> Option<Pressure> {
@@ -1033,6 +1397,7 @@ impl Controller {
         let mut reasons: Reasons = vec![None; self.slots.len()];
         let mut out = Vec::new();
         self.expire_and_renew(now_ms, &mut reasons, &mut out);
+        self.fit_ancestors(&mut reasons, &mut out);
         // A lender that had to take CPU back this tick does not lend again in the same tick.
         let took_back = self.revoke(now_ms, &mut reasons, &mut out);
         self.release(&mut reasons, &mut out);
@@ -1040,6 +1405,57 @@ impl Controller {
         out.extend(self.cpu_directives(reasons, Some(&before)));
         self.memory(now_ms, &mut out);
         out
+    }
+
+    /// Ends leases held under a limited ancestor whose tasks hold more CPU than its limit (its limit was lowered,
+    /// a sibling registered, a resize), newest first, until they fit again.
+    fn fit_ancestors(&mut self, reasons: &mut Reasons, out: &mut Vec<Directive>) {
+        let mut limited: Vec<(String, f64)> = Vec::new();
+        for (_, t) in self.live() {
+            for a in &t.spec.parents {
+                if let Some(c) = a.cpu_cores
+                    && !limited.iter().any(|(p, _)| *p == a.path)
+                {
+                    limited.push((a.path.clone(), c));
+                }
+            }
+        }
+        for (path, limit) in limited {
+            let under = |t: &Task| t.spec.parents.iter().any(|a| a.path == path);
+            let mut sum: f64 = self
+                .live()
+                .filter(|(_, t)| under(t))
+                .map(|(_, t)| Self::cpu_share(t))
+                .sum();
+            if sum <= limit + EPS {
+                continue;
+            }
+            let ids: Vec<(u64, f64)> = self
+                .leases
+                .values()
+                .rev()
+                .filter(|h| {
+                    h.holder
+                        .and_then(|k| self.slots[k].as_ref())
+                        .is_some_and(&under)
+                        && !h
+                            .lender
+                            .and_then(|k| self.slots[k].as_ref())
+                            .is_some_and(&under)
+                })
+                .map(|h| (h.lease.id, h.lease.amount))
+                .collect();
+            let why = format!(
+                "{path}'s limit of {limit:.2} cores is exceeded ({sum:.2} allocated under it)"
+            );
+            for (id, amount) in ids {
+                if sum <= limit + EPS {
+                    break;
+                }
+                self.end_lease(id, &why, reasons, out);
+                sum -= amount;
+            }
+        }
     }
 
     fn expire_and_renew(&mut self, now_ms: u64, reasons: &mut Reasons, out: &mut Vec<Directive>) {
@@ -1095,7 +1511,7 @@ impl Controller {
             let need = if busy {
                 base
             } else {
-                self.cpu_need(t, now_ms).min(base)
+                self.cpu_need(t, now_ms).max(Self::cpu_floor(t)).min(base)
             };
             let mut why: Option<String> = None;
             ids.reverse();
@@ -1189,7 +1605,8 @@ impl Controller {
             .filter(|(k, t)| !t.frozen() && !took_back[*k] && !holding[*k] && fresh(t))
             .filter(|(_, t)| t.usage.is_some() && self.cpu_pressure(t).is_none())
             .filter_map(|(k, t)| {
-                let spare = t.cpu? - self.cpu_need(t, now_ms);
+                // A lender keeps what it needs and never goes below its request.
+                let spare = t.cpu? - self.cpu_need(t, now_ms).max(Self::cpu_floor(t));
                 (spare >= self.cfg.min_lease_cpu).then_some((k, spare))
             })
             .collect();
@@ -1215,13 +1632,16 @@ impl Controller {
                 .max_borrow_cpu
                 .or(self.cfg.max_borrow_cpu)
                 .unwrap_or(f64::INFINITY);
+            // Never above the user's limit, and never past the room its limited ancestors have left.
+            let (anc_room, _) = self.ancestor_room(&t.spec.parents, None);
             let cap = t
                 .spec
                 .limits
                 .cpu_limit_cores
                 .unwrap_or(f64::INFINITY)
                 .min(base + max_borrow)
-                .min(grantable);
+                .min(grantable)
+                .min(anc_room.map_or(f64::INFINITY, |(_, r)| cpu + r));
             let mut want = (cpu * self.cfg.borrow_step)
                 .max(self.cfg.min_lease_cpu)
                 .min(cap - cpu);
@@ -1347,8 +1767,10 @@ impl Controller {
                 used as f64 >= alloc as f64 * self.cfg.memory_grow_at || u.under_oom || stalled;
             if !near {
                 let need = self.right_size(t, now_ms);
-                if t.holding_memory {
-                    self.task_mut(k).holding_memory = false;
+                if t.holding_memory || t.stalled_since_ms.is_some() {
+                    let t = self.task_mut(k);
+                    t.holding_memory = false;
+                    t.stalled_since_ms = None;
                 }
                 if let Some(need) = need
                     && (need as f64) < alloc as f64 * self.cfg.memory_shrink_at
@@ -1383,7 +1805,12 @@ impl Controller {
                     .max(t.predicted_memory_upper(now_ms)),
             }
             .min(cap);
-            let mut room = grantable.saturating_sub(allocated);
+            // The room in the pool, and under every limited ancestor (its own allocation counted there).
+            let anc_room = self
+                .ancestor_room(&t.spec.parents, None)
+                .1
+                .map_or(u64::MAX, |(_, r)| r);
+            let mut room = grantable.saturating_sub(allocated).min(anc_room);
             if room < target - alloc {
                 // No room: pause the lowest-priority running task ranked below this one.
                 let (rank, mode) = (t.rank(), t.spec.mode);
@@ -1401,11 +1828,25 @@ impl Controller {
                     self.freeze(v, &why, out);
                     allocated = allocated - share + Self::pool_share(self.task(v));
                     froze_this_tick = true;
-                    room = grantable.saturating_sub(allocated);
+                    room = grantable.saturating_sub(allocated).min(anc_room);
                 }
             }
             let grow = (target - alloc).min(room);
             if grow == 0 || room == 0 {
+                // Waiting (v1 OOM wait, v2 reclaim stall) is bounded: past memory_stall_ms the allocation is
+                // lifted and the kernel's policy applies, as it would without the broker.
+                if u.under_oom || stalled {
+                    let since = *self.task_mut(k).stalled_since_ms.get_or_insert(now_ms);
+                    let waited = now_ms.saturating_sub(since);
+                    if waited >= self.cfg.memory_stall_ms {
+                        let old_share = Self::pool_share(self.task(k));
+                        self.lift(k, waited, out);
+                        allocated = allocated - old_share + Self::pool_share(self.task(k));
+                        continue;
+                    }
+                } else {
+                    self.task_mut(k).stalled_since_ms = None;
+                }
                 self.hold(
                     k,
                     "no room to grow: waits at its allocation (reclaim or v1 OOM wait), never OOM-killed below its limit",
@@ -1420,6 +1861,7 @@ impl Controller {
             let t = self.task_mut(k);
             t.memory = Some(alloc + grow);
             t.holding_memory = false;
+            t.stalled_since_ms = None;
             allocated += grow;
             out.push(memory_directive(self.task(k), reason, Some(alloc)));
         }
@@ -1520,6 +1962,26 @@ impl Controller {
                 old_value: None,
             });
         }
+    }
+
+    /// Lifts the allocation of a task that waited `waited_ms` on memory with no room to grow to its ceiling: the
+    /// user's limit (the kernel OOM-kills at it, as it would have without the broker), or none at all.
+    fn lift(&mut self, k: Key, waited_ms: u64, out: &mut Vec<Directive>) {
+        let t = self.task_mut(k);
+        let old = t.memory;
+        t.memory = t.spec.limits.memory_limit_bytes.and(t.memory_max);
+        t.stalled_since_ms = None;
+        t.holding_memory = false;
+        let to = t.memory.map_or_else(
+            || "no limit".to_owned(),
+            |m| format!("its limit of {m} bytes"),
+        );
+        let reason = format!(
+            "waited on memory for {:.1} s with no room to grow (memory_stall_ms): lifted to {to}, the kernel's \
+             OOM policy applies",
+            waited_ms as f64 / 1000.0
+        );
+        out.push(memory_directive(self.task(k), reason, old));
     }
 
     /// Freezes a task and shrinks its allocation to what it uses, returning the rest to the pool.
@@ -1638,6 +2100,57 @@ fn critical_path(
     while let Some(i) = end {
         path.push(g.members[i]);
         end = best[i].and_then(|b| b.1);
+    }
+}
+
+/// `CPU limit 2.00 -> 0.50 cores, memory limit 536870912 -> 268435456 bytes` (the fields that changed; all of them
+/// when none did).
+fn describe_resize(old: &SpecLimits, new: &SpecLimits) -> String {
+    fn cores(v: Option<f64>) -> String {
+        v.map_or_else(|| "none".to_owned(), |c| format!("{c:.2}"))
+    }
+    fn bytes(v: Option<u64>) -> String {
+        v.map_or_else(|| "none".to_owned(), |b| b.to_string())
+    }
+    let fields = [
+        (
+            "CPU limit",
+            cores(old.cpu_limit_cores),
+            cores(new.cpu_limit_cores),
+            "cores",
+        ),
+        (
+            "CPU request",
+            cores(old.cpu_request_cores),
+            cores(new.cpu_request_cores),
+            "cores",
+        ),
+        (
+            "memory limit",
+            bytes(old.memory_limit_bytes),
+            bytes(new.memory_limit_bytes),
+            "bytes",
+        ),
+        (
+            "memory request",
+            bytes(old.memory_request_bytes),
+            bytes(new.memory_request_bytes),
+            "bytes",
+        ),
+    ];
+    let changed: Vec<String> = fields
+        .iter()
+        .filter(|(_, o, n, _)| o != n)
+        .map(|(what, o, n, unit)| format!("{what} {o} -> {n} {unit}"))
+        .collect();
+    if changed.is_empty() {
+        let all: Vec<String> = fields
+            .iter()
+            .map(|(what, _, n, unit)| format!("{what} {n} {unit}"))
+            .collect();
+        format!("unchanged ({})", all.join(", "))
+    } else {
+        changed.join(", ")
     }
 }
 

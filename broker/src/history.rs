@@ -131,6 +131,7 @@ pub fn request_kind(r: &crate::api::Request) -> &'static str {
         R::Register(_) => "register",
         R::Report(_) => "report",
         R::Finish(_) => "finish",
+        R::Update(_) => "update",
         R::Status => "status",
         R::Models => "models",
         R::Explain(_) => "explain",
@@ -480,10 +481,13 @@ mod tests {
                         memory_bytes: 50,
                         ..Usage::default()
                     }),
+                    limits: Default::default(),
+                    max_borrow_cpu: None,
                 })
                 .collect(),
             leases: Vec::new(),
             predictions: Vec::new(),
+            pool: String::new(),
         }
     }
 

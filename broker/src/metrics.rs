@@ -590,6 +590,8 @@ mod tests {
                 memory_bytes: 400,
                 ..Usage::default()
             }),
+            limits: Default::default(),
+            max_borrow_cpu: None,
         };
         let status = Status {
             broker_version: "0.1.0".to_owned(),
@@ -623,6 +625,7 @@ mod tests {
                 memory_bytes: None,
                 duration_s: None,
             }],
+            pool: "host".to_owned(),
         };
         let tasks = vec![TaskCounters {
             container_id: "b".to_owned(),

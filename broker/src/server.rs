@@ -35,12 +35,13 @@ use predictor::{
 
 use crate::annotations::Annotations;
 use crate::api::{
-    self, Decisions, Directives, ErrorCode, ErrorReply, Finish, Finished, Models, Register,
-    Registered, Report, Request, Response, Status,
+    self, Decisions, Directives, ErrorCode, ErrorReply, Finish, Finished, Models, ParentLimit,
+    Register, Registered, Report, Request, Response, Status, Update,
 };
 use crate::config::Config;
 use crate::controller::{
-    Action, Allocation, CgroupKind, Controller, Directive, HostCapacity, Mode, TaskSpec, Usage,
+    Action, Allocation, Ancestor, CgroupKind, Controller, Directive, HostCapacity, Mode, TaskSpec,
+    Usage,
 };
 
 /// A task that has neither reported nor finished for this long is forgotten (its shim is gone).
@@ -140,6 +141,105 @@ fn host_load(cpus: f64) -> f64 {
         .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
         .map(|l| l / cpus.max(1.0))
         .unwrap_or(0.0)
+}
+
+/// The limited ancestors a shim sent, checked: at most [`api::MAX_PARENTS`], absolute printable paths of at most
+/// 4096 bytes, limits that are positive numbers.
+fn ancestors(parents: &[ParentLimit]) -> Result<Vec<Ancestor>, ErrorReply> {
+    let bad = |m: String| Err(ErrorReply::new(ErrorCode::InvalidRequest, m));
+    if parents.len() > api::MAX_PARENTS {
+        return bad(format!(
+            "field `parents` has {} entries; at most {} are accepted",
+            parents.len(),
+            api::MAX_PARENTS
+        ));
+    }
+    let mut out = Vec::with_capacity(parents.len());
+    for p in parents {
+        if !p.path.starts_with('/') || p.path.len() > 4096 || p.path.chars().any(char::is_control) {
+            return bad(format!(
+                "field `parents`: path {:?} is not an absolute cgroup path",
+                p.path.chars().take(128).collect::<String>()
+            ));
+        }
+        if p.cpu_limit_cores
+            .is_some_and(|c| !c.is_finite() || c <= 0.0)
+        {
+            return bad(format!(
+                "field `parents`: {}: cpu_limit_cores must be a positive number",
+                p.path
+            ));
+        }
+        if p.memory_limit_bytes == Some(0) {
+            return bad(format!(
+                "field `parents`: {}: memory_limit_bytes must be positive",
+                p.path
+            ));
+        }
+        out.push(Ancestor {
+            path: p.path.clone(),
+            cpu_cores: p.cpu_limit_cores,
+            memory_bytes: p.memory_limit_bytes,
+        });
+    }
+    Ok(out)
+}
+
+/// Applies the operator's `[policy]` to the annotations of a Kubernetes pod's container: its priority and
+/// its borrowing maximum are capped, and its pipeline is its namespace's (a pod cannot join another tenant's
+/// pipeline to move its critical path). Returns, per capped value, the decision-log entry (resource, asked,
+/// granted, reason).
+fn apply_policy(
+    cfg: &Config,
+    annotations: &std::collections::BTreeMap<String, String>,
+    ann: &mut Annotations,
+) -> Vec<(&'static str, f64, f64, String)> {
+    let pod = annotations.contains_key(predictor::CRI_CONTAINER_TYPE_ANNOTATION)
+        || annotations.contains_key(predictor::CRI_SANDBOX_NAMESPACE_ANNOTATION);
+    if !pod {
+        return Vec::new();
+    }
+    if let (Some(ns), Some(p)) = (
+        annotations.get(predictor::CRI_SANDBOX_NAMESPACE_ANNOTATION),
+        ann.pipeline.as_mut(),
+    ) {
+        *p = format!("{ns}/{p}");
+    }
+    let policy = &cfg.policy;
+    let mut out = Vec::new();
+    if ann.priority > policy.max_priority {
+        out.push((
+            "priority",
+            f64::from(ann.priority),
+            f64::from(policy.max_priority),
+            format!(
+                "policy: {} {} capped at {} ([policy] max_priority)",
+                crate::annotations::PRIORITY,
+                ann.priority,
+                policy.max_priority
+            ),
+        ));
+        ann.priority = policy.max_priority;
+    }
+    if let Some(cap) = policy.max_borrow_cpu.or(cfg.controller.max_borrow_cpu) {
+        match ann.max_borrow_cpu {
+            Some(asked) if asked > cap => {
+                out.push((
+                    "cpu-borrow",
+                    asked,
+                    cap,
+                    format!(
+                        "policy: {} {asked} capped at {cap} cores ([policy] max_borrow_cpu)",
+                        crate::annotations::MAX_BORROW
+                    ),
+                ));
+                ann.max_borrow_cpu = Some(cap);
+            }
+            Some(_) => {}
+            None => ann.max_borrow_cpu = Some(cap),
+        }
+    }
+    out
 }
 
 /// What the recorder writes, in order.
@@ -377,6 +477,7 @@ impl Broker {
                     .map(Response::Registered)
             }
             Request::Report(r) => self.report(r).map(Response::Directives),
+            Request::Update(u) => self.update(u).map(Response::Directives),
             Request::Finish(f) => {
                 let id = f.container_id.clone();
                 self.finish(f)
@@ -405,8 +506,22 @@ impl Broker {
     }
 
     fn register(&self, r: Register) -> Result<Registered, ErrorReply> {
-        let ann = Annotations::parse(&r.annotations)
+        if r.annotations
+            .get(predictor::CRI_CONTAINER_TYPE_ANNOTATION)
+            .is_some_and(|t| t == "sandbox")
+        {
+            return Err(ErrorReply::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "container {:?} is a pod sandbox ({}=sandbox): a sandbox is never predicted or enforced",
+                    r.container_id,
+                    predictor::CRI_CONTAINER_TYPE_ANNOTATION
+                ),
+            ));
+        }
+        let mut ann = Annotations::parse(&r.annotations)
             .map_err(|e| ErrorReply::new(ErrorCode::InvalidAnnotation, e.to_string()))?;
+        let parents = ancestors(&r.parents)?;
         let annotations: HashMap<String, String> = r
             .annotations
             .iter()
@@ -441,6 +556,7 @@ impl Broker {
         let prediction = self
             .predictor
             .predict(&key, &RunFeatures::from_metadata(&meta, now));
+        let capped = apply_policy(&self.cfg, &r.annotations, &mut ann);
         let cold = prediction.is_cold_start();
         let model_version = (!cold).then_some(prediction.model_version);
         let spec = TaskSpec {
@@ -453,6 +569,7 @@ impl Broker {
             max_borrow_cpu: ann.max_borrow_cpu,
             allow_below_request: ann.allow_below_request,
             limits: r.limits,
+            parents,
             prediction: (!cold).then(|| prediction.clone()),
             started_at_ms: now,
         };
@@ -482,7 +599,21 @@ impl Broker {
             if let Some(old) = st.running.insert(r.container_id.clone(), running) {
                 tracing::warn!(container = %r.container_id, reg = old.reg, "registered again; the earlier run is dropped");
             }
-            let mut records = Vec::new();
+            let mut records: Vec<predictor::Decision> = capped
+                .into_iter()
+                .map(|(what, old, new, reason)| predictor::Decision {
+                    seq: 0,
+                    at_ms: now,
+                    container_id: r.container_id.clone(),
+                    task_key: key.clone(),
+                    directive: predictor::Directive::Lower,
+                    resource: what.to_owned(),
+                    reason,
+                    old_value: Some(old),
+                    new_value: Some(new),
+                    model_version,
+                })
+                .collect();
             for d in &directives {
                 let ours = d.container_id == r.container_id;
                 if let Some(run) = st.running.get(&d.container_id) {
@@ -504,6 +635,57 @@ impl Broker {
             directives: own,
             prediction: (!cold).then_some(prediction),
         })
+    }
+
+    fn update(&self, u: Update) -> Result<Directives, ErrorReply> {
+        let parents = u.parents.as_deref().map(ancestors).transpose()?;
+        let now = now_ms();
+        let (own, others, records) = {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            if !st.running.contains_key(&u.container_id) {
+                return Err(ErrorReply::new(
+                    ErrorCode::NotFound,
+                    format!("container {} is not registered", u.container_id),
+                ));
+            }
+            let ds = st
+                .controller
+                .update(&u.container_id, u.limits, parents, now)
+                .ok_or_else(|| {
+                    ErrorReply::new(
+                        ErrorCode::NotFound,
+                        format!("container {} is not registered", u.container_id),
+                    )
+                })?;
+            let records: Vec<_> = ds
+                .iter()
+                .filter_map(|d| {
+                    st.running
+                        .get(&d.container_id)
+                        .map(|r| decision(d, r, now, None))
+                })
+                .collect();
+            let (own, others): (Vec<Directive>, Vec<Directive>) = ds
+                .into_iter()
+                .partition(|d| d.container_id == u.container_id);
+            // Limits decided before the resize and not collected yet are stale: the reply supersedes them.
+            if let Some(run) = st.running.get_mut(&u.container_id) {
+                run.pending.retain(|d| {
+                    !matches!(
+                        d.action,
+                        Action::SetCpu { .. }
+                            | Action::SetMemoryHigh { .. }
+                            | Action::SetMemoryLimit { .. }
+                    )
+                });
+            }
+            (own, others, records)
+        };
+        tracing::info!(container = %u.container_id, limits = ?u.limits, "resized by the user");
+        self.record_decisions(records);
+        self.queue(others);
+        Ok(Directives { directives: own })
     }
 
     fn queue(&self, ds: Vec<Directive>) {
@@ -634,6 +816,7 @@ impl Broker {
             tasks: st.controller.tasks(),
             leases: st.controller.leases(),
             predictions: self.tracker.predictions(),
+            pool: st.controller.pool_source().to_owned(),
         }
     }
 
@@ -1046,6 +1229,9 @@ impl Daemon {
             spawn("recorder", move || recorder(p, rx))?
         };
         let mut controller = Controller::new(cfg.controller.clone(), host);
+        // An operator who sized the host keeps that size; otherwise a node's kubepods limits are the pool.
+        controller
+            .use_kubepods_pool(cfg.host_cpu_cores.is_none() && cfg.host_memory_bytes.is_none());
         let restored = read_leases(&cfg.leases_file());
         if !restored.is_empty() {
             tracing::info!(
@@ -1230,6 +1416,51 @@ mod tests {
             rates(&raw(5, 0, 0, 0), &raw(5, 10, 0, 0), false).is_none(),
             "no time passed"
         );
+    }
+
+    #[test]
+    fn policy_caps_a_pods_annotations_and_leaves_other_containers_alone() {
+        let mut cfg = Config::default();
+        cfg.policy.max_priority = 5;
+        cfg.policy.max_borrow_cpu = Some(1.0);
+        let pod: std::collections::BTreeMap<String, String> = [
+            (predictor::CRI_CONTAINER_TYPE_ANNOTATION, "container"),
+            (predictor::CRI_SANDBOX_NAMESPACE_ANNOTATION, "team-a"),
+            ("io.predictive.priority", "1000"),
+            ("io.predictive.max-borrow", "3"),
+            ("io.predictive.pipeline", "etl"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let mut ann = Annotations::parse(&pod).expect("valid");
+        let capped = apply_policy(&cfg, &pod, &mut ann);
+        assert_eq!((ann.priority, ann.max_borrow_cpu), (5, Some(1.0)));
+        assert_eq!(
+            ann.pipeline.as_deref(),
+            Some("team-a/etl"),
+            "a pod's pipeline is its namespace's"
+        );
+        let what: Vec<(&str, f64, f64)> = capped.iter().map(|(w, a, g, _)| (*w, *a, *g)).collect();
+        assert_eq!(
+            what,
+            vec![("priority", 1000.0, 5.0), ("cpu-borrow", 3.0, 1.0)]
+        );
+        assert!(capped[0].3.contains("max_priority"), "{}", capped[0].3);
+        // No annotation: the operator's maximum is the pod's.
+        let mut quiet = pod.clone();
+        quiet.remove("io.predictive.max-borrow");
+        let mut ann = Annotations::parse(&quiet).expect("valid");
+        apply_policy(&cfg, &quiet, &mut ann);
+        assert_eq!(ann.max_borrow_cpu, Some(1.0));
+        // Not a pod (ctr, Docker): nothing changes.
+        let ctr: std::collections::BTreeMap<String, String> = pod
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("io.kubernetes."))
+            .collect();
+        let mut ann = Annotations::parse(&ctr).expect("valid");
+        assert!(apply_policy(&cfg, &ctr, &mut ann).is_empty());
+        assert_eq!((ann.priority, ann.pipeline.as_deref()), (1000, Some("etl")));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use broker::annotations;
-use broker::api::{Explain, Finish, Register, Report};
+use broker::api::{Explain, Finish, ParentLimit, Register, Report, Update};
 use broker::client::{Client, ClientError};
 use broker::controller::{Action, Mode, SpecLimits};
 use runtime_hooks::{CpuSample, MemorySample, Sample};
@@ -32,7 +32,8 @@ impl Broker {
         std::fs::write(
             dir.join("predictived.toml"),
             "tick_ms = 50\nretrain_check_ms = 100\nsample_flush_ms = 100\nhost_cpu_cores = 3.55\n\
-             host_memory_bytes = 8589934592\ncgroup = \"v2\"\n[retrain]\nnew_runs = 1\nmin_runs = 3\n",
+             host_memory_bytes = 8589934592\ncgroup = \"v2\"\n[controller]\nquota_unlimited_cpu = true\n\
+             [retrain]\nnew_runs = 1\nmin_runs = 3\n",
         )
         .expect("config");
         let child = spawn(dir);
@@ -154,6 +155,7 @@ fn register(id: &str, task_type: &str, cpu_limit: Option<f64>) -> Register {
         pid: Some(1),
         cgroup: None,
         adopt: None,
+        parents: Vec::new(),
     }
 }
 
@@ -500,4 +502,113 @@ fn a_second_broker_on_the_same_state_dir_refuses_to_start() {
         .expect("run");
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("missing.toml"));
+}
+
+/// Issue 13, over the socket: a pod's sandbox is refused with its reason; a pod's priority and borrowing are
+/// capped by `[policy]` (status and the decision log show the capped values; a ctr container is not capped);
+/// an Update makes the new limits the task's at once; `parents` are checked.
+#[test]
+fn sandboxes_are_refused_pods_are_capped_and_update_resizes() {
+    let dir = short_tempdir();
+    let b = Broker::start(dir.path());
+    let mut c = client(&b);
+    let pod = |id: &str, kind: &str| {
+        let mut r = register(id, "web", Some(2.0));
+        for (k, v) in [
+            ("io.kubernetes.cri.container-type", kind),
+            ("io.kubernetes.cri.sandbox-namespace", "tenant"),
+            ("io.kubernetes.cri.container-name", "app"),
+            ("io.predictive.priority", "1000"),
+            ("io.predictive.max-borrow", "3.5"),
+        ] {
+            r.annotations.insert(k.to_owned(), v.to_owned());
+        }
+        r
+    };
+    let e = c.register(&pod("sb", "sandbox")).expect_err("a sandbox");
+    assert!(
+        matches!(&e, ClientError::Broker(r) if r.message.contains("sandbox") && r.message.contains("\"sb\"")),
+        "{e:?}"
+    );
+    let r = c
+        .register(&pod("app", "container"))
+        .expect("a pod's container");
+    assert_eq!(r.task_key, "tenant/web/app");
+    let mut plain = register("plain", "web", Some(2.0));
+    plain
+        .annotations
+        .insert("io.predictive.priority".to_owned(), "1000".to_owned());
+    c.register(&plain).expect("a ctr container");
+    let st = c.status().expect("status");
+    let task = |id: &str| {
+        st.tasks
+            .iter()
+            .find(|t| t.container_id == id)
+            .unwrap_or_else(|| panic!("{id} in {:?}", st.tasks))
+            .clone()
+    };
+    assert_eq!(
+        task("app").priority,
+        0,
+        "capped at [policy] max_priority (0)"
+    );
+    assert_eq!(task("plain").priority, 1000, "not a pod: not capped");
+    assert!(!st.tasks.iter().any(|t| t.container_id == "sb"));
+    let log = wait_for("the policy decision", &b, || {
+        let d = c
+            .explain(&Explain {
+                container_id: Some("app".to_owned()),
+                limit: None,
+            })
+            .ok()?;
+        d.decisions.into_iter().find(|d| d.resource == "priority")
+    });
+    assert_eq!((log.old_value, log.new_value), (Some(1000.0), Some(0.0)));
+    assert!(log.reason.contains("max_priority"), "{}", log.reason);
+
+    // Update: the new limits are the task's at once, with directives that say why.
+    let ds = c
+        .update(&Update {
+            container_id: "app".to_owned(),
+            limits: SpecLimits {
+                cpu_limit_cores: Some(0.5),
+                memory_limit_bytes: Some(256 << 20),
+                ..SpecLimits::default()
+            },
+            parents: None,
+        })
+        .expect("update");
+    assert!(
+        ds.iter().any(
+            |d| matches!(d.action, Action::SetCpu { cores: Some(q) } if q <= 0.5)
+                && d.reason.starts_with("resized by the user")
+        ),
+        "{ds:?}"
+    );
+    let st = c.status().expect("status");
+    let app = st
+        .tasks
+        .iter()
+        .find(|t| t.container_id == "app")
+        .expect("app");
+    assert_eq!(app.limits.cpu_limit_cores, Some(0.5));
+    assert!(app.allocation.cpu_cores.is_some_and(|q| q <= 0.5));
+    let e = c
+        .update(&Update {
+            container_id: "nobody".to_owned(),
+            ..Update::default()
+        })
+        .expect_err("unknown");
+    assert!(e.is_not_registered(), "{e:?}");
+    let mut bad = pod("badparent", "container");
+    bad.parents = vec![ParentLimit {
+        path: "relative/path".to_owned(),
+        cpu_limit_cores: Some(1.0),
+        memory_limit_bytes: None,
+    }];
+    let e = c.register(&bad).expect_err("a relative parent");
+    assert!(
+        matches!(&e, ClientError::Broker(r) if r.message.contains("parents") && r.message.contains("relative/path")),
+        "{e:?}"
+    );
 }

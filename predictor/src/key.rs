@@ -6,6 +6,20 @@
 //! 2. otherwise `auto-` followed by 16 hex digits of a 64-bit FNV-1a hash over the image reference, the command
 //!    (args) and, when the CRI annotation [`CRI_CONTAINER_NAME_ANNOTATION`] is present, the Kubernetes container name.
 //!
+//! A Kubernetes container (containerd's CRI plugin sets [`CRI_SANDBOX_NAMESPACE_ANNOTATION`]) is keyed within its
+//! Kubernetes namespace, and per container of its pod:
+//! 1. with the annotation: `<namespace>/<task type>/<container name>` — one pod-level annotation gives each container
+//!    of the pod (init containers too) its own history, and two namespaces that pick the same task type name get two
+//!    histories (a tenant cannot feed or read another's);
+//! 2. without: `<namespace>/<workload>/<container name>@<8 hex digits of the image's hash>`, where the workload is the
+//!    pod name ([`CRI_SANDBOX_NAME_ANNOTATION`]) with the suffixes Kubernetes generates stripped
+//!    ([`workload_name`]): the replicas of a Deployment, ReplicaSet, DaemonSet, StatefulSet or (Cron)Job share one
+//!    history with no annotation at all, and a new image starts a new one.
+//!
+//! The namespace, pod and container names are DNS names Kubernetes validated; anything else in their place (a CRI
+//! client that is not kubelet) is replaced by `~` and the 16 hex digits of its hash, so a key never carries a `/`,
+//! a control character or an unbounded string from a pod.
+//!
 //! The hash is stable across runs, processes, machines and Rust versions (unlike `std`'s `DefaultHasher`). It hashes
 //! the byte string `"predictive-task-key/v1"`, then for each field (image, each arg, container name) a one-byte tag
 //! (`b'i'`, `b'a'`, `b'k'`), the field's length as 8 little-endian bytes and the field's bytes — length prefixes make
@@ -14,6 +28,8 @@
 //!
 //! Limits: two different tasks that share image, command and container name (e.g. the same script over different
 //! data) share a key; give them the annotation. 64 bits make an accidental collision negligible at 10^5 task types.
+//! A bare pod whose own name ends like a generated suffix (`worker-2`, `app-x7k2p`) shares history with its
+//! siblings of the same prefix.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,6 +40,14 @@ use serde::{Deserialize, Serialize};
 pub const TASK_TYPE_ANNOTATION: &str = "io.predictive.task-type";
 /// CRI annotation carrying the Kubernetes container name.
 pub const CRI_CONTAINER_NAME_ANNOTATION: &str = "io.kubernetes.cri.container-name";
+/// CRI annotation carrying the pod's Kubernetes namespace.
+pub const CRI_SANDBOX_NAMESPACE_ANNOTATION: &str = "io.kubernetes.cri.sandbox-namespace";
+/// CRI annotation carrying the pod's name.
+pub const CRI_SANDBOX_NAME_ANNOTATION: &str = "io.kubernetes.cri.sandbox-name";
+/// CRI annotation saying whether a spec is a pod's sandbox (`sandbox`) or one of its containers (`container`).
+pub const CRI_CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+/// CRI annotation carrying the image reference the pod asked for.
+pub const CRI_IMAGE_NAME_ANNOTATION: &str = "io.kubernetes.cri.image-name";
 /// Longest explicit task type accepted; longer values are hashed like a derived key.
 pub const MAX_EXPLICIT_LEN: usize = 253;
 
@@ -42,17 +66,44 @@ impl TaskKey {
         Self(key.into())
     }
 
-    /// Derives the key of a container from its annotations, image reference and command.
+    /// Derives the key of a container from its annotations, image reference and command (see the module docs).
     pub fn derive(annotations: &HashMap<String, String>, image: &str, command: &[String]) -> Self {
-        if let Some(explicit) = annotations.get(TASK_TYPE_ANNOTATION) {
-            let explicit = explicit.trim();
-            if !explicit.is_empty() && explicit.len() <= MAX_EXPLICIT_LEN {
-                return Self(explicit.to_owned());
-            }
-        }
+        let explicit = annotations
+            .get(TASK_TYPE_ANNOTATION)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty() && v.len() <= MAX_EXPLICIT_LEN);
         let container = annotations
             .get(CRI_CONTAINER_NAME_ANNOTATION)
             .map(String::as_str);
+        if let Some(ns) = annotations.get(CRI_SANDBOX_NAMESPACE_ANNOTATION) {
+            let ns = dns_name(ns);
+            let container = container.map(dns_name);
+            return Self(match (explicit, container) {
+                (Some(t), Some(c)) => format!("{ns}/{t}/{c}"),
+                (Some(t), None) => format!("{ns}/{t}"),
+                (None, c) => {
+                    let pod = annotations
+                        .get(CRI_SANDBOX_NAME_ANNOTATION)
+                        .map(|p| dns_name(workload_name(p)))
+                        .unwrap_or_else(|| "-".to_owned());
+                    let image = annotations
+                        .get(CRI_IMAGE_NAME_ANNOTATION)
+                        .map(String::as_str)
+                        .unwrap_or(image);
+                    let mut h = Fnv1a::new();
+                    h.write(DOMAIN);
+                    h.field(b'i', image.as_bytes());
+                    format!(
+                        "{ns}/{pod}/{}@{:08x}",
+                        c.unwrap_or_else(|| "-".to_owned()),
+                        h.finish() >> 32
+                    )
+                }
+            });
+        }
+        if let Some(explicit) = explicit {
+            return Self(explicit.to_owned());
+        }
         Self(format!(
             "auto-{:016x}",
             derived_hash(image, command, container)
@@ -69,6 +120,51 @@ impl fmt::Display for TaskKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// The characters Kubernetes draws generated name suffixes from (`k8s.io/apimachinery/pkg/util/rand`'s alphabet:
+/// no vowels, no 0, 1 or 3, so no words).
+const GENERATED: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// `-<suffix>` at the end of `name` when the suffix is `len` characters of `alphabet`: `name` without it.
+fn strip_suffix(
+    name: &str,
+    lens: std::ops::RangeInclusive<usize>,
+    ok: impl Fn(u8) -> bool,
+) -> Option<&str> {
+    let (base, suffix) = name.rsplit_once('-')?;
+    (!base.is_empty() && lens.contains(&suffix.len()) && suffix.bytes().all(ok)).then_some(base)
+}
+
+/// The workload a pod belongs to, from its name: the pod name without the suffixes Kubernetes generates —
+/// the 5 random characters of a ReplicaSet's, Job's or DaemonSet's pod, then a Deployment's pod-template hash (6 to
+/// 10 of those characters) or a CronJob's schedule time (8 or more digits); or a StatefulSet's ordinal.
+/// `web-7d4b9c8f6-x2kqz` -> `web`, `backup-28712345-xbcd2` -> `backup`, `db-0` -> `db`, `nginx` -> `nginx`.
+pub fn workload_name(pod: &str) -> &str {
+    let generated = |b: u8| GENERATED.contains(&b);
+    if let Some(base) = strip_suffix(pod, 5..=5, generated) {
+        return strip_suffix(base, 6..=10, generated)
+            .or_else(|| strip_suffix(base, 8..=12, |b| b.is_ascii_digit()))
+            .unwrap_or(base);
+    }
+    strip_suffix(pod, 1..=5, |b| b.is_ascii_digit()).unwrap_or(pod)
+}
+
+/// A Kubernetes namespace, pod or container name as it goes into a key: as is when it is a DNS name Kubernetes
+/// would accept (lower-case alphanumerics, `-` and `.`, at most 253), else `~` and the hex of its hash.
+fn dns_name(name: &str) -> String {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if ok {
+        return name.to_owned();
+    }
+    let mut h = Fnv1a::new();
+    h.write(DOMAIN);
+    h.field(b'n', name.as_bytes());
+    format!("~{:016x}", h.finish())
 }
 
 /// The hash behind a derived key (see the module docs for the exact byte layout).
@@ -217,6 +313,124 @@ mod tests {
                 assert_ne!(keys[i], keys[j], "{i} vs {j}");
             }
         }
+    }
+
+    fn pod(
+        ns: &str,
+        pod: &str,
+        container: &str,
+        extra: &[(&str, &str)],
+    ) -> HashMap<String, String> {
+        let mut a = ann(&[
+            (CRI_SANDBOX_NAMESPACE_ANNOTATION, ns),
+            (CRI_SANDBOX_NAME_ANNOTATION, pod),
+            (CRI_CONTAINER_NAME_ANNOTATION, container),
+            (CRI_CONTAINER_TYPE_ANNOTATION, "container"),
+            (CRI_IMAGE_NAME_ANNOTATION, "docker.io/library/nginx:1.27"),
+        ]);
+        a.extend(ann(extra));
+        a
+    }
+
+    #[test]
+    fn a_pod_annotation_gives_each_container_its_own_history_per_namespace() {
+        let key = |ns, c| {
+            TaskKey::derive(
+                &pod(ns, "etl-x7k2p", c, &[(TASK_TYPE_ANNOTATION, "etl")]),
+                "img",
+                &[],
+            )
+        };
+        assert_eq!(key("team-a", "main").as_str(), "team-a/etl/main");
+        assert_eq!(key("team-a", "sidecar").as_str(), "team-a/etl/sidecar");
+        assert_eq!(key("team-b", "main").as_str(), "team-b/etl/main");
+    }
+
+    #[test]
+    fn replicas_share_a_derived_key_and_a_new_image_starts_a_new_one() {
+        let key = |pod_name, c, image| {
+            let mut a = pod("shop", pod_name, c, &[]);
+            a.insert(CRI_IMAGE_NAME_ANNOTATION.to_owned(), image);
+            TaskKey::derive(&a, "ignored", &cmd(&["run", pod_name]))
+        };
+        let img = || "docker.io/shop/web:1.0".to_owned();
+        let a = key("web-7d4b9c8f6-x2kqz", "app", img());
+        let b = key("web-7d4b9c8f6-p9w4t", "app", img());
+        let rolled = key("web-5f6d8b9c4d-m2n4p", "app", img());
+        assert_eq!(a, b, "two replicas of one ReplicaSet");
+        assert_eq!(a, rolled, "a later ReplicaSet of the same Deployment");
+        assert!(a.as_str().starts_with("shop/web/app@"), "{a}");
+        assert_ne!(
+            a,
+            key("web-7d4b9c8f6-x2kqz", "proxy", img()),
+            "another container"
+        );
+        assert_ne!(
+            a,
+            key(
+                "web-7d4b9c8f6-x2kqz",
+                "app",
+                "docker.io/shop/web:2.0".to_owned()
+            ),
+            "another image"
+        );
+        assert_ne!(
+            a,
+            key("api-7d4b9c8f6-x2kqz", "app", img()),
+            "another workload"
+        );
+        let other_ns = TaskKey::derive(
+            &pod(
+                "other",
+                "web-7d4b9c8f6-x2kqz",
+                "app",
+                &[(CRI_IMAGE_NAME_ANNOTATION, "docker.io/shop/web:1.0")],
+            ),
+            "",
+            &[],
+        );
+        assert_ne!(a, other_ns, "another namespace");
+    }
+
+    #[test]
+    fn generated_pod_name_suffixes_are_stripped() {
+        for (pod, workload) in [
+            ("web-7d4b9c8f6-x2kqz", "web"),
+            ("my-web-app-5f6d8b9c4d-m2n4p", "my-web-app"),
+            ("fluentd-x7k2p", "fluentd"),
+            ("backup-28712345-xbcd2", "backup"),
+            ("migrate-db-zq9w2", "migrate-db"),
+            ("db-0", "db"),
+            ("kafka-12", "kafka"),
+            ("nginx", "nginx"),
+            ("hello-world", "hello-world"),
+            ("pe2e-cri", "pe2e-cri"),
+            ("-x7k2p", "-x7k2p"),
+        ] {
+            assert_eq!(workload_name(pod), workload, "{pod}");
+        }
+    }
+
+    #[test]
+    fn names_that_are_not_dns_names_never_reach_a_key_as_they_are() {
+        let k = TaskKey::derive(
+            &pod(
+                "a/../b",
+                "p\nq",
+                "C\u{1b}[31m",
+                &[(TASK_TYPE_ANNOTATION, "etl")],
+            ),
+            "",
+            &[],
+        );
+        let parts: Vec<&str> = k.as_str().split('/').collect();
+        assert_eq!(parts.len(), 3, "{k}");
+        assert!(
+            parts[0].starts_with('~') && parts[2].starts_with('~'),
+            "{k}"
+        );
+        assert_eq!(parts[1], "etl");
+        assert!(k.as_str().chars().all(|c| !c.is_control()), "{k:?}");
     }
 
     #[test]

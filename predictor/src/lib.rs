@@ -29,7 +29,11 @@ pub use engine::{
     ModelSet, Predictor, PredictorConfig, PredictorError, RetrainPolicy, RetrainReport,
     TargetSummary, TaskTypeSummary,
 };
-pub use key::{CRI_CONTAINER_NAME_ANNOTATION, TASK_TYPE_ANNOTATION, TaskKey};
+pub use key::{
+    CRI_CONTAINER_NAME_ANNOTATION, CRI_CONTAINER_TYPE_ANNOTATION, CRI_IMAGE_NAME_ANNOTATION,
+    CRI_SANDBOX_NAME_ANNOTATION, CRI_SANDBOX_NAMESPACE_ANNOTATION, TASK_TYPE_ANNOTATION, TaskKey,
+    workload_name,
+};
 pub use model::{
     Band, Confidence, Estimate, ModelKind, Prediction, ProfilePoint, Resource, TaskModel,
     TrainConfig,

@@ -91,6 +91,15 @@ pub enum ActuateError {
         /// The accepted range.
         range: &'static str,
     },
+    /// A resource names no file this crate may write (a `unified` key, a hugepage size) or combines values the
+    /// kernel would refuse (swap below memory).
+    #[error("{key:?}: {reason}")]
+    BadKey {
+        /// The key or value as given.
+        key: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The cgroup has no directory for the controller this needs.
     #[error("no {controller} controller directory for this cgroup")]
     NoController {
@@ -162,10 +171,22 @@ pub enum MemoryLimitPolicy {
     AllowBelowUsage,
 }
 
-/// OCI shares (2..=262144) to cgroup v2 `cpu.weight` (1..=10000), as runc and crun convert.
+/// OCI shares (2..=262144) to cgroup v2 `cpu.weight` (1..=10000), as current runc converts them: the quadratic
+/// in log2(shares) of opencontainers/cgroups' `ConvertCPUSharesToCgroupV2Value` (commit fd95216, cgroups v0.0.4, in
+/// runc since 1.3.2), which maps the minimum, the default and the maximum onto each other (2 -> 1, 1024 -> 100,
+/// 262144 -> 10000). The linear formula runc used before (`1 + (shares - 2) * 9999 / 262142`) turned the default
+/// 1024 into 39, so a container with a 1-CPU request weighed 2.5x less than one with no weight at all
+/// (kubernetes#131216). Out-of-range shares are clamped, as runc does; 0 ("unset") is the caller's to skip.
 pub fn shares_to_weight(shares: u64) -> u64 {
-    let shares = shares.clamp(2, 262_144);
-    1 + ((shares - 2) * 9999) / 262_142
+    if shares <= 2 {
+        return 1;
+    }
+    if shares >= 262_144 {
+        return 10_000;
+    }
+    let l = (shares as f64).log2();
+    let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
+    (10f64.powf(exponent).ceil() as u64).clamp(1, 10_000)
 }
 
 /// OCI blkio weight (10..=1000) to cgroup v2 `io.weight` (1..=10000), as crun converts.
@@ -354,17 +375,39 @@ mod tests {
 
     #[test]
     fn conversions() {
-        assert_eq!(shares_to_weight(2), 1);
-        assert_eq!(shares_to_weight(1024), 39);
-        assert_eq!(shares_to_weight(262_144), 10_000);
-        assert_eq!(shares_to_weight(0), 1);
-        assert_eq!(shares_to_weight(u64::MAX), 10_000);
         assert_eq!(blkio_weight_to_io_weight(10), 1);
         assert_eq!(blkio_weight_to_io_weight(1000), 10_000);
         assert_eq!(blkio_weight_to_io_weight(500), 4950);
         assert_eq!(CpuLimit::cores(0.5).quota_us, Some(50_000));
         assert_eq!(CpuLimit::cores(0.0).quota_us, Some(1000));
         assert_eq!(CpuLimit::cores(f64::NAN).quota_us, Some(1000));
+    }
+
+    /// opencontainers/cgroups' own table for `ConvertCPUSharesToCgroupV2Value` (utils_test.go), 0 ("unset")
+    /// aside: minimum, default and maximum map onto each other, out-of-range values are clamped.
+    #[test]
+    fn shares_convert_to_weight_as_current_runc_does() {
+        for (shares, weight) in [
+            (1, 1),
+            (2, 1),
+            (3, 2),
+            (1024, 100),
+            (262_143, 10_000),
+            (262_144, 10_000),
+            (262_145, 10_000),
+            (u64::MAX, 10_000),
+        ] {
+            assert_eq!(shares_to_weight(shares), weight, "shares {shares}");
+        }
+        // Kubernetes' 2-CPU and 100m requests: above and below the default, never the linear formula's values.
+        assert!(shares_to_weight(2048) > 100 && shares_to_weight(102) < 100);
+        assert_ne!(shares_to_weight(2048), 1 + (2048 - 2) * 9999 / 262_142);
+        let mut last = 0;
+        for shares in (2..=262_144).step_by(97) {
+            let w = shares_to_weight(shares);
+            assert!(w >= last && (1..=10_000).contains(&w), "{shares} -> {w}");
+            last = w;
+        }
     }
 
     #[test]

@@ -249,7 +249,7 @@ impl Hierarchy {
         }
     }
 
-    fn unified(&self) -> Option<&CgroupMount> {
+    pub(crate) fn unified(&self) -> Option<&CgroupMount> {
         match self {
             Self::Unified(u) | Self::Hybrid { unified: u, .. } => Some(u),
             Self::Legacy(_) => None,
@@ -257,7 +257,7 @@ impl Hierarchy {
     }
 
     /// The directory of `cgroup` (a path from the hierarchy root) under the mount holding `controller`.
-    fn v1_dir(&self, controller: &str, cgroup: &str) -> Option<PathBuf> {
+    pub(crate) fn v1_dir(&self, controller: &str, cgroup: &str) -> Option<PathBuf> {
         let mount = self
             .v1_mounts()
             .iter()
@@ -283,6 +283,8 @@ impl Hierarchy {
             blkio: dir("blkio"),
             pids: dir("pids"),
             freezer: dir("freezer"),
+            cpuset: dir("cpuset"),
+            hugetlb: dir("hugetlb"),
             unified: self
                 .unified()
                 .zip(unified_path)
@@ -314,7 +316,7 @@ fn rebase(mount_point: &Path, cgroup_root: &Path) -> PathBuf {
 }
 
 /// `mount_point` + (`cgroup` relative to the mount's root), if that directory exists.
-fn join_existing(mount: &CgroupMount, cgroup: &str) -> Option<PathBuf> {
+pub(crate) fn join_existing(mount: &CgroupMount, cgroup: &str) -> Option<PathBuf> {
     let relative = if mount.root == "/" {
         cgroup
     } else {

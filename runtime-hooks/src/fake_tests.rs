@@ -287,7 +287,7 @@ fn cpu_limit_writes_each_layout() {
 
         cg.set_cpu_shares(512).expect("shares");
         if layout == Layout::V2 {
-            assert_eq!(host.read(&host.rel("", C, "cpu.weight")), "20");
+            assert_eq!(host.read(&host.rel("", C, "cpu.weight")), "59");
         } else {
             assert_eq!(host.read(&host.rel("cpu", C, "cpu.shares")), "512");
         }

@@ -9,6 +9,8 @@
 //! - rewrite it with `set_cpu_limit`, `set_cpu_shares`, `set_memory_limit`, `set_memory_high`,
 //!   `set_oom_kill_disabled`, `set_io_weight`, `set_pids_limit`, `freeze`, `thaw`: each write is read back
 //!   and every kernel refusal is an [`ActuateError`] naming the file and the value;
+//! - apply a whole OCI `LinuxResources` as `runc update` does with [`ContainerCgroup::update_resources`];
+//! - read the limits of the cgroups above a container with [`ancestors::ancestor_limits`];
 //! - watch OOMs with [`ContainerCgroup::oom_watcher`].
 //!
 //! Network egress is limited per network namespace with [`net::set_egress_limit`].
@@ -21,6 +23,7 @@
 //! shape.
 
 pub mod actuate;
+pub mod ancestors;
 pub mod cgroup;
 pub mod discovery;
 pub mod hook;
@@ -28,6 +31,7 @@ pub mod net;
 pub mod oom;
 pub mod placement;
 mod parse;
+pub mod resources;
 pub mod v1;
 pub mod v2;
 
@@ -39,6 +43,7 @@ mod root_tests;
 pub(crate) mod testutil;
 
 pub use actuate::{ActuateError, CpuLimit, MemoryLimitPolicy};
+pub use ancestors::{AncestorLimit, ancestor_limits};
 pub use cgroup::{
     CgroupDirs, CgroupVersion, ContainerCgroup, CpuSample, IoSample, MemorySample, NetDevTotals,
     PidsSample, Pressure, PressureSample, PsiLine, Sample, SampleScope, Sampler,

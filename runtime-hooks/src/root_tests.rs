@@ -462,7 +462,16 @@ fn pids_weights_and_burst_apply_with_readback() {
     let by_pid =
         ContainerCgroup::from_pid(&HostRoots::default(), i32::try_from(pid).expect("pid fits"))
             .expect("from pid");
-    assert_eq!(by_pid.dirs(), cg.dirs());
+    // (cpuset and hugetlb, which the test cgroup does not have, are the process's own: the root there.)
+    let without_extras = |d: &CgroupDirs| match d.clone() {
+        CgroupDirs::V1(mut v) => {
+            v.cpuset = None;
+            v.hugetlb = None;
+            CgroupDirs::V1(v)
+        }
+        other => other,
+    };
+    assert_eq!(without_extras(by_pid.dirs()), without_extras(cg.dirs()));
     assert!(
         by_pid.sample().net.is_some(),
         "net counters from /proc/<pid>/net/dev"
@@ -709,4 +718,71 @@ fn tc_egress_limit_caps_throughput_between_namespaces() {
         net::set_egress_limit(&ns, Some("nope0"), &EgressLimit::new(rate)),
         Err(net::NetError::NoInterface { .. })
     ));
+}
+
+/// A whole `LinuxResources` on a real cgroup, as an Update writes it: limits in, unlimited again, in an order the
+/// kernel accepts (v1: memsw raised before the limit, lowered after it).
+#[test]
+fn update_resources_apply_as_runc_update_on_a_real_cgroup() {
+    if !require_root("update_resources_apply_as_runc_update_on_a_real_cgroup") {
+        return;
+    }
+    let mut tc = TestCgroup::new();
+    let cg = tc.cgroup();
+    tc.spawn_sh("sleep 120");
+    let memsw = match cg.dirs() {
+        CgroupDirs::V1(d) => d
+            .memory
+            .as_ref()
+            .is_some_and(|m| m.join("memory.memsw.limit_in_bytes").exists()),
+        CgroupDirs::V2(d) => d.dir.join("memory.swap.max").exists(),
+    };
+    let r = |v: serde_json::Value| -> oci_spec::runtime::LinuxResources {
+        serde_json::from_value(v).expect("resources")
+    };
+    let swap = |bytes: i64| {
+        if memsw {
+            serde_json::json!(bytes)
+        } else {
+            serde_json::json!(0)
+        }
+    };
+    cg.update_resources(&r(serde_json::json!({
+        "cpu": {"shares": 1024, "quota": 50000, "period": 100000},
+        "memory": {"limit": 268435456, "swap": swap(536870912)},
+        "pids": {"limit": 100}
+    })))
+    .expect("limits");
+    let s = cg.sample();
+    assert_eq!(s.memory.limit_bytes, Some(256 << 20));
+    assert_eq!(s.pids.limit, Some(100));
+    // Lower both (memsw after the limit), then raise both (memsw first): neither is refused.
+    cg.update_resources(&r(serde_json::json!({
+        "memory": {"limit": 134217728, "swap": swap(134217728)}
+    })))
+    .expect("lower");
+    assert_eq!(cg.sample().memory.limit_bytes, Some(128 << 20));
+    cg.update_resources(&r(serde_json::json!({
+        "memory": {"limit": 1073741824, "swap": swap(2147483648)}
+    })))
+    .expect("raise");
+    assert_eq!(cg.sample().memory.limit_bytes, Some(1 << 30));
+    cg.update_resources(&r(serde_json::json!({
+        "cpu": {"quota": -1},
+        "memory": {"limit": -1, "swap": if memsw { serde_json::json!(-1) } else { serde_json::json!(0) }}
+    })))
+    .expect("unlimited");
+    assert_eq!(cg.sample().memory.limit_bytes, None);
+    let quota = match cg.dirs() {
+        CgroupDirs::V1(d) => {
+            std::fs::read_to_string(d.cpu.as_ref().expect("cpu").join("cpu.cfs_quota_us"))
+        }
+        CgroupDirs::V2(d) => std::fs::read_to_string(d.dir.join("cpu.max")),
+    }
+    .expect("quota");
+    assert!(
+        quota.starts_with("-1") || quota.starts_with("max"),
+        "{quota}"
+    );
+    tc.kill_all();
 }

@@ -80,6 +80,11 @@ impl FakeHost {
         }
     }
 
+    /// A file of the fake host outside the cgroup root (`mountinfo`).
+    pub(crate) fn base_file(&self, rel: &str) -> PathBuf {
+        self.base.join(rel)
+    }
+
     pub(crate) fn proc_file(&self, rel: &str, content: &str) {
         write(&self.base.join("proc").join(rel), content);
     }

@@ -23,12 +23,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use broker::annotations::Annotations;
-use broker::api::{Finish, Register, Registered, Report};
+use broker::api::{Finish, ParentLimit, Register, Registered, Report, Update};
 use broker::client::{Client, ClientError};
 use broker::config::{Config, DEFAULT_CONFIG};
 use broker::controller::{Action, Allocation, CgroupKind, Directive, Mode, SpecLimits};
-use oci_spec::runtime::Spec;
-use runtime_hooks::{ContainerCgroup, HostRoots, Sample, Sampler};
+use oci_spec::runtime::{LinuxResources, Spec};
+use runtime_hooks::{ActuateError, ContainerCgroup, HostRoots, Sample, Sampler};
 use tokio::sync::Notify;
 
 use crate::error::{Result, ShimError};
@@ -107,17 +107,32 @@ fn annotations(spec: &Spec) -> BTreeMap<String, String> {
 
 /// The user's limits and requests in a spec.
 pub fn spec_limits(spec: &Spec) -> SpecLimits {
-    let res = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    resource_limits(
+        spec.linux().as_ref().and_then(|l| l.resources().as_ref()),
+        is_kubernetes(&annotations(spec)),
+    )
+}
+
+/// Whether containerd's CRI plugin made the spec (it always sets the container type): Kubernetes' resource
+/// meaning applies.
+fn is_kubernetes(annotations: &BTreeMap<String, String>) -> bool {
+    annotations.contains_key(predictor_annotations::CONTAINER_TYPE)
+}
+
+/// The user's limits and requests in a spec's (or an Update's) resources. A quota is the limit. For a Kubernetes
+/// container (`kubernetes`) CPU shares are the request, as kubelet writes them (`cpu_shares` = request x 1024, so
+/// 1024 is a 1-CPU request); shares of 2 are a BestEffort pod's, and absent or 0 shares are no request. Elsewhere
+/// 1024 is no request either: `ctr run` writes it whenever `--cpu-shares` is not given (its flag's default).
+pub fn resource_limits(res: Option<&LinuxResources>, kubernetes: bool) -> SpecLimits {
     let cpu = res.and_then(|r| r.cpu().as_ref());
     let mem = res.and_then(|r| r.memory().as_ref());
     let cpu_limit_cores = cpu.and_then(|c| match (c.quota(), c.period()) {
         (Some(q), p) if q > 0 => Some(q as f64 / p.filter(|p| *p > 0).unwrap_or(100_000) as f64),
         _ => None,
     });
-    // Shares of 2 are Kubernetes' best effort, 1024 the kernel's default: neither is a request.
     let cpu_request_cores = cpu
         .and_then(|c| c.shares())
-        .filter(|s| *s > 2 && *s != 1024)
+        .filter(|s| *s > 2 && (kubernetes || *s != 1024))
         .map(|s| s as f64 / 1024.0);
     let positive = |v: Option<i64>| v.filter(|v| *v > 0).map(|v| v as u64);
     SpecLimits {
@@ -149,6 +164,40 @@ fn spec_allocation(l: &SpecLimits) -> Allocation {
 pub fn check_annotations(spec: &Spec) -> Result<Annotations> {
     Annotations::parse(&annotations(spec))
         .map_err(|e| ShimError::InvalidArgument(format!("invalid annotation: {e}")))
+}
+
+/// The CRI annotations the shim reads.
+mod predictor_annotations {
+    /// `sandbox` for a pod's pause container, `container` for the others.
+    pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+}
+
+/// The limited cgroups above the container at `cgroup_path` (its pod's, `kubepods`'), read through
+/// runtime-hooks; none when the path is empty or cannot be read (said at debug level: the broker then allocates
+/// from the host alone).
+fn parent_limits(id: &str, cgroup_path: &str) -> Vec<ParentLimit> {
+    if cgroup_path.is_empty() {
+        return Vec::new();
+    }
+    match runtime_hooks::ancestor_limits(&HostRoots::default(), cgroup_path) {
+        Ok(found) => found
+            .into_iter()
+            .take(broker::api::MAX_PARENTS)
+            .map(|a| ParentLimit {
+                path: a.path,
+                cpu_limit_cores: a.cpu_limit_cores,
+                memory_limit_bytes: a.memory_limit_bytes,
+            })
+            .collect(),
+        Err(e) => {
+            tracing::debug!(
+                container = id,
+                "no parent cgroup limits: {}",
+                broker::error_chain(&e)
+            );
+            Vec::new()
+        }
+    }
 }
 
 /// Starts `predictived` detached (its own session, output to `predictived.log` in the state directory), unless
@@ -258,7 +307,8 @@ struct MonitorState {
 pub struct Augment {
     pub id: String,
     pub mode: Mode,
-    register: Register,
+    /// What Register sent (its limits and parents follow an Update): sent again after a broker restart.
+    register: Mutex<Register>,
     /// The broker's answer at registration: the predicted profile (`None`: not registered, or cold start).
     pub registered: Mutex<Option<Registered>>,
     /// The allocation in force.
@@ -288,6 +338,18 @@ impl Augment {
         spec: &Spec,
     ) -> Result<Option<Arc<Augment>>> {
         let ann = check_annotations(spec)?;
+        let map = annotations(spec);
+        if map
+            .get(predictor_annotations::CONTAINER_TYPE)
+            .is_some_and(|t| t == "sandbox")
+        {
+            // The pause process: nothing to predict, and its history would pollute the pod's.
+            tracing::debug!(
+                container = id,
+                "a pod sandbox: not registered with the broker"
+            );
+            return Ok(None);
+        }
         if ann.mode == Mode::Off {
             tracing::debug!(
                 container = id,
@@ -299,12 +361,18 @@ impl Augment {
         if !s.enabled {
             return Ok(None);
         }
-        let map = annotations(spec);
         let image = ["io.kubernetes.cri.image-name", "io.containerd.image.name"]
             .iter()
             .find_map(|k| map.get(*k).cloned())
             .unwrap_or_default();
         let limits = spec_limits(spec);
+        let cgroup_path = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let parents = parent_limits(id, &cgroup_path);
         let register = Register {
             container_id: id.to_owned(),
             namespace: namespace.to_owned(),
@@ -316,15 +384,11 @@ impl Augment {
                 .and_then(|p| p.args().clone())
                 .unwrap_or_default(),
             limits,
-            cgroup_path: spec
-                .linux()
-                .as_ref()
-                .and_then(|l| l.cgroups_path().as_ref())
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            cgroup_path,
             pid: None,
             cgroup: Some(host_cgroup_kind()),
             adopt: None,
+            parents,
         };
         let started = Instant::now();
         let mut client = Client::new(&s.socket, s.register_budget);
@@ -377,7 +441,7 @@ impl Augment {
         Ok(Some(Arc::new(Augment {
             id: id.to_owned(),
             mode: ann.mode,
-            register,
+            register: Mutex::new(register),
             state: Mutex::new(MonitorState {
                 client,
                 registered: registered.is_some(),
@@ -501,7 +565,7 @@ impl Augment {
 
     /// Registers a running container with the allocation in force; `true` when the broker took it.
     fn register_again(&self, st: &mut MonitorState) -> bool {
-        let mut r = self.register.clone();
+        let mut r = lock(&self.register).clone();
         r.pid = *lock(&self.pid);
         r.adopt = Some(*lock(&self.allocation));
         match st.client.register(&r) {
@@ -559,6 +623,99 @@ impl Augment {
                 tracing::warn!(container = %self.id, action = ?d.action, "directive not applied: {e}")
             }
         }
+    }
+
+    /// The user resized the container (Update); the shim wrote the new resources to the cgroup already. The broker
+    /// gets the new limits (they become the ceiling of the allocation at once) and the directives it answers are
+    /// applied here, so the allocation in force is current. A broker that does not answer, or does not know the
+    /// container: the new limits stand as written whole (fail open, as at Create), and the monitor registers the
+    /// container again with them. Blocking: call from the blocking pool.
+    ///
+    /// `write` writes the user's resources to the cgroup; it runs under the monitor's lock, so no tick applies a
+    /// directive decided before the resize between the user's values and the broker's answer.
+    pub fn resized(
+        &self,
+        resources: &LinuxResources,
+        write: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        write()?;
+        let (limits, parents) = {
+            let mut r = lock(&self.register);
+            let limits = resource_limits(Some(resources), is_kubernetes(&r.annotations));
+            r.limits = limits;
+            r.parents = parent_limits(&self.id, &r.cgroup_path);
+            (limits, r.parents.clone())
+        };
+        self.tell_resize(st, limits, parents);
+        Ok(())
+    }
+
+    fn tell_resize(&self, st: &mut MonitorState, limits: SpecLimits, parents: Vec<ParentLimit>) {
+        if !st.registered {
+            self.fail_open(st, &limits, "the broker does not know the container yet");
+            return;
+        }
+        let update = Update {
+            container_id: self.id.clone(),
+            limits,
+            parents: Some(parents),
+        };
+        match st.client.update(&update) {
+            Ok(directives) => {
+                tracing::info!(container = %self.id, ?limits, directives = directives.len(), "resize told to the broker");
+                for d in &directives {
+                    self.apply(st, d);
+                }
+                if self.mode != Mode::Enforce {
+                    *lock(&self.allocation) = spec_allocation(&limits);
+                }
+            }
+            Err(e) => {
+                if e.is_not_registered() || no_broker(&e) {
+                    st.registered = false;
+                }
+                self.fail_open(st, &limits, &broker::error_chain(&e));
+            }
+        }
+    }
+
+    /// The spec's (new) limits stand, written whole: CPU quota, memory limit with the v1 OOM killer on.
+    fn fail_open(&self, st: &MonitorState, limits: &SpecLimits, why: &str) {
+        tracing::warn!(container = %self.id, "resize not told to the broker ({why}): the new limits stand (fail open)");
+        if self.mode == Mode::Enforce
+            && let Some(cg) = st.cgroup.as_ref()
+        {
+            let memory = match cg.version() {
+                runtime_hooks::CgroupVersion::V2 => Action::SetMemoryHigh {
+                    high_bytes: None,
+                    max_bytes: limits.memory_limit_bytes,
+                },
+                _ => Action::SetMemoryLimit {
+                    limit_bytes: limits.memory_limit_bytes,
+                    oom_kill_disabled: false,
+                },
+            };
+            for action in [
+                Action::SetCpu {
+                    cores: limits.cpu_limit_cores,
+                },
+                memory,
+            ] {
+                let d = Directive {
+                    container_id: self.id.clone(),
+                    action,
+                    reason: "resize with no broker: the spec's limits".to_owned(),
+                    applied: true,
+                    old_value: None,
+                };
+                if let Err(e) = broker::apply::apply(&d, cg) {
+                    tracing::warn!(container = %self.id, action = ?d.action, "restoring the spec's limits: {e}");
+                }
+            }
+        }
+        *lock(&self.allocation) = spec_allocation(limits);
     }
 
     /// The init process exited: stop the monitor and send the run summary (in the background; [`Self::wait`]
@@ -686,6 +843,56 @@ fn unit_resources(action: &Action) -> Option<oci_spec::runtime::LinuxResources> 
         _ => return None,
     }
     Some(r)
+}
+
+/// Update: applies `resources` to the live cgroup of the container whose init is `pid`, field by field as
+/// `runc update` does (runtime-hooks: shares become `cpu.weight` on v2 with runc's conversion, `unified` entries
+/// are written on v2), then, when the broker manages the container, tells it the new limits and applies its
+/// answer ([`Augment::resized`]). Blocking: call from the blocking pool.
+pub fn apply_update(
+    id: &str,
+    pid: i32,
+    resources: &LinuxResources,
+    augment: Option<&Augment>,
+) -> Result<()> {
+    let cg = ContainerCgroup::from_pid(&HostRoots::default(), pid).map_err(|e| {
+        ShimError::FailedPrecondition(format!(
+            "update {id}: finding its cgroup: {}",
+            broker::error_chain(&e)
+        ))
+    })?;
+    let write = || {
+        cg.update_resources(resources)
+            .map_err(|e| update_error(id, e))
+    };
+    match augment {
+        Some(a) => a.resized(resources, write),
+        None => write(),
+    }
+}
+
+/// The ttrpc error of a refused Update: a value the kernel or the shim refuses is the request's fault
+/// (InvalidArgument), a kernel that cannot reclaim enough yet is the container's state (FailedPrecondition).
+pub fn update_error(id: &str, e: ActuateError) -> ShimError {
+    let message = broker::error_chain(&e);
+    match e {
+        ActuateError::Invalid { .. }
+        | ActuateError::BadKey { .. }
+        | ActuateError::OutOfRange { .. }
+        | ActuateError::Unsupported { .. }
+        | ActuateError::NoController { .. }
+        | ActuateError::BelowUsage { .. } => {
+            ShimError::InvalidArgument(format!("update {id}: {message}"))
+        }
+        ActuateError::Busy { .. } => {
+            ShimError::FailedPrecondition(format!("update {id}: {message}"))
+        }
+        _ => ShimError::Runtime {
+            op: "update",
+            id: id.to_owned(),
+            message,
+        },
+    }
 }
 
 /// Where a hybrid host mounts its controller-less cgroup2 tree.
@@ -959,8 +1166,105 @@ mod tests {
         }))
         .expect("spec");
         assert!(none.linux().is_some());
-        let l = spec_limits(&none);
-        assert_eq!(l, SpecLimits::default());
+        assert_eq!(
+            spec_limits(&none),
+            SpecLimits::default(),
+            "ctr's default 1024 shares are no request"
+        );
+        let mut pod: serde_json::Value = serde_json::to_value(&none).expect("json");
+        pod["annotations"] = serde_json::json!({"io.kubernetes.cri.container-type": "container"});
+        let pod: Spec = serde_json::from_value(pod).expect("spec");
+        assert_eq!(
+            spec_limits(&pod),
+            SpecLimits {
+                cpu_request_cores: Some(1.0),
+                ..SpecLimits::default()
+            },
+            "kubelet's 1024 shares are a 1-CPU request"
+        );
+    }
+
+    #[test]
+    fn shares_are_kubernetes_requests() {
+        let limits = |cpu: serde_json::Value| {
+            let r: LinuxResources =
+                serde_json::from_value(serde_json::json!({ "cpu": cpu })).expect("resources");
+            resource_limits(Some(&r), true)
+        };
+        assert_eq!(
+            limits(serde_json::json!({"shares": 1024})).cpu_request_cores,
+            Some(1.0)
+        );
+        assert_eq!(
+            limits(serde_json::json!({"shares": 2048})).cpu_request_cores,
+            Some(2.0)
+        );
+        assert_eq!(
+            limits(serde_json::json!({"shares": 102})).cpu_request_cores,
+            Some(102.0 / 1024.0)
+        );
+        // BestEffort (2), unset (0) and absent: no request.
+        for cpu in [
+            serde_json::json!({"shares": 2}),
+            serde_json::json!({"shares": 0}),
+            serde_json::json!({}),
+        ] {
+            assert_eq!(limits(cpu.clone()).cpu_request_cores, None, "{cpu}");
+        }
+        assert_eq!(resource_limits(None, true), SpecLimits::default());
+        let ctr: LinuxResources =
+            serde_json::from_value(serde_json::json!({"cpu": {"shares": 1024}}))
+                .expect("resources");
+        assert_eq!(resource_limits(Some(&ctr), false).cpu_request_cores, None);
+        let l = limits(serde_json::json!({"quota": 150000, "period": 100000, "shares": 1536}));
+        assert_eq!(
+            (l.cpu_limit_cores, l.cpu_request_cores),
+            (Some(1.5), Some(1.5))
+        );
+    }
+
+    #[test]
+    fn refused_updates_map_to_grpc_codes() {
+        use containerd_shim_protos::ttrpc::Code;
+        let io = || std::io::Error::from_raw_os_error(libc::EINVAL);
+        let cases = [
+            (
+                ActuateError::Invalid {
+                    path: "/sys/fs/cgroup/x/cpu.max".into(),
+                    value: "1 1".into(),
+                    source: io(),
+                },
+                Code::INVALID_ARGUMENT,
+            ),
+            (
+                ActuateError::BadKey {
+                    key: "cgroup.procs".into(),
+                    reason: "changes the cgroup's membership or structure",
+                },
+                Code::INVALID_ARGUMENT,
+            ),
+            (
+                ActuateError::Busy {
+                    path: "/sys/fs/cgroup/memory/x/memory.limit_in_bytes".into(),
+                    value: "1".into(),
+                    source: std::io::Error::from_raw_os_error(libc::EBUSY),
+                },
+                Code::FAILED_PRECONDITION,
+            ),
+            (
+                ActuateError::Read {
+                    path: "/x".into(),
+                    source: io(),
+                },
+                Code::UNKNOWN,
+            ),
+        ];
+        for (e, code) in cases {
+            let shown = e.to_string();
+            let err = update_error("c1", e);
+            assert_eq!(err.code(), code, "{shown}");
+            assert!(err.chain().contains("c1"), "{}", err.chain());
+        }
     }
 
     #[test]

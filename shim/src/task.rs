@@ -843,19 +843,20 @@ impl TaskService {
         let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
             .map_err(|e| ShimError::InvalidArgument(format!("invalid linux resources: {e}")))?;
         let scope = container.scope.clone();
+        let augment = container.augment.clone();
+        let id = req.id.clone();
         tokio::task::spawn_blocking(move || {
             // systemd's unit first, as runc does: a refusal there changes nothing, and the cgroup files written
             // next are not put back by systemd's next daemon-reload.
             if let Some(scope) = &scope {
-                scope.sync(&resources).map_err(|e| ShimError::FailedPrecondition(format!(
-                    "update: {}",
-                    broker::error_chain(&e)
-                )))?;
+                scope.sync(&resources).map_err(|e| {
+                    ShimError::FailedPrecondition(format!(
+                        "update {id}: {}",
+                        broker::error_chain(&e)
+                    ))
+                })?;
             }
-            let cgroup = containerd_shim::cgroup::get_cgroup(pid)
-                .map_err(ShimError::shim(format!("finding the cgroup of pid {pid}")))?;
-            containerd_shim::cgroup::update_resources(&cgroup, &resources)
-                .map_err(ShimError::shim("applying the new resources"))
+            predict::apply_update(&id, pid as i32, &resources, augment.as_deref())
         })
         .await
         .map_err(|e| ShimError::Zygote(format!("update task: {e}")))?

@@ -59,6 +59,16 @@ impl Containerd {
         Self::start_configured(test, Settings::from_env(), None, Some(config))
     }
 
+    /// [`Self::start_with_config`] and [`Self::start_with_broker`] at once: a CRI containerd whose shims start a
+    /// broker with `broker_toml` added to its config (the Kubernetes-node tests).
+    pub fn start_with_config_and_broker(
+        test: &str,
+        config: &dyn Fn(&Path) -> String,
+        broker_toml: &str,
+    ) -> Option<Containerd> {
+        Self::start_configured(test, Settings::from_env(), Some(broker_toml), Some(config))
+    }
+
     fn start_configured(
         test: &str,
         settings: Settings,

@@ -229,10 +229,11 @@ fn predicted_limits_from_history_and_growth_past_prediction() {
 fn idle_neighbour_lends_cpu_and_gets_it_back() {
     // 2 cores less 0.5 reserved: A (1.45, its spec) and B (0.05, predicted from idle history) take all, so B
     // can only borrow from A. B has no CPU limit of its own: a user's limit caps borrowing.
+    // B has no CPU limit: it gets a quota (its prediction) only because the operator opts in.
     let Some(c) = start(
         "idle_neighbour_lends_cpu_and_gets_it_back",
         "host_cpu_cores = 2.0",
-        "",
+        "quota_unlimited_cpu = true",
     ) else {
         return;
     };
@@ -484,7 +485,7 @@ fn broker_kill9_restart_keeps_containers_records_and_leases() {
     let Some(c) = start(
         "broker_kill9_restart_keeps_containers_records_and_leases",
         "host_cpu_cores = 2.0",
-        "",
+        "quota_unlimited_cpu = true",
     ) else {
         return;
     };

@@ -61,6 +61,7 @@ fn spec(id: &str, cpu: Option<f64>, mem: Option<u64>) -> TaskSpec {
             memory_limit_bytes: mem,
             ..SpecLimits::default()
         },
+        parents: Vec::new(),
         prediction: None,
         started_at_ms: 0,
     }
@@ -73,10 +74,12 @@ fn host(cpu: f64, mem: u64) -> HostCapacity {
     }
 }
 
+/// Tuning for the lending and borrowing tests: containers with no CPU limit get a quota (opted in).
 fn cfg() -> ControllerConfig {
     ControllerConfig {
         host_reserve_cpu: 0.5,
         host_reserve_memory_bytes: 0,
+        quota_unlimited_cpu: true,
         ..ControllerConfig::default()
     }
 }
@@ -843,5 +846,374 @@ fn low_confidence_or_disabled_right_sizing_never_shrinks_a_running_task() {
         c.observe("r", mem_use(10_000, 80 * MIB));
         c.tick(10_000);
         assert_eq!(mem_of(&c, "r"), GIB, "{confidence:?} shrink_at {shrink_at}");
+    }
+}
+
+/// Issue 13: a predicted task with a 2-CPU/512 MiB limit borrows from an idle neighbour; the user resizes it
+/// down to 0.5 CPU/256 MiB: its allocation and leases fit the new limits at once, and the ticks that follow
+/// never lift it above them although it stays starved.
+#[test]
+fn update_makes_the_new_limits_the_ceiling_at_once() {
+    let mut c = Controller::new(cfg(), host(4.0, 8 * GIB));
+    c.register(spec("lender", Some(3.0), Some(GIB)), 0);
+    let mut s = spec("busy", Some(2.0), Some(512 * MIB));
+    s.prediction = Some(prediction(
+        [0.2; BUCKETS],
+        100.0 * MIB as f64,
+        150.0 * MIB as f64,
+    ));
+    c.register(s, 0);
+    let mut now = 0;
+    while cpu_of(&c, "busy") <= 0.6 && now < 10_000 {
+        now += 1000;
+        c.observe("lender", cpu_use(now, 0.05, 0.0));
+        c.observe("busy", cpu_use(now, cpu_of(&c, "busy"), 0.8));
+        c.tick(now);
+    }
+    assert!(cpu_of(&c, "busy") > 0.6, "busy borrowed before the resize");
+    let new = SpecLimits {
+        cpu_limit_cores: Some(0.5),
+        memory_limit_bytes: Some(256 * MIB),
+        ..SpecLimits::default()
+    };
+    let ds = c.update("busy", new, None, now).expect("registered");
+    assert!(cpu_of(&c, "busy") <= 0.5 + 1e-9, "{}", cpu_of(&c, "busy"));
+    assert!(mem_of(&c, "busy") <= 256 * MIB);
+    let held: f64 = c
+        .leases()
+        .iter()
+        .filter(|l| l.holder == "busy")
+        .map(|l| l.amount)
+        .sum();
+    let base = c
+        .tasks()
+        .into_iter()
+        .find(|t| t.container_id == "busy")
+        .and_then(|t| t.base_cpu_cores)
+        .expect("base");
+    assert!(
+        base + held <= 0.5 + 1e-9,
+        "leases above the new ceiling end: {:?}",
+        c.leases()
+    );
+    assert!(
+        ds.iter()
+            .any(|d| d.container_id == "busy" && matches!(d.action, Action::LeaseRevoked { .. })),
+        "{ds:?}"
+    );
+    let own: Vec<&Directive> = ds.iter().filter(|d| d.container_id == "busy").collect();
+    assert!(
+        own.iter()
+            .any(|d| matches!(d.action, Action::SetCpu { cores: Some(q) } if q <= 0.5)),
+        "{own:?}"
+    );
+    assert!(
+        own.iter().any(|d| matches!(
+            d.action,
+            Action::SetMemoryHigh {
+                max_bytes: Some(m),
+                ..
+            } if m == 256 * MIB
+        )),
+        "memory.max follows the new limit: {own:?}"
+    );
+    assert!(
+        own.iter().all(|d| d
+            .reason
+            .starts_with("resized by the user: CPU limit 2.00 -> 0.50 cores")),
+        "{own:?}"
+    );
+    assert!(
+        ds.iter()
+            .any(|d| d.container_id == "lender" && matches!(d.action, Action::SetCpu { .. })),
+        "the lender gets its CPU back: {ds:?}"
+    );
+    let view = c
+        .tasks()
+        .into_iter()
+        .find(|t| t.container_id == "busy")
+        .expect("busy");
+    assert_eq!(view.limits, new, "status shows the new limits");
+    for _ in 0..10 {
+        now += 1000;
+        c.observe("lender", cpu_use(now, 0.05, 0.0));
+        c.observe("busy", cpu_use(now, cpu_of(&c, "busy"), 0.9));
+        c.observe("busy", mem_use(now, 250 * MIB));
+        c.tick(now);
+        assert!(
+            cpu_of(&c, "busy") <= 0.5 + 1e-9,
+            "tick lifted it over the new limit"
+        );
+        assert!(mem_of(&c, "busy") <= 256 * MIB);
+    }
+    assert!(c.update("gone", new, None, now).is_none());
+}
+
+#[test]
+fn update_of_a_cold_start_follows_the_new_limits() {
+    let mut c = Controller::new(ControllerConfig::default(), host(4.0, 8 * GIB));
+    c.register(spec("c", Some(2.0), Some(GIB)), 0);
+    let half = SpecLimits {
+        cpu_limit_cores: Some(1.0),
+        memory_limit_bytes: Some(512 * MIB),
+        ..SpecLimits::default()
+    };
+    c.update("c", half, None, 1000).expect("registered");
+    assert_eq!((cpu_of(&c, "c"), mem_of(&c, "c")), (1.0, 512 * MIB));
+    // Limits removed: no quota (the operator did not opt in), no memory allocation.
+    c.update("c", SpecLimits::default(), None, 2000)
+        .expect("registered");
+    let a = c.allocation("c").expect("registered");
+    assert_eq!((a.cpu_cores, a.memory_bytes), (None, None));
+    assert_eq!(a.memory_max_bytes, Some(8 * GIB - 256 * MIB));
+}
+
+#[test]
+fn update_rereads_requests_and_a_lender_keeps_its_new_request() {
+    let mut c = scenario_two();
+    let mut now = 0;
+    while c.leases().is_empty() && now < 5000 {
+        now += 1000;
+        c.observe("a", cpu_use(now, 0.1, 0.0));
+        c.observe("b", cpu_use(now, cpu_of(&c, "b"), 0.8));
+        c.tick(now);
+    }
+    let lent: f64 = c.leases().iter().map(|l| l.amount).sum();
+    assert!(lent > 0.0 && cpu_of(&c, "a") < 3.0);
+    // a now requests all of its 3 cores: nothing it lends may stay out.
+    let ds = c
+        .update(
+            "a",
+            SpecLimits {
+                cpu_limit_cores: Some(3.0),
+                cpu_request_cores: Some(3.0),
+                memory_limit_bytes: Some(GIB),
+                ..SpecLimits::default()
+            },
+            None,
+            now,
+        )
+        .expect("registered");
+    assert!(c.leases().is_empty(), "{:?}", c.leases());
+    assert_eq!(cpu_of(&c, "a"), 3.0);
+    assert!(
+        ds.iter().any(|d| d.container_id == "b"
+            && matches!(d.action, Action::LeaseRevoked { .. })
+            && d.reason.starts_with("resized by the user")),
+        "{ds:?}"
+    );
+    // And it does not lend below it afterwards.
+    for _ in 0..3 {
+        now += 1000;
+        c.observe("a", cpu_use(now, 0.1, 0.0));
+        c.observe("b", cpu_use(now, cpu_of(&c, "b"), 0.8));
+        c.tick(now);
+        assert!(cpu_of(&c, "a") >= 3.0 - 1e-9);
+    }
+}
+
+/// Kubernetes semantics: shares are a request, a floor on every host; no quota without a limit by default.
+#[test]
+fn a_request_is_a_floor_and_no_limit_means_no_quota_by_default() {
+    let warm = || {
+        let mut s = spec("burstable", None, None);
+        s.limits.cpu_request_cores = Some(1.0);
+        s.prediction = Some(prediction(
+            [0.05; BUCKETS],
+            20.0 * MIB as f64,
+            30.0 * MIB as f64,
+        ));
+        s
+    };
+    let (a, why, _) =
+        initial_allocation(&warm(), &host(2.0, 4 * GIB), &ControllerConfig::default());
+    assert_eq!(a.cpu_cores, None, "{why}");
+    assert!(why.contains("no quota"), "{why}");
+    // Opted in: the request is the floor, even where the host's grantable CPU is below it.
+    let mut opted = ControllerConfig {
+        quota_unlimited_cpu: true,
+        ..ControllerConfig::default()
+    };
+    let (a, why, _) = initial_allocation(&warm(), &host(2.0, 4 * GIB), &opted);
+    assert_eq!(a.cpu_cores, Some(1.0), "{why}");
+    let mut big = warm();
+    big.limits.cpu_request_cores = Some(2.0);
+    opted.host_reserve_cpu = 0.5;
+    let (a, why, _) = initial_allocation(&big, &host(2.0, 4 * GIB), &opted);
+    assert_eq!(
+        a.cpu_cores,
+        Some(2.0),
+        "a 1.5-core pool does not cut a 2-core request: {why}"
+    );
+
+    // Lending: a task with a 1-core request and 1.45 cores lends at most 0.45.
+    let mut c = Controller::new(opted.clone(), host(4.0, 8 * GIB));
+    let mut lender = spec("lender", Some(1.45), Some(GIB));
+    lender.limits.cpu_request_cores = Some(1.0);
+    c.register(lender, 0);
+    let mut s = spec("starved", Some(3.0), Some(GIB));
+    s.prediction = Some(prediction(
+        [0.1; BUCKETS],
+        20.0 * MIB as f64,
+        30.0 * MIB as f64,
+    ));
+    c.register(s, 0);
+    let mut now = 0;
+    for _ in 0..10 {
+        now += 1000;
+        c.observe("lender", cpu_use(now, 0.0, 0.0));
+        c.observe("starved", cpu_use(now, cpu_of(&c, "starved"), 0.9));
+        c.tick(now);
+        assert!(cpu_of(&c, "lender") >= 1.0 - 1e-9, "lent below its request");
+    }
+}
+
+/// v1, OOM killer off below the allocation: a task that waits on an OOM with no room to grow is lifted after
+/// memory_stall_ms — to its limit with the OOM killer on, or to no limit when it has none. Never an endless wait.
+#[test]
+fn a_memory_wait_with_no_room_is_bounded() {
+    for user_limit in [Some(GIB), None] {
+        let cfg = ControllerConfig {
+            host_reserve_memory_bytes: 0,
+            memory_stall_ms: 3000,
+            ..ControllerConfig::default()
+        };
+        // A full host: a higher-priority neighbour holds the rest, so nothing can be freed for it.
+        let mut c = Controller::new(cfg, host(4.0, 600 * MIB));
+        let mut big = spec("big", Some(1.0), Some(500 * MIB));
+        big.priority = 10;
+        c.register(big, 0);
+        let mut s = spec("w", Some(1.0), user_limit);
+        s.cgroup = CgroupKind::V1;
+        s.prediction = Some(prediction(
+            [0.1; BUCKETS],
+            90.0 * MIB as f64,
+            100.0 * MIB as f64,
+        ));
+        c.register(s, 0);
+        let mut now = 0;
+        let mut lifted = None;
+        for _ in 0..8 {
+            now += 1000;
+            // (Not so full that the host's memory pressure pauses it instead.)
+            c.observe("big", mem_use(now, 300 * MIB));
+            let mut u = mem_use(now, 100 * MIB);
+            u.under_oom = true;
+            c.observe("w", u);
+            let ds = c.tick(now);
+            if let Some(d) = ds
+                .iter()
+                .find(|d| d.container_id == "w" && d.reason.contains("memory_stall_ms"))
+            {
+                lifted = Some((now, d.action.clone()));
+                break;
+            }
+        }
+        let (at, action) = lifted.unwrap_or_else(|| panic!("{user_limit:?}: never lifted"));
+        assert!((3000..=5000).contains(&at), "lifted at {at} ms");
+        assert_eq!(
+            action,
+            Action::SetMemoryLimit {
+                limit_bytes: user_limit,
+                oom_kill_disabled: false
+            },
+            "the kernel's OOM policy at the user's own limit (or none)"
+        );
+    }
+}
+
+fn under(id: &str, pod_cpu: f64, pod_mem: u64) -> TaskSpec {
+    let mut s = spec(id, Some(2.0), Some(GIB));
+    s.parents = vec![
+        Ancestor {
+            path: "/kubepods/burstable/pod1".to_owned(),
+            cpu_cores: Some(pod_cpu),
+            memory_bytes: Some(pod_mem),
+        },
+        Ancestor {
+            path: "/kubepods".to_owned(),
+            cpu_cores: None,
+            memory_bytes: Some(6 * GIB),
+        },
+    ];
+    s
+}
+
+/// Issue 13 item 6: the containers of a pod share the pod's limit: allocation, borrowing and memory growth stay
+/// within it, although the node pool is larger.
+#[test]
+fn siblings_stay_within_their_pods_limit() {
+    let mut c = Controller::new(cfg(), host(8.0, 16 * GIB));
+    c.register(spec("idle", Some(4.0), Some(GIB)), 0);
+    let (a, ds) = c.register(under("a", 1.0, 768 * MIB), 0);
+    assert_eq!(
+        a.cpu_cores,
+        Some(1.0),
+        "the spec's 2 cores, capped at the pod's 1"
+    );
+    assert_eq!(a.memory_bytes, Some(768 * MIB));
+    assert_eq!(a.memory_max_bytes, Some(768 * MIB));
+    assert!(
+        ds[0].reason.contains("/kubepods/burstable/pod1"),
+        "{}",
+        ds[0].reason
+    );
+    // The sibling gets what the pod has left.
+    let (b, _) = c.register(under("b", 1.0, 768 * MIB), 0);
+    assert_eq!(b.cpu_cores, Some(c.config().min_cpu_cores));
+    assert_eq!(b.memory_bytes, Some(c.config().min_memory_bytes));
+    // Busy under the pod next to an idle lender: no lease lifts the pod's total above its limit.
+    let mut now = 0;
+    for _ in 0..10 {
+        now += 1000;
+        c.observe("idle", cpu_use(now, 0.0, 0.0));
+        c.observe("a", cpu_use(now, cpu_of(&c, "a"), 0.9));
+        c.observe("b", cpu_use(now, cpu_of(&c, "b"), 0.9));
+        c.tick(now);
+        let sum = cpu_of(&c, "a") + cpu_of(&c, "b");
+        assert!(
+            sum <= 1.0 + c.config().min_cpu_cores + 1e-9,
+            "pod total {sum}"
+        );
+        assert!(mem_of(&c, "a") + mem_of(&c, "b") <= 768 * MIB + c.config().min_memory_bytes);
+    }
+    // A lowered pod limit (a resize re-read the parents) ends the leases that no longer fit.
+    c.unregister("b", now);
+    c.update(
+        "a",
+        SpecLimits {
+            cpu_limit_cores: Some(2.0),
+            memory_limit_bytes: Some(GIB),
+            ..SpecLimits::default()
+        },
+        Some(under("a", 0.5, 512 * MIB).parents),
+        now,
+    )
+    .expect("registered");
+    assert!(cpu_of(&c, "a") <= 0.5 + 1e-9);
+    assert!(mem_of(&c, "a") <= 512 * MIB);
+}
+
+#[test]
+fn kubepods_limits_are_the_pool_unless_the_host_was_sized() {
+    for on in [true, false] {
+        let mut c = Controller::new(ControllerConfig::default(), host(8.0, 16 * GIB));
+        c.use_kubepods_pool(on);
+        let mut s = under("a", 4.0, 4 * GIB);
+        s.parents[1].cpu_cores = Some(6.0);
+        c.register(s, 0);
+        let h = c.host();
+        if on {
+            assert_eq!((h.cpu_cores, h.memory_bytes), (6.0, 6 * GIB));
+            assert_eq!(c.pool_source(), "kubepods");
+            assert_eq!(
+                c.grantable_memory(),
+                6 * GIB,
+                "allocatable has the reserves out already"
+            );
+        } else {
+            assert_eq!((h.cpu_cores, h.memory_bytes), (8.0, 16 * GIB));
+            assert_eq!(c.pool_source(), "host");
+        }
     }
 }

@@ -34,6 +34,10 @@ pub struct Dirs {
     pub pids: Option<PathBuf>,
     /// `freezer`.
     pub freezer: Option<PathBuf>,
+    /// `cpuset` (written by an Update only; never sampled).
+    pub cpuset: Option<PathBuf>,
+    /// `hugetlb` (written by an Update only; never sampled).
+    pub hugetlb: Option<PathBuf>,
     /// The cgroup2 directory on a hybrid host.
     pub unified: Option<PathBuf>,
 }
