@@ -412,6 +412,66 @@ fn expand_slice(slice: &str) -> Option<String> {
     Some(out)
 }
 
+/// Why a process could not be moved into a cgroup.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The path is malformed or the host has no cgroup hierarchy.
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    /// The cgroup exists in no hierarchy.
+    #[error("cgroup {path:?} exists in no hierarchy under {root}")]
+    NotFound {
+        /// The path given.
+        path: String,
+        /// The cgroup root searched.
+        root: PathBuf,
+    },
+    /// Writing the pid into a `cgroup.procs` failed.
+    #[error("moving pid {pid} into {file}")]
+    Write {
+        /// The pid moved (0: the writer).
+        pid: u32,
+        /// The `cgroup.procs` file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Moves `pid` (0: the calling process) into the existing cgroup `cgroups_path` (a path or `slice:prefix:name`)
+/// in every hierarchy that has it: the unified tree and each v1 controller's (named hierarchies such as
+/// `name=systemd` are left alone). Used for the shim's own cgroup (runc's `ShimCgroup` option). At least one
+/// hierarchy must have the cgroup.
+pub fn join(roots: &HostRoots, cgroups_path: &str, pid: u32) -> Result<Vec<PathBuf>, JoinError> {
+    let path = normalize_cgroups_path(cgroups_path)?;
+    let hierarchy = Hierarchy::detect(roots)?;
+    let mut dirs: Vec<PathBuf> = hierarchy
+        .v1_mounts()
+        .iter()
+        .filter(|m| m.controllers.iter().any(|c| !c.starts_with("name=")))
+        .filter_map(|m| join_existing(m, &path))
+        .collect();
+    if let Some(dir) = hierarchy.unified().and_then(|m| join_existing(m, &path)) {
+        dirs.push(dir);
+    }
+    if dirs.is_empty() {
+        return Err(JoinError::NotFound {
+            path,
+            root: roots.cgroup.clone(),
+        });
+    }
+    for dir in &dirs {
+        let file = dir.join("cgroup.procs");
+        std::fs::write(&file, pid.to_string()).map_err(|source| JoinError::Write {
+            pid,
+            file: file.clone(),
+            source,
+        })?;
+    }
+    Ok(dirs)
+}
+
 impl ContainerCgroup {
     /// Finds the cgroup named by an OCI `linux.cgroupsPath` on this host.
     pub fn discover(roots: &HostRoots, cgroups_path: &str) -> Result<Self, DiscoveryError> {
@@ -520,6 +580,26 @@ mod tests {
             Some(Hierarchy::Unified(m)) => assert_eq!(m.root, "/a b"),
             other => panic!("expected unified, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn join_writes_every_hierarchy_that_has_the_cgroup() {
+        let host = FakeHost::new(crate::testutil::Layout::Hybrid);
+        let roots = host.roots();
+        for ctrl in ["cpu", "memory", "pids", "unified"] {
+            std::fs::create_dir_all(host.root().join(ctrl).join("shims")).expect("mkdir");
+        }
+        let dirs = join(&roots, "/shims", 0).expect("join");
+        assert_eq!(dirs.len(), 4, "{dirs:?}");
+        for d in &dirs {
+            assert_eq!(
+                std::fs::read_to_string(d.join("cgroup.procs")).expect("procs"),
+                "0"
+            );
+        }
+        let e = join(&roots, "/nowhere", 0).expect_err("absent");
+        assert!(e.to_string().contains("/nowhere"), "{e}");
+        assert!(join(&roots, "/a/../b", 0).is_err());
     }
 
     #[test]

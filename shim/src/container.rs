@@ -24,6 +24,9 @@ pub struct Container {
     pub augment: Option<Arc<crate::predict::Augment>>,
     /// The systemd unit that owns the container's cgroup (systemd cgroup driver only).
     pub scope: Option<crate::systemd::Scope>,
+    /// Without a monitor (mode off, a pod's sandbox): the cgroup2 directories made for the container's PSI
+    /// files on a hybrid host, outermost first, removed with the container (a monitor owns them otherwise).
+    pub unified: Mutex<Vec<PathBuf>>,
 }
 
 impl Container {
@@ -38,7 +41,19 @@ impl Container {
             oom: Mutex::new(None),
             augment: None,
             scope: None,
+            unified: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Removes the cgroup2 directories in [`Container::unified`] (after the container's processes are gone).
+    pub fn remove_unified(&self) {
+        let made: Vec<PathBuf> = self
+            .unified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        crate::predict::remove_unified(&self.id, &made);
     }
 
     fn execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Process>>> {

@@ -780,15 +780,7 @@ impl Augment {
     /// After the container's processes are gone: removes the cgroup2 directories [`join_unified`] made.
     pub fn cleanup(&self) {
         let made: Vec<PathBuf> = lock(&self.unified).drain(..).collect();
-        for (i, dir) in made.iter().enumerate().rev() {
-            match std::fs::remove_dir(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                // A parent another container of the same group still uses.
-                Err(_) if i + 1 < made.len() => {}
-                Err(e) => tracing::warn!(container = %self.id, "removing {}: {e}", dir.display()),
-            }
-        }
+        remove_unified(&self.id, &made);
     }
 
     /// Waits (bounded) until the run summary was sent, so a shim that exits after Delete loses nothing.
@@ -948,6 +940,19 @@ pub fn make_dirs(root: &Path, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         }
     }
     Ok(made)
+}
+
+/// Removes the cgroup2 directories [`join_unified`] made for container `id` (outermost first), innermost first;
+/// a parent another container of the same group still uses stays, and the container's own one failing is logged.
+pub fn remove_unified(id: &str, made: &[PathBuf]) {
+    for (i, dir) in made.iter().enumerate().rev() {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) if i + 1 < made.len() => {}
+            Err(e) => tracing::warn!(container = %id, "removing {}: {e}", dir.display()),
+        }
+    }
 }
 
 /// Removes directories listed outermost first, innermost first; a parent another container still uses stays.

@@ -26,6 +26,7 @@ use containerd_shim_protos::ttrpc::r#async::transport::Listener;
 use tokio::sync::Notify;
 
 use crate::error::{Result, ShimError};
+use crate::options::RuntimeOptions;
 use crate::reaper::{self, Reaper};
 use crate::task::TaskService;
 use crate::zygote::{Request, Zygote};
@@ -33,6 +34,8 @@ use crate::{RUNTIME_NAME, runtime};
 
 /// Where libcontainer keeps container state, one directory per containerd namespace.
 pub const STATE_ROOT: &str = "/run/predictive";
+/// Carries runc's `ShimCgroup` option from the `start` action to the server it spawns.
+const SHIM_CGROUP_ENV: &str = "PREDICTIVE_SHIM_CGROUP";
 /// The annotation that groups a pod's containers into one shim.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 /// How long after a `start` action was handed this server's address the server stays, even if idle:
@@ -177,6 +180,7 @@ fn start(flags: &Flags) -> Result<()> {
         return Ok(());
     }
     let _ = std::fs::remove_file(&path);
+    let options = start_options()?;
 
     let exe = std::env::current_exe().map_err(ShimError::io("finding the shim binary"))?;
     let mut command = Command::new(exe);
@@ -194,6 +198,9 @@ fn start(flags: &Flags) -> Result<()> {
     if !flags.publish_binary.is_empty() {
         command.args(["-publish-binary", &flags.publish_binary]);
     }
+    if let Some(cgroup) = &options.shim_cgroup {
+        command.env(SHIM_CGROUP_ENV, cgroup);
+    }
     let mut child = command
         .spawn()
         .map_err(ShimError::io("spawning the shim server"))?;
@@ -205,14 +212,38 @@ fn start(flags: &Flags) -> Result<()> {
     if let Ok(Some(status)) = child.try_wait()
         && !status.success()
     {
+        let why = String::from_utf8_lossy(&ready);
         return Err(ShimError::FailedPrecondition(format!(
-            "shim server exited with {status} before serving {address}"
+            "shim server exited with {status} before serving {address}: {}",
+            why.trim()
         )));
     }
     let _ = containerd_shim::cgroup::adjust_oom_score(child.id());
     drop(lock);
     println!("{address}");
     Ok(())
+}
+
+/// The runtime options containerd writes to the `start` action's stdin (a protobuf `Any`), if any; a terminal
+/// (someone running the action by hand) gives none.
+fn start_options() -> Result<RuntimeOptions> {
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Ok(RuntimeOptions::default());
+    }
+    let mut data = Vec::new();
+    stdin
+        .lock()
+        .take(1 << 20)
+        .read_to_end(&mut data)
+        .map_err(ShimError::io("reading the runtime options on stdin"))?;
+    if data.is_empty() {
+        return Ok(RuntimeOptions::default());
+    }
+    let any = containerd_shim_protos::protobuf::well_known_types::any::Any::parse_from_bytes(&data)
+        .map_err(|e| ShimError::InvalidArgument(format!("runtime options on stdin: {e}")))?;
+    RuntimeOptions::decode(&any.type_url, &any.value)
 }
 
 /// Cleans up after a shim that is gone: kills what is left of the container, removes its state and
@@ -292,6 +323,20 @@ fn serve(flags: &Flags) -> Result<()> {
         signal_ready();
         return Ok(());
     };
+    // runc's ShimCgroup option: the server (and so the zygote it forks next) runs in that cgroup. A failure is
+    // told to the start action through the pipe it reads.
+    if let Some(cgroup) = std::env::var_os(SHIM_CGROUP_ENV) {
+        let cgroup = cgroup.to_string_lossy().into_owned();
+        if let Err(e) = runtime_hooks::discovery::join(&runtime_hooks::HostRoots::default(), &cgroup, 0) {
+            let e = ShimError::FailedPrecondition(format!(
+                "ShimCgroup {:?}: {}",
+                cgroup.escape_debug().to_string(),
+                broker::error_chain(&e)
+            ));
+            println!("{e}");
+            return Err(e);
+        }
+    }
     reaper::set_subreaper().map_err(ShimError::io("becoming a child subreaper"))?;
     // The socket is bound, so connections queue from here on. Ready before the zygote forks: it
     // must not inherit the start action's pipe, or that action would wait for it forever.

@@ -270,8 +270,15 @@ impl TaskService {
         tokio::task::yield_now().await;
         let result = self.create_container(&req, bundle, spec, scope).await;
         if let Some(w) = warmup {
-            w.finish(result.as_ref().ok().and_then(|(_, a)| a.as_deref()))
-                .await;
+            let made = result
+                .is_ok()
+                .then(|| self.containers().get(&req.id).cloned())
+                .flatten();
+            w.finish(
+                result.as_ref().ok().and_then(|(_, a)| a.as_deref()),
+                made.as_deref(),
+            )
+            .await;
         }
         result.map(|(response, _)| response)
     }
@@ -346,8 +353,15 @@ impl TaskService {
                 }
                 container.scope = scope;
                 let container = Arc::new(container);
-                if let Some(a) = &augment {
-                    a.created(pid);
+                match &augment {
+                    Some(a) => a.created(pid),
+                    // The sandbox, or mode off: the container's PSI files are its own all the same, and it is
+                    // in its cgroup in every hierarchy (kubelet and systemd account a pod by all of them).
+                    None => container
+                        .unified
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(predict::join_unified(Path::new(predict::UNIFIED_ROOT), pid)),
                 }
                 self.watch_oom(&container, pid);
                 let oom = container
@@ -590,7 +604,7 @@ impl TaskService {
             // nothing to kill: it runs after the reply. A Create of the same id, and the shim's exit, wait for it.
             drain.await;
             let exit = exited.await;
-            self.delete_after_reply(&req.id, container.augment.clone());
+            self.delete_after_reply(&req.id, container.clone());
             exit
         } else {
             // Force-delete: kills a created-but-never-started init (or execs left running), then removes
@@ -602,6 +616,7 @@ impl TaskService {
             if let Some(a) = &container.augment {
                 a.cleanup();
             }
+            container.remove_unified();
             exit
         };
         if let Some(h) = container
@@ -643,7 +658,7 @@ impl TaskService {
 
     /// libcontainer's delete of a container whose processes have all exited, in the background. Until it is
     /// done, the shim is not idle (it does not exit) and a Create of the same id waits.
-    fn delete_after_reply(&self, id: &str, augment: Option<Arc<Augment>>) {
+    fn delete_after_reply(&self, id: &str, container: Arc<Container>) {
         let (done, wait) = tokio::sync::watch::channel(false);
         self.shared.pending.fetch_add(1, Ordering::SeqCst);
         self.shared
@@ -660,9 +675,10 @@ impl TaskService {
             {
                 tracing::warn!(container = %id, "removing the container's cgroups and state: {}", e.chain());
             }
-            if let Some(a) = &augment {
+            if let Some(a) = &container.augment {
                 a.cleanup();
             }
+            container.remove_unified();
             me.shared
                 .deleting
                 .lock()
@@ -989,11 +1005,17 @@ impl Warmup {
 
     /// After the create: the container's monitor takes the directories (and removes them with the container),
     /// or, without one or after a failed create, they are removed now.
-    async fn finish(self, monitor: Option<&Augment>) {
+    async fn finish(self, monitor: Option<&Augment>, created: Option<&Container>) {
         let _ = self.task.await;
-        match monitor {
-            Some(a) => a.adopt_unified(self.made),
-            None => {
+        match (monitor, created) {
+            (Some(a), _) => a.adopt_unified(self.made),
+            (None, Some(c)) => {
+                c.unified
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .splice(0..0, self.made);
+            }
+            (None, None) => {
                 // The worker replies before it exits: until it has, its directory is busy.
                 if let Some(inner) = self.made.last() {
                     for _ in 0..100 {

@@ -252,17 +252,31 @@ fn update_resources() {
         return;
     };
     let id = c.id("upd");
-    c.run_detached(&id, &["--memory-limit", "67108864"], SLEEP);
-    let (mem_file, cpu_file) = if Containerd::cgroup_v2_host() {
+    c.run_detached(
+        &id,
+        &["--memory-limit", "67108864", "--cpu-shares", "512"],
+        SLEEP,
+    );
+    let v2 = Containerd::cgroup_v2_host();
+    let (mem_file, cpu_file, weight_file) = if v2 {
         (
             c.cgroup_dir("", &id).join("memory.max"),
             c.cgroup_dir("", &id).join("cpu.max"),
+            c.cgroup_dir("", &id).join("cpu.weight"),
         )
     } else {
         (
             c.cgroup_dir("memory", &id).join("memory.limit_in_bytes"),
             c.cgroup_dir("cpu", &id).join("cpu.cfs_quota_us"),
+            c.cgroup_dir("cpu", &id).join("cpu.shares"),
         )
+    };
+    // Shares on v2 become cpu.weight by runc's formula (since runc 1.3.2: 512 -> 59, 1024 -> 100, 2048 -> 174).
+    let weight = |shares: &str| match (v2, shares) {
+        (false, s) => s.to_owned(),
+        (true, "512") => "59".to_owned(),
+        (true, "2048") => "174".to_owned(),
+        (true, s) => unreachable!("no expected weight for {s} shares"),
     };
     let read = |p: &std::path::Path| {
         std::fs::read_to_string(p)
@@ -275,8 +289,9 @@ fn update_resources() {
         "67108864",
         "the spec's memory limit at create"
     );
+    assert_eq!(read(&weight_file), weight("512"), "the spec's CPU shares at create");
 
-    let res = serde_json::json!({"memory": {"limit": 134217728}, "cpu": {"quota": 50000, "period": 100000}});
+    let res = serde_json::json!({"memory": {"limit": 134217728}, "cpu": {"quota": 50000, "period": 100000, "shares": 2048}});
     // containerd 1.x shims write the bundle's `address` file (containerd reads it to reconnect after a
     // restart); fall back to the conventional socket path so this test is about Update alone.
     let sock = predictive_e2e::clean::shim_socket(&c, &id);
@@ -288,6 +303,7 @@ fn update_resources() {
         cpu == "50000" || cpu.starts_with("50000 "),
         "cpu quota after update: {cpu}"
     );
+    assert_eq!(read(&weight_file), weight("2048"), "CPU shares after update");
     assert_eq!(c.status(&id).as_deref(), Some("RUNNING"));
     c.remove(&id);
     c.finish();
@@ -533,6 +549,97 @@ fn block_device_denied_by_the_spec() {
         "an allowed device (/dev/zero) stays readable: {out}"
     );
     c.finish();
+}
+
+/// `/proc/<pid>/cgroup` paths of the resource hierarchies (named ones such as `name=systemd` left out).
+fn cgroup_paths(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+            (!ctrl.starts_with("name=")).then(|| path.to_owned())
+        })
+        .collect()
+}
+
+/// Removes directories the test made in every cgroup hierarchy (deepest first; busy ones stay).
+fn remove_cgroup_dirs(rel: &[&str]) {
+    for (mount, _) in predictive_e2e::kubelet::hierarchies() {
+        for r in rel.iter().rev() {
+            let _ = std::fs::remove_dir(mount.join(r.trim_start_matches('/')));
+        }
+    }
+}
+
+/// A systemd `slice:prefix:name` cgroupsPath (`ctr run --cgroup`) lands in `<prefix>-<name>.scope` inside the
+/// slice: a unit systemd owns when the runtime options ask for the systemd driver on a systemd host
+/// (`--runtime-config-path` hands `SystemdCgroup = true` to the shim as `runtimeoptions.v1.Options`), the
+/// directories systemd would have made elsewhere — never a literal `slice:prefix:name` directory. And runc's
+/// `ShimCgroup` option puts the shim itself in that cgroup.
+#[test]
+fn runtime_options_place_the_container_and_the_shim() {
+    let Some(c) = start("runtime_options_place_the_container_and_the_shim") else {
+        return;
+    };
+    let me = std::process::id();
+    let systemd = predictive_e2e::kubelet::systemd_v2_host();
+    // The shim's cgroup, made in every hierarchy (v2: the unified tree).
+    let shims = format!("/pe2e-shims-{me}");
+    for (mount, ctrls) in predictive_e2e::kubelet::hierarchies() {
+        if !ctrls.iter().any(|c| c.starts_with("name=")) {
+            std::fs::create_dir_all(mount.join(shims.trim_start_matches('/'))).expect("shim cgroup");
+        }
+    }
+    let opts = c.dir.join("runtime-options.toml");
+    std::fs::write(
+        &opts,
+        format!("SystemdCgroup = {systemd}\nShimCgroup = \"{shims}\"\n"),
+    )
+    .expect("writing the runtime options");
+    let id = c.id("placed");
+    let slice = format!("pe2e{me}.slice");
+    let path = format!("{slice}:predictive:{id}");
+    let scope = format!("predictive-{id}.scope");
+    let opts_arg = opts.to_string_lossy().into_owned();
+    c.run_detached(
+        &id,
+        &["--cgroup", &path, "--runtime-config-path", &opts_arg],
+        SLEEP,
+    );
+    let pid = c.task_pid(&id);
+    let want = format!("/{slice}/{scope}");
+    let paths = cgroup_paths(pid);
+    assert!(!paths.is_empty());
+    for p in &paths {
+        assert_eq!(p, &want, "the container is not where systemd puts {path}: {paths:?}");
+    }
+    for (mount, _) in predictive_e2e::kubelet::hierarchies() {
+        let literal = mount.join(&path);
+        assert!(!literal.exists(), "a literal {} was made", literal.display());
+    }
+    if systemd {
+        let mut show = std::process::Command::new("systemctl");
+        show.args(["show", "--value", "-p", "ActiveState", &scope]);
+        let state = predictive_e2e::cmd::run_cmd(show, Duration::from_secs(60)).stdout;
+        assert_eq!(state.trim(), "active", "systemd does not know {scope}");
+    }
+    // The shim (and its helper) run in the ShimCgroup.
+    let shim = c.shim_pids().into_iter().next().expect("a shim serves the container");
+    let shim_paths = cgroup_paths(shim);
+    assert!(
+        shim_paths.iter().all(|p| p == &shims),
+        "shim {shim} is not in ShimCgroup {shims}: {shim_paths:?}"
+    );
+    c.remove(&id);
+    c.finish();
+    if systemd {
+        let mut stop = std::process::Command::new("systemctl");
+        stop.args(["stop", &slice]);
+        let _ = predictive_e2e::cmd::run_cmd(stop, Duration::from_secs(60));
+    }
+    remove_cgroup_dirs(&[&format!("/{slice}/{scope}"), &format!("/{slice}"), &shims]);
 }
 
 #[test]
