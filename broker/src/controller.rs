@@ -331,6 +331,8 @@ struct Task {
     last_report_ms: u64,
     holding_memory: bool,
     critical: bool,
+    /// Its owner is stopping it: never paused again.
+    stopping: bool,
 }
 
 impl Task {
@@ -346,6 +348,7 @@ impl Task {
             last_report_ms: now_ms,
             holding_memory: false,
             critical: false,
+            stopping: false,
             spec,
         }
     }
@@ -506,6 +509,9 @@ pub struct TaskView {
     pub base_cpu_cores: Option<f64>,
     /// Paused by the controller.
     pub frozen: bool,
+    /// Its owner is stopping it (Report `stopping`): never paused again.
+    #[serde(default)]
+    pub stopping: bool,
     /// Latest usage.
     pub usage: Option<Usage>,
 }
@@ -841,6 +847,49 @@ impl Controller {
         }
     }
 
+    /// The task's owner is stopping it or acting on it (a signal, an exec, a delete: Report `stopping`, with
+    /// `why`): it is never paused again. A pause in force ends, as its shim has thawed it already: the allocation
+    /// held at the pause is restored when the pool has room (else the task keeps what it has). Returns the
+    /// directives to record and deliver (the restore, and a Thaw for the record); none when the task was marked
+    /// already or is not registered.
+    pub fn stopping(&mut self, container_id: &str, why: &str) -> Vec<Directive> {
+        let Some(k) = self.key(container_id) else {
+            return Vec::new();
+        };
+        if self.task(k).stopping {
+            return Vec::new();
+        }
+        let room = self.memory_room();
+        let t = self.task_mut(k);
+        t.stopping = true;
+        let Some(restore) = t.frozen_memory.take() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let now = t.memory;
+        let extra = restore.unwrap_or(0).saturating_sub(now.unwrap_or(0));
+        if extra <= room {
+            t.memory = restore.or(t.memory);
+            let t = self.task(k);
+            if t.memory != now {
+                out.push(memory_directive(
+                    t,
+                    format!("restored: stopping ({why})"),
+                    now,
+                ));
+            }
+        }
+        let t = self.task(k);
+        out.push(Directive {
+            container_id: t.spec.container_id.clone(),
+            action: Action::Thaw,
+            reason: format!("stopping ({why}): its shim thawed it, never paused again"),
+            applied: t.enforce(),
+            old_value: None,
+        });
+        out
+    }
+
     /// Removes a task; its leases end and lenders get their CPU back.
     pub fn unregister(&mut self, container_id: &str, now_ms: u64) -> Vec<Directive> {
         let mut reasons: Reasons = vec![None; self.slots.len()];
@@ -899,6 +948,7 @@ impl Controller {
                 },
                 base_cpu_cores: t.base_cpu,
                 frozen: t.frozen(),
+                stopping: t.stopping,
                 usage: t.usage,
             })
             .collect()
@@ -1391,7 +1441,10 @@ impl Controller {
                     .iter()
                     .copied()
                     .take_while(|&v| self.task(v).rank() < rank)
-                    .find(|&v| !self.task(v).frozen() && self.task(v).spec.mode == mode);
+                    .find(|&v| {
+                        let t = self.task(v);
+                        !t.frozen() && !t.stopping && t.spec.mode == mode
+                    });
                 if let Some(v) = victim {
                     let why = format!(
                         "no memory for {} (higher priority) to grow",
@@ -1434,7 +1487,7 @@ impl Controller {
                 .max();
             let victim = victims.iter().copied().find(|&v| {
                 let t = self.task(v);
-                !t.frozen() && t.enforce() && Some(t.rank()) < top
+                !t.frozen() && !t.stopping && t.enforce() && Some(t.rank()) < top
             });
             if let Some(v) = victim {
                 let why = format!("host memory pressure: {total} of {grantable} bytes in use");
