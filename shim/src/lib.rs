@@ -4,6 +4,7 @@
 pub mod container;
 pub mod error;
 pub mod events;
+pub mod freeze;
 pub mod io;
 pub mod logging;
 pub mod metrics;
@@ -13,6 +14,7 @@ pub mod process;
 pub mod reaper;
 pub mod runtime;
 pub mod service;
+pub mod spawn;
 pub mod task;
 pub mod zygote;
 

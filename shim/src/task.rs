@@ -435,6 +435,11 @@ impl TaskService {
             )));
         }
         if req.exec_id.is_empty() {
+            // No broker freeze may land while libcontainer starts the init.
+            let _hold = match &container.augment {
+                Some(a) => Some(a.freezer.hold("start", false).await),
+                None => None,
+            };
             self.call(
                 Request::Start {
                     id: req.id.clone(),
@@ -469,12 +474,32 @@ impl TaskService {
     }
 
     async fn start_exec(&self, container: &Container, process: &Arc<Process>) -> Result<i32> {
-        if container.init.status() != Status::RUNNING {
-            return Err(ShimError::FailedPrecondition(format!(
-                "container {} is not running",
-                container.id
-            )));
+        match container.init.status() {
+            Status::RUNNING => {}
+            // As runc: `runc exec` refuses a paused container unless given --ignore-paused, which containerd's
+            // runc shim never passes.
+            Status::PAUSED => {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "cannot exec in a paused container: {} was paused (resume it first)",
+                    container.id
+                )));
+            }
+            _ => {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "container {} is not running",
+                    container.id
+                )));
+            }
         }
+        // A broker freeze (invisible to the user) is thawed first, and none may land while the exec is set up.
+        let _hold = match &container.augment {
+            Some(a) => Some(
+                a.freezer
+                    .hold(&format!("exec {}", process.exec_id), false)
+                    .await,
+            ),
+            None => None,
+        };
         let spec_path = exec_spec_path(&self.shared.state_root, &container.id, &process.exec_id);
         let (mut pio, stdio, console) =
             ProcessIo::prepare(&process.stdio, &self.shared.state_root)?;
@@ -575,7 +600,11 @@ impl TaskService {
             exit
         } else {
             // Force-delete: kills a created-but-never-started init (or execs left running), then removes
-            // cgroups and state, before the reply.
+            // cgroups and state, before the reply. A broker freeze goes first.
+            let _hold = match &container.augment {
+                Some(a) => Some(a.freezer.hold("delete", true).await),
+                None => None,
+            };
             self.call(self.delete_request(&req.id), zygote::Stdio::default())
                 .await?;
             let exit = exited.await;
@@ -719,6 +748,17 @@ impl TaskService {
         let signal = i32::try_from(req.signal).map_err(|_| {
             ShimError::InvalidArgument(format!("signal {} out of range", req.signal))
         })?;
+        // A broker freeze must not keep a signal from landing (v1 freezes even SIGKILL): it is thawed first. A
+        // signal to the init or to all processes (a stop) also marks the container stopping, so the broker never
+        // freezes it again during its grace period.
+        let _hold = match (&container.augment, signal) {
+            (Some(a), s) if s != 0 => Some(
+                a.freezer
+                    .hold(&format!("signal {signal}"), req.exec_id.is_empty())
+                    .await,
+            ),
+            _ => None,
+        };
         if req.exec_id.is_empty() && req.all {
             self.call(
                 Request::Kill {
@@ -773,7 +813,17 @@ impl TaskService {
                 root,
             }
         };
-        self.call(request, zygote::Stdio::default()).await?;
+        match &container.augment {
+            // The broker's freeze and the user's pause compose (`freeze.rs`).
+            Some(a) => {
+                a.freezer
+                    .by_user(pause, self.call(request, zygote::Stdio::default()))
+                    .await?;
+            }
+            None => {
+                self.call(request, zygote::Stdio::default()).await?;
+            }
+        }
         if pause {
             container.init.set_status(Status::PAUSED);
             self.publish(TaskPaused {
