@@ -2,6 +2,7 @@
 //! that runs containers through youki's libcontainer. See docs/ARCHITECTURE.md.
 
 pub mod container;
+pub mod cwd;
 pub mod error;
 pub mod events;
 pub mod freeze;

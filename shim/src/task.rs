@@ -306,6 +306,13 @@ impl TaskService {
                 });
             }
         };
+        // As runc: a missing cwd is made in the rootfs (a relative or empty one is refused).
+        if let Err(e) = crate::cwd::make_init_cwd(&bundle, &spec) {
+            if mounted {
+                container::unmount_rootfs(&rootfs);
+            }
+            return Err(e);
+        }
         let terminal = spec
             .process()
             .as_ref()
@@ -480,7 +487,7 @@ impl TaskService {
             // runc shim never passes.
             Status::PAUSED => {
                 return Err(ShimError::FailedPrecondition(format!(
-                    "cannot exec in a paused container: {} was paused (resume it first)",
+                    "cannot exec in a paused state: container {} is paused (resume it first)",
                     container.id
                 )));
             }
@@ -526,7 +533,13 @@ impl TaskService {
             Ok(pid) => {
                 process.set_pid(pid);
                 process.set_status(Status::RUNNING);
-                *process.io.lock().await = Some(pio);
+                let mut io = process.io.lock().await;
+                // A CloseIO can come while the exec starts (ctr sends it as soon as its stdin ends).
+                if process.stdin_closed() {
+                    pio.tasks.close_input();
+                }
+                *io = Some(pio);
+                drop(io);
                 self.watch_exit(&container.id, process.clone(), pid, None, None);
                 Ok(pid)
             }
@@ -713,6 +726,19 @@ impl TaskService {
                     req.exec_id
                 ))
             })?;
+        // As containerd's runc shim (its paused state refuses Exec) and runc (cwd rules).
+        if container.init.status() == Status::PAUSED {
+            return Err(ShimError::FailedPrecondition(format!(
+                "cannot exec in a paused state: container {} is paused (resume it first)",
+                req.id
+            )));
+        }
+        let init_pid = container.init.pid();
+        if init_pid > 0 {
+            crate::cwd::check_exec_cwd(init_pid, &process_spec, &req.exec_id)?;
+        } else {
+            crate::cwd::check(&process_spec, &format!("exec {}", req.exec_id))?;
+        }
         let terminal = process_spec.terminal().unwrap_or(false);
         let path = exec_spec_path(&self.shared.state_root, &req.id, &req.exec_id);
         if let Some(dir) = path.parent() {
@@ -1114,6 +1140,8 @@ impl Task for TaskService {
     async fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> ttrpc::Result<Empty> {
         let result = async {
             let process = self.container(&req.id)?.process(&req.exec_id)?;
+            // Kept for an exec whose stdio is not set up yet (it is at Start), then applied.
+            process.close_stdin();
             if let Some(pio) = process.io.lock().await.as_ref() {
                 pio.tasks.close_input();
             }
