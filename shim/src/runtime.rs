@@ -88,7 +88,7 @@ fn builder(
     let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
         .with_root_path(root)?
         .with_console_socket(console_socket)
-        .with_executor(Workload { seccomp: None });
+        .with_executor(Workload::default());
     if let Some(fd) = stdio.stdin {
         builder = builder.with_stdin(fd);
     }
@@ -143,7 +143,10 @@ fn exec(
     let spec = Spec::load(container.bundle().join("config.json"))?;
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     let pid = builder(id, root, console_socket, stdio)?
-        .with_executor(Workload { seccomp })
+        .with_executor(Workload {
+            seccomp,
+            ..Workload::default()
+        })
         .as_tenant()
         .with_process(Some(process))
         .with_detach(true)
@@ -173,14 +176,19 @@ fn delete(id: &str, root: &Path) -> Result<(), LibcontainerError> {
 ///   is searched in `PATH`, and with no `PATH` it is not found. libcontainer's default refuses any process whose
 ///   spec has no `PATH`, even `/bin/sleep` (`ctr run --rootfs DIR ID /bin/sleep 60` has none), and wants the
 ///   execute bit for "others".
+/// - The environment keeps the spec's order (runc's: each variable where it first appears, with its last value,
+///   then `HOME` when the spec has none); libcontainer passes it through a hash map, which scrambles it.
 /// - An exec process runs under the container's seccomp profile: libcontainer 0.7 rebuilds an exec's `linux`
 ///   section without it. Capabilities are dropped by then, so the filter needs no_new_privs (as runc sets when it
 ///   installs a filter late): an exec in a container with a seccomp profile cannot gain privileges through
 ///   setuid binaries.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct Workload {
     /// The container's seccomp profile, for an exec process (the init's is installed by libcontainer).
     seccomp: Option<LinuxSeccomp>,
+    /// The process's `env` as the spec lists it, kept by `validate` (which libcontainer calls just before
+    /// `setup_envs`, in the same single-threaded process).
+    env: std::cell::RefCell<Vec<String>>,
 }
 
 impl Executor for Workload {
@@ -213,10 +221,54 @@ impl Executor for Workload {
             ));
         };
         let env = process.env().as_deref().unwrap_or_default();
+        *self.env.borrow_mut() = env.to_vec();
         look_path(name, env)
             .map(|_| ())
             .map_err(ExecutorValidationError::ArgValidationError)
     }
+
+    fn setup_envs(
+        &self,
+        envs: std::collections::HashMap<String, String>,
+    ) -> Result<(), libcontainer::workload::ExecutorSetEnvsError> {
+        let order = env_order(&self.env.borrow(), &envs);
+        // SAFETY: this is the container's init or exec process, single-threaded, just before it execs: no other
+        // thread can read the environment while it changes.
+        unsafe {
+            for (key, _) in std::env::vars_os() {
+                std::env::remove_var(key);
+            }
+            for (key, value) in order {
+                std::env::set_var(key, value);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The variables of `envs` (libcontainer's map: the spec's, plus `HOME`) in the order of `spec_env` (`KEY=VALUE`,
+/// each key where it first appears), then the rest sorted.
+fn env_order<'a>(
+    spec_env: &[String],
+    envs: &'a std::collections::HashMap<String, String>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut out: Vec<(&str, &str)> = Vec::with_capacity(envs.len());
+    for kv in spec_env {
+        let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+        if let Some((k, v)) = envs.get_key_value(key)
+            && !out.iter().any(|(seen, _)| *seen == k)
+        {
+            out.push((k.as_str(), v.as_str()));
+        }
+    }
+    let mut rest: Vec<(&str, &str)> = envs
+        .iter()
+        .filter(|(k, _)| !out.iter().any(|(seen, _)| seen == k))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    rest.sort();
+    out.extend(rest);
+    out
 }
 
 /// Where `name` is, as Go's `exec.LookPath` (runc) finds it with the environment `env` (`KEY=VALUE`; the last
@@ -301,6 +353,25 @@ mod tests {
         std::fs::write(&p, "#!/bin/sh\n").expect("write");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
         p
+    }
+
+    #[test]
+    fn the_environment_keeps_the_specs_order() {
+        let spec = [
+            "PATH=/bin".to_owned(),
+            "A=1".to_owned(),
+            "B=2".to_owned(),
+            "A=3".to_owned(),
+        ];
+        let envs: std::collections::HashMap<String, String> =
+            [("A", "3"), ("B", "2"), ("PATH", "/bin"), ("HOME", "/root")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+        assert_eq!(
+            env_order(&spec, &envs),
+            vec![("PATH", "/bin"), ("A", "3"), ("B", "2"), ("HOME", "/root")]
+        );
     }
 
     #[test]
