@@ -447,6 +447,9 @@ impl TaskService {
                 Some(a) => Some(a.freezer.hold("start", false).await),
                 None => None,
             };
+            if let Some(pio) = process.io.lock().await.as_mut() {
+                pio.start_input()?;
+            }
             self.call(
                 Request::Start {
                     id: req.id.clone(),
@@ -510,6 +513,10 @@ impl TaskService {
         let spec_path = exec_spec_path(&self.shared.state_root, &container.id, &process.exec_id);
         let (mut pio, stdio, console) =
             ProcessIo::prepare(&process.stdio, &self.shared.state_root)?;
+        if let Err(e) = pio.start_input() {
+            pio.tasks.abort().await;
+            return Err(e);
+        }
         let result = async {
             let pid = self
                 .call(
