@@ -79,6 +79,19 @@ pub fn make_daemon_cgroups(
                 continue;
             }
         }
+        // A v1 cpuset cgroup starts with no CPUs and no memory nodes, and nothing can join it (ENOSPC) until it
+        // has some: it gets its parent's, as runc gives a new container's.
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            let own = dir.join(file);
+            let empty = std::fs::read_to_string(&own).is_ok_and(|v| v.trim().is_empty());
+            if empty
+                && let Ok(parent) = std::fs::read_to_string(m.mount_point.join(file))
+                && let Err(source) = std::fs::write(&own, parent.trim())
+            {
+                out.errors
+                    .push(DaemonCgroupError::Create { path: own, source });
+            }
+        }
         out.procs.push(dir.join("cgroup.procs"));
     }
     Ok(out)
@@ -118,6 +131,40 @@ mod tests {
         let again = make_daemon_cgroups(&roots(tmp.path()), "predictived").expect("again");
         assert_eq!(again.procs.len(), 4);
         assert!(again.errors.is_empty());
+    }
+
+    #[test]
+    fn a_v1_cpuset_cgroup_gets_its_parents_cpus_and_nodes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cpuset = tmp.path().join("cpuset");
+        // The kernel makes these files, empty, with the directory; the fake does it beforehand.
+        std::fs::create_dir_all(cpuset.join("predictived")).expect("mkdir");
+        for (f, v) in [
+            ("cgroup.procs", ""),
+            ("cpuset.cpus", "0-1\n"),
+            ("cpuset.mems", "0\n"),
+            ("predictived/cpuset.cpus", "\n"),
+            ("predictived/cpuset.mems", "\n"),
+        ] {
+            std::fs::write(cpuset.join(f), v).expect("fixture");
+        }
+        let mountinfo = tmp.path().join("mountinfo");
+        std::fs::write(
+            &mountinfo,
+            "30 25 0:26 / /sys/fs/cgroup/cpuset rw,nosuid - cgroup cgroup rw,cpuset\n",
+        )
+        .expect("mountinfo");
+        let roots = HostRoots {
+            mountinfo,
+            ..roots(tmp.path())
+        };
+        let made = make_daemon_cgroups(&roots, "predictived").expect("made");
+        assert!(made.errors.is_empty(), "{:?}", made.errors);
+        assert_eq!(made.procs, vec![cpuset.join("predictived/cgroup.procs")]);
+        for (f, want) in [("cpuset.cpus", "0-1"), ("cpuset.mems", "0")] {
+            let got = std::fs::read_to_string(cpuset.join("predictived").join(f)).expect("read");
+            assert_eq!(got, want, "{f}");
+        }
     }
 
     #[test]
