@@ -59,6 +59,25 @@ impl Containerd {
         Self::start_configured(test, Settings::from_env(), None, Some(config))
     }
 
+    /// [`Self::start_with_config`] with explicit settings (a node's shim directory: the Kubernetes installer test).
+    pub fn start_with_settings_and_config(
+        test: &str,
+        settings: Settings,
+        config: &dyn Fn(&Path) -> String,
+    ) -> Option<Containerd> {
+        Self::start_configured(test, settings, None, Some(config))
+    }
+
+    /// [`Self::start_with_config`] with `broker_toml` as in [`Self::start_with_broker`]: a CRI containerd whose
+    /// shims use a private broker.
+    pub fn start_with_config_and_broker(
+        test: &str,
+        config: &dyn Fn(&Path) -> String,
+        broker_toml: &str,
+    ) -> Option<Containerd> {
+        Self::start_configured(test, Settings::from_env(), Some(broker_toml), Some(config))
+    }
+
     fn start_configured(
         test: &str,
         settings: Settings,
@@ -67,15 +86,6 @@ impl Containerd {
     ) -> Option<Containerd> {
         if !crate::require_root(test) {
             return None;
-        }
-        if settings.is_predictive() {
-            let bin = settings.shim_dir.join(PREDICTIVE_SHIM_BINARY);
-            assert!(
-                bin.is_file(),
-                "{test}: {} not found: build it first (`make build`, or `cargo build --release -p predictive-shim`), \
-                 or set PREDICTIVE_E2E_RUNTIME=io.containerd.runc.v2 / PREDICTIVE_E2E_SHIM_DIR",
-                bin.display()
-            );
         }
         let image_tar = ensure_image(&settings);
         let me = std::process::id();
@@ -93,6 +103,16 @@ impl Containerd {
                 d = dir.display()
             );
             std::fs::write(dir.join("predictive.toml"), text).expect("writing predictive.toml");
+        }
+        // Checked after `config`, which may install the shim (the Kubernetes node test's installer does).
+        if settings.is_predictive() {
+            let bin = settings.shim_dir.join(PREDICTIVE_SHIM_BINARY);
+            assert!(
+                bin.is_file(),
+                "{test}: {} not found: build it first (`make build`, or `cargo build --release -p predictive-shim`), \
+                 or set PREDICTIVE_E2E_RUNTIME=io.containerd.runc.v2 / PREDICTIVE_E2E_SHIM_DIR",
+                bin.display()
+            );
         }
         let mut up = Command::new(settings.script("containerd-up.sh"));
         up.arg(&dir).arg(&settings.containerd);
