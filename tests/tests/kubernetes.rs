@@ -564,8 +564,7 @@ fn daemonset_node_predicts_the_first_pod() {
         .to_string();
     c.track(&cid);
     api.call("StartContainer", json!({"container_id": cid}));
-    let mut client =
-        broker::client::Client::new(&c.dir.join("broker.sock"), Duration::from_secs(5));
+    let mut client = broker::client::Client::new(c.dir.join("broker.sock"), Duration::from_secs(5));
     let known = wait_until(Duration::from_secs(10), || {
         let st = client.status().ok()?;
         st.tasks.iter().any(|t| t.container_id == cid).then_some(())
