@@ -25,6 +25,10 @@ pub struct Containerd {
     pub pid: i32,
     /// A namespace of our own: ctr puts containers at cgroupsPath /<ns>/<id>.
     pub ns: String,
+    /// The cgroup parent of the test's containers when it is not `/<ns>` (a CRI pod's `cgroup_parent`): the
+    /// clean-host checks look there. CRI tests running side by side each need their own, or one's containers
+    /// look like another's leaks (all CRI tests share the namespace `k8s.io`).
+    pub cgroup_parent: Option<String>,
     ids: Mutex<Vec<String>>,
     finished: bool,
 }
@@ -143,6 +147,7 @@ impl Containerd {
             dir,
             pid,
             ns: format!("pe2e{me}n{n}"),
+            cgroup_parent: None,
             settings,
             ids: Mutex::new(Vec::new()),
             finished: false,
@@ -342,10 +347,26 @@ impl Containerd {
     pub fn cgroup_dir(&self, controller: &str, id: &str) -> PathBuf {
         let root = Path::new("/sys/fs/cgroup");
         if root.join("cgroup.controllers").is_file() {
-            root.join(&self.ns).join(id)
+            root.join(self.cgroup_name()).join(id)
         } else {
-            root.join(controller).join(&self.ns).join(id)
+            root.join(controller).join(self.cgroup_name()).join(id)
         }
+    }
+
+    /// The directory under each hierarchy's root that holds this test's container cgroups.
+    pub fn cgroup_name(&self) -> &str {
+        self.cgroup_parent.as_deref().unwrap_or(&self.ns)
+    }
+
+    /// A CRI test's own cgroup parent (`/<name>`, unique on this host), set as [`Self::cgroup_parent`].
+    pub fn own_cgroup_parent(&mut self) -> String {
+        let name = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("pe2e-{}", std::process::id()));
+        self.cgroup_parent = Some(name.clone());
+        format!("/{name}")
     }
 
     pub fn cgroup_v2_host() -> bool {

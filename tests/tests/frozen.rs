@@ -178,6 +178,8 @@ fn cri_stop_and_exec_on_broker_frozen_containers() {
         return;
     };
     c.ns = NAMESPACE.to_string();
+    // Its own cgroup parent: other CRI tests run beside it in the same containerd namespace.
+    let parent = c.own_cgroup_parent();
     let busybox = c.settings.cache.join("busybox-image.tar");
     for tar in [&pause, &busybox] {
         c.ctr_with(
@@ -198,7 +200,7 @@ fn cri_stop_and_exec_on_broker_frozen_containers() {
         "metadata": {"name": "pe2e-frozen", "uid": format!("pe2e-frozen-{}", std::process::id()), "namespace": "default"},
         "log_directory": logs,
         "linux": {
-            "cgroup_parent": format!("/{NAMESPACE}"),
+            "cgroup_parent": parent,
             "security_context": {"namespace_options": {"network": "NODE"}}
         }
     });

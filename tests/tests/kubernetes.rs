@@ -516,6 +516,8 @@ fn daemonset_node_predicts_the_first_pod() {
         .take()
         .expect("the broker started");
     c.ns = NAMESPACE.to_string();
+    // Its own cgroup parent: other CRI tests run beside it in the same containerd namespace.
+    let parent = c.own_cgroup_parent();
     for tar in [&pause, &c.settings.cache.join("busybox-image.tar")] {
         c.ctr_with(
             &["images", "import", &tar.to_string_lossy()],
@@ -536,7 +538,7 @@ fn daemonset_node_predicts_the_first_pod() {
         "log_directory": logs,
         "annotations": {"io.predictive.task-type": "node-first-pod"},
         "linux": {
-            "cgroup_parent": format!("/{NAMESPACE}"),
+            "cgroup_parent": parent,
             "security_context": {"namespace_options": {"network": "NODE"}}
         }
     });
