@@ -5,8 +5,9 @@
 //!   broker Thaw leaves it paused. Resume ends it; a broker freeze still in force is then put back.
 //! - The broker's freeze is invisible to the task's owner (the task reports RUNNING), so nothing the owner does
 //!   may hang on it: a signal to the container, an exec into it and a delete of it thaw it first ([`Freezer::hold`]).
-//!   A signal to the init (or to all processes: Kubernetes' StopContainer, `docker stop`, `ctr t kill`) marks the
-//!   container *stopping* even when it is not frozen; an exec or a delete does when it had to thaw. From then on
+//!   A signal to the init (or to all processes: Kubernetes' StopContainer, `docker stop`, `ctr t kill`) and a
+//!   force-delete mark the container *stopping* even when it is not frozen; an exec, or a signal to an exec, does
+//!   when it had to thaw. From then on
 //!   the shim refuses every Freeze for it, and every Report tells the broker (`stopping`, docs/BROKER-API.md),
 //!   which never pauses it again.
 //! - While a [`FreezeHold`] lives (an exec or a start being set up) no Freeze is applied: a process frozen half-way
