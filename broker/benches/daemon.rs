@@ -261,6 +261,7 @@ fn main() {
                 container_id: id.clone(),
                 samples: vec![s],
                 oom_events: 0,
+                ..Report::default()
             })
             .expect("report");
         }

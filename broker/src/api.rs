@@ -109,6 +109,12 @@ pub struct Report {
     /// OOM notifications seen since the last report (v1 OOM watcher).
     #[serde(default)]
     pub oom_events: u64,
+    /// Set (with why: "signal 15", "exec e1", "delete") once the container's owner is stopping it or acting on
+    /// it; the shim then sends it with every report. The shim has thawed any freeze and refuses Freeze from then
+    /// on; the broker never pauses the task again, ends a pause in force and drops a Freeze not yet delivered.
+    /// Absent: not stopping (older shims never send it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopping: Option<String>,
 }
 
 /// A container exited.

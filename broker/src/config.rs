@@ -12,6 +12,7 @@
 //! host_cpu_cores = 8.0                     # default: the CPUs online
 //! host_memory_bytes = 17179869184          # default: MemTotal
 //! cgroup = "v2"                            # default for a Register without `cgroup`: detected
+//! autostart = true                         # a shim that finds no broker starts one (false: a service runs it)
 //!
 //! [controller]                             # see broker::controller::ControllerConfig for every key
 //! host_reserve_cpu = 0.5
@@ -125,6 +126,10 @@ pub struct Config {
     pub host_memory_bytes: Option<u64>,
     /// Cgroup interface for Registers that do not say (default: detected from /sys/fs/cgroup).
     pub cgroup: Option<CgroupKind>,
+    /// Whether a shim that finds no broker on the socket starts `predictived` itself (default true). False where
+    /// something else runs the broker (the systemd unit, the Kubernetes DaemonSet): a shim then never starts a
+    /// second one that would hold the lock against it, and fails open until the broker is back.
+    pub autostart: bool,
     /// Controller tuning.
     pub controller: ControllerConfig,
     /// Caps on what pods ask for.
@@ -148,6 +153,7 @@ impl Default for Config {
             host_cpu_cores: None,
             host_memory_bytes: None,
             cgroup: None,
+            autostart: true,
             controller: ControllerConfig::default(),
             policy: PolicyConfig::default(),
             retrain: RetrainConfig::default(),
@@ -236,13 +242,15 @@ mod tests {
     #[test]
     fn keys_are_read() {
         let c = parse(
-            "tick_ms = 250\nallowed_gid = 5\ncgroup = \"v1\"\n[controller]\nhost_reserve_cpu = 1.5\n[retrain]\nmin_runs = 3\n",
+            "tick_ms = 250\nallowed_gid = 5\ncgroup = \"v1\"\nautostart = false\n[controller]\nhost_reserve_cpu = 1.5\n[retrain]\nmin_runs = 3\n",
         )
         .expect("valid");
         assert_eq!(
             (c.tick_ms, c.allowed_gid, c.cgroup),
             (250, Some(5), Some(CgroupKind::V1))
         );
+        assert!(!c.autostart);
+        assert!(Config::default().autostart);
         assert_eq!(c.controller.host_reserve_cpu, 1.5);
         assert_eq!(
             c.controller.min_cpu_cores,

@@ -371,6 +371,8 @@ struct Task {
     /// Since when the task has waited on memory with no room to grow.
     stalled_since_ms: Option<u64>,
     critical: bool,
+    /// Its owner is stopping it: never paused again.
+    stopping: bool,
 }
 
 impl Task {
@@ -387,6 +389,7 @@ impl Task {
             holding_memory: false,
             stalled_since_ms: None,
             critical: false,
+            stopping: false,
             spec,
         }
     }
@@ -554,6 +557,9 @@ pub struct TaskView {
     pub base_cpu_cores: Option<f64>,
     /// Paused by the controller.
     pub frozen: bool,
+    /// Its owner is stopping it (Report `stopping`): never paused again.
+    #[serde(default)]
+    pub stopping: bool,
     /// Latest usage.
     pub usage: Option<Usage>,
     /// The user's limits and requests in force (from Register, or the latest Update).
@@ -1194,6 +1200,49 @@ impl Controller {
         Some(out)
     }
 
+    /// The task's owner is stopping it or acting on it (a signal, an exec, a delete: Report `stopping`, with
+    /// `why`): it is never paused again. A pause in force ends, as its shim has thawed it already: the allocation
+    /// held at the pause is restored when the pool has room (else the task keeps what it has). Returns the
+    /// directives to record and deliver (the restore, and a Thaw for the record); none when the task was marked
+    /// already or is not registered.
+    pub fn stopping(&mut self, container_id: &str, why: &str) -> Vec<Directive> {
+        let Some(k) = self.key(container_id) else {
+            return Vec::new();
+        };
+        if self.task(k).stopping {
+            return Vec::new();
+        }
+        let room = self.memory_room();
+        let t = self.task_mut(k);
+        t.stopping = true;
+        let Some(restore) = t.frozen_memory.take() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let now = t.memory;
+        let extra = restore.unwrap_or(0).saturating_sub(now.unwrap_or(0));
+        if extra <= room {
+            t.memory = restore.or(t.memory);
+            let t = self.task(k);
+            if t.memory != now {
+                out.push(memory_directive(
+                    t,
+                    format!("restored: stopping ({why})"),
+                    now,
+                ));
+            }
+        }
+        let t = self.task(k);
+        out.push(Directive {
+            container_id: t.spec.container_id.clone(),
+            action: Action::Thaw,
+            reason: format!("stopping ({why}): its shim thawed it, never paused again"),
+            applied: t.enforce(),
+            old_value: None,
+        });
+        out
+    }
+
     /// Removes a task; its leases end and lenders get their CPU back.
     pub fn unregister(&mut self, container_id: &str, now_ms: u64) -> Vec<Directive> {
         let mut reasons: Reasons = vec![None; self.slots.len()];
@@ -1252,6 +1301,7 @@ impl Controller {
                 },
                 base_cpu_cores: t.base_cpu,
                 frozen: t.frozen(),
+                stopping: t.stopping,
                 usage: t.usage,
                 limits: t.spec.limits,
                 max_borrow_cpu: t.spec.max_borrow_cpu.or(self.cfg.max_borrow_cpu),
@@ -1818,7 +1868,10 @@ impl Controller {
                     .iter()
                     .copied()
                     .take_while(|&v| self.task(v).rank() < rank)
-                    .find(|&v| !self.task(v).frozen() && self.task(v).spec.mode == mode);
+                    .find(|&v| {
+                        let t = self.task(v);
+                        !t.frozen() && !t.stopping && t.spec.mode == mode
+                    });
                 if let Some(v) = victim {
                     let why = format!(
                         "no memory for {} (higher priority) to grow",
@@ -1876,7 +1929,7 @@ impl Controller {
                 .max();
             let victim = victims.iter().copied().find(|&v| {
                 let t = self.task(v);
-                !t.frozen() && t.enforce() && Some(t.rank()) < top
+                !t.frozen() && !t.stopping && t.enforce() && Some(t.rank()) < top
             });
             if let Some(v) = victim {
                 let why = format!("host memory pressure: {total} of {grantable} bytes in use");

@@ -475,6 +475,7 @@ mod tests {
                     },
                     base_cpu_cores: Some(1.0),
                     frozen: false,
+                    stopping: false,
                     usage: Some(Usage {
                         at_ms: *at,
                         cpu_cores: *cpu,

@@ -584,6 +584,7 @@ mod tests {
             },
             base_cpu_cores: Some(0.5),
             frozen: id == "b",
+            stopping: false,
             usage: Some(Usage {
                 at_ms: 1,
                 cpu_cores: 0.25,

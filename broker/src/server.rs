@@ -713,6 +713,17 @@ impl Broker {
             ));
         };
         run.last_seen_ms = now_ms();
+        let mut records = Vec::new();
+        if let Some(why) = &rep.stopping {
+            // Its owner stops it: a Freeze not yet delivered must never land, and the controller never pauses it
+            // again (a pause in force ends; what that emits goes out with this reply).
+            run.pending.retain(|d| d.action != Action::Freeze);
+            let now = now_ms();
+            for d in st.controller.stopping(&rep.container_id, why) {
+                records.push(decision(&d, run, now, None));
+                run.pending.push(d);
+            }
+        }
         let mut latest = None;
         let mut oom = rep.oom_events > 0;
         for s in rep.samples {
@@ -744,6 +755,10 @@ impl Broker {
             st.controller.observe(&rep.container_id, u);
         }
         let directives = std::mem::take(&mut run.pending);
+        drop(guard);
+        if !records.is_empty() {
+            self.record_decisions(records);
+        }
         Ok(Directives { directives })
     }
 

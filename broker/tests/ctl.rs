@@ -210,6 +210,7 @@ fn populate(d: &Daemon) {
                     mem + i * (1 << 20),
                 )],
                 oom_events: 0,
+                ..Report::default()
             })
             .expect("report");
         }

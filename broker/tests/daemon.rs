@@ -198,6 +198,7 @@ fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
             container_id: id.clone(),
             samples: samples(0.2, 0.0, 50 << 20, 1_000_000_000),
             oom_events: 0,
+            ..Report::default()
         })
         .expect("report");
         std::thread::sleep(Duration::from_millis(30));
@@ -252,6 +253,7 @@ fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
                 container_id: "idle".to_owned(),
                 samples: samples(0.05, 0.0, 10 << 20, base),
                 oom_events: 0,
+                ..Report::default()
             })
             .expect("report idle")
         {
@@ -264,6 +266,7 @@ fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
                 container_id: "etl-live".to_owned(),
                 samples: samples(current, 0.8, 50 << 20, base),
                 oom_events: 0,
+                ..Report::default()
             })
             .expect("report etl-live");
         let mut leased = false;
@@ -305,6 +308,7 @@ fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
                 container_id: "idle".to_owned(),
                 samples: samples(idle_quota, 0.8, 10 << 20, base),
                 oom_events: 0,
+                ..Report::default()
             })
             .expect("report idle")
         {
@@ -316,6 +320,7 @@ fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
             container_id: "etl-live".to_owned(),
             samples: samples(current, 0.8, 50 << 20, base),
             oom_events: 0,
+            ..Report::default()
         })
         .expect("report etl-live");
         ((idle_quota - 3.0).abs() < 1e-9).then_some(())

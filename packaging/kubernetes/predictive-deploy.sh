@@ -2,9 +2,21 @@
 # The node installer predictive-deploy.yaml runs (kata-deploy style), one pod per node:
 #
 #   predictive-deploy.sh install     copy the shim onto the node, add the `predictive` CRI runtime handler to
-#                                    containerd's config, check it, restart containerd, then wait (the pod stays up)
-#   predictive-deploy.sh cleanup     undo all of it (the DaemonSet's preStop)
-#   predictive-deploy.sh configure | unconfigure    only the config edit, no restart (tests/tests/kubernetes.rs)
+#                                    containerd's config, check it, write the broker's config if the node has none,
+#                                    wait until the broker answers, restart containerd, then wait (the pod stays up)
+#   predictive-deploy.sh broker      run predictived (the DaemonSet's second container) with the node's config,
+#                                    on the host's /run/predictive and /var/lib/predictive
+#   predictive-deploy.sh cleanup     undo all of it (the DaemonSet's preStop); the broker's store stays
+#   predictive-deploy.sh prepare     install's file work only: shim, containerd config, broker config (no check,
+#                                    no restart; tests/tests/kubernetes.rs runs it on a fake node)
+#   predictive-deploy.sh wait-broker until the broker answers on the socket the node's config names (bounded)
+#   predictive-deploy.sh configure | unconfigure    only the containerd config edit, no restart
+#
+# The broker: predictived runs in the DaemonSet's `predictived` container, so the first pod's Create finds it
+# running; containerd is restarted with the handler only once it answers (at most BROKER_WAIT seconds, then the
+# install goes on and shims fail open until it is up). The node's /etc/predictive/predictived.toml is written from
+# the image's copy with `autostart = false` when there is none (an existing one is kept: set autostart = false in
+# it, or a shim may start a broker of its own while the container restarts, which then holds the lock).
 #
 # The host's files are reached under $HOST_ROOT (default /host, where the DaemonSet mounts them); containerd is
 # restarted in the host's namespaces with nsenter (the pod has hostPID and is privileged).
@@ -23,12 +35,17 @@ CONTAINERD_CONF=${CONTAINERD_CONF:-/etc/containerd/config.toml}
 ARTIFACTS=${ARTIFACTS:-/opt/predictive-deploy}
 DROPIN=${DROPIN:-$ARTIFACTS/predictive.toml}          # packaging/containerd/predictive.toml (version 2)
 DROPIN_V3=${DROPIN_V3:-$ARTIFACTS/predictive-v3.toml}  # packaging/containerd/predictive-v3.toml (version 3)
+PREDICTIVED_CONF=${PREDICTIVED_CONF:-/etc/predictive/predictived.toml}
+BROKER_TOML=${BROKER_TOML:-$ARTIFACTS/predictived.toml}  # packaging/predictived.toml
+BROKER_WAIT=${BROKER_WAIT:-120}
 SHIM=containerd-shim-predictive-v2
 BEGIN="# BEGIN predictive-deploy (do not edit: predictive-deploy.sh cleanup removes it)"
 END="# END predictive-deploy"
 
 conf=$HOST_ROOT$CONTAINERD_CONF
 confd=$(dirname "$conf")/conf.d
+broker_conf=$HOST_ROOT$PREDICTIVED_CONF
+BROKER_MARK="# Written by predictive-deploy.sh: its cleanup removes this file unless this line is deleted"
 
 log() { echo "predictive-deploy: $*" >&2; }
 
@@ -94,6 +111,48 @@ unconfigure_quiet() {
 
 unconfigure() { unconfigure_quiet; log "removed the predictive handler from $CONTAINERD_CONF"; }
 
+install_shim() {
+    mkdir -p "$HOST_ROOT$HOST_BIN_DIR"
+    cp "$ARTIFACTS/bin/$SHIM" "$HOST_ROOT$HOST_BIN_DIR/.$SHIM.new"
+    chmod 755 "$HOST_ROOT$HOST_BIN_DIR/.$SHIM.new"
+    mv -f "$HOST_ROOT$HOST_BIN_DIR/.$SHIM.new" "$HOST_ROOT$HOST_BIN_DIR/$SHIM"
+}
+
+# The node's broker config: the image's with autostart = false (this DaemonSet runs the broker), unless the node
+# has one. Safe to run from both containers at once (written to a temporary file, renamed only if still missing).
+broker_config() {
+    if [ -f "$broker_conf" ]; then
+        grep -Eq '^[[:space:]]*autostart[[:space:]]*=[[:space:]]*false' "$broker_conf" ||
+            log "$PREDICTIVED_CONF has no 'autostart = false': a shim may start its own broker while this one restarts"
+        return 0
+    fi
+    [ -f "$BROKER_TOML" ] || { log "no broker config at $BROKER_TOML"; exit 1; }
+    mkdir -p "$(dirname "$broker_conf")"
+    { echo "$BROKER_MARK"; sed 's/^autostart = true$/autostart = false/' "$BROKER_TOML"; } > "$broker_conf.$$"
+    if [ -f "$broker_conf" ]; then rm -f "$broker_conf.$$"; else mv "$broker_conf.$$" "$broker_conf"; fi
+    log "wrote $PREDICTIVED_CONF (autostart = false: the DaemonSet runs the broker)"
+}
+
+# The socket the node's broker config names (the default when it names none).
+broker_socket() {
+    s=$(sed -n 's/^[[:space:]]*socket[[:space:]]*=[[:space:]]*"\(.*\)".*/\1/p' "$broker_conf" 2>/dev/null | head -n 1)
+    echo "${s:-/run/predictive/broker.sock}"
+}
+
+wait_broker() {
+    sock=$(broker_socket)
+    i=0
+    until "$ARTIFACTS/bin/predictivectl" --socket "$sock" --timeout 2 status >/dev/null 2>&1; do
+        i=$((i + 1))
+        if [ $i -ge "$BROKER_WAIT" ]; then
+            log "no broker answered on $sock after ${BROKER_WAIT}s: going on (shims fail open until it is up)"
+            return 0
+        fi
+        sleep 1
+    done
+    log "the broker answers on $sock"
+}
+
 # containerd must accept the edited config before it is restarted with it.
 check_config() {
     if ! host containerd --config "$CONTAINERD_CONF" config dump >/dev/null 2>&1; then
@@ -113,23 +172,30 @@ restart_containerd() {
 
 case ${1:-} in
     install)
-        mkdir -p "$HOST_ROOT$HOST_BIN_DIR"
-        cp "$ARTIFACTS/bin/$SHIM" "$HOST_ROOT$HOST_BIN_DIR/.$SHIM.new"
-        chmod 755 "$HOST_ROOT$HOST_BIN_DIR/.$SHIM.new"
-        mv -f "$HOST_ROOT$HOST_BIN_DIR/.$SHIM.new" "$HOST_ROOT$HOST_BIN_DIR/$SHIM"
+        install_shim
         configure
         check_config
+        broker_config
+        wait_broker
         restart_containerd
         log "installed on ${NODE_NAME:-this node}; waiting"
         trap 'exit 0' TERM INT
         while :; do sleep 3600 & wait $!; done
         ;;
+    broker)
+        broker_config
+        exec "$ARTIFACTS/bin/predictived" --config "$broker_conf"
+        ;;
     cleanup)
         unconfigure
         restart_containerd
         rm -f "$HOST_ROOT$HOST_BIN_DIR/$SHIM"
+        # Ours (its first line is still the mark): removed; the store in /var/lib/predictive stays.
+        if [ -f "$broker_conf" ] && [ "$(head -n 1 "$broker_conf")" = "$BROKER_MARK" ]; then rm -f "$broker_conf"; fi
         ;;
+    prepare) install_shim; configure; broker_config ;;
+    wait-broker) wait_broker ;;
     configure) configure ;;
     unconfigure) unconfigure ;;
-    *) echo "usage: predictive-deploy.sh install|cleanup|configure|unconfigure" >&2; exit 2 ;;
+    *) echo "usage: predictive-deploy.sh install|broker|cleanup|prepare|wait-broker|configure|unconfigure" >&2; exit 2 ;;
 esac

@@ -13,7 +13,8 @@
 //! - read the limits of the cgroups above a container with [`ancestors::ancestor_limits`];
 //! - watch OOMs with [`ContainerCgroup::oom_watcher`].
 //!
-//! Network egress is limited per network namespace with [`net::set_egress_limit`].
+//! Network egress is limited per network namespace with [`net::set_egress_limit`]. A daemon that must leave its
+//! starter's cgroup gets its own at every hierarchy's root with [`daemon::make_daemon_cgroups`].
 //!
 //! Why not youki's `libcgroups` for this: its managers apply a whole `LinuxResources` and neither read
 //! back nor refuse a memory limit below usage; its layout detection (`get_cgroup_setup_with_root`) needs
@@ -25,6 +26,7 @@
 pub mod actuate;
 pub mod ancestors;
 pub mod cgroup;
+pub mod daemon;
 pub mod discovery;
 pub mod hook;
 pub mod net;

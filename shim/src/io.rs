@@ -5,6 +5,12 @@
 //! CloseIO can close a process's stdin and a restarted containerd finds its output still flowing.
 //! With a terminal, the container's init sends the pty master back over a console socket and the
 //! shim copies between the fifos and the master instead.
+//!
+//! Without a terminal the stdin fifo is opened at Start ([`ProcessIo::start_input`]), not at Create:
+//! `ctr run` and nerdctl set their CloseIO callback only after Create returns, so input that ends
+//! while Create runs (`echo x | ctr run ... cat`) would never be closed and the process would wait
+//! forever (runc's shim opens it at Create and loses that race about half the time). Opened at
+//! Start, the client's writer waits for it, and by then its callback is in place.
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -36,6 +42,8 @@ pub struct ProcessIo {
     pub tasks: IoTasks,
     pub pty: Option<Pty>,
     console: Option<Console>,
+    /// The stdin fifo and the pipe to the process, until [`ProcessIo::start_input`] connects them.
+    stdin: Option<(String, pipe::Sender)>,
 }
 
 /// A console socket waiting for the pty master.
@@ -86,17 +94,17 @@ impl ProcessIo {
                     path: path.clone(),
                     listener,
                 }),
+                stdin: None,
             };
             return Ok((io, zygote::Stdio::default(), Some(path)));
         }
         let mut container = zygote::Stdio::default();
+        let mut stdin = None;
         if !paths.stdin.is_empty() {
             let (r, w) = pipe_pair()?;
             let sender = pipe::Sender::from_owned_fd(w)
                 .map_err(ShimError::io("registering the stdin pipe"))?;
-            tasks
-                .copy_from_fifo(fifo_path(&paths.stdin), sender)
-                .map_err(ShimError::shim(format!("opening stdin {}", paths.stdin)))?;
+            stdin = Some((paths.stdin.clone(), sender));
             container.stdin = Some(r);
         } else {
             container.stdin = Some(dev_null()?);
@@ -108,10 +116,21 @@ impl ProcessIo {
                 tasks,
                 pty: None,
                 console: None,
+                stdin,
             },
             container,
             None,
         ))
+    }
+
+    /// At Start: opens the stdin fifo and starts copying it to the process (see the module docs).
+    pub fn start_input(&mut self) -> Result<()> {
+        if let Some((path, sender)) = self.stdin.take() {
+            self.tasks
+                .copy_from_fifo(fifo_path(&path), sender)
+                .map_err(ShimError::shim(format!("opening stdin {path}")))?;
+        }
+        Ok(())
     }
 
     /// After create: receives the pty master from the console socket and starts copying.

@@ -2,8 +2,10 @@
 //! that runs containers through youki's libcontainer. See docs/ARCHITECTURE.md.
 
 pub mod container;
+pub mod cwd;
 pub mod error;
 pub mod events;
+pub mod freeze;
 pub mod io;
 pub mod logging;
 pub mod metrics;
@@ -14,6 +16,7 @@ pub mod process;
 pub mod reaper;
 pub mod runtime;
 pub mod service;
+pub mod spawn;
 pub mod systemd;
 pub mod task;
 pub mod zygote;

@@ -5,9 +5,10 @@
 //!   naming the annotation); mode `off` stops here and the broker is never contacted. Otherwise the shim
 //!   registers the container with a bounded wait ([`Settings::register_budget`], 50 ms) and, in mode `enforce`,
 //!   writes the initial allocation into the bundle's `config.json` before libcontainer reads it. A slow or
-//!   absent broker means the spec's limits stand (fail open, said in the log); when none answers on the
-//!   socket the shim starts `predictived` itself (its lock file keeps a second one from starting) and the
-//!   monitor registers the container once it is up, adopting the limits in force.
+//!   absent broker means the spec's limits stand (fail open, said once in the log); when none answers on the
+//!   socket the shim starts `predictived` itself unless `autostart = false` (`spawn.rs`; its lock file keeps a
+//!   second one from starting) and the monitor registers the container once it is up, adopting the limits in
+//!   force.
 //! - Running: every tick (the broker config's `tick_ms`, default 1 s) the monitor samples the cgroup
 //!   (runtime-hooks), reports the samples and applies the directives the reply carries. A broker that
 //!   restarted answers `not_found`: the monitor registers again with `adopt`, which changes no limit.
@@ -32,15 +33,15 @@ use runtime_hooks::{ActuateError, ContainerCgroup, HostRoots, Sample, Sampler};
 use tokio::sync::Notify;
 
 use crate::error::{Result, ShimError};
+use crate::freeze::Freezer;
+use crate::spawn;
 
 /// Environment variable naming the configuration file (default [`DEFAULT_CONFIG`]): the broker's TOML, whose
 /// `socket`, `state_dir` and `tick_ms` the shim uses too. containerd passes its environment to its shims.
 pub const CONFIG_ENV: &str = "PREDICTIVE_CONFIG";
 /// Most samples kept for a broker that does not answer.
 const MAX_BUFFERED: usize = 64;
-/// Least time between two attempts to start a broker.
-const SPAWN_EVERY: Duration = Duration::from_secs(10);
-/// How long a Create waits for a broker it has just started.
+/// How long a Create waits for a broker it has just started (only then: see `spawn.rs`).
 const SPAWN_WAIT: Duration = Duration::from_millis(1000);
 
 /// What the shim reads from the configuration file.
@@ -59,6 +60,8 @@ pub struct Settings {
     /// `false` when `$PREDICTIVE_CONFIG` names a file that cannot be read: the broker it describes is unknown,
     /// so the shim neither contacts nor starts one (it never falls back to the host's default broker).
     pub enabled: bool,
+    /// Start a broker when none answers (the configuration's `autostart`).
+    pub autostart: bool,
 }
 
 impl Settings {
@@ -87,6 +90,7 @@ impl Settings {
             tick: Duration::from_millis(cfg.tick_ms.max(50)),
             register_budget: Duration::from_millis(cfg.register_budget_ms.clamp(1, 10_000)),
             enabled,
+            autostart: cfg.autostart,
         }
     }
 
@@ -200,94 +204,6 @@ fn parent_limits(id: &str, cgroup_path: &str) -> Vec<ParentLimit> {
     }
 }
 
-/// Starts `predictived` detached (its own session, output to `predictived.log` in the state directory), unless
-/// one holds the lock. The binary is the one next to the shim, else the one on PATH.
-fn spawn_broker(s: &Settings) {
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("predictived")));
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join("predictived"))
-            .find(|p| p.is_file())
-    });
-    // Looked up here, not left to exec: a failed exec makes std's spawn wait for the child, which the shim's
-    // reaper may have reaped already (std then panics).
-    let Some(exe) = beside.filter(|p| p.is_file()).or(on_path) else {
-        tracing::warn!(
-            "no broker answered and no predictived was found beside the shim or on PATH"
-        );
-        return;
-    };
-    if let Err(e) = std::fs::create_dir_all(&s.state_dir) {
-        tracing::warn!(
-            "cannot start a broker: creating {}: {e}",
-            s.state_dir.display()
-        );
-        return;
-    }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(s.state_dir.join("predictived.log"));
-    let mut cmd = std::process::Command::new(&exe);
-    if let Some(f) = &s.config_file {
-        cmd.arg("--config").arg(f);
-    }
-    cmd.arg("--socket")
-        .arg(&s.socket)
-        .arg("--state-dir")
-        .arg(&s.state_dir)
-        .stdin(std::process::Stdio::null());
-    match log.and_then(|l| Ok((l.try_clone()?, l))) {
-        Ok((out, err)) => {
-            cmd.stdout(out).stderr(err);
-        }
-        Err(_) => {
-            cmd.stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null());
-        }
-    }
-    // SAFETY: setsid is async-signal-safe; the child only calls it before exec.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            Ok(())
-        });
-    }
-    let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cmd.spawn()))
-        .unwrap_or_else(|_| {
-            Err(std::io::Error::other(
-                "exec failed (the reaper took the child)",
-            ))
-        });
-    match spawned {
-        Ok(child) => tracing::info!(
-            pid = child.id(),
-            socket = %s.socket.display(),
-            "no broker answered: started {}",
-            exe.display()
-        ),
-        Err(e) => tracing::warn!(
-            "no broker answered and {} could not start: {e}",
-            exe.display()
-        ),
-    }
-}
-
-/// One attempt per [`SPAWN_EVERY`] per shim process.
-fn maybe_spawn_broker(s: &Settings) -> bool {
-    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-    if last.is_some_and(|t| t.elapsed() < SPAWN_EVERY) {
-        return false;
-    }
-    *last = Some(Instant::now());
-    spawn_broker(s);
-    true
-}
-
 fn no_broker(e: &ClientError) -> bool {
     matches!(e, ClientError::Connect { .. })
 }
@@ -322,6 +238,8 @@ pub struct Augment {
     unified: Mutex<Vec<PathBuf>>,
     /// The systemd unit owning the cgroup (systemd driver): directives are set on it too.
     scope: Mutex<Option<crate::systemd::Scope>>,
+    /// Who froze the container (the user, the broker) and whether it is stopping (`freeze.rs`).
+    pub freezer: Freezer,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -395,9 +313,10 @@ impl Augment {
         let mut result = client.register(&register);
         if let Err(e) = &result
             && no_broker(e)
-            && maybe_spawn_broker(s)
+            && spawn::maybe_spawn_broker(s)
         {
-            // A broker we just started: wait for its socket a little longer, once.
+            // A broker this Create has just started: wait for its socket a little longer, once. Without one
+            // started (none found, autostart off, tried recently) the Create goes on at once.
             let deadline = Instant::now() + SPAWN_WAIT;
             while Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -410,6 +329,7 @@ impl Augment {
         let mut allocation = spec_allocation(&limits);
         let registered = match result {
             Ok(r) => {
+                spawn::note_available(s);
                 tracing::info!(
                     container = id,
                     task_key = %r.task_key,
@@ -427,6 +347,16 @@ impl Augment {
             }
             Err(ClientError::Broker(e)) if e.code == broker::api::ErrorCode::InvalidAnnotation => {
                 return Err(ShimError::InvalidArgument(e.message));
+            }
+            Err(e) if no_broker(&e) => {
+                // Said once per host (spawn.rs), not once per container.
+                spawn::note_unavailable(s, &format!("no broker at {}", s.socket.display()));
+                tracing::debug!(
+                    container = id,
+                    "broker unavailable ({}): starting with the spec's limits (fail open)",
+                    broker::error_chain(&e)
+                );
+                None
             }
             Err(e) => {
                 tracing::warn!(
@@ -458,6 +388,7 @@ impl Augment {
             finished: Mutex::new(None),
             unified: Mutex::new(Vec::new()),
             scope: Mutex::new(None),
+            freezer: Freezer::default(),
         })))
     }
 
@@ -489,6 +420,7 @@ impl Augment {
                         }
                     }
                     st.sampler = Some(cg.sampler());
+                    self.freezer.set_cgroup(cg.clone());
                     st.cgroup = Some(cg);
                 }
                 Err(e) => tracing::warn!(container = %self.id, "no cgroup to monitor: {e}"),
@@ -501,6 +433,8 @@ impl Augment {
                 tokio::select! {
                     _ = tokio::time::sleep(tick) => {}
                     _ = me.stop.notified() => break,
+                    // The container just became stopping: the broker hears it now, not a tick later.
+                    _ = me.freezer.kicked() => {}
                 }
                 let m = me.clone();
                 if tokio::task::spawn_blocking(move || m.step()).await.is_err() {
@@ -530,6 +464,7 @@ impl Augment {
             container_id: self.id.clone(),
             samples: std::mem::take(&mut st.buffered),
             oom_events: 0,
+            stopping: self.freezer.stopping_blocking(),
         };
         match st.client.report(&report) {
             Ok(directives) => {
@@ -547,6 +482,7 @@ impl Augment {
                         container_id: self.id.clone(),
                         samples: std::mem::take(&mut st.buffered),
                         oom_events: 0,
+                        stopping: report.stopping.clone(),
                     };
                     if let Err(e) = st.client.report(&again) {
                         tracing::debug!(container = %self.id, "report after registering again: {e}");
@@ -570,6 +506,7 @@ impl Augment {
         r.adopt = Some(*lock(&self.allocation));
         match st.client.register(&r) {
             Ok(reg) => {
+                spawn::note_available(Settings::get());
                 tracing::info!(container = %self.id, task_key = %reg.task_key, "registered with the broker (limits in force adopted)");
                 let mut cur = lock(&self.registered);
                 if cur.is_none() {
@@ -580,7 +517,7 @@ impl Augment {
             }
             Err(e) => {
                 if no_broker(&e) {
-                    maybe_spawn_broker(Settings::get());
+                    spawn::maybe_spawn_broker(Settings::get());
                 }
                 tracing::debug!(container = %self.id, "registering: {}", broker::error_chain(&e));
                 false
@@ -595,7 +532,7 @@ impl Augment {
         let Some(cg) = st.cgroup.as_ref() else {
             return;
         };
-        match broker::apply::apply(d, cg) {
+        match self.freezer.apply_broker(d, cg, broker::apply::apply) {
             Ok(true) => {
                 if let Some(scope) = lock(&self.scope).as_ref()
                     && let Some(resources) = unit_resources(&d.action)
@@ -749,6 +686,7 @@ impl Augment {
                 container_id: self.id.clone(),
                 samples: std::mem::take(&mut st.buffered),
                 oom_events: 0,
+                stopping: None,
             };
             let _ = st.client.report(&rep);
         }

@@ -29,6 +29,8 @@ pub struct Process {
     pub exec_id: String,
     pub stdio: StdioPaths,
     pub io: tokio::sync::Mutex<Option<ProcessIo>>,
+    /// CloseIO came (possibly before `io` was set up).
+    stdin_closed: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
     exited: watch::Sender<Option<ExitInfo>>,
 }
@@ -40,6 +42,7 @@ impl Process {
             exec_id: exec_id.to_string(),
             stdio,
             io: tokio::sync::Mutex::new(None),
+            stdin_closed: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(State {
                 status: Status::CREATED,
                 pid: 0,
@@ -55,6 +58,17 @@ impl Process {
 
     pub fn pid(&self) -> i32 {
         self.state().pid
+    }
+
+    /// Records a CloseIO.
+    pub fn close_stdin(&self) {
+        self.stdin_closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a CloseIO came.
+    pub fn stdin_closed(&self) -> bool {
+        self.stdin_closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn set_pid(&self, pid: i32) {

@@ -4,8 +4,12 @@
 //! Exits can arrive before anybody asks for them (an exec that fails at once is reaped the moment
 //! its worker exits, possibly before the worker's reply is read), so unclaimed exits are kept,
 //! a bounded number of them, until claimed.
+//!
+//! Children that are not container processes (the broker the shim may start, see `spawn.rs`) are
+//! [`detach`]ed before they can exit: their exits are dropped, so a container process that later
+//! gets the same pid never receives a stale exit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -14,6 +18,26 @@ use tokio::sync::oneshot;
 
 /// How many unclaimed exits are kept; the oldest go first.
 const MAX_UNCLAIMED: usize = 4096;
+
+/// Children whose exits nobody waits for (see [`detach`]). Process-wide: there is one reaper per shim.
+static DETACHED: std::sync::Mutex<BTreeSet<i32>> = std::sync::Mutex::new(BTreeSet::new());
+
+/// Marks child `pid` as not a container process: its exit is dropped when reaped. Call it before the
+/// child can exit (`spawn.rs` holds the child on a pipe until this is done).
+pub fn detach(pid: i32) {
+    DETACHED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(pid);
+}
+
+/// Takes `pid` out of the detached set; true when it was there.
+fn take_detached(pid: i32) -> bool {
+    DETACHED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&pid)
+}
 
 /// An exit: the process's status as containerd reports it (128 + signal for a signalled process).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,8 +72,16 @@ impl Reaper {
         rx
     }
 
-    /// Hands `exit` to its subscriber, or keeps it until one comes.
+    /// Hands `exit` to its subscriber, or keeps it until one comes (a detached child's is dropped).
     pub fn deliver(&self, exit: Exit) {
+        if take_detached(exit.pid) {
+            tracing::debug!(
+                pid = exit.pid,
+                status = exit.status,
+                "a detached child exited"
+            );
+            return;
+        }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = inner.waiters.remove(&exit.pid) {
             let _ = tx.send(exit);
@@ -129,6 +161,31 @@ mod tests {
             Some(Exit {
                 pid: 8,
                 status: 137
+            })
+        );
+    }
+
+    #[test]
+    fn detached_exits_are_dropped_once() {
+        let reaper = Reaper::default();
+        // A pid no real child of the test has: the set is process-wide.
+        detach(-77);
+        reaper.deliver(Exit {
+            pid: -77,
+            status: 0,
+        });
+        let mut rx = reaper.subscribe(-77);
+        assert!(rx.try_recv().is_err(), "a detached exit was kept");
+        // The pid is reused by a container process later: its exit is delivered.
+        reaper.deliver(Exit {
+            pid: -77,
+            status: 9,
+        });
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(Exit {
+                pid: -77,
+                status: 9
             })
         );
     }

@@ -88,7 +88,8 @@ fn builder(
 ) -> Result<ContainerBuilder, LibcontainerError> {
     let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
         .with_root_path(root)?
-        .with_console_socket(console_socket);
+        .with_console_socket(console_socket)
+        .with_executor(Workload::default());
     if let Some(fd) = stdio.stdin {
         builder = builder.with_stdin(fd);
     }
@@ -144,7 +145,10 @@ fn exec(
     let spec = Spec::load(container.bundle().join("config.json"))?;
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     let pid = builder(id, root, console_socket, stdio)?
-        .with_executor(ExecExecutor { seccomp })
+        .with_executor(Workload {
+            seccomp,
+            ..Workload::default()
+        })
         .as_tenant()
         .with_process(Some(process))
         .with_detach(true)
@@ -167,16 +171,29 @@ fn delete(id: &str, root: &Path) -> Result<(), LibcontainerError> {
     }
 }
 
-/// Runs an exec process like libcontainer's default executor, under the container's seccomp
-/// profile. Capabilities are dropped by then, so the filter needs no_new_privs (as runc sets when
-/// it installs a filter late): an exec in a container with a seccomp profile cannot gain
-/// privileges through setuid binaries.
-#[derive(Clone)]
-struct ExecExecutor {
+/// Runs a container's process as libcontainer's default executor does, with two differences.
+///
+/// - The command is looked up as runc looks it up (Go's `exec.LookPath` with the process's own `PATH`): a name
+///   with a `/` is used as is when it is an executable file (any execute bit), whatever `PATH` says; a bare name
+///   is searched in `PATH`, and with no `PATH` it is not found. libcontainer's default refuses any process whose
+///   spec has no `PATH`, even `/bin/sleep` (`ctr run --rootfs DIR ID /bin/sleep 60` has none), and wants the
+///   execute bit for "others".
+/// - The environment keeps the spec's order (runc's: each variable where it first appears, with its last value,
+///   then `HOME` when the spec has none); libcontainer passes it through a hash map, which scrambles it.
+/// - An exec process runs under the container's seccomp profile: libcontainer 0.7 rebuilds an exec's `linux`
+///   section without it. Capabilities are dropped by then, so the filter needs no_new_privs (as runc sets when it
+///   installs a filter late): an exec in a container with a seccomp profile cannot gain privileges through
+///   setuid binaries.
+#[derive(Clone, Default)]
+struct Workload {
+    /// The container's seccomp profile, for an exec process (the init's is installed by libcontainer).
     seccomp: Option<LinuxSeccomp>,
+    /// The process's `env` as the spec lists it, kept by `validate` (which libcontainer calls just before
+    /// `setup_envs`, in the same single-threaded process).
+    env: std::cell::RefCell<Vec<String>>,
 }
 
-impl Executor for ExecExecutor {
+impl Executor for Workload {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         if let Some(profile) = &self.seccomp {
             // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes plain integer arguments.
@@ -190,12 +207,114 @@ impl Executor for ExecExecutor {
                 ExecutorError::Other(format!("installing the seccomp profile: {e}"))
             })?;
         }
+        // execvp: a name with a `/` is executed as is, a bare one is searched in the process's PATH (the spec's,
+        // set by then), as `validate` found it.
         get_executor().exec(spec)
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
-        get_executor().validate(spec)
+        let process = spec.process().as_ref().ok_or_else(|| {
+            ExecutorValidationError::ArgValidationError("the spec has no process".into())
+        })?;
+        let args = process.args().as_deref().unwrap_or_default();
+        let Some(name) = args.first() else {
+            return Err(ExecutorValidationError::ArgValidationError(
+                "the process has no args: the command to run is missing".into(),
+            ));
+        };
+        let env = process.env().as_deref().unwrap_or_default();
+        *self.env.borrow_mut() = env.to_vec();
+        look_path(name, env)
+            .map(|_| ())
+            .map_err(ExecutorValidationError::ArgValidationError)
     }
+
+    fn setup_envs(
+        &self,
+        envs: std::collections::HashMap<String, String>,
+    ) -> Result<(), libcontainer::workload::ExecutorSetEnvsError> {
+        let order = env_order(&self.env.borrow(), &envs);
+        // SAFETY: this is the container's init or exec process, single-threaded, just before it execs: no other
+        // thread can read the environment while it changes.
+        unsafe {
+            for (key, _) in std::env::vars_os() {
+                std::env::remove_var(key);
+            }
+            for (key, value) in order {
+                std::env::set_var(key, value);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The variables of `envs` (libcontainer's map: the spec's, plus `HOME`) in the order of `spec_env` (`KEY=VALUE`,
+/// each key where it first appears), then the rest sorted.
+fn env_order<'a>(
+    spec_env: &[String],
+    envs: &'a std::collections::HashMap<String, String>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut out: Vec<(&str, &str)> = Vec::with_capacity(envs.len());
+    for kv in spec_env {
+        let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+        if let Some((k, v)) = envs.get_key_value(key)
+            && !out.iter().any(|(seen, _)| *seen == k)
+        {
+            out.push((k.as_str(), v.as_str()));
+        }
+    }
+    let mut rest: Vec<(&str, &str)> = envs
+        .iter()
+        .filter(|(k, _)| !out.iter().any(|(seen, _)| seen == k))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    rest.sort();
+    out.extend(rest);
+    out
+}
+
+/// Where `name` is, as Go's `exec.LookPath` (runc) finds it with the environment `env` (`KEY=VALUE`; the last
+/// `PATH` wins, as runc sets them in order). The error reads like runc's.
+pub fn look_path(name: &str, env: &[String]) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| -> Result<(), std::io::Error> {
+        let m = std::fs::metadata(p)?;
+        if m.is_dir() {
+            return Err(std::io::Error::from_raw_os_error(libc::EISDIR));
+        }
+        if m.permissions().mode() & 0o111 == 0 {
+            return Err(std::io::Error::from_raw_os_error(libc::EACCES));
+        }
+        Ok(())
+    };
+    if name.contains('/') {
+        return executable(Path::new(name))
+            .map(|()| name.into())
+            .map_err(|e| format!("exec: {name:?}: stat {name}: {e}"));
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find_map(|kv| kv.strip_prefix("PATH="))
+        .unwrap_or_default();
+    if !path.is_empty() {
+        for dir in path.split(':') {
+            // An empty entry is the working directory, as in Go.
+            let dir = if dir.is_empty() { "." } else { dir };
+            let candidate = Path::new(dir).join(name);
+            if executable(&candidate).is_ok() {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(format!(
+        "exec: {name:?}: executable file not found in $PATH{}",
+        if path.is_empty() {
+            " (the process has no PATH)"
+        } else {
+            ""
+        }
+    ))
 }
 
 fn failure_of(err: &LibcontainerError) -> Failure {
@@ -224,4 +343,74 @@ fn chain(err: &dyn std::error::Error) -> String {
         source = e.source();
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn file(dir: &Path, name: &str, mode: u32) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, "#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        p
+    }
+
+    #[test]
+    fn the_environment_keeps_the_specs_order() {
+        let spec = [
+            "PATH=/bin".to_owned(),
+            "A=1".to_owned(),
+            "B=2".to_owned(),
+            "A=3".to_owned(),
+        ];
+        let envs: std::collections::HashMap<String, String> =
+            [("A", "3"), ("B", "2"), ("PATH", "/bin"), ("HOME", "/root")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+        assert_eq!(
+            env_order(&spec, &envs),
+            vec![("PATH", "/bin"), ("A", "3"), ("B", "2"), ("HOME", "/root")]
+        );
+    }
+
+    #[test]
+    fn look_path_follows_runc() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir(&bin).expect("mkdir");
+        let sleep = file(&bin, "sleep", 0o750);
+        file(&bin, "data", 0o644);
+        let abs = sleep.to_str().expect("utf-8");
+        // An absolute path needs no PATH, and any execute bit will do.
+        assert_eq!(look_path(abs, &[]), Ok(sleep.clone()));
+        // A bare name is searched in the last PATH.
+        let env = vec![
+            "PATH=/nonexistent".to_owned(),
+            format!("PATH=/nonexistent2:{}", bin.display()),
+        ];
+        assert_eq!(look_path("sleep", &env), Ok(sleep.clone()));
+        // ... and without one it is not found (runc: "executable file not found in $PATH").
+        let e = look_path("sleep", &[]).expect_err("no PATH");
+        assert!(
+            e.contains("not found in $PATH") && e.contains("no PATH"),
+            "{e}"
+        );
+        // Not executable, a directory, or missing: refused, naming it.
+        for (p, want) in [
+            (bin.join("data"), "Permission denied"),
+            (bin.clone(), "Is a directory"),
+            (bin.join("nope"), "No such file"),
+        ] {
+            let e = look_path(p.to_str().expect("utf-8"), &env).expect_err("refused");
+            assert!(
+                e.contains(want) && e.contains(p.to_str().expect("utf-8")),
+                "{e}"
+            );
+        }
+        let e = look_path("data", &env).expect_err("not executable");
+        assert!(e.contains("not found"), "{e}");
+    }
 }

@@ -326,6 +326,13 @@ impl TaskService {
                 });
             }
         };
+        // As runc: a missing cwd is made in the rootfs (a relative or empty one is refused).
+        if let Err(e) = crate::cwd::make_init_cwd(&bundle, &spec) {
+            if mounted {
+                container::unmount_rootfs(&rootfs);
+            }
+            return Err(e);
+        }
         let terminal = spec
             .process()
             .as_ref()
@@ -468,6 +475,14 @@ impl TaskService {
             )));
         }
         if req.exec_id.is_empty() {
+            // No broker freeze may land while libcontainer starts the init.
+            let _hold = match &container.augment {
+                Some(a) => Some(a.freezer.hold("start", false).await),
+                None => None,
+            };
+            if let Some(pio) = process.io.lock().await.as_mut() {
+                pio.start_input()?;
+            }
             self.call(
                 Request::Start {
                     id: req.id.clone(),
@@ -502,15 +517,39 @@ impl TaskService {
     }
 
     async fn start_exec(&self, container: &Container, process: &Arc<Process>) -> Result<i32> {
-        if container.init.status() != Status::RUNNING {
-            return Err(ShimError::FailedPrecondition(format!(
-                "container {} is not running",
-                container.id
-            )));
+        match container.init.status() {
+            Status::RUNNING => {}
+            // As runc: `runc exec` refuses a paused container unless given --ignore-paused, which containerd's
+            // runc shim never passes.
+            Status::PAUSED => {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "cannot exec in a paused state: container {} is paused (resume it first)",
+                    container.id
+                )));
+            }
+            _ => {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "container {} is not running",
+                    container.id
+                )));
+            }
         }
+        // A broker freeze (invisible to the user) is thawed first, and none may land while the exec is set up.
+        let _hold = match &container.augment {
+            Some(a) => Some(
+                a.freezer
+                    .hold(&format!("exec {}", process.exec_id), false)
+                    .await,
+            ),
+            None => None,
+        };
         let spec_path = exec_spec_path(&self.shared.state_root, &container.id, &process.exec_id);
         let (mut pio, stdio, console) =
             ProcessIo::prepare(&process.stdio, &self.shared.state_root)?;
+        if let Err(e) = pio.start_input() {
+            pio.tasks.abort().await;
+            return Err(e);
+        }
         let result = async {
             let pid = self
                 .call(
@@ -534,7 +573,13 @@ impl TaskService {
             Ok(pid) => {
                 process.set_pid(pid);
                 process.set_status(Status::RUNNING);
-                *process.io.lock().await = Some(pio);
+                let mut io = process.io.lock().await;
+                // A CloseIO can come while the exec starts (ctr sends it as soon as its stdin ends).
+                if process.stdin_closed() {
+                    pio.tasks.close_input();
+                }
+                *io = Some(pio);
+                drop(io);
                 self.watch_exit(&container.id, process.clone(), pid, None, None);
                 Ok(pid)
             }
@@ -608,7 +653,11 @@ impl TaskService {
             exit
         } else {
             // Force-delete: kills a created-but-never-started init (or execs left running), then removes
-            // cgroups and state, before the reply.
+            // cgroups and state, before the reply. A broker freeze goes first.
+            let _hold = match &container.augment {
+                Some(a) => Some(a.freezer.hold("delete", true).await),
+                None => None,
+            };
             self.call(self.delete_request(&req.id), zygote::Stdio::default())
                 .await?;
             let exit = exited.await;
@@ -719,6 +768,19 @@ impl TaskService {
                     req.exec_id
                 ))
             })?;
+        // As containerd's runc shim (its paused state refuses Exec) and runc (cwd rules).
+        if container.init.status() == Status::PAUSED {
+            return Err(ShimError::FailedPrecondition(format!(
+                "cannot exec in a paused state: container {} is paused (resume it first)",
+                req.id
+            )));
+        }
+        let init_pid = container.init.pid();
+        if init_pid > 0 {
+            crate::cwd::check_exec_cwd(init_pid, &process_spec, &req.exec_id)?;
+        } else {
+            crate::cwd::check(&process_spec, &format!("exec {}", req.exec_id))?;
+        }
         let terminal = process_spec.terminal().unwrap_or(false);
         let path = exec_spec_path(&self.shared.state_root, &req.id, &req.exec_id);
         if let Some(dir) = path.parent() {
@@ -754,6 +816,17 @@ impl TaskService {
         let signal = i32::try_from(req.signal).map_err(|_| {
             ShimError::InvalidArgument(format!("signal {} out of range", req.signal))
         })?;
+        // A broker freeze must not keep a signal from landing (v1 freezes even SIGKILL): it is thawed first. A
+        // signal to the init or to all processes (a stop) also marks the container stopping, so the broker never
+        // freezes it again during its grace period.
+        let _hold = match (&container.augment, signal) {
+            (Some(a), s) if s != 0 => Some(
+                a.freezer
+                    .hold(&format!("signal {signal}"), req.exec_id.is_empty())
+                    .await,
+            ),
+            _ => None,
+        };
         if req.exec_id.is_empty() && req.all {
             let killed = self
                 .call(
@@ -821,7 +894,17 @@ impl TaskService {
                 root,
             }
         };
-        self.call(request, zygote::Stdio::default()).await?;
+        match &container.augment {
+            // The broker's freeze and the user's pause compose (`freeze.rs`).
+            Some(a) => {
+                a.freezer
+                    .by_user(pause, self.call(request, zygote::Stdio::default()))
+                    .await?;
+            }
+            None => {
+                self.call(request, zygote::Stdio::default()).await?;
+            }
+        }
         if pause {
             container.init.set_status(Status::PAUSED);
             self.publish(TaskPaused {
@@ -1128,6 +1211,8 @@ impl Task for TaskService {
     async fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> ttrpc::Result<Empty> {
         let result = async {
             let process = self.container(&req.id)?.process(&req.exec_id)?;
+            // Kept for an exec whose stdio is not set up yet (it is at Start), then applied.
+            process.close_stdin();
             if let Some(pio) = process.io.lock().await.as_ref() {
                 pio.tasks.close_input();
             }

@@ -143,7 +143,7 @@ fn leaked_mounts(c: &Containerd, ids: &[String]) -> Vec<String> {
 
 fn leaked_processes(c: &Containerd, ids: &[String]) -> Vec<i32> {
     let dir = c.dir.to_string_lossy().into_owned();
-    let ns = format!(":/{}/", c.ns);
+    let ns = format!(":/{}/", c.cgroup_name());
     processes_matching(|cmdline, cgroup| {
         cmdline.contains(&dir)
             || cgroup.contains(&ns)
@@ -167,7 +167,7 @@ fn leaked_cgroups(c: &Containerd, ids: &[String]) -> Vec<PathBuf> {
     }
     for b in bases {
         for id in ids {
-            let p = b.join(&c.ns).join(id);
+            let p = b.join(c.cgroup_name()).join(id);
             if p.is_dir() {
                 out.push(p);
             }
@@ -228,10 +228,10 @@ pub fn scrub(c: &Containerd, ids: &[String], keep_dir: bool) {
     // The namespace-level dirs are made by the runtime (runc leaves them): remove them if empty.
     if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
         for e in rd.flatten() {
-            let _ = std::fs::remove_dir(e.path().join(&c.ns));
+            let _ = std::fs::remove_dir(e.path().join(c.cgroup_name()));
         }
     }
-    let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&c.ns));
+    let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(c.cgroup_name()));
     for p in leaked_sockets(c, ids) {
         eprintln!("NOTE: shim socket {} was left behind; removed", p.display());
         let _ = std::fs::remove_file(p);

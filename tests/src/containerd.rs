@@ -25,6 +25,10 @@ pub struct Containerd {
     pub pid: i32,
     /// A namespace of our own: ctr puts containers at cgroupsPath /<ns>/<id>.
     pub ns: String,
+    /// The cgroup parent of the test's containers when it is not `/<ns>` (a CRI pod's `cgroup_parent`): the
+    /// clean-host checks look there. CRI tests running side by side each need their own, or one's containers
+    /// look like another's leaks (all CRI tests share the namespace `k8s.io`).
+    pub cgroup_parent: Option<String>,
     ids: Mutex<Vec<String>>,
     finished: bool,
 }
@@ -59,8 +63,17 @@ impl Containerd {
         Self::start_configured(test, Settings::from_env(), None, Some(config))
     }
 
-    /// [`Self::start_with_config`] and [`Self::start_with_broker`] at once: a CRI containerd whose shims start a
-    /// broker with `broker_toml` added to its config (the Kubernetes-node tests).
+    /// [`Self::start_with_config`] with explicit settings (a node's shim directory: the Kubernetes installer test).
+    pub fn start_with_settings_and_config(
+        test: &str,
+        settings: Settings,
+        config: &dyn Fn(&Path) -> String,
+    ) -> Option<Containerd> {
+        Self::start_configured(test, settings, None, Some(config))
+    }
+
+    /// [`Self::start_with_config`] with `broker_toml` as in [`Self::start_with_broker`]: a CRI containerd whose
+    /// shims use a private broker.
     pub fn start_with_config_and_broker(
         test: &str,
         config: &dyn Fn(&Path) -> String,
@@ -78,15 +91,6 @@ impl Containerd {
         if !crate::require_root(test) {
             return None;
         }
-        if settings.is_predictive() {
-            let bin = settings.shim_dir.join(PREDICTIVE_SHIM_BINARY);
-            assert!(
-                bin.is_file(),
-                "{test}: {} not found: build it first (`make build`, or `cargo build --release -p predictive-shim`), \
-                 or set PREDICTIVE_E2E_RUNTIME=io.containerd.runc.v2 / PREDICTIVE_E2E_SHIM_DIR",
-                bin.display()
-            );
-        }
         let image_tar = ensure_image(&settings);
         let me = std::process::id();
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
@@ -103,6 +107,16 @@ impl Containerd {
                 d = dir.display()
             );
             std::fs::write(dir.join("predictive.toml"), text).expect("writing predictive.toml");
+        }
+        // Checked after `config`, which may install the shim (the Kubernetes node test's installer does).
+        if settings.is_predictive() {
+            let bin = settings.shim_dir.join(PREDICTIVE_SHIM_BINARY);
+            assert!(
+                bin.is_file(),
+                "{test}: {} not found: build it first (`make build`, or `cargo build --release -p predictive-shim`), \
+                 or set PREDICTIVE_E2E_RUNTIME=io.containerd.runc.v2 / PREDICTIVE_E2E_SHIM_DIR",
+                bin.display()
+            );
         }
         let mut up = Command::new(settings.script("containerd-up.sh"));
         up.arg(&dir).arg(&settings.containerd);
@@ -133,6 +147,7 @@ impl Containerd {
             dir,
             pid,
             ns: format!("pe2e{me}n{n}"),
+            cgroup_parent: None,
             settings,
             ids: Mutex::new(Vec::new()),
             finished: false,
@@ -332,10 +347,26 @@ impl Containerd {
     pub fn cgroup_dir(&self, controller: &str, id: &str) -> PathBuf {
         let root = Path::new("/sys/fs/cgroup");
         if root.join("cgroup.controllers").is_file() {
-            root.join(&self.ns).join(id)
+            root.join(self.cgroup_name()).join(id)
         } else {
-            root.join(controller).join(&self.ns).join(id)
+            root.join(controller).join(self.cgroup_name()).join(id)
         }
+    }
+
+    /// The directory under each hierarchy's root that holds this test's container cgroups.
+    pub fn cgroup_name(&self) -> &str {
+        self.cgroup_parent.as_deref().unwrap_or(&self.ns)
+    }
+
+    /// A CRI test's own cgroup parent (`/<name>`, unique on this host), set as [`Self::cgroup_parent`].
+    pub fn own_cgroup_parent(&mut self) -> String {
+        let name = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("pe2e-{}", std::process::id()));
+        self.cgroup_parent = Some(name.clone());
+        format!("/{name}")
     }
 
     pub fn cgroup_v2_host() -> bool {

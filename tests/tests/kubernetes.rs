@@ -1,15 +1,21 @@
 //! The Kubernetes packaging: the manifests in `packaging/kubernetes/` parse (Debian's python3-yaml) and say what
 //! they must, the containerd drop-ins parse (Python's tomllib) and name the `predictive` handler, and the
 //! DaemonSet's installer script edits a node's containerd config so that this suite's containerd version loads the
-//! handler (`containerd config dump`), keeps the node's own settings, and undoes it exactly. No root needed.
+//! handler (`containerd config dump`), keeps the node's own settings, and undoes it exactly, and writes the broker's
+//! config (no root needed). As root, the whole node: the image staged from the Dockerfile's COPY lines, the
+//! installer's file work on a fake node, the DaemonSet's broker container run as the manifest says, then a real
+//! containerd with the edited config and a CRI pod whose Create is answered by that broker at once.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use predictive_e2e::run_cmd;
-use predictive_e2e::settings::Settings;
-use serde_json::Value;
+use predictive_e2e::cmd::{Bg, wait_until};
+use predictive_e2e::cri::{self, CriClient, HANDLER, NAMESPACE, PAUSE_IMAGE};
+use predictive_e2e::settings::{IMAGE, PREDICTIVE_SHIM_BINARY, Settings};
+use predictive_e2e::{Containerd, require_root, run_cmd};
+use serde_json::{Value, json};
 
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -71,6 +77,45 @@ fn kubernetes_manifests_and_dropins_parse() {
         spec["hostPID"], true,
         "nsenter needs the host's PID 1: {spec}"
     );
+    let broker = spec["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"] == "predictived")
+        .unwrap_or_else(|| panic!("no predictived container: {spec}"));
+    assert_eq!(
+        broker["command"],
+        serde_json::json!(["/opt/predictive-deploy/predictive-deploy.sh", "broker"]),
+        "{broker}"
+    );
+    // The broker's socket and store are the host's, at the host's paths (its config names host paths).
+    let host_path = |name: &str| {
+        spec["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == name)
+            .and_then(|v| v["hostPath"]["path"].as_str())
+            .unwrap_or_else(|| panic!("no hostPath volume {name}"))
+            .to_string()
+    };
+    for (mount, path) in [
+        ("/run/predictive", "/run/predictive"),
+        ("/var/lib/predictive", "/var/lib/predictive"),
+        ("/host/etc/predictive", "/etc/predictive"),
+    ] {
+        let m = broker["volumeMounts"]
+            .as_array()
+            .expect("broker mounts")
+            .iter()
+            .find(|m| m["mountPath"] == mount)
+            .unwrap_or_else(|| panic!("the broker does not mount {mount}: {broker}"));
+        assert_eq!(
+            host_path(m["name"].as_str().unwrap_or_default()),
+            path,
+            "{m}"
+        );
+    }
     let c = &spec["containers"][0];
     assert_eq!(c["securityContext"]["privileged"], true, "{c}");
     let script = "/opt/predictive-deploy/predictive-deploy.sh";
@@ -132,8 +177,9 @@ fn kubernetes_manifests_and_dropins_parse() {
         .expect("packaging/kubernetes/Dockerfile");
     for f in [
         "packaging/kubernetes/predictive-deploy.sh /opt/predictive-deploy/",
-        "containerd-shim-predictive-v2 /opt/predictive-deploy/bin/",
-        "predictive-v3.toml /opt/predictive-deploy/",
+        "target/release/predictivectl /opt/predictive-deploy/bin/",
+        "packaging/predictived.toml /opt/predictive-deploy/",
+        "predictive-v3.toml",
     ] {
         assert!(dockerfile.contains(f), "Dockerfile lacks `{f}`");
     }
@@ -262,4 +308,331 @@ fn deploy_script_adds_the_handler_and_undoes_it() {
     );
     assert!(!etc.join("conf.d/predictive.toml").exists());
     let _ = std::fs::remove_dir_all(&host);
+}
+
+/// The image's files, staged under `dir` as the Dockerfile's COPY lines lay them out in /opt/predictive-deploy
+/// (`target/release/...` from this suite's binaries); returns the staged /opt/predictive-deploy.
+fn stage_image(settings: &Settings, dir: &Path) -> PathBuf {
+    let ws = &settings.workspace;
+    let dockerfile = std::fs::read_to_string(ws.join("packaging/kubernetes/Dockerfile"))
+        .expect("packaging/kubernetes/Dockerfile");
+    let opt = dir.join("opt/predictive-deploy");
+    for line in dockerfile.lines().filter(|l| l.starts_with("COPY ")) {
+        let parts: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let (dest, srcs) = parts.split_last().expect("COPY src... dest");
+        let dest = dir.join(dest.trim_start_matches('/'));
+        std::fs::create_dir_all(&dest).expect("staging dir");
+        for src in srcs {
+            let from = match src.strip_prefix("target/release/") {
+                Some(bin) => settings.shim_dir.join(bin),
+                None => ws.join(src),
+            };
+            let name = Path::new(src).file_name().expect("a file");
+            std::fs::copy(&from, dest.join(name))
+                .unwrap_or_else(|e| panic!("staging {}: {e} (make build first)", from.display()));
+        }
+    }
+    opt
+}
+
+/// `predictive-deploy.sh ACTION` as the DaemonSet runs it, on the fake node `host` with the staged image `opt`.
+fn deploy(ws: &Path, opt: &Path, host: &Path, action: &str) -> Command {
+    let mut c = Command::new(ws.join("packaging/kubernetes/predictive-deploy.sh"));
+    c.arg(action)
+        .env("HOST_ROOT", host)
+        .env("ARTIFACTS", opt)
+        .env("BROKER_WAIT", "30");
+    c
+}
+
+#[test]
+fn deploy_script_writes_the_broker_config() {
+    let settings = Settings::from_env();
+    let ws = settings.workspace.clone();
+    let dir = PathBuf::from(format!("/tmp/pe2e-deploy-broker-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let host = dir.join("host");
+    std::fs::create_dir_all(host.join("etc/containerd")).expect("fake node");
+    // A stand-in image: the script, the drop-ins and the broker config; a dummy shim binary.
+    let opt = dir.join("opt");
+    std::fs::create_dir_all(opt.join("bin")).expect("opt");
+    std::fs::write(opt.join("bin").join(PREDICTIVE_SHIM_BINARY), "#!/bin/sh\n").expect("shim");
+    for f in [
+        "containerd/predictive.toml",
+        "containerd/predictive-v3.toml",
+        "predictived.toml",
+    ] {
+        let src = ws.join("packaging").join(f);
+        std::fs::copy(&src, opt.join(Path::new(f).file_name().expect("name"))).expect("copy");
+    }
+    std::fs::write(host.join("etc/containerd/config.toml"), "version = 2\n").expect("config");
+    run_cmd(deploy(&ws, &opt, &host, "prepare"), Duration::from_secs(30))
+        .expect_ok("predictive-deploy.sh prepare");
+    assert!(
+        host.join("usr/local/bin")
+            .join(PREDICTIVE_SHIM_BINARY)
+            .is_file()
+    );
+    let conf = host.join("etc/predictive/predictived.toml");
+    let cfg = broker::config::Config::load(&conf, true).expect("the written config parses");
+    assert!(
+        !cfg.autostart,
+        "the DaemonSet runs the broker: shims must not start one"
+    );
+    assert_eq!(
+        broker::config::Config {
+            autostart: true,
+            ..cfg
+        },
+        broker::config::Config::default(),
+        "everything else is the packaged default"
+    );
+    // An operator's own file is kept as is.
+    std::fs::write(&conf, "tick_ms = 250\n").expect("operator's config");
+    let out = run_cmd(deploy(&ws, &opt, &host, "prepare"), Duration::from_secs(30))
+        .expect_ok("prepare again");
+    assert_eq!(
+        std::fs::read_to_string(&conf).expect("conf"),
+        "tick_ms = 250\n"
+    );
+    assert!(
+        out.stderr.contains("autostart = false"),
+        "no warning: {out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 13, acceptance 7: after the DaemonSet's installer and its broker container, the first pod's Create is
+/// answered by a running broker (the shim's log: "registered with the broker", took_us within the 50 ms budget) and
+/// no shim starts, waits for or misses a broker.
+#[test]
+fn daemonset_node_predicts_the_first_pod() {
+    const TEST: &str = "daemonset_node_predicts_the_first_pod";
+    if !require_root(TEST) {
+        return;
+    }
+    let mut settings = Settings::from_env();
+    if !settings.is_predictive() {
+        println!(
+            "{TEST}: runtime {} is not what the DaemonSet installs; nothing to test",
+            settings.runtime
+        );
+        return;
+    }
+    if let Err(e) = cri::prepare(&settings) {
+        panic!("{TEST}: {e}");
+    }
+    let pause = cri::ensure_pause_image(&settings);
+    let ws = settings.workspace.clone();
+    let dir = PathBuf::from(format!(
+        "/tmp/pe2e-node-{}-{}",
+        std::process::id(),
+        settings.containerd
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let host = dir.join("host");
+    let opt = stage_image(&settings, &dir);
+    // The manifest's broker container: its command and environment.
+    let all = parse_all(
+        &ws.join("packaging/kubernetes"),
+        &ws.join("packaging/containerd"),
+    );
+    let ds = kind(docs(&all, "predictive-deploy.yaml"), "DaemonSet");
+    let broker_c = ds["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"] == "predictived")
+        .expect("the predictived container")
+        .clone();
+    let action = broker_c["command"][1]
+        .as_str()
+        .expect("a script action")
+        .to_string();
+    let broker_bg: Mutex<Option<Bg>> = Mutex::new(None);
+    let version = settings.containerd.clone();
+    settings.shim_dir = host.join("usr/local/bin");
+    let c = Containerd::start_with_settings_and_config(TEST, settings.clone(), &|d| {
+        // The node: containerd's own config without the handler (and, on 2.x, without the conf.d import, which the
+        // installer adds), a broker config whose paths the test owns.
+        let etc = host.join("etc/containerd");
+        std::fs::create_dir_all(&etc).expect("fake node");
+        let node: String = cri::config(d, &version, "")
+            .lines()
+            .filter(|l| !l.starts_with("imports"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(etc.join("config.toml"), node).expect("node config");
+        run_cmd(deploy(&ws, &opt, &host, "prepare"), Duration::from_secs(30))
+            .expect_ok("predictive-deploy.sh prepare");
+        // The operator points the broker's socket and store into the test's directory.
+        let conf = host.join("etc/predictive/predictived.toml");
+        let text = std::fs::read_to_string(&conf)
+            .expect("the installer wrote the broker config")
+            .replace(
+                "state_dir = \"/var/lib/predictive\"",
+                &format!("state_dir = \"{}\"", d.join("broker").display()),
+            )
+            .replace(
+                "socket = \"/run/predictive/broker.sock\"",
+                &format!("socket = \"{}\"", d.join("broker.sock").display()),
+            );
+        assert!(
+            text.contains(&d.join("broker.sock").display().to_string()),
+            "{text}"
+        );
+        std::fs::write(&conf, text).expect("broker config");
+        // containerd's environment names DIR/predictive.toml: the node's file.
+        std::os::unix::fs::symlink(&conf, d.join("predictive.toml")).expect("symlink");
+        // The DaemonSet's broker container, then the installer's wait for it.
+        let mut cmd = deploy(&ws, &opt, &host, &action);
+        for e in broker_c["env"].as_array().into_iter().flatten() {
+            if let (Some(k), Some(v)) = (e["name"].as_str(), e["value"].as_str())
+                && k != "HOST_ROOT"
+            {
+                cmd.env(k, v);
+            }
+        }
+        *broker_bg.lock().expect("bg") = Some(Bg::spawn(cmd));
+        run_cmd(
+            deploy(&ws, &opt, &host, "wait-broker"),
+            Duration::from_secs(60),
+        )
+        .expect_ok("predictive-deploy.sh wait-broker");
+        // What containerd then loads: the edited config (2.x: the drop-in from the fake node's conf.d).
+        std::fs::read_to_string(etc.join("config.toml"))
+            .expect("edited config")
+            .replace(
+                "/etc/containerd/conf.d",
+                &etc.join("conf.d").to_string_lossy(),
+            )
+    });
+    let Some(mut c) = c else {
+        return;
+    };
+    let mut broker_bg = broker_bg
+        .lock()
+        .expect("bg")
+        .take()
+        .expect("the broker started");
+    c.ns = NAMESPACE.to_string();
+    // Its own cgroup parent: other CRI tests run beside it in the same containerd namespace.
+    let parent = c.own_cgroup_parent();
+    for tar in [&pause, &c.settings.cache.join("busybox-image.tar")] {
+        c.ctr_with(
+            &["images", "import", &tar.to_string_lossy()],
+            Duration::from_secs(120),
+        )
+        .expect_ok("importing an image into k8s.io");
+    }
+    let api = CriClient::new(&c.settings, &c.sock);
+    let ready = wait_until(Duration::from_secs(30), || {
+        let out = api.try_call("ImageStatus", &json!({"image": {"image": PAUSE_IMAGE}}));
+        (out.ok() && out.stdout.contains("\"image\"")).then_some(())
+    });
+    assert!(ready.is_some(), "the CRI plugin never listed {PAUSE_IMAGE}");
+    let logs = c.dir.join("pod-logs");
+    std::fs::create_dir_all(&logs).expect("pod log dir");
+    let pod = json!({
+        "metadata": {"name": "pe2e-node", "uid": format!("pe2e-node-{}", std::process::id()), "namespace": "default"},
+        "log_directory": logs,
+        "annotations": {"io.predictive.task-type": "node-first-pod"},
+        "linux": {
+            "cgroup_parent": parent,
+            "security_context": {"namespace_options": {"network": "NODE"}}
+        }
+    });
+    let sandbox = api.call(
+        "RunPodSandbox",
+        json!({"config": pod, "runtime_handler": HANDLER}),
+    );
+    let sid = sandbox["pod_sandbox_id"]
+        .as_str()
+        .expect("pod_sandbox_id")
+        .to_string();
+    c.track(&sid);
+    let created = api.call(
+        "CreateContainer",
+        json!({
+            "pod_sandbox_id": sid,
+            "config": {"metadata": {"name": "first"}, "image": {"image": IMAGE},
+                       "command": ["sleep", "100000"], "log_path": "first.log"},
+            "sandbox_config": pod
+        }),
+    );
+    let cid = created["container_id"]
+        .as_str()
+        .expect("container_id")
+        .to_string();
+    c.track(&cid);
+    api.call("StartContainer", json!({"container_id": cid}));
+    let mut client = broker::client::Client::new(c.dir.join("broker.sock"), Duration::from_secs(5));
+    let known = wait_until(Duration::from_secs(10), || {
+        let st = client.status().ok()?;
+        st.tasks.iter().any(|t| t.container_id == cid).then_some(())
+    });
+    assert!(
+        known.is_some(),
+        "the broker does not know {cid}: {:?}",
+        client.status()
+    );
+    // The shims' log lines are in containerd's log.
+    let log = c.log();
+    for id in [&sid, &cid] {
+        let line = log
+            .lines()
+            .find(|l| {
+                l.contains("registered with the broker")
+                    && l.contains(id.as_str())
+                    && !l.contains("adopted")
+            })
+            .unwrap_or_else(|| {
+                panic!("no Create-time registration of {id} in containerd.log:\n{log}")
+            });
+        let took: u64 = line
+            .split("took_us=")
+            .nth(1)
+            .and_then(|r| r.split(|ch: char| !ch.is_ascii_digit()).next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no took_us: {line}"));
+        println!("{id}: registered at Create in {took} us");
+        assert!(
+            took < 50_000,
+            "Register took {took} us (budget 50 ms): {line}"
+        );
+    }
+    for bad in [
+        "no broker answered",
+        "broker unavailable",
+        "no broker at",
+        "fail open",
+    ] {
+        let hits: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(bad) && l.contains("broker"))
+            .collect();
+        assert!(
+            hits.is_empty(),
+            "a shim looked for a broker (`{bad}`): {hits:#?}"
+        );
+    }
+    // The broker is the DaemonSet container's (its process holds the lock), not one a shim started.
+    let lock = std::fs::read_to_string(c.dir.join("broker/predictived.lock")).unwrap_or_default();
+    assert_eq!(
+        lock.trim(),
+        broker_bg.pid().to_string(),
+        "the lock is not the DaemonSet broker's"
+    );
+    api.call("StopContainer", json!({"container_id": cid, "timeout": 2}));
+    api.call("RemoveContainer", json!({"container_id": cid}));
+    api.call("StopPodSandbox", json!({"pod_sandbox_id": sid}));
+    api.call("RemovePodSandbox", json!({"pod_sandbox_id": sid}));
+    assert!(
+        !broker_bg.exited(),
+        "the broker container exited: {}",
+        broker_bg.stderr()
+    );
+    drop(broker_bg);
+    c.finish();
+    let _ = std::fs::remove_dir_all(&dir);
 }

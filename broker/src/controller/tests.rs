@@ -1217,3 +1217,44 @@ fn kubepods_limits_are_the_pool_unless_the_host_was_sized() {
         }
     }
 }
+
+#[test]
+fn a_stopping_task_is_never_paused_and_its_pause_ends() {
+    let mut c = Controller::new(cfg(), host(4.0, GIB));
+    for (id, p) in [("a", 3), ("b", 2), ("c", 1)] {
+        let mut s = spec(id, None, None);
+        s.priority = p;
+        c.register(s, 0);
+    }
+    let pressure = |c: &mut Controller, at: u64| {
+        for id in ["a", "b", "c"] {
+            c.observe(id, mem_use(at, 330 * MIB));
+        }
+    };
+    pressure(&mut c, 1000);
+    let ds = c.tick(1000);
+    assert_eq!(actions(&ds, "c"), vec![&Action::Freeze]);
+    // c's owner stops it: the pause ends (for the record) and it is marked once.
+    let ds = c.stopping("c", "signal 15");
+    assert!(
+        ds.iter()
+            .any(|d| d.action == Action::Thaw && d.reason.contains("signal 15")),
+        "{ds:?}"
+    );
+    assert!(c.stopping("c", "signal 9").is_empty(), "marked twice");
+    let view = c
+        .tasks()
+        .into_iter()
+        .find(|t| t.container_id == "c")
+        .expect("c");
+    assert!(view.stopping && !view.frozen, "{view:?}");
+    // b is stopping too (not frozen: nothing to thaw, nothing emitted).
+    assert!(c.stopping("b", "signal 15").is_empty());
+    // Pressure stays: neither stopping task is ever chosen, and the top one never is.
+    for at in [2000, 3000, 4000] {
+        pressure(&mut c, at);
+        let ds = c.tick(at);
+        assert!(ds.iter().all(|d| d.action != Action::Freeze), "{ds:?}");
+    }
+    assert!(c.stopping("unknown", "x").is_empty());
+}
