@@ -47,7 +47,10 @@ impl SystemdHost {
 
     /// The real host.
     pub fn current() -> Self {
-        Self::detect(Path::new("/run"), Path::new(crate::discovery::DEFAULT_CGROUP_ROOT))
+        Self::detect(
+            Path::new("/run"),
+            Path::new(crate::discovery::DEFAULT_CGROUP_ROOT),
+        )
     }
 }
 
@@ -151,8 +154,7 @@ mod tests {
     use super::*;
 
     const POD: &str = "kubepods-burstable-pod12.slice:cri-containerd:abc";
-    const EXPANDED: &str =
-        "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod12.slice/cri-containerd-abc.scope";
+    const EXPANDED: &str = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod12.slice/cri-containerd-abc.scope";
     const V2_SYSTEMD: SystemdHost = SystemdHost {
         booted: true,
         unified: true,
@@ -167,7 +169,10 @@ mod tests {
         for requested in [false, true] {
             let p = place(POD, requested, V2_SYSTEMD).expect("placed");
             assert_eq!(p.driver, Driver::Systemd);
-            assert_eq!(p.cgroups_path, POD, "libcontainer's systemd manager reads the slice form");
+            assert_eq!(
+                p.cgroups_path, POD,
+                "libcontainer's systemd manager reads the slice form"
+            );
             assert_eq!(p.path, EXPANDED);
             assert_eq!(p.unit.as_deref(), Some("cri-containerd-abc.scope"));
             assert!(!p.rewrites(POD));

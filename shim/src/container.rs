@@ -174,16 +174,22 @@ pub fn place_cgroup(
         .map(|p| p.to_string_lossy().into_owned())
     else {
         if options.systemd_cgroup {
-            tracing::warn!(container = id, "SystemdCgroup = true but the spec names no cgroupsPath");
+            tracing::warn!(
+                container = id,
+                "SystemdCgroup = true but the spec names no cgroupsPath"
+            );
         }
         return Ok(None);
     };
-    let placed = placement::place(&given, options.systemd_cgroup, SystemdHost::current()).map_err(|e| match e {
-        PlacementError::SystemdUnavailable { .. } => {
-            ShimError::FailedPrecondition(format!("container {id}: {e}"))
-        }
-        e => ShimError::InvalidArgument(format!("container {id}: {e}")),
-    })?;
+    let placed =
+        placement::place(&given, options.systemd_cgroup, SystemdHost::current()).map_err(|e| {
+            match e {
+                PlacementError::SystemdUnavailable { .. } => {
+                    ShimError::FailedPrecondition(format!("container {id}: {e}"))
+                }
+                e => ShimError::InvalidArgument(format!("container {id}: {e}")),
+            }
+        })?;
     if placed.rewrites(&given) {
         tracing::info!(
             container = id,
@@ -209,9 +215,13 @@ pub fn place_cgroup(
 /// `edit` returns whether it changed anything.
 pub fn edit_config(bundle: &Path, edit: impl FnOnce(&mut serde_json::Value) -> bool) -> Result<()> {
     let path = bundle.join("config.json");
-    let text = std::fs::read(&path).map_err(ShimError::io(format!("reading {}", path.display())))?;
+    let text =
+        std::fs::read(&path).map_err(ShimError::io(format!("reading {}", path.display())))?;
     let mut spec: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
-        ShimError::InvalidArgument(format!("bundle {}: invalid config.json: {e}", bundle.display()))
+        ShimError::InvalidArgument(format!(
+            "bundle {}: invalid config.json: {e}",
+            bundle.display()
+        ))
     })?;
     if !spec.is_object() || !edit(&mut spec) {
         return Ok(());

@@ -95,8 +95,14 @@ fn runtime_options_fields(value: &[u8]) -> Result<(String, Vec<u8>)> {
             // field 3, length-delimited
             0x1a => body = input.read_bytes().map_err(bad)?,
             t => {
-                let wire = containerd_shim_protos::protobuf::rt::WireType::new(t & 7)
-                    .ok_or_else(|| invalid(format!("undecodable {RUNTIME_OPTIONS}: wire type {}", t & 7)))?;
+                let wire = containerd_shim_protos::protobuf::rt::WireType::new(t & 7).ok_or_else(
+                    || {
+                        invalid(format!(
+                            "undecodable {RUNTIME_OPTIONS}: wire type {}",
+                            t & 7
+                        ))
+                    },
+                )?;
                 input.skip_field(wire).map_err(bad)?;
             }
         }
@@ -106,12 +112,15 @@ fn runtime_options_fields(value: &[u8]) -> Result<(String, Vec<u8>)> {
 
 fn read_config_file(path: &str) -> Result<String> {
     use std::io::Read;
-    let file =
-        std::fs::File::open(path).map_err(ShimError::io(format!("runtime options: opening config_path {path}")))?;
+    let file = std::fs::File::open(path).map_err(ShimError::io(format!(
+        "runtime options: opening config_path {path}"
+    )))?;
     let mut text = String::new();
     file.take(MAX_CONFIG_FILE)
         .read_to_string(&mut text)
-        .map_err(ShimError::io(format!("runtime options: reading config_path {path}")))?;
+        .map_err(ShimError::io(format!(
+            "runtime options: reading config_path {path}"
+        )))?;
     Ok(text)
 }
 
@@ -139,7 +148,10 @@ mod tests {
 
     #[test]
     fn no_options_is_the_default() {
-        assert_eq!(RuntimeOptions::decode("", &[]).expect("empty"), RuntimeOptions::default());
+        assert_eq!(
+            RuntimeOptions::decode("", &[]).expect("empty"),
+            RuntimeOptions::default()
+        );
     }
 
     #[test]
@@ -181,7 +193,8 @@ mod tests {
                 .systemd_cgroup
         );
         let missing = runtime_options("/nonexistent/opts.toml", "");
-        let e = RuntimeOptions::decode("runtimeoptions.v1.Options", &missing).expect_err("missing file");
+        let e = RuntimeOptions::decode("runtimeoptions.v1.Options", &missing)
+            .expect_err("missing file");
         assert!(e.to_string().contains("/nonexistent/opts.toml"), "{e}");
     }
 
@@ -190,7 +203,8 @@ mod tests {
         let e = RuntimeOptions::decode("example.v1.Other", b"x").expect_err("unknown type");
         assert!(e.to_string().contains("example.v1.Other"), "{e}");
         let bytes = runtime_options("", "SystemdCgroup = \"yes\"\n");
-        let e = RuntimeOptions::decode("runtimeoptions.v1.Options", &bytes).expect_err("not a bool");
+        let e =
+            RuntimeOptions::decode("runtimeoptions.v1.Options", &bytes).expect_err("not a bool");
         assert!(e.to_string().contains("SystemdCgroup"), "{e}");
         let e = RuntimeOptions::decode("runtimeoptions.v1.Options", &[0x1a, 0x05, 0x01])
             .expect_err("truncated");

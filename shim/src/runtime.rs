@@ -27,7 +27,15 @@ pub fn work(request: Request, stdio: Stdio) -> Reply {
             console_socket,
             systemd,
             ..
-        } => create(&id, &bundle, &root, console_socket.as_deref(), systemd, stdio).map(Some),
+        } => create(
+            &id,
+            &bundle,
+            &root,
+            console_socket.as_deref(),
+            systemd,
+            stdio,
+        )
+        .map(Some),
         Request::Start { id, root } => load(&root, &id).and_then(|mut c| c.start()).map(|_| None),
         Request::Exec {
             id,

@@ -327,7 +327,11 @@ fn serve(flags: &Flags) -> Result<()> {
     // told to the start action through the pipe it reads.
     if let Some(cgroup) = std::env::var_os(SHIM_CGROUP_ENV) {
         let cgroup = cgroup.to_string_lossy().into_owned();
-        if let Err(e) = runtime_hooks::discovery::join(&runtime_hooks::HostRoots::default(), &cgroup, 0) {
+        if let Err(e) = runtime_hooks::discovery::join(
+            &runtime_hooks::HostRoots::default(),
+            &cgroup,
+            std::process::id(),
+        ) {
             let e = ShimError::FailedPrecondition(format!(
                 "ShimCgroup {:?}: {}",
                 cgroup.escape_debug().to_string(),

@@ -381,7 +381,9 @@ impl Containerd {
         } else {
             self.cgroup_dir(v1.0, id).join(v1.1)
         };
-        std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|s| s.trim().to_owned())
     }
 
     /// The CPU bandwidth limit in force: quota per 100 ms period in microseconds, -1 for none

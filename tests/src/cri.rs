@@ -132,14 +132,14 @@ pub fn prepare(settings: &Settings) -> Result<(), String> {
     }
     if !generated
         && !run_cmd(
-        {
-            let mut c = Command::new("protoc");
-            c.arg("--version");
-            c
-        },
-        Duration::from_secs(30),
-    )
-    .ok()
+            {
+                let mut c = Command::new("protoc");
+                c.arg("--version");
+                c
+            },
+            Duration::from_secs(30),
+        )
+        .ok()
     {
         return Err("no protoc: run scripts/deps.sh (installs protobuf-compiler)".into());
     }

@@ -32,7 +32,9 @@ pub fn hierarchies() -> Vec<(PathBuf, Vec<String>)> {
                 "cgroup" => Some((
                     PathBuf::from(mount),
                     opts.split(',')
-                        .filter(|o| !matches!(*o, "rw" | "ro" | "nosuid" | "nodev" | "noexec" | "relatime"))
+                        .filter(|o| {
+                            !matches!(*o, "rw" | "ro" | "nosuid" | "nodev" | "noexec" | "relatime")
+                        })
                         .map(str::to_owned)
                         .collect(),
                 )),
@@ -44,7 +46,8 @@ pub fn hierarchies() -> Vec<(PathBuf, Vec<String>)> {
 
 /// A host booted with systemd on a pure cgroup v2 hierarchy: where kubelet's systemd driver really runs.
 pub fn systemd_v2_host() -> bool {
-    Path::new("/run/systemd/system").is_dir() && Path::new(ROOT).join("cgroup.controllers").is_file()
+    Path::new("/run/systemd/system").is_dir()
+        && Path::new(ROOT).join("cgroup.controllers").is_file()
 }
 
 /// Kubelet's cgroup driver for a pod.
@@ -133,7 +136,9 @@ impl PodCgroup {
                     if controllers.is_empty() && at.parent() != Some(&mount) {
                         // v2: the controllers a pod's containers need, enabled down the path (kubelet's job).
                         let _ = std::fs::write(
-                            at.parent().expect("below the root").join("cgroup.subtree_control"),
+                            at.parent()
+                                .expect("below the root")
+                                .join("cgroup.subtree_control"),
                             "+cpu +memory +pids +io",
                         );
                     }
@@ -141,7 +146,10 @@ impl PodCgroup {
             }
             let has = |c: &str| controllers.iter().any(|x| x == c);
             let writes: Vec<(&str, String)> = if controllers.is_empty() {
-                let _ = std::fs::write(mount.join("cgroup.subtree_control"), "+cpu +memory +pids +io");
+                let _ = std::fs::write(
+                    mount.join("cgroup.subtree_control"),
+                    "+cpu +memory +pids +io",
+                );
                 let _ = std::fs::write(at.join("cgroup.subtree_control"), "+cpu +memory +pids +io");
                 vec![
                     ("memory.max", memory_max.to_string()),

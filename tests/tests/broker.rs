@@ -60,7 +60,6 @@ fn status(c: &Containerd) -> Option<Status> {
     client(c).status().ok()
 }
 
-
 /// Runs one container of `task_type` in the foreground and checks it exited 0.
 fn run_ok(c: &Containerd, name: &str, flags: &[&str], cmd: &[&str]) -> String {
     let id = c.id(name);
@@ -295,9 +294,7 @@ fn idle_neighbour_lends_cpu_and_gets_it_back() {
         "B's quota rose only after {after:?} (tick {tick:?})"
     );
     // A's own shim applies its side of the lease at its next report.
-    let a_lent = wait_until(secs(3), || {
-        c.cpu_quota_us(&a).filter(|q| *q < 145_000)
-    });
+    let a_lent = wait_until(secs(3), || c.cpu_quota_us(&a).filter(|q| *q < 145_000));
     assert!(
         a_lent.is_some(),
         "A's quota did not go down by its loan: {:?}",
@@ -447,7 +444,12 @@ fn observe_changes_nothing_and_off_never_contacts_the_broker() {
         ("cpu", "cpu.cfs_quota_us", "cpu.max"),
         ("freezer", "freezer.state", "cgroup.freeze"),
     ];
-    let read = || -> Vec<_> { files.iter().map(|(k, f, v2)| c.cg_file(&id, (k, f), v2)).collect() };
+    let read = || -> Vec<_> {
+        files
+            .iter()
+            .map(|(k, f, v2)| c.cg_file(&id, (k, f), v2))
+            .collect()
+    };
     let before = read();
     assert_eq!(before[0].as_deref(), Some(lim.as_str()));
     std::thread::sleep(tick() * 6);
@@ -539,10 +541,8 @@ fn broker_kill9_restart_keeps_containers_records_and_leases() {
     assert_eq!(c.status(&b).as_deref(), Some("RUNNING"));
     // The shims start a broker again themselves (what systemd's Restart= would do otherwise).
     let killed_at = Instant::now();
-    let new_pid = wait_until(secs(15), || {
-        c.broker_pid().filter(|p| *p != pid)
-    })
-    .unwrap_or_else(|| panic!("no broker came back after the kill"));
+    let new_pid = wait_until(secs(15), || c.broker_pid().filter(|p| *p != pid))
+        .unwrap_or_else(|| panic!("no broker came back after the kill"));
     let back = wait_until(secs(15), || {
         let st = status(&c)?;
         let ids: Vec<_> = st.tasks.iter().map(|t| t.container_id.clone()).collect();

@@ -289,7 +289,11 @@ fn update_resources() {
         "67108864",
         "the spec's memory limit at create"
     );
-    assert_eq!(read(&weight_file), weight("512"), "the spec's CPU shares at create");
+    assert_eq!(
+        read(&weight_file),
+        weight("512"),
+        "the spec's CPU shares at create"
+    );
 
     let res = serde_json::json!({"memory": {"limit": 134217728}, "cpu": {"quota": 50000, "period": 100000, "shares": 2048}});
     // containerd 1.x shims write the bundle's `address` file (containerd reads it to reconnect after a
@@ -303,7 +307,11 @@ fn update_resources() {
         cpu == "50000" || cpu.starts_with("50000 "),
         "cpu quota after update: {cpu}"
     );
-    assert_eq!(read(&weight_file), weight("2048"), "CPU shares after update");
+    assert_eq!(
+        read(&weight_file),
+        weight("2048"),
+        "CPU shares after update"
+    );
     assert_eq!(c.status(&id).as_deref(), Some("RUNNING"));
     c.remove(&id);
     c.finish();
@@ -506,10 +514,7 @@ fn root_disk() -> (u32, u32) {
         .and_then(|l| l.split(' ').nth(2))
         .expect("a mount at / in mountinfo");
     let (major, minor) = dev.split_once(':').expect("major:minor");
-    let dev = (
-        major.parse().expect("major"),
-        minor.parse().expect("minor"),
-    );
+    let dev = (major.parse().expect("major"), minor.parse().expect("minor"));
     assert_ne!(dev.0, 0, "/ is not on a block device here ({dev:?})");
     dev
 }
@@ -589,7 +594,14 @@ fn runtime_options_place_the_container_and_the_shim() {
     let shims = format!("/pe2e-shims-{me}");
     for (mount, ctrls) in predictive_e2e::kubelet::hierarchies() {
         if !ctrls.iter().any(|c| c.starts_with("name=")) {
-            std::fs::create_dir_all(mount.join(shims.trim_start_matches('/'))).expect("shim cgroup");
+            let dir = mount.join(shims.trim_start_matches('/'));
+            std::fs::create_dir_all(&dir).expect("shim cgroup");
+            // A v1 cpuset cgroup takes no process until it has CPUs and memory nodes (as the operator sets).
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                if let Ok(v) = std::fs::read_to_string(mount.join(f)) {
+                    std::fs::write(dir.join(f), v.trim()).expect("cpuset of the shim cgroup");
+                }
+            }
         }
     }
     let opts = c.dir.join("runtime-options.toml");
@@ -613,11 +625,18 @@ fn runtime_options_place_the_container_and_the_shim() {
     let paths = cgroup_paths(pid);
     assert!(!paths.is_empty());
     for p in &paths {
-        assert_eq!(p, &want, "the container is not where systemd puts {path}: {paths:?}");
+        assert_eq!(
+            p, &want,
+            "the container is not where systemd puts {path}: {paths:?}"
+        );
     }
     for (mount, _) in predictive_e2e::kubelet::hierarchies() {
         let literal = mount.join(&path);
-        assert!(!literal.exists(), "a literal {} was made", literal.display());
+        assert!(
+            !literal.exists(),
+            "a literal {} was made",
+            literal.display()
+        );
     }
     if systemd {
         let mut show = std::process::Command::new("systemctl");
@@ -626,7 +645,11 @@ fn runtime_options_place_the_container_and_the_shim() {
         assert_eq!(state.trim(), "active", "systemd does not know {scope}");
     }
     // The shim (and its helper) run in the ShimCgroup.
-    let shim = c.shim_pids().into_iter().next().expect("a shim serves the container");
+    let shim = c
+        .shim_pids()
+        .into_iter()
+        .next()
+        .expect("a shim serves the container");
     let shim_paths = cgroup_paths(shim);
     assert!(
         shim_paths.iter().all(|p| p == &shims),

@@ -37,7 +37,9 @@ fn dropin(settings: &Settings, systemd: bool) -> String {
         settings.runtime
     ));
     if systemd {
-        text.push_str(&format!("\n[{runtimes}.{HANDLER}.options]\n  SystemdCgroup = true\n"));
+        text.push_str(&format!(
+            "\n[{runtimes}.{HANDLER}.options]\n  SystemdCgroup = true\n"
+        ));
     }
     text
 }
@@ -66,7 +68,10 @@ fn at_roots(id: &str) -> Vec<PathBuf> {
                 .flatten()
                 .flatten()
                 .map(|e| e.path())
-                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(id)))
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().contains(id))
+                })
                 .collect::<Vec<_>>()
         })
         .collect()
@@ -139,7 +144,10 @@ fn assert_inside(c: &Containerd, pod: &PodCgroup, p: &Pod, leaf: &dyn Fn(&str) -
             );
         }
         let stray = at_roots(id);
-        assert!(stray.is_empty(), "{id} made cgroups at a hierarchy root: {stray:?}");
+        assert!(
+            stray.is_empty(),
+            "{id} made cgroups at a hierarchy root: {stray:?}"
+        );
     }
 }
 
@@ -148,7 +156,13 @@ fn left_in(pods: &[&PodCgroup]) -> Vec<PathBuf> {
     kubelet::hierarchies()
         .into_iter()
         .flat_map(|(mount, _)| pods.iter().map(move |p| p.dir(&mount)).collect::<Vec<_>>())
-        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten().map(|e| e.path()))
+        .flat_map(|d| {
+            std::fs::read_dir(d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+        })
         .filter(|p| p.is_dir())
         .collect()
 }
@@ -184,7 +198,10 @@ fn assert_stats(api: &CriClient, id: &str) {
 }
 
 fn remove_pod(api: &CriClient, p: &Pod) {
-    api.call("StopContainer", json!({"container_id": p.container, "timeout": 10}));
+    api.call(
+        "StopContainer",
+        json!({"container_id": p.container, "timeout": 10}),
+    );
     api.call("RemoveContainer", json!({"container_id": p.container}));
     api.call("StopPodSandbox", json!({"pod_sandbox_id": p.sandbox}));
     api.call("RemovePodSandbox", json!({"pod_sandbox_id": p.sandbox}));
@@ -230,7 +247,9 @@ fn cri_pods_land_in_their_pod_cgroups() {
     let fs_pod = PodCgroup::create(Driver::Cgroupfs, &format!("f{me}"), 1 << 30, 2.0);
     let slice = run_pod(&c, &api, &slice_pod, "pe2e-slice", HANDLER);
     let fs = run_pod(&c, &api, &fs_pod, "pe2e-fs", FS_HANDLER);
-    assert_inside(&c, &slice_pod, &slice, &|id| format!("cri-containerd-{id}.scope"));
+    assert_inside(&c, &slice_pod, &slice, &|id| {
+        format!("cri-containerd-{id}.scope")
+    });
     assert_inside(&c, &fs_pod, &fs, &|id| id.to_owned());
     for p in [&slice, &fs] {
         assert_stats(&api, &p.container);
@@ -243,7 +262,12 @@ fn cri_pods_land_in_their_pod_cgroups() {
         // systemd knows the container: a running, delegated scope in the pod's slice.
         assert_eq!(systemctl_show(&scope, "ActiveState"), "active", "{scope}");
         assert_eq!(systemctl_show(&scope, "Delegate"), "yes", "{scope}");
-        let parent = slice_pod.path.rsplit('/').next().unwrap_or_default().to_owned();
+        let parent = slice_pod
+            .path
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         assert_eq!(systemctl_show(&scope, "Slice"), parent, "{scope}");
         // A rewrite of its limits (here a user's Update, like a broker directive through the same path) sticks
         // across systemd's daemon-reload, which puts back the unit properties it knows.
@@ -252,19 +276,38 @@ fn cri_pods_land_in_their_pod_cgroups() {
             json!({"container_id": slice.container, "linux": {
                 "cpu_period": 100000, "cpu_quota": 50000, "memory_limit_in_bytes": 201326592}}),
         );
-        let read = |f: &str| std::fs::read_to_string(scope_dir.join(f)).unwrap_or_default().trim().to_owned();
-        assert_eq!(read("cpu.max"), "50000 100000", "Update did not reach {scope}");
+        let read = |f: &str| {
+            std::fs::read_to_string(scope_dir.join(f))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        assert_eq!(
+            read("cpu.max"),
+            "50000 100000",
+            "Update did not reach {scope}"
+        );
         assert_eq!(read("memory.max"), "201326592");
         let mut reload = std::process::Command::new("systemctl");
         reload.arg("daemon-reload");
         run_cmd(reload, Duration::from_secs(120)).expect_ok("systemctl daemon-reload");
-        assert_eq!(read("cpu.max"), "50000 100000", "daemon-reload undid the CPU update of {scope}");
-        assert_eq!(read("memory.max"), "201326592", "daemon-reload undid the memory update of {scope}");
+        assert_eq!(
+            read("cpu.max"),
+            "50000 100000",
+            "daemon-reload undid the CPU update of {scope}"
+        );
+        assert_eq!(
+            read("memory.max"),
+            "201326592",
+            "daemon-reload undid the memory update of {scope}"
+        );
     }
 
     remove_pod(&api, &slice);
     remove_pod(&api, &fs);
-    let gone = wait_until(Duration::from_secs(30), || left_in(&[&slice_pod, &fs_pod]).is_empty().then_some(()));
+    let gone = wait_until(Duration::from_secs(30), || {
+        left_in(&[&slice_pod, &fs_pod]).is_empty().then_some(())
+    });
     assert!(
         gone.is_some(),
         "container cgroups left in the pods after removal: {:?}",
@@ -272,7 +315,10 @@ fn cri_pods_land_in_their_pod_cgroups() {
     );
     if systemd {
         let state = systemctl_show(&scope, "ActiveState");
-        assert_ne!(state, "active", "{scope} still active after RemoveContainer");
+        assert_ne!(
+            state, "active",
+            "{scope} still active after RemoveContainer"
+        );
     }
     c.finish();
     drop(slice_pod);
