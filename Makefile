@@ -1,6 +1,7 @@
 # predictive: a containerd shim v2 in Rust. The two commands for a fresh machine (root, Debian 12):
 #   make demo    install what is missing, build, run a few containers through our shim
-#   make test    install what is missing, build, run every test (unit + e2e on containerd 1.6, 1.7, 2.1)
+#   make test    install what is missing, build, run every test (unit + e2e on containerd 1.6, 1.7, 2.1 + the cgroup v2
+#                lane: the same e2e tests that depend on the cgroup version in a Debian 13 guest, scripts/guest-lane.sh)
 #
 # Variables (environment or make VAR=...):
 #   PREDICTIVE_E2E_RUNTIME    runtime the e2e suite drives (default io.containerd.predictive.v2;

@@ -40,7 +40,9 @@ for v in $PREDICTIVE_GUEST_VERSIONS; do
         "$out/cargo-nextest" nextest run --archive-file "$out/e2e.tar.zst" --workspace-remap "$ws" \
         --extract-to /tmp/nextest --extract-overwrite --config-file "$ws/tests/nextest.toml" --profile guest \
         -E "$PREDICTIVE_GUEST_FILTER" >"$out/e2e-$v.log" 2>&1
-    echo "exit $?" >> "$out/e2e-$v.log"
+    rc=$?
+    echo "exit $rc" >> "$out/e2e-$v.log"
+    echo "$rc" > "$out/rc-$v"
     grep -E '^\s*(PASS|FAIL|SIGSEGV|TIMEOUT|SKIP)|Summary \[' "$out/e2e-$v.log"
     journalctl -b --no-pager -q > "$out/journal-$v.log" 2>/dev/null
     echo "guest: containerd $v took $(awk -v s="$start" '{printf "%d", $1 - s}' /proc/uptime)s"

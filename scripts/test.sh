@@ -3,6 +3,9 @@
 #   1. unit and root tests of every crate:   cargo nextest run --workspace --release (less the e2e suite)
 #   2. the end-to-end suite once per containerd version (PREDICTIVE_E2E_VERSIONS, default "1.6 1.7 2.1"),
 #      against PREDICTIVE_E2E_RUNTIME (default io.containerd.predictive.v2)
+#   3. the cgroup v2 lane: the tests in tests/guest-tests.txt inside a Debian 13 guest (pure cgroup v2, systemd),
+#      once per containerd version in PREDICTIVE_GUEST_VERSIONS (default "1.7 2.1"), scripts/guest-lane.sh;
+#      PREDICTIVE_GUEST_LANE=0 skips it (a developer's loop; a failure under CI=true)
 # and prints one aggregated line: "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -66,9 +69,41 @@ for v in $versions; do
 done
 e2e_secs=$(( $(date +%s) - e2e_start ))
 
+lane_secs=0
+if [ "$runtime" != io.containerd.predictive.v2 ]; then
+    summary+=("cgroup v2 lane: not run for $runtime (it proves our shim on v2)")
+elif [ "${PREDICTIVE_GUEST_LANE:-1}" = 0 ]; then
+    echo "SKIPPED: cgroup v2 lane (PREDICTIVE_GUEST_LANE=0)"
+    summary+=("cgroup v2 lane: SKIPPED (PREDICTIVE_GUEST_LANE=0)")
+    if [ "${CI:-}" = true ]; then failed=$((failed + 1)); fi
+else
+    echo "=== cgroup v2 lane: Debian 13 guest, containerd ${PREDICTIVE_GUEST_VERSIONS:-1.7 2.1} ==="
+    lane_start=$(date +%s)
+    guest=$logdir/guest
+    PREDICTIVE_TEST_LOGS=$logdir scripts/guest-lane.sh
+    lane_secs=$(( $(date +%s) - lane_start ))
+    if [ -s "$guest/setup-failed" ]; then
+        failed=$((failed + 1)); summary+=("cgroup v2 lane: $(cat "$guest/setup-failed")")
+    else
+        for v in ${PREDICTIVE_GUEST_VERSIONS:-1.7 2.1}; do
+            glog=$guest/e2e-$v.log
+            if [ -s "$glog" ]; then
+                echo "--- guest, containerd $v: failures ---"
+                grep -E '^\s*(FAIL|TIMEOUT) ' "$glog" | sort -u || true
+                count "cgroup v2 lane, containerd $v" "$glog" "$(cat "$guest/rc-$v" 2>/dev/null || echo 1)"
+            else
+                failed=$((failed + 1)); summary+=("cgroup v2 lane, containerd $v: no results (see $guest/console.log)")
+            fi
+        done
+        if [ -e "$guest/timed-out" ]; then
+            failed=$((failed + 1)); summary+=("cgroup v2 lane: $(cat "$guest/timed-out")")
+        fi
+    fi
+fi
+
 echo
 echo "=== summary ==="
 for s in "${summary[@]}"; do echo "  $s"; done
-echo "  e2e wall time: ${e2e_secs}s"
+echo "  e2e wall time: ${e2e_secs}s; cgroup v2 lane wall time: ${lane_secs}s"
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ] && [ "$passed" -gt 0 ]

@@ -14,6 +14,9 @@ use crate::error::{Result, ShimError};
 const RUNC_OPTIONS: &str = "containerd.runc.v1.Options";
 /// Type URL suffix of the generic runtime options (CRI, Docker).
 const RUNTIME_OPTIONS: &str = "runtimeoptions.v1.Options";
+/// Type URL suffix of the options containerd's client sends for a runtime that is not runc's
+/// (`runctypes.CreateOptions`).
+const LEGACY_CREATE_OPTIONS: &str = "containerd.linux.runc.CreateOptions";
 /// Largest `config_path` file read.
 const MAX_CONFIG_FILE: u64 = 1 << 20;
 
@@ -44,6 +47,25 @@ impl RuntimeOptions {
                 shim_cgroup: Some(o.shim_cgroup).filter(|s| !s.is_empty()),
             });
         }
+        if type_url.ends_with(LEGACY_CREATE_OPTIONS) {
+            // containerd's client sends this for a runtime that is not runc's when a task option needs one
+            // (`ctr run --uidmap` sets the I/O owner): only `shim_cgroup` (field 9) is the shim's business; the
+            // I/O owner (`io_uid`/`io_gid`) matters only for fifos the container reopens, which the shim's pipes are not.
+            let mut shim_cgroup = None;
+            for (field, bytes) in length_delimited(value, LEGACY_CREATE_OPTIONS)? {
+                if field == 9 {
+                    shim_cgroup = Some(
+                        String::from_utf8(bytes)
+                            .map_err(|_| invalid("shim_cgroup is not UTF-8"))?,
+                    )
+                    .filter(|s| !s.is_empty());
+                }
+            }
+            return Ok(Self {
+                systemd_cgroup: false,
+                shim_cgroup,
+            });
+        }
         if type_url.ends_with(RUNTIME_OPTIONS) {
             let (path, body) = runtime_options_fields(value)?;
             let text = if !body.is_empty() {
@@ -56,7 +78,7 @@ impl RuntimeOptions {
             return Self::from_toml(&text);
         }
         Err(invalid(format!(
-            "unknown options type {:?} (expected {RUNC_OPTIONS} or {RUNTIME_OPTIONS})",
+            "unknown options type {:?} (expected {RUNC_OPTIONS}, {RUNTIME_OPTIONS} or {LEGACY_CREATE_OPTIONS})",
             type_url.escape_debug().to_string()
         )))
     }
@@ -85,29 +107,34 @@ impl RuntimeOptions {
 
 /// `config_path` (field 2) and `config_body` (field 3) of a `runtimeoptions.v1.Options`.
 fn runtime_options_fields(value: &[u8]) -> Result<(String, Vec<u8>)> {
-    let bad = |e| invalid(format!("undecodable {RUNTIME_OPTIONS}: {e}"));
-    let mut input = CodedInputStream::from_bytes(value);
     let (mut path, mut body) = (String::new(), Vec::new());
-    while let Some(tag) = input.read_raw_tag_or_eof().map_err(bad)? {
-        match tag {
-            // field 2, length-delimited
-            0x12 => path = input.read_string().map_err(bad)?,
-            // field 3, length-delimited
-            0x1a => body = input.read_bytes().map_err(bad)?,
-            t => {
-                let wire = containerd_shim_protos::protobuf::rt::WireType::new(t & 7).ok_or_else(
-                    || {
-                        invalid(format!(
-                            "undecodable {RUNTIME_OPTIONS}: wire type {}",
-                            t & 7
-                        ))
-                    },
-                )?;
-                input.skip_field(wire).map_err(bad)?;
+    for (field, bytes) in length_delimited(value, RUNTIME_OPTIONS)? {
+        match field {
+            2 => {
+                path = String::from_utf8(bytes).map_err(|_| invalid("config_path is not UTF-8"))?
             }
+            3 => body = bytes,
+            _ => {}
         }
     }
     Ok((path, body))
+}
+
+/// The length-delimited fields (strings, bytes) of a protobuf message, by field number; other fields skipped.
+fn length_delimited(value: &[u8], what: &str) -> Result<Vec<(u32, Vec<u8>)>> {
+    let bad = |e| invalid(format!("undecodable {what}: {e}"));
+    let mut input = CodedInputStream::from_bytes(value);
+    let mut out = Vec::new();
+    while let Some(tag) = input.read_raw_tag_or_eof().map_err(bad)? {
+        let wire = containerd_shim_protos::protobuf::rt::WireType::new(tag & 7)
+            .ok_or_else(|| invalid(format!("undecodable {what}: wire type {}", tag & 7)))?;
+        if wire == containerd_shim_protos::protobuf::rt::WireType::LengthDelimited {
+            out.push((tag >> 3, input.read_bytes().map_err(bad)?));
+        } else {
+            input.skip_field(wire).map_err(bad)?;
+        }
+    }
+    Ok(out)
 }
 
 fn read_config_file(path: &str) -> Result<String> {
@@ -165,6 +192,32 @@ mod tests {
         let got = RuntimeOptions::decode("containerd.runc.v1.Options", &bytes).expect("decode");
         assert!(got.systemd_cgroup);
         assert_eq!(got.shim_cgroup.as_deref(), Some("/podruntime/shims"));
+    }
+
+    #[test]
+    fn legacy_create_options_give_the_shim_cgroup() {
+        let mut out = Vec::new();
+        {
+            let mut w = CodedOutputStream::vec(&mut out);
+            w.write_bool(1, true).expect("no_pivot_root");
+            w.write_string(6, "network").expect("empty_namespaces");
+            w.write_string(9, "/shims").expect("shim_cgroup");
+            w.write_uint32(10, 100000).expect("io_uid");
+            w.write_uint32(11, 100000).expect("io_gid");
+            w.flush().expect("flush");
+        }
+        let got =
+            RuntimeOptions::decode("containerd.linux.runc.CreateOptions", &out).expect("decode");
+        assert_eq!(got.shim_cgroup.as_deref(), Some("/shims"));
+        assert!(!got.systemd_cgroup);
+        let err =
+            RuntimeOptions::decode("containerd.linux.runc.CreateOptions", &[0x4a, 0x05, b'x'])
+                .expect_err("truncated");
+        assert!(
+            err.to_string()
+                .contains("undecodable containerd.linux.runc.CreateOptions"),
+            "{err}"
+        );
     }
 
     #[test]

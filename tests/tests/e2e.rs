@@ -665,6 +665,65 @@ fn runtime_options_place_the_container_and_the_shim() {
     remove_cgroup_dirs(&[&format!("/{slice}/{scope}"), &format!("/{slice}"), &shims]);
 }
 
+/// A user-namespaced container (`ctr run --uidmap/--gidmap`, as a pod with `hostUsers: false`) given a kubelet-style
+/// slice path: libcontainer takes its systemd manager for any container with a user namespace, which on cgroup v1 or
+/// without systemd cannot work; the shim's placement gives it the path its host can use, so it runs, mapped, in the
+/// cgroup systemd would have given it.
+#[test]
+fn user_namespace_container_runs_in_its_cgroup() {
+    let Some(c) = start("user_namespace_container_runs_in_its_cgroup") else {
+        return;
+    };
+    let me = std::process::id();
+    let systemd = predictive_e2e::kubelet::systemd_v2_host();
+    // No runtime options (ctr 2.1 cannot combine --runtime-config-path with --uidmap): a slice path on a systemd
+    // v2 host takes the systemd driver by itself. ctr 1.6 sends containerd.linux.runc.CreateOptions here.
+    let id = c.id("userns");
+    let slice = format!("pe2eu{me}.slice");
+    let path = format!("{slice}:predictive:{id}");
+    let scope = format!("predictive-{id}.scope");
+    c.run_detached(
+        &id,
+        &[
+            "--uidmap",
+            "0:100000:65536",
+            "--gidmap",
+            "0:100000:65536",
+            "--cgroup",
+            &path,
+        ],
+        SLEEP,
+    );
+    let pid = c.task_pid(&id);
+    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap_or_default();
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "100000", "65536"],
+        "the container's uid map: {map:?}"
+    );
+    let want = format!("/{slice}/{scope}");
+    let paths = cgroup_paths(pid);
+    assert!(!paths.is_empty());
+    assert!(
+        paths.iter().all(|p| p == &want),
+        "the user-namespaced container is not at {want}: {paths:?}"
+    );
+    let out = c.ctr(&["t", "exec", "--exec-id", "whoami", &id, "id", "-u"]);
+    assert_eq!(
+        out.expect_ok("exec id -u").stdout.trim(),
+        "0",
+        "root inside the namespace"
+    );
+    c.remove(&id);
+    c.finish();
+    if systemd {
+        let mut stop = std::process::Command::new("systemctl");
+        stop.args(["stop", &slice]);
+        let _ = predictive_e2e::cmd::run_cmd(stop, Duration::from_secs(60));
+    }
+    remove_cgroup_dirs(&[&want, &format!("/{slice}")]);
+}
+
 #[test]
 fn missing_command_fails_cleanly() {
     let Some(c) = start("missing_command_fails_cleanly") else {
