@@ -98,9 +98,9 @@ pub fn broker_args(s: &Settings) -> Vec<OsString> {
 
 /// The launch of `exe` under systemd: a transient service with its own cgroup in `system.slice` and
 /// `OOMScoreAdjust=0`, collected by systemd when it exits or fails.
-pub fn systemd_launch(systemd_run: &Path, exe: &Path, broker: Vec<OsString>) -> Launch {
+pub fn systemd_launch(systemd_run: &Path, exe: &Path, unit: &str, broker: Vec<OsString>) -> Launch {
     let mut args: Vec<OsString> = [
-        format!("--unit={BROKER_UNIT}"),
+        format!("--unit={unit}"),
         "--description=predictive broker (started by containerd-shim-predictive-v2)".to_owned(),
         "--collect".to_owned(),
         "--quiet".to_owned(),
@@ -119,6 +119,21 @@ pub fn systemd_launch(systemd_run: &Path, exe: &Path, broker: Vec<OsString>) -> 
         reset_oom_score: false,
         log: None,
     }
+}
+
+/// The transient unit of the broker serving `socket`: [`BROKER_UNIT`] for the default socket, else that name
+/// with a hash of the socket path (`predictived-auto-<16 hex>.service`), so brokers on other sockets (a second
+/// containerd's, a test's) are units of their own instead of failing on the name.
+pub fn broker_unit(socket: &Path) -> String {
+    if socket == Path::new(broker::api::DEFAULT_SOCKET) {
+        return BROKER_UNIT.to_owned();
+    }
+    // FNV-1a: stable across builds and hosts (std's hasher is not).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in socket.as_os_str().as_encoded_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("predictived-auto-{h:016x}.service")
 }
 
 /// `name` in the first directory of `path` (a PATH value) that has it as a file.
@@ -155,7 +170,7 @@ fn launch_for_host(exe: &Path, s: &Settings) -> Launch {
             "systemd-run",
         )
     {
-        return systemd_launch(&run, exe, broker);
+        return systemd_launch(&run, exe, &broker_unit(&s.socket), broker);
     }
     let join = match runtime_hooks::daemon::make_daemon_cgroups(
         &runtime_hooks::HostRoots::default(),
@@ -560,12 +575,33 @@ mod tests {
     }
 
     #[test]
+    fn a_broker_on_another_socket_is_a_unit_of_its_own() {
+        assert_eq!(
+            broker_unit(Path::new(broker::api::DEFAULT_SOCKET)),
+            "predictived-auto.service"
+        );
+        let a = broker_unit(Path::new("/tmp/pe2e-1-0/broker.sock"));
+        let b = broker_unit(Path::new("/tmp/pe2e-2-0/broker.sock"));
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with("predictived-auto-") && a.ends_with(".service"),
+            "{a}"
+        );
+        assert_eq!(
+            a,
+            broker_unit(Path::new("/tmp/pe2e-1-0/broker.sock")),
+            "stable"
+        );
+    }
+
+    #[test]
     fn systemd_gets_a_transient_unit_with_the_brokers_arguments() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let s = settings(tmp.path());
         let l = systemd_launch(
             Path::new("/usr/bin/systemd-run"),
             Path::new("/usr/bin/predictived"),
+            BROKER_UNIT,
             broker_args(&s),
         );
         let args: Vec<String> = l

@@ -171,8 +171,15 @@ fn predicted_limits_from_history_and_growth_past_prediction() {
         predicted < limit / 2,
         "predicted {predicted} is not below the spec's {limit}"
     );
+    // v2's allocation is memory.high, a throttle point the kernel reclaims back to, not a cap: usage may pass it
+    // by what is charged before reclaim runs (a few pages; 20 KiB measured in the guest).
+    let overshoot = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        1 << 20
+    } else {
+        0
+    };
     assert!(
-        peak <= predicted,
+        peak <= predicted + overshoot,
         "the run used {peak} bytes, over its predicted allocation {predicted}"
     );
     assert!(

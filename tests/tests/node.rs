@@ -683,6 +683,13 @@ impl PodCgroup {
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                     Err(e) => panic!("mkdir {}: {e}", dir.display()),
                 }
+                if v2_host() {
+                    // v2: a cgroup's limit files exist only for controllers its parent enables (kubelet's job).
+                    let _ = std::fs::write(
+                        dir.parent().expect("parent").join("cgroup.subtree_control"),
+                        "+cpu +memory +pids +io",
+                    );
+                }
                 if root.ends_with("cpuset") {
                     // A new v1 cpuset cgroup starts empty: give it its parent's CPUs and nodes, as kubelet does.
                     for f in ["cpuset.cpus", "cpuset.mems"] {
