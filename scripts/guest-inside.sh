@@ -39,7 +39,7 @@ for v in $PREDICTIVE_GUEST_VERSIONS; do
     CI=$CI PREDICTIVE_E2E_CONTAINERD=$v PREDICTIVE_E2E_CACHE=$cache PREDICTIVE_E2E_SHIM_DIR=/opt/predictive/bin PREDICTIVE_E2E_GUEST=1 PREDICTIVE_E2E_ROUNDS=5 \
         "$out/cargo-nextest" nextest run --archive-file "$out/e2e.tar.zst" --workspace-remap "$ws" \
         --extract-to /tmp/nextest --extract-overwrite --config-file "$ws/tests/nextest.toml" --profile guest \
-        -E "$PREDICTIVE_GUEST_FILTER" >"$out/e2e-$v.log" 2>&1
+        -E "$(cat "$out/filter-$v")" >"$out/e2e-$v.log" 2>&1
     rc=$?
     echo "exit $rc" >> "$out/e2e-$v.log"
     echo "$rc" > "$out/rc-$v"

@@ -48,9 +48,18 @@ PREDICTIVE_E2E_CACHE=$cache /usr/bin/python3 -c 'import sys; sys.path.insert(0, 
 
 # The test binaries, built here (they run on the guest's newer glibc), and the runner.
 # PREDICTIVE_GUEST_TESTS="a b" runs those instead of the list (a developer's loop).
-names=${PREDICTIVE_GUEST_TESTS:-$(grep -v '^\s*#' tests/guest-tests.txt)}
-filter=$(tr ' ' '\n' <<<"$names" | grep -v '^\s*$' | sed 's/.*/test(=&)/' | paste -sd'|' | sed 's/|/ | /g')
-[ -n "$filter" ] || fail "tests/guest-tests.txt names no test"
+# A line of the list is `name` (every version) or `name v1 v2...` (only those versions).
+for v in $versions; do
+    if [ -n "${PREDICTIVE_GUEST_TESTS:-}" ]; then
+        names=$PREDICTIVE_GUEST_TESTS
+    else
+        names=$(grep -v '^\s*#' tests/guest-tests.txt |
+            awk -v v="$v" 'NF == 1 { print $1 } NF > 1 { for (i = 2; i <= NF; i++) if ($i == v) print $1 }')
+    fi
+    filter=$(tr ' ' '\n' <<<"$names" | grep -v '^\s*$' | sed 's/.*/test(=&)/' | paste -sd'|' | sed 's/|/ | /g')
+    [ -n "$filter" ] || fail "tests/guest-tests.txt names no test for containerd $v"
+    echo "$filter" > "$out/filter-$v"
+done
 cargo nextest archive --release -p predictive-e2e --archive-file "$out/e2e.tar.zst" >"$out/archive.log" 2>&1 ||
     { tail -n 20 "$out/archive.log" >&2; fail "cargo nextest archive failed"; }
 cp "$(command -v cargo-nextest)" "$out/cargo-nextest"
@@ -59,7 +68,6 @@ cp "$(command -v cargo-nextest)" "$out/cargo-nextest"
 cat > "$out/env" <<ENV
 PREDICTIVE_GUEST_WS=$ws
 PREDICTIVE_GUEST_VERSIONS="$versions"
-PREDICTIVE_GUEST_FILTER="$filter"
 PREDICTIVE_E2E_CACHE=$cache
 CI=${CI:-}
 ENV
