@@ -269,30 +269,82 @@ impl Client {
         }
     }
 
-    /// Tasks, allocations and leases.
+    /// Tasks, allocations and leases: every page of them, merged (a status of 20,000 tasks is many replies).
     pub fn status(&mut self) -> Result<Status, ClientError> {
-        match self.call(&Request::Status)? {
-            Response::Status(x) => Ok(x),
-            _ => Err(ClientError::Unexpected { expected: "status" }),
+        let mut page = api::Page::default();
+        let mut out: Option<Status> = None;
+        loop {
+            let mut s = match self.call(&Request::Status(page.clone()))? {
+                Response::Status(x) => x,
+                _ => return Err(ClientError::Unexpected { expected: "status" }),
+            };
+            let next = s.next_offset.take();
+            match &mut out {
+                None => out = Some(s),
+                Some(o) => o.tasks.append(&mut s.tasks),
+            }
+            match next {
+                // A broker that does not page (older) or the last page.
+                Some(n) if page.offset.is_none_or(|o| n > o) => page.offset = Some(n),
+                _ => break,
+            }
         }
+        Ok(out.expect("at least one page was read"))
     }
 
-    /// Task types and their models.
+    /// Task types and their models: every page, merged.
     pub fn models(&mut self) -> Result<Models, ClientError> {
-        match self.call(&Request::Models)? {
-            Response::Models(x) => Ok(x),
-            _ => Err(ClientError::Unexpected { expected: "models" }),
+        let mut page = api::Page::default();
+        let mut out: Option<Models> = None;
+        loop {
+            let mut m = match self.call(&Request::Models(page.clone()))? {
+                Response::Models(x) => x,
+                _ => return Err(ClientError::Unexpected { expected: "models" }),
+            };
+            let next = m.next_offset.take();
+            match &mut out {
+                None => out = Some(m),
+                Some(o) => o.task_types.append(&mut m.task_types),
+            }
+            match next {
+                Some(n) if page.offset.is_none_or(|o| n > o) => page.offset = Some(n),
+                _ => break,
+            }
         }
+        Ok(out.expect("at least one page was read"))
     }
 
-    /// The decision log.
+    /// The decision log: `e.limit` decisions (default 100), newest last, paging backwards through the broker's
+    /// pages of at most [`api::MAX_PAGE`].
     pub fn explain(&mut self, e: &Explain) -> Result<Decisions, ClientError> {
-        match self.call(&Request::Explain(e.clone()))? {
-            Response::Decisions(x) => Ok(x),
-            _ => Err(ClientError::Unexpected {
-                expected: "decisions",
-            }),
+        let want = e.limit.unwrap_or(100);
+        let mut q = e.clone();
+        let mut out: Vec<predictor::Decision> = Vec::new();
+        let mut next_before_seq;
+        loop {
+            q.limit = Some((want - out.len()).clamp(1, api::MAX_PAGE));
+            let mut d = match self.call(&Request::Explain(q.clone()))? {
+                Response::Decisions(x) => x,
+                _ => {
+                    return Err(ClientError::Unexpected {
+                        expected: "decisions",
+                    });
+                }
+            };
+            d.decisions.append(&mut out);
+            out = d.decisions;
+            next_before_seq = d.next_before_seq;
+            match d.next_before_seq {
+                Some(b) if out.len() < want && q.before_seq.is_none_or(|o| b < o) => {
+                    q.before_seq = Some(b)
+                }
+                _ => break,
+            }
         }
+        Ok(Decisions {
+            decisions: out,
+            next_before_seq,
+        })
     }
 }
 

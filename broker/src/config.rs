@@ -8,7 +8,7 @@
 //! tick_ms = 1000                           # controller period
 //! register_budget_ms = 50                  # how long a shim's Create waits for Register (then: the spec's limits)
 //! retrain_check_ms = 30000                 # how often the retrain thread asks the predictor if a retrain is due
-//! sample_flush_ms = 10000                  # how often buffered samples are written to the store
+//! sample_flush_ms = 10000                  # ignored (kept for old files): samples are committed with their Report
 //! host_cpu_cores = 8.0                     # default: the CPUs online
 //! host_memory_bytes = 17179869184          # default: MemTotal
 //! cgroup = "v2"                            # default for a Register without `cgroup`: detected
@@ -117,7 +117,7 @@ pub struct Config {
     pub register_budget_ms: u64,
     /// Retrain check period, ms (default 30000).
     pub retrain_check_ms: u64,
-    /// Sample flush period, ms (default 10000).
+    /// Ignored, accepted for older files (samples are committed with their Report).
     pub sample_flush_ms: u64,
     /// Host CPUs (default: online CPUs).
     pub host_cpu_cores: Option<f64>,

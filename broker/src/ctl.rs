@@ -237,11 +237,11 @@ fn history(c: &mut Client, name: &str, subject: Subject) -> Result<History, CtlE
     };
     let as_container = || HistoryQuery {
         container_id: Some(name.to_owned()),
-        task_key: None,
+        ..HistoryQuery::default()
     };
     let as_type = || HistoryQuery {
-        container_id: None,
         task_key: Some(name.to_owned()),
+        ..HistoryQuery::default()
     };
     match subject {
         Subject::Container => ask(c, as_container()),
@@ -285,6 +285,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CtlError> {
                 .explain(&Explain {
                     container_id: Some(container.clone()),
                     limit: Some(*limit),
+                    before_seq: None,
                 })
                 .map_err(client_error)?;
             if d.decisions.is_empty() {
@@ -1074,6 +1075,8 @@ mod tests {
             container_id: Some("c1".to_owned()),
             live: true,
             started_at_ms: Some(1000),
+            total_points: None,
+            next_offset: None,
             points: (0..5)
                 .map(|i| api::HistoryPoint {
                     at_ms: 1000 + i * 1000,

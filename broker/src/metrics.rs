@@ -594,6 +594,8 @@ mod tests {
             max_borrow_cpu: None,
         };
         let status = Status {
+            total_tasks: None,
+            next_offset: None,
             broker_version: "0.1.0".to_owned(),
             tick_ms: 1000,
             host: HostCapacity {

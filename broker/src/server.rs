@@ -2,17 +2,16 @@
 //! every tick, records every decision, and retrains in the background.
 //!
 //! Threads: one accepting connections, one per connection (a shim keeps one open), one ticking the
-//! controller (and flushing buffered samples), one retraining, one recorder. The recorder is the only writer
-//! of the predictor's store besides retraining: Register and Report never wait on a redb commit (an fsync), so
-//! the shim's 50 ms Register budget is spent on the prediction alone. A record is committed shortly after the
-//! reply; a graceful stop (SIGTERM) drains the recorder first.
+//! controller, one retraining, one recorder. Every store write goes through the [`crate::journal`]: the recorder
+//! commits whatever is queued in one transaction, and a write request is answered once its records are committed
+//! (acknowledged means durable, also under `kill -9`). SIGTERM drains the journal before exit.
 //!
 //! Who may connect: root, the broker's own uid, and `allowed_gid` (checked with SO_PEERCRED on every
 //! connection; the socket is mode 0600, or 0660 owned by that group).
 //!
 //! Restarts: registrations live in memory, so a restarted broker answers a Report for an unknown container
 //! with `not_found` and the shim registers again with `adopt` (its allocation in force), which changes no
-//! limit. Leases are written to `leases.json` in the state directory after each tick that changed them and
+//! limit and carries on the run the store holds open for it. Leases are written to `leases.json` in the state directory after each tick that changed them and
 //! restored at start; a restored lease waits `stale_after_ms` for its holder to come back. The store keeps
 //! every committed record.
 
@@ -23,14 +22,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use predictor::{
-    DecisionQuery, Predictor, PredictorConfig, RunFeatures, RunMetadata, RunOutcome, RunSummary,
-    TaskKey,
+    BatchOp, DecisionQuery, Predictor, PredictorConfig, RunFeatures, RunMetadata, RunOutcome,
+    RunSummary, TaskKey,
 };
 
 use crate::annotations::Annotations;
@@ -50,8 +48,10 @@ const FORGET_AFTER_MS: u64 = 10 * 60_000;
 const MAX_PENDING: usize = 1024;
 /// Most decision log lines per tick; the rest are counted.
 const MAX_LOGS_PER_TICK: usize = 64;
-/// Most records the recorder writes in one go.
-const RECORDER_BATCH: usize = 4096;
+/// Records queued for the recorder before connections that write wait for it.
+const JOURNAL_CAP: usize = 65_536;
+/// Longest a write request waits for its records to be committed before it is answered with an error.
+const DURABLE_WITHIN: Duration = Duration::from_secs(30);
 /// Most CPU readings kept per run for its p50/p95.
 const MAX_CPU_READINGS: usize = 100_000;
 
@@ -94,6 +94,9 @@ pub enum ServerError {
     /// The predictor's store could not be opened.
     #[error("opening the predictor store")]
     Predictor(#[from] predictor::PredictorError),
+    /// The predictor's store could not be read at start.
+    #[error("reading the predictor store")]
+    Store(#[from] predictor::StoreError),
     /// A thread could not be started.
     #[error("starting the {what} thread")]
     Spawn {
@@ -242,20 +245,6 @@ fn apply_policy(
     out
 }
 
-/// What the recorder writes, in order.
-enum Record {
-    Decision(Box<predictor::Decision>),
-    Samples {
-        reg: u64,
-        samples: Vec<predictor::Sample>,
-    },
-    Run {
-        reg: u64,
-        run: Box<RunSummary>,
-    },
-    Flush(mpsc::Sender<()>),
-}
-
 #[derive(Debug, Default)]
 struct RunStats {
     cpu: Vec<f64>,
@@ -268,14 +257,13 @@ struct RunStats {
 
 #[derive(Debug)]
 struct Running {
-    reg: u64,
+    run_id: u64,
     task_key: TaskKey,
     meta: RunMetadata,
     started_at_ms: u64,
     last_seen_ms: u64,
     model_version: Option<u64>,
     prev: Option<runtime_hooks::Sample>,
-    buffered: Vec<predictor::Sample>,
     pending: Vec<Directive>,
     stats: RunStats,
 }
@@ -283,7 +271,12 @@ struct Running {
 struct State {
     controller: Controller,
     running: HashMap<String, Running>,
-    next_reg: u64,
+    /// The next run id to hand out (ahead of every id the store holds).
+    next_run: u64,
+    /// Runs the previous broker process had open, by container id: a shim that registers again with `adopt`
+    /// carries its run on; the rest are closed once [`FORGET_AFTER_MS`] passed without it.
+    orphans: HashMap<String, predictor::OpenRun>,
+    started_ms: u64,
 }
 
 /// The broker's shared core: everything a connection or the tick thread touches.
@@ -293,7 +286,7 @@ pub struct Broker {
     state: Mutex<State>,
     /// Per-container history and counters (`predictivectl`, metrics).
     tracker: crate::history::Tracker,
-    recorder: Mutex<mpsc::Sender<Record>>,
+    journal: Arc<crate::journal::Journal>,
     default_cgroup: CgroupKind,
     stop: AtomicBool,
     /// The lease set last written to disk.
@@ -421,6 +414,29 @@ fn decision(d: &Directive, r: &Running, at_ms: u64, initial: Option<bool>) -> pr
     }
 }
 
+/// Most decisions one `explain` examines (a rare container's page may come back short, with `next_before_seq`).
+const EXPLAIN_SCAN: usize = 100_000;
+
+/// `(offset, count)` of a page: `limit` defaults to and is capped at `max`.
+fn page_bounds(offset: Option<u64>, limit: Option<u64>, max: u64) -> (u64, u64) {
+    (offset.unwrap_or(0), limit.unwrap_or(max).clamp(1, max))
+}
+
+/// One page of a history's points.
+fn page_history(mut h: api::History, q: &api::HistoryQuery) -> api::History {
+    let total = h.points.len() as u64;
+    let (from, n) = page_bounds(q.offset, q.limit, api::MAX_HISTORY_POINTS as u64);
+    h.points = h
+        .points
+        .into_iter()
+        .skip(from as usize)
+        .take(n as usize)
+        .collect();
+    h.total_points = Some(total);
+    h.next_offset = (from + n < total).then_some(from + n);
+    h
+}
+
 fn percentile(v: &mut [f64], q: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -435,16 +451,11 @@ impl Broker {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn record(&self, r: Record) {
-        let tx = self.recorder.lock().unwrap_or_else(|p| p.into_inner());
-        if tx.send(r).is_err() {
-            tracing::error!("the recorder thread is gone; a record was dropped");
-        }
-    }
-
-    fn record_decisions(&self, ds: Vec<predictor::Decision>) {
+    /// Queues decisions (and `more` records) for the recorder; returns the journal's sequence number.
+    fn record_decisions(&self, ds: Vec<predictor::Decision>, more: Vec<BatchOp>) -> u64 {
         self.tracker.decided(&ds);
         let total = ds.len();
+        let mut ops = Vec::with_capacity(total + 1);
         for (i, d) in ds.into_iter().enumerate() {
             if i < MAX_LOGS_PER_TICK {
                 tracing::info!(
@@ -462,13 +473,23 @@ impl Broker {
                     "more decisions this tick, recorded but not logged"
                 );
             }
-            self.record(Record::Decision(Box::new(d)));
+            ops.push(BatchOp::Decision(d));
         }
+        ops.extend(more);
+        self.journal.submit(ops)
     }
 
     /// Serves one request.
     pub fn handle(&self, req: Request) -> Response {
         self.tracker.request(crate::history::request_kind(&req));
+        if let Err(e) = crate::validate::request(&req) {
+            return Response::Error(e);
+        }
+        let writes = req.writes();
+        if writes {
+            // Back-pressure: a burst waits for the recorder instead of growing its queue.
+            self.journal.room(DURABLE_WITHIN);
+        }
         let r = match req {
             Request::Register(r) => {
                 let id = r.container_id.clone();
@@ -487,21 +508,45 @@ impl Broker {
             Request::History(q) => self
                 .tracker
                 .history(&q, &self.predictor, now_ms())
+                .map(|h| page_history(h, &q))
                 .map(Response::History),
-            Request::Status => Ok(Response::Status(self.status())),
-            Request::Models => self.models().map(Response::Models),
+            Request::Status(p) => Ok(Response::Status(self.status(Some(&p)))),
+            Request::Models(p) => self.models(&p).map(Response::Models),
             Request::Explain(e) => self
                 .predictor
-                .decisions(&DecisionQuery {
+                .store()
+                .decisions_page(&DecisionQuery {
                     container_id: e.container_id,
-                    limit: e.limit.unwrap_or(100),
+                    limit: e.limit.unwrap_or(100).min(api::MAX_PAGE),
+                    before_seq: e.before_seq,
+                    scan_budget: EXPLAIN_SCAN,
                     ..DecisionQuery::default()
                 })
-                .map(|decisions| Response::Decisions(Decisions { decisions }))
+                .map(|(decisions, next_before_seq)| {
+                    Response::Decisions(Decisions {
+                        decisions,
+                        next_before_seq,
+                    })
+                })
                 .map_err(|e| {
                     ErrorReply::new(ErrorCode::Internal, format!("reading decisions: {e}"))
                 }),
         };
+        let r = r.and_then(|resp| {
+            if writes {
+                // Acknowledged means durable: what this request wrote, and every decision queued before it (the
+                // directives it carries among them), is committed before the peer hears of it.
+                self.journal
+                    .wait(self.journal.submitted(), DURABLE_WITHIN)
+                    .map_err(|e| {
+                        ErrorReply::new(
+                            ErrorCode::Internal,
+                            format!("recording the request: {}", crate::error_chain(&e)),
+                        )
+                    })?;
+            }
+            Ok(resp)
+        });
         r.unwrap_or_else(Response::Error)
     }
 
@@ -573,6 +618,7 @@ impl Broker {
             prediction: (!cold).then(|| prediction.clone()),
             started_at_ms: now,
         };
+        let mut ops = Vec::new();
         let (allocation, directives, records) = {
             let mut st = self.lock();
             let (allocation, directives) = match r.adopt {
@@ -582,22 +628,46 @@ impl Broker {
                 }
                 None => st.controller.register(spec, now),
             };
-            let reg = st.next_reg;
-            st.next_reg += 1;
+            // A run the previous broker process had open carries on when its shim registers again with `adopt`.
+            let carried = match (r.adopt.is_some(), st.orphans.remove(&r.container_id)) {
+                (true, Some(o)) if o.task_key == key => Some(o),
+                (_, Some(o)) => {
+                    ops.push(BatchOp::Close(o.container_id, o.run_id));
+                    None
+                }
+                _ => None,
+            };
+            let (run_id, started_at_ms, meta) = match carried {
+                Some(o) => (o.run_id, o.started_at_ms, o.meta),
+                None => {
+                    let id = st.next_run;
+                    st.next_run += 1;
+                    (id, now, meta)
+                }
+            };
+            ops.push(BatchOp::Open(Box::new(predictor::OpenRun {
+                container_id: r.container_id.clone(),
+                run_id,
+                task_key: key.clone(),
+                started_at_ms,
+                meta: meta.clone(),
+                model_version,
+            })));
             let running = Running {
-                reg,
+                run_id,
                 task_key: key.clone(),
                 meta,
-                started_at_ms: now,
+                started_at_ms,
                 last_seen_ms: now,
                 model_version,
                 prev: None,
-                buffered: Vec::new(),
                 pending: Vec::new(),
                 stats: RunStats::default(),
             };
-            if let Some(old) = st.running.insert(r.container_id.clone(), running) {
-                tracing::warn!(container = %r.container_id, reg = old.reg, "registered again; the earlier run is dropped");
+            if let Some(old) = st.running.insert(r.container_id.clone(), running)
+                && old.run_id != run_id
+            {
+                tracing::warn!(container = %crate::validate::shown(&r.container_id, 253), run = old.run_id, "registered again; the earlier run is dropped");
             }
             let mut records: Vec<predictor::Decision> = capped
                 .into_iter()
@@ -622,7 +692,7 @@ impl Broker {
             }
             (allocation, directives, records)
         };
-        self.record_decisions(records);
+        self.record_decisions(records, ops);
         let (own, others): (Vec<Directive>, Vec<Directive>) = directives
             .into_iter()
             .partition(|d| d.container_id == r.container_id);
@@ -682,8 +752,8 @@ impl Broker {
             }
             (own, others, records)
         };
-        tracing::info!(container = %u.container_id, limits = ?u.limits, "resized by the user");
-        self.record_decisions(records);
+        tracing::info!(container = %crate::validate::shown(&u.container_id, 253), limits = ?u.limits, "resized by the user");
+        self.record_decisions(records, Vec::new());
         self.queue(others);
         Ok(Directives { directives: own })
     }
@@ -714,6 +784,7 @@ impl Broker {
         };
         run.last_seen_ms = now_ms();
         let mut latest = None;
+        let mut fresh = Vec::new();
         let mut oom = rep.oom_events > 0;
         for s in rep.samples {
             if let Some(prev) = &run.prev
@@ -729,7 +800,7 @@ impl Broker {
                 st.io_bytes += sample.io_bytes;
                 st.throttled_s += throttled_s;
                 st.samples += 1;
-                run.buffered.push(sample);
+                fresh.push(sample);
                 latest = Some(usage);
             }
             let peak = s
@@ -744,6 +815,10 @@ impl Broker {
             st.controller.observe(&rep.container_id, u);
         }
         let directives = std::mem::take(&mut run.pending);
+        if !fresh.is_empty() {
+            self.journal
+                .submit(vec![BatchOp::Samples(run.run_id, fresh)]);
+        }
         Ok(Directives { directives })
     }
 
@@ -768,12 +843,11 @@ impl Broker {
                 .collect();
             (run, records, ds)
         };
-        self.record_decisions(records);
         self.queue(others);
         let mut stats = run.stats;
         let duration_s = now.saturating_sub(run.started_at_ms) as f64 / 1000.0;
         let summary = RunSummary {
-            run_id: 0,
+            run_id: run.run_id,
             task_key: run.task_key,
             started_at_ms: run.started_at_ms,
             meta: run.meta,
@@ -790,49 +864,73 @@ impl Broker {
             },
             profile: None,
         };
-        if !run.buffered.is_empty() {
-            self.record(Record::Samples {
-                reg: run.reg,
-                samples: run.buffered,
-            });
-        }
-        self.record(Record::Run {
-            reg: run.reg,
-            run: Box::new(summary),
-        });
+        self.record_decisions(
+            records,
+            vec![BatchOp::Run {
+                container_id: Some(f.container_id.clone()),
+                run: Box::new(summary),
+            }],
+        );
         Ok(Finished {
             duration_s,
             samples: stats.samples,
         })
     }
 
-    fn status(&self) -> Status {
+    /// The status; one page of its tasks (in container id order) when `page` is given.
+    fn status(&self, page: Option<&api::Page>) -> Status {
         let st = self.lock();
+        let mut tasks = st.controller.tasks();
+        let total = tasks.len() as u64;
+        let mut next_offset = None;
+        if let Some(p) = page {
+            let (from, n) = page_bounds(p.offset, p.limit, api::MAX_PAGE as u64);
+            tasks.sort_by(|a, b| a.container_id.cmp(&b.container_id));
+            tasks = tasks
+                .into_iter()
+                .skip(from as usize)
+                .take(n as usize)
+                .collect();
+            if from + n < total {
+                next_offset = Some(from + n);
+            }
+        }
         Status {
             broker_version: env!("CARGO_PKG_VERSION").to_owned(),
             tick_ms: self.cfg.tick_ms,
             host: st.controller.host(),
             model_version: self.predictor.model_version(),
-            tasks: st.controller.tasks(),
+            tasks,
+            total_tasks: Some(total),
+            next_offset,
             leases: st.controller.leases(),
             predictions: self.tracker.predictions(),
             pool: st.controller.pool_source().to_owned(),
         }
     }
 
-    fn models(&self) -> Result<Models, ErrorReply> {
+    fn models(&self, p: &api::Page) -> Result<Models, ErrorReply> {
+        let all = self.predictor.task_types().map_err(|e| {
+            ErrorReply::new(ErrorCode::Internal, format!("listing task types: {e}"))
+        })?;
+        let total = all.len() as u64;
+        let (from, n) = page_bounds(p.offset, p.limit, api::MAX_PAGE as u64);
         Ok(Models {
             model_version: self.predictor.model_version(),
-            task_types: self.predictor.task_types().map_err(|e| {
-                ErrorReply::new(ErrorCode::Internal, format!("listing task types: {e}"))
-            })?,
+            task_types: all
+                .into_iter()
+                .skip(from as usize)
+                .take(n as usize)
+                .collect(),
+            total: Some(total),
+            next_offset: (from + n < total).then_some(from + n),
         })
     }
 
     /// One controller step: decisions are queued for their containers, recorded and logged.
     pub fn tick(&self) {
         let now = now_ms();
-        let (records, forgotten) = {
+        let (records, forgotten, closes) = {
             let mut guard = self.lock();
             let st = &mut *guard;
             let forgotten: Vec<String> = st
@@ -842,9 +940,19 @@ impl Broker {
                 .map(|(k, _)| k.clone())
                 .collect();
             let mut ds = Vec::new();
+            let mut closes = Vec::new();
             for id in &forgotten {
-                st.running.remove(id);
+                if let Some(r) = st.running.remove(id) {
+                    closes.push(BatchOp::Close(id.clone(), r.run_id));
+                }
                 ds.extend(st.controller.unregister(id, now));
+            }
+            if !st.orphans.is_empty() && now.saturating_sub(st.started_ms) > FORGET_AFTER_MS {
+                closes.extend(
+                    st.orphans
+                        .drain()
+                        .map(|(id, o)| BatchOp::Close(id, o.run_id)),
+                );
             }
             ds.extend(st.controller.tick(now));
             let mut records = Vec::new();
@@ -857,12 +965,12 @@ impl Broker {
                     r.pending.push(d);
                 }
             }
-            (records, forgotten)
+            (records, forgotten, closes)
         };
         for id in forgotten {
-            tracing::warn!(container = %id, "no report for 10 minutes: forgotten");
+            tracing::warn!(container = %crate::validate::shown(&id, 253), "no report for 10 minutes: forgotten");
         }
-        self.record_decisions(records);
+        self.record_decisions(records, closes);
         self.persist_leases();
     }
 
@@ -903,25 +1011,9 @@ impl Broker {
         }
     }
 
-    /// Hands every buffered sample to the recorder.
-    pub fn flush_samples(&self) {
-        let batches: Vec<(u64, Vec<predictor::Sample>)> = self
-            .lock()
-            .running
-            .values_mut()
-            .filter(|r| !r.buffered.is_empty())
-            .map(|r| (r.reg, std::mem::take(&mut r.buffered)))
-            .collect();
-        for (reg, samples) in batches {
-            self.record(Record::Samples { reg, samples });
-        }
-    }
-
     /// Waits until everything handed to the recorder so far is committed (or the recorder is gone).
     pub fn sync(&self) {
-        let (tx, rx) = mpsc::channel();
-        self.record(Record::Flush(tx));
-        let _ = rx.recv_timeout(Duration::from_secs(30));
+        let _ = self.journal.wait(self.journal.submitted(), DURABLE_WITHIN);
     }
 }
 
@@ -932,86 +1024,14 @@ impl Broker {
         &self.tracker
     }
 
-    /// What `status` answers.
+    /// What `status` answers, every task in one.
     pub fn snapshot(&self) -> Status {
-        self.status()
+        self.status(None)
     }
 
     /// The daemon is shutting down.
     pub fn is_stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
-    }
-}
-
-fn recorder(predictor: Arc<Predictor>, rx: mpsc::Receiver<Record>) {
-    let mut runs: HashMap<u64, u64> = HashMap::new();
-    let run_id = |reg: u64, runs: &mut HashMap<u64, u64>| -> Option<u64> {
-        if let Some(id) = runs.get(&reg) {
-            return Some(*id);
-        }
-        match predictor.allocate_run_id() {
-            Ok(id) => {
-                runs.insert(reg, id);
-                Some(id)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "allocating a run id");
-                None
-            }
-        }
-    };
-    // Whatever is queued is written together: one transaction (one fsync) for all queued decisions and one for
-    // all queued samples, in arrival order around runs and flushes.
-    let mut decisions: Vec<predictor::Decision> = Vec::new();
-    let mut samples: Vec<(u64, Vec<predictor::Sample>)> = Vec::new();
-    let write = |decisions: &mut Vec<predictor::Decision>,
-                 samples: &mut Vec<(u64, Vec<predictor::Sample>)>| {
-        if !decisions.is_empty() {
-            if let Err(e) = predictor.record_decisions(decisions) {
-                tracing::error!(error = %e, count = decisions.len(), "recording decisions");
-            }
-            decisions.clear();
-        }
-        if !samples.is_empty() {
-            if let Err(e) = predictor.append_samples_many(samples) {
-                tracing::error!(error = %e, runs = samples.len(), "recording samples");
-            }
-            samples.clear();
-        }
-    };
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < RECORDER_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        for r in batch {
-            match r {
-                Record::Decision(d) => decisions.push(*d),
-                Record::Samples { reg, samples: s } => {
-                    if let Some(id) = run_id(reg, &mut runs) {
-                        samples.push((id, s));
-                    }
-                }
-                Record::Run { reg, mut run } => {
-                    write(&mut decisions, &mut samples);
-                    if let Some(id) = run_id(reg, &mut runs) {
-                        run.run_id = id;
-                        if let Err(e) = predictor.record_run(&run) {
-                            tracing::error!(error = %e, run = id, "recording a run");
-                        }
-                    }
-                    runs.remove(&reg);
-                }
-                Record::Flush(done) => {
-                    write(&mut decisions, &mut samples);
-                    let _ = done.send(());
-                }
-            }
-        }
-        write(&mut decisions, &mut samples);
     }
 }
 
@@ -1223,11 +1243,24 @@ impl Daemon {
                 CgroupKind::V1
             }
         });
-        let (tx, rx) = mpsc::channel();
+        let journal = crate::journal::Journal::new(JOURNAL_CAP);
         let recorder_thread = {
-            let p = Arc::clone(&predictor);
-            spawn("recorder", move || recorder(p, rx))?
+            let (p, j) = (Arc::clone(&predictor), Arc::clone(&journal));
+            spawn("recorder", move || j.run_recorder(&p))?
         };
+        let next_run = predictor.store().next_run_id()?;
+        let orphans: HashMap<String, predictor::OpenRun> = predictor
+            .store()
+            .open_runs()?
+            .into_iter()
+            .map(|o| (o.container_id.clone(), o))
+            .collect();
+        if !orphans.is_empty() {
+            tracing::info!(
+                runs = orphans.len(),
+                "runs of the previous process are open; they carry on when their shims register again"
+            );
+        }
         let mut controller = Controller::new(cfg.controller.clone(), host);
         // An operator who sized the host keeps that size; otherwise a node's kubepods limits are the pool.
         controller
@@ -1245,11 +1278,13 @@ impl Daemon {
             state: Mutex::new(State {
                 controller,
                 running: HashMap::new(),
-                next_reg: 1,
+                next_run,
+                orphans,
+                started_ms: now_ms(),
             }),
             cfg,
             predictor,
-            recorder: Mutex::new(tx),
+            journal,
             default_cgroup,
             stop: AtomicBool::new(false),
             tracker: crate::history::Tracker::default(),
@@ -1281,15 +1316,9 @@ impl Daemon {
             let b = Arc::clone(&broker);
             threads.push(spawn("tick", move || {
                 let tick = Duration::from_millis(b.cfg.tick_ms);
-                let flush_every = b.cfg.sample_flush_ms.max(b.cfg.tick_ms);
-                let mut last_flush = now_ms();
                 while sleep_unless_stopped(&b.stop, tick) {
                     b.tick();
-                    b.tracker.observe(&b.status());
-                    if now_ms().saturating_sub(last_flush) >= flush_every {
-                        b.flush_samples();
-                        last_flush = now_ms();
-                    }
+                    b.tracker.observe(&b.snapshot());
                 }
             })?);
         }
@@ -1347,11 +1376,12 @@ impl Daemon {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        self.broker.flush_samples();
         self.broker.sync();
         let _ = std::fs::remove_file(&self.socket);
-        // Open connections hold the broker; the recorder ends once every sender is gone, which we do not wait for.
-        drop(self.recorder.take());
+        self.broker.journal.stop();
+        if let Some(r) = self.recorder.take() {
+            let _ = r.join();
+        }
         tracing::info!("predictived stopped");
     }
 }
