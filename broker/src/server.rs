@@ -291,6 +291,10 @@ pub struct Broker {
     stop: AtomicBool,
     /// The lease set last written to disk.
     persisted: Mutex<Option<Vec<crate::controller::Lease>>>,
+    /// Connections being served.
+    conns: std::sync::atomic::AtomicUsize,
+    /// When a rate-limited warning was last logged, ms.
+    last_warning_ms: std::sync::atomic::AtomicU64,
 }
 
 /// Turns a pair of raw samples into the controller's usage and the predictor's sample.
@@ -446,6 +450,25 @@ fn percentile(v: &mut [f64], q: f64) -> f64 {
 }
 
 impl Broker {
+    /// Runs `log` at most once a second: what a peer can trigger must not flood the log.
+    fn log_limited(&self, log: impl FnOnce()) {
+        let now = now_ms();
+        let last = self.last_warning_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000
+            && self
+                .last_warning_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            log();
+        }
+    }
+
+    /// Connections being served.
+    pub fn connections(&self) -> usize {
+        self.conns.load(Ordering::Relaxed)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic under the lock leaves plain data; keep serving.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -1000,7 +1023,14 @@ impl Broker {
         let tmp = path.with_extension("json.tmp");
         let write = || -> std::io::Result<()> {
             let body = serde_json::to_vec(&leases).map_err(std::io::Error::other)?;
-            let mut f = File::create(&tmp)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&tmp)?;
             f.write_all(&body)?;
             f.sync_data()?;
             std::fs::rename(&tmp, &path)
@@ -1035,15 +1065,33 @@ impl Broker {
     }
 }
 
+/// What a peer may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Root or the broker's own uid: every request.
+    Full,
+    /// A member of `allowed_gid`: reads only (`status`, `models`, `explain`, `history`).
+    ReadOnly,
+}
+
 /// Who may talk to the broker.
-fn peer_allowed(stream: &UnixStream, allowed_gid: Option<u32>) -> Result<(u32, u32), String> {
+fn peer_access(stream: &UnixStream, allowed_gid: Option<u32>) -> Result<Access, String> {
     let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
         .map_err(|e| format!("reading SO_PEERCRED: {e}"))?;
     let (uid, gid) = (cred.uid(), cred.gid());
-    if may_connect(uid, gid, nix::unistd::geteuid().as_raw(), allowed_gid) {
-        Ok((uid, gid))
+    access(uid, gid, nix::unistd::geteuid().as_raw(), allowed_gid)
+        .ok_or_else(|| format!("uid {uid} gid {gid} may not use the broker"))
+}
+
+/// The SO_PEERCRED rule: root and the broker's own uid have full access, the configured group (the peer's primary
+/// gid) read-only access, anyone else none.
+pub fn access(uid: u32, gid: u32, own_uid: u32, allowed_gid: Option<u32>) -> Option<Access> {
+    if uid == 0 || uid == own_uid {
+        Some(Access::Full)
+    } else if allowed_gid == Some(gid) {
+        Some(Access::ReadOnly)
     } else {
-        Err(format!("uid {uid} gid {gid} may not use the broker"))
+        None
     }
 }
 
@@ -1052,7 +1100,7 @@ pub fn may_connect(uid: u32, gid: u32, own_uid: u32, allowed_gid: Option<u32>) -
     uid == 0 || uid == own_uid || allowed_gid == Some(gid)
 }
 
-fn write_response(w: &mut UnixStream, id: Option<u64>, resp: &Response) -> std::io::Result<()> {
+fn write_response(mut w: &UnixStream, id: Option<u64>, resp: &Response) -> std::io::Result<()> {
     let line = api::encode_response(id, resp).unwrap_or_else(|e| {
         let err = Response::Error(ErrorReply::new(ErrorCode::Internal, e.to_string()));
         api::encode_response(id, &err).unwrap_or_else(|_| "{}\n".to_owned())
@@ -1060,24 +1108,34 @@ fn write_response(w: &mut UnixStream, id: Option<u64>, resp: &Response) -> std::
     w.write_all(line.as_bytes())
 }
 
+/// Stack of a connection's thread: serving a request recurses nowhere deep (the critical path is iterative,
+/// serde_json bounds nesting at 128), so 256 KiB is plenty; the default 8 MiB made 5,000 shims cost 40 GiB of
+/// address space.
+const CONN_STACK: usize = 256 << 10;
+/// A peer that does not read its replies is cut off after this long.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one connection on one fd (reads and writes through `&UnixStream`, no `try_clone`).
 fn serve_connection(broker: Arc<Broker>, stream: UnixStream) {
-    let mut writer = match stream.try_clone() {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(error = %e, "cloning a connection");
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let access = match peer_access(&stream, broker.cfg.allowed_gid) {
+        Ok(a) => a,
+        Err(why) => {
+            broker.log_limited(|| tracing::warn!(%why, "connection refused"));
+            let _ = write_response(
+                &stream,
+                None,
+                &Response::Error(ErrorReply::new(ErrorCode::PermissionDenied, why)),
+            );
             return;
         }
     };
-    if let Err(why) = peer_allowed(&stream, broker.cfg.allowed_gid) {
-        tracing::warn!(%why, "connection refused");
-        let _ = write_response(
-            &mut writer,
-            None,
-            &Response::Error(ErrorReply::new(ErrorCode::PermissionDenied, why)),
-        );
-        return;
-    }
-    let mut reader = BufReader::new(stream);
+    // Until it shows itself a shim (a write request), a connection is a client with an idle timeout.
+    let idle =
+        (broker.cfg.idle_timeout_ms > 0).then(|| Duration::from_millis(broker.cfg.idle_timeout_ms));
+    let _ = stream.set_read_timeout(idle);
+    let mut shim = false;
+    let mut reader = BufReader::with_capacity(4096, &stream);
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -1093,7 +1151,7 @@ fn serve_connection(broker: Arc<Broker>, stream: UnixStream) {
         }
         if buf.last() != Some(&b'\n') && n >= api::MAX_LINE {
             let _ = write_response(
-                &mut writer,
+                &stream,
                 None,
                 &Response::Error(ErrorReply::new(
                     ErrorCode::TooLong,
@@ -1108,13 +1166,96 @@ fn serve_connection(broker: Arc<Broker>, stream: UnixStream) {
         }
         let (id, req) = api::parse_request(&line);
         let resp = match req {
-            Ok(req) => broker.handle(req),
+            Ok(req) if req.writes() && access == Access::ReadOnly => {
+                Response::Error(ErrorReply::new(
+                    ErrorCode::PermissionDenied,
+                    format!(
+                        "a member of allowed_gid has read-only access: {} needs root or the broker's uid",
+                        crate::history::request_kind(&req)
+                    ),
+                ))
+            }
+            Ok(req) => {
+                if req.writes() && !shim {
+                    shim = true;
+                    let _ = stream.set_read_timeout(None);
+                }
+                broker.handle(req)
+            }
             Err(e) => Response::Error(e),
         };
-        if write_response(&mut writer, id, &resp).is_err() {
+        if write_response(&stream, id, &resp).is_err() {
             return;
         }
     }
+}
+
+/// Serves a new connection on its own small thread, or refuses it when [`Config::max_connections`] are served.
+fn accept_one(b: &Arc<Broker>, s: UnixStream) {
+    let n = b.conns.fetch_add(1, Ordering::Relaxed) + 1;
+    if n > b.cfg.max_connections {
+        b.conns.fetch_sub(1, Ordering::Relaxed);
+        let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
+        let why = format!(
+            "the broker serves its maximum of {} connections (max_connections); try again later",
+            b.cfg.max_connections
+        );
+        b.log_limited(|| {
+            tracing::warn!(
+                max = b.cfg.max_connections,
+                "connection refused: too many connections"
+            )
+        });
+        let _ = write_response(
+            &s,
+            None,
+            &Response::Error(ErrorReply::new(ErrorCode::TooManyConnections, why)),
+        );
+        return;
+    }
+    let b2 = Arc::clone(b);
+    let started = std::thread::Builder::new()
+        .name("predictived-conn".to_owned())
+        .stack_size(CONN_STACK)
+        .spawn(move || {
+            serve_connection(Arc::clone(&b2), s);
+            b2.conns.fetch_sub(1, Ordering::Relaxed);
+        });
+    if let Err(e) = started {
+        b.conns.fetch_sub(1, Ordering::Relaxed);
+        b.log_limited(|| tracing::warn!(error = %e, "starting a connection's thread"));
+    }
+}
+
+/// Raises this process's open-file soft limit to its hard limit (one fd per connection); returns the new soft
+/// limit.
+pub fn raise_nofile() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                soft = lim.rlim_cur,
+                hard = lim.rlim_max,
+                "raising the open-file limit"
+            );
+            return Some(lim.rlim_cur);
+        }
+        return Some(lim.rlim_max);
+    }
+    Some(lim.rlim_cur)
 }
 
 /// The leases a previous run persisted; none when the file is missing or unreadable (said in the log).
@@ -1148,6 +1289,81 @@ fn create_dir(path: &Path) -> Result<(), ServerError> {
     })
 }
 
+/// Creates `path` (and its parents) and makes it mode 0700 owned by us, whatever the umask; refuses a symlink.
+fn create_private_dir(path: &Path) -> Result<(), ServerError> {
+    create_dir(path)?;
+    let err = |source| ServerError::CreateDir {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(err)?;
+    if !meta.is_dir() {
+        return Err(err(std::io::Error::other("not a directory (a symlink?)")));
+    }
+    if meta.permissions().mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Binds the API socket so that no other user ever sees it with a wider mode than the final one, and nobody else
+/// can swap it: its directory must be ours (created 0755 if missing) and not writable by others; the socket is
+/// bound under a temporary name with umask 0177, given its group and mode there, then renamed into place.
+fn bind_socket(path: &Path, allowed_gid: Option<u32>) -> Result<UnixListener, ServerError> {
+    use std::os::unix::fs::MetadataExt;
+    let bind_err = |source| ServerError::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.exists() {
+        create_dir(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(bind_err)?;
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(bind_err)?;
+    let me = nix::unistd::geteuid().as_raw();
+    // A sticky world-writable directory (/tmp) is fine: nobody else can rename or remove our files there.
+    let sticky = meta.mode() & 0o1000 != 0;
+    if !meta.is_dir() || meta.uid() != me && meta.uid() != 0 || meta.mode() & 0o022 != 0 && !sticky
+    {
+        return Err(bind_err(std::io::Error::other(format!(
+            "the socket's directory {} must be a directory owned by uid {me} or root and not writable by others",
+            dir.display()
+        ))));
+    }
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(&tmp);
+    nix::sys::stat::umask(old);
+    let listener = listener.map_err(bind_err)?;
+    let secure = || -> std::io::Result<()> {
+        let mode = if let Some(gid) = allowed_gid {
+            nix::unistd::chown(&tmp, None, Some(nix::unistd::Gid::from_raw(gid)))?;
+            0o660
+        } else {
+            0o600
+        };
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        // We hold the lock, so a socket file at `path` is a dead broker's: the rename replaces it atomically.
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = secure() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(bind_err(e));
+    }
+    Ok(listener)
+}
+
 fn spawn(
     what: &'static str,
     f: impl FnOnce() + Send + 'static,
@@ -1176,12 +1392,17 @@ fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) -> bool {
 impl Daemon {
     /// Takes the lock, opens the store, binds the socket and starts every thread.
     pub fn start(cfg: Config) -> Result<Self, ServerError> {
-        create_dir(&cfg.state_dir)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let nofile = raise_nofile();
+        // The state dir holds containers' command lines: ours alone, whatever the umask.
+        create_private_dir(&cfg.state_dir)?;
         let lock_path = cfg.lock_file();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&lock_path)
             .map_err(|source| ServerError::Lock {
                 path: lock_path.clone(),
@@ -1200,34 +1421,15 @@ impl Daemon {
         if let Some(m) = cfg.retrain.min_runs {
             pcfg.train.min_runs = m;
         }
+        const DAY_MS: u64 = 24 * 3_600_000;
+        pcfg.store.cache_bytes = Some(cfg.store_cache_bytes);
+        pcfg.retention.max_decisions = cfg.max_decisions;
+        pcfg.retention.max_decision_age_ms = cfg.decision_retention_days.saturating_mul(DAY_MS);
+        pcfg.retention.max_task_types = cfg.max_task_types;
+        pcfg.retention.max_task_type_age_ms = cfg.task_type_retention_days.saturating_mul(DAY_MS);
         let predictor = Arc::new(Predictor::open(&cfg.database(), pcfg)?);
 
-        if let Some(dir) = cfg.socket.parent() {
-            create_dir(dir)?;
-        }
-        let bind_err = |source| ServerError::Bind {
-            path: cfg.socket.clone(),
-            source,
-        };
-        // We hold the lock, so a socket file left here is a dead broker's.
-        match std::fs::remove_file(&cfg.socket) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(bind_err(e)),
-        }
-        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-        let listener = UnixListener::bind(&cfg.socket);
-        nix::sys::stat::umask(old);
-        let listener = listener.map_err(bind_err)?;
-        let mode = if let Some(gid) = cfg.allowed_gid {
-            nix::unistd::chown(&cfg.socket, None, Some(nix::unistd::Gid::from_raw(gid)))
-                .map_err(|e| bind_err(e.into()))?;
-            0o660
-        } else {
-            0o600
-        };
-        std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(mode))
-            .map_err(bind_err)?;
+        let listener = bind_socket(&cfg.socket, cfg.allowed_gid)?;
 
         let host = {
             let d = detect_host();
@@ -1288,6 +1490,8 @@ impl Daemon {
             default_cgroup,
             stop: AtomicBool::new(false),
             tracker: crate::history::Tracker::default(),
+            conns: std::sync::atomic::AtomicUsize::new(0),
+            last_warning_ms: std::sync::atomic::AtomicU64::new(0),
         });
         let mut threads = Vec::new();
         {
@@ -1298,14 +1502,9 @@ impl Daemon {
                         break;
                     }
                     match conn {
-                        Ok(s) => {
-                            let b = Arc::clone(&b);
-                            if let Err(e) = spawn("conn", move || serve_connection(b, s)) {
-                                tracing::warn!(error = %e, "serving a connection");
-                            }
-                        }
+                        Ok(s) => accept_one(&b, s),
                         Err(e) => {
-                            tracing::warn!(error = %e, "accepting a connection");
+                            b.log_limited(|| tracing::warn!(error = %e, "accepting a connection"));
                             std::thread::sleep(Duration::from_millis(10));
                         }
                     }
@@ -1349,6 +1548,8 @@ impl Daemon {
             cpu = host.cpu_cores,
             memory = host.memory_bytes,
             cgroup = ?default_cgroup,
+            open_files = ?nofile,
+            max_connections = broker.cfg.max_connections,
             "predictived serving"
         );
         Ok(Self {
@@ -1408,12 +1609,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn peer_rule_admits_root_own_uid_and_the_group_only() {
-        assert!(may_connect(0, 0, 1000, None));
-        assert!(may_connect(1000, 1000, 1000, None));
-        assert!(!may_connect(1001, 1001, 1000, None));
-        assert!(may_connect(1001, 50, 1000, Some(50)));
-        assert!(!may_connect(1001, 51, 1000, Some(50)));
+    fn peer_rule_admits_root_and_own_uid_fully_and_the_group_read_only() {
+        assert_eq!(access(0, 0, 1000, None), Some(Access::Full));
+        assert_eq!(access(1000, 1000, 1000, None), Some(Access::Full));
+        assert_eq!(access(1001, 1001, 1000, None), None);
+        assert_eq!(access(1001, 50, 1000, Some(50)), Some(Access::ReadOnly));
+        assert_eq!(access(1001, 51, 1000, Some(50)), None);
     }
 
     fn raw(t: u64, usage_ns: u64, periods: u64, throttled: u64) -> runtime_hooks::Sample {
