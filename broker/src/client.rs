@@ -54,6 +54,15 @@ pub enum ClientError {
         /// The socket.
         path: PathBuf,
     },
+    /// The process serving the socket is not the broker we trust (its uid is neither root, ours, nor
+    /// `PREDICTIVE_BROKER_UID`): its directives are not applied.
+    #[error("{path} is served by uid {uid}, not by root or the configured broker uid")]
+    Untrusted {
+        /// The socket.
+        path: PathBuf,
+        /// The server's uid (SO_PEERCRED).
+        uid: u32,
+    },
     /// The reply was not a valid message.
     #[error("unreadable reply")]
     BadReply(#[source] ErrorReply),
@@ -182,6 +191,7 @@ impl Client {
                 path: self.path.clone(),
                 source,
             })?;
+            server_trusted(&s, &self.path)?;
             self.conn = Some(BufReader::new(s));
         }
         let left = self.remaining(deadline)?;
@@ -281,7 +291,11 @@ impl Client {
             let next = s.next_offset.take();
             match &mut out {
                 None => out = Some(s),
-                Some(o) => o.tasks.append(&mut s.tasks),
+                Some(o) => {
+                    o.tasks.append(&mut s.tasks);
+                    o.leases.append(&mut s.leases);
+                    o.predictions.append(&mut s.predictions);
+                }
             }
             match next {
                 // A broker that does not page (older) or the last page.
@@ -348,6 +362,34 @@ impl Client {
     }
 }
 
+/// Environment variable naming the uid a non-root broker runs as (the shim trusts root, its own uid and this one).
+pub const BROKER_UID_ENV: &str = "PREDICTIVE_BROKER_UID";
+
+/// Whether a server with `uid` may send us directives: root, our own uid, or `configured`.
+pub fn trusted_uid(uid: u32, own_uid: u32, configured: Option<u32>) -> bool {
+    uid == 0 || uid == own_uid || configured == Some(uid)
+}
+
+/// Checks who serves the socket (SO_PEERCRED, taken when the server called `listen`) before anything is sent.
+fn server_trusted(s: &UnixStream, path: &Path) -> Result<(), ClientError> {
+    let cred = nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| ClientError::Connect {
+            path: path.to_owned(),
+            source: e.into(),
+        })?;
+    let configured = std::env::var(BROKER_UID_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    if trusted_uid(cred.uid(), nix::unistd::geteuid().as_raw(), configured) {
+        Ok(())
+    } else {
+        Err(ClientError::Untrusted {
+            path: path.to_owned(),
+            uid: cred.uid(),
+        })
+    }
+}
+
 /// Connects, registers and returns within `budget` (the shim's Create path: on error, use the spec).
 pub fn register_within(
     path: &Path,
@@ -361,6 +403,15 @@ pub fn register_within(
 mod tests {
     use super::*;
     use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn only_root_our_uid_or_the_configured_uid_is_trusted() {
+        assert!(trusted_uid(0, 1000, None));
+        assert!(trusted_uid(1000, 1000, None));
+        assert!(!trusted_uid(1001, 1000, None));
+        assert!(trusted_uid(1001, 1000, Some(1001)));
+        assert!(!trusted_uid(1002, 0, Some(1001)));
+    }
 
     #[test]
     fn no_broker_is_a_connect_error() {

@@ -212,8 +212,25 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, CtlErr
     })
 }
 
+/// `text` with every control character but newline escaped (`\u{1b}`): values a container chose (ids, commands,
+/// images) never reach the terminal as escape sequences. JSON output is escaped by serde already.
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\n') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn write_out(out: &mut dyn Write, text: &str) -> Result<(), CtlError> {
-    out.write_all(text.as_bytes())
+    out.write_all(terminal_safe(text).as_bytes())
         .map_err(|source| CtlError::Write {
             path: PathBuf::from("-"),
             source,
@@ -1066,6 +1083,12 @@ mod tests {
         assert_eq!(utc(1_795_824_000_123), "2026-11-28 00:00:00.123");
         assert_eq!(bytes(512.0), "512B");
         assert_eq!(bytes(1536.0 * 1024.0), "1.5MiB");
+    }
+
+    #[test]
+    fn terminal_output_escapes_control_characters() {
+        assert_eq!(terminal_safe("a\u{1b}[31mb\n"), "a\\u{1b}[31mb\n");
+        assert_eq!(terminal_safe("plain\n"), "plain\n");
     }
 
     #[test]

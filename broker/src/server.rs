@@ -644,6 +644,20 @@ impl Broker {
         let mut ops = Vec::new();
         let (allocation, directives, records) = {
             let mut st = self.lock();
+            if let Some(p) = &spec.pipeline
+                && !st.running.contains_key(&r.container_id)
+                && st.controller.pipeline_size(p) >= crate::validate::MAX_PIPELINE_TASKS
+            {
+                return Err(ErrorReply::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "annotation `{}`: pipeline {:?} already has {} running tasks, the most one pipeline may have",
+                        crate::annotations::PIPELINE,
+                        crate::validate::shown(p, 128),
+                        crate::validate::MAX_PIPELINE_TASKS
+                    ),
+                ));
+            }
             let (allocation, directives) = match r.adopt {
                 Some(current) => {
                     tracing::info!(container = %r.container_id, ?current, "registered again while running: allocation adopted");
@@ -918,6 +932,15 @@ impl Broker {
                 next_offset = Some(from + n);
             }
         }
+        let mut leases = st.controller.leases();
+        let mut predictions = self.tracker.predictions();
+        if page.is_some() {
+            // A page carries the leases held by, and the predictions of, its own tasks.
+            let ids: std::collections::HashSet<&str> =
+                tasks.iter().map(|t| t.container_id.as_str()).collect();
+            leases.retain(|l| ids.contains(l.holder.as_str()));
+            predictions.retain(|p| ids.contains(p.container_id.as_str()));
+        }
         Status {
             broker_version: env!("CARGO_PKG_VERSION").to_owned(),
             tick_ms: self.cfg.tick_ms,
@@ -926,8 +949,8 @@ impl Broker {
             tasks,
             total_tasks: Some(total),
             next_offset,
-            leases: st.controller.leases(),
-            predictions: self.tracker.predictions(),
+            leases,
+            predictions,
             pool: st.controller.pool_source().to_owned(),
         }
     }

@@ -19,6 +19,8 @@ pub const MAX_PATH: usize = 4096;
 pub const MAX_CORES: f64 = 65_536.0;
 /// Most bytes a limit or a memory figure may name: `i64::MAX`, which the kernel reads as "max".
 pub const MAX_BYTES: u64 = i64::MAX as u64;
+/// Most running tasks one pipeline may have (its critical path is recomputed every tick: O(tasks + edges)).
+pub const MAX_PIPELINE_TASKS: usize = 32_768;
 /// Most samples one Report may carry (a shim buffers at most 64).
 pub const MAX_SAMPLES: usize = 4096;
 /// Most OOM events one Report may count.
