@@ -192,6 +192,17 @@ pub fn request(req: &Request) -> Result<(), ErrorReply> {
                 return Err(bad(format!("field `pid` is {p}; a process id is positive")));
             }
             limits("limits", &r.limits)?;
+            // Our own annotations name task types, pipelines and dependencies that reach logs and terminals.
+            // (Other annotations are not ours to judge: a Kubernetes one may legitimately hold a newline.)
+            for (k, v) in &r.annotations {
+                if k.starts_with("io.predictive.") && v.chars().any(char::is_control) {
+                    return Err(bad(format!(
+                        "field `annotations.{}` ({:?}) contains a control character",
+                        shown(k, 64),
+                        shown(v, 64)
+                    )));
+                }
+            }
             if let Some(a) = &r.adopt {
                 allocation("adopt", a)?;
             }
@@ -331,6 +342,10 @@ mod tests {
             (
                 r#"{"version":1,"type":"finish","container_id":"a\u001b[31m"}"#,
                 "container_id",
+            ),
+            (
+                r#"{"version":1,"type":"register","container_id":"c","annotations":{"io.predictive.task-type":"etl\u001b[2J"}}"#,
+                "annotations.io.predictive.task-type",
             ),
         ] {
             let e = check(line).expect_err(line);
