@@ -1659,4 +1659,127 @@ mod tests {
         assert_eq!(s.sample_count().expect("count"), 1);
         assert_eq!(s.allocate_run_id().expect("id"), 2);
     }
+
+    fn decision_at(c: &str, at: u64) -> Decision {
+        Decision {
+            seq: 0,
+            at_ms: at,
+            container_id: c.to_owned(),
+            task_key: TaskKey::new("t"),
+            directive: crate::types::Directive::Initial,
+            resource: "cpu".to_owned(),
+            reason: "r".to_owned(),
+            old_value: None,
+            new_value: Some(1.0),
+            model_version: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_opens_runs_appends_samples_closes_with_a_summary_and_keeps_ids_ahead() {
+        let (_d, s) = open_tmp();
+        let first = s.next_run_id().expect("next");
+        let open = OpenRun {
+            container_id: "c1".to_owned(),
+            run_id: first + 5,
+            task_key: TaskKey::new("a"),
+            started_at_ms: 1000,
+            meta: RunMetadata::default(),
+            model_version: None,
+        };
+        s.commit(&Batch {
+            ops: vec![
+                BatchOp::Decision(decision_at("c1", 1000)),
+                BatchOp::Open(Box::new(open.clone())),
+                BatchOp::Samples(
+                    first + 5,
+                    vec![Sample {
+                        ts_ms: 1500,
+                        cpu_cores: 1.0,
+                        memory_bytes: 10,
+                        io_bytes: 0,
+                        count: 1,
+                    }],
+                ),
+            ],
+        })
+        .expect("commit");
+        assert_eq!(s.open_runs().expect("open"), vec![open]);
+        assert!(
+            s.next_run_id().expect("next") > first + 5,
+            "ids stay ahead of every written one"
+        );
+        let mut summary = run("a", first + 5, 1000);
+        summary.profile = None;
+        s.commit(&Batch {
+            ops: vec![BatchOp::Run {
+                container_id: Some("c1".to_owned()),
+                run: Box::new(summary),
+            }],
+        })
+        .expect("commit");
+        assert!(
+            s.open_runs().expect("open").is_empty(),
+            "the summary closes the run"
+        );
+        let stored = s
+            .run(&TaskKey::new("a"), first + 5)
+            .expect("read")
+            .expect("stored");
+        assert!(
+            stored.profile.is_some(),
+            "profile derived from the stored samples"
+        );
+        // An invalid summary is dropped without failing the rest of its batch.
+        let mut bad = run("b", first + 6, 1000);
+        bad.outcome.duration_s = f64::NAN;
+        s.commit(&Batch {
+            ops: vec![
+                BatchOp::Run {
+                    container_id: None,
+                    run: Box::new(bad),
+                },
+                BatchOp::Decision(decision_at("c2", 2000)),
+            ],
+        })
+        .expect("commit");
+        let (ds, _) = s.decisions_page(&DecisionQuery::default()).expect("read");
+        assert_eq!(ds.len(), 2);
+    }
+
+    #[test]
+    fn decisions_page_backwards_and_retention_bounds_the_log() {
+        let (_d, s) = open_tmp();
+        let ops = (0..25)
+            .map(|i| BatchOp::Decision(decision_at(&format!("c{}", i % 5), 1000 + i)))
+            .collect();
+        s.commit(&Batch { ops }).expect("commit");
+        let mut q = DecisionQuery {
+            container_id: Some("c0".to_owned()),
+            limit: 2,
+            ..DecisionQuery::default()
+        };
+        let mut seen = Vec::new();
+        loop {
+            let (page, next) = s.decisions_page(&q).expect("page");
+            seen.splice(0..0, page.into_iter().map(|d| d.seq));
+            match next {
+                Some(b) => q.before_seq = Some(b),
+                None => break,
+            }
+        }
+        assert_eq!(seen, vec![1, 6, 11, 16, 21], "every page, oldest first");
+        let policy = RetentionPolicy {
+            max_decisions: 10,
+            ..RetentionPolicy::default()
+        };
+        let r = s.apply_retention(2000, &policy).expect("retention");
+        assert_eq!(r.decisions_dropped, 15);
+        let (left, _) = s.decisions_page(&DecisionQuery::default()).expect("read");
+        assert_eq!(
+            left.first().map(|d| d.seq),
+            Some(16),
+            "the oldest went first"
+        );
+    }
 }
