@@ -1135,6 +1135,8 @@ fn write_response(mut w: &UnixStream, id: Option<u64>, resp: &Response) -> std::
 /// serde_json bounds nesting at 128), so 256 KiB is plenty; the default 8 MiB made 5,000 shims cost 40 GiB of
 /// address space.
 const CONN_STACK: usize = 256 << 10;
+/// Connections of root or the broker's uid served beyond `max_connections`.
+const ADMIN_RESERVE: usize = 32;
 /// A peer that does not read its replies is cut off after this long.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -1216,7 +1218,12 @@ fn serve_connection(broker: Arc<Broker>, stream: UnixStream) {
 /// Serves a new connection on its own small thread, or refuses it when [`Config::max_connections`] are served.
 fn accept_one(b: &Arc<Broker>, s: UnixStream) {
     let n = b.conns.fetch_add(1, Ordering::Relaxed) + 1;
-    if n > b.cfg.max_connections {
+    // Past the cap, a few more connections of root or our own uid are still served: an operator's `status` gets
+    // through a flood from the read-only group or strangers.
+    let over = n > b.cfg.max_connections
+        && (n > b.cfg.max_connections + ADMIN_RESERVE
+            || peer_access(&s, b.cfg.allowed_gid) != Ok(Access::Full));
+    if over {
         b.conns.fetch_sub(1, Ordering::Relaxed);
         let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
         let why = format!(
