@@ -163,6 +163,8 @@ fn write_svg(dir: &Path, r: &RunResult) -> std::io::Result<std::path::PathBuf> {
         started_at_ms: Some(r.started_ms),
         points: r.points.clone(),
         prediction: None,
+        total_points: None,
+        next_offset: None,
     };
     // The chart is `predictivectl report`'s, titled for a task type; a policy's sum has no predicted band.
     let svg = broker::ctl::svg(&h, "")

@@ -655,6 +655,7 @@ pub fn run_pipeline(
             let Ok(ds) = cl.explain(&Explain {
                 container_id: Some(ids[d.name].clone()),
                 limit: Some(10_000),
+                before_seq: None,
             }) else {
                 continue;
             };

@@ -139,9 +139,29 @@ pub struct Explain {
     /// Only this container.
     #[serde(default)]
     pub container_id: Option<String>,
-    /// At most this many, newest last (default 100).
+    /// At most this many, newest last (default 100, at most [`MAX_PAGE`] per request; [`crate::client::Client`]
+    /// pages through larger ones).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Only decisions older than this sequence number (the previous page's `next_before_seq`): pages backwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_seq: Option<u64>,
+}
+
+/// Most tasks, task types or decisions one reply carries (`status`, `models`, `explain`).
+pub const MAX_PAGE: usize = 1000;
+/// Most points one `history` reply carries.
+pub const MAX_HISTORY_POINTS: usize = 4096;
+
+/// A page of `status` (tasks in container id order) or `models` (task types in key order).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Page {
+    /// Skip this many (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// At most this many (default and most: [`MAX_PAGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
 }
 
 /// A request.
@@ -158,13 +178,24 @@ pub enum Request {
     /// → [`Response::Directives`].
     Update(Update),
     /// → [`Response::Status`].
-    Status,
+    Status(#[serde(default)] Page),
     /// → [`Response::Models`].
-    Models,
+    Models(#[serde(default)] Page),
     /// → [`Response::Decisions`].
     Explain(Explain),
     /// → [`Response::History`].
     History(HistoryQuery),
+}
+
+impl Request {
+    /// Whether the request changes the broker's state (what a read-only peer may not send, and what is answered
+    /// only once it is durable).
+    pub fn writes(&self) -> bool {
+        matches!(
+            self,
+            Request::Register(_) | Request::Report(_) | Request::Update(_) | Request::Finish(_)
+        )
+    }
 }
 
 /// The answer to Register.
@@ -223,6 +254,12 @@ pub struct Status {
     /// Where `host` comes from: `host` (detected or configured) or `kubepods` (node allocatable).
     #[serde(default)]
     pub pool: String,
+    /// Registered tasks in all pages (`tasks` is one page of them).
+    #[serde(default)]
+    pub total_tasks: Option<u64>,
+    /// The `offset` of the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<u64>,
 }
 
 /// What a task was predicted to use, for `predictivectl status`.
@@ -250,8 +287,14 @@ pub struct TaskPrediction {
 pub struct Models {
     /// Model set in force.
     pub model_version: u64,
-    /// Every known task type.
+    /// Known task types, by key (one page of them).
     pub task_types: Vec<predictor::TaskTypeSummary>,
+    /// Task types in all pages.
+    #[serde(default)]
+    pub total: Option<u64>,
+    /// The `offset` of the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<u64>,
 }
 
 /// The answer to Explain: the decision log.
@@ -259,6 +302,9 @@ pub struct Models {
 pub struct Decisions {
     /// Oldest first.
     pub decisions: Vec<predictor::Decision>,
+    /// More (older) decisions may match: ask again with `before_seq` set to this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_before_seq: Option<u64>,
 }
 
 /// Whose history to return: exactly one of the two.
@@ -270,6 +316,12 @@ pub struct HistoryQuery {
     /// A task type: its latest recorded run and its prediction now.
     #[serde(default)]
     pub task_key: Option<String>,
+    /// Skip this many points (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// At most this many points (default and most: [`MAX_HISTORY_POINTS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
 }
 
 /// One observation of a container: what it used and what it was allowed.
@@ -315,6 +367,12 @@ pub struct History {
     /// `started_at_ms`.
     #[serde(default)]
     pub prediction: Option<predictor::Prediction>,
+    /// Points in all pages.
+    #[serde(default)]
+    pub total_points: Option<u64>,
+    /// The `offset` of the next page of points; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<u64>,
 }
 
 /// Why a request failed.
@@ -333,8 +391,11 @@ pub enum ErrorCode {
     InvalidAnnotation,
     /// The container is not registered (re-register after a broker restart).
     NotFound,
-    /// The peer may not talk to the broker.
+    /// The peer may not talk to the broker, or (a read-only peer) may not send this request.
     PermissionDenied,
+    /// The broker serves its maximum of connections and none could be closed to make room (the connection is
+    /// closed).
+    TooManyConnections,
     /// The broker failed (store error).
     Internal,
 }
@@ -573,12 +634,15 @@ mod tests {
         let (id, back) = parse_request(&line);
         assert_eq!((id, back), (Some(7), Ok(req)));
         for req in [
-            Request::Status,
-            Request::Models,
+            Request::Status(Page::default()),
+            Request::Models(Page {
+                offset: Some(3),
+                limit: Some(10),
+            }),
             Request::Explain(Explain::default()),
             Request::History(HistoryQuery {
                 container_id: Some("c".to_owned()),
-                task_key: None,
+                ..HistoryQuery::default()
             }),
             Request::Update(Update {
                 container_id: "c".to_owned(),
@@ -694,6 +758,12 @@ mod tests {
         let resp = Response::Directives(Directives {
             directives: vec![d],
         });
+        let (_, status) = parse_request(r#"{"version":1,"type":"status"}"#);
+        assert_eq!(
+            status,
+            Ok(Request::Status(Page::default())),
+            "status without paging fields"
+        );
         let line = encode_response(Some(1), &resp).expect("encodes");
         let v: Value = serde_json::from_str(&line).expect("json");
         assert_eq!(v["directives"][0]["action"], "set_memory_limit");

@@ -54,6 +54,15 @@ pub enum ClientError {
         /// The socket.
         path: PathBuf,
     },
+    /// The process serving the socket is not the broker we trust (its uid is neither root, ours, nor
+    /// `PREDICTIVE_BROKER_UID`): its directives are not applied.
+    #[error("{path} is served by uid {uid}, not by root or the configured broker uid")]
+    Untrusted {
+        /// The socket.
+        path: PathBuf,
+        /// The server's uid (SO_PEERCRED).
+        uid: u32,
+    },
     /// The reply was not a valid message.
     #[error("unreadable reply")]
     BadReply(#[source] ErrorReply),
@@ -182,6 +191,7 @@ impl Client {
                 path: self.path.clone(),
                 source,
             })?;
+            server_trusted(&s, &self.path)?;
             self.conn = Some(BufReader::new(s));
         }
         let left = self.remaining(deadline)?;
@@ -269,30 +279,114 @@ impl Client {
         }
     }
 
-    /// Tasks, allocations and leases.
+    /// Tasks, allocations and leases: every page of them, merged (a status of 20,000 tasks is many replies).
     pub fn status(&mut self) -> Result<Status, ClientError> {
-        match self.call(&Request::Status)? {
-            Response::Status(x) => Ok(x),
-            _ => Err(ClientError::Unexpected { expected: "status" }),
+        let mut page = api::Page::default();
+        let mut out: Option<Status> = None;
+        loop {
+            let mut s = match self.call(&Request::Status(page.clone()))? {
+                Response::Status(x) => x,
+                _ => return Err(ClientError::Unexpected { expected: "status" }),
+            };
+            let next = s.next_offset.take();
+            match &mut out {
+                None => out = Some(s),
+                Some(o) => {
+                    o.tasks.append(&mut s.tasks);
+                    o.leases.append(&mut s.leases);
+                    o.predictions.append(&mut s.predictions);
+                }
+            }
+            match next {
+                // A broker that does not page (older) or the last page.
+                Some(n) if page.offset.is_none_or(|o| n > o) => page.offset = Some(n),
+                _ => break,
+            }
         }
+        Ok(out.expect("at least one page was read"))
     }
 
-    /// Task types and their models.
+    /// Task types and their models: every page, merged.
     pub fn models(&mut self) -> Result<Models, ClientError> {
-        match self.call(&Request::Models)? {
-            Response::Models(x) => Ok(x),
-            _ => Err(ClientError::Unexpected { expected: "models" }),
+        let mut page = api::Page::default();
+        let mut out: Option<Models> = None;
+        loop {
+            let mut m = match self.call(&Request::Models(page.clone()))? {
+                Response::Models(x) => x,
+                _ => return Err(ClientError::Unexpected { expected: "models" }),
+            };
+            let next = m.next_offset.take();
+            match &mut out {
+                None => out = Some(m),
+                Some(o) => o.task_types.append(&mut m.task_types),
+            }
+            match next {
+                Some(n) if page.offset.is_none_or(|o| n > o) => page.offset = Some(n),
+                _ => break,
+            }
         }
+        Ok(out.expect("at least one page was read"))
     }
 
-    /// The decision log.
+    /// The decision log: `e.limit` decisions (default 100), newest last, paging backwards through the broker's
+    /// pages of at most [`api::MAX_PAGE`].
     pub fn explain(&mut self, e: &Explain) -> Result<Decisions, ClientError> {
-        match self.call(&Request::Explain(e.clone()))? {
-            Response::Decisions(x) => Ok(x),
-            _ => Err(ClientError::Unexpected {
-                expected: "decisions",
-            }),
+        let want = e.limit.unwrap_or(100);
+        let mut q = e.clone();
+        let mut out: Vec<predictor::Decision> = Vec::new();
+        let mut next_before_seq;
+        loop {
+            q.limit = Some((want - out.len()).clamp(1, api::MAX_PAGE));
+            let mut d = match self.call(&Request::Explain(q.clone()))? {
+                Response::Decisions(x) => x,
+                _ => {
+                    return Err(ClientError::Unexpected {
+                        expected: "decisions",
+                    });
+                }
+            };
+            d.decisions.append(&mut out);
+            out = d.decisions;
+            next_before_seq = d.next_before_seq;
+            match d.next_before_seq {
+                Some(b) if out.len() < want && q.before_seq.is_none_or(|o| b < o) => {
+                    q.before_seq = Some(b)
+                }
+                _ => break,
+            }
         }
+        Ok(Decisions {
+            decisions: out,
+            next_before_seq,
+        })
+    }
+}
+
+/// Environment variable naming the uid a non-root broker runs as (the shim trusts root, its own uid and this one).
+pub const BROKER_UID_ENV: &str = "PREDICTIVE_BROKER_UID";
+
+/// Whether a server with `uid` may send us directives: root, our own uid, or `configured`.
+pub fn trusted_uid(uid: u32, own_uid: u32, configured: Option<u32>) -> bool {
+    uid == 0 || uid == own_uid || configured == Some(uid)
+}
+
+/// Checks who serves the socket (SO_PEERCRED, taken when the server called `listen`) before anything is sent.
+fn server_trusted(s: &UnixStream, path: &Path) -> Result<(), ClientError> {
+    let cred = nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| ClientError::Connect {
+            path: path.to_owned(),
+            source: e.into(),
+        })?;
+    let configured = std::env::var(BROKER_UID_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    if trusted_uid(cred.uid(), nix::unistd::geteuid().as_raw(), configured) {
+        Ok(())
+    } else {
+        Err(ClientError::Untrusted {
+            path: path.to_owned(),
+            uid: cred.uid(),
+        })
     }
 }
 
@@ -309,6 +403,15 @@ pub fn register_within(
 mod tests {
     use super::*;
     use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn only_root_our_uid_or_the_configured_uid_is_trusted() {
+        assert!(trusted_uid(0, 1000, None));
+        assert!(trusted_uid(1000, 1000, None));
+        assert!(!trusted_uid(1001, 1000, None));
+        assert!(trusted_uid(1001, 1000, Some(1001)));
+        assert!(!trusted_uid(1002, 0, Some(1001)));
+    }
 
     #[test]
     fn no_broker_is_a_connect_error() {

@@ -8,7 +8,7 @@
 //! tick_ms = 1000                           # controller period
 //! register_budget_ms = 50                  # how long a shim's Create waits for Register (then: the spec's limits)
 //! retrain_check_ms = 30000                 # how often the retrain thread asks the predictor if a retrain is due
-//! sample_flush_ms = 10000                  # how often buffered samples are written to the store
+//! sample_flush_ms = 10000                  # ignored (kept for old files): samples are committed with their Report
 //! host_cpu_cores = 8.0                     # default: the CPUs online
 //! host_memory_bytes = 17179869184          # default: MemTotal
 //! cgroup = "v2"                            # default for a Register without `cgroup`: detected
@@ -118,7 +118,7 @@ pub struct Config {
     pub register_budget_ms: u64,
     /// Retrain check period, ms (default 30000).
     pub retrain_check_ms: u64,
-    /// Sample flush period, ms (default 10000).
+    /// Ignored, accepted for older files (samples are committed with their Report).
     pub sample_flush_ms: u64,
     /// Host CPUs (default: online CPUs).
     pub host_cpu_cores: Option<f64>,
@@ -138,6 +138,21 @@ pub struct Config {
     pub retrain: RetrainConfig,
     /// The Prometheus endpoint (off by default).
     pub metrics: crate::metrics::MetricsConfig,
+    /// Most connections served at once (default 16384); one more is answered `too_many_connections` and closed.
+    pub max_connections: usize,
+    /// A connection that has sent no Register, Report, Update or Finish (not a shim: `predictivectl`, a stray
+    /// client) is closed after this long without a request, ms (default 60000; 0: never).
+    pub idle_timeout_ms: u64,
+    /// redb's page cache for the predictor store, bytes (default 64 MiB).
+    pub store_cache_bytes: usize,
+    /// Decisions kept in the store (default 1,000,000; the oldest go first; 0: no cap).
+    pub max_decisions: u64,
+    /// Decisions older than this are deleted, days (default 30; 0: kept for ever).
+    pub decision_retention_days: u64,
+    /// Task types kept (default 10,000; those seen least recently go first, with their runs; 0: no cap).
+    pub max_task_types: usize,
+    /// A task type not seen for this long is deleted with its runs, days (default 90; 0: kept for ever).
+    pub task_type_retention_days: u64,
 }
 
 impl Default for Config {
@@ -158,6 +173,13 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             retrain: RetrainConfig::default(),
             metrics: crate::metrics::MetricsConfig::default(),
+            max_connections: 16_384,
+            idle_timeout_ms: 60_000,
+            store_cache_bytes: 64 << 20,
+            max_decisions: 1_000_000,
+            decision_retention_days: 30,
+            max_task_types: 10_000,
+            task_type_retention_days: 90,
         }
     }
 }
@@ -175,6 +197,12 @@ impl Config {
         };
         if cfg.tick_ms == 0 {
             return Err(bad("key `tick_ms` must be at least 1"));
+        }
+        if cfg.max_connections == 0 {
+            return Err(bad("key `max_connections` must be at least 1"));
+        }
+        if cfg.store_cache_bytes < 1 << 20 {
+            return Err(bad("key `store_cache_bytes` must be at least 1048576"));
         }
         if !(-1000..=1000).contains(&cfg.policy.max_priority) {
             return Err(bad("key `policy.max_priority` must be in -1000..=1000"));

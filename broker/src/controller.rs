@@ -481,6 +481,10 @@ struct Held {
     lender: Option<Key>,
 }
 
+/// Pipelines up to this many live tasks get their critical path recomputed as soon as a member comes or goes;
+/// larger ones at the next tick.
+const CRITICAL_PATH_AT_ONCE: usize = 512;
+
 /// The live members of one pipeline and, once resolved, their dependencies among each other.
 #[derive(Debug, Clone, Default)]
 struct Group {
@@ -528,6 +532,8 @@ pub struct Controller {
     index: BTreeMap<String, Key>,
     /// Position of each live key in container id order.
     ord: Vec<u32>,
+    /// `ord` is stale.
+    ord_dirty: bool,
     /// Live tasks by pipeline, for the critical path.
     pipelines: HashMap<String, Group>,
     leases: BTreeMap<u64, Held>,
@@ -724,6 +730,7 @@ impl Controller {
             free: Vec::new(),
             index: BTreeMap::new(),
             ord: Vec::new(),
+            ord_dirty: false,
             pipelines: HashMap::new(),
             leases: BTreeMap::new(),
             next_lease: 1,
@@ -821,7 +828,17 @@ impl Controller {
         self.reindex();
     }
 
+    /// The order changed: `ord` is rebuilt before the next tick reads it (not at every Register, which made
+    /// registering n tasks O(n²)).
     fn reindex(&mut self) {
+        self.ord_dirty = true;
+    }
+
+    fn ensure_ord(&mut self) {
+        if !self.ord_dirty {
+            return;
+        }
+        self.ord_dirty = false;
         self.ord.clear();
         self.ord.resize(self.slots.len(), u32::MAX);
         for (i, &k) in self.index.values().enumerate() {
@@ -1038,6 +1055,21 @@ impl Controller {
         self.insert(task);
         self.update_critical_path(now_ms, pipeline.as_deref());
         (alloc, out)
+    }
+
+    /// Live tasks in pipeline `name` (for the broker's cap on pipeline size).
+    pub fn pipeline_size(&self, name: &str) -> usize {
+        self.pipelines.get(name).map_or(0, |g| g.members.len())
+    }
+
+    /// Live tasks.
+    pub fn task_count(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether `container_id` is registered.
+    pub fn is_registered(&self, container_id: &str) -> bool {
+        self.index.contains_key(container_id)
     }
 
     /// Records the latest usage of a task; `false` when it is not registered.
@@ -1320,19 +1352,24 @@ impl Controller {
                     t.critical = false;
                 }
                 for g in self.pipelines.values_mut() {
-                    critical_path(g, &self.slots, &self.index, &self.ord, now_ms, &mut path);
+                    critical_path(g, &self.slots, &self.index, now_ms, &mut path);
                 }
             }
             Some(p) => {
                 let Some(g) = self.pipelines.get_mut(p) else {
                     return;
                 };
+                // A large pipeline's path is left to the next tick (which recomputes every pipeline): recomputing
+                // it at each Register of a 20,000-task pipeline made registration quadratic.
+                if g.members.len() > CRITICAL_PATH_AT_ONCE {
+                    return;
+                }
                 for &k in &g.members {
                     if let Some(t) = self.slots[k].as_mut() {
                         t.critical = false;
                     }
                 }
-                critical_path(g, &self.slots, &self.index, &self.ord, now_ms, &mut path);
+                critical_path(g, &self.slots, &self.index, now_ms, &mut path);
             }
         }
         for k in path {
@@ -1438,6 +1475,7 @@ impl Controller {
 
     /// One control step at `now_ms` over the usage observed since the last one.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Directive> {
+        self.ensure_ord();
         self.update_critical_path(now_ms, None);
         let before: Vec<Option<f64>> = self
             .slots
@@ -2065,11 +2103,16 @@ impl Controller {
 }
 
 /// Appends to `path` the critical path of one pipeline's live members (none when it has fewer than two).
+///
+/// Iterative, never recursive: a pipeline's graph comes from its users' `depends-on` annotations, so its depth is
+/// theirs to choose (a recursive walk over a 13,022-task chain overflowed the stack). Members are put in an
+/// order where every dependency comes first (Kahn's algorithm over the edges that are not on a cycle; the members of
+/// a cycle follow in container id order with their in-cycle edges cut), then the longest path ending at each member
+/// is one pass over that order: O(members + edges).
 fn critical_path(
     g: &mut Group,
     slots: &[Option<Task>],
     index: &BTreeMap<String, Key>,
-    ord: &[u32],
     now_ms: u64,
     path: &mut Vec<Key>,
 ) {
@@ -2080,26 +2123,32 @@ fn critical_path(
     let ups = match &mut g.ups {
         Some(ups) => ups,
         ups @ None => {
-            g.members.sort_by_key(|&k| ord[k]);
+            // Container id order: the tie-break below, and a stable order for the cached edges.
+            g.members
+                .sort_by(|&a, &b| task(a).spec.container_id.cmp(&task(b).spec.container_id));
             let pos: HashMap<Key, usize> =
                 g.members.iter().enumerate().map(|(i, &k)| (k, i)).collect();
             ups.insert(
                 g.members
                     .iter()
                     .map(|&k| {
-                        task(k)
+                        let mut d: Vec<usize> = task(k)
                             .spec
                             .depends_on
                             .iter()
                             .filter_map(|d| {
                                 index.get(d.as_str()).and_then(|dk| pos.get(dk).copied())
                             })
-                            .collect()
+                            .collect();
+                        d.sort_unstable();
+                        d.dedup();
+                        d
                     })
                     .collect(),
             )
         }
     };
+    let n = g.members.len();
     let weights: Vec<f64> = g
         .members
         .iter()
@@ -2114,45 +2163,67 @@ fn critical_path(
             }
         })
         .collect();
-    // Longest path ending at each member (upstream to downstream), memoised; cycles are cut.
-    fn visit(
-        i: usize,
-        ups: &[Vec<usize>],
-        weights: &[f64],
-        best: &mut [Option<(f64, Option<usize>)>],
-        on_stack: &mut [bool],
-    ) -> f64 {
-        if let Some((w, _)) = best[i] {
-            return w;
+    // Topological order (dependencies first). Members left on a cycle are appended in id order; an edge from a
+    // member that comes later in this order is ignored, which cuts each cycle.
+    let mut downs: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut pending: Vec<usize> = vec![0; n];
+    for (i, us) in ups.iter().enumerate() {
+        pending[i] = us.len();
+        for &u in us {
+            downs[u].push(i);
         }
-        if on_stack[i] {
-            return 0.0;
-        }
-        on_stack[i] = true;
-        let mut up: (f64, Option<usize>) = (0.0, None);
-        for &d in &ups[i] {
-            let w = visit(d, ups, weights, best, on_stack);
-            if w > up.0 {
-                up = (w, Some(d));
+    }
+    let mut order: Vec<usize> = Vec::with_capacity(n);
+    let mut ready: std::collections::VecDeque<usize> =
+        (0..n).filter(|&i| pending[i] == 0).collect();
+    let mut placed = vec![false; n];
+    let mut cursor = 0;
+    loop {
+        while let Some(i) = ready.pop_front() {
+            placed[i] = true;
+            order.push(i);
+            for &d in &downs[i] {
+                pending[d] -= 1;
+                if pending[d] == 0 {
+                    ready.push_back(d);
+                }
             }
         }
-        on_stack[i] = false;
-        let total = up.0 + weights[i];
-        best[i] = Some((total, up.1));
-        total
+        // A cycle: release its first member in id order and carry on.
+        while cursor < n && placed[cursor] {
+            cursor += 1;
+        }
+        if cursor == n {
+            break;
+        }
+        pending[cursor] = 0;
+        ready.push_back(cursor);
     }
-    let n = g.members.len();
-    let mut best = vec![None; n];
-    let mut on_stack = vec![false; n];
-    for i in 0..n {
-        visit(i, ups, &weights, &mut best, &mut on_stack);
+    let mut rank = vec![0usize; n];
+    for (r, &i) in order.iter().enumerate() {
+        rank[i] = r;
     }
-    let total = |i: usize| best[i].map_or(0.0, |b| b.0);
+    // Longest path ending at each member (upstream to downstream), with its predecessor.
+    let mut best: Vec<(f64, Option<usize>)> = vec![(0.0, None); n];
+    for &i in &order {
+        let mut up: (f64, Option<usize>) = (0.0, None);
+        for &d in &ups[i] {
+            if rank[d] < rank[i] && best[d].0 > up.0 {
+                up = (best[d].0, Some(d));
+            }
+        }
+        best[i] = (up.0 + weights[i], up.1);
+    }
     // The longest; on a tie the first in container id order.
-    let mut end = (0..n).max_by(|&a, &b| total(a).total_cmp(&total(b)).then(b.cmp(&a)));
+    let mut end = (0..n).max_by(|&a, &b| best[a].0.total_cmp(&best[b].0).then(b.cmp(&a)));
+    let mut steps = 0;
     while let Some(i) = end {
         path.push(g.members[i]);
-        end = best[i].and_then(|b| b.1);
+        end = best[i].1;
+        steps += 1;
+        if steps > n {
+            break;
+        }
     }
 }
 

@@ -212,8 +212,25 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, CtlErr
     })
 }
 
+/// `text` with every control character but newline escaped (`\u{1b}`): values a container chose (ids, commands,
+/// images) never reach the terminal as escape sequences. JSON output is escaped by serde already.
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\n') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn write_out(out: &mut dyn Write, text: &str) -> Result<(), CtlError> {
-    out.write_all(text.as_bytes())
+    out.write_all(terminal_safe(text).as_bytes())
         .map_err(|source| CtlError::Write {
             path: PathBuf::from("-"),
             source,
@@ -237,11 +254,11 @@ fn history(c: &mut Client, name: &str, subject: Subject) -> Result<History, CtlE
     };
     let as_container = || HistoryQuery {
         container_id: Some(name.to_owned()),
-        task_key: None,
+        ..HistoryQuery::default()
     };
     let as_type = || HistoryQuery {
-        container_id: None,
         task_key: Some(name.to_owned()),
+        ..HistoryQuery::default()
     };
     match subject {
         Subject::Container => ask(c, as_container()),
@@ -285,6 +302,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CtlError> {
                 .explain(&Explain {
                     container_id: Some(container.clone()),
                     limit: Some(*limit),
+                    before_seq: None,
                 })
                 .map_err(client_error)?;
             if d.decisions.is_empty() {
@@ -1068,12 +1086,20 @@ mod tests {
     }
 
     #[test]
+    fn terminal_output_escapes_control_characters() {
+        assert_eq!(terminal_safe("a\u{1b}[31mb\n"), "a\\u{1b}[31mb\n");
+        assert_eq!(terminal_safe("plain\n"), "plain\n");
+    }
+
+    #[test]
     fn svg_has_the_three_series_and_escapes_names() {
         let h = History {
             task_key: "a<b>&c".to_owned(),
             container_id: Some("c1".to_owned()),
             live: true,
             started_at_ms: Some(1000),
+            total_points: None,
+            next_offset: None,
             points: (0..5)
                 .map(|i| api::HistoryPoint {
                     at_ms: 1000 + i * 1000,

@@ -132,8 +132,8 @@ pub fn request_kind(r: &crate::api::Request) -> &'static str {
         R::Report(_) => "report",
         R::Finish(_) => "finish",
         R::Update(_) => "update",
-        R::Status => "status",
-        R::Models => "models",
+        R::Status(_) => "status",
+        R::Models(_) => "models",
         R::Explain(_) => "explain",
         R::History(_) => "history",
     }
@@ -346,6 +346,8 @@ impl Tracker {
             started_at_ms: Some(t.started_at_ms),
             points: t.points.clone(),
             prediction: t.prediction.clone(),
+            total_points: None,
+            next_offset: None,
         })
     }
 
@@ -443,6 +445,8 @@ impl Tracker {
             started_at_ms: Some(run.started_at_ms),
             points,
             prediction: (!prediction.is_cold_start()).then_some(prediction),
+            total_points: None,
+            next_offset: None,
         })
     }
 }
@@ -454,6 +458,8 @@ mod tests {
 
     fn status(tasks: &[(&str, u64, f64)]) -> Status {
         Status {
+            total_tasks: None,
+            next_offset: None,
             broker_version: String::new(),
             tick_ms: 1000,
             host: HostCapacity {

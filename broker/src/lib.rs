@@ -14,8 +14,10 @@ pub mod config;
 pub mod controller;
 pub mod ctl;
 pub mod history;
+pub mod journal;
 pub mod metrics;
 pub mod server;
+pub mod validate;
 
 /// An error with its sources, `a: b: c`, for the one line a binary prints.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

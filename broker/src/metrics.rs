@@ -18,6 +18,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -113,20 +114,48 @@ pub fn start(cfg: &Config, broker: Arc<Broker>) -> Result<Option<JoinHandle<()>>
     Ok(Some(handle))
 }
 
-fn serve(listener: Listener, broker: &Broker) {
+/// Scrapes answered at once; one more is closed unanswered (a scraper retries). Each has its own thread, so a
+/// slow client delays nobody else's scrape.
+const MAX_SCRAPES: usize = 16;
+
+/// Answers `s` on a thread of its own (at most [`MAX_SCRAPES`] at once).
+fn respond_apart<S: Read + Write + Send + 'static>(
+    s: S,
+    broker: &Arc<Broker>,
+    busy: &Arc<AtomicUsize>,
+) {
+    if busy.fetch_add(1, Ordering::Relaxed) >= MAX_SCRAPES {
+        busy.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    let (b, n) = (Arc::clone(broker), Arc::clone(busy));
+    let started = std::thread::Builder::new()
+        .name("predictived-scrape".to_owned())
+        .stack_size(256 << 10)
+        .spawn(move || {
+            respond(s, &b);
+            n.fetch_sub(1, Ordering::Relaxed);
+        });
+    if started.is_err() {
+        busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn serve(listener: Listener, broker: &Arc<Broker>) {
+    let busy = Arc::new(AtomicUsize::new(0));
     while !broker.is_stopping() {
         let r = match &listener {
             Listener::Tcp(l) => l.accept().map(|(s, _)| {
                 let _ = s.set_nonblocking(false);
                 let _ = s.set_read_timeout(Some(IO_TIMEOUT));
                 let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-                respond(s, broker)
+                respond_apart(s, broker, &busy)
             }),
             Listener::Unix(l, _) => l.accept().map(|(s, _)| {
                 let _ = s.set_nonblocking(false);
                 let _ = s.set_read_timeout(Some(IO_TIMEOUT));
                 let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-                respond(s, broker)
+                respond_apart(s, broker, &busy)
             }),
         };
         match r {
@@ -147,7 +176,12 @@ fn serve(listener: Listener, broker: &Broker) {
 fn respond(mut s: impl Read + Write, broker: &Broker) {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
+    // The whole head within IO_TIMEOUT: a client trickling a byte at a time is cut off, not waited for.
+    let until = std::time::Instant::now() + IO_TIMEOUT;
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        if std::time::Instant::now() >= until {
+            return;
+        }
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => head.extend_from_slice(&buf[..n]),
@@ -595,6 +629,8 @@ mod tests {
             max_borrow_cpu: None,
         };
         let status = Status {
+            total_tasks: None,
+            next_offset: None,
             broker_version: "0.1.0".to_owned(),
             tick_ms: 1000,
             host: HostCapacity {

@@ -2,17 +2,16 @@
 //! every tick, records every decision, and retrains in the background.
 //!
 //! Threads: one accepting connections, one per connection (a shim keeps one open), one ticking the
-//! controller (and flushing buffered samples), one retraining, one recorder. The recorder is the only writer
-//! of the predictor's store besides retraining: Register and Report never wait on a redb commit (an fsync), so
-//! the shim's 50 ms Register budget is spent on the prediction alone. A record is committed shortly after the
-//! reply; a graceful stop (SIGTERM) drains the recorder first.
+//! controller, one retraining, one recorder. Every store write goes through the [`crate::journal`]: the recorder
+//! commits whatever is queued in one transaction, and a write request is answered once its records are committed
+//! (acknowledged means durable, also under `kill -9`). SIGTERM drains the journal before exit.
 //!
 //! Who may connect: root, the broker's own uid, and `allowed_gid` (checked with SO_PEERCRED on every
 //! connection; the socket is mode 0600, or 0660 owned by that group).
 //!
 //! Restarts: registrations live in memory, so a restarted broker answers a Report for an unknown container
 //! with `not_found` and the shim registers again with `adopt` (its allocation in force), which changes no
-//! limit. Leases are written to `leases.json` in the state directory after each tick that changed them and
+//! limit and carries on the run the store holds open for it. Leases are written to `leases.json` in the state directory after each tick that changed them and
 //! restored at start; a restored lease waits `stale_after_ms` for its holder to come back. The store keeps
 //! every committed record.
 
@@ -23,14 +22,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use predictor::{
-    DecisionQuery, Predictor, PredictorConfig, RunFeatures, RunMetadata, RunOutcome, RunSummary,
-    TaskKey,
+    BatchOp, DecisionQuery, Predictor, PredictorConfig, RunFeatures, RunMetadata, RunOutcome,
+    RunSummary, TaskKey,
 };
 
 use crate::annotations::Annotations;
@@ -50,8 +48,10 @@ const FORGET_AFTER_MS: u64 = 10 * 60_000;
 const MAX_PENDING: usize = 1024;
 /// Most decision log lines per tick; the rest are counted.
 const MAX_LOGS_PER_TICK: usize = 64;
-/// Most records the recorder writes in one go.
-const RECORDER_BATCH: usize = 4096;
+/// Records queued for the recorder before connections that write wait for it.
+const JOURNAL_CAP: usize = 65_536;
+/// Longest a write request waits for its records to be committed before it is answered with an error.
+const DURABLE_WITHIN: Duration = Duration::from_secs(30);
 /// Most CPU readings kept per run for its p50/p95.
 const MAX_CPU_READINGS: usize = 100_000;
 
@@ -94,6 +94,9 @@ pub enum ServerError {
     /// The predictor's store could not be opened.
     #[error("opening the predictor store")]
     Predictor(#[from] predictor::PredictorError),
+    /// The predictor's store could not be read at start.
+    #[error("reading the predictor store")]
+    Store(#[from] predictor::StoreError),
     /// A thread could not be started.
     #[error("starting the {what} thread")]
     Spawn {
@@ -242,20 +245,6 @@ fn apply_policy(
     out
 }
 
-/// What the recorder writes, in order.
-enum Record {
-    Decision(Box<predictor::Decision>),
-    Samples {
-        reg: u64,
-        samples: Vec<predictor::Sample>,
-    },
-    Run {
-        reg: u64,
-        run: Box<RunSummary>,
-    },
-    Flush(mpsc::Sender<()>),
-}
-
 #[derive(Debug, Default)]
 struct RunStats {
     cpu: Vec<f64>,
@@ -268,14 +257,13 @@ struct RunStats {
 
 #[derive(Debug)]
 struct Running {
-    reg: u64,
+    run_id: u64,
     task_key: TaskKey,
     meta: RunMetadata,
     started_at_ms: u64,
     last_seen_ms: u64,
     model_version: Option<u64>,
     prev: Option<runtime_hooks::Sample>,
-    buffered: Vec<predictor::Sample>,
     pending: Vec<Directive>,
     stats: RunStats,
 }
@@ -283,7 +271,12 @@ struct Running {
 struct State {
     controller: Controller,
     running: HashMap<String, Running>,
-    next_reg: u64,
+    /// The next run id to hand out (ahead of every id the store holds).
+    next_run: u64,
+    /// Runs the previous broker process had open, by container id: a shim that registers again with `adopt`
+    /// carries its run on; the rest are closed once [`FORGET_AFTER_MS`] passed without it.
+    orphans: HashMap<String, predictor::OpenRun>,
+    started_ms: u64,
 }
 
 /// The broker's shared core: everything a connection or the tick thread touches.
@@ -293,11 +286,15 @@ pub struct Broker {
     state: Mutex<State>,
     /// Per-container history and counters (`predictivectl`, metrics).
     tracker: crate::history::Tracker,
-    recorder: Mutex<mpsc::Sender<Record>>,
+    journal: Arc<crate::journal::Journal>,
     default_cgroup: CgroupKind,
     stop: AtomicBool,
     /// The lease set last written to disk.
     persisted: Mutex<Option<Vec<crate::controller::Lease>>>,
+    /// Connections being served.
+    conns: std::sync::atomic::AtomicUsize,
+    /// When a rate-limited warning was last logged, ms.
+    last_warning_ms: std::sync::atomic::AtomicU64,
 }
 
 /// Turns a pair of raw samples into the controller's usage and the predictor's sample.
@@ -421,6 +418,29 @@ fn decision(d: &Directive, r: &Running, at_ms: u64, initial: Option<bool>) -> pr
     }
 }
 
+/// Most decisions one `explain` examines (a rare container's page may come back short, with `next_before_seq`).
+const EXPLAIN_SCAN: usize = 100_000;
+
+/// `(offset, count)` of a page: `limit` defaults to and is capped at `max`.
+fn page_bounds(offset: Option<u64>, limit: Option<u64>, max: u64) -> (u64, u64) {
+    (offset.unwrap_or(0), limit.unwrap_or(max).clamp(1, max))
+}
+
+/// One page of a history's points.
+fn page_history(mut h: api::History, q: &api::HistoryQuery) -> api::History {
+    let total = h.points.len() as u64;
+    let (from, n) = page_bounds(q.offset, q.limit, api::MAX_HISTORY_POINTS as u64);
+    h.points = h
+        .points
+        .into_iter()
+        .skip(from as usize)
+        .take(n as usize)
+        .collect();
+    h.total_points = Some(total);
+    h.next_offset = (from + n < total).then_some(from + n);
+    h
+}
+
 fn percentile(v: &mut [f64], q: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -430,21 +450,35 @@ fn percentile(v: &mut [f64], q: f64) -> f64 {
 }
 
 impl Broker {
+    /// Runs `log` at most once a second: what a peer can trigger must not flood the log.
+    fn log_limited(&self, log: impl FnOnce()) {
+        let now = now_ms();
+        let last = self.last_warning_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000
+            && self
+                .last_warning_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            log();
+        }
+    }
+
+    /// Connections being served.
+    pub fn connections(&self) -> usize {
+        self.conns.load(Ordering::Relaxed)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic under the lock leaves plain data; keep serving.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn record(&self, r: Record) {
-        let tx = self.recorder.lock().unwrap_or_else(|p| p.into_inner());
-        if tx.send(r).is_err() {
-            tracing::error!("the recorder thread is gone; a record was dropped");
-        }
-    }
-
-    fn record_decisions(&self, ds: Vec<predictor::Decision>) {
+    /// Queues decisions (and `more` records) for the recorder; returns the journal's sequence number.
+    fn record_decisions(&self, ds: Vec<predictor::Decision>, more: Vec<BatchOp>) -> u64 {
         self.tracker.decided(&ds);
         let total = ds.len();
+        let mut ops = Vec::with_capacity(total + 1);
         for (i, d) in ds.into_iter().enumerate() {
             if i < MAX_LOGS_PER_TICK {
                 tracing::info!(
@@ -462,13 +496,23 @@ impl Broker {
                     "more decisions this tick, recorded but not logged"
                 );
             }
-            self.record(Record::Decision(Box::new(d)));
+            ops.push(BatchOp::Decision(d));
         }
+        ops.extend(more);
+        self.journal.submit(ops)
     }
 
     /// Serves one request.
     pub fn handle(&self, req: Request) -> Response {
         self.tracker.request(crate::history::request_kind(&req));
+        if let Err(e) = crate::validate::request(&req) {
+            return Response::Error(e);
+        }
+        let writes = req.writes();
+        if writes {
+            // Back-pressure: a burst waits for the recorder instead of growing its queue.
+            self.journal.room(DURABLE_WITHIN);
+        }
         let r = match req {
             Request::Register(r) => {
                 let id = r.container_id.clone();
@@ -487,21 +531,45 @@ impl Broker {
             Request::History(q) => self
                 .tracker
                 .history(&q, &self.predictor, now_ms())
+                .map(|h| page_history(h, &q))
                 .map(Response::History),
-            Request::Status => Ok(Response::Status(self.status())),
-            Request::Models => self.models().map(Response::Models),
+            Request::Status(p) => Ok(Response::Status(self.status(Some(&p)))),
+            Request::Models(p) => self.models(&p).map(Response::Models),
             Request::Explain(e) => self
                 .predictor
-                .decisions(&DecisionQuery {
+                .store()
+                .decisions_page(&DecisionQuery {
                     container_id: e.container_id,
-                    limit: e.limit.unwrap_or(100),
+                    limit: e.limit.unwrap_or(100).min(api::MAX_PAGE),
+                    before_seq: e.before_seq,
+                    scan_budget: EXPLAIN_SCAN,
                     ..DecisionQuery::default()
                 })
-                .map(|decisions| Response::Decisions(Decisions { decisions }))
+                .map(|(decisions, next_before_seq)| {
+                    Response::Decisions(Decisions {
+                        decisions,
+                        next_before_seq,
+                    })
+                })
                 .map_err(|e| {
                     ErrorReply::new(ErrorCode::Internal, format!("reading decisions: {e}"))
                 }),
         };
+        let r = r.and_then(|resp| {
+            if writes {
+                // Acknowledged means durable: what this request wrote, and every decision queued before it (the
+                // directives it carries among them), is committed before the peer hears of it.
+                self.journal
+                    .wait(self.journal.submitted(), DURABLE_WITHIN)
+                    .map_err(|e| {
+                        ErrorReply::new(
+                            ErrorCode::Internal,
+                            format!("recording the request: {}", crate::error_chain(&e)),
+                        )
+                    })?;
+            }
+            Ok(resp)
+        });
         r.unwrap_or_else(Response::Error)
     }
 
@@ -573,8 +641,23 @@ impl Broker {
             prediction: (!cold).then(|| prediction.clone()),
             started_at_ms: now,
         };
+        let mut ops = Vec::new();
         let (allocation, directives, records) = {
             let mut st = self.lock();
+            if let Some(p) = &spec.pipeline
+                && !st.running.contains_key(&r.container_id)
+                && st.controller.pipeline_size(p) >= crate::validate::MAX_PIPELINE_TASKS
+            {
+                return Err(ErrorReply::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "annotation `{}`: pipeline {:?} already has {} running tasks, the most one pipeline may have",
+                        crate::annotations::PIPELINE,
+                        crate::validate::shown(p, 128),
+                        crate::validate::MAX_PIPELINE_TASKS
+                    ),
+                ));
+            }
             let (allocation, directives) = match r.adopt {
                 Some(current) => {
                     tracing::info!(container = %r.container_id, ?current, "registered again while running: allocation adopted");
@@ -582,22 +665,46 @@ impl Broker {
                 }
                 None => st.controller.register(spec, now),
             };
-            let reg = st.next_reg;
-            st.next_reg += 1;
+            // A run the previous broker process had open carries on when its shim registers again with `adopt`.
+            let carried = match (r.adopt.is_some(), st.orphans.remove(&r.container_id)) {
+                (true, Some(o)) if o.task_key == key => Some(o),
+                (_, Some(o)) => {
+                    ops.push(BatchOp::Close(o.container_id, o.run_id));
+                    None
+                }
+                _ => None,
+            };
+            let (run_id, started_at_ms, meta) = match carried {
+                Some(o) => (o.run_id, o.started_at_ms, o.meta),
+                None => {
+                    let id = st.next_run;
+                    st.next_run += 1;
+                    (id, now, meta)
+                }
+            };
+            ops.push(BatchOp::Open(Box::new(predictor::OpenRun {
+                container_id: r.container_id.clone(),
+                run_id,
+                task_key: key.clone(),
+                started_at_ms,
+                meta: meta.clone(),
+                model_version,
+            })));
             let running = Running {
-                reg,
+                run_id,
                 task_key: key.clone(),
                 meta,
-                started_at_ms: now,
+                started_at_ms,
                 last_seen_ms: now,
                 model_version,
                 prev: None,
-                buffered: Vec::new(),
                 pending: Vec::new(),
                 stats: RunStats::default(),
             };
-            if let Some(old) = st.running.insert(r.container_id.clone(), running) {
-                tracing::warn!(container = %r.container_id, reg = old.reg, "registered again; the earlier run is dropped");
+            if let Some(old) = st.running.insert(r.container_id.clone(), running)
+                && old.run_id != run_id
+            {
+                tracing::warn!(container = %crate::validate::shown(&r.container_id, 253), run = old.run_id, "registered again; the earlier run is dropped");
             }
             let mut records: Vec<predictor::Decision> = capped
                 .into_iter()
@@ -622,7 +729,7 @@ impl Broker {
             }
             (allocation, directives, records)
         };
-        self.record_decisions(records);
+        self.record_decisions(records, ops);
         let (own, others): (Vec<Directive>, Vec<Directive>) = directives
             .into_iter()
             .partition(|d| d.container_id == r.container_id);
@@ -682,8 +789,8 @@ impl Broker {
             }
             (own, others, records)
         };
-        tracing::info!(container = %u.container_id, limits = ?u.limits, "resized by the user");
-        self.record_decisions(records);
+        tracing::info!(container = %crate::validate::shown(&u.container_id, 253), limits = ?u.limits, "resized by the user");
+        self.record_decisions(records, Vec::new());
         self.queue(others);
         Ok(Directives { directives: own })
     }
@@ -725,6 +832,7 @@ impl Broker {
             }
         }
         let mut latest = None;
+        let mut fresh = Vec::new();
         let mut oom = rep.oom_events > 0;
         for s in rep.samples {
             if let Some(prev) = &run.prev
@@ -740,7 +848,7 @@ impl Broker {
                 st.io_bytes += sample.io_bytes;
                 st.throttled_s += throttled_s;
                 st.samples += 1;
-                run.buffered.push(sample);
+                fresh.push(sample);
                 latest = Some(usage);
             }
             let peak = s
@@ -755,9 +863,15 @@ impl Broker {
             st.controller.observe(&rep.container_id, u);
         }
         let directives = std::mem::take(&mut run.pending);
+        let run_id = run.run_id;
         drop(guard);
-        if !records.is_empty() {
-            self.record_decisions(records);
+        let samples = if fresh.is_empty() {
+            Vec::new()
+        } else {
+            vec![BatchOp::Samples(run_id, fresh)]
+        };
+        if !records.is_empty() || !samples.is_empty() {
+            self.record_decisions(records, samples);
         }
         Ok(Directives { directives })
     }
@@ -783,12 +897,11 @@ impl Broker {
                 .collect();
             (run, records, ds)
         };
-        self.record_decisions(records);
         self.queue(others);
         let mut stats = run.stats;
         let duration_s = now.saturating_sub(run.started_at_ms) as f64 / 1000.0;
         let summary = RunSummary {
-            run_id: 0,
+            run_id: run.run_id,
             task_key: run.task_key,
             started_at_ms: run.started_at_ms,
             meta: run.meta,
@@ -805,49 +918,82 @@ impl Broker {
             },
             profile: None,
         };
-        if !run.buffered.is_empty() {
-            self.record(Record::Samples {
-                reg: run.reg,
-                samples: run.buffered,
-            });
-        }
-        self.record(Record::Run {
-            reg: run.reg,
-            run: Box::new(summary),
-        });
+        self.record_decisions(
+            records,
+            vec![BatchOp::Run {
+                container_id: Some(f.container_id.clone()),
+                run: Box::new(summary),
+            }],
+        );
         Ok(Finished {
             duration_s,
             samples: stats.samples,
         })
     }
 
-    fn status(&self) -> Status {
+    /// The status; one page of its tasks (in container id order) when `page` is given.
+    fn status(&self, page: Option<&api::Page>) -> Status {
         let st = self.lock();
+        let mut tasks = st.controller.tasks();
+        let total = tasks.len() as u64;
+        let mut next_offset = None;
+        if let Some(p) = page {
+            let (from, n) = page_bounds(p.offset, p.limit, api::MAX_PAGE as u64);
+            tasks.sort_by(|a, b| a.container_id.cmp(&b.container_id));
+            tasks = tasks
+                .into_iter()
+                .skip(from as usize)
+                .take(n as usize)
+                .collect();
+            if from + n < total {
+                next_offset = Some(from + n);
+            }
+        }
+        let mut leases = st.controller.leases();
+        let mut predictions = self.tracker.predictions();
+        if page.is_some() {
+            // A page carries the leases held by, and the predictions of, its own tasks.
+            let ids: std::collections::HashSet<&str> =
+                tasks.iter().map(|t| t.container_id.as_str()).collect();
+            leases.retain(|l| ids.contains(l.holder.as_str()));
+            predictions.retain(|p| ids.contains(p.container_id.as_str()));
+        }
         Status {
             broker_version: env!("CARGO_PKG_VERSION").to_owned(),
             tick_ms: self.cfg.tick_ms,
             host: st.controller.host(),
             model_version: self.predictor.model_version(),
-            tasks: st.controller.tasks(),
-            leases: st.controller.leases(),
-            predictions: self.tracker.predictions(),
+            tasks,
+            total_tasks: Some(total),
+            next_offset,
+            leases,
+            predictions,
             pool: st.controller.pool_source().to_owned(),
         }
     }
 
-    fn models(&self) -> Result<Models, ErrorReply> {
+    fn models(&self, p: &api::Page) -> Result<Models, ErrorReply> {
+        let all = self.predictor.task_types().map_err(|e| {
+            ErrorReply::new(ErrorCode::Internal, format!("listing task types: {e}"))
+        })?;
+        let total = all.len() as u64;
+        let (from, n) = page_bounds(p.offset, p.limit, api::MAX_PAGE as u64);
         Ok(Models {
             model_version: self.predictor.model_version(),
-            task_types: self.predictor.task_types().map_err(|e| {
-                ErrorReply::new(ErrorCode::Internal, format!("listing task types: {e}"))
-            })?,
+            task_types: all
+                .into_iter()
+                .skip(from as usize)
+                .take(n as usize)
+                .collect(),
+            total: Some(total),
+            next_offset: (from + n < total).then_some(from + n),
         })
     }
 
     /// One controller step: decisions are queued for their containers, recorded and logged.
     pub fn tick(&self) {
         let now = now_ms();
-        let (records, forgotten) = {
+        let (records, forgotten, closes) = {
             let mut guard = self.lock();
             let st = &mut *guard;
             let forgotten: Vec<String> = st
@@ -857,9 +1003,19 @@ impl Broker {
                 .map(|(k, _)| k.clone())
                 .collect();
             let mut ds = Vec::new();
+            let mut closes = Vec::new();
             for id in &forgotten {
-                st.running.remove(id);
+                if let Some(r) = st.running.remove(id) {
+                    closes.push(BatchOp::Close(id.clone(), r.run_id));
+                }
                 ds.extend(st.controller.unregister(id, now));
+            }
+            if !st.orphans.is_empty() && now.saturating_sub(st.started_ms) > FORGET_AFTER_MS {
+                closes.extend(
+                    st.orphans
+                        .drain()
+                        .map(|(id, o)| BatchOp::Close(id, o.run_id)),
+                );
             }
             ds.extend(st.controller.tick(now));
             let mut records = Vec::new();
@@ -872,12 +1028,12 @@ impl Broker {
                     r.pending.push(d);
                 }
             }
-            (records, forgotten)
+            (records, forgotten, closes)
         };
         for id in forgotten {
-            tracing::warn!(container = %id, "no report for 10 minutes: forgotten");
+            tracing::warn!(container = %crate::validate::shown(&id, 253), "no report for 10 minutes: forgotten");
         }
-        self.record_decisions(records);
+        self.record_decisions(records, closes);
         self.persist_leases();
     }
 
@@ -907,7 +1063,14 @@ impl Broker {
         let tmp = path.with_extension("json.tmp");
         let write = || -> std::io::Result<()> {
             let body = serde_json::to_vec(&leases).map_err(std::io::Error::other)?;
-            let mut f = File::create(&tmp)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&tmp)?;
             f.write_all(&body)?;
             f.sync_data()?;
             std::fs::rename(&tmp, &path)
@@ -918,25 +1081,9 @@ impl Broker {
         }
     }
 
-    /// Hands every buffered sample to the recorder.
-    pub fn flush_samples(&self) {
-        let batches: Vec<(u64, Vec<predictor::Sample>)> = self
-            .lock()
-            .running
-            .values_mut()
-            .filter(|r| !r.buffered.is_empty())
-            .map(|r| (r.reg, std::mem::take(&mut r.buffered)))
-            .collect();
-        for (reg, samples) in batches {
-            self.record(Record::Samples { reg, samples });
-        }
-    }
-
     /// Waits until everything handed to the recorder so far is committed (or the recorder is gone).
     pub fn sync(&self) {
-        let (tx, rx) = mpsc::channel();
-        self.record(Record::Flush(tx));
-        let _ = rx.recv_timeout(Duration::from_secs(30));
+        let _ = self.journal.wait(self.journal.submitted(), DURABLE_WITHIN);
     }
 }
 
@@ -947,9 +1094,9 @@ impl Broker {
         &self.tracker
     }
 
-    /// What `status` answers.
+    /// What `status` answers, every task in one.
     pub fn snapshot(&self) -> Status {
-        self.status()
+        self.status(None)
     }
 
     /// The daemon is shutting down.
@@ -958,87 +1105,33 @@ impl Broker {
     }
 }
 
-fn recorder(predictor: Arc<Predictor>, rx: mpsc::Receiver<Record>) {
-    let mut runs: HashMap<u64, u64> = HashMap::new();
-    let run_id = |reg: u64, runs: &mut HashMap<u64, u64>| -> Option<u64> {
-        if let Some(id) = runs.get(&reg) {
-            return Some(*id);
-        }
-        match predictor.allocate_run_id() {
-            Ok(id) => {
-                runs.insert(reg, id);
-                Some(id)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "allocating a run id");
-                None
-            }
-        }
-    };
-    // Whatever is queued is written together: one transaction (one fsync) for all queued decisions and one for
-    // all queued samples, in arrival order around runs and flushes.
-    let mut decisions: Vec<predictor::Decision> = Vec::new();
-    let mut samples: Vec<(u64, Vec<predictor::Sample>)> = Vec::new();
-    let write = |decisions: &mut Vec<predictor::Decision>,
-                 samples: &mut Vec<(u64, Vec<predictor::Sample>)>| {
-        if !decisions.is_empty() {
-            if let Err(e) = predictor.record_decisions(decisions) {
-                tracing::error!(error = %e, count = decisions.len(), "recording decisions");
-            }
-            decisions.clear();
-        }
-        if !samples.is_empty() {
-            if let Err(e) = predictor.append_samples_many(samples) {
-                tracing::error!(error = %e, runs = samples.len(), "recording samples");
-            }
-            samples.clear();
-        }
-    };
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < RECORDER_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        for r in batch {
-            match r {
-                Record::Decision(d) => decisions.push(*d),
-                Record::Samples { reg, samples: s } => {
-                    if let Some(id) = run_id(reg, &mut runs) {
-                        samples.push((id, s));
-                    }
-                }
-                Record::Run { reg, mut run } => {
-                    write(&mut decisions, &mut samples);
-                    if let Some(id) = run_id(reg, &mut runs) {
-                        run.run_id = id;
-                        if let Err(e) = predictor.record_run(&run) {
-                            tracing::error!(error = %e, run = id, "recording a run");
-                        }
-                    }
-                    runs.remove(&reg);
-                }
-                Record::Flush(done) => {
-                    write(&mut decisions, &mut samples);
-                    let _ = done.send(());
-                }
-            }
-        }
-        write(&mut decisions, &mut samples);
-    }
+/// What a peer may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Root or the broker's own uid: every request.
+    Full,
+    /// A member of `allowed_gid`: reads only (`status`, `models`, `explain`, `history`).
+    ReadOnly,
 }
 
 /// Who may talk to the broker.
-fn peer_allowed(stream: &UnixStream, allowed_gid: Option<u32>) -> Result<(u32, u32), String> {
+fn peer_access(stream: &UnixStream, allowed_gid: Option<u32>) -> Result<Access, String> {
     let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
         .map_err(|e| format!("reading SO_PEERCRED: {e}"))?;
     let (uid, gid) = (cred.uid(), cred.gid());
-    if may_connect(uid, gid, nix::unistd::geteuid().as_raw(), allowed_gid) {
-        Ok((uid, gid))
+    access(uid, gid, nix::unistd::geteuid().as_raw(), allowed_gid)
+        .ok_or_else(|| format!("uid {uid} gid {gid} may not use the broker"))
+}
+
+/// The SO_PEERCRED rule: root and the broker's own uid have full access, the configured group (the peer's primary
+/// gid) read-only access, anyone else none.
+pub fn access(uid: u32, gid: u32, own_uid: u32, allowed_gid: Option<u32>) -> Option<Access> {
+    if uid == 0 || uid == own_uid {
+        Some(Access::Full)
+    } else if allowed_gid == Some(gid) {
+        Some(Access::ReadOnly)
     } else {
-        Err(format!("uid {uid} gid {gid} may not use the broker"))
+        None
     }
 }
 
@@ -1047,7 +1140,7 @@ pub fn may_connect(uid: u32, gid: u32, own_uid: u32, allowed_gid: Option<u32>) -
     uid == 0 || uid == own_uid || allowed_gid == Some(gid)
 }
 
-fn write_response(w: &mut UnixStream, id: Option<u64>, resp: &Response) -> std::io::Result<()> {
+fn write_response(mut w: &UnixStream, id: Option<u64>, resp: &Response) -> std::io::Result<()> {
     let line = api::encode_response(id, resp).unwrap_or_else(|e| {
         let err = Response::Error(ErrorReply::new(ErrorCode::Internal, e.to_string()));
         api::encode_response(id, &err).unwrap_or_else(|_| "{}\n".to_owned())
@@ -1055,24 +1148,36 @@ fn write_response(w: &mut UnixStream, id: Option<u64>, resp: &Response) -> std::
     w.write_all(line.as_bytes())
 }
 
+/// Stack of a connection's thread: serving a request recurses nowhere deep (the critical path is iterative,
+/// serde_json bounds nesting at 128), so 256 KiB is plenty; the default 8 MiB made 5,000 shims cost 40 GiB of
+/// address space.
+const CONN_STACK: usize = 256 << 10;
+/// Connections of root or the broker's uid served beyond `max_connections`.
+const ADMIN_RESERVE: usize = 32;
+/// A peer that does not read its replies is cut off after this long.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one connection on one fd (reads and writes through `&UnixStream`, no `try_clone`).
 fn serve_connection(broker: Arc<Broker>, stream: UnixStream) {
-    let mut writer = match stream.try_clone() {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(error = %e, "cloning a connection");
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let access = match peer_access(&stream, broker.cfg.allowed_gid) {
+        Ok(a) => a,
+        Err(why) => {
+            broker.log_limited(|| tracing::warn!(%why, "connection refused"));
+            let _ = write_response(
+                &stream,
+                None,
+                &Response::Error(ErrorReply::new(ErrorCode::PermissionDenied, why)),
+            );
             return;
         }
     };
-    if let Err(why) = peer_allowed(&stream, broker.cfg.allowed_gid) {
-        tracing::warn!(%why, "connection refused");
-        let _ = write_response(
-            &mut writer,
-            None,
-            &Response::Error(ErrorReply::new(ErrorCode::PermissionDenied, why)),
-        );
-        return;
-    }
-    let mut reader = BufReader::new(stream);
+    // Until it shows itself a shim (a write request), a connection is a client with an idle timeout.
+    let idle =
+        (broker.cfg.idle_timeout_ms > 0).then(|| Duration::from_millis(broker.cfg.idle_timeout_ms));
+    let _ = stream.set_read_timeout(idle);
+    let mut shim = false;
+    let mut reader = BufReader::with_capacity(4096, &stream);
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -1088,7 +1193,7 @@ fn serve_connection(broker: Arc<Broker>, stream: UnixStream) {
         }
         if buf.last() != Some(&b'\n') && n >= api::MAX_LINE {
             let _ = write_response(
-                &mut writer,
+                &stream,
                 None,
                 &Response::Error(ErrorReply::new(
                     ErrorCode::TooLong,
@@ -1103,13 +1208,101 @@ fn serve_connection(broker: Arc<Broker>, stream: UnixStream) {
         }
         let (id, req) = api::parse_request(&line);
         let resp = match req {
-            Ok(req) => broker.handle(req),
+            Ok(req) if req.writes() && access == Access::ReadOnly => {
+                Response::Error(ErrorReply::new(
+                    ErrorCode::PermissionDenied,
+                    format!(
+                        "a member of allowed_gid has read-only access: {} needs root or the broker's uid",
+                        crate::history::request_kind(&req)
+                    ),
+                ))
+            }
+            Ok(req) => {
+                if req.writes() && !shim {
+                    shim = true;
+                    let _ = stream.set_read_timeout(None);
+                }
+                broker.handle(req)
+            }
             Err(e) => Response::Error(e),
         };
-        if write_response(&mut writer, id, &resp).is_err() {
+        if write_response(&stream, id, &resp).is_err() {
             return;
         }
     }
+}
+
+/// Serves a new connection on its own small thread, or refuses it when [`Config::max_connections`] are served.
+fn accept_one(b: &Arc<Broker>, s: UnixStream) {
+    let n = b.conns.fetch_add(1, Ordering::Relaxed) + 1;
+    // Past the cap, a few more connections of root or our own uid are still served: an operator's `status` gets
+    // through a flood from the read-only group or strangers.
+    let over = n > b.cfg.max_connections
+        && (n > b.cfg.max_connections + ADMIN_RESERVE
+            || peer_access(&s, b.cfg.allowed_gid) != Ok(Access::Full));
+    if over {
+        b.conns.fetch_sub(1, Ordering::Relaxed);
+        let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
+        let why = format!(
+            "the broker serves its maximum of {} connections (max_connections); try again later",
+            b.cfg.max_connections
+        );
+        b.log_limited(|| {
+            tracing::warn!(
+                max = b.cfg.max_connections,
+                "connection refused: too many connections"
+            )
+        });
+        let _ = write_response(
+            &s,
+            None,
+            &Response::Error(ErrorReply::new(ErrorCode::TooManyConnections, why)),
+        );
+        return;
+    }
+    let b2 = Arc::clone(b);
+    let started = std::thread::Builder::new()
+        .name("predictived-conn".to_owned())
+        .stack_size(CONN_STACK)
+        .spawn(move || {
+            serve_connection(Arc::clone(&b2), s);
+            b2.conns.fetch_sub(1, Ordering::Relaxed);
+        });
+    if let Err(e) = started {
+        b.conns.fetch_sub(1, Ordering::Relaxed);
+        b.log_limited(|| tracing::warn!(error = %e, "starting a connection's thread"));
+    }
+}
+
+/// Raises this process's open-file soft limit to its hard limit (one fd per connection); returns the new soft
+/// limit.
+pub fn raise_nofile() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                soft = lim.rlim_cur,
+                hard = lim.rlim_max,
+                "raising the open-file limit"
+            );
+            return Some(lim.rlim_cur);
+        }
+        return Some(lim.rlim_max);
+    }
+    Some(lim.rlim_cur)
 }
 
 /// The leases a previous run persisted; none when the file is missing or unreadable (said in the log).
@@ -1143,6 +1336,81 @@ fn create_dir(path: &Path) -> Result<(), ServerError> {
     })
 }
 
+/// Creates `path` (and its parents) and makes it mode 0700 owned by us, whatever the umask; refuses a symlink.
+fn create_private_dir(path: &Path) -> Result<(), ServerError> {
+    create_dir(path)?;
+    let err = |source| ServerError::CreateDir {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(err)?;
+    if !meta.is_dir() {
+        return Err(err(std::io::Error::other("not a directory (a symlink?)")));
+    }
+    if meta.permissions().mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Binds the API socket so that no other user ever sees it with a wider mode than the final one, and nobody else
+/// can swap it: its directory must be ours (created 0755 if missing) and not writable by others; the socket is
+/// bound under a temporary name with umask 0177, given its group and mode there, then renamed into place.
+fn bind_socket(path: &Path, allowed_gid: Option<u32>) -> Result<UnixListener, ServerError> {
+    use std::os::unix::fs::MetadataExt;
+    let bind_err = |source| ServerError::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.exists() {
+        create_dir(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(bind_err)?;
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(bind_err)?;
+    let me = nix::unistd::geteuid().as_raw();
+    // A sticky world-writable directory (/tmp) is fine: nobody else can rename or remove our files there.
+    let sticky = meta.mode() & 0o1000 != 0;
+    if !meta.is_dir() || meta.uid() != me && meta.uid() != 0 || meta.mode() & 0o022 != 0 && !sticky
+    {
+        return Err(bind_err(std::io::Error::other(format!(
+            "the socket's directory {} must be a directory owned by uid {me} or root and not writable by others",
+            dir.display()
+        ))));
+    }
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(&tmp);
+    nix::sys::stat::umask(old);
+    let listener = listener.map_err(bind_err)?;
+    let secure = || -> std::io::Result<()> {
+        let mode = if let Some(gid) = allowed_gid {
+            nix::unistd::chown(&tmp, None, Some(nix::unistd::Gid::from_raw(gid)))?;
+            0o660
+        } else {
+            0o600
+        };
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        // We hold the lock, so a socket file at `path` is a dead broker's: the rename replaces it atomically.
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = secure() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(bind_err(e));
+    }
+    Ok(listener)
+}
+
 fn spawn(
     what: &'static str,
     f: impl FnOnce() + Send + 'static,
@@ -1171,12 +1439,17 @@ fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) -> bool {
 impl Daemon {
     /// Takes the lock, opens the store, binds the socket and starts every thread.
     pub fn start(cfg: Config) -> Result<Self, ServerError> {
-        create_dir(&cfg.state_dir)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let nofile = raise_nofile();
+        // The state dir holds containers' command lines: ours alone, whatever the umask.
+        create_private_dir(&cfg.state_dir)?;
         let lock_path = cfg.lock_file();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&lock_path)
             .map_err(|source| ServerError::Lock {
                 path: lock_path.clone(),
@@ -1195,34 +1468,15 @@ impl Daemon {
         if let Some(m) = cfg.retrain.min_runs {
             pcfg.train.min_runs = m;
         }
+        const DAY_MS: u64 = 24 * 3_600_000;
+        pcfg.store.cache_bytes = Some(cfg.store_cache_bytes);
+        pcfg.retention.max_decisions = cfg.max_decisions;
+        pcfg.retention.max_decision_age_ms = cfg.decision_retention_days.saturating_mul(DAY_MS);
+        pcfg.retention.max_task_types = cfg.max_task_types;
+        pcfg.retention.max_task_type_age_ms = cfg.task_type_retention_days.saturating_mul(DAY_MS);
         let predictor = Arc::new(Predictor::open(&cfg.database(), pcfg)?);
 
-        if let Some(dir) = cfg.socket.parent() {
-            create_dir(dir)?;
-        }
-        let bind_err = |source| ServerError::Bind {
-            path: cfg.socket.clone(),
-            source,
-        };
-        // We hold the lock, so a socket file left here is a dead broker's.
-        match std::fs::remove_file(&cfg.socket) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(bind_err(e)),
-        }
-        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-        let listener = UnixListener::bind(&cfg.socket);
-        nix::sys::stat::umask(old);
-        let listener = listener.map_err(bind_err)?;
-        let mode = if let Some(gid) = cfg.allowed_gid {
-            nix::unistd::chown(&cfg.socket, None, Some(nix::unistd::Gid::from_raw(gid)))
-                .map_err(|e| bind_err(e.into()))?;
-            0o660
-        } else {
-            0o600
-        };
-        std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(mode))
-            .map_err(bind_err)?;
+        let listener = bind_socket(&cfg.socket, cfg.allowed_gid)?;
 
         let host = {
             let d = detect_host();
@@ -1238,11 +1492,24 @@ impl Daemon {
                 CgroupKind::V1
             }
         });
-        let (tx, rx) = mpsc::channel();
+        let journal = crate::journal::Journal::new(JOURNAL_CAP);
         let recorder_thread = {
-            let p = Arc::clone(&predictor);
-            spawn("recorder", move || recorder(p, rx))?
+            let (p, j) = (Arc::clone(&predictor), Arc::clone(&journal));
+            spawn("recorder", move || j.run_recorder(&p))?
         };
+        let next_run = predictor.store().next_run_id()?;
+        let orphans: HashMap<String, predictor::OpenRun> = predictor
+            .store()
+            .open_runs()?
+            .into_iter()
+            .map(|o| (o.container_id.clone(), o))
+            .collect();
+        if !orphans.is_empty() {
+            tracing::info!(
+                runs = orphans.len(),
+                "runs of the previous process are open; they carry on when their shims register again"
+            );
+        }
         let mut controller = Controller::new(cfg.controller.clone(), host);
         // An operator who sized the host keeps that size; otherwise a node's kubepods limits are the pool.
         controller
@@ -1260,14 +1527,18 @@ impl Daemon {
             state: Mutex::new(State {
                 controller,
                 running: HashMap::new(),
-                next_reg: 1,
+                next_run,
+                orphans,
+                started_ms: now_ms(),
             }),
             cfg,
             predictor,
-            recorder: Mutex::new(tx),
+            journal,
             default_cgroup,
             stop: AtomicBool::new(false),
             tracker: crate::history::Tracker::default(),
+            conns: std::sync::atomic::AtomicUsize::new(0),
+            last_warning_ms: std::sync::atomic::AtomicU64::new(0),
         });
         let mut threads = Vec::new();
         {
@@ -1278,14 +1549,9 @@ impl Daemon {
                         break;
                     }
                     match conn {
-                        Ok(s) => {
-                            let b = Arc::clone(&b);
-                            if let Err(e) = spawn("conn", move || serve_connection(b, s)) {
-                                tracing::warn!(error = %e, "serving a connection");
-                            }
-                        }
+                        Ok(s) => accept_one(&b, s),
                         Err(e) => {
-                            tracing::warn!(error = %e, "accepting a connection");
+                            b.log_limited(|| tracing::warn!(error = %e, "accepting a connection"));
                             std::thread::sleep(Duration::from_millis(10));
                         }
                     }
@@ -1296,15 +1562,9 @@ impl Daemon {
             let b = Arc::clone(&broker);
             threads.push(spawn("tick", move || {
                 let tick = Duration::from_millis(b.cfg.tick_ms);
-                let flush_every = b.cfg.sample_flush_ms.max(b.cfg.tick_ms);
-                let mut last_flush = now_ms();
                 while sleep_unless_stopped(&b.stop, tick) {
                     b.tick();
-                    b.tracker.observe(&b.status());
-                    if now_ms().saturating_sub(last_flush) >= flush_every {
-                        b.flush_samples();
-                        last_flush = now_ms();
-                    }
+                    b.tracker.observe(&b.snapshot());
                 }
             })?);
         }
@@ -1335,6 +1595,8 @@ impl Daemon {
             cpu = host.cpu_cores,
             memory = host.memory_bytes,
             cgroup = ?default_cgroup,
+            open_files = ?nofile,
+            max_connections = broker.cfg.max_connections,
             "predictived serving"
         );
         Ok(Self {
@@ -1362,11 +1624,12 @@ impl Daemon {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        self.broker.flush_samples();
         self.broker.sync();
         let _ = std::fs::remove_file(&self.socket);
-        // Open connections hold the broker; the recorder ends once every sender is gone, which we do not wait for.
-        drop(self.recorder.take());
+        self.broker.journal.stop();
+        if let Some(r) = self.recorder.take() {
+            let _ = r.join();
+        }
         tracing::info!("predictived stopped");
     }
 }
@@ -1393,12 +1656,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn peer_rule_admits_root_own_uid_and_the_group_only() {
-        assert!(may_connect(0, 0, 1000, None));
-        assert!(may_connect(1000, 1000, 1000, None));
-        assert!(!may_connect(1001, 1001, 1000, None));
-        assert!(may_connect(1001, 50, 1000, Some(50)));
-        assert!(!may_connect(1001, 51, 1000, Some(50)));
+    fn peer_rule_admits_root_and_own_uid_fully_and_the_group_read_only() {
+        assert_eq!(access(0, 0, 1000, None), Some(Access::Full));
+        assert_eq!(access(1000, 1000, 1000, None), Some(Access::Full));
+        assert_eq!(access(1001, 1001, 1000, None), None);
+        assert_eq!(access(1001, 50, 1000, Some(50)), Some(Access::ReadOnly));
+        assert_eq!(access(1001, 51, 1000, Some(50)), None);
     }
 
     fn raw(t: u64, usage_ns: u64, periods: u64, throttled: u64) -> runtime_hooks::Sample {

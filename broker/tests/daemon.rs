@@ -341,6 +341,7 @@ fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
             .explain(&Explain {
                 container_id: Some("etl-live".to_owned()),
                 limit: Some(100_000),
+                before_seq: None,
             })
             .expect("explain")
             .decisions;
@@ -370,6 +371,7 @@ fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
         .explain(&Explain {
             container_id: Some("etl-live".to_owned()),
             limit: Some(100_000),
+            before_seq: None,
         })
         .expect("explain")
         .decisions;
@@ -564,6 +566,7 @@ fn sandboxes_are_refused_pods_are_capped_and_update_resizes() {
             .explain(&Explain {
                 container_id: Some("app".to_owned()),
                 limit: None,
+                before_seq: None,
             })
             .ok()?;
         d.decisions.into_iter().find(|d| d.resource == "priority")

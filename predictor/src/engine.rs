@@ -59,6 +59,8 @@ pub struct PredictorConfig {
     pub retrain: RetrainPolicy,
     /// Telemetry retention.
     pub retention: RetentionPolicy,
+    /// How the store file is opened (redb's cache size).
+    pub store: crate::store::StoreOptions,
 }
 
 /// One immutable version of all task models.
@@ -125,7 +127,7 @@ pub struct Predictor {
 impl Predictor {
     /// Opens the database at `path` (creating it) and loads the current model version.
     pub fn open(path: &Path, config: PredictorConfig) -> Result<Self, PredictorError> {
-        let store = Store::open(path)?;
+        let store = Store::open_with(path, &config.store)?;
         let version = store.current_model_version()?;
         let models = if version > 0 {
             store.load_models(version)?
@@ -194,6 +196,19 @@ impl Predictor {
         self.store.record_runs(runs)?;
         self.runs_since_train
             .fetch_add(runs.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Commits a batch in one transaction (the broker's group commit); its finished runs count towards retraining.
+    pub fn commit(&self, batch: &crate::store::Batch) -> Result<(), PredictorError> {
+        self.store.commit(batch)?;
+        let runs = batch
+            .ops
+            .iter()
+            .filter(|o| matches!(o, crate::store::BatchOp::Run { .. }))
+            .count();
+        self.runs_since_train
+            .fetch_add(runs as u64, Ordering::Relaxed);
         Ok(())
     }
 

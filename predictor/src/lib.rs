@@ -39,7 +39,8 @@ pub use model::{
     TrainConfig,
 };
 pub use store::{
-    DecisionQuery, RetentionPolicy, RetentionReport, Store, StoreError, TaskTypeRecord,
+    Batch, BatchOp, DecisionQuery, OpenRun, RetentionPolicy, RetentionReport, Store, StoreError,
+    StoreOptions, TaskTypeRecord,
 };
 pub use types::{
     BUCKETS, Decision, Directive, Profile, RunFeatures, RunId, RunMetadata, RunOutcome, RunSummary,

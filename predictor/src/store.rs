@@ -15,7 +15,10 @@
 //! | `samples`    | (run id, ts ms)         | fixed (cpu cores f64, memory u64, io u64, count u32) |
 //! | `models`     | (version, task key)     | [`TaskModel`]                                      |
 //! | `decisions`  | sequence number         | [`Decision`]                                       |
+//! | `open_runs`  | container id            | [`OpenRun`]: a registered container whose run has not finished (schema 2) |
 //!
+//! [`Store::commit`] writes a whole [`Batch`] (decisions, samples, opened and finished runs of many containers) in one
+//! transaction: the broker's group commit, one fsync for everything its peers sent since the last one.
 //! Schema versions: a new file is version 0 and is brought to [`SCHEMA_VERSION`] by running [`MIGRATIONS`] in order,
 //! all in one write transaction, so a crash mid-migration leaves the old version. A file stamped with a newer version
 //! than this build knows is refused rather than misread.
@@ -35,12 +38,12 @@ use crate::model::TaskModel;
 use crate::types::{Decision, Profile, RunId, RunSummary, Sample};
 
 /// Schema version written by this build.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 
 /// Migration `i` brings a file from version `i` to `i + 1`.
-pub const MIGRATIONS: &[Migration] = &[migrate_0_to_1];
+pub const MIGRATIONS: &[Migration] = &[migrate_0_to_1, migrate_1_to_2];
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const TASK_TYPES: TableDefinition<&str, &[u8]> = TableDefinition::new("task_types");
@@ -51,11 +54,67 @@ type SampleValue = (f64, u64, u64, u32);
 const SAMPLES: TableDefinition<(u64, u64), SampleValue> = TableDefinition::new("samples");
 const MODELS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("models");
 const DECISIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("decisions");
+const OPEN_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("open_runs");
+
+/// Most decisions or task types one retention pass deletes (the next pass goes on).
+const RETENTION_BATCH: usize = 100_000;
 
 const K_SCHEMA: &str = "schema_version";
 const K_NEXT_RUN: &str = "next_run_id";
 const K_NEXT_DECISION: &str = "next_decision_seq";
 const K_MODEL_VERSION: &str = "model_version";
+
+/// A run that has started and not finished: what the broker needs to carry it on after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenRun {
+    /// The container.
+    pub container_id: String,
+    /// The run's id (its samples are stored under it).
+    pub run_id: RunId,
+    /// Task type.
+    pub task_key: TaskKey,
+    /// Start, ms.
+    pub started_at_ms: u64,
+    /// What was known at Register.
+    pub meta: crate::types::RunMetadata,
+    /// Model version of the prediction at Register (`None`: cold start).
+    #[serde(default)]
+    pub model_version: Option<u64>,
+}
+
+/// One write of a [`Batch`], applied in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchOp {
+    /// Append a decision (its `seq` is assigned).
+    Decision(Decision),
+    /// Append samples of a run.
+    Samples(RunId, Vec<Sample>),
+    /// A run started (replaces the container's earlier open run).
+    Open(Box<OpenRun>),
+    /// A run finished: its summary; the container's open run of the same id is closed.
+    Run {
+        /// The container, whose open run is closed.
+        container_id: Option<String>,
+        /// The summary (`profile` derived from the stored samples when `None`).
+        run: Box<RunSummary>,
+    },
+    /// A container's open run of this id ends without a summary (forgotten).
+    Close(String, RunId),
+}
+
+/// Writes committed together by [`Store::commit`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    /// In order.
+    pub ops: Vec<BatchOp>,
+}
+
+/// How the store file is opened.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreOptions {
+    /// redb's page cache, bytes (default: redb's, 1 GiB).
+    pub cache_bytes: Option<usize>,
+}
 
 /// Errors of the store; each names the operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +127,15 @@ pub enum StoreError {
         /// Cause (boxed: redb's errors are large).
         #[source]
         source: Box<redb::DatabaseError>,
+    },
+    /// The file could not be opened safely (it is a symlink, or its mode could not be set).
+    #[error("opening predictor database file {path}")]
+    File {
+        /// File path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
     },
     /// The parent directory could not be created.
     #[error("creating directory {path} for the predictor database")]
@@ -178,6 +246,15 @@ pub struct RetentionPolicy {
     pub max_sample_age_ms: u64,
     /// At most this many run summaries are kept per task type; the oldest go first.
     pub max_runs_per_task: usize,
+    /// At most this many decisions are kept; the oldest go first (0 = no cap).
+    pub max_decisions: u64,
+    /// Decisions older than this are deleted (0 = kept for ever).
+    pub max_decision_age_ms: u64,
+    /// At most this many task types are kept; those seen least recently go first, with their runs and samples
+    /// (0 = no cap).
+    pub max_task_types: usize,
+    /// A task type not seen for this long is deleted with its runs and samples (0 = kept for ever).
+    pub max_task_type_age_ms: u64,
 }
 
 impl Default for RetentionPolicy {
@@ -188,6 +265,10 @@ impl Default for RetentionPolicy {
             downsample_window_ms: 60_000,
             max_sample_age_ms: 14 * 24 * HOUR,
             max_runs_per_task: 5_000,
+            max_decisions: 1_000_000,
+            max_decision_age_ms: 30 * 24 * HOUR,
+            max_task_types: 10_000,
+            max_task_type_age_ms: 90 * 24 * HOUR,
         }
     }
 }
@@ -201,6 +282,10 @@ pub struct RetentionReport {
     pub samples_merged: u64,
     /// Run summaries dropped by the per-task cap.
     pub runs_dropped: u64,
+    /// Decisions dropped for age or by the cap.
+    pub decisions_dropped: u64,
+    /// Task types dropped for age or by the cap (with their runs and samples).
+    pub task_types_dropped: u64,
 }
 
 /// Filter for [`Store::decisions`].
@@ -214,6 +299,11 @@ pub struct DecisionQuery {
     pub since_ms: Option<u64>,
     /// At most this many, newest last (0 = no limit).
     pub limit: usize,
+    /// Only decisions with a smaller sequence number (paging backwards).
+    pub before_seq: Option<u64>,
+    /// Stop after examining this many decisions (0 = no bound); [`Store::decisions_page`] then says where to go
+    /// on, so one request never scans a whole large log for a rare container.
+    pub scan_budget: usize,
 }
 
 /// The predictor's database. Cheap to share behind an `Arc`; all methods take `&self`.
@@ -231,16 +321,47 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) the database at `path`, creating its directory and migrating the schema.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, &StoreOptions::default())
+    }
+
+    /// [`Store::open`] with options. The file is opened without following a symlink and is made mode 0600
+    /// whatever the umask (it holds containers' command lines).
+    pub fn open_with(path: &Path, opts: &StoreOptions) -> Result<Self, StoreError> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
                 path: dir.to_path_buf(),
                 source,
             })?;
         }
-        let db = Database::create(path).map_err(|source| StoreError::Open {
+        let file_err = |source| StoreError::File {
             path: path.to_path_buf(),
-            source: Box::new(source),
-        })?;
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(file_err)?;
+        let mode = file.metadata().map_err(file_err)?.permissions().mode() & 0o7777;
+        if mode != 0o600 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(file_err)?;
+        }
+        let mut builder = redb::Builder::new();
+        if let Some(c) = opts.cache_bytes {
+            builder.set_cache_size(c);
+        }
+        let db = builder
+            .create_file(file)
+            .map_err(|source| StoreError::Open {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            })?;
         let store = Self {
             db,
             path: path.to_path_buf(),
@@ -566,6 +687,103 @@ impl Store {
                     }
                 }
             }
+
+            // Decisions: the oldest beyond the cap, and those older than the age limit. Bounded per pass.
+            let mut dec = txn.open_table(DECISIONS).map_err(db("opening decisions"))?;
+            let total = dec.len().map_err(db("counting decisions"))?;
+            let over = if policy.max_decisions > 0 {
+                total.saturating_sub(policy.max_decisions)
+            } else {
+                0
+            };
+            let too_old = now_ms.saturating_sub(policy.max_decision_age_ms);
+            let mut doomed = Vec::new();
+            for item in dec.iter().map_err(db("scanning decisions"))? {
+                if doomed.len() >= RETENTION_BATCH {
+                    break;
+                }
+                let (k, v) = item.map_err(db("scanning decisions"))?;
+                let seq = k.value();
+                if (doomed.len() as u64) < over {
+                    doomed.push(seq);
+                    continue;
+                }
+                if policy.max_decision_age_ms == 0 {
+                    break;
+                }
+                let d: Decision = decode("decision", || seq.to_string(), v.value())?;
+                if d.at_ms >= too_old {
+                    break;
+                }
+                doomed.push(seq);
+            }
+            for seq in doomed {
+                dec.remove(seq).map_err(db("deleting decision"))?;
+                report.decisions_dropped += 1;
+            }
+
+            // Task types: those not seen for the age limit, then the least recently seen beyond the cap.
+            let mut types = txn
+                .open_table(TASK_TYPES)
+                .map_err(db("opening task types"))?;
+            let mut seen: Vec<(u64, String)> = Vec::new();
+            for item in types.iter().map_err(db("scanning task types"))? {
+                let (k, v) = item.map_err(db("scanning task types"))?;
+                let key = k.value().to_owned();
+                let rec: TaskTypeRecord = decode("task type", || key.clone(), v.value())?;
+                seen.push((rec.last_seen_ms, key));
+            }
+            seen.sort();
+            let over = if policy.max_task_types > 0 {
+                seen.len().saturating_sub(policy.max_task_types)
+            } else {
+                0
+            };
+            let stale_before = now_ms.saturating_sub(policy.max_task_type_age_ms);
+            let gone: Vec<String> = seen
+                .into_iter()
+                .enumerate()
+                .filter(|(i, (last, _))| {
+                    *i < over || policy.max_task_type_age_ms > 0 && *last < stale_before
+                })
+                .map(|(_, (_, k))| k)
+                .take(RETENTION_BATCH)
+                .collect();
+            for key in gone {
+                let ids: Vec<u64> = {
+                    let mut ids = Vec::new();
+                    for item in runs
+                        .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
+                        .map_err(db("scanning runs"))?
+                    {
+                        let (k, _) = item.map_err(db("scanning runs"))?;
+                        ids.push(k.value().1);
+                    }
+                    ids
+                };
+                for id in ids {
+                    runs.remove((key.as_str(), id))
+                        .map_err(db("deleting run"))?;
+                    let stamps: Vec<u64> = {
+                        let mut v = Vec::new();
+                        for item in t
+                            .range((id, 0)..=(id, u64::MAX))
+                            .map_err(db("scanning samples"))?
+                        {
+                            let (k, _) = item.map_err(db("scanning samples"))?;
+                            v.push(k.value().1);
+                        }
+                        v
+                    };
+                    for ts in stamps {
+                        t.remove((id, ts)).map_err(db("deleting sample"))?;
+                    }
+                }
+                types
+                    .remove(key.as_str())
+                    .map_err(db("deleting task type"))?;
+                report.task_types_dropped += 1;
+            }
         }
         txn.commit().map_err(db("committing retention"))?;
         Ok(report)
@@ -598,6 +816,177 @@ impl Store {
             ));
         }
         Ok(out)
+    }
+
+    /// The next run id [`Store::allocate_run_id`] would hand out; a caller that allocates ids itself starts here
+    /// and [`Store::commit`] keeps the stored counter ahead of every id it writes.
+    pub fn next_run_id(&self) -> Result<RunId, StoreError> {
+        Ok(self.meta(K_NEXT_RUN)?.max(1))
+    }
+
+    /// Every open run (registered, not finished), by container id.
+    pub fn open_runs(&self) -> Result<Vec<OpenRun>, StoreError> {
+        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let t = txn.open_table(OPEN_RUNS).map_err(db("opening open runs"))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(db("scanning open runs"))? {
+            let (k, v) = item.map_err(db("scanning open runs"))?;
+            out.push(decode("open run", || k.value().to_owned(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Writes a whole batch in one transaction (one fsync): nothing of it or all of it survives a crash.
+    pub fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(db("beginning a batch"))?;
+        {
+            let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
+            let mut samples_t = txn.open_table(SAMPLES).map_err(db("opening samples"))?;
+            let mut decisions_t = txn.open_table(DECISIONS).map_err(db("opening decisions"))?;
+            let mut open_t = txn.open_table(OPEN_RUNS).map_err(db("opening open runs"))?;
+            let mut runs_t = txn.open_table(RUNS).map_err(db("opening runs"))?;
+            let mut types_t = txn
+                .open_table(TASK_TYPES)
+                .map_err(db("opening task types"))?;
+            let mut seq = meta
+                .get(K_NEXT_DECISION)
+                .map_err(db("reading decision sequence"))?
+                .map(|g| g.value())
+                .unwrap_or(1);
+            let seq0 = seq;
+            let mut max_run = 0;
+            let close = |open_t: &mut redb::Table<&str, &[u8]>, container: &str, run_id: RunId| {
+                let same = match open_t.get(container).map_err(db("reading open run"))? {
+                    Some(g) => decode::<OpenRun>("open run", || container.to_owned(), g.value())
+                        .map(|o| o.run_id == run_id)
+                        .unwrap_or(true),
+                    None => false,
+                };
+                if same {
+                    open_t.remove(container).map_err(db("closing open run"))?;
+                }
+                Ok::<(), StoreError>(())
+            };
+            for op in &batch.ops {
+                match op {
+                    BatchOp::Decision(d) => {
+                        let mut d = d.clone();
+                        d.seq = seq;
+                        decisions_t
+                            .insert(seq, encode("decision", &d)?.as_slice())
+                            .map_err(db("writing decision"))?;
+                        seq += 1;
+                    }
+                    BatchOp::Samples(run_id, samples) => {
+                        max_run = max_run.max(*run_id);
+                        for s in samples {
+                            samples_t
+                                .insert(
+                                    (*run_id, s.ts_ms),
+                                    (s.cpu_cores, s.memory_bytes, s.io_bytes, s.count.max(1)),
+                                )
+                                .map_err(db("writing sample"))?;
+                        }
+                    }
+                    BatchOp::Open(o) => {
+                        max_run = max_run.max(o.run_id);
+                        open_t
+                            .insert(
+                                o.container_id.as_str(),
+                                encode("open run", &**o)?.as_slice(),
+                            )
+                            .map_err(db("writing open run"))?;
+                    }
+                    BatchOp::Run { container_id, run } => {
+                        // One bad summary must not fail the batch it shares with other peers' records.
+                        if let Err(e) = validate(run) {
+                            tracing::error!(error = %e, "dropping an invalid run summary from a batch");
+                            if let Some(c) = container_id {
+                                close(&mut open_t, c, run.run_id)?;
+                            }
+                            continue;
+                        }
+                        let mut run = (**run).clone();
+                        max_run = max_run.max(run.run_id);
+                        if run.profile.is_none() {
+                            let samples = read_samples(&samples_t, run.run_id)?;
+                            let duration_ms = (run.outcome.duration_s * 1000.0).max(1.0) as u64;
+                            run.profile =
+                                Profile::from_samples(&samples, run.started_at_ms, duration_ms);
+                        }
+                        write_run(&mut runs_t, &mut types_t, &run)?;
+                        if let Some(c) = container_id {
+                            close(&mut open_t, c, run.run_id)?;
+                        }
+                    }
+                    BatchOp::Close(c, run_id) => close(&mut open_t, c, *run_id)?,
+                }
+            }
+            if seq != seq0 {
+                meta.insert(K_NEXT_DECISION, seq)
+                    .map_err(db("writing decision sequence"))?;
+            }
+            let next = meta
+                .get(K_NEXT_RUN)
+                .map_err(db("reading next run id"))?
+                .map(|g| g.value())
+                .unwrap_or(1);
+            if max_run >= next {
+                meta.insert(K_NEXT_RUN, max_run + 1)
+                    .map_err(db("writing next run id"))?;
+            }
+        }
+        txn.commit().map_err(db("committing a batch"))
+    }
+
+    /// Decisions matching `q`, oldest first, and where to go on: `Some(seq)` when older matching decisions may
+    /// exist (pass it as `before_seq`). Examines at most `q.scan_budget` decisions.
+    pub fn decisions_page(
+        &self,
+        q: &DecisionQuery,
+    ) -> Result<(Vec<Decision>, Option<u64>), StoreError> {
+        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let t = txn.open_table(DECISIONS).map_err(db("opening decisions"))?;
+        let upper = match q.before_seq {
+            Some(b) => Bound::Excluded(b),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        let mut last_seq = None;
+        let mut more = false;
+        for (scanned, item) in t
+            .range::<u64>((Bound::Unbounded, upper))
+            .map_err(db("scanning decisions"))?
+            .rev()
+            .enumerate()
+        {
+            if q.limit > 0 && out.len() >= q.limit || q.scan_budget > 0 && scanned >= q.scan_budget
+            {
+                more = true;
+                break;
+            }
+            let (k, v) = item.map_err(db("scanning decisions"))?;
+            let seq = k.value();
+            last_seq = Some(seq);
+            let d: Decision = decode("decision", || seq.to_string(), v.value())?;
+            if q.since_ms.is_some_and(|s| d.at_ms < s) {
+                // Sequence numbers follow time: everything older is older still.
+                break;
+            }
+            if q.container_id
+                .as_ref()
+                .is_some_and(|c| *c != d.container_id)
+                || q.task_key.as_ref().is_some_and(|k| *k != d.task_key)
+            {
+                continue;
+            }
+            out.push(d);
+        }
+        out.reverse();
+        Ok((out, if more { last_seq } else { None }))
     }
 
     /// The model version currently in force (0 = never trained).
@@ -785,6 +1174,39 @@ impl Store {
     }
 }
 
+/// Writes one run summary and updates its task type's record.
+fn write_run(
+    runs_t: &mut redb::Table<(&str, u64), &[u8]>,
+    types_t: &mut redb::Table<&str, &[u8]>,
+    run: &RunSummary,
+) -> Result<(), StoreError> {
+    let key = run.task_key.as_str();
+    let fresh = runs_t
+        .insert((key, run.run_id), encode("run summary", run)?.as_slice())
+        .map_err(db("writing run summary"))?
+        .is_none();
+    let mut rec: TaskTypeRecord = match types_t.get(key).map_err(db("reading task type"))? {
+        Some(g) => decode("task type", || key.to_owned(), g.value())?,
+        None => TaskTypeRecord {
+            first_seen_ms: run.started_at_ms,
+            ..TaskTypeRecord::default()
+        },
+    };
+    if fresh {
+        rec.runs_seen += 1;
+    }
+    rec.first_seen_ms = rec.first_seen_ms.min(run.started_at_ms);
+    if run.started_at_ms >= rec.last_seen_ms {
+        rec.last_seen_ms = run.started_at_ms;
+        rec.image.clone_from(&run.meta.image);
+        rec.command.clone_from(&run.meta.command);
+    }
+    types_t
+        .insert(key, encode("task type", &rec)?.as_slice())
+        .map_err(db("writing task type"))?;
+    Ok(())
+}
+
 fn validate(run: &RunSummary) -> Result<(), StoreError> {
     let bad = |reason| {
         Err(StoreError::InvalidRun {
@@ -836,6 +1258,12 @@ fn migrate_0_to_1(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(MODELS).map_err(db("creating models"))?;
     txn.open_table(DECISIONS)
         .map_err(db("creating decisions"))?;
+    Ok(())
+}
+
+fn migrate_1_to_2(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(OPEN_RUNS)
+        .map_err(db("creating open runs"))?;
     Ok(())
 }
 
@@ -1027,6 +1455,7 @@ mod tests {
             downsample_window_ms: 1_000,
             max_sample_age_ms: 100_000,
             max_runs_per_task: 2,
+            ..RetentionPolicy::default()
         };
         let now = 200_000;
         let mut samples = Vec::new();
@@ -1229,5 +1658,128 @@ mod tests {
         assert_eq!(s.run_count().expect("count"), 1);
         assert_eq!(s.sample_count().expect("count"), 1);
         assert_eq!(s.allocate_run_id().expect("id"), 2);
+    }
+
+    fn decision_at(c: &str, at: u64) -> Decision {
+        Decision {
+            seq: 0,
+            at_ms: at,
+            container_id: c.to_owned(),
+            task_key: TaskKey::new("t"),
+            directive: crate::types::Directive::Initial,
+            resource: "cpu".to_owned(),
+            reason: "r".to_owned(),
+            old_value: None,
+            new_value: Some(1.0),
+            model_version: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_opens_runs_appends_samples_closes_with_a_summary_and_keeps_ids_ahead() {
+        let (_d, s) = open_tmp();
+        let first = s.next_run_id().expect("next");
+        let open = OpenRun {
+            container_id: "c1".to_owned(),
+            run_id: first + 5,
+            task_key: TaskKey::new("a"),
+            started_at_ms: 1000,
+            meta: RunMetadata::default(),
+            model_version: None,
+        };
+        s.commit(&Batch {
+            ops: vec![
+                BatchOp::Decision(decision_at("c1", 1000)),
+                BatchOp::Open(Box::new(open.clone())),
+                BatchOp::Samples(
+                    first + 5,
+                    vec![Sample {
+                        ts_ms: 1500,
+                        cpu_cores: 1.0,
+                        memory_bytes: 10,
+                        io_bytes: 0,
+                        count: 1,
+                    }],
+                ),
+            ],
+        })
+        .expect("commit");
+        assert_eq!(s.open_runs().expect("open"), vec![open]);
+        assert!(
+            s.next_run_id().expect("next") > first + 5,
+            "ids stay ahead of every written one"
+        );
+        let mut summary = run("a", first + 5, 1000);
+        summary.profile = None;
+        s.commit(&Batch {
+            ops: vec![BatchOp::Run {
+                container_id: Some("c1".to_owned()),
+                run: Box::new(summary),
+            }],
+        })
+        .expect("commit");
+        assert!(
+            s.open_runs().expect("open").is_empty(),
+            "the summary closes the run"
+        );
+        let stored = s
+            .run(&TaskKey::new("a"), first + 5)
+            .expect("read")
+            .expect("stored");
+        assert!(
+            stored.profile.is_some(),
+            "profile derived from the stored samples"
+        );
+        // An invalid summary is dropped without failing the rest of its batch.
+        let mut bad = run("b", first + 6, 1000);
+        bad.outcome.duration_s = f64::NAN;
+        s.commit(&Batch {
+            ops: vec![
+                BatchOp::Run {
+                    container_id: None,
+                    run: Box::new(bad),
+                },
+                BatchOp::Decision(decision_at("c2", 2000)),
+            ],
+        })
+        .expect("commit");
+        let (ds, _) = s.decisions_page(&DecisionQuery::default()).expect("read");
+        assert_eq!(ds.len(), 2);
+    }
+
+    #[test]
+    fn decisions_page_backwards_and_retention_bounds_the_log() {
+        let (_d, s) = open_tmp();
+        let ops = (0..25)
+            .map(|i| BatchOp::Decision(decision_at(&format!("c{}", i % 5), 1000 + i)))
+            .collect();
+        s.commit(&Batch { ops }).expect("commit");
+        let mut q = DecisionQuery {
+            container_id: Some("c0".to_owned()),
+            limit: 2,
+            ..DecisionQuery::default()
+        };
+        let mut seen = Vec::new();
+        loop {
+            let (page, next) = s.decisions_page(&q).expect("page");
+            seen.splice(0..0, page.into_iter().map(|d| d.seq));
+            match next {
+                Some(b) => q.before_seq = Some(b),
+                None => break,
+            }
+        }
+        assert_eq!(seen, vec![1, 6, 11, 16, 21], "every page, oldest first");
+        let policy = RetentionPolicy {
+            max_decisions: 10,
+            ..RetentionPolicy::default()
+        };
+        let r = s.apply_retention(2000, &policy).expect("retention");
+        assert_eq!(r.decisions_dropped, 15);
+        let (left, _) = s.decisions_page(&DecisionQuery::default()).expect("read");
+        assert_eq!(
+            left.first().map(|d| d.seq),
+            Some(16),
+            "the oldest went first"
+        );
     }
 }

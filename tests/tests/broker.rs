@@ -214,6 +214,7 @@ fn predicted_limits_from_history_and_growth_past_prediction() {
         .explain(&Explain {
             container_id: Some(grow.clone()),
             limit: Some(100),
+            before_seq: None,
         })
         .expect("explain");
     let grew: Vec<_> = d
@@ -466,6 +467,7 @@ fn observe_changes_nothing_and_off_never_contacts_the_broker() {
         .explain(&Explain {
             container_id: Some(id.clone()),
             limit: None,
+            before_seq: None,
         })
         .expect("explain");
     assert!(
@@ -479,6 +481,7 @@ fn observe_changes_nothing_and_off_never_contacts_the_broker() {
         .explain(&Explain {
             container_id: Some(off.clone()),
             limit: None,
+            before_seq: None,
         })
         .expect("explain");
     assert!(off_seen.decisions.is_empty(), "the broker knows {off}");
@@ -520,6 +523,7 @@ fn broker_kill9_restart_keeps_containers_records_and_leases() {
         .explain(&Explain {
             container_id: None,
             limit: Some(10_000),
+            before_seq: None,
         })
         .expect("explain")
         .decisions;
@@ -563,6 +567,7 @@ fn broker_kill9_restart_keeps_containers_records_and_leases() {
         .explain(&Explain {
             container_id: None,
             limit: Some(10_000),
+            before_seq: None,
         })
         .expect("explain")
         .decisions;

@@ -141,6 +141,7 @@ impl Pod<'_> {
             .explain(&Explain {
                 container_id: Some(id.to_owned()),
                 limit: None,
+                before_seq: None,
             })
             .map(|d| d.decisions)
             .unwrap_or_default()

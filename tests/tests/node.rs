@@ -414,6 +414,7 @@ fn update_container_resources_down_is_the_ceiling_at_once() {
         .explain(&Explain {
             container_id: Some(work.clone()),
             limit: Some(1000),
+            before_seq: None,
         })
         .expect("explain");
     assert!(
@@ -584,6 +585,7 @@ fn pod_annotation_gives_each_container_a_history_and_never_the_sandbox() {
             .explain(&Explain {
                 container_id: Some(sandbox.clone()),
                 limit: None,
+                before_seq: None,
             })
             .expect("explain");
         assert!(
@@ -608,6 +610,7 @@ fn pod_annotation_gives_each_container_a_history_and_never_the_sandbox() {
             .explain(&Explain {
                 container_id: Some(alpha.clone()),
                 limit: None,
+                before_seq: None,
             })
             .ok()?
             .decisions
@@ -852,6 +855,7 @@ fn a_pods_cgroup_limit_caps_its_containers_allocation() {
         .explain(&Explain {
             container_id: Some(id.clone()),
             limit: None,
+            before_seq: None,
         })
         .expect("explain");
     assert!(
