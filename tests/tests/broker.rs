@@ -636,3 +636,85 @@ fn bad_annotation_fails_create_naming_it() {
     }
     c.finish();
 }
+
+/// Issue 18: the container's own pressure reaches the broker (PSI of its cgroup: v2's own files, or on a hybrid
+/// host the cgroup2 directory the shim puts it in), and its priority becomes an IO weight in its cgroup version's
+/// units: v2 `io.weight` after runc's blkio-to-io conversion, v1 `blkio.weight` where the IO scheduler has one.
+#[test]
+fn pressure_and_io_weight_reach_the_cgroup_and_the_broker() {
+    let Some(c) = start(
+        "pressure_and_io_weight_reach_the_cgroup_and_the_broker",
+        "",
+        "",
+    ) else {
+        return;
+    };
+    let id = c.id("psi");
+    // Three spinners on one CPU (busybox taskset; ctr 1.6/1.7 have no --cpuset-cpus): two of them always wait for
+    // it, so the cgroup's CPU "some" pressure is high.
+    c.run_detached(
+        &id,
+        &[
+            "--annotation",
+            "io.predictive.task-type=e2e-psi",
+            "--annotation",
+            "io.predictive.priority=100",
+        ],
+        &[
+            "taskset",
+            "-c",
+            "0",
+            "sh",
+            "-c",
+            "for i in 1 2; do (while :; do :; done) & done; while :; do :; done",
+        ],
+    );
+    // The broker's IO weight for priority 100, in blkio units, and what the cgroup file must say.
+    let blkio = broker::controller::io_weight(100).expect("a weight for priority 100");
+    let want_v2 = 1 + (u64::from(blkio) - 10) * 9999 / 990;
+    let weight = wait_until(secs(10), || {
+        let text = c.cg_file(&id, ("blkio", "blkio.weight"), "io.weight")?;
+        let v: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("default ").or(Some(l)))?
+            .trim()
+            .parse()
+            .ok()?;
+        let want = if Containerd::cgroup_v2_host() {
+            want_v2
+        } else {
+            u64::from(blkio)
+        };
+        (v == want).then_some(v)
+    });
+    if Containerd::cgroup_v2_host() {
+        assert_eq!(
+            weight,
+            Some(want_v2),
+            "io.weight: {:?}",
+            c.cg_file(&id, ("blkio", "blkio.weight"), "io.weight")
+        );
+    } else if c.cg_file(&id, ("blkio", "blkio.weight"), "io.weight").is_some() {
+        assert_eq!(weight, Some(u64::from(blkio)), "blkio.weight");
+    } else {
+        println!("no blkio.weight on this host's IO scheduler (v1 without bfq/cfq): the IO weight is not checked");
+    }
+    let psi = wait_until(secs(30), || {
+        let st = status(&c)?;
+        let u = st
+            .tasks
+            .iter()
+            .find(|t| t.container_id == id)?
+            .usage
+            .clone()?;
+        u.cpu_psi_avg10.filter(|p| *p > 5.0)
+    });
+    println!("IO weight {weight:?} (blkio units {blkio}); CPU pressure avg10 {psi:?} %");
+    assert!(
+        psi.is_some(),
+        "the broker never saw the container's CPU pressure above 5 %: {:?}",
+        status(&c).and_then(|s| s.tasks.into_iter().find(|t| t.container_id == id))
+    );
+    c.remove(&id);
+    c.finish();
+}

@@ -21,14 +21,19 @@ use serde_json::{Value, json};
 
 const TEST: &str = "cri_stop_and_exec_on_broker_frozen_containers";
 /// 128 MiB host, 32 MiB reserve: 96 MiB grantable, paused at 95 % (91 MiB) of it.
+/// The keeper holds [`KEEPER_MIB`] and each hog [`HOG_MIB`]: together over the 91 MiB, each alone well under the
+/// 96 MiB a task may reach (on v2 that is its `memory.max`, so one hog alone over the pause line would be OOM-killed
+/// there instead of frozen).
 const BROKER: &str = "tick_ms = 500\nhost_memory_bytes = 134217728\n[controller]\nhost_reserve_memory_bytes = 33554432\n";
+const KEEPER_MIB: u32 = 48;
+const HOG_MIB: u32 = 50;
 /// StopContainer's and ExecSync's bound in the acceptance.
 const BOUND: Duration = Duration::from_secs(10);
 
-/// busybox awk holding 100 MiB in user space, then `then` (sh -c) as its child.
-fn hog(then: &str) -> String {
+/// busybox awk holding `mib` MiB in user space, then `then` (sh -c) as its child.
+fn hog(mib: u32, then: &str) -> String {
     format!(
-        "BEGIN{{s=sprintf(\"%1048576s\",\"\"); for(n=0;n<100;n++) a[n]=s; print \"allocated\"; system(\"{then}\")}}"
+        "BEGIN{{s=sprintf(\"%1048576s\",\"\"); for(n=0;n<{mib};n++) a[n]=s; print \"allocated\"; system(\"{then}\")}}"
     )
 }
 
@@ -43,7 +48,7 @@ fn frozen(c: &Containerd, id: &str) -> Option<bool> {
 }
 
 fn wait_frozen(c: &Containerd, id: &str, what: &str) {
-    let ok = wait_until(Duration::from_secs(30), || {
+    let ok = wait_until(Duration::from_secs(30) * c.settings.slow(), || {
         frozen(c, id).filter(|f| *f).map(|_| ())
     });
     let decisions = Client::new(c.broker_socket(), Duration::from_secs(5))
@@ -174,7 +179,10 @@ fn cri_stop_and_exec_on_broker_frozen_containers() {
     let Some(mut c) = Containerd::start_with_config_and_broker(
         TEST,
         &|dir| cri::config(dir, &version, &dropin),
-        BROKER,
+        &format!(
+            "register_budget_ms = {}\n{BROKER}",
+            if settings.slow() > 1 { 1000 } else { 50 }
+        ),
     ) else {
         return;
     };
@@ -223,10 +231,10 @@ fn cri_stop_and_exec_on_broker_frozen_containers() {
     // The acceptance's 10 s on this host; times the emulated guest's slowness there (it proves no hang, not speed).
     let bound = BOUND * c.settings.slow();
     // The one the broker protects (highest priority): never paused.
-    let keeper = pod.container("keeper", 10, &["sleep", "100000"]);
+    let keeper = pod.container("keeper", 10, &["awk", &hog(KEEPER_MIB, "sleep 100000")]);
 
     // 1. SIGTERM is ignored (awk is PID 1 without a handler): SIGKILL after the timeout must land on a frozen task.
-    let hog1 = pod.container("hog-kill", -10, &["awk", &hog("sleep 100000")]);
+    let hog1 = pod.container("hog-kill", -10, &["awk", &hog(HOG_MIB, "sleep 100000")]);
     wait_frozen(&c, &hog1, "the SIGKILL case");
     let (took, code) = pod.stop(&hog1, "a frozen task ignoring SIGTERM");
     println!("StopContainer of a frozen task ignoring SIGTERM: {took:?}, exit {code}");
@@ -240,7 +248,7 @@ fn cri_stop_and_exec_on_broker_frozen_containers() {
     pod.remove(&hog1);
 
     // 2. The process handles SIGTERM itself (exit 42): it must get to run its handler.
-    let script = format!("trap 'exit 42' TERM; awk '{}' & wait", hog("sleep 100000"));
+    let script = format!("trap 'exit 42' TERM; awk '{}' & wait", hog(HOG_MIB, "sleep 100000"));
     let hog2 = pod.container("hog-term", -10, &["sh", "-c", &script]);
     wait_frozen(&c, &hog2, "the SIGTERM case");
     let (took, code) = pod.stop(&hog2, "a frozen task handling SIGTERM");
@@ -250,7 +258,7 @@ fn cri_stop_and_exec_on_broker_frozen_containers() {
     pod.remove(&hog2);
 
     // 3. An exec probe into a frozen container runs (thawed first); the broker never freezes it again.
-    let hog3 = pod.container("hog-exec", -10, &["awk", &hog("sleep 100000")]);
+    let hog3 = pod.container("hog-exec", -10, &["awk", &hog(HOG_MIB, "sleep 100000")]);
     wait_frozen(&c, &hog3, "the exec case");
     let started = Instant::now();
     let out = pod.api.try_call(
@@ -281,7 +289,7 @@ fn cri_stop_and_exec_on_broker_frozen_containers() {
     pod.remove(&hog3);
 
     let (_, code) = pod.stop(&keeper, "the keeper");
-    assert_eq!(code, 137, "sleep as PID 1 ignores SIGTERM");
+    assert_eq!(code, 137, "awk as PID 1 ignores SIGTERM");
     pod.remove(&keeper);
     pod.api
         .call("StopPodSandbox", json!({"pod_sandbox_id": sid}));
