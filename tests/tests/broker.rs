@@ -694,10 +694,15 @@ fn pressure_and_io_weight_reach_the_cgroup_and_the_broker() {
             "io.weight: {:?}",
             c.cg_file(&id, ("blkio", "blkio.weight"), "io.weight")
         );
-    } else if c.cg_file(&id, ("blkio", "blkio.weight"), "io.weight").is_some() {
+    } else if c
+        .cg_file(&id, ("blkio", "blkio.weight"), "io.weight")
+        .is_some()
+    {
         assert_eq!(weight, Some(u64::from(blkio)), "blkio.weight");
     } else {
-        println!("no blkio.weight on this host's IO scheduler (v1 without bfq/cfq): the IO weight is not checked");
+        println!(
+            "no blkio.weight on this host's IO scheduler (v1 without bfq/cfq): the IO weight is not checked"
+        );
     }
     let psi = wait_until(secs(30), || {
         let st = status(&c)?;

@@ -248,7 +248,10 @@ fn cri_stop_and_exec_on_broker_frozen_containers() {
     pod.remove(&hog1);
 
     // 2. The process handles SIGTERM itself (exit 42): it must get to run its handler.
-    let script = format!("trap 'exit 42' TERM; awk '{}' & wait", hog(HOG_MIB, "sleep 100000"));
+    let script = format!(
+        "trap 'exit 42' TERM; awk '{}' & wait",
+        hog(HOG_MIB, "sleep 100000")
+    );
     let hog2 = pod.container("hog-term", -10, &["sh", "-c", &script]);
     wait_frozen(&c, &hog2, "the SIGTERM case");
     let (took, code) = pod.stop(&hog2, "a frozen task handling SIGTERM");
