@@ -40,7 +40,7 @@ count() { # name log rc
 
 echo "=== unit and root tests (all crates) ==="
 log=$logdir/unit.log
-cargo nextest run --workspace --release --no-tests=pass \
+cargo nextest run --workspace --release --no-tests=pass --no-fail-fast \
     -E 'not (package(predictive-e2e) and kind(test))' 2>&1 | tee "$log"
 count "unit" "$log" "${PIPESTATUS[0]}"
 

@@ -195,8 +195,16 @@ fn register(id: &str, task_type: &str, extra: &[(&str, String)]) -> Register {
 }
 
 fn raw_call(s: &mut UnixStream, line: &str) -> String {
-    s.write_all(line.as_bytes()).expect("send");
-    s.write_all(b"\n").expect("send");
+    // A refused connection may be answered and closed before the request is written (EPIPE): the answer is
+    // still there to read.
+    let sent = s
+        .write_all(line.as_bytes())
+        .and_then(|()| s.write_all(b"\n"));
+    if let Err(e) = &sent
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        panic!("send: {e}");
+    }
     let mut r = BufReader::new(s);
     let mut out = String::new();
     r.read_line(&mut out).expect("reply");

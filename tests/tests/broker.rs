@@ -706,12 +706,7 @@ fn pressure_and_io_weight_reach_the_cgroup_and_the_broker() {
     }
     let psi = wait_until(secs(30), || {
         let st = status(&c)?;
-        let u = st
-            .tasks
-            .iter()
-            .find(|t| t.container_id == id)?
-            .usage
-            .clone()?;
+        let u = st.tasks.iter().find(|t| t.container_id == id)?.usage?;
         u.cpu_psi_avg10.filter(|p| *p > 5.0)
     });
     println!("IO weight {weight:?} (blkio units {blkio}); CPU pressure avg10 {psi:?} %");
