@@ -463,31 +463,7 @@ impl Store {
                     let duration_ms = (run.outcome.duration_s * 1000.0).max(1.0) as u64;
                     run.profile = Profile::from_samples(&samples, run.started_at_ms, duration_ms);
                 }
-                let key = run.task_key.as_str();
-                let fresh = runs_t
-                    .insert((key, run.run_id), encode("run summary", &run)?.as_slice())
-                    .map_err(db("writing run summary"))?
-                    .is_none();
-                let mut rec: TaskTypeRecord =
-                    match types_t.get(key).map_err(db("reading task type"))? {
-                        Some(g) => decode("task type", || key.to_owned(), g.value())?,
-                        None => TaskTypeRecord {
-                            first_seen_ms: run.started_at_ms,
-                            ..TaskTypeRecord::default()
-                        },
-                    };
-                if fresh {
-                    rec.runs_seen += 1;
-                }
-                rec.first_seen_ms = rec.first_seen_ms.min(run.started_at_ms);
-                if run.started_at_ms >= rec.last_seen_ms {
-                    rec.last_seen_ms = run.started_at_ms;
-                    rec.image.clone_from(&run.meta.image);
-                    rec.command.clone_from(&run.meta.command);
-                }
-                types_t
-                    .insert(key, encode("task type", &rec)?.as_slice())
-                    .map_err(db("writing task type"))?;
+                write_run(&mut runs_t, &mut types_t, &run)?;
                 max_id = max_id.max(run.run_id);
             }
             // Keep allocate_run_id ahead of ids the caller chose itself.

@@ -945,23 +945,7 @@ pub fn join_unified(root: &Path, pid: i32) -> Vec<PathBuf> {
 /// Writes the CPU and memory directives of a registration into `bundle/config.json` (edited as JSON, so fields
 /// this crate does not model are kept), atomically.
 pub fn write_allocation(bundle: &Path, directives: &[Directive]) -> Result<()> {
-    let path = bundle.join("config.json");
-    let text =
-        std::fs::read(&path).map_err(ShimError::io(format!("reading {}", path.display())))?;
-    let mut spec: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
-        ShimError::InvalidArgument(format!(
-            "bundle {}: invalid config.json: {e}",
-            bundle.display()
-        ))
-    })?;
-    if !edit_spec(&mut spec, directives) {
-        return Ok(());
-    }
-    let tmp = bundle.join(".config.json.predictive");
-    let body = serde_json::to_vec(&spec)
-        .map_err(|e| ShimError::InvalidArgument(format!("encoding config.json: {e}")))?;
-    std::fs::write(&tmp, body).map_err(ShimError::io(format!("writing {}", tmp.display())))?;
-    std::fs::rename(&tmp, &path).map_err(ShimError::io(format!("replacing {}", path.display())))
+    crate::container::edit_config(bundle, |spec| edit_spec(spec, directives))
 }
 
 /// Applies CPU and memory directives to an OCI spec as JSON; `false` when nothing changed.
