@@ -21,7 +21,7 @@ RELEASE := target/release
 # Our cargo runs use the normal target/ dir, whatever a developer's shell exports.
 unexport CARGO_TARGET_DIR
 
-.PHONY: all deps build test test-runc e2e unit demo bench install uninstall deb clean-e2e
+.PHONY: all deps build test test-runc e2e unit demo bench bench-density install uninstall deb clean-e2e
 
 all: build
 
@@ -53,6 +53,12 @@ bench: deps build
 	$(RELEASE)/predictive-bench && $(RELEASE)/predictive-suite
 	@if ls */benches/*.rs >/dev/null 2>&1; then $(CARGO) bench --workspace; \
 	 else echo "bench: no criterion benches yet (crates add them under <crate>/benches/; this target runs them)"; fi
+
+# Churn and density (issue 14; ~15 min, root): 500 containers run and deleted 8 at a time, then leak counts (cgroups
+# in every hierarchy, mounts, processes, broker fds and connections, store size; exit 2 on a leak); 1,000 sleeping
+# containers, then the broker's RSS, Register p99 and tick p99. PREDICTIVE_DENSITY_{CHURN,PARALLEL,SLEEPERS,HOLD_SECS}.
+bench-density: deps build
+	$(RELEASE)/predictive-density
 
 # The shim, predictived and predictivectl in $(PREFIX)/bin, the systemd unit, /etc/predictive/predictived.toml and
 # the containerd drop-in (configuration files are never overwritten). From the release binaries: `make build` first.

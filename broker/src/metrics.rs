@@ -7,10 +7,17 @@
 //! decisions. Counters live in memory ([`crate::history`]) and restart at 0 with the broker, as Prometheus
 //! counters may.
 //!
-//! Limits: one scrape at a time on one thread (a scrape is a few ms; a slow client is cut off after
-//! [`IO_TIMEOUT`]); only `GET` is answered. No TLS or auth: bind to localhost or a Unix socket (mode 0600, or
+//! Broker-wide latency summaries (`predictive_register_seconds`, `predictive_register_commit_wait_seconds`,
+//! `predictive_tick_seconds`): quantiles over the last [`LATENCY_WINDOW`] Registers and [`TICK_WINDOW`] ticks, as
+//! the broker measures them.
+//!
+//! Limits: at most [`MAX_SCRAPES`] scrapes at once, each on its own thread (a slow client is cut off after
+//! [`IO_TIMEOUT`]); only `GET` is answered. One scrape is at most about [`MetricsConfig::max_bytes`]: per-task
+//! series are written for tasks in container-id order while they fit, the rest are counted in
+//! `predictive_metrics_tasks_omitted`. No TLS or auth: bind to localhost or a Unix socket (mode 0600, or
 //! 0660 owned by `allowed_gid`, like the API socket).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -36,12 +43,163 @@ const POLL: Duration = Duration::from_millis(100);
 /// The longest request head read.
 const MAX_REQUEST: usize = 8192;
 
+/// Default of [`MetricsConfig::max_bytes`]: about 1,000 tasks with ordinary ids and task types.
+pub const DEFAULT_MAX_BYTES: usize = 4 << 20;
+/// Smallest [`MetricsConfig::max_bytes`] taken (smaller values are raised to it): room for the broker-wide series.
+pub const MIN_MAX_BYTES: usize = 64 << 10;
+/// Registers a latency summary's quantiles are computed over (the most recent ones).
+pub const LATENCY_WINDOW: usize = 4096;
+/// Ticks the tick summary's quantiles are computed over: the last minute at the default 1 s tick, so they
+/// describe the node as it is now.
+pub const TICK_WINDOW: usize = 60;
+/// Per-task sample lines written for one task at most (gauges, lease figures, 8 prediction bounds, counters).
+const LINES_PER_TASK: usize = 32;
+/// Bytes of one per-task sample line besides its labels: the longest metric name, braces, value, newline.
+const LINE_OVERHEAD: usize = 72;
+
 /// `[metrics]` in the broker's configuration.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// `host:port` for HTTP over TCP, or an absolute path for HTTP over a Unix socket. Absent: no metrics.
     pub listen: Option<String>,
+    /// Most bytes of one scrape's body (about: the broker-wide series always come, per-task series while they
+    /// fit). Default [`DEFAULT_MAX_BYTES`]; at least [`MIN_MAX_BYTES`].
+    pub max_bytes: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+/// One latency summary: the last `window` observations, their count and sum since start.
+#[derive(Debug)]
+pub struct Latency {
+    window: usize,
+    inner: std::sync::Mutex<LatencyInner>,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self::new(LATENCY_WINDOW)
+    }
+}
+
+#[derive(Debug, Default)]
+struct LatencyInner {
+    ring: Vec<f64>,
+    next: usize,
+    count: u64,
+    sum: f64,
+}
+
+/// What a scrape shows of a [`Latency`]: quantiles of the window, count and sum since start (seconds).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatencySnapshot {
+    /// (quantile, seconds) for 0.5, 0.9, 0.99 and 1 (the window's maximum); empty before the first observation.
+    pub quantiles: Vec<(f64, f64)>,
+    /// Observations since start.
+    pub count: u64,
+    /// Their sum, seconds.
+    pub sum: f64,
+}
+
+impl Latency {
+    /// A summary over the last `window` observations (at least 1).
+    pub fn new(window: usize) -> Self {
+        Self {
+            window: window.max(1),
+            inner: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let v = d.as_secs_f64();
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if g.ring.len() < self.window {
+            g.ring.push(v);
+        } else {
+            let i = g.next;
+            g.ring[i] = v;
+        }
+        g.next = (g.next + 1) % self.window;
+        g.count += 1;
+        g.sum += v;
+    }
+
+    /// Quantiles of the window (nearest rank), count and sum.
+    pub fn snapshot(&self) -> LatencySnapshot {
+        let (mut v, count, sum) = {
+            let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            (g.ring.clone(), g.count, g.sum)
+        };
+        v.sort_by(f64::total_cmp);
+        let quantiles = if v.is_empty() {
+            Vec::new()
+        } else {
+            [0.5, 0.9, 0.99, 1.0]
+                .into_iter()
+                .map(|q| {
+                    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+                    (q, v[rank - 1])
+                })
+                .collect()
+        };
+        LatencySnapshot {
+            quantiles,
+            count,
+            sum,
+        }
+    }
+}
+
+/// The broker's latency summaries.
+#[derive(Debug)]
+pub struct Latencies {
+    /// A Register as the broker serves it: from the request parsed to the reply ready (its group commit included).
+    pub register: Latency,
+    /// The part of a Register spent waiting for its group commit.
+    pub register_commit_wait: Latency,
+    /// One controller tick (decisions computed, queued and handed to the journal).
+    pub tick: Latency,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Self {
+            register: Latency::new(LATENCY_WINDOW),
+            register_commit_wait: Latency::new(LATENCY_WINDOW),
+            tick: Latency::new(TICK_WINDOW),
+        }
+    }
+}
+
+impl Latencies {
+    fn snapshots(&self) -> [(&'static str, &'static str, LatencySnapshot); 3] {
+        [
+            (
+                "predictive_register_seconds",
+                "Register served, from the request read to the reply ready (its group commit included).",
+                self.register.snapshot(),
+            ),
+            (
+                "predictive_register_commit_wait_seconds",
+                "Part of a Register spent waiting for the group commit holding its records.",
+                self.register_commit_wait.snapshot(),
+            ),
+            (
+                "predictive_tick_seconds",
+                "One controller tick.",
+                self.tick.snapshot(),
+            ),
+        ]
+    }
 }
 
 /// Errors starting the endpoint.
@@ -200,7 +358,13 @@ fn respond(mut s: impl Read + Write, broker: &Broker) {
             (
                 "200 OK",
                 "text/plain; version=0.0.4; charset=utf-8",
-                render(&broker.snapshot(), &tasks, &counters),
+                render(
+                    &broker.snapshot(),
+                    &tasks,
+                    &counters,
+                    &broker.latencies().snapshots(),
+                    broker.metrics_max_bytes(),
+                ),
             )
         }
         ("GET", _) => (
@@ -247,9 +411,70 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
     }
 }
 
-/// The exposition text for one scrape.
-pub fn render(status: &Status, tasks: &[TaskCounters], b: &BrokerCounters) -> String {
+/// Writes one summary family.
+fn summary(out: &mut String, name: &str, help: &str, s: &LatencySnapshot) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} summary");
+    for (q, v) in &s.quantiles {
+        let _ = writeln!(out, "{name}{{quantile=\"{q}\"}} {v}");
+    }
+    let _ = writeln!(out, "{name}_sum {}", s.sum);
+    let _ = writeln!(out, "{name}_count {}", s.count);
+}
+
+/// The exposition text for one scrape: the broker-wide series, then per-task series for the tasks (in container-id
+/// order) whose series fit in `max_bytes` (at least [`MIN_MAX_BYTES`]).
+pub fn render(
+    status: &Status,
+    tasks: &[TaskCounters],
+    b: &BrokerCounters,
+    latencies: &[(&str, &str, LatencySnapshot)],
+    max_bytes: usize,
+) -> String {
     let mut out = String::new();
+    // Labels of every task, looked up by id (no scan per sample: 20,000 tasks stay linear).
+    let mut keys: HashMap<&str, &str> = status
+        .predictions
+        .iter()
+        .map(|p| (p.container_id.as_str(), p.task_key.as_str()))
+        .collect();
+    keys.extend(
+        tasks
+            .iter()
+            .map(|t| (t.container_id.as_str(), t.task_key.as_str())),
+    );
+    let label_of = |id: &str| {
+        format!(
+            "container=\"{}\",task_type=\"{}\"",
+            esc(id),
+            esc(keys.get(id).copied().unwrap_or(""))
+        )
+    };
+    // Which tasks get per-task series: every id the scrape would name, in order, while their worst case fits.
+    let mut ids: Vec<&str> = status
+        .tasks
+        .iter()
+        .map(|t| t.container_id.as_str())
+        .chain(tasks.iter().map(|t| t.container_id.as_str()))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let budget = max_bytes.max(MIN_MAX_BYTES).saturating_sub(MIN_MAX_BYTES);
+    let mut used = 0usize;
+    let mut labels: HashMap<&str, String> = HashMap::new();
+    let mut omitted = 0usize;
+    for id in &ids {
+        let l = label_of(id);
+        let cost = LINES_PER_TASK * (l.len() + LINE_OVERHEAD);
+        if omitted == 0 && used + cost <= budget {
+            used += cost;
+            labels.insert(*id, l);
+        } else {
+            omitted += 1;
+        }
+    }
+    let shown = |id: &str| labels.contains_key(id);
+    let labels = |id: &str| labels.get(id).cloned().unwrap_or_default();
     let one = |v: f64| vec![(String::new(), v)];
     family(
         &mut out,
@@ -373,32 +598,23 @@ pub fn render(status: &Status, tasks: &[TaskCounters], b: &BrokerCounters) -> St
         &decs,
     );
 
+    for (name, help, snap) in latencies {
+        summary(&mut out, name, help, snap);
+    }
+    family(
+        &mut out,
+        "predictive_metrics_tasks_omitted",
+        "gauge",
+        "Tasks left out of this scrape's per-task series ([metrics] max_bytes).",
+        &one(omitted as f64),
+    );
+
     // Per task.
-    let key_of = |id: &str| {
-        tasks
-            .iter()
-            .find(|t| t.container_id == id)
-            .map(|t| t.task_key.as_str())
-            .or_else(|| {
-                status
-                    .predictions
-                    .iter()
-                    .find(|p| p.container_id == id)
-                    .map(|p| p.task_key.as_str())
-            })
-            .unwrap_or("")
-    };
-    let labels = |id: &str| {
-        format!(
-            "container=\"{}\",task_type=\"{}\"",
-            esc(id),
-            esc(key_of(id))
-        )
-    };
     let per_task = |f: &dyn Fn(&crate::controller::TaskView) -> Option<f64>| -> Vec<(String, f64)> {
         status
             .tasks
             .iter()
+            .filter(|t| shown(&t.container_id))
             .filter_map(|t| f(t).map(|v| (labels(&t.container_id), v)))
             .collect()
     };
@@ -456,22 +672,29 @@ pub fn render(status: &Status, tasks: &[TaskCounters], b: &BrokerCounters) -> St
         .iter()
         .map(|t| t.container_id.as_str())
         .collect();
+    // Leases per task, summed in one pass over the leases: (lent, lent cores, borrowed, borrowed cores).
+    let mut per: HashMap<&str, (usize, f64, usize, f64)> = HashMap::new();
+    for l in &status.leases {
+        if let Some(lender) = l.lender.as_deref() {
+            let e = per.entry(lender).or_default();
+            e.0 += 1;
+            e.1 += l.amount;
+        }
+        let e = per.entry(l.holder.as_str()).or_default();
+        e.2 += 1;
+        e.3 += l.amount;
+    }
     let mut lent = Vec::new();
     let mut borrowed = Vec::new();
     let mut lent_cores = Vec::new();
     let mut borrowed_cores = Vec::new();
-    for t in &status.tasks {
+    for t in status.tasks.iter().filter(|t| shown(&t.container_id)) {
         let id = t.container_id.as_str();
-        let l: Vec<_> = status
-            .leases
-            .iter()
-            .filter(|l| l.lender.as_deref() == Some(id))
-            .collect();
-        let h: Vec<_> = status.leases.iter().filter(|l| l.holder == id).collect();
-        lent.push((labels(id), l.len() as f64));
-        borrowed.push((labels(id), h.len() as f64));
-        lent_cores.push((labels(id), l.iter().map(|l| l.amount).sum()));
-        borrowed_cores.push((labels(id), h.iter().map(|l| l.amount).sum()));
+        let (nl, cl, nb, cb) = per.get(id).copied().unwrap_or_default();
+        lent.push((labels(id), nl as f64));
+        borrowed.push((labels(id), nb as f64));
+        lent_cores.push((labels(id), cl));
+        borrowed_cores.push((labels(id), cb));
     }
     family(
         &mut out,
@@ -504,7 +727,7 @@ pub fn render(status: &Status, tasks: &[TaskCounters], b: &BrokerCounters) -> St
     let mut cpu_pred = Vec::new();
     let mut mem_pred = Vec::new();
     for p in &status.predictions {
-        if !live.contains(p.container_id.as_str()) {
+        if !live.contains(p.container_id.as_str()) || !shown(&p.container_id) {
             continue;
         }
         let l = labels(&p.container_id);
@@ -590,6 +813,7 @@ pub fn render(status: &Status, tasks: &[TaskCounters], b: &BrokerCounters) -> St
     for (name, help, pick) in counters {
         let samples: Vec<(String, f64)> = tasks
             .iter()
+            .filter(|t| shown(&t.container_id))
             .map(|t| (labels(&t.container_id), pick(&t.counters) as f64))
             .collect();
         family(&mut out, name, "counter", help, &samples);
@@ -675,7 +899,13 @@ mod tests {
                 ..Counters::default()
             },
         }];
-        let text = render(&status, &tasks, &BrokerCounters::default());
+        let text = render(
+            &status,
+            &tasks,
+            &BrokerCounters::default(),
+            &[],
+            DEFAULT_MAX_BYTES,
+        );
         for needle in [
             "# TYPE predictive_tasks gauge\npredictive_tasks 2\n",
             "predictive_tasks_frozen 1\n",
@@ -698,5 +928,138 @@ mod tests {
             let v = line.rsplit(' ').next().expect("value");
             assert!(v.parse::<f64>().is_ok(), "{line}");
         }
+    }
+
+    fn many(n: usize) -> (Status, Vec<TaskCounters>) {
+        let task = |i: usize| TaskView {
+            container_id: format!("ctr-{i:06}"),
+            mode: Mode::Enforce,
+            priority: 0,
+            critical: false,
+            allocation: Allocation {
+                cpu_cores: Some(0.5),
+                memory_bytes: Some(1 << 20),
+                memory_max_bytes: Some(2 << 20),
+            },
+            base_cpu_cores: Some(0.5),
+            frozen: false,
+            stopping: false,
+            usage: Some(Usage {
+                at_ms: 1,
+                cpu_cores: 0.25,
+                memory_bytes: 400,
+                ..Usage::default()
+            }),
+            limits: Default::default(),
+            max_borrow_cpu: None,
+        };
+        let status = Status {
+            total_tasks: None,
+            next_offset: None,
+            broker_version: "0.1.0".to_owned(),
+            tick_ms: 1000,
+            host: HostCapacity {
+                cpu_cores: 2.0,
+                memory_bytes: 4096,
+            },
+            model_version: 1,
+            tasks: (0..n).map(task).collect(),
+            leases: Vec::new(),
+            predictions: Vec::new(),
+            pool: "host".to_owned(),
+        };
+        let counters = (0..n)
+            .map(|i| TaskCounters {
+                container_id: format!("ctr-{i:06}"),
+                task_key: "batch/etl-nightly".to_owned(),
+                live: true,
+                prediction: None,
+                counters: Counters::default(),
+            })
+            .collect();
+        (status, counters)
+    }
+
+    fn omitted(text: &str) -> usize {
+        text.lines()
+            .find_map(|l| l.strip_prefix("predictive_metrics_tasks_omitted "))
+            .and_then(|v| v.parse().ok())
+            .expect("the omitted gauge is always written")
+    }
+
+    #[test]
+    fn a_scrape_at_20000_tasks_stays_within_max_bytes_and_counts_what_it_left_out() {
+        let (status, tasks) = many(20_000);
+        let text = render(
+            &status,
+            &tasks,
+            &BrokerCounters::default(),
+            &[],
+            DEFAULT_MAX_BYTES,
+        );
+        assert!(
+            text.len() <= DEFAULT_MAX_BYTES,
+            "{} bytes > {DEFAULT_MAX_BYTES}",
+            text.len()
+        );
+        let named = |id: &str| text.contains(&format!("container=\"{id}\""));
+        assert!(named("ctr-000000"), "the first tasks in id order are shown");
+        assert!(!named("ctr-019999"), "the last ones are left out");
+        let shown = text
+            .lines()
+            .filter(|l| l.starts_with("predictive_task_frozen{"))
+            .count();
+        assert!(shown > 100, "only {shown} tasks shown");
+        assert_eq!(shown + omitted(&text), 20_000);
+        assert!(
+            text.contains("predictive_tasks 20000\n"),
+            "totals count every task"
+        );
+
+        // The same tasks under a cap they fit in: every one is shown, nothing omitted.
+        let (status, tasks) = many(50);
+        let text = render(&status, &tasks, &BrokerCounters::default(), &[], 1 << 20);
+        assert_eq!(omitted(&text), 0);
+        assert!(text.contains("container=\"ctr-000049\""));
+    }
+
+    #[test]
+    fn latency_summaries_give_window_quantiles_count_and_sum() {
+        let l = Latency::default();
+        assert!(l.snapshot().quantiles.is_empty());
+        for ms in 1..=100u64 {
+            l.observe(Duration::from_millis(ms));
+        }
+        let s = l.snapshot();
+        assert_eq!(s.count, 100);
+        assert!((s.sum - 5.05).abs() < 1e-9, "{}", s.sum);
+        let q = |want: f64| {
+            s.quantiles
+                .iter()
+                .find(|(k, _)| *k == want)
+                .map(|(_, v)| *v)
+                .expect("quantile present")
+        };
+        assert!((q(0.5) - 0.050).abs() < 1e-9);
+        assert!((q(0.99) - 0.099).abs() < 1e-9);
+        assert!((q(1.0) - 0.100).abs() < 1e-9);
+        // The window keeps the newest observations only.
+        for _ in 0..LATENCY_WINDOW {
+            l.observe(Duration::from_millis(2));
+        }
+        let s = l.snapshot();
+        assert_eq!(s.count, 100 + LATENCY_WINDOW as u64);
+        assert_eq!(s.quantiles.last().map(|x| x.1), Some(0.002));
+        let mut text = String::new();
+        summary(&mut text, "x_seconds", "h", &s);
+        assert!(text.contains("# TYPE x_seconds summary\n"), "{text}");
+        assert!(
+            text.contains("x_seconds{quantile=\"0.99\"} 0.002\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("x_seconds_count {}\n", 100 + LATENCY_WINDOW)),
+            "{text}"
+        );
     }
 }

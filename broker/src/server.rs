@@ -293,8 +293,12 @@ pub struct Broker {
     persisted: Mutex<Option<Vec<crate::controller::Lease>>>,
     /// Connections being served.
     conns: std::sync::atomic::AtomicUsize,
+    /// Most connections served at once since memory was last handed back ([`Broker::release_memory`]).
+    conns_peak: std::sync::atomic::AtomicUsize,
     /// When a rate-limited warning was last logged, ms.
     last_warning_ms: std::sync::atomic::AtomicU64,
+    /// Register and tick latencies (metrics).
+    latencies: crate::metrics::Latencies,
 }
 
 /// Turns a pair of raw samples into the controller's usage and the predictor's sample.
@@ -504,11 +508,13 @@ impl Broker {
 
     /// Serves one request.
     pub fn handle(&self, req: Request) -> Response {
+        let started = Instant::now();
         self.tracker.request(crate::history::request_kind(&req));
         if let Err(e) = crate::validate::request(&req) {
             return Response::Error(e);
         }
         let writes = req.writes();
+        let registering = matches!(req, Request::Register(_));
         if writes {
             // Back-pressure: a burst waits for the recorder instead of growing its queue.
             self.journal.room(DURABLE_WITHIN);
@@ -559,6 +565,7 @@ impl Broker {
             if writes {
                 // Acknowledged means durable: what this request wrote, and every decision queued before it (the
                 // directives it carries among them), is committed before the peer hears of it.
+                let waiting = Instant::now();
                 self.journal
                     .wait(self.journal.submitted(), DURABLE_WITHIN)
                     .map_err(|e| {
@@ -567,9 +574,17 @@ impl Broker {
                             format!("recording the request: {}", crate::error_chain(&e)),
                         )
                     })?;
+                if registering {
+                    self.latencies
+                        .register_commit_wait
+                        .observe(waiting.elapsed());
+                }
             }
             Ok(resp)
         });
+        if registering && r.is_ok() {
+            self.latencies.register.observe(started.elapsed());
+        }
         r.unwrap_or_else(Response::Error)
     }
 
@@ -992,6 +1007,7 @@ impl Broker {
 
     /// One controller step: decisions are queued for their containers, recorded and logged.
     pub fn tick(&self) {
+        let started = Instant::now();
         let now = now_ms();
         let (records, forgotten, closes) = {
             let mut guard = self.lock();
@@ -1035,6 +1051,7 @@ impl Broker {
         }
         self.record_decisions(records, closes);
         self.persist_leases();
+        self.latencies.tick.observe(started.elapsed());
     }
 
     /// Writes the live leases to [`Config::leases_file`] when they changed since the last write — a lease added,
@@ -1099,6 +1116,36 @@ impl Broker {
         self.status(None)
     }
 
+    /// Hands memory freed by ended connections back to the kernel once a surge is over: when at least
+    /// [`TRIM_AFTER`] fewer connections are served than at the peak since the last time. glibc keeps what a thread
+    /// freed in its arena (up to 8 per core) and returns only the free top of each, so the buffers of a few thousand
+    /// closed connections stayed resident (36 MB after a 5,000-connection flood, docs/BENCHMARKS.md);
+    /// `malloc_trim(0)` releases the free pages of every arena. Called by the tick thread, off the state lock.
+    pub fn release_memory(&self) -> bool {
+        let now = self.conns.load(Ordering::Relaxed);
+        let peak = self.conns_peak.load(Ordering::Relaxed);
+        if peak < now + TRIM_AFTER {
+            return false;
+        }
+        self.conns_peak.store(now, Ordering::Relaxed);
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only walks glibc's own arenas under their locks; it takes no pointer of ours.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        true
+    }
+
+    /// Register and tick latencies, for the metrics endpoint.
+    pub fn latencies(&self) -> &crate::metrics::Latencies {
+        &self.latencies
+    }
+
+    /// `[metrics] max_bytes`.
+    pub fn metrics_max_bytes(&self) -> usize {
+        self.cfg.metrics.max_bytes
+    }
+
     /// The daemon is shutting down.
     pub fn is_stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
@@ -1152,6 +1199,8 @@ fn write_response(mut w: &UnixStream, id: Option<u64>, resp: &Response) -> std::
 /// serde_json bounds nesting at 128), so 256 KiB is plenty; the default 8 MiB made 5,000 shims cost 40 GiB of
 /// address space.
 const CONN_STACK: usize = 256 << 10;
+/// Connections fewer than the peak that make the tick thread hand freed memory back ([`Broker::release_memory`]).
+const TRIM_AFTER: usize = 256;
 /// Connections of root or the broker's uid served beyond `max_connections`.
 const ADMIN_RESERVE: usize = 32;
 /// A peer that does not read its replies is cut off after this long.
@@ -1235,6 +1284,7 @@ fn serve_connection(broker: Arc<Broker>, stream: UnixStream) {
 /// Serves a new connection on its own small thread, or refuses it when [`Config::max_connections`] are served.
 fn accept_one(b: &Arc<Broker>, s: UnixStream) {
     let n = b.conns.fetch_add(1, Ordering::Relaxed) + 1;
+    b.conns_peak.fetch_max(n, Ordering::Relaxed);
     // Past the cap, a few more connections of root or our own uid are still served: an operator's `status` gets
     // through a flood from the read-only group or strangers.
     let over = n > b.cfg.max_connections
@@ -1271,6 +1321,24 @@ fn accept_one(b: &Arc<Broker>, s: UnixStream) {
     if let Err(e) = started {
         b.conns.fetch_sub(1, Ordering::Relaxed);
         b.log_limited(|| tracing::warn!(error = %e, "starting a connection's thread"));
+    }
+}
+
+/// Most glibc malloc arenas. By default glibc gives threads up to 8 arenas per core, and what thousands of connection
+/// threads freed stayed spread over them (~1.5 MB resident each, not all returned even by `malloc_trim`); two arenas
+/// and [`Broker::release_memory`] bring RSS back to where it started after a 5,000-connection flood
+/// (docs/BENCHMARKS.md). Connection threads spend their time waiting on sockets and the state lock, not in malloc.
+const MALLOC_ARENAS: i32 = 2;
+
+/// Caps glibc's malloc arenas at [`MALLOC_ARENAS`] before the broker's threads start (a `MALLOC_ARENA_MAX` in the
+/// environment wins).
+fn limit_arenas() {
+    #[cfg(target_env = "gnu")]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt sets a glibc tunable; called before this process starts its own threads.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+        }
     }
 }
 
@@ -1440,6 +1508,7 @@ impl Daemon {
     /// Takes the lock, opens the store, binds the socket and starts every thread.
     pub fn start(cfg: Config) -> Result<Self, ServerError> {
         use std::os::unix::fs::OpenOptionsExt;
+        limit_arenas();
         let nofile = raise_nofile();
         // The state dir holds containers' command lines: ours alone, whatever the umask.
         create_private_dir(&cfg.state_dir)?;
@@ -1538,7 +1607,9 @@ impl Daemon {
             stop: AtomicBool::new(false),
             tracker: crate::history::Tracker::default(),
             conns: std::sync::atomic::AtomicUsize::new(0),
+            conns_peak: std::sync::atomic::AtomicUsize::new(0),
             last_warning_ms: std::sync::atomic::AtomicU64::new(0),
+            latencies: crate::metrics::Latencies::default(),
         });
         let mut threads = Vec::new();
         {
@@ -1565,6 +1636,7 @@ impl Daemon {
                 while sleep_unless_stopped(&b.stop, tick) {
                     b.tick();
                     b.tracker.observe(&b.snapshot());
+                    b.release_memory();
                 }
             })?);
         }
