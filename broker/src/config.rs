@@ -29,6 +29,7 @@
 //!
 //! [metrics]                                # Prometheus text exposition over HTTP/1.0; off when absent
 //! listen = "127.0.0.1:9464"                # host:port, or an absolute Unix socket path
+//! max_bytes = 4194304                      # one scrape at most (per-task series while they fit)
 //! ```
 
 use std::path::{Path, PathBuf};
