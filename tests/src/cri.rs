@@ -171,7 +171,10 @@ pub fn ensure_pause_image(settings: &Settings) -> PathBuf {
 pub fn ready_client(c: &mut Containerd, pause: &Path) -> CriClient {
     let slow = u64::from(c.settings.slow());
     let own = std::mem::replace(&mut c.ns, NAMESPACE.to_string());
-    for tar in [pause.to_path_buf(), c.settings.cache.join("busybox-image.tar")] {
+    for tar in [
+        pause.to_path_buf(),
+        c.settings.cache.join("busybox-image.tar"),
+    ] {
         c.ctr_with(
             &["images", "import", &tar.to_string_lossy()],
             Duration::from_secs(120 * slow),
@@ -259,7 +262,13 @@ impl CriClient {
     }
 
     /// CreateContainer of container `config` in sandbox `sandbox` (pod `pod`): the container id, tracked by `c`.
-    pub fn create_container(&self, c: &Containerd, sandbox: &str, config: Value, pod: &Value) -> String {
+    pub fn create_container(
+        &self,
+        c: &Containerd,
+        sandbox: &str,
+        config: Value,
+        pod: &Value,
+    ) -> String {
         let reply = self.call(
             "CreateContainer",
             json!({"pod_sandbox_id": sandbox, "config": config, "sandbox_config": pod}),
