@@ -45,7 +45,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use crate::key::TaskKey;
-use crate::model::{ForwardScores, Resource, TaskModel, TrainConfig, calibrate, finished_at_ms, train_task_scored};
+use crate::model::{ForwardScores, Resource, TaskModel, TrainConfig, conformal_bound, finished_at_ms, train_task_scored};
 use crate::types::{RunFeatures, RunSummary};
 
 /// Errors reading or writing a trace.
@@ -197,8 +197,8 @@ impl Score {
 /// The resources scored.
 pub const SCORED: [Resource; 3] = [Resource::Memory, Resource::Cpu, Resource::Duration];
 /// Levels of our limit swept for the risk/slack curve.
-pub const OUR_LEVELS: [f64; 12] = [
-    0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99, 0.995, 0.998, 0.999, 1.0,
+pub const OUR_LEVELS: [f64; 11] = [
+    0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99, 0.995, 0.998, 0.999,
 ];
 /// Quantiles of the history-quantile family.
 pub const FAMILY_QUANTILES: [f64; 8] = [0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 1.0];
@@ -536,8 +536,7 @@ pub fn evaluate(runs: &[RunSummary], cfg: &EvalConfig) -> EvalReport {
                 let floor = t.history_floor(x[0]);
                 let point = t.point(&x);
                 for (level, sc) in rr.ours_curve.iter_mut() {
-                    let lim = (point * calibrate(&scores[slot(*res)], cfg.train.level, *level).limit)
-                        .max(floor);
+                    let lim = (point * conformal_bound(&scores[slot(*res)], *level)).max(floor);
                     sc.add(lim, 0.0, 0.0, usage);
                 }
             }

@@ -200,7 +200,7 @@ fn default_window() -> usize {
 }
 
 fn default_calibration_window() -> usize {
-    200
+    100
 }
 
 fn default_train_window() -> usize {
@@ -489,6 +489,9 @@ pub fn finished_at_ms(run: &RunSummary) -> u64 {
 /// past extrapolates badly; drift is followed by the recent window and the recent residuals instead.
 const REGRESSION_COLUMNS: [usize; 5] = [0, 1, 2, 3, 4];
 
+/// Latest runs whose memory peaks bound the next estimate from below ([`TargetModel::shown`]).
+const SHOWN_RUNS: usize = 10;
+
 /// Forward-validated conformal scores `actual / predicted` of each target's chosen candidate, oldest first, in
 /// [`Resource::ALL`] order: what the calibration was computed from (the evaluator sweeps levels over them).
 pub type ForwardScores = [Vec<f64>; 4];
@@ -712,7 +715,7 @@ fn train_target(
         baseline_error
     };
     let shown = if history_floor {
-        (n.saturating_sub(window)..n)
+        (n.saturating_sub(SHOWN_RUNS)..n)
             .map(|i| (x[i][INPUT_BYTES], y[i]))
             .collect()
     } else {
@@ -759,25 +762,45 @@ pub fn calibrate(ratios: &[f64], level: f64, limit_q: f64) -> Calibration {
     } else {
         r[lo_rank.min(n) - 1]
     };
-    let lim_rank = ((n as f64 + 1.0) * limit_q - 1e-9).ceil() as usize;
-    let empirical = r[lim_rank.clamp(1, n) - 1];
-    let limit = if lim_rank > n {
-        // The quantile does not exist at this sample size: take the larger of the maximum and a log-normal tail.
-        let logs: Vec<f64> = r.iter().map(|v| v.max(1e-12).ln()).collect();
-        let mean = logs.iter().sum::<f64>() / n as f64;
-        let sd =
-            (logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64).sqrt();
-        // Student-t predictive bound: the sd itself is estimated from few ratios.
-        let t = student_t_quantile(limit_q, (n.max(2) - 1) as f64);
-        empirical.max((mean + t * sd * (1.0 + 1.0 / n as f64).sqrt()).exp())
-    } else {
-        empirical
-    };
+    let limit = one_sided(&r, limit_q);
     Calibration {
         lower,
         upper,
         limit: limit.max(upper),
     }
+}
+
+/// The conformal one-sided bound at `q` of sorted scores: the finite-sample rank when it exists, else the larger
+/// of the largest score and a log-normal tail fitted to the scores (Student-t predictive bound, as the spread is
+/// itself estimated from few scores).
+fn one_sided(sorted: &[f64], q: f64) -> f64 {
+    let n = sorted.len();
+    if n == 0 {
+        return 1.0;
+    }
+    let q = q.clamp(0.0, 0.9999);
+    let rank = ((n as f64 + 1.0) * q - 1e-9).ceil() as usize;
+    let empirical = sorted[rank.clamp(1, n) - 1];
+    if rank <= n {
+        return empirical;
+    }
+    let logs: Vec<f64> = sorted.iter().map(|v| v.max(1e-12).ln()).collect();
+    let mean = logs.iter().sum::<f64>() / n as f64;
+    let sd = (logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64).sqrt();
+    let t = student_t_quantile(q, (n.max(2) - 1) as f64);
+    empirical.max((mean + t * sd * (1.0 + 1.0 / n as f64).sqrt()).exp())
+}
+
+/// The conformal one-sided multiplier at quantile `q` of forward scores `actual / predicted` (any order): what
+/// [`calibrate`] uses for the limit, without the central interval's floor (the evaluator sweeps `q` with it).
+pub fn conformal_bound(scores: &[f64], q: f64) -> f64 {
+    let mut r: Vec<f64> = scores
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .collect();
+    r.sort_by(f64::total_cmp);
+    one_sided(&r, q)
 }
 
 /// Quantile of Student's t with `dof` degrees of freedom (Cornish–Fisher expansion around the normal quantile;
