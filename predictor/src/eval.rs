@@ -29,8 +29,8 @@
 //! both baselines recomputed at every run, with interval `[P5, P95]` of their own history.
 //!
 //! A run whose task type has fewer than [`EvalConfig::min_history`] finished runs is cold for every policy (the
-//! broker would use the spec's limits) and is only counted. Per policy and resource: under-prediction rate (usage
-//! > allocation), mean relative slack `(allocation - usage) / allocation` over the runs that were not
+//! broker would use the spec's limits) and is only counted. Per policy and resource: under-prediction rate
+//! (usage above the allocation), mean relative slack `(allocation - usage) / allocation` over the runs that were not
 //! under-predicted (a run with 0 usage and 0 allocation is left out of the slack), coverage of the interval.
 //!
 //! # Equal risk
@@ -45,7 +45,10 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use crate::key::TaskKey;
-use crate::model::{ForwardScores, Resource, TaskModel, TrainConfig, conformal_bound, finished_at_ms, train_task_scored};
+use crate::model::{
+    ForwardScores, Resource, TaskModel, TrainConfig, conformal_bound, finished_at_ms,
+    train_task_scored,
+};
 use crate::types::{RunFeatures, RunSummary};
 
 /// Errors reading or writing a trace.
@@ -495,7 +498,11 @@ pub fn evaluate(runs: &[RunSummary], cfg: &EvalConfig) -> EvalReport {
     let oom = cfg.train.oom_inflation;
     let slot = |res: Resource| Resource::ALL.iter().position(|&r| r == res).unwrap_or(0);
     let vpa_q = FAMILY_QUANTILES.iter().position(|&q| q == 0.9).unwrap_or(0) + 2;
-    let ap_q = FAMILY_QUANTILES.iter().position(|&q| q == 0.98).unwrap_or(0) + 2;
+    let ap_q = FAMILY_QUANTILES
+        .iter()
+        .position(|&q| q == 0.98)
+        .unwrap_or(0)
+        + 2;
     for idx in order {
         let run = &runs[idx];
         let now = run.started_at_ms;
@@ -663,7 +670,7 @@ mod tests {
     #[test]
     fn best_baseline_is_the_least_slack_at_no_more_risk() {
         let mut rr = ResourceReport::new(Resource::Memory);
-        let mut mk = |under: u64, slack: f64| {
+        let mk = |under: u64, slack: f64| {
             let mut s = Score::default();
             for i in 0..100 {
                 if i < under {
@@ -699,7 +706,11 @@ mod tests {
         }
         let now = 5 * 86_400_000 + 30 * 60_000;
         let cfg = EvalConfig::default();
-        let p90 = FAMILY_QUANTILES.iter().position(|&q| q == 0.9).expect("P90") + 2;
+        let p90 = FAMILY_QUANTILES
+            .iter()
+            .position(|&q| q == 0.9)
+            .expect("P90")
+            + 2;
         let decayed = history_quantiles(&st, 0, History::Decayed, now, &cfg);
         let all = history_quantiles(&st, 0, History::All, now, &cfg);
         assert_eq!(decayed[p90], f64::from(1u32 << 30));

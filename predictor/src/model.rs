@@ -494,7 +494,11 @@ fn features_of(f: &RunFeatures) -> [f64; N_FEATURES] {
 /// When a run's outcome became known (start + duration), ms: a run joins the history at its end.
 pub fn finished_at_ms(run: &RunSummary) -> u64 {
     let d = run.outcome.duration_s;
-    let d_ms = if d.is_finite() && d > 0.0 { (d * 1000.0) as u64 } else { 0 };
+    let d_ms = if d.is_finite() && d > 0.0 {
+        (d * 1000.0) as u64
+    } else {
+        0
+    };
     run.started_at_ms.saturating_add(d_ms)
 }
 
@@ -513,7 +517,12 @@ fn hour_of_day(x: &[f64; N_FEATURES]) -> usize {
 
 /// Median of the runs `< i` started in the same hour of day as `at` within the last [`SEASON_DAYS`], when there
 /// are at least two.
-fn seasonal_at(x: &[[f64; N_FEATURES]], y: &[f64], i: usize, at: &[f64; N_FEATURES]) -> Option<f64> {
+fn seasonal_at(
+    x: &[[f64; N_FEATURES]],
+    y: &[f64],
+    i: usize,
+    at: &[f64; N_FEATURES],
+) -> Option<f64> {
     let h = hour_of_day(at);
     let same: Vec<f64> = (0..i)
         .rev()
@@ -720,7 +729,13 @@ fn train_target(
     let span_days = n.checked_sub(1).map_or(0.0, |last| x[last][5] - x[0][5]);
     let hourly = span_days > 2.0 && n >= 48;
     let season_fwd: Vec<Option<f64>> = (0..n)
-        .map(|i| if hourly { seasonal_at(x, y, i, &x[i]) } else { None })
+        .map(|i| {
+            if hourly {
+                seasonal_at(x, y, i, &x[i])
+            } else {
+                None
+            }
+        })
         .collect();
 
     // Selection: each candidate against the baseline on the runs both predicted; a candidate must waste 3% less
@@ -1104,7 +1119,14 @@ mod tests {
     fn short_jobs_never_start_below_the_peak_their_history_shows() {
         const MIB: f64 = 1024.0 * 1024.0;
         // (lines in millions, peak MiB) of three history rounds of etl-a and etl-b.
-        let rounds = [(0.8, 59.0), (0.6, 44.0), (1.1, 30.0), (0.9, 52.0), (1.4, 21.0), (1.2, 27.0)];
+        let rounds = [
+            (0.8, 59.0),
+            (0.6, 44.0),
+            (1.1, 30.0),
+            (0.9, 52.0),
+            (1.4, 21.0),
+            (1.2, 27.0),
+        ];
         let runs: Vec<_> = rounds
             .iter()
             .enumerate()
@@ -1169,7 +1191,11 @@ mod tests {
         let noon = m.predict(&TaskKey::new("t"), &at(12), 1).cpu_cores;
         assert!((night.point - 1.0).abs() < 0.05, "03:00 {}", night.point);
         assert!((noon.point - 4.0).abs() < 0.2, "12:00 {}", noon.point);
-        assert!(noon.limit < 4.0 * 1.15, "no night-sized margin on the day: {}", noon.limit);
+        assert!(
+            noon.limit < 4.0 * 1.15,
+            "no night-sized margin on the day: {}",
+            noon.limit
+        );
         // Memory is flat: the seasonal model gains nothing and the baseline stands.
         assert_eq!(m.memory.kind, ModelKind::Baseline);
     }
