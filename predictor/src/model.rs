@@ -164,7 +164,7 @@ pub struct TrainConfig {
     pub ridge_alpha: f64,
     /// Factor applied to the peak memory of OOM-killed runs.
     pub oom_inflation: f64,
-    /// Runs in the recent window: the baseline is their median and memory never goes below the peak they show.
+    /// Runs in the recent window: the baseline is their median.
     #[serde(default = "default_window")]
     pub window: usize,
     /// Most recent forward residuals the conformal calibration uses.
@@ -226,7 +226,7 @@ pub struct Calibration {
 pub struct TargetModel {
     /// The chosen candidate.
     pub kind: ModelKind,
-    /// Baseline point estimate (decayed median).
+    /// Baseline point estimate: median of the recent window.
     pub baseline: f64,
     /// The regression, when chosen.
     pub linear: Option<LinearModel>,
@@ -236,13 +236,13 @@ pub struct TargetModel {
     pub ceiling: f64,
     /// Conformal multipliers.
     pub calibration: Calibration,
-    /// Cross-validated mean |ln(actual/predicted)| of the chosen candidate.
+    /// Forward-validated mean |ln(actual/predicted)| of the chosen candidate.
     pub error: f64,
     /// The same for the baseline (for reports).
     pub baseline_error: f64,
     /// The same for the regression, when it was tried.
     pub regression_error: Option<f64>,
-    /// Memory only: `(input bytes, peak)` of the recent window. No estimate goes below the largest peak of a run
+    /// Memory only: `(input bytes, peak)` of the last 10 runs. No estimate goes below the largest peak of a run
     /// whose input was no larger (all of them when inputs are unknown): the history shows that much was needed.
     #[serde(default)]
     pub shown: Vec<(f64, f64)>,
