@@ -437,15 +437,20 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, TransferError> {
     Ok(buf)
 }
 
-/// Imports one file into the predictor and refits the task types it taught.
+/// Imports one file into the predictor and refits the task types it taught. `path` may be a symlink (a ConfigMap
+/// volume's files are); the file it resolves to is read as [`read_bounded`] reads.
 pub fn import_file(
     p: &Predictor,
     path: &Path,
     max_bytes: u64,
     now_ms: u64,
 ) -> Result<ImportOutcome, TransferError> {
-    let bytes = read_bounded(path, max_bytes)?;
     let shown = shown_path(path);
+    let real = std::fs::canonicalize(path).map_err(|source| TransferError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let bytes = read_bounded(&real, max_bytes)?;
     let runs = parse(&bytes, &shown, now_ms)?;
     let (rep, refit) = p
         .import_runs(&runs, now_ms)
@@ -501,10 +506,12 @@ pub fn write_file(path: &Path, file: &HistoryFile) -> Result<(), TransferError> 
 }
 
 /// The watched import directory: every `*.json` file (not a dot-file, which is one being written) is imported
-/// when it is new or changed (size or mtime). A file that fails is logged once per version of it.
+/// when it is new or changed (size or mtime). A file that fails is logged once per version of it. An entry may be a
+/// symlink (Kubernetes projects a ConfigMap's keys as symlinks into `..data/`) as long as it resolves inside the
+/// directory.
 #[derive(Debug, Default)]
 pub struct Watcher {
-    seen: HashMap<PathBuf, (u64, i64, i64)>,
+    seen: HashMap<PathBuf, (PathBuf, u64, i64, i64)>,
     dir_error: Option<String>,
 }
 
@@ -526,6 +533,9 @@ impl Watcher {
                 return;
             }
         };
+        let Ok(root) = std::fs::canonicalize(dir) else {
+            return;
+        };
         let mut present = Vec::new();
         for entry in entries.flatten().take(10_000) {
             let name = entry.file_name();
@@ -534,17 +544,27 @@ impl Watcher {
                 continue;
             }
             let path = entry.path();
-            let Ok(md) = std::fs::symlink_metadata(&path) else {
+            let Ok(real) = std::fs::canonicalize(&path) else {
                 continue;
             };
-            let stamp = (md.len(), md.mtime(), md.mtime_nsec());
+            let Ok(md) = std::fs::metadata(&real) else {
+                continue;
+            };
+            let stamp = (real.clone(), md.len(), md.mtime(), md.mtime_nsec());
             present.push(path.clone());
             if self.seen.get(&path) == Some(&stamp) {
                 continue;
             }
             self.seen.insert(path.clone(), stamp);
-            if let Err(e) = import_file(p, &path, max_bytes, now_ms) {
-                tracing::warn!(error = %crate::error_chain(&e), "import file rejected; it is tried again when it changes");
+            if !real.starts_with(&root) {
+                tracing::warn!(
+                    file = %shown_path(&path),
+                    "import file rejected: it resolves outside the import directory"
+                );
+                continue;
+            }
+            if let Err(e) = import_file(p, &real, max_bytes, now_ms) {
+                tracing::warn!(file = %shown_path(&path), error = %crate::error_chain(&e), "import file rejected; it is tried again when it changes");
             }
         }
         self.seen.retain(|k, _| present.contains(k));
@@ -662,5 +682,48 @@ mod tests {
             Err(TransferError::NotAFile { .. })
         ));
         assert_eq!(read_bounded(&big, 4096).expect("fits").len(), 2048);
+    }
+
+    #[test]
+    fn a_watched_dir_follows_configmap_symlinks_inside_it_and_nothing_outside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = tempfile::tempdir().expect("tempdir");
+        let p = Predictor::open(
+            &store.path().join("p.redb"),
+            predictor::PredictorConfig::default(),
+        )
+        .expect("open");
+        let runs: Vec<_> = (1..=5)
+            .map(|i| run_json("00000000000000bb", i, "etl"))
+            .collect();
+        let text = file(runs).to_string();
+        // What kubelet makes of a ConfigMap volume: cm.json -> ..data/cm.json, ..data -> ..2026_01_01.
+        let import = dir.path().join("import");
+        std::fs::create_dir_all(import.join("..2026_01_01")).expect("mkdir");
+        std::fs::write(import.join("..2026_01_01/cm.json"), &text).expect("write");
+        std::os::unix::fs::symlink("..2026_01_01", import.join("..data")).expect("symlink");
+        std::os::unix::fs::symlink("..data/cm.json", import.join("cm.json")).expect("symlink");
+        // And a symlink out of the directory, to a file the broker must not read on anyone's behalf.
+        let outside = dir.path().join("outside.json");
+        let other: Vec<_> = (1..=5)
+            .map(|i| run_json("00000000000000cc", i, "secret"))
+            .collect();
+        std::fs::write(&outside, file(other).to_string()).expect("write");
+        std::os::unix::fs::symlink(&outside, import.join("out.json")).expect("symlink");
+        let mut w = Watcher::default();
+        w.scan(&p, &import, DEFAULT_MAX_FILE_BYTES, 10_000);
+        assert_eq!(
+            p.store().run_count_of(&TaskKey::new("etl")).expect("count"),
+            5
+        );
+        assert_eq!(
+            p.store()
+                .run_count_of(&TaskKey::new("secret"))
+                .expect("count"),
+            0
+        );
+        // Unchanged: not read again (nothing to count twice anyway).
+        w.scan(&p, &import, DEFAULT_MAX_FILE_BYTES, 10_000);
+        assert_eq!(p.store().run_count().expect("count"), 5);
     }
 }

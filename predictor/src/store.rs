@@ -1848,6 +1848,71 @@ mod tests {
     }
 
     #[test]
+    fn a_refit_replaces_only_its_task_types_in_the_set_in_force() {
+        let (_d, s) = open_tmp();
+        let runs: Vec<RunSummary> = (0..10).map(|i| run("a", i, i * 1000)).collect();
+        let cfg = crate::model::TrainConfig::default();
+        let old = crate::model::train_task(&runs, 5, &cfg).expect("trains");
+        let new = crate::model::train_task(&runs[..6], 9, &cfg).expect("trains");
+        let (a, b, c) = (TaskKey::new("a"), TaskKey::new("b"), TaskKey::new("c"));
+        s.save_models(4, [(&a, &old), (&b, &old), (&c, &old)], 1)
+            .expect("v4");
+        s.update_models(5, [(&a, &new)], &[c.clone()]).expect("v5");
+        assert_eq!(s.current_model_version().expect("current"), 5);
+        let set = s.load_current_models().expect("load");
+        assert_eq!(set.len(), 2, "c was dropped");
+        assert_eq!((set.get(&a), set.get(&b)), (Some(&new), Some(&old)));
+        // One entry per task type: a's v4 model was replaced, b's stays where it was written.
+        assert_eq!(s.model_versions().expect("versions"), vec![4, 5]);
+        s.update_models(6, [(&b, &new)], &[]).expect("v6");
+        let set = s.load_current_models().expect("load");
+        assert_eq!((set.get(&a), set.get(&b)), (Some(&new), Some(&new)));
+        assert_eq!(s.model_versions().expect("versions"), vec![5, 6]);
+        // A whole-set write starts over: nothing written before it is in force.
+        s.save_models(7, [(&c, &old)], 1).expect("v7");
+        let set = s.load_current_models().expect("load");
+        assert_eq!(set.keys().collect::<Vec<_>>(), vec![&c]);
+    }
+
+    #[test]
+    fn a_schema_2_file_gets_a_node_id_and_keeps_its_models() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.redb");
+        let runs: Vec<RunSummary> = (0..10).map(|i| run("a", i, i * 1000)).collect();
+        let model = crate::model::train_task(&runs, 5, &crate::model::TrainConfig::default())
+            .expect("trains");
+        let (a, b) = (TaskKey::new("a"), TaskKey::new("b"));
+        {
+            let s = Store::open(&path).expect("open");
+            s.save_models(1, [(&a, &model)], 1).expect("v1");
+            s.save_models(2, [(&b, &model)], 1).expect("v2");
+        }
+        // What a schema-2 build left: no node id, no base version (it loaded exactly the current version).
+        {
+            let raw = Database::create(&path).expect("raw open");
+            let txn = raw.begin_write().expect("txn");
+            {
+                let mut meta = txn.open_table(META).expect("meta");
+                meta.insert(K_SCHEMA, 2).expect("stamp");
+                meta.remove(K_NODE_ID).expect("forget node id");
+                meta.remove(K_MODEL_BASE).expect("forget base");
+            }
+            txn.commit().expect("commit");
+        }
+        let s = Store::open(&path).expect("migrates");
+        assert_eq!(s.schema_version().expect("version"), 3);
+        assert_ne!(s.node_id().expect("node id"), 0);
+        let set = s.load_current_models().expect("load");
+        assert_eq!(
+            set.keys().collect::<Vec<_>>(),
+            vec![&b],
+            "v1's model of a is not in force"
+        );
+        let (_d2, other) = open_tmp();
+        assert_ne!(other.node_id().expect("id"), s.node_id().expect("id"));
+    }
+
+    #[test]
     fn decision_log_filters_and_orders() {
         let (_d, s) = open_tmp();
         let d = |c: &str, at: u64| Decision {
