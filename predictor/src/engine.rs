@@ -419,7 +419,7 @@ impl Predictor {
         fitted: Option<u64>,
     ) -> Result<bool, PredictorError> {
         let growth = self.config.retrain.refit_growth;
-        if !(growth > 0.0) || new == 0 {
+        if growth.is_nan() || growth <= 0.0 || new == 0 {
             return Ok(false);
         }
         Ok(match fitted {

@@ -1857,7 +1857,8 @@ mod tests {
         let (a, b, c) = (TaskKey::new("a"), TaskKey::new("b"), TaskKey::new("c"));
         s.save_models(4, [(&a, &old), (&b, &old), (&c, &old)], 1)
             .expect("v4");
-        s.update_models(5, [(&a, &new)], &[c.clone()]).expect("v5");
+        s.update_models(5, [(&a, &new)], std::slice::from_ref(&c))
+            .expect("v5");
         assert_eq!(s.current_model_version().expect("current"), 5);
         let set = s.load_current_models().expect("load");
         assert_eq!(set.len(), 2, "c was dropped");
