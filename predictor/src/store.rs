@@ -704,9 +704,19 @@ impl Store {
                 let (key, id) = k.value();
                 per_task.entry(key.to_owned()).or_default().push(id);
             }
-            for (key, ids) in per_task {
+            for (key, mut ids) in per_task {
                 if ids.len() > policy.max_runs_per_task {
-                    // Keys iterate in run id order, and ids are allocated in time order: drop the front.
+                    // Local ids follow time, but an imported run gets a fresh id whatever its start: order by start
+                    // (only the types over the cap are read) and drop the oldest.
+                    let mut starts = HashMap::with_capacity(ids.len());
+                    for id in &ids {
+                        if let Some(v) = runs.get((key.as_str(), *id)).map_err(db("reading run"))? {
+                            let r: RunSummary =
+                                decode("run summary", || format!("{key}/{id}"), v.value())?;
+                            starts.insert(*id, r.started_at_ms);
+                        }
+                    }
+                    ids.sort_by_key(|id| (starts.get(id).copied().unwrap_or(0), *id));
                     for id in &ids[..ids.len() - policy.max_runs_per_task] {
                         runs.remove((key.as_str(), *id))
                             .map_err(db("deleting run"))?;
@@ -1873,6 +1883,44 @@ mod tests {
         s.save_models(7, [(&c, &old)], 1).expect("v7");
         let set = s.load_current_models().expect("load");
         assert_eq!(set.keys().collect::<Vec<_>>(), vec![&c]);
+    }
+
+    #[test]
+    fn retention_drops_the_oldest_runs_by_start_imported_ones_included() {
+        let (_d, s) = open_tmp();
+        let policy = RetentionPolicy {
+            max_runs_per_task: 3,
+            ..RetentionPolicy::default()
+        };
+        s.record_runs(&[
+            run("a", 1, 10_000),
+            run("a", 2, 20_000),
+            run("a", 3, 30_000),
+        ])
+        .expect("record");
+        // Two runs from another node: one older than every local run, one newer; both get ids after the local ones.
+        let portable = |origin_run, start| PortableRun {
+            origin_node: 0xbb,
+            origin_run,
+            run: run("a", 0, start),
+        };
+        let rep = s
+            .import_runs(&[portable(7, 5_000), portable(8, 40_000)])
+            .expect("import");
+        assert_eq!(rep.imported, 2);
+        let rep = s.apply_retention(50_000, &policy).expect("retention");
+        assert_eq!(rep.runs_dropped, 2);
+        let starts: Vec<u64> = s
+            .runs_of(&TaskKey::new("a"))
+            .expect("runs")
+            .iter()
+            .map(|r| r.started_at_ms)
+            .collect();
+        assert_eq!(
+            starts,
+            vec![20_000, 30_000, 40_000],
+            "the two oldest went, one of them imported"
+        );
     }
 
     #[test]
