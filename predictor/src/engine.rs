@@ -146,9 +146,30 @@ pub struct Predictor {
     /// Held while a new version is made (a whole refit; a full retrain's merge, write and swap).
     swap: Mutex<()>,
     /// Per task type, finished runs committed since its model was last fitted (or since start).
-    new_runs: Mutex<HashMap<TaskKey, u64>>,
+    new_runs: Mutex<Pending>,
     runs_since_train: AtomicU64,
     last_train_ms: AtomicU64,
+}
+
+/// New runs per task type, and the types that got one since a refit last looked at them: a refit examines only
+/// those, so a node with thousands of task types below `min_runs` pays nothing for them at each Finish.
+#[derive(Debug, Default)]
+struct Pending {
+    counts: HashMap<TaskKey, u64>,
+    dirty: HashSet<TaskKey>,
+}
+
+impl Pending {
+    fn subtract(&mut self, done: impl IntoIterator<Item = (TaskKey, u64)>) {
+        for (key, n) in done {
+            if let Some(left) = self.counts.get_mut(&key) {
+                *left = left.saturating_sub(n);
+                if *left == 0 {
+                    self.counts.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -181,7 +202,7 @@ impl Predictor {
             })),
             retraining: Mutex::new(()),
             swap: Mutex::new(()),
-            new_runs: Mutex::new(HashMap::new()),
+            new_runs: Mutex::new(Pending::default()),
             // Unknown after a restart: count as due so the first maybe_retrain trains.
             runs_since_train: AtomicU64::new(u64::from(version == 0)),
             last_train_ms: AtomicU64::new(trained_at),
@@ -237,7 +258,8 @@ impl Predictor {
     fn mark_new_runs<'a>(&self, keys: impl IntoIterator<Item = (&'a TaskKey, u64)>) {
         let mut pending = lock(&self.new_runs);
         for (key, n) in keys {
-            *pending.entry(key.clone()).or_default() += n;
+            *pending.counts.entry(key.clone()).or_default() += n;
+            pending.dirty.insert(key.clone());
         }
     }
 
@@ -330,7 +352,7 @@ impl Predictor {
         };
         let started = std::time::Instant::now();
         let pending_before = self.runs_since_train.load(Ordering::Relaxed);
-        let new_before = lock(&self.new_runs).clone();
+        let new_before = lock(&self.new_runs).counts.clone();
         let snapshot_version = self.model_version();
         let cfg = &self.config.train;
         let mut models = HashMap::new();
@@ -381,17 +403,7 @@ impl Predictor {
         });
         self.runs_since_train
             .fetch_sub(pending_before, Ordering::Relaxed);
-        {
-            let mut pending = lock(&self.new_runs);
-            for (key, n) in new_before {
-                if let Some(left) = pending.get_mut(&key) {
-                    *left = left.saturating_sub(n);
-                    if *left == 0 {
-                        pending.remove(&key);
-                    }
-                }
-            }
-        }
+        lock(&self.new_runs).subtract(new_before);
         self.last_train_ms.store(now_ms, Ordering::Relaxed);
         tracing::info!(
             version,
@@ -436,14 +448,35 @@ impl Predictor {
         let _swap = lock(&self.swap);
         let started = std::time::Instant::now();
         let old = self.models();
-        let candidates: Vec<(TaskKey, u64)> = lock(&self.new_runs)
-            .iter()
-            .map(|(k, n)| (k.clone(), *n))
-            .collect();
+        let candidates: Vec<(TaskKey, u64)> = {
+            let mut p = lock(&self.new_runs);
+            let dirty = std::mem::take(&mut p.dirty);
+            dirty
+                .into_iter()
+                .filter_map(|k| p.counts.get(&k).map(|n| (k, *n)))
+                .collect()
+        };
+        let result = self.refit_candidates(&old, &candidates, now_ms, started);
+        if result.is_err() {
+            // Looked at again by the next call (the retrain thread's at the latest).
+            lock(&self.new_runs)
+                .dirty
+                .extend(candidates.into_iter().map(|(k, _)| k));
+        }
+        result
+    }
+
+    fn refit_candidates(
+        &self,
+        old: &ModelSet,
+        candidates: &[(TaskKey, u64)],
+        now_ms: u64,
+        started: std::time::Instant,
+    ) -> Result<Option<RetrainReport>, PredictorError> {
         let mut due = Vec::new();
         for (key, n) in candidates {
-            if self.refit_due(&key, n, old.models.get(&key).map(|m| m.runs))? {
-                due.push((key, n));
+            if self.refit_due(key, *n, old.models.get(key).map(|m| m.runs))? {
+                due.push((key.clone(), *n));
             }
         }
         if due.is_empty() {
@@ -487,17 +520,7 @@ impl Predictor {
             models,
             fitted_in,
         });
-        {
-            let mut pending = lock(&self.new_runs);
-            for (key, n) in due {
-                if let Some(left) = pending.get_mut(&key) {
-                    *left = left.saturating_sub(n);
-                    if *left == 0 {
-                        pending.remove(&key);
-                    }
-                }
-            }
-        }
+        lock(&self.new_runs).subtract(due);
         tracing::debug!(
             version,
             task_types = report.task_types,
