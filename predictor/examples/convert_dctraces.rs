@@ -168,11 +168,7 @@ impl Trace {
                 Some(fields[2] / 100.0 * MACHINE_MEMORY_BYTES),
             ),
             // cpu_usage sums each VM's CPU percent times its cores; assigned_mem sums the VMs' memory in GiB.
-            Self::AzureV2 => (
-                fields[0] / 100.0,
-                fields[1] * GIB,
-                Some(fields[1] * GIB),
-            ),
+            Self::AzureV2 => (fields[0] / 100.0, fields[1] * GIB, Some(fields[1] * GIB)),
         }
     }
 }
@@ -193,7 +189,11 @@ fn read_rows(path: &Path, trace: Trace) -> Result<Vec<Row>, ConvertError> {
     };
     let file = std::fs::File::open(path).map_err(read_err)?;
     let mut lines = std::io::BufReader::new(file).lines();
-    let header = lines.next().transpose().map_err(read_err)?.unwrap_or_default();
+    let header = lines
+        .next()
+        .transpose()
+        .map_err(read_err)?
+        .unwrap_or_default();
     let expected = trace.header();
     let found: Vec<&str> = header.trim().split(',').map(str::trim).collect();
     if found != expected {
@@ -286,7 +286,9 @@ fn windows(trace: Trace, rows: &[Row], stride_s: u64, per_window: usize) -> Vec<
                 task_key: key.clone(),
                 started_at_ms,
                 meta: RunMetadata {
-                    requested_memory_bytes: chunk[0].requested_memory_bytes.map(|b| b.round() as u64),
+                    requested_memory_bytes: chunk[0]
+                        .requested_memory_bytes
+                        .map(|b| b.round() as u64),
                     ..RunMetadata::default()
                 },
                 outcome: RunOutcome {
@@ -356,7 +358,7 @@ fn parse_args(args: &[String]) -> Result<Args, ConvertError> {
 
 /// Converts `args.csv` into runs; returns them with the number of rows read.
 fn convert(args: &Args) -> Result<(Vec<RunSummary>, usize), ConvertError> {
-    if args.window_s % args.stride_s != 0 {
+    if !args.window_s.is_multiple_of(args.stride_s) {
         return Err(ConvertError::WindowStride {
             window_s: args.window_s,
             stride_s: args.stride_s,
@@ -463,7 +465,9 @@ mod tests {
     fn google_windows_carry_the_window_statistics_and_the_assigned_memory() {
         let dir = tempfile::tempdir().expect("temp dir");
         // Two 60 s windows of six 10 s samples, then two samples that make no full window.
-        let mut text = String::from("cpu_util_percent,mem_util_percent,assigned_mem_percent,cycles_per_instruction\n");
+        let mut text = String::from(
+            "cpu_util_percent,mem_util_percent,assigned_mem_percent,cycles_per_instruction\n",
+        );
         for i in 1..=14 {
             text.push_str(&format!("{},{},{},150.0\n", i * 5, 10 + i, 50 + i));
         }
@@ -492,15 +496,26 @@ mod tests {
         assert_eq!(first.outcome.peak_memory_bytes, bytes(16.0));
         assert_eq!(first.meta.requested_memory_bytes, Some(bytes(51.0)));
         assert_eq!(back[1].meta.requested_memory_bytes, Some(bytes(57.0)));
-        let profile = first.profile.as_ref().expect("a window with samples has a profile");
+        let profile = first
+            .profile
+            .as_ref()
+            .expect("a window with samples has a profile");
         assert!(profile.is_well_formed());
-        assert_eq!(profile.memory.last().copied(), Some(1.0), "memory peaks at the window's end");
+        assert_eq!(
+            profile.memory.last().copied(),
+            Some(1.0),
+            "memory peaks at the window's end"
+        );
     }
 
     #[test]
     fn azure_cpu_is_summed_cores_and_memory_the_assigned_gib() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let csv = write_csv(dir.path(), "a.csv", "cpu_usage,assigned_mem\n250.0,8.0\n150.0,4.0\n");
+        let csv = write_csv(
+            dir.path(),
+            "a.csv",
+            "cpu_usage,assigned_mem\n250.0,8.0\n150.0,4.0\n",
+        );
         let a = args(Trace::AzureV2, csv, dir.path().join("a.jsonl"), 600, 300);
         let (runs, _) = convert(&a).expect("converts");
         assert_eq!(runs.len(), 1);
@@ -517,20 +532,31 @@ mod tests {
         let err = convert(&args(Trace::Alibaba2018, csv, dir.path().join("o"), 10, 10))
             .expect_err("wrong header");
         let msg = err.to_string();
-        assert!(msg.contains("x.csv") && msg.contains("cpu_util_percent,mem_util_percent"), "{msg}");
+        assert!(
+            msg.contains("x.csv") && msg.contains("cpu_util_percent,mem_util_percent"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn a_bad_value_names_its_line_and_column() {
         let dir = tempfile::tempdir().expect("temp dir");
         let csv = write_csv(dir.path(), "b.csv", "cpu_usage,assigned_mem\n1,2\n3,oops\n");
-        let err = convert(&args(Trace::AzureV2, csv, dir.path().join("o"), 300, 300)).expect_err("bad value");
+        let err = convert(&args(Trace::AzureV2, csv, dir.path().join("o"), 300, 300))
+            .expect_err("bad value");
         let msg = err.to_string();
-        assert!(msg.contains("line 3") && msg.contains("assigned_mem") && msg.contains("oops"), "{msg}");
+        assert!(
+            msg.contains("line 3") && msg.contains("assigned_mem") && msg.contains("oops"),
+            "{msg}"
+        );
 
         let csv = write_csv(dir.path(), "c.csv", "cpu_usage,assigned_mem\n1,2,3\n");
-        let err = convert(&args(Trace::AzureV2, csv, dir.path().join("o"), 300, 300)).expect_err("extra field");
-        assert!(err.to_string().contains("line 2: 3 fields, expected 2"), "{err}");
+        let err = convert(&args(Trace::AzureV2, csv, dir.path().join("o"), 300, 300))
+            .expect_err("extra field");
+        assert!(
+            err.to_string().contains("line 2: 3 fields, expected 2"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -540,13 +566,16 @@ mod tests {
         assert!(err.to_string().contains("\"borg\""), "{err}");
         let err = parse_args(&s(&["--trace", "azure_v2", "--csv", "f"])).expect_err("no --out");
         assert_eq!(err.to_string(), "missing --out");
-        let err = parse_args(&s(&["--trace", "azure_v2", "--window-s", "0"])).expect_err("zero window");
+        let err =
+            parse_args(&s(&["--trace", "azure_v2", "--window-s", "0"])).expect_err("zero window");
         assert!(err.to_string().contains("--window-s"), "{err}");
-        let a = parse_args(&s(&["--trace", "alibaba2018", "--csv", "f", "--out", "o"])).expect("parses");
+        let a = parse_args(&s(&["--trace", "alibaba2018", "--csv", "f", "--out", "o"]))
+            .expect("parses");
         assert_eq!((a.window_s, a.stride_s), (3600, 10));
         let dir = tempfile::tempdir().expect("temp dir");
         let csv = write_csv(dir.path(), "d.csv", "cpu_usage,assigned_mem\n1,2\n");
-        let err = convert(&args(Trace::AzureV2, csv, dir.path().join("o"), 450, 300)).expect_err("stride");
+        let err = convert(&args(Trace::AzureV2, csv, dir.path().join("o"), 450, 300))
+            .expect_err("stride");
         assert!(err.to_string().contains("450 s"), "{err}");
     }
 }
