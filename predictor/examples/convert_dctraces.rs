@@ -14,8 +14,8 @@
 //!
 //! Limits: one task type per trace (the package publishes only cluster-wide aggregates); the files carry no
 //! timestamps, so row `i` is placed `i * stride` after a nominal start ([`NOMINAL_START_MS`]); percentages are
-//! turned into cores and bytes of a nominal machine ([`MACHINE_CORES`], [`MACHINE_MEMORY_BYTES`]), a scale that
-//! leaves under-prediction rates, relative slack and coverage unchanged. Azure's file has no memory usage: its
+//! turned into cores and bytes of a nominal machine ([`MACHINE_CORES`], [`MACHINE_MEMORY_BYTES`]); the evaluator's
+//! metrics are ratios, so the scale barely matters (docs/BENCHMARKS.md says how much). Azure's file has no memory usage: its
 //! `peak_memory_bytes` is the assigned memory, so memory figures on it score a forecast of allocations.
 
 use std::io::{BufRead, BufWriter};
