@@ -164,6 +164,124 @@ pub struct Page {
     pub limit: Option<u64>,
 }
 
+/// Most runs one `export` reply carries (a reply also stops at [`EXPORT_PAGE_BYTES`] of runs).
+pub const MAX_EXPORT_PAGE: usize = 1000;
+/// Bytes of encoded runs after which an `export` reply ends its page (well inside [`MAX_LINE`]).
+pub const EXPORT_PAGE_BYTES: usize = 768 << 10;
+/// Most runs per task type an export may ask for.
+pub const MAX_EXPORT_RUNS_PER_TYPE: usize = 100_000;
+/// `newest_per_type` when an `export` does not say.
+pub const DEFAULT_EXPORT_RUNS_PER_TYPE: usize = 500;
+
+/// Where an `export` page starts: after this run (exclusive). The previous page's `next`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExportCursor {
+    /// Task type.
+    pub task_key: String,
+    /// Local run id in the exporting broker's store.
+    pub run_id: u64,
+}
+
+/// One page of the broker's run history, for another node (`predictivectl export`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExportQuery {
+    /// Start after this run (default: at the beginning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<ExportCursor>,
+    /// Per task type, only its newest this many runs (default [`DEFAULT_EXPORT_RUNS_PER_TYPE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_per_type: Option<usize>,
+    /// At most this many runs in the reply (default and most: [`MAX_EXPORT_PAGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// A run as it travels between nodes: identity, task type, what was known at start (the command is left out: it
+/// may hold secrets and no model reads it) and how it ended. The same shape in an `export` reply and in an
+/// export file (`broker::transfer`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedRun {
+    /// Node id (16 hex digits) of the broker that recorded the run first.
+    pub node: String,
+    /// The run's id on that node. (node, run) identifies the run everywhere.
+    pub run: u64,
+    /// Task type.
+    pub task_key: String,
+    /// Start, ms since the epoch.
+    pub started_at_ms: u64,
+    /// Image reference.
+    #[serde(default)]
+    pub image: String,
+    /// `io.predictive.input-bytes`.
+    #[serde(default)]
+    pub input_bytes: u64,
+    /// Declared dependencies.
+    #[serde(default)]
+    pub dependencies: u32,
+    /// The spec's CPU limit, cores.
+    #[serde(default)]
+    pub requested_cpu_cores: Option<f64>,
+    /// The spec's memory limit, bytes.
+    #[serde(default)]
+    pub requested_memory_bytes: Option<u64>,
+    /// Host load at start.
+    #[serde(default)]
+    pub host_load: f64,
+    /// Lifetime, seconds.
+    pub duration_s: f64,
+    /// Peak memory, bytes.
+    pub peak_memory_bytes: u64,
+    /// CPU time, seconds.
+    #[serde(default)]
+    pub cpu_seconds: f64,
+    /// Median CPU, cores.
+    #[serde(default)]
+    pub cpu_p50_cores: f64,
+    /// 95th percentile CPU, cores.
+    #[serde(default)]
+    pub cpu_p95_cores: f64,
+    /// Bytes read and written.
+    #[serde(default)]
+    pub io_bytes: u64,
+    /// Exit code.
+    #[serde(default)]
+    pub exit_code: i32,
+    /// Killed by the OOM killer.
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// Time throttled, seconds.
+    #[serde(default)]
+    pub throttled_s: f64,
+    /// Lifetime profile (20 buckets per series, each a share of the run's peak), when the run had samples.
+    #[serde(default)]
+    pub profile: Option<ExportedProfile>,
+}
+
+/// A run's lifetime profile in an export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedProfile {
+    /// CPU per bucket over the run's CPU peak.
+    pub cpu: Vec<f32>,
+    /// Memory per bucket over the run's memory peak.
+    pub memory: Vec<f32>,
+    /// IO rate per bucket over the run's IO-rate peak.
+    pub io: Vec<f32>,
+}
+
+/// The answer to `export`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExportPage {
+    /// The exporting broker's node id (16 hex digits).
+    pub node_id: String,
+    /// Runs, by task type then local run id.
+    pub runs: Vec<ExportedRun>,
+    /// Where the next page starts (absent on the last page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<ExportCursor>,
+}
+
 /// A request.
 #[allow(clippy::large_enum_variant)] // one per line on a socket; boxing buys nothing
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,6 +303,8 @@ pub enum Request {
     Explain(Explain),
     /// → [`Response::History`].
     History(HistoryQuery),
+    /// → [`Response::Export`].
+    Export(#[serde(default)] ExportQuery),
 }
 
 impl Request {
@@ -440,6 +560,8 @@ pub enum Response {
     Decisions(Decisions),
     /// To History.
     History(History),
+    /// To Export.
+    Export(ExportPage),
     /// To anything that failed.
     Error(ErrorReply),
 }

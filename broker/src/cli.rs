@@ -1,4 +1,5 @@
-//! `predictived`'s command line: `predictived [--config FILE] [--state-dir DIR] [--socket PATH] [--tick-ms N]`.
+//! `predictived`'s command line:
+//! `predictived [--config FILE] [--state-dir DIR] [--socket PATH] [--tick-ms N] [--import FILE]...`.
 //! Flags override the file. Logs go to stderr, filtered by `RUST_LOG` (default `info`).
 
 use std::path::PathBuf;
@@ -6,8 +7,7 @@ use std::process::ExitCode;
 
 use crate::config::{Config, DEFAULT_CONFIG};
 
-const USAGE: &str =
-    "usage: predictived [--config FILE] [--state-dir DIR] [--socket PATH] [--tick-ms N]";
+const USAGE: &str = "usage: predictived [--config FILE] [--state-dir DIR] [--socket PATH] [--tick-ms N] [--import FILE]...";
 
 /// Parsed flags.
 #[derive(Debug, Default, PartialEq)]
@@ -20,6 +20,8 @@ pub struct Flags {
     pub socket: Option<PathBuf>,
     /// `--tick-ms`.
     pub tick_ms: Option<u64>,
+    /// `--import` (repeatable): export files merged at start.
+    pub import: Vec<PathBuf>,
 }
 
 /// Parses the arguments after the program name.
@@ -41,6 +43,7 @@ pub fn parse_flags(args: impl IntoIterator<Item = String>) -> Result<Flags, Stri
             "--config" => f.config = Some(value()?.into()),
             "--state-dir" => f.state_dir = Some(value()?.into()),
             "--socket" => f.socket = Some(value()?.into()),
+            "--import" => f.import.push(value()?.into()),
             "--tick-ms" => {
                 let v = value()?;
                 f.tick_ms = Some(
@@ -98,6 +101,7 @@ pub fn main() -> ExitCode {
     if let Some(t) = flags.tick_ms {
         cfg.tick_ms = t;
     }
+    cfg.import.files.extend(flags.import);
     match crate::server::run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -123,8 +127,15 @@ mod tests {
             "--socket=/tmp/b.sock",
             "--tick-ms",
             "50",
+            "--import",
+            "/a.json",
+            "--import=/b.json",
         ]))
         .expect("valid");
+        assert_eq!(
+            f.import,
+            vec![PathBuf::from("/a.json"), PathBuf::from("/b.json")]
+        );
         assert_eq!(f.state_dir, Some(PathBuf::from("/tmp/s")));
         assert_eq!(f.socket, Some(PathBuf::from("/tmp/b.sock")));
         assert_eq!(f.tick_ms, Some(50));

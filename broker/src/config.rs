@@ -22,6 +22,12 @@
 //! interval_ms = 600000                     # retrain when this long passed and a run was recorded
 //! new_runs = 200                           # or when this many runs were recorded
 //! min_runs = 5                             # runs a task type needs before it gets predictions
+//! refit_growth = 0.1                       # refit a type when its new runs reach this share of its fitted runs
+//!
+//! [import]                                 # run histories of other nodes (broker::transfer)
+//! dir = "/var/lib/predictive/import"       # every *.json export here is merged when new or changed (default: none)
+//! files = ["/srv/etl-history.json"]        # merged once at start (also: predictived --import FILE)
+//! max_file_bytes = 67108864                # a bigger file is refused
 //!
 //! [policy]                                 # what a Kubernetes pod may ask for through its annotations
 //! max_priority = 0                         # highest io.predictive.priority a pod may give itself
@@ -75,6 +81,8 @@ pub struct RetrainConfig {
     pub new_runs: u64,
     /// Runs before a task type gets a model (default: the predictor's).
     pub min_runs: Option<usize>,
+    /// See [`predictor::RetrainPolicy::refit_growth`] (default 0.1; 0: a type is fitted only by the retrain).
+    pub refit_growth: f64,
 }
 
 impl Default for RetrainConfig {
@@ -84,6 +92,31 @@ impl Default for RetrainConfig {
             interval_ms: p.interval_ms,
             new_runs: p.new_runs,
             min_runs: None,
+            refit_growth: p.refit_growth,
+        }
+    }
+}
+
+/// Run histories exported by other nodes' brokers (`predictivectl export`), merged into this one's store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImportConfig {
+    /// A directory scanned every `retrain_check_ms`: each `*.json` file (not a dot-file) is merged when it is new
+    /// or changed (default: none). On Kubernetes, a volume every node's broker exports to.
+    pub dir: Option<PathBuf>,
+    /// Files merged once at start, before the socket serves (`predictived --import FILE` adds to them); a bad one
+    /// stops the start.
+    pub files: Vec<PathBuf>,
+    /// Largest file read, bytes (default 64 MiB).
+    pub max_file_bytes: u64,
+}
+
+impl Default for ImportConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            files: Vec::new(),
+            max_file_bytes: crate::transfer::DEFAULT_MAX_FILE_BYTES,
         }
     }
 }
@@ -137,6 +170,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Retraining.
     pub retrain: RetrainConfig,
+    /// Importing other nodes' run histories.
+    pub import: ImportConfig,
     /// The Prometheus endpoint (off by default).
     pub metrics: crate::metrics::MetricsConfig,
     /// Most connections served at once (default 16384); one more is answered `too_many_connections` and closed.
@@ -173,6 +208,7 @@ impl Default for Config {
             controller: ControllerConfig::default(),
             policy: PolicyConfig::default(),
             retrain: RetrainConfig::default(),
+            import: ImportConfig::default(),
             metrics: crate::metrics::MetricsConfig::default(),
             max_connections: 16_384,
             idle_timeout_ms: 60_000,
@@ -198,6 +234,14 @@ impl Config {
         };
         if cfg.tick_ms == 0 {
             return Err(bad("key `tick_ms` must be at least 1"));
+        }
+        if !cfg.retrain.refit_growth.is_finite() || cfg.retrain.refit_growth < 0.0 {
+            return Err(bad(
+                "key `retrain.refit_growth` must be a non-negative number (0: no refits)",
+            ));
+        }
+        if cfg.import.max_file_bytes == 0 || cfg.import.max_file_bytes > 1 << 30 {
+            return Err(bad("key `import.max_file_bytes` must be in 1..=1073741824"));
         }
         if cfg.max_connections == 0 {
             return Err(bad("key `max_connections` must be at least 1"));
@@ -313,6 +357,9 @@ mod tests {
             ("[policy]\nmax_priority = 5000", "max_priority"),
             ("[policy]\nmax_borrow_cpu = -1.0", "max_borrow_cpu"),
             ("[policy]\nmax_prio = 1", "max_prio"),
+            ("[retrain]\nrefit_growth = -0.5", "refit_growth"),
+            ("[import]\nmax_file_bytes = 0", "max_file_bytes"),
+            ("[import]\ndirectory = \"/x\"", "directory"),
             (
                 "[controller]\nquota_unlimited_cpu = \"yes\"",
                 "quota_unlimited_cpu",

@@ -5,7 +5,12 @@
 //! predictivectl [...] models
 //! predictivectl [...] explain CONTAINER [--limit N]
 //! predictivectl [...] report CONTAINER|TASK-TYPE [--container | --task-type] [-o FILE.svg]
+//! predictivectl [...] export [--max-runs-per-type N] [-o FILE.json]
 //! ```
+//!
+//! `export` writes the broker's run history (per task type its newest N runs, default 500) as a versioned file
+//! another node's broker imports (`broker::transfer`); with `-o` atomically (temporary dot-file, rename), so a
+//! watched import directory never reads half a file.
 //!
 //! Tables for people by default; `--json` prints the broker's reply as JSON for scripts. `report` writes an SVG
 //! chart of usage, allocation and the predicted band over time (CPU and memory), from the `history` request.
@@ -23,7 +28,8 @@ use crate::api::{
 use crate::client::{Client, ClientError};
 
 const USAGE: &str = "usage: predictivectl [--socket PATH] [--json] [--timeout SECS] \
-<status | models | explain CONTAINER [--limit N] | report CONTAINER|TASK-TYPE [--container|--task-type] [-o FILE.svg]>";
+<status | models | explain CONTAINER [--limit N] | report CONTAINER|TASK-TYPE [--container|--task-type] [-o FILE.svg] \
+| export [--max-runs-per-type N] [-o FILE.json]>";
 
 /// What `report` is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +63,13 @@ pub enum Command {
         /// Which of the two.
         subject: Subject,
         /// The SVG file (`-` = stdout); default `NAME.svg`.
+        output: Option<PathBuf>,
+    },
+    /// `export`.
+    Export {
+        /// Newest runs per task type.
+        newest_per_type: usize,
+        /// The file (`-` or none = stdout).
         output: Option<PathBuf>,
     },
 }
@@ -132,6 +145,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, CtlErr
     let mut limit = 100usize;
     let mut subject = Subject::Either;
     let mut output = None;
+    let mut newest_per_type = api::DEFAULT_EXPORT_RUNS_PER_TYPE;
     let mut words = Vec::new();
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -169,6 +183,19 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, CtlErr
                         usage(format!("--limit: {v:?} is not a positive integer"))
                     })?;
             }
+            "--max-runs-per-type" => {
+                let v = value()?;
+                newest_per_type = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=api::MAX_EXPORT_RUNS_PER_TYPE).contains(n))
+                    .ok_or_else(|| {
+                        usage(format!(
+                            "--max-runs-per-type: {v:?} is not an integer in 1..={}",
+                            api::MAX_EXPORT_RUNS_PER_TYPE
+                        ))
+                    })?;
+            }
             "--container" => subject = Subject::Container,
             "--task-type" => subject = Subject::TaskType,
             "-o" | "--output" => output = Some(PathBuf::from(value()?)),
@@ -197,6 +224,10 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, CtlErr
         "report" => Command::Report {
             name: operand("a container id or task type")?,
             subject,
+            output,
+        },
+        "export" => Command::Export {
+            newest_per_type,
             output,
         },
         other => return Err(usage(format!("unknown command {other:?}"))),
@@ -275,10 +306,91 @@ fn history(c: &mut Client, name: &str, subject: Subject) -> Result<History, CtlE
     }
 }
 
+/// Every page of `export`, as an export file.
+fn export(
+    c: &mut Client,
+    newest_per_type: usize,
+) -> Result<crate::transfer::HistoryFile, CtlError> {
+    let mut runs = Vec::new();
+    let mut after = None;
+    let mut node_id;
+    loop {
+        let page = match c.call(&Request::Export(api::ExportQuery {
+            after: after.take(),
+            newest_per_type: Some(newest_per_type),
+            limit: None,
+        })) {
+            Ok(Response::Export(p)) => p,
+            Ok(_) => {
+                return Err(CtlError::Client(ClientError::Unexpected {
+                    expected: "export",
+                }));
+            }
+            Err(e) => return Err(client_error(e)),
+        };
+        node_id = page.node_id;
+        let empty = page.runs.is_empty();
+        runs.extend(page.runs);
+        match page.next {
+            Some(n) if !empty => after = Some(n),
+            _ => break,
+        }
+    }
+    Ok(crate::transfer::HistoryFile {
+        format: crate::transfer::FORMAT.to_owned(),
+        version: crate::transfer::FILE_VERSION,
+        node_id,
+        exported_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        runs,
+    })
+}
+
 /// Runs a command, writing its output to `out`.
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CtlError> {
     let mut c = Client::new(&args.socket, args.timeout);
     match &args.command {
+        Command::Export {
+            newest_per_type,
+            output,
+        } => {
+            let file = export(&mut c, *newest_per_type)?;
+            match output {
+                Some(path) if path.as_os_str() != "-" => {
+                    crate::transfer::write_file(path, &file).map_err(|e| match e {
+                        crate::transfer::TransferError::Write { source, .. } => CtlError::Write {
+                            path: path.clone(),
+                            source,
+                        },
+                        e => CtlError::Write {
+                            path: path.clone(),
+                            source: std::io::Error::other(e.to_string()),
+                        },
+                    })?;
+                    let types: std::collections::HashSet<&str> =
+                        file.runs.iter().map(|r| r.task_key.as_str()).collect();
+                    write_out(
+                        out,
+                        &format!(
+                            "wrote {} ({} runs of {} task types, node {})\n",
+                            path.display(),
+                            file.runs.len(),
+                            types.len(),
+                            file.node_id
+                        ),
+                    )
+                }
+                _ => {
+                    let mut text = serde_json::to_string(&file).map_err(|e| CtlError::Write {
+                        path: PathBuf::from("-"),
+                        source: std::io::Error::other(e),
+                    })?;
+                    text.push('\n');
+                    write_out(out, &text)
+                }
+            }
+        }
         Command::Status => {
             let s = c.status().map_err(client_error)?;
             let text = if args.json {

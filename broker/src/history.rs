@@ -136,6 +136,7 @@ pub fn request_kind(r: &crate::api::Request) -> &'static str {
         R::Models(_) => "models",
         R::Explain(_) => "explain",
         R::History(_) => "history",
+        R::Export(_) => "export",
     }
 }
 

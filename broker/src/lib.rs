@@ -4,7 +4,8 @@
 //! for the shim and `predictivectl`), [`annotations`] (the `io.predictive.*` annotations), [`config`] (the
 //! daemon's TOML), [`server`] (the daemon: socket, tick, recorder, retraining), [`apply`] (a directive to
 //! cgroup writes, for the shim), [`cli`] (`predictived`'s flags), [`history`] (per-container usage and
-//! allocation over time, decision counters), [`metrics`] (the Prometheus endpoint), [`ctl`] (`predictivectl`).
+//! allocation over time, decision counters), [`metrics`] (the Prometheus endpoint), [`ctl`] (`predictivectl`),
+//! [`transfer`] (run histories exported by one node and imported by another).
 
 pub mod annotations;
 pub mod api;
@@ -17,6 +18,7 @@ pub mod history;
 pub mod journal;
 pub mod metrics;
 pub mod server;
+pub mod transfer;
 pub mod validate;
 
 /// An error with its sources, `a: b: c`, for the one line a binary prints.

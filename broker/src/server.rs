@@ -109,6 +109,9 @@ pub enum ServerError {
     /// The metrics endpoint could not start.
     #[error("starting the metrics endpoint")]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// A file to import at start was refused.
+    #[error("importing run history at start")]
+    Import(#[from] crate::transfer::TransferError),
 }
 
 fn now_ms() -> u64 {
@@ -515,6 +518,7 @@ impl Broker {
         }
         let writes = req.writes();
         let registering = matches!(req, Request::Register(_));
+        let finish = matches!(req, Request::Finish(_));
         if writes {
             // Back-pressure: a burst waits for the recorder instead of growing its queue.
             self.journal.room(DURABLE_WITHIN);
@@ -560,6 +564,9 @@ impl Broker {
                 .map_err(|e| {
                     ErrorReply::new(ErrorCode::Internal, format!("reading decisions: {e}"))
                 }),
+            Request::Export(q) => {
+                crate::transfer::export_page(&self.predictor, &q).map(Response::Export)
+            }
         };
         let r = r.and_then(|resp| {
             if writes {
@@ -578,6 +585,12 @@ impl Broker {
                     self.latencies
                         .register_commit_wait
                         .observe(waiting.elapsed());
+                }
+            }
+            if finish {
+                // The run is committed: refit its task type now if it is due, so the next Create is predicted.
+                if let Err(e) = self.predictor.refit_pending(now_ms()) {
+                    tracing::error!(error = %crate::error_chain(&e), "refitting after a finish");
                 }
             }
             Ok(resp)
@@ -1534,6 +1547,7 @@ impl Daemon {
         let mut pcfg = PredictorConfig::default();
         pcfg.retrain.interval_ms = cfg.retrain.interval_ms;
         pcfg.retrain.new_runs = cfg.retrain.new_runs;
+        pcfg.retrain.refit_growth = cfg.retrain.refit_growth;
         if let Some(m) = cfg.retrain.min_runs {
             pcfg.train.min_runs = m;
         }
@@ -1544,6 +1558,9 @@ impl Daemon {
         pcfg.retention.max_task_types = cfg.max_task_types;
         pcfg.retention.max_task_type_age_ms = cfg.task_type_retention_days.saturating_mul(DAY_MS);
         let predictor = Arc::new(Predictor::open(&cfg.database(), pcfg)?);
+        for f in &cfg.import.files {
+            crate::transfer::import_file(&predictor, f, cfg.import.max_file_bytes, now_ms())?;
+        }
 
         let listener = bind_socket(&cfg.socket, cfg.allowed_gid)?;
 
@@ -1644,8 +1661,12 @@ impl Daemon {
             let b = Arc::clone(&broker);
             threads.push(spawn("retrain", move || {
                 let every = Duration::from_millis(b.cfg.retrain_check_ms.max(1));
+                let mut imports = crate::transfer::Watcher::default();
                 loop {
                     let now = now_ms();
+                    if let Some(dir) = &b.cfg.import.dir {
+                        imports.scan(&b.predictor, dir, b.cfg.import.max_file_bytes, now);
+                    }
                     if let Err(e) = b.predictor.maybe_retrain(now) {
                         tracing::error!(error = %e, "retraining");
                     }

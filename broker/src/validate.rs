@@ -67,7 +67,7 @@ pub fn name(field: &str, v: &str, max: usize) -> Result<(), ErrorReply> {
     Ok(())
 }
 
-fn optional_text(field: &str, v: &str, max: usize) -> Result<(), ErrorReply> {
+pub fn optional_text(field: &str, v: &str, max: usize) -> Result<(), ErrorReply> {
     if v.is_empty() {
         return Ok(());
     }
@@ -258,6 +258,27 @@ pub fn request(req: &Request) -> Result<(), ErrorReply> {
                 Some(n) if n == 0 || n > api::MAX_HISTORY_POINTS as u64 => Err(bad(format!(
                     "field `limit` is {n}; 1..={} points per request (page with `offset`)",
                     api::MAX_HISTORY_POINTS
+                ))),
+                _ => Ok(()),
+            }
+        }
+        Request::Export(e) => {
+            if let Some(c) = &e.after {
+                name("after.task_key", &c.task_key, MAX_KEY)?;
+            }
+            match e.newest_per_type {
+                Some(n) if n == 0 || n > api::MAX_EXPORT_RUNS_PER_TYPE => {
+                    return Err(bad(format!(
+                        "field `newest_per_type` is {n}; 1..={} runs per task type",
+                        api::MAX_EXPORT_RUNS_PER_TYPE
+                    )));
+                }
+                _ => {}
+            }
+            match e.limit {
+                Some(n) if n == 0 || n > api::MAX_EXPORT_PAGE => Err(bad(format!(
+                    "field `limit` is {n}; 1..={} runs per request (page with `after`)",
+                    api::MAX_EXPORT_PAGE
                 ))),
                 _ => Ok(()),
             }

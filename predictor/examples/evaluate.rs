@@ -1,28 +1,48 @@
-//! Replays a JSON-lines trace (format: `predictor::eval` docs) and prints, per policy and resource, the
-//! under-prediction rate, mean relative slack and interval coverage as a Markdown table.
+//! Replays a JSON-lines trace (format: `predictor::eval` docs) the fair way — a run joins the history when it
+//! ends, ours is refitted after every finished run of its task type, VPA-like decays with a 24 h half-life,
+//! Autopilot-like takes a 24 h window — and prints Markdown tables: each policy at its default (under-prediction
+//! rate, mean relative slack, interval coverage), ours against the best member of the history-quantile family at
+//! the same or a lower under-prediction rate, and ours' risk/slack curve over the level of its limit.
 //!
-//! `cargo run --release -p predictor --example evaluate -- <trace.jsonl> [--retrain-every N]`
+//! `cargo run --release -p predictor --example evaluate -- <trace.jsonl> [--retrain-every N] [--min-history N]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use predictor::eval::{EvalConfig, evaluate, read_trace};
 
+const USAGE: &str = "usage: evaluate <trace.jsonl> [--retrain-every N] [--min-history N]";
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(path) = args.first().map(PathBuf::from) else {
-        eprintln!("usage: evaluate <trace.jsonl> [--retrain-every N]");
+        eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
     let mut cfg = EvalConfig::default();
-    if let Some(pos) = args.iter().position(|a| a == "--retrain-every") {
-        match args.get(pos + 1).and_then(|v| v.parse().ok()) {
-            Some(n) => cfg.retrain_every = n,
-            None => {
-                eprintln!("evaluate: --retrain-every needs a number");
+    let mut i = 1;
+    while i < args.len() {
+        let value = args.get(i + 1).and_then(|v| v.parse::<usize>().ok());
+        let slot = match args[i].as_str() {
+            "--retrain-every" => &mut cfg.retrain_every,
+            "--min-history" => &mut cfg.min_history,
+            other => {
+                eprintln!("evaluate: unknown argument {other}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        };
+        match value {
+            Some(n) if n > 0 => *slot = n,
+            _ => {
+                eprintln!(
+                    "evaluate: {} needs a positive whole number, got {:?}",
+                    args[i],
+                    args.get(i + 1).map_or("nothing", String::as_str)
+                );
                 return ExitCode::from(2);
             }
         }
+        i += 2;
     }
     let runs = match read_trace(&path) {
         Ok(r) => r,

@@ -1,15 +1,28 @@
 //! [`Predictor`]: the object the broker owns — the store plus the in-memory model set that answers predictions.
 //!
 //! Predictions never touch the database: they read the current [`ModelSet`] behind an `RwLock<Arc<_>>` (a pointer
-//! copy under a read lock), so they stay fast while a retrain runs. [`Predictor::retrain`] is meant for a background
-//! thread: it reads all runs from one snapshot, trains every task type, writes the new version and makes it current
-//! in one transaction, and only then swaps the in-memory pointer. Until the swap every prediction is answered by the
-//! old version; if training or the write fails the old version stays. One retrain runs at a time.
+//! copy under a read lock), so they stay fast while training runs. Two kinds of training make new versions:
 //!
-//! Limits: a retrain retrains every task type (100,000 runs take well under the 10 s budget, see
-//! docs/benchmarks/predictor.md); the whole model set is held in memory (a few KB per task type).
+//! - **Refit** ([`Predictor::refit_pending`]), per task type, as soon as a type has enough new finished runs: its
+//!   first fit when it reaches [`TrainConfig::min_runs`] runs, then whenever its new runs reach
+//!   [`RetrainPolicy::refit_growth`] of the runs its model was fitted on (every run at first, every 10th run at 100
+//!   runs, with the default 0.1). It reads only those types' runs, writes only their models
+//!   ([`crate::Store::update_models`]) and swaps in a set that shares every other type's model. The broker calls it
+//!   after a Finish is committed and before it answers, so the next Create of that type is predicted.
+//! - **Full retrain** ([`Predictor::retrain`], from [`Predictor::maybe_retrain`] on a timer): every task type from
+//!   one snapshot, for drift and decay ([`RetrainPolicy::interval_ms`], [`RetrainPolicy::new_runs`]). It trains
+//!   without holding the swap lock; when it swaps, a type refitted after its snapshot keeps the newer refit.
+//!
+//! Swap semantics, both kinds: the new version is written and made current in one store transaction, and only then
+//! is the in-memory pointer swapped; until the swap every prediction is answered by the old version, versions never
+//! go backwards, and if training or the write fails the old version stays. Swaps are serialised by one lock; one
+//! full retrain runs at a time.
+//!
+//! Limits: the whole model set is held in memory (a few KB per task type); a refit of a type costs a training over
+//! its stored runs (at most `max_runs_per_task`), amortised to about 1/[`RetrainPolicy::refit_growth`] runs' worth
+//! of training per finished run.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -18,7 +31,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::key::TaskKey;
 use crate::model::{ModelKind, Prediction, Resource, TaskModel, TrainConfig, train_task};
-use crate::store::{DecisionQuery, RetentionPolicy, RetentionReport, Store, StoreError};
+use crate::store::{
+    DecisionQuery, ImportReport, PortableRun, RetentionPolicy, RetentionReport, Store, StoreError,
+};
 use crate::types::{Decision, RunFeatures, RunId, RunSummary, Sample};
 
 /// Errors of the predictor facade.
@@ -39,6 +54,10 @@ pub struct RetrainPolicy {
     pub interval_ms: u64,
     /// Retrain when this many runs were recorded since the last training.
     pub new_runs: u64,
+    /// Refit a task type with a model when its new runs reach this share of the runs the model was fitted on (at
+    /// least one run); a type without a model is fitted as soon as it has `min_runs`. 0 turns refits off (only the
+    /// full retrain then fits, also a new type's first model).
+    pub refit_growth: f64,
 }
 
 impl Default for RetrainPolicy {
@@ -46,6 +65,7 @@ impl Default for RetrainPolicy {
         Self {
             interval_ms: 10 * 60_000,
             new_runs: 200,
+            refit_growth: 0.1,
         }
     }
 }
@@ -63,23 +83,25 @@ pub struct PredictorConfig {
     pub store: crate::store::StoreOptions,
 }
 
-/// One immutable version of all task models.
+/// One immutable version of all task models. Versions share the models of the task types a refit did not touch.
 #[derive(Debug, Default)]
 pub struct ModelSet {
     /// Version (0 = never trained).
     pub version: u64,
     /// Model per task type.
-    pub models: HashMap<TaskKey, TaskModel>,
+    pub models: HashMap<TaskKey, Arc<TaskModel>>,
+    /// Per task type, the version that fitted its model (at most `version`; unknown after a restart: `version`).
+    pub fitted_in: HashMap<TaskKey, u64>,
 }
 
-/// What a retrain did.
+/// What a retrain or a refit did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetrainReport {
     /// The new current version.
     pub version: u64,
-    /// Task types with a model.
+    /// Task types (re)fitted with a model.
     pub task_types: usize,
-    /// Task types with too few runs for a model (cold).
+    /// Task types trained that have too few runs for a model (cold).
     pub cold: usize,
     /// Runs read.
     pub runs: u64,
@@ -119,9 +141,39 @@ pub struct Predictor {
     store: Store,
     config: PredictorConfig,
     current: RwLock<Arc<ModelSet>>,
+    /// One full retrain at a time.
     retraining: Mutex<()>,
+    /// Held while a new version is made (a whole refit; a full retrain's merge, write and swap).
+    swap: Mutex<()>,
+    /// Per task type, finished runs committed since its model was last fitted (or since start).
+    new_runs: Mutex<Pending>,
     runs_since_train: AtomicU64,
     last_train_ms: AtomicU64,
+}
+
+/// New runs per task type, and the types that got one since a refit last looked at them: a refit examines only
+/// those, so a node with thousands of task types below `min_runs` pays nothing for them at each Finish.
+#[derive(Debug, Default)]
+struct Pending {
+    counts: HashMap<TaskKey, u64>,
+    dirty: HashSet<TaskKey>,
+}
+
+impl Pending {
+    fn subtract(&mut self, done: impl IntoIterator<Item = (TaskKey, u64)>) {
+        for (key, n) in done {
+            if let Some(left) = self.counts.get_mut(&key) {
+                *left = left.saturating_sub(n);
+                if *left == 0 {
+                    self.counts.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Predictor {
@@ -129,17 +181,28 @@ impl Predictor {
     pub fn open(path: &Path, config: PredictorConfig) -> Result<Self, PredictorError> {
         let store = Store::open_with(path, &config.store)?;
         let version = store.current_model_version()?;
-        let models = if version > 0 {
-            store.load_models(version)?
+        let models: HashMap<TaskKey, Arc<TaskModel>> = if version > 0 {
+            store
+                .load_current_models()?
+                .into_iter()
+                .map(|(k, m)| (k, Arc::new(m)))
+                .collect()
         } else {
             HashMap::new()
         };
         let trained_at = models.values().map(|m| m.trained_at_ms).max().unwrap_or(0);
+        let fitted_in = models.keys().map(|k| (k.clone(), version)).collect();
         Ok(Self {
             store,
             config,
-            current: RwLock::new(Arc::new(ModelSet { version, models })),
+            current: RwLock::new(Arc::new(ModelSet {
+                version,
+                models,
+                fitted_in,
+            })),
             retraining: Mutex::new(()),
+            swap: Mutex::new(()),
+            new_runs: Mutex::new(Pending::default()),
             // Unknown after a restart: count as due so the first maybe_retrain trains.
             runs_since_train: AtomicU64::new(u64::from(version == 0)),
             last_train_ms: AtomicU64::new(trained_at),
@@ -188,7 +251,16 @@ impl Predictor {
     pub fn record_run(&self, run: &RunSummary) -> Result<(), PredictorError> {
         self.store.record_run(run)?;
         self.runs_since_train.fetch_add(1, Ordering::Relaxed);
+        self.mark_new_runs([(&run.task_key, 1)]);
         Ok(())
+    }
+
+    fn mark_new_runs<'a>(&self, keys: impl IntoIterator<Item = (&'a TaskKey, u64)>) {
+        let mut pending = lock(&self.new_runs);
+        for (key, n) in keys {
+            *pending.counts.entry(key.clone()).or_default() += n;
+            pending.dirty.insert(key.clone());
+        }
     }
 
     /// Records many finished runs in one transaction.
@@ -196,19 +268,24 @@ impl Predictor {
         self.store.record_runs(runs)?;
         self.runs_since_train
             .fetch_add(runs.len() as u64, Ordering::Relaxed);
+        self.mark_new_runs(runs.iter().map(|r| (&r.task_key, 1)));
         Ok(())
     }
 
     /// Commits a batch in one transaction (the broker's group commit); its finished runs count towards retraining.
     pub fn commit(&self, batch: &crate::store::Batch) -> Result<(), PredictorError> {
         self.store.commit(batch)?;
-        let runs = batch
+        let keys: Vec<&TaskKey> = batch
             .ops
             .iter()
-            .filter(|o| matches!(o, crate::store::BatchOp::Run { .. }))
-            .count();
+            .filter_map(|o| match o {
+                crate::store::BatchOp::Run { run, .. } => Some(&run.task_key),
+                _ => None,
+            })
+            .collect();
         self.runs_since_train
-            .fetch_add(runs as u64, Ordering::Relaxed);
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        self.mark_new_runs(keys.into_iter().map(|k| (k, 1)));
         Ok(())
     }
 
@@ -253,10 +330,11 @@ impl Predictor {
             || (new_runs > 0 && now_ms.saturating_sub(last) >= self.config.retrain.interval_ms)
     }
 
-    /// Retrains if due; `Ok(None)` when not due or another retrain is running.
+    /// Retrains if due, else refits the task types that are due (a backstop for refits nobody asked for, e.g.
+    /// after a restart); `Ok(None)` when nothing was due or another retrain is running.
     pub fn maybe_retrain(&self, now_ms: u64) -> Result<Option<RetrainReport>, PredictorError> {
         if !self.retrain_due(now_ms) {
-            return Ok(None);
+            return self.refit_pending(now_ms);
         }
         match self.retrain(now_ms) {
             Ok(r) => Ok(Some(r)),
@@ -274,6 +352,8 @@ impl Predictor {
         };
         let started = std::time::Instant::now();
         let pending_before = self.runs_since_train.load(Ordering::Relaxed);
+        let new_before = lock(&self.new_runs).counts.clone();
+        let snapshot_version = self.model_version();
         let cfg = &self.config.train;
         let mut models = HashMap::new();
         let mut cold = 0;
@@ -282,17 +362,33 @@ impl Predictor {
             runs += task_runs.len() as u64;
             match train_task(&task_runs, now_ms, cfg) {
                 Some(m) => {
-                    models.insert(key.clone(), m);
+                    models.insert(key.clone(), Arc::new(m));
                 }
                 None => cold += 1,
             }
         })?;
-        let version = self
-            .store
-            .current_model_version()?
-            .max(self.model_version())
-            + 1;
-        self.store.save_models(version, models.iter(), 1)?;
+        let _swap = lock(&self.swap);
+        let old = self.models();
+        let version = self.store.current_model_version()?.max(old.version) + 1;
+        let mut fitted_in: HashMap<TaskKey, u64> =
+            models.keys().map(|k| (k.clone(), version)).collect();
+        // A type refitted after the snapshot keeps its refit: it saw runs this retrain did not.
+        for (key, &v) in &old.fitted_in {
+            if v > snapshot_version {
+                match old.models.get(key) {
+                    Some(m) => {
+                        models.insert(key.clone(), Arc::clone(m));
+                        fitted_in.insert(key.clone(), version);
+                    }
+                    None => {
+                        models.remove(key);
+                        fitted_in.remove(key);
+                    }
+                }
+            }
+        }
+        self.store
+            .save_models(version, models.iter().map(|(k, m)| (k, &**m)), 1)?;
         let report = RetrainReport {
             version,
             task_types: models.len(),
@@ -300,13 +396,14 @@ impl Predictor {
             runs,
             elapsed: started.elapsed(),
         };
-        let new_set = Arc::new(ModelSet { version, models });
-        match self.current.write() {
-            Ok(mut g) => *g = new_set,
-            Err(poisoned) => *poisoned.into_inner() = new_set,
-        }
+        self.swap_in(ModelSet {
+            version,
+            models,
+            fitted_in,
+        });
         self.runs_since_train
             .fetch_sub(pending_before, Ordering::Relaxed);
+        lock(&self.new_runs).subtract(new_before);
         self.last_train_ms.store(now_ms, Ordering::Relaxed);
         tracing::info!(
             version,
@@ -316,6 +413,153 @@ impl Predictor {
             "predictor models retrained"
         );
         Ok(report)
+    }
+
+    fn swap_in(&self, set: ModelSet) {
+        let set = Arc::new(set);
+        match self.current.write() {
+            Ok(mut g) => *g = set,
+            Err(poisoned) => *poisoned.into_inner() = set,
+        }
+    }
+
+    /// Whether a task type with `new` runs since its fit is due for a refit (`fitted`: runs its model saw).
+    fn refit_due(
+        &self,
+        key: &TaskKey,
+        new: u64,
+        fitted: Option<u64>,
+    ) -> Result<bool, PredictorError> {
+        let growth = self.config.retrain.refit_growth;
+        if growth.is_nan() || growth <= 0.0 || new == 0 {
+            return Ok(false);
+        }
+        Ok(match fitted {
+            Some(n) => new as f64 >= (n as f64 * growth).ceil().max(1.0),
+            // Cold: its first fit once the store holds enough runs (some may predate this process).
+            None => self.store.run_count_of(key)? >= self.config.train.min_runs.max(2) as u64,
+        })
+    }
+
+    /// Refits every task type that has enough new runs since its last fit ([`RetrainPolicy::refit_growth`]) and
+    /// swaps the new version in; `Ok(None)` when none is due. Waits for a refit or a swap in progress, so when it
+    /// returns, every run committed before the call that made a type due is in the model set in force.
+    pub fn refit_pending(&self, now_ms: u64) -> Result<Option<RetrainReport>, PredictorError> {
+        let _swap = lock(&self.swap);
+        let started = std::time::Instant::now();
+        let old = self.models();
+        let candidates: Vec<(TaskKey, u64)> = {
+            let mut p = lock(&self.new_runs);
+            let dirty = std::mem::take(&mut p.dirty);
+            dirty
+                .into_iter()
+                .filter_map(|k| p.counts.get(&k).map(|n| (k, *n)))
+                .collect()
+        };
+        let result = self.refit_candidates(&old, &candidates, now_ms, started);
+        if result.is_err() {
+            // Looked at again by the next call (the retrain thread's at the latest).
+            lock(&self.new_runs)
+                .dirty
+                .extend(candidates.into_iter().map(|(k, _)| k));
+        }
+        result
+    }
+
+    fn refit_candidates(
+        &self,
+        old: &ModelSet,
+        candidates: &[(TaskKey, u64)],
+        now_ms: u64,
+        started: std::time::Instant,
+    ) -> Result<Option<RetrainReport>, PredictorError> {
+        let mut due = Vec::new();
+        for (key, n) in candidates {
+            if self.refit_due(key, *n, old.models.get(key).map(|m| m.runs))? {
+                due.push((key.clone(), *n));
+            }
+        }
+        if due.is_empty() {
+            return Ok(None);
+        }
+        let version = self.store.current_model_version()?.max(old.version) + 1;
+        let mut models = old.models.clone();
+        let mut fitted_in = old.fitted_in.clone();
+        let mut fitted = Vec::new();
+        let mut removed = Vec::new();
+        let mut runs = 0u64;
+        for (key, _) in &due {
+            let task_runs = self.store.runs_of(key)?;
+            runs += task_runs.len() as u64;
+            match train_task(&task_runs, now_ms, &self.config.train) {
+                Some(m) => {
+                    let m = Arc::new(m);
+                    models.insert(key.clone(), Arc::clone(&m));
+                    fitted_in.insert(key.clone(), version);
+                    fitted.push((key.clone(), m));
+                }
+                None => {
+                    if models.remove(key).is_some() {
+                        removed.push(key.clone());
+                    }
+                    fitted_in.insert(key.clone(), version);
+                }
+            }
+        }
+        self.store
+            .update_models(version, fitted.iter().map(|(k, m)| (k, &**m)), &removed)?;
+        let report = RetrainReport {
+            version,
+            task_types: fitted.len(),
+            cold: due.len() - fitted.len(),
+            runs,
+            elapsed: started.elapsed(),
+        };
+        self.swap_in(ModelSet {
+            version,
+            models,
+            fitted_in,
+        });
+        lock(&self.new_runs).subtract(due);
+        tracing::debug!(
+            version,
+            task_types = report.task_types,
+            runs,
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "predictor task types refitted"
+        );
+        Ok(Some(report))
+    }
+
+    /// This node's id in exported runs (see [`crate::store`]).
+    pub fn node_id(&self) -> Result<u64, PredictorError> {
+        Ok(self.store.node_id()?)
+    }
+
+    /// Merges runs recorded on other nodes ([`Store::import_runs`]: a run already known is skipped) and refits the
+    /// task types that are due. Returns what was imported and the refit, if any.
+    pub fn import_runs(
+        &self,
+        runs: &[PortableRun],
+        now_ms: u64,
+    ) -> Result<(ImportReport, Option<RetrainReport>), PredictorError> {
+        let report = self.store.import_runs(runs)?;
+        if report.imported == 0 {
+            return Ok((report, None));
+        }
+        // Count per type what was added: a type learned elsewhere is fitted now, not at the next retrain.
+        let mut added: HashMap<&TaskKey, u64> = HashMap::new();
+        let known: HashSet<&TaskKey> = report.task_types.iter().collect();
+        for r in runs {
+            if known.contains(&r.run.task_key) {
+                *added.entry(&r.run.task_key).or_default() += 1;
+            }
+        }
+        self.mark_new_runs(added);
+        self.runs_since_train
+            .fetch_add(report.imported, Ordering::Relaxed);
+        let refit = self.refit_pending(now_ms)?;
+        Ok((report, refit))
     }
 
     /// Every known task type with its runs and the current model's kind and error per target.
@@ -330,7 +574,8 @@ impl Predictor {
                 TaskTypeSummary {
                     runs_seen: rec.runs_seen,
                     image: rec.image,
-                    model_version: model.map(|_| set.version),
+                    model_version: model
+                        .map(|_| set.fitted_in.get(&key).copied().unwrap_or(set.version)),
                     targets: model
                         .map(|m| {
                             Resource::ALL
@@ -459,6 +704,8 @@ mod tests {
             retrain: RetrainPolicy {
                 interval_ms: 1_000,
                 new_runs: 10,
+                // This test is about the timer; refits have their own tests.
+                refit_growth: 0.0,
             },
             ..PredictorConfig::default()
         };
@@ -538,5 +785,199 @@ mod tests {
             p.apply_retention(0).expect("retention"),
             RetentionReport::default()
         );
+    }
+
+    #[test]
+    fn a_type_is_fitted_at_min_runs_and_refitted_as_its_runs_grow() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open(&dir, PredictorConfig::default());
+        let runs = trace();
+        let (a, b): (Vec<_>, Vec<_>) = runs
+            .iter()
+            .filter(|r| r.task_key.as_str() != "synth-0002")
+            .cloned()
+            .partition(|r| r.task_key.as_str() == "synth-0000");
+        let key = a[0].task_key.clone();
+        let min_runs = p.config().train.min_runs;
+        // Another type is already predicted; its model must be shared, not retrained, by refits of `key`.
+        p.record_runs(&b).expect("record");
+        assert!(p.refit_pending(1).expect("refit").is_some());
+        let other = Arc::clone(&p.models().models[&b[0].task_key]);
+        let mut refits = Vec::new();
+        for (i, run) in a.iter().enumerate() {
+            p.record_run(run).expect("record");
+            let rep = p.refit_pending(run.started_at_ms).expect("refit");
+            let pred = p.predict(&key, &RunFeatures::default());
+            if i + 1 < min_runs {
+                assert!(rep.is_none(), "run {}: {rep:?}", i + 1);
+                assert!(pred.is_cold_start(), "run {}", i + 1);
+            } else {
+                assert!(
+                    !pred.is_cold_start(),
+                    "run {}: predicted from then on",
+                    i + 1
+                );
+            }
+            if let Some(rep) = rep {
+                assert_eq!((rep.task_types, rep.cold), (1, 0), "only {key} refitted");
+                refits.push((i + 1, p.models().models[&key].runs));
+            }
+        }
+        // Fitted at min_runs, then at every run while 10% of its runs is at most one, then every 2nd, 3rd run.
+        let at: Vec<usize> = refits.iter().map(|(n, _)| *n).collect();
+        assert_eq!(&at[..7], &[5, 6, 7, 8, 9, 10, 11], "{at:?}");
+        assert!(at.windows(2).all(|w| w[1] > w[0]));
+        assert!(
+            at.len() < a.len() - min_runs + 1,
+            "fewer refits than runs later: {at:?}"
+        );
+        assert!(
+            refits.iter().all(|(n, seen)| *n as u64 == *seen),
+            "{refits:?}"
+        );
+        assert!(Arc::ptr_eq(&p.models().models[&b[0].task_key], &other));
+        // The refits are stored: a restarted predictor answers with the same set.
+        let version = p.model_version();
+        let runs_fitted = p.models().models[&key].runs;
+        drop(p);
+        let p = open(&dir, PredictorConfig::default());
+        assert_eq!(p.model_version(), version);
+        assert_eq!(p.models().models[&key].runs, runs_fitted);
+        assert!(p.models().models.contains_key(&b[0].task_key));
+    }
+
+    #[test]
+    fn refits_off_leaves_a_new_type_cold_until_the_retrain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = PredictorConfig::default();
+        cfg.retrain.refit_growth = 0.0;
+        let p = open(&dir, cfg);
+        let runs: Vec<RunSummary> = trace()
+            .into_iter()
+            .filter(|r| r.task_key.as_str() == "synth-0000")
+            .take(10)
+            .collect();
+        p.record_runs(&runs).expect("record");
+        assert_eq!(p.refit_pending(1).expect("refit"), None);
+        assert!(
+            p.predict(&runs[0].task_key, &RunFeatures::default())
+                .is_cold_start()
+        );
+        p.retrain(2).expect("retrain");
+        assert!(
+            !p.predict(&runs[0].task_key, &RunFeatures::default())
+                .is_cold_start()
+        );
+    }
+
+    #[test]
+    fn a_retrain_after_refits_keeps_every_model_and_goes_forward() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open(&dir, PredictorConfig::default());
+        let runs = trace();
+        for r in &runs[..40] {
+            p.record_run(r).expect("record");
+            p.refit_pending(r.started_at_ms).expect("refit");
+        }
+        let before = p.models();
+        let rep = p.retrain(2).expect("retrain");
+        assert!(rep.version > before.version);
+        let after = p.models();
+        let mut keys: Vec<_> = after.models.keys().cloned().collect();
+        keys.sort();
+        let mut had: Vec<_> = before.models.keys().cloned().collect();
+        had.sort();
+        assert_eq!(keys, had);
+        assert!(after.fitted_in.values().all(|v| *v == rep.version));
+        // Nothing was left pending by runs the retrain saw.
+        assert_eq!(p.refit_pending(3).expect("refit"), None);
+    }
+
+    #[test]
+    fn imported_runs_predict_on_another_node_and_count_once() {
+        let (da, db) = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let (a, b) = (
+            open(&da, PredictorConfig::default()),
+            open(&db, PredictorConfig::default()),
+        );
+        let (na, nb) = (a.node_id().expect("id"), b.node_id().expect("id"));
+        assert!(na != 0 && nb != 0 && na != nb, "{na} {nb}");
+        let runs = trace();
+        let key = runs[0].task_key.clone();
+        a.record_runs(&runs).expect("record");
+        let (page, next) = a.store().export_page(None, 1_000, 10_000).expect("export");
+        assert_eq!((page.len(), next), (90, None));
+        assert!(page.iter().all(|r| r.origin_node == na));
+        assert!(b.predict(&key, &RunFeatures::default()).is_cold_start());
+        let (rep, refit) = b.import_runs(&page, 1).expect("import");
+        assert_eq!((rep.imported, rep.duplicates, rep.own), (90, 0, 0));
+        assert_eq!(refit.map(|r| r.task_types), Some(3));
+        let pred = b.predict(&key, &RunFeatures::default());
+        assert!(!pred.is_cold_start());
+        assert_eq!(b.models().models[&key].runs, 30);
+        // Twice: nothing added, nothing refitted.
+        let version = b.model_version();
+        let (rep, refit) = b.import_runs(&page, 2).expect("import again");
+        assert_eq!((rep.imported, rep.duplicates), (0, 90));
+        assert_eq!(refit, None);
+        assert_eq!(b.store().run_count().expect("count"), 90);
+        assert_eq!(b.model_version(), version);
+        // B's export keeps A's identities; back on A they are A's own runs, and on a third node they are
+        // duplicates of what A sent it directly.
+        let (from_b, _) = b.store().export_page(None, 1_000, 10_000).expect("export");
+        assert!(from_b.iter().all(|r| r.origin_node == na));
+        let (rep, _) = a.import_runs(&from_b, 3).expect("import home");
+        assert_eq!((rep.imported, rep.own), (0, 90));
+        let dc = tempfile::tempdir().expect("tempdir");
+        let c = open(&dc, PredictorConfig::default());
+        c.import_runs(&page[..45], 4).expect("import half");
+        let (rep, _) = c.import_runs(&from_b, 5).expect("import via b");
+        assert_eq!((rep.imported, rep.duplicates), (45, 45));
+        assert_eq!(c.store().run_count().expect("count"), 90);
+    }
+
+    #[test]
+    fn export_pages_resume_and_keep_the_newest_runs_per_type() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open(&dir, PredictorConfig::default());
+        let runs = trace();
+        p.record_runs(&runs).expect("record");
+        let mut all = Vec::new();
+        let mut after: Option<(TaskKey, RunId)> = None;
+        loop {
+            let (page, next) = p
+                .store()
+                .export_page(after.as_ref().map(|(k, i)| (k, *i)), 10, 7)
+                .expect("page");
+            assert!(page.len() <= 7);
+            all.extend(page);
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(all.len(), 30, "10 newest of each of 3 types");
+        let mut ids: Vec<RunId> = all.iter().map(|r| r.origin_run).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), 30, "no run twice across pages");
+        for key in ["synth-0000", "synth-0001", "synth-0002"] {
+            let mut stored: Vec<RunId> = p
+                .store()
+                .runs_of(&TaskKey::new(key))
+                .expect("runs")
+                .iter()
+                .map(|r| r.run_id)
+                .collect();
+            let newest = stored.split_off(stored.len() - 10);
+            let got: Vec<RunId> = all
+                .iter()
+                .filter(|r| r.run.task_key.as_str() == key)
+                .map(|r| r.origin_run)
+                .collect();
+            assert_eq!(got, newest, "{key}");
+        }
     }
 }

@@ -5,7 +5,10 @@
 //! ([`TaskKey::derive`]), asks [`Predictor::predict`] before start (a cold start says so and the broker uses the
 //! spec's limits), streams [`Sample`]s with [`Predictor::append_samples`] while it runs, records a [`RunSummary`]
 //! when it exits, logs every limit change with [`Predictor::record_decision`], and calls
-//! [`Predictor::maybe_retrain`] and [`Predictor::apply_retention`] from a background thread.
+//! [`Predictor::maybe_retrain`] and [`Predictor::apply_retention`] from a background thread. A task type is refitted
+//! on its own as soon as it has enough new runs ([`Predictor::refit_pending`], which the broker calls after each
+//! committed Finish), and runs recorded on other nodes are merged with [`Predictor::import_runs`] (run identity:
+//! origin node id + run id, see [`store`]).
 //!
 //! Modules: [`key`] (task identity), [`store`] (redb tables, schema, retention), [`histogram`] (decaying
 //! quantile baseline), [`regression`] (smartcore ridge), [`model`] (training, selection, conformal calibration,
@@ -39,8 +42,8 @@ pub use model::{
     TrainConfig,
 };
 pub use store::{
-    Batch, BatchOp, DecisionQuery, OpenRun, RetentionPolicy, RetentionReport, Store, StoreError,
-    StoreOptions, TaskTypeRecord,
+    Batch, BatchOp, DecisionQuery, ImportReport, OpenRun, PortableRun, RetentionPolicy,
+    RetentionReport, Store, StoreError, StoreOptions, TaskTypeRecord,
 };
 pub use types::{
     BUCKETS, Decision, Directive, Profile, RunFeatures, RunId, RunMetadata, RunOutcome, RunSummary,

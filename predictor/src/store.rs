@@ -16,6 +16,20 @@
 //! | `models`     | (version, task key)     | [`TaskModel`]                                      |
 //! | `decisions`  | sequence number         | [`Decision`]                                       |
 //! | `open_runs`  | container id            | [`OpenRun`]: a registered container whose run has not finished (schema 2) |
+//! | `run_origins`| (origin node, origin run id) | u64 local run id: runs imported from another node (schema 3) |
+//! | `imported_runs` | local run id         | (origin node, origin run id) (schema 3)            |
+//!
+//! Run identity across nodes: every store draws a random 64-bit node id when it is created (`meta.node_id`); a run is
+//! identified everywhere by (node id, run id on that node). A local run's origin is (own node id, its run id); an
+//! imported run gets a fresh local run id and its origin is remembered in `run_origins`/`imported_runs`, so importing
+//! the same run again (the same file twice, or a file that went round through a third node) adds nothing
+//! ([`Store::import_runs`]).
+//!
+//! Models: each task type has at most one current entry in `models`, stored under the version that (re)fitted it.
+//! The set in force at version `V` is every entry with `model_base_version <= version <= V` (the base is the version
+//! of the last whole-set write, [`Store::save_models`]); [`Store::update_models`] writes a few task types at a new
+//! version and replaces their older entries in the same transaction, so a refit of one task type writes one model,
+//! not the whole set.
 //!
 //! [`Store::commit`] writes a whole [`Batch`] (decisions, samples, opened and finished runs of many containers) in one
 //! transaction: the broker's group commit, one fsync for everything its peers sent since the last one.
@@ -38,12 +52,12 @@ use crate::model::TaskModel;
 use crate::types::{Decision, Profile, RunId, RunSummary, Sample};
 
 /// Schema version written by this build.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 
 /// Migration `i` brings a file from version `i` to `i + 1`.
-pub const MIGRATIONS: &[Migration] = &[migrate_0_to_1, migrate_1_to_2];
+pub const MIGRATIONS: &[Migration] = &[migrate_0_to_1, migrate_1_to_2, migrate_2_to_3];
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const TASK_TYPES: TableDefinition<&str, &[u8]> = TableDefinition::new("task_types");
@@ -55,6 +69,8 @@ const SAMPLES: TableDefinition<(u64, u64), SampleValue> = TableDefinition::new("
 const MODELS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("models");
 const DECISIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("decisions");
 const OPEN_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("open_runs");
+const RUN_ORIGINS: TableDefinition<(u64, u64), u64> = TableDefinition::new("run_origins");
+const IMPORTED_RUNS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("imported_runs");
 
 /// Most decisions or task types one retention pass deletes (the next pass goes on).
 const RETENTION_BATCH: usize = 100_000;
@@ -63,6 +79,32 @@ const K_SCHEMA: &str = "schema_version";
 const K_NEXT_RUN: &str = "next_run_id";
 const K_NEXT_DECISION: &str = "next_decision_seq";
 const K_MODEL_VERSION: &str = "model_version";
+const K_MODEL_BASE: &str = "model_base_version";
+const K_NODE_ID: &str = "node_id";
+
+/// A run as it travels between nodes: its identity (origin node, run id there) and its summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortableRun {
+    /// Node id of the store that recorded the run first.
+    pub origin_node: u64,
+    /// The run's id on that node.
+    pub origin_run: RunId,
+    /// The summary; its `run_id` is the local one on export and ignored on import.
+    pub run: RunSummary,
+}
+
+/// What [`Store::import_runs`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Runs added.
+    pub imported: u64,
+    /// Runs already known (imported before): skipped.
+    pub duplicates: u64,
+    /// Runs that originated on this node: skipped.
+    pub own: u64,
+    /// Task types that received at least one run, by key.
+    pub task_types: Vec<TaskKey>,
+}
 
 /// A run that has started and not finished: what the broker needs to carry it on after a restart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,6 +227,9 @@ pub enum StoreError {
         /// Newest version this build knows.
         supported: u64,
     },
+    /// The node id could not be drawn.
+    #[error("drawing a random node id from /dev/urandom")]
+    NodeId(#[source] std::io::Error),
     /// A run summary was rejected before writing.
     #[error("run {run_id} rejected: {reason}")]
     InvalidRun {
@@ -647,18 +692,35 @@ impl Store {
             }
 
             let mut runs = txn.open_table(RUNS).map_err(db("opening runs"))?;
+            let mut origins = txn
+                .open_table(RUN_ORIGINS)
+                .map_err(db("opening run origins"))?;
+            let mut imported = txn
+                .open_table(IMPORTED_RUNS)
+                .map_err(db("opening imported runs"))?;
             let mut per_task: HashMap<String, Vec<u64>> = HashMap::new();
             for item in runs.iter().map_err(db("scanning runs"))? {
                 let (k, _) = item.map_err(db("scanning runs"))?;
                 let (key, id) = k.value();
                 per_task.entry(key.to_owned()).or_default().push(id);
             }
-            for (key, ids) in per_task {
+            for (key, mut ids) in per_task {
                 if ids.len() > policy.max_runs_per_task {
-                    // Keys iterate in run id order, and ids are allocated in time order: drop the front.
+                    // Local ids follow time, but an imported run gets a fresh id whatever its start: order by start
+                    // (only the types over the cap are read) and drop the oldest.
+                    let mut starts = HashMap::with_capacity(ids.len());
+                    for id in &ids {
+                        if let Some(v) = runs.get((key.as_str(), *id)).map_err(db("reading run"))? {
+                            let r: RunSummary =
+                                decode("run summary", || format!("{key}/{id}"), v.value())?;
+                            starts.insert(*id, r.started_at_ms);
+                        }
+                    }
+                    ids.sort_by_key(|id| (starts.get(id).copied().unwrap_or(0), *id));
                     for id in &ids[..ids.len() - policy.max_runs_per_task] {
                         runs.remove((key.as_str(), *id))
                             .map_err(db("deleting run"))?;
+                        forget_origin(&mut origins, &mut imported, *id)?;
                         report.runs_dropped += 1;
                     }
                 }
@@ -740,6 +802,7 @@ impl Store {
                 for id in ids {
                     runs.remove((key.as_str(), id))
                         .map_err(db("deleting run"))?;
+                    forget_origin(&mut origins, &mut imported, id)?;
                     let stamps: Vec<u64> = {
                         let mut v = Vec::new();
                         for item in t
@@ -1005,8 +1068,243 @@ impl Store {
             let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
             meta.insert(K_MODEL_VERSION, version)
                 .map_err(db("writing model version"))?;
+            meta.insert(K_MODEL_BASE, version)
+                .map_err(db("writing model base version"))?;
         }
         txn.commit().map_err(db("committing models"))
+    }
+
+    /// Writes the models of a few task types as `version`, drops the models of `removed`, and makes `version`
+    /// current, in one transaction: the set in force becomes the previous one with these task types replaced.
+    /// `version` must be above the current one. The other task types' entries stay where they are (one write per
+    /// refitted task type, whatever the number of task types).
+    pub fn update_models<'a>(
+        &self,
+        version: u64,
+        models: impl IntoIterator<Item = (&'a TaskKey, &'a TaskModel)>,
+        removed: &[TaskKey],
+    ) -> Result<(), StoreError> {
+        let models: Vec<(&TaskKey, &TaskModel)> = models.into_iter().collect();
+        let txn = self.db.begin_write().map_err(db("beginning model write"))?;
+        {
+            let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
+            let base = get_meta(&meta, K_MODEL_BASE)?;
+            let current = get_meta(&meta, K_MODEL_VERSION)?;
+            let mut t = txn.open_table(MODELS).map_err(db("opening models"))?;
+            let changed: std::collections::HashSet<&str> = models
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .chain(removed.iter().map(TaskKey::as_str))
+                .collect();
+            let stale: Vec<(u64, String)> = {
+                let mut stale = Vec::new();
+                for item in t
+                    .range::<(u64, &str)>((
+                        Bound::Included((base, "")),
+                        Bound::Excluded((current.max(version).saturating_add(1), "")),
+                    ))
+                    .map_err(db("scanning models"))?
+                {
+                    let (k, _) = item.map_err(db("scanning models"))?;
+                    let (v, key) = k.value();
+                    if changed.contains(key) {
+                        stale.push((v, key.to_owned()));
+                    }
+                }
+                stale
+            };
+            for (v, key) in stale {
+                t.remove((v, key.as_str()))
+                    .map_err(db("deleting replaced model"))?;
+            }
+            for (key, model) in models {
+                t.insert((version, key.as_str()), encode("model", model)?.as_slice())
+                    .map_err(db("writing model"))?;
+            }
+            meta.insert(K_MODEL_VERSION, version)
+                .map_err(db("writing model version"))?;
+        }
+        txn.commit().map_err(db("committing models"))
+    }
+
+    /// The model set in force: for each task type its entry from the last whole-set write on, as replaced by
+    /// [`Store::update_models`] since.
+    pub fn load_current_models(&self) -> Result<HashMap<TaskKey, TaskModel>, StoreError> {
+        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let meta = txn.open_table(META).map_err(db("opening meta"))?;
+        let current = get_meta(&meta, K_MODEL_VERSION)?;
+        let base = get_meta(&meta, K_MODEL_BASE)?.min(current);
+        let t = txn.open_table(MODELS).map_err(db("opening models"))?;
+        let mut out = HashMap::new();
+        for item in t
+            .range::<(u64, &str)>((
+                Bound::Included((base, "")),
+                Bound::Excluded((current.saturating_add(1), "")),
+            ))
+            .map_err(db("scanning models"))?
+        {
+            let (k, v) = item.map_err(db("scanning models"))?;
+            let (version, key) = k.value();
+            // Versions ascend: a later entry of the same key replaces an earlier one.
+            out.insert(
+                TaskKey::new(key),
+                decode("model", || format!("{version}/{key}"), v.value())?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// This store's node id (drawn at random when the file was created; see the module docs).
+    pub fn node_id(&self) -> Result<u64, StoreError> {
+        self.meta(K_NODE_ID)
+    }
+
+    /// Number of stored runs of one task type.
+    pub fn run_count_of(&self, key: &TaskKey) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let t = txn.open_table(RUNS).map_err(db("opening runs"))?;
+        let mut n = 0;
+        for item in t
+            .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
+            .map_err(db("scanning runs"))?
+        {
+            item.map_err(db("scanning runs"))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Adds runs recorded on other nodes, in one transaction. A run whose origin is this node, or whose origin was
+    /// imported before, is skipped and counted; every other run gets a fresh local run id. Each summary is checked
+    /// as [`Store::record_runs`] checks it; one bad run fails the whole import (nothing is written).
+    pub fn import_runs(&self, runs: &[PortableRun]) -> Result<ImportReport, StoreError> {
+        let mut report = ImportReport::default();
+        let txn = self.db.begin_write().map_err(db("beginning import"))?;
+        {
+            let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
+            let own = get_meta(&meta, K_NODE_ID)?;
+            let mut next = get_meta(&meta, K_NEXT_RUN)?.max(1);
+            let mut runs_t = txn.open_table(RUNS).map_err(db("opening runs"))?;
+            let mut types_t = txn
+                .open_table(TASK_TYPES)
+                .map_err(db("opening task types"))?;
+            let mut origins = txn
+                .open_table(RUN_ORIGINS)
+                .map_err(db("opening run origins"))?;
+            let mut imported = txn
+                .open_table(IMPORTED_RUNS)
+                .map_err(db("opening imported runs"))?;
+            let mut touched = std::collections::BTreeSet::new();
+            for p in runs {
+                if p.origin_node == own {
+                    report.own += 1;
+                    continue;
+                }
+                let identity = (p.origin_node, p.origin_run);
+                if origins
+                    .get(identity)
+                    .map_err(db("reading run origin"))?
+                    .is_some()
+                {
+                    report.duplicates += 1;
+                    continue;
+                }
+                let mut run = p.run.clone();
+                run.run_id = next;
+                validate(&run)?;
+                write_run(&mut runs_t, &mut types_t, &run)?;
+                origins
+                    .insert(identity, next)
+                    .map_err(db("writing run origin"))?;
+                imported
+                    .insert(next, identity)
+                    .map_err(db("writing imported run"))?;
+                touched.insert(run.task_key.clone());
+                report.imported += 1;
+                next += 1;
+            }
+            meta.insert(K_NEXT_RUN, next)
+                .map_err(db("writing next run id"))?;
+            report.task_types = touched.into_iter().collect();
+        }
+        txn.commit().map_err(db("committing import"))?;
+        Ok(report)
+    }
+
+    /// One page of runs to export: for each task type (in key order) its newest `newest_per_type` runs (by local
+    /// run id), each with its origin, after the cursor `after` (exclusive), at most `limit` runs. Returns the page
+    /// and the cursor of the next one (`None`: this was the last).
+    #[allow(clippy::type_complexity)]
+    pub fn export_page(
+        &self,
+        after: Option<(&TaskKey, RunId)>,
+        newest_per_type: usize,
+        limit: usize,
+    ) -> Result<(Vec<PortableRun>, Option<(TaskKey, RunId)>), StoreError> {
+        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let meta = txn.open_table(META).map_err(db("opening meta"))?;
+        let own = get_meta(&meta, K_NODE_ID)?;
+        let runs_t = txn.open_table(RUNS).map_err(db("opening runs"))?;
+        let types_t = txn
+            .open_table(TASK_TYPES)
+            .map_err(db("opening task types"))?;
+        let imported = txn
+            .open_table(IMPORTED_RUNS)
+            .map_err(db("opening imported runs"))?;
+        let from = after.map(|(k, _)| k.as_str().to_owned());
+        let mut out = Vec::new();
+        let keys: Vec<String> = {
+            let mut keys = Vec::new();
+            let range = match &from {
+                Some(k) => types_t.range::<&str>(k.as_str()..),
+                None => types_t.range::<&str>(..),
+            }
+            .map_err(db("scanning task types"))?;
+            for item in range {
+                let (k, _) = item.map_err(db("scanning task types"))?;
+                keys.push(k.value().to_owned());
+            }
+            keys
+        };
+        for key in keys {
+            let ids: Vec<u64> = {
+                let mut ids = Vec::new();
+                for item in runs_t
+                    .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
+                    .map_err(db("scanning runs"))?
+                {
+                    ids.push(item.map_err(db("scanning runs"))?.0.value().1);
+                }
+                ids
+            };
+            let skip = ids.len().saturating_sub(newest_per_type);
+            for id in &ids[skip..] {
+                if after.is_some_and(|(k, a)| k.as_str() == key && *id <= a) {
+                    continue;
+                }
+                if out.len() >= limit {
+                    let next = out
+                        .last()
+                        .map(|p: &PortableRun| (p.run.task_key.clone(), p.run.run_id));
+                    return Ok((out, next));
+                }
+                let Some(v) = runs_t.get((key.as_str(), *id)).map_err(db("reading run"))? else {
+                    continue;
+                };
+                let run: RunSummary = decode("run summary", || format!("{key}/{id}"), v.value())?;
+                let (origin_node, origin_run) = imported
+                    .get(*id)
+                    .map_err(db("reading imported run"))?
+                    .map(|g| g.value())
+                    .unwrap_or((own, *id));
+                out.push(PortableRun {
+                    origin_node,
+                    origin_run,
+                    run,
+                });
+            }
+        }
+        Ok((out, None))
     }
 
     /// All models of one version.
@@ -1150,6 +1448,31 @@ impl Store {
     }
 }
 
+fn get_meta(t: &impl ReadableTable<&'static str, u64>, name: &str) -> Result<u64, StoreError> {
+    Ok(t.get(name)
+        .map_err(db("reading meta"))?
+        .map(|g| g.value())
+        .unwrap_or(0))
+}
+
+/// Drops the origin of a deleted run (a local run has none).
+fn forget_origin(
+    origins: &mut redb::Table<(u64, u64), u64>,
+    imported: &mut redb::Table<u64, (u64, u64)>,
+    run_id: RunId,
+) -> Result<(), StoreError> {
+    let identity = imported
+        .remove(run_id)
+        .map_err(db("deleting imported run"))?
+        .map(|g| g.value());
+    if let Some(identity) = identity {
+        origins
+            .remove(identity)
+            .map_err(db("deleting run origin"))?;
+    }
+    Ok(())
+}
+
 /// Writes one run summary and updates its task type's record.
 fn write_run(
     runs_t: &mut redb::Table<(&str, u64), &[u8]>,
@@ -1240,6 +1563,31 @@ fn migrate_0_to_1(txn: &WriteTransaction) -> Result<(), StoreError> {
 fn migrate_1_to_2(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(OPEN_RUNS)
         .map_err(db("creating open runs"))?;
+    Ok(())
+}
+
+fn migrate_2_to_3(txn: &WriteTransaction) -> Result<(), StoreError> {
+    use std::io::Read;
+    txn.open_table(RUN_ORIGINS)
+        .map_err(db("creating run origins"))?;
+    txn.open_table(IMPORTED_RUNS)
+        .map_err(db("creating imported runs"))?;
+    let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
+    // Version 2 wrote whole sets only: the set in force is the current version's entries.
+    let current = get_meta(&meta, K_MODEL_VERSION)?;
+    meta.insert(K_MODEL_BASE, current)
+        .map_err(db("writing model base version"))?;
+    if get_meta(&meta, K_NODE_ID)? == 0 {
+        let mut id = 0u64;
+        while id == 0 {
+            let mut buf = [0u8; 8];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut buf))
+                .map_err(StoreError::NodeId)?;
+            id = u64::from_le_bytes(buf);
+        }
+        meta.insert(K_NODE_ID, id).map_err(db("writing node id"))?;
+    }
     Ok(())
 }
 
@@ -1507,6 +1855,110 @@ mod tests {
         s.save_models(3, [(&b, &model)], 1).expect("v3");
         assert_eq!(s.model_versions().expect("versions"), vec![2, 3]);
         assert!(s.load_models(1).expect("load").is_empty());
+    }
+
+    #[test]
+    fn a_refit_replaces_only_its_task_types_in_the_set_in_force() {
+        let (_d, s) = open_tmp();
+        let runs: Vec<RunSummary> = (0..10).map(|i| run("a", i, i * 1000)).collect();
+        let cfg = crate::model::TrainConfig::default();
+        let old = crate::model::train_task(&runs, 5, &cfg).expect("trains");
+        let new = crate::model::train_task(&runs[..6], 9, &cfg).expect("trains");
+        let (a, b, c) = (TaskKey::new("a"), TaskKey::new("b"), TaskKey::new("c"));
+        s.save_models(4, [(&a, &old), (&b, &old), (&c, &old)], 1)
+            .expect("v4");
+        s.update_models(5, [(&a, &new)], std::slice::from_ref(&c))
+            .expect("v5");
+        assert_eq!(s.current_model_version().expect("current"), 5);
+        let set = s.load_current_models().expect("load");
+        assert_eq!(set.len(), 2, "c was dropped");
+        assert_eq!((set.get(&a), set.get(&b)), (Some(&new), Some(&old)));
+        // One entry per task type: a's v4 model was replaced, b's stays where it was written.
+        assert_eq!(s.model_versions().expect("versions"), vec![4, 5]);
+        s.update_models(6, [(&b, &new)], &[]).expect("v6");
+        let set = s.load_current_models().expect("load");
+        assert_eq!((set.get(&a), set.get(&b)), (Some(&new), Some(&new)));
+        assert_eq!(s.model_versions().expect("versions"), vec![5, 6]);
+        // A whole-set write starts over: nothing written before it is in force.
+        s.save_models(7, [(&c, &old)], 1).expect("v7");
+        let set = s.load_current_models().expect("load");
+        assert_eq!(set.keys().collect::<Vec<_>>(), vec![&c]);
+    }
+
+    #[test]
+    fn retention_drops_the_oldest_runs_by_start_imported_ones_included() {
+        let (_d, s) = open_tmp();
+        let policy = RetentionPolicy {
+            max_runs_per_task: 3,
+            ..RetentionPolicy::default()
+        };
+        s.record_runs(&[
+            run("a", 1, 10_000),
+            run("a", 2, 20_000),
+            run("a", 3, 30_000),
+        ])
+        .expect("record");
+        // Two runs from another node: one older than every local run, one newer; both get ids after the local ones.
+        let portable = |origin_run, start| PortableRun {
+            origin_node: 0xbb,
+            origin_run,
+            run: run("a", 0, start),
+        };
+        let rep = s
+            .import_runs(&[portable(7, 5_000), portable(8, 40_000)])
+            .expect("import");
+        assert_eq!(rep.imported, 2);
+        let rep = s.apply_retention(50_000, &policy).expect("retention");
+        assert_eq!(rep.runs_dropped, 2);
+        let starts: Vec<u64> = s
+            .runs_of(&TaskKey::new("a"))
+            .expect("runs")
+            .iter()
+            .map(|r| r.started_at_ms)
+            .collect();
+        assert_eq!(
+            starts,
+            vec![20_000, 30_000, 40_000],
+            "the two oldest went, one of them imported"
+        );
+    }
+
+    #[test]
+    fn a_schema_2_file_gets_a_node_id_and_keeps_its_models() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.redb");
+        let runs: Vec<RunSummary> = (0..10).map(|i| run("a", i, i * 1000)).collect();
+        let model = crate::model::train_task(&runs, 5, &crate::model::TrainConfig::default())
+            .expect("trains");
+        let (a, b) = (TaskKey::new("a"), TaskKey::new("b"));
+        {
+            let s = Store::open(&path).expect("open");
+            s.save_models(1, [(&a, &model)], 1).expect("v1");
+            s.save_models(2, [(&b, &model)], 1).expect("v2");
+        }
+        // What a schema-2 build left: no node id, no base version (it loaded exactly the current version).
+        {
+            let raw = Database::create(&path).expect("raw open");
+            let txn = raw.begin_write().expect("txn");
+            {
+                let mut meta = txn.open_table(META).expect("meta");
+                meta.insert(K_SCHEMA, 2).expect("stamp");
+                meta.remove(K_NODE_ID).expect("forget node id");
+                meta.remove(K_MODEL_BASE).expect("forget base");
+            }
+            txn.commit().expect("commit");
+        }
+        let s = Store::open(&path).expect("migrates");
+        assert_eq!(s.schema_version().expect("version"), 3);
+        assert_ne!(s.node_id().expect("node id"), 0);
+        let set = s.load_current_models().expect("load");
+        assert_eq!(
+            set.keys().collect::<Vec<_>>(),
+            vec![&b],
+            "v1's model of a is not in force"
+        );
+        let (_d2, other) = open_tmp();
+        assert_ne!(other.node_id().expect("id"), s.node_id().expect("id"));
     }
 
     #[test]

@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::cmd::{Output, run_cmd};
+use serde_json::{Value, json};
+
+use crate::cmd::{Output, run_cmd, wait_until};
+use crate::containerd::Containerd;
 use crate::settings::Settings;
 
 /// The CRI runtime handler name (RuntimeClass `handler`).
@@ -162,6 +165,60 @@ pub fn ensure_pause_image(settings: &Settings) -> PathBuf {
     )
 }
 
+/// Imports the pause image (`pause`, [`ensure_pause_image`]) and busybox into the CRI plugin's namespace (`c.ns` is
+/// restored after) and waits until the CRI plugin lists both, as it does once its event loop has seen the imports:
+/// the client for `c`.
+pub fn ready_client(c: &mut Containerd, pause: &Path) -> CriClient {
+    let slow = u64::from(c.settings.slow());
+    let own = std::mem::replace(&mut c.ns, NAMESPACE.to_string());
+    for tar in [
+        pause.to_path_buf(),
+        c.settings.cache.join("busybox-image.tar"),
+    ] {
+        c.ctr_with(
+            &["images", "import", &tar.to_string_lossy()],
+            Duration::from_secs(120 * slow),
+        )
+        .expect_ok("importing an image into k8s.io");
+    }
+    c.ns = own;
+    let api = CriClient::new(&c.settings, &c.sock);
+    for image in [PAUSE_IMAGE, crate::settings::IMAGE] {
+        let status = json!({"image": {"image": image}});
+        let ready = wait_until(Duration::from_secs(30 * slow), || {
+            let out = api.try_call("ImageStatus", &status);
+            (out.ok() && out.stdout.contains("\"image\"")).then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "the CRI plugin never listed {image}: {}",
+            api.try_call("ImageStatus", &status)
+        );
+    }
+    api
+}
+
+/// A pod sandbox config as kubelet sends it: pod `name` (uid `uid`) in Kubernetes namespace `namespace`, host
+/// network, logs under `logs`, pod `annotations`, under `cgroup_parent`.
+pub fn pod_config(
+    name: &str,
+    uid: &str,
+    namespace: &str,
+    logs: &Path,
+    cgroup_parent: &str,
+    annotations: Value,
+) -> Value {
+    json!({
+        "metadata": {"name": name, "uid": uid, "namespace": namespace},
+        "log_directory": logs,
+        "annotations": annotations,
+        "linux": {
+            "cgroup_parent": cgroup_parent,
+            "security_context": {"namespace_options": {"network": "NODE"}}
+        }
+    })
+}
+
 /// A CRI v1 client for one containerd socket.
 pub struct CriClient {
     sock: PathBuf,
@@ -187,6 +244,41 @@ impl CriClient {
             .arg(request.to_string())
             .env("PREDICTIVE_E2E_CACHE", &self.cache);
         run_cmd(c, Duration::from_secs(90))
+    }
+
+    /// RunPodSandbox of pod `config` ([`pod_config`]) under runtime handler `handler`: the sandbox id, tracked by `c`
+    /// for the clean-host checks.
+    pub fn run_pod(&self, c: &Containerd, config: &Value, handler: &str) -> String {
+        let reply = self.call(
+            "RunPodSandbox",
+            json!({"config": config, "runtime_handler": handler}),
+        );
+        let id = reply["pod_sandbox_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("RunPodSandbox returned no pod_sandbox_id: {reply}"))
+            .to_owned();
+        c.track(&id);
+        id
+    }
+
+    /// CreateContainer of container `config` in sandbox `sandbox` (pod `pod`): the container id, tracked by `c`.
+    pub fn create_container(
+        &self,
+        c: &Containerd,
+        sandbox: &str,
+        config: Value,
+        pod: &Value,
+    ) -> String {
+        let reply = self.call(
+            "CreateContainer",
+            json!({"pod_sandbox_id": sandbox, "config": config, "sandbox_config": pod}),
+        );
+        let id = reply["container_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("CreateContainer returned no container_id: {reply}"))
+            .to_owned();
+        c.track(&id);
+        id
     }
 
     /// One call that must succeed; its reply.

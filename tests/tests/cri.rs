@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use predictive_e2e::cmd::wait_until;
-use predictive_e2e::cri::{self, CriClient, HANDLER, NAMESPACE, PAUSE_IMAGE};
+use predictive_e2e::cri::{self, HANDLER, NAMESPACE};
 use predictive_e2e::settings::{IMAGE, Settings};
 use predictive_e2e::{Containerd, clean, require_root};
 use serde_json::{Value, json};
@@ -69,67 +69,32 @@ fn cri_pod_sandbox_and_container_share_one_shim() {
     // The CRI plugin works in its own namespace; the clean-host checks follow it there
     // (cgroups under /k8s.io/<id>: the pod's cgroup_parent below).
     c.ns = NAMESPACE.to_string();
-    let busybox = c.settings.cache.join("busybox-image.tar");
-    for tar in [&pause, &busybox] {
-        c.ctr_with(
-            &["images", "import", &tar.to_string_lossy()],
-            Duration::from_secs(120),
-        )
-        .expect_ok("importing an image into k8s.io");
-    }
-    let api = CriClient::new(&c.settings, &c.sock);
-
-    // The CRI plugin answers once initialised, and knows the imported images from containerd's events.
-    let ready = wait_until(Duration::from_secs(30), || {
-        let out = api.try_call("ImageStatus", &json!({"image": {"image": PAUSE_IMAGE}}));
-        (out.ok() && out.stdout.contains("\"image\"")).then_some(())
-    });
-    assert!(
-        ready.is_some(),
-        "the CRI plugin never listed {PAUSE_IMAGE}: {}",
-        api.try_call("ImageStatus", &json!({"image": {"image": PAUSE_IMAGE}}))
-    );
+    let api = cri::ready_client(&mut c, &pause);
     let v = api.call("Version", json!({}));
     assert_eq!(v["runtime_api_version"], "v1", "{v}");
 
     let logs = c.dir.join("pod-logs");
     std::fs::create_dir_all(&logs).expect("creating the pod log dir");
-    let pod = json!({
-        "metadata": {"name": "pe2e-cri", "uid": format!("pe2e-{}", std::process::id()), "namespace": "default"},
-        "log_directory": logs,
-        "annotations": {"io.predictive.task-type": "cri-hello"},
-        "linux": {
-            "cgroup_parent": format!("/{NAMESPACE}"),
-            "security_context": {"namespace_options": {"network": "NODE"}}
-        }
-    });
-    let sandbox = api.call(
-        "RunPodSandbox",
-        json!({"config": pod, "runtime_handler": HANDLER}),
+    let pod = cri::pod_config(
+        "pe2e-cri",
+        &format!("pe2e-{}", std::process::id()),
+        "default",
+        &logs,
+        &format!("/{NAMESPACE}"),
+        json!({"io.predictive.task-type": "cri-hello"}),
     );
-    let sid = sandbox["pod_sandbox_id"]
-        .as_str()
-        .expect("RunPodSandbox returns pod_sandbox_id")
-        .to_string();
-    c.track(&sid);
-    let created = api.call(
-        "CreateContainer",
+    let sid = api.run_pod(&c, &pod, HANDLER);
+    let cid = api.create_container(
+        &c,
+        &sid,
         json!({
-            "pod_sandbox_id": sid,
-            "config": {
-                "metadata": {"name": "hello"},
-                "image": {"image": IMAGE},
-                "command": ["sh", "-c", "echo hello from a pod; echo to-stderr >&2; sleep 100000"],
-                "log_path": "hello.log"
-            },
-            "sandbox_config": pod
+            "metadata": {"name": "hello"},
+            "image": {"image": IMAGE},
+            "command": ["sh", "-c", "echo hello from a pod; echo to-stderr >&2; sleep 100000"],
+            "log_path": "hello.log"
         }),
+        &pod,
     );
-    let cid = created["container_id"]
-        .as_str()
-        .expect("CreateContainer returns container_id")
-        .to_string();
-    c.track(&cid);
     api.call("StartContainer", json!({"container_id": cid}));
 
     // The container's output, in the CRI log format kubelet reads (`<time> stdout F <line>`).

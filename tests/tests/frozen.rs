@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use broker::api::Explain;
 use broker::client::Client;
 use predictive_e2e::cmd::wait_until;
-use predictive_e2e::cri::{self, CriClient, HANDLER, NAMESPACE, PAUSE_IMAGE};
+use predictive_e2e::cri::{self, CriClient, HANDLER, NAMESPACE};
 use predictive_e2e::settings::{IMAGE, Settings};
 use predictive_e2e::{Containerd, require_root};
 use serde_json::{Value, json};
@@ -92,27 +92,20 @@ struct Pod<'a> {
 
 impl Pod<'_> {
     fn container(&self, name: &str, priority: i32, command: &[&str]) -> String {
-        let created = self.api.call(
-            "CreateContainer",
+        let id = self.api.create_container(
+            self.c,
+            &self.sid,
             json!({
-                "pod_sandbox_id": self.sid,
-                "config": {
-                    "metadata": {"name": name},
-                    "image": {"image": IMAGE},
-                    "command": command,
-                    "annotations": {"io.predictive.priority": priority.to_string()},
-                    "log_path": format!("{name}.log"),
-                    // kubelet's default: the container's own PID namespace (awk below is its PID 1).
-                    "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"}}}
-                },
-                "sandbox_config": self.config
+                "metadata": {"name": name},
+                "image": {"image": IMAGE},
+                "command": command,
+                "annotations": {"io.predictive.priority": priority.to_string()},
+                "log_path": format!("{name}.log"),
+                // kubelet's default: the container's own PID namespace (awk below is its PID 1).
+                "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"}}}
             }),
+            &self.config,
         );
-        let id = created["container_id"]
-            .as_str()
-            .expect("CreateContainer returns container_id")
-            .to_string();
-        self.c.track(&id);
         self.api.call("StartContainer", json!({"container_id": id}));
         id
     }
@@ -189,39 +182,18 @@ fn cri_stop_and_exec_on_broker_frozen_containers() {
     c.ns = NAMESPACE.to_string();
     // Its own cgroup parent: other CRI tests run beside it in the same containerd namespace.
     let parent = c.own_cgroup_parent();
-    let busybox = c.settings.cache.join("busybox-image.tar");
-    for tar in [&pause, &busybox] {
-        c.ctr_with(
-            &["images", "import", &tar.to_string_lossy()],
-            Duration::from_secs(120),
-        )
-        .expect_ok("importing an image into k8s.io");
-    }
-    let api = CriClient::new(&c.settings, &c.sock);
-    let ready = wait_until(Duration::from_secs(30), || {
-        let out = api.try_call("ImageStatus", &json!({"image": {"image": PAUSE_IMAGE}}));
-        (out.ok() && out.stdout.contains("\"image\"")).then_some(())
-    });
-    assert!(ready.is_some(), "the CRI plugin never listed {PAUSE_IMAGE}");
+    let api = cri::ready_client(&mut c, &pause);
     let logs = c.dir.join("pod-logs");
     std::fs::create_dir_all(&logs).expect("creating the pod log dir");
-    let config = json!({
-        "metadata": {"name": "pe2e-frozen", "uid": format!("pe2e-frozen-{}", std::process::id()), "namespace": "default"},
-        "log_directory": logs,
-        "linux": {
-            "cgroup_parent": parent,
-            "security_context": {"namespace_options": {"network": "NODE"}}
-        }
-    });
-    let sandbox = api.call(
-        "RunPodSandbox",
-        json!({"config": config, "runtime_handler": HANDLER}),
+    let config = cri::pod_config(
+        "pe2e-frozen",
+        &format!("pe2e-frozen-{}", std::process::id()),
+        "default",
+        &logs,
+        &parent,
+        json!({}),
     );
-    let sid = sandbox["pod_sandbox_id"]
-        .as_str()
-        .expect("RunPodSandbox returns pod_sandbox_id")
-        .to_string();
-    c.track(&sid);
+    let sid = api.run_pod(&c, &config, HANDLER);
     let pod = Pod {
         api,
         c: &c,

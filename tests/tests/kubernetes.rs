@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use predictive_e2e::cmd::{Bg, wait_until};
-use predictive_e2e::cri::{self, CriClient, HANDLER, NAMESPACE, PAUSE_IMAGE};
+use predictive_e2e::cri::{self, HANDLER, NAMESPACE};
 use predictive_e2e::settings::{IMAGE, PREDICTIVE_SHIM_BINARY, Settings};
 use predictive_e2e::{Containerd, require_root, run_cmd};
 use serde_json::{Value, json};
@@ -518,53 +518,25 @@ fn daemonset_node_predicts_the_first_pod() {
     c.ns = NAMESPACE.to_string();
     // Its own cgroup parent: other CRI tests run beside it in the same containerd namespace.
     let parent = c.own_cgroup_parent();
-    for tar in [&pause, &c.settings.cache.join("busybox-image.tar")] {
-        c.ctr_with(
-            &["images", "import", &tar.to_string_lossy()],
-            Duration::from_secs(120),
-        )
-        .expect_ok("importing an image into k8s.io");
-    }
-    let api = CriClient::new(&c.settings, &c.sock);
-    let ready = wait_until(Duration::from_secs(30), || {
-        let out = api.try_call("ImageStatus", &json!({"image": {"image": PAUSE_IMAGE}}));
-        (out.ok() && out.stdout.contains("\"image\"")).then_some(())
-    });
-    assert!(ready.is_some(), "the CRI plugin never listed {PAUSE_IMAGE}");
+    let api = cri::ready_client(&mut c, &pause);
     let logs = c.dir.join("pod-logs");
     std::fs::create_dir_all(&logs).expect("pod log dir");
-    let pod = json!({
-        "metadata": {"name": "pe2e-node", "uid": format!("pe2e-node-{}", std::process::id()), "namespace": "default"},
-        "log_directory": logs,
-        "annotations": {"io.predictive.task-type": "node-first-pod"},
-        "linux": {
-            "cgroup_parent": parent,
-            "security_context": {"namespace_options": {"network": "NODE"}}
-        }
-    });
-    let sandbox = api.call(
-        "RunPodSandbox",
-        json!({"config": pod, "runtime_handler": HANDLER}),
+    let pod = cri::pod_config(
+        "pe2e-node",
+        &format!("pe2e-node-{}", std::process::id()),
+        "default",
+        &logs,
+        &parent,
+        json!({"io.predictive.task-type": "node-first-pod"}),
     );
-    let sid = sandbox["pod_sandbox_id"]
-        .as_str()
-        .expect("pod_sandbox_id")
-        .to_string();
-    c.track(&sid);
-    let created = api.call(
-        "CreateContainer",
-        json!({
-            "pod_sandbox_id": sid,
-            "config": {"metadata": {"name": "first"}, "image": {"image": IMAGE},
-                       "command": ["sleep", "100000"], "log_path": "first.log"},
-            "sandbox_config": pod
-        }),
+    let sid = api.run_pod(&c, &pod, HANDLER);
+    let cid = api.create_container(
+        &c,
+        &sid,
+        json!({"metadata": {"name": "first"}, "image": {"image": IMAGE},
+               "command": ["sleep", "100000"], "log_path": "first.log"}),
+        &pod,
     );
-    let cid = created["container_id"]
-        .as_str()
-        .expect("container_id")
-        .to_string();
-    c.track(&cid);
     api.call("StartContainer", json!({"container_id": cid}));
     let mut client = broker::client::Client::new(c.dir.join("broker.sock"), Duration::from_secs(5));
     let known = wait_until(Duration::from_secs(10), || {

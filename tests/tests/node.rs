@@ -11,7 +11,7 @@ use broker::api::{Explain, Status};
 use broker::client::Client;
 use broker::controller::TaskView;
 use predictive_e2e::cmd::wait_until;
-use predictive_e2e::cri::{self, CriClient, HANDLER, NAMESPACE};
+use predictive_e2e::cri::{self, CriClient, HANDLER};
 use predictive_e2e::settings::{IMAGE, Settings};
 use predictive_e2e::{Containerd, require_root};
 use serde_json::{Value, json};
@@ -65,25 +65,7 @@ fn node(test: &str, top: &str, tables: &str) -> Option<Node> {
     // The images go into the CRI plugin's namespace. The pods' cgroups go under this test's own namespace name
     // (`Node::parent`), where the clean-host checks look: tests that run at the same time never see (or scrub)
     // each other's containers, as they would under a shared /k8s.io.
-    let own = std::mem::replace(&mut c.ns, NAMESPACE.to_string());
-    let busybox = c.settings.cache.join("busybox-image.tar");
-    for tar in [&pause, &busybox] {
-        c.ctr_with(
-            &["images", "import", &tar.to_string_lossy()],
-            Duration::from_secs(120),
-        )
-        .expect_ok("importing an image into k8s.io");
-    }
-    c.ns = own;
-    let api = CriClient::new(&c.settings, &c.sock);
-    let ready = wait_until(Duration::from_secs(30), || {
-        let out = api.try_call("ImageStatus", &json!({"image": {"image": IMAGE}}));
-        (out.ok() && out.stdout.contains("\"image\"")).then_some(())
-    });
-    assert!(
-        ready.is_some(),
-        "{test}: the CRI plugin never listed {IMAGE}"
-    );
+    let api = cri::ready_client(&mut c, &pause);
     let logs = c.dir.join("pod-logs");
     std::fs::create_dir_all(&logs).expect("creating the pod log dir");
     Some(Node {
@@ -131,24 +113,15 @@ impl Node {
         annotations: Value,
         cgroup_parent: &str,
     ) -> Pod {
-        let config = json!({
-            "metadata": {"name": name, "uid": pod_uid(name), "namespace": namespace},
-            "log_directory": self.logs,
-            "annotations": annotations,
-            "linux": {
-                "cgroup_parent": cgroup_parent,
-                "security_context": {"namespace_options": {"network": "NODE"}}
-            }
-        });
-        let r = self.api.call(
-            "RunPodSandbox",
-            json!({"config": config, "runtime_handler": HANDLER}),
+        let config = cri::pod_config(
+            name,
+            &pod_uid(name),
+            namespace,
+            &self.logs,
+            cgroup_parent,
+            annotations,
         );
-        let id = r["pod_sandbox_id"]
-            .as_str()
-            .expect("RunPodSandbox returns pod_sandbox_id")
-            .to_owned();
-        self.c.track(&id);
+        let id = self.api.run_pod(&self.c, &config, HANDLER);
         self.pods.push(id.clone());
         Pod { id, config }
     }
@@ -156,25 +129,18 @@ impl Node {
     /// CreateContainer + StartContainer: container `name` (attempt `attempt`) of `pod` running `cmd` with CRI
     /// `LinuxContainerResources` `resources`.
     fn start(&self, pod: &Pod, name: &str, attempt: u32, cmd: &[&str], resources: Value) -> String {
-        let r = self.api.call(
-            "CreateContainer",
+        let id = self.api.create_container(
+            &self.c,
+            &pod.id,
             json!({
-                "pod_sandbox_id": pod.id,
-                "config": {
-                    "metadata": {"name": name, "attempt": attempt},
-                    "image": {"image": IMAGE},
-                    "command": cmd,
-                    "log_path": format!("{name}-{attempt}.log"),
-                    "linux": {"resources": resources}
-                },
-                "sandbox_config": pod.config
+                "metadata": {"name": name, "attempt": attempt},
+                "image": {"image": IMAGE},
+                "command": cmd,
+                "log_path": format!("{name}-{attempt}.log"),
+                "linux": {"resources": resources}
             }),
+            &pod.config,
         );
-        let id = r["container_id"]
-            .as_str()
-            .expect("CreateContainer returns container_id")
-            .to_owned();
-        self.c.track(&id);
         self.api.call("StartContainer", json!({"container_id": id}));
         id
     }

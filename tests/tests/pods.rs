@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use predictive_e2e::cmd::{run_cmd, wait_until};
-use predictive_e2e::cri::{self, CriClient, HANDLER, NAMESPACE, PAUSE_IMAGE};
+use predictive_e2e::cri::{self, CriClient, HANDLER, NAMESPACE};
 use predictive_e2e::kubelet::{self, Driver, PodCgroup};
 use predictive_e2e::settings::{IMAGE, Settings};
 use predictive_e2e::{Containerd, require_root};
@@ -90,40 +90,21 @@ struct Pod {
 
 fn run_pod(c: &Containerd, api: &CriClient, pod: &PodCgroup, name: &str, handler: &str) -> Pod {
     let uid = format!("{name}-{}", std::process::id());
-    let config = json!({
-        "metadata": {"name": name, "uid": uid, "namespace": "default"},
-        "log_directory": c.dir.join("pod-logs"),
-        "linux": {
-            "cgroup_parent": pod.cgroup_parent,
-            "security_context": {"namespace_options": {"network": "NODE"}}
-        }
-    });
-    let sandbox = api.call(
-        "RunPodSandbox",
-        json!({"config": config, "runtime_handler": handler}),
-    )["pod_sandbox_id"]
-        .as_str()
-        .expect("RunPodSandbox returns pod_sandbox_id")
-        .to_owned();
-    c.track(&sandbox);
-    let container = api.call(
-        "CreateContainer",
+    let logs = c.dir.join("pod-logs");
+    let config = cri::pod_config(name, &uid, "default", &logs, &pod.cgroup_parent, json!({}));
+    let sandbox = api.run_pod(c, &config, handler);
+    let container = api.create_container(
+        c,
+        &sandbox,
         json!({
-            "pod_sandbox_id": sandbox,
-            "config": {
-                "metadata": {"name": "app"},
-                "image": {"image": IMAGE},
-                "command": ["sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 100000"],
-                "log_path": format!("{name}-app.log"),
-                "linux": {"resources": {"cpu_period": 100000, "cpu_quota": 100000, "memory_limit_in_bytes": 268435456}}
-            },
-            "sandbox_config": config
+            "metadata": {"name": "app"},
+            "image": {"image": IMAGE},
+            "command": ["sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 100000"],
+            "log_path": format!("{name}-app.log"),
+            "linux": {"resources": {"cpu_period": 100000, "cpu_quota": 100000, "memory_limit_in_bytes": 268435456}}
         }),
-    )["container_id"]
-        .as_str()
-        .expect("CreateContainer returns container_id")
-        .to_owned();
-    c.track(&container);
+        &config,
+    );
     api.call("StartContainer", json!({"container_id": container}));
     Pod { sandbox, container }
 }
@@ -227,20 +208,8 @@ fn cri_pods_land_in_their_pod_cgroups() {
         return;
     };
     c.ns = NAMESPACE.to_string();
-    for tar in [&pause, &c.settings.cache.join("busybox-image.tar")] {
-        c.ctr_with(
-            &["images", "import", &tar.to_string_lossy()],
-            Duration::from_secs(120 * u64::from(c.settings.slow())),
-        )
-        .expect_ok("importing an image into k8s.io");
-    }
     std::fs::create_dir_all(c.dir.join("pod-logs")).expect("pod log dir");
-    let api = CriClient::new(&c.settings, &c.sock);
-    let ready = wait_until(Duration::from_secs(60), || {
-        let out = api.try_call("ImageStatus", &json!({"image": {"image": PAUSE_IMAGE}}));
-        (out.ok() && out.stdout.contains("\"image\"")).then_some(())
-    });
-    assert!(ready.is_some(), "the CRI plugin never listed {PAUSE_IMAGE}");
+    let api = cri::ready_client(&mut c, &pause);
 
     let me = std::process::id();
     let slice_pod = PodCgroup::create(Driver::Systemd, &format!("s{me}"), 1 << 30, 2.0);

@@ -1,0 +1,729 @@
+//! Learning that travels between nodes: a broker's run history written to a versioned file
+//! (`predictivectl export`, from [`export_page`] over the socket) and merged into another broker's store
+//! (`predictived --import FILE`, `[import] files`, or a watched directory `[import] dir`).
+//!
+//! The file (format [`FORMAT`], version [`FILE_VERSION`]) is one JSON object:
+//! `{"format":"predictive-history","version":1,"node_id":"<16 hex>","exported_at_ms":..,"runs":[ExportedRun..]}`
+//! ([`crate::api::ExportedRun`]: identity, task type, what was known at start without the command, outcome, profile).
+//!
+//! Merge semantics: a run is identified by (node id of the broker that recorded it, its run id there); a run already
+//! imported, or one that originated on the importing node, is skipped ([`predictor::Store::import_runs`]), so
+//! importing a file twice, or files that went round through other nodes, never counts a run twice. The task types
+//! that received runs are refitted at once ([`predictor::Predictor::import_runs`]): the next Register of a type learned
+//! elsewhere is predicted.
+//!
+//! A file is hostile input (it comes from another node or a shared volume): it is read without following a symlink,
+//! only if it is a regular file of at most `max_file_bytes`; every field is range-checked and every task key checked
+//! as a `history` request's is; one bad run rejects the whole file (nothing is written) with an error naming the file
+//! (escaped), the run's index and the field. Values in range are trusted: import only files from your own nodes.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use predictor::{PortableRun, Predictor, Profile, RunMetadata, RunOutcome, RunSummary, TaskKey};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{
+    self, ErrorCode, ErrorReply, ExportCursor, ExportPage, ExportQuery, ExportedProfile,
+    ExportedRun,
+};
+use crate::validate::{self, MAX_BYTES, MAX_CORES, MAX_KEY, MAX_PATH};
+
+/// The `format` field of an export file.
+pub const FORMAT: &str = "predictive-history";
+/// The file version this build writes and reads.
+pub const FILE_VERSION: u64 = 1;
+/// Default bound on an import file's size, bytes.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 << 20;
+/// Most runs one file may hold.
+pub const MAX_FILE_RUNS: usize = 1_000_000;
+/// How far in the future (clock skew between nodes) a run may start, ms: a run dated later would outweigh every
+/// real one in the decaying history.
+pub const MAX_FUTURE_MS: u64 = 3_600_000;
+/// Longest run accepted, seconds (10 years).
+pub const MAX_DURATION_S: f64 = 10.0 * 365.0 * 86_400.0;
+
+/// Why an export or an import failed; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The file could not be opened or read.
+    #[error("reading {path}")]
+    Read {
+        /// The file (escaped).
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not a regular file (a directory, a FIFO, a device).
+    #[error("{path} is not a regular file")]
+    NotAFile {
+        /// The file (escaped).
+        path: String,
+    },
+    /// Over the size bound.
+    #[error("{path} is {len} bytes; at most {max} are accepted (import.max_file_bytes)")]
+    TooBig {
+        /// The file (escaped).
+        path: String,
+        /// Its size (or more).
+        len: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// Not an export file of a version this build reads, or a field out of range.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file (escaped).
+        path: String,
+        /// What was wrong, naming the run and field.
+        message: String,
+    },
+    /// The store refused the merge.
+    #[error("importing {path} into the predictor store")]
+    Store {
+        /// The file (escaped).
+        path: String,
+        /// Why.
+        #[source]
+        source: predictor::PredictorError,
+    },
+    /// Writing an export file failed.
+    #[error("writing {path}")]
+    Write {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An export file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryFile {
+    /// [`FORMAT`].
+    pub format: String,
+    /// [`FILE_VERSION`].
+    pub version: u64,
+    /// The exporting broker's node id (16 hex digits).
+    pub node_id: String,
+    /// When it was written, ms since the epoch.
+    pub exported_at_ms: u64,
+    /// The runs.
+    pub runs: Vec<ExportedRun>,
+}
+
+/// What one import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportOutcome {
+    /// Runs in the file.
+    pub runs: u64,
+    /// Runs added.
+    pub imported: u64,
+    /// Runs already known: skipped.
+    pub duplicates: u64,
+    /// Runs that originated on this node: skipped.
+    pub own: u64,
+    /// Task types that received runs.
+    pub task_types: usize,
+    /// Task types with a model after the refit the import triggered.
+    pub refitted: usize,
+}
+
+/// A path as it may appear in a log line or an error: control characters escaped, bounded.
+pub fn shown_path(p: &Path) -> String {
+    validate::shown(&p.to_string_lossy(), 256)
+}
+
+/// A node id as the file and the API write it.
+pub fn node_hex(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+fn parse_node(field: &str, s: &str) -> Result<u64, String> {
+    if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "field `{field}` ({:?}) is not a node id (16 hex digits)",
+            validate::shown(s, 32)
+        ));
+    }
+    match u64::from_str_radix(s, 16) {
+        Ok(0) | Err(_) => Err(format!("field `{field}` is not a node id (zero)")),
+        Ok(n) => Ok(n),
+    }
+}
+
+fn to_exported(node: &str, p: PortableRun) -> ExportedRun {
+    let r = p.run;
+    ExportedRun {
+        node: if p.origin_node == 0 {
+            node.to_owned()
+        } else {
+            node_hex(p.origin_node)
+        },
+        run: p.origin_run,
+        task_key: r.task_key.as_str().to_owned(),
+        started_at_ms: r.started_at_ms,
+        image: r.meta.image,
+        input_bytes: r.meta.input_bytes,
+        dependencies: r.meta.dependencies,
+        requested_cpu_cores: r.meta.requested_cpu_cores,
+        requested_memory_bytes: r.meta.requested_memory_bytes,
+        host_load: r.meta.host_load,
+        duration_s: r.outcome.duration_s,
+        peak_memory_bytes: r.outcome.peak_memory_bytes,
+        cpu_seconds: r.outcome.cpu_seconds,
+        cpu_p50_cores: r.outcome.cpu_p50_cores,
+        cpu_p95_cores: r.outcome.cpu_p95_cores,
+        io_bytes: r.outcome.io_bytes,
+        exit_code: r.outcome.exit_code,
+        oom_killed: r.outcome.oom_killed,
+        throttled_s: r.outcome.throttled_s,
+        profile: r.profile.map(|p| ExportedProfile {
+            cpu: p.cpu,
+            memory: p.memory,
+            io: p.io,
+        }),
+    }
+}
+
+/// Checks one run of a file and turns it into the store's shape. The error names the field.
+fn from_exported(e: &ExportedRun, now_ms: u64) -> Result<PortableRun, String> {
+    let origin_node = parse_node("node", &e.node)?;
+    validate::name("task_key", &e.task_key, MAX_KEY).map_err(|r| r.message)?;
+    validate::optional_text("image", &e.image, MAX_PATH).map_err(|r| r.message)?;
+    validate::cores("requested_cpu_cores", e.requested_cpu_cores).map_err(|r| r.message)?;
+    validate::bytes("requested_memory_bytes", e.requested_memory_bytes).map_err(|r| r.message)?;
+    if e.started_at_ms == 0 || e.started_at_ms > now_ms.saturating_add(MAX_FUTURE_MS) {
+        return Err(format!(
+            "field `started_at_ms` is {}; a start after the epoch and at most {} s ahead of this node's clock is expected",
+            e.started_at_ms,
+            MAX_FUTURE_MS / 1000
+        ));
+    }
+    let range = |field: &str, v: f64, max: f64| {
+        if v.is_finite() && (0.0..=max).contains(&v) {
+            Ok(())
+        } else {
+            Err(format!(
+                "field `{field}` is {v}; a number in [0, {max}] is expected"
+            ))
+        }
+    };
+    range("duration_s", e.duration_s, MAX_DURATION_S)?;
+    range("cpu_p50_cores", e.cpu_p50_cores, MAX_CORES)?;
+    range("cpu_p95_cores", e.cpu_p95_cores, MAX_CORES)?;
+    range("cpu_seconds", e.cpu_seconds, MAX_CORES * MAX_DURATION_S)?;
+    range("throttled_s", e.throttled_s, MAX_DURATION_S)?;
+    range("host_load", e.host_load, 1e6)?;
+    if e.peak_memory_bytes > MAX_BYTES {
+        return Err(format!(
+            "field `peak_memory_bytes` is {}; at most {MAX_BYTES} is accepted",
+            e.peak_memory_bytes
+        ));
+    }
+    if let Some(p) = &e.profile {
+        for (name, series) in [("cpu", &p.cpu), ("memory", &p.memory), ("io", &p.io)] {
+            if series.len() != predictor::BUCKETS {
+                return Err(format!(
+                    "field `profile.{name}` has {} buckets; {} are expected",
+                    series.len(),
+                    predictor::BUCKETS
+                ));
+            }
+            if let Some(v) = series
+                .iter()
+                .find(|v| !v.is_finite() || !(0.0..=1.0).contains(*v))
+            {
+                return Err(format!(
+                    "field `profile.{name}` holds {v}; shares of the peak in [0, 1] are expected"
+                ));
+            }
+        }
+    }
+    Ok(PortableRun {
+        origin_node,
+        origin_run: e.run,
+        run: RunSummary {
+            run_id: 0,
+            task_key: TaskKey::new(e.task_key.clone()),
+            started_at_ms: e.started_at_ms,
+            meta: RunMetadata {
+                image: e.image.clone(),
+                command: Vec::new(),
+                input_bytes: e.input_bytes,
+                dependencies: e.dependencies,
+                requested_cpu_cores: e.requested_cpu_cores,
+                requested_memory_bytes: e.requested_memory_bytes,
+                host_load: e.host_load,
+            },
+            outcome: RunOutcome {
+                duration_s: e.duration_s,
+                peak_memory_bytes: e.peak_memory_bytes,
+                cpu_seconds: e.cpu_seconds,
+                cpu_p50_cores: e.cpu_p50_cores,
+                cpu_p95_cores: e.cpu_p95_cores,
+                io_bytes: e.io_bytes,
+                exit_code: e.exit_code,
+                oom_killed: e.oom_killed,
+                throttled_s: e.throttled_s,
+            },
+            profile: e.profile.as_ref().map(|p| Profile {
+                cpu: p.cpu.clone(),
+                memory: p.memory.clone(),
+                io: p.io.clone(),
+            }),
+        },
+    })
+}
+
+/// Serves `export`: one page of runs, at most [`api::MAX_EXPORT_PAGE`] and about [`api::EXPORT_PAGE_BYTES`].
+pub fn export_page(p: &Predictor, q: &ExportQuery) -> Result<ExportPage, ErrorReply> {
+    let internal = |e: &dyn std::error::Error| {
+        ErrorReply::new(
+            ErrorCode::Internal,
+            format!("exporting runs: {}", crate::error_chain(e)),
+        )
+    };
+    let node = node_hex(p.node_id().map_err(|e| internal(&e))?);
+    let after = q
+        .after
+        .as_ref()
+        .map(|c| (TaskKey::new(c.task_key.clone()), c.run_id));
+    let limit = q
+        .limit
+        .unwrap_or(api::MAX_EXPORT_PAGE)
+        .min(api::MAX_EXPORT_PAGE);
+    let newest = q
+        .newest_per_type
+        .unwrap_or(api::DEFAULT_EXPORT_RUNS_PER_TYPE);
+    let (runs, mut next) = p
+        .store()
+        .export_page(after.as_ref().map(|(k, i)| (k, *i)), newest, limit)
+        .map_err(|e| internal(&e))?;
+    let mut out = Vec::with_capacity(runs.len());
+    let mut bytes = 0;
+    let mut last: Option<ExportCursor> = None;
+    for r in runs {
+        let cursor = ExportCursor {
+            task_key: r.run.task_key.as_str().to_owned(),
+            run_id: r.run.run_id,
+        };
+        let e = to_exported(&node, r);
+        bytes += serde_json::to_vec(&e).map_or(0, |v| v.len());
+        if bytes > api::EXPORT_PAGE_BYTES && !out.is_empty() {
+            // The rest goes on the next page, which starts after the last run sent.
+            return Ok(ExportPage {
+                node_id: node,
+                runs: out,
+                next: last,
+            });
+        }
+        out.push(e);
+        last = Some(cursor);
+    }
+    Ok(ExportPage {
+        node_id: node,
+        runs: out,
+        next: next.take().map(|(k, run_id)| ExportCursor {
+            task_key: k.as_str().to_owned(),
+            run_id,
+        }),
+    })
+}
+
+/// Parses and checks an export file's bytes. `path` (escaped) only names it in errors.
+pub fn parse(bytes: &[u8], path: &str, now_ms: u64) -> Result<Vec<PortableRun>, TransferError> {
+    let invalid = |message: String| TransferError::Invalid {
+        path: path.to_owned(),
+        message,
+    };
+    // The header first: a newer version is named as such, not as an unknown field.
+    #[derive(Deserialize)]
+    struct Header {
+        format: Option<serde_json::Value>,
+        version: Option<serde_json::Value>,
+    }
+    let h: Header = serde_json::from_slice(bytes).map_err(|e| {
+        invalid(format!(
+            "not a JSON object: {}",
+            validate::shown(&e.to_string(), 200)
+        ))
+    })?;
+    match h.format.as_ref().and_then(|v| v.as_str()) {
+        Some(FORMAT) => {}
+        _ => {
+            return Err(invalid(format!(
+                "field `format` is {}; an export file says {FORMAT:?} (written by `predictivectl export`)",
+                h.format.map_or("missing".to_owned(), |v| validate::shown(
+                    &v.to_string(),
+                    64
+                ))
+            )));
+        }
+    }
+    match h.version.as_ref().and_then(|v| v.as_u64()) {
+        Some(FILE_VERSION) => {}
+        _ => {
+            return Err(invalid(format!(
+                "field `version` is {}; this build reads version {FILE_VERSION}",
+                h.version.map_or("missing".to_owned(), |v| validate::shown(
+                    &v.to_string(),
+                    64
+                ))
+            )));
+        }
+    }
+    let file: HistoryFile =
+        serde_json::from_slice(bytes).map_err(|e| invalid(validate::shown(&e.to_string(), 200)))?;
+    parse_node("node_id", &file.node_id).map_err(invalid)?;
+    if file.runs.len() > MAX_FILE_RUNS {
+        return Err(invalid(format!(
+            "{} runs; at most {MAX_FILE_RUNS} are accepted in one file",
+            file.runs.len()
+        )));
+    }
+    file.runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            from_exported(r, now_ms).map_err(|m| {
+                invalid(format!(
+                    "run {i} (task type {:?}): {m}",
+                    validate::shown(&r.task_key, 64)
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Reads a file for import: not through a symlink, a regular file, at most `max` bytes.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, TransferError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = shown_path(path);
+    let read_err = |source| TransferError::Read {
+        path: shown.clone(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        // No symlink to follow; a FIFO must not block the open.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(read_err)?;
+    let md = f.metadata().map_err(read_err)?;
+    if !md.is_file() {
+        return Err(TransferError::NotAFile { path: shown });
+    }
+    if md.len() > max {
+        return Err(TransferError::TooBig {
+            path: shown,
+            len: md.len(),
+            max,
+        });
+    }
+    let mut buf = Vec::with_capacity(md.len() as usize);
+    f.take(max + 1).read_to_end(&mut buf).map_err(read_err)?;
+    if buf.len() as u64 > max {
+        return Err(TransferError::TooBig {
+            path: shown,
+            len: buf.len() as u64,
+            max,
+        });
+    }
+    Ok(buf)
+}
+
+/// Imports one file into the predictor and refits the task types it taught. `path` may be a symlink (a ConfigMap
+/// volume's files are); the file it resolves to is read as [`read_bounded`] reads.
+pub fn import_file(
+    p: &Predictor,
+    path: &Path,
+    max_bytes: u64,
+    now_ms: u64,
+) -> Result<ImportOutcome, TransferError> {
+    let shown = shown_path(path);
+    let real = std::fs::canonicalize(path).map_err(|source| TransferError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let bytes = read_bounded(&real, max_bytes)?;
+    let runs = parse(&bytes, &shown, now_ms)?;
+    let (rep, refit) = p
+        .import_runs(&runs, now_ms)
+        .map_err(|source| TransferError::Store {
+            path: shown.clone(),
+            source,
+        })?;
+    let out = ImportOutcome {
+        runs: runs.len() as u64,
+        imported: rep.imported,
+        duplicates: rep.duplicates,
+        own: rep.own,
+        task_types: rep.task_types.len(),
+        refitted: refit.map_or(0, |r| r.task_types),
+    };
+    tracing::info!(
+        file = %shown,
+        runs = out.runs,
+        imported = out.imported,
+        duplicates = out.duplicates,
+        own = out.own,
+        task_types = out.task_types,
+        refitted = out.refitted,
+        "imported run history"
+    );
+    Ok(out)
+}
+
+/// Writes an export file atomically (temporary file in the same directory, fsync, rename), mode 0644.
+pub fn write_file(path: &Path, file: &HistoryFile) -> Result<(), TransferError> {
+    use std::io::Write;
+    let write_err = |source| TransferError::Write {
+        path: shown_path(path),
+        source,
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // A leading dot: a watched directory skips the file until it is complete.
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        serde_json::to_writer(&mut f, file).map_err(std::io::Error::other)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(write_err)
+}
+
+/// The watched import directory: every `*.json` file (not a dot-file, which is one being written) is imported
+/// when it is new or changed (size or mtime). A file that fails is logged once per version of it. An entry may be a
+/// symlink (Kubernetes projects a ConfigMap's keys as symlinks into `..data/`) as long as it resolves inside the
+/// directory.
+#[derive(Debug, Default)]
+pub struct Watcher {
+    seen: HashMap<PathBuf, (PathBuf, u64, i64, i64)>,
+    dir_error: Option<String>,
+}
+
+impl Watcher {
+    /// Scans `dir` once.
+    pub fn scan(&mut self, p: &Predictor, dir: &Path, max_bytes: u64, now_ms: u64) {
+        use std::os::unix::fs::MetadataExt;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => {
+                self.dir_error = None;
+                e
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.dir_error.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!(dir = %shown_path(dir), error = %msg, "reading the import directory");
+                    self.dir_error = Some(msg);
+                }
+                return;
+            }
+        };
+        let Ok(root) = std::fs::canonicalize(dir) else {
+            return;
+        };
+        let mut present = Vec::new();
+        for entry in entries.flatten().take(10_000) {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || !name.ends_with(".json") {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(real) = std::fs::canonicalize(&path) else {
+                continue;
+            };
+            let Ok(md) = std::fs::metadata(&real) else {
+                continue;
+            };
+            let stamp = (real.clone(), md.len(), md.mtime(), md.mtime_nsec());
+            present.push(path.clone());
+            if self.seen.get(&path) == Some(&stamp) {
+                continue;
+            }
+            self.seen.insert(path.clone(), stamp);
+            if !real.starts_with(&root) {
+                tracing::warn!(
+                    file = %shown_path(&path),
+                    "import file rejected: it resolves outside the import directory"
+                );
+                continue;
+            }
+            if let Err(e) = import_file(p, &real, max_bytes, now_ms) {
+                tracing::warn!(file = %shown_path(&path), error = %crate::error_chain(&e), "import file rejected; it is tried again when it changes");
+            }
+        }
+        self.seen.retain(|k, _| present.contains(k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_json(node: &str, run: u64, key: &str) -> serde_json::Value {
+        serde_json::json!({"node": node, "run": run, "task_key": key, "started_at_ms": 1_000,
+            "duration_s": 2.0, "peak_memory_bytes": 1_000_000, "cpu_p95_cores": 0.5})
+    }
+
+    fn file(runs: Vec<serde_json::Value>) -> serde_json::Value {
+        serde_json::json!({"format": FORMAT, "version": 1, "node_id": "00000000000000aa",
+            "exported_at_ms": 5, "runs": runs})
+    }
+
+    fn parse_err(v: &serde_json::Value) -> String {
+        parse(v.to_string().as_bytes(), "f.json", 10_000)
+            .expect_err("rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn a_valid_file_parses_into_runs_with_their_origin() {
+        let v = file(vec![run_json("00000000000000bb", 7, "etl")]);
+        let runs = parse(v.to_string().as_bytes(), "f.json", 10_000).expect("valid");
+        assert_eq!(runs.len(), 1);
+        assert_eq!((runs[0].origin_node, runs[0].origin_run), (0xbb, 7));
+        assert_eq!(runs[0].run.task_key.as_str(), "etl");
+        assert!(runs[0].run.meta.command.is_empty());
+    }
+
+    #[test]
+    fn bad_files_are_rejected_naming_what_was_wrong() {
+        let mut future = run_json("00000000000000bb", 1, "etl");
+        future["started_at_ms"] = serde_json::json!(10_000 + MAX_FUTURE_MS + 1);
+        let mut nan_cpu = run_json("00000000000000bb", 1, "etl");
+        nan_cpu["cpu_p95_cores"] = serde_json::json!(-1.0);
+        let mut short_profile = run_json("00000000000000bb", 1, "etl");
+        short_profile["profile"] = serde_json::json!({"cpu": [0.5], "memory": [0.5], "io": [0.5]});
+        let mut extra = run_json("00000000000000bb", 1, "etl");
+        extra["surprise"] = serde_json::json!(1);
+        let mut v2 = file(vec![]);
+        v2["version"] = serde_json::json!(2);
+        v2["new_field"] = serde_json::json!(true);
+        let mut wrong = file(vec![]);
+        wrong["format"] = serde_json::json!("something-else");
+        for (v, expect) in [
+            (v2, "this build reads version 1"),
+            (wrong, "field `format`"),
+            (
+                file(vec![run_json("zz", 1, "etl")]),
+                "run 0 (task type \"etl\"): field `node`",
+            ),
+            (file(vec![run_json("0000000000000000", 1, "etl")]), "zero"),
+            (
+                file(vec![run_json("00000000000000bb", 1, "")]),
+                "field `task_key` is empty",
+            ),
+            (
+                file(vec![run_json("00000000000000bb", 1, "a\u{1b}[2Jb")]),
+                "control character",
+            ),
+            (
+                file(vec![run_json(
+                    "00000000000000bb",
+                    1,
+                    &"k".repeat(MAX_KEY + 1),
+                )]),
+                "at most 1024",
+            ),
+            (
+                file(vec![run_json("00000000000000bb", 1, "ok"), future]),
+                "run 1 (task type \"etl\"): field `started_at_ms`",
+            ),
+            (file(vec![nan_cpu]), "field `cpu_p95_cores` is -1"),
+            (
+                file(vec![short_profile]),
+                "field `profile.cpu` has 1 buckets",
+            ),
+            (file(vec![extra]), "surprise"),
+        ] {
+            let e = parse_err(&v);
+            assert!(
+                e.starts_with("f.json: ") && e.contains(expect),
+                "{expect}: {e}"
+            );
+            assert!(!e.contains('\u{1b}'), "escaped: {e}");
+        }
+        let e = parse(b"\x00\x01 not json", "f.json", 0)
+            .expect_err("junk")
+            .to_string();
+        assert!(e.contains("not a JSON object"), "{e}");
+    }
+
+    #[test]
+    fn files_are_read_bounded_and_never_through_a_symlink() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, vec![b' '; 2048]).expect("write");
+        let e = read_bounded(&big, 1024).expect_err("too big").to_string();
+        assert!(e.contains("2048 bytes; at most 1024"), "{e}");
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&big, &link).expect("symlink");
+        assert!(matches!(
+            read_bounded(&link, 1 << 20),
+            Err(TransferError::Read { .. })
+        ));
+        assert!(matches!(
+            read_bounded(dir.path(), 1 << 20),
+            Err(TransferError::NotAFile { .. })
+        ));
+        assert_eq!(read_bounded(&big, 4096).expect("fits").len(), 2048);
+    }
+
+    #[test]
+    fn a_watched_dir_follows_configmap_symlinks_inside_it_and_nothing_outside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = tempfile::tempdir().expect("tempdir");
+        let p = Predictor::open(
+            &store.path().join("p.redb"),
+            predictor::PredictorConfig::default(),
+        )
+        .expect("open");
+        let runs: Vec<_> = (1..=5)
+            .map(|i| run_json("00000000000000bb", i, "etl"))
+            .collect();
+        let text = file(runs).to_string();
+        // What kubelet makes of a ConfigMap volume: cm.json -> ..data/cm.json, ..data -> ..2026_01_01.
+        let import = dir.path().join("import");
+        std::fs::create_dir_all(import.join("..2026_01_01")).expect("mkdir");
+        std::fs::write(import.join("..2026_01_01/cm.json"), &text).expect("write");
+        std::os::unix::fs::symlink("..2026_01_01", import.join("..data")).expect("symlink");
+        std::os::unix::fs::symlink("..data/cm.json", import.join("cm.json")).expect("symlink");
+        // And a symlink out of the directory, to a file the broker must not read on anyone's behalf.
+        let outside = dir.path().join("outside.json");
+        let other: Vec<_> = (1..=5)
+            .map(|i| run_json("00000000000000cc", i, "secret"))
+            .collect();
+        std::fs::write(&outside, file(other).to_string()).expect("write");
+        std::os::unix::fs::symlink(&outside, import.join("out.json")).expect("symlink");
+        let mut w = Watcher::default();
+        w.scan(&p, &import, DEFAULT_MAX_FILE_BYTES, 10_000);
+        assert_eq!(
+            p.store().run_count_of(&TaskKey::new("etl")).expect("count"),
+            5
+        );
+        assert_eq!(
+            p.store()
+                .run_count_of(&TaskKey::new("secret"))
+                .expect("count"),
+            0
+        );
+        // Unchanged: not read again (nothing to count twice anyway).
+        w.scan(&p, &import, DEFAULT_MAX_FILE_BYTES, 10_000);
+        assert_eq!(p.store().run_count().expect("count"), 5);
+    }
+}
