@@ -748,7 +748,7 @@ pub fn status_table(s: &Status) -> String {
 /// `predictivectl models`.
 pub fn models_table(m: &Models) -> String {
     let mut out = format!(
-        "model version {}, {} task types (error: cross-validated mean |ln(actual/predicted)|, 0.05 = ~5%)\n",
+        "model version {}, {} task types (error: forward-validated mean |ln(actual/predicted)|, 0.05 = ~5%)\n",
         m.model_version,
         m.task_types.len()
     );

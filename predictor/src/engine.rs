@@ -120,7 +120,7 @@ pub struct TaskTypeSummary {
     pub image: String,
     /// Version of the model in force, if any.
     pub model_version: Option<u64>,
-    /// Per target: model kind and cross-validated mean |ln(actual/predicted)|.
+    /// Per target: model kind and forward-validated mean |ln(actual/predicted)|.
     pub targets: Vec<TargetSummary>,
 }
 
@@ -131,7 +131,7 @@ pub struct TargetSummary {
     pub resource: Resource,
     /// Chosen model.
     pub kind: ModelKind,
-    /// Cross-validated mean |ln(actual/predicted)| (0.05 ≈ 5% typical error).
+    /// Forward-validated mean |ln(actual/predicted)| (0.05 ≈ 5% typical error).
     pub error: f64,
 }
 
