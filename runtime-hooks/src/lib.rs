@@ -26,6 +26,7 @@
 pub mod actuate;
 pub mod ancestors;
 pub mod cgroup;
+pub mod companions;
 pub mod daemon;
 pub mod discovery;
 pub mod hook;
