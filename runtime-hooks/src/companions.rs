@@ -167,17 +167,22 @@ pub fn join_companions(roots: &HostRoots, pid: i32) -> Joined {
                 continue;
             }
         }
-        let procs = dir.join("cgroup.procs");
-        match std::fs::write(&procs, pid.to_string()) {
+        match enter(&dir, pid) {
             Ok(()) => out.joined.push(dir),
-            Err(source) => out.errors.push(CompanionError::Join {
-                pid,
-                file: procs,
-                source,
-            }),
+            Err(e) => out.errors.push(e),
         }
     }
     out
+}
+
+/// Moves `pid` (0: the calling process, as the create warm-up's worker does) into the cgroup directory `dir`.
+pub fn enter(dir: &Path, pid: i32) -> Result<(), CompanionError> {
+    let file = dir.join("cgroup.procs");
+    std::fs::write(&file, pid.to_string()).map_err(|source| CompanionError::Join {
+        pid,
+        file,
+        source,
+    })
 }
 
 /// Makes `dir` under `root` and the directories above it that are missing; returns the ones made, outermost

@@ -20,7 +20,7 @@
 //! single runtime thread.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -149,7 +149,7 @@ pub fn resource_limits(res: Option<&LinuxResources>, kubernetes: bool) -> SpecLi
 }
 
 fn host_cgroup_kind() -> CgroupKind {
-    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+    if runtime_hooks::placement::SystemdHost::current().unified {
         CgroupKind::V2
     } else {
         CgroupKind::V1
