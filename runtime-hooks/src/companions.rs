@@ -140,7 +140,7 @@ pub fn join_companions(roots: &HostRoots, pid: i32) -> Joined {
                 .find(|(c, _)| !c.is_empty() && !c.iter().any(|c| c.starts_with("name=")))
         })
         .map(|(_, p)| *p);
-    let Some(target) = controller_path.filter(|p| p.trim_matches('/') != "") else {
+    let Some(target) = controller_path.filter(|p| !p.trim_matches('/').is_empty()) else {
         return out;
     };
     for mount in companion_mounts(&hierarchy) {
