@@ -223,6 +223,19 @@ impl ContainerCgroup {
             .unwrap_or_default()
     }
 
+    /// The processes in the cgroup, as [`Self::procs`], but a missing or unreadable `cgroup.procs` is an error
+    /// naming the file (what the shim's `Pids` answers).
+    pub fn try_procs(&self) -> Result<Vec<i32>, ActuateError> {
+        let file = self.procs_file().ok_or(ActuateError::NoController {
+            controller: "memory, pids, cpu or freezer",
+        })?;
+        let text = std::fs::read_to_string(&file).map_err(|source| ActuateError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
     fn procs_file(&self) -> Option<PathBuf> {
         let dir = match &self.dirs {
             CgroupDirs::V2(d) => Some(&d.dir),

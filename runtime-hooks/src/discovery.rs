@@ -317,6 +317,12 @@ fn rebase(mount_point: &Path, cgroup_root: &Path) -> PathBuf {
 
 /// `mount_point` + (`cgroup` relative to the mount's root), if that directory exists.
 pub(crate) fn join_existing(mount: &CgroupMount, cgroup: &str) -> Option<PathBuf> {
+    mount_dir(mount, cgroup).filter(|d| d.is_dir())
+}
+
+/// `mount_point` + (`cgroup` relative to the mount's root), existing or not; `None` for a cgroup outside the
+/// mount's root or a path with `..`.
+pub fn mount_dir(mount: &CgroupMount, cgroup: &str) -> Option<PathBuf> {
     let relative = if mount.root == "/" {
         cgroup
     } else {
@@ -331,12 +337,11 @@ pub(crate) fn join_existing(mount: &CgroupMount, cgroup: &str) -> Option<PathBuf
     if relative.split('/').any(|c| c == "..") {
         return None;
     }
-    let dir = if relative.is_empty() {
+    Some(if relative.is_empty() {
         mount.mount_point.clone()
     } else {
         mount.mount_point.join(relative)
-    };
-    dir.is_dir().then_some(dir)
+    })
 }
 
 /// Turns an OCI `linux.cgroupsPath` into a path from the hierarchy root (`/a/b`).
@@ -670,6 +675,62 @@ mod tests {
                 ContainerCgroup::discover(&host.roots(), "/default/missing"),
                 Err(DiscoveryError::NotFound { .. })
             ));
+        }
+    }
+
+    /// Every path form containerd and kubelet give, on every layout: a cgroupfs pod path, the `slice:prefix:name`
+    /// form (found at its systemd expansion) and a systemd scope under a pod slice; by cgroupsPath and by pid.
+    #[test]
+    fn every_path_form_on_every_layout() {
+        let scope = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-c1.scope";
+        for layout in [
+            crate::testutil::Layout::V1,
+            crate::testutil::Layout::V2,
+            crate::testutil::Layout::Hybrid,
+        ] {
+            for (given, at) in [
+                ("/kubepods/burstable/pod1/c1", "/kubepods/burstable/pod1/c1"),
+                ("kubepods-burstable-pod1.slice:cri-containerd:c1", scope),
+                (scope, scope),
+            ] {
+                let host = FakeHost::new(layout);
+                host.container(at);
+                let rel = at.trim_start_matches('/');
+                let (memory, unified) = match layout {
+                    crate::testutil::Layout::V2 => (None, Some(host.root().join(rel))),
+                    crate::testutil::Layout::V1 => {
+                        (Some(host.root().join("memory").join(rel)), None)
+                    }
+                    crate::testutil::Layout::Hybrid => (
+                        Some(host.root().join("memory").join(rel)),
+                        Some(host.root().join("unified").join(rel)),
+                    ),
+                };
+                let check = |cg: &ContainerCgroup, how: &str| match cg.dirs() {
+                    CgroupDirs::V2(d) => {
+                        assert_eq!(Some(&d.dir), unified.as_ref(), "{layout:?} {how} {given}")
+                    }
+                    CgroupDirs::V1(d) => {
+                        assert_eq!(d.memory, memory, "{layout:?} {how} {given}");
+                        assert_eq!(d.unified, unified, "{layout:?} {how} {given}");
+                        assert!(d.cpu.is_some() && d.pids.is_some() && d.freezer.is_some());
+                    }
+                };
+                check(
+                    &ContainerCgroup::discover(&host.roots(), given).expect("discovered"),
+                    "discover",
+                );
+                let mut text = format!("12:name=systemd:{at}\n");
+                for (i, c) in crate::v1::CONTROLLERS.iter().enumerate() {
+                    text.push_str(&format!("{}:{c}:{at}\n", i + 1));
+                }
+                text.push_str(&format!("0::{at}\n"));
+                host.proc_file("5/cgroup", &text);
+                check(
+                    &ContainerCgroup::from_pid(&host.roots(), 5).expect("from pid"),
+                    "from_pid",
+                );
+            }
         }
     }
 

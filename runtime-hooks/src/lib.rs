@@ -11,7 +11,9 @@
 //!   and every kernel refusal is an [`ActuateError`] naming the file and the value;
 //! - apply a whole OCI `LinuxResources` as `runc update` does with [`ContainerCgroup::update_resources`];
 //! - read the limits of the cgroups above a container with [`ancestors::ancestor_limits`];
-//! - watch OOMs with [`ContainerCgroup::oom_watcher`].
+//! - watch OOMs with [`ContainerCgroup::oom_watcher`];
+//! - put a container's init where runc's cgroupfs driver also puts it (`name=systemd`, a hybrid host's cgroup2
+//!   tree) with [`companions::join_companions`], and remove what was made with [`companions::remove_dirs`].
 //!
 //! Network egress is limited per network namespace with [`net::set_egress_limit`]. A daemon that must leave its
 //! starter's cgroup gets its own at every hierarchy's root with [`daemon::make_daemon_cgroups`].
@@ -26,6 +28,7 @@
 pub mod actuate;
 pub mod ancestors;
 pub mod cgroup;
+pub mod companions;
 pub mod daemon;
 pub mod discovery;
 pub mod hook;

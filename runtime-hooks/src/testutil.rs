@@ -55,6 +55,11 @@ impl FakeHost {
                     ));
                     write(&host.root().join(c).join("cgroup.procs"), "");
                 }
+                // Debian's v1 and hybrid hosts mount systemd's named hierarchy too (no controller).
+                mountinfo.push_str(
+                    "40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd\n",
+                );
+                write(&host.root().join("systemd/cgroup.procs"), "");
                 if layout == Layout::Hybrid {
                     mountinfo
                         .push_str("41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n");
@@ -92,6 +97,10 @@ impl FakeHost {
     /// Writes `content` to `rel` under the cgroup root.
     pub(crate) fn file(&self, rel: &str, content: &str) {
         write(&self.root().join(rel), content);
+    }
+
+    pub(crate) fn read_abs(&self, path: &Path) -> String {
+        std::fs::read_to_string(path).expect("read fake file")
     }
 
     pub(crate) fn read(&self, rel: &str) -> String {

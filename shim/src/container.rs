@@ -24,9 +24,10 @@ pub struct Container {
     pub augment: Option<Arc<crate::predict::Augment>>,
     /// The systemd unit that owns the container's cgroup (systemd cgroup driver only).
     pub scope: Option<crate::systemd::Scope>,
-    /// Without a monitor (mode off, a pod's sandbox): the cgroup2 directories made for the container's PSI
-    /// files on a hybrid host, outermost first, removed with the container (a monitor owns them otherwise).
-    pub unified: Mutex<Vec<PathBuf>>,
+    /// Without a monitor (mode off, a pod's sandbox): the directories made for the container in the companion
+    /// hierarchies (`name=systemd`, a hybrid host's cgroup2 tree), outermost first, removed with the container (a
+    /// monitor owns them otherwise).
+    pub companions: Mutex<Vec<PathBuf>>,
 }
 
 impl Container {
@@ -41,19 +42,19 @@ impl Container {
             oom: Mutex::new(None),
             augment: None,
             scope: None,
-            unified: Mutex::new(Vec::new()),
+            companions: Mutex::new(Vec::new()),
         }
     }
 
-    /// Removes the cgroup2 directories in [`Container::unified`] (after the container's processes are gone).
-    pub fn remove_unified(&self) {
+    /// Removes the directories in [`Container::companions`] (after the container's processes are gone).
+    pub fn remove_companions(&self) {
         let made: Vec<PathBuf> = self
-            .unified
+            .companions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .drain(..)
             .collect();
-        crate::predict::remove_unified(&self.id, &made);
+        crate::predict::remove_companions(&self.id, &made);
     }
 
     fn execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Process>>> {
@@ -156,16 +157,25 @@ pub fn unmount_rootfs(rootfs: &Path) {
     }
 }
 
+/// Where the container's cgroup goes ([`place_cgroup`]).
+#[derive(Debug, Default)]
+pub struct Placed {
+    /// The decision; `None` when the spec names no cgroup (libcontainer's default applies).
+    pub placement: Option<runtime_hooks::placement::Placement>,
+    /// The `linux.cgroupsPath` `bundle/config.json` must say instead of the given one (a systemd
+    /// `slice:prefix:name` path on a host without the systemd driver). Written by [`write_config`], in the same
+    /// edit as the broker's allocation, so config.json is rewritten at most once per Create.
+    pub rewrite: Option<String>,
+}
+
 /// Decides where the container's cgroup goes for the cgroupsPath in `spec` and the runtime options
-/// (`runtime_hooks::placement`) and, when the path must change (a systemd `slice:prefix:name` path on a host
-/// without systemd), rewrites `linux.cgroupsPath` in `bundle/config.json` and in `spec`. `None` when the spec
-/// names no cgroup (libcontainer's default applies).
+/// (`runtime_hooks::placement`); when the path must change, `spec` is changed now and [`Placed::rewrite`] says
+/// what config.json must say.
 pub fn place_cgroup(
     id: &str,
-    bundle: &Path,
     spec: &mut Spec,
     options: &crate::options::RuntimeOptions,
-) -> Result<Option<runtime_hooks::placement::Placement>> {
+) -> Result<Placed> {
     use runtime_hooks::placement::{self, PlacementError, SystemdHost};
     let Some(given) = spec
         .linux()
@@ -179,7 +189,7 @@ pub fn place_cgroup(
                 "SystemdCgroup = true but the spec names no cgroupsPath"
             );
         }
-        return Ok(None);
+        return Ok(Placed::default());
     };
     let placed =
         placement::place(&given, options.systemd_cgroup, SystemdHost::current()).map_err(|e| {
@@ -190,6 +200,7 @@ pub fn place_cgroup(
                 e => ShimError::InvalidArgument(format!("container {id}: {e}")),
             }
         })?;
+    let mut rewrite = None;
     if placed.rewrites(&given) {
         tracing::info!(
             container = id,
@@ -197,18 +208,40 @@ pub fn place_cgroup(
             path = %placed.cgroups_path,
             "a systemd cgroupsPath on a host without the systemd driver: the cgroup goes where systemd would put it"
         );
-        edit_config(bundle, |v| {
-            let Some(linux) = v.get_mut("linux").and_then(|l| l.as_object_mut()) else {
-                return false;
-            };
-            linux.insert("cgroupsPath".into(), serde_json::json!(placed.cgroups_path));
-            true
-        })?;
         if let Some(linux) = spec.linux_mut() {
             linux.set_cgroups_path(Some(PathBuf::from(&placed.cgroups_path)));
         }
+        rewrite = Some(placed.cgroups_path.clone());
     }
-    Ok(Some(placed))
+    Ok(Placed {
+        placement: Some(placed),
+        rewrite,
+    })
+}
+
+/// Writes what Create changes in `bundle/config.json` before libcontainer reads it — the placed cgroupsPath and
+/// the broker's CPU and memory directives — in one edit (none when there is nothing to change).
+pub fn write_config(
+    bundle: &Path,
+    cgroups_path: Option<&str>,
+    directives: &[broker::controller::Directive],
+) -> Result<()> {
+    if cgroups_path.is_none() && directives.is_empty() {
+        return Ok(());
+    }
+    edit_config(bundle, |v| {
+        let mut changed = false;
+        if let Some(path) = cgroups_path {
+            let linux = v
+                .as_object_mut()
+                .map(|o| o.entry("linux").or_insert_with(|| serde_json::json!({})));
+            if let Some(linux) = linux.and_then(|l| l.as_object_mut()) {
+                linux.insert("cgroupsPath".into(), serde_json::json!(path));
+                changed = true;
+            }
+        }
+        crate::predict::edit_spec(v, directives) || changed
+    })
 }
 
 /// Edits `bundle/config.json` as JSON (fields oci-spec does not model are kept) and replaces it atomically;
@@ -231,4 +264,83 @@ pub fn edit_config(bundle: &Path, edit: impl FnOnce(&mut serde_json::Value) -> b
         .map_err(|e| ShimError::InvalidArgument(format!("encoding config.json: {e}")))?;
     std::fs::write(&tmp, body).map_err(ShimError::io(format!("writing {}", tmp.display())))?;
     std::fs::rename(&tmp, &path).map_err(ShimError::io(format!("replacing {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker::controller::{Action, Directive};
+    use std::os::unix::fs::MetadataExt;
+
+    fn bundle() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"ociVersion":"1.0.2","x-unknown":{"kept":true},"linux":{"cgroupsPath":"kubepods-burstable-pod1.slice:cri-containerd:c1"}}"#,
+        )
+        .expect("config");
+        dir
+    }
+
+    fn inode(dir: &Path) -> u64 {
+        std::fs::metadata(dir.join("config.json"))
+            .expect("config")
+            .ino()
+    }
+
+    #[test]
+    fn a_placed_path_and_the_allocation_are_one_edit_of_config_json() {
+        let b = bundle();
+        let before = inode(b.path());
+        let cpu = Directive {
+            container_id: "c1".into(),
+            action: Action::SetCpu { cores: Some(0.5) },
+            reason: "test".into(),
+            applied: true,
+            old_value: None,
+        };
+        let path = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-c1.scope";
+        write_config(b.path(), Some(path), std::slice::from_ref(&cpu)).expect("written");
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(b.path().join("config.json")).expect("read"))
+                .expect("json");
+        assert_eq!(v["linux"]["cgroupsPath"], path);
+        assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 50_000);
+        assert_eq!(v["x-unknown"]["kept"], true);
+        // One replacement: the file was renamed into place once, and no temporary is left.
+        assert_ne!(inode(b.path()), before);
+        assert!(!b.path().join(".config.json.predictive").exists());
+        // Nothing to change: the file is not touched.
+        let after = inode(b.path());
+        write_config(b.path(), None, &[]).expect("nothing");
+        assert_eq!(inode(b.path()), after);
+    }
+
+    #[test]
+    fn placing_a_slice_path_without_systemd_changes_the_spec_and_asks_for_the_rewrite() {
+        if runtime_hooks::placement::SystemdHost::current().booted
+            && runtime_hooks::placement::SystemdHost::current().unified
+        {
+            // A systemd v2 host keeps the slice form (libcontainer's systemd manager): nothing to rewrite.
+            eprintln!("SKIPPED: a systemd v2 host keeps slice paths as given");
+            return;
+        }
+        let b = bundle();
+        let mut spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"cgroupsPath": "kubepods-burstable-pod1.slice:cri-containerd:c1"}
+        }))
+        .expect("spec");
+        let placed = place_cgroup("c1", &mut spec, &crate::options::RuntimeOptions::default())
+            .expect("placed");
+        let want = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-c1.scope";
+        assert_eq!(placed.rewrite.as_deref(), Some(want));
+        assert_eq!(
+            spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()),
+            Some(PathBuf::from(want))
+        );
+        // Deciding writes nothing: config.json still says what containerd gave.
+        let text = std::fs::read_to_string(b.path().join("config.json")).expect("read");
+        assert!(text.contains("slice:cri-containerd:c1"), "{text}");
+    }
 }

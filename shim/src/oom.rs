@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 
-use crate::metrics::CgroupDirs;
+use runtime_hooks::{CgroupDirs, ContainerCgroup};
 
 /// Where a process's memory cgroup lives and which interface it speaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,12 +22,11 @@ pub enum MemoryCgroup {
 }
 
 impl MemoryCgroup {
-    /// The memory cgroup among a process's cgroup directories.
-    pub fn from_dirs(dirs: &CgroupDirs) -> Option<MemoryCgroup> {
-        if dirs.pure_v2 {
-            dirs.unified.clone().map(MemoryCgroup::V2)
-        } else {
-            dirs.v1.get("memory").cloned().map(MemoryCgroup::V1)
+    /// The memory cgroup of a container's cgroups (found by runtime-hooks): v1's memory directory, or the v2 one.
+    pub fn of(cgroup: &ContainerCgroup) -> Option<MemoryCgroup> {
+        match cgroup.dirs() {
+            CgroupDirs::V1(d) => d.memory.clone().map(MemoryCgroup::V1),
+            CgroupDirs::V2(d) => Some(MemoryCgroup::V2(d.dir.clone())),
         }
     }
 }
@@ -145,19 +144,30 @@ mod tests {
 
     #[test]
     fn picks_v1_memory_on_a_hybrid_host_and_unified_on_v2() {
-        let hybrid = tempfile::tempdir().expect("tempdir");
-        let text = "12:memory:/default/c1\n0::/default/c1\n";
-        let dirs = CgroupDirs::parse(text, hybrid.path());
+        let dirs = runtime_hooks::v1::Dirs {
+            memory: Some("/cg/memory/default/c1".into()),
+            unified: Some("/cg/unified/default/c1".into()),
+            ..Default::default()
+        };
+        let hybrid = ContainerCgroup::new(CgroupDirs::V1(dirs), "/proc".into());
         assert_eq!(
-            MemoryCgroup::from_dirs(&dirs),
-            Some(MemoryCgroup::V1(hybrid.path().join("memory/default/c1")))
+            MemoryCgroup::of(&hybrid),
+            Some(MemoryCgroup::V1("/cg/memory/default/c1".into()))
         );
-        let v2 = tempfile::tempdir().expect("tempdir");
-        std::fs::write(v2.path().join("cgroup.controllers"), "memory\n").expect("write");
-        let dirs = CgroupDirs::parse("0::/k8s.io/c2\n", v2.path());
+        let no_memory = ContainerCgroup::new(
+            CgroupDirs::V1(runtime_hooks::v1::Dirs::default()),
+            "/proc".into(),
+        );
+        assert_eq!(MemoryCgroup::of(&no_memory), None);
+        let v2 = ContainerCgroup::new(
+            CgroupDirs::V2(runtime_hooks::v2::Dirs {
+                dir: "/cg/k8s.io/c2".into(),
+            }),
+            "/proc".into(),
+        );
         assert_eq!(
-            MemoryCgroup::from_dirs(&dirs),
-            Some(MemoryCgroup::V2(v2.path().join("k8s.io/c2")))
+            MemoryCgroup::of(&v2),
+            Some(MemoryCgroup::V2("/cg/k8s.io/c2".into()))
         );
     }
 

@@ -4,7 +4,8 @@
 //! - Create: the `io.predictive.*` annotations are checked (a bad value fails Create with InvalidArgument
 //!   naming the annotation); mode `off` stops here and the broker is never contacted. Otherwise the shim
 //!   registers the container with a bounded wait ([`Settings::register_budget`], 50 ms) and, in mode `enforce`,
-//!   writes the initial allocation into the bundle's `config.json` before libcontainer reads it. A slow or
+//!   the initial allocation ([`Augment::spec_directives`]) is written into the bundle's `config.json` before
+//!   libcontainer reads it (`container::write_config`, one edit with the placed cgroupsPath). A slow or
 //!   absent broker means the spec's limits stand (fail open, said once in the log); when none answers on the
 //!   socket the shim starts `predictived` itself unless `autostart = false` (`spawn.rs`; its lock file keeps a
 //!   second one from starting) and the monitor registers the container once it is up, adopting the limits in
@@ -19,7 +20,7 @@
 //! single runtime thread.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -148,7 +149,7 @@ pub fn resource_limits(res: Option<&LinuxResources>, kubernetes: bool) -> SpecLi
 }
 
 fn host_cgroup_kind() -> CgroupKind {
-    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+    if runtime_hooks::placement::SystemdHost::current().unified {
         CgroupKind::V2
     } else {
         CgroupKind::V1
@@ -234,8 +235,9 @@ pub struct Augment {
     stop: Notify,
     monitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
     finished: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Directories this shim made in a hybrid host's cgroup2 tree, deepest last.
-    unified: Mutex<Vec<PathBuf>>,
+    /// Directories this shim made in the companion hierarchies (`name=systemd`, a hybrid host's cgroup2 tree),
+    /// deepest last.
+    companions: Mutex<Vec<PathBuf>>,
     /// The systemd unit owning the cgroup (systemd driver): directives are set on it too.
     scope: Mutex<Option<crate::systemd::Scope>>,
     /// Who froze the container (the user, the broker) and whether it is stopping (`freeze.rs`).
@@ -247,14 +249,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Augment {
-    /// Create, before libcontainer: checks the annotations, registers (bounded), and in mode enforce writes the
-    /// initial allocation into `bundle/config.json`. `None` in mode off. Blocking: call from the blocking pool.
-    pub fn prepare(
-        id: &str,
-        namespace: &str,
-        bundle: &Path,
-        spec: &Spec,
-    ) -> Result<Option<Arc<Augment>>> {
+    /// Create, before libcontainer: checks the annotations and registers (bounded); in mode enforce the caller
+    /// writes [`Augment::spec_directives`] into `config.json`. `None` in mode off. Blocking: call from the
+    /// blocking pool.
+    pub fn prepare(id: &str, namespace: &str, spec: &Spec) -> Result<Option<Arc<Augment>>> {
         let ann = check_annotations(spec)?;
         let map = annotations(spec);
         if map
@@ -340,7 +338,6 @@ impl Augment {
                     "registered with the broker"
                 );
                 if r.mode == Mode::Enforce {
-                    write_allocation(bundle, &r.directives)?;
                     allocation = r.allocation;
                 }
                 Some(r)
@@ -386,10 +383,20 @@ impl Augment {
             stop: Notify::new(),
             monitor: Mutex::new(None),
             finished: Mutex::new(None),
-            unified: Mutex::new(Vec::new()),
+            companions: Mutex::new(Vec::new()),
             scope: Mutex::new(None),
             freezer: Freezer::default(),
         })))
+    }
+
+    /// The registration's directives that go into `config.json` before libcontainer reads it (mode enforce only;
+    /// [`edit_spec`] keeps the CPU and memory ones).
+    pub fn spec_directives(&self) -> Vec<Directive> {
+        lock(&self.registered)
+            .as_ref()
+            .filter(|r| r.mode == Mode::Enforce)
+            .map(|r| r.directives.clone())
+            .unwrap_or_default()
     }
 
     /// The container's cgroup is a systemd unit's (systemd driver): every directive applied is set on the unit
@@ -403,8 +410,8 @@ impl Augment {
     /// then starts the monitor.
     pub fn created(self: &Arc<Self>, pid: i32) {
         *lock(&self.pid) = Some(pid);
-        let made = join_unified(Path::new(UNIFIED_ROOT), pid);
-        lock(&self.unified).extend(made);
+        let made = join_companions(&self.id, pid);
+        lock(&self.companions).extend(made);
         let own: Vec<Directive> = lock(&self.registered)
             .as_ref()
             .filter(|r| r.mode == Mode::Enforce)
@@ -710,15 +717,15 @@ impl Augment {
     }
 
     /// Takes over cgroup2 directories made for this container before it was created (outermost first):
-    /// [`Augment::cleanup`] removes them with the ones [`join_unified`] makes.
-    pub fn adopt_unified(&self, made: Vec<PathBuf>) {
-        lock(&self.unified).splice(0..0, made);
+    /// [`Augment::cleanup`] removes them with the ones [`join_companions`] makes.
+    pub fn adopt_companions(&self, made: Vec<PathBuf>) {
+        lock(&self.companions).splice(0..0, made);
     }
 
-    /// After the container's processes are gone: removes the cgroup2 directories [`join_unified`] made.
+    /// After the container's processes are gone: removes the directories [`join_companions`] made.
     pub fn cleanup(&self) {
-        let made: Vec<PathBuf> = lock(&self.unified).drain(..).collect();
-        remove_unified(&self.id, &made);
+        let made: Vec<PathBuf> = lock(&self.companions).drain(..).collect();
+        remove_companions(&self.id, &made);
     }
 
     /// Waits (bounded) until the run summary was sent, so a shim that exits after Delete loses nothing.
@@ -825,127 +832,23 @@ pub fn update_error(id: &str, e: ActuateError) -> ShimError {
     }
 }
 
-/// Where a hybrid host mounts its controller-less cgroup2 tree.
-pub const UNIFIED_ROOT: &str = "/sys/fs/cgroup/unified";
-/// The v1 memory hierarchy of a hybrid host.
-pub const V1_MEMORY_ROOT: &str = "/sys/fs/cgroup/memory";
-
-/// The cgroup2 directory [`join_unified`] will put the container of `spec` in on a hybrid host, known before the
-/// container exists: `root` joined with the spec's `linux.cgroupsPath` when that is an absolute cgroupfs path
-/// (libcontainer's v1 manager uses it as is). None on a host without a hybrid cgroup2 tree at `root`, or for a
-/// systemd-style or relative path.
-pub fn unified_dir(root: &Path, v1_memory: &Path, spec: &Spec) -> Option<PathBuf> {
-    if !root.join("cgroup.procs").exists() || !v1_memory.join("cgroup.procs").exists() {
-        return None;
+/// Puts the container's init (before it runs) where runc's cgroupfs driver would also put it: the `name=systemd`
+/// hierarchy and a hybrid host's cgroup2 tree, at its v1 path (`runtime_hooks::companions`). Returns the
+/// directories made (outermost first), for [`remove_companions`]; a failure is logged, as runc ignores it.
+pub fn join_companions(id: &str, pid: i32) -> Vec<PathBuf> {
+    let joined = runtime_hooks::companions::join_companions(&HostRoots::default(), pid);
+    for e in &joined.errors {
+        tracing::debug!(container = %id, "{}", broker::error_chain(e));
     }
-    let path = spec.linux().as_ref()?.cgroups_path().as_ref()?;
-    let text = path.to_str()?;
-    if !text.starts_with('/') || text.contains(':') || text.trim_matches('/').is_empty() {
-        return None;
-    }
-    let mut dir = root.to_path_buf();
-    for part in path.components() {
-        match part {
-            std::path::Component::Normal(p) => dir.push(p),
-            std::path::Component::RootDir | std::path::Component::CurDir => {}
-            // `..` would leave the container's own subtree.
-            _ => return None,
-        }
-    }
-    Some(dir)
+    joined.made
 }
 
-/// Makes `dir` under `root` and the directories above it that are missing; returns the ones made, outermost
-/// first. On an error, removes what it made and returns it.
-pub fn make_dirs(root: &Path, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let rel = dir.strip_prefix(root).map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("{} is not under {}", dir.display(), root.display()),
-        )
-    })?;
-    let mut made = Vec::new();
-    let mut at = root.to_path_buf();
-    for part in rel.components() {
-        at.push(part);
-        match std::fs::create_dir(&at) {
-            Ok(()) => made.push(at.clone()),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                remove_dirs(&made);
-                return Err(e);
-            }
-        }
+/// Removes the directories [`join_companions`] (or the create's warm-up) made for container `id`, innermost
+/// first; a parent another container still uses stays, and the container's own one failing is logged.
+pub fn remove_companions(id: &str, made: &[PathBuf]) {
+    if let Some((dir, e)) = runtime_hooks::companions::remove_dirs(made) {
+        tracing::warn!(container = %id, "removing {}: {e}", dir.display());
     }
-    Ok(made)
-}
-
-/// Removes the cgroup2 directories [`join_unified`] made for container `id` (outermost first), innermost first;
-/// a parent another container of the same group still uses stays, and the container's own one failing is logged.
-pub fn remove_unified(id: &str, made: &[PathBuf]) {
-    for (i, dir) in made.iter().enumerate().rev() {
-        match std::fs::remove_dir(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(_) if i + 1 < made.len() => {}
-            Err(e) => tracing::warn!(container = %id, "removing {}: {e}", dir.display()),
-        }
-    }
-}
-
-/// Removes directories listed outermost first, innermost first; a parent another container still uses stays.
-pub fn remove_dirs(made: &[PathBuf]) {
-    for dir in made.iter().rev() {
-        let _ = std::fs::remove_dir(dir);
-    }
-}
-
-/// On a hybrid host (v1 controllers plus a cgroup2 tree without controllers), puts the container's init into a
-/// cgroup2 directory at its v1 memory cgroup's path, as runc does, so its pressure (PSI) files are the
-/// container's own rather than the shim's. Returns the directories made (outermost first); none on a pure v1
-/// or v2 host, or when the init already has a cgroup2 directory of its own. Done while the init waits to be
-/// started, so everything it starts is inside.
-pub fn join_unified(root: &Path, pid: i32) -> Vec<PathBuf> {
-    if !root.join("cgroup.procs").exists() {
-        return Vec::new();
-    }
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
-        return Vec::new();
-    };
-    let mut v1 = None;
-    let mut current = None;
-    for line in text.lines() {
-        let mut f = line.splitn(3, ':');
-        let (Some(_), Some(ctrls), Some(path)) = (f.next(), f.next(), f.next()) else {
-            continue;
-        };
-        if ctrls.is_empty() {
-            current = Some(path);
-        } else if ctrls.split(',').any(|c| c == "memory") {
-            v1 = Some(path);
-        }
-    }
-    let Some(v1) = v1.filter(|p| *p != "/" && Some(*p) != current) else {
-        return Vec::new();
-    };
-    let dir = root.join(v1.trim_start_matches('/'));
-    let made = match make_dirs(root, &dir) {
-        Ok(made) => made,
-        Err(e) => {
-            tracing::debug!("no cgroup2 directory for pid {pid}: {}: {e}", dir.display());
-            return Vec::new();
-        }
-    };
-    if let Err(e) = std::fs::write(dir.join("cgroup.procs"), pid.to_string()) {
-        tracing::debug!("moving pid {pid} into {}: {e}", dir.display());
-    }
-    made
-}
-
-/// Writes the CPU and memory directives of a registration into `bundle/config.json` (edited as JSON, so fields
-/// this crate does not model are kept), atomically.
-pub fn write_allocation(bundle: &Path, directives: &[Directive]) -> Result<()> {
-    crate::container::edit_config(bundle, |spec| edit_spec(spec, directives))
 }
 
 /// Applies CPU and memory directives to an OCI spec as JSON; `false` when nothing changed.
@@ -1205,74 +1108,5 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("io.predictive.priority"), "{msg}");
         assert!(msg.contains("urgent"), "{msg}");
-    }
-
-    fn spec_with_path(path: Option<&str>) -> Spec {
-        let mut v = serde_json::json!({"ociVersion": "1.0.2", "linux": {}});
-        if let Some(p) = path {
-            v["linux"]["cgroupsPath"] = serde_json::json!(p);
-        }
-        serde_json::from_value(v).expect("spec")
-    }
-
-    /// A fake hybrid host: a cgroup2 root and a v1 memory root, each with its `cgroup.procs`.
-    fn fake_hybrid() -> (tempfile::TempDir, PathBuf, PathBuf) {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let unified = tmp.path().join("unified");
-        let memory = tmp.path().join("memory");
-        for d in [&unified, &memory] {
-            std::fs::create_dir_all(d).expect("mkdir");
-            std::fs::write(d.join("cgroup.procs"), "").expect("procs");
-        }
-        (tmp, unified, memory)
-    }
-
-    #[test]
-    fn unified_dir_follows_an_absolute_cgroups_path_on_a_hybrid_host_only() {
-        let (tmp, unified, memory) = fake_hybrid();
-        assert_eq!(
-            unified_dir(&unified, &memory, &spec_with_path(Some("/default/web-1"))),
-            Some(unified.join("default/web-1"))
-        );
-        // systemd-style, relative, escaping or empty paths, and no path at all: nothing to warm.
-        for p in [
-            Some("system.slice:cri-containerd:abc"),
-            Some("default/web-1"),
-            Some("/default/../../etc"),
-            Some("/"),
-            None,
-        ] {
-            assert_eq!(
-                unified_dir(&unified, &memory, &spec_with_path(p)),
-                None,
-                "{p:?}"
-            );
-        }
-        // A pure v2 or pure v1 host (one of the two roots missing) is not hybrid.
-        let missing = tmp.path().join("absent");
-        let spec = spec_with_path(Some("/default/web-1"));
-        assert_eq!(unified_dir(&unified, &missing, &spec), None);
-        assert_eq!(unified_dir(&missing, &memory, &spec), None);
-    }
-
-    #[test]
-    fn make_dirs_reports_what_it_made_and_remove_dirs_keeps_shared_parents() {
-        let (_tmp, unified, _memory) = fake_hybrid();
-        let a = unified.join("ns/pod/a");
-        let made = make_dirs(&unified, &a).expect("make a");
-        assert_eq!(
-            made,
-            vec![unified.join("ns"), unified.join("ns/pod"), a.clone()]
-        );
-        // A sibling made afterwards owns only its own leaf.
-        let b = unified.join("ns/pod/b");
-        assert_eq!(make_dirs(&unified, &b).expect("make b"), vec![b.clone()]);
-        // Removing a's directories leaves the parents b still needs.
-        remove_dirs(&made);
-        assert!(!a.exists() && b.exists());
-        assert!(make_dirs(&unified, Path::new("/elsewhere")).is_err());
-        // A file in the way is an error, not a directory made.
-        std::fs::write(unified.join("file"), "").expect("file");
-        assert!(make_dirs(&unified, &unified.join("file/y")).is_err());
     }
 }

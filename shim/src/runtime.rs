@@ -62,11 +62,11 @@ pub fn work(request: Request, stdio: Stdio) -> Reply {
         Request::Delete { id, root } => delete(&id, &root).map(|_| None),
         Request::JoinCgroup { dir, .. } => {
             // "0" is the writing process: this worker, which exits right after.
-            return match std::fs::write(dir.join("cgroup.procs"), "0") {
+            return match runtime_hooks::companions::enter(&dir, 0) {
                 Ok(()) => Reply::Ok { pid: None },
                 Err(e) => Reply::Err {
                     failure: Failure::Other,
-                    message: format!("joining {}: {e}", dir.display()),
+                    message: chain(&e),
                 },
             };
         }

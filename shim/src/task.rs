@@ -26,13 +26,14 @@ use containerd_shim_protos::protobuf::MessageDyn;
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
 use runtime_hooks::placement::Driver;
+use runtime_hooks::{CgroupDirs, ContainerCgroup, HostRoots};
 use tokio::sync::Notify;
 
 use crate::container::{self, Container};
 use crate::error::{Result, ShimError};
 use crate::events::Events;
 use crate::io::{self, ProcessIo, StdioPaths};
-use crate::metrics::{self, CgroupDirs};
+use crate::metrics;
 use crate::oom;
 use crate::options::RuntimeOptions;
 use crate::predict::{self, Augment};
@@ -209,9 +210,9 @@ impl TaskService {
     }
 
     fn watch_oom(&self, container: &Container, pid: i32) {
-        let Some(cgroup) = CgroupDirs::of_pid(pid as u32)
+        let Some(cgroup) = ContainerCgroup::from_pid(&HostRoots::default(), pid)
             .ok()
-            .and_then(|dirs| oom::MemoryCgroup::from_dirs(&dirs))
+            .and_then(|cg| oom::MemoryCgroup::of(&cg))
         else {
             return;
         };
@@ -260,15 +261,18 @@ impl TaskService {
             Some(any) => RuntimeOptions::decode(&any.type_url, &any.value)?,
             None => RuntimeOptions::default(),
         };
-        let placement = container::place_cgroup(&req.id, &bundle, &mut spec, &options)?;
-        let scope = placement
+        let placed = container::place_cgroup(&req.id, &mut spec, &options)?;
+        let scope = placed
+            .placement
             .as_ref()
             .filter(|p| p.driver == Driver::Systemd)
             .map(|p| Scope::new(&p.cgroups_path, &req.id));
         let warmup = Warmup::start(&self.shared, &req.id, &spec);
         // Lets the warm-up's request reach the zygote now, not at the create's first wait.
         tokio::task::yield_now().await;
-        let result = self.create_container(&req, bundle, spec, scope).await;
+        let result = self
+            .create_container(&req, bundle, spec, scope, placed.rewrite)
+            .await;
         if let Some(w) = warmup {
             let made = result
                 .is_ok()
@@ -289,17 +293,14 @@ impl TaskService {
         bundle: PathBuf,
         spec: oci_spec::runtime::Spec,
         scope: Option<Scope>,
+        cgroups_rewrite: Option<String>,
     ) -> Result<(CreateTaskResponse, Option<Arc<Augment>>)> {
         // The broker is asked while the rootfs is mounted; a refusal (bad annotations) unmounts it again, so
         // nothing is left behind.
         let prepare = {
-            let (id, ns, b) = (
-                req.id.clone(),
-                self.shared.namespace.clone(),
-                bundle.clone(),
-            );
+            let (id, ns) = (req.id.clone(), self.shared.namespace.clone());
             let spec = spec.clone();
-            tokio::task::spawn_blocking(move || Augment::prepare(&id, &ns, &b, &spec))
+            tokio::task::spawn_blocking(move || Augment::prepare(&id, &ns, &spec))
         };
         let rootfs = bundle.join("rootfs");
         let mounted = !req.rootfs.is_empty();
@@ -326,6 +327,17 @@ impl TaskService {
                 });
             }
         };
+        // config.json as libcontainer must read it: the placed cgroupsPath and the broker's allocation, one edit.
+        let directives = augment
+            .as_ref()
+            .map(|a| a.spec_directives())
+            .unwrap_or_default();
+        if let Err(e) = container::write_config(&bundle, cgroups_rewrite.as_deref(), &directives) {
+            if mounted {
+                container::unmount_rootfs(&rootfs);
+            }
+            return Err(e);
+        }
         // As runc: a missing cwd is made in the rootfs (a relative or empty one is refused).
         if let Err(e) = crate::cwd::make_init_cwd(&bundle, &spec) {
             if mounted {
@@ -365,10 +377,10 @@ impl TaskService {
                     // The sandbox, or mode off: the container's PSI files are its own all the same, and it is
                     // in its cgroup in every hierarchy (kubelet and systemd account a pod by all of them).
                     None => container
-                        .unified
+                        .companions
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .extend(predict::join_unified(Path::new(predict::UNIFIED_ROOT), pid)),
+                        .extend(predict::join_companions(&req.id, pid)),
                 }
                 self.watch_oom(&container, pid);
                 let oom = container
@@ -665,7 +677,7 @@ impl TaskService {
             if let Some(a) = &container.augment {
                 a.cleanup();
             }
-            container.remove_unified();
+            container.remove_companions();
             exit
         };
         if let Some(h) = container
@@ -727,7 +739,7 @@ impl TaskService {
             if let Some(a) = &container.augment {
                 a.cleanup();
             }
-            container.remove_unified();
+            container.remove_companions();
             me.shared
                 .deleting
                 .lock()
@@ -964,17 +976,22 @@ impl TaskService {
     async fn do_stats(&self, req: StatsRequest) -> Result<StatsResponse> {
         let container = self.container(&req.id)?;
         let pid = self.running_pid(&container)?;
+        let id = req.id.clone();
         let stats = tokio::task::spawn_blocking(move || {
-            let dirs = CgroupDirs::of_pid(pid)
-                .map_err(ShimError::io(format!("reading /proc/{pid}/cgroup")))?;
-            let any = if dirs.pure_v2 {
-                let cgroup = containerd_shim::cgroup::get_cgroup(pid)
-                    .map_err(ShimError::shim(format!("finding the cgroup of pid {pid}")))?;
-                let metrics = containerd_shim::cgroup::collect_metrics_v2(&cgroup)
-                    .map_err(ShimError::shim("collecting cgroup v2 metrics"))?;
-                containerd_shim::util::convert_to_any(Box::new(metrics))
-            } else {
-                containerd_shim::util::convert_to_any(Box::new(metrics::collect_v1(&dirs)))
+            let cgroup =
+                ContainerCgroup::from_pid(&HostRoots::default(), pid as i32).map_err(|e| {
+                    ShimError::FailedPrecondition(format!(
+                        "stats {id}: finding the cgroup of pid {pid}: {}",
+                        broker::error_chain(&e)
+                    ))
+                })?;
+            let any = match cgroup.dirs() {
+                CgroupDirs::V2(d) => {
+                    containerd_shim::util::convert_to_any(Box::new(metrics::collect_v2(&d.dir)))
+                }
+                CgroupDirs::V1(d) => {
+                    containerd_shim::util::convert_to_any(Box::new(metrics::collect_v1(d)))
+                }
             };
             any.map_err(ShimError::shim("encoding metrics"))
         })
@@ -989,16 +1006,20 @@ impl TaskService {
     async fn do_pids(&self, req: PidsRequest) -> Result<PidsResponse> {
         let container = self.container(&req.id)?;
         let pid = self.running_pid(&container)?;
-        let pids = CgroupDirs::of_pid(pid)
-            .and_then(|dirs| dirs.procs())
-            .map_err(ShimError::io(format!(
-                "listing the processes in the cgroup of pid {pid}"
-            )))?;
+        let pids = ContainerCgroup::from_pid(&HostRoots::default(), pid as i32)
+            .map_err(|e| broker::error_chain(&e))
+            .and_then(|cg| cg.try_procs().map_err(|e| broker::error_chain(&e)))
+            .map_err(|e| {
+                ShimError::FailedPrecondition(format!(
+                    "pids {}: listing the processes in the cgroup of pid {pid}: {e}",
+                    req.id
+                ))
+            })?;
         Ok(PidsResponse {
             processes: pids
                 .into_iter()
                 .map(|pid| ProcessInfo {
-                    pid,
+                    pid: pid as u32,
                     ..Default::default()
                 })
                 .collect(),
@@ -1047,8 +1068,8 @@ async fn shutdown_io(process: &Process) {
 /// one grace period. A create's first move is libcontainer's intermediate process joining the container's
 /// cgroups, ~8 ms into the create (broker registration, rootfs mount, worker fork, libcontainer's set-up), and
 /// the create waits the whole grace period there. So a create begins by having a zygote worker move itself into
-/// the container's cgroup2 directory (the one [`predict::join_unified`] puts the container in for its PSI files
-/// on a hybrid host) and exit: the grace period runs while that work happens, and libcontainer's moves find it
+/// the container's cgroup2 directory (the one [`predict::join_companions`] puts the container in for its PSI
+/// files on a hybrid host) and exit: the grace period runs while that work happens, and libcontainer's moves find it
 /// passed. Nothing else changes: the directory is the container's own, made here instead of after the create.
 /// Measured (docs/BENCHMARKS.md): `ctr run --rm ... /bin/true` median 110 ms without, 101 ms with.
 struct Warmup {
@@ -1058,9 +1079,9 @@ struct Warmup {
 
 impl Warmup {
     fn start(shared: &Arc<Shared>, id: &str, spec: &oci_spec::runtime::Spec) -> Option<Warmup> {
-        let root = Path::new(predict::UNIFIED_ROOT);
-        let dir = predict::unified_dir(root, Path::new(predict::V1_MEMORY_ROOT), spec)?;
-        let made = match predict::make_dirs(root, &dir) {
+        let path = spec.linux().as_ref()?.cgroups_path().as_ref()?.to_str()?;
+        let (root, dir) = runtime_hooks::companions::warmup_dir(&HostRoots::default(), path)?;
+        let made = match runtime_hooks::companions::make_dirs(&root, &dir) {
             Ok(made) => made,
             Err(e) => {
                 tracing::debug!(
@@ -1091,9 +1112,9 @@ impl Warmup {
     async fn finish(self, monitor: Option<&Augment>, created: Option<&Container>) {
         let _ = self.task.await;
         match (monitor, created) {
-            (Some(a), _) => a.adopt_unified(self.made),
+            (Some(a), _) => a.adopt_companions(self.made),
             (None, Some(c)) => {
-                c.unified
+                c.companions
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .splice(0..0, self.made);
@@ -1110,7 +1131,7 @@ impl Warmup {
                         }
                     }
                 }
-                predict::remove_dirs(&self.made);
+                runtime_hooks::companions::remove_dirs(&self.made);
             }
         }
     }

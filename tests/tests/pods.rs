@@ -44,8 +44,9 @@ fn dropin(settings: &Settings, systemd: bool) -> String {
     text
 }
 
-/// `/proc/<pid>/cgroup`'s paths, per hierarchy (`name=systemd` left out: a named hierarchy without a
-/// controller, which libcontainer does not join).
+/// `/proc/<pid>/cgroup`'s paths, per hierarchy: the v1 controllers, the cgroup2 tree and `name=systemd` (runc's
+/// cgroupfs driver joins systemd's named hierarchy too, so `systemd-cgls` and kubelet find the container in its
+/// pod); other named hierarchies are left out.
 fn cgroups_of(pid: i32) -> Vec<(String, String)> {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .unwrap_or_default()
@@ -53,9 +54,18 @@ fn cgroups_of(pid: i32) -> Vec<(String, String)> {
         .filter_map(|l| {
             let mut f = l.splitn(3, ':');
             let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
-            (!ctrl.starts_with("name=")).then(|| (ctrl.to_owned(), path.to_owned()))
+            (!ctrl.starts_with("name=") || ctrl == "name=systemd")
+                .then(|| (ctrl.to_owned(), path.to_owned()))
         })
         .collect()
+}
+
+/// Whether this host mounts systemd's named v1 hierarchy (Debian's v1 and hybrid hosts do, with or without
+/// systemd as PID 1).
+fn has_name_systemd() -> bool {
+    kubelet::hierarchies()
+        .iter()
+        .any(|(_, c)| c.iter().any(|c| c == "name=systemd"))
 }
 
 /// Entries at the root of every hierarchy that name `id` (a literal `slice:prefix:id` directory, say).
@@ -118,6 +128,15 @@ fn assert_inside(c: &Containerd, pod: &PodCgroup, p: &Pod, leaf: &dyn Fn(&str) -
         let cgroups = cgroups_of(pid);
         assert!(!cgroups.is_empty(), "no cgroups for {id} (pid {pid})");
         let want = format!("{}/{}", pod.path, leaf(id));
+        if has_name_systemd() {
+            // What a user checks with `cat /proc/<pid>/cgroup`: the name=systemd line names the pod too.
+            let line = cgroups.iter().find(|(c, _)| c == "name=systemd");
+            assert_eq!(
+                line.map(|(_, p)| p.as_str()),
+                Some(want.as_str()),
+                "{id} (pid {pid}) is not in its pod in the name=systemd hierarchy: {cgroups:?}"
+            );
+        }
         for (ctrl, path) in &cgroups {
             assert_eq!(
                 path, &want,

@@ -1,0 +1,390 @@
+//! The hierarchies without a resource controller that runc's cgroupfs driver also puts a container in.
+//!
+//! On cgroup v1, runc's `fs` manager joins, besides the controllers, the named `name=systemd` hierarchy (its
+//! `NameGroup{name=systemd, Join: true}`) and, on a hybrid host, the controller-less cgroup2 tree: it makes the
+//! container's directory at the same path there and moves the init in, ignoring failures. So `/proc/<pid>/cgroup`
+//! agrees on every line, systemd-cgls and kubelet's accounting find the container in its pod, and the hybrid tree's
+//! pressure (PSI) files are the container's own. libcontainer (youki) joins neither; the shim does it through
+//! [`join_companions`] while the init waits to be started, and removes what it made with [`remove_dirs`] after the
+//! container's processes are gone. (With runc's systemd driver on v1, systemd makes the `name=systemd` directory
+//! itself; libcontainer has no systemd driver on v1, so the shim always uses the cgroupfs layout there.)
+//!
+//! Every root comes from [`HostRoots`], so all of this runs on a fake tree in tests.
+
+use std::path::{Path, PathBuf};
+
+use crate::discovery::{CgroupMount, Hierarchy, HostRoots, mount_dir, normalize_cgroups_path};
+use crate::placement::is_systemd_form;
+
+/// The named v1 hierarchy systemd keeps its own tree in.
+pub const SYSTEMD_HIERARCHY: &str = "name=systemd";
+
+/// Why a companion directory could not be made or joined (runc ignores these; the shim logs them).
+#[derive(Debug, thiserror::Error)]
+pub enum CompanionError {
+    /// `/proc/<pid>/cgroup` could not be read.
+    #[error("reading {path}")]
+    ReadProcCgroup {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A directory could not be made.
+    #[error("making {dir}")]
+    MakeDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing the pid into `cgroup.procs` failed.
+    #[error("moving pid {pid} into {file}")]
+    Join {
+        /// The pid.
+        pid: i32,
+        /// The `cgroup.procs` file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What [`join_companions`] did.
+#[derive(Debug, Default)]
+pub struct Joined {
+    /// Directories made, outermost first (give them to [`remove_dirs`] once the container is gone).
+    pub made: Vec<PathBuf>,
+    /// The directories the pid is now in.
+    pub joined: Vec<PathBuf>,
+    /// What failed (nothing is undone: as runc, a companion hierarchy is best effort).
+    pub errors: Vec<CompanionError>,
+}
+
+/// The companion mounts of a layout: the `name=systemd` v1 hierarchy, and the cgroup2 tree of a hybrid host.
+pub fn companion_mounts(hierarchy: &Hierarchy) -> Vec<&CgroupMount> {
+    match hierarchy {
+        Hierarchy::Unified(_) => Vec::new(),
+        Hierarchy::Legacy(v1) => v1.iter().filter(|m| is_systemd(m)).collect(),
+        Hierarchy::Hybrid { v1, unified } => v1
+            .iter()
+            .filter(|m| is_systemd(m))
+            .chain(std::iter::once(unified))
+            .collect(),
+    }
+}
+
+fn is_systemd(m: &CgroupMount) -> bool {
+    m.controllers.len() == 1 && m.controllers[0] == SYSTEMD_HIERARCHY
+}
+
+/// The cgroup2 directory a container with `cgroups_path` will have on a hybrid host, known before it exists (the
+/// shim's create warm-up moves a worker there first). Only for an absolute cgroupfs path, which libcontainer's v1
+/// manager uses as is; `None` on other layouts, for a `slice:prefix:name` or relative path, or one naming the root.
+/// Returns the tree's mount point and the directory (for [`make_dirs`]).
+pub fn warmup_dir(roots: &HostRoots, cgroups_path: &str) -> Option<(PathBuf, PathBuf)> {
+    if !cgroups_path.starts_with('/') || is_systemd_form(cgroups_path) {
+        return None;
+    }
+    let path = normalize_cgroups_path(cgroups_path).ok()?;
+    if path.trim_matches('/').is_empty() {
+        return None;
+    }
+    match Hierarchy::detect(roots).ok()? {
+        Hierarchy::Hybrid { unified, .. } => {
+            mount_dir(&unified, &path).map(|d| (unified.mount_point.clone(), d))
+        }
+        _ => None,
+    }
+}
+
+/// Puts `pid` (a container's init, before it runs) into every companion hierarchy at the path of its v1 memory
+/// cgroup (or of its first controller), making the directories that are missing. Nothing to do on a pure v2 host,
+/// or where the pid already is at that path.
+pub fn join_companions(roots: &HostRoots, pid: i32) -> Joined {
+    let mut out = Joined::default();
+    let file = roots.proc.join(pid.to_string()).join("cgroup");
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(source) => {
+            out.errors
+                .push(CompanionError::ReadProcCgroup { path: file, source });
+            return out;
+        }
+    };
+    let Ok(hierarchy) = Hierarchy::detect(roots) else {
+        return out;
+    };
+    let lines: Vec<(Vec<&str>, &str)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            let ctrls = if ctrls.is_empty() {
+                Vec::new()
+            } else {
+                ctrls.split(',').collect()
+            };
+            Some((ctrls, path))
+        })
+        .collect();
+    let controller_path = lines
+        .iter()
+        .find(|(c, _)| c.contains(&"memory"))
+        .or_else(|| {
+            lines
+                .iter()
+                .find(|(c, _)| !c.is_empty() && !c.iter().any(|c| c.starts_with("name=")))
+        })
+        .map(|(_, p)| *p);
+    let Some(target) = controller_path.filter(|p| !p.trim_matches('/').is_empty()) else {
+        return out;
+    };
+    for mount in companion_mounts(&hierarchy) {
+        let current = lines
+            .iter()
+            .find(|(c, _)| {
+                *c == mount
+                    .controllers
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+            })
+            .map(|(_, p)| *p);
+        if current == Some(target) {
+            continue;
+        }
+        let Some(dir) = mount_dir(mount, target) else {
+            continue;
+        };
+        match make_dirs(&mount.mount_point, &dir) {
+            Ok(made) => out.made.extend(made),
+            Err(source) => {
+                out.errors.push(CompanionError::MakeDir { dir, source });
+                continue;
+            }
+        }
+        match enter(&dir, pid) {
+            Ok(()) => out.joined.push(dir),
+            Err(e) => out.errors.push(e),
+        }
+    }
+    out
+}
+
+/// Moves `pid` (0: the calling process, as the create warm-up's worker does) into the cgroup directory `dir`.
+pub fn enter(dir: &Path, pid: i32) -> Result<(), CompanionError> {
+    let file = dir.join("cgroup.procs");
+    std::fs::write(&file, pid.to_string()).map_err(|source| CompanionError::Join {
+        pid,
+        file,
+        source,
+    })
+}
+
+/// Makes `dir` under `root` and the directories above it that are missing; returns the ones made, outermost
+/// first. On an error, removes what it made.
+pub fn make_dirs(root: &Path, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let rel = dir.strip_prefix(root).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not under {}", dir.display(), root.display()),
+        )
+    })?;
+    let mut made = Vec::new();
+    let mut at = root.to_path_buf();
+    for part in rel.components() {
+        match part {
+            std::path::Component::Normal(p) => at.push(p),
+            std::path::Component::CurDir => continue,
+            _ => {
+                remove_dirs(&made);
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{} climbs out of {}", dir.display(), root.display()),
+                ));
+            }
+        }
+        match std::fs::create_dir(&at) {
+            Ok(()) => made.push(at.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && at.is_dir() => {}
+            Err(e) => {
+                remove_dirs(&made);
+                return Err(e);
+            }
+        }
+    }
+    Ok(made)
+}
+
+/// Removes directories listed outermost first, innermost first. A parent that another container still uses
+/// stays; the first failure to remove the innermost one (the container's own) is returned.
+pub fn remove_dirs(made: &[PathBuf]) -> Option<(PathBuf, std::io::Error)> {
+    let mut failed = None;
+    for (i, dir) in made.iter().enumerate().rev() {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if i + 1 == made.len() && failed.is_none() => failed = Some((dir.clone(), e)),
+            Err(_) => {}
+        }
+    }
+    failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{FakeHost, Layout};
+
+    const POD: &str = "/kubepods/burstable/pod1/c1";
+    const SCOPE: &str = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-c1.scope";
+
+    /// `/proc/77/cgroup` of an init libcontainer put at `path` in the v1 controllers only.
+    fn init_at(host: &FakeHost, path: &str) {
+        let mut text = String::new();
+        if host.layout != Layout::V2 {
+            text.push_str("12:name=systemd:/user.slice\n");
+            for (i, c) in crate::v1::CONTROLLERS.iter().enumerate() {
+                text.push_str(&format!("{}:{c}:{path}\n", i + 1));
+            }
+        }
+        text.push_str(if host.layout == Layout::V1 {
+            ""
+        } else {
+            "0::/shim\n"
+        });
+        host.proc_file("77/cgroup", &text);
+    }
+
+    #[test]
+    fn an_init_joins_name_systemd_and_the_hybrid_tree_at_its_path() {
+        for path in [POD, SCOPE] {
+            for layout in [Layout::V1, Layout::Hybrid, Layout::V2] {
+                let host = FakeHost::new(layout);
+                host.container(path);
+                init_at(&host, path);
+                let joined = join_companions(&host.roots(), 77);
+                assert!(joined.errors.is_empty(), "{layout:?}: {:?}", joined.errors);
+                let rel = path.trim_start_matches('/');
+                let mut want = Vec::new();
+                if layout != Layout::V2 {
+                    want.push(host.root().join("systemd").join(rel));
+                }
+                if layout == Layout::Hybrid {
+                    want.push(host.root().join("unified").join(rel));
+                }
+                assert_eq!(joined.joined, want, "{layout:?} {path}");
+                for d in &want {
+                    assert_eq!(
+                        host.read_abs(&d.join("cgroup.procs")),
+                        "77",
+                        "{}",
+                        d.display()
+                    );
+                }
+                // Made from the first missing level down; the unified leaf already existed (the fake container).
+                if layout != Layout::V2 {
+                    assert_eq!(
+                        joined.made.first(),
+                        Some(
+                            &host
+                                .root()
+                                .join("systemd")
+                                .join(rel.split('/').next().unwrap_or(""))
+                        ),
+                        "{layout:?}"
+                    );
+                    assert!(joined.made.contains(&host.root().join("systemd").join(rel)));
+                }
+                // Everything made goes again, innermost first (the fake files are removable: clear them).
+                for d in &joined.made {
+                    let _ = std::fs::remove_file(d.join("cgroup.procs"));
+                }
+                assert!(remove_dirs(&joined.made).is_none());
+                assert!(!host.root().join("systemd/kubepods").exists());
+                assert!(!host.root().join("systemd/kubepods.slice").exists());
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_to_do_where_the_init_already_is_or_for_a_root_init() {
+        let host = FakeHost::new(Layout::Hybrid);
+        host.proc_file(
+            "77/cgroup",
+            &format!("12:name=systemd:{POD}\n4:memory:{POD}\n0::{POD}\n"),
+        );
+        let j = join_companions(&host.roots(), 77);
+        assert!(
+            j.joined.is_empty() && j.made.is_empty() && j.errors.is_empty(),
+            "{j:?}"
+        );
+        host.proc_file("78/cgroup", "12:name=systemd:/\n4:memory:/\n0::/\n");
+        assert!(join_companions(&host.roots(), 78).joined.is_empty());
+        let gone = join_companions(&host.roots(), 79);
+        assert!(matches!(
+            gone.errors.as_slice(),
+            [CompanionError::ReadProcCgroup { .. }]
+        ));
+        // A path that climbs out of the hierarchy is never made.
+        host.proc_file("80/cgroup", "4:memory:/a/../../etc\n");
+        let j = join_companions(&host.roots(), 80);
+        assert!(j.made.is_empty() && j.joined.is_empty(), "{j:?}");
+    }
+
+    #[test]
+    fn the_warmup_dir_is_the_hybrid_tree_at_an_absolute_cgroupfs_path() {
+        let host = FakeHost::new(Layout::Hybrid);
+        let unified = host.root().join("unified");
+        assert_eq!(
+            warmup_dir(&host.roots(), POD),
+            Some((unified.clone(), unified.join(POD.trim_start_matches('/'))))
+        );
+        assert_eq!(
+            warmup_dir(&host.roots(), SCOPE),
+            Some((unified.clone(), unified.join(SCOPE.trim_start_matches('/'))))
+        );
+        for p in [
+            "kubepods-burstable-pod1.slice:cri-containerd:c1",
+            "default/c1",
+            "/default/../../etc",
+            "/",
+            "",
+        ] {
+            assert_eq!(warmup_dir(&host.roots(), p), None, "{p:?}");
+        }
+        for layout in [Layout::V1, Layout::V2] {
+            assert_eq!(
+                warmup_dir(&FakeHost::new(layout).roots(), POD),
+                None,
+                "{layout:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn make_dirs_reports_what_it_made_and_remove_dirs_keeps_shared_parents() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        let a = root.join("ns/pod/a");
+        let made = make_dirs(root, &a).expect("make a");
+        assert_eq!(made, vec![root.join("ns"), root.join("ns/pod"), a.clone()]);
+        let b = root.join("ns/pod/b");
+        assert_eq!(make_dirs(root, &b).expect("make b"), vec![b.clone()]);
+        assert!(remove_dirs(&made).is_none());
+        assert!(!a.exists() && b.exists());
+        assert!(make_dirs(root, Path::new("/elsewhere")).is_err());
+        std::fs::write(root.join("file"), "").expect("file");
+        assert!(make_dirs(root, &root.join("file/y")).is_err());
+        assert!(make_dirs(root, &root.join("x/../../y")).is_err());
+        assert!(!root.join("x").exists(), "undone on error");
+        // The container's own directory failing to go is reported.
+        std::fs::write(b.join("busy"), "").expect("file");
+        let failed = remove_dirs(std::slice::from_ref(&b)).expect("not empty");
+        assert_eq!(failed.0, b);
+    }
+}
