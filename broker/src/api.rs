@@ -131,6 +131,10 @@ pub struct Finish {
     /// Peak memory if the shim read it (`memory.peak` / `max_usage_in_bytes`), bytes.
     #[serde(default)]
     pub peak_memory_bytes: Option<u64>,
+    /// CPU time the container used over its life, read from its cgroup at exit (`cpuacct.usage` / `cpu.stat`
+    /// `usage_usec`), seconds: the run's CPU even when it ended before its first sample. Absent from older shims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
 }
 
 /// Which decisions to explain.

@@ -936,7 +936,8 @@ impl Broker {
             outcome: RunOutcome {
                 duration_s,
                 peak_memory_bytes: f.peak_memory_bytes.unwrap_or(0).max(stats.peak_memory),
-                cpu_seconds: stats.cpu_seconds,
+                // The cgroup's own total when the shim read it: a run shorter than a tick has few or no samples.
+                cpu_seconds: f.cpu_seconds.unwrap_or(0.0).max(stats.cpu_seconds),
                 cpu_p50_cores: percentile(&mut stats.cpu, 0.5),
                 cpu_p95_cores: percentile(&mut stats.cpu, 0.95),
                 io_bytes: stats.io_bytes,

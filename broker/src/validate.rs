@@ -103,6 +103,19 @@ fn at_most(field: &str, v: Option<u64>, max: u64) -> Result<(), ErrorReply> {
     }
 }
 
+/// Most CPU time one run may report, seconds: [`MAX_CORES`] busy for a year.
+pub const MAX_CPU_SECONDS: f64 = MAX_CORES * 365.0 * 86_400.0;
+
+/// A run's CPU time: finite, at least 0, at most [`MAX_CPU_SECONDS`].
+fn cpu_seconds(field: &str, v: Option<f64>) -> Result<(), ErrorReply> {
+    match v {
+        Some(s) if !s.is_finite() || !(0.0..=MAX_CPU_SECONDS).contains(&s) => Err(bad(format!(
+            "field `{field}` is {s}; seconds in [0, {MAX_CPU_SECONDS}] are expected"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn percent(field: &str, v: f64) -> Result<(), ErrorReply> {
     if !v.is_finite() || !(0.0..=100.0).contains(&v) {
         return Err(bad(format!(
@@ -232,7 +245,8 @@ pub fn request(req: &Request) -> Result<(), ErrorReply> {
         }
         Request::Finish(f) => {
             name("container_id", &f.container_id, MAX_ID)?;
-            at_most("peak_memory_bytes", f.peak_memory_bytes, MAX_BYTES)
+            at_most("peak_memory_bytes", f.peak_memory_bytes, MAX_BYTES)?;
+            cpu_seconds("cpu_seconds", f.cpu_seconds)
         }
         Request::Status(p) | Request::Models(p) => page(p),
         Request::Explain(e) => {
@@ -336,6 +350,14 @@ mod tests {
             (
                 r#"{"version":1,"type":"register","container_id":"c","pid":-1}"#,
                 "pid",
+            ),
+            (
+                r#"{"version":1,"type":"finish","container_id":"c","cpu_seconds":-1.0}"#,
+                "cpu_seconds",
+            ),
+            (
+                r#"{"version":1,"type":"finish","container_id":"c","cpu_seconds":1e300}"#,
+                "cpu_seconds",
             ),
             (
                 r#"{"version":1,"type":"update","container_id":"c","limits":{"cpu_request_cores":1e300}}"#,

@@ -186,6 +186,7 @@ fn run_once(node: &Node, id: &str, task: &str) -> Registered {
             exit_code: 0,
             oom_killed: false,
             peak_memory_bytes: Some(PEAK),
+            cpu_seconds: None,
         })
         .expect("finish");
     reg

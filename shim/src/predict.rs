@@ -214,6 +214,10 @@ struct MonitorState {
     client: Client,
     /// The container is known to the broker.
     registered: bool,
+    /// A Register went out and got no answer (a timeout, a dropped connection): the broker may have taken it,
+    /// so the run's Finish is sent anyway (the broker answers not_found when it never got it) and no task is left
+    /// registered after the container is gone.
+    maybe_known: bool,
     cgroup: Option<ContainerCgroup>,
     sampler: Option<Sampler>,
     buffered: Vec<Sample>,
@@ -325,6 +329,7 @@ impl Augment {
             }
         }
         let mut allocation = spec_allocation(&limits);
+        let maybe_known = matches!(&result, Err(e) if !no_broker(e));
         let registered = match result {
             Ok(r) => {
                 spawn::note_available(s);
@@ -372,6 +377,7 @@ impl Augment {
             state: Mutex::new(MonitorState {
                 client,
                 registered: registered.is_some(),
+                maybe_known,
                 cgroup: None,
                 sampler: None,
                 buffered: Vec::new(),
@@ -525,6 +531,8 @@ impl Augment {
             Err(e) => {
                 if no_broker(&e) {
                     spawn::maybe_spawn_broker(Settings::get());
+                } else {
+                    st.maybe_known = true;
                 }
                 tracing::debug!(container = %self.id, "registering: {}", broker::error_chain(&e));
                 false
@@ -680,15 +688,30 @@ impl Augment {
 
     fn finish(&self, status: u32, oom_killed: bool) {
         let mut st = lock(&self.state);
-        if !st.registered {
+        if !st.registered && !st.maybe_known {
             // Still unknown to the broker (it was down all along): nothing it could learn from.
             return;
         }
-        let peak = st
-            .last
+        // The cgroup outlives its processes until Delete: one last read gives the run's totals, which a run
+        // shorter than a tick has in no sample.
+        let last = st
+            .sampler
+            .as_mut()
+            .map(|s| s.sample())
+            .or_else(|| st.last.clone());
+        let peak = last
             .as_ref()
-            .and_then(|s| s.memory.peak_bytes.or(s.memory.usage_bytes));
-        if !st.buffered.is_empty() {
+            .and_then(|s| s.memory.peak_bytes.or(s.memory.usage_bytes))
+            .max(
+                st.last
+                    .as_ref()
+                    .and_then(|s| s.memory.peak_bytes.or(s.memory.usage_bytes)),
+            );
+        let cpu_seconds = last
+            .as_ref()
+            .and_then(|s| s.cpu.usage_ns)
+            .map(|ns| ns as f64 / 1e9);
+        if st.registered && !st.buffered.is_empty() {
             let rep = Report {
                 container_id: self.id.clone(),
                 samples: std::mem::take(&mut st.buffered),
@@ -702,6 +725,7 @@ impl Augment {
             exit_code: status as i32,
             oom_killed,
             peak_memory_bytes: peak,
+            cpu_seconds,
         };
         match st.client.finish(&f) {
             Ok(done) => tracing::info!(
@@ -710,6 +734,10 @@ impl Augment {
                 samples = done.samples,
                 "run recorded by the broker"
             ),
+            // Its Register went unanswered and never reached the broker: nothing was left behind.
+            Err(e) if !st.registered && e.is_not_registered() => {
+                tracing::debug!(container = %self.id, "the broker never registered this container")
+            }
             Err(e) => {
                 tracing::warn!(container = %self.id, "the run was not recorded: {}", broker::error_chain(&e))
             }

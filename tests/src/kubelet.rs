@@ -115,10 +115,9 @@ impl PodCgroup {
 
     fn make_dirs(&mut self, memory_max: u64, cpus: f64) {
         let quota = ((cpus * 100_000.0).round() as u64).to_string();
+        // Every hierarchy, named ones (`name=systemd`) too: kubelet's cgroupfs driver (runc's fs manager) makes the
+        // pod's directory in each, and its containers' directories go below it.
         for (mount, controllers) in hierarchies() {
-            if controllers.iter().any(|c| c.starts_with("name=")) {
-                continue;
-            }
             let mut at = mount.clone();
             for part in self.path.trim_start_matches('/').split('/') {
                 at.push(part);
