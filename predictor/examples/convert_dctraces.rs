@@ -18,11 +18,11 @@
 //! metrics are ratios, so the scale barely matters (docs/BENCHMARKS.md says how much). Azure's file has no memory usage: its
 //! `peak_memory_bytes` is the assigned memory, so memory figures on it score a forecast of allocations.
 
-use std::io::{BufRead, BufWriter};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use predictor::eval::{TraceError, write_trace};
+use predictor::eval::{TraceError, write_trace_file};
 use predictor::{Profile, RunMetadata, RunOutcome, RunSummary, Sample, TaskKey};
 
 /// Start of every converted trace: 2019-05-01T00:00:00Z. Nominal: the package's files have no timestamps.
@@ -82,12 +82,6 @@ enum ConvertError {
         rows: usize,
         stride_s: u64,
         window_s: u64,
-    },
-    #[error("writing {path}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
     },
     #[error("writing {path}")]
     Encode {
@@ -414,18 +408,9 @@ fn convert(args: &Args) -> Result<(Vec<RunSummary>, usize), ConvertError> {
     Ok((runs, rows.len()))
 }
 
-/// Writes the runs next to `out` and renames the file into place, so a reader never sees half a trace.
+/// The runs as a trace file at `out` (written whole or not at all).
 fn write_atomically(out: &Path, runs: &[RunSummary]) -> Result<(), ConvertError> {
-    let tmp = out.with_extension("jsonl.partial");
-    let file = std::fs::File::create(&tmp).map_err(|source| ConvertError::Write {
-        path: tmp.clone(),
-        source,
-    })?;
-    write_trace(BufWriter::new(file), runs).map_err(|source| ConvertError::Encode {
-        path: tmp.clone(),
-        source,
-    })?;
-    std::fs::rename(&tmp, out).map_err(|source| ConvertError::Write {
+    write_trace_file(out, runs).map_err(|source| ConvertError::Encode {
         path: out.to_path_buf(),
         source,
     })

@@ -19,11 +19,11 @@
 //!   `convert_dctraces`); there is no request. Day `d` starts at a nominal 2011-05-01T00:00:00Z + (d-1) days.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufWriter};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use predictor::eval::{TraceError, write_trace};
+use predictor::eval::{TraceError, write_trace_file};
 use predictor::{Profile, RunMetadata, RunOutcome, RunSummary, Sample, TaskKey};
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
@@ -93,12 +93,6 @@ enum ConvertError {
     },
     #[error("{dir}: no {what} found")]
     Empty { dir: PathBuf, what: &'static str },
-    #[error("writing {path}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("writing {path}")]
     Encode {
         path: PathBuf,
@@ -547,18 +541,9 @@ fn convert(args: &Args) -> Result<(Vec<RunSummary>, Stats), ConvertError> {
     }
 }
 
-/// Writes the runs next to `out` and renames the file into place, so a reader never sees half a trace.
+/// The runs as a trace file at `out` (written whole or not at all).
 fn write_atomically(out: &Path, runs: &[RunSummary]) -> Result<(), ConvertError> {
-    let tmp = out.with_extension("jsonl.partial");
-    let file = std::fs::File::create(&tmp).map_err(|source| ConvertError::Write {
-        path: tmp.clone(),
-        source,
-    })?;
-    write_trace(BufWriter::new(file), runs).map_err(|source| ConvertError::Encode {
-        path: tmp.clone(),
-        source,
-    })?;
-    std::fs::rename(&tmp, out).map_err(|source| ConvertError::Write {
+    write_trace_file(out, runs).map_err(|source| ConvertError::Encode {
         path: out.to_path_buf(),
         source,
     })

@@ -77,6 +77,15 @@ pub enum TraceError {
     /// Writing a trace failed.
     #[error("writing trace")]
     Write(#[source] std::io::Error),
+    /// Creating or renaming a trace file failed.
+    #[error("writing trace {path}")]
+    Save {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Serialising a run failed.
     #[error("encoding run {run_id}")]
     Encode {
@@ -123,6 +132,21 @@ pub fn write_trace(mut w: impl Write, runs: &[RunSummary]) -> Result<(), TraceEr
         writeln!(w, "{line}").map_err(TraceError::Write)?;
     }
     w.flush().map_err(TraceError::Write)
+}
+
+/// Writes runs as a JSON-lines trace file at `out`, through a temporary file renamed into place, so a reader
+/// never sees half a trace.
+pub fn write_trace_file(out: &Path, runs: &[RunSummary]) -> Result<(), TraceError> {
+    let tmp = out.with_extension("jsonl.partial");
+    let file = std::fs::File::create(&tmp).map_err(|source| TraceError::Save {
+        path: tmp.clone(),
+        source,
+    })?;
+    write_trace(std::io::BufWriter::new(file), runs)?;
+    std::fs::rename(&tmp, out).map_err(|source| TraceError::Save {
+        path: out.to_path_buf(),
+        source,
+    })
 }
 
 /// Replay parameters.
