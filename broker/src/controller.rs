@@ -867,7 +867,7 @@ impl Controller {
     }
 
     /// Takes over a task that already runs with `current` (its shim registered again after a broker restart, or
-    /// late): no directive changes its limits. Its own CPU before leases is `current` less what it borrows plus
+    /// late): no directive changes its limits (only the priority's IO weight is sent again). Its own CPU before leases is `current` less what it borrows plus
     /// what it lends under restored leases.
     pub fn adopt(&mut self, spec: TaskSpec, current: Allocation, now_ms: u64) -> Vec<Directive> {
         let mut out = Vec::new();
@@ -900,7 +900,19 @@ impl Controller {
             ..current
         };
         let k = self.insert(Task::new(spec, base_cpu, alloc, now_ms));
-        let pipeline = self.task(k).spec.pipeline.clone();
+        // The priority's IO weight is no limit the shim reports in force (a shim that registers late started
+        // without it): sent again, the same value as at any Register.
+        let task = self.task(k);
+        if let Some(weight) = io_weight(task.spec.priority) {
+            out.push(Directive {
+                container_id: task.spec.container_id.clone(),
+                action: Action::SetIoWeight { weight },
+                reason: format!("priority {}", task.spec.priority),
+                applied: task.enforce(),
+                old_value: None,
+            });
+        }
+        let pipeline = task.spec.pipeline.clone();
         self.update_critical_path(now_ms, pipeline.as_deref());
         out
     }

@@ -521,6 +521,11 @@ impl Augment {
             Ok(reg) => {
                 spawn::note_available(Settings::get());
                 tracing::info!(container = %self.id, task_key = %reg.task_key, "registered with the broker (limits in force adopted)");
+                // What adopting leaves to apply (the priority's IO weight: a late Register's container started
+                // without it).
+                for d in &reg.directives {
+                    self.apply(st, d);
+                }
                 let mut cur = lock(&self.registered);
                 if cur.is_none() {
                     *cur = Some(reg);

@@ -1258,3 +1258,27 @@ fn a_stopping_task_is_never_paused_and_its_pause_ends() {
     }
     assert!(c.stopping("unknown", "x").is_empty());
 }
+
+#[test]
+fn adopting_a_prioritised_task_sends_its_io_weight_and_no_limit() {
+    let mut c = Controller::new(cfg(), host(4.0, 8 * GIB));
+    let mut s = spec("late", Some(1.0), Some(GIB));
+    s.priority = 100;
+    let current = Allocation {
+        cpu_cores: Some(1.0),
+        memory_bytes: Some(GIB),
+        memory_max_bytes: Some(GIB),
+    };
+    let ds = c.adopt(s, current, 1_000);
+    assert_eq!(ds.len(), 1, "{ds:?}");
+    assert!(
+        matches!(ds[0].action, Action::SetIoWeight { weight } if Some(weight) == io_weight(100)),
+        "{ds:?}"
+    );
+    assert_eq!(c.allocation("late"), Some(current), "limits in force kept");
+    // Priority 0: nothing at all.
+    assert!(
+        c.adopt(spec("plain", Some(1.0), Some(GIB)), current, 1_000)
+            .is_empty()
+    );
+}
