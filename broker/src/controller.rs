@@ -132,9 +132,9 @@ pub struct ControllerConfig {
     /// this is the stall `memory.high` reclaim causes (default 20).
     pub memory_psi_avg10: f64,
     /// A running task whose prediction has at least medium confidence is right-sized to its predicted profile
-    /// when what it needs (the profile's upper bound one bucket back to `lookahead_buckets` ahead, and never
-    /// less than its usage over `memory_grow_at` plus 5%) is below this share of its allocation; 0 = never
-    /// shrink (default 0.95).
+    /// when what it needs (the profile's upper bound scaled to the 99.8% limit, one bucket back to
+    /// `lookahead_buckets` ahead, and never less than its usage over `memory_grow_at` plus 5%) is below this share
+    /// of its allocation; 0 = never shrink (default 0.95).
     pub memory_shrink_at: f64,
     /// Host memory usage over grantable memory at which the lowest-priority task is paused (default 0.95).
     pub pause_at: f64,
@@ -456,14 +456,26 @@ impl Task {
             .iter()
             .map(|pp| pp.memory_bytes.upper)
             .fold(0.0, f64::max);
-        Some(hi.max(0.0) as u64)
+        Some((hi * memory_limit_ratio(p)).max(0.0) as u64)
     }
 
     fn predicted_memory_upper(&self, now_ms: u64) -> u64 {
         let (Some(b), Some(p)) = (self.bucket(now_ms), self.spec.prediction.as_ref()) else {
             return 0;
         };
-        p.profile[b].memory_bytes.upper.max(0.0) as u64
+        (p.profile[b].memory_bytes.upper * memory_limit_ratio(p)).max(0.0) as u64
+    }
+}
+
+/// How far memory's one-sided `limit` (99.8%, what a task is allocated and what the evaluator scores) lies above
+/// its central interval's `upper`: the profile's buckets carry only the interval, so a running task sized by its
+/// profile is sized at the bucket's `upper` scaled by this ratio, never back down to the 95% bound.
+fn memory_limit_ratio(p: &Prediction) -> f64 {
+    let e = &p.memory_bytes;
+    if e.upper > 0.0 && e.limit > e.upper {
+        e.limit / e.upper
+    } else {
+        1.0
     }
 }
 
@@ -605,8 +617,8 @@ fn tightest(parents: &[Ancestor]) -> Tightest<'_> {
     (cpu, mem)
 }
 
-/// The initial allocation of a task: the spec on a cold start; otherwise memory at the prediction's upper bound
-/// and CPU at the p90 of the predicted profile over the first `initial_cpu_buckets`, never above a user limit,
+/// The initial allocation of a task: the spec on a cold start; otherwise memory at the prediction's `limit`
+/// (99.8%) and CPU at the p90 of the predicted profile over the first `initial_cpu_buckets`, never above a user limit,
 /// never below a user request (unless allowed; not even on a host smaller than the request), within the host's
 /// grantable capacity and every limited ancestor's limit. A spec with no CPU limit keeps no quota unless
 /// `quota_unlimited_cpu` is on. Returns the allocation and the reasons per resource.
@@ -694,8 +706,8 @@ pub fn initial_allocation(
     };
     let (cpu, cpu_reason) = cpu;
 
-    let mut mem_reason = format!("predicted upper bound at level {}", p.level);
-    let mut mem = p.memory_bytes.upper.max(0.0) as u64;
+    let mut mem_reason = "predicted memory limit (its one-sided 99.8% bound)".to_owned();
+    let mut mem = p.memory_bytes.limit.max(p.memory_bytes.upper).max(0.0) as u64;
     if let Some(req) = l
         .memory_request_bytes
         .filter(|r| mem < *r && !spec.allow_below_request)

@@ -154,7 +154,29 @@ fn initial_allocation_uses_upper_memory_and_cpu_p90_of_first_buckets() {
         "p90 of the first 5 buckets, not the later 4-core phase"
     );
     assert_eq!(a.memory_bytes, Some(600 * MIB));
-    assert!(cpu_why.contains("p90") && mem_why.contains("upper bound"));
+    assert!(cpu_why.contains("p90") && mem_why.contains("predicted memory limit"));
+}
+
+/// Issue 15: memory is allocated at the prediction's one-sided 99.8% `limit` (what the evaluator scores), not
+/// at the 90% interval's `upper`, and right-sizing a running task never takes it back down to `upper`.
+#[test]
+fn memory_is_allocated_at_the_limit_and_right_sizing_keeps_it() {
+    let mut p = prediction([0.2; BUCKETS], 100.0 * MIB as f64, 150.0 * MIB as f64);
+    p.memory_bytes.limit = 240.0 * MIB as f64;
+    let mut s = spec("m", None, Some(2 * GIB));
+    s.cgroup = CgroupKind::V1;
+    s.prediction = Some(p);
+    let (a, _, mem_why) = initial_allocation(&s, &host(4.0, 8 * GIB), &cfg());
+    assert_eq!(a.memory_bytes, Some(240 * MIB), "{mem_why}");
+    let mut c = Controller::new(cfg(), host(4.0, 8 * GIB));
+    c.register(s, 0);
+    assert_eq!(mem_of(&c, "m"), 240 * MIB);
+    // Using little, well under its allocation: the profile's window (150 MiB x 240/150) is what it keeps.
+    for now in [10_000, 20_000, 30_000] {
+        c.observe("m", mem_use(now, 60 * MIB));
+        let ds = c.tick(now);
+        assert_eq!(mem_of(&c, "m"), 240 * MIB, "{ds:#?}");
+    }
 }
 
 #[test]
