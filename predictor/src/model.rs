@@ -2,33 +2,42 @@
 //!
 //! A task type's runs are ordered by when they finished (start + duration: an outcome is known only then) and
 //! only the most recent [`TrainConfig::train_window`] are used. For each target — duration, CPU (p95 cores, or the
-//! mean from CPU time when a run was too short to sample), memory (peak bytes), IO (mean bytes/s) — two candidates
+//! mean from CPU time when a run was too short to sample), memory (peak bytes), IO (mean bytes/s) — the candidates
 //! are scored **forward in time only**, each run predicted by a candidate fitted on earlier runs:
 //! - **baseline**: the median of the recent window ([`TrainConfig::window`] runs) — shrinkage to what the task
 //!   type does now, and, once calibrated, the quantile-of-history fallback;
 //! - **regression**: a ridge regression ([`LinearModel`], smartcore) on the input size, dependency count, requested
 //!   CPU and memory and host load (not the start time: drift is left to the window and the residuals), refitted at
 //!   the start of each of [`TrainConfig::folds`] blocks of the latest runs; with fewer than
-//!   [`TrainConfig::min_regression_runs`] runs, on the input size alone.
+//!   [`TrainConfig::min_regression_runs`] runs, on the input size alone;
+//! - **seasonal**: the median of the same hour of day over the last week (from 48 runs spanning two days);
+//! - **persistence** (from [`TrainConfig::min_regression_runs`] runs): the latest run ([`ModelKind::Last`]), an
+//!   exponentially weighted mean ([`ModelKind::Ewma`]) and the largest of the latest three
+//!   ([`ModelKind::RecentMax`]) — a long-running service's yesterday often says more about its today than its month.
 //!
-//! The regression is chosen only when, calibrated at the upper quantile of the central interval on the same runs,
-//! it wastes at least 3% less (mean log-slack) than the baseline; otherwise the baseline stands. The chosen
-//! candidate's most recent [`TrainConfig::calibration_window`] forward ratios `actual / predicted` are the conformal
-//! scores: the central interval at [`TrainConfig::level`] takes their finite-sample ranks, and the one-sided
-//! `limit` (what the broker should allocate) their [`TrainConfig::limit_quantile`] quantile, or — when there are
-//! too few for that quantile to exist — the larger of the largest ratio and a log-normal tail fitted to them.
-//! Because the scores are recent and out-of-sample, the intervals widen or narrow as the task type drifts.
+//! A candidate is chosen only when, calibrated at the upper quantile of the central interval on the same runs, it
+//! wastes less (mean log-slack) than the baseline — 3% less for the regression and the seasonal median, 10% less for
+//! a persistence candidate (three of them would beat the median on independent noise by chance) — and the one that
+//! wastes least wins; otherwise the baseline stands. The chosen candidate's most recent
+//! [`TrainConfig::calibration_window`] forward ratios `actual / predicted` are the conformal scores: the central
+//! interval at [`TrainConfig::level`] takes their finite-sample ranks, and the one-sided `limit` (what the broker
+//! should allocate) their [`TrainConfig::limit_quantile`] quantile; where a rank does not exist at the sample size
+//! (below 19 scores for a 90% interval), the bound goes beyond the extreme ratio by a log-normal tail fitted to
+//! them. Because the scores are recent and out-of-sample, the intervals widen or narrow as the task type drifts.
 //!
-//! Memory never goes below the peak the recent window shows for a run with no larger input (`upper` and
-//! `limit`): a short job whose samples missed its peak still has its Finish peak in the history, and an
-//! input-size regression fitted on a handful of runs must not extrapolate below what was needed before.
+//! Memory never goes below the peak the last 10 runs show for a run with no larger input (`upper` and `limit`): a
+//! short job whose samples missed its peak still has its Finish peak in the history, and an input-size regression
+//! fitted on a handful of runs must not extrapolate below what was needed before. On the Bitbrains VMs, whose
+//! memory drifts, narrowing it to the last 3 runs cut no slack (57.6% against 57.7%) and under-predicted more.
 //!
 //! The lifetime profile is the decay-weighted mean of the runs' normalised profiles (fraction of peak per bucket),
 //! scaled by each target's estimate.
 //!
 //! Limits: runs killed by the OOM killer report a peak that is a lower bound of the need; they are inflated by
-//! [`TrainConfig::oom_inflation`]. Fewer than [`TrainConfig::min_runs`] runs give a cold-start prediction. No
-//! seasonal (time-of-day) candidate yet.
+//! [`TrainConfig::oom_inflation`]. Fewer than [`TrainConfig::min_runs`] runs give a cold-start prediction. Each
+//! task type is calibrated on its own scores: on the real per-task traces a fixed margin on a history quantile,
+//! chosen in hindsight for the whole trace, still wastes less at the same risk (docs/BENCHMARKS.md). A CPU value of
+//! 0 is taken as "not measured" and left out of training, so a run that really used nothing falls below `lower`.
 
 use serde::{Deserialize, Serialize};
 
@@ -113,6 +122,12 @@ pub enum ModelKind {
     Regression,
     /// Median of the same hour of day over the last week (long-running services sampled in windows).
     Seasonal,
+    /// The latest run's value (persistence).
+    Last,
+    /// Exponentially weighted mean of the runs, weight [`EWMA_WEIGHT`] on the latest.
+    Ewma,
+    /// The largest of the latest [`RECENT_MAX_RUNS`] runs.
+    RecentMax,
 }
 
 impl ModelKind {
@@ -122,6 +137,9 @@ impl ModelKind {
             ModelKind::Baseline => "baseline",
             ModelKind::Regression => "regression",
             ModelKind::Seasonal => "seasonal",
+            ModelKind::Last => "last",
+            ModelKind::Ewma => "ewma",
+            ModelKind::RecentMax => "recent-max",
         }
     }
 }
@@ -250,6 +268,10 @@ pub struct TargetModel {
     /// none, the baseline answers).
     #[serde(default)]
     pub seasonal: Vec<f64>,
+    /// When a persistence kind ([`ModelKind::Last`], [`ModelKind::Ewma`], [`ModelKind::RecentMax`]): its point
+    /// estimate from the latest runs (0: none, the baseline answers).
+    #[serde(default)]
+    pub recent: f64,
 }
 
 impl TargetModel {
@@ -263,6 +285,9 @@ impl TargetModel {
                 .copied()
                 .filter(|v| *v > 0.0)
                 .unwrap_or(self.baseline),
+            (ModelKind::Last | ModelKind::Ewma | ModelKind::RecentMax, _) if self.recent > 0.0 => {
+                self.recent
+            }
             _ => self.baseline,
         }
     }
@@ -533,6 +558,62 @@ fn seasonal_at(
     (same.len() >= 2).then(|| median(&same))
 }
 
+/// Weight of the latest run in [`ModelKind::Ewma`].
+pub const EWMA_WEIGHT: f64 = 0.3;
+
+/// Runs [`ModelKind::RecentMax`] takes the largest of.
+pub const RECENT_MAX_RUNS: usize = 3;
+
+/// A persistence candidate must waste this fraction of the baseline's mean log-slack or less to be chosen: with
+/// three of them, one beats the median by a few percent on independent noise by chance.
+const PERSISTENCE_GAIN: f64 = 0.9;
+
+/// The persistence candidates.
+const RECENT_KINDS: [ModelKind; 3] = [ModelKind::Last, ModelKind::Ewma, ModelKind::RecentMax];
+
+/// A persistence candidate's point from the values so far (oldest first); `None` for other kinds or no values.
+fn recent_point(kind: ModelKind, y: &[f64]) -> Option<f64> {
+    let last = *y.last()?;
+    match kind {
+        ModelKind::Last => Some(last),
+        ModelKind::Ewma => Some(
+            y.iter()
+                .skip(1)
+                .fold(y[0], |e, v| EWMA_WEIGHT * v + (1.0 - EWMA_WEIGHT) * e),
+        ),
+        ModelKind::RecentMax => Some(
+            y[y.len().saturating_sub(RECENT_MAX_RUNS)..]
+                .iter()
+                .copied()
+                .fold(0.0, f64::max),
+        ),
+        _ => None,
+    }
+}
+
+/// A persistence candidate's one-step-ahead points (run `i` from runs `< i`, from the third run on), in one pass.
+fn recent_forward(kind: ModelKind, y: &[f64]) -> Vec<Option<f64>> {
+    let mut out = vec![None; y.len()];
+    let mut ewma = y.first().copied().unwrap_or(0.0);
+    for i in 1..y.len() {
+        if i >= 2 {
+            out[i] = match kind {
+                ModelKind::Last => Some(y[i - 1]),
+                ModelKind::Ewma => Some(ewma),
+                ModelKind::RecentMax => Some(
+                    y[i.saturating_sub(RECENT_MAX_RUNS)..i]
+                        .iter()
+                        .copied()
+                        .fold(0.0, f64::max),
+                ),
+                _ => None,
+            };
+        }
+        ewma = EWMA_WEIGHT * y[i] + (1.0 - EWMA_WEIGHT) * ewma;
+    }
+    out
+}
+
 /// Latest runs whose memory peaks bound the next estimate from below ([`TargetModel::shown`]).
 const SHOWN_RUNS: usize = 10;
 
@@ -741,28 +822,61 @@ fn train_target(
     // Selection: each candidate against the baseline on the runs both predicted; a candidate must waste 3% less
     // (mean log-slack at the interval's upper quantile), and the one that wastes least relative to it wins.
     let upper_q = 1.0 - (1.0 - cfg.level).clamp(0.0, 1.0) / 2.0;
-    let gain = |fwd: &[Option<f64>]| -> Option<f64> {
+    // The baseline's score on all the runs it predicted: what most candidates are compared on.
+    let base_idx: Vec<usize> = (0..n).filter(|&i| base_fwd[i].is_some()).collect();
+    let base_all = slack_score(y, &base_fwd, &base_idx, upper_q);
+    let gain_by = |fwd: &[Option<f64>], need: f64| -> Option<f64> {
         let common: Vec<usize> = (0..n)
             .filter(|&i| base_fwd[i].is_some() && fwd[i].is_some())
             .collect();
         if common.len() < 2 {
             return None;
         }
-        let (c, b) = (
-            slack_score(y, fwd, &common, upper_q),
-            slack_score(y, &base_fwd, &common, upper_q),
-        );
-        (c < b * 0.97).then(|| if b > 0.0 { c / b } else { 0.0 })
+        let b = if common.len() == base_idx.len() {
+            base_all
+        } else {
+            slack_score(y, &base_fwd, &common, upper_q)
+        };
+        let c = slack_score(y, fwd, &common, upper_q);
+        (c < b * need).then(|| if b > 0.0 { c / b } else { 0.0 })
     };
-    let (reg_gain, season_gain) = (gain(&reg_fwd), gain(&season_fwd));
-    let pick_season = season_gain.is_some_and(|s| reg_gain.is_none_or(|r| s < r));
-    let linear = if reg_gain.is_some() && !pick_season {
+    let gain = |fwd: &[Option<f64>]| gain_by(fwd, 0.97);
+    // Persistence: what the latest runs did, one step ahead (a long-running service's yesterday often says more
+    // about its today than its month does).
+    let recent_fwd: Vec<(ModelKind, Vec<Option<f64>>)> = RECENT_KINDS
+        .iter()
+        .map(|&k| (k, recent_forward(k, y)))
+        .collect();
+    let mut gains: Vec<(ModelKind, f64)> = Vec::new();
+    if let Some(g) = gain(&reg_fwd) {
+        gains.push((ModelKind::Regression, g));
+    }
+    if let Some(g) = gain(&season_fwd) {
+        gains.push((ModelKind::Seasonal, g));
+    }
+    // Three persistence candidates against one baseline on a handful of runs would win by chance: they compete
+    // from as many runs as the full regression needs.
+    if n >= cfg.min_regression_runs {
+        for (k, fwd) in &recent_fwd {
+            if let Some(g) = gain_by(fwd, PERSISTENCE_GAIN) {
+                gains.push((*k, g));
+            }
+        }
+    }
+    let mut kind = gains
+        .iter()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or(ModelKind::Baseline, |g| g.0);
+    let linear = if kind == ModelKind::Regression {
         let from = n.saturating_sub(cfg.train_window.max(1));
         LinearModel::fit_on(&x[from..], &y[from..], cfg.ridge_alpha, columns).ok()
     } else {
         None
     };
-    let seasonal: Vec<f64> = if pick_season {
+    if kind == ModelKind::Regression && linear.is_none() {
+        kind = ModelKind::Baseline;
+    }
+    let seasonal: Vec<f64> = if kind == ModelKind::Seasonal {
         let newest = x[n - 1];
         (0..24)
             .map(|h| {
@@ -779,12 +893,15 @@ fn train_target(
     } else {
         Vec::new()
     };
-    let (kind, fwd) = if linear.is_some() {
-        (ModelKind::Regression, &reg_fwd)
-    } else if pick_season {
-        (ModelKind::Seasonal, &season_fwd)
-    } else {
-        (ModelKind::Baseline, &base_fwd)
+    let recent = recent_point(kind, y).unwrap_or(0.0);
+    let fwd = match kind {
+        ModelKind::Regression => &reg_fwd,
+        ModelKind::Seasonal => &season_fwd,
+        ModelKind::Baseline => &base_fwd,
+        k => recent_fwd
+            .iter()
+            .find(|(rk, _)| *rk == k)
+            .map_or(&base_fwd, |(_, f)| f),
     };
     // Conformal scores: the chosen candidate's most recent forward ratios, so the calibration follows drift.
     let mut scores: Vec<f64> = (0..n)
@@ -815,6 +932,7 @@ fn train_target(
         regression_error,
         shown,
         seasonal,
+        recent,
     };
     (model, scores)
 }
@@ -834,17 +952,10 @@ pub fn calibrate(ratios: &[f64], level: f64, limit_q: f64) -> Calibration {
         };
     }
     r.sort_by(f64::total_cmp);
-    let n = r.len();
     let alpha = (1.0 - level).clamp(0.0, 1.0);
-    // Finite-sample conformal ranks: the ceil((n+1)(1-a/2))-th smallest for the upper bound.
-    let hi_rank = ((n as f64 + 1.0) * (1.0 - alpha / 2.0) - 1e-9).ceil() as usize;
-    let lo_rank = ((n as f64 + 1.0) * (alpha / 2.0) + 1e-9).floor() as usize;
-    let upper = r[hi_rank.clamp(1, n) - 1];
-    let lower = if lo_rank == 0 {
-        r[0] * 0.9
-    } else {
-        r[lo_rank.min(n) - 1]
-    };
+    // Finite-sample conformal ranks (ceil((n+1)(1-a/2))-th smallest for the upper bound), a tail below 19 scores.
+    let upper = one_sided(&r, 1.0 - alpha / 2.0);
+    let lower = one_sided(&r, alpha / 2.0);
     let limit = one_sided(&r, limit_q);
     Calibration {
         lower,
@@ -853,25 +964,44 @@ pub fn calibrate(ratios: &[f64], level: f64, limit_q: f64) -> Calibration {
     }
 }
 
-/// The conformal one-sided bound at `q` of sorted scores: the finite-sample rank when it exists, else the larger
-/// of the largest score and a log-normal tail fitted to the scores (Student-t predictive bound, as the spread is
-/// itself estimated from few scores).
+/// The conformal bound at `q` of sorted scores (an upper bound for `q >= 0.5`, a lower one below): the
+/// finite-sample rank when it exists (`ceil((n+1)q)`, or `floor((n+1)q)` for a lower bound), else the more extreme
+/// of the extreme score and a log-normal tail fitted to the scores (Student-t predictive bound, as the spread is
+/// itself estimated from few scores). Without the tail a handful of scores would give an interval at their range,
+/// which covers `(n-1)/(n+1)` of new runs, not the level asked for.
 fn one_sided(sorted: &[f64], q: f64) -> f64 {
     let n = sorted.len();
     if n == 0 {
         return 1.0;
     }
-    let q = q.clamp(0.0, 0.9999);
-    let rank = ((n as f64 + 1.0) * q - 1e-9).ceil() as usize;
-    let empirical = sorted[rank.clamp(1, n) - 1];
+    let q = q.clamp(0.0001, 0.9999);
+    let upper = q >= 0.5;
+    let tail_q = if upper { q } else { 1.0 - q };
+    let rank = ((n as f64 + 1.0) * tail_q - 1e-9).ceil() as usize;
     if rank <= n {
-        return empirical;
+        return if upper {
+            sorted[rank - 1]
+        } else {
+            sorted[n - rank]
+        };
     }
     let logs: Vec<f64> = sorted.iter().map(|v| v.max(1e-12).ln()).collect();
     let mean = logs.iter().sum::<f64>() / n as f64;
     let sd = (logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64).sqrt();
-    let t = student_t_quantile(q, (n.max(2) - 1) as f64);
-    empirical.max((mean + t * sd * (1.0 + 1.0 / n as f64).sqrt()).exp())
+    let reach =
+        student_t_quantile(tail_q, (n.max(2) - 1) as f64) * sd * (1.0 + 1.0 / n as f64).sqrt();
+    // Scores of 0 (no usage) put the mean of the logs at -27: the tail is then meaningless, the extreme score stands.
+    if upper {
+        let tail = (mean + reach).exp();
+        sorted[n - 1].max(if tail.is_finite() { tail } else { 0.0 })
+    } else {
+        let tail = (mean - reach).exp();
+        sorted[0].min(if tail.is_finite() {
+            tail
+        } else {
+            f64::INFINITY
+        })
+    }
 }
 
 /// The conformal one-sided multiplier at quantile `q` of forward scores `actual / predicted` (any order): what
@@ -1252,6 +1382,90 @@ mod tests {
         let c = calibrate(&few, 0.9, 0.995);
         assert!(c.limit > 1.09, "{}", c.limit);
         assert_eq!(calibrate(&[], 0.9, 0.9).limit, 1.0);
+        // Nor do the 5% and 95% ranks of 10 ratios (the 11th smallest, the 0th): the central interval reaches
+        // beyond both ends rather than stopping at them, which would cover 9 new runs in 11.
+        assert!(c.upper > 1.09 && c.lower < 1.0, "{c:?}");
+        assert!(
+            c.upper < 1.2 && c.lower > 0.9,
+            "a tail, not a blow-up: {c:?}"
+        );
+        // A ratio of 0 (a run that used nothing) leaves no finite tail: the extreme ratio stands.
+        let zero = [0.0, 1.0, 1.1];
+        let c = calibrate(&zero, 0.9, 0.998);
+        assert!(c.limit.is_finite() && c.limit >= 1.1, "{c:?}");
+        assert_eq!(c.lower, 0.0);
+    }
+
+    /// A VM-like series: a daily peak that holds a level for a week or two, then moves to another one.
+    fn moving_level(days: u64) -> Vec<RunSummary> {
+        let levels = [2.0e9, 2.6e9, 1.5e9, 3.2e9, 2.2e9, 1.1e9, 2.9e9];
+        (0..days)
+            .map(|i| {
+                let level = levels[((i * 7 + i / 3) / 60) as usize % levels.len()];
+                let mut r = run(i, 0, level * (1.0 + 0.01 * wobble(i)), None);
+                r.started_at_ms = 1_767_225_600_000 + i * 86_400_000;
+                r.outcome.duration_s = 86_400.0;
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_service_whose_level_moves_gets_a_persistence_model() {
+        let runs = moving_level(80);
+        let m = train_task(&runs, 0, &TrainConfig::default()).expect("enough runs");
+        assert!(
+            matches!(
+                m.memory.kind,
+                ModelKind::Last | ModelKind::Ewma | ModelKind::RecentMax
+            ),
+            "{:?}",
+            m.memory.kind
+        );
+        let latest = Resource::Memory.of(runs.last().expect("runs"), 1.0);
+        let p = m.predict(&TaskKey::new("t"), &RunFeatures::default(), 1);
+        assert!(
+            (p.memory_bytes.point / latest - 1.0).abs() < 0.05,
+            "follows the latest level {latest}: {}",
+            p.memory_bytes.point
+        );
+        assert!(m.memory.error < m.memory.baseline_error / 2.0, "{m:?}");
+    }
+
+    #[test]
+    fn persistence_does_not_compete_on_a_handful_of_runs() {
+        let runs = moving_level(10);
+        let m = train_task(&runs, 0, &TrainConfig::default()).expect("enough runs");
+        assert!(
+            !matches!(
+                m.memory.kind,
+                ModelKind::Last | ModelKind::Ewma | ModelKind::RecentMax
+            ),
+            "{:?}",
+            m.memory.kind
+        );
+    }
+
+    #[test]
+    fn persistence_forecasts_use_only_earlier_runs() {
+        let y = [1.0, 4.0, 2.0, 8.0, 3.0];
+        for kind in RECENT_KINDS {
+            let fwd = recent_forward(kind, &y);
+            assert_eq!(fwd[..2], [None, None], "{kind:?}");
+            for i in 2..y.len() {
+                let want = recent_point(kind, &y[..i]).expect("a persistence kind");
+                assert!(
+                    (fwd[i].expect("from the third run") - want).abs() < 1e-12,
+                    "{kind:?} run {i}"
+                );
+            }
+        }
+        assert_eq!(recent_point(ModelKind::Last, &y), Some(3.0));
+        assert_eq!(recent_point(ModelKind::RecentMax, &y), Some(8.0));
+        let ewma = recent_point(ModelKind::Ewma, &y).expect("ewma");
+        assert!(ewma > 2.0 && ewma < 4.0, "{ewma}");
+        assert_eq!(recent_point(ModelKind::Baseline, &y), None);
+        assert_eq!(recent_point(ModelKind::Last, &[]), None);
     }
 
     #[test]
