@@ -122,19 +122,6 @@ fn tempdir() -> tempfile::TempDir {
         .expect("tempdir in /tmp")
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// A test that cannot run says so loudly, and fails in CI.
-fn skip(why: &str) {
-    println!("SKIPPED: {why}");
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "SKIPPED under CI=true: {why}"
-    );
-}
-
 fn raise_own_nofile(want: u64) -> bool {
     let mut l = libc::rlimit {
         rlim_cur: 0,
@@ -219,7 +206,10 @@ fn a_flood_of_2000_idle_connections_under_a_1024_fd_soft_limit_leaves_status_ans
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
     if !raise_own_nofile(flood as u64 + 512) {
-        skip("this test process cannot hold 2,500 fds (hard RLIMIT_NOFILE too low)");
+        testkit::skip(
+            "a_flood_of_2000_idle_connections_under_a_1024_fd_soft_limit_leaves_status_answering",
+            "this test process cannot hold 2,500 fds (hard RLIMIT_NOFILE too low)",
+        );
         return;
     }
     let dir = tempdir();
@@ -427,8 +417,10 @@ fn read_only_client_helper() {
 
 #[test]
 fn the_read_only_group_cannot_register_report_or_finish() {
-    if !is_root() {
-        skip("needs root to run a client as another uid");
+    if !testkit::require_root(
+        "the_read_only_group_cannot_register_report_or_finish",
+        "to run a client as another uid",
+    ) {
         return;
     }
     const GID: u32 = 4242;

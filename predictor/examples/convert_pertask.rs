@@ -683,7 +683,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let day = |cpu: f64| {
             (0..288)
-                .map(|i| format!("{} 10.0\n", cpu + i as f64 / 288.0))
+                .map(|i| format!("{} 10.0\n", cpu + f64::from(i) / 288.0))
                 .collect::<String>()
         };
         std::fs::write(dir.path().join("vm_42_1"), day(1.0)).expect("write");

@@ -2,7 +2,7 @@
 //!
 //! Each test makes its own cgroups (`predictive-test-<pid>-<n>` under every hierarchy) or namespaces and
 //! a guard removes them on drop, also when an assertion fails; nothing else on the host is touched.
-//! Without root a test prints `SKIPPED: <reason>`; with CI=true it fails instead. Assertions compare
+//! Without root a test prints `SKIPPED: <reason>`; under CI it fails instead (`testkit`). Assertions compare
 //! before/after with wide margins, never absolute timings.
 
 use std::ffi::CString;
@@ -18,17 +18,7 @@ use crate::{
 };
 
 fn require_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    let reason = format!("{test} needs root (real cgroups, setns, tc)");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{reason}, and CI=true forbids skipping");
-    }
-    println!("SKIPPED: {reason}");
-    eprintln!("SKIPPED: {reason}");
-    false
+    testkit::require_root(test, "real cgroups, setns, tc")
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);

@@ -17,7 +17,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// Sets up logging into `./log` (the working directory is the bundle when this runs).
 ///
 /// The level is `info` (`debug` with containerd's `-debug`); `PREDICTIVE_LOG` in containerd's
-/// environment overrides it with `level,target=level` directives.
+/// environment overrides it with `level,target=level` directives (tracing's `Targets`); a value that does not
+/// parse is logged as a warning and the default applies.
 pub fn init(debug: bool) {
     let path = std::path::Path::new("log");
     if !path.exists() {
@@ -35,11 +36,12 @@ pub fn init(debug: bool) {
         "info,libcgroups=error"
     };
     // `Targets`, not `EnvFilter`: the same directive syntax at a fraction of the memory.
-    let filter = std::env::var("PREDICTIVE_LOG")
-        .ok()
-        .and_then(|v| Targets::from_str(&v).ok())
-        .or_else(|| Targets::from_str(default).ok())
-        .unwrap_or_default();
+    let asked = std::env::var("PREDICTIVE_LOG").ok();
+    let parsed = asked.as_deref().map(Targets::from_str);
+    let filter = match &parsed {
+        Some(Ok(t)) => t.clone(),
+        _ => Targets::from_str(default).unwrap_or_default(),
+    };
     let _ = tracing_log::LogTracer::init();
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(false)
@@ -55,4 +57,10 @@ pub fn init(debug: bool) {
             .with(fmt.with_writer(std::io::sink).with_filter(filter))
             .try_init(),
     };
+    if let (Some(value), Some(Err(e))) = (asked, parsed) {
+        tracing::warn!(
+            "PREDICTIVE_LOG={:?} is not a list of level or target=level directives ({e}); logging at {default}",
+            value.chars().take(200).collect::<String>()
+        );
+    }
 }

@@ -23,26 +23,10 @@ pub use cmd::{Bg, Output, run_cmd};
 pub use containerd::Containerd;
 pub use settings::Settings;
 
-/// Returns false (after printing `SKIPPED: reason`) when the test cannot run here.
-/// Under `CI=true` a skip is a failure: CI runs as root and must run everything.
+/// Returns false (after printing `SKIPPED: reason`) when the test cannot run here; under CI a skip is a failure
+/// (`testkit`'s one rule).
 pub fn require_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if euid == 0 {
-        return true;
-    }
-    skip(
-        test,
-        "needs root (a private containerd, cgroups and mounts)",
-    );
-    false
+    testkit::require_root(test, "a private containerd, cgroups and mounts")
 }
 
-/// Print a loud skip; panic instead when running in CI.
-pub fn skip(test: &str, reason: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{test}: would be skipped under CI ({reason}); CI must run every test");
-    }
-    println!("SKIPPED: {test}: {reason}");
-    eprintln!("SKIPPED: {test}: {reason}");
-}
+pub use testkit::skip;
