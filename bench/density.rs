@@ -1,9 +1,10 @@
 //! Churn and density benchmark (issue 14), through a private containerd with our shim and its broker.
 //!
 //! 1. Churn: `PREDICTIVE_DENSITY_CHURN` containers (default 500) created, run (`/bin/true`) and deleted with
-//!    `ctr run --rm`, `PREDICTIVE_DENSITY_PARALLEL` at a time (default 8). Then, against a baseline taken after one
-//!    warm-up container: cgroups of the churned containers in every hierarchy (each v1 controller, the named
-//!    systemd one and the cgroup2 `unified` tree), mounts, processes (shims, zygotes, container processes), the
+//!    `ctr run --rm`, `PREDICTIVE_DENSITY_PARALLEL` at a time (default 8);
+//!    `PREDICTIVE_DENSITY_REGISTER_BUDGET_MS` sets the shims' `register_budget_ms` (default 50) to make Registers
+//!    time out on purpose. Then, against a baseline taken after one warm-up container: cgroups of the churned
+//!    containers in every hierarchy (each v1 controller, the named systemd one and the cgroup2 `unified` tree), mounts, processes (shims, zygotes, container processes), the
 //!    broker's connected sockets and fds (`/proc/<broker>/fd`), its registered tasks, and its store size.
 //! 2. Density: `PREDICTIVE_DENSITY_SLEEPERS` sleeping containers (default 1,000) started the same way and held
 //!    `PREDICTIVE_DENSITY_HOLD_SECS` (default 70, longer than the broker's 60-tick window) before reading the
@@ -298,8 +299,15 @@ fn main() {
         println!("  {line}");
     }
     let metrics_sock = PathBuf::from(format!("/tmp/pdensity-{}-metrics.sock", std::process::id()));
+    // PREDICTIVE_DENSITY_REGISTER_BUDGET_MS shortens the shims' wait for Register (default 50 ms) so that Registers
+    // time out: the containers then start unpredicted and must still leave nothing registered.
+    let budget = std::env::var("PREDICTIVE_DENSITY_REGISTER_BUDGET_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| format!("register_budget_ms = {ms}\n"))
+        .unwrap_or_default();
     let broker_toml = format!(
-        "tick_ms = 1000\n[metrics]\nlisten = \"{}\"\n",
+        "tick_ms = 1000\n{budget}[metrics]\nlisten = \"{}\"\n",
         metrics_sock.display()
     );
     let Some(c) = Containerd::start_with_broker("density", &broker_toml) else {
