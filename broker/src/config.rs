@@ -44,10 +44,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::controller::{CgroupKind, ControllerConfig};
 
-/// Default configuration file.
-pub const DEFAULT_CONFIG: &str = "/etc/predictive/predictived.toml";
-/// Default state directory.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/predictive";
+/// Default configuration file and state directory: the shim reads the same file (its few keys, through
+/// `predictive_api::settings`).
+pub use predictive_api::settings::{DEFAULT_CONFIG, DEFAULT_STATE_DIR};
 
 /// Configuration errors.
 #[derive(Debug, thiserror::Error)]
@@ -367,6 +366,71 @@ mod tests {
         ] {
             let e = parse(text).expect_err(text).to_string();
             assert!(e.contains(key) && e.contains("test.toml"), "{text}: {e}");
+        }
+    }
+
+    /// The shim reads this file with `predictive_api::settings`, which knows the top-level keys by name: the
+    /// list is this `Config`'s, and both read the shim's keys alike.
+    #[test]
+    fn the_shims_reader_knows_every_key_and_agrees_on_its_own() {
+        use predictive_api::settings::{BROKER_TOP_LEVEL_KEYS, ShimSettings};
+        let all = Config {
+            allowed_gid: Some(1),
+            host_cpu_cores: Some(1.0),
+            host_memory_bytes: Some(1),
+            cgroup: Some(CgroupKind::V1),
+            metrics: crate::metrics::MetricsConfig {
+                listen: Some("127.0.0.1:9464".to_owned()),
+                ..crate::metrics::MetricsConfig::default()
+            },
+            ..Config::default()
+        };
+        let table: toml::Table = toml::to_string(&all)
+            .expect("encodes")
+            .parse()
+            .expect("parses");
+        let mut ours: Vec<&str> = BROKER_TOP_LEVEL_KEYS.to_vec();
+        let mut theirs: Vec<&str> = table.keys().map(String::as_str).collect();
+        ours.sort_unstable();
+        theirs.sort_unstable();
+        assert_eq!(ours, theirs);
+        for text in [
+            "",
+            "socket = \"/tmp/s.sock\"\nstate_dir = \"/tmp/st\"\ntick_ms = 250\nregister_budget_ms = 7\nautostart = false\n",
+            "tick_ms = 1_000 # ms\ncgroup = \"v2\"\n[controller]\nhost_reserve_cpu = 1.5\n[import]\nfiles = [\n  \"/a\",\n]\n",
+        ] {
+            let c = parse(text).expect(text);
+            let s = ShimSettings::parse(text, Path::new("test.toml")).expect(text);
+            assert_eq!(
+                (
+                    s.socket,
+                    s.state_dir,
+                    s.tick_ms,
+                    s.register_budget_ms,
+                    s.autostart
+                ),
+                (
+                    c.socket,
+                    c.state_dir,
+                    c.tick_ms,
+                    c.register_budget_ms,
+                    c.autostart
+                ),
+                "{text}"
+            );
+        }
+        for text in [
+            "tick_ms = 0",
+            "tick_ms = \"fast\"",
+            "autostart = 1",
+            "socket = 5",
+            "tick = 5",
+            "tick_ms = 5\ntick_ms = 6",
+            "[controller\n",
+        ] {
+            assert!(parse(text).is_err(), "{text}");
+            let e = ShimSettings::parse(text, Path::new("test.toml")).expect_err(text);
+            assert!(e.to_string().starts_with("test.toml: "), "{text}: {e}");
         }
     }
 

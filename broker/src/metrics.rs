@@ -731,7 +731,7 @@ pub fn render(
             continue;
         }
         let l = labels(&p.container_id);
-        let bounds = |e: Option<predictor::Estimate>| {
+        let bounds = |e: Option<predictive_api::prediction::Estimate>| {
             e.into_iter().flat_map(|e| {
                 [
                     ("lower", e.lower),
@@ -876,7 +876,7 @@ mod tests {
                 container_id: "b".to_owned(),
                 task_key: "etl".to_owned(),
                 started_at_ms: 0,
-                cpu_cores: Some(predictor::Estimate {
+                cpu_cores: Some(predictive_api::prediction::Estimate {
                     point: 0.4,
                     lower: 0.2,
                     upper: 0.6,

@@ -557,7 +557,7 @@ impl Broker {
                 })
                 .map(|(decisions, next_before_seq)| {
                     Response::Decisions(Decisions {
-                        decisions,
+                        decisions: decisions.iter().map(crate::convert::decision).collect(),
                         next_before_seq,
                     })
                 })
@@ -768,7 +768,7 @@ impl Broker {
             cold_start: cold,
             allocation,
             directives: own,
-            prediction: (!cold).then_some(prediction),
+            prediction: (!cold).then(|| crate::convert::prediction(&prediction)),
         })
     }
 
@@ -1010,9 +1010,10 @@ impl Broker {
         Ok(Models {
             model_version: self.predictor.model_version(),
             task_types: all
-                .into_iter()
+                .iter()
                 .skip(from as usize)
                 .take(n as usize)
+                .map(crate::convert::task_type)
                 .collect(),
             total: Some(total),
             next_offset: (from + n < total).then_some(from + n),
