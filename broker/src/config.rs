@@ -44,6 +44,31 @@ use serde::{Deserialize, Serialize};
 
 use crate::controller::{CgroupKind, ControllerConfig};
 
+/// Default of [`MetricsConfig::max_bytes`]: about 1,000 tasks with ordinary ids and task types.
+pub const DEFAULT_MAX_BYTES: usize = 4 << 20;
+/// Smallest [`MetricsConfig::max_bytes`] taken (smaller values are raised to it): room for the broker-wide series.
+pub const MIN_MAX_BYTES: usize = 64 << 10;
+
+/// `[metrics]` in the broker's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` for HTTP over TCP, or an absolute path for HTTP over a Unix socket. Absent: no metrics.
+    pub listen: Option<String>,
+    /// Most bytes of one scrape's body (about: the broker-wide series always come, per-task series while they
+    /// fit). Default [`DEFAULT_MAX_BYTES`]; at least [`MIN_MAX_BYTES`].
+    pub max_bytes: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
 /// Default configuration file and state directory: the shim reads the same file (its few keys, through
 /// `predictive_api::settings`).
 pub use predictive_api::settings::{DEFAULT_CONFIG, DEFAULT_STATE_DIR};
@@ -172,7 +197,7 @@ pub struct Config {
     /// Importing other nodes' run histories.
     pub import: ImportConfig,
     /// The Prometheus endpoint (off by default).
-    pub metrics: crate::metrics::MetricsConfig,
+    pub metrics: MetricsConfig,
     /// Most connections served at once (default 16384); one more is answered `too_many_connections` and closed.
     pub max_connections: usize,
     /// A connection that has sent no Register, Report, Update or Finish (not a shim: `predictivectl`, a stray
@@ -208,7 +233,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             retrain: RetrainConfig::default(),
             import: ImportConfig::default(),
-            metrics: crate::metrics::MetricsConfig::default(),
+            metrics: MetricsConfig::default(),
             max_connections: 16_384,
             idle_timeout_ms: 60_000,
             store_cache_bytes: 64 << 20,
@@ -379,9 +404,9 @@ mod tests {
             host_cpu_cores: Some(1.0),
             host_memory_bytes: Some(1),
             cgroup: Some(CgroupKind::V1),
-            metrics: crate::metrics::MetricsConfig {
+            metrics: MetricsConfig {
                 listen: Some("127.0.0.1:9464".to_owned()),
-                ..crate::metrics::MetricsConfig::default()
+                ..MetricsConfig::default()
             },
             ..Config::default()
         };

@@ -1167,6 +1167,24 @@ impl Broker {
     }
 }
 
+impl crate::metrics::Source for Broker {
+    fn stopping(&self) -> bool {
+        Broker::is_stopping(self)
+    }
+    fn tracker(&self) -> &crate::history::Tracker {
+        Broker::tracker(self)
+    }
+    fn snapshot(&self) -> Status {
+        Broker::snapshot(self)
+    }
+    fn latencies(&self) -> &crate::metrics::Latencies {
+        Broker::latencies(self)
+    }
+    fn max_bytes(&self) -> usize {
+        Broker::metrics_max_bytes(self)
+    }
+}
+
 /// What a peer may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -1681,7 +1699,11 @@ impl Daemon {
                 }
             })?);
         }
-        if let Some(t) = crate::metrics::start(&broker.cfg, Arc::clone(&broker))? {
+        if let Some(t) = crate::metrics::start(
+            &broker.cfg.metrics,
+            broker.cfg.allowed_gid,
+            Arc::clone(&broker),
+        )? {
             threads.push(t);
         }
         tracing::info!(
