@@ -769,7 +769,7 @@ pub fn models_table(m: &Models) -> String {
         .iter()
         .map(|t| {
             vec![
-                t.task_key.to_string(),
+                t.task_key.clone(),
                 t.runs_seen.to_string(),
                 opt(t.model_version, |v| format!("v{v}"), "none (cold)"),
                 target(t, predictive_api::prediction::Resource::Cpu),
