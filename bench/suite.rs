@@ -255,7 +255,7 @@ fn main() {
             .task_types
             .iter()
             .filter(|t| t.model_version.is_some())
-            .map(|t| t.task_key.to_string())
+            .map(|t| t.task_key.clone())
             .collect();
         types
             .iter()

@@ -44,10 +44,34 @@ use serde::{Deserialize, Serialize};
 
 use crate::controller::{CgroupKind, ControllerConfig};
 
-/// Default configuration file.
-pub const DEFAULT_CONFIG: &str = "/etc/predictive/predictived.toml";
-/// Default state directory.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/predictive";
+/// Default of [`MetricsConfig::max_bytes`]: about 1,000 tasks with ordinary ids and task types.
+pub const DEFAULT_MAX_BYTES: usize = 4 << 20;
+/// Smallest [`MetricsConfig::max_bytes`] taken (smaller values are raised to it): room for the broker-wide series.
+pub const MIN_MAX_BYTES: usize = 64 << 10;
+
+/// `[metrics]` in the broker's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` for HTTP over TCP, or an absolute path for HTTP over a Unix socket. Absent: no metrics.
+    pub listen: Option<String>,
+    /// Most bytes of one scrape's body (about: the broker-wide series always come, per-task series while they
+    /// fit). Default [`DEFAULT_MAX_BYTES`]; at least [`MIN_MAX_BYTES`].
+    pub max_bytes: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+/// Default configuration file and state directory: the shim reads the same file (its few keys, through
+/// `predictive_api::settings`).
+pub use predictive_api::settings::{DEFAULT_CONFIG, DEFAULT_STATE_DIR};
 
 /// Configuration errors.
 #[derive(Debug, thiserror::Error)]
@@ -173,7 +197,7 @@ pub struct Config {
     /// Importing other nodes' run histories.
     pub import: ImportConfig,
     /// The Prometheus endpoint (off by default).
-    pub metrics: crate::metrics::MetricsConfig,
+    pub metrics: MetricsConfig,
     /// Most connections served at once (default 16384); one more is answered `too_many_connections` and closed.
     pub max_connections: usize,
     /// A connection that has sent no Register, Report, Update or Finish (not a shim: `predictivectl`, a stray
@@ -209,7 +233,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             retrain: RetrainConfig::default(),
             import: ImportConfig::default(),
-            metrics: crate::metrics::MetricsConfig::default(),
+            metrics: MetricsConfig::default(),
             max_connections: 16_384,
             idle_timeout_ms: 60_000,
             store_cache_bytes: 64 << 20,
@@ -367,6 +391,71 @@ mod tests {
         ] {
             let e = parse(text).expect_err(text).to_string();
             assert!(e.contains(key) && e.contains("test.toml"), "{text}: {e}");
+        }
+    }
+
+    /// The shim reads this file with `predictive_api::settings`, which knows the top-level keys by name: the
+    /// list is this `Config`'s, and both read the shim's keys alike.
+    #[test]
+    fn the_shims_reader_knows_every_key_and_agrees_on_its_own() {
+        use predictive_api::settings::{BROKER_TOP_LEVEL_KEYS, ShimSettings};
+        let all = Config {
+            allowed_gid: Some(1),
+            host_cpu_cores: Some(1.0),
+            host_memory_bytes: Some(1),
+            cgroup: Some(CgroupKind::V1),
+            metrics: MetricsConfig {
+                listen: Some("127.0.0.1:9464".to_owned()),
+                ..MetricsConfig::default()
+            },
+            ..Config::default()
+        };
+        let table: toml::Table = toml::to_string(&all)
+            .expect("encodes")
+            .parse()
+            .expect("parses");
+        let mut ours: Vec<&str> = BROKER_TOP_LEVEL_KEYS.to_vec();
+        let mut theirs: Vec<&str> = table.keys().map(String::as_str).collect();
+        ours.sort_unstable();
+        theirs.sort_unstable();
+        assert_eq!(ours, theirs);
+        for text in [
+            "",
+            "socket = \"/tmp/s.sock\"\nstate_dir = \"/tmp/st\"\ntick_ms = 250\nregister_budget_ms = 7\nautostart = false\n",
+            "tick_ms = 1_000 # ms\ncgroup = \"v2\"\n[controller]\nhost_reserve_cpu = 1.5\n[import]\nfiles = [\n  \"/a\",\n]\n",
+        ] {
+            let c = parse(text).expect(text);
+            let s = ShimSettings::parse(text, Path::new("test.toml")).expect(text);
+            assert_eq!(
+                (
+                    s.socket,
+                    s.state_dir,
+                    s.tick_ms,
+                    s.register_budget_ms,
+                    s.autostart
+                ),
+                (
+                    c.socket,
+                    c.state_dir,
+                    c.tick_ms,
+                    c.register_budget_ms,
+                    c.autostart
+                ),
+                "{text}"
+            );
+        }
+        for text in [
+            "tick_ms = 0",
+            "tick_ms = \"fast\"",
+            "autostart = 1",
+            "socket = 5",
+            "tick = 5",
+            "tick_ms = 5\ntick_ms = 6",
+            "[controller\n",
+        ] {
+            assert!(parse(text).is_err(), "{text}");
+            let e = ShimSettings::parse(text, Path::new("test.toml")).expect_err(text);
+            assert!(e.to_string().starts_with("test.toml: "), "{text}: {e}");
         }
     }
 

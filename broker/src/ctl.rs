@@ -756,7 +756,8 @@ pub fn models_table(m: &Models) -> String {
         out.push_str("\nno task type recorded yet\n");
         return out;
     }
-    let target = |t: &predictor::TaskTypeSummary, r: predictor::Resource| {
+    let target = |t: &predictive_api::prediction::TaskTypeSummary,
+                  r: predictive_api::prediction::Resource| {
         t.targets
             .iter()
             .find(|x| x.resource == r)
@@ -768,13 +769,13 @@ pub fn models_table(m: &Models) -> String {
         .iter()
         .map(|t| {
             vec![
-                t.task_key.to_string(),
+                t.task_key.clone(),
                 t.runs_seen.to_string(),
                 opt(t.model_version, |v| format!("v{v}"), "none (cold)"),
-                target(t, predictor::Resource::Cpu),
-                target(t, predictor::Resource::Memory),
-                target(t, predictor::Resource::Duration),
-                target(t, predictor::Resource::Io),
+                target(t, predictive_api::prediction::Resource::Cpu),
+                target(t, predictive_api::prediction::Resource::Memory),
+                target(t, predictive_api::prediction::Resource::Duration),
+                target(t, predictive_api::prediction::Resource::Io),
                 if t.image.is_empty() {
                     "-".to_owned()
                 } else {
@@ -831,7 +832,7 @@ pub fn explain_table(container: &str, d: &Decisions) -> String {
                 x.resource.clone(),
                 directive,
                 match (x.directive, x.old_value) {
-                    (predictor::Directive::Hold, _) => "-".to_owned(),
+                    (predictive_api::prediction::DecisionKind::Hold, _) => "-".to_owned(),
                     (_, None) if x.resource != "cpu" && x.resource != "memory" => {
                         decision_value(&x.resource, x.new_value)
                     }

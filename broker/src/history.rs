@@ -51,7 +51,7 @@ pub struct Counters {
 struct Track {
     task_key: String,
     started_at_ms: u64,
-    prediction: Option<predictor::Prediction>,
+    prediction: Option<predictive_api::prediction::Prediction>,
     points: Vec<HistoryPoint>,
     live: bool,
     missing: u8,
@@ -445,7 +445,8 @@ impl Tracker {
             live: false,
             started_at_ms: Some(run.started_at_ms),
             points,
-            prediction: (!prediction.is_cold_start()).then_some(prediction),
+            prediction: (!prediction.is_cold_start())
+                .then(|| crate::convert::prediction(&prediction)),
             total_points: None,
             next_offset: None,
         })

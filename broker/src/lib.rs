@@ -1,35 +1,26 @@
-//! broker: the host-local daemon `predictived` and its client. See docs/BROKER-API.md and docs/ARCHITECTURE.md.
+//! broker: the host-local daemon `predictived`, `predictivectl` and the allocation controller. See
+//! docs/BROKER-API.md and docs/ARCHITECTURE.md.
 //!
-//! Modules: [`controller`] (pure allocation logic), [`api`] (the wire protocol), [`client`] (blocking client
-//! for the shim and `predictivectl`), [`annotations`] (the `io.predictive.*` annotations), [`config`] (the
-//! daemon's TOML), [`server`] (the daemon: socket, tick, recorder, retraining), [`apply`] (a directive to
-//! cgroup writes, for the shim), [`cli`] (`predictived`'s flags), [`history`] (per-container usage and
-//! allocation over time, decision counters), [`metrics`] (the Prometheus endpoint), [`ctl`] (`predictivectl`),
-//! [`transfer`] (run histories exported by one node and imported by another).
+//! The protocol and what the shim shares with the broker live in the `predictive-api` crate; they are re-exported
+//! here under their old paths ([`api`] is `predictive_api::wire`, and [`annotations`], [`client`], [`apply`],
+//! [`validate`], [`error_chain`]), so the broker's code reads as before.
+//!
+//! Modules: [`controller`] (pure allocation logic), [`convert`] (the predictor's values as wire types), [`config`]
+//! (the daemon's TOML), [`server`] (the daemon: socket, tick, recorder, retraining), [`cli`] (`predictived`'s
+//! flags), [`history`] (per-container usage and allocation over time, decision counters), [`metrics`] (the
+//! Prometheus endpoint), [`ctl`] (`predictivectl`), [`journal`] (the recorder's queue), [`transfer`] (run
+//! histories exported by one node and imported by another).
 
-pub mod annotations;
-pub mod api;
+pub use predictive_api::wire as api;
+pub use predictive_api::{annotations, apply, client, error_chain, validate};
+
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod controller;
+pub mod convert;
 pub mod ctl;
 pub mod history;
 pub mod journal;
 pub mod metrics;
 pub mod server;
 pub mod transfer;
-pub mod validate;
-
-/// An error with its sources, `a: b: c`, for the one line a binary prints.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-pub mod apply;

@@ -29,12 +29,24 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::api::Status;
-use crate::config::Config;
-use crate::history::{BrokerCounters, TaskCounters};
-use crate::server::Broker;
+pub use crate::config::{DEFAULT_MAX_BYTES, MIN_MAX_BYTES, MetricsConfig};
+use crate::history::{BrokerCounters, TaskCounters, Tracker};
+
+/// What the endpoint reads of the running broker (`server::Broker` implements it): the server starts the endpoint,
+/// and this module does not depend on the server.
+pub trait Source: Send + Sync + 'static {
+    /// The daemon is shutting down.
+    fn stopping(&self) -> bool;
+    /// Per-container history and counters.
+    fn tracker(&self) -> &Tracker;
+    /// What `status` answers, every task in one.
+    fn snapshot(&self) -> Status;
+    /// Register and tick latencies.
+    fn latencies(&self) -> &Latencies;
+    /// `[metrics] max_bytes`.
+    fn max_bytes(&self) -> usize;
+}
 
 /// How long a scraper may take to send its request or read the answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -43,10 +55,6 @@ const POLL: Duration = Duration::from_millis(100);
 /// The longest request head read.
 const MAX_REQUEST: usize = 8192;
 
-/// Default of [`MetricsConfig::max_bytes`]: about 1,000 tasks with ordinary ids and task types.
-pub const DEFAULT_MAX_BYTES: usize = 4 << 20;
-/// Smallest [`MetricsConfig::max_bytes`] taken (smaller values are raised to it): room for the broker-wide series.
-pub const MIN_MAX_BYTES: usize = 64 << 10;
 /// Registers a latency summary's quantiles are computed over (the most recent ones).
 pub const LATENCY_WINDOW: usize = 4096;
 /// Ticks the tick summary's quantiles are computed over: the last minute at the default 1 s tick, so they
@@ -56,26 +64,6 @@ pub const TICK_WINDOW: usize = 60;
 const LINES_PER_TASK: usize = 32;
 /// Bytes of one per-task sample line besides its labels: the longest metric name, braces, value, newline.
 const LINE_OVERHEAD: usize = 72;
-
-/// `[metrics]` in the broker's configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// `host:port` for HTTP over TCP, or an absolute path for HTTP over a Unix socket. Absent: no metrics.
-    pub listen: Option<String>,
-    /// Most bytes of one scrape's body (about: the broker-wide series always come, per-task series while they
-    /// fit). Default [`DEFAULT_MAX_BYTES`]; at least [`MIN_MAX_BYTES`].
-    pub max_bytes: usize,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        Self {
-            listen: None,
-            max_bytes: DEFAULT_MAX_BYTES,
-        }
-    }
-}
 
 /// One latency summary: the last `window` observations, their count and sum since start.
 #[derive(Debug)]
@@ -229,8 +217,12 @@ enum Listener {
 
 /// Binds `cfg.metrics.listen` and starts the responder thread; `Ok(None)` when metrics are off. The thread ends
 /// once the broker is stopping.
-pub fn start(cfg: &Config, broker: Arc<Broker>) -> Result<Option<JoinHandle<()>>, MetricsError> {
-    let Some(listen) = cfg.metrics.listen.clone() else {
+pub fn start<B: Source>(
+    cfg: &MetricsConfig,
+    allowed_gid: Option<u32>,
+    broker: Arc<B>,
+) -> Result<Option<JoinHandle<()>>, MetricsError> {
+    let Some(listen) = cfg.listen.clone() else {
         return Ok(None);
     };
     let bind = |source| MetricsError::Bind {
@@ -245,7 +237,7 @@ pub fn start(cfg: &Config, broker: Arc<Broker>) -> Result<Option<JoinHandle<()>>
             Err(e) => return Err(bind(e)),
         }
         let l = UnixListener::bind(&path).map_err(bind)?;
-        let mode = match cfg.allowed_gid {
+        let mode = match allowed_gid {
             Some(gid) => {
                 nix::unistd::chown(&path, None, Some(nix::unistd::Gid::from_raw(gid)))
                     .map_err(|e| bind(e.into()))?;
@@ -277,9 +269,9 @@ pub fn start(cfg: &Config, broker: Arc<Broker>) -> Result<Option<JoinHandle<()>>
 const MAX_SCRAPES: usize = 16;
 
 /// Answers `s` on a thread of its own (at most [`MAX_SCRAPES`] at once).
-fn respond_apart<S: Read + Write + Send + 'static>(
+fn respond_apart<S: Read + Write + Send + 'static, B: Source>(
     s: S,
-    broker: &Arc<Broker>,
+    broker: &Arc<B>,
     busy: &Arc<AtomicUsize>,
 ) {
     if busy.fetch_add(1, Ordering::Relaxed) >= MAX_SCRAPES {
@@ -291,7 +283,7 @@ fn respond_apart<S: Read + Write + Send + 'static>(
         .name("predictived-scrape".to_owned())
         .stack_size(256 << 10)
         .spawn(move || {
-            respond(s, &b);
+            respond(s, &*b);
             n.fetch_sub(1, Ordering::Relaxed);
         });
     if started.is_err() {
@@ -299,9 +291,9 @@ fn respond_apart<S: Read + Write + Send + 'static>(
     }
 }
 
-fn serve(listener: Listener, broker: &Arc<Broker>) {
+fn serve<B: Source>(listener: Listener, broker: &Arc<B>) {
     let busy = Arc::new(AtomicUsize::new(0));
-    while !broker.is_stopping() {
+    while !broker.stopping() {
         let r = match &listener {
             Listener::Tcp(l) => l.accept().map(|(s, _)| {
                 let _ = s.set_nonblocking(false);
@@ -331,7 +323,7 @@ fn serve(listener: Listener, broker: &Arc<Broker>) {
 }
 
 /// Reads the request head and answers it; errors end the connection quietly (a scraper retries).
-fn respond(mut s: impl Read + Write, broker: &Broker) {
+fn respond(mut s: impl Read + Write, broker: &impl Source) {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     // The whole head within IO_TIMEOUT: a client trickling a byte at a time is cut off, not waited for.
@@ -363,7 +355,7 @@ fn respond(mut s: impl Read + Write, broker: &Broker) {
                     &tasks,
                     &counters,
                     &broker.latencies().snapshots(),
-                    broker.metrics_max_bytes(),
+                    broker.max_bytes(),
                 ),
             )
         }
@@ -731,7 +723,7 @@ pub fn render(
             continue;
         }
         let l = labels(&p.container_id);
-        let bounds = |e: Option<predictor::Estimate>| {
+        let bounds = |e: Option<predictive_api::prediction::Estimate>| {
             e.into_iter().flat_map(|e| {
                 [
                     ("lower", e.lower),
@@ -876,7 +868,7 @@ mod tests {
                 container_id: "b".to_owned(),
                 task_key: "etl".to_owned(),
                 started_at_ms: 0,
-                cpu_cores: Some(predictor::Estimate {
+                cpu_cores: Some(predictive_api::prediction::Estimate {
                     point: 0.4,
                     lower: 0.2,
                     upper: 0.6,

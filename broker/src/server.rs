@@ -557,7 +557,7 @@ impl Broker {
                 })
                 .map(|(decisions, next_before_seq)| {
                     Response::Decisions(Decisions {
-                        decisions,
+                        decisions: decisions.iter().map(crate::convert::decision).collect(),
                         next_before_seq,
                     })
                 })
@@ -768,7 +768,7 @@ impl Broker {
             cold_start: cold,
             allocation,
             directives: own,
-            prediction: (!cold).then_some(prediction),
+            prediction: (!cold).then(|| crate::convert::prediction(&prediction)),
         })
     }
 
@@ -1010,9 +1010,10 @@ impl Broker {
         Ok(Models {
             model_version: self.predictor.model_version(),
             task_types: all
-                .into_iter()
+                .iter()
                 .skip(from as usize)
                 .take(n as usize)
+                .map(crate::convert::task_type)
                 .collect(),
             total: Some(total),
             next_offset: (from + n < total).then_some(from + n),
@@ -1163,6 +1164,24 @@ impl Broker {
     /// The daemon is shutting down.
     pub fn is_stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+}
+
+impl crate::metrics::Source for Broker {
+    fn stopping(&self) -> bool {
+        Broker::is_stopping(self)
+    }
+    fn tracker(&self) -> &crate::history::Tracker {
+        Broker::tracker(self)
+    }
+    fn snapshot(&self) -> Status {
+        Broker::snapshot(self)
+    }
+    fn latencies(&self) -> &crate::metrics::Latencies {
+        Broker::latencies(self)
+    }
+    fn max_bytes(&self) -> usize {
+        Broker::metrics_max_bytes(self)
     }
 }
 
@@ -1680,7 +1699,11 @@ impl Daemon {
                 }
             })?);
         }
-        if let Some(t) = crate::metrics::start(&broker.cfg, Arc::clone(&broker))? {
+        if let Some(t) = crate::metrics::start(
+            &broker.cfg.metrics,
+            broker.cfg.allowed_gid,
+            Arc::clone(&broker),
+        )? {
             threads.push(t);
         }
         tracing::info!(

@@ -348,9 +348,8 @@ fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
         d.iter().any(|d| d.resource == "cpu-lease").then_some(d)
     });
     assert!(
-        logged
-            .iter()
-            .any(|d| d.resource == "cpu" && d.directive == predictor::Directive::Initial)
+        logged.iter().any(|d| d.resource == "cpu"
+            && d.directive == predictive_api::prediction::DecisionKind::Initial)
     );
     assert!(logged.iter().all(|d| !d.reason.is_empty()));
 

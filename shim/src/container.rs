@@ -224,7 +224,7 @@ pub fn place_cgroup(
 pub fn write_config(
     bundle: &Path,
     cgroups_path: Option<&str>,
-    directives: &[broker::controller::Directive],
+    directives: &[predictive_api::types::Directive],
 ) -> Result<()> {
     if cgroups_path.is_none() && directives.is_empty() {
         return Ok(());
@@ -269,7 +269,7 @@ pub fn edit_config(bundle: &Path, edit: impl FnOnce(&mut serde_json::Value) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use broker::controller::{Action, Directive};
+    use predictive_api::types::{Action, Directive};
     use std::os::unix::fs::MetadataExt;
 
     fn bundle() -> tempfile::TempDir {

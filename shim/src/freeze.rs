@@ -19,7 +19,7 @@
 
 use std::sync::OnceLock;
 
-use broker::controller::{Action, Directive};
+use predictive_api::types::{Action, Directive};
 use runtime_hooks::{ActuateError, ContainerCgroup};
 use tokio::sync::{Mutex, MutexGuard, Notify};
 

@@ -7,6 +7,7 @@
 
 use containerd_shim_protos::protobuf::{CodedInputStream, Message};
 use containerd_shim_protos::shim::oci::Options as RuncOptions;
+use predictive_api::toml_keys::{self, Value};
 
 use crate::error::{Result, ShimError};
 
@@ -83,25 +84,31 @@ impl RuntimeOptions {
         )))
     }
 
-    /// runc's option names in a TOML table; other keys are the runtime's own business and ignored.
+    /// runc's option names among the top-level keys of a TOML document; other keys are the runtime's own
+    /// business and ignored, though the whole document must be TOML (`predictive_api::toml_keys`).
     fn from_toml(text: &str) -> Result<Self> {
-        let table: toml::Table = text
-            .parse()
+        let entries = toml_keys::top_level(text)
             .map_err(|e| invalid(format!("the options are not TOML: {e}")))?;
-        let systemd_cgroup = match table.get("SystemdCgroup") {
-            None => false,
-            Some(toml::Value::Boolean(b)) => *b,
-            Some(v) => return Err(invalid(format!("SystemdCgroup = {v} is not a boolean"))),
-        };
-        let shim_cgroup = match table.get("ShimCgroup") {
-            None => None,
-            Some(toml::Value::String(s)) => Some(s.clone()).filter(|s| !s.is_empty()),
-            Some(v) => return Err(invalid(format!("ShimCgroup = {v} is not a string"))),
-        };
-        Ok(Self {
-            systemd_cgroup,
-            shim_cgroup,
-        })
+        let mut out = Self::default();
+        for e in entries {
+            match (e.key.as_str(), e.value) {
+                ("SystemdCgroup", Value::Boolean(b)) => out.systemd_cgroup = b,
+                ("SystemdCgroup", _) => {
+                    return Err(invalid(format!(
+                        "SystemdCgroup = {} is not a boolean",
+                        e.raw
+                    )));
+                }
+                ("ShimCgroup", Value::String(s)) => {
+                    out.shim_cgroup = Some(s).filter(|s| !s.is_empty())
+                }
+                ("ShimCgroup", _) => {
+                    return Err(invalid(format!("ShimCgroup = {} is not a string", e.raw)));
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -24,12 +24,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use broker::annotations::Annotations;
-use broker::api::{Finish, ParentLimit, Register, Registered, Report, Update};
-use broker::client::{Client, ClientError};
-use broker::config::{Config, DEFAULT_CONFIG};
-use broker::controller::{Action, Allocation, CgroupKind, Directive, Mode, SpecLimits};
 use oci_spec::runtime::{LinuxResources, Spec};
+use predictive_api::annotations::Annotations;
+use predictive_api::client::{Client, ClientError};
+use predictive_api::settings::{DEFAULT_CONFIG, ShimSettings};
+use predictive_api::types::{Action, Allocation, CgroupKind, Directive, Mode, SpecLimits};
+use predictive_api::wire::{Finish, ParentLimit, Register, Registered, Report, Update};
 use runtime_hooks::{ActuateError, ContainerCgroup, HostRoots, Sample, Sampler};
 use tokio::sync::Notify;
 
@@ -38,7 +38,8 @@ use crate::freeze::Freezer;
 use crate::spawn;
 
 /// Environment variable naming the configuration file (default [`DEFAULT_CONFIG`]): the broker's TOML, whose
-/// `socket`, `state_dir` and `tick_ms` the shim uses too. containerd passes its environment to its shims.
+/// `socket`, `state_dir`, `tick_ms`, `register_budget_ms` and `autostart` the shim reads too
+/// (`predictive_api::settings`). containerd passes its environment to its shims.
 pub const CONFIG_ENV: &str = "PREDICTIVE_CONFIG";
 /// Most samples kept for a broker that does not answer.
 const MAX_BUFFERED: usize = 64;
@@ -72,16 +73,16 @@ impl Settings {
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
         let mut enabled = true;
-        let (cfg, file) = match Config::load(&path, explicit.is_some()) {
+        let (cfg, file) = match ShimSettings::load(&path, explicit.is_some()) {
             Ok(cfg) => (cfg, path.exists().then_some(path)),
             Err(e) => {
                 // A broken file is not a reason to manage containers with settings nobody chose.
                 tracing::error!(
                     "{}; containers start with their spec's limits and no broker is contacted",
-                    broker::error_chain(&e)
+                    predictive_api::error_chain(&e)
                 );
                 enabled = false;
-                (Config::default(), None)
+                (ShimSettings::default(), None)
             }
         };
         Settings {
@@ -121,7 +122,7 @@ pub fn spec_limits(spec: &Spec) -> SpecLimits {
 /// Whether containerd's CRI plugin made the spec (it always sets the container type): Kubernetes' resource
 /// meaning applies.
 fn is_kubernetes(annotations: &BTreeMap<String, String>) -> bool {
-    annotations.contains_key(predictor_annotations::CONTAINER_TYPE)
+    annotations.contains_key(predictive_api::annotations::CRI_CONTAINER_TYPE)
 }
 
 /// The user's limits and requests in a spec's (or an Update's) resources. A quota is the limit. For a Kubernetes
@@ -171,12 +172,6 @@ pub fn check_annotations(spec: &Spec) -> Result<Annotations> {
         .map_err(|e| ShimError::InvalidArgument(format!("invalid annotation: {e}")))
 }
 
-/// The CRI annotations the shim reads.
-mod predictor_annotations {
-    /// `sandbox` for a pod's pause container, `container` for the others.
-    pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
-}
-
 /// The limited cgroups above the container at `cgroup_path` (its pod's, `kubepods`'), read through
 /// runtime-hooks; none when the path is empty or cannot be read (said at debug level: the broker then allocates
 /// from the host alone).
@@ -187,7 +182,7 @@ fn parent_limits(id: &str, cgroup_path: &str) -> Vec<ParentLimit> {
     match runtime_hooks::ancestor_limits(&HostRoots::default(), cgroup_path) {
         Ok(found) => found
             .into_iter()
-            .take(broker::api::MAX_PARENTS)
+            .take(predictive_api::wire::MAX_PARENTS)
             .map(|a| ParentLimit {
                 path: a.path,
                 cpu_limit_cores: a.cpu_limit_cores,
@@ -198,7 +193,7 @@ fn parent_limits(id: &str, cgroup_path: &str) -> Vec<ParentLimit> {
             tracing::debug!(
                 container = id,
                 "no parent cgroup limits: {}",
-                broker::error_chain(&e)
+                predictive_api::error_chain(&e)
             );
             Vec::new()
         }
@@ -260,7 +255,7 @@ impl Augment {
         let ann = check_annotations(spec)?;
         let map = annotations(spec);
         if map
-            .get(predictor_annotations::CONTAINER_TYPE)
+            .get(predictive_api::annotations::CRI_CONTAINER_TYPE)
             .is_some_and(|t| t == "sandbox")
         {
             // The pause process: nothing to predict, and its history would pollute the pod's.
@@ -347,7 +342,9 @@ impl Augment {
                 }
                 Some(r)
             }
-            Err(ClientError::Broker(e)) if e.code == broker::api::ErrorCode::InvalidAnnotation => {
+            Err(ClientError::Broker(e))
+                if e.code == predictive_api::wire::ErrorCode::InvalidAnnotation =>
+            {
                 return Err(ShimError::InvalidArgument(e.message));
             }
             Err(e) if no_broker(&e) => {
@@ -356,7 +353,7 @@ impl Augment {
                 tracing::debug!(
                     container = id,
                     "broker unavailable ({}): starting with the spec's limits (fail open)",
-                    broker::error_chain(&e)
+                    predictive_api::error_chain(&e)
                 );
                 None
             }
@@ -364,7 +361,7 @@ impl Augment {
                 tracing::warn!(
                     container = id,
                     "broker unavailable ({}): starting with the spec's limits (fail open)",
-                    broker::error_chain(&e)
+                    predictive_api::error_chain(&e)
                 );
                 None
             }
@@ -428,7 +425,7 @@ impl Augment {
             match ContainerCgroup::from_pid(&HostRoots::default(), pid) {
                 Ok(cg) => {
                     for d in &own {
-                        if let Err(e) = broker::apply::apply(d, &cg) {
+                        if let Err(e) = predictive_api::apply::apply(d, &cg) {
                             tracing::warn!(container = %self.id, "applying the initial {:?}: {e}", d.action);
                         }
                     }
@@ -503,7 +500,7 @@ impl Augment {
                 }
             }
             Err(e) => {
-                tracing::debug!(container = %self.id, "report: {}", broker::error_chain(&e));
+                tracing::debug!(container = %self.id, "report: {}", predictive_api::error_chain(&e));
                 st.buffered = report.samples;
                 if no_broker(&e) {
                     st.registered = false;
@@ -539,7 +536,7 @@ impl Augment {
                 } else {
                     st.maybe_known = true;
                 }
-                tracing::debug!(container = %self.id, "registering: {}", broker::error_chain(&e));
+                tracing::debug!(container = %self.id, "registering: {}", predictive_api::error_chain(&e));
                 false
             }
         }
@@ -552,13 +549,16 @@ impl Augment {
         let Some(cg) = st.cgroup.as_ref() else {
             return;
         };
-        match self.freezer.apply_broker(d, cg, broker::apply::apply) {
+        match self
+            .freezer
+            .apply_broker(d, cg, predictive_api::apply::apply)
+        {
             Ok(true) => {
                 if let Some(scope) = lock(&self.scope).as_ref()
                     && let Some(resources) = unit_resources(&d.action)
                     && let Err(e) = scope.sync(&resources)
                 {
-                    tracing::warn!(container = %self.id, action = ?d.action, "directive applied to the cgroup but not to its systemd unit (a daemon-reload would undo it): {}", broker::error_chain(&e));
+                    tracing::warn!(container = %self.id, action = ?d.action, "directive applied to the cgroup but not to its systemd unit (a daemon-reload would undo it): {}", predictive_api::error_chain(&e));
                 }
                 let mut a = lock(&self.allocation);
                 match &d.action {
@@ -633,7 +633,7 @@ impl Augment {
                 if e.is_not_registered() || no_broker(&e) {
                     st.registered = false;
                 }
-                self.fail_open(st, &limits, &broker::error_chain(&e));
+                self.fail_open(st, &limits, &predictive_api::error_chain(&e));
             }
         }
     }
@@ -667,7 +667,7 @@ impl Augment {
                     applied: true,
                     old_value: None,
                 };
-                if let Err(e) = broker::apply::apply(&d, cg) {
+                if let Err(e) = predictive_api::apply::apply(&d, cg) {
                     tracing::warn!(container = %self.id, action = ?d.action, "restoring the spec's limits: {e}");
                 }
             }
@@ -744,7 +744,7 @@ impl Augment {
                 tracing::debug!(container = %self.id, "the broker never registered this container")
             }
             Err(e) => {
-                tracing::warn!(container = %self.id, "the run was not recorded: {}", broker::error_chain(&e))
+                tracing::warn!(container = %self.id, "the run was not recorded: {}", predictive_api::error_chain(&e))
             }
         }
     }
@@ -828,7 +828,7 @@ pub fn apply_update(
     let cg = ContainerCgroup::from_pid(&HostRoots::default(), pid).map_err(|e| {
         ShimError::FailedPrecondition(format!(
             "update {id}: finding its cgroup: {}",
-            broker::error_chain(&e)
+            predictive_api::error_chain(&e)
         ))
     })?;
     let write = || {
@@ -844,7 +844,7 @@ pub fn apply_update(
 /// The ttrpc error of a refused Update: a value the kernel or the shim refuses is the request's fault
 /// (InvalidArgument), a kernel that cannot reclaim enough yet is the container's state (FailedPrecondition).
 pub fn update_error(id: &str, e: ActuateError) -> ShimError {
-    let message = broker::error_chain(&e);
+    let message = predictive_api::error_chain(&e);
     match e {
         ActuateError::Invalid { .. }
         | ActuateError::BadKey { .. }
@@ -871,7 +871,7 @@ pub fn update_error(id: &str, e: ActuateError) -> ShimError {
 pub fn join_companions(id: &str, pid: i32) -> Vec<PathBuf> {
     let joined = runtime_hooks::companions::join_companions(&HostRoots::default(), pid);
     for e in &joined.errors {
-        tracing::debug!(container = %id, "{}", broker::error_chain(e));
+        tracing::debug!(container = %id, "{}", predictive_api::error_chain(e));
     }
     joined.made
 }

@@ -335,7 +335,7 @@ fn serve(flags: &Flags) -> Result<()> {
             let e = ShimError::FailedPrecondition(format!(
                 "ShimCgroup {:?}: {}",
                 cgroup.escape_debug().to_string(),
-                broker::error_chain(&e)
+                predictive_api::error_chain(&e)
             ));
             println!("{e}");
             return Err(e);

@@ -125,7 +125,7 @@ pub fn systemd_launch(systemd_run: &Path, exe: &Path, unit: &str, broker: Vec<Os
 /// with a hash of the socket path (`predictived-auto-<16 hex>.service`), so brokers on other sockets (a second
 /// containerd's, a test's) are units of their own instead of failing on the name.
 pub fn broker_unit(socket: &Path) -> String {
-    if socket == Path::new(broker::api::DEFAULT_SOCKET) {
+    if socket == Path::new(predictive_api::wire::DEFAULT_SOCKET) {
         return BROKER_UNIT.to_owned();
     }
     // FNV-1a: stable across builds and hosts (std's hasher is not).
@@ -180,7 +180,7 @@ fn launch_for_host(exe: &Path, s: &Settings) -> Launch {
             for e in &made.errors {
                 tracing::warn!(
                     "the broker stays in the shim's cgroup there: {}",
-                    broker::error_chain(e)
+                    predictive_api::error_chain(e)
                 );
             }
             made.procs
@@ -188,7 +188,7 @@ fn launch_for_host(exe: &Path, s: &Settings) -> Launch {
         Err(e) => {
             tracing::warn!(
                 "the broker gets no cgroup of its own: {}",
-                broker::error_chain(&e)
+                predictive_api::error_chain(&e)
             );
             Vec::new()
         }
@@ -242,7 +242,7 @@ pub fn maybe_spawn_broker(s: &Settings) -> bool {
                 s,
                 &format!(
                     "no broker answered and none could be started: {}",
-                    broker::error_chain(&e)
+                    predictive_api::error_chain(&e)
                 ),
             );
             false
@@ -577,7 +577,7 @@ mod tests {
     #[test]
     fn a_broker_on_another_socket_is_a_unit_of_its_own() {
         assert_eq!(
-            broker_unit(Path::new(broker::api::DEFAULT_SOCKET)),
+            broker_unit(Path::new(predictive_api::wire::DEFAULT_SOCKET)),
             "predictived-auto.service"
         );
         let a = broker_unit(Path::new("/tmp/pe2e-1-0/broker.sock"));

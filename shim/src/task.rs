@@ -963,7 +963,7 @@ impl TaskService {
                 scope.sync(&resources).map_err(|e| {
                     ShimError::FailedPrecondition(format!(
                         "update {id}: {}",
-                        broker::error_chain(&e)
+                        predictive_api::error_chain(&e)
                     ))
                 })?;
             }
@@ -982,7 +982,7 @@ impl TaskService {
                 ContainerCgroup::from_pid(&HostRoots::default(), pid as i32).map_err(|e| {
                     ShimError::FailedPrecondition(format!(
                         "stats {id}: finding the cgroup of pid {pid}: {}",
-                        broker::error_chain(&e)
+                        predictive_api::error_chain(&e)
                     ))
                 })?;
             let any = match cgroup.dirs() {
@@ -1007,8 +1007,8 @@ impl TaskService {
         let container = self.container(&req.id)?;
         let pid = self.running_pid(&container)?;
         let pids = ContainerCgroup::from_pid(&HostRoots::default(), pid as i32)
-            .map_err(|e| broker::error_chain(&e))
-            .and_then(|cg| cg.try_procs().map_err(|e| broker::error_chain(&e)))
+            .map_err(|e| predictive_api::error_chain(&e))
+            .and_then(|cg| cg.try_procs().map_err(|e| predictive_api::error_chain(&e)))
             .map_err(|e| {
                 ShimError::FailedPrecondition(format!(
                     "pids {}: listing the processes in the cgroup of pid {pid}: {e}",

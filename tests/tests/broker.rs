@@ -74,9 +74,7 @@ fn wait_model(c: &Containerd, task_type: &str) {
         let m = client(c).models().ok()?;
         m.task_types
             .iter()
-            .any(|t| {
-                t.task_key.to_string() == task_type && t.runs_seen >= 3 && t.model_version.is_some()
-            })
+            .any(|t| t.task_key == task_type && t.runs_seen >= 3 && t.model_version.is_some())
             .then_some(())
     });
     assert!(

@@ -181,7 +181,7 @@ impl Node {
             m.task_types
                 .iter()
                 .any(|t| {
-                    t.task_key.to_string() == key
+                    t.task_key == key
                         && t.runs_seen >= runs
                         && (!model || t.model_version.is_some())
                 })
@@ -193,7 +193,7 @@ impl Node {
             self.client().models().map(|m| m
                 .task_types
                 .into_iter()
-                .map(|t| (t.task_key.to_string(), t.runs_seen, t.model_version))
+                .map(|t| (t.task_key.clone(), t.runs_seen, t.model_version))
                 .collect::<Vec<_>>())
         );
     }
@@ -609,7 +609,7 @@ fn pod_annotation_gives_each_container_a_history_and_never_the_sandbox() {
         .expect("models")
         .task_types
         .into_iter()
-        .map(|t| t.task_key.to_string())
+        .map(|t| t.task_key.clone())
         .collect();
     assert!(
         keys.iter().all(|k| k.split('/').count() == 3),

@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::controller::{
+use crate::prediction::{Decision, Estimate, Prediction, TaskTypeSummary};
+use crate::types::{
     Allocation, CgroupKind, Directive, HostCapacity, Lease, Mode, SpecLimits, TaskView,
 };
 
@@ -202,7 +203,7 @@ pub struct ExportQuery {
 
 /// A run as it travels between nodes: identity, task type, what was known at start (the command is left out: it
 /// may hold secrets and no model reads it) and how it ended. The same shape in an `export` reply and in an
-/// export file (`broker::transfer`).
+/// export file (the broker's `transfer` module).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportedRun {
@@ -337,7 +338,7 @@ pub struct Registered {
     pub directives: Vec<Directive>,
     /// The prediction behind it (absent on a cold start or in mode off).
     #[serde(default)]
-    pub prediction: Option<predictor::Prediction>,
+    pub prediction: Option<Prediction>,
 }
 
 /// Directives for one container.
@@ -397,13 +398,13 @@ pub struct TaskPrediction {
     pub started_at_ms: u64,
     /// p95 CPU, cores (absent on a cold start).
     #[serde(default)]
-    pub cpu_cores: Option<predictor::Estimate>,
+    pub cpu_cores: Option<Estimate>,
     /// Peak memory, bytes (absent on a cold start).
     #[serde(default)]
-    pub memory_bytes: Option<predictor::Estimate>,
+    pub memory_bytes: Option<Estimate>,
     /// Lifetime, seconds (absent on a cold start).
     #[serde(default)]
-    pub duration_s: Option<predictor::Estimate>,
+    pub duration_s: Option<Estimate>,
 }
 
 /// The answer to Models.
@@ -412,7 +413,7 @@ pub struct Models {
     /// Model set in force.
     pub model_version: u64,
     /// Known task types, by key (one page of them).
-    pub task_types: Vec<predictor::TaskTypeSummary>,
+    pub task_types: Vec<TaskTypeSummary>,
     /// Task types in all pages.
     #[serde(default)]
     pub total: Option<u64>,
@@ -425,7 +426,7 @@ pub struct Models {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decisions {
     /// Oldest first.
-    pub decisions: Vec<predictor::Decision>,
+    pub decisions: Vec<Decision>,
     /// More (older) decisions may match: ask again with `before_seq` set to this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_before_seq: Option<u64>,
@@ -490,7 +491,7 @@ pub struct History {
     /// The prediction (absent on a cold start): its `profile` spreads over `duration_s.point` from
     /// `started_at_ms`.
     #[serde(default)]
-    pub prediction: Option<predictor::Prediction>,
+    pub prediction: Option<Prediction>,
     /// Points in all pages.
     #[serde(default)]
     pub total_points: Option<u64>,
@@ -733,7 +734,7 @@ pub fn parse_response(line: &str) -> (Option<u64>, Result<Response, ErrorReply>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::Action;
+    use crate::types::Action;
 
     #[test]
     fn request_round_trips_with_version_and_id() {

@@ -7,7 +7,7 @@
 
 use runtime_hooks::{ActuateError, ContainerCgroup, CpuLimit, MemoryLimitPolicy};
 
-use crate::controller::{Action, Directive};
+use crate::types::{Action, Directive};
 
 /// Applies one directive; `Ok(false)` when there was nothing to write.
 pub fn apply(d: &Directive, cg: &ContainerCgroup) -> Result<bool, ActuateError> {
@@ -121,7 +121,7 @@ mod tests {
         );
         assert_eq!(read(&dir, "cpu.max"), "max 100000");
         let hold = Action::Hold {
-            resource: crate::controller::ResourceKind::Memory,
+            resource: crate::types::ResourceKind::Memory,
         };
         assert!(!apply(&directive(hold, true), &cg).expect("hold"));
     }

@@ -3,11 +3,11 @@
 //! The protocol's types accept any JSON number and any string; this module says which values the broker takes:
 //! ids and names are non-empty, bounded and free of control characters (a newline in a container id forged whole log
 //! lines); CPU figures are finite, positive and at most [`MAX_CORES`]; byte counts are positive and at most
-//! [`MAX_BYTES`] (the kernel's own "max"); page sizes are within [`api::MAX_PAGE`]. A value out of range is an
+//! [`MAX_BYTES`] (the kernel's own "max"); page sizes are within [`wire::MAX_PAGE`]. A value out of range is an
 //! `invalid_request` error naming the field (`limits.cpu_limit_cores`, `samples[3].pressure.cpu.some.avg10`).
 
-use crate::api::{self, ErrorCode, ErrorReply, Request};
-use crate::controller::{Allocation, SpecLimits};
+use crate::types::{Allocation, SpecLimits};
+use crate::wire::{self, ErrorCode, ErrorReply, Request};
 
 /// Longest container id, namespace or history task key accepted, bytes.
 pub const MAX_ID: usize = 253;
@@ -145,12 +145,12 @@ fn allocation(prefix: &str, a: &Allocation) -> Result<(), ErrorReply> {
     bytes(&format!("{prefix}.memory_max_bytes"), a.memory_max_bytes)
 }
 
-fn parents(field: &str, ps: &[api::ParentLimit]) -> Result<(), ErrorReply> {
-    if ps.len() > api::MAX_PARENTS {
+fn parents(field: &str, ps: &[wire::ParentLimit]) -> Result<(), ErrorReply> {
+    if ps.len() > wire::MAX_PARENTS {
         return Err(bad(format!(
             "field `{field}` has {} entries; at most {} are accepted",
             ps.len(),
-            api::MAX_PARENTS
+            wire::MAX_PARENTS
         )));
     }
     for (i, p) in ps.iter().enumerate() {
@@ -254,9 +254,9 @@ pub fn request(req: &Request) -> Result<(), ErrorReply> {
                 name("container_id", c, MAX_ID)?;
             }
             match e.limit {
-                Some(n) if n == 0 || n > api::MAX_PAGE => Err(bad(format!(
+                Some(n) if n == 0 || n > wire::MAX_PAGE => Err(bad(format!(
                     "field `limit` is {n}; 1..={} decisions per request (page with `before_seq`)",
-                    api::MAX_PAGE
+                    wire::MAX_PAGE
                 ))),
                 _ => Ok(()),
             }
@@ -269,9 +269,9 @@ pub fn request(req: &Request) -> Result<(), ErrorReply> {
                 name("task_key", k, MAX_KEY)?;
             }
             match h.limit {
-                Some(n) if n == 0 || n > api::MAX_HISTORY_POINTS as u64 => Err(bad(format!(
+                Some(n) if n == 0 || n > wire::MAX_HISTORY_POINTS as u64 => Err(bad(format!(
                     "field `limit` is {n}; 1..={} points per request (page with `offset`)",
-                    api::MAX_HISTORY_POINTS
+                    wire::MAX_HISTORY_POINTS
                 ))),
                 _ => Ok(()),
             }
@@ -281,18 +281,18 @@ pub fn request(req: &Request) -> Result<(), ErrorReply> {
                 name("after.task_key", &c.task_key, MAX_KEY)?;
             }
             match e.newest_per_type {
-                Some(n) if n == 0 || n > api::MAX_EXPORT_RUNS_PER_TYPE => {
+                Some(n) if n == 0 || n > wire::MAX_EXPORT_RUNS_PER_TYPE => {
                     return Err(bad(format!(
                         "field `newest_per_type` is {n}; 1..={} runs per task type",
-                        api::MAX_EXPORT_RUNS_PER_TYPE
+                        wire::MAX_EXPORT_RUNS_PER_TYPE
                     )));
                 }
                 _ => {}
             }
             match e.limit {
-                Some(n) if n == 0 || n > api::MAX_EXPORT_PAGE => Err(bad(format!(
+                Some(n) if n == 0 || n > wire::MAX_EXPORT_PAGE => Err(bad(format!(
                     "field `limit` is {n}; 1..={} runs per request (page with `after`)",
-                    api::MAX_EXPORT_PAGE
+                    wire::MAX_EXPORT_PAGE
                 ))),
                 _ => Ok(()),
             }
@@ -300,11 +300,11 @@ pub fn request(req: &Request) -> Result<(), ErrorReply> {
     }
 }
 
-fn page(p: &api::Page) -> Result<(), ErrorReply> {
+fn page(p: &wire::Page) -> Result<(), ErrorReply> {
     match p.limit {
-        Some(n) if n == 0 || n > api::MAX_PAGE as u64 => Err(bad(format!(
+        Some(n) if n == 0 || n > wire::MAX_PAGE as u64 => Err(bad(format!(
             "field `limit` is {n}; 1..={} per page (page with `offset`)",
-            api::MAX_PAGE
+            wire::MAX_PAGE
         ))),
         _ => Ok(()),
     }
@@ -328,7 +328,7 @@ mod tests {
     }
 
     fn check(line: &str) -> Result<(), ErrorReply> {
-        let (_, r) = api::parse_request(line);
+        let (_, r) = wire::parse_request(line);
         request(&r.expect("parses"))
     }
 

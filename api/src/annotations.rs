@@ -5,7 +5,7 @@
 //! | annotation | value | default |
 //! | --- | --- | --- |
 //! | `io.predictive.mode` | `off`, `observe` or `enforce` | `enforce` |
-//! | `io.predictive.task-type` | 1 to 253 printable characters, no `/` (see [`predictor::TaskKey::derive`]) | derived from image and command (on Kubernetes: namespace, workload, container, image) |
+//! | `io.predictive.task-type` | 1 to 253 printable characters, no `/` (the broker's predictor derives the task type key from it) | derived from image and command (on Kubernetes: namespace, workload, container, image) |
 //! | `io.predictive.input-bytes` | unsigned integer | 0 |
 //! | `io.predictive.priority` | integer -1000..=1000, higher first | 0 |
 //! | `io.predictive.depends-on` | comma-separated container ids | none |
@@ -15,12 +15,17 @@
 
 use std::collections::BTreeMap;
 
-use crate::controller::Mode;
+use crate::types::Mode;
 
 /// `off | observe | enforce`.
 pub const MODE: &str = "io.predictive.mode";
-/// Task type (used by the predictor's key).
-pub const TASK_TYPE: &str = predictor::TASK_TYPE_ANNOTATION;
+/// Task type (used by the predictor's key; the broker checks it is the predictor's own constant).
+pub const TASK_TYPE: &str = "io.predictive.task-type";
+/// Longest `io.predictive.task-type` accepted, bytes (the predictor's longest explicit key part).
+pub const MAX_TASK_TYPE_LEN: usize = 253;
+/// containerd's CRI plugin sets it on every container it creates: `sandbox` for a pod's pause container,
+/// `container` for the others.
+pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// Input size in bytes.
 pub const INPUT_BYTES: &str = "io.predictive.input-bytes";
 /// Priority, higher first.
@@ -87,10 +92,7 @@ impl Annotations {
         if let Some(v) = get(TASK_TYPE) {
             // A pod sets this: it becomes part of a key that is logged, stored and shown, so it is bounded and
             // printable, and it cannot pose as another namespace's key (`<ns>/<type>/<container>`).
-            if v.len() > predictor::key::MAX_EXPLICIT_LEN
-                || v.contains('/')
-                || v.chars().any(char::is_control)
-            {
+            if v.len() > MAX_TASK_TYPE_LEN || v.contains('/') || v.chars().any(char::is_control) {
                 return Err(bad(
                     TASK_TYPE,
                     v,

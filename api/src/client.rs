@@ -11,11 +11,11 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::api::{
-    self, Decisions, EncodeError, ErrorCode, ErrorReply, Explain, Finish, Finished, Models,
+use crate::types::Directive;
+use crate::wire::{
+    self as wire, Decisions, EncodeError, ErrorCode, ErrorReply, Explain, Finish, Finished, Models,
     Register, Registered, Report, Request, Response, Status, Update,
 };
-use crate::controller::Directive;
 
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
@@ -114,9 +114,9 @@ impl Client {
         }
     }
 
-    /// A client of the broker at [`api::DEFAULT_SOCKET`].
+    /// A client of the broker at [`wire::DEFAULT_SOCKET`].
     pub fn default_socket(timeout: Duration) -> Self {
-        Self::new(api::DEFAULT_SOCKET, timeout)
+        Self::new(wire::DEFAULT_SOCKET, timeout)
     }
 
     /// Sets the bound on each later call.
@@ -173,12 +173,12 @@ impl Client {
     fn call_once(&mut self, req: &Request, deadline: Instant) -> Result<Response, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        let line = api::encode_request(Some(id), req)?;
+        let line = wire::encode_request(Some(id), req)?;
         let r = self.exchange(&line, deadline);
         if r.is_err() {
             self.conn = None;
         }
-        let (_, resp) = api::parse_response(&r?);
+        let (_, resp) = wire::parse_response(&r?);
         match resp.map_err(ClientError::BadReply)? {
             Response::Error(e) => Err(ClientError::Broker(e)),
             resp => Ok(resp),
@@ -229,7 +229,7 @@ impl Client {
             if done {
                 return Ok(String::from_utf8_lossy(&buf).into_owned());
             }
-            if buf.len() > api::MAX_LINE {
+            if buf.len() > wire::MAX_LINE {
                 return Err(ClientError::BadReply(ErrorReply::new(
                     ErrorCode::TooLong,
                     "reply longer than MAX_LINE",
@@ -281,7 +281,7 @@ impl Client {
 
     /// Tasks, allocations and leases: every page of them, merged (a status of 20,000 tasks is many replies).
     pub fn status(&mut self) -> Result<Status, ClientError> {
-        let mut page = api::Page::default();
+        let mut page = wire::Page::default();
         let mut out: Option<Status> = None;
         loop {
             let mut s = match self.call(&Request::Status(page.clone()))? {
@@ -308,7 +308,7 @@ impl Client {
 
     /// Task types and their models: every page, merged.
     pub fn models(&mut self) -> Result<Models, ClientError> {
-        let mut page = api::Page::default();
+        let mut page = wire::Page::default();
         let mut out: Option<Models> = None;
         loop {
             let mut m = match self.call(&Request::Models(page.clone()))? {
@@ -329,14 +329,14 @@ impl Client {
     }
 
     /// The decision log: `e.limit` decisions (default 100), newest last, paging backwards through the broker's
-    /// pages of at most [`api::MAX_PAGE`].
+    /// pages of at most [`wire::MAX_PAGE`].
     pub fn explain(&mut self, e: &Explain) -> Result<Decisions, ClientError> {
         let want = e.limit.unwrap_or(100);
         let mut q = e.clone();
-        let mut out: Vec<predictor::Decision> = Vec::new();
+        let mut out: Vec<crate::prediction::Decision> = Vec::new();
         let mut next_before_seq;
         loop {
-            q.limit = Some((want - out.len()).clamp(1, api::MAX_PAGE));
+            q.limit = Some((want - out.len()).clamp(1, wire::MAX_PAGE));
             let mut d = match self.call(&Request::Explain(q.clone()))? {
                 Response::Decisions(x) => x,
                 _ => {

@@ -1,0 +1,213 @@
+//! The controller's data types that travel on the wire: what a container asked for ([`SpecLimits`]), what it
+//! got ([`Allocation`]), what to do to it ([`Directive`]) and the snapshots `status` shows ([`TaskView`],
+//! [`Lease`], [`HostCapacity`]). The broker's controller computes with these same types; changing one changes
+//! the protocol (docs/BROKER-API.md), which the tests in [`crate::wire`] pin.
+
+use serde::{Deserialize, Serialize};
+
+/// Whether the broker may change a task's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Never contact the broker; the spec's limits stand.
+    Off,
+    /// Predict, decide and record, but change nothing.
+    Observe,
+    /// Predict, decide and apply.
+    #[default]
+    Enforce,
+}
+
+/// Which cgroup interface the task's directives target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupKind {
+    /// v1 (or hybrid): `memory.limit_in_bytes` with the OOM killer disabled below the user's limit.
+    V1,
+    /// v2: `memory.high` with `memory.max` at the user's limit.
+    #[default]
+    V2,
+}
+
+/// The limits and requests the user put in the spec. `None` = not set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpecLimits {
+    /// CPU limit (quota / period), cores.
+    #[serde(default)]
+    pub cpu_limit_cores: Option<f64>,
+    /// CPU request (from shares or a CRI annotation), cores.
+    #[serde(default)]
+    pub cpu_request_cores: Option<f64>,
+    /// Memory limit, bytes.
+    #[serde(default)]
+    pub memory_limit_bytes: Option<u64>,
+    /// Memory request (reservation), bytes.
+    #[serde(default)]
+    pub memory_request_bytes: Option<u64>,
+}
+
+/// What the host can give to the tasks the broker manages.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HostCapacity {
+    /// CPUs.
+    pub cpu_cores: f64,
+    /// Memory, bytes.
+    pub memory_bytes: u64,
+}
+
+/// The latest usage of a task, already turned into rates by the caller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// When it was measured, ms.
+    pub at_ms: u64,
+    /// CPU used over the last interval, cores.
+    pub cpu_cores: f64,
+    /// Share of CFS periods throttled over the last interval (0..=1).
+    pub cpu_throttled_fraction: f64,
+    /// CPU PSI `some avg10`, percent.
+    pub cpu_psi_avg10: Option<f64>,
+    /// Memory PSI `some avg10`, percent.
+    pub memory_psi_avg10: Option<f64>,
+    /// Charged memory, bytes.
+    pub memory_bytes: u64,
+    /// Working set, bytes (`None`: use `memory_bytes`).
+    pub working_set_bytes: Option<u64>,
+    /// Tasks wait on an OOM (v1 `under_oom`, or an OOM notification since the last report).
+    pub under_oom: bool,
+}
+
+/// A current allocation. `None` = unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// CPU quota, cores.
+    pub cpu_cores: Option<f64>,
+    /// Memory allocation (v2 `memory.high`, v1 `memory.limit_in_bytes`), bytes.
+    pub memory_bytes: Option<u64>,
+    /// The hard ceiling (v2 `memory.max`): the user's limit or the host's grantable memory.
+    pub memory_max_bytes: Option<u64>,
+}
+
+/// A resource the controller allocates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceKind {
+    /// CPU, cores.
+    Cpu,
+    /// Memory, bytes.
+    Memory,
+}
+
+/// CPU lent by one lender (or the host's unallocated pool) to one holder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Id, unique within one broker run.
+    pub id: u64,
+    /// What is lent.
+    pub resource: ResourceKind,
+    /// The borrower.
+    pub holder: String,
+    /// The lender; `None` = the host's unallocated capacity.
+    pub lender: Option<String>,
+    /// Amount (cores).
+    pub amount: f64,
+    /// Granted at, ms.
+    pub granted_at_ms: u64,
+    /// Ends at, ms, unless renewed (every tick its holder reports).
+    pub expires_at_ms: u64,
+}
+
+/// What to do to a container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Set the CPU quota (`None` = unlimited).
+    SetCpu {
+        /// Cores.
+        cores: Option<f64>,
+    },
+    /// cgroup v2: `memory.high` = `high_bytes`, `memory.max` = `max_bytes` (`None` = max).
+    SetMemoryHigh {
+        /// Reclaim threshold.
+        high_bytes: Option<u64>,
+        /// Hard limit.
+        max_bytes: Option<u64>,
+    },
+    /// cgroup v1: `memory.limit_in_bytes` = `limit_bytes`, and the OOM killer off below the user's limit.
+    SetMemoryLimit {
+        /// Limit.
+        limit_bytes: Option<u64>,
+        /// Whether `memory.oom_control` disables the OOM killer.
+        oom_kill_disabled: bool,
+    },
+    /// Freeze (pause) the container.
+    Freeze,
+    /// Thaw it.
+    Thaw,
+    /// A lease was granted to this container (informational: the matching `set_cpu` comes with it).
+    LeaseGranted {
+        /// The lease.
+        lease: Lease,
+    },
+    /// A lease held by this container ended.
+    LeaseRevoked {
+        /// The lease.
+        lease: Lease,
+    },
+    /// IO weight by priority, in OCI units (10..=1000; v1 `blkio.weight`, v2 `io.weight` after conversion).
+    SetIoWeight {
+        /// Weight.
+        weight: u16,
+    },
+    /// Nothing changes, for the record (e.g. no room to grow).
+    Hold {
+        /// Which resource.
+        resource: ResourceKind,
+    },
+}
+
+/// One decision: an action on one container, why, and whether it is meant to be applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Directive {
+    /// Container id.
+    pub container_id: String,
+    /// What to do.
+    #[serde(flatten)]
+    pub action: Action,
+    /// Why, in words.
+    pub reason: String,
+    /// `false` in mode observe: record only.
+    pub applied: bool,
+    /// The value before (cores or bytes), when a limit changes.
+    #[serde(default)]
+    pub old_value: Option<f64>,
+}
+
+/// A snapshot of one task for status queries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    /// Container id.
+    pub container_id: String,
+    /// Mode.
+    pub mode: Mode,
+    /// User priority.
+    pub priority: i32,
+    /// On its pipeline's critical path.
+    pub critical: bool,
+    /// Current allocation.
+    pub allocation: Allocation,
+    /// Own CPU allocation before leases.
+    pub base_cpu_cores: Option<f64>,
+    /// Paused by the controller.
+    pub frozen: bool,
+    /// Its owner is stopping it (Report `stopping`): never paused again.
+    #[serde(default)]
+    pub stopping: bool,
+    /// Latest usage.
+    pub usage: Option<Usage>,
+    /// The user's limits and requests in force (from Register, or the latest Update).
+    #[serde(default)]
+    pub limits: SpecLimits,
+    /// Most CPU the task may borrow, cores, after the operator's policy (`None`: unlimited).
+    #[serde(default)]
+    pub max_borrow_cpu: Option<f64>,
+}
