@@ -46,6 +46,12 @@ pub enum ModelKind {
     Regression,
     /// Median of the same hour of day over the last week.
     Seasonal,
+    /// The latest run's value (persistence).
+    Last,
+    /// Exponentially weighted mean of the runs.
+    Ewma,
+    /// The largest of the latest few runs.
+    RecentMax,
 }
 
 impl ModelKind {
@@ -55,6 +61,9 @@ impl ModelKind {
             ModelKind::Baseline => "baseline",
             ModelKind::Regression => "regression",
             ModelKind::Seasonal => "seasonal",
+            ModelKind::Last => "last",
+            ModelKind::Ewma => "ewma",
+            ModelKind::RecentMax => "recent-max",
         }
     }
 }

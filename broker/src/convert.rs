@@ -22,6 +22,9 @@ pub fn model_kind(k: predictor::ModelKind) -> wire::ModelKind {
         predictor::ModelKind::Baseline => wire::ModelKind::Baseline,
         predictor::ModelKind::Regression => wire::ModelKind::Regression,
         predictor::ModelKind::Seasonal => wire::ModelKind::Seasonal,
+        predictor::ModelKind::Last => wire::ModelKind::Last,
+        predictor::ModelKind::Ewma => wire::ModelKind::Ewma,
+        predictor::ModelKind::RecentMax => wire::ModelKind::RecentMax,
     }
 }
 
@@ -196,6 +199,22 @@ mod tests {
         assert_eq!(v["confidence"], "medium");
         assert_eq!(v["cpu_cores"]["kind"], "baseline");
         assert_eq!(v["task_key"], "default/etl@1a2b");
+    }
+
+    #[test]
+    fn every_model_kind_keeps_its_json_and_name() {
+        use predictor::ModelKind as K;
+        for k in [
+            K::Baseline,
+            K::Regression,
+            K::Seasonal,
+            K::Last,
+            K::Ewma,
+            K::RecentMax,
+        ] {
+            same_json(&k, &model_kind(k));
+            assert_eq!(k.name(), model_kind(k).name());
+        }
     }
 
     #[test]
