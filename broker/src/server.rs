@@ -44,6 +44,15 @@ use crate::controller::{
 
 /// A task that has neither reported nor finished for this long is forgotten (its shim is gone).
 const FORGET_AFTER_MS: u64 = 10 * 60_000;
+
+/// How long a Finish for a container the broker does not know refuses that container's Register: a shim whose
+/// Register got no answer in its budget drops the connection and sends Finish on a new one, which can overtake
+/// the Register still on its way (or waiting for the state lock); without this, that Register would leave a task
+/// registered that nobody finishes.
+const EARLY_FINISH_MS: u64 = 60_000;
+
+/// Most early Finishes remembered at once (oldest forgotten first): a peer cannot grow the set without bound.
+const MAX_EARLY_FINISHES: usize = 4096;
 /// Most directives kept for a container that does not collect them.
 const MAX_PENDING: usize = 1024;
 /// Most decision log lines per tick; the rest are counted.
@@ -279,7 +288,34 @@ struct State {
     /// Runs the previous broker process had open, by container id: a shim that registers again with `adopt`
     /// carries its run on; the rest are closed once [`FORGET_AFTER_MS`] passed without it.
     orphans: HashMap<String, predictor::OpenRun>,
+    /// Containers whose Finish came while they were not registered, with when ([`EARLY_FINISH_MS`]).
+    finished_early: HashMap<String, u64>,
     started_ms: u64,
+}
+
+impl State {
+    /// Remembers that `id` finished while not registered, within [`MAX_EARLY_FINISHES`].
+    fn finished_early(&mut self, id: &str, now: u64) {
+        self.finished_early
+            .retain(|_, at| now.saturating_sub(*at) < EARLY_FINISH_MS);
+        if self.finished_early.len() >= MAX_EARLY_FINISHES
+            && let Some(oldest) = self
+                .finished_early
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(k, _)| k.clone())
+        {
+            self.finished_early.remove(&oldest);
+        }
+        self.finished_early.insert(id.to_owned(), now);
+    }
+
+    /// Whether `id` finished (while unregistered) within [`EARLY_FINISH_MS`]; forgets it either way.
+    fn took_early_finish(&mut self, id: &str, now: u64) -> bool {
+        self.finished_early
+            .remove(id)
+            .is_some_and(|at| now.saturating_sub(at) < EARLY_FINISH_MS)
+    }
 }
 
 /// The broker's shared core: everything a connection or the tick thread touches.
@@ -672,6 +708,18 @@ impl Broker {
         let mut ops = Vec::new();
         let (allocation, directives, records) = {
             let mut st = self.lock();
+            if !st.running.contains_key(&r.container_id)
+                && st.took_early_finish(&r.container_id, now)
+            {
+                return Err(ErrorReply::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "container {:?} already finished: its Finish came before this Register (a shim that gave up \
+                         waiting); not registered",
+                        crate::validate::shown(&r.container_id, 128)
+                    ),
+                ));
+            }
             if let Some(p) = &spec.pipeline
                 && !st.running.contains_key(&r.container_id)
                 && st.controller.pipeline_size(p) >= crate::validate::MAX_PIPELINE_TASKS
@@ -909,6 +957,7 @@ impl Broker {
         let (run, records, others) = {
             let mut st = self.lock();
             let Some(run) = st.running.remove(&f.container_id) else {
+                st.finished_early(&f.container_id, now);
                 return Err(ErrorReply::new(
                     ErrorCode::NotFound,
                     format!("container {} is not registered", f.container_id),
@@ -1635,6 +1684,7 @@ impl Daemon {
                 running: HashMap::new(),
                 next_run,
                 orphans,
+                finished_early: HashMap::new(),
                 started_ms: now_ms(),
             }),
             cfg,

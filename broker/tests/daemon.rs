@@ -619,3 +619,46 @@ fn sandboxes_are_refused_pods_are_capped_and_update_resizes() {
         "{e:?}"
     );
 }
+
+/// A shim whose Register got no answer in its budget drops the connection and sends Finish on a new one, which
+/// can reach the broker before the Register: that Register must not leave a task nobody finishes (issue 14's
+/// churn found one of 500 so with a 1 ms budget). A later run of the same id registers normally.
+#[test]
+fn a_register_overtaken_by_its_finish_leaves_no_task_behind() {
+    let dir = short_tempdir();
+    let b = Broker::start(dir.path());
+    let mut c = client(&b);
+    let finish = |c: &mut Client, id: &str| {
+        c.finish(&Finish {
+            container_id: id.to_owned(),
+            ..Finish::default()
+        })
+    };
+    let e = finish(&mut c, "late").expect_err("not registered yet");
+    assert!(
+        matches!(&e, ClientError::Broker(r) if r.message.contains("not registered")),
+        "{e:?}"
+    );
+    let e = c
+        .register(&register("late", "churn", Some(1.0)))
+        .expect_err("its Finish came first");
+    assert!(
+        matches!(&e, ClientError::Broker(r) if r.message.contains("already finished") && r.message.contains("\"late\"")),
+        "{e:?}"
+    );
+    let st = c.status().expect("status");
+    assert!(
+        st.tasks.iter().all(|t| t.container_id != "late"),
+        "{:?}",
+        st.tasks
+    );
+    // The refusal is used up: the next run of the same id (ctr reuses names) registers and finishes as usual.
+    c.register(&register("late", "churn", Some(1.0)))
+        .expect("a new run of the id");
+    finish(&mut c, "late").expect("finished");
+    // A container that finished normally leaves nothing that would refuse its next Register.
+    c.register(&register("late", "churn", Some(1.0)))
+        .expect("and another");
+    finish(&mut c, "late").expect("finished again");
+    assert!(c.status().expect("status").tasks.is_empty());
+}
