@@ -324,7 +324,10 @@ impl Augment {
             }
         }
         let mut allocation = spec_allocation(&limits);
-        let maybe_known = matches!(&result, Err(e) if !no_broker(e));
+        // No answer in time (or a broken connection): the broker may have registered it, so Finish still goes out.
+        // A refusal is an answer: the broker did not register it.
+        let maybe_known =
+            matches!(&result, Err(e) if !no_broker(e) && !matches!(e, ClientError::Broker(_)));
         let registered = match result {
             Ok(r) => {
                 spawn::note_available(s);
