@@ -297,10 +297,11 @@ impl Task {
 
 /// How far memory's one-sided `limit` (99.8%, what a task is allocated and what the evaluator scores) lies above
 /// its central interval's `upper`: the profile's buckets carry only the interval, so a running task sized by its
-/// profile is sized at the bucket's `upper` scaled by this ratio, never back down to the 95% bound.
+/// profile is sized at the bucket's `upper` scaled by this ratio, never back down to the 95% bound. 1 below medium
+/// confidence, where the task starts at `upper` (see [`initial_allocation`]).
 fn memory_limit_ratio(p: &Prediction) -> f64 {
     let e = &p.memory_bytes;
-    if e.upper > 0.0 && e.limit > e.upper {
+    if p.confidence >= Confidence::Medium && e.upper > 0.0 && e.limit > e.upper {
         e.limit / e.upper
     } else {
         1.0
@@ -416,7 +417,7 @@ fn tightest(parents: &[Ancestor]) -> Tightest<'_> {
 }
 
 /// The initial allocation of a task: the spec on a cold start; otherwise memory at the prediction's `limit`
-/// (99.8%) and CPU at the p90 of the predicted profile over the first `initial_cpu_buckets`, never above a user limit,
+/// (99.8%; its `upper` below medium confidence, where that tail is not calibrated yet) and CPU at the p90 of the predicted profile over the first `initial_cpu_buckets`, never above a user limit,
 /// never below a user request (unless allowed; not even on a host smaller than the request), within the host's
 /// grantable capacity and every limited ancestor's limit. A spec with no CPU limit keeps no quota unless
 /// `quota_unlimited_cpu` is on. Returns the allocation and the reasons per resource.
@@ -504,8 +505,23 @@ pub fn initial_allocation(
     };
     let (cpu, cpu_reason) = cpu;
 
-    let mut mem_reason = "predicted memory limit (its one-sided 99.8% bound)".to_owned();
-    let mut mem = p.memory_bytes.limit.max(p.memory_bytes.upper).max(0.0) as u64;
+    // The one-sided 99.8% limit needs a calibrated tail: on a young type (low confidence, a few runs) it rests on a
+    // handful of residuals and a Student-t with one or two degrees of freedom, i.e. anywhere up to the spec's limit.
+    let (mem, mut mem_reason) = if p.confidence >= Confidence::Medium {
+        (
+            p.memory_bytes.limit.max(p.memory_bytes.upper),
+            "predicted memory limit (its one-sided 99.8% bound)".to_owned(),
+        )
+    } else {
+        (
+            p.memory_bytes.upper,
+            format!(
+                "predicted upper bound at level {} (few runs: the 99.8% limit is not calibrated yet)",
+                p.level
+            ),
+        )
+    };
+    let mut mem = mem.max(0.0) as u64;
     if let Some(req) = l
         .memory_request_bytes
         .filter(|r| mem < *r && !spec.allow_below_request)

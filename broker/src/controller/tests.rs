@@ -168,6 +168,14 @@ fn memory_is_allocated_at_the_limit_and_right_sizing_keeps_it() {
     s.prediction = Some(p);
     let (a, _, mem_why) = initial_allocation(&s, &host(4.0, 8 * GIB), &cfg());
     assert_eq!(a.memory_bytes, Some(240 * MIB), "{mem_why}");
+    // A young type (low confidence: a few runs, an uncalibrated tail) starts at `upper` instead.
+    let mut young = s.clone();
+    if let Some(p) = young.prediction.as_mut() {
+        p.confidence = Confidence::Low;
+    }
+    let (a, _, why) = initial_allocation(&young, &host(4.0, 8 * GIB), &cfg());
+    assert_eq!(a.memory_bytes, Some(150 * MIB), "{why}");
+    assert!(why.contains("few runs"), "{why}");
     let mut c = Controller::new(cfg(), host(4.0, 8 * GIB));
     c.register(s, 0);
     assert_eq!(mem_of(&c, "m"), 240 * MIB);
