@@ -295,7 +295,7 @@ struct State {
 
 impl State {
     /// Remembers that `id` finished while not registered, within [`MAX_EARLY_FINISHES`].
-    fn finished_early(&mut self, id: &str, now: u64) {
+    fn note_early_finish(&mut self, id: &str, now: u64) {
         self.finished_early
             .retain(|_, at| now.saturating_sub(*at) < EARLY_FINISH_MS);
         if self.finished_early.len() >= MAX_EARLY_FINISHES
@@ -957,7 +957,7 @@ impl Broker {
         let (run, records, others) = {
             let mut st = self.lock();
             let Some(run) = st.running.remove(&f.container_id) else {
-                st.finished_early(&f.container_id, now);
+                st.note_early_finish(&f.container_id, now);
                 return Err(ErrorReply::new(
                     ErrorCode::NotFound,
                     format!("container {} is not registered", f.container_id),
