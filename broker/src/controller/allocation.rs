@@ -1,0 +1,161 @@
+//! Rule 0, at Register: a task's initial allocation from its spec, its prediction, the host and its limited
+//! ancestors.
+
+use super::*;
+
+/// p90 (nearest rank) of `v`; 0 when empty.
+pub(super) fn p90(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((0.9 * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// The tightest CPU and memory limits among a task's ancestors, with the cgroup that sets each.
+pub(super) type Tightest<'a> = (Option<(&'a str, f64)>, Option<(&'a str, u64)>);
+
+pub(super) fn tightest(parents: &[Ancestor]) -> Tightest<'_> {
+    let mut cpu: Option<(&str, f64)> = None;
+    let mut mem: Option<(&str, u64)> = None;
+    for a in parents {
+        if let Some(c) = a.cpu_cores.filter(|c| cpu.is_none_or(|(_, x)| *c < x)) {
+            cpu = Some((a.path.as_str(), c));
+        }
+        if let Some(m) = a.memory_bytes.filter(|m| mem.is_none_or(|(_, x)| *m < x)) {
+            mem = Some((a.path.as_str(), m));
+        }
+    }
+    (cpu, mem)
+}
+
+/// The initial allocation of a task: the spec on a cold start; otherwise memory at the prediction's `limit`
+/// (99.8%; its `upper` below medium confidence, where that tail is not calibrated yet) and CPU at the p90 of the predicted profile over the first `initial_cpu_buckets`, never above a user limit,
+/// never below a user request (unless allowed; not even on a host smaller than the request), within the host's
+/// grantable capacity and every limited ancestor's limit. A spec with no CPU limit keeps no quota unless
+/// `quota_unlimited_cpu` is on. Returns the allocation and the reasons per resource.
+pub fn initial_allocation(
+    spec: &TaskSpec,
+    host: &HostCapacity,
+    cfg: &ControllerConfig,
+) -> (Allocation, String, String) {
+    let grant_mem = host
+        .memory_bytes
+        .saturating_sub(cfg.host_reserve_memory_bytes);
+    let grant_cpu = (host.cpu_cores - cfg.host_reserve_cpu).max(cfg.min_cpu_cores);
+    let l = &spec.limits;
+    let (anc_cpu, anc_mem) = tightest(&spec.parents);
+    let memory_max = match (l.memory_limit_bytes, anc_mem) {
+        (Some(lim), Some((_, a))) => Some(lim.min(a)),
+        (Some(lim), None) => Some(lim),
+        (None, Some((_, a))) => Some(a.min(grant_mem)),
+        (None, None) => Some(grant_mem),
+    };
+    let cap_cpu = |c: f64, reason: &mut String| match anc_cpu {
+        Some((path, a)) if c > a => {
+            *reason = format!("{reason}, capped at the {a:.2}-core limit of {path}");
+            a.max(cfg.min_cpu_cores)
+        }
+        _ => c,
+    };
+    let cap_mem = |m: u64, reason: &mut String| match anc_mem {
+        Some((path, a)) if m > a => {
+            *reason = format!("{reason}, capped at the {a}-byte limit of {path}");
+            a.max(cfg.min_memory_bytes)
+        }
+        _ => m,
+    };
+    let Some(p) = spec.prediction.as_ref().filter(|p| !p.is_cold_start()) else {
+        let mut cpu_reason = "cold start: the spec's CPU limit".to_owned();
+        let mut mem_reason = "cold start: the spec's memory limit".to_owned();
+        let cpu = l.cpu_limit_cores.map(|c| cap_cpu(c, &mut cpu_reason));
+        let mem = l.memory_limit_bytes.map(|m| cap_mem(m, &mut mem_reason));
+        return (
+            Allocation {
+                cpu_cores: cpu,
+                memory_bytes: mem,
+                memory_max_bytes: memory_max,
+            },
+            cpu_reason,
+            mem_reason,
+        );
+    };
+    let request = l
+        .cpu_request_cores
+        .filter(|_| !spec.allow_below_request)
+        .unwrap_or(0.0);
+    let cpu = if l.cpu_limit_cores.is_none() && !cfg.quota_unlimited_cpu {
+        (
+            None,
+            "no CPU limit in the spec: no quota (controller.quota_unlimited_cpu is off)".to_owned(),
+        )
+    } else {
+        let mut cpu_reason;
+        let mut cpu = if p.profile.len() == BUCKETS {
+            let k = cfg.initial_cpu_buckets.clamp(1, BUCKETS);
+            let mut first: Vec<f64> = p.profile[..k].iter().map(|pp| pp.cpu_cores.point).collect();
+            cpu_reason = format!("predicted p90 over the first {k} lifetime buckets");
+            p90(&mut first)
+        } else {
+            cpu_reason = "predicted p95".to_owned();
+            p.cpu_cores.point
+        };
+        if cpu < request {
+            cpu = request;
+            cpu_reason =
+                format!("the spec's CPU request of {request:.2} cores (prediction below it)");
+        }
+        if let Some(lim) = l.cpu_limit_cores.filter(|lim| cpu > *lim) {
+            cpu = lim;
+            cpu_reason = "the spec's CPU limit (prediction above it)".to_owned();
+        }
+        // A small host cuts a prediction, never a request.
+        let cpu = cpu.clamp(
+            cfg.min_cpu_cores,
+            grant_cpu.max(request).max(cfg.min_cpu_cores),
+        );
+        (Some(cap_cpu(cpu, &mut cpu_reason)), cpu_reason)
+    };
+    let (cpu, cpu_reason) = cpu;
+
+    // The one-sided 99.8% limit needs a calibrated tail: on a young type (low confidence, a few runs) it rests on a
+    // handful of residuals and a Student-t with one or two degrees of freedom, i.e. anywhere up to the spec's limit.
+    let (mem, mut mem_reason) = if p.confidence >= Confidence::Medium {
+        (
+            p.memory_bytes.limit.max(p.memory_bytes.upper),
+            "predicted memory limit (its one-sided 99.8% bound)".to_owned(),
+        )
+    } else {
+        (
+            p.memory_bytes.upper,
+            format!(
+                "predicted upper bound at level {} (few runs: the 99.8% limit is not calibrated yet)",
+                p.level
+            ),
+        )
+    };
+    let mut mem = mem.max(0.0) as u64;
+    if let Some(req) = l
+        .memory_request_bytes
+        .filter(|r| mem < *r && !spec.allow_below_request)
+    {
+        mem = req;
+        mem_reason = "the spec's memory request (prediction below it)".to_owned();
+    }
+    if let Some(lim) = l.memory_limit_bytes.filter(|lim| mem > *lim) {
+        mem = lim;
+        mem_reason = "the spec's memory limit (prediction above it)".to_owned();
+    }
+    let mem =
+        cap_mem(mem.max(cfg.min_memory_bytes), &mut mem_reason).min(memory_max.unwrap_or(u64::MAX));
+    (
+        Allocation {
+            cpu_cores: cpu,
+            memory_bytes: Some(mem),
+            memory_max_bytes: memory_max,
+        },
+        cpu_reason,
+        mem_reason,
+    )
+}
