@@ -424,149 +424,186 @@ pub fn render(
     max_bytes: usize,
 ) -> String {
     let mut out = String::new();
-    // Labels of every task, looked up by id (no scan per sample: 20,000 tasks stay linear).
-    let mut keys: HashMap<&str, &str> = status
-        .predictions
-        .iter()
-        .map(|p| (p.container_id.as_str(), p.task_key.as_str()))
-        .collect();
-    keys.extend(
-        tasks
+    let shown = Shown::pick(status, tasks, max_bytes);
+    broker_gauges(&mut out, status, b);
+    broker_counters(&mut out, b, latencies, shown.omitted);
+    task_gauges(&mut out, status, &shown);
+    task_leases(&mut out, status, &shown);
+    task_predictions(&mut out, status, &shown);
+    task_counters(&mut out, tasks, &shown);
+    out
+}
+
+/// The tasks that get per-task series in one scrape, with their labels.
+struct Shown<'a> {
+    labels: HashMap<&'a str, String>,
+    /// Tasks left out ([metrics] max_bytes).
+    omitted: usize,
+}
+
+impl<'a> Shown<'a> {
+    /// Every id the scrape would name, in order, while their worst case fits in `max_bytes`.
+    fn pick(status: &'a Status, tasks: &'a [TaskCounters], max_bytes: usize) -> Self {
+        // Labels of every task, looked up by id (no scan per sample: 20,000 tasks stay linear).
+        let mut keys: HashMap<&str, &str> = status
+            .predictions
             .iter()
-            .map(|t| (t.container_id.as_str(), t.task_key.as_str())),
-    );
-    let label_of = |id: &str| {
-        format!(
-            "container=\"{}\",task_type=\"{}\"",
-            esc(id),
-            esc(keys.get(id).copied().unwrap_or(""))
-        )
-    };
-    // Which tasks get per-task series: every id the scrape would name, in order, while their worst case fits.
-    let mut ids: Vec<&str> = status
-        .tasks
-        .iter()
-        .map(|t| t.container_id.as_str())
-        .chain(tasks.iter().map(|t| t.container_id.as_str()))
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let budget = max_bytes.max(MIN_MAX_BYTES).saturating_sub(MIN_MAX_BYTES);
-    let mut used = 0usize;
-    let mut labels: HashMap<&str, String> = HashMap::new();
-    let mut omitted = 0usize;
-    for id in &ids {
-        let l = label_of(id);
-        let cost = LINES_PER_TASK * (l.len() + LINE_OVERHEAD);
-        if omitted == 0 && used + cost <= budget {
-            used += cost;
-            labels.insert(*id, l);
-        } else {
-            omitted += 1;
+            .map(|p| (p.container_id.as_str(), p.task_key.as_str()))
+            .collect();
+        keys.extend(
+            tasks
+                .iter()
+                .map(|t| (t.container_id.as_str(), t.task_key.as_str())),
+        );
+        let label_of = |id: &str| {
+            format!(
+                "container=\"{}\",task_type=\"{}\"",
+                esc(id),
+                esc(keys.get(id).copied().unwrap_or(""))
+            )
+        };
+        // Which tasks get per-task series: every id the scrape would name, in order, while their worst case fits.
+        let mut ids: Vec<&str> = status
+            .tasks
+            .iter()
+            .map(|t| t.container_id.as_str())
+            .chain(tasks.iter().map(|t| t.container_id.as_str()))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let budget = max_bytes.max(MIN_MAX_BYTES).saturating_sub(MIN_MAX_BYTES);
+        let mut used = 0usize;
+        let mut labels: HashMap<&str, String> = HashMap::new();
+        let mut omitted = 0usize;
+        for id in &ids {
+            let l = label_of(id);
+            let cost = LINES_PER_TASK * (l.len() + LINE_OVERHEAD);
+            if omitted == 0 && used + cost <= budget {
+                used += cost;
+                labels.insert(*id, l);
+            } else {
+                omitted += 1;
+            }
         }
+        Self { labels, omitted }
     }
-    let shown = |id: &str| labels.contains_key(id);
-    let labels = |id: &str| labels.get(id).cloned().unwrap_or_default();
+
+    fn shown(&self, id: &str) -> bool {
+        self.labels.contains_key(id)
+    }
+
+    fn labels(&self, id: &str) -> String {
+        self.labels.get(id).cloned().unwrap_or_default()
+    }
+}
+
+/// The broker-wide scalars: version, host, model, tasks, leases, registrations and finishes.
+fn broker_gauges(out: &mut String, status: &Status, b: &BrokerCounters) {
     let one = |v: f64| vec![(String::new(), v)];
     family(
-        &mut out,
+        out,
         "predictive_broker_info",
         "gauge",
         "Broker version (always 1).",
         &[(format!("version=\"{}\"", esc(&status.broker_version)), 1.0)],
     );
-    family(
-        &mut out,
-        "predictive_host_cpu_cores",
-        "gauge",
-        "CPUs the controller allocates from.",
-        &one(status.host.cpu_cores),
-    );
-    family(
-        &mut out,
-        "predictive_host_memory_bytes",
-        "gauge",
-        "Memory the controller allocates from.",
-        &one(status.host.memory_bytes as f64),
-    );
-    family(
-        &mut out,
-        "predictive_model_version",
-        "gauge",
-        "Model set in force (0: none trained yet).",
-        &one(status.model_version as f64),
-    );
-    family(
-        &mut out,
-        "predictive_tasks",
-        "gauge",
-        "Registered tasks.",
-        &one(status.tasks.len() as f64),
-    );
-    family(
-        &mut out,
-        "predictive_tasks_frozen",
-        "gauge",
-        "Tasks paused by the controller.",
-        &one(status.tasks.iter().filter(|t| t.frozen).count() as f64),
-    );
-    family(
-        &mut out,
-        "predictive_allocated_cpu_cores",
-        "gauge",
-        "Sum of the CPU allocations with a limit.",
-        &one(status
-            .tasks
-            .iter()
-            .filter_map(|t| t.allocation.cpu_cores)
-            .sum()),
-    );
-    family(
-        &mut out,
-        "predictive_allocated_memory_bytes",
-        "gauge",
-        "Sum of the memory allocations with a limit.",
-        &one(status
-            .tasks
-            .iter()
-            .filter_map(|t| t.allocation.memory_bytes)
-            .sum::<u64>() as f64),
-    );
-    family(
-        &mut out,
-        "predictive_leases",
-        "gauge",
-        "Live CPU leases.",
-        &one(status.leases.len() as f64),
-    );
-    family(
-        &mut out,
-        "predictive_leased_cpu_cores",
-        "gauge",
-        "CPU lent under live leases.",
-        &one(status.leases.iter().map(|l| l.amount).sum()),
-    );
-    family(
-        &mut out,
-        "predictive_registrations_total",
-        "counter",
-        "Successful Registers since the broker started.",
-        &one(b.registered as f64),
-    );
-    family(
-        &mut out,
-        "predictive_finishes_total",
-        "counter",
-        "Successful Finishes since the broker started.",
-        &one(b.finished as f64),
-    );
+    let scalars: [(&str, &str, &str, f64); 11] = [
+        (
+            "predictive_host_cpu_cores",
+            "gauge",
+            "CPUs the controller allocates from.",
+            status.host.cpu_cores,
+        ),
+        (
+            "predictive_host_memory_bytes",
+            "gauge",
+            "Memory the controller allocates from.",
+            status.host.memory_bytes as f64,
+        ),
+        (
+            "predictive_model_version",
+            "gauge",
+            "Model set in force (0: none trained yet).",
+            status.model_version as f64,
+        ),
+        (
+            "predictive_tasks",
+            "gauge",
+            "Registered tasks.",
+            status.tasks.len() as f64,
+        ),
+        (
+            "predictive_tasks_frozen",
+            "gauge",
+            "Tasks paused by the controller.",
+            status.tasks.iter().filter(|t| t.frozen).count() as f64,
+        ),
+        (
+            "predictive_allocated_cpu_cores",
+            "gauge",
+            "Sum of the CPU allocations with a limit.",
+            status
+                .tasks
+                .iter()
+                .filter_map(|t| t.allocation.cpu_cores)
+                .sum(),
+        ),
+        (
+            "predictive_allocated_memory_bytes",
+            "gauge",
+            "Sum of the memory allocations with a limit.",
+            status
+                .tasks
+                .iter()
+                .filter_map(|t| t.allocation.memory_bytes)
+                .sum::<u64>() as f64,
+        ),
+        (
+            "predictive_leases",
+            "gauge",
+            "Live CPU leases.",
+            status.leases.len() as f64,
+        ),
+        (
+            "predictive_leased_cpu_cores",
+            "gauge",
+            "CPU lent under live leases.",
+            status.leases.iter().map(|l| l.amount).sum(),
+        ),
+        (
+            "predictive_registrations_total",
+            "counter",
+            "Successful Registers since the broker started.",
+            b.registered as f64,
+        ),
+        (
+            "predictive_finishes_total",
+            "counter",
+            "Successful Finishes since the broker started.",
+            b.finished as f64,
+        ),
+    ];
+    for (name, kind, help, v) in scalars {
+        family(out, name, kind, help, &one(v));
+    }
+}
+
+/// The broker-wide counters by label: requests by type, decisions by resource and directive; the latency
+/// summaries; and how many tasks this scrape left out.
+fn broker_counters(
+    out: &mut String,
+    b: &BrokerCounters,
+    latencies: &[(&str, &str, LatencySnapshot)],
+    omitted: usize,
+) {
+    let one = |v: f64| vec![(String::new(), v)];
     let reqs: Vec<(String, f64)> = b
         .requests
         .iter()
         .map(|(k, v)| (format!("type=\"{k}\""), *v as f64))
         .collect();
     family(
-        &mut out,
+        out,
         "predictive_requests_total",
         "counter",
         "Requests served, by type.",
@@ -583,7 +620,7 @@ pub fn render(
         })
         .collect();
     family(
-        &mut out,
+        out,
         "predictive_decisions_total",
         "counter",
         "Decisions recorded, by resource and directive.",
@@ -591,79 +628,80 @@ pub fn render(
     );
 
     for (name, help, snap) in latencies {
-        summary(&mut out, name, help, snap);
+        summary(out, name, help, snap);
     }
     family(
-        &mut out,
+        out,
         "predictive_metrics_tasks_omitted",
         "gauge",
         "Tasks left out of this scrape's per-task series ([metrics] max_bytes).",
         &one(omitted as f64),
     );
+}
 
-    // Per task.
+/// Per task: usage, allocation and pause gauges.
+fn task_gauges(out: &mut String, status: &Status, shown: &Shown<'_>) {
     let per_task = |f: &dyn Fn(&crate::controller::TaskView) -> Option<f64>| -> Vec<(String, f64)> {
         status
             .tasks
             .iter()
-            .filter(|t| shown(&t.container_id))
-            .filter_map(|t| f(t).map(|v| (labels(&t.container_id), v)))
+            .filter(|t| shown.shown(&t.container_id))
+            .filter_map(|t| f(t).map(|v| (shown.labels(&t.container_id), v)))
             .collect()
     };
     family(
-        &mut out,
+        out,
         "predictive_task_cpu_usage_cores",
         "gauge",
         "CPU used over the last reported interval.",
         &per_task(&|t| t.usage.map(|u| u.cpu_cores)),
     );
     family(
-        &mut out,
+        out,
         "predictive_task_cpu_throttled_ratio",
         "gauge",
         "Share of CFS periods throttled over the last reported interval.",
         &per_task(&|t| t.usage.map(|u| u.cpu_throttled_fraction)),
     );
     family(
-        &mut out,
+        out,
         "predictive_task_memory_usage_bytes",
         "gauge",
         "Memory charged at the last report.",
         &per_task(&|t| t.usage.map(|u| u.memory_bytes as f64)),
     );
     family(
-        &mut out,
+        out,
         "predictive_task_cpu_allocation_cores",
         "gauge",
         "CPU quota in force (absent: unlimited).",
         &per_task(&|t| t.allocation.cpu_cores),
     );
     family(
-        &mut out,
+        out,
         "predictive_task_memory_allocation_bytes",
         "gauge",
         "Memory allocation in force (absent: unlimited).",
         &per_task(&|t| t.allocation.memory_bytes.map(|b| b as f64)),
     );
     family(
-        &mut out,
+        out,
         "predictive_task_memory_max_bytes",
         "gauge",
         "Hard memory ceiling (absent: unlimited).",
         &per_task(&|t| t.allocation.memory_max_bytes.map(|b| b as f64)),
     );
     family(
-        &mut out,
+        out,
         "predictive_task_frozen",
         "gauge",
         "1 while the controller keeps the task paused.",
         &per_task(&|t| Some(if t.frozen { 1.0 } else { 0.0 })),
     );
-    let live: std::collections::HashSet<&str> = status
-        .tasks
-        .iter()
-        .map(|t| t.container_id.as_str())
-        .collect();
+}
+
+/// Per task: the leases it lends and holds.
+fn task_leases(out: &mut String, status: &Status, shown: &Shown<'_>) {
     // Leases per task, summed in one pass over the leases: (lent, lent cores, borrowed, borrowed cores).
     let mut per: HashMap<&str, (usize, f64, usize, f64)> = HashMap::new();
     for l in &status.leases {
@@ -680,49 +718,58 @@ pub fn render(
     let mut borrowed = Vec::new();
     let mut lent_cores = Vec::new();
     let mut borrowed_cores = Vec::new();
-    for t in status.tasks.iter().filter(|t| shown(&t.container_id)) {
+    for t in status.tasks.iter().filter(|t| shown.shown(&t.container_id)) {
         let id = t.container_id.as_str();
         let (nl, cl, nb, cb) = per.get(id).copied().unwrap_or_default();
-        lent.push((labels(id), nl as f64));
-        borrowed.push((labels(id), nb as f64));
-        lent_cores.push((labels(id), cl));
-        borrowed_cores.push((labels(id), cb));
+        lent.push((shown.labels(id), nl as f64));
+        borrowed.push((shown.labels(id), nb as f64));
+        lent_cores.push((shown.labels(id), cl));
+        borrowed_cores.push((shown.labels(id), cb));
     }
     family(
-        &mut out,
+        out,
         "predictive_task_leases_lent",
         "gauge",
         "Live leases the task lends.",
         &lent,
     );
     family(
-        &mut out,
+        out,
         "predictive_task_leases_borrowed",
         "gauge",
         "Live leases the task holds.",
         &borrowed,
     );
     family(
-        &mut out,
+        out,
         "predictive_task_cpu_lent_cores",
         "gauge",
         "CPU the task lends under live leases.",
         &lent_cores,
     );
     family(
-        &mut out,
+        out,
         "predictive_task_cpu_borrowed_cores",
         "gauge",
         "CPU the task borrows under live leases.",
         &borrowed_cores,
     );
+}
+
+/// Per live task: its prediction at Register, every bound.
+fn task_predictions(out: &mut String, status: &Status, shown: &Shown<'_>) {
+    let live: std::collections::HashSet<&str> = status
+        .tasks
+        .iter()
+        .map(|t| t.container_id.as_str())
+        .collect();
     let mut cpu_pred = Vec::new();
     let mut mem_pred = Vec::new();
     for p in &status.predictions {
-        if !live.contains(p.container_id.as_str()) || !shown(&p.container_id) {
+        if !live.contains(p.container_id.as_str()) || !shown.shown(&p.container_id) {
             continue;
         }
-        let l = labels(&p.container_id);
+        let l = shown.labels(&p.container_id);
         let bounds = |e: Option<predictive_api::prediction::Estimate>| {
             e.into_iter().flat_map(|e| {
                 [
@@ -741,19 +788,23 @@ pub fn render(
         }
     }
     family(
-        &mut out,
+        out,
         "predictive_task_cpu_predicted_cores",
         "gauge",
         "Predicted p95 CPU at Register: interval bounds, point and the allocation bound (absent on a cold start).",
         &cpu_pred,
     );
     family(
-        &mut out,
+        out,
         "predictive_task_memory_predicted_bytes",
         "gauge",
         "Predicted peak memory at Register: interval bounds, point and the allocation bound (absent on a cold start).",
         &mem_pred,
     );
+}
+
+/// Per task: the decision counters.
+fn task_counters(out: &mut String, tasks: &[TaskCounters], shown: &Shown<'_>) {
     type Pick = fn(&crate::history::Counters) -> u64;
     let counters: [(&str, &str, Pick); 9] = [
         (
@@ -805,12 +856,11 @@ pub fn render(
     for (name, help, pick) in counters {
         let samples: Vec<(String, f64)> = tasks
             .iter()
-            .filter(|t| shown(&t.container_id))
-            .map(|t| (labels(&t.container_id), pick(&t.counters) as f64))
+            .filter(|t| shown.shown(&t.container_id))
+            .map(|t| (shown.labels(&t.container_id), pick(&t.counters) as f64))
             .collect();
-        family(&mut out, name, "counter", help, &samples);
+        family(out, name, "counter", help, &samples);
     }
-    out
 }
 
 #[cfg(test)]

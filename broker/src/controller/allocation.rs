@@ -81,11 +81,38 @@ pub fn initial_allocation(
             mem_reason,
         );
     };
+    let (cpu, cpu_reason) = match predicted_cpu(spec, p, cfg, grant_cpu) {
+        (Some(c), mut why) => (Some(cap_cpu(c, &mut why)), why),
+        (None, why) => (None, why),
+    };
+    let (mem, mut mem_reason) = predicted_memory(spec, p);
+    let mem =
+        cap_mem(mem.max(cfg.min_memory_bytes), &mut mem_reason).min(memory_max.unwrap_or(u64::MAX));
+    (
+        Allocation {
+            cpu_cores: cpu,
+            memory_bytes: Some(mem),
+            memory_max_bytes: memory_max,
+        },
+        cpu_reason,
+        mem_reason,
+    )
+}
+
+/// The CPU of a predicted task before its ancestors' caps: the p90 of its profile's first buckets (or its p95),
+/// between its request and its limit, within the host; `None` when it keeps no quota. With the reason.
+fn predicted_cpu(
+    spec: &TaskSpec,
+    p: &Prediction,
+    cfg: &ControllerConfig,
+    grant_cpu: f64,
+) -> (Option<f64>, String) {
+    let l = &spec.limits;
     let request = l
         .cpu_request_cores
         .filter(|_| !spec.allow_below_request)
         .unwrap_or(0.0);
-    let cpu = if l.cpu_limit_cores.is_none() && !cfg.quota_unlimited_cpu {
+    if l.cpu_limit_cores.is_none() && !cfg.quota_unlimited_cpu {
         (
             None,
             "no CPU limit in the spec: no quota (controller.quota_unlimited_cpu is off)".to_owned(),
@@ -115,10 +142,14 @@ pub fn initial_allocation(
             cfg.min_cpu_cores,
             grant_cpu.max(request).max(cfg.min_cpu_cores),
         );
-        (Some(cap_cpu(cpu, &mut cpu_reason)), cpu_reason)
-    };
-    let (cpu, cpu_reason) = cpu;
+        (Some(cpu), cpu_reason)
+    }
+}
 
+/// The memory of a predicted task before its ancestors' caps: the prediction's `limit` (its `upper` below medium
+/// confidence), between its request and its limit. With the reason.
+fn predicted_memory(spec: &TaskSpec, p: &Prediction) -> (u64, String) {
+    let l = &spec.limits;
     // The one-sided 99.8% limit needs a calibrated tail: on a young type (low confidence, a few runs) it rests on a
     // handful of residuals and a Student-t with one or two degrees of freedom, i.e. anywhere up to the spec's limit.
     let (mem, mut mem_reason) = if p.confidence >= Confidence::Medium {
@@ -147,15 +178,5 @@ pub fn initial_allocation(
         mem = lim;
         mem_reason = "the spec's memory limit (prediction above it)".to_owned();
     }
-    let mem =
-        cap_mem(mem.max(cfg.min_memory_bytes), &mut mem_reason).min(memory_max.unwrap_or(u64::MAX));
-    (
-        Allocation {
-            cpu_cores: cpu,
-            memory_bytes: Some(mem),
-            memory_max_bytes: memory_max,
-        },
-        cpu_reason,
-        mem_reason,
-    )
+    (mem, mem_reason)
 }

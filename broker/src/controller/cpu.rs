@@ -128,22 +128,8 @@ impl Controller {
                 holding[k] = true;
             }
         }
-        let mut lenders: Vec<(Key, f64)> = self
-            .live()
-            .filter(|(k, t)| !t.frozen() && !took_back[*k] && !holding[*k] && fresh(t))
-            .filter(|(_, t)| t.usage.is_some() && self.cpu_pressure(t).is_none())
-            .filter_map(|(k, t)| {
-                // A lender keeps what it needs and never goes below its request.
-                let spare = t.cpu? - self.cpu_need(t, now_ms).max(Self::cpu_floor(t));
-                (spare >= self.cfg.min_lease_cpu).then_some((k, spare))
-            })
-            .collect();
-        lenders.sort_by(|a, b| {
-            self.task(a.0)
-                .rank()
-                .cmp(&self.task(b.0).rank())
-                .then(b.1.total_cmp(&a.1))
-        });
+        let lenders = self.lenders(now_ms, took_back, &holding);
+        let mut lenders = lenders;
         let grantable = self.grantable_cpu();
         let mut allocated: f64 = self.live().filter_map(|(_, t)| t.cpu).sum();
         let mut first_lender = 0;
@@ -210,52 +196,90 @@ impl Controller {
                     lenders[i].1 -= amount;
                     lenders[i].0
                 });
-                let lease = Lease {
-                    id: self.next_lease,
-                    resource: ResourceKind::Cpu,
-                    holder: self.task(k).spec.container_id.clone(),
-                    lender: lender_key.map(|l| self.task(l).spec.container_id.clone()),
-                    amount,
-                    granted_at_ms: now_ms,
-                    expires_at_ms: now_ms + self.cfg.lease_ttl_ms,
-                };
-                self.next_lease += 1;
-                match lender_key {
-                    Some(l) => {
-                        let lt = self.task_mut(l);
-                        lt.cpu = lt.cpu.map(|c| c - amount);
-                        reasons[l] = Some(format!(
-                            "lent {amount:.2} cores to {} (lease {})",
-                            lease.holder, lease.id
-                        ));
-                    }
-                    None => allocated += amount,
+                if self.grant_lease((k, why), lender_key, amount, now_ms, reasons, out) {
+                    allocated += amount;
                 }
-                let from = lease.lender.as_deref().unwrap_or("the host's free CPU");
-                reasons[k] = Some(format!(
-                    "{why}: borrowed {amount:.2} cores from {from} (lease {})",
-                    lease.id
-                ));
-                let h = self.task_mut(k);
-                h.cpu = h.cpu.map(|c| c + amount);
-                out.push(Directive {
-                    container_id: lease.holder.clone(),
-                    action: Action::LeaseGranted {
-                        lease: lease.clone(),
-                    },
-                    reason: why.to_string(),
-                    applied: h.enforce(),
-                    old_value: None,
-                });
-                self.leases.insert(
-                    lease.id,
-                    Held {
-                        lease,
-                        holder: Some(k),
-                        lender: lender_key,
-                    },
-                );
             }
         }
+    }
+
+    /// The tasks that can lend this tick, with their spare CPU: fresh, not paused, not under pressure, holding no
+    /// lease and not having taken CPU back; lowest priority first, then most spare.
+    fn lenders(&self, now_ms: u64, took_back: &[bool], holding: &[bool]) -> Vec<(Key, f64)> {
+        let stale = self.cfg.stale_after_ms;
+        let fresh = |t: &Task| now_ms.saturating_sub(t.last_report_ms) < stale;
+        let mut lenders: Vec<(Key, f64)> = self
+            .live()
+            .filter(|(k, t)| !t.frozen() && !took_back[*k] && !holding[*k] && fresh(t))
+            .filter(|(_, t)| t.usage.is_some() && self.cpu_pressure(t).is_none())
+            .filter_map(|(k, t)| {
+                // A lender keeps what it needs and never goes below its request.
+                let spare = t.cpu? - self.cpu_need(t, now_ms).max(Self::cpu_floor(t));
+                (spare >= self.cfg.min_lease_cpu).then_some((k, spare))
+            })
+            .collect();
+        lenders.sort_by(|a, b| {
+            self.task(a.0)
+                .rank()
+                .cmp(&self.task(b.0).rank())
+                .then(b.1.total_cmp(&a.1))
+        });
+        lenders
+    }
+
+    /// Grants `k` a lease of `amount` cores from `lender` (`None`: the host's free CPU); true when it came from
+    /// the host.
+    fn grant_lease(
+        &mut self,
+        (k, why): (Key, Pressure),
+        lender_key: Option<Key>,
+        amount: f64,
+        now_ms: u64,
+        reasons: &mut Reasons,
+        out: &mut Vec<Directive>,
+    ) -> bool {
+        let lease = Lease {
+            id: self.next_lease,
+            resource: ResourceKind::Cpu,
+            holder: self.task(k).spec.container_id.clone(),
+            lender: lender_key.map(|l| self.task(l).spec.container_id.clone()),
+            amount,
+            granted_at_ms: now_ms,
+            expires_at_ms: now_ms + self.cfg.lease_ttl_ms,
+        };
+        self.next_lease += 1;
+        if let Some(l) = lender_key {
+            let lt = self.task_mut(l);
+            lt.cpu = lt.cpu.map(|c| c - amount);
+            reasons[l] = Some(format!(
+                "lent {amount:.2} cores to {} (lease {})",
+                lease.holder, lease.id
+            ));
+        }
+        let from = lease.lender.as_deref().unwrap_or("the host's free CPU");
+        reasons[k] = Some(format!(
+            "{why}: borrowed {amount:.2} cores from {from} (lease {})",
+            lease.id
+        ));
+        let h = self.task_mut(k);
+        h.cpu = h.cpu.map(|c| c + amount);
+        out.push(Directive {
+            container_id: lease.holder.clone(),
+            action: Action::LeaseGranted {
+                lease: lease.clone(),
+            },
+            reason: why.to_string(),
+            applied: h.enforce(),
+            old_value: None,
+        });
+        self.leases.insert(
+            lease.id,
+            Held {
+                lease,
+                holder: Some(k),
+                lender: lender_key,
+            },
+        );
+        lender_key.is_none()
     }
 }

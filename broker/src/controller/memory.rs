@@ -31,9 +31,8 @@ impl Controller {
         t.memory.unwrap_or_else(|| t.mem_used())
     }
 
+    /// Rule 5 over every task, highest priority first, then host pressure.
     pub(super) fn memory(&mut self, now_ms: u64, out: &mut Vec<Directive>) {
-        let grantable = self.grantable_memory();
-        let mut froze_this_tick = false;
         let mut order: Vec<Key> = self.index.values().copied().collect();
         order.sort_by(|&a, &b| {
             self.task(b)
@@ -44,145 +43,183 @@ impl Controller {
         // Pause candidates: lowest rank first, then the last in container id order.
         let mut victims = order.clone();
         victims.reverse();
-        let mut allocated: u64 = self.live().map(|(_, t)| Self::pool_share(t)).sum();
+        let mut pass = MemoryPass {
+            grantable: self.grantable_memory(),
+            allocated: self.live().map(|(_, t)| Self::pool_share(t)).sum(),
+            victims,
+            froze: false,
+        };
         for &k in &order {
-            let t = self.task(k);
-            if t.frozen() {
-                continue;
-            }
-            let (Some(alloc), Some(u)) = (t.memory, t.usage) else {
-                continue;
-            };
-            let used = t.mem_used();
-            let stalled = u
-                .memory_psi_avg10
-                .is_some_and(|p| p >= self.cfg.memory_psi_avg10)
-                && used as f64 >= alloc as f64 * 0.75;
-            let near =
-                used as f64 >= alloc as f64 * self.cfg.memory_grow_at || u.under_oom || stalled;
-            if !near {
-                let need = self.right_size(t, now_ms);
-                if t.holding_memory || t.stalled_since_ms.is_some() {
-                    let t = self.task_mut(k);
-                    t.holding_memory = false;
-                    t.stalled_since_ms = None;
-                }
-                if let Some(need) = need
-                    && (need as f64) < alloc as f64 * self.cfg.memory_shrink_at
-                {
-                    let reason = format!(
-                        "using {used} of {alloc} bytes, {need} needed by its predicted profile: right-sized"
-                    );
-                    self.task_mut(k).memory = Some(need);
-                    allocated -= alloc - need;
-                    out.push(memory_directive(self.task(k), reason, Some(alloc)));
-                }
-                continue;
-            }
-            let cap = t.memory_max.unwrap_or(grantable);
-            if alloc >= cap {
-                self.hold(
-                    k,
-                    "at its memory limit: the kernel's normal OOM policy applies",
-                    out,
-                );
-                continue;
-            }
-            // A task sized by its profile grows to what the profile and its usage say (it would be shrunk back
-            // from more); any other by the growth factor.
-            let by_usage = (used as f64 * self.cfg.headroom) as u64;
-            let target = match t.predicted_memory_window(now_ms, self.cfg.lookahead_buckets) {
-                Some(window) if self.cfg.memory_shrink_at > 0.0 && by_usage.max(window) > alloc => {
-                    by_usage.max(window)
-                }
-                _ => ((alloc as f64 * self.cfg.memory_grow_factor) as u64)
-                    .max(by_usage)
-                    .max(t.predicted_memory_upper(now_ms)),
-            }
-            .min(cap);
-            // The room in the pool, and under every limited ancestor (its own allocation counted there).
-            let anc_room = self
-                .ancestor_room(&t.spec.parents, None)
-                .1
-                .map_or(u64::MAX, |(_, r)| r);
-            let mut room = grantable.saturating_sub(allocated).min(anc_room);
-            if room < target - alloc {
-                // No room: pause the lowest-priority running task ranked below this one.
-                let (rank, mode) = (t.rank(), t.spec.mode);
-                let victim = victims
-                    .iter()
-                    .copied()
-                    .take_while(|&v| self.task(v).rank() < rank)
-                    .find(|&v| {
-                        let t = self.task(v);
-                        !t.frozen() && !t.stopping && t.spec.mode == mode
-                    });
-                if let Some(v) = victim {
-                    let why = format!(
-                        "no memory for {} (higher priority) to grow",
-                        t.spec.container_id
-                    );
-                    let share = Self::pool_share(self.task(v));
-                    self.freeze(v, &why, out);
-                    allocated = allocated - share + Self::pool_share(self.task(v));
-                    froze_this_tick = true;
-                    room = grantable.saturating_sub(allocated).min(anc_room);
-                }
-            }
-            let grow = (target - alloc).min(room);
-            if grow == 0 || room == 0 {
-                // Waiting (v1 OOM wait, v2 reclaim stall) is bounded: past memory_stall_ms the allocation is
-                // lifted and the kernel's policy applies, as it would without the broker.
-                if u.under_oom || stalled {
-                    let since = *self.task_mut(k).stalled_since_ms.get_or_insert(now_ms);
-                    let waited = now_ms.saturating_sub(since);
-                    if waited >= self.cfg.memory_stall_ms {
-                        let old_share = Self::pool_share(self.task(k));
-                        self.lift(k, waited, out);
-                        allocated = allocated - old_share + Self::pool_share(self.task(k));
-                        continue;
-                    }
-                } else {
-                    self.task_mut(k).stalled_since_ms = None;
-                }
-                self.hold(
-                    k,
-                    "no room to grow: waits at its allocation (reclaim or v1 OOM wait), never OOM-killed below its limit",
-                    out,
-                );
-                continue;
-            }
-            let reason = format!(
-                "using {used} of {alloc} bytes{}: grown while the host has room",
-                if u.under_oom { " (waiting on OOM)" } else { "" }
+            self.memory_task(k, now_ms, &mut pass, out);
+        }
+        self.host_pressure(&order, &mut pass, out);
+    }
+
+    /// Grows, right-sizes, holds or lifts one task's memory; pauses a lower-priority task for it when there is no
+    /// room.
+    fn memory_task(
+        &mut self,
+        k: Key,
+        now_ms: u64,
+        pass: &mut MemoryPass,
+        out: &mut Vec<Directive>,
+    ) {
+        let t = self.task(k);
+        if t.frozen() {
+            return;
+        }
+        let (Some(alloc), Some(u)) = (t.memory, t.usage) else {
+            return;
+        };
+        let used = t.mem_used();
+        let stalled = u
+            .memory_psi_avg10
+            .is_some_and(|p| p >= self.cfg.memory_psi_avg10)
+            && used as f64 >= alloc as f64 * 0.75;
+        let near = used as f64 >= alloc as f64 * self.cfg.memory_grow_at || u.under_oom || stalled;
+        if !near {
+            self.shrink_task(k, alloc, now_ms, pass, out);
+            return;
+        }
+        let cap = t.memory_max.unwrap_or(pass.grantable);
+        if alloc >= cap {
+            self.hold(
+                k,
+                "at its memory limit: the kernel's normal OOM policy applies",
+                out,
             );
+            return;
+        }
+        // A task sized by its profile grows to what the profile and its usage say (it would be shrunk back
+        // from more); any other by the growth factor.
+        let by_usage = (used as f64 * self.cfg.headroom) as u64;
+        let target = match t.predicted_memory_window(now_ms, self.cfg.lookahead_buckets) {
+            Some(window) if self.cfg.memory_shrink_at > 0.0 && by_usage.max(window) > alloc => {
+                by_usage.max(window)
+            }
+            _ => ((alloc as f64 * self.cfg.memory_grow_factor) as u64)
+                .max(by_usage)
+                .max(t.predicted_memory_upper(now_ms)),
+        }
+        .min(cap);
+        // The room in the pool, and under every limited ancestor (its own allocation counted there).
+        let anc_room = self
+            .ancestor_room(&t.spec.parents, None)
+            .1
+            .map_or(u64::MAX, |(_, r)| r);
+        let mut room = pass.grantable.saturating_sub(pass.allocated).min(anc_room);
+        if room < target - alloc {
+            // No room: pause the lowest-priority running task ranked below this one.
+            let (rank, mode) = (t.rank(), t.spec.mode);
+            let victim = pass
+                .victims
+                .iter()
+                .copied()
+                .take_while(|&v| self.task(v).rank() < rank)
+                .find(|&v| {
+                    let t = self.task(v);
+                    !t.frozen() && !t.stopping && t.spec.mode == mode
+                });
+            if let Some(v) = victim {
+                let why = format!(
+                    "no memory for {} (higher priority) to grow",
+                    t.spec.container_id
+                );
+                let share = Self::pool_share(self.task(v));
+                self.freeze(v, &why, out);
+                pass.allocated = pass.allocated - share + Self::pool_share(self.task(v));
+                pass.froze = true;
+                room = pass.grantable.saturating_sub(pass.allocated).min(anc_room);
+            }
+        }
+        let grow = (target - alloc).min(room);
+        if grow == 0 || room == 0 {
+            // Waiting (v1 OOM wait, v2 reclaim stall) is bounded: past memory_stall_ms the allocation is
+            // lifted and the kernel's policy applies, as it would without the broker.
+            if u.under_oom || stalled {
+                let since = *self.task_mut(k).stalled_since_ms.get_or_insert(now_ms);
+                let waited = now_ms.saturating_sub(since);
+                if waited >= self.cfg.memory_stall_ms {
+                    let old_share = Self::pool_share(self.task(k));
+                    self.lift(k, waited, out);
+                    pass.allocated = pass.allocated - old_share + Self::pool_share(self.task(k));
+                    return;
+                }
+            } else {
+                self.task_mut(k).stalled_since_ms = None;
+            }
+            self.hold(
+                k,
+                "no room to grow: waits at its allocation (reclaim or v1 OOM wait), never OOM-killed below its limit",
+                out,
+            );
+            return;
+        }
+        let reason = format!(
+            "using {used} of {alloc} bytes{}: grown while the host has room",
+            if u.under_oom { " (waiting on OOM)" } else { "" }
+        );
+        let t = self.task_mut(k);
+        t.memory = Some(alloc + grow);
+        t.holding_memory = false;
+        t.stalled_since_ms = None;
+        pass.allocated += grow;
+        out.push(memory_directive(self.task(k), reason, Some(alloc)));
+    }
+
+    /// A task not near its allocation: no longer holding or stalled, and right-sized when its profile says it
+    /// needs less.
+    fn shrink_task(
+        &mut self,
+        k: Key,
+        alloc: u64,
+        now_ms: u64,
+        pass: &mut MemoryPass,
+        out: &mut Vec<Directive>,
+    ) {
+        let t = self.task(k);
+        let used = t.mem_used();
+        let need = self.right_size(t, now_ms);
+        if t.holding_memory || t.stalled_since_ms.is_some() {
             let t = self.task_mut(k);
-            t.memory = Some(alloc + grow);
             t.holding_memory = false;
             t.stalled_since_ms = None;
-            allocated += grow;
+        }
+        if let Some(need) = need
+            && (need as f64) < alloc as f64 * self.cfg.memory_shrink_at
+        {
+            let reason = format!(
+                "using {used} of {alloc} bytes, {need} needed by its predicted profile: right-sized"
+            );
+            self.task_mut(k).memory = Some(need);
+            pass.allocated -= alloc - need;
             out.push(memory_directive(self.task(k), reason, Some(alloc)));
         }
-        // Host memory pressure: pause the lowest-priority running task; thaw once it has passed.
+    }
+
+    /// Host memory pressure: pauses the lowest-priority running task (unless one was paused this tick); thaws the
+    /// highest-priority paused one once pressure has passed.
+    fn host_pressure(&mut self, order: &[Key], pass: &mut MemoryPass, out: &mut Vec<Directive>) {
+        let grantable = pass.grantable;
         let total: u64 = self.live().map(|(_, t)| t.mem_used()).sum();
         let running = self.live().filter(|(_, t)| !t.frozen()).count();
-        if !froze_this_tick && total as f64 >= grantable as f64 * self.cfg.pause_at && running > 1 {
+        if !pass.froze && total as f64 >= pass.grantable as f64 * self.cfg.pause_at && running > 1 {
             let top = self
                 .live()
                 .filter(|(_, t)| !t.frozen())
                 .map(|(_, t)| t.rank())
                 .max();
-            let victim = victims.iter().copied().find(|&v| {
+            let victim = pass.victims.iter().copied().find(|&v| {
                 let t = self.task(v);
                 !t.frozen() && !t.stopping && t.enforce() && Some(t.rank()) < top
             });
             if let Some(v) = victim {
                 let why = format!("host memory pressure: {total} of {grantable} bytes in use");
                 self.freeze(v, &why, out);
-                froze_this_tick = true;
+                pass.froze = true;
             }
         }
-        if !froze_this_tick && (total as f64) < grantable as f64 * self.cfg.thaw_below {
+        if !pass.froze && (total as f64) < pass.grantable as f64 * self.cfg.thaw_below {
             // The highest rank first, then the first in container id order.
             let thaw = order
                 .iter()
@@ -307,4 +344,15 @@ impl Controller {
             ));
         }
     }
+}
+
+/// What one memory pass carries from task to task.
+struct MemoryPass {
+    grantable: u64,
+    /// The pool's allocated memory (unlimited tasks count with their usage).
+    allocated: u64,
+    /// Pause candidates: lowest rank first, then the last in container id order.
+    victims: Vec<Key>,
+    /// A task was paused this tick.
+    froze: bool,
 }

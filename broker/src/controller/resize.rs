@@ -90,10 +90,52 @@ impl Controller {
             "resized by the user: {}",
             describe_resize(&old_limits, &limits)
         );
+        let r = self.resized(k, old_memory);
+        let (base, ceiling) = (r.base_cpu, r.ceiling);
+        let min_cpu = self.cfg.min_cpu_cores;
+
+        // Leases re-checked against the new ceiling (held) and floor (lent).
+        let mut reasons: Reasons = vec![None; self.slots.len()];
+        let mut out = Vec::new();
+        let (held_sum, lent_sum) = self.end_leases_outside(k, &r, &why, &mut reasons, &mut out);
+        let t = self.task_mut(k);
+        t.base_cpu = base;
+        t.cpu = base.map(|b| (b + held_sum.max(0.0) - lent_sum.max(0.0)).max(min_cpu));
+        t.memory = r.memory;
+        t.memory_max = Some(ceiling);
+        if let Some(restore) = &mut t.frozen_memory {
+            *restore = restore.map(|m| m.min(ceiling));
+        }
+        t.stalled_since_ms = None;
+        t.holding_memory = false;
+        reasons[k] = None;
+        out.extend(
+            self.cpu_directives(reasons, Some(&before))
+                .into_iter()
+                .filter(|d| d.container_id != container_id),
+        );
+        let t = self.task(k);
+        out.push(Directive {
+            container_id: container_id.to_owned(),
+            action: Action::SetCpu { cores: t.cpu },
+            reason: why.clone(),
+            applied: t.enforce(),
+            old_value: old_cpu,
+        });
+        out.push(memory_directive(t, why, old_memory));
+        let pipeline = t.spec.pipeline.clone();
+        self.update_critical_path(now_ms, pipeline.as_deref());
+        Some(out)
+    }
+
+    /// A resized task's allocation under its new limits (already in its spec): a cold start follows them, a
+    /// predicted task keeps what it had within them.
+    fn resized(&self, k: Key, old_memory: Option<u64>) -> Resized {
         let grant_mem = self.grantable_memory();
         let grant_cpu = self.grantable_cpu();
         let (cfg, min_cpu) = (&self.cfg, self.cfg.min_cpu_cores);
         let t = self.task(k);
+        let limits = t.spec.limits;
         let cold = t.spec.prediction.as_ref().is_none_or(|p| p.is_cold_start());
         let (anc_cpu, anc_mem) = tightest(&t.spec.parents);
         let anc_cpu = anc_cpu.map_or(f64::INFINITY, |(_, c)| c);
@@ -125,7 +167,6 @@ impl Controller {
             .memory_limit_bytes
             .unwrap_or(grant_mem)
             .min(anc_mem.map_or(u64::MAX, |(_, m)| m));
-        let memory_max = Some(ceiling);
         let mem_request = limits
             .memory_request_bytes
             .filter(|_| !t.spec.allow_below_request)
@@ -140,10 +181,26 @@ impl Controller {
                     .min(ceiling),
             )
         };
+        Resized {
+            base_cpu: base,
+            cpu_cap,
+            cpu_floor: cpu_request.max(min_cpu),
+            memory,
+            ceiling,
+        }
+    }
 
-        // Leases re-checked against the new ceiling (held) and floor (lent).
-        let mut reasons: Reasons = vec![None; self.slots.len()];
-        let mut out = Vec::new();
+    /// Ends, newest first, the leases task `k` holds above its new CPU cap and lends below its new floor; returns
+    /// what it still holds and lends.
+    fn end_leases_outside(
+        &mut self,
+        k: Key,
+        r: &Resized,
+        why: &str,
+        reasons: &mut Reasons,
+        out: &mut Vec<Directive>,
+    ) -> (f64, f64) {
+        let (base, cpu_cap, floor) = (r.base_cpu, r.cpu_cap, r.cpu_floor);
         let mut held: Vec<(u64, f64)> = Vec::new();
         let mut lent: Vec<(u64, f64)> = Vec::new();
         for h in self.leases.values() {
@@ -156,48 +213,33 @@ impl Controller {
         }
         let mut held_sum: f64 = held.iter().map(|(_, a)| a).sum();
         let mut lent_sum: f64 = lent.iter().map(|(_, a)| a).sum();
-        let floor = cpu_request.max(min_cpu);
         for (id, amount) in held.iter().rev() {
             if base.is_some_and(|b| b + held_sum <= cpu_cap + EPS) {
                 break;
             }
-            self.end_lease(*id, &why, &mut reasons, &mut out);
+            self.end_lease(*id, why, reasons, out);
             held_sum -= amount;
         }
         for (id, amount) in lent.iter().rev() {
             if base.is_some_and(|b| b - lent_sum + EPS >= floor) {
                 break;
             }
-            self.end_lease(*id, &why, &mut reasons, &mut out);
+            self.end_lease(*id, why, reasons, out);
             lent_sum -= amount;
         }
-        let t = self.task_mut(k);
-        t.base_cpu = base;
-        t.cpu = base.map(|b| (b + held_sum.max(0.0) - lent_sum.max(0.0)).max(min_cpu));
-        t.memory = memory;
-        t.memory_max = memory_max;
-        if let Some(restore) = &mut t.frozen_memory {
-            *restore = restore.map(|m| m.min(ceiling));
-        }
-        t.stalled_since_ms = None;
-        t.holding_memory = false;
-        reasons[k] = None;
-        out.extend(
-            self.cpu_directives(reasons, Some(&before))
-                .into_iter()
-                .filter(|d| d.container_id != container_id),
-        );
-        let t = self.task(k);
-        out.push(Directive {
-            container_id: container_id.to_owned(),
-            action: Action::SetCpu { cores: t.cpu },
-            reason: why.clone(),
-            applied: t.enforce(),
-            old_value: old_cpu,
-        });
-        out.push(memory_directive(t, why, old_memory));
-        let pipeline = t.spec.pipeline.clone();
-        self.update_critical_path(now_ms, pipeline.as_deref());
-        Some(out)
+        (held_sum, lent_sum)
     }
+}
+
+/// A resized task's allocation before its leases are re-checked.
+struct Resized {
+    /// Its own CPU before leases (`None`: no quota).
+    base_cpu: Option<f64>,
+    /// Its user limit or its tightest ancestor's, whichever is lower.
+    cpu_cap: f64,
+    /// The least it keeps when lending.
+    cpu_floor: f64,
+    memory: Option<u64>,
+    /// The memory ceiling (`memory.max`).
+    ceiling: u64,
 }
