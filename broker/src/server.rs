@@ -311,6 +311,94 @@ impl State {
     }
 
     /// Whether `id` finished (while unregistered) within [`EARLY_FINISH_MS`]; forgets it either way.
+    /// Refuses a Register whose container finished already (its Finish overtook it) or whose pipeline is full.
+    fn admits(
+        &mut self,
+        container_id: &str,
+        pipeline: Option<&str>,
+        now: u64,
+    ) -> Result<(), ErrorReply> {
+        if !self.running.contains_key(container_id) && self.took_early_finish(container_id, now) {
+            return Err(ErrorReply::new(
+                ErrorCode::NotFound,
+                format!(
+                    "container {:?} already finished: its Finish came before this Register (a shim that gave up \
+                 waiting); not registered",
+                    crate::validate::shown(container_id, 128)
+                ),
+            ));
+        }
+        if let Some(p) = pipeline
+            && !self.running.contains_key(container_id)
+            && self.controller.pipeline_size(p) >= crate::validate::MAX_PIPELINE_TASKS
+        {
+            return Err(ErrorReply::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "annotation `{}`: pipeline {:?} already has {} running tasks, the most one pipeline may have",
+                    crate::annotations::PIPELINE,
+                    crate::validate::shown(p, 128),
+                    crate::validate::MAX_PIPELINE_TASKS
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Opens (or, for a shim registering again with `adopt`, carries on) the container's run: the store's ops go
+    /// to `ops`.
+    fn open_run(
+        &mut self,
+        r: &Register,
+        key: &TaskKey,
+        meta: RunMetadata,
+        model_version: Option<u64>,
+        now: u64,
+        ops: &mut Vec<BatchOp>,
+    ) {
+        // A run the previous broker process had open carries on when its shim registers again with `adopt`.
+        let carried = match (r.adopt.is_some(), self.orphans.remove(&r.container_id)) {
+            (true, Some(o)) if o.task_key == *key => Some(o),
+            (_, Some(o)) => {
+                ops.push(BatchOp::Close(o.container_id, o.run_id));
+                None
+            }
+            _ => None,
+        };
+        let (run_id, started_at_ms, meta) = match carried {
+            Some(o) => (o.run_id, o.started_at_ms, o.meta),
+            None => {
+                let id = self.next_run;
+                self.next_run += 1;
+                (id, now, meta)
+            }
+        };
+        ops.push(BatchOp::Open(Box::new(predictor::OpenRun {
+            container_id: r.container_id.clone(),
+            run_id,
+            task_key: key.clone(),
+            started_at_ms,
+            meta: meta.clone(),
+            model_version,
+        })));
+        let running = Running {
+            run_id,
+            task_key: key.clone(),
+            meta,
+            started_at_ms,
+            last_seen_ms: now,
+            model_version,
+            prev: None,
+            pending: Vec::new(),
+            stats: RunStats::default(),
+        };
+        if let Some(old) = self.running.insert(r.container_id.clone(), running)
+            && old.run_id != run_id
+        {
+            tracing::warn!(container = %crate::validate::shown(&r.container_id, 253), run = old.run_id, "registered again; the earlier run is dropped");
+        }
+    }
+
     fn took_early_finish(&mut self, id: &str, now: u64) -> bool {
         self.finished_early
             .remove(id)
@@ -708,32 +796,7 @@ impl Broker {
         let mut ops = Vec::new();
         let (allocation, directives, records) = {
             let mut st = self.lock();
-            if !st.running.contains_key(&r.container_id)
-                && st.took_early_finish(&r.container_id, now)
-            {
-                return Err(ErrorReply::new(
-                    ErrorCode::NotFound,
-                    format!(
-                        "container {:?} already finished: its Finish came before this Register (a shim that gave up \
-                         waiting); not registered",
-                        crate::validate::shown(&r.container_id, 128)
-                    ),
-                ));
-            }
-            if let Some(p) = &spec.pipeline
-                && !st.running.contains_key(&r.container_id)
-                && st.controller.pipeline_size(p) >= crate::validate::MAX_PIPELINE_TASKS
-            {
-                return Err(ErrorReply::new(
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "annotation `{}`: pipeline {:?} already has {} running tasks, the most one pipeline may have",
-                        crate::annotations::PIPELINE,
-                        crate::validate::shown(p, 128),
-                        crate::validate::MAX_PIPELINE_TASKS
-                    ),
-                ));
-            }
+            st.admits(&r.container_id, spec.pipeline.as_deref(), now)?;
             let (allocation, directives) = match r.adopt {
                 Some(current) => {
                     tracing::info!(container = %r.container_id, ?current, "registered again while running: allocation adopted");
@@ -741,47 +804,7 @@ impl Broker {
                 }
                 None => st.controller.register(spec, now),
             };
-            // A run the previous broker process had open carries on when its shim registers again with `adopt`.
-            let carried = match (r.adopt.is_some(), st.orphans.remove(&r.container_id)) {
-                (true, Some(o)) if o.task_key == key => Some(o),
-                (_, Some(o)) => {
-                    ops.push(BatchOp::Close(o.container_id, o.run_id));
-                    None
-                }
-                _ => None,
-            };
-            let (run_id, started_at_ms, meta) = match carried {
-                Some(o) => (o.run_id, o.started_at_ms, o.meta),
-                None => {
-                    let id = st.next_run;
-                    st.next_run += 1;
-                    (id, now, meta)
-                }
-            };
-            ops.push(BatchOp::Open(Box::new(predictor::OpenRun {
-                container_id: r.container_id.clone(),
-                run_id,
-                task_key: key.clone(),
-                started_at_ms,
-                meta: meta.clone(),
-                model_version,
-            })));
-            let running = Running {
-                run_id,
-                task_key: key.clone(),
-                meta,
-                started_at_ms,
-                last_seen_ms: now,
-                model_version,
-                prev: None,
-                pending: Vec::new(),
-                stats: RunStats::default(),
-            };
-            if let Some(old) = st.running.insert(r.container_id.clone(), running)
-                && old.run_id != run_id
-            {
-                tracing::warn!(container = %crate::validate::shown(&r.container_id, 253), run = old.run_id, "registered again; the earlier run is dropped");
-            }
+            st.open_run(&r, &key, meta, model_version, now, &mut ops);
             let mut records: Vec<predictor::Decision> = capped
                 .into_iter()
                 .map(|(what, old, new, reason)| predictor::Decision {
@@ -1586,46 +1609,117 @@ fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) -> bool {
     }
 }
 
+/// Takes the state dir's lock file (one daemon per state dir) and writes our pid into it.
+fn lock_pid_file(cfg: &Config) -> Result<nix::fcntl::Flock<std::fs::File>, ServerError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let lock_path = cfg.lock_file();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&lock_path)
+        .map_err(|source| ServerError::Lock {
+            path: lock_path.clone(),
+            source,
+        })?;
+    let mut lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| ServerError::Locked {
+            path: lock_path.clone(),
+        })?;
+    let _ = lock.set_len(0);
+    let _ = writeln!(*lock, "{}", std::process::id());
+    Ok(lock)
+}
+
+/// The predictor's settings from the daemon's config.
+fn predictor_config(cfg: &Config) -> PredictorConfig {
+    let mut pcfg = PredictorConfig::default();
+    pcfg.retrain.interval_ms = cfg.retrain.interval_ms;
+    pcfg.retrain.new_runs = cfg.retrain.new_runs;
+    pcfg.retrain.refit_growth = cfg.retrain.refit_growth;
+    if let Some(m) = cfg.retrain.min_runs {
+        pcfg.train.min_runs = m;
+    }
+    const DAY_MS: u64 = 24 * 3_600_000;
+    pcfg.store.cache_bytes = Some(cfg.store_cache_bytes);
+    pcfg.retention.max_decisions = cfg.max_decisions;
+    pcfg.retention.max_decision_age_ms = cfg.decision_retention_days.saturating_mul(DAY_MS);
+    pcfg.retention.max_task_types = cfg.max_task_types;
+    pcfg.retention.max_task_type_age_ms = cfg.task_type_retention_days.saturating_mul(DAY_MS);
+    pcfg
+}
+
+/// The accept, tick and retrain threads.
+fn spawn_workers(
+    broker: &Arc<Broker>,
+    listener: UnixListener,
+) -> Result<Vec<std::thread::JoinHandle<()>>, ServerError> {
+    let mut threads = Vec::new();
+    {
+        let b = Arc::clone(broker);
+        threads.push(spawn("accept", move || {
+            for conn in listener.incoming() {
+                if b.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match conn {
+                    Ok(s) => accept_one(&b, s),
+                    Err(e) => {
+                        b.log_limited(|| tracing::warn!(error = %e, "accepting a connection"));
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+        })?);
+    }
+    {
+        let b = Arc::clone(broker);
+        threads.push(spawn("tick", move || {
+            let tick = Duration::from_millis(b.cfg.tick_ms);
+            while sleep_unless_stopped(&b.stop, tick) {
+                b.tick();
+                b.tracker.observe(&b.snapshot());
+                b.release_memory();
+            }
+        })?);
+    }
+    {
+        let b = Arc::clone(broker);
+        threads.push(spawn("retrain", move || {
+            let every = Duration::from_millis(b.cfg.retrain_check_ms.max(1));
+            let mut imports = crate::transfer::Watcher::default();
+            loop {
+                let now = now_ms();
+                if let Some(dir) = &b.cfg.import.dir {
+                    imports.scan(&b.predictor, dir, b.cfg.import.max_file_bytes, now);
+                }
+                if let Err(e) = b.predictor.maybe_retrain(now) {
+                    tracing::error!(error = %e, "retraining");
+                }
+                if let Err(e) = b.predictor.apply_retention(now) {
+                    tracing::error!(error = %e, "applying retention");
+                }
+                if !sleep_unless_stopped(&b.stop, every) {
+                    break;
+                }
+            }
+        })?);
+    }
+    Ok(threads)
+}
+
 impl Daemon {
     /// Takes the lock, opens the store, binds the socket and starts every thread.
     pub fn start(cfg: Config) -> Result<Self, ServerError> {
-        use std::os::unix::fs::OpenOptionsExt;
         limit_arenas();
         let nofile = raise_nofile();
         // The state dir holds containers' command lines: ours alone, whatever the umask.
         create_private_dir(&cfg.state_dir)?;
-        let lock_path = cfg.lock_file();
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&lock_path)
-            .map_err(|source| ServerError::Lock {
-                path: lock_path.clone(),
-                source,
-            })?;
-        let mut lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|_| ServerError::Locked {
-            path: lock_path.clone(),
-        })?;
-        let _ = lock.set_len(0);
-        let _ = writeln!(*lock, "{}", std::process::id());
+        let lock = lock_pid_file(&cfg)?;
 
-        let mut pcfg = PredictorConfig::default();
-        pcfg.retrain.interval_ms = cfg.retrain.interval_ms;
-        pcfg.retrain.new_runs = cfg.retrain.new_runs;
-        pcfg.retrain.refit_growth = cfg.retrain.refit_growth;
-        if let Some(m) = cfg.retrain.min_runs {
-            pcfg.train.min_runs = m;
-        }
-        const DAY_MS: u64 = 24 * 3_600_000;
-        pcfg.store.cache_bytes = Some(cfg.store_cache_bytes);
-        pcfg.retention.max_decisions = cfg.max_decisions;
-        pcfg.retention.max_decision_age_ms = cfg.decision_retention_days.saturating_mul(DAY_MS);
-        pcfg.retention.max_task_types = cfg.max_task_types;
-        pcfg.retention.max_task_type_age_ms = cfg.task_type_retention_days.saturating_mul(DAY_MS);
+        let pcfg = predictor_config(&cfg);
         let predictor = Arc::new(Predictor::open(&cfg.database(), pcfg)?);
         for f in &cfg.import.files {
             crate::transfer::import_file(&predictor, f, cfg.import.max_file_bytes, now_ms())?;
@@ -1698,57 +1792,7 @@ impl Daemon {
             last_warning_ms: std::sync::atomic::AtomicU64::new(0),
             latencies: crate::metrics::Latencies::default(),
         });
-        let mut threads = Vec::new();
-        {
-            let b = Arc::clone(&broker);
-            threads.push(spawn("accept", move || {
-                for conn in listener.incoming() {
-                    if b.stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    match conn {
-                        Ok(s) => accept_one(&b, s),
-                        Err(e) => {
-                            b.log_limited(|| tracing::warn!(error = %e, "accepting a connection"));
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                    }
-                }
-            })?);
-        }
-        {
-            let b = Arc::clone(&broker);
-            threads.push(spawn("tick", move || {
-                let tick = Duration::from_millis(b.cfg.tick_ms);
-                while sleep_unless_stopped(&b.stop, tick) {
-                    b.tick();
-                    b.tracker.observe(&b.snapshot());
-                    b.release_memory();
-                }
-            })?);
-        }
-        {
-            let b = Arc::clone(&broker);
-            threads.push(spawn("retrain", move || {
-                let every = Duration::from_millis(b.cfg.retrain_check_ms.max(1));
-                let mut imports = crate::transfer::Watcher::default();
-                loop {
-                    let now = now_ms();
-                    if let Some(dir) = &b.cfg.import.dir {
-                        imports.scan(&b.predictor, dir, b.cfg.import.max_file_bytes, now);
-                    }
-                    if let Err(e) = b.predictor.maybe_retrain(now) {
-                        tracing::error!(error = %e, "retraining");
-                    }
-                    if let Err(e) = b.predictor.apply_retention(now) {
-                        tracing::error!(error = %e, "applying retention");
-                    }
-                    if !sleep_unless_stopped(&b.stop, every) {
-                        break;
-                    }
-                }
-            })?);
-        }
+        let mut threads = spawn_workers(&broker, listener)?;
         if let Some(t) = crate::metrics::start(
             &broker.cfg.metrics,
             broker.cfg.allowed_gid,
