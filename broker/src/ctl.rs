@@ -356,40 +356,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CtlError> {
             output,
         } => {
             let file = export(&mut c, *newest_per_type)?;
-            match output {
-                Some(path) if path.as_os_str() != "-" => {
-                    crate::transfer::write_file(path, &file).map_err(|e| match e {
-                        crate::transfer::TransferError::Write { source, .. } => CtlError::Write {
-                            path: path.clone(),
-                            source,
-                        },
-                        e => CtlError::Write {
-                            path: path.clone(),
-                            source: std::io::Error::other(e.to_string()),
-                        },
-                    })?;
-                    let types: std::collections::HashSet<&str> =
-                        file.runs.iter().map(|r| r.task_key.as_str()).collect();
-                    write_out(
-                        out,
-                        &format!(
-                            "wrote {} ({} runs of {} task types, node {})\n",
-                            path.display(),
-                            file.runs.len(),
-                            types.len(),
-                            file.node_id
-                        ),
-                    )
-                }
-                _ => {
-                    let mut text = serde_json::to_string(&file).map_err(|e| CtlError::Write {
-                        path: PathBuf::from("-"),
-                        source: std::io::Error::other(e),
-                    })?;
-                    text.push('\n');
-                    write_out(out, &text)
-                }
-            }
+            write_export(&file, output.as_deref(), out)
         }
         Command::Status => {
             let s = c.status().map_err(client_error)?;
@@ -438,40 +405,93 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CtlError> {
             output,
         } => {
             let h = history(&mut c, name, *subject)?;
-            let svg = svg(&h, name);
-            let path = match output {
-                Some(p) => p.clone(),
-                None if args.json => PathBuf::new(),
-                None => PathBuf::from(format!("{}.svg", file_stem(name))),
-            };
-            if path.as_os_str() == "-" {
-                write_out(out, &svg)?;
-            } else if !path.as_os_str().is_empty() {
-                std::fs::write(&path, &svg).map_err(|source| CtlError::Write {
-                    path: path.clone(),
-                    source,
-                })?;
-            }
-            if args.json {
-                write_out(out, &to_json(&h))
-            } else if path.as_os_str() != "-" {
-                write_out(
-                    out,
-                    &format!(
-                        "wrote {} ({} points, {})\n",
-                        path.display(),
-                        h.points.len(),
-                        if h.prediction.is_some() {
-                            "with the predicted band"
-                        } else {
-                            "cold start: no predicted band"
-                        }
-                    ),
-                )
-            } else {
-                Ok(())
-            }
+            write_report(&h, name, output.as_deref(), args.json, out)
         }
+    }
+}
+
+/// Writes an export file to `output` (atomically), or to stdout when it is `-` or not given.
+fn write_export(
+    file: &crate::transfer::HistoryFile,
+    output: Option<&std::path::Path>,
+    out: &mut dyn Write,
+) -> Result<(), CtlError> {
+    match output {
+        Some(path) if path.as_os_str() != "-" => {
+            crate::transfer::write_file(path, file).map_err(|e| match e {
+                crate::transfer::TransferError::Write { source, .. } => CtlError::Write {
+                    path: path.to_path_buf(),
+                    source,
+                },
+                e => CtlError::Write {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::other(e.to_string()),
+                },
+            })?;
+            let types: std::collections::HashSet<&str> =
+                file.runs.iter().map(|r| r.task_key.as_str()).collect();
+            write_out(
+                out,
+                &format!(
+                    "wrote {} ({} runs of {} task types, node {})\n",
+                    path.display(),
+                    file.runs.len(),
+                    types.len(),
+                    file.node_id
+                ),
+            )
+        }
+        _ => {
+            let mut text = serde_json::to_string(file).map_err(|e| CtlError::Write {
+                path: PathBuf::from("-"),
+                source: std::io::Error::other(e),
+            })?;
+            text.push('\n');
+            write_out(out, &text)
+        }
+    }
+}
+
+/// Writes a report's SVG to `output` (`-`: stdout; default `<name>.svg`, none with `--json`), and what was written.
+fn write_report(
+    h: &History,
+    name: &str,
+    output: Option<&std::path::Path>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CtlError> {
+    let svg = svg(h, name);
+    let path = match output {
+        Some(p) => p.to_path_buf(),
+        None if json => PathBuf::new(),
+        None => PathBuf::from(format!("{}.svg", file_stem(name))),
+    };
+    if path.as_os_str() == "-" {
+        write_out(out, &svg)?;
+    } else if !path.as_os_str().is_empty() {
+        std::fs::write(&path, &svg).map_err(|source| CtlError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    if json {
+        write_out(out, &to_json(h))
+    } else if path.as_os_str() != "-" {
+        write_out(
+            out,
+            &format!(
+                "wrote {} ({} points, {})\n",
+                path.display(),
+                h.points.len(),
+                if h.prediction.is_some() {
+                    "with the predicted band"
+                } else {
+                    "cold start: no predicted band"
+                }
+            ),
+        )
+    } else {
+        Ok(())
     }
 }
 
@@ -620,77 +640,7 @@ pub fn status_table(s: &Status) -> String {
     } else {
         let mut tasks = s.tasks.clone();
         tasks.sort_by(|a, b| a.container_id.cmp(&b.container_id));
-        let rows: Vec<Vec<String>> = tasks
-            .iter()
-            .map(|t| {
-                let p = s
-                    .predictions
-                    .iter()
-                    .find(|p| p.container_id == t.container_id);
-                let lent: Vec<_> = s
-                    .leases
-                    .iter()
-                    .filter(|l| l.lender.as_deref() == Some(t.container_id.as_str()))
-                    .collect();
-                let held: Vec<_> = s
-                    .leases
-                    .iter()
-                    .filter(|l| l.holder == t.container_id)
-                    .collect();
-                let leases = |v: &[&crate::controller::Lease]| {
-                    if v.is_empty() {
-                        "-".to_owned()
-                    } else {
-                        format!(
-                            "{} ({:.2})",
-                            v.len(),
-                            v.iter().map(|l| l.amount).sum::<f64>()
-                        )
-                    }
-                };
-                let mut state = Vec::new();
-                if t.frozen {
-                    state.push("paused".to_owned());
-                }
-                if let Some(u) = t.usage
-                    && u.cpu_throttled_fraction > 0.0
-                {
-                    state.push(format!(
-                        "throttled {:.0}%",
-                        u.cpu_throttled_fraction * 100.0
-                    ));
-                }
-                if t.critical {
-                    state.push("critical".to_owned());
-                }
-                if state.is_empty() {
-                    state.push("running".to_owned());
-                }
-                vec![
-                    t.container_id.clone(),
-                    opt(p.map(|p| p.task_key.clone()), |k| k, "-"),
-                    format!("{:?}", t.mode).to_lowercase(),
-                    t.priority.to_string(),
-                    opt(t.usage, |u| format!("{:.2}", u.cpu_cores), "-"),
-                    opt(
-                        p.and_then(|p| p.cpu_cores),
-                        |e| format!("{:.2} [{:.2}-{:.2}]", e.point, e.lower, e.upper),
-                        "cold",
-                    ),
-                    opt(t.allocation.cpu_cores, |c| format!("{c:.2}"), "unlimited"),
-                    opt(t.usage, |u| bytes(u.memory_bytes as f64), "-"),
-                    opt(
-                        p.and_then(|p| p.memory_bytes),
-                        |e| format!("{} [{}-{}]", bytes(e.point), bytes(e.lower), bytes(e.upper)),
-                        "cold",
-                    ),
-                    opt(t.allocation.memory_bytes, |b| bytes(b as f64), "unlimited"),
-                    leases(&lent),
-                    leases(&held),
-                    state.join(", "),
-                ]
-            })
-            .collect();
+        let rows: Vec<Vec<String>> = tasks.iter().map(|t| task_row(s, t)).collect();
         out.push('\n');
         out.push_str(&table(
             &[
@@ -712,37 +662,112 @@ pub fn status_table(s: &Status) -> String {
         ));
     }
     if !s.leases.is_empty() {
-        let mut leases = s.leases.clone();
-        leases.sort_by_key(|l| l.id);
-        let rows: Vec<Vec<String>> = leases
-            .iter()
-            .map(|l| {
-                vec![
-                    l.id.to_string(),
-                    format!("{:?}", l.resource).to_lowercase(),
-                    l.lender.clone().unwrap_or_else(|| "host".to_owned()),
-                    l.holder.clone(),
-                    format!("{:.2}", l.amount),
-                    utc(l.granted_at_ms),
-                    utc(l.expires_at_ms),
-                ]
-            })
-            .collect();
         out.push('\n');
-        out.push_str(&table(
-            &[
-                "LEASE",
-                "RESOURCE",
-                "LENDER",
-                "HOLDER",
-                "AMOUNT",
-                "GRANTED (UTC)",
-                "EXPIRES (UTC)",
-            ],
-            &rows,
-        ));
+        out.push_str(&lease_table(s));
     }
     out
+}
+
+/// One task's row of the status table.
+fn task_row(s: &Status, t: &crate::controller::TaskView) -> Vec<String> {
+    let p = s
+        .predictions
+        .iter()
+        .find(|p| p.container_id == t.container_id);
+    let lent: Vec<_> = s
+        .leases
+        .iter()
+        .filter(|l| l.lender.as_deref() == Some(t.container_id.as_str()))
+        .collect();
+    let held: Vec<_> = s
+        .leases
+        .iter()
+        .filter(|l| l.holder == t.container_id)
+        .collect();
+    let leases = |v: &[&crate::controller::Lease]| {
+        if v.is_empty() {
+            "-".to_owned()
+        } else {
+            format!(
+                "{} ({:.2})",
+                v.len(),
+                v.iter().map(|l| l.amount).sum::<f64>()
+            )
+        }
+    };
+    let mut state = Vec::new();
+    if t.frozen {
+        state.push("paused".to_owned());
+    }
+    if let Some(u) = t.usage
+        && u.cpu_throttled_fraction > 0.0
+    {
+        state.push(format!(
+            "throttled {:.0}%",
+            u.cpu_throttled_fraction * 100.0
+        ));
+    }
+    if t.critical {
+        state.push("critical".to_owned());
+    }
+    if state.is_empty() {
+        state.push("running".to_owned());
+    }
+    vec![
+        t.container_id.clone(),
+        opt(p.map(|p| p.task_key.clone()), |k| k, "-"),
+        format!("{:?}", t.mode).to_lowercase(),
+        t.priority.to_string(),
+        opt(t.usage, |u| format!("{:.2}", u.cpu_cores), "-"),
+        opt(
+            p.and_then(|p| p.cpu_cores),
+            |e| format!("{:.2} [{:.2}-{:.2}]", e.point, e.lower, e.upper),
+            "cold",
+        ),
+        opt(t.allocation.cpu_cores, |c| format!("{c:.2}"), "unlimited"),
+        opt(t.usage, |u| bytes(u.memory_bytes as f64), "-"),
+        opt(
+            p.and_then(|p| p.memory_bytes),
+            |e| format!("{} [{}-{}]", bytes(e.point), bytes(e.lower), bytes(e.upper)),
+            "cold",
+        ),
+        opt(t.allocation.memory_bytes, |b| bytes(b as f64), "unlimited"),
+        leases(&lent),
+        leases(&held),
+        state.join(", "),
+    ]
+}
+
+/// The status table's leases, by id.
+fn lease_table(s: &Status) -> String {
+    let mut leases = s.leases.clone();
+    leases.sort_by_key(|l| l.id);
+    let rows: Vec<Vec<String>> = leases
+        .iter()
+        .map(|l| {
+            vec![
+                l.id.to_string(),
+                format!("{:?}", l.resource).to_lowercase(),
+                l.lender.clone().unwrap_or_else(|| "host".to_owned()),
+                l.holder.clone(),
+                format!("{:.2}", l.amount),
+                utc(l.granted_at_ms),
+                utc(l.expires_at_ms),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "LEASE",
+            "RESOURCE",
+            "LENDER",
+            "HOLDER",
+            "AMOUNT",
+            "GRANTED (UTC)",
+            "EXPIRES (UTC)",
+        ],
+        &rows,
+    )
 }
 
 /// `predictivectl models`.
@@ -1003,10 +1028,9 @@ fn panel(
     out.push_str("</g>\n");
 }
 
-/// The SVG chart of a history: a CPU panel and a memory panel, each with usage, allocation and the predicted
-/// band over seconds since the start of the run. Series carry ids `cpu-usage`, `cpu-allocation`,
-/// `cpu-predicted-band`, `memory-usage`, `memory-allocation`, `memory-predicted-band`.
-pub fn svg(h: &History, name: &str) -> String {
+/// The report's CPU and memory series (usage, allocation, predicted band) in seconds since the start, and the
+/// last point's time.
+fn series(h: &History) -> (Series, Series, f64) {
     let t0 = h
         .started_at_ms
         .or_else(|| h.points.first().map(|p| p.at_ms))
@@ -1056,6 +1080,14 @@ pub fn svg(h: &History, name: &str) -> String {
             }
         }
     }
+    (cpu, mem, last_t)
+}
+
+/// The SVG chart of a history: a CPU panel and a memory panel, each with usage, allocation and the predicted
+/// band over seconds since the start of the run. Series carry ids `cpu-usage`, `cpu-allocation`,
+/// `cpu-predicted-band`, `memory-usage`, `memory-allocation`, `memory-predicted-band`.
+pub fn svg(h: &History, name: &str) -> String {
+    let (cpu, mem, last_t) = series(h);
     let band_end = cpu.band.last().map_or(0.0, |b| b.1);
     let t_max = nice_max(last_t.max(band_end).max(1.0));
     let height = TOP + 2.0 * PANEL_H + GAP + 60.0;
