@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-import re, os, sys
 """Top-level modules of one crate (its src/ dir) and the crate:: paths between them; exits 1 on a cycle.
 Usage: scripts/module-cycles.py broker/src"""
+import re, os, sys
 root = sys.argv[1]
 mods = {}
 for f in os.listdir(root):
