@@ -17,6 +17,8 @@ for m, files in mods.items():
         if fp.endswith('tests.rs'): continue
         txt = open(fp).read()
         txt = txt.split('#[cfg(test)]\nmod tests')[0]
+        # doc links and comments are not imports
+        txt = '\n'.join(l for l in txt.split('\n') if not l.lstrip().startswith('//'))
         for d in re.findall(r'crate::(\w+)', txt):
             if d in mods and d != m: deps.add(d)
         for grp in re.findall(r'use crate::\{([^}]*)\}', txt):
