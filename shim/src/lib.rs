@@ -15,6 +15,7 @@ pub mod predict;
 pub mod process;
 pub mod reaper;
 pub mod runtime;
+pub mod seams;
 pub mod service;
 pub mod spawn;
 pub mod systemd;

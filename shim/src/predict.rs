@@ -416,7 +416,7 @@ impl Augment {
     /// then starts the monitor.
     pub fn created(self: &Arc<Self>, pid: i32) {
         *lock(&self.pid) = Some(pid);
-        let made = join_companions(&self.id, pid);
+        let made = join_companions(&HostRoots::default(), &self.id, pid);
         lock(&self.companions).extend(made);
         let own: Vec<Directive> = lock(&self.registered)
             .as_ref()
@@ -823,12 +823,13 @@ fn unit_resources(action: &Action) -> Option<oci_spec::runtime::LinuxResources> 
 /// are written on v2), then, when the broker manages the container, tells it the new limits and applies its
 /// answer ([`Augment::resized`]). Blocking: call from the blocking pool.
 pub fn apply_update(
+    roots: &HostRoots,
     id: &str,
     pid: i32,
     resources: &LinuxResources,
     augment: Option<&Augment>,
 ) -> Result<()> {
-    let cg = ContainerCgroup::from_pid(&HostRoots::default(), pid).map_err(|e| {
+    let cg = ContainerCgroup::from_pid(roots, pid).map_err(|e| {
         ShimError::FailedPrecondition(format!(
             "update {id}: finding its cgroup: {}",
             predictive_api::error_chain(&e)
@@ -871,8 +872,8 @@ pub fn update_error(id: &str, e: ActuateError) -> ShimError {
 /// Puts the container's init (before it runs) where runc's cgroupfs driver would also put it: the `name=systemd`
 /// hierarchy and a hybrid host's cgroup2 tree, at its v1 path (`runtime_hooks::companions`). Returns the
 /// directories made (outermost first), for [`remove_companions`]; a failure is logged, as runc ignores it.
-pub fn join_companions(id: &str, pid: i32) -> Vec<PathBuf> {
-    let joined = runtime_hooks::companions::join_companions(&HostRoots::default(), pid);
+pub fn join_companions(roots: &HostRoots, id: &str, pid: i32) -> Vec<PathBuf> {
+    let joined = runtime_hooks::companions::join_companions(roots, pid);
     for e in &joined.errors {
         tracing::debug!(container = %id, "{}", predictive_api::error_chain(e));
     }

@@ -1,7 +1,8 @@
 //! The ttrpc Task service containerd talks to, over the map of containers this shim holds.
 //!
-//! Everything that touches libcontainer goes to the zygote (see `zygote.rs`); everything else —
-//! stdio copies, signals to a known pid, cgroup reads and writes, events — happens here.
+//! Everything that touches libcontainer goes to the runtime (the zygote, see `zygote.rs`), and events go to
+//! an event sink, both through the traits in `seams.rs`; everything else — stdio copies, cgroup reads and
+//! writes under [`Shared::roots`] — happens here. Unit tests (`task/tests.rs`) drive the service with fakes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::event::Event;
 use containerd_shim_protos::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
@@ -39,16 +39,20 @@ use crate::options::RuntimeOptions;
 use crate::predict::{self, Augment};
 use crate::process::{ExitInfo, Process};
 use crate::reaper::Reaper;
+use crate::seams::{EventSink, Runtime};
 use crate::systemd::Scope;
-use crate::zygote::{self, Failure, Reply, Request, Zygote};
+use crate::zygote::{self, Failure, Reply, Request};
 
 /// Everything the task service shares with its background tasks.
 pub struct Shared {
     pub namespace: String,
     /// libcontainer's state root for this namespace.
     pub state_root: PathBuf,
-    pub zygote: Zygote,
+    /// libcontainer (the zygote's workers) and signals.
+    pub runtime: Arc<dyn Runtime>,
     pub reaper: Arc<Reaper>,
+    /// Where `/proc` and the cgroup hierarchies are (the host's; a temp dir in unit tests).
+    pub roots: HostRoots,
     /// Task events for containerd, sent in order in the background.
     pub events: Events,
     containers: Mutex<HashMap<String, Arc<Container>>>,
@@ -88,21 +92,26 @@ pub struct TaskService {
 }
 
 impl TaskService {
+    /// The service for containerd `namespace`: containers' state under `state_root`, processes started by
+    /// `runtime` and reaped by `reaper`, events to `sink`, cgroups under `roots`; `exit` is notified when the
+    /// shim should exit. Must be called on a tokio runtime (the event queue's task starts here).
     pub fn new(
         namespace: &str,
         state_root: PathBuf,
-        zygote: Zygote,
+        runtime: Arc<dyn Runtime>,
         reaper: Arc<Reaper>,
-        publisher: RemotePublisher,
+        sink: impl EventSink,
         exit: Arc<Notify>,
+        roots: HostRoots,
     ) -> TaskService {
         TaskService {
             shared: Arc::new(Shared {
                 namespace: namespace.to_string(),
                 state_root,
-                zygote,
+                runtime,
                 reaper,
-                events: Events::start(publisher, namespace.to_string()),
+                roots,
+                events: Events::start(sink, namespace.to_string()),
                 containers: Mutex::new(HashMap::new()),
                 exit,
                 pending: AtomicUsize::new(0),
@@ -133,9 +142,9 @@ impl TaskService {
             })
     }
 
-    /// Sends `request` to a zygote worker and turns a failure into a `ShimError`.
+    /// Sends `request` to the runtime (a zygote worker) and turns a failure into a `ShimError`.
     async fn call(&self, request: Request, stdio: zygote::Stdio) -> Result<Option<i32>> {
-        let reply = self.shared.zygote.call(&request, stdio).await?;
+        let reply = self.shared.runtime.call(&request, stdio).await?;
         match reply {
             Reply::Ok { pid } => Ok(pid),
             Reply::Err { failure, message } => Err(match failure {
@@ -210,7 +219,7 @@ impl TaskService {
     }
 
     fn watch_oom(&self, container: &Container, pid: i32) {
-        let Some(cgroup) = ContainerCgroup::from_pid(&HostRoots::default(), pid)
+        let Some(cgroup) = ContainerCgroup::from_pid(&self.shared.roots, pid)
             .ok()
             .and_then(|cg| oom::MemoryCgroup::of(&cg))
         else {
@@ -380,7 +389,7 @@ impl TaskService {
                         .companions
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .extend(predict::join_companions(&req.id, pid)),
+                        .extend(predict::join_companions(&self.shared.roots, &req.id, pid)),
                 }
                 self.watch_oom(&container, pid);
                 let oom = container
@@ -789,7 +798,12 @@ impl TaskService {
         }
         let init_pid = container.init.pid();
         if init_pid > 0 {
-            crate::cwd::check_exec_cwd(init_pid, &process_spec, &req.exec_id)?;
+            crate::cwd::check_exec_cwd(
+                &self.shared.roots.proc,
+                init_pid,
+                &process_spec,
+                &req.exec_id,
+            )?;
         } else {
             crate::cwd::check(&process_spec, &format!("exec {}", req.exec_id))?;
         }
@@ -871,11 +885,12 @@ impl TaskService {
                     id: format!("{} (already finished)", req.id),
                 });
             }
-            let sig = nix::sys::signal::Signal::try_from(signal)
-                .map_err(|_| ShimError::InvalidArgument(format!("invalid signal {signal}")))?;
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(
-                ShimError::sys(format!("sending signal {signal} to pid {pid}")),
-            )?;
+            if nix::sys::signal::Signal::try_from(signal).is_err() {
+                return Err(ShimError::InvalidArgument(format!(
+                    "invalid signal {signal}"
+                )));
+            }
+            self.shared.runtime.signal(pid, signal)?;
         }
         // A frozen process cannot act on SIGKILL: thaw a paused container so the kill lands.
         if signal == libc::SIGKILL && container.init.status() == Status::PAUSED {
@@ -956,6 +971,7 @@ impl TaskService {
         let scope = container.scope.clone();
         let augment = container.augment.clone();
         let id = req.id.clone();
+        let roots = self.shared.roots.clone();
         tokio::task::spawn_blocking(move || {
             // systemd's unit first, as runc does: a refusal there changes nothing, and the cgroup files written
             // next are not put back by systemd's next daemon-reload.
@@ -967,7 +983,7 @@ impl TaskService {
                     ))
                 })?;
             }
-            predict::apply_update(&id, pid as i32, &resources, augment.as_deref())
+            predict::apply_update(&roots, &id, pid as i32, &resources, augment.as_deref())
         })
         .await
         .map_err(|e| ShimError::Zygote(format!("update task: {e}")))?
@@ -977,14 +993,14 @@ impl TaskService {
         let container = self.container(&req.id)?;
         let pid = self.running_pid(&container)?;
         let id = req.id.clone();
+        let roots = self.shared.roots.clone();
         let stats = tokio::task::spawn_blocking(move || {
-            let cgroup =
-                ContainerCgroup::from_pid(&HostRoots::default(), pid as i32).map_err(|e| {
-                    ShimError::FailedPrecondition(format!(
-                        "stats {id}: finding the cgroup of pid {pid}: {}",
-                        predictive_api::error_chain(&e)
-                    ))
-                })?;
+            let cgroup = ContainerCgroup::from_pid(&roots, pid as i32).map_err(|e| {
+                ShimError::FailedPrecondition(format!(
+                    "stats {id}: finding the cgroup of pid {pid}: {}",
+                    predictive_api::error_chain(&e)
+                ))
+            })?;
             let any = match cgroup.dirs() {
                 CgroupDirs::V2(d) => {
                     containerd_shim::util::convert_to_any(Box::new(metrics::collect_v2(&d.dir)))
@@ -1006,7 +1022,7 @@ impl TaskService {
     async fn do_pids(&self, req: PidsRequest) -> Result<PidsResponse> {
         let container = self.container(&req.id)?;
         let pid = self.running_pid(&container)?;
-        let pids = ContainerCgroup::from_pid(&HostRoots::default(), pid as i32)
+        let pids = ContainerCgroup::from_pid(&self.shared.roots, pid as i32)
             .map_err(|e| predictive_api::error_chain(&e))
             .and_then(|cg| cg.try_procs().map_err(|e| predictive_api::error_chain(&e)))
             .map_err(|e| {
@@ -1080,7 +1096,7 @@ struct Warmup {
 impl Warmup {
     fn start(shared: &Arc<Shared>, id: &str, spec: &oci_spec::runtime::Spec) -> Option<Warmup> {
         let path = spec.linux().as_ref()?.cgroups_path().as_ref()?.to_str()?;
-        let (root, dir) = runtime_hooks::companions::warmup_dir(&HostRoots::default(), path)?;
+        let (root, dir) = runtime_hooks::companions::warmup_dir(&shared.roots, path)?;
         let made = match runtime_hooks::companions::make_dirs(&root, &dir) {
             Ok(made) => made,
             Err(e) => {
@@ -1098,7 +1114,11 @@ impl Warmup {
             dir,
         };
         let task = tokio::spawn(async move {
-            match shared.zygote.call(&request, zygote::Stdio::default()).await {
+            match shared
+                .runtime
+                .call(&request, zygote::Stdio::default())
+                .await
+            {
                 Ok(Reply::Ok { .. }) => {}
                 Ok(Reply::Err { message, .. }) => tracing::debug!("{message}"),
                 Err(e) => tracing::debug!("{}", e.chain()),
@@ -1292,3 +1312,6 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 }
+
+#[cfg(test)]
+mod tests;
