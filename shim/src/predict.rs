@@ -411,10 +411,10 @@ impl Augment {
         *lock(&self.scope) = Some(scope);
     }
 
-    /// After libcontainer created the container (before its process runs): applies the registration's
-    /// directives to the live cgroup too (the OOM-killer switch is not in every cgroup driver's spec support),
-    /// then starts the monitor.
-    pub fn created(self: &Arc<Self>, pid: i32) {
+    /// [`Augment::created`]'s blocking part: puts the container's init into the companion hierarchies (a move
+    /// into a cgroup waits for the kernel's RCU grace period, 5-25 ms), applies the registration's directives and
+    /// sets up the sampler. Call from the blocking pool.
+    fn attach(&self, pid: i32) {
         *lock(&self.pid) = Some(pid);
         let made = join_companions(&HostRoots::default(), &self.id, pid);
         lock(&self.companions).extend(made);
@@ -438,6 +438,20 @@ impl Augment {
                 }
                 Err(e) => tracing::warn!(container = %self.id, "no cgroup to monitor: {e}"),
             }
+        }
+    }
+
+    /// After libcontainer created the container (before its process runs): joins the companion hierarchies and
+    /// applies the registration's directives to the live cgroup too (the OOM-killer switch is not in every cgroup
+    /// driver's spec support), on the blocking pool ([`Augment::attach`]), then starts the monitor. Returns once
+    /// the container is in its cgroups, so the Create reply (and so the Start) comes after.
+    pub async fn created(self: &Arc<Self>, pid: i32) {
+        let me = self.clone();
+        if tokio::task::spawn_blocking(move || me.attach(pid))
+            .await
+            .is_err()
+        {
+            tracing::error!(container = %self.id, "setting up the cgroups panicked");
         }
         let me = self.clone();
         let tick = Settings::get().tick;

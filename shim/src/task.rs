@@ -381,15 +381,26 @@ impl TaskService {
                 }
                 container.scope = scope;
                 let container = Arc::new(container);
+                // Before the reply, so before Start: the container is in its cgroups (and, with a monitor, its
+                // allocation applied) before its process runs. Off the runtime thread: a move into a cgroup waits
+                // for the kernel.
                 match &augment {
-                    Some(a) => a.created(pid),
+                    Some(a) => a.created(pid).await,
                     // The sandbox, or mode off: the container's PSI files are its own all the same, and it is
                     // in its cgroup in every hierarchy (kubelet and systemd account a pod by all of them).
-                    None => container
-                        .companions
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .extend(predict::join_companions(&self.shared.roots, &req.id, pid)),
+                    None => {
+                        let (roots, id) = (self.shared.roots.clone(), req.id.clone());
+                        let made = blocking("joining the companion cgroups", move || {
+                            predict::join_companions(&roots, &id, pid)
+                        })
+                        .await
+                        .unwrap_or_default();
+                        container
+                            .companions
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend(made);
+                    }
                 }
                 self.watch_oom(&container, pid);
                 let oom = container
@@ -683,10 +694,7 @@ impl TaskService {
                 .await?;
             let exit = exited.await;
             drain.await;
-            if let Some(a) = &container.augment {
-                a.cleanup();
-            }
-            container.remove_companions();
+            remove_cgroup_dirs(&container).await;
             exit
         };
         if let Some(h) = container
@@ -698,7 +706,11 @@ impl TaskService {
             h.abort();
         }
         if container.rootfs_mounted {
-            container::unmount_rootfs(&container.rootfs());
+            let rootfs = container.rootfs();
+            blocking("unmounting the rootfs", move || {
+                container::unmount_rootfs(&rootfs)
+            })
+            .await;
         }
         self.containers().remove(&req.id);
         let pid = init.pid() as u32;
@@ -745,10 +757,7 @@ impl TaskService {
             {
                 tracing::warn!(container = %id, "removing the container's cgroups and state: {}", e.chain());
             }
-            if let Some(a) = &container.augment {
-                a.cleanup();
-            }
-            container.remove_companions();
+            remove_cgroup_dirs(&container).await;
             me.shared
                 .deleting
                 .lock()
@@ -1022,15 +1031,20 @@ impl TaskService {
     async fn do_pids(&self, req: PidsRequest) -> Result<PidsResponse> {
         let container = self.container(&req.id)?;
         let pid = self.running_pid(&container)?;
-        let pids = ContainerCgroup::from_pid(&self.shared.roots, pid as i32)
-            .map_err(|e| predictive_api::error_chain(&e))
-            .and_then(|cg| cg.try_procs().map_err(|e| predictive_api::error_chain(&e)))
-            .map_err(|e| {
-                ShimError::FailedPrecondition(format!(
-                    "pids {}: listing the processes in the cgroup of pid {pid}: {e}",
-                    req.id
-                ))
-            })?;
+        let roots = self.shared.roots.clone();
+        let pids = tokio::task::spawn_blocking(move || {
+            ContainerCgroup::from_pid(&roots, pid as i32)
+                .map_err(|e| predictive_api::error_chain(&e))
+                .and_then(|cg| cg.try_procs().map_err(|e| predictive_api::error_chain(&e)))
+        })
+        .await
+        .map_err(|e| ShimError::Zygote(format!("pids: {e}")))?
+        .map_err(|e| {
+            ShimError::FailedPrecondition(format!(
+                "pids {}: listing the processes in the cgroup of pid {pid}: {e}",
+                req.id
+            ))
+        })?;
         Ok(PidsResponse {
             processes: pids
                 .into_iter()
@@ -1089,31 +1103,32 @@ async fn shutdown_io(process: &Process) {
 /// passed. Nothing else changes: the directory is the container's own, made here instead of after the create.
 /// Measured (docs/BENCHMARKS.md): `ctr run --rm ... /bin/true` median 110 ms without, 101 ms with.
 struct Warmup {
-    made: Vec<PathBuf>,
-    task: tokio::task::JoinHandle<()>,
+    /// The directories made (outermost first), once the worker has been and gone.
+    task: tokio::task::JoinHandle<Vec<PathBuf>>,
 }
 
 impl Warmup {
     fn start(shared: &Arc<Shared>, id: &str, spec: &oci_spec::runtime::Spec) -> Option<Warmup> {
         let path = spec.linux().as_ref()?.cgroups_path().as_ref()?.to_str()?;
         let (root, dir) = runtime_hooks::companions::warmup_dir(&shared.roots, path)?;
-        let made = match runtime_hooks::companions::make_dirs(&root, &dir) {
-            Ok(made) => made,
-            Err(e) => {
-                tracing::debug!(
-                    container = id,
-                    "no cgroup2 directory {}: {e}",
-                    dir.display()
-                );
-                return None;
-            }
-        };
         let shared = shared.clone();
-        let request = Request::JoinCgroup {
-            id: id.to_string(),
-            dir,
-        };
+        let id = id.to_string();
         let task = tokio::spawn(async move {
+            // mkdir in a cgroup hierarchy is kernel work: off the runtime thread, as the rest.
+            let d = dir.clone();
+            let made = match blocking("making the warm-up cgroup", move || {
+                runtime_hooks::companions::make_dirs(&root, &d)
+            })
+            .await
+            {
+                Some(Ok(made)) => made,
+                Some(Err(e)) => {
+                    tracing::debug!(container = %id, "no cgroup2 directory {}: {e}", dir.display());
+                    return Vec::new();
+                }
+                None => return Vec::new(),
+            };
+            let request = Request::JoinCgroup { id, dir };
             match shared
                 .runtime
                 .call(&request, zygote::Stdio::default())
@@ -1123,38 +1138,71 @@ impl Warmup {
                 Ok(Reply::Err { message, .. }) => tracing::debug!("{message}"),
                 Err(e) => tracing::debug!("{}", e.chain()),
             }
+            made
         });
-        Some(Warmup { made, task })
+        Some(Warmup { task })
     }
 
     /// After the create: the container's monitor takes the directories (and removes them with the container),
     /// or, without one or after a failed create, they are removed now.
     async fn finish(self, monitor: Option<&Augment>, created: Option<&Container>) {
-        let _ = self.task.await;
+        let made = self.task.await.unwrap_or_default();
         match (monitor, created) {
-            (Some(a), _) => a.adopt_companions(self.made),
+            (Some(a), _) => a.adopt_companions(made),
             (None, Some(c)) => {
                 c.companions
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .splice(0..0, self.made);
+                    .splice(0..0, made);
             }
             (None, None) => {
-                // The worker replies before it exits: until it has, its directory is busy.
-                if let Some(inner) = self.made.last() {
-                    for _ in 0..100 {
-                        match std::fs::remove_dir(inner) {
-                            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                                tokio::time::sleep(std::time::Duration::from_millis(2)).await
+                blocking("removing the warm-up cgroup", move || {
+                    // The worker replies before it exits: until it has, its directory is busy.
+                    if let Some(inner) = made.last() {
+                        for _ in 0..100 {
+                            match std::fs::remove_dir(inner) {
+                                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                                    std::thread::sleep(std::time::Duration::from_millis(2))
+                                }
+                                _ => break,
                             }
-                            _ => break,
                         }
                     }
-                }
-                runtime_hooks::companions::remove_dirs(&self.made);
+                    runtime_hooks::companions::remove_dirs(&made);
+                })
+                .await;
             }
         }
     }
+}
+
+/// Runs blocking work (a move into a cgroup waits for the kernel's RCU grace period, 5-25 ms; a cgroup's rmdir
+/// and an unmount wait on the kernel too) on the blocking pool: the runtime thread serves every container of the
+/// shim, and a wait there stalls them all. `None` (logged) if it panicked.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!("{what}: {e}");
+            None
+        }
+    }
+}
+
+/// After the container's processes are gone: removes the cgroup directories the shim made for it (its monitor's
+/// and its own), off the runtime thread.
+async fn remove_cgroup_dirs(container: &Arc<Container>) {
+    let c = container.clone();
+    blocking("removing the container's cgroup directories", move || {
+        if let Some(a) = &c.augment {
+            a.cleanup();
+        }
+        c.remove_companions();
+    })
+    .await;
 }
 
 fn publish_oom(shared: &Shared, id: &str) {

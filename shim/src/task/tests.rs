@@ -4,6 +4,7 @@
 //! What containerd sees is checked: replies, ttrpc codes, the order of events, when the shim may exit.
 
 use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -55,6 +56,8 @@ struct FakeRuntime {
     held: watch::Sender<HashSet<&'static str>>,
     failures: std::sync::Mutex<HashMap<&'static str, Outcome>>,
     signals: std::sync::Mutex<Vec<(i32, i32)>>,
+    /// What each new process's `/proc/<pid>/cgroup` says (none by default: no cgroup to find).
+    proc_cgroup: std::sync::Mutex<Option<String>>,
 }
 
 impl FakeRuntime {
@@ -69,6 +72,7 @@ impl FakeRuntime {
             held: watch::channel(HashSet::new()).0,
             failures: Default::default(),
             signals: Default::default(),
+            proc_cgroup: Default::default(),
         }
     }
 
@@ -110,6 +114,10 @@ impl FakeRuntime {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         std::fs::create_dir_all(self.proc.join(pid.to_string()).join("root").join("tmp"))
             .expect("fake /proc/<pid>/root");
+        if let Some(text) = self.proc_cgroup.lock().expect("lock").as_ref() {
+            std::fs::write(self.proc.join(pid.to_string()).join("cgroup"), text)
+                .expect("fake /proc/<pid>/cgroup");
+        }
         pid
     }
 
@@ -904,4 +912,60 @@ async fn a_create_in_flight_holds_off_the_exit() {
     create.await.expect("create");
     assert!(!shim.told_to_exit().await, "and now it has a container");
     assert_eq!(shim.state("c1", "").await.expect("state"), Status::CREATED);
+}
+
+// --- nothing blocking on the runtime thread ------------------------------------------------------------------
+
+#[tokio::test]
+async fn moving_the_init_into_its_cgroups_leaves_the_runtime_thread_free() {
+    let shim = Arc::new(Shim::new());
+    // A v1 host with systemd's named hierarchy: the init, in memory:/default/c1, joins name=systemd at that path.
+    let cgroup = shim.dir.path().join("cgroup");
+    std::fs::write(
+        shim.dir.path().join("mountinfo"),
+        "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755\n\
+         34 31 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+         40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd\n",
+    )
+    .expect("mountinfo");
+    std::fs::create_dir_all(cgroup.join("memory/default/c1")).expect("memory cgroup");
+    let dir = cgroup.join("systemd/default/c1");
+    std::fs::create_dir_all(&dir).expect("systemd cgroup");
+    // Its cgroup.procs is a fifo: the move waits until someone reads it, as a real one waits for the kernel.
+    let procs = dir.join("cgroup.procs");
+    nix::unistd::mkfifo(&procs, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    *shim.runtime.proc_cgroup.lock().expect("lock") =
+        Some("4:memory:/default/c1\n1:name=systemd:/user.slice\n".into());
+
+    // The reader reads only when the test's task, on the runtime thread, says so; if the runtime thread were
+    // stuck in the move it never would, and the reader unblocks the move itself after a long while and says so.
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let reader = {
+        let procs = procs.clone();
+        std::thread::spawn(move || {
+            let stalled = wait
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .is_err();
+            let text = std::fs::read_to_string(&procs).expect("reading the fifo");
+            (stalled, text)
+        })
+    };
+    let create = {
+        let shim = shim.clone();
+        tokio::spawn(async move { shim.create("c1").await })
+    };
+    shim.runtime.arrived("create c1").await;
+    go.send(()).expect("reader");
+    let pid = create.await.expect("create");
+    // A move that never came would leave the reader waiting for a writer: open and close one (no reader: ENXIO).
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&procs);
+    let (stalled, text) = reader.join().expect("reader");
+    assert!(
+        !stalled,
+        "the runtime thread was blocked while the init moved into its cgroup"
+    );
+    assert_eq!(text, pid.to_string(), "the init was moved");
 }
