@@ -41,6 +41,7 @@ use crate::process::{ExitInfo, Process};
 use crate::reaper::Reaper;
 use crate::seams::{EventSink, Runtime};
 use crate::systemd::Scope;
+use crate::warmup::Warmup;
 use crate::zygote::{self, Failure, Reply, Request};
 
 /// Everything the task service shares with its background tasks.
@@ -296,16 +297,16 @@ impl TaskService {
         result.map(|(response, _)| response)
     }
 
-    async fn create_container(
+    /// Before libcontainer: registers with the broker (on the blocking pool) while the request's rootfs is
+    /// mounted, then writes config.json as libcontainer must read it and makes the init's cwd. A failure (a
+    /// refusal for bad annotations, say) unmounts the rootfs again, so nothing is left behind.
+    async fn prepare_bundle(
         &self,
         req: &CreateTaskRequest,
-        bundle: PathBuf,
-        spec: oci_spec::runtime::Spec,
-        scope: Option<Scope>,
-        cgroups_rewrite: Option<String>,
-    ) -> Result<(CreateTaskResponse, Option<Arc<Augment>>)> {
-        // The broker is asked while the rootfs is mounted; a refusal (bad annotations) unmounts it again, so
-        // nothing is left behind.
+        bundle: &Path,
+        spec: &oci_spec::runtime::Spec,
+        cgroups_rewrite: Option<&str>,
+    ) -> Result<Option<Arc<Augment>>> {
         let prepare = {
             let (id, ns) = (req.id.clone(), self.shared.namespace.clone());
             let spec = spec.clone();
@@ -317,43 +318,42 @@ impl TaskService {
             let _ = prepare.await;
             return Err(e);
         }
-        let augment = match prepare.await {
-            Ok(Ok(augment)) => augment,
-            Ok(Err(e)) => {
-                if mounted {
-                    container::unmount_rootfs(&rootfs);
-                }
-                return Err(e);
-            }
-            Err(e) => {
-                if mounted {
-                    container::unmount_rootfs(&rootfs);
-                }
-                return Err(ShimError::Runtime {
-                    op: "create",
-                    id: req.id.clone(),
-                    message: format!("registering with the broker: {e}"),
-                });
-            }
-        };
-        // config.json as libcontainer must read it: the placed cgroupsPath and the broker's allocation, one edit.
-        let directives = augment
-            .as_ref()
-            .map(|a| a.spec_directives())
-            .unwrap_or_default();
-        if let Err(e) = container::write_config(&bundle, cgroups_rewrite.as_deref(), &directives) {
-            if mounted {
-                container::unmount_rootfs(&rootfs);
-            }
-            return Err(e);
+        let result = async {
+            let augment = prepare.await.map_err(|e| ShimError::Runtime {
+                op: "create",
+                id: req.id.clone(),
+                message: format!("registering with the broker: {e}"),
+            })??;
+            // The placed cgroupsPath and the broker's allocation, one edit.
+            let directives = augment
+                .as_ref()
+                .map(|a| a.spec_directives())
+                .unwrap_or_default();
+            container::write_config(bundle, cgroups_rewrite, &directives)?;
+            // As runc: a missing cwd is made in the rootfs (a relative or empty one is refused).
+            crate::cwd::make_init_cwd(bundle, spec)?;
+            Ok(augment)
         }
-        // As runc: a missing cwd is made in the rootfs (a relative or empty one is refused).
-        if let Err(e) = crate::cwd::make_init_cwd(&bundle, &spec) {
-            if mounted {
-                container::unmount_rootfs(&rootfs);
-            }
-            return Err(e);
+        .await;
+        if result.is_err() && mounted {
+            container::unmount_rootfs(&rootfs);
         }
+        result
+    }
+
+    async fn create_container(
+        &self,
+        req: &CreateTaskRequest,
+        bundle: PathBuf,
+        spec: oci_spec::runtime::Spec,
+        scope: Option<Scope>,
+        cgroups_rewrite: Option<String>,
+    ) -> Result<(CreateTaskResponse, Option<Arc<Augment>>)> {
+        let augment = self
+            .prepare_bundle(req, &bundle, &spec, cgroups_rewrite.as_deref())
+            .await?;
+        let rootfs = bundle.join("rootfs");
+        let mounted = !req.rootfs.is_empty();
         let terminal = spec
             .process()
             .as_ref()
@@ -391,7 +391,7 @@ impl TaskService {
                     None => {
                         let (roots, id) = (self.shared.roots.clone(), req.id.clone());
                         let made = blocking("joining the companion cgroups", move || {
-                            predict::join_companions(&roots, &id, pid)
+                            crate::companions::join_companions(&roots, &id, pid)
                         })
                         .await
                         .unwrap_or_default();
@@ -1093,93 +1093,10 @@ async fn shutdown_io(process: &Process) {
     }
 }
 
-/// Moving a process into a cgroup waits for an RCU grace period in the kernel (the writer side of the
-/// cgroup threadgroup rwsem: 5-25 ms on the 2-core test VM, HZ=250), unless another move happened within about
-/// one grace period. A create's first move is libcontainer's intermediate process joining the container's
-/// cgroups, ~8 ms into the create (broker registration, rootfs mount, worker fork, libcontainer's set-up), and
-/// the create waits the whole grace period there. So a create begins by having a zygote worker move itself into
-/// the container's cgroup2 directory (the one [`predict::join_companions`] puts the container in for its PSI
-/// files on a hybrid host) and exit: the grace period runs while that work happens, and libcontainer's moves find it
-/// passed. Nothing else changes: the directory is the container's own, made here instead of after the create.
-/// Measured (docs/BENCHMARKS.md): `ctr run --rm ... /bin/true` median 110 ms without, 101 ms with.
-struct Warmup {
-    /// The directories made (outermost first), once the worker has been and gone.
-    task: tokio::task::JoinHandle<Vec<PathBuf>>,
-}
-
-impl Warmup {
-    fn start(shared: &Arc<Shared>, id: &str, spec: &oci_spec::runtime::Spec) -> Option<Warmup> {
-        let path = spec.linux().as_ref()?.cgroups_path().as_ref()?.to_str()?;
-        let (root, dir) = runtime_hooks::companions::warmup_dir(&shared.roots, path)?;
-        let shared = shared.clone();
-        let id = id.to_string();
-        let task = tokio::spawn(async move {
-            // mkdir in a cgroup hierarchy is kernel work: off the runtime thread, as the rest.
-            let d = dir.clone();
-            let made = match blocking("making the warm-up cgroup", move || {
-                runtime_hooks::companions::make_dirs(&root, &d)
-            })
-            .await
-            {
-                Some(Ok(made)) => made,
-                Some(Err(e)) => {
-                    tracing::debug!(container = %id, "no cgroup2 directory {}: {e}", dir.display());
-                    return Vec::new();
-                }
-                None => return Vec::new(),
-            };
-            let request = Request::JoinCgroup { id, dir };
-            match shared
-                .runtime
-                .call(&request, zygote::Stdio::default())
-                .await
-            {
-                Ok(Reply::Ok { .. }) => {}
-                Ok(Reply::Err { message, .. }) => tracing::debug!("{message}"),
-                Err(e) => tracing::debug!("{}", e.chain()),
-            }
-            made
-        });
-        Some(Warmup { task })
-    }
-
-    /// After the create: the container's monitor takes the directories (and removes them with the container),
-    /// or, without one or after a failed create, they are removed now.
-    async fn finish(self, monitor: Option<&Augment>, created: Option<&Container>) {
-        let made = self.task.await.unwrap_or_default();
-        match (monitor, created) {
-            (Some(a), _) => a.adopt_companions(made),
-            (None, Some(c)) => {
-                c.companions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .splice(0..0, made);
-            }
-            (None, None) => {
-                blocking("removing the warm-up cgroup", move || {
-                    // The worker replies before it exits: until it has, its directory is busy.
-                    if let Some(inner) = made.last() {
-                        for _ in 0..100 {
-                            match std::fs::remove_dir(inner) {
-                                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                                    std::thread::sleep(std::time::Duration::from_millis(2))
-                                }
-                                _ => break,
-                            }
-                        }
-                    }
-                    runtime_hooks::companions::remove_dirs(&made);
-                })
-                .await;
-            }
-        }
-    }
-}
-
 /// Runs blocking work (a move into a cgroup waits for the kernel's RCU grace period, 5-25 ms; a cgroup's rmdir
 /// and an unmount wait on the kernel too) on the blocking pool: the runtime thread serves every container of the
 /// shim, and a wait there stalls them all. `None` (logged) if it panicked.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     what: &'static str,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
