@@ -54,7 +54,7 @@ impl Container {
             .unwrap_or_else(|e| e.into_inner())
             .drain(..)
             .collect();
-        crate::predict::remove_companions(&self.id, &made);
+        crate::companions::remove_companions(&self.id, &made);
     }
 
     fn execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Process>>> {
@@ -240,7 +240,7 @@ pub fn write_config(
                 changed = true;
             }
         }
-        crate::predict::edit_spec(v, directives) || changed
+        crate::spec_edit::edit_spec(v, directives) || changed
     })
 }
 

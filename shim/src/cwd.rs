@@ -152,9 +152,10 @@ pub fn make_init_cwd(bundle: &Path, spec: &Spec) -> Result<()> {
 }
 
 /// Refuses an exec whose `process.cwd` is not a directory in the container whose init is `pid`, in runc's words.
-pub fn check_exec_cwd(pid: i32, process: &Process, exec_id: &str) -> Result<()> {
+/// `proc` is the proc root (`/proc`, a temp dir in tests).
+pub fn check_exec_cwd(proc: &Path, pid: i32, process: &Process, exec_id: &str) -> Result<()> {
     check(process, &format!("exec {exec_id}"))?;
-    let root = open_root(Path::new(&format!("/proc/{pid}/root")))?;
+    let root = open_root(&proc.join(pid.to_string()).join("root"))?;
     match open_in(&root, process.cwd()) {
         Ok(_) => Ok(()),
         Err(e) => Err(ShimError::InvalidArgument(format!(
@@ -215,7 +216,8 @@ mod tests {
         }))
         .expect("process");
         // Our own root stands in for the container's.
-        let e = check_exec_cwd(std::process::id() as i32, &p, "e1").expect_err("missing");
+        let e = check_exec_cwd(Path::new("/proc"), std::process::id() as i32, &p, "e1")
+            .expect_err("missing");
         assert!(
             e.to_string().contains("chdir to cwd") && e.to_string().contains("e1"),
             "{e}"
@@ -224,6 +226,6 @@ mod tests {
             "cwd": "/tmp", "args": ["sh"], "user": {"uid": 0, "gid": 0}
         }))
         .expect("process");
-        check_exec_cwd(std::process::id() as i32, &ok, "e2").expect("exists");
+        check_exec_cwd(Path::new("/proc"), std::process::id() as i32, &ok, "e2").expect("exists");
     }
 }

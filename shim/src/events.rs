@@ -5,11 +5,11 @@
 //! container's start path; runc's shim queues its events the same way. One task sends them in the
 //! order they were queued, so containerd still sees TaskCreate before TaskStart before TaskExit.
 
-use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::event::Event;
 use containerd_shim_protos::protobuf::MessageDyn;
-use containerd_shim_protos::ttrpc::context::Context;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::seams::EventSink;
 
 enum Queued {
     Event {
@@ -26,18 +26,15 @@ pub struct Events {
 }
 
 impl Events {
-    /// Starts the sending task on the current tokio runtime.
-    pub fn start(publisher: RemotePublisher, namespace: String) -> Events {
+    /// Starts the sending task on the current tokio runtime; it hands each event to `sink`.
+    pub fn start(sink: impl EventSink, namespace: String) -> Events {
         let (tx, mut rx) = mpsc::unbounded_channel::<Queued>();
         tokio::spawn(async move {
             while let Some(queued) = rx.recv().await {
                 match queued {
                     Queued::Event { topic, event } => {
-                        if let Err(e) = publisher
-                            .publish(Context::default(), &topic, &namespace, event)
-                            .await
-                        {
-                            tracing::warn!("publishing {topic}: {e}");
+                        if let Err(e) = sink.publish(&topic, &namespace, event).await {
+                            tracing::warn!("{}", e.chain());
                         }
                     }
                     Queued::Flush(done) => {

@@ -1,6 +1,7 @@
 //! `containerd-shim-predictive-v2`: a containerd shim v2 (runtime `io.containerd.predictive.v2`)
 //! that runs containers through youki's libcontainer. See docs/ARCHITECTURE.md.
 
+pub mod companions;
 pub mod container;
 pub mod cwd;
 pub mod error;
@@ -15,10 +16,13 @@ pub mod predict;
 pub mod process;
 pub mod reaper;
 pub mod runtime;
+pub mod seams;
 pub mod service;
 pub mod spawn;
+pub mod spec_edit;
 pub mod systemd;
 pub mod task;
+pub mod warmup;
 pub mod zygote;
 
 /// The runtime name containerd knows this shim by.

@@ -58,11 +58,8 @@ fn flat_keyed(text: &str) -> HashMap<&str, u64> {
         .collect()
 }
 
-/// cgroup v1 metrics for `dirs`, in containerd's v1 metrics type.
-pub fn collect_v1(dirs: &V1Dirs) -> Metrics {
-    let dirs = V1(dirs);
-    let mut m = Metrics::new();
-
+/// v1's CPU figures: `cpuacct` usage and the `cpu` controller's throttling.
+fn v1_cpu(dirs: &V1) -> CPUStat {
     let mut usage = CPUUsage::new();
     usage.total = dirs.read_u64("cpuacct", "cpuacct.usage").unwrap_or(0);
     usage.user = dirs.read_u64("cpuacct", "cpuacct.usage_user").unwrap_or(0);
@@ -85,7 +82,15 @@ pub fn collect_v1(dirs: &V1Dirs) -> Metrics {
     let mut cpu = CPUStat::new();
     cpu.usage = Some(usage).into();
     cpu.throttling = Some(throttle).into();
-    m.cpu = Some(cpu).into();
+    cpu
+}
+
+/// cgroup v1 metrics for `dirs`, in containerd's v1 metrics type.
+pub fn collect_v1(dirs: &V1Dirs) -> Metrics {
+    let dirs = V1(dirs);
+    let mut m = Metrics::new();
+
+    m.cpu = Some(v1_cpu(&dirs)).into();
 
     if dirs.0.memory.is_some() {
         let entry = |prefix: &str| {

@@ -197,28 +197,35 @@ mod tests {
         std::fs::create_dir(&cg).expect("mkdir");
         std::fs::write(cg.join("memory.events"), "oom_kill 0\n").expect("write");
         let tracker = std::sync::Arc::new(OomTracker::new(MemoryCgroup::V2(cg.clone())));
-        let count = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let (c, t) = (count.clone(), tracker.clone());
-        let watcher = tokio::spawn(async move {
-            t.watch(move || {
-                c.fetch_add(1, Ordering::SeqCst);
-            })
-            .await
-        });
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        // Each report counts up: the test waits on the count, not on the clock.
+        let (count, reports) = tokio::sync::watch::channel(0u32);
+        let t = tracker.clone();
+        let watcher =
+            tokio::spawn(async move { t.watch(move || count.send_modify(|n| *n += 1)).await });
+        let reported = |n: u32| {
+            let mut reports = reports.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(30), reports.wait_for(|c| *c >= n))
+                    .await
+                    .expect("the watcher reports within its poll period")
+                    .expect("the watcher is alive");
+            }
+        };
         std::fs::write(cg.join("memory.events"), "oom_kill 1\n").expect("write");
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        reported(1).await;
         // Already reported by the watcher: the exit path's check finds nothing new.
         assert!(!tracker.check());
         std::fs::write(cg.join("memory.events"), "oom_kill 2\n").expect("write");
-        // The exit path got there first this time: the watcher must not report it again.
+        // The exit path got there first this time (no await in between: the watcher cannot run).
         assert!(tracker.check());
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        std::fs::write(cg.join("memory.events"), "oom_kill 3\n").expect("write");
+        reported(2).await;
         std::fs::remove_dir_all(&cg).expect("rm");
-        tokio::time::timeout(Duration::from_secs(5), watcher)
+        tokio::time::timeout(Duration::from_secs(30), watcher)
             .await
             .expect("watcher ends when the cgroup goes")
             .expect("join");
-        assert_eq!(count.load(Ordering::SeqCst), 1);
+        // Kills 1 and 3 by the watcher; 2 only by the exit path.
+        assert_eq!(*reports.borrow(), 2);
     }
 }

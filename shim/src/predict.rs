@@ -204,6 +204,45 @@ fn no_broker(e: &ClientError) -> bool {
     matches!(e, ClientError::Connect { .. })
 }
 
+/// What Register tells the broker about a container at Create: its identity, annotations, image and command,
+/// the spec's limits and the limited cgroups above it.
+fn register_message(
+    id: &str,
+    namespace: &str,
+    spec: &Spec,
+    map: BTreeMap<String, String>,
+) -> Register {
+    let image = ["io.kubernetes.cri.image-name", "io.containerd.image.name"]
+        .iter()
+        .find_map(|k| map.get(*k).cloned())
+        .unwrap_or_default();
+    let limits = spec_limits(spec);
+    let cgroup_path = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let parents = parent_limits(id, &cgroup_path);
+    Register {
+        container_id: id.to_owned(),
+        namespace: namespace.to_owned(),
+        annotations: map,
+        image,
+        command: spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().clone())
+            .unwrap_or_default(),
+        limits,
+        cgroup_path,
+        pid: None,
+        cgroup: Some(host_cgroup_kind()),
+        adopt: None,
+        parents,
+    }
+}
+
 /// What a container's monitor owns between ticks.
 struct MonitorState {
     client: Client,
@@ -276,35 +315,8 @@ impl Augment {
         if !s.enabled {
             return Ok(None);
         }
-        let image = ["io.kubernetes.cri.image-name", "io.containerd.image.name"]
-            .iter()
-            .find_map(|k| map.get(*k).cloned())
-            .unwrap_or_default();
-        let limits = spec_limits(spec);
-        let cgroup_path = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.cgroups_path().as_ref())
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let parents = parent_limits(id, &cgroup_path);
-        let register = Register {
-            container_id: id.to_owned(),
-            namespace: namespace.to_owned(),
-            annotations: map,
-            image,
-            command: spec
-                .process()
-                .as_ref()
-                .and_then(|p| p.args().clone())
-                .unwrap_or_default(),
-            limits,
-            cgroup_path,
-            pid: None,
-            cgroup: Some(host_cgroup_kind()),
-            adopt: None,
-            parents,
-        };
+        let register = register_message(id, namespace, spec, map);
+        let limits = register.limits;
         let started = Instant::now();
         let mut client = Client::new(&s.socket, s.register_budget);
         let mut result = client.register(&register);
@@ -396,7 +408,7 @@ impl Augment {
     }
 
     /// The registration's directives that go into `config.json` before libcontainer reads it (mode enforce only;
-    /// [`edit_spec`] keeps the CPU and memory ones).
+    /// [`crate::spec_edit::edit_spec`] keeps the CPU and memory ones).
     pub fn spec_directives(&self) -> Vec<Directive> {
         lock(&self.registered)
             .as_ref()
@@ -411,12 +423,12 @@ impl Augment {
         *lock(&self.scope) = Some(scope);
     }
 
-    /// After libcontainer created the container (before its process runs): applies the registration's
-    /// directives to the live cgroup too (the OOM-killer switch is not in every cgroup driver's spec support),
-    /// then starts the monitor.
-    pub fn created(self: &Arc<Self>, pid: i32) {
+    /// [`Augment::created`]'s blocking part: puts the container's init into the companion hierarchies (a move
+    /// into a cgroup waits for the kernel's RCU grace period, 5-25 ms), applies the registration's directives and
+    /// sets up the sampler. Call from the blocking pool.
+    fn attach(&self, pid: i32) {
         *lock(&self.pid) = Some(pid);
-        let made = join_companions(&self.id, pid);
+        let made = crate::companions::join_companions(&HostRoots::default(), &self.id, pid);
         lock(&self.companions).extend(made);
         let own: Vec<Directive> = lock(&self.registered)
             .as_ref()
@@ -438,6 +450,20 @@ impl Augment {
                 }
                 Err(e) => tracing::warn!(container = %self.id, "no cgroup to monitor: {e}"),
             }
+        }
+    }
+
+    /// After libcontainer created the container (before its process runs): joins the companion hierarchies and
+    /// applies the registration's directives to the live cgroup too (the OOM-killer switch is not in every cgroup
+    /// driver's spec support), on the blocking pool ([`Augment::attach`]), then starts the monitor. Returns once
+    /// the container is in its cgroups, so the Create reply (and so the Start) comes after.
+    pub async fn created(self: &Arc<Self>, pid: i32) {
+        let me = self.clone();
+        if tokio::task::spawn_blocking(move || me.attach(pid))
+            .await
+            .is_err()
+        {
+            tracing::error!(container = %self.id, "setting up the cgroups panicked");
         }
         let me = self.clone();
         let tick = Settings::get().tick;
@@ -753,15 +779,15 @@ impl Augment {
     }
 
     /// Takes over cgroup2 directories made for this container before it was created (outermost first):
-    /// [`Augment::cleanup`] removes them with the ones [`join_companions`] makes.
+    /// [`Augment::cleanup`] removes them with the ones [`crate::companions::join_companions`] makes.
     pub fn adopt_companions(&self, made: Vec<PathBuf>) {
         lock(&self.companions).splice(0..0, made);
     }
 
-    /// After the container's processes are gone: removes the directories [`join_companions`] made.
+    /// After the container's processes are gone: removes the directories [`crate::companions::join_companions`] made.
     pub fn cleanup(&self) {
         let made: Vec<PathBuf> = lock(&self.companions).drain(..).collect();
-        remove_companions(&self.id, &made);
+        crate::companions::remove_companions(&self.id, &made);
     }
 
     /// Waits (bounded) until the run summary was sent, so a shim that exits after Delete loses nothing.
@@ -823,12 +849,13 @@ fn unit_resources(action: &Action) -> Option<oci_spec::runtime::LinuxResources> 
 /// are written on v2), then, when the broker manages the container, tells it the new limits and applies its
 /// answer ([`Augment::resized`]). Blocking: call from the blocking pool.
 pub fn apply_update(
+    roots: &HostRoots,
     id: &str,
     pid: i32,
     resources: &LinuxResources,
     augment: Option<&Augment>,
 ) -> Result<()> {
-    let cg = ContainerCgroup::from_pid(&HostRoots::default(), pid).map_err(|e| {
+    let cg = ContainerCgroup::from_pid(roots, pid).map_err(|e| {
         ShimError::FailedPrecondition(format!(
             "update {id}: finding its cgroup: {}",
             predictive_api::error_chain(&e)
@@ -868,148 +895,9 @@ pub fn update_error(id: &str, e: ActuateError) -> ShimError {
     }
 }
 
-/// Puts the container's init (before it runs) where runc's cgroupfs driver would also put it: the `name=systemd`
-/// hierarchy and a hybrid host's cgroup2 tree, at its v1 path (`runtime_hooks::companions`). Returns the
-/// directories made (outermost first), for [`remove_companions`]; a failure is logged, as runc ignores it.
-pub fn join_companions(id: &str, pid: i32) -> Vec<PathBuf> {
-    let joined = runtime_hooks::companions::join_companions(&HostRoots::default(), pid);
-    for e in &joined.errors {
-        tracing::debug!(container = %id, "{}", predictive_api::error_chain(e));
-    }
-    joined.made
-}
-
-/// Removes the directories [`join_companions`] (or the create's warm-up) made for container `id`, innermost
-/// first; a parent another container still uses stays, and the container's own one failing is logged.
-pub fn remove_companions(id: &str, made: &[PathBuf]) {
-    if let Some((dir, e)) = runtime_hooks::companions::remove_dirs(made) {
-        tracing::warn!(container = %id, "removing {}: {e}", dir.display());
-    }
-}
-
-/// Applies CPU and memory directives to an OCI spec as JSON; `false` when nothing changed.
-pub fn edit_spec(spec: &mut serde_json::Value, directives: &[Directive]) -> bool {
-    use serde_json::{Value, json};
-    fn obj<'a>(v: &'a mut Value, key: &str) -> &'a mut serde_json::Map<String, Value> {
-        let Some(map) = v.as_object_mut() else {
-            unreachable!("callers pass objects")
-        };
-        let e = map.entry(key).or_insert_with(|| json!({}));
-        if !e.is_object() {
-            *e = json!({});
-        }
-        e.as_object_mut().expect("made an object above")
-    }
-    if !spec.is_object() {
-        return false;
-    }
-    let mut changed = false;
-    for d in directives.iter().filter(|d| d.applied) {
-        let linux = obj(spec, "linux");
-        let res = linux.entry("resources").or_insert_with(|| json!({}));
-        if !res.is_object() {
-            *res = json!({});
-        }
-        match &d.action {
-            Action::SetCpu { cores: Some(c) } => {
-                let cpu = obj(res, "cpu");
-                cpu.insert("period".into(), json!(100_000u64));
-                cpu.insert(
-                    "quota".into(),
-                    json!(((c * 100_000.0).round() as i64).max(1000)),
-                );
-                changed = true;
-            }
-            Action::SetMemoryLimit {
-                limit_bytes: Some(l),
-                oom_kill_disabled,
-            } => {
-                let mem = obj(res, "memory");
-                mem.insert("limit".into(), json!(*l));
-                mem.insert("disableOOMKiller".into(), json!(*oom_kill_disabled));
-                changed = true;
-            }
-            Action::SetMemoryHigh {
-                high_bytes,
-                max_bytes,
-            } => {
-                if let Some(m) = max_bytes {
-                    obj(res, "memory").insert("limit".into(), json!(*m));
-                }
-                if let Some(h) = high_bytes {
-                    obj(res, "unified").insert("memory.high".into(), json!(h.to_string()));
-                }
-                changed = true;
-            }
-            _ => {}
-        }
-    }
-    changed
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn d(action: Action) -> Directive {
-        Directive {
-            container_id: "c".into(),
-            action,
-            reason: "test".into(),
-            applied: true,
-            old_value: None,
-        }
-    }
-
-    #[test]
-    fn edit_spec_writes_cpu_and_v1_memory_and_keeps_other_fields() {
-        let mut spec = serde_json::json!({
-            "ociVersion": "1.0.2", "x-unknown": {"kept": true},
-            "linux": {"resources": {"memory": {"limit": 1073741824, "swap": 2147483648u64}}}
-        });
-        let changed = edit_spec(
-            &mut spec,
-            &[
-                d(Action::SetCpu { cores: Some(0.25) }),
-                d(Action::SetMemoryLimit {
-                    limit_bytes: Some(64 << 20),
-                    oom_kill_disabled: true,
-                }),
-            ],
-        );
-        assert!(changed);
-        let r = &spec["linux"]["resources"];
-        assert_eq!(r["cpu"]["quota"], 25_000);
-        assert_eq!(r["cpu"]["period"], 100_000);
-        assert_eq!(r["memory"]["limit"], 64u64 << 20);
-        assert_eq!(r["memory"]["disableOOMKiller"], true);
-        assert_eq!(
-            r["memory"]["swap"], 2147483648u64,
-            "other memory fields stay"
-        );
-        assert_eq!(spec["x-unknown"]["kept"], true);
-    }
-
-    #[test]
-    fn edit_spec_v2_uses_unified_memory_high_and_skips_unapplied() {
-        let mut spec = serde_json::json!({"ociVersion": "1.0.2"});
-        let mut observe = d(Action::SetCpu { cores: Some(1.0) });
-        observe.applied = false;
-        assert!(
-            !edit_spec(&mut spec, &[observe]),
-            "observe directives change nothing"
-        );
-        assert!(edit_spec(
-            &mut spec,
-            &[d(Action::SetMemoryHigh {
-                high_bytes: Some(100 << 20),
-                max_bytes: Some(200 << 20)
-            })]
-        ));
-        let r = &spec["linux"]["resources"];
-        assert_eq!(r["unified"]["memory.high"], (100u64 << 20).to_string());
-        assert_eq!(r["memory"]["limit"], 200u64 << 20);
-    }
 
     #[test]
     fn spec_limits_reads_quota_shares_and_memory() {

@@ -408,10 +408,11 @@ async fn serve_async(
     let task = TaskService::new(
         &flags.namespace,
         state_root(&flags.namespace),
-        zygote,
+        Arc::new(zygote),
         reaper,
         publisher,
         exit.clone(),
+        runtime_hooks::HostRoots::default(),
     );
     let shared = task.shared();
     let service: Arc<dyn containerd_shim_protos::shim_async::Task + Send + Sync> =

@@ -575,6 +575,29 @@ mod tests {
     }
 
     #[test]
+    fn the_shims_reaper_collects_the_broker_and_drops_its_exit() {
+        // As in the shim: the reaper's waitpid(-1) is the only wait. A real spawn, no std Command, so nothing
+        // else waits for the child and nothing can panic when the reaper gets there first.
+        let reaper = crate::reaper::Reaper::default();
+        let launch = Launch {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "exit 3".into()],
+            join: Vec::new(),
+            reset_oom_score: false,
+            log: None,
+        };
+        let pid = spawn(&launch).expect("spawn");
+        // Reap until the child is gone (kill(pid, 0) fails once it is collected; a zombie still answers).
+        while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+            reaper.reap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Its exit was dropped, not kept for a container process that may get the pid next.
+        let mut rx = reaper.subscribe(pid);
+        assert!(rx.try_recv().is_err(), "the broker's exit was kept");
+    }
+
+    #[test]
     fn a_broker_on_another_socket_is_a_unit_of_its_own() {
         assert_eq!(
             broker_unit(Path::new(predictive_api::wire::DEFAULT_SOCKET)),

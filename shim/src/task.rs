@@ -1,7 +1,8 @@
 //! The ttrpc Task service containerd talks to, over the map of containers this shim holds.
 //!
-//! Everything that touches libcontainer goes to the zygote (see `zygote.rs`); everything else —
-//! stdio copies, signals to a known pid, cgroup reads and writes, events — happens here.
+//! Everything that touches libcontainer goes to the runtime (the zygote, see `zygote.rs`), and events go to
+//! an event sink, both through the traits in `seams.rs`; everything else — stdio copies, cgroup reads and
+//! writes under [`Shared::roots`] — happens here. Unit tests (`task/tests.rs`) drive the service with fakes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::event::Event;
 use containerd_shim_protos::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
@@ -39,16 +39,21 @@ use crate::options::RuntimeOptions;
 use crate::predict::{self, Augment};
 use crate::process::{ExitInfo, Process};
 use crate::reaper::Reaper;
+use crate::seams::{EventSink, Runtime};
 use crate::systemd::Scope;
-use crate::zygote::{self, Failure, Reply, Request, Zygote};
+use crate::warmup::Warmup;
+use crate::zygote::{self, Failure, Reply, Request};
 
 /// Everything the task service shares with its background tasks.
 pub struct Shared {
     pub namespace: String,
     /// libcontainer's state root for this namespace.
     pub state_root: PathBuf,
-    pub zygote: Zygote,
+    /// libcontainer (the zygote's workers) and signals.
+    pub runtime: Arc<dyn Runtime>,
     pub reaper: Arc<Reaper>,
+    /// Where `/proc` and the cgroup hierarchies are (the host's; a temp dir in unit tests).
+    pub roots: HostRoots,
     /// Task events for containerd, sent in order in the background.
     pub events: Events,
     containers: Mutex<HashMap<String, Arc<Container>>>,
@@ -88,21 +93,26 @@ pub struct TaskService {
 }
 
 impl TaskService {
+    /// The service for containerd `namespace`: containers' state under `state_root`, processes started by
+    /// `runtime` and reaped by `reaper`, events to `sink`, cgroups under `roots`; `exit` is notified when the
+    /// shim should exit. Must be called on a tokio runtime (the event queue's task starts here).
     pub fn new(
         namespace: &str,
         state_root: PathBuf,
-        zygote: Zygote,
+        runtime: Arc<dyn Runtime>,
         reaper: Arc<Reaper>,
-        publisher: RemotePublisher,
+        sink: impl EventSink,
         exit: Arc<Notify>,
+        roots: HostRoots,
     ) -> TaskService {
         TaskService {
             shared: Arc::new(Shared {
                 namespace: namespace.to_string(),
                 state_root,
-                zygote,
+                runtime,
                 reaper,
-                events: Events::start(publisher, namespace.to_string()),
+                roots,
+                events: Events::start(sink, namespace.to_string()),
                 containers: Mutex::new(HashMap::new()),
                 exit,
                 pending: AtomicUsize::new(0),
@@ -133,9 +143,9 @@ impl TaskService {
             })
     }
 
-    /// Sends `request` to a zygote worker and turns a failure into a `ShimError`.
+    /// Sends `request` to the runtime (a zygote worker) and turns a failure into a `ShimError`.
     async fn call(&self, request: Request, stdio: zygote::Stdio) -> Result<Option<i32>> {
-        let reply = self.shared.zygote.call(&request, stdio).await?;
+        let reply = self.shared.runtime.call(&request, stdio).await?;
         match reply {
             Reply::Ok { pid } => Ok(pid),
             Reply::Err { failure, message } => Err(match failure {
@@ -210,7 +220,7 @@ impl TaskService {
     }
 
     fn watch_oom(&self, container: &Container, pid: i32) {
-        let Some(cgroup) = ContainerCgroup::from_pid(&HostRoots::default(), pid)
+        let Some(cgroup) = ContainerCgroup::from_pid(&self.shared.roots, pid)
             .ok()
             .and_then(|cg| oom::MemoryCgroup::of(&cg))
         else {
@@ -287,16 +297,16 @@ impl TaskService {
         result.map(|(response, _)| response)
     }
 
-    async fn create_container(
+    /// Before libcontainer: registers with the broker (on the blocking pool) while the request's rootfs is
+    /// mounted, then writes config.json as libcontainer must read it and makes the init's cwd. A failure (a
+    /// refusal for bad annotations, say) unmounts the rootfs again, so nothing is left behind.
+    async fn prepare_bundle(
         &self,
         req: &CreateTaskRequest,
-        bundle: PathBuf,
-        spec: oci_spec::runtime::Spec,
-        scope: Option<Scope>,
-        cgroups_rewrite: Option<String>,
-    ) -> Result<(CreateTaskResponse, Option<Arc<Augment>>)> {
-        // The broker is asked while the rootfs is mounted; a refusal (bad annotations) unmounts it again, so
-        // nothing is left behind.
+        bundle: &Path,
+        spec: &oci_spec::runtime::Spec,
+        cgroups_rewrite: Option<&str>,
+    ) -> Result<Option<Arc<Augment>>> {
         let prepare = {
             let (id, ns) = (req.id.clone(), self.shared.namespace.clone());
             let spec = spec.clone();
@@ -308,43 +318,42 @@ impl TaskService {
             let _ = prepare.await;
             return Err(e);
         }
-        let augment = match prepare.await {
-            Ok(Ok(augment)) => augment,
-            Ok(Err(e)) => {
-                if mounted {
-                    container::unmount_rootfs(&rootfs);
-                }
-                return Err(e);
-            }
-            Err(e) => {
-                if mounted {
-                    container::unmount_rootfs(&rootfs);
-                }
-                return Err(ShimError::Runtime {
-                    op: "create",
-                    id: req.id.clone(),
-                    message: format!("registering with the broker: {e}"),
-                });
-            }
-        };
-        // config.json as libcontainer must read it: the placed cgroupsPath and the broker's allocation, one edit.
-        let directives = augment
-            .as_ref()
-            .map(|a| a.spec_directives())
-            .unwrap_or_default();
-        if let Err(e) = container::write_config(&bundle, cgroups_rewrite.as_deref(), &directives) {
-            if mounted {
-                container::unmount_rootfs(&rootfs);
-            }
-            return Err(e);
+        let result = async {
+            let augment = prepare.await.map_err(|e| ShimError::Runtime {
+                op: "create",
+                id: req.id.clone(),
+                message: format!("registering with the broker: {e}"),
+            })??;
+            // The placed cgroupsPath and the broker's allocation, one edit.
+            let directives = augment
+                .as_ref()
+                .map(|a| a.spec_directives())
+                .unwrap_or_default();
+            container::write_config(bundle, cgroups_rewrite, &directives)?;
+            // As runc: a missing cwd is made in the rootfs (a relative or empty one is refused).
+            crate::cwd::make_init_cwd(bundle, spec)?;
+            Ok(augment)
         }
-        // As runc: a missing cwd is made in the rootfs (a relative or empty one is refused).
-        if let Err(e) = crate::cwd::make_init_cwd(&bundle, &spec) {
-            if mounted {
-                container::unmount_rootfs(&rootfs);
-            }
-            return Err(e);
+        .await;
+        if result.is_err() && mounted {
+            container::unmount_rootfs(&rootfs);
         }
+        result
+    }
+
+    async fn create_container(
+        &self,
+        req: &CreateTaskRequest,
+        bundle: PathBuf,
+        spec: oci_spec::runtime::Spec,
+        scope: Option<Scope>,
+        cgroups_rewrite: Option<String>,
+    ) -> Result<(CreateTaskResponse, Option<Arc<Augment>>)> {
+        let augment = self
+            .prepare_bundle(req, &bundle, &spec, cgroups_rewrite.as_deref())
+            .await?;
+        let rootfs = bundle.join("rootfs");
+        let mounted = !req.rootfs.is_empty();
         let terminal = spec
             .process()
             .as_ref()
@@ -372,15 +381,26 @@ impl TaskService {
                 }
                 container.scope = scope;
                 let container = Arc::new(container);
+                // Before the reply, so before Start: the container is in its cgroups (and, with a monitor, its
+                // allocation applied) before its process runs. Off the runtime thread: a move into a cgroup waits
+                // for the kernel.
                 match &augment {
-                    Some(a) => a.created(pid),
+                    Some(a) => a.created(pid).await,
                     // The sandbox, or mode off: the container's PSI files are its own all the same, and it is
                     // in its cgroup in every hierarchy (kubelet and systemd account a pod by all of them).
-                    None => container
-                        .companions
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .extend(predict::join_companions(&req.id, pid)),
+                    None => {
+                        let (roots, id) = (self.shared.roots.clone(), req.id.clone());
+                        let made = blocking("joining the companion cgroups", move || {
+                            crate::companions::join_companions(&roots, &id, pid)
+                        })
+                        .await
+                        .unwrap_or_default();
+                        container
+                            .companions
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend(made);
+                    }
                 }
                 self.watch_oom(&container, pid);
                 let oom = container
@@ -674,10 +694,7 @@ impl TaskService {
                 .await?;
             let exit = exited.await;
             drain.await;
-            if let Some(a) = &container.augment {
-                a.cleanup();
-            }
-            container.remove_companions();
+            remove_cgroup_dirs(&container).await;
             exit
         };
         if let Some(h) = container
@@ -689,7 +706,11 @@ impl TaskService {
             h.abort();
         }
         if container.rootfs_mounted {
-            container::unmount_rootfs(&container.rootfs());
+            let rootfs = container.rootfs();
+            blocking("unmounting the rootfs", move || {
+                container::unmount_rootfs(&rootfs)
+            })
+            .await;
         }
         self.containers().remove(&req.id);
         let pid = init.pid() as u32;
@@ -736,10 +757,7 @@ impl TaskService {
             {
                 tracing::warn!(container = %id, "removing the container's cgroups and state: {}", e.chain());
             }
-            if let Some(a) = &container.augment {
-                a.cleanup();
-            }
-            container.remove_companions();
+            remove_cgroup_dirs(&container).await;
             me.shared
                 .deleting
                 .lock()
@@ -789,7 +807,12 @@ impl TaskService {
         }
         let init_pid = container.init.pid();
         if init_pid > 0 {
-            crate::cwd::check_exec_cwd(init_pid, &process_spec, &req.exec_id)?;
+            crate::cwd::check_exec_cwd(
+                &self.shared.roots.proc,
+                init_pid,
+                &process_spec,
+                &req.exec_id,
+            )?;
         } else {
             crate::cwd::check(&process_spec, &format!("exec {}", req.exec_id))?;
         }
@@ -871,11 +894,12 @@ impl TaskService {
                     id: format!("{} (already finished)", req.id),
                 });
             }
-            let sig = nix::sys::signal::Signal::try_from(signal)
-                .map_err(|_| ShimError::InvalidArgument(format!("invalid signal {signal}")))?;
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(
-                ShimError::sys(format!("sending signal {signal} to pid {pid}")),
-            )?;
+            if nix::sys::signal::Signal::try_from(signal).is_err() {
+                return Err(ShimError::InvalidArgument(format!(
+                    "invalid signal {signal}"
+                )));
+            }
+            self.shared.runtime.signal(pid, signal)?;
         }
         // A frozen process cannot act on SIGKILL: thaw a paused container so the kill lands.
         if signal == libc::SIGKILL && container.init.status() == Status::PAUSED {
@@ -956,6 +980,7 @@ impl TaskService {
         let scope = container.scope.clone();
         let augment = container.augment.clone();
         let id = req.id.clone();
+        let roots = self.shared.roots.clone();
         tokio::task::spawn_blocking(move || {
             // systemd's unit first, as runc does: a refusal there changes nothing, and the cgroup files written
             // next are not put back by systemd's next daemon-reload.
@@ -967,7 +992,7 @@ impl TaskService {
                     ))
                 })?;
             }
-            predict::apply_update(&id, pid as i32, &resources, augment.as_deref())
+            predict::apply_update(&roots, &id, pid as i32, &resources, augment.as_deref())
         })
         .await
         .map_err(|e| ShimError::Zygote(format!("update task: {e}")))?
@@ -977,14 +1002,14 @@ impl TaskService {
         let container = self.container(&req.id)?;
         let pid = self.running_pid(&container)?;
         let id = req.id.clone();
+        let roots = self.shared.roots.clone();
         let stats = tokio::task::spawn_blocking(move || {
-            let cgroup =
-                ContainerCgroup::from_pid(&HostRoots::default(), pid as i32).map_err(|e| {
-                    ShimError::FailedPrecondition(format!(
-                        "stats {id}: finding the cgroup of pid {pid}: {}",
-                        predictive_api::error_chain(&e)
-                    ))
-                })?;
+            let cgroup = ContainerCgroup::from_pid(&roots, pid as i32).map_err(|e| {
+                ShimError::FailedPrecondition(format!(
+                    "stats {id}: finding the cgroup of pid {pid}: {}",
+                    predictive_api::error_chain(&e)
+                ))
+            })?;
             let any = match cgroup.dirs() {
                 CgroupDirs::V2(d) => {
                     containerd_shim::util::convert_to_any(Box::new(metrics::collect_v2(&d.dir)))
@@ -1006,15 +1031,20 @@ impl TaskService {
     async fn do_pids(&self, req: PidsRequest) -> Result<PidsResponse> {
         let container = self.container(&req.id)?;
         let pid = self.running_pid(&container)?;
-        let pids = ContainerCgroup::from_pid(&HostRoots::default(), pid as i32)
-            .map_err(|e| predictive_api::error_chain(&e))
-            .and_then(|cg| cg.try_procs().map_err(|e| predictive_api::error_chain(&e)))
-            .map_err(|e| {
-                ShimError::FailedPrecondition(format!(
-                    "pids {}: listing the processes in the cgroup of pid {pid}: {e}",
-                    req.id
-                ))
-            })?;
+        let roots = self.shared.roots.clone();
+        let pids = tokio::task::spawn_blocking(move || {
+            ContainerCgroup::from_pid(&roots, pid as i32)
+                .map_err(|e| predictive_api::error_chain(&e))
+                .and_then(|cg| cg.try_procs().map_err(|e| predictive_api::error_chain(&e)))
+        })
+        .await
+        .map_err(|e| ShimError::Zygote(format!("pids: {e}")))?
+        .map_err(|e| {
+            ShimError::FailedPrecondition(format!(
+                "pids {}: listing the processes in the cgroup of pid {pid}: {e}",
+                req.id
+            ))
+        })?;
         Ok(PidsResponse {
             processes: pids
                 .into_iter()
@@ -1063,78 +1093,33 @@ async fn shutdown_io(process: &Process) {
     }
 }
 
-/// Moving a process into a cgroup waits for an RCU grace period in the kernel (the writer side of the
-/// cgroup threadgroup rwsem: 5-25 ms on the 2-core test VM, HZ=250), unless another move happened within about
-/// one grace period. A create's first move is libcontainer's intermediate process joining the container's
-/// cgroups, ~8 ms into the create (broker registration, rootfs mount, worker fork, libcontainer's set-up), and
-/// the create waits the whole grace period there. So a create begins by having a zygote worker move itself into
-/// the container's cgroup2 directory (the one [`predict::join_companions`] puts the container in for its PSI
-/// files on a hybrid host) and exit: the grace period runs while that work happens, and libcontainer's moves find it
-/// passed. Nothing else changes: the directory is the container's own, made here instead of after the create.
-/// Measured (docs/BENCHMARKS.md): `ctr run --rm ... /bin/true` median 110 ms without, 101 ms with.
-struct Warmup {
-    made: Vec<PathBuf>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Warmup {
-    fn start(shared: &Arc<Shared>, id: &str, spec: &oci_spec::runtime::Spec) -> Option<Warmup> {
-        let path = spec.linux().as_ref()?.cgroups_path().as_ref()?.to_str()?;
-        let (root, dir) = runtime_hooks::companions::warmup_dir(&HostRoots::default(), path)?;
-        let made = match runtime_hooks::companions::make_dirs(&root, &dir) {
-            Ok(made) => made,
-            Err(e) => {
-                tracing::debug!(
-                    container = id,
-                    "no cgroup2 directory {}: {e}",
-                    dir.display()
-                );
-                return None;
-            }
-        };
-        let shared = shared.clone();
-        let request = Request::JoinCgroup {
-            id: id.to_string(),
-            dir,
-        };
-        let task = tokio::spawn(async move {
-            match shared.zygote.call(&request, zygote::Stdio::default()).await {
-                Ok(Reply::Ok { .. }) => {}
-                Ok(Reply::Err { message, .. }) => tracing::debug!("{message}"),
-                Err(e) => tracing::debug!("{}", e.chain()),
-            }
-        });
-        Some(Warmup { made, task })
-    }
-
-    /// After the create: the container's monitor takes the directories (and removes them with the container),
-    /// or, without one or after a failed create, they are removed now.
-    async fn finish(self, monitor: Option<&Augment>, created: Option<&Container>) {
-        let _ = self.task.await;
-        match (monitor, created) {
-            (Some(a), _) => a.adopt_companions(self.made),
-            (None, Some(c)) => {
-                c.companions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .splice(0..0, self.made);
-            }
-            (None, None) => {
-                // The worker replies before it exits: until it has, its directory is busy.
-                if let Some(inner) = self.made.last() {
-                    for _ in 0..100 {
-                        match std::fs::remove_dir(inner) {
-                            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                                tokio::time::sleep(std::time::Duration::from_millis(2)).await
-                            }
-                            _ => break,
-                        }
-                    }
-                }
-                runtime_hooks::companions::remove_dirs(&self.made);
-            }
+/// Runs blocking work (a move into a cgroup waits for the kernel's RCU grace period, 5-25 ms; a cgroup's rmdir
+/// and an unmount wait on the kernel too) on the blocking pool: the runtime thread serves every container of the
+/// shim, and a wait there stalls them all. `None` (logged) if it panicked.
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!("{what}: {e}");
+            None
         }
     }
+}
+
+/// After the container's processes are gone: removes the cgroup directories the shim made for it (its monitor's
+/// and its own), off the runtime thread.
+async fn remove_cgroup_dirs(container: &Arc<Container>) {
+    let c = container.clone();
+    blocking("removing the container's cgroup directories", move || {
+        if let Some(a) = &c.augment {
+            a.cleanup();
+        }
+        c.remove_companions();
+    })
+    .await;
 }
 
 fn publish_oom(shared: &Shared, id: &str) {
@@ -1292,3 +1277,6 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -87,7 +87,7 @@ pub enum Request {
         root: PathBuf,
     },
     /// Move the worker itself into the cgroup `dir` (one the shim made for container `id`), then exit.
-    /// Sent as a create begins: see `task.rs`, `Warmup`.
+    /// Sent as a create begins: see `warmup.rs`.
     JoinCgroup {
         id: String,
         dir: PathBuf,
