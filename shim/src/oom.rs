@@ -185,9 +185,8 @@ impl Inotify {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: the AsyncFd owns the descriptor, so it stays open for as long as it is registered.
-        Ok(Inotify {
-            fd: unsafe { AsyncFd::register(fd) }?,
-        })
+        let fd = unsafe { AsyncFd::register(fd) }?;
+        Ok(Inotify { fd })
     }
 
     /// Returns when the file changed or went away (the queued events are drained), or after `at_most`.
