@@ -107,7 +107,8 @@ pub struct Report {
     /// Raw samples since the last report, oldest first (`runtime_hooks::Sample`).
     #[serde(default)]
     pub samples: Vec<runtime_hooks::Sample>,
-    /// OOM notifications seen since the last report (v1 OOM watcher).
+    /// OOM kills since the last report the broker took (the cgroup's `oom_kill` counter in the samples the shim
+    /// reads anyway); more than 0 marks the interval under OOM.
     #[serde(default)]
     pub oom_events: u64,
     /// Set (with why: "signal 15", "exec e1", "delete") once the container's owner is stopping it or acting on
@@ -339,6 +340,11 @@ pub struct Registered {
     /// The prediction behind it (absent on a cold start or in mode off).
     #[serde(default)]
     pub prediction: Option<Prediction>,
+    /// Report at least this often (ms) even when nothing changed: a heartbeat well inside the broker's
+    /// `stale_after_ms`, so an idle container that reports only on change is never taken for gone. Absent (an
+    /// older broker): report every tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
 }
 
 /// Directives for one container.

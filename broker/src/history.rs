@@ -508,6 +508,7 @@ mod tests {
             allocation: Allocation::default(),
             directives: Vec::new(),
             prediction: None,
+            heartbeat_ms: None,
         }
     }
 

@@ -15,6 +15,8 @@
 //! restored at start; a restored lease waits `stale_after_ms` for its holder to come back. The store keeps
 //! every committed record.
 
+mod reports;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -651,6 +653,7 @@ impl Broker {
             Request::Register(r) => {
                 let id = r.container_id.clone();
                 self.register(r)
+                    .map(|x| self.with_heartbeat(x))
                     .inspect(|x| self.tracker.registered(&id, x, now_ms()))
                     .map(Response::Registered)
             }
@@ -760,6 +763,7 @@ impl Broker {
                 },
                 directives: Vec::new(),
                 prediction: None,
+                heartbeat_ms: None,
             });
         }
         let now = now_ms();
@@ -840,6 +844,7 @@ impl Broker {
             allocation,
             directives: own,
             prediction: (!cold).then(|| crate::convert::prediction(&prediction)),
+            heartbeat_ms: None,
         })
     }
 
@@ -939,10 +944,8 @@ impl Broker {
             {
                 oom = false;
                 let st = &mut run.stats;
-                if st.cpu.len() < MAX_CPU_READINGS {
-                    st.cpu.push(usage.cpu_cores);
-                }
                 let dt = s.monotonic_ns.saturating_sub(prev.monotonic_ns) as f64 / 1e9;
+                reports::push_readings(&mut st.cpu, usage.cpu_cores, dt, self.cfg.tick_ms);
                 st.cpu_seconds += usage.cpu_cores * dt;
                 st.io_bytes += sample.io_bytes;
                 st.throttled_s += throttled_s;

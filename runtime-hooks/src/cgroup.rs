@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::actuate::{ActuateError, CpuLimit, MemoryLimitPolicy};
-use crate::oom::{OomError, OomWatcher};
+use crate::pacing::Probe;
 use crate::parse::Files;
 pub use crate::parse::{NetDevTotals, Pressure, PsiLine};
 use crate::{parse, v1, v2};
@@ -74,7 +74,7 @@ pub struct MemorySample {
     pub limit_bytes: Option<u64>,
     /// Times usage hit the limit (`memory.failcnt` / `max` in `memory.events`).
     pub limit_hits: Option<u64>,
-    /// OOM situations (`oom` in v2 `memory.events`; v1 keeps no counter: use an [`OomWatcher`]).
+    /// OOM situations (`oom` in v2 `memory.events`; v1 keeps no counter: see `under_oom` and `oom_kills`).
     pub oom_events: Option<u64>,
     /// Tasks are waiting on an OOM with the OOM killer disabled (v1 `under_oom`).
     pub under_oom: Option<bool>,
@@ -358,7 +358,7 @@ impl ContainerCgroup {
     }
 
     /// Disables (or re-enables) the OOM killer: v1 `memory.oom_control`. With it disabled, tasks over the
-    /// limit wait instead of dying, and an [`OomWatcher`] fires so the broker can lend memory. cgroup v2 has
+    /// limit wait instead of dying (`under_oom` in the sample) so the broker can lend memory. cgroup v2 has
     /// no such knob ([`ActuateError::Unsupported`]).
     pub fn set_oom_kill_disabled(&self, disabled: bool) -> Result<(), ActuateError> {
         match &self.dirs {
@@ -416,17 +416,6 @@ impl ContainerCgroup {
             CgroupDirs::V2(d) => v2::freezer::Freezer::set(&d.dir, frozen, FREEZE_TIMEOUT),
         }
     }
-
-    /// Starts watching for OOM events (v1 eventfd on `memory.oom_control`, v2 `memory.events`).
-    pub fn oom_watcher(&self) -> Result<OomWatcher, OomError> {
-        match &self.dirs {
-            CgroupDirs::V1(d) => {
-                let dir = d.memory.as_deref().ok_or(OomError::NoMemoryController)?;
-                OomWatcher::v1(dir)
-            }
-            CgroupDirs::V2(d) => OomWatcher::v2(&d.dir),
-        }
-    }
 }
 
 /// Samples one container repeatedly with its cgroup files kept open (`pread` from offset 0): what the
@@ -442,6 +431,38 @@ impl Sampler {
     /// Reads every figure the host has for the cgroup.
     pub fn sample(&mut self) -> Sample {
         self.sample_scope(SampleScope::ALL)
+    }
+
+    /// Reads CPU time and charged memory only (two files): what a monitor reads at every wake-up
+    /// ([`crate::pacing`]).
+    pub fn probe(&mut self) -> Probe {
+        let unix_ns = now_ns(libc::CLOCK_REALTIME);
+        let monotonic_ns = now_ns(libc::CLOCK_MONOTONIC);
+        let files = &mut self.files;
+        let (cpu_usage_ns, memory_bytes) = match &self.cgroup.dirs {
+            CgroupDirs::V1(d) => {
+                let cpu = d
+                    .cpuacct
+                    .as_ref()
+                    .and_then(|dir| files.u64(&dir.join("cpuacct.usage")))
+                    .or_else(|| v2::cpu::usage_ns(files, d.unified.as_ref()?));
+                let mem = d
+                    .memory
+                    .as_ref()
+                    .and_then(|dir| files.u64(&dir.join("memory.usage_in_bytes")));
+                (cpu, mem)
+            }
+            CgroupDirs::V2(d) => (
+                v2::cpu::usage_ns(files, &d.dir),
+                files.u64(&d.dir.join("memory.current")),
+            ),
+        };
+        Probe {
+            unix_ns,
+            monotonic_ns,
+            cpu_usage_ns,
+            memory_bytes,
+        }
     }
 
     /// Reads the parts of a sample in `scope`; the others stay `None`.

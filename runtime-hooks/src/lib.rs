@@ -5,13 +5,13 @@
 //! - find it with [`ContainerCgroup::discover`] (from the OCI `linux.cgroupsPath`) or
 //!   [`ContainerCgroup::from_pid`] (from `/proc/<pid>/cgroup`), with [`HostRoots::default`] on a real host;
 //! - read it with [`ContainerCgroup::sampler`] then [`Sampler::sample`] (files kept open; or one-off
-//!   [`ContainerCgroup::sample`]), which never fails: absent or malformed data is `None`;
+//!   [`ContainerCgroup::sample`]), which never fails: absent or malformed data is `None`; a monitor reads
+//!   [`Sampler::probe`] (CPU and memory only) at every wake-up and lets a [`Pacer`] say when to report;
 //! - rewrite it with `set_cpu_limit`, `set_cpu_shares`, `set_memory_limit`, `set_memory_high`,
 //!   `set_oom_kill_disabled`, `set_io_weight`, `set_pids_limit`, `freeze`, `thaw`: each write is read back
 //!   and every kernel refusal is an [`ActuateError`] naming the file and the value;
 //! - apply a whole OCI `LinuxResources` as `runc update` does with [`ContainerCgroup::update_resources`];
 //! - read the limits of the cgroups above a container with [`ancestors::ancestor_limits`];
-//! - watch OOMs with [`ContainerCgroup::oom_watcher`];
 //! - put a container's init where runc's cgroupfs driver also puts it (`name=systemd`, a hybrid host's cgroup2
 //!   tree) with [`companions::join_companions`], and remove what was made with [`companions::remove_dirs`].
 //!
@@ -33,7 +33,7 @@ pub mod daemon;
 pub mod discovery;
 pub mod hook;
 pub mod net;
-pub mod oom;
+pub mod pacing;
 mod parse;
 pub mod placement;
 pub mod resources;
@@ -54,4 +54,4 @@ pub use cgroup::{
     PidsSample, Pressure, PressureSample, PsiLine, Sample, SampleScope, Sampler,
 };
 pub use discovery::{DiscoveryError, HostRoots};
-pub use oom::{OomError, OomWatcher};
+pub use pacing::{Pacer, Pacing, Probe, Why};

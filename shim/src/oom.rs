@@ -2,8 +2,9 @@
 //!
 //! cgroup v1: an eventfd registered through `cgroup.event_control` on `memory.oom_control`; it also
 //! fires when the cgroup is removed, so each wake-up is checked against the `oom_kill` counter.
-//! cgroup v2: `memory.events`' `oom_kill` counter, polled (inotify would do, but a 500 ms poll of
-//! one small file costs nothing measurable and needs no extra descriptor per container).
+//! cgroup v2: `memory.events`' `oom_kill` counter, read when the kernel says the file changed (an inotify
+//! IN_MODIFY, which cgroup2 raises on every change of `memory.events`), and at least every
+//! [`V2_RECHECK`] in case a notification is lost: an idle container costs no wake-up twice a second.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -11,6 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
+
+/// Longest wait between two reads of v2 `memory.events` (and checks that the cgroup still exists).
+const V2_RECHECK: Duration = Duration::from_secs(30);
 
 use runtime_hooks::{CgroupDirs, ContainerCgroup};
 
@@ -91,8 +95,22 @@ impl OomTracker {
             }
             return;
         }
+        let events = self.dir().join("memory.events");
+        let notify = match Inotify::watch(&events) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::debug!(
+                    "no change notification on {} ({e}): reading it every 500 ms",
+                    events.display()
+                );
+                None
+            }
+        };
         while self.dir().exists() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            match &notify {
+                Some(n) => n.changed(V2_RECHECK).await,
+                None => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
             if self.check() {
                 on_oom();
             }
@@ -135,6 +153,62 @@ impl OomTracker {
                 on_oom();
             }
         }
+    }
+}
+
+/// An inotify descriptor watching one file for changes (IN_MODIFY) and its removal.
+struct Inotify {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Inotify {
+    fn watch(file: &Path) -> std::io::Result<Inotify> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(file.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: inotify_init1 takes flags only and returns a new descriptor or -1.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd was just returned by inotify_init1 and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: fd is a live inotify descriptor and path a NUL-terminated string that outlives the call.
+        let wd = unsafe {
+            libc::inotify_add_watch(
+                fd.as_raw_fd(),
+                path.as_ptr(),
+                libc::IN_MODIFY | libc::IN_DELETE_SELF,
+            )
+        };
+        if wd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the AsyncFd owns the descriptor, so it stays open for as long as it is registered.
+        let fd = unsafe { AsyncFd::register(fd) }?;
+        Ok(Inotify { fd })
+    }
+
+    /// Returns when the file changed or went away (the queued events are drained), or after `at_most`.
+    async fn changed(&self, at_most: Duration) {
+        let Ok(Ok(mut guard)) = tokio::time::timeout(at_most, self.fd.readable()).await else {
+            return;
+        };
+        let mut buf = [0u8; 1024];
+        loop {
+            // SAFETY: reading into a buffer we own, at most its length, from a descriptor we own.
+            let n = unsafe {
+                libc::read(
+                    self.fd.get_ref().as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+        }
+        guard.clear_ready();
     }
 }
 

@@ -1,0 +1,59 @@
+//! The broker's side of event-driven monitoring: the heartbeat it asks of each shim (a shim whose container is
+//! idle reports only on change and at this period; `shim/src/predict.rs`, `runtime_hooks::pacing`).
+
+use predictive_api::wire::Registered;
+
+use super::{Broker, MAX_CPU_READINGS};
+
+impl Broker {
+    /// Tells the shim how often to report a container whose use is flat: half of `stale_after_ms`, so one lost
+    /// heartbeat still leaves the task fresh for the controller (its leases kept, its usage trusted).
+    pub(super) fn with_heartbeat(&self, mut r: Registered) -> Registered {
+        let stale = self.lock().controller.config().stale_after_ms;
+        r.heartbeat_ms = Some(heartbeat_ms(stale));
+        r
+    }
+}
+
+/// The heartbeat for a staleness bound.
+pub(super) fn heartbeat_ms(stale_after_ms: u64) -> u64 {
+    stale_after_ms / 2
+}
+
+/// Adds the CPU use of one reported interval of `dt_s` seconds to a run's readings, once per tick it spans (at
+/// most 60): an idle container reports every few ticks, and its quiet seconds must weigh in the run's
+/// percentiles as much as a busy one's.
+pub(super) fn push_readings(readings: &mut Vec<f64>, cores: f64, dt_s: f64, tick_ms: u64) {
+    let ticks = (dt_s * 1000.0 / tick_ms.max(1) as f64)
+        .round()
+        .clamp(1.0, 60.0) as usize;
+    let room = MAX_CPU_READINGS.saturating_sub(readings.len());
+    readings.extend(std::iter::repeat_n(cores, ticks.min(room)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_interval_weighs_as_many_ticks_as_it_spans() {
+        let mut r = Vec::new();
+        push_readings(&mut r, 0.5, 1.0, 1000);
+        push_readings(&mut r, 0.0, 3.0, 1000);
+        push_readings(&mut r, 0.2, 0.4, 1000);
+        assert_eq!(r, vec![0.5, 0.0, 0.0, 0.0, 0.2]);
+        push_readings(&mut r, 0.0, 3600.0, 1000);
+        assert_eq!(r.len(), 65, "a long gap counts 60 ticks at most");
+        let mut full = vec![0.0; MAX_CPU_READINGS - 1];
+        push_readings(&mut full, 1.0, 5.0, 1000);
+        assert_eq!(full.len(), MAX_CPU_READINGS);
+    }
+
+    #[test]
+    fn a_heartbeat_lost_still_leaves_the_task_fresh() {
+        for stale in [1_000, 5_000, 60_000] {
+            let hb = heartbeat_ms(stale);
+            assert!(hb > 0 && 2 * hb <= stale, "{stale}: {hb}");
+        }
+    }
+}

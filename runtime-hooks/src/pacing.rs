@@ -1,0 +1,396 @@
+//! When a monitor reports: a [`Probe`] at every wake-up (CPU time and charged memory, two files kept open),
+//! a report only when the broker's picture of the container is out of date, and a full [`Sample`] (the other
+//! ~15 files) only when the container is doing something.
+//!
+//! [`Pacer::check`] decides on each probe. A report goes out when the container is busy (it used more than
+//! [`Pacing::idle_cpu_cores`] over the last wake-up, or was busy at the last report: the broker hears when it
+//! went idle), when its memory moved by [`Pacing::memory_step_bytes`] since the last report, when the caller
+//! forces one (the container is stopping, an OOM kill), or after [`Pacing::heartbeat`] without one, so a quiet
+//! container never looks gone to the broker (its `stale_after_ms`). A busy container therefore reports at every
+//! wake-up as before; only an idle one goes quiet.
+//!
+//! Limits: the probe is still read on the clock (a tick). PSI triggers would wake on CPU pressure, but an idle
+//! container that starts to work shows no pressure until it is throttled, and CPU usage shows it one tick later
+//! anyway; the clock wake-up is kept for that and costs two `pread`s.
+
+use std::time::Duration;
+
+use crate::cgroup::Sample;
+
+/// The two figures read at every wake-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Probe {
+    /// Wall clock, nanoseconds since the Unix epoch.
+    pub unix_ns: u64,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub monotonic_ns: u64,
+    /// Total CPU time used, nanoseconds.
+    pub cpu_usage_ns: Option<u64>,
+    /// Charged memory, bytes.
+    pub memory_bytes: Option<u64>,
+}
+
+impl Probe {
+    /// `full` (the last full sample) with this probe's time, CPU and memory: what a report carries for a
+    /// wake-up whose other files were not read (their counters stand still while the container is idle).
+    pub fn onto(&self, full: &Sample) -> Sample {
+        let mut s = full.clone();
+        s.unix_ns = self.unix_ns;
+        s.monotonic_ns = self.monotonic_ns;
+        s.cpu.usage_ns = self.cpu_usage_ns;
+        s.memory.usage_bytes = self.memory_bytes;
+        s
+    }
+
+    /// CPU cores used between `earlier` and this probe; `None` when either has no CPU figure or no time passed.
+    pub fn cores_since(&self, earlier: &Probe) -> Option<f64> {
+        let dt = self.monotonic_ns.checked_sub(earlier.monotonic_ns)?;
+        if dt == 0 {
+            return None;
+        }
+        let used = self.cpu_usage_ns?.saturating_sub(earlier.cpu_usage_ns?);
+        Some(used as f64 / dt as f64)
+    }
+}
+
+/// What counts as a change worth a report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pacing {
+    /// Longest time without a report (well inside the broker's `stale_after_ms`).
+    pub heartbeat: Duration,
+    /// Below this use (cores, over one wake-up) a container is idle.
+    pub idle_cpu_cores: f64,
+    /// A memory change from the last report of at least this much is reported.
+    pub memory_step_bytes: u64,
+}
+
+impl Pacing {
+    /// Reports at most `heartbeat` apart; idle below 1% of a core; 1 MiB of memory is a change.
+    pub fn with_heartbeat(heartbeat: Duration) -> Self {
+        Self {
+            heartbeat,
+            idle_cpu_cores: 0.01,
+            memory_step_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Why a wake-up reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// Nothing reported yet (or the last report failed).
+    First,
+    /// The caller asked (stopping, OOM).
+    Forced,
+    /// CPU or memory could not be read: the full sample says what it can.
+    Unreadable,
+    /// The container used CPU over the last wake-up, or did at the last report.
+    Busy,
+    /// Memory moved by at least the step since the last report.
+    Memory,
+    /// The heartbeat fell due.
+    Heartbeat,
+}
+
+impl Why {
+    /// Whether the full sample is worth reading: not for a heartbeat of an idle container, whose other
+    /// counters stand still.
+    pub fn needs_full_sample(self) -> bool {
+        self != Why::Heartbeat
+    }
+}
+
+/// The decision on each probe of one container; see the module docs.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    pacing: Pacing,
+    /// The probe the broker last received, and whether the container was busy then.
+    reported: Option<(Probe, bool)>,
+    /// The latest wake-up's probe, and the one before it.
+    last: Option<Probe>,
+    before: Option<Probe>,
+    /// Whether the latest probe showed a busy container.
+    busy: bool,
+}
+
+impl Pacer {
+    /// A pacer that has reported nothing.
+    pub fn new(pacing: Pacing) -> Self {
+        Self {
+            pacing,
+            reported: None,
+            last: None,
+            before: None,
+            busy: true,
+        }
+    }
+
+    /// The pacing in force.
+    pub fn pacing(&self) -> Pacing {
+        self.pacing
+    }
+
+    /// Changes the heartbeat (the broker said how long it waits).
+    pub fn set_heartbeat(&mut self, heartbeat: Duration) {
+        self.pacing.heartbeat = heartbeat;
+    }
+
+    /// Decides on this wake-up's probe: `Some` to report now. `forced` reports whatever the figures.
+    pub fn check(&mut self, p: Probe, forced: bool) -> Option<Why> {
+        let prev = self.last.replace(p);
+        self.before = prev;
+        self.busy = match prev {
+            Some(q) => p
+                .cores_since(&q)
+                .is_none_or(|c| c >= self.pacing.idle_cpu_cores),
+            None => true,
+        };
+        let Some((rep, was_busy)) = self.reported else {
+            return Some(Why::First);
+        };
+        if forced {
+            return Some(Why::Forced);
+        }
+        let (Some(_), Some(mem)) = (p.cpu_usage_ns, p.memory_bytes) else {
+            return Some(Why::Unreadable);
+        };
+        if self.busy || was_busy {
+            return Some(Why::Busy);
+        }
+        if rep
+            .memory_bytes
+            .is_none_or(|m| m.abs_diff(mem) >= self.pacing.memory_step_bytes)
+        {
+            return Some(Why::Memory);
+        }
+        let since = Duration::from_nanos(p.monotonic_ns.saturating_sub(rep.monotonic_ns));
+        (since >= self.pacing.heartbeat).then_some(Why::Heartbeat)
+    }
+
+    /// The probe before the latest one when the broker never received it: a report after quiet wake-ups sends it
+    /// first, so the broker's newest rate covers the last wake-up only (a container that just woke up is seen
+    /// at its real use, not averaged over the quiet seconds).
+    pub fn quiet_before(&self) -> Option<Probe> {
+        let (rep, _) = self.reported?;
+        self.before.filter(|b| b.monotonic_ns > rep.monotonic_ns)
+    }
+
+    /// The report carrying the latest probe went out and the broker took it.
+    pub fn reported(&mut self) {
+        if let Some(p) = self.last {
+            self.reported = Some((p, self.busy));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ContainerCgroup;
+    use crate::testutil::{FakeHost, Layout};
+
+    const C: &str = "/default/ctr";
+    const SEC: u64 = 1_000_000_000;
+
+    fn probe(t_s: u64, cpu_ns: u64, mem: u64) -> Probe {
+        Probe {
+            unix_ns: t_s * SEC,
+            monotonic_ns: t_s * SEC,
+            cpu_usage_ns: Some(cpu_ns),
+            memory_bytes: Some(mem),
+        }
+    }
+
+    fn pacer() -> Pacer {
+        Pacer::new(Pacing::with_heartbeat(Duration::from_secs(3)))
+    }
+
+    /// Feeds probes one per second and returns which reported (the caller's report always succeeds).
+    fn run(p: &mut Pacer, probes: &[Probe]) -> Vec<Option<Why>> {
+        probes
+            .iter()
+            .map(|&pr| {
+                let why = p.check(pr, false);
+                if why.is_some() {
+                    p.reported();
+                }
+                why
+            })
+            .collect()
+    }
+
+    #[test]
+    fn probe_reads_cpu_and_memory_on_each_layout_and_follows_the_files() {
+        for layout in [Layout::V1, Layout::V2, Layout::Hybrid] {
+            let host = FakeHost::new(layout);
+            host.container(C);
+            let cg = ContainerCgroup::discover(&host.roots(), C).expect("fake container");
+            let mut sampler = cg.sampler();
+            let full = cg.sample();
+            let p = sampler.probe();
+            assert_eq!(
+                (p.cpu_usage_ns, p.memory_bytes),
+                (full.cpu.usage_ns, full.memory.usage_bytes),
+                "{layout:?}: the probe reads what the full sample reads"
+            );
+            assert!(p.cpu_usage_ns.is_some() && p.memory_bytes.is_some());
+            let (cpu_file, cpu_text, mem_file) = match layout {
+                Layout::V2 => ("", "usage_usec 7000\n", "memory.current"),
+                _ => ("cpuacct", "7000000\n", "memory.usage_in_bytes"),
+            };
+            let cpu_name = if layout == Layout::V2 {
+                "cpu.stat"
+            } else {
+                "cpuacct.usage"
+            };
+            let mem_ctl = if layout == Layout::V2 { "" } else { "memory" };
+            host.file(&host.rel(cpu_file, C, cpu_name), cpu_text);
+            host.file(&host.rel(mem_ctl, C, mem_file), "5\n");
+            let again = sampler.probe();
+            assert_eq!(
+                (again.cpu_usage_ns, again.memory_bytes),
+                (Some(7_000_000), Some(5)),
+                "{layout:?}: the files kept open are read again"
+            );
+            assert!(again.monotonic_ns >= p.monotonic_ns);
+            let s = again.onto(&full);
+            assert_eq!(
+                (s.cpu.usage_ns, s.memory.usage_bytes, s.monotonic_ns),
+                (Some(7_000_000), Some(5), again.monotonic_ns)
+            );
+            assert_eq!(
+                (s.io, s.pids, s.cpu.nr_periods),
+                (full.io, full.pids, full.cpu.nr_periods),
+                "the other counters are the last full sample's"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unreadable_figure_reports() {
+        let host = FakeHost::new(Layout::V1);
+        host.container(C);
+        let cg = ContainerCgroup::discover(&host.roots(), C).expect("fake container");
+        let mut sampler = cg.sampler();
+        let mut p = pacer();
+        assert_eq!(p.check(sampler.probe(), false), Some(Why::First));
+        p.reported();
+        // What a cgroup being removed reads as through a descriptor kept open (the kernel: ENODEV).
+        host.file(&host.rel("memory", C, "memory.usage_in_bytes"), "");
+        let gone = sampler.probe();
+        assert_eq!(gone.memory_bytes, None);
+        assert_eq!(p.check(gone, false), Some(Why::Unreadable));
+    }
+
+    #[test]
+    fn an_idle_container_reports_only_its_heartbeat() {
+        let mut p = pacer();
+        let probes: Vec<Probe> = (0..10).map(|t| probe(t, 5_000_000, 100 << 20)).collect();
+        let got = run(&mut p, &probes);
+        use Why::*;
+        assert_eq!(
+            got,
+            vec![
+                Some(First),
+                // The broker last saw it "busy" (no rate yet at the first report): it hears it is idle once.
+                Some(Busy),
+                None,
+                None,
+                Some(Heartbeat),
+                None,
+                None,
+                Some(Heartbeat),
+                None,
+                None,
+            ]
+        );
+        assert!(!Heartbeat.needs_full_sample() && Busy.needs_full_sample());
+    }
+
+    #[test]
+    fn a_container_that_wakes_up_reports_at_once_and_until_it_is_idle_again() {
+        let mut p = pacer();
+        let mem = 100 << 20;
+        // Idle for 3 s, busy (half a core) for 2 s, then idle.
+        let cpu = [0, 0, 0, 0, SEC / 2, SEC, SEC, SEC, SEC];
+        let probes: Vec<Probe> = cpu
+            .iter()
+            .enumerate()
+            .map(|(t, c)| probe(t as u64, *c, mem))
+            .collect();
+        let mut got = Vec::new();
+        for (i, pr) in probes.iter().enumerate() {
+            let why = p.check(*pr, false);
+            if i == 4 {
+                assert_eq!(why, Some(Why::Busy), "the first busy second reports");
+                assert_eq!(
+                    p.quiet_before(),
+                    Some(probes[3]),
+                    "the quiet probe just before goes first, so the rate covers the last second"
+                );
+            }
+            if why.is_some() {
+                p.reported();
+                assert_eq!(p.quiet_before(), None, "nothing unreported once reported");
+            }
+            got.push(why);
+        }
+        use Why::*;
+        assert_eq!(
+            got,
+            vec![
+                Some(First),
+                Some(Busy),
+                None,
+                None,
+                Some(Busy),
+                Some(Busy),
+                // Idle again: said once.
+                Some(Busy),
+                None,
+                None,
+            ]
+        );
+    }
+
+    #[test]
+    fn memory_moving_by_a_step_from_the_last_report_reports() {
+        let mut p = Pacer::new(Pacing::with_heartbeat(Duration::from_secs(60)));
+        let base = 100u64 << 20;
+        // Creeping up by 300 KiB a second: reported each time the total since the last report reaches 1 MiB.
+        let probes: Vec<Probe> = (0..9)
+            .map(|t| probe(t, 0, base + t * (300 << 10)))
+            .collect();
+        let got = run(&mut p, &probes);
+        use Why::*;
+        assert_eq!(
+            got,
+            vec![
+                Some(First),
+                Some(Busy),
+                None,
+                None,
+                None,
+                Some(Memory),
+                None,
+                None,
+                None,
+            ]
+        );
+        // Shrinking counts too.
+        assert_eq!(p.check(probe(9, 0, base), false), Some(Memory));
+    }
+
+    #[test]
+    fn forced_and_failed_reports_go_out_at_the_next_wake_up() {
+        let mut p = pacer();
+        run(&mut p, &[probe(0, 0, 1), probe(1, 0, 1)]);
+        assert_eq!(p.check(probe(2, 0, 1), false), None);
+        assert_eq!(p.check(probe(3, 0, 1), true), Some(Why::Forced));
+        // The report failed (no `reported()`): the heartbeat counts from the last report the broker took.
+        assert_eq!(p.check(probe(4, 0, 1), false), Some(Why::Heartbeat));
+        p.set_heartbeat(Duration::from_secs(10));
+        assert_eq!(p.check(probe(5, 0, 1), false), None);
+        assert_eq!(p.pacing().heartbeat, Duration::from_secs(10));
+    }
+}
