@@ -188,6 +188,12 @@ pub struct Attempt {
     pub initial: Option<Limits>,
     /// Seconds from spawn to exit.
     pub secs: f64,
+    /// Spawn, seconds since the pipeline's start.
+    pub start_s: f64,
+    /// Spawn to the first sample of its cgroup, seconds (`ctr run`, containerd, the shim's Create).
+    pub up_s: Option<f64>,
+    /// CPU time used, seconds (cpuacct.usage at the last sample).
+    pub cpu_s: f64,
     /// Peak working set sampled.
     pub peak_ws: u64,
     /// CPU throttled time, seconds (cpu.stat throttled_time at the last sample).
@@ -299,6 +305,8 @@ pub fn free_port() -> u16 {
 struct Meas {
     probes: Vec<Probe>,
     spawned: Instant,
+    /// Spawn, seconds since the pipeline's start.
+    start_s: f64,
     limits: Limits,
     killed: bool,
 }
@@ -410,6 +418,9 @@ fn finish_attempt(def: &TaskDef, live: &Meas, code: i32, cap: Limits) -> Attempt
         limits: live.limits,
         initial: p.first().map(|x| x.alloc(cap)),
         secs: live.spawned.elapsed().as_secs_f64(),
+        start_s: live.start_s,
+        up_s: p.first().map(|x| x.t - live.start_s),
+        cpu_s: p.last().map_or(0.0, |x| x.cpu_ns as f64 / 1e9),
         peak_ws: p.iter().map(|x| x.ws).max().unwrap_or(0),
         throttled_s: p.last().map_or(0.0, |x| x.throttled_ns as f64 / 1e9),
         limit_changes: metrics::changes(&mem_limits)
@@ -474,6 +485,7 @@ pub fn run_pipeline(
             m: Meas {
                 probes: Vec::new(),
                 spawned: Instant::now(),
+                start_s: started.elapsed().as_secs_f64(),
                 limits,
                 killed: false,
             },
