@@ -37,7 +37,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use predictor::{BUCKETS, Confidence, Prediction};
+use predictor::{BUCKETS, Confidence, Prediction, YOUNG_LIMIT_CAP};
 use serde::{Deserialize, Serialize};
 
 pub use predictive_api::types::{
@@ -59,6 +59,10 @@ pub struct ControllerConfig {
     pub min_memory_bytes: u64,
     /// Lifetime buckets whose CPU p90 sets the initial CPU allocation (default 5 of 20).
     pub initial_cpu_buckets: usize,
+    /// A run whose predicted duration (its upper bound) is at most this starts at its predicted CPU upper bound
+    /// instead of the first buckets' p90: it ends before the controller could grow it (a 0.5 s tick sees a few
+    /// samples of it, and growth takes a tick per step). 0 = never (default 10 s).
+    pub short_run_ms: u64,
     /// Buckets ahead a lender's profile is read to revoke before it needs its CPU (default 1).
     pub lookahead_buckets: usize,
     /// Usage is multiplied by this to get what a task needs to keep (default 1.25).
@@ -112,6 +116,7 @@ impl Default for ControllerConfig {
             min_cpu_cores: 0.05,
             min_memory_bytes: 16 << 20,
             initial_cpu_buckets: 5,
+            short_run_ms: 10_000,
             lookahead_buckets: 1,
             headroom: 1.25,
             throttled_fraction: 0.10,
@@ -417,7 +422,9 @@ fn tightest(parents: &[Ancestor]) -> Tightest<'_> {
 }
 
 /// The initial allocation of a task: the spec on a cold start; otherwise memory at the prediction's `limit`
-/// (99.8%; its `upper` below medium confidence, where that tail is not calibrated yet) and CPU at the p90 of the predicted profile over the first `initial_cpu_buckets`, never above a user limit,
+/// (99.8%; below medium confidence, where that tail is not calibrated yet, at most 1.5x its `upper`) and CPU at the p90 of the
+/// predicted profile over the first `initial_cpu_buckets` (a run predicted to end within `short_run_ms`: its
+/// predicted CPU upper bound, if higher), never above a user limit,
 /// never below a user request (unless allowed; not even on a host smaller than the request), within the host's
 /// grantable capacity and every limited ancestor's limit. A spec with no CPU limit keeps no quota unless
 /// `quota_unlimited_cpu` is on. Returns the allocation and the reasons per resource.
@@ -487,6 +494,15 @@ pub fn initial_allocation(
             cpu_reason = "predicted p95".to_owned();
             p.cpu_cores.point
         };
+        let short =
+            p.duration_s.upper > 0.0 && p.duration_s.upper * 1000.0 <= cfg.short_run_ms as f64;
+        if short && p.cpu_cores.upper > cpu {
+            cpu = p.cpu_cores.upper;
+            cpu_reason = format!(
+                "predicted CPU upper bound (a short run: at most {:.1} s predicted)",
+                p.duration_s.upper
+            );
+        }
         if cpu < request {
             cpu = request;
             cpu_reason =
@@ -506,19 +522,15 @@ pub fn initial_allocation(
     let (cpu, cpu_reason) = cpu;
 
     // The one-sided 99.8% limit needs a calibrated tail: on a young type (low confidence, a few runs) it rests on a
-    // handful of residuals and a Student-t with one or two degrees of freedom, i.e. anywhere up to the spec's limit.
-    let (mem, mut mem_reason) = if p.confidence >= Confidence::Medium {
-        (
-            p.memory_bytes.limit.max(p.memory_bytes.upper),
-            "predicted memory limit (its one-sided 99.8% bound)".to_owned(),
-        )
+    // handful of residuals and a Student-t with one or two degrees of freedom, so it is capped (`Estimate::allocation`).
+    let mem = p.memory_bytes.allocation(p.confidence);
+    let mut mem_reason = if p.confidence >= Confidence::Medium {
+        "predicted memory limit (its one-sided 99.8% bound)".to_owned()
     } else {
-        (
-            p.memory_bytes.upper,
-            format!(
-                "predicted upper bound at level {} (few runs: the 99.8% limit is not calibrated yet)",
-                p.level
-            ),
+        format!(
+            "predicted memory limit, at most {YOUNG_LIMIT_CAP}x its upper bound at level {} (few runs: the 99.8% tail \
+             is not calibrated yet)",
+            p.level
         )
     };
     let mut mem = mem.max(0.0) as u64;

@@ -405,6 +405,25 @@ pub struct Estimate {
     pub kind: Option<ModelKind>,
 }
 
+/// Below medium confidence (fewer than 15 runs) a one-sided 99.8% `limit` rests on a handful of conformal scores
+/// and a Student-t tail over one or two residuals, which can reach any spec limit: what is allocated is then at
+/// most this multiple of the interval's `upper`. On the real traces (docs/BENCHMARKS.md, "The broker's memory
+/// bound for young types") 1.5 keeps memory under-prediction within 0.02 points of the uncapped limit.
+pub const YOUNG_LIMIT_CAP: f64 = 1.5;
+
+impl Estimate {
+    /// What to allocate at a prediction's `confidence`: the one-sided `limit` (never below `upper`), capped at
+    /// [`YOUNG_LIMIT_CAP`] x `upper` below medium confidence.
+    pub fn allocation(&self, confidence: Confidence) -> f64 {
+        let limit = self.limit.max(self.upper);
+        if confidence >= Confidence::Medium {
+            limit
+        } else {
+            limit.min(self.upper * YOUNG_LIMIT_CAP)
+        }
+    }
+}
+
 /// One value with its bounds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Band {
