@@ -1168,6 +1168,25 @@ fn mean_shape(runs: &[&RunSummary], w: &[f64]) -> Profile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the broker allocates: the 99.8% limit (never below upper); a young type's at most 1.5x its upper.
+    #[test]
+    fn allocation_caps_a_young_types_limit() {
+        let e = Estimate {
+            point: 100.0,
+            lower: 80.0,
+            upper: 120.0,
+            limit: 400.0,
+            kind: None,
+        };
+        assert_eq!(e.allocation(Confidence::Medium), 400.0);
+        assert_eq!(e.allocation(Confidence::High), 400.0);
+        assert_eq!(e.allocation(Confidence::Low), 180.0);
+        let narrow = Estimate { limit: 130.0, ..e };
+        assert_eq!(narrow.allocation(Confidence::Low), 130.0);
+        let inverted = Estimate { limit: 90.0, ..e };
+        assert_eq!(inverted.allocation(Confidence::Medium), 120.0);
+    }
     use crate::synth::{SynthConfig, generate};
     use crate::types::{RunMetadata, RunOutcome};
 
