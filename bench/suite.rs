@@ -14,7 +14,7 @@
 //! against static and VPA-like, and writes `target/bench/suite-<policy>.svg` (allocation and usage summed over
 //! the policy's containers in its last round). Figures, not pass/fail.
 //!
-//! Env: PREDICTIVE_SUITE_QUICK=1 (1 round, durations and inputs x0.5), PREDICTIVE_SUITE_HISTORY (3),
+//! Env: PREDICTIVE_SUITE_QUICK=1 (3 measured rounds, durations and inputs x0.5), PREDICTIVE_SUITE_HISTORY (3),
 //! PREDICTIVE_SUITE_ROUNDS (2), PREDICTIVE_SUITE_SCALE (1.0; x0.5 quick), PREDICTIVE_SUITE_CPUS (2.0),
 //! PREDICTIVE_SUITE_MEMORY_MIB (1536), plus the harness's PREDICTIVE_E2E_CONTAINERD / PREDICTIVE_E2E_SHIM_DIR.
 
@@ -84,8 +84,7 @@ impl Summary {
     }
 
     fn makespan(&self) -> Option<f64> {
-        (!self.makespans.is_empty())
-            .then(|| self.makespans.iter().sum::<f64>() / self.makespans.len() as f64)
+        metrics::spread(&self.makespans).map(|s| s.0)
     }
 
     fn p99(&self) -> Option<f64> {
@@ -95,6 +94,15 @@ impl Summary {
 
 fn pct(v: Option<f64>) -> String {
     v.map_or("-".to_owned(), |v| format!("{:.1}%", v * 100.0))
+}
+
+/// `mean (min-max)` of `v` with `digits` decimals, or `-`.
+fn spread_text(v: &[f64], digits: usize) -> String {
+    match metrics::spread(v) {
+        None => "-".to_owned(),
+        Some((m, lo, hi)) if v.len() == 1 || lo == hi => format!("{m:.digits$}"),
+        Some((m, lo, hi)) => format!("{m:.digits$} ({lo:.digits$}-{hi:.digits$})"),
+    }
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -131,10 +139,14 @@ fn print_run(r: &RunResult) {
     );
     for a in &r.attempts {
         println!(
-            "    {:<7} {:<13} {:>6.1} s  limits {:.2} cores / {:>4} MiB  initial {}  peak {:>4} MiB  throttled {:>5.1} s  changes {:>3}  exit {}{}",
+            "    {:<7} {:<13} {:>5.1}-{:>5.1} s ({:>4.1} s, up {}, CPU {:>4.1} s)  limits {:.2} cores / {:>4} MiB  initial {}  peak {:>4} MiB  throttled {:>5.1} s  changes {:>3}  exit {}{}",
             a.name,
             a.task_type,
+            a.start_s,
+            a.start_s + a.secs,
             a.secs,
+            a.up_s.map_or("-".to_owned(), |u| format!("{u:.1} s")),
+            a.cpu_s,
             a.limits.cpu,
             a.limits.mem >> 20,
             a.initial.map_or("-".to_owned(), |i| format!(
@@ -179,7 +191,9 @@ fn write_svg(dir: &Path, r: &RunResult) -> std::io::Result<std::path::PathBuf> {
 fn main() {
     let quick = std::env::var("PREDICTIVE_SUITE_QUICK").is_ok_and(|v| v == "1");
     let history: usize = env_or("PREDICTIVE_SUITE_HISTORY", 3);
-    let rounds: usize = env_or("PREDICTIVE_SUITE_ROUNDS", if quick { 1 } else { 2 });
+    // Quick runs have short pipelines whose makespan moves with the load: three rounds, so each policy runs once
+    // in each position of the rotating order.
+    let rounds: usize = env_or("PREDICTIVE_SUITE_ROUNDS", if quick { 3 } else { 2 });
     let scale: f64 = env_or("PREDICTIVE_SUITE_SCALE", if quick { 0.5 } else { 1.0 });
     let cap = Limits {
         cpu: env_or("PREDICTIVE_SUITE_CPUS", 2.0),
@@ -320,7 +334,7 @@ fn main() {
         .collect();
     println!();
     println!(
-        "| policy | makespan s (mean of {rounds}) | memory slack | CPU slack | OOM kills | CPU throttled s | server p99 ms | \
+        "| policy | makespan s (mean of {rounds}, min-max) | memory slack | CPU slack | OOM kills | CPU throttled s | server p99 ms | \
          server p50 ms | requests (failed) | limit changes (cgroup files) | broker decisions | peak memory allocated MiB | failed |"
     );
     println!(
@@ -331,7 +345,7 @@ fn main() {
         println!(
             "| {} | {} | {} | {} | {} | {:.1} | {} | {} | {} ({}) | {} | {} | {} | {} |",
             p.name(),
-            opt(s.makespan(), 1),
+            spread_text(&s.makespans, 1),
             pct(s.mem.slack()),
             pct(s.cpu.slack()),
             s.oom_kills,
@@ -352,9 +366,9 @@ fn main() {
     }
     println!();
     println!(
-        "| ratio | makespan | memory slack | CPU slack | OOM kills | CPU throttled | server p99 |"
+        "| ratio | makespan (ratio of means) | makespan (per-round pairs: mean, min-max) | memory slack | CPU slack | OOM kills | CPU throttled | server p99 |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (a, b) in [
         (Policy::Ours, Policy::Static),
         (Policy::Ours, Policy::Vpa),
@@ -364,10 +378,11 @@ fn main() {
             continue;
         };
         println!(
-            "| {} / {} | {} | {} | {} | {} vs {} | {} | {} |",
+            "| {} / {} | {} | {} | {} | {} | {} vs {} | {} | {} |",
             a.name(),
             b.name(),
             metrics::ratio(x.makespan(), y.makespan()),
+            spread_text(&metrics::paired_ratios(&x.makespans, &y.makespans), 2),
             metrics::ratio(x.mem.slack(), y.mem.slack()),
             metrics::ratio(x.cpu.slack(), y.cpu.slack()),
             x.oom_kills,

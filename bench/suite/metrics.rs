@@ -71,6 +71,26 @@ pub fn cores(ns0: u64, t0: f64, ns1: u64, t1: f64) -> f64 {
     ns1.saturating_sub(ns0) as f64 / 1e9 / dt
 }
 
+/// Mean, smallest and largest of `v`; `None` for an empty slice.
+pub fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    Some((v.iter().sum::<f64>() / v.len() as f64, lo, hi))
+}
+
+/// Per-round ratios `a[i] / b[i]` of two policies measured in the same rounds (pairs with a zero `b` dropped):
+/// a round's load moves both, so the pair's ratio is steadier than the ratio of means.
+pub fn paired_ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .filter(|(_, y)| **y > 0.0)
+        .map(|(x, y)| x / y)
+        .collect()
+}
+
 /// How many times a sequence of observed limit values changed (the first value is the start, not a change).
 pub fn changes<T: PartialEq>(values: &[T]) -> usize {
     values.windows(2).filter(|w| w[0] != w[1]).count()
@@ -87,6 +107,16 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spread_and_paired_ratios() {
+        assert_eq!(spread(&[]), None);
+        assert_eq!(spread(&[2.0, 4.0, 3.0]), Some((3.0, 2.0, 4.0)));
+        assert_eq!(
+            paired_ratios(&[2.0, 3.0, 1.0], &[4.0, 0.0, 2.0]),
+            vec![0.5, 0.5]
+        );
+    }
 
     fn p(t: f64, alloc: f64, used: f64) -> Point {
         Point { t, alloc, used }

@@ -188,6 +188,12 @@ pub struct Attempt {
     pub initial: Option<Limits>,
     /// Seconds from spawn to exit.
     pub secs: f64,
+    /// Spawn, seconds since the pipeline's start.
+    pub start_s: f64,
+    /// Spawn to the first sample of its cgroup, seconds (`ctr run`, containerd, the shim's Create).
+    pub up_s: Option<f64>,
+    /// CPU time used, seconds (cpuacct.usage at the last sample).
+    pub cpu_s: f64,
     /// Peak working set sampled.
     pub peak_ws: u64,
     /// CPU throttled time, seconds (cpu.stat throttled_time at the last sample).
@@ -299,6 +305,8 @@ pub fn free_port() -> u16 {
 struct Meas {
     probes: Vec<Probe>,
     spawned: Instant,
+    /// Spawn, seconds since the pipeline's start.
+    start_s: f64,
     limits: Limits,
     killed: bool,
 }
@@ -410,6 +418,9 @@ fn finish_attempt(def: &TaskDef, live: &Meas, code: i32, cap: Limits) -> Attempt
         limits: live.limits,
         initial: p.first().map(|x| x.alloc(cap)),
         secs: live.spawned.elapsed().as_secs_f64(),
+        start_s: live.start_s,
+        up_s: p.first().map(|x| x.t - live.start_s),
+        cpu_s: p.last().map_or(0.0, |x| x.cpu_ns as f64 / 1e9),
         peak_ws: p.iter().map(|x| x.ws).max().unwrap_or(0),
         throttled_s: p.last().map_or(0.0, |x| x.throttled_ns as f64 / 1e9),
         limit_changes: metrics::changes(&mem_limits)
@@ -474,6 +485,7 @@ pub fn run_pipeline(
             m: Meas {
                 probes: Vec::new(),
                 spawned: Instant::now(),
+                start_s: started.elapsed().as_secs_f64(),
                 limits,
                 killed: false,
             },
@@ -608,8 +620,16 @@ pub fn run_pipeline(
                     mem: acc.mem + a.mem,
                 }
             });
+            // Ours' guess before its container reports: the broker's initial allocation of the type last time;
+            // before ours' first run of a type (no predicted allocation seen yet), VPA-like's recommendation from
+            // the same history (the broker predicts from it too), not the spec's limits, which ours never gets
+            // once the type has a model. The allocation in force replaces the guess at the container's first sample.
             let want = match policy {
-                Policy::Ours => expect.get(defs[i].task_type).copied().unwrap_or(limits[i]),
+                Policy::Ours => expect
+                    .get(defs[i].task_type)
+                    .copied()
+                    .or_else(|| recorded.vpa(defs[i].task_type))
+                    .unwrap_or(limits[i]),
                 _ => limits[i],
             };
             let batch_running = live.iter().any(|l| !defs[l.def].server);
@@ -661,13 +681,24 @@ pub fn run_pipeline(
             };
             decisions += ds.decisions.len();
             if policy == Policy::Ours {
-                for r in ["cpu", "memory"] {
-                    if let Some(x) = ds.decisions.iter().find(|x| x.resource == r) {
-                        println!(
-                            "    broker, {} initial {r}: {:?} ({})",
-                            d.name, x.new_value, x.reason
-                        );
-                    }
+                // Every decision, at its time in the pipeline: where ours spent or lost time.
+                for x in &ds.decisions {
+                    let fmt = |v: Option<f64>| match v {
+                        Some(v) if x.resource == "memory" => {
+                            format!("{:.0} MiB", v / (1u64 << 20) as f64)
+                        }
+                        Some(v) => format!("{v:.2}"),
+                        None => "-".to_owned(),
+                    };
+                    println!(
+                        "    broker, {} at {:.1} s: {} {} -> {} ({})",
+                        d.name,
+                        x.at_ms.saturating_sub(started_ms) as f64 / 1000.0,
+                        x.resource,
+                        fmt(x.old_value),
+                        fmt(x.new_value),
+                        x.reason.chars().take(110).collect::<String>()
+                    );
                 }
             }
             if policy == Policy::History {
@@ -677,7 +708,14 @@ pub fn run_pipeline(
                         .find(|x| x.resource == r && x.new_value.is_some())
                         .and_then(|x| x.new_value)
                 };
-                if let (Some(cpu), Some(mem)) = (first("cpu"), first("memory")) {
+                // A cold start's allocation (the spec's limits: the history rounds run before the broker has a
+                // model) says nothing of what ours will get; admission then guesses as below.
+                let predicted = ds
+                    .decisions
+                    .iter()
+                    .find(|x| x.resource == "cpu")
+                    .is_some_and(|x| !x.reason.starts_with("cold start"));
+                if let (true, Some(cpu), Some(mem)) = (predicted, first("cpu"), first("memory")) {
                     expect.insert(
                         d.task_type.to_owned(),
                         Limits {

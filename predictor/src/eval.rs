@@ -46,8 +46,8 @@ use std::path::{Path, PathBuf};
 
 use crate::key::TaskKey;
 use crate::model::{
-    ForwardScores, Resource, TaskModel, TrainConfig, conformal_bound, finished_at_ms,
-    train_task_scored,
+    ForwardScores, Resource, TaskModel, TrainConfig, YOUNG_LIMIT_CAP, conformal_bound,
+    finished_at_ms, train_task_scored,
 };
 use crate::types::{RunFeatures, RunSummary};
 
@@ -280,6 +280,9 @@ pub struct ResourceReport {
     pub ours: Score,
     /// Ours with the limit at each of [`OUR_LEVELS`] (coverage not filled).
     pub ours_curve: Vec<(f64, Score)>,
+    /// Memory only: ours as the broker allocates it at Create ([`crate::Estimate::allocation`]: the `limit`, capped
+    /// at [`crate::YOUNG_LIMIT_CAP`] x `upper` below medium confidence; coverage not filled).
+    pub ours_broker: Score,
     /// VPA-like (decayed history, P90 x 1.15), coverage of its `[P5, P95]`.
     pub vpa: Score,
     /// Autopilot-like (24 h window, P98 x 1.10), coverage of its `[P5, P95]`.
@@ -307,6 +310,7 @@ impl ResourceReport {
             resource,
             ours: Score::default(),
             ours_curve: OUR_LEVELS.iter().map(|&l| (l, Score::default())).collect(),
+            ours_broker: Score::default(),
             vpa: Score::default(),
             autopilot: Score::default(),
             family,
@@ -390,6 +394,23 @@ impl EvalReport {
                     sc.coverage() * 100.0
                 ));
             }
+        }
+        if let Some(rr) = self.resource(Resource::Memory) {
+            let b = &rr.ours_broker;
+            s.push_str(&format!(
+                "\nMemory as the broker allocates it (the limit; below medium confidence at most {YOUNG_LIMIT_CAP} x upper): {} runs, \
+                 under-prediction {}, mean slack {:.1}%; at no more under-prediction the best family member {}\n",
+                b.runs,
+                pct(b.under_rate()),
+                b.mean_slack() * 100.0,
+                rr.best_baseline(b.under_rate()).map_or("none".to_owned(), |f| format!(
+                    "({} P{} x {:.2}) has {:.1}% slack",
+                    f.history.name(),
+                    f.quantile * 100.0,
+                    f.margin,
+                    f.score.mean_slack() * 100.0
+                ))
+            ));
         }
         s.push_str("\nSlack at equal under-prediction (ours at its default level against the best member of the history-quantile family that under-predicts no more):\n\n");
         s.push_str("| resource | ours under | ours slack | best baseline | its under | its slack | slack reduction |\n");
@@ -564,6 +585,10 @@ pub fn evaluate(runs: &[RunSummary], cfg: &EvalConfig) -> EvalReport {
                 let t = m.target(*res);
                 let e = t.estimate(&x);
                 rr.ours.add(e.limit, e.lower, e.upper, usage);
+                if *res == Resource::Memory {
+                    rr.ours_broker
+                        .add(e.allocation(m.confidence()), 0.0, 0.0, usage);
+                }
                 let floor = t.history_floor(x[0]);
                 let point = t.point(&x);
                 for (level, sc) in rr.ours_curve.iter_mut() {

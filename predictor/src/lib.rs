@@ -39,7 +39,7 @@ pub use key::{
 };
 pub use model::{
     Band, Confidence, Estimate, ModelKind, Prediction, ProfilePoint, Resource, TaskModel,
-    TrainConfig,
+    TrainConfig, YOUNG_LIMIT_CAP,
 };
 pub use store::{
     Batch, BatchOp, DecisionQuery, ImportReport, OpenRun, PortableRun, RetentionPolicy,

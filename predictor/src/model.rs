@@ -405,6 +405,25 @@ pub struct Estimate {
     pub kind: Option<ModelKind>,
 }
 
+/// Below medium confidence (fewer than 15 runs) a one-sided 99.8% `limit` rests on a handful of conformal scores
+/// and a Student-t tail over one or two residuals, which can reach any spec limit: what is allocated is then at
+/// most this multiple of the interval's `upper`. On the real traces (docs/BENCHMARKS.md, "The broker's memory
+/// bound for young types") 1.5 keeps memory under-prediction within 0.02 points of the uncapped limit.
+pub const YOUNG_LIMIT_CAP: f64 = 1.5;
+
+impl Estimate {
+    /// What to allocate at a prediction's `confidence`: the one-sided `limit` (never below `upper`), capped at
+    /// [`YOUNG_LIMIT_CAP`] x `upper` below medium confidence.
+    pub fn allocation(&self, confidence: Confidence) -> f64 {
+        let limit = self.limit.max(self.upper);
+        if confidence >= Confidence::Medium {
+            limit
+        } else {
+            limit.min(self.upper * YOUNG_LIMIT_CAP)
+        }
+    }
+}
+
 /// One value with its bounds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Band {
@@ -781,92 +800,23 @@ fn train_target(
     } else {
         &[INPUT_BYTES]
     };
-    let min_fit = cfg
-        .min_regression_runs
-        .min(cfg.min_input_regression_runs)
-        .max(3);
-    let mut reg_fwd: Vec<Option<f64>> = vec![None; n];
-    if n > min_fit {
-        let start = min_fit.max(n.saturating_sub(cfg.calibration_window.max(1)));
-        let blocks = cfg.folds.max(1);
-        for b in 0..blocks {
-            let lo = start + (n - start) * b / blocks;
-            let hi = start + (n - start) * (b + 1) / blocks;
-            if lo >= hi {
-                continue;
-            }
-            let from = lo.saturating_sub(cfg.train_window.max(1));
-            if let Ok(m) = LinearModel::fit_on(&x[from..lo], &y[from..lo], cfg.ridge_alpha, columns)
-            {
-                for (i, slot) in reg_fwd.iter_mut().enumerate().take(hi).skip(lo) {
-                    *slot = Some(m.predict(&x[i]).clamp(floor, ceiling));
-                }
-            }
-        }
-    }
+    let reg_fwd = regression_forward(x, y, cfg, columns, (floor, ceiling));
 
-    // Seasonal: the same hour of day over the last week, one step ahead. Tried when the history spans more than
-    // two days with at least 48 runs (a service sampled in windows, or a job run many times a day).
-    let span_days = n.checked_sub(1).map_or(0.0, |last| x[last][5] - x[0][5]);
-    let hourly = span_days > 2.0 && n >= 48;
-    let season_fwd: Vec<Option<f64>> = (0..n)
-        .map(|i| {
-            if hourly {
-                seasonal_at(x, y, i, &x[i])
-            } else {
-                None
-            }
-        })
-        .collect();
+    let season_fwd = seasonal_forward(x, y);
 
-    // Selection: each candidate against the baseline on the runs both predicted; a candidate must waste 3% less
-    // (mean log-slack at the interval's upper quantile), and the one that wastes least relative to it wins.
-    let upper_q = 1.0 - (1.0 - cfg.level).clamp(0.0, 1.0) / 2.0;
-    // The baseline's score on all the runs it predicted: what most candidates are compared on.
-    let base_idx: Vec<usize> = (0..n).filter(|&i| base_fwd[i].is_some()).collect();
-    let base_all = slack_score(y, &base_fwd, &base_idx, upper_q);
-    let gain_by = |fwd: &[Option<f64>], need: f64| -> Option<f64> {
-        let common: Vec<usize> = (0..n)
-            .filter(|&i| base_fwd[i].is_some() && fwd[i].is_some())
-            .collect();
-        if common.len() < 2 {
-            return None;
-        }
-        let b = if common.len() == base_idx.len() {
-            base_all
-        } else {
-            slack_score(y, &base_fwd, &common, upper_q)
-        };
-        let c = slack_score(y, fwd, &common, upper_q);
-        (c < b * need).then(|| if b > 0.0 { c / b } else { 0.0 })
-    };
-    let gain = |fwd: &[Option<f64>]| gain_by(fwd, 0.97);
     // Persistence: what the latest runs did, one step ahead (a long-running service's yesterday often says more
     // about its today than its month does).
     let recent_fwd: Vec<(ModelKind, Vec<Option<f64>>)> = RECENT_KINDS
         .iter()
         .map(|&k| (k, recent_forward(k, y)))
         .collect();
-    let mut gains: Vec<(ModelKind, f64)> = Vec::new();
-    if let Some(g) = gain(&reg_fwd) {
-        gains.push((ModelKind::Regression, g));
-    }
-    if let Some(g) = gain(&season_fwd) {
-        gains.push((ModelKind::Seasonal, g));
-    }
-    // Three persistence candidates against one baseline on a handful of runs would win by chance: they compete
-    // from as many runs as the full regression needs.
-    if n >= cfg.min_regression_runs {
-        for (k, fwd) in &recent_fwd {
-            if let Some(g) = gain_by(fwd, PERSISTENCE_GAIN) {
-                gains.push((*k, g));
-            }
-        }
-    }
-    let mut kind = gains
-        .iter()
-        .min_by(|a, b| a.1.total_cmp(&b.1))
-        .map_or(ModelKind::Baseline, |g| g.0);
+    let candidates = Candidates {
+        base: &base_fwd,
+        regression: &reg_fwd,
+        seasonal: &season_fwd,
+        recent: &recent_fwd,
+    };
+    let mut kind = select_kind(y, &candidates, cfg);
     let linear = if kind == ModelKind::Regression {
         let from = n.saturating_sub(cfg.train_window.max(1));
         LinearModel::fit_on(&x[from..], &y[from..], cfg.ridge_alpha, columns).ok()
@@ -877,19 +827,7 @@ fn train_target(
         kind = ModelKind::Baseline;
     }
     let seasonal: Vec<f64> = if kind == ModelKind::Seasonal {
-        let newest = x[n - 1];
-        (0..24)
-            .map(|h| {
-                // Against the newest run's time: the week that ends at the last run.
-                let same: Vec<f64> = (0..n)
-                    .rev()
-                    .take_while(|&j| newest[5] - x[j][5] <= SEASON_DAYS)
-                    .filter(|&j| hour_of_day(&x[j]) == h)
-                    .map(|j| y[j])
-                    .collect();
-                if same.is_empty() { 0.0 } else { median(&same) }
-            })
-            .collect()
+        seasonal_table(x, y)
     } else {
         Vec::new()
     };
@@ -935,6 +873,130 @@ fn train_target(
         recent,
     };
     (model, scores)
+}
+
+/// The regression's forward predictions: refitted at the start of each of `cfg.folds` blocks over the most recent
+/// runs (on the `train_window` runs before the block), predicting the block, clamped to the floor and ceiling.
+fn regression_forward(
+    x: &[[f64; N_FEATURES]],
+    y: &[f64],
+    cfg: &TrainConfig,
+    columns: &[usize],
+    (floor, ceiling): (f64, f64),
+) -> Vec<Option<f64>> {
+    let n = y.len();
+    let min_fit = cfg
+        .min_regression_runs
+        .min(cfg.min_input_regression_runs)
+        .max(3);
+    let mut reg_fwd: Vec<Option<f64>> = vec![None; n];
+    if n <= min_fit {
+        return reg_fwd;
+    }
+    let start = min_fit.max(n.saturating_sub(cfg.calibration_window.max(1)));
+    let blocks = cfg.folds.max(1);
+    for b in 0..blocks {
+        let lo = start + (n - start) * b / blocks;
+        let hi = start + (n - start) * (b + 1) / blocks;
+        if lo >= hi {
+            continue;
+        }
+        let from = lo.saturating_sub(cfg.train_window.max(1));
+        if let Ok(m) = LinearModel::fit_on(&x[from..lo], &y[from..lo], cfg.ridge_alpha, columns) {
+            for (i, slot) in reg_fwd.iter_mut().enumerate().take(hi).skip(lo) {
+                *slot = Some(m.predict(&x[i]).clamp(floor, ceiling));
+            }
+        }
+    }
+    reg_fwd
+}
+
+/// The seasonal candidate's forward predictions: the same hour of day over the last week, one step ahead. Tried
+/// when the history spans more than two days with at least 48 runs (a service sampled in windows, or a job run
+/// many times a day); all `None` otherwise.
+fn seasonal_forward(x: &[[f64; N_FEATURES]], y: &[f64]) -> Vec<Option<f64>> {
+    let n = y.len();
+    let span_days = n.checked_sub(1).map_or(0.0, |last| x[last][5] - x[0][5]);
+    let hourly = span_days > 2.0 && n >= 48;
+    (0..n)
+        .map(|i| {
+            if hourly {
+                seasonal_at(x, y, i, &x[i])
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// The seasonal model's table: per hour of day, the median of that hour over the week that ends at the newest run.
+fn seasonal_table(x: &[[f64; N_FEATURES]], y: &[f64]) -> Vec<f64> {
+    let n = y.len();
+    let newest = x[n - 1];
+    (0..24)
+        .map(|h| {
+            let same: Vec<f64> = (0..n)
+                .rev()
+                .take_while(|&j| newest[5] - x[j][5] <= SEASON_DAYS)
+                .filter(|&j| hour_of_day(&x[j]) == h)
+                .map(|j| y[j])
+                .collect();
+            if same.is_empty() { 0.0 } else { median(&same) }
+        })
+        .collect()
+}
+
+/// Forward predictions of every candidate of one target, one step ahead (`None` where a candidate had no fit).
+struct Candidates<'a> {
+    base: &'a [Option<f64>],
+    regression: &'a [Option<f64>],
+    seasonal: &'a [Option<f64>],
+    recent: &'a [(ModelKind, Vec<Option<f64>>)],
+}
+
+/// Selection: each candidate against the baseline on the runs both predicted; a candidate must waste 3% less
+/// (mean log-slack at the interval's upper quantile), and the one that wastes least relative to it wins.
+fn select_kind(y: &[f64], c: &Candidates, cfg: &TrainConfig) -> ModelKind {
+    let n = y.len();
+    let upper_q = 1.0 - (1.0 - cfg.level).clamp(0.0, 1.0) / 2.0;
+    // The baseline's score on all the runs it predicted: what most candidates are compared on.
+    let base_idx: Vec<usize> = (0..n).filter(|&i| c.base[i].is_some()).collect();
+    let base_all = slack_score(y, c.base, &base_idx, upper_q);
+    let gain_by = |fwd: &[Option<f64>], need: f64| -> Option<f64> {
+        let common: Vec<usize> = (0..n)
+            .filter(|&i| c.base[i].is_some() && fwd[i].is_some())
+            .collect();
+        if common.len() < 2 {
+            return None;
+        }
+        let b = if common.len() == base_idx.len() {
+            base_all
+        } else {
+            slack_score(y, c.base, &common, upper_q)
+        };
+        let s = slack_score(y, fwd, &common, upper_q);
+        (s < b * need).then(|| if b > 0.0 { s / b } else { 0.0 })
+    };
+    let mut gains: Vec<(ModelKind, f64)> = Vec::new();
+    if let Some(g) = gain_by(c.regression, 0.97) {
+        gains.push((ModelKind::Regression, g));
+    }
+    if let Some(g) = gain_by(c.seasonal, 0.97) {
+        gains.push((ModelKind::Seasonal, g));
+    }
+    // Three persistence candidates against one baseline on a handful of runs would win by chance: they compete
+    // from as many runs as the full regression needs.
+    if n >= cfg.min_regression_runs {
+        for (k, fwd) in c.recent {
+            if let Some(g) = gain_by(fwd, PERSISTENCE_GAIN) {
+                gains.push((*k, g));
+            }
+        }
+    }
+    gains
+        .iter()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or(ModelKind::Baseline, |g| g.0)
 }
 
 /// Conformal multipliers from out-of-fold ratios `actual / predicted`.
@@ -1106,6 +1168,25 @@ fn mean_shape(runs: &[&RunSummary], w: &[f64]) -> Profile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the broker allocates: the 99.8% limit (never below upper); a young type's at most 1.5x its upper.
+    #[test]
+    fn allocation_caps_a_young_types_limit() {
+        let e = Estimate {
+            point: 100.0,
+            lower: 80.0,
+            upper: 120.0,
+            limit: 400.0,
+            kind: None,
+        };
+        assert_eq!(e.allocation(Confidence::Medium), 400.0);
+        assert_eq!(e.allocation(Confidence::High), 400.0);
+        assert_eq!(e.allocation(Confidence::Low), 180.0);
+        let narrow = Estimate { limit: 130.0, ..e };
+        assert_eq!(narrow.allocation(Confidence::Low), 130.0);
+        let inverted = Estimate { limit: 90.0, ..e };
+        assert_eq!(inverted.allocation(Confidence::Medium), 120.0);
+    }
     use crate::synth::{SynthConfig, generate};
     use crate::types::{RunMetadata, RunOutcome};
 

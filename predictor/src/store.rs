@@ -627,203 +627,11 @@ impl Store {
         policy: &RetentionPolicy,
     ) -> Result<RetentionReport, StoreError> {
         let mut report = RetentionReport::default();
-        let expire_before = now_ms.saturating_sub(policy.max_sample_age_ms);
-        let full_after = now_ms.saturating_sub(policy.full_resolution_ms);
-        let window = policy.downsample_window_ms.max(1);
         let txn = self.db.begin_write().map_err(db("beginning retention"))?;
-        {
-            let mut t = txn.open_table(SAMPLES).map_err(db("opening samples"))?;
-            // Pass 1 (read): decide, per run, which keys go and which merged samples replace them.
-            let mut doomed: Vec<(u64, u64)> = Vec::new();
-            let mut merged: Vec<(u64, u64, SampleValue)> = Vec::new();
-            let mut group: Option<(u64, u64)> = None; // (run, window start)
-            let mut acc: Vec<(u64, SampleValue)> = Vec::new();
-            let flush = |group: Option<(u64, u64)>,
-                         acc: &mut Vec<(u64, SampleValue)>,
-                         doomed: &mut Vec<(u64, u64)>,
-                         merged: &mut Vec<(u64, u64, SampleValue)>,
-                         report: &mut RetentionReport| {
-                if let Some((run, start)) = group
-                    && acc.len() > 1
-                {
-                    let count: u64 = acc.iter().map(|(_, v)| u64::from(v.3)).sum();
-                    let cpu = acc.iter().map(|(_, v)| v.0 * f64::from(v.3)).sum::<f64>()
-                        / count.max(1) as f64;
-                    let mem = acc.iter().map(|(_, v)| v.1).max().unwrap_or(0);
-                    let io = acc.iter().map(|(_, v)| v.2).sum();
-                    for (ts, _) in acc.iter() {
-                        doomed.push((run, *ts));
-                    }
-                    report.samples_merged += acc.len() as u64 - 1;
-                    merged.push((
-                        run,
-                        start,
-                        (cpu, mem, io, count.min(u64::from(u32::MAX)) as u32),
-                    ));
-                }
-                acc.clear();
-            };
-            for item in t.iter().map_err(db("scanning samples"))? {
-                let (k, v) = item.map_err(db("scanning samples"))?;
-                let (run, ts) = k.value();
-                if ts < expire_before {
-                    doomed.push((run, ts));
-                    report.samples_expired += 1;
-                    continue;
-                }
-                if ts >= full_after {
-                    continue;
-                }
-                let g = (run, ts - ts % window);
-                if group != Some(g) {
-                    flush(group, &mut acc, &mut doomed, &mut merged, &mut report);
-                    group = Some(g);
-                }
-                acc.push((ts, v.value()));
-            }
-            flush(group, &mut acc, &mut doomed, &mut merged, &mut report);
-            // Pass 2 (write).
-            for k in doomed {
-                t.remove(k).map_err(db("deleting sample"))?;
-            }
-            for (run, start, v) in merged {
-                t.insert((run, start), v)
-                    .map_err(db("writing merged sample"))?;
-            }
-
-            let mut runs = txn.open_table(RUNS).map_err(db("opening runs"))?;
-            let mut origins = txn
-                .open_table(RUN_ORIGINS)
-                .map_err(db("opening run origins"))?;
-            let mut imported = txn
-                .open_table(IMPORTED_RUNS)
-                .map_err(db("opening imported runs"))?;
-            let mut per_task: HashMap<String, Vec<u64>> = HashMap::new();
-            for item in runs.iter().map_err(db("scanning runs"))? {
-                let (k, _) = item.map_err(db("scanning runs"))?;
-                let (key, id) = k.value();
-                per_task.entry(key.to_owned()).or_default().push(id);
-            }
-            for (key, mut ids) in per_task {
-                if ids.len() > policy.max_runs_per_task {
-                    // Local ids follow time, but an imported run gets a fresh id whatever its start: order by start
-                    // (only the types over the cap are read) and drop the oldest.
-                    let mut starts = HashMap::with_capacity(ids.len());
-                    for id in &ids {
-                        if let Some(v) = runs.get((key.as_str(), *id)).map_err(db("reading run"))? {
-                            let r: RunSummary =
-                                decode("run summary", || format!("{key}/{id}"), v.value())?;
-                            starts.insert(*id, r.started_at_ms);
-                        }
-                    }
-                    ids.sort_by_key(|id| (starts.get(id).copied().unwrap_or(0), *id));
-                    for id in &ids[..ids.len() - policy.max_runs_per_task] {
-                        runs.remove((key.as_str(), *id))
-                            .map_err(db("deleting run"))?;
-                        forget_origin(&mut origins, &mut imported, *id)?;
-                        report.runs_dropped += 1;
-                    }
-                }
-            }
-
-            // Decisions: the oldest beyond the cap, and those older than the age limit. Bounded per pass.
-            let mut dec = txn.open_table(DECISIONS).map_err(db("opening decisions"))?;
-            let total = dec.len().map_err(db("counting decisions"))?;
-            let over = if policy.max_decisions > 0 {
-                total.saturating_sub(policy.max_decisions)
-            } else {
-                0
-            };
-            let too_old = now_ms.saturating_sub(policy.max_decision_age_ms);
-            let mut doomed = Vec::new();
-            for item in dec.iter().map_err(db("scanning decisions"))? {
-                if doomed.len() >= RETENTION_BATCH {
-                    break;
-                }
-                let (k, v) = item.map_err(db("scanning decisions"))?;
-                let seq = k.value();
-                if (doomed.len() as u64) < over {
-                    doomed.push(seq);
-                    continue;
-                }
-                if policy.max_decision_age_ms == 0 {
-                    break;
-                }
-                let d: Decision = decode("decision", || seq.to_string(), v.value())?;
-                if d.at_ms >= too_old {
-                    break;
-                }
-                doomed.push(seq);
-            }
-            for seq in doomed {
-                dec.remove(seq).map_err(db("deleting decision"))?;
-                report.decisions_dropped += 1;
-            }
-
-            // Task types: those not seen for the age limit, then the least recently seen beyond the cap.
-            let mut types = txn
-                .open_table(TASK_TYPES)
-                .map_err(db("opening task types"))?;
-            let mut seen: Vec<(u64, String)> = Vec::new();
-            for item in types.iter().map_err(db("scanning task types"))? {
-                let (k, v) = item.map_err(db("scanning task types"))?;
-                let key = k.value().to_owned();
-                let rec: TaskTypeRecord = decode("task type", || key.clone(), v.value())?;
-                seen.push((rec.last_seen_ms, key));
-            }
-            seen.sort();
-            let over = if policy.max_task_types > 0 {
-                seen.len().saturating_sub(policy.max_task_types)
-            } else {
-                0
-            };
-            let stale_before = now_ms.saturating_sub(policy.max_task_type_age_ms);
-            let gone: Vec<String> = seen
-                .into_iter()
-                .enumerate()
-                .filter(|(i, (last, _))| {
-                    *i < over || policy.max_task_type_age_ms > 0 && *last < stale_before
-                })
-                .map(|(_, (_, k))| k)
-                .take(RETENTION_BATCH)
-                .collect();
-            for key in gone {
-                let ids: Vec<u64> = {
-                    let mut ids = Vec::new();
-                    for item in runs
-                        .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
-                        .map_err(db("scanning runs"))?
-                    {
-                        let (k, _) = item.map_err(db("scanning runs"))?;
-                        ids.push(k.value().1);
-                    }
-                    ids
-                };
-                for id in ids {
-                    runs.remove((key.as_str(), id))
-                        .map_err(db("deleting run"))?;
-                    forget_origin(&mut origins, &mut imported, id)?;
-                    let stamps: Vec<u64> = {
-                        let mut v = Vec::new();
-                        for item in t
-                            .range((id, 0)..=(id, u64::MAX))
-                            .map_err(db("scanning samples"))?
-                        {
-                            let (k, _) = item.map_err(db("scanning samples"))?;
-                            v.push(k.value().1);
-                        }
-                        v
-                    };
-                    for ts in stamps {
-                        t.remove((id, ts)).map_err(db("deleting sample"))?;
-                    }
-                }
-                types
-                    .remove(key.as_str())
-                    .map_err(db("deleting task type"))?;
-                report.task_types_dropped += 1;
-            }
-        }
+        downsample_samples(&txn, now_ms, policy, &mut report)?;
+        cap_runs_per_task(&txn, policy, &mut report)?;
+        drop_old_decisions(&txn, now_ms, policy, &mut report)?;
+        drop_stale_task_types(&txn, now_ms, policy, &mut report)?;
         txn.commit().map_err(db("committing retention"))?;
         Ok(report)
     }
@@ -1453,6 +1261,240 @@ fn get_meta(t: &impl ReadableTable<&'static str, u64>, name: &str) -> Result<u64
         .map_err(db("reading meta"))?
         .map(|g| g.value())
         .unwrap_or(0))
+}
+
+/// Retention, samples: drops those older than the age limit and merges those older than full resolution into one
+/// sample per run and window (CPU averaged by count, memory's max, I/O summed).
+fn downsample_samples(
+    txn: &WriteTransaction,
+    now_ms: u64,
+    policy: &RetentionPolicy,
+    report: &mut RetentionReport,
+) -> Result<(), StoreError> {
+    let expire_before = now_ms.saturating_sub(policy.max_sample_age_ms);
+    let full_after = now_ms.saturating_sub(policy.full_resolution_ms);
+    let window = policy.downsample_window_ms.max(1);
+    let mut t = txn.open_table(SAMPLES).map_err(db("opening samples"))?;
+    // Pass 1 (read): decide, per run, which keys go and which merged samples replace them.
+    let mut doomed: Vec<(u64, u64)> = Vec::new();
+    let mut merged: Vec<(u64, u64, SampleValue)> = Vec::new();
+    let mut group: Option<(u64, u64)> = None; // (run, window start)
+    let mut acc: Vec<(u64, SampleValue)> = Vec::new();
+    let mut flush = |group: Option<(u64, u64)>,
+                     acc: &mut Vec<(u64, SampleValue)>,
+                     doomed: &mut Vec<(u64, u64)>,
+                     report: &mut RetentionReport| {
+        if let Some((run, start)) = group
+            && acc.len() > 1
+        {
+            let count: u64 = acc.iter().map(|(_, v)| u64::from(v.3)).sum();
+            let cpu =
+                acc.iter().map(|(_, v)| v.0 * f64::from(v.3)).sum::<f64>() / count.max(1) as f64;
+            let mem = acc.iter().map(|(_, v)| v.1).max().unwrap_or(0);
+            let io = acc.iter().map(|(_, v)| v.2).sum();
+            for (ts, _) in acc.iter() {
+                doomed.push((run, *ts));
+            }
+            report.samples_merged += acc.len() as u64 - 1;
+            merged.push((
+                run,
+                start,
+                (cpu, mem, io, count.min(u64::from(u32::MAX)) as u32),
+            ));
+        }
+        acc.clear();
+    };
+    for item in t.iter().map_err(db("scanning samples"))? {
+        let (k, v) = item.map_err(db("scanning samples"))?;
+        let (run, ts) = k.value();
+        if ts < expire_before {
+            doomed.push((run, ts));
+            report.samples_expired += 1;
+            continue;
+        }
+        if ts >= full_after {
+            continue;
+        }
+        let g = (run, ts - ts % window);
+        if group != Some(g) {
+            flush(group, &mut acc, &mut doomed, report);
+            group = Some(g);
+        }
+        acc.push((ts, v.value()));
+    }
+    flush(group, &mut acc, &mut doomed, report);
+    // Pass 2 (write).
+    for k in doomed {
+        t.remove(k).map_err(db("deleting sample"))?;
+    }
+    for (run, start, v) in merged {
+        t.insert((run, start), v)
+            .map_err(db("writing merged sample"))?;
+    }
+    Ok(())
+}
+
+/// Retention, runs: a task type over `max_runs_per_task` loses its oldest runs (by start).
+fn cap_runs_per_task(
+    txn: &WriteTransaction,
+    policy: &RetentionPolicy,
+    report: &mut RetentionReport,
+) -> Result<(), StoreError> {
+    let mut runs = txn.open_table(RUNS).map_err(db("opening runs"))?;
+    let mut origins = txn
+        .open_table(RUN_ORIGINS)
+        .map_err(db("opening run origins"))?;
+    let mut imported = txn
+        .open_table(IMPORTED_RUNS)
+        .map_err(db("opening imported runs"))?;
+    let mut per_task: HashMap<String, Vec<u64>> = HashMap::new();
+    for item in runs.iter().map_err(db("scanning runs"))? {
+        let (k, _) = item.map_err(db("scanning runs"))?;
+        let (key, id) = k.value();
+        per_task.entry(key.to_owned()).or_default().push(id);
+    }
+    for (key, mut ids) in per_task {
+        if ids.len() <= policy.max_runs_per_task {
+            continue;
+        }
+        // Local ids follow time, but an imported run gets a fresh id whatever its start: order by start (only the
+        // types over the cap are read) and drop the oldest.
+        let mut starts = HashMap::with_capacity(ids.len());
+        for id in &ids {
+            if let Some(v) = runs.get((key.as_str(), *id)).map_err(db("reading run"))? {
+                let r: RunSummary = decode("run summary", || format!("{key}/{id}"), v.value())?;
+                starts.insert(*id, r.started_at_ms);
+            }
+        }
+        ids.sort_by_key(|id| (starts.get(id).copied().unwrap_or(0), *id));
+        for id in &ids[..ids.len() - policy.max_runs_per_task] {
+            runs.remove((key.as_str(), *id))
+                .map_err(db("deleting run"))?;
+            forget_origin(&mut origins, &mut imported, *id)?;
+            report.runs_dropped += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Retention, decisions: the oldest beyond the cap, and those older than the age limit. Bounded per pass.
+fn drop_old_decisions(
+    txn: &WriteTransaction,
+    now_ms: u64,
+    policy: &RetentionPolicy,
+    report: &mut RetentionReport,
+) -> Result<(), StoreError> {
+    let mut dec = txn.open_table(DECISIONS).map_err(db("opening decisions"))?;
+    let total = dec.len().map_err(db("counting decisions"))?;
+    let over = if policy.max_decisions > 0 {
+        total.saturating_sub(policy.max_decisions)
+    } else {
+        0
+    };
+    let too_old = now_ms.saturating_sub(policy.max_decision_age_ms);
+    let mut doomed = Vec::new();
+    for item in dec.iter().map_err(db("scanning decisions"))? {
+        if doomed.len() >= RETENTION_BATCH {
+            break;
+        }
+        let (k, v) = item.map_err(db("scanning decisions"))?;
+        let seq = k.value();
+        if (doomed.len() as u64) < over {
+            doomed.push(seq);
+            continue;
+        }
+        if policy.max_decision_age_ms == 0 {
+            break;
+        }
+        let d: Decision = decode("decision", || seq.to_string(), v.value())?;
+        if d.at_ms >= too_old {
+            break;
+        }
+        doomed.push(seq);
+    }
+    for seq in doomed {
+        dec.remove(seq).map_err(db("deleting decision"))?;
+        report.decisions_dropped += 1;
+    }
+    Ok(())
+}
+
+/// Retention, task types: those not seen for the age limit, then the least recently seen beyond the cap, with
+/// their runs and samples. Bounded per pass.
+fn drop_stale_task_types(
+    txn: &WriteTransaction,
+    now_ms: u64,
+    policy: &RetentionPolicy,
+    report: &mut RetentionReport,
+) -> Result<(), StoreError> {
+    let mut types = txn
+        .open_table(TASK_TYPES)
+        .map_err(db("opening task types"))?;
+    let mut seen: Vec<(u64, String)> = Vec::new();
+    for item in types.iter().map_err(db("scanning task types"))? {
+        let (k, v) = item.map_err(db("scanning task types"))?;
+        let key = k.value().to_owned();
+        let rec: TaskTypeRecord = decode("task type", || key.clone(), v.value())?;
+        seen.push((rec.last_seen_ms, key));
+    }
+    seen.sort();
+    let over = if policy.max_task_types > 0 {
+        seen.len().saturating_sub(policy.max_task_types)
+    } else {
+        0
+    };
+    let stale_before = now_ms.saturating_sub(policy.max_task_type_age_ms);
+    let gone: Vec<String> = seen
+        .into_iter()
+        .enumerate()
+        .filter(|(i, (last, _))| {
+            *i < over || policy.max_task_type_age_ms > 0 && *last < stale_before
+        })
+        .map(|(_, (_, k))| k)
+        .take(RETENTION_BATCH)
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let mut runs = txn.open_table(RUNS).map_err(db("opening runs"))?;
+    let mut origins = txn
+        .open_table(RUN_ORIGINS)
+        .map_err(db("opening run origins"))?;
+    let mut imported = txn
+        .open_table(IMPORTED_RUNS)
+        .map_err(db("opening imported runs"))?;
+    let mut samples = txn.open_table(SAMPLES).map_err(db("opening samples"))?;
+    for key in gone {
+        let mut ids = Vec::new();
+        for item in runs
+            .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
+            .map_err(db("scanning runs"))?
+        {
+            let (k, _) = item.map_err(db("scanning runs"))?;
+            ids.push(k.value().1);
+        }
+        for id in ids {
+            runs.remove((key.as_str(), id))
+                .map_err(db("deleting run"))?;
+            forget_origin(&mut origins, &mut imported, id)?;
+            let mut stamps = Vec::new();
+            for item in samples
+                .range((id, 0)..=(id, u64::MAX))
+                .map_err(db("scanning samples"))?
+            {
+                let (k, _) = item.map_err(db("scanning samples"))?;
+                stamps.push(k.value().1);
+            }
+            for ts in stamps {
+                samples.remove((id, ts)).map_err(db("deleting sample"))?;
+            }
+        }
+        types
+            .remove(key.as_str())
+            .map_err(db("deleting task type"))?;
+        report.task_types_dropped += 1;
+    }
+    Ok(())
 }
 
 /// Drops the origin of a deleted run (a local run has none).

@@ -31,7 +31,9 @@ pub(super) fn tightest(parents: &[Ancestor]) -> Tightest<'_> {
 }
 
 /// The initial allocation of a task: the spec on a cold start; otherwise memory at the prediction's `limit`
-/// (99.8%; its `upper` below medium confidence, where that tail is not calibrated yet) and CPU at the p90 of the predicted profile over the first `initial_cpu_buckets`, never above a user limit,
+/// (99.8%; below medium confidence, where that tail is not calibrated yet, at most 1.5x its `upper`) and CPU at the p90 of the
+/// predicted profile over the first `initial_cpu_buckets` (a run predicted to end within `short_run_ms`: its
+/// predicted CPU upper bound, if higher), never above a user limit,
 /// never below a user request (unless allowed; not even on a host smaller than the request), within the host's
 /// grantable capacity and every limited ancestor's limit. A spec with no CPU limit keeps no quota unless
 /// `quota_unlimited_cpu` is on. Returns the allocation and the reasons per resource.
@@ -128,6 +130,15 @@ fn predicted_cpu(
             cpu_reason = "predicted p95".to_owned();
             p.cpu_cores.point
         };
+        let short =
+            p.duration_s.upper > 0.0 && p.duration_s.upper * 1000.0 <= cfg.short_run_ms as f64;
+        if short && p.cpu_cores.upper > cpu {
+            cpu = p.cpu_cores.upper;
+            cpu_reason = format!(
+                "predicted CPU upper bound (a short run: at most {:.1} s predicted)",
+                p.duration_s.upper
+            );
+        }
         if cpu < request {
             cpu = request;
             cpu_reason =
@@ -146,24 +157,20 @@ fn predicted_cpu(
     }
 }
 
-/// The memory of a predicted task before its ancestors' caps: the prediction's `limit` (its `upper` below medium
-/// confidence), between its request and its limit. With the reason.
+/// The memory of a predicted task before its ancestors' caps: the prediction's `limit` (below medium confidence at
+/// most 1.5x its `upper`), between its request and its limit. With the reason.
 fn predicted_memory(spec: &TaskSpec, p: &Prediction) -> (u64, String) {
     let l = &spec.limits;
     // The one-sided 99.8% limit needs a calibrated tail: on a young type (low confidence, a few runs) it rests on a
-    // handful of residuals and a Student-t with one or two degrees of freedom, i.e. anywhere up to the spec's limit.
-    let (mem, mut mem_reason) = if p.confidence >= Confidence::Medium {
-        (
-            p.memory_bytes.limit.max(p.memory_bytes.upper),
-            "predicted memory limit (its one-sided 99.8% bound)".to_owned(),
-        )
+    // handful of residuals and a Student-t with one or two degrees of freedom, so it is capped (`Estimate::allocation`).
+    let mem = p.memory_bytes.allocation(p.confidence);
+    let mut mem_reason = if p.confidence >= Confidence::Medium {
+        "predicted memory limit (its one-sided 99.8% bound)".to_owned()
     } else {
-        (
-            p.memory_bytes.upper,
-            format!(
-                "predicted upper bound at level {} (few runs: the 99.8% limit is not calibrated yet)",
-                p.level
-            ),
+        format!(
+            "predicted memory limit, at most {YOUNG_LIMIT_CAP}x its upper bound at level {} (few runs: the 99.8% tail \
+             is not calibrated yet)",
+            p.level
         )
     };
     let mut mem = mem.max(0.0) as u64;

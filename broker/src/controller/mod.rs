@@ -53,7 +53,7 @@ use allocation::tightest;
 use memory::memory_directive;
 use pipeline::Group;
 
-use predictor::{BUCKETS, Confidence, Prediction};
+use predictor::{BUCKETS, Confidence, Prediction, YOUNG_LIMIT_CAP};
 use serde::{Deserialize, Serialize};
 
 pub use predictive_api::types::{
@@ -75,6 +75,10 @@ pub struct ControllerConfig {
     pub min_memory_bytes: u64,
     /// Lifetime buckets whose CPU p90 sets the initial CPU allocation (default 5 of 20).
     pub initial_cpu_buckets: usize,
+    /// A run whose predicted duration (its upper bound) is at most this starts at its predicted CPU upper bound
+    /// instead of the first buckets' p90: it ends before the controller could grow it (a 0.5 s tick sees a few
+    /// samples of it, and growth takes a tick per step). 0 = never (default 10 s).
+    pub short_run_ms: u64,
     /// Buckets ahead a lender's profile is read to revoke before it needs its CPU (default 1).
     pub lookahead_buckets: usize,
     /// Usage is multiplied by this to get what a task needs to keep (default 1.25).
@@ -128,6 +132,7 @@ impl Default for ControllerConfig {
             min_cpu_cores: 0.05,
             min_memory_bytes: 16 << 20,
             initial_cpu_buckets: 5,
+            short_run_ms: 10_000,
             lookahead_buckets: 1,
             headroom: 1.25,
             throttled_fraction: 0.10,
