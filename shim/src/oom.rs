@@ -106,13 +106,15 @@ impl OomTracker {
                 None
             }
         };
+        // Read once the watch is in place, then on every change: a kill between the tracker's first reading and
+        // the watch would otherwise wait for the next recheck.
         while self.dir().exists() {
+            if self.check() {
+                on_oom();
+            }
             match &notify {
                 Some(n) => n.changed(V2_RECHECK).await,
                 None => tokio::time::sleep(Duration::from_millis(500)).await,
-            }
-            if self.check() {
-                on_oom();
             }
         }
     }
