@@ -263,10 +263,10 @@ pub fn scrub(c: &Scope<'_>, ids: &[String], keep_dir: bool) {
     }
     if let Ok(rd) = std::fs::read_dir("/run/containerd") {
         for e in rd.flatten() {
-            let _ = std::fs::remove_dir(e.path().join(&c.ns));
+            let _ = std::fs::remove_dir(e.path().join(c.ns));
         }
     }
     if !keep_dir {
-        let _ = std::fs::remove_dir_all(&c.dir);
+        let _ = std::fs::remove_dir_all(c.dir);
     }
 }
