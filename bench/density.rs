@@ -357,7 +357,7 @@ fn main() {
     });
     std::thread::sleep(Duration::from_secs(2));
     let after = snapshot(&c, &ids);
-    let state = predictive_e2e::clean::state_leaks(&c, &ids);
+    let state = predictive_e2e::clean::state_leaks(&c.leak_scope(), &ids);
     println!();
     println!(
         "churn: {} containers ({} ok, {} failed) in {:.1} s, {:.1}/s; `ctr run --rm` p50 {:.0} ms, p99 {:.0} ms",

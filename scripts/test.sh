@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Everything `make test` runs after deps and build:
-#   0. the guard rails: `cargo fmt --all --check` and `cargo clippy --workspace --all-targets -- -D warnings`
+#   0. the guard rails: `cargo fmt --all --check`, `cargo clippy --workspace --all-targets -- -D warnings` and the
+#      shape checks (scripts/fn-length.py: no production function over 120 lines; scripts/module-cycles.py: no
+#      cycle between a crate's top-level modules)
 #   1. unit and root tests of every crate:   cargo nextest run --workspace --release (less the e2e suite)
 #   2. the end-to-end suite once per containerd version (PREDICTIVE_E2E_VERSIONS, default "1.6 1.7 2.1"),
 #      against PREDICTIVE_E2E_RUNTIME (default io.containerd.predictive.v2)
@@ -42,14 +44,26 @@ count() { # name log rc
     summary+=("$name: $p passed, $f failed ($(grep -oE '\[ *[0-9.]+s\]' <<<"$line" | tr -d '[] '))")
 }
 
-# Guard rails: unformatted code or a clippy warning fails the run like a failing test (one entry in the count).
-echo "=== lint: rustfmt --check, clippy -D warnings (all targets) ==="
+# Shape checks: a production function over 120 lines, or a cycle between one crate's top-level modules.
+shape_checks() {
+    local rc=0 crate
+    python3 scripts/fn-length.py api/src shim/src runtime-hooks/src predictor/src broker/src testkit/src || rc=1
+    for crate in api broker predictor shim runtime-hooks testkit tests; do
+        echo "--- module cycles: $crate/src"
+        python3 scripts/module-cycles.py "$crate/src" || rc=1
+    done
+    return $rc
+}
+
+# Guard rails: unformatted code, a clippy warning or a failed shape check fails the run like a failing test (one
+# entry in the count).
+echo "=== lint: rustfmt --check, clippy -D warnings (all targets), function length, module cycles ==="
 log=$logdir/lint.log
-{ cargo fmt --all --check && cargo clippy --workspace --all-targets --release -- -D warnings; } 2>&1 | tee "$log"
+{ cargo fmt --all --check && cargo clippy --workspace --all-targets --release -- -D warnings && shape_checks; } 2>&1 | tee "$log"
 if [ "${PIPESTATUS[0]}" = 0 ]; then
-    passed=$((passed + 1)); summary+=("lint: rustfmt and clippy clean")
+    passed=$((passed + 1)); summary+=("lint: rustfmt, clippy and the shape checks clean")
 else
-    failed=$((failed + 1)); summary+=("lint: rustfmt or clippy failed, see $log")
+    failed=$((failed + 1)); summary+=("lint: rustfmt, clippy, fn-length or module-cycles failed, see $log")
 fi
 
 echo "=== unit and root tests (all crates) ==="

@@ -9,19 +9,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::actuate::{ActuateError, CpuLimit, MemoryLimitPolicy};
-use crate::pacing::Probe;
 use crate::parse::Files;
 pub use crate::parse::{NetDevTotals, Pressure, PsiLine};
-use crate::{parse, v1, v2};
+use crate::sample::Probe;
+pub use crate::sample::{
+    CpuSample, IoSample, MemorySample, PidsSample, PressureSample, Sample, SampleScope,
+};
+use crate::{parse, pids, v1, v2};
 
 /// How long [`ContainerCgroup::freeze`] and [`ContainerCgroup::thaw`] wait for the kernel.
 pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The files of one controller in one cgroup directory.
-pub(crate) trait Controller {
-    /// Fills the fields of `sample` that this controller's files in `dir` carry.
-    fn sample(dir: &Path, files: &mut Files, sample: &mut Sample);
-}
 
 /// The backend: where the container's controllers live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,100 +41,6 @@ pub enum CgroupVersion {
     V2,
 }
 
-/// CPU figures.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct CpuSample {
-    /// Total CPU time used, nanoseconds.
-    pub usage_ns: Option<u64>,
-    /// Enforcement periods elapsed while the cgroup had runnable tasks.
-    pub nr_periods: Option<u64>,
-    /// Periods in which the quota ran out.
-    pub nr_throttled: Option<u64>,
-    /// Total time throttled, nanoseconds.
-    pub throttled_ns: Option<u64>,
-}
-
-/// Memory figures, bytes unless said otherwise.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct MemorySample {
-    /// Charged memory (`memory.usage_in_bytes` / `memory.current`).
-    pub usage_bytes: Option<u64>,
-    /// Usage minus inactive file pages (what kubelet calls the working set).
-    pub working_set_bytes: Option<u64>,
-    /// Anonymous memory (`rss` / `anon`).
-    pub rss_bytes: Option<u64>,
-    /// Page cache (`cache` / `file`).
-    pub cache_bytes: Option<u64>,
-    /// Highest usage seen (`memory.max_usage_in_bytes` / `memory.peak`, Linux >= 5.19 on v2).
-    pub peak_bytes: Option<u64>,
-    /// The hard limit; `None` when unlimited or unknown.
-    pub limit_bytes: Option<u64>,
-    /// Times usage hit the limit (`memory.failcnt` / `max` in `memory.events`).
-    pub limit_hits: Option<u64>,
-    /// OOM situations (`oom` in v2 `memory.events`; v1 keeps no counter: see `under_oom` and `oom_kills`).
-    pub oom_events: Option<u64>,
-    /// Tasks are waiting on an OOM with the OOM killer disabled (v1 `under_oom`).
-    pub under_oom: Option<bool>,
-    /// Processes killed by the OOM killer (`oom_kill`).
-    pub oom_kills: Option<u64>,
-}
-
-/// Pressure-stall information, from the cgroup2 directory (v2 or hybrid hosts).
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PressureSample {
-    /// `cpu.pressure`.
-    pub cpu: Option<Pressure>,
-    /// `memory.pressure`.
-    pub memory: Option<Pressure>,
-    /// `io.pressure`.
-    pub io: Option<Pressure>,
-}
-
-/// Block IO totals over all devices.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct IoSample {
-    /// Bytes read.
-    pub read_bytes: Option<u64>,
-    /// Bytes written.
-    pub write_bytes: Option<u64>,
-    /// Read operations.
-    pub read_ops: Option<u64>,
-    /// Write operations.
-    pub write_ops: Option<u64>,
-}
-
-/// Process counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PidsSample {
-    /// Tasks in the cgroup (`pids.current`).
-    pub current: Option<u64>,
-    /// `pids.max`; `None` when unlimited or unknown.
-    pub limit: Option<u64>,
-}
-
-/// One timestamped reading of a container's cgroup.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Sample {
-    /// Wall clock, nanoseconds since the Unix epoch.
-    pub unix_ns: u64,
-    /// CLOCK_MONOTONIC nanoseconds: use this for rates.
-    pub monotonic_ns: u64,
-    /// CPU.
-    pub cpu: CpuSample,
-    /// Memory.
-    pub memory: MemorySample,
-    /// Pressure stall information.
-    pub pressure: PressureSample,
-    /// Block IO.
-    pub io: IoSample,
-    /// Network counters of the container's network namespace (non-loopback interfaces).
-    pub net: Option<NetDevTotals>,
-    /// Processes.
-    pub pids: PidsSample,
-    /// Whether the cgroup is frozen.
-    pub frozen: Option<bool>,
-}
-
 fn now_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -152,29 +55,6 @@ fn now_ns(clock: libc::clockid_t) -> u64 {
         .unwrap_or(0)
         .saturating_mul(1_000_000_000)
         + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
-
-/// Which parts of a [`Sample`] to read. Pressure (3 files) and network counters (`/proc/<pid>/net/dev`)
-/// are about a third of the kernel's cost of a sample; a monitor can read them at a lower rate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SampleScope {
-    /// Read `cpu.pressure`, `memory.pressure`, `io.pressure`.
-    pub pressure: bool,
-    /// Read the network counters.
-    pub net: bool,
-}
-
-impl SampleScope {
-    /// Everything.
-    pub const ALL: Self = Self {
-        pressure: true,
-        net: true,
-    };
-    /// CPU, memory, block IO, pids and freezer state only.
-    pub const CORE: Self = Self {
-        pressure: false,
-        net: false,
-    };
 }
 
 /// A container's cgroup on this host.
@@ -395,7 +275,7 @@ impl ContainerCgroup {
             CgroupDirs::V1(d) => need(&d.pids, "pids")?,
             CgroupDirs::V2(d) => &d.dir,
         };
-        v1::pids::Pids::set_limit(dir, limit)
+        pids::Pids::set_limit(dir, limit)
     }
 
     /// Freezes every task and waits (up to [`FREEZE_TIMEOUT`]) until the kernel reports it frozen.

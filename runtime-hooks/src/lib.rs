@@ -35,8 +35,10 @@ pub mod hook;
 pub mod net;
 pub mod pacing;
 mod parse;
+mod pids;
 pub mod placement;
 pub mod resources;
+mod sample;
 pub mod v1;
 pub mod v2;
 

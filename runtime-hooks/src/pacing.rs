@@ -15,43 +15,7 @@
 
 use std::time::Duration;
 
-use crate::cgroup::Sample;
-
-/// The two figures read at every wake-up.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Probe {
-    /// Wall clock, nanoseconds since the Unix epoch.
-    pub unix_ns: u64,
-    /// CLOCK_MONOTONIC nanoseconds.
-    pub monotonic_ns: u64,
-    /// Total CPU time used, nanoseconds.
-    pub cpu_usage_ns: Option<u64>,
-    /// Charged memory, bytes.
-    pub memory_bytes: Option<u64>,
-}
-
-impl Probe {
-    /// `full` (the last full sample) with this probe's time, CPU and memory: what a report carries for a
-    /// wake-up whose other files were not read (their counters stand still while the container is idle).
-    pub fn onto(&self, full: &Sample) -> Sample {
-        let mut s = full.clone();
-        s.unix_ns = self.unix_ns;
-        s.monotonic_ns = self.monotonic_ns;
-        s.cpu.usage_ns = self.cpu_usage_ns;
-        s.memory.usage_bytes = self.memory_bytes;
-        s
-    }
-
-    /// CPU cores used between `earlier` and this probe; `None` when either has no CPU figure or no time passed.
-    pub fn cores_since(&self, earlier: &Probe) -> Option<f64> {
-        let dt = self.monotonic_ns.checked_sub(earlier.monotonic_ns)?;
-        if dt == 0 {
-            return None;
-        }
-        let used = self.cpu_usage_ns?.saturating_sub(earlier.cpu_usage_ns?);
-        Some(used as f64 / dt as f64)
-    }
-}
+pub use crate::sample::Probe;
 
 /// What counts as a change worth a report.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -144,7 +144,7 @@ fn update_v1(d: &v1::Dirs, r: &LinuxResources) -> Result<(), ActuateError> {
         memory_v1(need(&d.memory, "memory")?, m)?;
     }
     if let Some(p) = r.pids() {
-        v1::pids::Pids::set_limit(
+        crate::pids::Pids::set_limit(
             need(&d.pids, "pids")?,
             (p.limit() > 0).then_some(p.limit() as u64),
         )?;
@@ -357,7 +357,7 @@ fn update_v2(dir: &Path, r: &LinuxResources) -> Result<(), ActuateError> {
         }
     }
     if let Some(p) = r.pids() {
-        v1::pids::Pids::set_limit(dir, (p.limit() > 0).then_some(p.limit() as u64))?;
+        crate::pids::Pids::set_limit(dir, (p.limit() > 0).then_some(p.limit() as u64))?;
     }
     if let Some(w) = r
         .block_io()

@@ -1,6 +1,7 @@
 //! `containerd-shim-predictive-v2`: a containerd shim v2 (runtime `io.containerd.predictive.v2`)
 //! that runs containers through youki's libcontainer. See docs/ARCHITECTURE.md.
 
+pub mod blocking;
 pub mod companions;
 pub mod container;
 pub mod cwd;
@@ -18,6 +19,7 @@ pub mod reaper;
 pub mod runtime;
 pub mod seams;
 pub mod service;
+pub mod settings;
 pub mod spawn;
 pub mod spec_edit;
 pub mod systemd;

@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::predict::Settings;
 use crate::reaper;
+use crate::settings::Settings;
 
 /// Least time between two attempts of one shim process to start a broker.
 pub const SPAWN_EVERY: Duration = Duration::from_secs(10);

@@ -29,6 +29,7 @@ use runtime_hooks::placement::Driver;
 use runtime_hooks::{CgroupDirs, ContainerCgroup, HostRoots};
 use tokio::sync::Notify;
 
+use crate::blocking::blocking;
 use crate::container::{self, Container};
 use crate::error::{Result, ShimError};
 use crate::events::Events;
@@ -277,7 +278,7 @@ impl TaskService {
             .as_ref()
             .filter(|p| p.driver == Driver::Systemd)
             .map(|p| Scope::new(&p.cgroups_path, &req.id));
-        let warmup = Warmup::start(&self.shared, &req.id, &spec);
+        let warmup = Warmup::start(&self.shared.roots, &self.shared.runtime, &req.id, &spec);
         // Lets the warm-up's request reach the zygote now, not at the create's first wait.
         tokio::task::yield_now().await;
         let result = self
@@ -1090,22 +1091,6 @@ fn exec_spec_path(state_root: &Path, id: &str, exec_id: &str) -> PathBuf {
 async fn shutdown_io(process: &Process) {
     if let Some(pio) = process.io.lock().await.take() {
         pio.tasks.shutdown().await;
-    }
-}
-
-/// Runs blocking work (a move into a cgroup waits for the kernel's RCU grace period, 5-25 ms; a cgroup's rmdir
-/// and an unmount wait on the kernel too) on the blocking pool: the runtime thread serves every container of the
-/// shim, and a wait there stalls them all. `None` (logged) if it panicked.
-pub(crate) async fn blocking<T: Send + 'static>(
-    what: &'static str,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(v) => Some(v),
-        Err(e) => {
-            tracing::error!("{what}: {e}");
-            None
-        }
     }
 }
 

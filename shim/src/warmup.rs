@@ -3,9 +3,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use runtime_hooks::HostRoots;
+
+use crate::blocking::blocking;
 use crate::container::Container;
 use crate::predict::Augment;
-use crate::task::{Shared, blocking};
+use crate::seams::Runtime;
 use crate::zygote::{self, Reply, Request};
 
 /// Moving a process into a cgroup waits for an RCU grace period in the kernel (the writer side of the
@@ -23,10 +26,15 @@ pub struct Warmup {
 }
 
 impl Warmup {
-    pub fn start(shared: &Arc<Shared>, id: &str, spec: &oci_spec::runtime::Spec) -> Option<Warmup> {
+    pub fn start(
+        roots: &HostRoots,
+        runtime: &Arc<dyn Runtime>,
+        id: &str,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Option<Warmup> {
         let path = spec.linux().as_ref()?.cgroups_path().as_ref()?.to_str()?;
-        let (root, dir) = runtime_hooks::companions::warmup_dir(&shared.roots, path)?;
-        let shared = shared.clone();
+        let (root, dir) = runtime_hooks::companions::warmup_dir(roots, path)?;
+        let runtime = runtime.clone();
         let id = id.to_string();
         let task = tokio::spawn(async move {
             // mkdir in a cgroup hierarchy is kernel work: off the runtime thread, as the rest.
@@ -44,11 +52,7 @@ impl Warmup {
                 None => return Vec::new(),
             };
             let request = Request::JoinCgroup { id, dir };
-            match shared
-                .runtime
-                .call(&request, zygote::Stdio::default())
-                .await
-            {
+            match runtime.call(&request, zygote::Stdio::default()).await {
                 Ok(Reply::Ok { .. }) => {}
                 Ok(Reply::Err { message, .. }) => tracing::debug!("{message}"),
                 Err(e) => tracing::debug!("{}", e.chain()),

@@ -4,7 +4,20 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::containerd::Containerd;
+/// What the checks need to know of one private containerd (`Containerd::leak_scope`).
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    /// Its directory (root/, state/, the sockets, containerd.log).
+    pub dir: &'a Path,
+    /// Its socket.
+    pub sock: &'a Path,
+    /// Its namespace.
+    pub ns: &'a str,
+    /// The runtime its containers run with.
+    pub runtime: &'a str,
+    /// The cgroup parent of its containers (`Containerd::cgroup_name`).
+    pub cgroup_name: &'a str,
+}
 
 /// Pids whose command line (NUL bytes turned to spaces) and /proc/PID/cgroup text satisfy `f`.
 pub fn processes_matching(f: impl Fn(&str, &str) -> bool) -> Vec<i32> {
@@ -72,7 +85,7 @@ fn find_named(root: &Path, ids: &[String], depth: u32, out: &mut Vec<PathBuf>) {
 
 /// The shim socket containerd-shim (Go and Rust) derives for a container or group id:
 /// `/run/containerd/s/<sha256(<containerd address>/<ns>/<id>)>`.
-pub fn shim_socket(c: &Containerd, id: &str) -> PathBuf {
+pub fn shim_socket(c: &Scope<'_>, id: &str) -> PathBuf {
     use std::io::Write;
     let key = format!("{}/{}/{}", c.sock.display(), c.ns, id);
     let mut child = std::process::Command::new("sha256sum")
@@ -95,7 +108,7 @@ pub fn shim_socket(c: &Containerd, id: &str) -> PathBuf {
     Path::new("/run/containerd/s").join(hex)
 }
 
-fn leaked_sockets(c: &Containerd, ids: &[String]) -> Vec<PathBuf> {
+fn leaked_sockets(c: &Scope<'_>, ids: &[String]) -> Vec<PathBuf> {
     ids.iter()
         .map(|id| shim_socket(c, id))
         .filter(|p| p.exists())
@@ -106,8 +119,8 @@ fn leaked_sockets(c: &Containerd, ids: &[String]) -> Vec<PathBuf> {
 /// socket of a group (sandbox-id != container id) behind after the group's shim exits: a known
 /// runc-shim behaviour, noted and scrubbed but not failed, so the suite can be checked against
 /// runc. For any other runtime (ours) a leaked socket fails the test.
-fn failing_socket_leaks(c: &Containerd, ids: &[String]) -> Vec<PathBuf> {
-    if c.settings.runtime == crate::settings::RUNC_RUNTIME {
+fn failing_socket_leaks(c: &Scope<'_>, ids: &[String]) -> Vec<PathBuf> {
+    if c.runtime == crate::settings::RUNC_RUNTIME {
         return Vec::new();
     }
     leaked_sockets(c, ids)
@@ -115,7 +128,7 @@ fn failing_socket_leaks(c: &Containerd, ids: &[String]) -> Vec<PathBuf> {
 
 /// While containerd still runs, after every container was removed: state directories, fifos
 /// and runtime state named after a container.
-pub fn state_leaks(c: &Containerd, ids: &[String]) -> Vec<String> {
+pub fn state_leaks(c: &Scope<'_>, ids: &[String]) -> Vec<String> {
     let mut found = Vec::new();
     find_named(&c.dir.join("state"), ids, 5, &mut found);
     find_named(Path::new("/run/containerd"), ids, 4, &mut found);
@@ -126,7 +139,7 @@ pub fn state_leaks(c: &Containerd, ids: &[String]) -> Vec<String> {
 }
 
 /// Mount points under our dir or naming a container.
-fn leaked_mounts(c: &Containerd, ids: &[String]) -> Vec<String> {
+fn leaked_mounts(c: &Scope<'_>, ids: &[String]) -> Vec<String> {
     let dir = c.dir.to_string_lossy().into_owned();
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
@@ -141,9 +154,9 @@ fn leaked_mounts(c: &Containerd, ids: &[String]) -> Vec<String> {
         .collect()
 }
 
-fn leaked_processes(c: &Containerd, ids: &[String]) -> Vec<i32> {
+fn leaked_processes(c: &Scope<'_>, ids: &[String]) -> Vec<i32> {
     let dir = c.dir.to_string_lossy().into_owned();
-    let ns = format!(":/{}/", c.cgroup_name());
+    let ns = format!(":/{}/", c.cgroup_name);
     processes_matching(|cmdline, cgroup| {
         cmdline.contains(&dir)
             || cgroup.contains(&ns)
@@ -154,7 +167,7 @@ fn leaked_processes(c: &Containerd, ids: &[String]) -> Vec<i32> {
 }
 
 /// Cgroup dirs of our containers in every hierarchy (v1 controllers, the named systemd one, unified).
-fn leaked_cgroups(c: &Containerd, ids: &[String]) -> Vec<PathBuf> {
+fn leaked_cgroups(c: &Scope<'_>, ids: &[String]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let root = Path::new("/sys/fs/cgroup");
     let mut bases = vec![root.to_path_buf()];
@@ -167,7 +180,7 @@ fn leaked_cgroups(c: &Containerd, ids: &[String]) -> Vec<PathBuf> {
     }
     for b in bases {
         for id in ids {
-            let p = b.join(c.cgroup_name()).join(id);
+            let p = b.join(c.cgroup_name).join(id);
             if p.is_dir() {
                 out.push(p);
             }
@@ -177,7 +190,7 @@ fn leaked_cgroups(c: &Containerd, ids: &[String]) -> Vec<PathBuf> {
 }
 
 /// After containerd stopped: processes, cgroups, mounts, fifos and state of our containers.
-pub fn host_leaks(c: &Containerd, ids: &[String]) -> Vec<String> {
+pub fn host_leaks(c: &Scope<'_>, ids: &[String]) -> Vec<String> {
     let mut leaks = Vec::new();
     for pid in leaked_processes(c, ids) {
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -203,7 +216,7 @@ pub fn host_leaks(c: &Containerd, ids: &[String]) -> Vec<String> {
 }
 
 /// Remove everything our test left on the host: processes, mounts, cgroups, fifos, dirs.
-pub fn scrub(c: &Containerd, ids: &[String], keep_dir: bool) {
+pub fn scrub(c: &Scope<'_>, ids: &[String], keep_dir: bool) {
     for pid in leaked_processes(c, ids) {
         // SAFETY: the process belongs to this test (our dir, namespace or container id).
         unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -228,10 +241,10 @@ pub fn scrub(c: &Containerd, ids: &[String], keep_dir: bool) {
     // The namespace-level dirs are made by the runtime (runc leaves them): remove them if empty.
     if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
         for e in rd.flatten() {
-            let _ = std::fs::remove_dir(e.path().join(c.cgroup_name()));
+            let _ = std::fs::remove_dir(e.path().join(c.cgroup_name));
         }
     }
-    let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(c.cgroup_name()));
+    let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(c.cgroup_name));
     for p in leaked_sockets(c, ids) {
         eprintln!("NOTE: shim socket {} was left behind; removed", p.display());
         let _ = std::fs::remove_file(p);
@@ -250,10 +263,10 @@ pub fn scrub(c: &Containerd, ids: &[String], keep_dir: bool) {
     }
     if let Ok(rd) = std::fs::read_dir("/run/containerd") {
         for e in rd.flatten() {
-            let _ = std::fs::remove_dir(e.path().join(&c.ns));
+            let _ = std::fs::remove_dir(e.path().join(c.ns));
         }
     }
     if !keep_dir {
-        let _ = std::fs::remove_dir_all(&c.dir);
+        let _ = std::fs::remove_dir_all(c.dir);
     }
 }

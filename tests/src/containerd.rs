@@ -358,6 +358,17 @@ impl Containerd {
         self.cgroup_parent.as_deref().unwrap_or(&self.ns)
     }
 
+    /// What the clean-host checks and the scrub ([`clean`]) need to know of this containerd.
+    pub fn leak_scope(&self) -> clean::Scope<'_> {
+        clean::Scope {
+            dir: &self.dir,
+            sock: &self.sock,
+            ns: &self.ns,
+            runtime: &self.settings.runtime,
+            cgroup_name: self.cgroup_name(),
+        }
+    }
+
     /// A CRI test's own cgroup parent (`/<name>`, unique on this host), set as [`Self::cgroup_parent`].
     pub fn own_cgroup_parent(&mut self) -> String {
         let name = self
@@ -499,17 +510,19 @@ impl Containerd {
                 self.shim_processes()
             ));
         }
-        if let Some(leaks) = wait_clean(Duration::from_secs(10), || clean::state_leaks(&self, &ids))
-        {
+        if let Some(leaks) = wait_clean(Duration::from_secs(10), || {
+            clean::state_leaks(&self.leak_scope(), &ids)
+        }) {
             problems.extend(leaks);
         }
         self.stop_containerd();
-        if let Some(leaks) = wait_clean(Duration::from_secs(10), || clean::host_leaks(&self, &ids))
-        {
+        if let Some(leaks) = wait_clean(Duration::from_secs(10), || {
+            clean::host_leaks(&self.leak_scope(), &ids)
+        }) {
             problems.extend(leaks);
         }
         let keep = self.settings.keep && !problems.is_empty();
-        clean::scrub(&self, &ids, keep);
+        clean::scrub(&self.leak_scope(), &ids, keep);
         problems
     }
 
@@ -608,7 +621,7 @@ impl Drop for Containerd {
         let _ = run_cmd(down, Duration::from_secs(120));
         self.stop_containerd();
         let ids = self.ids.lock().expect("ids poisoned").clone();
-        clean::scrub(self, &ids, self.settings.keep);
+        clean::scrub(&self.leak_scope(), &ids, self.settings.keep);
     }
 }
 

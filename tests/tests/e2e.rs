@@ -298,7 +298,7 @@ fn update_resources() {
     let res = serde_json::json!({"memory": {"limit": 134217728}, "cpu": {"quota": 50000, "period": 100000, "shares": 2048}});
     // containerd 1.x shims write the bundle's `address` file (containerd reads it to reconnect after a
     // restart); fall back to the conventional socket path so this test is about Update alone.
-    let sock = predictive_e2e::clean::shim_socket(&c, &id);
+    let sock = predictive_e2e::clean::shim_socket(&c.leak_scope(), &id);
     predictive_e2e::ttrpc::update_task(&c.bundle(&id), Some(&sock), &id, &res)
         .expect("Task.Update");
     assert_eq!(read(&mem_file), "134217728", "memory limit after update");

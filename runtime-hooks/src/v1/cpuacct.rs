@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use crate::cgroup::{Controller, Sample};
 use crate::parse::Files;
+use crate::sample::{Controller, Sample};
 
 pub(crate) struct CpuAcct;
 

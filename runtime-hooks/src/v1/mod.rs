@@ -8,12 +8,12 @@ pub(crate) mod cpu;
 pub(crate) mod cpuacct;
 pub(crate) mod freezer;
 pub(crate) mod memory;
-pub(crate) mod pids;
 
 use std::path::PathBuf;
 
-use crate::cgroup::{Controller, Sample, SampleScope};
 use crate::parse::Files;
+use crate::pids;
+use crate::sample::{Controller, Sample, SampleScope};
 
 /// The v1 controllers this crate reads or writes (names of their mount directories).
 pub(crate) const CONTROLLERS: &[&str] = &["cpu", "cpuacct", "memory", "blkio", "pids", "freezer"];

@@ -1,5 +1,5 @@
 //! cgroup v2: one file per controller, each a unit struct implementing the crate-private `Controller` trait over the
-//! container's single directory. `pids` uses the same files as v1 (`v1::pids`).
+//! container's single directory. `pids` uses the same files as v1 (`crate::pids`).
 
 pub(crate) mod cpu;
 pub(crate) mod freezer;
@@ -9,8 +9,9 @@ pub(crate) mod psi;
 
 use std::path::PathBuf;
 
-use crate::cgroup::{Controller, Sample, SampleScope};
 use crate::parse::Files;
+use crate::pids;
+use crate::sample::{Controller, Sample, SampleScope};
 
 /// A container's cgroup2 directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +25,7 @@ pub(crate) fn sample(dirs: &Dirs, files: &mut Files, scope: SampleScope, sample:
     cpu::Cpu::sample(d, files, sample);
     memory::Memory::sample(d, files, sample);
     io::Io::sample(d, files, sample);
-    crate::v1::pids::Pids::sample(d, files, sample);
+    pids::Pids::sample(d, files, sample);
     freezer::Freezer::sample(d, files, sample);
     if scope.pressure {
         psi::Psi::sample(d, files, sample);

@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-use crate::cgroup::{Controller, Sample};
 use crate::parse;
 use crate::parse::Files;
+use crate::sample::{Controller, Sample};
 
 pub(crate) struct Psi;
 

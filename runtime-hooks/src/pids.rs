@@ -3,9 +3,9 @@
 use std::path::Path;
 
 use crate::actuate::{self, ActuateError};
-use crate::cgroup::{Controller, Sample};
 use crate::parse;
 use crate::parse::Files;
+use crate::sample::{Controller, Sample};
 
 pub(crate) struct Pids;
 
