@@ -293,7 +293,13 @@ fn a_type_learned_on_node_a_is_predicted_on_node_b_after_an_import_counted_once(
     let said = ctl(&a, &["export", "-o", file.to_str().expect("utf-8 path")]);
     assert!(said.contains("5 runs of 1 task types"), "{said}");
     std::fs::copy(&file, shared.join("a.json")).expect("copy to the shared dir");
-    wait_for("node B imports a.json", &b, || b.runs_seen("etl") == 5);
+    // The import's log line comes after the refit it triggers; the runs are visible before it (store commit first).
+    wait_for("node B imports and refits a.json", &b, || {
+        b.stderr()
+            .lines()
+            .any(|l| l.contains("/a.json") && l.contains("imported=5") && l.contains("refitted=1"))
+    });
+    assert_eq!(b.runs_seen("etl"), 5);
     // B has never run the type: its first run is predicted from A's history.
     assert_predicted(&register(&b, "b0", "etl"), "node B's first run");
 
