@@ -435,6 +435,18 @@ fn finish_attempt(def: &TaskDef, live: &Meas, code: i32, cap: Limits) -> Attempt
 /// Runs `defs` (one pipeline) under `policy`. `expect` holds, per task type, the initial allocation ours got
 /// last time (admission's guess before the broker answers); `recorded` gives VPA-like its history, and holds
 /// nothing of the round in progress (the caller adds a round's runs when all its policies are done).
+/// CPU each container holds in leases of the host's free CPU (the broker's status), by container id; empty when
+/// the broker does not answer (admission then counts the whole quota, as before).
+fn host_lent(cl: &mut Client) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    if let Ok(s) = cl.status() {
+        for l in s.leases.iter().filter(|l| l.lender.is_none()) {
+            *out.entry(l.holder.clone()).or_insert(0.0) += l.amount;
+        }
+    }
+    out
+}
+
 pub fn run_pipeline(
     env: &Env,
     policy: Policy,
@@ -468,6 +480,7 @@ pub fn run_pipeline(
         .collect();
     let mut state: Vec<State> = defs.iter().map(|_| State::Pending).collect();
     let mut tries = vec![0u32; defs.len()];
+    let mut broker_client = Client::new(c.broker_socket(), Duration::from_secs(2));
     let mut live: Vec<Live> = Vec::new();
     let mut attempts: Vec<Attempt> = Vec::new();
     let mut failed: Vec<String> = Vec::new();
@@ -612,11 +625,19 @@ pub fn run_pipeline(
             })
             .collect();
         ready.sort_by_key(|&i| (-defs[i].priority, i));
+        // Ours' containers may hold CPU lent from the host's free pool; the broker takes it back the moment a
+        // task registers, so it is not capacity in use (a scheduler counts what a pod owns, not what it borrowed).
+        let lent = if policy == Policy::Ours && !ready.is_empty() {
+            host_lent(&mut broker_client)
+        } else {
+            HashMap::new()
+        };
         for i in ready {
             let in_use = live.iter().fold(Limits::default(), |acc, l| {
                 let a = l.m.probes.last().map_or(l.expected, |p| p.alloc(env.cap));
+                let borrowed = lent.get(&ids[defs[l.def].name]).copied().unwrap_or(0.0);
                 Limits {
-                    cpu: acc.cpu + a.cpu,
+                    cpu: acc.cpu + (a.cpu - borrowed).max(0.0),
                     mem: acc.mem + a.mem,
                 }
             });

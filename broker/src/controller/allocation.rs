@@ -31,8 +31,9 @@ pub(super) fn tightest(parents: &[Ancestor]) -> Tightest<'_> {
 }
 
 /// The initial allocation of a task: the spec on a cold start; otherwise memory at the prediction's `limit`
-/// (99.8%; below medium confidence, where that tail is not calibrated yet, at most 1.5x its `upper`) and CPU at the p90 of the
-/// predicted profile over the first `initial_cpu_buckets` (a run predicted to end within `short_run_ms`: its
+/// (99.8%; below medium confidence, where that tail is not calibrated yet, at most 1.5x its `upper`) and CPU at the
+/// predicted p95 scaled by the p90 of the profile's first `initial_cpu_buckets` over its busiest bucket (a start as
+/// busy as the rest of the run starts at the p95; a run predicted to end within `short_run_ms`: its
 /// predicted CPU upper bound, if higher), never above a user limit,
 /// never below a user request (unless allowed; not even on a host smaller than the request), within the host's
 /// grantable capacity and every limited ancestor's limit. A spec with no CPU limit keeps no quota unless
@@ -101,7 +102,8 @@ pub fn initial_allocation(
     )
 }
 
-/// The CPU of a predicted task before its ancestors' caps: the p90 of its profile's first buckets (or its p95),
+/// The CPU of a predicted task before its ancestors' caps: its p95 scaled by its profile's first buckets (the p90
+/// of their points over the busiest bucket's), or its p95 without a profile,
 /// between its request and its limit, within the host; `None` when it keeps no quota. With the reason.
 fn predicted_cpu(
     spec: &TaskSpec,
@@ -124,8 +126,28 @@ fn predicted_cpu(
         let mut cpu = if p.profile.len() == BUCKETS {
             let k = cfg.initial_cpu_buckets.clamp(1, BUCKETS);
             let mut first: Vec<f64> = p.profile[..k].iter().map(|pp| pp.cpu_cores.point).collect();
-            cpu_reason = format!("predicted p90 over the first {k} lifetime buckets");
-            p90(&mut first)
+            let start = p90(&mut first);
+            // The profile is a shape (each run's buckets over its own peak, averaged over runs) times the
+            // predicted p95: its busiest bucket sits below the p95 by the runs' jitter (a steady CPU-bound task's
+            // buckets average ~0.8 of its peak). The shape says when, the p95 says how much: a start as busy as
+            // the busiest bucket starts at the predicted p95.
+            let busiest = p
+                .profile
+                .iter()
+                .map(|pp| pp.cpu_cores.point)
+                .fold(0.0, f64::max);
+            if busiest > 0.0 && p.cpu_cores.point > busiest {
+                cpu_reason = format!(
+                    "predicted p95 of {:.2} cores x {:.2} (the p90 of the first {k} lifetime buckets over the \
+                     busiest one)",
+                    p.cpu_cores.point,
+                    start / busiest
+                );
+                p.cpu_cores.point * start / busiest
+            } else {
+                cpu_reason = format!("predicted p90 over the first {k} lifetime buckets");
+                start
+            }
         } else {
             cpu_reason = "predicted p95".to_owned();
             p.cpu_cores.point

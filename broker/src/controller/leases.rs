@@ -1,5 +1,6 @@
 //! Rules 1-3, leases: expiry and renewal, ancestors' limits, revocation when a lender needs its CPU back,
-//! release by holders that no longer need it; and the leases restored after a broker restart.
+//! release by holders that no longer need it; the host's lent CPU taken back when a task registers; and the leases
+//! restored after a broker restart.
 
 use super::*;
 
@@ -106,6 +107,37 @@ impl Controller {
                 self.end_lease(id, &why, reasons, out);
                 sum -= amount;
             }
+        }
+    }
+
+    /// Ends leases of the host's free CPU, newest first, while the tasks hold more CPU than the host can grant:
+    /// a task that registers takes its place in CPU that was only lent, at once, never waiting for a tick or for
+    /// the borrower to release it. Leases from a lender move CPU between tasks and are left alone.
+    pub(super) fn reclaim_host_leases(
+        &mut self,
+        newcomer: &str,
+        reasons: &mut Reasons,
+        out: &mut Vec<Directive>,
+    ) {
+        let grantable = self.grantable_cpu();
+        let mut allocated: f64 = self.live().filter_map(|(_, t)| t.cpu).sum();
+        if allocated <= grantable + EPS {
+            return;
+        }
+        let ids: Vec<(u64, f64)> = self
+            .leases
+            .values()
+            .rev()
+            .filter(|h| h.lender.is_none() && h.lease.holder != newcomer)
+            .map(|h| (h.lease.id, h.lease.amount))
+            .collect();
+        let why = format!("{newcomer} registered and the host's CPU was lent");
+        for (id, amount) in ids {
+            if allocated <= grantable + EPS {
+                break;
+            }
+            self.end_lease(id, &why, reasons, out);
+            allocated -= amount;
         }
     }
 

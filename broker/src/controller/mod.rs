@@ -647,7 +647,8 @@ impl Controller {
     }
 
     /// Registers a task and returns its initial directives (CPU and memory) and allocation. A task already
-    /// registered under the id is replaced (its leases end).
+    /// registered under the id is replaced (its leases end). When the tasks then hold more CPU than the host can
+    /// grant, leases of the host's free CPU end at once, newest first (the CPU was only lent).
     pub fn register(&mut self, spec: TaskSpec, now_ms: u64) -> (Allocation, Vec<Directive>) {
         let mut out = Vec::new();
         if self.index.contains_key(&spec.container_id) {
@@ -702,7 +703,11 @@ impl Controller {
             });
         }
         let pipeline = task.spec.pipeline.clone();
+        let id = task.spec.container_id.clone();
         self.insert(task);
+        let mut reasons: Reasons = vec![None; self.slots.len()];
+        self.reclaim_host_leases(&id, &mut reasons, &mut out);
+        out.extend(self.cpu_directives(reasons, None));
         self.update_critical_path(now_ms, pipeline.as_deref());
         (alloc, out)
     }
