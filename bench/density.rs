@@ -183,13 +183,7 @@ fn ms(m: &BTreeMap<String, f64>, name: &str, q: &str) -> String {
 }
 
 fn percentile(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let rank = ((p * s.len() as f64).ceil() as usize).clamp(1, s.len());
-    s[rank - 1]
+    predictor::percentile(v, p).unwrap_or(0.0)
 }
 
 /// Runs `job(i)` for i in 0..n on `parallel` threads; returns (elapsed, per-job seconds of the successes, failures).

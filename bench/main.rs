@@ -45,11 +45,9 @@ struct Mem {
     procs: usize,
 }
 
+/// Nearest-rank percentile of a side's times (a side has at least one).
 fn percentile(v: &[f64], p: f64) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let rank = (p * (s.len() as f64 - 1.0)).round() as usize;
-    s[rank.min(s.len() - 1)]
+    predictor::percentile(v, p).unwrap_or(f64::NAN)
 }
 
 fn kb_field(text: &str, key: &str) -> Option<u64> {

@@ -3,16 +3,6 @@
 
 use super::*;
 
-/// p90 (nearest rank) of `v`; 0 when empty.
-pub(super) fn p90(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let rank = ((0.9 * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
-}
-
 /// The tightest CPU and memory limits among a task's ancestors, with the cgroup that sets each.
 pub(super) type Tightest<'a> = (Option<(&'a str, f64)>, Option<(&'a str, u64)>);
 
@@ -123,9 +113,9 @@ fn predicted_cpu(
         let mut cpu_reason;
         let mut cpu = if p.profile.len() == BUCKETS {
             let k = cfg.initial_cpu_buckets.clamp(1, BUCKETS);
-            let mut first: Vec<f64> = p.profile[..k].iter().map(|pp| pp.cpu_cores.point).collect();
+            let first: Vec<f64> = p.profile[..k].iter().map(|pp| pp.cpu_cores.point).collect();
             cpu_reason = format!("predicted p90 over the first {k} lifetime buckets");
-            p90(&mut first)
+            predictor::percentile(&first, 0.9).unwrap_or(0.0)
         } else {
             cpu_reason = "predicted p95".to_owned();
             p.cpu_cores.point
