@@ -183,13 +183,7 @@ fn ms(m: &BTreeMap<String, f64>, name: &str, q: &str) -> String {
 }
 
 fn percentile(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let rank = ((p * s.len() as f64).ceil() as usize).clamp(1, s.len());
-    s[rank - 1]
+    predictor::percentile(v, p).unwrap_or(0.0)
 }
 
 /// Runs `job(i)` for i in 0..n on `parallel` threads; returns (elapsed, per-job seconds of the successes, failures).
@@ -281,14 +275,8 @@ fn snapshot(c: &Containerd, ids: &[String]) -> Snapshot {
     }
 }
 
-fn main() {
-    let churn = env_or("PREDICTIVE_DENSITY_CHURN", 500);
-    let parallel = env_or("PREDICTIVE_DENSITY_PARALLEL", 8);
-    let sleepers = env_or("PREDICTIVE_DENSITY_SLEEPERS", 1000);
-    let hold = Duration::from_secs(env_or("PREDICTIVE_DENSITY_HOLD_SECS", 70) as u64);
-    if !predictive_e2e::require_root("predictive-density") {
-        return;
-    }
+/// Raises the host limits a thousand containers need, printing what it did.
+fn print_host_limits() {
     println!("density: host limits:");
     for line in [
         raise_sysctl("/proc/sys/kernel/pid_max", 131_072),
@@ -298,49 +286,13 @@ fn main() {
     ] {
         println!("  {line}");
     }
-    let metrics_sock = PathBuf::from(format!("/tmp/pdensity-{}-metrics.sock", std::process::id()));
-    // PREDICTIVE_DENSITY_REGISTER_BUDGET_MS shortens the shims' wait for Register (default 50 ms) so that Registers
-    // time out: the containers then start unpredicted and must still leave nothing registered.
-    let budget = std::env::var("PREDICTIVE_DENSITY_REGISTER_BUDGET_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|ms| format!("register_budget_ms = {ms}\n"))
-        .unwrap_or_default();
-    let broker_toml = format!(
-        "tick_ms = 1000\n{budget}[metrics]\nlisten = \"{}\"\n",
-        metrics_sock.display()
-    );
-    let Some(c) = Containerd::start_with_broker("density", &broker_toml) else {
-        return;
-    };
-    if c.runtime() != PREDICTIVE_RUNTIME {
-        println!(
-            "density: runtime {} (PREDICTIVE_E2E_RUNTIME): the broker figures need ours",
-            c.runtime()
-        );
-    }
-    println!(
-        "density: containerd {} (private, {}), runtime {}, {churn} churned containers {parallel} at a time, \
-         {sleepers} sleepers held {} s",
-        c.settings.containerd,
-        c.dir.display(),
-        c.runtime(),
-        hold.as_secs()
-    );
-    let mut bad = Vec::new();
+}
 
-    // Warm-up: the first shim starts the broker; the image is unpacked once.
-    let warm = c.id("warm");
-    let out = c.run(&warm, &[], &["/bin/true"]);
-    if !out.ok() {
-        println!("density: warm-up container failed: {out}");
-        std::process::exit(2);
-    }
-    let _ = wait_until(Duration::from_secs(30), || {
-        c.shim_processes().is_empty().then_some(())
-    });
+/// Phase 1, churn: `churn` containers run and removed, `parallel` at a time, then what they left behind against a
+/// baseline taken before them. Adds what leaked or failed to `bad`.
+fn churn_phase(c: &Containerd, churn: usize, parallel: usize, bad: &mut Vec<String>) {
     let ids: Vec<String> = (0..churn).map(|_| c.id("churn")).collect();
-    let before = snapshot(&c, &ids);
+    let before = snapshot(c, &ids);
 
     // 1. Churn.
     let (took, times, failures) = in_parallel(churn, parallel, &|i| {
@@ -356,7 +308,7 @@ fn main() {
         c.shim_processes().is_empty().then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
-    let after = snapshot(&c, &ids);
+    let after = snapshot(c, &ids);
     let state = predictive_e2e::clean::state_leaks(&c.leak_scope(), &ids);
     println!();
     println!(
@@ -381,6 +333,17 @@ fn main() {
             before.broker, after.broker
         ));
     }
+    print_churn_table(churn, &before, &after, &state, bad);
+}
+
+/// The churn's before/after table; a figure that must not grow and did is added to `bad`.
+fn print_churn_table(
+    churn: usize,
+    before: &Snapshot,
+    after: &Snapshot,
+    state: &[String],
+    bad: &mut Vec<String>,
+) {
     println!("| after {churn} churned containers | before | after | leaked |");
     println!("| --- | --- | --- | --- |");
     let mut row = |what: &str, b: u64, a: u64, must_not_grow: bool| {
@@ -463,8 +426,19 @@ fn main() {
     if !after.task_ids.is_empty() {
         println!("  still registered: {:?}", after.task_ids);
     }
+}
 
-    // 2. Density. A fresh broker, so its Register window holds this phase only.
+/// Phase 2, density: a fresh broker (so its Register window holds this phase only), `sleepers` sleeping containers
+/// started `parallel` at a time and held `hold`, then the broker's and containerd's figures and the broker's
+/// metrics. Returns the sleepers' ids.
+fn density_phase(
+    c: &Containerd,
+    sleepers: usize,
+    parallel: usize,
+    hold: Duration,
+    metrics_sock: &Path,
+    bad: &mut Vec<String>,
+) -> Vec<String> {
     c.stop_broker();
     let sleeper_ids: Vec<String> = (0..sleepers).map(|_| c.id("sleep")).collect();
     let (took, times, failures) = in_parallel(sleepers, parallel, &|i| {
@@ -500,8 +474,8 @@ fn main() {
         .map(|p| status_field(p, "VmRSS:"))
         .unwrap_or(0);
     std::thread::sleep(hold);
-    let full = snapshot(&c, &sleeper_ids);
-    let body = scrape(&metrics_sock);
+    let full = snapshot(c, &sleeper_ids);
+    let body = scrape(metrics_sock);
     let running = c.tasks().iter().filter(|t| t.2 == "RUNNING").count();
     println!(
         "| at {sleepers} sleepers (held {} s) | figure |\n| --- | --- |",
@@ -527,7 +501,13 @@ fn main() {
         "| containerd VmRSS | {} kB |",
         status_field(c.pid, "VmRSS:")
     );
-    match &body {
+    print_metrics(&body);
+    sleeper_ids
+}
+
+/// The broker's Register and tick latencies from one metrics scrape.
+fn print_metrics(body: &Result<String, String>) {
+    match body {
         Ok(body) => {
             let m = samples(body);
             let n = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
@@ -558,7 +538,11 @@ fn main() {
         }
         Err(e) => println!("| metrics | scrape failed: {e} |"),
     }
+}
 
+/// Removes the sleepers, `parallel` at a time, and checks they left nothing behind; adds what did to `bad`.
+fn remove_sleepers(c: &Containerd, sleeper_ids: &[String], parallel: usize, bad: &mut Vec<String>) {
+    let sleepers = sleeper_ids.len();
     // Teardown, then the same leak checks for the sleepers.
     let (took, _, failures) = in_parallel(sleepers, parallel, &|i| {
         let id = &sleeper_ids[i];
@@ -586,7 +570,7 @@ fn main() {
         c.shim_processes().is_empty().then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
-    let gone = snapshot(&c, &sleeper_ids);
+    let gone = snapshot(c, sleeper_ids);
     println!(
         "after removing them: cgroups {}, mounts {}, shim processes {}, container processes {}, broker tasks {:?}, \
          broker fds {} (sockets {}), VmRSS {} kB, threads {}",
@@ -616,6 +600,61 @@ fn main() {
             gone.broker_tasks, gone.task_ids
         ));
     }
+}
+
+fn main() {
+    let churn = env_or("PREDICTIVE_DENSITY_CHURN", 500);
+    let parallel = env_or("PREDICTIVE_DENSITY_PARALLEL", 8);
+    let sleepers = env_or("PREDICTIVE_DENSITY_SLEEPERS", 1000);
+    let hold = Duration::from_secs(env_or("PREDICTIVE_DENSITY_HOLD_SECS", 70) as u64);
+    if !predictive_e2e::require_root("predictive-density") {
+        return;
+    }
+    print_host_limits();
+    let metrics_sock = PathBuf::from(format!("/tmp/pdensity-{}-metrics.sock", std::process::id()));
+    // PREDICTIVE_DENSITY_REGISTER_BUDGET_MS shortens the shims' wait for Register (default 50 ms) so that Registers
+    // time out: the containers then start unpredicted and must still leave nothing registered.
+    let budget = std::env::var("PREDICTIVE_DENSITY_REGISTER_BUDGET_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| format!("register_budget_ms = {ms}\n"))
+        .unwrap_or_default();
+    let broker_toml = format!(
+        "tick_ms = 1000\n{budget}[metrics]\nlisten = \"{}\"\n",
+        metrics_sock.display()
+    );
+    let Some(c) = Containerd::start_with_broker("density", &broker_toml) else {
+        return;
+    };
+    if c.runtime() != PREDICTIVE_RUNTIME {
+        println!(
+            "density: runtime {} (PREDICTIVE_E2E_RUNTIME): the broker figures need ours",
+            c.runtime()
+        );
+    }
+    println!(
+        "density: containerd {} (private, {}), runtime {}, {churn} churned containers {parallel} at a time, \
+         {sleepers} sleepers held {} s",
+        c.settings.containerd,
+        c.dir.display(),
+        c.runtime(),
+        hold.as_secs()
+    );
+    let mut bad = Vec::new();
+
+    // Warm-up: the first shim starts the broker; the image is unpacked once.
+    let warm = c.id("warm");
+    let out = c.run(&warm, &[], &["/bin/true"]);
+    if !out.ok() {
+        println!("density: warm-up container failed: {out}");
+        std::process::exit(2);
+    }
+    let _ = wait_until(Duration::from_secs(30), || {
+        c.shim_processes().is_empty().then_some(())
+    });
+    churn_phase(&c, churn, parallel, &mut bad);
+    let sleeper_ids = density_phase(&c, sleepers, parallel, hold, &metrics_sock, &mut bad);
+    remove_sleepers(&c, &sleeper_ids, parallel, &mut bad);
     let _ = std::fs::remove_file(&metrics_sock);
     for leak in c.finish_report() {
         bad.push(format!("left on the host (scrubbed): {leak}"));

@@ -45,11 +45,9 @@ struct Mem {
     procs: usize,
 }
 
+/// Nearest-rank percentile of a side's times (a side has at least one).
 fn percentile(v: &[f64], p: f64) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let rank = (p * (s.len() as f64 - 1.0)).round() as usize;
-    s[rank.min(s.len() - 1)]
+    predictor::percentile(v, p).unwrap_or(f64::NAN)
 }
 
 fn kb_field(text: &str, key: &str) -> Option<u64> {
@@ -150,6 +148,140 @@ fn measure_memory(c: &Containerd, runtime: &str) -> Result<Mem, String> {
     mem
 }
 
+/// Environment variable `key` as a number, else `default`.
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Start times: a warm-up (page cache, the image's snapshot, the first shim exec), then `runs` runs per side,
+/// interleaved (run i alternates which side goes first) to cancel drift. A side's first failure ends its runs.
+fn measure_start(c: &Containerd, runs: usize, runc: &mut Side, ours: &mut Side) {
+    for side in [&mut *runc, &mut *ours] {
+        if side.error.is_none() {
+            for _ in 0..2 {
+                if let Err(e) = run_once(c, side.runtime) {
+                    side.error = Some(format!("warm-up run failed: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+    for i in 0..runs {
+        let order: [&mut Side; 2] = if i % 2 == 0 {
+            [&mut *runc, &mut *ours]
+        } else {
+            [&mut *ours, &mut *runc]
+        };
+        for side in order {
+            if side.error.is_some() {
+                continue;
+            }
+            match run_once(c, side.runtime) {
+                Ok(ms) => side.times_ms.push(ms),
+                Err(e) => side.error = Some(format!("run {i} failed: {e}")),
+            }
+        }
+    }
+}
+
+/// The start-time and memory table, one row per side (SKIPPED with its reason where it failed).
+fn print_table(runc: &Side, ours: &Side) {
+    println!();
+    println!(
+        "| runtime | start median ms | start p90 ms | shim VmRSS kB | shim Pss kB | shim Pss_Anon kB | Pss kB, all shim processes | Private kB, all shim processes |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for side in [runc, ours] {
+        if let Some(e) = &side.error {
+            println!("| {} | SKIPPED | | | | | | |", side.runtime);
+            println!(
+                "SKIPPED: {}: {}",
+                side.runtime,
+                e.lines().take(12).collect::<Vec<_>>().join("\n    ")
+            );
+            continue;
+        }
+        let m = side.mem.expect("memory measured when no error");
+        println!(
+            "| {} | {:.1} | {:.1} | {} | {} | {} | {} ({} processes) | {} |",
+            side.runtime,
+            percentile(&side.times_ms, 0.5),
+            percentile(&side.times_ms, 0.9),
+            m.rss_kb,
+            m.pss_kb,
+            m.pss_anon_kb,
+            m.total_pss_kb,
+            m.procs,
+            m.total_uss_kb
+        );
+    }
+}
+
+/// The ratios ours / runc of the table's figures.
+fn print_ratios(runc: &Side, ours: &Side) {
+    if ours.error.is_none() {
+        let (o, r) = (ours.mem.expect("measured"), runc.mem.expect("measured"));
+        println!(
+            "ratio ours/runc: start median {}  start p90 {}  shim VmRSS {}  shim Pss {}  all-process Pss {}  all-process Private {}   (target <= 0.6)",
+            ratio(
+                percentile(&ours.times_ms, 0.5),
+                percentile(&runc.times_ms, 0.5)
+            ),
+            ratio(
+                percentile(&ours.times_ms, 0.9),
+                percentile(&runc.times_ms, 0.9)
+            ),
+            ratio(o.rss_kb as f64, r.rss_kb as f64),
+            ratio(o.pss_kb as f64, r.pss_kb as f64),
+            ratio(o.total_pss_kb as f64, r.total_pss_kb as f64),
+            ratio(o.total_uss_kb as f64, r.total_uss_kb as f64)
+        );
+    } else {
+        println!("ratio ours/runc: not available (our side SKIPPED, see above)");
+    }
+}
+
+/// The idle-CPU table and its ratio, or why it was skipped.
+fn print_idle_cpu(idle_cpu: Result<IdleCpu, String>) {
+    match idle_cpu {
+        Ok(cpu) => {
+            let ours_total = cpu.our_shims.1 + cpu.broker.unwrap_or(0.0);
+            println!();
+            println!(
+                "idle CPU, {} sleeping containers per runtime (running at the same time), {:.0} s window, % of one core:",
+                cpu.containers, cpu.secs
+            );
+            println!(
+                "| runtime | shim processes | shims % | broker % | total % |\n| --- | --- | --- | --- | --- |"
+            );
+            println!(
+                "| {RUNC_RUNTIME} | {} | {:.2} | - | {:.2} |",
+                cpu.runc_shims.0, cpu.runc_shims.1, cpu.runc_shims.1
+            );
+            println!(
+                "| {PREDICTIVE_RUNTIME} | {} | {:.2} | {} | {:.2} |",
+                cpu.our_shims.0,
+                cpu.our_shims.1,
+                cpu.broker
+                    .map(|b| format!("{b:.2}"))
+                    .unwrap_or_else(|| "no broker found".into()),
+                ours_total
+            );
+            println!(
+                "ratio ours/runc: idle CPU (shims + broker) {}",
+                ratio(ours_total, cpu.runc_shims.1)
+            );
+        }
+        Err(e) => println!(
+            "SKIPPED: idle CPU: {}",
+            e.lines().take(12).collect::<Vec<_>>().join("\n    ")
+        ),
+    }
+}
+
 /// utime + stime of a process, in clock ticks (`None` once it is gone).
 fn cpu_ticks(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -245,10 +377,7 @@ fn ratio(ours: f64, runc: f64) -> String {
 }
 
 fn main() {
-    let runs: usize = std::env::var("PREDICTIVE_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+    let runs: usize = env_or("PREDICTIVE_BENCH_RUNS", 30);
     let mut settings = Settings::from_env();
     // The harness checks for our binary only when it is the runtime under test; here we decide ourselves.
     settings.runtime = RUNC_RUNTIME.to_string();
@@ -279,33 +408,7 @@ fn main() {
         ours.error = Some(format!("{} not found (make build)", ours_bin.display()));
     }
 
-    // Warm-up: page cache, snapshot of the image, first shim exec.
-    for side in [&mut runc, &mut ours] {
-        if side.error.is_none() {
-            for _ in 0..2 {
-                if let Err(e) = run_once(&c, side.runtime) {
-                    side.error = Some(format!("warm-up run failed: {e}"));
-                    break;
-                }
-            }
-        }
-    }
-    for i in 0..runs {
-        let order: [&mut Side; 2] = if i % 2 == 0 {
-            [&mut runc, &mut ours]
-        } else {
-            [&mut ours, &mut runc]
-        };
-        for side in order {
-            if side.error.is_some() {
-                continue;
-            }
-            match run_once(&c, side.runtime) {
-                Ok(ms) => side.times_ms.push(ms),
-                Err(e) => side.error = Some(format!("run {i} failed: {e}")),
-            }
-        }
-    }
+    measure_start(&c, runs, &mut runc, &mut ours);
     for side in [&mut runc, &mut ours] {
         if side.error.is_none() {
             match measure_memory(&c, side.runtime) {
@@ -314,14 +417,8 @@ fn main() {
             }
         }
     }
-    let idle: usize = std::env::var("PREDICTIVE_BENCH_IDLE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    let idle_secs: u64 = std::env::var("PREDICTIVE_BENCH_IDLE_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+    let idle: usize = env_or("PREDICTIVE_BENCH_IDLE", 100);
+    let idle_secs: u64 = env_or("PREDICTIVE_BENCH_IDLE_SECS", 30);
     let idle_cpu = if idle > 0 && runc.error.is_none() && ours.error.is_none() {
         Some(measure_idle_cpu(&c, idle, Duration::from_secs(idle_secs)))
     } else {
@@ -331,94 +428,15 @@ fn main() {
         println!("WARNING: left on the host after the benchmark (scrubbed): {leak}");
     }
 
-    println!();
-    println!(
-        "| runtime | start median ms | start p90 ms | shim VmRSS kB | shim Pss kB | shim Pss_Anon kB | Pss kB, all shim processes | Private kB, all shim processes |"
-    );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    for side in [&runc, &ours] {
-        if let Some(e) = &side.error {
-            println!("| {} | SKIPPED | | | | | | |", side.runtime);
-            println!(
-                "SKIPPED: {}: {}",
-                side.runtime,
-                e.lines().take(12).collect::<Vec<_>>().join("\n    ")
-            );
-            continue;
-        }
-        let m = side.mem.expect("memory measured when no error");
-        println!(
-            "| {} | {:.1} | {:.1} | {} | {} | {} | {} ({} processes) | {} |",
-            side.runtime,
-            percentile(&side.times_ms, 0.5),
-            percentile(&side.times_ms, 0.9),
-            m.rss_kb,
-            m.pss_kb,
-            m.pss_anon_kb,
-            m.total_pss_kb,
-            m.procs,
-            m.total_uss_kb
-        );
-    }
+    print_table(&runc, &ours);
     println!();
     if runc.error.is_some() {
         println!("bench: runc v2 could not be measured; no ratios");
         std::process::exit(1);
     }
-    if ours.error.is_none() {
-        let (o, r) = (ours.mem.expect("measured"), runc.mem.expect("measured"));
-        println!(
-            "ratio ours/runc: start median {}  start p90 {}  shim VmRSS {}  shim Pss {}  all-process Pss {}  all-process Private {}   (target <= 0.6)",
-            ratio(
-                percentile(&ours.times_ms, 0.5),
-                percentile(&runc.times_ms, 0.5)
-            ),
-            ratio(
-                percentile(&ours.times_ms, 0.9),
-                percentile(&runc.times_ms, 0.9)
-            ),
-            ratio(o.rss_kb as f64, r.rss_kb as f64),
-            ratio(o.pss_kb as f64, r.pss_kb as f64),
-            ratio(o.total_pss_kb as f64, r.total_pss_kb as f64),
-            ratio(o.total_uss_kb as f64, r.total_uss_kb as f64)
-        );
-    } else {
-        println!("ratio ours/runc: not available (our side SKIPPED, see above)");
-    }
-    match idle_cpu {
-        Some(Ok(cpu)) => {
-            let ours_total = cpu.our_shims.1 + cpu.broker.unwrap_or(0.0);
-            println!();
-            println!(
-                "idle CPU, {} sleeping containers per runtime (running at the same time), {:.0} s window, % of one core:",
-                cpu.containers, cpu.secs
-            );
-            println!(
-                "| runtime | shim processes | shims % | broker % | total % |\n| --- | --- | --- | --- | --- |"
-            );
-            println!(
-                "| {RUNC_RUNTIME} | {} | {:.2} | - | {:.2} |",
-                cpu.runc_shims.0, cpu.runc_shims.1, cpu.runc_shims.1
-            );
-            println!(
-                "| {PREDICTIVE_RUNTIME} | {} | {:.2} | {} | {:.2} |",
-                cpu.our_shims.0,
-                cpu.our_shims.1,
-                cpu.broker
-                    .map(|b| format!("{b:.2}"))
-                    .unwrap_or_else(|| "no broker found".into()),
-                ours_total
-            );
-            println!(
-                "ratio ours/runc: idle CPU (shims + broker) {}",
-                ratio(ours_total, cpu.runc_shims.1)
-            );
-        }
-        Some(Err(e)) => println!(
-            "SKIPPED: idle CPU: {}",
-            e.lines().take(12).collect::<Vec<_>>().join("\n    ")
-        ),
-        None => {}
+    print_ratios(&runc, &ours);
+    if let Some(cpu) = idle_cpu {
+        print_idle_cpu(cpu);
     }
     println!(
         "command: make bench   (PREDICTIVE_BENCH_RUNS={runs}, PREDICTIVE_BENCH_IDLE={idle}, PREDICTIVE_BENCH_IDLE_SECS={idle_secs}, containerd {})",

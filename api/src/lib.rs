@@ -20,14 +20,6 @@ pub mod types;
 pub mod validate;
 pub mod wire;
 
-/// An error with its sources, `a: b: c`, for the one line a binary prints.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+/// An error with its sources, `a: b: c`: runtime-hooks' formatter (the leaf crate, so its hook binary prints
+/// chains the same way), re-exported where the shim and the broker already find it.
+pub use runtime_hooks::error_chain;

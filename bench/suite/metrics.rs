@@ -53,13 +53,7 @@ pub fn weigh(points: &[Point], first_dt: f64) -> Weighted {
 
 /// Nearest-rank percentile (`q` in 0..=1) of `v`; `None` for an empty slice.
 pub fn percentile(v: &[f64], q: f64) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let rank = (q * s.len() as f64).ceil() as usize;
-    Some(s[rank.clamp(1, s.len()) - 1])
+    predictor::percentile(v, q)
 }
 
 /// Cores used between two reads of a cumulative CPU counter in nanoseconds taken at `t0` and `t1` seconds.

@@ -158,19 +158,14 @@ pub struct PolicyReport {
 impl PolicyReport {
     /// Quantile `q` of the decision time, with the running-task floor `min_running`.
     pub fn decision_quantile(&self, q: f64, min_running: usize) -> Option<Duration> {
-        let mut v: Vec<Duration> = self
+        let secs: Vec<f64> = self
             .decision
             .iter()
             .zip(&self.decision_running)
             .filter(|(_, n)| **n >= min_running)
-            .map(|(d, _)| *d)
+            .map(|(d, _)| d.as_secs_f64())
             .collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort();
-        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-        Some(v[rank - 1])
+        predictor::percentile(&secs, q).map(Duration::from_secs_f64)
     }
 }
 
@@ -218,15 +213,6 @@ impl SimTask {
 struct Limits {
     cpu: f64,
     mem: u64,
-}
-
-fn quantile(v: &mut [f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
 }
 
 /// The trace, split into history and replay, with the baselines' limits and the host.
@@ -278,8 +264,8 @@ fn workload(cfg: &SimConfig) -> Workload {
         .iter()
         .zip(&cpu_hist)
         .map(|(m, c)| Limits {
-            cpu: quantile(&mut c.clone(), 0.9) * 1.15,
-            mem: (quantile(&mut m.clone(), 0.9) * 1.15) as u64,
+            cpu: predictor::percentile(c, 0.9).unwrap_or(0.0) * 1.15,
+            mem: (predictor::percentile(m, 0.9).unwrap_or(0.0) * 1.15) as u64,
         })
         .collect();
 

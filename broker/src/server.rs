@@ -574,14 +574,6 @@ fn page_history(mut h: api::History, q: &api::HistoryQuery) -> api::History {
     h
 }
 
-fn percentile(v: &mut [f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[((q * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)]
-}
-
 impl Broker {
     /// Runs `log` at most once a second: what a peer can trigger must not flood the log.
     fn log_limited(&self, log: impl FnOnce()) {
@@ -1001,7 +993,7 @@ impl Broker {
             (run, records, ds)
         };
         self.queue(others);
-        let mut stats = run.stats;
+        let stats = run.stats;
         let duration_s = now.saturating_sub(run.started_at_ms) as f64 / 1000.0;
         let summary = RunSummary {
             run_id: run.run_id,
@@ -1013,8 +1005,8 @@ impl Broker {
                 peak_memory_bytes: f.peak_memory_bytes.unwrap_or(0).max(stats.peak_memory),
                 // The cgroup's own total when the shim read it: a run shorter than a tick has few or no samples.
                 cpu_seconds: f.cpu_seconds.unwrap_or(0.0).max(stats.cpu_seconds),
-                cpu_p50_cores: percentile(&mut stats.cpu, 0.5),
-                cpu_p95_cores: percentile(&mut stats.cpu, 0.95),
+                cpu_p50_cores: predictor::percentile(&stats.cpu, 0.5).unwrap_or(0.0),
+                cpu_p95_cores: predictor::percentile(&stats.cpu, 0.95).unwrap_or(0.0),
                 io_bytes: stats.io_bytes,
                 exit_code: f.exit_code,
                 oom_killed: f.oom_killed,
@@ -1953,11 +1945,5 @@ mod tests {
         let mut ann = Annotations::parse(&ctr).expect("valid");
         assert!(apply_policy(&cfg, &ctr, &mut ann).is_empty());
         assert_eq!((ann.priority, ann.pipeline.as_deref()), (1000, Some("etl")));
-    }
-
-    #[test]
-    fn percentile_of_nothing_is_zero() {
-        assert_eq!(percentile(&mut [], 0.95), 0.0);
-        assert_eq!(percentile(&mut [3.0, 1.0, 2.0], 0.5), 2.0);
     }
 }

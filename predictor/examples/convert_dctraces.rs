@@ -264,13 +264,6 @@ fn read_rows(path: &Path, trace: Trace, machine: Machine) -> Result<Vec<Row>, Co
 }
 
 /// Nearest-rank quantile of a non-empty slice.
-fn quantile(values: &[f64], q: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
-}
-
 /// Cuts rows into windows of `per_window` rows, one run each; a last, partial window is dropped.
 fn windows(trace: Trace, rows: &[Row], stride_s: u64, per_window: usize) -> Vec<RunSummary> {
     let window_ms = stride_s * 1000 * per_window as u64;
@@ -306,8 +299,8 @@ fn windows(trace: Trace, rows: &[Row], stride_s: u64, per_window: usize) -> Vec<
                     duration_s: window_ms as f64 / 1000.0,
                     peak_memory_bytes: peak.round() as u64,
                     cpu_seconds: cpu.iter().sum::<f64>() * stride_s as f64,
-                    cpu_p50_cores: quantile(&cpu, 0.5),
-                    cpu_p95_cores: quantile(&cpu, 0.95),
+                    cpu_p50_cores: predictor::percentile(&cpu, 0.5).unwrap_or(0.0),
+                    cpu_p95_cores: predictor::percentile(&cpu, 0.95).unwrap_or(0.0),
                     ..RunOutcome::default()
                 },
                 profile: Profile::from_samples(&samples, started_at_ms, window_ms),

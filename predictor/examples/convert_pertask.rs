@@ -268,13 +268,6 @@ fn read_google_day(path: &Path, day: u64, machine: Machine) -> Result<Vec<Row>, 
 }
 
 /// Nearest-rank quantile of a non-empty slice.
-fn quantile(values: &[f64], q: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
-}
-
 /// One run from the samples of one window `[start_s, start_s + window_s)`.
 fn run(key: &TaskKey, run_id: u64, start_s: u64, window_s: u64, rows: &[Row]) -> RunSummary {
     let started_at_ms = start_s * 1000;
@@ -305,8 +298,8 @@ fn run(key: &TaskKey, run_id: u64, start_s: u64, window_s: u64, rows: &[Row]) ->
             duration_s: window_s as f64,
             peak_memory_bytes: peak.round() as u64,
             cpu_seconds: cpu.iter().sum::<f64>() / cpu.len() as f64 * (slots * STRIDE_S) as f64,
-            cpu_p50_cores: quantile(&cpu, 0.5),
-            cpu_p95_cores: quantile(&cpu, 0.95),
+            cpu_p50_cores: predictor::percentile(&cpu, 0.5).unwrap_or(0.0),
+            cpu_p95_cores: predictor::percentile(&cpu, 0.95).unwrap_or(0.0),
             ..RunOutcome::default()
         },
         profile: Profile::from_samples(&samples, started_at_ms, window_ms),

@@ -11,7 +11,8 @@
 //! origin node id + run id, see [`store`]).
 //!
 //! Modules: [`key`] (task identity), [`store`] (redb tables, schema, retention), [`histogram`] (decaying
-//! quantile baseline), [`regression`] (smartcore ridge), [`model`] (training, selection, conformal calibration,
+//! quantile baseline), [`percentile`](mod@percentile) (the workspace's one percentile, nearest rank),
+//! [`regression`] (smartcore ridge), [`model`] (training, selection, conformal calibration,
 //! [`Prediction`]), [`engine`] (the [`Predictor`] facade, atomic model swap), [`eval`] (trace format and offline
 //! replay), [`synth`] (synthetic traces).
 //!
@@ -23,6 +24,7 @@ pub mod eval;
 pub mod histogram;
 pub mod key;
 pub mod model;
+pub mod percentile;
 pub mod regression;
 pub mod store;
 pub mod synth;
@@ -41,6 +43,7 @@ pub use model::{
     Band, Confidence, Estimate, ModelKind, Prediction, ProfilePoint, Resource, TaskModel,
     TrainConfig, YOUNG_LIMIT_CAP,
 };
+pub use percentile::percentile;
 pub use store::{
     Batch, BatchOp, DecisionQuery, ImportReport, OpenRun, PortableRun, RetentionPolicy,
     RetentionReport, Store, StoreError, StoreOptions, TaskTypeRecord,

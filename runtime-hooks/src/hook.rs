@@ -44,6 +44,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cgroup::{CgroupDirs, CgroupVersion, ContainerCgroup};
 use crate::discovery::HostRoots;
+use crate::error_chain;
 
 /// Where records go without `--record` or `PREDICTIVE_HOOK_RECORD`.
 pub const DEFAULT_RECORD: &str = "/run/predictive/hook-events.jsonl";
@@ -324,17 +325,6 @@ pub fn run(config: &HookConfig, mut stdin: impl Read) -> Result<HookRecord, Hook
     let record = build_record(&state, config.event, &config.roots);
     append_record(&config.record, &record)?;
     Ok(record)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// The binary's entry point.

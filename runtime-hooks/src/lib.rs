@@ -28,6 +28,7 @@
 pub mod actuate;
 pub mod ancestors;
 pub mod cgroup;
+mod chain;
 pub mod companions;
 pub mod daemon;
 pub mod discovery;
@@ -55,5 +56,6 @@ pub use cgroup::{
     CgroupDirs, CgroupVersion, ContainerCgroup, CpuSample, IoSample, MemorySample, NetDevTotals,
     PidsSample, Pressure, PressureSample, PsiLine, Sample, SampleScope, Sampler,
 };
+pub use chain::error_chain;
 pub use discovery::{DiscoveryError, HostRoots};
 pub use pacing::{Pacer, Pacing, Probe, Why};

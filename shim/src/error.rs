@@ -89,14 +89,7 @@ impl ShimError {
 
     /// The full message, with every source in the chain, for a client that only sees a string.
     pub fn chain(&self) -> String {
-        let mut message = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(err) = source {
-            message.push_str(": ");
-            message.push_str(&err.to_string());
-            source = err.source();
-        }
-        message
+        predictive_api::error_chain(self)
     }
 }
 

@@ -66,7 +66,7 @@ pub fn work(request: Request, stdio: Stdio) -> Reply {
                 Ok(()) => Reply::Ok { pid: None },
                 Err(e) => Reply::Err {
                     failure: Failure::Other,
-                    message: chain(&e),
+                    message: predictive_api::error_chain(&e),
                 },
             };
         }
@@ -75,7 +75,7 @@ pub fn work(request: Request, stdio: Stdio) -> Reply {
         Ok(pid) => Reply::Ok { pid },
         Err(err) => Reply::Err {
             failure: failure_of(&err),
-            message: chain(&err),
+            message: predictive_api::error_chain(&err),
         },
     }
 }
@@ -337,20 +337,6 @@ fn failure_of(err: &LibcontainerError) -> Failure {
         | LibcontainerError::Exist => Failure::Invalid,
         _ => Failure::Other,
     }
-}
-
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !message.ends_with(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = e.source();
-    }
-    message
 }
 
 #[cfg(test)]

@@ -217,11 +217,21 @@ pub fn host_leaks(c: &Scope<'_>, ids: &[String]) -> Vec<String> {
 
 /// Remove everything our test left on the host: processes, mounts, cgroups, fifos, dirs.
 pub fn scrub(c: &Scope<'_>, ids: &[String], keep_dir: bool) {
-    for pid in leaked_processes(c, ids) {
+    let killed = leaked_processes(c, ids);
+    for &pid in &killed {
         // SAFETY: the process belongs to this test (our dir, namespace or container id).
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    // Their mounts and cgroups are released when they are gone (dead or a zombie).
+    let gone = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+    };
+    crate::cmd::wait_until(std::time::Duration::from_secs(5), || {
+        killed.iter().all(gone).then_some(())
+    });
     let mut mounts = leaked_mounts(c, ids);
     mounts.sort();
     for m in mounts.iter().rev() {

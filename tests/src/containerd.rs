@@ -407,6 +407,18 @@ impl Containerd {
         }
     }
 
+    /// CPU time the container has used, microseconds (`cpuacct.usage` on v1, `usage_usec` of `cpu.stat` on v2).
+    pub fn cpu_usage_us(&self, id: &str) -> Option<u64> {
+        let text = self.cg_file(id, ("cpuacct", "cpuacct.usage"), "cpu.stat")?;
+        if Self::cgroup_v2_host() {
+            text.lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse().ok())
+        } else {
+            text.parse::<u64>().ok().map(|ns| ns / 1000)
+        }
+    }
+
     /// The memory the container may use before the kernel throttles or stops it: `memory.limit_in_bytes` on
     /// v1; on v2 `memory.high` (the broker's allocation), or `memory.max` where that is unlimited. `u64::MAX` for
     /// no limit.

@@ -307,9 +307,17 @@ fn idle_neighbour_lends_cpu_and_gets_it_back() {
         c.cpu_quota_us(&a)
     );
 
-    // A turns busy at 10 s: it must have its 1.45 cores back within 2 ticks (+1 for the report cycle).
-    let busy_at = idle.saturating_sub(a_started.elapsed());
-    std::thread::sleep(busy_at);
+    // A turns busy at 10 s (its own script): it must have its 1.45 cores back within 2 ticks (+1 for the report
+    // cycle) of the moment its cgroup starts using CPU. An idle `sleep` uses well under 5 ms in 10 s.
+    let idle_cpu = c.cpu_usage_us(&a).expect("A's CPU usage");
+    let busy = wait_until(idle.saturating_sub(a_started.elapsed()) + secs(8), || {
+        (c.cpu_usage_us(&a)? >= idle_cpu + 5_000).then_some(())
+    });
+    assert!(
+        busy.is_some(),
+        "A never turned busy: CPU usage {idle_cpu} us -> {:?} us",
+        c.cpu_usage_us(&a)
+    );
     let since = Instant::now();
     let back = wait_until(secs(8), || {
         (c.cpu_quota_us(&a)? >= 145_000).then(|| since.elapsed())
@@ -391,7 +399,9 @@ fn no_room_pauses_the_lower_priority_task() {
         "L was not paused: frozen {:?}; decisions {decisions:#?}",
         c.frozen(&low)
     );
-    std::thread::sleep(secs(2));
+    // A hold, not a wait: H must survive a few ticks at its allocation on the full host, and there is no event
+    // that says "not killed" to wait for.
+    std::thread::sleep(tick() * 4);
     assert_eq!(
         c.status(&high).as_deref(),
         Some("RUNNING"),
@@ -458,23 +468,32 @@ fn observe_changes_nothing_and_off_never_contacts_the_broker() {
     };
     let before = read();
     assert_eq!(before[0].as_deref(), Some(lim.as_str()));
-    std::thread::sleep(tick() * 6);
-    let after = read();
-    assert_eq!(before, after, "observe changed a cgroup file");
-    let d = client(&c)
-        .explain(&Explain {
+    // Wait for the decision enforce would have applied, then hold two ticks, as long as an enforcing shim takes
+    // to get a directive (in the reply to its next report) and write it: there is no event for "nothing was
+    // written" to wait for.
+    let explain = || {
+        client(&c).explain(&Explain {
             container_id: Some(id.clone()),
             limit: None,
             before_seq: None,
         })
-        .expect("explain");
-    assert!(
-        d.decisions
+    };
+    let decided = wait_until(secs(10), || {
+        explain()
+            .ok()?
+            .decisions
             .iter()
-            .any(|d| d.resource == "memory" && d.reason.contains("[observe: not applied]")),
+            .any(|d| d.resource == "memory" && d.reason.contains("[observe: not applied]"))
+            .then_some(())
+    });
+    assert!(
+        decided.is_some(),
         "observe recorded no decision: {:#?}",
-        d.decisions
+        explain().map(|d| d.decisions)
     );
+    std::thread::sleep(tick() * 2);
+    let after = read();
+    assert_eq!(before, after, "observe changed a cgroup file");
     let off_seen = client(&c)
         .explain(&Explain {
             container_id: Some(off.clone()),
@@ -515,8 +534,21 @@ fn broker_kill9_restart_keeps_containers_records_and_leases() {
             .find(|l| l.holder == b && l.lender.as_deref() == Some(a.as_str()))
     })
     .unwrap_or_else(|| panic!("no lease formed: {:?}", status(&c)));
-    // Let the tick persist it and the recorder commit the decisions.
-    std::thread::sleep(secs(1));
+    // What the broker committed to disk is what it must have after the restart: wait for the tick to persist
+    // the lease. Explain reads the store, so `before` holds committed decisions only.
+    let leases_file = c.dir.join("broker/leases.json");
+    let committed: Vec<broker::controller::Lease> = wait_until(secs(5), || {
+        let leases: Vec<broker::controller::Lease> =
+            serde_json::from_slice(&std::fs::read(&leases_file).ok()?).ok()?;
+        leases.iter().any(|l| l.id == lease.id).then_some(leases)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "lease {} not committed: {:?}",
+            lease.id,
+            std::fs::read_to_string(&leases_file)
+        )
+    });
     let before = client(&c)
         .explain(&Explain {
             container_id: None,
@@ -525,16 +557,6 @@ fn broker_kill9_restart_keeps_containers_records_and_leases() {
         })
         .expect("explain")
         .decisions;
-    // What the broker committed to disk is what it must have after the restart.
-    let committed: Vec<broker::controller::Lease> = serde_json::from_slice(
-        &std::fs::read(c.dir.join("broker/leases.json")).expect("leases.json written"),
-    )
-    .expect("leases.json parses");
-    assert!(
-        committed.iter().any(|l| l.id == lease.id),
-        "lease {} not committed: {committed:?}",
-        lease.id
-    );
     let quota_b = c.cpu_quota_us(&b).expect("B quota");
     let pid = c.broker_pid().expect("broker running");
     // SAFETY: killing the broker this test's shims started.

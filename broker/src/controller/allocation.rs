@@ -3,16 +3,6 @@
 
 use super::*;
 
-/// p90 (nearest rank) of `v`; 0 when empty.
-pub(super) fn p90(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let rank = ((0.9 * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
-}
-
 /// The tightest CPU and memory limits among a task's ancestors, with the cgroup that sets each.
 pub(super) type Tightest<'a> = (Option<(&'a str, f64)>, Option<(&'a str, u64)>);
 
@@ -125,8 +115,8 @@ fn predicted_cpu(
         let mut cpu_reason;
         let mut cpu = if p.profile.len() == BUCKETS {
             let k = cfg.initial_cpu_buckets.clamp(1, BUCKETS);
-            let mut first: Vec<f64> = p.profile[..k].iter().map(|pp| pp.cpu_cores.point).collect();
-            let start = p90(&mut first);
+            let first: Vec<f64> = p.profile[..k].iter().map(|pp| pp.cpu_cores.point).collect();
+            let start = predictor::percentile(&first, 0.9).unwrap_or(0.0);
             // The profile is a shape (each run's buckets over its own peak, averaged over runs) times the
             // predicted p95: its busiest bucket sits below the p95 by the runs' jitter (a steady CPU-bound task's
             // buckets average ~0.8 of its peak). The shape says when, the p95 says how much: a start as busy as
