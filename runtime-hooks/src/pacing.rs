@@ -39,6 +39,16 @@ impl Pacing {
     }
 }
 
+/// Whether a heartbeat falls due at `now_ns` after a report at `reported_ns` (both CLOCK_MONOTONIC): when a
+/// multiple of `heartbeat` lies between them. Heartbeats thus fall on the same instants for every container of
+/// every shim (with wake-ups on multiples of the tick, at the same wake-up), and the broker takes them in one
+/// batch and one commit per heartbeat rather than a share of them at every tick. Two reports are never more than
+/// `heartbeat` plus one wake-up apart.
+pub fn heartbeat_due(reported_ns: u64, now_ns: u64, heartbeat: Duration) -> bool {
+    let hb = u64::try_from(heartbeat.as_nanos()).unwrap_or(u64::MAX);
+    hb == 0 || now_ns / hb > reported_ns / hb
+}
+
 /// Why a wake-up reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Why {
@@ -127,8 +137,8 @@ impl Pacer {
         {
             return Some(Why::Memory);
         }
-        let since = Duration::from_nanos(p.monotonic_ns.saturating_sub(rep.monotonic_ns));
-        (since >= self.pacing.heartbeat).then_some(Why::Heartbeat)
+        heartbeat_due(rep.monotonic_ns, p.monotonic_ns, self.pacing.heartbeat)
+            .then_some(Why::Heartbeat)
     }
 
     /// The probe before the latest one when the broker never received it: a report after quiet wake-ups sends it
@@ -259,13 +269,14 @@ mod tests {
                 // The broker last saw it "busy" (no rate yet at the first report): it hears it is idle once.
                 Some(Busy),
                 None,
-                None,
+                // On multiples of the heartbeat (3 s), not 3 s after the last report.
                 Some(Heartbeat),
                 None,
                 None,
                 Some(Heartbeat),
                 None,
                 None,
+                Some(Heartbeat),
             ]
         );
         assert!(!Heartbeat.needs_full_sample() && Busy.needs_full_sample());
@@ -273,7 +284,7 @@ mod tests {
 
     #[test]
     fn a_container_that_wakes_up_reports_at_once_and_until_it_is_idle_again() {
-        let mut p = pacer();
+        let mut p = Pacer::new(Pacing::with_heartbeat(Duration::from_secs(60)));
         let mem = 100 << 20;
         // Idle for 3 s, busy (half a core) for 2 s, then idle.
         let cpu = [0, 0, 0, 0, SEC / 2, SEC, SEC, SEC, SEC];
@@ -343,6 +354,29 @@ mod tests {
         );
         // Shrinking counts too.
         assert_eq!(p.check(probe(9, 0, base), false), Some(Memory));
+    }
+
+    #[test]
+    fn heartbeats_fall_on_multiples_of_the_heartbeat_and_at_most_one_apart() {
+        let hb = Duration::from_secs(3);
+        let ms = |m: u64| m * 1_000_000;
+        assert!(!heartbeat_due(ms(3_100), ms(5_900), hb));
+        assert!(heartbeat_due(ms(5_900), ms(6_001), hb), "a multiple passed");
+        assert!(
+            heartbeat_due(0, ms(1), Duration::ZERO),
+            "no heartbeat: always"
+        );
+        // Two containers reporting last at different instants: their next heartbeats fall at the same wake-up.
+        let next = |from: u64| {
+            (1..=10)
+                .map(|t| ms(from + t * 1_000))
+                .find(|&t| heartbeat_due(ms(from), t, hb))
+        };
+        assert_eq!(next(10_000), next(11_000));
+        for from in 0..20 {
+            let at = next(from * 1_000).expect("due within the heartbeat");
+            assert!(at - ms(from * 1_000) <= ms(3_000), "from {from} s");
+        }
     }
 
     #[test]

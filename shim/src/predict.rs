@@ -164,6 +164,17 @@ fn next_tick_after(now: Duration, tick: Duration) -> Duration {
     Duration::from_nanos(u64::try_from(left).unwrap_or(u64::MAX))
 }
 
+/// The broker's heartbeat (`Registered::heartbeat_ms`) rounded up to whole ticks: wake-ups fall on multiples of
+/// the tick, so a heartbeat of 2.5 ticks would fall due 3 and 2 ticks apart by turns (more reports for the same
+/// staleness bound), and heartbeats on multiples of a whole number of ticks fall on the same wake-up in every
+/// shim (`runtime_hooks::pacing::heartbeat_due`). None (an older broker): every wake-up reports.
+fn heartbeat_in_ticks(heartbeat_ms: Option<u64>, tick: Duration) -> Duration {
+    let hb = Duration::from_millis(heartbeat_ms.unwrap_or(0));
+    let tick_ns = tick.as_nanos().max(1);
+    let ticks = hb.as_nanos().div_ceil(tick_ns);
+    Duration::from_nanos(u64::try_from(ticks * tick_ns).unwrap_or(u64::MAX))
+}
+
 /// Keeps at most [`MAX_BUFFERED`] samples for a broker that does not answer, the newest.
 fn push_bounded(buffered: &mut Vec<Sample>, s: Sample) {
     if buffered.len() >= MAX_BUFFERED {
@@ -247,9 +258,11 @@ impl Pace {
     /// With the heartbeat the broker asked for at registration (`Registered::heartbeat_ms`); without one (an
     /// older broker, or none yet) every wake-up reports.
     fn new(heartbeat_ms: Option<u64>) -> Self {
-        let heartbeat = Duration::from_millis(heartbeat_ms.unwrap_or(0));
         Self {
-            pacer: Pacer::new(Pacing::with_heartbeat(heartbeat)),
+            pacer: Pacer::new(Pacing::with_heartbeat(heartbeat_in_ticks(
+                heartbeat_ms,
+                Settings::get().tick,
+            ))),
             due: None,
             stopping_sent: false,
             oom_kills_reported: 0,
@@ -617,8 +630,10 @@ impl Augment {
                 for d in &reg.directives {
                     self.apply(st, d);
                 }
-                if let Some(ms) = reg.heartbeat_ms {
-                    st.pace.pacer.set_heartbeat(Duration::from_millis(ms));
+                if reg.heartbeat_ms.is_some() {
+                    st.pace
+                        .pacer
+                        .set_heartbeat(heartbeat_in_ticks(reg.heartbeat_ms, Settings::get().tick));
                 }
                 let mut cur = lock(&self.registered);
                 if cur.is_none() {
@@ -984,6 +999,16 @@ mod tests {
             "any tick length"
         );
         assert!(until_next_tick(tick) <= tick);
+    }
+
+    #[test]
+    fn the_heartbeat_is_a_whole_number_of_ticks() {
+        let tick = Duration::from_millis(1000);
+        let ms = Duration::from_millis;
+        assert_eq!(heartbeat_in_ticks(Some(2500), tick), ms(3000));
+        assert_eq!(heartbeat_in_ticks(Some(3000), tick), ms(3000));
+        assert_eq!(heartbeat_in_ticks(Some(2500), ms(250)), ms(2500));
+        assert_eq!(heartbeat_in_ticks(None, tick), Duration::ZERO);
     }
 
     #[test]
