@@ -39,6 +39,7 @@ use crate::api::{
     Register, Registered, Report, Request, Response, Status, Update,
 };
 use crate::config::Config;
+use crate::controller::io;
 use crate::controller::{
     Action, Allocation, Ancestor, CgroupKind, Controller, Directive, HostCapacity, Mode, TaskSpec,
     Usage,
@@ -499,7 +500,10 @@ fn decision(d: &Directive, r: &Running, at_ms: u64, initial: Option<bool>) -> pr
             let v = m.map(|b| b as f64);
             ("memory", grew(v), v)
         }
-        Action::SetIoWeight { weight, .. } => ("io", D::Raise, Some(f64::from(*weight))),
+        Action::SetIoWeight { weight, .. } => {
+            tracing::info!(container = %d.container_id, reason = %d.reason, "disk I/O priority");
+            ("io", D::Raise, Some(f64::from(*weight)))
+        }
         Action::Freeze => ("freezer", D::Lower, Some(1.0)),
         Action::Thaw => ("freezer", D::Raise, Some(0.0)),
         Action::LeaseGranted { lease } => ("cpu-lease", D::Raise, Some(lease.amount)),
@@ -798,15 +802,10 @@ impl Broker {
             started_at_ms: now,
         };
         let mut ops = Vec::new();
-        // The devices' schedulers can change under a running broker (an operator switching to bfq): read per
-        // Register, only when the task has an I/O priority (a few small sysfs files).
-        let io_devices = (spec.priority != 0).then(crate::controller::io::host_devices);
         let (allocation, directives, records) = {
             let mut st = self.lock();
             st.admits(&r.container_id, spec.pipeline.as_deref(), now)?;
-            if let Some(devices) = io_devices {
-                st.controller.set_io_devices(devices);
-            }
+            io::refresh(&mut st.controller, spec.priority);
             let (allocation, directives) = match r.adopt {
                 Some(current) => {
                     tracing::info!(container = %r.container_id, ?current, "registered again while running: allocation adopted");
@@ -831,9 +830,6 @@ impl Broker {
                 })
                 .collect();
             for d in &directives {
-                if let Action::SetIoWeight { .. } = d.action {
-                    tracing::info!(container = %d.container_id, reason = %d.reason, "disk I/O priority");
-                }
                 let ours = d.container_id == r.container_id;
                 if let Some(run) = st.running.get(&d.container_id) {
                     records.push(decision(d, run, now, ours.then_some(cold)));

@@ -404,9 +404,13 @@ impl Controller {
         }
     }
 
-    /// The host's block devices as last detected, for the I/O priority's reason and status.
-    pub fn set_io_devices(&mut self, devices: Vec<IoDevice>) {
-        self.io_devices = devices;
+    /// The host's block devices as last detected, for the I/O priority's reason and status. The broker reads
+    /// them at each Register of a task with an I/O priority (schedulers can change under a running broker); `None`
+    /// keeps the last.
+    pub fn refresh_io_devices(&mut self, devices: Option<Vec<IoDevice>>) {
+        if let Some(d) = devices {
+            self.io_devices = d;
+        }
     }
 
     /// The I/O priority directive of a task with a priority other than 0.

@@ -834,12 +834,12 @@ fn priority_sets_io_weight_at_register_and_default_priority_writes_none() {
     assert_eq!(io_weight(0), None);
     assert_eq!(io_weight(10), Some(504));
     // With the host's devices known, the reason and the status say what takes effect where.
-    c.set_io_devices(vec![IoDevice {
+    c.refresh_io_devices(Some(vec![IoDevice {
         device: "vda".into(),
         scheduler: "mq-deadline".into(),
         mechanism: "ioprio".into(),
         why: "mq-deadline honours the class".into(),
-    }]);
+    }]));
     let mut batch = spec("batch", None, None);
     batch.priority = -500;
     let (_, ds) = c.register(batch, 0);
