@@ -5,9 +5,20 @@
 //! Order matters where a kill could slip in between two writes: on cgroup v1 the OOM killer is disabled
 //! before the limit is written, and re-enabled only after the limit has reached the user's own.
 
+use runtime_hooks::ioprio::IoPriority;
 use runtime_hooks::{ActuateError, ContainerCgroup, CpuLimit, MemoryLimitPolicy};
 
-use crate::types::{Action, Directive};
+use crate::types::{Action, Directive, IoClass, IoPrio};
+
+/// The wire's `ioprio` as `runtime-hooks` takes it; a level above 7 is refused.
+fn hooks_ioprio(p: IoPrio) -> Result<IoPriority, ActuateError> {
+    let class = match p.class {
+        IoClass::Realtime => runtime_hooks::ioprio::IoClass::RealTime,
+        IoClass::BestEffort => runtime_hooks::ioprio::IoClass::BestEffort,
+        IoClass::Idle => runtime_hooks::ioprio::IoClass::Idle,
+    };
+    Ok(IoPriority::new(class, p.level)?)
+}
 
 /// Applies one directive; `Ok(false)` when there was nothing to write.
 pub fn apply(d: &Directive, cg: &ContainerCgroup) -> Result<bool, ActuateError> {
@@ -40,7 +51,11 @@ pub fn apply(d: &Directive, cg: &ContainerCgroup) -> Result<bool, ActuateError> 
                 cg.set_oom_kill_disabled(false)?;
             }
         }
-        Action::SetIoWeight { weight } => cg.set_io_weight(*weight)?,
+        Action::SetIoWeight { weight, ioprio } => {
+            let prio = ioprio.map(hooks_ioprio).transpose()?;
+            let done = cg.set_io_priority(*weight, prio)?;
+            return Ok(done.weight_written || done.threads.set > 0);
+        }
         Action::Freeze => cg.freeze()?,
         Action::Thaw => cg.thaw()?,
         Action::LeaseGranted { .. } | Action::LeaseRevoked { .. } | Action::Hold { .. } => {
@@ -130,7 +145,11 @@ mod tests {
     fn io_weight_is_written_in_the_cgroup_versions_units() {
         let (dir, cg) = fake_v2();
         std::fs::write(dir.path().join("io.weight"), "default 100\n").expect("fixture");
-        assert!(apply(&directive(Action::SetIoWeight { weight: 990 }, true), &cg).expect("io"));
+        let io = |ioprio| Action::SetIoWeight {
+            weight: 990,
+            ioprio,
+        };
+        assert!(apply(&directive(io(None), true), &cg).expect("io"));
         assert_eq!(
             read(&dir, "io.weight"),
             format!(
@@ -138,6 +157,25 @@ mod tests {
                 runtime_hooks::actuate::blkio_weight_to_io_weight(990)
             )
         );
+        // The class goes to every thread the cgroup lists: here our own main thread.
+        let tid = i32::try_from(std::process::id()).expect("a pid fits i32");
+        std::fs::write(dir.path().join("cgroup.threads"), format!("{tid}\n")).expect("fixture");
+        let be1 = IoPrio {
+            class: IoClass::BestEffort,
+            level: 1,
+        };
+        assert!(apply(&directive(io(Some(be1)), true), &cg).expect("ioprio"));
+        let now = runtime_hooks::ioprio::get_thread(tid).expect("ioprio_get");
+        assert_eq!(now.map(|p| p.to_string()), Some(be1.to_string()));
+        let bad = IoPrio {
+            class: IoClass::BestEffort,
+            level: 9,
+        };
+        let e = apply(&directive(io(Some(bad)), true), &cg).expect_err("level 9");
+        assert!(crate::error_chain(&e).contains("level 9"), "{e}");
+        // No weight file and no ioprio (an older broker on a v1 host without bfq): nothing written, no error.
+        std::fs::remove_file(dir.path().join("io.weight")).expect("rm");
+        assert!(!apply(&directive(io(None), true), &cg).expect("no weight file"));
     }
 
     #[test]

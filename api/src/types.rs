@@ -153,16 +153,75 @@ pub enum Action {
         /// The lease.
         lease: Lease,
     },
-    /// IO weight by priority, in OCI units (10..=1000; v1 `blkio.weight`, v2 `io.weight` after conversion).
+    /// Disk I/O priority: a weight in OCI units (10..=1000; v1 `blkio.weight`, v2 `io.weight` after conversion),
+    /// written where the cgroup has the file, and the threads' `ioprio` class where given.
     SetIoWeight {
         /// Weight.
         weight: u16,
+        /// The `ioprio` class and level for every thread of the container (absent from older brokers).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ioprio: Option<IoPrio>,
     },
     /// Nothing changes, for the record (e.g. no room to grow).
     Hold {
         /// Which resource.
         resource: ResourceKind,
     },
+}
+
+/// An I/O scheduling class (`ioprio_set(2)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoClass {
+    /// Served before every other class.
+    Realtime,
+    /// The default class.
+    BestEffort,
+    /// Served when no other class has I/O queued.
+    Idle,
+}
+
+/// An `ioprio`: class and level (0 = highest ..= 7; 0 for idle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoPrio {
+    /// Class.
+    pub class: IoClass,
+    /// Level.
+    pub level: u8,
+}
+
+impl std::fmt::Display for IoPrio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.class {
+            IoClass::Idle => f.write_str("idle"),
+            IoClass::BestEffort => write!(f, "best-effort/{}", self.level),
+            IoClass::Realtime => write!(f, "realtime/{}", self.level),
+        }
+    }
+}
+
+/// One block device and what carries a container's I/O priority on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoDevice {
+    /// Kernel name, e.g. `vda`.
+    pub device: String,
+    /// Its active scheduler.
+    pub scheduler: String,
+    /// `weight`, `ioprio` or `none`.
+    pub mechanism: String,
+    /// Why, in words.
+    pub why: String,
+}
+
+/// A task's disk I/O priority for status queries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoView {
+    /// The weight, OCI units.
+    pub weight: u16,
+    /// The threads' class and level.
+    pub ioprio: Option<IoPrio>,
+    /// Per block device of the host, which of the two takes effect.
+    pub devices: Vec<IoDevice>,
 }
 
 /// One decision: an action on one container, why, and whether it is meant to be applied.
@@ -210,4 +269,7 @@ pub struct TaskView {
     /// Most CPU the task may borrow, cores, after the operator's policy (`None`: unlimited).
     #[serde(default)]
     pub max_borrow_cpu: Option<f64>,
+    /// Its disk I/O priority and the mechanism per device (`None`: priority 0, nothing written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io: Option<IoView>,
 }

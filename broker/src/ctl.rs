@@ -665,6 +665,27 @@ pub fn status_table(s: &Status) -> String {
         out.push('\n');
         out.push_str(&lease_table(s));
     }
+    out.push_str(&io_lines(s));
+    out
+}
+
+/// Per task with a disk I/O priority: what is written, and per device which of it takes effect and why.
+fn io_lines(s: &Status) -> String {
+    let mut out = String::new();
+    for t in &s.tasks {
+        let Some(io) = &t.io else { continue };
+        let class = io.ioprio.map_or_else(|| "-".to_owned(), |p| p.to_string());
+        out.push_str(&format!(
+            "\ndisk I/O {}: weight {}, ioprio {class}\n",
+            t.container_id, io.weight
+        ));
+        for d in &io.devices {
+            out.push_str(&format!(
+                "  {} ({}): {}: {}\n",
+                d.device, d.scheduler, d.mechanism, d.why
+            ));
+        }
+    }
     out
 }
 

@@ -492,6 +492,7 @@ mod tests {
                     }),
                     limits: Default::default(),
                     max_borrow_cpu: None,
+                    io: None,
                 })
                 .collect(),
             leases: Vec::new(),

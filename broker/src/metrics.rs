@@ -893,6 +893,7 @@ mod tests {
             }),
             limits: Default::default(),
             max_borrow_cpu: None,
+            io: None,
         };
         let status = Status {
             total_tasks: None,
@@ -994,6 +995,7 @@ mod tests {
             }),
             limits: Default::default(),
             max_borrow_cpu: None,
+            io: None,
         };
         let status = Status {
             total_tasks: None,

@@ -39,6 +39,7 @@ use crate::api::{
     Register, Registered, Report, Request, Response, Status, Update,
 };
 use crate::config::Config;
+use crate::controller::io;
 use crate::controller::{
     Action, Allocation, Ancestor, CgroupKind, Controller, Directive, HostCapacity, Mode, TaskSpec,
     Usage,
@@ -499,7 +500,10 @@ fn decision(d: &Directive, r: &Running, at_ms: u64, initial: Option<bool>) -> pr
             let v = m.map(|b| b as f64);
             ("memory", grew(v), v)
         }
-        Action::SetIoWeight { weight } => ("io", D::Raise, Some(f64::from(*weight))),
+        Action::SetIoWeight { weight, .. } => {
+            tracing::info!(container = %d.container_id, reason = %d.reason, "disk I/O priority");
+            ("io", D::Raise, Some(f64::from(*weight)))
+        }
         Action::Freeze => ("freezer", D::Lower, Some(1.0)),
         Action::Thaw => ("freezer", D::Raise, Some(0.0)),
         Action::LeaseGranted { lease } => ("cpu-lease", D::Raise, Some(lease.amount)),
@@ -793,6 +797,7 @@ impl Broker {
         let (allocation, directives, records) = {
             let mut st = self.lock();
             st.admits(&r.container_id, spec.pipeline.as_deref(), now)?;
+            io::refresh(&mut st.controller, spec.priority);
             let (allocation, directives) = match r.adopt {
                 Some(current) => {
                     tracing::info!(container = %r.container_id, ?current, "registered again while running: allocation adopted");

@@ -124,6 +124,9 @@ pub enum ActuateError {
         /// How long it waited.
         waited: Duration,
     },
+    /// Setting the threads' I/O priority failed.
+    #[error("setting the I/O priority of the cgroup's threads")]
+    Ioprio(#[from] crate::ioprio::IoprioError),
 }
 
 /// CPU bandwidth: `quota_us` of CPU time per `period_us` (OCI `cpu.quota` / `cpu.period`).

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::actuate::{ActuateError, CpuLimit, MemoryLimitPolicy};
+use crate::ioprio::{self, IoPriority, Sweep};
 use crate::parse::Files;
 pub use crate::parse::{NetDevTotals, Pressure, PsiLine};
 use crate::sample::Probe;
@@ -16,6 +17,15 @@ pub use crate::sample::{
     CpuSample, IoSample, MemorySample, PidsSample, PressureSample, Sample, SampleScope,
 };
 use crate::{parse, pids, v1, v2};
+
+/// What [`ContainerCgroup::set_io_priority`] wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoApplied {
+    /// The weight file existed and holds the weight.
+    pub weight_written: bool,
+    /// Threads given the `ioprio`.
+    pub threads: Sweep,
+}
 
 /// How long [`ContainerCgroup::freeze`] and [`ContainerCgroup::thaw`] wait for the kernel.
 pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -267,6 +277,41 @@ impl ContainerCgroup {
                 v2::io::Io::set_weight(&d.dir, crate::actuate::blkio_weight_to_io_weight(weight))
             }
         }
+    }
+
+    /// A disk I/O priority, both ways at once (which one the device's scheduler honours is
+    /// [`crate::io::detect`]'s business): the weight (as [`Self::set_io_weight`]) where the cgroup has a weight
+    /// file, and `ioprio` on every thread the cgroup lists now (v1 `tasks`, v2 `cgroup.threads`); threads
+    /// forked later inherit it.
+    pub fn set_io_priority(
+        &self,
+        weight: u16,
+        ioprio: Option<IoPriority>,
+    ) -> Result<IoApplied, ActuateError> {
+        let weight_written = match self.set_io_weight(weight) {
+            Ok(()) => true,
+            Err(ActuateError::Unsupported { .. }) => false,
+            Err(e) => return Err(e),
+        };
+        let threads = match ioprio {
+            None => Sweep::default(),
+            Some(p) => {
+                let file = match &self.dirs {
+                    CgroupDirs::V1(d) => [&d.pids, &d.cpu, &d.memory, &d.freezer, &d.blkio]
+                        .into_iter()
+                        .flatten()
+                        .next()
+                        .ok_or(ActuateError::NoController { controller: "any" })?
+                        .join("tasks"),
+                    CgroupDirs::V2(d) => d.dir.join("cgroup.threads"),
+                };
+                ioprio::sweep(&file, p)?
+            }
+        };
+        Ok(IoApplied {
+            weight_written,
+            threads,
+        })
     }
 
     /// Sets the maximum number of tasks (`None` = unlimited).

@@ -418,6 +418,24 @@ fn oom_control_and_io_and_pids_and_freezer() {
             cg.set_io_weight(5),
             Err(ActuateError::OutOfRange { .. })
         ));
+        // No weight file now: the priority still reaches the listed threads (our own, so no root is needed).
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let threads = if layout == Layout::V2 {
+            host.rel("", C, "cgroup.threads")
+        } else {
+            host.rel("pids", C, "tasks")
+        };
+        host.file(&threads, &format!("{tid}\n"));
+        let prio =
+            crate::ioprio::IoPriority::new(crate::ioprio::IoClass::BestEffort, 6).expect("level");
+        let applied = cg.set_io_priority(500, Some(prio)).expect("io priority");
+        assert!(!applied.weight_written);
+        assert_eq!(applied.threads.set, 1);
+        assert_eq!(
+            crate::ioprio::get_thread(tid).expect("ioprio_get"),
+            Some(prio)
+        );
 
         let pids_file = if layout == Layout::V2 {
             host.rel("", C, "pids.max")

@@ -15,6 +15,9 @@
 //! - put a container's init where runc's cgroupfs driver also puts it (`name=systemd`, a hybrid host's cgroup2
 //!   tree) with [`companions::join_companions`], and remove what was made with [`companions::remove_dirs`].
 //!
+//! A disk I/O priority is the cgroup weight plus the threads' `ioprio` class
+//! ([`ContainerCgroup::set_io_priority`]); [`io::detect`] says per device which of them the scheduler honours.
+//!
 //! Network egress is limited per network namespace with [`net::set_egress_limit`]. A daemon that must leave its
 //! starter's cgroup gets its own at every hierarchy's root with [`daemon::make_daemon_cgroups`].
 //!
@@ -33,6 +36,8 @@ pub mod companions;
 pub mod daemon;
 pub mod discovery;
 pub mod hook;
+pub mod io;
+pub mod ioprio;
 pub mod net;
 pub mod pacing;
 mod parse;
@@ -53,8 +58,8 @@ pub(crate) mod testutil;
 pub use actuate::{ActuateError, CpuLimit, MemoryLimitPolicy};
 pub use ancestors::{AncestorLimit, ancestor_limits};
 pub use cgroup::{
-    CgroupDirs, CgroupVersion, ContainerCgroup, CpuSample, IoSample, MemorySample, NetDevTotals,
-    PidsSample, Pressure, PressureSample, PsiLine, Sample, SampleScope, Sampler,
+    CgroupDirs, CgroupVersion, ContainerCgroup, CpuSample, IoApplied, IoSample, MemorySample,
+    NetDevTotals, PidsSample, Pressure, PressureSample, PsiLine, Sample, SampleScope, Sampler,
 };
 pub use chain::error_chain;
 pub use discovery::{DiscoveryError, HostRoots};

@@ -1,4 +1,5 @@
-//! The allocation controller: pure logic, no kernel, no I/O, no clock. The broker feeds it registrations,
+//! The allocation controller: pure logic, no kernel, no I/O, no clock (but [`io::host_devices`], which the broker
+//! calls to read the block devices' schedulers). The broker feeds it registrations,
 //! usage and ticks and turns its [`Directive`]s into cgroup writes (through the shim) and decision records.
 //!
 //! Rules, in the order a [`Controller::tick`] applies them:
@@ -32,15 +33,16 @@
 //! mode `enforce` (nothing would actually change on the host).
 //!
 //! One file per rule: [`allocation`] (Register), [`leases`] (rules 1-3), [`cpu`] (rule 4), [`memory`] (rule 5),
-//! [`pipeline`] (the critical path in the priority), [`resize`] (a user's update); this file holds the task table
-//! and the entry points.
+//! [`pipeline`] (the critical path in the priority), [`resize`] (a user's update), [`io`] (disk I/O priority at
+//! Register); this file holds the task table and the entry points.
 //!
 //! Limits: memory is not lent through leases (it grows from the free pool and from paused tasks' unused
 //! allocation); a running task's memory allocation shrinks only by right-sizing (confident prediction) or
-//! at a pause; IO weight is not set.
+//! at a pause.
 
 mod allocation;
 mod cpu;
+pub mod io;
 mod leases;
 mod memory;
 mod pipeline;
@@ -50,6 +52,7 @@ use std::collections::{BTreeMap, HashMap};
 
 pub use allocation::initial_allocation;
 use allocation::tightest;
+pub use io::{io_class, io_weight};
 use memory::memory_directive;
 use pipeline::Group;
 
@@ -57,8 +60,8 @@ use predictor::{BUCKETS, Confidence, Prediction, YOUNG_LIMIT_CAP};
 use serde::{Deserialize, Serialize};
 
 pub use predictive_api::types::{
-    Action, Allocation, CgroupKind, Directive, HostCapacity, Lease, Mode, ResourceKind, SpecLimits,
-    TaskView, Usage,
+    Action, Allocation, CgroupKind, Directive, HostCapacity, IoDevice, Lease, Mode, ResourceKind,
+    SpecLimits, TaskView, Usage,
 };
 
 /// Tuning of the controller; the defaults are documented per field.
@@ -374,6 +377,8 @@ pub struct Controller {
     kube_pool: bool,
     /// The pool is `kubepods`' (node allocatable) rather than the host's.
     pool_from_kubepods: bool,
+    /// The host's block devices and what carries an I/O priority on each (the broker detects them).
+    io_devices: Vec<IoDevice>,
 }
 
 const EPS: f64 = 1e-6;
@@ -395,7 +400,32 @@ impl Controller {
             restore_grace_until_ms: 0,
             kube_pool: false,
             pool_from_kubepods: false,
+            io_devices: Vec::new(),
         }
+    }
+
+    /// The host's block devices as last detected, for the I/O priority's reason and status. The broker reads
+    /// them at each Register of a task with an I/O priority (schedulers can change under a running broker); `None`
+    /// keeps the last.
+    pub fn refresh_io_devices(&mut self, devices: Option<Vec<IoDevice>>) {
+        if let Some(d) = devices {
+            self.io_devices = d;
+        }
+    }
+
+    /// The I/O priority directive of a task with a priority other than 0.
+    fn io_directive(&self, task: &Task) -> Option<Directive> {
+        let p = task.spec.priority;
+        Some(Directive {
+            container_id: task.spec.container_id.clone(),
+            action: Action::SetIoWeight {
+                weight: io_weight(p)?,
+                ioprio: io_class(p),
+            },
+            reason: io::reason(p, &self.io_devices),
+            applied: task.enforce(),
+            old_value: None,
+        })
     }
 
     fn key(&self, id: &str) -> Option<Key> {
@@ -541,15 +571,7 @@ impl Controller {
         // The priority's IO weight is no limit the shim reports in force (a shim that registers late started
         // without it): sent again, the same value as at any Register.
         let task = self.task(k);
-        if let Some(weight) = io_weight(task.spec.priority) {
-            out.push(Directive {
-                container_id: task.spec.container_id.clone(),
-                action: Action::SetIoWeight { weight },
-                reason: format!("priority {}", task.spec.priority),
-                applied: task.enforce(),
-                old_value: None,
-            });
-        }
+        out.extend(self.io_directive(task));
         let pipeline = task.spec.pipeline.clone();
         self.update_critical_path(now_ms, pipeline.as_deref());
         out
@@ -677,10 +699,9 @@ impl Controller {
                 spec.parents[i].path
             );
         }
-        let id = spec.container_id.clone();
         let task = Task::new(spec, alloc.cpu_cores, alloc, now_ms);
         out.push(Directive {
-            container_id: id.clone(),
+            container_id: task.spec.container_id.clone(),
             action: Action::SetCpu {
                 cores: alloc.cpu_cores,
             },
@@ -693,15 +714,7 @@ impl Controller {
             mem_reason,
             task.spec.limits.memory_limit_bytes,
         ));
-        if let Some(weight) = io_weight(task.spec.priority) {
-            out.push(Directive {
-                container_id: id,
-                action: Action::SetIoWeight { weight },
-                reason: format!("priority {}", task.spec.priority),
-                applied: task.enforce(),
-                old_value: None,
-            });
-        }
+        out.extend(self.io_directive(&task));
         let pipeline = task.spec.pipeline.clone();
         let id = task.spec.container_id.clone();
         self.insert(task);
@@ -845,6 +858,7 @@ impl Controller {
                 usage: t.usage,
                 limits: t.spec.limits,
                 max_borrow_cpu: t.spec.max_borrow_cpu.or(self.cfg.max_borrow_cpu),
+                io: io::view(t.spec.priority, &self.io_devices),
             })
             .collect()
     }
@@ -870,12 +884,6 @@ impl Controller {
         self.memory(now_ms, &mut out);
         out
     }
-}
-
-/// The IO weight of a priority: 500 (the kernel's default) at 0, linear to 10 at -1000 and 990 at 1000; `None`
-/// at 0, where nothing needs writing.
-pub fn io_weight(priority: i32) -> Option<u16> {
-    (priority != 0).then(|| (500 + priority.clamp(-1000, 1000) * 49 / 100).clamp(10, 1000) as u16)
 }
 
 #[cfg(test)]

@@ -925,17 +925,54 @@ fn priority_sets_io_weight_at_register_and_default_priority_writes_none() {
     let (_, ds) = c.register(hi, 0);
     assert!(
         ds.iter()
-            .any(|d| d.action == Action::SetIoWeight { weight: 990 })
+            .any(|d| matches!(d.action, Action::SetIoWeight { weight: 990, .. }))
     );
     let mut lo = spec("lo", None, None);
     lo.priority = -1000;
     let (_, ds) = c.register(lo, 0);
     assert!(
         ds.iter()
-            .any(|d| d.action == Action::SetIoWeight { weight: 10 })
+            .any(|d| matches!(d.action, Action::SetIoWeight { weight: 10, .. }))
     );
     assert_eq!(io_weight(0), None);
     assert_eq!(io_weight(10), Some(504));
+    // With the host's devices known, the reason and the status say what takes effect where.
+    c.refresh_io_devices(Some(vec![IoDevice {
+        device: "vda".into(),
+        scheduler: "mq-deadline".into(),
+        mechanism: "ioprio".into(),
+        why: "mq-deadline honours the class".into(),
+    }]));
+    let mut batch = spec("batch", None, None);
+    batch.priority = -500;
+    let (_, ds) = c.register(batch, 0);
+    let d = ds
+        .iter()
+        .find(|d| matches!(d.action, Action::SetIoWeight { .. }))
+        .expect("an io directive");
+    assert_eq!(
+        d.action,
+        Action::SetIoWeight {
+            weight: 255,
+            ioprio: io_class(-500)
+        }
+    );
+    assert!(
+        d.reason.contains("vda (mq-deadline): ioprio"),
+        "{}",
+        d.reason
+    );
+    let tasks = c.tasks();
+    let view = |id: &str| {
+        tasks
+            .iter()
+            .find(|t| t.container_id == id)
+            .and_then(|t| t.io.clone())
+    };
+    assert_eq!(view("plain"), None);
+    let io = view("batch").expect("an io view");
+    assert_eq!(io.ioprio.map(|p| p.to_string()).as_deref(), Some("idle"));
+    assert_eq!(io.devices[0].mechanism, "ioprio");
 }
 
 /// A confident prediction whose memory profile is `low` for the first half of a 100 s life and `high` after.
@@ -1427,7 +1464,7 @@ fn adopting_a_prioritised_task_sends_its_io_weight_and_no_limit() {
     let ds = c.adopt(s, current, 1_000);
     assert_eq!(ds.len(), 1, "{ds:?}");
     assert!(
-        matches!(ds[0].action, Action::SetIoWeight { weight } if Some(weight) == io_weight(100)),
+        matches!(ds[0].action, Action::SetIoWeight { weight, .. } if Some(weight) == io_weight(100)),
         "{ds:?}"
     );
     assert_eq!(c.allocation("late"), Some(current), "limits in force kept");
