@@ -219,12 +219,22 @@ fn populate(d: &Daemon) {
 }
 
 fn ctl(d: &Daemon, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_predictivectl"))
-        .arg("--socket")
-        .arg(d.socket())
-        .args(args)
-        .output()
-        .expect("run predictivectl")
+    let mut all = vec!["--socket".to_owned(), d.socket().display().to_string()];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    predictivectl(all)
+}
+
+/// `predictivectl ARGS` through its library (a test of this package cannot name another package's binary; the
+/// binary is `predictivectl::cli` on the process's streams), as a process's output.
+fn predictivectl(args: Vec<String>) -> Output {
+    use std::os::unix::process::ExitStatusExt;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let code = predictivectl::cli(args, &mut stdout, &mut stderr);
+    Output {
+        status: std::process::ExitStatus::from_raw(i32::from(code) << 8),
+        stdout,
+        stderr,
+    }
 }
 
 fn ok(o: &Output) -> String {
@@ -385,10 +395,11 @@ fn predictivectl_against_a_live_broker() {
         2,
         "unknown flag \"--frobnicate\"",
     );
-    let o = Command::new(env!("CARGO_BIN_EXE_predictivectl"))
-        .args(["--socket", "/tmp/no-such-predictived.sock", "status"])
-        .output()
-        .expect("run");
+    let o = predictivectl(
+        ["--socket", "/tmp/no-such-predictived.sock", "status"]
+            .map(str::to_owned)
+            .to_vec(),
+    );
     failed(&o, 1, "no broker at /tmp/no-such-predictived.sock");
 }
 
