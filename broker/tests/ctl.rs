@@ -418,7 +418,7 @@ fn predictivectl_against_a_live_broker() {
     failed(
         &ctl(&d, &["--frobnicate", "status"]),
         2,
-        "unknown flag \"--frobnicate\"",
+        "unexpected argument '--frobnicate'",
     );
     let o = predictivectl(
         ["--socket", "/tmp/no-such-predictived.sock", "status"]

@@ -17,14 +17,14 @@
 //! Every failure is one line on stderr naming what was wrong; exit status 2 for a usage error, 1 otherwise.
 //!
 //! This crate links the protocol crate (`predictive-api`) only, not the broker: modules [`tables`] (what people
-//! read) and [`svg`] (the report's chart).
+//! read), [`svg`] (the report's chart) and [`args`] (the command line, by clap).
 
+pub mod args;
 pub mod svg;
 pub mod tables;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use predictive_api::client::{Client, ClientError};
 use predictive_api::history_file::{self, HistoryFile};
@@ -32,75 +32,19 @@ use predictive_api::wire::{
     self as api, ErrorCode, Explain, History, HistoryQuery, Request, Response,
 };
 
+pub use args::{Args, Command, Subject, parse_args};
 pub use svg::svg;
 pub use tables::{bytes, explain_table, models_table, status_table, utc};
-
-const USAGE: &str = "usage: predictivectl [--socket PATH] [--json] [--timeout SECS] \
-<status | models | explain CONTAINER [--limit N] | report CONTAINER|TASK-TYPE [--container|--task-type] [-o FILE.svg] \
-| export [--max-runs-per-type N] [-o FILE.json]>";
-
-/// What `report` is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Subject {
-    /// A container, else a task type.
-    Either,
-    /// A container.
-    Container,
-    /// A task type.
-    TaskType,
-}
-
-/// A command.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
-    /// `status`.
-    Status,
-    /// `models`.
-    Models,
-    /// `explain CONTAINER`.
-    Explain {
-        /// The container.
-        container: String,
-        /// Newest decisions shown.
-        limit: usize,
-    },
-    /// `report NAME`.
-    Report {
-        /// Container id or task type.
-        name: String,
-        /// Which of the two.
-        subject: Subject,
-        /// The SVG file (`-` = stdout); default `NAME.svg`.
-        output: Option<PathBuf>,
-    },
-    /// `export`.
-    Export {
-        /// Newest runs per task type.
-        newest_per_type: usize,
-        /// The file (`-` or none = stdout).
-        output: Option<PathBuf>,
-    },
-}
-
-/// Parsed arguments.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Args {
-    /// The broker's socket.
-    pub socket: PathBuf,
-    /// JSON instead of tables.
-    pub json: bool,
-    /// Bound on each request.
-    pub timeout: Duration,
-    /// What to do.
-    pub command: Command,
-}
 
 /// Why `predictivectl` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
-    /// Bad arguments.
-    #[error("{0} ({USAGE})")]
+    /// Bad arguments: what was wrong, on one line.
+    #[error("{0} (predictivectl --help shows the usage)")]
     Usage(String),
+    /// `--help`: not a failure; the text to print.
+    #[error("{0}")]
+    Help(String),
     /// Nothing listens on the socket.
     #[error("no broker at {path}: is predictived running? (--socket picks another)")]
     NoBroker {
@@ -131,6 +75,7 @@ impl CtlError {
     /// The exit status: 2 for a usage error, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
+            CtlError::Help(_) => 0,
             CtlError::Usage(_) => 2,
             _ => 1,
         }
@@ -143,113 +88,6 @@ fn client_error(e: ClientError) -> CtlError {
         ClientError::Broker(r) if r.code == ErrorCode::NotFound => CtlError::NotFound(r.message),
         e => CtlError::Client(e),
     }
-}
-
-/// Parses the arguments after the program name.
-pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, CtlError> {
-    let usage = |m: String| CtlError::Usage(m);
-    let mut socket = PathBuf::from(api::DEFAULT_SOCKET);
-    let mut json = false;
-    let mut timeout = Duration::from_secs(5);
-    let mut limit = 100usize;
-    let mut subject = Subject::Either;
-    let mut output = None;
-    let mut newest_per_type = api::DEFAULT_EXPORT_RUNS_PER_TYPE;
-    let mut words = Vec::new();
-    let mut it = args.into_iter();
-    while let Some(a) = it.next() {
-        let (name, inline) = match a.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
-            _ => (a.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| usage(format!("{name} needs a value")))
-        };
-        match name.as_str() {
-            "-h" | "--help" => return Err(usage("help".to_owned())),
-            "--socket" => socket = value()?.into(),
-            "--json" => json = true,
-            "--timeout" => {
-                let v = value()?;
-                timeout = v
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|s| s.is_finite() && *s > 0.0)
-                    .map(Duration::from_secs_f64)
-                    .ok_or_else(|| {
-                        usage(format!(
-                            "--timeout: {v:?} is not a positive number of seconds"
-                        ))
-                    })?;
-            }
-            "--limit" => {
-                let v = value()?;
-                limit =
-                    v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                        usage(format!("--limit: {v:?} is not a positive integer"))
-                    })?;
-            }
-            "--max-runs-per-type" => {
-                let v = value()?;
-                newest_per_type = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=api::MAX_EXPORT_RUNS_PER_TYPE).contains(n))
-                    .ok_or_else(|| {
-                        usage(format!(
-                            "--max-runs-per-type: {v:?} is not an integer in 1..={}",
-                            api::MAX_EXPORT_RUNS_PER_TYPE
-                        ))
-                    })?;
-            }
-            "--container" => subject = Subject::Container,
-            "--task-type" => subject = Subject::TaskType,
-            "-o" | "--output" => output = Some(PathBuf::from(value()?)),
-            f if f.starts_with('-') && f != "-" => {
-                return Err(usage(format!("unknown flag {a:?}")));
-            }
-            _ => words.push(a),
-        }
-    }
-    let mut w = words.into_iter();
-    let cmd = w
-        .next()
-        .ok_or_else(|| usage("no command given".to_owned()))?;
-    let mut operand = |what: &str| {
-        w.next()
-            .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| usage(format!("{cmd} needs {what}")))
-    };
-    let command = match cmd.as_str() {
-        "status" => Command::Status,
-        "models" => Command::Models,
-        "explain" => Command::Explain {
-            container: operand("a container id")?,
-            limit,
-        },
-        "report" => Command::Report {
-            name: operand("a container id or task type")?,
-            subject,
-            output,
-        },
-        "export" => Command::Export {
-            newest_per_type,
-            output,
-        },
-        other => return Err(usage(format!("unknown command {other:?}"))),
-    };
-    if let Some(extra) = w.next() {
-        return Err(usage(format!("unexpected argument {extra:?}")));
-    }
-    Ok(Args {
-        socket,
-        json,
-        timeout,
-        command,
-    })
 }
 
 /// `text` with every control character but newline escaped (`\u{1b}`): values a container chose (ids, commands,
@@ -501,8 +339,8 @@ fn write_report(
 pub fn cli(args: impl IntoIterator<Item = String>, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let args = match parse_args(args) {
         Ok(a) => a,
-        Err(CtlError::Usage(m)) if m == "help" => {
-            let _ = writeln!(out, "{USAGE}");
+        Err(CtlError::Help(text)) => {
+            let _ = write!(out, "{text}");
             return 0;
         }
         Err(e) => {
@@ -534,55 +372,6 @@ fn file_stem(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(a: &[&str]) -> Result<Args, CtlError> {
-        parse_args(a.iter().map(|s| (*s).to_owned()))
-    }
-
-    #[test]
-    fn flags_and_commands_parse() {
-        let a = args(&["--socket", "/tmp/x.sock", "--json", "status"]).expect("ok");
-        assert_eq!(
-            (a.socket, a.json, a.command),
-            (PathBuf::from("/tmp/x.sock"), true, Command::Status)
-        );
-        let a = args(&["report", "etl", "--task-type", "-o", "a.svg"]).expect("ok");
-        assert_eq!(
-            a.command,
-            Command::Report {
-                name: "etl".to_owned(),
-                subject: Subject::TaskType,
-                output: Some(PathBuf::from("a.svg")),
-            }
-        );
-        let a = args(&["explain", "c1", "--limit=5", "--timeout=0.5"]).expect("ok");
-        assert_eq!(
-            a.command,
-            Command::Explain {
-                container: "c1".to_owned(),
-                limit: 5
-            }
-        );
-        assert_eq!(a.timeout, Duration::from_millis(500));
-        assert_eq!(a.socket, PathBuf::from(api::DEFAULT_SOCKET));
-    }
-
-    #[test]
-    fn bad_arguments_name_what_was_wrong() {
-        for (a, needle) in [
-            (&["--bogus", "status"][..], "unknown flag \"--bogus\""),
-            (&["explain"][..], "explain needs a container id"),
-            (&["frobnicate"][..], "unknown command \"frobnicate\""),
-            (&[][..], "no command"),
-            (&["status", "extra"][..], "unexpected argument \"extra\""),
-            (&["--limit", "0", "status"][..], "--limit"),
-            (&["--socket"][..], "--socket needs a value"),
-        ] {
-            let e = args(a).expect_err(needle);
-            assert!(matches!(e, CtlError::Usage(_)));
-            assert!(e.to_string().contains(needle), "{a:?}: {e}");
-        }
-    }
 
     #[test]
     fn terminal_output_escapes_control_characters() {

@@ -22,7 +22,7 @@ fn help_prints_usage_and_succeeds() {
     let o = run(&["--help"]);
     assert!(o.status.success(), "{o:?}");
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("usage: predictivectl"), "{out}");
+    assert!(out.contains("Usage: predictivectl"), "{out}");
     for command in ["status", "models", "explain", "report", "export"] {
         assert!(out.contains(command), "help lacks {command}: {out}");
     }
@@ -32,7 +32,7 @@ fn help_prints_usage_and_succeeds() {
 fn usage_errors_exit_2_naming_the_argument() {
     failed(&run(&["--frobnicate", "status"]), 2, "--frobnicate");
     failed(&run(&["frobnicate"]), 2, "frobnicate");
-    failed(&run(&["explain"]), 2, "explain");
+    failed(&run(&["explain"]), 2, "<CONTAINER>");
     failed(&run(&["--limit", "0", "explain", "c1"]), 2, "--limit");
 }
 
