@@ -179,7 +179,7 @@ fn write_svg(dir: &Path, r: &RunResult) -> std::io::Result<std::path::PathBuf> {
         next_offset: None,
     };
     // The chart is `predictivectl report`'s, titled for a task type; a policy's sum has no predicted band.
-    let svg = broker::ctl::svg(&h, "")
+    let svg = predictivectl::svg(&h, "")
         .replace("task type suite ", "workload suite, policy ")
         .replace("; cold start: no prediction", "; no predicted band (a sum)");
     std::fs::create_dir_all(dir)?;

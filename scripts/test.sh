@@ -47,8 +47,8 @@ count() { # name log rc
 # Shape checks: a production function over 120 lines, or a cycle between one crate's top-level modules.
 shape_checks() {
     local rc=0 crate
-    python3 scripts/fn-length.py api/src shim/src runtime-hooks/src predictor/src broker/src testkit/src || rc=1
-    for crate in api broker predictor shim runtime-hooks testkit tests; do
+    python3 scripts/fn-length.py api/src shim/src runtime-hooks/src predictor/src broker/src ctl/src testkit/src || rc=1
+    for crate in api broker ctl predictor shim runtime-hooks testkit tests; do
         echo "--- module cycles: $crate/src"
         python3 scripts/module-cycles.py "$crate/src" || rc=1
     done

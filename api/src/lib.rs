@@ -6,13 +6,14 @@
 //! Modules: [`wire`] (the messages, version [`wire::PROTOCOL_VERSION`], and their encoding), [`types`] (the
 //! controller's data types that travel in them: limits, allocations, directives), [`prediction`] (the
 //! predictor's answers as wire types), [`validate`] (the range checks on what a peer sends), [`client`] (the
-//! blocking client), [`annotations`] (the `io.predictive.*` annotations), [`apply`] (a directive to cgroup
-//! writes, for the shim), [`settings`] (the shim's keys of predictived's configuration file) and [`toml_keys`]
-//! (the small TOML reader behind it).
+//! blocking client), [`history_file`] (the run-history export file), [`annotations`] (the `io.predictive.*`
+//! annotations), [`apply`] (a directive to cgroup writes, for the shim), [`settings`] (the shim's keys of
+//! predictived's configuration file) and [`toml_keys`] (the small TOML reader behind it).
 
 pub mod annotations;
 pub mod apply;
 pub mod client;
+pub mod history_file;
 pub mod prediction;
 pub mod settings;
 pub mod toml_keys;

@@ -9,63 +9,69 @@ use crate::config::{Config, DEFAULT_CONFIG};
 
 const USAGE: &str = "usage: predictived [--config FILE] [--state-dir DIR] [--socket PATH] [--tick-ms N] [--import FILE]...";
 
-/// Parsed flags.
-#[derive(Debug, Default, PartialEq)]
+/// predictived: the host-local broker that predicts, allocates, lends and pauses containers' resources. Flags
+/// override the configuration file.
+#[derive(Debug, Default, PartialEq, clap::Parser)]
+#[command(name = "predictived")]
 pub struct Flags {
-    /// `--config`.
+    /// The configuration file [default: /etc/predictive/predictived.toml, used only if it exists].
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// `--state-dir`.
+    /// The state directory (the predictor's store, the lock).
+    #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// `--socket`.
+    /// The socket the shims and predictivectl connect to.
+    #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// `--tick-ms`.
+    /// The controller's tick, ms.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub tick_ms: Option<u64>,
-    /// `--import` (repeatable): export files merged at start.
+    /// An export file (`predictivectl export`) merged at start; repeatable.
+    #[arg(long, value_name = "FILE")]
     pub import: Vec<PathBuf>,
 }
 
+/// Why the arguments were not run: `--help`, or a usage error.
+#[derive(Debug, PartialEq)]
+pub enum FlagsError {
+    /// `--help`: the text to print.
+    Help(String),
+    /// What was wrong, one line naming the argument.
+    Usage(String),
+}
+
 /// Parses the arguments after the program name.
-pub fn parse_flags(args: impl IntoIterator<Item = String>) -> Result<Flags, String> {
-    let mut f = Flags::default();
-    let mut it = args.into_iter();
-    while let Some(a) = it.next() {
-        let (name, inline) = match a.split_once('=') {
-            Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
-            None => (a.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match name.as_str() {
-            "--config" => f.config = Some(value()?.into()),
-            "--state-dir" => f.state_dir = Some(value()?.into()),
-            "--socket" => f.socket = Some(value()?.into()),
-            "--import" => f.import.push(value()?.into()),
-            "--tick-ms" => {
-                let v = value()?;
-                f.tick_ms = Some(
-                    v.parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| format!("--tick-ms: {v:?} is not a positive integer"))?,
-                );
-            }
-            _ => return Err(format!("unknown argument {a:?}")),
+pub fn parse_flags(args: impl IntoIterator<Item = String>) -> Result<Flags, FlagsError> {
+    let argv = std::iter::once("predictived".to_owned()).chain(args);
+    <Flags as clap::Parser>::try_parse_from(argv).map_err(|e| {
+        if e.kind() == clap::error::ErrorKind::DisplayHelp {
+            return FlagsError::Help(e.to_string());
         }
-    }
-    Ok(f)
+        // clap's first paragraph on one line, without its `error: `.
+        let text = e.to_string();
+        let line = text
+            .lines()
+            .take_while(|l| !l.trim().is_empty())
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" ");
+        FlagsError::Usage(line.strip_prefix("error: ").unwrap_or(&line).to_owned())
+    })
 }
 
 /// The binary's main.
 pub fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
+    let flags = match parse_flags(std::env::args().skip(1)) {
+        Ok(f) => f,
+        Err(FlagsError::Help(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(FlagsError::Usage(e)) => {
+            eprintln!("predictived: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -74,13 +80,6 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
-    let flags = match parse_flags(args) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("predictived: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
     let (path, required) = match &flags.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG), false),
@@ -139,20 +138,22 @@ mod tests {
         assert_eq!(f.state_dir, Some(PathBuf::from("/tmp/s")));
         assert_eq!(f.socket, Some(PathBuf::from("/tmp/b.sock")));
         assert_eq!(f.tick_ms, Some(50));
+        for (a, needle) in [
+            (&["--tick-ms", "0"][..], "--tick-ms"),
+            (&["--tick-ms", "x"][..], "--tick-ms"),
+            (&["--socket"][..], "--socket"),
+            (&["--frobnicate"][..], "'--frobnicate'"),
+            (&["run"][..], "'run'"),
+        ] {
+            match parse_flags(args(a)) {
+                Err(FlagsError::Usage(e)) => {
+                    assert!(e.contains(needle) && !e.contains('\n'), "{a:?}: {e}")
+                }
+                other => panic!("{a:?}: {other:?}"),
+            }
+        }
         assert!(
-            parse_flags(args(&["--tick-ms", "0"]))
-                .expect_err("zero")
-                .contains("--tick-ms")
-        );
-        assert!(
-            parse_flags(args(&["--socket"]))
-                .expect_err("no value")
-                .contains("--socket")
-        );
-        assert!(
-            parse_flags(args(&["--frobnicate"]))
-                .expect_err("unknown")
-                .contains("frobnicate")
+            matches!(parse_flags(args(&["-h"])), Err(FlagsError::Help(h)) if h.contains("--import <FILE>"))
         );
     }
 }

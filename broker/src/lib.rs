@@ -1,5 +1,5 @@
-//! broker: the host-local daemon `predictived`, `predictivectl` and the allocation controller. See
-//! docs/BROKER-API.md and docs/ARCHITECTURE.md.
+//! broker: the host-local daemon `predictived` and the allocation controller (`predictivectl`, its CLI, is the
+//! `predictivectl` crate). See docs/BROKER-API.md and docs/ARCHITECTURE.md.
 //!
 //! The protocol and what the shim shares with the broker live in the `predictive-api` crate; they are re-exported
 //! here under their old paths ([`api`] is `predictive_api::wire`, and [`annotations`], [`client`], [`apply`],
@@ -8,7 +8,7 @@
 //! Modules: [`controller`] (pure allocation logic), [`convert`] (the predictor's values as wire types), [`config`]
 //! (the daemon's TOML), [`server`] (the daemon: socket, tick, recorder, retraining), [`cli`] (`predictived`'s
 //! flags), [`history`] (per-container usage and allocation over time, decision counters), [`metrics`] (the
-//! Prometheus endpoint), [`ctl`] (`predictivectl`), [`journal`] (the recorder's queue), [`transfer`] (run
+//! Prometheus endpoint), [`journal`] (the recorder's queue), [`transfer`] (run
 //! histories exported by one node and imported by another).
 
 pub use predictive_api::wire as api;
@@ -18,7 +18,6 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod convert;
-pub mod ctl;
 pub mod history;
 pub mod journal;
 pub mod metrics;

@@ -2,7 +2,7 @@
 //! (`predictivectl export`, from [`export_page`] over the socket) and merged into another broker's store
 //! (`predictived --import FILE`, `[import] files`, or a watched directory `[import] dir`).
 //!
-//! The file (format [`FORMAT`], version [`FILE_VERSION`]) is one JSON object:
+//! The file (format [`FORMAT`], version [`FILE_VERSION`], defined in `predictive_api::history_file`) is one JSON object:
 //! `{"format":"predictive-history","version":1,"node_id":"<16 hex>","exported_at_ms":..,"runs":[ExportedRun..]}`
 //! ([`crate::api::ExportedRun`]: identity, task type, what was known at start without the command, outcome, profile).
 //!
@@ -22,7 +22,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use predictor::{PortableRun, Predictor, Profile, RunMetadata, RunOutcome, RunSummary, TaskKey};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::api::{
     self, ErrorCode, ErrorReply, ExportCursor, ExportPage, ExportQuery, ExportedProfile,
@@ -30,10 +30,8 @@ use crate::api::{
 };
 use crate::validate::{self, MAX_BYTES, MAX_CORES, MAX_KEY, MAX_PATH};
 
-/// The `format` field of an export file.
-pub const FORMAT: &str = "predictive-history";
-/// The file version this build writes and reads.
-pub const FILE_VERSION: u64 = 1;
+pub use predictive_api::history_file::{FILE_VERSION, FORMAT, HistoryFile};
+
 /// Default bound on an import file's size, bytes.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 << 20;
 /// Most runs one file may hold.
@@ -44,7 +42,7 @@ pub const MAX_FUTURE_MS: u64 = 3_600_000;
 /// Longest run accepted, seconds (10 years).
 pub const MAX_DURATION_S: f64 = 10.0 * 365.0 * 86_400.0;
 
-/// Why an export or an import failed; each names the file.
+/// Why an import failed; each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
     /// The file could not be opened or read.
@@ -89,31 +87,6 @@ pub enum TransferError {
         #[source]
         source: predictor::PredictorError,
     },
-    /// Writing an export file failed.
-    #[error("writing {path}")]
-    Write {
-        /// The file.
-        path: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// An export file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HistoryFile {
-    /// [`FORMAT`].
-    pub format: String,
-    /// [`FILE_VERSION`].
-    pub version: u64,
-    /// The exporting broker's node id (16 hex digits).
-    pub node_id: String,
-    /// When it was written, ms since the epoch.
-    pub exported_at_ms: u64,
-    /// The runs.
-    pub runs: Vec<ExportedRun>,
 }
 
 /// What one import did.
@@ -477,32 +450,6 @@ pub fn import_file(
         "imported run history"
     );
     Ok(out)
-}
-
-/// Writes an export file atomically (temporary file in the same directory, fsync, rename), mode 0644.
-pub fn write_file(path: &Path, file: &HistoryFile) -> Result<(), TransferError> {
-    use std::io::Write;
-    let write_err = |source| TransferError::Write {
-        path: shown_path(path),
-        source,
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // A leading dot: a watched directory skips the file until it is complete.
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        serde_json::to_writer(&mut f, file).map_err(std::io::Error::other)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(write_err)
 }
 
 /// The watched import directory: every `*.json` file (not a dot-file, which is one being written) is imported

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use broker::api::{Register, Report};
+use broker::api::{HistoryQuery, Register, Report, Request, Response};
 use broker::client::Client;
 use broker::controller::SpecLimits;
 use predictor::{
@@ -187,8 +187,32 @@ fn sample(
     }
 }
 
-/// Registers `c1` (etl: warm) and `c2` (web: cold) and reports a few times, a tick apart, so the history has
-/// several points.
+/// Waits until the broker's history of `id` holds `n` points: its tick has observed `n` of the container's reports
+/// (a tick records a point when a report newer than the last one arrived).
+fn wait_points(c: &mut Client, id: &str, n: usize) {
+    let until = Instant::now() + WAIT;
+    loop {
+        let q = HistoryQuery {
+            container_id: Some(id.to_owned()),
+            ..HistoryQuery::default()
+        };
+        let points = match c.call(&Request::History(q)) {
+            Ok(Response::History(h)) => h.points.len(),
+            other => panic!("history of {id}: {other:?}"),
+        };
+        if points >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{id}: {points} history points after {WAIT:?}, want {n}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Registers `c1` (etl: warm) and `c2` (web: cold) and reports a few times, each observed by a tick before the next,
+/// so the history has a point per report.
 fn populate(d: &Daemon) {
     let mut c = Client::new(d.socket(), Duration::from_secs(5));
     let r1 = c.register(&register("c1", "etl")).expect("register c1");
@@ -214,17 +238,30 @@ fn populate(d: &Daemon) {
             })
             .expect("report");
         }
-        std::thread::sleep(Duration::from_millis(70));
+        // A point per report from the second on (usage is a rate between two samples).
+        for id in ["c1", "c2"] {
+            wait_points(&mut c, id, i as usize);
+        }
     }
 }
 
 fn ctl(d: &Daemon, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_predictivectl"))
-        .arg("--socket")
-        .arg(d.socket())
-        .args(args)
-        .output()
-        .expect("run predictivectl")
+    let mut all = vec!["--socket".to_owned(), d.socket().display().to_string()];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    predictivectl(all)
+}
+
+/// `predictivectl ARGS` through its library (a test of this package cannot name another package's binary; the
+/// binary is `predictivectl::cli` on the process's streams), as a process's output.
+fn predictivectl(args: Vec<String>) -> Output {
+    use std::os::unix::process::ExitStatusExt;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let code = predictivectl::cli(args, &mut stdout, &mut stderr);
+    Output {
+        status: std::process::ExitStatus::from_raw(i32::from(code) << 8),
+        stdout,
+        stderr,
+    }
 }
 
 fn ok(o: &Output) -> String {
@@ -274,8 +311,6 @@ fn check_svg(path: &Path, series: &[(&str, usize)]) {
 fn predictivectl_against_a_live_broker() {
     let (_dir, d) = start();
     populate(&d);
-    // Let the tick thread observe the last reports.
-    std::thread::sleep(Duration::from_millis(200));
 
     let table = ok(&ctl(&d, &["status"]));
     for needle in [
@@ -383,12 +418,13 @@ fn predictivectl_against_a_live_broker() {
     failed(
         &ctl(&d, &["--frobnicate", "status"]),
         2,
-        "unknown flag \"--frobnicate\"",
+        "unexpected argument '--frobnicate'",
     );
-    let o = Command::new(env!("CARGO_BIN_EXE_predictivectl"))
-        .args(["--socket", "/tmp/no-such-predictived.sock", "status"])
-        .output()
-        .expect("run");
+    let o = predictivectl(
+        ["--socket", "/tmp/no-such-predictived.sock", "status"]
+            .map(str::to_owned)
+            .to_vec(),
+    );
     failed(&o, 1, "no broker at /tmp/no-such-predictived.sock");
 }
 
@@ -406,7 +442,6 @@ fn scrape(path: &Path, request: &str) -> String {
 fn metrics_endpoint_serves_named_series() {
     let (_dir, d) = start();
     populate(&d);
-    std::thread::sleep(Duration::from_millis(200));
     let until = Instant::now() + WAIT;
     while !d.metrics().exists() {
         assert!(Instant::now() < until, "no metrics socket: {}", d.stderr());

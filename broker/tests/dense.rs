@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -381,12 +381,11 @@ fn a_20000_task_chain_registers_and_status_pages_through_it() {
         proc_status(d.pid(), "VmRSS:")
     );
     // predictivectl pages too.
-    let out = Command::new(env!("CARGO_BIN_EXE_predictivectl"))
-        .arg("--socket")
-        .arg(d.socket())
-        .arg("status")
-        .output()
-        .expect("predictivectl");
+    let out = predictivectl(vec![
+        "--socket".to_owned(),
+        d.socket().display().to_string(),
+        "status".to_owned(),
+    ]);
     assert!(
         out.status.success(),
         "predictivectl status at {N} tasks: {}",
@@ -603,5 +602,18 @@ fn kill_9_during_a_burst_of_finishes_loses_no_acknowledged_run_or_decision() {
             lost_decisions, 0,
             "acknowledged decisions lost after kill -9 in round {round}"
         );
+    }
+}
+
+/// `predictivectl ARGS` through its library (a test of this package cannot name another package's binary; the
+/// binary is `predictivectl::cli` on the process's streams), as a process's output.
+fn predictivectl(args: Vec<String>) -> Output {
+    use std::os::unix::process::ExitStatusExt;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let code = predictivectl::cli(args, &mut stdout, &mut stderr);
+    Output {
+        status: std::process::ExitStatus::from_raw(i32::from(code) << 8),
+        stdout,
+        stderr,
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use broker::api::{Finish, Register, Registered, Report};
@@ -249,12 +249,9 @@ fn without_refits_the_run_after_min_runs_runs_waits_for_the_retrain() {
 }
 
 fn ctl(node: &Node, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_predictivectl"))
-        .arg("--socket")
-        .arg(node.socket())
-        .args(args)
-        .output()
-        .expect("run predictivectl");
+    let mut all = vec!["--socket".to_owned(), node.socket().display().to_string()];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    let out = predictivectl(all);
     assert!(
         out.status.success(),
         "predictivectl {args:?}: {}",
@@ -400,4 +397,17 @@ fn a_bad_import_file_is_refused_naming_it_and_what_was_wrong() {
     });
     assert!(node.client().status().is_ok());
     assert_eq!(node.runs_seen("etl\u{1b}[2J"), 0);
+}
+
+/// `predictivectl ARGS` through its library (a test of this package cannot name another package's binary; the
+/// binary is `predictivectl::cli` on the process's streams), as a process's output.
+fn predictivectl(args: Vec<String>) -> Output {
+    use std::os::unix::process::ExitStatusExt;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let code = predictivectl::cli(args, &mut stdout, &mut stderr);
+    Output {
+        status: std::process::ExitStatus::from_raw(i32::from(code) << 8),
+        stdout,
+        stderr,
+    }
 }

@@ -218,7 +218,7 @@ fn deb_lists_its_files_and_installs_into_a_scratch_root() {
     let help = stdout(&run(
         Command::new(x.join("usr/bin/predictivectl")).arg("--help")
     ));
-    assert!(help.contains("usage: predictivectl"), "{help}");
+    assert!(help.contains("Usage: predictivectl"), "{help}");
     // conf.d gets the version-3 drop-in: containerd 2.x imports conf.d by default (1.6/1.7 do not, and their users
     // take the version-2 one from /usr/share/predictive/containerd).
     let dropin =

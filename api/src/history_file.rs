@@ -1,0 +1,82 @@
+//! The run-history export file: what `predictivectl export` writes and `predictived --import` (the broker's
+//! `transfer` module) reads — one JSON object,
+//! `{"format":"predictive-history","version":1,"node_id":"<16 hex>","exported_at_ms":..,"runs":[ExportedRun..]}`.
+//! The file's checks on import (sizes, ranges, task keys) live with the reader, in the broker.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::ExportedRun;
+
+/// The `format` field of an export file.
+pub const FORMAT: &str = "predictive-history";
+/// The file version this build writes and reads.
+pub const FILE_VERSION: u64 = 1;
+
+/// An export file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryFile {
+    /// [`FORMAT`].
+    pub format: String,
+    /// [`FILE_VERSION`].
+    pub version: u64,
+    /// The exporting broker's node id (16 hex digits).
+    pub node_id: String,
+    /// When it was written, ms since the epoch.
+    pub exported_at_ms: u64,
+    /// The runs.
+    pub runs: Vec<ExportedRun>,
+}
+
+/// Writes an export file atomically (temporary file in the same directory, fsync, rename), mode 0644 under the
+/// usual umask. The temporary file's name starts with a dot, so a watched import directory skips it until the
+/// rename.
+pub fn write_file(path: &Path, file: &HistoryFile) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        serde_json::to_writer(&mut f, file).map_err(std::io::Error::other)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_file_reads_back_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("h.json");
+        let file = HistoryFile {
+            format: FORMAT.to_owned(),
+            version: FILE_VERSION,
+            node_id: "00000000000000aa".to_owned(),
+            exported_at_ms: 1,
+            runs: Vec::new(),
+        };
+        write_file(&path, &file).expect("write");
+        let back: HistoryFile =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("parse");
+        assert_eq!(back, file);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("h.json")]);
+        assert!(write_file(&dir.path().join("no/such/dir/h.json"), &file).is_err());
+    }
+}
