@@ -2,6 +2,9 @@
 //! store is seeded with runs of one task type (so it has a model), two containers are registered and report
 //! through `broker::client::Client`, then the CLI's commands run as the real binary. Runs as root and non-root.
 
+mod common;
+use common::predictivectl;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -249,19 +252,6 @@ fn ctl(d: &Daemon, args: &[&str]) -> Output {
     let mut all = vec!["--socket".to_owned(), d.socket().display().to_string()];
     all.extend(args.iter().map(|a| (*a).to_owned()));
     predictivectl(all)
-}
-
-/// `predictivectl ARGS` through its library (a test of this package cannot name another package's binary; the
-/// binary is `predictivectl::cli` on the process's streams), as a process's output.
-fn predictivectl(args: Vec<String>) -> Output {
-    use std::os::unix::process::ExitStatusExt;
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    let code = predictivectl::cli(args, &mut stdout, &mut stderr);
-    Output {
-        status: std::process::ExitStatus::from_raw(i32::from(code) << 8),
-        stdout,
-        stderr,
-    }
 }
 
 fn ok(o: &Output) -> String {

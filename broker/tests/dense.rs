@@ -3,13 +3,16 @@
 //! and `kill -9` in the middle of a burst of finishes. Nothing here asserts a duration: the figures (fds, RSS,
 //! seconds) are printed for docs/BENCHMARKS.md; every wait is a poll with a generous bound.
 
+mod common;
+use common::predictivectl;
+
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -602,18 +605,5 @@ fn kill_9_during_a_burst_of_finishes_loses_no_acknowledged_run_or_decision() {
             lost_decisions, 0,
             "acknowledged decisions lost after kill -9 in round {round}"
         );
-    }
-}
-
-/// `predictivectl ARGS` through its library (a test of this package cannot name another package's binary; the
-/// binary is `predictivectl::cli` on the process's streams), as a process's output.
-fn predictivectl(args: Vec<String>) -> Output {
-    use std::os::unix::process::ExitStatusExt;
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    let code = predictivectl::cli(args, &mut stdout, &mut stderr);
-    Output {
-        status: std::process::ExitStatus::from_raw(i32::from(code) << 8),
-        stdout,
-        stderr,
     }
 }

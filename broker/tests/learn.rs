@@ -3,9 +3,12 @@
 //! one node predicts on another after `predictivectl export` / import (two brokers, two state dirs, two sockets),
 //! without counting a run twice. Every wait is a poll with a generous bound, never a fixed sleep.
 
+mod common;
+use common::predictivectl;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use broker::api::{Finish, Register, Registered, Report};
@@ -397,17 +400,4 @@ fn a_bad_import_file_is_refused_naming_it_and_what_was_wrong() {
     });
     assert!(node.client().status().is_ok());
     assert_eq!(node.runs_seen("etl\u{1b}[2J"), 0);
-}
-
-/// `predictivectl ARGS` through its library (a test of this package cannot name another package's binary; the
-/// binary is `predictivectl::cli` on the process's streams), as a process's output.
-fn predictivectl(args: Vec<String>) -> Output {
-    use std::os::unix::process::ExitStatusExt;
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    let code = predictivectl::cli(args, &mut stdout, &mut stderr);
-    Output {
-        status: std::process::ExitStatus::from_raw(i32::from(code) << 8),
-        stdout,
-        stderr,
-    }
 }
