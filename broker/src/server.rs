@@ -794,10 +794,13 @@ impl Broker {
             started_at_ms: now,
         };
         let mut ops = Vec::new();
+        // The block devices' schedulers (a few sysfs reads), only for a task with an I/O priority, and before the
+        // lock: every Register and Report waits on it.
+        let io_devices = (spec.priority != 0).then(io::host_devices);
         let (allocation, directives, records) = {
             let mut st = self.lock();
             st.admits(&r.container_id, spec.pipeline.as_deref(), now)?;
-            io::refresh(&mut st.controller, spec.priority);
+            st.controller.refresh_io_devices(io_devices);
             let (allocation, directives) = match r.adopt {
                 Some(current) => {
                     tracing::info!(container = %r.container_id, ?current, "registered again while running: allocation adopted");

@@ -26,13 +26,6 @@ pub fn host_devices() -> Vec<IoDevice> {
     ))
 }
 
-/// Gives the controller [`host_devices`] before a Register of a task of `priority` (none at 0). Under the broker's
-/// lock: a few small sysfs files per device, read per Register because an operator can switch schedulers under a
-/// running broker.
-pub fn refresh(controller: &mut super::Controller, priority: i32) {
-    controller.refresh_io_devices((priority != 0).then(host_devices));
-}
-
 /// `runtime-hooks`' detection as the wire's status type.
 pub fn devices_from(found: &[runtime_hooks::io::DeviceIo]) -> Vec<IoDevice> {
     found

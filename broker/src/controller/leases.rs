@@ -112,18 +112,9 @@ impl Controller {
 
     /// Ends leases of the host's free CPU, newest first, while the tasks hold more CPU than the host can grant:
     /// a task that registers takes its place in CPU that was only lent, at once, never waiting for a tick or for
-    /// the borrower to release it. Leases from a lender move CPU between tasks and are left alone.
-    pub(super) fn reclaim_host_leases(
-        &mut self,
-        newcomer: &str,
-        reasons: &mut Reasons,
-        out: &mut Vec<Directive>,
-    ) {
-        let grantable = self.grantable_cpu();
-        let mut allocated: f64 = self.live().filter_map(|(_, t)| t.cpu).sum();
-        if allocated <= grantable + EPS {
-            return;
-        }
+    /// the borrower to release it. Leases from a lender move CPU between tasks and are left alone. With no such
+    /// lease (the common Register) it costs one pass over the leases, not over the tasks.
+    pub(super) fn reclaim_host_leases(&mut self, newcomer: &str, out: &mut Vec<Directive>) {
         let ids: Vec<(u64, f64)> = self
             .leases
             .values()
@@ -131,14 +122,24 @@ impl Controller {
             .filter(|h| h.lender.is_none() && h.lease.holder != newcomer)
             .map(|h| (h.lease.id, h.lease.amount))
             .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let grantable = self.grantable_cpu();
+        let mut allocated: f64 = self.live().filter_map(|(_, t)| t.cpu).sum();
+        if allocated <= grantable + EPS {
+            return;
+        }
+        let mut reasons: Reasons = vec![None; self.slots.len()];
         let why = format!("{newcomer} registered and the host's CPU was lent");
         for (id, amount) in ids {
             if allocated <= grantable + EPS {
                 break;
             }
-            self.end_lease(id, &why, reasons, out);
+            self.end_lease(id, &why, &mut reasons, out);
             allocated -= amount;
         }
+        out.extend(self.cpu_directives(reasons, None));
     }
 
     pub(super) fn expire_and_renew(

@@ -718,9 +718,7 @@ impl Controller {
         let pipeline = task.spec.pipeline.clone();
         let id = task.spec.container_id.clone();
         self.insert(task);
-        let mut reasons: Reasons = vec![None; self.slots.len()];
-        self.reclaim_host_leases(&id, &mut reasons, &mut out);
-        out.extend(self.cpu_directives(reasons, None));
+        self.reclaim_host_leases(&id, &mut out);
         self.update_critical_path(now_ms, pipeline.as_deref());
         (alloc, out)
     }
