@@ -21,7 +21,7 @@ RELEASE := target/release
 # Our cargo runs use the normal target/ dir, whatever a developer's shell exports.
 unexport CARGO_TARGET_DIR
 
-.PHONY: all deps build test test-runc e2e unit demo bench bench-density install uninstall deb clean-e2e
+.PHONY: all deps build lint test test-runc e2e unit demo bench bench-density install uninstall deb clean-e2e
 
 all: build
 
@@ -33,6 +33,10 @@ deps:
 build: deps
 	$(CARGO) build --release --workspace
 	CARGO=$(CARGO) scripts/build-shim.sh
+
+# rustfmt, clippy -D warnings and the shape checks: the first step of `make test`, seconds on a built tree.
+lint:
+	scripts/lint.sh
 
 # Unit/root tests of every crate, then the e2e suite once per containerd version; prints "N passed, N failed".
 test: deps build

@@ -44,22 +44,11 @@ count() { # name log rc
     summary+=("$name: $p passed, $f failed ($(grep -oE '\[ *[0-9.]+s\]' <<<"$line" | tr -d '[] '))")
 }
 
-# Shape checks: a production function over 120 lines, or a cycle between one crate's top-level modules.
-shape_checks() {
-    local rc=0 crate
-    python3 scripts/fn-length.py api/src shim/src runtime-hooks/src predictor/src broker/src ctl/src testkit/src || rc=1
-    for crate in api broker ctl predictor shim runtime-hooks testkit tests; do
-        echo "--- module cycles: $crate/src"
-        python3 scripts/module-cycles.py "$crate/src" || rc=1
-    done
-    return $rc
-}
-
-# Guard rails: unformatted code, a clippy warning or a failed shape check fails the run like a failing test (one
-# entry in the count).
+# Guard rails (scripts/lint.sh): unformatted code, a clippy warning or a failed shape check fails the run like a
+# failing test (one entry in the count).
 echo "=== lint: rustfmt --check, clippy -D warnings (all targets), function length, module cycles ==="
 log=$logdir/lint.log
-{ cargo fmt --all --check && cargo clippy --workspace --all-targets --release -- -D warnings && shape_checks; } 2>&1 | tee "$log"
+scripts/lint.sh 2>&1 | tee "$log"
 if [ "${PIPESTATUS[0]}" = 0 ]; then
     passed=$((passed + 1)); summary+=("lint: rustfmt, clippy and the shape checks clean")
 else

@@ -725,19 +725,7 @@ impl Broker {
     }
 
     fn register(&self, r: Register) -> Result<Registered, ErrorReply> {
-        if r.annotations
-            .get(predictor::CRI_CONTAINER_TYPE_ANNOTATION)
-            .is_some_and(|t| t == "sandbox")
-        {
-            return Err(ErrorReply::new(
-                ErrorCode::InvalidRequest,
-                format!(
-                    "container {:?} is a pod sandbox ({}=sandbox): a sandbox is never predicted or enforced",
-                    r.container_id,
-                    predictor::CRI_CONTAINER_TYPE_ANNOTATION
-                ),
-            ));
-        }
+        reject_sandbox(&r)?;
         let mut ann = Annotations::parse(&r.annotations)
             .map_err(|e| ErrorReply::new(ErrorCode::InvalidAnnotation, e.to_string()))?;
         let parents = ancestors(&r.parents)?;
@@ -748,19 +736,7 @@ impl Broker {
             .collect();
         let key = TaskKey::derive(&annotations, &r.image, &r.command);
         if ann.mode == Mode::Off {
-            return Ok(Registered {
-                task_key: key.to_string(),
-                mode: Mode::Off,
-                cold_start: true,
-                allocation: Allocation {
-                    cpu_cores: r.limits.cpu_limit_cores,
-                    memory_bytes: r.limits.memory_limit_bytes,
-                    memory_max_bytes: r.limits.memory_limit_bytes,
-                },
-                directives: Vec::new(),
-                prediction: None,
-                heartbeat_ms: None,
-            });
+            return Ok(unmanaged(&r, &key));
         }
         let now = now_ms();
         let host = self.lock().controller.host();
@@ -1863,6 +1839,41 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
     tracing::info!(signal = ?sig, "stopping");
     daemon.shutdown();
     Ok(())
+}
+
+/// A pod sandbox (CRI's pause container) is never predicted or enforced: its Register is refused by name.
+fn reject_sandbox(r: &Register) -> Result<(), ErrorReply> {
+    if r.annotations
+        .get(predictor::CRI_CONTAINER_TYPE_ANNOTATION)
+        .is_some_and(|t| t == "sandbox")
+    {
+        return Err(ErrorReply::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "container {:?} is a pod sandbox ({}=sandbox): a sandbox is never predicted or enforced",
+                r.container_id,
+                predictor::CRI_CONTAINER_TYPE_ANNOTATION
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The answer for a task whose mode is `off`: its spec limits, untouched, and nothing recorded.
+fn unmanaged(r: &Register, key: &TaskKey) -> Registered {
+    Registered {
+        task_key: key.to_string(),
+        mode: Mode::Off,
+        cold_start: true,
+        allocation: Allocation {
+            cpu_cores: r.limits.cpu_limit_cores,
+            memory_bytes: r.limits.memory_limit_bytes,
+            memory_max_bytes: r.limits.memory_limit_bytes,
+        },
+        directives: Vec::new(),
+        prediction: None,
+        heartbeat_ms: None,
+    }
 }
 
 #[cfg(test)]
