@@ -693,13 +693,20 @@ pub fn train_task_scored(
         let xs: Vec<[f64; N_FEATURES]> = keep.iter().map(|&i| x[i]).collect();
         let ys: Vec<f64> = keep.iter().map(|&i| y[i]).collect();
         let slot = Resource::ALL.iter().position(|&r| r == res).unwrap_or(0);
-        let (m, s) = train_target(
+        let (mut m, s) = train_target(
             &xs,
             &ys,
             cfg,
             cfg.limit_quantile[slot],
             res == Resource::Memory,
         );
+        if res == Resource::Cpu {
+            let window = &y[y.len().saturating_sub(cfg.calibration_window.max(1))..];
+            let idle = window.iter().filter(|v| **v <= 0.0).count();
+            if idle_reaches_lower_bound(idle, window.len() - idle, cfg.level) {
+                m.calibration.lower = 0.0;
+            }
+        }
         scores[slot] = s;
         m
     };
@@ -715,6 +722,21 @@ pub fn train_task_scored(
         shape: mean_shape(recent, &weights),
     };
     Some((model, scores))
+}
+
+/// Whether `idle` runs at no CPU, beside `scored` measured ones in the calibration window, reach the central
+/// interval's lower conformal rank (`ceil((n+1)(1-level)/2)` of `n = idle + scored` ratios, the idle ones being the
+/// smallest, 0): then the interval starts at 0. Training leaves those runs out (0 can mean "not measured", and a
+/// zero would size the next run at nothing), but a type that often idles (a VM through a quiet day) has runs at 0
+/// that its interval must cover; the point and the upper bounds still come from the measured runs.
+fn idle_reaches_lower_bound(idle: usize, scored: usize, level: f64) -> bool {
+    if idle == 0 {
+        return false;
+    }
+    let n = (idle + scored) as f64;
+    let alpha = (1.0 - level).clamp(0.0, 1.0);
+    let rank = ((n + 1.0) * alpha / 2.0 - 1e-9).ceil().max(1.0) as usize;
+    idle >= rank
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -1605,5 +1627,41 @@ mod tests {
                 res.name()
             );
         }
+    }
+    /// A type that idles in one run of 8 (a VM through a quiet day: no CPU at all) gets a CPU interval from 0, so
+    /// its idle runs are covered; the point and the upper bound still come from the busy runs. A type that never
+    /// idles keeps a lower bound above 0.
+    #[test]
+    fn a_type_that_often_idles_has_a_cpu_interval_from_zero() {
+        let with_cpu = |i: u64, cpu: f64| {
+            let mut r = run(i, 0, 1e8, None);
+            r.outcome.cpu_p95_cores = cpu;
+            r
+        };
+        let busy = |i: u64| 1.0 + 0.2 * wobble(i);
+        let idling: Vec<_> = (0..80)
+            .map(|i| with_cpu(i, if i % 8 == 3 { 0.0 } else { busy(i) }))
+            .collect();
+        let steady: Vec<_> = (0..80).map(|i| with_cpu(i, busy(i))).collect();
+        let cfg = TrainConfig::default();
+        let estimate = |runs: &[RunSummary]| {
+            let m = train_task(runs, 0, &cfg).expect("enough runs");
+            let r = &runs[runs.len() - 1];
+            m.predict(
+                &TaskKey::new("t"),
+                &RunFeatures::from_metadata(&r.meta, r.started_at_ms),
+                1,
+            )
+            .cpu_cores
+        };
+        let (idle, steady) = (estimate(&idling), estimate(&steady));
+        assert_eq!(idle.lower, 0.0, "{idle:?}");
+        assert!(steady.lower > 0.5, "{steady:?}");
+        assert!(idle.point > 0.8 && idle.upper > 1.0, "{idle:?}");
+        // One idle run in 80 is below the 5% tail: the interval does not reach 0 for it.
+        let rare: Vec<_> = (0..80)
+            .map(|i| with_cpu(i, if i == 40 { 0.0 } else { busy(i) }))
+            .collect();
+        assert!(estimate(&rare).lower > 0.5);
     }
 }
