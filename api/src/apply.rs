@@ -56,6 +56,7 @@ pub fn apply(d: &Directive, cg: &ContainerCgroup) -> Result<bool, ActuateError> 
             let done = cg.set_io_priority(*weight, prio)?;
             return Ok(done.weight_written || done.threads.set > 0);
         }
+        Action::SetCpuWeight { shares } => cg.set_cpu_shares(*shares)?,
         Action::Freeze => cg.freeze()?,
         Action::Thaw => cg.thaw()?,
         Action::LeaseGranted { .. } | Action::LeaseRevoked { .. } | Action::Hold { .. } => {
@@ -176,6 +177,20 @@ mod tests {
         // No weight file and no ioprio (an older broker on a v1 host without bfq): nothing written, no error.
         std::fs::remove_file(dir.path().join("io.weight")).expect("rm");
         assert!(!apply(&directive(io(None), true), &cg).expect("no weight file"));
+    }
+
+    #[test]
+    fn cpu_weight_is_written_as_v2_weight_and_out_of_range_shares_are_refused() {
+        let (dir, cg) = fake_v2();
+        std::fs::write(dir.path().join("cpu.weight"), "100\n").expect("fixture");
+        let w = |shares| directive(Action::SetCpuWeight { shares }, true);
+        assert!(apply(&w(4096), &cg).expect("weight"));
+        assert_eq!(
+            read(&dir, "cpu.weight"),
+            runtime_hooks::actuate::shares_to_weight(4096).to_string()
+        );
+        let e = apply(&w(1), &cg).expect_err("1 share");
+        assert!(crate::error_chain(&e).contains("cpu shares"), "{e}");
     }
 
     #[test]

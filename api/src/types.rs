@@ -162,6 +162,12 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ioprio: Option<IoPrio>,
     },
+    /// CPU weight, in OCI shares (2..=262144; v1 `cpu.shares`, v2 `cpu.weight` after conversion): how the kernel
+    /// splits CPU between this container and its siblings under the same parent cgroup when both want more.
+    SetCpuWeight {
+        /// Shares.
+        shares: u64,
+    },
     /// Nothing changes, for the record (e.g. no room to grow).
     Hold {
         /// Which resource.

@@ -340,7 +340,11 @@ fn flags(
     };
     ann("io.predictive.mode", policy.mode().to_owned());
     ann("io.predictive.task-type", def.task_type.to_owned());
-    ann("io.predictive.pipeline", pipeline.to_owned());
+    // The server is no stage of the batch pipeline (nothing depends on it, it depends on nothing, it runs until the
+    // pipeline is done): it is not a member, or its whole-pipeline lifetime would always be the critical path.
+    if !def.server {
+        ann("io.predictive.pipeline", pipeline.to_owned());
+    }
     ann("io.predictive.priority", def.priority.to_string());
     if !def.deps.is_empty() {
         let deps: Vec<&str> = def.deps.iter().map(|d| ids[d].as_str()).collect();

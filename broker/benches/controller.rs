@@ -36,6 +36,7 @@ fn controller(n: usize) -> Controller {
                 pipeline: Some(format!("p{}", i / 10)),
                 max_borrow_cpu: None,
                 allow_below_request: false,
+                cpu_shares: None,
                 limits: SpecLimits {
                     cpu_limit_cores: Some(1.0),
                     memory_limit_bytes: Some(2 << 30),

@@ -474,6 +474,7 @@ impl<'a> Sim<'a> {
             pipeline: Some(format!("p{}", t.pipeline)),
             max_borrow_cpu: None,
             allow_below_request: false,
+            cpu_shares: None,
             limits: SpecLimits {
                 cpu_limit_cores: Some(user.cpu),
                 memory_limit_bytes: Some((user.mem as f64 * self.bump(i)) as u64),

@@ -273,6 +273,12 @@ impl Config {
         if cfg.store_cache_bytes < 1 << 20 {
             return Err(bad("key `store_cache_bytes` must be at least 1048576"));
         }
+        let w = cfg.controller.critical_path_cpu_weight;
+        if !(1.0..=256.0).contains(&w) {
+            return Err(bad(
+                "key `controller.critical_path_cpu_weight` must be a number in 1..=256 (1: never)",
+            ));
+        }
         if !(-1000..=1000).contains(&cfg.policy.max_priority) {
             return Err(bad("key `policy.max_priority` must be in -1000..=1000"));
         }
@@ -379,6 +385,10 @@ mod tests {
             ("cgroup = \"v3\"", "v3"),
             ("[retrain]\nnew_runs = -1", "new_runs"),
             ("[policy]\nmax_priority = 5000", "max_priority"),
+            (
+                "[controller]\ncritical_path_cpu_weight = 0.5",
+                "critical_path_cpu_weight",
+            ),
             ("[policy]\nmax_borrow_cpu = -1.0", "max_borrow_cpu"),
             ("[policy]\nmax_prio = 1", "max_prio"),
             ("[retrain]\nrefit_growth = -0.5", "refit_growth"),

@@ -504,6 +504,10 @@ fn decision(d: &Directive, r: &Running, at_ms: u64, initial: Option<bool>) -> pr
             tracing::info!(container = %d.container_id, reason = %d.reason, "disk I/O priority");
             ("io", D::Raise, Some(f64::from(*weight)))
         }
+        Action::SetCpuWeight { shares } => {
+            let v = Some(*shares as f64);
+            ("cpu-weight", grew(v), v)
+        }
         Action::Freeze => ("freezer", D::Lower, Some(1.0)),
         Action::Thaw => ("freezer", D::Raise, Some(0.0)),
         Action::LeaseGranted { lease } => ("cpu-lease", D::Raise, Some(lease.amount)),
@@ -765,6 +769,7 @@ impl Broker {
             max_borrow_cpu: ann.max_borrow_cpu,
             allow_below_request: ann.allow_below_request,
             limits: r.limits,
+            cpu_shares: own_cpu_shares(&r),
             parents,
             prediction: (!cold).then(|| prediction.clone()),
             started_at_ms: now,
@@ -1857,6 +1862,22 @@ fn reject_sandbox(r: &Register) -> Result<(), ErrorReply> {
         ));
     }
     Ok(())
+}
+
+/// The CPU weight a task started with, when it is the broker's to raise: the spec's request x 1024 (what
+/// `--cpu-shares` wrote), or the kernel's default 1024. `None` for a container of a Kubernetes pod: kubelet sets its
+/// pod's and containers' weights from their requests (2 for a BestEffort pod), and those stand.
+fn own_cpu_shares(r: &Register) -> Option<u64> {
+    if r.annotations
+        .contains_key(predictor::CRI_CONTAINER_TYPE_ANNOTATION)
+    {
+        return None;
+    }
+    Some(
+        r.limits
+            .cpu_request_cores
+            .map_or(1024, |c| (c * 1024.0).round().clamp(2.0, 262_144.0) as u64),
+    )
 }
 
 /// The answer for a task whose mode is `off`: its spec limits, untouched, and nothing recorded.

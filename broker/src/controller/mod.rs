@@ -125,6 +125,11 @@ pub struct ControllerConfig {
     /// grown for this long gets its allocation lifted to its ceiling (the user's limit, or none) with the kernel's
     /// OOM policy back on: it never waits on the broker indefinitely (default 10 s).
     pub memory_stall_ms: u64,
+    /// A task on its pipeline's critical path (the chain of live members with the longest predicted remaining
+    /// duration) gets its CPU weight (shares) multiplied by this while it is on it, so it wins the CPU its siblings
+    /// under the same parent cgroup also want; 1 = never (default 4). Only where the weight is the broker's (not
+    /// in a Kubernetes pod), never lowered below the spec's.
+    pub critical_path_cpu_weight: f64,
 }
 
 impl Default for ControllerConfig {
@@ -154,6 +159,7 @@ impl Default for ControllerConfig {
             thaw_below: 0.85,
             quota_unlimited_cpu: false,
             memory_stall_ms: 10_000,
+            critical_path_cpu_weight: 4.0,
         }
     }
 }
@@ -199,6 +205,10 @@ pub struct TaskSpec {
     pub allow_below_request: bool,
     /// The spec's limits and requests.
     pub limits: SpecLimits,
+    /// The CPU weight (OCI shares) the container started with, when the broker may raise it while the task is on
+    /// its pipeline's critical path; `None` when the weight is not the broker's (a Kubernetes container: kubelet's
+    /// pod and container weights stand).
+    pub cpu_shares: Option<u64>,
     /// Limited cgroups above the task, nearest first.
     pub parents: Vec<Ancestor>,
     /// The prediction (`None` or cold: the spec's limits stand).
@@ -223,6 +233,8 @@ struct Task {
     /// Since when the task has waited on memory with no room to grow.
     stalled_since_ms: Option<u64>,
     critical: bool,
+    /// Its CPU weight is raised for the critical path (`critical_path_cpu_weight`).
+    weight_raised: bool,
     /// Its owner is stopping it: never paused again.
     stopping: bool,
 }
@@ -241,6 +253,7 @@ impl Task {
             holding_memory: false,
             stalled_since_ms: None,
             critical: false,
+            weight_raised: false,
             stopping: false,
             spec,
         }
@@ -574,6 +587,7 @@ impl Controller {
         out.extend(self.io_directive(task));
         let pipeline = task.spec.pipeline.clone();
         self.update_critical_path(now_ms, pipeline.as_deref());
+        self.weight_directives(pipeline.as_deref(), &mut out);
         out
     }
 
@@ -720,6 +734,7 @@ impl Controller {
         self.insert(task);
         self.reclaim_host_leases(&id, &mut out);
         self.update_critical_path(now_ms, pipeline.as_deref());
+        self.weight_directives(pipeline.as_deref(), &mut out);
         (alloc, out)
     }
 
@@ -817,6 +832,9 @@ impl Controller {
         }
         out.extend(self.cpu_directives(reasons, None));
         self.update_critical_path(now_ms, pipeline.as_deref());
+        if pipeline.is_some() {
+            self.weight_directives(pipeline.as_deref(), &mut out);
+        }
         out
     }
 
@@ -879,6 +897,7 @@ impl Controller {
         self.release(&mut reasons, &mut out);
         self.borrow_cpu(now_ms, &took_back, &mut reasons, &mut out);
         out.extend(self.cpu_directives(reasons, Some(&before)));
+        self.weight_directives(None, &mut out);
         self.memory(now_ms, &mut out);
         out
     }

@@ -178,4 +178,59 @@ impl Controller {
             }
         }
     }
+
+    /// `set_cpu_weight` for every member of pipeline `only` (every pipeline: `None`) whose place on the critical
+    /// path changed since its weight was last set: its spec's shares x `critical_path_cpu_weight` on the path, its
+    /// spec's shares off it. Tasks whose weight is not the broker's (`cpu_shares` of `None`) are left alone.
+    pub(super) fn weight_directives(&mut self, only: Option<&str>, out: &mut Vec<Directive>) {
+        let factor = self.cfg.critical_path_cpu_weight;
+        if !(factor > 1.0) {
+            return;
+        }
+        let keys: Vec<Key> = match only {
+            Some(p) => self
+                .pipelines
+                .get(p)
+                .map(|g| g.members.clone())
+                .unwrap_or_default(),
+            None => self
+                .pipelines
+                .values()
+                .flat_map(|g| g.members.iter().copied())
+                .collect(),
+        };
+        for k in keys {
+            let Some(t) = self.slots[k].as_mut() else {
+                continue;
+            };
+            let Some(base) = t.spec.cpu_shares else {
+                continue;
+            };
+            if t.critical == t.weight_raised {
+                continue;
+            }
+            let raised = ((base as f64 * factor).round() as u64).clamp(base, 262_144);
+            let (shares, old, reason) = if t.critical {
+                (
+                    raised,
+                    base,
+                    format!("on its pipeline's critical path: {factor}x its {base} shares"),
+                )
+            } else {
+                (
+                    base,
+                    raised,
+                    "off its pipeline's critical path: its spec's shares".to_owned(),
+                )
+            };
+            t.weight_raised = t.critical;
+            out.push(Directive {
+                container_id: t.spec.container_id.clone(),
+                action: Action::SetCpuWeight { shares },
+                reason,
+                applied: t.enforce(),
+                old_value: Some(old as f64),
+            });
+        }
+    }
 }

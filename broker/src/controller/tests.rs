@@ -56,6 +56,7 @@ fn spec(id: &str, cpu: Option<f64>, mem: Option<u64>) -> TaskSpec {
         pipeline: None,
         max_borrow_cpu: None,
         allow_below_request: false,
+        cpu_shares: None,
         limits: SpecLimits {
             cpu_limit_cores: cpu,
             memory_limit_bytes: mem,
@@ -1473,4 +1474,61 @@ fn adopting_a_prioritised_task_sends_its_io_weight_and_no_limit() {
         c.adopt(spec("plain", Some(1.0), Some(GIB)), current, 1_000)
             .is_empty()
     );
+}
+
+/// The critical path's CPU weight: raised by `critical_path_cpu_weight` while a task is on the path, back to the
+/// spec's shares when it leaves it; never for a task whose weight is kubelet's (`cpu_shares` of `None`).
+#[test]
+fn the_critical_path_gets_a_larger_cpu_weight_and_gives_it_back() {
+    let mut c = Controller::new(cfg(), host(8.0, 8 * GIB));
+    let weights = |out: &[Directive]| -> Vec<(String, u64)> {
+        let mut w: Vec<(String, u64)> = out
+            .iter()
+            .filter_map(|d| match d.action {
+                Action::SetCpuWeight { shares } => Some((d.container_id.clone(), shares)),
+                _ => None,
+            })
+            .collect();
+        w.sort();
+        w
+    };
+    let task = |id: &str, deps: &[&str], shares: Option<u64>| {
+        let mut s = spec(id, Some(1.0), Some(GIB));
+        s.pipeline = Some("p".to_owned());
+        s.depends_on = deps.iter().map(|d| (*d).to_owned()).collect();
+        s.cpu_shares = shares;
+        s
+    };
+    // One member: no path yet, nothing written.
+    assert!(weights(&c.register(task("a", &[], Some(1024)), 0).1).is_empty());
+    // a -> b is the path: both raised, 4x their spec's shares (b asked for 512).
+    let (_, out) = c.register(task("b", &["a"], Some(512)), 0);
+    assert_eq!(weights(&out), vec![("a".into(), 4096), ("b".into(), 2048)]);
+    // A side task: not on the path, not written; a pod's container on the path: never written.
+    assert!(weights(&c.register(task("lint", &[], Some(1024)), 0).1).is_empty());
+    // lint -> x -> y becomes the longer chain (x is a pod's container): a and b go back to their spec's shares.
+    assert!(weights(&c.register(task("x", &["lint"], None), 0).1).is_empty());
+    let (_, out) = c.register(task("y", &["x"], Some(1024)), 0);
+    assert_eq!(
+        weights(&out),
+        vec![
+            ("a".into(), 1024),
+            ("b".into(), 512),
+            ("lint".into(), 4096),
+            ("y".into(), 4096)
+        ]
+    );
+    assert!(c.by_id("x").critical && !c.by_id("x").weight_raised);
+    // Nothing changed: a tick writes nothing.
+    assert!(weights(&c.tick(1_000)).is_empty());
+    // Off (1): never written.
+    let mut off = Controller::new(
+        ControllerConfig {
+            critical_path_cpu_weight: 1.0,
+            ..cfg()
+        },
+        host(8.0, 8 * GIB),
+    );
+    off.register(task("a", &[], Some(1024)), 0);
+    assert!(weights(&off.register(task("b", &["a"], Some(1024)), 0).1).is_empty());
 }
