@@ -16,6 +16,7 @@
 //!
 //! Env: PREDICTIVE_BENCH_RUNS (default 30), PREDICTIVE_BENCH_IDLE (containers per runtime for the CPU
 //! figure, default 100; 0 skips it), PREDICTIVE_BENCH_IDLE_SECS (window, default 30),
+//! PREDICTIVE_BENCH_MEM_SECS (how long after start the memory is read, default 2),
 //! PREDICTIVE_E2E_CONTAINERD (default 1.6), PREDICTIVE_E2E_SHIM_DIR (default target/release).
 
 use std::time::Duration;
@@ -104,7 +105,10 @@ fn measure_memory(c: &Containerd, runtime: &str) -> Result<Mem, String> {
         .filter(|p| !before.contains(p))
         .collect();
     // Let the shim settle (lazy allocations after start) before reading.
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(env_or(
+        "PREDICTIVE_BENCH_MEM_SECS",
+        2u64,
+    )));
     let mem = shim
         .ok_or_else(|| "no single new shim process found".to_string())
         .and_then(|pid| {
@@ -439,7 +443,8 @@ fn main() {
         print_idle_cpu(cpu);
     }
     println!(
-        "command: make bench   (PREDICTIVE_BENCH_RUNS={runs}, PREDICTIVE_BENCH_IDLE={idle}, PREDICTIVE_BENCH_IDLE_SECS={idle_secs}, containerd {})",
+        "command: make bench   (PREDICTIVE_BENCH_RUNS={runs}, PREDICTIVE_BENCH_IDLE={idle}, PREDICTIVE_BENCH_IDLE_SECS={idle_secs}, PREDICTIVE_BENCH_MEM_SECS={}, containerd {})",
+        env_or("PREDICTIVE_BENCH_MEM_SECS", 2u64),
         settings.containerd
     );
 }

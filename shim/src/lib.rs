@@ -7,6 +7,7 @@ pub mod container;
 pub mod cwd;
 pub mod error;
 pub mod events;
+pub mod footprint;
 pub mod freeze;
 pub mod io;
 pub mod logging;

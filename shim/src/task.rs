@@ -66,6 +66,8 @@ pub struct Shared {
     deleting: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
     /// containerd asked the shim to shut down: it exits as soon as it is idle.
     shut_down: AtomicBool,
+    /// Drops the code pages a start or delete ran once the shim is quiet again.
+    trimmer: crate::footprint::Trimmer,
 }
 
 impl Shared {
@@ -119,6 +121,7 @@ impl TaskService {
                 pending: AtomicUsize::new(0),
                 deleting: Mutex::new(HashMap::new()),
                 shut_down: AtomicBool::new(false),
+                trimmer: Default::default(),
             }),
         }
     }
@@ -1143,12 +1146,16 @@ impl Task for TaskService {
 
     async fn start(&self, _: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
         let id = req.id.clone();
-        log_result("start", &id, self.do_start(req).await)
+        let result = self.do_start(req).await;
+        self.shared.trimmer.touched();
+        log_result("start", &id, result)
     }
 
     async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
         let id = req.id.clone();
-        log_result("delete", &id, self.do_delete(req).await)
+        let result = self.do_delete(req).await;
+        self.shared.trimmer.touched();
+        log_result("delete", &id, result)
     }
 
     async fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {

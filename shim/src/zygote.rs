@@ -272,6 +272,8 @@ fn serve(sock: OwnedFd, work: fn(Request, Stdio) -> Reply) -> ! {
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     let mut workers: Vec<Pid> = Vec::new();
     let mut buf = vec![0u8; MAX_REQUEST];
+    // Whether the code pages were dropped since the last request.
+    let mut trimmed = false;
     loop {
         workers.retain(|pid| {
             matches!(
@@ -279,6 +281,12 @@ fn serve(sock: OwnedFd, work: fn(Request, Stdio) -> Reply) -> ! {
                 Ok(WaitStatus::StillAlive)
             )
         });
+        // Idle (no worker left, the last request at least a poll round ago): the code this process ran stays
+        // mapped for nothing until the next request, which faults back in the little it runs (footprint.rs).
+        if workers.is_empty() && !trimmed {
+            crate::footprint::drop_code_pages();
+            trimmed = true;
+        }
         let mut fds = [nix::poll::PollFd::new(
             sock.as_fd(),
             nix::poll::PollFlags::POLLIN,
@@ -301,6 +309,7 @@ fn serve(sock: OwnedFd, work: fn(Request, Stdio) -> Reply) -> ! {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => exit_now(1),
         };
+        trimmed = false;
         let mut received = received.into_iter();
         let Some(reply_fd) = received.next() else {
             continue;
