@@ -16,7 +16,8 @@
 //!
 //! Env: PREDICTIVE_SUITE_QUICK=1 (3 measured rounds, durations and inputs x0.5), PREDICTIVE_SUITE_HISTORY (3),
 //! PREDICTIVE_SUITE_ROUNDS (2), PREDICTIVE_SUITE_SCALE (1.0; x0.5 quick), PREDICTIVE_SUITE_CPUS (2.0),
-//! PREDICTIVE_SUITE_MEMORY_MIB (1536), plus the harness's PREDICTIVE_E2E_CONTAINERD / PREDICTIVE_E2E_SHIM_DIR.
+//! PREDICTIVE_SUITE_MEMORY_MIB (1536), PREDICTIVE_SUITE_CRITICAL_WEIGHT (the broker's critical-path CPU weight;
+//! 1, the default, is off), plus the harness's PREDICTIVE_E2E_CONTAINERD / PREDICTIVE_E2E_SHIM_DIR.
 
 #[path = "suite/metrics.rs"]
 mod metrics;
@@ -210,8 +211,12 @@ fn main() {
     // The broker's pool is the runner's capacity: no reserve, a short tick, a model after 3 runs.
     let toml = format!(
         "tick_ms = 500\nretrain_check_ms = 200\nhost_cpu_cores = {:.2}\nhost_memory_bytes = {}\n\
-         [controller]\nhost_reserve_cpu = 0.0\nhost_reserve_memory_bytes = 0\n[retrain]\nnew_runs = 1\nmin_runs = 3\n",
-        cap.cpu, cap.mem
+         [controller]\nhost_reserve_cpu = 0.0\nhost_reserve_memory_bytes = 0\ncritical_path_cpu_weight = {}\n\
+         [retrain]\nnew_runs = 1\nmin_runs = 3\n",
+        cap.cpu,
+        cap.mem,
+        // An A/B of the critical path's CPU weight (1 = off); the broker's default otherwise.
+        env_or::<f64>("PREDICTIVE_SUITE_CRITICAL_WEIGHT", 1.0)
     );
     let Some(c) = Containerd::start_with_broker("suite", &toml) else {
         return;

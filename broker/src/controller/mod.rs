@@ -127,8 +127,8 @@ pub struct ControllerConfig {
     pub memory_stall_ms: u64,
     /// A task on its pipeline's critical path (the chain of live members with the longest predicted remaining
     /// duration) gets its CPU weight (shares) multiplied by this while it is on it, so it wins the CPU its siblings
-    /// under the same parent cgroup also want; 1 = never (default 4). Only where the weight is the broker's (not
-    /// in a Kubernetes pod), never lowered below the spec's.
+    /// under the same parent cgroup also want; 1 = never (default 1: the quick suite showed no makespan gain at 4,
+    /// docs/BENCHMARKS.md). Only where the weight is the broker's (not in a Kubernetes pod), never below the spec's.
     pub critical_path_cpu_weight: f64,
 }
 
@@ -159,7 +159,7 @@ impl Default for ControllerConfig {
             thaw_below: 0.85,
             quota_unlimited_cpu: false,
             memory_stall_ms: 10_000,
-            critical_path_cpu_weight: 4.0,
+            critical_path_cpu_weight: 1.0,
         }
     }
 }

@@ -1480,7 +1480,13 @@ fn adopting_a_prioritised_task_sends_its_io_weight_and_no_limit() {
 /// spec's shares when it leaves it; never for a task whose weight is kubelet's (`cpu_shares` of `None`).
 #[test]
 fn the_critical_path_gets_a_larger_cpu_weight_and_gives_it_back() {
-    let mut c = Controller::new(cfg(), host(8.0, 8 * GIB));
+    let mut c = Controller::new(
+        ControllerConfig {
+            critical_path_cpu_weight: 4.0,
+            ..cfg()
+        },
+        host(8.0, 8 * GIB),
+    );
     let weights = |out: &[Directive]| -> Vec<(String, u64)> {
         let mut w: Vec<(String, u64)> = out
             .iter()
@@ -1521,14 +1527,8 @@ fn the_critical_path_gets_a_larger_cpu_weight_and_gives_it_back() {
     assert!(c.by_id("x").critical && !c.by_id("x").weight_raised);
     // Nothing changed: a tick writes nothing.
     assert!(weights(&c.tick(1_000)).is_empty());
-    // Off (1): never written.
-    let mut off = Controller::new(
-        ControllerConfig {
-            critical_path_cpu_weight: 1.0,
-            ..cfg()
-        },
-        host(8.0, 8 * GIB),
-    );
+    // Off (1, the default): never written.
+    let mut off = Controller::new(cfg(), host(8.0, 8 * GIB));
     off.register(task("a", &[], Some(1024)), 0);
     assert!(weights(&off.register(task("b", &["a"], Some(1024)), 0).1).is_empty());
 }
