@@ -554,6 +554,18 @@ pub fn netns_path(proc_root: &Path, pid: i32) -> PathBuf {
     proc_root.join(pid.to_string()).join("ns/net")
 }
 
+/// Whether process `pid` is in the host's network namespace (that of PID 1 under `proc_root`): such a
+/// container's interfaces are the host's, and no limit may be set on them.
+pub fn in_host_netns(proc_root: &Path, pid: i32) -> Result<bool, NetError> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |path: PathBuf| {
+        std::fs::metadata(&path)
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|source| NetError::OpenNetns { path, source })
+    };
+    Ok(id(netns_path(proc_root, pid))? == id(netns_path(proc_root, 1))?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -642,5 +654,23 @@ mod tests {
             netns_path(Path::new("/proc"), 7),
             PathBuf::from("/proc/7/ns/net")
         );
+    }
+
+    #[test]
+    fn a_process_in_pid_1s_namespace_is_on_the_host_network() {
+        let proc_root = Path::new("/proc");
+        let me = i32::try_from(std::process::id()).expect("a pid fits i32");
+        // This test runs in the namespace it was started in; PID 1's is the same unless run inside a netns.
+        let same = std::fs::metadata("/proc/1/ns/net").is_ok()
+            && std::fs::read_link("/proc/1/ns/net").ok()
+                == std::fs::read_link("/proc/self/ns/net").ok();
+        if std::fs::metadata("/proc/1/ns/net").is_ok() {
+            assert_eq!(in_host_netns(proc_root, me).expect("readable"), same);
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(
+            in_host_netns(dir.path(), me),
+            Err(NetError::OpenNetns { .. })
+        ));
     }
 }
