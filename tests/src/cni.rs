@@ -74,6 +74,11 @@ impl CniBridge {
         })
     }
 
+    /// A directory of the test's, removed with the bridge.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The bridge's own address: the gateway, reachable from every container on it.
     pub fn gateway(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, 213, self.subnet_octet, 1)

@@ -9,7 +9,6 @@
 
 use std::io::Read;
 use std::net::{Ipv4Addr, TcpListener};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use broker::client::Client;
@@ -54,8 +53,10 @@ fn tbf_rate(a: &Attachment) -> Option<u64> {
         .and_then(|q| q.rate_bytes_per_sec)
 }
 
-/// Bytes/s each attachment sent over `window` (the host side of its veth).
+/// Bytes/s each attachment sent over `window` (the host side of its veth), after one second not counted: TCP
+/// takes a moment to fill a limit that just changed.
 fn rates(atts: &[&Attachment], window: Duration) -> Vec<f64> {
+    std::thread::sleep(secs(1));
     let read = || -> Vec<u64> {
         atts.iter()
             .map(|a| a.sent_bytes().expect("veth counters"))
@@ -133,7 +134,8 @@ fn egress_limits_hold_and_an_idle_senders_share_is_lent_and_reclaimed() {
         }
     };
     let port = receiver(net.gateway());
-    let ctl = std::env::temp_dir().join(format!("pe2e-net-{}", std::process::id()));
+    // Removed with the bridge, also when the test fails.
+    let ctl = net.dir().join("ctl");
     std::fs::create_dir_all(&ctl).expect("the control directory");
     let go = |name: &str, on: bool| {
         let f = ctl.join(format!("go-{name}"));
@@ -148,7 +150,7 @@ fn egress_limits_hold_and_an_idle_senders_share_is_lent_and_reclaimed() {
     // One TCP connection per sender, fed while /ctl/go-NAME exists (idle, the connection stays open).
     let sender = |name: &str| {
         format!(
-            "while :; do if [ -e /ctl/go-{name} ]; then head -c 65536 /dev/zero; else sleep 0.1; fi; done | nc {} {port}",
+            "while :; do if [ -e /ctl/go-{name} ]; then head -c 262144 /dev/zero; else sleep 0.1; fi; done | nc {} {port}",
             net.gateway()
         )
     };
@@ -241,5 +243,4 @@ fn egress_limits_hold_and_an_idle_senders_share_is_lent_and_reclaimed() {
     }
     c.finish();
     drop(net);
-    let _ = std::fs::remove_dir_all(Path::new(&ctl));
 }
