@@ -10,7 +10,9 @@ PKGS=(containerd runc busybox-static stress-ng libseccomp-dev pkg-config iproute
       # the cgroup v2 lane: a Debian 13 guest under qemu (scripts/guest-image.sh, scripts/guest-lane.sh)
       qemu-system-x86 debootstrap
       # libcontainer's cgroup v2 device filter (BPF): libbpf-sys builds libbpf, which needs libelf and zlib
-      libelf-dev zlib1g-dev)
+      libelf-dev zlib1g-dev
+      # the network test (tests/tests/net.rs): CNI bridge + host-local IPAM give containers their own netns and veth
+      containernetworking-plugins)
 
 missing=()
 for p in "${PKGS[@]}"; do

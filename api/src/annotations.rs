@@ -12,10 +12,11 @@
 //! | `io.predictive.pipeline` | any non-empty string | none |
 //! | `io.predictive.max-borrow` | cores, a non-negative number (`0.5`) | the broker's `max_borrow_cpu` |
 //! | `io.predictive.allow-below-request` | `true` or `false` | `false` |
+//! | `io.predictive.egress-bytes-per-sec` | bytes/s, 8192..=100000000000: the container's share of the node's link budget | an equal share of what the annotated ones leave |
 
 use std::collections::BTreeMap;
 
-use crate::types::Mode;
+use crate::types::{MAX_NET_EGRESS, MIN_NET_EGRESS, Mode};
 
 /// `off | observe | enforce`.
 pub const MODE: &str = "io.predictive.mode";
@@ -38,6 +39,8 @@ pub const PIPELINE: &str = "io.predictive.pipeline";
 pub const MAX_BORROW: &str = "io.predictive.max-borrow";
 /// Allow allocations below the spec's requests.
 pub const ALLOW_BELOW_REQUEST: &str = "io.predictive.allow-below-request";
+/// Network egress share, bytes/s.
+pub const EGRESS: &str = "io.predictive.egress-bytes-per-sec";
 
 /// Longest pipeline name or dependency id accepted, bytes.
 const MAX_NAME: usize = 253;
@@ -73,6 +76,8 @@ pub struct Annotations {
     pub max_borrow_cpu: Option<f64>,
     /// Allocations may go below requests.
     pub allow_below_request: bool,
+    /// Network egress share, bytes/s.
+    pub egress_bytes_per_sec: Option<u64>,
 }
 
 impl Annotations {
@@ -162,6 +167,14 @@ impl Annotations {
                 _ => return Err(bad(ALLOW_BELOW_REQUEST, v, "true or false")),
             };
         }
+        if let Some(v) = get(EGRESS) {
+            a.egress_bytes_per_sec = Some(
+                v.parse()
+                    .ok()
+                    .filter(|r| (MIN_NET_EGRESS..=MAX_NET_EGRESS).contains(r))
+                    .ok_or_else(|| bad(EGRESS, v, "bytes per second in 8192..=100000000000"))?,
+            );
+        }
         Ok(a)
     }
 }
@@ -188,6 +201,7 @@ mod tests {
             (PIPELINE, "etl"),
             (MAX_BORROW, "1.5"),
             (ALLOW_BELOW_REQUEST, "true"),
+            (EGRESS, "1048576"),
             ("other", "x"),
         ]))
         .expect("valid");
@@ -197,6 +211,7 @@ mod tests {
         assert_eq!(a.pipeline.as_deref(), Some("etl"));
         assert_eq!(a.max_borrow_cpu, Some(1.5));
         assert!(a.allow_below_request);
+        assert_eq!(a.egress_bytes_per_sec, Some(1 << 20));
     }
 
     #[test]
@@ -212,6 +227,8 @@ mod tests {
             (MAX_BORROW, "-1"),
             (MAX_BORROW, "NaN"),
             (ALLOW_BELOW_REQUEST, "yes"),
+            (EGRESS, "100"),
+            (EGRESS, "1e6"),
             (TASK_TYPE, "a/b"),
             (TASK_TYPE, "line\nbreak"),
         ] {

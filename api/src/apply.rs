@@ -2,13 +2,19 @@
 //! directives a Report returns. Directives marked `applied: false` (mode observe) and the informational ones
 //! (leases, holds) change nothing.
 //!
+//! [`Action::SetNetEgress`] is no cgroup write: [`apply_net`] sets it in the container's network namespace.
+//!
 //! Order matters where a kill could slip in between two writes: on cgroup v1 the OOM killer is disabled
 //! before the limit is written, and re-enabled only after the limit has reached the user's own.
 
 use runtime_hooks::ioprio::IoPriority;
 use runtime_hooks::{ActuateError, ContainerCgroup, CpuLimit, MemoryLimitPolicy};
 
-use crate::types::{Action, Directive, IoClass, IoPrio};
+use std::path::Path;
+
+use runtime_hooks::net::{EgressLimit, NetError, Netns};
+
+use crate::types::{Action, Directive, IoClass, IoPrio, MAX_NET_EGRESS, MIN_NET_EGRESS};
 
 /// The wire's `ioprio` as `runtime-hooks` takes it; a level above 7 is refused.
 fn hooks_ioprio(p: IoPrio) -> Result<IoPriority, ActuateError> {
@@ -59,11 +65,80 @@ pub fn apply(d: &Directive, cg: &ContainerCgroup) -> Result<bool, ActuateError> 
         Action::SetCpuWeight { shares } => cg.set_cpu_shares(*shares)?,
         Action::Freeze => cg.freeze()?,
         Action::Thaw => cg.thaw()?,
-        Action::LeaseGranted { .. } | Action::LeaseRevoked { .. } | Action::Hold { .. } => {
+        Action::LeaseGranted { .. }
+        | Action::LeaseRevoked { .. }
+        | Action::Hold { .. }
+        | Action::SetNetEgress { .. } => {
             return Ok(false);
         }
     }
     Ok(true)
+}
+
+/// Errors from an egress directive.
+#[derive(Debug, thiserror::Error)]
+pub enum NetApplyError {
+    /// The rate is outside [`MIN_NET_EGRESS`]..=[`MAX_NET_EGRESS`].
+    #[error("egress rate {rate} B/s is outside {MIN_NET_EGRESS}..={MAX_NET_EGRESS}")]
+    OutOfRange {
+        /// The rate asked for.
+        rate: u64,
+    },
+    /// Reading the namespaces or writing the qdisc failed.
+    #[error("egress limit in the network namespace of pid {pid}")]
+    Net {
+        /// The container's init.
+        pid: i32,
+        /// What failed.
+        #[source]
+        source: NetError,
+    },
+}
+
+/// What [`apply_net`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetApplied {
+    /// The limit is set on these interfaces.
+    Set(Vec<String>),
+    /// The limit is removed from these interfaces (none: there was none).
+    Cleared(Vec<String>),
+    /// The container shares the host's network namespace: nothing was written (out of reach: a limit there
+    /// would shape the whole host).
+    HostNetwork,
+}
+
+/// Applies a [`Action::SetNetEgress`] to the network namespace of `pid` (the container's init; `proc_root` is
+/// `/proc`); `Ok(None)` for any other directive or one not meant to be applied.
+pub fn apply_net(
+    d: &Directive,
+    pid: i32,
+    proc_root: &Path,
+) -> Result<Option<NetApplied>, NetApplyError> {
+    let Action::SetNetEgress { rate_bytes_per_sec } = d.action else {
+        return Ok(None);
+    };
+    if !d.applied {
+        return Ok(None);
+    }
+    if let Some(rate) = rate_bytes_per_sec
+        && !(MIN_NET_EGRESS..=MAX_NET_EGRESS).contains(&rate)
+    {
+        return Err(NetApplyError::OutOfRange { rate });
+    }
+    let net = |source| NetApplyError::Net { pid, source };
+    if runtime_hooks::net::in_host_netns(proc_root, pid).map_err(net)? {
+        return Ok(Some(NetApplied::HostNetwork));
+    }
+    let ns = Netns::Path(runtime_hooks::net::netns_path(proc_root, pid));
+    Ok(Some(match rate_bytes_per_sec {
+        Some(rate) => NetApplied::Set(
+            runtime_hooks::net::set_egress_limit(&ns, None, &EgressLimit::new(rate))
+                .map_err(net)?,
+        ),
+        None => {
+            NetApplied::Cleared(runtime_hooks::net::clear_egress_limit(&ns, None).map_err(net)?)
+        }
+    }))
 }
 
 #[cfg(test)]
@@ -191,6 +266,44 @@ mod tests {
         );
         let e = apply(&w(1), &cg).expect_err("1 share");
         assert!(crate::error_chain(&e).contains("cpu shares"), "{e}");
+    }
+
+    #[test]
+    fn egress_out_of_bounds_is_refused_and_other_directives_are_not_network() {
+        let me = i32::try_from(std::process::id()).expect("a pid fits i32");
+        let proc_root = Path::new("/proc");
+        for rate in [MIN_NET_EGRESS - 1, MAX_NET_EGRESS + 1] {
+            let d = directive(
+                Action::SetNetEgress {
+                    rate_bytes_per_sec: Some(rate),
+                },
+                true,
+            );
+            let e = apply_net(&d, me, proc_root).expect_err("out of range");
+            assert!(e.to_string().contains(&rate.to_string()), "{e}");
+        }
+        let cpu = directive(Action::SetCpu { cores: Some(1.0) }, true);
+        assert_eq!(apply_net(&cpu, me, proc_root).expect("not network"), None);
+        let observe = directive(
+            Action::SetNetEgress {
+                rate_bytes_per_sec: Some(MIN_NET_EGRESS),
+            },
+            false,
+        );
+        assert_eq!(apply_net(&observe, me, proc_root).expect("observe"), None);
+        // The cgroup side writes nothing for it.
+        let (_dir, cg) = fake_v2();
+        assert!(!apply(&observe, &cg).expect("no cgroup write"));
+        // A pid that does not exist: the namespace cannot be read, an error names the pid.
+        let d = directive(
+            Action::SetNetEgress {
+                rate_bytes_per_sec: Some(1 << 20),
+            },
+            true,
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = apply_net(&d, me, dir.path()).expect_err("no such namespace");
+        assert!(crate::error_chain(&e).contains(&format!("pid {me}")), "{e}");
     }
 
     #[test]

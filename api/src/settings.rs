@@ -37,6 +37,7 @@ pub const BROKER_TOP_LEVEL_KEYS: &[&str] = &[
     "retrain",
     "import",
     "metrics",
+    "network",
     "max_connections",
     "idle_timeout_ms",
     "store_cache_bytes",

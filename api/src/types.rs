@@ -74,6 +74,9 @@ pub struct Usage {
     pub working_set_bytes: Option<u64>,
     /// Tasks wait on an OOM (v1 `under_oom`, or an OOM notification since the last report).
     pub under_oom: bool,
+    /// Bytes sent over the non-loopback interfaces of its network namespace, per second (`None`: not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_tx_bytes_per_sec: Option<f64>,
 }
 
 /// A current allocation. `None` = unlimited.
@@ -168,11 +171,41 @@ pub enum Action {
         /// Shares.
         shares: u64,
     },
+    /// Network egress: a token-bucket limit on every non-loopback interface of the container's own network
+    /// namespace, `None` = no limit (the limit set earlier is removed). Bounded by [`MIN_NET_EGRESS`] and
+    /// [`MAX_NET_EGRESS`]; a container that shares the host's network namespace is left alone.
+    SetNetEgress {
+        /// Bytes per second.
+        rate_bytes_per_sec: Option<u64>,
+    },
     /// Nothing changes, for the record (e.g. no room to grow).
     Hold {
         /// Which resource.
         resource: ResourceKind,
     },
+}
+
+/// Smallest egress limit a [`Action::SetNetEgress`] may set, bytes/s: a few full-size packets per second (a TBF
+/// below that starves TCP's retransmissions).
+pub const MIN_NET_EGRESS: u64 = 8 * 1024;
+/// Largest egress limit, bytes/s (100 GB/s: above any NIC this runs on).
+pub const MAX_NET_EGRESS: u64 = 100_000_000_000;
+
+/// A task's network egress for status queries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetView {
+    /// The limit in force (its own share, less what it lends, plus what it borrows), bytes/s.
+    pub limit_bytes_per_sec: u64,
+    /// Its own share of the node's link budget, bytes/s.
+    pub base_bytes_per_sec: u64,
+    /// Measured egress over the last report interval, bytes/s.
+    pub tx_bytes_per_sec: Option<f64>,
+    /// Lent to saturated senders, bytes/s.
+    pub lent_bytes_per_sec: u64,
+    /// Borrowed from idle senders, bytes/s.
+    pub borrowed_bytes_per_sec: u64,
+    /// Why, in words.
+    pub reason: String,
 }
 
 /// An I/O scheduling class (`ioprio_set(2)`).
@@ -278,4 +311,7 @@ pub struct TaskView {
     /// Its disk I/O priority and the mechanism per device (`None`: priority 0, nothing written).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io: Option<IoView>,
+    /// Its network egress limit (`None`: no `[network]` budget, or the host's network namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<NetView>,
 }

@@ -67,6 +67,10 @@ pub struct Register {
     /// containers under one share its limit. Absent from older shims.
     #[serde(default)]
     pub parents: Vec<ParentLimit>,
+    /// Whether the container has its own network namespace (the spec lists one): only those get an egress limit.
+    /// Absent (older shims): assumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_netns: Option<bool>,
 }
 
 /// Most ancestors a Register or Update may name.

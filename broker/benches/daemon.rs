@@ -160,6 +160,7 @@ fn register(id: &str, t: usize) -> Register {
         cgroup: None,
         adopt: None,
         parents: Vec::new(),
+        own_netns: None,
     }
 }
 

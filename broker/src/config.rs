@@ -33,6 +33,9 @@
 //! max_priority = 0                         # highest io.predictive.priority a pod may give itself
 //! max_borrow_cpu = 1.0                     # most CPU a pod may borrow (default: controller.max_borrow_cpu)
 //!
+//! [network]                                # egress limits (broker::controller::net); off when absent
+//! link_budget_bytes_per_sec = 125000000    # what the managed containers may send together (1 Gbit/s)
+//!
 //! [metrics]                                # Prometheus text exposition over HTTP/1.0; off when absent
 //! listen = "127.0.0.1:9464"                # host:port, or an absolute Unix socket path
 //! max_bytes = 4194304                      # one scrape at most (per-task series while they fit)
@@ -42,6 +45,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::controller::net::NetConfig;
 use crate::controller::{CgroupKind, ControllerConfig};
 
 /// Default of [`MetricsConfig::max_bytes`]: about 1,000 tasks with ordinary ids and task types.
@@ -198,6 +202,8 @@ pub struct Config {
     pub import: ImportConfig,
     /// The Prometheus endpoint (off by default).
     pub metrics: MetricsConfig,
+    /// Network egress limits (off by default: no link budget, no directives).
+    pub network: NetConfig,
     /// Most connections served at once (default 16384); one more is answered `too_many_connections` and closed.
     pub max_connections: usize,
     /// A connection that has sent no Register, Report, Update or Finish (not a shim: `predictivectl`, a stray
@@ -234,6 +240,7 @@ impl Default for Config {
             retrain: RetrainConfig::default(),
             import: ImportConfig::default(),
             metrics: MetricsConfig::default(),
+            network: NetConfig::default(),
             max_connections: 16_384,
             idle_timeout_ms: 60_000,
             store_cache_bytes: 64 << 20,
@@ -279,6 +286,7 @@ impl Config {
                 "key `controller.critical_path_cpu_weight` must be a number in 1..=256 (1: never)",
             ));
         }
+        cfg.network.check().map_err(|m| bad(&m))?;
         if !(-1000..=1000).contains(&cfg.policy.max_priority) {
             return Err(bad("key `policy.max_priority` must be in -1000..=1000"));
         }

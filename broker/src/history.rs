@@ -493,6 +493,7 @@ mod tests {
                     limits: Default::default(),
                     max_borrow_cpu: None,
                     io: None,
+                    net: None,
                 })
                 .collect(),
             leases: Vec::new(),

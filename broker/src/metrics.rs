@@ -944,6 +944,7 @@ mod tests {
             limits: Default::default(),
             max_borrow_cpu: None,
             io: None,
+            net: None,
         };
         let status = Status {
             total_tasks: None,
@@ -1049,6 +1050,7 @@ mod tests {
             limits: Default::default(),
             max_borrow_cpu: None,
             io: None,
+            net: None,
         };
         let hostile = "q\"b\\n\nx";
         let status = Status {
@@ -1311,6 +1313,7 @@ mod tests {
             limits: Default::default(),
             max_borrow_cpu: None,
             io: None,
+            net: None,
         };
         let status = Status {
             total_tasks: None,

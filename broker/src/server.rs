@@ -285,6 +285,8 @@ struct Running {
 
 struct State {
     controller: Controller,
+    /// Network egress shares and loans (`[network]`).
+    net: crate::controller::net::NetShaper,
     running: HashMap<String, Running>,
     /// The next run id to hand out (ahead of every id the store holds).
     next_run: u64,
@@ -463,6 +465,12 @@ fn rates(
     let io =
         |x: &runtime_hooks::Sample| x.io.read_bytes.unwrap_or(0) + x.io.write_bytes.unwrap_or(0);
     let mem = s.memory.usage_bytes.unwrap_or(0);
+    let net_tx = match (&prev.net, &s.net) {
+        (Some(a), Some(b)) => {
+            Some(b.tx_bytes.saturating_sub(a.tx_bytes) as f64 * 1e9 / dt_ns as f64)
+        }
+        _ => None,
+    };
     let usage = Usage {
         at_ms: s.unix_ns / 1_000_000,
         cpu_cores: cpu,
@@ -472,6 +480,7 @@ fn rates(
         memory_bytes: mem,
         working_set_bytes: s.memory.working_set_bytes,
         under_oom: oom || s.memory.under_oom == Some(true),
+        net_tx_bytes_per_sec: net_tx,
     };
     let sample = predictor::Sample {
         ts_ms: usage.at_ms,
@@ -507,6 +516,10 @@ fn decision(d: &Directive, r: &Running, at_ms: u64, initial: Option<bool>) -> pr
         Action::SetCpuWeight { shares } => {
             let v = Some(*shares as f64);
             ("cpu-weight", grew(v), v)
+        }
+        Action::SetNetEgress { rate_bytes_per_sec } => {
+            let v = rate_bytes_per_sec.map(|r| r as f64);
+            ("net", grew(v), v)
         }
         Action::Freeze => ("freezer", D::Lower, Some(1.0)),
         Action::Thaw => ("freezer", D::Raise, Some(0.0)),
@@ -789,6 +802,13 @@ impl Broker {
                 }
                 None => st.controller.register(spec, now),
             };
+            let mut directives = directives;
+            directives.extend(st.net.register(
+                &r.container_id,
+                ann.egress_bytes_per_sec,
+                ann.mode,
+                r.own_netns.unwrap_or(true),
+            ));
             st.open_run(&r, &key, meta, model_version, now, &mut ops);
             let mut records: Vec<predictor::Decision> = capped
                 .into_iter()
@@ -944,6 +964,7 @@ impl Broker {
         }
         if let Some(u) = latest {
             st.controller.observe(&rep.container_id, u);
+            st.net.observe(&rep.container_id, u.net_tx_bytes_per_sec);
         }
         let directives = std::mem::take(&mut run.pending);
         let run_id = run.run_id;
@@ -970,7 +991,8 @@ impl Broker {
                     format!("container {} is not registered", f.container_id),
                 ));
             };
-            let ds = st.controller.unregister(&f.container_id, now);
+            let mut ds = st.controller.unregister(&f.container_id, now);
+            ds.extend(st.net.unregister(&f.container_id));
             let records: Vec<_> = ds
                 .iter()
                 .filter_map(|d| {
@@ -1020,6 +1042,9 @@ impl Broker {
     fn status(&self, page: Option<&api::Page>) -> Status {
         let st = self.lock();
         let mut tasks = st.controller.tasks();
+        for t in &mut tasks {
+            t.net = st.net.view(&t.container_id);
+        }
         let total = tasks.len() as u64;
         let mut next_offset = None;
         if let Some(p) = page {
@@ -1096,6 +1121,7 @@ impl Broker {
                     closes.push(BatchOp::Close(id.clone(), r.run_id));
                 }
                 ds.extend(st.controller.unregister(id, now));
+                ds.extend(st.net.unregister(id));
             }
             if !st.orphans.is_empty() && now.saturating_sub(st.started_ms) > FORGET_AFTER_MS {
                 closes.extend(
@@ -1105,6 +1131,7 @@ impl Broker {
                 );
             }
             ds.extend(st.controller.tick(now));
+            ds.extend(st.net.tick());
             let mut records = Vec::new();
             for d in ds {
                 if let Some(r) = st.running.get_mut(&d.container_id) {
@@ -1759,6 +1786,7 @@ impl Daemon {
             persisted: Mutex::new(Some(restored)),
             state: Mutex::new(State {
                 controller,
+                net: crate::controller::net::NetShaper::new(cfg.network.clone()),
                 running: HashMap::new(),
                 next_run,
                 orphans,

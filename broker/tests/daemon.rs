@@ -156,6 +156,7 @@ fn register(id: &str, task_type: &str, cpu_limit: Option<f64>) -> Register {
         cgroup: None,
         adopt: None,
         parents: Vec::new(),
+        own_netns: None,
     }
 }
 

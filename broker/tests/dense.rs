@@ -181,6 +181,7 @@ fn register(id: &str, task_type: &str, extra: &[(&str, String)]) -> Register {
         cgroup: None,
         adopt: None,
         parents: Vec::new(),
+        own_netns: None,
     }
 }
 

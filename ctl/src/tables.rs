@@ -138,6 +138,38 @@ pub fn status_table(s: &Status) -> String {
         out.push_str(&lease_table(s));
     }
     out.push_str(&io_lines(s));
+    out.push_str(&net_lines(s));
+    out
+}
+
+/// Per task with an egress limit: the limit in force, its own share, what it sends, lends or borrows, and why.
+fn net_lines(s: &Status) -> String {
+    let mut out = String::new();
+    for t in &s.tasks {
+        let Some(n) = &t.net else { continue };
+        let sent = n
+            .tx_bytes_per_sec
+            .map_or_else(|| "-".to_owned(), |r| format!("{}/s", bytes(r)));
+        let mut line = format!(
+            "
+network egress {}: limit {}/s (share {}/s), sending {sent}",
+            t.container_id,
+            bytes(n.limit_bytes_per_sec as f64),
+            bytes(n.base_bytes_per_sec as f64)
+        );
+        if n.lent_bytes_per_sec > 0 {
+            let _ = write!(line, ", lends {}/s", bytes(n.lent_bytes_per_sec as f64));
+        }
+        if n.borrowed_bytes_per_sec > 0 {
+            let _ = write!(
+                line,
+                ", borrows {}/s",
+                bytes(n.borrowed_bytes_per_sec as f64)
+            );
+        }
+        let _ = writeln!(line, "\n  {}", n.reason);
+        out.push_str(&line);
+    }
     out
 }
 
@@ -323,6 +355,7 @@ fn decision_value(resource: &str, v: Option<f64>) -> String {
     match (resource, v) {
         (_, None) => "unlimited".to_owned(),
         ("memory", Some(b)) => bytes(b),
+        ("net", Some(b)) => format!("{}/s", bytes(b)),
         ("freezer", Some(f)) => if f > 0.5 { "paused" } else { "running" }.to_owned(),
         (_, Some(c)) => format!("{c:.2}"),
     }
@@ -382,5 +415,56 @@ mod tests {
         assert_eq!(utc(1_795_824_000_123), "2026-11-28 00:00:00.123");
         assert_eq!(bytes(512.0), "512B");
         assert_eq!(bytes(1536.0 * 1024.0), "1.5MiB");
+    }
+
+    #[test]
+    fn egress_lines_show_limit_share_and_loans() {
+        let view = |id: &str, limit: u64, reason: &str| TaskView {
+            container_id: id.to_owned(),
+            mode: predictive_api::types::Mode::Enforce,
+            priority: 0,
+            critical: false,
+            allocation: Default::default(),
+            base_cpu_cores: None,
+            frozen: false,
+            stopping: false,
+            usage: None,
+            limits: Default::default(),
+            max_borrow_cpu: None,
+            io: None,
+            net: Some(predictive_api::types::NetView {
+                limit_bytes_per_sec: limit,
+                base_bytes_per_sec: 1 << 20,
+                tx_bytes_per_sec: Some(1000.0),
+                lent_bytes_per_sec: (1u64 << 20).saturating_sub(limit),
+                borrowed_bytes_per_sec: limit.saturating_sub(1 << 20),
+                reason: reason.to_owned(),
+            }),
+        };
+        let s = Status {
+            tasks: vec![
+                view("a", 2 << 20, "saturated: borrows"),
+                view("b", 64 << 10, "idle: lends"),
+            ],
+            broker_version: String::new(),
+            tick_ms: 1000,
+            host: predictive_api::types::HostCapacity {
+                cpu_cores: 1.0,
+                memory_bytes: 1,
+            },
+            model_version: 0,
+            leases: Vec::new(),
+            predictions: Vec::new(),
+            pool: String::new(),
+            total_tasks: None,
+            next_offset: None,
+        };
+        let text = net_lines(&s);
+        assert!(
+            text.contains("network egress a: limit 2.0MiB/s (share 1.0MiB/s), sending 1000B/s, borrows 1.0MiB/s\n  saturated: borrows"),
+            "{text}"
+        );
+        assert!(text.contains("network egress b: limit 64.0KiB/s"), "{text}");
+        assert!(text.contains("lends 960.0KiB/s"), "{text}");
     }
 }

@@ -554,6 +554,20 @@ pub fn netns_path(proc_root: &Path, pid: i32) -> PathBuf {
     proc_root.join(pid.to_string()).join("ns/net")
 }
 
+/// Whether process `pid` is in the calling process's network namespace (`/proc/self/ns/net`). A shim runs in
+/// the host's (containerd starts it there), so for a shim this says whether the container shares the host's
+/// network, whose interfaces must not be shaped. PID 1's namespace is no reference: reading it needs ptrace
+/// access a shim does not have.
+pub fn in_host_netns(proc_root: &Path, pid: i32) -> Result<bool, NetError> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |path: PathBuf| {
+        std::fs::metadata(&path)
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|source| NetError::OpenNetns { path, source })
+    };
+    Ok(id(netns_path(proc_root, pid))? == id(proc_root.join("self/ns/net"))?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -642,5 +656,16 @@ mod tests {
             netns_path(Path::new("/proc"), 7),
             PathBuf::from("/proc/7/ns/net")
         );
+    }
+
+    #[test]
+    fn a_process_in_our_namespace_is_on_the_host_network() {
+        let me = i32::try_from(std::process::id()).expect("a pid fits i32");
+        assert!(in_host_netns(Path::new("/proc"), me).expect("readable"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(
+            in_host_netns(dir.path(), me),
+            Err(NetError::OpenNetns { .. })
+        ));
     }
 }

@@ -20,12 +20,13 @@
 //! single runtime thread.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oci_spec::runtime::{LinuxResources, Spec};
 use predictive_api::annotations::Annotations;
+use predictive_api::apply::NetApplied;
 use predictive_api::client::{Client, ClientError};
 use predictive_api::types::{Action, Allocation, CgroupKind, Directive, Mode, SpecLimits};
 use predictive_api::wire::{Finish, ParentLimit, Register, Registered, Report, Update};
@@ -223,7 +224,20 @@ fn register_message(
         cgroup: Some(host_cgroup_kind()),
         adopt: None,
         parents,
+        own_netns: Some(own_netns(spec)),
     }
+}
+
+/// Whether the spec gives the container a network namespace of its own (a new one, or a path such as a CNI
+/// netns); without one it shares the host's network and no egress limit applies.
+fn own_netns(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+        })
 }
 
 /// What a container's monitor owns between ticks.
@@ -453,7 +467,9 @@ impl Augment {
             match ContainerCgroup::from_pid(&HostRoots::default(), pid) {
                 Ok(cg) => {
                     for d in &own {
-                        if let Err(e) = predictive_api::apply::apply(d, &cg) {
+                        if matches!(d.action, Action::SetNetEgress { .. }) {
+                            self.apply_net(d);
+                        } else if let Err(e) = predictive_api::apply::apply(d, &cg) {
                             tracing::warn!(container = %self.id, "applying the initial {:?}: {e}", d.action);
                         }
                     }
@@ -658,6 +674,10 @@ impl Augment {
         if !d.applied || self.mode != Mode::Enforce {
             return;
         }
+        if matches!(d.action, Action::SetNetEgress { .. }) {
+            self.apply_net(d);
+            return;
+        }
         let Some(cg) = st.cgroup.as_ref() else {
             return;
         };
@@ -690,6 +710,25 @@ impl Augment {
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(container = %self.id, action = ?d.action, "directive not applied: {e}")
+            }
+        }
+    }
+
+    /// An egress directive, in the network namespace of the container's init; errors are logged, never fatal.
+    fn apply_net(&self, d: &Directive) {
+        let Some(pid) = *lock(&self.pid) else {
+            return;
+        };
+        match predictive_api::apply::apply_net(d, pid, Path::new("/proc")) {
+            Ok(Some(NetApplied::HostNetwork)) => {
+                tracing::info!(container = %self.id, action = ?d.action, "egress limit skipped: the container shares the host's network namespace (out of reach)");
+            }
+            Ok(Some(done)) => {
+                tracing::info!(container = %self.id, action = ?d.action, reason = %d.reason, interfaces = ?done, "directive applied");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(container = %self.id, action = ?d.action, "directive not applied: {}", predictive_api::error_chain(&e));
             }
         }
     }

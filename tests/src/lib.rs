@@ -11,6 +11,7 @@
 
 pub mod clean;
 pub mod cmd;
+pub mod cni;
 pub mod containerd;
 pub mod cri;
 pub mod docker;

@@ -45,6 +45,7 @@ mod cpu;
 pub mod io;
 mod leases;
 mod memory;
+pub mod net;
 mod pipeline;
 mod resize;
 
@@ -875,6 +876,7 @@ impl Controller {
                 limits: t.spec.limits,
                 max_borrow_cpu: t.spec.max_borrow_cpu.or(self.cfg.max_borrow_cpu),
                 io: io::view(t.spec.priority, &self.io_devices),
+                net: None,
             })
             .collect()
     }

@@ -184,7 +184,7 @@ impl Controller {
     /// spec's shares off it. Tasks whose weight is not the broker's (`cpu_shares` of `None`) are left alone.
     pub(super) fn weight_directives(&mut self, only: Option<&str>, out: &mut Vec<Directive>) {
         let factor = self.cfg.critical_path_cpu_weight;
-        if !(factor > 1.0) {
+        if factor.is_nan() || factor <= 1.0 {
             return;
         }
         let keys: Vec<Key> = match only {

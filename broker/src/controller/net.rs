@@ -1,0 +1,445 @@
+//! Network egress: each task's share of the node's link budget (`[network] link_budget_bytes_per_sec`), and
+//! bandwidth lent from idle senders to saturated ones. Pure logic like the rest of the controller; the shim
+//! applies the [`Action::SetNetEgress`] directives as a TBF root qdisc in the container's network namespace.
+//!
+//! Rules:
+//! - **Shares** (at every Register and Finish): a task with `io.predictive.egress-bytes-per-sec` gets what it
+//!   asked; the tasks without one share what is left equally, and never less than `min_bytes_per_sec` each.
+//!   When the asks exceed what is left after those floors, they are scaled down in proportion. The shares never
+//!   sum above the budget.
+//! - **Lending** (every tick): a task sending less than `idle_below` of its share lends all of it but what it
+//!   keeps (twice its rate, at least `min_bytes_per_sec`); a task sending at least `saturated_at` of its limit
+//!   borrows, the lent total split equally among the borrowers. A borrower keeps borrowing while it sends at least
+//!   `saturated_at` of its own share.
+//! - **Reclaim**: a lender that sends at least `saturated_at` of what it kept gets its share back in the same
+//!   tick, and the borrowers' limits fall by as much: the sum of the limits stays within the budget.
+//!
+//! Tasks sharing the host's network namespace (Register `own_netns: false`) are left out: a limit there would
+//! shape the whole host. Tasks in mode observe get directives marked `applied: false` and neither lend nor
+//! borrow. Limits: egress only (no ingress shaping); the budget is the operator's figure, not measured from the
+//! NIC; the task type's history does not set the share (the predictor does not learn network rates yet).
+
+use std::collections::BTreeMap;
+
+use predictive_api::types::{Action, Directive, MAX_NET_EGRESS, MIN_NET_EGRESS, Mode, NetView};
+use serde::{Deserialize, Serialize};
+
+/// `[network]` in predictived.toml.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetConfig {
+    /// What all managed containers together may send, bytes/s (default: none = no egress directives).
+    pub link_budget_bytes_per_sec: Option<u64>,
+    /// Smallest share and smallest amount a lender keeps, bytes/s (default 64 KiB/s).
+    pub min_bytes_per_sec: u64,
+    /// A task sending at least this share of its limit is saturated (default 0.9).
+    pub saturated_at: f64,
+    /// A task sending less than this share of its own share lends (default 0.25)...
+    pub idle_below: f64,
+    /// ... once it has for this many ticks in a row (default 3): a lender that just took its share back is not
+    /// idle again on the reports sent before its new limit reached it.
+    pub idle_ticks: u32,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            link_budget_bytes_per_sec: None,
+            min_bytes_per_sec: 64 << 10,
+            saturated_at: 0.9,
+            idle_below: 0.25,
+            idle_ticks: 3,
+        }
+    }
+}
+
+impl NetConfig {
+    /// Checks the values; the message names the key.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(b) = self.link_budget_bytes_per_sec
+            && !(MIN_NET_EGRESS..=MAX_NET_EGRESS).contains(&b)
+        {
+            return Err(format!(
+                "key `network.link_budget_bytes_per_sec` must be in {MIN_NET_EGRESS}..={MAX_NET_EGRESS}"
+            ));
+        }
+        if !(MIN_NET_EGRESS..=MAX_NET_EGRESS).contains(&self.min_bytes_per_sec) {
+            return Err(format!(
+                "key `network.min_bytes_per_sec` must be in {MIN_NET_EGRESS}..={MAX_NET_EGRESS}"
+            ));
+        }
+        let unit = |v: f64| v.is_finite() && v > 0.0 && v <= 1.0;
+        if !unit(self.saturated_at)
+            || !unit(self.idle_below)
+            || self.idle_below >= self.saturated_at
+        {
+            return Err(
+                "keys `network.saturated_at` and `network.idle_below` must be in (0, 1], idle_below below saturated_at"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Own,
+    /// Lends all of its share but this much.
+    Lending(u64),
+    Borrowing,
+}
+
+#[derive(Debug, Clone)]
+struct NetTask {
+    asked: Option<u64>,
+    enforce: bool,
+    base: u64,
+    /// The limit last directed (`None`: none yet).
+    limit: Option<u64>,
+    tx: Option<f64>,
+    /// Ticks in a row below `idle_below` of its share.
+    idle_for: u32,
+    role: Role,
+    reason: String,
+}
+
+/// The egress shares and loans of the tasks with their own network namespace.
+#[derive(Debug, Clone, Default)]
+pub struct NetShaper {
+    cfg: NetConfig,
+    tasks: BTreeMap<String, NetTask>,
+}
+
+impl NetShaper {
+    /// A shaper with `cfg`; with no budget it never emits a directive.
+    pub fn new(cfg: NetConfig) -> Self {
+        Self {
+            cfg,
+            tasks: BTreeMap::new(),
+        }
+    }
+
+    /// Adds (or replaces) a task and returns the directives: its limit, and the other tasks' smaller shares.
+    /// Nothing when there is no budget or the task shares the host's network namespace.
+    pub fn register(
+        &mut self,
+        id: &str,
+        asked: Option<u64>,
+        mode: Mode,
+        own_netns: bool,
+    ) -> Vec<Directive> {
+        self.tasks.remove(id);
+        if self.cfg.link_budget_bytes_per_sec.is_none() || !own_netns {
+            return Vec::new();
+        }
+        self.tasks.insert(
+            id.to_owned(),
+            NetTask {
+                asked,
+                enforce: mode == Mode::Enforce,
+                base: 0,
+                limit: None,
+                tx: None,
+                idle_for: 0,
+                role: Role::Own,
+                reason: String::new(),
+            },
+        );
+        self.share();
+        self.limits()
+    }
+
+    /// Removes a task; the others' shares grow.
+    pub fn unregister(&mut self, id: &str) -> Vec<Directive> {
+        if self.tasks.remove(id).is_none() {
+            return Vec::new();
+        }
+        self.share();
+        self.limits()
+    }
+
+    /// Records a task's measured egress, bytes/s.
+    pub fn observe(&mut self, id: &str, tx_bytes_per_sec: Option<f64>) {
+        if let (Some(t), Some(tx)) = (self.tasks.get_mut(id), tx_bytes_per_sec) {
+            t.tx = Some(tx);
+        }
+    }
+
+    /// One step: lending, borrowing and reclaims; the directives for the limits that changed.
+    pub fn tick(&mut self) -> Vec<Directive> {
+        if self.tasks.is_empty() {
+            return Vec::new();
+        }
+        let (sat, idle) = (self.cfg.saturated_at, self.cfg.idle_below);
+        let min = self.cfg.min_bytes_per_sec;
+        for t in self.tasks.values_mut() {
+            let current = t.limit.unwrap_or(t.base) as f64;
+            let (Some(tx), true) = (t.tx, t.enforce) else {
+                t.role = Role::Own;
+                continue;
+            };
+            t.idle_for = if tx < idle * t.base as f64 {
+                t.idle_for.saturating_add(1)
+            } else {
+                0
+            };
+            t.role = match t.role {
+                Role::Lending(kept) if tx >= sat * kept as f64 => {
+                    t.idle_for = 0;
+                    Role::Own
+                }
+                Role::Lending(kept) => Role::Lending(kept),
+                Role::Borrowing if tx >= sat * t.base as f64 => Role::Borrowing,
+                _ if t.idle_for >= self.cfg.idle_ticks => {
+                    let keep = ((tx * 2.0) as u64).max(min).min(t.base);
+                    if keep < t.base {
+                        Role::Lending(keep)
+                    } else {
+                        Role::Own
+                    }
+                }
+                _ if tx >= sat * current => Role::Borrowing,
+                _ => Role::Own,
+            };
+        }
+        self.limits()
+    }
+
+    /// Sets every task's limit from its share and role; returns the directives for those that changed.
+    fn limits(&mut self) -> Vec<Directive> {
+        let lent: u64 = self
+            .tasks
+            .values()
+            .map(|t| match t.role {
+                Role::Lending(kept) => t.base.saturating_sub(kept),
+                _ => 0,
+            })
+            .sum();
+        let lenders: Vec<String> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| matches!(t.role, Role::Lending(_)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let borrowers = self
+            .tasks
+            .values()
+            .filter(|t| t.role == Role::Borrowing)
+            .count() as u64;
+        let each = lent.checked_div(borrowers).unwrap_or(0);
+        let mut out = Vec::new();
+        for (id, t) in &mut self.tasks {
+            let (limit, reason) = match t.role {
+                Role::Own => (t.base, format!("its share {} B/s", t.base)),
+                Role::Lending(kept) => (
+                    kept,
+                    format!(
+                        "idle: keeps {kept} B/s of its share {} B/s, lends the rest",
+                        t.base
+                    ),
+                ),
+                Role::Borrowing if each > 0 => (
+                    t.base + each,
+                    format!(
+                        "saturated: its share {} B/s + {each} B/s lent by {}",
+                        t.base,
+                        lenders.join(", ")
+                    ),
+                ),
+                Role::Borrowing => (
+                    t.base,
+                    format!("saturated: its share {} B/s, nothing to borrow", t.base),
+                ),
+            };
+            let limit = limit.clamp(MIN_NET_EGRESS, MAX_NET_EGRESS);
+            t.reason = reason.clone();
+            if t.limit != Some(limit) {
+                out.push(Directive {
+                    container_id: id.clone(),
+                    action: Action::SetNetEgress {
+                        rate_bytes_per_sec: Some(limit),
+                    },
+                    reason: format!(
+                        "egress {reason} (link budget {} B/s)",
+                        self.cfg.link_budget_bytes_per_sec.unwrap_or(0)
+                    ),
+                    applied: t.enforce,
+                    old_value: t.limit.map(|l| l as f64),
+                });
+                t.limit = Some(limit);
+            }
+        }
+        out
+    }
+
+    /// Shares of the budget (see the module doc); loans end, as the shares changed under them.
+    fn share(&mut self) {
+        let Some(budget) = self.cfg.link_budget_bytes_per_sec else {
+            return;
+        };
+        let n = self.tasks.len() as u64;
+        if n == 0 {
+            return;
+        }
+        let unasked = self.tasks.values().filter(|t| t.asked.is_none()).count() as u64;
+        let floor = self.cfg.min_bytes_per_sec.min(budget / n);
+        let asked: u64 = self.tasks.values().filter_map(|t| t.asked).sum();
+        let room = budget.saturating_sub(unasked * floor);
+        let rest = budget.saturating_sub(asked.min(room));
+        for t in self.tasks.values_mut() {
+            t.base = match t.asked {
+                Some(a) if asked <= room => a,
+                Some(a) => (u128::from(a) * u128::from(room) / u128::from(asked.max(1))) as u64,
+                None => (rest / unasked.max(1)).max(floor),
+            };
+            t.role = Role::Own;
+            t.idle_for = 0;
+        }
+    }
+
+    /// The status of a task's egress.
+    pub fn view(&self, id: &str) -> Option<NetView> {
+        let t = self.tasks.get(id)?;
+        let limit = t.limit.unwrap_or(t.base);
+        Some(NetView {
+            limit_bytes_per_sec: limit,
+            base_bytes_per_sec: t.base,
+            tx_bytes_per_sec: t.tx,
+            lent_bytes_per_sec: t.base.saturating_sub(limit),
+            borrowed_bytes_per_sec: limit.saturating_sub(t.base),
+            reason: t.reason.clone(),
+        })
+    }
+
+    /// Sum of the limits in force, bytes/s.
+    pub fn total(&self) -> u64 {
+        self.tasks.values().map(|t| t.limit.unwrap_or(t.base)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: u64 = 1_000_000;
+
+    fn shaper(budget: u64) -> NetShaper {
+        NetShaper::new(NetConfig {
+            link_budget_bytes_per_sec: Some(budget),
+            ..NetConfig::default()
+        })
+    }
+
+    fn limit_of(ds: &[Directive], id: &str) -> Option<u64> {
+        ds.iter()
+            .filter(|d| d.container_id == id)
+            .find_map(|d| match d.action {
+                Action::SetNetEgress { rate_bytes_per_sec } => rate_bytes_per_sec,
+                _ => None,
+            })
+    }
+
+    fn limit(s: &NetShaper, id: &str) -> u64 {
+        s.view(id).expect("registered").limit_bytes_per_sec
+    }
+
+    #[test]
+    fn no_budget_or_host_network_means_no_directive() {
+        let mut off = NetShaper::new(NetConfig::default());
+        assert!(off.register("a", Some(MB), Mode::Enforce, true).is_empty());
+        assert!(off.tick().is_empty());
+        assert_eq!(off.view("a"), None);
+        let mut on = shaper(2 * MB);
+        assert!(on.register("host", None, Mode::Enforce, false).is_empty());
+        assert_eq!(on.view("host"), None);
+    }
+
+    #[test]
+    fn shares_follow_the_annotations_and_never_exceed_the_budget() {
+        let mut s = shaper(2 * MB);
+        let ds = s.register("a", Some(MB), Mode::Enforce, true);
+        assert_eq!(limit_of(&ds, "a"), Some(MB));
+        let ds = s.register("b", None, Mode::Enforce, true);
+        assert_eq!(limit_of(&ds, "b"), Some(MB), "the rest, equally");
+        assert_eq!(limit_of(&ds, "a"), None, "a unchanged: no directive");
+        // c asks for the whole link: the asks are scaled into what the floor of b leaves.
+        let ds = s.register("c", Some(2 * MB), Mode::Enforce, true);
+        let floor = NetConfig::default().min_bytes_per_sec;
+        assert_eq!(limit(&s, "b"), floor);
+        assert_eq!(limit_of(&ds, "b"), Some(floor));
+        assert!(s.total() <= 2 * MB, "{}", s.total());
+        assert_eq!(limit(&s, "c"), 2 * limit(&s, "a"));
+        // c leaves: a and b get their earlier shares back.
+        let ds = s.unregister("c");
+        assert_eq!(
+            (limit_of(&ds, "a"), limit_of(&ds, "b")),
+            (Some(MB), Some(MB))
+        );
+    }
+
+    #[test]
+    fn an_idle_sender_lends_to_a_saturated_one_and_takes_it_back_in_one_tick() {
+        let mut s = shaper(2 * MB);
+        s.register("a", Some(MB), Mode::Enforce, true);
+        s.register("b", Some(MB), Mode::Enforce, true);
+        let keep = NetConfig::default().min_bytes_per_sec;
+        // Both send at their limit: nothing moves.
+        s.observe("a", Some(0.99 * MB as f64));
+        s.observe("b", Some(0.99 * MB as f64));
+        assert!(s.tick().is_empty());
+        // b goes idle: it lends after idle_ticks ticks, a borrows what b does not keep.
+        s.observe("b", Some(0.0));
+        assert!(s.tick().is_empty());
+        assert!(s.tick().is_empty());
+        let ds = s.tick();
+        assert_eq!(limit_of(&ds, "b"), Some(keep));
+        assert_eq!(limit_of(&ds, "a"), Some(2 * MB - keep));
+        let a = s.view("a").expect("a");
+        assert_eq!(a.borrowed_bytes_per_sec, MB - keep);
+        assert!(a.reason.contains("lent by b"), "{}", a.reason);
+        assert_eq!(s.total(), 2 * MB);
+        // a uses its loan; b stays idle: nothing changes.
+        s.observe("a", Some(1.95 * MB as f64));
+        assert!(s.tick().is_empty());
+        // b sends again and fills what it kept: both limits are back in the same tick.
+        s.observe("b", Some(keep as f64));
+        let ds = s.tick();
+        assert_eq!(
+            (limit_of(&ds, "a"), limit_of(&ds, "b")),
+            (Some(MB), Some(MB))
+        );
+        // b's next report still shows the small rate (sent before its limit rose): it does not lend at once.
+        s.observe("b", Some(keep as f64));
+        assert!(s.tick().is_empty());
+        assert_eq!(s.total(), 2 * MB);
+    }
+
+    #[test]
+    fn observe_mode_records_without_lending() {
+        let mut s = shaper(2 * MB);
+        let ds = s.register("a", Some(MB), Mode::Observe, true);
+        assert!(!ds[0].applied);
+        s.register("b", Some(MB), Mode::Enforce, true);
+        s.observe("a", Some(0.0));
+        s.observe("b", Some(MB as f64));
+        for _ in 0..5 {
+            assert!(s.tick().is_empty());
+        }
+    }
+
+    #[test]
+    fn config_checks_name_the_key() {
+        let bad = NetConfig {
+            link_budget_bytes_per_sec: Some(10),
+            ..NetConfig::default()
+        };
+        assert!(bad.check().expect_err("too small").contains("link_budget"));
+        let bad = NetConfig {
+            idle_below: 0.95,
+            ..NetConfig::default()
+        };
+        assert!(bad.check().expect_err("order").contains("idle_below"));
+        assert_eq!(NetConfig::default().check(), Ok(()));
+    }
+}

@@ -1,0 +1,246 @@
+//! End-to-end test of the network egress limits (issue 17's network half): two real containers, each in its own
+//! network namespace on a CNI bridge (Debian's containernetworking-plugins: `bridge` + `host-local`), send TCP to
+//! one receiver on the host side of the bridge. The broker's `[network]` link budget gives each its share (the
+//! `io.predictive.egress-bytes-per-sec` annotation), which the shim sets as a TBF qdisc in the container's
+//! namespace; the rate each sends (the host-side veth's received bytes) stays within 15% of it. When one sender
+//! goes idle, the other's limit rises by what the idle one lends; when the idle one sends again, both limits fall
+//! back. A third container on the host's network gets no limit. Root only; `SKIPPED:` otherwise (a failure
+//! under CI=true).
+
+use std::io::Read;
+use std::net::{Ipv4Addr, TcpListener};
+use std::time::{Duration, Instant};
+
+use broker::client::Client;
+use predictive_e2e::Containerd;
+use predictive_e2e::cmd::wait_until;
+use predictive_e2e::cni::{Attachment, CniBridge};
+use predictive_e2e::settings::Settings;
+use runtime_hooks::net::{Netns, root_qdisc};
+
+const TEST: &str = "egress_limits_hold_and_an_idle_senders_share_is_lent_and_reclaimed";
+/// Each sender's share, bytes/s.
+const N: u64 = 1_000_000;
+const TICK_MS: u64 = 500;
+
+/// `n` seconds on this host, `n` x [`Settings::slow`] in the emulated guest.
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n * u64::from(Settings::from_env().slow()))
+}
+
+/// A TCP receiver on `ip` that reads and drops whatever any number of senders send.
+fn receiver(ip: Ipv4Addr) -> u16 {
+    let l = TcpListener::bind((ip, 0)).expect("binding the receiver on the bridge's address");
+    let port = l.local_addr().expect("bound").port();
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = vec![0u8; 64 * 1024];
+                while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    port
+}
+
+/// The TBF rate in force on the container's eth0, read back from the kernel.
+fn tbf_rate(a: &Attachment) -> Option<u64> {
+    root_qdisc(&Netns::Path(a.netns_path()), "eth0")
+        .ok()
+        .flatten()
+        .filter(|q| q.kind == "tbf")
+        .and_then(|q| q.rate_bytes_per_sec)
+}
+
+/// Bytes/s each attachment sent over `window` (the host side of its veth), after one second not counted: TCP
+/// takes a moment to fill a limit that just changed.
+fn rates(atts: &[&Attachment], window: Duration) -> Vec<f64> {
+    std::thread::sleep(secs(1));
+    let read = || -> Vec<u64> {
+        atts.iter()
+            .map(|a| a.sent_bytes().expect("veth counters"))
+            .collect()
+    };
+    let (b0, t0) = (read(), Instant::now());
+    std::thread::sleep(window);
+    let (b1, dt) = (read(), t0.elapsed().as_secs_f64());
+    b0.iter()
+        .zip(b1)
+        .map(|(a, b)| (b - a) as f64 / dt)
+        .collect()
+}
+
+fn within(measured: f64, want: u64, what: &str) {
+    let ratio = measured / want as f64;
+    println!("RESULT {what}: limit {want} B/s, measured {measured:.0} B/s, ratio {ratio:.3}");
+    assert!(
+        (0.85..=1.15).contains(&ratio),
+        "{what}: measured {measured:.0} B/s against a limit of {want} B/s (ratio {ratio:.3})"
+    );
+}
+
+/// The broker's egress view of every task: (id, limit) pairs, and that their sum is within the budget.
+fn limits(c: &Containerd, budget: u64) -> Vec<(String, Option<u64>)> {
+    let mut client = Client::new(c.broker_socket(), secs(5));
+    let status = client.status().expect("broker status");
+    let out: Vec<(String, Option<u64>)> = status
+        .tasks
+        .iter()
+        .map(|t| {
+            (
+                t.container_id.clone(),
+                t.net.as_ref().map(|n| n.limit_bytes_per_sec),
+            )
+        })
+        .collect();
+    let sum: u64 = out.iter().filter_map(|(_, l)| *l).sum();
+    assert!(
+        sum <= budget,
+        "egress limits sum to {sum} > budget {budget}: {out:?}"
+    );
+    out
+}
+
+#[test]
+fn egress_limits_hold_and_an_idle_senders_share_is_lent_and_reclaimed() {
+    let budget = 2 * N;
+    let toml = format!("tick_ms = {TICK_MS}\n\n[network]\nlink_budget_bytes_per_sec = {budget}\n");
+    let Some(c) = Containerd::start_with_broker(TEST, &toml) else {
+        return;
+    };
+    if !c.settings.is_predictive() {
+        println!(
+            "{TEST}: runtime {} has no broker; nothing to test",
+            c.runtime()
+        );
+        c.finish();
+        return;
+    }
+    let mut net = match CniBridge::create() {
+        Ok(n) => n,
+        Err(why) => {
+            testkit::skip(TEST, &why);
+            c.finish();
+            return;
+        }
+    };
+    let (att_a, att_b) = match (net.attach("a"), net.attach("b")) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            testkit::skip(TEST, &format!("no CNI bridge: {e}"));
+            c.finish();
+            return;
+        }
+    };
+    let port = receiver(net.gateway());
+    // Removed with the bridge, also when the test fails.
+    let ctl = net.dir().join("ctl");
+    std::fs::create_dir_all(&ctl).expect("the control directory");
+    let go = |name: &str, on: bool| {
+        let f = ctl.join(format!("go-{name}"));
+        if on {
+            std::fs::write(&f, "").expect("go file");
+        } else {
+            std::fs::remove_file(&f).expect("go file");
+        }
+    };
+    go("a", true);
+    go("b", true);
+    // One TCP connection per sender, fed while /ctl/go-NAME exists (idle, the connection stays open).
+    let sender = |name: &str| {
+        format!(
+            "while :; do if [ -e /ctl/go-{name} ]; then head -c 262144 /dev/zero; else sleep 0.1; fi; done | nc {} {port}",
+            net.gateway()
+        )
+    };
+    let (a, b, h) = (c.id("net-a"), c.id("net-b"), c.id("net-host"));
+    for (id, att, name) in [(&a, &att_a, "a"), (&b, &att_b, "b")] {
+        let flags = [
+            "--with-ns".to_owned(),
+            format!("network:{}", att.netns_path().display()),
+            "--annotation".to_owned(),
+            "io.predictive.task-type=e2e-net".to_owned(),
+            "--annotation".to_owned(),
+            format!("io.predictive.egress-bytes-per-sec={N}"),
+            "--mount".to_owned(),
+            format!("type=bind,src={},dst=/ctl,options=rbind:ro", ctl.display()),
+        ];
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        c.run_detached(id, &flags, &["sh", "-c", &sender(name)]);
+    }
+    // A container on the host's network: no share of the budget, nothing written on the host's interfaces.
+    c.run_detached(
+        &h,
+        &[
+            "--net-host",
+            "--annotation",
+            &format!("io.predictive.egress-bytes-per-sec={N}"),
+        ],
+        &["sleep", "600"],
+    );
+
+    // 1. Each sender's share is in force in its namespace, and each sends at it.
+    wait_until(secs(30), || {
+        (tbf_rate(&att_a) == Some(N) && tbf_rate(&att_b) == Some(N)).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "TBF {N} B/s on both senders' eth0: a {:?}, b {:?}\n{}",
+            tbf_rate(&att_a),
+            tbf_rate(&att_b),
+            c.log()
+        )
+    });
+    let view = limits(&c, budget);
+    assert!(
+        view.iter().any(|(id, l)| *id == h && l.is_none()),
+        "the host-network container has no egress limit: {view:?}"
+    );
+    let r = rates(&[&att_a, &att_b], secs(4));
+    within(r[0], N, "sender a, both sending");
+    within(r[1], N, "sender b, both sending");
+
+    // 2. b goes idle: a's limit rises by what b lends.
+    go("b", false);
+    let t0 = Instant::now();
+    let lent = wait_until(secs(30), || tbf_rate(&att_a).filter(|r| *r > N * 3 / 2))
+        .unwrap_or_else(|| panic!("a's limit never rose above {N}: {:?}", tbf_rate(&att_a)));
+    println!(
+        "RESULT lend: b idle -> a's limit {lent} B/s after {:.1} s ({:.1} ticks; the lender waits 3 idle ticks)",
+        t0.elapsed().as_secs_f64(),
+        t0.elapsed().as_secs_f64() * 1000.0 / TICK_MS as f64
+    );
+    limits(&c, budget);
+    let r = rates(&[&att_a], secs(4));
+    within(r[0], lent, "sender a, borrowing");
+
+    // 3. b sends again: it takes its share back and a's limit falls back.
+    go("b", true);
+    let t0 = Instant::now();
+    wait_until(secs(30), || {
+        (tbf_rate(&att_a) == Some(N) && tbf_rate(&att_b) == Some(N)).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "limits back to {N}: a {:?}, b {:?}",
+            tbf_rate(&att_a),
+            tbf_rate(&att_b)
+        )
+    });
+    let back = t0.elapsed().as_secs_f64();
+    println!(
+        "RESULT reclaim: b sends again -> both limits back to {N} B/s after {back:.2} s ({:.1} ticks of {TICK_MS} ms)",
+        back * 1000.0 / TICK_MS as f64
+    );
+    limits(&c, budget);
+    let r = rates(&[&att_a, &att_b], secs(4));
+    within(r[0], N, "sender a, after the reclaim");
+    within(r[1], N, "sender b, after the reclaim");
+
+    for id in [&a, &b, &h] {
+        c.remove(id);
+    }
+    c.finish();
+    drop(net);
+}
