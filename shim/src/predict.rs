@@ -306,6 +306,10 @@ pub struct Augment {
     scope: Mutex<Option<crate::systemd::Scope>>,
     /// Who froze the container (the user, the broker) and whether it is stopping (`freeze.rs`).
     pub freezer: Freezer,
+    /// An egress limit is in force: the monitor reports every tick with the full sample (its network counters),
+    /// since a sender can move megabytes a second at under 1% of a core, which the pacer would call idle and the
+    /// broker would then see no traffic and lend the sender's share away.
+    net_limited: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -426,6 +430,7 @@ impl Augment {
             allocation: Mutex::new(allocation),
             pid: Mutex::new(None),
             stop: Notify::new(),
+            net_limited: std::sync::atomic::AtomicBool::new(false),
             monitor: Mutex::new(None),
             finished: Mutex::new(None),
             companions: Mutex::new(Vec::new()),
@@ -535,7 +540,11 @@ impl Augment {
             return false;
         };
         let probe = sampler.probe();
-        let forced = kicked || !st.registered || st.pace.stopping_sent || !st.buffered.is_empty();
+        let forced = kicked
+            || !st.registered
+            || st.pace.stopping_sent
+            || !st.buffered.is_empty()
+            || self.net_limited.load(std::sync::atomic::Ordering::Relaxed);
         match st.pace.pacer.check(probe, forced) {
             Some(why) => {
                 st.pace.due = Some((probe, why));
@@ -724,6 +733,14 @@ impl Augment {
                 tracing::info!(container = %self.id, action = ?d.action, "egress limit skipped: the container shares the host's network namespace (out of reach)");
             }
             Ok(Some(done)) => {
+                let limited = matches!(
+                    d.action,
+                    Action::SetNetEgress {
+                        rate_bytes_per_sec: Some(_)
+                    }
+                );
+                self.net_limited
+                    .store(limited, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(container = %self.id, action = ?d.action, reason = %d.reason, interfaces = ?done, "directive applied");
             }
             Ok(None) => {}
