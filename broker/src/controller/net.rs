@@ -98,6 +98,9 @@ struct NetTask {
     /// The limit last directed (`None`: none yet).
     limit: Option<u64>,
     tx: Option<f64>,
+    /// `tx` came in a report since the last tick: only such a tick counts (a tick with no report learns nothing,
+    /// and counting the old rate again made a sender whose reports paused look idle for as long).
+    fresh: bool,
     /// Ticks in a row below `idle_below` of its share.
     idle_for: u32,
     role: Role,
@@ -141,6 +144,7 @@ impl NetShaper {
                 base: 0,
                 limit: None,
                 tx: None,
+                fresh: false,
                 idle_for: 0,
                 role: Role::Own,
                 reason: String::new(),
@@ -163,6 +167,7 @@ impl NetShaper {
     pub fn observe(&mut self, id: &str, tx_bytes_per_sec: Option<f64>) {
         if let (Some(t), Some(tx)) = (self.tasks.get_mut(id), tx_bytes_per_sec) {
             t.tx = Some(tx);
+            t.fresh = true;
         }
     }
 
@@ -175,8 +180,12 @@ impl NetShaper {
         let min = self.cfg.min_bytes_per_sec;
         for t in self.tasks.values_mut() {
             let current = t.limit.unwrap_or(t.base) as f64;
-            let (Some(tx), true) = (t.tx, t.enforce) else {
+            if !t.enforce {
                 t.role = Role::Own;
+                continue;
+            }
+            // No report since the last tick: its role stands.
+            let (Some(tx), true) = (t.tx, std::mem::take(&mut t.fresh)) else {
                 continue;
             };
             t.idle_for = if tx < idle * t.base as f64 {
@@ -378,21 +387,28 @@ mod tests {
         );
     }
 
+    /// One tick after a report from each of `rates` (a shim reports every tick).
+    fn tick_after(s: &mut NetShaper, rates: &[(&str, f64)]) -> Vec<Directive> {
+        for (id, r) in rates {
+            s.observe(id, Some(*r));
+        }
+        s.tick()
+    }
+
     #[test]
     fn an_idle_sender_lends_to_a_saturated_one_and_takes_it_back_in_one_tick() {
         let mut s = shaper(2 * MB);
         s.register("a", Some(MB), Mode::Enforce, true);
         s.register("b", Some(MB), Mode::Enforce, true);
         let keep = NetConfig::default().min_bytes_per_sec;
+        let full = 0.99 * MB as f64;
         // Both send at their limit: nothing moves.
-        s.observe("a", Some(0.99 * MB as f64));
-        s.observe("b", Some(0.99 * MB as f64));
-        assert!(s.tick().is_empty());
+        assert!(tick_after(&mut s, &[("a", full), ("b", full)]).is_empty());
         // b goes idle: it lends after idle_ticks ticks, a borrows what b does not keep.
-        s.observe("b", Some(0.0));
-        assert!(s.tick().is_empty());
-        assert!(s.tick().is_empty());
-        let ds = s.tick();
+        let b_idle = [("a", full), ("b", 0.0)];
+        assert!(tick_after(&mut s, &b_idle).is_empty());
+        assert!(tick_after(&mut s, &b_idle).is_empty());
+        let ds = tick_after(&mut s, &b_idle);
         assert_eq!(limit_of(&ds, "b"), Some(keep));
         assert_eq!(limit_of(&ds, "a"), Some(2 * MB - keep));
         let a = s.view("a").expect("a");
@@ -400,19 +416,33 @@ mod tests {
         assert!(a.reason.contains("lent by b"), "{}", a.reason);
         assert_eq!(s.total(), 2 * MB);
         // a uses its loan; b stays idle: nothing changes.
-        s.observe("a", Some(1.95 * MB as f64));
+        assert!(tick_after(&mut s, &[("a", 1.95 * MB as f64), ("b", 0.0)]).is_empty());
+        // A tick with no report changes nothing either (the rates last seen are not counted again).
         assert!(s.tick().is_empty());
         // b sends again and fills what it kept: both limits are back in the same tick.
-        s.observe("b", Some(keep as f64));
-        let ds = s.tick();
+        let ds = tick_after(&mut s, &[("a", 1.95 * MB as f64), ("b", keep as f64)]);
         assert_eq!(
             (limit_of(&ds, "a"), limit_of(&ds, "b")),
             (Some(MB), Some(MB))
         );
         // b's next report still shows the small rate (sent before its limit rose): it does not lend at once.
-        s.observe("b", Some(keep as f64));
-        assert!(s.tick().is_empty());
+        assert!(tick_after(&mut s, &[("a", full), ("b", keep as f64)]).is_empty());
         assert_eq!(s.total(), 2 * MB);
+    }
+
+    /// A sender whose reports pause is not idle: only ticks with a report since the last count (a rate of 0 seen
+    /// once, then three ticks with no report, lends nothing).
+    #[test]
+    fn ticks_without_a_report_count_nothing() {
+        let mut s = shaper(2 * MB);
+        s.register("a", Some(MB), Mode::Enforce, true);
+        s.register("b", Some(MB), Mode::Enforce, true);
+        assert!(tick_after(&mut s, &[("a", MB as f64), ("b", 0.0)]).is_empty());
+        for _ in 0..3 {
+            assert!(s.tick().is_empty());
+        }
+        assert!(s.view("b").is_some_and(|v| v.borrowed_bytes_per_sec == 0));
+        assert_eq!(limit(&s, "b"), MB);
     }
 
     #[test]
