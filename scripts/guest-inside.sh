@@ -36,11 +36,18 @@ if [ -f "$out/debug.sh" ]; then sh "$out/debug.sh"; exit; fi
 for v in $PREDICTIVE_GUEST_VERSIONS; do
     echo "=== guest: e2e on containerd $v (cgroup v2, systemd) ==="
     start=$(cut -d' ' -f1 /proc/uptime)
+    # Bounded per version (each test is also capped by the guest profile of tests/nextest.toml): a hang that
+    # nextest cannot end (a process in uninterruptible sleep) costs this version, not the lane, and leaves a
+    # process table (ps-<version>.txt) that says what hung.
     CI=$CI PREDICTIVE_E2E_CONTAINERD=$v PREDICTIVE_E2E_CACHE=$cache PREDICTIVE_E2E_SHIM_DIR=/opt/predictive/bin PREDICTIVE_E2E_GUEST=1 PREDICTIVE_E2E_ROUNDS=5 \
-        "$out/cargo-nextest" nextest run --archive-file "$out/e2e.tar.zst" --workspace-remap "$ws" \
+        timeout -k 20 "${PREDICTIVE_GUEST_VERSION_TIMEOUT:-1000}" "$out/cargo-nextest" nextest run --archive-file "$out/e2e.tar.zst" --workspace-remap "$ws" \
         --extract-to /tmp/nextest --extract-overwrite --config-file "$ws/tests/nextest.toml" --profile guest \
         -E "$(cat "$out/filter-$v")" >"$out/e2e-$v.log" 2>&1
     rc=$?
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+        echo "guest: containerd $v: nextest stopped after ${PREDICTIVE_GUEST_VERSION_TIMEOUT:-1000}s" >> "$out/e2e-$v.log"
+        ps -eo pid,ppid,stat,wchan:30,etimes,args --sort=start_time > "$out/ps-$v.txt" 2>&1
+    fi
     echo "exit $rc" >> "$out/e2e-$v.log"
     echo "$rc" > "$out/rc-$v"
     grep -E '^\s*(PASS|FAIL|SIGSEGV|TIMEOUT|SKIP)|Summary \[' "$out/e2e-$v.log"

@@ -74,6 +74,19 @@ if [[ " $versions " == *" 1.7 "* ]]; then
     scripts/fetch-debs.sh docker-26 trixie docker.io docker-cli >/dev/null || true
 fi
 
+# A guest run that did not reach nextest's summary (stopped by the guest's or the lane's timeout): what it was
+# running, into the summary, so CI's last lines say what hung. Tests nextest reported slow (SLOW lines) that it
+# never reported finished are the candidates; processes in uninterruptible sleep are named from ps-<version>.txt.
+unfinished() {
+    local v=$1 glog=$2 t running=() stuck
+    for t in $(grep -E '^\s*SLOW ' "$glog" | awk '{print $NF}' | sort -u); do
+        grep -qE "^\s*(PASS|FAIL|TIMEOUT|SIGKILL|SIGSEGV|ABORT) .* $t\$" "$glog" || running+=("$t")
+    done
+    echo "--- guest, containerd $v: unfinished; the log's last lines ---"; tail -n 12 "$glog"
+    stuck=$(awk '$3 ~ /^D/ {printf "%s(%s) ", $6, $4}' "$(dirname "$glog")/ps-$v.txt" 2>/dev/null)
+    summary+=("cgroup v2 lane, containerd $v: unfinished; slow and never done: ${running[*]:-none}; in D state: ${stuck:-none}")
+}
+
 e2e_start=$(date +%s)
 for v in $versions; do
     echo "=== e2e: containerd $v, runtime $runtime ==="
@@ -111,12 +124,14 @@ else
                 echo "--- guest, containerd $v: failures ---"
                 grep -E '^\s*(FAIL|TIMEOUT) ' "$glog" | sort -u || true
                 count "cgroup v2 lane, containerd $v" "$glog" "$(cat "$guest/rc-$v" 2>/dev/null || echo 1)"
+                grep -q 'Summary \[' "$glog" || unfinished "$v" "$glog"
             else
                 failed=$((failed + 1)); summary+=("cgroup v2 lane, containerd $v: no results (see $guest/console.log)")
             fi
         done
         if [ -e "$guest/timed-out" ]; then
             failed=$((failed + 1)); summary+=("cgroup v2 lane: $(cat "$guest/timed-out")")
+            echo "--- guest console, last lines ---"; tail -n 15 "$guest/console.log" 2>/dev/null
         fi
     fi
 fi
