@@ -116,10 +116,18 @@ pub struct EgressLimit {
     pub latency: Duration,
 }
 
+/// The smallest bucket, bytes: larger than any packet the TBF may hold. TCP hands the qdisc GSO packets of up to
+/// 64 KiB (plus each segment's headers, as the qdisc counts them), and a TBF splits a packet only when it is
+/// enqueued: after a change to a smaller bucket, a queued packet larger than the bucket can never be sent, and
+/// the kernel (6.1) keeps the queue on a change, so the whole stream behind it stops for good. 96 KiB covers a
+/// 64 KiB GSO packet's 45 segments' headers with room; an interface with BIG TCP (`gso_max_size` above 64 KiB) is
+/// not covered. The cost: a sender idle for a while may send up to this much at once.
+pub const MIN_BURST: u32 = 96 * 1024;
+
 impl EgressLimit {
-    /// `rate_bytes_per_sec` with a burst of 10 ms worth of traffic (at least 16 KiB) and 50 ms latency.
+    /// `rate_bytes_per_sec` with a burst of 10 ms worth of traffic (at least [`MIN_BURST`]) and 50 ms latency.
     pub fn new(rate_bytes_per_sec: u64) -> Self {
-        let burst = (rate_bytes_per_sec / 100).clamp(16 * 1024, u64::from(u32::MAX));
+        let burst = (rate_bytes_per_sec / 100).clamp(MIN_BURST.into(), u64::from(u32::MAX));
         Self {
             rate_bytes_per_sec,
             burst_bytes: u32::try_from(burst).unwrap_or(u32::MAX),

@@ -249,20 +249,10 @@ fn egress_limits_hold_and_an_idle_senders_share_is_lent_and_reclaimed() {
         "sender b after the reclaim: measured {:.0} B/s, share {N} B/s, limit {b_limit} B/s",
         r[1]
     );
-    // The borrower whose limit fell back: its limit holds. Its rate is printed, not asserted: once (containerd 2.1)
-    // its connection sent nothing for 6 s after the drop from 1.93 MB/s to 1 MB/s (TCP backing off after the
-    // replaced qdisc's queue was dropped; not fixed yet, see the session notes), after which the broker saw it
-    // idle and lent its share on, as it should.
-    let ratio = r[0] / N as f64;
-    println!(
-        "RESULT sender a, after the reclaim: limit {N} B/s, measured {:.0} B/s, ratio {ratio:.3}",
-        r[0]
-    );
-    assert!(
-        ratio <= 1.15,
-        "sender a after the reclaim sent {:.0} B/s over its limit of {N} B/s",
-        r[0]
-    );
+    // The borrower whose limit fell back sends at it again: before the bucket had a floor (runtime_hooks::net::
+    // MIN_BURST), a GSO packet queued under the larger limit's bucket could never leave the smaller one, and this
+    // connection sent nothing until it died.
+    within(r[0], N, "sender a, after the reclaim");
 
     for id in [&a, &b, &h] {
         c.remove(id);
