@@ -642,7 +642,8 @@ mod tests {
 
     #[test]
     fn defaults_and_ranges() {
-        assert_eq!(EgressLimit::new(125_000).burst_bytes, 16_384);
+        assert_eq!(EgressLimit::new(125_000).burst_bytes, MIN_BURST);
+        assert_eq!(EgressLimit::new(20_000_000).burst_bytes, 200_000);
         assert_eq!(EgressLimit::new(1_000_000_000).burst_bytes, 10_000_000);
         let ns = Netns::Path(PathBuf::from("/nonexistent/netns"));
         assert!(matches!(
