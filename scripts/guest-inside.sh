@@ -33,20 +33,32 @@ for b in containerd-shim-predictive-v2 predictived predictivectl predictive-hook
 done
 # A developer's own script instead of the tests (PREDICTIVE_GUEST_SCRIPT=FILE scripts/guest-lane.sh).
 if [ -f "$out/debug.sh" ]; then sh "$out/debug.sh"; exit; fi
+# One nextest run of version $1's tests into log $2, bounded (each test is also capped by the guest profile of
+# tests/nextest.toml): a hang that nextest cannot end (a process in uninterruptible sleep, a wedged emulated
+# device) costs this run, not the lane. Returns nextest's exit code (124/137: stopped by the bound).
+run_version() {
+    CI=$CI PREDICTIVE_E2E_CONTAINERD=$1 PREDICTIVE_E2E_CACHE=$cache PREDICTIVE_E2E_SHIM_DIR=/opt/predictive/bin PREDICTIVE_E2E_GUEST=1 PREDICTIVE_E2E_ROUNDS=5 \
+        timeout -k 20 "$PREDICTIVE_GUEST_VERSION_TIMEOUT" "$out/cargo-nextest" nextest run --archive-file "$out/e2e.tar.zst" --workspace-remap "$ws" \
+        --extract-to /tmp/nextest --extract-overwrite --config-file "$ws/tests/nextest.toml" --profile guest \
+        -E "$(cat "$out/filter-$1")" >"$2" 2>&1
+}
+PREDICTIVE_GUEST_VERSION_TIMEOUT=${PREDICTIVE_GUEST_VERSION_TIMEOUT:-900}
 for v in $PREDICTIVE_GUEST_VERSIONS; do
     echo "=== guest: e2e on containerd $v (cgroup v2, systemd) ==="
     start=$(cut -d' ' -f1 /proc/uptime)
-    # Bounded per version (each test is also capped by the guest profile of tests/nextest.toml): a hang that
-    # nextest cannot end (a process in uninterruptible sleep) costs this version, not the lane, and leaves a
-    # process table (ps-<version>.txt) that says what hung.
-    CI=$CI PREDICTIVE_E2E_CONTAINERD=$v PREDICTIVE_E2E_CACHE=$cache PREDICTIVE_E2E_SHIM_DIR=/opt/predictive/bin PREDICTIVE_E2E_GUEST=1 PREDICTIVE_E2E_ROUNDS=5 \
-        timeout -k 20 "${PREDICTIVE_GUEST_VERSION_TIMEOUT:-1000}" "$out/cargo-nextest" nextest run --archive-file "$out/e2e.tar.zst" --workspace-remap "$ws" \
-        --extract-to /tmp/nextest --extract-overwrite --config-file "$ws/tests/nextest.toml" --profile guest \
-        -E "$(cat "$out/filter-$v")" >"$out/e2e-$v.log" 2>&1
+    run_version "$v" "$out/e2e-$v.log"
     rc=$?
     if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-        echo "guest: containerd $v: nextest stopped after ${PREDICTIVE_GUEST_VERSION_TIMEOUT:-1000}s" >> "$out/e2e-$v.log"
-        ps -eo pid,ppid,stat,wchan:30,etimes,args --sort=start_time > "$out/ps-$v.txt" 2>&1
+        # Stopped: what was running and what the kernel said go beside the log (scripts/test.sh prints them and
+        # names the unfinished tests in its summary), then the version runs once more; the stopped run stays on
+        # record as e2e-<version>.stopped.log.
+        echo "guest: containerd $v: nextest stopped after ${PREDICTIVE_GUEST_VERSION_TIMEOUT}s" >> "$out/e2e-$v.log"
+        { ps -eo pid,ppid,stat,wchan:30,etimes,args --sort=start_time; echo "--- dmesg ---"; dmesg | tail -n 40; } \
+            > "$out/ps-$v.txt" 2>&1
+        mv "$out/e2e-$v.log" "$out/e2e-$v.stopped.log"
+        echo "guest: containerd $v stopped after ${PREDICTIVE_GUEST_VERSION_TIMEOUT}s; running it again"
+        run_version "$v" "$out/e2e-$v.log"
+        rc=$?
     fi
     echo "exit $rc" >> "$out/e2e-$v.log"
     echo "$rc" > "$out/rc-$v"

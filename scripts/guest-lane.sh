@@ -15,7 +15,9 @@
 # predictive-e2e tests with the `guest` profile of tests/nextest.toml (longer timeouts: the guest is emulated,
 # about 4-8x slower than this host) and the filter in tests/guest-tests.txt. Bounded: the whole boot is killed
 # after PREDICTIVE_GUEST_TIMEOUT seconds (default 2400), each version's nextest run after
-# PREDICTIVE_GUEST_VERSION_TIMEOUT seconds (default 1000; the guest then saves its process table as ps-<version>.txt).
+# PREDICTIVE_GUEST_VERSION_TIMEOUT seconds (default 900): the guest then saves its process table and the kernel's
+# last messages (ps-<version>.txt) and the stopped run's log (e2e-<version>.stopped.log), and runs that version
+# once more; scripts/test.sh reports both.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ws=$(pwd)
@@ -70,7 +72,7 @@ cat > "$out/env" <<ENV
 PREDICTIVE_GUEST_WS=$ws
 PREDICTIVE_GUEST_VERSIONS="$versions"
 PREDICTIVE_E2E_CACHE=$cache
-PREDICTIVE_GUEST_VERSION_TIMEOUT=${PREDICTIVE_GUEST_VERSION_TIMEOUT:-1000}
+PREDICTIVE_GUEST_VERSION_TIMEOUT=${PREDICTIVE_GUEST_VERSION_TIMEOUT:-900}
 CI=${CI:-}
 ENV
 
