@@ -595,61 +595,11 @@ fn enter(ns: &Path) {
 
 /// Bytes per second from a client in `from` to a server in `to`, measured at the server over `window`.
 fn throughput(from: &Path, to: &Path, window: Duration) -> f64 {
-    use std::io::{Read, Write};
-    let (tx, rx) = std::sync::mpsc::channel();
-    let to = to.to_owned();
-    let server = std::thread::spawn(move || {
-        enter(&to);
-        let listener = std::net::TcpListener::bind("10.213.77.2:0").expect("bind");
-        tx.send(listener.local_addr().expect("addr"))
-            .expect("send addr");
-        let (mut conn, _) = listener.accept().expect("accept");
-        conn.set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut total = 0u64;
-        let start = Instant::now();
-        while start.elapsed() < window {
-            match conn.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => total += n as u64,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("read: {e}"),
-            }
-        }
-        total as f64 / start.elapsed().as_secs_f64()
-    });
-    let from = from.to_owned();
-    let client = std::thread::spawn(move || {
-        enter(&from);
-        let addr = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("server address");
-        let mut conn =
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-        conn.set_write_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
-        let chunk = vec![7u8; 64 * 1024];
-        let start = Instant::now();
-        // The server stops reading after the window and closes; stop at the first error or a bound.
-        while start.elapsed() < window + Duration::from_secs(3) {
-            match conn.write(&chunk) {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => break,
-            }
-        }
-    });
-    let rate = server.join().expect("server thread");
-    client.join().expect("client thread");
+    let (received, stop) = stream(from, to);
+    let start = Instant::now();
+    std::thread::sleep(window);
+    let rate = received.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
     rate
 }
 
