@@ -268,6 +268,10 @@ struct RunStats {
     io_bytes: u64,
     throttled_s: f64,
     samples: u64,
+    /// Bytes sent over the intervals that measured egress, those intervals' seconds and the largest rate.
+    net_tx_bytes: f64,
+    net_s: f64,
+    net_tx_peak: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -951,6 +955,11 @@ impl Broker {
                 st.io_bytes += sample.io_bytes;
                 st.throttled_s += throttled_s;
                 st.samples += 1;
+                if let Some(tx) = usage.net_tx_bytes_per_sec {
+                    st.net_tx_bytes += tx * dt;
+                    st.net_s += dt;
+                    st.net_tx_peak = Some(st.net_tx_peak.map_or(tx, |p| p.max(tx)));
+                }
                 fresh.push(sample);
                 latest = Some(usage);
             }
@@ -1022,6 +1031,9 @@ impl Broker {
                 exit_code: f.exit_code,
                 oom_killed: f.oom_killed,
                 throttled_s: stats.throttled_s,
+                // Over the sampled intervals that measured egress (none for a task in the host's network).
+                net_tx_bytes_per_s: (stats.net_s > 0.0).then(|| stats.net_tx_bytes / stats.net_s),
+                net_tx_peak_bytes_per_s: stats.net_tx_peak,
             },
             profile: None,
         };
