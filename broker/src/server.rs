@@ -807,9 +807,14 @@ impl Broker {
                 None => st.controller.register(spec, now),
             };
             let mut directives = directives;
-            directives.extend(st.net.register(
-                &r.container_id,
+            let ask = crate::controller::net::NetAsk::of(
                 ann.egress_bytes_per_sec,
+                (!cold).then_some(&prediction),
+                st.net.config(),
+            );
+            directives.extend(st.net.register_ask(
+                &r.container_id,
+                ask,
                 ann.mode,
                 r.own_netns.unwrap_or(true),
             ));
