@@ -268,6 +268,8 @@ struct RunStats {
     io_bytes: u64,
     throttled_s: f64,
     samples: u64,
+    /// The task shares the host's network namespace: its counters are the host's, not its own egress.
+    host_network: bool,
     /// Bytes sent over the intervals that measured egress, those intervals' seconds and the largest rate.
     net_tx_bytes: f64,
     net_s: f64,
@@ -399,7 +401,10 @@ impl State {
             model_version,
             prev: None,
             pending: Vec::new(),
-            stats: RunStats::default(),
+            stats: RunStats {
+                host_network: r.own_netns == Some(false),
+                ..RunStats::default()
+            },
         };
         if let Some(old) = self.running.insert(r.container_id.clone(), running)
             && old.run_id != run_id
@@ -960,7 +965,7 @@ impl Broker {
                 st.io_bytes += sample.io_bytes;
                 st.throttled_s += throttled_s;
                 st.samples += 1;
-                if let Some(tx) = usage.net_tx_bytes_per_sec {
+                if let Some(tx) = usage.net_tx_bytes_per_sec.filter(|_| !st.host_network) {
                     st.net_tx_bytes += tx * dt;
                     st.net_s += dt;
                     st.net_tx_peak = Some(st.net_tx_peak.map_or(tx, |p| p.max(tx)));

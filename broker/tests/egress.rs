@@ -133,6 +133,10 @@ fn sending(rate: f64) -> Vec<Sample> {
 }
 
 fn register(id: &str, task_type: &str, egress: Option<u64>) -> Register {
+    on_network(id, task_type, egress, true)
+}
+
+fn on_network(id: &str, task_type: &str, egress: Option<u64>, own_netns: bool) -> Register {
     let mut annotations =
         BTreeMap::from([(annotations::TASK_TYPE.to_owned(), task_type.to_owned())]);
     if let Some(e) = egress {
@@ -153,7 +157,7 @@ fn register(id: &str, task_type: &str, egress: Option<u64>) -> Register {
         cgroup: None,
         adopt: None,
         parents: Vec::new(),
-        own_netns: Some(true),
+        own_netns: Some(own_netns),
     }
 }
 
@@ -292,4 +296,45 @@ fn finished_runs_that_sent_two_megabytes_a_second_set_the_next_runs_share() {
         .register(&register("up-annotated", "uploader", Some(7_000_000)))
         .expect("register annotated");
     assert_eq!(egress_of(&annotated), Some(7_000_000));
+}
+
+/// A task on the host's network reads the host's counters: its runs teach its type no egress.
+#[test]
+fn runs_on_the_host_network_teach_no_egress() {
+    let dir = tempfile::Builder::new()
+        .prefix("pd")
+        .tempdir_in("/tmp")
+        .expect("tempdir in /tmp");
+    let b = Broker::start(dir.path());
+    let mut c = b.client();
+    for i in 0..4 {
+        let id = format!("host-{i}");
+        let r = c
+            .register(&on_network(&id, "hostnet", None, false))
+            .expect("register");
+        assert_eq!(egress_of(&r), None, "no share on the host's network");
+        c.report(&Report {
+            container_id: id.clone(),
+            samples: sending(RATE),
+            ..Report::default()
+        })
+        .expect("report");
+        finish(&mut c, &id);
+    }
+    let p = b.wait_for("a warm prediction of 4 runs", || {
+        let r = c
+            .register(&register("host-live", "hostnet", None))
+            .expect("register");
+        finish(&mut c, "host-live");
+        r.prediction.filter(|p| p.runs >= 4)
+    });
+    assert_eq!(
+        p.net_tx_bytes_per_s.kind, None,
+        "{:?}",
+        p.net_tx_bytes_per_s
+    );
+    assert!(
+        p.memory_bytes.kind.is_some(),
+        "the other targets are learned"
+    );
 }
