@@ -34,6 +34,8 @@ pub enum Resource {
     Memory,
     /// Mean IO rate, bytes per second.
     Io,
+    /// Mean network egress, bytes per second (listed only for a type whose runs measured it).
+    Net,
 }
 
 /// Which candidate a target model uses.
@@ -126,6 +128,10 @@ pub struct Prediction {
     pub memory_bytes: Estimate,
     /// Mean IO rate, bytes/s.
     pub io_bytes_per_s: Estimate,
+    /// Mean network egress, bytes/s: the broker's egress share of a task without an egress annotation. All 0 with
+    /// `kind: null` when the task type's runs never measured egress; absent from an older broker (then the default).
+    #[serde(default)]
+    pub net_tx_bytes_per_s: Estimate,
     /// Usage over normalised lifetime buckets (empty on cold start).
     pub profile: Vec<ProfilePoint>,
 }
@@ -193,7 +199,7 @@ pub struct Decision {
     pub task_key: String,
     /// What was done.
     pub directive: DecisionKind,
-    /// Which resource (`"memory"`, `"cpu"`, `"io"`, `"freezer"`).
+    /// Which resource (`"memory"`, `"cpu"`, `"io"`, `"freezer"`, `"net"`).
     pub resource: String,
     /// Why, in words.
     pub reason: String,

@@ -415,6 +415,10 @@ pub struct TaskPrediction {
     /// Lifetime, seconds (absent on a cold start).
     #[serde(default)]
     pub duration_s: Option<Estimate>,
+    /// Mean network egress, bytes/s (absent on a cold start, when the type's runs never measured egress, and
+    /// from an older broker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_tx_bytes_per_s: Option<Estimate>,
 }
 
 /// The answer to Models.

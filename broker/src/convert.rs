@@ -35,6 +35,7 @@ pub fn resource(r: predictor::Resource) -> wire::Resource {
         predictor::Resource::Cpu => wire::Resource::Cpu,
         predictor::Resource::Memory => wire::Resource::Memory,
         predictor::Resource::Io => wire::Resource::Io,
+        predictor::Resource::Net => wire::Resource::Net,
     }
 }
 
@@ -69,6 +70,7 @@ pub fn prediction(p: &predictor::Prediction) -> wire::Prediction {
         cpu_cores: estimate(&p.cpu_cores),
         memory_bytes: estimate(&p.memory_bytes),
         io_bytes_per_s: estimate(&p.io_bytes_per_s),
+        net_tx_bytes_per_s: estimate(&p.net_tx_bytes_per_s),
         profile: p
             .profile
             .iter()
@@ -168,6 +170,7 @@ mod tests {
             cpu_cores: est(1.25, Some(ModelKind::Baseline)),
             memory_bytes: est(1.5e9, Some(ModelKind::Seasonal)),
             io_bytes_per_s: est(0.0, None),
+            net_tx_bytes_per_s: est(2.0e6, Some(ModelKind::Ewma)),
             profile: vec![
                 ProfilePoint {
                     cpu_cores: b(1.0),
@@ -199,6 +202,14 @@ mod tests {
         assert_eq!(v["confidence"], "medium");
         assert_eq!(v["cpu_cores"]["kind"], "baseline");
         assert_eq!(v["task_key"], "default/etl@1a2b");
+        assert_eq!(v["net_tx_bytes_per_s"]["point"], 2.0e6);
+        // An older broker's prediction has no egress estimate: it still reads, as none.
+        let mut old = v.clone();
+        old.as_object_mut()
+            .expect("object")
+            .remove("net_tx_bytes_per_s");
+        let old: wire::Prediction = serde_json::from_value(old).expect("an older prediction reads");
+        assert_eq!(old.net_tx_bytes_per_s, wire::Estimate::default());
     }
 
     #[test]
@@ -231,6 +242,7 @@ mod tests {
                     ModelKind::Regression,
                     ModelKind::Seasonal,
                     ModelKind::Baseline,
+                    ModelKind::Ewma,
                 ])
                 .map(|(r, kind)| predictor::TargetSummary {
                     resource: *r,

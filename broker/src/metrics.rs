@@ -979,6 +979,7 @@ mod tests {
                 }),
                 memory_bytes: None,
                 duration_s: None,
+                net_tx_bytes_per_s: None,
             }],
             pool: "host".to_owned(),
         };
@@ -1092,6 +1093,7 @@ mod tests {
                     kind: None,
                 }),
                 duration_s: None,
+                net_tx_bytes_per_s: None,
             }],
             pool: "host".to_owned(),
         };

@@ -268,6 +268,12 @@ struct RunStats {
     io_bytes: u64,
     throttled_s: f64,
     samples: u64,
+    /// The task shares the host's network namespace: its counters are the host's, not its own egress.
+    host_network: bool,
+    /// Bytes sent over the intervals that measured egress, those intervals' seconds and the largest rate.
+    net_tx_bytes: f64,
+    net_s: f64,
+    net_tx_peak: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -395,7 +401,10 @@ impl State {
             model_version,
             prev: None,
             pending: Vec::new(),
-            stats: RunStats::default(),
+            stats: RunStats {
+                host_network: r.own_netns == Some(false),
+                ..RunStats::default()
+            },
         };
         if let Some(old) = self.running.insert(r.container_id.clone(), running)
             && old.run_id != run_id
@@ -803,9 +812,14 @@ impl Broker {
                 None => st.controller.register(spec, now),
             };
             let mut directives = directives;
-            directives.extend(st.net.register(
-                &r.container_id,
+            let ask = crate::controller::net::NetAsk::of(
                 ann.egress_bytes_per_sec,
+                (!cold).then_some(&prediction),
+                st.net.config(),
+            );
+            directives.extend(st.net.register_ask(
+                &r.container_id,
+                ask,
                 ann.mode,
                 r.own_netns.unwrap_or(true),
             ));
@@ -951,6 +965,11 @@ impl Broker {
                 st.io_bytes += sample.io_bytes;
                 st.throttled_s += throttled_s;
                 st.samples += 1;
+                if let Some(tx) = usage.net_tx_bytes_per_sec.filter(|_| !st.host_network) {
+                    st.net_tx_bytes += tx * dt;
+                    st.net_s += dt;
+                    st.net_tx_peak = Some(st.net_tx_peak.map_or(tx, |p| p.max(tx)));
+                }
                 fresh.push(sample);
                 latest = Some(usage);
             }
@@ -1022,6 +1041,9 @@ impl Broker {
                 exit_code: f.exit_code,
                 oom_killed: f.oom_killed,
                 throttled_s: stats.throttled_s,
+                // Over the sampled intervals that measured egress (none for a task in the host's network).
+                net_tx_bytes_per_s: (stats.net_s > 0.0).then(|| stats.net_tx_bytes / stats.net_s),
+                net_tx_peak_bytes_per_s: stats.net_tx_peak,
             },
             profile: None,
         };

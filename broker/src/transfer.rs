@@ -16,6 +16,9 @@
 //! only if it is a regular file of at most `max_file_bytes`; every field is range-checked and every task key checked
 //! as a `history` request's is; one bad run rejects the whole file (nothing is written) with an error naming the file
 //! (escaped), the run's index and the field. Values in range are trusted: import only files from your own nodes.
+//!
+//! Limit: a run's network egress is not exported (version 1 has no field for it and an older node refuses unknown
+//! fields), so an imported type's egress is learned from its local runs only.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -243,6 +246,9 @@ fn from_exported(e: &ExportedRun, now_ms: u64) -> Result<PortableRun, String> {
                 exit_code: e.exit_code,
                 oom_killed: e.oom_killed,
                 throttled_s: e.throttled_s,
+                // Egress does not travel yet: file version 1 has no field for it (an older node would refuse one).
+                net_tx_bytes_per_s: None,
+                net_tx_peak_bytes_per_s: None,
             },
             profile: e.profile.as_ref().map(|p| Profile {
                 cpu: p.cpu.clone(),

@@ -167,6 +167,20 @@ network egress {}: limit {}/s (share {}/s), sending {sent}",
                 bytes(n.borrowed_bytes_per_sec as f64)
             );
         }
+        if let Some(e) = s
+            .predictions
+            .iter()
+            .find(|p| p.container_id == t.container_id)
+            .and_then(|p| p.net_tx_bytes_per_s)
+        {
+            let _ = write!(
+                line,
+                ", predicted {}/s [{}/s-{}/s]",
+                bytes(e.point),
+                bytes(e.lower),
+                bytes(e.upper)
+            );
+        }
         let _ = writeln!(line, "\n  {}", n.reason);
         out.push_str(&line);
     }
@@ -466,5 +480,35 @@ mod tests {
         );
         assert!(text.contains("network egress b: limit 64.0KiB/s"), "{text}");
         assert!(text.contains("lends 960.0KiB/s"), "{text}");
+        assert!(
+            !text.contains("predicted"),
+            "no prediction, no figure: {text}"
+        );
+        // A task whose type's egress is predicted shows the estimate beside its share.
+        let e = |point: f64| predictive_api::prediction::Estimate {
+            point,
+            lower: point * 0.5,
+            upper: point * 1.5,
+            limit: point * 2.0,
+            kind: Some(predictive_api::prediction::ModelKind::Baseline),
+        };
+        let s = Status {
+            predictions: vec![predictive_api::wire::TaskPrediction {
+                container_id: "b".to_owned(),
+                task_key: "up".to_owned(),
+                started_at_ms: 0,
+                cpu_cores: None,
+                memory_bytes: None,
+                duration_s: None,
+                net_tx_bytes_per_s: Some(e(1024.0 * 1024.0)),
+            }],
+            ..s
+        };
+        let text = net_lines(&s);
+        assert!(
+            text.contains("network egress b: limit 64.0KiB/s (share 1.0MiB/s), sending 1000B/s, lends 960.0KiB/s, predicted 1.0MiB/s [512.0KiB/s-1.5MiB/s]"),
+            "{text}"
+        );
+        assert_eq!(text.matches("predicted").count(), 1, "{text}");
     }
 }

@@ -580,10 +580,12 @@ impl Predictor {
                         .map(|m| {
                             Resource::ALL
                                 .iter()
-                                .map(|&r| TargetSummary {
-                                    resource: r,
-                                    kind: m.target(r).kind,
-                                    error: m.target(r).error,
+                                .filter_map(|&r| {
+                                    m.target(r).map(|t| TargetSummary {
+                                        resource: r,
+                                        kind: t.kind,
+                                        error: t.error,
+                                    })
                                 })
                                 .collect()
                         })
@@ -753,7 +755,7 @@ mod tests {
             .find(|t| t.task_key.as_str() == "synth-0000")
             .expect("listed");
         assert_eq!((trained.runs_seen, trained.model_version), (30, Some(1)));
-        assert_eq!(trained.targets.len(), 4);
+        assert_eq!(trained.targets.len(), 5, "with the network target");
         assert!(
             trained
                 .targets

@@ -11,7 +11,9 @@
 //!             "cpu_p95_cores":1.6,"io_bytes":60000000,"exit_code":0,"oom_killed":false,"throttled_s":0.0},
 //!  "profile":{"cpu":[..20 floats..],"memory":[..20..],"io":[..20..]}}
 //! ```
-//! `meta` fields and `profile` may be omitted; `outcome` needs at least `duration_s` and `peak_memory_bytes`.
+//! `meta` fields and `profile` may be omitted; `outcome` needs at least `duration_s` and `peak_memory_bytes`
+//! (`net_tx_bytes_per_s` and `net_tx_peak_bytes_per_s`, egress in bytes/s, are optional: the network model is
+//! trained on the runs that have them, and not scored here).
 //! Blank lines and lines starting with `#` are skipped.
 //!
 //! # Replay
@@ -581,8 +583,9 @@ pub fn evaluate(runs: &[RunSummary], cfg: &EvalConfig) -> EvalReport {
         for (r, res) in SCORED.iter().enumerate() {
             let usage = res.of(run, 1.0);
             let rr = &mut report.resources[r];
-            if let Some((m, scores)) = &st.model {
-                let t = m.target(*res);
+            if let Some((m, scores)) = &st.model
+                && let Some(t) = m.target(*res)
+            {
                 let e = t.estimate(&x);
                 rr.ours.add(e.limit, e.lower, e.upper, usage);
                 if *res == Resource::Memory {

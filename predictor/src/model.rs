@@ -2,8 +2,9 @@
 //!
 //! A task type's runs are ordered by when they finished (start + duration: an outcome is known only then) and
 //! only the most recent [`TrainConfig::train_window`] are used. For each target — duration, CPU (p95 cores, or the
-//! mean from CPU time when a run was too short to sample), memory (peak bytes), IO (mean bytes/s) — the candidates
-//! are scored **forward in time only**, each run predicted by a candidate fitted on earlier runs:
+//! mean from CPU time when a run was too short to sample), memory (peak bytes), IO (mean bytes/s), network egress
+//! (mean tx bytes/s, from the runs that measured it; no model when fewer than [`TrainConfig::min_runs`] did) — the
+//! candidates are scored **forward in time only**, each run predicted by a candidate fitted on earlier runs:
 //! - **baseline**: the median of the recent window ([`TrainConfig::window`] runs) — shrinkage to what the task
 //!   type does now, and, once calibrated, the quantile-of-history fallback;
 //! - **regression**: a ridge regression ([`LinearModel`], smartcore) on the input size, dependency count, requested
@@ -58,15 +59,18 @@ pub enum Resource {
     Memory,
     /// Mean IO rate, bytes per second.
     Io,
+    /// Mean network egress, bytes per second (learned from the runs that measured it).
+    Net,
 }
 
 impl Resource {
     /// All targets, in storage order.
-    pub const ALL: [Resource; 4] = [
+    pub const ALL: [Resource; 5] = [
         Resource::Duration,
         Resource::Cpu,
         Resource::Memory,
         Resource::Io,
+        Resource::Net,
     ];
 
     /// The target's value in a finished run.
@@ -98,6 +102,7 @@ impl Resource {
                     0.0
                 }
             }
+            Resource::Net => o.net_tx_bytes_per_s.unwrap_or(0.0),
         }
     }
 
@@ -108,6 +113,7 @@ impl Resource {
             Resource::Cpu => "cpu",
             Resource::Memory => "memory",
             Resource::Io => "io",
+            Resource::Net => "net",
         }
     }
 }
@@ -166,7 +172,7 @@ pub struct TrainConfig {
     /// Coverage of the central interval `[lower, upper]`.
     pub level: f64,
     /// One-sided quantile for `limit`, per target in [`Resource::ALL`] order.
-    pub limit_quantile: [f64; 4],
+    pub limit_quantile: [f64; 5],
     /// Below this many runs a task type is cold.
     pub min_runs: usize,
     /// The regression is tried from this many runs on.
@@ -198,7 +204,7 @@ impl Default for TrainConfig {
         Self {
             half_life_ms: 7 * 24 * 3_600_000,
             level: 0.9,
-            limit_quantile: [0.95, 0.95, 0.998, 0.95],
+            limit_quantile: [0.95, 0.95, 0.998, 0.95, 0.95],
             min_runs: 5,
             min_regression_runs: 12,
             min_input_regression_runs: default_min_input_regression_runs(),
@@ -334,18 +340,23 @@ pub struct TaskModel {
     pub memory: TargetModel,
     /// IO model.
     pub io: TargetModel,
+    /// Network egress model; `None` when none of the runs measured egress (or the model was stored before
+    /// there was one).
+    #[serde(default)]
+    pub net: Option<TargetModel>,
     /// Mean normalised lifetime profile.
     pub shape: Profile,
 }
 
 impl TaskModel {
-    /// The target model for `r`.
-    pub fn target(&self, r: Resource) -> &TargetModel {
+    /// The target model for `r` (`None`: the network model of a type whose runs never measured egress).
+    pub fn target(&self, r: Resource) -> Option<&TargetModel> {
         match r {
-            Resource::Duration => &self.duration,
-            Resource::Cpu => &self.cpu,
-            Resource::Memory => &self.memory,
-            Resource::Io => &self.io,
+            Resource::Duration => Some(&self.duration),
+            Resource::Cpu => Some(&self.cpu),
+            Resource::Memory => Some(&self.memory),
+            Resource::Io => Some(&self.io),
+            Resource::Net => self.net.as_ref(),
         }
     }
 
@@ -385,6 +396,11 @@ impl TaskModel {
             cpu_cores: cpu,
             memory_bytes: memory,
             io_bytes_per_s: io,
+            net_tx_bytes_per_s: self
+                .net
+                .as_ref()
+                .map(|n| n.estimate(&x))
+                .unwrap_or_default(),
             profile,
         }
     }
@@ -478,6 +494,9 @@ pub struct Prediction {
     pub memory_bytes: Estimate,
     /// Mean IO rate, bytes/s.
     pub io_bytes_per_s: Estimate,
+    /// Mean network egress, bytes/s (all 0 with `kind: None` when the type's runs never measured egress).
+    #[serde(default)]
+    pub net_tx_bytes_per_s: Estimate,
     /// Usage over [`BUCKETS`] normalised lifetime buckets (empty on cold start).
     pub profile: Vec<ProfilePoint>,
 }
@@ -495,6 +514,7 @@ impl Prediction {
             cpu_cores: Estimate::default(),
             memory_bytes: Estimate::default(),
             io_bytes_per_s: Estimate::default(),
+            net_tx_bytes_per_s: Estimate::default(),
             profile: Vec::new(),
         }
     }
@@ -511,6 +531,7 @@ impl Prediction {
             Resource::Cpu => &self.cpu_cores,
             Resource::Memory => &self.memory_bytes,
             Resource::Io => &self.io_bytes_per_s,
+            Resource::Net => &self.net_tx_bytes_per_s,
         }
     }
 }
@@ -638,7 +659,7 @@ const SHOWN_RUNS: usize = 10;
 
 /// Forward-validated conformal scores `actual / predicted` of each target's chosen candidate, oldest first, in
 /// [`Resource::ALL`] order: what the calibration was computed from (the evaluator sweeps levels over them).
-pub type ForwardScores = [Vec<f64>; 4];
+pub type ForwardScores = [Vec<f64>; 5];
 
 /// Trains the model of one task type from its runs (any order). `None` when there are fewer than
 /// [`TrainConfig::min_runs`] runs.
@@ -682,8 +703,13 @@ pub fn train_task_scored(
             .collect();
         // CPU or memory of 0 means "not measured" (a run shorter than a sampling tick with no Finish figure):
         // train on the measured runs, not on a zero that would size the next run at nothing.
+        // Egress is trained on the runs that measured it (`None` in a host-network task or an old record).
         let measured: Vec<usize> = (0..y.len())
-            .filter(|&i| !(matches!(res, Resource::Cpu | Resource::Memory) && y[i] <= 0.0))
+            .filter(|&i| match res {
+                Resource::Cpu | Resource::Memory => y[i] > 0.0,
+                Resource::Net => recent[i].outcome.net_tx_bytes_per_s.is_some(),
+                _ => true,
+            })
             .collect();
         let keep = if measured.is_empty() {
             (0..y.len()).collect()
@@ -710,6 +736,10 @@ pub fn train_task_scored(
         scores[slot] = s;
         m
     };
+    let measured_net = recent
+        .iter()
+        .filter(|r| r.outcome.net_tx_bytes_per_s.is_some())
+        .count();
     let model = TaskModel {
         runs: total as u64,
         trained_at_ms: now_ms,
@@ -719,6 +749,7 @@ pub fn train_task_scored(
         cpu: target(Resource::Cpu),
         memory: target(Resource::Memory),
         io: target(Resource::Io),
+        net: (measured_net >= cfg.min_runs.max(2)).then(|| target(Resource::Net)),
         shape: mean_shape(recent, &weights),
     };
     Some((model, scores))
@@ -1238,6 +1269,68 @@ mod tests {
         r.range(-1.0, 1.0)
     }
 
+    /// Egress is learned from the runs that measured it: a type whose runs sent about 2 MB/s is predicted near
+    /// it, inside its interval; a type whose runs never measured egress gets no network estimate at all.
+    #[test]
+    fn a_type_that_sent_about_two_megabytes_a_second_is_predicted_near_it() {
+        const RATE: f64 = 2e6;
+        let runs: Vec<_> = (0..30)
+            .map(|i| {
+                let mut r = run(i, 0, 1e9, None);
+                r.outcome.net_tx_bytes_per_s = Some(RATE * (1.0 + 0.05 * wobble(i)));
+                r.outcome.net_tx_peak_bytes_per_s = Some(RATE * 1.5);
+                r
+            })
+            .collect();
+        let m = train_task(&runs, 0, &TrainConfig::default()).expect("30 runs");
+        let p = m.predict(&TaskKey::new("t"), &RunFeatures::default(), 1);
+        let e = p.net_tx_bytes_per_s;
+        assert!(e.kind.is_some(), "{e:?}");
+        assert!((e.point / RATE - 1.0).abs() < 0.05, "{e:?}");
+        assert!(e.lower <= e.point && e.point <= e.upper, "{e:?}");
+        assert!(e.upper < RATE * 1.2 && e.upper >= RATE * 1.0, "{e:?}");
+        assert_eq!(
+            m.target(Resource::Net).map(|t| t.kind),
+            Some(e.kind.expect("kind"))
+        );
+        // The same runs with no egress measured (host network, older records): no network model.
+        let unmeasured: Vec<_> = (0..30).map(|i| run(i, 0, 1e9, None)).collect();
+        let m = train_task(&unmeasured, 0, &TrainConfig::default()).expect("30 runs");
+        assert!(m.net.is_none());
+        let p = m.predict(&TaskKey::new("t"), &RunFeatures::default(), 1);
+        assert_eq!(p.net_tx_bytes_per_s, Estimate::default());
+        // Runs that measured nothing do not drag the estimate to 0: only the measured ones count.
+        let mixed: Vec<_> = (0..30)
+            .map(|i| {
+                let mut r = run(i, 0, 1e9, None);
+                if i % 2 == 0 {
+                    r.outcome.net_tx_bytes_per_s = Some(RATE);
+                }
+                r
+            })
+            .collect();
+        let m = train_task(&mixed, 0, &TrainConfig::default()).expect("30 runs");
+        let e = m
+            .predict(&TaskKey::new("t"), &RunFeatures::default(), 1)
+            .net_tx_bytes_per_s;
+        assert!((e.point / RATE - 1.0).abs() < 0.01, "{e:?}");
+    }
+
+    /// A model stored before there was a network target still loads (no `net`), and predicts no egress.
+    #[test]
+    fn a_model_stored_without_a_network_target_loads() {
+        let runs: Vec<_> = (0..10).map(|i| run(i, 0, 1e9, None)).collect();
+        let m = train_task(&runs, 0, &TrainConfig::default()).expect("10 runs");
+        let mut json = serde_json::to_value(&m).expect("encode");
+        json.as_object_mut().expect("object").remove("net");
+        let old: TaskModel = serde_json::from_value(json).expect("an old model loads");
+        assert!(old.net.is_none());
+        let outcome: RunOutcome =
+            serde_json::from_str(r#"{"duration_s":1.0,"peak_memory_bytes":5}"#)
+                .expect("an old outcome");
+        assert_eq!(outcome.net_tx_bytes_per_s, None);
+    }
+
     #[test]
     fn too_few_runs_is_cold() {
         let runs: Vec<_> = (0..4).map(|i| run(i, 0, 1e9, None)).collect();
@@ -1594,7 +1687,7 @@ mod tests {
         };
         let trace = generate(&cfg);
         let train_cfg = TrainConfig::default();
-        let mut covered = [0u64; 4];
+        let mut covered = [0u64; 5];
         let mut total = 0u64;
         for t in 0..cfg.task_types {
             let key = TaskKey::new(format!("synth-{t:04}"));

@@ -252,6 +252,9 @@ impl TaskParams {
                 exit_code: 0,
                 oom_killed: false,
                 throttled_s: (cpu - self.req_cpu).max(0.0) * duration * 0.1,
+                // Egress follows the IO rate (no draw of its own: the other targets' series stay as they were).
+                net_tx_bytes_per_s: Some(io_bytes as f64 / duration.max(1e-3) / 2.0),
+                net_tx_peak_bytes_per_s: Some(io_bytes as f64 / duration.max(1e-3)),
             },
             profile: Some(Profile {
                 cpu: cpu_profile,

@@ -69,6 +69,14 @@ pub struct RunOutcome {
     /// Time throttled by the CPU controller, seconds.
     #[serde(default)]
     pub throttled_s: f64,
+    /// Mean network egress over the run's samples, bytes/s (`None`: not measured — a task in the host's network
+    /// namespace, a run with no sample, or a record written before this field existed). The network model learns
+    /// this.
+    #[serde(default)]
+    pub net_tx_bytes_per_s: Option<f64>,
+    /// Largest egress rate of one sampling interval, bytes/s (`None`: not measured).
+    #[serde(default)]
+    pub net_tx_peak_bytes_per_s: Option<f64>,
 }
 
 /// The shape of a run over its normalised lifetime: per bucket, usage as a fraction of the run's peak (0..=1).

@@ -4,9 +4,14 @@
 //!
 //! Rules:
 //! - **Shares** (at every Register and Finish): a task with `io.predictive.egress-bytes-per-sec` gets what it
-//!   asked; the tasks without one share what is left equally, and never less than `min_bytes_per_sec` each.
-//!   When the asks exceed what is left after those floors, they are scaled down in proportion. The shares never
-//!   sum above the budget.
+//!   asked. A task without one whose type has a warm prediction with a network estimate (runs that measured
+//!   egress; see `predictor::model`) asks its type's predicted egress: the `upper` bound of the mean tx rate's
+//!   interval (not the one-sided `limit` memory takes: a limit set too low only slows a sender, which can still
+//!   borrow), clamped to `[min_bytes_per_sec, budget]` ([`NetAsk::of`]). The tasks with neither share what is left
+//!   equally, and never less than `min_bytes_per_sec` each. When the annotations exceed what is left after the
+//!   others' floors, they are scaled down in proportion; the predicted asks are then scaled into what the
+//!   annotations leave, each keeping the floor. The shares never sum above the budget. Each share's reason says
+//!   where it came from (annotation, prediction with its runs and model version, or an equal part).
 //! - **Lending** (every tick): a task sending less than `idle_below` of its share lends all of it but what it
 //!   keeps (twice its rate, at least `min_bytes_per_sec`); a task sending at least `saturated_at` of its limit
 //!   borrows, the lent total split equally among the borrowers. A borrower keeps borrowing while it sends at least
@@ -17,11 +22,13 @@
 //! Tasks sharing the host's network namespace (Register `own_netns: false`) are left out: a limit there would
 //! shape the whole host. Tasks in mode observe get directives marked `applied: false` and neither lend nor
 //! borrow. Limits: egress only (no ingress shaping); the budget is the operator's figure, not measured from the
-//! NIC; the task type's history does not set the share (the predictor does not learn network rates yet).
+//! NIC. A learned share feeds back on itself: a run shaped at its share sends at most that (plus what it borrows),
+//! so a type learns no more than it was given plus the interval's headroom; lending is what lets it grow.
 
 use std::collections::BTreeMap;
 
 use predictive_api::types::{Action, Directive, MAX_NET_EGRESS, MIN_NET_EGRESS, Mode, NetView};
+use predictor::Prediction;
 use serde::{Deserialize, Serialize};
 
 /// `[network]` in predictived.toml.
@@ -90,9 +97,85 @@ enum Role {
     Borrowing,
 }
 
+/// What a task asks of the link budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetAsk {
+    /// Nothing: an equal part of what the asks leave.
+    Equal,
+    /// `io.predictive.egress-bytes-per-sec`, bytes/s.
+    Annotation(u64),
+    /// Its task type's predicted egress, bytes/s, with the words saying where it came from.
+    Predicted {
+        /// The ask, within `[min_bytes_per_sec, budget]`.
+        bytes_per_sec: u64,
+        /// Why, for the decision log.
+        why: String,
+    },
+}
+
+impl NetAsk {
+    /// The ask of a task: its annotation when it has one, else its type's predicted egress — the interval's
+    /// `upper` bound (a limit set too low only slows a sender, which can still borrow, so the one-sided tail that
+    /// memory needs is not taken) clamped to `[min_bytes_per_sec, budget]` — when the prediction is warm and its
+    /// runs measured egress, else an equal part.
+    pub fn of(annotation: Option<u64>, prediction: Option<&Prediction>, cfg: &NetConfig) -> Self {
+        if let Some(a) = annotation {
+            return NetAsk::Annotation(a);
+        }
+        let (Some(p), Some(budget)) = (prediction, cfg.link_budget_bytes_per_sec) else {
+            return NetAsk::Equal;
+        };
+        let e = &p.net_tx_bytes_per_s;
+        if p.is_cold_start() || e.kind.is_none() || !e.upper.is_finite() || e.upper <= 0.0 {
+            return NetAsk::Equal;
+        }
+        let bytes_per_sec = (e.upper as u64).clamp(cfg.min_bytes_per_sec.min(budget), budget);
+        NetAsk::Predicted {
+            bytes_per_sec,
+            why: format!(
+                "predicted egress of its type: upper bound {:.0} B/s of the {:.0}% interval around {:.0} B/s, {} runs, \
+                 model v{}",
+                e.upper,
+                p.level * 100.0,
+                e.point,
+                p.runs,
+                p.model_version
+            ),
+        }
+    }
+
+    fn bytes(&self) -> Option<u64> {
+        match self {
+            NetAsk::Equal => None,
+            NetAsk::Annotation(b)
+            | NetAsk::Predicted {
+                bytes_per_sec: b, ..
+            } => Some(*b),
+        }
+    }
+
+    /// Why the share is what it is, given the share it got.
+    fn words(&self, base: u64) -> String {
+        let scaled = |b: u64| {
+            if base < b {
+                format!(", scaled down from {b} B/s: the asks exceed the budget")
+            } else {
+                String::new()
+            }
+        };
+        match self {
+            NetAsk::Equal => "an equal part of what the asks leave".to_owned(),
+            NetAsk::Annotation(b) => format!("asked {b} B/s by annotation{}", scaled(*b)),
+            NetAsk::Predicted { bytes_per_sec, why } => {
+                format!("{why}{}", scaled(*bytes_per_sec))
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct NetTask {
-    asked: Option<u64>,
+    ask: NetAsk,
     enforce: bool,
     base: u64,
     /// The limit last directed (`None`: none yet).
@@ -123,12 +206,29 @@ impl NetShaper {
         }
     }
 
-    /// Adds (or replaces) a task and returns the directives: its limit, and the other tasks' smaller shares.
-    /// Nothing when there is no budget or the task shares the host's network namespace.
+    /// The configuration in force.
+    pub fn config(&self) -> &NetConfig {
+        &self.cfg
+    }
+
+    /// [`NetShaper::register_ask`] with the annotation's ask, if any.
     pub fn register(
         &mut self,
         id: &str,
         asked: Option<u64>,
+        mode: Mode,
+        own_netns: bool,
+    ) -> Vec<Directive> {
+        let ask = asked.map_or(NetAsk::Equal, NetAsk::Annotation);
+        self.register_ask(id, ask, mode, own_netns)
+    }
+
+    /// Adds (or replaces) a task and returns the directives: its limit, and the other tasks' smaller shares.
+    /// Nothing when there is no budget or the task shares the host's network namespace.
+    pub fn register_ask(
+        &mut self,
+        id: &str,
+        ask: NetAsk,
         mode: Mode,
         own_netns: bool,
     ) -> Vec<Directive> {
@@ -139,7 +239,7 @@ impl NetShaper {
         self.tasks.insert(
             id.to_owned(),
             NetTask {
-                asked,
+                ask,
                 enforce: mode == Mode::Enforce,
                 base: 0,
                 limit: None,
@@ -240,7 +340,10 @@ impl NetShaper {
         let mut out = Vec::new();
         for (id, t) in &mut self.tasks {
             let (limit, reason) = match t.role {
-                Role::Own => (t.base, format!("its share {} B/s", t.base)),
+                Role::Own => (
+                    t.base,
+                    format!("its share {} B/s ({})", t.base, t.ask.words(t.base)),
+                ),
                 Role::Lending(kept) => (
                     kept,
                     format!(
@@ -291,16 +394,48 @@ impl NetShaper {
         if n == 0 {
             return;
         }
-        let unasked = self.tasks.values().filter(|t| t.asked.is_none()).count() as u64;
+        let unasked = self
+            .tasks
+            .values()
+            .filter(|t| t.ask == NetAsk::Equal)
+            .count() as u64;
         let floor = self.cfg.min_bytes_per_sec.min(budget / n);
-        let asked: u64 = self.tasks.values().filter_map(|t| t.asked).sum();
-        let room = budget.saturating_sub(unasked * floor);
-        let rest = budget.saturating_sub(asked.min(room));
+        let sum = |annotated: bool| -> u64 {
+            self.tasks
+                .values()
+                .filter(|t| matches!(t.ask, NetAsk::Annotation(_)) == annotated)
+                .filter_map(|t| t.ask.bytes())
+                .sum()
+        };
+        // The annotations first, then the predictions in what they leave (a learned ask never cuts an explicit
+        // one); a predicted share keeps the floor, as a task with no ask does. A predicted ask is at least the floor.
+        let predicted_n = self
+            .tasks
+            .values()
+            .filter(|t| matches!(t.ask, NetAsk::Predicted { .. }))
+            .count() as u64;
+        let room = budget.saturating_sub((unasked + predicted_n) * floor);
+        let annotated = sum(true).min(room);
+        let room_predicted = budget.saturating_sub(unasked * floor + annotated);
+        let predicted = sum(false).min(room_predicted);
+        let extra_room = room_predicted.saturating_sub(predicted_n * floor);
+        let extra_asked = sum(false).saturating_sub(predicted_n * floor);
+        let rest = budget.saturating_sub(annotated + predicted);
+        let scale = |a: u64, asked: u64, room: u64| {
+            if asked <= room {
+                a
+            } else {
+                (u128::from(a) * u128::from(room) / u128::from(asked.max(1))) as u64
+            }
+        };
+        let all_annotated = sum(true);
         for t in self.tasks.values_mut() {
-            t.base = match t.asked {
-                Some(a) if asked <= room => a,
-                Some(a) => (u128::from(a) * u128::from(room) / u128::from(asked.max(1))) as u64,
-                None => (rest / unasked.max(1)).max(floor),
+            t.base = match t.ask {
+                NetAsk::Annotation(a) => scale(a, all_annotated, room),
+                NetAsk::Predicted {
+                    bytes_per_sec: a, ..
+                } => floor + scale(a.saturating_sub(floor), extra_asked, extra_room),
+                NetAsk::Equal => (rest / unasked.max(1)).max(floor),
             };
             t.role = Role::Own;
             t.idle_for = 0;
@@ -456,6 +591,108 @@ mod tests {
         for _ in 0..5 {
             assert!(s.tick().is_empty());
         }
+    }
+
+    /// A warm prediction of `runs` runs whose egress is `point` with upper bound `upper` (`kind: None` when
+    /// `measured` is false: the runs never measured egress).
+    fn predicted(point: f64, upper: f64, runs: u64, measured: bool) -> Prediction {
+        let mut p = Prediction::cold(&predictor::TaskKey::new("t"));
+        p.confidence = predictor::Confidence::Low;
+        p.level = 0.9;
+        p.runs = runs;
+        p.model_version = 3;
+        p.net_tx_bytes_per_s = predictor::Estimate {
+            point,
+            lower: point * 0.9,
+            upper,
+            limit: upper * 1.1,
+            kind: measured.then_some(predictor::ModelKind::Baseline),
+        };
+        p
+    }
+
+    #[test]
+    fn a_predicted_ask_sets_the_share_and_the_annotation_wins_over_it() {
+        let cfg = NetConfig {
+            link_budget_bytes_per_sec: Some(10 * MB),
+            ..NetConfig::default()
+        };
+        let mut s = NetShaper::new(cfg.clone());
+        // A type that sent about 1 MB/s asks its upper bound, 1.2 MB/s; the others share the rest.
+        let p = predicted(MB as f64, 1.2 * MB as f64, 8, true);
+        let ask = NetAsk::of(None, Some(&p), &cfg);
+        assert!(
+            matches!(ask, NetAsk::Predicted { bytes_per_sec, .. } if bytes_per_sec == 1_200_000)
+        );
+        let ds = s.register_ask("learned", ask, Mode::Enforce, true);
+        assert_eq!(limit_of(&ds, "learned"), Some(1_200_000));
+        assert!(
+            ds[0].reason.contains("predicted egress of its type"),
+            "{}",
+            ds[0].reason
+        );
+        assert!(ds[0].reason.contains("8 runs"), "{}", ds[0].reason);
+        s.register("equal", None, Mode::Enforce, true);
+        assert_eq!(limit(&s, "equal"), 10 * MB - 1_200_000);
+        assert_eq!(limit(&s, "learned"), 1_200_000);
+        // The annotation wins over the prediction.
+        let ask = NetAsk::of(Some(3 * MB), Some(&p), &cfg);
+        assert_eq!(ask, NetAsk::Annotation(3 * MB));
+        s.register_ask("annotated", ask, Mode::Enforce, true);
+        assert_eq!(limit(&s, "annotated"), 3 * MB);
+        assert!(
+            s.view("annotated")
+                .expect("view")
+                .reason
+                .contains("by annotation")
+        );
+        // Cold, unmeasured or no prediction: an equal part.
+        let mut cold = p.clone();
+        cold.confidence = predictor::Confidence::None;
+        assert_eq!(NetAsk::of(None, Some(&cold), &cfg), NetAsk::Equal);
+        let unmeasured = predicted(0.0, 0.0, 8, false);
+        assert_eq!(NetAsk::of(None, Some(&unmeasured), &cfg), NetAsk::Equal);
+        assert_eq!(NetAsk::of(None, None, &cfg), NetAsk::Equal);
+        // A prediction below the floor or above the budget is clamped into [min, budget].
+        let tiny = predicted(10.0, 20.0, 8, true);
+        assert!(
+            matches!(NetAsk::of(None, Some(&tiny), &cfg), NetAsk::Predicted { bytes_per_sec, .. } if bytes_per_sec == cfg.min_bytes_per_sec)
+        );
+        let huge = predicted(1e12, 2e12, 8, true);
+        assert!(
+            matches!(NetAsk::of(None, Some(&huge), &cfg), NetAsk::Predicted { bytes_per_sec, .. } if bytes_per_sec == 10 * MB)
+        );
+    }
+
+    #[test]
+    fn predicted_asks_scale_into_what_the_annotations_leave() {
+        let cfg = NetConfig {
+            link_budget_bytes_per_sec: Some(10 * MB),
+            ..NetConfig::default()
+        };
+        let mut s = NetShaper::new(cfg.clone());
+        let floor = cfg.min_bytes_per_sec;
+        s.register("annotated", Some(6 * MB), Mode::Enforce, true);
+        s.register("equal", None, Mode::Enforce, true);
+        let big = predicted(5.0 * MB as f64, 6.0 * MB as f64, 20, true);
+        for id in ["p1", "p2"] {
+            let ask = NetAsk::of(None, Some(&big), &cfg);
+            s.register_ask(id, ask, Mode::Enforce, true);
+        }
+        // The annotation keeps its 6 MB/s; the two 6 MB/s predictions share what is left after the floor of the
+        // task with no ask, equally; the sum stays within the budget.
+        assert_eq!(limit(&s, "annotated"), 6 * MB);
+        assert_eq!(limit(&s, "equal"), floor);
+        let each = (10 * MB - 6 * MB - floor) / 2;
+        assert_eq!((limit(&s, "p1"), limit(&s, "p2")), (each, each));
+        assert!(s.total() <= 10 * MB, "{}", s.total());
+        let why = s.view("p1").expect("view").reason;
+        assert!(why.contains("scaled down from 6000000 B/s"), "{why}");
+        // The annotation asking the whole link leaves the predicted tasks their floor, as the task with no ask.
+        s.register("annotated", Some(10 * MB), Mode::Enforce, true);
+        assert!(s.total() <= 10 * MB, "{}", s.total());
+        assert_eq!((limit(&s, "p1"), limit(&s, "equal")), (floor, floor));
+        assert_eq!(limit(&s, "annotated"), 10 * MB - 3 * floor);
     }
 
     #[test]

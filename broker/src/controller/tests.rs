@@ -27,6 +27,7 @@ fn prediction(cpu: [f64; BUCKETS], mem: f64, mem_upper: f64) -> Prediction {
         cpu_cores: est(cpu.iter().copied().fold(0.0, f64::max), 0.0, 4.0),
         memory_bytes: est(mem, mem * 0.8, mem_upper),
         io_bytes_per_s: Estimate::default(),
+        net_tx_bytes_per_s: Estimate::default(),
         profile: cpu
             .iter()
             .map(|c| ProfilePoint {

@@ -1,0 +1,340 @@
+//! The broker learns a task type's network egress: a real `predictived` on a temp socket and state dir, a fake
+//! shim's Register / Report / Finish over the socket. Finished runs of a type that reported about 2 MB/s of tx give
+//! the next Register of that type an egress share near 2 MB/s, not the equal split of the link budget; the
+//! annotation still wins; `predictivectl explain` says where the share came from. Every wait is a poll with a
+//! generous bound, never a fixed sleep that a slow machine could miss.
+
+mod common;
+use common::predictivectl;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use broker::annotations;
+use broker::api::{Explain, Finish, Register, Registered, Report};
+use broker::client::Client;
+use broker::controller::{Action, SpecLimits};
+use runtime_hooks::{CpuSample, MemorySample, NetDevTotals, Sample};
+
+const WAIT: Duration = Duration::from_secs(30);
+/// The link budget: an equal split between two tasks is 50 MB/s.
+const BUDGET: u64 = 100_000_000;
+/// What the history's runs sent, bytes/s.
+const RATE: f64 = 2_000_000.0;
+
+struct Broker {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Broker {
+    fn start(dir: &Path) -> Broker {
+        std::fs::write(
+            dir.join("predictived.toml"),
+            format!(
+                "tick_ms = 50\nretrain_check_ms = 100\nsample_flush_ms = 100\nhost_cpu_cores = 4.0\n\
+                 host_memory_bytes = 8589934592\ncgroup = \"v2\"\n[retrain]\nnew_runs = 1\nmin_runs = 3\n\
+                 [network]\nlink_budget_bytes_per_sec = {BUDGET}\n"
+            ),
+        )
+        .expect("config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("stderr.log"))
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_predictived"))
+            .arg("--config")
+            .arg(dir.join("predictived.toml"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--socket")
+            .arg(dir.join("run/broker.sock"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn predictived");
+        let b = Broker {
+            child,
+            dir: dir.to_owned(),
+        };
+        b.wait_for("the socket", || b.client().status().ok());
+        b
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("run/broker.sock")
+    }
+
+    fn client(&self) -> Client {
+        Client::new(self.socket(), Duration::from_secs(5))
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    fn wait_for<T>(&self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let until = Instant::now() + WAIT;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                Instant::now() < until,
+                "timed out waiting for {what}: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Three raw samples 100 ms apart sending `rate` bytes/s (two intervals the broker rates).
+fn sending(rate: f64) -> Vec<Sample> {
+    let t = now_ns();
+    let per_tick = (rate / 10.0) as u64;
+    (0..3u64)
+        .map(|i| Sample {
+            unix_ns: t + i * 100_000_000,
+            monotonic_ns: 1_000_000_000 + i * 100_000_000,
+            cpu: CpuSample {
+                usage_ns: Some(i * 10_000_000),
+                ..CpuSample::default()
+            },
+            memory: MemorySample {
+                usage_bytes: Some(20 << 20),
+                ..MemorySample::default()
+            },
+            net: Some(NetDevTotals {
+                tx_bytes: 5_000 + i * per_tick,
+                ..NetDevTotals::default()
+            }),
+            ..Sample::default()
+        })
+        .collect()
+}
+
+fn register(id: &str, task_type: &str, egress: Option<u64>) -> Register {
+    on_network(id, task_type, egress, true)
+}
+
+fn on_network(id: &str, task_type: &str, egress: Option<u64>, own_netns: bool) -> Register {
+    let mut annotations =
+        BTreeMap::from([(annotations::TASK_TYPE.to_owned(), task_type.to_owned())]);
+    if let Some(e) = egress {
+        annotations.insert(annotations::EGRESS.to_owned(), e.to_string());
+    }
+    Register {
+        container_id: id.to_owned(),
+        namespace: "test".to_owned(),
+        annotations,
+        image: "busybox".to_owned(),
+        command: vec!["upload".to_owned()],
+        limits: SpecLimits {
+            memory_limit_bytes: Some(1 << 30),
+            ..SpecLimits::default()
+        },
+        cgroup_path: format!("/test/{id}"),
+        pid: Some(1),
+        cgroup: None,
+        adopt: None,
+        parents: Vec::new(),
+        own_netns: Some(own_netns),
+    }
+}
+
+fn egress_of(r: &Registered) -> Option<u64> {
+    r.directives.iter().find_map(|d| match d.action {
+        Action::SetNetEgress { rate_bytes_per_sec } => rate_bytes_per_sec,
+        _ => None,
+    })
+}
+
+fn finish(c: &mut Client, id: &str) {
+    c.finish(&Finish {
+        container_id: id.to_owned(),
+        exit_code: 0,
+        ..Finish::default()
+    })
+    .expect("finish");
+}
+
+#[test]
+fn finished_runs_that_sent_two_megabytes_a_second_set_the_next_runs_share() {
+    let dir = tempfile::Builder::new()
+        .prefix("pd")
+        .tempdir_in("/tmp")
+        .expect("tempdir in /tmp");
+    let b = Broker::start(dir.path());
+    let mut c = b.client();
+
+    // A neighbour with no history and no annotation stays registered throughout: alone it has the whole link.
+    let other = c
+        .register(&register("other", "other-type", None))
+        .expect("register other");
+    assert_eq!(egress_of(&other), Some(BUDGET));
+
+    // History: eight runs of "uploader" that sent about 2 MB/s (±4%). The first three are cold: each gets the
+    // equal split (the broker learns from the third on, as the retrain thread gets to it).
+    for i in 0..8u32 {
+        let id = format!("up-{i}");
+        let r = c
+            .register(&register(&id, "uploader", None))
+            .expect("register");
+        if i < 3 {
+            assert!(r.cold_start, "{r:?}");
+        }
+        if r.cold_start {
+            assert_eq!(egress_of(&r), Some(BUDGET / 2), "cold: the equal split");
+        }
+        let rate = RATE * (0.96 + 0.02 * f64::from(i % 5));
+        c.report(&Report {
+            container_id: id.clone(),
+            samples: sending(rate),
+            ..Report::default()
+        })
+        .expect("report");
+        finish(&mut c, &id);
+    }
+
+    // The retrain thread learns the type; a probe that is still cold is finished (it reported no egress: it
+    // does not count for the network model).
+    let live = b.wait_for("a warm prediction with an egress estimate", || {
+        let r = c
+            .register(&register("up-live", "uploader", None))
+            .expect("register");
+        let learned = r
+            .prediction
+            .as_ref()
+            .is_some_and(|p| p.runs >= 8 && p.net_tx_bytes_per_s.kind.is_some());
+        if learned {
+            Some(r)
+        } else {
+            finish(&mut c, "up-live");
+            None
+        }
+    });
+    let p = live.prediction.as_ref().expect("prediction");
+    let e = p.net_tx_bytes_per_s;
+    assert!(e.point <= e.upper, "the estimate's bounds: {e:?}");
+    assert!((e.point / RATE - 1.0).abs() < 0.05, "near 2 MB/s: {e:?}");
+    let share = egress_of(&live).expect("an egress directive for the learned type");
+    assert!(
+        (RATE as u64..=(RATE * 1.5) as u64).contains(&share),
+        "the learned share {share} B/s is near 2 MB/s (its upper bound {}), not the equal split {}",
+        e.upper,
+        BUDGET / 2
+    );
+    assert_eq!(
+        share, e.upper as u64,
+        "the ask is the estimate's upper bound"
+    );
+
+    // The neighbour with no ask gets what the learned ask leaves.
+    let status = c.status().expect("status");
+    let other_limit = status
+        .tasks
+        .iter()
+        .find(|t| t.container_id == "other")
+        .and_then(|t| t.net.as_ref())
+        .map(|n| n.limit_bytes_per_sec);
+    assert_eq!(other_limit, Some(BUDGET - share));
+
+    // `predictivectl explain` says the share came from the prediction.
+    let sock = b.socket().display().to_string();
+    let out = predictivectl(vec![
+        "--socket".to_owned(),
+        sock.clone(),
+        "explain".to_owned(),
+        "up-live".to_owned(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("predicted egress of its type"),
+        "explain names the source: {text}"
+    );
+    let decisions = c
+        .explain(&Explain {
+            container_id: Some("up-live".to_owned()),
+            ..Explain::default()
+        })
+        .expect("explain");
+    assert!(
+        decisions
+            .decisions
+            .iter()
+            .any(|d| d.resource == "net" && d.new_value == Some(share as f64)),
+        "{:?}",
+        decisions.decisions
+    );
+
+    // The annotation wins over the learned rate.
+    let annotated = c
+        .register(&register("up-annotated", "uploader", Some(7_000_000)))
+        .expect("register annotated");
+    assert_eq!(egress_of(&annotated), Some(7_000_000));
+}
+
+/// A task on the host's network reads the host's counters: its runs teach its type no egress.
+#[test]
+fn runs_on_the_host_network_teach_no_egress() {
+    let dir = tempfile::Builder::new()
+        .prefix("pd")
+        .tempdir_in("/tmp")
+        .expect("tempdir in /tmp");
+    let b = Broker::start(dir.path());
+    let mut c = b.client();
+    for i in 0..4 {
+        let id = format!("host-{i}");
+        let r = c
+            .register(&on_network(&id, "hostnet", None, false))
+            .expect("register");
+        assert_eq!(egress_of(&r), None, "no share on the host's network");
+        c.report(&Report {
+            container_id: id.clone(),
+            samples: sending(RATE),
+            ..Report::default()
+        })
+        .expect("report");
+        finish(&mut c, &id);
+    }
+    let p = b.wait_for("a warm prediction of 4 runs", || {
+        let r = c
+            .register(&register("host-live", "hostnet", None))
+            .expect("register");
+        finish(&mut c, "host-live");
+        r.prediction.filter(|p| p.runs >= 4)
+    });
+    assert_eq!(
+        p.net_tx_bytes_per_s.kind, None,
+        "{:?}",
+        p.net_tx_bytes_per_s
+    );
+    assert!(
+        p.memory_bytes.kind.is_some(),
+        "the other targets are learned"
+    );
+}
