@@ -945,6 +945,7 @@ mod tests {
             max_borrow_cpu: None,
             io: None,
             net: None,
+            net_ingress: None,
         };
         let status = Status {
             total_tasks: None,
@@ -1051,6 +1052,7 @@ mod tests {
             max_borrow_cpu: None,
             io: None,
             net: None,
+            net_ingress: None,
         };
         let hostile = "q\"b\\n\nx";
         let status = Status {
@@ -1314,6 +1316,7 @@ mod tests {
             max_borrow_cpu: None,
             io: None,
             net: None,
+            net_ingress: None,
         };
         let status = Status {
             total_tasks: None,
