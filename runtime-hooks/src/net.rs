@@ -305,6 +305,8 @@ pub fn host_peers(
                 .filter(|l| l.name != "lo" && l.linked())
                 .collect(),
         };
+    // Only the links the container's interfaces name: a host can have thousands.
+    let wanted_links: Vec<i32> = wanted.iter().filter_map(|l| l.link).collect();
     let container_file = File::open(container.path()).map_err(|source| NetError::OpenNetns {
         path: container.path(),
         source,
@@ -318,8 +320,13 @@ pub fn host_peers(
                 source,
             }
         };
-        // The dump first: listing a veth whose peer is elsewhere assigns that namespace an id if it had none.
-        let links = nl.links().map_err(kernel("RTM_GETLINK"))?;
+        // The links first: reading a veth whose peer is elsewhere assigns that namespace an id if it had none.
+        let mut links = Vec::new();
+        for index in wanted_links {
+            if let Some(l) = nl.link(index).map_err(kernel("RTM_GETLINK"))? {
+                links.push(l);
+            }
+        }
         let nsid = nl
             .nsid(container_file.as_raw_fd())
             .map_err(kernel("RTM_GETNSID"))?;
@@ -757,6 +764,17 @@ impl Netlink {
         let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK;
         self.request(libc::RTM_DELQDISC, flags as u16, &tcmsg(ifindex, TC_H_ROOT))
             .map(drop)
+    }
+
+    /// The link with `index`; `None` when there is none (ENODEV).
+    fn link(&mut self, index: i32) -> std::io::Result<Option<Link>> {
+        let mut ifinfo = [0u8; IFINFOMSG_LEN];
+        ifinfo[4..8].copy_from_slice(&index.to_ne_bytes());
+        match self.request(libc::RTM_GETLINK, libc::NLM_F_REQUEST as u16, &ifinfo) {
+            Ok(replies) => Ok(replies.first().and_then(|r| parse_link(r))),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn links(&mut self) -> std::io::Result<Vec<Link>> {
