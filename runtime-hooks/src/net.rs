@@ -169,30 +169,7 @@ pub fn set_egress_limit(
         let mut nl = Netlink::open()?;
         let names = interfaces(iface)?;
         for name in &names {
-            let index = ifindex(name)?;
-            nl.set_tbf(index, &limit)
-                .map_err(|source| NetError::Kernel {
-                    op: "RTM_NEWQDISC tbf",
-                    iface: name.clone(),
-                    source,
-                })?;
-            let found = nl.root_qdisc(index).map_err(|source| NetError::Kernel {
-                op: "RTM_GETQDISC",
-                iface: name.clone(),
-                source,
-            })?;
-            match &found {
-                Some(q)
-                    if q.kind == "tbf"
-                        && q.rate_bytes_per_sec == Some(limit.rate_bytes_per_sec) => {}
-                other => {
-                    return Err(NetError::Mismatch {
-                        iface: name.clone(),
-                        wanted: limit.rate_bytes_per_sec,
-                        found: other.clone().map(|q| (q.kind, q.rate_bytes_per_sec)),
-                    });
-                }
-            }
+            set_checked(&mut nl, ifindex(name)?, name, &limit)?;
         }
         Ok(names)
     })
@@ -205,23 +182,57 @@ pub fn clear_egress_limit(netns: &Netns, iface: Option<&str>) -> Result<Vec<Stri
         let mut nl = Netlink::open()?;
         let mut changed = Vec::new();
         for name in interfaces(iface)? {
-            let index = ifindex(&name)?;
-            let current = nl.root_qdisc(index).map_err(|source| NetError::Kernel {
-                op: "RTM_GETQDISC",
-                iface: name.clone(),
-                source,
-            })?;
-            if current.is_some_and(|q| q.kind == "tbf") {
-                nl.delete_root(index).map_err(|source| NetError::Kernel {
-                    op: "RTM_DELQDISC",
-                    iface: name.clone(),
-                    source,
-                })?;
+            if clear_tbf(&mut nl, ifindex(&name)?, &name)? {
                 changed.push(name);
             }
         }
         Ok(changed)
     })
+}
+
+/// Sets a TBF root qdisc on link `index` (`name` for errors) and reads it back.
+fn set_checked(
+    nl: &mut Netlink,
+    index: i32,
+    name: &str,
+    limit: &EgressLimit,
+) -> Result<(), NetError> {
+    let kernel = |op| {
+        move |source| NetError::Kernel {
+            op,
+            iface: name.to_owned(),
+            source,
+        }
+    };
+    nl.set_tbf(index, limit)
+        .map_err(kernel("RTM_NEWQDISC tbf"))?;
+    match nl.root_qdisc(index).map_err(kernel("RTM_GETQDISC"))? {
+        Some(q) if q.kind == "tbf" && q.rate_bytes_per_sec == Some(limit.rate_bytes_per_sec) => {
+            Ok(())
+        }
+        other => Err(NetError::Mismatch {
+            iface: name.to_owned(),
+            wanted: limit.rate_bytes_per_sec,
+            found: other.map(|q| (q.kind, q.rate_bytes_per_sec)),
+        }),
+    }
+}
+
+/// Deletes link `index`'s root qdisc if it is a TBF; whether it was.
+fn clear_tbf(nl: &mut Netlink, index: i32, name: &str) -> Result<bool, NetError> {
+    let kernel = |op| {
+        move |source| NetError::Kernel {
+            op,
+            iface: name.to_owned(),
+            source,
+        }
+    };
+    let current = nl.root_qdisc(index).map_err(kernel("RTM_GETQDISC"))?;
+    if current.is_none_or(|q| q.kind != "tbf") {
+        return Ok(false);
+    }
+    nl.delete_root(index).map_err(kernel("RTM_DELQDISC"))?;
+    Ok(true)
 }
 
 /// Reads the root qdisc of `iface` in `netns` (`None` when the interface has none, e.g. `noqueue` veth).
@@ -245,6 +256,8 @@ pub struct PeerLink {
     pub iface: String,
     /// Its veth peer in the host namespace, whose egress is the container's ingress.
     pub peer: String,
+    /// The peer's ifindex there.
+    pub peer_index: i32,
 }
 
 /// Sets `limit` on what the container receives: a TBF root qdisc on the host-side peer (in `host`, the shim's
@@ -258,11 +271,13 @@ pub fn set_ingress_limit(
     limit: &EgressLimit,
 ) -> Result<Vec<PeerLink>, NetError> {
     check_limit(limit)?;
-    let peers = host_peers(container, host, iface)?;
-    for p in &peers {
-        set_egress_limit(host, Some(&p.peer), limit)?;
-    }
-    Ok(peers)
+    let limit = *limit;
+    with_peers(container, host, iface, move |nl, peers| {
+        for p in &peers {
+            set_checked(nl, p.peer_index, &p.peer, &limit)?;
+        }
+        Ok(peers)
+    })
 }
 
 /// Removes the TBF root qdisc [`set_ingress_limit`] set on the host-side peers; returns the pairs changed.
@@ -271,13 +286,15 @@ pub fn clear_ingress_limit(
     host: &Netns,
     iface: Option<&str>,
 ) -> Result<Vec<PeerLink>, NetError> {
-    let mut changed = Vec::new();
-    for p in host_peers(container, host, iface)? {
-        if !clear_egress_limit(host, Some(&p.peer))?.is_empty() {
-            changed.push(p);
+    with_peers(container, host, iface, |nl, peers| {
+        let mut changed = Vec::new();
+        for p in peers {
+            if clear_tbf(nl, p.peer_index, &p.peer)? {
+                changed.push(p);
+            }
         }
-    }
-    Ok(changed)
+        Ok(changed)
+    })
 }
 
 /// The verified host-side veth peers of `iface` (or of every linked interface) of `container`.
@@ -286,6 +303,17 @@ pub fn host_peers(
     host: &Netns,
     iface: Option<&str>,
 ) -> Result<Vec<PeerLink>, NetError> {
+    with_peers(container, host, iface, |_, peers| Ok(peers))
+}
+
+/// Finds and verifies the peers, then runs `then` with them on the same thread in `host` (two namespace joins
+/// per call, not one per step).
+fn with_peers<T: Send>(
+    container: &Netns,
+    host: &Netns,
+    iface: Option<&str>,
+    then: impl FnOnce(&mut Netlink, Vec<PeerLink>) -> Result<T, NetError> + Send,
+) -> Result<T, NetError> {
     let theirs = in_netns(container, || {
         Netlink::open()?.links().map_err(|source| NetError::Kernel {
             op: "RTM_GETLINK",
@@ -293,25 +321,22 @@ pub fn host_peers(
             source,
         })
     })?;
-    let wanted: Vec<&Link> =
-        match iface {
-            Some(name) => vec![theirs.iter().find(|l| l.name == name).ok_or_else(|| {
-                NetError::NoInterface {
-                    name: name.to_owned(),
-                }
-            })?],
-            None => theirs
-                .iter()
-                .filter(|l| l.name != "lo" && l.linked())
-                .collect(),
-        };
-    // Only the links the container's interfaces name: a host can have thousands.
-    let wanted_links: Vec<i32> = wanted.iter().filter_map(|l| l.link).collect();
+    let wanted: Vec<Link> = match iface {
+        Some(name) => vec![theirs.into_iter().find(|l| l.name == name).ok_or_else(|| {
+            NetError::NoInterface {
+                name: name.to_owned(),
+            }
+        })?],
+        None => theirs
+            .into_iter()
+            .filter(|l| l.name != "lo" && l.linked())
+            .collect(),
+    };
     let container_file = File::open(container.path()).map_err(|source| NetError::OpenNetns {
         path: container.path(),
         source,
     })?;
-    let (ours, nsid) = in_netns(host, move || {
+    in_netns(host, move || {
         let mut nl = Netlink::open()?;
         let kernel = |op| {
             move |source| NetError::Kernel {
@@ -320,22 +345,23 @@ pub fn host_peers(
                 source,
             }
         };
-        // The links first: reading a veth whose peer is elsewhere assigns that namespace an id if it had none.
-        let mut links = Vec::new();
-        for index in wanted_links {
+        // Only the links the container's interfaces name (a host can have thousands), and those first: reading a
+        // veth whose peer is elsewhere assigns that namespace an id if it had none.
+        let mut ours = Vec::new();
+        for index in wanted.iter().filter_map(|l| l.link) {
             if let Some(l) = nl.link(index).map_err(kernel("RTM_GETLINK"))? {
-                links.push(l);
+                ours.push(l);
             }
         }
         let nsid = nl
             .nsid(container_file.as_raw_fd())
             .map_err(kernel("RTM_GETNSID"))?;
-        Ok((links, nsid))
-    })?;
-    wanted
-        .into_iter()
-        .map(|c| match_peer(c, &ours, nsid))
-        .collect()
+        let peers = wanted
+            .iter()
+            .map(|c| match_peer(c, &ours, nsid))
+            .collect::<Result<Vec<_>, _>>()?;
+        then(&mut nl, peers)
+    })
 }
 
 /// The host-side link that is `c`'s veth peer, given the host's links and the container namespace's id there.
@@ -367,6 +393,7 @@ fn match_peer(c: &Link, host_links: &[Link], nsid: Option<i32>) -> Result<PeerLi
         (Some(a), Some(b)) if a == b => Ok(PeerLink {
             iface: c.name.clone(),
             peer: h.name.clone(),
+            peer_index: h.index,
         }),
         (a, b) => Err(no(format!(
             "veth {} here peers into namespace id {a:?}, the container's is {b:?}",
@@ -960,7 +987,8 @@ mod tests {
             match_peer(&eth0, &host, Some(4)).expect("peer"),
             PeerLink {
                 iface: "eth0".into(),
-                peer: "vethab12".into()
+                peer: "vethab12".into(),
+                peer_index: 9,
             }
         );
         let why = |c: &Link, nsid| match match_peer(c, &host, nsid) {

@@ -731,6 +731,7 @@ fn tc_ingress_limit_on_the_host_side_peer_caps_what_the_container_receives() {
     let veth = PeerLink {
         iface: "veth1".into(),
         peer: "veth0".into(),
+        peer_index: crate::net::host_peers(&container, &host, None).expect("peers")[0].peer_index,
     };
     assert_eq!(shaped, vec![veth.clone()]);
     let q = net::root_qdisc(&host, "veth0")
