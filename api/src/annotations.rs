@@ -13,6 +13,7 @@
 //! | `io.predictive.max-borrow` | cores, a non-negative number (`0.5`) | the broker's `max_borrow_cpu` |
 //! | `io.predictive.allow-below-request` | `true` or `false` | `false` |
 //! | `io.predictive.egress-bytes-per-sec` | bytes/s, 8192..=100000000000: the container's share of the node's link budget | an equal share of what the annotated ones leave |
+//! | `io.predictive.ingress-bytes-per-sec` | bytes/s, 8192..=100000000000: the container's share of the node's ingress budget | an equal share of what the annotated ones leave |
 
 use std::collections::BTreeMap;
 
@@ -41,6 +42,8 @@ pub const MAX_BORROW: &str = "io.predictive.max-borrow";
 pub const ALLOW_BELOW_REQUEST: &str = "io.predictive.allow-below-request";
 /// Network egress share, bytes/s.
 pub const EGRESS: &str = "io.predictive.egress-bytes-per-sec";
+/// Network ingress share, bytes/s.
+pub const INGRESS: &str = "io.predictive.ingress-bytes-per-sec";
 
 /// Longest pipeline name or dependency id accepted, bytes.
 const MAX_NAME: usize = 253;
@@ -78,6 +81,8 @@ pub struct Annotations {
     pub allow_below_request: bool,
     /// Network egress share, bytes/s.
     pub egress_bytes_per_sec: Option<u64>,
+    /// Network ingress share, bytes/s.
+    pub ingress_bytes_per_sec: Option<u64>,
 }
 
 impl Annotations {
@@ -167,13 +172,18 @@ impl Annotations {
                 _ => return Err(bad(ALLOW_BELOW_REQUEST, v, "true or false")),
             };
         }
-        if let Some(v) = get(EGRESS) {
-            a.egress_bytes_per_sec = Some(
-                v.parse()
-                    .ok()
-                    .filter(|r| (MIN_NET_EGRESS..=MAX_NET_EGRESS).contains(r))
-                    .ok_or_else(|| bad(EGRESS, v, "bytes per second in 8192..=100000000000"))?,
-            );
+        for (key, field) in [
+            (EGRESS, &mut a.egress_bytes_per_sec),
+            (INGRESS, &mut a.ingress_bytes_per_sec),
+        ] {
+            if let Some(v) = get(key) {
+                *field = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|r| (MIN_NET_EGRESS..=MAX_NET_EGRESS).contains(r))
+                        .ok_or_else(|| bad(key, v, "bytes per second in 8192..=100000000000"))?,
+                );
+            }
         }
         Ok(a)
     }
@@ -202,6 +212,7 @@ mod tests {
             (MAX_BORROW, "1.5"),
             (ALLOW_BELOW_REQUEST, "true"),
             (EGRESS, "1048576"),
+            (INGRESS, "2097152"),
             ("other", "x"),
         ]))
         .expect("valid");
@@ -212,6 +223,7 @@ mod tests {
         assert_eq!(a.max_borrow_cpu, Some(1.5));
         assert!(a.allow_below_request);
         assert_eq!(a.egress_bytes_per_sec, Some(1 << 20));
+        assert_eq!(a.ingress_bytes_per_sec, Some(2 << 20));
     }
 
     #[test]
@@ -229,6 +241,8 @@ mod tests {
             (ALLOW_BELOW_REQUEST, "yes"),
             (EGRESS, "100"),
             (EGRESS, "1e6"),
+            (INGRESS, "8191"),
+            (INGRESS, "100000000001"),
             (TASK_TYPE, "a/b"),
             (TASK_TYPE, "line\nbreak"),
         ] {

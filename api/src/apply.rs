@@ -2,7 +2,8 @@
 //! directives a Report returns. Directives marked `applied: false` (mode observe) and the informational ones
 //! (leases, holds) change nothing.
 //!
-//! [`Action::SetNetEgress`] is no cgroup write: [`apply_net`] sets it in the container's network namespace.
+//! [`Action::SetNetEgress`] and [`Action::SetNetIngress`] are no cgroup writes: [`apply_net`] sets them in the
+//! container's network namespace (egress) or on the host-side peers of its veth interfaces (ingress).
 //!
 //! Order matters where a kill could slip in between two writes: on cgroup v1 the OOM killer is disabled
 //! before the limit is written, and re-enabled only after the limit has reached the user's own.
@@ -68,25 +69,31 @@ pub fn apply(d: &Directive, cg: &ContainerCgroup) -> Result<bool, ActuateError> 
         Action::LeaseGranted { .. }
         | Action::LeaseRevoked { .. }
         | Action::Hold { .. }
-        | Action::SetNetEgress { .. } => {
+        | Action::SetNetEgress { .. }
+        | Action::SetNetIngress { .. }
+        | Action::Unknown => {
             return Ok(false);
         }
     }
     Ok(true)
 }
 
-/// Errors from an egress directive.
+/// Errors from an egress or ingress directive.
 #[derive(Debug, thiserror::Error)]
 pub enum NetApplyError {
     /// The rate is outside [`MIN_NET_EGRESS`]..=[`MAX_NET_EGRESS`].
-    #[error("egress rate {rate} B/s is outside {MIN_NET_EGRESS}..={MAX_NET_EGRESS}")]
+    #[error("{direction} rate {rate} B/s is outside {MIN_NET_EGRESS}..={MAX_NET_EGRESS}")]
     OutOfRange {
+        /// `egress` or `ingress`.
+        direction: &'static str,
         /// The rate asked for.
         rate: u64,
     },
     /// Reading the namespaces or writing the qdisc failed.
-    #[error("egress limit in the network namespace of pid {pid}")]
+    #[error("{direction} limit for the network namespace of pid {pid}")]
     Net {
+        /// `egress` or `ingress`.
+        direction: &'static str,
         /// The container's init.
         pid: i32,
         /// What failed.
@@ -108,29 +115,55 @@ pub enum NetApplied {
 }
 
 /// Applies a [`Action::SetNetEgress`] to the network namespace of `pid` (the container's init; `proc_root` is
-/// `/proc`); `Ok(None)` for any other directive or one not meant to be applied.
+/// `/proc`), or a [`Action::SetNetIngress`] to the host-side peers of its interfaces in the caller's own
+/// namespace (`proc_root/self/ns/net`: a shim runs in the host's); `Ok(None)` for any other directive or one
+/// not meant to be applied. An ingress peer that cannot be verified is an error and nothing is written.
 pub fn apply_net(
     d: &Directive,
     pid: i32,
     proc_root: &Path,
 ) -> Result<Option<NetApplied>, NetApplyError> {
-    let Action::SetNetEgress { rate_bytes_per_sec } = d.action else {
-        return Ok(None);
+    let (direction, rate) = match d.action {
+        Action::SetNetEgress { rate_bytes_per_sec } => ("egress", rate_bytes_per_sec),
+        Action::SetNetIngress { rate_bytes_per_sec } => ("ingress", rate_bytes_per_sec),
+        _ => return Ok(None),
     };
     if !d.applied {
         return Ok(None);
     }
-    if let Some(rate) = rate_bytes_per_sec
+    if let Some(rate) = rate
         && !(MIN_NET_EGRESS..=MAX_NET_EGRESS).contains(&rate)
     {
-        return Err(NetApplyError::OutOfRange { rate });
+        return Err(NetApplyError::OutOfRange { direction, rate });
     }
-    let net = |source| NetApplyError::Net { pid, source };
+    let net = |source| NetApplyError::Net {
+        direction,
+        pid,
+        source,
+    };
     if runtime_hooks::net::in_host_netns(proc_root, pid).map_err(net)? {
         return Ok(Some(NetApplied::HostNetwork));
     }
     let ns = Netns::Path(runtime_hooks::net::netns_path(proc_root, pid));
-    Ok(Some(match rate_bytes_per_sec {
+    if direction == "ingress" {
+        let host = Netns::Path(proc_root.join("self/ns/net"));
+        let pairs = |links: Vec<runtime_hooks::net::PeerLink>| {
+            links
+                .into_iter()
+                .map(|p| format!("{} (host side {})", p.iface, p.peer))
+                .collect()
+        };
+        return Ok(Some(match rate {
+            Some(rate) => NetApplied::Set(pairs(
+                runtime_hooks::net::set_ingress_limit(&ns, &host, None, &EgressLimit::new(rate))
+                    .map_err(net)?,
+            )),
+            None => NetApplied::Cleared(pairs(
+                runtime_hooks::net::clear_ingress_limit(&ns, &host, None).map_err(net)?,
+            )),
+        }));
+    }
+    Ok(Some(match rate {
         Some(rate) => NetApplied::Set(
             runtime_hooks::net::set_egress_limit(&ns, None, &EgressLimit::new(rate))
                 .map_err(net)?,
@@ -273,14 +306,30 @@ mod tests {
         let me = i32::try_from(std::process::id()).expect("a pid fits i32");
         let proc_root = Path::new("/proc");
         for rate in [MIN_NET_EGRESS - 1, MAX_NET_EGRESS + 1] {
-            let d = directive(
-                Action::SetNetEgress {
-                    rate_bytes_per_sec: Some(rate),
-                },
-                true,
+            let rate_bytes_per_sec = Some(rate);
+            for (action, direction) in [
+                (Action::SetNetEgress { rate_bytes_per_sec }, "egress"),
+                (Action::SetNetIngress { rate_bytes_per_sec }, "ingress"),
+            ] {
+                let e =
+                    apply_net(&directive(action, true), me, proc_root).expect_err("out of range");
+                assert!(e.to_string().contains(&rate.to_string()), "{e}");
+                assert!(e.to_string().starts_with(direction), "{e}");
+            }
+        }
+        // Our own process shares our namespace: neither direction is touched.
+        for action in [
+            Action::SetNetEgress {
+                rate_bytes_per_sec: Some(1 << 20),
+            },
+            Action::SetNetIngress {
+                rate_bytes_per_sec: Some(1 << 20),
+            },
+        ] {
+            assert_eq!(
+                apply_net(&directive(action, true), me, proc_root).expect("host network"),
+                Some(NetApplied::HostNetwork)
             );
-            let e = apply_net(&d, me, proc_root).expect_err("out of range");
-            assert!(e.to_string().contains(&rate.to_string()), "{e}");
         }
         let cpu = directive(Action::SetCpu { cores: Some(1.0) }, true);
         assert_eq!(apply_net(&cpu, me, proc_root).expect("not network"), None);

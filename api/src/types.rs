@@ -77,6 +77,9 @@ pub struct Usage {
     /// Bytes sent over the non-loopback interfaces of its network namespace, per second (`None`: not read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_tx_bytes_per_sec: Option<f64>,
+    /// Bytes received over them, per second (`None`: not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_rx_bytes_per_sec: Option<f64>,
 }
 
 /// A current allocation. `None` = unlimited.
@@ -178,11 +181,24 @@ pub enum Action {
         /// Bytes per second.
         rate_bytes_per_sec: Option<u64>,
     },
+    /// Network ingress: a token-bucket limit on what the container receives, set as the egress limit of the
+    /// host-side veth peer of each of its interfaces, `None` = no limit. Same bounds as [`Action::SetNetEgress`]
+    /// ([`MIN_NET_EGRESS`]..=[`MAX_NET_EGRESS`]); a container that shares the host's network namespace, or whose
+    /// interfaces have no veth peer in the shim's namespace, is left alone. Sent only to a shim that says it
+    /// applies it (Register `net_ingress`): older shims fail to parse an action they do not know.
+    SetNetIngress {
+        /// Bytes per second.
+        rate_bytes_per_sec: Option<u64>,
+    },
     /// Nothing changes, for the record (e.g. no room to grow).
     Hold {
         /// Which resource.
         resource: ResourceKind,
     },
+    /// An action this side does not know (from a newer peer): read so the other directives of the same reply
+    /// still apply, then logged and skipped. Never sent.
+    #[serde(other)]
+    Unknown,
 }
 
 /// Smallest egress limit a [`Action::SetNetEgress`] may set, bytes/s: a few full-size packets per second (a TBF
@@ -191,15 +207,18 @@ pub const MIN_NET_EGRESS: u64 = 8 * 1024;
 /// Largest egress limit, bytes/s (100 GB/s: above any NIC this runs on).
 pub const MAX_NET_EGRESS: u64 = 100_000_000_000;
 
-/// A task's network egress for status queries.
+/// A task's network egress (or ingress) for status queries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetView {
     /// The limit in force (its own share, less what it lends, plus what it borrows), bytes/s.
     pub limit_bytes_per_sec: u64,
     /// Its own share of the node's link budget, bytes/s.
     pub base_bytes_per_sec: u64,
-    /// Measured egress over the last report interval, bytes/s.
+    /// Measured egress over the last report interval, bytes/s (an egress view only).
     pub tx_bytes_per_sec: Option<f64>,
+    /// Measured ingress over the last report interval, bytes/s (an ingress view only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_bytes_per_sec: Option<f64>,
     /// Lent to saturated senders, bytes/s.
     pub lent_bytes_per_sec: u64,
     /// Borrowed from idle senders, bytes/s.
@@ -314,4 +333,8 @@ pub struct TaskView {
     /// Its network egress limit (`None`: no `[network]` budget, or the host's network namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<NetView>,
+    /// Its network ingress limit (`None`: no `[network] ingress_budget_bytes_per_sec`, the host's network
+    /// namespace, or a shim that does not apply ingress limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_ingress: Option<NetView>,
 }

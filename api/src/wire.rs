@@ -71,6 +71,10 @@ pub struct Register {
     /// Absent (older shims): assumed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub own_netns: Option<bool>,
+    /// The shim applies [`crate::types::Action::SetNetIngress`]. Absent (older shims, which cannot parse that
+    /// action): the broker sends none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_ingress: Option<bool>,
 }
 
 /// Most ancestors a Register or Update may name.
@@ -917,5 +921,31 @@ mod tests {
         let line = encode_response(None, &err).expect("encodes");
         assert!(line.contains(r#""code":"not_found""#));
         assert_eq!(parse_response(&line).1, Ok(err));
+    }
+
+    /// An action from a newer broker is read as `unknown` (the shim logs and skips it) and the others of the same
+    /// reply still come through; `set_net_ingress` is on the wire as `{"action":"set_net_ingress",...}`.
+    #[test]
+    fn unknown_actions_do_not_lose_the_reply() {
+        let line = r#"{"version":1,"type":"directives","directives":[
+            {"container_id":"c","action":"set_net_teleport","warp":9,"reason":"r","applied":true},
+            {"container_id":"c","action":"set_net_ingress","rate_bytes_per_sec":1048576,"reason":"r","applied":true}]}"#
+            .replace('\n', "");
+        let (_, resp) = parse_response(&line);
+        let Ok(Response::Directives(ds)) = resp else {
+            panic!("{resp:?}")
+        };
+        let actions: Vec<&Action> = ds.directives.iter().map(|d| &d.action).collect();
+        assert_eq!(
+            actions,
+            vec![
+                &Action::Unknown,
+                &Action::SetNetIngress {
+                    rate_bytes_per_sec: Some(1 << 20)
+                }
+            ]
+        );
+        let r: Register = serde_json::from_str(r#"{"container_id":"c"}"#).expect("old shim");
+        assert_eq!(r.net_ingress, None);
     }
 }

@@ -161,6 +161,7 @@ fn register(id: &str, t: usize) -> Register {
         adopt: None,
         parents: Vec::new(),
         own_netns: None,
+        net_ingress: None,
     }
 }
 

@@ -33,8 +33,9 @@
 //! max_priority = 0                         # highest io.predictive.priority a pod may give itself
 //! max_borrow_cpu = 1.0                     # most CPU a pod may borrow (default: controller.max_borrow_cpu)
 //!
-//! [network]                                # egress limits (broker::controller::net); off when absent
+//! [network]                                # egress/ingress limits (broker::controller::net); off when absent
 //! link_budget_bytes_per_sec = 125000000    # what the managed containers may send together (1 Gbit/s)
+//! ingress_budget_bytes_per_sec = 125000000 # what they may receive together (absent: no ingress limits)
 //!
 //! [metrics]                                # Prometheus text exposition over HTTP/1.0; off when absent
 //! listen = "127.0.0.1:9464"                # host:port, or an absolute Unix socket path
@@ -202,7 +203,7 @@ pub struct Config {
     pub import: ImportConfig,
     /// The Prometheus endpoint (off by default).
     pub metrics: MetricsConfig,
-    /// Network egress limits (off by default: no link budget, no directives).
+    /// Network egress and ingress limits (off by default: no budgets, no directives).
     pub network: NetConfig,
     /// Most connections served at once (default 16384); one more is answered `too_many_connections` and closed.
     pub max_connections: usize,
@@ -370,6 +371,15 @@ mod tests {
         assert_eq!(c.retrain.min_runs, Some(3));
         assert_eq!(c.policy, PolicyConfig::default());
         assert!(!c.controller.quota_unlimited_cpu);
+        assert_eq!(c.network.ingress_budget_bytes_per_sec, None);
+        let c = parse("[network]\ningress_budget_bytes_per_sec = 2000000\n").expect("valid");
+        assert_eq!(
+            (
+                c.network.link_budget_bytes_per_sec,
+                c.network.ingress_budget_bytes_per_sec
+            ),
+            (None, Some(2_000_000))
+        );
         let c = parse(
             "[policy]\nmax_priority = 10\nmax_borrow_cpu = 0.5\n[controller]\nquota_unlimited_cpu = true\nmemory_stall_ms = 2000\n",
         )
@@ -405,6 +415,14 @@ mod tests {
             (
                 "[controller]\nquota_unlimited_cpu = \"yes\"",
                 "quota_unlimited_cpu",
+            ),
+            (
+                "[network]\ningress_budget_bytes_per_sec = 100",
+                "network.ingress_budget_bytes_per_sec",
+            ),
+            (
+                "[network]\ningress_budget_bytes_per_sec = \"1G\"",
+                "ingress_budget_bytes_per_sec",
             ),
         ] {
             let e = parse(text).expect_err(text).to_string();

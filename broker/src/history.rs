@@ -495,6 +495,7 @@ mod tests {
                     max_borrow_cpu: None,
                     io: None,
                     net: None,
+                    net_ingress: None,
                 })
                 .collect(),
             leases: Vec::new(),

@@ -945,6 +945,7 @@ mod tests {
             max_borrow_cpu: None,
             io: None,
             net: None,
+            net_ingress: None,
         };
         let status = Status {
             total_tasks: None,
@@ -1052,6 +1053,7 @@ mod tests {
             max_borrow_cpu: None,
             io: None,
             net: None,
+            net_ingress: None,
         };
         let hostile = "q\"b\\n\nx";
         let status = Status {
@@ -1316,6 +1318,7 @@ mod tests {
             max_borrow_cpu: None,
             io: None,
             net: None,
+            net_ingress: None,
         };
         let status = Status {
             total_tasks: None,

@@ -293,6 +293,8 @@ struct State {
     controller: Controller,
     /// Network egress shares and loans (`[network]`).
     net: crate::controller::net::NetShaper,
+    /// Ingress, by the same rules (`[network] ingress_budget_bytes_per_sec`).
+    net_in: crate::controller::net::NetShaper,
     running: HashMap<String, Running>,
     /// The next run id to hand out (ahead of every id the store holds).
     next_run: u64,
@@ -480,6 +482,12 @@ fn rates(
         }
         _ => None,
     };
+    let net_rx = match (&prev.net, &s.net) {
+        (Some(a), Some(b)) => {
+            Some(b.rx_bytes.saturating_sub(a.rx_bytes) as f64 * 1e9 / dt_ns as f64)
+        }
+        _ => None,
+    };
     let usage = Usage {
         at_ms: s.unix_ns / 1_000_000,
         cpu_cores: cpu,
@@ -490,6 +498,7 @@ fn rates(
         working_set_bytes: s.memory.working_set_bytes,
         under_oom: oom || s.memory.under_oom == Some(true),
         net_tx_bytes_per_sec: net_tx,
+        net_rx_bytes_per_sec: net_rx,
     };
     let sample = predictor::Sample {
         ts_ms: usage.at_ms,
@@ -530,6 +539,11 @@ fn decision(d: &Directive, r: &Running, at_ms: u64, initial: Option<bool>) -> pr
             let v = rate_bytes_per_sec.map(|r| r as f64);
             ("net", grew(v), v)
         }
+        Action::SetNetIngress { rate_bytes_per_sec } => {
+            let v = rate_bytes_per_sec.map(|r| r as f64);
+            ("net-ingress", grew(v), v)
+        }
+        Action::Unknown => ("unknown", D::Hold, None),
         Action::Freeze => ("freezer", D::Lower, Some(1.0)),
         Action::Thaw => ("freezer", D::Raise, Some(0.0)),
         Action::LeaseGranted { lease } => ("cpu-lease", D::Raise, Some(lease.amount)),
@@ -823,6 +837,12 @@ impl Broker {
                 ann.mode,
                 r.own_netns.unwrap_or(true),
             ));
+            directives.extend(st.net_in.register(
+                &r.container_id,
+                ann.ingress_bytes_per_sec,
+                ann.mode,
+                r.own_netns.unwrap_or(true) && r.net_ingress == Some(true),
+            ));
             st.open_run(&r, &key, meta, model_version, now, &mut ops);
             let mut records: Vec<predictor::Decision> = capped
                 .into_iter()
@@ -984,6 +1004,7 @@ impl Broker {
         if let Some(u) = latest {
             st.controller.observe(&rep.container_id, u);
             st.net.observe(&rep.container_id, u.net_tx_bytes_per_sec);
+            st.net_in.observe(&rep.container_id, u.net_rx_bytes_per_sec);
         }
         let directives = std::mem::take(&mut run.pending);
         let run_id = run.run_id;
@@ -1012,6 +1033,7 @@ impl Broker {
             };
             let mut ds = st.controller.unregister(&f.container_id, now);
             ds.extend(st.net.unregister(&f.container_id));
+            ds.extend(st.net_in.unregister(&f.container_id));
             let records: Vec<_> = ds
                 .iter()
                 .filter_map(|d| {
@@ -1066,6 +1088,7 @@ impl Broker {
         let mut tasks = st.controller.tasks();
         for t in &mut tasks {
             t.net = st.net.view(&t.container_id);
+            t.net_ingress = st.net_in.view(&t.container_id);
         }
         let total = tasks.len() as u64;
         let mut next_offset = None;
@@ -1144,6 +1167,7 @@ impl Broker {
                 }
                 ds.extend(st.controller.unregister(id, now));
                 ds.extend(st.net.unregister(id));
+                ds.extend(st.net_in.unregister(id));
             }
             if !st.orphans.is_empty() && now.saturating_sub(st.started_ms) > FORGET_AFTER_MS {
                 closes.extend(
@@ -1154,6 +1178,7 @@ impl Broker {
             }
             ds.extend(st.controller.tick(now));
             ds.extend(st.net.tick());
+            ds.extend(st.net_in.tick());
             let mut records = Vec::new();
             for d in ds {
                 if let Some(r) = st.running.get_mut(&d.container_id) {
@@ -1809,6 +1834,7 @@ impl Daemon {
             state: Mutex::new(State {
                 controller,
                 net: crate::controller::net::NetShaper::new(cfg.network.clone()),
+                net_in: crate::controller::net::NetShaper::ingress(cfg.network.clone()),
                 running: HashMap::new(),
                 next_run,
                 orphans,

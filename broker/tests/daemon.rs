@@ -157,6 +157,7 @@ fn register(id: &str, task_type: &str, cpu_limit: Option<f64>) -> Register {
         adopt: None,
         parents: Vec::new(),
         own_netns: None,
+        net_ingress: None,
     }
 }
 

@@ -182,6 +182,7 @@ fn register(id: &str, task_type: &str, extra: &[(&str, String)]) -> Register {
         adopt: None,
         parents: Vec::new(),
         own_netns: None,
+        net_ingress: None,
     }
 }
 

@@ -158,6 +158,7 @@ fn on_network(id: &str, task_type: &str, egress: Option<u64>, own_netns: bool) -
         adopt: None,
         parents: Vec::new(),
         own_netns: Some(own_netns),
+        net_ingress: None,
     }
 }
 

@@ -142,47 +142,61 @@ pub fn status_table(s: &Status) -> String {
     out
 }
 
-/// Per task with an egress limit: the limit in force, its own share, what it sends, lends or borrows, and why.
+/// Per task with an egress or ingress limit: the limit in force, its own share, what it sends (receives),
+/// lends or borrows, and why; the ingress line right after the egress one.
 fn net_lines(s: &Status) -> String {
     let mut out = String::new();
     for t in &s.tasks {
-        let Some(n) = &t.net else { continue };
-        let sent = n
-            .tx_bytes_per_sec
-            .map_or_else(|| "-".to_owned(), |r| format!("{}/s", bytes(r)));
-        let mut line = format!(
-            "
-network egress {}: limit {}/s (share {}/s), sending {sent}",
-            t.container_id,
-            bytes(n.limit_bytes_per_sec as f64),
-            bytes(n.base_bytes_per_sec as f64)
-        );
-        if n.lent_bytes_per_sec > 0 {
-            let _ = write!(line, ", lends {}/s", bytes(n.lent_bytes_per_sec as f64));
-        }
-        if n.borrowed_bytes_per_sec > 0 {
-            let _ = write!(
-                line,
-                ", borrows {}/s",
-                bytes(n.borrowed_bytes_per_sec as f64)
+        let views = [
+            (
+                "egress",
+                "sending",
+                t.net.as_ref().map(|n| (n, n.tx_bytes_per_sec)),
+            ),
+            (
+                "ingress",
+                "receiving",
+                t.net_ingress.as_ref().map(|n| (n, n.rx_bytes_per_sec)),
+            ),
+        ];
+        for (direction, verb, view) in views {
+            let Some((n, rate)) = view else { continue };
+            let measured = rate.map_or_else(|| "-".to_owned(), |r| format!("{}/s", bytes(r)));
+            let mut line = format!(
+                "\nnetwork {direction} {}: limit {}/s (share {}/s), {verb} {measured}",
+                t.container_id,
+                bytes(n.limit_bytes_per_sec as f64),
+                bytes(n.base_bytes_per_sec as f64)
             );
+            if n.lent_bytes_per_sec > 0 {
+                let _ = write!(line, ", lends {}/s", bytes(n.lent_bytes_per_sec as f64));
+            }
+            if n.borrowed_bytes_per_sec > 0 {
+                let _ = write!(
+                    line,
+                    ", borrows {}/s",
+                    bytes(n.borrowed_bytes_per_sec as f64)
+                );
+            }
+            // Only egress is learned from the task type's history.
+            if direction == "egress"
+                && let Some(e) = s
+                    .predictions
+                    .iter()
+                    .find(|p| p.container_id == t.container_id)
+                    .and_then(|p| p.net_tx_bytes_per_s)
+            {
+                let _ = write!(
+                    line,
+                    ", predicted {}/s [{}/s-{}/s]",
+                    bytes(e.point),
+                    bytes(e.lower),
+                    bytes(e.upper)
+                );
+            }
+            let _ = writeln!(line, "\n  {}", n.reason);
+            out.push_str(&line);
         }
-        if let Some(e) = s
-            .predictions
-            .iter()
-            .find(|p| p.container_id == t.container_id)
-            .and_then(|p| p.net_tx_bytes_per_s)
-        {
-            let _ = write!(
-                line,
-                ", predicted {}/s [{}/s-{}/s]",
-                bytes(e.point),
-                bytes(e.lower),
-                bytes(e.upper)
-            );
-        }
-        let _ = writeln!(line, "\n  {}", n.reason);
-        out.push_str(&line);
     }
     out
 }
@@ -369,7 +383,7 @@ fn decision_value(resource: &str, v: Option<f64>) -> String {
     match (resource, v) {
         (_, None) => "unlimited".to_owned(),
         ("memory", Some(b)) => bytes(b),
-        ("net", Some(b)) => format!("{}/s", bytes(b)),
+        ("net" | "net-ingress", Some(b)) => format!("{}/s", bytes(b)),
         ("freezer", Some(f)) => if f > 0.5 { "paused" } else { "running" }.to_owned(),
         (_, Some(c)) => format!("{c:.2}"),
     }
@@ -432,7 +446,7 @@ mod tests {
     }
 
     #[test]
-    fn egress_lines_show_limit_share_and_loans() {
+    fn egress_and_ingress_lines_show_limit_share_and_loans() {
         let view = |id: &str, limit: u64, reason: &str| TaskView {
             container_id: id.to_owned(),
             mode: predictive_api::types::Mode::Enforce,
@@ -450,9 +464,19 @@ mod tests {
                 limit_bytes_per_sec: limit,
                 base_bytes_per_sec: 1 << 20,
                 tx_bytes_per_sec: Some(1000.0),
+                rx_bytes_per_sec: None,
                 lent_bytes_per_sec: (1u64 << 20).saturating_sub(limit),
                 borrowed_bytes_per_sec: limit.saturating_sub(1 << 20),
                 reason: reason.to_owned(),
+            }),
+            net_ingress: (id == "b").then(|| predictive_api::types::NetView {
+                limit_bytes_per_sec: 3 << 20,
+                base_bytes_per_sec: 3 << 20,
+                tx_bytes_per_sec: None,
+                rx_bytes_per_sec: Some(2048.0),
+                lent_bytes_per_sec: 0,
+                borrowed_bytes_per_sec: 0,
+                reason: "ingress its share".to_owned(),
             }),
         };
         let s = Status {
@@ -480,6 +504,11 @@ mod tests {
         );
         assert!(text.contains("network egress b: limit 64.0KiB/s"), "{text}");
         assert!(text.contains("lends 960.0KiB/s"), "{text}");
+        assert!(
+            text.contains("network egress b: limit 64.0KiB/s (share 1.0MiB/s), sending 1000B/s, lends 960.0KiB/s\n  idle: lends\n\nnetwork ingress b: limit 3.0MiB/s (share 3.0MiB/s), receiving 2.0KiB/s\n  ingress its share"),
+            "{text}"
+        );
+        assert!(!text.contains("network ingress a"), "{text}");
         assert!(
             !text.contains("predicted"),
             "no prediction, no figure: {text}"

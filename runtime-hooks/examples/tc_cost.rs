@@ -1,7 +1,8 @@
 //! What one egress write costs: `net::set_egress_limit` (a thread that joins the namespace, RTM_NEWQDISC, a dump
 //! read back and compared) on one veth in a network namespace made for the run, timed over many iterations with
-//! alternating rates. Prints wall and CPU time (user + system of the whole process) per write. Root only;
-//! removes the namespace (and so the veth pair) at the end.
+//! alternating rates; then one ingress write, `net::set_ingress_limit` (a link dump in the container's namespace,
+//! a link dump and RTM_GETNSID in ours, then the same write on the host-side veth). Prints wall and CPU time (user +
+//! system of the whole process) per write. Root only; removes the namespace (and so the veth pair) at the end.
 //!
 //! `cargo run --release -p runtime-hooks --example tc_cost [ITERATIONS]`
 
@@ -9,7 +10,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use runtime_hooks::net::{EgressLimit, Netns, set_egress_limit};
+use runtime_hooks::net::{
+    EgressLimit, Netns, clear_ingress_limit, set_egress_limit, set_ingress_limit,
+};
 
 fn ip(args: &[&str]) {
     let ok = Command::new("ip")
@@ -58,9 +61,23 @@ fn main() {
     }
     let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
     let all = set_egress_limit(&ns, None, &EgressLimit::new(rates[0])).expect("every interface");
-    ip(&["netns", "del", &name]);
     println!(
         "set_egress_limit (set + read back, one interface): {n} writes, wall {:.1} us/write, CPU {:.1} us/write; interfaces found: {all:?}",
+        wall * 1e6 / f64::from(n),
+        cpu * 1e6 / f64::from(n)
+    );
+    let host = Netns::Path(PathBuf::from("/proc/self/ns/net"));
+    let peers = set_ingress_limit(&ns, &host, None, &EgressLimit::new(rates[0])).expect("warm-up");
+    let (t0, c0) = (Instant::now(), cpu_seconds());
+    for i in 0..n {
+        let rate = rates[(i % 2) as usize];
+        set_ingress_limit(&ns, &host, None, &EgressLimit::new(rate)).expect("write");
+    }
+    let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
+    clear_ingress_limit(&ns, &host, None).expect("clear");
+    ip(&["netns", "del", &name]);
+    println!(
+        "set_ingress_limit (peer found and verified, set + read back on the host side): {n} writes, wall {:.1} us/write, CPU {:.1} us/write; pairs: {peers:?}",
         wall * 1e6 / f64::from(n),
         cpu * 1e6 / f64::from(n)
     );

@@ -18,7 +18,8 @@
 //! A disk I/O priority is the cgroup weight plus the threads' `ioprio` class
 //! ([`ContainerCgroup::set_io_priority`]); [`io::detect`] says per device which of them the scheduler honours.
 //!
-//! Network egress is limited per network namespace with [`net::set_egress_limit`]. A daemon that must leave its
+//! Network egress is limited per network namespace with [`net::set_egress_limit`], ingress on the host-side veth
+//! peer with [`net::set_ingress_limit`]. A daemon that must leave its
 //! starter's cgroup gets its own at every hierarchy's root with [`daemon::make_daemon_cgroups`].
 //!
 //! Why not youki's `libcgroups` for this: its managers apply a whole `LinuxResources` and neither read

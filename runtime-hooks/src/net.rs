@@ -1,7 +1,8 @@
-//! Egress rate limit for a container: a token-bucket (TBF) root qdisc on each interface of the
-//! container's network namespace, set over rtnetlink.
+//! Egress and ingress rate limits for a container: a token-bucket (TBF) root qdisc set over rtnetlink, on
+//! each interface of the container's network namespace (egress), or on the host-side peer of each of its veth
+//! interfaces (ingress: what the container receives is what its peer sends, so no IFB device is needed).
 //!
-//! The netlink messages are built by hand (about 150 lines) instead of using `netlink-packet-route` /
+//! The netlink messages are built by hand (about 250 lines) instead of using `netlink-packet-route` /
 //! `rtnetlink`: those crates have no typed TBF options (TBF would go through their untyped `Other`
 //! attribute anyway), `rtnetlink` needs a tokio runtime, and the three messages used here
 //! (`RTM_NEWQDISC`, `RTM_DELQDISC`, `RTM_GETQDISC`) are short, fixed-layout structs from
@@ -12,15 +13,24 @@
 //! or a bind-mounted path such as `/run/netns/NAME`); the calling thread never changes namespace. Each
 //! write is read back with a dump and the rate compared.
 //!
-//! Limits: egress only (ingress would need an IFB device); the root qdisc is replaced, so any qdisc the
-//! container set up itself is lost; needs CAP_SYS_ADMIN (setns) and CAP_NET_ADMIN in that namespace.
+//! The ingress peer is found, never guessed: a container interface's `IFLA_LINK` is its peer's ifindex in
+//! the peer's namespace, and ifindexes repeat across namespaces, so the interface in the host namespace with
+//! that index is taken only if it is a veth whose own `IFLA_LINK` is the container interface and whose
+//! `IFLA_LINK_NETNSID` is the container namespace's id as the host namespace sees it (`RTM_GETNSID`). Anything
+//! else (macvlan/ipvlan, whose `IFLA_LINK` is the host's NIC; a peer in a third namespace) is refused before
+//! anything is written. The host-side veth goes away with the container's namespace, and its qdisc with it.
+//!
+//! Limits: the root qdisc is replaced, so any qdisc the container (egress) or the operator (ingress, on the
+//! host-side veth) set up is lost; ingress covers veth interfaces only, and the shaping happens after the host
+//! received the packets (TCP's window slows the sender; a UDP flood is dropped at the veth, not upstream);
+//! needs CAP_SYS_ADMIN (setns) and CAP_NET_ADMIN in the namespaces.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Errors from the egress limit.
+/// Errors from the egress and ingress limits.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     /// The namespace file could not be opened.
@@ -85,6 +95,15 @@ pub enum NetError {
     /// The helper thread panicked.
     #[error("network namespace helper thread panicked")]
     Thread,
+    /// A container interface's peer is not a veth in the host namespace that points back at it: nothing was
+    /// shaped (a guess could shape the host's NIC or another container's veth).
+    #[error("no host-side veth peer for container interface {iface}: {why}")]
+    NoPeer {
+        /// The container's interface.
+        iface: String,
+        /// What did not match.
+        why: String,
+    },
 }
 
 /// A network namespace.
@@ -152,49 +171,13 @@ pub fn set_egress_limit(
     iface: Option<&str>,
     limit: &EgressLimit,
 ) -> Result<Vec<String>, NetError> {
-    if limit.rate_bytes_per_sec == 0 {
-        return Err(NetError::OutOfRange {
-            what: "rate (B/s)",
-            value: 0,
-            range: "1..=u64::MAX",
-        });
-    }
-    if limit.burst_bytes < 1600 {
-        return Err(NetError::OutOfRange {
-            what: "burst (bytes)",
-            value: limit.burst_bytes.into(),
-            range: "1600..=u32::MAX (at least one full-size packet)",
-        });
-    }
+    check_limit(limit)?;
     let limit = *limit;
     in_netns(netns, move || {
         let mut nl = Netlink::open()?;
         let names = interfaces(iface)?;
         for name in &names {
-            let index = ifindex(name)?;
-            nl.set_tbf(index, &limit)
-                .map_err(|source| NetError::Kernel {
-                    op: "RTM_NEWQDISC tbf",
-                    iface: name.clone(),
-                    source,
-                })?;
-            let found = nl.root_qdisc(index).map_err(|source| NetError::Kernel {
-                op: "RTM_GETQDISC",
-                iface: name.clone(),
-                source,
-            })?;
-            match &found {
-                Some(q)
-                    if q.kind == "tbf"
-                        && q.rate_bytes_per_sec == Some(limit.rate_bytes_per_sec) => {}
-                other => {
-                    return Err(NetError::Mismatch {
-                        iface: name.clone(),
-                        wanted: limit.rate_bytes_per_sec,
-                        found: other.clone().map(|q| (q.kind, q.rate_bytes_per_sec)),
-                    });
-                }
-            }
+            set_checked(&mut nl, ifindex(name)?, name, &limit)?;
         }
         Ok(names)
     })
@@ -207,23 +190,57 @@ pub fn clear_egress_limit(netns: &Netns, iface: Option<&str>) -> Result<Vec<Stri
         let mut nl = Netlink::open()?;
         let mut changed = Vec::new();
         for name in interfaces(iface)? {
-            let index = ifindex(&name)?;
-            let current = nl.root_qdisc(index).map_err(|source| NetError::Kernel {
-                op: "RTM_GETQDISC",
-                iface: name.clone(),
-                source,
-            })?;
-            if current.is_some_and(|q| q.kind == "tbf") {
-                nl.delete_root(index).map_err(|source| NetError::Kernel {
-                    op: "RTM_DELQDISC",
-                    iface: name.clone(),
-                    source,
-                })?;
+            if clear_tbf(&mut nl, ifindex(&name)?, &name)? {
                 changed.push(name);
             }
         }
         Ok(changed)
     })
+}
+
+/// Sets a TBF root qdisc on link `index` (`name` for errors) and reads it back.
+fn set_checked(
+    nl: &mut Netlink,
+    index: i32,
+    name: &str,
+    limit: &EgressLimit,
+) -> Result<(), NetError> {
+    let kernel = |op| {
+        move |source| NetError::Kernel {
+            op,
+            iface: name.to_owned(),
+            source,
+        }
+    };
+    nl.set_tbf(index, limit)
+        .map_err(kernel("RTM_NEWQDISC tbf"))?;
+    match nl.root_qdisc(index).map_err(kernel("RTM_GETQDISC"))? {
+        Some(q) if q.kind == "tbf" && q.rate_bytes_per_sec == Some(limit.rate_bytes_per_sec) => {
+            Ok(())
+        }
+        other => Err(NetError::Mismatch {
+            iface: name.to_owned(),
+            wanted: limit.rate_bytes_per_sec,
+            found: other.map(|q| (q.kind, q.rate_bytes_per_sec)),
+        }),
+    }
+}
+
+/// Deletes link `index`'s root qdisc if it is a TBF; whether it was.
+fn clear_tbf(nl: &mut Netlink, index: i32, name: &str) -> Result<bool, NetError> {
+    let kernel = |op| {
+        move |source| NetError::Kernel {
+            op,
+            iface: name.to_owned(),
+            source,
+        }
+    };
+    let current = nl.root_qdisc(index).map_err(kernel("RTM_GETQDISC"))?;
+    if current.is_none_or(|q| q.kind != "tbf") {
+        return Ok(false);
+    }
+    nl.delete_root(index).map_err(kernel("RTM_DELQDISC"))?;
+    Ok(true)
 }
 
 /// Reads the root qdisc of `iface` in `netns` (`None` when the interface has none, e.g. `noqueue` veth).
@@ -238,6 +255,177 @@ pub fn root_qdisc(netns: &Netns, iface: &str) -> Result<Option<RootQdisc>, NetEr
             source,
         })
     })
+}
+
+/// A container interface and its host-side veth peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerLink {
+    /// The interface in the container's namespace.
+    pub iface: String,
+    /// Its veth peer in the host namespace, whose egress is the container's ingress.
+    pub peer: String,
+    /// The peer's ifindex there.
+    pub peer_index: i32,
+}
+
+/// Sets `limit` on what the container receives: a TBF root qdisc on the host-side peer (in `host`, the shim's
+/// own namespace: `/proc/self/ns/net`) of `iface` or, when `None`, of every interface of `container` that has a
+/// link to another device. Every peer is verified (see the module doc) before any is written; one that cannot
+/// be verified fails the whole call with [`NetError::NoPeer`]. Returns the pairs shaped.
+pub fn set_ingress_limit(
+    container: &Netns,
+    host: &Netns,
+    iface: Option<&str>,
+    limit: &EgressLimit,
+) -> Result<Vec<PeerLink>, NetError> {
+    check_limit(limit)?;
+    let limit = *limit;
+    with_peers(container, host, iface, move |nl, peers| {
+        for p in &peers {
+            set_checked(nl, p.peer_index, &p.peer, &limit)?;
+        }
+        Ok(peers)
+    })
+}
+
+/// Removes the TBF root qdisc [`set_ingress_limit`] set on the host-side peers; returns the pairs changed.
+pub fn clear_ingress_limit(
+    container: &Netns,
+    host: &Netns,
+    iface: Option<&str>,
+) -> Result<Vec<PeerLink>, NetError> {
+    with_peers(container, host, iface, |nl, peers| {
+        let mut changed = Vec::new();
+        for p in peers {
+            if clear_tbf(nl, p.peer_index, &p.peer)? {
+                changed.push(p);
+            }
+        }
+        Ok(changed)
+    })
+}
+
+/// The verified host-side veth peers of `iface` (or of every linked interface) of `container`.
+pub fn host_peers(
+    container: &Netns,
+    host: &Netns,
+    iface: Option<&str>,
+) -> Result<Vec<PeerLink>, NetError> {
+    with_peers(container, host, iface, |_, peers| Ok(peers))
+}
+
+/// Finds and verifies the peers, then runs `then` with them on the same thread in `host` (two namespace joins
+/// per call, not one per step).
+fn with_peers<T: Send>(
+    container: &Netns,
+    host: &Netns,
+    iface: Option<&str>,
+    then: impl FnOnce(&mut Netlink, Vec<PeerLink>) -> Result<T, NetError> + Send,
+) -> Result<T, NetError> {
+    let theirs = in_netns(container, || {
+        Netlink::open()?.links().map_err(|source| NetError::Kernel {
+            op: "RTM_GETLINK",
+            iface: "*".to_owned(),
+            source,
+        })
+    })?;
+    let wanted: Vec<Link> = match iface {
+        Some(name) => vec![theirs.into_iter().find(|l| l.name == name).ok_or_else(|| {
+            NetError::NoInterface {
+                name: name.to_owned(),
+            }
+        })?],
+        None => theirs
+            .into_iter()
+            .filter(|l| l.name != "lo" && l.linked())
+            .collect(),
+    };
+    let container_file = File::open(container.path()).map_err(|source| NetError::OpenNetns {
+        path: container.path(),
+        source,
+    })?;
+    in_netns(host, move || {
+        let mut nl = Netlink::open()?;
+        let kernel = |op| {
+            move |source| NetError::Kernel {
+                op,
+                iface: "*".to_owned(),
+                source,
+            }
+        };
+        // Only the links the container's interfaces name (a host can have thousands), and those first: reading a
+        // veth whose peer is elsewhere assigns that namespace an id if it had none.
+        let mut ours = Vec::new();
+        for index in wanted.iter().filter_map(|l| l.link) {
+            if let Some(l) = nl.link(index).map_err(kernel("RTM_GETLINK"))? {
+                ours.push(l);
+            }
+        }
+        let nsid = nl
+            .nsid(container_file.as_raw_fd())
+            .map_err(kernel("RTM_GETNSID"))?;
+        let peers = wanted
+            .iter()
+            .map(|c| match_peer(c, &ours, nsid))
+            .collect::<Result<Vec<_>, _>>()?;
+        then(&mut nl, peers)
+    })
+}
+
+/// The host-side link that is `c`'s veth peer, given the host's links and the container namespace's id there.
+fn match_peer(c: &Link, host_links: &[Link], nsid: Option<i32>) -> Result<PeerLink, NetError> {
+    let no = |why: String| NetError::NoPeer {
+        iface: c.name.clone(),
+        why,
+    };
+    let Some(index) = c.link.filter(|_| c.linked()) else {
+        return Err(no("it has no link to another device".to_owned()));
+    };
+    let Some(h) = host_links.iter().find(|h| h.index == index) else {
+        return Err(no(format!("no interface with ifindex {index} here")));
+    };
+    if h.kind.as_deref() != Some("veth") {
+        return Err(no(format!(
+            "ifindex {index} here is {} of kind {}, not a veth",
+            h.name,
+            h.kind.as_deref().unwrap_or("none")
+        )));
+    }
+    if h.link != Some(c.index) {
+        return Err(no(format!(
+            "veth {} here peers with ifindex {:?}, not {}",
+            h.name, h.link, c.index
+        )));
+    }
+    match (h.link_netnsid, nsid) {
+        (Some(a), Some(b)) if a == b => Ok(PeerLink {
+            iface: c.name.clone(),
+            peer: h.name.clone(),
+            peer_index: h.index,
+        }),
+        (a, b) => Err(no(format!(
+            "veth {} here peers into namespace id {a:?}, the container's is {b:?}",
+            h.name
+        ))),
+    }
+}
+
+fn check_limit(limit: &EgressLimit) -> Result<(), NetError> {
+    if limit.rate_bytes_per_sec == 0 {
+        return Err(NetError::OutOfRange {
+            what: "rate (B/s)",
+            value: 0,
+            range: "1..=u64::MAX",
+        });
+    }
+    if limit.burst_bytes < 1600 {
+        return Err(NetError::OutOfRange {
+            what: "burst (bytes)",
+            value: limit.burst_bytes.into(),
+            range: "1600..=u32::MAX (at least one full-size packet)",
+        });
+    }
+    Ok(())
 }
 
 /// Runs `f` on a thread that has joined `netns`.
@@ -302,6 +490,14 @@ const TCA_TBF_RATE64: u16 = 4;
 const TCA_TBF_BURST: u16 = 6;
 const TC_LINKLAYER_ETHERNET: u8 = 1;
 const NLMSG_HDR: usize = 16;
+const IFINFOMSG_LEN: usize = 16;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_LINK: u16 = 5;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_LINK_NETNSID: u16 = 37;
+const NETNSA_NSID: u16 = 1;
+const NETNSA_FD: u16 = 3;
 const TCMSG_LEN: usize = 20;
 
 fn align4(n: usize) -> usize {
@@ -421,6 +617,65 @@ fn parse_qdisc(payload: &[u8]) -> Option<(i32, u32, RootQdisc)> {
             rate_bytes_per_sec,
         },
     ))
+}
+
+/// One link of a `RTM_GETLINK` dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Link {
+    index: i32,
+    name: String,
+    /// `IFLA_LINK`: the peer's (veth) or lower device's ifindex, in the namespace `link_netnsid` names.
+    link: Option<i32>,
+    /// `IFLA_INFO_KIND`: `veth`, `bridge`, ...
+    kind: Option<String>,
+    /// `IFLA_LINK_NETNSID`: where `link` lives, when not in this namespace.
+    link_netnsid: Option<i32>,
+}
+
+impl Link {
+    /// Whether it has a peer or lower device: an `IFLA_LINK` naming another device (the same index is another
+    /// device when it lives in another namespace: a container's eth0 and its host-side veth are often both 2).
+    /// lo, dummy and tun devices have none.
+    fn linked(&self) -> bool {
+        self.link
+            .is_some_and(|k| k != self.index || self.link_netnsid.is_some())
+    }
+}
+
+fn i32_attr(data: &[u8]) -> Option<i32> {
+    Some(i32::from_ne_bytes(data.get(..4)?.try_into().ok()?))
+}
+
+fn str_attr(data: &[u8]) -> String {
+    String::from_utf8_lossy(data)
+        .trim_end_matches('\0')
+        .to_owned()
+}
+
+/// Parses an RTM_NEWLINK payload.
+fn parse_link(payload: &[u8]) -> Option<Link> {
+    let index = i32_attr(payload.get(4..8)?)?;
+    let mut l = Link {
+        index,
+        name: String::new(),
+        link: None,
+        kind: None,
+        link_netnsid: None,
+    };
+    for (ty, data) in attrs(payload.get(IFINFOMSG_LEN..)?) {
+        match ty {
+            IFLA_IFNAME => l.name = str_attr(data),
+            IFLA_LINK => l.link = i32_attr(data),
+            IFLA_LINK_NETNSID => l.link_netnsid = i32_attr(data),
+            IFLA_LINKINFO => {
+                l.kind = attrs(data)
+                    .find(|(t, _)| *t == IFLA_INFO_KIND)
+                    .map(|(_, d)| str_attr(d));
+            }
+            _ => {}
+        }
+    }
+    Some(l)
 }
 
 struct Netlink {
@@ -546,6 +801,37 @@ impl Netlink {
             .map(drop)
     }
 
+    /// The link with `index`; `None` when there is none (ENODEV).
+    fn link(&mut self, index: i32) -> std::io::Result<Option<Link>> {
+        let mut ifinfo = [0u8; IFINFOMSG_LEN];
+        ifinfo[4..8].copy_from_slice(&index.to_ne_bytes());
+        match self.request(libc::RTM_GETLINK, libc::NLM_F_REQUEST as u16, &ifinfo) {
+            Ok(replies) => Ok(replies.first().and_then(|r| parse_link(r))),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn links(&mut self) -> std::io::Result<Vec<Link>> {
+        let flags = libc::NLM_F_REQUEST | libc::NLM_F_DUMP;
+        let replies = self.request(libc::RTM_GETLINK, flags as u16, &[0u8; IFINFOMSG_LEN])?;
+        Ok(replies.iter().filter_map(|r| parse_link(r)).collect())
+    }
+
+    /// The id this namespace gives the namespace open at `fd` (`None`: none assigned).
+    fn nsid(&mut self, fd: i32) -> std::io::Result<Option<i32>> {
+        let mut payload = vec![0u8; 4]; // struct rtgenmsg (AF_UNSPEC), padded
+        put_attr(&mut payload, NETNSA_FD, &fd.to_ne_bytes());
+        let flags = libc::NLM_F_REQUEST;
+        let replies = self.request(libc::RTM_GETNSID, flags as u16, &payload)?;
+        Ok(replies
+            .first()
+            .and_then(|r| r.get(4..))
+            .and_then(|a| attrs(a).find(|(t, _)| *t == NETNSA_NSID))
+            .and_then(|(_, d)| i32_attr(d))
+            .filter(|id| *id >= 0))
+    }
+
     fn root_qdisc(&mut self, ifindex: i32) -> std::io::Result<Option<RootQdisc>> {
         let flags = libc::NLM_F_REQUEST | libc::NLM_F_DUMP;
         let replies = self.request(libc::RTM_GETQDISC, flags as u16, &tcmsg(0, 0))?;
@@ -665,6 +951,70 @@ mod tests {
             netns_path(Path::new("/proc"), 7),
             PathBuf::from("/proc/7/ns/net")
         );
+    }
+
+    fn link(index: i32, name: &str, link: Option<i32>, kind: &str, nsid: Option<i32>) -> Link {
+        Link {
+            index,
+            name: name.to_owned(),
+            link,
+            kind: (!kind.is_empty()).then(|| kind.to_owned()),
+            link_netnsid: nsid,
+        }
+    }
+
+    #[test]
+    fn parses_link_dump_entries() {
+        let mut payload = vec![0u8; IFINFOMSG_LEN];
+        payload[4..8].copy_from_slice(&7i32.to_ne_bytes());
+        put_attr(&mut payload, IFLA_IFNAME, b"veth1a2b\0");
+        put_attr(&mut payload, IFLA_LINK, &3i32.to_ne_bytes());
+        let mut info = Vec::new();
+        put_attr(&mut info, IFLA_INFO_KIND, b"veth");
+        put_attr(&mut payload, IFLA_LINKINFO, &info);
+        put_attr(&mut payload, IFLA_LINK_NETNSID, &2i32.to_ne_bytes());
+        assert_eq!(
+            parse_link(&payload),
+            Some(link(7, "veth1a2b", Some(3), "veth", Some(2)))
+        );
+        assert_eq!(parse_link(&payload[..6]), None);
+    }
+
+    /// The peer is taken only when every side agrees; ifindexes repeat across namespaces, so an index match alone
+    /// (the host's own eth0 for a macvlan, another container's veth) is refused.
+    #[test]
+    fn the_host_side_peer_must_point_back_from_the_containers_namespace() {
+        let eth0 = link(2, "eth0", Some(9), "veth", Some(0));
+        let host = [
+            link(1, "lo", None, "", None),
+            link(2, "ens3", Some(2), "", None),
+            link(5, "cni0", Some(5), "bridge", None),
+            link(9, "vethab12", Some(2), "veth", Some(4)),
+            link(10, "vethcd34", Some(2), "veth", Some(6)),
+        ];
+        assert_eq!(
+            match_peer(&eth0, &host, Some(4)).expect("peer"),
+            PeerLink {
+                iface: "eth0".into(),
+                peer: "vethab12".into(),
+                peer_index: 9,
+            }
+        );
+        let why = |c: &Link, nsid| match match_peer(c, &host, nsid) {
+            Err(NetError::NoPeer { why, .. }) => why,
+            other => panic!("{other:?}"),
+        };
+        // Same index, another container's namespace.
+        assert!(why(&eth0, Some(6)).contains("namespace id"));
+        assert!(why(&eth0, None).contains("namespace id"));
+        // A macvlan's IFLA_LINK is the host NIC.
+        let mv = link(3, "eth1", Some(2), "macvlan", Some(0));
+        assert!(why(&mv, Some(4)).contains("not a veth"));
+        // The index points at a veth that peers with someone else.
+        let other = link(3, "eth0", Some(10), "veth", Some(0));
+        assert!(why(&other, Some(6)).contains("peers with"));
+        assert!(why(&link(2, "eth0", Some(42), "veth", Some(0)), Some(4)).contains("ifindex 42"));
+        assert!(why(&link(4, "dummy0", Some(4), "dummy", None), Some(4)).contains("no link"));
     }
 
     #[test]

@@ -770,6 +770,78 @@ fn lowering_an_egress_limit_under_load_keeps_the_stream_flowing() {
     stop.store(true, Ordering::Relaxed);
 }
 
+/// Ingress: `b` plays the container, `a` the host; the limit goes on `a`'s veth0 (veth1's peer) and caps what `b`
+/// receives. A namespace where the peer is not (the container's own, a third one) is refused with nothing written.
+#[test]
+fn tc_ingress_limit_on_the_host_side_peer_caps_what_the_container_receives() {
+    if !require_root("tc_ingress_limit_on_the_host_side_peer_caps_what_the_container_receives") {
+        return;
+    }
+    use crate::net::{self, EgressLimit, Netns, PeerLink};
+    let pair = NetnsPair::new();
+    let (a, b) = (NetnsPair::path(&pair.a), NetnsPair::path(&pair.b));
+    let (host, container) = (Netns::Path(a.clone()), Netns::Path(b.clone()));
+    let window = Duration::from_millis(2000);
+    let free = throughput(&a, &b, window);
+
+    let rate = 250_000;
+    let shaped = net::set_ingress_limit(&container, &host, None, &EgressLimit::new(rate))
+        .expect("set tbf on the peer");
+    let veth = PeerLink {
+        iface: "veth1".into(),
+        peer: "veth0".into(),
+        peer_index: crate::net::host_peers(&container, &host, None).expect("peers")[0].peer_index,
+    };
+    assert_eq!(shaped, vec![veth.clone()]);
+    let q = net::root_qdisc(&host, "veth0")
+        .expect("read back")
+        .expect("a root qdisc");
+    assert_eq!((q.kind.as_str(), q.rate_bytes_per_sec), ("tbf", Some(rate)));
+    assert!(
+        net::root_qdisc(&container, "veth1")
+            .expect("read")
+            .is_none_or(|q| q.kind != "tbf"),
+        "the container's own side is left alone"
+    );
+    let capped = throughput(&a, &b, window);
+    let ratio = capped / rate as f64;
+    println!(
+        "ingress: unlimited {free:.0} B/s, limited to {rate} B/s -> {capped:.0} B/s ({ratio:.2}x)"
+    );
+    assert!(
+        (0.5..1.5).contains(&ratio),
+        "received {capped:.0} B/s for a {rate} B/s limit"
+    );
+    assert!(
+        free > 10.0 * capped,
+        "unlimited {free:.0} B/s vs capped {capped:.0} B/s"
+    );
+
+    assert_eq!(
+        net::clear_ingress_limit(&container, &host, Some("veth1")).expect("clear"),
+        vec![veth]
+    );
+    assert!(
+        net::root_qdisc(&host, "veth0")
+            .expect("read")
+            .is_none_or(|q| q.kind != "tbf")
+    );
+
+    // Wrong host namespaces: the container's own (veth1's IFLA_LINK names an index that may exist there) and an
+    // empty third one.
+    let third = NetnsPair::new();
+    for wrong in [container.clone(), Netns::Path(NetnsPair::path(&third.a))] {
+        match net::set_ingress_limit(&container, &wrong, None, &EgressLimit::new(rate)) {
+            Err(net::NetError::NoPeer { iface, .. }) => assert_eq!(iface, "veth1"),
+            other => panic!("{wrong:?}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        net::set_ingress_limit(&container, &host, Some("nope0"), &EgressLimit::new(rate)),
+        Err(net::NetError::NoInterface { .. })
+    ));
+}
+
 /// A whole `LinuxResources` on a real cgroup, as an Update writes it: limits in, unlimited again, in an order the
 /// kernel accepts (v1: memsw raised before the limit, lowered after it).
 #[test]

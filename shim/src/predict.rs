@@ -225,6 +225,7 @@ fn register_message(
         adopt: None,
         parents,
         own_netns: Some(own_netns(spec)),
+        net_ingress: Some(true),
     }
 }
 
@@ -310,6 +311,16 @@ pub struct Augment {
     /// since a sender can move megabytes a second at under 1% of a core, which the pacer would call idle and the
     /// broker would then see no traffic and lend the sender's share away.
     net_limited: std::sync::atomic::AtomicBool,
+    /// An ingress limit is in force: the same rule for a receiver.
+    net_in_limited: std::sync::atomic::AtomicBool,
+}
+
+/// A directive for the network (egress or ingress), applied outside the cgroup.
+fn is_net(a: &Action) -> bool {
+    matches!(
+        a,
+        Action::SetNetEgress { .. } | Action::SetNetIngress { .. }
+    )
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -431,6 +442,7 @@ impl Augment {
             pid: Mutex::new(None),
             stop: Notify::new(),
             net_limited: std::sync::atomic::AtomicBool::new(false),
+            net_in_limited: std::sync::atomic::AtomicBool::new(false),
             monitor: Mutex::new(None),
             finished: Mutex::new(None),
             companions: Mutex::new(Vec::new()),
@@ -472,8 +484,10 @@ impl Augment {
             match ContainerCgroup::from_pid(&HostRoots::default(), pid) {
                 Ok(cg) => {
                     for d in &own {
-                        if matches!(d.action, Action::SetNetEgress { .. }) {
+                        if is_net(&d.action) {
                             self.apply_net(d);
+                        } else if d.action == Action::Unknown {
+                            self.unknown(d);
                         } else if let Err(e) = predictive_api::apply::apply(d, &cg) {
                             tracing::warn!(container = %self.id, "applying the initial {:?}: {e}", d.action);
                         }
@@ -544,7 +558,10 @@ impl Augment {
             || !st.registered
             || st.pace.stopping_sent
             || !st.buffered.is_empty()
-            || self.net_limited.load(std::sync::atomic::Ordering::Relaxed);
+            || self.net_limited.load(std::sync::atomic::Ordering::Relaxed)
+            || self
+                .net_in_limited
+                .load(std::sync::atomic::Ordering::Relaxed);
         match st.pace.pacer.check(probe, forced) {
             Some(why) => {
                 st.pace.due = Some((probe, why));
@@ -683,8 +700,12 @@ impl Augment {
         if !d.applied || self.mode != Mode::Enforce {
             return;
         }
-        if matches!(d.action, Action::SetNetEgress { .. }) {
+        if is_net(&d.action) {
             self.apply_net(d);
+            return;
+        }
+        if d.action == Action::Unknown {
+            self.unknown(d);
             return;
         }
         let Some(cg) = st.cgroup.as_ref() else {
@@ -723,24 +744,35 @@ impl Augment {
         }
     }
 
-    /// An egress directive, in the network namespace of the container's init; errors are logged, never fatal.
+    /// A directive whose action this shim does not know (a newer broker's): skipped, and said so.
+    fn unknown(&self, d: &Directive) {
+        tracing::warn!(container = %self.id, reason = %d.reason, "directive skipped: its action is unknown to this shim (a newer broker?)");
+    }
+
+    /// An egress directive, in the network namespace of the container's init, or an ingress one, on the host-side
+    /// peers of its veth interfaces; errors are logged, never fatal (an ingress peer that cannot be verified is
+    /// such an error: nothing is written).
     fn apply_net(&self, d: &Directive) {
         let Some(pid) = *lock(&self.pid) else {
             return;
         };
+        let (direction, limited, flag) = match d.action {
+            Action::SetNetEgress { rate_bytes_per_sec } => {
+                ("egress", rate_bytes_per_sec.is_some(), &self.net_limited)
+            }
+            Action::SetNetIngress { rate_bytes_per_sec } => (
+                "ingress",
+                rate_bytes_per_sec.is_some(),
+                &self.net_in_limited,
+            ),
+            _ => return,
+        };
         match predictive_api::apply::apply_net(d, pid, Path::new("/proc")) {
             Ok(Some(NetApplied::HostNetwork)) => {
-                tracing::info!(container = %self.id, action = ?d.action, "egress limit skipped: the container shares the host's network namespace (out of reach)");
+                tracing::info!(container = %self.id, action = ?d.action, "{direction} limit skipped: the container shares the host's network namespace (out of reach)");
             }
             Ok(Some(done)) => {
-                let limited = matches!(
-                    d.action,
-                    Action::SetNetEgress {
-                        rate_bytes_per_sec: Some(_)
-                    }
-                );
-                self.net_limited
-                    .store(limited, std::sync::atomic::Ordering::Relaxed);
+                flag.store(limited, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(container = %self.id, action = ?d.action, reason = %d.reason, interfaces = ?done, "directive applied");
             }
             Ok(None) => {}

@@ -31,8 +31,17 @@ impl Attachment {
 
     /// Bytes the container has sent: what the host side of its veth received.
     pub fn sent_bytes(&self) -> Option<u64> {
+        self.host_counter("rx_bytes")
+    }
+
+    /// Bytes the container has received: what the host side of its veth sent.
+    pub fn received_bytes(&self) -> Option<u64> {
+        self.host_counter("tx_bytes")
+    }
+
+    fn host_counter(&self, name: &str) -> Option<u64> {
         std::fs::read_to_string(format!(
-            "/sys/class/net/{}/statistics/rx_bytes",
+            "/sys/class/net/{}/statistics/{name}",
             self.host_veth
         ))
         .ok()?

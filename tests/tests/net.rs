@@ -4,11 +4,18 @@
 //! `io.predictive.egress-bytes-per-sec` annotation), which the shim sets as a TBF qdisc in the container's
 //! namespace; the rate each sends (the host-side veth's received bytes) stays within 15% of it. When one sender
 //! goes idle, the other's limit rises by what the idle one lends; when the idle one sends again, both limits fall
-//! back. A third container on the host's network gets no limit. Root only; `SKIPPED:` otherwise (a failure
-//! under CI=true).
+//! back. A third container on the host's network gets no limit, and with no ingress budget no qdisc appears on
+//! the host side of any veth.
+//!
+//! Ingress (a second test): a container on the bridge receives TCP from a sender on the host; the broker's
+//! `ingress_budget_bytes_per_sec` gives it its `io.predictive.ingress-bytes-per-sec`, which the shim sets as a TBF
+//! qdisc on the host side of its veth; what it receives stays within 15% of it, and nothing is written in its own
+//! namespace (no egress budget). Root only; `SKIPPED:` otherwise (a failure under CI=true).
 
-use std::io::Read;
-use std::net::{Ipv4Addr, TcpListener};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use broker::client::Client;
@@ -53,6 +60,37 @@ fn tbf_rate(a: &Attachment) -> Option<u64> {
         .and_then(|q| q.rate_bytes_per_sec)
 }
 
+/// The TBF rate in force on the host side of the container's veth (its ingress), read back from the kernel.
+fn host_tbf_rate(a: &Attachment) -> Option<u64> {
+    root_qdisc(&Netns::Path("/proc/self/ns/net".into()), &a.host_veth)
+        .ok()
+        .flatten()
+        .filter(|q| q.kind == "tbf")
+        .and_then(|q| q.rate_bytes_per_sec)
+}
+
+/// Sends to `to` as fast as TCP lets it until `stop`, connecting again until the listener is up.
+fn send_until(to: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let chunk = vec![7u8; 64 * 1024];
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(mut conn) = TcpStream::connect_timeout(&to, Duration::from_secs(1)) else {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            let _ = conn.set_write_timeout(Some(Duration::from_millis(200)));
+            while !stop.load(Ordering::Relaxed) {
+                match conn.write(&chunk) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    })
+}
+
 /// Bytes/s each attachment sent over `window` (the host side of its veth), after `settle` not counted: TCP takes a
 /// moment to fill a limit that just changed.
 fn rates(atts: &[&Attachment], settle: Duration, window: Duration) -> Vec<f64> {
@@ -62,6 +100,11 @@ fn rates(atts: &[&Attachment], settle: Duration, window: Duration) -> Vec<f64> {
             .map(|a| a.sent_bytes().expect("veth counters"))
             .collect()
     };
+    counted(read, window)
+}
+
+/// Per counter, how fast `read` grew over `window`, per second.
+fn counted(read: impl Fn() -> Vec<u64>, window: Duration) -> Vec<f64> {
     let (b0, t0) = (read(), Instant::now());
     std::thread::sleep(window);
     let (b1, dt) = (read(), t0.elapsed().as_secs_f64());
@@ -197,6 +240,12 @@ fn egress_limits_hold_and_an_idle_senders_share_is_lent_and_reclaimed() {
         view.iter().any(|(id, l)| *id == h && l.is_none()),
         "the host-network container has no egress limit: {view:?}"
     );
+    // No ingress budget: nothing on the host side of the veths.
+    assert_eq!(
+        (host_tbf_rate(&att_a), host_tbf_rate(&att_b)),
+        (None, None),
+        "no ingress budget, yet a TBF on a host-side veth"
+    );
     let r = rates(&[&att_a, &att_b], secs(1), secs(4));
     within(r[0], N, "sender a, both sending");
     within(r[1], N, "sender b, both sending");
@@ -257,6 +306,123 @@ fn egress_limits_hold_and_an_idle_senders_share_is_lent_and_reclaimed() {
     for id in [&a, &b, &h] {
         c.remove(id);
     }
+    c.finish();
+    drop(net);
+}
+
+const INGRESS_TEST: &str = "an_ingress_limit_holds_on_the_host_side_veth";
+
+#[test]
+fn an_ingress_limit_holds_on_the_host_side_veth() {
+    let budget = 2 * N;
+    let toml =
+        format!("tick_ms = {TICK_MS}\n\n[network]\ningress_budget_bytes_per_sec = {budget}\n");
+    let Some(c) = Containerd::start_with_broker(INGRESS_TEST, &toml) else {
+        return;
+    };
+    if !c.settings.is_predictive() {
+        println!(
+            "{INGRESS_TEST}: runtime {} has no broker; nothing to test",
+            c.runtime()
+        );
+        c.finish();
+        return;
+    }
+    let mut net = match CniBridge::create() {
+        Ok(n) => n,
+        Err(why) => {
+            testkit::skip(INGRESS_TEST, &why);
+            c.finish();
+            return;
+        }
+    };
+    let att = match net.attach("r") {
+        Ok(a) => a,
+        Err(e) => {
+            testkit::skip(INGRESS_TEST, &format!("no CNI bridge: {e}"));
+            c.finish();
+            return;
+        }
+    };
+    const PORT: u16 = 5001;
+    let (r, h) = (c.id("net-recv"), c.id("net-host-recv"));
+    let netns = format!("network:{}", att.netns_path().display());
+    let ask = format!("io.predictive.ingress-bytes-per-sec={N}");
+    c.run_detached(
+        &r,
+        &[
+            "--with-ns",
+            &netns,
+            "--annotation",
+            "io.predictive.task-type=e2e-net-ingress",
+            "--annotation",
+            &ask,
+        ],
+        &[
+            "sh",
+            "-c",
+            &format!("while :; do nc -l -p {PORT} > /dev/null; done"),
+        ],
+    );
+    // On the host's network: no share, nothing written on the host's interfaces.
+    c.run_detached(&h, &["--net-host", "--annotation", &ask], &["sleep", "600"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = send_until(SocketAddr::from((att.ip, PORT)), stop.clone());
+
+    // The limit is on the host side of the veth, and the receiver takes in what it allows (a receiver idle before
+    // the sender connected lends its share for a moment: wait for the broker to see it receive).
+    let ingress = |c: &Containerd| {
+        let mut client = Client::new(c.broker_socket(), secs(5));
+        let status = client.status().expect("broker status");
+        status
+            .tasks
+            .into_iter()
+            .map(|t| (t.container_id, t.net_ingress, t.net))
+            .collect::<Vec<_>>()
+    };
+    wait_until(secs(30), || {
+        let receiving = ingress(&c).into_iter().any(|(id, v, _)| {
+            id == r && v.is_some_and(|v| v.rx_bytes_per_sec.unwrap_or(0.0) > 0.5 * N as f64)
+        });
+        (host_tbf_rate(&att) == Some(N) && receiving).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "TBF {N} B/s on {} and the receiver receiving: {:?}, broker {:?}\n{}",
+            att.host_veth,
+            host_tbf_rate(&att),
+            ingress(&c),
+            c.log()
+        )
+    });
+    let view = ingress(&c);
+    for (id, v, egress) in &view {
+        assert!(egress.is_none(), "no egress budget, yet a limit for {id}");
+        if *id == h {
+            assert!(
+                v.is_none(),
+                "the host-network container has no ingress limit: {view:?}"
+            );
+        }
+    }
+    assert_eq!(
+        tbf_rate(&att),
+        None,
+        "no egress budget, yet a TBF on the receiver's eth0"
+    );
+    // TCP takes a moment to fill a limit that just changed: one second not counted.
+    std::thread::sleep(secs(1));
+    let rate = counted(
+        || vec![att.received_bytes().expect("veth counters")],
+        secs(4),
+    );
+    within(rate[0], N, "receiver, ingress");
+
+    stop.store(true, Ordering::Relaxed);
+    for id in [&r, &h] {
+        c.remove(id);
+    }
+    sender.join().expect("the sender thread");
     c.finish();
     drop(net);
 }

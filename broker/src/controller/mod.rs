@@ -877,6 +877,7 @@ impl Controller {
                 max_borrow_cpu: t.spec.max_borrow_cpu.or(self.cfg.max_borrow_cpu),
                 io: io::view(t.spec.priority, &self.io_devices),
                 net: None,
+                net_ingress: None,
             })
             .collect()
     }

@@ -1,6 +1,10 @@
-//! Network egress: each task's share of the node's link budget (`[network] link_budget_bytes_per_sec`), and
-//! bandwidth lent from idle senders to saturated ones. Pure logic like the rest of the controller; the shim
-//! applies the [`Action::SetNetEgress`] directives as a TBF root qdisc in the container's network namespace.
+//! Network egress and ingress: each task's share of the node's link budget (`[network]
+//! link_budget_bytes_per_sec`; ingress: `ingress_budget_bytes_per_sec`), and bandwidth lent from idle senders
+//! (receivers) to saturated ones. Pure logic like the rest of the controller; the shim applies the
+//! [`Action::SetNetEgress`] directives as a TBF root qdisc in the container's network namespace, and the
+//! [`Action::SetNetIngress`] ones as a TBF root qdisc on the host-side peer of its veth. The two directions are
+//! two [`NetShaper`]s with the same rules: [`NetShaper::new`] for egress (tx counters), [`NetShaper::ingress`]
+//! for ingress (rx counters, the annotation `io.predictive.ingress-bytes-per-sec`).
 //!
 //! Rules:
 //! - **Shares** (at every Register and Finish): a task with `io.predictive.egress-bytes-per-sec` gets what it
@@ -20,15 +24,45 @@
 //!   tick, and the borrowers' limits fall by as much: the sum of the limits stays within the budget.
 //!
 //! Tasks sharing the host's network namespace (Register `own_netns: false`) are left out: a limit there would
-//! shape the whole host. Tasks in mode observe get directives marked `applied: false` and neither lend nor
-//! borrow. Limits: egress only (no ingress shaping); the budget is the operator's figure, not measured from the
-//! NIC. A learned share feeds back on itself: a run shaped at its share sends at most that (plus what it borrows),
-//! so a type learns no more than it was given plus the interval's headroom; lending is what lets it grow.
+//! shape the whole host. Ingress directives go only to shims that apply them (Register `net_ingress`). Tasks in
+//! mode observe get directives marked `applied: false` and neither lend nor borrow. Limits: the budgets are the
+//! operator's figures, not measured from the NIC; only egress is learned (an ingress share comes from the
+//! annotation or an equal part); ingress is shaped after the host received the packets (see
+//! `runtime_hooks::net`). A learned share feeds back on itself: a run shaped at its share sends at most that (plus
+//! what it borrows), so a type learns no more than it was given plus the interval's headroom; lending is what lets
+//! it grow.
 
 use std::collections::BTreeMap;
 
 use predictive_api::types::{Action, Directive, MAX_NET_EGRESS, MIN_NET_EGRESS, Mode, NetView};
 use predictor::Prediction;
+
+/// Which way a [`NetShaper`] limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    /// What containers send: [`Action::SetNetEgress`], measured on tx.
+    #[default]
+    Egress,
+    /// What containers receive: [`Action::SetNetIngress`], measured on rx.
+    Ingress,
+}
+
+impl Direction {
+    fn action(self, rate: u64) -> Action {
+        let rate_bytes_per_sec = Some(rate);
+        match self {
+            Self::Egress => Action::SetNetEgress { rate_bytes_per_sec },
+            Self::Ingress => Action::SetNetIngress { rate_bytes_per_sec },
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Egress => "egress",
+            Self::Ingress => "ingress",
+        }
+    }
+}
 use serde::{Deserialize, Serialize};
 
 /// `[network]` in predictived.toml.
@@ -37,6 +71,8 @@ use serde::{Deserialize, Serialize};
 pub struct NetConfig {
     /// What all managed containers together may send, bytes/s (default: none = no egress directives).
     pub link_budget_bytes_per_sec: Option<u64>,
+    /// What all managed containers together may receive, bytes/s (default: none = no ingress directives).
+    pub ingress_budget_bytes_per_sec: Option<u64>,
     /// Smallest share and smallest amount a lender keeps, bytes/s (default 64 KiB/s).
     pub min_bytes_per_sec: u64,
     /// A task sending at least this share of its limit is saturated (default 0.9).
@@ -52,6 +88,7 @@ impl Default for NetConfig {
     fn default() -> Self {
         Self {
             link_budget_bytes_per_sec: None,
+            ingress_budget_bytes_per_sec: None,
             min_bytes_per_sec: 64 << 10,
             saturated_at: 0.9,
             idle_below: 0.25,
@@ -63,12 +100,20 @@ impl Default for NetConfig {
 impl NetConfig {
     /// Checks the values; the message names the key.
     pub fn check(&self) -> Result<(), String> {
-        if let Some(b) = self.link_budget_bytes_per_sec
-            && !(MIN_NET_EGRESS..=MAX_NET_EGRESS).contains(&b)
-        {
-            return Err(format!(
-                "key `network.link_budget_bytes_per_sec` must be in {MIN_NET_EGRESS}..={MAX_NET_EGRESS}"
-            ));
+        for (key, budget) in [
+            ("link_budget_bytes_per_sec", self.link_budget_bytes_per_sec),
+            (
+                "ingress_budget_bytes_per_sec",
+                self.ingress_budget_bytes_per_sec,
+            ),
+        ] {
+            if let Some(b) = budget
+                && !(MIN_NET_EGRESS..=MAX_NET_EGRESS).contains(&b)
+            {
+                return Err(format!(
+                    "key `network.{key}` must be in {MIN_NET_EGRESS}..={MAX_NET_EGRESS}"
+                ));
+            }
         }
         if !(MIN_NET_EGRESS..=MAX_NET_EGRESS).contains(&self.min_bytes_per_sec) {
             return Err(format!(
@@ -180,6 +225,7 @@ struct NetTask {
     base: u64,
     /// The limit last directed (`None`: none yet).
     limit: Option<u64>,
+    /// Measured rate in the shaper's direction (tx for egress, rx for ingress), bytes/s.
     tx: Option<f64>,
     /// `tx` came in a report since the last tick: only such a tick counts (a tick with no report learns nothing,
     /// and counting the old rate again made a sender whose reports paused look idle for as long).
@@ -190,20 +236,42 @@ struct NetTask {
     reason: String,
 }
 
-/// The egress shares and loans of the tasks with their own network namespace.
+/// The egress (or ingress) shares and loans of the tasks with their own network namespace.
 #[derive(Debug, Clone, Default)]
 pub struct NetShaper {
+    /// For ingress, `link_budget_bytes_per_sec` holds the ingress budget (the rules read one budget).
     cfg: NetConfig,
+    dir: Direction,
     tasks: BTreeMap<String, NetTask>,
 }
 
 impl NetShaper {
-    /// A shaper with `cfg`; with no budget it never emits a directive.
+    /// An egress shaper with `cfg`; with no budget it never emits a directive.
     pub fn new(cfg: NetConfig) -> Self {
         Self {
             cfg,
+            dir: Direction::Egress,
             tasks: BTreeMap::new(),
         }
+    }
+
+    /// An ingress shaper: `ingress_budget_bytes_per_sec` shared by the same rules; emits
+    /// [`Action::SetNetIngress`], and [`NetShaper::observe`] takes received bytes/s.
+    pub fn ingress(cfg: NetConfig) -> Self {
+        let budget = cfg.ingress_budget_bytes_per_sec;
+        Self {
+            cfg: NetConfig {
+                link_budget_bytes_per_sec: budget,
+                ..cfg
+            },
+            dir: Direction::Ingress,
+            tasks: BTreeMap::new(),
+        }
+    }
+
+    /// The direction it limits.
+    pub fn direction(&self) -> Direction {
+        self.dir
     }
 
     /// The configuration in force.
@@ -263,7 +331,7 @@ impl NetShaper {
         self.limits()
     }
 
-    /// Records a task's measured egress, bytes/s.
+    /// Records a task's measured rate in the shaper's direction (egress: sent, ingress: received), bytes/s.
     pub fn observe(&mut self, id: &str, tx_bytes_per_sec: Option<f64>) {
         if let (Some(t), Some(tx)) = (self.tasks.get_mut(id), tx_bytes_per_sec) {
             t.tx = Some(tx);
@@ -369,12 +437,15 @@ impl NetShaper {
             if t.limit != Some(limit) {
                 out.push(Directive {
                     container_id: id.clone(),
-                    action: Action::SetNetEgress {
-                        rate_bytes_per_sec: Some(limit),
-                    },
+                    action: self.dir.action(limit),
                     reason: format!(
-                        "egress {reason} (link budget {} B/s)",
-                        self.cfg.link_budget_bytes_per_sec.unwrap_or(0)
+                        "{dir} {reason} ({budget} budget {} B/s)",
+                        self.cfg.link_budget_bytes_per_sec.unwrap_or(0),
+                        dir = self.dir.name(),
+                        budget = match self.dir {
+                            Direction::Egress => "link",
+                            Direction::Ingress => "ingress",
+                        }
                     ),
                     applied: t.enforce,
                     old_value: t.limit.map(|l| l as f64),
@@ -442,14 +513,19 @@ impl NetShaper {
         }
     }
 
-    /// The status of a task's egress.
+    /// The status of a task's egress (or ingress).
     pub fn view(&self, id: &str) -> Option<NetView> {
         let t = self.tasks.get(id)?;
         let limit = t.limit.unwrap_or(t.base);
+        let (tx, rx) = match self.dir {
+            Direction::Egress => (t.tx, None),
+            Direction::Ingress => (None, t.tx),
+        };
         Some(NetView {
             limit_bytes_per_sec: limit,
             base_bytes_per_sec: t.base,
-            tx_bytes_per_sec: t.tx,
+            tx_bytes_per_sec: tx,
+            rx_bytes_per_sec: rx,
             lent_bytes_per_sec: t.base.saturating_sub(limit),
             borrowed_bytes_per_sec: limit.saturating_sub(t.base),
             reason: t.reason.clone(),
@@ -695,8 +771,73 @@ mod tests {
         assert_eq!(limit(&s, "annotated"), 10 * MB - 3 * floor);
     }
 
+    /// The ingress shaper: its own budget, the same rules, SetNetIngress directives, rx in its view; with only
+    /// an egress budget it emits nothing.
+    #[test]
+    fn ingress_shares_its_own_budget_by_the_same_rules() {
+        let cfg = NetConfig {
+            link_budget_bytes_per_sec: Some(10 * MB),
+            ingress_budget_bytes_per_sec: Some(2 * MB),
+            ..NetConfig::default()
+        };
+        let mut s = NetShaper::ingress(cfg.clone());
+        assert_eq!(s.direction(), Direction::Ingress);
+        let ds = s.register("a", Some(MB), Mode::Enforce, true);
+        assert_eq!(
+            ds[0].action,
+            Action::SetNetIngress {
+                rate_bytes_per_sec: Some(MB)
+            }
+        );
+        assert!(
+            ds[0].reason.starts_with("ingress its share"),
+            "{}",
+            ds[0].reason
+        );
+        assert!(
+            ds[0].reason.contains("ingress budget 2000000"),
+            "{}",
+            ds[0].reason
+        );
+        s.register("b", None, Mode::Enforce, true);
+        assert_eq!(limit(&s, "b"), MB);
+        // b receives nothing for idle_ticks ticks: it lends to a, which receives at its limit.
+        let keep = cfg.min_bytes_per_sec;
+        for _ in 0..2 {
+            assert!(tick_after(&mut s, &[("a", 0.99 * MB as f64), ("b", 0.0)]).is_empty());
+        }
+        let ds = tick_after(&mut s, &[("a", 0.99 * MB as f64), ("b", 0.0)]);
+        assert!(
+            ds.iter()
+                .all(|d| matches!(d.action, Action::SetNetIngress { .. }))
+        );
+        assert_eq!(limit(&s, "a"), 2 * MB - keep);
+        let v = s.view("a").expect("a");
+        assert_eq!(
+            (v.tx_bytes_per_sec, v.rx_bytes_per_sec),
+            (None, Some(0.99 * MB as f64))
+        );
+        assert_eq!(s.total(), 2 * MB);
+
+        let mut off = NetShaper::ingress(NetConfig {
+            link_budget_bytes_per_sec: Some(MB),
+            ..NetConfig::default()
+        });
+        assert!(off.register("a", None, Mode::Enforce, true).is_empty());
+        assert_eq!(off.view("a"), None);
+    }
+
     #[test]
     fn config_checks_name_the_key() {
+        let bad = NetConfig {
+            ingress_budget_bytes_per_sec: Some(MAX_NET_EGRESS + 1),
+            ..NetConfig::default()
+        };
+        assert!(
+            bad.check()
+                .expect_err("too big")
+                .contains("network.ingress_budget_bytes_per_sec")
+        );
         let bad = NetConfig {
             link_budget_bytes_per_sec: Some(10),
             ..NetConfig::default()
