@@ -36,6 +36,9 @@ pub enum Resource {
     Io,
     /// Mean network egress, bytes per second (listed only for a type whose runs measured it).
     Net,
+    /// Mean network ingress, bytes per second (listed only for a type whose runs measured it).
+    #[serde(rename = "net-rx")]
+    NetRx,
 }
 
 /// Which candidate a target model uses.
@@ -132,6 +135,10 @@ pub struct Prediction {
     /// `kind: null` when the task type's runs never measured egress; absent from an older broker (then the default).
     #[serde(default)]
     pub net_tx_bytes_per_s: Estimate,
+    /// Mean network ingress, bytes/s: the broker's ingress share of a task without an ingress annotation. All 0
+    /// with `kind: null` when the task type's runs never measured ingress; absent from an older broker.
+    #[serde(default)]
+    pub net_rx_bytes_per_s: Estimate,
     /// Usage over normalised lifetime buckets (empty on cold start).
     pub profile: Vec<ProfilePoint>,
 }
@@ -199,7 +206,7 @@ pub struct Decision {
     pub task_key: String,
     /// What was done.
     pub directive: DecisionKind,
-    /// Which resource (`"memory"`, `"cpu"`, `"io"`, `"freezer"`, `"net"`).
+    /// Which resource (`"memory"`, `"cpu"`, `"io"`, `"freezer"`, `"net"`, `"net-ingress"`).
     pub resource: String,
     /// Why, in words.
     pub reason: String,

@@ -423,6 +423,9 @@ pub struct TaskPrediction {
     /// from an older broker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_tx_bytes_per_s: Option<Estimate>,
+    /// Mean network ingress, bytes/s (absent as `net_tx_bytes_per_s` is, for ingress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_rx_bytes_per_s: Option<Estimate>,
 }
 
 /// The answer to Models.

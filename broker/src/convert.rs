@@ -36,6 +36,7 @@ pub fn resource(r: predictor::Resource) -> wire::Resource {
         predictor::Resource::Memory => wire::Resource::Memory,
         predictor::Resource::Io => wire::Resource::Io,
         predictor::Resource::Net => wire::Resource::Net,
+        predictor::Resource::NetRx => wire::Resource::NetRx,
     }
 }
 
@@ -71,6 +72,7 @@ pub fn prediction(p: &predictor::Prediction) -> wire::Prediction {
         memory_bytes: estimate(&p.memory_bytes),
         io_bytes_per_s: estimate(&p.io_bytes_per_s),
         net_tx_bytes_per_s: estimate(&p.net_tx_bytes_per_s),
+        net_rx_bytes_per_s: estimate(&p.net_rx_bytes_per_s),
         profile: p
             .profile
             .iter()
@@ -171,6 +173,7 @@ mod tests {
             memory_bytes: est(1.5e9, Some(ModelKind::Seasonal)),
             io_bytes_per_s: est(0.0, None),
             net_tx_bytes_per_s: est(2.0e6, Some(ModelKind::Ewma)),
+            net_rx_bytes_per_s: est(3.0e6, Some(ModelKind::Baseline)),
             profile: vec![
                 ProfilePoint {
                     cpu_cores: b(1.0),
@@ -203,13 +206,18 @@ mod tests {
         assert_eq!(v["cpu_cores"]["kind"], "baseline");
         assert_eq!(v["task_key"], "default/etl@1a2b");
         assert_eq!(v["net_tx_bytes_per_s"]["point"], 2.0e6);
+        assert_eq!(v["net_rx_bytes_per_s"]["point"], 3.0e6);
         // An older broker's prediction has no egress estimate: it still reads, as none.
         let mut old = v.clone();
         old.as_object_mut()
             .expect("object")
             .remove("net_tx_bytes_per_s");
+        old.as_object_mut()
+            .expect("object")
+            .remove("net_rx_bytes_per_s");
         let old: wire::Prediction = serde_json::from_value(old).expect("an older prediction reads");
         assert_eq!(old.net_tx_bytes_per_s, wire::Estimate::default());
+        assert_eq!(old.net_rx_bytes_per_s, wire::Estimate::default());
     }
 
     #[test]
@@ -243,6 +251,7 @@ mod tests {
                     ModelKind::Seasonal,
                     ModelKind::Baseline,
                     ModelKind::Ewma,
+                    ModelKind::Baseline,
                 ])
                 .map(|(r, kind)| predictor::TargetSummary {
                     resource: *r,

@@ -122,6 +122,7 @@ fn task_prediction(id: &str, t: &Track) -> TaskPrediction {
         memory_bytes: p.map(|p| p.memory_bytes),
         duration_s: p.map(|p| p.duration_s),
         net_tx_bytes_per_s: p.map(|p| p.net_tx_bytes_per_s).filter(|e| e.kind.is_some()),
+        net_rx_bytes_per_s: p.map(|p| p.net_rx_bytes_per_s).filter(|e| e.kind.is_some()),
     }
 }
 

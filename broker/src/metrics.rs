@@ -981,6 +981,7 @@ mod tests {
                 memory_bytes: None,
                 duration_s: None,
                 net_tx_bytes_per_s: None,
+                net_rx_bytes_per_s: None,
             }],
             pool: "host".to_owned(),
         };
@@ -1096,6 +1097,7 @@ mod tests {
                 }),
                 duration_s: None,
                 net_tx_bytes_per_s: None,
+                net_rx_bytes_per_s: None,
             }],
             pool: "host".to_owned(),
         };

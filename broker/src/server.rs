@@ -268,12 +268,39 @@ struct RunStats {
     io_bytes: u64,
     throttled_s: f64,
     samples: u64,
-    /// The task shares the host's network namespace: its counters are the host's, not its own egress.
+    /// The task shares the host's network namespace: its counters are the host's, not its own traffic.
     host_network: bool,
-    /// Bytes sent over the intervals that measured egress, those intervals' seconds and the largest rate.
-    net_tx_bytes: f64,
-    net_s: f64,
-    net_tx_peak: Option<f64>,
+    /// Egress (sent bytes) and ingress (received bytes) over the intervals that measured them.
+    net_tx: NetTally,
+    net_rx: NetTally,
+}
+
+/// One network direction of a run: bytes over the sampled intervals that measured it, those intervals' seconds
+/// and the largest rate of one interval.
+#[derive(Debug, Default)]
+struct NetTally {
+    bytes: f64,
+    seconds: f64,
+    peak: Option<f64>,
+}
+
+impl NetTally {
+    /// Adds an interval of `dt` seconds at `rate` bytes/s (nothing when the rate was not measured).
+    fn add(&mut self, rate: Option<f64>, dt: f64) {
+        if let Some(rate) = rate {
+            self.bytes += rate * dt;
+            self.seconds += dt;
+            self.peak = Some(self.peak.map_or(rate, |p| p.max(rate)));
+        }
+    }
+
+    /// The run's mean rate and peak (`None`: no interval measured it).
+    fn mean_and_peak(&self) -> (Option<f64>, Option<f64>) {
+        (
+            (self.seconds > 0.0).then(|| self.bytes / self.seconds),
+            self.peak,
+        )
+    }
 }
 
 #[derive(Debug)]
@@ -826,20 +853,18 @@ impl Broker {
                 None => st.controller.register(spec, now),
             };
             let mut directives = directives;
-            let ask = crate::controller::net::NetAsk::of(
-                ann.egress_bytes_per_sec,
-                (!cold).then_some(&prediction),
-                st.net.config(),
-            );
+            let warm = (!cold).then_some(&prediction);
+            let ask = st.net.ask(ann.egress_bytes_per_sec, warm);
             directives.extend(st.net.register_ask(
                 &r.container_id,
                 ask,
                 ann.mode,
                 r.own_netns.unwrap_or(true),
             ));
-            directives.extend(st.net_in.register(
+            let ask = st.net_in.ask(ann.ingress_bytes_per_sec, warm);
+            directives.extend(st.net_in.register_ask(
                 &r.container_id,
-                ann.ingress_bytes_per_sec,
+                ask,
                 ann.mode,
                 r.own_netns.unwrap_or(true) && r.net_ingress == Some(true),
             ));
@@ -985,10 +1010,9 @@ impl Broker {
                 st.io_bytes += sample.io_bytes;
                 st.throttled_s += throttled_s;
                 st.samples += 1;
-                if let Some(tx) = usage.net_tx_bytes_per_sec.filter(|_| !st.host_network) {
-                    st.net_tx_bytes += tx * dt;
-                    st.net_s += dt;
-                    st.net_tx_peak = Some(st.net_tx_peak.map_or(tx, |p| p.max(tx)));
+                if !st.host_network {
+                    st.net_tx.add(usage.net_tx_bytes_per_sec, dt);
+                    st.net_rx.add(usage.net_rx_bytes_per_sec, dt);
                 }
                 fresh.push(sample);
                 latest = Some(usage);
@@ -1047,6 +1071,9 @@ impl Broker {
         self.queue(others);
         let stats = run.stats;
         let duration_s = now.saturating_sub(run.started_at_ms) as f64 / 1000.0;
+        // Over the sampled intervals that measured each direction (none for a task in the host's network).
+        let (net_tx_bytes_per_s, net_tx_peak_bytes_per_s) = stats.net_tx.mean_and_peak();
+        let (net_rx_bytes_per_s, net_rx_peak_bytes_per_s) = stats.net_rx.mean_and_peak();
         let summary = RunSummary {
             run_id: run.run_id,
             task_key: run.task_key,
@@ -1063,9 +1090,10 @@ impl Broker {
                 exit_code: f.exit_code,
                 oom_killed: f.oom_killed,
                 throttled_s: stats.throttled_s,
-                // Over the sampled intervals that measured egress (none for a task in the host's network).
-                net_tx_bytes_per_s: (stats.net_s > 0.0).then(|| stats.net_tx_bytes / stats.net_s),
-                net_tx_peak_bytes_per_s: stats.net_tx_peak,
+                net_tx_bytes_per_s,
+                net_tx_peak_bytes_per_s,
+                net_rx_bytes_per_s,
+                net_rx_peak_bytes_per_s,
             },
             profile: None,
         };

@@ -17,8 +17,8 @@
 //! as a `history` request's is; one bad run rejects the whole file (nothing is written) with an error naming the file
 //! (escaped), the run's index and the field. Values in range are trusted: import only files from your own nodes.
 //!
-//! Limit: a run's network egress is not exported (version 1 has no field for it and an older node refuses unknown
-//! fields), so an imported type's egress is learned from its local runs only.
+//! Limit: a run's network egress and ingress are not exported (version 1 has no field for them and an older node
+//! refuses unknown fields), so an imported type's network rates are learned from its local runs only.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -246,9 +246,12 @@ fn from_exported(e: &ExportedRun, now_ms: u64) -> Result<PortableRun, String> {
                 exit_code: e.exit_code,
                 oom_killed: e.oom_killed,
                 throttled_s: e.throttled_s,
-                // Egress does not travel yet: file version 1 has no field for it (an older node would refuse one).
+                // The network rates do not travel yet: file version 1 has no field for them (an older node would
+                // refuse one).
                 net_tx_bytes_per_s: None,
                 net_tx_peak_bytes_per_s: None,
+                net_rx_bytes_per_s: None,
+                net_rx_peak_bytes_per_s: None,
             },
             profile: e.profile.as_ref().map(|p| Profile {
                 cpu: p.cpu.clone(),

@@ -143,7 +143,8 @@ pub fn status_table(s: &Status) -> String {
 }
 
 /// Per task with an egress or ingress limit: the limit in force, its own share, what it sends (receives),
-/// lends or borrows, and why; the ingress line right after the egress one.
+/// lends or borrows, the type's predicted rate in that direction when there is one, and why; the ingress line
+/// right after the egress one.
 fn net_lines(s: &Status) -> String {
     let mut out = String::new();
     for t in &s.tasks {
@@ -178,13 +179,15 @@ fn net_lines(s: &Status) -> String {
                     bytes(n.borrowed_bytes_per_sec as f64)
                 );
             }
-            // Only egress is learned from the task type's history.
-            if direction == "egress"
-                && let Some(e) = s
-                    .predictions
-                    .iter()
-                    .find(|p| p.container_id == t.container_id)
-                    .and_then(|p| p.net_tx_bytes_per_s)
+            // The task type's predicted rate in this direction, when its runs measured it.
+            if let Some(e) = s
+                .predictions
+                .iter()
+                .find(|p| p.container_id == t.container_id)
+                .and_then(|p| match direction {
+                    "egress" => p.net_tx_bytes_per_s,
+                    _ => p.net_rx_bytes_per_s,
+                })
             {
                 let _ = write!(
                     line,
@@ -513,7 +516,7 @@ mod tests {
             !text.contains("predicted"),
             "no prediction, no figure: {text}"
         );
-        // A task whose type's egress is predicted shows the estimate beside its share.
+        // A task whose type's egress and ingress are predicted shows each estimate beside its share.
         let e = |point: f64| predictive_api::prediction::Estimate {
             point,
             lower: point * 0.5,
@@ -530,6 +533,7 @@ mod tests {
                 memory_bytes: None,
                 duration_s: None,
                 net_tx_bytes_per_s: Some(e(1024.0 * 1024.0)),
+                net_rx_bytes_per_s: Some(e(2048.0 * 1024.0)),
             }],
             ..s
         };
@@ -538,6 +542,10 @@ mod tests {
             text.contains("network egress b: limit 64.0KiB/s (share 1.0MiB/s), sending 1000B/s, lends 960.0KiB/s, predicted 1.0MiB/s [512.0KiB/s-1.5MiB/s]"),
             "{text}"
         );
-        assert_eq!(text.matches("predicted").count(), 1, "{text}");
+        assert!(
+            text.contains("network ingress b: limit 3.0MiB/s (share 3.0MiB/s), receiving 2.0KiB/s, predicted 2.0MiB/s [1.0MiB/s-3.0MiB/s]"),
+            "{text}"
+        );
+        assert_eq!(text.matches("predicted").count(), 2, "{text}");
     }
 }

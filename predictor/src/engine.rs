@@ -755,7 +755,7 @@ mod tests {
             .find(|t| t.task_key.as_str() == "synth-0000")
             .expect("listed");
         assert_eq!((trained.runs_seen, trained.model_version), (30, Some(1)));
-        assert_eq!(trained.targets.len(), 5, "with the network target");
+        assert_eq!(trained.targets.len(), 6, "with the two network targets");
         assert!(
             trained
                 .targets

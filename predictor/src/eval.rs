@@ -12,8 +12,9 @@
 //!  "profile":{"cpu":[..20 floats..],"memory":[..20..],"io":[..20..]}}
 //! ```
 //! `meta` fields and `profile` may be omitted; `outcome` needs at least `duration_s` and `peak_memory_bytes`
-//! (`net_tx_bytes_per_s` and `net_tx_peak_bytes_per_s`, egress in bytes/s, are optional: the network model is
-//! trained on the runs that have them, and not scored here).
+//! (`net_tx_bytes_per_s` and `net_tx_peak_bytes_per_s`, egress in bytes/s, and `net_rx_bytes_per_s` and
+//! `net_rx_peak_bytes_per_s`, ingress, are optional: each network model is trained on the runs that have its
+//! direction, and not scored here).
 //! Blank lines and lines starting with `#` are skipped.
 //!
 //! # Replay

@@ -3,7 +3,8 @@
 //! A task type's runs are ordered by when they finished (start + duration: an outcome is known only then) and
 //! only the most recent [`TrainConfig::train_window`] are used. For each target — duration, CPU (p95 cores, or the
 //! mean from CPU time when a run was too short to sample), memory (peak bytes), IO (mean bytes/s), network egress
-//! (mean tx bytes/s, from the runs that measured it; no model when fewer than [`TrainConfig::min_runs`] did) — the
+//! and ingress (mean tx and rx bytes/s, each from the runs that measured it; no model for a direction when fewer
+//! than [`TrainConfig::min_runs`] did) — the
 //! candidates are scored **forward in time only**, each run predicted by a candidate fitted on earlier runs:
 //! - **baseline**: the median of the recent window ([`TrainConfig::window`] runs) — shrinkage to what the task
 //!   type does now, and, once calibrated, the quantile-of-history fallback;
@@ -45,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use crate::histogram::DecayingHistogram;
 use crate::key::TaskKey;
 use crate::regression::{LinearModel, N_FEATURES};
-use crate::types::{BUCKETS, Profile, RunFeatures, RunSummary};
+use crate::types::{BUCKETS, Profile, RunFeatures, RunOutcome, RunSummary};
 
 /// What a model predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -61,17 +62,35 @@ pub enum Resource {
     Io,
     /// Mean network egress, bytes per second (learned from the runs that measured it).
     Net,
+    /// Mean network ingress (received bytes), bytes per second (learned from the runs that measured it).
+    #[serde(rename = "net-rx")]
+    NetRx,
 }
 
 impl Resource {
     /// All targets, in storage order.
-    pub const ALL: [Resource; 5] = [
+    pub const ALL: [Resource; 6] = [
         Resource::Duration,
         Resource::Cpu,
         Resource::Memory,
         Resource::Io,
         Resource::Net,
+        Resource::NetRx,
     ];
+
+    /// A network target's measured rate in a run (`None`: not measured); `None` for the other targets.
+    fn net_rate(self, o: &RunOutcome) -> Option<f64> {
+        match self {
+            Resource::Net => o.net_tx_bytes_per_s,
+            Resource::NetRx => o.net_rx_bytes_per_s,
+            _ => None,
+        }
+    }
+
+    /// A network target, learned only from the runs that measured it.
+    fn is_network(self) -> bool {
+        matches!(self, Resource::Net | Resource::NetRx)
+    }
 
     /// The target's value in a finished run.
     pub fn of(self, run: &RunSummary, oom_inflation: f64) -> f64 {
@@ -102,7 +121,7 @@ impl Resource {
                     0.0
                 }
             }
-            Resource::Net => o.net_tx_bytes_per_s.unwrap_or(0.0),
+            Resource::Net | Resource::NetRx => self.net_rate(o).unwrap_or(0.0),
         }
     }
 
@@ -114,6 +133,7 @@ impl Resource {
             Resource::Memory => "memory",
             Resource::Io => "io",
             Resource::Net => "net",
+            Resource::NetRx => "net-rx",
         }
     }
 }
@@ -172,7 +192,7 @@ pub struct TrainConfig {
     /// Coverage of the central interval `[lower, upper]`.
     pub level: f64,
     /// One-sided quantile for `limit`, per target in [`Resource::ALL`] order.
-    pub limit_quantile: [f64; 5],
+    pub limit_quantile: [f64; 6],
     /// Below this many runs a task type is cold.
     pub min_runs: usize,
     /// The regression is tried from this many runs on.
@@ -204,7 +224,7 @@ impl Default for TrainConfig {
         Self {
             half_life_ms: 7 * 24 * 3_600_000,
             level: 0.9,
-            limit_quantile: [0.95, 0.95, 0.998, 0.95, 0.95],
+            limit_quantile: [0.95, 0.95, 0.998, 0.95, 0.95, 0.95],
             min_runs: 5,
             min_regression_runs: 12,
             min_input_regression_runs: default_min_input_regression_runs(),
@@ -344,12 +364,15 @@ pub struct TaskModel {
     /// there was one).
     #[serde(default)]
     pub net: Option<TargetModel>,
+    /// Network ingress model, as `net` for received bytes.
+    #[serde(default)]
+    pub net_rx: Option<TargetModel>,
     /// Mean normalised lifetime profile.
     pub shape: Profile,
 }
 
 impl TaskModel {
-    /// The target model for `r` (`None`: the network model of a type whose runs never measured egress).
+    /// The target model for `r` (`None`: a network model of a type whose runs never measured that direction).
     pub fn target(&self, r: Resource) -> Option<&TargetModel> {
         match r {
             Resource::Duration => Some(&self.duration),
@@ -357,6 +380,7 @@ impl TaskModel {
             Resource::Memory => Some(&self.memory),
             Resource::Io => Some(&self.io),
             Resource::Net => self.net.as_ref(),
+            Resource::NetRx => self.net_rx.as_ref(),
         }
     }
 
@@ -367,6 +391,11 @@ impl TaskModel {
             15..=49 => Confidence::Medium,
             _ => Confidence::High,
         }
+    }
+
+    /// A network target's estimate (the default, `kind: None`, when there is no model for it).
+    fn net_estimate(&self, r: Resource, x: &[f64; N_FEATURES]) -> Estimate {
+        self.target(r).map(|n| n.estimate(x)).unwrap_or_default()
     }
 
     /// Predicts a run of this task type. Allocation-light: one `Vec` of [`BUCKETS`] profile points.
@@ -396,11 +425,8 @@ impl TaskModel {
             cpu_cores: cpu,
             memory_bytes: memory,
             io_bytes_per_s: io,
-            net_tx_bytes_per_s: self
-                .net
-                .as_ref()
-                .map(|n| n.estimate(&x))
-                .unwrap_or_default(),
+            net_tx_bytes_per_s: self.net_estimate(Resource::Net, &x),
+            net_rx_bytes_per_s: self.net_estimate(Resource::NetRx, &x),
             profile,
         }
     }
@@ -497,6 +523,9 @@ pub struct Prediction {
     /// Mean network egress, bytes/s (all 0 with `kind: None` when the type's runs never measured egress).
     #[serde(default)]
     pub net_tx_bytes_per_s: Estimate,
+    /// Mean network ingress, bytes/s (all 0 with `kind: None` when the type's runs never measured ingress).
+    #[serde(default)]
+    pub net_rx_bytes_per_s: Estimate,
     /// Usage over [`BUCKETS`] normalised lifetime buckets (empty on cold start).
     pub profile: Vec<ProfilePoint>,
 }
@@ -515,6 +544,7 @@ impl Prediction {
             memory_bytes: Estimate::default(),
             io_bytes_per_s: Estimate::default(),
             net_tx_bytes_per_s: Estimate::default(),
+            net_rx_bytes_per_s: Estimate::default(),
             profile: Vec::new(),
         }
     }
@@ -532,6 +562,7 @@ impl Prediction {
             Resource::Memory => &self.memory_bytes,
             Resource::Io => &self.io_bytes_per_s,
             Resource::Net => &self.net_tx_bytes_per_s,
+            Resource::NetRx => &self.net_rx_bytes_per_s,
         }
     }
 }
@@ -659,7 +690,7 @@ const SHOWN_RUNS: usize = 10;
 
 /// Forward-validated conformal scores `actual / predicted` of each target's chosen candidate, oldest first, in
 /// [`Resource::ALL`] order: what the calibration was computed from (the evaluator sweeps levels over them).
-pub type ForwardScores = [Vec<f64>; 5];
+pub type ForwardScores = [Vec<f64>; 6];
 
 /// Trains the model of one task type from its runs (any order). `None` when there are fewer than
 /// [`TrainConfig::min_runs`] runs.
@@ -707,7 +738,7 @@ pub fn train_task_scored(
         let measured: Vec<usize> = (0..y.len())
             .filter(|&i| match res {
                 Resource::Cpu | Resource::Memory => y[i] > 0.0,
-                Resource::Net => recent[i].outcome.net_tx_bytes_per_s.is_some(),
+                r if r.is_network() => r.net_rate(&recent[i].outcome).is_some(),
                 _ => true,
             })
             .collect();
@@ -736,10 +767,15 @@ pub fn train_task_scored(
         scores[slot] = s;
         m
     };
-    let measured_net = recent
-        .iter()
-        .filter(|r| r.outcome.net_tx_bytes_per_s.is_some())
-        .count();
+    // A network model only for a type enough of whose runs measured that direction.
+    let mut network = |res: Resource| {
+        let measured = recent
+            .iter()
+            .filter(|r| res.net_rate(&r.outcome).is_some())
+            .count();
+        (measured >= cfg.min_runs.max(2)).then(|| target(res))
+    };
+    let (net, net_rx) = (network(Resource::Net), network(Resource::NetRx));
     let model = TaskModel {
         runs: total as u64,
         trained_at_ms: now_ms,
@@ -749,7 +785,8 @@ pub fn train_task_scored(
         cpu: target(Resource::Cpu),
         memory: target(Resource::Memory),
         io: target(Resource::Io),
-        net: (measured_net >= cfg.min_runs.max(2)).then(|| target(Resource::Net)),
+        net,
+        net_rx,
         shape: mean_shape(recent, &weights),
     };
     Some((model, scores))
@@ -1241,7 +1278,7 @@ mod tests {
         assert_eq!(inverted.allocation(Confidence::Medium), 120.0);
     }
     use crate::synth::{SynthConfig, generate};
-    use crate::types::{RunMetadata, RunOutcome};
+    use crate::types::RunMetadata;
 
     fn run(i: u64, input: u64, mem: f64, profile: Option<Profile>) -> RunSummary {
         RunSummary {
@@ -1269,66 +1306,112 @@ mod tests {
         r.range(-1.0, 1.0)
     }
 
-    /// Egress is learned from the runs that measured it: a type whose runs sent about 2 MB/s is predicted near
-    /// it, inside its interval; a type whose runs never measured egress gets no network estimate at all.
+    /// Sets a network target's measured mean (and a peak 1.5 times it) in a run.
+    fn set_net(r: &mut RunSummary, res: Resource, rate: f64) {
+        let o = &mut r.outcome;
+        let (mean, peak) = match res {
+            Resource::Net => (&mut o.net_tx_bytes_per_s, &mut o.net_tx_peak_bytes_per_s),
+            Resource::NetRx => (&mut o.net_rx_bytes_per_s, &mut o.net_rx_peak_bytes_per_s),
+            _ => unreachable!("not a network target"),
+        };
+        *mean = Some(rate);
+        *peak = Some(rate * 1.5);
+    }
+
+    /// Egress and ingress are each learned from the runs that measured them: a type whose runs sent (received)
+    /// about 2 MB/s is predicted near it, inside its interval, and the other direction, never measured, gets no
+    /// estimate; a type whose runs never measured either gets no network estimate at all.
     #[test]
-    fn a_type_that_sent_about_two_megabytes_a_second_is_predicted_near_it() {
+    fn a_type_that_sent_or_received_about_two_megabytes_a_second_is_predicted_near_it() {
         const RATE: f64 = 2e6;
+        for (res, other) in [
+            (Resource::Net, Resource::NetRx),
+            (Resource::NetRx, Resource::Net),
+        ] {
+            let runs: Vec<_> = (0..30)
+                .map(|i| {
+                    let mut r = run(i, 0, 1e9, None);
+                    set_net(&mut r, res, RATE * (1.0 + 0.05 * wobble(i)));
+                    r
+                })
+                .collect();
+            let m = train_task(&runs, 0, &TrainConfig::default()).expect("30 runs");
+            let p = m.predict(&TaskKey::new("t"), &RunFeatures::default(), 1);
+            let e = *p.estimate(res);
+            assert!(e.kind.is_some(), "{res:?}: {e:?}");
+            assert!((e.point / RATE - 1.0).abs() < 0.05, "{res:?}: {e:?}");
+            assert!(e.lower <= e.point && e.point <= e.upper, "{res:?}: {e:?}");
+            assert!(
+                e.upper < RATE * 1.2 && e.upper >= RATE * 1.0,
+                "{res:?}: {e:?}"
+            );
+            assert_eq!(m.target(res).map(|t| t.kind), Some(e.kind.expect("kind")));
+            assert!(m.target(other).is_none(), "{other:?} was never measured");
+            assert_eq!(*p.estimate(other), Estimate::default());
+            // Runs that measured nothing do not drag the estimate to 0: only the measured ones count.
+            let mixed: Vec<_> = (0..30)
+                .map(|i| {
+                    let mut r = run(i, 0, 1e9, None);
+                    if i % 2 == 0 {
+                        set_net(&mut r, res, RATE);
+                    }
+                    r
+                })
+                .collect();
+            let m = train_task(&mixed, 0, &TrainConfig::default()).expect("30 runs");
+            let p = m.predict(&TaskKey::new("t"), &RunFeatures::default(), 1);
+            let e = *p.estimate(res);
+            assert!((e.point / RATE - 1.0).abs() < 0.01, "{res:?}: {e:?}");
+        }
+        // Both directions at once, at different rates: each is learned from its own counter.
         let runs: Vec<_> = (0..30)
             .map(|i| {
                 let mut r = run(i, 0, 1e9, None);
-                r.outcome.net_tx_bytes_per_s = Some(RATE * (1.0 + 0.05 * wobble(i)));
-                r.outcome.net_tx_peak_bytes_per_s = Some(RATE * 1.5);
+                set_net(&mut r, Resource::Net, RATE);
+                set_net(&mut r, Resource::NetRx, 3.0 * RATE);
                 r
             })
             .collect();
         let m = train_task(&runs, 0, &TrainConfig::default()).expect("30 runs");
         let p = m.predict(&TaskKey::new("t"), &RunFeatures::default(), 1);
-        let e = p.net_tx_bytes_per_s;
-        assert!(e.kind.is_some(), "{e:?}");
-        assert!((e.point / RATE - 1.0).abs() < 0.05, "{e:?}");
-        assert!(e.lower <= e.point && e.point <= e.upper, "{e:?}");
-        assert!(e.upper < RATE * 1.2 && e.upper >= RATE * 1.0, "{e:?}");
-        assert_eq!(
-            m.target(Resource::Net).map(|t| t.kind),
-            Some(e.kind.expect("kind"))
+        assert!(
+            (p.net_tx_bytes_per_s.point / RATE - 1.0).abs() < 0.01,
+            "{p:?}"
         );
-        // The same runs with no egress measured (host network, older records): no network model.
+        assert!(
+            (p.net_rx_bytes_per_s.point / (3.0 * RATE) - 1.0).abs() < 0.01,
+            "{p:?}"
+        );
+        // The same runs with no network measured (host network, older records): no network model.
         let unmeasured: Vec<_> = (0..30).map(|i| run(i, 0, 1e9, None)).collect();
         let m = train_task(&unmeasured, 0, &TrainConfig::default()).expect("30 runs");
-        assert!(m.net.is_none());
+        assert!(m.net.is_none() && m.net_rx.is_none());
         let p = m.predict(&TaskKey::new("t"), &RunFeatures::default(), 1);
         assert_eq!(p.net_tx_bytes_per_s, Estimate::default());
-        // Runs that measured nothing do not drag the estimate to 0: only the measured ones count.
-        let mixed: Vec<_> = (0..30)
-            .map(|i| {
-                let mut r = run(i, 0, 1e9, None);
-                if i % 2 == 0 {
-                    r.outcome.net_tx_bytes_per_s = Some(RATE);
-                }
-                r
-            })
-            .collect();
-        let m = train_task(&mixed, 0, &TrainConfig::default()).expect("30 runs");
-        let e = m
-            .predict(&TaskKey::new("t"), &RunFeatures::default(), 1)
-            .net_tx_bytes_per_s;
-        assert!((e.point / RATE - 1.0).abs() < 0.01, "{e:?}");
+        assert_eq!(p.net_rx_bytes_per_s, Estimate::default());
     }
 
-    /// A model stored before there was a network target still loads (no `net`), and predicts no egress.
+    /// A model stored before there were network targets still loads (no `net`, `net_rx`), and predicts none.
     #[test]
     fn a_model_stored_without_a_network_target_loads() {
         let runs: Vec<_> = (0..10).map(|i| run(i, 0, 1e9, None)).collect();
         let m = train_task(&runs, 0, &TrainConfig::default()).expect("10 runs");
         let mut json = serde_json::to_value(&m).expect("encode");
-        json.as_object_mut().expect("object").remove("net");
+        let obj = json.as_object_mut().expect("object");
+        obj.remove("net");
+        obj.remove("net_rx");
         let old: TaskModel = serde_json::from_value(json).expect("an old model loads");
-        assert!(old.net.is_none());
+        assert!(old.net.is_none() && old.net_rx.is_none());
         let outcome: RunOutcome =
             serde_json::from_str(r#"{"duration_s":1.0,"peak_memory_bytes":5}"#)
                 .expect("an old outcome");
         assert_eq!(outcome.net_tx_bytes_per_s, None);
+        assert_eq!(outcome.net_rx_bytes_per_s, None);
+        assert_eq!(Resource::NetRx.name(), "net-rx");
+        assert_eq!(
+            serde_json::to_value(Resource::NetRx).expect("encode"),
+            "net-rx"
+        );
     }
 
     #[test]
@@ -1687,7 +1770,7 @@ mod tests {
         };
         let trace = generate(&cfg);
         let train_cfg = TrainConfig::default();
-        let mut covered = [0u64; 5];
+        let mut covered = [0u64; 6];
         let mut total = 0u64;
         for t in 0..cfg.task_types {
             let key = TaskKey::new(format!("synth-{t:04}"));

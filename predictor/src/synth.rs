@@ -252,9 +252,11 @@ impl TaskParams {
                 exit_code: 0,
                 oom_killed: false,
                 throttled_s: (cpu - self.req_cpu).max(0.0) * duration * 0.1,
-                // Egress follows the IO rate (no draw of its own: the other targets' series stay as they were).
+                // Egress and ingress follow the IO rate (no draw of its own: the other targets' series stay as they were).
                 net_tx_bytes_per_s: Some(io_bytes as f64 / duration.max(1e-3) / 2.0),
                 net_tx_peak_bytes_per_s: Some(io_bytes as f64 / duration.max(1e-3)),
+                net_rx_bytes_per_s: Some(io_bytes as f64 / duration.max(1e-3) / 4.0),
+                net_rx_peak_bytes_per_s: Some(io_bytes as f64 / duration.max(1e-3) / 2.0),
             },
             profile: Some(Profile {
                 cpu: cpu_profile,

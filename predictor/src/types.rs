@@ -77,6 +77,13 @@ pub struct RunOutcome {
     /// Largest egress rate of one sampling interval, bytes/s (`None`: not measured).
     #[serde(default)]
     pub net_tx_peak_bytes_per_s: Option<f64>,
+    /// Mean network ingress over the run's samples, bytes/s (`None`: not measured, as for egress). The
+    /// received-bytes model learns this.
+    #[serde(default)]
+    pub net_rx_bytes_per_s: Option<f64>,
+    /// Largest ingress rate of one sampling interval, bytes/s (`None`: not measured).
+    #[serde(default)]
+    pub net_rx_peak_bytes_per_s: Option<f64>,
 }
 
 /// The shape of a run over its normalised lifetime: per bucket, usage as a fraction of the run's peak (0..=1).

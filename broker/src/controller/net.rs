@@ -62,6 +62,14 @@ impl Direction {
             Self::Ingress => "ingress",
         }
     }
+
+    /// The prediction's estimate of the rate in this direction (mean tx or rx bytes/s).
+    fn estimate(self, p: &Prediction) -> &predictor::Estimate {
+        match self {
+            Self::Egress => &p.net_tx_bytes_per_s,
+            Self::Ingress => &p.net_rx_bytes_per_s,
+        }
+    }
 }
 use serde::{Deserialize, Serialize};
 
@@ -147,9 +155,9 @@ enum Role {
 pub enum NetAsk {
     /// Nothing: an equal part of what the asks leave.
     Equal,
-    /// `io.predictive.egress-bytes-per-sec`, bytes/s.
+    /// `io.predictive.egress-bytes-per-sec` (ingress: `io.predictive.ingress-bytes-per-sec`), bytes/s.
     Annotation(u64),
-    /// Its task type's predicted egress, bytes/s, with the words saying where it came from.
+    /// Its task type's predicted rate in the shaper's direction, bytes/s, with the words saying where it came from.
     Predicted {
         /// The ask, within `[min_bytes_per_sec, budget]`.
         bytes_per_sec: u64,
@@ -159,18 +167,24 @@ pub enum NetAsk {
 }
 
 impl NetAsk {
-    /// The ask of a task: its annotation when it has one, else its type's predicted egress — the interval's
-    /// `upper` bound (a limit set too low only slows a sender, which can still borrow, so the one-sided tail that
-    /// memory needs is not taken) clamped to `[min_bytes_per_sec, budget]` — when the prediction is warm and its
-    /// runs measured egress, else an equal part.
-    pub fn of(annotation: Option<u64>, prediction: Option<&Prediction>, cfg: &NetConfig) -> Self {
+    /// The ask of a task in direction `dir`: its annotation when it has one, else its type's predicted rate in
+    /// that direction (egress: mean tx, ingress: mean rx) — the interval's `upper` bound (a limit set too low only
+    /// slows a sender, which can still borrow, so the one-sided tail that memory needs is not taken) clamped to
+    /// `[min_bytes_per_sec, budget]` — when the prediction is warm and its runs measured that direction, else an
+    /// equal part. `cfg` is the shaper's ([`NetShaper::config`]: for ingress its budget is the ingress budget).
+    pub fn of(
+        annotation: Option<u64>,
+        prediction: Option<&Prediction>,
+        dir: Direction,
+        cfg: &NetConfig,
+    ) -> Self {
         if let Some(a) = annotation {
             return NetAsk::Annotation(a);
         }
         let (Some(p), Some(budget)) = (prediction, cfg.link_budget_bytes_per_sec) else {
             return NetAsk::Equal;
         };
-        let e = &p.net_tx_bytes_per_s;
+        let e = dir.estimate(p);
         if p.is_cold_start() || e.kind.is_none() || !e.upper.is_finite() || e.upper <= 0.0 {
             return NetAsk::Equal;
         }
@@ -178,8 +192,9 @@ impl NetAsk {
         NetAsk::Predicted {
             bytes_per_sec,
             why: format!(
-                "predicted egress of its type: upper bound {:.0} B/s of the {:.0}% interval around {:.0} B/s, {} runs, \
+                "predicted {} of its type: upper bound {:.0} B/s of the {:.0}% interval around {:.0} B/s, {} runs, \
                  model v{}",
+                dir.name(),
                 e.upper,
                 p.level * 100.0,
                 e.point,
@@ -277,6 +292,11 @@ impl NetShaper {
     /// The configuration in force.
     pub fn config(&self) -> &NetConfig {
         &self.cfg
+    }
+
+    /// [`NetAsk::of`] in this shaper's direction, with its budget.
+    pub fn ask(&self, annotation: Option<u64>, prediction: Option<&Prediction>) -> NetAsk {
+        NetAsk::of(annotation, prediction, self.dir, &self.cfg)
     }
 
     /// [`NetShaper::register_ask`] with the annotation's ask, if any.
@@ -672,19 +692,85 @@ mod tests {
     /// A warm prediction of `runs` runs whose egress is `point` with upper bound `upper` (`kind: None` when
     /// `measured` is false: the runs never measured egress).
     fn predicted(point: f64, upper: f64, runs: u64, measured: bool) -> Prediction {
+        predicted_in(Direction::Egress, point, upper, runs, measured)
+    }
+
+    /// As [`predicted`], the estimate in direction `dir` (the other direction unmeasured).
+    fn predicted_in(
+        dir: Direction,
+        point: f64,
+        upper: f64,
+        runs: u64,
+        measured: bool,
+    ) -> Prediction {
         let mut p = Prediction::cold(&predictor::TaskKey::new("t"));
         p.confidence = predictor::Confidence::Low;
         p.level = 0.9;
         p.runs = runs;
         p.model_version = 3;
-        p.net_tx_bytes_per_s = predictor::Estimate {
+        let e = predictor::Estimate {
             point,
             lower: point * 0.9,
             upper,
             limit: upper * 1.1,
             kind: measured.then_some(predictor::ModelKind::Baseline),
         };
+        match dir {
+            Direction::Egress => p.net_tx_bytes_per_s = e,
+            Direction::Ingress => p.net_rx_bytes_per_s = e,
+        }
         p
+    }
+
+    /// The ingress shaper asks the type's predicted ingress (rx), not its egress; the annotation wins over it.
+    #[test]
+    fn a_predicted_ingress_ask_sets_the_ingress_share_and_the_annotation_wins_over_it() {
+        let cfg = NetConfig {
+            link_budget_bytes_per_sec: Some(10 * MB),
+            ingress_budget_bytes_per_sec: Some(4 * MB),
+            ..NetConfig::default()
+        };
+        let mut s = NetShaper::ingress(cfg.clone());
+        let egress = NetShaper::new(cfg);
+        // A type that received about 1 MB/s (and whose egress was never measured) asks 1.2 MB/s of ingress.
+        let p = predicted_in(Direction::Ingress, MB as f64, 1.2 * MB as f64, 8, true);
+        assert_eq!(egress.ask(None, Some(&p)), NetAsk::Equal);
+        let ask = s.ask(None, Some(&p));
+        assert!(
+            matches!(ask, NetAsk::Predicted { bytes_per_sec, .. } if bytes_per_sec == 1_200_000),
+            "{ask:?}"
+        );
+        let ds = s.register_ask("learned", ask, Mode::Enforce, true);
+        assert_eq!(
+            ds[0].action,
+            Action::SetNetIngress {
+                rate_bytes_per_sec: Some(1_200_000)
+            }
+        );
+        let why = &ds[0].reason;
+        assert!(why.contains("predicted ingress of its type"), "{why}");
+        assert!(
+            why.contains("8 runs") && why.contains("ingress budget"),
+            "{why}"
+        );
+        s.register("equal", None, Mode::Enforce, true);
+        assert_eq!(limit(&s, "equal"), 4 * MB - 1_200_000);
+        assert_eq!(limit(&s, "learned"), 1_200_000);
+        // The ingress budget bounds the ask; the annotation wins over the prediction.
+        let huge = predicted_in(Direction::Ingress, 1e12, 2e12, 8, true);
+        assert!(
+            matches!(s.ask(None, Some(&huge)), NetAsk::Predicted { bytes_per_sec, .. } if bytes_per_sec == 4 * MB)
+        );
+        let ask = s.ask(Some(MB / 2), Some(&p));
+        assert_eq!(ask, NetAsk::Annotation(MB / 2));
+        s.register_ask("annotated", ask, Mode::Enforce, true);
+        assert_eq!(limit(&s, "annotated"), MB / 2);
+        assert!(
+            s.view("annotated")
+                .expect("view")
+                .reason
+                .contains("by annotation")
+        );
     }
 
     #[test]
@@ -696,7 +782,7 @@ mod tests {
         let mut s = NetShaper::new(cfg.clone());
         // A type that sent about 1 MB/s asks its upper bound, 1.2 MB/s; the others share the rest.
         let p = predicted(MB as f64, 1.2 * MB as f64, 8, true);
-        let ask = NetAsk::of(None, Some(&p), &cfg);
+        let ask = NetAsk::of(None, Some(&p), Direction::Egress, &cfg);
         assert!(
             matches!(ask, NetAsk::Predicted { bytes_per_sec, .. } if bytes_per_sec == 1_200_000)
         );
@@ -712,7 +798,7 @@ mod tests {
         assert_eq!(limit(&s, "equal"), 10 * MB - 1_200_000);
         assert_eq!(limit(&s, "learned"), 1_200_000);
         // The annotation wins over the prediction.
-        let ask = NetAsk::of(Some(3 * MB), Some(&p), &cfg);
+        let ask = NetAsk::of(Some(3 * MB), Some(&p), Direction::Egress, &cfg);
         assert_eq!(ask, NetAsk::Annotation(3 * MB));
         s.register_ask("annotated", ask, Mode::Enforce, true);
         assert_eq!(limit(&s, "annotated"), 3 * MB);
@@ -725,18 +811,27 @@ mod tests {
         // Cold, unmeasured or no prediction: an equal part.
         let mut cold = p.clone();
         cold.confidence = predictor::Confidence::None;
-        assert_eq!(NetAsk::of(None, Some(&cold), &cfg), NetAsk::Equal);
+        assert_eq!(
+            NetAsk::of(None, Some(&cold), Direction::Egress, &cfg),
+            NetAsk::Equal
+        );
         let unmeasured = predicted(0.0, 0.0, 8, false);
-        assert_eq!(NetAsk::of(None, Some(&unmeasured), &cfg), NetAsk::Equal);
-        assert_eq!(NetAsk::of(None, None, &cfg), NetAsk::Equal);
+        assert_eq!(
+            NetAsk::of(None, Some(&unmeasured), Direction::Egress, &cfg),
+            NetAsk::Equal
+        );
+        assert_eq!(
+            NetAsk::of(None, None, Direction::Egress, &cfg),
+            NetAsk::Equal
+        );
         // A prediction below the floor or above the budget is clamped into [min, budget].
         let tiny = predicted(10.0, 20.0, 8, true);
         assert!(
-            matches!(NetAsk::of(None, Some(&tiny), &cfg), NetAsk::Predicted { bytes_per_sec, .. } if bytes_per_sec == cfg.min_bytes_per_sec)
+            matches!(NetAsk::of(None, Some(&tiny), Direction::Egress, &cfg), NetAsk::Predicted { bytes_per_sec, .. } if bytes_per_sec == cfg.min_bytes_per_sec)
         );
         let huge = predicted(1e12, 2e12, 8, true);
         assert!(
-            matches!(NetAsk::of(None, Some(&huge), &cfg), NetAsk::Predicted { bytes_per_sec, .. } if bytes_per_sec == 10 * MB)
+            matches!(NetAsk::of(None, Some(&huge), Direction::Egress, &cfg), NetAsk::Predicted { bytes_per_sec, .. } if bytes_per_sec == 10 * MB)
         );
     }
 
@@ -752,7 +847,7 @@ mod tests {
         s.register("equal", None, Mode::Enforce, true);
         let big = predicted(5.0 * MB as f64, 6.0 * MB as f64, 20, true);
         for id in ["p1", "p2"] {
-            let ask = NetAsk::of(None, Some(&big), &cfg);
+            let ask = NetAsk::of(None, Some(&big), Direction::Egress, &cfg);
             s.register_ask(id, ask, Mode::Enforce, true);
         }
         // The annotation keeps its 6 MB/s; the two 6 MB/s predictions share what is left after the floor of the

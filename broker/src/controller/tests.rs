@@ -28,6 +28,7 @@ fn prediction(cpu: [f64; BUCKETS], mem: f64, mem_upper: f64) -> Prediction {
         memory_bytes: est(mem, mem * 0.8, mem_upper),
         io_bytes_per_s: Estimate::default(),
         net_tx_bytes_per_s: Estimate::default(),
+        net_rx_bytes_per_s: Estimate::default(),
         profile: cpu
             .iter()
             .map(|c| ProfilePoint {
