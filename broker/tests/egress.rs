@@ -1,8 +1,8 @@
-//! The broker learns a task type's network egress: a real `predictived` on a temp socket and state dir, a fake
-//! shim's Register / Report / Finish over the socket. Finished runs of a type that reported about 2 MB/s of tx give
-//! the next Register of that type an egress share near 2 MB/s, not the equal split of the link budget; the
-//! annotation still wins; `predictivectl explain` says where the share came from. Every wait is a poll with a
-//! generous bound, never a fixed sleep that a slow machine could miss.
+//! The broker learns a task type's network egress and ingress: a real `predictived` on a temp socket and state
+//! dir, a fake shim's Register / Report / Finish over the socket. Finished runs of a type that reported about
+//! 2 MB/s of tx (rx) give the next Register of that type an egress (ingress) share near 2 MB/s, not the equal
+//! split of the link (ingress) budget; the annotation still wins; `predictivectl explain` says where the share
+//! came from. Every wait is a poll with a generous bound, never a fixed sleep that a slow machine could miss.
 
 mod common;
 use common::predictivectl;
@@ -16,13 +16,87 @@ use broker::annotations;
 use broker::api::{Explain, Finish, Register, Registered, Report};
 use broker::client::Client;
 use broker::controller::{Action, SpecLimits};
+use predictive_api::prediction::{Estimate, Prediction};
+use predictive_api::types::TaskView;
 use runtime_hooks::{CpuSample, MemorySample, NetDevTotals, Sample};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// The link budget: an equal split between two tasks is 50 MB/s.
 const BUDGET: u64 = 100_000_000;
-/// What the history's runs sent, bytes/s.
+/// The ingress budget: an equal split between two tasks is 40 MB/s.
+const INGRESS_BUDGET: u64 = 80_000_000;
+/// What the history's runs sent (received), bytes/s.
 const RATE: f64 = 2_000_000.0;
+
+/// Which way the history's runs moved bytes, and what the broker shapes and learns for it.
+#[derive(Debug, Clone, Copy)]
+enum Way {
+    Egress,
+    Ingress,
+}
+
+impl Way {
+    fn name(self) -> &'static str {
+        match self {
+            Way::Egress => "egress",
+            Way::Ingress => "ingress",
+        }
+    }
+
+    fn budget(self) -> u64 {
+        match self {
+            Way::Egress => BUDGET,
+            Way::Ingress => INGRESS_BUDGET,
+        }
+    }
+
+    fn annotation(self) -> &'static str {
+        match self {
+            Way::Egress => annotations::EGRESS,
+            Way::Ingress => annotations::INGRESS,
+        }
+    }
+
+    /// The resource of its decisions.
+    fn resource(self) -> &'static str {
+        match self {
+            Way::Egress => "net",
+            Way::Ingress => "net-ingress",
+        }
+    }
+
+    /// Samples moving `rate` bytes/s this way (nothing the other way).
+    fn samples(self, rate: f64) -> Vec<Sample> {
+        match self {
+            Way::Egress => traffic(rate, 0.0),
+            Way::Ingress => traffic(0.0, rate),
+        }
+    }
+
+    /// The limit a Register directed this way.
+    fn share(self, r: &Registered) -> Option<u64> {
+        r.directives.iter().find_map(|d| match (self, &d.action) {
+            (Way::Egress, Action::SetNetEgress { rate_bytes_per_sec })
+            | (Way::Ingress, Action::SetNetIngress { rate_bytes_per_sec }) => *rate_bytes_per_sec,
+            _ => None,
+        })
+    }
+
+    fn estimate(self, p: &Prediction) -> Estimate {
+        match self {
+            Way::Egress => p.net_tx_bytes_per_s,
+            Way::Ingress => p.net_rx_bytes_per_s,
+        }
+    }
+
+    fn limit(self, t: &TaskView) -> Option<u64> {
+        match self {
+            Way::Egress => t.net.as_ref(),
+            Way::Ingress => t.net_ingress.as_ref(),
+        }
+        .map(|n| n.limit_bytes_per_sec)
+    }
+}
 
 struct Broker {
     child: Child,
@@ -36,7 +110,8 @@ impl Broker {
             format!(
                 "tick_ms = 50\nretrain_check_ms = 100\nsample_flush_ms = 100\nhost_cpu_cores = 4.0\n\
                  host_memory_bytes = 8589934592\ncgroup = \"v2\"\n[retrain]\nnew_runs = 1\nmin_runs = 3\n\
-                 [network]\nlink_budget_bytes_per_sec = {BUDGET}\n"
+                 [network]\nlink_budget_bytes_per_sec = {BUDGET}\n\
+                 ingress_budget_bytes_per_sec = {INGRESS_BUDGET}\n"
             ),
         )
         .expect("config");
@@ -107,10 +182,10 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Three raw samples 100 ms apart sending `rate` bytes/s (two intervals the broker rates).
-fn sending(rate: f64) -> Vec<Sample> {
+/// Three raw samples 100 ms apart sending `tx` and receiving `rx` bytes/s (two intervals the broker rates).
+fn traffic(tx: f64, rx: f64) -> Vec<Sample> {
     let t = now_ns();
-    let per_tick = (rate / 10.0) as u64;
+    let (tx_tick, rx_tick) = ((tx / 10.0) as u64, (rx / 10.0) as u64);
     (0..3u64)
         .map(|i| Sample {
             unix_ns: t + i * 100_000_000,
@@ -124,7 +199,8 @@ fn sending(rate: f64) -> Vec<Sample> {
                 ..MemorySample::default()
             },
             net: Some(NetDevTotals {
-                tx_bytes: 5_000 + i * per_tick,
+                tx_bytes: 5_000 + i * tx_tick,
+                rx_bytes: 7_000 + i * rx_tick,
                 ..NetDevTotals::default()
             }),
             ..Sample::default()
@@ -132,15 +208,16 @@ fn sending(rate: f64) -> Vec<Sample> {
         .collect()
 }
 
-fn register(id: &str, task_type: &str, egress: Option<u64>) -> Register {
-    on_network(id, task_type, egress, true)
+/// A Register in its own network namespace whose shim applies ingress limits, with the annotation `ask`.
+fn register(id: &str, task_type: &str, ask: Option<(Way, u64)>) -> Register {
+    on_network(id, task_type, ask, true)
 }
 
-fn on_network(id: &str, task_type: &str, egress: Option<u64>, own_netns: bool) -> Register {
+fn on_network(id: &str, task_type: &str, ask: Option<(Way, u64)>, own_netns: bool) -> Register {
     let mut annotations =
         BTreeMap::from([(annotations::TASK_TYPE.to_owned(), task_type.to_owned())]);
-    if let Some(e) = egress {
-        annotations.insert(annotations::EGRESS.to_owned(), e.to_string());
+    if let Some((way, rate)) = ask {
+        annotations.insert(way.annotation().to_owned(), rate.to_string());
     }
     Register {
         container_id: id.to_owned(),
@@ -158,15 +235,12 @@ fn on_network(id: &str, task_type: &str, egress: Option<u64>, own_netns: bool) -
         adopt: None,
         parents: Vec::new(),
         own_netns: Some(own_netns),
-        net_ingress: None,
+        net_ingress: Some(true),
     }
 }
 
 fn egress_of(r: &Registered) -> Option<u64> {
-    r.directives.iter().find_map(|d| match d.action {
-        Action::SetNetEgress { rate_bytes_per_sec } => rate_bytes_per_sec,
-        _ => None,
-    })
+    Way::Egress.share(r)
 }
 
 fn finish(c: &mut Client, id: &str) {
@@ -180,6 +254,17 @@ fn finish(c: &mut Client, id: &str) {
 
 #[test]
 fn finished_runs_that_sent_two_megabytes_a_second_set_the_next_runs_share() {
+    learned_share(Way::Egress);
+}
+
+#[test]
+fn finished_runs_that_received_two_megabytes_a_second_set_the_next_runs_ingress_share() {
+    learned_share(Way::Ingress);
+}
+
+/// Eight finished runs that moved about 2 MB/s `way` give the next Register of their type a share near it.
+fn learned_share(way: Way) {
+    let budget = way.budget();
     let dir = tempfile::Builder::new()
         .prefix("pd")
         .tempdir_in("/tmp")
@@ -191,7 +276,7 @@ fn finished_runs_that_sent_two_megabytes_a_second_set_the_next_runs_share() {
     let other = c
         .register(&register("other", "other-type", None))
         .expect("register other");
-    assert_eq!(egress_of(&other), Some(BUDGET));
+    assert_eq!(way.share(&other), Some(budget));
 
     // History: eight runs of "uploader" that sent about 2 MB/s (±4%). The first three are cold: each gets the
     // equal split (the broker learns from the third on, as the retrain thread gets to it).
@@ -204,12 +289,12 @@ fn finished_runs_that_sent_two_megabytes_a_second_set_the_next_runs_share() {
             assert!(r.cold_start, "{r:?}");
         }
         if r.cold_start {
-            assert_eq!(egress_of(&r), Some(BUDGET / 2), "cold: the equal split");
+            assert_eq!(way.share(&r), Some(budget / 2), "cold: the equal split");
         }
         let rate = RATE * (0.96 + 0.02 * f64::from(i % 5));
         c.report(&Report {
             container_id: id.clone(),
-            samples: sending(rate),
+            samples: way.samples(rate),
             ..Report::default()
         })
         .expect("report");
@@ -218,14 +303,14 @@ fn finished_runs_that_sent_two_megabytes_a_second_set_the_next_runs_share() {
 
     // The retrain thread learns the type; a probe that is still cold is finished (it reported no egress: it
     // does not count for the network model).
-    let live = b.wait_for("a warm prediction with an egress estimate", || {
+    let live = b.wait_for("a warm prediction with an estimate of that way", || {
         let r = c
             .register(&register("up-live", "uploader", None))
             .expect("register");
         let learned = r
             .prediction
             .as_ref()
-            .is_some_and(|p| p.runs >= 8 && p.net_tx_bytes_per_s.kind.is_some());
+            .is_some_and(|p| p.runs >= 8 && way.estimate(p).kind.is_some());
         if learned {
             Some(r)
         } else {
@@ -234,15 +319,16 @@ fn finished_runs_that_sent_two_megabytes_a_second_set_the_next_runs_share() {
         }
     });
     let p = live.prediction.as_ref().expect("prediction");
-    let e = p.net_tx_bytes_per_s;
+    let e = way.estimate(p);
     assert!(e.point <= e.upper, "the estimate's bounds: {e:?}");
     assert!((e.point / RATE - 1.0).abs() < 0.05, "near 2 MB/s: {e:?}");
-    let share = egress_of(&live).expect("an egress directive for the learned type");
+    let share = way.share(&live).expect("a directive for the learned type");
     assert!(
         (RATE as u64..=(RATE * 1.5) as u64).contains(&share),
-        "the learned share {share} B/s is near 2 MB/s (its upper bound {}), not the equal split {}",
+        "the learned {} share {share} B/s is near 2 MB/s (its upper bound {}), not the equal split {}",
+        way.name(),
         e.upper,
-        BUDGET / 2
+        budget / 2
     );
     assert_eq!(
         share, e.upper as u64,
@@ -255,9 +341,8 @@ fn finished_runs_that_sent_two_megabytes_a_second_set_the_next_runs_share() {
         .tasks
         .iter()
         .find(|t| t.container_id == "other")
-        .and_then(|t| t.net.as_ref())
-        .map(|n| n.limit_bytes_per_sec);
-    assert_eq!(other_limit, Some(BUDGET - share));
+        .and_then(|t| way.limit(t));
+    assert_eq!(other_limit, Some(budget - share));
 
     // `predictivectl explain` says the share came from the prediction.
     let sock = b.socket().display().to_string();
@@ -274,7 +359,7 @@ fn finished_runs_that_sent_two_megabytes_a_second_set_the_next_runs_share() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("predicted egress of its type"),
+        text.contains(&format!("predicted {} of its type", way.name())),
         "explain names the source: {text}"
     );
     let decisions = c
@@ -287,21 +372,25 @@ fn finished_runs_that_sent_two_megabytes_a_second_set_the_next_runs_share() {
         decisions
             .decisions
             .iter()
-            .any(|d| d.resource == "net" && d.new_value == Some(share as f64)),
+            .any(|d| d.resource == way.resource() && d.new_value == Some(share as f64)),
         "{:?}",
         decisions.decisions
     );
 
     // The annotation wins over the learned rate.
     let annotated = c
-        .register(&register("up-annotated", "uploader", Some(7_000_000)))
+        .register(&register(
+            "up-annotated",
+            "uploader",
+            Some((way, 7_000_000)),
+        ))
         .expect("register annotated");
-    assert_eq!(egress_of(&annotated), Some(7_000_000));
+    assert_eq!(way.share(&annotated), Some(7_000_000));
 }
 
-/// A task on the host's network reads the host's counters: its runs teach its type no egress.
+/// A task on the host's network reads the host's counters: its runs teach its type no egress and no ingress.
 #[test]
-fn runs_on_the_host_network_teach_no_egress() {
+fn runs_on_the_host_network_teach_no_network_rate() {
     let dir = tempfile::Builder::new()
         .prefix("pd")
         .tempdir_in("/tmp")
@@ -316,7 +405,7 @@ fn runs_on_the_host_network_teach_no_egress() {
         assert_eq!(egress_of(&r), None, "no share on the host's network");
         c.report(&Report {
             container_id: id.clone(),
-            samples: sending(RATE),
+            samples: traffic(RATE, RATE),
             ..Report::default()
         })
         .expect("report");
@@ -333,6 +422,11 @@ fn runs_on_the_host_network_teach_no_egress() {
         p.net_tx_bytes_per_s.kind, None,
         "{:?}",
         p.net_tx_bytes_per_s
+    );
+    assert_eq!(
+        p.net_rx_bytes_per_s.kind, None,
+        "{:?}",
+        p.net_rx_bytes_per_s
     );
     assert!(
         p.memory_bytes.kind.is_some(),
