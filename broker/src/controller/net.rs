@@ -7,9 +7,10 @@
 //! for ingress (rx counters, the annotation `io.predictive.ingress-bytes-per-sec`).
 //!
 //! Rules:
-//! - **Shares** (at every Register and Finish): a task with `io.predictive.egress-bytes-per-sec` gets what it
-//!   asked. A task without one whose type has a warm prediction with a network estimate (runs that measured
-//!   egress; see `predictor::model`) asks its type's predicted egress: the `upper` bound of the mean tx rate's
+//! - **Shares** (at every Register and Finish): a task with `io.predictive.egress-bytes-per-sec` (ingress:
+//!   `io.predictive.ingress-bytes-per-sec`) gets what it asked. A task without one whose type has a warm prediction
+//!   with an estimate in the shaper's direction (runs that measured it; see `predictor::model`) asks its type's
+//!   predicted rate, egress from the mean tx rate, ingress from the mean rx rate: the `upper` bound of its
 //!   interval (not the one-sided `limit` memory takes: a limit set too low only slows a sender, which can still
 //!   borrow), clamped to `[min_bytes_per_sec, budget]` ([`NetAsk::of`]). The tasks with neither share what is left
 //!   equally, and never less than `min_bytes_per_sec` each. When the annotations exceed what is left after the
@@ -26,11 +27,10 @@
 //! Tasks sharing the host's network namespace (Register `own_netns: false`) are left out: a limit there would
 //! shape the whole host. Ingress directives go only to shims that apply them (Register `net_ingress`). Tasks in
 //! mode observe get directives marked `applied: false` and neither lend nor borrow. Limits: the budgets are the
-//! operator's figures, not measured from the NIC; only egress is learned (an ingress share comes from the
-//! annotation or an equal part); ingress is shaped after the host received the packets (see
-//! `runtime_hooks::net`). A learned share feeds back on itself: a run shaped at its share sends at most that (plus
-//! what it borrows), so a type learns no more than it was given plus the interval's headroom; lending is what lets
-//! it grow.
+//! operator's figures, not measured from the NIC; ingress is shaped after the host received the packets (see
+//! `runtime_hooks::net`). A learned share feeds back on itself: a run shaped at its share sends (receives) at most
+//! that plus what it borrows, so a type learns no more than it was given plus the interval's headroom; lending is
+//! what lets it grow.
 
 use std::collections::BTreeMap;
 
