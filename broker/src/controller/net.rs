@@ -722,14 +722,19 @@ mod tests {
         p
     }
 
+    /// A configuration with an egress (link) and an ingress budget.
+    fn budgets(link: u64, ingress: u64) -> NetConfig {
+        NetConfig {
+            link_budget_bytes_per_sec: Some(link),
+            ingress_budget_bytes_per_sec: Some(ingress),
+            ..NetConfig::default()
+        }
+    }
+
     /// The ingress shaper asks the type's predicted ingress (rx), not its egress; the annotation wins over it.
     #[test]
     fn a_predicted_ingress_ask_sets_the_ingress_share_and_the_annotation_wins_over_it() {
-        let cfg = NetConfig {
-            link_budget_bytes_per_sec: Some(10 * MB),
-            ingress_budget_bytes_per_sec: Some(4 * MB),
-            ..NetConfig::default()
-        };
+        let cfg = budgets(10 * MB, 4 * MB);
         let mut s = NetShaper::ingress(cfg.clone());
         let egress = NetShaper::new(cfg);
         // A type that received about 1 MB/s (and whose egress was never measured) asks 1.2 MB/s of ingress.
@@ -870,11 +875,7 @@ mod tests {
     /// an egress budget it emits nothing.
     #[test]
     fn ingress_shares_its_own_budget_by_the_same_rules() {
-        let cfg = NetConfig {
-            link_budget_bytes_per_sec: Some(10 * MB),
-            ingress_budget_bytes_per_sec: Some(2 * MB),
-            ..NetConfig::default()
-        };
+        let cfg = budgets(10 * MB, 2 * MB);
         let mut s = NetShaper::ingress(cfg.clone());
         assert_eq!(s.direction(), Direction::Ingress);
         let ds = s.register("a", Some(MB), Mode::Enforce, true);
