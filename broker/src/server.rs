@@ -503,18 +503,13 @@ fn rates(
     let io =
         |x: &runtime_hooks::Sample| x.io.read_bytes.unwrap_or(0) + x.io.write_bytes.unwrap_or(0);
     let mem = s.memory.usage_bytes.unwrap_or(0);
-    let net_tx = match (&prev.net, &s.net) {
-        (Some(a), Some(b)) => {
-            Some(b.tx_bytes.saturating_sub(a.tx_bytes) as f64 * 1e9 / dt_ns as f64)
-        }
-        _ => None,
+    // Bytes/s of one network counter between the two samples (None when either lacks the counters).
+    let net_rate = |bytes: fn(&runtime_hooks::NetDevTotals) -> u64| {
+        let (a, b) = (prev.net.as_ref()?, s.net.as_ref()?);
+        Some(bytes(b).saturating_sub(bytes(a)) as f64 * 1e9 / dt_ns as f64)
     };
-    let net_rx = match (&prev.net, &s.net) {
-        (Some(a), Some(b)) => {
-            Some(b.rx_bytes.saturating_sub(a.rx_bytes) as f64 * 1e9 / dt_ns as f64)
-        }
-        _ => None,
-    };
+    let net_tx = net_rate(|n| n.tx_bytes);
+    let net_rx = net_rate(|n| n.rx_bytes);
     let usage = Usage {
         at_ms: s.unix_ns / 1_000_000,
         cpu_cores: cpu,
