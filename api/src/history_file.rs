@@ -1,7 +1,11 @@
 //! The run-history export file: what `predictivectl export` writes and `predictived --import` (the broker's
 //! `transfer` module) reads — one JSON object,
-//! `{"format":"predictive-history","version":1,"node_id":"<16 hex>","exported_at_ms":..,"runs":[ExportedRun..]}`.
+//! `{"format":"predictive-history","version":2,"node_id":"<16 hex>","exported_at_ms":..,"runs":[ExportedRun..]}`.
 //! The file's checks on import (sizes, ranges, task keys) live with the reader, in the broker.
+//!
+//! Versions: 1 has no network rates; 2 adds a run's optional `net` object. A writer says 2 only when some run
+//! carries `net` ([`version_for`]), so a file without network rates stays readable by a node that reads only
+//! version 1 (a cluster part-way through an upgrade).
 
 use std::io::Write;
 use std::path::Path;
@@ -12,8 +16,20 @@ use crate::wire::ExportedRun;
 
 /// The `format` field of an export file.
 pub const FORMAT: &str = "predictive-history";
-/// The file version this build writes and reads.
-pub const FILE_VERSION: u64 = 1;
+/// The newest file version this build writes and reads.
+pub const FILE_VERSION: u64 = 2;
+/// The oldest file version this build reads.
+pub const OLDEST_FILE_VERSION: u64 = 1;
+
+/// The version a file holding `runs` is written as: [`FILE_VERSION`] when a run carries network rates, else 1,
+/// which an older reader accepts.
+pub fn version_for(runs: &[ExportedRun]) -> u64 {
+    if runs.iter().any(|r| r.net.is_some()) {
+        FILE_VERSION
+    } else {
+        OLDEST_FILE_VERSION
+    }
+}
 
 /// An export file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,7 +37,7 @@ pub const FILE_VERSION: u64 = 1;
 pub struct HistoryFile {
     /// [`FORMAT`].
     pub format: String,
-    /// [`FILE_VERSION`].
+    /// [`version_for`] its runs.
     pub version: u64,
     /// The exporting broker's node id (16 hex digits).
     pub node_id: String,

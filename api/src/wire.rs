@@ -208,6 +208,11 @@ pub struct ExportQuery {
     /// At most this many runs in the reply (default and most: [`MAX_EXPORT_PAGE`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// Include each run's network rates ([`ExportedRun::net`]). A caller that does not ask (an older
+    /// `predictivectl`, whose reader refuses fields it does not know) gets runs without them; an older broker
+    /// ignores the field and sends none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub with_network: Option<bool>,
 }
 
 /// A run as it travels between nodes: identity, task type, what was known at start (the command is left out: it
@@ -270,6 +275,29 @@ pub struct ExportedRun {
     /// Lifetime profile (20 buckets per series, each a share of the run's peak), when the run had samples.
     #[serde(default)]
     pub profile: Option<ExportedProfile>,
+    /// Network rates, when the run had its own network namespace and reported counters (export file version 2;
+    /// absent in version 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<ExportedNet>,
+}
+
+/// A run's network rates in an export, bytes/s: the mean over its life and the highest between two samples,
+/// each way. A direction the run did not measure is absent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedNet {
+    /// Mean egress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_bytes_per_s: Option<f64>,
+    /// Peak egress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_peak_bytes_per_s: Option<f64>,
+    /// Mean ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_bytes_per_s: Option<f64>,
+    /// Peak ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_peak_bytes_per_s: Option<f64>,
 }
 
 /// A run's lifetime profile in an export.

@@ -2,9 +2,12 @@
 //! (`predictivectl export`, from [`export_page`] over the socket) and merged into another broker's store
 //! (`predictived --import FILE`, `[import] files`, or a watched directory `[import] dir`).
 //!
-//! The file (format [`FORMAT`], version [`FILE_VERSION`], defined in `predictive_api::history_file`) is one JSON object:
-//! `{"format":"predictive-history","version":1,"node_id":"<16 hex>","exported_at_ms":..,"runs":[ExportedRun..]}`
-//! ([`crate::api::ExportedRun`]: identity, task type, what was known at start without the command, outcome, profile).
+//! The file (format [`FORMAT`], versions [`OLDEST_FILE_VERSION`] to [`FILE_VERSION`], defined in
+//! `predictive_api::history_file`) is one JSON object:
+//! `{"format":"predictive-history","version":2,"node_id":"<16 hex>","exported_at_ms":..,"runs":[ExportedRun..]}`
+//! ([`crate::api::ExportedRun`]: identity, task type, what was known at start without the command, outcome, profile,
+//! and from version 2 the network rates). A file without network rates is written as version 1, which a node that
+//! reads only version 1 accepts.
 //!
 //! Merge semantics: a run is identified by (node id of the broker that recorded it, its run id there); a run already
 //! imported, or one that originated on the importing node, is skipped ([`predictor::Store::import_runs`]), so
@@ -17,8 +20,8 @@
 //! as a `history` request's is; one bad run rejects the whole file (nothing is written) with an error naming the file
 //! (escaped), the run's index and the field. Values in range are trusted: import only files from your own nodes.
 //!
-//! Limit: a run's network egress and ingress are not exported (version 1 has no field for them and an older node
-//! refuses unknown fields), so an imported type's network rates are learned from its local runs only.
+//! A run's network rates (mean and peak egress and ingress) travel in its `net` object, sent in an `export` reply
+//! only when the caller asks (`with_network`: an older `predictivectl` refuses fields it does not know).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -28,12 +31,12 @@ use predictor::{PortableRun, Predictor, Profile, RunMetadata, RunOutcome, RunSum
 use serde::Deserialize;
 
 use crate::api::{
-    self, ErrorCode, ErrorReply, ExportCursor, ExportPage, ExportQuery, ExportedProfile,
-    ExportedRun,
+    self, ErrorCode, ErrorReply, ExportCursor, ExportPage, ExportQuery, ExportedNet,
+    ExportedProfile, ExportedRun,
 };
 use crate::validate::{self, MAX_BYTES, MAX_CORES, MAX_KEY, MAX_PATH};
 
-pub use predictive_api::history_file::{FILE_VERSION, FORMAT, HistoryFile};
+pub use predictive_api::history_file::{FILE_VERSION, FORMAT, HistoryFile, OLDEST_FILE_VERSION};
 
 /// Default bound on an import file's size, bytes.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 << 20;
@@ -44,6 +47,8 @@ pub const MAX_FILE_RUNS: usize = 1_000_000;
 pub const MAX_FUTURE_MS: u64 = 3_600_000;
 /// Longest run accepted, seconds (10 years).
 pub const MAX_DURATION_S: f64 = 10.0 * 365.0 * 86_400.0;
+/// Highest network rate accepted, bytes/s (10x the highest limit the broker sets).
+pub const MAX_NET_RATE: f64 = 1e12;
 
 /// Why an import failed; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -132,8 +137,16 @@ fn parse_node(field: &str, s: &str) -> Result<u64, String> {
     }
 }
 
-fn to_exported(node: &str, p: PortableRun) -> ExportedRun {
+fn to_exported(node: &str, p: PortableRun, with_network: bool) -> ExportedRun {
     let r = p.run;
+    let o = &r.outcome;
+    let net = ExportedNet {
+        tx_bytes_per_s: o.net_tx_bytes_per_s,
+        tx_peak_bytes_per_s: o.net_tx_peak_bytes_per_s,
+        rx_bytes_per_s: o.net_rx_bytes_per_s,
+        rx_peak_bytes_per_s: o.net_rx_peak_bytes_per_s,
+    };
+    let net = (with_network && net != ExportedNet::default()).then_some(net);
     ExportedRun {
         node: if p.origin_node == 0 {
             node.to_owned()
@@ -163,12 +176,34 @@ fn to_exported(node: &str, p: PortableRun) -> ExportedRun {
             memory: p.memory,
             io: p.io,
         }),
+        net,
     }
+}
+
+/// Checks a run's network rates: each finite, at least 0 and at most [`MAX_NET_RATE`].
+fn check_net(net: Option<&ExportedNet>) -> Result<ExportedNet, String> {
+    let Some(n) = net else {
+        return Ok(ExportedNet::default());
+    };
+    for (field, v) in [
+        ("net.tx_bytes_per_s", n.tx_bytes_per_s),
+        ("net.tx_peak_bytes_per_s", n.tx_peak_bytes_per_s),
+        ("net.rx_bytes_per_s", n.rx_bytes_per_s),
+        ("net.rx_peak_bytes_per_s", n.rx_peak_bytes_per_s),
+    ] {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && (0.0..=MAX_NET_RATE).contains(v))) {
+            return Err(format!(
+                "field `{field}` is {v}; a rate in [0, {MAX_NET_RATE}] bytes/s is expected"
+            ));
+        }
+    }
+    Ok(n.clone())
 }
 
 /// Checks one run of a file and turns it into the store's shape. The error names the field.
 fn from_exported(e: &ExportedRun, now_ms: u64) -> Result<PortableRun, String> {
     let origin_node = parse_node("node", &e.node)?;
+    let net = check_net(e.net.as_ref())?;
     validate::name("task_key", &e.task_key, MAX_KEY).map_err(|r| r.message)?;
     validate::optional_text("image", &e.image, MAX_PATH).map_err(|r| r.message)?;
     validate::cores("requested_cpu_cores", e.requested_cpu_cores).map_err(|r| r.message)?;
@@ -246,12 +281,10 @@ fn from_exported(e: &ExportedRun, now_ms: u64) -> Result<PortableRun, String> {
                 exit_code: e.exit_code,
                 oom_killed: e.oom_killed,
                 throttled_s: e.throttled_s,
-                // The network rates do not travel yet: file version 1 has no field for them (an older node would
-                // refuse one).
-                net_tx_bytes_per_s: None,
-                net_tx_peak_bytes_per_s: None,
-                net_rx_bytes_per_s: None,
-                net_rx_peak_bytes_per_s: None,
+                net_tx_bytes_per_s: net.tx_bytes_per_s,
+                net_tx_peak_bytes_per_s: net.tx_peak_bytes_per_s,
+                net_rx_bytes_per_s: net.rx_bytes_per_s,
+                net_rx_peak_bytes_per_s: net.rx_peak_bytes_per_s,
             },
             profile: e.profile.as_ref().map(|p| Profile {
                 cpu: p.cpu.clone(),
@@ -294,7 +327,7 @@ pub fn export_page(p: &Predictor, q: &ExportQuery) -> Result<ExportPage, ErrorRe
             task_key: r.run.task_key.as_str().to_owned(),
             run_id: r.run.run_id,
         };
-        let e = to_exported(&node, r);
+        let e = to_exported(&node, r, q.with_network == Some(true));
         bytes += serde_json::to_vec(&e).map_or(0, |v| v.len());
         if bytes > api::EXPORT_PAGE_BYTES && !out.is_empty() {
             // The rest goes on the next page, which starts after the last run sent.
@@ -348,10 +381,10 @@ pub fn parse(bytes: &[u8], path: &str, now_ms: u64) -> Result<Vec<PortableRun>, 
         }
     }
     match h.version.as_ref().and_then(|v| v.as_u64()) {
-        Some(FILE_VERSION) => {}
+        Some(OLDEST_FILE_VERSION..=FILE_VERSION) => {}
         _ => {
             return Err(invalid(format!(
-                "field `version` is {}; this build reads version {FILE_VERSION}",
+                "field `version` is {}; this build reads versions {OLDEST_FILE_VERSION} to {FILE_VERSION}",
                 h.version.map_or("missing".to_owned(), |v| validate::shown(
                     &v.to_string(),
                     64
@@ -555,6 +588,25 @@ mod tests {
         assert_eq!((runs[0].origin_node, runs[0].origin_run), (0xbb, 7));
         assert_eq!(runs[0].run.task_key.as_str(), "etl");
         assert!(runs[0].run.meta.command.is_empty());
+        assert_eq!(
+            runs[0].run.outcome.net_tx_bytes_per_s, None,
+            "version 1: none"
+        );
+
+        let mut with_net = run_json("00000000000000bb", 8, "upload");
+        with_net["net"] = serde_json::json!({"tx_bytes_per_s": 2e6, "tx_peak_bytes_per_s": 3e6});
+        let mut v = file(vec![with_net]);
+        v["version"] = serde_json::json!(2);
+        let runs = parse(v.to_string().as_bytes(), "f.json", 10_000).expect("valid");
+        let o = &runs[0].run.outcome;
+        assert_eq!(
+            (
+                o.net_tx_bytes_per_s,
+                o.net_tx_peak_bytes_per_s,
+                o.net_rx_bytes_per_s
+            ),
+            (Some(2e6), Some(3e6), None)
+        );
     }
 
     #[test]
@@ -567,13 +619,28 @@ mod tests {
         short_profile["profile"] = serde_json::json!({"cpu": [0.5], "memory": [0.5], "io": [0.5]});
         let mut extra = run_json("00000000000000bb", 1, "etl");
         extra["surprise"] = serde_json::json!(1);
-        let mut v2 = file(vec![]);
-        v2["version"] = serde_json::json!(2);
-        v2["new_field"] = serde_json::json!(true);
+        let mut v3 = file(vec![]);
+        v3["version"] = serde_json::json!(FILE_VERSION + 1);
+        v3["new_field"] = serde_json::json!(true);
+        let mut bad_rate = run_json("00000000000000bb", 1, "etl");
+        bad_rate["net"] = serde_json::json!({"tx_bytes_per_s": 1e13});
+        let mut negative_rate = run_json("00000000000000bb", 1, "etl");
+        negative_rate["net"] = serde_json::json!({"rx_peak_bytes_per_s": -5.0});
+        let mut odd_net = run_json("00000000000000bb", 1, "etl");
+        odd_net["net"] = serde_json::json!({"tx": 5.0});
         let mut wrong = file(vec![]);
         wrong["format"] = serde_json::json!("something-else");
         for (v, expect) in [
-            (v2, "this build reads version 1"),
+            (v3, "this build reads versions 1 to 2"),
+            (
+                file(vec![bad_rate]),
+                "field `net.tx_bytes_per_s` is 10000000000000",
+            ),
+            (
+                file(vec![negative_rate]),
+                "field `net.rx_peak_bytes_per_s` is -5",
+            ),
+            (file(vec![odd_net]), "unknown field `tx`"),
             (wrong, "field `format`"),
             (
                 file(vec![run_json("zz", 1, "etl")]),

@@ -2,7 +2,8 @@
 //! dir, a fake shim's Register / Report / Finish over the socket. Finished runs of a type that reported about
 //! 2 MB/s of tx (rx) give the next Register of that type an egress (ingress) share near 2 MB/s, not the equal
 //! split of the link (ingress) budget; the annotation still wins; `predictivectl explain` says where the share
-//! came from. Every wait is a poll with a generous bound, never a fixed sleep that a slow machine could miss.
+//! came from; an export file carries the rates to a second broker, whose first run of the type gets the same
+//! share. Every wait is a poll with a generous bound, never a fixed sleep that a slow machine could miss.
 
 mod common;
 use common::predictivectl;
@@ -105,6 +106,11 @@ struct Broker {
 
 impl Broker {
     fn start(dir: &Path) -> Broker {
+        Broker::start_with(dir, &[])
+    }
+
+    /// Starts a broker with extra command-line arguments (`--import FILE`).
+    fn start_with(dir: &Path, args: &[&str]) -> Broker {
         std::fs::write(
             dir.join("predictived.toml"),
             format!(
@@ -127,6 +133,7 @@ impl Broker {
             .arg(dir.join("state"))
             .arg("--socket")
             .arg(dir.join("run/broker.sock"))
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -386,6 +393,61 @@ fn learned_share(way: Way) {
         ))
         .expect("register annotated");
     assert_eq!(way.share(&annotated), Some(7_000_000));
+
+    travels_to_another_node(&b, way, e);
+}
+
+/// The type's network rates travel in an export file: a second broker started with `--import` of it, which never
+/// ran the type, gives its first run the same estimate and a share near the rate, not the equal split.
+fn travels_to_another_node(a: &Broker, way: Way, learned: Estimate) {
+    let file = a.dir.join("history.json");
+    let out = predictivectl(vec![
+        "--socket".to_owned(),
+        a.socket().display().to_string(),
+        "export".to_owned(),
+        "-o".to_owned(),
+        file.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "export: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&file).expect("the export file");
+    assert!(
+        text.contains("\"version\":2"),
+        "a file with network rates is version 2: {}",
+        &text[..text.len().min(200)]
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("pd")
+        .tempdir_in("/tmp")
+        .expect("tempdir in /tmp");
+    let b = Broker::start_with(
+        dir.path(),
+        &["--import", file.to_str().expect("utf-8 path")],
+    );
+    let mut c = b.client();
+    c.register(&register("b-other", "other-type", None))
+        .expect("register other");
+    let first = c
+        .register(&register("b-up", "uploader", None))
+        .expect("register on node B");
+    assert!(!first.cold_start, "node B predicts the imported type");
+    let p = first.prediction.as_ref().expect("prediction");
+    let e = way.estimate(p);
+    assert!(
+        e.kind.is_some() && (e.point / learned.point - 1.0).abs() < 0.05,
+        "node B's {} estimate {e:?} is node A's {learned:?}",
+        way.name()
+    );
+    let share = way.share(&first).expect("a directive on node B");
+    assert!(
+        (RATE as u64..=(RATE * 1.5) as u64).contains(&share),
+        "node B's first {} share {share} B/s is near 2 MB/s, not the equal split {}",
+        way.name(),
+        way.budget() / 2
+    );
 }
 
 /// A task on the host's network reads the host's counters: its runs teach its type no egress and no ingress.

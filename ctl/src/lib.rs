@@ -163,6 +163,7 @@ fn export(c: &mut Client, newest_per_type: usize) -> Result<HistoryFile, CtlErro
             after: after.take(),
             newest_per_type: Some(newest_per_type),
             limit: None,
+            with_network: Some(true),
         })) {
             Ok(Response::Export(p)) => p,
             Ok(_) => {
@@ -182,7 +183,7 @@ fn export(c: &mut Client, newest_per_type: usize) -> Result<HistoryFile, CtlErro
     }
     Ok(HistoryFile {
         format: history_file::FORMAT.to_owned(),
-        version: history_file::FILE_VERSION,
+        version: history_file::version_for(&runs),
         node_id,
         exported_at_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
