@@ -9,10 +9,13 @@
 //!
 //! `cargo bench -p broker --bench daemon` (part of `make bench`). Prints figures; never fails on a slow machine.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{Daemon, now_ms, short_tempdir};
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use broker::annotations;
 use broker::api::{Finish, Register, Report};
@@ -27,13 +30,6 @@ const TYPES: usize = 20;
 const REGISTERS: usize = 2000;
 const CONTAINERS: usize = 100;
 const WINDOW: Duration = Duration::from_secs(30);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Ten finished runs of each of [`TYPES`] task types, then a retrain: every Register below is warm.
 fn seed(state: &Path) {
@@ -71,73 +67,15 @@ fn seed(state: &Path) {
     p.retrain(now).expect("retrain");
 }
 
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Daemon {
-    fn socket(&self) -> PathBuf {
-        self.dir.join("broker.sock")
-    }
-
-    fn start(dir: &Path) -> Daemon {
-        std::fs::write(
-            dir.join("predictived.toml"),
-            "tick_ms = 1000\nhost_cpu_cores = 64.0\nhost_memory_bytes = 274877906944\n\
-             [retrain]\nmin_runs = 3\n",
-        )
-        .expect("config");
-        let child = Command::new(env!("CARGO_BIN_EXE_predictived"))
-            .arg("--config")
-            .arg(dir.join("predictived.toml"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--socket")
-            .arg(dir.join("broker.sock"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(dir.join("predictived.log"))
-                    .map(Stdio::from)
-                    .unwrap_or_else(|_| Stdio::null()),
-            )
-            .spawn()
-            .expect("spawn predictived");
-        let d = Daemon {
-            child,
-            dir: dir.to_owned(),
-        };
-        let until = Instant::now() + Duration::from_secs(20);
-        while Client::new(d.socket(), Duration::from_secs(1))
-            .status()
-            .is_err()
-        {
-            assert!(Instant::now() < until, "predictived did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        d
-    }
-
-    /// utime + stime of the daemon, seconds.
-    fn cpu_s(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .expect("daemon stat");
-        let after = &stat[stat.rfind(')').expect("stat comm") + 2..];
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks: f64 =
-            f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime");
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        ticks / hz
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// utime + stime of the daemon, seconds.
+fn cpu_s(d: &Daemon) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", d.pid())).expect("daemon stat");
+    let after = &stat[stat.rfind(')').expect("stat comm") + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz
 }
 
 fn register(id: &str, t: usize) -> Register {
@@ -197,12 +135,12 @@ fn main() {
     {
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("pdb")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
+    let dir = short_tempdir();
     seed(&dir.path().join("state"));
-    let d = Daemon::start(dir.path());
+    let d = Daemon::start(
+        dir.path(),
+        "tick_ms = 1000\nhost_cpu_cores = 64.0\nhost_memory_bytes = 274877906944\n[retrain]\nmin_runs = 3\n",
+    );
 
     // 1. Create-time cost.
     let mut c = Client::new(d.socket(), Duration::from_secs(5));
@@ -240,9 +178,9 @@ fn main() {
 
     // 2. CPU: idle window, then 100 containers reporting every second.
     std::thread::sleep(Duration::from_secs(2));
-    let idle0 = d.cpu_s();
+    let idle0 = cpu_s(&d);
     std::thread::sleep(WINDOW);
-    let idle = d.cpu_s() - idle0;
+    let idle = cpu_s(&d) - idle0;
 
     let t0 = Instant::now();
     let mut clients: Vec<(String, Client)> = (0..CONTAINERS)
@@ -270,7 +208,7 @@ fn main() {
     };
     report(&mut clients);
     std::thread::sleep(Duration::from_secs(1));
-    let busy0 = d.cpu_s();
+    let busy0 = cpu_s(&d);
     let start = Instant::now();
     let mut next = start;
     while start.elapsed() < WINDOW {
@@ -280,9 +218,9 @@ fn main() {
             std::thread::sleep(wait);
         }
     }
-    let busy = d.cpu_s() - busy0;
+    let busy = cpu_s(&d) - busy0;
     if let Ok(keep) = std::env::var("PREDICTIVE_BENCH_KEEP_LOG") {
-        let _ = std::fs::copy(dir.path().join("predictived.log"), keep);
+        let _ = std::fs::copy(dir.path().join("stderr.log"), keep);
     }
     let secs = start.elapsed().as_secs_f64();
     println!(

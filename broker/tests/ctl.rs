@@ -3,14 +3,14 @@
 //! through `broker::client::Client`, then the CLI's commands run as the real binary. Runs as root and non-root.
 
 mod common;
-use common::predictivectl;
+use common::{Daemon, now_ms, predictivectl, short_tempdir};
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Output;
+use std::time::{Duration, Instant};
 
 use broker::api::{HistoryQuery, Register, Report, Request, Response};
 use broker::client::Client;
@@ -22,35 +22,9 @@ use runtime_hooks::{CpuSample, MemorySample};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    fn socket(&self) -> PathBuf {
-        self.dir.join("broker.sock")
-    }
-    fn metrics(&self) -> PathBuf {
-        self.dir.join("metrics.sock")
-    }
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// The metrics endpoint's socket.
+fn metrics(d: &Daemon) -> PathBuf {
+    d.dir.join("metrics.sock")
 }
 
 /// Eight finished runs of `etl` (20 s, ~0.5 cores, ~100 MiB), the last with samples.
@@ -103,47 +77,17 @@ fn seed(state: &Path) {
 }
 
 fn start() -> (tempfile::TempDir, Daemon) {
-    // Under /tmp: a socket path must fit in 108 bytes whatever TMPDIR is.
-    let dir = tempfile::Builder::new()
-        .prefix("pctl")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
+    let dir = short_tempdir();
     let d = dir.path().to_owned();
     seed(&d.join("state"));
-    std::fs::write(
-        d.join("predictived.toml"),
-        format!(
-            "tick_ms = 50\nretrain_check_ms = 60000\nhost_cpu_cores = 2.0\nhost_memory_bytes = 4294967296\n\
-             cgroup = \"v2\"\n[retrain]\nmin_runs = 3\n[metrics]\nlisten = \"{}\"\n",
-            d.join("metrics.sock").display()
-        ),
-    )
-    .expect("config");
-    let log = std::fs::File::create(d.join("stderr.log")).expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_predictived"))
-        .arg("--config")
-        .arg(d.join("predictived.toml"))
-        .arg("--state-dir")
-        .arg(d.join("state"))
-        .arg("--socket")
-        .arg(d.join("broker.sock"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn predictived");
-    let daemon = Daemon { child, dir: d };
-    let until = Instant::now() + WAIT;
-    while Client::new(daemon.socket(), Duration::from_secs(2))
-        .status()
-        .is_err()
-    {
-        assert!(
-            Instant::now() < until,
-            "predictived did not serve: {}",
-            daemon.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let config = format!(
+        "tick_ms = 50\nretrain_check_ms = 60000\nhost_cpu_cores = 2.0\nhost_memory_bytes = 4294967296\n\
+         cgroup = \"v2\"\n[retrain]\nmin_runs = 3\n[metrics]\nlisten = \"{}\"\n",
+        d.join("metrics.sock").display()
+    );
+    let daemon = Daemon::start_with(&d, &config, &[], |c| {
+        c.env_remove("RUST_LOG");
+    });
     (dir, daemon)
 }
 
@@ -433,11 +377,11 @@ fn metrics_endpoint_serves_named_series() {
     let (_dir, d) = start();
     populate(&d);
     let until = Instant::now() + WAIT;
-    while !d.metrics().exists() {
+    while !metrics(&d).exists() {
         assert!(Instant::now() < until, "no metrics socket: {}", d.stderr());
         std::thread::sleep(Duration::from_millis(20));
     }
-    let r = scrape(&d.metrics(), "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let r = scrape(&metrics(&d), "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
     let (head, body) = r.split_once("\r\n\r\n").expect("HTTP reply");
     assert!(head.starts_with("HTTP/1.0 200 OK"), "{head}");
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
@@ -465,8 +409,8 @@ fn metrics_endpoint_serves_named_series() {
         !body.contains("predictive_task_cpu_predicted_cores{container=\"c2\""),
         "a cold start has no prediction bounds"
     );
-    let r = scrape(&d.metrics(), "GET /other HTTP/1.0\r\n\r\n");
+    let r = scrape(&metrics(&d), "GET /other HTTP/1.0\r\n\r\n");
     assert!(r.starts_with("HTTP/1.0 404"), "{r}");
-    let r = scrape(&d.metrics(), "POST /metrics HTTP/1.0\r\n\r\n");
+    let r = scrape(&metrics(&d), "POST /metrics HTTP/1.0\r\n\r\n");
     assert!(r.starts_with("HTTP/1.0 405"), "{r}");
 }

@@ -2,13 +2,16 @@
 //! log, restart durability, bad messages, the lock. Runs as root and as non-root (the broker lets its own uid
 //! in). Every wait is a poll with a generous bound, never a fixed sleep that a slow machine could miss.
 
+mod common;
+use common::{Daemon, now_ns, short_tempdir};
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use broker::annotations;
 use broker::api::{Explain, Finish, ParentLimit, Register, Report, Update};
@@ -18,100 +21,20 @@ use runtime_hooks::{CpuSample, MemorySample, Sample};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-struct Broker {
-    child: Child,
-    dir: PathBuf,
-}
+type Broker = Daemon;
 
-impl Broker {
-    fn socket(&self) -> PathBuf {
-        self.dir.join("run/broker.sock")
-    }
-
-    fn start(dir: &Path) -> Broker {
-        std::fs::write(
-            dir.join("predictived.toml"),
-            "tick_ms = 50\nretrain_check_ms = 100\nsample_flush_ms = 100\nhost_cpu_cores = 3.55\n\
-             host_memory_bytes = 8589934592\ncgroup = \"v2\"\n[controller]\nquota_unlimited_cpu = true\n\
-             [retrain]\nnew_runs = 1\nmin_runs = 3\n",
-        )
-        .expect("config");
-        let child = spawn(dir);
-        let b = Broker {
-            child,
-            dir: dir.to_owned(),
-        };
-        let until = Instant::now() + WAIT;
-        loop {
-            if Client::new(b.socket(), Duration::from_secs(2))
-                .status()
-                .is_ok()
-            {
-                return b;
-            }
-            assert!(
-                Instant::now() < until,
-                "predictived did not serve: {}",
-                b.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
-    }
-
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(dir: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("stderr.log"))
-        .expect("log");
-    Command::new(env!("CARGO_BIN_EXE_predictived"))
-        .arg("--config")
-        .arg(dir.join("predictived.toml"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--socket")
-        .arg(dir.join("run/broker.sock"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn predictived")
-}
-
-/// A temp dir under /tmp: a socket path must fit in 108 bytes whatever TMPDIR is.
-fn short_tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("pd")
-        .tempdir_in("/tmp")
-        .expect("tempdir in /tmp")
+/// A broker with a 50 ms tick, a model from 3 runs and unlimited CPU quotas.
+fn start_broker(dir: &Path) -> Broker {
+    Daemon::start(
+        dir,
+        "tick_ms = 50\nretrain_check_ms = 100\nsample_flush_ms = 100\nhost_cpu_cores = 3.55\n\
+         host_memory_bytes = 8589934592\ncgroup = \"v2\"\n[controller]\nquota_unlimited_cpu = true\n\
+         [retrain]\nnew_runs = 1\nmin_runs = 3\n",
+    )
 }
 
 fn client(b: &Broker) -> Client {
     Client::new(b.socket(), Duration::from_secs(5))
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 /// Two raw samples 100 ms apart showing `cores` of CPU, `throttled` of the periods throttled, `mem` bytes.
@@ -161,25 +84,14 @@ fn register(id: &str, task_type: &str, cpu_limit: Option<f64>) -> Register {
     }
 }
 
-fn wait_for<T>(what: &str, b: &Broker, mut f: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < until,
-            "timed out waiting for {what}: {}",
-            b.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_for<T>(what: &str, b: &Broker, f: impl FnMut() -> Option<T>) -> T {
+    b.wait_for(what, WAIT, f)
 }
 
 #[test]
 fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
     let dir = short_tempdir();
-    let b = Broker::start(dir.path());
+    let mut b = start_broker(dir.path());
     let mut c = client(&b);
     let mode = std::fs::metadata(b.socket())
         .expect("socket")
@@ -366,7 +278,7 @@ fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
         .expect("etl listed");
     assert!(runs_before >= 3);
     b.kill9();
-    let b = Broker::start(dir.path());
+    let b = start_broker(dir.path());
     let mut c = client(&b);
     let after = c
         .explain(&Explain {
@@ -409,7 +321,7 @@ fn raw_call(conn: &mut BufReader<UnixStream>, line: &str) -> serde_json::Value {
 #[test]
 fn bad_messages_get_named_errors_and_the_connection_survives() {
     let dir = short_tempdir();
-    let b = Broker::start(dir.path());
+    let b = start_broker(dir.path());
     let s = UnixStream::connect(b.socket()).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -487,7 +399,7 @@ fn bad_messages_get_named_errors_and_the_connection_survives() {
 #[test]
 fn a_second_broker_on_the_same_state_dir_refuses_to_start() {
     let dir = short_tempdir();
-    let b = Broker::start(dir.path());
+    let b = start_broker(dir.path());
     let second = short_tempdir();
     let out = Command::new(env!("CARGO_BIN_EXE_predictived"))
         .arg("--state-dir")
@@ -518,7 +430,7 @@ fn a_second_broker_on_the_same_state_dir_refuses_to_start() {
 #[test]
 fn sandboxes_are_refused_pods_are_capped_and_update_resizes() {
     let dir = short_tempdir();
-    let b = Broker::start(dir.path());
+    let b = start_broker(dir.path());
     let mut c = client(&b);
     let pod = |id: &str, kind: &str| {
         let mut r = register(id, "web", Some(2.0));
@@ -628,7 +540,7 @@ fn sandboxes_are_refused_pods_are_capped_and_update_resizes() {
 #[test]
 fn a_register_overtaken_by_its_finish_leaves_no_task_behind() {
     let dir = short_tempdir();
-    let b = Broker::start(dir.path());
+    let b = start_broker(dir.path());
     let mut c = client(&b);
     let finish = |c: &mut Client, id: &str| {
         c.finish(&Finish {

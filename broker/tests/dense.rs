@@ -4,15 +4,15 @@
 //! seconds) are printed for docs/BENCHMARKS.md; every wait is a poll with a generous bound.
 
 mod common;
-use common::predictivectl;
+use common::{Daemon, predictivectl, short_tempdir};
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,40 +24,13 @@ use broker::controller::SpecLimits;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Daemon {
-    fn socket(&self) -> PathBuf {
-        self.dir.join("run/broker.sock")
-    }
-
-    /// Starts predictived with `extra` config lines and an open-file soft limit of `nofile` (None: inherited).
-    fn start(dir: &Path, extra: &str, nofile: Option<u64>) -> Daemon {
-        std::fs::write(
-            dir.join("predictived.toml"),
-            format!(
-                "tick_ms = 1000\nhost_cpu_cores = 64.0\nhost_memory_bytes = 274877906944\ncgroup = \"v2\"\n{extra}"
-            ),
-        )
-        .expect("config");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("stderr.log"))
-            .expect("log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_predictived"));
-        cmd.arg("--config")
-            .arg(dir.join("predictived.toml"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--socket")
-            .arg(dir.join("run/broker.sock"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log);
+/// Starts predictived with `extra` config lines and an open-file soft limit of `nofile` (None: inherited).
+fn start(dir: &Path, extra: &str, nofile: Option<u64>) -> Daemon {
+    let config = format!(
+        "tick_ms = 1000\nhost_cpu_cores = 64.0\nhost_memory_bytes = 274877906944\ncgroup = \"v2\"\n{extra}"
+    );
+    Daemon::start_with(dir, &config, &[], |cmd| {
+        cmd.env("RUST_LOG", "warn");
         if let Some(soft) = nofile {
             // SAFETY: only async-signal-safe calls (getrlimit, setrlimit) between fork and exec.
             unsafe {
@@ -77,52 +50,7 @@ impl Daemon {
                 });
             }
         }
-        let child = cmd.spawn().expect("spawn predictived");
-        let d = Daemon {
-            child,
-            dir: dir.to_owned(),
-        };
-        let until = Instant::now() + WAIT;
-        while Client::new(d.socket(), Duration::from_secs(2))
-            .status()
-            .is_err()
-        {
-            assert!(
-                Instant::now() < until,
-                "predictived did not serve: {}",
-                d.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        d
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// A temp dir under /tmp: a socket path must fit in 108 bytes whatever TMPDIR is.
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("pdense")
-        .tempdir_in("/tmp")
-        .expect("tempdir in /tmp")
+    })
 }
 
 fn raise_own_nofile(want: u64) -> bool {
@@ -217,8 +145,8 @@ fn a_flood_of_2000_idle_connections_under_a_1024_fd_soft_limit_leaves_status_ans
         );
         return;
     }
-    let dir = tempdir();
-    let d = Daemon::start(dir.path(), "", Some(1024));
+    let dir = short_tempdir();
+    let d = start(dir.path(), "", Some(1024));
     let before_rss = proc_status(d.pid(), "VmRSS:");
     let mut idle = Vec::with_capacity(flood);
     for i in 0..flood {
@@ -266,8 +194,8 @@ fn a_flood_of_2000_idle_connections_under_a_1024_fd_soft_limit_leaves_status_ans
 
 #[test]
 fn the_connection_cap_answers_a_clear_error_and_idle_clients_are_closed() {
-    let dir = tempdir();
-    let d = Daemon::start(
+    let dir = short_tempdir();
+    let d = start(
         dir.path(),
         "max_connections = 20\nidle_timeout_ms = 0\n",
         None,
@@ -302,8 +230,8 @@ fn the_connection_cap_answers_a_clear_error_and_idle_clients_are_closed() {
     drop(d);
 
     // Idle clients are closed; a shim (it registered) never is.
-    let dir = tempdir();
-    let d = Daemon::start(dir.path(), "idle_timeout_ms = 300\n", None);
+    let dir = short_tempdir();
+    let d = start(dir.path(), "idle_timeout_ms = 300\n", None);
     let mut shim = Client::new(d.socket(), Duration::from_secs(10));
     shim.register(&register("shim-1", "t", &[]))
         .expect("register");
@@ -323,8 +251,8 @@ fn the_connection_cap_answers_a_clear_error_and_idle_clients_are_closed() {
 fn a_20000_task_chain_registers_and_status_pages_through_it() {
     const N: usize = 20_000;
     const THREADS: usize = 8;
-    let dir = tempdir();
-    let d = Daemon::start(dir.path(), "", None);
+    let dir = short_tempdir();
+    let d = start(dir.path(), "", None);
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..THREADS)
@@ -428,9 +356,9 @@ fn the_read_only_group_cannot_register_report_or_finish() {
         return;
     }
     const GID: u32 = 4242;
-    let dir = tempdir();
+    let dir = short_tempdir();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let d = Daemon::start(dir.path(), &format!("allowed_gid = {GID}\n"), None);
+    let d = start(dir.path(), &format!("allowed_gid = {GID}\n"), None);
     let mut root = Client::new(d.socket(), Duration::from_secs(10));
     root.register(&register("root-owned", "t", &[]))
         .expect("root registers");
@@ -473,9 +401,9 @@ fn the_read_only_group_cannot_register_report_or_finish() {
 
 #[test]
 fn state_dir_and_store_are_private_whatever_the_umask_and_a_symlinked_lock_is_refused() {
-    let dir = tempdir();
+    let dir = short_tempdir();
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-    let d = Daemon::start(dir.path(), "", None);
+    let d = start(dir.path(), "", None);
     nix::sys::stat::umask(old);
     let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode(&dir.path().join("state")), 0o700);
@@ -517,12 +445,12 @@ fn kill_9_during_a_burst_of_finishes_loses_no_acknowledged_run_or_decision() {
     const THREADS: usize = 4;
     /// Acknowledged finishes per round before the kill (the burst goes on while the kill lands).
     const KILL_AFTER: usize = 400;
-    let dir = tempdir();
+    let dir = short_tempdir();
     let mut acked_registers: Vec<(String, String)> = Vec::new();
     let mut acked_finishes: Vec<(String, String)> = Vec::new();
     let mut total_sent = 0usize;
     for round in 0..ROUNDS {
-        let mut d = Daemon::start(dir.path(), "", None);
+        let mut d = start(dir.path(), "", None);
         let regs = Arc::new(Mutex::new(Vec::new()));
         let fins = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));

@@ -6,12 +6,11 @@
 //! share. Every wait is a poll with a generous bound, never a fixed sleep that a slow machine could miss.
 
 mod common;
-use common::predictivectl;
+use common::{Daemon, now_ns, predictivectl, short_tempdir};
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::Duration;
 
 use broker::annotations;
 use broker::api::{Explain, Finish, Register, Registered, Report};
@@ -99,94 +98,15 @@ impl Way {
     }
 }
 
-struct Broker {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Broker {
-    fn start(dir: &Path) -> Broker {
-        Broker::start_with(dir, &[])
-    }
-
-    /// Starts a broker with extra command-line arguments (`--import FILE`).
-    fn start_with(dir: &Path, args: &[&str]) -> Broker {
-        std::fs::write(
-            dir.join("predictived.toml"),
-            format!(
-                "tick_ms = 50\nretrain_check_ms = 100\nsample_flush_ms = 100\nhost_cpu_cores = 4.0\n\
-                 host_memory_bytes = 8589934592\ncgroup = \"v2\"\n[retrain]\nnew_runs = 1\nmin_runs = 3\n\
-                 [network]\nlink_budget_bytes_per_sec = {BUDGET}\n\
-                 ingress_budget_bytes_per_sec = {INGRESS_BUDGET}\n"
-            ),
-        )
-        .expect("config");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("stderr.log"))
-            .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_predictived"))
-            .arg("--config")
-            .arg(dir.join("predictived.toml"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--socket")
-            .arg(dir.join("run/broker.sock"))
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn predictived");
-        let b = Broker {
-            child,
-            dir: dir.to_owned(),
-        };
-        b.wait_for("the socket", || b.client().status().ok());
-        b
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("run/broker.sock")
-    }
-
-    fn client(&self) -> Client {
-        Client::new(self.socket(), Duration::from_secs(5))
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
-    }
-
-    fn wait_for<T>(&self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-        let until = Instant::now() + WAIT;
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            assert!(
-                Instant::now() < until,
-                "timed out waiting for {what}: {}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+/// A broker with a 50 ms tick, a model from 3 runs, and both network budgets; `args` as `--import FILE`.
+fn start_broker(dir: &Path, args: &[&str]) -> Daemon {
+    let config = format!(
+        "tick_ms = 50\nretrain_check_ms = 100\nsample_flush_ms = 100\nhost_cpu_cores = 4.0\n\
+         host_memory_bytes = 8589934592\ncgroup = \"v2\"\n[retrain]\nnew_runs = 1\nmin_runs = 3\n\
+         [network]\nlink_budget_bytes_per_sec = {BUDGET}\n\
+         ingress_budget_bytes_per_sec = {INGRESS_BUDGET}\n"
+    );
+    Daemon::start_with(dir, &config, args, |_| {})
 }
 
 /// Three raw samples 100 ms apart sending `tx` and receiving `rx` bytes/s (two intervals the broker rates).
@@ -272,11 +192,8 @@ fn finished_runs_that_received_two_megabytes_a_second_set_the_next_runs_ingress_
 /// Eight finished runs that moved about 2 MB/s `way` give the next Register of their type a share near it.
 fn learned_share(way: Way) {
     let budget = way.budget();
-    let dir = tempfile::Builder::new()
-        .prefix("pd")
-        .tempdir_in("/tmp")
-        .expect("tempdir in /tmp");
-    let b = Broker::start(dir.path());
+    let dir = short_tempdir();
+    let b = start_broker(dir.path(), &[]);
     let mut c = b.client();
 
     // A neighbour with no history and no annotation stays registered throughout: alone it has the whole link.
@@ -310,21 +227,25 @@ fn learned_share(way: Way) {
 
     // The retrain thread learns the type; a probe that is still cold is finished (it reported no egress: it
     // does not count for the network model).
-    let live = b.wait_for("a warm prediction with an estimate of that way", || {
-        let r = c
-            .register(&register("up-live", "uploader", None))
-            .expect("register");
-        let learned = r
-            .prediction
-            .as_ref()
-            .is_some_and(|p| p.runs >= 8 && way.estimate(p).kind.is_some());
-        if learned {
-            Some(r)
-        } else {
-            finish(&mut c, "up-live");
-            None
-        }
-    });
+    let live = b.wait_for(
+        "a warm prediction with an estimate of that way",
+        WAIT,
+        || {
+            let r = c
+                .register(&register("up-live", "uploader", None))
+                .expect("register");
+            let learned = r
+                .prediction
+                .as_ref()
+                .is_some_and(|p| p.runs >= 8 && way.estimate(p).kind.is_some());
+            if learned {
+                Some(r)
+            } else {
+                finish(&mut c, "up-live");
+                None
+            }
+        },
+    );
     let p = live.prediction.as_ref().expect("prediction");
     let e = way.estimate(p);
     assert!(e.point <= e.upper, "the estimate's bounds: {e:?}");
@@ -399,7 +320,7 @@ fn learned_share(way: Way) {
 
 /// The type's network rates travel in an export file: a second broker started with `--import` of it, which never
 /// ran the type, gives its first run the same estimate and a share near the rate, not the equal split.
-fn travels_to_another_node(a: &Broker, way: Way, learned: Estimate) {
+fn travels_to_another_node(a: &Daemon, way: Way, learned: Estimate) {
     let file = a.dir.join("history.json");
     let out = predictivectl(vec![
         "--socket".to_owned(),
@@ -419,11 +340,8 @@ fn travels_to_another_node(a: &Broker, way: Way, learned: Estimate) {
         "a file with network rates is version 2: {}",
         &text[..text.len().min(200)]
     );
-    let dir = tempfile::Builder::new()
-        .prefix("pd")
-        .tempdir_in("/tmp")
-        .expect("tempdir in /tmp");
-    let b = Broker::start_with(
+    let dir = short_tempdir();
+    let b = start_broker(
         dir.path(),
         &["--import", file.to_str().expect("utf-8 path")],
     );
@@ -453,11 +371,8 @@ fn travels_to_another_node(a: &Broker, way: Way, learned: Estimate) {
 /// A task on the host's network reads the host's counters: its runs teach its type no egress and no ingress.
 #[test]
 fn runs_on_the_host_network_teach_no_network_rate() {
-    let dir = tempfile::Builder::new()
-        .prefix("pd")
-        .tempdir_in("/tmp")
-        .expect("tempdir in /tmp");
-    let b = Broker::start(dir.path());
+    let dir = short_tempdir();
+    let b = start_broker(dir.path(), &[]);
     let mut c = b.client();
     for i in 0..4 {
         let id = format!("host-{i}");
@@ -473,7 +388,7 @@ fn runs_on_the_host_network_teach_no_network_rate() {
         .expect("report");
         finish(&mut c, &id);
     }
-    let p = b.wait_for("a warm prediction of 4 runs", || {
+    let p = b.wait_for("a warm prediction of 4 runs", WAIT, || {
         let r = c
             .register(&register("host-live", "hostnet", None))
             .expect("register");

@@ -4,15 +4,13 @@
 //! without counting a run twice. Every wait is a poll with a generous bound, never a fixed sleep.
 
 mod common;
-use common::predictivectl;
+use common::{Daemon, now_ns, predictivectl, short_tempdir};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use broker::api::{Finish, Register, Registered, Report};
-use broker::client::Client;
 use broker::controller::SpecLimits;
 use runtime_hooks::{CpuSample, MemorySample, Sample};
 
@@ -41,101 +39,21 @@ fn shipped_config(replace: &[(&str, &str)], extra: &str) -> String {
 }
 
 /// A node: one `predictived` with its own state dir and socket.
-struct Node {
-    child: Child,
-    dir: PathBuf,
+type Node = Daemon;
+
+fn start_node(dir: &Path, config: &str, extra_args: &[&str]) -> Node {
+    Daemon::start_with(dir, config, extra_args, |_| {})
 }
 
-impl Node {
-    fn start(dir: &Path, config: &str, extra_args: &[&str]) -> Node {
-        let mut node = Node {
-            child: Node::spawn(dir, config, extra_args),
-            dir: dir.to_owned(),
-        };
-        let until = Instant::now() + WAIT;
-        while Client::new(node.socket(), Duration::from_secs(2))
-            .status()
-            .is_err()
-        {
-            if let Ok(Some(st)) = node.child.try_wait() {
-                panic!("predictived exited ({st}): {}", node.stderr());
-            }
-            assert!(
-                Instant::now() < until,
-                "predictived did not serve: {}",
-                node.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        node
-    }
-
-    fn spawn(dir: &Path, config: &str, extra_args: &[&str]) -> Child {
-        std::fs::write(dir.join("predictived.toml"), config).expect("config");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("stderr.log"))
-            .expect("log");
-        Command::new(env!("CARGO_BIN_EXE_predictived"))
-            .arg("--config")
-            .arg(dir.join("predictived.toml"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--socket")
-            .arg(dir.join("run/broker.sock"))
-            .args(extra_args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn predictived")
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("run/broker.sock")
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
-    }
-
-    fn client(&self) -> Client {
-        Client::new(self.socket(), Duration::from_secs(10))
-    }
-
-    /// Runs of `task` the broker's store holds (`predictivectl models`), 0 when it does not know the type.
-    fn runs_seen(&self, task: &str) -> u64 {
-        self.client()
-            .models()
-            .expect("models")
-            .task_types
-            .iter()
-            .find(|t| t.task_key.as_str() == task)
-            .map_or(0, |t| t.runs_seen)
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A temp dir under /tmp: a socket path must fit in 108 bytes whatever TMPDIR is.
-fn short_tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("pl")
-        .tempdir_in("/tmp")
-        .expect("tempdir in /tmp")
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+/// Runs of `task` the broker's store holds (`predictivectl models`), 0 when it does not know the type.
+fn runs_seen(node: &Node, task: &str) -> u64 {
+    node.client()
+        .models()
+        .expect("models")
+        .task_types
+        .iter()
+        .find(|t| t.task_key.as_str() == task)
+        .map_or(0, |t| t.runs_seen)
 }
 
 fn register(node: &Node, id: &str, task: &str) -> Registered {
@@ -212,18 +130,14 @@ fn assert_predicted(r: &Registered, what: &str) {
 }
 
 fn wait_for(what: &str, node: &Node, mut done: impl FnMut() -> bool) {
-    let until = Instant::now() + WAIT;
-    while !done() {
-        assert!(Instant::now() < until, "{what}: {}", node.stderr());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    node.wait_for(what, WAIT, || done().then_some(()));
 }
 
 #[test]
 fn with_the_shipped_defaults_the_run_after_min_runs_runs_is_predicted() {
     let dir = short_tempdir();
     // The shipped file as is (min_runs 5, retrain every 10 min or 200 runs); only the paths are this test's.
-    let node = Node::start(dir.path(), &shipped_config(&[], ""), &[]);
+    let node = start_node(dir.path(), &shipped_config(&[], ""), &[]);
     for i in 0..5 {
         let r = run_once(&node, &format!("c{i}"), "etl");
         assert!(r.cold_start, "run {} of a new type has no history", i + 1);
@@ -231,13 +145,13 @@ fn with_the_shipped_defaults_the_run_after_min_runs_runs_is_predicted() {
     // The Create right after the 5th Finish (not 10 minutes later).
     let sixth = register(&node, "c5", "etl");
     assert_predicted(&sixth, "the 6th run");
-    assert_eq!(node.runs_seen("etl"), 5);
+    assert_eq!(runs_seen(&node, "etl"), 5);
 }
 
 #[test]
 fn without_refits_the_run_after_min_runs_runs_waits_for_the_retrain() {
     let dir = short_tempdir();
-    let node = Node::start(
+    let node = start_node(
         dir.path(),
         &shipped_config(&[("refit_growth = 0.1", "refit_growth = 0.0")], ""),
         &[],
@@ -268,9 +182,9 @@ fn a_type_learned_on_node_a_is_predicted_on_node_b_after_an_import_counted_once(
     let (da, db) = (short_tempdir(), short_tempdir());
     let shared = db.path().join("import");
     std::fs::create_dir_all(&shared).expect("import dir");
-    let a = Node::start(da.path(), &shipped_config(&[], ""), &[]);
+    let a = start_node(da.path(), &shipped_config(&[], ""), &[]);
     // Node B watches a directory (a shared volume on Kubernetes), scanned every retrain_check_ms.
-    let b = Node::start(
+    let b = start_node(
         db.path(),
         &shipped_config(
             &[
@@ -287,7 +201,7 @@ fn a_type_learned_on_node_a_is_predicted_on_node_b_after_an_import_counted_once(
     for i in 0..5 {
         run_once(&a, &format!("a{i}"), "etl");
     }
-    assert_eq!((a.runs_seen("etl"), b.runs_seen("etl")), (5, 0));
+    assert_eq!((runs_seen(&a, "etl"), runs_seen(&b, "etl")), (5, 0));
 
     let file = da.path().join("a.json");
     let said = ctl(&a, &["export", "-o", file.to_str().expect("utf-8 path")]);
@@ -299,7 +213,7 @@ fn a_type_learned_on_node_a_is_predicted_on_node_b_after_an_import_counted_once(
             .lines()
             .any(|l| l.contains("/a.json") && l.contains("imported=5") && l.contains("refitted=1"))
     });
-    assert_eq!(b.runs_seen("etl"), 5);
+    assert_eq!(runs_seen(&b, "etl"), 5);
     // B has never run the type: its first run is predicted from A's history.
     assert_predicted(&register(&b, "b0", "etl"), "node B's first run");
 
@@ -310,18 +224,18 @@ fn a_type_learned_on_node_a_is_predicted_on_node_b_after_an_import_counted_once(
             .lines()
             .any(|l| l.contains("a-again.json") && l.contains("duplicates=5"))
     });
-    assert_eq!(b.runs_seen("etl"), 5);
+    assert_eq!(runs_seen(&b, "etl"), 5);
 
     // B's own export carries A's runs under A's identity: imported back at A's start, they are A's own.
     let from_b = db.path().join("b.json");
     ctl(&b, &["export", "-o", from_b.to_str().expect("utf-8 path")]);
     drop(a);
-    let a = Node::start(
+    let a = start_node(
         da.path(),
         &shipped_config(&[], ""),
         &["--import", from_b.to_str().expect("utf-8 path")],
     );
-    assert_eq!(a.runs_seen("etl"), 5, "{}", a.stderr());
+    assert_eq!(runs_seen(&a, "etl"), 5, "{}", a.stderr());
     assert!(
         a.stderr()
             .lines()
@@ -332,7 +246,7 @@ fn a_type_learned_on_node_a_is_predicted_on_node_b_after_an_import_counted_once(
 
     // A third node started with `--import` predicts at once.
     let dc = short_tempdir();
-    let c = Node::start(
+    let c = start_node(
         dc.path(),
         &shipped_config(&[], ""),
         &["--import", file.to_str().expect("utf-8 path")],
@@ -352,11 +266,11 @@ fn a_bad_import_file_is_refused_naming_it_and_what_was_wrong() {
     )
     .expect("write");
     // At start: the broker does not start, and says why.
-    let mut child = Node::spawn(
-        dir.path(),
-        &shipped_config(&[], ""),
-        &["--import", bad.to_str().expect("utf-8 path")],
-    );
+    std::fs::write(dir.path().join("predictived.toml"), shipped_config(&[], "")).expect("config");
+    let mut child = Daemon::command(dir.path())
+        .args(["--import", bad.to_str().expect("utf-8 path")])
+        .spawn()
+        .expect("spawn predictived");
     let until = Instant::now() + WAIT;
     let status = loop {
         if let Some(st) = child.try_wait().expect("wait") {
@@ -378,7 +292,7 @@ fn a_bad_import_file_is_refused_naming_it_and_what_was_wrong() {
     std::fs::create_dir_all(&shared).expect("import dir");
     std::fs::copy(&bad, shared.join("bad.json")).expect("copy");
     std::fs::write(shared.join("huge.json"), vec![b' '; 2048]).expect("write");
-    let node = Node::start(
+    let node = start_node(
         dir.path(),
         &shipped_config(
             &[
@@ -399,5 +313,5 @@ fn a_bad_import_file_is_refused_naming_it_and_what_was_wrong() {
             && log.contains("huge.json is 2048 bytes; at most 1024")
     });
     assert!(node.client().status().is_ok());
-    assert_eq!(node.runs_seen("etl\u{1b}[2J"), 0);
+    assert_eq!(runs_seen(&node, "etl\u{1b}[2J"), 0);
 }
