@@ -55,6 +55,21 @@ impl Containerd {
         Self::start_configured(test, Settings::from_env(), Some(broker_toml), None)
     }
 
+    /// [`Self::start_with_broker`] for a test of the broker itself: `None` also when the runtime under test has
+    /// none (`PREDICTIVE_E2E_RUNTIME=io.containerd.runc.v2`), said on stdout, containerd stopped.
+    pub fn start_with_own_broker(test: &str, broker_toml: &str) -> Option<Containerd> {
+        let c = Self::start_with_broker(test, broker_toml)?;
+        if !c.settings.is_predictive() {
+            println!(
+                "{test}: runtime {} has no broker; nothing to test",
+                c.runtime()
+            );
+            c.finish();
+            return None;
+        }
+        Some(c)
+    }
+
     /// [`Self::start`] with containerd's whole `config.toml` written by `config(dir)` (containerd-up.sh keeps a
     /// config it finds): for tests that need plugins the default config disables (the CRI test). The config must
     /// put root, state, sockets and the opt dir under `dir` as containerd-up.sh does (`grpc.address` =

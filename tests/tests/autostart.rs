@@ -9,19 +9,6 @@ use std::time::{Duration, Instant};
 use predictive_e2e::Containerd;
 use predictive_e2e::cmd::wait_until;
 
-fn start(test: &str, toml: &str) -> Option<Containerd> {
-    let c = Containerd::start_with_broker(test, toml)?;
-    if !c.settings.is_predictive() {
-        println!(
-            "{test}: runtime {} has no broker; nothing to test",
-            c.runtime()
-        );
-        c.finish();
-        return None;
-    }
-    Some(c)
-}
-
 fn read(path: String) -> String {
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {path}: {e}"))
@@ -43,7 +30,7 @@ fn cgroups(pid: i32) -> Vec<(String, String)> {
 
 #[test]
 fn an_auto_started_broker_has_its_own_cgroup_and_oom_score() {
-    let Some(c) = start(
+    let Some(c) = Containerd::start_with_own_broker(
         "an_auto_started_broker_has_its_own_cgroup_and_oom_score",
         "tick_ms = 500\n",
     ) else {
@@ -92,7 +79,7 @@ fn an_auto_started_broker_has_its_own_cgroup_and_oom_score() {
 
 #[test]
 fn no_broker_and_autostart_off_never_waits_and_says_so_once() {
-    let Some(c) = start(
+    let Some(c) = Containerd::start_with_own_broker(
         "no_broker_and_autostart_off_never_waits_and_says_so_once",
         "autostart = false\n",
     ) else {

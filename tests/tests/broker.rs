@@ -40,16 +40,7 @@ fn tick() -> Duration {
 /// of the `[controller]` table).
 fn start(test: &str, top: &str, controller: &str) -> Option<Containerd> {
     let toml = format!("{}{top}\n[controller]\n{controller}\n{RETRAIN}", fast());
-    let c = Containerd::start_with_broker(test, &toml)?;
-    if !c.settings.is_predictive() {
-        println!(
-            "{test}: runtime {} has no broker; nothing to test",
-            c.runtime()
-        );
-        c.finish();
-        return None;
-    }
-    Some(c)
+    Containerd::start_with_own_broker(test, &toml)
 }
 
 fn client(c: &Containerd) -> Client {

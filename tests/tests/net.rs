@@ -145,36 +145,36 @@ fn limits(c: &Containerd, budget: u64) -> Vec<(String, Option<u64>)> {
     out
 }
 
+/// A CNI bridge with one network namespace attached per name, or `None` when the test cannot have one (skipped,
+/// said why).
+fn bridge<const K: usize>(test: &str, names: [&str; K]) -> Option<(CniBridge, [Attachment; K])> {
+    let mut net = CniBridge::create()
+        .map_err(|why| testkit::skip(test, &why))
+        .ok()?;
+    let mut atts = Vec::with_capacity(K);
+    for name in names {
+        match net.attach(name) {
+            Ok(a) => atts.push(a),
+            Err(e) => {
+                testkit::skip(test, &format!("no CNI bridge: {e}"));
+                return None;
+            }
+        }
+    }
+    let atts = atts.try_into().ok()?;
+    Some((net, atts))
+}
+
 #[test]
 fn egress_limits_hold_and_an_idle_senders_share_is_lent_and_reclaimed() {
     let budget = 2 * N;
     let toml = format!("tick_ms = {TICK_MS}\n\n[network]\nlink_budget_bytes_per_sec = {budget}\n");
-    let Some(c) = Containerd::start_with_broker(TEST, &toml) else {
+    let Some(c) = Containerd::start_with_own_broker(TEST, &toml) else {
         return;
     };
-    if !c.settings.is_predictive() {
-        println!(
-            "{TEST}: runtime {} has no broker; nothing to test",
-            c.runtime()
-        );
+    let Some((net, [att_a, att_b])) = bridge(TEST, ["a", "b"]) else {
         c.finish();
         return;
-    }
-    let mut net = match CniBridge::create() {
-        Ok(n) => n,
-        Err(why) => {
-            testkit::skip(TEST, &why);
-            c.finish();
-            return;
-        }
-    };
-    let (att_a, att_b) = match (net.attach("a"), net.attach("b")) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => {
-            testkit::skip(TEST, &format!("no CNI bridge: {e}"));
-            c.finish();
-            return;
-        }
     };
     let port = receiver(net.gateway());
     // Removed with the bridge, also when the test fails.
@@ -317,32 +317,12 @@ fn an_ingress_limit_holds_on_the_host_side_veth() {
     let budget = 2 * N;
     let toml =
         format!("tick_ms = {TICK_MS}\n\n[network]\ningress_budget_bytes_per_sec = {budget}\n");
-    let Some(c) = Containerd::start_with_broker(INGRESS_TEST, &toml) else {
+    let Some(c) = Containerd::start_with_own_broker(INGRESS_TEST, &toml) else {
         return;
     };
-    if !c.settings.is_predictive() {
-        println!(
-            "{INGRESS_TEST}: runtime {} has no broker; nothing to test",
-            c.runtime()
-        );
+    let Some((net, [att])) = bridge(INGRESS_TEST, ["r"]) else {
         c.finish();
         return;
-    }
-    let mut net = match CniBridge::create() {
-        Ok(n) => n,
-        Err(why) => {
-            testkit::skip(INGRESS_TEST, &why);
-            c.finish();
-            return;
-        }
-    };
-    let att = match net.attach("r") {
-        Ok(a) => a,
-        Err(e) => {
-            testkit::skip(INGRESS_TEST, &format!("no CNI bridge: {e}"));
-            c.finish();
-            return;
-        }
     };
     const PORT: u16 = 5001;
     let (r, h) = (c.id("net-recv"), c.id("net-host-recv"));
