@@ -683,8 +683,8 @@ fn broker_gauges(
     one(
         e,
         "predictive_batched_reports_total",
-        "Container reports that came as entries of a grouped report (one message per shim and wake-up; the \
-         messages are predictive_requests_total{type=\"reports\"}).",
+        "Container reports that came as entries of a grouped report (one message per shim and wake-up, \
+         counted as predictive_requests_total of type reports).",
         ConstCounter::new(b.batched_reports),
     )
 }
