@@ -160,10 +160,13 @@ impl Group {
             g.coming += usize::from(due);
             self.cv.notify_all();
         }
-        due.then_some(Coming {
+        let live = round == g.round;
+        drop(g);
+        // Built only when due: a Coming dropped unsent takes the lock (`then_some` would build and drop one here).
+        due.then(|| Coming {
             group: self,
             round,
-            live: round == g.round,
+            live,
         })
     }
 
@@ -489,7 +492,10 @@ mod tests {
         let group = leaked();
         group.join();
         group.join();
-        // The other monitor has not looked at this round: a change does not wait for it.
+        group.join();
+        // A monitor with nothing to say at round 3 looks and is not waited for.
+        assert!(group.look(3, false).is_none());
+        // The third monitor has not looked at this round: a change does not wait for it.
         let c = group.look(3, true);
         let (sent, _) = group.send(c, report("busy"), true, &mut fake.client());
         assert_eq!(sent, Sent::Directives(Vec::new()));
@@ -497,8 +503,9 @@ mod tests {
             fake.seen(),
             [("report".to_owned(), vec!["busy".to_owned()])]
         );
-        // Next round: one monitor announced a report and then had nothing to say (its Coming dropped unsent); the
-        // other's heartbeat goes as soon as both have looked.
+        // Next round: one monitor has nothing to say, one announced a report and then had nothing to say after all
+        // (its Coming dropped unsent); the third's heartbeat goes as soon as all have looked.
+        assert!(group.look(4, false).is_none());
         let quiet = group.look(4, true);
         let c = group.look(4, true);
         std::thread::scope(|s| {
