@@ -16,7 +16,9 @@
 //!
 //! Env: PREDICTIVE_BENCH_RUNS (default 30), PREDICTIVE_BENCH_IDLE (containers per runtime for the CPU
 //! figure, default 100; 0 skips it), PREDICTIVE_BENCH_IDLE_SECS (window, default 30),
-//! PREDICTIVE_BENCH_MEM_SECS (how long after start the memory is read, default 2),
+//! PREDICTIVE_BENCH_MEM_SECS (how long after start the memory is read, default 2), PREDICTIVE_BENCH_POD
+//! (the idle containers in pods of this many, one `io.kubernetes.cri.sandbox-id` and so one shim each, for
+//! both runtimes; default 1: a shim per container),
 //! PREDICTIVE_E2E_CONTAINERD (default 1.6), PREDICTIVE_E2E_SHIM_DIR (default target/release).
 
 use std::time::Duration;
@@ -71,17 +73,23 @@ fn run_once(c: &Containerd, runtime: &str) -> Result<f64, String> {
 
 /// `ctr run -d` of a container that sleeps until it is killed.
 fn run_sleeper(c: &Containerd, runtime: &str, id: &str) -> predictive_e2e::cmd::Output {
-    c.ctr(&[
-        "run",
-        "-d",
-        "--null-io",
-        "--runtime",
-        runtime,
-        IMAGE,
-        id,
-        "sleep",
-        "100000",
-    ])
+    run_sleeper_in(c, runtime, id, None)
+}
+
+/// [`run_sleeper`] in a pod: containers with one `io.kubernetes.cri.sandbox-id` share one shim (both runtimes).
+fn run_sleeper_in(
+    c: &Containerd,
+    runtime: &str,
+    id: &str,
+    pod: Option<&str>,
+) -> predictive_e2e::cmd::Output {
+    let ann = pod.map(|p| format!("io.kubernetes.cri.sandbox-id={p}"));
+    let mut args = vec!["run", "-d", "--null-io", "--runtime", runtime];
+    if let Some(a) = &ann {
+        args.extend(["--annotation", a.as_str()]);
+    }
+    args.extend([IMAGE, id, "sleep", "100000"]);
+    c.ctr(&args)
 }
 
 fn measure_memory(c: &Containerd, runtime: &str) -> Result<Mem, String> {
@@ -322,13 +330,23 @@ struct IdleCpu {
 
 /// Starts `n` sleeping containers per runtime (both runtimes at once), measures the CPU time of every shim
 /// process (and our broker) over `window`, and removes the containers.
-fn measure_idle_cpu(c: &Containerd, n: usize, window: Duration) -> Result<IdleCpu, String> {
+/// With `per_pod` above 1, the containers come in pods of that many (one shim each, per runtime).
+fn measure_idle_cpu(
+    c: &Containerd,
+    n: usize,
+    per_pod: usize,
+    window: Duration,
+) -> Result<IdleCpu, String> {
     let mut ids = Vec::new();
     let mut result = Ok(());
-    'start: for _ in 0..n {
-        for runtime in [RUNC_RUNTIME, PREDICTIVE_RUNTIME] {
+    let pods: Vec<[String; 2]> = (0..n.div_ceil(per_pod.max(1)))
+        .map(|_| [c.id("podr"), c.id("podp")])
+        .collect();
+    'start: for i in 0..n {
+        for (k, runtime) in [RUNC_RUNTIME, PREDICTIVE_RUNTIME].into_iter().enumerate() {
             let id = c.id("idle");
-            let out = run_sleeper(c, runtime, &id);
+            let pod = (per_pod > 1).then(|| pods[i / per_pod][k].as_str());
+            let out = run_sleeper_in(c, runtime, &id, pod);
             ids.push(id);
             if !out.ok() {
                 result = Err(format!("starting idle container {}: {out}", ids.len()));
@@ -423,8 +441,14 @@ fn main() {
     }
     let idle: usize = env_or("PREDICTIVE_BENCH_IDLE", 100);
     let idle_secs: u64 = env_or("PREDICTIVE_BENCH_IDLE_SECS", 30);
+    let per_pod: usize = env_or("PREDICTIVE_BENCH_POD", 1);
     let idle_cpu = if idle > 0 && runc.error.is_none() && ours.error.is_none() {
-        Some(measure_idle_cpu(&c, idle, Duration::from_secs(idle_secs)))
+        Some(measure_idle_cpu(
+            &c,
+            idle,
+            per_pod,
+            Duration::from_secs(idle_secs),
+        ))
     } else {
         None
     };
@@ -443,7 +467,7 @@ fn main() {
         print_idle_cpu(cpu);
     }
     println!(
-        "command: make bench   (PREDICTIVE_BENCH_RUNS={runs}, PREDICTIVE_BENCH_IDLE={idle}, PREDICTIVE_BENCH_IDLE_SECS={idle_secs}, PREDICTIVE_BENCH_MEM_SECS={}, containerd {})",
+        "command: make bench   (PREDICTIVE_BENCH_RUNS={runs}, PREDICTIVE_BENCH_IDLE={idle}, PREDICTIVE_BENCH_POD={per_pod}, PREDICTIVE_BENCH_IDLE_SECS={idle_secs}, PREDICTIVE_BENCH_MEM_SECS={}, containerd {})",
         env_or("PREDICTIVE_BENCH_MEM_SECS", 2u64),
         settings.containerd
     );

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::types::Directive;
 use crate::wire::{
     self as wire, Decisions, EncodeError, ErrorCode, ErrorReply, Explain, Finish, Finished, Models,
-    Register, Registered, Report, Request, Response, Status, Update,
+    Register, Registered, Report, ReportOutcome, Reports, Request, Response, Status, Update,
 };
 
 /// Client errors.
@@ -254,6 +254,26 @@ impl Client {
             Response::Directives(x) => Ok(x.directives),
             _ => Err(ClientError::Unexpected {
                 expected: "directives",
+            }),
+        }
+    }
+
+    /// Sends several containers' reports in one message ([`Reports`]); returns one outcome per entry, in order. A
+    /// broker that does not know batches (an older one) refuses the whole request ([`ClientError::Broker`]): send
+    /// the entries as single Reports then.
+    pub fn reports(&mut self, b: &Reports) -> Result<Vec<ReportOutcome>, ClientError> {
+        match self.call(&Request::Reports(b.clone()))? {
+            Response::Reports(x)
+                if x.results.len() == b.reports.len()
+                    && x.results
+                        .iter()
+                        .zip(&b.reports)
+                        .all(|(o, r)| o.container_id == r.container_id) =>
+            {
+                Ok(x.results)
+            }
+            _ => Err(ClientError::Unexpected {
+                expected: "one outcome per report, in order",
             }),
         }
     }

@@ -191,6 +191,37 @@ fn sample(i: usize, s: &runtime_hooks::Sample) -> Result<(), ErrorReply> {
     Ok(())
 }
 
+/// Checks one container's Report (alone or as an entry of a batch).
+pub fn report(r: &wire::Report) -> Result<(), ErrorReply> {
+    name("container_id", &r.container_id, MAX_ID)?;
+    if r.samples.len() > MAX_SAMPLES {
+        return Err(bad(format!(
+            "field `samples` has {} entries; at most {MAX_SAMPLES} are accepted",
+            r.samples.len()
+        )));
+    }
+    at_most("oom_events", Some(r.oom_events), MAX_OOM_EVENTS)?;
+    for (i, s) in r.samples.iter().enumerate() {
+        sample(i, s)?;
+    }
+    Ok(())
+}
+
+/// Checks a batch's size: at least one entry, at most [`wire::MAX_BATCH`]. A batch too large is refused whole,
+/// before anything of it is applied.
+pub fn batch(b: &wire::Reports) -> Result<(), ErrorReply> {
+    match b.reports.len() {
+        0 => Err(bad(
+            "field `reports` is empty; a batch carries at least one report".to_owned(),
+        )),
+        n if n > wire::MAX_BATCH => Err(bad(format!(
+            "field `reports` has {n} entries; at most {} are accepted in one batch",
+            wire::MAX_BATCH
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Checks every field of a request a peer sent.
 pub fn request(req: &Request) -> Result<(), ErrorReply> {
     match req {
@@ -221,20 +252,10 @@ pub fn request(req: &Request) -> Result<(), ErrorReply> {
             }
             parents("parents", &r.parents)
         }
-        Request::Report(r) => {
-            name("container_id", &r.container_id, MAX_ID)?;
-            if r.samples.len() > MAX_SAMPLES {
-                return Err(bad(format!(
-                    "field `samples` has {} entries; at most {MAX_SAMPLES} are accepted",
-                    r.samples.len()
-                )));
-            }
-            at_most("oom_events", Some(r.oom_events), MAX_OOM_EVENTS)?;
-            for (i, s) in r.samples.iter().enumerate() {
-                sample(i, s)?;
-            }
-            Ok(())
-        }
+        Request::Report(r) => report(r),
+        // The entries are checked one by one where they are applied ([`report`]): one bad entry must not cost
+        // the others of its batch.
+        Request::Reports(b) => batch(b),
         Request::Update(u) => {
             name("container_id", &u.container_id, MAX_ID)?;
             limits("limits", &u.limits)?;
@@ -418,6 +439,36 @@ mod tests {
         ] {
             check(line).unwrap_or_else(|e| panic!("{line}: {e}"));
         }
+    }
+
+    #[test]
+    fn a_batch_is_bounded_and_its_entries_checked_one_by_one() {
+        let entry = |id: &str| wire::Report {
+            container_id: id.to_owned(),
+            ..wire::Report::default()
+        };
+        let batch = |n: usize| wire::Reports {
+            reports: (0..n).map(|i| entry(&format!("c{i}"))).collect(),
+        };
+        request(&Request::Reports(batch(wire::MAX_BATCH))).expect("a full batch passes");
+        let e = request(&Request::Reports(batch(wire::MAX_BATCH + 1))).expect_err("too many");
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert!(
+            e.message.contains("`reports`")
+                && e.message.contains(&(wire::MAX_BATCH + 1).to_string())
+                && e.message.contains(&wire::MAX_BATCH.to_string()),
+            "{}",
+            e.message
+        );
+        let e = request(&Request::Reports(batch(0))).expect_err("empty");
+        assert!(e.message.contains("`reports` is empty"), "{}", e.message);
+        // A bad entry does not fail the batch's check: the broker answers it on its own.
+        let mut b = batch(2);
+        b.reports[1].container_id = "x\n".to_owned();
+        request(&Request::Reports(b.clone())).expect("the batch's size is fine");
+        let e = report(&b.reports[1]).expect_err("the entry is not");
+        assert!(e.message.contains("`container_id`"), "{}", e.message);
+        report(&b.reports[0]).expect("the other entry is fine");
     }
 
     #[test]

@@ -127,6 +127,41 @@ pub struct Report {
     pub stopping: Option<String>,
 }
 
+/// Most reports one [`Reports`] batch may carry: a pod's containers, which share one shim (Kubernetes caps a pod's
+/// containers well below this). A shim with more due at one wake-up sends several batches.
+pub const MAX_BATCH: usize = 64;
+
+/// The reports of several containers of one shim, due at the same wake-up (a pod's containers share one shim),
+/// in one message: the broker applies them in one pass and records them in one commit. Each entry is checked as
+/// a single [`Report`] is, and one that fails is answered with its own error while the others are applied. An
+/// older broker answers the whole request with [`ErrorCode::InvalidRequest`] (an unknown `type`); the shim then
+/// sends single Reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reports {
+    /// At most [`MAX_BATCH`], at least one, each container at most once.
+    pub reports: Vec<Report>,
+}
+
+/// What became of one entry of a [`Reports`] batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReportOutcome {
+    /// The entry's container id.
+    pub container_id: String,
+    /// The directives for it, as a single Report's reply carries them (empty when `error` is set).
+    #[serde(default)]
+    pub directives: Vec<Directive>,
+    /// Why this entry was not applied (`not_found`: the broker does not know the container, register again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorReply>,
+}
+
+/// The answer to [`Reports`]: one outcome per entry, in the batch's order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReportOutcomes {
+    /// In the order of the batch's entries.
+    pub results: Vec<ReportOutcome>,
+}
+
 /// A container exited.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Finish {
@@ -333,6 +368,8 @@ pub enum Request {
     Register(Register),
     /// → [`Response::Directives`].
     Report(Report),
+    /// → [`Response::Reports`].
+    Reports(Reports),
     /// → [`Response::Finished`].
     Finish(Finish),
     /// → [`Response::Directives`].
@@ -355,7 +392,11 @@ impl Request {
     pub fn writes(&self) -> bool {
         matches!(
             self,
-            Request::Register(_) | Request::Report(_) | Request::Update(_) | Request::Finish(_)
+            Request::Register(_)
+                | Request::Report(_)
+                | Request::Reports(_)
+                | Request::Update(_)
+                | Request::Finish(_)
         )
     }
 }
@@ -604,6 +645,8 @@ pub enum Response {
     Registered(Registered),
     /// To Report.
     Directives(Directives),
+    /// To Reports.
+    Reports(ReportOutcomes),
     /// To Finish.
     Finished(Finished),
     /// To Status.
@@ -760,6 +803,11 @@ fn parse_request_fast(line: &str) -> Option<(Option<u64>, Result<Request, ErrorR
             let id = r.container_id.clone();
             (Request::Finish(r), id)
         }
+        // Its entries are checked one by one by the broker (`validate::report`), each answered on its own.
+        "reports" => {
+            let r: Reports = serde_json::from_str(line).ok()?;
+            return Some((env.id, Ok(Request::Reports(r))));
+        }
         _ => return None,
     };
     if container_id.trim().is_empty() {
@@ -784,6 +832,52 @@ pub fn parse_response(line: &str) -> (Option<u64>, Result<Response, ErrorReply>)
 mod tests {
     use super::*;
     use crate::types::Action;
+
+    #[test]
+    fn a_batch_of_reports_and_its_outcomes_round_trip() {
+        let req = Request::Reports(Reports {
+            reports: vec![
+                Report {
+                    container_id: "a".to_owned(),
+                    samples: vec![runtime_hooks::Sample::default()],
+                    oom_events: 1,
+                    stopping: None,
+                },
+                Report {
+                    container_id: "b".to_owned(),
+                    stopping: Some("signal 15".to_owned()),
+                    ..Report::default()
+                },
+            ],
+        });
+        let line = encode_request(Some(3), &req).expect("encodes");
+        let v: Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(v["type"], "reports");
+        assert_eq!(v["reports"][1]["container_id"], "b");
+        assert!(req.writes());
+        assert_eq!(parse_request(&line), (Some(3), Ok(req)));
+        let resp = Response::Reports(ReportOutcomes {
+            results: vec![
+                ReportOutcome {
+                    container_id: "a".to_owned(),
+                    ..ReportOutcome::default()
+                },
+                ReportOutcome {
+                    container_id: "b".to_owned(),
+                    directives: Vec::new(),
+                    error: Some(ErrorReply::new(
+                        ErrorCode::NotFound,
+                        "container b is not registered",
+                    )),
+                },
+            ],
+        });
+        let line = encode_response(Some(3), &resp).expect("encodes");
+        let v: Value = serde_json::from_str(&line).expect("json");
+        assert!(v["results"][0].get("error").is_none(), "{line}");
+        assert_eq!(v["results"][1]["error"]["code"], "not_found");
+        assert_eq!(parse_response(&line), (Some(3), Ok(resp)));
+    }
 
     #[test]
     fn request_round_trips_with_version_and_id() {

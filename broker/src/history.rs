@@ -66,6 +66,7 @@ struct Inner {
     decisions: BTreeMap<(String, &'static str), u64>,
     registered: u64,
     finished_total: u64,
+    batched_reports: u64,
 }
 
 /// One container's numbers for the metrics.
@@ -94,6 +95,8 @@ pub struct BrokerCounters {
     pub registered: u64,
     /// Successful Finishes.
     pub finished: u64,
+    /// Container reports that came as entries of a batch (`reports`; the batches are `requests["reports"]`).
+    pub batched_reports: u64,
 }
 
 /// The tracker; shared by the broker's threads.
@@ -132,6 +135,7 @@ pub fn request_kind(r: &crate::api::Request) -> &'static str {
     match r {
         R::Register(_) => "register",
         R::Report(_) => "report",
+        R::Reports(_) => "reports",
         R::Finish(_) => "finish",
         R::Update(_) => "update",
         R::Status(_) => "status",
@@ -169,6 +173,11 @@ impl Tracker {
     /// Counts a request of `kind` (its wire `type`).
     pub fn request(&self, kind: &'static str) {
         *self.lock().requests.entry(kind).or_default() += 1;
+    }
+
+    /// A batch of `n` container reports came in.
+    pub fn batched_reports(&self, n: usize) {
+        self.lock().batched_reports += n as u64;
     }
 
     /// A Register succeeded at `now_ms`.
@@ -311,6 +320,7 @@ impl Tracker {
             decisions: g.decisions.clone(),
             registered: g.registered,
             finished: g.finished_total,
+            batched_reports: g.batched_reports,
         };
         (tasks, b)
     }

@@ -679,6 +679,13 @@ fn broker_gauges(
         "predictive_finishes_total",
         "Successful Finishes since the broker started.",
         ConstCounter::new(b.finished),
+    )?;
+    one(
+        e,
+        "predictive_batched_reports_total",
+        "Container reports that came as entries of a grouped report (one message per shim and wake-up, \
+         counted as predictive_requests_total of type reports).",
+        ConstCounter::new(b.batched_reports),
     )
 }
 

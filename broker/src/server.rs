@@ -716,6 +716,7 @@ impl Broker {
                     .map(Response::Registered)
             }
             Request::Report(r) => self.report(r).map(Response::Directives),
+            Request::Reports(b) => Ok(Response::Reports(self.reports(b))),
             Request::Update(u) => self.update(u).map(Response::Directives),
             Request::Finish(f) => {
                 let id = f.container_id.clone();
@@ -971,7 +972,25 @@ impl Broker {
 
     fn report(&self, rep: Report) -> Result<Directives, ErrorReply> {
         let mut guard = self.lock();
-        let st = &mut *guard;
+        let mut records = Vec::new();
+        let mut samples = Vec::new();
+        let r = self.take_report(&mut guard, rep, &mut records, &mut samples);
+        drop(guard);
+        if !records.is_empty() || !samples.is_empty() {
+            self.record_decisions(records, samples);
+        }
+        r
+    }
+
+    /// Applies one container's report under the state lock (alone or as an entry of a batch): its decisions go to
+    /// `records` and its samples to `samples`, for the caller to queue in one journal submission.
+    fn take_report(
+        &self,
+        st: &mut State,
+        rep: Report,
+        records: &mut Vec<predictor::Decision>,
+        samples: &mut Vec<BatchOp>,
+    ) -> Result<Directives, ErrorReply> {
         let Some(run) = st.running.get_mut(&rep.container_id) else {
             return Err(ErrorReply::new(
                 ErrorCode::NotFound,
@@ -979,7 +998,6 @@ impl Broker {
             ));
         };
         run.last_seen_ms = now_ms();
-        let mut records = Vec::new();
         if let Some(why) = &rep.stopping {
             // Its owner stops it: a Freeze not yet delivered must never land, and the controller never pauses it
             // again (a pause in force ends; what that emits goes out with this reply).
@@ -1026,15 +1044,8 @@ impl Broker {
             st.net_in.observe(&rep.container_id, u.net_rx_bytes_per_sec);
         }
         let directives = std::mem::take(&mut run.pending);
-        let run_id = run.run_id;
-        drop(guard);
-        let samples = if fresh.is_empty() {
-            Vec::new()
-        } else {
-            vec![BatchOp::Samples(run_id, fresh)]
-        };
-        if !records.is_empty() || !samples.is_empty() {
-            self.record_decisions(records, samples);
+        if !fresh.is_empty() {
+            samples.push(BatchOp::Samples(run.run_id, fresh));
         }
         Ok(Directives { directives })
     }

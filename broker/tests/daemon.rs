@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use broker::annotations;
-use broker::api::{Explain, Finish, ParentLimit, Register, Report, Update};
+use broker::api::{Explain, Finish, ParentLimit, Register, Report, Reports, Update};
 use broker::client::{Client, ClientError};
 use broker::controller::{Action, Mode, SpecLimits};
 use runtime_hooks::{CpuSample, MemorySample, Sample};
@@ -394,6 +394,81 @@ fn bad_messages_get_named_errors_and_the_connection_survives() {
         matches!(e, ClientError::Broker(ref r) if r.message.contains("container_id")),
         "{e:?}"
     );
+}
+
+/// Grouped reports (a pod's containers in one shim): each entry of a batch is answered on its own, a bad one
+/// costs the others nothing, and an oversized batch is refused whole, naming its size, with nothing applied.
+#[test]
+fn a_batch_of_reports_is_answered_entry_by_entry() {
+    let dir = short_tempdir();
+    let b = Broker::start(dir.path());
+    let mut c = client(&b);
+    for id in ["pod-a", "pod-b"] {
+        c.register(&register(id, "pod", None)).expect("register");
+    }
+    let entry = |id: &str, base: u64| Report {
+        container_id: id.to_owned(),
+        samples: samples(0.1, 0.0, 20 << 20, base),
+        ..Report::default()
+    };
+    let too_many = Reports {
+        reports: (0..broker::api::MAX_BATCH + 1)
+            .map(|i| entry(if i == 0 { "pod-a" } else { "pod-b" }, 1_000_000_000))
+            .collect(),
+    };
+    match c.reports(&too_many) {
+        Err(ClientError::Broker(e)) => assert!(
+            e.message.contains("`reports`")
+                && e.message
+                    .contains(&(broker::api::MAX_BATCH + 1).to_string()),
+            "{e:?}"
+        ),
+        other => panic!("an oversized batch must be refused: {other:?}"),
+    }
+    let mut bad = entry("pod-b", 1_000_000_000);
+    bad.samples[1].pressure.cpu = Some(runtime_hooks::cgroup::Pressure {
+        some: runtime_hooks::cgroup::PsiLine {
+            avg10: 500.0,
+            ..Default::default()
+        },
+        full: None,
+    });
+    let out = c
+        .reports(&Reports {
+            reports: vec![
+                entry("pod-a", 1_000_000_000),
+                entry("ghost", 1_000_000_000),
+                bad,
+                entry("pod-b", 2_000_000_000),
+                entry("pod-a", 3_000_000_000),
+            ],
+        })
+        .expect("a batch with bad entries is answered");
+    let errors: Vec<_> = out.iter().map(|o| o.error.as_ref()).collect();
+    assert!(errors[0].is_none() && errors[3].is_none(), "{out:?}");
+    let code = |i: usize| errors[i].map(|e| (e.code, e.message.clone()));
+    assert!(
+        matches!(code(1), Some((broker::api::ErrorCode::NotFound, m)) if m.contains("ghost")),
+        "{out:?}"
+    );
+    assert!(
+        matches!(code(2), Some((broker::api::ErrorCode::InvalidRequest, m)) if m.contains("reports[2]") && m.contains("avg10")),
+        "{out:?}"
+    );
+    assert!(
+        matches!(code(4), Some((broker::api::ErrorCode::InvalidRequest, m)) if m.contains("twice")),
+        "{out:?}"
+    );
+    // What the valid entries carried is the runs' (one sampled interval each; nothing of the refused batch).
+    for id in ["pod-a", "pod-b"] {
+        let f = c
+            .finish(&Finish {
+                container_id: id.to_owned(),
+                ..Finish::default()
+            })
+            .expect("finish");
+        assert_eq!(f.samples, 1, "{id}: {f:?}");
+    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `containerd-shim-predictive-v2`: a containerd shim v2 (runtime `io.containerd.predictive.v2`)
 //! that runs containers through youki's libcontainer. See docs/ARCHITECTURE.md.
 
+pub mod batch;
 pub mod blocking;
 pub mod companions;
 pub mod container;

@@ -35,6 +35,7 @@ use runtime_hooks::{
 };
 use tokio::sync::Notify;
 
+use crate::batch::Sent;
 use crate::error::{Result, ShimError};
 use crate::freeze::Freezer;
 pub use crate::settings::{CONFIG_ENV, Settings};
@@ -146,16 +147,20 @@ fn parent_limits(id: &str, cgroup_path: &str) -> Vec<ParentLimit> {
 /// the same instants, so the reports due at a tick reach the broker together and share one commit of its journal
 /// (one fsync for all of them, where reports spread over the second cost one each), and the host's CPUs wake
 /// once per tick for all containers rather than at 100 scattered moments.
-fn until_next_tick(tick: Duration) -> Duration {
+/// Returns the time to sleep and the index of that tick (its multiple of `tick`): the round of `batch.rs`.
+fn next_tick(tick: Duration) -> (Duration, u64) {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: ts is a valid timespec to write into; CLOCK_MONOTONIC always exists on Linux.
     if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
-        return tick;
+        return (tick, 0);
     }
-    next_tick_after(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32), tick)
+    let now = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    let sleep = next_tick_after(now, tick);
+    let round = (now + sleep).as_nanos() / tick.as_nanos().max(1);
+    (sleep, u64::try_from(round).unwrap_or(u64::MAX))
 }
 
 /// From `now` to the next multiple of `tick` after it (a whole tick when `now` is one).
@@ -523,22 +528,33 @@ impl Augment {
     fn start_monitor(self: &Arc<Self>) {
         let me = self.clone();
         let tick = Settings::get().tick;
+        let group = crate::batch::shared();
+        group.join();
         *lock(&self.monitor) = Some(tokio::spawn(async move {
             loop {
+                let (sleep, round) = next_tick(tick);
                 let kicked = tokio::select! {
-                    _ = tokio::time::sleep(until_next_tick(tick)) => false,
+                    _ = tokio::time::sleep(sleep) => false,
                     _ = me.stop.notified() => break,
                     // The container just became stopping: the broker hears it now, not a tick later.
                     _ = me.freezer.kicked() => true,
                 };
-                if !me.wake(kicked) {
+                let due = me.wake(kicked);
+                // Every wake-up on the tick says whether a report is coming, so the shim's other monitors know
+                // when their wake-up's reports are all in (`batch.rs`).
+                let coming = if kicked { None } else { group.look(round, due) };
+                if !due {
                     continue;
                 }
                 let m = me.clone();
-                if tokio::task::spawn_blocking(move || m.step()).await.is_err() {
+                if tokio::task::spawn_blocking(move || m.step(coming))
+                    .await
+                    .is_err()
+                {
                     tracing::error!(container = %me.id, "a monitor step panicked");
                 }
             }
+            group.leave();
         }));
     }
 
@@ -571,8 +587,9 @@ impl Augment {
         }
     }
 
-    /// A due report: the full sample when it matters, register if needed, report, apply.
-    fn step(&self) {
+    /// A due report: the full sample when it matters, register if needed, report (with the shim's other reports
+    /// of this wake-up, `batch.rs`), apply.
+    fn step(&self, coming: Option<crate::batch::Coming>) {
         let mut guard = lock(&self.state);
         let st = &mut *guard;
         let Some(sampler) = st.sampler.as_mut() else {
@@ -616,8 +633,10 @@ impl Augment {
             oom_events: oom_kills.saturating_sub(st.pace.oom_kills_reported),
             stopping: self.freezer.stopping_blocking(),
         };
-        match st.client.report(&report) {
-            Ok(directives) => {
+        let urgent = why != Why::Heartbeat;
+        let (sent, report) = crate::batch::shared().send(coming, report, urgent, &mut st.client);
+        match sent {
+            Sent::Directives(directives) => {
                 st.pace.pacer.reported();
                 st.pace.oom_kills_reported = oom_kills;
                 st.pace.stopping_sent |= report.stopping.is_some();
@@ -625,7 +644,7 @@ impl Augment {
                     self.apply(st, d);
                 }
             }
-            Err(e) if e.is_not_registered() => {
+            Sent::NotRegistered => {
                 tracing::info!(container = %self.id, "the broker does not know this container (it restarted): registering again");
                 st.registered = false;
                 st.buffered = report.samples;
@@ -648,12 +667,14 @@ impl Augment {
                     }
                 }
             }
-            Err(e) => {
-                tracing::debug!(container = %self.id, "report: {}", predictive_api::error_chain(&e));
+            Sent::NoBroker => {
+                tracing::debug!(container = %self.id, "report: no broker");
                 st.buffered = report.samples;
-                if no_broker(&e) {
-                    st.registered = false;
-                }
+                st.registered = false;
+            }
+            Sent::Failed(e) => {
+                tracing::debug!(container = %self.id, "report: {e}");
+                st.buffered = report.samples;
             }
         }
     }
@@ -1086,7 +1107,10 @@ mod tests {
             ms(150),
             "any tick length"
         );
-        assert!(until_next_tick(tick) <= tick);
+        let (sleep, round) = next_tick(tick);
+        assert!(sleep <= tick);
+        let (_, again) = next_tick(tick);
+        assert!(again == round || again == round + 1, "{round} {again}");
     }
 
     #[test]

@@ -729,3 +729,75 @@ fn pressure_and_io_weight_reach_the_cgroup_and_the_broker() {
     c.remove(&id);
     c.finish();
 }
+
+/// One counter of the broker's metrics (`name` with no labels, or `name{labels}` as printed).
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The broker's metrics page, over the TCP address `[metrics] listen` names.
+fn scrape(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// Issue 16: a pod's containers share one shim (one sandbox-id annotation), and that shim sends one grouped
+/// report per wake-up for them: the broker's metrics count grouped messages and the container reports they
+/// carried, and both containers stay reported (fresh usage in `status`).
+#[test]
+fn a_pods_containers_report_in_grouped_messages() {
+    // A free local port for the metrics endpoint (taken back from the kernel just before the broker binds it).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let Some(c) = start(
+        "a_pods_containers_report_in_grouped_messages",
+        "",
+        &format!("\n[metrics]\nlisten = \"{addr}\""),
+    ) else {
+        return;
+    };
+    let ann = format!("io.kubernetes.cri.sandbox-id={}", c.id("pod"));
+    let (a, b) = (c.id("pa"), c.id("pb"));
+    for id in [&a, &b] {
+        c.run_detached(id, &["--annotation", &ann], &["sleep", "100000"]);
+    }
+    assert_eq!(c.shim_pids().len(), 1, "one sandbox-id, one shim");
+    // Idle, both heartbeat at the same wake-ups (every 5 ticks with the default stale_after_ms): a few rounds.
+    let counted = wait_until(secs(40), || {
+        let text = scrape(&addr)?;
+        let batches = metric(&text, "predictive_requests_total{type=\"reports\"}")?;
+        let entries = metric(&text, "predictive_batched_reports_total")?;
+        (batches >= 3.0).then_some((batches, entries, text))
+    });
+    let Some((batches, entries, text)) = counted else {
+        panic!(
+            "no 3 grouped reports from the pod's shim: {:?}",
+            scrape(&addr)
+        );
+    };
+    println!(
+        "grouped messages {batches}, container reports in them {entries}, single reports {:?}",
+        metric(&text, "predictive_requests_total{type=\"report\"}")
+    );
+    assert!(
+        entries >= 2.0 * batches,
+        "a grouped message carries both containers' reports: {entries} in {batches}"
+    );
+    let st = status(&c).expect("status");
+    for id in [&a, &b] {
+        let t = st.tasks.iter().find(|t| &t.container_id == id);
+        assert!(t.is_some_and(|t| t.usage.is_some()), "{id} reported: {t:?}");
+    }
+    c.remove(&a);
+    c.remove(&b);
+    c.finish();
+}

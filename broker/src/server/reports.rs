@@ -1,7 +1,13 @@
 //! The broker's side of event-driven monitoring: the heartbeat it asks of each shim (a shim whose container is
-//! idle reports only on change and at this period; `shim/src/predict.rs`, `runtime_hooks::pacing`).
+//! idle reports only on change and at this period; `shim/src/predict.rs`, `runtime_hooks::pacing`), and grouped
+//! reports: the entries of one [`Reports`] batch (a shim's containers due at one wake-up) are applied under one
+//! lock and their records queued as one journal submission, so the batch costs one commit.
 
-use predictive_api::wire::Registered;
+use std::collections::HashSet;
+
+use predictive_api::wire::{
+    ErrorCode, ErrorReply, Registered, ReportOutcome, ReportOutcomes, Reports,
+};
 
 use super::{Broker, MAX_CPU_READINGS};
 
@@ -12,6 +18,59 @@ impl Broker {
         let stale = self.lock().controller.config().stale_after_ms;
         r.heartbeat_ms = Some(heartbeat_ms(stale));
         r
+    }
+
+    /// Applies a batch (its size checked by `validate::request`): each entry is checked as a single Report is
+    /// and answered on its own (an entry that fails, or names a container an earlier entry named, gets its error;
+    /// the others are applied), all under one lock, their records queued together.
+    pub(super) fn reports(&self, batch: Reports) -> ReportOutcomes {
+        self.tracker.batched_reports(batch.reports.len());
+        let mut records = Vec::new();
+        let mut samples = Vec::new();
+        let mut seen = HashSet::with_capacity(batch.reports.len());
+        let mut guard = self.lock();
+        let results = batch
+            .reports
+            .into_iter()
+            .enumerate()
+            .map(|(i, rep)| {
+                let container_id = rep.container_id.clone();
+                let checked = crate::validate::report(&rep)
+                    .map_err(|e| ErrorReply::new(e.code, format!("reports[{i}]: {}", e.message)))
+                    .and_then(|()| {
+                        if seen.insert(container_id.clone()) {
+                            Ok(())
+                        } else {
+                            Err(ErrorReply::new(
+                                ErrorCode::InvalidRequest,
+                                format!(
+                                    "reports[{i}]: container {} is reported twice in one batch",
+                                    crate::validate::shown(&container_id, 64)
+                                ),
+                            ))
+                        }
+                    });
+                let r = checked
+                    .and_then(|()| self.take_report(&mut guard, rep, &mut records, &mut samples));
+                match r {
+                    Ok(d) => ReportOutcome {
+                        container_id,
+                        directives: d.directives,
+                        error: None,
+                    },
+                    Err(e) => ReportOutcome {
+                        container_id,
+                        directives: Vec::new(),
+                        error: Some(e),
+                    },
+                }
+            })
+            .collect();
+        drop(guard);
+        if !records.is_empty() || !samples.is_empty() {
+            self.record_decisions(records, samples);
+        }
+        ReportOutcomes { results }
     }
 }
 
