@@ -401,7 +401,7 @@ fn bad_messages_get_named_errors_and_the_connection_survives() {
 #[test]
 fn a_batch_of_reports_is_answered_entry_by_entry() {
     let dir = short_tempdir();
-    let b = Broker::start(dir.path());
+    let b = start_broker(dir.path());
     let mut c = client(&b);
     for id in ["pod-a", "pod-b"] {
         c.register(&register(id, "pod", None)).expect("register");
