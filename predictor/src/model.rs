@@ -1106,14 +1106,29 @@ pub fn calibrate(ratios: &[f64], level: f64, limit_q: f64) -> Calibration {
     r.sort_by(f64::total_cmp);
     let alpha = (1.0 - level).clamp(0.0, 1.0);
     // Finite-sample conformal ranks (ceil((n+1)(1-a/2))-th smallest for the upper bound), a tail below 19 scores.
-    let upper = one_sided(&r, 1.0 - alpha / 2.0);
-    let lower = one_sided(&r, alpha / 2.0);
+    let mut upper = one_sided(&r, 1.0 - alpha / 2.0);
+    let mut lower = one_sided(&r, alpha / 2.0);
     let limit = one_sided(&r, limit_q);
+    // Below the central ranks the interval rests on a few scores and the tail: it keeps the point inside. A handful
+    // of ratios all above 1 (the point lagging a rising type) would otherwise give an interval wholly above the
+    // point, as sure of that lag as of the point itself. From the ranks on, the scores decide (a forecaster biased
+    // over 19 and more runs is corrected by an interval that leaves its point out).
+    if !central_ranks_exist(r.len(), level) {
+        lower = lower.min(1.0);
+        upper = upper.max(1.0);
+    }
     Calibration {
         lower,
         upper,
         limit: limit.max(upper),
     }
+}
+
+/// Whether `n` scores have the finite-sample conformal ranks of a central interval at `level`
+/// (`ceil((n+1)(1+level)/2) <= n`: 19 scores for 90%).
+fn central_ranks_exist(n: usize, level: f64) -> bool {
+    let q = 1.0 - (1.0 - level).clamp(0.0, 1.0) / 2.0;
+    ((n as f64 + 1.0) * q - 1e-9).ceil() as usize <= n
 }
 
 /// The conformal bound at `q` of sorted scores (an upper bound for `q >= 0.5`, a lower one below): the
@@ -1412,6 +1427,32 @@ mod tests {
             serde_json::to_value(Resource::NetRx).expect("encode"),
             "net-rx"
         );
+    }
+
+    #[test]
+    fn a_young_types_interval_holds_its_point() {
+        // Memory rising 10% a run: the median of the earlier runs lags, so each of the 4 forward ratios is above 1.
+        // With no conformal rank at 4 scores, the interval still holds the point rather than lying above it.
+        let runs: Vec<_> = (0..6)
+            .map(|i| run(i, 0, 1e8 * 1.1f64.powi(i as i32), None))
+            .collect();
+        let (m, scores) = train_task_scored(&runs, 0, &TrainConfig::default()).expect("trains");
+        let slot = Resource::ALL
+            .iter()
+            .position(|&r| r == Resource::Memory)
+            .expect("memory");
+        assert!(scores[slot].iter().all(|r| *r > 1.0), "{scores:?}");
+        let e = m.memory.estimate(&[0.0; N_FEATURES]);
+        assert!(e.lower <= e.point && e.point <= e.upper, "{e:?}");
+        assert!(e.upper > e.point, "the rise still widens the top: {e:?}");
+        // From the ranks on (19 scores for 90%) the scores decide: a lag seen over 40 runs leaves the point out.
+        let lagging: Vec<f64> = (0..40).map(|i| 1.2 + 0.005 * f64::from(i)).collect();
+        let c = calibrate(&lagging, 0.9, 0.998);
+        assert!(c.lower > 1.0, "{c:?}");
+        let few = calibrate(&lagging[..5], 0.9, 0.998);
+        assert!(few.lower <= 1.0 && few.upper >= 1.2, "{few:?}");
+        let below = calibrate(&[0.7, 0.75, 0.8], 0.9, 0.95);
+        assert!(below.upper >= 1.0 && below.lower <= 0.7, "{below:?}");
     }
 
     #[test]
