@@ -49,9 +49,10 @@ use std::path::{Path, PathBuf};
 
 use crate::key::TaskKey;
 use crate::model::{
-    ForwardScores, Resource, TaskModel, TrainConfig, YOUNG_LIMIT_CAP, conformal_bound,
-    finished_at_ms, train_task_scored,
+    ForwardScores, Resource, TaskModel, TrainConfig, YOUNG_LIMIT_CAP, central_ranks_exist,
+    conformal_bound, finished_at_ms, train_task_pooled,
 };
+use crate::pool::ScorePool;
 use crate::types::{RunFeatures, RunSummary};
 
 /// Errors reading or writing a trace.
@@ -526,6 +527,14 @@ fn history_quantiles(st: &TaskState, r: usize, h: History, now: u64, cfg: &EvalC
     weighted_quantiles(&mut pairs, &qs)
 }
 
+/// Adds to `pool` the forward scores of a type refitted after `new_runs` more runs: the newest `new_runs` scores
+/// of each target (fewer when a run had no score, e.g. CPU not measured), so each run is pooled once.
+pub fn pool_new_scores(pool: &mut ScorePool, scores: &ForwardScores, new_runs: usize) {
+    for (slot, sc) in scores.iter().enumerate() {
+        pool.add(slot, &sc[sc.len().saturating_sub(new_runs)..]);
+    }
+}
+
 /// Replays `runs` and scores the policies.
 pub fn evaluate(runs: &[RunSummary], cfg: &EvalConfig) -> EvalReport {
     use std::cmp::Reverse;
@@ -534,6 +543,7 @@ pub fn evaluate(runs: &[RunSummary], cfg: &EvalConfig) -> EvalReport {
     let mut order: Vec<usize> = (0..runs.len()).collect();
     order.sort_by_key(|&i| (runs[i].started_at_ms, runs[i].run_id));
     let mut tasks: HashMap<TaskKey, TaskState> = HashMap::new();
+    let mut pool = ScorePool::default();
     let mut running: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
     let mut report = EvalReport {
         runs: runs.len() as u64,
@@ -575,9 +585,17 @@ pub fn evaluate(runs: &[RunSummary], cfg: &EvalConfig) -> EvalReport {
             continue;
         }
         if st.model.is_none() || n - st.trained_at >= cfg.retrain_every.max(1) {
-            st.model = train_task_scored(&st.history, now, &cfg.train);
+            st.model = train_task_pooled(&st.history, now, &cfg.train, Some(&pool));
+            let new_runs = if st.trained_at == 0 {
+                n
+            } else {
+                n - st.trained_at
+            };
             st.trained_at = n;
             report.fits += 1;
+            if let Some((_, scores)) = &st.model {
+                pool_new_scores(&mut pool, scores, new_runs);
+            }
         }
         let features = RunFeatures::from_metadata(&run.meta, now);
         let x = crate::model::features(&features);
@@ -596,7 +614,12 @@ pub fn evaluate(runs: &[RunSummary], cfg: &EvalConfig) -> EvalReport {
                 let floor = t.history_floor(x[0]);
                 let point = t.point(&x);
                 for (level, sc) in rr.ours_curve.iter_mut() {
-                    let lim = (point * conformal_bound(&scores[slot(*res)], *level)).max(floor);
+                    let own = &scores[slot(*res)];
+                    let mut mult = conformal_bound(own, *level);
+                    if !central_ranks_exist(own.len(), cfg.train.level) {
+                        mult = pool.blend(slot(*res), own.len(), mult, *level);
+                    }
+                    let lim = (point * mult).max(floor);
                     sc.add(lim, 0.0, 0.0, usage);
                 }
             }

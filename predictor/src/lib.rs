@@ -25,6 +25,7 @@ pub mod histogram;
 pub mod key;
 pub mod model;
 pub mod percentile;
+pub mod pool;
 pub mod regression;
 pub mod store;
 pub mod synth;
