@@ -527,14 +527,6 @@ fn history_quantiles(st: &TaskState, r: usize, h: History, now: u64, cfg: &EvalC
     weighted_quantiles(&mut pairs, &qs)
 }
 
-/// Adds to `pool` the forward scores of a type refitted after `new_runs` more runs: the newest `new_runs` scores
-/// of each target (fewer when a run had no score, e.g. CPU not measured), so each run is pooled once.
-pub fn pool_new_scores(pool: &mut ScorePool, scores: &ForwardScores, new_runs: usize) {
-    for (slot, sc) in scores.iter().enumerate() {
-        pool.add(slot, &sc[sc.len().saturating_sub(new_runs)..]);
-    }
-}
-
 /// Replays `runs` and scores the policies.
 pub fn evaluate(runs: &[RunSummary], cfg: &EvalConfig) -> EvalReport {
     use std::cmp::Reverse;
@@ -594,7 +586,7 @@ pub fn evaluate(runs: &[RunSummary], cfg: &EvalConfig) -> EvalReport {
             st.trained_at = n;
             report.fits += 1;
             if let Some((_, scores)) = &st.model {
-                pool_new_scores(&mut pool, scores, new_runs);
+                pool.add_newest(scores, new_runs as u64);
             }
         }
         let features = RunFeatures::from_metadata(&run.meta, now);

@@ -105,6 +105,39 @@ impl ScorePool {
         }
     }
 
+    /// Adds the forward scores (`actual / predicted`, per target, oldest first) of a type fitted after
+    /// `new_runs` more runs than at its previous fit: the newest `new_runs` of each target (fewer when a run had
+    /// no score), so each run is pooled once however often its type is refitted.
+    pub fn add_newest(&mut self, scores: &[Vec<f64>; 6], new_runs: u64) {
+        for (slot, sc) in scores.iter().enumerate() {
+            let new = usize::try_from(new_runs)
+                .unwrap_or(usize::MAX)
+                .min(sc.len());
+            self.add(slot, &sc[sc.len() - new..]);
+        }
+    }
+
+    /// Adds the counts of `other` (scores pooled while this one was in use), halving while above [`CAP`].
+    pub fn merge(&mut self, other: &ScorePool) {
+        for (t, o) in self.targets.iter_mut().zip(&other.targets) {
+            if o.counts.len() != BINS || o.total <= 0.0 {
+                continue;
+            }
+            if t.counts.len() != BINS {
+                *t = PooledScores::default();
+            }
+            t.counts
+                .iter_mut()
+                .zip(&o.counts)
+                .for_each(|(a, b)| *a += b);
+            t.total += o.total;
+            while t.total > CAP {
+                t.counts.iter_mut().for_each(|c| *c *= 0.5);
+                t.total = t.counts.iter().map(|c| f64::from(*c)).sum();
+            }
+        }
+    }
+
     /// A type's own multiplier `own` at quantile `q` of target `slot`, from its `n` own scores, blended with the
     /// pool's quantile `q`: `own^w x pooled^(1-w)`, `w = n / (n + N0)` (the smaller of the two when either is 0).
     /// `own` unchanged while the pool holds less than [`MIN_POOLED`].
@@ -183,6 +216,15 @@ mod tests {
         let half = pool.blend(2, N0 as usize, 5.0, 0.998);
         assert!((half - (5.0 * q).sqrt()).abs() < 1e-9, "{half}");
         assert!(pool.blend(2, 1000, 5.0, 0.998) > 4.9);
+        // Merging another pool adds its counts; the newest scores of a refit are added once.
+        let mut other = ScorePool::default();
+        other.add_newest(&[vec![], vec![1.0; 3], vec![], vec![], vec![], vec![]], 2);
+        let mut merged = pool.clone();
+        merged.merge(&other);
+        assert_eq!(
+            (merged.targets[1].total(), merged.targets[2].total()),
+            (2.0, 150.0)
+        );
         // Another target's pool is empty.
         assert_eq!(pool.blend(1, 3, 5.0, 0.998), 5.0);
         assert_eq!(pool.blend(9, 3, 5.0, 0.998), 5.0);
