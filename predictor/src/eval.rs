@@ -21,7 +21,8 @@
 //! Runs are visited in order of start. A run joins its task type's history when it **ends** (start + duration),
 //! so a run never sees the outcome of a run that was still going when it started. Before a run, every policy
 //! sizes it from the finished runs of its task type:
-//! - **ours**: the task model ([`train_task_scored`]) refitted whenever the task type has
+//! - **ours**: the task model ([`train_task_pooled`], with one [`ScorePool`] for the whole trace, fed each
+//!   refitted type's newest scores as the engine does) refitted whenever the task type has
 //!   [`EvalConfig::retrain_every`] new finished runs (default 1: after every finished run, as the product does);
 //!   allocation = the estimate's `limit` (memory 99.8%, CPU and duration 95%), interval = `[lower, upper]`;
 //! - **vpa-like**: VPA's recommender: a histogram whose weights halve every 24 h of age
