@@ -417,14 +417,19 @@ impl Predictor {
                 }
             }
         }
-        self.store
-            .save_models(version, models.iter().map(|(k, m)| (k, &**m)), 1)?;
         let pool = {
-            let mut p = lock(&self.pool);
+            let mut p = lock(&self.pool).clone();
             p.merge(&fresh);
-            p.clone()
+            p
         };
-        self.store.save_score_pool(&pool)?;
+        self.store.save_models_and_pool(
+            version,
+            models.iter().map(|(k, m)| (k, &**m)),
+            1,
+            Some(&pool),
+        )?;
+        // Merged into the live pool only now that it is written (refits may have added to it meanwhile).
+        lock(&self.pool).merge(&fresh);
         let report = RetrainReport {
             version,
             task_types: models.len(),

@@ -10,7 +10,7 @@
 //! Bounded and incremental: [`BINS`] fixed bins per target over `ln` ratio in `[-RANGE, RANGE]` (values beyond go
 //! to the edge bins, so a 1/148 to 148x ratio is resolved to 2.5%), adding a score is O(1), and the counts halve
 //! when their total reaches [`CAP`], so the pool follows the node's recent runs. About 10 KB in all, persisted by
-//! the engine with each full retrain ([`crate::Store::save_score_pool`]).
+//! the engine with each full retrain ([`crate::Store::save_models_and_pool`]).
 
 use serde::{Deserialize, Serialize};
 

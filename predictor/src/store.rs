@@ -853,7 +853,25 @@ impl Store {
         models: impl IntoIterator<Item = (&'a TaskKey, &'a TaskModel)>,
         keep_previous: u64,
     ) -> Result<(), StoreError> {
+        self.save_models_and_pool(version, models, keep_previous, None)
+    }
+
+    /// [`Store::save_models`], also replacing the pooled scores in the same transaction (one commit, one fsync).
+    pub fn save_models_and_pool<'a>(
+        &self,
+        version: u64,
+        models: impl IntoIterator<Item = (&'a TaskKey, &'a TaskModel)>,
+        keep_previous: u64,
+        pool: Option<&ScorePool>,
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db("beginning model write"))?;
+        if let Some(pool) = pool {
+            let mut t = txn
+                .open_table(SCORE_POOL)
+                .map_err(db("opening score pool"))?;
+            t.insert("pool", encode("score pool", pool)?.as_slice())
+                .map_err(db("writing score pool"))?;
+        }
         {
             let mut t = txn.open_table(MODELS).map_err(db("opening models"))?;
             for (key, model) in models {
@@ -937,22 +955,6 @@ impl Store {
                 .map_err(db("writing model version"))?;
         }
         txn.commit().map_err(db("committing models"))
-    }
-
-    /// Writes the conformal scores pooled across task types (one entry, replaced).
-    pub fn save_score_pool(&self, pool: &ScorePool) -> Result<(), StoreError> {
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(db("beginning score pool write"))?;
-        {
-            let mut t = txn
-                .open_table(SCORE_POOL)
-                .map_err(db("opening score pool"))?;
-            t.insert("pool", encode("score pool", pool)?.as_slice())
-                .map_err(db("writing score pool"))?;
-        }
-        txn.commit().map_err(db("committing score pool"))
     }
 
     /// The pooled scores last written (`None` before the first full retrain wrote them).
