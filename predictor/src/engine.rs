@@ -30,7 +30,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::key::TaskKey;
-use crate::model::{ModelKind, Prediction, Resource, TaskModel, TrainConfig, train_task};
+use crate::model::{ModelKind, Prediction, Resource, TaskModel, TrainConfig, train_task_pooled};
+use crate::pool::ScorePool;
 use crate::store::{
     DecisionQuery, ImportReport, PortableRun, RetentionPolicy, RetentionReport, Store, StoreError,
 };
@@ -149,6 +150,8 @@ pub struct Predictor {
     new_runs: Mutex<Pending>,
     runs_since_train: AtomicU64,
     last_train_ms: AtomicU64,
+    /// Forward scores pooled across task types (a young type's limit leans on them); written with each retrain.
+    pool: Mutex<ScorePool>,
 }
 
 /// New runs per task type, and the types that got one since a refit last looked at them: a refit examines only
@@ -190,6 +193,7 @@ impl Predictor {
         } else {
             HashMap::new()
         };
+        let pool = store.load_score_pool()?.unwrap_or_default();
         let trained_at = models.values().map(|m| m.trained_at_ms).max().unwrap_or(0);
         let fitted_in = models.keys().map(|k| (k.clone(), version)).collect();
         Ok(Self {
@@ -206,7 +210,28 @@ impl Predictor {
             // Unknown after a restart: count as due so the first maybe_retrain trains.
             runs_since_train: AtomicU64::new(u64::from(version == 0)),
             last_train_ms: AtomicU64::new(trained_at),
+            pool: Mutex::new(pool),
         })
+    }
+
+    /// The forward scores pooled across task types (a copy).
+    pub fn score_pool(&self) -> ScorePool {
+        lock(&self.pool).clone()
+    }
+
+    /// Trains one type with the pool as it was (`pool`), adding its newest scores to `fresh`: those of the runs
+    /// since its model in `old` (all of them for a type that had none).
+    fn train_pooled(
+        &self,
+        runs: &[RunSummary],
+        now_ms: u64,
+        old: Option<&TaskModel>,
+        pool: &ScorePool,
+        fresh: &mut ScorePool,
+    ) -> Option<TaskModel> {
+        let (m, scores) = train_task_pooled(runs, now_ms, &self.config.train, Some(pool))?;
+        fresh.add_newest(&scores, m.runs.saturating_sub(old.map_or(0, |o| o.runs)));
+        Some(m)
     }
 
     /// The underlying store (for reads the facade does not wrap).
@@ -353,14 +378,19 @@ impl Predictor {
         let started = std::time::Instant::now();
         let pending_before = self.runs_since_train.load(Ordering::Relaxed);
         let new_before = lock(&self.new_runs).counts.clone();
-        let snapshot_version = self.model_version();
-        let cfg = &self.config.train;
+        let snapshot = self.models();
+        let snapshot_version = snapshot.version;
+        let pool = self.score_pool();
+        let seed = pool.targets.iter().all(|t| t.total() <= 0.0);
+        let mut fresh = ScorePool::default();
         let mut models = HashMap::new();
         let mut cold = 0;
         let mut runs = 0u64;
         self.store.for_each_task_runs(|key, task_runs| {
             runs += task_runs.len() as u64;
-            match train_task(&task_runs, now_ms, cfg) {
+            // An empty pool (a store from before it, or a lost one) is seeded with every type's scores.
+            let old = snapshot.models.get(key).map(|m| &**m).filter(|_| !seed);
+            match self.train_pooled(&task_runs, now_ms, old, &pool, &mut fresh) {
                 Some(m) => {
                     models.insert(key.clone(), Arc::new(m));
                 }
@@ -387,8 +417,19 @@ impl Predictor {
                 }
             }
         }
-        self.store
-            .save_models(version, models.iter().map(|(k, m)| (k, &**m)), 1)?;
+        let pool = {
+            let mut p = lock(&self.pool).clone();
+            p.merge(&fresh);
+            p
+        };
+        self.store.save_models_and_pool(
+            version,
+            models.iter().map(|(k, m)| (k, &**m)),
+            1,
+            Some(&pool),
+        )?;
+        // Merged into the live pool only now that it is written (refits may have added to it meanwhile).
+        lock(&self.pool).merge(&fresh);
         let report = RetrainReport {
             version,
             task_types: models.len(),
@@ -488,10 +529,13 @@ impl Predictor {
         let mut fitted = Vec::new();
         let mut removed = Vec::new();
         let mut runs = 0u64;
+        let pool = self.score_pool();
+        let mut fresh = ScorePool::default();
         for (key, _) in &due {
             let task_runs = self.store.runs_of(key)?;
             runs += task_runs.len() as u64;
-            match train_task(&task_runs, now_ms, &self.config.train) {
+            let prev = old.models.get(key).map(|m| &**m);
+            match self.train_pooled(&task_runs, now_ms, prev, &pool, &mut fresh) {
                 Some(m) => {
                     let m = Arc::new(m);
                     models.insert(key.clone(), Arc::clone(&m));
@@ -508,6 +552,8 @@ impl Predictor {
         }
         self.store
             .update_models(version, fitted.iter().map(|(k, m)| (k, &**m)), &removed)?;
+        // In memory only: the next full retrain writes the pool (a crash loses the scores pooled since).
+        lock(&self.pool).merge(&fresh);
         let report = RetrainReport {
             version,
             task_types: fitted.len(),
@@ -653,6 +699,49 @@ mod tests {
             p.predict(&TaskKey::new("unknown"), &features)
                 .is_cold_start()
         );
+    }
+
+    #[test]
+    fn scores_are_pooled_once_per_run_and_kept_across_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runs = trace();
+        let memory = Resource::ALL
+            .iter()
+            .position(|&r| r == Resource::Memory)
+            .expect("memory");
+        let mut cfg = PredictorConfig::default();
+        // A refit after each new run.
+        cfg.retrain.refit_growth = 0.01;
+        let pooled = {
+            let p = open(&dir, cfg.clone());
+            assert_eq!(p.score_pool(), ScorePool::default());
+            p.record_runs(&runs[..60]).expect("record");
+            p.retrain(1).expect("retrain");
+            // At most one forward score per run past each type's first two (which have no forecast).
+            let t0 = p.score_pool().targets[memory].total();
+            assert!(t0 > 0.0 && t0 <= 54.0, "{t0}");
+            // Another retrain with no new run pools nothing more.
+            p.retrain(2).expect("retrain");
+            assert_eq!(p.score_pool().targets[memory].total(), t0);
+            // One more run of a type: its refit pools that run's score once.
+            let key = runs[60].task_key.clone();
+            let next = runs[60..]
+                .iter()
+                .find(|r| r.task_key == key)
+                .expect("a run");
+            p.record_runs(std::slice::from_ref(next)).expect("record");
+            p.refit_pending(3).expect("refit").expect("refitted");
+            assert_eq!(p.score_pool().targets[memory].total(), t0 + 1.0);
+            p.retrain(4).expect("retrain");
+            p.score_pool()
+        };
+        let p = open(&dir, cfg);
+        assert_eq!(
+            p.score_pool(),
+            pooled,
+            "written with the retrain, read at open"
+        );
+        assert_eq!(p.store().load_score_pool().expect("load"), Some(pooled));
     }
 
     #[test]

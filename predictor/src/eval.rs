@@ -21,7 +21,8 @@
 //! Runs are visited in order of start. A run joins its task type's history when it **ends** (start + duration),
 //! so a run never sees the outcome of a run that was still going when it started. Before a run, every policy
 //! sizes it from the finished runs of its task type:
-//! - **ours**: the task model ([`train_task_scored`]) refitted whenever the task type has
+//! - **ours**: the task model ([`train_task_pooled`], with one [`ScorePool`] for the whole trace, fed each
+//!   refitted type's newest scores as the engine does) refitted whenever the task type has
 //!   [`EvalConfig::retrain_every`] new finished runs (default 1: after every finished run, as the product does);
 //!   allocation = the estimate's `limit` (memory 99.8%, CPU and duration 95%), interval = `[lower, upper]`;
 //! - **vpa-like**: VPA's recommender: a histogram whose weights halve every 24 h of age
@@ -49,9 +50,10 @@ use std::path::{Path, PathBuf};
 
 use crate::key::TaskKey;
 use crate::model::{
-    ForwardScores, Resource, TaskModel, TrainConfig, YOUNG_LIMIT_CAP, conformal_bound,
-    finished_at_ms, train_task_scored,
+    ForwardScores, Resource, TaskModel, TrainConfig, YOUNG_LIMIT_CAP, central_ranks_exist,
+    conformal_bound, finished_at_ms, train_task_pooled,
 };
+use crate::pool::ScorePool;
 use crate::types::{RunFeatures, RunSummary};
 
 /// Errors reading or writing a trace.
@@ -534,6 +536,7 @@ pub fn evaluate(runs: &[RunSummary], cfg: &EvalConfig) -> EvalReport {
     let mut order: Vec<usize> = (0..runs.len()).collect();
     order.sort_by_key(|&i| (runs[i].started_at_ms, runs[i].run_id));
     let mut tasks: HashMap<TaskKey, TaskState> = HashMap::new();
+    let mut pool = ScorePool::default();
     let mut running: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
     let mut report = EvalReport {
         runs: runs.len() as u64,
@@ -575,9 +578,17 @@ pub fn evaluate(runs: &[RunSummary], cfg: &EvalConfig) -> EvalReport {
             continue;
         }
         if st.model.is_none() || n - st.trained_at >= cfg.retrain_every.max(1) {
-            st.model = train_task_scored(&st.history, now, &cfg.train);
+            st.model = train_task_pooled(&st.history, now, &cfg.train, Some(&pool));
+            let new_runs = if st.trained_at == 0 {
+                n
+            } else {
+                n - st.trained_at
+            };
             st.trained_at = n;
             report.fits += 1;
+            if let Some((_, scores)) = &st.model {
+                pool.add_newest(scores, new_runs as u64);
+            }
         }
         let features = RunFeatures::from_metadata(&run.meta, now);
         let x = crate::model::features(&features);
@@ -596,7 +607,12 @@ pub fn evaluate(runs: &[RunSummary], cfg: &EvalConfig) -> EvalReport {
                 let floor = t.history_floor(x[0]);
                 let point = t.point(&x);
                 for (level, sc) in rr.ours_curve.iter_mut() {
-                    let lim = (point * conformal_bound(&scores[slot(*res)], *level)).max(floor);
+                    let own = &scores[slot(*res)];
+                    let mut mult = conformal_bound(own, *level);
+                    if !central_ranks_exist(own.len(), cfg.train.level) {
+                        mult = pool.blend(slot(*res), own.len(), mult, *level);
+                    }
+                    let lim = (point * mult).max(floor);
                     sc.add(lim, 0.0, 0.0, usage);
                 }
             }

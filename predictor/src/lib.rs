@@ -13,7 +13,7 @@
 //! Modules: [`key`] (task identity), [`store`] (redb tables, schema, retention), [`histogram`] (decaying
 //! quantile baseline), [`percentile`](mod@percentile) (the workspace's one percentile, nearest rank),
 //! [`regression`] (smartcore ridge), [`model`] (training, selection, conformal calibration,
-//! [`Prediction`]), [`engine`] (the [`Predictor`] facade, atomic model swap), [`eval`] (trace format and offline
+//! [`Prediction`]), [`pool`] (conformal scores pooled across task types for young types' limits), [`engine`] (the [`Predictor`] facade, atomic model swap), [`eval`] (trace format and offline
 //! replay), [`synth`] (synthetic traces).
 //!
 //! Limits: one process owns the file (redb takes an exclusive lock); the model set is held in memory; the models
@@ -25,6 +25,7 @@ pub mod histogram;
 pub mod key;
 pub mod model;
 pub mod percentile;
+pub mod pool;
 pub mod regression;
 pub mod store;
 pub mod synth;

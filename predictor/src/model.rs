@@ -45,6 +45,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::histogram::DecayingHistogram;
 use crate::key::TaskKey;
+use crate::pool::ScorePool;
 use crate::regression::{LinearModel, N_FEATURES};
 use crate::types::{BUCKETS, Profile, RunFeatures, RunOutcome, RunSummary};
 
@@ -704,6 +705,18 @@ pub fn train_task_scored(
     now_ms: u64,
     cfg: &TrainConfig,
 ) -> Option<(TaskModel, ForwardScores)> {
+    train_task_pooled(runs, now_ms, cfg, None)
+}
+
+/// [`train_task_scored`] with the scores `pool`ed across task types: a target with too few own scores for the
+/// central conformal ranks (19 at 90%) takes its `limit` from a blend of its own and the pool's
+/// ([`ScorePool::blend`]); its interval stays its own.
+pub fn train_task_pooled(
+    runs: &[RunSummary],
+    now_ms: u64,
+    cfg: &TrainConfig,
+    pool: Option<&ScorePool>,
+) -> Option<(TaskModel, ForwardScores)> {
     if runs.len() < cfg.min_runs.max(2) {
         return None;
     }
@@ -757,6 +770,12 @@ pub fn train_task_scored(
             cfg.limit_quantile[slot],
             res == Resource::Memory,
         );
+        if let Some(p) = pool.filter(|_| !central_ranks_exist(s.len(), cfg.level)) {
+            let c = &mut m.calibration;
+            c.limit = p
+                .blend(slot, s.len(), c.limit, cfg.limit_quantile[slot])
+                .max(c.upper);
+        }
         if res == Resource::Cpu {
             let window = &y[y.len().saturating_sub(cfg.calibration_window.max(1))..];
             let idle = window.iter().filter(|v| **v <= 0.0).count();
@@ -1106,14 +1125,29 @@ pub fn calibrate(ratios: &[f64], level: f64, limit_q: f64) -> Calibration {
     r.sort_by(f64::total_cmp);
     let alpha = (1.0 - level).clamp(0.0, 1.0);
     // Finite-sample conformal ranks (ceil((n+1)(1-a/2))-th smallest for the upper bound), a tail below 19 scores.
-    let upper = one_sided(&r, 1.0 - alpha / 2.0);
-    let lower = one_sided(&r, alpha / 2.0);
+    let mut upper = one_sided(&r, 1.0 - alpha / 2.0);
+    let mut lower = one_sided(&r, alpha / 2.0);
     let limit = one_sided(&r, limit_q);
+    // Below the central ranks the interval rests on a few scores and the tail: it keeps the point inside. A handful
+    // of ratios all above 1 (the point lagging a rising type) would otherwise give an interval wholly above the
+    // point, as sure of that lag as of the point itself. From the ranks on, the scores decide (a forecaster biased
+    // over 19 and more runs is corrected by an interval that leaves its point out).
+    if !central_ranks_exist(r.len(), level) {
+        lower = lower.min(1.0);
+        upper = upper.max(1.0);
+    }
     Calibration {
         lower,
         upper,
         limit: limit.max(upper),
     }
+}
+
+/// Whether `n` scores have the finite-sample conformal ranks of a central interval at `level`
+/// (`ceil((n+1)(1+level)/2) <= n`: 19 scores for 90%).
+pub fn central_ranks_exist(n: usize, level: f64) -> bool {
+    let q = 1.0 - (1.0 - level).clamp(0.0, 1.0) / 2.0;
+    ((n as f64 + 1.0) * q - 1e-9).ceil() as usize <= n
 }
 
 /// The conformal bound at `q` of sorted scores (an upper bound for `q >= 0.5`, a lower one below): the
@@ -1412,6 +1446,68 @@ mod tests {
             serde_json::to_value(Resource::NetRx).expect("encode"),
             "net-rx"
         );
+    }
+
+    #[test]
+    fn a_young_types_interval_holds_its_point() {
+        // Memory rising 10% a run: the median of the earlier runs lags, so each of the 4 forward ratios is above 1.
+        // With no conformal rank at 4 scores, the interval still holds the point rather than lying above it.
+        let runs: Vec<_> = (0..6)
+            .map(|i| run(i, 0, 1e8 * 1.1f64.powi(i as i32), None))
+            .collect();
+        let (m, scores) = train_task_scored(&runs, 0, &TrainConfig::default()).expect("trains");
+        let slot = Resource::ALL
+            .iter()
+            .position(|&r| r == Resource::Memory)
+            .expect("memory");
+        assert!(scores[slot].iter().all(|r| *r > 1.0), "{scores:?}");
+        let e = m.memory.estimate(&[0.0; N_FEATURES]);
+        assert!(e.lower <= e.point && e.point <= e.upper, "{e:?}");
+        assert!(e.upper > e.point, "the rise still widens the top: {e:?}");
+        // From the ranks on (19 scores for 90%) the scores decide: a lag seen over 40 runs leaves the point out.
+        let lagging: Vec<f64> = (0..40).map(|i| 1.2 + 0.005 * f64::from(i)).collect();
+        let c = calibrate(&lagging, 0.9, 0.998);
+        assert!(c.lower > 1.0, "{c:?}");
+        let few = calibrate(&lagging[..5], 0.9, 0.998);
+        assert!(few.lower <= 1.0 && few.upper >= 1.2, "{few:?}");
+        let below = calibrate(&[0.7, 0.75, 0.8], 0.9, 0.95);
+        assert!(below.upper >= 1.0 && below.lower <= 0.7, "{below:?}");
+    }
+
+    #[test]
+    fn a_young_types_limit_leans_on_the_pooled_scores_and_an_older_ones_does_not() {
+        let slot = Resource::ALL
+            .iter()
+            .position(|&r| r == Resource::Memory)
+            .expect("memory");
+        // Other types' memory ran up to 3x their forecast; this type's few runs wobble by a few percent.
+        let mut pool = ScorePool::default();
+        pool.add(
+            slot,
+            &(0..1000)
+                .map(|i| 0.8 + 2.2 * f64::from(i) / 999.0)
+                .collect::<Vec<_>>(),
+        );
+        let runs: Vec<_> = (0..40)
+            .map(|i| run(i, 0, 1e8 * (1.0 + 0.03 * wobble(i)), None))
+            .collect();
+        let cfg = TrainConfig::default();
+        let x = [0.0; N_FEATURES];
+        let (own, s) = train_task_scored(&runs[..8], 0, &cfg).expect("trains");
+        let (pooled, _) = train_task_pooled(&runs[..8], 0, &cfg, Some(&pool)).expect("trains");
+        let (o, p) = (own.memory.estimate(&x), pooled.memory.estimate(&x));
+        let want = pool.blend(slot, s[slot].len(), own.memory.calibration.limit, 0.998);
+        assert!(p.limit > o.limit * 1.2, "young: {o:?} -> {p:?}");
+        assert!((pooled.memory.calibration.limit - want).abs() < 1e-9);
+        assert_eq!(
+            (p.lower, p.point, p.upper),
+            (o.lower, o.point, o.upper),
+            "the interval stays its own"
+        );
+        // 38 runs give 36 scores: past the central ranks, its own scores alone.
+        let (own, _) = train_task_scored(&runs, 0, &cfg).expect("trains");
+        let (pooled, _) = train_task_pooled(&runs, 0, &cfg, Some(&pool)).expect("trains");
+        assert_eq!(own.memory.calibration, pooled.memory.calibration);
     }
 
     #[test]

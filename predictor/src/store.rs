@@ -18,6 +18,7 @@
 //! | `open_runs`  | container id            | [`OpenRun`]: a registered container whose run has not finished (schema 2) |
 //! | `run_origins`| (origin node, origin run id) | u64 local run id: runs imported from another node (schema 3) |
 //! | `imported_runs` | local run id         | (origin node, origin run id) (schema 3)            |
+//! | `score_pool` | `pool`                  | [`ScorePool`], written with each full retrain (created by its first write: no migration) |
 //!
 //! Run identity across nodes: every store draws a random 64-bit node id when it is created (`meta.node_id`); a run is
 //! identified everywhere by (node id, run id on that node). A local run's origin is (own node id, its run id); an
@@ -49,6 +50,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::key::TaskKey;
 use crate::model::TaskModel;
+use crate::pool::ScorePool;
 use crate::types::{Decision, Profile, RunId, RunSummary, Sample};
 
 /// Schema version written by this build.
@@ -71,6 +73,8 @@ const DECISIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("decisions")
 const OPEN_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("open_runs");
 const RUN_ORIGINS: TableDefinition<(u64, u64), u64> = TableDefinition::new("run_origins");
 const IMPORTED_RUNS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("imported_runs");
+/// One entry, `pool`: the conformal scores pooled across task types ([`ScorePool`]).
+const SCORE_POOL: TableDefinition<&str, &[u8]> = TableDefinition::new("score_pool");
 
 /// Most decisions or task types one retention pass deletes (the next pass goes on).
 const RETENTION_BATCH: usize = 100_000;
@@ -849,7 +853,25 @@ impl Store {
         models: impl IntoIterator<Item = (&'a TaskKey, &'a TaskModel)>,
         keep_previous: u64,
     ) -> Result<(), StoreError> {
+        self.save_models_and_pool(version, models, keep_previous, None)
+    }
+
+    /// [`Store::save_models`], also replacing the pooled scores in the same transaction (one commit, one fsync).
+    pub fn save_models_and_pool<'a>(
+        &self,
+        version: u64,
+        models: impl IntoIterator<Item = (&'a TaskKey, &'a TaskModel)>,
+        keep_previous: u64,
+        pool: Option<&ScorePool>,
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db("beginning model write"))?;
+        if let Some(pool) = pool {
+            let mut t = txn
+                .open_table(SCORE_POOL)
+                .map_err(db("opening score pool"))?;
+            t.insert("pool", encode("score pool", pool)?.as_slice())
+                .map_err(db("writing score pool"))?;
+        }
         {
             let mut t = txn.open_table(MODELS).map_err(db("opening models"))?;
             for (key, model) in models {
@@ -933,6 +955,20 @@ impl Store {
                 .map_err(db("writing model version"))?;
         }
         txn.commit().map_err(db("committing models"))
+    }
+
+    /// The pooled scores last written (`None` before the first full retrain wrote them).
+    pub fn load_score_pool(&self) -> Result<Option<ScorePool>, StoreError> {
+        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let t = match txn.open_table(SCORE_POOL) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db("opening score pool")(e)),
+        };
+        let Some(v) = t.get("pool").map_err(db("reading score pool"))? else {
+            return Ok(None);
+        };
+        decode("score pool", || "pool".to_owned(), v.value()).map(Some)
     }
 
     /// The model set in force: for each task type its entry from the last whole-set write on, as replaced by

@@ -1,0 +1,232 @@
+//! Conformal scores pooled across task types, for the tails of young types.
+//!
+//! A type with a handful of forward scores has a 99.8% memory limit (or a 95% CPU one) that rests on those few
+//! ratios and a fitted tail: on the Google 2011 jobs, whose scored runs have 3-7 scores each, that tail
+//! under-predicted 3% of the runs while wasting more than any history quantile (docs/BENCHMARKS.md). The pool keeps,
+//! per target, a histogram of `ln(actual / predicted)` over every type's newest forward scores; a type below the
+//! central conformal ranks takes its `limit` from a blend of its own and the pool's quantile
+//! ([`ScorePool::blend`]).
+//!
+//! Bounded and incremental: [`BINS`] fixed bins per target over `ln` ratio in `[-RANGE, RANGE]` (values beyond go
+//! to the edge bins, so a 1/148 to 148x ratio is resolved to 2.5%), adding a score is O(1), and the counts halve
+//! when their total reaches [`CAP`], so the pool follows the node's recent runs. About 10 KB in all, persisted by
+//! the engine with each full retrain ([`crate::Store::save_models_and_pool`]).
+
+use serde::{Deserialize, Serialize};
+
+/// Bins per target.
+pub const BINS: usize = 400;
+/// Half-width of the histogram in `ln` ratio (e^5 ~ 148x).
+pub const RANGE: f64 = 5.0;
+/// Total weight at which a target's counts halve.
+pub const CAP: f64 = 20_000.0;
+/// Prior weight of the pool, in own scores: a type with `n` scores weighs its own multiplier `n / (n + N0)`.
+pub const N0: f64 = 10.0;
+/// The pool answers once a target holds this much weight (before, a young type uses its own scores alone).
+pub const MIN_POOLED: f64 = 100.0;
+
+/// One target's pooled histogram of `ln` ratios.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PooledScores {
+    counts: Vec<f32>,
+    total: f64,
+}
+
+impl Default for PooledScores {
+    fn default() -> Self {
+        Self {
+            counts: vec![0.0; BINS],
+            total: 0.0,
+        }
+    }
+}
+
+impl PooledScores {
+    fn bin(ln: f64) -> usize {
+        let f = (ln + RANGE) / (2.0 * RANGE) * BINS as f64;
+        (f.max(0.0) as usize).min(BINS - 1)
+    }
+
+    fn centre(b: usize) -> f64 {
+        -RANGE + (b as f64 + 0.5) * 2.0 * RANGE / BINS as f64
+    }
+
+    /// Adds a ratio `actual / predicted` (ignored unless finite and positive: a run at 0 has no log).
+    pub fn add(&mut self, ratio: f64) {
+        if !(ratio.is_finite() && ratio > 0.0) {
+            return;
+        }
+        if self.counts.len() != BINS {
+            // Stored by a build with other bins: start over rather than misread.
+            *self = Self::default();
+        }
+        if self.total + 1.0 > CAP {
+            self.counts.iter_mut().for_each(|c| *c *= 0.5);
+            self.total = self.counts.iter().map(|c| f64::from(*c)).sum();
+        }
+        self.counts[Self::bin(ratio.ln())] += 1.0;
+        self.total += 1.0;
+    }
+
+    /// Weight of the scores held.
+    pub fn total(&self) -> f64 {
+        self.total
+    }
+
+    /// The ratio at quantile `q`: the centre of the bin that holds the `total x q`-th weight. `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.total <= 0.0 || self.counts.len() != BINS {
+            return None;
+        }
+        let target = (self.total * q.clamp(0.0, 1.0)).max(f64::MIN_POSITIVE);
+        let mut acc = 0.0;
+        for (b, c) in self.counts.iter().enumerate() {
+            acc += f64::from(*c);
+            if acc >= target - 1e-9 {
+                return Some(Self::centre(b).exp());
+            }
+        }
+        Some(Self::centre(BINS - 1).exp())
+    }
+}
+
+/// The pooled scores of every target, in [`crate::model::Resource::ALL`] order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScorePool {
+    /// Per target.
+    pub targets: [PooledScores; 6],
+}
+
+impl ScorePool {
+    /// Adds a type's newest forward scores (`actual / predicted`) of target `slot`.
+    pub fn add(&mut self, slot: usize, ratios: &[f64]) {
+        if let Some(t) = self.targets.get_mut(slot) {
+            ratios.iter().for_each(|r| t.add(*r));
+        }
+    }
+
+    /// Adds the forward scores (`actual / predicted`, per target, oldest first) of a type fitted after
+    /// `new_runs` more runs than at its previous fit: the newest `new_runs` of each target (fewer when a run had
+    /// no score), so each run is pooled once however often its type is refitted.
+    pub fn add_newest(&mut self, scores: &[Vec<f64>; 6], new_runs: u64) {
+        for (slot, sc) in scores.iter().enumerate() {
+            let new = usize::try_from(new_runs)
+                .unwrap_or(usize::MAX)
+                .min(sc.len());
+            self.add(slot, &sc[sc.len() - new..]);
+        }
+    }
+
+    /// Adds the counts of `other` (scores pooled while this one was in use), halving while above [`CAP`].
+    pub fn merge(&mut self, other: &ScorePool) {
+        for (t, o) in self.targets.iter_mut().zip(&other.targets) {
+            if o.counts.len() != BINS || o.total <= 0.0 {
+                continue;
+            }
+            if t.counts.len() != BINS {
+                *t = PooledScores::default();
+            }
+            t.counts
+                .iter_mut()
+                .zip(&o.counts)
+                .for_each(|(a, b)| *a += b);
+            t.total += o.total;
+            while t.total > CAP {
+                t.counts.iter_mut().for_each(|c| *c *= 0.5);
+                t.total = t.counts.iter().map(|c| f64::from(*c)).sum();
+            }
+        }
+    }
+
+    /// A type's own multiplier `own` at quantile `q` of target `slot`, from its `n` own scores, blended with the
+    /// pool's quantile `q`: `own^w x pooled^(1-w)`, `w = n / (n + N0)` (the smaller of the two when either is 0).
+    /// `own` unchanged while the pool holds less than [`MIN_POOLED`].
+    pub fn blend(&self, slot: usize, n: usize, own: f64, q: f64) -> f64 {
+        let Some(pooled) = self
+            .targets
+            .get(slot)
+            .filter(|t| t.total() >= MIN_POOLED)
+            .and_then(|t| t.quantile(q))
+        else {
+            return own;
+        };
+        if !(own > 0.0 && pooled > 0.0) {
+            return own.min(pooled);
+        }
+        let w = n as f64 / (n as f64 + N0);
+        (w * own.ln() + (1.0 - w) * pooled.ln()).exp()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_the_scores_added_to_within_a_bin() {
+        let mut p = PooledScores::default();
+        assert_eq!(p.quantile(0.5), None);
+        // 1,000 ratios from 0.5 to 2.0, evenly in log.
+        for i in 0..1000 {
+            p.add((f64::from(i) / 999.0 * 4f64.ln() - 2f64.ln()).exp());
+        }
+        p.add(0.0);
+        p.add(f64::INFINITY);
+        assert_eq!(p.total(), 1000.0, "a ratio of 0 or infinity has no log");
+        let step = (2.0 * RANGE / BINS as f64).exp();
+        for (q, want) in [(0.5, 1.0), (0.9, 2f64.powf(0.8)), (0.05, 2f64.powf(-0.9))] {
+            let got = p.quantile(q).expect("holds scores");
+            assert!(
+                got / want < step && want / got < step,
+                "q {q}: {got} vs {want}"
+            );
+        }
+        // Beyond the range: the edge bin, not a panic.
+        p.add(1e9);
+        assert!(p.quantile(1.0).expect("holds") > 100.0);
+    }
+
+    #[test]
+    fn the_pool_stays_bounded_and_follows_recent_scores() {
+        let mut p = PooledScores::default();
+        for _ in 0..(CAP as usize) {
+            p.add(1.0);
+        }
+        for _ in 0..(CAP as usize * 2) {
+            p.add(3.0);
+        }
+        assert!(p.total() <= CAP, "{}", p.total());
+        assert_eq!(p.counts.len(), BINS);
+        // The older scores at 1.0 now weigh a few percent: the median is the recent 3.0.
+        let m = p.quantile(0.5).expect("holds");
+        assert!((m / 3.0 - 1.0).abs() < 0.03, "{m}");
+        assert!(p.quantile(0.01).expect("holds") < 1.05);
+    }
+
+    #[test]
+    fn a_young_type_leans_on_the_pool_and_an_older_one_on_itself() {
+        let mut pool = ScorePool::default();
+        // Too little pooled: own stands.
+        pool.add(2, &[2.0; 50]);
+        assert_eq!(pool.blend(2, 3, 5.0, 0.998), 5.0);
+        pool.add(2, &[2.0; 100]);
+        let q = pool.targets[2].quantile(0.998).expect("holds");
+        // n = 0: the pool alone; n = N0: the geometric mean; large n: nearly its own.
+        assert!((pool.blend(2, 0, 5.0, 0.998) - q).abs() < 1e-9);
+        let half = pool.blend(2, N0 as usize, 5.0, 0.998);
+        assert!((half - (5.0 * q).sqrt()).abs() < 1e-9, "{half}");
+        assert!(pool.blend(2, 1000, 5.0, 0.998) > 4.9);
+        // Merging another pool adds its counts; the newest scores of a refit are added once.
+        let mut other = ScorePool::default();
+        other.add_newest(&[vec![], vec![1.0; 3], vec![], vec![], vec![], vec![]], 2);
+        let mut merged = pool.clone();
+        merged.merge(&other);
+        assert_eq!(
+            (merged.targets[1].total(), merged.targets[2].total()),
+            (2.0, 150.0)
+        );
+        // Another target's pool is empty.
+        assert_eq!(pool.blend(1, 3, 5.0, 0.998), 5.0);
+        assert_eq!(pool.blend(9, 3, 5.0, 0.998), 5.0);
+    }
+}
