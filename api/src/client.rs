@@ -85,6 +85,11 @@ impl ClientError {
     pub fn is_not_registered(&self) -> bool {
         matches!(self, ClientError::Broker(e) if e.code == ErrorCode::NotFound)
     }
+
+    /// No broker answers on the socket (none started yet, or it died): buffer, and register with the next one.
+    pub fn is_no_broker(&self) -> bool {
+        matches!(self, ClientError::Connect { .. })
+    }
 }
 
 /// A connection to the broker. Not shared between threads; cheap to keep per container.

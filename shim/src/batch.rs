@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use predictive_api::client::{Client, ClientError};
 use predictive_api::types::Directive;
-use predictive_api::wire::{ErrorCode, MAX_BATCH, Report, Reports};
+use predictive_api::wire::{MAX_BATCH, Report, Reports};
 
 /// Longest a heartbeat waits for the rest of its wake-up's reports.
 pub const GATHER_AT_MOST: Duration = Duration::from_millis(100);
@@ -45,7 +45,7 @@ impl Sent {
     fn of(e: &ClientError) -> Self {
         if e.is_not_registered() {
             Sent::NotRegistered
-        } else if matches!(e, ClientError::Connect { .. }) {
+        } else if e.is_no_broker() {
             Sent::NoBroker
         } else {
             Sent::Failed(predictive_api::error_chain(e).to_string())
@@ -266,10 +266,10 @@ fn batched(reports: Vec<Report>, client: &mut Client) -> (Vec<(Sent, Report)>, b
                 .into_iter()
                 .zip(batch.reports)
                 .map(|(o, r)| {
+                    // An entry's error reads as the same error to a single report would.
                     let sent = match o.error {
                         None => Sent::Directives(o.directives),
-                        Some(e) if e.code == ErrorCode::NotFound => Sent::NotRegistered,
-                        Some(e) => Sent::Failed(format!("{:?}: {}", e.code, e.message)),
+                        Some(e) => Sent::of(&ClientError::Broker(e)),
                     };
                     (sent, r)
                 })
@@ -303,7 +303,7 @@ mod tests {
     use std::sync::Arc;
 
     use predictive_api::wire::{
-        self, Directives, ErrorReply, ReportOutcome, ReportOutcomes, Request, Response,
+        self, Directives, ErrorCode, ErrorReply, ReportOutcome, ReportOutcomes, Request, Response,
     };
 
     use super::*;

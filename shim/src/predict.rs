@@ -189,10 +189,6 @@ fn push_bounded(buffered: &mut Vec<Sample>, s: Sample) {
     buffered.push(s);
 }
 
-fn no_broker(e: &ClientError) -> bool {
-    matches!(e, ClientError::Connect { .. })
-}
-
 /// What Register tells the broker about a container at Create: its identity, annotations, image and command,
 /// the spec's limits and the limited cgroups above it.
 fn register_message(
@@ -367,7 +363,7 @@ impl Augment {
         let mut client = Client::new(&s.socket, s.register_budget);
         let mut result = client.register(&register);
         if let Err(e) = &result
-            && no_broker(e)
+            && e.is_no_broker()
             && spawn::maybe_spawn_broker(s)
         {
             // A broker this Create has just started: wait for its socket a little longer, once. Without one
@@ -376,7 +372,7 @@ impl Augment {
             while Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
                 result = client.register(&register);
-                if !matches!(&result, Err(e) if no_broker(e)) {
+                if !matches!(&result, Err(e) if e.is_no_broker()) {
                     break;
                 }
             }
@@ -385,7 +381,7 @@ impl Augment {
         // No answer in time (or a broken connection): the broker may have registered it, so Finish still goes out.
         // A refusal is an answer: the broker did not register it.
         let maybe_known =
-            matches!(&result, Err(e) if !no_broker(e) && !matches!(e, ClientError::Broker(_)));
+            matches!(&result, Err(e) if !e.is_no_broker() && !matches!(e, ClientError::Broker(_)));
         let registered = match result {
             Ok(r) => {
                 spawn::note_available(s);
@@ -408,7 +404,7 @@ impl Augment {
             {
                 return Err(ShimError::InvalidArgument(e.message));
             }
-            Err(e) if no_broker(&e) => {
+            Err(e) if e.is_no_broker() => {
                 // Said once per host (spawn.rs), not once per container.
                 spawn::note_unavailable(s, &format!("no broker at {}", s.socket.display()));
                 tracing::debug!(
@@ -706,7 +702,7 @@ impl Augment {
                 true
             }
             Err(e) => {
-                if no_broker(&e) {
+                if e.is_no_broker() {
                     spawn::maybe_spawn_broker(Settings::get());
                 } else {
                     st.maybe_known = true;
@@ -851,7 +847,7 @@ impl Augment {
                 }
             }
             Err(e) => {
-                if e.is_not_registered() || no_broker(&e) {
+                if e.is_not_registered() || e.is_no_broker() {
                     st.registered = false;
                 }
                 self.fail_open(st, &limits, &predictive_api::error_chain(&e));
