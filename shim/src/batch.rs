@@ -1,30 +1,19 @@
 //! Grouped reports: one message per shim and wake-up for all its containers (a pod's containers share one shim).
 //!
-//! Every monitor wakes on the same multiples of the tick on CLOCK_MONOTONIC (`predict.rs`), so the reports of one
-//! wake-up are due together. Each monitor *looks* at every wake-up (its round: the tick's index), saying whether
-//! a report is coming; the reports queue here and one of their monitors sends the queue in one `reports`
-//! request ([`predictive_api::wire::Reports`], at most [`MAX_BATCH`] entries), over its own connection, and
-//! hands each monitor its outcome. When the queue goes:
-//! - a report that carries a change (anything but a heartbeat: CPU use, memory moved, stopping, a retry) goes at
-//!   once, with whatever is queued: grouping never delays it;
-//! - a heartbeat waits until every monitor of the shim has looked at this round and every report announced has
-//!   queued, at most [`GATHER_AT_MOST`] (a monitor that missed the round, one just started);
-//! - a report of an older round (a monitor that woke late) goes at once.
-//!
-//! A queue of one goes as a single `report`. A broker that refuses the `reports` request whole (an older one: an
-//! unknown `type`) gets the entries as single reports, and single reports for [`RETRY_BATCHES_AFTER`] before the
-//! shim tries a batch again.
+//! The shim's ticker (`ticker.rs`) looks at all its containers at each tick and steps the due ones together;
+//! their reports go here as one `reports` request ([`predictive_api::wire::Reports`], at most [`MAX_BATCH`]
+//! entries a message), on one container's connection, and each container gets its own outcome back. A lone
+//! report goes as a single `report`. A broker that refuses the `reports` request whole (an older one: an unknown
+//! `type`) gets the entries as single reports, and single reports for [`RETRY_BATCHES_AFTER`] before the shim
+//! tries a batch again.
 
-use std::collections::HashMap;
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use predictive_api::client::{Client, ClientError};
 use predictive_api::types::Directive;
 use predictive_api::wire::{MAX_BATCH, Report, Reports};
 
-/// Longest a heartbeat waits for the rest of its wake-up's reports.
-pub const GATHER_AT_MOST: Duration = Duration::from_millis(100);
 /// After a broker refused a batch, how long the shim sends single reports.
 pub const RETRY_BATCHES_AFTER: Duration = Duration::from_secs(600);
 
@@ -53,192 +42,46 @@ impl Sent {
     }
 }
 
+/// Sends a wake-up's reports; remembers a broker that refused a batch.
 #[derive(Debug, Default)]
-struct Inner {
-    /// Monitors running.
-    members: usize,
-    /// The newest round any monitor looked at, and how many looked at it and announced a report.
-    round: u64,
-    looked: usize,
-    coming: usize,
-    queue: Vec<(u64, Report)>,
-    /// Outcomes for their monitors, with each report back (its samples are kept when it failed).
-    done: HashMap<u64, (Sent, Report)>,
-    next_ticket: u64,
+pub struct Batcher {
     /// When a broker last refused a batch.
-    refused_at: Option<Instant>,
+    refused_at: Mutex<Option<Instant>>,
 }
 
-impl Inner {
-    /// Everyone looked at the round and every announced report has queued.
-    fn complete(&self) -> bool {
-        self.looked >= self.members && self.coming == 0
-    }
+/// The shim's batcher.
+pub fn shared() -> &'static Batcher {
+    static BATCHER: OnceLock<Batcher> = OnceLock::new();
+    BATCHER.get_or_init(Batcher::default)
 }
 
-/// The shim's gathering point; [`shared`] is the one its monitors use.
-#[derive(Debug)]
-pub struct Group {
-    inner: Mutex<Inner>,
-    cv: Condvar,
-    /// Longest a heartbeat waits ([`GATHER_AT_MOST`]).
-    gather: Duration,
-}
-
-impl Group {
-    /// A group whose heartbeats wait at most `gather` for the rest of their wake-up.
-    pub fn new(gather: Duration) -> Self {
-        Self {
-            inner: Mutex::default(),
-            cv: Condvar::new(),
-            gather,
-        }
-    }
-}
-
-/// The shim's group.
-pub fn shared() -> &'static Group {
-    static GROUP: OnceLock<Group> = OnceLock::new();
-    GROUP.get_or_init(|| Group::new(GATHER_AT_MOST))
-}
-
-/// A monitor announced a report at a round; dropped unsent (the step found nothing to say, or could not
-/// register), it stops the others waiting for it.
-#[derive(Debug)]
-pub struct Coming {
-    group: &'static Group,
-    round: u64,
-    live: bool,
-}
-
-impl Coming {
-    fn settle(&mut self, g: &mut Inner) {
-        if std::mem::take(&mut self.live) && self.round == g.round {
-            g.coming = g.coming.saturating_sub(1);
-        }
-    }
-}
-
-impl Drop for Coming {
-    fn drop(&mut self) {
-        if self.live {
-            let group = self.group;
-            let mut g = group.lock();
-            self.settle(&mut g);
-            group.cv.notify_all();
-        }
-    }
-}
-
-impl Group {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A monitor starts.
-    pub fn join(&self) {
-        self.lock().members += 1;
-    }
-
-    /// A monitor ends: nobody waits for it any more.
-    pub fn leave(&self) {
-        let mut g = self.lock();
-        g.members = g.members.saturating_sub(1);
-        self.cv.notify_all();
-    }
-
-    /// A monitor's wake-up at `round` (the tick's index on CLOCK_MONOTONIC); with `due`, its report is coming.
-    pub fn look(&'static self, round: u64, due: bool) -> Option<Coming> {
-        let mut g = self.lock();
-        if round > g.round {
-            g.round = round;
-            g.looked = 0;
-            g.coming = 0;
-        }
-        if round == g.round {
-            g.looked += 1;
-            g.coming += usize::from(due);
-            self.cv.notify_all();
-        }
-        let live = round == g.round;
-        drop(g);
-        // Built only when due: a Coming dropped unsent takes the lock (`then_some` would build and drop one here).
-        due.then(|| Coming {
-            group: self,
-            round,
-            live,
-        })
-    }
-
-    /// Sends `report` with the others of its wake-up (module docs); `urgent`: it carries a change and goes at
-    /// once. A monitor that sends the queue does so on `client`, its own connection. Returns the outcome and the
-    /// report.
-    pub fn send(
-        &self,
-        mut coming: Option<Coming>,
-        report: Report,
-        urgent: bool,
-        client: &mut Client,
-    ) -> (Sent, Report) {
-        let mut g = self.lock();
-        let ticket = g.next_ticket;
-        g.next_ticket += 1;
-        let round = coming.as_ref().map(|c| c.round);
-        if let Some(c) = coming.as_mut() {
-            c.settle(&mut g);
-        }
-        g.queue.push((ticket, report));
-        self.cv.notify_all();
-        let started = Instant::now();
-        loop {
-            if let Some(out) = g.done.remove(&ticket) {
-                return out;
-            }
-            let waited = started.elapsed();
-            let go = urgent || round != Some(g.round) || g.complete() || waited >= self.gather;
-            if go && !g.queue.is_empty() {
-                g = self.flush(g, client);
+impl Batcher {
+    /// Sends `reports` on `client` (module docs); returns each one's outcome with the report, in order (a
+    /// failed one keeps its samples for the next).
+    pub fn send(&self, mut reports: Vec<Report>, client: &mut Client) -> Vec<(Sent, Report)> {
+        let mut out = Vec::with_capacity(reports.len());
+        while !reports.is_empty() {
+            let rest = reports.split_off(reports.len().min(MAX_BATCH));
+            let chunk = std::mem::replace(&mut reports, rest);
+            let singles = chunk.len() == 1
+                || self
+                    .refused_at()
+                    .is_some_and(|t| t.elapsed() < RETRY_BATCHES_AFTER);
+            if singles {
+                out.extend(singly(&chunk, client));
                 continue;
             }
-            // Our report is in a batch another monitor is sending: its outcome comes with the notification.
-            let wait = self
-                .gather
-                .saturating_sub(waited)
-                .max(Duration::from_millis(1));
-            g = self
-                .cv
-                .wait_timeout(g, wait)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            let (outcomes, refused) = batched(chunk, client);
+            if refused {
+                *self.refused_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            }
+            out.extend(outcomes);
         }
+        out
     }
 
-    /// Sends up to [`MAX_BATCH`] queued reports on `client` and files their outcomes.
-    fn flush<'a>(
-        &'a self,
-        mut g: MutexGuard<'a, Inner>,
-        client: &mut Client,
-    ) -> MutexGuard<'a, Inner> {
-        let n = g.queue.len().min(MAX_BATCH);
-        let (tickets, reports): (Vec<u64>, Vec<Report>) = g.queue.drain(..n).unzip();
-        let singles = reports.len() == 1
-            || g.refused_at
-                .is_some_and(|t| t.elapsed() < RETRY_BATCHES_AFTER);
-        drop(g);
-        let (outcomes, refused) = if singles {
-            (singly(&reports, client), false)
-        } else {
-            batched(reports, client)
-        };
-        let mut g = self.lock();
-        if refused {
-            g.refused_at = Some(Instant::now());
-        }
-        for (ticket, out) in tickets.into_iter().zip(outcomes) {
-            g.done.insert(ticket, out);
-        }
-        self.cv.notify_all();
-        g
+    fn refused_at(&self) -> Option<Instant> {
+        *self.refused_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -410,45 +253,20 @@ mod tests {
         }
     }
 
-    /// `ids`' monitors look at one round, each with a report coming, and send heartbeats from their threads.
-    fn heartbeats(group: &'static Group, fake: &Fake, round: u64, ids: &[&str]) -> Vec<Sent> {
-        let coming: Vec<_> = ids.iter().map(|_| group.look(round, true)).collect();
-        std::thread::scope(|s| {
-            let hs: Vec<_> = ids
-                .iter()
-                .zip(coming)
-                .map(|(id, c)| {
-                    let mut client = fake.client();
-                    s.spawn(move || group.send(c, report(id), false, &mut client))
-                })
-                .collect();
-            hs.into_iter()
-                .map(|h| {
-                    let (sent, r) = h.join().expect("sender");
-                    assert!(
-                        ids.contains(&r.container_id.as_str()),
-                        "its own report back"
-                    );
-                    sent
-                })
-                .collect()
-        })
-    }
-
-    /// A group whose heartbeats would wait an hour: a test that relies on the cap hangs (and nextest fails it)
-    /// instead of passing late.
-    fn leaked() -> &'static Group {
-        Box::leak(Box::new(Group::new(Duration::from_secs(3600))))
+    fn send(b: &Batcher, fake: &Fake, ids: &[&str]) -> Vec<Sent> {
+        let out = b.send(
+            ids.iter().map(|id| report(id)).collect(),
+            &mut fake.client(),
+        );
+        let back: Vec<&str> = out.iter().map(|(_, r)| r.container_id.as_str()).collect();
+        assert_eq!(back, ids, "each report back, in order");
+        out.into_iter().map(|(s, _)| s).collect()
     }
 
     #[test]
-    fn the_heartbeats_of_one_wake_up_go_in_one_message() {
+    fn the_reports_of_one_wake_up_go_in_one_message() {
         let fake = Fake::start(false);
-        let group = leaked();
-        for _ in 0..3 {
-            group.join();
-        }
-        let sent = heartbeats(group, &fake, 7, &["a", "b", "ghost"]);
+        let sent = send(&Batcher::default(), &fake, &["a", "b", "ghost"]);
         assert_eq!(
             sent,
             vec![
@@ -460,23 +278,34 @@ mod tests {
         let seen = fake.seen();
         assert_eq!(seen.len(), 1, "one message for the wake-up: {seen:?}");
         assert_eq!(seen[0].0, "reports");
-        let mut ids = seen[0].1.clone();
-        ids.sort();
-        assert_eq!(ids, ["a", "b", "ghost"]);
+        assert_eq!(seen[0].1, ["a", "b", "ghost"]);
+    }
+
+    #[test]
+    fn a_lone_report_goes_single_and_a_large_wake_up_in_messages_of_max_batch() {
+        let fake = Fake::start(false);
+        let b = Batcher::default();
+        send(&b, &fake, &["alone"]);
+        let ids: Vec<String> = (0..MAX_BATCH + 2).map(|i| format!("c{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let sent = send(&b, &fake, &ids);
+        assert!(sent.iter().all(|s| *s == Sent::Directives(Vec::new())));
+        let seen = fake.seen();
+        let sizes: Vec<(&str, usize)> = seen.iter().map(|(k, v)| (k.as_str(), v.len())).collect();
+        assert_eq!(
+            sizes,
+            [("report", 1), ("reports", MAX_BATCH), ("reports", 2)]
+        );
     }
 
     #[test]
     fn an_older_broker_gets_single_reports() {
         let fake = Fake::start(true);
-        let group = leaked();
-        group.join();
-        group.join();
-        let sent = heartbeats(group, &fake, 1, &["a", "ghost"]);
-        assert!(
-            sent.contains(&Sent::Directives(Vec::new())) && sent.contains(&Sent::NotRegistered)
-        );
+        let b = Batcher::default();
+        let sent = send(&b, &fake, &["a", "ghost"]);
+        assert_eq!(sent, [Sent::Directives(Vec::new()), Sent::NotRegistered]);
         // The next wake-up does not try a batch again.
-        heartbeats(group, &fake, 2, &["a", "b"]);
+        send(&b, &fake, &["a", "b"]);
         let seen = fake.seen();
         let kinds: Vec<&str> = seen.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
@@ -484,36 +313,5 @@ mod tests {
             ["reports", "report", "report", "report", "report"],
             "{seen:?}"
         );
-    }
-
-    #[test]
-    fn a_change_goes_at_once_and_a_monitor_with_nothing_to_say_is_not_waited_for() {
-        let fake = Fake::start(false);
-        let group = leaked();
-        group.join();
-        group.join();
-        group.join();
-        // A monitor with nothing to say at round 3 looks and is not waited for.
-        assert!(group.look(3, false).is_none());
-        // The third monitor has not looked at this round: a change does not wait for it.
-        let c = group.look(3, true);
-        let (sent, _) = group.send(c, report("busy"), true, &mut fake.client());
-        assert_eq!(sent, Sent::Directives(Vec::new()));
-        assert_eq!(
-            fake.seen(),
-            [("report".to_owned(), vec!["busy".to_owned()])]
-        );
-        // Next round: one monitor has nothing to say, one announced a report and then had nothing to say after all
-        // (its Coming dropped unsent); the third's heartbeat goes as soon as all have looked.
-        assert!(group.look(4, false).is_none());
-        let quiet = group.look(4, true);
-        let c = group.look(4, true);
-        std::thread::scope(|s| {
-            let mut client = fake.client();
-            let h = s.spawn(move || group.send(c, report("idle"), false, &mut client));
-            drop(quiet);
-            assert_eq!(h.join().expect("sender").0, Sent::Directives(Vec::new()));
-        });
-        assert_eq!(fake.seen().len(), 2);
     }
 }

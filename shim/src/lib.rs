@@ -26,6 +26,7 @@ pub mod spawn;
 pub mod spec_edit;
 pub mod systemd;
 pub mod task;
+pub mod ticker;
 pub mod warmup;
 pub mod zygote;
 

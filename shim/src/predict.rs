@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use oci_spec::runtime::{LinuxResources, Spec};
@@ -40,6 +40,7 @@ use crate::error::{Result, ShimError};
 use crate::freeze::Freezer;
 pub use crate::settings::{CONFIG_ENV, Settings};
 use crate::spawn;
+use crate::ticker::{Ticker, Watched};
 
 /// Most samples kept for a broker that does not answer.
 const MAX_BUFFERED: usize = 64;
@@ -143,33 +144,6 @@ fn parent_limits(id: &str, cgroup_path: &str) -> Vec<ParentLimit> {
     }
 }
 
-/// The time to the next multiple of `tick` on the host's monotonic clock. Every monitor of every shim wakes at
-/// the same instants, so the reports due at a tick reach the broker together and share one commit of its journal
-/// (one fsync for all of them, where reports spread over the second cost one each), and the host's CPUs wake
-/// once per tick for all containers rather than at 100 scattered moments.
-/// Returns the time to sleep and the index of that tick (its multiple of `tick`): the round of `batch.rs`.
-fn next_tick(tick: Duration) -> (Duration, u64) {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec to write into; CLOCK_MONOTONIC always exists on Linux.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
-        return (tick, 0);
-    }
-    let now = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
-    let sleep = next_tick_after(now, tick);
-    let round = (now + sleep).as_nanos() / tick.as_nanos().max(1);
-    (sleep, u64::try_from(round).unwrap_or(u64::MAX))
-}
-
-/// From `now` to the next multiple of `tick` after it (a whole tick when `now` is one).
-fn next_tick_after(now: Duration, tick: Duration) -> Duration {
-    let tick_ns = tick.as_nanos().max(1);
-    let left = tick_ns - now.as_nanos() % tick_ns;
-    Duration::from_nanos(u64::try_from(left).unwrap_or(u64::MAX))
-}
-
 /// The broker's heartbeat (`Registered::heartbeat_ms`) rounded up to whole ticks: wake-ups fall on multiples of
 /// the tick, so a heartbeat of 2.5 ticks would fall due 3 and 2 ticks apart by turns (more reports for the same
 /// staleness bound), and heartbeats on multiples of a whole number of ticks fall on the same wake-up in every
@@ -242,6 +216,22 @@ fn own_netns(spec: &Spec) -> bool {
         })
 }
 
+/// The shim's one timer for its containers' monitors (`ticker.rs`), on the broker config's tick.
+fn ticker() -> &'static Arc<Ticker<Augment>> {
+    static TICKER: OnceLock<Arc<Ticker<Augment>>> = OnceLock::new();
+    TICKER.get_or_init(|| Arc::new(Ticker::new(Settings::get().tick)))
+}
+
+impl Watched for Augment {
+    fn look(&self) -> bool {
+        self.wake(false)
+    }
+
+    fn step_all(due: &[Arc<Self>]) {
+        Augment::step_all(due)
+    }
+}
+
 /// What a container's monitor owns between ticks.
 struct MonitorState {
     client: Client,
@@ -251,6 +241,9 @@ struct MonitorState {
     /// so the run's Finish is sent anyway (the broker answers not_found when it never got it) and no task is left
     /// registered after the container is gone.
     maybe_known: bool,
+    /// The run's Finish went out (or the container is gone): no step reports for it any more (the shim's ticker
+    /// may have looked at it just before it left).
+    finished: bool,
     cgroup: Option<ContainerCgroup>,
     sampler: Option<Sampler>,
     buffered: Vec<Sample>,
@@ -432,6 +425,7 @@ impl Augment {
                 client,
                 registered: registered.is_some(),
                 maybe_known,
+                finished: false,
                 cgroup: None,
                 sampler: None,
                 buffered: Vec::new(),
@@ -517,40 +511,34 @@ impl Augment {
         self.start_monitor();
     }
 
-    /// The monitor: wakes every tick (or when the container starts stopping), reads the cheap probe on the
-    /// runtime thread and, only when the pacer says the broker's picture is out of date, hops to the blocking
-    /// pool to sample in full, report and apply ([`Augment::step`]). An idle container costs one timer wake-up
-    /// and two `pread`s a tick, and a report per heartbeat.
+    /// The monitor: the shim's ticker (`ticker.rs`, one timer for all its containers) looks at it every tick,
+    /// reading the cheap probe on the runtime thread, and only when the pacer says the broker's picture is out of
+    /// date does the container join that wake-up's step on the blocking pool: full sample when it matters,
+    /// report (with the shim's other reports of the wake-up, in one message), apply ([`Augment::step_all`]). An
+    /// idle container costs two `pread`s a tick and a report per heartbeat. Between ticks, a container that
+    /// starts stopping is kicked and steps at once on its own.
     fn start_monitor(self: &Arc<Self>) {
+        ticker().join(self.clone());
         let me = self.clone();
-        let tick = Settings::get().tick;
-        let group = crate::batch::shared();
-        group.join();
         *lock(&self.monitor) = Some(tokio::spawn(async move {
             loop {
-                let (sleep, round) = next_tick(tick);
-                let kicked = tokio::select! {
-                    _ = tokio::time::sleep(sleep) => false,
+                tokio::select! {
                     _ = me.stop.notified() => break,
                     // The container just became stopping: the broker hears it now, not a tick later.
-                    _ = me.freezer.kicked() => true,
-                };
-                let due = me.wake(kicked);
-                // Every wake-up on the tick says whether a report is coming, so the shim's other monitors know
-                // when their wake-up's reports are all in (`batch.rs`).
-                let coming = if kicked { None } else { group.look(round, due) };
-                if !due {
+                    _ = me.freezer.kicked() => {}
+                }
+                if !me.wake(true) {
                     continue;
                 }
                 let m = me.clone();
-                if tokio::task::spawn_blocking(move || m.step(coming))
+                if tokio::task::spawn_blocking(move || Augment::step_all(&[m]))
                     .await
                     .is_err()
                 {
                     tracing::error!(container = %me.id, "a monitor step panicked");
                 }
             }
-            group.leave();
+            ticker().leave(&me);
         }));
     }
 
@@ -562,6 +550,9 @@ impl Augment {
             return true;
         };
         let st = &mut *guard;
+        if st.finished {
+            return false;
+        }
         let Some(sampler) = st.sampler.as_mut() else {
             return false;
         };
@@ -583,23 +574,43 @@ impl Augment {
         }
     }
 
-    /// A due report: the full sample when it matters, register if needed, report (with the shim's other reports
-    /// of this wake-up, `batch.rs`), apply.
-    fn step(&self, coming: Option<crate::batch::Coming>) {
-        let mut guard = lock(&self.state);
-        let st = &mut *guard;
-        let Some(sampler) = st.sampler.as_mut() else {
+    /// The step of a wake-up's due containers (the shim's ticker's, or one kicked container): each one's report
+    /// is made under its lock ([`Self::make_report`]), all go to the broker in one message on the first one's
+    /// connection (`batch.rs`), and each one's outcome is applied under the same lock ([`Self::complete`]).
+    /// The locks are held across the call, as one container's step always did: an Update or a Finish of one of
+    /// them waits for it (the client's timeout bounds it). Nothing else takes two of these locks.
+    fn step_all(due: &[Arc<Augment>]) {
+        let mut held = Vec::with_capacity(due.len());
+        let mut reports = Vec::with_capacity(due.len());
+        for a in due {
+            let mut st = lock(&a.state);
+            if let Some((report, oom_kills)) = a.make_report(&mut st) {
+                held.push((a, st, oom_kills));
+                reports.push(report);
+            }
+        }
+        let Some((_, first, _)) = held.first_mut() else {
             return;
         };
+        let outcomes = crate::batch::shared().send(reports, &mut first.client);
+        for ((a, mut st, oom_kills), (sent, report)) in held.into_iter().zip(outcomes) {
+            a.complete(&mut st, sent, report, oom_kills);
+        }
+    }
+
+    /// A due container's report and its OOM-kill counter: the full sample when it matters, register if needed.
+    /// `None`: nothing to send (it finished, the look found nothing after all, or it could not register).
+    fn make_report(&self, st: &mut MonitorState) -> Option<(Report, u64)> {
+        if st.finished {
+            return None;
+        }
+        let sampler = st.sampler.as_mut()?;
         let (probe, why) = match st.pace.due.take() {
             Some(due) => due,
             None => {
                 // The wake-up could not look (the state was busy): decide here.
                 let p = sampler.probe();
-                match st.pace.pacer.check(p, true) {
-                    Some(why) => (p, why),
-                    None => return,
-                }
+                (p, st.pace.pacer.check(p, true)?)
             }
         };
         if let (Some(before), Some(last)) = (st.pace.pacer.quiet_before(), st.last.as_ref()) {
@@ -616,7 +627,7 @@ impl Augment {
         };
         push_bounded(&mut st.buffered, s);
         if !st.registered && !self.register_again(st) {
-            return;
+            return None;
         }
         let oom_kills = st
             .last
@@ -629,8 +640,12 @@ impl Augment {
             oom_events: oom_kills.saturating_sub(st.pace.oom_kills_reported),
             stopping: self.freezer.stopping_blocking(),
         };
-        let urgent = why != Why::Heartbeat;
-        let (sent, report) = crate::batch::shared().send(coming, report, urgent, &mut st.client);
+        Some((report, oom_kills))
+    }
+
+    /// What became of a container's report: apply the directives, register again for a broker that restarted,
+    /// keep the samples for the next one when it failed.
+    fn complete(&self, st: &mut MonitorState, sent: Sent, report: Report, oom_kills: u64) {
         match sent {
             Sent::Directives(directives) => {
                 st.pace.pacer.reported();
@@ -895,6 +910,7 @@ impl Augment {
     /// The init process exited: stop the monitor and send the run summary (in the background; [`Self::wait`]
     /// waits for it).
     pub fn exited(self: &Arc<Self>, status: u32, oom_killed: bool) {
+        ticker().leave(self);
         self.stop.notify_one();
         let me = self.clone();
         let handle = tokio::spawn(async move {
@@ -910,6 +926,7 @@ impl Augment {
 
     fn finish(&self, status: u32, oom_killed: bool) {
         let mut st = lock(&self.state);
+        st.finished = true;
         if !st.registered && !st.maybe_known {
             // Still unknown to the broker (it was down all along): nothing it could learn from.
             return;
@@ -979,7 +996,8 @@ impl Augment {
     }
 
     /// Waits (bounded) until the run summary was sent, so a shim that exits after Delete loses nothing.
-    pub async fn wait(&self) {
+    pub async fn wait(self: &Arc<Self>) {
+        ticker().leave(self);
         self.stop.notify_one();
         let finished = lock(&self.finished).take();
         if let Some(h) = finished {
@@ -1086,28 +1104,6 @@ pub fn update_error(id: &str, e: ActuateError) -> ShimError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wake_ups_fall_on_multiples_of_the_tick() {
-        let tick = Duration::from_millis(1000);
-        let ms = Duration::from_millis;
-        assert_eq!(next_tick_after(ms(12_300), tick), ms(700));
-        assert_eq!(
-            next_tick_after(ms(12_000), tick),
-            tick,
-            "on a tick: the next one"
-        );
-        assert_eq!(next_tick_after(ms(12_999), tick), ms(1));
-        assert_eq!(
-            next_tick_after(ms(1_100), ms(250)),
-            ms(150),
-            "any tick length"
-        );
-        let (sleep, round) = next_tick(tick);
-        assert!(sleep <= tick);
-        let (_, again) = next_tick(tick);
-        assert!(again == round || again == round + 1, "{round} {again}");
-    }
 
     #[test]
     fn the_heartbeat_is_a_whole_number_of_ticks() {

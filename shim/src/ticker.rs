@@ -1,0 +1,228 @@
+//! One timer per shim for all its containers' monitors (a pod's containers share one shim).
+//!
+//! At each multiple of the tick on CLOCK_MONOTONIC the ticker gives every member a *look* (its cheap probe, on
+//! the runtime thread) and hands the members with a report due to one step on tokio's blocking pool, which reports
+//! them in one message (`batch.rs`). A shim of N containers so costs one timer wake-up a tick, not N, and one hop
+//! to the blocking pool per wake-up with something to say. While that step runs (a broker call, bounded by the
+//! client's timeout) the ticker waits: the next look is at the first tick after it. A member that needs to
+//! report between ticks (a container starting to stop) steps on its own ([`Watched::step_all`] with itself).
+//! Without members the ticker holds no timer.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// What the ticker watches: a container's monitor.
+pub trait Watched: Send + Sync + 'static {
+    /// The look at a tick: `true` when a report is due. Runs on the runtime thread: it must not block.
+    fn look(&self) -> bool;
+
+    /// The step of the members whose look said due, on the blocking pool.
+    fn step_all(due: &[Arc<Self>])
+    where
+        Self: Sized;
+}
+
+/// The shim's timer; see the module docs.
+pub struct Ticker<W> {
+    tick: Duration,
+    members: Mutex<Vec<Arc<W>>>,
+    /// A member joined (wakes a ticker that had none).
+    joined: Notify,
+    running: AtomicBool,
+}
+
+impl<W: Watched> Ticker<W> {
+    pub fn new(tick: Duration) -> Self {
+        Self {
+            tick,
+            members: Mutex::new(Vec::new()),
+            joined: Notify::new(),
+            running: AtomicBool::new(false),
+        }
+    }
+
+    fn members(&self) -> std::sync::MutexGuard<'_, Vec<Arc<W>>> {
+        self.members.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `w`; the first join starts the ticker's task on the current tokio runtime.
+    pub fn join(self: &Arc<Self>, w: Arc<W>) {
+        self.members().push(w);
+        if !self.running.swap(true, Ordering::AcqRel) {
+            tokio::spawn(self.clone().run());
+        }
+        self.joined.notify_one();
+    }
+
+    /// Removes `w` (no-op when it is not a member). A step already under way may still include it: its step
+    /// must check that it is still running.
+    pub fn leave(&self, w: &Arc<W>) {
+        self.members().retain(|m| !Arc::ptr_eq(m, w));
+    }
+
+    pub fn len(&self) -> usize {
+        self.members().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    async fn run(self: Arc<Self>) {
+        loop {
+            if self.is_empty() {
+                // A join between the check and the wait leaves a permit: no join is missed.
+                self.joined.notified().await;
+                continue;
+            }
+            tokio::time::sleep(next_tick(self.tick)).await;
+            let members: Vec<Arc<W>> = self.members().clone();
+            let due: Vec<Arc<W>> = members.into_iter().filter(|m| m.look()).collect();
+            if due.is_empty() {
+                continue;
+            }
+            if tokio::task::spawn_blocking(move || W::step_all(&due))
+                .await
+                .is_err()
+            {
+                tracing::error!("a monitor step panicked");
+            }
+        }
+    }
+}
+
+/// The time to the next multiple of `tick` on the host's monotonic clock. Every shim wakes at the same instants,
+/// so the reports due at a tick reach the broker together and share one commit of its journal (one fsync for all
+/// of them, where reports spread over the second cost one each), and the host's CPUs wake once per tick for all
+/// containers rather than at 100 scattered moments.
+pub fn next_tick(tick: Duration) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write into; CLOCK_MONOTONIC always exists on Linux.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return tick;
+    }
+    next_tick_after(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32), tick)
+}
+
+/// From `now` to the next multiple of `tick` after it (a whole tick when `now` is one).
+fn next_tick_after(now: Duration, tick: Duration) -> Duration {
+    let tick_ns = tick.as_nanos().max(1);
+    let left = tick_ns - now.as_nanos() % tick_ns;
+    Duration::from_nanos(u64::try_from(left).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// A member that counts its looks and says due when `due` is set; steps are recorded as the ids stepped
+    /// together.
+    struct Member {
+        id: usize,
+        due: AtomicBool,
+        looks: AtomicUsize,
+        steps: Arc<Mutex<Vec<Vec<usize>>>>,
+    }
+
+    impl Watched for Member {
+        fn look(&self) -> bool {
+            self.looks.fetch_add(1, Ordering::Relaxed);
+            self.due.load(Ordering::Relaxed)
+        }
+
+        fn step_all(due: &[Arc<Self>]) {
+            let ids = due.iter().map(|m| m.id).collect();
+            due[0].steps.lock().expect("steps").push(ids);
+        }
+    }
+
+    async fn until(what: impl Fn() -> bool) {
+        while !what() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn one_wake_up_looks_at_every_member_and_steps_the_due_ones_together() {
+        let ticker = Arc::new(Ticker::new(Duration::from_millis(20)));
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let members: Vec<Arc<Member>> = (0..4)
+            .map(|id| {
+                Arc::new(Member {
+                    id,
+                    due: AtomicBool::new(id % 2 == 0),
+                    looks: AtomicUsize::new(0),
+                    steps: steps.clone(),
+                })
+            })
+            .collect();
+        for m in &members {
+            ticker.join(m.clone());
+        }
+        // Bounded by nextest's per-test timeout: a ticker that never steps hangs here and fails.
+        until(|| !steps.lock().expect("steps").is_empty()).await;
+        assert_eq!(
+            steps.lock().expect("steps")[0],
+            [0, 2],
+            "the due members in one step"
+        );
+        // A member that left is not looked at any more.
+        ticker.leave(&members[3]);
+        let before = members[3].looks.load(Ordering::Relaxed);
+        let seen = steps.lock().expect("steps").len();
+        until(|| steps.lock().expect("steps").len() >= seen + 2).await;
+        assert_eq!(members[3].looks.load(Ordering::Relaxed), before);
+        assert!(
+            members[1].looks.load(Ordering::Relaxed) >= 3,
+            "every tick looks at every member"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_ticker_without_members_waits_for_a_join() {
+        let ticker = Arc::new(Ticker::new(Duration::from_millis(10)));
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let m = Arc::new(Member {
+            id: 7,
+            due: AtomicBool::new(true),
+            looks: AtomicUsize::new(0),
+            steps: steps.clone(),
+        });
+        ticker.join(m.clone());
+        ticker.leave(&m);
+        assert!(ticker.is_empty());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let looks = m.looks.load(Ordering::Relaxed);
+        // Joined again: the idle ticker wakes and looks.
+        ticker.join(m.clone());
+        until(|| m.looks.load(Ordering::Relaxed) > looks).await;
+        until(|| !steps.lock().expect("steps").is_empty()).await;
+    }
+
+    #[test]
+    fn wake_ups_fall_on_multiples_of_the_tick() {
+        let tick = Duration::from_millis(1000);
+        let ms = Duration::from_millis;
+        assert_eq!(next_tick_after(ms(12_300), tick), ms(700));
+        assert_eq!(
+            next_tick_after(ms(12_000), tick),
+            tick,
+            "on a tick: the next one"
+        );
+        assert_eq!(next_tick_after(ms(12_999), tick), ms(1));
+        assert_eq!(
+            next_tick_after(ms(1_100), ms(250)),
+            ms(150),
+            "any tick length"
+        );
+        assert!(next_tick(tick) <= tick);
+    }
+}
