@@ -90,6 +90,16 @@ unfinished() {
     summary+=("cgroup v2 lane, containerd $v: $what; running when stopped: ${running[*]:-none}; in D state: ${stuck:-none}")
 }
 
+# What a failed guest test printed (nextest's captured stdout/stderr after its FAIL line), its last 60 lines each:
+# the guest's log stays on the CI machine, so CI's output is the only place a reader sees why a test failed there.
+failure_output() { # log
+    awk '/^ *(FAIL|TIMEOUT|SIGKILL|SIGSEGV|ABORT) \[/ && !seen[$NF]++ { grab = 1; n = 0; print; next }
+         grab && (/^ *(PASS|FAIL|TIMEOUT|SIGTERM|SIGKILL|SIGSEGV|ABORT|SLOW|START) \[/ || /^────/ || /^ *Summary \[/) { grab = 0 }
+         grab { buf[n++ % 60] = $0 }
+         !grab && n { for (i = (n > 60 ? n - 60 : 0); i < n; i++) print buf[i % 60]; n = 0 }
+         END { if (n) for (i = (n > 60 ? n - 60 : 0); i < n; i++) print buf[i % 60] }' "$1"
+}
+
 e2e_start=$(date +%s)
 for v in $versions; do
     echo "=== e2e: containerd $v, runtime $runtime ==="
@@ -126,6 +136,7 @@ else
             if [ -s "$glog" ]; then
                 echo "--- guest, containerd $v: failures ---"
                 grep -E '^\s*(FAIL|TIMEOUT|SIGTERM|SIGKILL|SIGSEGV|ABORT) ' "$glog" | sort -u || true
+                failure_output "$glog"
                 count "cgroup v2 lane, containerd $v" "$glog" "$(cat "$guest/rc-$v" 2>/dev/null || echo 1)"
                 grep -q 'Summary \[' "$glog" || unfinished "$v" "$glog"
                 # A first run the guest stopped and ran again: on record, named in the summary.

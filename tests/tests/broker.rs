@@ -132,16 +132,25 @@ fn predicted_limits_from_history_and_growth_past_prediction() {
     let work = alloc(24, "sleep 2");
     let work = strs(&work);
 
-    // First run: cold start, the spec's limit.
+    // First run: cold start, the spec's limit. Each history run's peak is read before its removal.
+    let peak_of = |id: &str| {
+        c.wait_status(id, "STOPPED", secs(30));
+        let peak = c.memory_peak(id).expect("peak");
+        c.remove(id);
+        peak
+    };
     let first = c.id("mem-first");
     c.run_detached(&first, &flags, &work);
     let at_start = c.memory_allocation(&first);
     assert_eq!(at_start, Some(limit), "a cold start keeps the spec's limit");
-    c.wait_status(&first, "STOPPED", secs(30));
-    c.remove(&first);
+    let mut peaks = vec![peak_of(&first)];
     for i in 0..2 {
-        run_ok(&c, &format!("mem-hist{i}"), &flags, &work);
+        let id = c.id(&format!("mem-hist{i}"));
+        c.run_detached(&id, &flags, &work);
+        peaks.push(peak_of(&id));
     }
+    println!("history peaks {peaks:?}");
+    let shown = peaks.iter().copied().max().unwrap_or(0);
     wait_model(&c, "e2e-mem");
 
     // Fourth run: the predicted upper bound, well under the spec's limit, and above what it really uses.
@@ -160,10 +169,17 @@ fn predicted_limits_from_history_and_growth_past_prediction() {
         predicted < limit / 2,
         "predicted {predicted} is not below the spec's {limit}"
     );
-    // v2's allocation is memory.high, a throttle point the kernel reclaims back to, not a cap: usage may pass it
-    // by what is charged before reclaim runs (a few pages; 20 KiB measured in the guest).
-    let overshoot = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        1 << 20
+    assert!(
+        predicted >= shown,
+        "predicted {predicted} is below the peak its history shows ({peaks:?})"
+    );
+    // v1's allocation is a hard limit (the OOM killer waits at it). v2's is memory.high, a throttle point the
+    // kernel reclaims back to, not a cap: a run may pass it by what is charged before reclaim runs, and by what
+    // it uses beyond its history (this command's peak in the emulated guest: 27.1-27.4 MB in most runs, 29.0 MB
+    // in some, 2026-12-02), which the kernel then holds it back to. So on v2 the run's peak is checked against the
+    // prediction within a tenth.
+    let overshoot = if Containerd::cgroup_v2_host() {
+        (predicted / 10).max(1 << 20)
     } else {
         0
     };
