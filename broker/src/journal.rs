@@ -7,6 +7,13 @@
 //! loses only what nobody was told. The queue is bounded: a connection waits in [`Journal::room`] before it serves a
 //! request that writes, so a burst slows its senders down instead of growing the queue (the tick thread, whose
 //! writes are bounded by the number of tasks, never waits).
+//!
+//! A queue of samples alone (the reports of running containers: on an idle node, the heartbeats every shim sends
+//! at the same wake-up, arriving over some tens of milliseconds as their processes get a CPU) lingers up to
+//! [`LINGER`] before its commit, so one commit takes the wake-up's reports instead of one every few: each commit
+//! costs the broker two `fdatasync`s and its pages' writes. Anything else queued (a Register, a Finish, a
+//! decision, an Update) ends the linger at once, so no latency that matters waits on it; a report's reply (its
+//! directives) waits at most that long more.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -16,6 +23,10 @@ use predictor::{Batch, BatchOp, Predictor};
 
 /// Most failed batches remembered (their waiters woke long before an older one is forgotten).
 const FAILURES_KEPT: usize = 64;
+/// Longest a queue of samples alone waits for more before its commit (module docs).
+pub const LINGER: Duration = Duration::from_millis(20);
+/// A lingering queue commits once it holds this many records.
+const LINGER_MOST: usize = 4096;
 
 #[derive(Default)]
 struct Queue {
@@ -27,6 +38,8 @@ struct Queue {
     /// The recorder is gone: nothing more will be committed.
     gone: bool,
     stop: bool,
+    /// Something queued is not samples: commit without lingering.
+    urgent: bool,
     /// Submission ranges whose commit failed, newest last.
     failures: VecDeque<(u64, u64)>,
 }
@@ -39,6 +52,9 @@ pub struct Journal {
     /// Writers wait here for a commit or for room.
     done: Condvar,
     cap: usize,
+    linger: Duration,
+    /// Transactions committed (or failed).
+    commits: std::sync::atomic::AtomicU64,
 }
 
 /// Why a submission is not durable.
@@ -62,12 +78,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Journal {
     /// A journal whose queue holds about `cap` records before writers wait.
     pub fn new(cap: usize) -> Arc<Self> {
+        Self::with_linger(cap, LINGER)
+    }
+
+    /// The same, with a queue of samples alone lingering `linger` before its commit.
+    pub fn with_linger(cap: usize, linger: Duration) -> Arc<Self> {
         Arc::new(Self {
             q: Mutex::new(Queue::default()),
             work: Condvar::new(),
             done: Condvar::new(),
             cap: cap.max(1),
+            linger,
+            commits: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Transactions the recorder has committed (or failed) so far.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Queues `ops` and returns the sequence number to wait for (the latest one when `ops` is empty: waiting for
@@ -77,6 +105,7 @@ impl Journal {
         if ops.is_empty() {
             return q.submitted;
         }
+        q.urgent |= ops.iter().any(|o| !matches!(o, BatchOp::Samples(..)));
         q.ops.extend(ops);
         q.submitted += 1;
         let seq = q.submitted;
@@ -143,6 +172,23 @@ impl Journal {
         self.work.notify_all();
     }
 
+    /// A queue of samples alone waits for more, at most the journal's linger (module docs).
+    fn linger<'a>(&self, mut q: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+        let until = Instant::now() + self.linger;
+        let most = LINGER_MOST.min(self.cap / 2).max(1);
+        while !q.urgent && !q.stop && q.ops.len() < most {
+            let Some(left) = until.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            q = self
+                .work
+                .wait_timeout(q, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        q
+    }
+
     /// The recorder: takes everything queued, commits it in one transaction, publishes the sequence number reached.
     pub fn run_recorder(&self, predictor: &Predictor) {
         loop {
@@ -151,6 +197,8 @@ impl Journal {
                 while q.ops.is_empty() && !q.stop {
                     q = self.work.wait(q).unwrap_or_else(|p| p.into_inner());
                 }
+                q = self.linger(q);
+                q.urgent = false;
                 (
                     std::mem::take(&mut q.ops),
                     q.committed + 1,
@@ -162,6 +210,8 @@ impl Journal {
             self.done.notify_all();
             let mut failed = false;
             if !ops.is_empty() {
+                self.commits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let n = ops.len();
                 if let Err(e) = predictor.commit(&Batch { ops }) {
                     tracing::error!(
@@ -243,5 +293,60 @@ mod tests {
             j.wait(2, Duration::from_secs(1)),
             Err(JournalError::Stopped)
         ));
+    }
+
+    fn samples(n: u64) -> BatchOp {
+        let s = predictor::Sample {
+            ts_ms: n,
+            cpu_cores: 0.0,
+            memory_bytes: 1 << 20,
+            io_bytes: 0,
+            count: 1,
+        };
+        BatchOp::Samples(n, vec![s])
+    }
+
+    /// A journal lingering an hour and its recorder: a test that relied on the linger running out would hang
+    /// (and fail under nextest's timeout) instead of passing.
+    fn lingering(cap: usize) -> (Arc<Journal>, std::thread::JoinHandle<()>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Predictor::open(
+            &dir.path().join("p.redb"),
+            predictor::PredictorConfig::default(),
+        )
+        .expect("open");
+        let j = Journal::with_linger(cap, Duration::from_secs(3600));
+        let rec = {
+            let j = Arc::clone(&j);
+            std::thread::spawn(move || j.run_recorder(&p))
+        };
+        (j, rec, dir)
+    }
+
+    #[test]
+    fn samples_wait_for_what_must_not_and_go_in_its_commit() {
+        let (j, rec, _dir) = lingering(1024);
+        let a = j.submit(vec![samples(1)]);
+        let b = j.submit(vec![samples(2)]);
+        // A Close is not samples: it ends the linger, and everything queued goes in one commit.
+        let c = j.submit(vec![BatchOp::Close("c".to_owned(), 1)]);
+        j.wait(c, Duration::from_secs(10)).expect("committed");
+        j.wait(a.max(b), Duration::ZERO).expect("the samples too");
+        assert_eq!(j.commits(), 1, "one commit for the queue");
+        j.stop();
+        rec.join().expect("recorder");
+    }
+
+    #[test]
+    fn a_lingering_queue_commits_when_it_fills_or_the_journal_stops() {
+        let (j, rec, _dir) = lingering(8);
+        let seqs: Vec<u64> = (0..4).map(|n| j.submit(vec![samples(n)])).collect();
+        j.wait(seqs[3], Duration::from_secs(10))
+            .expect("half the queue's room: committed");
+        let last = j.submit(vec![samples(9)]);
+        j.stop();
+        rec.join().expect("recorder");
+        j.wait(last, Duration::ZERO)
+            .expect("stopping writes what is queued");
     }
 }
