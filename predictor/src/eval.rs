@@ -587,7 +587,7 @@ pub fn evaluate(runs: &[RunSummary], cfg: &EvalConfig) -> EvalReport {
             st.trained_at = n;
             report.fits += 1;
             if let Some((_, scores)) = &st.model {
-                pool.add_fit(scores, new_runs as u64);
+                scores.add_to(&mut pool, new_runs as u64);
             }
         }
         let features = RunFeatures::from_metadata(&run.meta, now);

@@ -460,8 +460,8 @@ pub struct Estimate {
 }
 
 /// Below medium confidence (fewer than 15 runs) a one-sided 99.8% `limit` rests on a handful of conformal scores
-/// and a Student-t tail over one or two residuals, which can reach any spec limit: what is allocated is then at
-/// most this multiple of the interval's `upper`. On the real traces (docs/BENCHMARKS.md, "The broker's memory
+/// and a Student-t tail over one or two residuals (or on the largest run x a pooled margin, [`peak_multiplier`]),
+/// which can reach any spec limit: what is allocated is then at most this multiple of the interval's `upper`. On the real traces (docs/BENCHMARKS.md, "The broker's memory
 /// bound for young types") 1.5 keeps memory under-prediction within 0.02 points of the uncapped limit.
 pub const YOUNG_LIMIT_CAP: f64 = 1.5;
 
@@ -712,6 +712,16 @@ pub struct ForwardScores {
     pub peaks: [Vec<(usize, f64)>; 6],
     /// Runs the fit saw.
     pub runs: usize,
+}
+
+impl ForwardScores {
+    /// Adds this fit's scores and peak ratios of the newest `new_runs` runs (those since its type's previous fit)
+    /// to `pool`, so each run is pooled once however often its type is refitted.
+    pub fn add_to(&self, pool: &mut ScorePool, new_runs: u64) {
+        pool.add_newest(&self.ratios, new_runs);
+        let new = usize::try_from(new_runs).unwrap_or(usize::MAX);
+        pool.add_peaks(&self.peaks, self.runs.saturating_sub(new));
+    }
 }
 
 impl std::ops::Index<usize> for ForwardScores {
@@ -1627,7 +1637,7 @@ mod tests {
             runs: 5,
             ..ForwardScores::default()
         };
-        pool.add_fit(&peaks, 1);
+        peaks.add_to(&mut pool, 1);
         assert_eq!(pool.peaks[slot].total(), 1000.0, "the runs were all new");
         let margin = pool.peak_quantile(slot, 0.998).expect("pooled");
         assert!((margin / 1.25 - 1.0).abs() < 0.03, "{margin}");

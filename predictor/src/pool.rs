@@ -123,16 +123,12 @@ impl ScorePool {
         }
     }
 
-    /// Adds a fit's newest `new_runs` scores ([`ScorePool::add_newest`]) and the peak ratios of its newest
-    /// `new_runs` runs, so each run is pooled once however often its type is refitted.
-    pub fn add_fit(&mut self, scores: &crate::model::ForwardScores, new_runs: u64) {
-        self.add_newest(&scores.ratios, new_runs);
-        let from = scores
-            .runs
-            .saturating_sub(usize::try_from(new_runs).unwrap_or(usize::MAX));
-        for (t, peaks) in self.peaks.iter_mut().zip(&scores.peaks) {
-            peaks
-                .iter()
+    /// Adds the peak ratios `(earlier runs, ratio)` of target slots in order whose run had at least `from` earlier
+    /// runs: a fit's runs since its type's previous fit, so each run is pooled once however often its type is
+    /// refitted ([`crate::model::ForwardScores::add_to`]).
+    pub fn add_peaks(&mut self, peaks: &[Vec<(usize, f64)>; 6], from: usize) {
+        for (t, p) in self.peaks.iter_mut().zip(peaks) {
+            p.iter()
                 .filter(|(age, _)| *age >= from)
                 .for_each(|(_, r)| t.add(*r));
         }
@@ -280,11 +276,11 @@ mod tests {
             ..crate::model::ForwardScores::default()
         };
         // Refitted after 3 new runs: the runs with 7, 8 and 9 earlier runs are new.
-        pool.add_fit(&fit, 3);
+        fit.add_to(&mut pool, 3);
         assert_eq!(pool.peaks[2].total(), 3.0);
         assert_eq!(pool.peak_quantile(2, 0.5), None, "too few to answer");
         for _ in 0..40 {
-            pool.add_fit(&fit, 3);
+            fit.add_to(&mut pool, 3);
         }
         let q = pool.peak_quantile(2, 1.0).expect("pooled");
         assert!((q / 1.09 - 1.0).abs() < 0.03, "{q}");
