@@ -230,7 +230,7 @@ impl Predictor {
         fresh: &mut ScorePool,
     ) -> Option<TaskModel> {
         let (m, scores) = train_task_pooled(runs, now_ms, &self.config.train, Some(pool))?;
-        fresh.add_newest(&scores, m.runs.saturating_sub(old.map_or(0, |o| o.runs)));
+        scores.add_to(fresh, m.runs.saturating_sub(old.map_or(0, |o| o.runs)));
         Some(m)
     }
 

@@ -22,7 +22,7 @@
 //! so a run never sees the outcome of a run that was still going when it started. Before a run, every policy
 //! sizes it from the finished runs of its task type:
 //! - **ours**: the task model ([`train_task_pooled`], with one [`ScorePool`] for the whole trace, fed each
-//!   refitted type's newest scores as the engine does) refitted whenever the task type has
+//!   refitted type's newest scores and peak ratios as the engine does) refitted whenever the task type has
 //!   [`EvalConfig::retrain_every`] new finished runs (default 1: after every finished run, as the product does);
 //!   allocation = the estimate's `limit` (memory 99.8%, CPU and duration 95%), interval = `[lower, upper]`;
 //! - **vpa-like**: VPA's recommender: a histogram whose weights halve every 24 h of age
@@ -51,7 +51,7 @@ use std::path::{Path, PathBuf};
 use crate::key::TaskKey;
 use crate::model::{
     ForwardScores, Resource, TaskModel, TrainConfig, YOUNG_LIMIT_CAP, central_ranks_exist,
-    conformal_bound, finished_at_ms, train_task_pooled,
+    conformal_bound, finished_at_ms, peak_multiplier, train_task_pooled,
 };
 use crate::pool::ScorePool;
 use crate::types::{RunFeatures, RunSummary};
@@ -587,7 +587,7 @@ pub fn evaluate(runs: &[RunSummary], cfg: &EvalConfig) -> EvalReport {
             st.trained_at = n;
             report.fits += 1;
             if let Some((_, scores)) = &st.model {
-                pool.add_newest(scores, new_runs as u64);
+                scores.add_to(&mut pool, new_runs as u64);
             }
         }
         let features = RunFeatures::from_metadata(&run.meta, now);
@@ -610,7 +610,8 @@ pub fn evaluate(runs: &[RunSummary], cfg: &EvalConfig) -> EvalReport {
                     let own = &scores[slot(*res)];
                     let mut mult = conformal_bound(own, *level);
                     if !central_ranks_exist(own.len(), cfg.train.level) {
-                        mult = pool.blend(slot(*res), own.len(), mult, *level);
+                        mult = peak_multiplier(t, &pool, slot(*res), *level)
+                            .unwrap_or_else(|| pool.blend(slot(*res), own.len(), mult, *level));
                     }
                     let lim = (point * mult).max(floor);
                     sc.add(lim, 0.0, 0.0, usage);

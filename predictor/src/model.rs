@@ -27,6 +27,13 @@
 //! (below 19 scores for a 90% interval), the bound goes beyond the extreme ratio by a log-normal tail fitted to
 //! them. Because the scores are recent and out-of-sample, the intervals widen or narrow as the task type drifts.
 //!
+//! A young type (fewer scores than the central ranks) whose point does not depend on the run's features takes its
+//! `limit` from its largest run instead: that run's value x the quantile, at the limit's level, of how far other
+//! young types' runs went beyond their own largest earlier run (pooled across types, [`ScorePool`];
+//! [`peak_multiplier`]). A handful of scores and a fitted tail say little about a 99.8% bound; the largest run and a
+//! margin learned across types is the history-quantile fallback, and it wasted less at the same risk on the real
+//! per-task traces (docs/BENCHMARKS.md). Its interval stays its own, so its `limit` may be below its `upper`.
+//!
 //! Memory never goes below the peak the last 10 runs show for a run with no larger input (`upper` and `limit`): a
 //! short job whose samples missed its peak still has its Finish peak in the history, and an input-size regression
 //! fitted on a handful of runs must not extrapolate below what was needed before. On the Bitbrains VMs, whose
@@ -299,6 +306,10 @@ pub struct TargetModel {
     /// estimate from the latest runs (0: none, the baseline answers).
     #[serde(default)]
     pub recent: f64,
+    /// The largest value of the training runs (0 in models stored before it): a young type's limit is built on it
+    /// ([`peak_multiplier`]).
+    #[serde(default)]
+    pub peak: f64,
 }
 
 impl TargetModel {
@@ -449,8 +460,8 @@ pub struct Estimate {
 }
 
 /// Below medium confidence (fewer than 15 runs) a one-sided 99.8% `limit` rests on a handful of conformal scores
-/// and a Student-t tail over one or two residuals, which can reach any spec limit: what is allocated is then at
-/// most this multiple of the interval's `upper`. On the real traces (docs/BENCHMARKS.md, "The broker's memory
+/// and a Student-t tail over one or two residuals (or on the largest run x a pooled margin, [`peak_multiplier`]),
+/// which can reach any spec limit: what is allocated is then at most this multiple of the interval's `upper`. On the real traces (docs/BENCHMARKS.md, "The broker's memory
 /// bound for young types") 1.5 keeps memory under-prediction within 0.02 points of the uncapped limit.
 pub const YOUNG_LIMIT_CAP: f64 = 1.5;
 
@@ -689,9 +700,65 @@ fn recent_forward(kind: ModelKind, y: &[f64]) -> Vec<Option<f64>> {
 /// Latest runs whose memory peaks bound the next estimate from below ([`TargetModel::shown`]).
 const SHOWN_RUNS: usize = 10;
 
-/// Forward-validated conformal scores `actual / predicted` of each target's chosen candidate, oldest first, in
-/// [`Resource::ALL`] order: what the calibration was computed from (the evaluator sweeps levels over them).
-pub type ForwardScores = [Vec<f64>; 6];
+/// What a fit scored forward in time, per target in [`Resource::ALL`] order, oldest first. Indexing gives
+/// `ratios`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ForwardScores {
+    /// Conformal scores `actual / predicted` of the chosen candidate: what the calibration was computed from (the
+    /// evaluator sweeps levels over them).
+    pub ratios: [Vec<f64>; 6],
+    /// `(earlier runs, actual / largest earlier value)` of each training run that had 2 to [`YOUNG_PEAK_RUNS`] - 1
+    /// earlier runs: pooled across types ([`ScorePool::peak_quantile`]) for a young type's limit.
+    pub peaks: [Vec<(usize, f64)>; 6],
+    /// Runs the fit saw.
+    pub runs: usize,
+}
+
+impl ForwardScores {
+    /// Adds this fit's scores and peak ratios of the newest `new_runs` runs (those since its type's previous fit)
+    /// to `pool`, so each run is pooled once however often its type is refitted.
+    pub fn add_to(&self, pool: &mut ScorePool, new_runs: u64) {
+        pool.add_newest(&self.ratios, new_runs);
+        let new = usize::try_from(new_runs).unwrap_or(usize::MAX);
+        pool.add_peaks(&self.peaks, self.runs.saturating_sub(new));
+    }
+}
+
+impl std::ops::Index<usize> for ForwardScores {
+    type Output = Vec<f64>;
+
+    fn index(&self, slot: usize) -> &Vec<f64> {
+        &self.ratios[slot]
+    }
+}
+
+/// Peak ratios (`actual / largest earlier value`) are recorded for runs with 2 to this many - 1 earlier runs: the
+/// ages at which a type is young (fewer forward scores than the central conformal ranks, 19 at 90%, which start at
+/// the third run). Runs with 2 to 4 earlier runs go further beyond their history's largest value than the runs
+/// with 5 or more (the first a type is predicted for) do; pooling them too keeps the margin on the safe side, and
+/// measured better than pooling from 5 on or per age group (docs/BENCHMARKS.md, "A young type's limit from its
+/// largest run").
+pub const YOUNG_PEAK_RUNS: usize = 21;
+
+/// Whether a run with `earlier` earlier runs has its peak ratio pooled ([`YOUNG_PEAK_RUNS`]).
+pub fn is_young_age(earlier: usize) -> bool {
+    (2..YOUNG_PEAK_RUNS).contains(&earlier)
+}
+
+/// A young target's `limit` multiplier from its history's largest value: `peak x margin / point`, the margin being
+/// the quantile `q` of the young runs' `actual / largest earlier value` pooled across types
+/// ([`ScorePool::peak_quantile`]) — the history-quantile fallback, with its margin learned from other types
+/// instead of guessed. `None` for a kind whose point depends on the run's features (regression, seasonal: a larger
+/// input may need more than any earlier run), without a peak (a model stored before it), or while the pool holds
+/// too few peak ratios.
+pub fn peak_multiplier(m: &TargetModel, pool: &ScorePool, slot: usize, q: f64) -> Option<f64> {
+    if matches!(m.kind, ModelKind::Regression | ModelKind::Seasonal) || m.peak <= 0.0 {
+        return None;
+    }
+    let point = m.point(&[0.0; N_FEATURES]);
+    let margin = pool.peak_quantile(slot, q)?;
+    (point > 0.0).then(|| m.peak * margin / point)
+}
 
 /// Trains the model of one task type from its runs (any order). `None` when there are fewer than
 /// [`TrainConfig::min_runs`] runs.
@@ -739,7 +806,11 @@ pub fn train_task_pooled(
         .iter()
         .map(|r| features_of(&RunFeatures::from_metadata(&r.meta, r.started_at_ms)))
         .collect();
-    let mut scores: ForwardScores = Default::default();
+    let offset = total - recent.len();
+    let mut scores = ForwardScores {
+        runs: total,
+        ..ForwardScores::default()
+    };
     let mut target = |res: Resource| -> TargetModel {
         let y: Vec<f64> = recent
             .iter()
@@ -763,7 +834,7 @@ pub fn train_task_pooled(
         let xs: Vec<[f64; N_FEATURES]> = keep.iter().map(|&i| x[i]).collect();
         let ys: Vec<f64> = keep.iter().map(|&i| y[i]).collect();
         let slot = Resource::ALL.iter().position(|&r| r == res).unwrap_or(0);
-        let (mut m, s) = train_target(
+        let (mut m, s, peaks) = train_target(
             &xs,
             &ys,
             cfg,
@@ -771,10 +842,12 @@ pub fn train_task_pooled(
             res == Resource::Memory,
         );
         if let Some(p) = pool.filter(|_| !central_ranks_exist(s.len(), cfg.level)) {
-            let c = &mut m.calibration;
-            c.limit = p
-                .blend(slot, s.len(), c.limit, cfg.limit_quantile[slot])
-                .max(c.upper);
+            // Too few own scores for the central ranks: the limit is the largest run x the pooled margin, or, for
+            // a kind that depends on the run's features, the own multiplier blended with the pooled one.
+            let q = cfg.limit_quantile[slot];
+            let c = m.calibration;
+            m.calibration.limit = peak_multiplier(&m, p, slot, q)
+                .unwrap_or_else(|| p.blend(slot, s.len(), c.limit, q).max(c.upper));
         }
         if res == Resource::Cpu {
             let window = &y[y.len().saturating_sub(cfg.calibration_window.max(1))..];
@@ -783,7 +856,13 @@ pub fn train_task_pooled(
                 m.calibration.lower = 0.0;
             }
         }
-        scores[slot] = s;
+        scores.ratios[slot] = s;
+        scores.peaks[slot] = peaks
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (offset + i, r))
+            .filter(|(age, r)| r.is_finite() && is_young_age(*age))
+            .collect();
         m
     };
     // A network model only for a type enough of whose runs measured that direction.
@@ -886,7 +965,7 @@ fn train_target(
     cfg: &TrainConfig,
     limit_q: f64,
     history_floor: bool,
-) -> (TargetModel, Vec<f64>) {
+) -> (TargetModel, Vec<f64>, Vec<f64>) {
     let n = y.len();
     let min_y = y
         .iter()
@@ -980,8 +1059,24 @@ fn train_target(
         shown,
         seasonal,
         recent,
+        peak: max_y,
     };
-    (model, scores)
+    (model, scores, peak_ratios(y))
+}
+
+/// Each run's `actual / largest earlier value` (NaN for the first run, or when not finite and positive): one
+/// entry per run.
+fn peak_ratios(y: &[f64]) -> Vec<f64> {
+    let mut out = vec![f64::NAN; y.len()];
+    let mut peak = 0.0f64;
+    for (i, v) in y.iter().enumerate() {
+        let r = ratio(*v, peak);
+        if i > 0 && r.is_finite() && r > 0.0 {
+            out[i] = r;
+        }
+        peak = peak.max(*v);
+    }
+    out
 }
 
 /// The regression's forward predictions: refitted at the start of each of `cfg.folds` blocks over the most recent
@@ -1508,6 +1603,127 @@ mod tests {
         let (own, _) = train_task_scored(&runs, 0, &cfg).expect("trains");
         let (pooled, _) = train_task_pooled(&runs, 0, &cfg, Some(&pool)).expect("trains");
         assert_eq!(own.memory.calibration, pooled.memory.calibration);
+    }
+
+    /// A young type's limit is its largest run times the margin other young types' runs went beyond their largest
+    /// earlier run (the pooled peak ratios), not its point times a multiplier from a handful of scores; a type whose
+    /// point follows its input keeps the blend (a larger input may need more than any earlier run), and so does a
+    /// type past the central ranks, or any type while no peak ratio is pooled.
+    #[test]
+    fn a_young_types_limit_is_its_largest_run_times_the_pooled_peak_margin() {
+        let slot = Resource::ALL
+            .iter()
+            .position(|&r| r == Resource::Memory)
+            .expect("memory");
+        let mut pool = ScorePool::default();
+        // Other types' forward scores reach 3x; their young runs went up to 1.25x their largest earlier run.
+        pool.add(
+            slot,
+            &(0..1000)
+                .map(|i| 0.8 + 2.2 * f64::from(i) / 999.0)
+                .collect::<Vec<_>>(),
+        );
+        let no_peaks = pool.clone();
+        let peaks = ForwardScores {
+            peaks: std::array::from_fn(|s| {
+                if s == slot {
+                    (0..1000)
+                        .map(|i| (5, 0.5 + 0.75 * f64::from(i) / 999.0))
+                        .collect()
+                } else {
+                    Vec::new()
+                }
+            }),
+            runs: 5,
+            ..ForwardScores::default()
+        };
+        peaks.add_to(&mut pool, 1);
+        assert_eq!(pool.peaks[slot].total(), 1000.0, "the runs were all new");
+        let margin = pool.peak_quantile(slot, 0.998).expect("pooled");
+        assert!((margin / 1.25 - 1.0).abs() < 0.03, "{margin}");
+
+        // Eight runs near 100 MB, one at 150 MB: the limit is 150 MB x the margin, whatever its point.
+        let runs: Vec<_> = (0..8)
+            .map(|i| {
+                let mem = if i == 3 {
+                    1.5e8
+                } else {
+                    1e8 * (1.0 + 0.03 * wobble(i))
+                };
+                run(i, 0, mem, None)
+            })
+            .collect();
+        let cfg = TrainConfig::default();
+        let x = [0.0; N_FEATURES];
+        let (young, _) = train_task_pooled(&runs, 0, &cfg, Some(&pool)).expect("trains");
+        assert_eq!(young.memory.kind, ModelKind::Baseline);
+        assert_eq!(young.memory.peak, 1.5e8);
+        let e = young.memory.estimate(&x);
+        assert!((e.limit / (1.5e8 * margin) - 1.0).abs() < 1e-9, "{e:?}");
+        let (blended, s) = train_task_pooled(&runs, 0, &cfg, Some(&no_peaks)).expect("trains");
+        let own = train_task_scored(&runs, 0, &cfg).expect("trains").0;
+        let want = no_peaks
+            .blend(slot, s[slot].len(), own.memory.calibration.limit, 0.998)
+            .max(own.memory.calibration.upper);
+        assert!((blended.memory.calibration.limit - want).abs() < 1e-9);
+        assert!(e.limit < blended.memory.estimate(&x).limit, "{e:?}");
+        assert_eq!(
+            (e.lower, e.point, e.upper),
+            {
+                let b = blended.memory.estimate(&x);
+                (b.lower, b.point, b.upper)
+            },
+            "the interval stays its own"
+        );
+
+        // Memory that follows the input (a regression): the blend, not the largest run.
+        let by_input: Vec<_> = (0..8)
+            .map(|i| {
+                run(
+                    i,
+                    (i % 4 + 1) * 1_000_000,
+                    100.0 * ((i % 4 + 1) * 1_000_000) as f64,
+                    None,
+                )
+            })
+            .collect();
+        let (reg, s) = train_task_pooled(&by_input, 0, &cfg, Some(&pool)).expect("trains");
+        assert_eq!(reg.memory.kind, ModelKind::Regression);
+        let own = train_task_scored(&by_input, 0, &cfg).expect("trains").0;
+        let want = pool
+            .blend(slot, s[slot].len(), own.memory.calibration.limit, 0.998)
+            .max(own.memory.calibration.upper);
+        assert!((reg.memory.calibration.limit - want).abs() < 1e-9);
+
+        // Past the central ranks its own scores alone.
+        let old: Vec<_> = (0..40)
+            .map(|i| run(i, 0, 1e8 * (1.0 + 0.03 * wobble(i)), None))
+            .collect();
+        let (own, _) = train_task_scored(&old, 0, &cfg).expect("trains");
+        let (pooled, _) = train_task_pooled(&old, 0, &cfg, Some(&pool)).expect("trains");
+        assert_eq!(own.memory.calibration, pooled.memory.calibration);
+    }
+
+    /// Each run's peak ratio is recorded once per fit, with its age, for the young ages only.
+    #[test]
+    fn peak_ratios_are_each_runs_value_over_the_largest_before_it() {
+        let y = [2.0, 1.0, 4.0, 2.0, 8.0];
+        let r = peak_ratios(&y);
+        assert!(r[0].is_nan());
+        assert_eq!(&r[1..], &[0.5, 2.0, 0.5, 2.0]);
+        let runs: Vec<_> = (0..30).map(|i| run(i, 0, 1e8 + i as f64, None)).collect();
+        let (_, s) = train_task_scored(&runs, 0, &TrainConfig::default()).expect("trains");
+        let slot = Resource::ALL
+            .iter()
+            .position(|&r| r == Resource::Memory)
+            .expect("memory");
+        let ages: Vec<usize> = s.peaks[slot].iter().map(|(a, _)| *a).collect();
+        assert_eq!(ages, (2..YOUNG_PEAK_RUNS).collect::<Vec<_>>());
+        assert_eq!(s.runs, 30);
+        assert!(
+            s.peaks[slot].iter().all(|(_, r)| *r > 1.0),
+            "each run a new largest"
+        );
     }
 
     #[test]

@@ -5,12 +5,14 @@
 //! under-predicted 3% of the runs while wasting more than any history quantile (docs/BENCHMARKS.md). The pool keeps,
 //! per target, a histogram of `ln(actual / predicted)` over every type's newest forward scores; a type below the
 //! central conformal ranks takes its `limit` from a blend of its own and the pool's quantile
-//! ([`ScorePool::blend`]).
+//! ([`ScorePool::blend`]). It also keeps, per target, a histogram of young runs' `actual / largest earlier value`
+//! (runs with 2 to 20 earlier runs): a young type's limit is its largest run x that histogram's quantile
+//! ([`crate::model::peak_multiplier`]); the blend remains for a type whose point follows its features.
 //!
 //! Bounded and incremental: [`BINS`] fixed bins per target over `ln` ratio in `[-RANGE, RANGE]` (values beyond go
 //! to the edge bins, so a 1/148 to 148x ratio is resolved to 2.5%), adding a score is O(1), and the counts halve
 //! when their total reaches [`CAP`], so the pool follows the node's recent runs. About 10 KB in all, persisted by
-//! the engine with each full retrain ([`crate::Store::save_models_and_pool`]).
+//! the engine with each full retrain ([`crate::Store::save_models_and_pool`]); the peak ratios double that.
 
 use serde::{Deserialize, Serialize};
 
@@ -95,6 +97,10 @@ impl PooledScores {
 pub struct ScorePool {
     /// Per target.
     pub targets: [PooledScores; 6],
+    /// Per target, young runs' `actual / largest earlier value` ([`crate::model::ForwardScores::peaks`]): a young
+    /// type's margin over its largest run. Empty in a pool stored before it.
+    #[serde(default)]
+    pub peaks: [PooledScores; 6],
 }
 
 impl ScorePool {
@@ -117,9 +123,34 @@ impl ScorePool {
         }
     }
 
+    /// Adds the peak ratios `(earlier runs, ratio)` of target slots in order whose run had at least `from` earlier
+    /// runs: a fit's runs since its type's previous fit, so each run is pooled once however often its type is
+    /// refitted ([`crate::model::ForwardScores::add_to`]).
+    pub fn add_peaks(&mut self, peaks: &[Vec<(usize, f64)>; 6], from: usize) {
+        for (t, p) in self.peaks.iter_mut().zip(peaks) {
+            p.iter()
+                .filter(|(age, _)| *age >= from)
+                .for_each(|(_, r)| t.add(*r));
+        }
+    }
+
+    /// The pooled peak ratio at quantile `q` of target `slot`: a young type's margin over its largest run.
+    /// `None` while the pool holds less than [`MIN_POOLED`] of them.
+    pub fn peak_quantile(&self, slot: usize, q: f64) -> Option<f64> {
+        self.peaks
+            .get(slot)
+            .filter(|t| t.total() >= MIN_POOLED)
+            .and_then(|t| t.quantile(q))
+    }
+
     /// Adds the counts of `other` (scores pooled while this one was in use), halving while above [`CAP`].
     pub fn merge(&mut self, other: &ScorePool) {
-        for (t, o) in self.targets.iter_mut().zip(&other.targets) {
+        let pairs = self
+            .targets
+            .iter_mut()
+            .zip(&other.targets)
+            .chain(self.peaks.iter_mut().zip(&other.peaks));
+        for (t, o) in pairs {
             if o.counts.len() != BINS || o.total <= 0.0 {
                 continue;
             }
@@ -228,5 +259,38 @@ mod tests {
         // Another target's pool is empty.
         assert_eq!(pool.blend(1, 3, 5.0, 0.998), 5.0);
         assert_eq!(pool.blend(9, 3, 5.0, 0.998), 5.0);
+    }
+
+    #[test]
+    fn a_fits_peak_ratios_are_pooled_once_and_an_old_pool_loads_without_them() {
+        let mut pool = ScorePool::default();
+        let fit = crate::model::ForwardScores {
+            peaks: std::array::from_fn(|s| {
+                if s == 2 {
+                    (2..10).map(|age| (age, 1.0 + age as f64 / 100.0)).collect()
+                } else {
+                    Vec::new()
+                }
+            }),
+            runs: 10,
+            ..crate::model::ForwardScores::default()
+        };
+        // Refitted after 3 new runs: the runs with 7, 8 and 9 earlier runs are new.
+        fit.add_to(&mut pool, 3);
+        assert_eq!(pool.peaks[2].total(), 3.0);
+        assert_eq!(pool.peak_quantile(2, 0.5), None, "too few to answer");
+        for _ in 0..40 {
+            fit.add_to(&mut pool, 3);
+        }
+        let q = pool.peak_quantile(2, 1.0).expect("pooled");
+        assert!((q / 1.09 - 1.0).abs() < 0.03, "{q}");
+        let mut merged = ScorePool::default();
+        merged.merge(&pool);
+        assert_eq!(merged.peaks[2].total(), 123.0);
+        // A pool written before peak ratios existed.
+        let mut old = serde_json::to_value(ScorePool::default()).expect("encode");
+        old.as_object_mut().expect("an object").remove("peaks");
+        let loaded: ScorePool = serde_json::from_value(old).expect("an old pool loads");
+        assert_eq!(loaded.peaks[2].total(), 0.0);
     }
 }
