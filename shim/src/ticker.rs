@@ -7,11 +7,18 @@
 //! client's timeout) the ticker waits: the next look is at the first tick after it. A member that needs to
 //! report between ticks (a container starting to stop) steps on its own ([`Watched::step_all`] with itself).
 //! Without members the ticker holds no timer.
+//!
+//! The timer is a periodic `timerfd` on CLOCK_MONOTONIC armed at an absolute multiple of the tick ([`TickFd`]): one
+//! `epoll` wake-up and one 8-byte read a tick, where a tokio sleep armed anew each tick woke the runtime two or
+//! three times (its timer wheel's coarse slots) and wrote its eventfd. tokio's sleep stays the fallback where no
+//! timerfd can be made.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
 /// What the ticker watches: a container's monitor.
@@ -72,13 +79,25 @@ impl<W: Watched> Ticker<W> {
     }
 
     async fn run(self: Arc<Self>) {
+        let mut timer: Option<TickFd> = None;
         loop {
             if self.is_empty() {
-                // A join between the check and the wait leaves a permit: no join is missed.
+                // No members, no timer. A join between the check and the wait leaves a permit: none is missed.
+                timer = None;
                 self.joined.notified().await;
                 continue;
             }
-            tokio::time::sleep(next_tick(self.tick)).await;
+            if timer.is_none() {
+                timer = TickFd::new(self.tick)
+                    .inspect_err(|e| {
+                        tracing::debug!("no timerfd for the ticker ({e}): tokio's sleep instead")
+                    })
+                    .ok();
+            }
+            match &timer {
+                Some(t) => t.wait().await,
+                None => tokio::time::sleep(next_tick(self.tick)).await,
+            }
             let members: Vec<Arc<W>> = self.members().clone();
             let due: Vec<Arc<W>> = members.into_iter().filter(|m| m.look()).collect();
             if due.is_empty() {
@@ -90,8 +109,96 @@ impl<W: Watched> Ticker<W> {
             {
                 tracing::error!("a monitor step panicked");
             }
+            // Ticks that passed during the step are skipped: the next look is at the first tick after it.
+            if let Some(t) = &timer {
+                t.expirations();
+            }
         }
     }
+}
+
+/// A periodic CLOCK_MONOTONIC timer descriptor that fires at every multiple of the tick, registered with tokio.
+struct TickFd {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl TickFd {
+    fn new(tick: Duration) -> std::io::Result<TickFd> {
+        // SAFETY: timerfd_create takes a clock id and flags and returns a new descriptor or -1.
+        let raw = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_CLOEXEC | libc::TFD_NONBLOCK,
+            )
+        };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: raw was just returned by timerfd_create and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let now = monotonic_now().ok_or_else(std::io::Error::last_os_error)?;
+        let spec = libc::itimerspec {
+            it_interval: timespec(tick),
+            it_value: timespec(now + next_tick_after(now, tick)),
+        };
+        // SAFETY: fd is a timerfd we own; spec is a valid itimerspec; the old value is not asked for.
+        let rc = unsafe {
+            libc::timerfd_settime(
+                fd.as_raw_fd(),
+                libc::TFD_TIMER_ABSTIME,
+                &spec,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the AsyncFd owns the timerfd, so it stays open for as long as it is registered.
+        let fd = unsafe { AsyncFd::register(fd) }?;
+        Ok(TickFd { fd })
+    }
+
+    /// Until the next tick (at once when one passed since the last read).
+    async fn wait(&self) {
+        loop {
+            let Ok(mut guard) = self.fd.readable().await else {
+                // The reactor is gone (the runtime is shutting down): nothing more to look at.
+                return std::future::pending().await;
+            };
+            if self.expirations() > 0 {
+                return;
+            }
+            guard.clear_ready();
+        }
+    }
+
+    /// Reads (and so clears) the ticks passed since the last read; 0 when none.
+    fn expirations(&self) -> u64 {
+        let mut buf = [0u8; 8];
+        // SAFETY: reading 8 bytes into an 8-byte buffer from a timerfd we own (non-blocking).
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n == 8 { u64::from_ne_bytes(buf) } else { 0 }
+    }
+}
+
+fn timespec(d: Duration) -> libc::timespec {
+    libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(d.subsec_nanos()),
+    }
+}
+
+/// CLOCK_MONOTONIC now; `None` when it cannot be read.
+fn monotonic_now() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write into.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return None;
+    }
+    Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
 /// The time to the next multiple of `tick` on the host's monotonic clock. Every shim wakes at the same instants,
@@ -99,15 +206,10 @@ impl<W: Watched> Ticker<W> {
 /// of them, where reports spread over the second cost one each), and the host's CPUs wake once per tick for all
 /// containers rather than at 100 scattered moments.
 pub fn next_tick(tick: Duration) -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec to write into; CLOCK_MONOTONIC always exists on Linux.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
-        return tick;
+    match monotonic_now() {
+        Some(now) => next_tick_after(now, tick),
+        None => tick,
     }
-    next_tick_after(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32), tick)
 }
 
 /// From `now` to the next multiple of `tick` after it (a whole tick when `now` is one).
@@ -205,6 +307,21 @@ mod tests {
         ticker.join(m.clone());
         until(|| m.looks.load(Ordering::Relaxed) > looks).await;
         until(|| !steps.lock().expect("steps").is_empty()).await;
+    }
+
+    #[tokio::test]
+    async fn the_timer_descriptor_counts_the_ticks_that_passed() {
+        let yearly = TickFd::new(Duration::from_secs(365 * 86_400)).expect("timerfd");
+        let fast = TickFd::new(Duration::from_millis(10)).expect("timerfd");
+        fast.wait().await;
+        std::thread::sleep(Duration::from_millis(50));
+        // At least 50 ms passed: at least four multiples of 10 ms, read (and cleared) at once.
+        assert!(fast.expirations() >= 4);
+        assert_eq!(
+            yearly.expirations(),
+            0,
+            "no multiple of a year of uptime passed"
+        );
     }
 
     #[test]
