@@ -1569,13 +1569,12 @@ mod tests {
         assert!(below.upper >= 1.0 && below.lower <= 0.7, "{below:?}");
     }
 
-    #[test]
-    fn a_young_types_limit_leans_on_the_pooled_scores_and_an_older_ones_does_not() {
+    /// Memory's slot and a pool of 1,000 memory scores spread evenly over 0.8-3.0x the forecast.
+    fn memory_pool_to_3x() -> (usize, ScorePool) {
         let slot = Resource::ALL
             .iter()
             .position(|&r| r == Resource::Memory)
             .expect("memory");
-        // Other types' memory ran up to 3x their forecast; this type's few runs wobble by a few percent.
         let mut pool = ScorePool::default();
         pool.add(
             slot,
@@ -1583,6 +1582,13 @@ mod tests {
                 .map(|i| 0.8 + 2.2 * f64::from(i) / 999.0)
                 .collect::<Vec<_>>(),
         );
+        (slot, pool)
+    }
+
+    #[test]
+    fn a_young_types_limit_leans_on_the_pooled_scores_and_an_older_ones_does_not() {
+        // Other types' memory ran up to 3x their forecast; this type's few runs wobble by a few percent.
+        let (slot, pool) = memory_pool_to_3x();
         let runs: Vec<_> = (0..40)
             .map(|i| run(i, 0, 1e8 * (1.0 + 0.03 * wobble(i)), None))
             .collect();
@@ -1611,18 +1617,8 @@ mod tests {
     /// type past the central ranks, or any type while no peak ratio is pooled.
     #[test]
     fn a_young_types_limit_is_its_largest_run_times_the_pooled_peak_margin() {
-        let slot = Resource::ALL
-            .iter()
-            .position(|&r| r == Resource::Memory)
-            .expect("memory");
-        let mut pool = ScorePool::default();
         // Other types' forward scores reach 3x; their young runs went up to 1.25x their largest earlier run.
-        pool.add(
-            slot,
-            &(0..1000)
-                .map(|i| 0.8 + 2.2 * f64::from(i) / 999.0)
-                .collect::<Vec<_>>(),
-        );
+        let (slot, mut pool) = memory_pool_to_3x();
         let no_peaks = pool.clone();
         let peaks = ForwardScores {
             peaks: std::array::from_fn(|s| {
