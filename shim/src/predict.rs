@@ -538,7 +538,6 @@ impl Augment {
                     tracing::error!(container = %me.id, "a monitor step panicked");
                 }
             }
-            ticker().leave(&me);
         }));
     }
 

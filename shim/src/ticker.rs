@@ -98,8 +98,14 @@ impl<W: Watched> Ticker<W> {
                 Some(t) => t.wait().await,
                 None => tokio::time::sleep(next_tick(self.tick)).await,
             }
-            let members: Vec<Arc<W>> = self.members().clone();
-            let due: Vec<Arc<W>> = members.into_iter().filter(|m| m.look()).collect();
+            // A look never blocks (two counter reads), so it runs under the members' lock: no copy of the list a
+            // tick.
+            let due: Vec<Arc<W>> = self
+                .members()
+                .iter()
+                .filter(|m| m.look())
+                .cloned()
+                .collect();
             if due.is_empty() {
                 continue;
             }
