@@ -32,7 +32,10 @@
 //! young types' runs went beyond their own largest earlier run (pooled across types, [`ScorePool`];
 //! [`peak_multiplier`]). A handful of scores and a fitted tail say little about a 99.8% bound; the largest run and a
 //! margin learned across types is the history-quantile fallback, and it wasted less at the same risk on the real
-//! per-task traces (docs/BENCHMARKS.md). Its interval stays its own, so its `limit` may be below its `upper`.
+//! per-task traces (docs/BENCHMARKS.md). Its `limit` may be below its `upper`. Its interval keeps its own scores'
+//! log mean and tail reach, the reach scaled by how far other young types' runs went in units of theirs
+//! ([`small_sample_deviations`], [`pooled_interval`]): on the Google 2011 jobs the Student-t's nominal reach
+//! covered 86.6% of CPU runs, the pooled one 88.6%.
 //!
 //! Memory never goes below the peak the last 10 runs show for a run with no larger input (`upper` and `limit`): a
 //! short job whose samples missed its peak still has its Finish peak in the history, and an input-size regression
@@ -710,6 +713,10 @@ pub struct ForwardScores {
     /// `(earlier runs, actual / largest earlier value)` of each training run that had 2 to [`YOUNG_PEAK_RUNS`] - 1
     /// earlier runs: pooled across types ([`ScorePool::peak_quantile`]) for a young type's limit.
     pub peaks: [Vec<(usize, f64)>; 6],
+    /// Per target, aligned with `ratios`: each score's deviation from the scores before it in units of the
+    /// small-sample tail's reach ([`small_sample_deviations`]; NaN from the central ranks on): pooled across types
+    /// ([`ScorePool::spread_quantile`]) to calibrate a young type's interval ([`pooled_interval`]).
+    pub spread: [Vec<f64>; 6],
     /// Runs the fit saw.
     pub runs: usize,
 }
@@ -719,6 +726,7 @@ impl ForwardScores {
     /// to `pool`, so each run is pooled once however often its type is refitted.
     pub fn add_to(&self, pool: &mut ScorePool, new_runs: u64) {
         pool.add_newest(&self.ratios, new_runs);
+        pool.add_spread(&self.spread, new_runs);
         let new = usize::try_from(new_runs).unwrap_or(usize::MAX);
         pool.add_peaks(&self.peaks, self.runs.saturating_sub(new));
     }
@@ -776,8 +784,9 @@ pub fn train_task_scored(
 }
 
 /// [`train_task_scored`] with the scores `pool`ed across task types: a target with too few own scores for the
-/// central conformal ranks (19 at 90%) takes its `limit` from a blend of its own and the pool's
-/// ([`ScorePool::blend`]); its interval stays its own.
+/// central conformal ranks (19 at 90%) takes its `limit` from its largest run or a blend of its own and the pool's
+/// ([`peak_multiplier`], [`ScorePool::blend`]), and its interval's reach from the pooled deviations
+/// ([`pooled_interval`]).
 pub fn train_task_pooled(
     runs: &[RunSummary],
     now_ms: u64,
@@ -848,6 +857,11 @@ pub fn train_task_pooled(
             let c = m.calibration;
             m.calibration.limit = peak_multiplier(&m, p, slot, q)
                 .unwrap_or_else(|| p.blend(slot, s.len(), c.limit, q).max(c.upper));
+            // Its interval: its own scores' centre and spread, with the tail's reach calibrated across types.
+            if let Some((lower, upper)) = pooled_interval(&s, cfg.level, p, slot) {
+                m.calibration.lower = lower;
+                m.calibration.upper = upper;
+            }
         }
         if res == Resource::Cpu {
             let window = &y[y.len().saturating_sub(cfg.calibration_window.max(1))..];
@@ -856,6 +870,7 @@ pub fn train_task_pooled(
                 m.calibration.lower = 0.0;
             }
         }
+        scores.spread[slot] = small_sample_deviations(&s, cfg.level);
         scores.ratios[slot] = s;
         scores.peaks[slot] = peaks
             .into_iter()
@@ -888,6 +903,59 @@ pub fn train_task_pooled(
         shape: mean_shape(recent, &weights),
     };
     Some((model, scores))
+}
+
+/// Mean and reach of the small-sample tail of positive scores at upper quantile `q` ([`one_sided`]'s log-normal
+/// fit: the Student-t predictive half-width over `n - 1` degrees of freedom). `None` below 2 scores, with a score
+/// that is not finite and positive (no log), or with no spread.
+fn log_tail(scores: &[f64], q: f64) -> Option<(f64, f64)> {
+    let n = scores.len();
+    if n < 2 || !scores.iter().all(|v| v.is_finite() && *v > 0.0) {
+        return None;
+    }
+    let logs: Vec<f64> = scores.iter().map(|v| v.ln()).collect();
+    let mean = logs.iter().sum::<f64>() / n as f64;
+    let sd = (logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+    let reach = student_t_quantile(q, (n - 1) as f64) * sd * (1.0 + 1.0 / n as f64).sqrt();
+    (reach > 0.0 && reach.is_finite()).then_some((mean, reach))
+}
+
+/// For each forward score (oldest first) with 2 or more earlier ones but fewer than the central ranks at `level`:
+/// `|ln score - mean| / reach` of the log-normal tail fitted to the scores before it ([`log_tail`] at the
+/// interval's upper quantile), NaN otherwise. Were the log scores normal and alike, `level` of these would be at
+/// most 1 at every sample size; pooled across types they say how far a young type's next run really goes in units
+/// of that reach ([`pooled_interval`]).
+pub fn small_sample_deviations(scores: &[f64], level: f64) -> Vec<f64> {
+    let q = 1.0 - (1.0 - level).clamp(0.0, 1.0) / 2.0;
+    (0..scores.len())
+        .map(|j| {
+            if j < 2 || central_ranks_exist(j, level) || !scores[j].is_finite() || scores[j] <= 0.0
+            {
+                return f64::NAN;
+            }
+            log_tail(&scores[..j], q).map_or(f64::NAN, |(mean, reach)| {
+                (scores[j].ln() - mean).abs() / reach
+            })
+        })
+        .collect()
+}
+
+/// A young target's central interval `(lower, upper)` at `level`: its own scores' log mean +- their tail's reach
+/// ([`log_tail`]) x the quantile `level` of the deviations pooled across types ([`small_sample_deviations`],
+/// [`ScorePool::spread_quantile`]) instead of the Student-t's nominal 1. The own scores set the centre and the
+/// scale, other young types how far a run goes in units of it. The point stays inside (`lower <= 1 <= upper`).
+/// `None` (the own tail stands) while the pool holds too few deviations or the scores have no log spread.
+pub fn pooled_interval(
+    scores: &[f64],
+    level: f64,
+    pool: &ScorePool,
+    slot: usize,
+) -> Option<(f64, f64)> {
+    let c = pool.spread_quantile(slot, level)?;
+    let (mean, reach) = log_tail(scores, 1.0 - (1.0 - level).clamp(0.0, 1.0) / 2.0)?;
+    let lower = (mean - c * reach).exp().min(1.0);
+    let upper = (mean + c * reach).exp().max(1.0);
+    (lower.is_finite() && upper.is_finite()).then_some((lower, upper))
 }
 
 /// Whether `idle` runs at no CPU, beside `scored` measured ones in the calibration window, reach the central
@@ -1567,6 +1635,105 @@ mod tests {
         assert!(few.lower <= 1.0 && few.upper >= 1.2, "{few:?}");
         let below = calibrate(&[0.7, 0.75, 0.8], 0.9, 0.95);
         assert!(below.upper >= 1.0 && below.lower <= 0.7, "{below:?}");
+    }
+
+    /// Heavy-tailed young types: each type's log scores are its own scale x a standard normal, or 6x one in one
+    /// run of 4. With 4 scores the Student-t tail (which assumes normal logs) misses more than 10% of the next
+    /// runs; the reach calibrated on 500 other young types' deviations covers about 90% of 4,000 new types'.
+    #[test]
+    fn a_young_types_interval_takes_its_reach_from_pooled_deviations() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut uniform = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        };
+        let mut scores_of = |n: usize| -> Vec<f64> {
+            let scale = 0.05 + 0.3 * uniform();
+            (0..n)
+                .map(|_| {
+                    let z =
+                        (-2.0 * uniform().ln()).sqrt() * (std::f64::consts::TAU * uniform()).cos();
+                    let z = if uniform() < 0.25 { 6.0 * z } else { z };
+                    (scale * z).exp()
+                })
+                .collect()
+        };
+        let cpu = Resource::ALL
+            .iter()
+            .position(|&r| r == Resource::Cpu)
+            .expect("cpu");
+        let mut pool = ScorePool::default();
+        for _ in 0..500 {
+            let s = scores_of(8);
+            let fit = ForwardScores {
+                spread: std::array::from_fn(|slot| {
+                    if slot == cpu {
+                        small_sample_deviations(&s, 0.9)
+                    } else {
+                        Vec::new()
+                    }
+                }),
+                ..ForwardScores::default()
+            };
+            fit.add_to(&mut pool, 8);
+        }
+        // 6 deviations a type (2 to 7 earlier scores), each pooled once.
+        assert_eq!(pool.spread[cpu].total(), 3000.0);
+        let c90 = pool.spread_quantile(cpu, 0.9).expect("pooled");
+        assert!(c90 > 1.1, "heavier than the t: {c90}");
+        let (mut own, mut pooled) = (0u32, 0u32);
+        let trials = 4000u32;
+        for _ in 0..trials {
+            let s = scores_of(5);
+            let c = calibrate(&s[..4], 0.9, 0.95);
+            let (lower, upper) = pooled_interval(&s[..4], 0.9, &pool, cpu).expect("pooled");
+            own += u32::from(s[4] >= c.lower && s[4] <= c.upper);
+            pooled += u32::from(s[4] >= lower && s[4] <= upper);
+        }
+        let (own, pooled) = (
+            f64::from(own) / f64::from(trials),
+            f64::from(pooled) / f64::from(trials),
+        );
+        assert!(
+            own < 0.87,
+            "the own tail under-covers: {own}, pooled {pooled}"
+        );
+        assert!(
+            (0.88..=0.92).contains(&pooled),
+            "pooled {pooled}, own {own}"
+        );
+        // Another target's deviations are not pooled: its young interval stays its own.
+        assert_eq!(pooled_interval(&[0.9, 1.0, 1.2], 0.9, &pool, 0), None);
+    }
+
+    /// The deviations pooled for a young type's interval: `|ln score - mean| / reach` of the earlier scores' tail,
+    /// from 2 earlier scores to the central ranks (19 at 90%), NaN elsewhere.
+    #[test]
+    fn small_sample_deviations_measure_each_score_against_the_tail_before_it() {
+        let s: Vec<f64> = (0..25)
+            .map(|i| (0.1 * f64::from(i % 3) - 0.1).exp())
+            .collect();
+        let d = small_sample_deviations(&s, 0.9);
+        assert_eq!(d.len(), 25);
+        assert!(d[0].is_nan() && d[1].is_nan(), "{d:?}");
+        assert!(
+            d[19..].iter().all(|v| v.is_nan()),
+            "from the ranks on: {d:?}"
+        );
+        // The third score (ln 0.1) against ln -0.1 and 0: mean -0.05, sd 0.0707, t(0.95, 1 dof) x sd x sqrt(1.5).
+        let reach = student_t_quantile(0.95, 1.0) * 0.1 / 2f64.sqrt() * 1.5f64.sqrt();
+        assert!(
+            (d[2] - 0.15 / reach).abs() < 1e-9,
+            "{} vs {}",
+            d[2],
+            0.15 / reach
+        );
+        assert!(d[2..19].iter().all(|v| v.is_finite() && *v >= 0.0), "{d:?}");
+        // No spread before it (equal scores) or a score of 0: no deviation.
+        let flat = small_sample_deviations(&[1.0, 1.0, 1.0, 0.0], 0.9);
+        assert!(flat.iter().all(|v| v.is_nan()), "{flat:?}");
     }
 
     /// Memory's slot and a pool of 1,000 memory scores spread evenly over 0.8-3.0x the forecast.

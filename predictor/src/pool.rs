@@ -8,6 +8,9 @@
 //! ([`ScorePool::blend`]). It also keeps, per target, a histogram of young runs' `actual / largest earlier value`
 //! (runs with 2 to 20 earlier runs): a young type's limit is its largest run x that histogram's quantile
 //! ([`crate::model::peak_multiplier`]); the blend remains for a type whose point follows its features.
+//! And, per target, young scores' deviations from the scores before them in units of the small-sample tail's reach
+//! ([`ScorePool::spread_quantile`]): a young type's interval scales its own reach by their conformal bound
+//! ([`crate::model::pooled_interval`]).
 //!
 //! Bounded and incremental: [`BINS`] fixed bins per target over `ln` ratio in `[-RANGE, RANGE]` (values beyond go
 //! to the edge bins, so a 1/148 to 148x ratio is resolved to 2.5%), adding a score is O(1), and the counts halve
@@ -70,6 +73,14 @@ impl PooledScores {
         self.total += 1.0;
     }
 
+    /// The `ln` ratio a conformal upper bound at `q` takes from the scores held: the finite-sample rank
+    /// (quantile `q (1 + 1/total)`) and the upper edge of its bin, so that the bound is never below the score it
+    /// stands for (the bin's centre may be half a bin below it). `None` when empty.
+    pub fn conformal_upper(&self, q: f64) -> Option<f64> {
+        let rank = (q * (1.0 + 1.0 / self.total.max(1.0))).min(1.0);
+        self.quantile(rank).map(|v| v.ln() + RANGE / BINS as f64)
+    }
+
     /// Weight of the scores held.
     pub fn total(&self) -> f64 {
         self.total
@@ -101,6 +112,11 @@ pub struct ScorePool {
     /// type's margin over its largest run. Empty in a pool stored before it.
     #[serde(default)]
     pub peaks: [PooledScores; 6],
+    /// Per target, young types' scores' deviations from their earlier scores in units of the small-sample tail's
+    /// reach ([`crate::model::small_sample_deviations`], stored as `e^deviation`): a young type's interval
+    /// ([`crate::model::pooled_interval`]). Empty in a pool stored before it.
+    #[serde(default)]
+    pub spread: [PooledScores; 6],
 }
 
 impl ScorePool {
@@ -121,6 +137,30 @@ impl ScorePool {
                 .min(sc.len());
             self.add(slot, &sc[sc.len() - new..]);
         }
+    }
+
+    /// Adds the newest `new_runs` deviations of each target (`spread`, aligned with a fit's scores; NaN ones
+    /// skipped), as [`ScorePool::add_newest`] adds scores: each run once however often its type is refitted.
+    pub fn add_spread(&mut self, spread: &[Vec<f64>; 6], new_runs: u64) {
+        for (t, sc) in self.spread.iter_mut().zip(spread) {
+            let new = usize::try_from(new_runs)
+                .unwrap_or(usize::MAX)
+                .min(sc.len());
+            sc[sc.len() - new..]
+                .iter()
+                .filter(|d| d.is_finite())
+                .for_each(|d| t.add(d.exp()));
+        }
+    }
+
+    /// The pooled deviation at quantile `q` of target `slot` (in units of the small-sample tail's reach), as a
+    /// conformal bound ([`PooledScores::conformal_upper`]). `None` while the pool holds less than [`MIN_POOLED`] of
+    /// them.
+    pub fn spread_quantile(&self, slot: usize, q: f64) -> Option<f64> {
+        self.spread
+            .get(slot)
+            .filter(|t| t.total() >= MIN_POOLED)
+            .and_then(|t| t.conformal_upper(q))
     }
 
     /// Adds the peak ratios `(earlier runs, ratio)` of target slots in order whose run had at least `from` earlier
@@ -149,7 +189,8 @@ impl ScorePool {
             .targets
             .iter_mut()
             .zip(&other.targets)
-            .chain(self.peaks.iter_mut().zip(&other.peaks));
+            .chain(self.peaks.iter_mut().zip(&other.peaks))
+            .chain(self.spread.iter_mut().zip(&other.spread));
         for (t, o) in pairs {
             if o.counts.len() != BINS || o.total <= 0.0 {
                 continue;
@@ -215,6 +256,51 @@ mod tests {
         // Beyond the range: the edge bin, not a panic.
         p.add(1e9);
         assert!(p.quantile(1.0).expect("holds") > 100.0);
+    }
+
+    #[test]
+    fn a_conformal_bound_from_the_pool_is_never_below_its_rank() {
+        let mut p = PooledScores::default();
+        assert_eq!(p.conformal_upper(0.9), None);
+        // 99 deviations 0.01, 0.02, ..., 0.99: the 90% conformal rank is ceil(100 x 0.9) = the 90th, 0.90.
+        for i in 1..100 {
+            p.add((f64::from(i) / 100.0).exp());
+        }
+        let got = p.conformal_upper(0.9).expect("holds");
+        let half = RANGE / BINS as f64;
+        assert!(got >= 0.90 && got <= 0.90 + 2.0 * half + 1e-9, "{got}");
+        // The plain quantile (the bin's centre of the 89.1th weight) may be below the rank's score.
+        assert!(p.quantile(0.9).expect("holds").ln() < got);
+    }
+
+    #[test]
+    fn a_fits_deviations_are_pooled_once_and_an_old_pool_loads_without_them() {
+        let mut pool = ScorePool::default();
+        let spread: [Vec<f64>; 6] = std::array::from_fn(|s| {
+            if s == 1 {
+                vec![f64::NAN, f64::NAN, 0.5, 1.5, 2.5]
+            } else {
+                Vec::new()
+            }
+        });
+        // Refitted after 2 new runs: the last two deviations are new.
+        pool.add_spread(&spread, 2);
+        assert_eq!(pool.spread[1].total(), 2.0);
+        pool.add_spread(&spread, 10);
+        assert_eq!(pool.spread[1].total(), 5.0, "NaN (no deviation) is skipped");
+        assert_eq!(pool.spread_quantile(1, 0.9), None, "too few to answer");
+        for _ in 0..40 {
+            pool.add_spread(&spread, 3);
+        }
+        let q = pool.spread_quantile(1, 0.5).expect("pooled");
+        assert!((q - 1.5).abs() < 0.03, "{q}");
+        let mut merged = ScorePool::default();
+        merged.merge(&pool);
+        assert_eq!(merged.spread[1].total(), 125.0);
+        let mut old = serde_json::to_value(ScorePool::default()).expect("encode");
+        old.as_object_mut().expect("an object").remove("spread");
+        let loaded: ScorePool = serde_json::from_value(old).expect("an old pool loads");
+        assert_eq!(loaded.spread[1].total(), 0.0);
     }
 
     #[test]
