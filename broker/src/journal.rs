@@ -105,12 +105,18 @@ impl Journal {
         if ops.is_empty() {
             return q.submitted;
         }
+        let (was_empty, was_urgent) = (q.ops.is_empty(), q.urgent);
         q.urgent |= ops.iter().any(|o| !matches!(o, BatchOp::Samples(..)));
         q.ops.extend(ops);
         q.submitted += 1;
         let seq = q.submitted;
+        // A recorder lingering over samples is woken only by what ends its linger: each report of a wake-up's
+        // hundred waking it to wait again cost it a context switch apiece.
+        let wake = was_empty || (q.urgent && !was_urgent) || q.ops.len() >= self.linger_most();
         drop(q);
-        self.work.notify_one();
+        if wake {
+            self.work.notify_one();
+        }
         seq
     }
 
@@ -172,10 +178,15 @@ impl Journal {
         self.work.notify_all();
     }
 
+    /// How many records end a linger.
+    fn linger_most(&self) -> usize {
+        LINGER_MOST.min(self.cap / 2).max(1)
+    }
+
     /// A queue of samples alone waits for more, at most the journal's linger (module docs).
     fn linger<'a>(&self, mut q: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
         let until = Instant::now() + self.linger;
-        let most = LINGER_MOST.min(self.cap / 2).max(1);
+        let most = self.linger_most();
         while !q.urgent && !q.stop && q.ops.len() < most {
             let Some(left) = until.checked_duration_since(Instant::now()) else {
                 break;
