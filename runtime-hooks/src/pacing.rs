@@ -9,13 +9,16 @@
 //! container never looks gone to the broker (its `stale_after_ms`). A busy container therefore reports at every
 //! wake-up as before; only an idle one goes quiet.
 //!
-//! Limits: the probe is still read on the clock (a tick). PSI triggers would wake on CPU pressure, but an idle
-//! container that starts to work shows no pressure until it is throttled, and CPU usage shows it one tick later
-//! anyway; the clock wake-up is kept for that and costs two `pread`s.
+//! A container idle for [`SETTLE_LOOKS`] wake-ups in a row, whose idleness the broker has heard, is
+//! [`Pacer::settled`]: its monitor may skip the wake-ups between heartbeats (`shim/src/ticker.rs` then sleeps
+//! until the next heartbeat instant unless something wakes it), since each of them would find nothing to say.
 
 use std::time::Duration;
 
 pub use crate::sample::Probe;
+
+/// Idle wake-ups in a row after which a container is [`Pacer::settled`].
+pub const SETTLE_LOOKS: u32 = 3;
 
 /// What counts as a change worth a report.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -85,6 +88,10 @@ pub struct Pacer {
     before: Option<Probe>,
     /// Whether the latest probe showed a busy container.
     busy: bool,
+    /// Wake-ups in a row whose probe showed an idle container.
+    idle_looks: u32,
+    /// The latest check asked for a report that the broker has not taken.
+    unsent: bool,
 }
 
 impl Pacer {
@@ -96,6 +103,8 @@ impl Pacer {
             last: None,
             before: None,
             busy: true,
+            idle_looks: 0,
+            unsent: false,
         }
     }
 
@@ -111,6 +120,16 @@ impl Pacer {
 
     /// Decides on this wake-up's probe: `Some` to report now. `forced` reports whatever the figures.
     pub fn check(&mut self, p: Probe, forced: bool) -> Option<Why> {
+        let why = self.decide(p, forced);
+        self.unsent = why.is_some();
+        if why == Some(Why::Memory) {
+            // Memory on the move: looked at every wake-up again until it has been still for a while.
+            self.idle_looks = 0;
+        }
+        why
+    }
+
+    fn decide(&mut self, p: Probe, forced: bool) -> Option<Why> {
         let prev = self.last.replace(p);
         self.before = prev;
         self.busy = match prev {
@@ -118,6 +137,11 @@ impl Pacer {
                 .cores_since(&q)
                 .is_none_or(|c| c >= self.pacing.idle_cpu_cores),
             None => true,
+        };
+        self.idle_looks = if self.busy {
+            0
+        } else {
+            self.idle_looks.saturating_add(1)
         };
         let Some((rep, was_busy)) = self.reported else {
             return Some(Why::First);
@@ -149,8 +173,18 @@ impl Pacer {
         self.before.filter(|b| b.monotonic_ns > rep.monotonic_ns)
     }
 
+    /// Idle for [`SETTLE_LOOKS`] wake-ups in a row, the broker told so (its last report said idle and nothing
+    /// reported since failed) and a heartbeat set: the wake-ups before the next heartbeat would say nothing.
+    pub fn settled(&self) -> bool {
+        !self.pacing.heartbeat.is_zero()
+            && self.idle_looks >= SETTLE_LOOKS
+            && !self.unsent
+            && self.reported.is_some_and(|(_, was_busy)| !was_busy)
+    }
+
     /// The report carrying the latest probe went out and the broker took it.
     pub fn reported(&mut self) {
+        self.unsent = false;
         if let Some(p) = self.last {
             self.reported = Some((p, self.busy));
         }
@@ -280,6 +314,46 @@ mod tests {
             ]
         );
         assert!(!Heartbeat.needs_full_sample() && Busy.needs_full_sample());
+    }
+
+    #[test]
+    fn an_idle_container_settles_and_anything_to_say_unsettles_it() {
+        let mut p = pacer();
+        let mem = 100 << 20;
+        let settled: Vec<bool> = (0..5)
+            .map(|t| {
+                run(&mut p, &[probe(t, 0, mem)]);
+                p.settled()
+            })
+            .collect();
+        // First report, then "idle" said once (the broker saw it busy), then idle looks until the third.
+        assert_eq!(settled, [false, false, false, true, true]);
+        // Memory moving: not settled (nor while its report is not taken), and again only after three still looks.
+        let mem = mem + (2 << 20);
+        assert_eq!(p.check(probe(5, 0, mem), false), Some(Why::Memory));
+        assert!(!p.settled(), "a memory step not yet reported");
+        p.reported();
+        assert!(!p.settled(), "memory just moved");
+        run(&mut p, &[probe(6, 0, mem), probe(7, 0, mem)]);
+        assert!(!p.settled());
+        run(&mut p, &[probe(8, 0, mem)]);
+        assert!(p.settled());
+        // Busy: at once not settled, and settled again only after three idle looks that the broker heard of.
+        run(&mut p, &[probe(9, SEC, mem)]);
+        assert!(!p.settled());
+        let again: Vec<bool> = (10..14)
+            .map(|t| {
+                run(&mut p, &[probe(t, SEC, mem)]);
+                p.settled()
+            })
+            .collect();
+        assert_eq!(again, [false, false, true, true]);
+        // Without a heartbeat (an older broker: every wake-up reports) nothing settles.
+        let mut every = Pacer::new(Pacing::with_heartbeat(Duration::ZERO));
+        for t in 0..6 {
+            run(&mut every, &[probe(t, 0, mem)]);
+        }
+        assert!(!every.settled());
     }
 
     #[test]

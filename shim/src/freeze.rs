@@ -63,6 +63,14 @@ impl Freezer {
         self.state.blocking_lock().stopping.clone()
     }
 
+    /// Neither frozen by the broker nor stopping, as far as a look that must not block can tell (`false` while
+    /// the state is held).
+    pub fn at_rest(&self) -> bool {
+        self.state
+            .try_lock()
+            .is_ok_and(|s| !s.by_broker && s.stopping.is_none())
+    }
+
     /// Whether the broker's freeze is in force. Blocking: call from a blocking thread.
     pub fn frozen_by_broker_blocking(&self) -> bool {
         self.state.blocking_lock().by_broker

@@ -222,9 +222,18 @@ fn ticker() -> &'static Arc<Ticker<Augment>> {
     TICKER.get_or_init(|| Arc::new(Ticker::new(Settings::get().tick)))
 }
 
+/// Ends a settled sleep of the shim's ticker: its containers are looked at now (`ticker.rs`).
+pub fn wake_monitors() {
+    ticker().wake();
+}
+
 impl Watched for Augment {
     fn look(&self) -> bool {
         self.wake(false)
+    }
+
+    fn settled(&self) -> Option<Duration> {
+        self.settled()
     }
 
     fn step_all(due: &[Arc<Self>]) {
@@ -527,6 +536,8 @@ impl Augment {
                     // The container just became stopping: the broker hears it now, not a tick later.
                     _ = me.freezer.kicked() => {}
                 }
+                // The shim's ticker may sleep until a heartbeat: a stopping container is looked at every tick.
+                ticker().wake();
                 if !me.wake(true) {
                     continue;
                 }
@@ -571,6 +582,46 @@ impl Augment {
             }
             None => false,
         }
+    }
+
+    /// The heartbeat when the looks until the next one would find nothing to say (`ticker.rs`): the pacer has
+    /// it settled (idle, the broker told so), nothing is buffered or pending, the container is neither frozen by
+    /// the broker nor stopping, nothing forces a report each tick (a network limit), and it lends nothing (its
+    /// allocation is not below what it registered with: a lender turning busy must get its CPU back within
+    /// ticks). Never blocks: a state held elsewhere means not settled.
+    fn settled(&self) -> Option<Duration> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.net_limited.load(Relaxed) || self.net_in_limited.load(Relaxed) {
+            return None;
+        }
+        let st = self.state.try_lock().ok()?;
+        let quiet = !st.finished
+            && st.registered
+            && st.sampler.is_some()
+            && !st.pace.stopping_sent
+            && st.buffered.is_empty()
+            && st.pace.due.is_none()
+            && st.pace.pacer.settled();
+        let heartbeat = st.pace.pacer.pacing().heartbeat;
+        drop(st);
+        (quiet && self.freezer.at_rest() && !self.lends()).then_some(heartbeat)
+    }
+
+    /// Whether the allocation in force is below the one registered with, in CPU or memory (the broker lent part
+    /// of it, or took it back under pressure).
+    fn lends(&self) -> bool {
+        let (Ok(now), Ok(reg)) = (self.allocation.try_lock(), self.registered.try_lock()) else {
+            return true;
+        };
+        let Some(reg) = reg.as_ref() else {
+            return false;
+        };
+        let below = |now: Option<f64>, then: Option<f64>| matches!((now, then), (Some(n), Some(t)) if n < t);
+        below(now.cpu_cores, reg.allocation.cpu_cores)
+            || below(
+                now.memory_bytes.map(|b| b as f64),
+                reg.allocation.memory_bytes.map(|b| b as f64),
+            )
     }
 
     /// The step of a wake-up's due containers (the shim's ticker's, or one kicked container): each one's report

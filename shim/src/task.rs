@@ -242,6 +242,8 @@ impl TaskService {
             let forward = async {
                 while rx.recv().await.is_some() {
                     publish_oom(&shared, &id);
+                    // The broker hears of the kill at the next look, not the next heartbeat.
+                    crate::predict::wake_monitors();
                 }
             };
             tokio::join!(watcher, forward);

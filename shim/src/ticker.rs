@@ -12,6 +12,12 @@
 //! `epoll` wake-up and one 8-byte read a tick, where a tokio sleep armed anew each tick woke the runtime two or
 //! three times (its timer wheel's coarse slots) and wrote its eventfd. tokio's sleep stays the fallback where no
 //! timerfd can be made.
+//!
+//! When every member is *settled* ([`Watched::settled`]: idle, the broker told so, nothing pending) the timer is
+//! re-armed at the members' heartbeat instead of the tick: a shim of idle containers wakes once per heartbeat,
+//! when it has something to send anyway, instead of every tick to find nothing to say. [`Ticker::wake`] (a member
+//! joined, a container started stopping, a pressure trigger fired) ends such a sleep at once: the members are
+//! looked at, and the tick is back as soon as one of them is not settled.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +32,10 @@ pub trait Watched: Send + Sync + 'static {
     /// The look at a tick: `true` when a report is due. Runs on the runtime thread: it must not block.
     fn look(&self) -> bool;
 
+    /// `Some(period)` when the looks before the next multiple of `period` (a multiple of the tick) would find
+    /// nothing to say; `None` to be looked at every tick. Runs on the runtime thread: it must not block.
+    fn settled(&self) -> Option<Duration>;
+
     /// The step of the members whose look said due, on the blocking pool.
     fn step_all(due: &[Arc<Self>])
     where
@@ -36,8 +46,8 @@ pub trait Watched: Send + Sync + 'static {
 pub struct Ticker<W> {
     tick: Duration,
     members: Mutex<Vec<Arc<W>>>,
-    /// A member joined (wakes a ticker that had none).
-    joined: Notify,
+    /// A member joined (wakes a ticker that had none), or something ended a settled sleep ([`Self::wake`]).
+    woken: Notify,
     running: AtomicBool,
 }
 
@@ -46,7 +56,7 @@ impl<W: Watched> Ticker<W> {
         Self {
             tick,
             members: Mutex::new(Vec::new()),
-            joined: Notify::new(),
+            woken: Notify::new(),
             running: AtomicBool::new(false),
         }
     }
@@ -61,7 +71,12 @@ impl<W: Watched> Ticker<W> {
         if !self.running.swap(true, Ordering::AcqRel) {
             tokio::spawn(self.clone().run());
         }
-        self.joined.notify_one();
+        self.woken.notify_one();
+    }
+
+    /// Looks at every member now, whatever the timer (a member may have stopped being settled).
+    pub fn wake(&self) {
+        self.woken.notify_one();
     }
 
     /// Removes `w` (no-op when it is not a member). A step already under way may still include it: its step
@@ -78,25 +93,42 @@ impl<W: Watched> Ticker<W> {
         self.len() == 0
     }
 
+    /// The period to wait for next: the tick, or the members' heartbeat when all of them are settled.
+    fn period(&self) -> Duration {
+        let members = self.members();
+        let settled = members.iter().map(|m| m.settled()).min();
+        match settled {
+            Some(Some(p)) if p > self.tick => p,
+            _ => self.tick,
+        }
+    }
+
     async fn run(self: Arc<Self>) {
         let mut timer: Option<TickFd> = None;
+        let mut period = self.tick;
         loop {
             if self.is_empty() {
                 // No members, no timer. A join between the check and the wait leaves a permit: none is missed.
                 timer = None;
-                self.joined.notified().await;
+                period = self.tick;
+                self.woken.notified().await;
                 continue;
             }
             if timer.is_none() {
-                timer = TickFd::new(self.tick)
+                timer = TickFd::new(period)
                     .inspect_err(|e| {
                         tracing::debug!("no timerfd for the ticker ({e}): tokio's sleep instead")
                     })
                     .ok();
             }
-            match &timer {
-                Some(t) => t.wait().await,
-                None => tokio::time::sleep(next_tick(self.tick)).await,
+            tokio::select! {
+                _ = async {
+                    match &timer {
+                        Some(t) => t.wait().await,
+                        None => tokio::time::sleep(next_tick(period)).await,
+                    }
+                } => {}
+                _ = self.woken.notified() => {}
             }
             // A look never blocks (two counter reads), so it runs under the members' lock: no copy of the list a
             // tick.
@@ -106,18 +138,27 @@ impl<W: Watched> Ticker<W> {
                 .filter(|m| m.look())
                 .cloned()
                 .collect();
-            if due.is_empty() {
-                continue;
+            if !due.is_empty() {
+                if tokio::task::spawn_blocking(move || W::step_all(&due))
+                    .await
+                    .is_err()
+                {
+                    tracing::error!("a monitor step panicked");
+                }
+                // Ticks that passed during the step are skipped: the next look is at the first tick after it.
+                if let Some(t) = &timer {
+                    t.expirations();
+                }
             }
-            if tokio::task::spawn_blocking(move || W::step_all(&due))
-                .await
-                .is_err()
-            {
-                tracing::error!("a monitor step panicked");
-            }
-            // Ticks that passed during the step are skipped: the next look is at the first tick after it.
-            if let Some(t) = &timer {
-                t.expirations();
+            let next = self.period();
+            if next != period {
+                period = next;
+                if let Some(t) = &timer
+                    && let Err(e) = t.arm(period)
+                {
+                    tracing::debug!("re-arming the ticker's timerfd ({e}): tokio's sleep instead");
+                    timer = None;
+                }
             }
         }
     }
@@ -142,26 +183,15 @@ impl TickFd {
         }
         // SAFETY: raw was just returned by timerfd_create and is owned by nothing else.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let now = monotonic_now().ok_or_else(std::io::Error::last_os_error)?;
-        let spec = libc::itimerspec {
-            it_interval: timespec(tick),
-            it_value: timespec(now + next_tick_after(now, tick)),
-        };
-        // SAFETY: fd is a timerfd we own; spec is a valid itimerspec; the old value is not asked for.
-        let rc = unsafe {
-            libc::timerfd_settime(
-                fd.as_raw_fd(),
-                libc::TFD_TIMER_ABSTIME,
-                &spec,
-                std::ptr::null_mut(),
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        arm(fd.as_raw_fd(), tick)?;
         // SAFETY: the AsyncFd owns the timerfd, so it stays open for as long as it is registered.
         let fd = unsafe { AsyncFd::register(fd) }?;
         Ok(TickFd { fd })
+    }
+
+    /// Fires from now on at every multiple of `period` (ticks pending from the old period are dropped).
+    fn arm(&self, period: Duration) -> std::io::Result<()> {
+        arm(self.fd.as_raw_fd(), period)
     }
 
     /// Until the next tick (at once when one passed since the last read).
@@ -185,6 +215,22 @@ impl TickFd {
         let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n == 8 { u64::from_ne_bytes(buf) } else { 0 }
     }
+}
+
+/// Arms timerfd `fd` at the next multiple of `period` on CLOCK_MONOTONIC, then every `period`.
+fn arm(fd: std::os::fd::RawFd, period: Duration) -> std::io::Result<()> {
+    let now = monotonic_now().ok_or_else(std::io::Error::last_os_error)?;
+    let spec = libc::itimerspec {
+        it_interval: timespec(period),
+        it_value: timespec(now + next_tick_after(now, period)),
+    };
+    // SAFETY: fd is a timerfd its caller owns; spec is a valid itimerspec; the old value is not asked for.
+    let rc =
+        unsafe { libc::timerfd_settime(fd, libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn timespec(d: Duration) -> libc::timespec {
@@ -238,12 +284,33 @@ mod tests {
         due: AtomicBool,
         looks: AtomicUsize,
         steps: Arc<Mutex<Vec<Vec<usize>>>>,
+        settled: Mutex<Option<Duration>>,
+    }
+
+    impl Member {
+        fn new(id: usize, due: bool, steps: &Arc<Mutex<Vec<Vec<usize>>>>) -> Arc<Self> {
+            Arc::new(Member {
+                id,
+                due: AtomicBool::new(due),
+                looks: AtomicUsize::new(0),
+                steps: steps.clone(),
+                settled: Mutex::new(None),
+            })
+        }
+
+        fn looks(&self) -> usize {
+            self.looks.load(Ordering::Relaxed)
+        }
     }
 
     impl Watched for Member {
         fn look(&self) -> bool {
             self.looks.fetch_add(1, Ordering::Relaxed);
             self.due.load(Ordering::Relaxed)
+        }
+
+        fn settled(&self) -> Option<Duration> {
+            *self.settled.lock().expect("settled")
         }
 
         fn step_all(due: &[Arc<Self>]) {
@@ -263,14 +330,7 @@ mod tests {
         let ticker = Arc::new(Ticker::new(Duration::from_millis(20)));
         let steps = Arc::new(Mutex::new(Vec::new()));
         let members: Vec<Arc<Member>> = (0..4)
-            .map(|id| {
-                Arc::new(Member {
-                    id,
-                    due: AtomicBool::new(id % 2 == 0),
-                    looks: AtomicUsize::new(0),
-                    steps: steps.clone(),
-                })
-            })
+            .map(|id| Member::new(id, id % 2 == 0, &steps))
             .collect();
         for m in &members {
             ticker.join(m.clone());
@@ -298,12 +358,7 @@ mod tests {
     async fn a_ticker_without_members_waits_for_a_join() {
         let ticker = Arc::new(Ticker::new(Duration::from_millis(10)));
         let steps = Arc::new(Mutex::new(Vec::new()));
-        let m = Arc::new(Member {
-            id: 7,
-            due: AtomicBool::new(true),
-            looks: AtomicUsize::new(0),
-            steps: steps.clone(),
-        });
+        let m = Member::new(7, true, &steps);
         ticker.join(m.clone());
         ticker.leave(&m);
         assert!(ticker.is_empty());
@@ -313,6 +368,42 @@ mod tests {
         ticker.join(m.clone());
         until(|| m.looks.load(Ordering::Relaxed) > looks).await;
         until(|| !steps.lock().expect("steps").is_empty()).await;
+    }
+
+    #[tokio::test]
+    async fn settled_members_are_looked_at_once_a_period_until_woken() {
+        let tick = Duration::from_millis(10);
+        let ticker = Arc::new(Ticker::new(tick));
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let (a, b) = (Member::new(1, false, &steps), Member::new(2, false, &steps));
+        ticker.join(a.clone());
+        ticker.join(b.clone());
+        until(|| a.looks() >= 2).await;
+        // Both settled for an hour: after the look that finds it, no look until woken.
+        let hour = Duration::from_secs(3600);
+        *a.settled.lock().expect("settled") = Some(hour);
+        *b.settled.lock().expect("settled") = Some(hour);
+        let seen = a.looks();
+        until(|| a.looks() > seen).await;
+        let asleep = a.looks();
+        tokio::time::sleep(tick * 10).await;
+        assert_eq!(
+            a.looks(),
+            asleep,
+            "no look between a settled shim's heartbeats"
+        );
+        // One member not settled any more: woken, the ticker looks at once and ticks again.
+        *b.settled.lock().expect("settled") = None;
+        ticker.wake();
+        until(|| a.looks() >= asleep + 3).await;
+        assert!(
+            b.looks() >= asleep + 3,
+            "every member is looked at each tick"
+        );
+        // A member settled for less than a tick changes nothing: still every tick.
+        *b.settled.lock().expect("settled") = Some(tick / 2);
+        let now = a.looks();
+        until(|| a.looks() >= now + 3).await;
     }
 
     #[tokio::test]
