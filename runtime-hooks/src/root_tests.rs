@@ -1016,3 +1016,64 @@ fn psi_triggers_wake_the_set_on_a_cpu_stall_and_go_quiet_once_drained() {
     cg.set_cpu_limit(&CpuLimit::unlimited())
         .expect("lift quota");
 }
+
+/// The coordinator's shape: the set's fd in tokio's `AsyncFd` (an epoll inside tokio's epoll). Each stalled window
+/// wakes the task again after a drain and `clear_ready`.
+#[test]
+fn psi_trigger_set_wakes_a_tokio_task_through_async_fd_window_after_window() {
+    use crate::trigger::{PressureTriggers, TriggerSet};
+    use std::os::fd::AsFd;
+    if !require_root("psi_trigger_set_wakes_a_tokio_task_through_async_fd_window_after_window") {
+        return;
+    }
+    let mut tc = TestCgroup::new();
+    let cg = tc.cgroup();
+    if crate::trigger::pressure_dir(cg.dirs()).is_none() {
+        println!("pure v1 host: no pressure files (the other PSI root test checks the error)");
+        return;
+    }
+    cg.set_cpu_limit(&CpuLimit {
+        quota_us: Some(5_000),
+        period_us: 100_000,
+        burst_us: None,
+    })
+    .expect("5% of a core");
+    let triggers = PressureTriggers::arm(cg.dirs()).expect("arm");
+    let set = TriggerSet::new().expect("epoll set");
+    set.add(&triggers).expect("add");
+    let limit = 2 * Duration::from_micros(triggers.window().window_us) + Duration::from_secs(3);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let t0 = Instant::now();
+    tc.spawn_sh("while :; do :; done");
+    let wakes = rt.block_on(async {
+        // SAFETY: the AsyncFd borrows the set, so the epoll fd stays open for as long as it is registered.
+        let afd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                set.as_fd(),
+                tokio::io::Interest::READABLE,
+            )
+        }
+        .expect("register the set's fd");
+        let mut wakes = Vec::new();
+        for _ in 0..2 {
+            let mut guard = tokio::time::timeout(limit, afd.readable())
+                .await
+                .expect("woken within two windows")
+                .expect("readable");
+            wakes.push(t0.elapsed());
+            set.drain();
+            guard.clear_ready();
+        }
+        wakes
+    });
+    println!("psi: tokio wakes at {wakes:?} after the stall began");
+    assert!(wakes[1] > wakes[0]);
+    tc.kill_all();
+    set.remove(&triggers).expect("remove");
+    cg.set_cpu_limit(&CpuLimit::unlimited())
+        .expect("lift quota");
+}
