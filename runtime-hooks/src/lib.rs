@@ -15,6 +15,9 @@
 //! - put a container's init where runc's cgroupfs driver also puts it (`name=systemd`, a hybrid host's cgroup2
 //!   tree) with [`companions::join_companions`], and remove what was made with [`companions::remove_dirs`].
 //!
+//! Wake on a stall instead of on the clock: [`PressureTriggers::arm`] writes PSI triggers into a container's
+//! `cpu.pressure` and `memory.pressure`, and one [`TriggerSet`] (an epoll fd) watches many containers' triggers.
+//!
 //! A disk I/O priority is the cgroup weight plus the threads' `ioprio` class
 //! ([`ContainerCgroup::set_io_priority`]); [`io::detect`] says per device which of them the scheduler honours.
 //!
@@ -46,6 +49,7 @@ mod pids;
 pub mod placement;
 pub mod resources;
 mod sample;
+pub mod trigger;
 pub mod v1;
 pub mod v2;
 
@@ -65,3 +69,4 @@ pub use cgroup::{
 pub use chain::error_chain;
 pub use discovery::{DiscoveryError, HostRoots};
 pub use pacing::{Pacer, Pacing, Probe, Why};
+pub use trigger::{PressureTriggers, TriggerError, TriggerSet, TriggerWindow};

@@ -908,3 +908,172 @@ fn update_resources_apply_as_runc_update_on_a_real_cgroup() {
     );
     tc.kill_all();
 }
+
+/// Waits until the trigger set's fd polls readable, as tokio's epoll would see it; `None` after `limit`.
+fn readable_within(set: &crate::TriggerSet, limit: Duration) -> Option<Duration> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let start = Instant::now();
+    loop {
+        let left = limit.checked_sub(start.elapsed())?;
+        let ms = u16::try_from(left.as_millis().min(1000)).unwrap_or(1000);
+        let mut pfd = [PollFd::new(set.as_fd(), PollFlags::POLLIN)];
+        match nix::poll::poll(&mut pfd, PollTimeout::from(ms)) {
+            Ok(n) if n > 0 => return Some(start.elapsed()),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => panic!("poll on the trigger set: {e}"),
+        }
+    }
+}
+
+/// A CPU hog throttled to 5% of a core stalls its cgroup ("some" CPU pressure): the set wakes within about one
+/// window, goes quiet once drained, wakes again while the stall lasts, and stays quiet once the hog is gone.
+#[test]
+fn psi_triggers_wake_the_set_on_a_cpu_stall_and_go_quiet_once_drained() {
+    use crate::trigger::{self, PressureTriggers, TriggerError, TriggerSet};
+    if !require_root("psi_triggers_wake_the_set_on_a_cpu_stall_and_go_quiet_once_drained") {
+        return;
+    }
+    let mut tc = TestCgroup::new();
+    let cg = tc.cgroup();
+    if trigger::pressure_dir(cg.dirs()).is_none() {
+        // A pure v1 host: no pressure files, and arming says so.
+        let err = PressureTriggers::arm(cg.dirs()).expect_err("no cgroup2");
+        assert!(matches!(err, TriggerError::NoCgroup2), "{err}");
+        return;
+    }
+    // The cost of arming one container (both files; here including the fast window the kernel refuses without
+    // CAP_SYS_RESOURCE) and of closing it (the kernel waits for an RCU grace period per trigger).
+    const ROUNDS: u32 = 50;
+    let start = Instant::now();
+    let armed: Vec<_> = (0..ROUNDS)
+        .map(|_| PressureTriggers::arm(cg.dirs()).expect("arm"))
+        .collect();
+    let per_arm = start.elapsed() / ROUNDS;
+    let start = Instant::now();
+    drop(armed);
+    let per_close = start.elapsed() / ROUNDS;
+    let dir = trigger::pressure_dir(cg.dirs()).expect("cgroup2 dir");
+    let start = Instant::now();
+    let armed: Vec<_> = (0..ROUNDS)
+        .map(|_| PressureTriggers::arm_in(dir, trigger::FALLBACK).expect("arm"))
+        .collect();
+    let per_direct = start.elapsed() / ROUNDS;
+    drop(armed);
+    println!(
+        "psi: per container (mean of {ROUNDS}): arm {per_arm:?}, arm at the fallback window directly {per_direct:?}, close {per_close:?}"
+    );
+    let triggers = PressureTriggers::arm(cg.dirs()).expect("arm");
+    let window = triggers.window();
+    println!("psi: window in force {window:?}");
+
+    cg.set_cpu_limit(&CpuLimit {
+        quota_us: Some(5_000),
+        period_us: 100_000,
+        burst_us: None,
+    })
+    .expect("5% of a core");
+    let set = TriggerSet::new().expect("epoll set");
+    set.add(&triggers).expect("add");
+    let win = Duration::from_micros(window.window_us);
+    assert_eq!(readable_within(&set, Duration::ZERO), None, "idle: quiet");
+
+    let t0 = Instant::now();
+    tc.spawn_sh("while :; do :; done");
+    let woke =
+        readable_within(&set, 2 * win + Duration::from_secs(3)).expect("the stall wakes the set");
+    println!(
+        "psi: wake latency from stall start {:?} ({} ms window)",
+        t0.elapsed(),
+        window.window_us / 1000
+    );
+    let drained = set.drain();
+    assert_eq!(
+        readable_within(&set, Duration::ZERO),
+        None,
+        "drained: not readable again before the next window (woke after {woke:?}, drained {drained})"
+    );
+    // Still stalled: one more event, no sooner than the kernel's once-per-window rate allows.
+    let again = readable_within(&set, 2 * win + Duration::from_secs(3)).expect("fires again");
+    println!("psi: next wake {again:?} after the drain (drain counted {drained})");
+    set.drain();
+    // Nobody polled in between: epoll_wait itself sees the events.
+    std::thread::sleep(2 * win + Duration::from_millis(500));
+    let counted = set.drain();
+    assert!(counted >= 1, "drain counts the events of a stalled window");
+
+    tc.kill_all();
+    // Events of windows that ended before the kill may still arrive; after two windows none are due.
+    std::thread::sleep(2 * win + Duration::from_millis(500));
+    set.drain();
+    assert_eq!(
+        readable_within(&set, win + Duration::from_secs(1)),
+        None,
+        "no stall, no wake"
+    );
+    set.remove(&triggers).expect("remove");
+    set.remove(&triggers).expect("removing twice is harmless");
+    cg.set_cpu_limit(&CpuLimit::unlimited())
+        .expect("lift quota");
+}
+
+/// The coordinator's shape: the set's fd in tokio's `AsyncFd` (an epoll inside tokio's epoll). Each stalled window
+/// wakes the task again after a drain and `clear_ready`.
+#[test]
+fn psi_trigger_set_wakes_a_tokio_task_through_async_fd_window_after_window() {
+    use crate::trigger::{PressureTriggers, TriggerSet};
+    use std::os::fd::AsFd;
+    if !require_root("psi_trigger_set_wakes_a_tokio_task_through_async_fd_window_after_window") {
+        return;
+    }
+    let mut tc = TestCgroup::new();
+    let cg = tc.cgroup();
+    if crate::trigger::pressure_dir(cg.dirs()).is_none() {
+        println!("pure v1 host: no pressure files (the other PSI root test checks the error)");
+        return;
+    }
+    cg.set_cpu_limit(&CpuLimit {
+        quota_us: Some(5_000),
+        period_us: 100_000,
+        burst_us: None,
+    })
+    .expect("5% of a core");
+    let triggers = PressureTriggers::arm(cg.dirs()).expect("arm");
+    let set = TriggerSet::new().expect("epoll set");
+    set.add(&triggers).expect("add");
+    let limit = 2 * Duration::from_micros(triggers.window().window_us) + Duration::from_secs(3);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let t0 = Instant::now();
+    tc.spawn_sh("while :; do :; done");
+    let wakes = rt.block_on(async {
+        // SAFETY: the AsyncFd borrows the set, so the epoll fd stays open for as long as it is registered.
+        let afd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                set.as_fd(),
+                tokio::io::Interest::READABLE,
+            )
+        }
+        .expect("register the set's fd");
+        let mut wakes = Vec::new();
+        for _ in 0..2 {
+            let mut guard = tokio::time::timeout(limit, afd.readable())
+                .await
+                .expect("woken within two windows")
+                .expect("readable");
+            wakes.push(t0.elapsed());
+            set.drain();
+            guard.clear_ready();
+        }
+        wakes
+    });
+    println!("psi: tokio wakes at {wakes:?} after the stall began");
+    assert!(wakes[1] > wakes[0]);
+    tc.kill_all();
+    set.remove(&triggers).expect("remove");
+    cg.set_cpu_limit(&CpuLimit::unlimited())
+        .expect("lift quota");
+}
