@@ -303,6 +303,8 @@ pub struct Augment {
     stop: Notify,
     monitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
     finished: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// PSI triggers on the container's pressure files, watched by the shim's ticker.
+    triggers: Mutex<Option<runtime_hooks::PressureTriggers>>,
     /// Directories this shim made in the companion hierarchies (`name=systemd`, a hybrid host's cgroup2 tree),
     /// deepest last.
     companions: Mutex<Vec<PathBuf>>,
@@ -380,8 +382,7 @@ impl Augment {
             }
         }
         let mut allocation = spec_allocation(&limits);
-        // No answer in time (or a broken connection): the broker may have registered it, so Finish still goes out.
-        // A refusal is an answer: the broker did not register it.
+        // No answer (a timeout, a broken connection): the broker may have it, so Finish goes out; a refusal is not.
         let maybe_known =
             matches!(&result, Err(e) if !e.is_no_broker() && !matches!(e, ClientError::Broker(_)));
         let registered = match result {
@@ -449,6 +450,7 @@ impl Augment {
             net_in_limited: std::sync::atomic::AtomicBool::new(false),
             monitor: Mutex::new(None),
             finished: Mutex::new(None),
+            triggers: Mutex::new(None),
             companions: Mutex::new(Vec::new()),
             scope: Mutex::new(None),
             freezer: Freezer::default(),
@@ -527,6 +529,7 @@ impl Augment {
     /// idle container costs two `pread`s a tick and a report per heartbeat. Between ticks, a container that
     /// starts stopping is kicked and steps at once on its own.
     fn start_monitor(self: &Arc<Self>) {
+        self.arm_triggers();
         ticker().join(self.clone());
         let me = self.clone();
         *lock(&self.monitor) = Some(tokio::spawn(async move {
@@ -550,6 +553,43 @@ impl Augment {
                 }
             }
         }));
+    }
+
+    /// PSI triggers on the container's cpu/memory pressure, watched by the shim's ticker: a stall ends a settled
+    /// sleep. Without them (a v1 host without the cgroup2 tree, no PSI) the container is seen at its heartbeat.
+    fn arm_triggers(&self) {
+        let dirs = lock(&self.state).cgroup.as_ref().map(|c| c.dirs().clone());
+        let Some(dirs) = dirs else {
+            return;
+        };
+        match runtime_hooks::PressureTriggers::arm(&dirs) {
+            Ok(t) => {
+                static SAID: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::info!(window = ?t.window(), "PSI triggers armed: a stall ends a settled sleep");
+                }
+                ticker().watch(&t);
+                *lock(&self.triggers) = Some(t);
+            }
+            Err(e) => {
+                tracing::debug!(container = %self.id, "no PSI triggers: {}", predictive_api::error_chain(&e))
+            }
+        }
+    }
+
+    /// Leaves the ticker and drops the triggers (closing one waits for an RCU grace period, ~18 ms: not on the
+    /// runtime thread).
+    fn leave_ticker(self: &Arc<Self>) {
+        ticker().leave(self);
+        let Some(t) = lock(&self.triggers).take() else {
+            return;
+        };
+        ticker().unwatch(&t);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(move || drop(t))),
+            Err(_) => drop(t),
+        }
     }
 
     /// One wake-up's probe; `true` when a report is due. Never blocks the runtime thread: the state is only
@@ -960,7 +1000,7 @@ impl Augment {
     /// The init process exited: stop the monitor and send the run summary (in the background; [`Self::wait`]
     /// waits for it).
     pub fn exited(self: &Arc<Self>, status: u32, oom_killed: bool) {
-        ticker().leave(self);
+        self.leave_ticker();
         self.stop.notify_one();
         let me = self.clone();
         let handle = tokio::spawn(async move {
@@ -1047,7 +1087,7 @@ impl Augment {
 
     /// Waits (bounded) until the run summary was sent, so a shim that exits after Delete loses nothing.
     pub async fn wait(self: &Arc<Self>) {
-        ticker().leave(self);
+        self.leave_ticker();
         self.stop.notify_one();
         let finished = lock(&self.finished).take();
         if let Some(h) = finished {

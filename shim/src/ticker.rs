@@ -16,14 +16,18 @@
 //! When every member is *settled* ([`Watched::settled`]: idle, the broker told so, nothing pending) the timer is
 //! re-armed at the members' heartbeat instead of the tick: a shim of idle containers wakes once per heartbeat,
 //! when it has something to send anyway, instead of every tick to find nothing to say. [`Ticker::wake`] (a member
-//! joined, a container started stopping, a pressure trigger fired) ends such a sleep at once: the members are
-//! looked at, and the tick is back as soon as one of them is not settled.
+//! joined, a container started stopping, an OOM kill) or a member's PSI trigger firing ([`Ticker::watch`]:
+//! `runtime_hooks::trigger`, a CPU or memory stall of 10% over 500 ms, or 2 s without `CAP_SYS_RESOURCE`) ends such
+//! a sleep at once: the members are looked at, and the tick is back as soon as one of them is not settled. While
+//! the ticker ticks anyway a trigger is drained and ignored.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use runtime_hooks::{PressureTriggers, TriggerSet};
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
@@ -49,6 +53,8 @@ pub struct Ticker<W> {
     /// A member joined (wakes a ticker that had none), or something ended a settled sleep ([`Self::wake`]).
     woken: Notify,
     running: AtomicBool,
+    /// The members' PSI triggers behind one epoll fd (`None`: no epoll set could be made).
+    triggers: Option<TriggerSet>,
 }
 
 impl<W: Watched> Ticker<W> {
@@ -58,6 +64,27 @@ impl<W: Watched> Ticker<W> {
             members: Mutex::new(Vec::new()),
             woken: Notify::new(),
             running: AtomicBool::new(false),
+            triggers: TriggerSet::new()
+                .inspect_err(|e| tracing::debug!("no epoll set for PSI triggers: {e}"))
+                .ok(),
+        }
+    }
+
+    /// Wakes a settled sleep when one of `t`'s stall triggers fires.
+    pub fn watch(&self, t: &PressureTriggers) {
+        if let Some(set) = &self.triggers
+            && let Err(e) = set.add(t)
+        {
+            tracing::debug!("watching PSI triggers: {e}");
+        }
+    }
+
+    /// No longer wakes on `t`'s triggers (before they are dropped).
+    pub fn unwatch(&self, t: &PressureTriggers) {
+        if let Some(set) = &self.triggers
+            && let Err(e) = set.remove(t)
+        {
+            tracing::debug!("unwatching PSI triggers: {e}");
         }
     }
 
@@ -106,6 +133,13 @@ impl<W: Watched> Ticker<W> {
     async fn run(self: Arc<Self>) {
         let mut timer: Option<TickFd> = None;
         let mut period = self.tick;
+        let stalls = self.triggers.as_ref().and_then(|set| {
+            // SAFETY: the AsyncFd borrows the set's epoll fd, which the ticker owns and this task's `self` keeps
+            // alive for as long as the AsyncFd exists (both live in this function).
+            unsafe { AsyncFd::register_with_interest(set.as_fd(), Interest::READABLE) }
+                .inspect_err(|e| tracing::debug!("PSI triggers not watched: {e}"))
+                .ok()
+        });
         loop {
             if self.is_empty() {
                 // No members, no timer. A join between the check and the wait leaves a permit: none is missed.
@@ -121,14 +155,22 @@ impl<W: Watched> Ticker<W> {
                     })
                     .ok();
             }
-            tokio::select! {
+            let stalled = tokio::select! {
                 _ = async {
                     match &timer {
                         Some(t) => t.wait().await,
                         None => tokio::time::sleep(next_tick(period)).await,
                     }
-                } => {}
-                _ = self.woken.notified() => {}
+                } => false,
+                _ = self.woken.notified() => false,
+                _ = stall(stalls.as_ref(), self.triggers.as_ref()) => true,
+            };
+            if stalled {
+                if period <= self.tick {
+                    // Ticking anyway: the next tick looks at the stalled member; no extra round for it.
+                    continue;
+                }
+                tracing::debug!("a PSI trigger ended a settled sleep");
             }
             // A look never blocks (two counter reads), so it runs under the members' lock: no copy of the list a
             // tick.
@@ -162,6 +204,20 @@ impl<W: Watched> Ticker<W> {
             }
         }
     }
+}
+
+/// Until a member's stall trigger fired (never without triggers); consumes what fired.
+async fn stall(fd: Option<&AsyncFd<BorrowedFd<'_>>>, set: Option<&TriggerSet>) {
+    let (Some(fd), Some(set)) = (fd, set) else {
+        return std::future::pending().await;
+    };
+    let Ok(mut guard) = fd.readable().await else {
+        // The reactor is gone (the runtime is shutting down).
+        return std::future::pending().await;
+    };
+    // An edge-triggered waiter is not told again of events left behind: drain until fewer than a full batch.
+    while set.drain() == runtime_hooks::trigger::DRAIN_MAX {}
+    guard.clear_ready();
 }
 
 /// A periodic CLOCK_MONOTONIC timer descriptor that fires at every multiple of the tick, registered with tokio.
