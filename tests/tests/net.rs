@@ -367,11 +367,14 @@ fn an_ingress_limit_holds_on_the_host_side_veth() {
         (host_tbf_rate(&att) == Some(N) && receiving).then_some(())
     })
     .unwrap_or_else(|| {
+        // Whether traffic reached the receiver at all (the broker's view may be what is stale).
+        let flowing = counted(|| vec![att.received_bytes().unwrap_or(0)], secs(1));
         panic!(
-            "TBF {N} B/s on {} and the receiver receiving: {:?}, broker {:?}\n{}",
+            "TBF {N} B/s on {} and the receiver receiving: {:?}, broker {:?}, the veth delivering {:.0} B/s\n{}",
             att.host_veth,
             host_tbf_rate(&att),
             ingress(&c),
+            flowing[0],
             c.log()
         )
     });
