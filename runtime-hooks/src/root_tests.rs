@@ -956,16 +956,16 @@ fn psi_triggers_wake_the_set_on_a_cpu_stall_and_go_quiet_once_drained() {
     let dir = trigger::pressure_dir(cg.dirs()).expect("cgroup2 dir");
     let start = Instant::now();
     let armed: Vec<_> = (0..ROUNDS)
-        .map(|_| PressureTriggers::arm_in(dir, trigger::FALLBACK).expect("arm"))
+        .map(|_| PressureTriggers::arm_in(dir).expect("arm"))
         .collect();
     let per_direct = start.elapsed() / ROUNDS;
     drop(armed);
     println!(
-        "psi: per container (mean of {ROUNDS}): arm {per_arm:?}, arm at the fallback window directly {per_direct:?}, close {per_close:?}"
+        "psi: per container (mean of {ROUNDS}): arm {per_arm:?}, arm in the directory {per_direct:?}, close {per_close:?}"
     );
     let triggers = PressureTriggers::arm(cg.dirs()).expect("arm");
-    let window = triggers.window();
-    println!("psi: window in force {window:?}");
+    let window = trigger::WINDOW;
+    println!("psi: window {window:?}");
 
     cg.set_cpu_limit(&CpuLimit {
         quota_us: Some(5_000),
@@ -1041,7 +1041,8 @@ fn psi_trigger_set_wakes_a_tokio_task_through_async_fd_window_after_window() {
     let triggers = PressureTriggers::arm(cg.dirs()).expect("arm");
     let set = TriggerSet::new().expect("epoll set");
     set.add(&triggers).expect("add");
-    let limit = 2 * Duration::from_micros(triggers.window().window_us) + Duration::from_secs(3);
+    let limit =
+        2 * Duration::from_micros(crate::trigger::WINDOW.window_us) + Duration::from_secs(3);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()

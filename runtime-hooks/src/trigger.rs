@@ -8,10 +8,13 @@
 //!
 //! Limits:
 //! - a v1 host without a cgroup2 companion tree has no pressure files: [`TriggerError::NoCgroup2`];
-//! - the kernel allows windows that are not a multiple of 2 s only to a writer with `CAP_SYS_RESOURCE`: the
-//!   [`FAST`] window is tried first and on `EINVAL` the [`FALLBACK`] one is used ([`PressureTriggers::window`]
-//!   says which); an unprivileged (2 s) trigger is evaluated by the kernel's 2 s averaging work, so it fires
-//!   about one window after the stall began (2.04-2.06 s measured here);
+//! - the triggers are always the kernel's *unprivileged* kind ([`WINDOW`], 10% stall over 2 s): the files are
+//!   opened with `CAP_SYS_RESOURCE` out of the opening thread's effective set (the kernel judges a trigger by its
+//!   opener's credentials). A privileged trigger could use a 500 ms window but makes the kernel start a `psimon`
+//!   thread per cgroup, which polls every 50 ms while the container stalls: a node of hundreds of containers
+//!   would pay a kernel thread each, and a poller for each throttled one. An unprivileged trigger is evaluated by
+//!   the kernel's 2 s averaging work that runs anyway, so it fires about one window after the stall began
+//!   (2.02-2.06 s measured here);
 //! - a `POLLPRI` is consumed by whoever polls the descriptor first: when an outer poller (tokio's epoll) asks the
 //!   set's fd for readiness the kernel polls the members and may consume their events, so [`TriggerSet::drain`]
 //!   can return 0 after a wake-up. The readiness itself is the signal; the count is a lower bound.
@@ -36,14 +39,8 @@ pub struct TriggerWindow {
     pub window_us: u64,
 }
 
-/// 50 ms of stall in 500 ms (10%): needs `CAP_SYS_RESOURCE` (a node's containerd has it).
-pub const FAST: TriggerWindow = TriggerWindow {
-    threshold_us: 50_000,
-    window_us: 500_000,
-};
-
-/// 200 ms of stall in 2 s (10%): what the kernel allows without `CAP_SYS_RESOURCE`.
-pub const FALLBACK: TriggerWindow = TriggerWindow {
+/// 200 ms of stall in 2 s (10%): an unprivileged trigger's window must be a multiple of 2 s.
+pub const WINDOW: TriggerWindow = TriggerWindow {
     threshold_us: 200_000,
     window_us: 2_000_000,
 };
@@ -97,12 +94,6 @@ pub fn trigger_line(w: TriggerWindow) -> CString {
         .expect("digits and spaces hold no NUL")
 }
 
-/// The window to try after `tried` was refused with `errno`: only `EINVAL` on the fast window (no
-/// `CAP_SYS_RESOURCE`) has a fallback; anything else is final.
-pub fn fallback_after(tried: TriggerWindow, errno: Option<i32>) -> Option<TriggerWindow> {
-    (errno == Some(libc::EINVAL) && tried != FALLBACK).then_some(FALLBACK)
-}
-
 /// Where a container's pressure files are: its own directory on v2, its companion cgroup2 directory on a hybrid
 /// host, none on pure v1.
 pub fn pressure_dir(dirs: &CgroupDirs) -> Option<&Path> {
@@ -120,44 +111,21 @@ pub fn pressure_dir(dirs: &CgroupDirs) -> Option<&Path> {
 #[derive(Debug)]
 pub struct PressureTriggers {
     fds: Vec<OwnedFd>,
-    window: TriggerWindow,
 }
 
 impl PressureTriggers {
-    /// Arms triggers in the container's pressure files, [`FAST`] first, [`FALLBACK`] on `EINVAL`.
+    /// Arms triggers in the container's pressure files.
     pub fn arm(dirs: &CgroupDirs) -> Result<Self, TriggerError> {
-        let dir = pressure_dir(dirs).ok_or(TriggerError::NoCgroup2)?;
-        Self::arm_in(dir, FAST)
+        Self::arm_in(pressure_dir(dirs).ok_or(TriggerError::NoCgroup2)?)
     }
 
-    /// Arms triggers in the pressure files of cgroup2 directory `dir`, starting with window `first`.
-    pub fn arm_in(dir: &Path, first: TriggerWindow) -> Result<Self, TriggerError> {
-        let mut window = first;
-        loop {
-            match Self::arm_both(dir, window) {
-                Ok(fds) => return Ok(Self { fds, window }),
-                Err(e) => {
-                    let errno = match &e {
-                        TriggerError::Write { source, .. } => source.raw_os_error(),
-                        _ => None,
-                    };
-                    // Both files then use the fallback: the fast fds (if any) are closed with `fds`.
-                    window = fallback_after(window, errno).ok_or(e)?;
-                }
-            }
-        }
-    }
-
-    fn arm_both(dir: &Path, window: TriggerWindow) -> Result<Vec<OwnedFd>, TriggerError> {
-        PRESSURE_FILES
+    /// Arms triggers in the pressure files of cgroup2 directory `dir`.
+    pub fn arm_in(dir: &Path) -> Result<Self, TriggerError> {
+        let fds = PRESSURE_FILES
             .iter()
-            .map(|name| write_trigger(&dir.join(name), window))
-            .collect()
-    }
-
-    /// The window in force (the same for both files).
-    pub fn window(&self) -> TriggerWindow {
-        self.window
+            .map(|name| write_trigger(&dir.join(name), WINDOW))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { fds })
     }
 
     /// The armed descriptors, `cpu.pressure` then `memory.pressure`.
@@ -167,15 +135,10 @@ impl PressureTriggers {
 }
 
 fn write_trigger(path: &Path, window: TriggerWindow) -> Result<OwnedFd, TriggerError> {
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|source| TriggerError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+    let mut file = open_unprivileged(path).map_err(|source| TriggerError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
     let line = trigger_line(window);
     file.write_all(line.as_bytes_with_nul())
         .map_err(|source| TriggerError::Write {
@@ -184,6 +147,29 @@ fn write_trigger(path: &Path, window: TriggerWindow) -> Result<OwnedFd, TriggerE
             source,
         })?;
     Ok(OwnedFd::from(file))
+}
+
+/// Opens `path` read-write with `CAP_SYS_RESOURCE` out of this thread's effective set (capabilities are per
+/// thread), and puts it back: the file's credentials make the trigger written into it unprivileged (module docs).
+fn open_unprivileged(path: &Path) -> std::io::Result<std::fs::File> {
+    use caps::{CapSet, Capability};
+    let cap = Capability::CAP_SYS_RESOURCE;
+    let held = caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false);
+    if held {
+        caps::drop(None, CapSet::Effective, cap).map_err(std::io::Error::other)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path);
+    if held {
+        // From the permitted set, which the drop left alone: allowed.
+        caps::raise(None, CapSet::Effective, cap).map_err(|e| {
+            std::io::Error::other(format!("CAP_SYS_RESOURCE not raised again: {e}"))
+        })?;
+    }
+    file
 }
 
 /// Events one [`TriggerSet::drain`] takes per `epoll_wait`; more are taken by further calls in the same drain.
@@ -296,28 +282,24 @@ mod tests {
     #[test]
     fn trigger_lines_end_in_a_nul_after_the_full_window() {
         assert_eq!(
-            trigger_line(FAST).as_bytes_with_nul(),
-            b"some 50000 500000\0"
-        );
-        assert_eq!(
-            trigger_line(FALLBACK).as_bytes_with_nul(),
+            trigger_line(WINDOW).as_bytes_with_nul(),
             b"some 200000 2000000\0"
         );
+        assert_eq!(WINDOW.window_us % 2_000_000, 0, "unprivileged: whole 2 s");
     }
 
     #[test]
-    fn only_einval_on_the_fast_window_falls_back() {
-        assert_eq!(fallback_after(FAST, Some(libc::EINVAL)), Some(FALLBACK));
-        assert_eq!(fallback_after(FALLBACK, Some(libc::EINVAL)), None);
-        assert_eq!(fallback_after(FAST, Some(libc::EBUSY)), None);
-        assert_eq!(fallback_after(FAST, Some(libc::EACCES)), None);
-        assert_eq!(fallback_after(FAST, None), None);
-        // Both windows keep the same 10% share of stall.
+    fn opening_for_a_trigger_leaves_the_threads_capabilities_as_they_were() {
+        let before = caps::read(None, caps::CapSet::Effective).expect("capget");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let file = tmp.path().join("cpu.pressure");
+        std::fs::write(&file, "").expect("write");
+        open_unprivileged(&file).expect("open");
+        assert!(open_unprivileged(&tmp.path().join("absent")).is_err());
         assert_eq!(
-            FAST.threshold_us * FALLBACK.window_us,
-            FALLBACK.threshold_us * FAST.window_us
+            caps::read(None, caps::CapSet::Effective).expect("capget"),
+            before
         );
-        assert_eq!(FALLBACK.window_us % 2_000_000, 0);
     }
 
     #[test]
@@ -348,7 +330,7 @@ mod tests {
     #[test]
     fn a_missing_pressure_file_names_the_path() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let err = PressureTriggers::arm_in(tmp.path(), FAST).expect_err("no files");
+        let err = PressureTriggers::arm_in(tmp.path()).expect_err("no files");
         match &err {
             TriggerError::Open { path, .. } => {
                 assert_eq!(path, &tmp.path().join("cpu.pressure"));

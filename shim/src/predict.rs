@@ -567,7 +567,7 @@ impl Augment {
                 static SAID: std::sync::atomic::AtomicBool =
                     std::sync::atomic::AtomicBool::new(false);
                 if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                    tracing::info!(window = ?t.window(), "PSI triggers armed: a stall ends a settled sleep");
+                    tracing::info!(window = ?runtime_hooks::trigger::WINDOW, "PSI triggers armed: a stall ends a settled sleep");
                 }
                 ticker().watch(&t);
                 *lock(&self.triggers) = Some(t);

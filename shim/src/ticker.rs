@@ -17,7 +17,7 @@
 //! re-armed at the members' heartbeat instead of the tick: a shim of idle containers wakes once per heartbeat,
 //! when it has something to send anyway, instead of every tick to find nothing to say. [`Ticker::wake`] (a member
 //! joined, a container started stopping, an OOM kill) or a member's PSI trigger firing ([`Ticker::watch`]:
-//! `runtime_hooks::trigger`, a CPU or memory stall of 10% over 500 ms, or 2 s without `CAP_SYS_RESOURCE`) ends such
+//! `runtime_hooks::trigger`, a CPU or memory stall of 10% over 2 s, fired about 2 s after it began) ends such
 //! a sleep at once: the members are looked at, and the tick is back as soon as one of them is not settled. While
 //! the ticker ticks anyway a trigger is drained and ignored.
 
