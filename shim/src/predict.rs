@@ -222,6 +222,11 @@ fn ticker() -> &'static Arc<Ticker<Augment>> {
     TICKER.get_or_init(|| Arc::new(Ticker::new(Settings::get().tick)))
 }
 
+/// Both set and `now` below `then`.
+fn below<T: PartialOrd>(now: Option<T>, then: Option<T>) -> bool {
+    matches!((now, then), (Some(n), Some(t)) if n < t)
+}
+
 /// Ends a settled sleep of the shim's ticker: its containers are looked at now (`ticker.rs`).
 pub fn wake_monitors() {
     ticker().wake();
@@ -656,12 +661,8 @@ impl Augment {
         let Some(reg) = reg.as_ref() else {
             return false;
         };
-        let below = |now: Option<f64>, then: Option<f64>| matches!((now, then), (Some(n), Some(t)) if n < t);
         below(now.cpu_cores, reg.allocation.cpu_cores)
-            || below(
-                now.memory_bytes.map(|b| b as f64),
-                reg.allocation.memory_bytes.map(|b| b as f64),
-            )
+            || below(now.memory_bytes, reg.allocation.memory_bytes)
     }
 
     /// The step of a wake-up's due containers (the shim's ticker's, or one kicked container): each one's report

@@ -122,10 +122,13 @@ impl<W: Watched> Ticker<W> {
 
     /// The period to wait for next: the tick, or the members' heartbeat when all of them are settled.
     fn period(&self) -> Duration {
-        let members = self.members();
-        let settled = members.iter().map(|m| m.settled()).min();
+        // Stops at the first member that is not settled: a busy shim asks one member a tick, not all.
+        let settled = self
+            .members()
+            .iter()
+            .try_fold(Duration::MAX, |p, m| m.settled().map(|q| p.min(q)));
         match settled {
-            Some(Some(p)) if p > self.tick => p,
+            Some(p) if p > self.tick && p != Duration::MAX => p,
             _ => self.tick,
         }
     }
