@@ -240,6 +240,26 @@ impl TriggerSet {
         Ok(())
     }
 
+    /// Wakes the set's waiter once when `fd` turns readable (a socket a peer may write to unasked): the fd is
+    /// added, or re-enabled when it is in the set already, for one `EPOLLIN` (`EPOLLONESHOT`). Data already
+    /// waiting fires at once. A closed fd leaves the set with its file.
+    pub fn arm_readable(&self, fd: BorrowedFd<'_>) -> Result<(), TriggerError> {
+        let raw = fd.as_raw_fd();
+        let mut event = EpollEvent::new(
+            EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT,
+            u64::try_from(raw).unwrap_or(0),
+        );
+        let r = match self.epoll.add(fd, event) {
+            Err(Errno::EEXIST) => self.epoll.modify(fd, &mut event),
+            r => r,
+        };
+        r.map_err(|source| TriggerError::Epoll {
+            op: "arm",
+            fd: raw,
+            source,
+        })
+    }
+
     /// Takes the pending events without blocking; returns how many triggers fired (a lower bound: see the
     /// module's limits). Takes at most [`DRAIN_ROUNDS`] batches of 64 events, so a storm cannot hold the caller;
     /// events left then stay pending and the fd polls readable, but an edge-triggered waiter (tokio's `AsyncFd`)
@@ -352,5 +372,31 @@ mod tests {
             nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO).expect("poll"),
             0
         );
+    }
+
+    fn readable(set: &TriggerSet) -> bool {
+        let mut pfd = [nix::poll::PollFd::new(
+            set.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO).expect("poll") == 1
+    }
+
+    #[test]
+    fn an_armed_socket_wakes_the_set_once_per_arming() {
+        let (mut peer, ours) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        let set = TriggerSet::new().expect("epoll");
+        set.arm_readable(ours.as_fd()).expect("arm");
+        assert!(!readable(&set), "nothing written yet");
+        peer.write_all(b"poke\n").expect("write");
+        assert!(readable(&set), "a write wakes the set");
+        assert_eq!(set.drain(), 1);
+        peer.write_all(b"poke\n").expect("write");
+        assert!(!readable(&set), "one wake per arming");
+        set.arm_readable(ours.as_fd()).expect("arm again");
+        assert!(readable(&set), "data already waiting fires at once");
+        assert_eq!(set.drain(), 1);
+        drop(ours);
+        assert_eq!(set.drain(), 0, "a closed fd leaves the set");
     }
 }
