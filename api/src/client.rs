@@ -7,6 +7,7 @@
 //! restarted and the container must be registered again ([`ClientError::is_not_registered`]).
 
 use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -183,14 +184,47 @@ impl Client {
         if r.is_err() {
             self.conn = None;
         }
-        let (_, resp) = wire::parse_response(&r?);
-        match resp.map_err(ClientError::BadReply)? {
+        match r? {
             Response::Error(e) => Err(ClientError::Broker(e)),
             resp => Ok(resp),
         }
     }
 
-    fn exchange(&mut self, line: &str, deadline: Instant) -> Result<String, ClientError> {
+    /// Sends `line` and reads the reply, skipping the pokes the broker sent before it ([`Response::Poke`]: the
+    /// request under way answers them).
+    fn exchange(&mut self, line: &str, deadline: Instant) -> Result<Response, ClientError> {
+        self.send(line, deadline)?;
+        loop {
+            let (_, resp) = wire::parse_response(&self.read_line(deadline)?);
+            match resp.map_err(ClientError::BadReply)? {
+                Response::Poke => continue,
+                resp => return Ok(resp),
+            }
+        }
+    }
+
+    /// Whether the broker wrote something this client has not read (a poke, between requests) or closed the
+    /// connection: a report is worth sending now. Never blocks (a zero-timeout poll when nothing is buffered).
+    pub fn has_unread(&self) -> bool {
+        let Some(conn) = &self.conn else {
+            return false;
+        };
+        if !conn.buffer().is_empty() {
+            return true;
+        }
+        let mut pfd = [nix::poll::PollFd::new(
+            conn.get_ref().as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        matches!(nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
+    }
+
+    /// The connection's descriptor, while connected: it turns readable when the broker pokes.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.conn.as_ref().map(|c| c.get_ref().as_fd())
+    }
+
+    fn send(&mut self, line: &str, deadline: Instant) -> Result<(), ClientError> {
         if self.conn.is_none() {
             let s = UnixStream::connect(&self.path).map_err(|source| ClientError::Connect {
                 path: self.path.clone(),
@@ -208,6 +242,11 @@ impl Client {
         if let Err(e) = sent {
             return Err(self.io("sending", e));
         }
+        Ok(())
+    }
+
+    /// Reads one line (the reply, or a poke before it).
+    fn read_line(&mut self, deadline: Instant) -> Result<String, ClientError> {
         let mut buf = Vec::new();
         loop {
             let left = self.remaining(deadline)?;
@@ -491,5 +530,56 @@ mod tests {
         let e = c.status().expect_err("garbage");
         assert!(matches!(e, ClientError::BadReply(_)), "{e:?}");
         server.join().expect("server thread");
+    }
+
+    #[test]
+    fn a_poke_between_requests_is_seen_and_skipped_before_the_reply() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("poke.sock");
+        let l = UnixListener::bind(&path).expect("bind");
+        let (poke_now, poked) = std::sync::mpsc::channel::<()>();
+        let (done, wait_done) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (s, _) = l.accept().expect("accept");
+            let mut r = BufReader::new(s.try_clone().expect("clone"));
+            let mut w = s;
+            let poke = wire::encode_response(None, &Response::Poke).expect("poke");
+            let reply = wire::encode_response(
+                Some(1),
+                &Response::Directives(crate::wire::Directives::default()),
+            )
+            .expect("reply");
+            let mut line = String::new();
+            r.read_line(&mut line).expect("read");
+            w.write_all(reply.as_bytes()).expect("write");
+            // Unasked, between requests.
+            poked.recv().expect("told to poke");
+            w.write_all(poke.as_bytes()).expect("write");
+            done.send(()).expect("done");
+            line.clear();
+            r.read_line(&mut line).expect("read");
+            // A second poke raced with the request: it arrives before the reply.
+            w.write_all(format!("{poke}{reply}").as_bytes())
+                .expect("write");
+            // Open until the client looked (a closed connection reads as unread: worth a report).
+            poked.recv().expect("told to close");
+        });
+        let mut c = Client::new(&path, Duration::from_secs(5));
+        let report = Report {
+            container_id: "c".to_owned(),
+            ..Report::default()
+        };
+        assert!(!c.has_unread(), "not connected yet");
+        c.report(&report).expect("first report");
+        assert!(c.fd().is_some());
+        assert!(!c.has_unread(), "nothing sent after the reply");
+        poke_now.send(()).expect("poke");
+        wait_done.recv().expect("poked");
+        assert!(c.has_unread(), "the poke waits to be read");
+        assert_eq!(c.report(&report).expect("second report"), Vec::new());
+        assert!(!c.has_unread(), "both pokes were read with the reply");
+        poke_now.send(()).expect("close");
+        server.join().expect("server thread");
+        assert!(c.has_unread(), "a closed connection is worth a report");
     }
 }

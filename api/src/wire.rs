@@ -75,6 +75,11 @@ pub struct Register {
     /// action): the broker sends none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_ingress: Option<bool>,
+    /// The shim reads [`Response::Poke`] lines on the connection its reports arrive on, between its requests, and
+    /// reports at once on one: the broker then pokes it when it has directives for the container, and may ask
+    /// a longer heartbeat of it (`Registered::heartbeat_ms`). Absent (older shims): never poked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pokes: Option<bool>,
 }
 
 /// Most ancestors a Register or Update may name.
@@ -418,8 +423,9 @@ pub struct Registered {
     #[serde(default)]
     pub prediction: Option<Prediction>,
     /// Report at least this often (ms) even when nothing changed: a heartbeat well inside the broker's
-    /// `stale_after_ms`, so an idle container that reports only on change is never taken for gone. Absent (an
-    /// older broker): report every tick.
+    /// `stale_after_ms`, so an idle container that reports only on change is never taken for gone (to a shim
+    /// that takes pokes, the broker's `idle_heartbeat_ms`, and the task counts as fresh for two of them). Absent
+    /// (an older broker): report every tick.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_ms: Option<u64>,
 }
@@ -661,6 +667,10 @@ pub enum Response {
     Export(ExportPage),
     /// To anything that failed.
     Error(ErrorReply),
+    /// To no request: sent unasked, between replies, to a shim that registered with `pokes`, when the broker has
+    /// directives for one of its containers. The shim answers with a report, which carries them back. A client
+    /// waiting for a reply skips it.
+    Poke,
 }
 
 /// Encoding a message failed (a non-finite float, which JSON cannot carry).

@@ -45,6 +45,7 @@ fn controller(n: usize) -> Controller {
                 parents: Vec::new(),
                 prediction: None,
                 started_at_ms: 0,
+                stale_after_ms: None,
             },
             Allocation {
                 cpu_cores: Some(0.5),

@@ -100,6 +100,7 @@ fn register(id: &str, t: usize) -> Register {
         parents: Vec::new(),
         own_netns: None,
         net_ingress: None,
+        pokes: None,
     }
 }
 

@@ -483,6 +483,7 @@ impl<'a> Sim<'a> {
             parents: Vec::new(),
             prediction: self.predictions[i].clone(),
             started_at_ms: now_ms,
+            stale_after_ms: None,
         }
     }
 

@@ -67,6 +67,7 @@ struct Inner {
     registered: u64,
     finished_total: u64,
     batched_reports: u64,
+    pokes: u64,
 }
 
 /// One container's numbers for the metrics.
@@ -97,6 +98,8 @@ pub struct BrokerCounters {
     pub finished: u64,
     /// Container reports that came as entries of a batch (`reports`; the batches are `requests["reports"]`).
     pub batched_reports: u64,
+    /// Pokes sent (a connection told its shim has directives waiting, `server/pokes.rs`).
+    pub pokes: u64,
 }
 
 /// The tracker; shared by the broker's threads.
@@ -178,6 +181,13 @@ impl Tracker {
     /// A batch of `n` container reports came in.
     pub fn batched_reports(&self, n: usize) {
         self.lock().batched_reports += n as u64;
+    }
+
+    /// `n` pokes were sent.
+    pub fn poked(&self, n: usize) {
+        if n > 0 {
+            self.lock().pokes += n as u64;
+        }
     }
 
     /// A Register succeeded at `now_ms`.
@@ -321,6 +331,7 @@ impl Tracker {
             registered: g.registered,
             finished: g.finished_total,
             batched_reports: g.batched_reports,
+            pokes: g.pokes,
         };
         (tasks, b)
     }

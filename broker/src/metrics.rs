@@ -686,6 +686,12 @@ fn broker_gauges(
         "Container reports that came as entries of a grouped report (one message per shim and wake-up, \
          counted as predictive_requests_total of type reports).",
         ConstCounter::new(b.batched_reports),
+    )?;
+    one(
+        e,
+        "predictive_pokes_total",
+        "Pokes sent: a shim told, between its reports, that the broker has directives for one of its containers.",
+        ConstCounter::new(b.pokes),
     )
 }
 

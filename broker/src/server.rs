@@ -15,6 +15,7 @@
 //! restored at start; a restored lease waits `stale_after_ms` for its holder to come back. The store keeps
 //! every committed record.
 
+mod pokes;
 mod reports;
 
 use std::collections::HashMap;
@@ -207,6 +208,31 @@ fn ancestors(parents: &[ParentLimit]) -> Result<Vec<Ancestor>, ErrorReply> {
 /// its borrowing maximum are capped, and its pipeline is its namespace's (a pod cannot join another tenant's
 /// pipeline to move its critical path). Returns, per capped value, the decision-log entry (resource, asked,
 /// granted, reason).
+/// The decisions recording what the policy capped in a Register's annotations.
+fn capped_decisions(
+    capped: Vec<(&'static str, f64, f64, String)>,
+    container_id: &str,
+    key: &TaskKey,
+    now: u64,
+    model_version: Option<u64>,
+) -> Vec<predictor::Decision> {
+    capped
+        .into_iter()
+        .map(|(what, old, new, reason)| predictor::Decision {
+            seq: 0,
+            at_ms: now,
+            container_id: container_id.to_owned(),
+            task_key: key.clone(),
+            directive: predictor::Directive::Lower,
+            resource: what.to_owned(),
+            reason,
+            old_value: Some(old),
+            new_value: Some(new),
+            model_version,
+        })
+        .collect()
+}
+
 fn apply_policy(
     cfg: &Config,
     annotations: &std::collections::BTreeMap<String, String>,
@@ -314,6 +340,8 @@ struct Running {
     prev: Option<runtime_hooks::Sample>,
     pending: Vec<Directive>,
     stats: RunStats,
+    /// How the shim is told of `pending` between its reports (`pokes.rs`).
+    pokes: pokes::Pokes,
 }
 
 struct State {
@@ -434,6 +462,7 @@ impl State {
                 host_network: r.own_netns == Some(false),
                 ..RunStats::default()
             },
+            pokes: pokes::Pokes::default(),
         };
         if let Some(old) = self.running.insert(r.container_id.clone(), running)
             && old.run_id != run_id
@@ -695,6 +724,11 @@ impl Broker {
 
     /// Serves one request.
     pub fn handle(&self, req: Request) -> Response {
+        self.handle_on(req, None)
+    }
+
+    /// Serves one request that came on `peer` (where a shim that takes pokes is poked).
+    fn handle_on(&self, req: Request, peer: Option<&Arc<pokes::Peer>>) -> Response {
         let started = Instant::now();
         self.tracker.request(crate::history::request_kind(&req));
         if let Err(e) = crate::validate::request(&req) {
@@ -710,13 +744,14 @@ impl Broker {
         let r = match req {
             Request::Register(r) => {
                 let id = r.container_id.clone();
-                self.register(r)
-                    .map(|x| self.with_heartbeat(x))
+                let takes_pokes = r.pokes == Some(true);
+                self.register(r, peer)
+                    .map(|x| self.with_heartbeat(x, takes_pokes))
                     .inspect(|x| self.tracker.registered(&id, x, now_ms()))
                     .map(Response::Registered)
             }
-            Request::Report(r) => self.report(r).map(Response::Directives),
-            Request::Reports(b) => Ok(Response::Reports(self.reports(b))),
+            Request::Report(r) => self.report(r, peer).map(Response::Directives),
+            Request::Reports(b) => Ok(Response::Reports(self.reports(b, peer))),
             Request::Update(u) => self.update(u).map(Response::Directives),
             Request::Finish(f) => {
                 let id = f.container_id.clone();
@@ -787,7 +822,11 @@ impl Broker {
         r.unwrap_or_else(Response::Error)
     }
 
-    fn register(&self, r: Register) -> Result<Registered, ErrorReply> {
+    fn register(
+        &self,
+        r: Register,
+        peer: Option<&Arc<pokes::Peer>>,
+    ) -> Result<Registered, ErrorReply> {
         reject_sandbox(&r)?;
         let mut ann = Annotations::parse(&r.annotations)
             .map_err(|e| ErrorReply::new(ErrorCode::InvalidAnnotation, e.to_string()))?;
@@ -802,7 +841,13 @@ impl Broker {
             return Ok(unmanaged(&r, &key));
         }
         let now = now_ms();
-        let host = self.lock().controller.host();
+        let (host, task_stale_ms) = {
+            let st = self.lock();
+            let takes_pokes = r.pokes == Some(true);
+            let (_, stale) =
+                pokes::heartbeat(st.controller.config(), self.cfg.tick_ms, takes_pokes);
+            (st.controller.host(), stale)
+        };
         let meta = RunMetadata {
             image: r.image.clone(),
             command: r.command.clone(),
@@ -832,6 +877,7 @@ impl Broker {
             parents,
             prediction: (!cold).then(|| prediction.clone()),
             started_at_ms: now,
+            stale_after_ms: task_stale_ms,
         };
         let mut ops = Vec::new();
         // The block devices' schedulers (a few sysfs reads), only for a task with an I/O priority, and before the
@@ -865,21 +911,10 @@ impl Broker {
                 r.own_netns.unwrap_or(true) && r.net_ingress == Some(true),
             ));
             st.open_run(&r, &key, meta, model_version, now, &mut ops);
-            let mut records: Vec<predictor::Decision> = capped
-                .into_iter()
-                .map(|(what, old, new, reason)| predictor::Decision {
-                    seq: 0,
-                    at_ms: now,
-                    container_id: r.container_id.clone(),
-                    task_key: key.clone(),
-                    directive: predictor::Directive::Lower,
-                    resource: what.to_owned(),
-                    reason,
-                    old_value: Some(old),
-                    new_value: Some(new),
-                    model_version,
-                })
-                .collect();
+            if let Some(run) = st.running.get_mut(&r.container_id) {
+                run.pokes = pokes::Pokes::new(r.pokes == Some(true), peer);
+            }
+            let mut records = capped_decisions(capped, &r.container_id, &key, now, model_version);
             for d in &directives {
                 let ours = d.container_id == r.container_id;
                 if let Some(run) = st.running.get(&d.container_id) {
@@ -968,13 +1003,19 @@ impl Broker {
                 r.pending.push(d);
             }
         }
+        drop(st);
+        self.poke_pending();
     }
 
-    fn report(&self, rep: Report) -> Result<Directives, ErrorReply> {
+    fn report(
+        &self,
+        rep: Report,
+        peer: Option<&Arc<pokes::Peer>>,
+    ) -> Result<Directives, ErrorReply> {
         let mut guard = self.lock();
         let mut records = Vec::new();
         let mut samples = Vec::new();
-        let r = self.take_report(&mut guard, rep, &mut records, &mut samples);
+        let r = self.take_report(&mut guard, rep, peer, &mut records, &mut samples);
         drop(guard);
         if !records.is_empty() || !samples.is_empty() {
             self.record_decisions(records, samples);
@@ -988,6 +1029,7 @@ impl Broker {
         &self,
         st: &mut State,
         rep: Report,
+        peer: Option<&Arc<pokes::Peer>>,
         records: &mut Vec<predictor::Decision>,
         samples: &mut Vec<BatchOp>,
     ) -> Result<Directives, ErrorReply> {
@@ -998,6 +1040,7 @@ impl Broker {
             ));
         };
         run.last_seen_ms = now_ms();
+        run.pokes.reported(peer);
         if let Some(why) = &rep.stopping {
             // Its owner stops it: a Freeze not yet delivered must never land, and the controller never pauses it
             // again (a pause in force ends; what that emits goes out with this reply).
@@ -1229,6 +1272,7 @@ impl Broker {
             tracing::warn!(container = %crate::validate::shown(&id, 253), "no report for 10 minutes: forgotten");
         }
         self.record_decisions(records, closes);
+        self.poke_pending();
         self.persist_leases();
         self.latencies.tick.observe(started.elapsed());
     }
@@ -1418,12 +1462,15 @@ fn serve_connection(broker: Arc<Broker>, stream: UnixStream) {
             return;
         }
     };
+    // Every write (a reply, a poke from the tick thread) goes through the peer; reads do not lock.
+    let peer = pokes::Peer::new(stream);
+    let stream = &peer.stream;
     // Until it shows itself a shim (a write request), a connection is a client with an idle timeout.
     let idle =
         (broker.cfg.idle_timeout_ms > 0).then(|| Duration::from_millis(broker.cfg.idle_timeout_ms));
     let _ = stream.set_read_timeout(idle);
     let mut shim = false;
-    let mut reader = BufReader::with_capacity(4096, &stream);
+    let mut reader = BufReader::with_capacity(4096, stream);
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -1438,8 +1485,7 @@ fn serve_connection(broker: Arc<Broker>, stream: UnixStream) {
             return;
         }
         if buf.last() != Some(&b'\n') && n >= api::MAX_LINE {
-            let _ = write_response(
-                &stream,
+            let _ = peer.reply(
                 None,
                 &Response::Error(ErrorReply::new(
                     ErrorCode::TooLong,
@@ -1468,11 +1514,11 @@ fn serve_connection(broker: Arc<Broker>, stream: UnixStream) {
                     shim = true;
                     let _ = stream.set_read_timeout(None);
                 }
-                broker.handle(req)
+                broker.handle_on(req, Some(&peer))
             }
             Err(e) => Response::Error(e),
         };
-        if write_response(&stream, id, &resp).is_err() {
+        if peer.reply(id, &resp).is_err() {
             return;
         }
     }

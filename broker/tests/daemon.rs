@@ -81,6 +81,7 @@ fn register(id: &str, task_type: &str, cpu_limit: Option<f64>) -> Register {
         parents: Vec::new(),
         own_netns: None,
         net_ingress: None,
+        pokes: None,
     }
 }
 
@@ -650,4 +651,118 @@ fn a_register_overtaken_by_its_finish_leaves_no_task_behind() {
         .expect("and another");
     finish(&mut c, "late").expect("finished again");
     assert!(c.status().expect("status").tasks.is_empty());
+}
+
+/// Issue 16: a lender whose shim takes pokes is told at once that a lease drew on it: the broker writes a poke on
+/// its connection between its reports, and its next report collects the lower quota. A shim that takes pokes is
+/// asked the long idle heartbeat; one that does not, half of `stale_after_ms`.
+#[test]
+fn a_lender_that_takes_pokes_is_poked_when_a_lease_draws_on_it() {
+    let dir = short_tempdir();
+    let b = start_broker(dir.path());
+    let mut lender = client(&b);
+    let mut borrower = client(&b);
+    let reg = lender
+        .register(&Register {
+            pokes: Some(true),
+            ..register("idle", "idle-type", Some(3.0))
+        })
+        .expect("register idle");
+    assert_eq!(reg.allocation.cpu_cores, Some(3.0));
+    assert_eq!(reg.heartbeat_ms, Some(10_000), "the idle heartbeat");
+    // The borrower: no CPU limit of its own (a user's limit caps borrowing), a small quota predicted from a
+    // history of light runs.
+    for i in 0..3 {
+        let id = format!("hog-{i}");
+        borrower
+            .register(&register(&id, "hog-type", None))
+            .expect("register");
+        borrower
+            .report(&Report {
+                container_id: id.clone(),
+                samples: samples(0.02, 0.0, 10 << 20, 1_000_000_000),
+                ..Report::default()
+            })
+            .expect("report");
+        std::thread::sleep(Duration::from_millis(30));
+        borrower
+            .finish(&Finish {
+                container_id: id,
+                ..Finish::default()
+            })
+            .expect("finish");
+    }
+    let reg = wait_for("a warm prediction for the borrower", &b, || {
+        let r = borrower
+            .register(&register("hog", "hog-type", None))
+            .expect("register hog");
+        if r.cold_start {
+            borrower
+                .finish(&Finish {
+                    container_id: "hog".to_owned(),
+                    ..Finish::default()
+                })
+                .expect("finish");
+            std::thread::sleep(Duration::from_millis(50));
+            return None;
+        }
+        Some(r)
+    });
+    assert_eq!(
+        reg.heartbeat_ms,
+        Some(2_500),
+        "no pokes: half of stale_after_ms"
+    );
+    let start_quota = reg.allocation.cpu_cores.expect("a predicted quota");
+    let mut base = 2_000_000_000;
+    lender
+        .report(&Report {
+            container_id: "idle".to_owned(),
+            samples: samples(0.01, 0.0, 10 << 20, base),
+            ..Report::default()
+        })
+        .expect("report idle");
+    assert!(!lender.has_unread(), "nothing to say yet");
+    // Only the borrower reports from now on: throttled at its quota, it borrows from the idle lender.
+    let mut hog_quota = start_quota;
+    wait_for("a poke on the lender's connection", &b, || {
+        base += 200_000_000;
+        for d in borrower
+            .report(&Report {
+                container_id: "hog".to_owned(),
+                samples: samples(hog_quota, 0.8, 10 << 20, base),
+                ..Report::default()
+            })
+            .expect("report hog")
+        {
+            if let Action::SetCpu { cores: Some(q) } = d.action {
+                hog_quota = q;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        lender.has_unread().then_some(())
+    });
+    let leases = borrower.status().expect("status").leases;
+    assert!(
+        leases
+            .iter()
+            .any(|l| l.holder == "hog" && l.lender.as_deref() == Some("idle")),
+        "the poke is for a lease from the lender: {leases:?}"
+    );
+    let ds = lender
+        .report(&Report {
+            container_id: "idle".to_owned(),
+            samples: samples(0.01, 0.0, 10 << 20, base + 100_000_000),
+            ..Report::default()
+        })
+        .expect("report idle after the poke");
+    let lent = ds.iter().find_map(|d| match d.action {
+        Action::SetCpu { cores: Some(q) } => Some(q),
+        _ => None,
+    });
+    assert!(
+        lent.is_some_and(|q| q < 3.0),
+        "the lender's report collects its lower quota: {ds:?}"
+    );
+    assert!(!lender.has_unread(), "the poke was read with the reply");
 }

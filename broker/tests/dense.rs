@@ -111,6 +111,7 @@ fn register(id: &str, task_type: &str, extra: &[(&str, String)]) -> Register {
         parents: Vec::new(),
         own_netns: None,
         net_ingress: None,
+        pokes: None,
     }
 }
 

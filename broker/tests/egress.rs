@@ -163,6 +163,7 @@ fn on_network(id: &str, task_type: &str, ask: Option<(Way, u64)>, own_netns: boo
         parents: Vec::new(),
         own_netns: Some(own_netns),
         net_ingress: Some(true),
+        pokes: None,
     }
 }
 

@@ -201,6 +201,8 @@ fn register_message(
         parents,
         own_netns: Some(own_netns(spec)),
         net_ingress: Some(true),
+        // The shim's ticker watches the monitors' connections and reports at once on a poke (`ticker.rs`).
+        pokes: Some(true),
     }
 }
 
@@ -233,8 +235,25 @@ pub fn wake_monitors() {
 }
 
 impl Watched for Augment {
-    fn look(&self) -> bool {
-        self.wake(false)
+    fn look(&self, forced: bool) -> bool {
+        self.wake(forced)
+    }
+
+    fn poked(&self) -> bool {
+        self.state
+            .try_lock()
+            .is_ok_and(|st| !st.finished && st.client.has_unread())
+    }
+
+    fn arm_pokes(&self, set: &runtime_hooks::TriggerSet) {
+        let Ok(st) = self.state.try_lock() else {
+            return;
+        };
+        if let Some(fd) = st.client.fd()
+            && let Err(e) = set.arm_readable(fd)
+        {
+            tracing::debug!(container = %self.id, "watching the broker's connection for pokes: {e}");
+        }
     }
 
     fn settled(&self) -> Option<Duration> {

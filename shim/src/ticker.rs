@@ -33,8 +33,20 @@ use tokio::sync::Notify;
 
 /// What the ticker watches: a container's monitor.
 pub trait Watched: Send + Sync + 'static {
-    /// The look at a tick: `true` when a report is due. Runs on the runtime thread: it must not block.
-    fn look(&self) -> bool;
+    /// The look at a tick: `true` when a report is due (always when `forced`: the broker poked the shim). Runs
+    /// on the runtime thread: it must not block.
+    fn look(&self, forced: bool) -> bool;
+
+    /// The broker wrote to the member's connection unasked (a poke: it has directives for one of the shim's
+    /// containers, on whichever member's connection carried their last report), so every member reports.
+    /// Must not block.
+    fn poked(&self) -> bool {
+        false
+    }
+
+    /// Adds the member's connection to `set` for one wake-up when the broker pokes (before a settled sleep).
+    /// Must not block.
+    fn arm_pokes(&self, _set: &TriggerSet) {}
 
     /// `Some(period)` when the looks before the next multiple of `period` (a multiple of the tick) would find
     /// nothing to say; `None` to be looked at every tick. Runs on the runtime thread: it must not block.
@@ -170,19 +182,19 @@ impl<W: Watched> Ticker<W> {
             };
             if stalled {
                 if period <= self.tick {
-                    // Ticking anyway: the next tick looks at the stalled member; no extra round for it.
+                    // Ticking anyway: the next tick looks at the stalled member (or sees the poke); no extra
+                    // round for it.
                     continue;
                 }
-                tracing::debug!("a PSI trigger ended a settled sleep");
+                tracing::debug!("a PSI trigger or a poke ended a settled sleep");
             }
-            // A look never blocks (two counter reads), so it runs under the members' lock: no copy of the list a
-            // tick.
-            let due: Vec<Arc<W>> = self
-                .members()
-                .iter()
-                .filter(|m| m.look())
-                .cloned()
-                .collect();
+            // A look never blocks (two counter reads, a zero-timeout poll), so it runs under the members' lock: no
+            // copy of the list a tick.
+            let due: Vec<Arc<W>> = {
+                let members = self.members();
+                let poked = members.iter().any(|m| m.poked());
+                members.iter().filter(|m| m.look(poked)).cloned().collect()
+            };
             if !due.is_empty() {
                 if tokio::task::spawn_blocking(move || W::step_all(&due))
                     .await
@@ -203,6 +215,14 @@ impl<W: Watched> Ticker<W> {
                 {
                     tracing::debug!("re-arming the ticker's timerfd ({e}): tokio's sleep instead");
                     timer = None;
+                }
+            }
+            if period > self.tick
+                && let Some(set) = &self.triggers
+            {
+                // A settled sleep also ends when the broker pokes (each connection once per sleep).
+                for m in self.members().iter() {
+                    m.arm_pokes(set);
                 }
             }
         }
@@ -332,6 +352,7 @@ fn next_tick_after(now: Duration, tick: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
@@ -344,6 +365,8 @@ mod tests {
         looks: AtomicUsize,
         steps: Arc<Mutex<Vec<Vec<usize>>>>,
         settled: Mutex<Option<Duration>>,
+        /// Its connection to the broker, if any (a poke is a line written to it).
+        conn: Option<std::os::unix::net::UnixStream>,
     }
 
     impl Member {
@@ -354,6 +377,7 @@ mod tests {
                 looks: AtomicUsize::new(0),
                 steps: steps.clone(),
                 settled: Mutex::new(None),
+                conn: None,
             })
         }
 
@@ -363,9 +387,25 @@ mod tests {
     }
 
     impl Watched for Member {
-        fn look(&self) -> bool {
+        fn look(&self, forced: bool) -> bool {
             self.looks.fetch_add(1, Ordering::Relaxed);
-            self.due.load(Ordering::Relaxed)
+            forced || self.due.load(Ordering::Relaxed)
+        }
+
+        fn poked(&self) -> bool {
+            self.conn.as_ref().is_some_and(|c| {
+                let mut pfd = [nix::poll::PollFd::new(
+                    c.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO).is_ok_and(|n| n > 0)
+            })
+        }
+
+        fn arm_pokes(&self, set: &TriggerSet) {
+            if let Some(c) = &self.conn {
+                set.arm_readable(c.as_fd()).expect("arm");
+            }
         }
 
         fn settled(&self) -> Option<Duration> {
@@ -374,6 +414,13 @@ mod tests {
 
         fn step_all(due: &[Arc<Self>]) {
             let ids = due.iter().map(|m| m.id).collect();
+            for m in due {
+                if let Some(c) = &m.conn {
+                    // The report reads the poke.
+                    let mut line = [0u8; 64];
+                    let _ = (&*c).read(&mut line);
+                }
+            }
             due[0].steps.lock().expect("steps").push(ids);
         }
     }
@@ -463,6 +510,44 @@ mod tests {
         *b.settled.lock().expect("settled") = Some(tick / 2);
         let now = a.looks();
         until(|| a.looks() >= now + 3).await;
+    }
+
+    #[tokio::test]
+    async fn a_poke_ends_a_settled_sleep_and_every_member_reports() {
+        let tick = Duration::from_millis(10);
+        let ticker = Arc::new(Ticker::new(tick));
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let (broker_end, shim_end) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let a = Arc::new(Member {
+            conn: Some(shim_end),
+            ..Arc::into_inner(Member::new(1, false, &steps)).expect("one owner")
+        });
+        let b = Member::new(2, false, &steps);
+        let hour = Duration::from_secs(3600);
+        *a.settled.lock().expect("settled") = Some(hour);
+        *b.settled.lock().expect("settled") = Some(hour);
+        ticker.join(a.clone());
+        ticker.join(b.clone());
+        until(|| a.looks() >= 1).await;
+        tokio::time::sleep(tick * 5).await;
+        let asleep = a.looks();
+        assert!(steps.lock().expect("steps").is_empty(), "nothing due");
+        // The broker has directives for b, whose last report went on a's connection: it pokes there.
+        (&broker_end).write_all(b"poke\n").expect("poke");
+        until(|| !steps.lock().expect("steps").is_empty()).await;
+        assert_eq!(
+            steps.lock().expect("steps")[0],
+            vec![1, 2],
+            "a poke makes every member report"
+        );
+        assert!(a.looks() > asleep);
+        // Settled again (the poke was read): asleep until the next poke, which wakes it again.
+        tokio::time::sleep(tick * 5).await;
+        let after = a.looks();
+        tokio::time::sleep(tick * 10).await;
+        assert_eq!(a.looks(), after, "asleep again after the poke");
+        (&broker_end).write_all(b"poke\n").expect("poke");
+        until(|| steps.lock().expect("steps").len() >= 2).await;
     }
 
     #[tokio::test]

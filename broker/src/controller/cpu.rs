@@ -101,7 +101,7 @@ impl Controller {
         out: &mut Vec<Directive>,
     ) {
         let stale = self.cfg.stale_after_ms;
-        let fresh = |t: &Task| now_ms.saturating_sub(t.last_report_ms) < stale;
+        let fresh = |t: &Task| t.fresh(now_ms, stale);
         let mut borrowers: Vec<(Key, Pressure)> = self
             .live()
             .filter(|(_, t)| !t.frozen() && t.base_cpu.is_some() && fresh(t))
@@ -207,7 +207,7 @@ impl Controller {
     /// lease and not having taken CPU back; lowest priority first, then most spare.
     fn lenders(&self, now_ms: u64, took_back: &[bool], holding: &[bool]) -> Vec<(Key, f64)> {
         let stale = self.cfg.stale_after_ms;
-        let fresh = |t: &Task| now_ms.saturating_sub(t.last_report_ms) < stale;
+        let fresh = |t: &Task| t.fresh(now_ms, stale);
         let mut lenders: Vec<(Key, f64)> = self
             .live()
             .filter(|(k, t)| !t.frozen() && !took_back[*k] && !holding[*k] && fresh(t))

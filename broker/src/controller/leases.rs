@@ -156,7 +156,7 @@ impl Controller {
             if now_ms < self.restore_grace_until_ms && holder.is_none() {
                 continue;
             }
-            let fresh = holder.is_some_and(|t| now_ms.saturating_sub(t.last_report_ms) < stale);
+            let fresh = holder.is_some_and(|t| t.fresh(now_ms, stale));
             let l = &mut h.lease;
             if fresh {
                 l.expires_at_ms = l.expires_at_ms.max(now_ms + ttl);

@@ -101,6 +101,10 @@ pub struct ControllerConfig {
     pub max_borrow_cpu: Option<f64>,
     /// A lease ends when its holder has not reported for this long (default 5 s).
     pub stale_after_ms: u64,
+    /// The heartbeat asked of a shim that takes pokes (the broker tells it when it has directives for it), whose
+    /// tasks are then trusted for two heartbeats and a tick; 0 (or at most half of `stale_after_ms`): the
+    /// heartbeat is half of `stale_after_ms`, as for other shims (default 10 s).
+    pub idle_heartbeat_ms: u64,
     /// How long a lease lasts without renewal; renewed every tick its holder reports (default 10 s).
     pub lease_ttl_ms: u64,
     /// Usage over allocation at which memory is grown (default 0.90).
@@ -151,6 +155,7 @@ impl Default for ControllerConfig {
             min_lease_cpu: 0.05,
             max_borrow_cpu: None,
             stale_after_ms: 5_000,
+            idle_heartbeat_ms: 10_000,
             lease_ttl_ms: 10_000,
             memory_grow_at: 0.90,
             memory_grow_factor: 1.25,
@@ -216,6 +221,9 @@ pub struct TaskSpec {
     pub prediction: Option<Prediction>,
     /// Start time, ms.
     pub started_at_ms: u64,
+    /// How long its reports are trusted when longer than `stale_after_ms`: a shim the broker pokes heartbeats
+    /// less often (`idle_heartbeat_ms`). `None`: `stale_after_ms`.
+    pub stale_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -258,6 +266,15 @@ impl Task {
             stopping: false,
             spec,
         }
+    }
+
+    /// It reported within its staleness bound (`stale_after_ms`, or its own longer one).
+    fn fresh(&self, now_ms: u64, stale_after_ms: u64) -> bool {
+        let bound = self
+            .spec
+            .stale_after_ms
+            .map_or(stale_after_ms, |s| s.max(stale_after_ms));
+        now_ms.saturating_sub(self.last_report_ms) < bound
     }
 
     fn rank(&self) -> (i32, bool) {

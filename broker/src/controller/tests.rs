@@ -67,6 +67,7 @@ fn spec(id: &str, cpu: Option<f64>, mem: Option<u64>) -> TaskSpec {
         parents: Vec::new(),
         prediction: None,
         started_at_ms: 0,
+        stale_after_ms: None,
     }
 }
 

@@ -13,17 +13,26 @@ use super::{Broker, MAX_CPU_READINGS};
 
 impl Broker {
     /// Tells the shim how often to report a container whose use is flat: half of `stale_after_ms`, so one lost
-    /// heartbeat still leaves the task fresh for the controller (its leases kept, its usage trusted).
-    pub(super) fn with_heartbeat(&self, mut r: Registered) -> Registered {
-        let stale = self.lock().controller.config().stale_after_ms;
-        r.heartbeat_ms = Some(heartbeat_ms(stale));
+    /// heartbeat still leaves the task fresh for the controller (its leases kept, its usage trusted); to a shim
+    /// that takes pokes, `idle_heartbeat_ms` (`pokes.rs`).
+    pub(super) fn with_heartbeat(&self, mut r: Registered, takes_pokes: bool) -> Registered {
+        let (hb, _) = super::pokes::heartbeat(
+            self.lock().controller.config(),
+            self.cfg.tick_ms,
+            takes_pokes,
+        );
+        r.heartbeat_ms = Some(hb);
         r
     }
 
     /// Applies a batch (its size checked by `validate::request`): each entry is checked as a single Report is
     /// and answered on its own (an entry that fails, or names a container an earlier entry named, gets its error;
     /// the others are applied), all under one lock, their records queued together.
-    pub(super) fn reports(&self, batch: Reports) -> ReportOutcomes {
+    pub(super) fn reports(
+        &self,
+        batch: Reports,
+        peer: Option<&std::sync::Arc<super::pokes::Peer>>,
+    ) -> ReportOutcomes {
         self.tracker.batched_reports(batch.reports.len());
         let mut records = Vec::new();
         let mut samples = Vec::new();
@@ -50,8 +59,9 @@ impl Broker {
                             ))
                         }
                     });
-                let r = checked
-                    .and_then(|()| self.take_report(&mut guard, rep, &mut records, &mut samples));
+                let r = checked.and_then(|()| {
+                    self.take_report(&mut guard, rep, peer, &mut records, &mut samples)
+                });
                 match r {
                     Ok(d) => ReportOutcome {
                         container_id,
