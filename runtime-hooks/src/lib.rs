@@ -17,6 +17,8 @@
 //!
 //! Wake on a stall instead of on the clock: [`PressureTriggers::arm`] writes PSI triggers into a container's
 //! `cpu.pressure` and `memory.pressure`, and one [`TriggerSet`] (an epoll fd) watches many containers' triggers.
+//! On cgroup v1, [`MemoryThreshold::arm`] registers an eventfd the kernel signals when a container's memory usage
+//! crosses a level (growth that does not stall); the set watches it with [`TriggerSet::arm_readable`].
 //!
 //! A disk I/O priority is the cgroup weight plus the threads' `ioprio` class
 //! ([`ContainerCgroup::set_io_priority`]); [`io::detect`] says per device which of them the scheduler honours.
@@ -49,6 +51,7 @@ mod pids;
 pub mod placement;
 pub mod resources;
 mod sample;
+pub mod threshold;
 pub mod trigger;
 pub mod v1;
 pub mod v2;
@@ -59,6 +62,8 @@ mod fake_tests;
 mod root_tests;
 #[cfg(test)]
 pub(crate) mod testutil;
+#[cfg(test)]
+mod threshold_root_tests;
 
 pub use actuate::{ActuateError, CpuLimit, MemoryLimitPolicy};
 pub use ancestors::{AncestorLimit, ancestor_limits};
@@ -69,4 +74,5 @@ pub use cgroup::{
 pub use chain::error_chain;
 pub use discovery::{DiscoveryError, HostRoots};
 pub use pacing::{Pacer, Pacing, Probe, Why};
+pub use threshold::{MemoryThreshold, ThresholdError};
 pub use trigger::{PressureTriggers, TriggerError, TriggerSet, TriggerWindow};
