@@ -182,6 +182,14 @@ impl Pacer {
             && self.reported.is_some_and(|(_, was_busy)| !was_busy)
     }
 
+    /// The memory the broker last heard of, when the container was idle then (`None` while busy or before any
+    /// report): a memory threshold (`threshold.rs`) one step above it wakes a settled container that grows.
+    pub fn idle_memory(&self) -> Option<u64> {
+        self.reported
+            .filter(|(_, busy)| !busy)
+            .and_then(|(p, _)| p.memory_bytes)
+    }
+
     /// The report carrying the latest probe went out and the broker took it.
     pub fn reported(&mut self) {
         self.unsent = false;
@@ -328,6 +336,10 @@ mod tests {
             .collect();
         // First report, then "idle" said once (the broker saw it busy), then idle looks until the third.
         assert_eq!(settled, [false, false, false, true, true]);
+        assert_eq!(p.idle_memory(), Some(mem), "idle when last reported");
+        let mut first = pacer();
+        run(&mut first, &[probe(0, 0, mem)]);
+        assert_eq!(first.idle_memory(), None, "a first report counts as busy");
         // Memory moving: not settled (nor while its report is not taken), and again only after three still looks.
         let mem = mem + (2 << 20);
         assert_eq!(p.check(probe(5, 0, mem), false), Some(Why::Memory));

@@ -245,7 +245,7 @@ impl Watched for Augment {
             .is_ok_and(|st| !st.finished && st.client.has_unread())
     }
 
-    fn arm_pokes(&self, set: &runtime_hooks::TriggerSet) {
+    fn arm_wakes(&self, set: &runtime_hooks::TriggerSet) {
         let Ok(st) = self.state.try_lock() else {
             return;
         };
@@ -253,6 +253,13 @@ impl Watched for Augment {
             && let Err(e) = set.arm_readable(fd)
         {
             tracing::debug!(container = %self.id, "watching the broker's connection for pokes: {e}");
+        }
+        drop(st);
+        if let Ok(w) = self.wakes.try_lock()
+            && let Some(t) = w.threshold.as_ref()
+            && let Err(e) = set.arm_readable(std::os::fd::AsFd::as_fd(t))
+        {
+            tracing::debug!(container = %self.id, "watching the memory threshold: {e}");
         }
     }
 
@@ -263,6 +270,18 @@ impl Watched for Augment {
     fn step_all(due: &[Arc<Self>]) {
         Augment::step_all(due)
     }
+}
+
+/// What wakes a settled shim for one container, besides a poke from the broker.
+#[derive(Default)]
+struct Wakes {
+    /// PSI triggers on the container's pressure files.
+    triggers: Option<runtime_hooks::PressureTriggers>,
+    /// A v1 memory usage threshold one step above the idle usage the broker last heard of
+    /// ([`Augment::keep_threshold`]).
+    threshold: Option<runtime_hooks::MemoryThreshold>,
+    /// No threshold can be armed here (cgroup v2, no memory controller): not tried again.
+    no_threshold: bool,
 }
 
 /// What a container's monitor owns between ticks.
@@ -327,8 +346,8 @@ pub struct Augment {
     stop: Notify,
     monitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
     finished: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// PSI triggers on the container's pressure files, watched by the shim's ticker.
-    triggers: Mutex<Option<runtime_hooks::PressureTriggers>>,
+    /// What ends the shim's settled sleep for this container besides a poke (`ticker.rs`).
+    wakes: Mutex<Wakes>,
     /// Directories this shim made in the companion hierarchies (`name=systemd`, a hybrid host's cgroup2 tree),
     /// deepest last.
     companions: Mutex<Vec<PathBuf>>,
@@ -474,7 +493,7 @@ impl Augment {
             net_in_limited: std::sync::atomic::AtomicBool::new(false),
             monitor: Mutex::new(None),
             finished: Mutex::new(None),
-            triggers: Mutex::new(None),
+            wakes: Mutex::default(),
             companions: Mutex::new(Vec::new()),
             scope: Mutex::new(None),
             freezer: Freezer::default(),
@@ -594,7 +613,7 @@ impl Augment {
                     tracing::info!(window = ?runtime_hooks::trigger::WINDOW, "PSI triggers armed: a stall ends a settled sleep");
                 }
                 ticker().watch(&t);
-                *lock(&self.triggers) = Some(t);
+                lock(&self.wakes).triggers = Some(t);
             }
             Err(e) => {
                 tracing::debug!(container = %self.id, "no PSI triggers: {}", predictive_api::error_chain(&e))
@@ -606,7 +625,12 @@ impl Augment {
     /// runtime thread).
     fn leave_ticker(self: &Arc<Self>) {
         ticker().leave(self);
-        let Some(t) = lock(&self.triggers).take() else {
+        // Closing a threshold's eventfd unregisters it later, in a kernel worker (~7 us).
+        let mut wakes = lock(&self.wakes);
+        drop(wakes.threshold.take());
+        let triggers = wakes.triggers.take();
+        drop(wakes);
+        let Some(t) = triggers else {
             return;
         };
         ticker().unwatch(&t);
@@ -705,6 +729,38 @@ impl Augment {
         let outcomes = crate::batch::shared().send(reports, &mut first.client);
         for ((a, mut st, oom_kills), (sent, report)) in held.into_iter().zip(outcomes) {
             a.complete(&mut st, sent, report, oom_kills);
+            a.keep_threshold(&st);
+        }
+    }
+
+    /// Keeps a v1 memory usage threshold one memory step above the usage the broker last heard of an idle
+    /// container, so a settled container whose memory grows wakes the shim's ticker (`ticker.rs`) instead of
+    /// waiting for its heartbeat. Re-armed only when that usage left the step below the level (an arm waits for
+    /// an RCU grace period, 8-16 ms here: it runs on the blocking pool, after a report); a busy container keeps
+    /// the one it has. Not tried again where none can be armed (cgroup v2: its PSI memory trigger and the
+    /// broker's `memory.high` stand in).
+    fn keep_threshold(&self, st: &MonitorState) {
+        let (Some(mem), Some(cg)) = (st.pace.pacer.idle_memory(), st.cgroup.as_ref()) else {
+            return;
+        };
+        let step = st.pace.pacer.pacing().memory_step_bytes;
+        let mut w = lock(&self.wakes);
+        let kept = w
+            .threshold
+            .as_ref()
+            .is_some_and(|t| t.bytes() > mem && t.bytes() <= mem.saturating_add(step));
+        if st.finished || w.no_threshold || kept {
+            return;
+        }
+        // The old one first: its eventfd may have fired (the growth this report told of).
+        w.threshold = None;
+        match runtime_hooks::MemoryThreshold::arm(cg.dirs(), mem.saturating_add(step)) {
+            Ok(t) => w.threshold = Some(t),
+            Err(e) => {
+                use runtime_hooks::ThresholdError::{CgroupV2, NoMemoryController};
+                w.no_threshold = matches!(e, CgroupV2 | NoMemoryController);
+                tracing::debug!(container = %self.id, "no memory threshold: {}", predictive_api::error_chain(&e));
+            }
         }
     }
 

@@ -44,9 +44,9 @@ pub trait Watched: Send + Sync + 'static {
         false
     }
 
-    /// Adds the member's connection to `set` for one wake-up when the broker pokes (before a settled sleep).
-    /// Must not block.
-    fn arm_pokes(&self, _set: &TriggerSet) {}
+    /// Adds the member's wake sources to `set` for one wake-up each (before a settled sleep): its connection to
+    /// the broker (a poke), its memory usage threshold (growth). Must not block.
+    fn arm_wakes(&self, _set: &TriggerSet) {}
 
     /// `Some(period)` when the looks before the next multiple of `period` (a multiple of the tick) would find
     /// nothing to say; `None` to be looked at every tick. Runs on the runtime thread: it must not block.
@@ -220,9 +220,10 @@ impl<W: Watched> Ticker<W> {
             if period > self.tick
                 && let Some(set) = &self.triggers
             {
-                // A settled sleep also ends when the broker pokes (each connection once per sleep).
+                // A settled sleep also ends when the broker pokes or a memory threshold fires (each source once
+                // per sleep).
                 for m in self.members().iter() {
-                    m.arm_pokes(set);
+                    m.arm_wakes(set);
                 }
             }
         }
@@ -402,7 +403,7 @@ mod tests {
             })
         }
 
-        fn arm_pokes(&self, set: &TriggerSet) {
+        fn arm_wakes(&self, set: &TriggerSet) {
             if let Some(c) = &self.conn {
                 set.arm_readable(c.as_fd()).expect("arm");
             }

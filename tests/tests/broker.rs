@@ -817,3 +817,70 @@ fn a_pods_containers_report_in_grouped_messages() {
     c.remove(&b);
     c.finish();
 }
+
+/// Issue 16: a settled container (idle, its shim asleep until the heartbeat) whose memory grows wakes its shim
+/// through a v1 memory usage threshold: the broker hears of the growth long before the heartbeat, here set to a
+/// minute so that only the threshold can explain it. cgroup v2 has no usage thresholds (its PSI memory trigger and
+/// `memory.high` stand in): not run there.
+#[test]
+fn a_settled_containers_memory_growth_wakes_its_shim_before_the_heartbeat() {
+    if Containerd::cgroup_v2_host() {
+        println!("SKIPPED: cgroup v2 has no memory usage thresholds");
+        return;
+    }
+    let Some(c) = start(
+        "a_settled_containers_memory_growth_wakes_its_shim_before_the_heartbeat",
+        "",
+        "idle_heartbeat_ms = 60000",
+    ) else {
+        return;
+    };
+    let id = c.id("grower");
+    // Idle long enough to settle (3 idle looks after its first reports), then 32 MiB at once, then idle again.
+    let idle = secs(12);
+    let script = format!(
+        "sleep {}; awk 'BEGIN{{s=sprintf(\"%1048576s\",\"\"); for(n=0;n<32;n++) a[n]=s; system(\"sleep 600\")}}'",
+        idle.as_secs()
+    );
+    c.run_detached(&id, &[], &["sh", "-c", &script]);
+    let started = Instant::now();
+    let heard = |c: &Containerd| {
+        status(c)?
+            .tasks
+            .into_iter()
+            .find(|t| t.container_id == id)?
+            .usage
+            .map(|u| u.memory_bytes)
+    };
+    let before = wait_until(secs(5), || heard(&c)).expect("the broker hears of the container");
+    let grown = wait_until(idle + secs(10), || {
+        c.memory_usage(&id)
+            .filter(|m| *m >= before + (24 << 20))
+            .map(|_| Instant::now())
+    });
+    let grown = grown.unwrap_or_else(|| {
+        panic!(
+            "the container never grew: {:?} bytes, the broker heard {before}",
+            c.memory_usage(&id)
+        )
+    });
+    assert!(
+        grown.duration_since(started) >= secs(8),
+        "the growth came before the container could settle"
+    );
+    let seen = wait_until(secs(20), || {
+        heard(&c)
+            .filter(|m| *m >= before + (24 << 20))
+            .map(|_| grown.elapsed())
+    });
+    let seen = seen.unwrap_or_else(|| {
+        panic!(
+            "the broker did not hear of the growth within 20 s (heartbeat 60 s): it heard {:?}, the cgroup has {:?}",
+            heard(&c),
+            c.memory_usage(&id)
+        )
+    });
+    println!("the broker heard of 32 MiB of growth {seen:?} after the cgroup showed it");
+    c.remove(&id);
+    c.finish();
+}
