@@ -6,7 +6,6 @@
 //! before/after with wide margins, never absolute timings.
 
 use std::ffi::CString;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -89,23 +88,7 @@ impl TestCgroup {
             .arg(script)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
-        // SAFETY: the closure only calls async-signal-safe open/write/close on pre-built C strings.
-        unsafe {
-            cmd.pre_exec(move || {
-                for p in &procs {
-                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                    if n != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        crate::testutil::enter_before_exec(&mut cmd, procs);
         let child = cmd.spawn().expect("spawn sh in test cgroup");
         let pid = child.id();
         self.children.push(child);

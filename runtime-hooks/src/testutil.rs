@@ -228,3 +228,26 @@ impl FakeHost {
         }
     }
 }
+
+/// Makes `cmd`'s child write itself into each `cgroup.procs` file of `procs` before it execs, so everything it
+/// charges is charged there (root tests on cgroups of their own).
+pub(crate) fn enter_before_exec(cmd: &mut std::process::Command, procs: Vec<std::ffi::CString>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only calls async-signal-safe open/write/close on pre-built C strings.
+    unsafe {
+        cmd.pre_exec(move || {
+            for p in &procs {
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if n != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
