@@ -6,9 +6,12 @@
 //!   holding one sleeping container.
 //!
 //! - idle CPU: N containers (default 100) running `sleep` through each runtime at the same time, then the
-//!   CPU time (utime + stime from /proc/PID/stat) of every shim process of each runtime over one window
-//!   (default 30 s), plus our broker (`predictived`, started by our first shim, mode enforce, 1 s tick), as %
-//!   of one core. Both runtimes are measured over the same window.
+//!   CPU time of every shim process of each runtime over one window (default 30 s), plus our broker
+//!   (`predictived`, started by our first shim, mode enforce, 1 s tick), as % of one core. Both runtimes are
+//!   measured over the same window, two ways: the scheduler's runtime of every thread (`sum_exec_runtime`,
+//!   nanoseconds, the first field of /proc/PID/task/TID/schedstat; a thread that exits within the window loses
+//!   its share, which none of these processes does while idle), the headline; and utime + stime from
+//!   /proc/PID/stat (clock ticks of 10 ms: a process using under 10 ms in the window mostly shows 0).
 //!
 //! Prints each figure and the ratio ours / runc. If our shim is missing or fails, its side is
 //! reported as SKIPPED with the reason and runc's figures are still printed. Never fails on a slow
@@ -263,7 +266,7 @@ fn print_idle_cpu(idle_cpu: Result<IdleCpu, String>) {
             let ours_total = cpu.our_shims.1 + cpu.broker.unwrap_or(0.0);
             println!();
             println!(
-                "idle CPU, {} sleeping containers per runtime (running at the same time), {:.0} s window, % of one core:",
+                "idle CPU, {} sleeping containers per runtime (running at the same time), {:.0} s window, % of one core (the scheduler's runtime of every thread):",
                 cpu.containers, cpu.secs
             );
             println!(
@@ -286,6 +289,13 @@ fn print_idle_cpu(idle_cpu: Result<IdleCpu, String>) {
                 "ratio ours/runc: idle CPU (shims + broker) {}",
                 ratio(ours_total, cpu.runc_shims.1)
             );
+            let (runc_t, ours_t, broker_t) = cpu.ticks;
+            let ours_t_total = ours_t + broker_t.unwrap_or(0.0);
+            println!(
+                "the same window by utime + stime (10 ms ticks): runc {runc_t:.2}%, ours {ours_t:.2}% + broker {}%: {}",
+                broker_t.map_or_else(|| "-".to_owned(), |b| format!("{b:.2}")),
+                ratio(ours_t_total, runc_t)
+            );
         }
         Err(e) => println!(
             "SKIPPED: idle CPU: {}",
@@ -300,6 +310,19 @@ fn cpu_ticks(pid: i32) -> Option<u64> {
     // Fields after the last ')' start at field 3 (state): utime and stime are fields 14 and 15.
     let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The scheduler's runtime of every thread of a process, nanoseconds (`None` once it is gone).
+fn thread_runtime_ns(pid: i32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    Some(
+        tasks
+            .filter_map(|t| {
+                let text = std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok()?;
+                text.split_whitespace().next()?.parse::<u64>().ok()
+            })
+            .sum(),
+    )
 }
 
 /// The shim processes of `c` whose binary name contains `binary`.
@@ -319,13 +342,15 @@ fn shims_of(c: &Containerd, binary: &str) -> Vec<i32> {
         .collect()
 }
 
-/// CPU of the long-lived processes behind idle containers, per runtime, as % of one core.
+/// CPU of the long-lived processes behind idle containers, per runtime, as % of one core: by the scheduler's
+/// runtime of their threads and, in `ticks`, by utime + stime.
 struct IdleCpu {
     containers: usize,
     secs: f64,
     runc_shims: (usize, f64),
     our_shims: (usize, f64),
     broker: Option<f64>,
+    ticks: (f64, f64, Option<f64>),
 }
 
 /// Starts `n` sleeping containers per runtime (both runtimes at once), measures the CPU time of every shim
@@ -365,22 +390,32 @@ fn measure_idle_cpu(
         let runc = shims_of(c, "containerd-shim-runc-v2");
         let ours = shims_of(c, "containerd-shim-predictive-v2");
         let broker = c.broker_pid();
-        let sum = |pids: &[i32]| pids.iter().filter_map(|p| cpu_ticks(*p)).sum::<u64>();
-        let before = (sum(&runc), sum(&ours), broker.and_then(cpu_ticks));
+        let sum = |pids: &[i32], f: fn(i32) -> Option<u64>| {
+            pids.iter().filter_map(|p| f(*p)).sum::<u64>()
+        };
+        let snap = |f: fn(i32) -> Option<u64>| (sum(&runc, f), sum(&ours, f), broker.and_then(f));
+        let before = (snap(thread_runtime_ns), snap(cpu_ticks));
         let t0 = std::time::Instant::now();
         std::thread::sleep(window);
-        let after = (sum(&runc), sum(&ours), broker.and_then(cpu_ticks));
+        let after = (snap(thread_runtime_ns), snap(cpu_ticks));
         let secs = t0.elapsed().as_secs_f64();
-        let pct = |a: u64, b: u64| a.saturating_sub(b) as f64 / hz / secs * 100.0;
+        let ns = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1e9 / secs * 100.0;
+        let ticks = |a: u64, b: u64| a.saturating_sub(b) as f64 / hz / secs * 100.0;
+        let opt = |a: Option<u64>, b: Option<u64>, f: &dyn Fn(u64, u64) -> f64| match (a, b) {
+            (Some(a), Some(b)) => Some(f(a, b)),
+            _ => None,
+        };
         IdleCpu {
             containers: n,
             secs,
-            runc_shims: (runc.len(), pct(after.0, before.0)),
-            our_shims: (ours.len(), pct(after.1, before.1)),
-            broker: match (before.2, after.2) {
-                (Some(b), Some(a)) => Some(pct(a, b)),
-                _ => None,
-            },
+            runc_shims: (runc.len(), ns(after.0.0, before.0.0)),
+            our_shims: (ours.len(), ns(after.0.1, before.0.1)),
+            broker: opt(after.0.2, before.0.2, &ns),
+            ticks: (
+                ticks(after.1.0, before.1.0),
+                ticks(after.1.1, before.1.1),
+                opt(after.1.2, before.1.2, &ticks),
+            ),
         }
     });
     for id in &ids {

@@ -204,10 +204,6 @@ fn ancestors(parents: &[ParentLimit]) -> Result<Vec<Ancestor>, ErrorReply> {
     Ok(out)
 }
 
-/// Applies the operator's `[policy]` to the annotations of a Kubernetes pod's container: its priority and
-/// its borrowing maximum are capped, and its pipeline is its namespace's (a pod cannot join another tenant's
-/// pipeline to move its critical path). Returns, per capped value, the decision-log entry (resource, asked,
-/// granted, reason).
 /// The decisions recording what the policy capped in a Register's annotations.
 fn capped_decisions(
     capped: Vec<(&'static str, f64, f64, String)>,
@@ -233,6 +229,10 @@ fn capped_decisions(
         .collect()
 }
 
+/// Applies the operator's `[policy]` to the annotations of a Kubernetes pod's container: its priority and
+/// its borrowing maximum are capped, and its pipeline is its namespace's (a pod cannot join another tenant's
+/// pipeline to move its critical path). Returns, per capped value, the decision-log entry (resource, asked,
+/// granted, reason).
 fn apply_policy(
     cfg: &Config,
     annotations: &std::collections::BTreeMap<String, String>,

@@ -355,6 +355,9 @@ fn serve(flags: &Flags) -> Result<()> {
     );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // A blocking-pool thread outlives the idle heartbeat (10 s by default, tokio's keep-alive too): an idle
+        // shim's heartbeat step reuses its thread instead of spawning one each time.
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .build()
         .map_err(ShimError::io("building the tokio runtime"))?;
     let root = state_root(&flags.namespace);
@@ -366,6 +369,9 @@ fn serve(flags: &Flags) -> Result<()> {
     tracing::info!("shim exits");
     result
 }
+
+/// How long an idle thread of the shim's blocking pool waits for work before it exits.
+const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn serve_async(
     flags: &Flags,
