@@ -359,9 +359,26 @@ struct State {
     /// Containers whose Finish came while they were not registered, with when ([`EARLY_FINISH_MS`]).
     finished_early: HashMap<String, u64>,
     started_ms: u64,
+    /// Containers to poke: directives were queued for them since their latest report (`pokes.rs`).
+    to_poke: Vec<String>,
 }
 
 impl State {
+    /// Queues a directive for its container's next report (the oldest dropped past [`MAX_PENDING`]); a container
+    /// whose shim takes pokes is listed for [`Broker::poke_pending`] once per report.
+    fn push_pending(&mut self, d: Directive) {
+        let Some(r) = self.running.get_mut(&d.container_id) else {
+            return;
+        };
+        if r.pending.len() >= MAX_PENDING {
+            r.pending.remove(0);
+        }
+        if r.pokes.ask() {
+            self.to_poke.push(d.container_id.clone());
+        }
+        r.pending.push(d);
+    }
+
     /// Remembers that `id` finished while not registered, within [`MAX_EARLY_FINISHES`].
     fn note_early_finish(&mut self, id: &str, now: u64) {
         self.finished_early
@@ -996,12 +1013,7 @@ impl Broker {
         }
         let mut st = self.lock();
         for d in ds {
-            if let Some(r) = st.running.get_mut(&d.container_id) {
-                if r.pending.len() >= MAX_PENDING {
-                    r.pending.remove(0);
-                }
-                r.pending.push(d);
-            }
+            st.push_pending(d);
         }
         drop(st);
         self.poke_pending();
@@ -1258,13 +1270,10 @@ impl Broker {
             ds.extend(st.net_in.tick());
             let mut records = Vec::new();
             for d in ds {
-                if let Some(r) = st.running.get_mut(&d.container_id) {
+                if let Some(r) = st.running.get(&d.container_id) {
                     records.push(decision(&d, r, now, None));
-                    if r.pending.len() >= MAX_PENDING {
-                        r.pending.remove(0);
-                    }
-                    r.pending.push(d);
                 }
+                st.push_pending(d);
             }
             (records, forgotten, closes)
         };
@@ -1920,6 +1929,7 @@ impl Daemon {
                 orphans,
                 finished_early: HashMap::new(),
                 started_ms: now_ms(),
+                to_poke: Vec::new(),
             }),
             cfg,
             predictor,

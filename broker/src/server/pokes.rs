@@ -81,8 +81,8 @@ pub(super) struct Pokes {
     pub(super) takes: bool,
     /// The connection its latest report (or Register) came on.
     peer: Option<Weak<Peer>>,
-    /// Poked since its latest report.
-    poked: bool,
+    /// Listed to be poked (or poked) since its latest report.
+    asked: bool,
 }
 
 impl std::fmt::Debug for Peer {
@@ -98,8 +98,16 @@ impl Pokes {
         Self {
             takes,
             peer: peer.filter(|_| takes).map(Arc::downgrade),
-            poked: false,
+            asked: false,
         }
+    }
+
+    /// Whether a directive queued now needs a poke: the shim takes pokes and none was asked since the latest
+    /// report (this one is, from now on).
+    pub(super) fn ask(&mut self) -> bool {
+        let first = self.takes && !self.asked;
+        self.asked |= first;
+        first
     }
 
     /// It reported on `peer`: pokes go there, and it may be poked again.
@@ -109,7 +117,7 @@ impl Pokes {
         {
             self.peer = Some(Arc::downgrade(p));
         }
-        self.poked = false;
+        self.asked = false;
     }
 }
 
@@ -133,19 +141,20 @@ pub(super) fn heartbeat(cfg: &ControllerConfig, tick_ms: u64, pokes: bool) -> (u
 }
 
 impl Broker {
-    /// Pokes every container that takes pokes, has directives waiting and was not poked since its last report.
-    /// Called after the directives were queued (and their records submitted: the report the poke brings waits
-    /// for them to be durable).
+    /// Pokes the containers listed since the last call ([`State::to_poke`]: directives queued for them since
+    /// their latest report) that still have directives waiting. Called after the directives were queued (and
+    /// their records submitted: the report the poke brings waits for them to be durable). One not sent (a reply
+    /// being written, a full socket) stays listed for the next call.
     pub(super) fn poke_pending(&self) {
         let due: Vec<(String, Arc<Peer>)> = {
             let mut st = self.lock();
-            st.running
-                .iter_mut()
-                .filter(|(_, r)| r.pokes.takes && !r.pokes.poked && !r.pending.is_empty())
-                .filter_map(|(id, r)| {
+            let listed = std::mem::take(&mut st.to_poke);
+            listed
+                .into_iter()
+                .filter_map(|id| {
+                    let r = st.running.get(&id).filter(|r| !r.pending.is_empty())?;
                     let peer = r.pokes.peer.as_ref()?.upgrade()?;
-                    r.pokes.poked = true;
-                    Some((id.clone(), peer))
+                    Some((id, peer))
                 })
                 .collect()
         };
@@ -166,18 +175,13 @@ impl Broker {
                 }
             };
             if !ok {
-                missed.push(id);
+                missed.push(id.clone());
             }
         }
         self.tracker
             .poked(sent.iter().filter(|(_, ok)| *ok).count());
         if !missed.is_empty() {
-            let mut st = self.lock();
-            for id in missed {
-                if let Some(r) = st.running.get_mut(id.as_str()) {
-                    r.pokes.poked = false;
-                }
-            }
+            self.lock().to_poke.extend(missed);
         }
     }
 }
@@ -218,6 +222,19 @@ mod tests {
         while (&ours).write(&chunk).is_ok() {}
         let peer = Peer::new(ours);
         assert!(!peer.poke());
+    }
+
+    #[test]
+    fn a_container_is_listed_for_a_poke_once_per_report() {
+        let (ours, _theirs) = UnixStream::pair().expect("pair");
+        let peer = Peer::new(ours);
+        let mut p = Pokes::new(true, Some(&peer));
+        assert!(p.ask(), "the first directive after a report asks a poke");
+        assert!(!p.ask(), "the next ones ride on it");
+        p.reported(Some(&peer));
+        assert!(p.ask(), "asked again after the report");
+        let mut old = Pokes::new(false, Some(&peer));
+        assert!(!old.ask(), "a shim that does not take pokes is never poked");
     }
 
     #[test]
