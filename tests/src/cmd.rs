@@ -101,6 +101,28 @@ fn kill_group(child: &Child) {
     }
 }
 
+/// A descriptor that turns readable when process `pid` (our child, not yet reaped) exits.
+fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags; on success it returns a new descriptor that we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a descriptor pidfd_open just returned, owned by nothing else.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Sleeps until `fd` is readable or `timeout` (at most a second) passes.
+fn wait_readable(fd: &std::os::fd::OwnedFd, timeout: Duration) {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.min(Duration::from_secs(1)).as_millis().max(1) as i32;
+    // SAFETY: one pollfd that lives across the call.
+    unsafe { libc::poll(&mut p, 1, ms) };
+}
+
 /// A command running in the background whose output is collected as it comes.
 /// Dropping it kills it.
 pub struct Bg {
@@ -111,6 +133,8 @@ pub struct Bg {
     readers: Vec<JoinHandle<()>>,
     started: Instant,
     status: Option<ExitStatus>,
+    /// When the exit was seen: `Output::elapsed` ends here, not after the output readers are drained.
+    ended: Option<Instant>,
 }
 
 impl Bg {
@@ -137,6 +161,7 @@ impl Bg {
             readers,
             started: Instant::now(),
             status: None,
+            ended: None,
         }
     }
 
@@ -156,6 +181,9 @@ impl Bg {
     pub fn exited(&mut self) -> bool {
         if self.status.is_none() {
             self.status = self.child.try_wait().ok().flatten();
+            if self.status.is_some() {
+                self.ended = Some(Instant::now());
+            }
         }
         self.status.is_some()
     }
@@ -175,17 +203,25 @@ impl Bg {
     }
 
     /// Wait for exit up to `timeout`; kill it if it has not exited by then.
+    /// The exit is seen when it happens (a pidfd; a 1 ms poll where there is none), so `elapsed` is the command's
+    /// own time, not rounded up to a polling interval (`make bench` times `ctr run` with it).
     pub fn wait(mut self, timeout: Duration) -> Output {
         let deadline = Instant::now() + timeout;
         let mut timed_out = false;
+        let pidfd = pidfd_open(self.child.id());
         while !self.exited() {
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
                 timed_out = true;
                 kill_group(&self.child);
                 self.status = self.child.wait().ok();
+                self.ended = Some(Instant::now());
                 break;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            match &pidfd {
+                Some(fd) => wait_readable(fd, deadline - now),
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
         }
         self.finish(timed_out)
     }
@@ -214,7 +250,7 @@ impl Bg {
             stdout: self.stdout(),
             stderr: self.stderr(),
             timed_out,
-            elapsed: self.started.elapsed(),
+            elapsed: self.ended.unwrap_or_else(Instant::now) - self.started,
         }
     }
 }
