@@ -99,12 +99,19 @@ fn bundle_dir(flags: &Flags) -> Result<PathBuf> {
 
 /// The group a container's shim is shared by: its pod's sandbox id, else its own id.
 pub fn grouping(bundle: &Path, id: &str) -> String {
-    let Ok(text) = std::fs::read_to_string(bundle.join("config.json")) else {
-        return id.to_string();
-    };
-    let Ok(spec) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return id.to_string();
-    };
+    match read_spec(bundle) {
+        Some(spec) => group_of(&spec, id),
+        None => id.to_string(),
+    }
+}
+
+/// The bundle's config.json as JSON, if it reads and parses (the create reports what is wrong with it).
+fn read_spec(bundle: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(bundle.join("config.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn group_of(spec: &serde_json::Value, id: &str) -> String {
     spec.get("annotations")
         .and_then(|a| a.get(SANDBOX_ID_ANNOTATION))
         .and_then(|v| v.as_str())
@@ -165,7 +172,11 @@ impl StartLock {
 
 fn start(flags: &Flags) -> Result<()> {
     let bundle = bundle_dir(flags)?;
-    let group = grouping(&bundle, &flags.id);
+    let spec = read_spec(&bundle);
+    let group = spec
+        .as_ref()
+        .map(|s| group_of(s, &flags.id))
+        .unwrap_or_else(|| flags.id.clone());
     let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &group);
     let path = socket_path(&address).to_string();
     let lock = StartLock::take(&path)?;
@@ -201,8 +212,19 @@ fn start(flags: &Flags) -> Result<()> {
     if let Some(cgroup) = &options.shim_cgroup {
         command.env(SHIM_CGROUP_ENV, cgroup);
     }
+    // The create's cgroup grace period starts now, not once the server runs (warmup.rs).
+    let roots = runtime_hooks::HostRoots::default();
+    let early = spec.and_then(|s| crate::warmup::early(&roots, &flags.id, &s));
+    if let Some(e) = &early {
+        command.env(crate::warmup::EARLY_ENV, &e.env);
+    }
+    // Whatever fails from here, the early warm-up's directories go (a server that ran removed them already).
+    let undo = || early.as_ref().inspect(|e| e.undo());
     let mut child = command
         .spawn()
+        .inspect_err(|_| {
+            undo();
+        })
         .map_err(ShimError::io("spawning the shim server"))?;
     // The server closes its stdout once it serves, or exits.
     let mut ready = Vec::new();
@@ -212,6 +234,7 @@ fn start(flags: &Flags) -> Result<()> {
     if let Ok(Some(status)) = child.try_wait()
         && !status.success()
     {
+        undo();
         let why = String::from_utf8_lossy(&ready);
         return Err(ShimError::FailedPrecondition(format!(
             "shim server exited with {status} before serving {address}: {}",
@@ -304,7 +327,17 @@ fn signal_ready() {
     unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) };
 }
 
+/// Serves the group, then removes what the `start` action's early warm-up made if no create adopted it.
 fn serve(flags: &Flags) -> Result<()> {
+    if let Some(early) = std::env::var_os(crate::warmup::EARLY_ENV) {
+        crate::warmup::keep_early(&early.to_string_lossy());
+    }
+    let result = serve_group(flags);
+    crate::warmup::drop_early();
+    result
+}
+
+fn serve_group(flags: &Flags) -> Result<()> {
     if flags.socket.is_empty() {
         return Err(ShimError::InvalidArgument(
             "-socket is required to serve".into(),

@@ -684,11 +684,10 @@ impl TaskService {
                 .all(|p| !matches!(p.status(), Status::RUNNING | Status::PAUSED));
         let exit = if settled {
             // Every process has exited, so libcontainer's delete (cgroups and state, ~6 ms in a worker) has
-            // nothing to kill: it runs after the reply. A Create of the same id, and the shim's exit, wait for it.
+            // nothing to kill: it runs after the reply (started below, once the rootfs is unmounted: its worker
+            // would take CPU from the unmount). A Create of the same id, and the shim's exit, wait for it.
             drain.await;
-            let exit = exited.await;
-            self.delete_after_reply(&req.id, container.clone());
-            exit
+            exited.await
         } else {
             // Force-delete: kills a created-but-never-started init (or execs left running), then removes
             // cgroups and state, before the reply. A broker freeze goes first.
@@ -717,6 +716,9 @@ impl TaskService {
                 container::unmount_rootfs(&rootfs)
             })
             .await;
+        }
+        if settled {
+            self.delete_after_reply(&req.id, container.clone());
         }
         self.containers().remove(&req.id);
         let pid = init.pid() as u32;

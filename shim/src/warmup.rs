@@ -1,7 +1,8 @@
-//! The create's cgroup warm-up (see [`Warmup`]).
+//! The create's cgroup warm-up (see [`Warmup`]), and its early start from the `start` action ([`early`]).
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use runtime_hooks::HostRoots;
 
@@ -20,6 +21,8 @@ use crate::zygote::{self, Reply, Request};
 /// files on a hybrid host) and exit: the grace period runs while that work happens, and libcontainer's moves find it
 /// passed. Nothing else changes: the directory is the container's own, made here instead of after the create.
 /// Measured (docs/BENCHMARKS.md): `ctr run --rm ... /bin/true` median 110 ms without, 101 ms with.
+///
+/// The `start` action starts the same grace period ~3 ms sooner ([`early`]) when it spawns a server.
 pub struct Warmup {
     /// The directories made (outermost first), once the worker has been and gone.
     task: tokio::task::JoinHandle<Vec<PathBuf>>,
@@ -36,6 +39,9 @@ impl Warmup {
         let (root, dir) = runtime_hooks::companions::warmup_dir(roots, path)?;
         let runtime = runtime.clone();
         let id = id.to_string();
+        let early = take_early(&id, &dir);
+        // The `start` action's mover has started the grace period already: a second mover would only fork.
+        let moved = early.is_some();
         let task = tokio::spawn(async move {
             // mkdir in a cgroup hierarchy is kernel work: off the runtime thread, as the rest.
             let d = dir.clone();
@@ -44,13 +50,17 @@ impl Warmup {
             })
             .await
             {
-                Some(Ok(made)) => made,
+                // What the `start` action made is the container's as well (outermost first).
+                Some(Ok(made)) => early.into_iter().flatten().chain(made).collect(),
                 Some(Err(e)) => {
                     tracing::debug!(container = %id, "no cgroup2 directory {}: {e}", dir.display());
                     return Vec::new();
                 }
                 None => return Vec::new(),
             };
+            if moved {
+                return made;
+            }
             let request = Request::JoinCgroup { id, dir };
             match runtime.call(&request, zygote::Stdio::default()).await {
                 Ok(Reply::Ok { .. }) => {}
@@ -76,21 +86,227 @@ impl Warmup {
             }
             (None, None) => {
                 blocking("removing the warm-up cgroup", move || {
-                    // The worker replies before it exits: until it has, its directory is busy.
-                    if let Some(inner) = made.last() {
-                        for _ in 0..100 {
-                            match std::fs::remove_dir(inner) {
-                                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                                    std::thread::sleep(std::time::Duration::from_millis(2))
-                                }
-                                _ => break,
-                            }
-                        }
-                    }
-                    runtime_hooks::companions::remove_dirs(&made);
+                    remove_when_empty(&made)
                 })
                 .await;
             }
         }
+    }
+}
+
+/// Removes warm-up directories (outermost first) once the mover that was in the innermost has exited: it
+/// replies, or the `start` action returns, before it exits, and until it has, its directory is busy.
+fn remove_when_empty(made: &[PathBuf]) {
+    if let Some(inner) = made.last() {
+        for _ in 0..100 {
+            match std::fs::remove_dir(inner) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(2))
+                }
+                _ => break,
+            }
+        }
+    }
+    runtime_hooks::companions::remove_dirs(made);
+}
+
+/// Carries what the `start` action's early warm-up made to the server it spawns: JSON `[id, dir, made]`.
+pub const EARLY_ENV: &str = "PREDICTIVE_EARLY_WARMUP";
+
+/// The early warm-up's directories, in the server, until its container's create adopts them.
+struct Early {
+    id: String,
+    dir: PathBuf,
+    made: Vec<PathBuf>,
+}
+
+static EARLY: Mutex<Option<Early>> = Mutex::new(None);
+
+/// The `start` action's half, when it is about to spawn a server for container `id`: makes the directory
+/// [`Warmup`] would (a hybrid host and a cgroupfs path only) and forks a mover into it that exits at once, so
+/// the grace period runs from here (~3 ms before the server's create can start it: the server's exec and start-up,
+/// containerd's connect and Create). The mover shares no descriptor with the action (containerd reads the
+/// action's output to its end) and nobody waits for it. Returns the value of [`EARLY_ENV`] for the server,
+/// which adopts the directories at the create (or removes them, [`drop_early`]).
+pub fn early(roots: &HostRoots, id: &str, spec: &serde_json::Value) -> Option<EarlyStart> {
+    let path = spec.get("linux")?.get("cgroupsPath")?.as_str()?;
+    let (root, dir) = runtime_hooks::companions::warmup_dir(roots, path)?;
+    let procs = CString::new(
+        dir.join("cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .ok()?;
+    let made = runtime_hooks::companions::make_dirs(&root, &dir).ok()?;
+    let env = serde_json::to_string(&(id, &dir, &made)).ok();
+    let start = EarlyStart {
+        env: env.unwrap_or_default(),
+        made,
+    };
+    if start.env.is_empty() || !spawn_mover(&procs) {
+        start.undo();
+        return None;
+    }
+    Some(start)
+}
+
+/// What the `start` action's early warm-up made.
+pub struct EarlyStart {
+    /// For the server: [`EARLY_ENV`].
+    pub env: String,
+    made: Vec<PathBuf>,
+}
+
+impl EarlyStart {
+    /// When no server will adopt the directories: removes them once the mover has gone.
+    pub fn undo(&self) {
+        remove_when_empty(&self.made);
+    }
+}
+
+/// Forks a process that moves itself into the cgroup whose `cgroup.procs` is `procs` and exits. The action is
+/// single-threaded here; the child makes only async-signal-safe calls.
+fn spawn_mover(procs: &CString) -> bool {
+    // SAFETY: fork in a single-threaded process; the child below calls only close_range, open, write and _exit.
+    match unsafe { libc::fork() } {
+        0 => {
+            // SAFETY: async-signal-safe calls on a C string made before the fork; never returns.
+            unsafe {
+                libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    // "0": the writing process.
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                }
+                libc::_exit(0)
+            }
+        }
+        pid => pid > 0,
+    }
+}
+
+/// In the server: takes what the `start` action's early warm-up made, from [`EARLY_ENV`] (a value that does not
+/// parse is ignored: the directories are then left as libcontainer and the create find them).
+pub fn keep_early(value: &str) {
+    if let Ok((id, dir, made)) = serde_json::from_str::<(String, PathBuf, Vec<PathBuf>)>(value) {
+        *EARLY.lock().unwrap_or_else(|e| e.into_inner()) = Some(Early { id, dir, made });
+    }
+}
+
+/// The early warm-up's directories if they are for this container's warm-up directory; if the create placed the
+/// container elsewhere, they are removed.
+fn take_early(id: &str, dir: &Path) -> Option<Vec<PathBuf>> {
+    let mut early = EARLY.lock().unwrap_or_else(|e| e.into_inner());
+    match early.take() {
+        Some(e) if e.id == id && e.dir == dir => Some(e.made),
+        Some(e) if e.id == id => {
+            tokio::task::spawn_blocking(move || remove_when_empty(&e.made));
+            None
+        }
+        other => {
+            *early = other;
+            None
+        }
+    }
+}
+
+/// As the server exits: removes an early warm-up's directories no create adopted.
+pub fn drop_early() {
+    if let Some(e) = EARLY.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        remove_when_empty(&e.made);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake hybrid host: a v1 memory hierarchy and the cgroup2 tree at `unified`, as Debian 12 mounts them.
+    fn hybrid() -> (tempfile::TempDir, HostRoots) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let roots = HostRoots {
+            cgroup: dir.path().join("cgroup"),
+            proc: dir.path().join("proc"),
+            mountinfo: dir.path().join("mountinfo"),
+        };
+        std::fs::create_dir_all(roots.cgroup.join("memory")).expect("memory");
+        std::fs::create_dir_all(roots.cgroup.join("unified")).expect("unified");
+        std::fs::write(roots.cgroup.join("memory/cgroup.procs"), "").expect("procs");
+        std::fs::write(roots.cgroup.join("unified/cgroup.controllers"), "").expect("controllers");
+        std::fs::write(
+            &roots.mountinfo,
+            "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755\n\
+             32 31 0:29 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+             41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n",
+        )
+        .expect("mountinfo");
+        (dir, roots)
+    }
+
+    fn spec(path: &str) -> serde_json::Value {
+        serde_json::json!({ "linux": { "cgroupsPath": path } })
+    }
+
+    #[test]
+    fn the_start_actions_mover_moves_itself_into_the_containers_warmup_directory() {
+        let (_dir, roots) = hybrid();
+        // Already there (a fake file stands for the kernel's): nothing is made, the mover still goes in.
+        let leaf = roots.cgroup.join("unified/pods/c2");
+        std::fs::create_dir_all(&leaf).expect("leaf");
+        std::fs::write(leaf.join("cgroup.procs"), "").expect("procs");
+        let start =
+            early(&roots, "c2", &spec("/pods/c2")).expect("a hybrid host and a cgroupfs path");
+        assert!(start.made.is_empty());
+        let (id, dir, made): (String, PathBuf, Vec<PathBuf>) =
+            serde_json::from_str(&start.env).expect("the server's value parses");
+        assert_eq!(
+            (id.as_str(), dir.as_path(), made.len()),
+            ("c2", leaf.as_path(), 0)
+        );
+        // "0": the mover's own pid, as the kernel reads it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(leaf.join("cgroup.procs")).unwrap_or_default() != "0" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the mover never wrote"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn no_early_warmup_without_a_hybrid_tree_or_a_cgroupfs_path() {
+        let (_dir, roots) = hybrid();
+        for s in [
+            spec("kubepods-burstable-pod1.slice:cri-containerd:c1"),
+            spec("default/c1"),
+            spec("/"),
+            serde_json::json!({ "linux": {} }),
+            serde_json::json!({}),
+        ] {
+            assert!(early(&roots, "c1", &s).is_none(), "{s}");
+        }
+        assert!(!roots.cgroup.join("unified/default").exists());
+    }
+
+    #[test]
+    fn the_server_adopts_what_the_start_action_made_once_and_removes_it_when_unused() {
+        let (_dir, roots) = hybrid();
+        let unified = roots.cgroup.join("unified");
+        let start = early(&roots, "c1", &spec("/pods/c1")).expect("early warm-up");
+        let dir = unified.join("pods/c1");
+        assert_eq!(start.made, vec![unified.join("pods"), dir.clone()]);
+        keep_early(&start.env);
+        // Another container's create leaves it; this container's takes it, once.
+        assert_eq!(take_early("c9", &unified.join("pods/c9")), None);
+        assert_eq!(take_early("c1", &dir), Some(start.made.clone()));
+        assert_eq!(take_early("c1", &dir), None);
+        // Not adopted: the server's exit removes it (a fake directory has no procs file for the mover to write).
+        keep_early(&start.env);
+        drop_early();
+        assert!(!unified.join("pods").exists());
+        // A value that does not parse is ignored.
+        keep_early("not json");
+        assert!(EARLY.lock().unwrap_or_else(|e| e.into_inner()).is_none());
     }
 }
