@@ -67,13 +67,22 @@ cat > "$root/usr/local/sbin/predictive-guest-run" <<'EOF'
 # Mounts the host's 9p shares and runs the workspace's scripts/guest-inside.sh (see scripts/guest-image.sh).
 ws=$(sed -n 's/.*predictive\.ws=\([^ ]*\).*/\1/p' /proc/cmdline)
 o="trans=virtio,version=9p2000.L,msize=524288"
+# share TAG DIR [OPTIONS]: mounts a 9p share, waiting up to 60 s for its device: under emulation the virtio
+# devices are probed while this unit already runs ("9pnet_virtio: no channels available for device out", 2026-12-02).
+share() {
+    for _ in $(seq 60); do
+        mount -t 9p -o "$o${3:+,$3}" "$1" "$2" 2>/dev/null && return 0
+        sleep 1
+    done
+    mount -t 9p -o "$o${3:+,$3}" "$1" "$2"
+}
 mkdir -p /predictive-out
-mount -t 9p -o "$o" out /predictive-out
+share out /predictive-out
 if [ -n "$ws" ]; then
     mkdir -p "$ws" /var/cache/predictive-e2e
     # The workspace does not change while the guest runs: cache it (binaries exec from the page cache).
-    mount -t 9p -o "$o,cache=loose" ws "$ws"
-    mount -t 9p -o "$o" cache /var/cache/predictive-e2e
+    share ws "$ws" cache=loose
+    share cache /var/cache/predictive-e2e
     "$ws/scripts/guest-inside.sh" 2>&1 | tee /predictive-out/guest.log
 else
     echo "guest: no predictive.ws= on the kernel command line" | tee /predictive-out/guest.log

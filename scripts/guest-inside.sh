@@ -13,6 +13,14 @@ echo "guest: kernel $(uname -r), PID 1 $(ps -p 1 -o comm=), systemd $(systemctl 
 for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
     echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
 done
+# Under TCG the guest kernel died twice on 2026-12-02 on an int3 in the scheduler (update_curr, enqueue_task_fair):
+# a vCPU ran code that another vCPU was live-patching. The scheduler's cfs-bandwidth static key is patched each time
+# the first CPU quota in the guest appears or the last one goes, which the tests do all the time. A finite quota on
+# an empty cgroup of the lane's own keeps the key on for the guest's life (as on any Kubernetes node, where quotas
+# always exist), so that code is never patched while the tests run.
+mkdir -p /sys/fs/cgroup/predictive-lane-pin &&
+    echo "100000000 100000" > /sys/fs/cgroup/predictive-lane-pin/cpu.max ||
+    echo "guest: could not pin the cfs-bandwidth key (a quota on predictive-lane-pin)"
 mkdir -p /tmp/nextest
 # Binaries executed from a 9p share page-fault through it (ctr --version: 5-10 s under emulation): the guest runs
 # local copies of the containerd packages, the images and our binaries.
