@@ -219,12 +219,14 @@ fn start(flags: &Flags) -> Result<()> {
         command.env(crate::warmup::EARLY_ENV, &e.env);
     }
     // Whatever fails from here, the early warm-up's directories go (a server that ran removed them already).
-    let undo = || early.as_ref().inspect(|e| e.undo());
+    let undo = || {
+        if let Some(e) = &early {
+            e.undo()
+        }
+    };
     let mut child = command
         .spawn()
-        .inspect_err(|_| {
-            undo();
-        })
+        .inspect_err(|_| undo())
         .map_err(ShimError::io("spawning the shim server"))?;
     // The server closes its stdout once it serves, or exits.
     let mut ready = Vec::new();

@@ -138,16 +138,13 @@ pub fn early(roots: &HostRoots, id: &str, spec: &serde_json::Value) -> Option<Ea
     )
     .ok()?;
     let made = runtime_hooks::companions::make_dirs(&root, &dir).ok()?;
-    let env = serde_json::to_string(&(id, &dir, &made)).ok();
-    let start = EarlyStart {
-        env: env.unwrap_or_default(),
-        made,
-    };
-    if start.env.is_empty() || !spawn_mover(&procs) {
-        start.undo();
-        return None;
+    match serde_json::to_string(&(id, &dir, &made)) {
+        Ok(env) if spawn_mover(&procs) => Some(EarlyStart { env, made }),
+        _ => {
+            remove_when_empty(&made);
+            None
+        }
     }
-    Some(start)
 }
 
 /// What the `start` action's early warm-up made.
