@@ -100,6 +100,9 @@ pub struct Client {
     timeout: Duration,
     conn: Option<BufReader<UnixStream>>,
     next_id: u64,
+    /// A poke came while a request was under way: it may be for a directive queued after the broker read the
+    /// request (the reply is written after the broker's state lock is let go), so one more report is due.
+    poked_late: bool,
 }
 
 fn is_stale(e: &std::io::Error) -> bool {
@@ -117,6 +120,7 @@ impl Client {
             timeout,
             conn: None,
             next_id: 1,
+            poked_late: false,
         }
     }
 
@@ -180,7 +184,9 @@ impl Client {
         let id = self.next_id;
         self.next_id += 1;
         let line = wire::encode_request(Some(id), req)?;
-        let r = self.exchange(&line, deadline);
+        // A report's reply carries every directive queued before the broker read it.
+        let answers_pokes = matches!(req, Request::Report(_) | Request::Reports(_));
+        let r = self.exchange(&line, deadline, answers_pokes);
         if r.is_err() {
             self.conn = None;
         }
@@ -190,22 +196,61 @@ impl Client {
         }
     }
 
-    /// Sends `line` and reads the reply, skipping the pokes the broker sent before it ([`Response::Poke`]: the
-    /// request under way answers them).
-    fn exchange(&mut self, line: &str, deadline: Instant) -> Result<Response, ClientError> {
+    /// Sends `line` and reads the reply, skipping the pokes the broker sent before it ([`Response::Poke`]). The
+    /// pokes already waiting when the request goes out are answered by it; one that comes after may be for a
+    /// directive the broker queued after it read a report (it writes the reply once the report is durable, with
+    /// its state lock let go), so it is remembered ([`Self::has_unread`]) until the next report goes out.
+    fn exchange(
+        &mut self,
+        line: &str,
+        deadline: Instant,
+        answers_pokes: bool,
+    ) -> Result<Response, ClientError> {
+        self.read_waiting_pokes(deadline);
         self.send(line, deadline)?;
+        if answers_pokes {
+            self.poked_late = false;
+        }
         loop {
             let (_, resp) = wire::parse_response(&self.read_line(deadline)?);
             match resp.map_err(ClientError::BadReply)? {
-                Response::Poke => continue,
+                Response::Poke => self.poked_late = true,
                 resp => return Ok(resp),
             }
         }
     }
 
-    /// Whether the broker wrote something this client has not read (a poke, between requests) or closed the
-    /// connection: a report is worth sending now. Never blocks (a zero-timeout poll when nothing is buffered).
+    /// Reads the lines the broker wrote between requests (pokes) without waiting for more. Anything else there
+    /// (a line no request asked for, a closed connection, an error) drops the connection: the request goes out
+    /// on a new one.
+    fn read_waiting_pokes(&mut self, deadline: Instant) {
+        while self.readable() {
+            let poke = self
+                .read_line(deadline)
+                .ok()
+                .map(|l| wire::parse_response(&l).1);
+            if !matches!(poke, Some(Ok(Response::Poke))) {
+                self.conn = None;
+                return;
+            }
+        }
+    }
+
+    /// Whether the broker wrote something this client has not read (a poke, between requests), poked during the
+    /// last request ([`Self::poked_late`]) or closed the connection: a report is worth sending now. Never blocks
+    /// (a zero-timeout poll when nothing is buffered).
     pub fn has_unread(&self) -> bool {
+        self.poked_late || self.readable()
+    }
+
+    /// A poke came while a request was under way and no report went out since ([`Self::exchange`]): a report
+    /// is worth sending now, though nothing waits on the connection. No system call.
+    pub fn poked_late(&self) -> bool {
+        self.poked_late
+    }
+
+    /// Whether the connection has bytes buffered or waiting, or was closed (a zero-timeout poll).
+    fn readable(&self) -> bool {
         let Some(conn) = &self.conn else {
             return false;
         };
@@ -533,15 +578,16 @@ mod tests {
     }
 
     #[test]
-    fn a_poke_between_requests_is_seen_and_skipped_before_the_reply() {
+    fn a_poke_during_a_request_asks_one_more_report() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("poke.sock");
         let l = UnixListener::bind(&path).expect("bind");
-        let (poke_now, poked) = std::sync::mpsc::channel::<()>();
+        let (step, stepped) = std::sync::mpsc::channel::<()>();
         let (done, wait_done) = std::sync::mpsc::channel::<()>();
         let server = std::thread::spawn(move || {
             let (s, _) = l.accept().expect("accept");
             let mut r = BufReader::new(s.try_clone().expect("clone"));
+            let mut unasked = s.try_clone().expect("clone");
             let mut w = s;
             let poke = wire::encode_response(None, &Response::Poke).expect("poke");
             let reply = wire::encode_response(
@@ -549,20 +595,26 @@ mod tests {
                 &Response::Directives(crate::wire::Directives::default()),
             )
             .expect("reply");
-            let mut line = String::new();
-            r.read_line(&mut line).expect("read");
-            w.write_all(reply.as_bytes()).expect("write");
+            let mut answer = |before: &str| {
+                let mut line = String::new();
+                r.read_line(&mut line).expect("read");
+                w.write_all(format!("{before}{reply}").as_bytes())
+                    .expect("write");
+            };
+            answer("");
             // Unasked, between requests.
-            poked.recv().expect("told to poke");
-            w.write_all(poke.as_bytes()).expect("write");
+            stepped.recv().expect("told to poke");
+            unasked.write_all(poke.as_bytes()).expect("write");
             done.send(()).expect("done");
-            line.clear();
-            r.read_line(&mut line).expect("read");
-            // A second poke raced with the request: it arrives before the reply.
-            w.write_all(format!("{poke}{reply}").as_bytes())
-                .expect("write");
+            answer("");
+            // One raced with the request: it arrives before the reply.
+            answer(&poke);
+            // An Update and two more reports, nothing unasked.
+            for _ in 0..3 {
+                answer("");
+            }
             // Open until the client looked (a closed connection reads as unread: worth a report).
-            poked.recv().expect("told to close");
+            stepped.recv().expect("told to close");
         });
         let mut c = Client::new(&path, Duration::from_secs(5));
         let report = Report {
@@ -573,12 +625,29 @@ mod tests {
         c.report(&report).expect("first report");
         assert!(c.fd().is_some());
         assert!(!c.has_unread(), "nothing sent after the reply");
-        poke_now.send(()).expect("poke");
+        step.send(()).expect("poke");
         wait_done.recv().expect("poked");
         assert!(c.has_unread(), "the poke waits to be read");
         assert_eq!(c.report(&report).expect("second report"), Vec::new());
-        assert!(!c.has_unread(), "both pokes were read with the reply");
-        poke_now.send(()).expect("close");
+        assert!(
+            !c.has_unread(),
+            "a poke waiting before the request is answered by it"
+        );
+        assert_eq!(c.report(&report).expect("third report"), Vec::new());
+        assert!(
+            c.poked_late() && c.has_unread(),
+            "a poke during the request may be for a directive queued after the broker read it"
+        );
+        let update = Update {
+            container_id: "c".to_owned(),
+            ..Update::default()
+        };
+        assert_eq!(c.update(&update).expect("update"), Vec::new());
+        assert!(c.poked_late(), "only a report answers a late poke");
+        assert_eq!(c.report(&report).expect("fourth report"), Vec::new());
+        assert!(!c.has_unread(), "the fourth report answered it");
+        assert_eq!(c.report(&report).expect("fifth report"), Vec::new());
+        step.send(()).expect("close");
         server.join().expect("server thread");
         assert!(c.has_unread(), "a closed connection is worth a report");
     }

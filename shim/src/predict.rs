@@ -673,10 +673,11 @@ impl Augment {
     }
 
     /// The heartbeat when the looks until the next one would find nothing to say (`ticker.rs`): the pacer has
-    /// it settled (idle, the broker told so), nothing is buffered or pending, the container is neither frozen by
-    /// the broker nor stopping, nothing forces a report each tick (a network limit), and it lends nothing (its
-    /// allocation is not below what it registered with: a lender turning busy must get its CPU back within
-    /// ticks). Never blocks: a state held elsewhere means not settled.
+    /// it settled (idle, the broker told so), nothing is buffered or pending (a poke that came during the last
+    /// report is: the next tick reports), the container is neither frozen by the broker nor stopping, nothing
+    /// forces a report each tick (a network limit), and it lends nothing (its allocation is not below what it
+    /// registered with: a lender turning busy must get its CPU back within ticks). Never blocks: a state held
+    /// elsewhere means not settled.
     fn settled(&self) -> Option<Duration> {
         use std::sync::atomic::Ordering::Relaxed;
         if self.net_limited.load(Relaxed) || self.net_in_limited.load(Relaxed) {
@@ -689,6 +690,7 @@ impl Augment {
             && !st.pace.stopping_sent
             && st.buffered.is_empty()
             && st.pace.due.is_none()
+            && !st.client.poked_late()
             && st.pace.pacer.settled();
         let heartbeat = st.pace.pacer.pacing().heartbeat;
         drop(st);
