@@ -101,6 +101,20 @@ pub fn warmup_dir(roots: &HostRoots, cgroups_path: &str) -> Option<(PathBuf, Pat
     }
 }
 
+/// The cgroup2 directory the calling process is in (the `0::` line of `/proc/self/cgroup` under the cgroup2
+/// mount), on a pure v2 or a hybrid host; `None` on a v1-only host, or where the line or the mount is missing. A
+/// process that writes itself into it moves nowhere (the kernel finds source and destination the same), but the
+/// write takes the cgroup threadgroup lock as any move does: the shim's warm-up uses that to start the create's
+/// grace period where it may not make the container's directory (pure v2, a systemd path).
+pub fn own_dir(roots: &HostRoots) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(roots.proc.join("self/cgroup")).ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    match Hierarchy::detect(roots).ok()? {
+        Hierarchy::Unified(m) | Hierarchy::Hybrid { unified: m, .. } => mount_dir(&m, path),
+        Hierarchy::Legacy(_) => None,
+    }
+}
+
 /// Puts `pid` (a container's init, before it runs) into every companion hierarchy at the path of its v1 memory
 /// cgroup (or of its first controller), making the directories that are missing. Nothing to do on a pure v2 host,
 /// or where the pid already is at that path.

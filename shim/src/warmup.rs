@@ -22,6 +22,10 @@ use crate::zygote::{self, Reply, Request};
 /// passed. Nothing else changes: the directory is the container's own, made here instead of after the create.
 /// Measured (docs/BENCHMARKS.md): `ctr run --rm ... /bin/true` median 110 ms without, 101 ms with.
 ///
+/// Where the shim may not make that directory (a pure v2 host, where libcontainer or systemd makes the container's
+/// cgroup; a systemd path) the worker writes itself into the cgroup2 directory it is already in
+/// ([`runtime_hooks::companions::own_dir`]): nothing moves, nothing is made, and the grace period starts all the same.
+///
 /// The `start` action starts the same grace period ~3 ms sooner ([`early`]) when it spawns a server.
 pub struct Warmup {
     /// The directories made (outermost first), once the worker has been and gone.
@@ -35,8 +39,12 @@ impl Warmup {
         id: &str,
         spec: &oci_spec::runtime::Spec,
     ) -> Option<Warmup> {
-        let path = spec.linux().as_ref()?.cgroups_path().as_ref()?.to_str()?;
-        let (root, dir) = runtime_hooks::companions::warmup_dir(roots, path)?;
+        let path = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .and_then(|p| p.to_str());
+        let Target { root, dir } = target(roots, path)?;
         let runtime = runtime.clone();
         let id = id.to_string();
         let early = take_early(&id, &dir);
@@ -45,8 +53,9 @@ impl Warmup {
         let task = tokio::spawn(async move {
             // mkdir in a cgroup hierarchy is kernel work: off the runtime thread, as the rest.
             let d = dir.clone();
-            let made = match blocking("making the warm-up cgroup", move || {
-                runtime_hooks::companions::make_dirs(&root, &d)
+            let made = match blocking("making the warm-up cgroup", move || match root {
+                Some(root) => runtime_hooks::companions::make_dirs(&root, &d),
+                None => Ok(Vec::new()),
             })
             .await
             {
@@ -94,6 +103,23 @@ impl Warmup {
     }
 }
 
+/// Where a warm-up mover writes itself: the container's cgroup2 directory on a hybrid host (`root` is the tree's
+/// mount point, to make it under), else the mover's own cgroup2 directory (`root` is `None`: nothing to make).
+struct Target {
+    root: Option<PathBuf>,
+    dir: PathBuf,
+}
+
+fn target(roots: &HostRoots, cgroups_path: Option<&str>) -> Option<Target> {
+    match cgroups_path.and_then(|p| runtime_hooks::companions::warmup_dir(roots, p)) {
+        Some((root, dir)) => Some(Target {
+            root: Some(root),
+            dir,
+        }),
+        None => runtime_hooks::companions::own_dir(roots).map(|dir| Target { root: None, dir }),
+    }
+}
+
 /// Removes warm-up directories (outermost first) once the mover that was in the innermost has exited: it
 /// replies, or the `start` action returns, before it exits, and until it has, its directory is busy.
 fn remove_when_empty(made: &[PathBuf]) {
@@ -123,21 +149,28 @@ struct Early {
 static EARLY: Mutex<Option<Early>> = Mutex::new(None);
 
 /// The `start` action's half, when it is about to spawn a server for container `id`: makes the directory
-/// [`Warmup`] would (a hybrid host and a cgroupfs path only) and forks a mover into it that exits at once, so
+/// [`Warmup`] would (a hybrid host and a cgroupfs path; elsewhere the action's own cgroup2 directory, made by
+/// nobody) and forks a mover into it that exits at once, so
 /// the grace period runs from here (~3 ms before the server's create can start it: the server's exec and start-up,
 /// containerd's connect and Create). The mover shares no descriptor with the action (containerd reads the
 /// action's output to its end) and nobody waits for it. Returns the value of [`EARLY_ENV`] for the server,
 /// which adopts the directories at the create (or removes them, [`drop_early`]).
 pub fn early(roots: &HostRoots, id: &str, spec: &serde_json::Value) -> Option<EarlyStart> {
-    let path = spec.get("linux")?.get("cgroupsPath")?.as_str()?;
-    let (root, dir) = runtime_hooks::companions::warmup_dir(roots, path)?;
+    let path = spec
+        .get("linux")
+        .and_then(|l| l.get("cgroupsPath"))
+        .and_then(|p| p.as_str());
+    let Target { root, dir } = target(roots, path)?;
     let procs = CString::new(
         dir.join("cgroup.procs")
             .into_os_string()
             .into_encoded_bytes(),
     )
     .ok()?;
-    let made = runtime_hooks::companions::make_dirs(&root, &dir).ok()?;
+    let made = match root {
+        Some(root) => runtime_hooks::companions::make_dirs(&root, &dir).ok()?,
+        None => Vec::new(),
+    };
     match serde_json::to_string(&(id, &dir, &made)) {
         Ok(env) if spawn_mover(&procs) => Some(EarlyStart { env, made }),
         _ => {
@@ -260,9 +293,14 @@ mod tests {
             (id.as_str(), dir.as_path(), made.len()),
             ("c2", leaf.as_path(), 0)
         );
-        // "0": the mover's own pid, as the kernel reads it.
+        wait_moved(&leaf);
+    }
+
+    /// Waits for the fake `cgroup.procs` in `dir` to hold what a mover writes ("0": its own pid, as the kernel
+    /// reads it).
+    fn wait_moved(dir: &Path) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::fs::read_to_string(leaf.join("cgroup.procs")).unwrap_or_default() != "0" {
+        while std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default() != "0" {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the mover never wrote"
@@ -272,7 +310,61 @@ mod tests {
     }
 
     #[test]
-    fn no_early_warmup_without_a_hybrid_tree_or_a_cgroupfs_path() {
+    fn where_the_containers_directory_is_not_ours_to_make_the_mover_writes_itself_where_it_is() {
+        // A pure v2 host (a systemd node: containerd in its service's cgroup) and a hybrid host with a systemd path.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v2 = HostRoots {
+            cgroup: dir.path().join("cgroup"),
+            proc: dir.path().join("proc"),
+            mountinfo: dir.path().join("mountinfo"),
+        };
+        std::fs::write(
+            &v2.mountinfo,
+            "30 23 0:27 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n",
+        )
+        .expect("mountinfo");
+        let (_hdir, hybrid) = hybrid();
+        for (roots, root, path) in [
+            (&v2, "cgroup", "/default/c1"),
+            (&v2, "cgroup", "kubepods-pod1.slice:cri-containerd:c1"),
+            (
+                &hybrid,
+                "cgroup/unified",
+                "kubepods-pod1.slice:cri-containerd:c1",
+            ),
+        ] {
+            let own = roots
+                .cgroup
+                .parent()
+                .expect("tmp")
+                .join(root)
+                .join("system.slice/containerd.service");
+            std::fs::create_dir_all(&own).expect("own cgroup");
+            std::fs::write(own.join("cgroup.procs"), "").expect("procs");
+            std::fs::create_dir_all(roots.proc.join("self")).expect("proc");
+            std::fs::write(
+                roots.proc.join("self/cgroup"),
+                "0::/system.slice/containerd.service\n",
+            )
+            .expect("proc self cgroup");
+            let start = early(roots, "c1", &spec(path)).expect(path);
+            assert!(start.made.is_empty(), "{path}: nothing is made");
+            let (_, at, _): (String, PathBuf, Vec<PathBuf>) =
+                serde_json::from_str(&start.env).expect("the server's value parses");
+            assert_eq!(at, own, "{path}");
+            wait_moved(&own);
+            // The server's create finds the same directory: no second mover, nothing to remove.
+            keep_early(&start.env);
+            assert_eq!(take_early("c1", &own), Some(Vec::new()));
+        }
+        assert!(
+            !v2.cgroup.join("default").exists(),
+            "the container's own directory is not made on v2"
+        );
+    }
+
+    #[test]
+    fn no_early_warmup_where_neither_the_containers_nor_its_own_cgroup2_directory_is_known() {
         let (_dir, roots) = hybrid();
         for s in [
             spec("kubepods-burstable-pod1.slice:cri-containerd:c1"),
