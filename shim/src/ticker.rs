@@ -65,6 +65,8 @@ pub struct Ticker<W> {
     /// A member joined (wakes a ticker that had none), or something ended a settled sleep ([`Self::wake`]).
     woken: Notify,
     running: AtomicBool,
+    /// A member left since the last look: every other member reports at that look ([`Self::leave`]).
+    left: AtomicBool,
     /// The members' PSI triggers behind one epoll fd (`None`: no epoll set could be made).
     triggers: Option<TriggerSet>,
 }
@@ -76,6 +78,7 @@ impl<W: Watched> Ticker<W> {
             members: Mutex::new(Vec::new()),
             woken: Notify::new(),
             running: AtomicBool::new(false),
+            left: AtomicBool::new(false),
             triggers: TriggerSet::new()
                 .inspect_err(|e| tracing::debug!("no epoll set for PSI triggers: {e}"))
                 .ok(),
@@ -119,9 +122,17 @@ impl<W: Watched> Ticker<W> {
     }
 
     /// Removes `w` (no-op when it is not a member). A step already under way may still include it: its step
-    /// must check that it is still running.
+    /// must check that it is still running. The members left report at once, as on a poke: the leaving
+    /// member's connection may be the one their last reports went on (`batch.rs`), where the broker pokes them,
+    /// and it closes with the member; their reports tell the broker a live one.
     pub fn leave(&self, w: &Arc<W>) {
-        self.members().retain(|m| !Arc::ptr_eq(m, w));
+        let mut members = self.members();
+        let before = members.len();
+        members.retain(|m| !Arc::ptr_eq(m, w));
+        if members.len() < before && !members.is_empty() {
+            self.left.store(true, Ordering::Release);
+            self.woken.notify_one();
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -160,6 +171,7 @@ impl<W: Watched> Ticker<W> {
                 // No members, no timer. A join between the check and the wait leaves a permit: none is missed.
                 timer = None;
                 period = self.tick;
+                self.left.store(false, Ordering::Release);
                 self.woken.notified().await;
                 continue;
             }
@@ -192,7 +204,8 @@ impl<W: Watched> Ticker<W> {
             // copy of the list a tick.
             let due: Vec<Arc<W>> = {
                 let members = self.members();
-                let poked = members.iter().any(|m| m.poked());
+                let poked =
+                    self.left.swap(false, Ordering::AcqRel) || members.iter().any(|m| m.poked());
                 members.iter().filter(|m| m.look(poked)).cloned().collect()
             };
             if !due.is_empty() {
@@ -549,6 +562,40 @@ mod tests {
         assert_eq!(a.looks(), after, "asleep again after the poke");
         (&broker_end).write_all(b"poke\n").expect("poke");
         until(|| steps.lock().expect("steps").len() >= 2).await;
+    }
+
+    #[tokio::test]
+    async fn a_member_leaving_makes_the_others_report_once() {
+        let tick = Duration::from_millis(10);
+        let ticker = Arc::new(Ticker::new(tick));
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let members: Vec<Arc<Member>> = (1..=3).map(|id| Member::new(id, false, &steps)).collect();
+        let hour = Duration::from_secs(3600);
+        for m in &members {
+            *m.settled.lock().expect("settled") = Some(hour);
+            ticker.join(m.clone());
+        }
+        until(|| members[0].looks() >= 1).await;
+        tokio::time::sleep(tick * 5).await;
+        assert!(steps.lock().expect("steps").is_empty(), "nothing due");
+        // Member 1 carried the others' last reports; it goes, and its connection with it.
+        ticker.leave(&members[0]);
+        until(|| !steps.lock().expect("steps").is_empty()).await;
+        assert_eq!(
+            steps.lock().expect("steps")[0],
+            vec![2, 3],
+            "the members left report on a connection of their own"
+        );
+        // Once: asleep again after it.
+        tokio::time::sleep(tick * 5).await;
+        assert_eq!(steps.lock().expect("steps").len(), 1, "one report each");
+        ticker.leave(&members[1]);
+        until(|| steps.lock().expect("steps").len() >= 2).await;
+        assert_eq!(steps.lock().expect("steps")[1], vec![3]);
+        // The last member leaving asks nothing of anyone.
+        ticker.leave(&members[2]);
+        tokio::time::sleep(tick * 5).await;
+        assert_eq!(steps.lock().expect("steps").len(), 2);
     }
 
     #[tokio::test]
