@@ -44,7 +44,13 @@ impl Warmup {
             .as_ref()
             .and_then(|l| l.cgroups_path().as_ref())
             .and_then(|p| p.to_str());
-        let Target { root, dir } = target(roots, path)?;
+        // The server's own cgroup does not change once it serves: looked up once, not at every Create.
+        static OWN: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+        let own = || {
+            OWN.get_or_init(|| runtime_hooks::companions::own_dir(roots))
+                .clone()
+        };
+        let Target { root, dir } = target(roots, path, own)?;
         let runtime = runtime.clone();
         let id = id.to_string();
         let early = take_early(&id, &dir);
@@ -52,21 +58,26 @@ impl Warmup {
         let moved = early.is_some();
         let task = tokio::spawn(async move {
             // mkdir in a cgroup hierarchy is kernel work: off the runtime thread, as the rest.
-            let d = dir.clone();
-            let made = match blocking("making the warm-up cgroup", move || match root {
-                Some(root) => runtime_hooks::companions::make_dirs(&root, &d),
-                None => Ok(Vec::new()),
-            })
-            .await
-            {
-                // What the `start` action made is the container's as well (outermost first).
-                Some(Ok(made)) => early.into_iter().flatten().chain(made).collect(),
-                Some(Err(e)) => {
-                    tracing::debug!(container = %id, "no cgroup2 directory {}: {e}", dir.display());
-                    return Vec::new();
+            let made = match root {
+                None => Vec::new(),
+                Some(root) => {
+                    let d = dir.clone();
+                    match blocking("making the warm-up cgroup", move || {
+                        runtime_hooks::companions::make_dirs(&root, &d)
+                    })
+                    .await
+                    {
+                        Some(Ok(made)) => made,
+                        Some(Err(e)) => {
+                            tracing::debug!(container = %id, "no cgroup2 directory {}: {e}", dir.display());
+                            return Vec::new();
+                        }
+                        None => return Vec::new(),
+                    }
                 }
-                None => return Vec::new(),
             };
+            // What the `start` action made is the container's as well (outermost first).
+            let made: Vec<PathBuf> = early.into_iter().flatten().chain(made).collect();
             if moved {
                 return made;
             }
@@ -110,13 +121,19 @@ struct Target {
     dir: PathBuf,
 }
 
-fn target(roots: &HostRoots, cgroups_path: Option<&str>) -> Option<Target> {
+/// `own` gives the mover's own cgroup2 directory ([`runtime_hooks::companions::own_dir`]), asked only when the
+/// container's is not ours to make.
+fn target(
+    roots: &HostRoots,
+    cgroups_path: Option<&str>,
+    own: impl FnOnce() -> Option<PathBuf>,
+) -> Option<Target> {
     match cgroups_path.and_then(|p| runtime_hooks::companions::warmup_dir(roots, p)) {
         Some((root, dir)) => Some(Target {
             root: Some(root),
             dir,
         }),
-        None => runtime_hooks::companions::own_dir(roots).map(|dir| Target { root: None, dir }),
+        None => own().map(|dir| Target { root: None, dir }),
     }
 }
 
@@ -160,7 +177,7 @@ pub fn early(roots: &HostRoots, id: &str, spec: &serde_json::Value) -> Option<Ea
         .get("linux")
         .and_then(|l| l.get("cgroupsPath"))
         .and_then(|p| p.as_str());
-    let Target { root, dir } = target(roots, path)?;
+    let Target { root, dir } = target(roots, path, || runtime_hooks::companions::own_dir(roots))?;
     let procs = CString::new(
         dir.join("cgroup.procs")
             .into_os_string()
