@@ -4,7 +4,7 @@
 //! PREDICTIVE_E2E_RUNTIME=io.containerd.runc.v2 there is no broker: these tests print why and pass.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use broker::api::{Explain, Status};
 use broker::client::Client;
@@ -815,6 +815,185 @@ fn a_pods_containers_report_in_grouped_messages() {
     }
     c.remove(&a);
     c.remove(&b);
+    c.finish();
+}
+
+/// CLOCK_MONOTONIC now: the clock the shims' heartbeats fall due on (at multiples of the heartbeat,
+/// `runtime_hooks::pacing::heartbeat_due`), the same for every process on the host.
+fn monotonic() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`, which outlives the call; CLOCK_MONOTONIC always exists.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// 5d6d40a on real containers: a pod's containers share one shim, which sends their reports as one batch on the
+/// connection of the first due member, and the broker pokes a container on the connection its last report came
+/// on. When the member whose connection carried the pod's last batch finishes, the members left report at once on
+/// their own, so a lease drawing on an idle, settled member afterwards reaches it by a poke, not at its heartbeat.
+///
+/// F (the first member, 0.05 cores, idle) and L (the lender, 1.45 cores, idle) in one pod. F's `sleep` ends two ticks
+/// after a heartbeat H of the pod that comes once L has settled: both report at H in one batch, on F's connection
+/// (the broker's counters show the batch); then F exits and is removed, which closes that connection. B, outside
+/// the pod, spins and borrows from L; L's quota must go down within 3 s of the lease. Before the fix the broker's
+/// poke for L went to F's connection (or nowhere once it closed), it pokes once per report, and L's settled shim
+/// collected its side of the lease only at its next heartbeat, H + 10 s; the test checks that the lease came at
+/// least 3 s and two ticks before that, so only a poke can bring L's side within the 3 s.
+#[test]
+fn a_pods_lender_is_poked_after_the_member_that_carried_its_reports_finished() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let tick = tick();
+    // The default 10 s on this host, set so that it is a whole number of ticks in the guest too: the pod's
+    // heartbeats fall on multiples of it.
+    let heartbeat = tick * 20;
+    let Some(c) = start(
+        "a_pods_lender_is_poked_after_the_member_that_carried_its_reports_finished",
+        "host_cpu_cores = 2.0",
+        &format!(
+            "quota_unlimited_cpu = true\nidle_heartbeat_ms = {}\n\n[metrics]\nlisten = \"{addr}\"",
+            heartbeat.as_millis()
+        ),
+    ) else {
+        return;
+    };
+    idle_history(&c, "e2e-borrower");
+    let pod = format!("io.kubernetes.cri.sandbox-id={}", c.id("pod"));
+    let (f, l, b) = (c.id("first"), c.id("lender"), c.id("borrower"));
+
+    // H: the first heartbeat at least 6 s away, time for F and L to start, report and settle before it.
+    let now = monotonic();
+    let hb = heartbeat.as_nanos();
+    let h = (now + secs(6)).as_nanos().div_ceil(hb) * hb;
+    let h = Duration::from_nanos(u64::try_from(h).expect("monotonic ns fit in u64"));
+    let h_at = Instant::now() + (h - now);
+    let h_wall = SystemTime::now() + (h - now);
+    let f_sleep = (h + tick * 2).saturating_sub(monotonic());
+    c.run_detached(
+        &f,
+        &[
+            "--cpus",
+            "0.05",
+            "--annotation",
+            &pod,
+            "--annotation",
+            "io.predictive.task-type=e2e-first",
+        ],
+        &["sleep", &format!("{:.3}", f_sleep.as_secs_f64())],
+    );
+    c.run_detached(
+        &l,
+        &[
+            "--cpus",
+            "1.45",
+            "--annotation",
+            &pod,
+            "--annotation",
+            "io.predictive.task-type=e2e-lender",
+        ],
+        &["sleep", "100000"],
+    );
+    assert_eq!(c.shim_pids().len(), 1, "one sandbox-id, one shim");
+    assert!(
+        Instant::now() + tick * 6 <= h_at,
+        "L started {:?} before the pod's heartbeat: too late to settle before it",
+        h_at.saturating_duration_since(Instant::now())
+    );
+
+    // Both members report at H, in one batch: F is the first member, so on F's connection.
+    std::thread::sleep(h_at.saturating_duration_since(Instant::now() + tick));
+    let batched = || metric(&scrape(&addr)?, "predictive_batched_reports_total");
+    let grouped_before = batched().expect("the broker's metrics");
+    c.wait_status(
+        &f,
+        "STOPPED",
+        h_at.saturating_duration_since(Instant::now()) + tick * 2 + secs(10),
+    );
+    let f_exited = h_at.elapsed();
+    let grouped_after = batched().expect("the broker's metrics");
+    assert!(
+        grouped_after >= grouped_before + 2.0,
+        "the pod's heartbeat did not go as one batch of both members: {grouped_before} -> {grouped_after} batched reports"
+    );
+    c.remove(&f);
+    assert_eq!(c.cpu_quota_us(&l), Some(145_000), "L lends nothing yet");
+
+    c.run_detached(
+        &b,
+        &["--annotation", "io.predictive.task-type=e2e-borrower"],
+        &["sh", "-c", "while :; do :; done"],
+    );
+    let b_quota = c.cpu_quota_us(&b).expect("B quota");
+    assert!(
+        (1..=20_000).contains(&b_quota),
+        "B should start with its small predicted quota: {b_quota}"
+    );
+    // L's quota is watched from now on: its side of the lease may land before the test sees the lease.
+    let l_lent = |c: &Containerd| {
+        c.cpu_quota_us(&l)
+            .filter(|q| *q < 145_000)
+            .map(|q| (q, SystemTime::now()))
+    };
+    let mut lent = None;
+    let lease = wait_until(secs(8), || {
+        lent = lent.or_else(|| l_lent(&c));
+        let st = status(&c)?;
+        let lease = st
+            .leases
+            .iter()
+            .find(|x| x.holder == b && x.lender.as_deref() == Some(l.as_str()))?
+            .clone();
+        (c.cpu_quota_us(&b)? > b_quota).then_some(lease)
+    });
+    let lease = lease.unwrap_or_else(|| {
+        panic!(
+            "no lease from {l} to {b}: status {:?}, B quota {:?}",
+            status(&c),
+            c.cpu_quota_us(&b)
+        )
+    });
+    let granted = UNIX_EPOCH + Duration::from_millis(lease.granted_at_ms);
+    let since_h = granted.duration_since(h_wall).unwrap_or_default();
+    let next_heartbeat = (h_wall + heartbeat)
+        .duration_since(granted)
+        .unwrap_or_default();
+    println!(
+        "F exited {f_exited:?} after the pod's heartbeat (batched reports {grouped_before} -> {grouped_after}); the broker lent B \
+         {:.2} cores of L's {since_h:?} after it, {next_heartbeat:?} before L's next heartbeat",
+        lease.amount
+    );
+    assert!(
+        next_heartbeat >= secs(3) + tick * 2,
+        "the lease came {next_heartbeat:?} before L's heartbeat: too close to tell a poke from it"
+    );
+    // L's shim must be poked, on the connection L reported on after F left, and apply its side of the lease.
+    let lent = lent.or_else(|| {
+        let left = (granted + secs(3))
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        wait_until(left, || l_lent(&c))
+    });
+    let after = lent.map(|(q, at)| (q, at.duration_since(granted).unwrap_or_default()));
+    let Some((quota, after)) = after.filter(|(_, after)| *after <= secs(3)) else {
+        panic!(
+            "L's quota did not go down by its loan: {:?} within 3 s of the lease (its next heartbeat \
+             {next_heartbeat:?} after it)",
+            after.map_or_else(|| c.cpu_quota_us(&l), |(q, _)| Some(q))
+        )
+    };
+    println!(
+        "L's quota went down to {quota} {after:?} ({:.1} ticks) after the lease was granted",
+        after.as_secs_f64() / tick.as_secs_f64()
+    );
+    c.remove(&b);
+    c.remove(&l);
     c.finish();
 }
 
