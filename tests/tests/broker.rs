@@ -101,6 +101,22 @@ fn alloc(mb: u32, then: &str) -> Vec<String> {
     ]
 }
 
+/// Starts `id` spinning as task type e2e-borrower (see [`idle_history`]) and returns its CPU quota, checked to be
+/// the small predicted one (no CPU limit of its own: it may borrow above it).
+fn spin_borrower(c: &Containerd, id: &str) -> i64 {
+    c.run_detached(
+        id,
+        &["--annotation", "io.predictive.task-type=e2e-borrower"],
+        &["sh", "-c", "while :; do :; done"],
+    );
+    let quota = c.cpu_quota_us(id).expect("B quota");
+    assert!(
+        (1..=20_000).contains(&quota),
+        "B should start with its small predicted quota: {quota}"
+    );
+    quota
+}
+
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -267,16 +283,7 @@ fn idle_neighbour_lends_cpu_and_gets_it_back() {
         &["sh", "-c", &a_cmd],
     );
     let a_started = Instant::now();
-    c.run_detached(
-        &b,
-        &["--annotation", "io.predictive.task-type=e2e-borrower"],
-        &["sh", "-c", "while :; do :; done"],
-    );
-    let b_quota = c.cpu_quota_us(&b).expect("B quota");
-    assert!(
-        (1..=20_000).contains(&b_quota),
-        "B should start with its small predicted quota: {b_quota}"
-    );
+    let b_quota = spin_borrower(&c, &b);
     let b_started = Instant::now();
     let lease = wait_until(secs(8), || {
         let st = status(&c)?;
@@ -925,16 +932,7 @@ fn a_pods_lender_is_poked_after_the_member_that_carried_its_reports_finished() {
     c.remove(&f);
     assert_eq!(c.cpu_quota_us(&l), Some(145_000), "L lends nothing yet");
 
-    c.run_detached(
-        &b,
-        &["--annotation", "io.predictive.task-type=e2e-borrower"],
-        &["sh", "-c", "while :; do :; done"],
-    );
-    let b_quota = c.cpu_quota_us(&b).expect("B quota");
-    assert!(
-        (1..=20_000).contains(&b_quota),
-        "B should start with its small predicted quota: {b_quota}"
-    );
+    let b_quota = spin_borrower(&c, &b);
     // L's quota is watched from now on: its side of the lease may land before the test sees the lease.
     let l_lent = |c: &Containerd| {
         c.cpu_quota_us(&l)
