@@ -17,7 +17,9 @@
 //! Env: PREDICTIVE_SUITE_QUICK=1 (3 measured rounds, durations and inputs x0.5), PREDICTIVE_SUITE_HISTORY (3),
 //! PREDICTIVE_SUITE_ROUNDS (2), PREDICTIVE_SUITE_SCALE (1.0; x0.5 quick), PREDICTIVE_SUITE_CPUS (2.0),
 //! PREDICTIVE_SUITE_MEMORY_MIB (1536), PREDICTIVE_SUITE_CRITICAL_WEIGHT (the broker's critical-path CPU weight;
-//! 1, the default, is off), plus the harness's PREDICTIVE_E2E_CONTAINERD / PREDICTIVE_E2E_SHIM_DIR.
+//! 1, the default, is off), PREDICTIVE_SUITE_ADMIT_IDLE_CPU (unset: admission by allocation; a number of cores:
+//! usage-based admission for every policy's measured rounds, [`runner::Env::admit_idle_cpu`]), plus the harness's
+//! PREDICTIVE_E2E_CONTAINERD / PREDICTIVE_E2E_SHIM_DIR.
 
 #[path = "suite/metrics.rs"]
 mod metrics;
@@ -200,6 +202,19 @@ fn main() {
         cpu: env_or("PREDICTIVE_SUITE_CPUS", 2.0),
         mem: env_or::<u64>("PREDICTIVE_SUITE_MEMORY_MIB", 1536) << 20,
     };
+    let admission = match std::env::var("PREDICTIVE_SUITE_ADMIT_IDLE_CPU") {
+        Err(_) => None,
+        Ok(v) => match v.trim().parse::<f64>() {
+            Ok(c) if c.is_finite() && (0.0..=cap.cpu).contains(&c) => Some(c),
+            _ => {
+                eprintln!(
+                    "suite: PREDICTIVE_SUITE_ADMIT_IDLE_CPU={v:?} is not a number of cores from 0 to {}",
+                    cap.cpu
+                );
+                std::process::exit(2);
+            }
+        },
+    };
     if Containerd::cgroup_v2_host() {
         println!("SKIPPED: suite: reads cgroup v1 files; this host is cgroup v2 only");
         return;
@@ -230,17 +245,21 @@ fn main() {
     let began = Instant::now();
     println!(
         "suite: containerd {} ({}), capacity {:.2} cores / {} MiB, {history} history rounds + {rounds} measured \
-         rounds x 3 policies, scale {scale}",
+         rounds x 3 policies, scale {scale}, admission {}",
         c.settings.containerd,
         c.dir.display(),
         cap.cpu,
-        cap.mem >> 20
+        cap.mem >> 20,
+        admission.map_or("by allocation".to_owned(), |c| format!(
+            "by use (a task starts while {c:.2} cores are idle)"
+        ))
     );
     let env = Env {
         c: &c,
         cap,
         interval: Duration::from_millis(250),
         task_timeout: Duration::from_secs_f64(240.0 * scale.max(0.5)),
+        admit_idle_cpu: admission,
     };
     let mut expect: HashMap<String, Limits> = HashMap::new();
     let mut recorded = Recorded::default();

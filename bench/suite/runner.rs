@@ -243,6 +243,12 @@ pub struct Env<'a> {
     pub interval: Duration,
     /// A task is killed after this long (and counted as failed).
     pub task_timeout: Duration,
+    /// Usage-based admission, the same for every policy (`PREDICTIVE_SUITE_ADMIT_IDLE_CPU`): a ready task starts
+    /// while memory fits by allocation and the running containers' measured CPU leaves at least this many cores of
+    /// the capacity idle, whatever CPU its limit asks (quotas may then sum past the host, as Kubernetes limits do,
+    /// and the kernel's shares divide the cores). Measured rounds only: the history rounds stay as by default.
+    /// `None`: admission by allocation (the default).
+    pub admit_idle_cpu: Option<f64>,
 }
 
 fn now_ms() -> u64 {
@@ -449,6 +455,25 @@ fn host_lent(cl: &mut Client) -> HashMap<String, f64> {
         }
     }
     out
+}
+
+/// Cores the running containers used between their last two samples.
+fn used_cpu(live: &[Live]) -> f64 {
+    live.iter()
+        .filter_map(|l| match l.m.probes.as_slice() {
+            [.., a, b] => Some(metrics::cores(a.cpu_ns, a.t, b.cpu_ns, b.t)),
+            _ => None,
+        })
+        .sum()
+}
+
+/// Usage-based admission's guess for the containers not measured yet (fewer than two samples): the CPU of the
+/// allocation their admission assumed, so two tasks are not admitted into the same idle cores before either runs.
+fn starting_cpu(live: &[Live]) -> f64 {
+    live.iter()
+        .filter(|l| l.m.probes.len() < 2)
+        .map(|l| l.expected.cpu)
+        .sum()
 }
 
 pub fn run_pipeline(
@@ -658,7 +683,14 @@ pub fn run_pipeline(
                 _ => limits[i],
             };
             let batch_running = live.iter().any(|l| !defs[l.def].server);
-            if in_use.fits_with(want, env.cap) || !batch_running {
+            let fits = match env.admit_idle_cpu.filter(|_| policy != Policy::History) {
+                Some(idle) => {
+                    in_use.mem + want.mem <= env.cap.mem
+                        && env.cap.cpu - used_cpu(&live) - starting_cpu(&live) >= idle - 1e-6
+                }
+                None => in_use.fits_with(want, env.cap),
+            };
+            if fits || !batch_running {
                 start_task(i, limits[i], &mut live, want);
                 state[i] = State::Running;
                 first_batch.get_or_insert(t());
