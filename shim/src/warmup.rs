@@ -26,7 +26,7 @@ use crate::zygote::{self, Reply, Request};
 /// cgroup; a systemd path) the worker writes itself into the cgroup2 directory it is already in
 /// ([`runtime_hooks::companions::own_dir`]): nothing moves, nothing is made, and the grace period starts all the same.
 ///
-/// The `start` action starts the same grace period ~3 ms sooner ([`early`]) when it spawns a server.
+/// The `start` action starts the same grace period ~2 ms sooner ([`early`]) when it spawns a server.
 pub struct Warmup {
     /// The directories made (outermost first), once the worker has been and gone.
     task: tokio::task::JoinHandle<Vec<PathBuf>>,
@@ -168,7 +168,7 @@ static EARLY: Mutex<Option<Early>> = Mutex::new(None);
 /// The `start` action's half, when it is about to spawn a server for container `id`: makes the directory
 /// [`Warmup`] would (a hybrid host and a cgroupfs path; elsewhere the action's own cgroup2 directory, made by
 /// nobody) and forks a mover into it that exits at once, so
-/// the grace period runs from here (~3 ms before the server's create can start it: the server's exec and start-up,
+/// the grace period runs from here (~2 ms before the server's create can start it: the server's exec and start-up,
 /// containerd's connect and Create). The mover shares no descriptor with the action (containerd reads the
 /// action's output to its end) and nobody waits for it. Returns the value of [`EARLY_ENV`] for the server,
 /// which adopts the directories at the create (or removes them, [`drop_early`]).
