@@ -101,6 +101,29 @@ pub fn warmup_dir(roots: &HostRoots, cgroups_path: &str) -> Option<(PathBuf, Pat
     }
 }
 
+/// The container's own directories in the companion hierarchies (`name=systemd`, a hybrid host's cgroup2 tree)
+/// at an absolute cgroupfs `cgroups_path` (as a v1 container's bundle says once the shim placed it): what
+/// [`join_companions`] made for it, found again without the shim that made them (its `delete` action after the
+/// server died). Empty on a pure v2 host, for a `slice:prefix:name` or relative path, or one naming the root.
+pub fn dirs_at(roots: &HostRoots, cgroups_path: &str) -> Vec<PathBuf> {
+    if !cgroups_path.starts_with('/') || is_systemd_form(cgroups_path) {
+        return Vec::new();
+    }
+    let Ok(path) = normalize_cgroups_path(cgroups_path) else {
+        return Vec::new();
+    };
+    if path.trim_matches('/').is_empty() {
+        return Vec::new();
+    }
+    let Ok(hierarchy) = Hierarchy::detect(roots) else {
+        return Vec::new();
+    };
+    companion_mounts(&hierarchy)
+        .into_iter()
+        .filter_map(|m| mount_dir(m, &path))
+        .collect()
+}
+
 /// The cgroup2 directory the calling process is in (the `0::` line of `/proc/self/cgroup` under the cgroup2
 /// mount), on a pure v2 or a hybrid host; `None` on a v1-only host, or where the line or the mount is missing. A
 /// process that writes itself into it moves nowhere (the kernel finds source and destination the same), but the
@@ -377,6 +400,26 @@ mod tests {
                 None,
                 "{layout:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_dirs_at_a_path_are_the_ones_an_init_joined_there() {
+        for layout in [Layout::V1, Layout::Hybrid, Layout::V2] {
+            let host = FakeHost::new(layout);
+            host.container(POD);
+            init_at(&host, POD);
+            let joined = join_companions(&host.roots(), 77);
+            assert_eq!(dirs_at(&host.roots(), POD), joined.joined, "{layout:?}");
+            for p in [
+                "kubepods-burstable-pod1.slice:cri-containerd:c1",
+                "default/c1",
+                "/default/../../etc",
+                "/",
+                "",
+            ] {
+                assert!(dirs_at(&host.roots(), p).is_empty(), "{layout:?} {p:?}");
+            }
         }
     }
 

@@ -24,3 +24,22 @@ pub fn remove_companions(id: &str, made: &[PathBuf]) {
         tracing::warn!(container = %id, "removing {}: {e}", dir.display());
     }
 }
+
+/// The `delete` action after a server that died with container `id` standing: removes the container's directories
+/// in the companion hierarchies at the cgroupsPath its bundle says ([`runtime_hooks::companions::dirs_at`]), which
+/// only the dead server knew it made. Parents stay (other containers may use them, as after a normal Delete's
+/// [`remove_companions`] of a parent it did not make); a directory that will not go is reported on stderr.
+pub fn remove_left(id: &str, cgroups_path: &str) {
+    for dir in runtime_hooks::companions::dirs_at(&HostRoots::default(), cgroups_path) {
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!(
+                "{}: delete {}: removing {}: {e}",
+                crate::RUNTIME_NAME,
+                id.escape_debug(),
+                dir.display()
+            ),
+        }
+    }
+}

@@ -375,6 +375,45 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The `delete` action after a shim that is gone (SIGKILL, the OOM killer) while its container still stood: tells
+/// the broker the run ended with the exit status the action reports to containerd (137), so the container's
+/// allocation and leases leave the broker's books now rather than at its forget, and the run is recorded. Nothing
+/// for a container the broker was never told of (mode off, a pod sandbox, predictive disabled, a spec that does
+/// not load or whose annotations do not check); bounded by the Register budget, never starts a broker, and a
+/// broker that is down or never knew the container is not an error.
+pub fn finish_after_dead_shim(id: &str, bundle: &Path) {
+    let Ok(spec) = Spec::load(bundle.join("config.json")) else {
+        return;
+    };
+    let Ok(ann) = check_annotations(&spec) else {
+        return;
+    };
+    let sandbox = annotations(&spec)
+        .get(predictive_api::annotations::CRI_CONTAINER_TYPE)
+        .is_some_and(|t| t == "sandbox");
+    let s = Settings::get();
+    if sandbox || ann.mode == Mode::Off || !s.enabled {
+        return;
+    }
+    let f = Finish {
+        container_id: id.to_owned(),
+        exit_code: 137,
+        oom_killed: false,
+        peak_memory_bytes: None,
+        cpu_seconds: None,
+    };
+    match Client::new(&s.socket, s.register_budget).finish(&f) {
+        Ok(_) => {}
+        Err(e) if e.is_no_broker() || e.is_not_registered() => {}
+        Err(e) => eprintln!(
+            "{}: delete {}: the broker was not told the run ended: {}",
+            crate::RUNTIME_NAME,
+            id.escape_debug(),
+            predictive_api::error_chain(&e)
+        ),
+    }
+}
+
 impl Augment {
     /// Create, before libcontainer: checks the annotations and registers (bounded); in mode enforce the caller
     /// writes [`Augment::spec_directives`] into `config.json`. `None` in mode off. Blocking: call from the

@@ -277,7 +277,10 @@ fn delete(flags: &Flags) -> Result<()> {
     let bundle = bundle_dir(flags)?;
     let group = grouping(&bundle, &flags.id);
     let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &group);
-    if !serving(socket_path(&address)) {
+    if dead_server(socket_path(&address)) {
+        // The container is still there only when its shim died before deleting it (a normal Delete removes its
+        // state before containerd 1.6 runs this action): then what only that server knew goes too.
+        let stood = state_root(&flags.namespace).join(&flags.id).exists();
         let reply = runtime::work(
             Request::Delete {
                 id: flags.id.clone(),
@@ -289,6 +292,16 @@ fn delete(flags: &Flags) -> Result<()> {
             eprintln!("{RUNTIME_NAME}: delete {}: {message}", flags.id);
         }
         crate::container::unmount_rootfs(&bundle.join("rootfs"));
+        if stood {
+            let spec = read_spec(&bundle);
+            if let Some(path) = spec
+                .as_ref()
+                .and_then(|s| s.pointer("/linux/cgroupsPath")?.as_str())
+            {
+                crate::companions::remove_left(&flags.id, path);
+            }
+            crate::predict::finish_after_dead_shim(&flags.id, &bundle);
+        }
     }
     let response = DeleteResponse {
         exit_status: 137,
@@ -301,6 +314,18 @@ fn delete(flags: &Flags) -> Result<()> {
     std::io::stdout()
         .write_all(&bytes)
         .map_err(ShimError::io("writing the delete response"))
+}
+
+/// `false` when the group's server still serves its socket; else the server is gone (exited or killed) and a
+/// socket file it left (a SIGKILL leaves it) is removed. Checked under the start lock, so a `start` for the same
+/// group either serves before the check or binds after the removal.
+fn dead_server(path: &str) -> bool {
+    let _lock = StartLock::take(path).ok();
+    if serving(path) {
+        return false;
+    }
+    let _ = std::fs::remove_file(path);
+    true
 }
 
 pub fn state_root(namespace: &str) -> PathBuf {

@@ -645,6 +645,84 @@ fn broker_kill9_restart_keeps_containers_records_and_leases() {
     c.finish();
 }
 
+/// A shim killed with SIGKILL (the OOM killer, an operator's kill -9) leaves its container to containerd's clean-up,
+/// which runs the shim binary's `delete` action: that action ends the container and tells the broker, so the
+/// container's allocation leaves the broker's books with it, not at the broker's 10-minute forget, and its run is
+/// recorded (exit 137, as containerd reports it).
+#[test]
+fn a_killed_shims_container_leaves_the_broker_with_containerds_cleanup() {
+    let Some(c) = start(
+        "a_killed_shims_container_leaves_the_broker_with_containerds_cleanup",
+        "host_cpu_cores = 2.0",
+        "",
+    ) else {
+        return;
+    };
+    let id = c.id("shim-k9");
+    c.run_detached(
+        &id,
+        &[
+            "--cpus",
+            "1.5",
+            "--annotation",
+            "io.predictive.task-type=e2e-shim-k9",
+        ],
+        &["sleep", "1000"],
+    );
+    let held = wait_until(secs(5), || {
+        status(&c)?.tasks.into_iter().find(|t| t.container_id == id)
+    })
+    .unwrap_or_else(|| panic!("{id} never registered: {:?}", status(&c)));
+    let shims = c.shim_processes();
+    assert!(!shims.is_empty(), "no shim process serves {id}");
+    for p in &shims {
+        // SAFETY: killing the shim processes of this test's own containerd.
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    let killed = Instant::now();
+    let ended = wait_until(secs(15), || {
+        (c.status(&id).as_deref() != Some("RUNNING")).then(|| killed.elapsed())
+    });
+    let ended = ended
+        .unwrap_or_else(|| panic!("containerd still runs {id} 15 s after its shim was killed"));
+    let left = wait_until(secs(5), || {
+        let st = status(&c)?;
+        (!st.tasks.iter().any(|t| t.container_id == id)).then(|| killed.elapsed())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the broker still holds {id} ({:?}) {:?} after its shim was killed and containerd cleaned up: {:?}",
+            held.allocation,
+            killed.elapsed(),
+            status(&c)
+        )
+    });
+    // The run is written after the broker lets the container go (its store writer batches it).
+    let runs = || {
+        client(&c)
+            .models()
+            .ok()?
+            .task_types
+            .into_iter()
+            .find(|t| t.task_key == "e2e-shim-k9")
+            .map(|t| t.runs_seen)
+    };
+    let recorded = wait_until(secs(5), || (runs() == Some(1)).then_some(()));
+    assert!(
+        recorded.is_some(),
+        "the killed run was not recorded: runs seen {:?}",
+        runs()
+    );
+    println!(
+        "shim killed ({} processes): containerd ended the task after {ended:?}, the broker let its allocation \
+         ({:?}) go after {left:?}",
+        shims.len(),
+        held.allocation
+    );
+    c.remove(&id);
+    c.finish();
+}
+
 /// Acceptance 6: a bad annotation value fails Create with InvalidArgument naming the annotation.
 #[test]
 fn bad_annotation_fails_create_naming_it() {
