@@ -86,13 +86,7 @@ fn is_systemd(m: &CgroupMount) -> bool {
 /// manager uses as is; `None` on other layouts, for a `slice:prefix:name` or relative path, or one naming the root.
 /// Returns the tree's mount point and the directory (for [`make_dirs`]).
 pub fn warmup_dir(roots: &HostRoots, cgroups_path: &str) -> Option<(PathBuf, PathBuf)> {
-    if !cgroups_path.starts_with('/') || is_systemd_form(cgroups_path) {
-        return None;
-    }
-    let path = normalize_cgroups_path(cgroups_path).ok()?;
-    if path.trim_matches('/').is_empty() {
-        return None;
-    }
+    let path = cgroupfs_path(cgroups_path)?;
     match Hierarchy::detect(roots).ok()? {
         Hierarchy::Hybrid { unified, .. } => {
             mount_dir(&unified, &path).map(|d| (unified.mount_point.clone(), d))
@@ -106,22 +100,25 @@ pub fn warmup_dir(roots: &HostRoots, cgroups_path: &str) -> Option<(PathBuf, Pat
 /// [`join_companions`] made for it, found again without the shim that made them (its `delete` action after the
 /// server died). Empty on a pure v2 host, for a `slice:prefix:name` or relative path, or one naming the root.
 pub fn dirs_at(roots: &HostRoots, cgroups_path: &str) -> Vec<PathBuf> {
-    if !cgroups_path.starts_with('/') || is_systemd_form(cgroups_path) {
-        return Vec::new();
-    }
-    let Ok(path) = normalize_cgroups_path(cgroups_path) else {
-        return Vec::new();
-    };
-    if path.trim_matches('/').is_empty() {
-        return Vec::new();
-    }
-    let Ok(hierarchy) = Hierarchy::detect(roots) else {
+    let (Some(path), Ok(hierarchy)) = (cgroupfs_path(cgroups_path), Hierarchy::detect(roots))
+    else {
         return Vec::new();
     };
     companion_mounts(&hierarchy)
         .into_iter()
         .filter_map(|m| mount_dir(m, &path))
         .collect()
+}
+
+/// An absolute cgroupfs `cgroups_path` normalized; `None` for a `slice:prefix:name` or relative path, one that
+/// does not normalize, or one naming the root.
+fn cgroupfs_path(cgroups_path: &str) -> Option<String> {
+    if !cgroups_path.starts_with('/') || is_systemd_form(cgroups_path) {
+        return None;
+    }
+    normalize_cgroups_path(cgroups_path)
+        .ok()
+        .filter(|p| !p.trim_matches('/').is_empty())
 }
 
 /// The cgroup2 directory the calling process is in (the `0::` line of `/proc/self/cgroup` under the cgroup2
@@ -279,6 +276,14 @@ mod tests {
 
     const POD: &str = "/kubepods/burstable/pod1/c1";
     const SCOPE: &str = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-c1.scope";
+    /// Paths that name no cgroupfs directory of a container: a systemd one, a relative one, one climbing out, root.
+    const NOT_CGROUPFS: [&str; 5] = [
+        "kubepods-burstable-pod1.slice:cri-containerd:c1",
+        "default/c1",
+        "/default/../../etc",
+        "/",
+        "",
+    ];
 
     /// `/proc/77/cgroup` of an init libcontainer put at `path` in the v1 controllers only.
     fn init_at(host: &FakeHost, path: &str) {
@@ -385,13 +390,7 @@ mod tests {
             warmup_dir(&host.roots(), SCOPE),
             Some((unified.clone(), unified.join(SCOPE.trim_start_matches('/'))))
         );
-        for p in [
-            "kubepods-burstable-pod1.slice:cri-containerd:c1",
-            "default/c1",
-            "/default/../../etc",
-            "/",
-            "",
-        ] {
+        for p in NOT_CGROUPFS {
             assert_eq!(warmup_dir(&host.roots(), p), None, "{p:?}");
         }
         for layout in [Layout::V1, Layout::V2] {
@@ -411,13 +410,7 @@ mod tests {
             init_at(&host, POD);
             let joined = join_companions(&host.roots(), 77);
             assert_eq!(dirs_at(&host.roots(), POD), joined.joined, "{layout:?}");
-            for p in [
-                "kubepods-burstable-pod1.slice:cri-containerd:c1",
-                "default/c1",
-                "/default/../../etc",
-                "/",
-                "",
-            ] {
+            for p in NOT_CGROUPFS {
                 assert!(dirs_at(&host.roots(), p).is_empty(), "{layout:?} {p:?}");
             }
         }
