@@ -44,6 +44,10 @@ const CLAIM_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Entry point of `containerd-shim-predictive-v2`.
 pub fn main() {
+    // A replacement zygote (zygote.rs): the server ran this binary again for one.
+    if let Some(value) = std::env::var_os(crate::zygote::EXEC_ENV) {
+        crate::zygote::serve_exec(&value.to_string_lossy(), runtime::work);
+    }
     let args: Vec<OsString> = std::env::args_os().collect();
     let flags = match containerd_shim::parse(&args[1..]) {
         Ok(flags) => flags,

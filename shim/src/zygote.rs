@@ -14,11 +14,18 @@
 //!
 //! Container processes end up as children of the shim proper: the worker exits right after
 //! creating them, and the shim is the nearest child subreaper. The zygote reaps only its workers.
+//!
+//! A zygote that dies (the OOM killer, a stray `kill -9`) would leave the shim unable to create, exec, pause or
+//! delete, so a pod could never be removed. The next request that finds it gone (the send fails: no reader)
+//! starts another one and is sent to it. The server is multi-threaded by then, so the new zygote is not a fork
+//! of it but the shim binary run again ([`EXEC_ENV`] names the inherited socket): a fresh single-threaded
+//! process, a child of the server as the first one was.
 
 use std::io::{IoSlice, IoSliceMut, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::sys::socket::{
     self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
@@ -34,6 +41,11 @@ use crate::error::{Result, ShimError};
 const MAX_REQUEST: usize = 64 * 1024;
 /// Most descriptors one request carries: the reply socket and three stdio descriptors.
 const MAX_FDS: usize = 4;
+/// Set for the shim binary run as a replacement zygote: `<fd> <parent pid>`, the inherited end of the socket
+/// pair and the server to die with (0: none, the server's thread that started it may exit before the server).
+pub const EXEC_ENV: &str = "PREDICTIVE_SHIM_ZYGOTE";
+/// The descriptor a replacement zygote finds its socket on.
+const EXEC_FD: RawFd = 3;
 
 /// Which stdio descriptors follow the reply socket in a request, in this order.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -167,42 +179,72 @@ impl Stdio {
     }
 }
 
+/// What a worker runs: one request, its descriptors, one reply.
+pub type Work = fn(Request, Stdio) -> Reply;
+/// Starts a zygote serving a [`Work`]: the shim's end of its socket and its pid.
+type Replace = fn(Work) -> Result<(OwnedFd, Pid)>;
+
 /// The shim's handle on its zygote.
 pub struct Zygote {
     sock: Mutex<OwnedFd>,
-    pid: Pid,
+    pid: AtomicI32,
+    work: Work,
+    /// Starts a replacement: [`exec_zygote`] in the shim (tests fork one).
+    replace: Replace,
 }
 
 impl Zygote {
     /// Forks the zygote. Must run while the process is single-threaded: before the tokio runtime
     /// or any other thread is started.
-    pub fn spawn(work: fn(Request, Stdio) -> Reply) -> Result<Zygote> {
-        let (parent, child) = socket::socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(ShimError::sys("creating the zygote socket pair"))?;
-        // SAFETY: the caller guarantees the process is single-threaded, so the child may run any
-        // code; it never returns from `serve`.
-        match unsafe { fork() }.map_err(ShimError::sys("forking the zygote"))? {
-            ForkResult::Child => {
-                drop(parent);
-                serve(child, work)
-            }
-            ForkResult::Parent { child: pid } => {
-                drop(child);
-                Ok(Zygote {
-                    sock: Mutex::new(parent),
-                    pid,
-                })
-            }
-        }
+    pub fn spawn(work: Work) -> Result<Zygote> {
+        // SAFETY: the caller guarantees the process is single-threaded.
+        let (sock, pid) = unsafe { fork_zygote(work) }?;
+        Ok(Zygote {
+            sock: Mutex::new(sock),
+            pid: AtomicI32::new(pid.as_raw()),
+            work,
+            replace: exec_zygote,
+        })
     }
 
     pub fn pid(&self) -> i32 {
-        self.pid.as_raw()
+        self.pid.load(Ordering::Relaxed)
+    }
+
+    /// Sends one request datagram on `sock`; a zygote found gone (no reader: EPIPE) is replaced and the
+    /// datagram sent to the new one. Call with the socket's lock held.
+    fn send(&self, sock: &mut OwnedFd, body: &[u8], fds: &[RawFd], op: &str) -> Result<()> {
+        let send = |sock: &OwnedFd| {
+            socket::sendmsg::<()>(
+                sock.as_raw_fd(),
+                &[IoSlice::new(body)],
+                &[ControlMessage::ScmRights(fds)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+        };
+        match send(sock) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNREFUSED) => {}
+            Err(e) => return Err(ShimError::Zygote(format!("sending {op} request: {e}"))),
+        }
+        let gone = self.pid();
+        let (new, pid) = (self.replace)(self.work).map_err(|e| {
+            ShimError::Zygote(format!(
+                "the zygote (pid {gone}) is gone and no other could start: {}",
+                e.chain()
+            ))
+        })?;
+        *sock = new;
+        self.pid.store(pid.as_raw(), Ordering::Relaxed);
+        tracing::warn!(
+            gone,
+            zygote = pid.as_raw(),
+            "the zygote was gone; another one serves"
+        );
+        send(sock)
+            .map(|_| ())
+            .map_err(|e| ShimError::Zygote(format!("sending {op} request: {e}")))
     }
 
     /// Sends `request` with `stdio` to a new worker and waits for its reply.
@@ -224,19 +266,11 @@ impl Zygote {
             fds.push(fd.as_raw_fd());
         }
         {
-            let sock = self
+            let mut sock = self
                 .sock
                 .lock()
                 .map_err(|_| ShimError::Zygote("socket lock poisoned".into()))?;
-            let cmsg = [ControlMessage::ScmRights(&fds)];
-            socket::sendmsg::<()>(
-                sock.as_raw_fd(),
-                &[IoSlice::new(&body)],
-                &cmsg,
-                MsgFlags::empty(),
-                None,
-            )
-            .map_err(|e| ShimError::Zygote(format!("sending {} request: {e}", request.op())))?;
+            self.send(&mut sock, &body, &fds, request.op())?;
         }
         // The worker holds its own copies now; ours must go, or pipes would never see EOF.
         drop(theirs);
@@ -265,11 +299,117 @@ impl Zygote {
     }
 }
 
-/// The zygote's loop. Never returns.
-fn serve(sock: OwnedFd, work: fn(Request, Stdio) -> Reply) -> ! {
-    // The zygote must not outlive the shim.
-    // SAFETY: prctl with PR_SET_PDEATHSIG takes a plain integer argument.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+/// Forks a zygote serving `work`; returns the shim's end of its socket and its pid.
+///
+/// # Safety
+/// The process must be single-threaded (the child runs `work`'s code, not just async-signal-safe calls).
+unsafe fn fork_zygote(work: Work) -> Result<(OwnedFd, Pid)> {
+    let (parent, child) = socket::socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(ShimError::sys("creating the zygote socket pair"))?;
+    let me = nix::unistd::getpid();
+    // SAFETY: the caller guarantees the process is single-threaded, so the child may run any
+    // code; it never returns from `serve`.
+    match unsafe { fork() }.map_err(ShimError::sys("forking the zygote"))? {
+        ForkResult::Child => {
+            drop(parent);
+            serve(child, work, Some(me))
+        }
+        ForkResult::Parent { child: pid } => {
+            drop(child);
+            Ok((parent, pid))
+        }
+    }
+}
+
+/// A replacement zygote: the shim binary run again with [`EXEC_ENV`] and its end of a new socket pair as
+/// [`EXEC_FD`] (it serves `runtime::work`, whatever `work` says). It dies with the server only when started from
+/// the server's main thread (the parent-death signal follows the thread that forked); else it exits when the
+/// server's end of the socket closes, as it does anyway.
+fn exec_zygote(_work: Work) -> Result<(OwnedFd, Pid)> {
+    use std::os::unix::process::CommandExt;
+    let (parent, child) = socket::socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(ShimError::sys("creating the zygote socket pair"))?;
+    let me = nix::unistd::getpid();
+    let main_thread = nix::unistd::gettid() == me;
+    let raw = child.as_raw_fd();
+    let mut args = std::env::args_os();
+    let mut command = std::process::Command::new("/proc/self/exe");
+    if let Some(arg0) = args.next() {
+        command.arg0(arg0);
+    }
+    command
+        .args(args)
+        .env(
+            EXEC_ENV,
+            format!("{EXEC_FD} {}", if main_thread { me.as_raw() } else { 0 }),
+        )
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: between fork and exec the closure only calls dup2 and fcntl, which are async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            let rc = if raw == EXEC_FD {
+                libc::fcntl(raw, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(raw, EXEC_FD)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let spawned = command
+        .spawn()
+        .map_err(ShimError::io("running the shim binary as a zygote"))?;
+    drop(child);
+    Ok((parent, Pid::from_raw(spawned.id() as i32)))
+}
+
+/// The shim binary run by [`exec_zygote`]: serves `work` on the inherited socket. Never returns.
+pub fn serve_exec(value: &str, work: Work) -> ! {
+    let mut parts = value.split(' ');
+    let fd = parts.next().and_then(|f| f.parse::<RawFd>().ok());
+    let parent = parts
+        .next()
+        .and_then(|p| p.parse::<i32>().ok())
+        .filter(|p| *p > 0)
+        .map(Pid::from_raw);
+    let Some(fd) = fd.filter(|f| *f == EXEC_FD) else {
+        eprintln!("{EXEC_ENV}={value:?}: not a zygote's socket");
+        exit_now(2)
+    };
+    // SAFETY: still single-threaded (nothing but main has run), so the environment may change; the workers and
+    // the containers they start must not see the variable.
+    unsafe { std::env::remove_var(EXEC_ENV) };
+    // SAFETY: the server passed its end of a socket pair as this descriptor; nothing else here owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    serve(sock, work, parent)
+}
+
+/// The zygote's loop: serves `sock` until the server's end closes, dying with `parent` when given. Never returns.
+fn serve(sock: OwnedFd, work: Work, parent: Option<Pid>) -> ! {
+    if let Some(parent) = parent {
+        // The zygote must not outlive the shim.
+        // SAFETY: prctl with PR_SET_PDEATHSIG takes a plain integer argument.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        // The server may have died before the signal was asked for.
+        if nix::unistd::getppid() != parent {
+            exit_now(0);
+        }
+    }
     let mut workers: Vec<Pid> = Vec::new();
     let mut buf = vec![0u8; MAX_REQUEST];
     // Whether the code pages were dropped since the last request.
@@ -502,10 +642,49 @@ mod tests {
                 }
             ));
         });
-        let pid = zygote.pid;
+        let pid = Pid::from_raw(zygote.pid());
         drop(zygote);
         // Closing our end makes the zygote exit.
         let status = waitpid(pid, None).expect("wait zygote");
         assert_eq!(status, WaitStatus::Exited(pid, 0));
+    }
+
+    /// A test's replacement: a fork (the harness is multi-threaded; the echo worker only writes to a socket).
+    fn fork_for_test(work: Work) -> Result<(OwnedFd, Pid)> {
+        // SAFETY: see above.
+        unsafe { fork_zygote(work) }
+    }
+
+    #[test]
+    fn a_killed_zygote_is_replaced_by_the_next_request() {
+        let mut zygote = Zygote::spawn(echo).expect("spawn zygote");
+        zygote.replace = fork_for_test;
+        let first = Pid::from_raw(zygote.pid());
+        nix::sys::signal::kill(first, nix::sys::signal::Signal::SIGKILL).expect("kill");
+        assert_eq!(
+            waitpid(first, None).expect("wait"),
+            WaitStatus::Signaled(first, nix::sys::signal::Signal::SIGKILL, false)
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let kill = Request::Kill {
+            id: "c1".into(),
+            root: "/nonexistent".into(),
+            signal: 9,
+            all: false,
+        };
+        let reply = rt
+            .block_on(zygote.call(&kill, Stdio::default()))
+            .expect("the request reaches a new zygote");
+        assert_eq!(reply, Reply::Ok { pid: Some(9) });
+        let second = Pid::from_raw(zygote.pid());
+        assert_ne!(second, first);
+        drop(zygote);
+        assert_eq!(
+            waitpid(second, None).expect("wait"),
+            WaitStatus::Exited(second, 0)
+        );
     }
 }

@@ -163,6 +163,58 @@ fn exec_output_and_exit_code() {
     c.finish();
 }
 
+/// The shim's zygote killed (the OOM killer, a stray `kill -9`): the next request that needs it starts another,
+/// so exec, kill and delete still work, and the new one goes with the shim once the container is removed.
+#[test]
+fn a_killed_zygote_is_replaced_and_the_container_still_served() {
+    let Some(c) = start("a_killed_zygote_is_replaced_and_the_container_still_served") else {
+        return;
+    };
+    let id = c.id("zyg");
+    c.run_detached(&id, &[], SLEEP);
+    let helpers = || {
+        let shims = c.shim_pids();
+        c.shim_processes()
+            .into_iter()
+            .filter(|p| !shims.contains(p))
+            .collect::<Vec<_>>()
+    };
+    let before = helpers();
+    if c.runtime() == predictive_e2e::settings::RUNC_RUNTIME {
+        assert!(before.is_empty(), "runc's shim has no helper: {before:?}");
+    } else {
+        assert_eq!(before.len(), 1, "one zygote per shim: {before:?}");
+        // SAFETY: killing the zygote of this test's own shim.
+        unsafe { libc::kill(before[0], libc::SIGKILL) };
+        let gone = wait_until(Duration::from_secs(5), || {
+            (!std::path::Path::new(&format!("/proc/{}", before[0])).exists()).then_some(())
+        });
+        assert!(gone.is_some(), "zygote {} survived SIGKILL", before[0]);
+    }
+    let e = c.id("e");
+    let out = c
+        .ctr(&["t", "exec", "--exec-id", &e, &id, "echo", "served"])
+        .expect_ok("exec after the zygote was killed");
+    assert_eq!(out.stdout.trim(), "served", "{out}");
+    let after = helpers();
+    if c.runtime() != predictive_e2e::settings::RUNC_RUNTIME {
+        assert!(
+            after.len() == 1 && after != before,
+            "a new zygote serves: before {before:?}, after {after:?}"
+        );
+    }
+    let e = c.id("e");
+    let next = c
+        .ctr(&["t", "exec", "--exec-id", &e, &id, "echo", "served"])
+        .expect_ok("the next exec");
+    println!(
+        "exec that found the zygote gone: {:?}; the next one: {:?}",
+        out.elapsed, next.elapsed
+    );
+    c.remove(&id);
+    c.finish();
+}
+
 #[test]
 fn tty_shell() {
     let Some(c) = start("tty_shell") else { return };
