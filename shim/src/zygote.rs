@@ -299,18 +299,23 @@ impl Zygote {
     }
 }
 
-/// Forks a zygote serving `work`; returns the shim's end of its socket and its pid.
-///
-/// # Safety
-/// The process must be single-threaded (the child runs `work`'s code, not just async-signal-safe calls).
-unsafe fn fork_zygote(work: Work) -> Result<(OwnedFd, Pid)> {
-    let (parent, child) = socket::socketpair(
+/// A zygote's socket pair: the server's end, the zygote's end (both close-on-exec).
+fn zygote_pair() -> Result<(OwnedFd, OwnedFd)> {
+    socket::socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
         None,
         SockFlag::SOCK_CLOEXEC,
     )
-    .map_err(ShimError::sys("creating the zygote socket pair"))?;
+    .map_err(ShimError::sys("creating the zygote socket pair"))
+}
+
+/// Forks a zygote serving `work`; returns the shim's end of its socket and its pid.
+///
+/// # Safety
+/// The process must be single-threaded (the child runs `work`'s code, not just async-signal-safe calls).
+unsafe fn fork_zygote(work: Work) -> Result<(OwnedFd, Pid)> {
+    let (parent, child) = zygote_pair()?;
     let me = nix::unistd::getpid();
     // SAFETY: the caller guarantees the process is single-threaded, so the child may run any
     // code; it never returns from `serve`.
@@ -332,13 +337,7 @@ unsafe fn fork_zygote(work: Work) -> Result<(OwnedFd, Pid)> {
 /// server's end of the socket closes, as it does anyway.
 fn exec_zygote(_work: Work) -> Result<(OwnedFd, Pid)> {
     use std::os::unix::process::CommandExt;
-    let (parent, child) = socket::socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(ShimError::sys("creating the zygote socket pair"))?;
+    let (parent, child) = zygote_pair()?;
     let me = nix::unistd::getpid();
     let main_thread = nix::unistd::gettid() == me;
     let raw = child.as_raw_fd();
