@@ -386,8 +386,19 @@ pub fn serve_exec(value: &str, work: Work) -> ! {
         .and_then(|p| p.parse::<i32>().ok())
         .filter(|p| *p > 0)
         .map(Pid::from_raw);
-    let Some(fd) = fd.filter(|f| *f == EXEC_FD) else {
-        eprintln!("{EXEC_ENV}={value:?}: not a zygote's socket");
+    // Only what exec_zygote passes: descriptor 3, a seqpacket socket (a variable left in containerd's environment
+    // must not turn every shim action into a zygote waiting on whatever descriptor 3 is).
+    let is_socket = |fd: RawFd| {
+        // SAFETY: a borrow of descriptor 3 for the check only (an fd not open fails the check); it is owned below
+        // once it passed.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        socket::getsockopt(&borrowed, socket::sockopt::SockType) == Ok(SockType::SeqPacket)
+    };
+    let Some(fd) = fd.filter(|f| *f == EXEC_FD && is_socket(*f)) else {
+        eprintln!(
+            "{EXEC_ENV}=\"{}\": set only for a replacement zygote, with its socket as descriptor {EXEC_FD}",
+            value.escape_debug()
+        );
         exit_now(2)
     };
     // SAFETY: still single-threaded (nothing but main has run), so the environment may change; the workers and
