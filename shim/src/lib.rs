@@ -17,6 +17,7 @@ pub mod oom;
 pub mod options;
 pub mod predict;
 pub mod process;
+pub mod publisher;
 pub mod reaper;
 pub mod runtime;
 pub mod seams;

@@ -1,16 +1,14 @@
 //! The two seams the task service drives the outside world through, as runwasi's `Instance` and
 //! `EventSender` traits: [`Runtime`] (libcontainer in the zygote's workers, and signals to a known pid) and
-//! [`EventSink`] (containerd's event service). In the shim they are the [`Zygote`] and containerd-shim's
-//! `RemotePublisher`; a unit test puts fakes behind them (`task/tests.rs`), so the service's state machine,
-//! its error codes and its shutdown run without root, containerd or a container.
+//! [`EventSink`] (containerd's event service). In the shim they are the [`Zygote`] and the
+//! [`crate::publisher::Publisher`]; a unit test puts fakes behind them (`task/tests.rs`), so the service's state
+//! machine, its error codes and its shutdown run without root, containerd or a container.
 //!
 //! Cgroup reads and writes are not behind a trait: they take a [`runtime_hooks::HostRoots`], which a test
 //! points at an empty temp dir (or a fake cgroupfs), as runtime-hooks' own tests do.
 
 use async_trait::async_trait;
-use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim_protos::protobuf::MessageDyn;
-use containerd_shim_protos::ttrpc::context::Context;
 
 use crate::error::{Result, ShimError};
 use crate::zygote::{Reply, Request, Stdio, Zygote};
@@ -47,18 +45,4 @@ pub trait EventSink: Send + Sync + 'static {
     /// Sends one event to containerd under `topic` in `namespace`.
     async fn publish(&self, topic: &str, namespace: &str, event: Box<dyn MessageDyn>)
     -> Result<()>;
-}
-
-#[async_trait]
-impl EventSink for RemotePublisher {
-    async fn publish(
-        &self,
-        topic: &str,
-        namespace: &str,
-        event: Box<dyn MessageDyn>,
-    ) -> Result<()> {
-        RemotePublisher::publish(self, Context::default(), topic, namespace, event)
-            .await
-            .map_err(ShimError::shim(format!("publishing {topic}")))
-    }
 }

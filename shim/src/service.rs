@@ -469,11 +469,7 @@ async fn serve_async(
             "TTRPC_ADDRESS is not set: containerd starts shims with it".into(),
         )
     })?;
-    let publisher = containerd_shim::asynchronous::publisher::RemotePublisher::new(&ttrpc_address)
-        .await
-        .map_err(ShimError::shim(format!(
-            "connecting to containerd at {ttrpc_address}"
-        )))?;
+    let publisher = crate::publisher::Publisher::connect(&ttrpc_address).await?;
     let exit = Arc::new(Notify::new());
     let task = TaskService::new(
         &flags.namespace,

@@ -585,6 +585,37 @@ impl Containerd {
         }
     }
 
+    /// Kills containerd with SIGKILL (a crash; its shims and containers run on) and waits until it is gone.
+    pub fn kill_containerd(&self) {
+        // SAFETY: signalling the containerd this harness started.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let gone = wait_until(Duration::from_secs(10), || {
+            (!pid_alive(self.pid)).then_some(())
+        });
+        assert!(gone.is_some(), "containerd {} survived SIGKILL", self.pid);
+    }
+
+    /// Starts containerd again on the same root, state, sockets and config (after [`Self::kill_containerd`]), as a
+    /// restart or an upgrade would; the log so far is kept as `containerd.log.1`.
+    pub fn start_containerd_again(&mut self) {
+        let _ = std::fs::rename(
+            self.dir.join("containerd.log"),
+            self.dir.join("containerd.log.1"),
+        );
+        let mut up = Command::new(self.settings.script("containerd-up.sh"));
+        up.arg(&self.dir).arg(&self.settings.containerd);
+        if self.settings.shim_dir.is_dir() {
+            up.arg(&self.settings.shim_dir);
+        }
+        let out = run_cmd(up, Duration::from_secs(60));
+        assert!(out.ok(), "{}: starting containerd again: {out}", self.test);
+        self.pid = std::fs::read_to_string(self.dir.join("containerd.pid"))
+            .expect("containerd-up.sh writes containerd.pid")
+            .trim()
+            .parse()
+            .expect("containerd.pid holds a pid");
+    }
+
     fn stop_containerd(&self) {
         self.stop_broker();
         if pid_alive(self.pid) {

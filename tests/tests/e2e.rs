@@ -215,6 +215,77 @@ fn a_killed_zygote_is_replaced_and_the_container_still_served() {
     c.finish();
 }
 
+/// containerd killed and started again (a crash, an upgrade, `systemctl restart containerd`): the containers and
+/// their shims live on; the new containerd finds them through the same shims, sees the exit of one that died while
+/// it was down, and exec, the exit event, kill and delete work as before.
+#[test]
+fn containerd_restart_finds_the_running_containers() {
+    let Some(mut c) = start("containerd_restart_finds_the_running_containers") else {
+        return;
+    };
+    let live = c.id("live");
+    let gone = c.id("gone");
+    c.run_detached(&live, &[], SLEEP);
+    c.run_detached(&gone, &[], SLEEP);
+    // The live container's shim: its init's parent (the shim is its subreaper).
+    let shim_of_live = predictive_e2e::clean::parent_of(c.task_pid(&live));
+    let gone_pid = c.task_pid(&gone);
+    c.kill_containerd();
+    // SAFETY: the init of this test's own container.
+    unsafe { libc::kill(gone_pid, libc::SIGKILL) };
+    let reaped = wait_until(Duration::from_secs(5), || {
+        (!std::path::Path::new(&format!("/proc/{gone_pid}")).exists()).then_some(())
+    });
+    assert!(reaped.is_some(), "{gone}'s init {gone_pid} was not reaped");
+    let down = Instant::now();
+    c.start_containerd_again();
+    let found = wait_until(Duration::from_secs(10), || {
+        (c.status(&live).as_deref() == Some("RUNNING")
+            && c.status(&gone).as_deref() != Some("RUNNING"))
+        .then(|| down.elapsed())
+    });
+    assert!(
+        found.is_some(),
+        "after the restart: {live} {:?} (want RUNNING), {gone} {:?} (want STOPPED)",
+        c.status(&live),
+        c.status(&gone)
+    );
+    assert_eq!(
+        predictive_e2e::clean::parent_of(c.task_pid(&live)),
+        shim_of_live,
+        "the same shim serves {live} for the new containerd"
+    );
+    let e = c.id("e");
+    let out = c
+        .ctr(&["t", "exec", "--exec-id", &e, &live, "echo", "alive"])
+        .expect_ok("exec after the restart");
+    assert_eq!(out.stdout.trim(), "alive", "{out}");
+    // The exit reaches the new containerd as an event (the CRI plugin learns of exits only so).
+    let events = predictive_e2e::cmd::Bg::spawn(c.ctr_cmd(&["events"]));
+    std::thread::sleep(Duration::from_millis(300));
+    c.ctr(&["t", "kill", "-s", "SIGKILL", &live])
+        .expect_ok("kill after the restart");
+    let seen = wait_until(Duration::from_secs(10), || {
+        let out = events.stdout();
+        out.lines()
+            .any(|l| l.contains("/tasks/exit") && l.contains(live.as_str()))
+            .then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "no /tasks/exit for {live} after the restart; events seen:\n{}",
+        events.stdout()
+    );
+    drop(events);
+    println!(
+        "containerd restarted: both tasks found {:?} after it was started again",
+        found.unwrap_or_default()
+    );
+    c.remove(&live);
+    c.remove(&gone);
+    c.finish();
+}
+
 #[test]
 fn tty_shell() {
     let Some(c) = start("tty_shell") else { return };
