@@ -101,22 +101,15 @@ fn bundle_dir(flags: &Flags) -> Result<PathBuf> {
     }
 }
 
-/// The group a container's shim is shared by: its pod's sandbox id, else its own id.
-pub fn grouping(bundle: &Path, id: &str) -> String {
-    match read_spec(bundle) {
-        Some(spec) => group_of(&spec, id),
-        None => id.to_string(),
-    }
-}
-
 /// The bundle's config.json as JSON, if it reads and parses (the create reports what is wrong with it).
 fn read_spec(bundle: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(bundle.join("config.json")).ok()?;
     serde_json::from_str(&text).ok()
 }
 
-fn group_of(spec: &serde_json::Value, id: &str) -> String {
-    spec.get("annotations")
+/// The group a container's shim is shared by: its pod's sandbox id (from the bundle's spec), else its own id.
+fn group_of(spec: Option<&serde_json::Value>, id: &str) -> String {
+    spec.and_then(|s| s.get("annotations"))
         .and_then(|a| a.get(SANDBOX_ID_ANNOTATION))
         .and_then(|v| v.as_str())
         .filter(|s| !s.is_empty())
@@ -177,10 +170,7 @@ impl StartLock {
 fn start(flags: &Flags) -> Result<()> {
     let bundle = bundle_dir(flags)?;
     let spec = read_spec(&bundle);
-    let group = spec
-        .as_ref()
-        .map(|s| group_of(s, &flags.id))
-        .unwrap_or_else(|| flags.id.clone());
+    let group = group_of(spec.as_ref(), &flags.id);
     let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &group);
     let path = socket_path(&address).to_string();
     let lock = StartLock::take(&path)?;
@@ -279,7 +269,8 @@ fn start_options() -> Result<RuntimeOptions> {
 /// cgroups, unmounts its rootfs. Never touches a container whose shim still serves.
 fn delete(flags: &Flags) -> Result<()> {
     let bundle = bundle_dir(flags)?;
-    let group = grouping(&bundle, &flags.id);
+    let spec = read_spec(&bundle);
+    let group = group_of(spec.as_ref(), &flags.id);
     let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &group);
     if dead_server(socket_path(&address)) {
         // The container is still there only when its shim died before deleting it (a normal Delete removes its
@@ -297,7 +288,6 @@ fn delete(flags: &Flags) -> Result<()> {
         }
         crate::container::unmount_rootfs(&bundle.join("rootfs"));
         if stood {
-            let spec = read_spec(&bundle);
             if let Some(path) = spec
                 .as_ref()
                 .and_then(|s| s.pointer("/linux/cgroupsPath")?.as_str())
