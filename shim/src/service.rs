@@ -138,8 +138,43 @@ fn since_claim(path: &str) -> std::time::Duration {
         .unwrap_or(CLAIM_WINDOW)
 }
 
+/// `true` when a server listens at `path` and is not on its way out. A connect alone does not tell: a killed
+/// server's listening socket outlives its process (its files are released as the process exits, after its PSI
+/// trigger and event files, each of whose release may wait for an RCU grace period: a CRI pod's shim, killed with
+/// SIGKILL, still took connections 50 ms later with nobody to accept them, 2026-12-03), so the server that listened
+/// (the socket's peer credentials) must be alive and not exiting too.
 fn serving(path: &str) -> bool {
-    UnixStream::connect(path).is_ok()
+    let Ok(stream) = UnixStream::connect(path) else {
+        return false;
+    };
+    match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials) {
+        Ok(cred) if cred.pid() > 0 => !exiting(cred.pid()),
+        // Not known here (another pid namespace): only the connect tells.
+        _ => true,
+    }
+}
+
+/// Whether process `pid` is gone or on its way out.
+fn exiting(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat_exiting(&stat),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
+/// `PF_EXITING` of a task's flags (include/linux/sched.h): set as a task begins to exit.
+const PF_EXITING: u64 = 0x4;
+
+/// From `/proc/PID/stat`: the process is a zombie or dead, or has begun to exit (`PF_EXITING` in its flags, the 9th
+/// field). The fields are counted after the command's closing parenthesis, which the command may itself contain.
+fn stat_exiting(stat: &str) -> bool {
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next();
+    let flags = fields.nth(5).and_then(|f| f.parse::<u64>().ok());
+    matches!(state, Some("Z" | "X" | "x")) || flags.is_some_and(|f| f & PF_EXITING != 0)
 }
 
 /// An exclusive lock on the socket directory: serialises starts and the exit of idle servers.
@@ -517,4 +552,78 @@ async fn serve_async(
     // Events still queued (TaskDelete of the last container) reach containerd before we exit.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), shared.events.flush()).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn stat_exiting_reads_the_state_and_the_exiting_flag() {
+        // /proc/PID/stat: pid (comm) state ppid pgrp session tty_nr tpgid flags ...
+        let stat = |comm: &str, state: &str, flags: u64| {
+            format!("42 ({comm}) {state} 1 42 42 0 -1 {flags} 120 0 0 0")
+        };
+        assert!(!stat_exiting(&stat("containerd-shim", "S", 0x40_0000)));
+        assert!(!stat_exiting(&stat("containerd-shim", "R", 0x40_0140)));
+        assert!(stat_exiting(&stat("containerd-shim", "D", 0x40_0144)));
+        assert!(stat_exiting(&stat("containerd-shim", "Z", 0x40_0000)));
+        assert!(stat_exiting(&stat("containerd-shim", "X", 0)));
+        // A command may hold spaces and parentheses: the fields start after the last one.
+        assert!(!stat_exiting(&stat("a) Z 1 1 1 0 -1 4 (b", "S", 0)));
+        assert!(stat_exiting(&stat("a) S 1 1 1 0 -1 0 (b", "S", 4)));
+        assert!(!stat_exiting("garbage"));
+    }
+
+    #[test]
+    fn a_listener_whose_server_is_alive_is_serving() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s");
+        let _listener = UnixListener::bind(&path).expect("bind");
+        assert!(serving(path.to_str().expect("utf-8 path")));
+        assert!(!serving(dir.path().join("none").to_str().expect("utf-8")));
+    }
+
+    /// A listening socket that outlives the process that listened on it (a killed server's, while its files are
+    /// still being released) takes connections, but nobody serves it.
+    #[test]
+    fn a_listener_whose_server_is_gone_is_not_serving() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s");
+        // Bound here, listened on by a child that exits at once: the socket's credentials are the child's.
+        let sock = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        let addr = nix::sys::socket::UnixAddr::new(&path).expect("address");
+        nix::sys::socket::bind(sock.as_raw_fd(), &addr).expect("bind");
+        // SAFETY: the child makes only the async-signal-safe calls listen(2) and _exit(2).
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                // SAFETY: listen on a socket this process owns, then exit without running destructors.
+                unsafe {
+                    libc::_exit(if libc::listen(sock.as_raw_fd(), 8) == 0 {
+                        0
+                    } else {
+                        1
+                    })
+                }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).expect("waitpid");
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+        let path = path.to_str().expect("utf-8 path");
+        assert!(
+            UnixStream::connect(path).is_ok(),
+            "the orphaned listener takes connections"
+        );
+        assert!(!serving(path), "nobody serves an orphaned listener");
+        drop(sock);
+    }
 }
