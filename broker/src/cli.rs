@@ -79,6 +79,10 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A line that cannot be written is dropped. The subscriber would report it with `eprintln!` on the same
+        // stderr (a shim-started broker's is its log file), which panics when that fails too: on a full disk every
+        // thread that logged died, the store's recorder with it, and every later request waited out its timeout.
+        .log_internal_errors(false)
         .try_init();
     let (path, required) = match &flags.config {
         Some(p) => (p.clone(), true),

@@ -45,7 +45,14 @@ use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+use redb::{
+    Database, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::key::TaskKey;
@@ -357,9 +364,45 @@ pub struct DecisionQuery {
 
 /// The predictor's database. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Store {
-    db: Database,
+    /// `None` only after a reopen failed (the next transaction tries again, [`REOPEN_EVERY`] later).
+    db: RwLock<Option<Database>>,
     path: PathBuf,
+    opts: StoreOptions,
+    /// When a reopen was last tried, and how many succeeded ([`Store::reopens`]).
+    reopened: Mutex<Option<Instant>>,
+    reopens: AtomicU64,
+    /// A commit failed: the database refuses everything after it (reads too) until reopened.
+    failed: AtomicBool,
 }
+
+/// A transaction, holding the store's read lock so that a reopen never drops the database under it. Derefs to
+/// the redb transaction; the field order drops the transaction before the lock.
+pub(crate) struct Txn<'a, T> {
+    txn: T,
+    _db: RwLockReadGuard<'a, Option<Database>>,
+    failed: &'a AtomicBool,
+}
+
+impl<T> std::ops::Deref for Txn<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.txn
+    }
+}
+
+impl Txn<'_, WriteTransaction> {
+    fn commit(self) -> Result<(), redb::CommitError> {
+        let Txn { txn, _db, failed } = self;
+        txn.commit()
+            .inspect_err(|_| failed.store(true, Ordering::Release))
+    }
+}
+
+/// Fewest seconds between two reopens after I/O errors: a disk that stays full is not reopened on every request.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+/// Longest a reopen waits for the transactions in flight to end (it polls, so a transaction that began inside
+/// another on the same thread can never deadlock against it).
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -376,6 +419,20 @@ impl Store {
     /// [`Store::open`] with options. The file is opened without following a symlink and is made mode 0600
     /// whatever the umask (it holds containers' command lines).
     pub fn open_with(path: &Path, opts: &StoreOptions) -> Result<Self, StoreError> {
+        let store = Self {
+            db: RwLock::new(Some(Self::open_db(path, opts)?)),
+            path: path.to_path_buf(),
+            opts: opts.clone(),
+            reopened: Mutex::new(None),
+            reopens: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Opens the file (created mode 0600, never through a symlink) as a redb database.
+    fn open_db(path: &Path, opts: &StoreOptions) -> Result<Database, StoreError> {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
@@ -405,18 +462,113 @@ impl Store {
         if let Some(c) = opts.cache_bytes {
             builder.set_cache_size(c);
         }
-        let db = builder
+        builder
             .create_file(file)
             .map_err(|source| StoreError::Open {
                 path: path.to_path_buf(),
                 source: Box::new(source),
-            })?;
-        let store = Self {
-            db,
-            path: path.to_path_buf(),
+            })
+    }
+
+    /// Transactions begin here: a database that failed an I/O (redb then refuses every transaction with
+    /// `PreviousIo` until it is closed and opened again: a full disk, once freed, would be refused for the
+    /// process's whole life) is reopened, at most every [`REOPEN_EVERY`], which repairs it as after a crash (the
+    /// failed transaction is not in it), and the transaction is begun on the new one.
+    fn begin<T>(
+        &self,
+        op: &'static str,
+        start: impl Fn(&Database) -> Result<T, redb::TransactionError>,
+    ) -> Result<Txn<'_, T>, StoreError> {
+        let failed = || redb::TransactionError::Storage(redb::StorageError::PreviousIo);
+        let mut reopened = false;
+        loop {
+            let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+            let generation = self.reopens.load(Ordering::Acquire);
+            let result = match guard.as_ref() {
+                Some(db) if !self.failed.load(Ordering::Acquire) => start(db),
+                _ => Err(failed()),
+            };
+            match result {
+                Ok(txn) => {
+                    return Ok(Txn {
+                        txn,
+                        _db: guard,
+                        failed: &self.failed,
+                    });
+                }
+                Err(redb::TransactionError::Storage(redb::StorageError::PreviousIo))
+                    if !reopened =>
+                {
+                    drop(guard);
+                    reopened = true;
+                    if !self.reopen(generation) {
+                        return Err(db(op)(failed()));
+                    }
+                }
+                Err(e) => return Err(db(op)(e)),
+            }
+        }
+    }
+
+    fn begin_write(&self, op: &'static str) -> Result<Txn<'_, WriteTransaction>, StoreError> {
+        self.begin(op, Database::begin_write)
+    }
+
+    fn begin_read(&self, op: &'static str) -> Result<Txn<'_, ReadTransaction>, StoreError> {
+        self.begin(op, Database::begin_read)
+    }
+
+    /// Closes the failed database and opens the file again; `true` when a database that works is in place (this
+    /// call's or another's since `seen`, the reopen count the caller's failure was seen at).
+    fn reopen(&self, seen: u64) -> bool {
+        let mut last = self.reopened.lock().unwrap_or_else(|p| p.into_inner());
+        if self.reopens.load(Ordering::Acquire) != seen {
+            return true;
+        }
+        if last.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        let deadline = Instant::now() + REOPEN_WAIT;
+        let mut guard = loop {
+            match self.db.try_write() {
+                Ok(g) => break g,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    tracing::error!(path = %self.path.display(), "predictor store failed an I/O; transactions still in flight after {REOPEN_WAIT:?}: not reopened");
+                    return false;
+                }
+            }
         };
-        store.migrate()?;
-        Ok(store)
+        // The file is locked while open: the failed database goes before the file is opened again.
+        drop(guard.take());
+        match Self::open_db(&self.path, &self.opts) {
+            Ok(db) => {
+                *guard = Some(db);
+                self.failed.store(false, Ordering::Release);
+                self.reopens.fetch_add(1, Ordering::AcqRel);
+                tracing::warn!(path = %self.path.display(), "predictor store reopened after an I/O error (what failed was not written)");
+                true
+            }
+            Err(e) => {
+                let mut error = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    error = format!("{error}: {c}");
+                    cause = c.source();
+                }
+                tracing::error!(path = %self.path.display(), %error, "predictor store failed an I/O and cannot be opened again yet");
+                false
+            }
+        }
+    }
+
+    /// Times the database was reopened after an I/O error.
+    pub fn reopens(&self) -> u64 {
+        self.reopens.load(Ordering::Relaxed)
     }
 
     /// The file path.
@@ -425,7 +577,7 @@ impl Store {
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db("beginning migration"))?;
+        let txn = self.begin_write("beginning migration")?;
         let found = {
             let meta = txn.open_table(META).map_err(db("opening meta"))?;
             let v = meta.get(K_SCHEMA).map_err(db("reading schema version"))?;
@@ -460,7 +612,7 @@ impl Store {
     }
 
     fn meta(&self, name: &str) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let txn = self.begin_read("beginning read")?;
         let t = txn.open_table(META).map_err(db("opening meta"))?;
         let v = t.get(name).map_err(db("reading meta"))?;
         Ok(v.map(|g| g.value()).unwrap_or(0))
@@ -468,10 +620,7 @@ impl Store {
 
     /// Allocates a fresh run id (monotonic, never reused, also after a crash).
     pub fn allocate_run_id(&self) -> Result<RunId, StoreError> {
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(db("beginning run id allocation"))?;
+        let txn = self.begin_write("beginning run id allocation")?;
         let id = {
             let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
             let next = meta
@@ -495,7 +644,7 @@ impl Store {
 
     /// Records many runs in one transaction (bulk import, benchmarks).
     pub fn record_runs(&self, runs: &[RunSummary]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db("beginning run write"))?;
+        let txn = self.begin_write("beginning run write")?;
         {
             let mut runs_t = txn.open_table(RUNS).map_err(db("opening runs"))?;
             let mut types_t = txn
@@ -531,7 +680,7 @@ impl Store {
 
     /// One run summary.
     pub fn run(&self, key: &TaskKey, run_id: RunId) -> Result<Option<RunSummary>, StoreError> {
-        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let txn = self.begin_read("beginning read")?;
         let t = txn.open_table(RUNS).map_err(db("opening runs"))?;
         let v = t.get((key.as_str(), run_id)).map_err(db("reading run"))?;
         v.map(|g| decode("run summary", || format!("{key}/{run_id}"), g.value()))
@@ -540,7 +689,7 @@ impl Store {
 
     /// All stored runs of a task type, in run id order.
     pub fn runs_of(&self, key: &TaskKey) -> Result<Vec<RunSummary>, StoreError> {
-        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let txn = self.begin_read("beginning read")?;
         let t = txn.open_table(RUNS).map_err(db("opening runs"))?;
         let range = t
             .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
@@ -563,7 +712,7 @@ impl Store {
         &self,
         mut f: impl FnMut(&TaskKey, Vec<RunSummary>),
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let txn = self.begin_read("beginning read")?;
         let t = txn.open_table(RUNS).map_err(db("opening runs"))?;
         let mut current: Option<TaskKey> = None;
         let mut batch = Vec::new();
@@ -586,17 +735,14 @@ impl Store {
 
     /// Number of stored run summaries.
     pub fn run_count(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let txn = self.begin_read("beginning read")?;
         let t = txn.open_table(RUNS).map_err(db("opening runs"))?;
         t.len().map_err(db("counting runs"))
     }
 
     /// Appends telemetry samples of a (usually running) run, in one transaction.
     pub fn append_samples(&self, run_id: RunId, samples: &[Sample]) -> Result<(), StoreError> {
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(db("beginning sample write"))?;
+        let txn = self.begin_write("beginning sample write")?;
         {
             let mut t = txn.open_table(SAMPLES).map_err(db("opening samples"))?;
             for s in samples {
@@ -612,14 +758,14 @@ impl Store {
 
     /// The stored samples of a run, by time.
     pub fn samples(&self, run_id: RunId) -> Result<Vec<Sample>, StoreError> {
-        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let txn = self.begin_read("beginning read")?;
         let t = txn.open_table(SAMPLES).map_err(db("opening samples"))?;
         read_samples(&t, run_id)
     }
 
     /// Number of stored samples (all runs).
     pub fn sample_count(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let txn = self.begin_read("beginning read")?;
         let t = txn.open_table(SAMPLES).map_err(db("opening samples"))?;
         t.len().map_err(db("counting samples"))
     }
@@ -631,7 +777,7 @@ impl Store {
         policy: &RetentionPolicy,
     ) -> Result<RetentionReport, StoreError> {
         let mut report = RetentionReport::default();
-        let txn = self.db.begin_write().map_err(db("beginning retention"))?;
+        let txn = self.begin_write("beginning retention")?;
         downsample_samples(&txn, now_ms, policy, &mut report)?;
         cap_runs_per_task(&txn, policy, &mut report)?;
         drop_old_decisions(&txn, now_ms, policy, &mut report)?;
@@ -642,7 +788,7 @@ impl Store {
 
     /// One task type's record.
     pub fn task_type(&self, key: &TaskKey) -> Result<Option<TaskTypeRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let txn = self.begin_read("beginning read")?;
         let t = txn
             .open_table(TASK_TYPES)
             .map_err(db("opening task types"))?;
@@ -653,7 +799,7 @@ impl Store {
 
     /// All task types, by key.
     pub fn task_types(&self) -> Result<Vec<(TaskKey, TaskTypeRecord)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let txn = self.begin_read("beginning read")?;
         let t = txn
             .open_table(TASK_TYPES)
             .map_err(db("opening task types"))?;
@@ -677,7 +823,7 @@ impl Store {
 
     /// Every open run (registered, not finished), by container id.
     pub fn open_runs(&self) -> Result<Vec<OpenRun>, StoreError> {
-        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let txn = self.begin_read("beginning read")?;
         let t = txn.open_table(OPEN_RUNS).map_err(db("opening open runs"))?;
         let mut out = Vec::new();
         for item in t.iter().map_err(db("scanning open runs"))? {
@@ -692,7 +838,7 @@ impl Store {
         if batch.ops.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin_write().map_err(db("beginning a batch"))?;
+        let txn = self.begin_write("beginning a batch")?;
         {
             let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
             let mut samples_t = txn.open_table(SAMPLES).map_err(db("opening samples"))?;
@@ -799,7 +945,7 @@ impl Store {
         &self,
         q: &DecisionQuery,
     ) -> Result<(Vec<Decision>, Option<u64>), StoreError> {
-        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let txn = self.begin_read("beginning read")?;
         let t = txn.open_table(DECISIONS).map_err(db("opening decisions"))?;
         let upper = match q.before_seq {
             Some(b) => Bound::Excluded(b),
@@ -864,7 +1010,7 @@ impl Store {
         keep_previous: u64,
         pool: Option<&ScorePool>,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db("beginning model write"))?;
+        let txn = self.begin_write("beginning model write")?;
         if let Some(pool) = pool {
             let mut t = txn
                 .open_table(SCORE_POOL)
@@ -915,7 +1061,7 @@ impl Store {
         removed: &[TaskKey],
     ) -> Result<(), StoreError> {
         let models: Vec<(&TaskKey, &TaskModel)> = models.into_iter().collect();
-        let txn = self.db.begin_write().map_err(db("beginning model write"))?;
+        let txn = self.begin_write("beginning model write")?;
         {
             let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
             let base = get_meta(&meta, K_MODEL_BASE)?;
@@ -959,7 +1105,7 @@ impl Store {
 
     /// The pooled scores last written (`None` before the first full retrain wrote them).
     pub fn load_score_pool(&self) -> Result<Option<ScorePool>, StoreError> {
-        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let txn = self.begin_read("beginning read")?;
         let t = match txn.open_table(SCORE_POOL) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -974,7 +1120,7 @@ impl Store {
     /// The model set in force: for each task type its entry from the last whole-set write on, as replaced by
     /// [`Store::update_models`] since.
     pub fn load_current_models(&self) -> Result<HashMap<TaskKey, TaskModel>, StoreError> {
-        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let txn = self.begin_read("beginning read")?;
         let meta = txn.open_table(META).map_err(db("opening meta"))?;
         let current = get_meta(&meta, K_MODEL_VERSION)?;
         let base = get_meta(&meta, K_MODEL_BASE)?.min(current);
@@ -1005,7 +1151,7 @@ impl Store {
 
     /// Number of stored runs of one task type.
     pub fn run_count_of(&self, key: &TaskKey) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let txn = self.begin_read("beginning read")?;
         let t = txn.open_table(RUNS).map_err(db("opening runs"))?;
         let mut n = 0;
         for item in t
@@ -1023,7 +1169,7 @@ impl Store {
     /// as [`Store::record_runs`] checks it; one bad run fails the whole import (nothing is written).
     pub fn import_runs(&self, runs: &[PortableRun]) -> Result<ImportReport, StoreError> {
         let mut report = ImportReport::default();
-        let txn = self.db.begin_write().map_err(db("beginning import"))?;
+        let txn = self.begin_write("beginning import")?;
         {
             let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
             let own = get_meta(&meta, K_NODE_ID)?;
@@ -1085,7 +1231,7 @@ impl Store {
         newest_per_type: usize,
         limit: usize,
     ) -> Result<(Vec<PortableRun>, Option<(TaskKey, RunId)>), StoreError> {
-        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let txn = self.begin_read("beginning read")?;
         let meta = txn.open_table(META).map_err(db("opening meta"))?;
         let own = get_meta(&meta, K_NODE_ID)?;
         let runs_t = txn.open_table(RUNS).map_err(db("opening runs"))?;
@@ -1153,7 +1299,7 @@ impl Store {
 
     /// All models of one version.
     pub fn load_models(&self, version: u64) -> Result<HashMap<TaskKey, TaskModel>, StoreError> {
-        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let txn = self.begin_read("beginning read")?;
         let t = txn.open_table(MODELS).map_err(db("opening models"))?;
         let mut out = HashMap::new();
         let range = t
@@ -1175,7 +1321,7 @@ impl Store {
 
     /// Versions that have at least one stored model, ascending.
     pub fn model_versions(&self) -> Result<Vec<u64>, StoreError> {
-        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let txn = self.begin_read("beginning read")?;
         let t = txn.open_table(MODELS).map_err(db("opening models"))?;
         let mut out: Vec<u64> = Vec::new();
         for item in t.iter().map_err(db("scanning models"))? {
@@ -1190,10 +1336,7 @@ impl Store {
 
     /// Appends decisions to the log in one transaction (one fsync) and returns their sequence numbers.
     pub fn record_decisions(&self, decisions: &[Decision]) -> Result<Vec<u64>, StoreError> {
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(db("beginning decision write"))?;
+        let txn = self.begin_write("beginning decision write")?;
         let mut seqs = Vec::with_capacity(decisions.len());
         {
             let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
@@ -1220,10 +1363,7 @@ impl Store {
 
     /// Appends samples of several runs in one transaction (one fsync).
     pub fn append_samples_many(&self, batches: &[(RunId, Vec<Sample>)]) -> Result<(), StoreError> {
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(db("beginning sample write"))?;
+        let txn = self.begin_write("beginning sample write")?;
         {
             let mut t = txn.open_table(SAMPLES).map_err(db("opening samples"))?;
             for (run_id, samples) in batches {
@@ -1241,10 +1381,7 @@ impl Store {
 
     /// Appends a decision to the log and returns its sequence number.
     pub fn record_decision(&self, decision: &Decision) -> Result<u64, StoreError> {
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(db("beginning decision write"))?;
+        let txn = self.begin_write("beginning decision write")?;
         let seq = {
             let mut meta = txn.open_table(META).map_err(db("opening meta"))?;
             let seq = meta
@@ -1267,7 +1404,7 @@ impl Store {
 
     /// Decisions matching `q`, oldest first (the newest `q.limit` when a limit is set).
     pub fn decisions(&self, q: &DecisionQuery) -> Result<Vec<Decision>, StoreError> {
-        let txn = self.db.begin_read().map_err(db("beginning read"))?;
+        let txn = self.begin_read("beginning read")?;
         let t = txn.open_table(DECISIONS).map_err(db("opening decisions"))?;
         let mut out = Vec::new();
         for item in t.iter().map_err(db("scanning decisions"))?.rev() {
@@ -2148,6 +2285,60 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(1, "x"), (2, "y"), (3, "x"), (4, "y")]
         );
+    }
+
+    /// A write the file system refuses (a full disk; here the file size limit, which nextest's process per test
+    /// keeps to this test) fails the store's later transactions only while there is no room: once there is, the
+    /// store reopens its file (without what failed) and writes again, and what was committed before is all there.
+    #[test]
+    fn a_refused_write_is_recovered_from_once_there_is_room() {
+        if std::env::var_os("NEXTEST_EXECUTION_MODE").is_none_or(|m| m != "process-per-test") {
+            println!(
+                "SKIPPED: sets the process's file size limit, so it needs a process of its own (cargo nextest)"
+            );
+            return;
+        }
+        let limit = |bytes: u64| {
+            let l = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // SAFETY: setrlimit with a valid struct; this test has the process to itself.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &l) }, 0);
+        };
+        // SAFETY: ignoring SIGXFSZ, so that a write past the limit fails with EFBIG instead of killing the process.
+        unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.redb");
+        let s = Store::open(&path).expect("open");
+        s.record_run(&run("a", 1, 1)).expect("run");
+        limit(std::fs::metadata(&path).expect("size").len());
+        let many: Vec<Sample> = (0..2_000).map(|t| sample(t, 1.0, t, 1)).collect();
+        let refused = (2..500).find(|id| s.append_samples(*id, &many).is_err());
+        let refused = refused.expect("the file grew past the limit");
+        assert!(
+            s.append_samples(refused, &many).is_err(),
+            "still no room, still refused"
+        );
+        std::thread::sleep(REOPEN_EVERY);
+        assert_eq!(
+            s.run_count().expect("reads while there is no room"),
+            1,
+            "what was committed before"
+        );
+        limit(libc::RLIM_INFINITY);
+        std::thread::sleep(REOPEN_EVERY);
+        s.append_samples(refused, &many)
+            .expect("written once there is room again");
+        s.record_run(&run("c", 601, 1)).expect("run");
+        assert!(s.reopens() >= 1, "reopened {}", s.reopens());
+        let mut keys = Vec::new();
+        s.for_each_task_runs(|k, runs| keys.extend(runs.iter().map(|_| k.as_str().to_owned())))
+            .expect("runs");
+        assert_eq!(keys, ["a", "c"]);
+        drop(s);
+        let again = Store::open(&path).expect("reopen");
+        assert_eq!(again.run_count().expect("count"), 2);
     }
 
     #[test]

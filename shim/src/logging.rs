@@ -43,9 +43,12 @@ pub fn init(debug: bool) {
         _ => Targets::from_str(default).unwrap_or_default(),
     };
     let _ = tracing_log::LogTracer::init();
+    // A line the log pipe does not take (containerd not reading it: full, or containerd down) is dropped, not
+    // reported with `eprintln!`, which panics where stderr fails too.
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(false)
-        .with_target(false);
+        .with_target(false)
+        .log_internal_errors(false);
     let _ = match file {
         Ok(file) => tracing_subscriber::registry()
             .with(

@@ -1171,3 +1171,116 @@ fn a_settled_containers_memory_growth_wakes_its_shim_before_the_heartbeat() {
     c.remove(&id);
     c.finish();
 }
+
+/// A tmpfs mounted at a path, unmounted (lazily: the broker may still hold its files) when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("the mount point");
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs at {}: {}",
+            at.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The broker's disk fills up (its state directory on a 32 MiB tmpfs, filled with a file), then is freed: the
+/// containers started meanwhile run and exit as always, the broker lives on, and once there is room again every
+/// run is recorded again (runs that ended while the disk was full may be lost). Before: the broker's log line
+/// about the failed write panicked the thread that logged it (its log is on the same disk), the store's recorder
+/// among them, and the store refused every transaction until the broker was restarted.
+#[test]
+fn a_full_disk_freed_again_records_runs_again() {
+    let Some(c) = start("a_full_disk_freed_again_records_runs_again", "", "") else {
+        return;
+    };
+    // Mounted before the first container starts the broker.
+    let state = Tmpfs::mount(&c.dir.join("broker"), "32m");
+    let runs = || {
+        client(&c)
+            .models()
+            .ok()?
+            .task_types
+            .into_iter()
+            .find(|t| t.task_key == "e2e-full")
+            .map(|t| t.runs_seen)
+    };
+    let run = |name: &str| {
+        let started = Instant::now();
+        run_ok(
+            &c,
+            name,
+            &["--annotation", "io.predictive.task-type=e2e-full"],
+            &["sleep", "0.3"],
+        );
+        started.elapsed()
+    };
+    let took_before = [run("before0"), run("before1")];
+    let recorded = wait_until(secs(5), || (runs() == Some(2)).then_some(()));
+    assert!(
+        recorded.is_some(),
+        "runs before the disk filled: {:?}",
+        runs()
+    );
+    let broker = c.broker_pid().expect("the broker runs");
+
+    let filler = state.0.join("filler");
+    let out = std::process::Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", filler.display()))
+        .arg("bs=64k")
+        .output()
+        .expect("running dd");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("No space left"),
+        "dd did not fill the disk: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let took_full = [run("full0"), run("full1")];
+    let during = runs();
+    std::fs::remove_file(&filler).expect("removing the filler");
+    let freed = runs();
+
+    let took_after = [run("after0"), run("after1")];
+    let again = wait_until(secs(5), || {
+        let now = runs()?;
+        (now >= freed.or(during).unwrap_or(2) + 2).then_some(now)
+    });
+    assert_eq!(c.broker_pid(), Some(broker), "the broker restarted");
+    println!(
+        "ctr run took {took_before:?} before, {took_full:?} with the disk full, {took_after:?} after; runs seen \
+         {during:?} while full, {freed:?} once freed, {again:?} after two more"
+    );
+    assert!(
+        again.is_some(),
+        "the two runs after the disk was freed were not both recorded: runs seen {freed:?} once freed, {:?} now",
+        runs()
+    );
+    c.stop_broker();
+    drop(state);
+    c.finish();
+}
