@@ -59,6 +59,17 @@ fn run_ok(c: &Containerd, name: &str, flags: &[&str], cmd: &[&str]) -> String {
     id
 }
 
+/// The runs the broker has seen of `task_type` (`None`: not known, or the broker did not answer).
+fn runs_seen(c: &Containerd, task_type: &str) -> Option<u64> {
+    client(c)
+        .models()
+        .ok()?
+        .task_types
+        .into_iter()
+        .find(|t| t.task_key == task_type)
+        .map(|t| t.runs_seen)
+}
+
 /// Waits until the broker has a model for `task_type` (3 runs recorded and retrained).
 fn wait_model(c: &Containerd, task_type: &str) {
     let ok = wait_until(secs(20), || {
@@ -730,15 +741,7 @@ fn a_killed_shims_container_leaves_the_broker_with_containerds_cleanup() {
         )
     });
     // The run is written after the broker lets the container go (its store writer batches it).
-    let runs = || {
-        client(&c)
-            .models()
-            .ok()?
-            .task_types
-            .into_iter()
-            .find(|t| t.task_key == "e2e-shim-k9")
-            .map(|t| t.runs_seen)
-    };
+    let runs = || runs_seen(&c, "e2e-shim-k9");
     let recorded = wait_until(secs(5), || (runs() == Some(1)).then_some(()));
     assert!(
         recorded.is_some(),
@@ -1220,15 +1223,7 @@ fn a_full_disk_freed_again_records_runs_again() {
     };
     // Mounted before the first container starts the broker.
     let state = Tmpfs::mount(&c.dir.join("broker"), "32m");
-    let runs = || {
-        client(&c)
-            .models()
-            .ok()?
-            .task_types
-            .into_iter()
-            .find(|t| t.task_key == "e2e-full")
-            .map(|t| t.runs_seen)
-    };
+    let runs = || runs_seen(&c, "e2e-full");
     let run = |name: &str| {
         let started = Instant::now();
         run_ok(

@@ -3,7 +3,7 @@
 //! Root only; `SKIPPED:` otherwise. Runs on every containerd version of the suite (config version 2 on 1.6/1.7,
 //! version 3 on 2.x).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use predictive_e2e::cmd::wait_until;
@@ -44,37 +44,135 @@ fn ctr_runtime(c: &Containerd, id: &str) -> String {
         .to_string()
 }
 
+/// A containerd with the CRI plugin and our handler, and a CRI client to it: what kubelet talks to.
+struct Node {
+    c: Containerd,
+    api: cri::CriClient,
+    logs: PathBuf,
+}
+
+impl Node {
+    /// `None` when the test cannot run here (it printed why).
+    fn start(test: &str) -> Option<Node> {
+        if !require_root(test) {
+            return None;
+        }
+        let settings = Settings::from_env();
+        if let Err(e) = cri::prepare(&settings) {
+            panic!("{test}: {e}");
+        }
+        let pause = cri::ensure_pause_image(&settings);
+        let dropin = cri::dropin(&settings, &settings.runtime);
+        assert!(
+            dropin.contains(&format!("runtimes.{HANDLER}]")),
+            "the drop-in names no {HANDLER} handler:\n{dropin}"
+        );
+        let version = settings.containerd.clone();
+        let mut c =
+            Containerd::start_with_config(test, &|dir| cri::config(dir, &version, &dropin))?;
+        // The CRI plugin works in its own namespace; the clean-host checks follow it there
+        // (cgroups under /k8s.io/<id>: the pods' cgroup_parent).
+        c.ns = NAMESPACE.to_string();
+        let api = cri::ready_client(&mut c, &pause);
+        let logs = c.dir.join("pod-logs");
+        std::fs::create_dir_all(&logs).expect("creating the pod log dir");
+        Some(Node { c, api, logs })
+    }
+
+    /// A pod config named `name`, of task type `task_type`, under `/k8s.io`.
+    fn pod(&self, name: &str, task_type: &str) -> Value {
+        cri::pod_config(
+            name,
+            &format!("{name}-{}", std::process::id()),
+            "default",
+            &self.logs,
+            &format!("/{NAMESPACE}"),
+            json!({"io.predictive.task-type": task_type}),
+        )
+    }
+
+    /// Runs pod `pod` with a started `sleep` container per name: the sandbox id and the container ids.
+    fn run_sleepers(&self, pod: &Value, names: &[&str]) -> (String, Vec<String>) {
+        let sid = self.api.run_pod(&self.c, pod, HANDLER);
+        let ids = names
+            .iter()
+            .map(|name| {
+                let cid = self.api.create_container(
+                    &self.c,
+                    &sid,
+                    json!({
+                        "metadata": {"name": name},
+                        "image": {"image": IMAGE},
+                        "command": ["sleep", "100000"],
+                        "log_path": format!("{name}.log")
+                    }),
+                    pod,
+                );
+                self.api
+                    .call("StartContainer", json!({"container_id": cid}));
+                cid
+            })
+            .collect();
+        (sid, ids)
+    }
+
+    fn status(&self, cid: &str) -> Value {
+        self.api
+            .call("ContainerStatus", json!({"container_id": cid}))["status"]
+            .clone()
+    }
+
+    fn state(&self, cid: &str) -> String {
+        self.status(cid)["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn pod_state(&self, sid: &str) -> String {
+        self.api
+            .call("PodSandboxStatus", json!({"pod_sandbox_id": sid}))["status"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Kubelet's teardown of a pod: stop it, remove its containers, remove it; then no container is listed.
+    fn remove_pod(&self, sid: &str, ids: &[String]) {
+        self.api
+            .call("StopPodSandbox", json!({"pod_sandbox_id": sid}));
+        for cid in ids {
+            self.api
+                .call("RemoveContainer", json!({"container_id": cid}));
+        }
+        self.api
+            .call("RemovePodSandbox", json!({"pod_sandbox_id": sid}));
+        let left = self.api.call("ListContainers", json!({}));
+        assert_eq!(left["containers"], json!([]), "{left}");
+    }
+
+    /// The running `sleep` of container `cid`.
+    fn sleep_of(cid: &str) -> i32 {
+        clean::processes_matching(|cmd, _| cmd.starts_with("sleep 100000"))
+            .into_iter()
+            .find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/cgroup"))
+                    .unwrap_or_default()
+                    .contains(cid)
+            })
+            .unwrap_or_else(|| panic!("the sleep of {cid} is not running"))
+    }
+}
+
 #[test]
 fn cri_pod_sandbox_and_container_share_one_shim() {
-    const TEST: &str = "cri_pod_sandbox_and_container_share_one_shim";
-    if !require_root(TEST) {
-        return;
-    }
-    let settings = Settings::from_env();
-    if let Err(e) = cri::prepare(&settings) {
-        panic!("{TEST}: {e}");
-    }
-    let pause = cri::ensure_pause_image(&settings);
-    let dropin = cri::dropin(&settings, &settings.runtime);
-    assert!(
-        dropin.contains(&format!("runtimes.{HANDLER}]")),
-        "the drop-in names no {HANDLER} handler:\n{dropin}"
-    );
-    let version = settings.containerd.clone();
-    let Some(mut c) =
-        Containerd::start_with_config(TEST, &|dir| cri::config(dir, &version, &dropin))
+    let Some(Node { c, api, logs }) = Node::start("cri_pod_sandbox_and_container_share_one_shim")
     else {
         return;
     };
-    // The CRI plugin works in its own namespace; the clean-host checks follow it there
-    // (cgroups under /k8s.io/<id>: the pod's cgroup_parent below).
-    c.ns = NAMESPACE.to_string();
-    let api = cri::ready_client(&mut c, &pause);
     let v = api.call("Version", json!({}));
     assert_eq!(v["runtime_api_version"], "v1", "{v}");
 
-    let logs = c.dir.join("pod-logs");
-    std::fs::create_dir_all(&logs).expect("creating the pod log dir");
     let pod = cri::pod_config(
         "pe2e-cri",
         &format!("pe2e-{}", std::process::id()),
@@ -216,78 +314,11 @@ fn cri_pod_sandbox_and_container_share_one_shim() {
 #[test]
 fn a_killed_pods_shim_ends_its_containers_for_kubelet() {
     const TEST: &str = "a_killed_pods_shim_ends_its_containers_for_kubelet";
-    if !require_root(TEST) {
-        return;
-    }
-    let settings = Settings::from_env();
-    if let Err(e) = cri::prepare(&settings) {
-        panic!("{TEST}: {e}");
-    }
-    let pause = cri::ensure_pause_image(&settings);
-    let dropin = cri::dropin(&settings, &settings.runtime);
-    let version = settings.containerd.clone();
-    let Some(mut c) =
-        Containerd::start_with_config(TEST, &|dir| cri::config(dir, &version, &dropin))
-    else {
+    let Some(node) = Node::start(TEST) else {
         return;
     };
-    c.ns = NAMESPACE.to_string();
-    let api = cri::ready_client(&mut c, &pause);
-    let logs = c.dir.join("pod-logs");
-    std::fs::create_dir_all(&logs).expect("creating the pod log dir");
-    let pod_named = |name: &str| {
-        cri::pod_config(
-            name,
-            &format!("{name}-{}", std::process::id()),
-            "default",
-            &logs,
-            &format!("/{NAMESPACE}"),
-            json!({"io.predictive.task-type": "cri-k9"}),
-        )
-    };
-    let run_pod = |pod: &Value, names: &[&str]| {
-        let sid = api.run_pod(&c, pod, HANDLER);
-        let ids: Vec<String> = names
-            .iter()
-            .map(|name| {
-                let cid = api.create_container(
-                    &c,
-                    &sid,
-                    json!({
-                        "metadata": {"name": name},
-                        "image": {"image": IMAGE},
-                        "command": ["sleep", "100000"],
-                        "log_path": format!("{name}.log")
-                    }),
-                    pod,
-                );
-                api.call("StartContainer", json!({"container_id": cid}));
-                cid
-            })
-            .collect();
-        (sid, ids)
-    };
-    let state = |cid: &str| {
-        api.call("ContainerStatus", json!({"container_id": cid}))["status"]["state"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let pod_state = |sid: &str| {
-        api.call("PodSandboxStatus", json!({"pod_sandbox_id": sid}))["status"]["state"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    };
-    // Kubelet's teardown of a pod: stop it, remove its containers, remove it.
-    let remove_pod = |sid: &str, ids: &[String]| {
-        api.call("StopPodSandbox", json!({"pod_sandbox_id": sid}));
-        for cid in ids {
-            api.call("RemoveContainer", json!({"container_id": cid}));
-        }
-        api.call("RemovePodSandbox", json!({"pod_sandbox_id": sid}));
-    };
-    let broker = (c.runtime() == "io.containerd.predictive.v2").then(|| c.broker_socket());
+    let broker =
+        (node.c.runtime() == "io.containerd.predictive.v2").then(|| node.c.broker_socket());
     let registered = |ids: &[String]| -> Option<usize> {
         let sock = broker.clone()?;
         let st = broker::client::Client::new(sock, Duration::from_secs(5))
@@ -301,10 +332,9 @@ fn a_killed_pods_shim_ends_its_containers_for_kubelet() {
         )
     };
 
-    let pod = pod_named("pe2e-k9");
-    let (sid, ids) = run_pod(&pod, &["a", "b"]);
+    let (sid, ids) = node.run_sleepers(&node.pod("pe2e-k9", "cri-k9"), &["a", "b"]);
     for cid in &ids {
-        assert_eq!(state(cid), "CONTAINER_RUNNING", "{cid}");
+        assert_eq!(node.state(cid), "CONTAINER_RUNNING", "{cid}");
     }
     if broker.is_some() {
         let both = wait_until(Duration::from_secs(5), || {
@@ -312,7 +342,7 @@ fn a_killed_pods_shim_ends_its_containers_for_kubelet() {
         });
         assert!(both.is_some(), "the broker does not hold both containers");
     }
-    let shims = c.shim_processes();
+    let shims = node.c.shim_processes();
     assert!(!shims.is_empty(), "no shim process serves the pod");
     for p in &shims {
         // SAFETY: killing the shim processes of this test's own containerd.
@@ -331,15 +361,15 @@ fn a_killed_pods_shim_ends_its_containers_for_kubelet() {
         })
     });
     let exited = wait_until(Duration::from_secs(10), || {
-        (pod_state(&sid) == "SANDBOX_NOTREADY"
-            && ids.iter().all(|cid| state(cid) == "CONTAINER_EXITED"))
+        (node.pod_state(&sid) == "SANDBOX_NOTREADY"
+            && ids.iter().all(|cid| node.state(cid) == "CONTAINER_EXITED"))
         .then(|| killed.elapsed())
     })
     .unwrap_or_else(|| {
         panic!(
             "10 s after the pod's shim was killed kubelet would still see pod {} and containers {:?}",
-            pod_state(&sid),
-            ids.iter().map(|cid| state(cid)).collect::<Vec<_>>()
+            node.pod_state(&sid),
+            ids.iter().map(|cid| node.state(cid)).collect::<Vec<_>>()
         )
     });
     println!(
@@ -347,26 +377,19 @@ fn a_killed_pods_shim_ends_its_containers_for_kubelet() {
          {exited:?}; the broker let both go after {released:?}",
         shims.len()
     );
-    remove_pod(&sid, &ids);
+    node.remove_pod(&sid, &ids);
 
     // The node runs the next pod, as kubelet would start it again.
-    let again = pod_named("pe2e-k9-again");
-    let (sid, ids) = run_pod(&again, &["c"]);
-    assert_eq!(state(&ids[0]), "CONTAINER_RUNNING");
-    remove_pod(&sid, &ids);
-    let left = api.call("ListContainers", json!({}));
-    assert_eq!(left["containers"], json!([]), "{left}");
+    let (sid, ids) = node.run_sleepers(&node.pod("pe2e-k9-again", "cri-k9"), &["c"]);
+    assert_eq!(node.state(&ids[0]), "CONTAINER_RUNNING");
+    node.remove_pod(&sid, &ids);
     // What a killed shim left is the runtime's to clean (runc v2 leaves its containers' state and cgroups here:
     // printed, not asserted, so the suite can still be run against it).
-    if c.runtime() == "io.containerd.predictive.v2" {
-        c.finish();
+    if node.c.runtime() == "io.containerd.predictive.v2" {
+        node.c.finish();
     } else {
-        println!(
-            "{}: left by {}: {:?}",
-            TEST,
-            settings.runtime,
-            c.finish_report()
-        );
+        let runtime = node.c.runtime().to_owned();
+        println!("{TEST}: left by {runtime}: {:?}", node.c.finish_report());
     }
 }
 
@@ -376,136 +399,69 @@ fn a_killed_pods_shim_ends_its_containers_for_kubelet() {
 /// teardown leaves nothing behind.
 #[test]
 fn cri_pod_survives_a_containerd_restart() {
-    const TEST: &str = "cri_pod_survives_a_containerd_restart";
-    if !require_root(TEST) {
-        return;
-    }
-    let settings = Settings::from_env();
-    if let Err(e) = cri::prepare(&settings) {
-        panic!("{TEST}: {e}");
-    }
-    let pause = cri::ensure_pause_image(&settings);
-    let dropin = cri::dropin(&settings, &settings.runtime);
-    let version = settings.containerd.clone();
-    let Some(mut c) =
-        Containerd::start_with_config(TEST, &|dir| cri::config(dir, &version, &dropin))
-    else {
+    let Some(mut node) = Node::start("cri_pod_survives_a_containerd_restart") else {
         return;
     };
-    c.ns = NAMESPACE.to_string();
-    let api = cri::ready_client(&mut c, &pause);
-    let logs = c.dir.join("pod-logs");
-    std::fs::create_dir_all(&logs).expect("creating the pod log dir");
-    let pod = cri::pod_config(
-        "pe2e-restart",
-        &format!("pe2e-restart-{}", std::process::id()),
-        "default",
-        &logs,
-        &format!("/{NAMESPACE}"),
-        json!({"io.predictive.task-type": "cri-restart"}),
-    );
-    let sid = api.run_pod(&c, &pod, HANDLER);
-    let ids: Vec<String> = ["live", "dies"]
-        .iter()
-        .map(|name| {
-            let cid = api.create_container(
-                &c,
-                &sid,
-                json!({
-                    "metadata": {"name": name},
-                    "image": {"image": IMAGE},
-                    "command": ["sleep", "100000"],
-                    "log_path": format!("{name}.log")
-                }),
-                &pod,
-            );
-            api.call("StartContainer", json!({"container_id": cid}));
-            cid
-        })
-        .collect();
+    let (sid, ids) = node.run_sleepers(&node.pod("pe2e-restart", "cri-restart"), &["live", "dies"]);
     let (live, dies) = (&ids[0], &ids[1]);
-    let status =
-        |cid: &str| api.call("ContainerStatus", json!({"container_id": cid}))["status"].clone();
-    let pod_state = || {
-        api.call("PodSandboxStatus", json!({"pod_sandbox_id": sid}))["status"]["state"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let init_of = |cid: &str| {
-        clean::processes_matching(|cmd, _| cmd.starts_with("sleep 100000"))
-            .into_iter()
-            .find(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/cgroup"))
-                    .unwrap_or_default()
-                    .contains(cid)
-            })
-            .unwrap_or_else(|| panic!("the sleep of {cid} is not running"))
-    };
-    let shims = c.shim_pids();
+    let shims = node.c.shim_pids();
     assert_eq!(shims.len(), 1, "one shim serves the pod: {shims:?}");
-    let doomed = init_of(dies);
+    let doomed = Node::sleep_of(dies);
 
-    c.kill_containerd();
+    node.c.kill_containerd();
     // SAFETY: killing a process of this test's own container while containerd is down.
     unsafe { libc::kill(doomed, libc::SIGKILL) };
     std::thread::sleep(Duration::from_millis(300));
-    c.start_containerd_again();
+    node.c.start_containerd_again();
     let restarted = std::time::Instant::now();
     let up = wait_until(Duration::from_secs(30), || {
-        api.try_call("Version", &json!({})).ok().then_some(())
+        node.api.try_call("Version", &json!({})).ok().then_some(())
     });
     assert!(up.is_some(), "the CRI plugin did not come back");
 
     let settled = wait_until(Duration::from_secs(10), || {
-        (pod_state() == "SANDBOX_READY"
-            && status(live)["state"] == "CONTAINER_RUNNING"
-            && status(dies)["state"] == "CONTAINER_EXITED")
+        (node.pod_state(&sid) == "SANDBOX_READY"
+            && node.state(live) == "CONTAINER_RUNNING"
+            && node.state(dies) == "CONTAINER_EXITED")
             .then(|| restarted.elapsed())
     })
     .unwrap_or_else(|| {
         panic!(
             "after the restart: pod {}, {live} {}, {dies} {}",
-            pod_state(),
-            status(live),
-            status(dies)
+            node.pod_state(&sid),
+            node.status(live),
+            node.status(dies)
         )
     });
     // containerd 1.6 has the shim's 137; 1.7 and 2.1 record a task that ended while they were down with the
     // unknown exit code 255 (runc v2's shim the same, 2026-12-03).
-    let code = status(dies)["exit_code"].as_i64();
+    let code = node.status(dies)["exit_code"].as_i64();
     assert!(
         matches!(code, Some(137 | 255)),
         "the container killed while containerd was down exited {code:?}"
     );
-    assert_eq!(c.shim_pids(), shims, "the same shim serves the pod");
-    let exec = api.call(
+    assert_eq!(node.c.shim_pids(), shims, "the same shim serves the pod");
+    let exec = node.api.call(
         "ExecSync",
         json!({"container_id": live, "cmd": ["sh", "-c", "exit 7"], "timeout": 10}),
     );
     assert_eq!(exec["exit_code"], 7, "ExecSync after the restart: {exec}");
-    api.call("StopContainer", json!({"container_id": live, "timeout": 2}));
-    let stopped = status(live);
-    assert_eq!(stopped["state"], "CONTAINER_EXITED", "{stopped}");
+    node.api
+        .call("StopContainer", json!({"container_id": live, "timeout": 2}));
+    assert_eq!(node.state(live), "CONTAINER_EXITED");
     println!(
         "containerd restarted under a pod: CRI saw both containers right after {settled:?} (the dead one's exit \
          code {code:?})"
     );
 
-    api.call("StopPodSandbox", json!({"pod_sandbox_id": sid}));
-    for cid in &ids {
-        api.call("RemoveContainer", json!({"container_id": cid}));
-    }
-    api.call("RemovePodSandbox", json!({"pod_sandbox_id": sid}));
-    let left = api.call("ListContainers", json!({}));
-    assert_eq!(left["containers"], json!([]), "{left}");
+    node.remove_pod(&sid, &ids);
     let gone = wait_until(Duration::from_secs(15), || {
-        c.shim_processes().is_empty().then_some(())
+        node.c.shim_processes().is_empty().then_some(())
     });
     assert!(
         gone.is_some(),
         "the pod's shim did not exit: {:?}",
-        c.shim_processes()
+        node.c.shim_processes()
     );
-    c.finish();
+    node.c.finish();
 }
