@@ -104,6 +104,15 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// A damaged store could not be set aside.
+    #[error("setting aside the damaged predictor store {path}")]
+    SetAside {
+        /// The store file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The predictor's store could not be opened.
     #[error("opening the predictor store")]
     Predictor(#[from] predictor::PredictorError),
@@ -1857,6 +1866,34 @@ fn spawn_workers(
     Ok(threads)
 }
 
+/// Opens the predictor's store. A file whose content is damaged (garbage, a truncated copy) is set aside as
+/// `<file>.corrupt-<unix seconds>`, kept for whoever wants to look at it, and the broker starts on an empty store:
+/// the node goes on allocating and learns again, where refusing to start would leave every container on its spec
+/// limits until someone removed the file. Any other failure (permissions, I/O, a newer schema, the lock) stays an
+/// error.
+fn open_predictor(path: &Path, cfg: predictor::PredictorConfig) -> Result<Predictor, ServerError> {
+    match Predictor::open(path, cfg.clone()) {
+        Err(predictor::PredictorError::Store(e)) if e.is_corrupt() => {
+            let secs = now_ms() / 1000;
+            let mut aside = path.as_os_str().to_owned();
+            aside.push(format!(".corrupt-{secs}"));
+            let aside = PathBuf::from(aside);
+            std::fs::rename(path, &aside).map_err(|source| ServerError::SetAside {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            tracing::error!(
+                file = %path.display(),
+                kept_as = %aside.display(),
+                error = %crate::error_chain(&e),
+                "the predictor store is damaged: set aside, starting on an empty one (its history is not predicted from)"
+            );
+            Ok(Predictor::open(path, cfg)?)
+        }
+        r => Ok(r?),
+    }
+}
+
 impl Daemon {
     /// Takes the lock, opens the store, binds the socket and starts every thread.
     pub fn start(cfg: Config) -> Result<Self, ServerError> {
@@ -1867,7 +1904,7 @@ impl Daemon {
         let lock = lock_pid_file(&cfg)?;
 
         let pcfg = predictor_config(&cfg);
-        let predictor = Arc::new(Predictor::open(&cfg.database(), pcfg)?);
+        let predictor = Arc::new(open_predictor(&cfg.database(), pcfg)?);
         for f in &cfg.import.files {
             crate::transfer::import_file(&predictor, f, cfg.import.max_file_bytes, now_ms())?;
         }

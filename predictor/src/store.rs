@@ -251,6 +251,24 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// The file is not a database this build can read because its content is damaged (garbage, a truncated copy,
+    /// a checksum that does not match): not a permission, I/O, lock or version problem, which stay errors.
+    pub fn is_corrupt(&self) -> bool {
+        use redb::{DatabaseError, StorageError};
+        match self {
+            StoreError::Open { source, .. } => match &**source {
+                DatabaseError::Storage(StorageError::Corrupted(_)) => true,
+                DatabaseError::Storage(StorageError::Io(e)) => {
+                    e.kind() == std::io::ErrorKind::InvalidData
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 fn db<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StoreError {
     move |e| StoreError::Db {
         op,
@@ -462,12 +480,24 @@ impl Store {
         if let Some(c) = opts.cache_bytes {
             builder.set_cache_size(c);
         }
-        builder
-            .create_file(file)
-            .map_err(|source| StoreError::Open {
-                path: path.to_path_buf(),
-                source: Box::new(source),
-            })
+        // redb asserts on some damaged files (a truncated copy: "raw_file_len() >= layout().len()") instead of
+        // returning an error: such a panic is the file's corruption, reported as one.
+        let opened =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.create_file(file)))
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(
+                        format!("redb panicked opening it: {what}"),
+                    )))
+                });
+        opened.map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
     }
 
     /// Transactions begin here: a database that failed an I/O (redb then refuses every transaction with
@@ -2285,6 +2315,31 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(1, "x"), (2, "y"), (3, "x"), (4, "y")]
         );
+    }
+
+    #[test]
+    fn a_damaged_file_is_corrupt_and_other_failures_are_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let garbage = dir.path().join("garbage.redb");
+        let noise: Vec<u8> = (0..100_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&garbage, &noise).expect("write");
+        let e = Store::open(&garbage).expect_err("garbage opens");
+        assert!(e.is_corrupt(), "{e:?}");
+        // A truncated copy of a real store.
+        let real = dir.path().join("real.redb");
+        drop(Store::open(&real).expect("open"));
+        let bytes = std::fs::read(&real).expect("read");
+        let cut = dir.path().join("cut.redb");
+        std::fs::write(&cut, &bytes[..bytes.len().min(4096) / 2]).expect("write");
+        let e = Store::open(&cut).expect_err("a truncated store opens");
+        assert!(e.is_corrupt(), "{e:?}");
+        // Not corrupt: a directory where the file should be, a newer schema.
+        let dir_path = dir.path().join("a-dir.redb");
+        std::fs::create_dir(&dir_path).expect("mkdir");
+        let e = Store::open(&dir_path).expect_err("a directory opens");
+        assert!(!e.is_corrupt(), "{e:?}");
     }
 
     /// A write the file system refuses (a full disk; here the file size limit, which nextest's process per test

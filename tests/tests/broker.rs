@@ -1281,3 +1281,57 @@ fn a_full_disk_freed_again_records_runs_again() {
     drop(state);
     c.finish();
 }
+
+/// A damaged store file (here 64 KiB of noise where `predictor.redb` should be): the broker a shim starts sets it
+/// aside, byte for byte, as `predictor.redb.corrupt-<unix seconds>` and serves on an empty store, so the node's
+/// containers are allocated and recorded again. Before: the broker exited at every start ("I/O error: invalid
+/// data"; a truncated copy made redb panic), and every container ran on its spec limits, unrecorded, until someone
+/// removed the file.
+#[test]
+fn a_damaged_store_is_set_aside_and_the_broker_starts_on_an_empty_one() {
+    let Some(c) = start(
+        "a_damaged_store_is_set_aside_and_the_broker_starts_on_an_empty_one",
+        "",
+        "",
+    ) else {
+        return;
+    };
+    let state = c.dir.join("broker");
+    std::fs::create_dir_all(&state).expect("the state dir");
+    let noise: Vec<u8> = (0..65_536u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(state.join("predictor.redb"), &noise).expect("the damaged store");
+    run_ok(
+        &c,
+        "after-damage",
+        &["--annotation", "io.predictive.task-type=e2e-damaged"],
+        &["sleep", "0.3"],
+    );
+    let recorded = wait_until(secs(5), || {
+        (runs_seen(&c, "e2e-damaged") == Some(1)).then_some(())
+    });
+    assert!(
+        recorded.is_some(),
+        "the run was not recorded: {:?}",
+        client(&c).models()
+    );
+    let aside: Vec<PathBuf> = std::fs::read_dir(&state)
+        .expect("the state dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("predictor.redb.corrupt-"))
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "set aside: {aside:?}");
+    assert_eq!(
+        std::fs::read(&aside[0]).expect("the file set aside"),
+        noise,
+        "the damaged file is kept as it was"
+    );
+    println!("set aside as {}", aside[0].display());
+    c.finish();
+}
