@@ -7,6 +7,8 @@
 
 use containerd_shim_protos::ttrpc::{self, Code};
 
+use crate::log_uri::LogUriError;
+
 /// Errors returned by the shim's task service and its helpers.
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
@@ -53,6 +55,9 @@ pub enum ShimError {
     /// The zygote helper process is gone or sent something unreadable.
     #[error("zygote: {0}")]
     Zygote(String),
+    /// A stdio URI was refused, or its logging binary or file could not be used.
+    #[error(transparent)]
+    Log(#[from] crate::log_uri::LogUriError),
 }
 
 impl ShimError {
@@ -84,6 +89,14 @@ impl ShimError {
             }
             ShimError::Io { .. } | ShimError::Sys { .. } | ShimError::Shim { .. } => Code::INTERNAL,
             ShimError::Zygote(_) => Code::UNAVAILABLE,
+            ShimError::Log(e) => match e {
+                LogUriError::NotReady { .. } => Code::DEADLINE_EXCEEDED,
+                LogUriError::Io { .. } => Code::INTERNAL,
+                LogUriError::Scheme { .. }
+                | LogUriError::Malformed { .. }
+                | LogUriError::TooManyArgs { .. }
+                | LogUriError::Spawn { .. } => Code::INVALID_ARGUMENT,
+            },
         }
     }
 
@@ -135,6 +148,14 @@ mod tests {
 
         let (code, _) = status_of(ShimError::Zygote("gone".into()));
         assert_eq!(code, Code::UNAVAILABLE);
+
+        let (code, msg) = status_of(
+            crate::log_uri::parse("syslog://x")
+                .expect_err("an unknown scheme")
+                .into(),
+        );
+        assert_eq!(code, Code::INVALID_ARGUMENT);
+        assert!(msg.contains("\"syslog\""), "{msg}");
     }
 
     #[test]

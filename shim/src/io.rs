@@ -1,6 +1,7 @@
 //! Process stdio: pipes between the container and the shim, and the shim's copies to containerd.
 //!
-//! containerd hands the shim fifo paths. The container gets one end of an anonymous pipe per
+//! containerd hands the shim fifo paths, or a logging binary or file URI for the output (`log_uri.rs`: the
+//! container's output then goes to the logging binary's pipes, or through the shim's copies into the file). The container gets one end of an anonymous pipe per
 //! stream; the shim copies between the other end and the fifo (containerd-shim's `IoTasks`), so
 //! CloseIO can close a process's stdin and a restarted containerd finds its output still flowing.
 //! With a terminal, the container's init sends the pty master back over a console socket and the
@@ -19,14 +20,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use containerd_shim::asynchronous::io::{IoTasks, Pty};
 use nix::fcntl::OFlag;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::net::unix::pipe;
+use tokio::task::JoinHandle;
 
 use crate::error::{Result, ShimError};
+use crate::log_uri::{self, Logger, Sink};
+use crate::reaper::Reaper;
 use crate::zygote;
 
 /// How long the shim waits for a container's console after create succeeded.
 const CONSOLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long the copies into a log file may take to finish at Delete (containerd-shim's fifo copies' drain time).
+const FILE_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The fifo paths containerd asked for, and whether the process has a terminal.
 #[derive(Clone, Debug, Default)]
@@ -37,6 +44,14 @@ pub struct StdioPaths {
     pub terminal: bool,
 }
 
+/// Whose stdio it is: what a logging binary is told, and the reaper that collects it.
+pub struct Owner<'a> {
+    /// The process's id: the container's for its init, the exec's for an exec (as containerd's runc shim).
+    pub id: &'a str,
+    pub namespace: &'a str,
+    pub reaper: &'a Reaper,
+}
+
 /// What the shim keeps of a process's stdio while the process lives.
 pub struct ProcessIo {
     pub tasks: IoTasks,
@@ -44,6 +59,15 @@ pub struct ProcessIo {
     console: Option<Console>,
     /// The stdin fifo and the pipe to the process, until [`ProcessIo::start_input`] connects them.
     stdin: Option<(String, pipe::Sender)>,
+    /// Where the output goes.
+    sink: Sink,
+    /// The logging binary of a `binary://` sink.
+    logger: Option<Logger>,
+    /// With a terminal and a logging binary: the logger's stdout, for the console's copy.
+    logger_stdout: Option<OwnedFd>,
+    /// The copies into a `file://` sink, or from a console to a logging binary (containerd-shim's copies
+    /// write only to fifos).
+    copies: Vec<JoinHandle<()>>,
 }
 
 /// A console socket waiting for the pty master.
@@ -62,23 +86,43 @@ static CONSOLE_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl ProcessIo {
     /// Prepares stdio for a process about to be created: returns the shim's side and the
-    /// container's side (descriptors for the zygote, or the console socket path).
-    pub fn prepare(
+    /// container's side (descriptors for the zygote, or the console socket path). A logging binary is started
+    /// and ready before this returns.
+    pub async fn prepare(
         paths: &StdioPaths,
         console_dir: &Path,
+        owner: &Owner<'_>,
     ) -> Result<(ProcessIo, zygote::Stdio, Option<PathBuf>)> {
-        for (name, path) in [
-            ("stdin", &paths.stdin),
-            ("stdout", &paths.stdout),
-            ("stderr", &paths.stderr),
-        ] {
-            if path.contains("://") && !path.starts_with("fifo://") {
+        let sink = log_uri::parse(&paths.stdout)?;
+        // Only the stdout URI may name a logging binary or a file (it decides for stderr too).
+        let others: &[(&str, &String)] = match sink {
+            Sink::Fifos => &[("stdin", &paths.stdin), ("stderr", &paths.stderr)],
+            _ => &[("stdin", &paths.stdin)],
+        };
+        for (name, uri) in others {
+            if log_uri::parse(uri)? != Sink::Fifos {
                 return Err(ShimError::InvalidArgument(format!(
-                    "{name} {path:?}: only fifo paths are supported (no binary:// or file:// logging URIs yet)"
+                    "{name} {uri:?}: only stdout may name a logging binary or file (it is used for stderr too)"
                 )));
             }
         }
-        let tasks = IoTasks::default();
+        let mut io = ProcessIo {
+            tasks: IoTasks::default(),
+            pty: None,
+            console: None,
+            stdin: None,
+            sink,
+            logger: None,
+            logger_stdout: None,
+            copies: Vec::new(),
+        };
+        let mut pipes = None;
+        if let Sink::Binary { program, args } = &io.sink {
+            let (logger, p) =
+                Logger::start(program, args, owner.id, owner.namespace, owner.reaper).await?;
+            io.logger = Some(logger);
+            pipes = Some(p);
+        }
         if paths.terminal {
             let seq = CONSOLE_SEQ.fetch_add(1, Ordering::Relaxed);
             let path = console_dir.join(format!("console-{}-{seq}.sock", std::process::id()));
@@ -87,40 +131,86 @@ impl ProcessIo {
                 "binding console socket {}",
                 path.display()
             )))?;
-            let io = ProcessIo {
-                tasks,
-                pty: None,
-                console: Some(Console {
-                    path: path.clone(),
-                    listener,
-                }),
-                stdin: None,
-            };
+            io.console = Some(Console {
+                path: path.clone(),
+                listener,
+            });
+            // The console's output goes to the logger's stdout; its stderr ends at once.
+            io.logger_stdout = pipes.map(|p| p.stdout);
             return Ok((io, zygote::Stdio::default(), Some(path)));
         }
         let mut container = zygote::Stdio::default();
-        let mut stdin = None;
         if !paths.stdin.is_empty() {
             let (r, w) = pipe_pair()?;
             let sender = pipe::Sender::from_owned_fd(w)
                 .map_err(ShimError::io("registering the stdin pipe"))?;
-            stdin = Some((paths.stdin.clone(), sender));
+            io.stdin = Some((paths.stdin.clone(), sender));
             container.stdin = Some(r);
         } else {
             container.stdin = Some(dev_null()?);
         }
-        container.stdout = Some(output(&tasks, &paths.stdout, "stdout")?);
-        container.stderr = Some(output(&tasks, &paths.stderr, "stderr")?);
-        Ok((
-            ProcessIo {
-                tasks,
-                pty: None,
-                console: None,
-                stdin,
-            },
-            container,
-            None,
-        ))
+        match (&io.sink, pipes) {
+            (Sink::Binary { .. }, Some(p)) => {
+                container.stdout = Some(p.stdout);
+                container.stderr = Some(p.stderr);
+            }
+            (Sink::File(path), _) => {
+                let file = log_uri::open_file(path)?;
+                for name in ["stdout", "stderr"] {
+                    let (r, w) = pipe_pair()?;
+                    let receiver = pipe::Receiver::from_owned_fd(r)
+                        .map_err(ShimError::io(format!("registering the {name} pipe")))?;
+                    let f = file
+                        .try_clone()
+                        .map_err(ShimError::io(format!("opening {} again", path.display())))?;
+                    io.copies.push(copy_to_file(receiver, f, path.clone()));
+                    if name == "stdout" {
+                        container.stdout = Some(w);
+                    } else {
+                        container.stderr = Some(w);
+                    }
+                }
+            }
+            _ => {
+                container.stdout = Some(output(&io.tasks, &paths.stdout, "stdout")?);
+                container.stderr = Some(output(&io.tasks, &paths.stderr, "stderr")?);
+            }
+        }
+        Ok((io, container, None))
+    }
+
+    /// At Delete: lets the output copies finish, then the logging binary end (see `log_uri.rs`).
+    pub async fn shutdown(mut self) {
+        self.tasks.shutdown().await;
+        let copies = std::mem::take(&mut self.copies);
+        let drain = futures_join_all(copies);
+        if tokio::time::timeout(FILE_DRAIN_TIMEOUT, drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "output copy did not finish within {FILE_DRAIN_TIMEOUT:?}, cancelling it"
+            );
+        }
+        self.abort_copies();
+        self.logger_stdout = None;
+        if let Some(logger) = self.logger.take() {
+            logger.stop().await;
+        }
+    }
+
+    /// For a process that failed to start: cancels every copy and kills its logging binary.
+    pub async fn abort(mut self) {
+        self.tasks.abort().await;
+        self.abort_copies();
+        // Dropped, a logger is killed.
+        self.logger = None;
+    }
+
+    fn abort_copies(&mut self) {
+        for c in self.copies.drain(..) {
+            c.abort();
+        }
     }
 
     /// At Start: opens the stdin fifo and starts copying it to the process (see the module docs).
@@ -157,13 +247,63 @@ impl ProcessIo {
                 .copy_from_fifo(fifo_path(&paths.stdin), pty.clone())
                 .map_err(ShimError::shim(format!("opening stdin {}", paths.stdin)))?;
         }
-        if !paths.stdout.is_empty() {
-            self.tasks
-                .copy_to_fifo(pty.clone(), fifo_path(&paths.stdout))
-                .map_err(ShimError::shim(format!("opening stdout {}", paths.stdout)))?;
+        match &self.sink {
+            Sink::Binary { .. } => {
+                if let Some(out) = self.logger_stdout.take() {
+                    let sender = pipe::Sender::from_owned_fd(out)
+                        .map_err(ShimError::io("registering the logger's stdout pipe"))?;
+                    self.copies.push(tokio::spawn(copy(pty.clone(), sender)));
+                }
+            }
+            Sink::File(path) => {
+                let f = log_uri::open_file(path)?;
+                self.copies.push(copy_to_file(pty.clone(), f, path.clone()));
+            }
+            Sink::Fifos if !paths.stdout.is_empty() => {
+                self.tasks
+                    .copy_to_fifo(pty.clone(), fifo_path(&paths.stdout))
+                    .map_err(ShimError::shim(format!("opening stdout {}", paths.stdout)))?;
+            }
+            Sink::Fifos => {}
         }
         self.pty = Some(pty);
         Ok(())
+    }
+}
+
+/// Waits for every handle (a panicked or cancelled copy counts as finished).
+async fn futures_join_all(handles: Vec<JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+/// Copies `from` into the log file `file` (opened for appending) until `from` ends.
+fn copy_to_file<R>(from: R, file: std::fs::File, path: PathBuf) -> JoinHandle<()>
+where
+    R: AsyncRead + Send + Unpin + 'static,
+{
+    tokio::spawn(async move {
+        let mut to = tokio::fs::File::from_std(file);
+        copy(from, &mut to).await;
+        if let Err(e) = to.flush().await {
+            tracing::warn!("writing the log file {}: {e}", path.display());
+        }
+    })
+}
+
+/// Copies until `from` ends; a console hanging up (EIO) or a reader gone (EPIPE) is a normal end.
+async fn copy<R, W>(mut from: R, mut to: W)
+where
+    R: AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::io::copy(&mut from, &mut to).await {
+        Ok(_) => {}
+        Err(e)
+            if e.kind() == std::io::ErrorKind::BrokenPipe
+                || e.raw_os_error() == Some(libc::EIO) => {}
+        Err(e) => tracing::warn!("copying a process's output: {e}"),
     }
 }
 
@@ -251,4 +391,113 @@ pub fn resize(pty: &Pty, width: u32, height: u32) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A pty pair: (master, slave).
+    fn openpty() -> (OwnedFd, OwnedFd) {
+        let (mut master, mut slave) = (-1, -1);
+        // SAFETY: openpty writes two descriptors into the out-pointers; name, termios and winsize may be null.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: openpty succeeded, so both are descriptors we own.
+        unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+    }
+
+    /// What a container's init does with a console socket: sends the pty master over it.
+    fn send_master(socket: &Path, master: &OwnedFd) {
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        let stream = StdUnixStream::connect(socket).expect("connecting to the console socket");
+        let fds = [master.as_raw_fd()];
+        let iov = [std::io::IoSlice::new(b"console")];
+        sendmsg::<()>(
+            stream.as_raw_fd(),
+            &iov,
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .expect("sending the pty master");
+    }
+
+    /// A terminal's output (one stream) goes to a logging binary's stdout, or into a `file://` sink, and both
+    /// are complete once the process's io is shut down.
+    #[tokio::test]
+    async fn a_terminals_output_goes_to_the_logger_or_the_file() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let d = tmp.path().display();
+        let logger = tmp.path().join("logger.sh");
+        std::fs::write(
+            &logger,
+            format!("#!/bin/sh\ncat <&3 5>&- > {d}/out & cat <&4 5>&- > {d}/err & exec 5>&-; wait; echo done > {d}/done\n"),
+        )
+        .expect("writing the logger");
+        std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let file = tmp.path().join("logs/tty.log");
+        let reaper = Arc::new(Reaper::default());
+        for uri in [
+            format!("binary://{}", logger.display()),
+            format!("file://{}", file.display()),
+        ] {
+            let paths = StdioPaths {
+                stdin: String::new(),
+                stdout: uri.clone(),
+                stderr: uri.clone(),
+                terminal: true,
+            };
+            let owner = Owner {
+                id: "c1",
+                namespace: "default",
+                reaper: &reaper,
+            };
+            let (mut pio, stdio, console) = ProcessIo::prepare(&paths, tmp.path(), &owner)
+                .await
+                .expect("prepare");
+            assert!(
+                stdio.stdout.is_none() && stdio.stderr.is_none(),
+                "{uri}: a terminal has no pipes"
+            );
+            if let Some(l) = &pio.logger {
+                crate::log_uri::tests::reap_for(&reaper, l.pid());
+            }
+            let (master, slave) = openpty();
+            let socket = console.expect("a console socket");
+            let sender = std::thread::spawn(move || send_master(&socket, &master));
+            pio.connect_console(&paths)
+                .await
+                .expect("connecting the console");
+            sender.join().expect("sender");
+            let mut slave = std::fs::File::from(slave);
+            slave
+                .write_all(b"on a tty\n")
+                .expect("writing to the terminal");
+            drop(slave);
+            pio.shutdown().await;
+        }
+        let read = |f: &str| {
+            let mut s = String::new();
+            let _ = std::fs::File::open(tmp.path().join(f)).map(|mut f| f.read_to_string(&mut s));
+            s
+        };
+        assert_eq!(read("out"), "on a tty\r\n");
+        assert_eq!(read("err"), "");
+        assert_eq!(read("done"), "done\n", "the logger ended by itself");
+        assert_eq!(read("logs/tty.log"), "on a tty\r\n");
+    }
 }

@@ -11,6 +11,7 @@ pub mod events;
 pub mod footprint;
 pub mod freeze;
 pub mod io;
+pub mod log_uri;
 pub mod logging;
 pub mod metrics;
 pub mod oom;

@@ -25,7 +25,7 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -80,6 +80,8 @@ pub struct Launch {
     pub reset_oom_score: bool,
     /// Append the child's output to this file (not under systemd: the journal has it).
     pub log: Option<PathBuf>,
+    /// The child's whole environment (`KEY=VALUE`); `None` passes the shim's own.
+    pub env: Option<Vec<OsString>>,
 }
 
 /// `predictived`'s own arguments for these settings.
@@ -118,6 +120,7 @@ pub fn systemd_launch(systemd_run: &Path, exe: &Path, unit: &str, broker: Vec<Os
         join: Vec::new(),
         reset_oom_score: false,
         log: None,
+        env: None,
     }
 }
 
@@ -199,6 +202,7 @@ fn launch_for_host(exe: &Path, s: &Settings) -> Launch {
         join,
         reset_oom_score: true,
         log: Some(s.state_dir.join("predictived.log")),
+        env: None,
     }
 }
 
@@ -316,12 +320,20 @@ fn prepare(launch: &Launch) -> Result<Prepared, SpawnError> {
         argv.push(cstring("an argument", a.as_bytes())?);
     }
     let mut envp = Vec::new();
-    for (k, v) in std::env::vars_os() {
-        let mut kv = k.as_bytes().to_vec();
-        kv.push(b'=');
-        kv.extend_from_slice(v.as_bytes());
+    let vars: Vec<OsString> = match &launch.env {
+        Some(env) => env.clone(),
+        None => std::env::vars_os()
+            .map(|(k, v)| {
+                let mut kv = k;
+                kv.push("=");
+                kv.push(v);
+                kv
+            })
+            .collect(),
+    };
+    for kv in vars {
         // A variable that cannot be passed is left out rather than failing the start.
-        if let Ok(c) = CString::new(kv) {
+        if let Ok(c) = CString::new(kv.into_vec()) {
             envp.push(c);
         }
     }
@@ -363,6 +375,9 @@ const STEP_JOIN: u32 = 1;
 const STEP_OOM: u32 = 2;
 const STEP_STDIO: u32 = 3;
 const STEP_EXEC: u32 = 4;
+const STEP_FDS: u32 = 5;
+/// The most descriptors [`spawn_with`] passes (the child copies them into a fixed array: no allocation there).
+const MAX_PASSED_FDS: usize = 8;
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Sys {
@@ -375,7 +390,20 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
 /// exec'd. Failures before the exec (a cgroup, `oom_score_adj`) are logged as warnings; a failed exec is the
 /// error.
 pub fn spawn(launch: &Launch) -> Result<i32, SpawnError> {
+    spawn_with(launch, &[], true)
+}
+
+/// [`spawn`], with `fds` as the child's descriptors 3, 4, ... and, unless `detach`, its exit kept for whoever
+/// subscribes to its pid at the shim's reaper (a logging binary's, which the shim waits for).
+pub fn spawn_with(launch: &Launch, fds: &[&OwnedFd], detach: bool) -> Result<i32, SpawnError> {
+    if fds.len() > MAX_PASSED_FDS {
+        return Err(SpawnError::Sys {
+            what: "passing descriptors to the child",
+            source: std::io::Error::from_raw_os_error(libc::EMFILE),
+        });
+    }
     let p = prepare(launch)?;
+    let fds: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let argv: Vec<*const libc::c_char> = p
         .argv
         .iter()
@@ -400,10 +428,12 @@ pub fn spawn(launch: &Launch) -> Result<i32, SpawnError> {
         });
     }
     if pid == 0 {
-        child(&p, &argv, &envp, &go_r, &go_w, &st_r, &st_w);
+        child(&p, &argv, &envp, &fds, &go_r, &go_w, &st_r, &st_w);
     }
     // Its exit is nobody's: the reaper must drop it. Only then may it go on (and possibly exit).
-    reaper::detach(pid);
+    if detach {
+        reaper::detach(pid);
+    }
     drop(go_r);
     drop(st_w);
     // SAFETY: writing one byte from a valid buffer to a pipe we own.
@@ -425,25 +455,35 @@ pub fn spawn(launch: &Launch) -> Result<i32, SpawnError> {
             }
             STEP_JOIN => tracing::warn!("the broker could not join one of its cgroups: {err}"),
             STEP_OOM => tracing::warn!("the broker's oom_score_adj could not be reset: {err}"),
-            _ => tracing::warn!("the broker's stdio could not be set up: {err}"),
+            // Without its descriptors the child is of no use: it exits instead of exec'ing.
+            STEP_FDS => {
+                result = Err(SpawnError::Sys {
+                    what: "passing descriptors to the child",
+                    source: err,
+                })
+            }
+            _ => tracing::warn!("the child's stdio could not be set up: {err}"),
         }
     }
     result
 }
 
 /// The forked child. Only async-signal-safe calls from here on; never returns.
+#[allow(clippy::too_many_arguments)]
 fn child(
     p: &Prepared,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
+    fds: &[i32],
     go_r: &OwnedFd,
     go_w: &OwnedFd,
     st_r: &OwnedFd,
     st_w: &OwnedFd,
 ) -> ! {
-    let st = st_w.as_raw_fd();
+    // The status pipe's number: moved above the passed descriptors' range before they are put in place.
+    let st = std::cell::Cell::new(st_w.as_raw_fd());
     // SAFETY: every call below is an async-signal-safe system call (close, read, sigprocmask, signal, setsid,
-    // open, write, dup2, close_range, execve, _exit) on descriptors this process owns and on NUL-terminated
+    // open, write, fcntl, dup2, close_range, execve, _exit) on descriptors this process owns and on NUL-terminated
     // strings and pointer arrays prepared before the fork, which stay valid until execve or _exit.
     unsafe {
         let report = |step: u32| {
@@ -451,7 +491,7 @@ fn child(
             let mut rec = [0u8; 8];
             rec[..4].copy_from_slice(&step.to_le_bytes());
             rec[4..].copy_from_slice(&errno.to_le_bytes());
-            libc::write(st, rec.as_ptr().cast(), rec.len());
+            libc::write(st.get(), rec.as_ptr().cast(), rec.len());
         };
         libc::close(go_w.as_raw_fd());
         libc::close(st_r.as_raw_fd());
@@ -496,10 +536,42 @@ fn child(
         if libc::dup2(null, 0) < 0 || libc::dup2(out, 1) < 0 || libc::dup2(out, 2) < 0 {
             report(STEP_STDIO);
         }
-        // Nothing of the shim's (containers' stdio, sockets) leaks into the broker, whatever its close-on-exec
-        // flag; the status pipe closes at the exec.
-        if st > 3 {
-            libc::syscall(libc::SYS_close_range, 3u32, (st - 1) as u32, 0u32);
+        // The passed descriptors become 3, 4, ...: first the status pipe and copies of them go above that
+        // range (fcntl picks free numbers, so nothing is overwritten), then each copy is dup'ed into place
+        // (dup2 clears close-on-exec on the copy it makes).
+        let first_free = 3 + fds.len() as i32;
+        if !fds.is_empty() {
+            let moved = libc::fcntl(st.get(), libc::F_DUPFD_CLOEXEC, first_free);
+            if moved < 0 {
+                report(STEP_FDS);
+                libc::_exit(126);
+            }
+            st.set(moved);
+            let mut high = [0i32; MAX_PASSED_FDS];
+            for (i, fd) in fds.iter().take(high.len()).enumerate() {
+                high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, first_free);
+                if high[i] < 0 {
+                    report(STEP_FDS);
+                    libc::_exit(126);
+                }
+            }
+            for (i, fd) in high.iter().take(fds.len()).enumerate() {
+                if libc::dup2(*fd, 3 + i as i32) < 0 {
+                    report(STEP_FDS);
+                    libc::_exit(126);
+                }
+            }
+        }
+        // Nothing else of the shim's (containers' stdio, sockets) leaks into the child, whatever its
+        // close-on-exec flag; the status pipe closes at the exec.
+        let st = st.get();
+        if st > first_free {
+            libc::syscall(
+                libc::SYS_close_range,
+                first_free as u32,
+                (st - 1) as u32,
+                0u32,
+            );
         }
         libc::syscall(libc::SYS_close_range, (st + 1) as u32, u32::MAX, 0u32);
         libc::execve(p.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
@@ -547,6 +619,7 @@ mod tests {
             join: Vec::new(),
             reset_oom_score: true,
             log: Some(log.clone()),
+            env: None,
         };
         let pid = spawn(&launch).expect("spawn");
         assert_eq!(reap(pid), 0);
@@ -561,6 +634,56 @@ mod tests {
     }
 
     #[test]
+    fn passed_descriptors_are_three_and_up_the_environment_only_the_given_and_the_exit_kept() {
+        let reaper = crate::reaper::Reaper::default();
+        let (a_r, a_w) = pipe().expect("pipe");
+        let (b_r, b_w) = pipe().expect("pipe");
+        let launch = Launch {
+            program: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                "tr '\\0' ' ' < /proc/$$/environ >&3; echo >&3; echo to-four >&4; ls /proc/self/fd >&3; exit 5"
+                    .into(),
+            ],
+            join: Vec::new(),
+            reset_oom_score: false,
+            log: None,
+            env: Some(vec!["A=1".into(), "B=two words".into()]),
+        };
+        // Passed in an order their numbers do not have, so a copy must not overwrite another.
+        let pid = spawn_with(&launch, &[&b_w, &a_w], false).expect("spawn");
+        drop((a_w, b_w));
+        let mut three = String::new();
+        std::fs::File::from(b_r)
+            .read_to_string(&mut three)
+            .expect("reading 3");
+        let mut four = String::new();
+        std::fs::File::from(a_r)
+            .read_to_string(&mut four)
+            .expect("reading 4");
+        let mut lines = three.lines();
+        assert_eq!(lines.next(), Some("A=1 B=two words "), "{three}");
+        let fds: Vec<&str> = lines.collect();
+        // 0-2, the two passed, ls's own directory: nothing else leaked.
+        assert!(
+            fds.len() <= 6 && fds.contains(&"3") && fds.contains(&"4"),
+            "{fds:?}"
+        );
+        assert_eq!(four, "to-four\n");
+        let mut rx = reaper.subscribe(pid);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let exit = loop {
+            reaper.reap();
+            if let Ok(exit) = rx.try_recv() {
+                break exit;
+            }
+            assert!(Instant::now() < deadline, "no exit kept for the child");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!(exit.status, 5);
+    }
+
+    #[test]
     fn a_failed_exec_is_an_error_naming_the_program() {
         let launch = Launch {
             program: "/nonexistent/predictived".into(),
@@ -568,6 +691,7 @@ mod tests {
             join: vec!["/nonexistent/cgroup.procs".into()],
             reset_oom_score: false,
             log: None,
+            env: None,
         };
         let e = spawn(&launch).expect_err("no such program");
         assert!(e.to_string().contains("/nonexistent/predictived"), "{e}");
@@ -585,6 +709,7 @@ mod tests {
             join: Vec::new(),
             reset_oom_score: false,
             log: None,
+            env: None,
         };
         let pid = spawn(&launch).expect("spawn");
         // Reap until the child is gone (kill(pid, 0) fails once it is collected; a zombie still answers).

@@ -460,7 +460,13 @@ impl TaskService {
             "creating state root {}",
             self.shared.state_root.display()
         )))?;
-        let (mut pio, stdio, console) = ProcessIo::prepare(&paths, &self.shared.state_root)?;
+        let owner = io::Owner {
+            id: &req.id,
+            namespace: &self.shared.namespace,
+            reaper: &self.shared.reaper,
+        };
+        let (mut pio, stdio, console) =
+            ProcessIo::prepare(&paths, &self.shared.state_root, &owner).await?;
         let request = Request::Create {
             id: req.id.clone(),
             bundle: bundle.to_path_buf(),
@@ -491,7 +497,7 @@ impl TaskService {
                 Ok((process, pid))
             }
             Err(e) => {
-                pio.tasks.abort().await;
+                pio.abort().await;
                 Err(e)
             }
         }
@@ -582,10 +588,15 @@ impl TaskService {
             None => None,
         };
         let spec_path = exec_spec_path(&self.shared.state_root, &container.id, &process.exec_id);
+        let owner = io::Owner {
+            id: &process.exec_id,
+            namespace: &self.shared.namespace,
+            reaper: &self.shared.reaper,
+        };
         let (mut pio, stdio, console) =
-            ProcessIo::prepare(&process.stdio, &self.shared.state_root)?;
+            ProcessIo::prepare(&process.stdio, &self.shared.state_root, &owner).await?;
         if let Err(e) = pio.start_input() {
-            pio.tasks.abort().await;
+            pio.abort().await;
             return Err(e);
         }
         let result = async {
@@ -622,7 +633,7 @@ impl TaskService {
                 Ok(pid)
             }
             Err(e) => {
-                pio.tasks.abort().await;
+                pio.abort().await;
                 process.set_exited(127);
                 Err(e)
             }
@@ -1097,7 +1108,7 @@ fn exec_spec_path(state_root: &Path, id: &str, exec_id: &str) -> PathBuf {
 
 async fn shutdown_io(process: &Process) {
     if let Some(pio) = process.io.lock().await.take() {
-        pio.tasks.shutdown().await;
+        pio.shutdown().await;
     }
 }
 

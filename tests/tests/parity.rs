@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use predictive_e2e::Containerd;
-use predictive_e2e::cmd::{Output, run_cmd};
+use predictive_e2e::cmd::{Output, run_cmd, wait_until};
 use predictive_e2e::settings::IMAGE;
 use serde_json::{Value, json};
 
@@ -466,5 +466,193 @@ fn spec_fields_as_runc() {
             "{h}: {v}"
         );
     }
+    c.finish();
+}
+
+/// The logging binary the output tests use: writes its arguments (`DIR.args`), its environment (`DIR/env`) and
+/// what it reads on descriptors 3 (stdout) and 4 (stderr) into the directory `--dir` names, says it is ready
+/// by closing descriptor 5, and writes `done` once both streams have ended.
+const LOGGER: &str = r#"#!/bin/sh
+dir=; prev=
+for a in "$@"; do [ "$prev" = --dir ] && dir="$a"; prev="$a"; done
+mkdir -p "$dir"
+: > "$dir.args"
+while [ $# -ge 2 ]; do printf '%s=%s\n' "$1" "$2" >> "$dir.args"; shift 2; done
+tr '\0' '\n' < /proc/$$/environ | sort > "$dir/env"
+cat <&3 5>&- > "$dir/stdout" &
+cat <&4 5>&- > "$dir/stderr" &
+exec 5>&-
+wait
+echo done > "$dir/done"
+"#;
+
+/// `%`-escapes what a URI's path or query value may not hold as is.
+fn uri_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The logger's file `name` in `dir` once it holds `want` (at most 10 s), else what it held.
+fn logged(dir: &Path, name: &str, want: &str) -> String {
+    let read = || std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    wait_until(Duration::from_secs(10), || (read() == want).then_some(()))
+        .map_or_else(read, |_| want.into())
+}
+
+/// The logger writing into `dir` got both streams of `sh -c 'echo to-stdout; echo to-stderr >&2'` and only
+/// `CONTAINER_ID=id` and `CONTAINER_NAMESPACE=ns` in its environment.
+fn check_logger(dir: &Path, id: &str, ns: &str) {
+    assert_eq!(logged(dir, "stdout", "to-stdout\n"), "to-stdout\n");
+    assert_eq!(logged(dir, "stderr", "to-stderr\n"), "to-stderr\n");
+    let env = std::fs::read_to_string(dir.join("env")).expect("the logger's env");
+    assert_eq!(
+        env,
+        format!("CONTAINER_ID={id}\nCONTAINER_NAMESPACE={ns}\n"),
+        "the logger's environment"
+    );
+}
+
+/// Waits (at most 15 s) until no process runs `program`; panics naming `when` otherwise.
+fn gone(program: &Path, when: &str) {
+    assert!(
+        wait_until(Duration::from_secs(15), || running(program)
+            .is_empty()
+            .then_some(()))
+        .is_some(),
+        "the logger still runs {when}: {:?}",
+        running(program)
+    );
+}
+
+/// Pids of processes running `program` (its path in their command line).
+fn running(program: &Path) -> Vec<i32> {
+    let needle = program.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+        })
+        .collect()
+}
+
+/// `ctr run --log-uri` and `ctr t exec --log-uri`, what nerdctl's detached containers use: stdout and stderr go to
+/// a logging binary (`binary://PATH?QUERY`: the query as its arguments, only `CONTAINER_ID` and
+/// `CONTAINER_NAMESPACE` in its environment, the streams on descriptors 3 and 4, ready when it closes 5) or are
+/// appended to a file (`file://PATH`, made with its directory); the logger is gone once the run is; a logger that
+/// is not there, or a scheme neither knows, is refused naming it.
+#[test]
+fn output_to_a_logging_binary_or_a_file() {
+    let Some(c) = start("output_to_a_logging_binary_or_a_file") else {
+        return;
+    };
+    let logger = c.dir.join("log ger.sh");
+    std::fs::write(&logger, LOGGER).expect("writing the logger");
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod the logger");
+    let binary = |dir: &Path| {
+        format!(
+            "binary://{}?--dir={}&--tag=a+b%26c",
+            uri_escape(&logger.to_string_lossy()),
+            uri_escape(&dir.to_string_lossy())
+        )
+    };
+    let two_streams = ["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"];
+
+    // The container's own output to a logging binary.
+    let dir = c.dir.join("run out");
+    let id = c.id("binlog");
+    let out = c.run(&id, &["--log-uri", &binary(&dir)], &two_streams);
+    assert_eq!(out.code, 3, "the run's exit code: {out}");
+    assert!(
+        !out.stdout.contains("to-stdout"),
+        "the output went to ctr as well: {out}"
+    );
+    check_logger(&dir, &id, &c.ns);
+    // runc's shim passes the query in Go's map order (none), ours in the URI's.
+    let mut args: Vec<String> = std::fs::read_to_string(dir.with_extension("args"))
+        .expect("the logger's arguments")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    if !c.settings.is_predictive() {
+        args.sort();
+    }
+    assert_eq!(
+        args,
+        [format!("--dir={}", dir.display()), "--tag=a b&c".to_owned()]
+    );
+    gone(&logger, "after the run ended");
+    if c.settings.is_predictive() {
+        // Ours lets it drain its input and end by itself; runc's sends SIGTERM as the streams end.
+        assert_eq!(logged(&dir, "done", "done\n"), "done\n");
+    }
+
+    // An exec's output to a logging binary of its own, in a detached container.
+    let id = c.id("execlog");
+    c.run_detached(&id, &[], &["sleep", "1000"]);
+    let edir = c.dir.join("exec-out");
+    let out = c.ctr(&[
+        "t",
+        "exec",
+        "--exec-id",
+        "e1",
+        "--log-uri",
+        &binary(&edir),
+        &id,
+        two_streams[0],
+        two_streams[1],
+        two_streams[2],
+    ]);
+    assert_eq!(out.code, 3, "the exec's exit code: {out}");
+    // Named by the exec's id, as runc's shim names it.
+    check_logger(&edir, "e1", &c.ns);
+    c.remove(&id);
+    gone(&logger, "after its container was removed");
+
+    // A file, made with its directory, appended to by each run.
+    let file = c.dir.join("logs/new dir/out.log");
+    let uri = format!("file://{}", uri_escape(&file.to_string_lossy()));
+    for round in 0..2 {
+        let id = c.id("filelog");
+        let out = c.run(&id, &["--log-uri", &uri], &two_streams);
+        assert_eq!(out.code, 3, "round {round}: {out}");
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort_unstable();
+        let want: Vec<&str> = ["to-stderr", "to-stdout"]
+            .iter()
+            .flat_map(|l| vec![*l; round + 1])
+            .collect();
+        assert_eq!(lines, want, "round {round}: the file holds {text:?}");
+    }
+
+    // Refusals that name what was wrong.
+    let missing = c.dir.join("no-such-logger");
+    let out = c.run(
+        &c.id("nologger"),
+        &["--log-uri", &format!("binary://{}", missing.display())],
+        &["true"],
+    );
+    refused(
+        &out,
+        &missing.to_string_lossy(),
+        "a logger that is not there",
+    );
+    let out = c.run(
+        &c.id("badscheme"),
+        &["--log-uri", "syslog://host/x"],
+        &["true"],
+    );
+    refused(&out, "syslog", "an unknown scheme");
     c.finish();
 }
