@@ -30,6 +30,23 @@ pub struct Container {
     pub companions: Mutex<Vec<PathBuf>>,
 }
 
+/// Whether what a container's init leaves must be killed when it exits (containerd's runc shim's
+/// `ShouldKillAllOnExit`): unless the container has a pid namespace of its own, whose end the kernel takes care of.
+pub fn kills_all_on_exit(spec: &Spec) -> bool {
+    use oci_spec::runtime::LinuxNamespaceType;
+    let own = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+        .any(|ns| {
+            ns.typ() == LinuxNamespaceType::Pid
+                && ns.path().as_ref().is_none_or(|p| p.as_os_str().is_empty())
+        });
+    !own
+}
+
 impl Container {
     pub fn new(id: &str, bundle: &Path, init: Process, rootfs_mounted: bool) -> Container {
         Container {
@@ -268,6 +285,29 @@ pub fn edit_config(bundle: &Path, edit: impl FnOnce(&mut serde_json::Value) -> b
 
 #[cfg(test)]
 mod tests {
+
+    fn spec_with_namespaces(namespaces: serde_json::Value) -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "linux": {"namespaces": namespaces}
+        }))
+        .expect("a spec")
+    }
+
+    #[test]
+    fn only_a_pid_namespace_of_its_own_spares_the_kill_at_exit() {
+        let own = spec_with_namespaces(serde_json::json!([{"type": "pid"}, {"type": "mount"}]));
+        assert!(!kills_all_on_exit(&own));
+        let shared =
+            spec_with_namespaces(serde_json::json!([{"type": "pid", "path": "/proc/42/ns/pid"}]));
+        assert!(kills_all_on_exit(&shared));
+        let host = spec_with_namespaces(serde_json::json!([{"type": "mount"}]));
+        assert!(kills_all_on_exit(&host));
+        let no_linux: Spec =
+            serde_json::from_value(serde_json::json!({"ociVersion": "1.0.2"})).expect("a spec");
+        assert!(kills_all_on_exit(&no_linux));
+    }
     use super::*;
     use predictive_api::types::{Action, Directive};
     use std::os::unix::fs::MetadataExt;

@@ -188,6 +188,7 @@ impl TaskService {
         pid: i32,
         oom: Option<Arc<oom::OomTracker>>,
         augment: Option<Arc<Augment>>,
+        kill_all: bool,
     ) {
         let rx = self.shared.reaper.subscribe(pid);
         let shared = self.shared.clone();
@@ -209,6 +210,9 @@ impl TaskService {
                 process.exec_id.clone()
             };
             tracing::info!(container = %container_id, id = %id, pid, status, "process exited");
+            if kill_all {
+                kill_all_after_init(&shared, &container_id, augment.as_deref()).await;
+            }
             if let Some(a) = &augment {
                 a.exited(info.status, oom_killed);
             }
@@ -378,6 +382,7 @@ impl TaskService {
             terminal,
         };
 
+        let kill_all = container::kills_all_on_exit(&spec);
         match self.create_init(req, &bundle, paths, scope.is_some()).await {
             Ok((process, pid)) => {
                 let mut container = Container::new(&req.id, &bundle, process, mounted);
@@ -414,7 +419,14 @@ impl TaskService {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
-                self.watch_exit(&req.id, container.init.clone(), pid, oom, augment.clone());
+                self.watch_exit(
+                    &req.id,
+                    container.init.clone(),
+                    pid,
+                    oom,
+                    augment.clone(),
+                    kill_all,
+                );
                 self.containers().insert(req.id.clone(), container);
                 self.publish(TaskCreate {
                     container_id: req.id.clone(),
@@ -629,7 +641,7 @@ impl TaskService {
                 }
                 *io = Some(pio);
                 drop(io);
-                self.watch_exit(&container.id, process.clone(), pid, None, None);
+                self.watch_exit(&container.id, process.clone(), pid, None, None, false);
                 Ok(pid)
             }
             Err(e) => {
@@ -1104,6 +1116,40 @@ impl TaskService {
 fn exec_spec_path(state_root: &Path, id: &str, exec_id: &str) -> PathBuf {
     // Inside libcontainer's directory for the container, so it goes when the container does.
     state_root.join(id).join(format!("exec-{exec_id}.json"))
+}
+
+/// As containerd's runc shim, once a container's init has exited in a pid namespace that is not its own (a pod's
+/// shared one, a target container's, the host's), where the kernel does not end what the init started: SIGKILL to
+/// every process left in the container's cgroup, before the exit is published.
+async fn kill_all_after_init(shared: &Shared, id: &str, augment: Option<&Augment>) {
+    // A broker freeze would hold the signal (v1 freezes even SIGKILL).
+    let _hold = match augment {
+        Some(a) => Some(
+            a.freezer
+                .hold("kill --all after the init exited", true)
+                .await,
+        ),
+        None => None,
+    };
+    let request = Request::Kill {
+        id: id.to_owned(),
+        root: shared.state_root.clone(),
+        signal: libc::SIGKILL,
+        all: true,
+    };
+    match shared
+        .runtime
+        .call(&request, zygote::Stdio::default())
+        .await
+    {
+        Ok(Reply::Ok { .. }) => {
+            tracing::debug!(container = %id, "killed what the init left in its cgroup")
+        }
+        Ok(Reply::Err { message, .. }) => {
+            tracing::warn!(container = %id, "killing what the init left: {message}")
+        }
+        Err(e) => tracing::warn!(container = %id, "killing what the init left: {}", e.chain()),
+    }
 }
 
 async fn shutdown_io(process: &Process) {

@@ -4,7 +4,7 @@
 //! version 3 on 2.x).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use predictive_e2e::cmd::wait_until;
 use predictive_e2e::cri::{self, HANDLER, NAMESPACE};
@@ -463,5 +463,78 @@ fn cri_pod_survives_a_containerd_restart() {
         "the pod's shim did not exit: {:?}",
         node.c.shim_processes()
     );
+    node.c.finish();
+}
+
+/// A pod with `shareProcessNamespace: true` (kubelet: pid namespace mode POD for the sandbox and every
+/// container): when a container's init exits, what it started in the pod's namespace is gone at once and the pod's
+/// other container is untouched. The CRI plugin deletes an exited task with a kill of what is left, so this holds
+/// even without the shim's own kill at the init's exit (which `parity.rs` checks where nobody deletes at once).
+#[test]
+fn a_pods_shared_pid_namespace_loses_what_an_exited_container_left() {
+    let Some(node) = Node::start("a_pods_shared_pid_namespace_loses_what_an_exited_container_left")
+    else {
+        return;
+    };
+    let mut pod = node.pod("pe2e-sharedpid", "cri-sharedpid");
+    pod["linux"]["security_context"]["namespace_options"]["pid"] = json!("POD");
+    let sid = node.api.run_pod(&node.c, &pod, HANDLER);
+    let shared = json!({"security_context": {"namespace_options": {"pid": "POD"}}});
+    // The peer's init is a shell, so that its `sleep` is a child in the shared namespace too.
+    let ids: Vec<String> = [
+        ("peer", "sleep 100000 & wait"),
+        // A child that would outlive the init, which exits once the child surely runs.
+        ("app", "sleep 100000 & sleep 1; exit 0"),
+    ]
+    .into_iter()
+    .map(|(name, script)| {
+        let cid = node.api.create_container(
+            &node.c,
+            &sid,
+            json!({
+                "metadata": {"name": name},
+                "image": {"image": IMAGE},
+                "command": ["sh", "-c", script],
+                "log_path": format!("{name}.log"),
+                "linux": shared
+            }),
+            &pod,
+        );
+        node.api
+            .call("StartContainer", json!({"container_id": cid}));
+        cid
+    })
+    .collect();
+    let app = ids[1].clone();
+    let exited = wait_until(Duration::from_secs(20), || {
+        (node.state(&app) == "CONTAINER_EXITED").then_some(Instant::now())
+    })
+    .expect("the app container exits");
+    let left = || {
+        clean::processes_matching(|cmd, _| cmd.starts_with("sleep 100000"))
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/cgroup"))
+                    .unwrap_or_default()
+                    .contains(&app)
+            })
+            .collect::<Vec<_>>()
+    };
+    let ended = wait_until(Duration::from_secs(5), || left().is_empty().then_some(()));
+    assert!(
+        ended.is_some(),
+        "{}: the exited app's child still runs: {:?}",
+        node.c.runtime(),
+        left()
+    );
+    println!(
+        "{}: the app's child was gone {:?} after CRI reported the app exited",
+        node.c.runtime(),
+        exited.elapsed()
+    );
+    // The peer shares the namespace and runs on.
+    assert_eq!(node.state(&ids[0]), "CONTAINER_RUNNING");
+    Node::sleep_of(&ids[0]);
+    node.remove_pod(&sid, &ids);
     node.c.finish();
 }

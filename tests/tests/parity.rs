@@ -656,3 +656,47 @@ fn output_to_a_logging_binary_or_a_file() {
     refused(&out, "syslog", "an unknown scheme");
     c.finish();
 }
+
+/// A container in another's pid namespace (a pod with `shareProcessNamespace`, `kubectl debug --target`, `ctr run
+/// --with-ns pid:...`): when its init exits, what it started is killed at once, as runc's shim does; in a private
+/// pid namespace the kernel does that itself. Checked while the exited task is not yet deleted.
+#[test]
+fn a_shared_pid_namespace_containers_processes_end_with_its_init() {
+    let Some(c) = start("a_shared_pid_namespace_containers_processes_end_with_its_init") else {
+        return;
+    };
+    let host = c.id("pidhost");
+    c.run_detached(&host, &[], &["sleep", "1000"]);
+    let ns = format!("pid:/proc/{}/ns/pid", c.task_pid(&host));
+    let guest = c.id("pidguest");
+    // The init starts a child that would outlive it, then exits once the child is surely running.
+    c.run_detached(
+        &guest,
+        &["--with-ns", &ns],
+        &["sh", "-c", "sleep 1000 & sleep 1; exit 0"],
+    );
+    c.wait_status(&guest, "STOPPED", Duration::from_secs(20));
+    let procs = c.cgroup_dir("memory", &guest).join("cgroup.procs");
+    let left = || std::fs::read_to_string(&procs).unwrap_or_default();
+    let seen = Instant::now();
+    let ended = wait_until(Duration::from_secs(5), || {
+        left().trim().is_empty().then_some(())
+    });
+    println!(
+        "{}: the child was gone {:?} after the exit was seen",
+        c.runtime(),
+        seen.elapsed()
+    );
+    assert!(
+        ended.is_some(),
+        "{}: the exited init's child still runs in {}: {:?}",
+        c.runtime(),
+        procs.display(),
+        left()
+    );
+    // The host container, whose namespace it was, is untouched.
+    assert_eq!(c.status(&host).as_deref(), Some("RUNNING"));
+    c.remove(&guest);
+    c.remove(&host);
+    c.finish();
+}

@@ -301,6 +301,7 @@ impl Shim {
             "ociVersion": "1.0.2",
             "root": {"path": "rootfs"},
             "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]},
             "annotations": all,
         });
         std::fs::write(bundle.join("config.json"), spec.to_string()).expect("config.json");
@@ -478,6 +479,30 @@ async fn a_container_goes_created_running_stopped_deleted_and_containerd_hears_e
     );
     let exit: containerd_shim_protos::events::task::TaskExit = shim.event("/tasks/exit").await;
     assert_eq!((exit.pid, exit.exit_status), (pid, 143));
+}
+
+/// In a pid namespace that is not its own, what the init leaves is killed before its exit is published (as
+/// containerd's runc shim); in its own (every other test's bundle) nothing is.
+#[tokio::test]
+async fn in_a_shared_pid_namespace_the_inits_exit_kills_what_it_left_before_it_is_published() {
+    let shim = Shim::new();
+    let req = shim.create_request("c1");
+    let config = std::path::Path::new(&req.bundle).join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).expect("config")).expect("json");
+    spec["linux"]["namespaces"][0]["path"] = serde_json::json!("/proc/42/ns/pid");
+    std::fs::write(&config, spec.to_string()).expect("config");
+    let pid = shim.service.create(&ctx(), req).await.expect("create").pid;
+    shim.start("c1", "").await.expect("start");
+    shim.kill("c1", "", libc::SIGTERM as u32, false)
+        .await
+        .expect("kill");
+    assert_eq!(shim.wait("c1", "").await.expect("wait"), 143);
+    let exit: containerd_shim_protos::events::task::TaskExit = shim.event("/tasks/exit").await;
+    assert_eq!(exit.pid, pid);
+    // By the time containerd hears of the exit, the kill --all was asked for.
+    assert_eq!(shim.runtime.calls(), ["create c1", "start c1", "kill c1"]);
+    shim.delete("c1", "").await.expect("delete");
 }
 
 #[tokio::test]
