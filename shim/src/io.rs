@@ -1,9 +1,10 @@
 //! Process stdio: pipes between the container and the shim, and the shim's copies to containerd.
 //!
 //! containerd hands the shim fifo paths, or a logging binary or file URI for the output (`log_uri.rs`: the
-//! container's output then goes to the logging binary's pipes, or through the shim's copies into the file). The container gets one end of an anonymous pipe per
-//! stream; the shim copies between the other end and the fifo (containerd-shim's `IoTasks`), so
-//! CloseIO can close a process's stdin and a restarted containerd finds its output still flowing.
+//! container's output then goes to the logging binary's pipes, or through the shim's copies into the file).
+//! With fifos the container gets one end of an anonymous pipe per stream; the shim copies between the other end
+//! and the fifo (containerd-shim's `IoTasks`), so CloseIO can close a process's stdin and a restarted containerd
+//! finds its output still flowing.
 //! With a terminal, the container's init sends the pty master back over a console socket and the
 //! shim copies between the fifos and the master instead.
 //!

@@ -56,6 +56,40 @@ fn annotations(spec: &Spec) -> BTreeMap<String, String> {
 }
 
 /// The user's limits and requests in a spec.
+/// `d` with the user's disabled OOM killer standing, as runc leaves it: the broker turns the killer on when an
+/// allocation reaches the user's limit, which is right only where the user left it on.
+fn honour_oom_choice(d: &Directive, user_disabled: bool) -> std::borrow::Cow<'_, Directive> {
+    match &d.action {
+        Action::SetMemoryLimit {
+            limit_bytes,
+            oom_kill_disabled: false,
+        } if user_disabled => std::borrow::Cow::Owned(Directive {
+            action: Action::SetMemoryLimit {
+                limit_bytes: *limit_bytes,
+                oom_kill_disabled: true,
+            },
+            ..d.clone()
+        }),
+        _ => std::borrow::Cow::Borrowed(d),
+    }
+}
+
+/// Whether the annotations are a CRI pod sandbox's (the pause process).
+fn is_sandbox(map: &BTreeMap<String, String>) -> bool {
+    map.get(predictive_api::annotations::CRI_CONTAINER_TYPE)
+        .is_some_and(|t| t == "sandbox")
+}
+
+/// Whether the spec turns the OOM killer off (`linux.resources.memory.disableOOMKiller`).
+fn oom_kill_disabled_by(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.disable_oom_killer())
+        .unwrap_or(false)
+}
+
 pub fn spec_limits(spec: &Spec) -> SpecLimits {
     resource_limits(
         spec.linux().as_ref().and_then(|l| l.resources().as_ref()),
@@ -361,6 +395,8 @@ pub struct Augment {
     net_limited: std::sync::atomic::AtomicBool,
     /// An ingress limit is in force: the same rule for a receiver.
     net_in_limited: std::sync::atomic::AtomicBool,
+    /// The spec disables the OOM killer (Docker's `--oom-kill-disable`, cgroup v1): no directive turns it on.
+    oom_kill_disabled_by_user: bool,
 }
 
 /// A directive for the network (egress or ingress), applied outside the cgroup.
@@ -388,9 +424,7 @@ pub fn finish_after_dead_shim(id: &str, bundle: &Path) {
     let Ok(ann) = check_annotations(&spec) else {
         return;
     };
-    let sandbox = annotations(&spec)
-        .get(predictive_api::annotations::CRI_CONTAINER_TYPE)
-        .is_some_and(|t| t == "sandbox");
+    let sandbox = is_sandbox(&annotations(&spec));
     let s = Settings::get();
     if sandbox || ann.mode == Mode::Off || !s.enabled {
         return;
@@ -421,10 +455,7 @@ impl Augment {
     pub fn prepare(id: &str, namespace: &str, spec: &Spec) -> Result<Option<Arc<Augment>>> {
         let ann = check_annotations(spec)?;
         let map = annotations(spec);
-        if map
-            .get(predictive_api::annotations::CRI_CONTAINER_TYPE)
-            .is_some_and(|t| t == "sandbox")
-        {
+        if is_sandbox(&map) {
             // The pause process: nothing to predict, and its history would pollute the pod's.
             tracing::debug!(
                 container = id,
@@ -536,7 +567,13 @@ impl Augment {
             companions: Mutex::new(Vec::new()),
             scope: Mutex::new(None),
             freezer: Freezer::default(),
+            oom_kill_disabled_by_user: oom_kill_disabled_by(spec),
         })))
+    }
+
+    /// `d` as it is applied (see [`honour_oom_choice`]).
+    fn honoured<'d>(&self, d: &'d Directive) -> std::borrow::Cow<'d, Directive> {
+        honour_oom_choice(d, self.oom_kill_disabled_by_user)
     }
 
     /// The registration's directives that go into `config.json` before libcontainer reads it (mode enforce only;
@@ -545,7 +582,12 @@ impl Augment {
         lock(&self.registered)
             .as_ref()
             .filter(|r| r.mode == Mode::Enforce)
-            .map(|r| r.directives.clone())
+            .map(|r| {
+                r.directives
+                    .iter()
+                    .map(|d| self.honoured(d).into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -576,7 +618,8 @@ impl Augment {
                             self.apply_net(d);
                         } else if d.action == Action::Unknown {
                             self.unknown(d);
-                        } else if let Err(e) = predictive_api::apply::apply(d, &cg) {
+                        } else if let Err(e) = predictive_api::apply::apply(&self.honoured(d), &cg)
+                        {
                             tracing::warn!(container = %self.id, "applying the initial {:?}: {e}", d.action);
                         }
                     }
@@ -950,6 +993,7 @@ impl Augment {
         let Some(cg) = st.cgroup.as_ref() else {
             return;
         };
+        let d = &*self.honoured(d);
         match self
             .freezer
             .apply_broker(d, cg, predictive_api::apply::apply)
@@ -1090,7 +1134,7 @@ impl Augment {
                 },
                 _ => Action::SetMemoryLimit {
                     limit_bytes: limits.memory_limit_bytes,
-                    oom_kill_disabled: false,
+                    oom_kill_disabled: self.oom_kill_disabled_by_user,
                 },
             };
             for action in [
@@ -1320,6 +1364,38 @@ mod tests {
         assert_eq!(heartbeat_in_ticks(Some(3000), tick), ms(3000));
         assert_eq!(heartbeat_in_ticks(Some(2500), ms(250)), ms(2500));
         assert_eq!(heartbeat_in_ticks(None, tick), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_users_disabled_oom_killer_is_never_turned_on() {
+        let spec = |memory: serde_json::Value| -> Spec {
+            serde_json::from_value(serde_json::json!({
+                "ociVersion": "1.0.2",
+                "linux": {"resources": {"memory": memory}}
+            }))
+            .expect("a spec")
+        };
+        assert!(oom_kill_disabled_by(&spec(
+            serde_json::json!({"limit": 1024, "disableOOMKiller": true})
+        )));
+        assert!(!oom_kill_disabled_by(&spec(
+            serde_json::json!({"limit": 1024})
+        )));
+        let d = |oom_kill_disabled| Directive {
+            container_id: "c1".into(),
+            action: Action::SetMemoryLimit {
+                limit_bytes: Some(1024),
+                oom_kill_disabled,
+            },
+            reason: "r".into(),
+            applied: true,
+            old_value: None,
+        };
+        assert_eq!(*honour_oom_choice(&d(false), true), d(true));
+        assert_eq!(*honour_oom_choice(&d(true), true), d(true));
+        // Where the user left it on, the broker's choice stands either way.
+        assert_eq!(*honour_oom_choice(&d(false), false), d(false));
+        assert_eq!(*honour_oom_choice(&d(true), false), d(true));
     }
 
     #[test]

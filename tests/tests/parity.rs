@@ -449,6 +449,7 @@ fn spec_fields_as_runc() {
         &|s| {
             s["hooks"] = json!({
                 "prestart": [hook("prestart")],
+                "createRuntime": [hook("createRuntime")],
                 "poststart": [hook("poststart")],
                 "poststop": [hook("poststop")]
             })
@@ -456,15 +457,24 @@ fn spec_fields_as_runc() {
         "echo ran",
         "ran",
     );
-    for h in ["prestart", "poststart", "poststop"] {
+    // createRuntime is where nerdctl's network hook runs: it finds the container's network namespace by the
+    // state's pid.
+    for h in ["prestart", "createRuntime", "poststart", "poststop"] {
         let state = std::fs::read_to_string(hooks.join(h))
             .unwrap_or_else(|e| panic!("the {h} hook did not run: {e}"));
         let v: Value = serde_json::from_str(&state)
             .unwrap_or_else(|e| panic!("the {h} hook got no state JSON ({e}): {state}"));
+        println!("{}: the {h} hook's state: {v}", c.runtime());
         assert!(
             v["id"].as_str().is_some_and(|i| i.contains("hooks")),
             "{h}: {v}"
         );
+        if h != "poststop" {
+            assert!(
+                v["pid"].as_i64().is_some_and(|p| p > 0),
+                "{h}: no pid in {v}"
+            );
+        }
     }
     c.finish();
 }
@@ -698,5 +708,93 @@ fn a_shared_pid_namespace_containers_processes_end_with_its_init() {
     assert_eq!(c.status(&host).as_deref(), Some("RUNNING"));
     c.remove(&guest);
     c.remove(&host);
+    c.finish();
+}
+
+/// Docker's `--oom-kill-disable` (cgroup v1: `linux.resources.memory.disableOOMKiller`) stands as runc leaves
+/// it: at the start, after an Update of the memory limit (`docker update --memory`, which does not repeat the
+/// flag), and after such an Update while no broker answers. cgroup v2 has no OOM killer switch.
+#[test]
+fn the_users_disabled_oom_killer_stays_disabled() {
+    let Some(c) = start("the_users_disabled_oom_killer_stays_disabled") else {
+        return;
+    };
+    let rootfs = busybox_rootfs(&c);
+    let id = c.id("oomoff");
+    let mut s = spec(&c, &rootfs, &id, &["sleep", "1000"]);
+    s["linux"]["resources"]["memory"] = json!({"limit": 64u64 << 20, "disableOOMKiller": true});
+    let file = c.dir.join(format!("{id}.json"));
+    std::fs::write(&file, s.to_string()).expect("writing the spec");
+    let file = file.to_string_lossy();
+    c.ctr(&[
+        "run",
+        "-d",
+        "--null-io",
+        "--runtime",
+        c.runtime(),
+        "--config",
+        &file,
+        &id,
+    ])
+    .expect_ok("starting a container with the OOM killer disabled");
+    c.wait_status(&id, "RUNNING", Duration::from_secs(20));
+    if Containerd::cgroup_v2_host() {
+        println!(
+            "{}: cgroup v2 has no OOM killer switch; nothing to check",
+            c.runtime()
+        );
+        c.remove(&id);
+        c.finish();
+        return;
+    }
+    let disabled = || {
+        c.cg_file(&id, ("memory", "memory.oom_control"), "")
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill_disable ").map(str::to_owned))
+            })
+            .unwrap_or_default()
+    };
+    let sock = predictive_e2e::clean::shim_socket(&c.leak_scope(), &id);
+    // The harness's Task.Update speaks task API v3, which runc's shim serves only on containerd 2.x.
+    let update = |limit: u64| match predictive_e2e::ttrpc::update_task(
+        &c.bundle(&id),
+        Some(&sock),
+        &id,
+        &json!({"memory": {"limit": limit}}),
+    ) {
+        Ok(()) => true,
+        Err(e) if !c.settings.is_predictive() && e.contains("UNIMPLEMENTED") => false,
+        Err(e) => panic!("Task.Update: {e}"),
+    };
+    // Two broker ticks each time, so whatever the broker decides is applied.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(disabled(), "1", "{}: at the start", c.runtime());
+    if !update(96 << 20) {
+        println!(
+            "{}: no task API v3 here; the Updates are not checked",
+            c.runtime()
+        );
+        c.remove(&id);
+        c.finish();
+        return;
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        disabled(),
+        "1",
+        "{}: after an Update of the memory limit",
+        c.runtime()
+    );
+    c.stop_broker();
+    assert!(update(80 << 20));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        disabled(),
+        "1",
+        "{}: after an Update with no broker",
+        c.runtime()
+    );
+    c.remove(&id);
     c.finish();
 }
