@@ -285,6 +285,9 @@ pub fn edit_config(bundle: &Path, edit: impl FnOnce(&mut serde_json::Value) -> b
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use predictive_api::types::{Action, Directive};
+    use std::os::unix::fs::MetadataExt;
 
     fn spec_with_namespaces(namespaces: serde_json::Value) -> Spec {
         serde_json::from_value(serde_json::json!({
@@ -308,9 +311,6 @@ mod tests {
             serde_json::from_value(serde_json::json!({"ociVersion": "1.0.2"})).expect("a spec");
         assert!(kills_all_on_exit(&no_linux));
     }
-    use super::*;
-    use predictive_api::types::{Action, Directive};
-    use std::os::unix::fs::MetadataExt;
 
     fn bundle() -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");
