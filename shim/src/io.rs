@@ -184,7 +184,12 @@ impl ProcessIo {
     pub async fn shutdown(mut self) {
         self.tasks.shutdown().await;
         let copies = std::mem::take(&mut self.copies);
-        let drain = futures_join_all(copies);
+        // A panicked or cancelled copy counts as finished.
+        let drain = async {
+            for c in copies {
+                let _ = c.await;
+            }
+        };
         if tokio::time::timeout(FILE_DRAIN_TIMEOUT, drain)
             .await
             .is_err()
@@ -269,13 +274,6 @@ impl ProcessIo {
         }
         self.pty = Some(pty);
         Ok(())
-    }
-}
-
-/// Waits for every handle (a panicked or cancelled copy counts as finished).
-async fn futures_join_all(handles: Vec<JoinHandle<()>>) {
-    for h in handles {
-        let _ = h.await;
     }
 }
 

@@ -18,7 +18,7 @@
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -91,8 +91,7 @@ pub fn parse(stdout: &str) -> Result<Sink, LogUriError> {
         "binary" => {
             let (path, query) = path_and_query(rest);
             let program = absolute_path(path).map_err(bad)?;
-            let mut keys: Vec<Vec<u8>> = Vec::new();
-            let mut args = Vec::new();
+            let mut args: Vec<OsString> = Vec::new();
             for pair in query.split('&').filter(|p| !p.is_empty()) {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
                 let k =
@@ -100,7 +99,7 @@ pub fn parse(stdout: &str) -> Result<Sink, LogUriError> {
                 let v =
                     unescape(v, true).ok_or_else(|| bad("a query value is not %-escaped right"))?;
                 // As Go's url.Values: a key given twice keeps its first value.
-                if keys.contains(&k) {
+                if args.iter().step_by(2).any(|a| a.as_bytes() == k.as_slice()) {
                     continue;
                 }
                 if args.len() + 2 > 2 * MAX_ARGS {
@@ -108,7 +107,6 @@ pub fn parse(stdout: &str) -> Result<Sink, LogUriError> {
                         uri: stdout.to_owned(),
                     });
                 }
-                keys.push(k.clone());
                 args.push(OsString::from_vec(k));
                 args.push(OsString::from_vec(v));
             }
@@ -249,24 +247,17 @@ impl Logger {
             exit: Some(exit),
         };
         drop((out_r, err_r, ready_w));
-        let ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r).map_err(|source| {
-            LogUriError::Io {
-                what: "registering the logger's ready pipe".into(),
-                source,
-            }
-        })?;
+        let mut ready =
+            tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r).map_err(|source| {
+                LogUriError::Io {
+                    what: "registering the logger's ready pipe".into(),
+                    source,
+                }
+            })?;
         // A byte, or end-of-file (closed, or the logger is gone), is the answer; an error counts as it too.
         let wait = async {
-            let mut b = [0u8; 1];
-            loop {
-                if ready.readable().await.is_err() {
-                    return;
-                }
-                match ready.try_read(&mut b) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    _ => return,
-                }
-            }
+            use tokio::io::AsyncReadExt;
+            let _ = ready.read(&mut [0u8; 1]).await;
         };
         if tokio::time::timeout(ready_within, wait).await.is_err() {
             logger.signal(libc::SIGKILL);
@@ -284,6 +275,7 @@ impl Logger {
     }
 
     /// The logger's pid.
+    #[cfg(test)]
     pub fn pid(&self) -> i32 {
         self.pid
     }

@@ -576,8 +576,9 @@ impl Augment {
         honour_oom_choice(d, self.oom_kill_disabled_by_user)
     }
 
-    /// The registration's directives that go into `config.json` before libcontainer reads it (mode enforce only;
-    /// [`crate::spec_edit::edit_spec`] keeps the CPU and memory ones).
+    /// The registration's directives as they are applied (mode enforce only): into `config.json` before
+    /// libcontainer reads it ([`crate::spec_edit::edit_spec`] keeps the CPU and memory ones), and to the cgroup
+    /// once the init exists.
     pub fn spec_directives(&self) -> Vec<Directive> {
         lock(&self.registered)
             .as_ref()
@@ -604,11 +605,7 @@ impl Augment {
         *lock(&self.pid) = Some(pid);
         let made = crate::companions::join_companions(&HostRoots::default(), &self.id, pid);
         lock(&self.companions).extend(made);
-        let own: Vec<Directive> = lock(&self.registered)
-            .as_ref()
-            .filter(|r| r.mode == Mode::Enforce)
-            .map(|r| r.directives.clone())
-            .unwrap_or_default();
+        let own = self.spec_directives();
         {
             let mut st = lock(&self.state);
             match ContainerCgroup::from_pid(&HostRoots::default(), pid) {
@@ -618,8 +615,7 @@ impl Augment {
                             self.apply_net(d);
                         } else if d.action == Action::Unknown {
                             self.unknown(d);
-                        } else if let Err(e) = predictive_api::apply::apply(&self.honoured(d), &cg)
-                        {
+                        } else if let Err(e) = predictive_api::apply::apply(d, &cg) {
                             tracing::warn!(container = %self.id, "applying the initial {:?}: {e}", d.action);
                         }
                     }

@@ -69,10 +69,16 @@ fn spec(c: &Containerd, rootfs: &Path, id: &str, args: &[&str]) -> Value {
     s
 }
 
-/// `ctr run --rm --config FILE ID`: the whole spec is the test's.
-fn run_spec(c: &Containerd, id: &str, spec: &Value) -> Output {
+/// Writes `spec` for container `id` into the test's directory; the file's path.
+fn spec_file(c: &Containerd, id: &str, spec: &Value) -> PathBuf {
     let file = c.dir.join(format!("{id}.json"));
     std::fs::write(&file, spec.to_string()).expect("writing the spec");
+    file
+}
+
+/// `ctr run --rm --config FILE ID`: the whole spec is the test's.
+fn run_spec(c: &Containerd, id: &str, spec: &Value) -> Output {
+    let file = spec_file(c, id, spec);
     let out = c.ctr(&[
         "run",
         "--rm",
@@ -723,8 +729,7 @@ fn the_users_disabled_oom_killer_stays_disabled() {
     let id = c.id("oomoff");
     let mut s = spec(&c, &rootfs, &id, &["sleep", "1000"]);
     s["linux"]["resources"]["memory"] = json!({"limit": 64u64 << 20, "disableOOMKiller": true});
-    let file = c.dir.join(format!("{id}.json"));
-    std::fs::write(&file, s.to_string()).expect("writing the spec");
+    let file = spec_file(&c, &id, &s);
     let file = file.to_string_lossy();
     c.ctr(&[
         "run",
