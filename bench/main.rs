@@ -14,13 +14,17 @@
 //!   its share, which none of these processes does while idle), the headline; and utime + stime from
 //!   /proc/PID/stat (clock ticks of 10 ms: a process using under 10 ms in the window mostly shows 0).
 //!
+//! - start with a stalled broker: `ctr run --rm` as above with our broker stopped (SIGSTOP) all along, against
+//!   runc in the same runs, interleaved: what a hung broker costs each container (its Register budget).
+//!
 //! Prints each figure and the ratio ours / runc. If our shim is missing or fails, its side is
 //! reported as SKIPPED with the reason and runc's figures are still printed. Never fails on a slow
 //! machine: exit code 1 only when runc itself cannot be measured.
 //!
 //! Env: PREDICTIVE_BENCH_RUNS (default 30), PREDICTIVE_BENCH_IDLE (containers per runtime for the CPU
 //! figure, default 100; 0 skips it), PREDICTIVE_BENCH_IDLE_SECS (window, default 30),
-//! PREDICTIVE_BENCH_MEM_SECS (how long after start the memory is read, default 2), PREDICTIVE_BENCH_POD
+//! PREDICTIVE_BENCH_MEM_SECS (how long after start the memory is read, default 2), PREDICTIVE_BENCH_STALLED_RUNS
+//! (runs per runtime with our broker stopped, default 10; 0 skips them), PREDICTIVE_BENCH_POD
 //! (the idle containers in pods of this many, one `io.kubernetes.cri.sandbox-id` and so one shim each, for
 //! both runtimes; default 1: a shim per container),
 //! PREDICTIVE_E2E_CONTAINERD (default 1.6), PREDICTIVE_E2E_SHIM_DIR (default target/release).
@@ -200,6 +204,62 @@ fn measure_start(c: &Containerd, runs: usize, runc: &mut Side, ours: &mut Side) 
                 Err(e) => side.error = Some(format!("run {i} failed: {e}")),
             }
         }
+    }
+}
+
+/// Start times with our broker stopped (SIGSTOP) for the whole measurement, interleaved with runc's: (runc's,
+/// ours). The broker is continued, and the shims that held their runs' summaries for it are waited for, before
+/// this returns.
+fn measure_stalled(c: &Containerd, runs: usize) -> Result<(Vec<f64>, Vec<f64>), String> {
+    let broker = c
+        .broker_pid()
+        .ok_or("no broker running (our shim starts one at its first run)")?;
+    // SAFETY: stopping the broker our shims started for this benchmark's containerd; continued below.
+    unsafe { libc::kill(broker, libc::SIGSTOP) };
+    let mut times = (Vec::new(), Vec::new());
+    let mut failed = None;
+    for i in 0..runs {
+        let order = if i % 2 == 0 {
+            [RUNC_RUNTIME, PREDICTIVE_RUNTIME]
+        } else {
+            [PREDICTIVE_RUNTIME, RUNC_RUNTIME]
+        };
+        for runtime in order {
+            match run_once(c, runtime) {
+                Ok(ms) if runtime == RUNC_RUNTIME => times.0.push(ms),
+                Ok(ms) => times.1.push(ms),
+                Err(e) => failed = Some(format!("{runtime}, run {i}: {e}")),
+            }
+        }
+        if failed.is_some() {
+            break;
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(broker, libc::SIGCONT) };
+    let settled = wait_until(Duration::from_secs(15), || {
+        c.shim_processes().is_empty().then_some(())
+    });
+    match (failed, settled) {
+        (Some(e), _) => Err(e),
+        (None, None) => Err("shims still running 15 s after the broker went on".into()),
+        (None, Some(())) => Ok(times),
+    }
+}
+
+fn print_stalled(stalled: &Result<(Vec<f64>, Vec<f64>), String>) {
+    match stalled {
+        Ok((runc, ours)) => println!(
+            "start with our broker stopped (SIGSTOP), {} runs each: ours median {:.1} ms p90 {:.1} ms, runc median {:.1} ms p90 {:.1} ms; ratio ours/runc: median {}  p90 {}",
+            ours.len(),
+            percentile(ours, 0.5),
+            percentile(ours, 0.9),
+            percentile(runc, 0.5),
+            percentile(runc, 0.9),
+            ratio(percentile(ours, 0.5), percentile(runc, 0.5)),
+            ratio(percentile(ours, 0.9), percentile(runc, 0.9))
+        ),
+        Err(e) => println!("start with our broker stopped: SKIPPED: {e}"),
     }
 }
 
@@ -467,6 +527,9 @@ fn main() {
     }
 
     measure_start(&c, runs, &mut runc, &mut ours);
+    let stalled_runs: usize = env_or("PREDICTIVE_BENCH_STALLED_RUNS", 10);
+    let stalled = (stalled_runs > 0 && runc.error.is_none() && ours.error.is_none())
+        .then(|| measure_stalled(&c, stalled_runs));
     for side in [&mut runc, &mut ours] {
         if side.error.is_none() {
             match measure_memory(&c, side.runtime) {
@@ -499,11 +562,14 @@ fn main() {
         std::process::exit(1);
     }
     print_ratios(&runc, &ours);
+    if let Some(stalled) = &stalled {
+        print_stalled(stalled);
+    }
     if let Some(cpu) = idle_cpu {
         print_idle_cpu(cpu);
     }
     println!(
-        "command: make bench   (PREDICTIVE_BENCH_RUNS={runs}, PREDICTIVE_BENCH_IDLE={idle}, PREDICTIVE_BENCH_POD={per_pod}, PREDICTIVE_BENCH_IDLE_SECS={idle_secs}, PREDICTIVE_BENCH_MEM_SECS={}, containerd {})",
+        "command: make bench   (PREDICTIVE_BENCH_RUNS={runs}, PREDICTIVE_BENCH_IDLE={idle}, PREDICTIVE_BENCH_POD={per_pod}, PREDICTIVE_BENCH_IDLE_SECS={idle_secs}, PREDICTIVE_BENCH_MEM_SECS={}, PREDICTIVE_BENCH_STALLED_RUNS={stalled_runs}, containerd {})",
         env_or("PREDICTIVE_BENCH_MEM_SECS", 2u64),
         settings.containerd
     );

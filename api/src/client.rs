@@ -91,6 +91,12 @@ impl ClientError {
     pub fn is_no_broker(&self) -> bool {
         matches!(self, ClientError::Connect { .. })
     }
+
+    /// The broker took the connection and gave no answer within the budget (stopped, hung, overloaded): the
+    /// request may still be in its socket and be served later.
+    pub fn is_unanswered(&self) -> bool {
+        matches!(self, ClientError::Timeout { .. })
+    }
 }
 
 /// A connection to the broker. Not shared between threads; cheap to keep per container.

@@ -26,7 +26,9 @@ pub enum Sent {
     NotRegistered,
     /// No broker answers on the socket.
     NoBroker,
-    /// Anything else (a timeout, a refusal), said for the log.
+    /// The broker gave no answer within the client's budget, said for the log.
+    Unanswered(String),
+    /// Anything else (a refusal, a dropped connection), said for the log.
     Failed(String),
 }
 
@@ -36,6 +38,8 @@ impl Sent {
             Sent::NotRegistered
         } else if e.is_no_broker() {
             Sent::NoBroker
+        } else if e.is_unanswered() {
+            Sent::Unanswered(predictive_api::error_chain(e).to_string())
         } else {
             Sent::Failed(predictive_api::error_chain(e).to_string())
         }
@@ -295,6 +299,38 @@ mod tests {
         assert_eq!(
             sizes,
             [("report", 1), ("reports", MAX_BATCH), ("reports", 2)]
+        );
+    }
+
+    /// A broker that took the connection and stopped (SIGSTOP, a hang): every report of the wake-up comes back
+    /// unanswered, which is what lets a Delete go on without waiting for the run's Finish (`predict.rs`).
+    #[test]
+    fn a_stalled_broker_leaves_each_report_unanswered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("b.sock");
+        // Bound and listening, never read: the connection is taken, no answer comes.
+        let listener = UnixListener::bind(&path).expect("bind");
+        for ids in [&["a"][..], &["a", "b"]] {
+            let reports = ids.iter().map(|id| report(id)).collect();
+            let out = Batcher::default()
+                .send(reports, &mut Client::new(&path, Duration::from_millis(50)));
+            assert_eq!(out.len(), ids.len());
+            for (sent, _) in out {
+                assert!(
+                    matches!(&sent, Sent::Unanswered(why) if why.contains("no answer")),
+                    "{ids:?}: {sent:?}"
+                );
+            }
+        }
+        drop(listener);
+        let out = Batcher::default().send(
+            vec![report("a")],
+            &mut Client::new(&path, Duration::from_millis(50)),
+        );
+        assert!(
+            !matches!(out[0].0, Sent::Unanswered(_)),
+            "no broker is not a stall: {:?}",
+            out[0].0
         );
     }
 

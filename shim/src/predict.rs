@@ -46,6 +46,10 @@ use crate::ticker::{Ticker, Watched};
 const MAX_BUFFERED: usize = 64;
 /// How long a Create waits for a broker it has just started (only then: see `spawn.rs`).
 const SPAWN_WAIT: Duration = Duration::from_millis(1000);
+/// Each call of a run's summary (its last samples, its Finish) when the broker left the container's last call
+/// unanswered: the Delete does not wait for it, so a stalled broker that comes back within it still records
+/// the run, and the one that does not costs no Delete anything.
+pub const UNWAITED_SUMMARY_BUDGET: Duration = Duration::from_secs(3);
 
 /// The annotations of a spec, as the broker reads them.
 fn annotations(spec: &Spec) -> BTreeMap<String, String> {
@@ -397,6 +401,9 @@ pub struct Augment {
     net_in_limited: std::sync::atomic::AtomicBool,
     /// The spec disables the OOM killer (Docker's `--oom-kill-disable`, cgroup v1): no directive turns it on.
     oom_kill_disabled_by_user: bool,
+    /// The broker left this container's last call unanswered within its budget (stopped, hung): a Delete does
+    /// not wait for the run's summary, which goes out after the reply with [`UNWAITED_SUMMARY_BUDGET`].
+    unanswered: std::sync::atomic::AtomicBool,
 }
 
 /// A directive for the network (egress or ingress), applied outside the cgroup.
@@ -498,6 +505,7 @@ impl Augment {
         // No answer (a timeout, a broken connection): the broker may have it, so Finish goes out; a refusal is not.
         let maybe_known =
             matches!(&result, Err(e) if !e.is_no_broker() && !matches!(e, ClientError::Broker(_)));
+        let unanswered = matches!(&result, Err(e) if e.is_unanswered());
         let registered = match result {
             Ok(r) => {
                 spawn::note_available(s);
@@ -568,6 +576,7 @@ impl Augment {
             scope: Mutex::new(None),
             freezer: Freezer::default(),
             oom_kill_disabled_by_user: oom_kill_disabled_by(spec),
+            unanswered: std::sync::atomic::AtomicBool::new(unanswered),
         })))
     }
 
@@ -892,6 +901,10 @@ impl Augment {
     /// What became of a container's report: apply the directives, register again for a broker that restarted,
     /// keep the samples for the next one when it failed.
     fn complete(&self, st: &mut MonitorState, sent: Sent, report: Report, oom_kills: u64) {
+        self.unanswered.store(
+            matches!(sent, Sent::Unanswered(_)),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         match sent {
             Sent::Directives(directives) => {
                 st.pace.pacer.reported();
@@ -929,11 +942,25 @@ impl Augment {
                 st.buffered = report.samples;
                 st.registered = false;
             }
-            Sent::Failed(e) => {
+            Sent::Unanswered(e) | Sent::Failed(e) => {
                 tracing::debug!(container = %self.id, "report: {e}");
                 st.buffered = report.samples;
             }
         }
+    }
+
+    /// The broker left this container's last call unanswered within its budget: a Delete lets the run's
+    /// summary go out after its reply instead of waiting for it.
+    pub fn unanswered(&self) -> bool {
+        self.unanswered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Keeps [`Self::unanswered`] up to date with a call's outcome (`None`: answered).
+    fn note_answer(&self, error: Option<&ClientError>) {
+        self.unanswered.store(
+            error.is_some_and(ClientError::is_unanswered),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Registers a running container with the allocation in force; `true` when the broker took it.
@@ -941,7 +968,9 @@ impl Augment {
         let mut r = lock(&self.register).clone();
         r.pid = *lock(&self.pid);
         r.adopt = Some(*lock(&self.allocation));
-        match st.client.register(&r) {
+        let result = st.client.register(&r);
+        self.note_answer(result.as_ref().err());
+        match result {
             Ok(reg) => {
                 spawn::note_available(Settings::get());
                 tracing::info!(container = %self.id, task_key = %reg.task_key, "registered with the broker (limits in force adopted)");
@@ -1178,6 +1207,10 @@ impl Augment {
             // Still unknown to the broker (it was down all along): nothing it could learn from.
             return;
         }
+        if self.unanswered() {
+            // Nobody waits for it (see `unanswered`): time for a stalled broker to come back.
+            st.client.set_timeout(UNWAITED_SUMMARY_BUDGET);
+        }
         // The cgroup outlives its processes until Delete: one last read gives the run's totals, which a run
         // shorter than a tick has in no sample.
         let last = st
@@ -1224,6 +1257,12 @@ impl Augment {
             Err(e) if !st.registered && e.is_not_registered() => {
                 tracing::debug!(container = %self.id, "the broker never registered this container")
             }
+            // The request stays in the broker's socket: a broker that comes back records the run then.
+            Err(e) if e.is_unanswered() => tracing::warn!(
+                container = %self.id,
+                "the run's summary got no answer ({}): recorded only if the broker reads it later",
+                predictive_api::error_chain(&e)
+            ),
             Err(e) => {
                 tracing::warn!(container = %self.id, "the run was not recorded: {}", predictive_api::error_chain(&e))
             }
@@ -1242,13 +1281,14 @@ impl Augment {
         crate::companions::remove_companions(&self.id, &made);
     }
 
-    /// Waits (bounded) until the run summary was sent, so a shim that exits after Delete loses nothing.
-    pub async fn wait(self: &Arc<Self>) {
+    /// Waits (at most `within`) until the run summary was sent, so a shim that exits after Delete loses
+    /// nothing.
+    pub async fn wait(self: &Arc<Self>, within: Duration) {
         self.leave_ticker();
         self.stop.notify_one();
         let finished = lock(&self.finished).take();
         if let Some(h) = finished {
-            let _ = tokio::time::timeout(Duration::from_secs(3), h).await;
+            let _ = tokio::time::timeout(within, h).await;
         } else if let Some(m) = lock(&self.monitor).take() {
             m.abort();
         }

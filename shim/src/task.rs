@@ -45,6 +45,12 @@ use crate::systemd::Scope;
 use crate::warmup::Warmup;
 use crate::zygote::{self, Failure, Reply, Request};
 
+/// How long a Delete waits for the run summary to reach the broker (it went out when the init exited).
+const SUMMARY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long a summary sent after the Delete's reply may keep the shim: a step under way (the client's budget, at
+/// most 1 s) and the summary's two calls at [`predict::UNWAITED_SUMMARY_BUDGET`] each.
+const SUMMARY_AFTER_REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(8);
+
 /// Everything the task service shares with its background tasks.
 pub struct Shared {
     pub namespace: String,
@@ -682,14 +688,16 @@ impl TaskService {
                 req.id
             )));
         }
-        // The stdio copies drain and the run summary reaches the broker (before the shim may exit).
+        // The stdio copies drain and the run summary reaches the broker before the reply, unless the broker left
+        // the container's last call unanswered: then the summary goes out after it (`after_reply`).
+        let summary_after_reply = container.augment.as_ref().is_some_and(|a| a.unanswered());
         let drain = async {
             for exec in container.exec_processes() {
                 shutdown_io(&exec).await;
             }
             shutdown_io(&init).await;
-            if let Some(a) = &container.augment {
-                a.wait().await;
+            if let Some(a) = container.augment.as_ref().filter(|_| !summary_after_reply) {
+                a.wait(SUMMARY_WAIT).await;
             }
         };
         let exited = async {
@@ -740,9 +748,7 @@ impl TaskService {
             })
             .await;
         }
-        if settled {
-            self.delete_after_reply(&req.id, container.clone());
-        }
+        self.after_reply(&req.id, container.clone(), settled, summary_after_reply);
         self.containers().remove(&req.id);
         let pid = init.pid() as u32;
         self.publish(TaskDelete {
@@ -769,9 +775,14 @@ impl TaskService {
         }
     }
 
-    /// libcontainer's delete of a container whose processes have all exited, in the background. Until it is
-    /// done, the shim is not idle (it does not exit) and a Create of the same id waits.
-    fn delete_after_reply(&self, id: &str, container: Arc<Container>) {
+    /// What a Delete leaves to run after its reply, in the background: the run summary's sending (`summary`,
+    /// first, while the cgroup stands for its last read), libcontainer's delete of a container whose processes
+    /// have all exited (`delete`). Until it is done, the shim is not idle (it does not exit) and a Create of the
+    /// same id waits (the broker hears the old run's Finish before the new one's Register).
+    fn after_reply(&self, id: &str, container: Arc<Container>, delete: bool, summary: bool) {
+        if !delete && !summary {
+            return;
+        }
         let (done, wait) = tokio::sync::watch::channel(false);
         self.shared.pending.fetch_add(1, Ordering::SeqCst);
         self.shared
@@ -782,13 +793,18 @@ impl TaskService {
         let me = self.clone();
         let id = id.to_string();
         tokio::spawn(async move {
-            if let Err(e) = me
-                .call(me.delete_request(&id), zygote::Stdio::default())
-                .await
-            {
-                tracing::warn!(container = %id, "removing the container's cgroups and state: {}", e.chain());
+            if let Some(a) = container.augment.as_ref().filter(|_| summary) {
+                a.wait(SUMMARY_AFTER_REPLY_WAIT).await;
             }
-            remove_cgroup_dirs(&container).await;
+            if delete {
+                if let Err(e) = me
+                    .call(me.delete_request(&id), zygote::Stdio::default())
+                    .await
+                {
+                    tracing::warn!(container = %id, "removing the container's cgroups and state: {}", e.chain());
+                }
+                remove_cgroup_dirs(&container).await;
+            }
             me.shared
                 .deleting
                 .lock()

@@ -758,6 +758,74 @@ fn a_killed_shims_container_leaves_the_broker_with_containerds_cleanup() {
     c.finish();
 }
 
+/// A broker that stalls (SIGSTOP here; a hang, a long GC pause, a starved node) costs a container's Create its
+/// Register budget and its Delete nothing: the shim that got no answer sends the run's summary after the Delete's
+/// reply, and stays for it, so a broker that comes back within the summary's budget still records the run. Before,
+/// the Delete waited out the Finish (`ctr run --rm` of `true`: 2.2 s instead of 0.1 s) and the shim's log said the
+/// run was lost while the broker's socket still held it.
+#[test]
+fn a_stalled_broker_holds_up_no_delete_and_loses_no_run() {
+    let Some(c) = start(
+        "a_stalled_broker_holds_up_no_delete_and_loses_no_run",
+        "",
+        "",
+    ) else {
+        return;
+    };
+    run_ok(&c, "up", &[], &["true"]);
+    let broker = c.broker_pid().expect("the first run started a broker");
+    let id = c.id("stalled");
+    let shim_of = |id: &str| {
+        let arg = format!("-id {id} ");
+        c.shim_pids().into_iter().find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|cmd| {
+                format!("{} ", String::from_utf8_lossy(&cmd).replace('\0', " ")).contains(&arg)
+            })
+        })
+    };
+    // SAFETY: stopping the broker this test's shims started; it is continued below.
+    unsafe { libc::kill(broker, libc::SIGSTOP) };
+    let started = Instant::now();
+    let out = c.run(
+        &id,
+        &["--annotation", "io.predictive.task-type=e2e-stalled"],
+        &["true"],
+    );
+    let took = started.elapsed();
+    let shim = shim_of(&id);
+    // A second of the broker's stall after the Delete: the shim is still there, holding the run's summary.
+    std::thread::sleep(Duration::from_secs(1));
+    let holding = shim.is_some_and(|p| PathBuf::from(format!("/proc/{p}")).exists());
+    // SAFETY: as above.
+    unsafe { libc::kill(broker, libc::SIGCONT) };
+    assert!(out.ok(), "ctr run --rm with the broker stopped: {out}");
+    assert!(
+        !c.containers().contains(&id),
+        "{id} still listed after ctr run --rm"
+    );
+    assert!(
+        holding,
+        "the shim of {id} (pid {shim:?}) was gone a second after the Delete with the broker stopped: the Delete \
+         waited out the run's summary (ctr run --rm took {took:?})"
+    );
+    let runs = || runs_seen(&c, "e2e-stalled");
+    let recorded = wait_until(secs(10), || (runs() == Some(1)).then_some(()));
+    assert!(
+        recorded.is_some(),
+        "the run during the stall was not recorded once the broker went on: runs seen {:?}",
+        runs()
+    );
+    let gone = wait_until(secs(10), || shim_of(&id).is_none().then_some(()));
+    assert!(
+        gone.is_some(),
+        "the shim of {id} outlived its run's summary"
+    );
+    println!(
+        "ctr run --rm of `true` with the broker stopped: {took:?}; the run recorded after it went on"
+    );
+    c.finish();
+}
+
 /// Acceptance 6: a bad annotation value fails Create with InvalidArgument naming the annotation.
 #[test]
 fn bad_annotation_fails_create_naming_it() {
