@@ -404,6 +404,8 @@ pub struct Augment {
     /// The broker left this container's last call unanswered within its budget (stopped, hung): a Delete does
     /// not wait for the run's summary, which goes out after the reply with [`UNWAITED_SUMMARY_BUDGET`].
     unanswered: std::sync::atomic::AtomicBool,
+    /// The run summary's last read of the cgroup is done (or none is needed): the cgroup may go.
+    summarized: tokio::sync::watch::Sender<bool>,
 }
 
 /// A directive for the network (egress or ingress), applied outside the cgroup.
@@ -577,6 +579,7 @@ impl Augment {
             freezer: Freezer::default(),
             oom_kill_disabled_by_user: oom_kill_disabled_by(spec),
             unanswered: std::sync::atomic::AtomicBool::new(unanswered),
+            summarized: tokio::sync::watch::Sender::new(false),
         })))
     }
 
@@ -1205,6 +1208,7 @@ impl Augment {
         st.finished = true;
         if !st.registered && !st.maybe_known {
             // Still unknown to the broker (it was down all along): nothing it could learn from.
+            self.summarized.send_replace(true);
             return;
         }
         if self.unanswered() {
@@ -1230,6 +1234,7 @@ impl Augment {
             .as_ref()
             .and_then(|s| s.cpu.usage_ns)
             .map(|ns| ns as f64 / 1e9);
+        self.summarized.send_replace(true);
         if st.registered && !st.buffered.is_empty() {
             let rep = Report {
                 container_id: self.id.clone(),
@@ -1279,6 +1284,12 @@ impl Augment {
     pub fn cleanup(&self) {
         let made: Vec<PathBuf> = lock(&self.companions).drain(..).collect();
         crate::companions::remove_companions(&self.id, &made);
+    }
+
+    /// Waits (at most `within`) until the run summary has read the cgroup for the last time.
+    pub async fn summarized(&self, within: Duration) {
+        let mut read = self.summarized.subscribe();
+        let _ = tokio::time::timeout(within, read.wait_for(|done| *done)).await;
     }
 
     /// Waits (at most `within`) until the run summary was sent, so a shim that exits after Delete loses

@@ -50,6 +50,9 @@ const SUMMARY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// How long a summary sent after the Delete's reply may keep the shim: a step under way (the client's budget, at
 /// most 1 s) and the summary's two calls at [`predict::UNWAITED_SUMMARY_BUDGET`] each.
 const SUMMARY_AFTER_REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(8);
+/// How long the delete after the reply waits for the summary's last read of the cgroup: a step under way holds
+/// the container's state for at most the client's budget (1 s).
+const SUMMARY_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Everything the task service shares with its background tasks.
 pub struct Shared {
@@ -775,10 +778,10 @@ impl TaskService {
         }
     }
 
-    /// What a Delete leaves to run after its reply, in the background: the run summary's sending (`summary`,
-    /// first, while the cgroup stands for its last read), libcontainer's delete of a container whose processes
-    /// have all exited (`delete`). Until it is done, the shim is not idle (it does not exit) and a Create of the
-    /// same id waits (the broker hears the old run's Finish before the new one's Register).
+    /// What a Delete leaves to run after its reply, in the background: libcontainer's delete of a container whose
+    /// processes have all exited (`delete`; a Create of the same id waits for it) and the run summary's sending
+    /// (`summary`; the delete waits for its last read of the cgroup, not for the broker). Until both are done the
+    /// shim is not idle (it does not exit).
     fn after_reply(&self, id: &str, container: Arc<Container>, delete: bool, summary: bool) {
         if !delete && !summary {
             return;
@@ -793,8 +796,9 @@ impl TaskService {
         let me = self.clone();
         let id = id.to_string();
         tokio::spawn(async move {
-            if let Some(a) = container.augment.as_ref().filter(|_| summary) {
-                a.wait(SUMMARY_AFTER_REPLY_WAIT).await;
+            let augment = container.augment.as_ref().filter(|_| summary);
+            if let Some(a) = augment {
+                a.summarized(SUMMARY_READ_WAIT).await;
             }
             if delete {
                 if let Err(e) = me
@@ -811,6 +815,9 @@ impl TaskService {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
             let _ = done.send(true);
+            if let Some(a) = augment {
+                a.wait(SUMMARY_AFTER_REPLY_WAIT).await;
+            }
             me.shared.pending.fetch_sub(1, Ordering::SeqCst);
             me.shared.exit_if_shut_down();
         });
