@@ -1099,14 +1099,16 @@ impl TaskService {
                 req.id
             ))
         })?;
+        let execs: Vec<(i32, String)> = container
+            .exec_processes()
+            .iter()
+            .map(|p| (p.pid(), p.exec_id.clone()))
+            .collect();
         Ok(PidsResponse {
             processes: pids
                 .into_iter()
-                .map(|pid| ProcessInfo {
-                    pid: pid as u32,
-                    ..Default::default()
-                })
-                .collect(),
+                .map(|pid| process_info(pid, &execs))
+                .collect::<Result<_>>()?,
             ..Default::default()
         })
     }
@@ -1173,6 +1175,34 @@ async fn kill_all_after_init(shared: &Shared, id: &str, augment: Option<&Augment
         }
         Err(e) => tracing::warn!(container = %id, "killing what the init left: {}", e.chain()),
     }
+}
+
+/// The type of an exec's details in Task.Pids (containerd's runc options proto; its typeurl has no prefix).
+const PROCESS_DETAILS: &str = "containerd.runc.v1.ProcessDetails";
+
+/// One process of a container as Task.Pids lists it: an exec's own process carries its exec id (`ctr task ps`
+/// shows it), as runc's shim does, in containerd's `containerd.runc.v1.ProcessDetails`.
+fn process_info(pid: i32, execs: &[(i32, String)]) -> Result<ProcessInfo> {
+    let mut info = ProcessInfo {
+        pid: pid as u32,
+        ..Default::default()
+    };
+    if let Some((_, exec_id)) = execs.iter().find(|(p, _)| *p == pid) {
+        use containerd_shim_protos::protobuf::Message;
+        let details = containerd_shim_protos::shim::oci::ProcessDetails {
+            exec_id: exec_id.clone(),
+            ..Default::default()
+        };
+        let any = containerd_shim_protos::protobuf::well_known_types::any::Any {
+            type_url: PROCESS_DETAILS.to_owned(),
+            value: details
+                .write_to_bytes()
+                .map_err(|e| ShimError::shim("encoding a process's details")(e.into()))?,
+            ..Default::default()
+        };
+        info.info = Some(any).into();
+    }
+    Ok(info)
 }
 
 async fn shutdown_io(process: &Process) {

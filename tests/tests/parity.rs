@@ -350,6 +350,59 @@ fn a_user_paused_container_stays_paused_for_exec() {
     c.finish();
 }
 
+/// `ctr task ps` names an exec's process by its exec id (Task.Pids' `info`), the init's and what it started by
+/// nothing, as with runc's shim.
+#[test]
+fn task_ps_names_an_execs_process() {
+    let Some(c) = start("task_ps_names_an_execs_process") else {
+        return;
+    };
+    let id = c.id("ps");
+    c.run_detached(&id, &[], &["sh", "-c", "sleep 1000 & exec sleep 1001"]);
+    c.ctr(&[
+        "t",
+        "exec",
+        "-d",
+        "--exec-id",
+        "watcher",
+        &id,
+        "sleep",
+        "1002",
+    ])
+    .expect_ok("exec -d");
+    let init = c.task_pid(&id);
+    let ps = wait_until(Duration::from_secs(10), || {
+        let out = c.ctr(&["t", "ps", &id]);
+        let rows: Vec<(i32, String)> = out
+            .stdout
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let (pid, info) = l.trim().split_once(char::is_whitespace)?;
+                Some((pid.parse().ok()?, info.trim().to_owned()))
+            })
+            .collect();
+        (rows.len() == 3).then_some((rows, out.stdout))
+    });
+    let (rows, text) = ps.unwrap_or_else(|| {
+        panic!(
+            "ctr t ps never listed the init, its child and the exec: {}",
+            c.ctr(&["t", "ps", &id])
+        )
+    });
+    let named: Vec<&(i32, String)> = rows.iter().filter(|(_, i)| i.contains("watcher")).collect();
+    assert_eq!(named.len(), 1, "one process named by its exec id:\n{text}");
+    assert_ne!(named[0].0, init, "the init is not the exec:\n{text}");
+    for (pid, info) in rows.iter().filter(|(_, i)| !i.contains("watcher")) {
+        assert_eq!(info, "-", "pid {pid} is no exec's:\n{text}");
+    }
+    c.ctr(&["t", "kill", "-a", "-s", "SIGKILL", &id])
+        .expect_ok("kill --all");
+    c.wait_status(&id, "STOPPED", Duration::from_secs(10));
+    c.remove(&id);
+    c.finish();
+}
+
 /// Kill of a task that has exited is NotFound ("already finished"); `kill --all` of it succeeds.
 #[test]
 fn kill_of_a_stopped_task() {

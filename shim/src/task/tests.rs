@@ -994,3 +994,23 @@ async fn moving_the_init_into_its_cgroups_leaves_the_runtime_thread_free() {
     );
     assert_eq!(text, pid.to_string(), "the init was moved");
 }
+
+/// Task.Pids names an exec's process by its exec id as runc's shim does (what `ctr task ps` prints and decodes by
+/// its type URL); the init and the processes they started carry nothing.
+#[test]
+fn pids_name_an_execs_process() {
+    use containerd_shim_protos::protobuf::Message;
+    use containerd_shim_protos::shim::oci::ProcessDetails;
+    let execs = [(42, "ps-1".to_owned()), (43, "shell".to_owned())];
+    let exec = super::process_info(43, &execs).expect("encodes");
+    assert_eq!(exec.pid, 43);
+    let any = exec.info.as_ref().expect("an exec's process has details");
+    assert_eq!(any.type_url, "containerd.runc.v1.ProcessDetails");
+    let details = ProcessDetails::parse_from_bytes(&any.value).expect("decodes");
+    assert_eq!(details.exec_id, "shell");
+    for other in [7, 44] {
+        let info = super::process_info(other, &execs).expect("encodes");
+        assert_eq!(info.pid, other as u32);
+        assert!(info.info.is_none(), "pid {other} is no exec's: {info:?}");
+    }
+}
