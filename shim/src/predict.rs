@@ -51,6 +51,30 @@ const SPAWN_WAIT: Duration = Duration::from_millis(1000);
 /// the run, and the one that does not costs no Delete anything.
 pub const UNWAITED_SUMMARY_BUDGET: Duration = Duration::from_secs(3);
 
+/// The Create's Register; when no broker answers and this Create starts one, it waits for its socket a little
+/// longer, once. Without one started (none found, autostart off, tried recently) the Create goes on at once.
+fn register_at_create(
+    client: &mut Client,
+    register: &Register,
+    s: &Settings,
+) -> std::result::Result<Registered, ClientError> {
+    let mut result = client.register(register);
+    if let Err(e) = &result
+        && e.is_no_broker()
+        && spawn::maybe_spawn_broker(s)
+    {
+        let deadline = Instant::now() + SPAWN_WAIT;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            result = client.register(register);
+            if !matches!(&result, Err(e) if e.is_no_broker()) {
+                break;
+            }
+        }
+    }
+    result
+}
+
 /// The annotations of a spec, as the broker reads them.
 fn annotations(spec: &Spec) -> BTreeMap<String, String> {
     spec.annotations()
@@ -487,22 +511,7 @@ impl Augment {
         let limits = register.limits;
         let started = Instant::now();
         let mut client = Client::new(&s.socket, s.register_budget);
-        let mut result = client.register(&register);
-        if let Err(e) = &result
-            && e.is_no_broker()
-            && spawn::maybe_spawn_broker(s)
-        {
-            // A broker this Create has just started: wait for its socket a little longer, once. Without one
-            // started (none found, autostart off, tried recently) the Create goes on at once.
-            let deadline = Instant::now() + SPAWN_WAIT;
-            while Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-                result = client.register(&register);
-                if !matches!(&result, Err(e) if e.is_no_broker()) {
-                    break;
-                }
-            }
-        }
+        let result = register_at_create(&mut client, &register, s);
         let mut allocation = spec_allocation(&limits);
         // No answer (a timeout, a broken connection): the broker may have it, so Finish goes out; a refusal is not.
         let maybe_known =
