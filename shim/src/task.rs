@@ -797,10 +797,10 @@ impl TaskService {
         let id = id.to_string();
         tokio::spawn(async move {
             let augment = container.augment.as_ref().filter(|_| summary);
-            if let Some(a) = augment {
-                a.summarized(SUMMARY_READ_WAIT).await;
-            }
             if delete {
+                if let Some(a) = augment {
+                    a.summarized(SUMMARY_READ_WAIT).await;
+                }
                 if let Err(e) = me
                     .call(me.delete_request(&id), zygote::Stdio::default())
                     .await
