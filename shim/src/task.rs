@@ -871,14 +871,9 @@ impl TaskService {
             crate::cwd::check(&process_spec, &format!("exec {}", req.exec_id))?;
         }
         let terminal = process_spec.terminal().unwrap_or(false);
-        let path = exec_spec_path(&self.shared.state_root, &req.id, &req.exec_id);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(ShimError::io(format!("creating {}", dir.display())))?;
-        }
-        std::fs::write(&path, &spec.value)
-            .map_err(ShimError::io(format!("writing {}", path.display())))?;
-        let process = Process::new(
+        // The id is taken before its spec file is written: a second Exec of an id in use is refused before it
+        // can overwrite (or, failing, remove) the spec the first one's Start reads.
+        container.add_exec(Process::new(
             &req.exec_id,
             StdioPaths {
                 stdin: req.stdin.clone(),
@@ -886,9 +881,19 @@ impl TaskService {
                 stderr: req.stderr.clone(),
                 terminal,
             },
-        );
-        if let Err(e) = container.add_exec(process) {
-            let _ = std::fs::remove_file(&path);
+        ))?;
+        let path = exec_spec_path(&self.shared.state_root, &req.id, &req.exec_id);
+        let written = match path.parent() {
+            Some(dir) => std::fs::create_dir_all(dir)
+                .map_err(ShimError::io(format!("creating {}", dir.display()))),
+            None => Ok(()),
+        }
+        .and_then(|()| {
+            std::fs::write(&path, &spec.value)
+                .map_err(ShimError::io(format!("writing {}", path.display())))
+        });
+        if let Err(e) = written {
+            container.remove_exec(&req.exec_id);
             return Err(e);
         }
         self.publish(TaskExecAdded {

@@ -579,7 +579,17 @@ async fn exec_is_refused_as_runcs_shim_refuses_it() {
     shim.start("c1", "").await.expect("start");
     assert_eq!(code(shim.exec("c1", "", "/").await), Code::INVALID_ARGUMENT);
     shim.exec("c1", "e1", "/").await.expect("exec");
-    assert_eq!(code(shim.exec("c1", "e1", "/").await), Code::ALREADY_EXISTS);
+    let spec = super::exec_spec_path(&shim.service.shared.state_root, "c1", "e1");
+    let first = std::fs::read(&spec).expect("e1's spec file");
+    assert_eq!(
+        code(shim.exec("c1", "e1", "/tmp").await),
+        Code::ALREADY_EXISTS
+    );
+    assert_eq!(
+        std::fs::read(&spec).ok(),
+        Some(first),
+        "a refused Exec of e1 changed the spec e1's Start reads"
+    );
     // The cwd is looked up in the container's root (the fake /proc/<pid>/root), as runc does.
     assert_eq!(
         code(shim.exec("c1", "e2", "/no/such/dir").await),
