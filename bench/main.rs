@@ -44,6 +44,17 @@ struct Side {
     mem: Option<Mem>,
 }
 
+impl Side {
+    fn new(runtime: &'static str) -> Self {
+        Side {
+            runtime,
+            times_ms: Vec::new(),
+            error: None,
+            mem: None,
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Mem {
     rss_kb: u64,
@@ -207,44 +218,28 @@ fn measure_start(c: &Containerd, runs: usize, runc: &mut Side, ours: &mut Side) 
     }
 }
 
-/// Start times with our broker stopped (SIGSTOP) for the whole measurement, interleaved with runc's: (runc's,
-/// ours). The broker is continued, and the shims that held their runs' summaries for it are waited for, before
-/// this returns.
+/// [`measure_start`] with our broker stopped (SIGSTOP) for the whole measurement: (runc's, ours). The broker is
+/// continued, and the shims that held their runs' summaries for it are waited for, before this returns.
 fn measure_stalled(c: &Containerd, runs: usize) -> Result<(Vec<f64>, Vec<f64>), String> {
     let broker = c
         .broker_pid()
         .ok_or("no broker running (our shim starts one at its first run)")?;
+    let (mut runc, mut ours) = (Side::new(RUNC_RUNTIME), Side::new(PREDICTIVE_RUNTIME));
     // SAFETY: stopping the broker our shims started for this benchmark's containerd; continued below.
     unsafe { libc::kill(broker, libc::SIGSTOP) };
-    let mut times = (Vec::new(), Vec::new());
-    let mut failed = None;
-    for i in 0..runs {
-        let order = if i % 2 == 0 {
-            [RUNC_RUNTIME, PREDICTIVE_RUNTIME]
-        } else {
-            [PREDICTIVE_RUNTIME, RUNC_RUNTIME]
-        };
-        for runtime in order {
-            match run_once(c, runtime) {
-                Ok(ms) if runtime == RUNC_RUNTIME => times.0.push(ms),
-                Ok(ms) => times.1.push(ms),
-                Err(e) => failed = Some(format!("{runtime}, run {i}: {e}")),
-            }
-        }
-        if failed.is_some() {
-            break;
-        }
-    }
+    measure_start(c, runs, &mut runc, &mut ours);
     // SAFETY: as above.
     unsafe { libc::kill(broker, libc::SIGCONT) };
     let settled = wait_until(Duration::from_secs(15), || {
         c.shim_processes().is_empty().then_some(())
     });
-    match (failed, settled) {
-        (Some(e), _) => Err(e),
-        (None, None) => Err("shims still running 15 s after the broker went on".into()),
-        (None, Some(())) => Ok(times),
+    for side in [&runc, &ours] {
+        if let Some(e) = &side.error {
+            return Err(format!("{}: {e}", side.runtime));
+        }
     }
+    settled.ok_or("shims still running 15 s after the broker went on")?;
+    Ok((runc.times_ms, ours.times_ms))
 }
 
 fn print_stalled(stalled: &Result<(Vec<f64>, Vec<f64>), String>) {
@@ -510,18 +505,8 @@ fn main() {
         runs
     );
 
-    let mut runc = Side {
-        runtime: RUNC_RUNTIME,
-        times_ms: Vec::new(),
-        error: None,
-        mem: None,
-    };
-    let mut ours = Side {
-        runtime: PREDICTIVE_RUNTIME,
-        times_ms: Vec::new(),
-        error: None,
-        mem: None,
-    };
+    let mut runc = Side::new(RUNC_RUNTIME);
+    let mut ours = Side::new(PREDICTIVE_RUNTIME);
     if !ours_bin.is_file() {
         ours.error = Some(format!("{} not found (make build)", ours_bin.display()));
     }
