@@ -30,10 +30,32 @@ pub const DEFAULT_SOCKET: &str = "/run/predictive/broker.sock";
 /// Longest accepted line, bytes (including the newline).
 pub const MAX_LINE: usize = 1 << 20;
 
+/// containerd's namespace whose containers the broker names by their bare id (`ctr`'s and nerdctl's default).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The broker's name for container `id` of containerd namespace `namespace`: `<namespace>/<id>`, or the bare id
+/// in containerd's `default` namespace (or none). Ids are unique only within a namespace, and one broker serves
+/// every namespace (and every containerd) on the host; containerd allows no `/` in either part, so the name is
+/// unambiguous. A shim names its containers so in every message.
+pub fn broker_id(namespace: &str, id: &str) -> String {
+    if namespace.is_empty() || namespace == DEFAULT_NAMESPACE {
+        id.to_owned()
+    } else {
+        format!("{namespace}/{id}")
+    }
+}
+
+/// The namespace part of a [`broker_id`] with its `/` (`"a/"` of `"a/web"`), empty for a bare id: what the
+/// container's own references to other containers (`io.predictive.depends-on`) and its pipeline are qualified
+/// with, so they stay inside its namespace.
+pub fn namespace_prefix(container_id: &str) -> &str {
+    container_id.rfind('/').map_or("", |i| &container_id[..=i])
+}
+
 /// A container starts: what the broker needs to predict and allocate.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Register {
-    /// Container id.
+    /// The container, as [`broker_id`] names it (a shim older than that sends the bare id).
     pub container_id: String,
     /// containerd namespace.
     #[serde(default)]
@@ -842,6 +864,15 @@ pub fn parse_response(line: &str) -> (Option<u64>, Result<Response, ErrorReply>)
 mod tests {
     use super::*;
     use crate::types::Action;
+
+    #[test]
+    fn a_container_outside_the_default_namespace_is_named_with_it() {
+        assert_eq!(broker_id("default", "web"), "web");
+        assert_eq!(broker_id("", "web"), "web");
+        assert_eq!(broker_id("k8s.io", "3f2a"), "k8s.io/3f2a");
+        assert_eq!(namespace_prefix("k8s.io/3f2a"), "k8s.io/");
+        assert_eq!(namespace_prefix("web"), "");
+    }
 
     #[test]
     fn a_batch_of_reports_and_its_outcomes_round_trip() {

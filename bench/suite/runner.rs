@@ -445,8 +445,9 @@ fn finish_attempt(def: &TaskDef, live: &Meas, code: i32, cap: Limits) -> Attempt
 /// Runs `defs` (one pipeline) under `policy`. `expect` holds, per task type, the initial allocation ours got
 /// last time (admission's guess before the broker answers); `recorded` gives VPA-like its history, and holds
 /// nothing of the round in progress (the caller adds a round's runs when all its policies are done).
-/// CPU each container holds in leases of the host's free CPU (the broker's status), by container id; empty when
-/// the broker does not answer (admission then counts the whole quota, as before).
+/// CPU each container holds in leases of the host's free CPU (the broker's status), by the broker's name for the
+/// container ([`Containerd::broker_id`]); empty when the broker does not answer (admission then counts the whole
+/// quota, as before).
 fn host_lent(cl: &mut Client) -> HashMap<String, f64> {
     let mut out = HashMap::new();
     if let Ok(s) = cl.status() {
@@ -664,7 +665,10 @@ pub fn run_pipeline(
         for i in ready {
             let in_use = live.iter().fold(Limits::default(), |acc, l| {
                 let a = l.m.probes.last().map_or(l.expected, |p| p.alloc(env.cap));
-                let borrowed = lent.get(&ids[defs[l.def].name]).copied().unwrap_or(0.0);
+                let borrowed = lent
+                    .get(&env.c.broker_id(&ids[defs[l.def].name]))
+                    .copied()
+                    .unwrap_or(0.0);
                 Limits {
                     cpu: acc.cpu + (a.cpu - borrowed).max(0.0),
                     mem: acc.mem + a.mem,

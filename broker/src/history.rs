@@ -344,14 +344,7 @@ impl Tracker {
         now_ms: u64,
     ) -> Result<History, ErrorReply> {
         match (&q.container_id, &q.task_key) {
-            (Some(c), None) => self.of_container(c).ok_or_else(|| {
-                ErrorReply::new(
-                    ErrorCode::NotFound,
-                    format!(
-                        "container {c} is not known to the broker (neither running nor among the last {MAX_FINISHED} finished)"
-                    ),
-                )
-            }),
+            (Some(c), None) => self.of_container(c),
             (None, Some(k)) => self.of_task_type(k, predictor, now_ms),
             _ => Err(ErrorReply::new(
                 ErrorCode::InvalidRequest,
@@ -360,12 +353,46 @@ impl Tracker {
         }
     }
 
-    fn of_container(&self, id: &str) -> Option<History> {
+    /// The container `query` names: its own name, else the one container of that bare id in some namespace
+    /// ([`predictor::names_container`]); several are an error that lists them.
+    fn of_container(&self, query: &str) -> Result<History, ErrorReply> {
         let g = self.lock();
-        let t = g.tracks.get(id)?;
-        Some(History {
+        let (id, t) = match g.tracks.get_key_value(query) {
+            Some(hit) => hit,
+            None => {
+                let mut named: Vec<_> = g
+                    .tracks
+                    .iter()
+                    .filter(|(id, _)| predictor::names_container(query, id))
+                    .collect();
+                named.sort_by(|a, b| a.0.cmp(b.0));
+                match named.as_slice() {
+                    [one] => *one,
+                    [] => {
+                        return Err(ErrorReply::new(
+                            ErrorCode::NotFound,
+                            format!(
+                                "container {query} is not known to the broker (neither running nor among the last {MAX_FINISHED} finished)"
+                            ),
+                        ));
+                    }
+                    many => {
+                        let ids: Vec<&str> = many.iter().map(|(id, _)| id.as_str()).collect();
+                        return Err(ErrorReply::new(
+                            ErrorCode::InvalidRequest,
+                            format!(
+                                "container {query} is in {} namespaces ({}): name it as <namespace>/{query}",
+                                ids.len(),
+                                ids.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        Ok(History {
             task_key: t.task_key.clone(),
-            container_id: Some(id.to_owned()),
+            container_id: Some(id.clone()),
             live: t.live,
             started_at_ms: Some(t.started_at_ms),
             points: t.points.clone(),
@@ -408,7 +435,7 @@ impl Tracker {
                     .max_by_key(|(_, t)| t.started_at_ms)
                     .map(|(id, _)| id.clone())
             };
-            if let Some(h) = newest.and_then(|id| self.of_container(&id)) {
+            if let Some(h) = newest.and_then(|id| self.of_container(&id).ok()) {
                 return Ok(h);
             }
             return Err(ErrorReply::new(
@@ -565,12 +592,32 @@ mod tests {
             t.registered(&id, &registered("k"), i as u64);
             t.finished(&id);
         }
-        assert!(t.of_container("c0").is_none());
+        assert!(t.of_container("c0").is_err());
         let h = t
             .of_container(&format!("c{}", MAX_FINISHED + 4))
             .expect("recent");
         assert!(!h.live);
         assert!(t.predictions().is_empty());
+    }
+
+    #[test]
+    fn a_bare_id_finds_its_one_container_and_names_the_namespaces_of_several() {
+        let t = Tracker::default();
+        for id in ["a/web", "b/web", "a/db", "web2"] {
+            t.registered(id, &registered("k"), 0);
+        }
+        let of = |q: &str| {
+            t.of_container(q)
+                .map(|h| h.container_id.unwrap_or_default())
+        };
+        assert_eq!(of("a/web").as_deref(), Ok("a/web"));
+        assert_eq!(of("db").as_deref(), Ok("a/db"), "one namespace has it");
+        assert_eq!(of("web2").as_deref(), Ok("web2"));
+        let e = of("web").expect_err("two namespaces have it");
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert!(e.message.contains("a/web, b/web"), "{}", e.message);
+        assert_eq!(of("c/web").map_err(|e| e.code), Err(ErrorCode::NotFound));
+        assert_eq!(of("eb").map_err(|e| e.code), Err(ErrorCode::NotFound));
     }
 
     #[test]

@@ -295,6 +295,22 @@ fn apply_policy(
     out
 }
 
+/// A container's dependencies and pipeline are its containerd namespace's: named by bare id and name in its
+/// annotations, they are qualified as its own id is ([`api::broker_id`]): `a/web` depends on `a/db`, not on `b/db`
+/// or `db`, and its pipeline `etl` is `a/etl`.
+fn qualify_references(container_id: &str, ann: &mut Annotations) {
+    let ns = api::namespace_prefix(container_id);
+    if ns.is_empty() {
+        return;
+    }
+    for d in &mut ann.depends_on {
+        *d = format!("{ns}{d}");
+    }
+    if let Some(p) = ann.pipeline.as_mut() {
+        *p = format!("{ns}{p}");
+    }
+}
+
 #[derive(Debug, Default)]
 struct RunStats {
     cpu: Vec<f64>,
@@ -887,6 +903,7 @@ impl Broker {
             .predictor
             .predict(&key, &RunFeatures::from_metadata(&meta, now));
         let capped = apply_policy(&self.cfg, &r.annotations, &mut ann);
+        qualify_references(&r.container_id, &mut ann);
         let cold = prediction.is_cold_start();
         let model_version = (!cold).then_some(prediction.model_version);
         let spec = TaskSpec {
@@ -2142,6 +2159,34 @@ mod tests {
         assert!(
             rates(&raw(5, 0, 0, 0), &raw(5, 10, 0, 0), false).is_none(),
             "no time passed"
+        );
+    }
+
+    #[test]
+    fn a_containers_dependencies_and_pipeline_stay_in_its_namespace() {
+        let map: std::collections::BTreeMap<String, String> = [
+            ("io.predictive.depends-on", "db,cache"),
+            ("io.predictive.pipeline", "etl"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let of = |id: &str| {
+            let mut ann = Annotations::parse(&map).expect("valid");
+            qualify_references(id, &mut ann);
+            (ann.depends_on, ann.pipeline.unwrap_or_default())
+        };
+        assert_eq!(
+            of("a/web"),
+            (
+                vec!["a/db".to_owned(), "a/cache".to_owned()],
+                "a/etl".to_owned()
+            )
+        );
+        assert_eq!(
+            of("web"),
+            (vec!["db".to_owned(), "cache".to_owned()], "etl".to_owned()),
+            "containerd's default namespace: bare names, as before"
         );
     }
 

@@ -47,7 +47,7 @@ pub use model::{
 pub use percentile::percentile;
 pub use store::{
     Batch, BatchOp, DecisionQuery, ImportReport, OpenRun, PortableRun, RetentionPolicy,
-    RetentionReport, Store, StoreError, StoreOptions, TaskTypeRecord,
+    RetentionReport, Store, StoreError, StoreOptions, TaskTypeRecord, names_container,
 };
 pub use types::{
     BUCKETS, Decision, Directive, Profile, RunFeatures, RunId, RunMetadata, RunOutcome, RunSummary,

@@ -362,10 +362,18 @@ pub struct RetentionReport {
     pub task_types_dropped: u64,
 }
 
+/// Whether `query`, a container as a user names it, names the broker's container `id` (a shim names a container
+/// `<namespace>/<id>` outside containerd's `default` namespace): the same name, or a bare id (no `/`) and `id` is
+/// that id in some namespace (`web` names `a/web` and `web`; `a/web` names only `a/web`).
+pub fn names_container(query: &str, id: &str) -> bool {
+    query == id
+        || (!query.contains('/') && id.rsplit_once('/').is_some_and(|(_, bare)| bare == query))
+}
+
 /// Filter for [`Store::decisions`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DecisionQuery {
-    /// Only this container.
+    /// Only this container ([`names_container`]: a bare id, any namespace's).
     pub container_id: Option<String>,
     /// Only this task type.
     pub task_key: Option<TaskKey>,
@@ -1005,7 +1013,7 @@ impl Store {
             }
             if q.container_id
                 .as_ref()
-                .is_some_and(|c| *c != d.container_id)
+                .is_some_and(|c| !names_container(c, &d.container_id))
                 || q.task_key.as_ref().is_some_and(|k| *k != d.task_key)
             {
                 continue;
@@ -1443,7 +1451,7 @@ impl Store {
             let d: Decision = decode("decision", || seq.to_string(), v.value())?;
             if q.container_id
                 .as_ref()
-                .is_some_and(|c| *c != d.container_id)
+                .is_some_and(|c| !names_container(c, &d.container_id))
                 || q.task_key.as_ref().is_some_and(|k| *k != d.task_key)
                 || q.since_ms.is_some_and(|s| d.at_ms < s)
             {
@@ -2533,5 +2541,36 @@ mod tests {
             Some(16),
             "the oldest went first"
         );
+    }
+
+    #[test]
+    fn a_bare_id_names_the_container_in_every_namespace_and_a_qualified_one_only_its_own() {
+        let (_d, s) = open_tmp();
+        let ops = ["web", "a/web", "b/web", "a/webb", "a/db"]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| BatchOp::Decision(decision_at(c, 1000 + i as u64)))
+            .collect();
+        s.commit(&Batch { ops }).expect("commit");
+        let of = |c: &str| -> Vec<String> {
+            let q = DecisionQuery {
+                container_id: Some(c.to_owned()),
+                ..DecisionQuery::default()
+            };
+            let (page, _) = s.decisions_page(&q).expect("page");
+            let all: Vec<String> = s
+                .decisions(&q)
+                .expect("read")
+                .into_iter()
+                .map(|d| d.container_id)
+                .collect();
+            let paged: Vec<String> = page.into_iter().map(|d| d.container_id).collect();
+            assert_eq!(paged, all, "both readers filter alike");
+            all
+        };
+        assert_eq!(of("web"), ["web", "a/web", "b/web"]);
+        assert_eq!(of("a/web"), ["a/web"]);
+        assert_eq!(of("b/db"), Vec::<String>::new());
+        assert_eq!(of("db"), ["a/db"]);
     }
 }

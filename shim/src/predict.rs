@@ -395,6 +395,8 @@ impl Pace {
 
 /// The augmentation of one task: prediction, allocation, monitor.
 pub struct Augment {
+    /// The container as the broker names it ([`predictive_api::wire::broker_id`]: `<namespace>/<id>` outside
+    /// containerd's `default` namespace), in every message and log line.
     pub id: String,
     pub mode: Mode,
     /// What Register sent (its limits and parents follow an Update): sent again after a broker restart.
@@ -450,7 +452,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// for a container the broker was never told of (mode off, a pod sandbox, predictive disabled, a spec that does
 /// not load or whose annotations do not check); bounded by the Register budget, never starts a broker, and a
 /// broker that is down or never knew the container is not an error.
-pub fn finish_after_dead_shim(id: &str, bundle: &Path) {
+pub fn finish_after_dead_shim(namespace: &str, id: &str, bundle: &Path) {
     let Ok(spec) = Spec::load(bundle.join("config.json")) else {
         return;
     };
@@ -463,7 +465,7 @@ pub fn finish_after_dead_shim(id: &str, bundle: &Path) {
         return;
     }
     let f = Finish {
-        container_id: id.to_owned(),
+        container_id: predictive_api::wire::broker_id(namespace, id),
         exit_code: 137,
         oom_killed: false,
         peak_memory_bytes: None,
@@ -486,6 +488,8 @@ impl Augment {
     /// writes [`Augment::spec_directives`] into `config.json`. `None` in mode off. Blocking: call from the
     /// blocking pool.
     pub fn prepare(id: &str, namespace: &str, spec: &Spec) -> Result<Option<Arc<Augment>>> {
+        // The broker serves every namespace: its name for the container says which (`a/web`; `web` in `default`).
+        let id = &predictive_api::wire::broker_id(namespace, id);
         let ann = check_annotations(spec)?;
         let map = annotations(spec);
         if is_sandbox(&map) {

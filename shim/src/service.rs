@@ -329,7 +329,7 @@ fn delete(flags: &Flags) -> Result<()> {
             {
                 crate::companions::remove_left(&flags.id, path);
             }
-            crate::predict::finish_after_dead_shim(&flags.id, &bundle);
+            crate::predict::finish_after_dead_shim(&flags.namespace, &flags.id, &bundle);
         }
     }
     let response = DeleteResponse {

@@ -192,22 +192,37 @@ impl Containerd {
         self.ids.lock().expect("ids poisoned").push(id.to_string());
     }
 
+    /// The broker's name for container `id` of this containerd's namespace (`<namespace>/<id>`: every test has a
+    /// namespace of its own).
+    pub fn broker_id(&self, id: &str) -> String {
+        broker::api::broker_id(&self.ns, id)
+    }
+
     pub fn runtime(&self) -> &str {
         &self.settings.runtime
     }
 
     pub fn ctr_cmd(&self, args: &[&str]) -> Command {
+        self.ctr_cmd_in(&self.ns, args)
+    }
+
+    /// `ctr` in containerd namespace `ns` instead of the test's own.
+    pub fn ctr_cmd_in(&self, ns: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.ctr_bin);
-        cmd.arg("-a")
-            .arg(&self.sock)
-            .arg("-n")
-            .arg(&self.ns)
-            .args(args);
+        cmd.arg("-a").arg(&self.sock).arg("-n").arg(ns).args(args);
         cmd
     }
 
     pub fn ctr(&self, args: &[&str]) -> Output {
         self.ctr_with(args, CTR_TIMEOUT * self.settings.slow())
+    }
+
+    /// `ctr` in containerd namespace `ns` (see [`Self::ctr_cmd_in`]).
+    pub fn ctr_in(&self, ns: &str, args: &[&str]) -> Output {
+        run_cmd(
+            self.ctr_cmd_in(ns, args),
+            CTR_TIMEOUT * self.settings.slow(),
+        )
     }
 
     pub fn ctr_with(&self, args: &[&str], timeout: Duration) -> Output {

@@ -30,6 +30,11 @@ const CRI_API_PKG: &str = "golang-github-kubernetes-cri-api-dev";
 /// Debian's interpreter, with Debian's python3-grpcio (not whatever `python3` comes first on PATH).
 const PYTHON: &str = "/usr/bin/python3";
 
+/// The broker's name for CRI container `id` (`k8s.io/<id>`).
+pub fn broker_id(id: &str) -> String {
+    broker::api::broker_id(NAMESPACE, id)
+}
+
 /// The runtime handlers come from the packaged drop-in for the containerd version, as a node gets them: on 2.x
 /// `packaging/containerd/predictive-v3.toml` is imported as is; on 1.6/1.7 the tables of
 /// `packaging/containerd/predictive.toml` are pasted into the CRI section (an import would replace that whole

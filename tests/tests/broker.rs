@@ -10,7 +10,7 @@ use broker::api::{Explain, Status};
 use broker::client::Client;
 use predictive_e2e::Containerd;
 use predictive_e2e::cmd::wait_until;
-use predictive_e2e::settings::Settings;
+use predictive_e2e::settings::{IMAGE, Settings};
 
 /// Broker settings for these tests: a short tick (500 ms, times [`Settings::slow`] in the emulated guest: what
 /// the tests assert is counted in ticks), retraining after every run once a task type has 3 runs.
@@ -333,7 +333,7 @@ fn idle_neighbour_lends_cpu_and_gets_it_back() {
         let l = st
             .leases
             .iter()
-            .find(|l| l.holder == b && l.lender.as_deref() == Some(a.as_str()))?
+            .find(|l| l.holder == c.broker_id(&b) && l.lender == Some(c.broker_id(&a)))?
             .clone();
         let quota = c.cpu_quota_us(&b)?;
         (quota > b_quota).then_some((l, quota, b_started.elapsed()))
@@ -394,9 +394,7 @@ fn idle_neighbour_lends_cpu_and_gets_it_back() {
     assert!(back <= tick * 4, "A's capacity came back after {back:?}");
     let leases = status(&c).map(|s| s.leases).unwrap_or_default();
     assert!(
-        !leases
-            .iter()
-            .any(|l| l.lender.as_deref() == Some(a.as_str())),
+        !leases.iter().any(|l| l.lender == Some(c.broker_id(&a))),
         "A still lends: {leases:?}"
     );
     c.finish();
@@ -588,7 +586,7 @@ fn broker_kill9_restart_keeps_containers_records_and_leases() {
         status(&c)?
             .leases
             .into_iter()
-            .find(|l| l.holder == b && l.lender.as_deref() == Some(a.as_str()))
+            .find(|l| l.holder == c.broker_id(&b) && l.lender == Some(c.broker_id(&a)))
     })
     .unwrap_or_else(|| panic!("no lease formed: {:?}", status(&c)));
     // What the broker committed to disk is what it must have after the restart: wait for the tick to persist
@@ -634,7 +632,7 @@ fn broker_kill9_restart_keeps_containers_records_and_leases() {
     let back = wait_until(secs(15), || {
         let st = status(&c)?;
         let ids: Vec<_> = st.tasks.iter().map(|t| t.container_id.clone()).collect();
-        (ids.contains(&a) && ids.contains(&b)).then_some(st)
+        (ids.contains(&c.broker_id(&a)) && ids.contains(&c.broker_id(&b))).then_some(st)
     });
     let st = back.unwrap_or_else(|| panic!("the shims did not register again: {:?}", status(&c)));
     let reregistered = killed_at.elapsed();
@@ -713,7 +711,10 @@ fn a_killed_shims_container_leaves_the_broker_with_containerds_cleanup() {
         &["sleep", "1000"],
     );
     let held = wait_until(secs(5), || {
-        status(&c)?.tasks.into_iter().find(|t| t.container_id == id)
+        status(&c)?
+            .tasks
+            .into_iter()
+            .find(|t| t.container_id == c.broker_id(&id))
     })
     .unwrap_or_else(|| panic!("{id} never registered: {:?}", status(&c)));
     let shims = c.shim_processes();
@@ -730,7 +731,7 @@ fn a_killed_shims_container_leaves_the_broker_with_containerds_cleanup() {
         .unwrap_or_else(|| panic!("containerd still runs {id} 15 s after its shim was killed"));
     let left = wait_until(secs(5), || {
         let st = status(&c)?;
-        (!st.tasks.iter().any(|t| t.container_id == id)).then(|| killed.elapsed())
+        (!st.tasks.iter().any(|t| t.container_id == c.broker_id(&id))).then(|| killed.elapsed())
     })
     .unwrap_or_else(|| {
         panic!(
@@ -823,6 +824,90 @@ fn a_stalled_broker_holds_up_no_delete_and_loses_no_run() {
     println!(
         "ctr run --rm of `true` with the broker stopped: {took:?}; the run recorded after it went on"
     );
+    c.finish();
+}
+
+/// containerd ids are unique only within a namespace, and one broker serves them all: the same id in two namespaces
+/// is two containers to the broker (`<namespace>/<id>`), each with its own record and run, and the end of one leaves
+/// the other registered. Before, both shims reported as one container `<id>`: their samples mixed, and the first
+/// Finish took the record of the one still running.
+#[test]
+fn one_id_in_two_namespaces_is_two_containers_to_the_broker() {
+    let Some(c) = start(
+        "one_id_in_two_namespaces_is_two_containers_to_the_broker",
+        "",
+        "",
+    ) else {
+        return;
+    };
+    let id = c.id("twin");
+    let other = format!("{}x", c.ns);
+    let image = c.settings.cache.join("busybox-image.tar");
+    c.ctr_in(&other, &["images", "import", &image.to_string_lossy()])
+        .expect_ok("importing the image into the second namespace");
+    let flags = ["--annotation", "io.predictive.task-type=e2e-twin"];
+    c.run_detached(&id, &flags, &["sleep", "1000"]);
+    let mut args = vec!["run", "-d", "--null-io", "--runtime", c.runtime()];
+    args.extend_from_slice(&flags);
+    args.extend_from_slice(&[IMAGE, &id, "sleep", "1000"]);
+    c.ctr_in(&other, &args)
+        .expect_ok("the same id in the second namespace");
+    let (mine, theirs) = (c.broker_id(&id), broker::api::broker_id(&other, &id));
+    let ids = || -> Vec<String> {
+        status(&c)
+            .map(|s| s.tasks.into_iter().map(|t| t.container_id).collect())
+            .unwrap_or_default()
+    };
+    let both = wait_until(secs(10), || {
+        let ids = ids();
+        (ids.contains(&mine) && ids.contains(&theirs)).then_some(())
+    });
+    assert!(
+        both.is_some(),
+        "the broker does not hold {mine} and {theirs} apart: {:?}",
+        ids()
+    );
+    // A bare id asks for a container the namespaces share: the broker names them rather than pick one.
+    let asked = client(&c).call(&broker::api::Request::History(broker::api::HistoryQuery {
+        container_id: Some(id.clone()),
+        ..Default::default()
+    }));
+    let named = format!("{asked:?}");
+    assert!(
+        named.contains(&mine) && named.contains(&theirs),
+        "history of the bare id {id} does not name both: {named}"
+    );
+    c.ctr_in(&other, &["t", "rm", "-f", &id])
+        .expect_ok("removing the second namespace's task");
+    c.ctr_in(&other, &["c", "rm", &id])
+        .expect_ok("removing the second namespace's container");
+    let ended = wait_until(secs(10), || (!ids().contains(&theirs)).then_some(()));
+    assert!(
+        ended.is_some(),
+        "{theirs} stayed after its Delete: {:?}",
+        ids()
+    );
+    let runs = || runs_seen(&c, "e2e-twin");
+    assert_eq!(
+        wait_until(secs(10), || (runs() == Some(1)).then_some(1)),
+        Some(1),
+        "the second namespace's run was not recorded once: runs seen {:?}",
+        runs()
+    );
+    assert!(
+        ids().contains(&mine),
+        "the end of {theirs} took {mine}'s record: {:?}",
+        ids()
+    );
+    c.remove(&id);
+    assert_eq!(
+        wait_until(secs(10), || (runs() == Some(2)).then_some(2)),
+        Some(2),
+        "the two runs were not recorded apart: runs seen {:?}",
+        runs()
+    );
+    c.ctr_in(&other, &["images", "rm", IMAGE]);
+    c.ctr_in(&other, &["namespaces", "rm", &other]);
     c.finish();
 }
 
@@ -921,14 +1006,21 @@ fn pressure_and_io_weight_reach_the_cgroup_and_the_broker() {
     }
     let psi = wait_until(secs(30), || {
         let st = status(&c)?;
-        let u = st.tasks.iter().find(|t| t.container_id == id)?.usage?;
+        let u = st
+            .tasks
+            .iter()
+            .find(|t| t.container_id == c.broker_id(&id))?
+            .usage?;
         u.cpu_psi_avg10.filter(|p| *p > 5.0)
     });
     println!("IO weight {weight:?} (blkio units {blkio}); CPU pressure avg10 {psi:?} %");
     assert!(
         psi.is_some(),
         "the broker never saw the container's CPU pressure above 5 %: {:?}",
-        status(&c).and_then(|s| s.tasks.into_iter().find(|t| t.container_id == id))
+        status(&c).and_then(|s| s
+            .tasks
+            .into_iter()
+            .find(|t| t.container_id == c.broker_id(&id)))
     );
     c.remove(&id);
     c.finish();
@@ -998,7 +1090,7 @@ fn a_pods_containers_report_in_grouped_messages() {
     );
     let st = status(&c).expect("status");
     for id in [&a, &b] {
-        let t = st.tasks.iter().find(|t| &t.container_id == id);
+        let t = st.tasks.iter().find(|t| t.container_id == c.broker_id(id));
         assert!(t.is_some_and(|t| t.usage.is_some()), "{id} reported: {t:?}");
     }
     c.remove(&a);
@@ -1127,7 +1219,7 @@ fn a_pods_lender_is_poked_after_the_member_that_carried_its_reports_finished() {
         let lease = st
             .leases
             .iter()
-            .find(|x| x.holder == b && x.lender.as_deref() == Some(l.as_str()))?
+            .find(|x| x.holder == c.broker_id(&b) && x.lender == Some(c.broker_id(&l)))?
             .clone();
         (c.cpu_quota_us(&b)? > b_quota).then_some(lease)
     });
@@ -1206,7 +1298,7 @@ fn a_settled_containers_memory_growth_wakes_its_shim_before_the_heartbeat() {
         status(c)?
             .tasks
             .into_iter()
-            .find(|t| t.container_id == id)?
+            .find(|t| t.container_id == c.broker_id(&id))?
             .usage
             .map(|u| u.memory_bytes)
     };

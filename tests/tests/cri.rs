@@ -327,7 +327,10 @@ fn a_killed_pods_shim_ends_its_containers_for_kubelet() {
         Some(
             st.tasks
                 .iter()
-                .filter(|t| ids.contains(&t.container_id))
+                .filter(|t| {
+                    ids.iter()
+                        .any(|id| t.container_id == predictive_e2e::cri::broker_id(id))
+                })
                 .count(),
         )
     };

@@ -142,7 +142,7 @@ fn higher_priority_gets_the_larger_share_of_a_shared_device() {
     let view = status
         .tasks
         .iter()
-        .find(|t| t.container_id == high)
+        .find(|t| t.container_id == c.broker_id(&high))
         .and_then(|t| t.io.clone())
         .expect("the high-priority task has an I/O view");
     let dev = view

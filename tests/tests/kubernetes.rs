@@ -541,7 +541,10 @@ fn daemonset_node_predicts_the_first_pod() {
     let mut client = broker::client::Client::new(c.dir.join("broker.sock"), Duration::from_secs(5));
     let known = wait_until(Duration::from_secs(10), || {
         let st = client.status().ok()?;
-        st.tasks.iter().any(|t| t.container_id == cid).then_some(())
+        st.tasks
+            .iter()
+            .any(|t| t.container_id == predictive_e2e::cri::broker_id(&cid))
+            .then_some(())
     });
     assert!(
         known.is_some(),

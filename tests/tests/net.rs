@@ -237,7 +237,8 @@ fn egress_limits_hold_and_an_idle_senders_share_is_lent_and_reclaimed() {
     });
     let view = limits(&c, budget);
     assert!(
-        view.iter().any(|(id, l)| *id == h && l.is_none()),
+        view.iter()
+            .any(|(id, l)| *id == c.broker_id(&h) && l.is_none()),
         "the host-network container has no egress limit: {view:?}"
     );
     // No ingress budget: nothing on the host side of the veths.
@@ -362,7 +363,7 @@ fn an_ingress_limit_holds_on_the_host_side_veth() {
     };
     wait_until(secs(30), || {
         let receiving = ingress(&c).into_iter().any(|(id, v, _)| {
-            id == r && v.is_some_and(|v| v.rx_bytes_per_sec.unwrap_or(0.0) > 0.5 * N as f64)
+            id == c.broker_id(&r) && v.is_some_and(|v| v.rx_bytes_per_sec.unwrap_or(0.0) > 0.5 * N as f64)
         });
         (host_tbf_rate(&att) == Some(N) && receiving).then_some(())
     })
@@ -381,7 +382,7 @@ fn an_ingress_limit_holds_on_the_host_side_veth() {
     let view = ingress(&c);
     for (id, v, egress) in &view {
         assert!(egress.is_none(), "no egress budget, yet a limit for {id}");
-        if *id == h {
+        if *id == c.broker_id(&h) {
             assert!(
                 v.is_none(),
                 "the host-network container has no ingress limit: {view:?}"

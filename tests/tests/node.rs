@@ -11,7 +11,7 @@ use broker::api::{Explain, Status};
 use broker::client::Client;
 use broker::controller::TaskView;
 use predictive_e2e::cmd::wait_until;
-use predictive_e2e::cri::{self, CriClient, HANDLER};
+use predictive_e2e::cri::{self, CriClient, HANDLER, broker_id};
 use predictive_e2e::settings::{IMAGE, Settings};
 use predictive_e2e::{Containerd, require_root};
 use serde_json::{Value, json};
@@ -102,7 +102,7 @@ impl Node {
             .ok()?
             .tasks
             .into_iter()
-            .find(|t| t.container_id == id)
+            .find(|t| t.container_id == broker_id(id))
     }
 
     /// RunPodSandbox in `namespace` with pod `annotations`, host network, under `cgroup_parent`.
@@ -318,7 +318,7 @@ fn update_container_resources_down_is_the_ceiling_at_once() {
         before
             .leases
             .iter()
-            .any(|l| l.holder == work && l.lender.as_deref() == Some(lender.as_str())),
+            .any(|l| l.holder == broker_id(&work) && l.lender == Some(broker_id(&lender))),
         "no lease from the lender: {:?}",
         before.leases
     );
@@ -494,7 +494,7 @@ fn burstable_after_history(n: &mut Node, task_type: &str) -> String {
         let st = n.client().status().ok()?;
         st.predictions
             .into_iter()
-            .find(|p| p.container_id == id)
+            .find(|p| p.container_id == broker_id(&id))
             .filter(|p| p.task_key == key && p.cpu_cores.is_some())
     });
     assert!(
@@ -525,7 +525,7 @@ fn pod_annotation_gives_each_container_a_history_and_never_the_sandbox() {
         let st = n.client().status().ok()?;
         [&alpha, &beta, &other]
             .iter()
-            .all(|id| st.tasks.iter().any(|t| &t.container_id == *id))
+            .all(|id| st.tasks.iter().any(|t| t.container_id == broker_id(id)))
             .then_some(st)
     })
     .unwrap_or_else(|| {
@@ -537,7 +537,7 @@ fn pod_annotation_gives_each_container_a_history_and_never_the_sandbox() {
     let key = |id: &str| {
         st.predictions
             .iter()
-            .find(|p| p.container_id == id)
+            .find(|p| p.container_id == broker_id(id))
             .map(|p| p.task_key.clone())
     };
     assert_eq!(key(&alpha).as_deref(), Some("team-a/e2e-pod/alpha"));
@@ -545,7 +545,9 @@ fn pod_annotation_gives_each_container_a_history_and_never_the_sandbox() {
     assert_eq!(key(&other).as_deref(), Some("team-b/e2e-pod/alpha"));
     for sandbox in [&a.id, &b.id] {
         assert!(
-            !st.tasks.iter().any(|t| &t.container_id == sandbox),
+            !st.tasks
+                .iter()
+                .any(|t| t.container_id == broker_id(sandbox)),
             "sandbox {sandbox} is registered: {:?}",
             st.tasks
         );
@@ -563,11 +565,11 @@ fn pod_annotation_gives_each_container_a_history_and_never_the_sandbox() {
             log.decisions
         );
     }
-    for t in st
-        .tasks
-        .iter()
-        .filter(|t| [&alpha, &beta, &other].contains(&&t.container_id))
-    {
+    for t in st.tasks.iter().filter(|t| {
+        [&alpha, &beta, &other]
+            .iter()
+            .any(|id| t.container_id == broker_id(id))
+    }) {
         assert_eq!(
             t.priority, 5,
             "{}: the pod's 1000 capped at [policy] max_priority",
