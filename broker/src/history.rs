@@ -16,6 +16,8 @@ use crate::api::{
 };
 use crate::controller::Mode;
 
+/// Most containers an ambiguous bare id's error lists.
+const NAMED_AT_MOST: usize = 8;
 /// Most points kept per container.
 pub const MAX_POINTS: usize = 1024;
 /// Finished containers kept for `report`.
@@ -377,12 +379,20 @@ impl Tracker {
                         ));
                     }
                     many => {
-                        let ids: Vec<&str> = many.iter().map(|(id, _)| id.as_str()).collect();
+                        // The first few are enough to say which name to use; the error stays short however many.
+                        let mut ids: Vec<&str> = many
+                            .iter()
+                            .take(NAMED_AT_MOST)
+                            .map(|(id, _)| id.as_str())
+                            .collect();
+                        if many.len() > NAMED_AT_MOST {
+                            ids.push("…");
+                        }
                         return Err(ErrorReply::new(
                             ErrorCode::InvalidRequest,
                             format!(
                                 "container {query} is in {} namespaces ({}): name it as <namespace>/{query}",
-                                ids.len(),
+                                many.len(),
                                 ids.join(", ")
                             ),
                         ));
@@ -617,6 +627,18 @@ mod tests {
         assert_eq!(e.code, ErrorCode::InvalidRequest);
         assert!(e.message.contains("a/web, b/web"), "{}", e.message);
         assert_eq!(of("c/web").map_err(|e| e.code), Err(ErrorCode::NotFound));
+        for i in 0..20 {
+            t.registered(&format!("n{i:02}/many"), &registered("k"), 0);
+        }
+        let e = of("many").expect_err("twenty namespaces");
+        assert!(
+            e.message
+                .starts_with("container many is in 20 namespaces (n00/many, ")
+                && e.message.contains("n07/many, …)")
+                && !e.message.contains("n08/many"),
+            "{}",
+            e.message
+        );
         assert_eq!(of("eb").map_err(|e| e.code), Err(ErrorCode::NotFound));
     }
 
