@@ -355,51 +355,10 @@ impl Tracker {
         }
     }
 
-    /// The container `query` names: its own name, else the one container of that bare id in some namespace
-    /// ([`predictor::names_container`]); several are an error that lists them.
+    /// The container `query` names ([`named`]), its history.
     fn of_container(&self, query: &str) -> Result<History, ErrorReply> {
         let g = self.lock();
-        let (id, t) = match g.tracks.get_key_value(query) {
-            Some(hit) => hit,
-            None => {
-                let mut named: Vec<_> = g
-                    .tracks
-                    .iter()
-                    .filter(|(id, _)| predictor::names_container(query, id))
-                    .collect();
-                named.sort_by(|a, b| a.0.cmp(b.0));
-                match named.as_slice() {
-                    [one] => *one,
-                    [] => {
-                        return Err(ErrorReply::new(
-                            ErrorCode::NotFound,
-                            format!(
-                                "container {query} is not known to the broker (neither running nor among the last {MAX_FINISHED} finished)"
-                            ),
-                        ));
-                    }
-                    many => {
-                        // The first few are enough to say which name to use; the error stays short however many.
-                        let mut ids: Vec<&str> = many
-                            .iter()
-                            .take(NAMED_AT_MOST)
-                            .map(|(id, _)| id.as_str())
-                            .collect();
-                        if many.len() > NAMED_AT_MOST {
-                            ids.push("…");
-                        }
-                        return Err(ErrorReply::new(
-                            ErrorCode::InvalidRequest,
-                            format!(
-                                "container {query} is in {} namespaces ({}): name it as <namespace>/{query}",
-                                many.len(),
-                                ids.join(", ")
-                            ),
-                        ));
-                    }
-                }
-            }
-        };
+        let (id, t) = named(&g.tracks, query)?;
         Ok(History {
             task_key: t.task_key.clone(),
             container_id: Some(id.clone()),
@@ -510,6 +469,50 @@ impl Tracker {
             total_points: None,
             next_offset: None,
         })
+    }
+}
+
+/// The tracked container `query` names: its own name, else the one container of that bare id in some namespace
+/// ([`predictor::names_container`]); none, or several (listed, at most [`NAMED_AT_MOST`]), is an error.
+fn named<'a>(
+    tracks: &'a HashMap<String, Track>,
+    query: &str,
+) -> Result<(&'a String, &'a Track), ErrorReply> {
+    if let Some(hit) = tracks.get_key_value(query) {
+        return Ok(hit);
+    }
+    let mut named: Vec<_> = tracks
+        .iter()
+        .filter(|(id, _)| predictor::names_container(query, id))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    match named.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(ErrorReply::new(
+            ErrorCode::NotFound,
+            format!(
+                "container {query} is not known to the broker (neither running nor among the last {MAX_FINISHED} finished)"
+            ),
+        )),
+        many => {
+            // The first few are enough to say which name to use; the error stays short however many.
+            let mut ids: Vec<&str> = many
+                .iter()
+                .take(NAMED_AT_MOST)
+                .map(|(id, _)| id.as_str())
+                .collect();
+            if many.len() > NAMED_AT_MOST {
+                ids.push("…");
+            }
+            Err(ErrorReply::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "container {query} is in {} namespaces ({}): name it as <namespace>/{query}",
+                    many.len(),
+                    ids.join(", ")
+                ),
+            ))
+        }
     }
 }
 
