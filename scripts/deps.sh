@@ -12,7 +12,9 @@ PKGS=(containerd runc busybox-static stress-ng libseccomp-dev pkg-config iproute
       # libcontainer's cgroup v2 device filter (BPF): libbpf-sys builds libbpf, which needs libelf and zlib
       libelf-dev zlib1g-dev
       # the network test (tests/tests/net.rs): CNI bridge + host-local IPAM give containers their own netns and veth
-      containernetworking-plugins)
+      containernetworking-plugins
+      # the clock-step test (tests/tests/broker.rs): libfaketime steps the broker's wall clock alone
+      faketime)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -267,6 +267,7 @@ pub fn request(req: &Request) -> Result<(), ErrorReply> {
         Request::Finish(f) => {
             name("container_id", &f.container_id, MAX_ID)?;
             at_most("peak_memory_bytes", f.peak_memory_bytes, MAX_BYTES)?;
+            at_most("ran_ms", f.ran_ms, wire::MAX_RAN_MS)?;
             cpu_seconds("cpu_seconds", f.cpu_seconds)
         }
         Request::Status(p) | Request::Models(p) => page(p),
@@ -379,6 +380,10 @@ mod tests {
             (
                 r#"{"version":1,"type":"finish","container_id":"c","cpu_seconds":1e300}"#,
                 "cpu_seconds",
+            ),
+            (
+                r#"{"version":1,"type":"finish","container_id":"c","ran_ms":18446744073709551615}"#,
+                "ran_ms",
             ),
             (
                 r#"{"version":1,"type":"update","container_id":"c","limits":{"cpu_request_cores":1e300}}"#,

@@ -207,7 +207,16 @@ pub struct Finish {
     /// `usage_usec`), seconds: the run's CPU even when it ended before its first sample. Absent from older shims.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_seconds: Option<f64>,
+    /// How long the container ran, from its Create to its init's exit, by the shim's monotonic clock,
+    /// milliseconds (at most [`MAX_RAN_MS`]): the run's duration even when its Register reached the broker late
+    /// (a broker that stalled) or after this Finish. Absent from older shims and from the `delete` action of a
+    /// shim that died: the broker then measures from the Register it took to this Finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ran_ms: Option<u64>,
 }
+
+/// Most milliseconds a [`Finish`] may say its container ran: 10 years.
+pub const MAX_RAN_MS: u64 = 10 * 366 * 86_400_000;
 
 /// Which decisions to explain.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -15,6 +15,7 @@ pub use predictive_api::wire as api;
 pub use predictive_api::{annotations, apply, client, error_chain, validate};
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod controller;
 pub mod convert;

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use predictor::{
     BatchOp, DecisionQuery, Predictor, PredictorConfig, RunFeatures, RunMetadata, RunOutcome,
@@ -39,6 +39,7 @@ use crate::api::{
     self, Decisions, Directives, ErrorCode, ErrorReply, Finish, Finished, Models, ParentLimit,
     Register, Registered, Report, Request, Response, Status, Update,
 };
+use crate::clock::{steady_ms, wall_ms};
 use crate::config::Config;
 use crate::controller::io;
 use crate::controller::{
@@ -134,13 +135,6 @@ pub enum ServerError {
     /// A file to import at start was refused.
     #[error("importing run history at start")]
     Import(#[from] crate::transfer::TransferError),
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Host CPUs and memory, read once at start.
@@ -359,7 +353,11 @@ struct Running {
     run_id: u64,
     task_key: TaskKey,
     meta: RunMetadata,
+    /// Wall clock: what the run's record says.
     started_at_ms: u64,
+    /// Steady clock (`clock.rs`): what its duration is measured from.
+    started_steady_ms: u64,
+    /// Steady clock.
     last_seen_ms: u64,
     model_version: Option<u64>,
     prev: Option<runtime_hooks::Sample>,
@@ -381,8 +379,8 @@ struct State {
     /// Runs the previous broker process had open, by container id: a shim that registers again with `adopt`
     /// carries its run on; the rest are closed once [`FORGET_AFTER_MS`] passed without it.
     orphans: HashMap<String, predictor::OpenRun>,
-    /// Containers whose Finish came while they were not registered, with when ([`EARLY_FINISH_MS`]).
-    finished_early: HashMap<String, u64>,
+    /// The Finishes that came while their containers were not registered, with when ([`EARLY_FINISH_MS`]).
+    finished_early: HashMap<String, (u64, Finish)>,
     started_ms: u64,
     /// Containers to poke: directives were queued for them since their latest report (`pokes.rs`).
     to_poke: Vec<String>,
@@ -404,40 +402,40 @@ impl State {
         r.pending.push(d);
     }
 
-    /// Remembers that `id` finished while not registered, within [`MAX_EARLY_FINISHES`].
-    fn note_early_finish(&mut self, id: &str, now: u64) {
+    /// Keeps `f`, the Finish of a container not registered, for its Register ([`EARLY_FINISH_MS`], at most
+    /// [`MAX_EARLY_FINISHES`]).
+    fn note_early_finish(&mut self, f: Finish, now: u64) {
         self.finished_early
-            .retain(|_, at| now.saturating_sub(*at) < EARLY_FINISH_MS);
+            .retain(|_, (at, _)| now.saturating_sub(*at) < EARLY_FINISH_MS);
         if self.finished_early.len() >= MAX_EARLY_FINISHES
             && let Some(oldest) = self
                 .finished_early
                 .iter()
-                .min_by_key(|(_, at)| **at)
+                .min_by_key(|(_, (at, _))| *at)
                 .map(|(k, _)| k.clone())
         {
             self.finished_early.remove(&oldest);
         }
-        self.finished_early.insert(id.to_owned(), now);
+        self.finished_early.insert(f.container_id.clone(), (now, f));
     }
 
-    /// Whether `id` finished (while unregistered) within [`EARLY_FINISH_MS`]; forgets it either way.
-    /// Refuses a Register whose container finished already (its Finish overtook it) or whose pipeline is full.
-    fn admits(
-        &mut self,
-        container_id: &str,
-        pipeline: Option<&str>,
-        now: u64,
-    ) -> Result<(), ErrorReply> {
-        if !self.running.contains_key(container_id) && self.took_early_finish(container_id, now) {
-            return Err(ErrorReply::new(
-                ErrorCode::NotFound,
-                format!(
-                    "container {:?} already finished: its Finish came before this Register (a shim that gave up \
-                 waiting); not registered",
-                    crate::validate::shown(container_id, 128)
-                ),
-            ));
+    /// The Finish that came for `id` within [`EARLY_FINISH_MS`] while it was not registered (its Register then
+    /// comes after it), with how long ago and a run id for the run it ends; forgotten either way.
+    fn overtaking_finish(&mut self, id: &str, now: u64) -> Option<(u64, u64, Finish)> {
+        if self.running.contains_key(id) {
+            return None;
         }
+        let (at, f) = self
+            .finished_early
+            .remove(id)
+            .filter(|(at, _)| now.saturating_sub(*at) < EARLY_FINISH_MS)?;
+        let run_id = self.next_run;
+        self.next_run += 1;
+        Some((run_id, now.saturating_sub(at), f))
+    }
+
+    /// Refuses a Register whose pipeline is full.
+    fn admits(&mut self, container_id: &str, pipeline: Option<&str>) -> Result<(), ErrorReply> {
         if let Some(p) = pipeline
             && !self.running.contains_key(container_id)
             && self.controller.pipeline_size(p) >= crate::validate::MAX_PIPELINE_TASKS
@@ -455,15 +453,15 @@ impl State {
         Ok(())
     }
 
-    /// Opens (or, for a shim registering again with `adopt`, carries on) the container's run: the store's ops go
-    /// to `ops`.
+    /// Opens (or, for a shim registering again with `adopt`, carries on) the container's run at `now` (steady)
+    /// and `wall`: the store's ops go to `ops`.
     fn open_run(
         &mut self,
         r: &Register,
         key: &TaskKey,
         meta: RunMetadata,
         model_version: Option<u64>,
-        now: u64,
+        (now, wall): (u64, u64),
         ops: &mut Vec<BatchOp>,
     ) {
         // A run the previous broker process had open carries on when its shim registers again with `adopt`.
@@ -480,9 +478,11 @@ impl State {
             None => {
                 let id = self.next_run;
                 self.next_run += 1;
-                (id, now, meta)
+                (id, wall, meta)
             }
         };
+        // A carried run started before this process: as long ago on the steady clock as on the wall clock.
+        let started_steady_ms = now.saturating_sub(wall.saturating_sub(started_at_ms));
         ops.push(BatchOp::Open(Box::new(predictor::OpenRun {
             container_id: r.container_id.clone(),
             run_id,
@@ -496,6 +496,7 @@ impl State {
             task_key: key.clone(),
             meta,
             started_at_ms,
+            started_steady_ms,
             last_seen_ms: now,
             model_version,
             prev: None,
@@ -511,12 +512,6 @@ impl State {
         {
             tracing::warn!(container = %crate::validate::shown(&r.container_id, 253), run = old.run_id, "registered again; the earlier run is dropped");
         }
-    }
-
-    fn took_early_finish(&mut self, id: &str, now: u64) -> bool {
-        self.finished_early
-            .remove(id)
-            .is_some_and(|at| now.saturating_sub(at) < EARLY_FINISH_MS)
     }
 }
 
@@ -601,6 +596,31 @@ fn rates(
         count: 1,
     };
     Some((usage, sample, throttled_s))
+}
+
+/// How a run ended: `f` (its shim's figures) over `stats` (what its reports showed). Its duration is the shim's
+/// (`ran_ms`: from Create to exit, whenever the broker took the Register), else `measured_s`, the broker's own
+/// from the Register it took to `f`.
+fn outcome(f: &Finish, stats: &RunStats, measured_s: f64) -> RunOutcome {
+    // Over the sampled intervals that measured each direction (none for a task in the host's network).
+    let (net_tx_bytes_per_s, net_tx_peak_bytes_per_s) = stats.net_tx.mean_and_peak();
+    let (net_rx_bytes_per_s, net_rx_peak_bytes_per_s) = stats.net_rx.mean_and_peak();
+    RunOutcome {
+        duration_s: f.ran_ms.map_or(measured_s, |ms| ms as f64 / 1000.0),
+        peak_memory_bytes: f.peak_memory_bytes.unwrap_or(0).max(stats.peak_memory),
+        // The cgroup's own total when the shim read it: a run shorter than a tick has few or no samples.
+        cpu_seconds: f.cpu_seconds.unwrap_or(0.0).max(stats.cpu_seconds),
+        cpu_p50_cores: predictor::percentile(&stats.cpu, 0.5).unwrap_or(0.0),
+        cpu_p95_cores: predictor::percentile(&stats.cpu, 0.95).unwrap_or(0.0),
+        io_bytes: stats.io_bytes,
+        exit_code: f.exit_code,
+        oom_killed: f.oom_killed,
+        throttled_s: stats.throttled_s,
+        net_tx_bytes_per_s,
+        net_tx_peak_bytes_per_s,
+        net_rx_bytes_per_s,
+        net_rx_peak_bytes_per_s,
+    }
 }
 
 /// The decision-log entry of a directive.
@@ -714,7 +734,7 @@ fn page_history(mut h: api::History, q: &api::HistoryQuery) -> api::History {
 impl Broker {
     /// Runs `log` at most once a second: what a peer can trigger must not flood the log.
     fn log_limited(&self, log: impl FnOnce()) {
-        let now = now_ms();
+        let now = steady_ms();
         let last = self.last_warning_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= 1000
             && self
@@ -789,7 +809,7 @@ impl Broker {
                 let takes_pokes = r.pokes == Some(true);
                 self.register(r, peer)
                     .map(|x| self.with_heartbeat(x, takes_pokes))
-                    .inspect(|x| self.tracker.registered(&id, x, now_ms()))
+                    .inspect(|x| self.tracker.registered(&id, x, wall_ms()))
                     .map(Response::Registered)
             }
             Request::Report(r) => self.report(r, peer).map(Response::Directives),
@@ -803,7 +823,7 @@ impl Broker {
             }
             Request::History(q) => self
                 .tracker
-                .history(&q, &self.predictor, now_ms())
+                .history(&q, &self.predictor, wall_ms())
                 .map(|h| page_history(h, &q))
                 .map(Response::History),
             Request::Status(p) => Ok(Response::Status(self.status(Some(&p)))),
@@ -852,7 +872,7 @@ impl Broker {
             }
             if finish {
                 // The run is committed: refit its task type now if it is due, so the next Create is predicted.
-                if let Err(e) = self.predictor.refit_pending(now_ms()) {
+                if let Err(e) = self.predictor.refit_pending(wall_ms()) {
                     tracing::error!(error = %crate::error_chain(&e), "refitting after a finish");
                 }
             }
@@ -882,7 +902,7 @@ impl Broker {
         if ann.mode == Mode::Off {
             return Ok(unmanaged(&r, &key));
         }
-        let now = now_ms();
+        let (now, wall) = (steady_ms(), wall_ms());
         let (host, task_stale_ms) = {
             let st = self.lock();
             let takes_pokes = r.pokes == Some(true);
@@ -901,7 +921,7 @@ impl Broker {
         };
         let prediction = self
             .predictor
-            .predict(&key, &RunFeatures::from_metadata(&meta, now));
+            .predict(&key, &RunFeatures::from_metadata(&meta, wall));
         let capped = apply_policy(&self.cfg, &r.annotations, &mut ann);
         qualify_references(&r.container_id, &mut ann);
         let cold = prediction.is_cold_start();
@@ -928,16 +948,19 @@ impl Broker {
         let io_devices = (spec.priority != 0).then(io::host_devices);
         let (allocation, directives, records) = {
             let mut st = self.lock();
-            st.admits(&r.container_id, spec.pipeline.as_deref(), now)?;
+            if let Some((run_id, ago, f)) = st.overtaking_finish(&r.container_id, now) {
+                drop(st);
+                return Err(self.overtaken(run_id, key, meta, (wall, ago), f));
+            }
+            st.admits(&r.container_id, spec.pipeline.as_deref())?;
             st.controller.refresh_io_devices(io_devices);
-            let (allocation, directives) = match r.adopt {
+            let (allocation, mut directives) = match r.adopt {
                 Some(current) => {
                     tracing::info!(container = %r.container_id, ?current, "registered again while running: allocation adopted");
                     (current, st.controller.adopt(spec, current, now))
                 }
                 None => st.controller.register(spec, now),
             };
-            let mut directives = directives;
             let warm = (!cold).then_some(&prediction);
             let ask = st.net.ask(ann.egress_bytes_per_sec, warm);
             directives.extend(st.net.register_ask(
@@ -953,15 +976,15 @@ impl Broker {
                 ann.mode,
                 r.own_netns.unwrap_or(true) && r.net_ingress == Some(true),
             ));
-            st.open_run(&r, &key, meta, model_version, now, &mut ops);
+            st.open_run(&r, &key, meta, model_version, (now, wall), &mut ops);
             if let Some(run) = st.running.get_mut(&r.container_id) {
                 run.pokes = pokes::Pokes::new(r.pokes == Some(true), peer);
             }
-            let mut records = capped_decisions(capped, &r.container_id, &key, now, model_version);
+            let mut records = capped_decisions(capped, &r.container_id, &key, wall, model_version);
             for d in &directives {
                 let ours = d.container_id == r.container_id;
                 if let Some(run) = st.running.get(&d.container_id) {
-                    records.push(decision(d, run, now, ours.then_some(cold)));
+                    records.push(decision(d, run, wall, ours.then_some(cold)));
                 }
             }
             (allocation, directives, records)
@@ -984,7 +1007,7 @@ impl Broker {
 
     fn update(&self, u: Update) -> Result<Directives, ErrorReply> {
         let parents = u.parents.as_deref().map(ancestors).transpose()?;
-        let now = now_ms();
+        let (now, wall) = (steady_ms(), wall_ms());
         let (own, others, records) = {
             let mut guard = self.lock();
             let st = &mut *guard;
@@ -1008,7 +1031,7 @@ impl Broker {
                 .filter_map(|d| {
                     st.running
                         .get(&d.container_id)
-                        .map(|r| decision(d, r, now, None))
+                        .map(|r| decision(d, r, wall, None))
                 })
                 .collect();
             let (own, others): (Vec<Directive>, Vec<Directive>) = ds
@@ -1077,15 +1100,16 @@ impl Broker {
                 format!("container {} is not registered", rep.container_id),
             ));
         };
-        run.last_seen_ms = now_ms();
+        let taken_at = steady_ms();
+        run.last_seen_ms = taken_at;
         run.pokes.reported(peer);
         if let Some(why) = &rep.stopping {
             // Its owner stops it: a Freeze not yet delivered must never land, and the controller never pauses it
             // again (a pause in force ends; what that emits goes out with this reply).
             run.pending.retain(|d| d.action != Action::Freeze);
-            let now = now_ms();
+            let wall = wall_ms();
             for d in st.controller.stopping(&rep.container_id, why) {
-                records.push(decision(&d, run, now, None));
+                records.push(decision(&d, run, wall, None));
                 run.pending.push(d);
             }
         }
@@ -1119,7 +1143,10 @@ impl Broker {
             run.stats.peak_memory = run.stats.peak_memory.max(peak);
             run.prev = Some(s);
         }
-        if let Some(u) = latest {
+        if let Some(mut u) = latest {
+            // Fresh as of when the broker took it, on its own steady clock: never the shim's wall clock, which may
+            // have stepped, or lie.
+            u.at_ms = taken_at;
             st.controller.observe(&rep.container_id, u);
             st.net.observe(&rep.container_id, u.net_tx_bytes_per_sec);
             st.net_in.observe(&rep.container_id, u.net_rx_bytes_per_sec);
@@ -1132,11 +1159,11 @@ impl Broker {
     }
 
     fn finish(&self, f: Finish) -> Result<Finished, ErrorReply> {
-        let now = now_ms();
+        let (now, wall) = (steady_ms(), wall_ms());
         let (run, records, others) = {
             let mut st = self.lock();
             let Some(run) = st.running.remove(&f.container_id) else {
-                st.note_early_finish(&f.container_id, now);
+                st.note_early_finish(f.clone(), now);
                 return Err(ErrorReply::new(
                     ErrorCode::NotFound,
                     format!("container {} is not registered", f.container_id),
@@ -1150,38 +1177,22 @@ impl Broker {
                 .filter_map(|d| {
                     st.running
                         .get(&d.container_id)
-                        .map(|r| decision(d, r, now, None))
+                        .map(|r| decision(d, r, wall, None))
                 })
                 .collect();
             (run, records, ds)
         };
         self.queue(others);
-        let stats = run.stats;
-        let duration_s = now.saturating_sub(run.started_at_ms) as f64 / 1000.0;
-        // Over the sampled intervals that measured each direction (none for a task in the host's network).
-        let (net_tx_bytes_per_s, net_tx_peak_bytes_per_s) = stats.net_tx.mean_and_peak();
-        let (net_rx_bytes_per_s, net_rx_peak_bytes_per_s) = stats.net_rx.mean_and_peak();
+        let measured_s = now.saturating_sub(run.started_steady_ms) as f64 / 1000.0;
+        let outcome = outcome(&f, &run.stats, measured_s);
+        let duration_s = outcome.duration_s;
+        let samples = run.stats.samples;
         let summary = RunSummary {
             run_id: run.run_id,
             task_key: run.task_key,
             started_at_ms: run.started_at_ms,
             meta: run.meta,
-            outcome: RunOutcome {
-                duration_s,
-                peak_memory_bytes: f.peak_memory_bytes.unwrap_or(0).max(stats.peak_memory),
-                // The cgroup's own total when the shim read it: a run shorter than a tick has few or no samples.
-                cpu_seconds: f.cpu_seconds.unwrap_or(0.0).max(stats.cpu_seconds),
-                cpu_p50_cores: predictor::percentile(&stats.cpu, 0.5).unwrap_or(0.0),
-                cpu_p95_cores: predictor::percentile(&stats.cpu, 0.95).unwrap_or(0.0),
-                io_bytes: stats.io_bytes,
-                exit_code: f.exit_code,
-                oom_killed: f.oom_killed,
-                throttled_s: stats.throttled_s,
-                net_tx_bytes_per_s,
-                net_tx_peak_bytes_per_s,
-                net_rx_bytes_per_s,
-                net_rx_peak_bytes_per_s,
-            },
+            outcome,
             profile: None,
         };
         self.record_decisions(
@@ -1193,8 +1204,56 @@ impl Broker {
         );
         Ok(Finished {
             duration_s,
-            samples: stats.samples,
+            samples,
         })
+    }
+
+    /// The answer to a Register whose Finish (`f`, taken `ago_ms` before it) came first: a shim whose Register went
+    /// unanswered in its budget (a stalled broker) sends the Finish on another connection, which the broker may
+    /// read first. Nothing is registered (the answer says so); the run is recorded, as run `run_id`, from the
+    /// Register (its task type and metadata) and the Finish, when the Finish says how long it ran (`ran_ms`; an
+    /// older shim's does not, and its run is lost as before).
+    fn overtaken(
+        &self,
+        run_id: u64,
+        task_key: TaskKey,
+        meta: RunMetadata,
+        (wall, ago_ms): (u64, u64),
+        f: Finish,
+    ) -> ErrorReply {
+        let shown = crate::validate::shown(&f.container_id, 128);
+        let Some(ran_ms) = f.ran_ms else {
+            return ErrorReply::new(
+                ErrorCode::NotFound,
+                format!(
+                    "container {shown:?} already finished: its Finish came before this Register (a shim that gave \
+                     up waiting); not registered"
+                ),
+            );
+        };
+        let outcome = outcome(&f, &RunStats::default(), 0.0);
+        tracing::info!(container = %crate::validate::shown(&f.container_id, 253), run = run_id, "its Finish came before its Register: the run is recorded from both, not registered");
+        self.record_decisions(
+            Vec::new(),
+            vec![BatchOp::Run {
+                container_id: None,
+                run: Box::new(RunSummary {
+                    run_id,
+                    task_key,
+                    started_at_ms: wall.saturating_sub(ago_ms).saturating_sub(ran_ms),
+                    meta,
+                    outcome,
+                    profile: None,
+                }),
+            }],
+        );
+        ErrorReply::new(
+            ErrorCode::NotFound,
+            format!(
+                "container {shown:?} already finished: its Finish came before this Register (a shim that gave up \
+                 waiting); the run is recorded from both, not registered"
+            ),
+        )
     }
 
     /// The status; one page of its tasks (in container id order) when `page` is given.
@@ -1220,6 +1279,17 @@ impl Broker {
             }
         }
         let mut leases = st.controller.leases();
+        // The controller's times are steady (`clock.rs`): shown on the wall clock.
+        let wall = crate::clock::on_wall();
+        for t in &mut tasks {
+            if let Some(u) = &mut t.usage {
+                u.at_ms = wall(u.at_ms);
+            }
+        }
+        for l in &mut leases {
+            l.granted_at_ms = wall(l.granted_at_ms);
+            l.expires_at_ms = wall(l.expires_at_ms);
+        }
         let mut predictions = self.tracker.predictions();
         if page.is_some() {
             // A page carries the leases held by, and the predictions of, its own tasks.
@@ -1264,7 +1334,7 @@ impl Broker {
     /// One controller step: decisions are queued for their containers, recorded and logged.
     pub fn tick(&self) {
         let started = Instant::now();
-        let now = now_ms();
+        let (now, wall) = (steady_ms(), wall_ms());
         let (records, forgotten, closes) = {
             let mut guard = self.lock();
             let st = &mut *guard;
@@ -1297,7 +1367,7 @@ impl Broker {
             let mut records = Vec::new();
             for d in ds {
                 if let Some(r) = st.running.get(&d.container_id) {
-                    records.push(decision(&d, r, now, None));
+                    records.push(decision(&d, r, wall, None));
                 }
                 st.push_pending(d);
             }
@@ -1864,7 +1934,7 @@ fn spawn_workers(
             let every = Duration::from_millis(b.cfg.retrain_check_ms.max(1));
             let mut imports = crate::transfer::Watcher::default();
             loop {
-                let now = now_ms();
+                let now = wall_ms();
                 if let Some(dir) = &b.cfg.import.dir {
                     imports.scan(&b.predictor, dir, b.cfg.import.max_file_bytes, now);
                 }
@@ -1891,7 +1961,7 @@ fn spawn_workers(
 fn open_predictor(path: &Path, cfg: predictor::PredictorConfig) -> Result<Predictor, ServerError> {
     match Predictor::open(path, cfg.clone()) {
         Err(predictor::PredictorError::Store(e)) if e.is_corrupt() => {
-            let secs = now_ms() / 1000;
+            let secs = wall_ms() / 1000;
             let mut aside = path.as_os_str().to_owned();
             aside.push(format!(".corrupt-{secs}"));
             let aside = PathBuf::from(aside);
@@ -1923,7 +1993,7 @@ impl Daemon {
         let pcfg = predictor_config(&cfg);
         let predictor = Arc::new(open_predictor(&cfg.database(), pcfg)?);
         for f in &cfg.import.files {
-            crate::transfer::import_file(&predictor, f, cfg.import.max_file_bytes, now_ms())?;
+            crate::transfer::import_file(&predictor, f, cfg.import.max_file_bytes, wall_ms())?;
         }
 
         let listener = bind_socket(&cfg.socket, cfg.allowed_gid)?;
@@ -1971,7 +2041,7 @@ impl Daemon {
                 "restored the leases of the previous run; they wait for their shims to register again"
             );
         }
-        controller.restore_leases(restored.clone(), now_ms());
+        controller.restore_leases(restored.clone(), steady_ms());
         let broker = Arc::new(Broker {
             persisted: Mutex::new(Some(restored)),
             state: Mutex::new(State {
@@ -1982,7 +2052,7 @@ impl Daemon {
                 next_run,
                 orphans,
                 finished_early: HashMap::new(),
-                started_ms: now_ms(),
+                started_ms: steady_ms(),
                 to_poke: Vec::new(),
             }),
             cfg,

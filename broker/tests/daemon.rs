@@ -89,6 +89,47 @@ fn wait_for<T>(what: &str, b: &Broker, f: impl FnMut() -> Option<T>) -> T {
     b.wait_for(what, WAIT, f)
 }
 
+/// Registers `hog`: no CPU limit of its own (a user's limit caps borrowing), a small quota predicted from a
+/// history of three light runs of its task type.
+fn warm_borrower(b: &Broker, borrower: &mut Client) -> broker::api::Registered {
+    for i in 0..3 {
+        let id = format!("hog-{i}");
+        borrower
+            .register(&register(&id, "hog-type", None))
+            .expect("register");
+        borrower
+            .report(&Report {
+                container_id: id.clone(),
+                samples: samples(0.02, 0.0, 10 << 20, 1_000_000_000),
+                ..Report::default()
+            })
+            .expect("report");
+        std::thread::sleep(Duration::from_millis(30));
+        borrower
+            .finish(&Finish {
+                container_id: id,
+                ..Finish::default()
+            })
+            .expect("finish");
+    }
+    wait_for("a warm prediction for the borrower", b, || {
+        let r = borrower
+            .register(&register("hog", "hog-type", None))
+            .expect("register hog");
+        if r.cold_start {
+            borrower
+                .finish(&Finish {
+                    container_id: "hog".to_owned(),
+                    ..Finish::default()
+                })
+                .expect("finish");
+            std::thread::sleep(Duration::from_millis(50));
+            return None;
+        }
+        Some(r)
+    })
+}
+
 #[test]
 fn predicts_after_history_lends_cpu_records_decisions_and_survives_kill_9() {
     let dir = short_tempdir();
@@ -612,7 +653,8 @@ fn sandboxes_are_refused_pods_are_capped_and_update_resizes() {
 
 /// A shim whose Register got no answer in its budget drops the connection and sends Finish on a new one, which
 /// can reach the broker before the Register: that Register must not leave a task nobody finishes (issue 14's
-/// churn found one of 500 so with a 1 ms budget). A later run of the same id registers normally.
+/// churn found one of 500 so with a 1 ms budget). A later run of the same id registers normally. When the Finish
+/// says how long its container ran (`ran_ms`, which an older shim leaves out), the run is recorded from both.
 #[test]
 fn a_register_overtaken_by_its_finish_leaves_no_task_behind() {
     let dir = short_tempdir();
@@ -651,6 +693,49 @@ fn a_register_overtaken_by_its_finish_leaves_no_task_behind() {
         .expect("and another");
     finish(&mut c, "late").expect("finished again");
     assert!(c.status().expect("status").tasks.is_empty());
+
+    // A shim that says how long its container ran (`ran_ms`): the run its Register and Finish describe is recorded
+    // even though they came in the wrong order, with the Finish's figures. An older shim's (above) is not.
+    let e = c
+        .finish(&Finish {
+            container_id: "overtaken".to_owned(),
+            exit_code: 3,
+            peak_memory_bytes: Some(64 << 20),
+            ran_ms: Some(1500),
+            ..Finish::default()
+        })
+        .expect_err("not registered yet");
+    assert!(matches!(&e, ClientError::Broker(_)), "{e:?}");
+    let e = c
+        .register(&register("overtaken", "overtaken-type", Some(1.0)))
+        .expect_err("its Finish came first");
+    assert!(
+        matches!(&e, ClientError::Broker(r) if r.message.contains("recorded from both")),
+        "{e:?}"
+    );
+    assert!(c.status().expect("status").tasks.is_empty());
+    let run = wait_for("the overtaken run in the store", &b, || {
+        match c.call(&broker::api::Request::Export(Default::default())) {
+            Ok(broker::api::Response::Export(p)) => {
+                p.runs.into_iter().find(|r| r.task_key == "overtaken-type")
+            }
+            _ => None,
+        }
+    });
+    assert_eq!(
+        (run.duration_s, run.peak_memory_bytes, run.exit_code),
+        (1.5, 64 << 20, 3),
+        "{run:?}"
+    );
+    let churn = c.models().expect("models").task_types;
+    assert_eq!(
+        churn
+            .iter()
+            .find(|t| t.task_key == "churn")
+            .map(|t| t.runs_seen),
+        Some(2),
+        "the older shim's overtaken run is not recorded, the two normal ones are: {churn:?}"
+    );
 }
 
 /// Issue 16: a lender whose shim takes pokes is told at once that a lease drew on it: the broker writes a poke on
@@ -670,44 +755,7 @@ fn a_lender_that_takes_pokes_is_poked_when_a_lease_draws_on_it() {
         .expect("register idle");
     assert_eq!(reg.allocation.cpu_cores, Some(3.0));
     assert_eq!(reg.heartbeat_ms, Some(10_000), "the idle heartbeat");
-    // The borrower: no CPU limit of its own (a user's limit caps borrowing), a small quota predicted from a
-    // history of light runs.
-    for i in 0..3 {
-        let id = format!("hog-{i}");
-        borrower
-            .register(&register(&id, "hog-type", None))
-            .expect("register");
-        borrower
-            .report(&Report {
-                container_id: id.clone(),
-                samples: samples(0.02, 0.0, 10 << 20, 1_000_000_000),
-                ..Report::default()
-            })
-            .expect("report");
-        std::thread::sleep(Duration::from_millis(30));
-        borrower
-            .finish(&Finish {
-                container_id: id,
-                ..Finish::default()
-            })
-            .expect("finish");
-    }
-    let reg = wait_for("a warm prediction for the borrower", &b, || {
-        let r = borrower
-            .register(&register("hog", "hog-type", None))
-            .expect("register hog");
-        if r.cold_start {
-            borrower
-                .finish(&Finish {
-                    container_id: "hog".to_owned(),
-                    ..Finish::default()
-                })
-                .expect("finish");
-            std::thread::sleep(Duration::from_millis(50));
-            return None;
-        }
-        Some(r)
-    });
+    let reg = warm_borrower(&b, &mut borrower);
     assert_eq!(
         reg.heartbeat_ms,
         Some(2_500),
@@ -765,4 +813,80 @@ fn a_lender_that_takes_pokes_is_poked_when_a_lease_draws_on_it() {
         "the lender's report collects its lower quota: {ds:?}"
     );
     assert!(!lender.has_unread(), "the poke was read with the reply");
+}
+
+/// A report is fresh as of when the broker took it, on the broker's own steady clock, whatever time its samples
+/// claim: a shim whose wall clock is a century ahead (a clock stepped, or a peer that lies) keeps no lease once it
+/// falls silent. Before, a task's freshness was the latest time its samples claimed, and such a holder stayed
+/// fresh, with its lease, until that time came.
+#[test]
+fn a_silent_holder_whose_samples_claim_the_future_loses_its_lease() {
+    let dir = short_tempdir();
+    let b = start_broker(dir.path());
+    let mut lender = client(&b);
+    let mut borrower = client(&b);
+    lender
+        .register(&register("idle", "idle-type", Some(3.0)))
+        .expect("register idle");
+    let reg = warm_borrower(&b, &mut borrower);
+    let century = 100 * 365 * 86_400 * 1_000_000_000u64;
+    let ahead = |mut v: Vec<Sample>| {
+        for s in &mut v {
+            s.unix_ns += century;
+        }
+        v
+    };
+    let mut base = 2_000_000_000;
+    // The lender reports all along, idle.
+    let mut idle = |base: &mut u64| {
+        *base += 200_000_000;
+        lender
+            .report(&Report {
+                container_id: "idle".to_owned(),
+                samples: samples(0.01, 0.0, 10 << 20, *base),
+                ..Report::default()
+            })
+            .expect("report idle");
+    };
+    let mut quota = reg.allocation.cpu_cores.expect("a predicted quota");
+    let lease = wait_for("a lease to the borrower", &b, || {
+        idle(&mut base);
+        for d in borrower
+            .report(&Report {
+                container_id: "hog".to_owned(),
+                samples: ahead(samples(quota, 0.8, 10 << 20, base)),
+                ..Report::default()
+            })
+            .expect("report hog")
+        {
+            if let Action::SetCpu { cores: Some(q) } = d.action {
+                quota = q;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let st = borrower.status().expect("status");
+        st.leases
+            .into_iter()
+            .find(|l| l.holder == "hog")
+            .map(|l| l.id)
+    });
+    let st = borrower.status().expect("status");
+    let shown = st
+        .tasks
+        .iter()
+        .find(|t| t.container_id == "hog")
+        .and_then(|t| t.usage)
+        .map(|u| u.at_ms)
+        .expect("the borrower's usage");
+    assert!(
+        shown < common::now_ms() + 60_000,
+        "status shows the time the samples claimed ({shown}), not when the broker took them"
+    );
+    // Only the lender reports from now on: the silent holder's lease ends (stale_after_ms 5 s, a tick of 50 ms).
+    wait_for("the silent holder's lease to end", &b, || {
+        idle(&mut base);
+        std::thread::sleep(Duration::from_millis(100));
+        let st = borrower.status().expect("status");
+        (!st.leases.iter().any(|l| l.id == lease)).then_some(())
+    });
 }

@@ -108,6 +108,7 @@ fn run_once(node: &Node, id: &str, task: &str) -> Registered {
             oom_killed: false,
             peak_memory_bytes: Some(PEAK),
             cpu_seconds: None,
+            ran_ms: None,
         })
         .expect("finish");
     reg

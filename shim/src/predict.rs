@@ -432,6 +432,8 @@ pub struct Augment {
     unanswered: std::sync::atomic::AtomicBool,
     /// The run summary's last read of the cgroup is done (or none is needed): the cgroup may go.
     summarized: tokio::sync::watch::Sender<bool>,
+    /// When Create sent the Register: the run's duration is measured from here (`Finish::ran_ms`).
+    created: Instant,
 }
 
 /// A directive for the network (egress or ingress), applied outside the cgroup.
@@ -470,6 +472,7 @@ pub fn finish_after_dead_shim(namespace: &str, id: &str, bundle: &Path) {
         oom_killed: false,
         peak_memory_bytes: None,
         cpu_seconds: None,
+        ran_ms: None,
     };
     match Client::new(&s.socket, s.register_budget).finish(&f) {
         Ok(_) => {}
@@ -566,6 +569,7 @@ impl Augment {
         Ok(Some(Arc::new(Augment {
             id: id.to_owned(),
             mode: ann.mode,
+            created: started,
             register: Mutex::new(register),
             state: Mutex::new(MonitorState {
                 client,
@@ -1263,6 +1267,7 @@ impl Augment {
             oom_killed,
             peak_memory_bytes: peak,
             cpu_seconds,
+            ran_ms: Some(self.created.elapsed().as_millis() as u64),
         };
         match st.client.finish(&f) {
             Ok(done) => tracing::info!(

@@ -1495,3 +1495,182 @@ fn a_damaged_store_is_set_aside_and_the_broker_starts_on_an_empty_one() {
     println!("set aside as {}", aside[0].display());
     c.finish();
 }
+
+/// Debian's `faketime` package: an `LD_PRELOAD` library that shifts `CLOCK_REALTIME` (and, unless told not to,
+/// the monotonic clocks) by what a file says.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// A broker this test starts itself (the shims' `autostart` off) whose wall clock is stepped by hand: libfaketime
+/// re-reads `clock` (`+900`: 15 minutes ahead of the host's) at every clock read; the monotonic clock stays the
+/// host's, as in a real step (NTP's `makestep`, `date -s`, a VM's clock set after a migration).
+struct SteppedBroker {
+    child: std::process::Child,
+    clock: PathBuf,
+}
+
+impl SteppedBroker {
+    fn start(c: &Containerd) -> SteppedBroker {
+        let clock = c.dir.join("faketime");
+        std::fs::write(&clock, "+0\n").expect("the fake clock's file");
+        let log =
+            std::fs::File::create(c.dir.join("predictived-stepped.log")).expect("the broker's log");
+        let child = std::process::Command::new(c.settings.shim_dir.join("predictived"))
+            .arg("--config")
+            .arg(c.dir.join("predictive.toml"))
+            .arg("--socket")
+            .arg(c.broker_socket())
+            .arg("--state-dir")
+            .arg(c.dir.join("broker"))
+            .env("LD_PRELOAD", LIBFAKETIME)
+            .env("FAKETIME_TIMESTAMP_FILE", &clock)
+            .env("FAKETIME_NO_CACHE", "1")
+            .env("DONT_FAKE_MONOTONIC", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting predictived under libfaketime");
+        let up = wait_until(secs(10), || status(c));
+        assert!(up.is_some(), "the broker under libfaketime did not answer");
+        SteppedBroker { child, clock }
+    }
+
+    /// Sets the broker's wall clock to the host's plus `offset` (`+900`, `-3600`: seconds).
+    fn step(&self, offset: &str) {
+        std::fs::write(&self.clock, format!("{offset}\n")).expect("stepping the fake clock");
+    }
+
+    fn log(c: &Containerd) -> String {
+        std::fs::read_to_string(c.dir.join("predictived-stepped.log")).unwrap_or_default()
+    }
+}
+
+/// The wall clock steps (NTP's `makestep` at boot, `date -s`, a VM resumed or migrated): the broker's timing —
+/// a task's freshness, its leases, when a silent task is forgotten, a run's duration — runs on the monotonic
+/// clock, so a step neither forgets the node's tasks nor keeps a silent one alive. Before: 15 minutes forward
+/// and every task was "no report for 10 minutes: forgotten" at the next tick (its lease ended, its run closed
+/// unrecorded); an hour back and a task that stopped reporting stayed fresh for that hour, holding its lease.
+#[test]
+fn a_wall_clock_step_neither_forgets_nor_freezes_the_brokers_tasks() {
+    let test = "a_wall_clock_step_neither_forgets_nor_freezes_the_brokers_tasks";
+    if !std::path::Path::new(LIBFAKETIME).exists() {
+        predictive_e2e::skip(
+            test,
+            "no libfaketime (scripts/deps.sh installs Debian's faketime)",
+        );
+        return;
+    }
+    let Some(c) = start(
+        test,
+        "autostart = false\nhost_cpu_cores = 2.0",
+        "quota_unlimited_cpu = true\nstale_after_ms = 2000\nidle_heartbeat_ms = 0",
+    ) else {
+        return;
+    };
+    let mut broker = SteppedBroker::start(&c);
+    let history = idle_history(&c, "e2e-borrower");
+    let a = c.id("clock-lender");
+    let b = c.id("clock-borrower");
+    c.run_detached(&a, &["--cpus", "1.45"], &["sleep", "1000"]);
+    let b_started = Instant::now();
+    spin_borrower(&c, &b, &history);
+    let (a_id, b_id) = (c.broker_id(&a), c.broker_id(&b));
+    let lease_of = |st: &Status| {
+        st.leases
+            .iter()
+            .find(|l| l.holder == b_id && l.lender.as_ref() == Some(&a_id))
+            .map(|l| l.id)
+    };
+    let lease = wait_until(secs(10), || lease_of(&status(&c)?))
+        .unwrap_or_else(|| panic!("no lease formed: {:?}", status(&c)));
+
+    // 15 minutes forward: four ticks later both tasks are still registered and the lease is the same one.
+    broker.step("+900");
+    let watched = Instant::now();
+    while watched.elapsed() < tick() * 4 {
+        let st = status(&c).expect("status after the step forward");
+        let ids: Vec<&str> = st.tasks.iter().map(|t| t.container_id.as_str()).collect();
+        assert!(
+            ids.contains(&a_id.as_str()) && ids.contains(&b_id.as_str()),
+            "a step of the wall clock 15 minutes forward dropped tasks: {ids:?}\n{}",
+            SteppedBroker::log(&c)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        status(&c).as_ref().and_then(lease_of),
+        Some(lease),
+        "the lease did not survive the step forward: {:?}",
+        status(&c).map(|s| s.leases)
+    );
+    assert!(
+        !SteppedBroker::log(&c).contains("forgotten"),
+        "the step forward made the broker forget tasks: {}",
+        SteppedBroker::log(&c)
+    );
+
+    // An hour back (75 minutes from where it was): B's shim stops reporting (SIGSTOP); its lease must end
+    // within the staleness bound (2 s) and a few ticks, as on a clock that did not move.
+    broker.step("-3600");
+    std::thread::sleep(tick() * 2);
+    let shim = c
+        .shim_pids()
+        .into_iter()
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|cmd| {
+                String::from_utf8_lossy(&cmd)
+                    .replace('\0', " ")
+                    .contains(&format!("-id {b} "))
+            })
+        })
+        .expect("B's shim");
+    // SAFETY: stopping the shim of this test's container; it is continued below.
+    unsafe { libc::kill(shim, libc::SIGSTOP) };
+    let silent = Instant::now();
+    let ended = wait_until(secs(10), || {
+        (status(&c).as_ref().and_then(lease_of) != Some(lease)).then(|| silent.elapsed())
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(shim, libc::SIGCONT) };
+    assert!(
+        ended.is_some(),
+        "after a step of the wall clock an hour back, B's lease outlived 10 s of its shim's silence: {:?}",
+        status(&c).map(|s| s.leases)
+    );
+
+    // B's run is recorded with the time it really ran, not with the steps in it.
+    let runs = || runs_seen(&c, "e2e-borrower");
+    let before = runs().unwrap_or(0);
+    c.remove(&b);
+    let ran = b_started.elapsed().as_secs_f64();
+    let recorded = wait_until(secs(10), || (runs()? > before).then_some(()));
+    assert!(
+        recorded.is_some(),
+        "B's run was not recorded: runs seen {:?}",
+        runs()
+    );
+    let page = match client(&c).call(&broker::api::Request::Export(Default::default())) {
+        Ok(broker::api::Response::Export(p)) => p,
+        other => panic!("export: {other:?}"),
+    };
+    let last = page
+        .runs
+        .iter()
+        .filter(|r| r.task_key == "e2e-borrower")
+        .max_by_key(|r| r.run)
+        .expect("B's run in the export");
+    println!(
+        "lease {lease} ended {ended:?} after the shim fell silent (clock an hour back); B ran {ran:.1} s, recorded \
+         {:.1} s",
+        last.duration_s
+    );
+    assert!(
+        (last.duration_s - ran).abs() < 3.0,
+        "B ran {ran:.1} s and its run was recorded as {:.1} s",
+        last.duration_s
+    );
+    c.remove(&a);
+    c.stop_broker();
+    let _ = broker.child.wait();
+    c.finish();
+}
