@@ -102,6 +102,13 @@ pub struct Register {
     /// a longer heartbeat of it (`Registered::heartbeat_ms`). Absent (older shims): never poked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pokes: Option<bool>,
+    /// When the shim took the container's Create, CLOCK_MONOTONIC nanoseconds (since boot): names this run of
+    /// the container in every Register (a late one, an `adopt` one) and in its Finish, and orders the runs of one
+    /// id, since every shim on a host reads the same clock. The broker refuses a Register of a run whose Finish
+    /// it has taken (a shim's retry that queued up behind it) or of a run older than the one registered. Absent
+    /// (older shims): runs of one id are told apart by arrival alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_ns: Option<u64>,
 }
 
 /// Most ancestors a Register or Update may name.
@@ -213,6 +220,10 @@ pub struct Finish {
     /// shim that died: the broker then measures from the Register it took to this Finish.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ran_ms: Option<u64>,
+    /// The run's [`Register::created_ns`]: the Finish ends that run only. Absent (older shims, the `delete` action
+    /// of a shim that died): it ends whichever run of the container is registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_ns: Option<u64>,
 }
 
 /// Most milliseconds a [`Finish`] may say its container ran: 10 years.

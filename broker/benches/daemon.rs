@@ -101,6 +101,7 @@ fn register(id: &str, t: usize) -> Register {
         own_netns: None,
         net_ingress: None,
         pokes: None,
+        created_ns: None,
     }
 }
 

@@ -17,6 +17,7 @@
 
 mod pokes;
 mod reports;
+mod runs;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -46,18 +47,22 @@ use crate::controller::{
     Action, Allocation, Ancestor, CgroupKind, Controller, Directive, HostCapacity, Mode, TaskSpec,
     Usage,
 };
+use runs::Registering;
 
 /// A task that has neither reported nor finished for this long is forgotten (its shim is gone).
 const FORGET_AFTER_MS: u64 = 10 * 60_000;
 
-/// How long a Finish for a container the broker does not know refuses that container's Register: a shim whose
-/// Register got no answer in its budget drops the connection and sends Finish on a new one, which can overtake
-/// the Register still on its way (or waiting for the state lock); without this, that Register would leave a task
-/// registered that nobody finishes.
+/// How long a Finish for a run the broker does not have registered waits for that run's Register, and how long a
+/// run's Finish refuses a Register of that run (`server/runs.rs`): a shim whose Register got no answer in its
+/// budget drops the connection and sends the Finish on a new one, which can overtake the Register still on its way
+/// (or waiting for the state lock); without this, that Register would leave a task registered that nobody finishes.
 const EARLY_FINISH_MS: u64 = 60_000;
 
-/// Most early Finishes remembered at once (oldest forgotten first): a peer cannot grow the set without bound.
+/// Most early Finishes and ended runs remembered at once (oldest forgotten first): a peer cannot grow the sets
+/// without bound.
 const MAX_EARLY_FINISHES: usize = 4096;
+/// Most runs kept for their Finish after a later run of their container replaced them (each holds its stats).
+const MAX_REPLACED: usize = 64;
 /// Most directives kept for a container that does not collect them.
 const MAX_PENDING: usize = 1024;
 /// Most decision log lines per tick; the rest are counted.
@@ -365,6 +370,8 @@ struct Running {
     stats: RunStats,
     /// How the shim is told of `pending` between its reports (`pokes.rs`).
     pokes: pokes::Pokes,
+    /// Its shim's name for the run (`Register::created_ns`; `runs.rs`).
+    created_ns: Option<u64>,
 }
 
 struct State {
@@ -379,8 +386,11 @@ struct State {
     /// Runs the previous broker process had open, by container id: a shim that registers again with `adopt`
     /// carries its run on; the rest are closed once [`FORGET_AFTER_MS`] passed without it.
     orphans: HashMap<String, predictor::OpenRun>,
-    /// The Finishes that came while their containers were not registered, with when ([`EARLY_FINISH_MS`]).
-    finished_early: HashMap<String, (u64, Finish)>,
+    /// The Finishes that came while their runs were not registered, and the runs that ended (`runs.rs`).
+    ends: runs::Ends,
+    /// Runs that a later run of the same container replaced before their Finish came, by container and
+    /// `created_ns`, with when ([`EARLY_FINISH_MS`]): their Finish still records them.
+    replaced: HashMap<(String, u64), (u64, Running)>,
     started_ms: u64,
     /// Containers to poke: directives were queued for them since their latest report (`pokes.rs`).
     to_poke: Vec<String>,
@@ -402,36 +412,65 @@ impl State {
         r.pending.push(d);
     }
 
-    /// Keeps `f`, the Finish of a container not registered, for its Register ([`EARLY_FINISH_MS`], at most
-    /// [`MAX_EARLY_FINISHES`]).
-    fn note_early_finish(&mut self, f: Finish, now: u64) {
-        self.finished_early
-            .retain(|_, (at, _)| now.saturating_sub(*at) < EARLY_FINISH_MS);
-        if self.finished_early.len() >= MAX_EARLY_FINISHES
-            && let Some(oldest) = self
-                .finished_early
-                .iter()
-                .min_by_key(|(_, (at, _))| *at)
-                .map(|(k, _)| k.clone())
+    /// Which run a Register is of (`runs.rs`): `Some` when its Finish came first (with a run id for the run it
+    /// ends, how long ago, and the Finish), an error when it must not be registered (its run ended already, or
+    /// an older run than the one registered, or a repeat of a Register already taken, or its pipeline is full),
+    /// `None` to register it. An older run is kept aside for its Finish, which records it.
+    fn which_run(
+        &mut self,
+        r: &Register,
+        (key, meta, model_version, pipeline): (&TaskKey, &RunMetadata, Option<u64>, Option<&str>),
+        (now, wall): (u64, u64),
+    ) -> Result<Option<(u64, u64, Finish)>, ErrorReply> {
+        let id = &r.container_id;
+        let registered = self.running.get(id).map(|x| x.created_ns);
+        if let Some((ago, f)) = self.ends.take_early(id, r.created_ns, registered, now) {
+            self.ends.ended(id, r.created_ns, now);
+            let run_id = self.next_run;
+            self.next_run += 1;
+            return Ok(Some((run_id, ago, f)));
+        }
+        let why = match self
+            .ends
+            .registering(id, r.created_ns, registered, r.adopt.is_some(), now)
         {
-            self.finished_early.remove(&oldest);
-        }
-        self.finished_early.insert(f.container_id.clone(), (now, f));
-    }
-
-    /// The Finish that came for `id` within [`EARLY_FINISH_MS`] while it was not registered (its Register then
-    /// comes after it), with how long ago and a run id for the run it ends; forgotten either way.
-    fn overtaking_finish(&mut self, id: &str, now: u64) -> Option<(u64, u64, Finish)> {
-        if self.running.contains_key(id) {
-            return None;
-        }
-        let (at, f) = self
-            .finished_early
-            .remove(id)
-            .filter(|(at, _)| now.saturating_sub(*at) < EARLY_FINISH_MS)?;
-        let run_id = self.next_run;
-        self.next_run += 1;
-        Some((run_id, now.saturating_sub(at), f))
+            Registering::New | Registering::Same => {
+                return self.admits(id, pipeline).map(|()| None);
+            }
+            Registering::Ended => {
+                "its run ended already (the Finish came first: a retry that queued up behind it)"
+            }
+            Registering::Older => {
+                if let Some(c) = r.created_ns
+                    && !self.replaced.contains_key(&(id.clone(), c))
+                {
+                    let run_id = self.next_run;
+                    self.next_run += 1;
+                    let what = (key, meta.clone(), model_version);
+                    let run = running(r, what, (now, wall), (run_id, wall));
+                    let at = (id.clone(), c);
+                    runs::insert_bounded(
+                        &mut self.replaced,
+                        MAX_REPLACED,
+                        at,
+                        (now, run),
+                        now,
+                        |(t, _)| *t,
+                    );
+                }
+                "a later run of the container is registered (this one ended; its Finish records it)"
+            }
+            Registering::Repeated => {
+                "its run is registered already, with the limits in force adopted"
+            }
+        };
+        Err(ErrorReply::new(
+            ErrorCode::NotFound,
+            format!(
+                "container {:?} not registered: {why}",
+                crate::validate::shown(id, 128)
+            ),
+        ))
     }
 
     /// Refuses a Register whose pipeline is full.
@@ -464,6 +503,14 @@ impl State {
         (now, wall): (u64, u64),
         ops: &mut Vec<BatchOp>,
     ) {
+        // The run registered already, registering again (`runs.rs`): it carries on.
+        if let Some(run) = self.running.get_mut(&r.container_id)
+            && r.created_ns.is_some()
+            && run.created_ns == r.created_ns
+        {
+            run.last_seen_ms = now;
+            return;
+        }
         // A run the previous broker process had open carries on when its shim registers again with `adopt`.
         let carried = match (r.adopt.is_some(), self.orphans.remove(&r.container_id)) {
             (true, Some(o)) if o.task_key == *key => Some(o),
@@ -481,8 +528,6 @@ impl State {
                 (id, wall, meta)
             }
         };
-        // A carried run started before this process: as long ago on the steady clock as on the wall clock.
-        let started_steady_ms = now.saturating_sub(wall.saturating_sub(started_at_ms));
         ops.push(BatchOp::Open(Box::new(predictor::OpenRun {
             container_id: r.container_id.clone(),
             run_id,
@@ -491,27 +536,66 @@ impl State {
             meta: meta.clone(),
             model_version,
         })));
-        let running = Running {
-            run_id,
-            task_key: key.clone(),
-            meta,
-            started_at_ms,
-            started_steady_ms,
-            last_seen_ms: now,
-            model_version,
-            prev: None,
-            pending: Vec::new(),
-            stats: RunStats {
-                host_network: r.own_netns == Some(false),
-                ..RunStats::default()
-            },
-            pokes: pokes::Pokes::default(),
+        let running = running(
+            r,
+            (key, meta, model_version),
+            (now, wall),
+            (run_id, started_at_ms),
+        );
+        let Some(old) = self.running.insert(r.container_id.clone(), running) else {
+            return;
         };
-        if let Some(old) = self.running.insert(r.container_id.clone(), running)
-            && old.run_id != run_id
-        {
-            tracing::warn!(container = %crate::validate::shown(&r.container_id, 253), run = old.run_id, "registered again; the earlier run is dropped");
+        if old.run_id == run_id {
+            return;
         }
+        let shown = crate::validate::shown(&r.container_id, 253);
+        // The store's open run of the container is the new one now (`BatchOp::Open`).
+        match old.created_ns {
+            // Its Finish is on its way (the container ended before this one could be created): it records the run.
+            Some(c) => {
+                tracing::info!(container = %shown, run = old.run_id, "a later run registered: the earlier one is recorded when its Finish comes");
+                let key = (r.container_id.clone(), c);
+                runs::insert_bounded(
+                    &mut self.replaced,
+                    MAX_REPLACED,
+                    key,
+                    (now, old),
+                    now,
+                    |(at, _)| *at,
+                );
+            }
+            None => {
+                tracing::warn!(container = %shown, run = old.run_id, "registered again; the earlier run is dropped")
+            }
+        }
+    }
+}
+
+/// A run that `r` opens as `run_id`, started at `started_at_ms` on the wall clock, at `now` (steady) and `wall`.
+fn running(
+    r: &Register,
+    (key, meta, model_version): (&TaskKey, RunMetadata, Option<u64>),
+    (now, wall): (u64, u64),
+    (run_id, started_at_ms): (u64, u64),
+) -> Running {
+    // A carried run started before this process: as long ago on the steady clock as on the wall clock.
+    let started_steady_ms = now.saturating_sub(wall.saturating_sub(started_at_ms));
+    Running {
+        run_id,
+        task_key: key.clone(),
+        meta,
+        started_at_ms,
+        started_steady_ms,
+        last_seen_ms: now,
+        model_version,
+        prev: None,
+        pending: Vec::new(),
+        stats: RunStats {
+            host_network: r.own_netns == Some(false),
+            ..RunStats::default()
+        },
+        pokes: pokes::Pokes::default(),
+        created_ns: r.created_ns,
     }
 }
 
@@ -948,11 +1032,11 @@ impl Broker {
         let io_devices = (spec.priority != 0).then(io::host_devices);
         let (allocation, directives, records) = {
             let mut st = self.lock();
-            if let Some((run_id, ago, f)) = st.overtaking_finish(&r.container_id, now) {
+            let run = (&key, &meta, model_version, spec.pipeline.as_deref());
+            if let Some((run_id, ago, f)) = st.which_run(&r, run, (now, wall))? {
                 drop(st);
                 return Err(self.overtaken(run_id, key, meta, (wall, ago), f));
             }
-            st.admits(&r.container_id, spec.pipeline.as_deref())?;
             st.controller.refresh_io_devices(io_devices);
             let (allocation, mut directives) = match r.adopt {
                 Some(current) => {
@@ -1160,18 +1244,40 @@ impl Broker {
 
     fn finish(&self, f: Finish) -> Result<Finished, ErrorReply> {
         let (now, wall) = (steady_ms(), wall_ms());
+        let id = &f.container_id;
         let (run, records, others) = {
             let mut st = self.lock();
-            let Some(run) = st.running.remove(&f.container_id) else {
-                st.note_early_finish(f.clone(), now);
+            let of_this_run = match (st.running.get(id).map(|r| r.created_ns), f.created_ns) {
+                (None, _) => false,
+                (Some(Some(r)), Some(c)) => r == c,
+                (Some(_), _) => true,
+            };
+            if !of_this_run {
+                st.ends.ended(id, f.created_ns, now);
+                // A run that a later one replaced (`runs.rs`) is recorded now.
+                if let Some(c) = f.created_ns
+                    && let Some((_, run)) = st.replaced.remove(&(id.clone(), c))
+                {
+                    drop(st);
+                    return Ok(self.record_run(run, &f, now, None, Vec::new()));
+                }
+                st.ends.keep_early(f.clone(), now);
                 return Err(ErrorReply::new(
                     ErrorCode::NotFound,
-                    format!("container {} is not registered", f.container_id),
+                    format!(
+                        "container {:?} is not registered",
+                        crate::validate::shown(id, 128)
+                    ),
                 ));
-            };
-            let mut ds = st.controller.unregister(&f.container_id, now);
-            ds.extend(st.net.unregister(&f.container_id));
-            ds.extend(st.net_in.unregister(&f.container_id));
+            }
+            let run = st
+                .running
+                .remove(id)
+                .expect("registered: looked up just now");
+            st.ends.ended(id, f.created_ns, now);
+            let mut ds = st.controller.unregister(id, now);
+            ds.extend(st.net.unregister(id));
+            ds.extend(st.net_in.unregister(id));
             let records: Vec<_> = ds
                 .iter()
                 .filter_map(|d| {
@@ -1183,8 +1289,21 @@ impl Broker {
             (run, records, ds)
         };
         self.queue(others);
+        Ok(self.record_run(run, &f, now, Some(id.clone()), records))
+    }
+
+    /// Records `run` as `f` ended it, with `records` (decisions) in the same submission; `container`: the
+    /// container whose open run in the store it closes (none for a run a later one replaced).
+    fn record_run(
+        &self,
+        run: Running,
+        f: &Finish,
+        now: u64,
+        container: Option<String>,
+        records: Vec<predictor::Decision>,
+    ) -> Finished {
         let measured_s = now.saturating_sub(run.started_steady_ms) as f64 / 1000.0;
-        let outcome = outcome(&f, &run.stats, measured_s);
+        let outcome = outcome(f, &run.stats, measured_s);
         let duration_s = outcome.duration_s;
         let samples = run.stats.samples;
         let summary = RunSummary {
@@ -1198,14 +1317,14 @@ impl Broker {
         self.record_decisions(
             records,
             vec![BatchOp::Run {
-                container_id: Some(f.container_id.clone()),
+                container_id: container,
                 run: Box::new(summary),
             }],
         );
-        Ok(Finished {
+        Finished {
             duration_s,
             samples,
-        })
+        }
     }
 
     /// The answer to a Register whose Finish (`f`, taken `ago_ms` before it) came first: a shim whose Register went
@@ -2051,7 +2170,8 @@ impl Daemon {
                 running: HashMap::new(),
                 next_run,
                 orphans,
-                finished_early: HashMap::new(),
+                ends: runs::Ends::default(),
+                replaced: HashMap::new(),
                 started_ms: steady_ms(),
                 to_poke: Vec::new(),
             }),

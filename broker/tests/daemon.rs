@@ -82,6 +82,7 @@ fn register(id: &str, task_type: &str, cpu_limit: Option<f64>) -> Register {
         own_netns: None,
         net_ingress: None,
         pokes: None,
+        created_ns: None,
     }
 }
 
@@ -735,6 +736,132 @@ fn a_register_overtaken_by_its_finish_leaves_no_task_behind() {
             .map(|t| t.runs_seen),
         Some(2),
         "the older shim's overtaken run is not recorded, the two normal ones are: {churn:?}"
+    );
+}
+
+/// A stalled broker reads a container's requests out of order once it goes on: the retries of its Register (the
+/// shim's monitor tries every few ticks while unanswered) after its Finish, and with a reused id (`ctr run --rm
+/// ... web` in a loop) the runs' Registers and Finishes crossed. A shim names each run (`created_ns`, when its
+/// Create was taken on the host's monotonic clock): no retry leaves a task nobody finishes, no run is lost, and
+/// no run takes another's Finish. Before runs were named, three of four containers (distinct ids) stayed registered
+/// after a 40 s stall until forgotten 10 minutes later.
+#[test]
+fn runs_of_one_container_are_told_apart_when_their_requests_cross() {
+    let dir = short_tempdir();
+    let b = start_broker(dir.path());
+    let mut c = client(&b);
+    let reg = |id: &str, created: u64, adopt: bool| Register {
+        created_ns: Some(created),
+        adopt: adopt.then(Default::default),
+        ..register(id, "crossed", Some(1.0))
+    };
+    let fin = |id: &str, created: u64, ran_ms: u64| Finish {
+        container_id: id.to_owned(),
+        ran_ms: Some(ran_ms),
+        created_ns: Some(created),
+        ..Finish::default()
+    };
+    let refused = |e: ClientError, why: &str| {
+        assert!(
+            matches!(&e, ClientError::Broker(r) if r.code == broker::api::ErrorCode::NotFound && r.message.contains(why)),
+            "{why}: {e:?}"
+        )
+    };
+    let tasks = |c: &mut Client| -> Vec<String> {
+        let st = c.status().expect("status");
+        st.tasks.into_iter().map(|t| t.container_id).collect()
+    };
+
+    // One run: its Register, a retry (adopt) that carries the same run on with its samples, its Finish, then a
+    // retry that queued up behind the Finish: refused, nothing left registered.
+    c.register(&reg("a", 100, false)).expect("a's Register");
+    c.report(&Report {
+        container_id: "a".to_owned(),
+        samples: samples(0.5, 0.0, 32 << 20, 1_000_000_000),
+        oom_events: 0,
+        stopping: None,
+    })
+    .expect("a report");
+    c.register(&reg("a", 100, true))
+        .expect("a retry of the same run");
+    let done = c.finish(&fin("a", 100, 900)).expect("a's Finish");
+    assert_eq!(done.samples, 1, "the retry kept the run's samples");
+    refused(
+        c.register(&reg("a", 100, true))
+            .expect_err("behind its Finish"),
+        "ended already",
+    );
+    assert_eq!(tasks(&mut c), Vec::<String>::new());
+    // The Register of the Create, read after a retry that adopted the limits in force: nothing new in it.
+    c.register(&reg("b", 200, true)).expect("b's retry first");
+    refused(
+        c.register(&reg("b", 200, false))
+            .expect_err("b's first Register last"),
+        "registered already",
+    );
+    assert_eq!(tasks(&mut c), ["b"]);
+    c.finish(&fin("b", 200, 1_000)).expect("b's Finish");
+
+    // A reused id: the second run's Register first, then the first run's Register and Finish. The first run is
+    // recorded, the second stays registered and takes its own Finish.
+    c.register(&reg("web", 400, false)).expect("run 2");
+    refused(
+        c.register(&reg("web", 300, false))
+            .expect_err("run 1 after run 2"),
+        "later run",
+    );
+    let done = c
+        .finish(&fin("web", 300, 1_100))
+        .expect("run 1's Finish records it");
+    assert_eq!(done.duration_s, 1.1);
+    assert_eq!(tasks(&mut c), ["web"], "run 2 stays registered");
+    let done = c.finish(&fin("web", 400, 2_200)).expect("run 2's Finish");
+    assert_eq!(done.duration_s, 2.2);
+    // Run 3 registered, then run 4 replaces it before run 3's Finish came: both are recorded by their Finishes.
+    c.register(&reg("web", 500, false)).expect("run 3");
+    c.register(&reg("web", 600, false)).expect("run 4");
+    let done = c.finish(&fin("web", 500, 3_300)).expect("run 3's Finish");
+    assert_eq!(done.duration_s, 3.3);
+    assert_eq!(tasks(&mut c), ["web"], "run 4 stays registered");
+    // Run 6's Finish before run 5's: run 5's Finish ends run 5, run 6's Register finds its own Finish.
+    c.finish(&fin("web", 600, 4_400)).expect("run 4's Finish");
+    c.register(&reg("web", 700, false)).expect("run 5");
+    c.finish(&fin("web", 800, 6_600))
+        .expect_err("run 6 is not registered yet");
+    assert_eq!(tasks(&mut c), ["web"], "run 6's Finish left run 5 alone");
+    c.finish(&fin("web", 700, 5_500)).expect("run 5's Finish");
+    let e = c
+        .register(&reg("web", 800, false))
+        .expect_err("run 6 came after its Finish");
+    refused(e, "recorded from both");
+    // Run 8 registered and finished before run 7's Register was read: run 7 still registers, and its Finish
+    // records it.
+    c.register(&reg("web", 1_000, false)).expect("run 8");
+    c.finish(&fin("web", 1_000, 8_800)).expect("run 8's Finish");
+    c.register(&reg("web", 900, false))
+        .expect("run 7 after run 8 ended");
+    let done = c.finish(&fin("web", 900, 7_700)).expect("run 7's Finish");
+    assert_eq!(done.duration_s, 7.7);
+    assert_eq!(tasks(&mut c), Vec::<String>::new());
+
+    let mut durations = wait_for("the ten runs in the store", &b, || {
+        match c.call(&broker::api::Request::Export(Default::default())) {
+            Ok(broker::api::Response::Export(p)) => {
+                let d: Vec<f64> = p
+                    .runs
+                    .iter()
+                    .filter(|r| r.task_key == "crossed")
+                    .map(|r| r.duration_s)
+                    .collect();
+                (d.len() >= 10).then_some(d)
+            }
+            _ => None,
+        }
+    });
+    durations.sort_by(f64::total_cmp);
+    assert_eq!(
+        durations,
+        [0.9, 1.0, 1.1, 2.2, 3.3, 4.4, 5.5, 6.6, 7.7, 8.8]
     );
 }
 

@@ -112,6 +112,7 @@ fn register(id: &str, task_type: &str, extra: &[(&str, String)]) -> Register {
         own_netns: None,
         net_ingress: None,
         pokes: None,
+        created_ns: None,
     }
 }
 

@@ -164,6 +164,7 @@ fn on_network(id: &str, task_type: &str, ask: Option<(Way, u64)>, own_netns: boo
         own_netns: Some(own_netns),
         net_ingress: Some(true),
         pokes: None,
+        created_ns: None,
     }
 }
 

@@ -109,6 +109,7 @@ fn run_once(node: &Node, id: &str, task: &str) -> Registered {
             peak_memory_bytes: Some(PEAK),
             cpu_seconds: None,
             ran_ms: None,
+            created_ns: None,
         })
         .expect("finish");
     reg

@@ -265,6 +265,7 @@ fn register_message(
         net_ingress: Some(true),
         // The shim's ticker watches the monitors' connections and reports at once on a poke (`ticker.rs`).
         pokes: Some(true),
+        created_ns: None,
     }
 }
 
@@ -334,6 +335,9 @@ impl Watched for Augment {
     }
 }
 
+/// Most wake-ups between two Registers of a container the broker left unanswered (`MonitorState::register_wait`).
+const MAX_REGISTER_BACKOFF: u32 = 8;
+
 /// What wakes a settled shim for one container, besides a poke from the broker.
 #[derive(Default)]
 struct Wakes {
@@ -355,6 +359,10 @@ struct MonitorState {
     /// so the run's Finish is sent anyway (the broker answers not_found when it never got it) and no task is left
     /// registered after the container is gone.
     maybe_known: bool,
+    /// Wake-ups left before the monitor tries to register again, and the last such wait: a broker that left a
+    /// Register unanswered (stalled) reads every retry once it goes on, so they are spaced out (1, 2, 4, then
+    /// every [`MAX_REGISTER_BACKOFF`] ticks) instead of piling up one per tick.
+    register_wait: (u32, u32),
     /// The run's Finish went out (or the container is gone): no step reports for it any more (the shim's ticker
     /// may have looked at it just before it left).
     finished: bool,
@@ -473,6 +481,8 @@ pub fn finish_after_dead_shim(namespace: &str, id: &str, bundle: &Path) {
         peak_memory_bytes: None,
         cpu_seconds: None,
         ran_ms: None,
+        // Unknown to the `delete` action: the Finish ends whichever run of the container is registered.
+        created_ns: None,
     };
     match Client::new(&s.socket, s.register_budget).finish(&f) {
         Ok(_) => {}
@@ -514,9 +524,12 @@ impl Augment {
         if !s.enabled {
             return Ok(None);
         }
-        let register = register_message(id, namespace, spec, map);
-        let limits = register.limits;
+        let mut register = register_message(id, namespace, spec, map);
         let started = Instant::now();
+        // The run's name to the broker, in every Register and its Finish: when this Create was taken, on the
+        // monotonic clock every shim on the host shares.
+        register.created_ns = crate::ticker::monotonic_now().map(|d| d.as_nanos() as u64);
+        let limits = register.limits;
         let mut client = Client::new(&s.socket, s.register_budget);
         let result = register_at_create(&mut client, &register, s);
         let mut allocation = spec_allocation(&limits);
@@ -575,6 +588,7 @@ impl Augment {
                 client,
                 registered: registered.is_some(),
                 maybe_known,
+                register_wait: (0, 0),
                 finished: false,
                 cgroup: None,
                 sampler: None,
@@ -985,11 +999,22 @@ impl Augment {
 
     /// Registers a running container with the allocation in force; `true` when the broker took it.
     fn register_again(&self, st: &mut MonitorState) -> bool {
+        if st.register_wait.0 > 0 {
+            st.register_wait.0 -= 1;
+            return false;
+        }
         let mut r = lock(&self.register).clone();
         r.pid = *lock(&self.pid);
         r.adopt = Some(*lock(&self.allocation));
         let result = st.client.register(&r);
         self.note_answer(result.as_ref().err());
+        st.register_wait = match &result {
+            Err(e) if e.is_unanswered() => {
+                let wait = (st.register_wait.1 * 2).clamp(1, MAX_REGISTER_BACKOFF);
+                (wait, wait)
+            }
+            _ => (0, 0),
+        };
         match result {
             Ok(reg) => {
                 spawn::note_available(Settings::get());
@@ -1268,6 +1293,7 @@ impl Augment {
             peak_memory_bytes: peak,
             cpu_seconds,
             ran_ms: Some(self.created.elapsed().as_millis() as u64),
+            created_ns: lock(&self.register).created_ns,
         };
         match st.client.finish(&f) {
             Ok(done) => tracing::info!(

@@ -333,8 +333,8 @@ fn timespec(d: Duration) -> libc::timespec {
     }
 }
 
-/// CLOCK_MONOTONIC now; `None` when it cannot be read.
-fn monotonic_now() -> Option<Duration> {
+/// CLOCK_MONOTONIC now (since boot, the same clock for every process on the host); `None` when it cannot be read.
+pub fn monotonic_now() -> Option<Duration> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

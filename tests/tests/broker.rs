@@ -763,7 +763,8 @@ fn a_killed_shims_container_leaves_the_broker_with_containerds_cleanup() {
 /// Register budget and its Delete nothing: the shim that got no answer sends the run's summary after the Delete's
 /// reply, and stays for it, so a broker that comes back within the summary's budget still records the run. Before,
 /// the Delete waited out the Finish (`ctr run --rm` of `true`: 2.2 s instead of 0.1 s) and the shim's log said the
-/// run was lost while the broker's socket still held it.
+/// run was lost while the broker's socket still held it. A container that runs through the stall leaves no task
+/// registered once the broker has read its retries and its Finish in whatever order (the shim names its run).
 #[test]
 fn a_stalled_broker_holds_up_no_delete_and_loses_no_run() {
     let Some(c) = start(
@@ -797,9 +798,21 @@ fn a_stalled_broker_holds_up_no_delete_and_loses_no_run() {
     // A second of the broker's stall after the Delete: the shim is still there, holding the run's summary.
     std::thread::sleep(Duration::from_secs(1));
     let holding = shim.is_some_and(|p| PathBuf::from(format!("/proc/{p}")).exists());
+    // A container that runs through the stall: its monitor retries the Register while it goes unanswered, and
+    // the broker reads those retries in any order with the Finish once it goes on.
+    let through = c.id("through");
+    let out_through = c.run(
+        &through,
+        &["--annotation", "io.predictive.task-type=e2e-stalled"],
+        &["sleep", "4"],
+    );
     // SAFETY: as above.
     unsafe { libc::kill(broker, libc::SIGCONT) };
     assert!(out.ok(), "ctr run --rm with the broker stopped: {out}");
+    assert!(
+        out_through.ok(),
+        "ctr run --rm of sleep 4 with the broker stopped: {out_through}"
+    );
     assert!(
         !c.containers().contains(&id),
         "{id} still listed after ctr run --rm"
@@ -810,11 +823,35 @@ fn a_stalled_broker_holds_up_no_delete_and_loses_no_run() {
          waited out the run's summary (ctr run --rm took {took:?})"
     );
     let runs = || runs_seen(&c, "e2e-stalled");
-    let recorded = wait_until(secs(10), || (runs() == Some(1)).then_some(()));
+    let recorded = wait_until(secs(10), || (runs() == Some(2)).then_some(()));
     assert!(
         recorded.is_some(),
-        "the run during the stall was not recorded once the broker went on: runs seen {:?}",
+        "the two runs during the stall were not both recorded once the broker went on: runs seen {:?}",
         runs()
+    );
+    // No retry read after its run's Finish leaves a task registered (before runs were named one stayed until
+    // the broker forgot it, 10 minutes later).
+    let ours = |t: &str| {
+        [&id, &through]
+            .iter()
+            .any(|i| t == i.as_str() || t.ends_with(&format!("/{i}")))
+    };
+    let left = || -> Vec<String> {
+        status(&c)
+            .map(|s| {
+                s.tasks
+                    .into_iter()
+                    .map(|t| t.container_id)
+                    .filter(|t| ours(t))
+                    .collect()
+            })
+            .unwrap_or_else(|| vec!["(no status)".to_owned()])
+    };
+    let cleared = wait_until(secs(5), || left().is_empty().then_some(()));
+    assert!(
+        cleared.is_some(),
+        "tasks still registered after their containers ended: {:?}",
+        left()
     );
     let gone = wait_until(secs(10), || shim_of(&id).is_none().then_some(()));
     assert!(
