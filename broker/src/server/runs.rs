@@ -113,8 +113,9 @@ impl Ends {
     }
 }
 
-/// Inserts into a map that holds at most `max` entries younger than [`EARLY_FINISH_MS`]: older entries go
-/// first, then the oldest one when it is full.
+/// Inserts into a map that holds at most `max` entries: when it is full, the entries older than [`EARLY_FINISH_MS`]
+/// go, then the oldest one if it is still full. Readers check an entry's age themselves, so the map is scanned only
+/// when full (every Finish notes its run here, under the broker's state lock).
 pub(super) fn insert_bounded<K: Eq + Hash + Clone, V>(
     map: &mut HashMap<K, V>,
     max: usize,
@@ -123,7 +124,9 @@ pub(super) fn insert_bounded<K: Eq + Hash + Clone, V>(
     now: u64,
     at: impl Fn(&V) -> u64,
 ) {
-    map.retain(|_, v| now.saturating_sub(at(v)) < EARLY_FINISH_MS);
+    if map.len() >= max && !map.contains_key(&key) {
+        map.retain(|_, v| now.saturating_sub(at(v)) < EARLY_FINISH_MS);
+    }
     if map.len() >= max
         && !map.contains_key(&key)
         && let Some(oldest) = map
@@ -247,5 +250,8 @@ mod tests {
             e.take_early(&format!("c{last}"), Some(last), None, 20_000)
                 .is_some()
         );
+        // A full set drops what has expired before it drops a live entry.
+        e.ended("late", Some(1), 5_000 + EARLY_FINISH_MS);
+        assert_eq!(e.ended.len(), 1);
     }
 }
