@@ -447,16 +447,7 @@ impl State {
                     let run_id = self.next_run;
                     self.next_run += 1;
                     let what = (key, meta.clone(), model_version);
-                    let run = running(r, what, (now, wall), (run_id, wall));
-                    let at = (id.clone(), c);
-                    runs::insert_bounded(
-                        &mut self.replaced,
-                        MAX_REPLACED,
-                        at,
-                        (now, run),
-                        now,
-                        |(t, _)| *t,
-                    );
+                    self.set_aside(id, c, running(r, what, (now, wall), (run_id, wall)), now);
                 }
                 "a later run of the container is registered (this one ended; its Finish records it)"
             }
@@ -471,6 +462,19 @@ impl State {
                 crate::validate::shown(id, 128)
             ),
         ))
+    }
+
+    /// Keeps `run` (run `created` of `id`, not registered) for its Finish, which records it ([`MAX_REPLACED`]).
+    fn set_aside(&mut self, id: &str, created: u64, run: Running, now: u64) {
+        let key = (id.to_owned(), created);
+        runs::insert_bounded(
+            &mut self.replaced,
+            MAX_REPLACED,
+            key,
+            (now, run),
+            now,
+            |(at, _)| *at,
+        );
     }
 
     /// Refuses a Register whose pipeline is full.
@@ -554,15 +558,7 @@ impl State {
             // Its Finish is on its way (the container ended before this one could be created): it records the run.
             Some(c) => {
                 tracing::info!(container = %shown, run = old.run_id, "a later run registered: the earlier one is recorded when its Finish comes");
-                let key = (r.container_id.clone(), c);
-                runs::insert_bounded(
-                    &mut self.replaced,
-                    MAX_REPLACED,
-                    key,
-                    (now, old),
-                    now,
-                    |(at, _)| *at,
-                );
+                self.set_aside(&r.container_id, c, old, now);
             }
             None => {
                 tracing::warn!(container = %shown, run = old.run_id, "registered again; the earlier run is dropped")
@@ -1252,8 +1248,8 @@ impl Broker {
                 (Some(Some(r)), Some(c)) => r == c,
                 (Some(_), _) => true,
             };
+            st.ends.ended(id, f.created_ns, now);
             if !of_this_run {
-                st.ends.ended(id, f.created_ns, now);
                 // A run that a later one replaced (`runs.rs`) is recorded now.
                 if let Some(c) = f.created_ns
                     && let Some((_, run)) = st.replaced.remove(&(id.clone(), c))
@@ -1274,7 +1270,6 @@ impl Broker {
                 .running
                 .remove(id)
                 .expect("registered: looked up just now");
-            st.ends.ended(id, f.created_ns, now);
             let mut ds = st.controller.unregister(id, now);
             ds.extend(st.net.unregister(id));
             ds.extend(st.net_in.unregister(id));

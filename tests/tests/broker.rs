@@ -831,18 +831,14 @@ fn a_stalled_broker_holds_up_no_delete_and_loses_no_run() {
     );
     // No retry read after its run's Finish leaves a task registered (before runs were named one stayed until
     // the broker forgot it, 10 minutes later).
-    let ours = |t: &str| {
-        [&id, &through]
-            .iter()
-            .any(|i| t == i.as_str() || t.ends_with(&format!("/{i}")))
-    };
+    let ours = [c.broker_id(&id), c.broker_id(&through)];
     let left = || -> Vec<String> {
         status(&c)
             .map(|s| {
                 s.tasks
                     .into_iter()
                     .map(|t| t.container_id)
-                    .filter(|t| ours(t))
+                    .filter(|t| ours.contains(t))
                     .collect()
             })
             .unwrap_or_else(|| vec!["(no status)".to_owned()])
