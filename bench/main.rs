@@ -14,6 +14,10 @@
 //!   its share, which none of these processes does while idle), the headline; and utime + stime from
 //!   /proc/PID/stat (clock ticks of 10 ms: a process using under 10 ms in the window mostly shows 0).
 //!
+//! - exec: `ctr task exec ... /bin/true` into one sleeping container per runtime, interleaved: each exec's time and
+//!   the CPU per exec of the runtime's shim processes with the children they reaped, plus our broker's
+//!   (`exec.rs`): what an exec probe costs each time it fires.
+//!
 //! - start with a stalled broker: `ctr run --rm` as above with our broker stopped (SIGSTOP) all along, against
 //!   runc in the same runs, interleaved: what a hung broker costs each container (its Register budget).
 //!
@@ -24,12 +28,15 @@
 //! Env: PREDICTIVE_BENCH_RUNS (default 30), PREDICTIVE_BENCH_IDLE (containers per runtime for the CPU
 //! figure, default 100; 0 skips it), PREDICTIVE_BENCH_IDLE_SECS (window, default 30),
 //! PREDICTIVE_BENCH_MEM_SECS (how long after start the memory is read, default 2), PREDICTIVE_BENCH_STALLED_RUNS
-//! (runs per runtime with our broker stopped, default 10; 0 skips them), PREDICTIVE_BENCH_POD
+//! (runs per runtime with our broker stopped, default 10; 0 skips them), PREDICTIVE_BENCH_EXECS (execs per
+//! runtime, default 50; 0 skips them), PREDICTIVE_BENCH_POD
 //! (the idle containers in pods of this many, one `io.kubernetes.cri.sandbox-id` and so one shim each, for
 //! both runtimes; default 1: a shim per container),
 //! PREDICTIVE_E2E_CONTAINERD (default 1.6), PREDICTIVE_E2E_SHIM_DIR (default target/release).
 
 use std::time::Duration;
+
+mod exec;
 
 use predictive_e2e::Containerd;
 use predictive_e2e::cmd::wait_until;
@@ -523,6 +530,9 @@ fn main() {
             }
         }
     }
+    let execs: usize = env_or("PREDICTIVE_BENCH_EXECS", 50);
+    let exec = (execs > 0 && runc.error.is_none() && ours.error.is_none())
+        .then(|| exec::measure(&c, execs));
     let idle: usize = env_or("PREDICTIVE_BENCH_IDLE", 100);
     let idle_secs: u64 = env_or("PREDICTIVE_BENCH_IDLE_SECS", 30);
     let per_pod: usize = env_or("PREDICTIVE_BENCH_POD", 1);
@@ -550,11 +560,14 @@ fn main() {
     if let Some(stalled) = &stalled {
         print_stalled(stalled);
     }
+    if let Some(exec) = &exec {
+        exec::print(exec, execs);
+    }
     if let Some(cpu) = idle_cpu {
         print_idle_cpu(cpu);
     }
     println!(
-        "command: make bench   (PREDICTIVE_BENCH_RUNS={runs}, PREDICTIVE_BENCH_IDLE={idle}, PREDICTIVE_BENCH_POD={per_pod}, PREDICTIVE_BENCH_IDLE_SECS={idle_secs}, PREDICTIVE_BENCH_MEM_SECS={}, PREDICTIVE_BENCH_STALLED_RUNS={stalled_runs}, containerd {})",
+        "command: make bench   (PREDICTIVE_BENCH_RUNS={runs}, PREDICTIVE_BENCH_EXECS={execs}, PREDICTIVE_BENCH_IDLE={idle}, PREDICTIVE_BENCH_POD={per_pod}, PREDICTIVE_BENCH_IDLE_SECS={idle_secs}, PREDICTIVE_BENCH_MEM_SECS={}, PREDICTIVE_BENCH_STALLED_RUNS={stalled_runs}, containerd {})",
         env_or("PREDICTIVE_BENCH_MEM_SECS", 2u64),
         settings.containerd
     );

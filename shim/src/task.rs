@@ -77,6 +77,8 @@ pub struct Shared {
     shut_down: AtomicBool,
     /// Drops the code pages a start or delete ran once the shim is quiet again.
     trimmer: crate::footprint::Trimmer,
+    /// The server's own cgroup2 directory, looked up at its first use ([`Self::own_cgroup2`]).
+    own_cgroup2: std::sync::OnceLock<Option<PathBuf>>,
 }
 
 impl Shared {
@@ -86,6 +88,15 @@ impl Shared {
             tracing::info!("shutdown: no containers left");
             self.exit.notify_one();
         }
+    }
+
+    /// The cgroup2 directory the server is in ([`runtime_hooks::companions::own_dir`]; `None` on a v1-only host),
+    /// where the create's and the exec's warm-ups write it to start the kernel's grace period. It does not change
+    /// once the server serves: read once (mountinfo and `/proc/self/cgroup`), not at every Create or Exec.
+    pub fn own_cgroup2(&self) -> Option<PathBuf> {
+        self.own_cgroup2
+            .get_or_init(|| runtime_hooks::companions::own_dir(&self.roots))
+            .clone()
     }
 
     /// True when the shim holds no containers and no create is under way.
@@ -131,6 +142,7 @@ impl TaskService {
                 deleting: Mutex::new(HashMap::new()),
                 shut_down: AtomicBool::new(false),
                 trimmer: Default::default(),
+                own_cgroup2: Default::default(),
             }),
         }
     }
@@ -296,7 +308,14 @@ impl TaskService {
             .as_ref()
             .filter(|p| p.driver == Driver::Systemd)
             .map(|p| Scope::new(&p.cgroups_path, &req.id));
-        let warmup = Warmup::start(&self.shared.roots, &self.shared.runtime, &req.id, &spec);
+        let shared = &self.shared;
+        let warmup = Warmup::start(
+            &shared.roots,
+            || shared.own_cgroup2(),
+            &shared.runtime,
+            &req.id,
+            &spec,
+        );
         // Lets the warm-up's request reach the zygote now, not at the create's first wait.
         tokio::task::yield_now().await;
         let result = self
@@ -896,6 +915,8 @@ impl TaskService {
             container.remove_exec(&req.exec_id);
             return Err(e);
         }
+        let shared = self.shared.clone();
+        crate::warmup::for_exec(move || shared.own_cgroup2());
         self.publish(TaskExecAdded {
             container_id: req.id.clone(),
             exec_id: req.exec_id.clone(),

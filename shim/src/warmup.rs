@@ -33,8 +33,10 @@ pub struct Warmup {
 }
 
 impl Warmup {
+    /// `own` gives the server's own cgroup2 directory (`task::Shared::own_cgroup2`).
     pub fn start(
         roots: &HostRoots,
+        own: impl FnOnce() -> Option<PathBuf>,
         runtime: &Arc<dyn Runtime>,
         id: &str,
         spec: &oci_spec::runtime::Spec,
@@ -44,12 +46,6 @@ impl Warmup {
             .as_ref()
             .and_then(|l| l.cgroups_path().as_ref())
             .and_then(|p| p.to_str());
-        // The server's own cgroup does not change once it serves: looked up once, not at every Create.
-        static OWN: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-        let own = || {
-            OWN.get_or_init(|| runtime_hooks::companions::own_dir(roots))
-                .clone()
-        };
         let Target { root, dir } = target(roots, path, own)?;
         let runtime = runtime.clone();
         let id = id.to_string();
@@ -112,6 +108,24 @@ impl Warmup {
             }
         }
     }
+}
+
+/// An exec's warm-up, at its Exec request: the Start that follows forks a worker whose libcontainer tenant
+/// process joins the container's cgroups (a `cgroup.procs` write), and that write waits for the grace period
+/// unless another move happened within about one grace period. So at the Exec a blocking thread of the server
+/// writes the server into the cgroup2 directory it is already in (`0`: the writer's own process): nothing moves,
+/// nothing is made, and the grace period runs while the Exec is answered and the Start comes. Fire and forget: a
+/// failure only means the tenant waits as it did. `own` gives the server's own cgroup2 directory
+/// (`task::Shared::own_cgroup2`), asked on the blocking thread.
+pub fn for_exec(own: impl FnOnce() -> Option<PathBuf> + Send + 'static) {
+    tokio::task::spawn_blocking(move || {
+        let Some(dir) = own() else {
+            return;
+        };
+        if let Err(e) = runtime_hooks::companions::enter(&dir, 0) {
+            tracing::debug!("exec warm-up: {e}");
+        }
+    });
 }
 
 /// Where a warm-up mover writes itself: the container's cgroup2 directory on a hybrid host (`root` is the tree's

@@ -567,6 +567,45 @@ async fn an_exec_lives_and_is_deleted_on_its_own() {
 }
 
 #[tokio::test]
+async fn an_exec_writes_the_server_into_its_own_cgroup2_directory_to_start_the_grace_period() {
+    let shim = Shim::new();
+    // A pure v2 host whose tree holds the server at /system.slice/shim.
+    let cgroup = shim.dir.path().join("cgroup");
+    let own = cgroup.join("system.slice/shim");
+    std::fs::create_dir_all(&own).expect("own cgroup");
+    std::fs::write(cgroup.join("cgroup.controllers"), "cpu memory io pids\n").expect("controllers");
+    let procs = own.join("cgroup.procs");
+    std::fs::write(&procs, "").expect("cgroup.procs");
+    std::fs::create_dir_all(shim.dir.path().join("proc/self")).expect("proc/self");
+    std::fs::write(
+        shim.dir.path().join("proc/self/cgroup"),
+        "0::/system.slice/shim\n",
+    )
+    .expect("self");
+    shim.create("c1").await;
+    shim.start("c1", "").await.expect("start");
+    // The create's warm-up went to the (fake) zygote; what is written from here on is the exec's.
+    std::fs::write(&procs, "").expect("cleared");
+
+    shim.exec("c1", "e1", "/").await.expect("exec");
+    let mut written = String::new();
+    for _ in 0..200 {
+        written = std::fs::read_to_string(&procs).expect("read");
+        if !written.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // "0": the writing process, the server itself, already there: nothing moves.
+    assert_eq!(written, "0", "the exec's warm-up write");
+    // A refused exec (an id in use) is refused before it writes.
+    std::fs::write(&procs, "").expect("cleared");
+    assert!(shim.exec("c1", "e1", "/").await.is_err(), "a second e1");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(std::fs::read_to_string(&procs).expect("read"), "");
+}
+
+#[tokio::test]
 async fn exec_is_refused_as_runcs_shim_refuses_it() {
     let shim = Shim::new();
     shim.create("c1").await;
