@@ -6,7 +6,8 @@
 //! agrees on every line, systemd-cgls and kubelet's accounting find the container in its pod, and the hybrid tree's
 //! pressure (PSI) files are the container's own. libcontainer (youki) joins neither; the shim does it through
 //! [`join_companions`] while the init waits to be started, and removes what it made with [`remove_dirs`] after the
-//! container's processes are gone. (With runc's systemd driver on v1, systemd makes the `name=systemd` directory
+//! container's processes are gone; an exec's worker follows the init there with [`join_init`], as runc's exec joins
+//! every cgroup of the container's. (With runc's systemd driver on v1, systemd makes the `name=systemd` directory
 //! itself; libcontainer has no systemd driver on v1, so the shim always uses the cgroupfs layout there.)
 //!
 //! Every root comes from [`HostRoots`], so all of this runs on a fake tree in tests.
@@ -152,19 +153,7 @@ pub fn join_companions(roots: &HostRoots, pid: i32) -> Joined {
     let Ok(hierarchy) = Hierarchy::detect(roots) else {
         return out;
     };
-    let lines: Vec<(Vec<&str>, &str)> = text
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
-            let ctrls = if ctrls.is_empty() {
-                Vec::new()
-            } else {
-                ctrls.split(',').collect()
-            };
-            Some((ctrls, path))
-        })
-        .collect();
+    let lines = proc_lines(&text);
     let controller_path = lines
         .iter()
         .find(|(c, _)| c.contains(&"memory"))
@@ -178,16 +167,7 @@ pub fn join_companions(roots: &HostRoots, pid: i32) -> Joined {
         return out;
     };
     for mount in companion_mounts(&hierarchy) {
-        let current = lines
-            .iter()
-            .find(|(c, _)| {
-                *c == mount
-                    .controllers
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>()
-            })
-            .map(|(_, p)| *p);
+        let current = path_in(&lines, mount);
         if current == Some(target) {
             continue;
         }
@@ -207,6 +187,79 @@ pub fn join_companions(roots: &HostRoots, pid: i32) -> Joined {
         }
     }
     out
+}
+
+/// Moves the calling process into every companion hierarchy at the path where `init` (a running container's init)
+/// is there, as runc's exec joins every cgroup of the container's: an exec's worker does this before libcontainer
+/// builds the tenant, whose processes inherit these two (libcontainer moves them into the v1 controllers), so a
+/// process exec'd into the container counts in its PSI files and names it on the `name=systemd` line as its init
+/// does. Makes nothing (the init's directories exist while it runs); a hierarchy where the caller already is at that
+/// path, or where the init is at the root, is left alone. Nothing to do on a pure v2 host.
+pub fn join_init(roots: &HostRoots, init: i32) -> Joined {
+    let mut out = Joined::default();
+    let read = |file: PathBuf| {
+        std::fs::read_to_string(&file)
+            .map_err(|source| CompanionError::ReadProcCgroup { path: file, source })
+    };
+    let (theirs, mine) = match (
+        read(roots.proc.join(init.to_string()).join("cgroup")),
+        read(roots.proc.join("self/cgroup")),
+    ) {
+        (Ok(theirs), Ok(mine)) => (theirs, mine),
+        (Err(e), _) | (_, Err(e)) => {
+            out.errors.push(e);
+            return out;
+        }
+    };
+    let Ok(hierarchy) = Hierarchy::detect(roots) else {
+        return out;
+    };
+    let (theirs, mine) = (proc_lines(&theirs), proc_lines(&mine));
+    for mount in companion_mounts(&hierarchy) {
+        let Some(target) = path_in(&theirs, mount).filter(|p| !p.trim_matches('/').is_empty())
+        else {
+            continue;
+        };
+        if path_in(&mine, mount) == Some(target) {
+            continue;
+        }
+        let Some(dir) = mount_dir(mount, target) else {
+            continue;
+        };
+        match enter(&dir, 0) {
+            Ok(()) => out.joined.push(dir),
+            Err(e) => out.errors.push(e),
+        }
+    }
+    out
+}
+
+/// The lines of a `/proc/<pid>/cgroup`: each hierarchy's controllers (empty for the cgroup2 tree) and path.
+fn proc_lines(text: &str) -> Vec<(Vec<&str>, &str)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            let ctrls = if ctrls.is_empty() {
+                Vec::new()
+            } else {
+                ctrls.split(',').collect()
+            };
+            Some((ctrls, path))
+        })
+        .collect()
+}
+
+/// The path [`proc_lines`] give for the hierarchy mounted at `mount`.
+fn path_in<'a>(lines: &[(Vec<&str>, &'a str)], mount: &CgroupMount) -> Option<&'a str> {
+    lines
+        .iter()
+        .find(|(c, _)| {
+            c.iter()
+                .copied()
+                .eq(mount.controllers.iter().map(String::as_str))
+        })
+        .map(|(_, p)| *p)
 }
 
 /// Moves `pid` (0: the calling process, as the create warm-up's worker does) into the cgroup directory `dir`.
@@ -376,6 +429,91 @@ mod tests {
         host.proc_file("80/cgroup", "4:memory:/a/../../etc\n");
         let j = join_companions(&host.roots(), 80);
         assert!(j.made.is_empty() && j.joined.is_empty(), "{j:?}");
+    }
+
+    #[test]
+    fn an_execs_worker_joins_the_inits_companion_directories() {
+        for layout in [Layout::V1, Layout::Hybrid, Layout::V2] {
+            let host = FakeHost::new(layout);
+            host.container(POD);
+            init_at(&host, POD);
+            let created = join_companions(&host.roots(), 77);
+            assert!(
+                created.errors.is_empty(),
+                "{layout:?}: {:?}",
+                created.errors
+            );
+            // The init as the create left it; the worker where a shim's zygote is.
+            let mut init = String::new();
+            let mut worker = String::new();
+            if layout != Layout::V2 {
+                init.push_str(&format!("12:name=systemd:{POD}\n"));
+                worker.push_str("12:name=systemd:/system.slice/containerd.service\n");
+                init.push_str(&format!("4:memory:{POD}\n"));
+                worker.push_str("4:memory:/system.slice/containerd.service\n");
+            }
+            if layout != Layout::V1 {
+                init.push_str(&format!("0::{POD}\n"));
+                worker.push_str("0::/system.slice/containerd.service\n");
+            }
+            host.proc_file("77/cgroup", &init);
+            host.proc_file("self/cgroup", &worker);
+            let j = join_init(&host.roots(), 77);
+            assert!(
+                j.errors.is_empty() && j.made.is_empty(),
+                "{layout:?}: {j:?}"
+            );
+            // Where the init is besides the v1 controllers (libcontainer's): what the create joined it to.
+            assert_eq!(j.joined, created.joined, "{layout:?}");
+            for d in &j.joined {
+                assert_eq!(
+                    host.read_abs(&d.join("cgroup.procs")),
+                    "0",
+                    "{}",
+                    d.display()
+                );
+            }
+            if layout == Layout::V2 {
+                assert!(
+                    j.joined.is_empty(),
+                    "libcontainer joins the one v2 cgroup itself"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_execs_worker_stays_where_the_init_is_at_the_root_or_already_beside_it() {
+        let host = FakeHost::new(Layout::Hybrid);
+        host.proc_file(
+            "self/cgroup",
+            "12:name=systemd:/user.slice\n4:memory:/user.slice\n0::/user.slice\n",
+        );
+        host.proc_file(
+            "78/cgroup",
+            "12:name=systemd:/\n4:memory:/default/c1\n0::/\n",
+        );
+        let j = join_init(&host.roots(), 78);
+        assert!(j.joined.is_empty() && j.errors.is_empty(), "{j:?}");
+        host.proc_file(
+            "79/cgroup",
+            "12:name=systemd:/user.slice\n4:memory:/default/c1\n0::/user.slice\n",
+        );
+        let j = join_init(&host.roots(), 79);
+        assert!(j.joined.is_empty() && j.errors.is_empty(), "{j:?}");
+        // An init that is gone: said, nothing joined.
+        let j = join_init(&host.roots(), 80);
+        assert!(
+            matches!(j.errors.as_slice(), [CompanionError::ReadProcCgroup { .. }]),
+            "{j:?}"
+        );
+        // A path that climbs out of the hierarchy is never entered.
+        host.proc_file(
+            "81/cgroup",
+            "12:name=systemd:/a/../../etc\n0::/a/../../etc\n",
+        );
+        let j = join_init(&host.roots(), 81);
+        assert!(j.joined.is_empty(), "{j:?}");
     }
 
     #[test]

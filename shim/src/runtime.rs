@@ -152,6 +152,18 @@ fn exec(
     let container = load(root, id)?;
     let spec = Spec::load(container.bundle().join("config.json"))?;
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    // As runc's exec, into every cgroup of the container's: libcontainer moves the tenant into the v1 controllers,
+    // not into `name=systemd` or a hybrid host's cgroup2 tree, where the create put the init. This worker joins the
+    // init there first (a best effort, as for the init) and the tenant inherits it.
+    if let Some(init) = container.pid() {
+        let joined = runtime_hooks::companions::join_init(
+            &runtime_hooks::HostRoots::default(),
+            init.as_raw(),
+        );
+        for e in &joined.errors {
+            tracing::debug!(container = id, "exec: {}", predictive_api::error_chain(e));
+        }
+    }
     let pid = builder(id, root, console_socket, stdio)?
         .with_executor(Workload {
             seccomp,

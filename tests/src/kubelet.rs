@@ -17,6 +17,22 @@ use crate::cmd::run_cmd;
 
 const ROOT: &str = "/sys/fs/cgroup";
 
+/// `/proc/<pid>/cgroup`'s paths, per hierarchy: the v1 controllers, the cgroup2 tree and `name=systemd` (runc's
+/// cgroupfs driver joins systemd's named hierarchy too, so `systemd-cgls` and kubelet find the container in its
+/// pod); other named hierarchies are left out.
+pub fn cgroups_of(pid: i32) -> Vec<(String, String)> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+            (!ctrl.starts_with("name=") || ctrl == "name=systemd")
+                .then(|| (ctrl.to_owned(), path.to_owned()))
+        })
+        .collect()
+}
+
 /// The cgroup hierarchies of this host: (mount point, v1 controllers; empty for cgroup2).
 pub fn hierarchies() -> Vec<(PathBuf, Vec<String>)> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

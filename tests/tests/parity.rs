@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use predictive_e2e::Containerd;
 use predictive_e2e::cmd::{Output, run_cmd, wait_until};
+use predictive_e2e::kubelet;
 use predictive_e2e::settings::IMAGE;
 use serde_json::{Value, json};
 
@@ -351,7 +352,7 @@ fn a_user_paused_container_stays_paused_for_exec() {
 }
 
 /// `ctr task ps` names an exec's process by its exec id (Task.Pids' `info`), the init's and what it started by
-/// nothing, as with runc's shim.
+/// nothing, and the exec's process is in every cgroup the init is in, as with runc's shim.
 #[test]
 fn task_ps_names_an_execs_process() {
     let Some(c) = start("task_ps_names_an_execs_process") else {
@@ -393,6 +394,15 @@ fn task_ps_names_an_execs_process() {
     let named: Vec<&(i32, String)> = rows.iter().filter(|(_, i)| i.contains("watcher")).collect();
     assert_eq!(named.len(), 1, "one process named by its exec id:\n{text}");
     assert_ne!(named[0].0, init, "the init is not the exec:\n{text}");
+    // As runc's exec: the exec's process is in every cgroup its init is in, `name=systemd` and a hybrid host's
+    // cgroup2 tree included (there the container's PSI files count it; before 2026-12-04 ours stayed in the shim's).
+    let exec = named[0].0;
+    let (theirs, its_init) = (kubelet::cgroups_of(exec), kubelet::cgroups_of(init));
+    assert!(!its_init.is_empty(), "no cgroups for the init {init}");
+    assert_eq!(
+        theirs, its_init,
+        "the exec {exec} and the init {init}, per hierarchy"
+    );
     for (pid, info) in rows.iter().filter(|(_, i)| !i.contains("watcher")) {
         assert_eq!(info, "-", "pid {pid} is no exec's:\n{text}");
     }

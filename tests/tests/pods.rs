@@ -44,22 +44,6 @@ fn dropin(settings: &Settings, systemd: bool) -> String {
     text
 }
 
-/// `/proc/<pid>/cgroup`'s paths, per hierarchy: the v1 controllers, the cgroup2 tree and `name=systemd` (runc's
-/// cgroupfs driver joins systemd's named hierarchy too, so `systemd-cgls` and kubelet find the container in its
-/// pod); other named hierarchies are left out.
-fn cgroups_of(pid: i32) -> Vec<(String, String)> {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
-            (!ctrl.starts_with("name=") || ctrl == "name=systemd")
-                .then(|| (ctrl.to_owned(), path.to_owned()))
-        })
-        .collect()
-}
-
 /// Whether this host mounts systemd's named v1 hierarchy (Debian's v1 and hybrid hosts do, with or without
 /// systemd as PID 1).
 fn has_name_systemd() -> bool {
@@ -125,7 +109,7 @@ fn run_pod(c: &Containerd, api: &CriClient, pod: &PodCgroup, name: &str, handler
 fn assert_inside(c: &Containerd, pod: &PodCgroup, p: &Pod, leaf: &dyn Fn(&str) -> String) {
     for id in [&p.sandbox, &p.container] {
         let pid = c.task_pid(id);
-        let cgroups = cgroups_of(pid);
+        let cgroups = kubelet::cgroups_of(pid);
         assert!(!cgroups.is_empty(), "no cgroups for {id} (pid {pid})");
         let want = format!("{}/{}", pod.path, leaf(id));
         if has_name_systemd() {
