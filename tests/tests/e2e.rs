@@ -681,14 +681,10 @@ fn block_device_denied_by_the_spec() {
 
 /// `/proc/<pid>/cgroup` paths of the resource hierarchies (named ones such as `name=systemd` left out).
 fn cgroup_paths(pid: i32) -> Vec<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
-            (!ctrl.starts_with("name=")).then(|| path.to_owned())
-        })
+    predictive_e2e::kubelet::cgroups_of(pid)
+        .into_iter()
+        .filter(|(ctrl, _)| !ctrl.starts_with("name="))
+        .map(|(_, path)| path)
         .collect()
 }
 
