@@ -196,6 +196,15 @@ pub fn join_companions(roots: &HostRoots, pid: i32) -> Joined {
 /// does. Makes nothing (the init's directories exist while it runs); a hierarchy where the caller already is at that
 /// path, or where the init is at the root, is left alone. Nothing to do on a pure v2 host.
 pub fn join_init(roots: &HostRoots, init: i32) -> Joined {
+    match Hierarchy::detect(roots) {
+        Ok(hierarchy) => join_init_in(roots, &hierarchy, init),
+        Err(_) => Joined::default(),
+    }
+}
+
+/// [`join_init`] on a `hierarchy` detected before (mountinfo is parsed once per zygote, not at every exec: on a node
+/// with thousands of mounts a parse costs milliseconds).
+pub fn join_init_in(roots: &HostRoots, hierarchy: &Hierarchy, init: i32) -> Joined {
     let mut out = Joined::default();
     let read = |file: PathBuf| {
         std::fs::read_to_string(&file)
@@ -211,11 +220,8 @@ pub fn join_init(roots: &HostRoots, init: i32) -> Joined {
             return out;
         }
     };
-    let Ok(hierarchy) = Hierarchy::detect(roots) else {
-        return out;
-    };
     let (theirs, mine) = (proc_lines(&theirs), proc_lines(&mine));
-    for mount in companion_mounts(&hierarchy) {
+    for mount in companion_mounts(hierarchy) {
         let Some(target) = path_in(&theirs, mount).filter(|p| !p.trim_matches('/').is_empty())
         else {
             continue;

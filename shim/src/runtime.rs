@@ -155,9 +155,10 @@ fn exec(
     // As runc's exec, into every cgroup of the container's: libcontainer moves the tenant into the v1 controllers,
     // not into `name=systemd` or a hybrid host's cgroup2 tree, where the create put the init. This worker joins the
     // init there first (a best effort, as for the init) and the tenant inherits it.
-    if let Some(init) = container.pid() {
-        let joined = runtime_hooks::companions::join_init(
+    if let (Some(init), Some(hierarchy)) = (container.pid(), crate::zygote::hierarchy()) {
+        let joined = runtime_hooks::companions::join_init_in(
             &runtime_hooks::HostRoots::default(),
+            hierarchy,
             init.as_raw(),
         );
         for e in &joined.errors {
