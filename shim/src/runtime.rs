@@ -156,7 +156,7 @@ fn exec(
     // not into `name=systemd` or a hybrid host's cgroup2 tree, where the create put the init. This worker joins the
     // init there first (a best effort, as for the init) and the tenant inherits it.
     if let (Some(init), Some(hierarchy)) = (container.pid(), crate::zygote::hierarchy()) {
-        let joined = runtime_hooks::companions::join_init_in(
+        let joined = runtime_hooks::companions::join_init(
             &runtime_hooks::HostRoots::default(),
             hierarchy,
             init.as_raw(),

@@ -510,7 +510,7 @@ fn serve(sock: OwnedFd, work: Work, parent: Option<Pid>) -> ! {
     }
 }
 
-/// The host's cgroup layout, for an exec's worker ([`runtime_hooks::companions::join_init_in`]): parsed from
+/// The host's cgroup layout, for an exec's worker ([`runtime_hooks::companions::join_init`]): parsed from
 /// mountinfo once per zygote, by `prime` before it forks the worker of its first Exec, and inherited by every
 /// later worker (a parse per exec cost ~3 ms of CPU on a node with 2,000 mounts, docs/BENCHMARKS.md "Exec").
 static HIERARCHY: std::sync::OnceLock<Option<runtime_hooks::discovery::Hierarchy>> =
