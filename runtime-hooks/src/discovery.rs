@@ -111,6 +111,84 @@ pub enum Hierarchy {
     },
 }
 
+/// The cgroup mounts of a mountinfo, one line at a time.
+#[derive(Default)]
+struct Mounts {
+    v1: Vec<CgroupMount>,
+    unified: Option<CgroupMount>,
+}
+
+impl Mounts {
+    /// The v1 controllers a mount's options may name (the others are mount options).
+    const KNOWN: [&'static str; 14] = [
+        "cpu",
+        "cpuacct",
+        "cpuset",
+        "memory",
+        "devices",
+        "freezer",
+        "net_cls",
+        "blkio",
+        "perf_event",
+        "net_prio",
+        "hugetlb",
+        "pids",
+        "rdma",
+        "misc",
+    ];
+
+    fn add(&mut self, line: &str, cgroup_root: &Path) {
+        let Some((left, right)) = line.split_once(" - ") else {
+            return;
+        };
+        // Most lines of a busy node's mountinfo are not cgroups: skipped before anything is allocated.
+        if !right.starts_with("cgroup") {
+            return;
+        }
+        let left: Vec<&str> = left.split(' ').collect();
+        let right: Vec<&str> = right.split(' ').collect();
+        if left.len() < 5 || right.len() < 3 {
+            return;
+        }
+        let mount_point = rebase(Path::new(&unescape_mount_field(left[4])), cgroup_root);
+        let root = unescape_mount_field(left[3]);
+        match right[0] {
+            "cgroup2" => {
+                self.unified = Some(CgroupMount {
+                    mount_point,
+                    root,
+                    controllers: Vec::new(),
+                });
+            }
+            "cgroup" => {
+                let controllers = right[2]
+                    .split(',')
+                    .filter(|opt| Self::KNOWN.contains(opt) || opt.starts_with("name="))
+                    .map(str::to_owned)
+                    .collect();
+                self.v1.push(CgroupMount {
+                    mount_point,
+                    root,
+                    controllers,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn layout(self) -> Option<Hierarchy> {
+        match (self.v1.is_empty(), self.unified) {
+            (true, Some(u)) => Some(Hierarchy::Unified(u)),
+            (true, None) => None,
+            (false, Some(u)) => Some(Hierarchy::Hybrid {
+                v1: self.v1,
+                unified: u,
+            }),
+            (false, None) => Some(Hierarchy::Legacy(self.v1)),
+        }
+    }
+}
+
 fn unescape_mount_field(field: &str) -> String {
     // mountinfo escapes space, tab, newline and backslash as \ooo.
     let bytes = field.as_bytes();
@@ -136,13 +214,33 @@ fn unescape_mount_field(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The real host's layout, parsed once per process ([`Hierarchy::detect`] with the default roots): cgroup mounts do
+/// not move while a shim or the broker runs, and on a node with thousands of mounts each parse of mountinfo cost
+/// ~1.5 ms of CPU, several per container (docs/BENCHMARKS.md, "A node with many mounts"). Filled before the shim
+/// forks its zygote, so the zygote and every worker it forks inherit it.
+static HOST_HIERARCHY: std::sync::OnceLock<Hierarchy> = std::sync::OnceLock::new();
+
 impl Hierarchy {
-    /// Detects the layout from mountinfo, falling back to scanning the cgroup root.
+    /// Detects the layout from mountinfo, falling back to scanning the cgroup root. With the real roots
+    /// ([`HostRoots::default`]) the first layout found is kept for the life of the process and returned from then
+    /// on without reading mountinfo again; other roots (a fake tree) are read at every call.
     pub fn detect(roots: &HostRoots) -> Result<Self, DiscoveryError> {
-        let from_mountinfo = std::fs::read_to_string(&roots.mountinfo)
-            .ok()
-            .and_then(|text| Self::from_mountinfo(&text, &roots.cgroup));
-        from_mountinfo
+        if *roots != HostRoots::default() {
+            return Self::read(roots);
+        }
+        if let Some(known) = HOST_HIERARCHY.get() {
+            return Ok(known.clone());
+        }
+        let found = Self::read(roots)?;
+        // Two threads may both read it first; they found the same layout.
+        Ok(HOST_HIERARCHY.get_or_init(|| found).clone())
+    }
+
+    /// Reads the layout from `roots` now (mountinfo, else the cgroup root).
+    fn read(roots: &HostRoots) -> Result<Self, DiscoveryError> {
+        #[cfg(test)]
+        tests::READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self::read_mountinfo(&roots.mountinfo, &roots.cgroup)
             .or_else(|| Self::scan(&roots.cgroup))
             .ok_or_else(|| DiscoveryError::NoHierarchy {
                 mountinfo: roots.mountinfo.clone(),
@@ -150,66 +248,31 @@ impl Hierarchy {
             })
     }
 
+    /// Parses the mountinfo file line by line (a busy node's is 100+ kB, and a whole copy in a shim's heap before
+    /// it forks its zygote stayed resident in both); `None` when it cannot be read or has no cgroup mount.
+    fn read_mountinfo(file: &Path, cgroup_root: &Path) -> Option<Self> {
+        use std::io::BufRead;
+        let mut reader = std::io::BufReader::new(std::fs::File::open(file).ok()?);
+        let mut mounts = Mounts::default();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(_) => mounts.add(line.trim_end_matches('\n'), cgroup_root),
+                Err(_) => return None,
+            }
+        }
+        mounts.layout()
+    }
+
     /// Parses mountinfo content; `None` when it has no cgroup mount.
     pub fn from_mountinfo(text: &str, cgroup_root: &Path) -> Option<Self> {
-        let mut v1 = Vec::new();
-        let mut unified = None;
+        let mut mounts = Mounts::default();
         for line in text.lines() {
-            let Some((left, right)) = line.split_once(" - ") else {
-                continue;
-            };
-            let left: Vec<&str> = left.split(' ').collect();
-            let right: Vec<&str> = right.split(' ').collect();
-            if left.len() < 5 || right.len() < 3 {
-                continue;
-            }
-            let mount_point = rebase(Path::new(&unescape_mount_field(left[4])), cgroup_root);
-            let root = unescape_mount_field(left[3]);
-            match right[0] {
-                "cgroup2" => {
-                    unified = Some(CgroupMount {
-                        mount_point,
-                        root,
-                        controllers: Vec::new(),
-                    });
-                }
-                "cgroup" => {
-                    let known = [
-                        "cpu",
-                        "cpuacct",
-                        "cpuset",
-                        "memory",
-                        "devices",
-                        "freezer",
-                        "net_cls",
-                        "blkio",
-                        "perf_event",
-                        "net_prio",
-                        "hugetlb",
-                        "pids",
-                        "rdma",
-                        "misc",
-                    ];
-                    let controllers = right[2]
-                        .split(',')
-                        .filter(|opt| known.contains(opt) || opt.starts_with("name="))
-                        .map(str::to_owned)
-                        .collect();
-                    v1.push(CgroupMount {
-                        mount_point,
-                        root,
-                        controllers,
-                    });
-                }
-                _ => {}
-            }
+            mounts.add(line, cgroup_root);
         }
-        match (v1.is_empty(), unified) {
-            (true, Some(u)) => Some(Self::Unified(u)),
-            (true, None) => None,
-            (false, Some(u)) => Some(Self::Hybrid { v1, unified: u }),
-            (false, None) => Some(Self::Legacy(v1)),
-        }
+        mounts.layout()
     }
 
     /// Recognises a layout from the files under `root` alone.
@@ -732,6 +795,47 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Layouts read by [`Hierarchy::read`] in this test process.
+    pub(super) static READS: std::sync::atomic::AtomicUsize =
+        std::sync::atomic::AtomicUsize::new(0);
+
+    #[test]
+    fn the_hosts_layout_is_read_from_mountinfo_once_per_process() {
+        let roots = HostRoots::default();
+        let Ok(first) = Hierarchy::detect(&roots) else {
+            println!("SKIPPED: this host has no cgroup hierarchy to detect");
+            return;
+        };
+        let reads = READS.load(std::sync::atomic::Ordering::Relaxed);
+        for _ in 0..3 {
+            assert_eq!(Hierarchy::detect(&roots).expect("detected before"), first);
+        }
+        assert_eq!(
+            READS.load(std::sync::atomic::Ordering::Relaxed),
+            reads,
+            "the real host's layout was read again"
+        );
+    }
+
+    #[test]
+    fn a_fake_trees_layout_is_read_again_at_every_call() {
+        let host = FakeHost::new(crate::testutil::Layout::Hybrid);
+        let roots = host.roots();
+        assert!(matches!(
+            Hierarchy::detect(&roots),
+            Ok(Hierarchy::Hybrid { .. })
+        ));
+        std::fs::write(
+            &roots.mountinfo,
+            "30 23 0:27 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+        )
+        .expect("rewrite mountinfo");
+        assert!(matches!(
+            Hierarchy::detect(&roots),
+            Ok(Hierarchy::Unified(_))
+        ));
     }
 
     #[test]

@@ -434,6 +434,9 @@ fn serve_group(flags: &Flags) -> Result<()> {
     // The socket is bound, so connections queue from here on. Ready before the zygote forks: it
     // must not inherit the start action's pipe, or that action would wait for it forever.
     signal_ready();
+    // The host's cgroup layout, parsed from mountinfo once for this process, its zygote and every worker (they
+    // inherit it): the create's warm-up, companions and discovery all need it (runtime_hooks::discovery).
+    let _ = runtime_hooks::discovery::Hierarchy::detect(&runtime_hooks::HostRoots::default());
     // Still single-threaded: the only safe moment to fork the zygote.
     let zygote = Zygote::spawn(runtime::work)?;
     tracing::info!(

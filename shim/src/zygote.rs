@@ -488,7 +488,7 @@ fn serve(sock: OwnedFd, work: Work, parent: Option<Pid>) -> ! {
         if wanted.stderr {
             stdio.stderr = received.next();
         }
-        prime(&request);
+        prime();
         // SAFETY: the zygote is single-threaded, so the worker may run any code.
         match unsafe { fork() } {
             Ok(ForkResult::Child) => {
@@ -510,25 +510,12 @@ fn serve(sock: OwnedFd, work: Work, parent: Option<Pid>) -> ! {
     }
 }
 
-/// The host's cgroup layout, for an exec's worker ([`runtime_hooks::companions::join_init`]): parsed from
-/// mountinfo once per zygote, by `prime` before it forks the worker of its first Exec, and inherited by every
-/// later worker (a parse per exec cost ~3 ms of CPU on a node with 2,000 mounts, docs/BENCHMARKS.md "Exec").
-static HIERARCHY: std::sync::OnceLock<Option<runtime_hooks::discovery::Hierarchy>> =
-    std::sync::OnceLock::new();
-
-/// Run by the zygote before it forks the worker for `request`: what its workers share is computed here once.
-fn prime(request: &Request) {
-    if matches!(request, Request::Exec { .. }) {
-        HIERARCHY.get_or_init(|| {
-            runtime_hooks::discovery::Hierarchy::detect(&runtime_hooks::HostRoots::default()).ok()
-        });
-    }
-}
-
-/// The host's cgroup layout as the zygote parsed it (`None` in a worker not forked for an Exec, or where
-/// mountinfo names no cgroup hierarchy).
-pub fn hierarchy() -> Option<&'static runtime_hooks::discovery::Hierarchy> {
-    HIERARCHY.get().and_then(Option::as_ref)
+/// Run by the zygote before it forks a worker: what its workers share is computed here once. The
+/// host's cgroup layout ([`runtime_hooks::discovery::Hierarchy::detect`], kept per process): the server filled it
+/// before forking this zygote, so this costs nothing; a replacement zygote (exec'd, with no memo) parses mountinfo
+/// here once, not once per worker (a parse cost ~1.5 ms of CPU on a node with 2,000 mounts, docs/BENCHMARKS.md).
+fn prime() {
+    let _ = runtime_hooks::discovery::Hierarchy::detect(&runtime_hooks::HostRoots::default());
 }
 
 /// Ignored signals stay ignored across exec, and the shim inherits some (Rust ignores SIGPIPE at
