@@ -32,11 +32,14 @@
 //! runtime, default 50; 0 skips them), PREDICTIVE_BENCH_POD
 //! (the idle containers in pods of this many, one `io.kubernetes.cri.sandbox-id` and so one shim each, for
 //! both runtimes; default 1: a shim per container),
-//! PREDICTIVE_E2E_CONTAINERD (default 1.6), PREDICTIVE_E2E_SHIM_DIR (default target/release).
+//! PREDICTIVE_BENCH_MOUNTS (extra tmpfs mounts on the host for the run, default 0: a node with a few hundred pods
+//! has thousands; `mounts.rs`), PREDICTIVE_E2E_CONTAINERD (default 1.6), PREDICTIVE_E2E_SHIM_DIR (default
+//! target/release).
 
 use std::time::Duration;
 
 mod exec;
+mod mounts;
 
 use predictive_e2e::Containerd;
 use predictive_e2e::cmd::wait_until;
@@ -512,6 +515,21 @@ fn main() {
         runs
     );
 
+    let extra_mounts: usize = env_or("PREDICTIVE_BENCH_MOUNTS", 0);
+    let mounts = (extra_mounts > 0).then(|| match mounts::ExtraMounts::make(extra_mounts) {
+        Ok(m) => m,
+        Err(e) => {
+            println!("bench: could not make {extra_mounts} extra mounts: {e}");
+            std::process::exit(1);
+        }
+    });
+    if mounts.is_some() {
+        println!(
+            "bench: {extra_mounts} extra tmpfs mounts for this run: /proc/self/mountinfo has {} lines",
+            mounts::ExtraMounts::mountinfo_lines()
+        );
+    }
+
     let mut runc = Side::new(RUNC_RUNTIME);
     let mut ours = Side::new(PREDICTIVE_RUNTIME);
     if !ours_bin.is_file() {
@@ -549,6 +567,7 @@ fn main() {
     for leak in c.finish_report() {
         println!("WARNING: left on the host after the benchmark (scrubbed): {leak}");
     }
+    drop(mounts);
 
     print_table(&runc, &ours);
     println!();
@@ -567,7 +586,7 @@ fn main() {
         print_idle_cpu(cpu);
     }
     println!(
-        "command: make bench   (PREDICTIVE_BENCH_RUNS={runs}, PREDICTIVE_BENCH_EXECS={execs}, PREDICTIVE_BENCH_IDLE={idle}, PREDICTIVE_BENCH_POD={per_pod}, PREDICTIVE_BENCH_IDLE_SECS={idle_secs}, PREDICTIVE_BENCH_MEM_SECS={}, PREDICTIVE_BENCH_STALLED_RUNS={stalled_runs}, containerd {})",
+        "command: make bench   (PREDICTIVE_BENCH_RUNS={runs}, PREDICTIVE_BENCH_EXECS={execs}, PREDICTIVE_BENCH_MOUNTS={extra_mounts}, PREDICTIVE_BENCH_IDLE={idle}, PREDICTIVE_BENCH_POD={per_pod}, PREDICTIVE_BENCH_IDLE_SECS={idle_secs}, PREDICTIVE_BENCH_MEM_SECS={}, PREDICTIVE_BENCH_STALLED_RUNS={stalled_runs}, containerd {})",
         env_or("PREDICTIVE_BENCH_MEM_SECS", 2u64),
         settings.containerd
     );
