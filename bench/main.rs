@@ -18,6 +18,10 @@
 //!   the CPU per exec of the runtime's shim processes with the children they reaped, plus our broker's
 //!   (`exec.rs`): what an exec probe costs each time it fires.
 //!
+//! - start with the systemd cgroup driver, on a host booted with systemd on cgroup v2 (else SKIPPED): the start figure
+//!   with a `system.slice:pbench:<id>` cgroupsPath and `SystemdCgroup` for both runtimes, as a Kubernetes node runs
+//!   every container (`PREDICTIVE_BENCH_SYSTEMD_RUNS`, default 10; 0 skips it).
+//!
 //! - start with a stalled broker: `ctr run --rm` as above with our broker stopped (SIGSTOP) all along, against
 //!   runc in the same runs, interleaved: what a hung broker costs each container (its Register budget).
 //!
@@ -89,9 +93,36 @@ fn kb_field(text: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn run_once(c: &Containerd, runtime: &str) -> Result<f64, String> {
+/// How a run's container gets its cgroup.
+#[derive(Clone, Copy)]
+enum Driver<'a> {
+    /// ctr's default: a cgroupfs path (`/<namespace>/<id>`).
+    Cgroupfs,
+    /// The systemd driver, as a Kubernetes node on cgroup v2 runs containers: a `slice:prefix:name` path in
+    /// `system.slice`, runc with `SystemdCgroup` (`--runc-systemd-cgroup`), ours with the same option in the runtime
+    /// options file at this path (`--runtime-config-path`).
+    Systemd(&'a str),
+}
+
+fn run_once_with(c: &Containerd, runtime: &str, driver: Driver) -> Result<f64, String> {
     let id = c.id("bench");
-    let out = c.ctr(&["run", "--rm", "--runtime", runtime, IMAGE, &id, "/bin/true"]);
+    let mut args = vec![
+        "run".to_owned(),
+        "--rm".into(),
+        "--runtime".into(),
+        runtime.into(),
+    ];
+    if let Driver::Systemd(options) = driver {
+        args.extend(["--cgroup".into(), format!("system.slice:pbench:{id}")]);
+        if runtime == RUNC_RUNTIME {
+            args.push("--runc-systemd-cgroup".into());
+        } else {
+            args.extend(["--runtime-config-path".into(), options.to_owned()]);
+        }
+    }
+    args.extend([IMAGE.into(), id.clone(), "/bin/true".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = c.ctr(&args);
     if !out.ok() {
         let _ = c.ctr(&["t", "rm", "-f", &id]);
         let _ = c.ctr(&["c", "rm", &id]);
@@ -200,10 +231,20 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
 /// Start times: a warm-up (page cache, the image's snapshot, the first shim exec), then `runs` runs per side,
 /// interleaved (run i alternates which side goes first) to cancel drift. A side's first failure ends its runs.
 fn measure_start(c: &Containerd, runs: usize, runc: &mut Side, ours: &mut Side) {
+    measure_start_with(c, runs, runc, ours, Driver::Cgroupfs)
+}
+
+fn measure_start_with(
+    c: &Containerd,
+    runs: usize,
+    runc: &mut Side,
+    ours: &mut Side,
+    driver: Driver,
+) {
     for side in [&mut *runc, &mut *ours] {
         if side.error.is_none() {
             for _ in 0..2 {
-                if let Err(e) = run_once(c, side.runtime) {
+                if let Err(e) = run_once_with(c, side.runtime, driver) {
                     side.error = Some(format!("warm-up run failed: {e}"));
                     break;
                 }
@@ -220,7 +261,7 @@ fn measure_start(c: &Containerd, runs: usize, runc: &mut Side, ours: &mut Side) 
             if side.error.is_some() {
                 continue;
             }
-            match run_once(c, side.runtime) {
+            match run_once_with(c, side.runtime, driver) {
                 Ok(ms) => side.times_ms.push(ms),
                 Err(e) => side.error = Some(format!("run {i} failed: {e}")),
             }
@@ -250,6 +291,42 @@ fn measure_stalled(c: &Containerd, runs: usize) -> Result<(Vec<f64>, Vec<f64>), 
     }
     settled.ok_or("shims still running 15 s after the broker went on")?;
     Ok((runc.times_ms, ours.times_ms))
+}
+
+/// Start times with the systemd cgroup driver (runc's and ours), on a host booted with systemd on cgroup v2 only:
+/// what a Kubernetes 1.35 node does at each container start (a transient scope per container over D-Bus).
+fn measure_systemd(c: &Containerd, runs: usize) -> Result<(Vec<f64>, Vec<f64>), String> {
+    if !predictive_e2e::kubelet::systemd_v2_host() {
+        return Err("not a host booted with systemd on cgroup v2 (the guest lane is one)".into());
+    }
+    let options = c.dir.join("systemd-driver.toml");
+    std::fs::write(&options, "SystemdCgroup = true\n")
+        .map_err(|e| format!("writing {}: {e}", options.display()))?;
+    let options = options.to_string_lossy().into_owned();
+    let (mut runc, mut ours) = (Side::new(RUNC_RUNTIME), Side::new(PREDICTIVE_RUNTIME));
+    measure_start_with(c, runs, &mut runc, &mut ours, Driver::Systemd(&options));
+    for side in [&runc, &ours] {
+        if let Some(e) = &side.error {
+            return Err(format!("{}: {e}", side.runtime));
+        }
+    }
+    Ok((runc.times_ms, ours.times_ms))
+}
+
+fn print_systemd(systemd: &Result<(Vec<f64>, Vec<f64>), String>) {
+    match systemd {
+        Ok((runc, ours)) => println!(
+            "start with the systemd cgroup driver (system.slice:pbench:<id>), {} runs each: ours median {:.1} ms p90 {:.1} ms, runc median {:.1} ms p90 {:.1} ms; ratio ours/runc: median {}  p90 {}",
+            ours.len(),
+            percentile(ours, 0.5),
+            percentile(ours, 0.9),
+            percentile(runc, 0.5),
+            percentile(runc, 0.9),
+            ratio(percentile(ours, 0.5), percentile(runc, 0.5)),
+            ratio(percentile(ours, 0.9), percentile(runc, 0.9))
+        ),
+        Err(e) => println!("start with the systemd cgroup driver: SKIPPED: {e}"),
+    }
 }
 
 fn print_stalled(stalled: &Result<(Vec<f64>, Vec<f64>), String>) {
@@ -540,6 +617,9 @@ fn main() {
     let stalled_runs: usize = env_or("PREDICTIVE_BENCH_STALLED_RUNS", 10);
     let stalled = (stalled_runs > 0 && runc.error.is_none() && ours.error.is_none())
         .then(|| measure_stalled(&c, stalled_runs));
+    let systemd_runs: usize = env_or("PREDICTIVE_BENCH_SYSTEMD_RUNS", 10);
+    let systemd = (systemd_runs > 0 && runc.error.is_none() && ours.error.is_none())
+        .then(|| measure_systemd(&c, systemd_runs));
     for side in [&mut runc, &mut ours] {
         if side.error.is_none() {
             match measure_memory(&c, side.runtime) {
@@ -579,6 +659,9 @@ fn main() {
     if let Some(stalled) = &stalled {
         print_stalled(stalled);
     }
+    if let Some(systemd) = &systemd {
+        print_systemd(systemd);
+    }
     if let Some(exec) = &exec {
         exec::print(exec, execs);
     }
@@ -586,7 +669,7 @@ fn main() {
         print_idle_cpu(cpu);
     }
     println!(
-        "command: make bench   (PREDICTIVE_BENCH_RUNS={runs}, PREDICTIVE_BENCH_EXECS={execs}, PREDICTIVE_BENCH_MOUNTS={extra_mounts}, PREDICTIVE_BENCH_IDLE={idle}, PREDICTIVE_BENCH_POD={per_pod}, PREDICTIVE_BENCH_IDLE_SECS={idle_secs}, PREDICTIVE_BENCH_MEM_SECS={}, PREDICTIVE_BENCH_STALLED_RUNS={stalled_runs}, containerd {})",
+        "command: make bench   (PREDICTIVE_BENCH_RUNS={runs}, PREDICTIVE_BENCH_EXECS={execs}, PREDICTIVE_BENCH_MOUNTS={extra_mounts}, PREDICTIVE_BENCH_IDLE={idle}, PREDICTIVE_BENCH_POD={per_pod}, PREDICTIVE_BENCH_IDLE_SECS={idle_secs}, PREDICTIVE_BENCH_MEM_SECS={}, PREDICTIVE_BENCH_STALLED_RUNS={stalled_runs}, PREDICTIVE_BENCH_SYSTEMD_RUNS={systemd_runs}, containerd {})",
         env_or("PREDICTIVE_BENCH_MEM_SECS", 2u64),
         settings.containerd
     );
