@@ -249,17 +249,22 @@ impl Hierarchy {
     }
 
     /// Parses the mountinfo file line by line (a busy node's is 100+ kB, and a whole copy in a shim's heap before
-    /// it forks its zygote stayed resident in both); `None` when it cannot be read or has no cgroup mount.
+    /// it forks its zygote stayed resident in both); `None` when it cannot be read or has no cgroup mount. The
+    /// kernel escapes only space, tab, newline and backslash in paths: a line naming some other mount in bytes that
+    /// are not UTF-8 is read lossily, not a reason to lose the cgroup mounts.
     fn read_mountinfo(file: &Path, cgroup_root: &Path) -> Option<Self> {
         use std::io::BufRead;
         let mut reader = std::io::BufReader::new(std::fs::File::open(file).ok()?);
         let mut mounts = Mounts::default();
-        let mut line = String::new();
+        let mut line = Vec::new();
         loop {
             line.clear();
-            match reader.read_line(&mut line) {
+            match reader.read_until(b'\n', &mut line) {
                 Ok(0) => break,
-                Ok(_) => mounts.add(line.trim_end_matches('\n'), cgroup_root),
+                Ok(_) => mounts.add(
+                    String::from_utf8_lossy(&line).trim_end_matches('\n'),
+                    cgroup_root,
+                ),
                 Err(_) => return None,
             }
         }
@@ -817,6 +822,20 @@ mod tests {
             reads,
             "the real host's layout was read again"
         );
+    }
+
+    #[test]
+    fn a_mount_path_that_is_not_utf8_does_not_hide_the_cgroup_mounts() {
+        let host = FakeHost::new(crate::testutil::Layout::V2);
+        let roots = host.roots();
+        let mut text = b"25 23 0:30 / /mnt/caf\xe9 rw - tmpfs tmpfs rw\n".to_vec();
+        text.extend_from_slice(b"30 23 0:27 /kubepods /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
+        std::fs::write(&roots.mountinfo, text).expect("write mountinfo");
+        match Hierarchy::detect(&roots).expect("detected") {
+            // From mountinfo, not from a scan of the tree (which cannot know the mount's root).
+            Hierarchy::Unified(m) => assert_eq!(m.root, "/kubepods"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
