@@ -231,6 +231,8 @@ impl Hierarchy {
         if let Some(known) = HOST_HIERARCHY.get() {
             return Ok(known.clone());
         }
+        #[cfg(test)]
+        tests::HOST_READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let found = Self::read(roots)?;
         // Two threads may both read it first; they found the same layout.
         Ok(HOST_HIERARCHY.get_or_init(|| found).clone())
@@ -238,8 +240,6 @@ impl Hierarchy {
 
     /// Reads the layout from `roots` now (mountinfo, else the cgroup root).
     fn read(roots: &HostRoots) -> Result<Self, DiscoveryError> {
-        #[cfg(test)]
-        tests::READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Self::read_mountinfo(&roots.mountinfo, &roots.cgroup)
             .or_else(|| Self::scan(&roots.cgroup))
             .ok_or_else(|| DiscoveryError::NoHierarchy {
@@ -802,8 +802,9 @@ mod tests {
         }
     }
 
-    /// Layouts read by [`Hierarchy::read`] in this test process.
-    pub(super) static READS: std::sync::atomic::AtomicUsize =
+    /// The real host's layouts read by [`Hierarchy::detect`] in this test process (fake trees, which other tests
+    /// read at the same time under `cargo test`, are not counted).
+    pub(super) static HOST_READS: std::sync::atomic::AtomicUsize =
         std::sync::atomic::AtomicUsize::new(0);
 
     #[test]
@@ -813,12 +814,12 @@ mod tests {
             println!("SKIPPED: this host has no cgroup hierarchy to detect");
             return;
         };
-        let reads = READS.load(std::sync::atomic::Ordering::Relaxed);
+        let reads = HOST_READS.load(std::sync::atomic::Ordering::Relaxed);
         for _ in 0..3 {
             assert_eq!(Hierarchy::detect(&roots).expect("detected before"), first);
         }
         assert_eq!(
-            READS.load(std::sync::atomic::Ordering::Relaxed),
+            HOST_READS.load(std::sync::atomic::Ordering::Relaxed),
             reads,
             "the real host's layout was read again"
         );
