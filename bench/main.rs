@@ -314,25 +314,22 @@ fn measure_systemd(c: &Containerd, runs: usize) -> Result<(Vec<f64>, Vec<f64>), 
 }
 
 fn print_systemd(systemd: &Result<(Vec<f64>, Vec<f64>), String>) {
-    match systemd {
-        Ok((runc, ours)) => println!(
-            "start with the systemd cgroup driver (system.slice:pbench:<id>), {} runs each: ours median {:.1} ms p90 {:.1} ms, runc median {:.1} ms p90 {:.1} ms; ratio ours/runc: median {}  p90 {}",
-            ours.len(),
-            percentile(ours, 0.5),
-            percentile(ours, 0.9),
-            percentile(runc, 0.5),
-            percentile(runc, 0.9),
-            ratio(percentile(ours, 0.5), percentile(runc, 0.5)),
-            ratio(percentile(ours, 0.9), percentile(runc, 0.9))
-        ),
-        Err(e) => println!("start with the systemd cgroup driver: SKIPPED: {e}"),
-    }
+    print_start_pair(
+        "with the systemd cgroup driver",
+        "system.slice:pbench:<id>",
+        systemd,
+    )
 }
 
 fn print_stalled(stalled: &Result<(Vec<f64>, Vec<f64>), String>) {
-    match stalled {
+    print_start_pair("with our broker stopped", "SIGSTOP", stalled)
+}
+
+/// One line for a start phase measured apart (runc's times, ours), or why it was skipped.
+fn print_start_pair(what: &str, detail: &str, pair: &Result<(Vec<f64>, Vec<f64>), String>) {
+    match pair {
         Ok((runc, ours)) => println!(
-            "start with our broker stopped (SIGSTOP), {} runs each: ours median {:.1} ms p90 {:.1} ms, runc median {:.1} ms p90 {:.1} ms; ratio ours/runc: median {}  p90 {}",
+            "start {what} ({detail}), {} runs each: ours median {:.1} ms p90 {:.1} ms, runc median {:.1} ms p90 {:.1} ms; ratio ours/runc: median {}  p90 {}",
             ours.len(),
             percentile(ours, 0.5),
             percentile(ours, 0.9),
@@ -341,7 +338,7 @@ fn print_stalled(stalled: &Result<(Vec<f64>, Vec<f64>), String>) {
             ratio(percentile(ours, 0.5), percentile(runc, 0.5)),
             ratio(percentile(ours, 0.9), percentile(runc, 0.9))
         ),
-        Err(e) => println!("start with our broker stopped: SKIPPED: {e}"),
+        Err(e) => println!("start {what}: SKIPPED: {e}"),
     }
 }
 
