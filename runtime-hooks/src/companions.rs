@@ -195,9 +195,11 @@ pub fn join_companions(roots: &HostRoots, pid: i32) -> Joined {
 /// process exec'd into the container counts in its PSI files and names it on the `name=systemd` line as its init
 /// does. Makes nothing (the init's directories exist while it runs); a hierarchy where the caller already is at that
 /// path, or where the init is at the root, is left alone. Nothing to do on a pure v2 host.
-/// `hierarchy` is the host's layout, detected once by the caller (the zygote parses mountinfo once, not at every
-/// exec: on a node with thousands of mounts a parse costs milliseconds).
-pub fn join_init(roots: &HostRoots, hierarchy: &Hierarchy, init: i32) -> Joined {
+/// The host's layout is [`Hierarchy::detect`]'s, read once per process (an exec's worker inherits the zygote's).
+pub fn join_init(roots: &HostRoots, init: i32) -> Joined {
+    let Ok(hierarchy) = Hierarchy::detect(roots) else {
+        return Joined::default();
+    };
     let mut out = Joined::default();
     let read = |file: PathBuf| {
         std::fs::read_to_string(&file)
@@ -214,7 +216,7 @@ pub fn join_init(roots: &HostRoots, hierarchy: &Hierarchy, init: i32) -> Joined 
         }
     };
     let (theirs, mine) = (proc_lines(&theirs), proc_lines(&mine));
-    for mount in companion_mounts(hierarchy) {
+    for mount in companion_mounts(&hierarchy) {
         let Some(target) = path_in(&theirs, mount).filter(|p| !p.trim_matches('/').is_empty())
         else {
             continue;
@@ -457,11 +459,7 @@ mod tests {
             }
             host.proc_file("77/cgroup", &init);
             host.proc_file("self/cgroup", &worker);
-            let j = join_init(
-                &host.roots(),
-                &Hierarchy::detect(&host.roots()).expect("layout"),
-                77,
-            );
+            let j = join_init(&host.roots(), 77);
             assert!(
                 j.errors.is_empty() && j.made.is_empty(),
                 "{layout:?}: {j:?}"
@@ -496,28 +494,16 @@ mod tests {
             "78/cgroup",
             "12:name=systemd:/\n4:memory:/default/c1\n0::/\n",
         );
-        let j = join_init(
-            &host.roots(),
-            &Hierarchy::detect(&host.roots()).expect("layout"),
-            78,
-        );
+        let j = join_init(&host.roots(), 78);
         assert!(j.joined.is_empty() && j.errors.is_empty(), "{j:?}");
         host.proc_file(
             "79/cgroup",
             "12:name=systemd:/user.slice\n4:memory:/default/c1\n0::/user.slice\n",
         );
-        let j = join_init(
-            &host.roots(),
-            &Hierarchy::detect(&host.roots()).expect("layout"),
-            79,
-        );
+        let j = join_init(&host.roots(), 79);
         assert!(j.joined.is_empty() && j.errors.is_empty(), "{j:?}");
         // An init that is gone: said, nothing joined.
-        let j = join_init(
-            &host.roots(),
-            &Hierarchy::detect(&host.roots()).expect("layout"),
-            80,
-        );
+        let j = join_init(&host.roots(), 80);
         assert!(
             matches!(j.errors.as_slice(), [CompanionError::ReadProcCgroup { .. }]),
             "{j:?}"
@@ -527,11 +513,7 @@ mod tests {
             "81/cgroup",
             "12:name=systemd:/a/../../etc\n0::/a/../../etc\n",
         );
-        let j = join_init(
-            &host.roots(),
-            &Hierarchy::detect(&host.roots()).expect("layout"),
-            81,
-        );
+        let j = join_init(&host.roots(), 81);
         assert!(j.joined.is_empty(), "{j:?}");
     }
 

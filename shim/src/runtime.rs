@@ -155,13 +155,12 @@ fn exec(
     // As runc's exec, into every cgroup of the container's: libcontainer moves the tenant into the v1 controllers,
     // not into `name=systemd` or a hybrid host's cgroup2 tree, where the create put the init. This worker joins the
     // init there first (a best effort, as for the init) and the tenant inherits it.
-    // The layout is the zygote's, inherited: no mountinfo parse per exec.
-    let roots = runtime_hooks::HostRoots::default();
-    if let (Some(init), Ok(hierarchy)) = (
-        container.pid(),
-        runtime_hooks::discovery::Hierarchy::detect(&roots),
-    ) {
-        let joined = runtime_hooks::companions::join_init(&roots, &hierarchy, init.as_raw());
+    // The host's layout is the zygote's, inherited: no mountinfo parse per exec.
+    if let Some(init) = container.pid() {
+        let joined = runtime_hooks::companions::join_init(
+            &runtime_hooks::HostRoots::default(),
+            init.as_raw(),
+        );
         for e in &joined.errors {
             tracing::debug!(container = id, "exec: {}", predictive_api::error_chain(e));
         }
