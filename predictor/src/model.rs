@@ -111,7 +111,7 @@ impl Resource {
             // A run too short for a CPU sample has no p95 but its CPU time: its mean is a lower bound.
             Resource::Cpu => {
                 let mean = if o.duration_s > 0.0 {
-                    o.cpu_seconds / o.duration_s
+                    o.cpu_seconds / o.duration_s.max(MIN_RATE_DURATION_S)
                 } else {
                     0.0
                 };
@@ -127,7 +127,7 @@ impl Resource {
             }
             Resource::Io => {
                 if o.duration_s > 0.0 {
-                    o.io_bytes as f64 / o.duration_s
+                    o.io_bytes as f64 / o.duration_s.max(MIN_RATE_DURATION_S)
                 } else {
                     0.0
                 }
@@ -148,6 +148,11 @@ impl Resource {
         }
     }
 }
+
+/// Shortest life a run's mean rates (CPU, IO) are taken over, seconds: the broker measures a run's life in whole
+/// milliseconds, so only an imported file can say a run lasted less (a subnormal duration made its IO rate
+/// infinite, and every estimate of its task type with it: found by the `import` fuzz target).
+pub const MIN_RATE_DURATION_S: f64 = 1e-3;
 
 /// Which candidate a target model uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -1951,6 +1956,42 @@ mod tests {
         let runs: Vec<_> = (0..4).map(|i| run(i, 0, 1e9, None)).collect();
         assert!(train_task(&runs, 0, &TrainConfig::default()).is_none());
         assert!(train_task(&runs[..0], 0, &TrainConfig::default()).is_none());
+    }
+
+    /// A file from another node may say a run lasted a subnormal number of seconds (every field in range): its
+    /// mean rates are taken over 1 ms, so its type's estimates stay finite.
+    #[test]
+    fn a_run_shorter_than_a_millisecond_keeps_its_types_rates_finite() {
+        let runs: Vec<_> = (0..8)
+            .map(|i| {
+                let mut r = run(i, 0, 1e9, None);
+                r.outcome.duration_s = if i % 2 == 0 {
+                    f64::MIN_POSITIVE / 4.0
+                } else {
+                    2.0
+                };
+                r.outcome.io_bytes = u64::MAX;
+                r.outcome.cpu_seconds = 1e6;
+                r
+            })
+            .collect();
+        assert_eq!(
+            Resource::Io.of(&runs[0], 1.2),
+            u64::MAX as f64 / MIN_RATE_DURATION_S
+        );
+        let m = train_task(&runs, 0, &TrainConfig::default()).expect("8 runs");
+        let p = m.predict(&TaskKey::new("t"), &RunFeatures::default(), 1);
+        for r in [
+            Resource::Io,
+            Resource::Cpu,
+            Resource::Duration,
+            Resource::Memory,
+        ] {
+            let e = p.estimate(r);
+            for v in [e.point, e.lower, e.upper, e.limit] {
+                assert!(v.is_finite() && v >= 0.0, "{r:?}: {e:?}");
+            }
+        }
     }
 
     #[test]
