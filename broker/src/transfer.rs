@@ -47,6 +47,12 @@ pub const MAX_FILE_RUNS: usize = 1_000_000;
 pub const MAX_FUTURE_MS: u64 = 3_600_000;
 /// Longest run accepted, seconds (10 years).
 pub const MAX_DURATION_S: f64 = 10.0 * 365.0 * 86_400.0;
+/// Shortest run accepted, seconds, unless 0: a broker records a run's life in whole milliseconds.
+pub const MIN_DURATION_S: f64 = 1e-3;
+/// Smallest positive value accepted in a run's other measured fields (cores, seconds, load, rates, profile
+/// shares): a nanosecond of CPU a second. A subnormal CPU figure beside a real one made a model's bounds
+/// infinite (found by the `import` fuzz target).
+pub const MIN_MEASURED: f64 = 1e-9;
 /// Highest network rate accepted, bytes/s (10x the highest limit the broker sets).
 pub const MAX_NET_RATE: f64 = 1e12;
 
@@ -180,6 +186,15 @@ fn to_exported(node: &str, p: PortableRun, with_network: bool) -> ExportedRun {
     }
 }
 
+/// A number as an error shows it: in exponent form when it is tiny (`5e-309`, not 309 digits).
+fn shown_number(v: f64) -> String {
+    if v != 0.0 && v.abs() < 1e-4 {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
 /// Checks a run's network rates: each finite, at least 0 and at most [`MAX_NET_RATE`].
 fn check_net(net: Option<&ExportedNet>) -> Result<ExportedNet, String> {
     let Some(n) = net else {
@@ -191,9 +206,13 @@ fn check_net(net: Option<&ExportedNet>) -> Result<ExportedNet, String> {
         ("net.rx_bytes_per_s", n.rx_bytes_per_s),
         ("net.rx_peak_bytes_per_s", n.rx_peak_bytes_per_s),
     ] {
-        if let Some(v) = v.filter(|v| !(v.is_finite() && (0.0..=MAX_NET_RATE).contains(v))) {
+        if let Some(v) = v.filter(|v| {
+            !(v.is_finite() && (*v == 0.0 || (MIN_MEASURED..=MAX_NET_RATE).contains(v)))
+        }) {
             return Err(format!(
-                "field `{field}` is {v}; a rate in [0, {MAX_NET_RATE}] bytes/s is expected"
+                "field `{field}` is {}; 0 or a rate in [{}, {MAX_NET_RATE}] bytes/s is expected",
+                shown_number(v),
+                shown_number(MIN_MEASURED)
             ));
         }
     }
@@ -215,21 +234,30 @@ fn from_exported(e: &ExportedRun, now_ms: u64) -> Result<PortableRun, String> {
             MAX_FUTURE_MS / 1000
         ));
     }
-    let range = |field: &str, v: f64, max: f64| {
-        if v.is_finite() && (0.0..=max).contains(&v) {
+    // 0, or between the resolution a broker records with and the maximum: a positive value far below what any
+    // node measures (a subnormal number) makes the ratios the models learn from overflow.
+    let range = |field: &str, v: f64, min: f64, max: f64| {
+        if v.is_finite() && (v == 0.0 || (min..=max).contains(&v)) {
             Ok(())
         } else {
             Err(format!(
-                "field `{field}` is {v}; a number in [0, {max}] is expected"
+                "field `{field}` is {}; 0 or a number in [{}, {max}] is expected",
+                shown_number(v),
+                shown_number(min)
             ))
         }
     };
-    range("duration_s", e.duration_s, MAX_DURATION_S)?;
-    range("cpu_p50_cores", e.cpu_p50_cores, MAX_CORES)?;
-    range("cpu_p95_cores", e.cpu_p95_cores, MAX_CORES)?;
-    range("cpu_seconds", e.cpu_seconds, MAX_CORES * MAX_DURATION_S)?;
-    range("throttled_s", e.throttled_s, MAX_DURATION_S)?;
-    range("host_load", e.host_load, 1e6)?;
+    range("duration_s", e.duration_s, MIN_DURATION_S, MAX_DURATION_S)?;
+    range("cpu_p50_cores", e.cpu_p50_cores, MIN_MEASURED, MAX_CORES)?;
+    range("cpu_p95_cores", e.cpu_p95_cores, MIN_MEASURED, MAX_CORES)?;
+    range(
+        "cpu_seconds",
+        e.cpu_seconds,
+        MIN_MEASURED,
+        MAX_CORES * MAX_DURATION_S,
+    )?;
+    range("throttled_s", e.throttled_s, MIN_MEASURED, MAX_DURATION_S)?;
+    range("host_load", e.host_load, MIN_MEASURED, 1e6)?;
     if e.peak_memory_bytes > MAX_BYTES {
         return Err(format!(
             "field `peak_memory_bytes` is {}; at most {MAX_BYTES} is accepted",
@@ -245,12 +273,13 @@ fn from_exported(e: &ExportedRun, now_ms: u64) -> Result<PortableRun, String> {
                     predictor::BUCKETS
                 ));
             }
-            if let Some(v) = series
-                .iter()
-                .find(|v| !v.is_finite() || !(0.0..=1.0).contains(*v))
-            {
+            if let Some(v) = series.iter().find(|v| {
+                !v.is_finite() || !(**v == 0.0 || (MIN_MEASURED as f32..=1.0).contains(*v))
+            }) {
                 return Err(format!(
-                    "field `profile.{name}` holds {v}; shares of the peak in [0, 1] are expected"
+                    "field `profile.{name}` holds {}; shares of the peak, 0 or in [{}, 1], are expected",
+                    shown_number(f64::from(*v)),
+                    shown_number(MIN_MEASURED)
                 ));
             }
         }
@@ -630,7 +659,20 @@ mod tests {
         odd_net["net"] = serde_json::json!({"tx": 5.0});
         let mut wrong = file(vec![]);
         wrong["format"] = serde_json::json!("something-else");
+        // Below what any broker measures (found by the `import` fuzz target: a model's bounds went infinite).
+        let mut subnormal_cpu = run_json("00000000000000bb", 1, "etl");
+        subnormal_cpu["cpu_p95_cores"] = serde_json::json!(5e-309);
+        let mut microsecond_run = run_json("00000000000000bb", 1, "etl");
+        microsecond_run["duration_s"] = serde_json::json!(1e-6);
         for (v, expect) in [
+            (
+                file(vec![subnormal_cpu]),
+                "field `cpu_p95_cores` is 5e-309; 0 or a number in [1e-9, 65536] is expected",
+            ),
+            (
+                file(vec![microsecond_run]),
+                "field `duration_s` is 1e-6; 0 or a number in [0.001,",
+            ),
             (v3, "this build reads versions 1 to 2"),
             (
                 file(vec![bad_rate]),
