@@ -2144,6 +2144,15 @@ impl Daemon {
                 "runs of the previous process are open; they carry on when their shims register again"
             );
         }
+        if cfg.controller.memory_reserve(host.memory_bytes)
+            < cfg.controller.host_reserve_memory_bytes
+        {
+            tracing::warn!(
+                reserve = cfg.controller.host_reserve_memory_bytes,
+                host_memory = host.memory_bytes,
+                "controller.host_reserve_memory_bytes is more than half this host's memory; half is kept back"
+            );
+        }
         let mut controller = Controller::new(cfg.controller.clone(), host);
         // An operator who sized the host keeps that size; otherwise a node's kubepods limits are the pool.
         controller

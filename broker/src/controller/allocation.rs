@@ -35,9 +35,10 @@ pub fn initial_allocation(
 ) -> (Allocation, String, String) {
     let grant_mem = host
         .memory_bytes
-        .saturating_sub(cfg.host_reserve_memory_bytes);
+        .saturating_sub(cfg.memory_reserve(host.memory_bytes));
     let grant_cpu = (host.cpu_cores - cfg.host_reserve_cpu).max(cfg.min_cpu_cores);
     let l = &spec.limits;
+    let min_cpu = cfg.min_cpu_for(l);
     let (anc_cpu, anc_mem) = tightest(&spec.parents);
     let memory_max = match (l.memory_limit_bytes, anc_mem) {
         (Some(lim), Some((_, a))) => Some(lim.min(a)),
@@ -48,7 +49,7 @@ pub fn initial_allocation(
     let cap_cpu = |c: f64, reason: &mut String| match anc_cpu {
         Some((path, a)) if c > a => {
             *reason = format!("{reason}, capped at the {a:.2}-core limit of {path}");
-            a.max(cfg.min_cpu_cores)
+            a.max(min_cpu)
         }
         _ => c,
     };
@@ -161,10 +162,8 @@ fn predicted_cpu(
             cpu_reason = "the spec's CPU limit (prediction above it)".to_owned();
         }
         // A small host cuts a prediction, never a request.
-        let cpu = cpu.clamp(
-            cfg.min_cpu_cores,
-            grant_cpu.max(request).max(cfg.min_cpu_cores),
-        );
+        let min_cpu = cfg.min_cpu_for(l);
+        let cpu = cpu.clamp(min_cpu, grant_cpu.max(request).max(min_cpu));
         (Some(cpu), cpu_reason)
     }
 }

@@ -28,7 +28,7 @@ impl Controller {
     pub(super) fn cpu_need(&self, t: &Task, now_ms: u64) -> f64 {
         let used = t.usage.map(|u| u.cpu_cores).unwrap_or(0.0) * self.cfg.headroom;
         used.max(t.predicted_cpu(now_ms, self.cfg.lookahead_buckets))
-            .max(self.cfg.min_cpu_cores)
+            .max(self.cfg.min_cpu_for(&t.spec.limits))
     }
 
     /// The least CPU a task keeps: its request (unless it allows less), and the smallest allocation.

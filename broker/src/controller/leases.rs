@@ -35,10 +35,10 @@ impl Controller {
         let Some(h) = self.leases.remove(&id) else {
             return;
         };
-        let min_cpu = self.cfg.min_cpu_cores;
         if let Some(k) = h.holder
             && let Some(t) = self.slots[k].as_mut()
         {
+            let min_cpu = self.cfg.min_cpu_for(&t.spec.limits);
             t.cpu = t.cpu.map(|c| (c - h.lease.amount).max(min_cpu));
             reasons[k] = Some(format!("lease {id} ended: {why}"));
             out.push(Directive {

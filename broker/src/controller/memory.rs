@@ -45,7 +45,7 @@ impl Controller {
         victims.reverse();
         let mut pass = MemoryPass {
             grantable: self.grantable_memory(),
-            allocated: self.live().map(|(_, t)| Self::pool_share(t)).sum(),
+            allocated: sum_bytes(self.live().map(|(_, t)| Self::pool_share(t))),
             victims,
             froze: false,
         };
@@ -127,7 +127,10 @@ impl Controller {
                 );
                 let share = Self::pool_share(self.task(v));
                 self.freeze(v, &why, out);
-                pass.allocated = pass.allocated - share + Self::pool_share(self.task(v));
+                pass.allocated = pass
+                    .allocated
+                    .saturating_sub(share)
+                    .saturating_add(Self::pool_share(self.task(v)));
                 pass.froze = true;
                 room = pass.grantable.saturating_sub(pass.allocated).min(anc_room);
             }
@@ -142,7 +145,10 @@ impl Controller {
                 if waited >= self.cfg.memory_stall_ms {
                     let old_share = Self::pool_share(self.task(k));
                     self.lift(k, waited, out);
-                    pass.allocated = pass.allocated - old_share + Self::pool_share(self.task(k));
+                    pass.allocated = pass
+                        .allocated
+                        .saturating_sub(old_share)
+                        .saturating_add(Self::pool_share(self.task(k)));
                     return;
                 }
             } else {
@@ -163,7 +169,7 @@ impl Controller {
         t.memory = Some(alloc + grow);
         t.holding_memory = false;
         t.stalled_since_ms = None;
-        pass.allocated += grow;
+        pass.allocated = pass.allocated.saturating_add(grow);
         out.push(memory_directive(self.task(k), reason, Some(alloc)));
     }
 
@@ -192,7 +198,7 @@ impl Controller {
                 "using {used} of {alloc} bytes, {need} needed by its predicted profile: right-sized"
             );
             self.task_mut(k).memory = Some(need);
-            pass.allocated -= alloc - need;
+            pass.allocated = pass.allocated.saturating_sub(alloc - need);
             out.push(memory_directive(self.task(k), reason, Some(alloc)));
         }
     }
@@ -201,7 +207,7 @@ impl Controller {
     /// highest-priority paused one once pressure has passed.
     fn host_pressure(&mut self, order: &[Key], pass: &mut MemoryPass, out: &mut Vec<Directive>) {
         let grantable = pass.grantable;
-        let total: u64 = self.live().map(|(_, t)| t.mem_used()).sum();
+        let total = sum_bytes(self.live().map(|(_, t)| t.mem_used()));
         let running = self.live().filter(|(_, t)| !t.frozen()).count();
         if !pass.froze && total as f64 >= pass.grantable as f64 * self.cfg.pause_at && running > 1 {
             let top = self
@@ -236,7 +242,9 @@ impl Controller {
                         format!("memory pressure passed: {total} of {grantable} bytes in use");
                     let t = self.task_mut(k);
                     t.frozen_memory = None;
-                    t.memory = restore.or(t.memory);
+                    // A task paused without an allocation (no limit, no prediction) goes back to none: the
+                    // usage it was held at is not a limit it ever had.
+                    t.memory = restore;
                     let t = self.task(k);
                     out.push(memory_directive(t, format!("restored at thaw: {why}"), now));
                     out.push(Directive {
@@ -279,7 +287,7 @@ impl Controller {
 
     /// Grantable memory not allocated (unlimited tasks count with their usage).
     pub(super) fn memory_room(&self) -> u64 {
-        let allocated: u64 = self.live().map(|(_, t)| Self::pool_share(t)).sum();
+        let allocated = sum_bytes(self.live().map(|(_, t)| Self::pool_share(t)));
         self.grantable_memory().saturating_sub(allocated)
     }
 
@@ -349,7 +357,7 @@ impl Controller {
 /// What one memory pass carries from task to task.
 struct MemoryPass {
     grantable: u64,
-    /// The pool's allocated memory (unlimited tasks count with their usage).
+    /// The pool's allocated memory (unlimited tasks count with their usage), saturated at `u64::MAX`.
     allocated: u64,
     /// Pause candidates: lowest rank first, then the last in container id order.
     victims: Vec<Key>,

@@ -71,9 +71,9 @@ pub use predictive_api::types::{
 pub struct ControllerConfig {
     /// CPU never handed out (default 0.5 cores).
     pub host_reserve_cpu: f64,
-    /// Memory never handed out (default 256 MiB).
+    /// Memory never handed out (default 256 MiB; at most half the host's).
     pub host_reserve_memory_bytes: u64,
-    /// Smallest CPU allocation (default 0.05 cores).
+    /// Smallest CPU allocation (default 0.05 cores); a task whose CPU limit is smaller gets its limit.
     pub min_cpu_cores: f64,
     /// Smallest memory allocation (default 16 MiB).
     pub min_memory_bytes: u64,
@@ -135,6 +135,23 @@ pub struct ControllerConfig {
     /// under the same parent cgroup also want; 1 = never (default 1: the quick suite showed no makespan gain at 4,
     /// docs/BENCHMARKS.md). Only where the weight is the broker's (not in a Kubernetes pod), never below the spec's.
     pub critical_path_cpu_weight: f64,
+}
+
+impl ControllerConfig {
+    /// The memory kept back on a host of `host_memory_bytes`: [`Self::host_reserve_memory_bytes`], at most half the
+    /// host (a reserve as large as a small node would leave every container without a memory limit a `memory.max`
+    /// of 0).
+    pub fn memory_reserve(&self, host_memory_bytes: u64) -> u64 {
+        self.host_reserve_memory_bytes.min(host_memory_bytes / 2)
+    }
+
+    /// The smallest CPU allocation of a task with these limits: [`Self::min_cpu_cores`], or its CPU limit if that
+    /// is smaller (a Kubernetes limit of `10m` stays 0.01 cores: no floor of ours lifts a task above its limit).
+    pub fn min_cpu_for(&self, limits: &SpecLimits) -> f64 {
+        limits
+            .cpu_limit_cores
+            .map_or(self.min_cpu_cores, |l| self.min_cpu_cores.min(l))
+    }
 }
 
 impl Default for ControllerConfig {
@@ -414,6 +431,13 @@ pub struct Controller {
 
 const EPS: f64 = 1e-6;
 
+/// Sums byte counts without wrapping: each may be up to `i64::MAX` (a limit the kernel reads as "max"), so a few
+/// tasks' allocations exceed `u64` (found by the `controller` fuzz target: a wrapped sum made the host's free
+/// memory look large).
+pub(super) fn sum_bytes(values: impl Iterator<Item = u64>) -> u64 {
+    values.fold(0, u64::saturating_add)
+}
+
 impl Controller {
     /// A controller for a host with `host` capacity.
     pub fn new(cfg: ControllerConfig, host: HostCapacity) -> Self {
@@ -589,7 +613,7 @@ impl Controller {
             .sum();
         let base_cpu = current
             .cpu_cores
-            .map(|c| (c - borrowed + lent).max(self.cfg.min_cpu_cores));
+            .map(|c| (c - borrowed + lent).max(self.cfg.min_cpu_for(&spec.limits)));
         let memory_max = current
             .memory_max_bytes
             .or(spec.limits.memory_limit_bytes)
@@ -693,7 +717,7 @@ impl Controller {
     fn grantable_memory(&self) -> u64 {
         self.host
             .memory_bytes
-            .saturating_sub(self.cfg.host_reserve_memory_bytes)
+            .saturating_sub(self.cfg.memory_reserve(self.host.memory_bytes))
     }
 
     fn grantable_cpu(&self) -> f64 {
@@ -716,7 +740,7 @@ impl Controller {
         if let (Some(c), Some((i, room))) = (alloc.cpu_cores, cpu_room)
             && c > room + EPS
         {
-            alloc.cpu_cores = Some(room.max(self.cfg.min_cpu_cores));
+            alloc.cpu_cores = Some(room.max(self.cfg.min_cpu_for(&spec.limits)));
             cpu_reason = format!(
                 "{cpu_reason}, capped at the {room:.2} cores {} has left",
                 spec.parents[i].path
@@ -725,7 +749,9 @@ impl Controller {
         if let (Some(m), Some((i, room))) = (alloc.memory_bytes, mem_room)
             && m > room
         {
-            alloc.memory_bytes = Some(room.max(self.cfg.min_memory_bytes));
+            // The smallest allocation, but never above memory.max (the user's or an ancestor's limit).
+            let ceiling = alloc.memory_max_bytes.unwrap_or(u64::MAX);
+            alloc.memory_bytes = Some(room.max(self.cfg.min_memory_bytes).min(ceiling));
             mem_reason = format!(
                 "{mem_reason}, capped at the {room} bytes {} has left",
                 spec.parents[i].path
@@ -806,7 +832,7 @@ impl Controller {
         let now = t.memory;
         let extra = restore.unwrap_or(0).saturating_sub(now.unwrap_or(0));
         if extra <= room {
-            t.memory = restore.or(t.memory);
+            t.memory = restore;
             let t = self.task(k);
             if t.memory != now {
                 out.push(memory_directive(

@@ -92,7 +92,7 @@ impl Controller {
         );
         let r = self.resized(k, old_memory);
         let (base, ceiling) = (r.base_cpu, r.ceiling);
-        let min_cpu = self.cfg.min_cpu_cores;
+        let min_cpu = self.cfg.min_cpu_for(&limits);
 
         // Leases re-checked against the new ceiling (held) and floor (lent).
         let mut reasons: Reasons = vec![None; self.slots.len()];
@@ -133,9 +133,10 @@ impl Controller {
     fn resized(&self, k: Key, old_memory: Option<u64>) -> Resized {
         let grant_mem = self.grantable_memory();
         let grant_cpu = self.grantable_cpu();
-        let (cfg, min_cpu) = (&self.cfg, self.cfg.min_cpu_cores);
+        let cfg = &self.cfg;
         let t = self.task(k);
         let limits = t.spec.limits;
+        let min_cpu = cfg.min_cpu_for(&limits);
         let cold = t.spec.prediction.as_ref().is_none_or(|p| p.is_cold_start());
         let (anc_cpu, anc_mem) = tightest(&t.spec.parents);
         let anc_cpu = anc_cpu.map_or(f64::INFINITY, |(_, c)| c);

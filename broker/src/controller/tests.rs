@@ -161,6 +161,91 @@ fn initial_allocation_uses_upper_memory_and_cpu_p90_of_first_buckets() {
     assert!(cpu_why.contains("p90") && mem_why.contains("predicted memory limit"));
 }
 
+/// A CPU limit below the smallest allocation (a Kubernetes sidecar's `10m`) is the task's floor instead: neither
+/// its prediction, nor a lease it gives back, nor a resize lifts it above its limit (found by the `controller` fuzz
+/// target: 0.05 cores for a limit of 0.01).
+#[test]
+fn a_cpu_limit_below_the_smallest_allocation_is_kept() {
+    let mut c = Controller::new(cfg(), host(4.0, 16 * GIB));
+    let mut s = spec("tiny", Some(0.01), Some(GIB));
+    s.prediction = Some(prediction(
+        [0.001; BUCKETS],
+        10.0 * MIB as f64,
+        20.0 * MIB as f64,
+    ));
+    let (a, _) = c.register(s, 0);
+    assert_eq!(a.cpu_cores, Some(0.01));
+    // Starved at its quota: it may borrow up to its limit, which it already has.
+    for t in 1..=4 {
+        c.observe("tiny", cpu_use(t * 1000, 0.01, 0.9));
+        for d in c.tick(t * 1000) {
+            if let Action::SetCpu { cores: Some(x) } = d.action {
+                assert!(x <= 0.01, "{d:?}");
+            }
+        }
+    }
+    assert_eq!(cpu_of(&c, "tiny"), 0.01);
+    let limits = SpecLimits {
+        cpu_limit_cores: Some(0.02),
+        memory_limit_bytes: Some(GIB),
+        ..SpecLimits::default()
+    };
+    let ds = c.update("tiny", limits, None, 5000).expect("registered");
+    assert!(cpu_of(&c, "tiny") <= 0.02, "{ds:?}");
+    assert_eq!(c.config().min_cpu_for(&limits), 0.02);
+    assert_eq!(c.config().min_cpu_for(&SpecLimits::default()), 0.05);
+}
+
+/// On a node no larger than the memory reserve (256 MiB by default) a container without a memory limit still gets
+/// memory: half the host is kept back at most (found by the `controller` fuzz target: `memory.max` 0). An
+/// allocation capped by its pod's room is never above the pod's limit, even below the smallest allocation.
+#[test]
+fn a_small_hosts_containers_get_memory_and_a_pods_limit_stays_the_ceiling() {
+    let mut c = Controller::new(ControllerConfig::default(), host(1.0, 256 * MIB));
+    let (a, _) = c.register(spec("a", None, None), 0);
+    assert_eq!(a.memory_max_bytes, Some(128 * MIB));
+    assert_eq!(
+        ControllerConfig::default().memory_reserve(16 * GIB),
+        256 * MIB
+    );
+
+    let mut s = spec("b", Some(1.0), Some(GIB));
+    s.prediction = Some(prediction(
+        [0.5; BUCKETS],
+        10.0 * MIB as f64,
+        20.0 * MIB as f64,
+    ));
+    s.parents = vec![Ancestor {
+        path: "/kubepods/pod1".to_owned(),
+        cpu_cores: None,
+        memory_bytes: Some(8 * MIB),
+    }];
+    let (a, _) = c.register(s, 0);
+    let (high, max) = (
+        a.memory_bytes.expect("predicted"),
+        a.memory_max_bytes.expect("limited"),
+    );
+    assert!(high <= max && max <= 8 * MIB, "{a:?}");
+}
+
+/// Memory limits the kernel reads as "max" (`i64::MAX`) are valid specs; three of them overflow a `u64` sum, which
+/// wrapped and showed the host's memory as free (in a release build; a debug build panicked).
+#[test]
+fn allocations_at_the_kernels_max_leave_no_room_rather_than_wrap() {
+    let mut c = Controller::new(cfg(), host(4.0, 16 * GIB));
+    for (id, limit) in [
+        ("a", i64::MAX as u64),
+        ("b", i64::MAX as u64),
+        ("c", 3 * GIB),
+    ] {
+        c.register(spec(id, Some(1.0), Some(limit)), 0);
+    }
+    // Wrapped, the sum was 3 GiB - 2 bytes: 13 GiB would have looked free.
+    assert_eq!(c.memory_room(), 0);
+    c.observe("c", mem_use(1000, i64::MAX as u64));
+    c.tick(1000);
+}
+
 /// Issue 15: a run predicted to end within `short_run_ms` starts at its predicted CPU upper bound (the controller
 /// has no ticks left to grow it), never above the user's limit; a long run as busy at its start as later starts
 /// at its predicted p95.
@@ -709,6 +794,62 @@ fn memory_without_room_pauses_the_lower_priority_task_not_the_higher() {
     let ds = c.tick(3000);
     assert!(actions(&ds, "lo").contains(&&Action::Thaw));
     assert_eq!(mem_of(&c, "lo"), 600 * MIB);
+}
+
+/// A task with no memory allocation (no limit, no prediction) is held at its usage while paused; thawed, or
+/// stopping, it goes back to no allocation: the usage at the pause was never its limit (found by the `controller`
+/// fuzz target: a `memory.high` at the pause's usage after the thaw).
+#[test]
+fn a_task_paused_without_a_memory_allocation_gets_none_back() {
+    for stop in [false, true] {
+        let mut c = Controller::new(cfg(), host(4.0, GIB));
+        for (id, p) in [("a", 3), ("b", 1)] {
+            let mut s = spec(id, None, None);
+            s.priority = p;
+            c.register(s, 0);
+        }
+        for id in ["a", "b"] {
+            c.observe(id, mem_use(1000, 500 * MIB));
+        }
+        let ds = c.tick(1000);
+        assert!(
+            ds.contains(&Directive {
+                container_id: "b".to_owned(),
+                action: Action::Freeze,
+                reason: ds
+                    .iter()
+                    .find(|d| d.action == Action::Freeze)
+                    .expect("a pause")
+                    .reason
+                    .clone(),
+                applied: true,
+                old_value: None,
+            })
+        );
+        let ds = if stop {
+            c.stopping("b", "deleted")
+        } else {
+            for id in ["a", "b"] {
+                c.observe(id, mem_use(2000, 100 * MIB));
+            }
+            c.tick(2000)
+        };
+        assert!(
+            ds.iter()
+                .any(|d| d.container_id == "b" && d.action == Action::Thaw),
+            "{ds:?}"
+        );
+        for d in ds.iter().filter(|d| d.container_id == "b") {
+            if let Action::SetMemoryHigh { high_bytes, .. } = d.action {
+                assert_eq!(high_bytes, None, "{d:?}");
+            }
+        }
+        assert_eq!(
+            c.allocation("b").and_then(|a| a.memory_bytes),
+            None,
+            "stop: {stop}"
+        );
+    }
 }
 
 #[test]
