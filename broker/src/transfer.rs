@@ -49,10 +49,15 @@ pub const MAX_FUTURE_MS: u64 = 3_600_000;
 pub const MAX_DURATION_S: f64 = 10.0 * 365.0 * 86_400.0;
 /// Shortest run accepted, seconds, unless 0: a broker records a run's life in whole milliseconds.
 pub const MIN_DURATION_S: f64 = 1e-3;
-/// Smallest positive value accepted in a run's other measured fields (cores, seconds, load, rates, profile
-/// shares): a nanosecond of CPU a second. A subnormal CPU figure beside a real one made a model's bounds
-/// infinite (found by the `import` fuzz target).
+/// Smallest value a run's other measured fields (cores, seconds, load, rates, profile shares) keep at import, a
+/// nanosecond of CPU a second: a smaller positive one is below what any node measures and is read as 0. (A
+/// subnormal CPU figure beside a real one made a model's bounds infinite: found by the `import` fuzz target.)
 pub const MIN_MEASURED: f64 = 1e-9;
+
+/// A measured value as the import keeps it: 0 below [`MIN_MEASURED`].
+fn measured(v: f64) -> f64 {
+    if v < MIN_MEASURED { 0.0 } else { v }
+}
 /// Highest network rate accepted, bytes/s (10x the highest limit the broker sets).
 pub const MAX_NET_RATE: f64 = 1e12;
 
@@ -206,17 +211,20 @@ fn check_net(net: Option<&ExportedNet>) -> Result<ExportedNet, String> {
         ("net.rx_bytes_per_s", n.rx_bytes_per_s),
         ("net.rx_peak_bytes_per_s", n.rx_peak_bytes_per_s),
     ] {
-        if let Some(v) = v.filter(|v| {
-            !(v.is_finite() && (*v == 0.0 || (MIN_MEASURED..=MAX_NET_RATE).contains(v)))
-        }) {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && (0.0..=MAX_NET_RATE).contains(v))) {
             return Err(format!(
-                "field `{field}` is {}; 0 or a rate in [{}, {MAX_NET_RATE}] bytes/s is expected",
-                shown_number(v),
-                shown_number(MIN_MEASURED)
+                "field `{field}` is {}; a rate in [0, {MAX_NET_RATE}] bytes/s is expected",
+                shown_number(v)
             ));
         }
     }
-    Ok(n.clone())
+    let flush = |v: Option<f64>| v.map(measured);
+    Ok(ExportedNet {
+        tx_bytes_per_s: flush(n.tx_bytes_per_s),
+        tx_peak_bytes_per_s: flush(n.tx_peak_bytes_per_s),
+        rx_bytes_per_s: flush(n.rx_bytes_per_s),
+        rx_peak_bytes_per_s: flush(n.rx_peak_bytes_per_s),
+    })
 }
 
 /// Checks one run of a file and turns it into the store's shape. The error names the field.
@@ -234,30 +242,30 @@ fn from_exported(e: &ExportedRun, now_ms: u64) -> Result<PortableRun, String> {
             MAX_FUTURE_MS / 1000
         ));
     }
-    // 0, or between the resolution a broker records with and the maximum: a positive value far below what any
-    // node measures (a subnormal number) makes the ratios the models learn from overflow.
-    let range = |field: &str, v: f64, min: f64, max: f64| {
-        if v.is_finite() && (v == 0.0 || (min..=max).contains(&v)) {
+    let range = |field: &str, v: f64, max: f64| {
+        if v.is_finite() && (0.0..=max).contains(&v) {
             Ok(())
         } else {
             Err(format!(
-                "field `{field}` is {}; 0 or a number in [{}, {max}] is expected",
-                shown_number(v),
-                shown_number(min)
+                "field `{field}` is {}; a number in [0, {max}] is expected",
+                shown_number(v)
             ))
         }
     };
-    range("duration_s", e.duration_s, MIN_DURATION_S, MAX_DURATION_S)?;
-    range("cpu_p50_cores", e.cpu_p50_cores, MIN_MEASURED, MAX_CORES)?;
-    range("cpu_p95_cores", e.cpu_p95_cores, MIN_MEASURED, MAX_CORES)?;
-    range(
-        "cpu_seconds",
-        e.cpu_seconds,
-        MIN_MEASURED,
-        MAX_CORES * MAX_DURATION_S,
-    )?;
-    range("throttled_s", e.throttled_s, MIN_MEASURED, MAX_DURATION_S)?;
-    range("host_load", e.host_load, MIN_MEASURED, 1e6)?;
+    // A broker records a run's life in whole milliseconds: a shorter positive one is no broker's.
+    if e.duration_s > 0.0 && e.duration_s < MIN_DURATION_S {
+        return Err(format!(
+            "field `duration_s` is {}; 0 or at least {MIN_DURATION_S} s (a broker counts whole milliseconds) is \
+             expected",
+            shown_number(e.duration_s)
+        ));
+    }
+    range("duration_s", e.duration_s, MAX_DURATION_S)?;
+    range("cpu_p50_cores", e.cpu_p50_cores, MAX_CORES)?;
+    range("cpu_p95_cores", e.cpu_p95_cores, MAX_CORES)?;
+    range("cpu_seconds", e.cpu_seconds, MAX_CORES * MAX_DURATION_S)?;
+    range("throttled_s", e.throttled_s, MAX_DURATION_S)?;
+    range("host_load", e.host_load, 1e6)?;
     if e.peak_memory_bytes > MAX_BYTES {
         return Err(format!(
             "field `peak_memory_bytes` is {}; at most {MAX_BYTES} is accepted",
@@ -273,13 +281,12 @@ fn from_exported(e: &ExportedRun, now_ms: u64) -> Result<PortableRun, String> {
                     predictor::BUCKETS
                 ));
             }
-            if let Some(v) = series.iter().find(|v| {
-                !v.is_finite() || !(**v == 0.0 || (MIN_MEASURED as f32..=1.0).contains(*v))
-            }) {
+            if let Some(v) = series
+                .iter()
+                .find(|v| !v.is_finite() || !(0.0..=1.0).contains(*v))
+            {
                 return Err(format!(
-                    "field `profile.{name}` holds {}; shares of the peak, 0 or in [{}, 1], are expected",
-                    shown_number(f64::from(*v)),
-                    shown_number(MIN_MEASURED)
+                    "field `profile.{name}` holds {v}; shares of the peak in [0, 1] are expected"
                 ));
             }
         }
@@ -298,27 +305,40 @@ fn from_exported(e: &ExportedRun, now_ms: u64) -> Result<PortableRun, String> {
                 dependencies: e.dependencies,
                 requested_cpu_cores: e.requested_cpu_cores,
                 requested_memory_bytes: e.requested_memory_bytes,
-                host_load: e.host_load,
+                host_load: measured(e.host_load),
             },
             outcome: RunOutcome {
                 duration_s: e.duration_s,
                 peak_memory_bytes: e.peak_memory_bytes,
-                cpu_seconds: e.cpu_seconds,
-                cpu_p50_cores: e.cpu_p50_cores,
-                cpu_p95_cores: e.cpu_p95_cores,
+                cpu_seconds: measured(e.cpu_seconds),
+                cpu_p50_cores: measured(e.cpu_p50_cores),
+                cpu_p95_cores: measured(e.cpu_p95_cores),
                 io_bytes: e.io_bytes,
                 exit_code: e.exit_code,
                 oom_killed: e.oom_killed,
-                throttled_s: e.throttled_s,
+                throttled_s: measured(e.throttled_s),
                 net_tx_bytes_per_s: net.tx_bytes_per_s,
                 net_tx_peak_bytes_per_s: net.tx_peak_bytes_per_s,
                 net_rx_bytes_per_s: net.rx_bytes_per_s,
                 net_rx_peak_bytes_per_s: net.rx_peak_bytes_per_s,
             },
-            profile: e.profile.as_ref().map(|p| Profile {
-                cpu: p.cpu.clone(),
-                memory: p.memory.clone(),
-                io: p.io.clone(),
+            profile: e.profile.as_ref().map(|p| {
+                let shares = |s: &[f32]| -> Vec<f32> {
+                    s.iter()
+                        .map(|v| {
+                            if f64::from(*v) < MIN_MEASURED {
+                                0.0
+                            } else {
+                                *v
+                            }
+                        })
+                        .collect()
+                };
+                Profile {
+                    cpu: shares(&p.cpu),
+                    memory: shares(&p.memory),
+                    io: shares(&p.io),
+                }
             }),
         },
     })
@@ -636,6 +656,15 @@ mod tests {
             ),
             (Some(2e6), Some(3e6), None)
         );
+
+        // Below what any node measures, a value is read as 0 (a subnormal CPU figure beside a real one made a
+        // model's bounds infinite: found by the `import` fuzz target); the rest of the run is kept.
+        let mut tiny = run_json("00000000000000bb", 9, "etl");
+        tiny["cpu_p95_cores"] = serde_json::json!(5e-309);
+        tiny["cpu_p50_cores"] = serde_json::json!(0.25);
+        let runs = parse(file(vec![tiny]).to_string().as_bytes(), "f.json", 10_000).expect("valid");
+        let o = &runs[0].run.outcome;
+        assert_eq!((o.cpu_p95_cores, o.cpu_p50_cores), (0.0, 0.25));
     }
 
     #[test]
@@ -659,19 +688,13 @@ mod tests {
         odd_net["net"] = serde_json::json!({"tx": 5.0});
         let mut wrong = file(vec![]);
         wrong["format"] = serde_json::json!("something-else");
-        // Below what any broker measures (found by the `import` fuzz target: a model's bounds went infinite).
-        let mut subnormal_cpu = run_json("00000000000000bb", 1, "etl");
-        subnormal_cpu["cpu_p95_cores"] = serde_json::json!(5e-309);
+        // Shorter than any broker records.
         let mut microsecond_run = run_json("00000000000000bb", 1, "etl");
         microsecond_run["duration_s"] = serde_json::json!(1e-6);
         for (v, expect) in [
             (
-                file(vec![subnormal_cpu]),
-                "field `cpu_p95_cores` is 5e-309; 0 or a number in [1e-9, 65536] is expected",
-            ),
-            (
                 file(vec![microsecond_run]),
-                "field `duration_s` is 1e-6; 0 or a number in [0.001,",
+                "field `duration_s` is 1e-6; 0 or at least 0.001 s",
             ),
             (v3, "this build reads versions 1 to 2"),
             (
