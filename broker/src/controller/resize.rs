@@ -104,7 +104,9 @@ impl Controller {
         t.memory = r.memory;
         t.memory_max = Some(ceiling);
         if let Some(restore) = &mut t.frozen_memory {
-            *restore = restore.map(|m| m.min(ceiling));
+            // What the thaw restores follows the resize: within the new ceiling, and a task paused without an
+            // allocation gets the one its new limits give it (else its thaw would lift it above them).
+            *restore = restore.map(|m| m.min(ceiling)).or(r.memory);
         }
         t.stalled_since_ms = None;
         t.holding_memory = false;

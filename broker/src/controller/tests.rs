@@ -850,6 +850,26 @@ fn a_task_paused_without_a_memory_allocation_gets_none_back() {
             "stop: {stop}"
         );
     }
+    // Paused without an allocation, then given a memory limit by a resize: its stop restores within the limit.
+    let mut c = Controller::new(cfg(), host(4.0, GIB));
+    for (id, p) in [("a", 3), ("b", 1)] {
+        let mut s = spec(id, None, None);
+        s.priority = p;
+        c.register(s, 0);
+    }
+    for id in ["a", "b"] {
+        c.observe(id, mem_use(1000, 500 * MIB));
+    }
+    c.tick(1000);
+    let limits = SpecLimits {
+        memory_limit_bytes: Some(600 * MIB),
+        ..SpecLimits::default()
+    };
+    c.update("b", limits, None, 1500).expect("registered");
+    let ds = c.stopping("b", "deleted");
+    assert!(ds.iter().any(|d| d.action == Action::Thaw), "{ds:?}");
+    let m = c.allocation("b").and_then(|a| a.memory_bytes);
+    assert!(m.is_some_and(|m| m <= 600 * MIB), "{m:?} {ds:?}");
 }
 
 #[test]
