@@ -40,7 +40,11 @@ impl Bytes<'_> {
             4 => (f64::from(self.u8()) / 255.0) * max,
             _ => {
                 let v = f64::from_bits(self.u64()).abs();
-                if v.is_finite() && v <= max { v } else { max / 7.0 }
+                if v.is_finite() && v <= max {
+                    v
+                } else {
+                    max / 7.0
+                }
             }
         }
     }
@@ -91,8 +95,12 @@ fn band(b: &mut Bytes, max: f64) -> Band {
 /// A prediction as the predictor may give one: every estimate finite and at least 0.
 fn prediction(b: &mut Bytes) -> Prediction {
     let mut p = Prediction::cold(&TaskKey::new("t"));
-    p.confidence = [Confidence::None, Confidence::Low, Confidence::Medium, Confidence::High]
-        [usize::from(b.u8() % 4)];
+    p.confidence = [
+        Confidence::None,
+        Confidence::Low,
+        Confidence::Medium,
+        Confidence::High,
+    ][usize::from(b.u8() % 4)];
     p.level = 0.9;
     p.runs = u64::from(b.u8());
     p.duration_s = estimate(b, 1e6);
@@ -123,7 +131,8 @@ fn limits(b: &mut Bytes) -> SpecLimits {
 fn parents(b: &mut Bytes) -> Vec<Ancestor> {
     (0..b.u8() % 3)
         .map(|i| Ancestor {
-            path: ["/kubepods/burstable/pod1", "/kubepods", "/kubepods/pod2"][usize::from(i)].to_owned(),
+            path: ["/kubepods/burstable/pod1", "/kubepods", "/kubepods/pod2"][usize::from(i)]
+                .to_owned(),
             cpu_cores: b.opt(Bytes::cores),
             memory_bytes: b.opt(Bytes::bytes),
         })
@@ -162,30 +171,57 @@ fn check(d: &Directive, tasks: &HashMap<String, Known>, when: &str) {
         Action::SetCpu { cores: Some(c) } => {
             assert!(c.is_finite() && *c > 0.0, "{what}");
             if let Some(lim) = l.cpu_limit_cores {
-                assert!(*c <= lim * (1.0 + 1e-9), "CPU above the user's limit; {what}");
+                assert!(
+                    *c <= lim * (1.0 + 1e-9),
+                    "CPU above the user's limit; {what}"
+                );
             }
             // A request above the limit (a spec Kubernetes would refuse) yields to the limit.
-            if let Some(req) = l.cpu_request_cores.filter(|_| !k.allow_below_request && !k.parents) {
+            if let Some(req) = l
+                .cpu_request_cores
+                .filter(|_| !k.allow_below_request && !k.parents)
+            {
                 let floor = l.cpu_limit_cores.map_or(req, |lim| req.min(lim));
-                assert!(*c >= floor * (1.0 - 1e-9), "CPU below the user's request; {what}");
+                assert!(
+                    *c >= floor * (1.0 - 1e-9),
+                    "CPU below the user's request; {what}"
+                );
             }
         }
         Action::SetCpu { cores: None } => {
-            assert!(l.cpu_limit_cores.is_none(), "CPU quota lifted under a CPU limit; {what}");
+            assert!(
+                l.cpu_limit_cores.is_none(),
+                "CPU quota lifted under a CPU limit; {what}"
+            );
         }
-        Action::SetMemoryHigh { high_bytes, max_bytes } => {
+        Action::SetMemoryHigh {
+            high_bytes,
+            max_bytes,
+        } => {
             if let Some(lim) = l.memory_limit_bytes {
-                assert!(max_bytes.is_some_and(|m| m <= lim), "memory.max above the user's limit; {what}");
+                assert!(
+                    max_bytes.is_some_and(|m| m <= lim),
+                    "memory.max above the user's limit; {what}"
+                );
             }
             if let (Some(h), Some(m)) = (high_bytes, max_bytes) {
                 assert!(h <= m && *h > 0, "{what}");
             }
         }
-        Action::SetMemoryLimit { limit_bytes, oom_kill_disabled } => {
+        Action::SetMemoryLimit {
+            limit_bytes,
+            oom_kill_disabled,
+        } => {
             if let Some(lim) = l.memory_limit_bytes {
-                assert!(limit_bytes.is_some_and(|m| m <= lim), "memory limit above the user's; {what}");
+                assert!(
+                    limit_bytes.is_some_and(|m| m <= lim),
+                    "memory limit above the user's; {what}"
+                );
                 if *oom_kill_disabled {
-                    assert!(limit_bytes.is_some_and(|m| m < lim), "OOM killer off at the user's limit; {what}");
+                    assert!(
+                        limit_bytes.is_some_and(|m| m < lim),
+                        "OOM killer off at the user's limit; {what}"
+                    );
                 }
             }
             assert!(limit_bytes.is_none_or(|m| m > 0), "{what}");
@@ -213,15 +249,24 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
         let ids: Vec<String> = tasks.keys().cloned().collect();
-        let pick = |b: &mut Bytes| (!ids.is_empty()).then(|| ids[usize::from(b.u8()) % ids.len()].clone());
+        let pick =
+            |b: &mut Bytes| (!ids.is_empty()).then(|| ids[usize::from(b.u8()) % ids.len()].clone());
         let directives = match b.u8() % 8 {
             0 | 1 if tasks.len() < 12 => {
                 next += 1;
                 let id = format!("c{next}");
                 let spec = TaskSpec {
                     container_id: id.clone(),
-                    mode: if b.u8() % 4 == 0 { Mode::Observe } else { Mode::Enforce },
-                    cgroup: if b.bit() { CgroupKind::V1 } else { CgroupKind::V2 },
+                    mode: if b.u8() % 4 == 0 {
+                        Mode::Observe
+                    } else {
+                        Mode::Enforce
+                    },
+                    cgroup: if b.bit() {
+                        CgroupKind::V1
+                    } else {
+                        CgroupKind::V2
+                    },
                     priority: i32::from(b.u8() % 8) - 4,
                     depends_on: ids.iter().take(usize::from(b.u8() % 3)).cloned().collect(),
                     pipeline: b.bit().then(|| "p".to_owned()),

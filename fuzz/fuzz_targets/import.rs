@@ -7,11 +7,11 @@
 //! raw bit patterns cut to the accepted range), which the import must accept.
 #![no_main]
 
-use broker::validate::MAX_BYTES;
 use broker::controller::{
     CgroupKind, ControllerConfig, HostCapacity, Mode, SpecLimits, TaskSpec, initial_allocation,
 };
 use broker::transfer;
+use broker::validate::MAX_BYTES;
 use libfuzzer_sys::fuzz_target;
 use predictor::{Predictor, PredictorConfig, RunFeatures, TaskKey};
 
@@ -41,7 +41,11 @@ impl Bytes<'_> {
             5 => f64::from(self.u8()) * max / 255.0,
             _ => {
                 let v = f64::from_bits(self.u64()).abs();
-                if v.is_finite() && v <= max { v } else { max / 3.0 }
+                if v.is_finite() && v <= max {
+                    v
+                } else {
+                    max / 3.0
+                }
             }
         }
     }
@@ -55,7 +59,7 @@ impl Bytes<'_> {
     }
 }
 
-/// A positive value below `min` (what no broker measures, refused by the import) raised to it.
+/// A positive value below `min` (a duration shorter than any broker records, refused by the import) raised to it.
 fn at_least(v: f64, min: f64) -> f64 {
     if v == 0.0 { 0.0 } else { v.max(min) }
 }
@@ -68,7 +72,7 @@ fn file_from(b: &mut Bytes, node: &str) -> Vec<u8> {
         .map(|i| {
             let key = ["etl", "web", "a/b"][usize::from(b.u8() % 3)];
             let profile = (b.u8() % 2 == 0).then(|| {
-                let mut series = || (0..buckets).map(|_| at_least(b.num(1.0), transfer::MIN_MEASURED)).collect::<Vec<_>>();
+                let mut series = || (0..buckets).map(|_| b.num(1.0)).collect::<Vec<_>>();
                 serde_json::json!({"cpu": series(), "memory": series(), "io": series()})
             });
             let started = NOW_MS - b.int(400 * 86_400_000) + b.int(transfer::MAX_FUTURE_MS);
@@ -82,16 +86,16 @@ fn file_from(b: &mut Bytes, node: &str) -> Vec<u8> {
                 // A request is positive when present.
                 "requested_cpu_cores": (b.u8() % 2 == 0).then(|| b.num(1024.0)).filter(|c| *c > 0.0),
                 "requested_memory_bytes": (b.u8() % 2 == 0).then(|| b.int(MAX_BYTES).max(1)),
-                "host_load": at_least(b.num(1e6), transfer::MIN_MEASURED),
+                "host_load": b.num(1e6),
                 "duration_s": at_least(b.num(transfer::MAX_DURATION_S), transfer::MIN_DURATION_S),
                 "peak_memory_bytes": b.int(MAX_BYTES),
-                "cpu_seconds": at_least(b.num(1e6), transfer::MIN_MEASURED),
-                "cpu_p50_cores": at_least(b.num(1024.0), transfer::MIN_MEASURED),
-                "cpu_p95_cores": at_least(b.num(1024.0), transfer::MIN_MEASURED),
+                "cpu_seconds": b.num(1e6),
+                "cpu_p50_cores": b.num(1024.0),
+                "cpu_p95_cores": b.num(1024.0),
                 "io_bytes": b.int(u64::MAX),
                 "exit_code": i32::from(b.u8()) - 128,
                 "oom_killed": b.u8() % 7 == 0,
-                "throttled_s": at_least(b.num(1e6), transfer::MIN_MEASURED),
+                "throttled_s": b.num(1e6),
                 "profile": profile,
             })
         })
@@ -107,7 +111,12 @@ fn file_from(b: &mut Bytes, node: &str) -> Vec<u8> {
 }
 
 fn check_estimate(key: &str, what: &str, e: &predictor::Estimate) {
-    for (field, v) in [("point", e.point), ("lower", e.lower), ("upper", e.upper), ("limit", e.limit)] {
+    for (field, v) in [
+        ("point", e.point),
+        ("lower", e.lower),
+        ("upper", e.upper),
+        ("limit", e.limit),
+    ] {
         assert!(v.is_finite() && v >= 0.0, "{key}: {what}.{field} is {v}");
     }
 }
@@ -125,15 +134,26 @@ fuzz_target!(|data: &[u8]| {
         // A raw file takes the rest of the input: it is the last.
         let raw = b.u8() % 4 == 0;
         let node = format!("{:016x}", u64::from(file) + 1);
-        let bytes = if raw { std::mem::take(&mut b.0).to_vec() } else { file_from(&mut b, &node) };
+        let bytes = if raw {
+            std::mem::take(&mut b.0).to_vec()
+        } else {
+            file_from(&mut b, &node)
+        };
         match transfer::parse(&bytes, "fuzz.json", NOW_MS) {
             Ok(runs) => {
-                p.import_runs(&runs, NOW_MS).expect("importing checked runs");
+                p.import_runs(&runs, NOW_MS)
+                    .expect("importing checked runs");
             }
             Err(e) => {
                 let msg = broker::error_chain(&e);
-                assert!(!msg.chars().any(char::is_control), "unescaped refusal: {msg:?}");
-                assert!(raw, "a file within every documented bound was refused: {msg}");
+                assert!(
+                    !msg.chars().any(char::is_control),
+                    "unescaped refusal: {msg:?}"
+                );
+                assert!(
+                    raw,
+                    "a file within every documented bound was refused: {msg}"
+                );
             }
         }
     }
@@ -184,11 +204,17 @@ fuzz_target!(|data: &[u8]| {
         if let Some(c) = a.cpu_cores {
             assert!(c.is_finite() && c > 0.0, "{key}: CPU allocation {c}");
             if let Some(l) = cpu_limit {
-                assert!(c <= l + 1e-9, "{key}: CPU allocation {c} above the spec's {l}");
+                assert!(
+                    c <= l + 1e-9,
+                    "{key}: CPU allocation {c} above the spec's {l}"
+                );
             }
         }
         if !pred.is_cold_start() {
-            assert!(a.memory_bytes.is_some(), "{key}: a predicted task without a memory allocation");
+            assert!(
+                a.memory_bytes.is_some(),
+                "{key}: a predicted task without a memory allocation"
+            );
         }
         if let (Some(m), Some(l)) = (a.memory_bytes, memory_limit) {
             assert!(m <= l, "{key}: memory allocation {m} above the spec's {l}");
