@@ -79,6 +79,19 @@ pub enum Resource {
 }
 
 impl Resource {
+    /// The most any run could show of this target (what the broker's checks accept of a run): no estimate goes
+    /// beyond it. A few runs far apart (memory peaks 1e6 times each other) put a young type's Student-t tail
+    /// past `f64::MAX`; found by the `import` fuzz target.
+    pub fn ceiling(self) -> f64 {
+        match self {
+            Resource::Duration => 10.0 * 365.0 * 86_400.0,
+            Resource::Cpu => 65_536.0,
+            Resource::Memory => i64::MAX as f64,
+            Resource::Io => 1e15,
+            Resource::Net | Resource::NetRx => 1e12,
+        }
+    }
+
     /// All targets, in storage order.
     pub const ALL: [Resource; 6] = [
         Resource::Duration,
@@ -424,16 +437,21 @@ impl TaskModel {
 
     /// A network target's estimate (the default, `kind: None`, when there is no model for it).
     fn net_estimate(&self, r: Resource, x: &[f64; N_FEATURES]) -> Estimate {
-        self.target(r).map(|n| n.estimate(x)).unwrap_or_default()
+        self.target(r)
+            .map(|n| n.estimate(x).within(r.ceiling()))
+            .unwrap_or_default()
     }
 
     /// Predicts a run of this task type. Allocation-light: one `Vec` of [`BUCKETS`] profile points.
     pub fn predict(&self, key: &TaskKey, features: &RunFeatures, model_version: u64) -> Prediction {
         let x = features_of(features);
-        let duration = self.duration.estimate(&x);
-        let cpu = self.cpu.estimate(&x);
-        let memory = self.memory.estimate(&x);
-        let io = self.io.estimate(&x);
+        let duration = self
+            .duration
+            .estimate(&x)
+            .within(Resource::Duration.ceiling());
+        let cpu = self.cpu.estimate(&x).within(Resource::Cpu.ceiling());
+        let memory = self.memory.estimate(&x).within(Resource::Memory.ceiling());
+        let io = self.io.estimate(&x).within(Resource::Io.ceiling());
         let profile = (0..BUCKETS)
             .map(|b| ProfilePoint {
                 cpu_cores: Band::scaled(&cpu, self.shape.cpu.get(b).copied().unwrap_or(1.0)),
@@ -483,6 +501,24 @@ pub struct Estimate {
 pub const YOUNG_LIMIT_CAP: f64 = 1.5;
 
 impl Estimate {
+    /// Every bound at most `ceiling` (and a NaN, which no model should give, at 0).
+    fn within(self, ceiling: f64) -> Self {
+        let cap = |v: f64| {
+            if v.is_nan() {
+                0.0
+            } else {
+                v.clamp(0.0, ceiling)
+            }
+        };
+        Self {
+            point: cap(self.point),
+            lower: cap(self.lower),
+            upper: cap(self.upper),
+            limit: cap(self.limit),
+            kind: self.kind,
+        }
+    }
+
     /// What to allocate at a prediction's `confidence`: the one-sided `limit` (never below `upper`), capped at
     /// [`YOUNG_LIMIT_CAP`] x `upper` below medium confidence.
     pub fn allocation(&self, confidence: Confidence) -> f64 {
@@ -1956,6 +1992,43 @@ mod tests {
         let runs: Vec<_> = (0..4).map(|i| run(i, 0, 1e9, None)).collect();
         assert!(train_task(&runs, 0, &TrainConfig::default()).is_none());
         assert!(train_task(&runs[..0], 0, &TrainConfig::default()).is_none());
+    }
+
+    /// Runs far apart (three memory peaks at the kernel's "max", one at 400 GB, OOM-killed) put a young type's
+    /// Student-t tail past `f64::MAX`: every estimate stays at most what a run could show (found by the `import`
+    /// fuzz target).
+    #[test]
+    fn estimates_stay_within_what_a_run_could_show() {
+        let runs: Vec<_> = [i64::MAX as f64, i64::MAX as f64, i64::MAX as f64, 4.3e11]
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| {
+                let mut r = run(i as u64, u64::MAX, m, None);
+                r.outcome.oom_killed = i == 3;
+                r.outcome.duration_s = if i == 3 { 1.05e8 } else { 1e-3 };
+                r
+            })
+            .collect();
+        let cfg = TrainConfig {
+            min_runs: 3,
+            ..TrainConfig::default()
+        };
+        let m = train_task(&runs, 0, &cfg).expect("4 runs");
+        let p = m.predict(&TaskKey::new("t"), &RunFeatures::default(), 1);
+        for r in [
+            Resource::Duration,
+            Resource::Cpu,
+            Resource::Memory,
+            Resource::Io,
+        ] {
+            let e = p.estimate(r);
+            for v in [e.point, e.lower, e.upper, e.limit] {
+                assert!(
+                    v.is_finite() && (0.0..=r.ceiling()).contains(&v),
+                    "{r:?}: {e:?}"
+                );
+            }
+        }
     }
 
     /// A file from another node may say a run lasted a subnormal number of seconds (every field in range): its
