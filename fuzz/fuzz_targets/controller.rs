@@ -13,41 +13,18 @@ use broker::controller::{
 };
 use broker::validate::{MAX_BYTES, MAX_CORES};
 use libfuzzer_sys::fuzz_target;
+
+mod common;
+use common::Bytes;
 use predictor::{Band, Confidence, Estimate, Prediction, ProfilePoint, TaskKey};
 
-/// Reads the input a few bytes at a time; zeros once it runs out.
-struct Bytes<'a>(&'a [u8]);
+/// Values a spec may name.
+trait SpecValues {
+    fn cores(&mut self) -> f64;
+    fn bytes(&mut self) -> u64;
+}
 
-impl Bytes<'_> {
-    fn u8(&mut self) -> u8 {
-        let (b, rest) = self.0.split_first().map_or((0, &[][..]), |(b, r)| (*b, r));
-        self.0 = rest;
-        b
-    }
-    fn u64(&mut self) -> u64 {
-        (0..8).fold(0, |v, _| v << 8 | u64::from(self.u8()))
-    }
-    fn bit(&mut self) -> bool {
-        self.u8() % 2 == 0
-    }
-    /// A number in `[0, max]`, often at an edge or a small round value.
-    fn num(&mut self, max: f64) -> f64 {
-        match self.u8() % 8 {
-            0 => 0.0,
-            1 => f64::MIN_POSITIVE,
-            2 => max,
-            3 => (f64::from(self.u8()) / 16.0).min(max),
-            4 => (f64::from(self.u8()) / 255.0) * max,
-            _ => {
-                let v = f64::from_bits(self.u64()).abs();
-                if v.is_finite() && v <= max {
-                    v
-                } else {
-                    max / 7.0
-                }
-            }
-        }
-    }
+impl SpecValues for Bytes<'_> {
     /// Cores a spec may name: in (0, MAX_CORES].
     fn cores(&mut self) -> f64 {
         match self.u8() % 4 {
@@ -65,9 +42,6 @@ impl Bytes<'_> {
             2 => u64::from(self.u8() % 64 + 1) << 24,
             _ => self.u64() % MAX_BYTES + 1,
         }
-    }
-    fn opt<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Option<T> {
-        self.bit().then(|| f(self))
     }
 }
 
@@ -146,8 +120,8 @@ fn usage(b: &mut Bytes, at_ms: u64) -> Usage {
         cpu_throttled_fraction: b.num(1.0),
         cpu_psi_avg10: b.opt(|b| b.num(100.0)),
         memory_psi_avg10: b.opt(|b| b.num(100.0)),
-        memory_bytes: b.u64() % (MAX_BYTES + 1),
-        working_set_bytes: b.opt(|b| b.u64() % (MAX_BYTES + 1)),
+        memory_bytes: b.int(MAX_BYTES),
+        working_set_bytes: b.opt(|b| b.int(MAX_BYTES)),
         under_oom: b.u8() % 5 == 0,
         net_tx_bytes_per_sec: None,
         net_rx_bytes_per_sec: None,

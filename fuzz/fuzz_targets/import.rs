@@ -13,51 +13,13 @@ use broker::controller::{
 use broker::transfer;
 use broker::validate::MAX_BYTES;
 use libfuzzer_sys::fuzz_target;
+
+mod common;
+use common::Bytes;
 use predictor::{Predictor, PredictorConfig, RunFeatures, TaskKey};
 
 /// The importing node's clock.
 const NOW_MS: u64 = 1_800_000_000_000;
-
-/// Reads the input a few bytes at a time; zeros once it runs out.
-struct Bytes<'a>(&'a [u8]);
-
-impl Bytes<'_> {
-    fn u8(&mut self) -> u8 {
-        let (b, rest) = self.0.split_first().map_or((0, &[][..]), |(b, r)| (*b, r));
-        self.0 = rest;
-        b
-    }
-    fn u64(&mut self) -> u64 {
-        (0..8).fold(0, |v, _| v << 8 | u64::from(self.u8()))
-    }
-    /// A number in `[0, max]`, often at an edge.
-    fn num(&mut self, max: f64) -> f64 {
-        match self.u8() % 8 {
-            0 => 0.0,
-            1 => f64::MIN_POSITIVE / 4.0,
-            2 => max,
-            3 => 1e-9,
-            4 => f64::from(self.u8()).min(max),
-            5 => f64::from(self.u8()) * max / 255.0,
-            _ => {
-                let v = f64::from_bits(self.u64()).abs();
-                if v.is_finite() && v <= max {
-                    v
-                } else {
-                    max / 3.0
-                }
-            }
-        }
-    }
-    fn int(&mut self, max: u64) -> u64 {
-        match self.u8() % 4 {
-            0 => 0,
-            1 => max,
-            2 => (u64::from(self.u8()) << (self.u8() % 40)).min(max),
-            _ => self.u64() % max.saturating_add(1),
-        }
-    }
-}
 
 /// A positive value below `min` (a duration shorter than any broker records, refused by the import) raised to it.
 fn at_least(v: f64, min: f64) -> f64 {
