@@ -18,7 +18,9 @@
 //! A file is hostile input (it comes from another node or a shared volume): it is read without following a symlink,
 //! only if it is a regular file of at most `max_file_bytes`; every field is range-checked and every task key checked
 //! as a `history` request's is; one bad run rejects the whole file (nothing is written) with an error naming the file
-//! (escaped), the run's index and the field. Values in range are trusted: import only files from your own nodes.
+//! (escaped), the run's index and the field. A positive duration under 1 ms is refused (no broker records one); a
+//! measured figure below [`MIN_MEASURED`] is read as 0. Values in range are trusted: import only files from your own
+//! nodes.
 //!
 //! A run's network rates (mean and peak egress and ingress) travel in its `net` object, sent in an `export` reply
 //! only when the caller asks (`with_network`: an older `predictivectl` refuses fields it does not know).
