@@ -47,8 +47,8 @@ pub const MAX_FILE_RUNS: usize = 1_000_000;
 /// How far in the future (clock skew between nodes) a run may start, ms: a run dated later would outweigh every
 /// real one in the decaying history.
 pub const MAX_FUTURE_MS: u64 = 3_600_000;
-/// Longest run accepted, seconds (10 years).
-pub const MAX_DURATION_S: f64 = 10.0 * 365.0 * 86_400.0;
+/// Longest run accepted, seconds (10 years: what the predictor caps a duration estimate at).
+pub const MAX_DURATION_S: f64 = predictor::Resource::Duration.ceiling();
 /// Shortest run accepted, seconds, unless 0: a broker records a run's life in whole milliseconds.
 pub const MIN_DURATION_S: f64 = 1e-3;
 /// Smallest value a run's other measured fields (cores, seconds, load, rates, profile shares) keep at import, a
@@ -56,12 +56,13 @@ pub const MIN_DURATION_S: f64 = 1e-3;
 /// subnormal CPU figure beside a real one made a model's bounds infinite: found by the `import` fuzz target.)
 pub const MIN_MEASURED: f64 = 1e-9;
 
+/// Highest network rate accepted, bytes/s (10x the highest limit the broker sets; the predictor's cap too).
+pub const MAX_NET_RATE: f64 = predictor::Resource::Net.ceiling();
+
 /// A measured value as the import keeps it: 0 below [`MIN_MEASURED`].
 fn measured(v: f64) -> f64 {
     if v < MIN_MEASURED { 0.0 } else { v }
 }
-/// Highest network rate accepted, bytes/s (10x the highest limit the broker sets).
-pub const MAX_NET_RATE: f64 = 1e12;
 
 /// Why an import failed; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -667,6 +668,15 @@ mod tests {
         let runs = parse(file(vec![tiny]).to_string().as_bytes(), "f.json", 10_000).expect("valid");
         let o = &runs[0].run.outcome;
         assert_eq!((o.cpu_p95_cores, o.cpu_p50_cores), (0.0, 0.25));
+    }
+
+    /// The predictor caps every estimate at what these checks accept of a run.
+    #[test]
+    fn the_predictors_ceilings_are_the_bounds_a_run_is_checked_against() {
+        use predictor::Resource;
+        assert_eq!(Resource::Cpu.ceiling(), MAX_CORES);
+        assert_eq!(Resource::Memory.ceiling(), MAX_BYTES as f64);
+        assert_eq!(Resource::NetRx.ceiling(), MAX_NET_RATE);
     }
 
     #[test]

@@ -82,7 +82,7 @@ impl Resource {
     /// The most any run could show of this target (what the broker's checks accept of a run): no estimate goes
     /// beyond it. A few runs far apart (memory peaks 1e6 times each other) put a young type's Student-t tail
     /// past `f64::MAX`; found by the `import` fuzz target.
-    pub fn ceiling(self) -> f64 {
+    pub const fn ceiling(self) -> f64 {
         match self {
             Resource::Duration => 10.0 * 365.0 * 86_400.0,
             Resource::Cpu => 65_536.0,
