@@ -677,6 +677,12 @@ mod tests {
         assert_eq!(Resource::Cpu.ceiling(), MAX_CORES);
         assert_eq!(Resource::Memory.ceiling(), MAX_BYTES as f64);
         assert_eq!(Resource::NetRx.ceiling(), MAX_NET_RATE);
+        // A run as long as a Finish may say (found by the `server` fuzz target: 10 x 366 days accepted, 10 x 365
+        // imported, so a node's export with one such run was refused whole).
+        assert_eq!(
+            Resource::Duration.ceiling(),
+            api::MAX_RAN_MS as f64 / 1000.0
+        );
     }
 
     #[test]

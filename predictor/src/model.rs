@@ -84,7 +84,8 @@ impl Resource {
     /// past `f64::MAX`; found by the `import` fuzz target.
     pub const fn ceiling(self) -> f64 {
         match self {
-            Resource::Duration => 10.0 * 365.0 * 86_400.0,
+            // The longest a Finish may say its container ran (`ran_ms`, at most 10 x 366 days).
+            Resource::Duration => 10.0 * 366.0 * 86_400.0,
             Resource::Cpu => 65_536.0,
             Resource::Memory => i64::MAX as f64,
             Resource::Io => 1e15,
