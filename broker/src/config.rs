@@ -218,7 +218,8 @@ pub struct Config {
     pub decision_retention_days: u64,
     /// Task types kept (default 10,000; those seen least recently go first, with their runs; 0: no cap).
     pub max_task_types: usize,
-    /// A task type not seen for this long is deleted with its runs, days (default 90; 0: kept for ever).
+    /// A task type not seen for this long (since its latest run ended; never while one of its containers runs)
+    /// is deleted with its runs, days (default 90; 0: kept for ever).
     pub task_type_retention_days: u64,
 }
 

@@ -1301,10 +1301,15 @@ impl Broker {
         let outcome = outcome(f, &run.stats, measured_s);
         let duration_s = outcome.duration_s;
         let samples = run.stats.samples;
+        // A run ends no later than its Finish: one that says it ran longer than since its Register (registered
+        // late, or again after a restart) started that much earlier.
+        let started_at_ms = run
+            .started_at_ms
+            .min(wall_ms().saturating_sub((duration_s * 1000.0) as u64));
         let summary = RunSummary {
             run_id: run.run_id,
             task_key: run.task_key,
-            started_at_ms: run.started_at_ms,
+            started_at_ms,
             meta: run.meta,
             outcome,
             profile: None,

@@ -739,6 +739,47 @@ fn a_register_overtaken_by_its_finish_leaves_no_task_behind() {
     );
 }
 
+/// A long-running service's run (a Deployment's pod, a VM-like container) ends months after its Register, or
+/// registers late: it is recorded from when it started, by the Finish's `ran_ms`, and its task type is not
+/// retired at the next retention pass for having started more than `task_type_retention_days` ago (found by the
+/// `server` fuzz target: such a run was deleted at the broker's next start).
+#[test]
+fn a_run_of_months_starts_when_it_started_and_outlives_retention() {
+    const DAY_MS: u64 = 86_400_000;
+    let dir = short_tempdir();
+    let b = start_broker(dir.path());
+    let mut c = client(&b);
+    c.register(&register("svc", "service", Some(1.0)))
+        .expect("registered");
+    let ran_ms = 100 * DAY_MS;
+    c.finish(&Finish {
+        container_id: "svc".to_owned(),
+        ran_ms: Some(ran_ms),
+        ..Finish::default()
+    })
+    .expect("finished");
+    let export = |c: &mut Client| match c.call(&broker::api::Request::Export(Default::default())) {
+        Ok(broker::api::Response::Export(p)) => {
+            p.runs.into_iter().find(|r| r.task_key == "service")
+        }
+        r => panic!("export answered {r:?}"),
+    };
+    let run = export(&mut c).expect("the run, committed before the Finish was answered");
+    let now = common::now_ms();
+    assert!(
+        run.started_at_ms <= now - ran_ms && run.started_at_ms + 60_000 >= now - ran_ms,
+        "started {} ms before now, ran {ran_ms} ms",
+        now - run.started_at_ms
+    );
+    assert_eq!(run.duration_s, (ran_ms / 1000) as f64);
+    // Retention runs on every retrain check (100 ms here): ten of them.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        export(&mut c).is_some(),
+        "the service's run was retired 90 days after its start, though it ended just now"
+    );
+}
+
 /// A stalled broker reads a container's requests out of order once it goes on: the retries of its Register (the
 /// shim's monitor tries every few ticks while unanswered) after its Finish, and with a reused id (`ctr run --rm
 /// ... web` in a loop) the runs' Registers and Finishes crossed. A shim names each run (`created_ns`, when its

@@ -299,12 +299,13 @@ pub struct TaskTypeRecord {
     pub runs_seen: u64,
     /// Start of the first run, ms.
     pub first_seen_ms: u64,
-    /// Start of the latest run, ms.
+    /// End of the run that ended last (its start plus its duration), ms: a long-running service's run that
+    /// started months ago was seen until it ended.
     pub last_seen_ms: u64,
-    /// Image of the latest run (for display).
+    /// Image of the run that ended last (for display).
     #[serde(default)]
     pub image: String,
-    /// Command of the latest run (for display).
+    /// Command of the run that ended last (for display).
     #[serde(default)]
     pub command: Vec<String>,
 }
@@ -1631,7 +1632,7 @@ fn drop_old_decisions(
 }
 
 /// Retention, task types: those not seen for the age limit, then the least recently seen beyond the cap, with
-/// their runs and samples. Bounded per pass.
+/// their runs and samples; never a type with a run open (a container of it runs now). Bounded per pass.
 fn drop_stale_task_types(
     txn: &WriteTransaction,
     now_ms: u64,
@@ -1641,10 +1642,23 @@ fn drop_stale_task_types(
     let mut types = txn
         .open_table(TASK_TYPES)
         .map_err(db("opening task types"))?;
+    let running: std::collections::HashSet<String> = {
+        let open = txn.open_table(OPEN_RUNS).map_err(db("opening open runs"))?;
+        let mut keys = std::collections::HashSet::new();
+        for item in open.iter().map_err(db("scanning open runs"))? {
+            let (k, v) = item.map_err(db("scanning open runs"))?;
+            let o: OpenRun = decode("open run", || k.value().to_owned(), v.value())?;
+            keys.insert(o.task_key.as_str().to_owned());
+        }
+        keys
+    };
     let mut seen: Vec<(u64, String)> = Vec::new();
     for item in types.iter().map_err(db("scanning task types"))? {
         let (k, v) = item.map_err(db("scanning task types"))?;
         let key = k.value().to_owned();
+        if running.contains(&key) {
+            continue;
+        }
         let rec: TaskTypeRecord = decode("task type", || key.clone(), v.value())?;
         seen.push((rec.last_seen_ms, key));
     }
@@ -1748,8 +1762,9 @@ fn write_run(
         rec.runs_seen += 1;
     }
     rec.first_seen_ms = rec.first_seen_ms.min(run.started_at_ms);
-    if run.started_at_ms >= rec.last_seen_ms {
-        rec.last_seen_ms = run.started_at_ms;
+    let ended_ms = run.ended_at_ms();
+    if ended_ms >= rec.last_seen_ms {
+        rec.last_seen_ms = ended_ms;
         rec.image.clone_from(&run.meta.image);
         rec.command.clone_from(&run.meta.command);
     }
@@ -1963,7 +1978,8 @@ mod tests {
             .expect("exists");
         assert_eq!(
             (a.runs_seen, a.first_seen_ms, a.last_seen_ms),
-            (2, 100, 200)
+            (2, 100, 200 + 10_000),
+            "first seen at its first start, last at its latest run's end"
         );
         assert_eq!(a.image, "img-a");
         assert_eq!(s.task_types().expect("types").len(), 2);
@@ -2022,6 +2038,56 @@ mod tests {
         assert!((p.memory[BUCKETS - 1] - 1.0).abs() < 1e-6);
         assert!(p.memory[0] < 0.3, "{:?}", p.memory);
         assert!(p.memory.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn a_type_is_seen_until_its_runs_end_and_while_one_is_open() {
+        const DAY: u64 = 86_400_000;
+        let (_d, s) = open_tmp();
+        let policy = RetentionPolicy {
+            max_task_type_age_ms: 90 * DAY,
+            ..RetentionPolicy::default()
+        };
+        let now = 200 * DAY;
+        // A service whose run started 190 days ago and ended 40 days ago (found by the `server` fuzz target: a
+        // run recorded now was deleted at the broker's next start, 90 days after its start).
+        let mut service = run("service", 1, 10 * DAY);
+        service.outcome.duration_s = (150 * DAY / 1000) as f64;
+        // A job that ran for 10 s 190 days ago.
+        let job = run("job", 2, 10 * DAY);
+        // Another such job, of a type with a container running now.
+        let live = run("live", 3, 10 * DAY);
+        s.record_runs(&[service, job, live]).expect("record");
+        let open = OpenRun {
+            container_id: "c".to_owned(),
+            run_id: 4,
+            task_key: TaskKey::new("live"),
+            started_at_ms: 20 * DAY,
+            meta: RunMetadata::default(),
+            model_version: None,
+        };
+        s.commit(&Batch {
+            ops: vec![BatchOp::Open(Box::new(open))],
+        })
+        .expect("open");
+        let rep = s.apply_retention(now, &policy).expect("retention");
+        assert_eq!(rep.task_types_dropped, 1);
+        let kept: Vec<String> = s
+            .task_types()
+            .expect("types")
+            .into_iter()
+            .map(|(k, _)| k.as_str().to_owned())
+            .collect();
+        assert_eq!(kept, ["live", "service"]);
+        assert!(s.run(&TaskKey::new("service"), 1).expect("read").is_some());
+        // Its container gone, the live type goes at the next pass.
+        s.commit(&Batch {
+            ops: vec![BatchOp::Close("c".to_owned(), 4)],
+        })
+        .expect("close");
+        let rep = s.apply_retention(now, &policy).expect("retention");
+        assert_eq!(rep.task_types_dropped, 1);
+        assert_eq!(s.task_types().expect("types").len(), 1);
     }
 
     #[test]

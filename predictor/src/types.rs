@@ -195,6 +195,15 @@ pub struct RunSummary {
     pub profile: Option<Profile>,
 }
 
+impl RunSummary {
+    /// When the run ended, ms since the epoch: its start plus its duration.
+    pub fn ended_at_ms(&self) -> u64 {
+        // `as` saturates: a duration past u64's milliseconds (none passes the checks) ends at the last one.
+        self.started_at_ms
+            .saturating_add((self.outcome.duration_s * 1000.0) as u64)
+    }
+}
+
 /// One telemetry sample of a running container.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
