@@ -627,8 +627,11 @@ fn rates(
         .monotonic_ns
         .checked_sub(prev.monotonic_ns)
         .filter(|d| *d > 0)?;
+    // A container's counters are its shim's reading, not a promise: a jump by 2^64 ns in 1 ns is no CPU rate.
     let cpu = match (prev.cpu.usage_ns, s.cpu.usage_ns) {
-        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / dt_ns as f64,
+        (Some(a), Some(b)) => {
+            (b.saturating_sub(a) as f64 / dt_ns as f64).min(crate::validate::MAX_CORES)
+        }
         _ => 0.0,
     };
     let throttled = match (
@@ -646,13 +649,19 @@ fn rates(
         (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e9,
         _ => 0.0,
     };
-    let io =
-        |x: &runtime_hooks::Sample| x.io.read_bytes.unwrap_or(0) + x.io.write_bytes.unwrap_or(0);
+    let io = |x: &runtime_hooks::Sample| {
+        x.io.read_bytes
+            .unwrap_or(0)
+            .saturating_add(x.io.write_bytes.unwrap_or(0))
+    };
     let mem = s.memory.usage_bytes.unwrap_or(0);
     // Bytes/s of one network counter between the two samples (None when either lacks the counters).
     let net_rate = |bytes: fn(&runtime_hooks::NetDevTotals) -> u64| {
         let (a, b) = (prev.net.as_ref()?, s.net.as_ref()?);
-        Some(bytes(b).saturating_sub(bytes(a)) as f64 * 1e9 / dt_ns as f64)
+        Some(
+            (bytes(b).saturating_sub(bytes(a)) as f64 * 1e9 / dt_ns as f64)
+                .min(crate::transfer::MAX_NET_RATE),
+        )
     };
     let net_tx = net_rate(|n| n.tx_bytes);
     let net_rx = net_rate(|n| n.rx_bytes);
@@ -685,7 +694,7 @@ fn outcome(f: &Finish, stats: &RunStats, measured_s: f64) -> RunOutcome {
     // Over the sampled intervals that measured each direction (none for a task in the host's network).
     let (net_tx_bytes_per_s, net_tx_peak_bytes_per_s) = stats.net_tx.mean_and_peak();
     let (net_rx_bytes_per_s, net_rx_peak_bytes_per_s) = stats.net_rx.mean_and_peak();
-    RunOutcome {
+    crate::transfer::recordable(RunOutcome {
         duration_s: f.ran_ms.map_or(measured_s, |ms| ms as f64 / 1000.0),
         peak_memory_bytes: f.peak_memory_bytes.unwrap_or(0).max(stats.peak_memory),
         // The cgroup's own total when the shim read it: a run shorter than a tick has few or no samples.
@@ -700,7 +709,7 @@ fn outcome(f: &Finish, stats: &RunStats, measured_s: f64) -> RunOutcome {
         net_tx_peak_bytes_per_s,
         net_rx_bytes_per_s,
         net_rx_peak_bytes_per_s,
-    }
+    })
 }
 
 /// The decision-log entry of a directive.
@@ -1205,7 +1214,7 @@ impl Broker {
                 let dt = s.monotonic_ns.saturating_sub(prev.monotonic_ns) as f64 / 1e9;
                 reports::push_readings(&mut st.cpu, usage.cpu_cores, dt, self.cfg.tick_ms);
                 st.cpu_seconds += usage.cpu_cores * dt;
-                st.io_bytes += sample.io_bytes;
+                st.io_bytes = st.io_bytes.saturating_add(sample.io_bytes);
                 st.throttled_s += throttled_s;
                 st.samples += 1;
                 if !st.host_network {

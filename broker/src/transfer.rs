@@ -64,6 +64,37 @@ fn measured(v: f64) -> f64 {
     if v < MIN_MEASURED { 0.0 } else { v }
 }
 
+/// `v` within `[0, max]`: NaN and negatives 0, above `max` (infinity too) `max`.
+fn within(v: f64, max: f64) -> f64 {
+    if v > max {
+        max
+    } else if v >= 0.0 {
+        v
+    } else {
+        0.0
+    }
+}
+
+/// A run's outcome as the broker records it: each figure within what another node's import accepts, so that
+/// this node's export is never refused for a run a container's reports shaped (a shim's counters are the
+/// container's to move: a CPU counter jumping by 2^64 ns read as 1.8e19 cores).
+pub fn recordable(o: RunOutcome) -> RunOutcome {
+    let rate = |v: Option<f64>| v.map(|v| within(v, MAX_NET_RATE));
+    RunOutcome {
+        duration_s: within(o.duration_s, MAX_DURATION_S),
+        peak_memory_bytes: o.peak_memory_bytes.min(MAX_BYTES),
+        cpu_seconds: within(o.cpu_seconds, MAX_CORES * MAX_DURATION_S),
+        cpu_p50_cores: within(o.cpu_p50_cores, MAX_CORES),
+        cpu_p95_cores: within(o.cpu_p95_cores, MAX_CORES),
+        throttled_s: within(o.throttled_s, MAX_DURATION_S),
+        net_tx_bytes_per_s: rate(o.net_tx_bytes_per_s),
+        net_tx_peak_bytes_per_s: rate(o.net_tx_peak_bytes_per_s),
+        net_rx_bytes_per_s: rate(o.net_rx_bytes_per_s),
+        net_rx_peak_bytes_per_s: rate(o.net_rx_peak_bytes_per_s),
+        ..o
+    }
+}
+
 /// Why an import failed; each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -630,6 +661,43 @@ mod tests {
         parse(v.to_string().as_bytes(), "f.json", 10_000)
             .expect_err("rejected")
             .to_string()
+    }
+
+    #[test]
+    fn a_run_recorded_with_any_figures_is_imported_by_another_node() {
+        let extremes = [f64::MAX, f64::INFINITY, f64::NAN, -1.0, 1e300, 0.0];
+        for (i, v) in extremes.into_iter().enumerate() {
+            let outcome = recordable(RunOutcome {
+                duration_s: v,
+                peak_memory_bytes: u64::MAX,
+                cpu_seconds: v,
+                cpu_p50_cores: v,
+                cpu_p95_cores: v,
+                io_bytes: u64::MAX,
+                throttled_s: v,
+                net_tx_bytes_per_s: Some(v),
+                net_tx_peak_bytes_per_s: Some(v),
+                net_rx_bytes_per_s: Some(v),
+                net_rx_peak_bytes_per_s: Some(v),
+                ..RunOutcome::default()
+            });
+            let run = PortableRun {
+                origin_node: 0,
+                origin_run: 1,
+                run: RunSummary {
+                    run_id: 1,
+                    task_key: TaskKey::new("etl"),
+                    started_at_ms: 1_000,
+                    meta: RunMetadata::default(),
+                    outcome,
+                    profile: None,
+                },
+            };
+            let exported = to_exported("00000000000000aa", run, true);
+            if let Err(e) = from_exported(&exported, 10_000) {
+                panic!("figures at {v} (case {i}): refused: {e}");
+            }
+        }
     }
 
     #[test]
