@@ -892,6 +892,7 @@ impl Broker {
             // Back-pressure: a burst waits for the recorder instead of growing its queue.
             self.journal.room(DURABLE_WITHIN);
         }
+        let submitted_before = self.journal.submitted();
         let r = match req {
             Request::Register(r) => {
                 let id = r.container_id.clone();
@@ -940,19 +941,31 @@ impl Broker {
                 crate::transfer::export_page(&self.predictor, &q).map(Response::Export)
             }
         };
+        // Acknowledged means durable: what this request wrote, and every decision queued before it (the
+        // directives it carries among them), is committed before the peer hears of it. An error that wrote (a
+        // Register overtaken by its Finish records the run it refuses; found by the `server` fuzz target: the
+        // refusal said "recorded" before the run was) waits too.
+        let durable = || {
+            self.journal
+                .wait(self.journal.submitted(), DURABLE_WITHIN)
+                .map_err(|e| {
+                    ErrorReply::new(
+                        ErrorCode::Internal,
+                        format!("recording the request: {}", crate::error_chain(&e)),
+                    )
+                })
+        };
+        let r = r.map_err(|e| {
+            if writes && self.journal.submitted() != submitted_before {
+                durable().err().unwrap_or(e)
+            } else {
+                e
+            }
+        });
         let r = r.and_then(|resp| {
             if writes {
-                // Acknowledged means durable: what this request wrote, and every decision queued before it (the
-                // directives it carries among them), is committed before the peer hears of it.
                 let waiting = Instant::now();
-                self.journal
-                    .wait(self.journal.submitted(), DURABLE_WITHIN)
-                    .map_err(|e| {
-                        ErrorReply::new(
-                            ErrorCode::Internal,
-                            format!("recording the request: {}", crate::error_chain(&e)),
-                        )
-                    })?;
+                durable()?;
                 if registering {
                     self.latencies
                         .register_commit_wait

@@ -715,14 +715,15 @@ fn a_register_overtaken_by_its_finish_leaves_no_task_behind() {
         "{e:?}"
     );
     assert!(c.status().expect("status").tasks.is_empty());
-    let run = wait_for("the overtaken run in the store", &b, || {
-        match c.call(&broker::api::Request::Export(Default::default())) {
-            Ok(broker::api::Response::Export(p)) => {
-                p.runs.into_iter().find(|r| r.task_key == "overtaken-type")
-            }
-            _ => None,
-        }
-    });
+    // The refusal says the run is recorded: it is committed before the refusal is sent.
+    let run = match c.call(&broker::api::Request::Export(Default::default())) {
+        Ok(broker::api::Response::Export(p)) => p
+            .runs
+            .into_iter()
+            .find(|r| r.task_key == "overtaken-type")
+            .expect("the overtaken run, in the store when its Register was answered"),
+        r => panic!("export answered {r:?}"),
+    };
     assert_eq!(
         (run.duration_s, run.peak_memory_bytes, run.exit_code),
         (1.5, 64 << 20, 3),
