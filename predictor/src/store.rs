@@ -1653,8 +1653,10 @@ fn drop_stale_task_types(
         keys
     };
     let mut seen: Vec<(u64, String)> = Vec::new();
+    let mut total: usize = 0;
     for item in types.iter().map_err(db("scanning task types"))? {
         let (k, v) = item.map_err(db("scanning task types"))?;
+        total += 1;
         let key = k.value().to_owned();
         if running.contains(&key) {
             continue;
@@ -1663,8 +1665,9 @@ fn drop_stale_task_types(
         seen.push((rec.last_seen_ms, key));
     }
     seen.sort();
+    // Types with a run open count towards the cap; the others go to make room.
     let over = if policy.max_task_types > 0 {
-        seen.len().saturating_sub(policy.max_task_types)
+        usize::min(total.saturating_sub(policy.max_task_types), seen.len())
     } else {
         0
     };
@@ -2080,6 +2083,14 @@ mod tests {
             .collect();
         assert_eq!(kept, ["live", "service"]);
         assert!(s.run(&TaskKey::new("service"), 1).expect("read").is_some());
+        // Over a cap of one, the type with a run open counts and stays: the service goes.
+        let capped = RetentionPolicy {
+            max_task_types: 1,
+            ..policy.clone()
+        };
+        let rep = s.apply_retention(now, &capped).expect("retention");
+        assert_eq!(rep.task_types_dropped, 1);
+        assert_eq!(s.task_types().expect("types")[0].0.as_str(), "live");
         // Its container gone, the live type goes at the next pass.
         s.commit(&Batch {
             ops: vec![BatchOp::Close("c".to_owned(), 4)],
@@ -2087,7 +2098,7 @@ mod tests {
         .expect("close");
         let rep = s.apply_retention(now, &policy).expect("retention");
         assert_eq!(rep.task_types_dropped, 1);
-        assert_eq!(s.task_types().expect("types").len(), 1);
+        assert!(s.task_types().expect("types").is_empty());
     }
 
     #[test]
