@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::ExportedRun;
+use crate::wire::{ExportCursor, ExportPage, ExportedRun};
 
 /// The `format` field of an export file.
 pub const FORMAT: &str = "predictive-history";
@@ -28,6 +28,33 @@ pub fn version_for(runs: &[ExportedRun]) -> u64 {
         FILE_VERSION
     } else {
         OLDEST_FILE_VERSION
+    }
+}
+
+/// Every page of a broker's `export`, as an export file written at `exported_at_ms`: `page` asks for the page
+/// after a cursor (none: the first) and is called until a page says there is no next one (or holds no run).
+pub fn collect<E>(
+    exported_at_ms: u64,
+    mut page: impl FnMut(Option<ExportCursor>) -> Result<ExportPage, E>,
+) -> Result<HistoryFile, E> {
+    let mut runs = Vec::new();
+    let mut after = None;
+    loop {
+        let p = page(after.take())?;
+        let empty = p.runs.is_empty();
+        runs.extend(p.runs);
+        match p.next {
+            Some(n) if !empty => after = Some(n),
+            _ => {
+                return Ok(HistoryFile {
+                    format: FORMAT.to_owned(),
+                    version: version_for(&runs),
+                    node_id: p.node_id,
+                    exported_at_ms,
+                    runs,
+                });
+            }
+        }
     }
 }
 

@@ -155,40 +155,22 @@ fn history(c: &mut Client, name: &str, subject: Subject) -> Result<History, CtlE
 
 /// Every page of `export`, as an export file.
 fn export(c: &mut Client, newest_per_type: usize) -> Result<HistoryFile, CtlError> {
-    let mut runs = Vec::new();
-    let mut after = None;
-    let mut node_id;
-    loop {
-        let page = match c.call(&Request::Export(api::ExportQuery {
-            after: after.take(),
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    history_file::collect(now_ms, |after| {
+        match c.call(&Request::Export(api::ExportQuery {
+            after,
             newest_per_type: Some(newest_per_type),
             limit: None,
             with_network: Some(true),
         })) {
-            Ok(Response::Export(p)) => p,
-            Ok(_) => {
-                return Err(CtlError::Client(ClientError::Unexpected {
-                    expected: "export",
-                }));
-            }
-            Err(e) => return Err(client_error(e)),
-        };
-        node_id = page.node_id;
-        let empty = page.runs.is_empty();
-        runs.extend(page.runs);
-        match page.next {
-            Some(n) if !empty => after = Some(n),
-            _ => break,
+            Ok(Response::Export(p)) => Ok(p),
+            Ok(_) => Err(CtlError::Client(ClientError::Unexpected {
+                expected: "export",
+            })),
+            Err(e) => Err(client_error(e)),
         }
-    }
-    Ok(HistoryFile {
-        format: history_file::FORMAT.to_owned(),
-        version: history_file::version_for(&runs),
-        node_id,
-        exported_at_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-        runs,
     })
 }
 

@@ -347,35 +347,19 @@ fn serve(s: &Server, req: &Request) -> Response {
 
 /// Every run the broker holds, as `predictivectl export` pages through them.
 fn export(s: &Server) -> HistoryFile {
-    let mut runs = Vec::new();
-    let mut after = None;
-    let mut node_id;
-    loop {
+    history_file::collect(now_ms(), |after| {
         let q = Request::Export(ExportQuery {
-            after: after.take(),
+            after,
             newest_per_type: Some(1000),
             limit: Some(7),
             with_network: Some(true),
         });
-        let page = match serve(s, &q) {
-            Response::Export(p) => p,
+        match serve(s, &q) {
+            Response::Export(p) => Ok::<_, ()>(p),
             other => panic!("export answered {other:?}"),
-        };
-        node_id = page.node_id;
-        let empty = page.runs.is_empty();
-        runs.extend(page.runs);
-        match page.next {
-            Some(n) if !empty => after = Some(n),
-            _ => break,
         }
-    }
-    HistoryFile {
-        format: history_file::FORMAT.to_owned(),
-        version: history_file::version_for(&runs),
-        node_id,
-        exported_at_ms: now_ms(),
-        runs,
-    }
+    })
+    .expect("pages")
 }
 
 fn now_ms() -> u64 {
