@@ -52,6 +52,81 @@ pub fn namespace_prefix(container_id: &str) -> &str {
     container_id.rfind('/').map_or("", |i| &container_id[..=i])
 }
 
+/// Most bytes of a command a Register carries, each argument counted with [`ARG_OVERHEAD`] for its quotes and
+/// separator. A command line is the pod's to choose (the kernel execs up to ~2 MiB of it), and a Register must
+/// fit in [`MAX_LINE`] even with every byte escaped (six times its size): a shim sends and a broker derives task
+/// types from [`bounded_command`]`(args, MAX_COMMAND_BYTES)`.
+pub const MAX_COMMAND_BYTES: usize = 64 << 10;
+/// Most bytes of a command the broker records with each run and task type (for display): a crash-looping pod
+/// with a 400 KB command line would otherwise have stored 400 KB per run, up to `max_runs_per_task` of them.
+pub const RECORDED_COMMAND_BYTES: usize = 1 << 10;
+/// What [`bounded_command`] counts for each argument besides its bytes.
+pub const ARG_OVERHEAD: usize = 8;
+/// What [`bounded_command`] keeps free for the argument that stands for the whole command.
+const SUMMARY_ARG_BYTES: usize = 96;
+
+/// `command` within `max` bytes (each argument's length plus [`ARG_OVERHEAD`]): unchanged when it fits.
+/// Otherwise the leading arguments that fit (the last of them cut at a character boundary), then one argument
+/// that stands for the whole command, `...(<n> args, <b> bytes, fnv1a <hash>)`: two commands cut alike stay
+/// apart (a task type derived from the command is still its own), and bounding the result again changes nothing.
+pub fn bounded_command(command: &[String], max: usize) -> std::borrow::Cow<'_, [String]> {
+    let cost = |args: &[String]| -> usize {
+        args.iter()
+            .map(|a| a.len().saturating_add(ARG_OVERHEAD))
+            .fold(0, usize::saturating_add)
+    };
+    if cost(command) <= max {
+        return std::borrow::Cow::Borrowed(command);
+    }
+    let mut room = max.saturating_sub(SUMMARY_ARG_BYTES + ARG_OVERHEAD);
+    let mut kept = Vec::new();
+    for arg in command {
+        if room <= ARG_OVERHEAD {
+            break;
+        }
+        let take = arg.len().min(room - ARG_OVERHEAD);
+        let end = (0..=take)
+            .rev()
+            .find(|&i| arg.is_char_boundary(i))
+            .unwrap_or(0);
+        if end < arg.len() {
+            if end > 0 {
+                kept.push(arg[..end].to_owned());
+            }
+            break;
+        }
+        kept.push(arg.clone());
+        room -= end + ARG_OVERHEAD;
+    }
+    kept.push(format!(
+        "...({} args, {} bytes, fnv1a {:016x})",
+        command.len(),
+        command
+            .iter()
+            .map(String::len)
+            .fold(0, usize::saturating_add),
+        command_hash(command)
+    ));
+    std::borrow::Cow::Owned(kept)
+}
+
+/// 64-bit FNV-1a over each argument's length and bytes: stable across builds and hosts (task types are
+/// derived from it and stored).
+fn command_hash(command: &[String]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for arg in command {
+        for &b in (arg.len() as u64)
+            .to_le_bytes()
+            .iter()
+            .chain(arg.as_bytes())
+        {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
 /// A container starts: what the broker needs to predict and allocate.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Register {
@@ -1133,5 +1208,64 @@ mod tests {
         );
         let r: Register = serde_json::from_str(r#"{"container_id":"c"}"#).expect("old shim");
         assert_eq!(r.net_ingress, None);
+    }
+
+    /// A command line is the pod's: at the kernel's ~2 MiB a Register still fits in a line with every byte
+    /// escaped, commands that fit are carried whole, cut ones stay apart by their tails, and cutting is stable.
+    #[test]
+    fn a_command_is_carried_within_its_bound_and_told_apart_by_its_tail() {
+        let ordinary: Vec<String> = [
+            "/bin/sh",
+            "-c",
+            "exec etl --input s3://bucket/day=2026-12-05",
+        ]
+        .map(str::to_owned)
+        .into();
+        assert_eq!(
+            bounded_command(&ordinary, RECORDED_COMMAND_BYTES),
+            &ordinary[..]
+        );
+        // 2 MiB: 10,000 arguments of ~200 control characters (each escaped as six bytes in JSON).
+        let huge = |tail: &str| -> Vec<String> {
+            let mut args: Vec<String> = (0..10_000)
+                .map(|i| format!("{i:05}{}", "\u{1}".repeat(200)))
+                .collect();
+            args.push(tail.to_owned());
+            args
+        };
+        let (a, b) = (huge("a"), huge("b"));
+        for max in [MAX_COMMAND_BYTES, RECORDED_COMMAND_BYTES] {
+            let (ca, cb) = (bounded_command(&a, max), bounded_command(&b, max));
+            let cost: usize = ca.iter().map(|s| s.len() + ARG_OVERHEAD).sum();
+            assert!(cost <= max, "{cost} bytes counted, at most {max}");
+            assert_ne!(ca, cb, "two commands that differ in their last argument");
+            assert_eq!(ca[0], a[0], "the leading arguments are kept");
+            assert!(
+                ca.last().is_some_and(|s| s.starts_with("...(10001 args, ")),
+                "{:?}",
+                ca.last()
+            );
+            assert_eq!(
+                bounded_command(&ca, max),
+                ca,
+                "bounding again changes nothing"
+            );
+        }
+        let register = Register {
+            container_id: "c".to_owned(),
+            command: bounded_command(&a, MAX_COMMAND_BYTES).into_owned(),
+            ..Register::default()
+        };
+        let line = encode_request(Some(1), &Request::Register(register)).expect("encoded");
+        assert!(
+            line.len() < MAX_LINE / 2,
+            "a Register of {} bytes",
+            line.len()
+        );
+        // One argument longer than the bound, of multi-byte characters: cut at a character boundary.
+        let wide = vec!["\u{e9}".repeat(MAX_COMMAND_BYTES)];
+        let cut = bounded_command(&wide, MAX_COMMAND_BYTES);
+        assert_eq!(cut.len(), 2);
+        assert!(cut[0].len() > MAX_COMMAND_BYTES / 2 && cut[0].chars().all(|c| c == '\u{e9}'));
     }
 }

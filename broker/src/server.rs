@@ -995,12 +995,7 @@ impl Broker {
         let mut ann = Annotations::parse(&r.annotations)
             .map_err(|e| ErrorReply::new(ErrorCode::InvalidAnnotation, e.to_string()))?;
         let parents = ancestors(&r.parents)?;
-        let annotations: HashMap<String, String> = r
-            .annotations
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let key = TaskKey::derive(&annotations, &r.image, &r.command);
+        let key = task_key(&r);
         if ann.mode == Mode::Off {
             return Ok(unmanaged(&r, &key));
         }
@@ -1014,7 +1009,8 @@ impl Broker {
         };
         let meta = RunMetadata {
             image: r.image.clone(),
-            command: r.command.clone(),
+            // The pod's command line, recorded with each run for display: at most 1 KiB of it.
+            command: api::bounded_command(&r.command, api::RECORDED_COMMAND_BYTES).into_owned(),
             input_bytes: ann.input_bytes,
             dependencies: ann.depends_on.len() as u32,
             requested_cpu_cores: r.limits.cpu_limit_cores,
@@ -2336,6 +2332,21 @@ fn unmanaged(r: &Register, key: &TaskKey) -> Registered {
         prediction: None,
         heartbeat_ms: None,
     }
+}
+
+/// The task type of a Register: from its annotations, image and command (at most `MAX_COMMAND_BYTES` of the
+/// command, the pod's to choose, as a shim sends it: any shim's Register of one command gives one task type).
+fn task_key(r: &Register) -> TaskKey {
+    let annotations: HashMap<String, String> = r
+        .annotations
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    TaskKey::derive(
+        &annotations,
+        &r.image,
+        &api::bounded_command(&r.command, api::MAX_COMMAND_BYTES),
+    )
 }
 
 #[cfg(test)]

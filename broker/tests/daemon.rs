@@ -1059,3 +1059,84 @@ fn a_silent_holder_whose_samples_claim_the_future_loses_its_lease() {
         (!st.leases.iter().any(|l| l.id == lease)).then_some(())
     });
 }
+
+/// A pod chooses its command line (the kernel execs up to ~2 MiB of it): a crash-looping container whose command
+/// is 394 KB must not cost the node 394 KB of store per run, up to `max_runs_per_task` (5,000) of them, nor
+/// the broker's memory when it trains on them. Before the bound, 300 such runs grew the state directory by 162 MB
+/// and the broker's RSS to 255 MB (10 MB with a short command). Commands that differ only past the bound are
+/// still their own task types.
+#[test]
+fn a_pods_long_command_line_costs_the_node_what_a_short_one_does() {
+    const RUNS: usize = 100;
+    let long = |tail: &str| -> Vec<String> {
+        let mut args: Vec<String> = (0..2000)
+            .map(|j| format!("/data/input/part-{j:06}-{}", "x".repeat(170)))
+            .collect();
+        args.push(tail.to_owned());
+        args
+    };
+    fn allocated(dir: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir(dir)
+            .expect("state dir")
+            .map(|e| {
+                let e = e.expect("entry");
+                let m = std::fs::symlink_metadata(e.path()).expect("metadata");
+                m.blocks() * 512 + if m.is_dir() { allocated(&e.path()) } else { 0 }
+            })
+            .sum()
+    }
+    let rss_kb = |b: &Broker| -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", b.pid()))
+            .expect("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .expect("VmRSS")
+    };
+    let mut figures = Vec::new();
+    for command in [vec!["sleep".to_owned(), "1".to_owned()], long("--last")] {
+        let dir = short_tempdir();
+        let b = start_broker(dir.path());
+        let mut c = client(&b);
+        let mut keys = std::collections::BTreeSet::new();
+        for i in 0..RUNS {
+            let id = format!("c{i}");
+            let mut r = register(&id, "unused", Some(1.0));
+            r.annotations.clear();
+            r.command = command.clone();
+            keys.insert(c.register(&r).expect("registered").task_key);
+            c.finish(&Finish {
+                container_id: id,
+                ran_ms: Some(1000),
+                ..Finish::default()
+            })
+            .expect("finished");
+        }
+        assert_eq!(keys.len(), 1, "one command, one task type: {keys:?}");
+        // Retraining (every 100 ms here) has read the runs back.
+        std::thread::sleep(Duration::from_millis(500));
+        figures.push((allocated(dir.path()), rss_kb(&b), keys));
+    }
+    let ((short_store, short_rss, _), (long_store, long_rss, long_keys)) =
+        (&figures[0], &figures[1]);
+    println!(
+        "{RUNS} runs: store {short_store} / {long_store} bytes, RSS {short_rss} / {long_rss} kB (short / long command)"
+    );
+    assert!(
+        *long_store <= short_store + (1 << 20),
+        "the state directory holds {long_store} bytes after {RUNS} runs of a 394 KB command, {short_store} after a short one's"
+    );
+    assert!(
+        *long_rss <= short_rss * 2 + 16 * 1024,
+        "the broker's RSS is {long_rss} kB after {RUNS} runs of a 394 KB command, {short_rss} kB after a short one's"
+    );
+    // Two commands alike in their first 64 KiB are two task types.
+    let dir = short_tempdir();
+    let b = start_broker(dir.path());
+    let mut r = register("other", "unused", Some(1.0));
+    r.annotations.clear();
+    r.command = long("--other");
+    let other = client(&b).register(&r).expect("registered").task_key;
+    assert!(!long_keys.contains(&other), "{other} was {long_keys:?}");
+}

@@ -135,17 +135,22 @@ fn is_kubernetes(annotations: &BTreeMap<String, String>) -> bool {
 /// container (`kubernetes`) CPU shares are the request, as kubelet writes them (`cpu_shares` = request x 1024, so
 /// 1024 is a 1-CPU request); shares of 2 are a BestEffort pod's, and absent or 0 shares are no request. Elsewhere
 /// 1024 is no request either: `ctr run` writes it whenever `--cpu-shares` is not given (its flag's default).
+/// CPU figures stop at the protocol's [`MAX_CORES`](predictive_api::validate::MAX_CORES): the kernel takes a quota
+/// of 100,000 cores or shares of 2^40 (it clamps shares), and the broker would refuse the container.
 pub fn resource_limits(res: Option<&LinuxResources>, kubernetes: bool) -> SpecLimits {
+    use predictive_api::validate::MAX_CORES;
     let cpu = res.and_then(|r| r.cpu().as_ref());
     let mem = res.and_then(|r| r.memory().as_ref());
     let cpu_limit_cores = cpu.and_then(|c| match (c.quota(), c.period()) {
-        (Some(q), p) if q > 0 => Some(q as f64 / p.filter(|p| *p > 0).unwrap_or(100_000) as f64),
+        (Some(q), p) if q > 0 => {
+            Some((q as f64 / p.filter(|p| *p > 0).unwrap_or(100_000) as f64).min(MAX_CORES))
+        }
         _ => None,
     });
     let cpu_request_cores = cpu
         .and_then(|c| c.shares())
         .filter(|s| *s > 2 && (kubernetes || *s != 1024))
-        .map(|s| s as f64 / 1024.0);
+        .map(|s| (s as f64 / 1024.0).min(MAX_CORES));
     let positive = |v: Option<i64>| v.filter(|v| *v > 0).map(|v| v as u64);
     SpecLimits {
         cpu_limit_cores,
@@ -250,10 +255,16 @@ fn register_message(
         namespace: namespace.to_owned(),
         annotations: map,
         image,
+        // The pod's to choose, up to the kernel's ~2 MiB: the Register carries a bounded form, which still
+        // tells commands apart, so that it fits in a line.
         command: spec
             .process()
             .as_ref()
-            .and_then(|p| p.args().clone())
+            .and_then(|p| p.args().as_deref())
+            .map(|args| {
+                predictive_api::wire::bounded_command(args, predictive_api::wire::MAX_COMMAND_BYTES)
+                    .into_owned()
+            })
             .unwrap_or_default(),
         limits,
         cgroup_path,
@@ -360,8 +371,8 @@ struct MonitorState {
     /// registered after the container is gone.
     maybe_known: bool,
     /// Wake-ups left before the monitor tries to register again, and the last such wait: a broker that left a
-    /// Register unanswered (stalled) reads every retry once it goes on, so they are spaced out (1, 2, 4, then
-    /// every [`MAX_REGISTER_BACKOFF`] ticks) instead of piling up one per tick.
+    /// Register unanswered (stalled) reads every retry once it goes on, and one that refused it refuses it again,
+    /// so they are spaced out (1, 2, 4, then every [`MAX_REGISTER_BACKOFF`] ticks) instead of one per tick.
     register_wait: (u32, u32),
     /// The run's Finish went out (or the container is gone): no step reports for it any more (the shim's ticker
     /// may have looked at it just before it left).
@@ -1009,7 +1020,9 @@ impl Augment {
         let result = st.client.register(&r);
         self.note_answer(result.as_ref().err());
         st.register_wait = match &result {
-            Err(e) if e.is_unanswered() => {
+            // Unanswered (a stalled broker reads every retry once it goes on), or refused (the same Register is
+            // refused again): spaced out.
+            Err(e) if e.is_unanswered() || matches!(e, ClientError::Broker(_)) => {
                 let wait = (st.register_wait.1 * 2).clamp(1, MAX_REGISTER_BACKOFF);
                 (wait, wait)
             }
@@ -1525,6 +1538,43 @@ mod tests {
                 ..SpecLimits::default()
             },
             "kubelet's 1024 shares are a 1-CPU request"
+        );
+    }
+
+    /// What a pod chooses (its command line, up to the kernel's ~2 MiB; a CPU limit of millions of cores, which
+    /// the scheduler does not check and the kernel takes) still makes a Register the broker takes, in one line:
+    /// before, the broker refused it, and the container ran unmonitored, its Register retried every tick.
+    #[test]
+    fn whatever_a_pod_chooses_makes_a_register_the_broker_takes() {
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"cwd": "/", "user": {"uid": 0, "gid": 0}, "args": (0..10_000)
+                .map(|i| format!("{i:05}{}", "\u{1}".repeat(200)))
+                .collect::<Vec<_>>()},
+            "linux": {"resources": {
+                "cpu": {"quota": i64::MAX, "period": 1, "shares": u64::MAX},
+                "memory": {"limit": i64::MAX, "reservation": i64::MAX}
+            }}
+        }))
+        .expect("spec");
+        let r = register_message("c", "k8s.io", &spec, annotations(&spec));
+        let line = predictive_api::wire::encode_request(
+            Some(1),
+            &predictive_api::wire::Request::Register(r.clone()),
+        )
+        .expect("encoded");
+        assert!(
+            line.len() < predictive_api::wire::MAX_LINE,
+            "a Register of {} bytes",
+            line.len()
+        );
+        let (_, parsed) = predictive_api::wire::parse_request(&line);
+        let parsed = parsed.expect("parsed as the broker reads it");
+        assert_eq!(predictive_api::validate::request(&parsed), Ok(()));
+        let max = predictive_api::validate::MAX_CORES;
+        assert_eq!(
+            (r.limits.cpu_limit_cores, r.limits.cpu_request_cores),
+            (Some(max), Some(max))
         );
     }
 

@@ -970,6 +970,58 @@ fn bad_annotation_fails_create_naming_it() {
     c.finish();
 }
 
+/// What a pod chooses is still a container the broker monitors and learns from: a command line of 400 KB (the
+/// kernel execs up to ~2 MiB) and a CPU limit of 100,000 cores (the kernel takes the quota; Kubernetes' scheduler
+/// checks requests, not limits). Before, the shim's Register was refused (a CPU limit past the protocol's 65,536
+/// cores; a command past the broker's 1 MiB line alike): the container ran unmonitored and its run was never
+/// recorded (checked with main's shim: not held after 10 s).
+#[test]
+fn a_container_with_a_huge_command_and_cpu_limit_is_monitored_and_recorded() {
+    let Some(c) = start(
+        "a_container_with_a_huge_command_and_cpu_limit_is_monitored_and_recorded",
+        "",
+        "",
+    ) else {
+        return;
+    };
+    let id = c.id("huge");
+    let args: Vec<String> = (0..2000)
+        .map(|i| format!("/data/part-{i:05}-{}", "x".repeat(190)))
+        .collect();
+    let mut cmd = vec!["sh", "-c", "sleep 1000", "sh"];
+    cmd.extend(args.iter().map(String::as_str));
+    c.run_detached(
+        &id,
+        &[
+            "--annotation",
+            "io.predictive.task-type=e2e-huge",
+            "--cpus",
+            "100000",
+        ],
+        &cmd,
+    );
+    let me = c.broker_id(&id);
+    let held = || status(&c)?.tasks.into_iter().find(|t| t.container_id == me);
+    // Monitored: the broker has its usage from the shim's reports.
+    let Some(task) = wait_until(secs(10), || held().filter(|t| t.usage.is_some())) else {
+        panic!("the broker does not monitor {me}: {:?}", held())
+    };
+    assert_eq!(
+        task.limits.cpu_limit_cores,
+        Some(broker::validate::MAX_CORES),
+        "the user's 100,000 cores, as the protocol bounds them"
+    );
+    c.remove(&id);
+    let runs = || runs_seen(&c, "e2e-huge");
+    assert_eq!(
+        wait_until(secs(10), || (runs() == Some(1)).then_some(1)),
+        Some(1),
+        "the run was not recorded: runs seen {:?}",
+        runs()
+    );
+    c.finish();
+}
+
 /// Issue 18: the container's own pressure reaches the broker (PSI of its cgroup: v2's own files, or on a hybrid
 /// host the cgroup2 directory the shim puts it in), and its priority becomes an IO weight in its cgroup version's
 /// units: v2 `io.weight` after runc's blkio-to-io conversion, v1 `blkio.weight` where the IO scheduler has one.
