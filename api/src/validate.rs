@@ -236,17 +236,13 @@ pub fn request(req: &Request) -> Result<(), ErrorReply> {
                 return Err(bad(format!("field `pid` is {p}; a process id is positive")));
             }
             limits("limits", &r.limits)?;
-            // Our own annotations name task types, pipelines and dependencies that reach logs and terminals.
-            // (Other annotations are not ours to judge: a Kubernetes one may legitimately hold a newline.)
-            for (k, v) in &r.annotations {
-                if k.starts_with("io.predictive.") && v.chars().any(char::is_control) {
-                    return Err(bad(format!(
-                        "field `annotations.{}` ({:?}) contains a control character",
-                        shown(k, 64),
-                        shown(v, 64)
-                    )));
-                }
-            }
+            // Our own annotations name task types, pipelines and dependencies that reach logs and terminals:
+            // read as the shim's Create check reads them (trimmed; names bounded and printable), so what a
+            // shim let through is taken and what it refuses is refused with the same words. (A raw check
+            // refused `etl\n`, a YAML block scalar's value, that both read as `etl`.) Other annotations are not
+            // ours to judge: a Kubernetes one may legitimately hold a newline.
+            crate::annotations::Annotations::parse(&r.annotations)
+                .map_err(|e| ErrorReply::new(ErrorCode::InvalidAnnotation, e.to_string()))?;
             if let Some(a) = &r.adopt {
                 allocation("adopt", a)?;
             }
@@ -412,10 +408,6 @@ mod tests {
                 r#"{"version":1,"type":"finish","container_id":"a\u001b[31m"}"#,
                 "container_id",
             ),
-            (
-                r#"{"version":1,"type":"register","container_id":"c","annotations":{"io.predictive.task-type":"etl\u001b[2J"}}"#,
-                "annotations.io.predictive.task-type",
-            ),
         ] {
             let e = check(line).expect_err(line);
             assert_eq!(e.code, ErrorCode::InvalidRequest, "{line}");
@@ -480,5 +472,48 @@ mod tests {
     fn shown_escapes_and_cuts() {
         assert_eq!(shown("a\nb\u{1b}", 10), "a\\nb\\u{1b}");
         assert_eq!(shown("abcdef", 3), "abc...");
+    }
+
+    /// The broker takes our annotations as the shim's Create check reads them (trimmed, `Annotations::parse`):
+    /// a value from a YAML block scalar (`task-type: |` gives `"etl\n"`) or a dependency list over several lines
+    /// was accepted at Create and then refused by the broker, and the container ran unmonitored. What the shim
+    /// refuses, the broker refuses with the same words, as a bad annotation.
+    #[test]
+    fn our_annotations_are_taken_as_the_shim_reads_them() {
+        use crate::annotations::{self, Annotations};
+        let register = |pairs: &[(&str, &str)]| wire::Register {
+            container_id: "c".to_owned(),
+            annotations: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..wire::Register::default()
+        };
+        for pairs in [
+            &[(annotations::TASK_TYPE, "etl\n")][..],
+            &[(annotations::DEPENDS_ON, "extract,\n  load\n")],
+            &[
+                (annotations::PIPELINE, "\tnightly\r\n"),
+                (annotations::PRIORITY, "5\n"),
+            ],
+            // Not ours to read: nothing of the broker's reads it, logs it or keys on it.
+            &[("io.predictive.note", "line one\nline two")],
+        ] {
+            let r = register(pairs);
+            assert!(Annotations::parse(&r.annotations).is_ok(), "{pairs:?}");
+            assert_eq!(request(&wire::Request::Register(r)), Ok(()), "{pairs:?}");
+        }
+        for pairs in [
+            &[(annotations::TASK_TYPE, "etl\u{1b}[2J")][..],
+            &[(annotations::PIPELINE, "a\nb")],
+            &[(annotations::PRIORITY, "urgent")],
+        ] {
+            let r = register(pairs);
+            let shim = Annotations::parse(&r.annotations).expect_err("the shim refuses it");
+            let e = request(&wire::Request::Register(r)).expect_err("the broker refuses it");
+            assert_eq!(e.code, ErrorCode::InvalidAnnotation, "{pairs:?}");
+            assert_eq!(e.message, shim.to_string());
+            assert!(!e.message.contains(['\n', '\u{1b}']), "{}", e.message);
+        }
     }
 }

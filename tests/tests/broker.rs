@@ -1022,6 +1022,42 @@ fn a_container_with_a_huge_command_and_cpu_limit_is_monitored_and_recorded() {
     c.finish();
 }
 
+/// A pod's annotation written as a YAML block scalar (`io.predictive.task-type: |`) ends in a newline: the shim's
+/// Create check reads it trimmed, and so must the broker. Before, the broker refused the Register ("contains a
+/// control character") after the shim had let it through, and the container ran unmonitored.
+#[test]
+fn an_annotation_ending_in_a_newline_is_read_as_the_shim_reads_it() {
+    let Some(c) = start(
+        "an_annotation_ending_in_a_newline_is_read_as_the_shim_reads_it",
+        "",
+        "",
+    ) else {
+        return;
+    };
+    let id = c.id("yaml");
+    c.run_detached(
+        &id,
+        &["--annotation", "io.predictive.task-type=e2e-yaml\n"],
+        &["sleep", "1000"],
+    );
+    let me = c.broker_id(&id);
+    let held = || status(&c)?.tasks.into_iter().find(|t| t.container_id == me);
+    assert!(
+        wait_until(secs(10), || held().filter(|t| t.usage.is_some())).is_some(),
+        "the broker does not monitor {me}: {:?}",
+        held()
+    );
+    c.remove(&id);
+    let runs = || runs_seen(&c, "e2e-yaml");
+    assert_eq!(
+        wait_until(secs(10), || (runs() == Some(1)).then_some(1)),
+        Some(1),
+        "the run was not recorded as task type e2e-yaml: runs seen {:?}",
+        runs()
+    );
+    c.finish();
+}
+
 /// Issue 18: the container's own pressure reaches the broker (PSI of its cgroup: v2's own files, or on a hybrid
 /// host the cgroup2 directory the shim puts it in), and its priority becomes an IO weight in its cgroup version's
 /// units: v2 `io.weight` after runc's blkio-to-io conversion, v1 `blkio.weight` where the IO scheduler has one.
