@@ -261,6 +261,32 @@ fn check_net(net: Option<&ExportedNet>) -> Result<ExportedNet, String> {
     })
 }
 
+/// A run's start and end against this node's clock (`duration_s` already in range): neither more than the
+/// clocks' skew ahead. A run dated later would outweigh every real one in the decaying history; a broker records a
+/// run when it ends, and one that ended years ahead would keep its task type "seen" (retention) until then.
+fn within_clock(e: &ExportedRun, now_ms: u64) -> Result<(), String> {
+    let latest = now_ms.saturating_add(MAX_FUTURE_MS);
+    if e.started_at_ms == 0 || e.started_at_ms > latest {
+        return Err(format!(
+            "field `started_at_ms` is {}; a start after the epoch and at most {} s ahead of this node's clock is expected",
+            e.started_at_ms,
+            MAX_FUTURE_MS / 1000
+        ));
+    }
+    let ended_ms = e.started_at_ms as f64 + e.duration_s * 1000.0;
+    if ended_ms > latest as f64 {
+        return Err(format!(
+            "field `duration_s` is {}: the run started at {} ms would end {} s ahead of this node's clock; at \
+             most {} s (a run is recorded when it ends) is expected",
+            shown_number(e.duration_s),
+            e.started_at_ms,
+            ((ended_ms - now_ms as f64) / 1000.0).round(),
+            MAX_FUTURE_MS / 1000
+        ));
+    }
+    Ok(())
+}
+
 /// Checks one run of a file and turns it into the store's shape. The error names the field.
 fn from_exported(e: &ExportedRun, now_ms: u64) -> Result<PortableRun, String> {
     let origin_node = parse_node("node", &e.node)?;
@@ -269,13 +295,6 @@ fn from_exported(e: &ExportedRun, now_ms: u64) -> Result<PortableRun, String> {
     validate::optional_text("image", &e.image, MAX_PATH).map_err(|r| r.message)?;
     validate::cores("requested_cpu_cores", e.requested_cpu_cores).map_err(|r| r.message)?;
     validate::bytes("requested_memory_bytes", e.requested_memory_bytes).map_err(|r| r.message)?;
-    if e.started_at_ms == 0 || e.started_at_ms > now_ms.saturating_add(MAX_FUTURE_MS) {
-        return Err(format!(
-            "field `started_at_ms` is {}; a start after the epoch and at most {} s ahead of this node's clock is expected",
-            e.started_at_ms,
-            MAX_FUTURE_MS / 1000
-        ));
-    }
     let range = |field: &str, v: f64, max: f64| {
         if v.is_finite() && (0.0..=max).contains(&v) {
             Ok(())
@@ -295,6 +314,7 @@ fn from_exported(e: &ExportedRun, now_ms: u64) -> Result<PortableRun, String> {
         ));
     }
     range("duration_s", e.duration_s, MAX_DURATION_S)?;
+    within_clock(e, now_ms)?;
     range("cpu_p50_cores", e.cpu_p50_cores, MAX_CORES)?;
     range("cpu_p95_cores", e.cpu_p95_cores, MAX_CORES)?;
     range("cpu_seconds", e.cpu_seconds, MAX_CORES * MAX_DURATION_S)?;
@@ -694,7 +714,8 @@ mod tests {
                 },
             };
             let exported = to_exported("00000000000000aa", run, true);
-            if let Err(e) = from_exported(&exported, 10_000) {
+            // Imported on a node whose clock is past the run's end (a broker records a run when it ends).
+            if let Err(e) = from_exported(&exported, 1_000 + api::MAX_RAN_MS) {
                 panic!("figures at {v} (case {i}): refused: {e}");
             }
         }
@@ -757,6 +778,9 @@ mod tests {
     fn bad_files_are_rejected_naming_what_was_wrong() {
         let mut future = run_json("00000000000000bb", 1, "etl");
         future["started_at_ms"] = serde_json::json!(10_000 + MAX_FUTURE_MS + 1);
+        // Started in the past, ends beyond the clocks' skew: no broker's run.
+        let mut ends_later = run_json("00000000000000bb", 1, "etl");
+        ends_later["duration_s"] = serde_json::json!(86_400.0);
         let mut nan_cpu = run_json("00000000000000bb", 1, "etl");
         nan_cpu["cpu_p95_cores"] = serde_json::json!(-1.0);
         let mut short_profile = run_json("00000000000000bb", 1, "etl");
@@ -819,6 +843,10 @@ mod tests {
                 "run 1 (task type \"etl\"): field `started_at_ms`",
             ),
             (file(vec![nan_cpu]), "field `cpu_p95_cores` is -1"),
+            (
+                file(vec![ends_later]),
+                "field `duration_s` is 86400: the run started at 1000 ms would end 86391 s ahead",
+            ),
             (
                 file(vec![short_profile]),
                 "field `profile.cpu` has 1 buckets",

@@ -38,6 +38,13 @@ fn file_from(b: &mut Bytes, node: &str) -> Vec<u8> {
                 serde_json::json!({"cpu": series(), "memory": series(), "io": series()})
             });
             let started = NOW_MS - b.int(400 * 86_400_000) + b.int(transfer::MAX_FUTURE_MS);
+            // A run ends at most the clocks' skew ahead of the importing node (a broker records it then); 10 ms
+            // spare for the sum's rounding.
+            let room = (NOW_MS + transfer::MAX_FUTURE_MS - started) as f64 / 1000.0 - 0.01;
+            let duration = match b.num(transfer::MAX_DURATION_S).min(room) {
+                _ if room < transfer::MIN_DURATION_S => 0.0,
+                d => at_least(d, transfer::MIN_DURATION_S),
+            };
             serde_json::json!({
                 "node": node,
                 "run": i as u64 + 1,
@@ -49,7 +56,7 @@ fn file_from(b: &mut Bytes, node: &str) -> Vec<u8> {
                 "requested_cpu_cores": (b.u8() % 2 == 0).then(|| b.num(1024.0)).filter(|c| *c > 0.0),
                 "requested_memory_bytes": (b.u8() % 2 == 0).then(|| b.int(MAX_BYTES).max(1)),
                 "host_load": b.num(1e6),
-                "duration_s": at_least(b.num(transfer::MAX_DURATION_S), transfer::MIN_DURATION_S),
+                "duration_s": duration,
                 "peak_memory_bytes": b.int(MAX_BYTES),
                 "cpu_seconds": b.num(1e6),
                 "cpu_p50_cores": b.num(1024.0),
