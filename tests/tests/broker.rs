@@ -970,6 +970,29 @@ fn bad_annotation_fails_create_naming_it() {
     c.finish();
 }
 
+/// Waits until the broker monitors container `id` (it has its usage from the shim's reports), removes it, and
+/// waits until its run is recorded as `task_type`; returns the task as the broker held it.
+fn monitored_then_recorded(
+    c: &Containerd,
+    id: &str,
+    task_type: &str,
+) -> broker::controller::TaskView {
+    let me = c.broker_id(id);
+    let held = || status(c)?.tasks.into_iter().find(|t| t.container_id == me);
+    let Some(task) = wait_until(secs(10), || held().filter(|t| t.usage.is_some())) else {
+        panic!("the broker does not monitor {me}: {:?}", held())
+    };
+    c.remove(id);
+    let runs = || runs_seen(c, task_type);
+    assert_eq!(
+        wait_until(secs(10), || (runs() == Some(1)).then_some(1)),
+        Some(1),
+        "{me}'s run was not recorded as task type {task_type}: runs seen {:?}",
+        runs()
+    );
+    task
+}
+
 /// What a pod chooses is still a container the broker monitors and learns from: a command line of 400 KB (the
 /// kernel execs up to ~2 MiB) and a CPU limit of 100,000 cores (the kernel takes the quota; Kubernetes' scheduler
 /// checks requests, not limits). Before, the shim's Register was refused (a CPU limit past the protocol's 65,536
@@ -1000,24 +1023,11 @@ fn a_container_with_a_huge_command_and_cpu_limit_is_monitored_and_recorded() {
         ],
         &cmd,
     );
-    let me = c.broker_id(&id);
-    let held = || status(&c)?.tasks.into_iter().find(|t| t.container_id == me);
-    // Monitored: the broker has its usage from the shim's reports.
-    let Some(task) = wait_until(secs(10), || held().filter(|t| t.usage.is_some())) else {
-        panic!("the broker does not monitor {me}: {:?}", held())
-    };
+    let task = monitored_then_recorded(&c, &id, "e2e-huge");
     assert_eq!(
         task.limits.cpu_limit_cores,
         Some(broker::validate::MAX_CORES),
         "the user's 100,000 cores, as the protocol bounds them"
-    );
-    c.remove(&id);
-    let runs = || runs_seen(&c, "e2e-huge");
-    assert_eq!(
-        wait_until(secs(10), || (runs() == Some(1)).then_some(1)),
-        Some(1),
-        "the run was not recorded: runs seen {:?}",
-        runs()
     );
     c.finish();
 }
@@ -1040,21 +1050,7 @@ fn an_annotation_ending_in_a_newline_is_read_as_the_shim_reads_it() {
         &["--annotation", "io.predictive.task-type=e2e-yaml\n"],
         &["sleep", "1000"],
     );
-    let me = c.broker_id(&id);
-    let held = || status(&c)?.tasks.into_iter().find(|t| t.container_id == me);
-    assert!(
-        wait_until(secs(10), || held().filter(|t| t.usage.is_some())).is_some(),
-        "the broker does not monitor {me}: {:?}",
-        held()
-    );
-    c.remove(&id);
-    let runs = || runs_seen(&c, "e2e-yaml");
-    assert_eq!(
-        wait_until(secs(10), || (runs() == Some(1)).then_some(1)),
-        Some(1),
-        "the run was not recorded as task type e2e-yaml: runs seen {:?}",
-        runs()
-    );
+    monitored_then_recorded(&c, &id, "e2e-yaml");
     c.finish();
 }
 
