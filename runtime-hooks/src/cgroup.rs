@@ -142,7 +142,11 @@ impl ContainerCgroup {
     /// Reads every figure the host has for this cgroup, opening each file. For periodic sampling hold a
     /// [`Sampler`] instead: it keeps the files open and costs a fraction of this.
     pub fn sample(&self) -> Sample {
-        self.sample_with(&mut Files::uncached(), &mut None, SampleScope::ALL)
+        self.sample_with(
+            &mut Files::uncached(),
+            &mut NetSource::default(),
+            SampleScope::ALL,
+        )
     }
 
     /// A sampler that keeps this cgroup's files open between samples.
@@ -150,16 +154,11 @@ impl ContainerCgroup {
         Sampler {
             cgroup: self.clone(),
             files: Files::cached(),
-            net_pid: None,
+            net: NetSource::default(),
         }
     }
 
-    fn sample_with(
-        &self,
-        files: &mut Files,
-        net_pid: &mut Option<i32>,
-        scope: SampleScope,
-    ) -> Sample {
+    fn sample_with(&self, files: &mut Files, net: &mut NetSource, scope: SampleScope) -> Sample {
         let mut sample = Sample {
             unix_ns: now_ns(libc::CLOCK_REALTIME),
             monotonic_ns: now_ns(libc::CLOCK_MONOTONIC),
@@ -172,19 +171,25 @@ impl ContainerCgroup {
         if !scope.net {
             return sample;
         }
-        if net_pid.is_none() {
-            *net_pid = self.net_pid.or_else(|| {
-                let text = files.read(&self.procs_file()?)?;
-                text.lines().next()?.trim().parse().ok()
-            });
+        if net.skip > 0 {
+            net.skip -= 1;
+            return sample;
         }
-        if let Some(pid) = *net_pid {
+        if net.pid.is_none() {
+            net.pid = self
+                .net_pid
+                .or_else(|| parse::first_line(&self.procs_file()?)?.trim().parse().ok());
+        }
+        if let Some(pid) = net.pid {
             let path = self.proc_root.join(pid.to_string()).join("net/dev");
             sample.net = files.read(&path).and_then(parse::net_dev);
-            if sample.net.is_none() {
+            net.oversized = files.oversized();
+            if net.oversized {
+                net.skip = OVERSIZED_NET_SKIP;
+            } else if sample.net.is_none() {
                 // The process may have exited: pick another next time.
                 files.forget(&path);
-                *net_pid = None;
+                net.pid = None;
             }
         }
         sample
@@ -349,8 +354,23 @@ impl ContainerCgroup {
 pub struct Sampler {
     cgroup: ContainerCgroup,
     files: Files,
-    net_pid: Option<i32>,
+    net: NetSource,
 }
+
+/// Where a sampler reads the network counters.
+#[derive(Debug, Default)]
+struct NetSource {
+    /// The process whose `/proc/<pid>/net/dev` is read; `None` picks one at the next sample.
+    pid: Option<i32>,
+    /// That file was over [`parse::MAX_FILE_BYTES`] when last read.
+    oversized: bool,
+    /// Samples left that do not read it again.
+    skip: u32,
+}
+
+/// Samples that leave out the network counters after `/proc/<pid>/net/dev` was found over the bound: each look
+/// costs the kernel ~2 ms of listing interfaces, so it is taken once a minute at a monitor's tick, not each one.
+const OVERSIZED_NET_SKIP: u32 = 59;
 
 impl Sampler {
     /// Reads every figure the host has for the cgroup.
@@ -393,7 +413,15 @@ impl Sampler {
     /// Reads the parts of a sample in `scope`; the others stay `None`.
     pub fn sample_scope(&mut self, scope: SampleScope) -> Sample {
         self.cgroup
-            .sample_with(&mut self.files, &mut self.net_pid, scope)
+            .sample_with(&mut self.files, &mut self.net, scope)
+    }
+
+    /// Whether the latest sample left the network counters out because the network namespace lists more
+    /// interfaces than [`Sampler`] reads (its `/proc/<pid>/net/dev` is over 256 KiB, about 2,000 interfaces):
+    /// a container can create them, and the kernel's time to list them would be the monitor's. The file is
+    /// looked at again every 60th sample.
+    pub fn net_oversized(&self) -> bool {
+        self.net.oversized
     }
 
     /// The cgroup sampled.

@@ -13,6 +13,26 @@ fn setup(layout: Layout) -> (FakeHost, ContainerCgroup) {
     (host, cg)
 }
 
+/// A network namespace listing thousands of interfaces (a container may create them): its counters are left
+/// out rather than read past 256 KiB at every tick, and looked at again every 60th sample.
+#[test]
+fn net_counters_past_the_bound_are_left_out_and_looked_at_again() {
+    let (host, mut cg) = setup(Layout::V2);
+    let line = "  eth0: 1000 10 0 0 0 0 0 0 500 5 0 0 0 0 0 0\n";
+    host.proc_file("4242/net/dev", &format!("h1\nh2\n{}", line.repeat(6_000)));
+    cg.set_net_pid(Some(4242));
+    let mut sampler = cg.sampler();
+    assert_eq!(sampler.sample().net, None);
+    assert!(sampler.net_oversized());
+    host.proc_file("4242/net/dev", &format!("h1\nh2\n{line}"));
+    let left_out = (0..100)
+        .take_while(|_| sampler.sample().net.is_none())
+        .count();
+    assert_eq!(left_out, 59, "the next 59 samples do not read it");
+    assert!(!sampler.net_oversized());
+    assert_eq!(sampler.sample().net.map(|n| n.tx_bytes), Some(500));
+}
+
 #[test]
 fn samples_every_field_on_each_layout() {
     for layout in ALL {

@@ -9,32 +9,68 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-/// Reads a whole (small) file; `None` when it is missing or unreadable.
+/// The most a sampled file may hold: past it the file is not read on and counts as unreadable.
+///
+/// Every cgroup file sampled is under 4 KiB; what grows is in a container's hands, `/proc/<pid>/net/dev` (about
+/// 120 bytes per interface of its network namespace; 30,000 interfaces are 3.7 MB and 29 ms of kernel time per
+/// read). 256 KiB is about 2,000 interfaces, read in ~2 ms; each read stops at the bound, so what lies past it
+/// is never generated.
+pub(crate) const MAX_FILE_BYTES: usize = 256 << 10;
+
+/// Reads a whole (small) file; `None` when it is missing, unreadable or over [`MAX_FILE_BYTES`].
 pub(crate) fn read(path: &Path) -> Option<String> {
     let file = File::open(path).ok()?;
     let mut buf = vec![0; 4096];
-    let len = read_whole(&file, &mut buf).ok()?;
+    let len = read_whole(&file, &mut buf).ok()??;
     buf.truncate(len);
     String::from_utf8(buf).ok()
 }
 
-/// Reads from offset 0 into `buf`, growing it as needed; returns the length.
+/// The first line of a file (without its newline), from one read of at most 64 bytes: a `cgroup.procs`'s
+/// first pid, however many processes a container starts.
+pub(crate) fn first_line(path: &Path) -> Option<String> {
+    let file = File::open(path).ok()?;
+    let mut buf = [0u8; 64];
+    let n = loop {
+        match file.read_at(&mut buf, 0) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    };
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
+    text.split_once('\n').map(|(line, _)| line.to_owned())
+}
+
+/// Below this many bytes a read that returned less than asked was the content's end.
 ///
-/// A short read ends it: seq_file (cgroupfs, procfs) fills the buffer unless the content ends, and so
-/// do regular files. This saves the extra `read` that would only return 0, a syscall per file.
-fn read_whole(file: &File, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+/// A seq_file (cgroupfs, procfs) hands out at most one page of whole records per read, so a read of a file
+/// longer than a page returns short (a page minus less than one record) while more follows: `/proc/<pid>/net/dev`
+/// with 40 interfaces comes in reads of ~4,000 bytes. A read shorter than half a page leaves room for a record of
+/// more than half a page, which no file read here has, so it ends the content, and the extra `read` that would
+/// only return 0 is saved for the small files sampled every second.
+const SHORT_READ_ENDS: usize = 2048;
+
+/// Reads from offset 0 into `buf`, growing it as needed; the length, or `None` past [`MAX_FILE_BYTES`].
+fn read_whole(file: &File, buf: &mut Vec<u8>) -> std::io::Result<Option<usize>> {
     if buf.is_empty() {
         buf.resize(4096, 0);
     }
     let mut len = 0;
     loop {
         match file.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => return Ok(Some(len)),
             Ok(n) => {
                 len += n;
-                if len < buf.len() {
-                    return Ok(len);
+                if len > MAX_FILE_BYTES {
+                    return Ok(None);
                 }
-                buf.resize(buf.len() * 2, 0);
+                if len < buf.len() && n < SHORT_READ_ENDS {
+                    return Ok(Some(len));
+                }
+                if len == buf.len() {
+                    buf.resize((buf.len() * 2).min(MAX_FILE_BYTES + 1), 0);
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -76,6 +112,8 @@ type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
 pub(crate) struct Files {
     cache: Option<FnvMap<Vec<u8>, Option<File>>>,
     buf: Vec<u8>,
+    /// The latest [`Self::read`] stopped at [`MAX_FILE_BYTES`].
+    oversized: bool,
 }
 
 impl Files {
@@ -84,6 +122,7 @@ impl Files {
         Self {
             cache: None,
             buf: Vec::new(),
+            oversized: false,
         }
     }
 
@@ -92,11 +131,14 @@ impl Files {
         Self {
             cache: Some(FnvMap::default()),
             buf: vec![0; 8192],
+            oversized: false,
         }
     }
 
-    /// The file's content, `None` when missing, unreadable or not UTF-8.
+    /// The file's content, `None` when missing, unreadable, not UTF-8 or over [`MAX_FILE_BYTES`] (which
+    /// [`Self::oversized`] then says).
     pub(crate) fn read(&mut self, path: &Path) -> Option<&str> {
+        self.oversized = false;
         let len = match &mut self.cache {
             None => {
                 let file = File::open(path).ok()?;
@@ -127,7 +169,16 @@ impl Files {
                 }
             }
         };
+        let Some(len) = len else {
+            self.oversized = true;
+            return None;
+        };
         std::str::from_utf8(&self.buf[..len]).ok()
+    }
+
+    /// Whether the latest [`Self::read`] found the file over [`MAX_FILE_BYTES`].
+    pub(crate) fn oversized(&self) -> bool {
+        self.oversized
     }
 
     /// A single-number file.
@@ -308,6 +359,66 @@ mod tests {
         std::fs::write(&file, [0xffu8, 0xfe]).expect("binary");
         assert_eq!(files.read(&file), None);
         assert_eq!(Files::uncached().u64(&missing), Some(3));
+    }
+
+    #[test]
+    fn a_seq_file_longer_than_a_page_is_read_whole() {
+        // procfs hands out a page of whole records per read, so a file of many short records comes in reads
+        // short of the buffer: 300 mappings that cannot merge make /proc/self/maps ~25 KiB of them.
+        let page = 4096;
+        let maps: Vec<usize> = (0..300)
+            .map(|i| {
+                let prot = if i % 2 == 0 {
+                    libc::PROT_READ
+                } else {
+                    libc::PROT_NONE
+                };
+                // SAFETY: a fresh private anonymous mapping, unmapped below, never dereferenced.
+                let p = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        page,
+                        prot,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                };
+                assert_ne!(p, libc::MAP_FAILED);
+                p as usize
+            })
+            .collect();
+        let path = Path::new("/proc/self/maps");
+        let mut cached = Files::cached();
+        let by_files = cached.read(path).map(|t| t.lines().count());
+        let by_read = read(path).map(|t| t.lines().count());
+        let whole = std::fs::read_to_string(path).expect("read maps");
+        for p in maps {
+            // SAFETY: mapped above with this length.
+            unsafe { libc::munmap(p as *mut libc::c_void, page) };
+        }
+        assert!(whole.len() > 2 * page, "maps has {} bytes", whole.len());
+        assert_eq!(by_files, Some(whole.lines().count()));
+        assert_eq!(by_read, Some(whole.lines().count()));
+    }
+
+    #[test]
+    fn a_file_past_the_bound_is_not_read_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (big, small) = (dir.path().join("big"), dir.path().join("small"));
+        std::fs::write(&big, "x".repeat(MAX_FILE_BYTES + 1)).expect("write");
+        std::fs::write(&small, "x".repeat(MAX_FILE_BYTES)).expect("write");
+        let mut files = Files::cached();
+        assert_eq!(files.read(&big), None);
+        assert!(files.oversized());
+        assert!(files.buf.len() <= MAX_FILE_BYTES + 1, "{}", files.buf.len());
+        assert_eq!(files.read(&small).map(str::len), Some(MAX_FILE_BYTES));
+        assert!(!files.oversized());
+        assert_eq!(read(&big), None);
+        std::fs::write(&big, format!("{}\n{}", 4242, "1\n".repeat(200_000))).expect("write");
+        assert_eq!(first_line(&big).as_deref(), Some("4242"));
+        std::fs::write(&big, "x".repeat(100)).expect("write");
+        assert_eq!(first_line(&big), None, "no line within the first read");
     }
 
     #[test]

@@ -516,6 +516,12 @@ fn ip(args: &[&str]) {
 
 impl NetnsPair {
     fn new() -> Self {
+        Self::after_bridges(0)
+    }
+
+    /// A pair whose `a` side holds `bridges` bridges made before its veth, so that the veth comes last in
+    /// `a`'s `/proc/<pid>/net/dev` (listed by interface index).
+    fn after_bridges(bridges: usize) -> Self {
         let id = format!(
             "{}-{}",
             std::process::id(),
@@ -527,6 +533,15 @@ impl NetnsPair {
         };
         ip(&["netns", "add", &pair.a]);
         ip(&["netns", "add", &pair.b]);
+        if bridges > 0 {
+            let batch: String = (0..bridges)
+                .map(|i| format!("link add br{i} type bridge\n"))
+                .collect();
+            let file = tempfile::NamedTempFile::new().expect("batch file");
+            std::fs::write(file.path(), batch).expect("write batch");
+            let path = file.path().to_str().expect("utf-8 temp path");
+            ip(&["-n", &pair.a, "-batch", path]);
+        }
         ip(&[
             "-n", &pair.a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
             "netns", &pair.b,
@@ -642,6 +657,84 @@ fn tc_egress_limit_caps_throughput_between_namespaces() {
         net::set_egress_limit(&ns, Some("nope0"), &EgressLimit::new(rate)),
         Err(net::NetError::NoInterface { .. })
     ));
+}
+
+/// A container's network namespace may list hundreds of interfaces, and procfs hands `/proc/<pid>/net/dev` out a
+/// page at a time: the sampler sums every one of them (it stopped at the first short read, the first ~30), and
+/// leaves the counters out, saying so, once the file is past its bound.
+#[test]
+fn net_counters_sum_every_interface_of_a_namespace_with_hundreds() {
+    if !require_root("net_counters_sum_every_interface_of_a_namespace_with_hundreds") {
+        return;
+    }
+    let pair = NetnsPair::after_bridges(300);
+    let (a, b) = (NetnsPair::path(&pair.a), NetnsPair::path(&pair.b));
+    let mut cg = TestCgroup::new();
+    let pid = cg.spawn_sh(&format!("exec ip netns exec {} sleep 60", pair.a));
+    let dev = PathBuf::from(format!("/proc/{pid}/net/dev"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .as_deref()
+        != Some("sleep\n")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "ip netns exec did not exec sleep"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let text = std::fs::read_to_string(&dev).expect("net/dev");
+    let veth_at = text.find("veth0:").expect("veth0 listed");
+    assert!(
+        veth_at > 16 << 10,
+        "veth0 at byte {veth_at} of {}: this test needs it listed after the bridges",
+        text.len()
+    );
+
+    let (received, stop) = stream(&a, &b);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.load(Ordering::Relaxed) < 1 << 20 {
+        assert!(Instant::now() < deadline, "the stream sent nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = received.load(Ordering::Relaxed);
+
+    let mut sampler = cg.cgroup().sampler();
+    let net = sampler.sample().net.expect("net counters");
+    assert!(!sampler.net_oversized());
+    assert!(
+        net.tx_bytes >= sent,
+        "tx {} bytes counted, {sent} received through veth0 (listed at byte {veth_at} of {})",
+        net.tx_bytes,
+        text.len()
+    );
+    println!(
+        "net/dev {} bytes, veth0 at byte {veth_at}: tx {} bytes counted for {sent} received",
+        text.len(),
+        net.tx_bytes
+    );
+
+    // Past the bound (256 KiB, ~2,000 interfaces): left out and said, the same process kept.
+    let batch: String = (300..2600)
+        .map(|i| format!("link add br{i} type bridge\n"))
+        .collect();
+    let file = tempfile::NamedTempFile::new().expect("batch file");
+    std::fs::write(file.path(), batch).expect("write batch");
+    ip(&[
+        "-n",
+        &pair.a,
+        "-batch",
+        file.path().to_str().expect("utf-8"),
+    ]);
+    let len = std::fs::read(&dev).expect("net/dev").len();
+    assert!(len > 256 << 10, "net/dev {len} bytes");
+    assert_eq!(sampler.sample().net, None, "net/dev of {len} bytes");
+    assert!(sampler.net_oversized());
+    assert_eq!(sampler.sample().net, None);
+    assert!(sampler.net_oversized(), "still the same process");
 }
 
 /// A TCP stream from `from` to a server in `to` that runs until the returned flag is set; the counter holds

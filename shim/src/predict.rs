@@ -382,6 +382,9 @@ struct MonitorState {
     buffered: Vec<Sample>,
     /// The last full sample read.
     last: Option<Sample>,
+    /// The last full sample left the network counters out: the container's network namespace lists more
+    /// interfaces than the sampler reads (said in the log when it starts and when it ends).
+    net_oversized: bool,
     pace: Pace,
 }
 
@@ -605,6 +608,7 @@ impl Augment {
                 sampler: None,
                 buffered: Vec::new(),
                 last: None,
+                net_oversized: false,
                 pace: Pace::new(registered.as_ref().and_then(|r| r.heartbeat_ms)),
             }),
             registered: Mutex::new(registered),
@@ -922,6 +926,14 @@ impl Augment {
             _ => {
                 let full = sampler.sample();
                 st.last = Some(full.clone());
+                if sampler.net_oversized() != st.net_oversized {
+                    st.net_oversized = sampler.net_oversized();
+                    if st.net_oversized {
+                        tracing::warn!(container = %self.id, "network counters left out: the container's network namespace lists more interfaces than the monitor reads (its /proc/<pid>/net/dev is over 256 KiB, about 2,000 interfaces)");
+                    } else {
+                        tracing::info!(container = %self.id, "network counters read again");
+                    }
+                }
                 full
             }
         };
