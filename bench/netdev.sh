@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Shim CPU/RSS while a busy container's netns holds N interfaces.  netdev.sh SHIMDIR N...
+# The shim's CPU and RSS while a busy container's network namespace holds N interfaces (bridges made from the
+# host with nsenter), one container per N, on a private containerd 1.6 (docs/BENCHMARKS.md, "A network namespace
+# with many interfaces"). Root; strace optional (counts the shim's reads of net/dev).
+#
+#   bench/netdev.sh SHIMDIR N...      e.g. bench/netdev.sh target/release 0 1000 2500
 set -euo pipefail
-cd /work/main
-shimdir=$1; shift
+shimdir=$(cd "${1:?usage: netdev.sh SHIMDIR N...}" && pwd); shift
+cd "$(dirname "$0")/.."
 dir=/tmp/nd-$$; ns=nd
 cache=/var/cache/predictive-e2e; image=docker.io/predictive/busybox:latest
 trap 'scripts/containerd-down.sh $dir >/dev/null 2>&1 || true' EXIT
@@ -25,7 +29,8 @@ for n in "$@"; do
   sleep 30
   t1=$(awk '{print $14+$15}' /proc/$shim/stat)
   rss=$(awk '/VmRSS/ {print $2}' /proc/$shim/status)
-  reads=$(timeout 3 strace -f -p $shim -e trace=pread64 2>&1 | grep -c "Inter-" || true)
+  reads=n/a
+  command -v strace >/dev/null && reads=$(timeout 3 strace -f -p $shim -e trace=pread64 2>&1 | grep -c "Inter-" || true)
   echo "N=$n net/dev=$bytes bytes: shim cpu $(( (t1-t0)*10 )) ms in 30 s, RSS $rss kB, net/dev preads in 3 s: $reads"
   c t kill -s KILL w$n >/dev/null; sleep 1; c c rm w$n >/dev/null 2>&1 || true
 done
