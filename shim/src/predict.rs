@@ -250,6 +250,7 @@ fn register_message(
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
     let parents = parent_limits(id, &cgroup_path);
+    let (image, cgroup_path) = (shown_text(image), shown_text(cgroup_path));
     Register {
         container_id: id.to_owned(),
         namespace: namespace.to_owned(),
@@ -278,6 +279,28 @@ fn register_message(
         pokes: Some(true),
         created_ns: None,
     }
+}
+
+/// A Register's text that the broker only shows (the image, the cgroup path), as its range check takes it: as is
+/// when it passes, else escaped (`\n`, `\u{1}`) and cut to the bound on a character boundary, or empty when it is
+/// only whitespace. An operator may give `ctr run --cgroup` a path with a control character in it (a legal cgroup
+/// name); sent raw, the Register was refused and the container ran unmonitored.
+fn shown_text(v: String) -> String {
+    use predictive_api::validate::{MAX_PATH, optional_text};
+    if optional_text("", &v, MAX_PATH).is_ok() {
+        return v;
+    }
+    if v.trim().is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    for c in v.chars().flat_map(char::escape_default) {
+        if out.len() + c.len_utf8() > MAX_PATH {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Whether the spec gives the container a network namespace of its own (a new one, or a path such as a CNI
@@ -1588,6 +1611,30 @@ mod tests {
             (r.limits.cpu_limit_cores, r.limits.cpu_request_cores),
             (Some(max), Some(max))
         );
+
+        // What an operator chooses: `ctr run --cgroup` with a control character, or a path past the bound; an
+        // image name the same. Shown escaped, and the Register taken.
+        for (path, shown) in [
+            ("/odd\npath/c", "/odd\\npath/c".to_owned()),
+            ("/\u{1b}[31mred", "/\\u{1b}[31mred".to_owned()),
+            ("   ", String::new()),
+            ("/plain/c", "/plain/c".to_owned()),
+        ] {
+            let mut spec = spec.clone();
+            let linux = spec.linux().clone().unwrap_or_default();
+            spec.set_linux(Some(
+                linux.clone().set_cgroups_path(Some(path.into())).clone(),
+            ));
+            let mut map = annotations(&spec);
+            map.insert("io.containerd.image.name".into(), path.into());
+            let r = register_message("c", "default", &spec, map);
+            assert_eq!((&r.cgroup_path, &r.image), (&shown, &shown), "{path:?}");
+            let req = predictive_api::wire::Request::Register(r);
+            assert_eq!(predictive_api::validate::request(&req), Ok(()), "{path:?}");
+        }
+        let long = format!("/{}", "\u{7f}".repeat(5_000));
+        let shown = shown_text(long);
+        assert!(shown.len() <= predictive_api::validate::MAX_PATH && shown.starts_with("/\\u{7f}"));
     }
 
     #[test]
