@@ -514,6 +514,24 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// Adds bridges `br<i>` for each `i` in `range` to the namespace `ns`, in one `ip -batch`.
+fn add_bridges(ns: &str, range: std::ops::Range<usize>) {
+    if range.is_empty() {
+        return;
+    }
+    let batch: String = range
+        .map(|i| format!("link add br{i} type bridge\n"))
+        .collect();
+    let file = tempfile::NamedTempFile::new().expect("batch file");
+    std::fs::write(file.path(), batch).expect("write batch");
+    ip(&[
+        "-n",
+        ns,
+        "-batch",
+        file.path().to_str().expect("utf-8 temp path"),
+    ]);
+}
+
 impl NetnsPair {
     fn new() -> Self {
         Self::after_bridges(0)
@@ -533,15 +551,7 @@ impl NetnsPair {
         };
         ip(&["netns", "add", &pair.a]);
         ip(&["netns", "add", &pair.b]);
-        if bridges > 0 {
-            let batch: String = (0..bridges)
-                .map(|i| format!("link add br{i} type bridge\n"))
-                .collect();
-            let file = tempfile::NamedTempFile::new().expect("batch file");
-            std::fs::write(file.path(), batch).expect("write batch");
-            let path = file.path().to_str().expect("utf-8 temp path");
-            ip(&["-n", &pair.a, "-batch", path]);
-        }
+        add_bridges(&pair.a, 0..bridges);
         ip(&[
             "-n", &pair.a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
             "netns", &pair.b,
@@ -718,17 +728,7 @@ fn net_counters_sum_every_interface_of_a_namespace_with_hundreds() {
     );
 
     // Past the bound (256 KiB, ~2,000 interfaces): left out and said, the same process kept.
-    let batch: String = (300..2600)
-        .map(|i| format!("link add br{i} type bridge\n"))
-        .collect();
-    let file = tempfile::NamedTempFile::new().expect("batch file");
-    std::fs::write(file.path(), batch).expect("write batch");
-    ip(&[
-        "-n",
-        &pair.a,
-        "-batch",
-        file.path().to_str().expect("utf-8"),
-    ]);
+    add_bridges(&pair.a, 300..2600);
     let len = std::fs::read(&dev).expect("net/dev").len();
     assert!(len > 256 << 10, "net/dev {len} bytes");
     assert_eq!(sampler.sample().net, None, "net/dev of {len} bytes");

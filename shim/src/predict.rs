@@ -282,25 +282,20 @@ fn register_message(
 }
 
 /// A Register's text that the broker only shows (the image, the cgroup path), as its range check takes it: as is
-/// when it passes, else escaped (`\n`, `\u{1}`) and cut to the bound on a character boundary, or empty when it is
-/// only whitespace. An operator may give `ctr run --cgroup` a path with a control character in it (a legal cgroup
-/// name); sent raw, the Register was refused and the container ran unmonitored.
+/// when it passes, else with its control characters escaped and cut at 512 characters (`validate::shown`, the
+/// broker's own escaping; at most ~3 KiB), or empty when it is only whitespace. An operator may give
+/// `ctr run --cgroup` a path with a control character in it (a legal cgroup name); sent raw, the Register was
+/// refused and the container ran unmonitored.
 fn shown_text(v: String) -> String {
-    use predictive_api::validate::{MAX_PATH, optional_text};
+    use predictive_api::validate::{MAX_PATH, optional_text, shown};
     if optional_text("", &v, MAX_PATH).is_ok() {
-        return v;
+        v
+    } else if v.trim().is_empty() {
+        String::new()
+    } else {
+        // An escaped control character takes at most 6 bytes, any other at most 4.
+        shown(&v, MAX_PATH / 8)
     }
-    if v.trim().is_empty() {
-        return String::new();
-    }
-    let mut out = String::new();
-    for c in v.chars().flat_map(char::escape_default) {
-        if out.len() + c.len_utf8() > MAX_PATH {
-            break;
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Whether the spec gives the container a network namespace of its own (a new one, or a path such as a CNI
