@@ -37,8 +37,9 @@
 //! (the idle containers in pods of this many, one `io.kubernetes.cri.sandbox-id` and so one shim each, for
 //! both runtimes; default 1: a shim per container),
 //! PREDICTIVE_BENCH_MOUNTS (extra tmpfs mounts on the host for the run, default 0: a node with a few hundred pods
-//! has thousands; `mounts.rs`), PREDICTIVE_E2E_CONTAINERD (default 1.6), PREDICTIVE_E2E_SHIM_DIR (default
-//! target/release).
+//! has thousands; `mounts.rs`), PREDICTIVE_BENCH_CGROUP_MOUNT (1: every start mounts cgroupfs at `/sys/fs/cgroup`
+//! as Docker's and Kubernetes' containers do; default 0, `ctr`'s spec), PREDICTIVE_E2E_CONTAINERD (default 1.6),
+//! PREDICTIVE_E2E_SHIM_DIR (default target/release).
 
 use std::time::Duration;
 
@@ -104,6 +105,12 @@ enum Driver<'a> {
     Systemd(&'a str),
 }
 
+/// With `1`, every start mounts cgroupfs read-only at `/sys/fs/cgroup`, as Docker's, nerdctl's and the CRI plugin's
+/// specs do (`ctr`'s has no such mount).
+const CGROUP_MOUNT_ENV: &str = "PREDICTIVE_BENCH_CGROUP_MOUNT";
+const CGROUP_MOUNT: &str =
+    "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro:nosuid:nodev:noexec";
+
 fn run_once_with(c: &Containerd, runtime: &str, driver: Driver) -> Result<f64, String> {
     let id = c.id("bench");
     let mut args = vec![
@@ -119,6 +126,9 @@ fn run_once_with(c: &Containerd, runtime: &str, driver: Driver) -> Result<f64, S
         } else {
             args.extend(["--runtime-config-path".into(), options.to_owned()]);
         }
+    }
+    if std::env::var_os(CGROUP_MOUNT_ENV).is_some_and(|v| v == "1") {
+        args.extend(["--mount".into(), CGROUP_MOUNT.into()]);
     }
     args.extend([IMAGE.into(), id.clone(), "/bin/true".into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -666,8 +676,9 @@ fn main() {
         print_idle_cpu(cpu);
     }
     println!(
-        "command: make bench   (PREDICTIVE_BENCH_RUNS={runs}, PREDICTIVE_BENCH_EXECS={execs}, PREDICTIVE_BENCH_MOUNTS={extra_mounts}, PREDICTIVE_BENCH_IDLE={idle}, PREDICTIVE_BENCH_POD={per_pod}, PREDICTIVE_BENCH_IDLE_SECS={idle_secs}, PREDICTIVE_BENCH_MEM_SECS={}, PREDICTIVE_BENCH_STALLED_RUNS={stalled_runs}, PREDICTIVE_BENCH_SYSTEMD_RUNS={systemd_runs}, containerd {})",
+        "command: make bench   (PREDICTIVE_BENCH_RUNS={runs}, PREDICTIVE_BENCH_EXECS={execs}, PREDICTIVE_BENCH_MOUNTS={extra_mounts}, PREDICTIVE_BENCH_IDLE={idle}, PREDICTIVE_BENCH_POD={per_pod}, PREDICTIVE_BENCH_IDLE_SECS={idle_secs}, PREDICTIVE_BENCH_MEM_SECS={}, PREDICTIVE_BENCH_STALLED_RUNS={stalled_runs}, PREDICTIVE_BENCH_SYSTEMD_RUNS={systemd_runs}, PREDICTIVE_BENCH_CGROUP_MOUNT={}, containerd {})",
         env_or("PREDICTIVE_BENCH_MEM_SECS", 2u64),
+        env_or(CGROUP_MOUNT_ENV, 0u8),
         settings.containerd
     );
 }

@@ -111,9 +111,24 @@ pub fn dirs_at(roots: &HostRoots, cgroups_path: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The container's directories in the named v1 hierarchies (`name=systemd`) at an absolute cgroupfs `cgroups_path`:
+/// where [`enter_named`] puts a create's worker. Empty as [`dirs_at`] is.
+pub fn named_dirs_at(roots: &HostRoots, cgroups_path: &str) -> Vec<PathBuf> {
+    let (Some(path), Ok(hierarchy)) = (cgroupfs_path(cgroups_path), Hierarchy::detect(roots))
+    else {
+        return Vec::new();
+    };
+    hierarchy
+        .v1_mounts()
+        .iter()
+        .filter(|m| is_systemd(m))
+        .filter_map(|m| mount_dir(m, &path))
+        .collect()
+}
+
 /// An absolute cgroupfs `cgroups_path` normalized; `None` for a `slice:prefix:name` or relative path, one that
 /// does not normalize, or one naming the root.
-fn cgroupfs_path(cgroups_path: &str) -> Option<String> {
+pub(crate) fn cgroupfs_path(cgroups_path: &str) -> Option<String> {
     if !cgroups_path.starts_with('/') || is_systemd_form(cgroups_path) {
         return None;
     }
@@ -171,22 +186,97 @@ pub fn join_companions(roots: &HostRoots, pid: i32) -> Joined {
         if current == Some(target) {
             continue;
         }
-        let Some(dir) = mount_dir(mount, target) else {
+        let Some(dir) = made_dir(mount, target, &mut out.made, &mut out.errors) else {
             continue;
         };
-        match make_dirs(&mount.mount_point, &dir) {
-            Ok(made) => out.made.extend(made),
-            Err(source) => {
-                out.errors.push(CompanionError::MakeDir { dir, source });
-                continue;
-            }
-        }
         match enter(&dir, pid) {
             Ok(()) => out.joined.push(dir),
             Err(e) => out.errors.push(e),
         }
     }
     out
+}
+
+/// What [`enter_named`] did, to undo after a failed create ([`NamedEntered::undo`]).
+#[derive(Debug, Default)]
+pub struct NamedEntered {
+    /// Directories made, outermost first.
+    pub made: Vec<PathBuf>,
+    /// The directories the calling thread left, to go back to.
+    pub left: Vec<PathBuf>,
+    /// What failed (best effort, as [`join_companions`]).
+    pub errors: Vec<CompanionError>,
+}
+
+/// Puts the calling thread (a create's worker, before libcontainer forks the container's processes from it) into the
+/// container's directory at the absolute cgroupfs `cgroups_path` in the named v1 hierarchies (`name=systemd`),
+/// making it. The container's processes inherit it, so libcontainer, which mounts each v1 hierarchy at the init's
+/// own path in it, shows a container its own `name=systemd` cgroup; joined after the create (as
+/// [`join_companions`] does for the init), its mount showed the shim's (on a host where the shim is at the root:
+/// every container's cgroup, and a privileged container's writes went to the host's systemd tree). The move writes
+/// `0` into `tasks`: one thread, so the kernel takes no global lock and no grace period is waited for. Nothing on
+/// a pure v2 host, for a `slice:prefix:name` or relative path, or one naming the root.
+pub fn enter_named(roots: &HostRoots, cgroups_path: &str) -> NamedEntered {
+    let mut out = NamedEntered::default();
+    let (Some(path), Ok(hierarchy)) = (cgroupfs_path(cgroups_path), Hierarchy::detect(roots))
+    else {
+        return out;
+    };
+    let mine = std::fs::read_to_string(roots.proc.join("thread-self/cgroup")).unwrap_or_default();
+    let mine = proc_lines(&mine);
+    for mount in hierarchy.v1_mounts().iter().filter(|m| is_systemd(m)) {
+        let Some(dir) = made_dir(mount, &path, &mut out.made, &mut out.errors) else {
+            continue;
+        };
+        match enter_thread(&dir) {
+            Ok(()) => out
+                .left
+                .extend(path_in(&mine, mount).and_then(|p| mount_dir(mount, p))),
+            Err(e) => out.errors.push(e),
+        }
+    }
+    out
+}
+
+impl NamedEntered {
+    /// After a failed create: the calling thread goes back where it was, and the directories made go.
+    pub fn undo(&self) {
+        for dir in &self.left {
+            let _ = enter_thread(dir);
+        }
+        remove_dirs(&self.made);
+    }
+}
+
+/// The directory of cgroup `path` under `mount`, made with the directories above it that are missing (added to
+/// `made`, outermost first); `None`, with the failure in `errors`, when it cannot be.
+fn made_dir(
+    mount: &CgroupMount,
+    path: &str,
+    made: &mut Vec<PathBuf>,
+    errors: &mut Vec<CompanionError>,
+) -> Option<PathBuf> {
+    let dir = mount_dir(mount, path)?;
+    match make_dirs(&mount.mount_point, &dir) {
+        Ok(m) => {
+            made.extend(m);
+            Some(dir)
+        }
+        Err(source) => {
+            errors.push(CompanionError::MakeDir { dir, source });
+            None
+        }
+    }
+}
+
+/// Moves the calling thread into the v1 cgroup directory `dir` (its `tasks` file).
+fn enter_thread(dir: &Path) -> Result<(), CompanionError> {
+    let file = dir.join("tasks");
+    std::fs::write(&file, "0").map_err(|source| CompanionError::Join {
+        pid: 0,
+        file,
+        source,
+    })
 }
 
 /// Moves the calling process into every companion hierarchy at the path where `init` (a running container's init)
@@ -404,6 +494,73 @@ mod tests {
                 assert!(!host.root().join("systemd/kubepods").exists());
                 assert!(!host.root().join("systemd/kubepods.slice").exists());
             }
+        }
+    }
+
+    /// A create's worker enters the container's `name=systemd` directory through `tasks` (no other hierarchy: the
+    /// v1 controllers are libcontainer's, the cgroup2 tree is not mounted in a v1 container), and a failed create
+    /// goes back and removes what it made.
+    #[test]
+    fn a_create_worker_enters_name_systemd_first_and_undoes_it() {
+        for layout in [Layout::V1, Layout::Hybrid, Layout::V2] {
+            let host = FakeHost::new(layout);
+            host.proc_file(
+                "thread-self/cgroup",
+                "12:name=systemd:/shim
+4:memory:/
+0::/shim
+",
+            );
+            if layout != Layout::V2 {
+                std::fs::create_dir_all(host.root().join("systemd/shim"))
+                    .expect("the worker's dir");
+            }
+            let entered = enter_named(&host.roots(), POD);
+            assert!(
+                entered.errors.is_empty(),
+                "{layout:?}: {:?}",
+                entered.errors
+            );
+            let dir = host
+                .root()
+                .join("systemd")
+                .join(POD.trim_start_matches('/'));
+            if layout == Layout::V2 {
+                assert!(
+                    entered.made.is_empty() && entered.left.is_empty(),
+                    "{entered:?}"
+                );
+                assert!(named_dirs_at(&host.roots(), POD).is_empty());
+                continue;
+            }
+            assert_eq!(host.read_abs(&dir.join("tasks")), "0", "{layout:?}");
+            assert_eq!(
+                entered.made.first(),
+                Some(&host.root().join("systemd/kubepods"))
+            );
+            assert_eq!(entered.made.last(), Some(&dir));
+            assert_eq!(entered.left, vec![host.root().join("systemd/shim")]);
+            assert_eq!(named_dirs_at(&host.roots(), POD), vec![dir.clone()]);
+            assert!(
+                !host.root().join("unified/kubepods").exists(),
+                "{layout:?}: the cgroup2 tree is the create's warm-up's"
+            );
+            // Undone: back in its own directory, and what was made gone (the fake `tasks` files cleared first).
+            for d in &entered.made {
+                let _ = std::fs::remove_file(d.join("tasks"));
+            }
+            entered.undo();
+            assert_eq!(host.read_abs(&host.root().join("systemd/shim/tasks")), "0");
+            assert!(!host.root().join("systemd/kubepods").exists(), "{layout:?}");
+        }
+        let host = FakeHost::new(Layout::Hybrid);
+        for p in NOT_CGROUPFS {
+            let entered = enter_named(&host.roots(), p);
+            assert!(
+                entered.made.is_empty() && entered.left.is_empty(),
+                "{p}: {entered:?}"
+            );
+            assert!(named_dirs_at(&host.roots(), p).is_empty(), "{p}");
         }
     }
 

@@ -310,7 +310,7 @@ impl Hierarchy {
         }
     }
 
-    fn v1_mounts(&self) -> &[CgroupMount] {
+    pub(crate) fn v1_mounts(&self) -> &[CgroupMount] {
         match self {
             Self::Unified(_) => &[],
             Self::Legacy(v1) | Self::Hybrid { v1, .. } => v1,

@@ -51,6 +51,7 @@ mod pids;
 pub mod placement;
 pub mod resources;
 mod sample;
+pub mod subtree;
 pub mod threshold;
 pub mod trigger;
 pub mod v1;

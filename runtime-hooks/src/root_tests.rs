@@ -355,6 +355,39 @@ fn has_swap() -> bool {
         .unwrap_or(true)
 }
 
+/// On a real cgroupfs: cgroups below a container's go deepest first; one with a process in it refuses (EBUSY) and
+/// keeps its parents; killed, its process leaves it a moment later, which `wait` waits for.
+#[test]
+fn cgroups_below_a_containers_go_once_their_processes_have_left() {
+    if !require_root("cgroups_below_a_containers_go_once_their_processes_have_left") {
+        return;
+    }
+    let mut tc = TestCgroup::new();
+    let top = tc.dirs[0].clone();
+    for d in ["a/b", "c/d/e"] {
+        std::fs::create_dir_all(top.join(d)).expect("child cgroups");
+    }
+    let mut child = Command::new("sleep")
+        .arg("100000")
+        .spawn()
+        .expect("spawn sleep");
+    std::fs::write(top.join("a/b/cgroup.procs"), child.id().to_string()).expect("move sleep");
+    let pruned = crate::subtree::remove_below(&top, false);
+    let (dir, err) = pruned.failed.expect("the busy cgroup stays");
+    assert_eq!(dir, top.join("a/b"));
+    assert_eq!(err.raw_os_error(), Some(libc::EBUSY), "{err}");
+    assert_eq!(pruned.removed, 3, "c/d/e, c/d and c");
+    assert!(top.join("a/b").is_dir() && !top.join("c").exists());
+    // SIGKILL, not reaped yet: it leaves its cgroup when it has exited.
+    child.kill().expect("kill sleep");
+    let pruned = crate::subtree::remove_below(&top, true);
+    assert!(pruned.failed.is_none(), "{:?}", pruned.failed);
+    assert_eq!(pruned.removed, 2);
+    assert!(top.is_dir() && !top.join("a").exists());
+    let _ = child.wait();
+    tc.children.clear();
+}
+
 #[test]
 fn freeze_stops_the_cpu_clock_and_thaw_restarts_it() {
     if !require_root("freeze_stops_the_cpu_clock_and_thaw_restarts_it") {

@@ -185,6 +185,34 @@ pub struct Placed {
     pub rewrite: Option<String>,
 }
 
+/// For a container that mounts cgroupfs with a cgroupfs cgroupsPath: the path its create's worker enters the named
+/// v1 hierarchies at first (`runtime::create`), and the container's own directories there, to remove with it (the
+/// parents the worker made stay, as runc's do). libcontainer shows a container the `name=systemd` cgroup its init is
+/// in when the mounts are set up; joined after the create, that was the shim's. The early move costs ~2.5 ms of
+/// start on a v1 host (docs/BENCHMARKS.md), so every other container joins after the create, as before.
+pub fn named_first(
+    spec: &Spec,
+    roots: &runtime_hooks::HostRoots,
+) -> (Option<String>, Vec<PathBuf>) {
+    let path = mounts_cgroupfs(spec)
+        .then(|| spec.linux().as_ref()?.cgroups_path().as_ref())
+        .flatten()
+        .map(|p| p.to_string_lossy().into_owned());
+    let named = path.as_deref().map_or_else(Vec::new, |p| {
+        runtime_hooks::companions::named_dirs_at(roots, p)
+    });
+    (path, named)
+}
+
+/// Whether the container mounts a cgroup filesystem (a `cgroup` or `cgroup2` mount: Docker's, nerdctl's and the CRI
+/// plugin's default spec have one at `/sys/fs/cgroup`; `ctr`'s has none).
+pub fn mounts_cgroupfs(spec: &Spec) -> bool {
+    spec.mounts()
+        .iter()
+        .flatten()
+        .any(|m| matches!(m.typ().as_deref(), Some("cgroup" | "cgroup2")))
+}
+
 /// Decides where the container's cgroup goes for the cgroupsPath in `spec` and the runtime options
 /// (`runtime_hooks::placement`); when the path must change, `spec` is changed now and [`Placed::rewrite`] says
 /// what config.json must say.

@@ -4,7 +4,7 @@
 //! container's state lives under `root/<id>` (libcontainer's layout); the shim keeps one root per
 //! containerd namespace.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
@@ -26,13 +26,14 @@ pub fn work(request: Request, stdio: Stdio) -> Reply {
             root,
             console_socket,
             systemd,
+            cgroups_path,
             ..
         } => create(
             &id,
             &bundle,
             &root,
             console_socket.as_deref(),
-            systemd,
+            (systemd, cgroups_path.as_deref()),
             stdio,
         )
         .map(Some),
@@ -110,16 +111,25 @@ fn builder(
     Ok(builder)
 }
 
+/// Creates the container; `cgroups` is libcontainer's systemd driver and, with cgroupfs, the container's cgroupsPath.
+/// With a cgroupfs path this worker first enters the container's `name=systemd` directory, so the processes
+/// libcontainer forks from it are there when the init mounts the container's cgroupfs
+/// ([`runtime_hooks::companions::enter_named`]); after a failed create it goes back and removes what it made.
 fn create(
     id: &str,
     bundle: &Path,
     root: &Path,
     console_socket: Option<&Path>,
-    systemd: bool,
+    (systemd, cgroups_path): (bool, Option<&str>),
     stdio: Stdio,
 ) -> Result<i32, LibcontainerError> {
-    let result = builder(id, root, console_socket, stdio)?
-        .validate_id()?
+    let builder = builder(id, root, console_socket, stdio)?.validate_id()?;
+    let named = cgroups_path
+        .map(|p| runtime_hooks::companions::enter_named(&runtime_hooks::HostRoots::default(), p));
+    for e in named.iter().flat_map(|n| &n.errors) {
+        tracing::debug!(container = id, "{}", predictive_api::error_chain(e));
+    }
+    let result = builder
         .as_init(bundle)
         .with_systemd(systemd)
         .with_detach(true)
@@ -134,6 +144,9 @@ fn create(
             // Leave nothing behind: a half-made container's processes, cgroups and state go.
             if !matches!(err, LibcontainerError::Exist) {
                 let _ = delete(id, root);
+            }
+            if let Some(n) = &named {
+                n.undo();
             }
             Err(err)
         }
@@ -179,10 +192,38 @@ fn exec(
 }
 
 /// Force-deletes the container; a container that is already gone is not an error.
+///
+/// Cgroups the container made below its own go first, deepest first ([`runtime_hooks::subtree`]): libcgroups removes
+/// only the container's own directory, which the kernel refuses while it has children, and its delete then stops
+/// before the state (the id stays taken). Those that still hold a process when the container was running go after
+/// libcontainer's delete has killed it, and the delete is tried again.
 fn delete(id: &str, root: &Path) -> Result<(), LibcontainerError> {
     let dir = root.join(id);
     match load(root, id) {
-        Ok(mut container) => container.delete(true),
+        Ok(mut container) => {
+            let own = container
+                .spec()
+                .map(|c| {
+                    runtime_hooks::subtree::container_dirs(
+                        &runtime_hooks::HostRoots::default(),
+                        &c.cgroup_path.to_string_lossy(),
+                    )
+                })
+                .unwrap_or_default();
+            let pruned = prune_below(id, &own, false);
+            match container.delete(true) {
+                Err(e) if pruned.1 => {
+                    let again = prune_below(id, &own, true);
+                    tracing::debug!(
+                        container = id,
+                        "delete after removing {} cgroups below the container's: {e}",
+                        again.0
+                    );
+                    container.delete(true)
+                }
+                done => done,
+            }
+        }
         Err(LibcontainerError::NoDirectory) => Ok(()),
         Err(err) => {
             // State that cannot be read cannot be cleaned through libcontainer; drop what we can.
@@ -190,6 +231,25 @@ fn delete(id: &str, root: &Path) -> Result<(), LibcontainerError> {
             Err(err)
         }
     }
+}
+
+/// Removes the cgroups below each of the container's directories `own` (with `wait`, until their processes have
+/// left); returns how many went and whether any stayed. What stays is logged with `wait` only (without, a running
+/// container's processes are still there by design).
+fn prune_below(id: &str, own: &[PathBuf], wait: bool) -> (usize, bool) {
+    let mut removed = 0;
+    let mut stayed = false;
+    for dir in own {
+        let pruned = runtime_hooks::subtree::remove_below(dir, wait);
+        removed += pruned.removed;
+        if let Some((d, e)) = pruned.failed {
+            stayed = true;
+            if wait {
+                tracing::warn!(container = id, "removing the cgroup {}: {e}", d.display());
+            }
+        }
+    }
+    (removed, stayed)
 }
 
 /// Runs a container's process as libcontainer's default executor does, with two differences.

@@ -411,9 +411,18 @@ impl TaskService {
         };
 
         let kill_all = container::kills_all_on_exit(&spec);
-        match self.create_init(req, &bundle, paths, scope.is_some()).await {
+        let (cgroups_path, named) = container::named_first(&spec, &self.shared.roots);
+        match self
+            .create_init(req, &bundle, paths, scope.is_some(), cgroups_path)
+            .await
+        {
             Ok((process, pid)) => {
                 let mut container = Container::new(&req.id, &bundle, process, mounted);
+                container
+                    .companions
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(named);
                 container.augment = augment.clone();
                 if let (Some(a), Some(s)) = (&augment, &scope) {
                     a.set_scope(s.clone());
@@ -495,6 +504,7 @@ impl TaskService {
         bundle: &Path,
         paths: StdioPaths,
         systemd: bool,
+        cgroups_path: Option<String>,
     ) -> Result<(Process, i32)> {
         std::fs::create_dir_all(&self.shared.state_root).map_err(ShimError::io(format!(
             "creating state root {}",
@@ -514,6 +524,7 @@ impl TaskService {
             console_socket: console,
             stdio: stdio.fds(),
             systemd,
+            cgroups_path: cgroups_path.filter(|_| !systemd),
         };
         let result = async {
             let pid = self

@@ -67,6 +67,10 @@ pub enum Request {
         /// libcontainer's systemd cgroup driver (runtime_hooks::placement decided).
         #[serde(default)]
         systemd: bool,
+        /// The container's cgroupfs `linux.cgroupsPath` (as placed), for the worker to enter the named v1
+        /// hierarchies there first (`runtime_hooks::companions::enter_named`); `None` with the systemd driver.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cgroups_path: Option<String>,
     },
     Start {
         id: String,
@@ -644,6 +648,7 @@ mod tests {
                 console_socket: None,
                 stdio: stdio.fds(),
                 systemd: false,
+                cgroups_path: None,
             };
             let reply = zygote.call(&create, stdio).await.expect("call");
             assert_eq!(reply, Reply::Ok { pid: Some(100) });

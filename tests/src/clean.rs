@@ -241,6 +241,8 @@ pub fn scrub(c: &Scope<'_>, ids: &[String], keep_dir: bool) {
             .status();
     }
     for p in leaked_cgroups(c, ids) {
+        // Cgroups a container made below its own go first (the kernel removes none with children).
+        runtime_hooks::subtree::remove_below(&p, true);
         for _ in 0..50 {
             if std::fs::remove_dir(&p).is_ok() || !p.exists() {
                 break;

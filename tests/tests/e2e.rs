@@ -103,6 +103,103 @@ fn same_id_runs_back_to_back() {
     c.finish();
 }
 
+/// What a container that sees a writable cgroupfs does (a privileged pod, docker-in-docker, systemd or kind in a
+/// container): makes cgroups below its own in every hierarchy it sees, a process in the deepest. The kernel removes
+/// no cgroup that has children, so a runtime has to remove them first, as runc does.
+const MAKE_CGROUPS: &str = "sleep 100000 & s=$!; n=0; \
+    for d in /sys/fs/cgroup /sys/fs/cgroup/*/; do [ -f $d/cgroup.procs ] || continue; \
+    mkdir -p $d/pe2e-made/deeper && echo $s > $d/pe2e-made/deeper/cgroup.procs && n=$((n+1)); done; \
+    echo moved into $n; cat /proc/$s/cgroup; echo self; cat /proc/self/cgroup";
+
+/// The container's directories in every hierarchy, for as long as they exist (libcontainer's delete of an exited
+/// container runs just after the Delete's reply).
+fn cgroup_dirs_left(c: &Containerd, id: &str) -> Vec<std::path::PathBuf> {
+    let left = || {
+        predictive_e2e::kubelet::hierarchies()
+            .into_iter()
+            .map(|(mount, _)| mount.join(c.cgroup_name()).join(id))
+            .filter(|d| d.exists())
+            .collect::<Vec<_>>()
+    };
+    wait_until(Duration::from_secs(10), || {
+        let l = left();
+        l.is_empty().then_some(())
+    });
+    left()
+}
+
+/// A container that made cgroups below its own is deleted whole: after it exits (its pid namespace's end kills the
+/// process in them) and when it is force-removed while running. Before, its delete stopped at the kernel's refusal
+/// to remove a cgroup with children: its cgroups and state stayed, and `ctr run` of the same id failed with
+/// "container already exists".
+#[test]
+fn a_container_that_makes_cgroups_below_its_own_is_deleted_whole() {
+    let Some(c) = start("a_container_that_makes_cgroups_below_its_own_is_deleted_whole") else {
+        return;
+    };
+    let mut flags = vec![
+        "--privileged",
+        "--mount",
+        "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=rw:nosuid:nodev:noexec",
+    ];
+    // As the CRI plugin and Docker run containers: on cgroup v2 in a cgroup namespace of their own (without one a
+    // cgroup2 mount shows the host's root, under runc too), on v1 in the host's.
+    if Containerd::cgroup_v2_host() {
+        flags.extend(["--with-ns", "cgroup:"]);
+    }
+    let id = c.id("nest");
+    for round in 0..2 {
+        let out = c
+            .run(&id, &flags, &["sh", "-c", MAKE_CGROUPS])
+            .expect_ok(&format!("run {round} of a container that makes cgroups"));
+        let moved: usize = out
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("moved into "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(
+            moved >= 1 && out.stdout.contains("/pe2e-made/deeper"),
+            "the container made no cgroup of its own: {out}"
+        );
+        // Its cgroupfs showed it its own cgroup in every hierarchy, `name=systemd` too: the shell's lines agree
+        // (with no cgroup namespace they are host paths).
+        let own: Vec<&str> = out
+            .stdout
+            .split_once("self\n")
+            .map(|(_, s)| s.lines().filter_map(|l| l.splitn(3, ':').nth(2)).collect())
+            .unwrap_or_default();
+        assert!(
+            !own.is_empty() && own.iter().all(|p| *p == own[0]),
+            "the container is not at one path in every hierarchy: {out}"
+        );
+        let left = cgroup_dirs_left(&c, &id);
+        assert!(
+            left.is_empty(),
+            "run {round}: the container's cgroups stayed after it exited: {left:?}"
+        );
+    }
+    // What it made is below its own cgroup, never at a hierarchy's root (where a v1 container that was shown the
+    // host's `name=systemd` tree made it).
+    for (mount, _) in predictive_e2e::kubelet::hierarchies() {
+        let outside = mount.join("pe2e-made");
+        let made_outside = outside.exists();
+        runtime_hooks::subtree::remove_below(&outside, true);
+        let _ = std::fs::remove_dir(&outside);
+        assert!(!made_outside, "the container made {}", outside.display());
+    }
+    let running = c.id("nest-running");
+    let script = format!("{MAKE_CGROUPS}; exec sleep 100000");
+    c.run_detached(&running, &flags, &["sh", "-c", &script]);
+    c.remove(&running);
+    let left = cgroup_dirs_left(&c, &running);
+    assert!(
+        left.is_empty(),
+        "the running container's cgroups stayed after a forced remove: {left:?}"
+    );
+    c.finish();
+}
+
 #[test]
 fn sigkill_gives_137() {
     let Some(c) = start("sigkill_gives_137") else {
