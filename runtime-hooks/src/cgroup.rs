@@ -126,6 +126,25 @@ impl ContainerCgroup {
         Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
 
+    /// The processes in the cgroup and in every cgroup below it (a container may make cgroups of its own and move
+    /// processes there: `runc ps` lists them too), as [`Self::try_procs`] for the cgroup itself; a cgroup below
+    /// that goes meanwhile is skipped.
+    pub fn try_procs_all(&self) -> Result<Vec<i32>, ActuateError> {
+        let mut out = self.try_procs()?;
+        let Some(dir) = self
+            .procs_file()
+            .and_then(|f| f.parent().map(Path::to_path_buf))
+        else {
+            return Ok(out);
+        };
+        for d in crate::walk::dirs_below(&dir).0 {
+            if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            }
+        }
+        Ok(out)
+    }
+
     fn procs_file(&self) -> Option<PathBuf> {
         let dir = match &self.dirs {
             CgroupDirs::V2(d) => Some(&d.dir),

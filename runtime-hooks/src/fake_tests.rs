@@ -515,6 +515,29 @@ fn missing_controller_is_typed() {
     assert!(matches!(err, ActuateError::Write { ref path, .. } if path.ends_with("cpu.shares")));
 }
 
+/// Pids lists the processes a container moved into cgroups below its own too (`runc ps` does); the cgroup's own
+/// `cgroup.procs` must be there, one below it that is gone is skipped.
+#[test]
+fn every_process_below_the_cgroup_is_listed() {
+    for layout in [Layout::V1, Layout::V2] {
+        let (host, cg) = setup(layout);
+        let ctrl = if layout == Layout::V1 { "memory" } else { "" };
+        host.file(&host.rel(ctrl, C, "cgroup.procs"), "10\n11\n");
+        host.file(&host.rel(ctrl, C, "made/cgroup.procs"), "12\n");
+        host.file(&host.rel(ctrl, C, "made/deeper/cgroup.procs"), "13\nbad\n");
+        std::fs::create_dir_all(host.root().join(host.rel(ctrl, C, "emptied"))).expect("dir");
+        let mut all = cg.try_procs_all().expect("procs");
+        all.sort_unstable();
+        assert_eq!(all, vec![10, 11, 12, 13], "{layout:?}");
+        assert_eq!(cg.try_procs().expect("procs"), vec![10, 11], "{layout:?}");
+        std::fs::remove_file(host.root().join(host.rel(ctrl, C, "cgroup.procs"))).expect("rm");
+        assert!(
+            matches!(cg.try_procs_all(), Err(ActuateError::Read { .. })),
+            "{layout:?}"
+        );
+    }
+}
+
 #[test]
 fn procs_lists_pids() {
     let (host, cg) = setup(Layout::V2);

@@ -56,6 +56,7 @@ pub mod threshold;
 pub mod trigger;
 pub mod v1;
 pub mod v2;
+mod walk;
 
 #[cfg(test)]
 mod fake_tests;

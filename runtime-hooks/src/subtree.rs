@@ -60,34 +60,17 @@ pub fn remove_below_with(
     mut rmdir: impl FnMut(&Path) -> io::Result<()>,
 ) -> Pruned {
     let deadline = Instant::now() + EXIT_WAIT;
-    let mut out = Pruned::default();
-    // (directory, its children are on the stack above it already).
-    let mut stack = vec![(dir.to_path_buf(), false)];
-    while let Some((d, listed)) = stack.pop() {
-        if listed {
-            if d != dir {
-                match remove_one(&d, wait, deadline, &mut rmdir) {
-                    Ok(()) => out.removed += 1,
-                    Err(e) => {
-                        out.failed.get_or_insert((d, e));
-                    }
-                }
-            }
-            continue;
-        }
-        let entries = match std::fs::read_dir(&d) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+    let (below, unlisted) = crate::walk::dirs_below(dir);
+    let mut out = Pruned {
+        removed: 0,
+        failed: unlisted,
+    };
+    // Each directory comes before the ones below it: backwards, every one after them.
+    for d in below.into_iter().rev() {
+        match remove_one(&d, wait, deadline, &mut rmdir) {
+            Ok(()) => out.removed += 1,
             Err(e) => {
                 out.failed.get_or_insert((d, e));
-                continue;
-            }
-        };
-        stack.push((d, true));
-        for entry in entries.flatten() {
-            // The type comes from the directory entry: a symbolic link is not a directory here.
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push((entry.path(), false));
             }
         }
     }

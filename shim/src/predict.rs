@@ -1435,23 +1435,16 @@ fn unit_resources(action: &Action) -> Option<oci_spec::runtime::LinuxResources> 
     Some(r)
 }
 
-/// Update: applies `resources` to the live cgroup of the container whose init is `pid`, field by field as
+/// Update: applies `resources` to the container's live cgroup `cg` (its own, as found at the create), field by field as
 /// `runc update` does (runtime-hooks: shares become `cpu.weight` on v2 with runc's conversion, `unified` entries
 /// are written on v2), then, when the broker manages the container, tells it the new limits and applies its
 /// answer ([`Augment::resized`]). Blocking: call from the blocking pool.
 pub fn apply_update(
-    roots: &HostRoots,
+    cg: &ContainerCgroup,
     id: &str,
-    pid: i32,
     resources: &LinuxResources,
     augment: Option<&Augment>,
 ) -> Result<()> {
-    let cg = ContainerCgroup::from_pid(roots, pid).map_err(|e| {
-        ShimError::FailedPrecondition(format!(
-            "update {id}: finding its cgroup: {}",
-            predictive_api::error_chain(&e)
-        ))
-    })?;
     let write = || {
         cg.update_resources(resources)
             .map_err(|e| update_error(id, e))

@@ -248,11 +248,8 @@ impl TaskService {
         });
     }
 
-    fn watch_oom(&self, container: &Container, pid: i32) {
-        let Some(cgroup) = ContainerCgroup::from_pid(&self.shared.roots, pid)
-            .ok()
-            .and_then(|cg| oom::MemoryCgroup::of(&cg))
-        else {
+    fn watch_oom(&self, container: &Container) {
+        let Some(cgroup) = container.cgroup.as_ref().and_then(oom::MemoryCgroup::of) else {
             return;
         };
         let tracker = Arc::new(oom::OomTracker::new(cgroup));
@@ -418,6 +415,7 @@ impl TaskService {
         {
             Ok((process, pid)) => {
                 let mut container = Container::new(&req.id, &bundle, process, mounted);
+                container.cgroup = ContainerCgroup::from_pid(&self.shared.roots, pid).ok();
                 container
                     .companions
                     .get_mut()
@@ -450,7 +448,7 @@ impl TaskService {
                             .extend(made);
                     }
                 }
-                self.watch_oom(&container, pid);
+                self.watch_oom(&container);
                 let oom = container
                     .oom
                     .lock()
@@ -1072,6 +1070,7 @@ impl TaskService {
         let augment = container.augment.clone();
         let id = req.id.clone();
         let roots = self.shared.roots.clone();
+        let known = container.cgroup.clone();
         tokio::task::spawn_blocking(move || {
             // systemd's unit first, as runc does: a refusal there changes nothing, and the cgroup files written
             // next are not put back by systemd's next daemon-reload.
@@ -1083,7 +1082,10 @@ impl TaskService {
                     ))
                 })?;
             }
-            predict::apply_update(&roots, &id, pid as i32, &resources, augment.as_deref())
+            let cg = container_cgroup(known, &roots, pid).map_err(|e| {
+                ShimError::FailedPrecondition(format!("update {id}: finding its cgroup: {e}"))
+            })?;
+            predict::apply_update(&cg, &id, &resources, augment.as_deref())
         })
         .await
         .map_err(|e| ShimError::Zygote(format!("update task: {e}")))?
@@ -1094,11 +1096,11 @@ impl TaskService {
         let pid = self.running_pid(&container)?;
         let id = req.id.clone();
         let roots = self.shared.roots.clone();
+        let known = container.cgroup.clone();
         let stats = tokio::task::spawn_blocking(move || {
-            let cgroup = ContainerCgroup::from_pid(&roots, pid as i32).map_err(|e| {
+            let cgroup = container_cgroup(known, &roots, pid).map_err(|e| {
                 ShimError::FailedPrecondition(format!(
-                    "stats {id}: finding the cgroup of pid {pid}: {}",
-                    predictive_api::error_chain(&e)
+                    "stats {id}: finding the cgroup of pid {pid}: {e}"
                 ))
             })?;
             let any = match cgroup.dirs() {
@@ -1123,10 +1125,12 @@ impl TaskService {
         let container = self.container(&req.id)?;
         let pid = self.running_pid(&container)?;
         let roots = self.shared.roots.clone();
+        let known = container.cgroup.clone();
         let pids = tokio::task::spawn_blocking(move || {
-            ContainerCgroup::from_pid(&roots, pid as i32)
-                .map_err(|e| predictive_api::error_chain(&e))
-                .and_then(|cg| cg.try_procs().map_err(|e| predictive_api::error_chain(&e)))
+            container_cgroup(known, &roots, pid).and_then(|cg| {
+                cg.try_procs_all()
+                    .map_err(|e| predictive_api::error_chain(&e))
+            })
         })
         .await
         .map_err(|e| ShimError::Zygote(format!("pids: {e}")))?
@@ -1211,6 +1215,20 @@ async fn kill_all_after_init(shared: &Shared, id: &str, augment: Option<&Augment
             tracing::warn!(container = %id, "killing what the init left: {message}")
         }
         Err(e) => tracing::warn!(container = %id, "killing what the init left: {}", e.chain()),
+    }
+}
+
+/// The container's cgroup as found at its create ([`Container::cgroup`]), else (not found then) the one its init
+/// `pid` is in now; an error names what failed.
+fn container_cgroup(
+    known: Option<ContainerCgroup>,
+    roots: &runtime_hooks::HostRoots,
+    pid: u32,
+) -> std::result::Result<ContainerCgroup, String> {
+    match known {
+        Some(cg) => Ok(cg),
+        None => ContainerCgroup::from_pid(roots, pid as i32)
+            .map_err(|e| predictive_api::error_chain(&e)),
     }
 }
 

@@ -188,9 +188,64 @@ fn a_container_that_makes_cgroups_below_its_own_is_deleted_whole() {
         let _ = std::fs::remove_dir(&outside);
         assert!(!made_outside, "the container made {}", outside.display());
     }
+    // Running: its init moves itself below too, as systemd in a container moves into `init.scope`. The container's
+    // processes, limits and figures stay the container's: `ctr t ps` lists both, an Update writes the container's
+    // own cgroup, `pids.current` counts both.
     let running = c.id("nest-running");
-    let script = format!("{MAKE_CGROUPS}; exec sleep 100000");
-    c.run_detached(&running, &flags, &["sh", "-c", &script]);
+    let script = format!(
+        "{MAKE_CGROUPS}; for d in /sys/fs/cgroup /sys/fs/cgroup/*/; do [ -f $d/cgroup.procs ] || continue; \
+         [ -d $d/pe2e-made ] || continue; mkdir -p $d/pe2e-init && echo $$ > $d/pe2e-init/cgroup.procs; done; \
+         exec sleep 100000"
+    );
+    // Mode off: the Update's write is the shim's alone (with a monitor the broker's answer writes the container's
+    // limit as well).
+    let mut off = flags.clone();
+    off.extend(["--annotation", "io.predictive.mode=off"]);
+    c.run_detached(&running, &off, &["sh", "-c", &script]);
+    let init = c.task_pid(&running);
+    let listed = || -> Vec<i32> {
+        c.ctr(&["t", "ps", &running])
+            .stdout
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect()
+    };
+    let moved = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .is_ok_and(|c| c.contains("/pe2e-init"))
+    };
+    let ps = wait_until(Duration::from_secs(20), || {
+        let l = listed();
+        (moved(init) && l.len() == 2).then_some(l)
+    });
+    assert!(
+        ps.as_ref().is_some_and(|l| l.contains(&init)),
+        "ctr t ps of a container whose processes are in cgroups below its own: {:?} (init {init}, moved {})",
+        listed(),
+        moved(init)
+    );
+    let out = c.ctr(&["t", "metrics", &running]).expect_ok("t metrics");
+    assert_eq!(
+        metric(&out.stdout, "pids.current"),
+        Some(2),
+        "the container's pids.current counts every process below it: {out}"
+    );
+    let limit = if Containerd::cgroup_v2_host() {
+        c.cgroup_dir("", &running).join("memory.max")
+    } else {
+        c.cgroup_dir("memory", &running)
+            .join("memory.limit_in_bytes")
+    };
+    let sock = predictive_e2e::clean::shim_socket(&c.leak_scope(), &running);
+    let res = serde_json::json!({"memory": {"limit": 134217728}});
+    predictive_e2e::ttrpc::update_task(&c.bundle(&running), Some(&sock), &running, &res)
+        .expect("Task.Update");
+    assert_eq!(
+        std::fs::read_to_string(&limit).unwrap_or_default().trim(),
+        "134217728",
+        "an Update sets the container's own limit ({}), not the cgroup its init moved to",
+        limit.display()
+    );
     c.remove(&running);
     let left = cgroup_dirs_left(&c, &running);
     assert!(
