@@ -506,10 +506,7 @@ mod tests {
             let host = FakeHost::new(layout);
             host.proc_file(
                 "thread-self/cgroup",
-                "12:name=systemd:/shim
-4:memory:/
-0::/shim
-",
+                "12:name=systemd:/shim\n4:memory:/\n0::/shim\n",
             );
             if layout != Layout::V2 {
                 std::fs::create_dir_all(host.root().join("systemd/shim"))

@@ -28,11 +28,11 @@ pub struct Container {
     /// hierarchies (`name=systemd`, a hybrid host's cgroup2 tree), outermost first, removed with the container (a
     /// monitor owns them otherwise).
     pub companions: Mutex<Vec<PathBuf>>,
-    /// The container's cgroup, found from its init when it was created (before its process ran), as containerd's
-    /// runc shim keeps it: Update, Stats and Pids use it, not wherever the init is by then. A container's init may
+    /// The container's cgroup, found from its init when it was created (in every hierarchy, the companions too;
+    /// before its process ran), as containerd's runc shim keeps it: Update, Stats and Pids use it, not wherever the init is by then. A container's init may
     /// move itself into a cgroup below its own (systemd in a container moves into `init.scope`); its limits and
     /// figures stay the container's.
-    pub cgroup: Option<runtime_hooks::ContainerCgroup>,
+    pub cgroup: std::sync::OnceLock<runtime_hooks::ContainerCgroup>,
 }
 
 /// Whether what a container's init leaves must be killed when it exits (containerd's runc shim's
@@ -65,7 +65,7 @@ impl Container {
             augment: None,
             scope: None,
             companions: Mutex::new(Vec::new()),
-            cgroup: None,
+            cgroup: std::sync::OnceLock::new(),
         }
     }
 

@@ -248,8 +248,13 @@ impl TaskService {
         });
     }
 
-    fn watch_oom(&self, container: &Container) {
-        let Some(cgroup) = container.cgroup.as_ref().and_then(oom::MemoryCgroup::of) else {
+    /// Keeps the container's cgroup ([`Container::cgroup`], found from its `pid` once it is in the companion
+    /// hierarchies too: a hybrid host's PSI directory) and watches it for OOM kills.
+    fn watch_oom(&self, container: &Container, pid: i32) {
+        if let Ok(cg) = ContainerCgroup::from_pid(&self.shared.roots, pid) {
+            let _ = container.cgroup.set(cg);
+        }
+        let Some(cgroup) = container.cgroup.get().and_then(oom::MemoryCgroup::of) else {
             return;
         };
         let tracker = Arc::new(oom::OomTracker::new(cgroup));
@@ -415,7 +420,6 @@ impl TaskService {
         {
             Ok((process, pid)) => {
                 let mut container = Container::new(&req.id, &bundle, process, mounted);
-                container.cgroup = ContainerCgroup::from_pid(&self.shared.roots, pid).ok();
                 container
                     .companions
                     .get_mut()
@@ -448,7 +452,7 @@ impl TaskService {
                             .extend(made);
                     }
                 }
-                self.watch_oom(&container);
+                self.watch_oom(&container, pid);
                 let oom = container
                     .oom
                     .lock()
@@ -1070,7 +1074,7 @@ impl TaskService {
         let augment = container.augment.clone();
         let id = req.id.clone();
         let roots = self.shared.roots.clone();
-        let known = container.cgroup.clone();
+        let known = container.cgroup.get().cloned();
         tokio::task::spawn_blocking(move || {
             // systemd's unit first, as runc does: a refusal there changes nothing, and the cgroup files written
             // next are not put back by systemd's next daemon-reload.
@@ -1096,7 +1100,7 @@ impl TaskService {
         let pid = self.running_pid(&container)?;
         let id = req.id.clone();
         let roots = self.shared.roots.clone();
-        let known = container.cgroup.clone();
+        let known = container.cgroup.get().cloned();
         let stats = tokio::task::spawn_blocking(move || {
             let cgroup = container_cgroup(known, &roots, pid).map_err(|e| {
                 ShimError::FailedPrecondition(format!(
@@ -1125,7 +1129,7 @@ impl TaskService {
         let container = self.container(&req.id)?;
         let pid = self.running_pid(&container)?;
         let roots = self.shared.roots.clone();
-        let known = container.cgroup.clone();
+        let known = container.cgroup.get().cloned();
         let pids = tokio::task::spawn_blocking(move || {
             container_cgroup(known, &roots, pid).and_then(|cg| {
                 cg.try_procs_all()
