@@ -101,11 +101,21 @@ pub fn warmup_dir(roots: &HostRoots, cgroups_path: &str) -> Option<(PathBuf, Pat
 /// [`join_companions`] made for it, found again without the shim that made them (its `delete` action after the
 /// server died). Empty on a pure v2 host, for a `slice:prefix:name` or relative path, or one naming the root.
 pub fn dirs_at(roots: &HostRoots, cgroups_path: &str) -> Vec<PathBuf> {
+    dirs_where(roots, cgroups_path, companion_mounts)
+}
+
+/// The directories at an absolute cgroupfs `cgroups_path` in the mounts `mounts` picks of the host's layout;
+/// empty for a `slice:prefix:name` or relative path, one naming the root, or no layout.
+pub(crate) fn dirs_where(
+    roots: &HostRoots,
+    cgroups_path: &str,
+    mounts: impl Fn(&Hierarchy) -> Vec<&CgroupMount>,
+) -> Vec<PathBuf> {
     let (Some(path), Ok(hierarchy)) = (cgroupfs_path(cgroups_path), Hierarchy::detect(roots))
     else {
         return Vec::new();
     };
-    companion_mounts(&hierarchy)
+    mounts(&hierarchy)
         .into_iter()
         .filter_map(|m| mount_dir(m, &path))
         .collect()
@@ -114,16 +124,9 @@ pub fn dirs_at(roots: &HostRoots, cgroups_path: &str) -> Vec<PathBuf> {
 /// The container's directories in the named v1 hierarchies (`name=systemd`) at an absolute cgroupfs `cgroups_path`:
 /// where [`enter_named`] puts a create's worker. Empty as [`dirs_at`] is.
 pub fn named_dirs_at(roots: &HostRoots, cgroups_path: &str) -> Vec<PathBuf> {
-    let (Some(path), Ok(hierarchy)) = (cgroupfs_path(cgroups_path), Hierarchy::detect(roots))
-    else {
-        return Vec::new();
-    };
-    hierarchy
-        .v1_mounts()
-        .iter()
-        .filter(|m| is_systemd(m))
-        .filter_map(|m| mount_dir(m, &path))
-        .collect()
+    dirs_where(roots, cgroups_path, |h| {
+        h.v1_mounts().iter().filter(|m| is_systemd(m)).collect()
+    })
 }
 
 /// An absolute cgroupfs `cgroups_path` normalized; `None` for a `slice:prefix:name` or relative path, one that

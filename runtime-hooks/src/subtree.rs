@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::HostRoots;
-use crate::discovery::{Hierarchy, mount_dir};
 
 /// How long [`remove_below`] with `wait` keeps trying a cgroup whose processes are still leaving it (a process
 /// killed a moment ago leaves its cgroup when it has exited), over the whole subtree.
@@ -21,19 +20,11 @@ pub const EXIT_WAIT: Duration = Duration::from_millis(500);
 /// each v1 hierarchy (the named `name=systemd` one too) and the cgroup2 tree. Empty for a `slice:prefix:name` or
 /// relative path (systemd removes a unit's subtree itself) or one naming a hierarchy's root.
 pub fn container_dirs(roots: &HostRoots, cgroups_path: &str) -> Vec<PathBuf> {
-    let (Some(path), Ok(hierarchy)) = (
-        crate::companions::cgroupfs_path(cgroups_path),
-        Hierarchy::detect(roots),
-    ) else {
-        return Vec::new();
-    };
-    hierarchy
-        .v1_mounts()
-        .iter()
-        .chain(hierarchy.unified())
-        .filter_map(|m| mount_dir(m, &path))
-        .filter(|d| d.is_dir())
-        .collect()
+    let mut dirs = crate::companions::dirs_where(roots, cgroups_path, |h| {
+        h.v1_mounts().iter().chain(h.unified()).collect()
+    });
+    dirs.retain(|d| d.is_dir());
+    dirs
 }
 
 /// What [`remove_below`] did.
