@@ -26,7 +26,7 @@ mkdir -p /tmp/nextest
 # local copies of the containerd packages, the images and our binaries.
 cache=/var/cache/pe2e-local
 mkdir -p "$cache" /opt/predictive/bin
-for f in busybox-image.tar pause-image.tar cri-api cri-py; do
+for f in busybox-image.tar pause-image.tar cri-api cri-py docker-26; do
     [ -e "$PREDICTIVE_E2E_CACHE/$f" ] && cp -a "$PREDICTIVE_E2E_CACHE/$f" "$cache/"
 done
 for v in $PREDICTIVE_GUEST_VERSIONS; do

@@ -39,6 +39,8 @@ for v in $versions; do
     scripts/fetch-containerd.sh "$v" >/dev/null || fail "could not fetch containerd $v"
 done
 scripts/fetch-debs.sh cri-api trixie golang-github-kubernetes-cri-api-dev >/dev/null || fail "could not fetch the CRI api"
+# Docker 26 for the docker test (Debian 13's, the guest's own release), fetched here: the guest has no apt lists.
+scripts/fetch-debs.sh docker-26 trixie docker.io docker-cli >/dev/null || fail "could not fetch Docker 26"
 # The CRI client's protobuf module, generated here: the guest has no protoc.
 PREDICTIVE_E2E_CACHE=$cache /usr/bin/python3 -c 'import sys; sys.path.insert(0, "tests/cri"); import cri; cri.generate()' ||
     fail "could not generate the CRI client's module"

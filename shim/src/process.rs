@@ -131,6 +131,29 @@ pub fn now() -> Timestamp {
     ts
 }
 
+/// Whether process `pid` is gone or on its way out.
+pub fn exiting(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat_exiting(&stat),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
+/// `PF_EXITING` of a task's flags (include/linux/sched.h): set as a task begins to exit.
+const PF_EXITING: u64 = 0x4;
+
+/// From `/proc/PID/stat`: the process is a zombie or dead, or has begun to exit (`PF_EXITING` in its flags, the 9th
+/// field). The fields are counted after the command's closing parenthesis, which the command may itself contain.
+fn stat_exiting(stat: &str) -> bool {
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next();
+    let flags = fields.nth(5).and_then(|f| f.parse::<u64>().ok());
+    matches!(state, Some("Z" | "X" | "x")) || flags.is_some_and(|f| f & PF_EXITING != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +173,22 @@ mod tests {
         // A stopped process stays stopped.
         p.set_status(Status::RUNNING);
         assert_eq!(p.status(), Status::STOPPED);
+    }
+
+    #[test]
+    fn stat_exiting_reads_the_state_and_the_exiting_flag() {
+        // /proc/PID/stat: pid (comm) state ppid pgrp session tty_nr tpgid flags ...
+        let stat = |comm: &str, state: &str, flags: u64| {
+            format!("42 ({comm}) {state} 1 42 42 0 -1 {flags} 120 0 0 0")
+        };
+        assert!(!stat_exiting(&stat("containerd-shim", "S", 0x40_0000)));
+        assert!(!stat_exiting(&stat("containerd-shim", "R", 0x40_0140)));
+        assert!(stat_exiting(&stat("containerd-shim", "D", 0x40_0144)));
+        assert!(stat_exiting(&stat("containerd-shim", "Z", 0x40_0000)));
+        assert!(stat_exiting(&stat("containerd-shim", "X", 0)));
+        // A command may hold spaces and parentheses: the fields start after the last one.
+        assert!(!stat_exiting(&stat("a) Z 1 1 1 0 -1 4 (b", "S", 0)));
+        assert!(stat_exiting(&stat("a) S 1 1 1 0 -1 0 (b", "S", 4)));
+        assert!(!stat_exiting("garbage"));
     }
 }

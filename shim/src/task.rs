@@ -994,16 +994,28 @@ impl TaskService {
             }
             self.shared.runtime.signal(pid, signal)?;
         }
-        // A frozen process cannot act on SIGKILL: thaw a paused container so the kill lands.
+        // A frozen process cannot act on SIGKILL on cgroup v1: thaw a paused container so the kill lands.
         if signal == libc::SIGKILL && container.init.status() == Status::PAUSED {
-            self.call(
-                Request::Resume {
-                    id: req.id.clone(),
-                    root: self.shared.state_root.clone(),
-                },
-                zygote::Stdio::default(),
-            )
-            .await?;
+            let thawed = self
+                .call(
+                    Request::Resume {
+                        id: req.id.clone(),
+                        root: self.shared.state_root.clone(),
+                    },
+                    zygote::Stdio::default(),
+                )
+                .await;
+            match thawed {
+                Ok(_) => {}
+                // On cgroup v2 SIGKILL ends a frozen process without a thaw, so the init may be exiting, a zombie
+                // or reaped before the resume looks, which libcontainer then refuses (a stopped container, or no
+                // /proc/PID/stat). The kill landed; as runc, whose thaw after a SIGKILL ignores its error, the
+                // Kill succeeds.
+                Err(e) if crate::process::exiting(container.init.pid()) => {
+                    tracing::debug!(container = %req.id, "no thaw after SIGKILL, the init is exiting: {}", e.chain());
+                }
+                Err(e) => return Err(e),
+            }
             container.init.set_status(Status::RUNNING);
         }
         Ok(())

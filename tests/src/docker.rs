@@ -1,7 +1,10 @@
 //! Docker 26 (Debian 13's docker.io and docker-cli, unpacked under the cache by `scripts/fetch-debs.sh`) running
 //! privately against a test's containerd: its own data-root, exec-root, pidfile, socket and daemon.json under the
-//! containerd's test dir, no iptables, no bridge, cgroupfs parent `/moby` (so the clean-host checks, which look
-//! at `/sys/fs/cgroup/<ctrl>/<namespace>/<id>`, follow Docker's containers in containerd's `moby` namespace).
+//! containerd's test dir, no iptables, no bridge. Its cgroup driver is the one Docker picks by default: on a host
+//! booted with systemd on cgroup v2 (the guest lane's Debian 13, any current distribution) `systemd`, each container
+//! in a transient `system.slice/docker-<id>.scope`; elsewhere (this v1 host) `cgroupfs` with parent `/moby` (so the
+//! clean-host checks, which look at `/sys/fs/cgroup/<ctrl>/<namespace>/<id>`, follow Docker's containers in
+//! containerd's `moby` namespace).
 //!
 //! Debian 12's docker.io (20.10) is not used: it ignores daemon.json's `runtimeType` and would run runc.
 
@@ -40,8 +43,14 @@ pub struct Docker {
 
 impl Docker {
     /// Starts dockerd (from `root`, see [`fetch`]) against `c`'s containerd with `daemon_json`, and waits until
-    /// it answers.
-    pub fn start(c: &Containerd, root: &Path, daemon_json: &serde_json::Value) -> Docker {
+    /// it answers. With `systemd`, Docker's default cgroup driver on a systemd cgroup v2 host is left as it is;
+    /// without, the `cgroupfs` driver and parent `/moby`.
+    pub fn start(
+        c: &Containerd,
+        root: &Path,
+        daemon_json: &serde_json::Value,
+        systemd: bool,
+    ) -> Docker {
         let dir = c.dir.join("docker");
         std::fs::create_dir_all(dir.join("cli")).expect("creating the docker dir");
         let config = dir.join("daemon.json");
@@ -65,18 +74,22 @@ impl Docker {
                 "--ip6tables=false",
                 "--bridge=none",
                 "--storage-driver=overlay2",
+                "--userland-proxy=false",
+            ]);
+        if !systemd {
+            d.args([
                 "--exec-opt=native.cgroupdriver=cgroupfs",
                 "--cgroup-parent=/moby",
-                "--userland-proxy=false",
-            ])
-            .env(
-                "PATH",
-                format!(
-                    "{}:{}:/usr/sbin:/usr/bin:/sbin:/bin",
-                    root.join("usr/bin").display(),
-                    root.join("usr/sbin").display()
-                ),
-            );
+            ]);
+        }
+        d.env(
+            "PATH",
+            format!(
+                "{}:{}:/usr/sbin:/usr/bin:/sbin:/bin",
+                root.join("usr/bin").display(),
+                root.join("usr/sbin").display()
+            ),
+        );
         let mut docker = Docker {
             cli: root.join("usr/bin/docker"),
             dir,

@@ -3,15 +3,25 @@
 //! `options` (Docker then sends `runtimeoptions.v1.Options`, which the shim must accept). See
 //! `predictive_e2e::docker`.
 //!
+//! Docker's cgroup driver is its default for the host: `cgroupfs` on this v1 host, `systemd` in the cgroup v2
+//! guest lane (what Docker uses on every current distribution), where each container is a transient
+//! `docker-<id>.scope` the shim asks systemd for without being told to (Docker sends no `SystemdCgroup` to a
+//! runtime it does not know as runc). On both: `docker run -m --cpus` limits in the container's cgroup, `docker
+//! update` in the cgroup (and on the scope, which systemd's `daemon-reload` puts back), and `docker kill` of a
+//! paused container (on cgroup v2 SIGKILL ends a frozen process before any thaw).
+//!
 //! Runs on containerd 1.7 only: Debian 13 ships Docker 26 with containerd 1.7, and one Docker run per suite
 //! is enough (the shim path below containerd is the one the other tests cover on every version). scripts/test.sh
 //! leaves it out of the other versions' runs; run against another version it is a skip (a failure under CI).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use predictive_e2e::cmd::wait_until;
 use predictive_e2e::docker::{self, Docker, NAMESPACE};
+use predictive_e2e::kubelet::systemd_v2_host;
 use predictive_e2e::settings::{RUNC_RUNTIME, Settings};
-use predictive_e2e::{Containerd, require_root};
+use predictive_e2e::{Containerd, require_root, run_cmd};
 use serde_json::{Value, json};
 
 /// The busybox image as `docker load` names it (its manifest.json RepoTags).
@@ -45,20 +55,29 @@ fn docker_runs_containers_through_the_shim() {
     let runtime = c.runtime().to_string();
     // Options Docker converts for the runtime type: runtimeoptions.v1.Options for ours (accepted; the shim takes
     // its settings from PREDICTIVE_CONFIG), runc's own options for `make test-runc`.
+    let systemd = systemd_v2_host();
     let options = if runtime == RUNC_RUNTIME {
-        json!({"SystemdCgroup": false})
+        json!({ "SystemdCgroup": systemd })
     } else {
         json!({"ConfigPath": c.dir.join("predictive.toml")})
     };
     let daemon_json =
         json!({"runtimes": {"predictive": {"runtimeType": runtime, "options": options}}});
-    let docker = Docker::start(&c, &root, &daemon_json);
+    let docker = Docker::start(&c, &root, &daemon_json, systemd);
     let version = docker
-        .cmd(&["version", "--format", "{{.Server.Version}}"], TIMEOUT)
-        .expect_ok("docker version");
+        .cmd(
+            &[
+                "info",
+                "--format",
+                "{{.ServerVersion}} {{.CgroupDriver}} {{.CgroupVersion}}",
+            ],
+            TIMEOUT,
+        )
+        .expect_ok("docker info");
+    let want = if systemd { "systemd 2" } else { "cgroupfs 1" };
     assert!(
-        version.stdout.trim().starts_with("26."),
-        "Docker 26 expected: {version}"
+        version.stdout.trim().starts_with("26.") && version.stdout.trim().ends_with(want),
+        "Docker 26 with cgroup driver and version {want} expected: {version}"
     );
     let tar = c.settings.cache.join("busybox-image.tar");
     docker
@@ -86,7 +105,7 @@ fn docker_runs_containers_through_the_shim() {
             .expect_ok(&format!("docker run --rm --runtime {rt}"));
         assert_eq!(out.stdout.trim(), "hello", "{out}");
 
-        // A running one, to see what containerd recorded and which shim serves it.
+        // A running one with limits, to see what containerd recorded, which shim serves it and where its cgroup is.
         let out = docker
             .cmd(
                 &[
@@ -94,6 +113,10 @@ fn docker_runs_containers_through_the_shim() {
                     "-d",
                     "--runtime",
                     rt,
+                    "-m",
+                    "64m",
+                    "--cpus",
+                    "0.5",
                     DOCKER_IMAGE,
                     "sleep",
                     "100000",
@@ -143,9 +166,26 @@ fn docker_runs_containers_through_the_shim() {
             .cmd(&["exec", &id, "cat", "/proc/1/cmdline"], TIMEOUT)
             .expect_ok("docker exec");
         assert!(out.stdout.starts_with("sleep"), "{out}");
+        limits_follow_docker(&c, &docker, &id, systemd);
+        // `docker kill` of a paused container: SIGKILL, then a thaw (Docker's and the shim's both).
         docker
-            .cmd(&["rm", "-f", &id], TIMEOUT)
-            .expect_ok("docker rm -f");
+            .cmd(&["pause", &id], TIMEOUT)
+            .expect_ok("docker pause");
+        docker
+            .cmd(&["kill", &id], TIMEOUT)
+            .expect_ok("docker kill of a paused container");
+        let exited = wait_until(TIMEOUT, || {
+            let out = docker.cmd(&["inspect", "-f", "{{.State.Status}}", &id], TIMEOUT);
+            (out.stdout.trim() == "exited").then_some(())
+        });
+        assert!(
+            exited.is_some(),
+            "--runtime {rt}: the killed paused container did not exit"
+        );
+        docker.cmd(&["rm", &id], TIMEOUT).expect_ok("docker rm");
+        let dir = cgroup(&c, &id, systemd, "memory");
+        let gone = wait_until(Duration::from_secs(10), || (!dir.exists()).then_some(()));
+        assert!(gone.is_some(), "{} stayed after docker rm", dir.display());
     }
     let left = docker
         .cmd(&["ps", "-aq"], TIMEOUT)
@@ -154,4 +194,81 @@ fn docker_runs_containers_through_the_shim() {
     let out = docker.stop();
     assert_eq!(out.code, 0, "dockerd did not stop cleanly: {out}");
     c.finish();
+}
+
+/// The container's cgroup directory for a v1 controller (cgroupfs driver, parent `/moby`), or its systemd scope on a
+/// systemd cgroup v2 host.
+fn cgroup(c: &Containerd, id: &str, systemd: bool, controller: &str) -> PathBuf {
+    if systemd {
+        PathBuf::from(format!("/sys/fs/cgroup/system.slice/docker-{id}.scope"))
+    } else {
+        c.cgroup_dir(controller, id)
+    }
+}
+
+/// `docker run -m 64m --cpus 0.5` is in the container's cgroup, and `docker update` changes it there and, on the
+/// systemd driver, on the scope too (what systemd puts back at a `daemon-reload`).
+fn limits_follow_docker(c: &Containerd, docker: &Docker, id: &str, systemd: bool) {
+    let read = |controller: &str, file: &str| {
+        let path = cgroup(c, id, systemd, controller).join(file);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .to_string()
+    };
+    let (memory, cpu) = if systemd {
+        (("memory", "memory.max"), ("cpu", "cpu.max"))
+    } else {
+        (
+            ("memory", "memory.limit_in_bytes"),
+            ("cpu", "cpu.cfs_quota_us"),
+        )
+    };
+    let quota = |cores_x10: u64| {
+        if systemd {
+            format!("{} 100000", cores_x10 * 10_000)
+        } else {
+            (cores_x10 * 10_000).to_string()
+        }
+    };
+    assert_eq!(
+        read(memory.0, memory.1),
+        (64u64 << 20).to_string(),
+        "docker run -m 64m"
+    );
+    assert_eq!(read(cpu.0, cpu.1), quota(5), "docker run --cpus 0.5");
+    docker
+        .cmd(
+            &[
+                "update",
+                "-m",
+                "96m",
+                "--memory-swap",
+                "192m",
+                "--cpus",
+                "1.5",
+                id,
+            ],
+            TIMEOUT,
+        )
+        .expect_ok("docker update");
+    assert_eq!(
+        read(memory.0, memory.1),
+        (96u64 << 20).to_string(),
+        "docker update -m 96m"
+    );
+    assert_eq!(read(cpu.0, cpu.1), quota(15), "docker update --cpus 1.5");
+    if systemd {
+        // --memory-swap is memory + swap: 96 MiB of swap.
+        assert_eq!(read("memory", "memory.swap.max"), (96u64 << 20).to_string());
+        let mut show = std::process::Command::new("systemctl");
+        show.args(["show", "-p", "MemoryMax", "-p", "CPUQuotaPerSecUSec"])
+            .arg(format!("docker-{id}.scope"));
+        let out = run_cmd(show, TIMEOUT).expect_ok("systemctl show");
+        assert!(
+            out.stdout.contains(&format!("MemoryMax={}", 96u64 << 20))
+                && out.stdout.contains("CPUQuotaPerSecUSec=1.500000s"),
+            "the update is not on docker-{id}.scope, a daemon-reload would undo it: {out}"
+        );
+    }
 }
