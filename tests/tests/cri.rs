@@ -541,3 +541,67 @@ fn a_pods_shared_pid_namespace_loses_what_an_exited_container_left() {
     node.remove_pod(&sid, &ids);
     node.c.finish();
 }
+
+/// Kubelet's exec probe with `timeoutSeconds` (CRI ExecSync with a timeout): a probe that hangs is killed by the CRI
+/// plugin at its timeout (a Kill of the exec's process through the shim), ExecSync returns DEADLINE_EXCEEDED, the
+/// probe's process is gone from the container, and the next probe runs. (A probe whose command leaves a child
+/// holding its output is held until containerd's `drain_exec_sync_io_timeout`, under runc's shim too: containerd's
+/// choice, not tested here.)
+#[test]
+fn an_exec_probe_that_times_out_is_ended_and_the_next_one_runs() {
+    let Some(node) = Node::start("an_exec_probe_that_times_out_is_ended_and_the_next_one_runs")
+    else {
+        return;
+    };
+    let (sid, ids) = node.run_sleepers(&node.pod("pe2e-probe", "cri-probe"), &["app"]);
+    let app = &ids[0];
+    let probes = || {
+        clean::processes_matching(|cmd, _| cmd.starts_with("sleep 4242"))
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/cgroup"))
+                    .unwrap_or_default()
+                    .contains(app.as_str())
+            })
+            .collect::<Vec<_>>()
+    };
+    for round in 0..2 {
+        let started = Instant::now();
+        let out = node.api.try_call(
+            "ExecSync",
+            &json!({"container_id": app, "cmd": ["sleep", "4242"], "timeout": 1}),
+        );
+        let took = started.elapsed();
+        println!(
+            "{}: a hung probe with timeout 1 s returned after {took:?}",
+            node.c.runtime()
+        );
+        assert!(
+            !out.ok() && out.stderr.contains("DEADLINE_EXCEEDED"),
+            "round {round}: ExecSync of a hung probe did not time out: {out}"
+        );
+        assert!(
+            took < Duration::from_secs(10),
+            "round {round}: ExecSync took {took:?}: {out}"
+        );
+        let left = wait_until(Duration::from_secs(10), || {
+            probes().is_empty().then_some(())
+        });
+        assert!(
+            left.is_some(),
+            "round {round}: the timed-out probe still runs: {:?}",
+            probes()
+        );
+        let next = node.api.call(
+            "ExecSync",
+            json!({"container_id": app, "cmd": ["sh", "-c", "exit 3"], "timeout": 5}),
+        );
+        assert_eq!(
+            next["exit_code"], 3,
+            "round {round}: the next probe: {next}"
+        );
+    }
+    assert_eq!(node.state(app), "CONTAINER_RUNNING");
+    node.remove_pod(&sid, &ids);
+    node.c.finish();
+}
