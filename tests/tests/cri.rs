@@ -153,15 +153,23 @@ impl Node {
 
     /// The running `sleep` of container `cid`.
     fn sleep_of(cid: &str) -> i32 {
-        clean::processes_matching(|cmd, _| cmd.starts_with("sleep 100000"))
+        in_container(cid, "sleep 100000")
             .into_iter()
-            .find(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/cgroup"))
-                    .unwrap_or_default()
-                    .contains(cid)
-            })
+            .next()
             .unwrap_or_else(|| panic!("the sleep of {cid} is not running"))
     }
+}
+
+/// The processes whose command line starts with `command` in container `cid`'s cgroup.
+fn in_container(cid: &str, command: &str) -> Vec<i32> {
+    clean::processes_matching(|cmd, _| cmd.starts_with(command))
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cgroup"))
+                .unwrap_or_default()
+                .contains(cid)
+        })
+        .collect()
 }
 
 #[test]
@@ -262,13 +270,9 @@ fn cri_pod_sandbox_and_container_share_one_shim() {
         "the pod's shim is the sandbox's: {cmdline}"
     );
     // The container's init is a descendant of that shim (directly or through its helper).
-    let init = clean::processes_matching(|cmd, _| cmd.starts_with("sleep 100000"))
+    let init = in_container(&cid, "sleep 100000")
         .into_iter()
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/cgroup"))
-                .unwrap_or_default()
-                .contains(&cid)
-        })
+        .next()
         .expect("the container's sleep is running");
     let mut p = init;
     while p != shims[0] && p > 1 {
@@ -513,16 +517,7 @@ fn a_pods_shared_pid_namespace_loses_what_an_exited_container_left() {
         (node.state(&app) == "CONTAINER_EXITED").then_some(Instant::now())
     })
     .expect("the app container exits");
-    let left = || {
-        clean::processes_matching(|cmd, _| cmd.starts_with("sleep 100000"))
-            .into_iter()
-            .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/cgroup"))
-                    .unwrap_or_default()
-                    .contains(&app)
-            })
-            .collect::<Vec<_>>()
-    };
+    let left = || in_container(&app, "sleep 100000");
     let ended = wait_until(Duration::from_secs(5), || left().is_empty().then_some(()));
     assert!(
         ended.is_some(),
@@ -555,16 +550,7 @@ fn an_exec_probe_that_times_out_is_ended_and_the_next_one_runs() {
     };
     let (sid, ids) = node.run_sleepers(&node.pod("pe2e-probe", "cri-probe"), &["app"]);
     let app = &ids[0];
-    let probes = || {
-        clean::processes_matching(|cmd, _| cmd.starts_with("sleep 4242"))
-            .into_iter()
-            .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/cgroup"))
-                    .unwrap_or_default()
-                    .contains(app.as_str())
-            })
-            .collect::<Vec<_>>()
-    };
+    let probes = || in_container(app, "sleep 4242");
     for round in 0..2 {
         let started = Instant::now();
         let out = node.api.try_call(
