@@ -29,6 +29,10 @@ mkdir -p "$cache" /opt/predictive/bin
 for f in busybox-image.tar pause-image.tar cri-api cri-py docker-26; do
     [ -e "$PREDICTIVE_E2E_CACHE/$f" ] && cp -a "$PREDICTIVE_E2E_CACHE/$f" "$cache/"
 done
+# The CNI plugins where Debian puts them (tests/src/cni.rs CNI_BIN_DIR).
+if [ -d "$PREDICTIVE_E2E_CACHE/cni-plugins/usr/lib/cni" ]; then
+    mkdir -p /usr/lib/cni && cp -a "$PREDICTIVE_E2E_CACHE/cni-plugins/usr/lib/cni/." /usr/lib/cni/
+fi
 for v in $PREDICTIVE_GUEST_VERSIONS; do
     mkdir -p "$cache/containerd-$v/usr/bin"
     for b in containerd ctr containerd-shim-runc-v2; do

@@ -41,6 +41,8 @@ done
 scripts/fetch-debs.sh cri-api trixie golang-github-kubernetes-cri-api-dev >/dev/null || fail "could not fetch the CRI api"
 # Docker 26 for the docker test (Debian 13's, the guest's own release), fetched here: the guest has no apt lists.
 scripts/fetch-debs.sh docker-26 trixie docker.io docker-cli >/dev/null || fail "could not fetch Docker 26"
+# The CNI plugins of a user-namespaced pod's network (tests/tests/userns.rs), Debian 13's, the same way.
+scripts/fetch-debs.sh cni-plugins trixie containernetworking-plugins >/dev/null || fail "could not fetch the CNI plugins"
 # The CRI client's protobuf module, generated here: the guest has no protoc.
 PREDICTIVE_E2E_CACHE=$cache /usr/bin/python3 -c 'import sys; sys.path.insert(0, "tests/cri"); import cri; cri.generate()' ||
     fail "could not generate the CRI client's module"

@@ -158,14 +158,22 @@ pub async fn mount_rootfs(mounts: &[Mount], rootfs: &Path) -> Result<()> {
     std::fs::create_dir_all(rootfs)
         .map_err(ShimError::io(format!("creating {}", rootfs.display())))?;
     for m in mounts {
-        if let Err(e) = containerd_shim::util::mount_rootfs(m, rootfs).await {
+        // A user-namespaced container's layers, from a snapshotter that remaps ids.
+        let mounted = if crate::idmap::rootfs_idmap(m).is_some() {
+            crate::idmap::mount_rootfs(m, rootfs).await
+        } else {
+            containerd_shim::util::mount_rootfs(m, rootfs)
+                .await
+                .map_err(ShimError::shim(format!(
+                    "mounting {} ({}) on {}",
+                    m.source,
+                    m.type_,
+                    rootfs.display()
+                )))
+        };
+        if let Err(e) = mounted {
             unmount_rootfs(rootfs);
-            return Err(ShimError::shim(format!(
-                "mounting {} ({}) on {}",
-                m.source,
-                m.type_,
-                rootfs.display()
-            ))(e));
+            return Err(e);
         }
     }
     Ok(())
@@ -270,18 +278,20 @@ pub fn place_cgroup(
     })
 }
 
-/// Writes what Create changes in `bundle/config.json` before libcontainer reads it — the placed cgroupsPath and
-/// the broker's CPU and memory directives — in one edit (none when there is nothing to change).
+/// Writes what Create changes in `bundle/config.json` before libcontainer reads it — the placed cgroupsPath, the
+/// broker's CPU and memory directives and the idmapped mounts' copies — in one edit (none when there is nothing to
+/// change).
 pub fn write_config(
     bundle: &Path,
     cgroups_path: Option<&str>,
     directives: &[predictive_api::types::Directive],
+    idmapped: &crate::idmap::Staged,
 ) -> Result<()> {
-    if cgroups_path.is_none() && directives.is_empty() {
+    if cgroups_path.is_none() && directives.is_empty() && idmapped.sources.is_empty() {
         return Ok(());
     }
     edit_config(bundle, |v| {
-        let mut changed = false;
+        let mut changed = idmapped.edit(v);
         if let Some(path) = cgroups_path {
             let linux = v
                 .as_object_mut()
@@ -374,7 +384,13 @@ mod tests {
             old_value: None,
         };
         let path = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-c1.scope";
-        write_config(b.path(), Some(path), std::slice::from_ref(&cpu)).expect("written");
+        write_config(
+            b.path(),
+            Some(path),
+            std::slice::from_ref(&cpu),
+            &Default::default(),
+        )
+        .expect("written");
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(b.path().join("config.json")).expect("read"))
                 .expect("json");
@@ -386,7 +402,7 @@ mod tests {
         assert!(!b.path().join(".config.json.predictive").exists());
         // Nothing to change: the file is not touched.
         let after = inode(b.path());
-        write_config(b.path(), None, &[]).expect("nothing");
+        write_config(b.path(), None, &[], &Default::default()).expect("nothing");
         assert_eq!(inode(b.path()), after);
     }
 

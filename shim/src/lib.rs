@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod footprint;
 pub mod freeze;
+pub mod idmap;
 pub mod io;
 pub mod log_uri;
 pub mod logging;

@@ -178,17 +178,145 @@ fn exec(
             tracing::debug!(container = id, "exec: {}", predictive_api::error_chain(e));
         }
     }
-    let pid = builder(id, root, console_socket, stdio)?
+    // libcontainer 0.7 joins an exec to every namespace of the init's but its user namespace: in a container with
+    // one of its own, the exec would run as the host's root. It runs the process as root instead, and the
+    // executor joins the user namespace and becomes the process's user there ([`JoinUser`]).
+    let join = match container.pid() {
+        Some(init) if has_user_namespace(&spec) => Some(JoinUser::prepare(init.as_raw(), process)?),
+        _ => None,
+    };
+    let process = join.as_ref().map_or(process, |j| j.as_root.as_path());
+    let built = builder(id, root, console_socket, stdio)?
         .with_executor(Workload {
             seccomp,
+            join: join.as_ref().map(JoinUser::for_exec),
             ..Workload::default()
         })
         .as_tenant()
         .with_process(Some(process))
         .with_detach(true)
         .as_sibling(false)
-        .build()?;
-    Ok(pid.as_raw())
+        .build();
+    drop(join);
+    Ok(built?.as_raw())
+}
+
+/// Whether the container has a user namespace of its own (a new one or one it joins).
+fn has_user_namespace(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|n| {
+            n.iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
+        })
+}
+
+/// An exec into a container with a user namespace: the init's namespace, held open for the exec process, and
+/// the exec's process spec as libcontainer runs it (as root, to join the namespace; it becomes the spec's user
+/// there).
+struct JoinUser {
+    userns: std::fs::File,
+    /// The process spec with user 0:0 and no other groups, next to the given one; removed on drop.
+    as_root: PathBuf,
+    user: oci_spec::runtime::User,
+    capabilities: Option<oci_spec::runtime::LinuxCapabilities>,
+}
+
+impl JoinUser {
+    fn prepare(init: i32, process: &Path) -> Result<JoinUser, LibcontainerError> {
+        let other = |e: String| LibcontainerError::Other(e);
+        let userns = std::fs::File::open(format!("/proc/{init}/ns/user"))
+            .map_err(|e| other(format!("opening the container's user namespace: {e}")))?;
+        let read = |e: String| other(format!("the exec's process {}: {e}", process.display()));
+        let text = std::fs::read(process).map_err(|e| read(e.to_string()))?;
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| read(e.to_string()))?;
+        let spec: oci_spec::runtime::Process =
+            serde_json::from_value(json.clone()).map_err(|e| read(e.to_string()))?;
+        let user = spec.user().clone();
+        let capabilities = spec.capabilities().clone();
+        // Only the user changes: every other field reaches libcontainer as given.
+        json["user"] = serde_json::json!({"uid": 0, "gid": 0});
+        let mut name = process.as_os_str().to_owned();
+        name.push(".userns");
+        let as_root = PathBuf::from(name);
+        std::fs::write(&as_root, json.to_string())
+            .map_err(|e| other(format!("writing {}: {e}", as_root.display())))?;
+        Ok(JoinUser {
+            userns,
+            as_root,
+            user,
+            capabilities,
+        })
+    }
+
+    fn for_exec(&self) -> ExecUser {
+        use std::os::fd::AsRawFd;
+        ExecUser {
+            userns: self.userns.as_raw_fd(),
+            user: self.user.clone(),
+            capabilities: self.capabilities.clone(),
+        }
+    }
+}
+
+impl Drop for JoinUser {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.as_root);
+    }
+}
+
+/// What the exec process does last, before its seccomp profile: joins the container's user namespace (its
+/// owner, root on the host, may without capabilities), where it has every capability; becomes the spec's user and
+/// groups there (the host's groups are dropped: none of them is the container's); keeps only the spec's
+/// capabilities (none when the spec names none).
+#[derive(Clone)]
+struct ExecUser {
+    /// The init's user namespace, open in the worker and inherited (libcontainer marks it close-on-exec).
+    userns: std::os::fd::RawFd,
+    user: oci_spec::runtime::User,
+    capabilities: Option<oci_spec::runtime::LinuxCapabilities>,
+}
+
+impl ExecUser {
+    fn become_user(&self) -> Result<(), String> {
+        use libcontainer::capabilities::{drop_privileges, reset_effective};
+        use nix::unistd::{Gid, Uid};
+        let syscall = libcontainer::syscall::syscall::create_syscall();
+        syscall
+            .set_ns(self.userns, nix::sched::CloneFlags::CLONE_NEWUSER)
+            .map_err(|e| format!("joining the container's user namespace: {e}"))?;
+        let groups: Vec<Gid> = self
+            .user
+            .additional_gids()
+            .iter()
+            .flatten()
+            .map(|g| Gid::from_raw(*g))
+            .collect();
+        syscall
+            .set_groups(&groups)
+            .map_err(|e| format!("setting the groups {groups:?}: {e}"))?;
+        let (uid, gid) = (self.user.uid(), self.user.gid());
+        syscall
+            .set_id(Uid::from_raw(uid), Gid::from_raw(gid))
+            .map_err(|e| format!("becoming {uid}:{gid} in the container's user namespace: {e}"))?;
+        reset_effective(syscall.as_ref()).map_err(|e| format!("resetting capabilities: {e}"))?;
+        let none = oci_spec::runtime::LinuxCapabilities::default();
+        let empty = oci_spec::runtime::LinuxCapabilitiesBuilder::default()
+            .bounding(std::collections::HashSet::new())
+            .effective(std::collections::HashSet::new())
+            .permitted(std::collections::HashSet::new())
+            .inheritable(std::collections::HashSet::new())
+            .ambient(std::collections::HashSet::new())
+            .build()
+            .unwrap_or(none);
+        drop_privileges(
+            self.capabilities.as_ref().unwrap_or(&empty),
+            syscall.as_ref(),
+        )
+        .map_err(|e| format!("dropping capabilities: {e}"))
+    }
 }
 
 /// Force-deletes the container; a container that is already gone is not an error.
@@ -269,6 +397,8 @@ fn prune_below(id: &str, own: &[PathBuf], wait: bool) -> (usize, bool) {
 struct Workload {
     /// The container's seccomp profile, for an exec process (the init's is installed by libcontainer).
     seccomp: Option<LinuxSeccomp>,
+    /// For an exec into a container with a user namespace: joining it ([`ExecUser`]).
+    join: Option<ExecUser>,
     /// The process's `env` as the spec lists it, kept by `validate` (which libcontainer calls just before
     /// `setup_envs`, in the same single-threaded process).
     env: std::cell::RefCell<Vec<String>>,
@@ -276,6 +406,9 @@ struct Workload {
 
 impl Executor for Workload {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        if let Some(join) = &self.join {
+            join.become_user().map_err(ExecutorError::Other)?;
+        }
         if let Some(profile) = &self.seccomp {
             // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes plain integer arguments.
             if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
@@ -312,8 +445,16 @@ impl Executor for Workload {
 
     fn setup_envs(
         &self,
-        envs: std::collections::HashMap<String, String>,
+        mut envs: std::collections::HashMap<String, String>,
     ) -> Result<(), libcontainer::workload::ExecutorSetEnvsError> {
+        // libcontainer added the `HOME` of the user it ran the exec as (root, [`JoinUser`]); a spec without one gets
+        // its own user's, from the container's /etc/passwd (this process is in its mount namespace), as runc.
+        if let Some(join) = &self.join
+            && !self.env.borrow().iter().any(|kv| kv.starts_with("HOME="))
+        {
+            let passwd = std::fs::read("/etc/passwd").unwrap_or_default();
+            envs.insert("HOME".into(), home_of(&passwd, join.user.uid()));
+        }
         let order = env_order(&self.env.borrow(), &envs);
         // SAFETY: this is the container's init or exec process, single-threaded, just before it execs: no other
         // thread can read the environment while it changes.
@@ -327,6 +468,17 @@ impl Executor for Workload {
         }
         Ok(())
     }
+}
+
+/// The home directory of `uid` in an `/etc/passwd` text (the first line for it), else `/`, as runc falls back.
+fn home_of(passwd: &[u8], uid: u32) -> String {
+    let text = String::from_utf8_lossy(&passwd[..passwd.len().min(1 << 20)]);
+    text.lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 7 && f[2].parse::<u32>().ok() == Some(uid))
+        .map(|f| f[5].to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".into())
 }
 
 /// The variables of `envs` (libcontainer's map: the spec's, plus `HOME`) in the order of `spec_env` (`KEY=VALUE`,
@@ -422,6 +574,16 @@ mod tests {
         std::fs::write(&p, "#!/bin/sh\n").expect("write");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
         p
+    }
+
+    #[test]
+    fn an_exec_users_home_comes_from_the_containers_passwd() {
+        let passwd = b"root:x:0:0:root:/root:/bin/sh\nbad line\napp:x:1000:1000::/home/app:/bin/sh\nnohome:x:7:7:::\n";
+        assert_eq!(home_of(passwd, 0), "/root");
+        assert_eq!(home_of(passwd, 1000), "/home/app");
+        assert_eq!(home_of(passwd, 7), "/", "an empty home is /");
+        assert_eq!(home_of(passwd, 4242), "/", "an unknown user's home is /");
+        assert_eq!(home_of(b"\xff\xfe:x", 0), "/");
     }
 
     #[test]

@@ -81,8 +81,25 @@ fn info() -> Result<()> {
     // containerd may pipe runtime options; they change nothing here.
     let mut ignored = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut ignored);
+    let features = serde_json::to_vec(&features())
+        .map_err(|e| ShimError::InvalidArgument(format!("encoding the features: {e}")))?;
     let info = containerd_shim_protos::types::introspection::RuntimeInfo {
         name: RUNTIME_NAME.to_string(),
+        version: Some(
+            containerd_shim_protos::types::introspection::RuntimeVersion {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                ..Default::default()
+            },
+        )
+        .into(),
+        features: Some(
+            containerd_shim_protos::protobuf::well_known_types::any::Any {
+                type_url: FEATURES_TYPE_URL.to_string(),
+                value: features,
+                ..Default::default()
+            },
+        )
+        .into(),
         ..Default::default()
     };
     let bytes = info
@@ -91,6 +108,58 @@ fn info() -> Result<()> {
     std::io::stdout()
         .write_all(&bytes)
         .map_err(ShimError::io("writing runtime info"))
+}
+
+/// How containerd names the OCI runtime features document it decodes from `RuntimeInfo.features` (JSON).
+pub const FEATURES_TYPE_URL: &str =
+    "types.containerd.io/opencontainers/runtime-spec/1/features/Features";
+
+/// The OCI runtime features of this shim (runtime-spec `features.md`), as `runc features` reports them to runc's
+/// shim: what libcontainer does, plus the idmapped mounts the shim makes itself (`crate::idmap`). containerd 2.x
+/// reads it into the CRI runtime handler's features, which kubelet checks before it sends a pod with
+/// `hostUsers: false` (namespace `user` and `idmap` needed) or a `recursiveReadOnly` volume (`rro`).
+pub fn features() -> serde_json::Value {
+    use std::str::FromStr;
+    let recursive = [
+        "rro",
+        "rrw",
+        "rnosuid",
+        "rsuid",
+        "rnodev",
+        "rdev",
+        "rnoexec",
+        "rexec",
+        "rnodiratime",
+        "rdiratime",
+        "rrelatime",
+        "rnorelatime",
+        "rnoatime",
+        "ratime",
+        "rstrictatime",
+        "rnostrictatime",
+        "rnosymfollow",
+        "rsymfollow",
+    ];
+    let mut options = libcontainer::syscall::linux::MountOption::known_options();
+    options.extend(
+        recursive
+            .iter()
+            .filter(|o| libcontainer::syscall::linux::MountRecursive::from_str(o).is_ok())
+            .map(|o| o.to_string()),
+    );
+    options.extend(["idmap".to_string(), "ridmap".to_string()]);
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": oci_spec::runtime::VERSION,
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+        "mountOptions": options,
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
+            "cgroup": {"v1": true, "v2": true, "systemd": true, "systemdUser": false, "rdma": false},
+            "seccomp": {"enabled": true},
+            "mountExtensions": {"idmap": {"enabled": true}}
+        }
+    })
 }
 
 fn bundle_dir(flags: &Flags) -> Result<PathBuf> {
@@ -538,6 +607,32 @@ async fn serve_async(
 mod tests {
     use super::*;
     use std::os::unix::net::UnixListener;
+
+    /// What containerd 2.x reads from `-info` into the CRI handler's features (its `supportsCRIUserns` and the
+    /// `rro` check), and what kubelet then asks of a RuntimeClass.
+    #[test]
+    fn the_features_say_user_namespaces_idmapped_mounts_and_rro() {
+        let f = features();
+        let has =
+            |v: &serde_json::Value, s: &str| v.as_array().is_some_and(|a| a.iter().any(|x| x == s));
+        assert!(has(&f["linux"]["namespaces"], "user"), "{f}");
+        assert_eq!(
+            f["linux"]["mountExtensions"]["idmap"]["enabled"], true,
+            "{f}"
+        );
+        for option in ["rro", "rbind", "nosuid", "idmap", "ridmap"] {
+            assert!(has(&f["mountOptions"], option), "{option}: {f}");
+        }
+        assert!(
+            !has(&f["mountOptions"], "rbogus"),
+            "only what libcontainer parses: {f}"
+        );
+        assert_eq!(f["ociVersionMax"], oci_spec::runtime::VERSION);
+        assert!(
+            serde_json::from_value::<oci_spec::runtime::Features>(f.clone()).is_ok(),
+            "a runtime-spec features document: {f}"
+        );
+    }
 
     #[test]
     fn a_listener_whose_server_is_alive_is_serving() {

@@ -338,15 +338,16 @@ impl TaskService {
     }
 
     /// Before libcontainer: registers with the broker (on the blocking pool) while the request's rootfs is
-    /// mounted, then writes config.json as libcontainer must read it and makes the init's cwd. A failure (a
-    /// refusal for bad annotations, say) unmounts the rootfs again, so nothing is left behind.
+    /// mounted and the idmapped mounts' copies are made, then writes config.json as libcontainer must read it and
+    /// makes the init's cwd. A failure (a refusal for bad annotations, say) unmounts the rootfs again and drops
+    /// the copies, so nothing is left behind.
     async fn prepare_bundle(
         &self,
         req: &CreateTaskRequest,
         bundle: &Path,
         spec: &oci_spec::runtime::Spec,
         cgroups_rewrite: Option<&str>,
-    ) -> Result<Option<Arc<Augment>>> {
+    ) -> Result<(Option<Arc<Augment>>, crate::idmap::Staged)> {
         let prepare = {
             let (id, ns) = (req.id.clone(), self.shared.namespace.clone());
             let spec = spec.clone();
@@ -359,20 +360,22 @@ impl TaskService {
             return Err(e);
         }
         let result = async {
+            let staged = crate::idmap::Staged::make(bundle, spec);
             let augment = prepare.await.map_err(|e| ShimError::Runtime {
                 op: "create",
                 id: req.id.clone(),
                 message: format!("registering with the broker: {e}"),
             })??;
-            // The placed cgroupsPath and the broker's allocation, one edit.
+            let staged = staged?;
+            // The placed cgroupsPath, the broker's allocation and the idmapped copies, one edit.
             let directives = augment
                 .as_ref()
                 .map(|a| a.spec_directives())
                 .unwrap_or_default();
-            container::write_config(bundle, cgroups_rewrite, &directives)?;
+            container::write_config(bundle, cgroups_rewrite, &directives, &staged)?;
             // As runc: a missing cwd is made in the rootfs (a relative or empty one is refused).
             crate::cwd::make_init_cwd(bundle, spec)?;
-            Ok(augment)
+            Ok((augment, staged))
         }
         .await;
         if result.is_err() && mounted {
@@ -389,7 +392,7 @@ impl TaskService {
         scope: Option<Scope>,
         cgroups_rewrite: Option<String>,
     ) -> Result<(CreateTaskResponse, Option<Arc<Augment>>)> {
-        let augment = self
+        let (augment, mut staged) = self
             .prepare_bundle(req, &bundle, &spec, cgroups_rewrite.as_deref())
             .await?;
         let rootfs = bundle.join("rootfs");
@@ -414,10 +417,12 @@ impl TaskService {
 
         let kill_all = container::kills_all_on_exit(&spec);
         let (cgroups_path, named) = container::named_first(&spec, &self.shared.roots);
-        match self
+        let created = self
             .create_init(req, &bundle, paths, scope.is_some(), cgroups_path)
-            .await
-        {
+            .await;
+        // The container's mounts are made (or never will be): its copies of the idmapped sources are its own.
+        staged.release();
+        match created {
             Ok((process, pid)) => {
                 let mut container = Container::new(&req.id, &bundle, process, mounted);
                 container

@@ -17,10 +17,12 @@ use serde_json::{Value, json};
 
 use crate::cmd::{Output, run_cmd, wait_until};
 use crate::containerd::Containerd;
-use crate::settings::Settings;
+use crate::settings::{PREDICTIVE_SHIM_BINARY, Settings};
 
 /// The CRI runtime handler name (RuntimeClass `handler`).
 pub const HANDLER: &str = "predictive";
+/// The handler for pods with `hostUsers: false` (2.x; packaging/containerd/predictive-v3.toml says why it is apart).
+pub const USERNS_HANDLER: &str = "predictive-userns";
 /// The sandbox ("pause") image: busybox whose command sleeps forever.
 pub const PAUSE_IMAGE: &str = "docker.io/predictive/pause:latest";
 /// The CRI plugin's containerd namespace.
@@ -52,6 +54,14 @@ pub fn dropin(settings: &Settings, runtime_type: &str) -> String {
         .replace(
             "runtime_type = \"io.containerd.predictive.v2\"",
             &format!("runtime_type = \"{runtime_type}\""),
+        )
+        // The predictive-userns handler (2.x) names the installed shim; the tests run the one they built.
+        .replace(
+            &format!("/usr/local/bin/{PREDICTIVE_SHIM_BINARY}"),
+            &settings
+                .shim_dir
+                .join(PREDICTIVE_SHIM_BINARY)
+                .to_string_lossy(),
         )
 }
 
@@ -294,4 +304,123 @@ impl CriClient {
         serde_json::from_str(out.stdout.trim())
             .unwrap_or_else(|e| panic!("CRI {method}: reply is not JSON ({e}): {out}"))
     }
+}
+
+/// What an ExecSync returned: its exit code and output (decoded from protobuf's base64 JSON form of `bytes`).
+#[derive(Debug)]
+pub struct Exec {
+    pub exit_code: i64,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CriClient {
+    /// ExecSync of `cmd` in container `cid` (kubelet's exec probe, `kubectl exec` without a terminal), which must
+    /// return (whatever its exit code).
+    pub fn exec_sync(&self, cid: &str, cmd: &[&str], timeout_s: u64) -> Exec {
+        let reply = self.call(
+            "ExecSync",
+            json!({"container_id": cid, "cmd": cmd, "timeout": timeout_s}),
+        );
+        let text = |key: &str| {
+            String::from_utf8_lossy(&base64_decode(reply[key].as_str().unwrap_or_default()))
+                .into_owned()
+        };
+        Exec {
+            exit_code: reply["exit_code"].as_i64().unwrap_or_default(),
+            stdout: text("stdout"),
+            stderr: text("stderr"),
+        }
+    }
+}
+
+/// Decodes standard base64 (padding optional); characters outside the alphabet are skipped.
+pub fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let (mut out, mut acc, mut bits) = (Vec::new(), 0u32, 0u32);
+    for v in text.bytes().filter_map(value) {
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+/// A pod network for the CRI plugin whose config `config` writes under `dir`: a CNI bridge `bridge` with
+/// host-local addresses in `10.<octet>.0.0/24`, from Debian's containernetworking-plugins (`crate::cni::CNI_BIN_DIR`,
+/// linked into `dir/cni/bin`), state under `dir/cni`. For pods that need a network namespace of their own (a
+/// user-namespaced pod: containerd 2.1 makes its network namespace inside it). Remove the bridge with
+/// [`remove_bridge`] after the test.
+pub fn bridge_network(dir: &Path, bridge: &str, octet: u8) -> Result<(), String> {
+    let (bin, conf) = (dir.join("cni/bin"), dir.join("cni/conf"));
+    for d in [&bin, &conf] {
+        std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+    }
+    for plugin in ["bridge", "host-local", "loopback"] {
+        let from = Path::new(crate::cni::CNI_BIN_DIR).join(plugin);
+        if !from.is_file() {
+            return Err(format!(
+                "no CNI plugin {} (scripts/deps.sh installs containernetworking-plugins)",
+                from.display()
+            ));
+        }
+        std::os::unix::fs::symlink(&from, bin.join(plugin))
+            .map_err(|e| format!("linking {}: {e}", from.display()))?;
+    }
+    let list = json!({
+        "cniVersion": "1.0.0",
+        "name": bridge,
+        "plugins": [{
+            "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "dataDir": dir.join("cni/ipam"),
+                "ranges": [[{"subnet": format!("10.{octet}.0.0/24")}]]
+            }
+        }]
+    });
+    std::fs::write(conf.join("10-pe2e.conflist"), list.to_string())
+        .map_err(|e| format!("writing the CNI config: {e}"))
+}
+
+/// Deletes the bridge [`bridge_network`] made (the CNI plugin leaves it when the last pod goes).
+pub fn remove_bridge(bridge: &str) {
+    let mut c = Command::new("ip");
+    c.args(["link", "del", bridge]);
+    let _ = run_cmd(c, Duration::from_secs(30));
+}
+
+/// The processes whose command line starts with `command` in container `cid` (whose cgroup paths name it).
+pub fn in_container(cid: &str, command: &str) -> Vec<i32> {
+    crate::clean::processes_matching(|cmd, _| cmd.starts_with(command))
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cgroup"))
+                .unwrap_or_default()
+                .contains(cid)
+        })
+        .collect()
+}
+
+/// What a CRI test's containerd needs, fetched or built once ([`prepare`]; a failure fails `test`): the pause
+/// image tar and the runtime handlers' drop-in for `settings.runtime` ([`dropin`]).
+pub fn prepared(settings: &Settings, test: &str) -> (PathBuf, String) {
+    if let Err(e) = prepare(settings) {
+        panic!("{test}: {e}");
+    }
+    (
+        ensure_pause_image(settings),
+        dropin(settings, &settings.runtime),
+    )
 }

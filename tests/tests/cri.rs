@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use predictive_e2e::cmd::wait_until;
-use predictive_e2e::cri::{self, HANDLER, NAMESPACE};
+use predictive_e2e::cri::{self, HANDLER, NAMESPACE, in_container};
 use predictive_e2e::settings::{IMAGE, Settings};
 use predictive_e2e::{Containerd, clean, require_root};
 use serde_json::{Value, json};
@@ -58,11 +58,7 @@ impl Node {
             return None;
         }
         let settings = Settings::from_env();
-        if let Err(e) = cri::prepare(&settings) {
-            panic!("{test}: {e}");
-        }
-        let pause = cri::ensure_pause_image(&settings);
-        let dropin = cri::dropin(&settings, &settings.runtime);
+        let (pause, dropin) = cri::prepared(&settings, test);
         assert!(
             dropin.contains(&format!("runtimes.{HANDLER}]")),
             "the drop-in names no {HANDLER} handler:\n{dropin}"
@@ -158,18 +154,6 @@ impl Node {
             .next()
             .unwrap_or_else(|| panic!("the sleep of {cid} is not running"))
     }
-}
-
-/// The processes whose command line starts with `command` in container `cid`'s cgroup.
-fn in_container(cid: &str, command: &str) -> Vec<i32> {
-    clean::processes_matching(|cmd, _| cmd.starts_with(command))
-        .into_iter()
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/cgroup"))
-                .unwrap_or_default()
-                .contains(cid)
-        })
-        .collect()
 }
 
 #[test]

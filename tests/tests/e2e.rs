@@ -979,11 +979,77 @@ fn user_namespace_container_runs_in_its_cgroup() {
         paths.iter().all(|p| p == &want),
         "the user-namespaced container is not at {want}: {paths:?}"
     );
-    let out = c.ctr(&["t", "exec", "--exec-id", "whoami", &id, "id", "-u"]);
+    // An exec joins the container's user namespace too (libcontainer 0.7 leaves it out; the shim's executor joins
+    // it): root inside is 100000 outside, with the init's capabilities, not the host's root with the host's.
+    let out = c.ctr(&[
+        "t",
+        "exec",
+        "--exec-id",
+        "whoami",
+        &id,
+        "sh",
+        "-c",
+        "id -u; cat /proc/self/uid_map; grep CapEff /proc/self/status",
+    ]);
+    let out = out.expect_ok("exec in the user namespace").stdout;
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let init_caps = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("CapEff"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
     assert_eq!(
-        out.expect_ok("exec id -u").stdout.trim(),
-        "0",
-        "root inside the namespace"
+        lines,
+        [
+            vec!["0"],
+            vec!["0", "100000", "65536"],
+            init_caps.split(' ').collect::<Vec<_>>()
+        ],
+        "an exec's uid, uid map and capabilities: {out:?}"
+    );
+    // A user's exec is that user of the namespace: 1000 inside, 101000 on the host, with its own HOME (the image
+    // has no such user: `/`, as runc gives it).
+    let home = c.ctr(&[
+        "t",
+        "exec",
+        "--user",
+        "1000",
+        "--exec-id",
+        "home",
+        &id,
+        "sh",
+        "-c",
+        "echo $HOME",
+    ]);
+    assert_eq!(home.expect_ok("exec --user 1000").stdout.trim(), "/");
+    c.ctr(&[
+        "t",
+        "exec",
+        "-d",
+        "--user",
+        "1000",
+        "--exec-id",
+        "u1000",
+        &id,
+        "sleep",
+        "4243",
+    ])
+    .expect_ok("exec --user 1000");
+    let uids = wait_until(Duration::from_secs(10), || {
+        let p = *predictive_e2e::clean::processes_matching(|cmd, _| cmd.starts_with("sleep 4243"))
+            .first()?;
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+        let uid = status.lines().find(|l| l.starts_with("Uid:"))?;
+        Some(uid.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+    });
+    assert_eq!(
+        uids.as_deref(),
+        Some("101000 101000 101000 101000"),
+        "the host's view of an exec as user 1000 (real, effective, saved, fs)"
     );
     c.remove(&id);
     c.finish();

@@ -163,11 +163,7 @@ fn cri_stop_and_exec_on_broker_frozen_containers() {
         );
         return;
     }
-    if let Err(e) = cri::prepare(&settings) {
-        panic!("{TEST}: {e}");
-    }
-    let pause = cri::ensure_pause_image(&settings);
-    let dropin = cri::dropin(&settings, &settings.runtime);
+    let (pause, dropin) = cri::prepared(&settings, TEST);
     let version = settings.containerd.clone();
     let Some(mut c) = Containerd::start_with_config_and_broker(
         TEST,

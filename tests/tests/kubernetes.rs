@@ -63,6 +63,12 @@ fn kubernetes_manifests_and_dropins_parse() {
     assert_eq!(rc["metadata"]["name"], "predictive", "{rc}");
     assert_eq!(rc["handler"], "predictive", "{rc}");
 
+    let userns = docs(&all, "runtimeclass.yaml")
+        .iter()
+        .find(|d| d["metadata"]["name"] == "predictive-userns")
+        .unwrap_or_else(|| panic!("no predictive-userns RuntimeClass: {all}"));
+    assert_eq!(userns["handler"], "predictive-userns", "{userns}");
+
     let pod = kind(docs(&all, "pod-example.yaml"), "Pod");
     assert_eq!(pod["spec"]["runtimeClassName"], "predictive", "{pod}");
 
@@ -200,6 +206,15 @@ fn kubernetes_manifests_and_dropins_parse() {
         rts["predictive"]["runtime_type"], "io.containerd.predictive.v2",
         "{v3}"
     );
+    // Pods with hostUsers: false: the shim under runc's runtime type, so containerd 2.0-2.3.3 report its features.
+    assert_eq!(
+        rts["predictive-userns"]["runtime_type"], "io.containerd.runc.v2",
+        "{v3}"
+    );
+    assert_eq!(
+        rts["predictive-userns"]["runtime_path"], "/usr/local/bin/containerd-shim-predictive-v2",
+        "{v3}"
+    );
     for rt in [
         &v2["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"],
         rts,
@@ -262,6 +277,7 @@ fn deploy_script_adds_the_handler_and_undoes_it() {
         let mut c = Command::new(ws.join("packaging/kubernetes/predictive-deploy.sh"));
         c.arg(action)
             .env("HOST_ROOT", &host)
+            .env("HOST_BIN_DIR", "/opt/pe2e/bin")
             .env("DROPIN", ws.join("packaging/containerd/predictive.toml"))
             .env(
                 "DROPIN_V3",
@@ -286,7 +302,14 @@ fn deploy_script_adds_the_handler_and_undoes_it() {
     )
     .expect("writing the test config");
     let after = dump(&containerd, &test_conf);
+    // On 2.x the predictive-userns handler names the shim where this node's installer puts it.
+    let userns_path = if settings.is_v2() {
+        "runtime_path = \"/opt/pe2e/bin/containerd-shim-predictive-v2\""
+    } else {
+        kept
+    };
     for want in [
+        userns_path,
         "runtimes.predictive]",
         "runtime_type = \"io.containerd.predictive.v2\"",
         "runtimes.runc]",

@@ -44,11 +44,7 @@ fn node(test: &str, top: &str, tables: &str) -> Option<Node> {
         );
         return None;
     }
-    if let Err(e) = cri::prepare(&settings) {
-        panic!("{test}: {e}");
-    }
-    let pause = cri::ensure_pause_image(&settings);
-    let dropin = cri::dropin(&settings, &settings.runtime);
+    let (pause, dropin) = cri::prepared(&settings, test);
     let version = settings.containerd.clone();
     // Register answers in 1-10 ms here, 10-90 ms in the emulated guest: the shims' budget for it (default 50 ms)
     // too, or a Create there falls back to the spec and registers later with the limits in force.

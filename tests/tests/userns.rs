@@ -1,0 +1,238 @@
+//! A Kubernetes pod with `hostUsers: false` through CRI: containerd 2.x's CRI plugin gives the pod a user namespace
+//! (kubelet's mapping: 65,536 host ids of its own), an idmapped rootfs (the overlay snapshotter's `uidmap=` /
+//! `gidmap=` options) and idmapped `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` (the spec's mount
+//! `uidMappings`). containerd 1.x has no such pods (kubelet 1.33+ asks for 2.0), so scripts/test.sh runs this file
+//! on 2.x only; run alone on 1.x it says why it did nothing. Root only; `SKIPPED:` otherwise.
+
+use std::time::Duration;
+
+use predictive_e2e::cmd::wait_until;
+use predictive_e2e::cri::{self, NAMESPACE, USERNS_HANDLER};
+use predictive_e2e::settings::{IMAGE, Settings};
+use predictive_e2e::{Containerd, require_root};
+use serde_json::json;
+
+/// Host uids and gids `BASE..BASE + 65536` are the pod's (kubelet hands out multiples of 65,536).
+const BASE: u32 = 1 << 20;
+
+/// The `Uid:` line of `/proc/PID/status` (real, effective, saved, filesystem).
+fn host_uids(pid: i32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    Some(
+        line.split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+/// The process running `command` in container `cid`.
+fn process_of(cid: &str, command: &str) -> Option<i32> {
+    cri::in_container(cid, command).into_iter().next()
+}
+
+#[test]
+fn a_user_namespaced_pod_runs_on_idmapped_files() {
+    const TEST: &str = "a_user_namespaced_pod_runs_on_idmapped_files";
+    let settings = Settings::from_env();
+    if !settings.is_v2() {
+        predictive_e2e::skip(
+            TEST,
+            &format!(
+                "user-namespaced pods need containerd 2.x, not {}",
+                settings.containerd
+            ),
+        );
+        return;
+    }
+    if !require_root(TEST) {
+        return;
+    }
+    let (pause, dropin) = cri::prepared(&settings, TEST);
+    let version = settings.containerd.clone();
+    let bridge = format!("pe2eu{}", std::process::id() % 100_000);
+    let _bridge = Bridge(bridge.clone());
+    let octet = 100 + (std::process::id() % 100) as u8;
+    let Some(mut c) = Containerd::start_with_config(TEST, &|dir| {
+        cri::bridge_network(dir, &bridge, octet).unwrap_or_else(|e| panic!("{TEST}: {e}"));
+        cri::config(dir, &version, &dropin)
+    }) else {
+        return;
+    };
+    c.ns = NAMESPACE.to_string();
+    let api = cri::ready_client(&mut c, &pause);
+    // What kubelet checks before it sends a pod with hostUsers: false to a RuntimeClass.
+    let status = api.call("Status", json!({}));
+    let handlers = &status["runtime_handlers"];
+    let features = handlers
+        .as_array()
+        .and_then(|h| h.iter().find(|h| h["name"] == USERNS_HANDLER))
+        .map(|h| h["features"].clone());
+    assert_eq!(
+        features,
+        Some(json!({"recursive_read_only_mounts": true, "user_namespaces": true})),
+        "the {USERNS_HANDLER} handler's features in CRI Status: {handlers}"
+    );
+    let logs = c.dir.join("pod-logs");
+    std::fs::create_dir_all(&logs).expect("creating the pod log dir");
+
+    let ids = json!([{"host_id": BASE, "container_id": 0, "length": 65536}]);
+    let userns = json!({"mode": "POD", "uids": ids, "gids": ids});
+    let mut pod = cri::pod_config(
+        "pe2e-userns",
+        &format!("pe2e-userns-{}", std::process::id()),
+        "default",
+        &logs,
+        &format!("/{NAMESPACE}"),
+        json!({"io.predictive.task-type": "cri-userns"}),
+    );
+    // A pod network of its own: kubelet refuses hostNetwork with hostUsers: false.
+    pod["linux"]["security_context"]["namespace_options"] = json!({"userns_options": userns});
+    let sid = api.run_pod(&c, &pod, USERNS_HANDLER);
+    let container = |name: &str, user: Option<u32>| -> String {
+        let mut security = json!({"namespace_options": {"userns_options": userns}});
+        if let Some(uid) = user {
+            security["run_as_user"] = json!({"value": uid});
+        }
+        let cid = api.create_container(
+            &c,
+            &sid,
+            json!({
+                "metadata": {"name": name},
+                "image": {"image": IMAGE},
+                "command": ["sleep", "100000"],
+                "log_path": format!("{name}.log"),
+                "linux": {"security_context": security}
+            }),
+            &pod,
+        );
+        api.call("StartContainer", json!({"container_id": cid}));
+        cid
+    };
+    let app = container("app", None);
+    let user = container("user", Some(1000));
+
+    // The host's view: the pod's processes run as its own host ids, in a namespace that maps them.
+    let sleep = process_of(&app, "sleep 100000").expect("the app's sleep runs");
+    let map = std::fs::read_to_string(format!("/proc/{sleep}/uid_map")).unwrap_or_default();
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", &BASE.to_string(), "65536"],
+        "the app's uid map: {map:?}"
+    );
+    // Run by our shim (the handler's runtime_path), which the broker knows the pod's containers from.
+    let parent = std::fs::read_to_string(format!("/proc/{sleep}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:").map(|p| p.trim().to_owned()))
+        .unwrap_or_default();
+    let shim = std::fs::read_link(format!("/proc/{parent}/exe")).unwrap_or_default();
+    assert!(
+        shim.ends_with(predictive_e2e::settings::PREDICTIVE_SHIM_BINARY),
+        "the app's parent {parent} is {}",
+        shim.display()
+    );
+    let root = format!("{BASE} {BASE} {BASE} {BASE}");
+    assert_eq!(host_uids(sleep), Some(root.clone()), "the app's init");
+    let as_user = process_of(&user, "sleep 100000").and_then(host_uids);
+    let uid_1000 = (BASE + 1000).to_string();
+    assert_eq!(
+        as_user,
+        Some(format!("{uid_1000} {uid_1000} {uid_1000} {uid_1000}")),
+        "runAsUser 1000 is host uid BASE + 1000"
+    );
+
+    // The container's view through an exec (kubectl exec, an exec probe): the same namespace, and its image and
+    // the pod's files are root's, as on disk, through the idmapped mounts.
+    let exec = api.exec_sync(
+        &app,
+        &[
+            "sh",
+            "-c",
+            "id -u; cat /proc/self/uid_map; stat -c '%n %u:%g' / /bin/busybox /etc/hosts /etc/hostname /etc/resolv.conf",
+        ],
+        20,
+    );
+    let lines: Vec<Vec<&str>> = exec
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let owned = |path: &'static str| vec![path, "0:0"];
+    assert_eq!(
+        lines,
+        [
+            vec!["0"],
+            vec!["0", &BASE.to_string(), "65536"],
+            owned("/"),
+            owned("/bin/busybox"),
+            owned("/etc/hosts"),
+            owned("/etc/hostname"),
+            owned("/etc/resolv.conf"),
+        ],
+        "an exec in the app: {exec:?}"
+    );
+    // The pod's root may write what is its own: through the idmapped mount the host file's owner is it.
+    let write = api.exec_sync(
+        &app,
+        &[
+            "sh",
+            "-c",
+            "echo 10.0.0.1 pe2e >> /etc/hosts && touch /made && stat -c %u /made",
+        ],
+        20,
+    );
+    assert_eq!(
+        (write.exit_code, write.stdout.trim()),
+        (0, "0"),
+        "the pod's root writing its files: {write:?}"
+    );
+    let hosts = std::fs::read_to_string(
+        c.dir
+            .join("root/io.containerd.grpc.v1.cri/sandboxes")
+            .join(&sid)
+            .join("hosts"),
+    )
+    .unwrap_or_default();
+    assert!(
+        hosts.contains("10.0.0.1 pe2e"),
+        "the sandbox's hosts file: {hosts:?}"
+    );
+    let user_exec = api.exec_sync(&user, &["sh", "-c", "id -u; cat /proc/self/uid_map"], 20);
+    assert_eq!(
+        user_exec.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["1000", "0", &BASE.to_string(), "65536"],
+        "an exec in the runAsUser 1000 container: {user_exec:?}"
+    );
+
+    // Teardown as kubelet does it; the shim's idmapped copies and helper processes are gone with the pod.
+    api.call("StopPodSandbox", json!({"pod_sandbox_id": sid}));
+    for cid in [&app, &user] {
+        api.call("RemoveContainer", json!({"container_id": cid}));
+    }
+    api.call("RemovePodSandbox", json!({"pod_sandbox_id": sid}));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let left: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.contains(&*c.dir.to_string_lossy()) && l.contains("/idmapped/"))
+        .collect();
+    assert!(left.is_empty(), "idmapped copies left mounted: {left:?}");
+    let gone = wait_until(Duration::from_secs(10), || {
+        api.call("ListContainers", json!({}))["containers"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+            .then_some(())
+    });
+    assert!(gone.is_some(), "containers left after the teardown");
+    c.finish();
+}
+
+/// Deletes the test's CNI bridge when the test ends, passed or not.
+struct Bridge(String);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        cri::remove_bridge(&self.0);
+    }
+}
