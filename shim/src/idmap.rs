@@ -34,6 +34,8 @@ use crate::error::{Result, ShimError};
 const MAX_LINES: usize = 340;
 /// Where a bundle's idmapped copies of spec mount sources are attached.
 const STAGING_DIR: &str = "idmapped";
+/// Where an overlay rootfs's idmapped lower layers are attached while it is mounted.
+const LAYERS_DIR: &str = "idmapped-layers";
 
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
@@ -404,6 +406,27 @@ fn unlink_mountpoint(path: &Path) {
     }
 }
 
+/// Detaches whatever a killed server left attached under `bundle` (its copies and an overlay's layers) and
+/// removes the mount points, never recursively: containerd removes the bundle recursively after the `delete`
+/// action, and through an attached copy that would remove the files of its source.
+pub fn detach_left(bundle: &Path) {
+    for dir in [bundle.join(STAGING_DIR), bundle.join(LAYERS_DIR)] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if let Some(p) = path.to_str()
+                && let Err(e) = containerd_shim::mount::umount_recursive(Some(p), libc::MNT_DETACH)
+            {
+                tracing::warn!("unmounting {}: {e}", path.display());
+            }
+            unlink_mountpoint(&path);
+        }
+        unlink_mountpoint(&dir);
+    }
+}
+
 /// The idmapped copies of an overlay's lower layers, attached at `<bundle>/idmapped-layers/<i>` (the compactor of
 /// long overlay options shortens such paths when there are many layers).
 struct Layers {
@@ -413,7 +436,7 @@ struct Layers {
 
 impl Layers {
     fn attach(rootfs: &Path, lowerdir: &str, userns: &OwnedFd) -> Result<Layers> {
-        let root = rootfs.with_file_name("idmapped-layers");
+        let root = rootfs.with_file_name(LAYERS_DIR);
         std::fs::create_dir_all(&root)
             .map_err(ShimError::io(format!("creating {}", root.display())))?;
         let mut layers = Layers {
@@ -735,6 +758,38 @@ mod tests {
         assert!(
             !Staged::default().edit(&mut json),
             "nothing staged, nothing changed"
+        );
+    }
+
+    /// Root only: copies a killed server left attached in a bundle are detached before containerd's recursive
+    /// removal of the bundle, which then leaves the sources' files alone.
+    #[test]
+    fn copies_left_attached_are_detached_and_a_recursive_removal_spares_their_sources() {
+        if !testkit::require_root("copies_left_attached_are_detached", "mounts") {
+            return;
+        }
+        let top = tempfile::tempdir().expect("tempdir");
+        let (bundle, source) = (top.path().join("bundle"), top.path().join("volume"));
+        std::fs::create_dir_all(&source).expect("mkdir");
+        std::fs::write(source.join("data"), b"keep").expect("write");
+        let spec = spec(serde_json::json!({
+            "ociVersion": "1.1.0", "root": {"path": "rootfs"},
+            "mounts": [{"destination": "/v", "type": "bind", "source": source, "options": ["rbind"],
+                        "uidMappings": mapping(), "gidMappings": mapping()}]
+        }));
+        let staged = Staged::make(&bundle, &spec).expect("staged");
+        // As if the server died here: the copy stays attached.
+        std::mem::forget(staged);
+        assert!(bundle.join(STAGING_DIR).join("0/data").exists());
+        detach_left(&bundle);
+        assert!(
+            !bundle.join(STAGING_DIR).exists(),
+            "the copies' directory goes"
+        );
+        std::fs::remove_dir_all(&bundle).expect("containerd's removal of the bundle");
+        assert_eq!(
+            std::fs::read(source.join("data")).expect("the volume's file"),
+            b"keep"
         );
     }
 

@@ -368,6 +368,9 @@ fn delete(flags: &Flags) -> Result<()> {
             eprintln!("{RUNTIME_NAME}: delete {}: {message}", flags.id);
         }
         crate::container::unmount_rootfs(&bundle.join("rootfs"));
+        // A server killed during a Create may leave idmapped copies attached in the bundle, which containerd
+        // removes recursively next: through a copy that would be the files of its source (a volume).
+        crate::idmap::detach_left(&bundle);
         if stood {
             if let Some(path) = spec
                 .as_ref()
