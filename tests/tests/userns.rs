@@ -90,7 +90,15 @@ fn a_user_namespaced_pod_runs_on_idmapped_files() {
     // A pod network of its own: kubelet refuses hostNetwork with hostUsers: false.
     pod["linux"]["security_context"]["namespace_options"] = json!({"userns_options": userns});
     let sid = api.run_pod(&c, &pod, USERNS_HANDLER);
-    let container = |name: &str, user: Option<u32>| -> String {
+    // Two volumes of the host's root as kubelet hands them over: `/vol` idmapped (kubelet gives a user-namespaced
+    // pod's volumes its mapping), `/ro` read-only with `recursiveReadOnly: Enabled`, a tmpfs mounted below it.
+    let vol = c.dir.join("vol");
+    let ro = c.dir.join("ro");
+    std::fs::create_dir_all(&vol).expect("mkdir vol");
+    std::fs::write(vol.join("data"), b"host\n").expect("writing the volume");
+    std::fs::create_dir_all(ro.join("sub")).expect("mkdir ro/sub");
+    let sub = Tmpfs::mount(&ro.join("sub"));
+    let container = |name: &str, user: Option<u32>, mounts: serde_json::Value| -> String {
         let mut security = json!({"namespace_options": {"userns_options": userns}});
         if let Some(uid) = user {
             security["run_as_user"] = json!({"value": uid});
@@ -103,6 +111,7 @@ fn a_user_namespaced_pod_runs_on_idmapped_files() {
                 "image": {"image": IMAGE},
                 "command": ["sleep", "100000"],
                 "log_path": format!("{name}.log"),
+                "mounts": mounts,
                 "linux": {"security_context": security}
             }),
             &pod,
@@ -110,8 +119,16 @@ fn a_user_namespaced_pod_runs_on_idmapped_files() {
         api.call("StartContainer", json!({"container_id": cid}));
         cid
     };
-    let app = container("app", None);
-    let user = container("user", Some(1000));
+    let app = container(
+        "app",
+        None,
+        json!([
+            {"container_path": "/vol", "host_path": vol, "uidMappings": ids, "gidMappings": ids},
+            {"container_path": "/ro", "host_path": ro, "readonly": true, "recursive_read_only": true,
+             "propagation": "PROPAGATION_PRIVATE"}
+        ]),
+    );
+    let user = container("user", Some(1000), json!([]));
 
     // The host's view: the pod's processes run as its own host ids, in a namespace that maps them.
     let sleep = process_of(&app, "sleep 100000").expect("the app's sleep runs");
@@ -199,6 +216,28 @@ fn a_user_namespaced_pod_runs_on_idmapped_files() {
         hosts.contains("10.0.0.1 pe2e"),
         "the sandbox's hosts file: {hosts:?}"
     );
+    // The idmapped volume is the pod root's to write; the recursively read-only one is read-only below too.
+    let volume = api.exec_sync(
+        &app,
+        &[
+            "sh",
+            "-c",
+            "stat -c %u:%g /vol/data && echo pod >> /vol/data && cat /vol/data",
+        ],
+        20,
+    );
+    assert_eq!(
+        (volume.exit_code, volume.stdout.as_str()),
+        (0, "0:0\nhost\npod\n"),
+        "the idmapped volume: {volume:?}"
+    );
+    for path in ["/ro/x", "/ro/sub/x"] {
+        let touch = api.exec_sync(&app, &["touch", path], 20);
+        assert!(
+            touch.exit_code != 0 && touch.stderr.contains("Read-only file system"),
+            "{path} in a recursiveReadOnly volume: {touch:?}"
+        );
+    }
     let user_exec = api.exec_sync(&user, &["sh", "-c", "id -u; cat /proc/self/uid_map"], 20);
     assert_eq!(
         user_exec.stdout.split_whitespace().collect::<Vec<_>>(),
@@ -225,7 +264,28 @@ fn a_user_namespaced_pod_runs_on_idmapped_files() {
             .then_some(())
     });
     assert!(gone.is_some(), "containers left after the teardown");
+    drop(sub);
     c.finish();
+}
+
+/// A tmpfs mounted at a directory for the test's life.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path) -> Tmpfs {
+        let mut m = std::process::Command::new("mount");
+        m.args(["-t", "tmpfs", "pe2e-rro"]).arg(at);
+        predictive_e2e::cmd::run_cmd(m, Duration::from_secs(30)).expect_ok("mounting a tmpfs");
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let mut u = std::process::Command::new("umount");
+        u.arg("-l").arg(&self.0);
+        let _ = predictive_e2e::cmd::run_cmd(u, Duration::from_secs(30));
+    }
 }
 
 /// Deletes the test's CNI bridge when the test ends, passed or not.
