@@ -221,6 +221,25 @@ struct JoinUser {
     as_root: PathBuf,
     user: oci_spec::runtime::User,
     capabilities: Option<oci_spec::runtime::LinuxCapabilities>,
+    /// The user's uid outside the namespace (its `uid_map`), for its terminal's owner.
+    host_uid: Option<u32>,
+}
+
+/// The host id of `id` in a `uid_map`/`gid_map` text (`inside outside count` lines).
+fn host_id(map: &str, id: u32) -> Option<u32> {
+    map.lines().find_map(|line| {
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let [inside, outside, count] = f[..] else {
+            return None;
+        };
+        let id = u64::from(id);
+        (inside <= id && id < inside + count)
+            .then(|| u32::try_from(outside + id - inside).ok())
+            .flatten()
+    })
 }
 
 impl JoinUser {
@@ -243,11 +262,14 @@ impl JoinUser {
         let as_root = PathBuf::from(name);
         std::fs::write(&as_root, json.to_string())
             .map_err(|e| other(format!("writing {}: {e}", as_root.display())))?;
+        let uid_map = std::fs::read_to_string(format!("/proc/{init}/uid_map")).unwrap_or_default();
+        let host_uid = host_id(&uid_map, user.uid());
         Ok(JoinUser {
             userns,
             as_root,
             user,
             capabilities,
+            host_uid,
         })
     }
 
@@ -257,6 +279,7 @@ impl JoinUser {
             userns: self.userns.as_raw_fd(),
             user: self.user.clone(),
             capabilities: self.capabilities.clone(),
+            host_uid: self.host_uid,
         }
     }
 }
@@ -277,12 +300,22 @@ struct ExecUser {
     userns: std::os::fd::RawFd,
     user: oci_spec::runtime::User,
     capabilities: Option<oci_spec::runtime::LinuxCapabilities>,
+    host_uid: Option<u32>,
 }
 
 impl ExecUser {
     fn become_user(&self) -> Result<(), String> {
         use libcontainer::capabilities::{drop_privileges, reset_effective};
         use nix::unistd::{Gid, Uid};
+        // A terminal libcontainer made for the exec is the host's root's, which inside is nobody's: the process
+        // could not open its own /dev/tty again. It becomes the user's, as runc's is, while this process still may
+        // (best effort: without CAP_CHOWN in the spec it stays as it was).
+        if let Some(uid) = self.host_uid
+            && nix::unistd::isatty(0).unwrap_or(false)
+        {
+            // SAFETY: fchown of descriptor 0 with a gid of -1 (unchanged).
+            unsafe { libc::fchown(0, uid, u32::MAX) };
+        }
         let syscall = libcontainer::syscall::syscall::create_syscall();
         syscall
             .set_ns(self.userns, nix::sched::CloneFlags::CLONE_NEWUSER)
@@ -574,6 +607,18 @@ mod tests {
         std::fs::write(&p, "#!/bin/sh\n").expect("write");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
         p
+    }
+
+    #[test]
+    fn a_user_is_found_in_its_namespaces_uid_map() {
+        let map = "         0     100000      65536\n     65536          7          1\n";
+        assert_eq!(host_id(map, 0), Some(100_000));
+        assert_eq!(host_id(map, 1000), Some(101_000));
+        assert_eq!(host_id(map, 65535), Some(165_535));
+        assert_eq!(host_id(map, 65536), Some(7));
+        assert_eq!(host_id(map, 65537), None, "not mapped");
+        assert_eq!(host_id("0 4294967295 2\n", 1), None, "past 2^32");
+        assert_eq!(host_id("garbage\n", 0), None);
     }
 
     #[test]

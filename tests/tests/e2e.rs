@@ -1011,6 +1011,27 @@ fn user_namespace_container_runs_in_its_cgroup() {
         ],
         "an exec's uid, uid map and capabilities: {out:?}"
     );
+    // An exec's terminal is its user's, as runc makes it: the process can open its own /dev/tty again (was the
+    // host root's, nobody's inside: "can't create /dev/pts/0: Permission denied").
+    let mut tty = PtyChild::spawn(c.ctr_cmd(&[
+        "t",
+        "exec",
+        "-t",
+        "--user",
+        "1000",
+        "--exec-id",
+        "tty",
+        &id,
+        "sh",
+        "-c",
+        "echo owner=$(stat -c %u $(tty)) > $(tty) && echo reopened-$((6*7))",
+    ]));
+    let code = tty.wait(Duration::from_secs(20));
+    let screen = tty.screen();
+    assert!(
+        code == Some(0) && screen.contains("owner=1000") && screen.contains("reopened-42"),
+        "exec -t --user 1000 (exit {code:?}): {screen:?}"
+    );
     // A user's exec is that user of the namespace: 1000 inside, 101000 on the host, with its own HOME (the image
     // has no such user: `/`, as runc gives it).
     let home = c.ctr(&[
