@@ -11,8 +11,10 @@
 //!   plugin sets them on `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf` and kubelet's volumes of such a pod).
 //!   libcontainer 0.7 does not make idmapped mounts (it ignores the fields), so the shim makes an idmapped copy
 //!   of each source under the bundle before the create and points the mount at it; libcontainer's bind of an
-//!   idmapped mount keeps its mapping. The copies are detached once the container's mounts are made
-//!   ([`Staged::release`]).
+//!   idmapped mount keeps its mapping. In such a container every other bind mount is copied there too, as it is,
+//!   so that its source is reachable from the namespace ([`copied_mounts`]). The copies are detached once the
+//!   container's mounts are made ([`Staged::release`]), or by the `delete` action after a killed server
+//!   ([`detach_left`]).
 //!
 //! The mapping needs a user namespace to name it: a child is forked into one, its `uid_map`/`gid_map` written, its
 //! `/proc/PID/ns/user` opened, and then it exits ([`user_namespace`]). The mounts are made with the kernel's mount

@@ -485,8 +485,7 @@ impl Executor for Workload {
         if let Some(join) = &self.join
             && !self.env.borrow().iter().any(|kv| kv.starts_with("HOME="))
         {
-            let passwd = std::fs::read("/etc/passwd").unwrap_or_default();
-            envs.insert("HOME".into(), home_of(&passwd, join.user.uid()));
+            envs.insert("HOME".into(), home_of(&read_passwd(), join.user.uid()));
         }
         let order = env_order(&self.env.borrow(), &envs);
         // SAFETY: this is the container's init or exec process, single-threaded, just before it execs: no other
@@ -503,9 +502,26 @@ impl Executor for Workload {
     }
 }
 
+/// The container's `/etc/passwd` (its file: the image's, hostile), the first MiB of it, if it is a regular file;
+/// opened without blocking, so a FIFO put there cannot hold the exec.
+fn read_passwd() -> Vec<u8> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut text = Vec::new();
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/etc/passwd")
+        && f.metadata().is_ok_and(|m| m.is_file())
+    {
+        let _ = f.take(1 << 20).read_to_end(&mut text);
+    }
+    text
+}
+
 /// The home directory of `uid` in an `/etc/passwd` text (the first line for it), else `/`, as runc falls back.
 fn home_of(passwd: &[u8], uid: u32) -> String {
-    let text = String::from_utf8_lossy(&passwd[..passwd.len().min(1 << 20)]);
+    let text = String::from_utf8_lossy(passwd);
     text.lines()
         .map(|l| l.split(':').collect::<Vec<_>>())
         .find(|f| f.len() >= 7 && f[2].parse::<u32>().ok() == Some(uid))
