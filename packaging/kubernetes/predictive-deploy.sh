@@ -75,8 +75,7 @@ configure() {
     unconfigure_quiet
     if [ "$(config_version)" = 3 ]; then
         mkdir -p "$confd"
-        # runtime_path (the predictive-userns handler) names the shim where install_shim put it.
-        sed "s|/usr/local/bin/$SHIM|$HOST_BIN_DIR/$SHIM|" "$DROPIN_V3" > "$confd/predictive.toml"
+        cp "$DROPIN_V3" "$confd/predictive.toml"
         if ! grep -q 'conf\.d/\*\.toml' "$conf"; then
             if grep -Eq '^[[:space:]]*imports[[:space:]]*=' "$conf"; then
                 log "$CONTAINERD_CONF has an imports line without /etc/containerd/conf.d/*.toml: add it"; exit 1

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::cmd::{Output, run_cmd, wait_until};
 use crate::containerd::Containerd;
-use crate::settings::{PREDICTIVE_SHIM_BINARY, Settings};
+use crate::settings::Settings;
 
 /// The CRI runtime handler name (RuntimeClass `handler`).
 pub const HANDLER: &str = "predictive";
@@ -54,14 +54,6 @@ pub fn dropin(settings: &Settings, runtime_type: &str) -> String {
         .replace(
             "runtime_type = \"io.containerd.predictive.v2\"",
             &format!("runtime_type = \"{runtime_type}\""),
-        )
-        // The predictive-userns handler (2.x) names the installed shim; the tests run the one they built.
-        .replace(
-            &format!("/usr/local/bin/{PREDICTIVE_SHIM_BINARY}"),
-            &settings
-                .shim_dir
-                .join(PREDICTIVE_SHIM_BINARY)
-                .to_string_lossy(),
         )
 }
 

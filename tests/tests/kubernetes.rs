@@ -212,7 +212,7 @@ fn kubernetes_manifests_and_dropins_parse() {
         "{v3}"
     );
     assert_eq!(
-        rts["predictive-userns"]["runtime_path"], "/usr/local/bin/containerd-shim-predictive-v2",
+        rts["predictive-userns"]["runtime_path"], "io.containerd.predictive.v2",
         "{v3}"
     );
     for rt in [
@@ -277,7 +277,6 @@ fn deploy_script_adds_the_handler_and_undoes_it() {
         let mut c = Command::new(ws.join("packaging/kubernetes/predictive-deploy.sh"));
         c.arg(action)
             .env("HOST_ROOT", &host)
-            .env("HOST_BIN_DIR", "/opt/pe2e/bin")
             .env("DROPIN", ws.join("packaging/containerd/predictive.toml"))
             .env(
                 "DROPIN_V3",
@@ -302,9 +301,9 @@ fn deploy_script_adds_the_handler_and_undoes_it() {
     )
     .expect("writing the test config");
     let after = dump(&containerd, &test_conf);
-    // On 2.x the predictive-userns handler names the shim where this node's installer puts it.
+    // On 2.x the predictive-userns handler: our runtime under runc's type.
     let userns_path = if settings.is_v2() {
-        "runtime_path = \"/opt/pe2e/bin/containerd-shim-predictive-v2\""
+        "runtime_path = \"io.containerd.predictive.v2\""
     } else {
         kept
     };
