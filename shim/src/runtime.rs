@@ -189,7 +189,7 @@ fn exec(
     let built = builder(id, root, console_socket, stdio)?
         .with_executor(Workload {
             seccomp,
-            join: join.as_ref().map(JoinUser::for_exec),
+            join: join.as_ref().map(|j| j.exec.clone()),
             ..Workload::default()
         })
         .as_tenant()
@@ -216,13 +216,12 @@ fn has_user_namespace(spec: &Spec) -> bool {
 /// the exec's process spec as libcontainer runs it (as root, to join the namespace; it becomes the spec's user
 /// there).
 struct JoinUser {
-    userns: std::fs::File,
+    /// Held open until the exec process has forked (it inherits it as `exec.userns`).
+    _userns: std::fs::File,
     /// The process spec with user 0:0 and no other groups, next to the given one; removed on drop.
     as_root: PathBuf,
-    user: oci_spec::runtime::User,
-    capabilities: Option<oci_spec::runtime::LinuxCapabilities>,
-    /// The user's uid outside the namespace (its `uid_map`), for its terminal's owner.
-    host_uid: Option<u32>,
+    /// What the executor does with it.
+    exec: ExecUser,
 }
 
 /// The host id of `id` in a `uid_map`/`gid_map` text (`inside outside count` lines).
@@ -264,23 +263,17 @@ impl JoinUser {
             .map_err(|e| other(format!("writing {}: {e}", as_root.display())))?;
         let uid_map = std::fs::read_to_string(format!("/proc/{init}/uid_map")).unwrap_or_default();
         let host_uid = host_id(&uid_map, user.uid());
-        Ok(JoinUser {
-            userns,
-            as_root,
-            user,
-            capabilities,
-            host_uid,
-        })
-    }
-
-    fn for_exec(&self) -> ExecUser {
         use std::os::fd::AsRawFd;
-        ExecUser {
-            userns: self.userns.as_raw_fd(),
-            user: self.user.clone(),
-            capabilities: self.capabilities.clone(),
-            host_uid: self.host_uid,
-        }
+        Ok(JoinUser {
+            exec: ExecUser {
+                userns: userns.as_raw_fd(),
+                user,
+                capabilities,
+                host_uid,
+            },
+            _userns: userns,
+            as_root,
+        })
     }
 }
 
@@ -300,6 +293,7 @@ struct ExecUser {
     userns: std::os::fd::RawFd,
     user: oci_spec::runtime::User,
     capabilities: Option<oci_spec::runtime::LinuxCapabilities>,
+    /// The user's uid outside the namespace (its `uid_map`), for its terminal's owner.
     host_uid: Option<u32>,
 }
 
