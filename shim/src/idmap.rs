@@ -299,6 +299,61 @@ pub fn idmapped_tree(
     Ok(tree)
 }
 
+/// The filesystem at `path` by name (`statfs`'s magic number), with the first Linux release that idmaps it where
+/// known.
+fn filesystem(path: &Path) -> (String, Option<&'static str>) {
+    use nix::sys::statfs::{
+        BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC,
+    };
+    let kind = match nix::sys::statfs::statfs(path) {
+        Ok(s) => s.filesystem_type(),
+        Err(e) => return (format!("a filesystem statfs cannot name ({e})"), None),
+    };
+    let (name, since) = match kind {
+        TMPFS_MAGIC => ("tmpfs", "6.3"),
+        EXT4_SUPER_MAGIC => ("ext4", "5.12"),
+        XFS_SUPER_MAGIC => ("xfs", "5.12"),
+        BTRFS_SUPER_MAGIC => ("btrfs", "5.15"),
+        OVERLAYFS_SUPER_MAGIC => ("overlayfs", "5.19"),
+        // linux/magic.h; no Linux release idmaps ramfs (6.18 refuses it).
+        other if other.0 == 0x8584_58f6 => return ("ramfs".into(), None),
+        other => return (format!("filesystem type {:#x}", other.0), None),
+    };
+    (name.to_owned(), Some(since))
+}
+
+/// What the create says when the kernel would not idmap spec mount `m`'s source (kubelet's design leaves that
+/// error to the runtime: it names the volume, its filesystem and the kernel, not only `EINVAL`).
+fn refused(m: &oci_spec::runtime::Mount, source: &Path, e: ShimError) -> ShimError {
+    let ShimError::Io { source: errno, .. } = e else {
+        return e;
+    };
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let (fs, since) = filesystem(source);
+    ShimError::Io {
+        context: refusal(
+            &m.destination().display().to_string(),
+            &source.display().to_string(),
+            &fs,
+            since,
+            release.trim(),
+        ),
+        source: errno,
+    }
+}
+
+/// [`refused`]'s text; every name in it escaped (a volume's path is the pod's to choose).
+fn refusal(dest: &str, source: &str, fs: &str, since: Option<&str>, release: &str) -> String {
+    let since = since.map_or(String::new(), |v| format!(", which Linux idmaps from {v}"));
+    format!(
+        "mount {}: idmapping its source {} on {}{since} (this is Linux {})",
+        dest.escape_debug(),
+        source.escape_debug(),
+        fs.escape_debug(),
+        release.escape_debug()
+    )
+}
+
 /// Attaches a detached tree ([`idmapped_tree`]) at `target`.
 pub fn attach(tree: &OwnedFd, target: &Path) -> Result<()> {
     let path = c_path(target)?;
@@ -571,7 +626,8 @@ impl Staged {
                             namespaces.len() - 1
                         }
                     };
-                    idmapped_tree(&source, Some(namespaces[at].1.as_fd()), recursive, false)?
+                    idmapped_tree(&source, Some(namespaces[at].1.as_fd()), recursive, false)
+                        .map_err(|e| refused(&mounts[i], &source, e))?
                 }
                 None => idmapped_tree(&source, None, recursive, false)?,
             };
@@ -716,6 +772,47 @@ mod tests {
             copied_mounts(&without).expect("valid").is_empty(),
             "no user namespace, no copy"
         );
+    }
+
+    #[test]
+    fn a_refused_idmap_names_the_mount_its_filesystem_and_the_kernel() {
+        let text = refusal(
+            "/var/run/secrets/kubernetes.io/serviceaccount",
+            "/var/lib/kubelet/pods/p/volumes/kubernetes.io~projected/kube-api-access-x",
+            "tmpfs",
+            Some("6.3"),
+            "6.1.0-28-amd64",
+        );
+        assert_eq!(
+            text,
+            "mount /var/run/secrets/kubernetes.io/serviceaccount: idmapping its source \
+             /var/lib/kubelet/pods/p/volumes/kubernetes.io~projected/kube-api-access-x on tmpfs, which Linux \
+             idmaps from 6.3 (this is Linux 6.1.0-28-amd64)"
+        );
+        let hostile = refusal(
+            "/a\n\u{1b}[2J",
+            "/s",
+            "filesystem type 0x1234",
+            None,
+            "6.18",
+        );
+        assert!(!hostile.contains(['\n', '\u{1b}']), "{hostile:?}");
+        assert!(
+            hostile.ends_with("on filesystem type 0x1234 (this is Linux 6.18)"),
+            "{hostile}"
+        );
+        // The filesystem of a real path: /proc is none of the named ones, a tmpfs (/dev/shm) is.
+        assert!(
+            filesystem(Path::new("/proc"))
+                .0
+                .starts_with("filesystem type 0x")
+        );
+        if std::fs::read_to_string("/proc/mounts").is_ok_and(|m| m.contains(" /dev/shm tmpfs ")) {
+            assert_eq!(
+                filesystem(Path::new("/dev/shm")),
+                ("tmpfs".into(), Some("6.3"))
+            );
+        }
     }
 
     #[test]

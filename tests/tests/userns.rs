@@ -15,6 +15,19 @@ use serde_json::json;
 /// Host uids and gids `BASE..BASE + 65536` are the pod's (kubelet hands out multiples of 65,536).
 const BASE: u32 = 1 << 20;
 
+/// Where kubelet mounts a pod's service account token.
+const TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// Whether kernel release `release` (`/proc/sys/kernel/osrelease`, e.g. `6.1.0-28-amd64`) is `major.minor` or later.
+fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    found >= (major, minor)
+}
+
 /// The `Uid:` line of `/proc/PID/status` (real, effective, saved, filesystem).
 fn host_uids(pid: i32) -> Option<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -98,12 +111,12 @@ fn a_user_namespaced_pod_runs_on_idmapped_files() {
     std::fs::write(vol.join("data"), b"host\n").expect("writing the volume");
     std::fs::create_dir_all(ro.join("sub")).expect("mkdir ro/sub");
     let sub = Tmpfs::mount(&ro.join("sub"));
-    let container = |name: &str, user: Option<u32>, mounts: serde_json::Value| -> String {
+    let create = |name: &str, user: Option<u32>, mounts: serde_json::Value| -> String {
         let mut security = json!({"namespace_options": {"userns_options": userns}});
         if let Some(uid) = user {
             security["run_as_user"] = json!({"value": uid});
         }
-        let cid = api.create_container(
+        api.create_container(
             &c,
             &sid,
             json!({
@@ -115,7 +128,10 @@ fn a_user_namespaced_pod_runs_on_idmapped_files() {
                 "linux": {"security_context": security}
             }),
             &pod,
-        );
+        )
+    };
+    let container = |name: &str, user: Option<u32>, mounts: serde_json::Value| -> String {
+        let cid = create(name, user, mounts);
         api.call("StartContainer", json!({"container_id": cid}));
         cid
     };
@@ -245,9 +261,67 @@ fn a_user_namespaced_pod_runs_on_idmapped_files() {
         "an exec in the runAsUser 1000 container: {user_exec:?}"
     );
 
+    // A projected volume (the service account token kubelet gives every pod) is a tmpfs of kubelet's holding
+    // root's 0644 files, handed over with the pod's mapping. Linux idmaps tmpfs from 6.3: there the pod's root owns
+    // the files and a runAsUser container reads them. A volume the kernel cannot idmap (tmpfs before 6.3, ramfs on
+    // every release) fails the start with an error naming the volume, its filesystem and the kernel (what kubelet's
+    // design asks of the runtime), and the pod's other containers run on.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let volume_of = |name: &str, fs: &str| {
+        let dir = c.dir.join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir volume");
+        let mount = Tmpfs::mount_as(fs, &dir);
+        std::fs::write(dir.join("token"), b"secret\n").expect("writing the token");
+        let mounts = json!([{"container_path": TOKEN_DIR, "host_path": dir, "readonly": true,
+                             "uidMappings": ids, "gidMappings": ids}]);
+        (mount, mounts)
+    };
+    let refused = |cid: &str, fs: &str, since: &str| {
+        let start = api.try_call("StartContainer", &json!({"container_id": cid}));
+        assert!(
+            start.code != 0
+                && start
+                    .stderr
+                    .contains(&format!("mount {TOKEN_DIR}: idmapping its source"))
+                && start
+                    .stderr
+                    .contains(&format!("on {fs}{since} (this is Linux {}", release.trim())),
+            "starting a container with an idmapped {fs} volume on Linux {release:?}: {start}"
+        );
+        let alive = api.exec_sync(&app, &["true"], 20);
+        assert_eq!(
+            alive.exit_code, 0,
+            "the app after the refused start: {alive:?}"
+        );
+    };
+    let (projected, mounts) = volume_of("token", "tmpfs");
+    let reader = create("reader", Some(1000), mounts);
+    if kernel_at_least(&release, 6, 3) {
+        api.call("StartContainer", json!({"container_id": reader}));
+        let read = api.exec_sync(
+            &reader,
+            &[
+                "sh",
+                "-c",
+                &format!("stat -c %u:%g {TOKEN_DIR}/token && cat {TOKEN_DIR}/token"),
+            ],
+            20,
+        );
+        assert_eq!(
+            (read.exit_code, read.stdout.as_str()),
+            (0, "0:0\nsecret\n"),
+            "the projected volume on Linux {release:?}: {read:?}"
+        );
+    } else {
+        refused(&reader, "tmpfs", ", which Linux idmaps from 6.3");
+    }
+    let (ramfs, mounts) = volume_of("ramfs", "ramfs");
+    let unmappable = create("unmappable", None, mounts);
+    refused(&unmappable, "ramfs", "");
+
     // Teardown as kubelet does it; the shim's idmapped copies and helper processes are gone with the pod.
     api.call("StopPodSandbox", json!({"pod_sandbox_id": sid}));
-    for cid in [&app, &user] {
+    for cid in [&app, &user, &reader, &unmappable] {
         api.call("RemoveContainer", json!({"container_id": cid}));
     }
     api.call("RemovePodSandbox", json!({"pod_sandbox_id": sid}));
@@ -265,17 +339,24 @@ fn a_user_namespaced_pod_runs_on_idmapped_files() {
     });
     assert!(gone.is_some(), "containers left after the teardown");
     drop(sub);
+    drop(projected);
+    drop(ramfs);
     c.finish();
 }
 
-/// A tmpfs mounted at a directory for the test's life.
+/// A tmpfs (or another memory filesystem) mounted at a directory for the test's life.
 struct Tmpfs(std::path::PathBuf);
 
 impl Tmpfs {
     fn mount(at: &std::path::Path) -> Tmpfs {
+        Tmpfs::mount_as("tmpfs", at)
+    }
+
+    fn mount_as(fs: &str, at: &std::path::Path) -> Tmpfs {
         let mut m = std::process::Command::new("mount");
-        m.args(["-t", "tmpfs", "pe2e-rro"]).arg(at);
-        predictive_e2e::cmd::run_cmd(m, Duration::from_secs(30)).expect_ok("mounting a tmpfs");
+        m.args(["-t", fs, &format!("pe2e-{fs}")]).arg(at);
+        predictive_e2e::cmd::run_cmd(m, Duration::from_secs(30))
+            .expect_ok("mounting a memory filesystem");
         Tmpfs(at.to_path_buf())
     }
 }
