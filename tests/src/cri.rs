@@ -206,7 +206,8 @@ pub fn ready_client(c: &mut Containerd, pause: &Path) -> CriClient {
 }
 
 /// A pod sandbox config as kubelet sends it: pod `name` (uid `uid`) in Kubernetes namespace `namespace`, host
-/// network, logs under `logs`, pod `annotations`, under `cgroup_parent`.
+/// network, each container in a pid namespace of its own (no `shareProcessNamespace`; CRI's zero value, `POD`,
+/// would share the sandbox's), logs under `logs`, pod `annotations`, under `cgroup_parent`.
 pub fn pod_config(
     name: &str,
     uid: &str,
@@ -221,7 +222,7 @@ pub fn pod_config(
         "annotations": annotations,
         "linux": {
             "cgroup_parent": cgroup_parent,
-            "security_context": {"namespace_options": {"network": "NODE"}}
+            "security_context": {"namespace_options": {"network": "NODE", "pid": "CONTAINER"}}
         }
     })
 }
@@ -268,14 +269,20 @@ impl CriClient {
         id
     }
 
-    /// CreateContainer of container `config` in sandbox `sandbox` (pod `pod`): the container id, tracked by `c`.
+    /// CreateContainer of container `config` in sandbox `sandbox` (pod `pod`): the container id, tracked by `c`. A
+    /// config that names no pid namespace mode gets the pod's, as kubelet sends it ([`pod_config`]).
     pub fn create_container(
         &self,
         c: &Containerd,
         sandbox: &str,
-        config: Value,
+        mut config: Value,
         pod: &Value,
     ) -> String {
+        let options = &mut config["linux"]["security_context"]["namespace_options"];
+        let mode = &pod["linux"]["security_context"]["namespace_options"]["pid"];
+        if options.get("pid").is_none() && mode.is_string() {
+            options["pid"] = mode.clone();
+        }
         let reply = self.call(
             "CreateContainer",
             json!({"pod_sandbox_id": sandbox, "config": config, "sandbox_config": pod}),

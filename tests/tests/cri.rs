@@ -49,6 +49,8 @@ struct Node {
     c: Containerd,
     api: cri::CriClient,
     logs: PathBuf,
+    /// The pods' cgroup parent ([`Containerd::own_cgroup_parent`]).
+    parent: String,
 }
 
 impl Node {
@@ -66,23 +68,30 @@ impl Node {
         let version = settings.containerd.clone();
         let mut c =
             Containerd::start_with_config(test, &|dir| cri::config(dir, &version, &dropin))?;
-        // The CRI plugin works in its own namespace; the clean-host checks follow it there
-        // (cgroups under /k8s.io/<id>: the pods' cgroup_parent).
+        // The CRI plugin works in its own namespace; the clean-host checks follow it there. The pods' cgroups go
+        // under this test's own parent, where those checks look: tests that run at the same time never see (or
+        // scrub) each other's containers, as they would under a shared /k8s.io.
         c.ns = NAMESPACE.to_string();
+        let parent = c.own_cgroup_parent();
         let api = cri::ready_client(&mut c, &pause);
         let logs = c.dir.join("pod-logs");
         std::fs::create_dir_all(&logs).expect("creating the pod log dir");
-        Some(Node { c, api, logs })
+        Some(Node {
+            c,
+            api,
+            logs,
+            parent,
+        })
     }
 
-    /// A pod config named `name`, of task type `task_type`, under `/k8s.io`.
+    /// A pod config named `name`, of task type `task_type`, under the test's own cgroup parent.
     fn pod(&self, name: &str, task_type: &str) -> Value {
         cri::pod_config(
             name,
             &format!("{name}-{}", std::process::id()),
             "default",
             &self.logs,
-            &format!("/{NAMESPACE}"),
+            &self.parent,
             json!({"io.predictive.task-type": task_type}),
         )
     }
@@ -158,7 +167,12 @@ impl Node {
 
 #[test]
 fn cri_pod_sandbox_and_container_share_one_shim() {
-    let Some(Node { c, api, logs }) = Node::start("cri_pod_sandbox_and_container_share_one_shim")
+    let Some(Node {
+        c,
+        api,
+        logs,
+        parent,
+    }) = Node::start("cri_pod_sandbox_and_container_share_one_shim")
     else {
         return;
     };
@@ -170,7 +184,7 @@ fn cri_pod_sandbox_and_container_share_one_shim() {
         &format!("pe2e-{}", std::process::id()),
         "default",
         &logs,
-        &format!("/{NAMESPACE}"),
+        &parent,
         json!({"io.predictive.task-type": "cri-hello"}),
     );
     let sid = api.run_pod(&c, &pod, HANDLER);
@@ -573,5 +587,267 @@ fn an_exec_probe_that_times_out_is_ended_and_the_next_one_runs() {
     }
     assert_eq!(node.state(app), "CONTAINER_RUNNING");
     node.remove_pod(&sid, &ids);
+    node.c.finish();
+}
+
+/// The `/proc/self/status` fields a security context sets: `(Seccomp, NoNewPrivs, CapEff)`.
+fn confinement(status: &str) -> (String, String, String) {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    (field("Seccomp:"), field("NoNewPrivs:"), field("CapEff:"))
+}
+
+/// The two security contexts every cluster runs: a pod of Pod Security's `restricted` level as kubelet sends it
+/// (runAsUser 1000, no privilege escalation, all capabilities dropped, the `RuntimeDefault` seccomp profile, a
+/// read-only root, kubelet's masked and read-only `/proc` paths) is confined by each; a `privileged` one (CNI agents,
+/// kube-proxy, CSI node plugins) gets every capability, the host's devices, no seccomp filter and may mount.
+#[test]
+fn restricted_and_privileged_pods_get_what_their_security_context_says() {
+    let Some(node) =
+        Node::start("restricted_and_privileged_pods_get_what_their_security_context_says")
+    else {
+        return;
+    };
+    let masked = [
+        "/proc/asound",
+        "/proc/acpi",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/timer_list",
+        "/proc/timer_stats",
+        "/proc/sched_debug",
+        "/proc/scsi",
+        "/sys/firmware",
+        "/sys/devices/virtual/powercap",
+    ];
+    let read_only = [
+        "/proc/bus",
+        "/proc/fs",
+        "/proc/irq",
+        "/proc/sys",
+        "/proc/sysrq-trigger",
+    ];
+    let pod = node.pod("pe2e-restricted", "cri-restricted");
+    let sid = node.api.run_pod(&node.c, &pod, HANDLER);
+    let restricted = node.api.create_container(
+        &node.c,
+        &sid,
+        json!({
+            "metadata": {"name": "restricted"},
+            "image": {"image": IMAGE},
+            "command": ["sleep", "100000"],
+            "log_path": "restricted.log",
+            "linux": {"security_context": {
+                "run_as_user": {"value": 1000}, "run_as_group": {"value": 1000},
+                "no_new_privs": true,
+                "capabilities": {"drop_capabilities": ["ALL"]},
+                "readonly_rootfs": true,
+                "seccomp": {"profile_type": "RuntimeDefault"},
+                "masked_paths": masked, "readonly_paths": read_only
+            }}
+        }),
+        &pod,
+    );
+    node.api
+        .call("StartContainer", json!({"container_id": restricted}));
+    let exec = |cid: &str, script: &str| node.api.exec_sync(cid, &["sh", "-c", script], 20);
+    let status = exec(&restricted, "cat /proc/self/status");
+    assert_eq!(
+        confinement(&status.stdout),
+        ("2".into(), "1".into(), "0000000000000000".into()),
+        "the restricted container's seccomp filter, no_new_privs and capabilities: {status:?}"
+    );
+    let id = exec(&restricted, "id -u; id -g");
+    assert_eq!(id.stdout, "1000\n1000\n", "{id:?}");
+    let root = exec(&restricted, "touch /made");
+    assert!(
+        root.exit_code != 0 && root.stderr.contains("Read-only file system"),
+        "a write to the read-only root: {root:?}"
+    );
+    // RuntimeDefault refuses a new user namespace without CAP_SYS_ADMIN (the kernel here would allow it).
+    let userns = exec(&restricted, "unshare -U true");
+    assert!(
+        userns.exit_code != 0 && userns.stderr.contains("Operation not permitted"),
+        "unshare under RuntimeDefault: {userns:?}"
+    );
+    // A masked file reads empty (the kernel's has text on the host; which exist depends on its configuration).
+    let shown = masked
+        .iter()
+        .find(|p| std::fs::read(p).is_ok_and(|text| !text.is_empty()))
+        .expect("a masked /proc file with text on the host");
+    let hidden = exec(
+        &restricted,
+        &format!("wc -c < {shown}; grep -c ' /proc/sys ro,' /proc/self/mountinfo"),
+    );
+    assert_eq!(
+        hidden.stdout, "0\n1\n",
+        "masked {shown}, read-only /proc/sys: {hidden:?}"
+    );
+
+    // containerd kills each ExecSync's process after its exit (its delete does): the shim answers "already
+    // finished" as runc's does, without a warning per exec probe in the node's log.
+    let log = std::fs::read_to_string(node.c.dir.join("containerd.log")).unwrap_or_default();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("op=\"kill\""))
+        .collect();
+    assert!(
+        warned.is_empty(),
+        "warnings for the execs' kills: {warned:?}"
+    );
+
+    // Privileged: kubelet marks the sandbox privileged too (containerd refuses a privileged container otherwise).
+    let mut ppod = node.pod("pe2e-privileged", "cri-privileged");
+    ppod["linux"]["security_context"]["privileged"] = json!(true);
+    let psid = node.api.run_pod(&node.c, &ppod, HANDLER);
+    let privileged = node.api.create_container(
+        &node.c,
+        &psid,
+        json!({
+            "metadata": {"name": "privileged"},
+            "image": {"image": IMAGE},
+            "command": ["sleep", "100000"],
+            "log_path": "privileged.log",
+            "linux": {"security_context": {"privileged": true}}
+        }),
+        &ppod,
+    );
+    node.api
+        .call("StartContainer", json!({"container_id": privileged}));
+    let host_caps = std::fs::read_to_string("/proc/self/status")
+        .map(|s| confinement(&s).2)
+        .unwrap_or_default();
+    let status = exec(&privileged, "cat /proc/self/status");
+    assert_eq!(
+        confinement(&status.stdout),
+        ("0".into(), "0".into(), host_caps),
+        "the privileged container: no seccomp filter, and every capability root has on the host: {status:?}"
+    );
+    // A block device of the host that root may open there: its node is in the privileged container and opens
+    // (the device cgroup allows every device); the restricted container has no such node.
+    let disk = std::fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| format!("/dev/{}", e.file_name().to_string_lossy()))
+        .find(|d| std::fs::File::open(d).is_ok())
+        .expect("a block device root can open on the host");
+    let open = exec(
+        &privileged,
+        &format!("head -c 1 {disk} > /dev/null && echo opened"),
+    );
+    assert_eq!(
+        open.stdout, "opened\n",
+        "opening {disk} in the privileged container: {open:?}"
+    );
+    let absent = exec(&restricted, &format!("test -e {disk} || echo absent"));
+    assert_eq!(
+        absent.stdout, "absent\n",
+        "{disk} in the restricted container: {absent:?}"
+    );
+    let mount = exec(
+        &privileged,
+        "mkdir -p /mnt/t && mount -t tmpfs pe2e /mnt/t && echo ok > /mnt/t/f && cat /mnt/t/f && umount /mnt/t \
+         && grep -c ' /sys rw,' /proc/self/mountinfo",
+    );
+    assert_eq!(
+        mount.stdout, "ok\n1\n",
+        "a mount and a writable /sys in the privileged container: {mount:?}"
+    );
+
+    // Kubelet's teardown of both; the last one checks that no container is left.
+    node.api
+        .call("StopPodSandbox", json!({"pod_sandbox_id": sid}));
+    node.api
+        .call("RemoveContainer", json!({"container_id": restricted}));
+    node.api
+        .call("RemovePodSandbox", json!({"pod_sandbox_id": sid}));
+    node.remove_pod(&psid, &[privileged]);
+    node.c.finish();
+}
+
+/// `kubectl debug -it <pod> --target=app`: an ephemeral container in the target container's pid namespace
+/// (CRI `pid: TARGET`). It sees the target's processes, its own end leaves the target running (the shim's kill of
+/// what its init left is of its own cgroup only), and the target's end takes it too (the kernel ends a pid
+/// namespace with its init): both are reported exited.
+#[test]
+fn an_ephemeral_container_shares_its_targets_pid_namespace() {
+    let Some(node) = Node::start("an_ephemeral_container_shares_its_targets_pid_namespace") else {
+        return;
+    };
+    let pod = node.pod("pe2e-debug", "cri-debug");
+    let sid = node.api.run_pod(&node.c, &pod, HANDLER);
+    let start = |name: &str, command: &[&str], linux: Value| -> String {
+        let cid = node.api.create_container(
+            &node.c,
+            &sid,
+            json!({
+                "metadata": {"name": name},
+                "image": {"image": IMAGE},
+                "command": command,
+                "log_path": format!("{name}.log"),
+                "linux": linux
+            }),
+            &pod,
+        );
+        node.api
+            .call("StartContainer", json!({"container_id": cid}));
+        cid
+    };
+    let app = start("app", &["sleep", "100001"], json!({}));
+    let target = |cid: &str| json!({"security_context": {"namespace_options": {"pid": "TARGET", "target_id": cid}}});
+    let debug = start("debugger", &["sleep", "100003"], target(&app));
+    let seen = node.api.exec_sync(
+        &debug,
+        &[
+            "sh",
+            "-c",
+            "tr '\\0' ' ' < /proc/1/cmdline; echo; ps -o args | grep -c '^sleep 10000[13]'",
+        ],
+        20,
+    );
+    assert_eq!(
+        seen.stdout, "sleep 100001 \n2\n",
+        "the debugger's pid 1 is the app's init and it sees both sleeps: {seen:?}"
+    );
+    node.api.call(
+        "StopContainer",
+        json!({"container_id": debug, "timeout": 2}),
+    );
+    assert_eq!(node.state(&debug), "CONTAINER_EXITED");
+    assert!(
+        in_container(&debug, "sleep 100003").is_empty(),
+        "the debugger's sleep still runs"
+    );
+    assert_eq!(
+        node.state(&app),
+        "CONTAINER_RUNNING",
+        "the app after the debugger's end"
+    );
+    assert!(
+        !in_container(&app, "sleep 100001").is_empty(),
+        "the app's sleep after the debugger's end"
+    );
+
+    // A second debugger, then the app ends: the kernel ends its pid namespace, the debugger with it.
+    let second = start("debugger-2", &["sleep", "100003"], target(&app));
+    node.api
+        .call("StopContainer", json!({"container_id": app, "timeout": 2}));
+    let both = wait_until(Duration::from_secs(20), || {
+        (node.state(&second) == "CONTAINER_EXITED").then_some(())
+    });
+    assert!(
+        both.is_some(),
+        "the debugger after its target's end: {} ({:?} left)",
+        node.state(&second),
+        in_container(&second, "sleep 100003")
+    );
+    assert_eq!(node.state(&app), "CONTAINER_EXITED");
+    node.remove_pod(&sid, &[app, debug, second]);
     node.c.finish();
 }

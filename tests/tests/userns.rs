@@ -74,6 +74,8 @@ fn a_user_namespaced_pod_runs_on_idmapped_files() {
         return;
     };
     c.ns = NAMESPACE.to_string();
+    // The pod's cgroups under the test's own parent, where the clean-host checks look (not a shared /k8s.io).
+    let parent = c.own_cgroup_parent();
     let api = cri::ready_client(&mut c, &pause);
     // What kubelet checks before it sends a pod with hostUsers: false to a RuntimeClass.
     let status = api.call("Status", json!({}));
@@ -97,11 +99,12 @@ fn a_user_namespaced_pod_runs_on_idmapped_files() {
         &format!("pe2e-userns-{}", std::process::id()),
         "default",
         &logs,
-        &format!("/{NAMESPACE}"),
+        &parent,
         json!({"io.predictive.task-type": "cri-userns"}),
     );
     // A pod network of its own: kubelet refuses hostNetwork with hostUsers: false.
-    pod["linux"]["security_context"]["namespace_options"] = json!({"userns_options": userns});
+    pod["linux"]["security_context"]["namespace_options"] =
+        json!({"userns_options": userns, "pid": "CONTAINER"});
     let sid = api.run_pod(&c, &pod, USERNS_HANDLER);
     // Two volumes of the host's root as kubelet hands them over: `/vol` idmapped (kubelet gives a user-namespaced
     // pod's volumes its mapping), `/ro` read-only with `recursiveReadOnly: Enabled`, a tmpfs mounted below it.
