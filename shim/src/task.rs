@@ -225,12 +225,14 @@ impl TaskService {
                 oom_killed = oom.killed();
             }
             let info = process.set_exited(status);
+            // A container's end is news for the node's log; an exec's (each exec probe's) is not.
             let id = if process.exec_id.is_empty() {
+                tracing::info!(container = %container_id, pid, status, "process exited");
                 container_id.clone()
             } else {
+                tracing::debug!(container = %container_id, id = %process.exec_id, pid, status, "exec exited");
                 process.exec_id.clone()
             };
-            tracing::info!(container = %container_id, id = %id, pid, status, "process exited");
             if kill_all {
                 kill_all_after_init(&shared, &container_id, augment.as_deref()).await;
             }
