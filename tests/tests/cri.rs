@@ -101,24 +101,36 @@ impl Node {
         let sid = self.api.run_pod(&self.c, pod, HANDLER);
         let ids = names
             .iter()
-            .map(|name| {
-                let cid = self.api.create_container(
-                    &self.c,
-                    &sid,
-                    json!({
-                        "metadata": {"name": name},
-                        "image": {"image": IMAGE},
-                        "command": ["sleep", "100000"],
-                        "log_path": format!("{name}.log")
-                    }),
-                    pod,
-                );
-                self.api
-                    .call("StartContainer", json!({"container_id": cid}));
-                cid
-            })
+            .map(|name| self.run_container(&sid, pod, name, &["sleep", "100000"], json!({})))
             .collect();
         (sid, ids)
+    }
+
+    /// Creates and starts container `name` running `command` with CRI `linux` settings in sandbox `sid` (of pod
+    /// `pod`): its id.
+    fn run_container(
+        &self,
+        sid: &str,
+        pod: &Value,
+        name: &str,
+        command: &[&str],
+        linux: Value,
+    ) -> String {
+        let cid = self.api.create_container(
+            &self.c,
+            sid,
+            json!({
+                "metadata": {"name": name},
+                "image": {"image": IMAGE},
+                "command": command,
+                "log_path": format!("{name}.log"),
+                "linux": linux
+            }),
+            pod,
+        );
+        self.api
+            .call("StartContainer", json!({"container_id": cid}));
+        cid
     }
 
     fn status(&self, cid: &str) -> Value {
@@ -634,27 +646,20 @@ fn restricted_and_privileged_pods_get_what_their_security_context_says() {
     ];
     let pod = node.pod("pe2e-restricted", "cri-restricted");
     let sid = node.api.run_pod(&node.c, &pod, HANDLER);
-    let restricted = node.api.create_container(
-        &node.c,
+    let restricted = node.run_container(
         &sid,
-        json!({
-            "metadata": {"name": "restricted"},
-            "image": {"image": IMAGE},
-            "command": ["sleep", "100000"],
-            "log_path": "restricted.log",
-            "linux": {"security_context": {
-                "run_as_user": {"value": 1000}, "run_as_group": {"value": 1000},
-                "no_new_privs": true,
-                "capabilities": {"drop_capabilities": ["ALL"]},
-                "readonly_rootfs": true,
-                "seccomp": {"profile_type": "RuntimeDefault"},
-                "masked_paths": masked, "readonly_paths": read_only
-            }}
-        }),
         &pod,
+        "restricted",
+        &["sleep", "100000"],
+        json!({"security_context": {
+            "run_as_user": {"value": 1000}, "run_as_group": {"value": 1000},
+            "no_new_privs": true,
+            "capabilities": {"drop_capabilities": ["ALL"]},
+            "readonly_rootfs": true,
+            "seccomp": {"profile_type": "RuntimeDefault"},
+            "masked_paths": masked, "readonly_paths": read_only
+        }}),
     );
-    node.api
-        .call("StartContainer", json!({"container_id": restricted}));
     let exec = |cid: &str, script: &str| node.api.exec_sync(cid, &["sh", "-c", script], 20);
     let status = exec(&restricted, "cat /proc/self/status");
     assert_eq!(
@@ -708,20 +713,13 @@ fn restricted_and_privileged_pods_get_what_their_security_context_says() {
     let mut ppod = node.pod("pe2e-privileged", "cri-privileged");
     ppod["linux"]["security_context"]["privileged"] = json!(true);
     let psid = node.api.run_pod(&node.c, &ppod, HANDLER);
-    let privileged = node.api.create_container(
-        &node.c,
+    let privileged = node.run_container(
         &psid,
-        json!({
-            "metadata": {"name": "privileged"},
-            "image": {"image": IMAGE},
-            "command": ["sleep", "100000"],
-            "log_path": "privileged.log",
-            "linux": {"security_context": {"privileged": true}}
-        }),
         &ppod,
+        "privileged",
+        &["sleep", "100000"],
+        json!({"security_context": {"privileged": true}}),
     );
-    node.api
-        .call("StartContainer", json!({"container_id": privileged}));
     let host_caps = std::fs::read_to_string("/proc/self/status")
         .map(|s| confinement(&s).2)
         .unwrap_or_default();
@@ -785,22 +783,8 @@ fn an_ephemeral_container_shares_its_targets_pid_namespace() {
     };
     let pod = node.pod("pe2e-debug", "cri-debug");
     let sid = node.api.run_pod(&node.c, &pod, HANDLER);
-    let start = |name: &str, command: &[&str], linux: Value| -> String {
-        let cid = node.api.create_container(
-            &node.c,
-            &sid,
-            json!({
-                "metadata": {"name": name},
-                "image": {"image": IMAGE},
-                "command": command,
-                "log_path": format!("{name}.log"),
-                "linux": linux
-            }),
-            &pod,
-        );
-        node.api
-            .call("StartContainer", json!({"container_id": cid}));
-        cid
+    let start = |name: &str, command: &[&str], linux: Value| {
+        node.run_container(&sid, &pod, name, command, linux)
     };
     let app = start("app", &["sleep", "100001"], json!({}));
     let target = |cid: &str| json!({"security_context": {"namespace_options": {"pid": "TARGET", "target_id": cid}}});
