@@ -272,3 +272,164 @@ fn limits_follow_docker(c: &Containerd, docker: &Docker, id: &str, systemd: bool
         );
     }
 }
+
+/// The `Uid:` line of `/proc/PID/status` (real, effective, saved, filesystem), joined by spaces.
+fn host_uids(pid: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .map(|u| u.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Docker's `userns-remap: default`: every container in a user namespace mapped to the `dockremap` user's
+/// subordinate ids (Docker adds the user and its `/etc/subuid` line itself). The container, an exec (root inside,
+/// with the container's capabilities, able to write its `/etc/hosts`), an exec as `-u 1000` and a detached exec run
+/// as the mapped host ids, never as the host's root (an exec ran as the host's root before 2026-12-05).
+///
+/// Runs in the cgroup v2 guest only (`tests/guest-tests.txt`), on containerd 1.7 as the other Docker test: the
+/// system user Docker adds must not outlive the test, and the guest is thrown away. scripts/test.sh leaves it out of
+/// the host's runs; run alone on a host it says why it did nothing.
+#[test]
+fn docker_userns_remap_runs_containers_and_execs_in_the_mapped_ids() {
+    const TEST: &str = "docker_userns_remap_runs_containers_and_execs_in_the_mapped_ids";
+    let settings = Settings::from_env();
+    if settings.containerd != "1.7" || !settings.guest {
+        predictive_e2e::skip(
+            TEST,
+            &format!(
+                "Docker's userns-remap adds a system user: it runs in the throwaway guest on containerd 1.7 \
+                 (here: containerd {}, guest {})",
+                settings.containerd, settings.guest
+            ),
+        );
+        return;
+    }
+    if !require_root(TEST) {
+        return;
+    }
+    let root = docker::fetch(&settings).unwrap_or_else(|e| panic!("{TEST}: {e}"));
+    let Some(mut c) = Containerd::start(TEST) else {
+        return;
+    };
+    c.ns = NAMESPACE.to_string();
+    let runtime = c.runtime().to_string();
+    let systemd = systemd_v2_host();
+    let docker = Docker::start(&c, &root, &json!({"userns-remap": "default"}), systemd);
+    let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
+    let base = subuid
+        .lines()
+        .find_map(|l| l.strip_prefix("dockremap:"))
+        .and_then(|r| r.split(':').next())
+        .and_then(|b| b.parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("no dockremap line in /etc/subuid: {subuid:?}"));
+    let tar = c.settings.cache.join("busybox-image.tar");
+    docker
+        .cmd(
+            &["load", "-i", &tar.to_string_lossy()],
+            Duration::from_secs(120),
+        )
+        .expect_ok("docker load");
+    let out = docker
+        .cmd(
+            &[
+                "run",
+                "-d",
+                "--runtime",
+                &runtime,
+                DOCKER_IMAGE,
+                "sleep",
+                "100000",
+            ],
+            TIMEOUT,
+        )
+        .expect_ok("docker run -d with userns-remap");
+    let id = out.stdout.trim().to_string();
+    c.track(&id);
+    let pid = docker
+        .cmd(&["inspect", "-f", "{{.State.Pid}}", &id], TIMEOUT)
+        .expect_ok("docker inspect")
+        .stdout
+        .trim()
+        .to_string();
+    let mapped = |uid: u32| vec![(base + uid).to_string(); 4].join(" ");
+    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap_or_default();
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", &base.to_string(), "65536"],
+        "the container's uid map"
+    );
+    assert_eq!(
+        host_uids(&pid),
+        mapped(0),
+        "the container's init on the host"
+    );
+
+    let exec = docker
+        .cmd(
+            &[
+                "exec", &id, "sh", "-c",
+                "cat /proc/self/uid_map; id -u; grep CapEff /proc/self/status; echo 10.0.0.1 pe2e >> /etc/hosts && echo hosts-ok",
+            ],
+            TIMEOUT,
+        )
+        .expect_ok("docker exec");
+    let init_caps = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("CapEff:"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let lines: Vec<String> = exec
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            format!("0 {base} 65536"),
+            "0".into(),
+            init_caps,
+            "hosts-ok".into()
+        ],
+        "an exec: the container's namespace, root there with the init's capabilities: {exec}"
+    );
+    let user = docker
+        .cmd(
+            &[
+                "exec",
+                "-u",
+                "1000",
+                &id,
+                "sh",
+                "-c",
+                "id -u; echo HOME=$HOME",
+            ],
+            TIMEOUT,
+        )
+        .expect_ok("docker exec -u 1000");
+    assert_eq!(user.stdout, "1000\nHOME=/\n", "{user}");
+    docker
+        .cmd(&["exec", "-d", &id, "sleep", "4244"], TIMEOUT)
+        .expect_ok("docker exec -d");
+    let detached = wait_until(Duration::from_secs(10), || {
+        predictive_e2e::clean::processes_matching(|cmd, _| cmd.trim() == "sleep 4244")
+            .first()
+            .copied()
+    })
+    .expect("the detached exec runs");
+    assert_eq!(
+        host_uids(&detached.to_string()),
+        mapped(0),
+        "the detached exec on the host"
+    );
+
+    docker
+        .cmd(&["rm", "-f", &id], TIMEOUT)
+        .expect_ok("docker rm -f");
+    let out = docker.stop();
+    assert_eq!(out.code, 0, "dockerd did not stop cleanly: {out}");
+    c.finish();
+}
