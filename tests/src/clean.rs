@@ -48,6 +48,15 @@ pub fn processes_matching(f: impl Fn(&str, &str) -> bool) -> Vec<i32> {
     pids
 }
 
+/// The values of field `name` (e.g. `Uid`, `CapEff`) of `/proc/PID/status`, joined by single spaces.
+pub fn status_field(pid: impl std::fmt::Display, name: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let values = status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?;
+    Some(values.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
 /// The parent pid of a process, from /proc/PID/stat.
 pub fn parent_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

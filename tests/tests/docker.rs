@@ -17,6 +17,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use predictive_e2e::clean::status_field;
 use predictive_e2e::cmd::wait_until;
 use predictive_e2e::docker::{self, Docker, NAMESPACE};
 use predictive_e2e::kubelet::systemd_v2_host;
@@ -273,16 +274,6 @@ fn limits_follow_docker(c: &Containerd, docker: &Docker, id: &str, systemd: bool
     }
 }
 
-/// The `Uid:` line of `/proc/PID/status` (real, effective, saved, filesystem), joined by spaces.
-fn host_uids(pid: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .map(|u| u.split_whitespace().collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 /// Docker's `userns-remap: default`: every container in a user namespace mapped to the `dockremap` user's
 /// subordinate ids (Docker adds the user and its `/etc/subuid` line itself). The container, an exec (root inside,
 /// with the container's capabilities, able to write its `/etc/hosts`), an exec as `-u 1000` and a detached exec run
@@ -361,7 +352,7 @@ fn docker_userns_remap_runs_containers_and_execs_in_the_mapped_ids() {
         "the container's uid map"
     );
     assert_eq!(
-        host_uids(&pid),
+        status_field(&pid, "Uid").unwrap_or_default(),
         mapped(0),
         "the container's init on the host"
     );
@@ -375,12 +366,10 @@ fn docker_userns_remap_runs_containers_and_execs_in_the_mapped_ids() {
             TIMEOUT,
         )
         .expect_ok("docker exec");
-    let init_caps = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("CapEff:"))
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
+    let init_caps = format!(
+        "CapEff: {}",
+        status_field(&pid, "CapEff").unwrap_or_default()
+    );
     let lines: Vec<String> = exec
         .stdout
         .lines()
@@ -421,7 +410,7 @@ fn docker_userns_remap_runs_containers_and_execs_in_the_mapped_ids() {
     })
     .expect("the detached exec runs");
     assert_eq!(
-        host_uids(&detached.to_string()),
+        status_field(detached, "Uid").unwrap_or_default(),
         mapped(0),
         "the detached exec on the host"
     );

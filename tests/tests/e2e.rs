@@ -996,12 +996,10 @@ fn user_namespace_container_runs_in_its_cgroup() {
         .lines()
         .map(|l| l.split_whitespace().collect())
         .collect();
-    let init_caps = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("CapEff"))
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
+    let init_caps = format!(
+        "CapEff: {}",
+        predictive_e2e::clean::status_field(pid, "CapEff").unwrap_or_default()
+    );
     assert_eq!(
         lines,
         [

@@ -30,14 +30,7 @@ fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
 
 /// The `Uid:` line of `/proc/PID/status` (real, effective, saved, filesystem).
 fn host_uids(pid: i32) -> Option<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    Some(
-        line.split_whitespace()
-            .skip(1)
-            .collect::<Vec<_>>()
-            .join(" "),
-    )
+    predictive_e2e::clean::status_field(pid, "Uid")
 }
 
 /// The process running `command` in container `cid`.
