@@ -57,6 +57,16 @@ pub fn status_field(pid: impl std::fmt::Display, name: &str) -> Option<String> {
     Some(values.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
+/// Whether process `pid` has ended: gone, or a zombie whose parent has not collected it yet. An orphan (a daemon
+/// such as containerd or the broker) is collected by PID 1, which on this VM (firecracker's `process_api`) does so
+/// only every ~2 s: `kill(pid, 0)`, which a zombie answers, would wait for that.
+pub fn exited(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    })
+}
+
 /// The parent pid of a process, from /proc/PID/stat.
 pub fn parent_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -232,14 +242,8 @@ pub fn scrub(c: &Scope<'_>, ids: &[String], keep_dir: bool) {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     // Their mounts and cgroups are released when they are gone (dead or a zombie).
-    let gone = |pid: &i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-    };
     crate::cmd::wait_until(std::time::Duration::from_secs(5), || {
-        killed.iter().all(gone).then_some(())
+        killed.iter().all(|&pid| exited(pid)).then_some(())
     });
     let mut mounts = leaked_mounts(c, ids);
     mounts.sort();

@@ -34,8 +34,7 @@ pub struct Containerd {
 }
 
 fn pid_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
+    !clean::exited(pid)
 }
 
 impl Containerd {
