@@ -333,6 +333,57 @@ impl CriClient {
     }
 }
 
+/// What a streaming session ([`CriClient::stream`]) saw: the protocol the server chose, the process's output, the
+/// status its error channel carried, whether the server ended the session, and the step that failed (if one did).
+#[derive(Debug)]
+pub struct Stream {
+    pub protocol: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub status: Value,
+    pub server_closed: bool,
+    pub failed: Option<String>,
+}
+
+impl Stream {
+    /// The exit code the error channel reported: 0 for `Success`, the `ExitCode` cause of a `NonZeroExitCode`
+    /// failure; `None` for no status or another failure.
+    pub fn exit_code(&self) -> Option<i64> {
+        if self.status["status"] == "Success" {
+            return Some(0);
+        }
+        self.status["details"]["causes"]
+            .as_array()?
+            .iter()
+            .find(|c| c["reason"] == "ExitCode")?["message"]
+            .as_str()?
+            .parse()
+            .ok()
+    }
+}
+
+impl CriClient {
+    /// One session with the CRI streaming server at `url` (an Exec or Attach reply's), as `kubectl exec -it` or
+    /// `kubectl attach` has it: `tests/cri/stream.py` runs `steps` (its doc lists them) over WebSocket.
+    pub fn stream(&self, url: &str, steps: Value) -> Stream {
+        let script = self.script.with_file_name("stream.py");
+        let mut c = Command::new(PYTHON);
+        c.arg(&script).arg(url).arg(steps.to_string());
+        let out = run_cmd(c, Duration::from_secs(150));
+        let v: Value = serde_json::from_str(out.stdout.trim())
+            .unwrap_or_else(|e| panic!("stream.py printed no JSON ({e}): {out}"));
+        let text = |key: &str| v[key].as_str().unwrap_or_default().to_owned();
+        Stream {
+            protocol: text("protocol"),
+            stdout: text("stdout"),
+            stderr: text("stderr"),
+            status: v["status"].clone(),
+            server_closed: v["server_closed"].as_bool().unwrap_or_default(),
+            failed: v["failed"].as_str().map(str::to_owned),
+        }
+    }
+}
+
 /// Decodes standard base64 (padding optional); characters outside the alphabet are skipped.
 pub fn base64_decode(text: &str) -> Vec<u8> {
     let value = |c: u8| match c {

@@ -838,3 +838,153 @@ fn an_ephemeral_container_shares_its_targets_pid_namespace() {
     node.remove_pod(&sid, &[app, debug, second]);
     node.c.finish();
 }
+
+/// `kubectl exec -it`, `kubectl exec -i`, `kubectl run -i` and `kubectl run -it` (an attach to a container with
+/// `stdin` and `stdinOnce`) through containerd's CRI streaming server, over WebSocket as a client of it speaks: the
+/// terminal and its size (the shim's ResizePty), stdin and its end (CloseIO), the output and the exit code, for an
+/// exec and for a container's init.
+#[test]
+fn kubectl_exec_and_attach_stream_through_the_shim() {
+    let Some(node) = Node::start("kubectl_exec_and_attach_stream_through_the_shim") else {
+        return;
+    };
+    let pod = node.pod("pe2e-stream", "cri-stream");
+    let sid = node.api.run_pod(&node.c, &pod, HANDLER);
+    let app = node.run_container(&sid, &pod, "app", &["sleep", "100000"], json!({}));
+    let url = |method: &str, request: Value| {
+        node.api.call(method, request)["url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} returned no url"))
+            .to_owned()
+    };
+
+    // kubectl exec -it app -- sh: a terminal of the size the client says, resized while it runs, and the shell's
+    // exit code at its end.
+    let exec = url(
+        "Exec",
+        json!({"container_id": app, "cmd": ["sh"], "tty": true, "stdin": true, "stdout": true}),
+    );
+    let s = node.api.stream(
+        &exec,
+        json!([
+            {"resize": [100, 30]},
+            {"expect": "# "},
+            {"send": "stty size\r"},
+            {"expect": "30 100"},
+            {"resize": [120, 40]},
+            {"send": "stty size; tty\r"},
+            {"expect": "/dev/pts/"},
+            {"send": "exit 3\r"},
+            {"wait": 20}
+        ]),
+    );
+    assert!(
+        s.failed.is_none() && s.stdout.contains("\r\n40 120\r\n") && s.server_closed,
+        "exec -it: {s:?}"
+    );
+    assert_eq!(s.exit_code(), Some(3), "exec -it's status: {s:?}");
+
+    // kubectl exec -i app -- sh -c '...': stdin in, stdout and stderr apart, the exit code.
+    let exec = url(
+        "Exec",
+        json!({"container_id": app, "cmd": ["sh", "-c", "head -c 6 | tr a-z A-Z; echo to-stderr >&2; exit 4"],
+               "stdin": true, "stdout": true, "stderr": true}),
+    );
+    let s = node
+        .api
+        .stream(&exec, json!([{"send": "hello\n"}, {"wait": 20}]));
+    assert!(
+        s.failed.is_none() && s.stdout == "HELLO\n" && s.stderr == "to-stderr\n",
+        "exec -i: {s:?}"
+    );
+    assert_eq!(s.exit_code(), Some(4), "exec -i's status: {s:?}");
+
+    // kubectl run -i once -- ...: attached to the init's stdin; when the client leaves, `stdinOnce` ends it.
+    let config = |name: &str, command: &[&str], tty: bool| {
+        json!({
+            "metadata": {"name": name},
+            "image": {"image": IMAGE},
+            "command": command,
+            "log_path": format!("{name}.log"),
+            "stdin": true,
+            "stdin_once": true,
+            "tty": tty
+        })
+    };
+    let start = |config: Value| {
+        let cid = node.api.create_container(&node.c, &sid, config, &pod);
+        node.api
+            .call("StartContainer", json!({"container_id": cid}));
+        cid
+    };
+    let exited = |cid: &str| {
+        wait_until(Duration::from_secs(20), || {
+            let status = node.status(cid);
+            (status["state"] == "CONTAINER_EXITED").then_some(status["exit_code"].as_i64())
+        })
+        .flatten()
+    };
+    let once = start(config(
+        "once",
+        &[
+            "sh",
+            "-c",
+            "read line; echo got-$line; cat; echo eof-seen; exit 5",
+        ],
+        false,
+    ));
+    let attach = url(
+        "Attach",
+        json!({"container_id": once, "stdin": true, "stdout": true, "stderr": true}),
+    );
+    let s = node.api.stream(
+        &attach,
+        json!([
+            {"send": "first\n"},
+            {"expect": "got-first\n"},
+            {"send": "more\n"},
+            {"expect": "more\n"},
+            {"close": true}
+        ]),
+    );
+    assert!(
+        s.failed.is_none() && s.stdout == "got-first\nmore\n",
+        "attach -i: {s:?}"
+    );
+    assert_eq!(
+        exited(&once),
+        Some(5),
+        "the attached container after its stdin's end: {}",
+        node.status(&once)
+    );
+    let log = std::fs::read_to_string(node.logs.join("once.log")).unwrap_or_default();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.splitn(4, ' ').nth(3))
+        .collect();
+    assert_eq!(lines, ["got-first", "more", "eof-seen"], "its log: {log:?}");
+
+    // kubectl run -it shell -- sh: attached to the init's terminal, resized, and its exit code.
+    let shell = start(config("shell", &["sh"], true));
+    let attach = url(
+        "Attach",
+        json!({"container_id": shell, "stdin": true, "stdout": true, "tty": true}),
+    );
+    let s = node.api.stream(
+        &attach,
+        json!([
+            {"resize": [90, 25]},
+            {"send": "stty size\r"},
+            {"expect": "25 90"},
+            {"send": "exit 6\r"},
+            {"wait": 20}
+        ]),
+    );
+    assert!(
+        s.failed.is_none() && s.stdout.contains("\r\n25 90\r\n") && s.server_closed,
+        "attach -it: {s:?}"
+    );
+    assert_eq!(exited(&shell), Some(6), "{}", node.status(&shell));
+    node.remove_pod(&sid, &[app, once, shell]);
+    node.c.finish();
+}
