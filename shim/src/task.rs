@@ -1116,10 +1116,16 @@ impl TaskService {
 
     async fn do_stats(&self, req: StatsRequest) -> Result<StatsResponse> {
         let container = self.container(&req.id)?;
-        let pid = self.running_pid(&container)?;
+        let known = container.cgroup.get().cloned();
+        // A task that exited and is not deleted yet keeps its cgroup, and its figures are asked for: containerd's CRI
+        // (from 2.3) reads the OOM kill count of a container that exited 137 before it reports why, as runc's shim
+        // answers it. Only a cgroup not known yet is looked up from the running init.
+        let pid = match known {
+            Some(_) => 0,
+            None => self.running_pid(&container)?,
+        };
         let id = req.id.clone();
         let roots = self.shared.roots.clone();
-        let known = container.cgroup.get().cloned();
         let stats = tokio::task::spawn_blocking(move || {
             let cgroup = container_cgroup(known, &roots, pid).map_err(|e| {
                 ShimError::FailedPrecondition(format!(

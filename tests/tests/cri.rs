@@ -988,3 +988,57 @@ fn kubectl_exec_and_attach_stream_through_the_shim() {
     node.remove_pod(&sid, &[app, once, shell]);
     node.c.finish();
 }
+
+/// A container killed by the OOM killer at its pod spec's memory limit is what kubelet shows as `OOMKilled` (exit
+/// code 137), as cri-tools' critest and Kubernetes' node e2e check; one that exits on its own is `Error` or
+/// `Completed`.
+#[test]
+fn an_oom_killed_container_is_reported_oomkilled() {
+    let Some(node) = Node::start("an_oom_killed_container_is_reported_oomkilled") else {
+        return;
+    };
+    let pod = node.pod("pe2e-oom", "cri-oom");
+    let sid = node.api.run_pod(&node.c, &pod, HANDLER);
+    let limited = json!({"resources": {"memory_limit_in_bytes": 32 << 20}});
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(node.run_container(
+            &sid,
+            &pod,
+            &format!("oom-{i}"),
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
+            limited.clone(),
+        ));
+    }
+    let failed = node.run_container(
+        &sid,
+        &pod,
+        "failed",
+        &["sh", "-c", "exit 137"],
+        limited.clone(),
+    );
+    let done = node.run_container(&sid, &pod, "done", &["true"], limited);
+    let exited = |cid: &str| {
+        wait_until(Duration::from_secs(30), || {
+            let status = node.status(cid);
+            (status["state"] == "CONTAINER_EXITED").then_some((
+                status["exit_code"].as_i64().unwrap_or(-1),
+                status["reason"].as_str().unwrap_or_default().to_owned(),
+            ))
+        })
+    };
+    // The status as kubelet reads it once it sees the container exited.
+    for cid in &ids {
+        assert_eq!(
+            exited(cid),
+            Some((137, "OOMKilled".to_owned())),
+            "an OOM-killed container: {}",
+            node.status(cid)
+        );
+    }
+    assert_eq!(exited(&failed), Some((137, "Error".to_owned())));
+    assert_eq!(exited(&done), Some((0, "Completed".to_owned())));
+    ids.extend([failed, done]);
+    node.remove_pod(&sid, &ids);
+    node.c.finish();
+}

@@ -649,6 +649,27 @@ fn oom_kill_reported() {
         "no /tasks/oom event for {id}:\n{}",
         ev.stdout
     );
+
+    // An exited task not deleted yet still answers Metrics with its OOM kill count: what containerd's CRI reads
+    // (since containerd PR 12714) to report `OOMKilled` for a container that exited 137, as runc's shim answers it.
+    let stopped = c.id("oom-stopped");
+    c.run_detached_try(
+        &stopped,
+        &["--memory-limit", "33554432"],
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
+    )
+    .expect_ok("starting a task that runs out of memory");
+    c.wait_status(&stopped, "STOPPED", Duration::from_secs(20));
+    let out = c
+        .ctr(&["t", "metrics", "--format", "json", &stopped])
+        .expect_ok("metrics of a stopped task");
+    let metrics: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("ctr t metrics printed no JSON ({e}): {out}"));
+    let kills = metrics["memory_events"]["oom_kill"]
+        .as_u64()
+        .or_else(|| metrics["memory_oom_control"]["oom_kill"].as_u64());
+    assert_eq!(kills, Some(1), "the stopped task's OOM kills: {metrics}");
+    c.remove(&stopped);
     c.finish();
 }
 
