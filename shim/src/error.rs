@@ -24,6 +24,9 @@ pub enum ShimError {
     /// The operation is not allowed in the current state of the task.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The shim does not do this at all (checkpoint and restore).
+    #[error("{0}")]
+    Unimplemented(String),
     /// libcontainer (in the zygote's worker) refused or failed an operation.
     #[error("{op} {id}: {message}")]
     Runtime {
@@ -83,6 +86,7 @@ impl ShimError {
             ShimError::AlreadyExists { .. } => Code::ALREADY_EXISTS,
             ShimError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
             ShimError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+            ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
             ShimError::Runtime { .. } => Code::UNKNOWN,
             ShimError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 Code::NOT_FOUND

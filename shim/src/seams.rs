@@ -31,11 +31,14 @@ impl Runtime for Zygote {
     }
 
     fn signal(&self, pid: i32, signal: i32) -> Result<()> {
-        let sig = nix::sys::signal::Signal::try_from(signal)
-            .map_err(|_| ShimError::InvalidArgument(format!("invalid signal {signal}")))?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(ShimError::sys(
-            format!("sending signal {signal} to pid {pid}"),
-        ))
+        // nix's `Signal` names only the standard signals; a real-time one (or 0) goes to the kernel as its number.
+        // SAFETY: kill(2) with a pid and a signal number; no memory is passed.
+        let sent = unsafe { libc::kill(pid, signal) };
+        nix::errno::Errno::result(sent)
+            .map(drop)
+            .map_err(ShimError::sys(format!(
+                "sending signal {signal} to pid {pid}"
+            )))
     }
 }
 

@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use containerd_shim::event::Event;
 use containerd_shim_protos::api::{
-    CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
-    DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest, PauseRequest,
-    PidsRequest, PidsResponse, ProcessInfo, ResizePtyRequest, ResumeRequest, ShutdownRequest,
-    StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, Status,
-    UpdateTaskRequest, WaitRequest, WaitResponse,
+    CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
+    CreateTaskResponse, DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest,
+    PauseRequest, PidsRequest, PidsResponse, ProcessInfo, ResizePtyRequest, ResumeRequest,
+    ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest,
+    StatsResponse, Status, UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use containerd_shim_protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
@@ -289,9 +289,10 @@ impl TaskService {
             return Err(ShimError::InvalidArgument("container id is empty".into()));
         }
         if !req.checkpoint.is_empty() {
-            return Err(ShimError::InvalidArgument(
-                "checkpoint/restore is not supported by io.containerd.predictive.v2".into(),
-            ));
+            return Err(ShimError::Unimplemented(format!(
+                "restore {}: {NO_CHECKPOINT}",
+                req.id
+            )));
         }
         if self.containers().contains_key(&req.id) {
             return Err(ShimError::AlreadyExists {
@@ -948,9 +949,15 @@ impl TaskService {
     async fn do_kill(&self, req: KillRequest) -> Result<()> {
         let container = self.container(&req.id)?;
         let process = container.process(&req.exec_id)?;
-        let signal = i32::try_from(req.signal).map_err(|_| {
-            ShimError::InvalidArgument(format!("signal {} out of range", req.signal))
-        })?;
+        let signal = i32::try_from(req.signal)
+            .ok()
+            .filter(|s| (0..=SIGNAL_MAX).contains(s))
+            .ok_or_else(|| {
+                ShimError::InvalidArgument(format!(
+                    "signal {} out of range (0 to {SIGNAL_MAX})",
+                    req.signal
+                ))
+            })?;
         // A broker freeze must not keep a signal from landing (v1 freezes even SIGKILL): it is thawed first. A
         // signal to the init or to all processes (a stop) also marks the container stopping, so the broker never
         // freezes it again during its grace period.
@@ -962,7 +969,12 @@ impl TaskService {
             ),
             _ => None,
         };
-        if req.exec_id.is_empty() && req.all {
+        if req.exec_id.is_empty() && req.all && nix::sys::signal::Signal::try_from(signal).is_err()
+        {
+            // A real-time signal (or 0), which libcontainer's kill takes for no signal at all: sent to every
+            // process of the container's cgroup here, as runc's `kill --all` does.
+            self.signal_all(&container, signal).await?;
+        } else if req.exec_id.is_empty() && req.all {
             let killed = self
                 .call(
                     Request::Kill {
@@ -994,11 +1006,6 @@ impl TaskService {
                     id: format!("{}{FINISHED}", req.id),
                 });
             }
-            if nix::sys::signal::Signal::try_from(signal).is_err() {
-                return Err(ShimError::InvalidArgument(format!(
-                    "invalid signal {signal}"
-                )));
-            }
             self.shared.runtime.signal(pid, signal)?;
         }
         // A frozen process cannot act on SIGKILL on cgroup v1: thaw a paused container so the kill lands.
@@ -1024,6 +1031,45 @@ impl TaskService {
                 Err(e) => return Err(e),
             }
             container.init.set_status(Status::RUNNING);
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` to every process in the container's cgroup and below (a process gone meanwhile is skipped).
+    /// NotFound once the init has exited and nothing is left, as for libcontainer's kill of all.
+    async fn signal_all(&self, container: &Container, signal: i32) -> Result<()> {
+        let (known, pid) = self
+            .cgroup_source(container)
+            .map_err(|_| ShimError::NotFound {
+                kind: "process",
+                id: format!("{}{FINISHED}", container.id),
+            })?;
+        let roots = self.shared.roots.clone();
+        let pids = tokio::task::spawn_blocking(move || {
+            container_cgroup(known, &roots, pid).and_then(|cg| {
+                cg.try_procs_all()
+                    .map_err(|e| predictive_api::error_chain(&e))
+            })
+        })
+        .await
+        .map_err(|e| ShimError::Zygote(format!("kill --all: {e}")))?
+        .map_err(|e| {
+            ShimError::FailedPrecondition(format!(
+                "kill --all {}: listing the processes of its cgroup: {e}",
+                container.id
+            ))
+        })?;
+        if pids.is_empty() && container.init.status() == Status::STOPPED {
+            return Err(ShimError::NotFound {
+                kind: "process",
+                id: format!("{}{FINISHED}", container.id),
+            });
+        }
+        for pid in pids {
+            match self.shared.runtime.signal(pid, signal) {
+                Err(ShimError::Sys { source, .. }) if source == nix::errno::Errno::ESRCH => {}
+                other => other?,
+            }
         }
         Ok(())
     }
@@ -1080,6 +1126,24 @@ impl TaskService {
         Ok(pid as u32)
     }
 
+    /// Where Stats and Pids find the container's cgroup: the one kept since its start ([`Container::cgroup`]), also
+    /// once its init exited and until its Delete, as runc's shim answers then (containerd's CRI, since its PR 12714,
+    /// reads the OOM kill count of a container that exited 137 from Stats; `ctr t ps` lists what is left), else
+    /// looked up from the running init (the pid). NotFound when there is neither, as runc's "cgroup does not
+    /// exist", which containerd's metrics collection passes over quietly (any other error it logs per poll).
+    fn cgroup_source(&self, container: &Container) -> Result<(Option<ContainerCgroup>, u32)> {
+        if let Some(cg) = container.cgroup.get() {
+            return Ok((Some(cg.clone()), 0));
+        }
+        match self.running_pid(container) {
+            Ok(pid) => Ok((None, pid)),
+            Err(_) => Err(ShimError::NotFound {
+                kind: "cgroup of container",
+                id: container.id.clone(),
+            }),
+        }
+    }
+
     async fn do_update(&self, req: UpdateTaskRequest) -> Result<()> {
         let container = self.container(&req.id)?;
         let pid = self.running_pid(&container)?;
@@ -1116,14 +1180,7 @@ impl TaskService {
 
     async fn do_stats(&self, req: StatsRequest) -> Result<StatsResponse> {
         let container = self.container(&req.id)?;
-        let known = container.cgroup.get().cloned();
-        // A task that exited and is not deleted yet keeps its cgroup, and its figures are asked for: containerd's CRI
-        // (from 2.3) reads the OOM kill count of a container that exited 137 before it reports why, as runc's shim
-        // answers it. Only a cgroup not known yet is looked up from the running init.
-        let pid = match known {
-            Some(_) => 0,
-            None => self.running_pid(&container)?,
-        };
+        let (known, pid) = self.cgroup_source(&container)?;
         let id = req.id.clone();
         let roots = self.shared.roots.clone();
         let stats = tokio::task::spawn_blocking(move || {
@@ -1152,9 +1209,8 @@ impl TaskService {
 
     async fn do_pids(&self, req: PidsRequest) -> Result<PidsResponse> {
         let container = self.container(&req.id)?;
-        let pid = self.running_pid(&container)?;
+        let (known, pid) = self.cgroup_source(&container)?;
         let roots = self.shared.roots.clone();
-        let known = container.cgroup.get().cloned();
         let pids = tokio::task::spawn_blocking(move || {
             container_cgroup(known, &roots, pid).and_then(|cg| {
                 cg.try_procs_all()
@@ -1165,7 +1221,7 @@ impl TaskService {
         .map_err(|e| ShimError::Zygote(format!("pids: {e}")))?
         .map_err(|e| {
             ShimError::FailedPrecondition(format!(
-                "pids {}: listing the processes in the cgroup of pid {pid}: {e}",
+                "pids {}: listing the processes of its cgroup: {e}",
                 req.id
             ))
         })?;
@@ -1268,6 +1324,15 @@ fn container_cgroup(
             .map_err(|e| predictive_api::error_chain(&e)),
     }
 }
+
+/// Why a checkpoint or a restore is refused.
+const NO_CHECKPOINT: &str =
+    "checkpoint and restore are not supported by io.containerd.predictive.v2";
+
+/// The highest signal number Kill takes: Linux's `SIGRTMAX` (64 on every architecture containerd ships for but
+/// MIPS). runc takes any number up to it; a real-time signal is some images' stop signal (systemd's `SIGRTMIN+3`, 37,
+/// in kind's node image and the UBI init images), and 0 asks whether the process exists.
+const SIGNAL_MAX: i32 = 64;
 
 /// The type of an exec's details in Task.Pids (containerd's runc options proto; its typeurl has no prefix).
 const PROCESS_DETAILS: &str = "containerd.runc.v1.ProcessDetails";
@@ -1408,10 +1473,12 @@ impl Task for TaskService {
             let guard = process.io.lock().await;
             match guard.as_ref().and_then(|pio| pio.pty.as_ref()) {
                 Some(pty) => io::resize(pty, req.width, req.height),
-                None => Err(ShimError::FailedPrecondition(format!(
-                    "process {} has no terminal",
-                    req.id
-                ))),
+                // As runc's shim: a process without a terminal has no size to set, and that is no error (Docker's
+                // resize API sends it for any container).
+                None => {
+                    tracing::debug!(id = %req.id, exec_id = %req.exec_id, "resize of a process without a terminal");
+                    Ok(())
+                }
             }
         }
         .await;
@@ -1432,6 +1499,23 @@ impl Task for TaskService {
         .await;
         log_result("close_io", &req.id, result)?;
         Ok(Empty::new())
+    }
+
+    /// Not done (no CRIU): UNIMPLEMENTED, what a client takes for "this runtime cannot", where the generated
+    /// default's NOT_FOUND reads as "no such container" (kubelet's checkpoint API, `ctr c checkpoint`).
+    async fn checkpoint(
+        &self,
+        _: &TtrpcContext,
+        req: CheckpointTaskRequest,
+    ) -> ttrpc::Result<Empty> {
+        log_result(
+            "checkpoint",
+            &req.id,
+            Err(ShimError::Unimplemented(format!(
+                "checkpoint {}: {NO_CHECKPOINT}",
+                req.id
+            ))),
+        )
     }
 
     async fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {

@@ -280,6 +280,39 @@ fn sigkill_gives_137() {
     c.finish();
 }
 
+/// A real-time signal reaches the container: systemd's stop signal, `SIGRTMIN+3` (37), is the `STOPSIGNAL` of
+/// systemd-in-container images (kind's node image, the UBI init images), which `docker stop` and the CRI plugin's
+/// StopContainer send, to the init and with `--all` to every process (refused before as "invalid signal 37").
+#[test]
+fn a_real_time_signal_reaches_the_container() {
+    let Some(c) = start("a_real_time_signal_reaches_the_container") else {
+        return;
+    };
+    let trapping = ["sh", "-c", "trap 'exit 37' 37; while :; do sleep 0.1; done"];
+    for (name, flags) in [
+        ("init", &["-s", "SIGRTMIN+3"][..]),
+        ("all", &["-a", "-s", "37"][..]),
+    ] {
+        let id = c.id(name);
+        let mut bg = c.run_bg(&id, &[], &trapping);
+        let running = wait_until(Duration::from_secs(20), || {
+            (c.status(&id).as_deref() == Some("RUNNING")).then_some(())
+        });
+        if running.is_none() {
+            panic!("{id} never RUNNING: {}", bg.kill());
+        }
+        // ctr's `-s 0` is no signal to ctr; a signal 0 (does the process exist?) is the unit tests'.
+        let mut args = vec!["t", "kill"];
+        args.extend_from_slice(flags);
+        args.push(&id);
+        c.ctr(&args).expect_ok(&format!("ctr {}", args.join(" ")));
+        let out = bg.wait(Duration::from_secs(20));
+        assert!(!out.timed_out, "{name}: ctr run did not return: {out}");
+        assert_eq!(out.code, 37, "{name}: the trap's exit code: {out}");
+    }
+    c.finish();
+}
+
 #[test]
 fn exec_output_and_exit_code() {
     let Some(c) = start("exec_output_and_exit_code") else {
@@ -669,6 +702,11 @@ fn oom_kill_reported() {
         .as_u64()
         .or_else(|| metrics["memory_oom_control"]["oom_kill"].as_u64());
     assert_eq!(kills, Some(1), "the stopped task's OOM kills: {metrics}");
+    // And Pids lists what is left of it: nothing (was refused: "container ... is not running").
+    let ps = c
+        .ctr(&["t", "ps", &stopped])
+        .expect_ok("ps of a stopped task");
+    assert_eq!(ps.stdout.lines().count(), 1, "only the header: {ps}");
     c.remove(&stopped);
     c.finish();
 }

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use containerd_shim_protos::api::{
     CreateTaskRequest, DeleteRequest, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest,
-    ResumeRequest, ShutdownRequest, StartRequest, StateRequest, Status, WaitRequest,
+    ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest, StateRequest, Status,
+    WaitRequest,
 };
 use containerd_shim_protos::protobuf::MessageDyn;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
@@ -738,9 +739,18 @@ async fn create_refuses_what_it_cannot_run_and_leaves_nothing() {
     );
     let mut req = shim.create_request("c1");
     req.checkpoint = "/some/checkpoint".into();
+    // Neither a restore nor a checkpoint is done: UNIMPLEMENTED, not "not found" (the generated default).
     assert_eq!(
         code(shim.service.create(&ctx(), req).await),
-        Code::INVALID_ARGUMENT
+        Code::UNIMPLEMENTED
+    );
+    let checkpoint = containerd_shim_protos::api::CheckpointTaskRequest {
+        id: "c1".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(shim.service.checkpoint(&ctx(), checkpoint).await),
+        Code::UNIMPLEMENTED
     );
     let req = CreateTaskRequest {
         id: "c2".into(),
@@ -864,6 +874,45 @@ async fn lifecycle_mistakes_are_failed_preconditions() {
         Code::INVALID_ARGUMENT
     );
     assert!(shim.runtime.signals.lock().expect("lock").is_empty());
+}
+
+#[tokio::test]
+async fn a_real_time_signal_or_0_reaches_the_process_and_one_past_sigrtmax_is_refused() {
+    let shim = Shim::new();
+    let pid = shim.create("c1").await as i32;
+    shim.start("c1", "").await.expect("start");
+    // systemd's stop signal (SIGRTMIN+3), the last real-time one, and 0 (does it exist?): runc sends any of them.
+    for signal in [37, 64, 0] {
+        shim.kill("c1", "", signal, false)
+            .await
+            .unwrap_or_else(|e| panic!("signal {signal}: {e:?}"));
+    }
+    assert_eq!(
+        *shim.runtime.signals.lock().expect("lock"),
+        vec![(pid, 37), (pid, 64), (pid, 0)]
+    );
+    assert_eq!(
+        code(shim.kill("c1", "", 65, false).await),
+        Code::INVALID_ARGUMENT
+    );
+    // A resize of a process without a terminal sets nothing and is no error, as with runc's shim (Docker's resize
+    // API sends one for any container).
+    let resize = ResizePtyRequest {
+        id: "c1".into(),
+        width: 80,
+        height: 24,
+        ..Default::default()
+    };
+    shim.service
+        .resize_pty(&ctx(), resize)
+        .await
+        .expect("resize without a terminal");
+    shim.kill("c1", "", libc::SIGKILL as u32, false)
+        .await
+        .expect("kill");
+    assert_eq!(shim.wait("c1", "").await.expect("wait"), 137);
+    assert_eq!(shim.delete("c1", "").await.expect("delete"), 137);
+    shim.settled("c1").await;
 }
 
 // --- delete after the reply ----------------------------------------------------------------------------------
