@@ -1067,7 +1067,10 @@ impl TaskService {
         }
         for pid in pids {
             match self.shared.runtime.signal(pid, signal) {
-                Err(ShimError::Sys { source, .. }) if source == nix::errno::Errno::ESRCH => {}
+                Err(ShimError::Sys {
+                    source: nix::errno::Errno::ESRCH,
+                    ..
+                }) => {}
                 other => other?,
             }
         }

@@ -294,7 +294,7 @@ fn a_real_time_signal_reaches_the_container() {
         ("all", &["-a", "-s", "37"][..]),
     ] {
         let id = c.id(name);
-        let mut bg = c.run_bg(&id, &[], &trapping);
+        let bg = c.run_bg(&id, &[], &trapping);
         let running = wait_until(Duration::from_secs(20), || {
             (c.status(&id).as_deref() == Some("RUNNING")).then_some(())
         });
