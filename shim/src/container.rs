@@ -33,6 +33,8 @@ pub struct Container {
     /// move itself into a cgroup below its own (systemd in a container moves into `init.scope`); its limits and
     /// figures stay the container's.
     pub cgroup: std::sync::OnceLock<runtime_hooks::ContainerCgroup>,
+    /// The init has exited: no exec starts any more (its exit is announced after theirs, [`Container::execs_settled`]).
+    pub init_exited: std::sync::atomic::AtomicBool,
 }
 
 /// Whether what a container's init leaves must be killed when it exits (containerd's runc shim's
@@ -66,6 +68,31 @@ impl Container {
             scope: None,
             companions: Mutex::new(Vec::new()),
             cgroup: std::sync::OnceLock::new(),
+            init_exited: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Waits until no exec is starting or running, at most `limit` (an exec that left the container's cgroup and
+    /// pid namespace outlives every kill): the container's exit is the last one announced, as runc's shim does it
+    /// (containerd#9719: Docker follows an exec by its exit event, and one that came after the container's hung
+    /// `docker exec`). Returns the execs still running at the limit.
+    pub async fn execs_settled(&self, limit: std::time::Duration) -> Vec<String> {
+        let execs = self.exec_processes();
+        let settled = async {
+            for exec in &execs {
+                exec.start_settled().await;
+                if exec.pid() > 0 {
+                    exec.wait().await;
+                }
+            }
+        };
+        match tokio::time::timeout(limit, settled).await {
+            Ok(()) => Vec::new(),
+            Err(_) => execs
+                .iter()
+                .filter(|e| e.exit().is_none() && e.pid() > 0)
+                .map(|e| e.exec_id.clone())
+                .collect(),
         }
     }
 

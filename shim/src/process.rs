@@ -33,11 +33,23 @@ pub struct Process {
     stdin_closed: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
     exited: watch::Sender<Option<ExitInfo>>,
+    /// A Start is under way ([`Process::begin_start`]).
+    starting: watch::Sender<bool>,
+}
+
+/// A Start under way, until dropped ([`Process::begin_start`]).
+pub struct Starting<'a>(&'a Process);
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.0.starting.send_replace(false);
+    }
 }
 
 impl Process {
     pub fn new(exec_id: &str, stdio: StdioPaths) -> Process {
         let (exited, _) = watch::channel(None);
+        let (starting, _) = watch::channel(false);
         Process {
             exec_id: exec_id.to_string(),
             stdio,
@@ -49,7 +61,22 @@ impl Process {
                 exit: None,
             }),
             exited,
+            starting,
         }
+    }
+
+    /// Marks a Start under way until the returned guard is dropped (after its reply and its event, or its
+    /// failure): an exit seen meanwhile is announced after them ([`Process::start_settled`]).
+    pub fn begin_start(&self) -> Starting<'_> {
+        self.starting.send_replace(true);
+        Starting(self)
+    }
+
+    /// Waits until no Start of this process is under way.
+    pub async fn start_settled(&self) {
+        let mut rx = self.starting.subscribe();
+        // The sender lives as long as the process, so this only ends early at shutdown.
+        let _ = rx.wait_for(|starting| !starting).await;
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

@@ -201,29 +201,24 @@ impl TaskService {
         self.shared.events.send(event)
     }
 
-    /// Waits for `pid` to exit in the background, then records and announces the exit.
+    /// Waits for `pid` to exit in the background, then records and announces the exit; for a container's init,
+    /// after what [`InitExit::settle`] settles first.
     fn watch_exit(
         &self,
         container_id: &str,
         process: Arc<Process>,
         pid: i32,
-        oom: Option<Arc<oom::OomTracker>>,
-        augment: Option<Arc<Augment>>,
-        kill_all: bool,
+        init: Option<InitExit>,
     ) {
         let rx = self.shared.reaper.subscribe(pid);
         let shared = self.shared.clone();
         let container_id = container_id.to_string();
         tokio::spawn(async move {
             let status = rx.await.map(|e| e.status).unwrap_or(255);
-            // An OOM kill the watcher has not reported yet is announced before the exit.
-            let mut oom_killed = false;
-            if let Some(oom) = &oom {
-                if oom.check() {
-                    publish_oom(&shared, &container_id);
-                }
-                oom_killed = oom.killed();
-            }
+            let oom_killed = match &init {
+                Some(init) => init.settle(&shared, &container_id).await,
+                None => false,
+            };
             let info = process.set_exited(status);
             // A container's end is news for the node's log; an exec's (each exec probe's) is not.
             let id = if process.exec_id.is_empty() {
@@ -233,10 +228,7 @@ impl TaskService {
                 tracing::debug!(container = %container_id, id = %process.exec_id, pid, status, "exec exited");
                 process.exec_id.clone()
             };
-            if kill_all {
-                kill_all_after_init(&shared, &container_id, augment.as_deref()).await;
-            }
-            if let Some(a) = &augment {
+            if let Some(a) = init.as_ref().and_then(|i| i.augment.as_ref()) {
                 a.exited(info.status, oom_killed);
             }
             shared.events.send(TaskExit {
@@ -466,14 +458,13 @@ impl TaskService {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
-                self.watch_exit(
-                    &req.id,
-                    container.init.clone(),
-                    pid,
+                let init = InitExit {
+                    container: container.clone(),
                     oom,
-                    augment.clone(),
+                    augment: augment.clone(),
                     kill_all,
-                );
+                };
+                self.watch_exit(&req.id, container.init.clone(), pid, Some(init));
                 self.containers().insert(req.id.clone(), container);
                 self.publish(TaskCreate {
                     container_id: req.id.clone(),
@@ -579,6 +570,8 @@ impl TaskService {
                 process.status()
             )));
         }
+        // Until the reply and its event: an exit seen meanwhile is announced after them.
+        let _starting = process.begin_start();
         if req.exec_id.is_empty() {
             // No broker freeze may land while libcontainer starts the init.
             let _hold = match &container.augment {
@@ -622,6 +615,13 @@ impl TaskService {
     }
 
     async fn start_exec(&self, container: &Container, process: &Arc<Process>) -> Result<i32> {
+        // As runc's shim: once the init has exited no exec starts, even while its exit is not announced yet.
+        if container.init_exited.load(Ordering::SeqCst) {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {} is not running: its init exited",
+                container.id
+            )));
+        }
         match container.init.status() {
             Status::RUNNING => {}
             // As runc: `runc exec` refuses a paused container unless given --ignore-paused, which containerd's
@@ -690,7 +690,7 @@ impl TaskService {
                 }
                 *io = Some(pio);
                 drop(io);
-                self.watch_exit(&container.id, process.clone(), pid, None, None, false);
+                self.watch_exit(&container.id, process.clone(), pid, None);
                 Ok(pid)
             }
             Err(e) => {
@@ -1327,6 +1327,47 @@ fn container_cgroup(
             .map_err(|e| predictive_api::error_chain(&e)),
     }
 }
+
+/// What the exit of a container's init settles before it is recorded and announced ([`TaskService::watch_exit`]).
+struct InitExit {
+    container: Arc<Container>,
+    oom: Option<Arc<oom::OomTracker>>,
+    augment: Option<Arc<Augment>>,
+    /// Kill what the init left: it had no pid namespace of its own ([`crate::container::kills_all_on_exit`]).
+    kill_all: bool,
+}
+
+impl InitExit {
+    /// As runc's shim: no exec starts any more; an init that ended during its Start is announced after the Start
+    /// (Docker takes a start event after the exit for a container running again); an OOM kill the watcher has not
+    /// reported yet is announced; what the init left is killed; every exec's exit comes first. Only then do Waits
+    /// return and TaskExit go out. Whether the container was OOM-killed.
+    async fn settle(&self, shared: &Shared, container_id: &str) -> bool {
+        let container = &self.container;
+        container.init_exited.store(true, Ordering::SeqCst);
+        container.init.start_settled().await;
+        let mut oom_killed = false;
+        if let Some(oom) = &self.oom {
+            if oom.check() {
+                publish_oom(shared, container_id);
+            }
+            oom_killed = oom.killed();
+        }
+        if self.kill_all {
+            kill_all_after_init(shared, container_id, self.augment.as_deref()).await;
+        }
+        let left = container.execs_settled(EXECS_SETTLE).await;
+        if !left.is_empty() {
+            tracing::warn!(container = %container_id, execs = ?left,
+                "execs still running {EXECS_SETTLE:?} after the init exited: announcing its exit first");
+        }
+        oom_killed
+    }
+}
+
+/// How long a container's exit waits for its execs' ([`Container::execs_settled`]): they end with it (the kernel
+/// ends its pid namespace, or the kill of all it left), so this is for one that escaped both.
+const EXECS_SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why a checkpoint or a restore is refused.
 const NO_CHECKPOINT: &str =

@@ -711,6 +711,67 @@ fn oom_kill_reported() {
     c.finish();
 }
 
+/// The events of a container that exits at once come in their order: start before exit, the exit before the
+/// delete. Docker follows a container by these events: a start after the exit would mark it running again.
+#[test]
+fn a_short_containers_events_come_in_order() {
+    let Some(c) = start("a_short_containers_events_come_in_order") else {
+        return;
+    };
+    let mut events = predictive_e2e::Bg::spawn(c.ctr_cmd(&["events"]));
+    let warm = c.id("warm");
+    c.run(&warm, &[], &["true"]).expect_ok("warm-up run");
+    assert!(
+        events.wait_for_stdout(&warm, Duration::from_secs(10)),
+        "ctr events saw nothing: {}",
+        events.stderr()
+    );
+    let ids: Vec<String> = (0..20).map(|i| c.id(&format!("short-{i}"))).collect();
+    for id in &ids {
+        c.run(id, &[], &["true"]).expect_ok("a short run");
+    }
+    let deleted = |out: &str, id: &str| {
+        out.lines()
+            .any(|l| l.contains("/tasks/delete") && l.contains(&format!("\"{id}\"")))
+    };
+    wait_until(Duration::from_secs(10), || {
+        let out = events.stdout();
+        ids.iter().all(|id| deleted(&out, id)).then_some(())
+    });
+    let out = events.kill().stdout;
+    let missing: Vec<&String> = ids.iter().filter(|id| !deleted(&out, id)).collect();
+    // runc v2's shim loses a delete now and then (its shim exits before the event is out): printed, not asserted.
+    if c.settings.is_predictive() {
+        assert!(
+            missing.is_empty(),
+            "no delete event for {missing:?}:\n{out}"
+        );
+    } else if !missing.is_empty() {
+        println!("{}: no delete event for {missing:?}", c.settings.runtime);
+    }
+    for id in &ids {
+        let mut topics: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains(&format!("\"{id}\"")))
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
+            .collect();
+        if missing.contains(&id) {
+            topics.push("/tasks/delete");
+        }
+        assert_eq!(
+            topics,
+            [
+                "/tasks/create",
+                "/tasks/start",
+                "/tasks/exit",
+                "/tasks/delete"
+            ],
+            "the task events of {id}"
+        );
+    }
+    c.finish();
+}
+
 #[test]
 fn sandbox_annotation_groups_shims() {
     let Some(c) = start("sandbox_annotation_groups_shims") else {
