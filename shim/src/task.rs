@@ -1044,21 +1044,9 @@ impl TaskService {
                 kind: "process",
                 id: format!("{}{FINISHED}", container.id),
             })?;
-        let roots = self.shared.roots.clone();
-        let pids = tokio::task::spawn_blocking(move || {
-            container_cgroup(known, &roots, pid).and_then(|cg| {
-                cg.try_procs_all()
-                    .map_err(|e| predictive_api::error_chain(&e))
-            })
-        })
-        .await
-        .map_err(|e| ShimError::Zygote(format!("kill --all: {e}")))?
-        .map_err(|e| {
-            ShimError::FailedPrecondition(format!(
-                "kill --all {}: listing the processes of its cgroup: {e}",
-                container.id
-            ))
-        })?;
+        let pids = self
+            .cgroup_procs(known, pid, "kill --all", &container.id)
+            .await?;
         if pids.is_empty() && container.init.status() == Status::STOPPED {
             return Err(ShimError::NotFound {
                 kind: "process",
@@ -1147,6 +1135,31 @@ impl TaskService {
         }
     }
 
+    /// Every process in the container's cgroup and below ([`TaskService::cgroup_source`]'s `known` or `pid`), read
+    /// off the runtime thread; an error names `op` and the container `id`.
+    async fn cgroup_procs(
+        &self,
+        known: Option<ContainerCgroup>,
+        pid: u32,
+        op: &'static str,
+        id: &str,
+    ) -> Result<Vec<i32>> {
+        let roots = self.shared.roots.clone();
+        tokio::task::spawn_blocking(move || {
+            container_cgroup(known, &roots, pid).and_then(|cg| {
+                cg.try_procs_all()
+                    .map_err(|e| predictive_api::error_chain(&e))
+            })
+        })
+        .await
+        .map_err(|e| ShimError::Zygote(format!("{op}: {e}")))?
+        .map_err(|e| {
+            ShimError::FailedPrecondition(format!(
+                "{op} {id}: listing the processes of its cgroup: {e}"
+            ))
+        })
+    }
+
     async fn do_update(&self, req: UpdateTaskRequest) -> Result<()> {
         let container = self.container(&req.id)?;
         let pid = self.running_pid(&container)?;
@@ -1213,21 +1226,7 @@ impl TaskService {
     async fn do_pids(&self, req: PidsRequest) -> Result<PidsResponse> {
         let container = self.container(&req.id)?;
         let (known, pid) = self.cgroup_source(&container)?;
-        let roots = self.shared.roots.clone();
-        let pids = tokio::task::spawn_blocking(move || {
-            container_cgroup(known, &roots, pid).and_then(|cg| {
-                cg.try_procs_all()
-                    .map_err(|e| predictive_api::error_chain(&e))
-            })
-        })
-        .await
-        .map_err(|e| ShimError::Zygote(format!("pids: {e}")))?
-        .map_err(|e| {
-            ShimError::FailedPrecondition(format!(
-                "pids {}: listing the processes of its cgroup: {e}",
-                req.id
-            ))
-        })?;
+        let pids = self.cgroup_procs(known, pid, "pids", &req.id).await?;
         let execs: Vec<(i32, String)> = container
             .exec_processes()
             .iter()

@@ -259,6 +259,20 @@ impl Containerd {
         Bg::spawn(self.ctr_cmd(&self.run_args(&["--rm"], id, flags, cmd)))
     }
 
+    /// `ctr events` of this containerd, once it is live: a warm-up container's events have come through it (an
+    /// event sent before the subscription is not replayed).
+    pub fn events(&self) -> Bg {
+        let mut events = Bg::spawn(self.ctr_cmd(&["events"]));
+        let warm = self.id("warm");
+        self.run(&warm, &[], &["true"]).expect_ok("warm-up run");
+        assert!(
+            events.wait_for_stdout(&warm, Duration::from_secs(10)),
+            "ctr events saw nothing: {}",
+            events.stderr()
+        );
+        events
+    }
+
     /// `ctr run -d --null-io ...`, then wait until the task is RUNNING.
     pub fn run_detached(&self, id: &str, flags: &[&str], cmd: &[&str]) {
         self.run_detached_try(id, flags, cmd)

@@ -651,15 +651,7 @@ fn oom_kill_reported() {
     let Some(c) = start("oom_kill_reported") else {
         return;
     };
-    let mut events = predictive_e2e::Bg::spawn(c.ctr_cmd(&["events"]));
-    // Make sure the subscription is live before the OOM: wait to see a warm-up container's events.
-    let warm = c.id("warm");
-    c.run(&warm, &[], &["true"]).expect_ok("warm-up run");
-    assert!(
-        events.wait_for_stdout(&warm, Duration::from_secs(10)),
-        "ctr events saw nothing: {}",
-        events.stderr()
-    );
+    let events = c.events();
 
     let id = c.id("oom");
     let out = c.run(
@@ -718,14 +710,7 @@ fn a_short_containers_events_come_in_order() {
     let Some(c) = start("a_short_containers_events_come_in_order") else {
         return;
     };
-    let mut events = predictive_e2e::Bg::spawn(c.ctr_cmd(&["events"]));
-    let warm = c.id("warm");
-    c.run(&warm, &[], &["true"]).expect_ok("warm-up run");
-    assert!(
-        events.wait_for_stdout(&warm, Duration::from_secs(10)),
-        "ctr events saw nothing: {}",
-        events.stderr()
-    );
+    let events = c.events();
     let ids: Vec<String> = (0..20).map(|i| c.id(&format!("short-{i}"))).collect();
     for id in &ids {
         c.run(id, &[], &["true"]).expect_ok("a short run");

@@ -788,14 +788,9 @@ fn an_exec_exits_before_its_containers_exit_is_announced() {
     let Some(c) = start("an_exec_exits_before_its_containers_exit_is_announced") else {
         return;
     };
-    let mut events = predictive_e2e::Bg::spawn(c.ctr_cmd(&["events"]));
+    let events = c.events();
     let host = c.id("pidhost");
     c.run_detached(&host, &[], &["sleep", "1000"]);
-    assert!(
-        events.wait_for_stdout(&host, Duration::from_secs(10)),
-        "ctr events saw nothing: {}",
-        events.stderr()
-    );
     let ns = format!("pid:/proc/{}/ns/pid", c.task_pid(&host));
     let guest = c.id("pidguest");
     c.run_detached(&guest, &["--with-ns", &ns], &["sleep", "1001"]);
