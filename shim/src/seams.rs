@@ -31,6 +31,13 @@ impl Runtime for Zygote {
     }
 
     fn signal(&self, pid: i32, signal: i32) -> Result<()> {
+        // kill(2) takes 0 and negative pids for process groups, -1 for every process: never meant here (a pid that
+        // cgroup.procs shows as 0 is one outside the shim's pid namespace).
+        if pid <= 0 {
+            return Err(ShimError::InvalidArgument(format!(
+                "signal {signal} to pid {pid}: not a process"
+            )));
+        }
         // nix's `Signal` names only the standard signals; a real-time one (or 0) goes to the kernel as its number.
         // SAFETY: kill(2) with a pid and a signal number; no memory is passed.
         let sent = unsafe { libc::kill(pid, signal) };

@@ -1053,7 +1053,7 @@ impl TaskService {
                 id: format!("{}{FINISHED}", container.id),
             });
         }
-        for pid in pids {
+        for pid in pids.into_iter().filter(|&p| p > 0) {
             match self.shared.runtime.signal(pid, signal) {
                 Err(ShimError::Sys {
                     source: nix::errno::Errno::ESRCH,
