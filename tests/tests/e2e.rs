@@ -446,8 +446,7 @@ fn containerd_restart_finds_the_running_containers() {
         .expect_ok("exec after the restart");
     assert_eq!(out.stdout.trim(), "alive", "{out}");
     // The exit reaches the new containerd as an event (the CRI plugin learns of exits only so).
-    let events = predictive_e2e::cmd::Bg::spawn(c.ctr_cmd(&["events"]));
-    std::thread::sleep(Duration::from_millis(300));
+    let events = c.events();
     c.ctr(&["t", "kill", "-s", "SIGKILL", &live])
         .expect_ok("kill after the restart");
     let seen = wait_until(Duration::from_secs(10), || {
