@@ -892,10 +892,19 @@ impl TaskService {
                     req.exec_id
                 ))
             })?;
-        // As containerd's runc shim (its paused state refuses Exec) and runc (cwd rules).
+        // As containerd's runc shim (its paused and stopped states refuse Exec: no TaskExecAdded for an exec
+        // that cannot start) and runc (cwd rules).
         if container.init.status() == Status::PAUSED {
             return Err(ShimError::FailedPrecondition(format!(
                 "cannot exec in a paused state: container {} is paused (resume it first)",
+                req.id
+            )));
+        }
+        if container.init.status() == Status::STOPPED
+            || container.init_exited.load(Ordering::SeqCst)
+        {
+            return Err(ShimError::FailedPrecondition(format!(
+                "cannot exec in a stopped state: container {} has exited",
                 req.id
             )));
         }
@@ -1008,8 +1017,13 @@ impl TaskService {
             }
             self.shared.runtime.signal(pid, signal)?;
         }
-        // A frozen process cannot act on SIGKILL on cgroup v1: thaw a paused container so the kill lands.
-        if signal == libc::SIGKILL && container.init.status() == Status::PAUSED {
+        // A frozen process cannot act on SIGKILL on cgroup v1: thaw a paused container so the kill lands. Only a
+        // kill of the container (its init, or all of it) thaws, as runc's does: a SIGKILL to one exec must not
+        // undo the user's pause of the rest (on v1 the exec then ends at the resume, on v2 at once).
+        if signal == libc::SIGKILL
+            && req.exec_id.is_empty()
+            && container.init.status() == Status::PAUSED
+        {
             let thawed = self
                 .call(
                     Request::Resume {
@@ -1245,6 +1259,13 @@ impl TaskService {
         let container = self.container(&req.id)?;
         let process = container.process(&req.exec_id)?;
         let exit = process.exit();
+        // As runc's shim: a process of a paused container is paused too, whatever it was doing.
+        let status = match process.status() {
+            Status::RUNNING | Status::CREATED if container.init.status() == Status::PAUSED => {
+                Status::PAUSED
+            }
+            s => s,
+        };
         Ok(StateResponse {
             id: if req.exec_id.is_empty() {
                 req.id.clone()
@@ -1253,7 +1274,7 @@ impl TaskService {
             },
             bundle: container.bundle.to_string_lossy().into_owned(),
             pid: process.pid().max(0) as u32,
-            status: process.status().into(),
+            status: status.into(),
             stdin: process.stdio.stdin.clone(),
             stdout: process.stdio.stdout.clone(),
             stderr: process.stdio.stderr.clone(),

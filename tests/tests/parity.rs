@@ -351,6 +351,110 @@ fn a_user_paused_container_stays_paused_for_exec() {
     c.finish();
 }
 
+/// A SIGKILL to one exec of a paused container leaves the user's pause in place: the init stays frozen (its counter
+/// does not move, the task stays PAUSED) and the exec ends by the resume at the latest. Before 2026-12-06 ours
+/// thawed the whole container for it and called it RUNNING; runc's shim signals only the exec.
+#[test]
+fn a_kill_of_an_exec_leaves_the_users_pause_in_place() {
+    let Some(c) = start("a_kill_of_an_exec_leaves_the_users_pause_in_place") else {
+        return;
+    };
+    let id = c.id("pause-exec");
+    c.run_detached(
+        &id,
+        &[],
+        &[
+            "sh",
+            "-c",
+            "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done",
+        ],
+    );
+    let count_file = format!("/proc/{}/root/tmp/count", c.task_pid(&id));
+    let count = || {
+        std::fs::read_to_string(&count_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    wait_until(Duration::from_secs(10), || count().filter(|n| *n > 2)).expect("the counter runs");
+    c.ctr(&["t", "exec", "-d", "--exec-id", "e1", &id, "sleep", "1002"])
+        .expect_ok("exec -d");
+    let exec_listed = || {
+        c.ctr(&["t", "ps", &id])
+            .stdout
+            .lines()
+            .any(|l| l.contains("e1"))
+    };
+    wait_until(Duration::from_secs(10), || exec_listed().then_some(()))
+        .expect("ctr t ps lists the exec");
+    c.ctr(&["t", "pause", &id]).expect_ok("pause");
+    c.wait_status(&id, "PAUSED", Duration::from_secs(10));
+    c.ctr(&["t", "kill", "-s", "SIGKILL", "--exec-id", "e1", &id])
+        .expect_ok("SIGKILL to the exec");
+    let paused_at = count();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        count(),
+        paused_at,
+        "the paused init ran after an exec's kill"
+    );
+    assert_eq!(
+        c.status(&id).as_deref(),
+        Some("PAUSED"),
+        "an exec's kill undid the user's pause"
+    );
+    c.ctr(&["t", "resume", &id]).expect_ok("resume");
+    c.wait_status(&id, "RUNNING", Duration::from_secs(10));
+    wait_until(Duration::from_secs(10), || (!exec_listed()).then_some(()))
+        .expect("the killed exec is gone after the resume");
+    let before = count().unwrap_or(0);
+    wait_until(Duration::from_secs(10), || {
+        count().filter(|n| *n > before + 2)
+    })
+    .expect("the counter runs again after the resume");
+    c.ctr(&["t", "kill", "-a", "-s", "SIGKILL", &id])
+        .expect_ok("kill --all");
+    c.wait_status(&id, "STOPPED", Duration::from_secs(10));
+    c.remove(&id);
+    c.finish();
+}
+
+/// An exec into a container whose init has exited is refused at Exec, as runc's shim refuses it, and containerd
+/// never hears of it (no `/tasks/exec-added` for a process that cannot start).
+#[test]
+fn an_exec_into_a_stopped_container_is_refused_at_exec() {
+    let Some(c) = start("an_exec_into_a_stopped_container_is_refused_at_exec") else {
+        return;
+    };
+    let events = c.events();
+    let id = c.id("stopped-exec");
+    c.run_detached_try(&id, &[], &["sh", "-c", "exit 3"])
+        .expect_ok("run");
+    c.wait_status(&id, "STOPPED", Duration::from_secs(10));
+    let out = c.ctr(&["t", "exec", "--exec-id", "late", &id, "true"]);
+    refused(
+        &out,
+        "cannot exec in a stopped state",
+        "exec into a stopped container",
+    );
+    c.ctr(&["t", "rm", &id]).expect_ok("ctr t rm");
+    let deleted = wait_until(Duration::from_secs(10), || {
+        events
+            .stdout()
+            .lines()
+            .any(|l| l.contains("/tasks/delete") && l.contains(id.as_str()))
+            .then_some(())
+    });
+    let seen = events.kill().stdout;
+    assert!(deleted.is_some(), "no /tasks/delete for {id}:\n{seen}");
+    let added: Vec<&str> = seen
+        .lines()
+        .filter(|l| l.contains("/tasks/exec-added") && l.contains(id.as_str()))
+        .collect();
+    assert!(added.is_empty(), "a refused exec was announced: {added:?}");
+    c.remove(&id);
+    c.finish();
+}
+
 /// `ctr task ps` names an exec's process by its exec id (Task.Pids' `info`), the init's and what it started by
 /// nothing, and the exec's process is in every cgroup the init is in, as with runc's shim.
 #[test]

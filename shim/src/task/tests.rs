@@ -697,6 +697,56 @@ async fn pause_and_resume_move_the_state_and_are_announced() {
     );
 }
 
+/// As runc's shim: an exec of a paused container is paused too (State); a SIGKILL to it leaves the user's pause in
+/// place (only a kill of the container thaws it); an exec of a container whose init has exited is refused at Exec,
+/// so no TaskExecAdded announces a process that can never start.
+#[tokio::test]
+async fn an_exec_follows_its_containers_pause_and_a_stopped_container_takes_no_exec() {
+    let shim = Shim::new();
+    shim.create("c1").await;
+    shim.start("c1", "").await.expect("start");
+    shim.exec("c1", "e1", "/").await.expect("exec");
+    shim.start("c1", "e1").await.expect("start e1");
+    let pause = PauseRequest {
+        id: "c1".into(),
+        ..Default::default()
+    };
+    shim.service.pause(&ctx(), pause).await.expect("pause");
+    assert_eq!(shim.state("c1", "e1").await.expect("state"), Status::PAUSED);
+    shim.kill("c1", "e1", libc::SIGKILL as u32, false)
+        .await
+        .expect("SIGKILL to e1");
+    assert_eq!(shim.wait("c1", "e1").await.expect("wait e1"), 137);
+    assert_eq!(
+        shim.state("c1", "e1").await.expect("state"),
+        Status::STOPPED
+    );
+    assert!(
+        !shim.runtime.calls().iter().any(|c| c == "resume c1"),
+        "a kill of one exec thawed the container: {:?}",
+        shim.runtime.calls()
+    );
+    assert_eq!(shim.state("c1", "").await.expect("state"), Status::PAUSED);
+    // A SIGKILL to the container itself thaws it, so the kill lands on cgroup v1 too.
+    shim.kill("c1", "", libc::SIGKILL as u32, false)
+        .await
+        .expect("SIGKILL to the init");
+    shim.runtime.arrived("resume c1").await;
+    assert_eq!(shim.wait("c1", "").await.expect("wait"), 137);
+    let added = |topics: &[String]| topics.iter().filter(|t| *t == "/tasks/exec-added").count();
+    let before = added(&shim.topics().await);
+    assert_eq!(
+        code(shim.exec("c1", "late", "/").await),
+        Code::FAILED_PRECONDITION,
+        "an exec into a stopped container"
+    );
+    assert_eq!(
+        added(&shim.topics().await),
+        before,
+        "an exec-added for a refused exec"
+    );
+}
+
 // --- error codes -------------------------------------------------------------------------------------------
 
 #[tokio::test]
