@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod blocking;
+pub mod cgroupfs;
 pub mod companions;
 pub mod container;
 pub mod cwd;

@@ -27,6 +27,7 @@ pub fn work(request: Request, stdio: Stdio) -> Reply {
             console_socket,
             systemd,
             cgroups_path,
+            seals,
             ..
         } => create(
             &id,
@@ -34,6 +35,7 @@ pub fn work(request: Request, stdio: Stdio) -> Reply {
             &root,
             console_socket.as_deref(),
             (systemd, cgroups_path.as_deref()),
+            &seals,
             stdio,
         )
         .map(Some),
@@ -114,13 +116,16 @@ fn builder(
 /// Creates the container; `cgroups` is libcontainer's systemd driver and, with cgroupfs, the container's cgroupsPath.
 /// With a cgroupfs path this worker first enters the container's `name=systemd` directory, so the processes
 /// libcontainer forks from it are there when the init mounts the container's cgroupfs
-/// ([`runtime_hooks::companions::enter_named`]); after a failed create it goes back and removes what it made.
+/// ([`runtime_hooks::companions::enter_named`]); after a failed create it goes back and removes what it made. On a
+/// v1 host the spec's cgroupfs mounts get the options libcontainer left out before the container runs
+/// ([`crate::cgroupfs`]); a create that cannot give them fails.
 fn create(
     id: &str,
     bundle: &Path,
     root: &Path,
     console_socket: Option<&Path>,
     (systemd, cgroups_path): (bool, Option<&str>),
+    seals: &[crate::cgroupfs::Seal],
     stdio: Stdio,
 ) -> Result<i32, LibcontainerError> {
     let builder = builder(id, root, console_socket, stdio)?.validate_id()?;
@@ -134,12 +139,24 @@ fn create(
         .with_systemd(systemd)
         .with_detach(true)
         .as_sibling(false)
-        .build();
+        .build()
+        .and_then(|container| {
+            let pid = container
+                .pid()
+                .map(|pid| pid.as_raw())
+                .ok_or_else(|| LibcontainerError::Other("created container has no pid".into()))?;
+            if !seals.is_empty() && crate::cgroupfs::host_needs_seal() {
+                crate::cgroupfs::seal(pid, seals).map_err(|e| {
+                    LibcontainerError::Other(format!(
+                        "making the container's cgroupfs mount as its spec asks: {}",
+                        predictive_api::error_chain(&e)
+                    ))
+                })?;
+            }
+            Ok(pid)
+        });
     match result {
-        Ok(container) => container
-            .pid()
-            .map(|pid| pid.as_raw())
-            .ok_or_else(|| LibcontainerError::Other("created container has no pid".into())),
+        Ok(pid) => Ok(pid),
         Err(err) => {
             // Leave nothing behind: a half-made container's processes, cgroups and state go.
             if !matches!(err, LibcontainerError::Exist) {

@@ -412,9 +412,8 @@ impl TaskService {
 
         let kill_all = container::kills_all_on_exit(&spec);
         let (cgroups_path, named) = container::named_first(&spec, &self.shared.roots);
-        let created = self
-            .create_init(req, &bundle, paths, scope.is_some(), cgroups_path)
-            .await;
+        let placement = (scope.is_some(), cgroups_path, crate::cgroupfs::seals(&spec));
+        let created = self.create_init(req, &bundle, paths, placement).await;
         // The container's mounts are made (or never will be): its copies of the idmapped sources are its own.
         staged.release();
         match created {
@@ -504,8 +503,7 @@ impl TaskService {
         req: &CreateTaskRequest,
         bundle: &Path,
         paths: StdioPaths,
-        systemd: bool,
-        cgroups_path: Option<String>,
+        (systemd, cgroups_path, seals): (bool, Option<String>, Vec<crate::cgroupfs::Seal>),
     ) -> Result<(Process, i32)> {
         std::fs::create_dir_all(&self.shared.state_root).map_err(ShimError::io(format!(
             "creating state root {}",
@@ -526,6 +524,7 @@ impl TaskService {
             stdio: stdio.fds(),
             systemd,
             cgroups_path: cgroups_path.filter(|_| !systemd),
+            seals,
         };
         let result = async {
             let pid = self

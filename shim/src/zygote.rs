@@ -71,6 +71,10 @@ pub enum Request {
         /// hierarchies there first (`runtime_hooks::companions::enter_named`); `None` with the systemd driver.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cgroups_path: Option<String>,
+        /// The spec's `cgroup` mounts whose options the worker sets after the create on a v1 host
+        /// ([`crate::cgroupfs`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        seals: Vec<crate::cgroupfs::Seal>,
     },
     Start {
         id: String,
@@ -649,6 +653,7 @@ mod tests {
                 stdio: stdio.fds(),
                 systemd: false,
                 cgroups_path: None,
+                seals: Vec::new(),
             };
             let reply = zygote.call(&create, stdio).await.expect("call");
             assert_eq!(reply, Reply::Ok { pid: Some(100) });

@@ -128,6 +128,98 @@ fn cgroup_dirs_left(c: &Containerd, id: &str) -> Vec<std::path::PathBuf> {
     left()
 }
 
+/// What a container sees of its cgroupfs: a `ro,nosuid,nodev,noexec` cgroup mount (Docker's, nerdctl's and the CRI
+/// plugin's, for every unprivileged container) is read-only in every hierarchy, so the container cannot raise its
+/// own memory limit; a `rw` one (privileged) stays writable; and the host's own cgroupfs mounts are as they were.
+/// Before 2026-12-06 libcontainer's v1 binds came out `rw` whatever the spec said, and the container's root wrote
+/// its own `memory.limit_in_bytes` (runc's were read-only).
+#[test]
+fn a_read_only_cgroupfs_mount_is_read_only_in_every_hierarchy() {
+    let Some(c) = start("a_read_only_cgroupfs_mount_is_read_only_in_every_hierarchy") else {
+        return;
+    };
+    let host_mounts = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.split(' ')
+                    .nth(4)
+                    .is_some_and(|m| m.starts_with("/sys/fs/cgroup"))
+            })
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let before = host_mounts();
+    let script = "f=/sys/fs/cgroup/memory/memory.limit_in_bytes; [ -f $f ] || f=/sys/fs/cgroup/memory.max; \
+        echo limit $(cat $f); if echo 999999999 > $f 2>/dev/null; then echo wrote; else echo refused; fi; \
+        echo limit $(cat $f); awk '$5 ~ \"^/sys/fs/cgroup\" {print \"mount\", $5, $6}' /proc/self/mountinfo";
+    for (options, privileged) in [
+        ("ro:nosuid:nodev:noexec", false),
+        ("rw:nosuid:nodev:noexec", true),
+    ] {
+        let mount = format!("type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options={options}");
+        let mut flags = vec!["--memory-limit", "67108864", "--mount", mount.as_str()];
+        if privileged {
+            flags.push("--privileged");
+        }
+        if Containerd::cgroup_v2_host() {
+            flags.extend(["--with-ns", "cgroup:"]);
+        }
+        let id = c.id(if privileged { "cg-rw" } else { "cg-ro" });
+        let out = c
+            .run(&id, &flags, &["sh", "-c", script])
+            .expect_ok(&format!("run with {options}"));
+        let mounts: Vec<(&str, Vec<&str>)> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("mount "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(at, opts)| (at, opts.split(',').collect()))
+            .collect();
+        assert!(!mounts.is_empty(), "no cgroupfs mount seen: {out}");
+        for (at, opts) in &mounts {
+            for flag in ["nosuid", "nodev", "noexec"] {
+                assert!(
+                    opts.contains(&flag),
+                    "{options}: {at} is not {flag}: {opts:?}\n{out}"
+                );
+            }
+            // On v1 the mount at the top is the tmpfs that holds the hierarchies: Debian 12's runc leaves it
+            // writable (upstream runc and ours make it read-only); no cgroup file is in it.
+            if *at == "/sys/fs/cgroup" && mounts.len() > 1 {
+                continue;
+            }
+            assert_eq!(
+                opts.contains(&"ro"),
+                !privileged,
+                "{options}: {at} is mounted {opts:?}\n{out}"
+            );
+        }
+        if !privileged {
+            assert!(
+                out.stdout.contains("refused") && !out.stdout.contains("wrote"),
+                "the container wrote its own memory limit through a read-only cgroupfs: {out}"
+            );
+            let limits: Vec<&str> = out
+                .stdout
+                .lines()
+                .filter(|l| l.starts_with("limit "))
+                .collect();
+            assert!(
+                limits.len() == 2 && limits[0] == limits[1],
+                "the container's memory limit moved: {limits:?}"
+            );
+        }
+        println!(
+            "{options}: {} cgroupfs mounts inside, each as asked",
+            mounts.len()
+        );
+    }
+    assert_eq!(host_mounts(), before, "the host's cgroupfs mounts changed");
+    c.finish();
+}
+
 /// A container that made cgroups below its own is deleted whole: after it exits (its pid namespace's end kills the
 /// process in them) and when it is force-removed while running. Before, its delete stopped at the kernel's refusal
 /// to remove a cgroup with children: its cgroups and state stayed, and `ctr run` of the same id failed with
