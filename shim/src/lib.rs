@@ -3,12 +3,12 @@
 
 pub mod batch;
 pub mod blocking;
-pub mod cgroupfs;
 pub mod companions;
 pub mod container;
 pub mod cwd;
 pub mod error;
 pub mod events;
+pub mod fidelity;
 pub mod footprint;
 pub mod freeze;
 pub mod idmap;

@@ -27,7 +27,7 @@ pub fn work(request: Request, stdio: Stdio) -> Reply {
             console_socket,
             systemd,
             cgroups_path,
-            seals,
+            fidelity,
             ..
         } => create(
             &id,
@@ -35,7 +35,7 @@ pub fn work(request: Request, stdio: Stdio) -> Reply {
             &root,
             console_socket.as_deref(),
             (systemd, cgroups_path.as_deref()),
-            &seals,
+            &fidelity,
             stdio,
         )
         .map(Some),
@@ -116,19 +116,20 @@ fn builder(
 /// Creates the container; `cgroups` is libcontainer's systemd driver and, with cgroupfs, the container's cgroupsPath.
 /// With a cgroupfs path this worker first enters the container's `name=systemd` directory, so the processes
 /// libcontainer forks from it are there when the init mounts the container's cgroupfs
-/// ([`runtime_hooks::companions::enter_named`]); after a failed create it goes back and removes what it made. On a
-/// v1 host the spec's cgroupfs mounts get the options libcontainer left out before the container runs
-/// ([`crate::cgroupfs`]); a create that cannot give them fails.
+/// ([`runtime_hooks::companions::enter_named`]); after a failed create it goes back and removes what it made. What
+/// libcontainer leaves different from runc's (a v1 cgroupfs mount's options, the init's locked-memory limit) is set
+/// right before the container runs ([`crate::fidelity`]); a create that cannot set it fails.
 fn create(
     id: &str,
     bundle: &Path,
     root: &Path,
     console_socket: Option<&Path>,
     (systemd, cgroups_path): (bool, Option<&str>),
-    seals: &[crate::cgroupfs::Seal],
+    fidelity: &crate::fidelity::Fidelity,
     stdio: Stdio,
 ) -> Result<i32, LibcontainerError> {
     let builder = builder(id, root, console_socket, stdio)?.validate_id()?;
+    let memlock = crate::fidelity::memlock();
     let named = cgroups_path
         .map(|p| runtime_hooks::companions::enter_named(&runtime_hooks::HostRoots::default(), p));
     for e in named.iter().flat_map(|n| &n.errors) {
@@ -145,14 +146,12 @@ fn create(
                 .pid()
                 .map(|pid| pid.as_raw())
                 .ok_or_else(|| LibcontainerError::Other("created container has no pid".into()))?;
-            if !seals.is_empty() && crate::cgroupfs::host_needs_seal() {
-                crate::cgroupfs::seal(pid, seals).map_err(|e| {
-                    LibcontainerError::Other(format!(
-                        "making the container's cgroupfs mount as its spec asks: {}",
-                        predictive_api::error_chain(&e)
-                    ))
-                })?;
-            }
+            fidelity.apply(pid, memlock).map_err(|e| {
+                LibcontainerError::Other(format!(
+                    "setting the created container as its spec asks: {}",
+                    predictive_api::error_chain(&e)
+                ))
+            })?;
             Ok(pid)
         });
     match result {

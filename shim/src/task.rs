@@ -33,6 +33,7 @@ use crate::blocking::blocking;
 use crate::container::{self, Container};
 use crate::error::{Result, ShimError};
 use crate::events::Events;
+use crate::fidelity::Fidelity;
 use crate::io::{self, ProcessIo, StdioPaths};
 use crate::metrics;
 use crate::oom;
@@ -412,7 +413,7 @@ impl TaskService {
 
         let kill_all = container::kills_all_on_exit(&spec);
         let (cgroups_path, named) = container::named_first(&spec, &self.shared.roots);
-        let placement = (scope.is_some(), cgroups_path, crate::cgroupfs::seals(&spec));
+        let placement = (scope.is_some(), cgroups_path, Fidelity::of(&spec));
         let created = self.create_init(req, &bundle, paths, placement).await;
         // The container's mounts are made (or never will be): its copies of the idmapped sources are its own.
         staged.release();
@@ -503,7 +504,7 @@ impl TaskService {
         req: &CreateTaskRequest,
         bundle: &Path,
         paths: StdioPaths,
-        (systemd, cgroups_path, seals): (bool, Option<String>, Vec<crate::cgroupfs::Seal>),
+        (systemd, cgroups_path, fidelity): (bool, Option<String>, Fidelity),
     ) -> Result<(Process, i32)> {
         std::fs::create_dir_all(&self.shared.state_root).map_err(ShimError::io(format!(
             "creating state root {}",
@@ -524,7 +525,7 @@ impl TaskService {
             stdio: stdio.fds(),
             systemd,
             cgroups_path: cgroups_path.filter(|_| !systemd),
-            seals,
+            fidelity,
         };
         let result = async {
             let pid = self

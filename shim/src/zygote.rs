@@ -71,10 +71,9 @@ pub enum Request {
         /// hierarchies there first (`runtime_hooks::companions::enter_named`); `None` with the systemd driver.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cgroups_path: Option<String>,
-        /// The spec's `cgroup` mounts whose options the worker sets after the create on a v1 host
-        /// ([`crate::cgroupfs`]).
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        seals: Vec<crate::cgroupfs::Seal>,
+        /// What the worker sets right after the create ([`crate::fidelity`]).
+        #[serde(default, skip_serializing_if = "crate::fidelity::Fidelity::is_default")]
+        fidelity: crate::fidelity::Fidelity,
     },
     Start {
         id: String,
@@ -653,7 +652,7 @@ mod tests {
                 stdio: stdio.fds(),
                 systemd: false,
                 cgroups_path: None,
-                seals: Vec::new(),
+                fidelity: Default::default(),
             };
             let reply = zygote.call(&create, stdio).await.expect("call");
             assert_eq!(reply, Reply::Ok { pid: Some(100) });

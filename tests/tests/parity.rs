@@ -455,6 +455,58 @@ fn an_exec_into_a_stopped_container_is_refused_at_exec() {
     c.finish();
 }
 
+/// A container's locked-memory limit (`RLIMIT_MEMLOCK`, which its spec does not set) is the one containerd runs
+/// with, in its init and in an exec, as under runc. On cgroup v2 libcgroups raised the init's to 128 MiB (soft and
+/// hard) to load the device program, and the init kept it: until 2026-12-06 a container on a v2 node got 128 MiB
+/// where runc's got containerd's (8 MiB under systemd's default, or unlimited where the node raised it).
+#[test]
+fn a_containers_locked_memory_limit_is_containerds() {
+    let Some(c) = start("a_containers_locked_memory_limit_is_containerds") else {
+        return;
+    };
+    let line = |limits: &str| {
+        limits
+            .lines()
+            .find(|l| l.starts_with("Max locked memory"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    let containerd = line(
+        &std::fs::read_to_string(format!("/proc/{}/limits", c.pid)).expect("containerd's limits"),
+    );
+    assert!(
+        !containerd.is_empty(),
+        "no locked-memory line for containerd"
+    );
+    let id = c.id("memlock");
+    c.run_detached(&id, &[], &["sleep", "1000"]);
+    let init = line(
+        &std::fs::read_to_string(format!("/proc/{}/limits", c.task_pid(&id)))
+            .expect("the init's limits"),
+    );
+    let exec = line(
+        &c.ctr(&[
+            "t",
+            "exec",
+            "--exec-id",
+            "limits",
+            &id,
+            "cat",
+            "/proc/self/limits",
+        ])
+        .expect_ok("exec cat /proc/self/limits")
+        .stdout,
+    );
+    assert_eq!(init, containerd, "the init's locked-memory limit");
+    assert_eq!(exec, containerd, "an exec's locked-memory limit");
+    println!("containerd, the init and an exec: {containerd}");
+    c.ctr(&["t", "kill", "-s", "SIGKILL", &id])
+        .expect_ok("SIGKILL");
+    c.wait_status(&id, "STOPPED", Duration::from_secs(10));
+    c.remove(&id);
+    c.finish();
+}
+
 /// `ctr task ps` names an exec's process by its exec id (Task.Pids' `info`), the init's and what it started by
 /// nothing, and the exec's process is in every cgroup the init is in, as with runc's shim.
 #[test]

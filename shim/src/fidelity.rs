@@ -1,0 +1,349 @@
+//! Where a container libcontainer 0.7 created would differ from runc's in what the container can do, set right by
+//! the create's worker after the create and before the reply (before the container runs).
+//!
+//! - **A read-only cgroupfs.** On a cgroup v1 (or hybrid) host libcontainer mounts a spec's `cgroup` mount as a
+//!   tmpfs holding one bind mount per hierarchy, and takes none of the mount's options for those binds: Docker's,
+//!   nerdctl's and the CRI plugin's `ro,nosuid,nodev,noexec` cgroupfs came out writable, so a container's root could
+//!   raise its own `memory.limit_in_bytes` or CPU quota and leave every limit behind (runc applies the options to
+//!   each bind). The worker enters the init's mount namespace and sets the options the spec asked for on the tmpfs
+//!   and every mount below it ([`seal`]). On a pure v2 host libcontainer mounts cgroup2 with the spec's options.
+//! - **The locked-memory limit.** On cgroup v2 libcgroups loads the device program from the process that then
+//!   forks the init, after setting that process's `RLIMIT_MEMLOCK` to 128 MiB (soft and hard), which the init
+//!   inherits: a container got 128 MiB where runc's gets what containerd has (8 MiB under systemd's default,
+//!   unlimited where the node raised it, which a 128 MiB hard limit then refused). Unless the spec sets
+//!   `RLIMIT_MEMLOCK` itself, the worker gives the init back the limit it had before the create ([`restore_memlock`]).
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+
+/// `mount_setattr(2)`'s attribute bits (linux/mount.h).
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+/// `statfs(2)`'s magic of a tmpfs, what libcontainer mounts at a v1 cgroupfs mount's destination.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// What the create's worker sets right for one container, from its spec.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Fidelity {
+    /// The spec's `cgroup` mounts whose options to set on a v1 host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seals: Vec<Seal>,
+    /// The spec sets `RLIMIT_MEMLOCK` (libcontainer applies it in the init, after the bump): left as it is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spec_memlock: bool,
+}
+
+impl Fidelity {
+    pub fn of(spec: &Spec) -> Fidelity {
+        Fidelity {
+            seals: seals(spec),
+            spec_memlock: spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.rlimits().as_ref())
+                .is_some_and(|r| {
+                    r.iter()
+                        .any(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitMemlock)
+                }),
+        }
+    }
+
+    /// Whether the default: no cgroupfs mount to seal, the locked-memory limit restored.
+    pub fn is_default(&self) -> bool {
+        self == &Fidelity::default()
+    }
+
+    /// Sets right what the create of the container whose init is `init` left different; `memlock` is this
+    /// process's `RLIMIT_MEMLOCK` from before the create.
+    pub fn apply(&self, init: i32, memlock: Option<libc::rlimit>) -> Result<(), SealError> {
+        if !self.seals.is_empty() && host_needs_seal() {
+            seal(init, &self.seals)?;
+        }
+        if let Some(limit) = memlock.filter(|_| !self.spec_memlock) {
+            // Not a reason to fail the create: the container keeps libcgroups' 128 MiB, as before.
+            if let Err(e) = restore_memlock(init, limit) {
+                tracing::warn!(init, "{}", predictive_api::error_chain(&e));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// This process's `RLIMIT_MEMLOCK` (what the init should have), read before the create.
+pub fn memlock() -> Option<libc::rlimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a live, writable `struct rlimit`.
+    (unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0).then_some(limit)
+}
+
+/// Gives the process `init` the locked-memory limit `limit` if it has another one.
+pub fn restore_memlock(init: i32, limit: libc::rlimit) -> Result<(), SealError> {
+    let mut now = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: reads the limit of `init` into a live `struct rlimit`; sets nothing (null new limit).
+    let rc = unsafe { libc::prlimit(init, libc::RLIMIT_MEMLOCK, std::ptr::null(), &mut now) };
+    if rc != 0 {
+        return Err(io(format!(
+            "reading the locked-memory limit of the init {init}"
+        ))(std::io::Error::last_os_error()));
+    }
+    if (now.rlim_cur, now.rlim_max) == (limit.rlim_cur, limit.rlim_max) {
+        return Ok(());
+    }
+    // SAFETY: sets the limit of `init` from a live `struct rlimit`; the old one is not asked for.
+    let rc = unsafe { libc::prlimit(init, libc::RLIMIT_MEMLOCK, &limit, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io(format!(
+            "setting the locked-memory limit of the init {init}"
+        ))(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// One `cgroup` mount of the spec and the attributes its options ask for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Seal {
+    /// Where it is mounted in the container.
+    pub destination: PathBuf,
+    /// `MOUNT_ATTR_*` bits: read-only, nosuid, nodev, noexec.
+    pub attr: u64,
+}
+
+/// The spec's `cgroup` mounts that ask for read-only, nosuid, nodev or noexec (in the order they are mounted).
+pub fn seals(spec: &Spec) -> Vec<Seal> {
+    spec.mounts()
+        .iter()
+        .flatten()
+        .filter(|m| m.typ().as_deref() == Some("cgroup"))
+        .filter_map(|m| {
+            let attr = m.options().iter().flatten().fold(0, |attr, o| {
+                attr | match o.as_str() {
+                    "ro" => MOUNT_ATTR_RDONLY,
+                    "nosuid" => MOUNT_ATTR_NOSUID,
+                    "nodev" => MOUNT_ATTR_NODEV,
+                    "noexec" => MOUNT_ATTR_NOEXEC,
+                    _ => 0,
+                }
+            });
+            (attr != 0).then(|| Seal {
+                destination: m.destination().clone(),
+                attr,
+            })
+        })
+        .collect()
+}
+
+/// Whether libcontainer mounts a `cgroup` mount as v1 hierarchies here (a v1 or hybrid host), the case it drops
+/// the options in.
+pub fn host_needs_seal() -> bool {
+    use libcgroups::common::CgroupSetup;
+    matches!(
+        libcgroups::common::get_cgroup_setup(),
+        Ok(CgroupSetup::Legacy | CgroupSetup::Hybrid)
+    )
+}
+
+/// What went wrong setting a created container right.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} in the container is not the tmpfs a cgroupfs mount makes (statfs type {kind:#x})", .destination.display())]
+    NotCgroupfs { destination: PathBuf, kind: i64 },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SealError {
+    let what = what.into();
+    move |source| SealError::Io { what, source }
+}
+
+/// In the mount namespace of the process `init`, sets each seal's attributes on the mount at its destination and
+/// every mount below it, then returns this process to its own mount namespace. Paths are resolved in the
+/// container's root (entering a mount namespace makes its root this process's), so a symlink in the image cannot
+/// point the change anywhere outside the container. Must run in a single-threaded process (setns(2)).
+pub fn seal(init: i32, seals: &[Seal]) -> Result<(), SealError> {
+    let own = std::fs::File::open("/proc/thread-self/ns/mnt")
+        .map_err(io("opening this process's mount namespace"))?;
+    let theirs = std::fs::File::open(format!("/proc/{init}/ns/mnt")).map_err(io(format!(
+        "opening the mount namespace of the init {init}"
+    )))?;
+    enter(&theirs, init)?;
+    let sealed = seals.iter().try_for_each(seal_one);
+    let back = enter(&own, std::process::id() as i32);
+    sealed.and(back)
+}
+
+fn enter(ns: &std::fs::File, whose: i32) -> Result<(), SealError> {
+    nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+        .map_err(io(format!("entering the mount namespace of {whose}")))
+}
+
+/// The kernel's `struct mount_attr`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn seal_one(s: &Seal) -> Result<(), SealError> {
+    let what = |w: &str| format!("{w} {} in the container", s.destination.display());
+    let dir = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(Path::new("/").join(&s.destination))
+        .map_err(io(what("opening")))?;
+    let fs = nix::sys::statfs::fstatfs(dir.as_fd())
+        .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+        .map_err(io(what("statfs of")))?;
+    let kind = fs.filesystem_type().0 as i64;
+    if kind != TMPFS_MAGIC {
+        return Err(SealError::NotCgroupfs {
+            destination: s.destination.clone(),
+            kind,
+        });
+    }
+    let attr = MountAttr {
+        attr_set: s.attr,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let empty = c"";
+    // SAFETY: `dir` is an open descriptor, the path an empty C string and `attr` a live `struct mount_attr` of the
+    // size passed; the kernel only reads them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dir.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(io(what("mount_setattr of"))(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(mounts: serde_json::Value) -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "mounts": mounts,
+        }))
+        .expect("a spec")
+    }
+
+    #[test]
+    fn a_cgroup_mounts_options_become_the_attributes_to_set() {
+        let s = spec(serde_json::json!([
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["ro", "nosuid", "nodev", "noexec", "relatime"]},
+            {"destination": "/privileged", "type": "cgroup", "source": "cgroup", "options": ["rw"]},
+            {"destination": "/v2", "type": "cgroup2", "source": "cgroup", "options": ["ro"]},
+            {"destination": "/half", "type": "cgroup", "source": "cgroup", "options": ["rw", "nosuid"]},
+        ]));
+        assert_eq!(
+            seals(&s),
+            vec![
+                Seal {
+                    destination: "/sys/fs/cgroup".into(),
+                    attr: MOUNT_ATTR_RDONLY
+                        | MOUNT_ATTR_NOSUID
+                        | MOUNT_ATTR_NODEV
+                        | MOUNT_ATTR_NOEXEC,
+                },
+                Seal {
+                    destination: "/half".into(),
+                    attr: MOUNT_ATTR_NOSUID,
+                },
+            ],
+            "only `cgroup` mounts (libcontainer honours a `cgroup2` mount's options), and only what they ask"
+        );
+        assert!(seals(&spec(serde_json::json!([]))).is_empty());
+    }
+
+    #[test]
+    fn a_spec_that_sets_the_locked_memory_limit_keeps_it() {
+        let with = |rlimits: serde_json::Value| -> Spec {
+            serde_json::from_value(serde_json::json!({
+                "ociVersion": "1.0.2",
+                "root": {"path": "rootfs"},
+                "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "rlimits": rlimits},
+            }))
+            .expect("a spec")
+        };
+        let nofile = serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]);
+        assert!(!Fidelity::of(&with(nofile)).spec_memlock);
+        let memlock = serde_json::json!([{"type": "RLIMIT_MEMLOCK", "hard": 65536, "soft": 65536}]);
+        assert!(Fidelity::of(&with(memlock)).spec_memlock);
+        assert!(Fidelity::of(&spec(serde_json::json!([]))).is_default());
+    }
+
+    /// libcgroups' bump, undone: a child whose limit was changed gets this process's back. (Its soft limit only:
+    /// raising a hard limit needs CAP_SYS_RESOURCE, which this machine's root lacks.)
+    #[test]
+    fn the_inits_locked_memory_limit_is_given_back() {
+        let ours = memlock().expect("getrlimit");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id() as i32;
+        let bumped = libc::rlimit {
+            rlim_cur: ours.rlim_cur / 2,
+            rlim_max: ours.rlim_max,
+        };
+        // SAFETY: sets the child's limit from a live `struct rlimit`.
+        let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_MEMLOCK, &bumped, std::ptr::null_mut()) };
+        assert_eq!(rc, 0, "prlimit of the child");
+        let keep = Fidelity {
+            spec_memlock: true,
+            ..Fidelity::default()
+        };
+        keep.apply(pid, Some(ours)).expect("apply");
+        let read = || {
+            let mut now = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: reads the child's limit into a live `struct rlimit`.
+            unsafe { libc::prlimit(pid, libc::RLIMIT_MEMLOCK, std::ptr::null(), &mut now) };
+            (now.rlim_cur, now.rlim_max)
+        };
+        assert_eq!(
+            read(),
+            (bumped.rlim_cur, bumped.rlim_max),
+            "a spec's own limit stays"
+        );
+        Fidelity::default().apply(pid, Some(ours)).expect("apply");
+        assert_eq!(read(), (ours.rlim_cur, ours.rlim_max));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
