@@ -12,8 +12,12 @@
 //!   inherits: a container got 128 MiB where runc's gets what containerd has (8 MiB under systemd's default,
 //!   unlimited where the node raised it, which a 128 MiB hard limit then refused). Unless the spec sets
 //!   `RLIMIT_MEMLOCK` itself, the worker gives the init back the limit it had before the create ([`restore_memlock`]).
+//! - **Device directories.** libcontainer makes the directories of the spec's devices below `/dev` (`/dev/net` of
+//!   `/dev/net/tun`, `/dev/dri`, `/dev/snd`, ...: a device plugin's, Docker's `--device`, every host device of a
+//!   privileged container) under a umask of 0, so they were world-writable without the sticky bit, and any user in
+//!   the container could delete or replace `/dev/net/tun`. runc makes them 0755; so does the worker ([`tighten`]).
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -37,6 +41,9 @@ pub struct Fidelity {
     /// The spec sets `RLIMIT_MEMLOCK` (libcontainer applies it in the init, after the bump): left as it is.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub spec_memlock: bool,
+    /// The directories below `/dev` that the spec's devices are in, parents first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_dirs: Vec<PathBuf>,
 }
 
 impl Fidelity {
@@ -51,6 +58,7 @@ impl Fidelity {
                     r.iter()
                         .any(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitMemlock)
                 }),
+            device_dirs: device_dirs(spec),
         }
     }
 
@@ -62,8 +70,14 @@ impl Fidelity {
     /// Sets right what the create of the container whose init is `init` left different; `memlock` is this
     /// process's `RLIMIT_MEMLOCK` from before the create.
     pub fn apply(&self, init: i32, memlock: Option<libc::rlimit>) -> Result<(), SealError> {
-        if !self.seals.is_empty() && host_needs_seal() {
-            seal(init, &self.seals)?;
+        let seal = !self.seals.is_empty() && host_needs_seal();
+        if seal || !self.device_dirs.is_empty() {
+            in_mount_namespace(init, || {
+                if seal {
+                    self.seals.iter().try_for_each(seal_one)?;
+                }
+                self.device_dirs.iter().try_for_each(|d| tighten(d))
+            })?;
         }
         if let Some(limit) = memlock.filter(|_| !self.spec_memlock) {
             // Not a reason to fail the create: the container keeps libcgroups' 128 MiB, as before.
@@ -107,6 +121,59 @@ pub fn restore_memlock(init: i32, limit: libc::rlimit) -> Result<(), SealError> 
         return Err(io(format!(
             "setting the locked-memory limit of the init {init}"
         ))(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// The directories strictly below `/dev` that hold the spec's devices, parents first, each once.
+pub fn device_dirs(spec: &Spec) -> Vec<PathBuf> {
+    let dev = Path::new("/dev");
+    let dirs: std::collections::BTreeSet<PathBuf> = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().as_ref())
+        .into_iter()
+        .flatten()
+        .flat_map(|d| {
+            d.path()
+                .ancestors()
+                .skip(1)
+                .take_while(|a| a.starts_with(dev) && *a != dev)
+                .map(Path::to_path_buf)
+                .collect::<Vec<_>>()
+        })
+        .filter(|d| !d.components().any(|c| c == std::path::Component::ParentDir))
+        .collect();
+    dirs.into_iter().collect()
+}
+
+/// Makes the directory `dir` of the container 0755 if libcontainer left it 0777 (its mkdir under umask 0); any
+/// other mode is left as it is. Resolved without following a symlink, so it can only be the directory itself.
+fn tighten(dir: &Path) -> Result<(), SealError> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    let what = |w: &str| format!("{w} {} in the container", dir.display());
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = match nix::fcntl::openat2(libc::AT_FDCWD, dir, how) {
+        Ok(fd) => fd,
+        // Not made after all (or not a directory): nothing of ours to tighten.
+        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR | nix::errno::Errno::ELOOP) => {
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(io(what("opening"))(std::io::Error::from_raw_os_error(
+                e as i32,
+            )));
+        }
+    };
+    // SAFETY: openat2 just returned this descriptor; nothing else owns it.
+    let fd = std::fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+    let mode = fd.metadata().map_err(io(what("stat of")))?.permissions();
+    use std::os::unix::fs::PermissionsExt;
+    if mode.mode() & 0o7777 == 0o777 {
+        fd.set_permissions(std::fs::Permissions::from_mode(0o755))
+            .map_err(io(what("chmod of")))?;
     }
     Ok(())
 }
@@ -177,15 +244,24 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SealError {
 /// container's root (entering a mount namespace makes its root this process's), so a symlink in the image cannot
 /// point the change anywhere outside the container. Must run in a single-threaded process (setns(2)).
 pub fn seal(init: i32, seals: &[Seal]) -> Result<(), SealError> {
+    in_mount_namespace(init, || seals.iter().try_for_each(seal_one))
+}
+
+/// Runs `f` in the mount namespace of the process `init` (whose root is then this process's: paths resolve in the
+/// container), then returns this process to its own. Must run in a single-threaded process (setns(2)).
+fn in_mount_namespace(
+    init: i32,
+    f: impl FnOnce() -> Result<(), SealError>,
+) -> Result<(), SealError> {
     let own = std::fs::File::open("/proc/thread-self/ns/mnt")
         .map_err(io("opening this process's mount namespace"))?;
     let theirs = std::fs::File::open(format!("/proc/{init}/ns/mnt")).map_err(io(format!(
         "opening the mount namespace of the init {init}"
     )))?;
     enter(&theirs, init)?;
-    let sealed = seals.iter().try_for_each(seal_one);
+    let done = f();
     let back = enter(&own, std::process::id() as i32);
-    sealed.and(back)
+    done.and(back)
 }
 
 fn enter(ns: &std::fs::File, whose: i32) -> Result<(), SealError> {
@@ -303,6 +379,54 @@ mod tests {
         let memlock = serde_json::json!([{"type": "RLIMIT_MEMLOCK", "hard": 65536, "soft": 65536}]);
         assert!(Fidelity::of(&with(memlock)).spec_memlock);
         assert!(Fidelity::of(&spec(serde_json::json!([]))).is_default());
+    }
+
+    #[test]
+    fn the_directories_of_the_specs_devices_below_dev_are_listed_once_parents_first() {
+        let s: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "linux": {"devices": [
+                {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229},
+                {"path": "/dev/net/tun", "type": "c", "major": 10, "minor": 200},
+                {"path": "/dev/dri/by-path/pci-card", "type": "c", "major": 226, "minor": 0},
+                {"path": "/dev/dri/card0", "type": "c", "major": 226, "minor": 0},
+                {"path": "/dev/../etc/x", "type": "c", "major": 1, "minor": 3},
+            ]},
+        }))
+        .expect("a spec");
+        assert_eq!(
+            device_dirs(&s),
+            ["/dev/dri", "/dev/dri/by-path", "/dev/net"]
+                .map(PathBuf::from)
+                .to_vec()
+        );
+    }
+
+    /// A directory left 0777 becomes 0755; one the image or the spec made otherwise keeps its mode; a symlink is
+    /// not followed.
+    #[test]
+    fn only_a_world_writable_device_directory_is_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
+        let open = dir.path().join("net");
+        let sticky = dir.path().join("shm");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::create_dir(&sticky).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let link = dir.path().join("link");
+        let target = dir.path().join("target");
+        std::fs::create_dir(&target).expect("mkdir");
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        for d in [&open, &sticky, &link, &dir.path().join("missing")] {
+            tighten(d).expect("tighten");
+        }
+        assert_eq!(mode(&open), 0o755);
+        assert_eq!(mode(&sticky), 0o1777);
+        assert_eq!(mode(&target), 0o777, "followed a symlink");
     }
 
     /// libcgroups' bump, undone: a child whose limit was changed gets this process's back. (Its soft limit only:

@@ -318,10 +318,26 @@ fn start(flags: &Flags) -> Result<()> {
             why.trim()
         )));
     }
-    let _ = containerd_shim::cgroup::adjust_oom_score(child.id());
     drop(lock);
     println!("{address}");
     Ok(())
+}
+
+/// As runc's shim, whose `start` action puts the server's `oom_score_adj` one above containerd's: the server
+/// raises its own (inherited from the `start` action, so containerd's) by one before it forks the zygote, so the
+/// zygote, its workers and every container whose spec sets no score of its own have it too. (The `start` action
+/// raised the server's once the server served, and a zygote forked before that kept containerd's score: 1 container
+/// start in 10 here.) Raising one's own score needs no privilege; a failure leaves containerd's.
+fn raise_oom_score() {
+    const PATH: &str = "/proc/self/oom_score_adj";
+    let own = std::fs::read_to_string(PATH)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    if let Some(score) = own.filter(|s| *s < 1000)
+        && let Err(e) = std::fs::write(PATH, (score + 1).to_string())
+    {
+        tracing::warn!("raising the shim's oom_score_adj to {}: {e}", score + 1);
+    }
 }
 
 /// The runtime options containerd writes to the `start` action's stdin (a protobuf `Any`), if any; a terminal
@@ -480,6 +496,7 @@ fn serve_group(flags: &Flags) -> Result<()> {
         }
     }
     reaper::set_subreaper().map_err(ShimError::io("becoming a child subreaper"))?;
+    raise_oom_score();
     // The socket is bound, so connections queue from here on. Ready before the zygote forks: it
     // must not inherit the start action's pipe, or that action would wait for it forever.
     signal_ready();

@@ -507,6 +507,108 @@ fn a_containers_locked_memory_limit_is_containerds() {
     c.finish();
 }
 
+/// A device given to a container in a directory below `/dev` (`--device /dev/net/tun`, as Docker's `--device` and
+/// Kubernetes device plugins give one; every host device of a privileged container) sits in a directory the
+/// container's users cannot write, as under runc (0755): before 2026-12-06 libcontainer's made it 0777, and a user
+/// in the container could delete `/dev/net/tun` or put a file of its own there.
+#[test]
+fn a_devices_directory_is_not_world_writable() {
+    let Some(c) = start("a_devices_directory_is_not_world_writable") else {
+        return;
+    };
+    if !Path::new("/dev/net/tun").exists() {
+        testkit::skip(
+            "a_devices_directory_is_not_world_writable",
+            "no /dev/net/tun on this host",
+        );
+        return;
+    }
+    let id = c.id("device-dir");
+    c.run_detached(&id, &["--device", "/dev/net/tun"], &["sleep", "1000"]);
+    let out = c
+        .ctr(&[
+            "t",
+            "exec",
+            "--exec-id",
+            "st",
+            &id,
+            "stat",
+            "-c",
+            "%a %U %F",
+            "/dev/net",
+            "/dev/net/tun",
+        ])
+        .expect_ok("stat /dev/net");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.first().copied(), Some("755 root directory"), "{out}");
+    assert!(
+        lines
+            .get(1)
+            .is_some_and(|l| l.ends_with("character special file")),
+        "/dev/net/tun is not the device: {out}"
+    );
+    let rm = c.ctr(&[
+        "t",
+        "exec",
+        "--exec-id",
+        "rm",
+        "--user",
+        "1000",
+        &id,
+        "rm",
+        "-f",
+        "/dev/net/tun",
+    ]);
+    assert!(!rm.ok(), "a user removed /dev/net/tun: {rm}");
+    c.ctr(&[
+        "t",
+        "exec",
+        "--exec-id",
+        "again",
+        &id,
+        "test",
+        "-c",
+        "/dev/net/tun",
+    ])
+    .expect_ok("/dev/net/tun is still the device");
+    c.ctr(&["t", "kill", "-s", "SIGKILL", &id])
+        .expect_ok("SIGKILL");
+    c.wait_status(&id, "STOPPED", Duration::from_secs(10));
+    c.remove(&id);
+    c.finish();
+}
+
+/// A container whose spec sets no `oomScoreAdj` (ctr's, nerdctl's) has containerd's score plus one, its shim's, in
+/// every start, as under runc. Before 2026-12-06 the `start` action raised our server's score only once the server
+/// served, and a zygote forked before that kept containerd's: 1 container in 10 had 0 here.
+#[test]
+fn a_containers_oom_score_is_one_above_containerds() {
+    let Some(c) = start("a_containers_oom_score_is_one_above_containerds") else {
+        return;
+    };
+    let containerd: i32 = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", c.pid))
+        .expect("containerd's oom_score_adj")
+        .trim()
+        .parse()
+        .expect("a number");
+    let want = (containerd + 1).min(1000).to_string();
+    let seen: Vec<String> = (0..12)
+        .map(|i| {
+            let id = c.id(&format!("oom-score-{i}"));
+            c.run(&id, &[], &["cat", "/proc/self/oom_score_adj"])
+                .expect_ok("cat /proc/self/oom_score_adj")
+                .stdout
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        seen.iter().all(|s| *s == want),
+        "containerd's oom_score_adj is {containerd}; the containers had {seen:?}"
+    );
+    c.finish();
+}
+
 /// `ctr task ps` names an exec's process by its exec id (Task.Pids' `info`), the init's and what it started by
 /// nothing, and the exec's process is in every cgroup the init is in, as with runc's shim.
 #[test]
