@@ -17,7 +17,7 @@
 //!   privileged container) under a umask of 0, so they were world-writable without the sticky bit, and any user in
 //!   the container could delete or replace `/dev/net/tun`. runc makes them 0755; so does the worker ([`tighten`]).
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+use std::os::fd::{AsFd, FromRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -270,15 +270,6 @@ fn enter(ns: &std::fs::File, whose: i32) -> Result<(), SealError> {
         .map_err(io(format!("entering the mount namespace of {whose}")))
 }
 
-/// The kernel's `struct mount_attr`.
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
 fn seal_one(s: &Seal) -> Result<(), SealError> {
     let what = |w: &str| format!("{w} {} in the container", s.destination.display());
     let dir = std::fs::File::options()
@@ -296,28 +287,14 @@ fn seal_one(s: &Seal) -> Result<(), SealError> {
             kind,
         });
     }
-    let attr = MountAttr {
+    let attr = crate::idmap::MountAttr {
         attr_set: s.attr,
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,
     };
-    let empty = c"";
-    // SAFETY: `dir` is an open descriptor, the path an empty C string and `attr` a live `struct mount_attr` of the
-    // size passed; the kernel only reads them.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            dir.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(io(what("mount_setattr of"))(std::io::Error::last_os_error()));
-    }
+    crate::idmap::mount_setattr(dir.as_fd(), libc::AT_RECURSIVE as libc::c_uint, &attr)
+        .map_err(io(what("mount_setattr of")))?;
     Ok(())
 }
 

@@ -47,11 +47,36 @@ const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
 /// `struct mount_attr` of `mount_setattr(2)`.
 #[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
+pub(crate) struct MountAttr {
+    pub attr_set: u64,
+    pub attr_clr: u64,
+    pub propagation: u64,
+    pub userns_fd: u64,
+}
+
+/// `mount_setattr(2)` on the mount `fd` is (`AT_EMPTY_PATH`, plus `flags`: `AT_RECURSIVE` for its submounts too).
+pub(crate) fn mount_setattr(
+    fd: BorrowedFd<'_>,
+    flags: libc::c_uint,
+    attr: &MountAttr,
+) -> std::io::Result<()> {
+    let empty = c"";
+    // SAFETY: `fd` is an open descriptor, the path an empty C string and `attr` a live `struct mount_attr` of the
+    // size passed; the kernel only reads them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | flags,
+            attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// One line of an id mapping: `size` ids from `container` inside are `host` on the host.
@@ -278,23 +303,14 @@ pub fn idmapped_tree(
     if attr.attr_set == 0 {
         return Ok(tree);
     }
-    let empty = c"";
-    // SAFETY: mount_setattr on the descriptor above with a correctly sized struct mount_attr.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint | rec,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(last_error(format!(
-            "idmapping the mount of {} (the kernel or its filesystem cannot)",
-            source.display()
-        )));
+    if let Err(e) = mount_setattr(tree.as_fd(), rec, &attr) {
+        return Err(ShimError::Io {
+            context: format!(
+                "idmapping the mount of {} (the kernel or its filesystem cannot)",
+                source.display()
+            ),
+            source: e,
+        });
     }
     Ok(tree)
 }

@@ -280,6 +280,22 @@ impl Containerd {
         self.wait_status(id, "RUNNING", Duration::from_secs(20));
     }
 
+    /// A container `id` whose shell counts up in `/tmp/count` every 50 ms, running once the count is past 2; the
+    /// returned closure reads the count (through `/proc/<init>/root`): what a pause or a thaw shows.
+    pub fn run_counter(&self, id: &str) -> impl Fn() -> Option<u64> + use<> {
+        let count = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done";
+        self.run_detached(id, &[], &["sh", "-c", count]);
+        let file = format!("/proc/{}/root/tmp/count", self.task_pid(id));
+        let read = move || {
+            std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+        };
+        wait_until(Duration::from_secs(10), || read().filter(|n| *n > 2))
+            .expect("the counter runs");
+        read
+    }
+
     pub fn run_detached_try(&self, id: &str, flags: &[&str], cmd: &[&str]) -> Output {
         self.ctr(&self.run_args(&["-d", "--null-io"], id, flags, cmd))
     }

@@ -602,23 +602,7 @@ fn pause_resume() {
         return;
     };
     let id = c.id("pause");
-    c.run_detached(
-        &id,
-        &[],
-        &[
-            "sh",
-            "-c",
-            "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done",
-        ],
-    );
-    let pid = c.task_pid(&id);
-    let count_file = format!("/proc/{pid}/root/tmp/count");
-    let count = || {
-        std::fs::read_to_string(&count_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-    };
-    wait_until(Duration::from_secs(10), || count().filter(|n| *n > 2)).expect("the counter runs");
+    let count = c.run_counter(&id);
 
     c.ctr(&["t", "pause", &id]).expect_ok("pause");
     c.wait_status(&id, "PAUSED", Duration::from_secs(10));

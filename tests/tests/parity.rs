@@ -99,6 +99,18 @@ fn ok_stdout(out: Output, what: &str) -> String {
     out.expect_ok(what).stdout.trim().to_owned()
 }
 
+/// SIGKILL to container `id`'s init (to all its processes with `all`), then its removal once it has stopped.
+fn kill_and_remove(c: &Containerd, id: &str, all: bool) {
+    let kill: &[&str] = if all {
+        &["t", "kill", "-a", "-s", "SIGKILL", id]
+    } else {
+        &["t", "kill", "-s", "SIGKILL", id]
+    };
+    c.ctr(kill).expect_ok("SIGKILL");
+    c.wait_status(id, "STOPPED", Duration::from_secs(10));
+    c.remove(id);
+}
+
 /// A refusal that names `needle` (in stdout or stderr).
 fn refused(out: &Output, needle: &str, what: &str) {
     assert!(!out.ok(), "{what}: accepted: {out}");
@@ -344,10 +356,7 @@ fn a_user_paused_container_stays_paused_for_exec() {
         Some("PAUSED"),
         "SIGTERM must not thaw a user's pause"
     );
-    c.ctr(&["t", "kill", "-s", "SIGKILL", &id])
-        .expect_ok("SIGKILL");
-    c.wait_status(&id, "STOPPED", Duration::from_secs(10));
-    c.remove(&id);
+    kill_and_remove(&c, &id, false);
     c.finish();
 }
 
@@ -360,22 +369,7 @@ fn a_kill_of_an_exec_leaves_the_users_pause_in_place() {
         return;
     };
     let id = c.id("pause-exec");
-    c.run_detached(
-        &id,
-        &[],
-        &[
-            "sh",
-            "-c",
-            "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done",
-        ],
-    );
-    let count_file = format!("/proc/{}/root/tmp/count", c.task_pid(&id));
-    let count = || {
-        std::fs::read_to_string(&count_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-    };
-    wait_until(Duration::from_secs(10), || count().filter(|n| *n > 2)).expect("the counter runs");
+    let count = c.run_counter(&id);
     c.ctr(&["t", "exec", "-d", "--exec-id", "e1", &id, "sleep", "1002"])
         .expect_ok("exec -d");
     let exec_listed = || {
@@ -411,10 +405,7 @@ fn a_kill_of_an_exec_leaves_the_users_pause_in_place() {
         count().filter(|n| *n > before + 2)
     })
     .expect("the counter runs again after the resume");
-    c.ctr(&["t", "kill", "-a", "-s", "SIGKILL", &id])
-        .expect_ok("kill --all");
-    c.wait_status(&id, "STOPPED", Duration::from_secs(10));
-    c.remove(&id);
+    kill_and_remove(&c, &id, true);
     c.finish();
 }
 
@@ -500,10 +491,7 @@ fn a_containers_locked_memory_limit_is_containerds() {
     assert_eq!(init, containerd, "the init's locked-memory limit");
     assert_eq!(exec, containerd, "an exec's locked-memory limit");
     println!("containerd, the init and an exec: {containerd}");
-    c.ctr(&["t", "kill", "-s", "SIGKILL", &id])
-        .expect_ok("SIGKILL");
-    c.wait_status(&id, "STOPPED", Duration::from_secs(10));
-    c.remove(&id);
+    kill_and_remove(&c, &id, false);
     c.finish();
 }
 
@@ -571,10 +559,7 @@ fn a_devices_directory_is_not_world_writable() {
         "/dev/net/tun",
     ])
     .expect_ok("/dev/net/tun is still the device");
-    c.ctr(&["t", "kill", "-s", "SIGKILL", &id])
-        .expect_ok("SIGKILL");
-    c.wait_status(&id, "STOPPED", Duration::from_secs(10));
-    c.remove(&id);
+    kill_and_remove(&c, &id, false);
     c.finish();
 }
 
@@ -664,10 +649,7 @@ fn task_ps_names_an_execs_process() {
     for (pid, info) in rows.iter().filter(|(_, i)| !i.contains("watcher")) {
         assert_eq!(info, "-", "pid {pid} is no exec's:\n{text}");
     }
-    c.ctr(&["t", "kill", "-a", "-s", "SIGKILL", &id])
-        .expect_ok("kill --all");
-    c.wait_status(&id, "STOPPED", Duration::from_secs(10));
-    c.remove(&id);
+    kill_and_remove(&c, &id, true);
     c.finish();
 }
 
