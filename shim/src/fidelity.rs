@@ -58,11 +58,11 @@ impl Fidelity {
                     r.iter()
                         .any(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitMemlock)
                 }),
-            device_dirs: device_dirs(spec),
+            device_dirs: bounded(device_dirs(spec)),
         }
     }
 
-    /// Whether the default: no cgroupfs mount to seal, the locked-memory limit restored.
+    /// Whether the default: no cgroupfs mount to seal, no device directory, the locked-memory limit restored.
     pub fn is_default(&self) -> bool {
         self == &Fidelity::default()
     }
@@ -72,11 +72,17 @@ impl Fidelity {
     pub fn apply(&self, init: i32, memlock: Option<libc::rlimit>) -> Result<(), SealError> {
         let seal = !self.seals.is_empty() && host_needs_seal();
         if seal || !self.device_dirs.is_empty() {
+            // The host's /dev device, read before entering: a directory on it is never changed.
+            let host_dev = std::os::unix::fs::MetadataExt::dev(
+                &std::fs::metadata("/dev").map_err(io("stat of the host's /dev"))?,
+            );
             in_mount_namespace(init, || {
                 if seal {
                     self.seals.iter().try_for_each(seal_one)?;
                 }
-                self.device_dirs.iter().try_for_each(|d| tighten(d))
+                self.device_dirs
+                    .iter()
+                    .try_for_each(|d| tighten(d, Some(host_dev)))
             })?;
         }
         if let Some(limit) = memlock.filter(|_| !self.spec_memlock) {
@@ -147,9 +153,28 @@ pub fn device_dirs(spec: &Spec) -> Vec<PathBuf> {
     dirs.into_iter().collect()
 }
 
+/// At most [`MAX_DEVICE_DIRS_BYTES`] of directory names go to the worker (its request is one datagram of at most
+/// 64 KiB): a privileged container on a host with thousands of device directories (one `/dev/cpu/<n>` per CPU) keeps
+/// them as libcontainer made them rather than fail, with a warning.
+fn bounded(dirs: Vec<PathBuf>) -> Vec<PathBuf> {
+    let bytes: usize = dirs.iter().map(|d| d.as_os_str().len() + 4).sum();
+    if bytes <= MAX_DEVICE_DIRS_BYTES {
+        return dirs;
+    }
+    tracing::warn!(
+        dirs = dirs.len(),
+        bytes,
+        "too many device directories below /dev to check: left as libcontainer made them"
+    );
+    Vec::new()
+}
+
+/// The most bytes of device directory names one Create sends its worker.
+const MAX_DEVICE_DIRS_BYTES: usize = 24 * 1024;
+
 /// Makes the directory `dir` of the container 0755 if libcontainer left it 0777 (its mkdir under umask 0); any
 /// other mode is left as it is. Resolved without following a symlink, so it can only be the directory itself.
-fn tighten(dir: &Path) -> Result<(), SealError> {
+fn tighten(dir: &Path, host_dev: Option<u64>) -> Result<(), SealError> {
     use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
     let what = |w: &str| format!("{w} {} in the container", dir.display());
     let how = OpenHow::new()
@@ -169,9 +194,13 @@ fn tighten(dir: &Path) -> Result<(), SealError> {
     };
     // SAFETY: openat2 just returned this descriptor; nothing else owns it.
     let fd = std::fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
-    let mode = fd.metadata().map_err(io(what("stat of")))?.permissions();
-    use std::os::unix::fs::PermissionsExt;
-    if mode.mode() & 0o7777 == 0o777 {
+    let meta = fd.metadata().map_err(io(what("stat of")))?;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // The host's own /dev bound into the container (a spec that mounts it over libcontainer's tmpfs) is not ours.
+    if host_dev.is_some_and(|h| h == meta.dev()) {
+        return Ok(());
+    }
+    if meta.permissions().mode() & 0o7777 == 0o777 {
         fd.set_permissions(std::fs::Permissions::from_mode(0o755))
             .map_err(io(what("chmod of")))?;
     }
@@ -378,6 +407,19 @@ mod tests {
                 .map(PathBuf::from)
                 .to_vec()
         );
+        // A host with one /dev/cpu/<n> per CPU: 4,096 of them are more than one request carries, and none is sent.
+        let many: Vec<PathBuf> = (0..4096)
+            .map(|n| PathBuf::from(format!("/dev/cpu/{n}")))
+            .collect();
+        assert!(bounded(many).is_empty());
+        let some: Vec<PathBuf> = (0..256)
+            .map(|n| PathBuf::from(format!("/dev/cpu/{n}")))
+            .collect();
+        assert_eq!(
+            bounded(some.clone()),
+            some,
+            "a 256-CPU host's are all checked"
+        );
     }
 
     /// A directory left 0777 becomes 0755; one the image or the spec made otherwise keeps its mode; a symlink is
@@ -399,8 +441,19 @@ mod tests {
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o777)).expect("chmod");
         std::os::unix::fs::symlink(&target, &link).expect("symlink");
         for d in [&open, &sticky, &link, &dir.path().join("missing")] {
-            tighten(d).expect("tighten");
+            tighten(d, None).expect("tighten");
         }
+        // A directory on the device named as the host's /dev is left alone.
+        let other = dir.path().join("host");
+        std::fs::create_dir(&other).expect("mkdir");
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let on = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(&other).expect("stat"));
+        tighten(&other, Some(on)).expect("tighten");
+        assert_eq!(
+            mode(&other),
+            0o777,
+            "a directory on the host's /dev was changed"
+        );
         assert_eq!(mode(&open), 0o755);
         assert_eq!(mode(&sticky), 0o1777);
         assert_eq!(mode(&target), 0o777, "followed a symlink");
