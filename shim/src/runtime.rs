@@ -117,8 +117,9 @@ fn builder(
 /// With a cgroupfs path this worker first enters the container's `name=systemd` directory, so the processes
 /// libcontainer forks from it are there when the init mounts the container's cgroupfs
 /// ([`runtime_hooks::companions::enter_named`]); after a failed create it goes back and removes what it made. What
-/// libcontainer leaves different from runc's (a v1 cgroupfs mount's options, the init's locked-memory limit) is set
-/// right before the container runs ([`crate::fidelity`]); a create that cannot set it fails.
+/// libcontainer leaves different from runc's (a v1 cgroupfs mount's options, the init's locked-memory limit, the
+/// device directories' modes) is set right before the container runs ([`crate::fidelity`]); a create that cannot
+/// make the cgroupfs as its spec asks fails.
 fn create(
     id: &str,
     bundle: &Path,
