@@ -6,7 +6,7 @@
 //!   nerdctl's and the CRI plugin's `ro,nosuid,nodev,noexec` cgroupfs came out writable, so a container's root could
 //!   raise its own `memory.limit_in_bytes` or CPU quota and leave every limit behind (runc applies the options to
 //!   each bind). The worker enters the init's mount namespace and sets the options the spec asked for on the tmpfs
-//!   and every mount below it ([`seal`]). On a pure v2 host libcontainer mounts cgroup2 with the spec's options.
+//!   and every mount below it ([`Fidelity::apply`]). On a pure v2 host libcontainer mounts cgroup2 with the spec's options.
 //! - **The locked-memory limit.** On cgroup v2 libcgroups loads the device program from the process that then
 //!   forks the init, after setting that process's `RLIMIT_MEMLOCK` to 128 MiB (soft and hard), which the init
 //!   inherits: a container got 128 MiB where runc's gets what containerd has (8 MiB under systemd's default,
@@ -24,11 +24,8 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 
-/// `mount_setattr(2)`'s attribute bits (linux/mount.h).
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+use crate::idmap::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
+
 /// `statfs(2)`'s magic of a tmpfs, what libcontainer mounts at a v1 cgroupfs mount's destination.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 
@@ -69,7 +66,7 @@ impl Fidelity {
 
     /// Sets right what the create of the container whose init is `init` left different; `memlock` is this
     /// process's `RLIMIT_MEMLOCK` from before the create.
-    pub fn apply(&self, init: i32, memlock: Option<libc::rlimit>) -> Result<(), SealError> {
+    pub fn apply(&self, init: i32, memlock: Option<libc::rlimit>) -> Result<(), FidelityError> {
         let seal = !self.seals.is_empty() && host_needs_seal();
         if seal || !self.device_dirs.is_empty() {
             // The host's /dev device, read before entering: a directory on it is never changed.
@@ -106,7 +103,7 @@ pub fn memlock() -> Option<libc::rlimit> {
 }
 
 /// Gives the process `init` the locked-memory limit `limit` if it has another one.
-pub fn restore_memlock(init: i32, limit: libc::rlimit) -> Result<(), SealError> {
+pub fn restore_memlock(init: i32, limit: libc::rlimit) -> Result<(), FidelityError> {
     let mut now = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -174,7 +171,7 @@ const MAX_DEVICE_DIRS_BYTES: usize = 24 * 1024;
 
 /// Makes the directory `dir` of the container 0755 if libcontainer left it 0777 (its mkdir under umask 0); any
 /// other mode is left as it is. Resolved without following a symlink, so it can only be the directory itself.
-fn tighten(dir: &Path, host_dev: Option<u64>) -> Result<(), SealError> {
+fn tighten(dir: &Path, host_dev: Option<u64>) -> Result<(), FidelityError> {
     use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
     let what = |w: &str| format!("{w} {} in the container", dir.display());
     let how = OpenHow::new()
@@ -187,9 +184,7 @@ fn tighten(dir: &Path, host_dev: Option<u64>) -> Result<(), SealError> {
             return Ok(());
         }
         Err(e) => {
-            return Err(io(what("opening"))(std::io::Error::from_raw_os_error(
-                e as i32,
-            )));
+            return Err(io(what("opening"))(e.into()));
         }
     };
     // SAFETY: openat2 just returned this descriptor; nothing else owns it.
@@ -242,17 +237,18 @@ pub fn seals(spec: &Spec) -> Vec<Seal> {
 
 /// Whether libcontainer mounts a `cgroup` mount as v1 hierarchies here (a v1 or hybrid host), the case it drops
 /// the options in.
-pub fn host_needs_seal() -> bool {
-    use libcgroups::common::CgroupSetup;
+fn host_needs_seal() -> bool {
+    // The host's layout as the process read it once (the zygote's, inherited by its workers): no I/O per Create.
+    use runtime_hooks::discovery::Hierarchy;
     matches!(
-        libcgroups::common::get_cgroup_setup(),
-        Ok(CgroupSetup::Legacy | CgroupSetup::Hybrid)
+        Hierarchy::detect(&runtime_hooks::HostRoots::default()),
+        Ok(Hierarchy::Legacy(_) | Hierarchy::Hybrid { .. })
     )
 }
 
 /// What went wrong setting a created container right.
 #[derive(Debug, thiserror::Error)]
-pub enum SealError {
+pub enum FidelityError {
     #[error("{what}")]
     Io {
         what: String,
@@ -263,25 +259,18 @@ pub enum SealError {
     NotCgroupfs { destination: PathBuf, kind: i64 },
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SealError {
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> FidelityError {
     let what = what.into();
-    move |source| SealError::Io { what, source }
+    move |source| FidelityError::Io { what, source }
 }
 
-/// In the mount namespace of the process `init`, sets each seal's attributes on the mount at its destination and
-/// every mount below it, then returns this process to its own mount namespace. Paths are resolved in the
-/// container's root (entering a mount namespace makes its root this process's), so a symlink in the image cannot
-/// point the change anywhere outside the container. Must run in a single-threaded process (setns(2)).
-pub fn seal(init: i32, seals: &[Seal]) -> Result<(), SealError> {
-    in_mount_namespace(init, || seals.iter().try_for_each(seal_one))
-}
-
-/// Runs `f` in the mount namespace of the process `init` (whose root is then this process's: paths resolve in the
-/// container), then returns this process to its own. Must run in a single-threaded process (setns(2)).
+/// Runs `f` in the mount namespace of the process `init`, then returns this process to its own. Paths are resolved in
+/// the container's root (entering a mount namespace makes its root this process's), so a symlink in the image cannot
+/// point a change anywhere outside the container. Must run in a single-threaded process (setns(2)).
 fn in_mount_namespace(
     init: i32,
-    f: impl FnOnce() -> Result<(), SealError>,
-) -> Result<(), SealError> {
+    f: impl FnOnce() -> Result<(), FidelityError>,
+) -> Result<(), FidelityError> {
     let own = std::fs::File::open("/proc/thread-self/ns/mnt")
         .map_err(io("opening this process's mount namespace"))?;
     let theirs = std::fs::File::open(format!("/proc/{init}/ns/mnt")).map_err(io(format!(
@@ -293,13 +282,13 @@ fn in_mount_namespace(
     done.and(back)
 }
 
-fn enter(ns: &std::fs::File, whose: i32) -> Result<(), SealError> {
+fn enter(ns: &std::fs::File, whose: i32) -> Result<(), FidelityError> {
     nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS)
-        .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+        .map_err(std::io::Error::from)
         .map_err(io(format!("entering the mount namespace of {whose}")))
 }
 
-fn seal_one(s: &Seal) -> Result<(), SealError> {
+fn seal_one(s: &Seal) -> Result<(), FidelityError> {
     let what = |w: &str| format!("{w} {} in the container", s.destination.display());
     let dir = std::fs::File::options()
         .read(true)
@@ -307,11 +296,11 @@ fn seal_one(s: &Seal) -> Result<(), SealError> {
         .open(Path::new("/").join(&s.destination))
         .map_err(io(what("opening")))?;
     let fs = nix::sys::statfs::fstatfs(dir.as_fd())
-        .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+        .map_err(std::io::Error::from)
         .map_err(io(what("statfs of")))?;
     let kind = fs.filesystem_type().0 as i64;
     if kind != TMPFS_MAGIC {
-        return Err(SealError::NotCgroupfs {
+        return Err(FidelityError::NotCgroupfs {
             destination: s.destination.clone(),
             kind,
         });
