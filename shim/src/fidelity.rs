@@ -41,11 +41,17 @@ pub struct Fidelity {
     /// The directories below `/dev` that the spec's devices are in, parents first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub device_dirs: Vec<PathBuf>,
+    /// The spec's device rules, in order ([`crate::devices`]): what the container's cgroup is made to enforce
+    /// (`None`: its device rules are left as they are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_rules: Option<Vec<oci_spec::runtime::LinuxDeviceCgroup>>,
 }
 
 impl Fidelity {
-    pub fn of(spec: &Spec) -> Fidelity {
-        Fidelity {
+    /// What to set right for a container of `spec`; a spec with more device rules than a Create can carry
+    /// ([`crate::devices::MAX_RULES_BYTES`]) is refused.
+    pub fn of(spec: &Spec) -> Result<Fidelity, crate::devices::DeviceError> {
+        Ok(Fidelity {
             seals: seals(spec),
             spec_memlock: spec
                 .process()
@@ -56,10 +62,11 @@ impl Fidelity {
                         .any(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitMemlock)
                 }),
             device_dirs: bounded(device_dirs(spec)),
-        }
+            device_rules: Some(crate::devices::spec_rules(spec)?),
+        })
     }
 
-    /// Whether the default: no cgroupfs mount to seal, no device directory, the locked-memory limit restored.
+    /// Whether the default: no cgroupfs mount to seal, no device directory or rule, the locked-memory limit restored.
     pub fn is_default(&self) -> bool {
         self == &Fidelity::default()
     }
@@ -81,6 +88,9 @@ impl Fidelity {
                     .iter()
                     .try_for_each(|d| tighten(d, Some(host_dev)))
             })?;
+        }
+        if let Some(rules) = &self.device_rules {
+            crate::devices::apply(init, rules)?;
         }
         if let Some(limit) = memlock.filter(|_| !self.spec_memlock) {
             // Not a reason to fail the create: the container keeps libcgroups' 128 MiB, as before.
@@ -257,6 +267,8 @@ pub enum FidelityError {
     },
     #[error("{} in the container is not the tmpfs a cgroupfs mount makes (statfs type {kind:#x})", .destination.display())]
     NotCgroupfs { destination: PathBuf, kind: i64 },
+    #[error(transparent)]
+    Devices(#[from] crate::devices::DeviceError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> FidelityError {
@@ -370,10 +382,13 @@ mod tests {
             .expect("a spec")
         };
         let nofile = serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]);
-        assert!(!Fidelity::of(&with(nofile)).spec_memlock);
+        assert!(!Fidelity::of(&with(nofile)).expect("fidelity").spec_memlock);
         let memlock = serde_json::json!([{"type": "RLIMIT_MEMLOCK", "hard": 65536, "soft": 65536}]);
-        assert!(Fidelity::of(&with(memlock)).spec_memlock);
-        assert!(Fidelity::of(&spec(serde_json::json!([]))).is_default());
+        assert!(Fidelity::of(&with(memlock)).expect("fidelity").spec_memlock);
+        // A spec without device rules still gets runc's defaults (its Fidelity is never the default).
+        let plain = Fidelity::of(&spec(serde_json::json!([]))).expect("fidelity");
+        assert_eq!(plain.device_rules, Some(Vec::new()));
+        assert!(!plain.is_default());
     }
 
     #[test]

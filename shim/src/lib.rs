@@ -6,6 +6,7 @@ pub mod blocking;
 pub mod companions;
 pub mod container;
 pub mod cwd;
+pub mod devices;
 pub mod error;
 pub mod events;
 pub mod fidelity;

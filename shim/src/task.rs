@@ -388,6 +388,8 @@ impl TaskService {
         scope: Option<Scope>,
         cgroups_rewrite: Option<String>,
     ) -> Result<(CreateTaskResponse, Option<Arc<Augment>>)> {
+        let fidelity = Fidelity::of(&spec)
+            .map_err(|e| ShimError::InvalidArgument(format!("container {}: {e}", req.id)))?;
         let (augment, mut staged) = self
             .prepare_bundle(req, &bundle, &spec, cgroups_rewrite.as_deref())
             .await?;
@@ -413,7 +415,7 @@ impl TaskService {
 
         let kill_all = container::kills_all_on_exit(&spec);
         let (cgroups_path, named) = container::named_first(&spec, &self.shared.roots);
-        let placement = (scope.is_some(), cgroups_path, Fidelity::of(&spec));
+        let placement = (scope.is_some(), cgroups_path, fidelity);
         let created = self.create_init(req, &bundle, paths, placement).await;
         // The container's mounts are made (or never will be): its copies of the idmapped sources are its own.
         staged.release();

@@ -31,3 +31,17 @@ pub fn require_root(test: &str) -> bool {
 }
 
 pub use testkit::skip;
+
+/// The block device behind `/` (`major:minor` from mountinfo), the disk a container must not read.
+pub fn root_disk() -> (u32, u32) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("reading mountinfo");
+    let dev = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .and_then(|l| l.split(' ').nth(2))
+        .expect("a mount at / in mountinfo");
+    let (major, minor) = dev.split_once(':').expect("major:minor");
+    let dev = (major.parse().expect("major"), minor.parse().expect("minor"));
+    assert_ne!(dev.0, 0, "/ is not on a block device here ({dev:?})");
+    dev
+}

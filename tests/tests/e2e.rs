@@ -960,55 +960,66 @@ fn seccomp_enforced() {
     c.finish();
 }
 
-/// The block device behind `/` (`major:minor` from mountinfo), the disk a container must not read.
-fn root_disk() -> (u32, u32) {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("reading mountinfo");
-    let dev = info
-        .lines()
-        .find(|l| l.split(' ').nth(4) == Some("/"))
-        .and_then(|l| l.split(' ').nth(2))
-        .expect("a mount at / in mountinfo");
-    let (major, minor) = dev.split_once(':').expect("major:minor");
-    let dev = (major.parse().expect("major"), minor.parse().expect("minor"));
-    assert_ne!(dev.0, 0, "/ is not on a block device here ({dev:?})");
-    dev
-}
-
 /// The spec's device rules hold (ctr's default spec allows only the standard character devices): a container
 /// may make a node of the host's own disk (CAP_MKNOD is in the default capabilities) but cannot open it — on
-/// cgroup v1 through the devices controller, on v2 through the BPF device program, as under runc.
+/// cgroup v1 through the devices controller, on v2 through the BPF device program, as under runc. On a systemd host the
+/// same holds under the systemd cgroup driver (a kubelet node's: `SystemdCgroup = true`, a `slice:prefix:name`
+/// path), where libcgroups 0.7 applies no device rule at all.
 #[test]
 fn block_device_denied_by_the_spec() {
     let Some(c) = start("block_device_denied_by_the_spec") else {
         return;
     };
-    let (major, minor) = root_disk();
-    let id = c.id("dev");
+    let (major, minor) = predictive_e2e::root_disk();
     let script = format!(
         "mknod /tmp/disk b {major} {minor} && echo MADE; \
          if head -c 512 /tmp/disk >/dev/null; then echo OPENED; else echo DENIED; fi; \
          head -c 4 /dev/zero | wc -c"
     );
-    let out = c.run(&id, &[], &["sh", "-c", &script]);
-    println!("{major}:{minor}: {out}");
-    assert!(
-        out.stdout.contains("MADE"),
-        "mknod must succeed, or the test proves nothing: {out}"
-    );
-    assert!(
-        out.stdout.contains("DENIED") && !out.stdout.contains("OPENED"),
-        "the container opened the host's disk {major}:{minor}, which its spec denies: {out}"
-    );
-    assert!(
-        out.stderr.contains("Operation not permitted"),
-        "the open must fail with EPERM: {out}"
-    );
-    assert_eq!(
-        out.stdout.lines().last().map(str::trim),
-        Some("4"),
-        "an allowed device (/dev/zero) stays readable: {out}"
-    );
+    let me = std::process::id();
+    let systemd = predictive_e2e::kubelet::systemd_v2_host();
+    let opts = c.dir.join("runtime-options.toml");
+    std::fs::write(&opts, "SystemdCgroup = true\n").expect("writing the runtime options");
+    let opts = opts.to_string_lossy().into_owned();
+    let slice = format!("pe2e{me}.slice");
+    for driver in if systemd {
+        &["cgroupfs", "systemd"][..]
+    } else {
+        &["cgroupfs"]
+    } {
+        let id = c.id(&format!("dev-{driver}"));
+        let path = format!("{slice}:predictive:{id}");
+        let flags: Vec<&str> = match *driver {
+            "systemd" => vec!["--cgroup", &path, "--runtime-config-path", &opts],
+            _ => vec![],
+        };
+        let out = c.run(&id, &flags, &["sh", "-c", &script]);
+        println!("{driver} driver, {major}:{minor}: {out}");
+        assert!(
+            out.stdout.contains("MADE"),
+            "mknod must succeed, or the test proves nothing ({driver} driver): {out}"
+        );
+        assert!(
+            out.stdout.contains("DENIED") && !out.stdout.contains("OPENED"),
+            "the container opened the host's disk {major}:{minor}, which its spec denies ({driver} driver): {out}"
+        );
+        assert!(
+            out.stderr.contains("Operation not permitted"),
+            "the open must fail with EPERM ({driver} driver): {out}"
+        );
+        assert_eq!(
+            out.stdout.lines().last().map(str::trim),
+            Some("4"),
+            "an allowed device (/dev/zero) stays readable ({driver} driver): {out}"
+        );
+    }
     c.finish();
+    if systemd {
+        let mut stop = std::process::Command::new("systemctl");
+        stop.args(["stop", &slice]);
+        let _ = predictive_e2e::cmd::run_cmd(stop, Duration::from_secs(60));
+        remove_cgroup_dirs(&[&format!("/{slice}")]);
+    }
 }
 
 /// `/proc/<pid>/cgroup` paths of the resource hierarchies (named ones such as `name=systemd` left out).

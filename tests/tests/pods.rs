@@ -181,6 +181,24 @@ fn assert_stats(api: &CriClient, id: &str) {
     );
 }
 
+/// A pod's container (the CRI plugin's default capabilities, CAP_MKNOD among them) may make nodes of the host's
+/// disk and console but open neither: its spec denies every device but the standard ones, and runc's defaults do
+/// not add the console.
+fn assert_no_host_device(api: &CriClient, id: &str, when: &str) {
+    let (major, minor) = predictive_e2e::root_disk();
+    let script = format!(
+        "mknod /tmp/disk b {major} {minor} && mknod /tmp/console c 5 1 && echo MADE; \
+         if head -c 1 /tmp/disk >/dev/null; then echo DISK; fi; if head -c 0 /tmp/console; then echo CONSOLE; fi; \
+         rm -f /tmp/disk /tmp/console; head -c 4 /dev/zero | wc -c"
+    );
+    let out = api.exec_sync(id, &["sh", "-c", &script], 30);
+    assert_eq!(
+        out.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["MADE", "4"],
+        "container {id} ({when}): the host's disk {major}:{minor} or console opened, or mknod failed: {out:?}"
+    );
+}
+
 fn remove_pod(api: &CriClient, p: &Pod) {
     api.call(
         "StopContainer",
@@ -225,6 +243,7 @@ fn cri_pods_land_in_their_pod_cgroups() {
     assert_inside(&c, &fs_pod, &fs, &|id| id.to_owned());
     for p in [&slice, &fs] {
         assert_stats(&api, &p.container);
+        assert_no_host_device(&api, &p.container, "started");
     }
     let scope = format!("cri-containerd-{}.scope", slice.container);
     let scope_dir = PathBuf::from("/sys/fs/cgroup")
@@ -273,6 +292,7 @@ fn cri_pods_land_in_their_pod_cgroups() {
             "201326592",
             "daemon-reload undid the memory update of {scope}"
         );
+        assert_no_host_device(&api, &slice.container, "after daemon-reload");
     }
 
     remove_pod(&api, &slice);
