@@ -202,10 +202,23 @@ fn exec(
         Some(init) if has_user_namespace(&spec) => Some(JoinUser::prepare(init.as_raw(), process)?),
         _ => None,
     };
-    let process = join.as_ref().map_or(process, |j| j.as_root.as_path());
+    // As runc: a process that does not ask for no_new_privs gets its seccomp filter while it still has
+    // CAP_SYS_ADMIN (in its user namespace, once joined; else lent for the filter, [`WithAdmin`]).
+    let filter_first = seccomp.is_some() && !asks_no_new_privs(process)?;
+    let admin = match &join {
+        None if filter_first => WithAdmin::prepare(process)?,
+        _ => None,
+    };
+    let process = join
+        .as_ref()
+        .map(|j| j.as_root.as_path())
+        .or(admin.as_ref().map(|a| a.path.as_path()))
+        .unwrap_or(process);
     let built = builder(id, root, console_socket, stdio)?
         .with_executor(Workload {
             seccomp,
+            filter_first,
+            restore_caps: admin.as_ref().map(|a| a.restore.clone()),
             join: join.as_ref().map(|j| j.exec.clone()),
             ..Workload::default()
         })
@@ -215,7 +228,88 @@ fn exec(
         .as_sibling(false)
         .build();
     drop(join);
+    drop(admin);
     Ok(built?.as_raw())
+}
+
+/// Reads an exec's process spec: its JSON as given (to rewrite) and parsed.
+fn read_process(
+    process: &Path,
+) -> Result<(serde_json::Value, oci_spec::runtime::Process), LibcontainerError> {
+    let read = |e: String| {
+        LibcontainerError::Other(format!("the exec's process {}: {e}", process.display()))
+    };
+    let text = std::fs::read(process).map_err(|e| read(e.to_string()))?;
+    let json: serde_json::Value = serde_json::from_slice(&text).map_err(|e| read(e.to_string()))?;
+    let spec = serde_json::from_value(json.clone()).map_err(|e| read(e.to_string()))?;
+    Ok((json, spec))
+}
+
+/// Whether the exec's process spec asks for no_new_privs (`noNewPrivileges: true`; absent or false is no, as runc).
+fn asks_no_new_privs(process: &Path) -> Result<bool, LibcontainerError> {
+    Ok(read_process(process)?.1.no_new_privileges() == Some(true))
+}
+
+/// `json` written next to `process` as `<process>.<suffix>`: the file libcontainer reads instead.
+fn rewrite(
+    process: &Path,
+    suffix: &str,
+    json: &serde_json::Value,
+) -> Result<PathBuf, LibcontainerError> {
+    let mut name = process.as_os_str().to_owned();
+    name.push(".");
+    name.push(suffix);
+    let path = PathBuf::from(name);
+    std::fs::write(&path, json.to_string())
+        .map_err(|e| LibcontainerError::Other(format!("writing {}: {e}", path.display())))?;
+    Ok(path)
+}
+
+/// An exec whose seccomp filter is installed without no_new_privs, as runc installs it for a process that does not
+/// ask for no_new_privs: before its capabilities are dropped. libcontainer drops them before the executor runs, so
+/// it is given the process spec with `CAP_SYS_ADMIN` (to install the filter) and `CAP_SETPCAP` (to drop from the
+/// bounding set) added to the bounding, effective and permitted sets, and the executor installs the filter and
+/// then drops to the spec's own capabilities. Without this an exec ran with no_new_privs: in a container with a
+/// seccomp profile (Docker's and RuntimeDefault pods', that is most) `sudo`, `su`, `ping` with file capabilities
+/// and other setuid programs failed in `docker exec` and `kubectl exec` where runc's ran them.
+struct WithAdmin {
+    /// The rewritten process spec, next to the given one; removed on drop.
+    path: PathBuf,
+    /// The spec's own capabilities, dropped to after the filter.
+    restore: oci_spec::runtime::LinuxCapabilities,
+}
+
+impl WithAdmin {
+    /// `None` when the spec names no capabilities (libcontainer then drops none: the filter can be installed).
+    fn prepare(process: &Path) -> Result<Option<WithAdmin>, LibcontainerError> {
+        let (mut json, spec) = read_process(process)?;
+        let Some(restore) = spec.capabilities().clone() else {
+            return Ok(None);
+        };
+        let caps = &mut json["capabilities"];
+        for set in ["bounding", "effective", "permitted"] {
+            if set != "bounding" && caps.get(set).is_none_or(serde_json::Value::is_null) {
+                // libcontainer leaves a set the spec does not name as it is (all of root's).
+                continue;
+            }
+            let mut names: Vec<serde_json::Value> =
+                caps[set].as_array().cloned().unwrap_or_default();
+            for cap in ["CAP_SYS_ADMIN", "CAP_SETPCAP"] {
+                if !names.iter().any(|n| n == cap) {
+                    names.push(cap.into());
+                }
+            }
+            caps[set] = names.into();
+        }
+        let path = rewrite(process, "admin", &json)?;
+        Ok(Some(WithAdmin { path, restore }))
+    }
+}
+
+impl Drop for WithAdmin {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Whether the container has a user namespace of its own (a new one or one it joins).
@@ -263,21 +357,16 @@ impl JoinUser {
         let other = |e: String| LibcontainerError::Other(e);
         let userns = std::fs::File::open(format!("/proc/{init}/ns/user"))
             .map_err(|e| other(format!("opening the container's user namespace: {e}")))?;
-        let read = |e: String| other(format!("the exec's process {}: {e}", process.display()));
-        let text = std::fs::read(process).map_err(|e| read(e.to_string()))?;
-        let mut json: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|e| read(e.to_string()))?;
-        let spec: oci_spec::runtime::Process =
-            serde_json::from_value(json.clone()).map_err(|e| read(e.to_string()))?;
+        let (mut json, spec) = read_process(process)?;
         let user = spec.user().clone();
         let capabilities = spec.capabilities().clone();
-        // Only the user changes: every other field reaches libcontainer as given.
-        json["user"] = serde_json::json!({"uid": 0, "gid": 0});
-        let mut name = process.as_os_str().to_owned();
-        name.push(".userns");
-        let as_root = PathBuf::from(name);
-        std::fs::write(&as_root, json.to_string())
-            .map_err(|e| other(format!("writing {}: {e}", as_root.display())))?;
+        // Only the user's ids change: every other field reaches libcontainer as given.
+        json["user"]["uid"] = 0.into();
+        json["user"]["gid"] = 0.into();
+        if let Some(u) = json["user"].as_object_mut() {
+            u.remove("additionalGids");
+        }
+        let as_root = rewrite(process, "userns", &json)?;
         let uid_map = std::fs::read_to_string(format!("/proc/{init}/uid_map")).unwrap_or_default();
         let host_uid = host_id(&uid_map, user.uid());
         use std::os::fd::AsRawFd;
@@ -315,9 +404,9 @@ struct ExecUser {
 }
 
 impl ExecUser {
-    fn become_user(&self) -> Result<(), String> {
-        use libcontainer::capabilities::{drop_privileges, reset_effective};
-        use nix::unistd::{Gid, Uid};
+    /// Joins the container's user namespace, where this process (its owner's, root on the host) has every
+    /// capability.
+    fn enter(&self) -> Result<(), String> {
         // A terminal libcontainer made for the exec is the host's root's, which inside is nobody's: the process
         // could not open its own /dev/tty again. It becomes the user's, as runc's is, while this process still may
         // (best effort: without CAP_CHOWN in the spec it stays as it was).
@@ -327,10 +416,15 @@ impl ExecUser {
             // SAFETY: fchown of descriptor 0 with a gid of -1 (unchanged).
             unsafe { libc::fchown(0, uid, u32::MAX) };
         }
-        let syscall = libcontainer::syscall::syscall::create_syscall();
-        syscall
+        libcontainer::syscall::syscall::create_syscall()
             .set_ns(self.userns, nix::sched::CloneFlags::CLONE_NEWUSER)
-            .map_err(|e| format!("joining the container's user namespace: {e}"))?;
+            .map_err(|e| format!("joining the container's user namespace: {e}"))
+    }
+
+    /// Becomes the spec's user and groups in the joined namespace, with the spec's capabilities only.
+    fn become_user(&self) -> Result<(), String> {
+        use nix::unistd::{Gid, Uid};
+        let syscall = libcontainer::syscall::syscall::create_syscall();
         let groups: Vec<Gid> = self
             .user
             .additional_gids()
@@ -345,7 +439,6 @@ impl ExecUser {
         syscall
             .set_id(Uid::from_raw(uid), Gid::from_raw(gid))
             .map_err(|e| format!("becoming {uid}:{gid} in the container's user namespace: {e}"))?;
-        reset_effective(syscall.as_ref()).map_err(|e| format!("resetting capabilities: {e}"))?;
         let none = oci_spec::runtime::LinuxCapabilities::default();
         let empty = oci_spec::runtime::LinuxCapabilitiesBuilder::default()
             .bounding(std::collections::HashSet::new())
@@ -355,12 +448,16 @@ impl ExecUser {
             .ambient(std::collections::HashSet::new())
             .build()
             .unwrap_or(none);
-        drop_privileges(
-            self.capabilities.as_ref().unwrap_or(&empty),
-            syscall.as_ref(),
-        )
-        .map_err(|e| format!("dropping capabilities: {e}"))
+        drop_to(self.capabilities.as_ref().unwrap_or(&empty))
     }
+}
+
+/// Keeps only `caps` (libcontainer's order: the effective set from the permitted one first, then each set).
+fn drop_to(caps: &oci_spec::runtime::LinuxCapabilities) -> Result<(), String> {
+    use libcontainer::capabilities::{drop_privileges, reset_effective};
+    let syscall = libcontainer::syscall::syscall::create_syscall();
+    reset_effective(syscall.as_ref()).map_err(|e| format!("resetting capabilities: {e}"))?;
+    drop_privileges(caps, syscall.as_ref()).map_err(|e| format!("dropping capabilities: {e}"))
 }
 
 /// Force-deletes the container; a container that is already gone is not an error.
@@ -434,13 +531,19 @@ fn prune_below(id: &str, own: &[PathBuf], wait: bool) -> (usize, bool) {
 /// - The environment keeps the spec's order (runc's: each variable where it first appears, with its last value,
 ///   then `HOME` when the spec has none); libcontainer passes it through a hash map, which scrambles it.
 /// - An exec process runs under the container's seccomp profile: libcontainer 0.7 rebuilds an exec's `linux`
-///   section without it. Capabilities are dropped by then, so the filter needs no_new_privs (as runc sets when it
-///   installs a filter late): an exec in a container with a seccomp profile cannot gain privileges through
-///   setuid binaries.
+///   section without it. As runc: a process that asks for no_new_privs gets the filter last, with no_new_privs;
+///   one that does not gets it before its user and capabilities are set ([`WithAdmin`]), and keeps setuid
+///   programs and file capabilities working.
+/// - A process with no `HOME` gets its user's from the container's `/etc/passwd`, else `/`, as runc's
+///   (libcontainer sets none for a user that file does not name).
 #[derive(Clone, Default)]
 struct Workload {
     /// The container's seccomp profile, for an exec process (the init's is installed by libcontainer).
     seccomp: Option<LinuxSeccomp>,
+    /// The exec does not ask for no_new_privs: its filter is installed while it may (see [`WithAdmin`]), without.
+    filter_first: bool,
+    /// The spec's capabilities, dropped to once the filter is in ([`WithAdmin`]).
+    restore_caps: Option<oci_spec::runtime::LinuxCapabilities>,
     /// For an exec into a container with a user namespace: joining it ([`ExecUser`]).
     join: Option<ExecUser>,
     /// The process's `env` as the spec lists it, kept by `validate` (which libcontainer calls just before
@@ -450,10 +553,25 @@ struct Workload {
 
 impl Executor for Workload {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        let install = |profile: &LinuxSeccomp| {
+            libcontainer::seccomp::initialize_seccomp(profile)
+                .map(|_| ())
+                .map_err(|e| ExecutorError::Other(format!("installing the seccomp profile: {e}")))
+        };
+        if let Some(join) = &self.join {
+            join.enter().map_err(ExecutorError::Other)?;
+        }
+        // runc's order: without no_new_privs the filter goes in before the user and capabilities are set, with
+        // it as late as possible.
+        if let Some(profile) = self.seccomp.as_ref().filter(|_| self.filter_first) {
+            install(profile)?;
+        }
         if let Some(join) = &self.join {
             join.become_user().map_err(ExecutorError::Other)?;
+        } else if let Some(caps) = &self.restore_caps {
+            drop_to(caps).map_err(ExecutorError::Other)?;
         }
-        if let Some(profile) = &self.seccomp {
+        if let Some(profile) = self.seccomp.as_ref().filter(|_| !self.filter_first) {
             // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes plain integer arguments.
             if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
                 return Err(ExecutorError::Other(format!(
@@ -461,9 +579,7 @@ impl Executor for Workload {
                     std::io::Error::last_os_error()
                 )));
             }
-            libcontainer::seccomp::initialize_seccomp(profile).map_err(|e| {
-                ExecutorError::Other(format!("installing the seccomp profile: {e}"))
-            })?;
+            install(profile)?;
         }
         // execvp: a name with a `/` is executed as is, a bare one is searched in the process's PATH (the spec's,
         // set by then), as `validate` found it.
@@ -491,12 +607,20 @@ impl Executor for Workload {
         &self,
         mut envs: std::collections::HashMap<String, String>,
     ) -> Result<(), libcontainer::workload::ExecutorSetEnvsError> {
-        // libcontainer added the `HOME` of the user it ran the exec as (root, [`JoinUser`]); a spec without one gets
-        // its own user's, from the container's /etc/passwd (this process is in its mount namespace), as runc.
-        if let Some(join) = &self.join
-            && !self.env.borrow().iter().any(|kv| kv.starts_with("HOME="))
-        {
-            envs.insert("HOME".into(), home_of(&read_passwd(), join.user.uid()));
+        // A spec without `HOME` gets its user's, from the container's /etc/passwd (this process is in its mount
+        // namespace), else `/`, as runc. libcontainer set the `HOME` of the user it runs the process as (root for
+        // an exec that joins a user namespace, [`JoinUser`]) when that file names it, else none.
+        if !self.env.borrow().iter().any(|kv| kv.starts_with("HOME=")) {
+            match &self.join {
+                Some(join) => {
+                    envs.insert("HOME".into(), home_of(&read_passwd(), join.user.uid()));
+                }
+                None if envs.get("HOME").is_none_or(String::is_empty) => {
+                    let uid = nix::unistd::getuid().as_raw();
+                    envs.insert("HOME".into(), home_of(&read_passwd(), uid));
+                }
+                None => {}
+            }
         }
         let order = env_order(&self.env.borrow(), &envs);
         // SAFETY: this is the container's init or exec process, single-threaded, just before it execs: no other

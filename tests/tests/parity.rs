@@ -563,6 +563,104 @@ fn a_devices_directory_is_not_world_writable() {
     c.finish();
 }
 
+/// An exec into a container with a seccomp profile (`ctr run --seccomp`: containerd's default, Docker's and a
+/// RuntimeDefault pod's) runs under the filter with the capabilities and bounding set of the container's init, and
+/// without no_new_privs, as under runc: its spec does not ask for it, so setuid programs and file capabilities
+/// (`sudo`, `su`, `ping`) work in `docker exec` and `kubectl exec` as in the container. Before 2026-12-06 the exec
+/// got no_new_privs to install the filter after libcontainer had dropped its capabilities. A user's exec gets
+/// that user's home directory, `/` when the image's `/etc/passwd` does not name it, as runc's.
+#[test]
+fn an_exec_under_a_seccomp_profile_keeps_the_inits_privileges() {
+    let Some(c) = start("an_exec_under_a_seccomp_profile_keeps_the_inits_privileges") else {
+        return;
+    };
+    // containerd's default profile (`ctr run --seccomp`'s), in a spec that leaves no_new_privs off (ctr's turns it
+    // on, Docker's and the CRI plugin's do not).
+    let probe = c.id("seccomp-profile");
+    c.ctr(&["c", "create", "--seccomp", IMAGE, &probe, "true"])
+        .expect_ok("ctr c create --seccomp");
+    let info: Value =
+        serde_json::from_str(&c.ctr(&["c", "info", &probe]).expect_ok("ctr c info").stdout)
+            .expect("c info prints JSON");
+    c.ctr(&["c", "rm", &probe]).expect_ok("ctr c rm");
+    let profile = info["Spec"]["linux"]["seccomp"].clone();
+    assert!(profile.is_object(), "no seccomp profile in {info}");
+    let id = c.id("seccomp-exec");
+    let mut s = spec(&c, &busybox_rootfs(&c), &id, &["sleep", "1000"]);
+    s["linux"]["seccomp"] = profile;
+    s["process"]["noNewPrivileges"] = json!(false);
+    let file = spec_file(&c, &id, &s);
+    c.ctr(&[
+        "run",
+        "-d",
+        "--null-io",
+        "--runtime",
+        c.runtime(),
+        "--config",
+        &file.to_string_lossy(),
+        &id,
+    ])
+    .expect_ok("ctr run -d --config");
+    let fields = |status: &str| -> Vec<String> {
+        status
+            .lines()
+            .filter(|l| {
+                ["Seccomp:", "NoNewPrivs:", "CapEff:", "CapPrm:", "CapBnd:"]
+                    .iter()
+                    .any(|f| l.starts_with(f))
+            })
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    let init = fields(
+        &std::fs::read_to_string(format!("/proc/{}/status", c.task_pid(&id)))
+            .expect("the init's status"),
+    );
+    assert!(
+        init.contains(&"Seccomp: 2".to_owned()) && init.contains(&"NoNewPrivs: 0".to_owned()),
+        "the init is not filtered without no_new_privs, the test proves nothing: {init:?}"
+    );
+    let exec = |exec_id: &str, user: Option<&str>, cmd: &[&str]| {
+        let mut args = vec!["t", "exec", "--exec-id", exec_id];
+        if let Some(u) = user {
+            args.extend(["--user", u]);
+        }
+        args.push(&id);
+        args.extend(cmd);
+        c.ctr(&args)
+    };
+    let root = exec("status", None, &["cat", "/proc/self/status"]).expect_ok("exec cat status");
+    assert_eq!(
+        fields(&root.stdout),
+        init,
+        "an exec's filter and privileges"
+    );
+    // The filter is in: containerd's profile refuses a user namespace without CAP_SYS_ADMIN, which the
+    // container's capabilities do not have.
+    let unshare = exec("unshare", None, &["unshare", "-U", "true"]);
+    assert!(
+        !unshare.ok() && unshare.stderr.contains("Operation not permitted"),
+        "unshare in an exec under the profile: {unshare}"
+    );
+    let user = exec(
+        "user",
+        Some("1000"),
+        &[
+            "sh",
+            "-c",
+            "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; echo HOME=$HOME",
+        ],
+    )
+    .expect_ok("a user's exec");
+    assert_eq!(
+        user.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["NoNewPrivs:", "0", "Seccomp:", "2", "HOME=/"],
+        "a user's exec: {user}"
+    );
+    kill_and_remove(&c, &id, false);
+    c.finish();
+}
+
 /// A container whose spec sets no `oomScoreAdj` (ctr's, nerdctl's) has containerd's score plus one, its shim's, in
 /// every start, as under runc. Before 2026-12-06 the `start` action raised our server's score only once the server
 /// served, and a zygote forked before that kept containerd's: 1 container in 10 had 0 here.
