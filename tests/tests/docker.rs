@@ -167,6 +167,23 @@ fn docker_runs_containers_through_the_shim() {
             .cmd(&["exec", &id, "cat", "/proc/1/cmdline"], TIMEOUT)
             .expect_ok("docker exec");
         assert!(out.stdout.starts_with("sleep"), "{out}");
+        // Docker's default spec (CAP_MKNOD, no device but the standard ones and the console, its seccomp profile,
+        // no no_new_privs), on its cgroup driver (systemd's on a systemd host): a node of the host's disk can be made
+        // but not opened, and an exec keeps the container's privileges (no no_new_privs) under the filter.
+        let (major, minor) = predictive_e2e::root_disk();
+        let script = format!(
+            "mknod /tmp/disk b {major} {minor} && echo MADE; \
+             if head -c 1 /tmp/disk >/dev/null; then echo DISK; fi; rm -f /tmp/disk; \
+             grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status"
+        );
+        let out = docker
+            .cmd(&["exec", &id, "sh", "-c", &script], TIMEOUT)
+            .expect_ok("docker exec of the device check");
+        assert_eq!(
+            out.stdout.split_whitespace().collect::<Vec<_>>(),
+            ["MADE", "NoNewPrivs:", "0", "Seccomp:", "2"],
+            "--runtime {rt}: the host's disk {major}:{minor} opened, or the exec's privileges differ: {out}"
+        );
         limits_follow_docker(&c, &docker, &id, systemd);
         // `docker kill` of a paused container: SIGKILL, then a thaw (Docker's and the shim's both).
         docker
