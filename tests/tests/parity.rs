@@ -94,6 +94,21 @@ fn run_spec(c: &Containerd, id: &str, spec: &Value) -> Output {
     out
 }
 
+/// `ctr run -d --null-io --config FILE ID`: the test's whole spec, detached.
+fn run_spec_detached(c: &Containerd, id: &str, spec: &Value) -> Output {
+    let file = spec_file(c, id, spec);
+    c.ctr(&[
+        "run",
+        "-d",
+        "--null-io",
+        "--runtime",
+        c.runtime(),
+        "--config",
+        &file.to_string_lossy(),
+        id,
+    ])
+}
+
 /// Output of a run that must succeed, trimmed.
 fn ok_stdout(out: Output, what: &str) -> String {
     out.expect_ok(what).stdout.trim().to_owned()
@@ -589,18 +604,7 @@ fn an_exec_under_a_seccomp_profile_keeps_the_inits_privileges() {
     let mut s = spec(&c, &busybox_rootfs(&c), &id, &["sleep", "1000"]);
     s["linux"]["seccomp"] = profile;
     s["process"]["noNewPrivileges"] = json!(false);
-    let file = spec_file(&c, &id, &s);
-    c.ctr(&[
-        "run",
-        "-d",
-        "--null-io",
-        "--runtime",
-        c.runtime(),
-        "--config",
-        &file.to_string_lossy(),
-        &id,
-    ])
-    .expect_ok("ctr run -d --config");
+    run_spec_detached(&c, &id, &s).expect_ok("ctr run -d --config");
     let fields = |status: &str| -> Vec<String> {
         status
             .lines()
@@ -1197,19 +1201,7 @@ fn the_users_disabled_oom_killer_stays_disabled() {
     let id = c.id("oomoff");
     let mut s = spec(&c, &rootfs, &id, &["sleep", "1000"]);
     s["linux"]["resources"]["memory"] = json!({"limit": 64u64 << 20, "disableOOMKiller": true});
-    let file = spec_file(&c, &id, &s);
-    let file = file.to_string_lossy();
-    c.ctr(&[
-        "run",
-        "-d",
-        "--null-io",
-        "--runtime",
-        c.runtime(),
-        "--config",
-        &file,
-        &id,
-    ])
-    .expect_ok("starting a container with the OOM killer disabled");
+    run_spec_detached(&c, &id, &s).expect_ok("starting a container with the OOM killer disabled");
     c.wait_status(&id, "RUNNING", Duration::from_secs(20));
     if Containerd::cgroup_v2_host() {
         println!(
