@@ -102,6 +102,103 @@ impl Fidelity {
     }
 }
 
+/// The `unified` keys libcgroups 0.7's systemd manager turns into unit properties; it drops every other one.
+const SYSTEMD_UNIFIED: [&str; 9] = [
+    "cpu.weight",
+    "cpu.max",
+    "cpuset.cpus",
+    "cpuset.mems",
+    "memory.min",
+    "memory.low",
+    "memory.high",
+    "memory.max",
+    "pids.max",
+];
+
+/// Writes into the cgroup of a container libcontainer created with its systemd driver on a cgroup v2 host what
+/// libcgroups 0.7's systemd manager left out of the spec's resources (`bundle`'s `config.json`), as runc's systemd
+/// manager writes every resource after setting the unit's properties. libcgroups' sets only what systemd has
+/// properties for (CPU weight and quota, cpuset, memory, pids, I/O throttles) and drops the rest with a log line:
+/// the `memory.oom.group` a kubelet on cgroup v2 puts in every container's `unified` (an OOM kill then took one
+/// process, not the container), any other `unified` key, hugepage limits, the block I/O weight, CPU burst and
+/// idle. What systemd has properties for is left to systemd. Each resource is written on its own: one the host
+/// refuses (a controller not delegated to the slice) is a warning, as its absence was before, and does not keep
+/// the others out.
+pub fn systemd_resources(bundle: &Path, init: i32) {
+    use runtime_hooks::discovery::Hierarchy;
+    if !matches!(
+        Hierarchy::detect(&runtime_hooks::HostRoots::default()),
+        Ok(Hierarchy::Unified(_))
+    ) {
+        // On v1 libcgroups takes its cgroupfs manager, which writes every resource.
+        return;
+    }
+    let warn = |what: String| tracing::warn!(init, "the spec's resources under systemd: {what}");
+    let spec = match Spec::load(bundle.join("config.json")) {
+        Ok(s) => s,
+        Err(e) => return warn(format!("reading config.json: {e}")),
+    };
+    let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().clone()) else {
+        return;
+    };
+    let pieces = not_for_systemd(&r);
+    if pieces.is_empty() {
+        return;
+    }
+    let roots = runtime_hooks::HostRoots::default();
+    let cgroup = match runtime_hooks::ContainerCgroup::from_pid(&roots, init) {
+        Ok(c) => c,
+        Err(e) => return warn(predictive_api::error_chain(&e)),
+    };
+    for piece in &pieces {
+        if let Err(e) = cgroup.update_resources(piece) {
+            warn(predictive_api::error_chain(&e));
+        }
+    }
+}
+
+/// The resources of `r` libcgroups' systemd manager does not set, one per element (each written on its own).
+pub fn not_for_systemd(
+    r: &oci_spec::runtime::LinuxResources,
+) -> Vec<oci_spec::runtime::LinuxResources> {
+    use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxResources};
+    let mut pieces: Vec<LinuxResources> = Vec::new();
+    if let Some(cpu) = r
+        .cpu()
+        .as_ref()
+        .filter(|c| c.burst().is_some() || c.idle().is_some())
+    {
+        let mut only = LinuxCpu::default();
+        only.set_burst(cpu.burst()).set_idle(cpu.idle());
+        pieces.push(LinuxResources::default().set_cpu(Some(only)).clone());
+    }
+    if let Some(w) = r.block_io().as_ref().and_then(|b| b.weight()) {
+        let mut only = LinuxBlockIo::default();
+        only.set_weight(Some(w));
+        pieces.push(LinuxResources::default().set_block_io(Some(only)).clone());
+    }
+    if let Some(pages) = r.hugepage_limits().clone().filter(|p| !p.is_empty()) {
+        pieces.push(
+            LinuxResources::default()
+                .set_hugepage_limits(Some(pages))
+                .clone(),
+        );
+    }
+    // One key at a time, sorted: a key the kernel refuses keeps no other out.
+    let mut keys: Vec<(&String, &String)> = r
+        .unified()
+        .iter()
+        .flatten()
+        .filter(|(k, _)| !SYSTEMD_UNIFIED.contains(&k.as_str()))
+        .collect();
+    keys.sort();
+    for (k, v) in keys {
+        let only = std::collections::HashMap::from([(k.clone(), v.clone())]);
+        pieces.push(LinuxResources::default().set_unified(Some(only)).clone());
+    }
+    pieces
+}
+
 /// This process's `RLIMIT_MEMLOCK` (what the init should have), read before the create.
 pub fn memlock() -> Option<libc::rlimit> {
     let mut limit = libc::rlimit {
@@ -369,6 +466,37 @@ mod tests {
             "only `cgroup` mounts (libcontainer honours a `cgroup2` mount's options), and only what they ask"
         );
         assert!(seals(&spec(serde_json::json!([]))).is_empty());
+    }
+
+    #[test]
+    fn what_systemd_has_no_property_for_is_written_one_resource_at_a_time() {
+        let r: oci_spec::runtime::LinuxResources = serde_json::from_value(serde_json::json!({
+            "cpu": {"shares": 512, "quota": 50000, "period": 100000, "burst": 10000},
+            "memory": {"limit": 268435456},
+            "pids": {"limit": 100},
+            "blockIO": {"weight": 300},
+            "hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}],
+            "unified": {"memory.oom.group": "1", "memory.max": "1000", "io.prio.class": "idle"}
+        }))
+        .expect("resources");
+        let pieces: Vec<serde_json::Value> = not_for_systemd(&r)
+            .iter()
+            .map(|p| serde_json::to_value(p).expect("json"))
+            .collect();
+        assert_eq!(
+            pieces,
+            vec![
+                serde_json::json!({"cpu": {"burst": 10000}}),
+                serde_json::json!({"blockIO": {"weight": 300}}),
+                serde_json::json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}]}),
+                serde_json::json!({"unified": {"io.prio.class": "idle"}}),
+                serde_json::json!({"unified": {"memory.oom.group": "1"}}),
+            ],
+            "CPU quota and shares, memory, pids and memory.max are systemd's"
+        );
+        let plain: oci_spec::runtime::LinuxResources =
+            serde_json::from_value(serde_json::json!({"memory": {"limit": 1}})).expect("resources");
+        assert!(not_for_systemd(&plain).is_empty());
     }
 
     #[test]

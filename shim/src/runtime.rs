@@ -153,6 +153,9 @@ fn create(
                     predictive_api::error_chain(&e)
                 ))
             })?;
+            if systemd {
+                crate::fidelity::systemd_resources(bundle, pid);
+            }
             Ok(pid)
         });
     match result {

@@ -87,6 +87,12 @@ fn run_pod(c: &Containerd, api: &CriClient, pod: &PodCgroup, name: &str, handler
     let logs = c.dir.join("pod-logs");
     let config = cri::pod_config(name, &uid, "default", &logs, &pod.cgroup_parent, json!({}));
     let sandbox = api.run_pod(c, &config, handler);
+    let mut resources =
+        json!({"cpu_period": 100000, "cpu_quota": 100000, "memory_limit_in_bytes": 268435456});
+    if Containerd::cgroup_v2_host() {
+        // What a kubelet on cgroup v2 adds to every container: an OOM kill takes the whole container.
+        resources["unified"] = json!({"memory.oom.group": "1"});
+    }
     let container = api.create_container(
         c,
         &sandbox,
@@ -95,7 +101,7 @@ fn run_pod(c: &Containerd, api: &CriClient, pod: &PodCgroup, name: &str, handler
             "image": {"image": IMAGE},
             "command": ["sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 100000"],
             "log_path": format!("{name}-app.log"),
-            "linux": {"resources": {"cpu_period": 100000, "cpu_quota": 100000, "memory_limit_in_bytes": 268435456}}
+            "linux": {"resources": resources}
         }),
         &config,
     );
@@ -260,6 +266,14 @@ fn cri_pods_land_in_their_pod_cgroups() {
             .unwrap_or_default()
             .to_owned();
         assert_eq!(systemctl_show(&scope, "Slice"), parent, "{scope}");
+        // The spec's resources systemd has no property for are in the scope's cgroup too, as runc writes them.
+        assert_eq!(
+            std::fs::read_to_string(scope_dir.join("memory.oom.group"))
+                .unwrap_or_default()
+                .trim(),
+            "1",
+            "the container's unified memory.oom.group in {scope}"
+        );
         // A rewrite of its limits (here a user's Update, like a broker directive through the same path) sticks
         // across systemd's daemon-reload, which puts back the unit properties it knows.
         api.call(
