@@ -8,7 +8,8 @@
 #
 # Cases: `plain` (as Docker and the CRI plugin run a container: the default seccomp profile, a read-only cgroup
 # mount, on cgroup v2 a cgroup namespace of its own), `privileged`, `userns` (--uidmap), `exec` (the probe run
-# by `ctr t exec` in a plain container). Outputs stay in $OUT (default /tmp/isolation-probe).
+# by `ctr t exec` in a plain container). Outputs stay in $OUT (default /tmp/isolation-probe). SYSTEMD=1 (a systemd
+# host) runs every container with the systemd cgroup driver, in a `probe.slice` scope, as a kubelet node does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=${1:-1.6}
@@ -39,7 +40,8 @@ echo "## devices"; cat /sys/fs/cgroup/devices/devices.list 2>/dev/null | sort
 echo "## writes"
 for f in /proc/sys/kernel/domainname /sys/kernel/profiling /proc/sysrq-trigger /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max /proc/kcore /proc/timer_list /proc/keys; do
     [ -e "$f" ] || { echo "$f absent"; continue; }
-    if (echo 999999999 > "$f") 2>/dev/null; then echo "$f writable"; else echo "$f refused"; fi
+    # Opened for writing, nothing written: the privileged case's /proc and /sys are the host's.
+    if (: >> "$f") 2>/dev/null; then echo "$f writable"; else echo "$f refused"; fi
     echo "$f reads $(head -c 20 "$f" 2>/dev/null | wc -c) bytes"
 done
 echo "## ns"; ls /proc/self/ns | sort
@@ -56,12 +58,19 @@ v2=false; [ -f /sys/fs/cgroup/cgroup.controllers ] && v2=true
 probe=(--mount "type=bind,src=$dir/probe.sh,dst=/probe.sh,options=rbind:ro")
 cgroup=(--mount "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro:nosuid:nodev:noexec")
 ns=(); $v2 && ns=(--with-ns cgroup:)
+printf 'SystemdCgroup = true\n' > "$dir/systemd.toml"
 for rt in predictive runc; do
     r=(--runtime "io.containerd.$rt.v2")
-    ctr run --rm "${r[@]}" --seccomp "${cgroup[@]}" "${ns[@]}" "${probe[@]}" "$image" "plain-$rt" sh /probe.sh > "$out/plain-$rt.txt" 2>&1 || true
-    ctr run --rm "${r[@]}" --privileged "${ns[@]}" "${probe[@]}" "$image" "priv-$rt" sh /probe.sh > "$out/privileged-$rt.txt" 2>&1 || true
+    # ctr cannot combine --runtime-config-path with --uidmap; on a systemd v2 host libcontainer takes its systemd
+    # manager for a user-namespaced container anyway.
+    systemd() { [ "${SYSTEMD:-0}" = 1 ] && echo "--cgroup probe.slice:$rt:$1 --runtime-config-path $dir/systemd.toml"; }
+    # shellcheck disable=SC2046
+    ctr run --rm "${r[@]}" $(systemd plain) --seccomp "${cgroup[@]}" "${ns[@]}" "${probe[@]}" "$image" "plain-$rt" sh /probe.sh > "$out/plain-$rt.txt" 2>&1 || true
+    # shellcheck disable=SC2046
+    ctr run --rm "${r[@]}" $(systemd priv) --privileged "${ns[@]}" "${probe[@]}" "$image" "priv-$rt" sh /probe.sh > "$out/privileged-$rt.txt" 2>&1 || true
     ctr run --rm "${r[@]}" --uidmap 0:200000:65536 --gidmap 0:200000:65536 "${cgroup[@]}" "${ns[@]}" "${probe[@]}" "$image" "userns-$rt" sh /probe.sh > "$out/userns-$rt.txt" 2>&1 || true
-    ctr run -d --null-io "${r[@]}" --seccomp "${cgroup[@]}" "${ns[@]}" "${probe[@]}" "$image" "exec-$rt" sleep 1000 >/dev/null
+    # shellcheck disable=SC2046
+    ctr run -d --null-io "${r[@]}" $(systemd exec) --seccomp "${cgroup[@]}" "${ns[@]}" "${probe[@]}" "$image" "exec-$rt" sleep 1000 >/dev/null
     ctr t exec --exec-id probe "exec-$rt" sh /probe.sh > "$out/exec-$rt.txt" 2>&1 || true
     ctr t kill -s SIGKILL "exec-$rt" >/dev/null 2>&1 || true
 done
