@@ -201,15 +201,25 @@ fn exec(
     // libcontainer 0.7 joins an exec to every namespace of the init's but its user namespace: in a container with
     // one of its own, the exec would run as the host's root. It runs the process as root instead, and the
     // executor joins the user namespace and becomes the process's user there ([`JoinUser`]).
-    let join = match container.pid() {
-        Some(init) if has_user_namespace(&spec) => Some(JoinUser::prepare(init.as_raw(), process)?),
+    // The exec's process spec, read once (and only when something below needs it).
+    let userns = container.pid().filter(|_| has_user_namespace(&spec));
+    let read = if userns.is_some() || seccomp.is_some() {
+        Some(read_process(process)?)
+    } else {
+        None
+    };
+    let join = match (userns, &read) {
+        (Some(init), Some(r)) => Some(JoinUser::prepare(init.as_raw(), process, r)?),
         _ => None,
     };
     // As runc: a process that does not ask for no_new_privs gets its seccomp filter while it still has
     // CAP_SYS_ADMIN (in its user namespace, once joined; else lent for the filter, [`WithAdmin`]).
-    let filter_first = seccomp.is_some() && !asks_no_new_privs(process)?;
-    let admin = match &join {
-        None if filter_first => WithAdmin::prepare(process)?,
+    let filter_first = seccomp.is_some()
+        && read
+            .as_ref()
+            .is_some_and(|(_, p)| p.no_new_privileges() != Some(true));
+    let admin = match (&join, &read) {
+        (None, Some(r)) if filter_first => WithAdmin::prepare(process, r)?,
         _ => None,
     };
     let process = join
@@ -248,11 +258,6 @@ fn read_process(
     Ok((json, spec))
 }
 
-/// Whether the exec's process spec asks for no_new_privs (`noNewPrivileges: true`; absent or false is no, as runc).
-fn asks_no_new_privs(process: &Path) -> Result<bool, LibcontainerError> {
-    Ok(read_process(process)?.1.no_new_privileges() == Some(true))
-}
-
 /// `json` written next to `process` as `<process>.<suffix>`: the file libcontainer reads instead.
 fn rewrite(
     process: &Path,
@@ -284,8 +289,11 @@ struct WithAdmin {
 
 impl WithAdmin {
     /// `None` when the spec names no capabilities (libcontainer then drops none: the filter can be installed).
-    fn prepare(process: &Path) -> Result<Option<WithAdmin>, LibcontainerError> {
-        let (mut json, spec) = read_process(process)?;
+    fn prepare(
+        process: &Path,
+        (json, spec): &(serde_json::Value, oci_spec::runtime::Process),
+    ) -> Result<Option<WithAdmin>, LibcontainerError> {
+        let mut json = json.clone();
         let Some(restore) = spec.capabilities().clone() else {
             return Ok(None);
         };
@@ -356,11 +364,15 @@ fn host_id(map: &str, id: u32) -> Option<u32> {
 }
 
 impl JoinUser {
-    fn prepare(init: i32, process: &Path) -> Result<JoinUser, LibcontainerError> {
+    fn prepare(
+        init: i32,
+        process: &Path,
+        (json, spec): &(serde_json::Value, oci_spec::runtime::Process),
+    ) -> Result<JoinUser, LibcontainerError> {
         let other = |e: String| LibcontainerError::Other(e);
         let userns = std::fs::File::open(format!("/proc/{init}/ns/user"))
             .map_err(|e| other(format!("opening the container's user namespace: {e}")))?;
-        let (mut json, spec) = read_process(process)?;
+        let mut json = json.clone();
         let user = spec.user().clone();
         let capabilities = spec.capabilities().clone();
         // Only the user's ids change: every other field reaches libcontainer as given.
