@@ -11,9 +11,14 @@
 //!   could open the host's console and read what is typed there. The CRI plugin's spec does not allow it; ctr's
 //!   does, and then it stays.
 //!
+//! - **A spec with no device rules kept its parent's** (v1). A new v1 cgroup starts with its parent's rules,
+//!   usually "allow everything", and libcgroups only adds to them; runc's start from "deny everything". Specs from
+//!   containerd, Docker and the CRI plugin begin with a "deny everything" rule; a hand-written one may have none.
+//!
 //! On v2 the worker loads a program of the spec's rules followed by runc's defaults and puts it on the container's
 //! cgroup in place of whatever is there (libcgroups' program with the console, or none); on v1 it takes back from
-//! the container's `devices` cgroup the console access the spec's rules do not grant.
+//! the container's `devices` cgroup the console access the spec's rules do not grant, or, for a spec whose rules
+//! never reset, writes runc's whole set there.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -167,7 +172,11 @@ pub fn apply(init: i32, rules: &[LinuxDeviceCgroup]) -> Result<(), DeviceError> 
                 return Ok(());
             };
             let dir = cgroup_dir(&own, mount, is_devices)?;
-            deny_console(&dir, rules)
+            if rules.iter().any(resets) {
+                deny_console(&dir, rules)
+            } else {
+                replay_v1(&dir, rules)
+            }
         }
     }
 }
@@ -216,6 +225,49 @@ fn deny_console(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), DeviceErr
     let file = dir.join("devices.deny");
     std::fs::write(&file, format!("c {}:{} {denied}", CONSOLE.0, CONSOLE.1))
         .map_err(io(format!("writing {}", file.display())))
+}
+
+/// Whether `rule` is about every device (`a`, or no type): on v1 it sets the cgroup's default and drops every
+/// exception, whatever its access.
+fn resets(rule: &LinuxDeviceCgroup) -> bool {
+    rule.typ().unwrap_or_default() == LinuxDeviceType::A
+}
+
+/// `rule` as a line for v1's `devices.allow` or `devices.deny` (`c 10:229 rwm`; no access means all three, as
+/// [`granted`] reads it).
+fn v1_line(rule: &LinuxDeviceCgroup) -> String {
+    let part = |n: Option<i64>| n.map_or_else(|| "*".to_owned(), |n| n.to_string());
+    let access = rule
+        .access()
+        .as_deref()
+        .filter(|a| !a.is_empty())
+        .unwrap_or("rwm");
+    format!(
+        "{} {}:{} {access}",
+        rule.typ().unwrap_or_default().as_str(),
+        part(rule.major()),
+        part(rule.minor())
+    )
+}
+
+/// v1, a spec whose rules never reset (hand-written: containerd's, Docker's and the CRI plugin's begin with "deny
+/// everything"): the cgroup started with its parent's rules, usually "allow everything", and libcgroups only
+/// added to them. runc's are "deny everything", the spec's, then its defaults: written so, in that order.
+fn replay_v1(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), DeviceError> {
+    let write = |file: &str, line: &str| {
+        let path = dir.join(file);
+        std::fs::write(&path, line).map_err(io(format!("writing `{line}` to {}", path.display())))
+    };
+    write("devices.deny", "a")?;
+    for rule in rules.iter().chain(&runc_defaults()) {
+        let file = if rule.allow() {
+            "devices.allow"
+        } else {
+            "devices.deny"
+        };
+        write(file, &v1_line(rule))?;
+    }
+    Ok(())
 }
 
 /// v2: a device program of `rules` then runc's defaults, attached to `dir` in place of the programs there.
@@ -312,6 +364,46 @@ mod tests {
         assert!(!run(B, 8, 0, "r"), "reading a disk");
         assert!(!run(C, 5, 1, "r"), "reading the console");
         assert!(!run(C, 5, 1, "w"), "writing the console");
+    }
+
+    #[test]
+    fn a_v1_cgroup_of_a_spec_that_never_resets_gets_runcs_rules_from_deny_everything() {
+        // A fake v1 `devices` directory: each write replaces the file, so a log of the lines is kept by hand.
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let spec = rules(serde_json::json!([
+            {"allow": true, "type": "c", "major": 10, "minor": 229},
+            {"allow": false, "type": "b", "major": 8, "access": "w"}
+        ]));
+        assert!(!spec.iter().any(resets));
+        assert!(
+            rules(serde_json::json!([{"allow": false, "access": "rwm"}]))
+                .iter()
+                .all(resets)
+        );
+        let lines: Vec<String> = spec.iter().chain(&runc_defaults()).map(v1_line).collect();
+        assert_eq!(lines[0], "c 10:229 rwm", "no access is all three");
+        assert_eq!(lines[1], "b 8:* w");
+        assert_eq!(lines[2], "c *:* m");
+        assert!(lines.contains(&"c 136:* rwm".to_owned()));
+        replay_v1(dir.path(), &spec).expect("a replay into a directory");
+        // The last line of each file is the last rule of its kind.
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("devices.deny")).expect("deny"),
+            "b 8:* w"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("devices.allow")).expect("allow"),
+            "c 10:200 rwm"
+        );
+        // What the cgroup then grants, as runc's would: FUSE by the spec, not the console.
+        let all = [
+            rules(serde_json::json!([{"allow": false}])),
+            spec,
+            runc_defaults(),
+        ]
+        .concat();
+        assert_eq!(granted(&all, (10, 229)), "rwm");
+        assert_eq!(granted(&all, CONSOLE), "m");
     }
 
     #[test]

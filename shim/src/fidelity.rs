@@ -16,6 +16,11 @@
 //!   `/dev/net/tun`, `/dev/dri`, `/dev/snd`, ...: a device plugin's, Docker's `--device`, every host device of a
 //!   privileged container) under a umask of 0, so they were world-writable without the sticky bit, and any user in
 //!   the container could delete or replace `/dev/net/tun`. runc makes them 0755; so does the worker ([`tighten`]).
+//! - **No swap.** On cgroup v2 a spec whose memory+swap equals its limit kept `memory.swap.max` `max` (libcgroups
+//!   skips a 0): the worker writes it ([`no_swap`]).
+//! - **Controllers.** On cgroup v2 libcgroups enables above a container only the controllers it has code for; the
+//!   create then enables the rest down to the container's parent, as runc does ([`enable_controllers`]), and under
+//!   the systemd driver writes the resources systemd has no property for ([`systemd_resources`]).
 
 use std::os::fd::{AsFd, FromRawFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -45,6 +50,9 @@ pub struct Fidelity {
     /// (`None`: its device rules are left as they are).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_rules: Option<Vec<oci_spec::runtime::LinuxDeviceCgroup>>,
+    /// The spec's memory+swap equals its memory limit: no swap ([`no_swap`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_swap: bool,
 }
 
 impl Fidelity {
@@ -63,6 +71,14 @@ impl Fidelity {
                 }),
             device_dirs: bounded(device_dirs(spec)),
             device_rules: Some(crate::devices::spec_rules(spec)?),
+            no_swap: spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.resources().as_ref())
+                .and_then(|r| r.memory().as_ref())
+                .is_some_and(|m| {
+                    m.limit().is_some_and(|l| l > 0) && m.swap().is_some() && m.swap() == m.limit()
+                }),
         })
     }
 
@@ -91,6 +107,9 @@ impl Fidelity {
         }
         if let Some(rules) = &self.device_rules {
             crate::devices::apply(init, rules)?;
+        }
+        if self.no_swap {
+            no_swap(init)?;
         }
         if let Some(limit) = memlock.filter(|_| !self.spec_memlock) {
             // Not a reason to fail the create: the container keeps libcgroups' 128 MiB, as before.
@@ -155,6 +174,117 @@ pub fn systemd_resources(bundle: &Path, init: i32) {
             warn(predictive_api::error_chain(&e));
         }
     }
+}
+
+/// The controllers systemd enables itself down to a delegated unit (`Delegate=yes`), and manages.
+const SYSTEMD_CONTROLLERS: &[&str] = &["cpu", "cpuset", "io", "memory", "pids"];
+
+/// On a cgroup v2 host, the cgroup2 mount and the init `init`'s cgroup under it (from its root); `Ok(None)` on a
+/// v1 or hybrid host.
+fn v2_cgroup(init: i32) -> Result<Option<(PathBuf, PathBuf)>, FidelityError> {
+    use runtime_hooks::discovery::Hierarchy;
+    let Ok(Hierarchy::Unified(mount)) = Hierarchy::detect(&runtime_hooks::HostRoots::default())
+    else {
+        return Ok(None);
+    };
+    let own = std::fs::read_to_string(format!("/proc/{init}/cgroup"))
+        .map_err(io(format!("reading the cgroup of the init {init}")))?;
+    let rel = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| FidelityError::Io {
+            what: format!("the init {init} is in no cgroup v2 directory"),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
+    Ok(Some((mount.mount_point.clone(), PathBuf::from(rel.trim()))))
+}
+
+/// A spec whose memory+swap equals its memory limit (what containerd's CRI plugin sends for a Kubernetes
+/// container on a node without swap for it, Docker for `--memory` with `--memory-swap` the same) asks for no swap:
+/// on cgroup v2 `memory.swap.max` 0, as runc writes it. libcgroups 0.7's cgroupfs manager skips every v2 memory
+/// value of 0, so such a container kept `max` and could swap without bound on a node with swap (its systemd
+/// manager sets `MemorySwapMax=0`). On v1 memory+swap is written as it is. A host without swap accounting (no
+/// `memory.swap.max`) has nothing to set; a write the kernel refuses fails the create, as runc's does.
+fn no_swap(init: i32) -> Result<(), FidelityError> {
+    let Some((mount, rel)) = v2_cgroup(init)? else {
+        return Ok(());
+    };
+    let file = mount
+        .join(rel.strip_prefix("/").unwrap_or(&rel))
+        .join("memory.swap.max");
+    if !file.is_file() {
+        return Ok(());
+    }
+    std::fs::write(&file, "0").map_err(io(format!("writing 0 to {}", file.display())))
+}
+
+/// On a cgroup v2 host, enables in every cgroup from the root down to the parent of the container's (the one the
+/// init `init` is in) each controller the root offers that is not enabled there, as runc does for every container
+/// (`fs2.CreateCgroupPath`): libcgroups enables only those it has code for (under its systemd manager cpu, memory
+/// and pids; under its cgroupfs manager hugetlb too, never rdma or misc), so a container's cgroup had no
+/// `hugetlb.*` files under the systemd driver (kubelet's per-container hugepage limit then went unwritten) and no
+/// `rdma.*` or `misc.*` under either. Under the systemd driver the controllers systemd manages are left to it.
+/// One controller per write; one the kernel refuses is a warning, as its absence was before.
+pub fn enable_controllers(init: i32, systemd: bool) {
+    let (mount, rel) = match v2_cgroup(init) {
+        Ok(Some(found)) => found,
+        Ok(None) => return,
+        Err(e) => return tracing::warn!(init, "{}", predictive_api::error_chain(&e)),
+    };
+    let skip = if systemd { SYSTEMD_CONTROLLERS } else { &[] };
+    for problem in enable_down(&mount, &rel, skip) {
+        tracing::warn!(init, "enabling controllers for the container: {problem}");
+    }
+}
+
+/// The work of [`enable_controllers`] below the cgroup2 mount `root` for the cgroup `rel` (from the root): what
+/// could not be done.
+fn enable_down(root: &Path, rel: &Path, skip: &[&str]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let offered = match std::fs::read_to_string(root.join("cgroup.controllers")) {
+        Ok(text) => text,
+        Err(e) => {
+            return vec![format!(
+                "reading {}/cgroup.controllers: {e}",
+                root.display()
+            )];
+        }
+    };
+    let wanted: Vec<&str> = offered
+        .split_whitespace()
+        .filter(|c| !skip.contains(c))
+        .collect();
+    let parts: Vec<_> = rel
+        .components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .collect();
+    let Some((_, ancestors)) = parts.split_last() else {
+        // The init in the root cgroup: nothing of the host's is changed for it.
+        return problems;
+    };
+    let mut dir = root.to_path_buf();
+    for level in std::iter::once(None).chain(ancestors.iter().map(Some)) {
+        if let Some(part) = level {
+            dir.push(part);
+        }
+        let file = dir.join("cgroup.subtree_control");
+        let enabled = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) => {
+                problems.push(format!("reading {}: {e}", file.display()));
+                return problems;
+            }
+        };
+        for c in wanted
+            .iter()
+            .filter(|c| !enabled.split_whitespace().any(|e| e == **c))
+        {
+            if let Err(e) = std::fs::write(&file, format!("+{c}")) {
+                problems.push(format!("writing +{c} to {}: {e}", file.display()));
+            }
+        }
+    }
+    problems
 }
 
 /// The resources of `r` libcgroups' systemd manager does not set, one per element (each written on its own).
@@ -436,6 +566,96 @@ mod tests {
             "mounts": mounts,
         }))
         .expect("a spec")
+    }
+
+    #[test]
+    fn a_spec_asks_for_no_swap_when_memory_and_swap_are_its_limit() {
+        let of = |memory: serde_json::Value| {
+            let spec: Spec = serde_json::from_value(serde_json::json!({
+                "ociVersion": "1.0.2",
+                "root": {"path": "rootfs"},
+                "linux": {"resources": {"memory": memory}}
+            }))
+            .expect("a spec");
+            Fidelity::of(&spec).expect("fidelity").no_swap
+        };
+        assert!(of(
+            serde_json::json!({"limit": 268435456, "swap": 268435456})
+        ));
+        assert!(
+            !of(serde_json::json!({"limit": 268435456, "swap": 536870912})),
+            "swap granted"
+        );
+        assert!(
+            !of(serde_json::json!({"limit": 268435456, "swap": -1})),
+            "unlimited swap"
+        );
+        assert!(
+            !of(serde_json::json!({"limit": 268435456})),
+            "swap left to the host"
+        );
+        assert!(
+            !of(serde_json::json!({"limit": -1, "swap": -1})),
+            "no limit"
+        );
+        assert!(!of(serde_json::json!({})));
+    }
+
+    #[test]
+    fn controllers_are_enabled_from_the_root_down_to_the_containers_parent() {
+        // A fake cgroup2 tree: the root offers five controllers; the root already enables hugetlb; each write
+        // replaces a fake file, so it holds the last controller written there.
+        let root = tempfile::tempdir().expect("a temp dir");
+        let root = root.path();
+        let scope = "kubepods.slice/pod.slice/cri-containerd-1.scope";
+        std::fs::create_dir_all(root.join(scope)).expect("the tree");
+        std::fs::write(
+            root.join("cgroup.controllers"),
+            "cpu memory pids hugetlb misc\n",
+        )
+        .expect("controllers");
+        std::fs::write(root.join("cgroup.subtree_control"), "cpu memory hugetlb\n")
+            .expect("root's");
+        for dir in ["kubepods.slice", "kubepods.slice/pod.slice", scope] {
+            std::fs::write(root.join(dir).join("cgroup.subtree_control"), "").expect("empty");
+        }
+        let control = |dir: &str| {
+            std::fs::read_to_string(root.join(dir).join("cgroup.subtree_control")).expect("read")
+        };
+        let problems = enable_down(root, Path::new(&format!("/{scope}")), SYSTEMD_CONTROLLERS);
+        assert!(problems.is_empty(), "{problems:?}");
+        // systemd's own are left to it; what it does not manage is enabled where missing.
+        assert_eq!(
+            control(""),
+            "+misc",
+            "hugetlb was enabled at the root already"
+        );
+        assert_eq!(control("kubepods.slice"), "+misc");
+        assert_eq!(control("kubepods.slice/pod.slice"), "+misc");
+        assert_eq!(
+            control(scope),
+            "",
+            "the container's own cgroup enables nothing"
+        );
+        // The cgroupfs driver: every controller the root offers, one write each.
+        std::fs::write(
+            root.join("kubepods.slice/cgroup.subtree_control"),
+            "cpu memory pids hugetlb",
+        )
+        .expect("reset");
+        assert!(enable_down(root, Path::new(&format!("/{scope}")), &[]).is_empty());
+        assert_eq!(control("kubepods.slice"), "+misc");
+        assert_eq!(control("kubepods.slice/pod.slice"), "+misc");
+        // A cgroup that is not there is named.
+        let problems = enable_down(root, Path::new("/gone.slice/x.scope"), &[]);
+        assert!(
+            problems.iter().any(|p| p.contains("gone.slice")),
+            "{problems:?}"
+        );
+        // An init in the root cgroup changes nothing.
+        std::fs::write(root.join("cgroup.subtree_control"), "").expect("reset");
+        assert!(enable_down(root, Path::new("/"), &[]).is_empty());
+        assert_eq!(control(""), "");
     }
 
     #[test]

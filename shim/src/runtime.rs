@@ -153,6 +153,7 @@ fn create(
                     predictive_api::error_chain(&e)
                 ))
             })?;
+            crate::fidelity::enable_controllers(pid, systemd);
             if systemd {
                 crate::fidelity::systemd_resources(bundle, pid);
             }

@@ -578,6 +578,59 @@ fn a_devices_directory_is_not_world_writable() {
     c.finish();
 }
 
+/// A spec with no device rules (a hand-written one: containerd's, Docker's and the CRI plugin's always list a
+/// "deny everything" first) gets runc's: runc builds a container's rules from "deny everything", then the spec's,
+/// then its defaults (`/dev/null`, `/dev/zero`, the pts and a few more), so a node made with `mknod` for FUSE
+/// (`c 10:229`, which needs no capability to open) or for the host's disk cannot be opened (made in the
+/// container's `/dev`: the test's rootfs may sit on a `nodev` mount, which would refuse it for another reason). On cgroup v1 a new
+/// cgroup starts with its parent's rules (usually "allow everything"); before 2026-12-06 ours added its defaults to
+/// those, and such a container opened both (the disk where the host lets root read it: this repository's VM does
+/// not, the v2 guest does).
+#[test]
+fn a_spec_without_device_rules_denies_other_devices() {
+    let Some(c) = start("a_spec_without_device_rules_denies_other_devices") else {
+        return;
+    };
+    let (major, minor) = predictive_e2e::root_disk();
+    let rootfs = busybox_rootfs(&c);
+    let id = c.id("no-dev-rules");
+    let script = format!(
+        "for n in 'c 10 229' 'b {major} {minor}'; do \
+           rm -f /dev/node; mknod /dev/node $n && echo MADE; \
+           if (exec 3< /dev/node); then echo \"OPENED $n\"; else echo \"DENIED $n\"; fi; \
+         done; head -c 4 /dev/zero | wc -c"
+    );
+    let mut s = spec(&c, &rootfs, &id, &["sh", "-c", &script]);
+    let resources = s["linux"]["resources"]
+        .as_object_mut()
+        .expect("ctr oci spec has linux.resources");
+    assert!(
+        resources.remove("devices").is_some(),
+        "ctr oci spec lists no device rules: the test would prove nothing"
+    );
+    let out = run_spec(&c, &id, &s);
+    println!("{out}");
+    assert_eq!(
+        out.stdout.matches("MADE").count(),
+        2,
+        "mknod must succeed, or the test proves nothing: {out}"
+    );
+    assert!(
+        !out.stdout.contains("OPENED"),
+        "a container whose spec lists no device rules opened a device runc's rules deny: {out}"
+    );
+    assert!(
+        out.stderr.matches("Operation not permitted").count() >= 2,
+        "the opens must fail with EPERM: {out}"
+    );
+    assert_eq!(
+        out.stdout.lines().last().map(str::trim),
+        Some("4"),
+        "runc's default devices (/dev/zero) stay readable: {out}"
+    );
+    c.finish();
+}
+
 /// An exec into a container with a seccomp profile (`ctr run --seccomp`: containerd's default, Docker's and a
 /// RuntimeDefault pod's) runs under the filter with the capabilities and bounding set of the container's init, and
 /// without no_new_privs, as under runc: its spec does not ask for it, so setuid programs and file capabilities
