@@ -368,7 +368,7 @@ mod tests {
 
     #[test]
     fn a_v1_cgroup_of_a_spec_that_never_resets_gets_runcs_rules_from_deny_everything() {
-        // A fake v1 `devices` directory: each write replaces the file, so a log of the lines is kept by hand.
+        // A fake v1 `devices` directory: each write replaces the file, so each holds the last line written to it.
         let dir = tempfile::tempdir().expect("a temp dir");
         let spec = rules(serde_json::json!([
             {"allow": true, "type": "c", "major": 10, "minor": 229},

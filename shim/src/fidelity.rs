@@ -222,7 +222,7 @@ fn no_swap(init: i32) -> Result<(), FidelityError> {
 /// init `init` is in) each controller the root offers that is not enabled there, as runc does for every container
 /// (`fs2.CreateCgroupPath`): libcgroups enables only those it has code for (under its systemd manager cpu, memory
 /// and pids; under its cgroupfs manager hugetlb too, never rdma or misc), so a container's cgroup had no
-/// `hugetlb.*` files under the systemd driver (kubelet's per-container hugepage limit then went unwritten) and no
+/// `hugetlb.*` files under the systemd driver (a per-container hugepage limit went unwritten) and no
 /// `rdma.*` or `misc.*` under either. Under the systemd driver the controllers systemd manages are left to it.
 /// One controller per write; one the kernel refuses is a warning, as its absence was before.
 pub fn enable_controllers(init: i32, systemd: bool) {

@@ -79,7 +79,7 @@ fn systemctl_show(unit: &str, property: &str) -> String {
 
 /// On cgroup v2, the container's cgroup `dir` has every controller the host's root offers, as runc's has (runc
 /// enables them all from the root down; libcgroups only those it has code for: under its systemd manager not
-/// hugetlb, under either not rdma or misc, so kubelet's per-container hugepage limit had no file to go to).
+/// hugetlb, under either not rdma or misc, so a per-container hugepage limit had no file to go to).
 fn assert_all_controllers(dir: &Path, what: &str) {
     let set = |f: &Path| {
         let mut v: Vec<String> = std::fs::read_to_string(f)
