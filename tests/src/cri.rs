@@ -62,6 +62,16 @@ pub fn dropin(settings: &Settings, runtime_type: &str) -> String {
 /// and `io.containerd.cri.v1.images`), with `dropin` ([`dropin`]) for the runtime handlers. Writes the drop-in to
 /// `dir/conf.d/predictive.toml` for 2.x.
 pub fn config(dir: &Path, containerd_version: &str, dropin: &str) -> String {
+    config_with(dir, containerd_version, dropin, "")
+}
+
+/// [`config`] with `cri_keys` (lines of `key = value`) added to the CRI plugin's runtime table
+/// (`io.containerd.grpc.v1.cri` on 1.x, `io.containerd.cri.v1.runtime` on 2.x).
+pub fn config_with(dir: &Path, containerd_version: &str, dropin: &str, cri_keys: &str) -> String {
+    let keys: String = cri_keys
+        .lines()
+        .map(|l| format!("    {}\n", l.trim()))
+        .collect();
     let d = dir.display();
     let common = format!(
         r#"root = "{d}/root"
@@ -96,7 +106,7 @@ imports = ["{d}/conf.d/*.toml"]
     sandbox = "{PAUSE_IMAGE}"
   [plugins."io.containerd.cri.v1.runtime"]
     restrict_oom_score_adj = true
-    [plugins."io.containerd.cri.v1.runtime".cni]
+{keys}    [plugins."io.containerd.cri.v1.runtime".cni]
       bin_dirs = ["{d}/cni/bin"]
       conf_dir = "{d}/cni/conf"
 "#
@@ -116,7 +126,7 @@ imports = ["{d}/conf.d/*.toml"]
   [plugins."io.containerd.grpc.v1.cri"]
     sandbox_image = "{PAUSE_IMAGE}"
     restrict_oom_score_adj = true
-    [plugins."io.containerd.grpc.v1.cri".cni]
+{keys}    [plugins."io.containerd.grpc.v1.cri".cni]
       bin_dir = "{d}/cni/bin"
       conf_dir = "{d}/cni/conf"
 {tables}"#

@@ -77,6 +77,15 @@ fn systemctl_show(unit: &str, property: &str) -> String {
     run_cmd(c, Duration::from_secs(60)).stdout.trim().to_owned()
 }
 
+/// The host has 2 MiB huge pages and a cgroup v2 hugetlb controller (this repository's v1 VM has no hugetlb
+/// hierarchy, and containerd drops the limits there).
+fn huge_pages_2mb() -> bool {
+    Containerd::cgroup_v2_host()
+        && Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB").is_dir()
+        && std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "hugetlb"))
+}
+
 /// On cgroup v2, the container's cgroup `dir` has every controller the host's root offers, as runc's has (runc
 /// enables them all from the root down; libcgroups only those it has code for: under its systemd manager not
 /// hugetlb, under either not rdma or misc, so a per-container hugepage limit had no file to go to).
@@ -113,6 +122,10 @@ fn run_pod(c: &Containerd, api: &CriClient, pod: &PodCgroup, name: &str, handler
     if Containerd::cgroup_v2_host() {
         // What a kubelet on cgroup v2 adds to every container: an OOM kill takes the whole container.
         resources["unified"] = json!({"memory.oom.group": "1"});
+    }
+    if huge_pages_2mb() {
+        // Kubelet sends a limit for every page size the node has, 0 for one the pod does not request.
+        resources["hugepage_limits"] = json!([{"page_size": "2MB", "limit": 0}]);
     }
     let container = api.create_container(
         c,
@@ -251,7 +264,10 @@ fn cri_pods_land_in_their_pod_cgroups() {
     let dropin = dropin(&settings, systemd);
     let version = settings.containerd.clone();
     let Some(mut c) =
-        Containerd::start_with_config(TEST, &|dir| cri::config(dir, &version, &dropin))
+        // containerd drops a container's hugepage limits by default; a node with huge pages passes them on.
+        Containerd::start_with_config(TEST, &|dir| {
+            cri::config_with(dir, &version, &dropin, "disable_hugetlb_controller = false")
+        })
     else {
         return;
     };
@@ -292,6 +308,17 @@ fn cri_pods_land_in_their_pod_cgroups() {
                     "0",
                     "{what} may swap: {}",
                     swap.display()
+                );
+            }
+            if huge_pages_2mb() {
+                // Kubelet's limit of 0 for a page size the pod does not request (under the systemd driver
+                // written by the worker: systemd has no property for it).
+                let file = dir.join("hugetlb.2MB.max");
+                assert_eq!(
+                    std::fs::read_to_string(&file).unwrap_or_default().trim(),
+                    "0",
+                    "{what}'s hugepage limit: {}",
+                    file.display()
                 );
             }
         }
