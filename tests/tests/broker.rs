@@ -941,6 +941,11 @@ fn one_id_in_two_namespaces_is_two_containers_to_the_broker() {
     );
     c.ctr_in(&other, &["images", "rm", IMAGE]);
     c.ctr_in(&other, &["namespaces", "rm", &other]);
+    // The second namespace's cgroup directory (its container's went with the container); the harness removes only
+    // its own namespace's. Before 2026-12-06 each run left an empty one in every hierarchy.
+    for (mount, _) in predictive_e2e::kubelet::hierarchies() {
+        let _ = std::fs::remove_dir(mount.join(&other));
+    }
     c.finish();
 }
 
