@@ -89,7 +89,12 @@ impl Fidelity {
 
     /// Sets right what the create of the container whose init is `init` left different; `memlock` is this
     /// process's `RLIMIT_MEMLOCK` from before the create.
-    pub fn apply(&self, init: i32, memlock: Option<libc::rlimit>) -> Result<(), FidelityError> {
+    pub fn apply(
+        &self,
+        init: i32,
+        memlock: Option<libc::rlimit>,
+        systemd: bool,
+    ) -> Result<(), FidelityError> {
         let seal = !self.seals.is_empty() && host_needs_seal();
         if seal || !self.device_dirs.is_empty() {
             // The host's /dev device, read before entering: a directory on it is never changed.
@@ -108,8 +113,17 @@ impl Fidelity {
         if let Some(rules) = &self.device_rules {
             crate::devices::apply(init, rules)?;
         }
-        if self.no_swap {
-            no_swap(init)?;
+        // One read of the init's cgroup for both v2 steps; only for a spec's container ([`Fidelity::of`] always
+        // has device rules), never for a process a test passes, whose cgroups are the host's.
+        let v2 = match self.device_rules {
+            Some(_) => v2_cgroup(init)?,
+            None => None,
+        };
+        if let Some((mount, rel)) = v2 {
+            if self.no_swap {
+                no_swap(&mount.join(rel.strip_prefix("/").unwrap_or(&rel)))?;
+            }
+            enable_controllers(&mount, &rel, init, systemd);
         }
         if let Some(limit) = memlock.filter(|_| !self.spec_memlock) {
             // Not a reason to fail the create: the container keeps libcgroups' 128 MiB, as before.
@@ -205,34 +219,24 @@ fn v2_cgroup(init: i32) -> Result<Option<(PathBuf, PathBuf)>, FidelityError> {
 /// value of 0, so such a container kept `max` and could swap without bound on a node with swap (its systemd
 /// manager sets `MemorySwapMax=0`). On v1 memory+swap is written as it is. A host without swap accounting (no
 /// `memory.swap.max`) has nothing to set; a write the kernel refuses fails the create, as runc's does.
-fn no_swap(init: i32) -> Result<(), FidelityError> {
-    let Some((mount, rel)) = v2_cgroup(init)? else {
-        return Ok(());
-    };
-    let file = mount
-        .join(rel.strip_prefix("/").unwrap_or(&rel))
-        .join("memory.swap.max");
+fn no_swap(cgroup: &Path) -> Result<(), FidelityError> {
+    let file = cgroup.join("memory.swap.max");
     if !file.is_file() {
         return Ok(());
     }
     std::fs::write(&file, "0").map_err(io(format!("writing 0 to {}", file.display())))
 }
 
-/// On a cgroup v2 host, enables in every cgroup from the root down to the parent of the container's (the one the
-/// init `init` is in) each controller the root offers that is not enabled there, as runc does for every container
+/// On a cgroup v2 host (`mount`), enables in every cgroup from the root down to the parent of the container's
+/// (`rel`, the one the init `init` is in) each controller the root offers that is not enabled there, as runc does for every container
 /// (`fs2.CreateCgroupPath`): libcgroups enables only those it has code for (under its systemd manager cpu, memory
 /// and pids; under its cgroupfs manager hugetlb too, never rdma or misc), so a container's cgroup had no
 /// `hugetlb.*` files under the systemd driver (a per-container hugepage limit went unwritten) and no
 /// `rdma.*` or `misc.*` under either. Under the systemd driver the controllers systemd manages are left to it.
 /// One controller per write; one the kernel refuses is a warning, as its absence was before.
-pub fn enable_controllers(init: i32, systemd: bool) {
-    let (mount, rel) = match v2_cgroup(init) {
-        Ok(Some(found)) => found,
-        Ok(None) => return,
-        Err(e) => return tracing::warn!(init, "{}", predictive_api::error_chain(&e)),
-    };
+fn enable_controllers(mount: &Path, rel: &Path, init: i32, systemd: bool) {
     let skip = if systemd { SYSTEMD_CONTROLLERS } else { &[] };
-    for problem in enable_down(&mount, &rel, skip) {
+    for problem in enable_down(mount, rel, skip) {
         tracing::warn!(init, "enabling controllers for the container: {problem}");
     }
 }
@@ -832,7 +836,7 @@ mod tests {
             spec_memlock: true,
             ..Fidelity::default()
         };
-        keep.apply(pid, Some(ours)).expect("apply");
+        keep.apply(pid, Some(ours), false).expect("apply");
         let read = || {
             let mut now = libc::rlimit {
                 rlim_cur: 0,
@@ -847,7 +851,9 @@ mod tests {
             (bumped.rlim_cur, bumped.rlim_max),
             "a spec's own limit stays"
         );
-        Fidelity::default().apply(pid, Some(ours)).expect("apply");
+        Fidelity::default()
+            .apply(pid, Some(ours), false)
+            .expect("apply");
         assert_eq!(read(), (ours.rlim_cur, ours.rlim_max));
         let _ = child.kill();
         let _ = child.wait();

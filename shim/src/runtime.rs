@@ -147,13 +147,12 @@ fn create(
                 .pid()
                 .map(|pid| pid.as_raw())
                 .ok_or_else(|| LibcontainerError::Other("created container has no pid".into()))?;
-            fidelity.apply(pid, memlock).map_err(|e| {
+            fidelity.apply(pid, memlock, systemd).map_err(|e| {
                 LibcontainerError::Other(format!(
                     "setting the created container as its spec asks: {}",
                     predictive_api::error_chain(&e)
                 ))
             })?;
-            crate::fidelity::enable_controllers(pid, systemd);
             if systemd {
                 crate::fidelity::systemd_resources(bundle, pid);
             }
