@@ -101,12 +101,18 @@ fn higher_priority_gets_the_larger_share_of_a_shared_device() {
     };
     let out = disk.dir.join("out");
     std::fs::create_dir_all(&out).expect("the counters' directory");
-    // Each container rewrites its own 1 MiB (16 x 64 KiB direct writes) again and again, one byte of count per MiB.
+    // Each container rewrites its own 16 MiB (256 x 64 KiB direct writes) again and again from WRITERS loops, one
+    // byte of count per MiB. mq-deadline holds an idle-class request only while a best-effort one is pending, so
+    // the high-priority container's share is the time it has a write in flight: a dd per MiB (one fork and exec
+    // each) left it none for much of the time under emulation (the guest's idle writer got 1 MiB for every 1.7
+    // of the other's with one loop of 1 MiB; 1 for 20 with four of 16 MiB).
+    const WRITERS: usize = 4;
     let writer = |seek_blocks: u32, name: &str| {
-        format!(
-            "while :; do dd if=/dev/zero of={} bs=64k count=16 seek={seek_blocks} oflag=direct 2>/dev/null; printf x >> /out/{name}; done",
+        let one = format!(
+            "while :; do dd if=/dev/zero of={} bs=64k count=256 seek={seek_blocks} oflag=direct 2>/dev/null; printf xxxxxxxxxxxxxxxx >> /out/{name}; done",
             disk.dev
-        )
+        );
+        format!("{} wait", format!("( {one} ) & ").repeat(WRITERS))
     };
     let flags = |prio: &str| {
         vec![
@@ -172,7 +178,7 @@ fn higher_priority_gets_the_larger_share_of_a_shared_device() {
     );
     assert!(
         ratio >= 3.0,
-        "the high-priority container got {h} bytes, the low-priority one {l}: ratio {ratio:.2} < 3"
+        "the high-priority container got {h} MiB, the low-priority one {l} MiB: ratio {ratio:.2} < 3"
     );
     c.remove(&low);
     c.remove(&high);
