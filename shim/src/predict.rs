@@ -691,8 +691,19 @@ impl Augment {
                             self.apply_net(d);
                         } else if d.action == Action::Unknown {
                             self.unknown(d);
-                        } else if let Err(e) = predictive_api::apply::apply(d, &cg) {
-                            tracing::warn!(container = %self.id, "applying the initial {:?}: {e}", d.action);
+                        } else {
+                            match predictive_api::apply::apply(d, &cg) {
+                                Ok(true) => {
+                                    // A weight the unit has no property for: written again after its changes.
+                                    if let Some(scope) = lock(&self.scope).as_ref() {
+                                        scope.keep(&d.action);
+                                    }
+                                }
+                                Ok(false) => {}
+                                Err(e) => {
+                                    tracing::warn!(container = %self.id, "applying the initial {:?}: {e}", d.action)
+                                }
+                            }
                         }
                     }
                     st.sampler = Some(cg.sampler());
@@ -1112,11 +1123,21 @@ impl Augment {
             .apply_broker(d, cg, predictive_api::apply::apply)
         {
             Ok(true) => {
-                if let Some(scope) = lock(&self.scope).as_ref()
-                    && let Some(resources) = unit_resources(&d.action)
-                    && let Err(e) = scope.sync(&resources)
-                {
-                    tracing::warn!(container = %self.id, action = ?d.action, "directive applied to the cgroup but not to its systemd unit (a daemon-reload would undo it): {}", predictive_api::error_chain(&e));
+                if let Some(scope) = lock(&self.scope).as_ref() {
+                    match unit_resources(&d.action) {
+                        Some(resources) => match scope.sync(&resources, cg) {
+                            Ok(problems) => {
+                                for p in problems {
+                                    tracing::warn!(container = %self.id, action = ?d.action, "after the unit's properties changed, writing again what it has none for: {p}");
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(container = %self.id, action = ?d.action, "directive applied to the cgroup but not to its systemd unit (a daemon-reload would undo it): {}", predictive_api::error_chain(&e));
+                            }
+                        },
+                        // A weight systemd would put back at the unit's next change: written again then.
+                        None => scope.keep(&d.action),
+                    }
                 }
                 let mut a = lock(&self.allocation);
                 match &d.action {

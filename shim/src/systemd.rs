@@ -2,23 +2,126 @@
 //! libcontainer's systemd manager at Create): every limit the shim later writes into that cgroup — a broker
 //! directive, a user's Update — is also set on the unit (D-Bus `SetUnitProperties`, runtime), as runc does for
 //! `runc update`. Otherwise systemd keeps the values the unit was started with and writes them back into the
-//! cgroup at its next `daemon-reload`, undoing the rewrite.
+//! cgroup whenever it applies the unit's properties again (a property change; on some versions a `daemon-reload`),
+//! undoing the rewrite.
+//!
+//! Each such change makes systemd write every cgroup file it has a property for, from the unit's value or its
+//! default: `memory.oom.group` 0, `io.weight` 100, `memory.swap.max` and `memory.high` `max` where the unit has no
+//! value (measured in the cgroup v2 guest, systemd 257: a scope's `memory.oom.group` 1 became 0 at a `systemctl
+//! set-property ... CPUWeight=`). So what the cgroup holds without a unit property — the spec's and Updates'
+//! resources systemd has none for (kubelet's `memory.oom.group` on v2, the block I/O weight, CPU idle; see
+//! [`crate::fidelity::not_for_systemd`]) and the broker's CPU and I/O weights — is kept here and written again
+//! after each change of the unit's properties, as runc writes every resource after setting them.
 //!
 //! Blocking (a D-Bus round trip per call): call from tokio's blocking pool.
 
+use std::sync::{Arc, Mutex};
+
 use libcgroups::common::{CgroupManager, ControllerOpt};
 use oci_spec::runtime::LinuxResources;
+use predictive_api::types::{Action, Directive};
+use runtime_hooks::ContainerCgroup;
 
 /// How long libcgroups waits for a process to appear in a unit's cgroup (unused here: the unit exists).
 const WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A systemd-owned container cgroup.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A systemd-owned container cgroup. Clones share what is kept.
+#[derive(Debug, Clone)]
 pub struct Scope {
     /// The spec's `slice:prefix:name`.
     cgroups_path: String,
     /// The container id (libcgroups names the unit's description after it).
     container: String,
+    /// What the cgroup holds that the unit has no property for.
+    kept: Arc<Mutex<Kept>>,
+}
+
+/// What a change of the unit's properties would undo in the cgroup, to be written again after it.
+#[derive(Debug, Default)]
+struct Kept {
+    /// The spec's resources systemd has no property for, one kind per piece, as the Updates since changed them.
+    pieces: Vec<LinuxResources>,
+    /// The broker's last CPU weight and I/O weight directives (written into the cgroup only), one of each.
+    directives: Vec<Action>,
+}
+
+/// Which kind of resource a piece of [`crate::fidelity::not_for_systemd`] is (each piece holds one): a later
+/// piece of the same kind replaces it.
+fn kind(piece: &LinuxResources) -> String {
+    if piece.cpu().is_some() {
+        "cpu".into()
+    } else if piece.block_io().is_some() {
+        "blkio".into()
+    } else if piece.hugepage_limits().is_some() {
+        "hugepages".into()
+    } else {
+        piece
+            .unified()
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.clone())
+            .next()
+            .unwrap_or_default()
+    }
+}
+
+impl Kept {
+    /// Takes in the pieces of `resources` systemd has no property for; a CPU weight or a block I/O weight in
+    /// them (a user's Update) replaces the broker's last one of that kind, as its write into the cgroup would.
+    fn take(&mut self, resources: &LinuxResources) {
+        for piece in crate::fidelity::not_for_systemd(resources) {
+            let k = kind(&piece);
+            self.pieces.retain(|p| kind(p) != k);
+            self.pieces.push(piece);
+        }
+        let shares = resources.cpu().as_ref().and_then(|c| c.shares()).is_some();
+        let weight = resources
+            .block_io()
+            .as_ref()
+            .and_then(|b| b.weight())
+            .is_some();
+        self.directives.retain(|a| match a {
+            Action::SetCpuWeight { .. } => !shares,
+            Action::SetIoWeight { .. } => !weight,
+            _ => true,
+        });
+    }
+
+    /// Keeps the broker's `action` if it is a weight (the last of each kind).
+    fn keep(&mut self, action: &Action) {
+        if !matches!(
+            action,
+            Action::SetCpuWeight { .. } | Action::SetIoWeight { .. }
+        ) {
+            return;
+        }
+        self.directives
+            .retain(|a| std::mem::discriminant(a) != std::mem::discriminant(action));
+        self.directives.push(action.clone());
+    }
+
+    /// Writes what is kept into `cg`; what could not be written, in words.
+    fn rewrite(&self, cg: &ContainerCgroup, container: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        for piece in &self.pieces {
+            if let Err(e) = cg.update_resources(piece) {
+                problems.push(predictive_api::error_chain(&e));
+            }
+        }
+        for action in &self.directives {
+            let d = Directive {
+                container_id: container.to_owned(),
+                action: action.clone(),
+                reason: "kept across a change of the unit's properties".into(),
+                applied: true,
+                old_value: None,
+            };
+            if let Err(e) = predictive_api::apply::apply(&d, cg) {
+                problems.push(format!("{action:?}: {e}"));
+            }
+        }
+        problems
+    }
 }
 
 /// Why the unit could not be updated.
@@ -45,17 +148,45 @@ pub enum ScopeError {
 }
 
 impl Scope {
-    /// The unit of a container created with the systemd driver from `cgroups_path` (`slice:prefix:name`).
-    pub fn new(cgroups_path: &str, container: &str) -> Scope {
+    /// The unit of a container created with the systemd driver from `cgroups_path` (`slice:prefix:name`), whose
+    /// spec asks for `resources`.
+    pub fn new(cgroups_path: &str, container: &str, resources: Option<&LinuxResources>) -> Scope {
+        let mut kept = Kept::default();
+        if let Some(r) = resources {
+            kept.take(r);
+        }
         Scope {
             cgroups_path: cgroups_path.to_owned(),
             container: container.to_owned(),
+            kept: Arc::new(Mutex::new(kept)),
         }
     }
 
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps the broker's directive `action`, applied to the cgroup only, for [`Scope::sync`] to write again.
+    pub fn keep(&self, action: &Action) {
+        self.kept().keep(action);
+    }
+
     /// Sets the unit's properties for the limits in `resources` (CPU quota and weight, memory max/high/low, pids;
-    /// `unified` entries such as `memory.high` included). Fields left out are left as they are.
-    pub fn sync(&self, resources: &LinuxResources) -> Result<(), ScopeError> {
+    /// `unified` entries such as `memory.high` included; fields left out are left as they are), then writes into
+    /// the container's cgroup `cg` again what systemd has just put back to the unit's values or its defaults (see
+    /// the module's doc). What of that could not be written is returned, in words, for the caller to log.
+    pub fn sync(
+        &self,
+        resources: &LinuxResources,
+        cg: &ContainerCgroup,
+    ) -> Result<Vec<String>, ScopeError> {
+        self.set_properties(resources)?;
+        let mut kept = self.kept();
+        kept.take(resources);
+        Ok(kept.rewrite(cg, &self.container))
+    }
+
+    fn set_properties(&self, resources: &LinuxResources) -> Result<(), ScopeError> {
         let manager = libcgroups::systemd::manager::Manager::new(
             std::path::PathBuf::from(runtime_hooks::discovery::DEFAULT_CGROUP_ROOT),
             std::path::PathBuf::from(&self.cgroups_path),
@@ -76,6 +207,167 @@ impl Scope {
         manager.apply(&opt).map_err(|source| ScopeError::Apply {
             cgroups_path: self.cgroups_path.clone(),
             source,
+        })?;
+        // systemd answers SetUnitProperties before it writes the cgroup files (its manager loop realizes the
+        // unit's cgroup at its next turn), so files written now could be overwritten after. It takes each turn's
+        // queued cgroup work before the next D-Bus message: one more round trip on the connection (libcgroups'
+        // apply asks for systemd's version first, and with no resources sets nothing) orders what follows after
+        // systemd's writes. Without it the guest's scope had `memory.oom.group` 0 after an Update.
+        let none = LinuxResources::default();
+        let barrier = ControllerOpt {
+            resources: &none,
+            ..opt
+        };
+        manager.apply(&barrier).map_err(|source| ScopeError::Apply {
+            cgroups_path: self.cgroups_path.clone(),
+            source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{LinuxBlockIo, LinuxCpu};
+    use runtime_hooks::CgroupDirs;
+    use runtime_hooks::actuate::{blkio_weight_to_io_weight, shares_to_weight};
+
+    /// A fake cgroup2 directory with the files a property change makes systemd write, at systemd's defaults.
+    fn fake() -> (tempfile::TempDir, ContainerCgroup) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        reset(dir.path());
+        let cg = ContainerCgroup::new(
+            CgroupDirs::V2(runtime_hooks::v2::Dirs {
+                dir: dir.path().to_owned(),
+            }),
+            dir.path().join("proc"),
+        );
+        (dir, cg)
+    }
+
+    /// What systemd writes at a change of a unit without properties for these files.
+    fn reset(dir: &std::path::Path) {
+        for (f, v) in [
+            ("memory.oom.group", "0\n"),
+            ("io.weight", "default 100\n"),
+            ("cpu.weight", "100\n"),
+        ] {
+            std::fs::write(dir.join(f), v).expect("fixture");
+        }
+    }
+
+    fn read(dir: &std::path::Path, f: &str) -> String {
+        std::fs::read_to_string(dir.join(f))
+            .expect("read")
+            .trim()
+            .to_owned()
+    }
+
+    /// A spec's resources as kubelet on v2 sends them: a CPU weight systemd has a property for, the OOM group and
+    /// a block I/O weight it has none for.
+    fn kubelet_like(shares: u64, blkio: u16) -> LinuxResources {
+        let mut r = LinuxResources::default();
+        r.set_cpu(Some(LinuxCpu::default().set_shares(Some(shares)).clone()))
+            .set_block_io(Some(
+                LinuxBlockIo::default().set_weight(Some(blkio)).clone(),
+            ))
+            .set_unified(Some(
+                [
+                    ("memory.oom.group".to_owned(), "1".to_owned()),
+                    ("memory.high".to_owned(), "104857600".to_owned()),
+                ]
+                .into(),
+            ));
+        r
+    }
+
+    #[test]
+    fn what_the_unit_has_no_property_for_is_written_again_broker_weights_last() {
+        let (dir, cg) = fake();
+        let mut kept = Kept::default();
+        kept.take(&kubelet_like(512, 500));
+        // memory.high has a property (MemoryHigh): not kept; CPU shares neither.
+        assert_eq!(kept.pieces.len(), 2, "{:?}", kept.pieces);
+        kept.keep(&Action::SetCpuWeight { shares: 2048 });
+        kept.keep(&Action::SetIoWeight {
+            weight: 300,
+            ioprio: None,
+        });
+        kept.keep(&Action::SetIoWeight {
+            weight: 200,
+            ioprio: None,
+        });
+        kept.keep(&Action::SetCpu { cores: Some(1.0) });
+        assert_eq!(
+            kept.directives.len(),
+            2,
+            "one of each weight: {:?}",
+            kept.directives
+        );
+
+        assert!(kept.rewrite(&cg, "c").is_empty());
+        assert_eq!(read(dir.path(), "memory.oom.group"), "1");
+        assert_eq!(
+            read(dir.path(), "cpu.weight"),
+            shares_to_weight(2048).to_string()
+        );
+        // The spec's block I/O weight first, the broker's last one over it.
+        assert_eq!(
+            read(dir.path(), "io.weight"),
+            format!("default {}", blkio_weight_to_io_weight(200))
+        );
+    }
+
+    #[test]
+    fn an_updates_weights_replace_the_brokers_and_its_pieces_the_specs() {
+        let (dir, cg) = fake();
+        let mut kept = Kept::default();
+        kept.take(&kubelet_like(512, 500));
+        kept.keep(&Action::SetCpuWeight { shares: 2048 });
+        kept.keep(&Action::SetIoWeight {
+            weight: 300,
+            ioprio: None,
+        });
+        // A user's Update with both weights: its own are in force now, the broker's are not written again.
+        let mut update = LinuxResources::default();
+        update
+            .set_cpu(Some(LinuxCpu::default().set_shares(Some(256)).clone()))
+            .set_block_io(Some(LinuxBlockIo::default().set_weight(Some(100)).clone()));
+        kept.take(&update);
+        assert!(kept.directives.is_empty(), "{:?}", kept.directives);
+        assert_eq!(
+            kept.pieces.len(),
+            2,
+            "one block I/O piece, the OOM group: {:?}",
+            kept.pieces
+        );
+        assert!(kept.rewrite(&cg, "c").is_empty());
+        assert_eq!(read(dir.path(), "memory.oom.group"), "1");
+        assert_eq!(
+            read(dir.path(), "io.weight"),
+            format!("default {}", blkio_weight_to_io_weight(100))
+        );
+        // The CPU weight has a unit property (CPUWeight): systemd writes it, nothing here does.
+        assert_eq!(read(dir.path(), "cpu.weight"), "100");
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_written_is_reported_and_the_rest_still_written() {
+        let (dir, cg) = fake();
+        std::fs::remove_file(dir.path().join("io.weight")).expect("fixture");
+        let mut kept = Kept::default();
+        kept.take(&kubelet_like(512, 500));
+        let problems = kept.rewrite(&cg, "c");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(read(dir.path(), "memory.oom.group"), "1");
+    }
+
+    #[test]
+    fn clones_of_a_scope_share_what_is_kept() {
+        let scope = Scope::new("s.slice:p:c", "c", Some(&kubelet_like(512, 500)));
+        let other = scope.clone();
+        other.keep(&Action::SetCpuWeight { shares: 2048 });
+        assert_eq!(scope.kept().directives.len(), 1);
+        assert_eq!(scope.kept().pieces.len(), 2);
     }
 }

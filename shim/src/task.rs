@@ -305,7 +305,10 @@ impl TaskService {
             .placement
             .as_ref()
             .filter(|p| p.driver == Driver::Systemd)
-            .map(|p| Scope::new(&p.cgroups_path, &req.id));
+            .map(|p| {
+                let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+                Scope::new(&p.cgroups_path, &req.id, resources)
+            });
         let shared = &self.shared;
         let warmup = Warmup::start(
             &shared.roots,
@@ -1191,19 +1194,22 @@ impl TaskService {
         let roots = self.shared.roots.clone();
         let known = container.cgroup.get().cloned();
         tokio::task::spawn_blocking(move || {
+            let cg = container_cgroup(known, &roots, pid).map_err(|e| {
+                ShimError::FailedPrecondition(format!("update {id}: finding its cgroup: {e}"))
+            })?;
             // systemd's unit first, as runc does: a refusal there changes nothing, and the cgroup files written
             // next are not put back by systemd's next daemon-reload.
             if let Some(scope) = &scope {
-                scope.sync(&resources).map_err(|e| {
+                let problems = scope.sync(&resources, &cg).map_err(|e| {
                     ShimError::FailedPrecondition(format!(
                         "update {id}: {}",
                         predictive_api::error_chain(&e)
                     ))
                 })?;
+                for p in problems {
+                    tracing::warn!(container = %id, "update: after the unit's properties changed, writing again what it has none for: {p}");
+                }
             }
-            let cg = container_cgroup(known, &roots, pid).map_err(|e| {
-                ShimError::FailedPrecondition(format!("update {id}: finding its cgroup: {e}"))
-            })?;
             predict::apply_update(&cg, &id, &resources, augment.as_deref())
         })
         .await
