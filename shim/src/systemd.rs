@@ -2,8 +2,8 @@
 //! libcontainer's systemd manager at Create): every limit the shim later writes into that cgroup — a broker
 //! directive, a user's Update — is also set on the unit (D-Bus `SetUnitProperties`, runtime), as runc does for
 //! `runc update`. Otherwise systemd keeps the values the unit was started with and writes them back into the
-//! cgroup whenever it applies the unit's properties again (a property change; on some versions a `daemon-reload`),
-//! undoing the rewrite.
+//! cgroup whenever it applies the unit's properties again (at a property change; at a `daemon-reload` too for the
+//! pods test's scope in its kubelet-made slice, not for a `systemd-run` scope), undoing the rewrite.
 //!
 //! Each such change makes systemd write every cgroup file it has a property for, from the unit's value or its
 //! default: `memory.oom.group` 0, `io.weight` 100, `memory.swap.max` and `memory.high` `max` where the unit has no
