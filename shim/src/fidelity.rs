@@ -183,11 +183,22 @@ pub fn systemd_resources(bundle: &Path, init: i32) {
         Ok(c) => c,
         Err(e) => return warn(predictive_api::error_chain(&e)),
     };
-    for piece in &pieces {
-        if let Err(e) = cgroup.update_resources(piece) {
-            warn(predictive_api::error_chain(&e));
-        }
+    for problem in write_pieces(&cgroup, &pieces) {
+        warn(problem);
     }
+}
+
+/// Writes each of `pieces` ([`not_for_systemd`]'s) into the container's cgroup `cg` on its own, so that one the
+/// host refuses keeps no other out; what could not be written, in words.
+pub fn write_pieces(
+    cg: &runtime_hooks::ContainerCgroup,
+    pieces: &[oci_spec::runtime::LinuxResources],
+) -> Vec<String> {
+    pieces
+        .iter()
+        .filter_map(|piece| cg.update_resources(piece).err())
+        .map(|e| predictive_api::error_chain(&e))
+        .collect()
 }
 
 /// The controllers systemd enables itself down to a delegated unit (`Delegate=yes`), and manages.

@@ -674,6 +674,36 @@ impl Augment {
         *lock(&self.scope) = Some(scope);
     }
 
+    /// Under the systemd driver, keeps a directive applied to the cgroup only (a weight the unit has no property
+    /// for), for [`crate::systemd::Scope::sync`] to write again after the unit's next change.
+    fn keep_for_unit(&self, action: &Action) {
+        if let Some(scope) = lock(&self.scope).as_ref() {
+            scope.keep(action);
+        }
+    }
+
+    /// Under the systemd driver, sets the unit's properties for the applied directive `d` (and writes again what
+    /// the unit has none for), or keeps `d` for the next change when it is a weight the unit has no property for.
+    fn sync_unit(&self, d: &Directive, cg: &ContainerCgroup) {
+        let guard = lock(&self.scope);
+        let Some(scope) = guard.as_ref() else {
+            return;
+        };
+        let Some(resources) = unit_resources(&d.action) else {
+            return scope.keep(&d.action);
+        };
+        match scope.sync(&resources, cg) {
+            Ok(problems) => {
+                for p in problems {
+                    tracing::warn!(container = %self.id, action = ?d.action, "after the unit's properties changed, writing again what it has none for: {p}");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(container = %self.id, action = ?d.action, "directive applied to the cgroup but not to its systemd unit (a daemon-reload would undo it): {}", predictive_api::error_chain(&e));
+            }
+        }
+    }
+
     /// [`Augment::created`]'s blocking part: puts the container's init into the companion hierarchies (a move
     /// into a cgroup waits for the kernel's RCU grace period, 5-25 ms), applies the registration's directives and
     /// sets up the sampler. Call from the blocking pool.
@@ -693,12 +723,7 @@ impl Augment {
                             self.unknown(d);
                         } else {
                             match predictive_api::apply::apply(d, &cg) {
-                                Ok(true) => {
-                                    // A weight the unit has no property for: written again after its changes.
-                                    if let Some(scope) = lock(&self.scope).as_ref() {
-                                        scope.keep(&d.action);
-                                    }
-                                }
+                                Ok(true) => self.keep_for_unit(&d.action),
                                 Ok(false) => {}
                                 Err(e) => {
                                     tracing::warn!(container = %self.id, "applying the initial {:?}: {e}", d.action)
@@ -1123,22 +1148,7 @@ impl Augment {
             .apply_broker(d, cg, predictive_api::apply::apply)
         {
             Ok(true) => {
-                if let Some(scope) = lock(&self.scope).as_ref() {
-                    match unit_resources(&d.action) {
-                        Some(resources) => match scope.sync(&resources, cg) {
-                            Ok(problems) => {
-                                for p in problems {
-                                    tracing::warn!(container = %self.id, action = ?d.action, "after the unit's properties changed, writing again what it has none for: {p}");
-                                }
-                            }
-                            Err(e) => {
-                                tracing::warn!(container = %self.id, action = ?d.action, "directive applied to the cgroup but not to its systemd unit (a daemon-reload would undo it): {}", predictive_api::error_chain(&e));
-                            }
-                        },
-                        // A weight systemd would put back at the unit's next change: written again then.
-                        None => scope.keep(&d.action),
-                    }
-                }
+                self.sync_unit(d, cg);
                 let mut a = lock(&self.allocation);
                 match &d.action {
                     Action::SetCpu { cores } => a.cpu_cores = *cores,

@@ -102,12 +102,7 @@ impl Kept {
 
     /// Writes what is kept into `cg`; what could not be written, in words.
     fn rewrite(&self, cg: &ContainerCgroup, container: &str) -> Vec<String> {
-        let mut problems = Vec::new();
-        for piece in &self.pieces {
-            if let Err(e) = cg.update_resources(piece) {
-                problems.push(predictive_api::error_chain(&e));
-            }
-        }
+        let mut problems = crate::fidelity::write_pieces(cg, &self.pieces);
         for action in &self.directives {
             let d = Directive {
                 container_id: container.to_owned(),
