@@ -3,10 +3,16 @@
 //! containerd hands the shim fifo paths, or a logging binary or file URI for the output (`log_uri.rs`: the
 //! container's output then goes to the logging binary's pipes, or through the shim's copies into the file).
 //! With fifos the container gets one end of an anonymous pipe per stream; the shim copies between the other end
-//! and the fifo (containerd-shim's `IoTasks`), so CloseIO can close a process's stdin and a restarted containerd
-//! finds its output still flowing.
+//! and the fifo (containerd-shim's `IoTasks` for stdin, the shim's own copies for the output), so CloseIO can
+//! close a process's stdin and a restarted containerd finds its output still flowing.
 //! With a terminal, the container's init sends the pty master back over a console socket and the
 //! shim copies between the fifos and the master instead.
+//!
+//! An output fifo is opened for writing only once the client's reader has it open, as runc's shim does with a
+//! blocking open ([`open_output_fifo`]): containerd's client opens its readers without waiting (`containerd/fifo`
+//! with `O_NONBLOCK`, in a goroutine of its own), and output the shim wrote into a fifo nobody else had open
+//! vanished with the shim's own hold when the process ended, before a late reader came (a 45 ms `ctr run --rm`
+//! printed nothing once in CI, on a loaded host).
 //!
 //! Without a terminal the stdin fifo is opened at Start ([`ProcessIo::start_input`]), not at Create:
 //! `ctr run` and nerdctl set their CloseIO callback only after Create returns, so input that ends
@@ -33,8 +39,10 @@ use crate::zygote;
 
 /// How long the shim waits for a container's console after create succeeded.
 const CONSOLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// How long the copies into a log file may take to finish at Delete (containerd-shim's fifo copies' drain time).
-const FILE_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long the output copies may take to finish at Delete (what containerd's runc shim allows too).
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long an output fifo waits for the client's reader ([`open_output_fifo`]); runc's shim waits for ever.
+const READER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The fifo paths containerd asked for, and whether the process has a terminal.
 #[derive(Clone, Debug, Default)]
@@ -66,8 +74,7 @@ pub struct ProcessIo {
     logger: Option<Logger>,
     /// With a terminal and a logging binary: the logger's stdout, for the console's copy.
     logger_stdout: Option<OwnedFd>,
-    /// The copies into a `file://` sink, or from a console to a logging binary (containerd-shim's copies
-    /// write only to fifos).
+    /// The output copies: into the fifos, into a `file://` sink, or from a console to a logging binary.
     copies: Vec<JoinHandle<()>>,
 }
 
@@ -173,8 +180,8 @@ impl ProcessIo {
                 }
             }
             _ => {
-                container.stdout = Some(output(&io.tasks, &paths.stdout, "stdout")?);
-                container.stderr = Some(output(&io.tasks, &paths.stderr, "stderr")?);
+                container.stdout = Some(io.output(&paths.stdout, "stdout").await?);
+                container.stderr = Some(io.output(&paths.stderr, "stderr").await?);
             }
         }
         Ok((io, container, None))
@@ -190,13 +197,8 @@ impl ProcessIo {
                 let _ = c.await;
             }
         };
-        if tokio::time::timeout(FILE_DRAIN_TIMEOUT, drain)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "output copy did not finish within {FILE_DRAIN_TIMEOUT:?}, cancelling it"
-            );
+        if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+            tracing::warn!("output copy did not finish within {DRAIN_TIMEOUT:?}, cancelling it");
         }
         self.abort_copies();
         self.logger_stdout = None;
@@ -217,6 +219,32 @@ impl ProcessIo {
         for c in self.copies.drain(..) {
             c.abort();
         }
+    }
+
+    /// The container's end of its `name` stream (stdout or stderr): a pipe the shim copies into the fifo at
+    /// `path` (/dev/null without one).
+    async fn output(&mut self, path: &str, name: &str) -> Result<OwnedFd> {
+        if path.is_empty() {
+            return dev_null();
+        }
+        let (r, w) = pipe_pair()?;
+        let receiver = pipe::Receiver::from_owned_fd(r)
+            .map_err(ShimError::io(format!("registering the {name} pipe")))?;
+        self.copy_to_fifo(receiver, path).await?;
+        Ok(w)
+    }
+
+    /// Copies `from` into the output fifo at `path` ([`open_output_fifo`]) until either ends.
+    async fn copy_to_fifo<R>(&mut self, from: R, path: &str) -> Result<()>
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+    {
+        let (hold, fifo) = open_output_fifo(path, READER_TIMEOUT).await?;
+        self.copies.push(tokio::spawn(async move {
+            let _hold = hold;
+            copy(from, fifo).await;
+        }));
+        Ok(())
     }
 
     /// At Start: opens the stdin fifo and starts copying it to the process (see the module docs).
@@ -266,9 +294,7 @@ impl ProcessIo {
                 self.copies.push(copy_to_file(pty.clone(), f, path.clone()));
             }
             Sink::Fifos if !paths.stdout.is_empty() => {
-                self.tasks
-                    .copy_to_fifo(pty.clone(), fifo_path(&paths.stdout))
-                    .map_err(ShimError::shim(format!("opening stdout {}", paths.stdout)))?;
+                self.copy_to_fifo(pty.clone(), &paths.stdout).await?;
             }
             Sink::Fifos => {}
         }
@@ -310,17 +336,48 @@ fn fifo_path(path: &str) -> &str {
     path.strip_prefix("fifo://").unwrap_or(path)
 }
 
-fn output(tasks: &IoTasks, path: &str, name: &str) -> Result<OwnedFd> {
-    if path.is_empty() {
-        return dev_null();
+/// Opens the output fifo at `path` (a `fifo://` URI or a path) for the shim's copy: its writer, once a reader has
+/// the fifo open (the client's, see the module docs; up to `wait`, then without it and with a warning), and a
+/// reader of the shim's own, held for as long as the copy runs, so that a containerd restarted meanwhile finds
+/// the output still there instead of the copy failing with EPIPE. Neither end blocks a thread.
+async fn open_output_fifo(
+    path: &str,
+    wait: std::time::Duration,
+) -> Result<(std::fs::File, pipe::Sender)> {
+    let path = fifo_path(path);
+    let hold = || {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(ShimError::io(format!("holding the fifo {path} open")))
+    };
+    let open = || {
+        pipe::OpenOptions::new()
+            .open_sender(path)
+            .map_err(ShimError::io(format!("opening the fifo {path}")))
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match pipe::OpenOptions::new().open_sender(path) {
+            Ok(fifo) => return Ok((hold()?, fifo)),
+            // No reader yet.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {}
+            Err(e) => return Err(ShimError::io(format!("opening the fifo {path}"))(e)),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                fifo = path,
+                "no reader opened the output fifo within {wait:?}: writing to it anyway"
+            );
+            let hold = hold()?;
+            return Ok((hold, open()?));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(50));
     }
-    let (r, w) = pipe_pair()?;
-    let receiver = pipe::Receiver::from_owned_fd(r)
-        .map_err(ShimError::io(format!("registering the {name} pipe")))?;
-    tasks
-        .copy_to_fifo(receiver, fifo_path(path))
-        .map_err(ShimError::shim(format!("opening {name} {path}")))?;
-    Ok(w)
 }
 
 fn pipe_pair() -> Result<(OwnedFd, OwnedFd)> {
@@ -396,6 +453,7 @@ pub fn resize(pty: &Pty, width: u32, height: u32) -> Result<()> {
 mod tests {
     use std::io::{Read, Write};
     use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::fs::OpenOptionsExt;
     use std::sync::Arc;
 
     use super::*;
@@ -432,6 +490,87 @@ mod tests {
             None,
         )
         .expect("sending the pty master");
+    }
+
+    /// containerd's client opens its reader of a stdout fifo in a goroutine of its own, without waiting: a reader
+    /// that comes late (300 ms here, after the process wrote and ended) still gets all of the output.
+    #[tokio::test]
+    async fn output_reaches_a_reader_that_opens_late() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let fifo = tmp.path().join("stdout");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let f = fifo.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            // Blocking, as the client's goroutine's open: it returns once a writer has the fifo open.
+            let mut out = String::new();
+            let read = std::fs::File::open(&f).and_then(|mut r| r.read_to_string(&mut out));
+            let _ = tx.send(read.map(|_| out));
+        });
+        let paths = StdioPaths {
+            stdin: String::new(),
+            stdout: format!("fifo://{}", fifo.display()),
+            stderr: String::new(),
+            terminal: false,
+        };
+        let reaper = Reaper::default();
+        let owner = Owner {
+            id: "c1",
+            namespace: "default",
+            reaper: &reaper,
+        };
+        let (pio, mut stdio, _) = ProcessIo::prepare(&paths, tmp.path(), &owner)
+            .await
+            .expect("prepare");
+        // The process writes, and ends.
+        let mut out = std::fs::File::from(stdio.stdout.take().expect("a stdout pipe"));
+        out.write_all(b"short-lived\n").expect("writing stdout");
+        drop(out);
+        drop(stdio);
+        pio.shutdown().await;
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap_or_else(|_| {
+                // The reader waits for a writer that will not come: let it go, to see what it read.
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&fifo);
+                rx.recv().expect("the reader's result")
+            })
+            .expect("reading the fifo");
+        assert_eq!(got, "short-lived\n", "what the late reader read");
+    }
+
+    /// A fifo nobody opens for reading is written to anyway after the wait, the shim's own reader keeping it.
+    #[tokio::test]
+    async fn an_output_fifo_without_a_reader_is_opened_after_the_wait() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let fifo = tmp.path().join("stdout");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let path = fifo.display().to_string();
+        let wait = std::time::Duration::from_millis(50);
+        let started = std::time::Instant::now();
+        let (mut hold, mut writer) = open_output_fifo(&path, wait)
+            .await
+            .expect("opening without a reader");
+        assert!(
+            started.elapsed() >= wait,
+            "returned after {:?}",
+            started.elapsed()
+        );
+        writer.write_all(b"kept\n").await.expect("writing");
+        let mut buf = [0u8; 5];
+        hold.read_exact(&mut buf)
+            .expect("reading back through the hold");
+        assert_eq!(&buf, b"kept\n");
+        assert!(
+            open_output_fifo(&tmp.path().join("none").display().to_string(), wait)
+                .await
+                .is_err(),
+            "a missing fifo is an error, not a wait"
+        );
     }
 
     /// A terminal's output (one stream) goes to a logging binary's stdout, or into a `file://` sink, and both
