@@ -2,8 +2,8 @@
 //! libcontainer's systemd manager at Create): every limit the shim later writes into that cgroup — a broker
 //! directive, a user's Update — is also set on the unit (D-Bus `SetUnitProperties`, runtime), as runc does for
 //! `runc update`. Otherwise systemd keeps the values the unit was started with and writes them back into the
-//! cgroup whenever it applies the unit's properties again (at a property change; at a `daemon-reload` too for the
-//! pods test's scope in its kubelet-made slice, not for a `systemd-run` scope), undoing the rewrite.
+//! cgroup whenever it applies the unit's properties again (at a property change; at a `daemon-reload` that follows
+//! one closely), undoing the rewrite.
 //!
 //! Each such change makes systemd write every cgroup file it has a property for, from the unit's value or its
 //! default: `memory.oom.group` 0, `io.weight` 100, `memory.swap.max` and `memory.high` `max` where the unit has no
@@ -12,6 +12,16 @@
 //! resources systemd has none for (kubelet's `memory.oom.group` on v2, the block I/O weight, CPU idle; see
 //! [`crate::fidelity::not_for_systemd`]) and the broker's CPU and I/O weights — is kept here and written again
 //! after each change of the unit's properties, as runc writes every resource after setting them.
+//!
+//! A property change just before a `daemon-reload` makes systemd write its values once more after the reload, after
+//! the shim's rewrite (the pods test's scope had `memory.oom.group` 0 after a reload that came right after its
+//! Update in four runs of four in the guest, systemd 257; 1 when the reload came 0.7 s later).
+//! For kubelet's group OOM kill systemd has a setting of its own, `OOMPolicy=kill` (runc sets it at the unit's
+//! start since opencontainers/cgroups' 2025 change; libcgroups starts the unit with a fixed set, and systemd refuses
+//! it on a running scope), so the shim gives it to the unit as a runtime drop-in
+//! ([`Scope::write_oom_policy`]): systemd reads it at its next reload, and from then on writes 1 itself. An OOM kill
+//! then fails the unit; the same drop-in's `CollectMode=inactive-or-failed` lets systemd remove it at once (runc
+//! resets it at its Delete) instead of listing it failed. The shim removes its drop-in at Delete ([`Scope::forget`]).
 //!
 //! Blocking (a D-Bus round trip per call): call from tokio's blocking pool.
 
@@ -24,6 +34,10 @@ use runtime_hooks::ContainerCgroup;
 
 /// How long libcgroups waits for a process to appear in a unit's cgroup (unused here: the unit exists).
 const WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Where the system manager keeps its transient units and their runtime drop-ins.
+const TRANSIENT_DIR: &str = "/run/systemd/transient";
+/// The shim's drop-in in a unit's `<unit>.d` (systemd names its own `50-<Property>.conf`).
+const OOM_POLICY_DROP_IN: &str = "50-predictive-OOMPolicy.conf";
 
 /// A systemd-owned container cgroup. Clones share what is kept.
 #[derive(Debug, Clone)]
@@ -34,6 +48,8 @@ pub struct Scope {
     container: String,
     /// What the cgroup holds that the unit has no property for.
     kept: Arc<Mutex<Kept>>,
+    /// The spec asks for `memory.oom.group` 1 (kubelet on cgroup v2): the unit's `OOMPolicy=kill`.
+    oom_kill: bool,
 }
 
 /// What a change of the unit's properties would undo in the cgroup, to be written again after it.
@@ -150,11 +166,88 @@ impl Scope {
         if let Some(r) = resources {
             kept.take(r);
         }
+        let oom_kill = resources
+            .and_then(|r| r.unified().as_ref())
+            .and_then(|u| u.get("memory.oom.group"))
+            .is_some_and(|v| v.trim() == "1");
         Scope {
             cgroups_path: cgroups_path.to_owned(),
             container: container.to_owned(),
             kept: Arc::new(Mutex::new(kept)),
+            oom_kill,
         }
+    }
+
+    /// The unit's name as libcgroups makes it from `slice:prefix:name` (`<prefix>-<name>.scope`); `None` for a
+    /// slice, or a path that names no file of its own.
+    fn unit(&self) -> Option<String> {
+        let parts: Vec<&str> = self.cgroups_path.split(':').collect();
+        let (prefix, name) = match parts[..] {
+            [_, prefix, name] | [prefix, name] => (prefix, name),
+            _ => return None,
+        };
+        if name.ends_with(".slice") {
+            return None;
+        }
+        // systemd took the name when libcontainer started the unit; it names a file below, so checked all the same.
+        let unit = format!("{prefix}-{name}.scope");
+        (!unit.contains('/') && !unit.starts_with('.')).then_some(unit)
+    }
+
+    /// Whether [`Scope::write_oom_policy`] has anything to write.
+    pub fn wants_oom_policy(&self) -> bool {
+        self.oom_kill && self.unit().is_some()
+    }
+
+    /// For a spec with `memory.oom.group` 1: the runtime drop-in `OOMPolicy=kill` of the container's transient unit
+    /// (see the module's doc). Nothing for another spec, or a unit systemd has no transient file for. Atomic: a
+    /// reload reads the whole file or none.
+    pub fn write_oom_policy(&self) -> std::io::Result<()> {
+        self.write_oom_policy_in(std::path::Path::new(TRANSIENT_DIR))
+    }
+
+    fn write_oom_policy_in(&self, transient: &std::path::Path) -> std::io::Result<()> {
+        let Some(unit) = self.unit().filter(|_| self.oom_kill) else {
+            return Ok(());
+        };
+        if !transient.join(&unit).is_file() {
+            return Ok(());
+        }
+        let dir = transient.join(format!("{unit}.d"));
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".{OOM_POLICY_DROP_IN}.tmp"));
+        std::fs::write(
+            &tmp,
+            format!(
+                "# Written by containerd-shim-predictive-v2 for container {}: its spec's memory.oom.group 1,\n\
+                 # which systemd writes itself when it applies the unit's settings, and the failed unit an OOM kill\n\
+                 # then leaves removed at once. Removed at the container's Delete.\n\
+                 [Unit]\nCollectMode=inactive-or-failed\n[Scope]\nOOMPolicy=kill\n",
+                self.container
+            ),
+        )?;
+        std::fs::rename(&tmp, dir.join(OOM_POLICY_DROP_IN))
+    }
+
+    /// At Delete: removes the shim's drop-in, and the unit's drop-in directory when that leaves it empty (systemd
+    /// removes the drop-ins it has read with the unit, not one it never read).
+    pub fn forget(&self) -> std::io::Result<()> {
+        self.forget_in(std::path::Path::new(TRANSIENT_DIR))
+    }
+
+    fn forget_in(&self, transient: &std::path::Path) -> std::io::Result<()> {
+        let Some(unit) = self.unit().filter(|_| self.oom_kill) else {
+            return Ok(());
+        };
+        let dir = transient.join(format!("{unit}.d"));
+        match std::fs::remove_file(dir.join(OOM_POLICY_DROP_IN)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        // Only when empty: systemd's own drop-ins of a unit it still has stay.
+        let _ = std::fs::remove_dir(&dir);
+        Ok(())
     }
 
     fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
@@ -364,5 +457,93 @@ mod tests {
         other.keep(&Action::SetCpuWeight { shares: 2048 });
         assert_eq!(scope.kept().directives.len(), 1);
         assert_eq!(scope.kept().pieces.len(), 2);
+    }
+
+    fn with_oom_group(value: &str) -> LinuxResources {
+        let mut r = LinuxResources::default();
+        r.set_unified(Some(
+            [("memory.oom.group".to_owned(), value.to_owned())].into(),
+        ));
+        r
+    }
+
+    /// kubelet's `memory.oom.group` 1 becomes the transient unit's `OOMPolicy=kill` drop-in (and the failed unit
+    /// an OOM kill leaves is collected); Delete removes the drop-in, and the directory only once it is empty.
+    #[test]
+    fn the_oom_group_becomes_the_units_oom_policy_until_delete() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let unit = "cri-containerd-c1.scope";
+        std::fs::write(tmp.path().join(unit), "[Scope]\n").expect("the unit's transient file");
+        let scope = Scope::new(
+            "kubepods-pod1.slice:cri-containerd:c1",
+            "c1",
+            Some(&with_oom_group("1")),
+        );
+        assert!(scope.wants_oom_policy());
+        scope.write_oom_policy_in(tmp.path()).expect("writing");
+        let dir = tmp.path().join(format!("{unit}.d"));
+        let written = std::fs::read_to_string(dir.join(OOM_POLICY_DROP_IN)).expect("the drop-in");
+        let lines: Vec<&str> = written.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            [
+                "[Unit]",
+                "CollectMode=inactive-or-failed",
+                "[Scope]",
+                "OOMPolicy=kill"
+            ]
+        );
+        assert_eq!(
+            std::fs::read_dir(&dir).expect("dir").count(),
+            1,
+            "a temporary file left"
+        );
+        // systemd's own drop-in of a property change stays, and so does the directory.
+        std::fs::write(dir.join("50-MemoryMax.conf"), "[Scope]\nMemoryMax=1\n").expect("systemd's");
+        scope.forget_in(tmp.path()).expect("forgetting");
+        assert!(!dir.join(OOM_POLICY_DROP_IN).exists());
+        assert!(dir.join("50-MemoryMax.conf").exists());
+        std::fs::remove_file(dir.join("50-MemoryMax.conf")).expect("rm");
+        scope
+            .write_oom_policy_in(tmp.path())
+            .expect("writing again");
+        scope.forget_in(tmp.path()).expect("forgetting again");
+        assert!(!dir.exists(), "the emptied drop-in directory is left");
+        // Gone already (systemd removed a drop-in it read with the unit): not an error.
+        scope
+            .forget_in(tmp.path())
+            .expect("forgetting what is gone");
+    }
+
+    /// No drop-in without the OOM group, for a unit with no transient file, or for a slice.
+    #[test]
+    fn no_oom_policy_without_the_oom_group_or_a_transient_scope() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(tmp.path().join("cri-containerd-c1.scope"), "").expect("unit");
+        for (path, resources) in [
+            ("pod.slice:cri-containerd:c1", Some(with_oom_group("0"))),
+            (
+                "pod.slice:cri-containerd:c1",
+                Some(LinuxResources::default()),
+            ),
+            ("pod.slice:cri-containerd:c1", None),
+            ("pod.slice:other:c1", Some(with_oom_group("1"))),
+            (
+                "pod.slice:cri-containerd:c1.slice",
+                Some(with_oom_group("1")),
+            ),
+            ("malformed", Some(with_oom_group("1"))),
+        ] {
+            let scope = Scope::new(path, "c1", resources.as_ref());
+            scope
+                .write_oom_policy_in(tmp.path())
+                .expect("writing nothing");
+            let entries: Vec<_> = std::fs::read_dir(tmp.path())
+                .expect("dir")
+                .map(|e| e.expect("entry").file_name())
+                .collect();
+            assert_eq!(entries.len(), 1, "{path} {resources:?}: {entries:?}");
+        }
+        assert!(!Scope::new("a:b/../x:c", "c", Some(&with_oom_group("1"))).wants_oom_policy());
     }
 }

@@ -431,10 +431,7 @@ impl TaskService {
                     .unwrap_or_else(|e| e.into_inner())
                     .extend(named);
                 container.augment = augment.clone();
-                if let (Some(a), Some(s)) = (&augment, &scope) {
-                    a.set_scope(s.clone());
-                }
-                container.scope = scope;
+                set_scope(&mut container, scope).await;
                 let container = Arc::new(container);
                 // Before the reply, so before Start: the container is in its cgroups (and, with a monitor, its
                 // allocation applied) before its process runs. Off the runtime thread: a move into a cgroup waits
@@ -1440,6 +1437,25 @@ async fn shutdown_io(process: &Process) {
     }
 }
 
+/// After Create under the systemd driver: the container's unit, for its monitor and itself, and the unit's
+/// `OOMPolicy=kill` drop-in for a spec that asks for it ([`Scope::write_oom_policy`], off the runtime thread).
+async fn set_scope(container: &mut Container, scope: Option<Scope>) {
+    if let (Some(a), Some(s)) = (&container.augment, &scope) {
+        a.set_scope(s.clone());
+    }
+    container.scope = scope;
+    let Some(s) = container.scope.clone().filter(|s| s.wants_oom_policy()) else {
+        return;
+    };
+    let id = container.id.clone();
+    blocking("writing the unit's OOM policy", move || {
+        if let Err(e) = s.write_oom_policy() {
+            tracing::warn!(container = %id, "the unit's OOMPolicy=kill drop-in: {e}");
+        }
+    })
+    .await;
+}
+
 /// After the container's processes are gone: removes the cgroup directories the shim made for it (its monitor's
 /// and its own), off the runtime thread.
 async fn remove_cgroup_dirs(container: &Arc<Container>) {
@@ -1449,6 +1465,11 @@ async fn remove_cgroup_dirs(container: &Arc<Container>) {
             a.cleanup();
         }
         c.remove_companions();
+        if let Some(s) = &c.scope
+            && let Err(e) = s.forget()
+        {
+            tracing::warn!(container = %c.id, "removing the unit's OOMPolicy drop-in: {e}");
+        }
     })
     .await;
 }

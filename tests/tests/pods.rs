@@ -376,13 +376,44 @@ fn cri_pods_land_in_their_pod_cgroups() {
             "daemon-reload undid the memory update of {scope}"
         );
         assert_no_host_device(&api, &slice.container, "after daemon-reload");
-        // What systemd has no property for, or ours sets besides it, is still there after the reload; not the OOM
-        // group: systemd 257's reload writes `memory.oom.group` 0 into this scope (not into a `systemd-run` scope
-        // in a plain slice; docs/BENCHMARKS.md, open).
+        // What systemd has no property for, or ours sets besides it, is still there after the reload; the OOM group
+        // is now systemd's own to write: the reload read the shim's drop-in.
         assert_v2_extras(
             &scope_dir,
             "the slice pod's container after daemon-reload",
-            false,
+            true,
+        );
+        assert_eq!(systemctl_show(&scope, "OOMPolicy"), "kill", "{scope}");
+        // An OOM kill: kubelet sees OOMKilled, and systemd, which now fails the unit for it, does not keep it
+        // listed failed.
+        api.exec_sync(
+            &slice.container,
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=400M", "count=1"],
+            60,
+        );
+        let exited = wait_until(Duration::from_secs(30), || {
+            let status =
+                &api.call("ContainerStatus", json!({"container_id": slice.container}))["status"];
+            (status["state"] == "CONTAINER_EXITED").then(|| {
+                (
+                    status["exit_code"].as_i64().unwrap_or(-1),
+                    status["reason"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+        });
+        assert_eq!(
+            exited,
+            Some((137, "OOMKilled".to_owned())),
+            "the slice pod's container after an OOM kill"
+        );
+        let unit_gone = wait_until(Duration::from_secs(30), || {
+            (systemctl_show(&scope, "LoadState") == "not-found").then_some(())
+        });
+        assert!(
+            unit_gone.is_some(),
+            "{scope} kept after its OOM kill: {} {}",
+            systemctl_show(&scope, "ActiveState"),
+            systemctl_show(&scope, "Result")
         );
     }
 
@@ -401,6 +432,14 @@ fn cri_pods_land_in_their_pod_cgroups() {
         assert_ne!(
             state, "active",
             "{scope} still active after RemoveContainer"
+        );
+        let drop_ins = PathBuf::from("/run/systemd/transient").join(format!("{scope}.d"));
+        assert!(
+            !drop_ins.exists(),
+            "{} left after RemoveContainer: {:?}",
+            drop_ins.display(),
+            std::fs::read_dir(&drop_ins)
+                .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
         );
     }
     c.finish();
