@@ -218,13 +218,11 @@ impl Scope {
         let tmp = dir.join(format!(".{OOM_POLICY_DROP_IN}.tmp"));
         std::fs::write(
             &tmp,
-            format!(
-                "# Written by containerd-shim-predictive-v2 for container {}: its spec's memory.oom.group 1,\n\
-                 # which systemd writes itself when it applies the unit's settings, and the failed unit an OOM kill\n\
-                 # then leaves removed at once. Removed at the container's Delete.\n\
-                 [Unit]\nCollectMode=inactive-or-failed\n[Scope]\nOOMPolicy=kill\n",
-                self.container
-            ),
+            // Nothing of the request's in it (the unit's own file names the container).
+            "# Written by containerd-shim-predictive-v2: the container's spec asks for memory.oom.group 1, which\n\
+             # systemd writes itself when it applies the unit's settings, and the failed unit an OOM kill then\n\
+             # leaves is removed at once. Removed at the container's Delete.\n\
+             [Unit]\nCollectMode=inactive-or-failed\n[Scope]\nOOMPolicy=kill\n",
         )?;
         std::fs::rename(&tmp, dir.join(OOM_POLICY_DROP_IN))
     }
