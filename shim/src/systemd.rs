@@ -2,8 +2,8 @@
 //! libcontainer's systemd manager at Create): every limit the shim later writes into that cgroup — a broker
 //! directive, a user's Update — is also set on the unit (D-Bus `SetUnitProperties`, runtime), as runc does for
 //! `runc update`. Otherwise systemd keeps the values the unit was started with and writes them back into the
-//! cgroup whenever it applies the unit's properties again (at a property change; at a `daemon-reload` that follows
-//! one closely), undoing the rewrite.
+//! cgroup whenever it applies the unit's properties again (at a property change; at a `daemon-reload` in the pods
+//! test's sequence, below), undoing the rewrite.
 //!
 //! Each such change makes systemd write every cgroup file it has a property for, from the unit's value or its
 //! default: `memory.oom.group` 0, `io.weight` 100, `memory.swap.max` and `memory.high` `max` where the unit has no
@@ -13,9 +13,10 @@
 //! [`crate::fidelity::not_for_systemd`]) and the broker's CPU and I/O weights — is kept here and written again
 //! after each change of the unit's properties, as runc writes every resource after setting them.
 //!
-//! A property change just before a `daemon-reload` makes systemd write its values once more after the reload, after
-//! the shim's rewrite (the pods test's scope had `memory.oom.group` 0 after a reload that came right after its
-//! Update in four runs of four in the guest, systemd 257; 1 when the reload came 0.7 s later).
+//! A `daemon-reload` right after the pods test's Update (and the broker's directive that follows it) made systemd
+//! write its values once more, after the shim's rewrite: `memory.oom.group` 0 in four runs of four in the guest,
+//! systemd 257; 1 when the reload came 0.7 s later. With `systemd-run` scopes, a property change, one more round trip
+//! and the write, before, during or together with a reload, it stayed 1 (docs/BENCHMARKS.md).
 //! For kubelet's group OOM kill systemd has a setting of its own, `OOMPolicy=kill` (runc sets it at the unit's
 //! start since opencontainers/cgroups' 2025 change; libcgroups starts the unit with a fixed set, and systemd refuses
 //! it on a running scope), so the shim gives it to the unit as a runtime drop-in
