@@ -47,6 +47,8 @@ pub struct Scope {
     cgroups_path: String,
     /// The container id (libcgroups names the unit's description after it).
     container: String,
+    /// The unit's name (`<prefix>-<name>.scope`), as the placement found it; `None` for one that is no scope.
+    unit: Option<String>,
     /// What the cgroup holds that the unit has no property for.
     kept: Arc<Mutex<Kept>>,
     /// The spec asks for `memory.oom.group` 1 (kubelet on cgroup v2): the unit's `OOMPolicy=kill`.
@@ -160,9 +162,14 @@ pub enum ScopeError {
 }
 
 impl Scope {
-    /// The unit of a container created with the systemd driver from `cgroups_path` (`slice:prefix:name`), whose
-    /// spec asks for `resources`.
-    pub fn new(cgroups_path: &str, container: &str, resources: Option<&LinuxResources>) -> Scope {
+    /// The unit `unit` (the placement's, `runtime_hooks::placement::Placement::unit`) of a container created with
+    /// the systemd driver from `cgroups_path` (`slice:prefix:name`), whose spec asks for `resources`.
+    pub fn new(
+        cgroups_path: &str,
+        unit: Option<&str>,
+        container: &str,
+        resources: Option<&LinuxResources>,
+    ) -> Scope {
         let mut kept = Kept::default();
         if let Some(r) = resources {
             kept.take(r);
@@ -171,33 +178,27 @@ impl Scope {
             .and_then(|r| r.unified().as_ref())
             .and_then(|u| u.get("memory.oom.group"))
             .is_some_and(|v| v.trim() == "1");
+        // It names a file below: a scope's plain name only.
+        let unit = unit
+            .filter(|u| u.ends_with(".scope") && !u.contains('/') && !u.starts_with('.'))
+            .map(str::to_owned);
         Scope {
             cgroups_path: cgroups_path.to_owned(),
             container: container.to_owned(),
+            unit,
             kept: Arc::new(Mutex::new(kept)),
             oom_kill,
         }
     }
 
-    /// The unit's name as libcgroups makes it from `slice:prefix:name` (`<prefix>-<name>.scope`); `None` for a
-    /// slice, or a path that names no file of its own.
-    fn unit(&self) -> Option<String> {
-        let parts: Vec<&str> = self.cgroups_path.split(':').collect();
-        let (prefix, name) = match parts[..] {
-            [_, prefix, name] | [prefix, name] => (prefix, name),
-            _ => return None,
-        };
-        if name.ends_with(".slice") {
-            return None;
-        }
-        // systemd took the name when libcontainer started the unit; it names a file below, so checked all the same.
-        let unit = format!("{prefix}-{name}.scope");
-        (!unit.contains('/') && !unit.starts_with('.')).then_some(unit)
+    /// The unit's name when the spec asks for its `OOMPolicy=kill` ([`Scope::write_oom_policy`]).
+    fn oom_policy_unit(&self) -> Option<&str> {
+        self.unit.as_deref().filter(|_| self.oom_kill)
     }
 
     /// Whether [`Scope::write_oom_policy`] has anything to write.
     pub fn wants_oom_policy(&self) -> bool {
-        self.oom_kill && self.unit().is_some()
+        self.oom_policy_unit().is_some()
     }
 
     /// For a spec with `memory.oom.group` 1: the runtime drop-in `OOMPolicy=kill` of the container's transient unit
@@ -208,10 +209,10 @@ impl Scope {
     }
 
     fn write_oom_policy_in(&self, transient: &std::path::Path) -> std::io::Result<()> {
-        let Some(unit) = self.unit().filter(|_| self.oom_kill) else {
+        let Some(unit) = self.oom_policy_unit() else {
             return Ok(());
         };
-        if !transient.join(&unit).is_file() {
+        if !transient.join(unit).is_file() {
             return Ok(());
         }
         let dir = transient.join(format!("{unit}.d"));
@@ -235,7 +236,7 @@ impl Scope {
     }
 
     fn forget_in(&self, transient: &std::path::Path) -> std::io::Result<()> {
-        let Some(unit) = self.unit().filter(|_| self.oom_kill) else {
+        let Some(unit) = self.oom_policy_unit() else {
             return Ok(());
         };
         let dir = transient.join(format!("{unit}.d"));
@@ -451,7 +452,12 @@ mod tests {
 
     #[test]
     fn clones_of_a_scope_share_what_is_kept() {
-        let scope = Scope::new("s.slice:p:c", "c", Some(&kubelet_like(512, 500)));
+        let scope = Scope::new(
+            "s.slice:p:c",
+            Some("p-c.scope"),
+            "c",
+            Some(&kubelet_like(512, 500)),
+        );
         let other = scope.clone();
         other.keep(&Action::SetCpuWeight { shares: 2048 });
         assert_eq!(scope.kept().directives.len(), 1);
@@ -475,6 +481,7 @@ mod tests {
         std::fs::write(tmp.path().join(unit), "[Scope]\n").expect("the unit's transient file");
         let scope = Scope::new(
             "kubepods-pod1.slice:cri-containerd:c1",
+            Some(unit),
             "c1",
             Some(&with_oom_group("1")),
         );
@@ -533,7 +540,15 @@ mod tests {
             ),
             ("malformed", Some(with_oom_group("1"))),
         ] {
-            let scope = Scope::new(path, "c1", resources.as_ref());
+            // The unit as the shim's Create finds it.
+            let host = runtime_hooks::placement::SystemdHost {
+                booted: true,
+                unified: true,
+            };
+            let unit = runtime_hooks::placement::place(path, true, host)
+                .ok()
+                .and_then(|p| p.unit);
+            let scope = Scope::new(path, unit.as_deref(), "c1", resources.as_ref());
             scope
                 .write_oom_policy_in(tmp.path())
                 .expect("writing nothing");
@@ -543,6 +558,14 @@ mod tests {
                 .collect();
             assert_eq!(entries.len(), 1, "{path} {resources:?}: {entries:?}");
         }
-        assert!(!Scope::new("a:b/../x:c", "c", Some(&with_oom_group("1"))).wants_oom_policy());
+        assert!(
+            !Scope::new(
+                "a:b/../x:c",
+                Some("b/../x-c.scope"),
+                "c",
+                Some(&with_oom_group("1"))
+            )
+            .wants_oom_policy()
+        );
     }
 }

@@ -307,7 +307,7 @@ impl TaskService {
             .filter(|p| p.driver == Driver::Systemd)
             .map(|p| {
                 let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
-                Scope::new(&p.cgroups_path, &req.id, resources)
+                Scope::new(&p.cgroups_path, p.unit.as_deref(), &req.id, resources)
             });
         let shared = &self.shared;
         let warmup = Warmup::start(
