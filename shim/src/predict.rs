@@ -674,23 +674,30 @@ impl Augment {
         *lock(&self.scope) = Some(scope);
     }
 
-    /// Under the systemd driver, keeps a directive applied to the cgroup only (a weight the unit has no property
-    /// for), for [`crate::systemd::Scope::sync`] to write again after the unit's next change.
+    /// Under the systemd driver, keeps a directive applied to the cgroup only (a weight), for
+    /// [`crate::systemd::Scope::sync`] to write again after the unit's next change and for the unit's drop-ins.
     fn keep_for_unit(&self, action: &Action) {
         if let Some(scope) = lock(&self.scope).as_ref() {
-            scope.keep(action);
+            self.keep_in(scope, action);
+        }
+    }
+
+    fn keep_in(&self, scope: &crate::systemd::Scope, action: &Action) {
+        if let Err(e) = scope.keep(action) {
+            tracing::warn!(container = %self.id, ?action, "applied to the cgroup, but not written into the unit's drop-ins (a daemon-reload would undo it): {e}");
         }
     }
 
     /// Under the systemd driver, sets the unit's properties for the applied directive `d` (and writes again what
-    /// the unit has none for), or keeps `d` for the next change when it is a weight the unit has no property for.
+    /// the unit has none for), or keeps `d` (a weight, applied to the cgroup only) for the next change and for the
+    /// unit's drop-ins.
     fn sync_unit(&self, d: &Directive, cg: &ContainerCgroup) {
         let guard = lock(&self.scope);
         let Some(scope) = guard.as_ref() else {
             return;
         };
         let Some(resources) = unit_resources(&d.action) else {
-            return scope.keep(&d.action);
+            return self.keep_in(scope, &d.action);
         };
         match scope.sync(&resources, cg) {
             Ok(problems) => {

@@ -13,16 +13,20 @@
 //! [`crate::fidelity::not_for_systemd`]) and the broker's CPU and I/O weights — is kept here and written again
 //! after each change of the unit's properties, as runc writes every resource after setting them.
 //!
-//! A `daemon-reload` right after the pods test's Update (and the broker's directive that follows it) made systemd
-//! write its values once more, after the shim's rewrite: `memory.oom.group` 0 in four runs of four in the guest,
-//! systemd 257; 1 when the reload came 0.7 s later. With `systemd-run` scopes, a property change, one more round trip
-//! and the write, before, during or together with a reload, it stayed 1 (docs/BENCHMARKS.md).
-//! For kubelet's group OOM kill systemd has a setting of its own, `OOMPolicy=kill` (runc sets it at the unit's
-//! start since opencontainers/cgroups' 2025 change; libcgroups starts the unit with a fixed set, and systemd refuses
-//! it on a running scope), so the shim gives it to the unit as a runtime drop-in
-//! ([`Scope::write_oom_policy`]): systemd reads it at its next reload, and from then on writes 1 itself. An OOM kill
-//! then fails the unit; the same drop-in's `CollectMode=inactive-or-failed` lets systemd remove it at once (runc
-//! resets it at its Delete) instead of listing it failed. The shim removes its drop-in at Delete ([`Scope::forget`]).
+//! A `daemon-reload` can write them all again too: systemd marks every realized unit's cgroup settings invalid as
+//! it deserializes the unit at a reload (`unit_deserialize_state`), and writes them at its next turn. In the pods
+//! test (guest, systemd 257) the reload right after an Update put `memory.oom.group` back to 0 in four runs of four,
+//! and the broker's I/O weight back to `default 100` (docs/BENCHMARKS.md); `systemd-run` scopes with the same
+//! files written by hand kept them, for reasons not found. So what the cgroup holds without a unit property, and
+//! systemd has a setting for, is given to the unit as the shim's runtime drop-ins ([`Scope::write_drop_ins`]):
+//! `OOMPolicy=kill` for kubelet's group OOM kill (runc sets it at the unit's start since opencontainers/cgroups'
+//! 2025 change; libcgroups starts the unit with a fixed set, and systemd refuses it on a running scope),
+//! `IOWeight=` for the broker's I/O weight or the spec's block I/O weight, `CPUWeight=` for the broker's CPU weight
+//! (libcgroups' systemd manager has no I/O weight; the broker's CPU weight changes often, a file write is cheaper
+//! than two D-Bus round trips). systemd reads them at its next reload, and from then on writes these values itself.
+//! With `OOMPolicy=kill` an OOM kill fails the unit; the same drop-in's `CollectMode=inactive-or-failed` lets
+//! systemd remove it at once (runc resets it at its Delete) instead of listing it failed. The shim removes its
+//! drop-ins at Delete ([`Scope::forget`]).
 //!
 //! Blocking (a D-Bus round trip per call): call from tokio's blocking pool.
 
@@ -37,8 +41,17 @@ use runtime_hooks::ContainerCgroup;
 const WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Where the system manager keeps its transient units and their runtime drop-ins.
 const TRANSIENT_DIR: &str = "/run/systemd/transient";
-/// The shim's drop-in in a unit's `<unit>.d` (systemd names its own `50-<Property>.conf`).
+/// The shim's drop-ins in a unit's `<unit>.d`, one per setting ([`Scope::write_drop_ins`]). systemd names the
+/// drop-ins of a property change `50-<Property>.conf` (in `/run/systemd/system.control`); these sort after them,
+/// so a reload reads the shim's value of a setting last.
 const OOM_POLICY_DROP_IN: &str = "50-predictive-OOMPolicy.conf";
+const IO_WEIGHT_DROP_IN: &str = "50-predictive-IOWeight.conf";
+const CPU_WEIGHT_DROP_IN: &str = "50-predictive-CPUWeight.conf";
+const DROP_INS: [&str; 3] = [OOM_POLICY_DROP_IN, IO_WEIGHT_DROP_IN, CPU_WEIGHT_DROP_IN];
+/// The first lines of each: nothing of the request's in them (the unit's own file names the container).
+const DROP_IN_HEADER: &str = "# Written by containerd-shim-predictive-v2: what the container's cgroup holds that the unit was not\n\
+     # started with, for systemd to write itself when it applies the unit's settings again (a daemon-reload).\n\
+     # Removed at the container's Delete.\n";
 
 /// A systemd-owned container cgroup. Clones share what is kept.
 #[derive(Debug, Clone)]
@@ -53,6 +66,8 @@ pub struct Scope {
     kept: Arc<Mutex<Kept>>,
     /// The spec asks for `memory.oom.group` 1 (kubelet on cgroup v2): the unit's `OOMPolicy=kill`.
     oom_kill: bool,
+    /// Where systemd keeps transient units ([`TRANSIENT_DIR`]; a temporary directory in unit tests).
+    transient: std::path::PathBuf,
 }
 
 /// What a change of the unit's properties would undo in the cgroup, to be written again after it.
@@ -62,6 +77,8 @@ struct Kept {
     pieces: Vec<LinuxResources>,
     /// The broker's last CPU weight and I/O weight directives (written into the cgroup only), one of each.
     directives: Vec<Action>,
+    /// The text of each of [`DROP_INS`] as last written (`None`: not there).
+    written: [Option<String>; 3],
 }
 
 /// Which kind of resource a piece of [`crate::fidelity::not_for_systemd`] is (each piece holds one): a later
@@ -117,6 +134,47 @@ impl Kept {
         self.directives
             .retain(|a| std::mem::discriminant(a) != std::mem::discriminant(action));
         self.directives.push(action.clone());
+    }
+
+    /// The v2 `io.weight` the cgroup holds without a unit property: the broker's last I/O weight, else the spec's
+    /// (or an Update's) block I/O weight.
+    fn io_weight(&self) -> Option<u64> {
+        let broker = self.directives.iter().find_map(|a| match a {
+            Action::SetIoWeight { weight, .. } => Some(*weight),
+            _ => None,
+        });
+        broker
+            .or_else(|| {
+                self.pieces
+                    .iter()
+                    .find_map(|p| p.block_io().as_ref().and_then(|b| b.weight()))
+            })
+            .map(runtime_hooks::actuate::blkio_weight_to_io_weight)
+    }
+
+    /// The v2 `cpu.weight` of the broker's last CPU weight directive (the spec's and Updates' CPU weight is a unit
+    /// property already).
+    fn cpu_weight(&self) -> Option<u64> {
+        self.directives.iter().find_map(|a| match a {
+            Action::SetCpuWeight { shares } => {
+                Some(runtime_hooks::actuate::shares_to_weight(*shares))
+            }
+            _ => None,
+        })
+    }
+
+    /// What each of [`DROP_INS`] should say now (`None`: no such file), for a spec with the OOM group `oom_kill`.
+    fn drop_ins(&self, oom_kill: bool) -> [Option<String>; 3] {
+        [
+            // With the OOM group an OOM kill fails the unit: collected at once, as runc resets it at its Delete.
+            oom_kill.then(|| {
+                format!("{DROP_IN_HEADER}[Unit]\nCollectMode=inactive-or-failed\n[Scope]\nOOMPolicy=kill\n")
+            }),
+            self.io_weight()
+                .map(|w| format!("{DROP_IN_HEADER}[Scope]\nIOWeight={w}\n")),
+            self.cpu_weight()
+                .map(|w| format!("{DROP_IN_HEADER}[Scope]\nCPUWeight={w}\n")),
+        ]
     }
 
     /// Writes what is kept into `cg`; what could not be written, in words.
@@ -188,62 +246,68 @@ impl Scope {
             unit,
             kept: Arc::new(Mutex::new(kept)),
             oom_kill,
+            transient: TRANSIENT_DIR.into(),
         }
     }
 
-    /// The unit's name when the spec asks for its `OOMPolicy=kill` ([`Scope::write_oom_policy`]).
-    fn oom_policy_unit(&self) -> Option<&str> {
-        self.unit.as_deref().filter(|_| self.oom_kill)
+    /// Whether [`Scope::write_drop_ins`] has anything to write or remove.
+    pub fn drop_ins_pending(&self) -> bool {
+        let kept = self.kept();
+        self.unit.is_some() && kept.drop_ins(self.oom_kill) != kept.written
     }
 
-    /// Whether [`Scope::write_oom_policy`] has anything to write.
-    pub fn wants_oom_policy(&self) -> bool {
-        self.oom_policy_unit().is_some()
-    }
-
-    /// For a spec with `memory.oom.group` 1: the runtime drop-in `OOMPolicy=kill` of the container's transient unit
-    /// (see the module's doc). Nothing for another spec, or a unit systemd has no transient file for. Atomic: a
-    /// reload reads the whole file or none.
-    pub fn write_oom_policy(&self) -> std::io::Result<()> {
-        self.write_oom_policy_in(std::path::Path::new(TRANSIENT_DIR))
-    }
-
-    fn write_oom_policy_in(&self, transient: &std::path::Path) -> std::io::Result<()> {
-        let Some(unit) = self.oom_policy_unit() else {
+    /// Brings the shim's runtime drop-ins of the container's transient unit in line with what the cgroup holds
+    /// without a unit property (see the module's doc): `OOMPolicy=kill` for a spec with `memory.oom.group` 1,
+    /// `IOWeight=` for the broker's I/O weight or the spec's block I/O weight, `CPUWeight=` for the broker's CPU
+    /// weight; a file whose setting is gone is removed. systemd reads them at its next reload and from then on
+    /// writes these values itself. Only files that change are touched, each atomically (a reload reads a whole
+    /// file or none); nothing for a unit systemd has no transient file for.
+    pub fn write_drop_ins(&self) -> std::io::Result<()> {
+        let transient = &self.transient;
+        let Some(unit) = self.unit.as_deref() else {
             return Ok(());
         };
-        if !transient.join(unit).is_file() {
+        let mut kept = self.kept();
+        let want = kept.drop_ins(self.oom_kill);
+        if want == kept.written || !transient.join(unit).is_file() {
             return Ok(());
         }
         let dir = transient.join(format!("{unit}.d"));
-        std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join(format!(".{OOM_POLICY_DROP_IN}.tmp"));
-        std::fs::write(
-            &tmp,
-            // Nothing of the request's in it (the unit's own file names the container).
-            "# Written by containerd-shim-predictive-v2: the container's spec asks for memory.oom.group 1, which\n\
-             # systemd writes itself when it applies the unit's settings, and the failed unit an OOM kill then\n\
-             # leaves is removed at once. Removed at the container's Delete.\n\
-             [Unit]\nCollectMode=inactive-or-failed\n[Scope]\nOOMPolicy=kill\n",
-        )?;
-        std::fs::rename(&tmp, dir.join(OOM_POLICY_DROP_IN))
+        for (i, name) in DROP_INS.iter().enumerate() {
+            if want[i] == kept.written[i] {
+                continue;
+            }
+            match &want[i] {
+                Some(text) => {
+                    std::fs::create_dir_all(&dir)?;
+                    let tmp = dir.join(format!(".{name}.tmp"));
+                    std::fs::write(&tmp, text)?;
+                    std::fs::rename(&tmp, dir.join(name))?;
+                }
+                None => remove_if_there(&dir.join(name))?,
+            }
+            kept.written[i] = want[i].clone();
+        }
+        Ok(())
     }
 
-    /// At Delete: removes the shim's drop-in, and the unit's drop-in directory when that leaves it empty (systemd
+    /// At Delete: removes the shim's drop-ins, and the unit's drop-in directory when that leaves it empty (systemd
     /// removes the drop-ins it has read with the unit, not one it never read).
     pub fn forget(&self) -> std::io::Result<()> {
-        self.forget_in(std::path::Path::new(TRANSIENT_DIR))
-    }
-
-    fn forget_in(&self, transient: &std::path::Path) -> std::io::Result<()> {
-        let Some(unit) = self.oom_policy_unit() else {
+        let transient = &self.transient;
+        let Some(unit) = self.unit.as_deref() else {
             return Ok(());
         };
+        let mut kept = self.kept();
+        if kept.written.iter().all(Option::is_none) {
+            return Ok(());
+        }
         let dir = transient.join(format!("{unit}.d"));
-        match std::fs::remove_file(dir.join(OOM_POLICY_DROP_IN)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        for (i, name) in DROP_INS.iter().enumerate() {
+            if kept.written[i].is_some() {
+                remove_if_there(&dir.join(name))?;
+                kept.written[i] = None;
+            }
         }
         // Only when empty: systemd's own drop-ins of a unit it still has stay.
         let _ = std::fs::remove_dir(&dir);
@@ -254,9 +318,11 @@ impl Scope {
         self.kept.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Keeps the broker's directive `action`, applied to the cgroup only, for [`Scope::sync`] to write again.
-    pub fn keep(&self, action: &Action) {
+    /// Keeps the broker's directive `action`, applied to the cgroup only, for [`Scope::sync`] to write again, and
+    /// a weight in the unit's drop-ins for systemd's next reload ([`Scope::write_drop_ins`]).
+    pub fn keep(&self, action: &Action) -> std::io::Result<()> {
         self.kept().keep(action);
+        self.write_drop_ins()
     }
 
     /// Sets the unit's properties for the limits in `resources` (CPU quota and weight, memory max/high/low, pids;
@@ -269,9 +335,16 @@ impl Scope {
         cg: &ContainerCgroup,
     ) -> Result<Vec<String>, ScopeError> {
         self.set_properties(resources)?;
-        let mut kept = self.kept();
-        kept.take(resources);
-        Ok(kept.rewrite(cg, &self.container))
+        let mut problems = {
+            let mut kept = self.kept();
+            kept.take(resources);
+            kept.rewrite(cg, &self.container)
+        };
+        // An Update's weights replace the broker's, and its block I/O weight the spec's.
+        if let Err(e) = self.write_drop_ins() {
+            problems.push(format!("the unit's drop-ins: {e}"));
+        }
+        Ok(problems)
     }
 
     fn set_properties(&self, resources: &LinuxResources) -> Result<(), ScopeError> {
@@ -310,6 +383,14 @@ impl Scope {
             cgroups_path: self.cgroups_path.clone(),
             source,
         })
+    }
+}
+
+/// Removes `path`; one that is gone already is no error.
+fn remove_if_there(path: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -452,15 +533,15 @@ mod tests {
 
     #[test]
     fn clones_of_a_scope_share_what_is_kept() {
-        let scope = Scope::new(
-            "s.slice:p:c",
-            Some("p-c.scope"),
-            "c",
-            Some(&kubelet_like(512, 500)),
-        );
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let scope = scope_in(tmp.path(), "p-c.scope", &kubelet_like(512, 500));
         let other = scope.clone();
-        other.keep(&Action::SetCpuWeight { shares: 2048 });
+        other
+            .keep(&Action::SetCpuWeight { shares: 2048 })
+            .expect("keeping");
         assert_eq!(scope.kept().directives.len(), 1);
+        // What was written is shared too: nothing left for the other clone to write.
+        assert!(!scope.drop_ins_pending());
         assert_eq!(scope.kept().pieces.len(), 2);
     }
 
@@ -472,58 +553,149 @@ mod tests {
         r
     }
 
+    /// A scope of unit `unit` for a spec with `resources`, whose transient units are in `tmp` (a transient file
+    /// for `unit` there).
+    fn scope_in(tmp: &std::path::Path, unit: &str, resources: &LinuxResources) -> Scope {
+        std::fs::write(tmp.join(unit), "[Scope]\n").expect("the unit's transient file");
+        let mut scope = Scope::new(
+            "kubepods-pod1.slice:cri-containerd:c1",
+            Some(unit),
+            "c1",
+            Some(resources),
+        );
+        scope.transient = tmp.to_owned();
+        scope
+    }
+
+    /// The settings of each of the shim's drop-ins in `dir` (comment lines left out).
+    fn drop_ins(dir: &std::path::Path) -> Vec<(String, Vec<String>)> {
+        let mut out: Vec<(String, Vec<String>)> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.map(|e| {
+                    let e = e.expect("entry");
+                    let text = std::fs::read_to_string(e.path()).expect("a drop-in");
+                    let lines = text
+                        .lines()
+                        .filter(|l| !l.starts_with('#'))
+                        .map(str::to_owned)
+                        .collect();
+                    (e.file_name().to_string_lossy().into_owned(), lines)
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
     /// kubelet's `memory.oom.group` 1 becomes the transient unit's `OOMPolicy=kill` drop-in (and the failed unit
     /// an OOM kill leaves is collected); Delete removes the drop-in, and the directory only once it is empty.
     #[test]
     fn the_oom_group_becomes_the_units_oom_policy_until_delete() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let unit = "cri-containerd-c1.scope";
-        std::fs::write(tmp.path().join(unit), "[Scope]\n").expect("the unit's transient file");
-        let scope = Scope::new(
-            "kubepods-pod1.slice:cri-containerd:c1",
-            Some(unit),
-            "c1",
-            Some(&with_oom_group("1")),
-        );
-        assert!(scope.wants_oom_policy());
-        scope.write_oom_policy_in(tmp.path()).expect("writing");
+        let scope = scope_in(tmp.path(), unit, &with_oom_group("1"));
+        assert!(scope.drop_ins_pending());
+        scope.write_drop_ins().expect("writing");
+        assert!(!scope.drop_ins_pending());
         let dir = tmp.path().join(format!("{unit}.d"));
-        let written = std::fs::read_to_string(dir.join(OOM_POLICY_DROP_IN)).expect("the drop-in");
-        let lines: Vec<&str> = written.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
-            lines,
-            [
-                "[Unit]",
-                "CollectMode=inactive-or-failed",
-                "[Scope]",
-                "OOMPolicy=kill"
-            ]
-        );
-        assert_eq!(
-            std::fs::read_dir(&dir).expect("dir").count(),
-            1,
-            "a temporary file left"
+            drop_ins(&dir),
+            [(
+                OOM_POLICY_DROP_IN.to_owned(),
+                vec![
+                    "[Unit]".to_owned(),
+                    "CollectMode=inactive-or-failed".to_owned(),
+                    "[Scope]".to_owned(),
+                    "OOMPolicy=kill".to_owned()
+                ]
+            )],
+            "one drop-in, no temporary file left"
         );
         // systemd's own drop-in of a property change stays, and so does the directory.
         std::fs::write(dir.join("50-MemoryMax.conf"), "[Scope]\nMemoryMax=1\n").expect("systemd's");
-        scope.forget_in(tmp.path()).expect("forgetting");
+        scope.forget().expect("forgetting");
         assert!(!dir.join(OOM_POLICY_DROP_IN).exists());
         assert!(dir.join("50-MemoryMax.conf").exists());
         std::fs::remove_file(dir.join("50-MemoryMax.conf")).expect("rm");
-        scope
-            .write_oom_policy_in(tmp.path())
-            .expect("writing again");
-        scope.forget_in(tmp.path()).expect("forgetting again");
-        assert!(!dir.exists(), "the emptied drop-in directory is left");
+        scope.write_drop_ins().expect("writing again");
         // Gone already (systemd removed a drop-in it read with the unit): not an error.
-        scope
-            .forget_in(tmp.path())
-            .expect("forgetting what is gone");
+        std::fs::remove_file(dir.join(OOM_POLICY_DROP_IN)).expect("rm");
+        scope.forget().expect("forgetting what is gone");
+        assert!(!dir.exists(), "the emptied drop-in directory is left");
     }
 
-    /// No drop-in without the OOM group, for a unit with no transient file, or for a slice.
+    /// The broker's I/O and CPU weights, kept in the cgroup only, become the unit's `IOWeight=` and `CPUWeight=`
+    /// drop-ins (the spec's block I/O weight before any); an Update's weights replace them, and Delete removes
+    /// them all.
     #[test]
-    fn no_oom_policy_without_the_oom_group_or_a_transient_scope() {
+    fn the_weights_the_cgroup_holds_become_the_units_drop_ins() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (_cgdir, cg) = fake();
+        let unit = "cri-containerd-c1.scope";
+        let dir = tmp.path().join(format!("{unit}.d"));
+        let scope = scope_in(tmp.path(), unit, &kubelet_like(512, 500));
+        scope.write_drop_ins().expect("writing");
+        let io = |w: u16| format!("IOWeight={}", blkio_weight_to_io_weight(w));
+        let settings = |dir: &std::path::Path| -> Vec<String> {
+            drop_ins(dir)
+                .into_iter()
+                .map(|(name, lines)| {
+                    format!("{name}: {}", lines.last().cloned().unwrap_or_default())
+                })
+                .collect()
+        };
+        assert_eq!(
+            settings(&dir),
+            [
+                format!("{IO_WEIGHT_DROP_IN}: {}", io(500)),
+                format!("{OOM_POLICY_DROP_IN}: OOMPolicy=kill"),
+            ]
+        );
+        scope
+            .keep(&Action::SetIoWeight {
+                weight: 200,
+                ioprio: None,
+            })
+            .expect("keeping");
+        scope
+            .keep(&Action::SetCpuWeight { shares: 2048 })
+            .expect("keeping");
+        // A directive with a unit property of its own is no drop-in's.
+        scope
+            .keep(&Action::SetCpu { cores: Some(1.0) })
+            .expect("keeping");
+        assert_eq!(
+            settings(&dir),
+            [
+                format!("{CPU_WEIGHT_DROP_IN}: CPUWeight={}", shares_to_weight(2048)),
+                format!("{IO_WEIGHT_DROP_IN}: {}", io(200)),
+                format!("{OOM_POLICY_DROP_IN}: OOMPolicy=kill"),
+            ]
+        );
+        // A user's Update with both weights: its CPU weight is the unit's property now, its block I/O weight the
+        // drop-in's. (The unit's properties cannot be set here: the test stands in for `Scope::sync`'s part.)
+        let mut update = LinuxResources::default();
+        update
+            .set_cpu(Some(LinuxCpu::default().set_shares(Some(256)).clone()))
+            .set_block_io(Some(LinuxBlockIo::default().set_weight(Some(100)).clone()));
+        scope.kept().take(&update);
+        assert!(scope.kept().rewrite(&cg, "c1").is_empty());
+        scope.write_drop_ins().expect("writing");
+        assert_eq!(
+            settings(&dir),
+            [
+                format!("{IO_WEIGHT_DROP_IN}: {}", io(100)),
+                format!("{OOM_POLICY_DROP_IN}: OOMPolicy=kill"),
+            ]
+        );
+        scope.forget().expect("forgetting");
+        assert!(!dir.exists(), "drop-ins left: {:?}", drop_ins(&dir));
+    }
+
+    /// No drop-in for a spec without the OOM group or a weight, for a unit with no transient file, or for a slice.
+    #[test]
+    fn no_drop_ins_without_a_setting_or_a_transient_scope() {
         let tmp = tempfile::tempdir().expect("tempdir");
         std::fs::write(tmp.path().join("cri-containerd-c1.scope"), "").expect("unit");
         for (path, resources) in [
@@ -548,10 +720,9 @@ mod tests {
             let unit = runtime_hooks::placement::place(path, true, host)
                 .ok()
                 .and_then(|p| p.unit);
-            let scope = Scope::new(path, unit.as_deref(), "c1", resources.as_ref());
-            scope
-                .write_oom_policy_in(tmp.path())
-                .expect("writing nothing");
+            let mut scope = Scope::new(path, unit.as_deref(), "c1", resources.as_ref());
+            scope.transient = tmp.path().to_owned();
+            scope.write_drop_ins().expect("writing nothing");
             let entries: Vec<_> = std::fs::read_dir(tmp.path())
                 .expect("dir")
                 .map(|e| e.expect("entry").file_name())
@@ -565,7 +736,7 @@ mod tests {
                 "c",
                 Some(&with_oom_group("1"))
             )
-            .wants_oom_policy()
+            .drop_ins_pending()
         );
     }
 }

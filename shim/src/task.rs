@@ -1438,19 +1438,20 @@ async fn shutdown_io(process: &Process) {
 }
 
 /// After Create under the systemd driver: the container's unit, for its monitor and itself, and the unit's
-/// `OOMPolicy=kill` drop-in for a spec that asks for it ([`Scope::write_oom_policy`], off the runtime thread).
+/// drop-ins for what its spec asks that the unit was not started with (`OOMPolicy=kill`, `IOWeight=`;
+/// [`Scope::write_drop_ins`], off the runtime thread).
 async fn set_scope(container: &mut Container, scope: Option<Scope>) {
     if let (Some(a), Some(s)) = (&container.augment, &scope) {
         a.set_scope(s.clone());
     }
     container.scope = scope;
-    let Some(s) = container.scope.clone().filter(|s| s.wants_oom_policy()) else {
+    let Some(s) = container.scope.clone().filter(|s| s.drop_ins_pending()) else {
         return;
     };
     let id = container.id.clone();
-    blocking("writing the unit's OOM policy", move || {
-        if let Err(e) = s.write_oom_policy() {
-            tracing::warn!(container = %id, "the unit's OOMPolicy=kill drop-in: {e}");
+    blocking("writing the unit's drop-ins", move || {
+        if let Err(e) = s.write_drop_ins() {
+            tracing::warn!(container = %id, "the unit's drop-ins: {e}");
         }
     })
     .await;
@@ -1468,7 +1469,7 @@ async fn remove_cgroup_dirs(container: &Arc<Container>) {
         if let Some(s) = &c.scope
             && let Err(e) = s.forget()
         {
-            tracing::warn!(container = %c.id, "removing the unit's OOMPolicy drop-in: {e}");
+            tracing::warn!(container = %c.id, "removing the unit's drop-ins: {e}");
         }
     })
     .await;

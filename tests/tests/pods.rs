@@ -17,7 +17,7 @@ use predictive_e2e::cri::{self, CriClient, HANDLER, NAMESPACE};
 use predictive_e2e::kubelet::{self, Driver, PodCgroup};
 use predictive_e2e::settings::{IMAGE, Settings};
 use predictive_e2e::{Containerd, require_root};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// A second handler, without `SystemdCgroup`, for the cgroupfs pod on a systemd host (a node runs one driver;
 /// this test runs both on one containerd).
@@ -133,15 +133,52 @@ fn assert_v2_extras(dir: &Path, what: &str, oom_group: bool) {
     }
 }
 
+/// The slice pod's `io.predictive.priority`: the broker gives it an I/O weight. Below 0: the broker's default
+/// policy lets a pod lower its priority, not raise it (`[policy] max_priority` 0).
+const PRIORITY: i32 = -100;
+
+/// The `io.weight` the broker's weight for [`PRIORITY`] becomes on cgroup v2 (runc's blkio-to-io conversion).
+fn io_weight_wanted() -> String {
+    let blkio = broker::controller::io_weight(PRIORITY).expect("a weight for the priority");
+    format!("default {}", 1 + (u64::from(blkio) - 10) * 9999 / 990)
+}
+
+/// The broker's I/O weight is in the container's cgroup (`io.weight`'s first line).
+fn assert_io_weight(dir: &Path, what: &str) {
+    let read = || {
+        std::fs::read_to_string(dir.join("io.weight"))
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(read(), io_weight_wanted(), "{what}'s io.weight");
+}
+
 struct Pod {
     sandbox: String,
     container: String,
 }
 
-fn run_pod(c: &Containerd, api: &CriClient, pod: &PodCgroup, name: &str, handler: &str) -> Pod {
+fn run_pod(
+    c: &Containerd,
+    api: &CriClient,
+    pod: &PodCgroup,
+    name: &str,
+    handler: &str,
+    annotations: Value,
+) -> Pod {
     let uid = format!("{name}-{}", std::process::id());
     let logs = c.dir.join("pod-logs");
-    let config = cri::pod_config(name, &uid, "default", &logs, &pod.cgroup_parent, json!({}));
+    let config = cri::pod_config(
+        name,
+        &uid,
+        "default",
+        &logs,
+        &pod.cgroup_parent,
+        annotations,
+    );
     let sandbox = api.run_pod(c, &config, handler);
     let mut resources =
         json!({"cpu_period": 100000, "cpu_quota": 100000, "memory_limit_in_bytes": 268435456});
@@ -304,8 +341,17 @@ fn cri_pods_land_in_their_pod_cgroups() {
     let me = std::process::id();
     let slice_pod = PodCgroup::create(Driver::Systemd, &format!("s{me}"), 1 << 30, 2.0);
     let fs_pod = PodCgroup::create(Driver::Cgroupfs, &format!("f{me}"), 1 << 30, 2.0);
-    let slice = run_pod(&c, &api, &slice_pod, "pe2e-slice", HANDLER);
-    let fs = run_pod(&c, &api, &fs_pod, "pe2e-fs", FS_HANDLER);
+    // The slice pod's priority gives it the broker's I/O weight: written into its cgroup, and (under the systemd
+    // driver) into the unit's `IOWeight=` drop-in for systemd's next reload, which would write 100 otherwise.
+    let slice = run_pod(
+        &c,
+        &api,
+        &slice_pod,
+        "pe2e-slice",
+        HANDLER,
+        json!({"io.predictive.priority": PRIORITY.to_string()}),
+    );
+    let fs = run_pod(&c, &api, &fs_pod, "pe2e-fs", FS_HANDLER, json!({}));
     assert_inside(&c, &slice_pod, &slice, &|id| {
         format!("cri-containerd-{id}.scope")
     });
@@ -323,6 +369,8 @@ fn cri_pods_land_in_their_pod_cgroups() {
         assert_v2_extras(&dir, "the cgroupfs pod's container", true);
         if systemd {
             assert_v2_extras(&scope_dir, "the slice pod's container", true);
+            // Applied at the Create, before the reply.
+            assert_io_weight(&scope_dir, "the slice pod's container");
         }
     }
     if systemd {
@@ -362,6 +410,7 @@ fn cri_pods_land_in_their_pod_cgroups() {
             "the slice pod's container after an Update",
             true,
         );
+        assert_io_weight(&scope_dir, "the slice pod's container after an Update");
         let mut reload = std::process::Command::new("systemctl");
         reload.arg("daemon-reload");
         run_cmd(reload, Duration::from_secs(120)).expect_ok("systemctl daemon-reload");
@@ -383,6 +432,7 @@ fn cri_pods_land_in_their_pod_cgroups() {
             "the slice pod's container after daemon-reload",
             true,
         );
+        assert_io_weight(&scope_dir, "the slice pod's container after daemon-reload");
         assert_eq!(systemctl_show(&scope, "OOMPolicy"), "kill", "{scope}");
         // An OOM kill: kubelet sees OOMKilled, and systemd, which now fails the unit for it, does not keep it
         // listed failed.
