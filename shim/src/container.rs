@@ -35,6 +35,9 @@ pub struct Container {
     pub cgroup: std::sync::OnceLock<runtime_hooks::ContainerCgroup>,
     /// The init has exited: no exec starts any more (its exit is announced after theirs, [`Container::execs_settled`]).
     pub init_exited: std::sync::atomic::AtomicBool,
+    /// A Kill request signalled the init or all of the container's processes: a SIGKILL it dies of may be that
+    /// one, not the OOM killer's ([`crate::oom::OomTracker::check_exit`]).
+    pub signalled: std::sync::atomic::AtomicBool,
 }
 
 /// Whether what a container's init leaves must be killed when it exits (containerd's runc shim's
@@ -69,6 +72,7 @@ impl Container {
             companions: Mutex::new(Vec::new()),
             cgroup: std::sync::OnceLock::new(),
             init_exited: std::sync::atomic::AtomicBool::new(false),
+            signalled: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

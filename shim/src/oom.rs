@@ -48,6 +48,14 @@ pub fn oom_kills(cgroup: &MemoryCgroup) -> Option<u64> {
     })
 }
 
+/// The `oom_kill` counter of a v2 cgroup's parent.
+fn parent_kills(cgroup: &MemoryCgroup) -> Option<u64> {
+    match cgroup {
+        MemoryCgroup::V2(dir) => oom_kills(&MemoryCgroup::V2(dir.parent()?.to_owned())),
+        MemoryCgroup::V1(_) => None,
+    }
+}
+
 /// Counts the OOM kills of one cgroup that have been reported, so the watcher and the exit path
 /// (which checks once more before announcing the exit) never report one twice or miss one.
 #[derive(Debug)]
@@ -56,15 +64,27 @@ pub struct OomTracker {
     reported: AtomicU64,
     /// The counter when tracking began.
     initial: u64,
+    /// For a v2 cgroup its owner removes once it is empty (a systemd scope): the parent's `oom_kill`
+    /// (hierarchical: it counts this cgroup's kills too) as of the last reading of this cgroup's ([`Self::check`]),
+    /// `u64::MAX` when unknown. `None` for any other cgroup.
+    parent_seen: Option<AtomicU64>,
 }
 
+/// The exit status of a process the kernel's OOM killer ended (SIGKILL).
+const KILLED: u32 = 128 + libc::SIGKILL as u32;
+
 impl OomTracker {
-    pub fn new(cgroup: MemoryCgroup) -> OomTracker {
+    /// Tracks `cgroup`, which its owner removes on its own once it is empty if `owner_removes` (systemd, for a
+    /// scope: see [`Self::check_exit`]).
+    pub fn new(cgroup: MemoryCgroup, owner_removes: bool) -> OomTracker {
+        let parent_seen = (owner_removes && matches!(cgroup, MemoryCgroup::V2(_)))
+            .then(|| AtomicU64::new(parent_kills(&cgroup).unwrap_or(u64::MAX)));
         let initial = oom_kills(&cgroup).unwrap_or(0);
         OomTracker {
             cgroup,
             reported: AtomicU64::new(initial),
             initial,
+            parent_seen,
         }
     }
 
@@ -75,10 +95,52 @@ impl OomTracker {
 
     /// True if the OOM killer acted since the last report (and marks it reported).
     pub fn check(&self) -> bool {
-        match oom_kills(&self.cgroup) {
-            Some(n) => self.reported.fetch_max(n, Ordering::SeqCst) < n,
-            None => false,
+        let Some(seen) = &self.parent_seen else {
+            return oom_kills(&self.cgroup)
+                .is_some_and(|n| self.reported.fetch_max(n, Ordering::SeqCst) < n);
+        };
+        // The parent's count around this reading: the watcher often wakes at a `max` event just before a kill, so
+        // a kill between the reads is common. If this reading saw a kill, the later count (that kill is reported);
+        // if not, the earlier one (a kill it missed is left for the exit's check).
+        let before = parent_kills(&self.cgroup);
+        let Some(n) = oom_kills(&self.cgroup) else {
+            return false;
+        };
+        let rose = self.reported.fetch_max(n, Ordering::SeqCst) < n;
+        let after = parent_kills(&self.cgroup);
+        if let Some(p) = if rose { after } else { before.min(after) } {
+            seen.store(p, Ordering::SeqCst);
         }
+        rose
+    }
+
+    /// [`Self::check`] at the exit of the container's init with exit status `status`. A systemd scope's cgroup is
+    /// removed by systemd once it is empty, which can come before this read when an OOM kill emptied it (the whole
+    /// group killed; seen in the v2 guest under load): for an init killed by SIGKILL that no Kill request
+    /// `signalled`, whose cgroup is gone, a rise of the parent's counter since this cgroup's was last read is taken
+    /// as this cgroup's kill. Without the Kill condition a pod's sandbox, stopped (SIGKILL) after its container's OOM
+    /// kill, took that kill for its own (guest, measured). A sibling's kill since the last reading, at an init that
+    /// died of a SIGKILL from outside the shim (`kill -9`), would still be taken.
+    pub fn check_exit(&self, status: u32, signalled: bool) -> bool {
+        if self.check() {
+            return true;
+        }
+        let (MemoryCgroup::V2(dir), Some(parent_seen)) = (&self.cgroup, &self.parent_seen) else {
+            return false;
+        };
+        if status != KILLED || signalled || dir.exists() {
+            return false;
+        }
+        let Some(now) = parent_kills(&self.cgroup) else {
+            return false;
+        };
+        let seen = parent_seen.fetch_max(now, Ordering::SeqCst);
+        if seen >= now {
+            return false;
+        }
+        tracing::info!(cgroup = %dir.display(), "the cgroup was gone at the exit (SIGKILL): its OOM kill read from the parent's oom_kill ({seen} -> {now})");
+        self.reported.fetch_add(1, Ordering::SeqCst);
+        true
     }
 
     fn dir(&self) -> &Path {
@@ -266,13 +328,79 @@ mod tests {
         assert_eq!(oom_kills(&MemoryCgroup::V2(dir.path().into())), None);
     }
 
+    /// A systemd scope emptied by a group OOM kill can be removed before the exit path reads its counter: the
+    /// parent's hierarchical counter tells, for a SIGKILLed init only, and only for a rise since the last reading.
+    #[test]
+    fn a_kill_whose_cgroup_is_gone_at_the_exit_is_read_from_the_parent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pod = dir.path();
+        let events = |d: &Path, n: u32| {
+            std::fs::write(d.join("memory.events"), format!("oom 0\noom_kill {n}\n"))
+                .expect("write")
+        };
+        let scope = pod.join("cri-containerd-c.scope");
+        std::fs::create_dir(&scope).expect("mkdir");
+        events(pod, 5);
+        events(&scope, 0);
+        let tracker = OomTracker::new(MemoryCgroup::V2(scope.clone()), true);
+        // A sibling's kill while this cgroup is there: its own counter says no.
+        events(pod, 6);
+        assert!(!tracker.check_exit(KILLED, false));
+        assert!(!tracker.killed());
+        // This cgroup's kill, and systemd removed it before the exit path read it.
+        events(pod, 7);
+        std::fs::remove_dir_all(&scope).expect("rm");
+        assert!(
+            !tracker.check_exit(0, false),
+            "an init that exited by itself"
+        );
+        assert!(
+            !tracker.check_exit(128 + 15, false),
+            "an init ended by SIGTERM"
+        );
+        assert!(
+            !tracker.check_exit(KILLED, true),
+            "an init a Kill request ended (a pod's sandbox stopped after its container's OOM kill)"
+        );
+        assert!(tracker.check_exit(KILLED, false));
+        assert!(tracker.killed());
+        assert!(!tracker.check_exit(KILLED, false), "reported once");
+        // The watcher saw the kill (a group kill counts each process) and then the cgroup went: one report.
+        let seen = pod.join("cri-containerd-e.scope");
+        std::fs::create_dir(&seen).expect("mkdir");
+        events(&seen, 0);
+        let tracker = OomTracker::new(MemoryCgroup::V2(seen.clone()), true);
+        events(&seen, 2);
+        events(pod, 9);
+        assert!(tracker.check());
+        std::fs::remove_dir_all(&seen).expect("rm");
+        assert!(!tracker.check_exit(KILLED, false), "reported twice");
+        assert!(tracker.killed());
+        // A cgroup its owner does not remove on its own (the cgroupfs driver) has no such reading.
+        let fs = pod.join("f");
+        std::fs::create_dir(&fs).expect("mkdir");
+        events(&fs, 0);
+        let tracker = OomTracker::new(MemoryCgroup::V2(fs.clone()), false);
+        events(pod, 10);
+        std::fs::remove_dir_all(&fs).expect("rm");
+        assert!(!tracker.check_exit(KILLED, false));
+        // Gone without a kill: an init ended by kill -9.
+        let other = pod.join("cri-containerd-d.scope");
+        std::fs::create_dir(&other).expect("mkdir");
+        events(&other, 0);
+        let tracker = OomTracker::new(MemoryCgroup::V2(other.clone()), true);
+        std::fs::remove_dir_all(&other).expect("rm");
+        assert!(!tracker.check_exit(KILLED, false));
+        assert!(!tracker.killed());
+    }
+
     #[tokio::test]
     async fn v2_watch_reports_a_rising_counter_once_and_stops_when_the_cgroup_goes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let cg = dir.path().join("c");
         std::fs::create_dir(&cg).expect("mkdir");
         std::fs::write(cg.join("memory.events"), "oom_kill 0\n").expect("write");
-        let tracker = std::sync::Arc::new(OomTracker::new(MemoryCgroup::V2(cg.clone())));
+        let tracker = std::sync::Arc::new(OomTracker::new(MemoryCgroup::V2(cg.clone()), false));
         // Each report counts up: the test waits on the count, not on the clock.
         let (count, reports) = tokio::sync::watch::channel(0u32);
         let t = tracker.clone();

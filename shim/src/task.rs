@@ -217,7 +217,7 @@ impl TaskService {
         tokio::spawn(async move {
             let status = rx.await.map(|e| e.status).unwrap_or(255);
             let oom_killed = match &init {
-                Some(init) => init.settle(&shared, &container_id).await,
+                Some(init) => init.settle(&shared, &container_id, status).await,
                 None => false,
             };
             let info = process.set_exited(status);
@@ -252,7 +252,8 @@ impl TaskService {
         let Some(cgroup) = container.cgroup.get().and_then(oom::MemoryCgroup::of) else {
             return;
         };
-        let tracker = Arc::new(oom::OomTracker::new(cgroup));
+        // systemd removes a scope's cgroup once it is empty, maybe before the exit path reads it.
+        let tracker = Arc::new(oom::OomTracker::new(cgroup, container.scope.is_some()));
         let shared = self.shared.clone();
         let id = container.id.clone();
         let t = tracker.clone();
@@ -969,6 +970,9 @@ impl TaskService {
                     req.signal
                 ))
             })?;
+        if req.exec_id.is_empty() && signal != 0 {
+            container.signalled.store(true, Ordering::SeqCst);
+        }
         // A broker freeze must not keep a signal from landing (v1 freezes even SIGKILL): it is thawed first. A
         // signal to the init or to all processes (a stop) also marks the container stopping, so the broker never
         // freezes it again during its grace period.
@@ -1366,14 +1370,14 @@ impl InitExit {
     /// As runc's shim: no exec starts any more; an init that ended during its Start is announced after the Start
     /// (Docker takes a start event after the exit for a container running again); an OOM kill the watcher has not
     /// reported yet is announced; what the init left is killed; every exec's exit comes first. Only then do Waits
-    /// return and TaskExit go out. Whether the container was OOM-killed.
-    async fn settle(&self, shared: &Shared, container_id: &str) -> bool {
+    /// return and TaskExit go out. Whether the container was OOM-killed (its init ended with `status`).
+    async fn settle(&self, shared: &Shared, container_id: &str, status: u32) -> bool {
         let container = &self.container;
         container.init_exited.store(true, Ordering::SeqCst);
         container.init.start_settled().await;
         let mut oom_killed = false;
         if let Some(oom) = &self.oom {
-            if oom.check() {
+            if oom.check_exit(status, container.signalled.load(Ordering::SeqCst)) {
                 publish_oom(shared, container_id);
             }
             oom_killed = oom.killed();
