@@ -117,8 +117,9 @@ impl OomTracker {
     /// [`Self::check`] at the exit of the container's init with exit status `status`. A systemd scope's cgroup is
     /// removed by systemd once it is empty, which can come before this read when an OOM kill emptied it (the whole
     /// group killed; seen in the v2 guest under load): for an init killed by SIGKILL that no Kill request
-    /// `signalled`, whose cgroup is gone, a rise of the parent's counter since this cgroup's was last read is taken
-    /// as this cgroup's kill. Without the Kill condition a pod's sandbox, stopped (SIGKILL) after its container's OOM
+    /// `signalled`, whose cgroup is gone and had no kill read yet, a rise of the parent's counter since this
+    /// cgroup's was last read is taken as this cgroup's kill (a group kill counts each process: a reading between
+    /// two of them leaves a rise that is the same kill). Without the Kill condition a pod's sandbox, stopped (SIGKILL) after its container's OOM
     /// kill, took that kill for its own (guest, measured). A sibling's kill since the last reading, at an init that
     /// died of a SIGKILL from outside the shim (`kill -9`), would still be taken.
     pub fn check_exit(&self, status: u32, signalled: bool) -> bool {
@@ -128,7 +129,7 @@ impl OomTracker {
         let (MemoryCgroup::V2(dir), Some(parent_seen)) = (&self.cgroup, &self.parent_seen) else {
             return false;
         };
-        if status != KILLED || signalled || dir.exists() {
+        if status != KILLED || signalled || self.killed() || dir.exists() {
             return false;
         }
         let Some(now) = parent_kills(&self.cgroup) else {
@@ -376,12 +377,28 @@ mod tests {
         std::fs::remove_dir_all(&seen).expect("rm");
         assert!(!tracker.check_exit(KILLED, false), "reported twice");
         assert!(tracker.killed());
+        // The watcher read the group kill half done (one process of two), then the cgroup went: one report.
+        let half = pod.join("cri-containerd-h.scope");
+        std::fs::create_dir(&half).expect("mkdir");
+        events(&half, 0);
+        let tracker = OomTracker::new(MemoryCgroup::V2(half.clone()), true);
+        events(&half, 1);
+        events(pod, 10);
+        assert!(tracker.check());
+        events(&half, 2);
+        events(pod, 11);
+        std::fs::remove_dir_all(&half).expect("rm");
+        assert!(
+            !tracker.check_exit(KILLED, false),
+            "one kill reported twice"
+        );
+        assert!(tracker.killed());
         // A cgroup its owner does not remove on its own (the cgroupfs driver) has no such reading.
         let fs = pod.join("f");
         std::fs::create_dir(&fs).expect("mkdir");
         events(&fs, 0);
         let tracker = OomTracker::new(MemoryCgroup::V2(fs.clone()), false);
-        events(pod, 10);
+        events(pod, 12);
         std::fs::remove_dir_all(&fs).expect("rm");
         assert!(!tracker.check_exit(KILLED, false));
         // Gone without a kill: an init ended by kill -9.
