@@ -143,8 +143,8 @@ fn io_weight_wanted() -> String {
     format!("default {}", 1 + (u64::from(blkio) - 10) * 9999 / 990)
 }
 
-/// The broker's I/O weight is in the container's cgroup (`io.weight`'s first line).
-fn assert_io_weight(dir: &Path, what: &str) {
+/// The broker's I/O weight is in the container's cgroup (`io.weight`'s first line), within `within`.
+fn assert_io_weight(dir: &Path, what: &str, within: Duration) {
     let read = || {
         std::fs::read_to_string(dir.join("io.weight"))
             .unwrap_or_default()
@@ -153,7 +153,9 @@ fn assert_io_weight(dir: &Path, what: &str) {
             .unwrap_or_default()
             .to_owned()
     };
-    assert_eq!(read(), io_weight_wanted(), "{what}'s io.weight");
+    let want = io_weight_wanted();
+    let _ = wait_until(within, || (read() == want).then_some(()));
+    assert_eq!(read(), want, "{what}'s io.weight");
 }
 
 struct Pod {
@@ -369,8 +371,13 @@ fn cri_pods_land_in_their_pod_cgroups() {
         assert_v2_extras(&dir, "the cgroupfs pod's container", true);
         if systemd {
             assert_v2_extras(&scope_dir, "the slice pod's container", true);
-            // Applied at the Create, before the reply.
-            assert_io_weight(&scope_dir, "the slice pod's container");
+            // Applied at the Create when the broker answers it; here the first container starts the broker, so when
+            // its shim registers late (about a second after).
+            assert_io_weight(
+                &scope_dir,
+                "the slice pod's container",
+                Duration::from_secs(30),
+            );
         }
     }
     if systemd {
@@ -410,7 +417,11 @@ fn cri_pods_land_in_their_pod_cgroups() {
             "the slice pod's container after an Update",
             true,
         );
-        assert_io_weight(&scope_dir, "the slice pod's container after an Update");
+        assert_io_weight(
+            &scope_dir,
+            "the slice pod's container after an Update",
+            Duration::ZERO,
+        );
         let mut reload = std::process::Command::new("systemctl");
         reload.arg("daemon-reload");
         run_cmd(reload, Duration::from_secs(120)).expect_ok("systemctl daemon-reload");
@@ -432,7 +443,11 @@ fn cri_pods_land_in_their_pod_cgroups() {
             "the slice pod's container after daemon-reload",
             true,
         );
-        assert_io_weight(&scope_dir, "the slice pod's container after daemon-reload");
+        assert_io_weight(
+            &scope_dir,
+            "the slice pod's container after daemon-reload",
+            Duration::ZERO,
+        );
         assert_eq!(systemctl_show(&scope, "OOMPolicy"), "kill", "{scope}");
         // An OOM kill: kubelet sees OOMKilled, and systemd, which now fails the unit for it, does not keep it
         // listed failed.
