@@ -339,11 +339,16 @@ mod tests {
             std::fs::write(d.join("memory.events"), format!("oom 0\noom_kill {n}\n"))
                 .expect("write")
         };
-        let scope = pod.join("cri-containerd-c.scope");
-        std::fs::create_dir(&scope).expect("mkdir");
+        // A child cgroup of the pod with no kill yet, and its tracker.
+        let child = |name: &str, owner_removes: bool| {
+            let d = pod.join(name);
+            std::fs::create_dir(&d).expect("mkdir");
+            events(&d, 0);
+            let t = OomTracker::new(MemoryCgroup::V2(d.clone()), owner_removes);
+            (d, t)
+        };
         events(pod, 5);
-        events(&scope, 0);
-        let tracker = OomTracker::new(MemoryCgroup::V2(scope.clone()), true);
+        let (scope, tracker) = child("cri-containerd-c.scope", true);
         // A sibling's kill while this cgroup is there: its own counter says no.
         events(pod, 6);
         assert!(!tracker.check_exit(KILLED, false));
@@ -367,10 +372,7 @@ mod tests {
         assert!(tracker.killed());
         assert!(!tracker.check_exit(KILLED, false), "reported once");
         // The watcher saw the kill (a group kill counts each process) and then the cgroup went: one report.
-        let seen = pod.join("cri-containerd-e.scope");
-        std::fs::create_dir(&seen).expect("mkdir");
-        events(&seen, 0);
-        let tracker = OomTracker::new(MemoryCgroup::V2(seen.clone()), true);
+        let (seen, tracker) = child("cri-containerd-e.scope", true);
         events(&seen, 2);
         events(pod, 9);
         assert!(tracker.check());
@@ -378,10 +380,7 @@ mod tests {
         assert!(!tracker.check_exit(KILLED, false), "reported twice");
         assert!(tracker.killed());
         // The watcher read the group kill half done (one process of two), then the cgroup went: one report.
-        let half = pod.join("cri-containerd-h.scope");
-        std::fs::create_dir(&half).expect("mkdir");
-        events(&half, 0);
-        let tracker = OomTracker::new(MemoryCgroup::V2(half.clone()), true);
+        let (half, tracker) = child("cri-containerd-h.scope", true);
         events(&half, 1);
         events(pod, 10);
         assert!(tracker.check());
@@ -394,18 +393,12 @@ mod tests {
         );
         assert!(tracker.killed());
         // A cgroup its owner does not remove on its own (the cgroupfs driver) has no such reading.
-        let fs = pod.join("f");
-        std::fs::create_dir(&fs).expect("mkdir");
-        events(&fs, 0);
-        let tracker = OomTracker::new(MemoryCgroup::V2(fs.clone()), false);
+        let (fs, tracker) = child("f", false);
         events(pod, 12);
         std::fs::remove_dir_all(&fs).expect("rm");
         assert!(!tracker.check_exit(KILLED, false));
         // Gone without a kill: an init ended by kill -9.
-        let other = pod.join("cri-containerd-d.scope");
-        std::fs::create_dir(&other).expect("mkdir");
-        events(&other, 0);
-        let tracker = OomTracker::new(MemoryCgroup::V2(other.clone()), true);
+        let (other, tracker) = child("cri-containerd-d.scope", true);
         std::fs::remove_dir_all(&other).expect("rm");
         assert!(!tracker.check_exit(KILLED, false));
         assert!(!tracker.killed());
