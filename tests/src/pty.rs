@@ -12,6 +12,8 @@ pub struct PtyChild {
     child: Child,
     master: File,
     screen: Arc<Mutex<Vec<u8>>>,
+    /// Says when the reader has read all the terminal had (EIO once the child's side is closed).
+    read_all: std::sync::mpsc::Receiver<()>,
 }
 
 impl PtyChild {
@@ -60,6 +62,7 @@ impl PtyChild {
         let screen = Arc::new(Mutex::new(Vec::new()));
         let mut rd = master.try_clone().expect("dup pty master");
         let sc = screen.clone();
+        let (done, read_all) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = rd.read(&mut buf) {
@@ -70,11 +73,13 @@ impl PtyChild {
                     .expect("screen poisoned")
                     .extend_from_slice(&buf[..n]);
             }
+            let _ = done.send(());
         });
         PtyChild {
             child,
             master,
             screen,
+            read_all,
         }
     }
 
@@ -99,12 +104,15 @@ impl PtyChild {
         self.screen().contains(needle)
     }
 
-    /// Exit code (128+signal if killed), or None if it did not exit in time (it is then killed).
+    /// Exit code (128+signal if killed), or None if it did not exit in time (it is then killed). After an exit
+    /// the screen holds everything the command wrote: what was still in the terminal is read first (a loaded
+    /// host's reader can be behind the exit).
     pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
         use std::os::unix::process::ExitStatusExt;
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(st)) = self.child.try_wait() {
+                let _ = self.read_all.recv_timeout(Duration::from_secs(5));
                 return Some(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)));
             }
             std::thread::sleep(Duration::from_millis(20));
