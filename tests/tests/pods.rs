@@ -137,10 +137,13 @@ fn assert_v2_extras(dir: &Path, what: &str, oom_group: bool) {
 /// policy lets a pod lower its priority, not raise it (`[policy] max_priority` 0).
 const PRIORITY: i32 = -100;
 
-/// The `io.weight` the broker's weight for [`PRIORITY`] becomes on cgroup v2 (runc's blkio-to-io conversion).
+/// The `io.weight` the broker's weight for [`PRIORITY`] becomes on cgroup v2 (the conversion the shim writes).
 fn io_weight_wanted() -> String {
     let blkio = broker::controller::io_weight(PRIORITY).expect("a weight for the priority");
-    format!("default {}", 1 + (u64::from(blkio) - 10) * 9999 / 990)
+    format!(
+        "default {}",
+        runtime_hooks::actuate::blkio_weight_to_io_weight(blkio)
+    )
 }
 
 /// The broker's I/O weight is in the container's cgroup (`io.weight`'s first line), within `within`.
