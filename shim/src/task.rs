@@ -220,6 +220,13 @@ impl TaskService {
                 Some(init) => init.settle(&shared, &container_id, status).await,
                 None => false,
             };
+            // What the process wrote reaches the client before its exit does (see `io.rs`).
+            let flush = process.io.lock().await.as_ref().map(|pio| pio.flusher());
+            if let Some(f) = flush
+                && !f.run(io::FLUSH_TIMEOUT).await
+            {
+                tracing::debug!(container = %container_id, pid, "the output's reader did not take it within {:?}", io::FLUSH_TIMEOUT);
+            }
             let info = process.set_exited(status);
             // A container's end is news for the node's log; an exec's (each exec probe's) is not.
             let id = if process.exec_id.is_empty() {

@@ -65,13 +65,20 @@ impl PtyChild {
         let (done, read_all) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
-            while let Ok(n) = rd.read(&mut buf) {
-                if n == 0 {
-                    break;
+            // The end is a second EIO: the first can come before what the command wrote last is readable (the
+            // kernel's check that the other end closed races the writer's last write); the read after it waits
+            // for that write. Taken as the end, it lost ctr's whole screen on a loaded host.
+            let mut eio = false;
+            loop {
+                match rd.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => sc
+                        .lock()
+                        .expect("screen poisoned")
+                        .extend_from_slice(&buf[..n]),
+                    Err(e) if e.raw_os_error() == Some(libc::EIO) && !eio => eio = true,
+                    Err(_) => break,
                 }
-                sc.lock()
-                    .expect("screen poisoned")
-                    .extend_from_slice(&buf[..n]);
             }
             let _ = done.send(());
         });
