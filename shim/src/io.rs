@@ -482,8 +482,9 @@ fn unread(fd: RawFd) -> std::io::Result<usize> {
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
-/// The copies' buffer (what `tokio::io::copy` uses for a pipe's 64 KiB would take two reads).
-const COPY_BUFFER: usize = 64 * 1024;
+/// The copies' buffer: `tokio::io::copy`'s size, which the copies used before they took flushes (one buffer per
+/// output stream of every container the shim runs).
+const COPY_BUFFER: usize = 8 * 1024;
 
 /// Reads what the copy's source `from` holds now, without waiting for more, and writes it to `to`: by the
 /// descriptor, since the reactor may not have seen the readiness yet (a process's last write and its exit come

@@ -225,7 +225,8 @@ impl TaskService {
             if let Some(f) = flush
                 && !f.run(io::FLUSH_TIMEOUT).await
             {
-                tracing::debug!(container = %container_id, pid, "the output's reader did not take it within {:?}", io::FLUSH_TIMEOUT);
+                tracing::debug!(container = %container_id, pid, timeout = ?io::FLUSH_TIMEOUT,
+                    "the output's reader did not take it in time: announcing the exit");
             }
             let info = process.set_exited(status);
             // A container's end is news for the node's log; an exec's (each exec probe's) is not.
