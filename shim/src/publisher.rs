@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use containerd_shim_protos::protobuf::MessageDyn;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::shim::events::ForwardRequest;
 use containerd_shim_protos::shim_async::EventsClient;
@@ -84,12 +84,7 @@ async fn connect(address: &str) -> Result<EventsClient> {
 
 #[async_trait]
 impl EventSink for Publisher {
-    async fn publish(
-        &self,
-        topic: &str,
-        namespace: &str,
-        event: Box<dyn MessageDyn>,
-    ) -> Result<()> {
+    async fn publish(&self, topic: &str, namespace: &str, event: Any) -> Result<()> {
         let shim_err = |what: &str| {
             let context = format!("publishing {topic}: {what}");
             move |source| ShimError::Shim { context, source }
@@ -98,8 +93,7 @@ impl EventSink for Publisher {
         envelope.set_topic(topic.to_owned());
         envelope.set_namespace(namespace.to_owned());
         envelope.set_timestamp(containerd_shim::util::timestamp().map_err(shim_err("timestamp"))?);
-        envelope
-            .set_event(containerd_shim::util::convert_to_any(event).map_err(shim_err("encoding"))?);
+        envelope.set_event(event);
         let mut req = ForwardRequest::new();
         req.set_envelope(envelope);
         let mut attempt = 0;

@@ -8,7 +8,7 @@
 //! points at an empty temp dir (or a fake cgroupfs), as runtime-hooks' own tests do.
 
 use async_trait::async_trait;
-use containerd_shim_protos::protobuf::MessageDyn;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
 
 use crate::error::{Result, ShimError};
 use crate::zygote::{Reply, Request, Stdio, Zygote};
@@ -52,7 +52,6 @@ impl Runtime for Zygote {
 /// Where the shim's task events go (`events.rs` queues them and calls this in order).
 #[async_trait]
 pub trait EventSink: Send + Sync + 'static {
-    /// Sends one event to containerd under `topic` in `namespace`.
-    async fn publish(&self, topic: &str, namespace: &str, event: Box<dyn MessageDyn>)
-    -> Result<()>;
+    /// Sends one event, encoded ([`crate::events::to_any`]), to containerd under `topic` in `namespace`.
+    async fn publish(&self, topic: &str, namespace: &str, event: Any) -> Result<()>;
 }

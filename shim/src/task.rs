@@ -22,7 +22,7 @@ use containerd_shim_protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
-use containerd_shim_protos::protobuf::MessageDyn;
+use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
 use runtime_hooks::placement::Driver;
@@ -198,7 +198,7 @@ impl TaskService {
         }
     }
 
-    fn publish<E: Event + MessageDyn>(&self, event: E) {
+    fn publish<E: Event + Message + crate::events::TypeName>(&self, event: E) {
         self.shared.events.send(event)
     }
 
@@ -1237,14 +1237,12 @@ impl TaskService {
                 ))
             })?;
             let any = match cgroup.dirs() {
-                CgroupDirs::V2(d) => {
-                    containerd_shim::util::convert_to_any(Box::new(metrics::collect_v2(&d.dir)))
-                }
-                CgroupDirs::V1(d) => {
-                    containerd_shim::util::convert_to_any(Box::new(metrics::collect_v1(d)))
-                }
+                CgroupDirs::V2(d) => crate::events::to_any(&metrics::collect_v2(&d.dir)),
+                CgroupDirs::V1(d) => crate::events::to_any(&metrics::collect_v1(d)),
             };
-            any.map_err(ShimError::shim("encoding metrics"))
+            any.map_err(|e| {
+                ShimError::shim("encoding metrics")(containerd_shim::Error::Protobuf(e))
+            })
         })
         .await
         .map_err(|e| ShimError::Zygote(format!("stats: {e}")))??;

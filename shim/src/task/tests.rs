@@ -14,7 +14,6 @@ use containerd_shim_protos::api::{
     ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest, StateRequest, Status,
     WaitRequest,
 };
-use containerd_shim_protos::protobuf::MessageDyn;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::ttrpc::{self, Code, r#async::TtrpcContext};
@@ -220,17 +219,12 @@ impl Runtime for FakeRuntime {
 /// Records every event the shim publishes.
 #[derive(Default)]
 struct FakeSink {
-    events: std::sync::Mutex<Vec<(String, Box<dyn MessageDyn>)>>,
+    events: std::sync::Mutex<Vec<(String, Any)>>,
 }
 
 #[async_trait]
 impl EventSink for Arc<FakeSink> {
-    async fn publish(
-        &self,
-        topic: &str,
-        _namespace: &str,
-        event: Box<dyn MessageDyn>,
-    ) -> Result<()> {
+    async fn publish(&self, topic: &str, _namespace: &str, event: Any) -> Result<()> {
         self.events
             .lock()
             .expect("lock")
@@ -419,21 +413,22 @@ impl Shim {
             .collect()
     }
 
-    /// The event published under `topic` (the last one), as `M`.
-    async fn event<M: containerd_shim_protos::protobuf::MessageFull + Clone>(
-        &self,
-        topic: &str,
-    ) -> M {
+    /// The event published under `topic` (the last one), decoded as containerd would: by the `Any`'s type URL,
+    /// which must be `M`'s protobuf name.
+    async fn event<M: containerd_shim_protos::protobuf::MessageFull>(&self, topic: &str) -> M {
         self.service.shared.events.flush().await;
-        self.sink
+        let any = self
+            .sink
             .events
             .lock()
             .expect("lock")
             .iter()
             .rev()
             .find(|(t, _)| t == topic)
-            .and_then(|(_, e)| e.downcast_ref::<M>().cloned())
-            .unwrap_or_else(|| panic!("no {topic} event"))
+            .map(|(_, e)| e.clone())
+            .unwrap_or_else(|| panic!("no {topic} event"));
+        assert_eq!(any.type_url, M::descriptor().full_name(), "{topic}");
+        M::parse_from_bytes(&any.value).expect("decodes")
     }
 
     /// Waits until a delete that finishes after its reply is done (the runtime's delete, then the cleanup).
