@@ -198,6 +198,9 @@ pub fn early(roots: &HostRoots, id: &str, spec: &serde_json::Value) -> Option<Ea
             .into_encoded_bytes(),
     )
     .ok()?;
+    // The directories first, the mover after: the kernel holds `cgroup_mutex` while a `cgroup.procs` write waits
+    // for the grace period, so a `mkdir` after the mover's write would wait for all of it (docs/BENCHMARKS.md, "The
+    // mover as the `start` action's first step").
     let made = match root {
         Some(root) => runtime_hooks::companions::make_dirs(&root, &dir).ok()?,
         None => Vec::new(),
