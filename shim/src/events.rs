@@ -23,6 +23,7 @@ use containerd_shim_protos::events::task::{
 };
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::shim::oci::ProcessDetails;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::seams::EventSink;
@@ -48,9 +49,11 @@ type_names! {
         TaskPaused = "TaskPaused", TaskResumed = "TaskResumed", TaskOOM = "TaskOOM";
     "io.containerd.cgroups.v1" => MetricsV1 = "Metrics";
     "io.containerd.cgroups.v2" => MetricsV2 = "Metrics";
+    "containerd.runc.v1" => ProcessDetails = "ProcessDetails";
 }
 
-/// `message` in an `Any` under its [`TypeName`], without protobuf's reflection.
+/// `message` in an `Any` under its [`TypeName`], without protobuf's reflection: every `Any` the shim sends (events,
+/// Stats' metrics, Pids' process details).
 pub fn to_any<M: TypeName + Message>(message: &M) -> containerd_shim_protos::protobuf::Result<Any> {
     let mut any = Any::new();
     any.type_url = M::TYPE_NAME.to_owned();
@@ -147,6 +150,7 @@ mod tests {
         named_as_its_descriptor::<TaskOOM>();
         named_as_its_descriptor::<MetricsV1>();
         named_as_its_descriptor::<MetricsV2>();
+        named_as_its_descriptor::<ProcessDetails>();
     }
 
     #[test]

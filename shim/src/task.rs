@@ -1240,9 +1240,7 @@ impl TaskService {
                 CgroupDirs::V2(d) => crate::events::to_any(&metrics::collect_v2(&d.dir)),
                 CgroupDirs::V1(d) => crate::events::to_any(&metrics::collect_v1(d)),
             };
-            any.map_err(|e| {
-                ShimError::shim("encoding metrics")(containerd_shim::Error::Protobuf(e))
-            })
+            any.map_err(|e| ShimError::shim("encoding metrics")(e.into()))
         })
         .await
         .map_err(|e| ShimError::Zygote(format!("stats: {e}")))??;
@@ -1413,9 +1411,6 @@ const NO_CHECKPOINT: &str =
 /// in kind's node image and the UBI init images), and 0 asks whether the process exists.
 const SIGNAL_MAX: i32 = 64;
 
-/// The type of an exec's details in Task.Pids (containerd's runc options proto; its typeurl has no prefix).
-const PROCESS_DETAILS: &str = "containerd.runc.v1.ProcessDetails";
-
 /// One process of a container as Task.Pids lists it: an exec's own process carries its exec id (`ctr task ps`
 /// shows it), as runc's shim does, in containerd's `containerd.runc.v1.ProcessDetails`.
 fn process_info(pid: i32, execs: &[(i32, String)]) -> Result<ProcessInfo> {
@@ -1424,18 +1419,12 @@ fn process_info(pid: i32, execs: &[(i32, String)]) -> Result<ProcessInfo> {
         ..Default::default()
     };
     if let Some((_, exec_id)) = execs.iter().find(|(p, _)| *p == pid) {
-        use containerd_shim_protos::protobuf::Message;
         let details = containerd_shim_protos::shim::oci::ProcessDetails {
             exec_id: exec_id.clone(),
             ..Default::default()
         };
-        let any = containerd_shim_protos::protobuf::well_known_types::any::Any {
-            type_url: PROCESS_DETAILS.to_owned(),
-            value: details
-                .write_to_bytes()
-                .map_err(|e| ShimError::shim("encoding a process's details")(e.into()))?,
-            ..Default::default()
-        };
+        let any = crate::events::to_any(&details)
+            .map_err(|e| ShimError::shim("encoding a process's details")(e.into()))?;
         info.info = Some(any).into();
     }
     Ok(info)
