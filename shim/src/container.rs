@@ -38,6 +38,8 @@ pub struct Container {
     /// A Kill request signalled the init or all of the container's processes: a SIGKILL it dies of may be that
     /// one, not the OOM killer's ([`crate::oom::OomTracker::check_exit`]).
     pub signalled: std::sync::atomic::AtomicBool,
+    /// `true` once what the create does after its reply is done ([`Container::set_up`]).
+    set_up: tokio::sync::watch::Sender<bool>,
 }
 
 /// Whether what a container's init leaves must be killed when it exits (containerd's runc shim's
@@ -73,7 +75,23 @@ impl Container {
             cgroup: std::sync::OnceLock::new(),
             init_exited: std::sync::atomic::AtomicBool::new(false),
             signalled: std::sync::atomic::AtomicBool::new(false),
+            set_up: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Waits until the create's set-up after its reply is done: the container in its companion cgroups, its
+    /// allocation applied and its monitor started, its cgroup kept and watched for OOM kills. Everything that acts on
+    /// the container (Start, Kill, Delete, Update, ...) and its exit wait here first; it takes well under a
+    /// millisecond, containerd's hop from Create's reply to Start about one.
+    pub async fn set_up(&self) {
+        let mut done = self.set_up.subscribe();
+        // The sender lives as long as `self`: `wait_for` fails only if it were dropped.
+        let _ = done.wait_for(|d| *d).await;
+    }
+
+    /// The create's set-up is done (or gave up): [`Container::set_up`] returns from now on.
+    pub fn mark_set_up(&self) {
+        self.set_up.send_replace(true);
     }
 
     /// Waits until no exec is starting or running, at most `limit` (an exec that left the container's cgroup and

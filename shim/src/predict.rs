@@ -750,7 +750,7 @@ impl Augment {
     /// After libcontainer created the container (before its process runs): joins the companion hierarchies and
     /// applies the registration's directives to the live cgroup too (the OOM-killer switch is not in every cgroup
     /// driver's spec support), on the blocking pool ([`Augment::attach`]), then starts the monitor. Returns once
-    /// the container is in its cgroups, so the Create reply (and so the Start) comes after.
+    /// the container is in its cgroups: the Start waits for it (`task::set_up`, after Create's reply).
     pub async fn created(self: &Arc<Self>, pid: i32) {
         let me = self.clone();
         if tokio::task::spawn_blocking(move || me.attach(pid))

@@ -169,6 +169,13 @@ impl TaskService {
             })
     }
 
+    /// The container, once the create's set-up after its reply is done ([`Container::set_up`]).
+    async fn set_up_container(&self, id: &str) -> Result<Arc<Container>> {
+        let container = self.container(id)?;
+        container.set_up().await;
+        Ok(container)
+    }
+
     /// Sends `request` to the runtime (a zygote worker) and turns a failure into a `ShimError`.
     async fn call(&self, request: Request, stdio: zygote::Stdio) -> Result<Option<i32>> {
         let reply = self.shared.runtime.call(&request, stdio).await?;
@@ -249,41 +256,6 @@ impl TaskService {
                 ..Default::default()
             });
         });
-    }
-
-    /// Keeps the container's cgroup ([`Container::cgroup`], found from its `pid` once it is in the companion
-    /// hierarchies too: a hybrid host's PSI directory) and watches it for OOM kills.
-    fn watch_oom(&self, container: &Container, pid: i32) {
-        if let Ok(cg) = ContainerCgroup::from_pid(&self.shared.roots, pid) {
-            let _ = container.cgroup.set(cg);
-        }
-        let Some(cgroup) = container.cgroup.get().and_then(oom::MemoryCgroup::of) else {
-            return;
-        };
-        // systemd removes a scope's cgroup once it is empty, maybe before the exit path reads it.
-        let tracker = Arc::new(oom::OomTracker::new(cgroup, container.scope.is_some()));
-        let shared = self.shared.clone();
-        let id = container.id.clone();
-        let t = tracker.clone();
-        let handle = tokio::spawn(async move {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            let watcher = t.watch(move || {
-                let _ = tx.send(());
-            });
-            let forward = async {
-                while rx.recv().await.is_some() {
-                    publish_oom(&shared, &id);
-                    // The broker hears of the kill at the next look, not the next heartbeat.
-                    crate::predict::wake_monitors();
-                }
-            };
-            tokio::join!(watcher, forward);
-        });
-        *container.oom.lock().unwrap_or_else(|e| e.into_inner()) = Some(tracker);
-        *container
-            .oom_watch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(handle);
     }
 
     async fn do_create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
@@ -442,41 +414,18 @@ impl TaskService {
                 container.augment = augment.clone();
                 set_scope(&mut container, scope).await;
                 let container = Arc::new(container);
-                // Before the reply, so before Start: the container is in its cgroups (and, with a monitor, its
-                // allocation applied) before its process runs. Off the runtime thread: a move into a cgroup waits
-                // for the kernel.
-                match &augment {
-                    Some(a) => a.created(pid).await,
-                    // The sandbox, or mode off: the container's PSI files are its own all the same, and it is
-                    // in its cgroup in every hierarchy (kubelet and systemd account a pod by all of them).
-                    None => {
-                        let (roots, id) = (self.shared.roots.clone(), req.id.clone());
-                        let made = blocking("joining the companion cgroups", move || {
-                            crate::companions::join_companions(&roots, &id, pid)
-                        })
-                        .await
-                        .unwrap_or_default();
-                        container
-                            .companions
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .extend(made);
-                    }
-                }
-                self.watch_oom(&container, pid);
-                let oom = container
-                    .oom
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
                 let init = InitExit {
                     container: container.clone(),
-                    oom,
                     augment: augment.clone(),
                     kill_all,
                 };
                 self.watch_exit(&req.id, container.init.clone(), pid, Some(init));
-                self.containers().insert(req.id.clone(), container);
+                self.containers().insert(req.id.clone(), container.clone());
+                // After the reply, before Start: the container joins its companion cgroups (and, with a monitor,
+                // gets its allocation) while containerd's hop to the Start runs, which waits for it
+                // ([`Container::set_up`]), as does anything else that acts on the container. Its process runs only
+                // at the Start.
+                tokio::spawn(set_up(self.shared.clone(), container, augment.clone(), pid));
                 self.publish(TaskCreate {
                     container_id: req.id.clone(),
                     bundle: req.bundle.clone(),
@@ -567,7 +516,7 @@ impl TaskService {
     }
 
     async fn do_start(&self, req: StartRequest) -> Result<StartResponse> {
-        let container = self.container(&req.id)?;
+        let container = self.set_up_container(&req.id).await?;
         let process = container.process(&req.exec_id)?;
         if process.status() != Status::CREATED {
             return Err(ShimError::FailedPrecondition(format!(
@@ -713,7 +662,7 @@ impl TaskService {
     }
 
     async fn do_delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
-        let container = self.container(&req.id)?;
+        let container = self.set_up_container(&req.id).await?;
         if !req.exec_id.is_empty() {
             let process = container.process(&req.exec_id)?;
             if matches!(process.status(), Status::RUNNING | Status::PAUSED) {
@@ -967,7 +916,7 @@ impl TaskService {
     }
 
     async fn do_kill(&self, req: KillRequest) -> Result<()> {
-        let container = self.container(&req.id)?;
+        let container = self.set_up_container(&req.id).await?;
         let process = container.process(&req.exec_id)?;
         let signal = i32::try_from(req.signal)
             .ok()
@@ -1094,7 +1043,7 @@ impl TaskService {
     }
 
     async fn do_pause_resume(&self, id: &str, pause: bool) -> Result<()> {
-        let container = self.container(id)?;
+        let container = self.set_up_container(id).await?;
         let root = self.shared.state_root.clone();
         let request = if pause {
             Request::Pause {
@@ -1189,7 +1138,7 @@ impl TaskService {
     }
 
     async fn do_update(&self, req: UpdateTaskRequest) -> Result<()> {
-        let container = self.container(&req.id)?;
+        let container = self.set_up_container(&req.id).await?;
         let pid = self.running_pid(&container)?;
         let any = req
             .resources
@@ -1226,7 +1175,7 @@ impl TaskService {
     }
 
     async fn do_stats(&self, req: StatsRequest) -> Result<StatsResponse> {
-        let container = self.container(&req.id)?;
+        let container = self.set_up_container(&req.id).await?;
         let (known, pid) = self.cgroup_source(&container)?;
         let id = req.id.clone();
         let roots = self.shared.roots.clone();
@@ -1251,7 +1200,7 @@ impl TaskService {
     }
 
     async fn do_pids(&self, req: PidsRequest) -> Result<PidsResponse> {
-        let container = self.container(&req.id)?;
+        let container = self.set_up_container(&req.id).await?;
         let (known, pid) = self.cgroup_source(&container)?;
         let pids = self.cgroup_procs(known, pid, "pids", &req.id).await?;
         let execs: Vec<(i32, String)> = container
@@ -1364,7 +1313,6 @@ fn container_cgroup(
 /// What the exit of a container's init settles before it is recorded and announced ([`TaskService::watch_exit`]).
 struct InitExit {
     container: Arc<Container>,
-    oom: Option<Arc<oom::OomTracker>>,
     augment: Option<Arc<Augment>>,
     /// Kill what the init left: it had no pid namespace of its own ([`crate::container::kills_all_on_exit`]).
     kill_all: bool,
@@ -1379,8 +1327,15 @@ impl InitExit {
         let container = &self.container;
         container.init_exited.store(true, Ordering::SeqCst);
         container.init.start_settled().await;
+        // An init killed before its Start may end while the create's set-up still runs.
+        container.set_up().await;
+        let oom = container
+            .oom
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut oom_killed = false;
-        if let Some(oom) = &self.oom {
+        if let Some(oom) = &oom {
             if oom.check_exit(status, container.signalled.load(Ordering::SeqCst)) {
                 publish_oom(shared, container_id);
             }
@@ -1396,6 +1351,79 @@ impl InitExit {
         }
         oom_killed
     }
+}
+
+/// The create's set-up after its reply ([`Container::set_up`]): the container in its companion cgroups (a monitor's
+/// `created`, which also applies the allocation and starts the monitor; else the directories are made and kept
+/// here), then its cgroup kept and watched for OOM kills. Off the runtime thread: a move into a cgroup waits for the
+/// kernel. Marks the container set up however it ends (a panic too).
+async fn set_up(
+    shared: Arc<Shared>,
+    container: Arc<Container>,
+    augment: Option<Arc<Augment>>,
+    pid: i32,
+) {
+    struct Done(Arc<Container>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0.mark_set_up();
+        }
+    }
+    let _done = Done(container.clone());
+    match &augment {
+        Some(a) => a.created(pid).await,
+        // The sandbox, or mode off: the container's PSI files are its own all the same, and it is in its cgroup
+        // in every hierarchy (kubelet and systemd account a pod by all of them).
+        None => {
+            let (roots, id) = (shared.roots.clone(), container.id.clone());
+            let made = blocking("joining the companion cgroups", move || {
+                crate::companions::join_companions(&roots, &id, pid)
+            })
+            .await
+            .unwrap_or_default();
+            container
+                .companions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(made);
+        }
+    }
+    watch_oom(&shared, &container, pid);
+}
+
+/// Keeps the container's cgroup ([`Container::cgroup`], found from its `pid` once it is in the companion
+/// hierarchies too: a hybrid host's PSI directory) and watches it for OOM kills.
+fn watch_oom(shared: &Arc<Shared>, container: &Container, pid: i32) {
+    if let Ok(cg) = ContainerCgroup::from_pid(&shared.roots, pid) {
+        let _ = container.cgroup.set(cg);
+    }
+    let Some(cgroup) = container.cgroup.get().and_then(oom::MemoryCgroup::of) else {
+        return;
+    };
+    // systemd removes a scope's cgroup once it is empty, maybe before the exit path reads it.
+    let tracker = Arc::new(oom::OomTracker::new(cgroup, container.scope.is_some()));
+    let shared = shared.clone();
+    let id = container.id.clone();
+    let t = tracker.clone();
+    let handle = tokio::spawn(async move {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let watcher = t.watch(move || {
+            let _ = tx.send(());
+        });
+        let forward = async {
+            while rx.recv().await.is_some() {
+                publish_oom(&shared, &id);
+                // The broker hears of the kill at the next look, not the next heartbeat.
+                crate::predict::wake_monitors();
+            }
+        };
+        tokio::join!(watcher, forward);
+    });
+    *container.oom.lock().unwrap_or_else(|e| e.into_inner()) = Some(tracker);
+    *container
+        .oom_watch
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(handle);
 }
 
 /// How long a container's exit waits for its execs' ([`Container::execs_settled`]): they end with it (the kernel

@@ -1118,24 +1118,83 @@ async fn moving_the_init_into_its_cgroups_leaves_the_runtime_thread_free() {
             (stalled, text)
         })
     };
-    let create = {
+    // The move comes after Create's reply ([`super::Container::set_up`]); the Start waits for it.
+    let pid = shim.create("c1").await;
+    let start = {
         let shim = shim.clone();
-        tokio::spawn(async move { shim.create("c1").await })
+        tokio::spawn(async move { shim.start("c1", "").await })
     };
-    shim.runtime.arrived("create c1").await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     go.send(()).expect("reader");
-    let pid = create.await.expect("create");
-    // A move that never came would leave the reader waiting for a writer: open and close one (no reader: ENXIO).
-    let _ = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&procs);
+    let started = tokio::time::timeout(std::time::Duration::from_secs(60), start).await;
+    if started.is_err() {
+        // A move that never came would leave the reader waiting for a writer: open and close one (no reader:
+        // ENXIO).
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&procs);
+    }
     let (stalled, text) = reader.join().expect("reader");
+    assert!(started.is_ok(), "the Start never came");
     assert!(
         !stalled,
         "the runtime thread was blocked while the init moved into its cgroup"
     );
     assert_eq!(text, pid.to_string(), "the init was moved");
+}
+
+/// Create replies once libcontainer made the init; the init's moves into its companion cgroups run after the reply
+/// (they wait for the kernel) and the Start waits for them, so the process never runs outside its cgroups.
+#[tokio::test]
+async fn create_replies_before_the_inits_companion_moves_and_start_waits_for_them() {
+    let shim = Arc::new(Shim::new());
+    let cgroup = shim.dir.path().join("cgroup");
+    std::fs::write(
+        shim.dir.path().join("mountinfo"),
+        "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755\n\
+         34 31 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+         40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd\n",
+    )
+    .expect("mountinfo");
+    std::fs::create_dir_all(cgroup.join("memory/default/c1")).expect("memory cgroup");
+    let dir = cgroup.join("systemd/default/c1");
+    std::fs::create_dir_all(&dir).expect("systemd cgroup");
+    // The move into name=systemd waits until the fifo is read, as a real one waits for the kernel.
+    let procs = dir.join("cgroup.procs");
+    nix::unistd::mkfifo(&procs, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    *shim.runtime.proc_cgroup.lock().expect("lock") =
+        Some("4:memory:/default/c1\n1:name=systemd:/user.slice\n".into());
+
+    let created = tokio::time::timeout(std::time::Duration::from_secs(20), shim.create("c1")).await;
+    if created.is_err() {
+        // Let the waiting move go (a reader that opens and leaves), so the test fails instead of hanging.
+        let _ = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&procs);
+    }
+    let pid =
+        created.expect("Create replied while the init's move into name=systemd was still waiting");
+    let start = {
+        let shim = shim.clone();
+        tokio::spawn(async move { shim.start("c1", "").await })
+    };
+    // However long the move takes, the runtime is not asked to start the init before it is done.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !shim.runtime.calls().iter().any(|c| c == "start c1"),
+        "the init was started before it was in its cgroups: {:?}",
+        shim.runtime.calls()
+    );
+    let moved = std::fs::read_to_string(&procs).expect("reading the fifo");
+    assert_eq!(moved, pid.to_string(), "the init was moved");
+    let started = tokio::time::timeout(std::time::Duration::from_secs(20), start)
+        .await
+        .expect("Start went on once the move was done")
+        .expect("start task");
+    assert_eq!(started.expect("start"), pid);
+    assert!(shim.runtime.calls().iter().any(|c| c == "start c1"));
 }
 
 /// Task.Pids names an exec's process by its exec id as runc's shim does (what `ctr task ps` prints and decodes by
