@@ -1084,10 +1084,10 @@ async fn a_create_in_flight_holds_off_the_exit() {
 
 // --- nothing blocking on the runtime thread ------------------------------------------------------------------
 
-#[tokio::test]
-async fn moving_the_init_into_its_cgroups_leaves_the_runtime_thread_free() {
-    let shim = Arc::new(Shim::new());
-    // A v1 host with systemd's named hierarchy: the init, in memory:/default/c1, joins name=systemd at that path.
+/// A v1 host with systemd's named hierarchy: container c1's init, in memory:/default/c1, joins name=systemd at that
+/// path, whose `cgroup.procs` (returned) is a fifo: the move waits until someone reads it, as a real one waits for
+/// the kernel.
+fn held_named_move(shim: &Shim) -> PathBuf {
     let cgroup = shim.dir.path().join("cgroup");
     std::fs::write(
         shim.dir.path().join("mountinfo"),
@@ -1099,11 +1099,17 @@ async fn moving_the_init_into_its_cgroups_leaves_the_runtime_thread_free() {
     std::fs::create_dir_all(cgroup.join("memory/default/c1")).expect("memory cgroup");
     let dir = cgroup.join("systemd/default/c1");
     std::fs::create_dir_all(&dir).expect("systemd cgroup");
-    // Its cgroup.procs is a fifo: the move waits until someone reads it, as a real one waits for the kernel.
     let procs = dir.join("cgroup.procs");
     nix::unistd::mkfifo(&procs, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
     *shim.runtime.proc_cgroup.lock().expect("lock") =
         Some("4:memory:/default/c1\n1:name=systemd:/user.slice\n".into());
+    procs
+}
+
+#[tokio::test]
+async fn moving_the_init_into_its_cgroups_leaves_the_runtime_thread_free() {
+    let shim = Arc::new(Shim::new());
+    let procs = held_named_move(&shim);
 
     // The reader reads only when the test's task, on the runtime thread, says so; if the runtime thread were
     // stuck in the move it never would, and the reader unblocks the move itself after a long while and says so.
@@ -1149,22 +1155,7 @@ async fn moving_the_init_into_its_cgroups_leaves_the_runtime_thread_free() {
 #[tokio::test]
 async fn create_replies_before_the_inits_companion_moves_and_start_waits_for_them() {
     let shim = Arc::new(Shim::new());
-    let cgroup = shim.dir.path().join("cgroup");
-    std::fs::write(
-        shim.dir.path().join("mountinfo"),
-        "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755\n\
-         34 31 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
-         40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd\n",
-    )
-    .expect("mountinfo");
-    std::fs::create_dir_all(cgroup.join("memory/default/c1")).expect("memory cgroup");
-    let dir = cgroup.join("systemd/default/c1");
-    std::fs::create_dir_all(&dir).expect("systemd cgroup");
-    // The move into name=systemd waits until the fifo is read, as a real one waits for the kernel.
-    let procs = dir.join("cgroup.procs");
-    nix::unistd::mkfifo(&procs, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
-    *shim.runtime.proc_cgroup.lock().expect("lock") =
-        Some("4:memory:/default/c1\n1:name=systemd:/user.slice\n".into());
+    let procs = held_named_move(&shim);
 
     let created = tokio::time::timeout(std::time::Duration::from_secs(20), shim.create("c1")).await;
     if created.is_err() {
