@@ -747,6 +747,11 @@ impl Augment {
         }
     }
 
+    /// The container's cgroup, once [`Augment::created`] found it.
+    pub fn cgroup(&self) -> Option<ContainerCgroup> {
+        lock(&self.state).cgroup.clone()
+    }
+
     /// After libcontainer created the container (before its process runs): joins the companion hierarchies and
     /// applies the registration's directives to the live cgroup too (the OOM-killer switch is not in every cgroup
     /// driver's spec support), on the blocking pool ([`Augment::attach`]), then starts the monitor. Returns once

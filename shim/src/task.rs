@@ -1370,14 +1370,20 @@ async fn set_up(
         }
     }
     let _done = Done(container.clone());
-    match &augment {
-        Some(a) => a.created(pid).await,
+    // The container's cgroup, found from its init once it is in the companion hierarchies too (a hybrid host's PSI
+    // directory): the monitor's, or found here.
+    let cgroup = match &augment {
+        Some(a) => {
+            a.created(pid).await;
+            a.cgroup()
+        }
         // The sandbox, or mode off: the container's PSI files are its own all the same, and it is in its cgroup
         // in every hierarchy (kubelet and systemd account a pod by all of them).
         None => {
             let (roots, id) = (shared.roots.clone(), container.id.clone());
-            let made = blocking("joining the companion cgroups", move || {
-                crate::companions::join_companions(&roots, &id, pid)
+            let (made, cgroup) = blocking("joining the companion cgroups", move || {
+                let made = crate::companions::join_companions(&roots, &id, pid);
+                (made, ContainerCgroup::from_pid(&roots, pid).ok())
             })
             .await
             .unwrap_or_default();
@@ -1386,17 +1392,17 @@ async fn set_up(
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .extend(made);
+            cgroup
         }
-    }
-    watch_oom(&shared, &container, pid);
-}
-
-/// Keeps the container's cgroup ([`Container::cgroup`], found from its `pid` once it is in the companion
-/// hierarchies too: a hybrid host's PSI directory) and watches it for OOM kills.
-fn watch_oom(shared: &Arc<Shared>, container: &Container, pid: i32) {
-    if let Ok(cg) = ContainerCgroup::from_pid(&shared.roots, pid) {
+    };
+    if let Some(cg) = cgroup {
         let _ = container.cgroup.set(cg);
     }
+    watch_oom(&shared, &container);
+}
+
+/// Watches the container's cgroup ([`Container::cgroup`]) for OOM kills.
+fn watch_oom(shared: &Arc<Shared>, container: &Container) {
     let Some(cgroup) = container.cgroup.get().and_then(oom::MemoryCgroup::of) else {
         return;
     };
