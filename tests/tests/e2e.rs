@@ -778,6 +778,111 @@ fn oom_kill_reported() {
     c.finish();
 }
 
+/// Resumes the stopped processes when dropped, so that a failed assertion leaves no shim stopped for the cleanup.
+struct Stopped(Vec<i32>);
+
+impl Stopped {
+    fn stop(pids: Vec<i32>) -> Stopped {
+        for p in &pids {
+            // SAFETY: signals to this test's own containerd's shim processes.
+            unsafe { libc::kill(*p, libc::SIGSTOP) };
+        }
+        Stopped(pids)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            // SAFETY: as in `stop`.
+            unsafe { libc::kill(*p, libc::SIGCONT) };
+        }
+    }
+}
+
+/// An OOM kill the shim sleeps through (stopped here, as a shim the scheduler leaves waiting on a loaded node is) is
+/// reported once it runs again: the `/tasks/oom` event and exit 137. Under the systemd cgroup driver on a systemd
+/// host the container's cgroup is gone by then (systemd removes a scope once it is empty), so neither the OOM watcher
+/// nor the exit path can read the kill there: the shim takes it from the parent's `oom_kill` (the CI miss of
+/// 2026-12-06, docs/BENCHMARKS.md "An OOM kill in a systemd scope whose cgroup is gone before the shim reads it").
+#[test]
+fn an_oom_kill_the_shim_slept_through_is_reported() {
+    let Some(c) = start("an_oom_kill_the_shim_slept_through_is_reported") else {
+        return;
+    };
+    let events = c.events();
+    let drivers = Drivers::new(&c);
+    // The init waits for a file the test makes once the shim is stopped, then becomes the process the OOM killer
+    // takes (exec: the init itself dies of the SIGKILL).
+    let script = "while [ ! -e /go ]; do sleep 0.05; done; \
+                  exec dd if=/dev/zero of=/dev/null bs=256M count=1";
+    for driver in drivers.names() {
+        let id = c.id(&format!("oom-asleep-{driver}"));
+        let path = drivers.path(&id);
+        let mut flags = vec!["--memory-limit", "33554432"];
+        flags.extend(drivers.flags(driver, &path));
+        c.run_detached(&id, &flags, &["sh", "-c", script]);
+        let init = c.task_pid(&id);
+        let scope = format!("/sys/fs/cgroup/{}/predictive-{id}.scope", drivers.slice);
+        if *driver == "systemd" {
+            assert!(
+                std::path::Path::new(&scope).is_dir(),
+                "{id} is not in the scope {scope}"
+            );
+        }
+        let arg = format!("-id {id} ");
+        let servers: Vec<i32> = c
+            .shim_pids()
+            .into_iter()
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|b| {
+                    format!("{} ", String::from_utf8_lossy(&b).replace('\0', " ")).contains(&arg)
+                })
+            })
+            .collect();
+        assert_eq!(servers.len(), 1, "one shim serves {id}: {servers:?}");
+        let stopped = Stopped::stop(servers);
+        std::fs::write(format!("/proc/{init}/root/go"), "").expect("the container's go file");
+        let died = wait_until(Duration::from_secs(30), || {
+            predictive_e2e::clean::exited(init).then_some(())
+        });
+        assert!(
+            died.is_some(),
+            "{id}'s init ({init}) still runs 30 s after it was let go"
+        );
+        if *driver == "systemd" {
+            let gone = wait_until(Duration::from_secs(30), || {
+                (!std::path::Path::new(&scope).exists()).then_some(())
+            });
+            assert!(
+                gone.is_some(),
+                "systemd kept {scope} after its process died"
+            );
+        }
+        drop(stopped);
+        c.wait_status(&id, "STOPPED", Duration::from_secs(20));
+        let seen = wait_until(Duration::from_secs(10), || {
+            let out = events.stdout();
+            let oom = out
+                .lines()
+                .any(|l| l.contains("/tasks/oom") && l.contains(&id));
+            let exit = out.lines().any(|l| {
+                l.contains("/tasks/exit") && l.contains(&id) && l.contains("\"exit_status\":137")
+            });
+            (oom && exit).then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "{driver} driver: no /tasks/oom and exit 137 for {id}, whose OOM kill its shim slept through:\n{}",
+            events.stdout()
+        );
+        c.remove(&id);
+    }
+    events.kill();
+    c.finish();
+    drivers.clean_up();
+}
+
 /// The events of a container that exits at once come in their order: start before exit, the exit before the
 /// delete. Docker follows a container by these events: a start after the exit would mark it running again.
 #[test]
@@ -960,6 +1065,58 @@ fn seccomp_enforced() {
     c.finish();
 }
 
+/// The cgroup drivers a test runs its containers under: cgroupfs everywhere, and on a systemd cgroup v2 host the
+/// systemd driver too (a kubelet node's: `SystemdCgroup = true` in the runtime options, a `slice:prefix:name`
+/// cgroupsPath in a slice of the test's own).
+struct Drivers {
+    systemd: bool,
+    opts: String,
+    slice: String,
+}
+
+impl Drivers {
+    fn new(c: &Containerd) -> Drivers {
+        let opts = c.dir.join("runtime-options.toml");
+        std::fs::write(&opts, "SystemdCgroup = true\n").expect("writing the runtime options");
+        Drivers {
+            systemd: predictive_e2e::kubelet::systemd_v2_host(),
+            opts: opts.to_string_lossy().into_owned(),
+            slice: format!("pe2e{}.slice", std::process::id()),
+        }
+    }
+
+    fn names(&self) -> &'static [&'static str] {
+        if self.systemd {
+            &["cgroupfs", "systemd"]
+        } else {
+            &["cgroupfs"]
+        }
+    }
+
+    /// The systemd driver's cgroupsPath for container `id`.
+    fn path(&self, id: &str) -> String {
+        format!("{}:predictive:{id}", self.slice)
+    }
+
+    /// `ctr run` flags that put a container under `driver` (`path`: [`Drivers::path`]).
+    fn flags<'a>(&'a self, driver: &str, path: &'a str) -> Vec<&'a str> {
+        match driver {
+            "systemd" => vec!["--cgroup", path, "--runtime-config-path", &self.opts],
+            _ => vec![],
+        }
+    }
+
+    /// Stops the test's slice and removes what is left of it.
+    fn clean_up(&self) {
+        if self.systemd {
+            let mut stop = std::process::Command::new("systemctl");
+            stop.args(["stop", &self.slice]);
+            let _ = predictive_e2e::cmd::run_cmd(stop, Duration::from_secs(60));
+            remove_cgroup_dirs(&[&format!("/{}", self.slice)]);
+        }
+    }
+}
+
 /// The spec's device rules hold (ctr's default spec allows only the standard character devices): a container
 /// may make a node of the host's own disk or of FUSE (CAP_MKNOD is in the default capabilities) but cannot open
 /// it — on cgroup v1 through the devices controller, on v2 through the BPF device program, as under runc. On a
@@ -977,23 +1134,11 @@ fn block_device_denied_by_the_spec() {
          mknod /tmp/fuse c 10 229 && if (exec 3< /tmp/fuse); then echo FUSE; fi; \
          head -c 4 /dev/zero | wc -c"
     );
-    let me = std::process::id();
-    let systemd = predictive_e2e::kubelet::systemd_v2_host();
-    let opts = c.dir.join("runtime-options.toml");
-    std::fs::write(&opts, "SystemdCgroup = true\n").expect("writing the runtime options");
-    let opts = opts.to_string_lossy().into_owned();
-    let slice = format!("pe2e{me}.slice");
-    for driver in if systemd {
-        &["cgroupfs", "systemd"][..]
-    } else {
-        &["cgroupfs"]
-    } {
+    let drivers = Drivers::new(&c);
+    for driver in drivers.names() {
         let id = c.id(&format!("dev-{driver}"));
-        let path = format!("{slice}:predictive:{id}");
-        let flags: Vec<&str> = match *driver {
-            "systemd" => vec!["--cgroup", &path, "--runtime-config-path", &opts],
-            _ => vec![],
-        };
+        let path = drivers.path(&id);
+        let flags = drivers.flags(driver, &path);
         let out = c.run(&id, &flags, &["sh", "-c", &script]);
         println!("{driver} driver, {major}:{minor}: {out}");
         assert!(
@@ -1020,12 +1165,7 @@ fn block_device_denied_by_the_spec() {
         );
     }
     c.finish();
-    if systemd {
-        let mut stop = std::process::Command::new("systemctl");
-        stop.args(["stop", &slice]);
-        let _ = predictive_e2e::cmd::run_cmd(stop, Duration::from_secs(60));
-        remove_cgroup_dirs(&[&format!("/{slice}")]);
-    }
+    drivers.clean_up();
 }
 
 /// `/proc/<pid>/cgroup` paths of the resource hierarchies (named ones such as `name=systemd` left out).
