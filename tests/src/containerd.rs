@@ -381,6 +381,16 @@ impl Containerd {
             .collect()
     }
 
+    /// The shim server that serves container `id` (its command line carries `-id <id>`), if one runs.
+    pub fn shim_pid_of(&self, id: &str) -> Option<i32> {
+        let arg = format!("-id {id} ");
+        self.shim_pids().into_iter().find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|cmd| {
+                format!("{} ", String::from_utf8_lossy(&cmd).replace('\0', " ")).contains(&arg)
+            })
+        })
+    }
+
     /// Every process of this containerd's shims, helpers included.
     pub fn shim_processes(&self) -> Vec<i32> {
         let addr = format!("-address {} ", self.sock.display());

@@ -777,14 +777,6 @@ fn a_stalled_broker_holds_up_no_delete_and_loses_no_run() {
     run_ok(&c, "up", &[], &["true"]);
     let broker = c.broker_pid().expect("the first run started a broker");
     let id = c.id("stalled");
-    let shim_of = |id: &str| {
-        let arg = format!("-id {id} ");
-        c.shim_pids().into_iter().find(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|cmd| {
-                format!("{} ", String::from_utf8_lossy(&cmd).replace('\0', " ")).contains(&arg)
-            })
-        })
-    };
     // SAFETY: stopping the broker this test's shims started; it is continued below.
     unsafe { libc::kill(broker, libc::SIGSTOP) };
     let started = Instant::now();
@@ -794,7 +786,7 @@ fn a_stalled_broker_holds_up_no_delete_and_loses_no_run() {
         &["true"],
     );
     let took = started.elapsed();
-    let shim = shim_of(&id);
+    let shim = c.shim_pid_of(&id);
     // A second of the broker's stall after the Delete: the shim is still there, holding the run's summary.
     std::thread::sleep(Duration::from_secs(1));
     let holding = shim.is_some_and(|p| PathBuf::from(format!("/proc/{p}")).exists());
@@ -849,7 +841,7 @@ fn a_stalled_broker_holds_up_no_delete_and_loses_no_run() {
         "tasks still registered after their containers ended: {:?}",
         left()
     );
-    let gone = wait_until(secs(10), || shim_of(&id).is_none().then_some(()));
+    let gone = wait_until(secs(10), || c.shim_pid_of(&id).is_none().then_some(()));
     assert!(
         gone.is_some(),
         "the shim of {id} outlived its run's summary"
@@ -1735,17 +1727,7 @@ fn a_wall_clock_step_neither_forgets_nor_freezes_the_brokers_tasks() {
     // within the staleness bound (2 s) and a few ticks, as on a clock that did not move.
     broker.step("-3600");
     std::thread::sleep(tick() * 2);
-    let shim = c
-        .shim_pids()
-        .into_iter()
-        .find(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|cmd| {
-                String::from_utf8_lossy(&cmd)
-                    .replace('\0', " ")
-                    .contains(&format!("-id {b} "))
-            })
-        })
-        .expect("B's shim");
+    let shim = c.shim_pid_of(&b).expect("B's shim");
     // SAFETY: stopping the shim of this test's container; it is continued below.
     unsafe { libc::kill(shim, libc::SIGSTOP) };
     let silent = Instant::now();

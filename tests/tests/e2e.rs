@@ -830,18 +830,10 @@ fn an_oom_kill_the_shim_slept_through_is_reported() {
                 "{id} is not in the scope {scope}"
             );
         }
-        let arg = format!("-id {id} ");
-        let servers: Vec<i32> = c
-            .shim_pids()
-            .into_iter()
-            .filter(|p| {
-                std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|b| {
-                    format!("{} ", String::from_utf8_lossy(&b).replace('\0', " ")).contains(&arg)
-                })
-            })
-            .collect();
-        assert_eq!(servers.len(), 1, "one shim serves {id}: {servers:?}");
-        let stopped = Stopped::stop(servers);
+        let server = c
+            .shim_pid_of(&id)
+            .unwrap_or_else(|| panic!("no shim serves {id}"));
+        let stopped = Stopped::stop(vec![server]);
         std::fs::write(format!("/proc/{init}/root/go"), "").expect("the container's go file");
         let died = wait_until(Duration::from_secs(30), || {
             predictive_e2e::clean::exited(init).then_some(())
