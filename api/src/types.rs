@@ -66,6 +66,10 @@ pub struct Usage {
     pub cpu_throttled_fraction: f64,
     /// CPU PSI `some avg10`, percent.
     pub cpu_psi_avg10: Option<f64>,
+    /// CPU PSI `some` over the last interval alone (from the stall total), percent: `avg10` lags a step by
+    /// seconds (`None`: not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_psi_recent: Option<f64>,
     /// Memory PSI `some avg10`, percent.
     pub memory_psi_avg10: Option<f64>,
     /// Charged memory, bytes.

@@ -649,6 +649,15 @@ fn rates(
         (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e9,
         _ => 0.0,
     };
+    // The share of the interval in which some task of the container waited for a CPU: PSI's own `avg10` takes
+    // seconds to follow a step (a lender that starts spinning on a busy host crosses 20% ~5-8 s later).
+    let cpu_psi_recent = match (prev.pressure.cpu, s.pressure.cpu) {
+        (Some(a), Some(b)) => Some(
+            (b.some.total_us.saturating_sub(a.some.total_us) as f64 * 1e5 / dt_ns as f64)
+                .min(100.0),
+        ),
+        _ => None,
+    };
     let io = |x: &runtime_hooks::Sample| {
         x.io.read_bytes
             .unwrap_or(0)
@@ -670,6 +679,7 @@ fn rates(
         cpu_cores: cpu,
         cpu_throttled_fraction: throttled,
         cpu_psi_avg10: s.pressure.cpu.map(|p| p.some.avg10),
+        cpu_psi_recent,
         memory_psi_avg10: s.pressure.memory.map(|p| p.some.avg10),
         memory_bytes: mem,
         working_set_bytes: s.memory.working_set_bytes,
@@ -2392,6 +2402,54 @@ mod tests {
             rates(&raw(5, 0, 0, 0), &raw(5, 10, 0, 0), false).is_none(),
             "no time passed"
         );
+    }
+
+    #[test]
+    fn the_cpu_stall_of_the_interval_alone_comes_from_the_psi_totals() {
+        let with_stall = |t: u64, total_us: u64, avg10: f64| {
+            let mut s = raw(t, 0, 0, 0);
+            s.pressure.cpu = Some(runtime_hooks::Pressure {
+                some: runtime_hooks::PsiLine {
+                    avg10,
+                    total_us,
+                    ..runtime_hooks::PsiLine::default()
+                },
+                full: None,
+            });
+            s
+        };
+        // 0.3 s stalled in a 0.5 s interval: 60%, while the 10 s average still says 4%.
+        let (u, _, _) = rates(
+            &with_stall(1_000_000_000, 2_000_000, 0.0),
+            &with_stall(1_500_000_000, 2_300_000, 4.0),
+            false,
+        )
+        .expect("rate");
+        assert_eq!(u.cpu_psi_avg10, Some(4.0));
+        assert!((u.cpu_psi_recent.expect("both read") - 60.0).abs() < 1e-9);
+        // A total that went back (a shim's bad reading) is no stall; one not read is none.
+        let (u, _, _) = rates(
+            &with_stall(0, 9_000_000, 0.0),
+            &with_stall(1_000_000_000, 1_000, 0.0),
+            false,
+        )
+        .expect("rate");
+        assert_eq!(u.cpu_psi_recent, Some(0.0));
+        let (u, _, _) = rates(
+            &raw(0, 0, 0, 0),
+            &with_stall(1_000_000_000, 1_000, 0.0),
+            false,
+        )
+        .expect("rate");
+        assert_eq!(u.cpu_psi_recent, None);
+        // More stall than time (counters from two cgroups) is capped at all of it.
+        let (u, _, _) = rates(
+            &with_stall(0, 0, 0.0),
+            &with_stall(1_000_000_000, 5_000_000, 0.0),
+            false,
+        )
+        .expect("rate");
+        assert_eq!(u.cpu_psi_recent, Some(100.0));
     }
 
     #[test]

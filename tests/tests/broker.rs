@@ -298,14 +298,74 @@ fn predicted_limits_from_history_and_growth_past_prediction() {
 /// when A turns busy it has its capacity back.
 #[test]
 fn idle_neighbour_lends_cpu_and_gets_it_back() {
+    lends_and_gets_it_back("idle_neighbour_lends_cpu_and_gets_it_back", 0);
+}
+
+/// The same on a busy host, as the lane's CI run of 63cdc04 had it (the other test's containers spinning): other
+/// cgroups spin from a few seconds before A turns busy, so B's use falls and it gives most leases back, and A,
+/// busy again, gets less CPU than it kept: neither throttled nor at its quota, only waiting for a CPU. It must
+/// still have its quota back within the same ticks.
+#[test]
+fn a_lender_turning_busy_on_a_busy_host_gets_its_cpu_back() {
+    lends_and_gets_it_back("a_lender_turning_busy_on_a_busy_host_gets_its_cpu_back", 3);
+}
+
+/// Processes spinning in cgroups of their own at the top of the CPU hierarchy (`<name>-hog-<i>`), siblings of
+/// the test's namespace cgroup: CPU is shared between cgroups, so each takes a container's worth. Killed and
+/// their cgroups removed when dropped.
+struct Hogs {
+    children: Vec<std::process::Child>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Hogs {
+    fn start(name: &str, n: usize) -> Hogs {
+        let root = if Containerd::cgroup_v2_host() {
+            PathBuf::from("/sys/fs/cgroup")
+        } else {
+            PathBuf::from("/sys/fs/cgroup/cpu")
+        };
+        let mut hogs = Hogs {
+            children: Vec::new(),
+            dirs: Vec::new(),
+        };
+        for i in 0..n {
+            let dir = root.join(format!("{name}-hog-{i}"));
+            std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            hogs.dirs.push(dir.clone());
+            let child = std::process::Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+                .expect("a spinning sh");
+            let pid = child.id();
+            hogs.children.push(child);
+            std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+                .unwrap_or_else(|e| panic!("{} into {}: {e}", pid, dir.display()));
+        }
+        hogs
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for dir in &self.dirs {
+            // A reaped process leaves its cgroup at once; an rmdir racing it is retried.
+            let _ = wait_until(Duration::from_secs(5), || std::fs::remove_dir(dir).ok());
+        }
+    }
+}
+
+/// B borrows from the idle A within its ticks; A, busy again, has its quota back within its ticks. With `hogs`,
+/// that many [`Hogs`] spin from 2 s (x slow) before A turns busy until it has its quota back.
+fn lends_and_gets_it_back(test: &str, hogs: usize) {
     // 2 cores less 0.5 reserved: A (1.45, its spec) and B (0.05, predicted from idle history) take all, so B
     // can only borrow from A. B has no CPU limit of its own: a user's limit caps borrowing.
     // B has no CPU limit: it gets a quota (its prediction) only because the operator opts in.
-    let Some(c) = start(
-        "idle_neighbour_lends_cpu_and_gets_it_back",
-        "host_cpu_cores = 2.0",
-        "quota_unlimited_cpu = true",
-    ) else {
+    let Some(c) = start(test, "host_cpu_cores = 2.0", "quota_unlimited_cpu = true") else {
         return;
     };
     let tick = tick();
@@ -367,6 +427,10 @@ fn idle_neighbour_lends_cpu_and_gets_it_back() {
     // A turns busy at 10 s (its own script): it must have its 1.45 cores back within 2 ticks (+1 for the report
     // cycle) of the moment its cgroup starts using CPU. An idle `sleep` uses well under 5 ms in 10 s.
     let idle_cpu = c.cpu_usage_us(&a).expect("A's CPU usage");
+    let busy_host = (hogs > 0).then(|| {
+        std::thread::sleep(idle.saturating_sub(a_started.elapsed() + secs(2)));
+        Hogs::start(c.cgroup_name(), hogs)
+    });
     let busy = wait_until(idle.saturating_sub(a_started.elapsed()) + secs(8), || {
         (c.cpu_usage_us(&a)? >= idle_cpu + 5_000).then_some(())
     });
@@ -390,6 +454,7 @@ fn idle_neighbour_lends_cpu_and_gets_it_back() {
         "A had its quota back {back:?} ({:.1} ticks) after turning busy",
         back.as_secs_f64() / tick.as_secs_f64()
     );
+    drop(busy_host);
     // A needs one tick of samples to look busy: report + tick + report.
     assert!(back <= tick * 4, "A's capacity came back after {back:?}");
     let leases = status(&c).map(|s| s.leases).unwrap_or_default();

@@ -58,6 +58,18 @@ impl Controller {
         }
     }
 
+    /// Pressure as a lender is judged: [`Self::cpu_pressure`], or a stall over its last interval alone. A lender
+    /// gives up CPU it is not using, so the tick it starts waiting for a CPU it stops lending and takes back what
+    /// it lent, not when PSI's 10 s average catches up (on a busy host a spinning lender gets less than its quota:
+    /// neither throttled nor busy, only stalled). Borrowing still waits for the average: taking from others needs
+    /// a need that lasts.
+    pub(super) fn lender_pressure(&self, t: &Task) -> Option<Pressure> {
+        self.cpu_pressure(t).or_else(|| {
+            let p = t.usage?.cpu_psi_recent?;
+            (t.cpu.is_some() && p >= self.cfg.cpu_psi_avg10).then_some(Pressure::Stall(p))
+        })
+    }
+
     /// Emits `set_cpu`, in container id order, for every task with a reason; with `before`, only where the
     /// quota differs from it (and with it as the old value).
     pub(super) fn cpu_directives(
@@ -211,7 +223,7 @@ impl Controller {
         let mut lenders: Vec<(Key, f64)> = self
             .live()
             .filter(|(k, t)| !t.frozen() && !took_back[*k] && !holding[*k] && fresh(t))
-            .filter(|(_, t)| t.usage.is_some() && self.cpu_pressure(t).is_none())
+            .filter(|(_, t)| t.usage.is_some() && self.lender_pressure(t).is_none())
             .filter_map(|(k, t)| {
                 // A lender keeps what it needs and never goes below its request.
                 let spare = t.cpu? - self.cpu_need(t, now_ms).max(Self::cpu_floor(t));

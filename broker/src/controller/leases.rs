@@ -192,7 +192,8 @@ impl Controller {
                 continue;
             };
             let predicted = t.predicted_cpu(now_ms, self.cfg.lookahead_buckets);
-            let busy = self.cpu_pressure(t).is_some();
+            let pressure = self.lender_pressure(t);
+            let busy = pressure.is_some();
             if !busy && predicted <= kept + EPS {
                 continue;
             }
@@ -213,8 +214,13 @@ impl Controller {
                     let lender = &t.spec.container_id;
                     if busy {
                         let used = t.usage.map(|u| u.cpu_cores).unwrap_or(0.0);
+                        // Busy says it already; a throttle or a stall says why so little is used.
+                        let what = match pressure {
+                            Some(p @ (cpu::Pressure::Throttled(_) | cpu::Pressure::Stall(_))) => format!("{p}, "),
+                            _ => String::new(),
+                        };
                         format!(
-                            "lender {lender} needs it back (using {used:.2} of the {kept:.2} cores it kept)"
+                            "lender {lender} needs it back ({what}using {used:.2} of the {kept:.2} cores it kept)"
                         )
                     } else {
                         format!("lender {lender}'s profile predicts {predicted:.2} cores next")

@@ -5,12 +5,13 @@
 //! Rules, in the order a [`Controller::tick`] applies them:
 //! 1. **Expiry**: a lease whose holder has not reported for `stale_after_ms` is ended; the lender gets it back.
 //!    **Ancestors**: leases held under a limited ancestor cgroup whose tasks hold more than its limit end.
-//! 2. **Revocation**: a lender whose usage nears what it kept, or whose predicted profile says the next
-//!    `lookahead_buckets` need more than it kept, gets its leases back in this tick (CPU at once).
+//! 2. **Revocation**: a lender under CPU pressure (as in 4, or a CPU PSI stall over its last report's interval
+//!    alone: PSI's 10 s average follows a lender that turns busy seconds late), or whose predicted profile says
+//!    the next `lookahead_buckets` need more than it kept, gets its leases back in this tick (CPU at once).
 //! 3. **Release**: a holder that no longer needs a lease gives it back.
 //! 4. **CPU borrowing**: a task under CPU pressure (throttled, at its quota, or CPU PSI stall) borrows from the
-//!    host's unallocated CPU and from idle lenders (lowest priority first) as leases, highest priority first, up
-//!    to its per-task maximum and never above its user limit.
+//!    host's unallocated CPU and from idle lenders (lowest priority first; a lender under pressure as in 2 lends
+//!    nothing) as leases, highest priority first, up to its per-task maximum and never above its user limit.
 //! 5. **Memory**: a task near its memory allocation (or waiting on an OOM with the killer disabled) is grown
 //!    from the host's free memory; with no room, the lowest-priority running task below it is paused (frozen)
 //!    and its unused allocation returned to the pool. Under host memory pressure one lowest-priority task is
@@ -91,7 +92,8 @@ pub struct ControllerConfig {
     pub throttled_fraction: f64,
     /// Usage over effective quota at which a task is under CPU pressure (default 0.90).
     pub busy_fraction: f64,
-    /// CPU PSI `some avg10` (percent) at which a task is under CPU pressure (default 20).
+    /// CPU PSI `some avg10` (percent) at which a task is under CPU pressure (default 20); a lender also when its
+    /// last report's interval alone stalled this much.
     pub cpu_psi_avg10: f64,
     /// A borrower asks for this share of its current quota per tick (default 0.5).
     pub borrow_step: f64,

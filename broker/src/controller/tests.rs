@@ -476,6 +476,73 @@ fn scenario_2_starved_task_borrows_from_idle_one_and_lender_gets_it_back() {
     assert!((cpu_of(&c, "b") - 0.5).abs() < 1e-9);
 }
 
+/// A busy host: the lender spins but gets less CPU than it kept (neither throttled nor at its quota) and PSI's 10 s
+/// average has not caught up; only its last interval's stall says it wants CPU.
+fn stalled_now(at_ms: u64, cores: f64) -> Usage {
+    Usage {
+        cpu_psi_avg10: Some(5.0),
+        cpu_psi_recent: Some(45.0),
+        ..cpu_use(at_ms, cores, 0.0)
+    }
+}
+
+#[test]
+fn a_lender_stalled_in_its_last_interval_takes_its_cpu_back_and_lends_no_more() {
+    let mut c = scenario_two();
+    c.observe("a", cpu_use(1000, 0.1, 0.0));
+    c.observe("b", cpu_use(1000, 0.5, 0.6));
+    c.tick(1000);
+    assert!(!c.leases().is_empty(), "b borrowed from the idle a");
+    // a uses half of what it kept: by usage alone it could lend more still.
+    let kept = cpu_of(&c, "a");
+    c.observe("a", stalled_now(2000, kept / 2.0));
+    c.observe("b", cpu_use(2000, cpu_of(&c, "b"), 0.6));
+    let ds = c.tick(2000);
+    assert!(c.leases().is_empty(), "{:?}", c.leases());
+    assert_eq!(cpu_of(&c, "a"), 3.0);
+    assert!(
+        ds.iter()
+            .any(|d| d.reason.contains("needs it back (CPU stall 45%, using ")),
+        "{ds:#?}"
+    );
+    // While it stalls, b (still throttled) gets nothing from it.
+    for now in [3000, 4000] {
+        c.observe("a", stalled_now(now, 1.5));
+        c.observe("b", cpu_use(now, cpu_of(&c, "b"), 0.6));
+        c.tick(now);
+        assert!(
+            c.leases().iter().all(|l| l.lender.as_deref() != Some("a")),
+            "{:?}",
+            c.leases()
+        );
+    }
+    // Its stall over: it lends again.
+    c.observe("a", cpu_use(5000, 0.1, 0.0));
+    c.observe("b", cpu_use(5000, cpu_of(&c, "b"), 0.6));
+    c.tick(5000);
+    assert!(c.leases().iter().any(|l| l.lender.as_deref() == Some("a")));
+}
+
+#[test]
+fn a_stall_in_one_interval_alone_does_not_make_a_borrower() {
+    // Taking from others waits for PSI's average: one interval's stall of a task well inside its quota borrows
+    // nothing.
+    let mut c = scenario_two();
+    c.observe("a", cpu_use(1000, 0.1, 0.0));
+    c.observe("b", stalled_now(1000, 0.2));
+    c.tick(1000);
+    assert!(c.leases().is_empty(), "{:?}", c.leases());
+    c.observe(
+        "b",
+        Usage {
+            cpu_psi_avg10: Some(25.0),
+            ..stalled_now(2000, 0.2)
+        },
+    );
+    c.tick(2000);
+    assert!(!c.leases().is_empty(), "the average's stall borrows");
+}
+
 #[test]
 fn lender_profile_predicting_a_busy_phase_revokes_before_usage_rises() {
     let mut c = Controller::new(cfg(), host(4.0, 8 * GIB));
