@@ -650,7 +650,7 @@ fn rates(
         _ => 0.0,
     };
     // The share of the interval in which some task of the container waited for a CPU: PSI's own `avg10` takes
-    // seconds to follow a step (a lender that starts spinning on a busy host crosses 20% ~5-8 s later).
+    // seconds to follow a step (a lender that starts spinning on a busy host: 4.6-8.8 s to cross 20%).
     let cpu_psi_recent = match (prev.pressure.cpu, s.pressure.cpu) {
         (Some(a), Some(b)) => Some(
             (b.some.total_us.saturating_sub(a.some.total_us) as f64 * 1e5 / dt_ns as f64)
@@ -2418,38 +2418,28 @@ mod tests {
             });
             s
         };
+        let usage = |a, b| rates(&a, &b, false).expect("rate").0;
         // 0.3 s stalled in a 0.5 s interval: 60%, while the 10 s average still says 4%.
-        let (u, _, _) = rates(
-            &with_stall(1_000_000_000, 2_000_000, 0.0),
-            &with_stall(1_500_000_000, 2_300_000, 4.0),
-            false,
-        )
-        .expect("rate");
+        let u = usage(
+            with_stall(1_000_000_000, 2_000_000, 0.0),
+            with_stall(1_500_000_000, 2_300_000, 4.0),
+        );
         assert_eq!(u.cpu_psi_avg10, Some(4.0));
         assert!((u.cpu_psi_recent.expect("both read") - 60.0).abs() < 1e-9);
         // A total that went back (a shim's bad reading) is no stall; one not read is none.
-        let (u, _, _) = rates(
-            &with_stall(0, 9_000_000, 0.0),
-            &with_stall(1_000_000_000, 1_000, 0.0),
-            false,
-        )
-        .expect("rate");
-        assert_eq!(u.cpu_psi_recent, Some(0.0));
-        let (u, _, _) = rates(
-            &raw(0, 0, 0, 0),
-            &with_stall(1_000_000_000, 1_000, 0.0),
-            false,
-        )
-        .expect("rate");
-        assert_eq!(u.cpu_psi_recent, None);
+        let back = usage(
+            with_stall(0, 9_000_000, 0.0),
+            with_stall(1_000_000_000, 1_000, 0.0),
+        );
+        assert_eq!(back.cpu_psi_recent, Some(0.0));
+        let unread = usage(raw(0, 0, 0, 0), with_stall(1_000_000_000, 1_000, 0.0));
+        assert_eq!(unread.cpu_psi_recent, None);
         // More stall than time (counters from two cgroups) is capped at all of it.
-        let (u, _, _) = rates(
-            &with_stall(0, 0, 0.0),
-            &with_stall(1_000_000_000, 5_000_000, 0.0),
-            false,
-        )
-        .expect("rate");
-        assert_eq!(u.cpu_psi_recent, Some(100.0));
+        let over = usage(
+            with_stall(0, 0, 0.0),
+            with_stall(1_000_000_000, 5_000_000, 0.0),
+        );
+        assert_eq!(over.cpu_psi_recent, Some(100.0));
     }
 
     #[test]

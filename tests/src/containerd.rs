@@ -381,14 +381,21 @@ impl Containerd {
             .collect()
     }
 
-    /// The shim server that serves container `id` (its command line carries `-id <id>`), if one runs.
+    /// The shim server that serves container `id` (its command line carries `-id <id>`), if one runs; panics if
+    /// more than one does (a test that stops "the" shim must stop the only one).
     pub fn shim_pid_of(&self, id: &str) -> Option<i32> {
         let arg = format!("-id {id} ");
-        self.shim_pids().into_iter().find(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|cmd| {
-                format!("{} ", String::from_utf8_lossy(&cmd).replace('\0', " ")).contains(&arg)
+        let servers: Vec<i32> = self
+            .shim_pids()
+            .into_iter()
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|cmd| {
+                    format!("{} ", String::from_utf8_lossy(&cmd).replace('\0', " ")).contains(&arg)
+                })
             })
-        })
+            .collect();
+        assert!(servers.len() <= 1, "one shim serves {id}: {servers:?}");
+        servers.first().copied()
     }
 
     /// Every process of this containerd's shims, helpers included.
