@@ -2,15 +2,20 @@
 //!
 //! cgroup v1: an eventfd registered through `cgroup.event_control` on `memory.oom_control`; it also
 //! fires when the cgroup is removed, so each wake-up is checked against the `oom_kill` counter.
-//! cgroup v2: `memory.events`' `oom_kill` counter, read when the kernel says the file changed (an inotify
-//! IN_MODIFY, which cgroup2 raises on every change of `memory.events`), and at least every
-//! [`V2_RECHECK`] in case a notification is lost: an idle container costs no wake-up twice a second.
+//! cgroup v2: `memory.events`' `oom_kill` counter, read when the kernel says the file changed, and at least
+//! every [`V2_RECHECK`] in case a notification is lost: an idle container costs no wake-up twice a second. The
+//! change notification is the file's own descriptor, kept open and polled for `POLLPRI` ([`Changes`]: cgroup2
+//! notifies every open file of `memory.events` on each change, as it does inotify), not an inotify instance:
+//! instances are counted per user (`fs.inotify.max_user_instances`, 128 by default), shared with kubelet, systemd,
+//! containerd and every runc shim's own watcher, so one per container ran out on a node of ~60 containers of ours
+//! beside runc's (measured in the cgroup v2 guest), after which each container read its file twice a second.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 /// Longest wait between two reads of v2 `memory.events` (and checks that the cgroup still exists).
@@ -159,7 +164,7 @@ impl OomTracker {
             return;
         }
         let events = self.dir().join("memory.events");
-        let notify = match Inotify::watch(&events) {
+        let notify = match Changes::watch(&events) {
             Ok(n) => Some(n),
             Err(e) => {
                 tracing::debug!(
@@ -176,7 +181,9 @@ impl OomTracker {
                 on_oom();
             }
             match &notify {
-                Some(n) => n.changed(V2_RECHECK).await,
+                Some(n) => {
+                    n.changed(V2_RECHECK).await;
+                }
                 None => tokio::time::sleep(Duration::from_millis(500)).await,
             }
         }
@@ -221,59 +228,41 @@ impl OomTracker {
     }
 }
 
-/// An inotify descriptor watching one file for changes (IN_MODIFY) and its removal.
-struct Inotify {
-    fd: AsyncFd<OwnedFd>,
+/// A cgroup2 file's descriptor, kept open to be told of the file's changes: kernfs counts the changes of a file
+/// its owner notifies (`memory.events`, `cgroup.events`) and polls an open descriptor `POLLPRI` while it has
+/// not read the newest one. Needs a kernfs file: `epoll` refuses a regular file (`EPERM`, a fake cgroupfs).
+struct Changes {
+    fd: AsyncFd<std::fs::File>,
 }
 
-impl Inotify {
-    fn watch(file: &Path) -> std::io::Result<Inotify> {
-        use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(file.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        // SAFETY: inotify_init1 takes flags only and returns a new descriptor or -1.
-        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fd was just returned by inotify_init1 and is owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: fd is a live inotify descriptor and path a NUL-terminated string that outlives the call.
-        let wd = unsafe {
-            libc::inotify_add_watch(
-                fd.as_raw_fd(),
-                path.as_ptr(),
-                libc::IN_MODIFY | libc::IN_DELETE_SELF,
-            )
-        };
-        if wd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: the AsyncFd owns the descriptor, so it stays open for as long as it is registered.
-        let fd = unsafe { AsyncFd::register(fd) }?;
-        Ok(Inotify { fd })
+impl Changes {
+    fn watch(file: &Path) -> std::io::Result<Changes> {
+        let file = std::fs::File::open(file)?;
+        // SAFETY: the AsyncFd owns the file, so the descriptor stays open for as long as it is registered.
+        let fd = unsafe { AsyncFd::register_with_interest(file, Interest::PRIORITY) }?;
+        let changes = Changes { fd };
+        // A descriptor opens with the changes before it unread (it polls `POLLPRI` at once): read them.
+        changes.seen();
+        Ok(changes)
     }
 
-    /// Returns when the file changed or went away (the queued events are drained), or after `at_most`.
-    async fn changed(&self, at_most: Duration) {
-        let Ok(Ok(mut guard)) = tokio::time::timeout(at_most, self.fd.readable()).await else {
-            return;
+    /// Marks the newest change read: kernfs records it when this descriptor reads the file.
+    fn seen(&self) {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 512];
+        let _ = self.fd.get_ref().read_at(&mut buf, 0);
+    }
+
+    /// `true` when the file changed since the last call, `false` after `at_most` without a change.
+    async fn changed(&self, at_most: Duration) -> bool {
+        let Ok(Ok(mut guard)) =
+            tokio::time::timeout(at_most, self.fd.ready(Interest::PRIORITY)).await
+        else {
+            return false;
         };
-        let mut buf = [0u8; 1024];
-        loop {
-            // SAFETY: reading into a buffer we own, at most its length, from a descriptor we own.
-            let n = unsafe {
-                libc::read(
-                    self.fd.get_ref().as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
-            };
-            if n <= 0 {
-                break;
-            }
-        }
+        self.seen();
         guard.clear_ready();
+        true
     }
 }
 
@@ -402,6 +391,70 @@ mod tests {
         std::fs::remove_dir_all(&other).expect("rm");
         assert!(!tracker.check_exit(KILLED, false));
         assert!(!tracker.killed());
+    }
+
+    /// The change notification on a real cgroup2 file, with no inotify instance: a descriptor of `cgroup.events`
+    /// (notified like `memory.events`, and present without controllers, as in this host's hybrid tree) in a
+    /// cgroup of the test's own wakes when a process moves in and again when it leaves, and not in between.
+    #[tokio::test]
+    async fn a_cgroup2_files_descriptor_wakes_at_each_change_of_the_file() {
+        if !testkit::require_root(
+            "a_cgroup2_files_descriptor_wakes_at_each_change_of_the_file",
+            "a cgroup2 directory of its own",
+        ) {
+            return;
+        }
+        let Some(root) = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(Path::new)
+            .find(|r| r.join("cgroup.procs").exists() && r.join("cgroup.subtree_control").exists())
+        else {
+            testkit::skip(
+                "a_cgroup2_files_descriptor_wakes_at_each_change_of_the_file",
+                "no cgroup2 tree mounted",
+            );
+            return;
+        };
+        /// The test's cgroup, removed on drop with the process in it.
+        struct Own(PathBuf, std::process::Child);
+        impl Drop for Own {
+            fn drop(&mut self) {
+                let _ = self.1.kill();
+                let _ = self.1.wait();
+                for _ in 0..50 {
+                    if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        let dir = root.join(format!("predictive-test-oom-{}", std::process::id()));
+        std::fs::create_dir(&dir).expect("mkdir");
+        let sleeper = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("sleep");
+        let mut own = Own(dir.clone(), sleeper);
+        let changes = Changes::watch(&dir.join("cgroup.events")).expect("watch a cgroup2 file");
+        // Long enough for a change to show (the kernel notifies at the write), short enough for the test.
+        let quiet = Duration::from_millis(300);
+        assert!(
+            !changes.changed(quiet).await,
+            "woken with no change (the changes before it opened count as read)"
+        );
+        std::fs::write(dir.join("cgroup.procs"), own.1.id().to_string()).expect("move in");
+        assert!(
+            changes.changed(Duration::from_secs(10)).await,
+            "no wake-up when a process moved in (populated 0 -> 1)"
+        );
+        assert!(!changes.changed(quiet).await, "woken twice for one change");
+        own.1.kill().expect("kill");
+        own.1.wait().expect("wait");
+        assert!(
+            changes.changed(Duration::from_secs(10)).await,
+            "no wake-up when the cgroup emptied (populated 1 -> 0)"
+        );
     }
 
     #[tokio::test]
