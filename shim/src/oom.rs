@@ -404,11 +404,11 @@ mod tests {
         ) {
             return;
         }
-        let Some(root) = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-            .into_iter()
-            .map(Path::new)
-            .find(|r| r.join("cgroup.procs").exists() && r.join("cgroup.subtree_control").exists())
-        else {
+        use runtime_hooks::discovery::Hierarchy;
+        let Some(root) = (match Hierarchy::detect(&runtime_hooks::HostRoots::default()) {
+            Ok(Hierarchy::Unified(u) | Hierarchy::Hybrid { unified: u, .. }) => Some(u.mount_point),
+            _ => None,
+        }) else {
             testkit::skip(
                 "a_cgroup2_files_descriptor_wakes_at_each_change_of_the_file",
                 "no cgroup2 tree mounted",
