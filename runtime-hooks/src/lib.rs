@@ -18,7 +18,9 @@
 //! Wake on a stall instead of on the clock: [`PressureTriggers::arm`] writes PSI triggers into a container's
 //! `cpu.pressure` and `memory.pressure`, and one [`TriggerSet`] (an epoll fd) watches many containers' triggers.
 //! On cgroup v1, [`MemoryThreshold::arm`] registers an eventfd the kernel signals when a container's memory usage
-//! crosses a level (growth that does not stall); the set watches it with [`TriggerSet::arm_readable`].
+//! crosses a level (growth that does not stall); the set watches it with [`TriggerSet::arm_readable`]. On cgroup v2,
+//! which has no usage thresholds, [`ChangeFile::memory_events`] keeps `memory.events` open: it changes when usage
+//! passes `memory.high` or `memory.max`, and the set watches it with [`TriggerSet::arm_priority`].
 //!
 //! A disk I/O priority is the cgroup weight plus the threads' `ioprio` class
 //! ([`ContainerCgroup::set_io_priority`]); [`io::detect`] says per device which of them the scheduler honours.
@@ -38,6 +40,7 @@ pub mod actuate;
 pub mod ancestors;
 pub mod cgroup;
 mod chain;
+pub mod changes;
 pub mod companions;
 pub mod daemon;
 pub mod discovery;
@@ -74,6 +77,7 @@ pub use cgroup::{
     NetDevTotals, PidsSample, Pressure, PressureSample, PsiLine, Sample, SampleScope, Sampler,
 };
 pub use chain::error_chain;
+pub use changes::ChangeFile;
 pub use discovery::{DiscoveryError, HostRoots};
 pub use pacing::{Pacer, Pacing, Probe, Why};
 pub use threshold::{MemoryThreshold, ThresholdError};

@@ -1035,6 +1035,64 @@ fn readable_within(set: &crate::TriggerSet, limit: Duration) -> Option<Duration>
     }
 }
 
+/// A cgroup2 file that announces its changes, in the set for one `EPOLLPRI` at a time (what the shim does with a v2
+/// container's `memory.events`, which changes when usage passes `memory.high`; this host's cgroup2 tree may have no
+/// memory controller, so `cgroup.events` stands in, notified the same way): quiet without a change, one wake-up
+/// when a process moves in (populated 0 -> 1), none when it leaves until the file is armed again, and the drain
+/// names the descriptor that fired.
+#[test]
+fn a_change_file_wakes_the_set_once_per_arm() {
+    use crate::changes::ChangeFile;
+    use crate::trigger::{self, TriggerSet};
+    use std::os::fd::{AsFd, AsRawFd};
+    if !require_root("a_change_file_wakes_the_set_once_per_arm") {
+        return;
+    }
+    let mut tc = TestCgroup::new();
+    let cg = tc.cgroup();
+    let Some(dir) = trigger::pressure_dir(cg.dirs()).map(Path::to_path_buf) else {
+        println!("a pure v1 host: no cgroup2 directory, no change file to watch");
+        return;
+    };
+    let events = ChangeFile::open(&dir.join("cgroup.events")).expect("open cgroup.events");
+    let set = TriggerSet::new().expect("epoll set");
+    set.arm_priority(events.as_fd()).expect("arm");
+    // Long enough for a change to show (the kernel notifies at the write), short enough for the test.
+    let quiet = Duration::from_millis(300);
+    assert_eq!(
+        readable_within(&set, quiet),
+        None,
+        "woken with no change (the changes before the open were read by it)"
+    );
+    tc.spawn_sh("exec sleep 60");
+    readable_within(&set, Duration::from_secs(10)).expect("a process moving in wakes the set");
+    let mut fired = Vec::new();
+    assert_eq!(set.drain_into(Some(&mut fired)), 1, "one wake-up");
+    assert_eq!(
+        fired,
+        vec![events.as_fd().as_raw_fd()],
+        "the drain names the file that changed"
+    );
+    tc.kill_all();
+    assert_eq!(
+        readable_within(&set, quiet),
+        None,
+        "woken again (the cgroup emptied) before the file was armed again"
+    );
+    // Armed again with that change unread: it fires at once. Read, then armed: quiet until the next change.
+    set.arm_priority(events.as_fd()).expect("re-arm");
+    readable_within(&set, Duration::from_secs(1)).expect("an unread change fires at once");
+    set.drain();
+    let text = events.consume().expect("read");
+    assert!(text.contains("populated 0"), "{text}");
+    set.arm_priority(events.as_fd()).expect("re-arm");
+    assert_eq!(
+        readable_within(&set, quiet),
+        None,
+        "read: quiet until the next change"
+    );
+}
+
 /// A CPU hog throttled to 5% of a core stalls its cgroup ("some" CPU pressure): the set wakes within about one
 /// window, goes quiet once drained, wakes again while the stall lasts, and stays quiet once the hog is gone.
 #[test]

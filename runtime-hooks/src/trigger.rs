@@ -244,9 +244,21 @@ impl TriggerSet {
     /// added, or re-enabled when it is in the set already, for one `EPOLLIN` (`EPOLLONESHOT`). Data already
     /// waiting fires at once. A closed fd leaves the set with its file.
     pub fn arm_readable(&self, fd: BorrowedFd<'_>) -> Result<(), TriggerError> {
+        self.arm_once(fd, EpollFlags::EPOLLIN)
+    }
+
+    /// Wakes the set's waiter once when `fd`, a cgroup2 file that announces its changes
+    /// ([`crate::changes::ChangeFile`]), changes: added, or re-enabled when it is in the set already, for one
+    /// `EPOLLPRI` (`EPOLLONESHOT`). A change its descriptor has not read yet fires at once. A closed fd leaves the
+    /// set with its file.
+    pub fn arm_priority(&self, fd: BorrowedFd<'_>) -> Result<(), TriggerError> {
+        self.arm_once(fd, EpollFlags::EPOLLPRI)
+    }
+
+    fn arm_once(&self, fd: BorrowedFd<'_>, flags: EpollFlags) -> Result<(), TriggerError> {
         let raw = fd.as_raw_fd();
         let mut event = EpollEvent::new(
-            EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT,
+            flags | EpollFlags::EPOLLONESHOT,
             u64::try_from(raw).unwrap_or(0),
         );
         let r = match self.epoll.add(fd, event) {
@@ -265,21 +277,34 @@ impl TriggerSet {
     /// events left then stay pending and the fd polls readable, but an edge-triggered waiter (tokio's `AsyncFd`)
     /// is not woken for them again: call `drain` again while it returns [`DRAIN_MAX`].
     pub fn drain(&self) -> usize {
+        self.drain_into(None)
+    }
+
+    /// [`TriggerSet::drain`], also appending to `fired` the descriptor of each event taken (at most
+    /// [`DRAIN_MAX`] a call): who woke the set.
+    pub fn drain_into(&self, mut fired: Option<&mut Vec<RawFd>>) -> usize {
         let mut events = [EpollEvent::empty(); DRAIN_BATCH];
-        let mut fired = 0;
+        let mut count = 0;
         for _ in 0..DRAIN_ROUNDS {
             let n = match self.epoll.wait(&mut events, EpollTimeout::ZERO) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => continue,
                 Err(_) => break,
             };
-            // Every reported event is a trigger's POLLPRI (EPOLLERR, a trigger gone with its cgroup, comes with it).
-            fired += n;
+            // Every reported event is a member's wake-up (EPOLLERR, a trigger gone with its cgroup, comes with it).
+            count += n;
+            if let Some(out) = fired.as_deref_mut() {
+                out.extend(
+                    events[..n]
+                        .iter()
+                        .filter_map(|e| RawFd::try_from(e.data()).ok()),
+                );
+            }
             if n < DRAIN_BATCH {
                 break;
             }
         }
-        fired
+        count
     }
 }
 

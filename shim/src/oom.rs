@@ -232,25 +232,21 @@ impl OomTracker {
 /// its owner notifies (`memory.events`, `cgroup.events`) and polls an open descriptor `POLLPRI` while it has
 /// not read the newest one. Needs a kernfs file: `epoll` refuses a regular file (`EPERM`, a fake cgroupfs).
 struct Changes {
-    fd: AsyncFd<std::fs::File>,
+    fd: AsyncFd<runtime_hooks::ChangeFile>,
 }
 
 impl Changes {
     fn watch(file: &Path) -> std::io::Result<Changes> {
-        let file = std::fs::File::open(file)?;
+        // Opened and read once: a descriptor opens with the changes before it unread.
+        let file = runtime_hooks::ChangeFile::open(file)?;
         // SAFETY: the AsyncFd owns the file, so the descriptor stays open for as long as it is registered.
         let fd = unsafe { AsyncFd::register_with_interest(file, Interest::PRIORITY) }?;
-        let changes = Changes { fd };
-        // A descriptor opens with the changes before it unread (it polls `POLLPRI` at once): read them.
-        changes.seen();
-        Ok(changes)
+        Ok(Changes { fd })
     }
 
     /// Marks the newest change read: kernfs records it when this descriptor reads the file.
     fn seen(&self) {
-        use std::os::unix::fs::FileExt;
-        let mut buf = [0u8; 512];
-        let _ = self.fd.get_ref().read_at(&mut buf, 0);
+        let _ = self.fd.get_ref().consume();
     }
 
     /// `true` when the file changed since the last call, `false` after `at_most` without a change.

@@ -347,11 +347,38 @@ impl Watched for Augment {
             tracing::debug!(container = %self.id, "watching the broker's connection for pokes: {e}");
         }
         drop(st);
-        if let Ok(w) = self.wakes.try_lock()
-            && let Some(t) = w.threshold.as_ref()
+        let Ok(w) = self.wakes.try_lock() else {
+            return;
+        };
+        if let Some(t) = w.threshold.as_ref()
             && let Err(e) = set.arm_readable(std::os::fd::AsFd::as_fd(t))
         {
             tracing::debug!(container = %self.id, "watching the memory threshold: {e}");
+        }
+        // A container held at `memory.high` changes the file every 10 ms: after it woke a sleep, the file is
+        // armed again only once `MEMORY_EVENTS_QUIET` has passed (a PSI trigger's rate), and read first, so a
+        // change the looks have already seen does not end the next sleep.
+        if let Some(events) = w.events.as_ref()
+            && w.events_woke
+                .is_none_or(|at| at.elapsed() >= MEMORY_EVENTS_QUIET)
+            && let Err(e) = events.consume().map_err(|e| e.to_string()).and_then(|_| {
+                set.arm_priority(std::os::fd::AsFd::as_fd(events))
+                    .map_err(|e| e.to_string())
+            })
+        {
+            tracing::debug!(container = %self.id, "watching {}: {e}", events.path().display());
+        }
+    }
+
+    fn woke_by(&self, fired: &[std::os::fd::RawFd]) {
+        use std::os::fd::AsRawFd;
+        if let Ok(mut w) = self.wakes.try_lock()
+            && w.events
+                .as_ref()
+                .is_some_and(|e| fired.contains(&e.as_raw_fd()))
+        {
+            tracing::debug!(container = %self.id, "memory.events changed: usage passed memory.high or memory.max");
+            w.events_woke = Some(Instant::now());
         }
     }
 
@@ -377,7 +404,16 @@ struct Wakes {
     threshold: Option<runtime_hooks::MemoryThreshold>,
     /// No threshold can be armed here (cgroup v2, no memory controller): not tried again.
     no_threshold: bool,
+    /// cgroup v2: the container's `memory.events`, which changes when its usage passes `memory.high` (the
+    /// broker's allocation) or `memory.max`, where the kernel starts reclaiming from it.
+    events: Option<runtime_hooks::ChangeFile>,
+    /// When a change of `events` last ended a settled sleep.
+    events_woke: Option<Instant>,
 }
+
+/// After `memory.events` woke a settled sleep, how long until it may wake one again (a PSI trigger's window: a
+/// container held at `memory.high` changes the file up to every 10 ms).
+const MEMORY_EVENTS_QUIET: Duration = Duration::from_secs(2);
 
 /// What a container's monitor owns between ticks.
 struct MonitorState {
@@ -821,6 +857,13 @@ impl Augment {
                 tracing::debug!(container = %self.id, "no PSI triggers: {}", predictive_api::error_chain(&e))
             }
         }
+        match runtime_hooks::ChangeFile::memory_events(&dirs) {
+            Some(Ok(events)) => lock(&self.wakes).events = Some(events),
+            Some(Err(e)) => {
+                tracing::debug!(container = %self.id, "memory.events not watched: {e}")
+            }
+            None => {}
+        }
     }
 
     /// Leaves the ticker and drops the triggers (closing one waits for an RCU grace period, ~18 ms: not on the
@@ -830,6 +873,7 @@ impl Augment {
         // Closing a threshold's eventfd unregisters it later, in a kernel worker (~7 us).
         let mut wakes = lock(&self.wakes);
         drop(wakes.threshold.take());
+        drop(wakes.events.take());
         let triggers = wakes.triggers.take();
         drop(wakes);
         let Some(t) = triggers else {

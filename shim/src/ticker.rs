@@ -16,12 +16,14 @@
 //! When every member is *settled* ([`Watched::settled`]: idle, the broker told so, nothing pending) the timer is
 //! re-armed at the members' heartbeat instead of the tick: a shim of idle containers wakes once per heartbeat,
 //! when it has something to send anyway, instead of every tick to find nothing to say. [`Ticker::wake`] (a member
-//! joined, a container started stopping, an OOM kill) or a member's PSI trigger firing ([`Ticker::watch`]:
-//! `runtime_hooks::trigger`, a CPU or memory stall of 10% over 2 s, fired about 2 s after it began) ends such
-//! a sleep at once: the members are looked at, and the tick is back as soon as one of them is not settled. While
-//! the ticker ticks anyway a trigger is drained and ignored.
+//! joined, a container started stopping, an OOM kill), a member's PSI trigger firing ([`Ticker::watch`]:
+//! `runtime_hooks::trigger`, a CPU or memory stall of 10% over 2 s, fired about 2 s after it began) or a wake
+//! source a member armed for the sleep ([`Watched::arm_wakes`]: a poke, a v1 memory threshold, a v2
+//! `memory.events` change) ends such a sleep at once: the members are told which descriptors fired
+//! ([`Watched::woke_by`]) and looked at, and the tick is back as soon as one of them is not settled. While the
+//! ticker ticks anyway a trigger is drained and ignored.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,8 +47,13 @@ pub trait Watched: Send + Sync + 'static {
     }
 
     /// Adds the member's wake sources to `set` for one wake-up each (before a settled sleep): its connection to
-    /// the broker (a poke), its memory usage threshold (growth). Must not block.
+    /// the broker (a poke), its memory usage threshold (v1: growth) or its `memory.events` (v2: usage past
+    /// `memory.high` or `memory.max`). Must not block.
     fn arm_wakes(&self, _set: &TriggerSet) {}
+
+    /// A settled sleep ended because these descriptors of the set fired (PSI triggers, armed wake sources of any
+    /// member). Must not block.
+    fn woke_by(&self, _fired: &[RawFd]) {}
 
     /// `Some(period)` when the looks before the next multiple of `period` (a multiple of the tick) would find
     /// nothing to say; `None` to be looked at every tick. Runs on the runtime thread: it must not block.
@@ -166,6 +173,7 @@ impl<W: Watched> Ticker<W> {
                 .inspect_err(|e| tracing::debug!("PSI triggers not watched: {e}"))
                 .ok()
         });
+        let mut fired: Vec<RawFd> = Vec::new();
         loop {
             if self.is_empty() {
                 // No members, no timer. A join between the check and the wait leaves a permit: none is missed.
@@ -190,15 +198,20 @@ impl<W: Watched> Ticker<W> {
                     }
                 } => false,
                 _ = self.woken.notified() => false,
-                _ = stall(stalls.as_ref(), self.triggers.as_ref()) => true,
+                _ = stall(stalls.as_ref(), self.triggers.as_ref(), &mut fired) => true,
             };
             if stalled {
                 if period <= self.tick {
                     // Ticking anyway: the next tick looks at the stalled member (or sees the poke); no extra
                     // round for it.
+                    fired.clear();
                     continue;
                 }
-                tracing::debug!("a PSI trigger or a poke ended a settled sleep");
+                tracing::debug!("a PSI trigger, a poke or a memory event ended a settled sleep");
+                for m in self.members().iter() {
+                    m.woke_by(&fired);
+                }
+                fired.clear();
             }
             // A look never blocks (two counter reads, a zero-timeout poll), so it runs under the members' lock: no
             // copy of the list a tick.
@@ -243,8 +256,13 @@ impl<W: Watched> Ticker<W> {
     }
 }
 
-/// Until a member's stall trigger fired (never without triggers); consumes what fired.
-async fn stall(fd: Option<&AsyncFd<BorrowedFd<'_>>>, set: Option<&TriggerSet>) {
+/// Until a member's stall trigger fired (never without triggers); consumes what fired, and appends the descriptors
+/// that fired to `fired`.
+async fn stall(
+    fd: Option<&AsyncFd<BorrowedFd<'_>>>,
+    set: Option<&TriggerSet>,
+    fired: &mut Vec<RawFd>,
+) {
     let (Some(fd), Some(set)) = (fd, set) else {
         return std::future::pending().await;
     };
@@ -253,7 +271,9 @@ async fn stall(fd: Option<&AsyncFd<BorrowedFd<'_>>>, set: Option<&TriggerSet>) {
         return std::future::pending().await;
     };
     // An edge-triggered waiter is not told again of events left behind: drain until fewer than a full batch.
-    while set.drain() == runtime_hooks::trigger::DRAIN_MAX {}
+    while set.drain_into(Some(&mut *fired)) == runtime_hooks::trigger::DRAIN_MAX {}
+    // A storm of PSI triggers says no more than its first batch: who fired is kept bounded.
+    fired.truncate(runtime_hooks::trigger::DRAIN_MAX);
     guard.clear_ready();
 }
 

@@ -1472,25 +1472,37 @@ fn a_settled_containers_memory_growth_wakes_its_shim_before_the_heartbeat() {
         idle.as_secs()
     );
     c.run_detached(&id, &[], &["sh", "-c", &script]);
-    let started = Instant::now();
-    let heard = |c: &Containerd| {
-        status(c)?
-            .tasks
-            .into_iter()
-            .find(|t| t.container_id == c.broker_id(&id))?
-            .usage
-            .map(|u| u.memory_bytes)
-    };
-    let before = wait_until(secs(5), || heard(&c)).expect("the broker hears of the container");
-    let grown = wait_until(idle + secs(10), || {
-        c.memory_usage(&id)
-            .filter(|m| *m >= before + (24 << 20))
+    let seen = growth_heard(&c, &id, Instant::now(), 24 << 20, idle + secs(10));
+    println!("the broker heard of 32 MiB of growth {seen:?} after the cgroup showed it");
+    c.remove(&id);
+    c.finish();
+}
+
+/// Memory usage of container `id` as the broker last heard it.
+fn heard_memory(c: &Containerd, id: &str) -> Option<u64> {
+    status(c)?
+        .tasks
+        .into_iter()
+        .find(|t| t.container_id == c.broker_id(id))?
+        .usage
+        .map(|u| u.memory_bytes)
+}
+
+/// For a settled container `id` started at `started`: waits (at most `within`) until its cgroup holds `by` bytes
+/// more than the broker first heard of, which must come after the container could settle (8 s), then (at most 20 s)
+/// until the broker hears it; returns how long after the cgroup showed it the broker did.
+fn growth_heard(c: &Containerd, id: &str, started: Instant, by: u64, within: Duration) -> Duration {
+    let before =
+        wait_until(secs(5), || heard_memory(c, id)).expect("the broker hears of the container");
+    let grown = wait_until(within, || {
+        c.memory_usage(id)
+            .filter(|m| *m >= before + by)
             .map(|_| Instant::now())
     });
     let grown = grown.unwrap_or_else(|| {
         panic!(
-            "the container never grew: {:?} bytes, the broker heard {before}",
-            c.memory_usage(&id)
+            "the container never grew by {by} bytes: {:?} bytes, the broker heard {before}",
+            c.memory_usage(id)
         )
     });
     assert!(
@@ -1498,18 +1510,84 @@ fn a_settled_containers_memory_growth_wakes_its_shim_before_the_heartbeat() {
         "the growth came before the container could settle"
     );
     let seen = wait_until(secs(20), || {
-        heard(&c)
-            .filter(|m| *m >= before + (24 << 20))
+        heard_memory(c, id)
+            .filter(|m| *m >= before + by)
             .map(|_| grown.elapsed())
     });
-    let seen = seen.unwrap_or_else(|| {
+    seen.unwrap_or_else(|| {
         panic!(
-            "the broker did not hear of the growth within 20 s (heartbeat 60 s): it heard {:?}, the cgroup has {:?}",
-            heard(&c),
-            c.memory_usage(&id)
+            "the broker did not hear of the growth within {:?} (before the heartbeat): it heard {:?}, the cgroup has {:?}",
+            secs(20),
+            heard_memory(c, id),
+            c.memory_usage(id)
         )
-    });
-    println!("the broker heard of 32 MiB of growth {seen:?} after the cgroup showed it");
+    })
+}
+
+/// Issue 16, on both cgroup versions: a settled container whose memory reaches its limit wakes its shim before the
+/// heartbeat (90 s here), also where nothing stalls. The container reads a file the page cache does not hold,
+/// so its usage climbs to its 32 MiB limit and stays there as the kernel reclaims the clean pages it read, cheaply
+/// (no PSI memory trigger fires, so only a usage signal explains a wake-up): on v1 its usage threshold fires, on v2
+/// its `memory.events` changes (`max`; `high` where the broker's allocation is lower).
+#[test]
+fn a_settled_container_reaching_its_memory_limit_wakes_its_shim_before_the_heartbeat() {
+    // The heartbeat well past every wait below, which `secs` stretches in the emulated guest.
+    let heartbeat = format!("idle_heartbeat_ms = {}", secs(90).as_millis());
+    let Some(c) = start(
+        "a_settled_container_reaching_its_memory_limit_wakes_its_shim_before_the_heartbeat",
+        "",
+        &heartbeat,
+    ) else {
+        return;
+    };
+    // On a disk filesystem (/tmp may be a tmpfs, whose pages cannot leave the cache), out of the page cache.
+    let data = PathBuf::from(format!("/var/tmp/predictive-e2e-{}", c.id("cache")));
+    std::fs::create_dir_all(&data).expect("data directory");
+    struct Gone(PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _gone = Gone(data.clone());
+    let file = data.join("big");
+    {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let mut f = std::fs::File::create(&file).expect("create the file");
+        let block = vec![0x5au8; 1 << 20];
+        for _ in 0..96 {
+            f.write_all(&block).expect("write the file");
+        }
+        f.sync_all().expect("fsync the file");
+        // SAFETY: advice on a descriptor this test owns; the kernel drops only this file's clean pages.
+        let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0, "posix_fadvise DONTNEED");
+    }
+    let id = c.id("reader");
+    let idle = secs(12);
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:ro",
+        data.display()
+    );
+    let script = format!(
+        "sleep {}; cat /data/big > /dev/null; exec sleep 600",
+        idle.as_secs()
+    );
+    c.run_detached(
+        &id,
+        &[
+            "--memory-limit",
+            &(32u64 << 20).to_string(),
+            "--mount",
+            &mount,
+        ],
+        &["sh", "-c", &script],
+    );
+    let seen = growth_heard(&c, &id, Instant::now(), 16 << 20, idle + secs(30));
+    println!(
+        "the broker heard of the container at its memory limit {seen:?} after the cgroup showed it"
+    );
     c.remove(&id);
     c.finish();
 }
