@@ -985,8 +985,8 @@ impl Augment {
     /// container, so a settled container whose memory grows wakes the shim's ticker (`ticker.rs`) instead of
     /// waiting for its heartbeat. Re-armed only when that usage left the step below the level (an arm waits for
     /// an RCU grace period, 8-16 ms here: it runs on the blocking pool, after a report); a busy container keeps
-    /// the one it has. Not tried again where none can be armed (cgroup v2: its PSI memory trigger and the
-    /// broker's `memory.high` stand in).
+    /// the one it has. Not tried again where none can be armed (cgroup v2: its `memory.events`, watched in
+    /// [`Watched::arm_wakes`], and its PSI memory trigger stand in).
     fn keep_threshold(&self, st: &MonitorState) {
         let (Some(mem), Some(cg)) = (st.pace.pacer.idle_memory(), st.cgroup.as_ref()) else {
             return;

@@ -63,6 +63,12 @@ impl Settings {
         if self.guest { 3 } else { 1 }
     }
 
+    /// The shims' Register budget (`register_budget_ms`) for tests that need Create-time registration: the shipped
+    /// 50 ms here, where Register answers in 1-10 ms; 1 s in the emulated guest, where it takes 10-200 ms.
+    pub fn register_budget_ms(&self) -> u64 {
+        if self.slow() > 1 { 1000 } else { 50 }
+    }
+
     pub fn is_predictive(&self) -> bool {
         self.runtime == PREDICTIVE_RUNTIME
     }

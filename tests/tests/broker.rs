@@ -15,9 +15,8 @@ use predictive_e2e::settings::{IMAGE, Settings};
 /// Broker settings for these tests: a short tick (500 ms, times [`Settings::slow`] in the emulated guest: what
 /// the tests assert is counted in ticks), retraining after every run once a task type has 3 runs.
 fn fast() -> String {
-    let slow = Settings::from_env().slow();
-    // Register answers in 1-10 ms here, 10-90 ms under emulation: the shims' budget for it (default 50 ms) too.
-    let budget = if slow > 1 { 1000 } else { 50 };
+    let settings = Settings::from_env();
+    let (slow, budget) = (settings.slow(), settings.register_budget_ms());
     format!(
         "tick_ms = {}\nretrain_check_ms = {}\nregister_budget_ms = {budget}\n",
         500 * slow,
@@ -1449,8 +1448,8 @@ fn a_pods_lender_is_poked_after_the_member_that_carried_its_reports_finished() {
 
 /// Issue 16: a settled container (idle, its shim asleep until the heartbeat) whose memory grows wakes its shim
 /// through a v1 memory usage threshold: the broker hears of the growth long before the heartbeat, here set to a
-/// minute so that only the threshold can explain it. cgroup v2 has no usage thresholds (its PSI memory trigger and
-/// `memory.high` stand in): not run there.
+/// minute so that only the threshold can explain it. cgroup v2 has no usage thresholds: not run there
+/// (`a_settled_container_reaching_its_memory_limit_wakes_its_shim_before_the_heartbeat` is its v2 counterpart).
 #[test]
 fn a_settled_containers_memory_growth_wakes_its_shim_before_the_heartbeat() {
     if Containerd::cgroup_v2_host() {

@@ -46,9 +46,9 @@ fn node(test: &str, top: &str, tables: &str) -> Option<Node> {
     }
     let (pause, dropin) = cri::prepared(&settings, test);
     let version = settings.containerd.clone();
-    // Register answers in 1-10 ms here, 10-90 ms in the emulated guest: the shims' budget for it (default 50 ms)
-    // too, or a Create there falls back to the spec and registers later with the limits in force.
-    let budget = if settings.slow() > 1 { 1000 } else { 50 };
+    // The shims' Register budget: else a Create in the guest falls back to the spec and registers later with the
+    // limits in force.
+    let budget = settings.register_budget_ms();
     let toml = format!(
         "tick_ms = {}\nretrain_check_ms = 200\nregister_budget_ms = {budget}\n{top}\n{tables}\n[retrain]\nnew_runs = 1\nmin_runs = 3\n",
         TICK.as_millis()
