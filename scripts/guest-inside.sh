@@ -9,18 +9,24 @@ ws=$PREDICTIVE_GUEST_WS
 
 echo "guest: kernel $(uname -r), PID 1 $(ps -p 1 -o comm=), systemd $(systemctl is-system-running 2>&1)," \
      "cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers), up $(cut -d' ' -f1 /proc/uptime)s"
-# The tests' containers may use what a Kubernetes node delegates: every controller in the root's subtree.
+# Under TCG the guest kernel dies now and then on an int3 in code that another vCPU is live-patching: a static
+# branch flipped while a vCPU runs through it (2026-12-02: the cfs-bandwidth key in update_curr; 2026-12-07 and
+# 2026-12-08: the cpuset key in __alloc_pages and get_page_from_freelist). Each key flips when the first cgroup
+# using its controller appears or the last one goes. Writing the root's cgroup.subtree_control ourselves does not
+# hold them: systemd rewrites it to what its units need whenever a unit comes or goes (measured: a CPUQuota unit's
+# start and stop took cpuset, then cpu and io, off the root). A unit of the lane's own holds them for the guest's
+# life the way kubelet's delegated kubepods.slice does on a Kubernetes node: delegated (every controller stays on
+# along its path: the tests' containers may use what a node delegates), pinned to every CPU (the cpuset key) and
+# under a finite quota (the cfs-bandwidth key).
+systemd-run -q --unit=predictive-lane-pin -p Delegate=yes -p "AllowedCPUs=0-$(($(nproc) - 1))" \
+    -p CPUQuota=$((100 * $(nproc) * 100))% sleep infinity ||
+    echo "guest: could not start predictive-lane-pin (the static keys may flip while the tests run)"
 for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
     echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
 done
-# Under TCG the guest kernel died twice on 2026-12-02 on an int3 in the scheduler (update_curr, enqueue_task_fair):
-# a vCPU ran code that another vCPU was live-patching. The scheduler's cfs-bandwidth static key is patched each time
-# the first CPU quota in the guest appears or the last one goes, which the tests do all the time. A finite quota on
-# an empty cgroup of the lane's own keeps the key on for the guest's life (as on any Kubernetes node, where quotas
-# always exist), so that code is never patched while the tests run.
-mkdir -p /sys/fs/cgroup/predictive-lane-pin &&
-    echo "100000000 100000" > /sys/fs/cgroup/predictive-lane-pin/cpu.max ||
-    echo "guest: could not pin the cfs-bandwidth key (a quota on predictive-lane-pin)"
+echo "guest: root controllers [$(cat /sys/fs/cgroup/cgroup.subtree_control)], system.slice" \
+     "[$(cat /sys/fs/cgroup/system.slice/cgroup.subtree_control)]," \
+     "pin $(cat /sys/fs/cgroup/system.slice/predictive-lane-pin.service/cpu.max 2>&1)"
 mkdir -p /tmp/nextest
 # Binaries executed from a 9p share page-fault through it (ctr --version: 5-10 s under emulation): the guest runs
 # local copies of the containerd packages, the images and our binaries.

@@ -84,8 +84,9 @@ echo "guest-lane: booting $img (containerd $versions) ..."
 start=$(date +%s)
 # TCG: nested KVM fails on this kind of VM (../shared/PLATFORM.md). snapshot=on: the image is never written.
 # panic=1 with -no-reboot: a guest kernel that panics ends qemu at once instead of idling until the timeout. Under
-# TCG the guest kernel once took an int3 in update_curr while another vCPU patched a static branch there
-# (2026-12-02, console-panic-1.log): an emulator fault, not the tests'; such a boot is run once more.
+# TCG the guest kernel has taken an int3 where another vCPU was patching a static branch (update_curr 2026-12-02,
+# __alloc_pages 2026-12-07, console-panic-<n>.log): an emulator fault, not the tests'; such a boot is run once more.
+# guest-inside.sh holds the two keys the tests flipped (tests/README.md).
 for boot in 1 2; do
     left=$(( timeout_s - ($(date +%s) - start) ))
     [ "$left" -gt 60 ] || break
