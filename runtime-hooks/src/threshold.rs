@@ -9,7 +9,8 @@
 //!
 //! Limits:
 //! - cgroup v2 has no usage thresholds (nor `cgroup.event_control`): [`ThresholdError::CgroupV2`]; there
-//!   [`crate::ChangeFile::memory_events`] tells when usage passes `memory.high` or `memory.max`; a hybrid host's memory controller is on v1, so it has them;
+//!   [`crate::ChangeFile::memory_events`] tells when usage passes `memory.high` or `memory.max`; a hybrid host's
+//!   memory controller is on v1, so it has them;
 //! - the kernel compares usage with the thresholds every 128 page charges or uncharges per CPU (its
 //!   `THRESHOLDS_EVENTS_TARGET`), so the event comes at most ~512 KiB a CPU past the level, and the threshold is
 //!   rounded down to a page;

@@ -64,9 +64,13 @@ impl Settings {
     }
 
     /// The shims' Register budget (`register_budget_ms`) for tests that need Create-time registration: the shipped
-    /// 50 ms here, where Register answers in 1-10 ms; 1 s in the emulated guest, where it takes 10-200 ms.
+    /// default (50 ms) here, where Register answers in 1-10 ms; 1 s in the emulated guest, where it takes 10-200 ms.
     pub fn register_budget_ms(&self) -> u64 {
-        if self.slow() > 1 { 1000 } else { 50 }
+        if self.slow() > 1 {
+            1000
+        } else {
+            broker::config::Config::default().register_budget_ms
+        }
     }
 
     pub fn is_predictive(&self) -> bool {
