@@ -42,7 +42,8 @@
 //! sweeps ours over the level of its limit ([`OUR_LEVELS`]), and the **history-quantile family** — quantiles
 //! [`FAMILY_QUANTILES`] x margins [`FAMILY_MARGINS`] of three histories: VPA's 24 h-decayed one, the whole history,
 //! and the 24 h window — and reports, for ours at each level, the least slack any member of the family reaches at
-//! the same or a lower under-prediction rate ([`ResourceReport::best_baseline`]).
+//! the same or a lower under-prediction rate ([`ResourceReport::best_baseline`]). A CPU window limit is swept
+//! through its price, scaled by the odds `q / (1 - q)` of the level against those of the default quantile.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -51,7 +52,7 @@ use std::path::{Path, PathBuf};
 use crate::key::TaskKey;
 use crate::model::{
     ForwardScores, Resource, TaskModel, TrainConfig, YOUNG_LIMIT_CAP, central_ranks_exist,
-    conformal_bound, finished_at_ms, peak_multiplier, train_task_pooled,
+    conformal_bound, finished_at_ms, peak_multiplier, priced_margin, train_task_pooled,
 };
 use crate::pool::ScorePool;
 use crate::types::{RunFeatures, RunSummary};
@@ -224,6 +225,36 @@ impl Score {
     pub fn coverage(&self) -> f64 {
         self.covered as f64 / self.runs.max(1) as f64
     }
+}
+
+/// Ours' limit at `level` as a multiple of the point: the conformal bound of its own scores, a young type's from
+/// the pool, or a window limit's margin at its price scaled by the odds of `level` against the default's.
+fn limit_at(
+    t: &crate::model::TargetModel,
+    scores: &ForwardScores,
+    pool: &ScorePool,
+    slot: usize,
+    level: f64,
+    cfg: &EvalConfig,
+) -> f64 {
+    let point = t.point(&[0.0; crate::regression::N_FEATURES]);
+    if let Some(price) = pool
+        .window_price()
+        .filter(|_| t.window_limit().is_some() && point > 0.0)
+    {
+        let odds = |q: f64| q / (1.0 - q).max(1e-9);
+        let price = price * odds(level) / odds(cfg.train.limit_quantile[slot]);
+        if let Some(m) = priced_margin(&scores.window, price) {
+            return t.window_base * m / point;
+        }
+    }
+    let own = &scores[slot];
+    let mult = conformal_bound(own, level);
+    if central_ranks_exist(own.len(), cfg.train.level) {
+        return mult;
+    }
+    peak_multiplier(t, pool, slot, level)
+        .unwrap_or_else(|| pool.blend(slot, own.len(), mult, level))
 }
 
 /// The resources scored.
@@ -607,14 +638,8 @@ pub fn evaluate(runs: &[RunSummary], cfg: &EvalConfig) -> EvalReport {
                 let floor = t.history_floor(x[0]);
                 let point = t.point(&x);
                 for (level, sc) in rr.ours_curve.iter_mut() {
-                    let own = &scores[slot(*res)];
-                    let mut mult = conformal_bound(own, *level);
-                    if !central_ranks_exist(own.len(), cfg.train.level) {
-                        mult = peak_multiplier(t, &pool, slot(*res), *level)
-                            .unwrap_or_else(|| pool.blend(slot(*res), own.len(), mult, *level));
-                    }
-                    let lim = (point * mult).max(floor);
-                    sc.add(lim, 0.0, 0.0, usage);
+                    let lim = limit_at(t, scores, &pool, slot(*res), *level, cfg) * point;
+                    sc.add(lim.max(floor), 0.0, 0.0, usage);
                 }
             }
             for h in History::ALL {

@@ -37,6 +37,20 @@
 //! ([`small_sample_deviations`], [`pooled_interval`]): on the Google 2011 jobs the Student-t's nominal reach
 //! covered 86.6% of CPU runs, the pooled one 88.6%.
 //!
+//! CPU's `limit` has a second form, the **window limit**: the largest of the latest [`WINDOW_MAX_RUNS`] runs x the
+//! margin that minimises, over the type's latest ratios `actual / largest of the 7 runs before it`, the slack it
+//! would have left plus a price for each run it would have under-sized ([`priced_margin`]). One price for every
+//! type puts the margin where it is cheap; an own quantile gives every type the same miss rate and wastes most on
+//! the wildest. Whether the node's types use it, and at which price, is decided across types
+//! ([`ScorePool::window_price`]): each refit reports how both limits, each built from the runs before, sized its
+//! latest runs ([`ForwardScores::window_outcomes`]), and the node takes the window limit at the price whose limits
+//! left the least slack at no more under-sizing than the point's limit, when that is less than the point's — the
+//! evaluator's own comparison, on the node's recent runs. Only for a type with 19 full-window ratios and own scores
+//! whose point does not follow the run's features. On the Bitbrains VMs CPU under-prediction went from 5.27% to
+//! 4.71% at 40.6% slack (40.3%); every other trace kept the point's limit (docs/BENCHMARKS.md). The broker starts a
+//! task's CPU from the point and the profile, not from `limit` (the live controller sizes it from there): the limit
+//! is the bound a prediction shows and the evaluator scores.
+//!
 //! Memory never goes below the peak the last 10 runs show for a run with no larger input (`upper` and `limit`): a
 //! short job whose samples missed its peak still has its Finish peak in the history, and an input-size regression
 //! fitted on a handful of runs must not extrapolate below what was needed before. On the Bitbrains VMs, whose
@@ -55,7 +69,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::histogram::DecayingHistogram;
 use crate::key::TaskKey;
-use crate::pool::ScorePool;
+use crate::pool::{N_PRICES, ScorePool, WindowOutcome, window_prices};
 use crate::regression::{LinearModel, N_FEATURES};
 use crate::types::{BUCKETS, Profile, RunFeatures, RunOutcome, RunSummary};
 
@@ -337,6 +351,14 @@ pub struct TargetModel {
     /// (false in models stored before it: the floor stays).
     #[serde(default)]
     pub own_interval: bool,
+    /// CPU only: the largest of the latest [`WINDOW_MAX_RUNS`] runs, the base of the window limit (0: none).
+    #[serde(default)]
+    pub window_base: f64,
+    /// CPU only: the window limit's margin on [`TargetModel::window_base`] ([`priced_margin`]); 0 while the type
+    /// has too few full-window ratios or the node's runs were sized better by the point (the limit is then
+    /// `point x calibration.limit`).
+    #[serde(default)]
+    pub window_margin: f64,
 }
 
 impl TargetModel {
@@ -366,6 +388,12 @@ impl TargetModel {
             .fold(0.0, f64::max)
     }
 
+    /// The window limit, `window_base x window_margin`, when the type has one ([`TargetModel::window_margin`]).
+    pub fn window_limit(&self) -> Option<f64> {
+        (self.window_base > 0.0 && self.window_margin > 0.0)
+            .then_some(self.window_base * self.window_margin)
+    }
+
     /// The estimate for a run with these features.
     pub fn estimate(&self, x: &[f64; N_FEATURES]) -> Estimate {
         let point = self.point(x);
@@ -378,7 +406,10 @@ impl TargetModel {
             } else {
                 (point * self.calibration.upper).max(shown)
             },
-            limit: (point * self.calibration.limit).max(shown),
+            limit: self
+                .window_limit()
+                .unwrap_or(point * self.calibration.limit)
+                .max(shown),
             kind: Some(self.kind),
         }
     }
@@ -768,6 +799,13 @@ pub struct ForwardScores {
     /// small-sample tail's reach ([`small_sample_deviations`]; NaN from the central ranks on): pooled across types
     /// ([`ScorePool::spread_quantile`]) to calibrate a young type's interval ([`pooled_interval`]).
     pub spread: [Vec<f64>; 6],
+    /// CPU only: each run's `actual / largest of the WINDOW_MAX_RUNS runs before it` (from the first run with a full
+    /// window on, the latest [`TrainConfig::calibration_window`]): the window limit's scores.
+    pub window: Vec<f64>,
+    /// CPU only: how the two limits sized each of the latest [`COSTED_RUNS`] runs that both sized from their own
+    /// ranks, each limit built from the runs before it: pooled across types, they decide whether the node's types
+    /// use the window limit and at which price ([`ScorePool::window_price`]).
+    pub window_outcomes: Vec<WindowOutcome>,
     /// Runs the fit saw.
     pub runs: usize,
 }
@@ -780,6 +818,10 @@ impl ForwardScores {
         pool.add_spread(&self.spread, new_runs);
         let new = usize::try_from(new_runs).unwrap_or(usize::MAX);
         pool.add_peaks(&self.peaks, self.runs.saturating_sub(new));
+        self.window_outcomes
+            .iter()
+            .filter(|o| o.after < new)
+            .for_each(|o| pool.add_window_outcome(o));
     }
 }
 
@@ -894,25 +936,17 @@ pub fn train_task_pooled(
         let xs: Vec<[f64; N_FEATURES]> = keep.iter().map(|&i| x[i]).collect();
         let ys: Vec<f64> = keep.iter().map(|&i| y[i]).collect();
         let slot = Resource::ALL.iter().position(|&r| r == res).unwrap_or(0);
-        let (mut m, s, peaks) = train_target(
+        let fit = train_target(
             &xs,
             &ys,
             cfg,
             cfg.limit_quantile[slot],
             res == Resource::Memory,
+            res == Resource::Cpu,
         );
-        if let Some(p) = pool.filter(|_| !central_ranks_exist(s.len(), cfg.level)) {
-            // Too few own scores for the central ranks: the limit is the largest run x the pooled margin, or, for
-            // a kind that depends on the run's features, the own multiplier blended with the pooled one.
-            let q = cfg.limit_quantile[slot];
-            let c = m.calibration;
-            m.calibration.limit = peak_multiplier(&m, p, slot, q)
-                .unwrap_or_else(|| p.blend(slot, s.len(), c.limit, q).max(c.upper));
-            // Its interval: its own scores' centre and spread, with the tail's reach calibrated across types.
-            if let Some((lower, upper)) = pooled_interval(&s, cfg.level, p, slot) {
-                m.calibration.lower = lower;
-                m.calibration.upper = upper;
-            }
+        let (mut m, s) = (fit.model, fit.scores);
+        if let Some(p) = pool {
+            from_pool(&mut m, &s, &fit.window, p, slot, cfg);
         }
         if res == Resource::Cpu {
             let window = &y[y.len().saturating_sub(cfg.calibration_window.max(1))..];
@@ -923,7 +957,12 @@ pub fn train_task_pooled(
         }
         scores.spread[slot] = small_sample_deviations(&s, cfg.level);
         scores.ratios[slot] = s;
-        scores.peaks[slot] = peaks
+        if res == Resource::Cpu {
+            scores.window = fit.window;
+            scores.window_outcomes = fit.window_outcomes;
+        }
+        scores.peaks[slot] = fit
+            .peaks
             .into_iter()
             .enumerate()
             .map(|(i, r)| (offset + i, r))
@@ -954,6 +993,35 @@ pub fn train_task_pooled(
         shape: mean_shape(recent, &weights),
     };
     Some((model, scores))
+}
+
+/// What a target takes from the scores pooled across types: a young target (too few own scores for the central
+/// ranks) its limit — the largest run x the pooled margin, or, for a kind that depends on the run's features, the
+/// own multiplier blended with the pooled one — and its interval's reach; a CPU target with a window base, its
+/// window margin at the node's price.
+fn from_pool(
+    m: &mut TargetModel,
+    s: &[f64],
+    window: &[f64],
+    p: &ScorePool,
+    slot: usize,
+    cfg: &TrainConfig,
+) {
+    if let Some(price) = p.window_price().filter(|_| m.window_base > 0.0) {
+        m.window_margin = priced_margin(window, price).unwrap_or(0.0);
+    }
+    if central_ranks_exist(s.len(), cfg.level) {
+        return;
+    }
+    let q = cfg.limit_quantile[slot];
+    let c = m.calibration;
+    m.calibration.limit = peak_multiplier(m, p, slot, q)
+        .unwrap_or_else(|| p.blend(slot, s.len(), c.limit, q).max(c.upper));
+    // Its interval: its own scores' centre and spread, with the tail's reach calibrated across types.
+    if let Some((lower, upper)) = pooled_interval(s, cfg.level, p, slot) {
+        m.calibration.lower = lower;
+        m.calibration.upper = upper;
+    }
 }
 
 /// Mean and reach of the small-sample tail of positive scores at upper quantile `q` ([`one_sided`]'s log-normal
@@ -1084,7 +1152,8 @@ fn train_target(
     cfg: &TrainConfig,
     limit_q: f64,
     history_floor: bool,
-) -> (TargetModel, Vec<f64>, Vec<f64>) {
+    window_limit: bool,
+) -> TargetFit {
     let n = y.len();
     let min_y = y
         .iter()
@@ -1148,8 +1217,56 @@ fn train_target(
             .find(|(rk, _)| *rk == k)
             .map_or(&base_fwd, |(_, f)| f),
     };
-    // Conformal scores: the chosen candidate's most recent forward ratios, so the calibration follows drift.
-    let mut scores: Vec<f64> = (0..n)
+    let (scores, calibration, own) = conformal(y, fwd, cfg, limit_q);
+    let baseline_error = log_error_on(y, &base_fwd).unwrap_or(0.0);
+    let regression_error = log_error_on(y, &reg_fwd);
+    let error = log_error_on(y, fwd).unwrap_or(baseline_error);
+    let shown = if history_floor {
+        (n.saturating_sub(SHOWN_RUNS)..n)
+            .map(|i| (x[i][INPUT_BYTES], y[i]))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut fit = TargetFit {
+        model: TargetModel {
+            kind,
+            baseline: median(&y[n.saturating_sub(window)..]),
+            linear,
+            floor,
+            ceiling,
+            calibration,
+            error,
+            baseline_error,
+            regression_error,
+            shown,
+            seasonal,
+            recent,
+            peak: max_y,
+            own_interval: own,
+            window_base: 0.0,
+            window_margin: 0.0,
+        },
+        scores,
+        peaks: peak_ratios(y),
+        window: Vec::new(),
+        window_outcomes: Vec::new(),
+    };
+    if window_limit {
+        fit_window(&mut fit, y, fwd, cfg, limit_q);
+    }
+    fit
+}
+
+/// Conformal scores — the chosen candidate's most recent forward ratios, so the calibration follows drift — the
+/// calibration from them, and whether its interval is the type's own ([`own_interval`]).
+fn conformal(
+    y: &[f64],
+    fwd: &[Option<f64>],
+    cfg: &TrainConfig,
+    limit_q: f64,
+) -> (Vec<f64>, Calibration, bool) {
+    let mut scores: Vec<f64> = (0..y.len())
         .filter_map(|i| fwd[i].map(|p| ratio(y[i], p)))
         .filter(|v| v.is_finite() && *v >= 0.0)
         .collect();
@@ -1161,33 +1278,158 @@ fn train_target(
         calibration.lower = lower;
         calibration.upper = upper;
     }
-    let baseline_error = log_error_on(y, &base_fwd).unwrap_or(0.0);
-    let regression_error = log_error_on(y, &reg_fwd);
-    let error = log_error_on(y, fwd).unwrap_or(baseline_error);
-    let shown = if history_floor {
-        (n.saturating_sub(SHOWN_RUNS)..n)
-            .map(|i| (x[i][INPUT_BYTES], y[i]))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let model = TargetModel {
-        kind,
-        baseline: median(&y[n.saturating_sub(window)..]),
-        linear,
-        floor,
-        ceiling,
-        calibration,
-        error,
-        baseline_error,
-        regression_error,
-        shown,
-        seasonal,
-        recent,
-        peak: max_y,
-        own_interval: interval.is_some(),
-    };
-    (model, scores, peak_ratios(y))
+    (scores, calibration, interval.is_some())
+}
+
+/// The window limit's part of a fit: its scores, how it and the point's limit sized the latest runs, and its base
+/// — for a type with enough full-window ratios and own scores whose point does not follow the run's features (a
+/// larger input may need more than any recent run). Its margin waits for the node's price
+/// ([`ScorePool::window_price`]).
+fn fit_window(
+    fit: &mut TargetFit,
+    y: &[f64],
+    fwd: &[Option<f64>],
+    cfg: &TrainConfig,
+    limit_q: f64,
+) {
+    let wfwd = window_max_forward(y);
+    let ratios: Vec<f64> = forward_ratios(y, &wfwd);
+    fit.window_outcomes = window_outcomes(y, fwd, &wfwd, cfg, limit_q);
+    fit.window = ratios[ratios.len().saturating_sub(cfg.calibration_window.max(1))..].to_vec();
+    if !matches!(fit.model.kind, ModelKind::Regression | ModelKind::Seasonal)
+        && central_ranks_exist(fit.window.len(), cfg.level)
+        && central_ranks_exist(fit.scores.len(), cfg.level)
+    {
+        fit.model.window_base = y[y.len().saturating_sub(WINDOW_MAX_RUNS)..]
+            .iter()
+            .copied()
+            .fold(0.0, f64::max);
+    }
+}
+
+/// What [`train_target`] fitted.
+struct TargetFit {
+    model: TargetModel,
+    /// The chosen candidate's latest forward scores (the calibration's).
+    scores: Vec<f64>,
+    /// [`peak_ratios`].
+    peaks: Vec<f64>,
+    /// [`ForwardScores::window`].
+    window: Vec<f64>,
+    /// [`ForwardScores::window_outcomes`].
+    window_outcomes: Vec<WindowOutcome>,
+}
+
+/// Runs the window limit's base takes the largest of: a week of daily windows, a week of a daily job.
+pub const WINDOW_MAX_RUNS: usize = 7;
+
+/// Latest runs a fit reports how the two CPU limits sized ([`ForwardScores::window_outcomes`]).
+pub const COSTED_RUNS: usize = 20;
+
+/// Each run's `actual / predicted` where `fwd` predicted it and the ratio is finite and positive, oldest first.
+fn forward_ratios(y: &[f64], fwd: &[Option<f64>]) -> Vec<f64> {
+    y.iter()
+        .zip(fwd)
+        .filter_map(|(v, p)| p.map(|p| ratio(*v, p)))
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .collect()
+}
+
+/// The window limit's base one step ahead: run `i` from the largest of the [`WINDOW_MAX_RUNS`] runs before it, from
+/// the first run with a full window on (a shorter window's ratios are larger and would inflate the margin for the
+/// type's whole life).
+fn window_max_forward(y: &[f64]) -> Vec<Option<f64>> {
+    (0..y.len())
+        .map(|i| {
+            (i >= WINDOW_MAX_RUNS).then(|| {
+                y[i - WINDOW_MAX_RUNS..i]
+                    .iter()
+                    .copied()
+                    .fold(0.0, f64::max)
+            })
+        })
+        .collect()
+}
+
+/// The margin `m` on a base that minimises `sum over ratios r (actual / base) of (r <= m ? 1 - r / m : price)`:
+/// the relative slack each run would have left plus `price` for each run it would have under-sized. One price for
+/// every type puts the margin where it is cheap: a calm type gets a small one, a type whose runs jump far gets
+/// a large one or takes its misses where covering them would waste most — not the same miss rate for every type,
+/// which an own quantile gives (docs/BENCHMARKS.md). `None` without a finite positive ratio.
+pub fn priced_margin(ratios: &[f64], price: f64) -> Option<f64> {
+    priced_margins(ratios, &[price])[0]
+}
+
+/// [`priced_margin`] at each of `prices`, sorting the ratios once.
+pub fn priced_margins(ratios: &[f64], prices: &[f64]) -> Vec<Option<f64>> {
+    let mut r: Vec<f64> = ratios
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .collect();
+    r.sort_by(f64::total_cmp);
+    let n = r.len();
+    // The cost is lowest just at one of the ratios: between two, a larger margin only adds slack.
+    let mut best: Vec<Option<(f64, f64)>> = vec![None; prices.len()];
+    let mut sum = 0.0;
+    for k in 0..n {
+        sum += r[k];
+        if k + 1 < n && r[k + 1] == r[k] {
+            continue;
+        }
+        let slack = (k + 1) as f64 - sum / r[k];
+        for (b, price) in best.iter_mut().zip(prices) {
+            let cost = slack + price * (n - k - 1) as f64;
+            if b.is_none_or(|(c, _)| cost < c) {
+                *b = Some((cost, r[k]));
+            }
+        }
+    }
+    best.into_iter().map(|b| b.map(|(_, m)| m)).collect()
+}
+
+/// How the two limits sized each of the latest [`COSTED_RUNS`] runs that both sized from their own central ranks,
+/// each limit from the scores before the run only: the point's at its conformal quantile `limit_q`, the window's at
+/// its [`priced_margin`] for each of [`window_prices`].
+fn window_outcomes(
+    y: &[f64],
+    fwd: &[Option<f64>],
+    wfwd: &[Option<f64>],
+    cfg: &TrainConfig,
+    limit_q: f64,
+) -> Vec<WindowOutcome> {
+    let n = y.len();
+    let window = cfg.calibration_window.max(1);
+    let mut out = Vec::new();
+    for i in n.saturating_sub(COSTED_RUNS)..n {
+        let (Some(p), Some(w)) = (fwd[i], wfwd[i]) else {
+            continue;
+        };
+        let own = forward_ratios(&y[..i], &fwd[..i]);
+        let win = forward_ratios(&y[..i], &wfwd[..i]);
+        let own = &own[own.len().saturating_sub(window)..];
+        let win = &win[win.len().saturating_sub(window)..];
+        if !(central_ranks_exist(own.len(), cfg.level) && central_ranks_exist(win.len(), cfg.level))
+        {
+            continue;
+        }
+        let mut outcome = WindowOutcome {
+            after: n - 1 - i,
+            point: ratio(y[i], p * conformal_bound(own, limit_q)),
+            window: [f64::NAN; N_PRICES],
+        };
+        for (slot, m) in outcome
+            .window
+            .iter_mut()
+            .zip(priced_margins(win, &window_prices()))
+        {
+            if let Some(m) = m {
+                *slot = ratio(y[i], w * m);
+            }
+        }
+        out.push(outcome);
+    }
+    out
 }
 
 /// Each run's `actual / largest earlier value` (NaN for the first run, or when not finite and positive): one
@@ -2356,6 +2598,155 @@ mod tests {
             p.memory_bytes.point
         );
         assert!(m.memory.error < m.memory.baseline_error / 2.0, "{m:?}");
+    }
+
+    /// A pool whose runs the window limit at price 1 sized with less slack than the point's limit, at no more
+    /// under-sizing: the cheaper prices under-sized runs the point's did not.
+    fn pool_preferring_the_window() -> ScorePool {
+        let mut pool = ScorePool::default();
+        let mut window = [0.9; N_PRICES];
+        window[..8].iter_mut().for_each(|r| *r = 1.1);
+        for after in 0..150 {
+            pool.add_window_outcome(&WindowOutcome {
+                after,
+                point: 0.5,
+                window,
+            });
+        }
+        pool
+    }
+
+    /// A VM's daily CPU: a calm level with a spike of 1.4x every tenth day.
+    fn spiky_vm(days: u64) -> Vec<RunSummary> {
+        (0..days)
+            .map(|i| {
+                let mut r = run(i, 0, 1e9, None);
+                r.started_at_ms = 1_767_225_600_000 + i * 86_400_000;
+                r.outcome.duration_s = 86_400.0;
+                let spike = if i % 10 == 9 { 1.4 } else { 1.0 };
+                r.outcome.cpu_p95_cores = 2.0 * spike * (1.0 + 0.03 * wobble(i));
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn priced_margin_covers_a_rare_jump_only_when_missing_it_costs_more_than_covering_it() {
+        // 95 runs at their base, 5 at twice it.
+        let mut r = vec![1.0; 95];
+        r.extend([2.0; 5]);
+        // Covering the five leaves half of each of the 95 unused (47.5); missing them costs 5 x the price.
+        assert_eq!(priced_margin(&r, 1.0), Some(1.0));
+        assert_eq!(priced_margin(&r, 9.0), Some(1.0));
+        assert_eq!(priced_margin(&r, 10.0), Some(2.0), "47.5 < 50: covered");
+        assert_eq!(priced_margins(&r, &[1.0, 20.0]), vec![Some(1.0), Some(2.0)]);
+        assert_eq!(priced_margin(&[], 1.0), None);
+        assert_eq!(priced_margin(&[f64::NAN, 0.0, f64::INFINITY], 1.0), None);
+    }
+
+    #[test]
+    fn a_node_whose_runs_the_window_sized_better_sizes_cpu_by_it() {
+        let runs = spiky_vm(60);
+        let cfg = TrainConfig::default();
+        let pool = pool_preferring_the_window();
+        assert_eq!(pool.window_price(), Some(1.0));
+        let (m, scores) = train_task_pooled(&runs, 0, &cfg, Some(&pool)).expect("enough runs");
+        assert!(
+            !matches!(m.cpu.kind, ModelKind::Regression | ModelKind::Seasonal),
+            "{:?}",
+            m.cpu.kind
+        );
+        // The limit: the largest of the latest 7 runs x the margin that prices each run past its week's largest at 1.
+        let y: Vec<f64> = runs.iter().map(|r| r.outcome.cpu_p95_cores).collect();
+        let week_max = |i: usize| {
+            y[i - WINDOW_MAX_RUNS..i]
+                .iter()
+                .copied()
+                .fold(0.0, f64::max)
+        };
+        let ratios: Vec<f64> = (WINDOW_MAX_RUNS..y.len())
+            .map(|i| y[i] / week_max(i))
+            .collect();
+        assert_eq!(scores.window, ratios);
+        let margin = priced_margin(&ratios, 1.0).expect("ratios");
+        let want = week_max(y.len()) * margin;
+        let p = m.predict(&TaskKey::new("t"), &RunFeatures::default(), 1);
+        assert!(
+            (p.cpu_cores.limit / want - 1.0).abs() < 1e-9,
+            "{} vs {want}",
+            p.cpu_cores.limit
+        );
+        // The latest week holds a spike (day 59): the limit covers its level.
+        assert!(
+            p.cpu_cores.limit >= 2.0 * 1.4 * 0.97,
+            "{}",
+            p.cpu_cores.limit
+        );
+        // Without the node's preference: the point's own limit.
+        let (own, _) =
+            train_task_pooled(&runs, 0, &cfg, Some(&ScorePool::default())).expect("enough runs");
+        assert_eq!(own.cpu.window_limit(), None);
+        assert_eq!(
+            own.cpu.window_base, m.cpu.window_base,
+            "the base is kept for when the node prefers it"
+        );
+        let po = own.predict(&TaskKey::new("t"), &RunFeatures::default(), 1);
+        assert!(
+            (po.cpu_cores.limit / (po.cpu_cores.point * own.cpu.calibration.limit) - 1.0).abs()
+                < 1e-9
+        );
+    }
+
+    #[test]
+    fn a_type_whose_cpu_follows_its_input_keeps_its_regression_limit() {
+        let runs: Vec<_> = (0..80)
+            .map(|i| {
+                let input = 1_000_000 * (1 + (i * 37) % 100);
+                let mut r = run(i, input, 1e9, None);
+                r.outcome.cpu_p95_cores = (0.1 + input as f64 / 2e7) * (1.0 + 0.01 * wobble(i));
+                r
+            })
+            .collect();
+        let (m, _) = train_task_pooled(
+            &runs,
+            0,
+            &TrainConfig::default(),
+            Some(&pool_preferring_the_window()),
+        )
+        .expect("enough runs");
+        assert_eq!(m.cpu.kind, ModelKind::Regression);
+        assert_eq!(
+            m.cpu.window_limit(),
+            None,
+            "a larger input may need more than any recent run"
+        );
+    }
+
+    #[test]
+    fn window_outcomes_size_each_run_from_the_runs_before_it() {
+        let mut runs = spiky_vm(60);
+        let cfg = TrainConfig::default();
+        let (_, before) = train_task_scored(&runs, 0, &cfg).expect("enough runs");
+        assert_eq!(before.window_outcomes.len(), COSTED_RUNS);
+        assert_eq!(before.window_outcomes.last().map(|o| o.after), Some(0));
+        // The newest run 3x higher: only its own outcome moves (it is above both limits now).
+        let last = runs.last_mut().expect("runs");
+        last.outcome.cpu_p95_cores *= 3.0;
+        let (_, after) = train_task_scored(&runs, 0, &cfg).expect("enough runs");
+        let n = before.window_outcomes.len();
+        assert_eq!(
+            before.window_outcomes[..n - 1],
+            after.window_outcomes[..n - 1]
+        );
+        let newest = after.window_outcomes[n - 1];
+        assert!(
+            newest.point > 1.0 && newest.window.iter().all(|r| *r > 1.0),
+            "{newest:?}"
+        );
+        // Each run is pooled once: a refit after one new run adds one outcome.
+        let mut pool = ScorePool::default();
+        after.add_to(&mut pool, 1);
+        assert_eq!(pool.window.runs, 1.0);
     }
 
     #[test]

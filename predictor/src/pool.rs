@@ -12,6 +12,9 @@
 //! ([`ScorePool::spread_quantile`]): a young type's interval scales its own reach by their conformal bound
 //! ([`crate::model::pooled_interval`]).
 //!
+//! And, for CPU, how the point's limit and the window limit sized the node's latest runs ([`WindowCosts`]): which of
+//! the two the node's types use, and at which price ([`ScorePool::window_price`]).
+//!
 //! Bounded and incremental: [`BINS`] fixed bins per target over `ln` ratio in `[-RANGE, RANGE]` (values beyond go
 //! to the edge bins, so a 1/148 to 148x ratio is resolved to 2.5%), adding a score is O(1), and the counts halve
 //! when their total reaches [`CAP`], so the pool follows the node's recent runs. About 10 KB in all, persisted by
@@ -117,6 +120,95 @@ pub struct ScorePool {
     /// ([`crate::model::pooled_interval`]). Empty in a pool stored before it.
     #[serde(default)]
     pub spread: [PooledScores; 6],
+    /// CPU's two limits' costs over the node's runs ([`ScorePool::window_price`]). Empty in a pool stored before
+    /// it.
+    #[serde(default)]
+    pub window: WindowCosts,
+}
+
+/// Prices of an under-sized run, in runs' worth of relative slack, at which CPU's window limit's margin is tried
+/// ([`crate::model::priced_margin`]); the node takes the one whose limits left the least slack at no more
+/// under-sizing than the point's limit ([`ScorePool::window_price`]). From 1/4 to 64, each 2^(1/4) times the one
+/// before: between two neighbours the window limits' under-sizing moves by about a tenth, so one of them lands
+/// close to the point's.
+pub fn window_prices() -> [f64; N_PRICES] {
+    std::array::from_fn(|k| 0.25 * 2f64.powf(k as f64 / 4.0))
+}
+
+/// How many [`window_prices`].
+pub const N_PRICES: usize = 33;
+
+/// How the two CPU limits sized one run: `actual / limit` of each (above 1: under-sized).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WindowOutcome {
+    /// Runs of its type after it in the fit (0: the newest).
+    pub after: usize,
+    /// Under the point's conformal limit.
+    pub point: f64,
+    /// Under the window limit at each of [`window_prices`].
+    pub window: [f64; N_PRICES],
+}
+
+/// How CPU's two limits sized the node's latest runs ([`WindowOutcome`]): the point's conformal limit
+/// and the window limit (the largest recent run x its priced margin) at each of
+/// [`window_prices`]. Sums, halved when `runs` reaches [`CAP`], so they follow the node's recent runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowCosts {
+    /// Runs summed.
+    pub runs: f64,
+    /// Runs the point's limit under-sized.
+    pub point_under: f64,
+    /// The point's limit's relative slack `1 - actual / limit`, summed over the runs it did not under-size.
+    pub point_slack: f64,
+    /// The same for the window limit, per price.
+    pub under: Vec<f64>,
+    /// The same for the window limit, per price.
+    pub slack: Vec<f64>,
+}
+
+impl WindowCosts {
+    fn halve_above_cap(&mut self) {
+        while self.runs > CAP {
+            self.runs *= 0.5;
+            self.point_under *= 0.5;
+            self.point_slack *= 0.5;
+            self.under
+                .iter_mut()
+                .chain(self.slack.iter_mut())
+                .for_each(|v| *v *= 0.5);
+        }
+    }
+
+    fn add(&mut self, o: &WindowCosts) {
+        let n = N_PRICES;
+        if self.under.len() != n || self.slack.len() != n {
+            // Empty, or stored by a build with other prices: start over rather than misread.
+            *self = WindowCosts {
+                under: vec![0.0; n],
+                slack: vec![0.0; n],
+                ..WindowCosts::default()
+            };
+        }
+        if o.under.len() != n || o.slack.len() != n {
+            return;
+        }
+        self.runs += o.runs;
+        self.point_under += o.point_under;
+        self.point_slack += o.point_slack;
+        for k in 0..n {
+            self.under[k] += o.under[k];
+            self.slack[k] += o.slack[k];
+        }
+        self.halve_above_cap();
+    }
+
+    fn is_finite(&self) -> bool {
+        [self.runs, self.point_under, self.point_slack]
+            .iter()
+            .chain(&self.under)
+            .chain(&self.slack)
+            .all(|v| v.is_finite() && *v >= 0.0)
+    }
 }
 
 impl ScorePool {
@@ -183,8 +275,59 @@ impl ScorePool {
             .and_then(|t| t.quantile(q))
     }
 
+    /// Adds how CPU's two limits sized one run (ignored unless every ratio is finite and not negative).
+    pub fn add_window_outcome(&mut self, o: &WindowOutcome) {
+        if !std::iter::once(&o.point)
+            .chain(&o.window)
+            .all(|r| r.is_finite() && *r >= 0.0)
+        {
+            return;
+        }
+        let split = |r: f64| if r > 1.0 { (1.0, 0.0) } else { (0.0, 1.0 - r) };
+        let (point_under, point_slack) = split(o.point);
+        let n = N_PRICES;
+        let mut one = WindowCosts {
+            runs: 1.0,
+            point_under,
+            point_slack,
+            under: vec![0.0; n],
+            slack: vec![0.0; n],
+        };
+        for (k, r) in o.window.iter().enumerate() {
+            (one.under[k], one.slack[k]) = split(*r);
+        }
+        self.window.add(&one);
+    }
+
+    /// The price at which the node's types size CPU by their window limit, or `None` (the point's limit): once the
+    /// pool holds [`MIN_POOLED`] runs both limits sized, the price whose window limits under-sized no more of them
+    /// than the point's limit did, with the least mean slack over the runs they did not under-size — when that
+    /// slack is below the point's. The comparison the evaluator makes (slack at no more under-sizing), made on the
+    /// node's own recent runs, and one decision for the node rather than per type: a type's own few dozen runs
+    /// picked the wrong limit about as often as the right one (docs/BENCHMARKS.md).
+    pub fn window_price(&self) -> Option<f64> {
+        let w = &self.window;
+        if w.runs < MIN_POOLED {
+            return None;
+        }
+        let mean = |slack: f64, under: f64| slack / (w.runs - under).max(1.0);
+        let point = mean(w.point_slack, w.point_under);
+        if w.under.len() != N_PRICES || w.slack.len() != w.under.len() {
+            return None;
+        }
+        (0..w.under.len())
+            .filter(|&k| w.under[k] <= w.point_under)
+            .map(|k| (mean(w.slack[k], w.under[k]), k))
+            .filter(|(slack, _)| *slack < point)
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, k)| window_prices()[k])
+    }
+
     /// Adds the counts of `other` (scores pooled while this one was in use), halving while above [`CAP`].
     pub fn merge(&mut self, other: &ScorePool) {
+        if other.window.runs > 0.0 && other.window.is_finite() {
+            self.window.add(&other.window);
+        }
         let pairs = self
             .targets
             .iter_mut()
@@ -301,6 +444,62 @@ mod tests {
         old.as_object_mut().expect("an object").remove("spread");
         let loaded: ScorePool = serde_json::from_value(old).expect("an old pool loads");
         assert_eq!(loaded.spread[1].total(), 0.0);
+    }
+
+    #[test]
+    fn the_node_takes_the_window_limit_only_where_it_left_less_slack_at_no_more_under_sizing() {
+        let outcome = |point: f64, window: [f64; N_PRICES]| WindowOutcome {
+            after: 0,
+            point,
+            window,
+        };
+        // The point's limit: 1 run in 10 under-sized, 30% slack on the others. The window: under-sizes 2 in 10 up to
+        // price index 11, 1 in 10 from it on, with 20% slack at 12 and 25% from 13 on.
+        let nth = |i: usize| {
+            let miss = i.is_multiple_of(10);
+            let window = std::array::from_fn(|k| match k {
+                _ if miss || (k < 12 && i % 10 == 1) => 1.2,
+                12 => 0.8,
+                _ => 0.75,
+            });
+            outcome(if miss { 1.5 } else { 0.7 }, window)
+        };
+        let mut pool = ScorePool::default();
+        for i in 0..(MIN_POOLED as usize - 10) {
+            pool.add_window_outcome(&nth(i));
+        }
+        assert_eq!(pool.window_price(), None, "fewer than MIN_POOLED runs");
+        let before = pool.window.clone();
+        pool.add_window_outcome(&outcome(f64::NAN, [0.5; N_PRICES]));
+        pool.add_window_outcome(&outcome(0.5, [-1.0; N_PRICES]));
+        assert_eq!(
+            pool.window, before,
+            "a ratio that is not finite and positive is not pooled"
+        );
+        for i in 0..10 {
+            pool.add_window_outcome(&nth(i));
+        }
+        assert_eq!(pool.window.runs, MIN_POOLED);
+        // Prices 0-11 under-size more than the point; 12 leaves the least slack of the others.
+        assert_eq!(pool.window_price(), Some(window_prices()[12]));
+        // A window that leaves more slack than the point at every price: the point stands.
+        let mut worse = ScorePool::default();
+        for i in 0..200 {
+            worse.add_window_outcome(&outcome(
+                if i % 10 == 0 { 1.5 } else { 0.9 },
+                [if i % 10 == 0 { 1.5 } else { 0.6 }; N_PRICES],
+            ));
+        }
+        assert_eq!(worse.window_price(), None);
+        // Merged pools add; a pool stored before the window costs loads without them.
+        let mut merged = ScorePool::default();
+        merged.merge(&pool);
+        merged.merge(&worse);
+        assert_eq!(merged.window.runs, MIN_POOLED + 200.0);
+        let mut old = serde_json::to_value(ScorePool::default()).expect("encode");
+        old.as_object_mut().expect("an object").remove("window");
+        let loaded: ScorePool = serde_json::from_value(old).expect("an old pool loads");
+        assert_eq!(loaded.window_price(), None);
     }
 
     #[test]
