@@ -454,7 +454,7 @@ mod tests {
             window,
         };
         // The point's limit: 1 run in 10 under-sized, 30% slack on the others. The window: under-sizes 2 in 10 up to
-        // price index 11, 1 in 10 from it on, with 20% slack at 12 and 25% from 13 on.
+        // price index 11, 1 in 10 from 12 on, with 20% slack at 12 and 25% from 13 on.
         let nth = |i: usize| {
             let miss = i.is_multiple_of(10);
             let window = std::array::from_fn(|k| match k {
