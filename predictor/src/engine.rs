@@ -275,9 +275,26 @@ impl Predictor {
     /// Records a finished run.
     pub fn record_run(&self, run: &RunSummary) -> Result<(), PredictorError> {
         self.store.record_run(run)?;
+        self.pool_window_outcomes([run]);
         self.runs_since_train.fetch_add(1, Ordering::Relaxed);
         self.mark_new_runs([(&run.task_key, 1)]);
         Ok(())
+    }
+
+    /// Pools how each finished run's CPU would have been sized by the limit its type's model gives and by that
+    /// model's window limit at each price ([`crate::model::TaskModel::window_outcome`]): what decides whether the
+    /// node's types use the window limit ([`ScorePool::window_price`]). Runs of types without a window base add
+    /// nothing.
+    fn pool_window_outcomes<'a>(&self, runs: impl IntoIterator<Item = &'a RunSummary>) {
+        let set = self.models();
+        let outcomes: Vec<_> = runs
+            .into_iter()
+            .filter_map(|r| set.models.get(&r.task_key)?.window_outcome(r))
+            .collect();
+        if !outcomes.is_empty() {
+            let mut pool = lock(&self.pool);
+            outcomes.iter().for_each(|o| pool.add_window_outcome(o));
+        }
     }
 
     fn mark_new_runs<'a>(&self, keys: impl IntoIterator<Item = (&'a TaskKey, u64)>) {
@@ -291,6 +308,7 @@ impl Predictor {
     /// Records many finished runs in one transaction.
     pub fn record_runs(&self, runs: &[RunSummary]) -> Result<(), PredictorError> {
         self.store.record_runs(runs)?;
+        self.pool_window_outcomes(runs);
         self.runs_since_train
             .fetch_add(runs.len() as u64, Ordering::Relaxed);
         self.mark_new_runs(runs.iter().map(|r| (&r.task_key, 1)));
@@ -300,14 +318,16 @@ impl Predictor {
     /// Commits a batch in one transaction (the broker's group commit); its finished runs count towards retraining.
     pub fn commit(&self, batch: &crate::store::Batch) -> Result<(), PredictorError> {
         self.store.commit(batch)?;
-        let keys: Vec<&TaskKey> = batch
+        let finished: Vec<&RunSummary> = batch
             .ops
             .iter()
             .filter_map(|o| match o {
-                crate::store::BatchOp::Run { run, .. } => Some(&run.task_key),
+                crate::store::BatchOp::Run { run, .. } => Some(&**run),
                 _ => None,
             })
             .collect();
+        self.pool_window_outcomes(finished.iter().copied());
+        let keys: Vec<&TaskKey> = finished.iter().map(|r| &r.task_key).collect();
         self.runs_since_train
             .fetch_add(keys.len() as u64, Ordering::Relaxed);
         self.mark_new_runs(keys.into_iter().map(|k| (k, 1)));
@@ -660,6 +680,72 @@ mod tests {
 
     fn open(dir: &tempfile::TempDir, cfg: PredictorConfig) -> Predictor {
         Predictor::open(&dir.path().join("p.redb"), cfg).expect("open")
+    }
+
+    /// A VM's day: 2 cores with a 1.4x spike every tenth day and a little noise.
+    fn vm_day(key: &str, i: u64) -> RunSummary {
+        let spike = if i % 10 == 9 { 1.4 } else { 1.0 };
+        RunSummary {
+            run_id: i + 1,
+            task_key: TaskKey::new(key),
+            started_at_ms: 1_767_225_600_000 + i * 86_400_000,
+            meta: crate::types::RunMetadata::default(),
+            outcome: crate::types::RunOutcome {
+                duration_s: 86_400.0,
+                peak_memory_bytes: 1 << 30,
+                cpu_p95_cores: 2.0 * spike * (1.0 + 0.01 * ((i * 37 % 11) as f64 - 5.0)),
+                ..crate::types::RunOutcome::default()
+            },
+            profile: None,
+        }
+    }
+
+    #[test]
+    fn a_finished_run_is_pooled_against_the_limits_its_types_model_gave() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open(&dir, PredictorConfig::default());
+        let days: Vec<RunSummary> = (0..60).map(|i| vm_day("vm", i)).collect();
+        p.record_runs(&days).expect("record");
+        assert_eq!(
+            p.score_pool().window.runs,
+            0.0,
+            "no model yet: nothing to score a run against"
+        );
+        p.retrain(1).expect("retrain");
+        let model = p
+            .models()
+            .models
+            .get(&TaskKey::new("vm"))
+            .cloned()
+            .expect("a model");
+        assert!(model.cpu.window_base > 0.0, "{:?}", model.cpu.kind);
+        let next = vm_day("vm", 60);
+        p.record_run(&next).expect("record");
+        let pool = p.score_pool();
+        assert_eq!(pool.window.runs, 1.0);
+        let o = model.window_outcome(&next).expect("a window base");
+        assert_eq!(
+            pool.window.point_under,
+            if o.point > 1.0 { 1.0 } else { 0.0 }
+        );
+        // Through the broker's group commit too; a type without a model adds nothing.
+        let batch = crate::store::Batch {
+            ops: vec![
+                crate::store::BatchOp::Run {
+                    container_id: Some("c1".to_owned()),
+                    run: Box::new(vm_day("vm", 61)),
+                },
+                crate::store::BatchOp::Run {
+                    container_id: Some("c2".to_owned()),
+                    run: Box::new(RunSummary {
+                        run_id: 1_000,
+                        ..vm_day("new-type", 0)
+                    }),
+                },
+            ],
+        };
+        p.commit(&batch).expect("commit");
+        assert_eq!(p.score_pool().window.runs, 2.0);
     }
 
     #[test]

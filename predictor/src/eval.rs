@@ -595,6 +595,10 @@ pub fn evaluate(runs: &[RunSummary], cfg: &EvalConfig) -> EvalReport {
             running.pop();
             let done = &runs[j];
             let st = tasks.entry(done.task_key.clone()).or_default();
+            // As the engine does when a run finishes: how its type's model (the one in force now) sized it.
+            if let Some(o) = st.model.as_ref().and_then(|(m, _)| m.window_outcome(done)) {
+                pool.add_window_outcome(&o);
+            }
             for (r, res) in SCORED.iter().enumerate() {
                 st.values[r].push(res.of(done, oom));
             }

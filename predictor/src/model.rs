@@ -42,12 +42,12 @@
 //! would have left plus a price for each run it would have under-sized ([`priced_margin`]). One price for every
 //! type puts the margin where it is cheap; an own quantile gives every type the same miss rate and wastes most on
 //! the wildest. Whether the node's types use it, and at which price, is decided across types
-//! ([`ScorePool::window_price`]): each refit reports how both limits, each built from the runs before, sized its
-//! latest runs ([`ForwardScores::window_outcomes`]), and the node takes the window limit at the price whose limits
-//! left the least slack at no more under-sizing than the point's limit, when that is less than the point's — the
-//! evaluator's own comparison, on the node's recent runs. Only for a type with 19 full-window ratios and own scores
+//! ([`ScorePool::window_price`]): when a run finishes, the node pools how the limit its type's model gave (the point's)
+//! and that model's window limit at each price would have sized it ([`TaskModel::window_outcome`]), and takes the
+//! window limit at the price whose limits left the least slack at no more under-sizing than the point's limit, when
+//! that is less than the point's — the evaluator's own comparison, on the node's recent runs. Only for a type with 19 full-window ratios and own scores
 //! whose point does not follow the run's features. On the Bitbrains VMs CPU under-prediction went from 5.27% to
-//! 4.71% at 40.6% slack (40.3%); every other trace kept the point's limit (docs/BENCHMARKS.md). The broker starts a
+//! 4.79% and slack from 40.3% to 38.5%; every other trace kept the point's limit, or nearly (docs/BENCHMARKS.md). The broker starts a
 //! task's CPU from the point and the profile, not from `limit` (the live controller sizes it from there): the limit
 //! is the bound a prediction shows and the evaluator scores.
 //!
@@ -359,6 +359,10 @@ pub struct TargetModel {
     /// `point x calibration.limit`).
     #[serde(default)]
     pub window_margin: f64,
+    /// CPU only: the window limit's margin at each of [`window_prices`] (empty without a window base): what the
+    /// node compares the point's limit with when one of the type's runs finishes ([`TargetModel::window_outcome`]).
+    #[serde(default)]
+    pub window_margins: Vec<f64>,
 }
 
 impl TargetModel {
@@ -392,6 +396,26 @@ impl TargetModel {
     pub fn window_limit(&self) -> Option<f64> {
         (self.window_base > 0.0 && self.window_margin > 0.0)
             .then_some(self.window_base * self.window_margin)
+    }
+
+    /// How the limit this model gives a run with features `x` (the point's, window limit aside) and its window limit
+    /// at each of [`window_prices`] would have sized the run that used `actual`: what the node pools when a run
+    /// finishes, sized by the model its type had then ([`ScorePool::window_price`]). `None` without a window base
+    /// or a positive `actual`.
+    pub fn window_outcome(&self, x: &[f64; N_FEATURES], actual: f64) -> Option<WindowOutcome> {
+        if !(self.window_base > 0.0 && actual > 0.0 && self.window_margins.len() == N_PRICES) {
+            return None;
+        }
+        let point =
+            (self.point(x) * self.calibration.limit).max(self.history_floor(x[INPUT_BYTES]));
+        let mut o = WindowOutcome {
+            point: ratio(actual, point),
+            window: [f64::NAN; N_PRICES],
+        };
+        for (r, m) in o.window.iter_mut().zip(&self.window_margins) {
+            *r = ratio(actual, self.window_base * m);
+        }
+        Some(o)
     }
 
     /// The estimate for a run with these features.
@@ -472,6 +496,12 @@ impl TaskModel {
         self.target(r)
             .map(|n| n.estimate(x).within(r.ceiling()))
             .unwrap_or_default()
+    }
+
+    /// [`TargetModel::window_outcome`] of CPU for a finished run of this type (`None` without a window base).
+    pub fn window_outcome(&self, run: &RunSummary) -> Option<WindowOutcome> {
+        let x = features_of(&RunFeatures::from_metadata(&run.meta, run.started_at_ms));
+        self.cpu.window_outcome(&x, Resource::Cpu.of(run, 1.0))
     }
 
     /// Predicts a run of this task type. Allocation-light: one `Vec` of [`BUCKETS`] profile points.
@@ -802,10 +832,6 @@ pub struct ForwardScores {
     /// CPU only: each run's `actual / largest of the WINDOW_MAX_RUNS runs before it` (from the first run with a full
     /// window on, the latest [`TrainConfig::calibration_window`]): the window limit's scores.
     pub window: Vec<f64>,
-    /// CPU only: how the two limits sized each of the latest [`COSTED_RUNS`] runs that both sized from their own
-    /// ranks, each limit built from the runs before it: pooled across types, they decide whether the node's types
-    /// use the window limit and at which price ([`ScorePool::window_price`]).
-    pub window_outcomes: Vec<WindowOutcome>,
     /// Runs the fit saw.
     pub runs: usize,
 }
@@ -818,10 +844,6 @@ impl ForwardScores {
         pool.add_spread(&self.spread, new_runs);
         let new = usize::try_from(new_runs).unwrap_or(usize::MAX);
         pool.add_peaks(&self.peaks, self.runs.saturating_sub(new));
-        self.window_outcomes
-            .iter()
-            .filter(|o| o.after < new)
-            .for_each(|o| pool.add_window_outcome(o));
     }
 }
 
@@ -959,7 +981,6 @@ pub fn train_task_pooled(
         scores.ratios[slot] = s;
         if res == Resource::Cpu {
             scores.window = fit.window;
-            scores.window_outcomes = fit.window_outcomes;
         }
         scores.peaks[slot] = fit
             .peaks
@@ -1246,14 +1267,14 @@ fn train_target(
             own_interval: own,
             window_base: 0.0,
             window_margin: 0.0,
+            window_margins: Vec::new(),
         },
         scores,
         peaks: peak_ratios(y),
         window: Vec::new(),
-        window_outcomes: Vec::new(),
     };
     if window_limit {
-        fit_window(&mut fit, y, fwd, cfg, limit_q);
+        fit_window(&mut fit, y, cfg);
     }
     fit
 }
@@ -1281,20 +1302,11 @@ fn conformal(
     (scores, calibration, interval.is_some())
 }
 
-/// The window limit's part of a fit: its scores, how it and the point's limit sized the latest runs, and its base
-/// — for a type with enough full-window ratios and own scores whose point does not follow the run's features (a
-/// larger input may need more than any recent run). Its margin waits for the node's price
-/// ([`ScorePool::window_price`]).
-fn fit_window(
-    fit: &mut TargetFit,
-    y: &[f64],
-    fwd: &[Option<f64>],
-    cfg: &TrainConfig,
-    limit_q: f64,
-) {
-    let wfwd = window_max_forward(y);
-    let ratios: Vec<f64> = forward_ratios(y, &wfwd);
-    fit.window_outcomes = window_outcomes(y, fwd, &wfwd, cfg, limit_q);
+/// The window limit's part of a fit: its scores, and, for a type with enough full-window ratios and own scores whose
+/// point does not follow the run's features (a larger input may need more than any recent run), its base and its
+/// margin at each price. Which price (if any) the node's types use is the pool's ([`ScorePool::window_price`]).
+fn fit_window(fit: &mut TargetFit, y: &[f64], cfg: &TrainConfig) {
+    let ratios: Vec<f64> = forward_ratios(y, &window_max_forward(y));
     fit.window = ratios[ratios.len().saturating_sub(cfg.calibration_window.max(1))..].to_vec();
     if !matches!(fit.model.kind, ModelKind::Regression | ModelKind::Seasonal)
         && central_ranks_exist(fit.window.len(), cfg.level)
@@ -1304,6 +1316,10 @@ fn fit_window(
             .iter()
             .copied()
             .fold(0.0, f64::max);
+        fit.model.window_margins = priced_margins(&fit.window, &window_prices())
+            .into_iter()
+            .map(|m| m.unwrap_or(0.0))
+            .collect();
     }
 }
 
@@ -1316,15 +1332,10 @@ struct TargetFit {
     peaks: Vec<f64>,
     /// [`ForwardScores::window`].
     window: Vec<f64>,
-    /// [`ForwardScores::window_outcomes`].
-    window_outcomes: Vec<WindowOutcome>,
 }
 
 /// Runs the window limit's base takes the largest of: a week of daily windows, a week of a daily job.
 pub const WINDOW_MAX_RUNS: usize = 7;
-
-/// Latest runs a fit reports how the two CPU limits sized ([`ForwardScores::window_outcomes`]).
-pub const COSTED_RUNS: usize = 20;
 
 /// Each run's `actual / predicted` where `fwd` predicted it and the ratio is finite and positive, oldest first.
 fn forward_ratios(y: &[f64], fwd: &[Option<f64>]) -> Vec<f64> {
@@ -1386,50 +1397,6 @@ pub fn priced_margins(ratios: &[f64], prices: &[f64]) -> Vec<Option<f64>> {
         }
     }
     best.into_iter().map(|b| b.map(|(_, m)| m)).collect()
-}
-
-/// How the two limits sized each of the latest [`COSTED_RUNS`] runs that both sized from their own central ranks,
-/// each limit from the scores before the run only: the point's at its conformal quantile `limit_q`, the window's at
-/// its [`priced_margin`] for each of [`window_prices`].
-fn window_outcomes(
-    y: &[f64],
-    fwd: &[Option<f64>],
-    wfwd: &[Option<f64>],
-    cfg: &TrainConfig,
-    limit_q: f64,
-) -> Vec<WindowOutcome> {
-    let n = y.len();
-    let window = cfg.calibration_window.max(1);
-    let mut out = Vec::new();
-    for i in n.saturating_sub(COSTED_RUNS)..n {
-        let (Some(p), Some(w)) = (fwd[i], wfwd[i]) else {
-            continue;
-        };
-        let own = forward_ratios(&y[..i], &fwd[..i]);
-        let win = forward_ratios(&y[..i], &wfwd[..i]);
-        let own = &own[own.len().saturating_sub(window)..];
-        let win = &win[win.len().saturating_sub(window)..];
-        if !(central_ranks_exist(own.len(), cfg.level) && central_ranks_exist(win.len(), cfg.level))
-        {
-            continue;
-        }
-        let mut outcome = WindowOutcome {
-            after: n - 1 - i,
-            point: ratio(y[i], p * conformal_bound(own, limit_q)),
-            window: [f64::NAN; N_PRICES],
-        };
-        for (slot, m) in outcome
-            .window
-            .iter_mut()
-            .zip(priced_margins(win, &window_prices()))
-        {
-            if let Some(m) = m {
-                *slot = ratio(y[i], w * m);
-            }
-        }
-        out.push(outcome);
-    }
-    out
 }
 
 /// Each run's `actual / largest earlier value` (NaN for the first run, or when not finite and positive): one
@@ -2606,12 +2573,8 @@ mod tests {
         let mut pool = ScorePool::default();
         let mut window = [0.9; N_PRICES];
         window[..8].iter_mut().for_each(|r| *r = 1.1);
-        for after in 0..150 {
-            pool.add_window_outcome(&WindowOutcome {
-                after,
-                point: 0.5,
-                window,
-            });
+        for _ in 0..150 {
+            pool.add_window_outcome(&WindowOutcome { point: 0.5, window });
         }
         pool
     }
@@ -2723,30 +2686,44 @@ mod tests {
     }
 
     #[test]
-    fn window_outcomes_size_each_run_from_the_runs_before_it() {
-        let mut runs = spiky_vm(60);
+    fn a_finished_run_is_scored_against_the_limits_its_types_model_gave() {
+        let runs = spiky_vm(60);
         let cfg = TrainConfig::default();
-        let (_, before) = train_task_scored(&runs, 0, &cfg).expect("enough runs");
-        assert_eq!(before.window_outcomes.len(), COSTED_RUNS);
-        assert_eq!(before.window_outcomes.last().map(|o| o.after), Some(0));
-        // The newest run 3x higher: only its own outcome moves (it is above both limits now).
-        let last = runs.last_mut().expect("runs");
-        last.outcome.cpu_p95_cores *= 3.0;
-        let (_, after) = train_task_scored(&runs, 0, &cfg).expect("enough runs");
-        let n = before.window_outcomes.len();
+        let (m, scores) = train_task_scored(&runs, 0, &cfg).expect("enough runs");
+        let t = &m.cpu;
+        assert!(t.window_base > 0.0);
         assert_eq!(
-            before.window_outcomes[..n - 1],
-            after.window_outcomes[..n - 1]
+            t.window_margin, 0.0,
+            "no pool, no price: the point's limit stands"
         );
-        let newest = after.window_outcomes[n - 1];
+        let margins: Vec<f64> = priced_margins(&scores.window, &window_prices())
+            .into_iter()
+            .map(|m| m.expect("ratios"))
+            .collect();
+        assert_eq!(t.window_margins, margins);
+        // The next day's run at 2.5 cores, sized by this model.
+        let mut next = runs[59].clone();
+        next.started_at_ms += 86_400_000;
+        next.outcome.cpu_p95_cores = 2.5;
+        let o = m.window_outcome(&next).expect("a window base");
+        let p = m.predict(&TaskKey::new("t"), &RunFeatures::default(), 1);
         assert!(
-            newest.point > 1.0 && newest.window.iter().all(|r| *r > 1.0),
-            "{newest:?}"
+            (o.point - 2.5 / p.cpu_cores.limit).abs() < 1e-12,
+            "{o:?} vs {}",
+            p.cpu_cores.limit
         );
-        // Each run is pooled once: a refit after one new run adds one outcome.
-        let mut pool = ScorePool::default();
-        after.add_to(&mut pool, 1);
-        assert_eq!(pool.window.runs, 1.0);
+        for (r, m) in o.window.iter().zip(&margins) {
+            assert!((r - 2.5 / (t.window_base * m)).abs() < 1e-12);
+        }
+        // A higher price never gives a smaller margin, so never a larger ratio.
+        assert!(o.window.windows(2).all(|w| w[1] <= w[0]), "{o:?}");
+        // Nothing to score: a run that used no CPU, or a type without a window base.
+        next.outcome.cpu_p95_cores = 0.0;
+        next.outcome.cpu_seconds = 0.0;
+        assert_eq!(m.window_outcome(&next), None);
+        let (young, _) = train_task_scored(&runs[..20], 0, &cfg).expect("enough runs");
+        assert_eq!(young.cpu.window_base, 0.0);
+        assert_eq!(young.window_outcome(&runs[20]), None);
     }
 
     #[test]

@@ -12,8 +12,8 @@
 //! ([`ScorePool::spread_quantile`]): a young type's interval scales its own reach by their conformal bound
 //! ([`crate::model::pooled_interval`]).
 //!
-//! And, for CPU, how the point's limit and the window limit sized the node's latest runs ([`WindowCosts`]): which of
-//! the two the node's types use, and at which price ([`ScorePool::window_price`]).
+//! And, for CPU, how the point's limit and the window limit of each finished run's model would have sized it
+//! ([`WindowCosts`]): which of the two the node's types use, and at which price ([`ScorePool::window_price`]).
 //!
 //! Bounded and incremental: [`BINS`] fixed bins per target over `ln` ratio in `[-RANGE, RANGE]` (values beyond go
 //! to the edge bins, so a 1/148 to 148x ratio is resolved to 2.5%), adding a score is O(1), and the counts halve
@@ -141,9 +141,7 @@ pub const N_PRICES: usize = 33;
 /// How the two CPU limits sized one run: `actual / limit` of each (above 1: under-sized).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WindowOutcome {
-    /// Runs of its type after it in the fit (0: the newest).
-    pub after: usize,
-    /// Under the point's conformal limit.
+    /// Under the limit the model gave (the point's).
     pub point: f64,
     /// Under the window limit at each of [`window_prices`].
     pub window: [f64; N_PRICES],
@@ -448,11 +446,7 @@ mod tests {
 
     #[test]
     fn the_node_takes_the_window_limit_only_where_it_left_less_slack_at_no_more_under_sizing() {
-        let outcome = |point: f64, window: [f64; N_PRICES]| WindowOutcome {
-            after: 0,
-            point,
-            window,
-        };
+        let outcome = |point: f64, window: [f64; N_PRICES]| WindowOutcome { point, window };
         // The point's limit: 1 run in 10 under-sized, 30% slack on the others. The window: under-sizes 2 in 10 up to
         // price index 11, 1 in 10 from 12 on, with 20% slack at 12 and 25% from 13 on.
         let nth = |i: usize| {
